@@ -1,0 +1,1 @@
+"""The ``deploykit`` command line: a thin layer over the Python API."""

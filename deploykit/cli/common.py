@@ -1,0 +1,84 @@
+"""Shared CLI plumbing: common options, error handling, progress lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from deploykit.errors import DeployKitError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = REPO_ROOT / "models" / "digits_default.keras"
+
+
+def add_command(sub, name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """Add a sub-command with the options every command shares."""
+    p = sub.add_parser(name, help=help, description=description or help)
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and more detail")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def add_model_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("model", nargs="?", default=None, help=f"model file or SavedModel folder (default: the shipped {DEFAULT_MODEL.name})")
+    else:
+        p.add_argument("model", help="model file (.keras, .h5) or SavedModel folder; Keras 3 .keras files are imported")
+    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code (loading them can run arbitrary code)")
+
+
+def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--data",
+        default=None if required else "digits",
+        required=required,
+        help="'digits' (embedded, default), or an .npz, .csv or IDX file / folder",
+    )
+    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the data split and of training (default: 42)")
+
+
+def load_model_arg(args):
+    from deploykit.io import load_model
+
+    path = getattr(args, "model", None) or DEFAULT_MODEL
+    progress(f"loading model {Path(path).name}")
+    return load_model(path, unsafe=getattr(args, "unsafe", False))
+
+
+def load_data_arg(args):
+    from deploykit.data import SplitConfig, load_dataset
+
+    data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed))
+    progress(f"data {data.summary()}")
+    return data
+
+
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, with the seconds since the command started."""
+    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def run_handler(args) -> int:
+    try:
+        result = args.handler(args)
+        return int(result or 0)
+    except DeployKitError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"deploykit {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"deploykit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"deploykit {args.command}: error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
