@@ -1,0 +1,32 @@
+"""tf_keras -> ONNX conversion with tf2onnx: the one place deploykit calls it.
+
+The graph has one input named ``input`` (float32, dynamic batch) and one
+output named ``probabilities``.
+"""
+
+from __future__ import annotations
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+DEFAULT_OPSET = 17
+
+
+def keras_to_onnx(model, opset: int = DEFAULT_OPSET):
+    """Convert a tf_keras model to an ``onnx.ModelProto`` (not yet checked or saved)."""
+    import onnx
+    import tf2onnx
+
+    from deploykit.backend import tf
+
+    spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    graph = proto.graph
+    old = graph.output[0].name
+    if old != OUTPUT_NAME:
+        for node in graph.node:
+            for i, name in enumerate(node.output):
+                if name == old:
+                    node.output[i] = OUTPUT_NAME
+        graph.output[0].name = OUTPUT_NAME
+    onnx.checker.check_model(proto)
+    return proto

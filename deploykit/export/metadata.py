@@ -1,0 +1,59 @@
+"""The ``metadata_props`` every deploykit ONNX model carries.
+
+Keys are prefixed ``deploykit.``; values are JSON text. Readers (the
+predictor, the server, validation) use :func:`read_metadata`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from deploykit._version import __version__
+
+PREFIX = "deploykit."
+KIND_DETERMINISTIC = "deterministic"
+KIND_MC_DROPOUT = "mc_dropout"
+
+
+@dataclass
+class ModelMetadata:
+    kind: str = KIND_DETERMINISTIC  # or KIND_MC_DROPOUT
+    class_names: list[str] = field(default_factory=list)
+    input_shape: list[int] = field(default_factory=list)  # without the batch axis
+    steps: list[str] = field(default_factory=list)  # what was done: "fold_batchnorm", "prune(0.80)", "float16"...
+    quantization: str = "none"
+    sparsity: float = 0.0
+    reference_accuracy: float | None = None
+    default_samples: int | None = None  # MC models only
+    version: str = __version__
+
+
+def write_metadata(proto, meta: ModelMetadata) -> None:
+    """Set (replace) the deploykit entries of an ``onnx.ModelProto``'s metadata_props."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    del proto.metadata_props[:]
+    for k, v in keep:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    for k, v in vars(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = PREFIX + k, json.dumps(v)
+
+
+def read_metadata(source) -> ModelMetadata:
+    """Read deploykit metadata from a ModelProto, an onnxruntime session, or a path."""
+    props: dict[str, str]
+    if hasattr(source, "get_modelmeta"):  # onnxruntime.InferenceSession
+        props = dict(source.get_modelmeta().custom_metadata_map)
+    elif hasattr(source, "metadata_props"):
+        props = {p.key: p.value for p in source.metadata_props}
+    else:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    values = {}
+    for key, raw in props.items():
+        if key.startswith(PREFIX) and key[len(PREFIX):] in ModelMetadata.__dataclass_fields__:
+            values[key[len(PREFIX):]] = json.loads(raw)
+    return ModelMetadata(**values)
