@@ -6,8 +6,7 @@ does not import TensorFlow until a function that needs it is used.
 
 from __future__ import annotations
 
-import importlib
-
+from deploykit._lazy import lazy_exports
 from deploykit._version import __version__
 
 # public name -> module that defines it
@@ -19,28 +18,45 @@ _API = {
     "load_model": "deploykit.io",
     "save_model": "deploykit.io",
     # training
-    "TrainConfig": "deploykit.train",
-    "train": "deploykit.train",
-    "find_lr": "deploykit.train",
-    "build_model": "deploykit.train",
+    "TrainConfig": "deploykit.training",
+    "train": "deploykit.training",
+    "find_lr": "deploykit.training",
+    "build_model": "deploykit.training",
     # steps
     "fold_batchnorm": "deploykit.fold",
+    "FoldReport": "deploykit.fold",
     "prune": "deploykit.sparsity",
     "sparsify_l1": "deploykit.sparsity",
     "compact": "deploykit.sparsity",
+    "PruneConfig": "deploykit.sparsity",
+    "L1Config": "deploykit.sparsity",
+    "SparsityReport": "deploykit.sparsity",
+    "CompactReport": "deploykit.sparsity",
     "export_onnx": "deploykit.export",
     "export_tflite": "deploykit.export",
     "validate": "deploykit.export",
+    "write_triton_repository": "deploykit.export",
+    "ExportRecord": "deploykit.export",
+    "ValidationReport": "deploykit.export",
     "export_mc_onnx": "deploykit.uncertainty",
     "UncertaintyPredictor": "deploykit.uncertainty",
     "calibration": "deploykit.uncertainty",
+    "UncertaintyResult": "deploykit.uncertainty",
+    "CalibrationReport": "deploykit.uncertainty",
+    "MCExportRecord": "deploykit.uncertainty",
     "optimize": "deploykit.pipeline",
     "OptimizeConfig": "deploykit.pipeline",
+    "OptimizeResult": "deploykit.pipeline",
+    "serve": "deploykit.serve",
+    "ServeConfig": "deploykit.serve",
     # errors
     "DeployKitError": "deploykit.errors",
     "DataError": "deploykit.errors",
     "ModelLoadError": "deploykit.errors",
     "UnsupportedLayerError": "deploykit.errors",
+    "UnsafeModelError": "deploykit.errors",
+    "UsageError": "deploykit.errors",
+    "StepError": "deploykit.errors",
     "ValidationError": "deploykit.errors",
     "ConfigError": "deploykit.errors",
 }
@@ -48,14 +64,4 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str):
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports('deploykit', _API, globals())

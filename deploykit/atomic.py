@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +34,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             raise FileNotFoundError(f"nothing was written to {tmp}")
         if final.is_dir() and not tmp.is_dir():
             raise UsageError(f"{final} is a folder; cannot replace it with a file")
-        if tmp.is_dir() and final.exists():
-            _remove(final)
-        os.replace(tmp, final)
+        _swap_in(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
@@ -49,25 +48,26 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     always refused. On error the staging folder is removed and an existing
     ``path`` is untouched.
     """
+    final = check_dir_target(path, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir()  # unlike mkdtemp's 0700, honours the umask: serving engines may run as another user
+    try:
+        yield staging
+        _swap_in(staging, final)
+    except BaseException:
+        _remove(staging)
+        raise
+
+
+def check_dir_target(path: str | os.PathLike, force: bool = False) -> Path:
+    """Raise what :func:`atomic_dir` would refuse (a file, or a non-empty folder without ``force``); writes nothing."""
     final = Path(path)
     if final.exists() and not final.is_dir():
         raise UsageError(f"output path {final} is a file, not a folder")
     if final.exists() and any(final.iterdir()) and not force:
         raise UsageError(f"output folder {final} already exists and is not empty; pass --force to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield staging
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(staging, final)
-            _remove(old)
-        else:
-            os.replace(staging, final)
-    except BaseException:
-        _remove(staging)
-        raise
+    return final
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -82,6 +82,21 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Rename ``new`` onto ``final``. A folder in the way is moved aside first and put back on failure."""
+    if not (new.is_dir() and final.exists()):
+        os.replace(new, final)  # atomic for files; a missing final needs no care
+        return
+    aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    _remove(aside)
 
 
 def _remove(p: Path) -> None:

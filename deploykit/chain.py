@@ -52,6 +52,8 @@ def to_chain(model, *, unsafe: bool = False) -> Chain:
         if len(inbound) > 1:
             raise UnsupportedLayerError(layer.name, type(layer).__name__, "layer is shared or reused; only plain chains are supported")
     _check_is_chain(model)
+    if any(d is None for d in model.input_shape[1:]):
+        raise UnsupportedLayerError(model.name, type(model).__name__, f"input shape {model.input_shape} has undefined dimensions besides the batch")
     input_shape = tuple(int(d) for d in model.input_shape[1:])
     specs = [LayerSpec(type(l).__name__, copy.deepcopy(l.get_config()), [np.array(w) for w in l.get_weights()]) for l in layers]
     return Chain(input_shape, specs, name=model.name)

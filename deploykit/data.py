@@ -11,20 +11,22 @@ import csv
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DataError
+from deploykit.configs import Config
+from deploykit.errors import ConfigError, DataError
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEED = 42
 
 
 @dataclass(frozen=True)
-class SplitConfig:
-    """How a dataset is split; validated on construction."""
+class SplitConfig(Config):
+    """How a dataset is split; validated on construction (a bad value is a ConfigError)."""
 
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -33,10 +35,12 @@ class SplitConfig:
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise DataError(f"{name} must be in (0, 1), got {v}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+                raise ConfigError(f"{name} must be a number in (0, 1), got {v!r}")
         if self.val_fraction + self.test_fraction >= 0.9:
-            raise DataError("val_fraction + test_fraction must leave at least 10% for training")
+            raise ConfigError("val_fraction + test_fraction must leave at least 10% for training")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Dataset:
         """Raise a DataError when the data does not fit an input shape like ``(None, 64)``."""
         want = tuple(shape[1:])
         have = self.input_shape
-        if want == have or (None not in want and int(np.prod(want)) == self.num_features and len(want) == 1 and len(have) == 1):
+        if len(want) == len(have) and all(w is None or w == h for w, h in zip(want, have)):
             return
         raise DataError(f"data {self.name!r} has inputs of shape {have}, but the {what} expects {want}")
 
@@ -143,32 +147,26 @@ def _load_npz(path: Path, split: SplitConfig) -> Dataset:
     except Exception as exc:  # zipfile / pickle / value errors all mean "not a valid npz"
         raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        x_tr, y_tr = _checked(path, arrays["x_train"], arrays["y_train"], "x_train/y_train")
-        x_te, y_te = _checked(path, arrays["x_test"], arrays["y_test"], "x_test/y_test")
-        if x_tr.shape[1:] != x_te.shape[1:]:
-            raise DataError(f"data {path}: x_train has inputs {x_tr.shape[1:]} but x_test has {x_te.shape[1:]}")
-        if {"x_val", "y_val"} <= arrays.keys():
-            x_va, y_va = _checked(path, arrays["x_val"], arrays["y_val"], "x_val/y_val")
-            labels, names = _encode_labels(path, np.concatenate([y_tr, y_va, y_te]))
-            a, b = len(y_tr), len(y_tr) + len(y_va)
-            return Dataset(path.name, x_tr, labels[:a], x_va, labels[a:b], x_te, labels[b:], tuple(names))
-        labels, names = _encode_labels(path, np.concatenate([y_tr, y_te]))
-        y_tr, y_te = labels[: len(y_tr)], labels[len(y_tr) :]
-        x_tr, x_va, y_tr, y_va = _stratified(path, x_tr, y_tr, split.val_fraction / (1 - split.test_fraction), split.seed)
-        return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(names))
+        val = (arrays["x_val"], arrays["y_val"]) if {"x_val", "y_val"} <= arrays.keys() else None
+        return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val)
     if {"x", "y"} <= arrays.keys():
         return _split_arrays(path.name, arrays["x"], arrays["y"], split, source=path)
     raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test; found {sorted(arrays)}")
 
 
 def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"data {path}: not a readable CSV text file ({exc})") from None
     if len(rows) < 2:
         raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
     header = [h.strip() for h in rows[0]]
     if label_column not in header:
         raise DataError(f"data {path}: no label column {label_column!r} (columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})")
+    if len(header) < 2:
+        raise DataError(f"data {path}: no feature columns besides the label column {label_column!r}")
     li = header.index(label_column)
     labels, feats = [], []
     for lineno, row in enumerate(rows[1:], start=2):
@@ -176,12 +174,23 @@ def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
             continue
         if len(row) != len(header):
             raise DataError(f"data {path}: line {lineno} has {len(row)} fields, the header has {len(header)}")
-        labels.append(row[li].strip())
+        label = row[li].strip()
+        if not label:
+            raise DataError(f"data {path}: line {lineno} has an empty {label_column!r}")
+        labels.append(label)
         try:
             feats.append([float(v) for j, v in enumerate(row) if j != li])
         except ValueError as exc:
             raise DataError(f"data {path}: line {lineno}: non-numeric feature ({exc})") from None
-    return _split_arrays(path.name, np.array(feats, dtype=np.float64), np.array(labels), split, source=path)
+    return _split_arrays(path.name, np.array(feats, dtype=np.float64), _numeric_if_possible(labels), split, source=path)
+
+
+def _numeric_if_possible(labels: list[str]) -> np.ndarray:
+    """CSV labels as numbers when they all are (so "10" sorts after "9"), else as strings."""
+    try:
+        return np.array([float(v) for v in labels])
+    except ValueError:
+        return np.array(labels)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -194,11 +203,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except OSError as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"data {path}: cannot read IDX file ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise DataError(f"data {path}: not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"data {path}: IDX header is cut short ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -209,30 +220,51 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _labels_beside(images: Path) -> Path:
+    """The labels file of an IDX images file, gzipped or not (``*-images-idx3-*`` -> ``*-labels-idx1-*``)."""
+    if "labels" in images.name:
+        raise DataError(f"data {images}: a labels file; pass the images file (e.g. train-images-idx3-ubyte.gz) or the folder")
     name = images.name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
-    cand = images.with_name(name)
-    if name == images.name or not cand.exists():
-        raise DataError(f"data {images}: no labels file beside it (expected {cand.name})")
-    return cand
+    if name == images.name:
+        raise DataError(f"data {images}: cannot find its labels file; name IDX files like train-images-idx3-ubyte[.gz]")
+    base = name.removesuffix(".gz")
+    for cand in (images.with_name(base), images.with_name(base + ".gz")):
+        if cand.exists():
+            return cand
+    raise DataError(f"data {images}: no labels file beside it (expected {name})")
 
 
 def _load_idx(path: Path, split: SplitConfig) -> Dataset:
-    if path.is_dir():
-        files = {p.name: p for p in path.iterdir()}
-        train = [p for n, p in files.items() if n.startswith("train") and "images" in n]
-        test = [p for n, p in files.items() if n.startswith("t10k") and "images" in n]
-        if not train:
-            raise DataError(f"data {path}: no train-images-idx3-ubyte[.gz] file in the folder")
-        x_tr, y_tr = _checked(path, read_idx(train[0]), read_idx(_labels_beside(train[0])), train[0].name)
-        if test:
-            x_te, y_te = _checked(path, read_idx(test[0]), read_idx(_labels_beside(test[0])), test[0].name)
-            arrays = {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
-            labels, names = _encode_labels(path, np.concatenate([y_tr, y_te]))
-            y_tr, y_te = labels[: len(y_tr)], labels[len(y_tr) :]
-            x_tr, x_va, y_tr, y_va = _stratified(path, arrays["x_train"], y_tr, split.val_fraction / (1 - split.test_fraction), split.seed)
-            return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(names))
-        return _split_arrays(path.name, x_tr, y_tr, split, source=path)
-    return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, source=path)
+    if not path.is_dir():
+        return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, source=path)
+    names = sorted(p.name for p in path.iterdir())
+    train = [n for n in names if n.startswith("train") and "images" in n]
+    test = [n for n in names if n.startswith("t10k") and "images" in n]
+    if not train:
+        raise DataError(f"data {path}: no train-images-idx3-ubyte[.gz] file in the folder")
+    train_xy = (read_idx(path / train[0]), read_idx(_labels_beside(path / train[0])))
+    if not test:
+        return _split_arrays(path.name, *train_xy, split, source=path)
+    test_xy = (read_idx(path / test[0]), read_idx(_labels_beside(path / test[0])))
+    return _given_test(path, train_xy, test_xy, split)
+
+
+def _given_test(path: Path, train, test, split: SplitConfig, val=None) -> Dataset:
+    """A dataset whose test part (and maybe validation part) the source fixes; validation comes from train."""
+    parts = {"train": _checked(path, *train, "train"), "test": _checked(path, *test, "test")}
+    if val is not None:
+        parts["val"] = _checked(path, *val, "val")
+    for name, (x, _) in parts.items():
+        if x.shape[1:] != parts["train"][0].shape[1:]:
+            raise DataError(f"data {path}: train inputs have shape {parts['train'][0].shape[1:]} but {name} inputs {x.shape[1:]}")
+    labels, names = _encode_labels(path, np.concatenate([y for _, y in parts.values()]))
+    bounds = np.cumsum([len(y) for _, y in parts.values()])[:-1]
+    encoded = dict(zip(parts, np.split(labels, bounds)))
+    x_tr, x_te = parts["train"][0], parts["test"][0]
+    if val is not None:
+        x_va, y_tr, y_va = parts["val"][0], encoded["train"], encoded["val"]
+    else:
+        x_tr, x_va, y_tr, y_va = _stratified(path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction), split.seed)
+    return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names))
 
 
 def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +273,7 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim < 2:
         raise DataError(f"data {source}: {what}: inputs must have a feature axis, got shape {x.shape}")
     if y.ndim != 1:
-        y = y.reshape(len(y), -1)
+        y = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
         if y.shape[1] != 1:
             raise DataError(f"data {source}: {what}: labels must be one per row, got shape {y.shape}")
         y = y[:, 0]
@@ -259,6 +291,12 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _encode_labels(source: Path | str, y: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Labels as class ids 0..C-1, and the class names.
+
+    Integer labels that already are 0..C-1 keep their ids (class 3 stays 3);
+    any other labels (strings, gaps, negative ids) are numbered in sorted
+    order and named by their value.
+    """
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all():
             raise DataError(f"data {source}: labels hold NaN or inf values")
@@ -268,9 +306,8 @@ def _encode_labels(source: Path | str, y: np.ndarray) -> tuple[np.ndarray, list[
     values = np.unique(y)
     if len(values) < 2:
         raise DataError(f"data {source}: labels hold fewer than two classes ({len(values)})")
-    if np.issubdtype(y.dtype, np.integer) and values.min() >= 0 and values.max() < 1000:
-        n = int(values.max()) + 1  # keep integer ids as they are (class 3 stays 3)
-        return y.astype(np.int64), [str(i) for i in range(n)]
+    if np.issubdtype(y.dtype, np.integer) and values[0] == 0 and values[-1] == len(values) - 1:
+        return y.astype(np.int64), [str(i) for i in range(len(values))]
     index = np.searchsorted(values, y)
     return index.astype(np.int64), [str(v) for v in values]
 

@@ -10,13 +10,15 @@ def randomize_batchnorm(model, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
-            n = layer.get_weights()[0].shape[0]
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, n).astype("float32"),   # gamma
-                rng.normal(0, 0.5, n).astype("float32"),      # beta
-                rng.normal(0, 1.0, n).astype("float32"),      # moving mean
-                rng.uniform(0.2, 3.0, n).astype("float32"),   # moving variance
-            ])
+            shape = layer.moving_mean.shape
+            values = {
+                "gamma": rng.uniform(0.5, 1.5, shape).astype("float32"),
+                "beta": rng.normal(0, 0.5, shape).astype("float32"),
+                "moving_mean": rng.normal(0, 1.0, shape).astype("float32"),
+                "moving_variance": rng.uniform(0.2, 3.0, shape).astype("float32"),
+            }
+            # by weight name, so center=False / scale=False layers work too
+            layer.set_weights([values[w.name.split("/")[-1].split(":")[0]] for w in layer.weights])
 
 
 def build_dense(input_dim=64, hidden=(32, 32), classes=10, *, bn=True, dropout=0.2, selu=False, data=None):
@@ -25,7 +27,10 @@ def build_dense(input_dim=64, hidden=(32, 32), classes=10, *, bn=True, dropout=0
 
     layers = [keras.Input(shape=(input_dim,))]
     if data is not None:
-        layers.append(keras.layers.Normalization(mean=data.feature_mean, variance=np.maximum(data.feature_var, 1e-6)))
+        from deploykit.training.model import standardization
+
+        mean, var = standardization(data)
+        layers.append(keras.layers.Normalization(mean=mean, variance=var))
     for width in hidden:
         if selu:
             layers.append(keras.layers.Dense(width, activation="selu", kernel_initializer="lecun_normal"))

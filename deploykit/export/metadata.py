@@ -26,6 +26,7 @@ class ModelMetadata:
     sparsity: float = 0.0
     reference_accuracy: float | None = None
     default_samples: int | None = None  # MC models only
+    max_samples: int | None = None  # MC models only: the largest `samples` a client may ask for
     version: str = __version__
 
 

@@ -1,1 +1,44 @@
-"""pipeline (under construction)."""
+"""``deploykit optimize``: the one-command pipeline from a trained model to validated artifacts.
+
+``optimize(model, data, **options)`` folds BatchNorm, prunes or l1-sparsifies,
+removes dead neurons, exports ONNX and TFLite at float32 / float16 / int8,
+builds the MC Dropout ONNX model, validates every artifact in its runtime and
+writes report.json, report.md, PNG plots and the deploykit.toml that ran.
+Importing this package does not import TensorFlow.
+"""
+
+from deploykit.pipeline.config import (
+    CompactStep,
+    ExportStep,
+    FoldStep,
+    InputConfig,
+    MCStep,
+    OptimizeConfig,
+    SparsityMethod,
+    SparsityStep,
+    ValidateStep,
+)
+from deploykit.pipeline.records import ArtifactRow, ModelFigures, Status, StepRecord, Verdict
+from deploykit.pipeline.run import OptimizeResult, optimize
+from deploykit.pipeline.steps import Step, build_pipeline
+
+__all__ = [
+    "optimize",
+    "OptimizeConfig",
+    "OptimizeResult",
+    "InputConfig",
+    "FoldStep",
+    "SparsityStep",
+    "SparsityMethod",
+    "CompactStep",
+    "ExportStep",
+    "MCStep",
+    "ValidateStep",
+    "Step",
+    "build_pipeline",
+    "StepRecord",
+    "ArtifactRow",
+    "ModelFigures",
+    "Status",
+    "Verdict",
+]

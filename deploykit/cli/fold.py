@@ -1,0 +1,30 @@
+"""``deploykit fold MODEL --out PATH``: fold BatchNormalization and input standardization into Dense layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploykit.cli.common import add_command, add_model_arg, load_model_arg, progress
+from deploykit.errors import UsageError
+
+
+def register(sub) -> None:
+    p = add_command(sub, "fold", handle, help="fold BatchNormalization and Normalization into the Dense layers (exact)")
+    add_model_arg(p)
+    p.add_argument("--out", required=True, help="where to write the folded model (.keras or .h5)")
+
+
+def handle(args) -> int:
+    out = Path(args.out)
+    if out.suffix not in (".keras", ".h5"):
+        raise UsageError(f"--out {out}: use a .keras or .h5 suffix")
+    model = load_model_arg(args)
+    from deploykit.fold import fold_batchnorm
+    from deploykit.io import save_model
+
+    progress("folding")
+    folded, report = fold_batchnorm(model, unsafe=args.unsafe)
+    save_model(folded, out)
+    print(report.table())
+    progress(f"wrote {out}")
+    return 0

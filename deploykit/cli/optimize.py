@@ -1,0 +1,67 @@
+"""``deploykit optimize``: the whole pipeline, from a trained model to validated artifacts and a report."""
+
+from __future__ import annotations
+
+from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, progress
+
+DEFAULT_OUT = "deploykit-out"
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "optimize", _run,
+        help="fold, prune, quantize, export and validate in one command, with a report",
+        description="Prune (TF-MOT) or l1-sparsify, fold BatchNorm and the input standardization, remove dead "
+        "neurons, export ONNX and TFLite at float32 / float16 / int8, build the MC Dropout ONNX model, validate "
+        "every artifact in its runtime, and write report.md, report.json, PNG plots and the deploykit.toml that "
+        "ran (repeat a run with --config OUT/deploykit.toml). Options given here override the --config file.",
+    )
+    add_model_arg(p, optional=True)
+    add_data_arg(p)
+    p.set_defaults(data=None, seed=None, label_column=None)  # unset: the --config file's [input], else digits and 42
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
+    p.add_argument("--config", default=None, metavar="TOML", help="pipeline file (e.g. a previous run's OUT/deploykit.toml)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm / the input standardization")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--sparsity", type=float, default=None, metavar="S", help="prune to this sparsity with TF-MOT (default: 0.8)")
+    group.add_argument("--l1", type=float, default=None, metavar="L1", help="l1 sparsity with this factor instead of pruning")
+    group.add_argument("--no-sparsity", action="store_true", help="keep the weights dense")
+    p.add_argument("--threshold", type=float, default=None, help="l1: weights with |w| below it become 0 (default: 0.02)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of the sparsity step (default: 30)")
+    p.add_argument("--no-compact", action="store_true", help="do not remove dead neurons")
+    p.add_argument("--formats", default=None, metavar="F,F", help="onnx,tflite (default: both)")
+    p.add_argument("--precisions", default=None, metavar="P,P", help="float32,float16,int8 (default: all three)")
+    p.add_argument("--no-export", action="store_true", help="write no ONNX / TFLite artifacts")
+    p.add_argument("--triton", action="store_true", help="also write a Triton / KServe model repository")
+    p.add_argument("--no-mc", action="store_true", help="do not build the MC Dropout ONNX model")
+    p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
+    p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
+
+
+def options_from_args(args) -> dict:
+    """The flat pipeline options the flags set (None: not given)."""
+    off = lambda flag: False if flag else None  # noqa: E731
+    sparsity = "none" if args.no_sparsity else args.sparsity
+    return {
+        "fold": off(args.no_fold), "sparsity": sparsity, "l1": args.l1, "threshold": args.threshold,
+        "epochs": args.epochs, "compact": off(args.no_compact), "export": off(args.no_export),
+        "formats": args.formats, "precisions": args.precisions, "triton": True if args.triton else None,
+        "mc": off(args.no_mc), "samples": args.samples, "validate": off(args.no_validate),
+    }
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from deploykit.pipeline import OptimizeConfig, optimize
+
+    config = OptimizeConfig.from_toml(args.config) if args.config else OptimizeConfig()
+    config = config.with_options(**options_from_args(args)).with_input(label_column=args.label_column, seed=args.seed)
+    model = args.model or config.input.model or DEFAULT_MODEL
+    data = args.data or config.input.data
+    result = optimize(model, data, config=config, out_dir=Path(args.out), force=args.force, progress=progress,
+                      unsafe=args.unsafe)
+    print(result.table())
+    print(f"\n{len(result.artifacts)} artifacts, report.md, report.json, plots and deploykit.toml in {result.out_dir}")
+    return 0

@@ -1,0 +1,53 @@
+"""``deploykit serve``: serve exported ONNX models (deterministic and MC Dropout) over KServe v2 and v1 REST."""
+
+from __future__ import annotations
+
+from deploykit.cli.common import add_command
+from deploykit.serve.config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_PORT,
+    DEFAULT_SAMPLES,
+)
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "serve", _run,
+        help="serve exported ONNX models over HTTP (KServe v2 / Open Inference Protocol, and v1)",
+        description="Serve DIR_OR_MODEL with onnxruntime: one .onnx file, every .onnx file of a folder (named by "
+        "file stem), or a Triton-style repository (<name>/<version>/model.onnx). Deterministic models return "
+        "`probabilities`; MC Dropout models (deploykit mc) return mean, std, predictive_entropy, "
+        "mutual_information and predicted_class, with the number of samples per request in the request's "
+        'parameters ({"parameters": {"samples": 50}}). Endpoints: /v2/health/live, /v2/health/ready, '
+        "/v2/models/NAME, /v2/models/NAME/ready, /v2/models/NAME/infer, /v1/models/NAME:predict, /metrics. "
+        "SIGTERM or Ctrl+C stops it after the requests in flight.",
+    )
+    p.add_argument("model", metavar="DIR_OR_MODEL", help="an .onnx file, a folder of them, or a Triton-style repository")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST}, this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"MC models: samples when a request does not set them (default: {DEFAULT_SAMPLES})")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model (default: onnxruntime's)")
+    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+                   help=f"most instances per request (default: {DEFAULT_MAX_ROWS})")
+    p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
+                   help=f"most samples a request may ask for (default: {DEFAULT_MAX_SAMPLES}; a model's own limit also applies)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"largest request body (default: {DEFAULT_MAX_BODY_BYTES}, 16 MiB)")
+
+
+def _run(args) -> int:
+    from deploykit.serve.config import ServeConfig
+    from deploykit.serve.discover import discover_models
+
+    config = ServeConfig(host=args.host, port=args.port, samples=args.samples, threads=args.threads,
+                         max_rows=args.max_rows, max_samples=args.max_samples, max_body_bytes=args.max_body_bytes)
+    models = discover_models(args.model)  # bad options and paths fail here, before kserve is imported
+
+    from deploykit.serve.server import serve_models
+
+    serve_models(models, config, verbose=args.verbose)
+    return 0

@@ -1,0 +1,132 @@
+"""``deploykit prune``, ``deploykit sparsify-l1`` and ``deploykit compact``."""
+
+from __future__ import annotations
+
+from deploykit.cli.common import add_command, add_data_arg, add_model_arg, load_data_arg, load_model_arg, progress
+from deploykit.errors import UsageError
+
+MODEL_SUFFIXES = (".keras", ".h5")
+
+
+def register(sub) -> None:
+    p = add_command(sub, "prune", _prune, "prune Dense kernels to a target sparsity with TF-MOT while fine-tuning",
+                    "TF-MOT magnitude pruning of the Dense layers (the output layer is left alone by default), "
+                    "with a PolynomialDecay schedule derived from the data size; the reached sparsity is checked.")
+    add_model_arg(p)
+    add_data_arg(p)
+    p.add_argument("--sparsity", type=float, default=0.8, help="target sparsity in [0, 1) (default: 0.8)")
+    p.add_argument("--block", default=None, metavar="RxC", help="block sparsity, e.g. 1x4 (default: single weights)")
+    p.add_argument("--layer-sparsity", action="append", default=[], metavar="NAME=S", help="per-layer target (repeatable)")
+    p.add_argument("--prune-output", action="store_true", help="prune the output layer too")
+    _add_tuning_args(p)
+
+    p = add_command(sub, "sparsify-l1", _sparsify_l1, "fine-tune with l1 kernel regularization, then zero small weights",
+                    "Fine-tune the Dense kernels (not the output layer by default) with an l1 penalty, then set "
+                    "every weight with |w| < threshold to exactly 0; reports the accuracy before and after zeroing.")
+    add_model_arg(p)
+    add_data_arg(p)
+    p.add_argument("--l1", type=float, default=None, help="l1 factor (default: 1e-3)")
+    p.add_argument("--threshold", type=float, default=None, help="weights with |w| below it become 0 (default: 0.02)")
+    _add_tuning_args(p)
+
+    p = add_command(sub, "compact", _compact, "remove hidden neurons that cannot affect the output",
+                    "Remove hidden Dense neurons whose incoming weights are all zero (their constant output is "
+                    "folded into the next bias) or whose outgoing weights are all zero; outputs stay equal.")
+    add_model_arg(p)
+    p.add_argument("--data", default=None, help="check the outputs are unchanged on this data ('digits' or a file)")
+    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
+    p.add_argument("--out", required=True, help="output model (.keras or .h5)")
+    p.add_argument("--report", default=None, help="also write the report as JSON here")
+
+
+def _add_tuning_args(p) -> None:
+    p.add_argument("--out", required=True, help="output model (.keras or .h5)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 32)")
+    p.add_argument("--learning-rate", type=float, default=None, help="Nadam learning rate (default: 5e-4)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: 3)")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave this Dense layer alone (repeatable)")
+    p.add_argument("--compact", action="store_true", help="then remove the neurons left dead")
+    p.add_argument("--report", default=None, help="also write the report as JSON here")
+
+
+def _check_out(args) -> None:
+    if not args.out.endswith(MODEL_SUFFIXES):
+        raise UsageError(f"--out {args.out}: use a .keras or .h5 suffix")
+
+
+def _tuning_options(args) -> dict:
+    return {
+        "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "patience": args.patience, "skip_layers": tuple(args.skip) or None, "seed": args.seed,
+        "compact": args.compact or None,
+    }
+
+
+def _layer_targets(items: list[str]) -> dict[str, float]:
+    targets = {}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not name or number is None:
+            raise UsageError(f"--layer-sparsity {item!r}: expected NAME=SPARSITY, e.g. dense_1=0.9")
+        targets[name] = number
+    return targets
+
+
+def _prune(args) -> int:
+    from deploykit.sparsity.config import PruneConfig
+
+    config = PruneConfig().with_options(
+        target_sparsity=args.sparsity, block_size=args.block, layer_sparsity=_layer_targets(args.layer_sparsity),
+        skip_output=False if args.prune_output else None, **_tuning_options(args),
+    )
+    _check_out(args)
+    model, data = load_model_arg(args), load_data_arg(args)
+    progress(f"pruning to {config.target_sparsity:.0%} over {config.epochs} epochs")
+    from deploykit.sparsity import prune
+
+    result, report = prune(model, data, config=config, progress=progress)
+    return _finish(args, result, report)
+
+
+def _sparsify_l1(args) -> int:
+    from deploykit.sparsity.config import L1Config
+
+    config = L1Config().with_options(l1=args.l1, threshold=args.threshold, **_tuning_options(args))
+    _check_out(args)
+    model, data = load_model_arg(args), load_data_arg(args)
+    progress(f"fine-tuning with l1 = {config.l1:g} over {config.epochs} epochs, then zeroing |w| < {config.threshold:g}")
+    from deploykit.sparsity import sparsify_l1
+
+    result, report = sparsify_l1(model, data, config=config, progress=progress)
+    return _finish(args, result, report)
+
+
+def _compact(args) -> int:
+    _check_out(args)
+    model = load_model_arg(args)
+    data = load_data_arg(args) if args.data else None
+    from deploykit.sparsity import compact
+
+    result, report = compact(model, data)
+    return _finish(args, result, report)
+
+
+def _finish(args, model, report) -> int:
+    import json
+
+    from deploykit.atomic import write_text
+    from deploykit.io import save_model
+
+    print(report.summary())
+    save_model(model, args.out)
+    progress(f"saved {args.out}")
+    if args.report:
+        write_text(args.report, json.dumps(report.to_dict(), indent=2) + "\n")
+        progress(f"report {args.report}")
+    return 0

@@ -1,0 +1,133 @@
+"""Run an exported artifact in the runtime that serves it: onnxruntime for .onnx, LiteRT for .tflite.
+
+``open_runner(path).predict(x)`` takes raw float inputs and returns float32
+class probabilities for either format (an int8-I/O TFLite model gets its
+inputs quantized and its outputs dequantized with the scale and zero point
+stored in the file). Validation, the benchmarks, the MC and serving parts
+share these wrappers and :func:`median_seconds`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import ModelLoadError, UsageError
+from deploykit.export.config import ExportFormat
+
+
+class OnnxRunner:
+    """One onnxruntime CPU session of a single-input, single-output model."""
+
+    format = ExportFormat.ONNX
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_shape = tuple(inp.shape[1:])
+        self.output_shape = tuple(out.shape[1:])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+class TfliteRunner:
+    """One LiteRT interpreter; the batch axis is resized to each call's batch."""
+
+    format = ExportFormat.TFLITE
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: LiteRT cannot load it ({type(exc).__name__}: {exc})") from None
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        self.input_name, self.output_name = self._in["name"], self._out["name"]
+        self.input_shape = tuple(int(d) for d in self._in["shape_signature"][1:])
+        self.output_shape = tuple(int(d) for d in self._out["shape_signature"][1:])
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self.input_quantization = _params(self._in)
+        self.output_quantization = _params(self._out)
+        self._batch = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) != self._batch:
+            self.interpreter.resize_tensor_input(self._in["index"], [len(x), *self.input_shape])
+            self.interpreter.allocate_tensors()
+            self._batch = len(x)
+        self.interpreter.set_tensor(self._in["index"], _quantize(x, self.input_quantization, self.input_dtype))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self._out["index"])
+        if self.output_quantization is not None:
+            scale, zero = self.output_quantization
+            return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+        return np.array(y, dtype=np.float32)
+
+
+def open_runner(path: str | os.PathLike, threads: int | None = None) -> OnnxRunner | TfliteRunner:
+    """The runner for an artifact, chosen by its suffix (.onnx or .tflite)."""
+    path = Path(path)
+    runners = {".onnx": OnnxRunner, ".tflite": TfliteRunner}
+    if path.suffix.lower() not in runners:
+        raise UsageError(f"artifact {path}: unknown format {path.suffix or '(no suffix)'}; expected .onnx or .tflite")
+    if not path.is_file():
+        raise ModelLoadError(f"artifact {path}: no such file")
+    return runners[path.suffix.lower()](path, threads)
+
+
+def predict_batches(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """``predict`` over ``x`` in batches, concatenated."""
+    return np.concatenate([np.asarray(predict(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin so load drifts hit all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _params(detail: dict) -> tuple[float, int] | None:
+    scale, zero = detail["quantization"]
+    return (float(scale), int(zero)) if scale else None
+
+
+def _quantize(x: np.ndarray, params: tuple[float, int] | None, dtype: np.dtype) -> np.ndarray:
+    if params is None:
+        return np.ascontiguousarray(x, dtype=dtype)
+    scale, zero = params
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)

@@ -1,0 +1,252 @@
+"""``validate``: run an artifact in its own runtime on held-out data and hold it to its tolerance.
+
+Reports accuracy, agreement of predicted classes and the largest absolute
+probability difference against the Keras reference, file and gzip size, and
+the median batch-1 latency and batch-256 throughput. Every failed bound is
+collected first, then one :class:`~deploykit.errors.ValidationError` names
+them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import Mismatch, UsageError, ValidationError
+from deploykit.export.artifact import ExportRecord, file_sizes
+from deploykit.export.config import ExportFormat, Precision, Tolerance, parse_enum
+from deploykit.export.runtimes import median_seconds, open_runner, predict_batches
+from deploykit.records import Record
+
+DEFAULT_BATCH_SIZES = (1, 256)
+DEFAULT_REPEATS = 50
+#: A speed ratio vs float32 below this is reported as slower (above it: within timing noise).
+SLOWER_BELOW = 0.95
+
+
+@dataclass
+class Timing(Record):
+    batch: int
+    median_ms: float  # median wall time of one call
+    per_second: float  # inputs per second at that batch size
+
+
+@dataclass
+class ValidationReport(Record):
+    """One artifact measured in its runtime on the test split."""
+
+    artifact: Path
+    format: ExportFormat
+    quantization: str
+    precision: Precision
+    samples: int
+    accuracy: float
+    reference_accuracy: float | None
+    agreement: float | None  # None without a reference model
+    max_abs_diff: float | None
+    size_bytes: int
+    gzip_bytes: int
+    timings: list[Timing]
+    tolerance: Tolerance
+    mismatches: list[Mismatch] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # bounds that could not be checked
+    latency_b1_ms: float | None = field(init=False)
+    throughput_b256: float | None = field(init=False)
+    passed: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        by_batch = {t.batch: t for t in self.timings}
+        self.latency_b1_ms = by_batch[1].median_ms if 1 in by_batch else None
+        self.throughput_b256 = by_batch[256].per_second if 256 in by_batch else None
+        self.passed = not self.mismatches
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        return None if self.reference_accuracy is None else self.reference_accuracy - self.accuracy
+
+    def summary(self) -> str:
+        parts = [f"{self.artifact.name}: accuracy {self.accuracy:.4f}"]
+        if self.agreement is not None:
+            parts.append(f"agreement {self.agreement:.2%}, max diff {self.max_abs_diff:.2g}")
+        parts.append(f"{self.gzip_bytes / 1024:.1f} KiB gzip")
+        if self.latency_b1_ms is not None:
+            parts.append(f"b1 {self.latency_b1_ms:.3f} ms")
+        parts.append("ok" if self.passed else "FAILED: " + "; ".join(map(str, self.mismatches)))
+        return ", ".join(parts)
+
+
+def validate(
+    artifact: str | os.PathLike | ExportRecord,
+    data,
+    reference=None,
+    *,
+    tolerance: Tolerance | None = None,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    repeats: int = DEFAULT_REPEATS,
+    threads: int | None = None,
+    check: bool = True,
+) -> ValidationReport:
+    """Validate an .onnx or .tflite artifact (a path or an :class:`ExportRecord`) on ``data.x_test``.
+
+    ``reference`` is the Keras model it came from (agreement and max diff
+    need it; without it only the accuracy is checked, against the
+    ``reference_accuracy`` an ONNX file's metadata holds). ``tolerance``
+    defaults to the variant's (:meth:`Tolerance.for_precision`). With
+    ``check`` a missed bound raises ValidationError (carrying the report).
+    """
+    if isinstance(batch_sizes, int) or not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise UsageError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
+    path, quantization, precision = _describe(artifact)
+    runner = open_runner(path, threads)
+    data.check_input_shape((None, *runner.input_shape), what=f"artifact {path.name}")
+    x, y = data.x_test, data.y_test
+    probs = predict_batches(runner.predict, x)
+    accuracy = float(np.mean(probs.argmax(axis=1) == y))
+
+    agreement = max_diff = reference_accuracy = None
+    if reference is not None:
+        ref = predict_batches(lambda b: reference(b, training=False), x).astype(np.float32)
+        reference_accuracy = float(np.mean(ref.argmax(axis=1) == y))
+        agreement = float(np.mean(ref.argmax(axis=1) == probs.argmax(axis=1)))
+        max_diff = float(np.max(np.abs(ref - probs)))
+    elif runner.format is ExportFormat.ONNX:
+        from deploykit.export.metadata import read_metadata
+
+        reference_accuracy = read_metadata(runner.session).reference_accuracy
+
+    timings = []
+    for batch in batch_sizes:
+        xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
+        seconds = median_seconds(lambda: runner.predict(xb), repeats)
+        timings.append(Timing(batch, 1e3 * seconds, batch / seconds))
+    size, gz = file_sizes(path)
+    tol = tolerance if tolerance is not None else Tolerance.for_precision(precision)
+    mismatches, skipped = _check(tol, max_diff, agreement, accuracy, reference_accuracy)
+    report = ValidationReport(path, runner.format, quantization, precision, len(x), accuracy, reference_accuracy,
+                              agreement, max_diff, size, gz, timings, tol, mismatches, skipped)
+    if check and mismatches:
+        raise ValidationError(str(path), mismatches, report)
+    return report
+
+
+def _check(tol: Tolerance, max_diff, agreement, accuracy, reference_accuracy) -> tuple[list[Mismatch], list[str]]:
+    """Every bound of ``tol`` against the measurements (all collected, none short-circuits)."""
+    mismatches, skipped = [], []
+    if tol.max_abs_diff is not None:
+        if max_diff is None:
+            skipped.append("max_abs_diff (no reference model)")
+        elif max_diff > tol.max_abs_diff:
+            mismatches.append(Mismatch("max_abs_diff", max_diff, f"<= {tol.max_abs_diff:g}", "largest |probability - reference|"))
+    if tol.min_agreement is not None:
+        if agreement is None:
+            skipped.append("agreement (no reference model)")
+        elif agreement < tol.min_agreement:
+            mismatches.append(Mismatch("agreement", agreement, f">= {tol.min_agreement:g}", "predicted class equals the reference's"))
+    if tol.max_accuracy_drop is not None:
+        if reference_accuracy is None:
+            skipped.append("accuracy drop (no reference accuracy)")
+        elif reference_accuracy - accuracy > tol.max_accuracy_drop + 1e-12:
+            mismatches.append(Mismatch("accuracy_drop", reference_accuracy - accuracy, f"<= {tol.max_accuracy_drop:g}",
+                                       f"accuracy {accuracy:.4f} vs reference {reference_accuracy:.4f}"))
+    return mismatches, skipped
+
+
+def _describe(artifact) -> tuple[Path, str, Precision]:
+    """(path, quantization, precision) of a record, or of a file by what it holds."""
+    if isinstance(artifact, ExportRecord):
+        return Path(artifact.path), artifact.quantization, artifact.precision
+    path = Path(artifact)
+    if not path.is_file():
+        raise UsageError(f"artifact {path}: no such file")
+    quantization = {".onnx": _onnx_quantization, ".tflite": _tflite_quantization}.get(path.suffix.lower())
+    if quantization is None:
+        raise UsageError(f"artifact {path}: unknown format {path.suffix or '(no suffix)'}; expected .onnx or .tflite")
+    name = quantization(path)
+    return path, name, parse_enum(Precision, {"none": "float32", "float16": "float16"}.get(name, "int8"), "precision")
+
+
+def _onnx_quantization(path: Path) -> str:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = {node.op_type for node in proto.graph.node}
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}:
+        return "int8-dynamic"
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul"}:
+        return "int8-static"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        return "float16"
+    return "none"
+
+
+def _tflite_quantization(path: Path) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    constant_int8 = activation_int8 = float16 = False
+    for tensor in interpreter.get_tensor_details():
+        dtype = np.dtype(tensor["dtype"])
+        if dtype == np.float16:
+            float16 = True
+        elif dtype == np.int8:
+            try:  # constants hold data before allocate_tensors(); activations do not
+                interpreter.get_tensor(tensor["index"])
+                constant_int8 = True
+            except ValueError:
+                activation_int8 = True
+    if activation_int8:
+        return "int8"
+    if constant_int8:
+        return "dynamic"
+    return "float16" if float16 else "none"
+
+
+def validation_markdown(reports: list[ValidationReport], title: str = "Validation") -> str:
+    """A markdown table of ``reports``; quantized variants are compared with their format's float32 artifact."""
+    base = {r.format: r for r in reports if r.precision is Precision.FLOAT32}
+    ref = next((r.reference_accuracy for r in reports if r.reference_accuracy is not None), None)
+    lines = [f"## {title}", ""]
+    if ref is not None:
+        lines += [f"Reference (Keras) test accuracy: {ref:.4f} on {reports[0].samples} test inputs.", ""]
+    lines += [
+        "| artifact | quantization | accuracy | drop (pt) | agreement | max diff | size KiB | gzip KiB | b1 ms | b256 /s | vs float32 (b1, b256) | tolerance | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for r in reports:
+        speed, slower = _speed_vs(r, base.get(r.format))
+        if slower:
+            notes.append(f"- {r.artifact.name}: {r.quantization} is slower than float32 on this CPU ({slower}).")
+        drop = "" if r.accuracy_drop is None else f"{100 * r.accuracy_drop:+.2f}"
+        result = "ok" if r.passed else "FAILED: " + "; ".join(map(str, r.mismatches))
+        if r.skipped:
+            result += " (not checked: " + ", ".join(r.skipped) + ")"
+        lines.append(
+            f"| {r.artifact.name} | {r.quantization} | {r.accuracy:.4f} | {drop} | {_fmt(r.agreement, '.2%')} | "
+            f"{_fmt(r.max_abs_diff, '.2g')} | {r.size_bytes / 1024:.1f} | {r.gzip_bytes / 1024:.1f} | "
+            f"{_fmt(r.latency_b1_ms, '.4f')} | {_fmt(r.throughput_b256, ',.0f')} | {speed} | {r.tolerance.describe()} | {result} |"
+        )
+    if notes:
+        lines += ["", f"Speed notes (measured on this machine; ratios below {SLOWER_BELOW:g} count as slower). int8 and float16 "
+                  "buy size first, speed only where this CPU's kernels favour them:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _speed_vs(r: ValidationReport, base: ValidationReport | None) -> tuple[str, str]:
+    """('1.20x, 0.80x', 'batch 256: 0.80x') for a quantized report against its float32 one."""
+    if base is None or r is base or r.precision is Precision.FLOAT32 or r.latency_b1_ms is None or r.throughput_b256 is None \
+            or base.latency_b1_ms is None or base.throughput_b256 is None:
+        return "", ""
+    b1 = base.latency_b1_ms / r.latency_b1_ms
+    b256 = r.throughput_b256 / base.throughput_b256
+    slower = [f"batch {b}: {s:.2f}x" for b, s in ((1, b1), (256, b256)) if s < SLOWER_BELOW]
+    return f"{b1:.2f}x, {b256:.2f}x", ", ".join(slower)
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)

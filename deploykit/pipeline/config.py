@@ -1,0 +1,443 @@
+"""The optimize pipeline's configuration: one frozen dataclass per step, read from and written to TOML.
+
+A TOML file has one table per step (every key optional)::
+
+    [input]                  # what the run reads (written by the CLI so the run can be repeated)
+    model = "models/digits_default.keras"
+    data = "digits"
+    [fold]
+    enabled = true
+    [sparsity]
+    method = "prune"         # prune | l1 | none
+    [sparsity.prune]         # deploykit.sparsity.PruneConfig
+    target_sparsity = 0.8
+    [sparsity.l1]            # deploykit.sparsity.L1Config
+    l1 = 0.001
+    [compact]
+    enabled = true
+    [export]
+    formats = ["onnx", "tflite"]
+    precisions = ["float32", "float16", "int8"]
+    [mc]
+    enabled = true
+    samples = 30
+    [validate]
+    enabled = true
+
+Unknown keys are a ConfigError naming the key and the keys allowed there.
+This module does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploykit.configs import check_keys as shared_check_keys
+from deploykit.errors import ConfigError
+from deploykit.records import to_jsonable
+from deploykit.sparsity.config import L1Config, PruneConfig
+
+if TYPE_CHECKING:
+    from deploykit.export.config import Tolerance
+
+#: Fine-tuning epochs of the pipeline's sparsity step: 30 recover 80% pruning of the shipped model to within
+#: half a point on digits (8 lose 2 points); past the first (traced) epoch each costs a fraction of a second.
+DEFAULT_TUNE_EPOCHS = 30
+
+
+class SparsityMethod(enum.Enum):
+    PRUNE = "prune"  # TF-MOT magnitude pruning to a target sparsity
+    L1 = "l1"  # l1 fine-tuning, then zero the small weights
+    NONE = "none"
+
+
+class Format(enum.Enum):
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+
+class Precision(enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT8 = "int8"
+
+
+class OnnxInt8(enum.Enum):
+    DYNAMIC = "dynamic"  # weights int8, activations quantized per call (onnxruntime quantize_dynamic)
+    STATIC = "static"  # QDQ with calibration on training data
+
+
+class TfliteInt8(enum.Enum):
+    FULL = "full"  # full-integer kernels, calibrated on a representative dataset
+    DYNAMIC = "dynamic"  # dynamic-range: int8 weights, float activations
+
+
+def _enum(cls: type[enum.Enum], where: str, value: Any) -> enum.Enum:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ConfigError(f"{where} must be one of {allowed}, got {value!r}") from None
+
+
+def _bool(where: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+
+
+def _int(where: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+
+
+def _fraction(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
+        raise ConfigError(f"{where} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _positive(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _enum_list(cls: type[enum.Enum], where: str, values: Any) -> tuple:
+    if isinstance(values, str):
+        values = [v.strip() for v in values.split(",") if v.strip()]
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{where} must be a list, got {values!r}")
+    items = tuple(_enum(cls, where, v) for v in values)
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{where} lists a value twice: {[i.value for i in items]}")
+    return items
+
+
+def check_keys(where: str, cls: type, values: Any) -> dict[str, Any]:
+    """``values`` as a dict whose keys are fields of ``cls``; anything else is one clear ConfigError."""
+    if not where and isinstance(values, dict):  # the top level: its keys are the step tables
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"unknown table [{unknown[0]}] (allowed: {allowed})")
+    return shared_check_keys(cls, values, f"[{where or 'top level'}]")
+
+
+class _Table:
+    """from_dict / to_dict for the flat step tables (enums and tuples as TOML values)."""
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str | None = None):
+        return cls(**check_keys(where or cls.TABLE, cls, values))  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in to_jsonable(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class InputConfig(_Table):
+    """The model and data of the run (None: given to ``optimize`` as objects, or the CLI's defaults)."""
+
+    TABLE = "input"
+    model: str | None = None
+    data: str = "digits"
+    label_column: str = "label"
+    seed: int = 42  # seed of the data split
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, str):
+            raise ConfigError(f"input.model must be a path, got {self.model!r}")
+        for name in ("data", "label_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"input.{name} must be a non-empty string, got {getattr(self, name)!r}")
+        _int("input.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class FoldStep(_Table):
+    """Fold BatchNormalization and the input standardization into the Dense layers."""
+
+    TABLE = "fold"
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _bool("fold.enabled", self.enabled)
+
+
+def _tune_defaults(cls):
+    return cls(epochs=DEFAULT_TUNE_EPOCHS)
+
+
+@dataclass(frozen=True)
+class SparsityStep:
+    """Prune (TF-MOT) or l1-sparsify the Dense kernels; ``prune`` / ``l1`` are the sparsity module's own configs."""
+
+    TABLE = "sparsity"
+    method: SparsityMethod = SparsityMethod.PRUNE
+    prune: PruneConfig = field(default_factory=lambda: _tune_defaults(PruneConfig))
+    l1: L1Config = field(default_factory=lambda: _tune_defaults(L1Config))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", _enum(SparsityMethod, "sparsity.method", self.method))
+        for name, cls in (("prune", PruneConfig), ("l1", L1Config)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"sparsity.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+            if getattr(self, name).compact:
+                raise ConfigError(f"sparsity.{name}.compact: the pipeline compacts in its own step; use [compact] enabled")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method is not SparsityMethod.NONE
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "sparsity") -> SparsityStep:
+        values = check_keys(where, cls, values)
+        for name, sub in (("prune", PruneConfig), ("l1", L1Config)):
+            if name in values:
+                table = check_keys(f"{where}.{name}", sub, values[name])
+                values[name] = sub.from_dict({**_tune_defaults(sub).to_dict(), **table})
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method.value, "prune": self.prune.to_dict(), "l1": self.l1.to_dict()}
+
+
+@dataclass(frozen=True)
+class CompactStep(_Table):
+    """Remove the hidden neurons sparsity left dead (exact)."""
+
+    TABLE = "compact"
+    enabled: bool = True
+    tolerance: float = 1e-5  # outputs before and after must agree this closely on the test split
+
+    def __post_init__(self) -> None:
+        _bool("compact.enabled", self.enabled)
+        object.__setattr__(self, "tolerance", _positive("compact.tolerance", self.tolerance))
+
+
+@dataclass(frozen=True)
+class ExportStep(_Table):
+    """Export every format x precision, each artifact validated in its runtime (see [validate])."""
+
+    TABLE = "export"
+    enabled: bool = True
+    formats: tuple[Format, ...] = (Format.ONNX, Format.TFLITE)
+    precisions: tuple[Precision, ...] = (Precision.FLOAT32, Precision.FLOAT16, Precision.INT8)
+    onnx_int8: OnnxInt8 = OnnxInt8.DYNAMIC
+    tflite_int8: TfliteInt8 = TfliteInt8.FULL
+    calibration_samples: int = 300  # training rows for static int8 calibration
+    opset: int = 17
+    triton: bool = False  # also write a Triton / KServe model repository for the float32 ONNX model
+
+    def __post_init__(self) -> None:
+        _bool("export.enabled", self.enabled)
+        _bool("export.triton", self.triton)
+        object.__setattr__(self, "formats", _enum_list(Format, "export.formats", self.formats))
+        object.__setattr__(self, "precisions", _enum_list(Precision, "export.precisions", self.precisions))
+        object.__setattr__(self, "onnx_int8", _enum(OnnxInt8, "export.onnx_int8", self.onnx_int8))
+        object.__setattr__(self, "tflite_int8", _enum(TfliteInt8, "export.tflite_int8", self.tflite_int8))
+        _int("export.calibration_samples", self.calibration_samples, 1)
+        _int("export.opset", self.opset, 13)
+        if self.enabled and not (self.formats and self.precisions):
+            raise ConfigError("export: formats and precisions must each list at least one value (or set enabled = false)")
+
+    def variants(self) -> list[tuple[Format, Precision]]:
+        return [(f, p) for f in self.formats for p in self.precisions] if self.enabled else []
+
+
+@dataclass(frozen=True)
+class MCStep(_Table):
+    """The MC Dropout ONNX model (skipped, with the reason, when the model has no dropout)."""
+
+    TABLE = "mc"
+    enabled: bool = True
+    samples: int = 30
+    seed: int | None = None  # None: fresh draws per session; an int: repeatable outputs
+
+    def __post_init__(self) -> None:
+        _bool("mc.enabled", self.enabled)
+        _int("mc.samples", self.samples, 1)
+        if self.seed is not None:
+            _int("mc.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class ValidateStep(_Table):
+    """Check each step and artifact; a missed figure stops the run.
+
+    Artifacts are held to the exporter's per-precision tolerance (float32: max diff <= 1e-4;
+    float16: agreement >= 99.5%; int8: accuracy within 1 point); ``artifacts`` overrides the
+    bounds it sets (a ``deploykit.export`` Tolerance, TOML table ``[validate.artifacts]``).
+    """
+
+    TABLE = "validate"
+    enabled: bool = True
+    fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause
+    max_accuracy_drop: float = 0.02  # sparsity step and MC model: test accuracy may fall at most this much
+    latency_repeats: int = 50  # timed runs per latency figure (the median is reported)
+    artifacts: Tolerance | None = None  # overrides the per-precision bounds it sets
+
+    def __post_init__(self) -> None:
+        from deploykit.export.config import Tolerance
+
+        _bool("validate.enabled", self.enabled)
+        object.__setattr__(self, "fold_tolerance", _positive("validate.fold_tolerance", self.fold_tolerance))
+        object.__setattr__(self, "max_accuracy_drop", _fraction("validate.max_accuracy_drop", self.max_accuracy_drop))
+        _int("validate.latency_repeats", self.latency_repeats, 1)
+        if isinstance(self.artifacts, dict):
+            table = check_keys("validate.artifacts", Tolerance, self.artifacts)
+            object.__setattr__(self, "artifacts", Tolerance.from_dict(table))
+        if self.artifacts is not None and not isinstance(self.artifacts, Tolerance):
+            raise ConfigError(f"validate.artifacts must be a table of bounds, got {self.artifacts!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        if self.artifacts is not None:
+            values["artifacts"] = {k: v for k, v in self.artifacts.to_dict().items() if v is not None}
+        return values
+
+    def tolerance_for(self, precision: str):
+        """The tolerance an artifact of ``precision`` is held to."""
+        from deploykit.export.config import Tolerance
+
+        return Tolerance.for_precision(precision).overridden(self.artifacts)
+
+
+_STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "compact": CompactStep,
+          "export": ExportStep, "mc": MCStep, "validate": ValidateStep}
+
+#: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
+OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "precisions",
+           "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "validate")
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """The whole pipeline. Every step is on by default where the model allows it."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    fold: FoldStep = field(default_factory=FoldStep)
+    sparsity: SparsityStep = field(default_factory=SparsityStep)
+    compact: CompactStep = field(default_factory=CompactStep)
+    export: ExportStep = field(default_factory=ExportStep)
+    mc: MCStep = field(default_factory=MCStep)
+    validate: ValidateStep = field(default_factory=ValidateStep)
+
+    def __post_init__(self) -> None:
+        for name, cls in _STEPS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"OptimizeConfig.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+
+    # --- dicts and TOML -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Any) -> OptimizeConfig:
+        values = check_keys("", cls, values)
+        return cls(**{name: _STEPS[name].from_dict(table, name) for name, table in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name).to_dict() for name in _STEPS}
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> OptimizeConfig:
+        """Read a TOML file; a missing file, bad TOML or a bad key is a ConfigError naming it."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+        return cls.from_toml_text(text, source=str(path))
+
+    @classmethod
+    def from_toml_text(cls, text: str, source: str = "config") -> OptimizeConfig:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+        try:
+            return cls.from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        header = "# deploykit optimize pipeline; repeat the run with: deploykit optimize --config <this file>\n"
+        return header + tomli_w.dumps(self.to_dict())
+
+    # --- flat options ---------------------------------------------------------------------
+    def with_options(self, **options: Any) -> OptimizeConfig:
+        """A copy with the flat options applied (None values are ignored); see :data:`OPTIONS`.
+
+        ``fold``, ``compact``, ``export``, ``mc``, ``validate``: switch a step (bool).
+        ``sparsity``: a target in [0, 1) (prune), ``"prune"``, ``"l1"``, ``"none"`` or False.
+        ``l1``: l1 factor (selects the l1 method); ``threshold``: its zeroing threshold.
+        ``epochs``: fine-tuning epochs of the sparsity step. ``formats``, ``precisions``: lists or
+        comma-separated text. ``samples``, ``mc_seed``: the MC model's defaults.
+        """
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r} (allowed: {', '.join(OPTIONS)})")
+        o = {k: v for k, v in options.items() if v is not None}
+        c = self
+        for name in ("fold", "compact", "export", "mc", "validate"):
+            if name in o:
+                _bool(name, o[name])
+                c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
+        c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
+        export = {k: o[k] for k in ("formats", "precisions", "onnx_int8", "tflite_int8", "triton") if k in o}
+        if export:
+            c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
+        mc = {k: o[k] for k in ("samples",) if k in o} | ({"seed": o["mc_seed"]} if "mc_seed" in o else {})
+        if mc:
+            c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
+        return c
+
+    def with_input(self, **values: Any) -> OptimizeConfig:
+        """A copy with ``[input]`` values replaced (None values are ignored)."""
+        return dataclasses.replace(self, input=dataclasses.replace(self.input, **{k: v for k, v in values.items() if v is not None}))
+
+    def summary(self) -> str:
+        """One line: which steps run."""
+        s = self.sparsity
+        sparse = {"prune": f"prune to {s.prune.target_sparsity:.0%}", "l1": f"l1 {s.l1.l1:g}", "none": "no sparsity"}[s.method.value]
+        parts = [
+            "fold" if self.fold.enabled else "no fold", sparse, "compact" if self.compact.enabled else "no compact",
+            ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(p.value for p in self.export.precisions))
+            if self.export.enabled else "no export",
+            f"MC Dropout (T={self.mc.samples})" if self.mc.enabled else "no MC",
+            "validate" if self.validate.enabled else "no validation",
+        ]
+        return ", ".join(parts)
+
+
+def _sparsity_options(step: SparsityStep, o: dict[str, Any]) -> SparsityStep:
+    method, prune, l1 = step.method, step.prune, step.l1
+    if "sparsity" in o:
+        value = o["sparsity"]
+        if value is False:
+            method = SparsityMethod.NONE
+        elif isinstance(value, str):
+            method = _enum(SparsityMethod, "sparsity", value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            method, prune = SparsityMethod.PRUNE, prune.with_options(target_sparsity=_fraction("sparsity", value))
+        else:
+            raise ConfigError(f"sparsity must be a target in [0, 1), 'prune', 'l1', 'none' or false, got {value!r}")
+    if "l1" in o:
+        if method is SparsityMethod.NONE and "sparsity" in o:
+            raise ConfigError("options sparsity='none' and l1 contradict each other")
+        method, l1 = SparsityMethod.L1, l1.with_options(l1=_positive("l1", o["l1"]))
+    if "threshold" in o:
+        l1 = l1.with_options(threshold=o["threshold"])
+    if "epochs" in o:
+        _int("epochs", o["epochs"], 1)
+        prune, l1 = prune.with_options(epochs=o["epochs"]), l1.with_options(epochs=o["epochs"])
+    return SparsityStep(method, prune, l1)

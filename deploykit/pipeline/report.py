@@ -1,0 +1,168 @@
+"""report.json (every figure) and report.md (the table a person reads in ten seconds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from deploykit.pipeline.records import ArtifactRow, StepRecord, Status
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+COLUMNS = ("artifact", "format", "precision", "sparsity", "size", "gzip", "compression", "accuracy", "Δ acc",
+           "agreement", "b1 latency", "b256 throughput", "validation")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:,.2f} MiB"
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "—" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms:.3g} ms" if ms >= 1 else f"{1000 * ms:.3g} µs"
+
+
+def _signed_points(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:+.2f} pt"
+
+
+def artifact_cells(r: ArtifactRow) -> list[str]:
+    """One table row as text."""
+    return [
+        r.file, f"{r.format} ({r.runtime})", r.precision, _pct(r.sparsity, 1), _size(r.size_bytes), _size(r.gzip_bytes),
+        f"{r.compression:.1f}x", _pct(r.accuracy), _signed_points(r.accuracy_change), _pct(r.agreement),
+        _duration(r.latency_b1_ms),
+        "—" if r.throughput_b256 is None else f"{r.throughput_b256:,.0f}/s",
+        r.verdict.value,
+    ]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A fixed-width table for the terminal."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def artifacts_text(rows: Sequence[ArtifactRow]) -> str:
+    return text_table(COLUMNS, [artifact_cells(r) for r in rows])
+
+
+def step_cells(s: StepRecord) -> list[str]:
+    """What a step bought and cost: accuracy, parameters, .keras gzip size, seconds."""
+    b, a = s.before, s.after
+    if b is not None and a is not None:
+        acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt)"
+        params = f"{b.params:,} → {a.params:,}"
+        macs = f"{b.dense_macs:,} → {a.dense_macs:,}"
+        size = f"{_size(b.keras_gzip_bytes)} → {_size(a.keras_gzip_bytes)}"
+        sparsity = f"{100 * b.sparsity:.1f}% → {100 * a.sparsity:.1f}%"
+    else:
+        acc = params = macs = size = sparsity = ""
+    note = s.reason + (f" [checked: {s.checks}]" if s.checks else "")
+    return [s.step, s.status.value, f"{s.seconds:.1f} s", acc, sparsity, params, macs, size, note]
+
+
+STEP_COLUMNS = ("step", "status", "time", "test accuracy", "sparsity", "parameters", "Dense MACs", ".keras gzip", "what it did")
+
+
+def build_report(*, config, data_summary: str, model_summary: dict[str, Any], original, final, steps: Sequence[StepRecord],
+                 artifacts: Sequence[ArtifactRow], layer_sparsity, mc: dict[str, Any] | None, plots: Sequence[str],
+                 seconds: float, version: str) -> dict[str, Any]:
+    """The whole report as JSON-ready values."""
+    from deploykit.records import to_jsonable
+
+    return to_jsonable({
+        "deploykit_version": version,
+        "config": config.to_dict(),
+        "data": data_summary,
+        "model": model_summary,
+        "original": original,
+        "final": final,
+        "steps": list(steps),
+        "artifacts": list(artifacts),
+        "layer_sparsity": list(layer_sparsity),
+        "mc": mc,
+        "plots": list(plots),
+        "seconds": round(seconds, 2),
+        "notes": notes(artifacts),
+    })
+
+
+def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
+    """Honest remarks the figures call for: int8 / float16 slower than float32 in the same runtime."""
+    out = []
+    base = {(r.format, r.runtime): r for r in artifacts if r.precision == "float32" and r.format in ("onnx", "tflite")}
+    for r in artifacts:
+        ref = base.get((r.format, r.runtime))
+        if r.precision == "float32" or ref is None or r.latency_b1_ms is None or ref.latency_b1_ms is None:
+            continue
+        ratio = r.latency_b1_ms / ref.latency_b1_ms
+        if ratio > 1.05:
+            out.append(f"{r.file}: {r.precision} is {ratio:.2f}x slower than float32 at batch 1 in {r.runtime} on this CPU "
+                       f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)")
+    return out
+
+
+def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Sequence[StepRecord]) -> str:
+    """report.md: the artifact table first, then the steps, MC Dropout, plots and notes."""
+    original = report["original"]
+    lines = [
+        "# deploykit optimize report",
+        "",
+        f"Model `{report['model'].get('name', '?')}` ({original['params']:,} parameters, test accuracy "
+        f"{100 * original['accuracy']:.2f}%) on {report['data']}; pipeline: {report['model'].get('pipeline', '')}; "
+        f"{report['seconds']:.0f} s.",
+        "",
+        markdown_table(COLUMNS, [artifact_cells(r) for r in artifacts], right=range(3, 12)),
+        "",
+        "Compression: gzip size of the original model saved as `.keras` divided by the artifact's gzip size. "
+        "Δ acc: test accuracy against the original model. Agreement: predicted classes equal to those of the "
+        "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original). Latency: median of repeated single-example calls; "
+        "throughput: examples per second at batch 256 (one process, this machine).",
+        "",
+        "## What each step bought and cost",
+        "",
+        markdown_table(STEP_COLUMNS, [step_cells(s) for s in steps]),
+        "",
+    ]
+    mc = report.get("mc")
+    if mc:
+        d, m = mc["deterministic"], mc["mc"]
+        lines += [
+            f"## MC Dropout (T = {mc['samples']}, {mc['count']} test instances)",
+            "",
+            markdown_table(("metric", "deterministic", "MC Dropout"), [
+                ("accuracy", f"{d['accuracy']:.4f}", f"{m['accuracy']:.4f}"),
+                ("NLL", f"{d['nll']:.4f}", f"{m['nll']:.4f}"),
+                ("Brier", f"{d['brier']:.4f}", f"{m['brier']:.4f}"),
+                (f"ECE ({d['bins']} bins)", f"{d['ece']:.4f}", f"{m['ece']:.4f}"),
+            ], right=(1, 2)),
+            "",
+        ]
+        for u in mc.get("uncertain", []):
+            rest = u["rest_error"]
+            lines.append(f"- {u['predictions']} / {u['measure']}: error {u['uncertain_error']:.3f} among the "
+                         f"{u['uncertain_count']} most uncertain vs {rest:.3f} in the rest")
+        lines.append("")
+    if report["plots"]:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    skipped = [s for s in steps if s.status is not Status.DONE]
+    if skipped:
+        lines += ["## Skipped steps", ""] + [f"- {s.step}: {s.status.value} — {s.reason}" for s in skipped] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""``optimize``: run the pipeline on a model and write the artifacts and the report, atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploykit.atomic import atomic_dir, write_text
+from deploykit.errors import StepError, UsageError, ValidationError
+from deploykit.pipeline import plots
+from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.records import ArtifactRow, StepRecord, Verdict
+from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
+from deploykit.pipeline.steps import ORIGINAL_FILE, Context, build_pipeline, keras_row, model_figures, sparsity_rows, timed
+
+CONFIG_FILE = "deploykit.toml"
+
+
+@dataclass
+class OptimizeResult:
+    """What ``optimize`` wrote into ``out_dir`` and measured."""
+
+    out_dir: Path
+    model: Any  # the optimized tf_keras model (saved as model.keras)
+    config: OptimizeConfig  # what ran (also in out_dir/deploykit.toml)
+    steps: list[StepRecord]
+    artifacts: list[ArtifactRow]
+    report: dict[str, Any]  # report.json
+
+    def artifact(self, file: str) -> ArtifactRow:
+        """The row of one artifact, by file name (e.g. ``"model.onnx"``)."""
+        for row in self.artifacts:
+            if row.file == file:
+                return row
+        raise KeyError(f"no artifact {file!r}; artifacts: {', '.join(r.file for r in self.artifacts)}")
+
+    def table(self) -> str:
+        """The artifact table as fixed-width text (what the CLI prints)."""
+        return artifacts_text(self.artifacts)
+
+
+def optimize(
+    model=None,
+    data=None,
+    *,
+    config: OptimizeConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    unsafe: bool = False,
+    **options: Any,
+) -> OptimizeResult:
+    """Fold, sparsify, compact, export, build the MC Dropout model and validate, as ``config`` says.
+
+    ``model``: a tf_keras model or a model file (default: ``config.input.model``).
+    ``data``: a Dataset, ``"digits"`` or a data file (default: ``config.input.data``); the
+    deploykit.toml written records paths made absolute, and a Dataset object by its name.
+    ``options``: flat overrides of the config (see :meth:`OptimizeConfig.with_options`),
+    e.g. ``fold=False, sparsity=0.9, formats="onnx", mc=False``.
+    ``out_dir`` is built aside and moved into place when every step has passed; an existing
+    non-empty folder is refused unless ``force``. Without ``out_dir`` a new temporary folder is
+    used (``result.out_dir``). A step that misses its check raises StepError and writes nothing.
+    """
+    config = (config or OptimizeConfig()).with_options(**options)
+    say = progress or (lambda _msg: None)
+    if model is None and config.input.model is None:
+        raise UsageError("optimize: no model given (pass a tf_keras model or a file, or set [input] model)")
+    if out_dir is not None:
+        return _prepare_and_run(model, data, config, Path(out_dir), force, say, unsafe)
+    out = Path(tempfile.mkdtemp(prefix="deploykit-optimize-"))
+    try:
+        return _prepare_and_run(model, data, config, out, True, say, unsafe)
+    except BaseException:
+        out.rmdir()  # atomic_dir left it as it was: empty
+        raise
+
+
+def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool) -> OptimizeResult:
+    """Load what was given as paths, check model and data fit, and run inside the staging folder."""
+    from deploykit.backend import is_tf_keras_model
+    from deploykit.data import SplitConfig, load_dataset
+    from deploykit.io import load_model
+
+    with atomic_dir(out, force=force) as staging:  # an existing --out is refused before any work
+        if model is None or isinstance(model, (str, os.PathLike)):
+            path = str(model if model is not None else config.input.model)
+            say(f"loading model {path}")
+            model = load_model(path, unsafe=unsafe)
+            config = config.with_input(model=str(Path(path).resolve()))
+        elif not is_tf_keras_model(model):
+            raise UsageError(f"optimize takes a tf_keras model or a model file, got {type(model).__module__}."
+                             f"{type(model).__name__} (Keras 3 models: save them and pass the file)")
+        if data is None or isinstance(data, (str, os.PathLike)):
+            source = str(data if data is not None else config.input.data)
+            data = load_dataset(source, label_column=config.input.label_column, split=SplitConfig(seed=config.input.seed))
+            config = config.with_input(data=source if source == "digits" else str(Path(source).resolve()))
+        else:
+            config = config.with_input(data=data.name)
+        data.check_input_shape(model.input_shape, what=f"model {model.name!r}")
+        say(f"data {data.summary()}")
+        say(f"pipeline: {config.summary()}")
+        return _run(model, data, config, staging, out, say)
+
+
+def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say) -> OptimizeResult:
+    from deploykit._version import __version__
+    from deploykit.chain import from_chain, to_chain
+    from deploykit.io import save_model
+
+    start = time.perf_counter()
+    original = from_chain(to_chain(model))  # a fresh copy: nothing a step does can reach the caller's model
+    save_model(original, staging / ORIGINAL_FILE)
+    figures = model_figures(original, data)
+    ctx = Context(data, config, staging, say, original, figures, figures)
+    ctx.layer_sparsity = sparsity_rows(original, "original")
+    ctx.artifacts.append(keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model"))
+    say(f"original model: {figures.params:,} parameters, test accuracy {figures.accuracy:.4f}, "
+        f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
+
+    current, records = original, []
+    pipeline = build_pipeline(config)
+    for k, step in enumerate(pipeline, start=1):
+        say(f"step {k}/{len(pipeline)}: {step.name}")
+        try:
+            current, record = timed(step, current, ctx)
+        except (StepError, ValidationError) as exc:
+            raise _failed(step.name, exc, staging, out) from exc
+        say(f"  {record.status.value}: {record.reason} ({record.seconds:.1f} s)")
+        records.append(record)
+
+    say("writing the report and plots")
+    drawn = [plots.accuracy_vs_size(ctx.artifacts, staging / plots.ACCURACY_PLOT),
+             plots.layer_sparsity(ctx.layer_sparsity, staging / plots.SPARSITY_PLOT),
+             plots.latency(ctx.artifacts, staging / plots.LATENCY_PLOT)]
+    if ctx.mc is not None:
+        drawn.append(staging / plots.RELIABILITY_PLOT)
+    model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
+                     "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary()}
+    report = build_report(config=config, data_summary=data.summary(), model_summary=model_summary,
+                          original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=ctx.artifacts,
+                          layer_sparsity=ctx.layer_sparsity, mc=ctx.mc, plots=[p.name for p in drawn],
+                          seconds=time.perf_counter() - start, version=__version__)
+    report = _relative(report, staging)
+    write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
+    write_text(staging / REPORT_MD, markdown(report, ctx.artifacts, records))
+    write_text(staging / CONFIG_FILE, config.to_toml())
+    say(f"done in {time.perf_counter() - start:.1f} s: {out}")
+    return OptimizeResult(out, current, config, records, ctx.artifacts, report)
+
+
+def _failed(step: str, exc: Exception, staging: Path, out: Path) -> StepError:
+    """One line naming the step and the figure that missed; the staging folder is about to be removed."""
+    if isinstance(exc, ValidationError):
+        what = f"{Path(exc.artifact).name} failed validation: " + "; ".join(map(str, exc.mismatches))
+    else:
+        what = str(exc).replace(f"{staging}{os.sep}", "")
+    error = StepError(f"step '{step}' failed: {what}; nothing was written to {out}")
+    error.step = step  # type: ignore[attr-defined]
+    return error
+
+
+def _relative(value: Any, staging: Path) -> Any:
+    """Paths inside the staging folder as names relative to the output folder; NaN and inf as None (valid JSON)."""
+    prefix = f"{staging}{os.sep}"
+    if isinstance(value, dict):
+        return {k: _relative(v, staging) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, staging) for v in value]
+    if isinstance(value, str) and prefix in value:
+        return value.replace(prefix, "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

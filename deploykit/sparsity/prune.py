@@ -1,0 +1,124 @@
+"""TF-MOT magnitude pruning of the Dense layers, with a schedule derived from the data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from deploykit.errors import ConfigError, StepError
+from deploykit.sparsity.compact import apply_compact
+from deploykit.sparsity.config import PruneConfig
+from deploykit.sparsity.report import PruneSchedule, SparsityReport, kernel_sparsity, model_sparsity, saved_sizes
+from deploykit.sparsity.tuning import accuracy, check_inputs, choose_layers, fine_tune, rebuild
+
+
+def prune(
+    model,
+    data,
+    target_sparsity: float | None = None,
+    *,
+    config: PruneConfig | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    block_size=None,
+    layer_sparsity: dict[str, float] | None = None,
+    skip_layers: tuple[str, ...] | None = None,
+    skip_output: bool | None = None,
+    compact: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+):
+    """Prune a copy of ``model`` to ``target_sparsity`` (default 0.8) while fine-tuning on ``data``.
+
+    Each selected Dense layer is wrapped with ``prune_low_magnitude`` and a
+    ``PolynomialDecay`` from 0 to its target; the keyword options override
+    ``config``. The result is stripped of the pruning wrappers. Raises
+    StepError when a pruned layer misses its target by more than
+    ``config.tolerance``. Returns ``(pruned_model, SparsityReport)``.
+    """
+    config = (config or PruneConfig()).with_options(
+        target_sparsity=target_sparsity, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        block_size=block_size, layer_sparsity=layer_sparsity, skip_layers=skip_layers, skip_output=skip_output,
+        compact=compact,
+    )
+    dense = check_inputs(model, data, "prune")
+    chosen = choose_layers(dense, config, "prune", tuple(config.layer_sparsity))
+    targets = {name: config.target_for(name) for name in chosen if config.target_for(name) > 0}
+    _check_blocks(model, targets, config.block_size)
+
+    from deploykit.backend import tf  # noqa: F401  (first: makes TF-MOT use tf_keras)
+
+    import tensorflow_model_optimization as tfmot
+
+    sparsity = tfmot.sparsity.keras
+    schedule = PruneSchedule.derive(len(data.x_train), config.batch_size, config.epochs, config.end_fraction)
+
+    def wrap(layer):
+        if layer.name not in targets:
+            return None
+        decay = sparsity.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=targets[layer.name],
+            begin_step=schedule.begin_step, end_step=schedule.end_step, frequency=schedule.frequency,
+        )
+        fresh = layer.__class__.from_config(layer.get_config())
+        return sparsity.prune_low_magnitude(fresh, pruning_schedule=decay, block_size=config.block_size)
+
+    working = rebuild(model, wrap)
+    wrappers = [l for l in working.layers if hasattr(l, "pruning_step")]
+
+    def schedule_done() -> bool:
+        return all(int(w.pruning_step.numpy()) >= schedule.end_step for w in wrappers)
+
+    def status() -> str:
+        zeros = sum(int(np.count_nonzero(w.layer.kernel.numpy() == 0)) for w in wrappers)
+        total = sum(int(np.prod(w.layer.kernel.shape)) for w in wrappers)
+        return f"sparsity {zeros / total:.3f}"
+
+    tuned = fine_tune(
+        working, data, config, callbacks=(sparsity.UpdatePruningStep(),),
+        eligible=schedule_done, status=status, progress=progress,
+    )
+    pruned = rebuild(sparsity.strip_pruning(working))
+    layers = kernel_sparsity(pruned, targets)
+    _check_reached(layers, config, schedule)
+
+    result, compacted = apply_compact(pruned, layers, config.compact, data)
+    before, after = saved_sizes(model), saved_sizes(result)
+    report = SparsityReport(
+        method="prune",
+        layers=layers,
+        sparsity=model_sparsity(layers),
+        accuracy_before=accuracy(model, data.x_test, data.y_test),
+        accuracy_after=accuracy(result, data.x_test, data.y_test),
+        file_bytes_before=before[0], file_bytes_after=after[0],
+        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
+        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
+        target_sparsity=config.target_sparsity, schedule=schedule, compact=compacted,
+        config=config.to_dict(),
+    )
+    return result, report
+
+
+def _check_blocks(model, targets: dict[str, float], block: tuple[int, int]) -> None:
+    """TF-MOT's block masks need at least two blocks along each kernel axis."""
+    if block == (1, 1):
+        return
+    for name in targets:
+        rows, cols = model.get_layer(name).get_weights()[0].shape
+        if -(-rows // block[0]) < 2 or -(-cols // block[1]) < 2:
+            raise ConfigError(
+                f"prune: block_size {block[0]}x{block[1]} leaves layer {name!r} (kernel {rows}x{cols}) "
+                "fewer than two blocks along an axis; use smaller blocks"
+            )
+
+
+def _check_reached(layers, config: PruneConfig, schedule: PruneSchedule) -> None:
+    misses = [l for l in layers if l.target is not None and abs(l.sparsity - l.target) > config.tolerance]
+    if misses:
+        detail = "; ".join(f"layer {l.name!r} reached {l.sparsity:.3f}, target {l.target:.3f}" for l in misses)
+        raise StepError(
+            f"prune: sparsity missed by more than {config.tolerance:.3f}: {detail} "
+            f"(schedule: end step {schedule.end_step} of {schedule.total_steps}, frequency {schedule.frequency}, "
+            f"block {config.block_size[0]}x{config.block_size[1]})"
+        )

@@ -1,0 +1,35 @@
+"""Training with the chapter's recommended configuration (Hands-On ML ch. 11, Tables 11-3 and 11-4).
+
+``TrainConfig`` (presets ``default`` and ``selu``), ``build_model``,
+``find_lr`` (the learning-rate finder) and ``train`` (1cycle, early stopping,
+atomic outputs). Names are imported lazily: ``deploykit.training.presets`` stays
+free of TensorFlow, so the CLI and config readers can use it cheaply.
+
+``deploykit.train`` names both this package and the ``train`` function of the
+top-level API; once the package is imported Python binds the name to the
+package, so the package itself is callable: ``deploykit.train(config, data)``
+runs :func:`deploykit.training.trainer.train` whatever the import order.
+"""
+
+from __future__ import annotations
+
+from deploykit._lazy import lazy_exports
+
+_API = {
+    "TrainConfig": "deploykit.training.presets",
+    "Preset": "deploykit.training.presets",
+    "Optimizer": "deploykit.training.presets",
+    "BatchNorm": "deploykit.training.presets",
+    "build_model": "deploykit.training.model",
+    "OneCycle": "deploykit.training.schedules",
+    "find_lr": "deploykit.training.lr_finder",
+    "LRFinderResult": "deploykit.training.lr_finder",
+    "train": "deploykit.training.trainer",
+    "TrainResult": "deploykit.training.trainer",
+    "TrainRecord": "deploykit.training.trainer",
+}
+
+__all__ = list(_API)
+
+
+__getattr__, __dir__ = lazy_exports('deploykit.training', _API, globals())

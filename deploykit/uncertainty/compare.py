@@ -1,0 +1,100 @@
+"""Deterministic versus MC Dropout predictions: calibration, and whether uncertainty flags errors."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploykit.errors import DataError, UsageError
+from deploykit.records import Record
+from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
+from deploykit.uncertainty.predictor import UncertaintyResult
+
+DEFAULT_FRACTION = 0.1
+
+
+@dataclass
+class UncertainErrors(Record):
+    """Error rate among the most uncertain predictions (by one measure) against the rest."""
+
+    predictions: str  # "deterministic" or "mc"
+    measure: str  # the uncertainty ranked: "entropy", "predictive_entropy", "mutual_information"
+    uncertain_count: int
+    uncertain_error: float
+    rest_error: float  # NaN when nothing is left
+
+    @property
+    def ratio(self) -> float:
+        """How many times more often the uncertain predictions are wrong."""
+        return self.uncertain_error / self.rest_error if self.rest_error > 0 else math.inf
+
+
+@dataclass
+class ComparisonReport(Record):
+    """Deterministic vs MC Dropout on one labelled set."""
+
+    count: int
+    samples: int
+    fraction: float
+    deterministic: CalibrationReport
+    mc: CalibrationReport
+    uncertain: list[UncertainErrors] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        d, m = self.deterministic, self.mc
+        lines = [
+            f"# Deterministic vs MC Dropout ({self.count} instances, T = {self.samples} samples)",
+            "",
+            "| metric | deterministic | MC Dropout |",
+            "|---|---:|---:|",
+            f"| accuracy | {d.accuracy:.4f} | {m.accuracy:.4f} |",
+            f"| NLL | {d.nll:.4f} | {m.nll:.4f} |",
+            f"| Brier | {d.brier:.4f} | {m.brier:.4f} |",
+            f"| ECE ({d.bins} bins) | {d.ece:.4f} | {m.ece:.4f} |",
+            "",
+            f"## Error rate among the {self.fraction:.0%} most uncertain predictions vs the rest",
+            "",
+            "| predictions | uncertainty | most uncertain (n) | error there | error in the rest | ratio |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for u in self.uncertain:
+            lines.append(f"| {u.predictions} | {u.measure} | {u.uncertain_count} | {u.uncertain_error:.4f} | "
+                         f"{u.rest_error:.4f} | {u.ratio:.2f} |")
+        return "\n".join(lines) + "\n"
+
+
+def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float = DEFAULT_FRACTION,
+            plot_path: str | os.PathLike | None = None) -> ComparisonReport:
+    """Compare deterministic probabilities [N, C] with an MC result on labels ``y_true``.
+
+    With ``plot_path`` both reliability diagrams go side by side into one PNG.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"fraction must be in (0, 1), got {fraction}")
+    y, det = check_labels_and_probs(y_true, deterministic_probs)
+    if mc.mean.shape != det.shape:
+        raise DataError(f"MC mean has shape {list(mc.mean.shape)} but the deterministic probabilities {list(det.shape)}")
+    det_report = calibration(y, det)
+    mc_report = calibration(y, mc.mean)
+    det_wrong = det.argmax(axis=1) != y
+    mc_wrong = np.asarray(mc.predicted_class) != y
+    plogp = det * np.log(np.maximum(det, np.finfo(np.float64).tiny))
+    uncertain = [
+        _uncertain_errors("deterministic", "entropy", -plogp.sum(axis=1), det_wrong, fraction),
+        _uncertain_errors("mc", "predictive_entropy", mc.predictive_entropy, mc_wrong, fraction),
+        _uncertain_errors("mc", "mutual_information", mc.mutual_information, mc_wrong, fraction),
+    ]
+    if plot_path is not None:
+        reliability_diagram({"deterministic": det_report, f"MC Dropout (T={mc.samples})": mc_report}, plot_path)
+    return ComparisonReport(count=len(y), samples=mc.samples, fraction=fraction, deterministic=det_report,
+                            mc=mc_report, uncertain=uncertain)
+
+
+def _uncertain_errors(predictions: str, measure: str, uncertainty, wrong: np.ndarray, fraction: float) -> UncertainErrors:
+    order = np.argsort(-np.asarray(uncertainty, dtype=np.float64), kind="stable")
+    k = max(1, math.ceil(fraction * len(order)))
+    top, rest = wrong[order[:k]], wrong[order[k:]]
+    return UncertainErrors(predictions, measure, k, float(top.mean()), float(rest.mean()) if len(rest) else math.nan)

@@ -1,0 +1,101 @@
+"""``export_mc_onnx``: a self-contained MC Dropout ONNX model with deploykit metadata."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from deploykit.atomic import atomic_path
+from deploykit.chain import to_chain
+from deploykit.errors import UsageError
+from deploykit.export.convert import DEFAULT_OPSET
+from deploykit.export.metadata import KIND_MC_DROPOUT, ModelMetadata, write_metadata
+from deploykit.export.onnx_quant import quantize_int8_dynamic
+from deploykit.records import Record
+from deploykit.uncertainty.mc_graph import (
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_SAMPLES,
+    MCConfig,
+    build_mc_graph,
+    check_has_dropout,
+    dropout_layers,
+    first_dropout_index,
+)
+
+QUANTIZATIONS = (None, "int8-dynamic")
+
+
+@dataclass
+class MCExportRecord(Record):
+    """What ``export_mc_onnx`` wrote."""
+
+    path: Path
+    config: MCConfig
+    input_shape: list[int]
+    num_classes: int
+    dropout_layers: list[str]  # "name (Class, rate)"
+    layers_run_once: int  # layers before the first dropout: evaluated once, not T times
+    quantization: str
+    size_bytes: int
+    opset: int = DEFAULT_OPSET
+    metadata: ModelMetadata = field(default_factory=ModelMetadata)
+
+
+def export_mc_onnx(
+    model,
+    path: str | os.PathLike,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    include_samples: bool = False,
+    *,
+    class_names: Sequence[str] | None = None,
+    quantization: str | None = None,
+    metadata: ModelMetadata | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> MCExportRecord:
+    """Write the MC Dropout ONNX model of a tf_keras dropout model to ``path`` (atomically).
+
+    ``samples`` is the default T (a client may feed ``samples`` per call, up to
+    ``max_samples``). ``seed``: see :mod:`deploykit.uncertainty.mc_graph` (with
+    a fixed seed every new session repeats the same sequence of outputs).
+    ``quantization="int8-dynamic"`` quantizes the weights of the MC graph.
+    ``metadata`` (steps, sparsity, reference accuracy...) is extended with the
+    MC fields. Nothing is written when an argument or the model is refused.
+    """
+    import onnx
+
+    config = MCConfig(samples=samples, max_samples=max_samples, seed=seed, include_samples=include_samples)
+    if quantization not in QUANTIZATIONS:
+        raise UsageError(f"quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, got {quantization!r}")
+    chain = to_chain(model)
+    check_has_dropout(chain)
+    proto = build_mc_graph(chain, config, opset=opset)
+    num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise UsageError(f"{len(names)} class names given, but the model has {num_classes} classes")
+    base = metadata or ModelMetadata()
+    meta = replace(
+        base, kind=KIND_MC_DROPOUT, class_names=names, input_shape=list(chain.input_shape),
+        default_samples=config.samples, max_samples=config.max_samples,
+        steps=[*base.steps, f"mc_dropout(samples={config.samples})", *([quantization] if quantization else [])],
+        quantization=quantization or base.quantization,
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    if quantization:
+        proto = quantize_int8_dynamic(proto)  # MatMul weights to int8; the Dropout nodes stay
+    with atomic_path(path) as tmp:
+        write_metadata(proto, meta)
+        onnx.save(proto, str(tmp))
+    drops = dropout_layers(chain)
+    return MCExportRecord(
+        path=path, config=config, input_shape=list(chain.input_shape), num_classes=num_classes,
+        dropout_layers=[f"{s.name} ({s.class_name}, {float(s.config.get('rate', 0.0)):g})" for s in drops],
+        layers_run_once=first_dropout_index(chain), quantization=quantization or "none", size_bytes=path.stat().st_size,
+        opset=opset, metadata=meta,
+    )
+

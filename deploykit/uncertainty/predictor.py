@@ -1,0 +1,119 @@
+"""``UncertaintyPredictor``: run an MC Dropout ONNX model with onnxruntime.
+
+One onnxruntime session per predictor; ``InferenceSession.run`` is
+thread-safe and the predictor keeps no per-call state, so one predictor may
+serve concurrent ``predict`` calls from several threads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import DataError, ModelLoadError, UsageError
+from deploykit.export.convert import INPUT_NAME
+from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
+from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT, is_int
+
+
+@dataclass(frozen=True)
+class UncertaintyResult:
+    """Per-instance MC Dropout outputs (N instances, C classes, T samples)."""
+
+    mean: np.ndarray  # [N, C] mean probabilities
+    std: np.ndarray  # [N, C] standard deviation over the samples
+    predictive_entropy: np.ndarray  # [N] entropy of the mean (nats)
+    mutual_information: np.ndarray  # [N] predictive entropy minus the mean entropy of the samples
+    predicted_class: np.ndarray  # [N] int64, argmax of the mean
+    samples: int  # T
+    sample_probabilities: np.ndarray | None = None  # [T, N, C] when the model was exported with them
+
+    @property
+    def entropy(self) -> np.ndarray:
+        """Alias of ``predictive_entropy``."""
+        return self.predictive_entropy
+
+
+class UncertaintyPredictor:
+    """Loads an MC Dropout ONNX model (from ``export_mc_onnx``) and predicts with uncertainty.
+
+    ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's
+    default); ``session_options`` (an ``onnxruntime.SessionOptions``) and
+    ``providers`` are passed to the session as they are (``threads`` is applied
+    to the options given).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, *, session_options=None, providers=None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"MC model {path}: no such file")
+        if threads is not None and (not is_int(threads) or threads < 1):
+            raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
+        options = session_options or ort.SessionOptions()
+        if session_options is None:
+            options.log_severity_level = 3  # the optional `samples` initializer draws a warning on every load
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(f"MC model {path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        self.path = path
+        self.metadata = read_metadata(self.session)
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self.metadata.kind != KIND_MC_DROPOUT or not set(OUTPUT_NAMES) <= outputs:
+            raise ModelLoadError(f"MC model {path}: not an MC Dropout model (kind {self.metadata.kind!r}); "
+                                 "export one with deploykit mc")
+        self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
+        self.default_samples = int(self.metadata.default_samples or 0)
+        self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
+        self.class_names = tuple(self.metadata.class_names)
+        self._outputs = [*OUTPUT_NAMES, *([SAMPLES_OUTPUT] if SAMPLES_OUTPUT in outputs else [])]
+
+    def predict(self, x, samples: int | None = None, batch_size: int | None = None) -> UncertaintyResult:
+        """MC Dropout prediction for a batch ``x`` of shape [N, *input_shape].
+
+        ``batch_size`` splits ``x`` into calls of at most that many rows (each
+        call runs batch_size * T rows at once; bounds the memory).
+        """
+        x = self._check_input(x)
+        feed = {} if samples is None else {SAMPLES_NAME: np.array(self._check_samples(samples), dtype=np.int64)}
+        if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
+            raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        step = batch_size or len(x)
+        parts = [self.session.run(self._outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
+        values = {name: np.concatenate([p[k] for p in parts], axis=1 if name == SAMPLES_OUTPUT else 0)
+                  for k, name in enumerate(self._outputs)}
+        return UncertaintyResult(
+            mean=values["mean"], std=values["std"], predictive_entropy=values["predictive_entropy"],
+            mutual_information=values["mutual_information"], predicted_class=values["predicted_class"],
+            samples=int(samples if samples is not None else self.default_samples),
+            sample_probabilities=values.get(SAMPLES_OUTPUT),
+        )
+
+    def _check_samples(self, samples) -> int:
+        if not is_int(samples):
+            raise UsageError(f"samples must be an integer, got {samples!r}")
+        if not 1 <= samples <= self.max_samples:
+            raise UsageError(f"samples must be between 1 and {self.max_samples} (this model's limit), got {samples}")
+        return int(samples)
+
+    def _check_input(self, x) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiu":
+            raise DataError(f"input must hold real numbers (float32 expected), got dtype {arr.dtype}")
+        want = ("N", *self.input_shape)
+        if arr.ndim != len(want) or tuple(arr.shape[1:]) != self.input_shape:
+            hint = " (a single instance? pass x[None])" if tuple(arr.shape) == self.input_shape else ""
+            raise DataError(f"input must have shape {list(want)}, got {list(arr.shape)}{hint}")
+        if arr.shape[0] == 0:
+            raise DataError("input holds no instances (batch of 0 rows)")
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise DataError(f"input holds {int((~np.isfinite(arr)).sum())} NaN or inf values")
+        return np.ascontiguousarray(arr)

@@ -1,0 +1,88 @@
+"""``deploykit optimize`` in a subprocess: help, a small run driven by a TOML file and flags, a bad key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deploykit.pipeline import OptimizeConfig
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "deploykit.cli.main", "optimize", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_help():
+    done = _cli("--help")
+    assert done.returncode == 0
+    for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
+                 "--precisions", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
+        assert flag in done.stdout, flag
+
+
+@pytest.mark.parametrize("flags, check", [
+    (["--no-fold"], lambda c: not c.fold.enabled),
+    (["--no-sparsity"], lambda c: c.sparsity.method.value == "none"),
+    (["--sparsity", "0.6", "--epochs", "4"], lambda c: c.sparsity.prune.target_sparsity == 0.6 and c.sparsity.prune.epochs == 4),
+    (["--l1", "1e-4", "--threshold", "0.01"], lambda c: c.sparsity.method.value == "l1" and c.sparsity.l1.threshold == 0.01),
+    (["--no-compact"], lambda c: not c.compact.enabled),
+    (["--no-export"], lambda c: c.export.variants() == []),
+    (["--formats", "tflite", "--precisions", "int8"], lambda c: [(f.value, p.value) for f, p in c.export.variants()] == [("tflite", "int8")]),
+    (["--triton"], lambda c: c.export.triton),
+    (["--no-mc"], lambda c: not c.mc.enabled),
+    (["--samples", "12"], lambda c: c.mc.samples == 12),
+    (["--no-validate"], lambda c: not c.validate.enabled),
+])
+def test_each_flag_sets_the_config(flags, check):
+    from deploykit.cli.main import build_parser
+    from deploykit.cli.optimize import options_from_args
+
+    args = build_parser().parse_args(["optimize", *flags])
+    config = OptimizeConfig().with_options(**options_from_args(args))
+    assert check(config) and config != OptimizeConfig()
+
+
+def test_sparsity_flags_are_exclusive():
+    done = _cli("--sparsity", "0.5", "--no-sparsity")
+    assert done.returncode == 2 and "not allowed with" in done.stderr
+
+
+def test_bad_config_key_is_one_line_and_exit_2(tmp_path):
+    toml = tmp_path / "deploykit.toml"
+    toml.write_text("[export]\nformat = ['onnx']\n")
+    done = _cli("--config", toml, "--out", tmp_path / "out")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown key 'format'" in lines[0] and "allowed: enabled, formats" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def model_file(trained_model, tmp_path_factory):
+    from deploykit.io import save_model
+
+    return save_model(trained_model, tmp_path_factory.mktemp("model") / "small.keras")
+
+
+def test_small_run_from_toml_and_flags(model_file, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"[input]\nmodel = '{model_file.as_posix()}'\n[sparsity]\nmethod = 'none'\n"
+                    "[export]\nformats = ['onnx']\nprecisions = ['float32']\n[validate]\nlatency_repeats = 2\n")
+    out = tmp_path / "out"
+    done = _cli("--config", toml, "--no-mc", "--no-compact", "--no-fold", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "step 1/" in done.stderr and "fold" in done.stderr  # progress per step on stderr
+    header = next(line for line in done.stdout.splitlines() if line.startswith("artifact"))
+    assert "compression" in header and "validation" in header  # the table on stdout
+    assert "model.onnx" in done.stdout and "pass" in done.stdout
+    config = OptimizeConfig.from_toml(out / "deploykit.toml")
+    assert config.input.model == str(model_file.resolve()) and not config.mc.enabled and not config.compact.enabled
+    report = json.loads((out / "report.json").read_text())
+    assert [r["file"] for r in report["artifacts"]] == ["original.keras", "model.keras", "model.onnx"]
+    assert {s["step"]: s["status"] for s in report["steps"]}["fold"] == "skipped"
+    again = _cli("--config", out / "deploykit.toml", "--out", out)  # refused: the folder exists
+    assert again.returncode == 2 and "--force" in again.stderr

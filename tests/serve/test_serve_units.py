@@ -1,0 +1,105 @@
+"""ServeConfig, request checks and model discovery, without a server."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from deploykit.errors import ConfigError, UsageError
+from deploykit.serve import ServeConfig, limits
+
+
+def test_config_defaults_and_round_trip():
+    config = ServeConfig()
+    assert (config.host, config.port, config.samples, config.max_rows, config.max_samples, config.max_body_bytes) == (
+        "127.0.0.1", 8080, 30, 1024, 1000, 16 * 1024 * 1024)
+    changed = ServeConfig(host="::1", port=9000, samples=50, threads=2, max_rows=8)
+    assert ServeConfig.from_dict(changed.to_dict()) == changed
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"port": 0}, "port"), ({"port": 70000}, "port"), ({"port": "80"}, "port"), ({"host": ""}, "host"),
+    ({"host": "bad host!"}, "host"), ({"samples": 0}, "samples"), ({"samples": 2000}, "samples"),
+    ({"threads": 0}, "threads"), ({"max_rows": 0}, "max_rows"), ({"max_samples": True}, "max_samples"),
+    ({"max_body_bytes": 10}, "max_body_bytes"), ({"colour": 1}, "colour"),
+])
+def test_config_refuses_bad_values(values, field):
+    with pytest.raises(ConfigError, match=field):
+        ServeConfig.from_dict(values)
+
+
+def test_samples_parameter():
+    assert limits.check_samples({}, 30, 1000) == 30
+    assert limits.check_samples({"samples": np.int64(7)}, 30, 1000) == 7
+    for bad in (0, 1001, True, 2.0, "5", None):
+        with pytest.raises(limits.RequestError, match="between 1 and 1000"):
+            limits.check_samples({"samples": bad}, 30, 1000)
+
+
+def test_batch_checks():
+    x = limits.check_batch(np.ones((2, 4), np.float64), (4,), 8, "input")
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    with pytest.raises(limits.RequestError, match=r"shape \[N, 4\], got \[2, 3\]"):
+        limits.check_batch(np.ones((2, 3)), (4,), 8, "input")
+    with pytest.raises(limits.RequestError, match="9 rows, more than the limit of 8"):
+        limits.check_batch(np.ones((9, 4)), (4,), 8, "input")
+    with pytest.raises(limits.RequestError, match="2 NaN or infinite values"):
+        limits.check_batch(np.array([[np.nan, np.inf, 0, 0]]), (4,), 8, "input")
+    with pytest.raises(limits.RequestError, match="empty batch"):
+        limits.v1_instances({"instances": []}, (4,), 8)
+
+
+def test_v2_header_checks():
+    good = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
+    limits.check_v2_header(good, 16)
+    with pytest.raises(limits.RequestError, match="declare 16 bytes, 12 follow"):
+        limits.check_v2_header(good, 12)
+    with pytest.raises(limits.RequestError, match=r"inputs\[0\].shape must be a list"):
+        limits.check_v2_header({"inputs": [{"name": "input", "shape": 3, "datatype": "FP32", "data": []}]}, 0)
+    with pytest.raises(limits.RequestError, match="'outputs' must be a list"):
+        limits.check_v2_header({"inputs": [], "outputs": {"name": "mean"}}, 0)
+
+
+def test_mc_contract_names_agree_with_the_exporter():
+    """The server repeats the MC ONNX I/O names so it need not import the exporter; they must agree."""
+    from deploykit.serve import models
+    from deploykit.uncertainty import mc_graph
+
+    assert models.SAMPLES_NAME == mc_graph.SAMPLES_NAME
+    assert models.OUTPUT_NAMES == mc_graph.OUTPUT_NAMES
+    assert models.SAMPLES_OUTPUT == mc_graph.SAMPLES_OUTPUT
+
+
+def test_discover_models(model_repo, tmp_path):
+    from deploykit.serve.discover import discover_models
+
+    found = discover_models(model_repo)
+    assert found == {"digits": model_repo / "digits.onnx", "digits_mc": model_repo / "digits_mc.onnx",
+                     "mc_triton": model_repo / "mc_triton" / "1" / "model.onnx"}
+    assert discover_models(model_repo / "digits.onnx") == {"digits": model_repo / "digits.onnx"}
+    assert discover_models(model_repo / "mc_triton") == {"mc_triton": found["mc_triton"]}
+    assert discover_models(found["mc_triton"]) == {"mc_triton": found["mc_triton"]}
+    newer = tmp_path / "repo" / "m" / "12"
+    newer.mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "3").mkdir()
+    shutil.copy(found["digits"], newer / "model.onnx")
+    shutil.copy(found["digits"], tmp_path / "repo" / "m" / "3" / "model.onnx")
+    assert discover_models(tmp_path / "repo") == {"m": newer / "model.onnx"}  # the highest version
+    shutil.copy(found["digits"], tmp_path / "repo" / "m.onnx")
+    with pytest.raises(UsageError, match="two models named 'm'"):
+        discover_models(tmp_path / "repo")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "no models in"),
+    (lambda p: p / "missing.onnx", "no such file or folder"),
+    (lambda p: (p / "model.txt").write_text("x") and p / "model.txt", "not an .onnx file"),
+    (lambda p: (p / "bad name.onnx").write_bytes(b"x") and p, "model name 'bad name'"),
+])
+def test_discover_refuses(tmp_path, make, message):
+    from deploykit.serve.discover import discover_models
+
+    with pytest.raises(UsageError, match=message):
+        discover_models(make(tmp_path))

@@ -1,0 +1,44 @@
+"""Small untrained dense models for the MC Dropout tests (weights seeded, BN statistics randomized)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import build_dense, randomize_batchnorm
+
+
+def _build(seed: int, **kwargs):
+    from deploykit.backend import set_seed
+
+    set_seed(seed)
+    return build_dense(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def mc_bn_model(digits):
+    """Normalization -> [Dense(elu) -> BN -> Dropout(0.2)] x 2 -> Dense(10, softmax)."""
+    model = _build(1, data=digits)
+    randomize_batchnorm(model, seed=1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def mc_plain_model(digits):
+    """No BN: Normalization -> [Dense(elu) -> Dropout(0.3)] x 2 -> Dense(10, softmax)."""
+    return _build(2, data=digits, bn=False, dropout=0.3)
+
+
+@pytest.fixture(scope="session")
+def mc_selu_model(digits):
+    """Normalization -> [Dense(selu) -> AlphaDropout(0.2)] x 2 -> Dense(10, softmax)."""
+    return _build(3, data=digits, selu=True, dropout=0.2)
+
+
+@pytest.fixture(scope="session")
+def mc_model_path(tmp_path_factory, mc_bn_model):
+    """The BN model exported as an MC ONNX model (T = 20, raw samples included)."""
+    from deploykit.uncertainty import export_mc_onnx
+
+    path = tmp_path_factory.mktemp("mc") / "model_mc.onnx"
+    export_mc_onnx(mc_bn_model, path, samples=20, include_samples=True)
+    return path

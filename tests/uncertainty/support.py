@@ -1,0 +1,46 @@
+"""Helpers for the MC Dropout tests: run ONNX protos or files in onnxruntime, zero dropout rates."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def session(model):
+    """An onnxruntime CPU session for a ModelProto or a path (warnings off)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run(sess, x, samples=None) -> dict[str, np.ndarray]:
+    """All outputs of an MC session by name."""
+    feed = {"input": np.asarray(x, np.float32)}
+    if samples is not None:
+        feed["samples"] = np.array(samples, np.int64)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed)))
+
+
+def zero_dropout(chain):
+    """A copy of a chain with every dropout rate forced to 0 (the deterministic network)."""
+    layers = [dataclasses.replace(s, config={**s.config, "rate": 0.0}) if s.class_name in ("Dropout", "AlphaDropout") else s
+              for s in chain.layers]
+    return dataclasses.replace(chain, layers=layers)
+
+
+def keras_mc_samples(model, x, calls: int) -> np.ndarray:
+    """The chapter's loop: ``calls`` outputs of ``model(x, training=True)``, stacked [calls, N, C]."""
+    return np.stack([np.asarray(model(x, training=True), dtype=np.float64) for _ in range(calls)])
+
+
+def assert_same_mean(a: np.ndarray, b: np.ndarray, k: float = 5.0) -> None:
+    """Two stacks of samples [T, N, C] have the same mean: |difference| <= k standard errors (+1e-6)."""
+    se = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
+    diff = np.abs(a.mean(axis=0) - b.mean(axis=0))
+    worst = np.unravel_index(np.argmax(diff - k * se), diff.shape)
+    assert np.all(diff <= k * se + 1e-6), f"means differ at {worst}: {diff[worst]:.3g} > {k} x SE {se[worst]:.3g}"

@@ -1,0 +1,52 @@
+"""``deploykit mc`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _deploykit(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "deploykit.cli.main", "mc", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_mc_command(tmp_path, mc_bn_model):
+    from deploykit.io import save_model
+    from deploykit.uncertainty import UncertaintyPredictor
+
+    model = save_model(mc_bn_model, tmp_path / "model.keras")
+    out = tmp_path / "mc"
+    done = _deploykit(str(model), "--samples", "8", "--mc-seed", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "model_mc.onnx", "reliability.png"]
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["export"]["path"] == str(out / "model_mc.onnx") and summary["export"]["config"]["seed"] == 3
+    comparison = summary["comparison"]
+    assert comparison["count"] == 270 and comparison["samples"] == 8
+    assert {"accuracy", "nll", "brier", "ece"} <= comparison["mc"].keys() <= comparison["deterministic"].keys()
+    assert [u["measure"] for u in comparison["uncertain"]] == ["entropy", "predictive_entropy", "mutual_information"]
+    assert "| accuracy |" in (out / "comparison.md").read_text()
+    assert (out / "reliability.png").read_bytes()[:8] == PNG
+    assert UncertaintyPredictor(out / "model_mc.onnx").default_samples == 8
+    assert "accuracy" in done.stdout
+
+    again = _deploykit(str(model), "--out", str(out))  # an existing folder needs --force
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_mc_command_refusals(tmp_path, digits):
+    from deploykit.io import save_model
+    from tests.helpers import build_dense
+
+    out = tmp_path / "mc"
+    bad = _deploykit(str(tmp_path / "missing.keras"), "--samples", "0", "--out", str(out))
+    assert bad.returncode == 2 and "samples must be an integer >= 1" in bad.stderr
+    model = save_model(build_dense(dropout=0, data=digits), tmp_path / "plain.keras")
+    plain = _deploykit(str(model), "--out", str(out))
+    assert plain.returncode == 2 and "deploykit train --dropout" in plain.stderr
+    assert len([line for line in plain.stderr.splitlines() if line.startswith("deploykit mc: error:")]) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["plain.keras"]
