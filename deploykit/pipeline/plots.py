@@ -44,13 +44,21 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], path: str | os.PathLike) -> Pa
     """Test accuracy against gzip size (log scale) for every artifact measured."""
     fig = _figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
-    for k, r in enumerate(rows):
-        if r.accuracy is None:
-            continue
+    measured = [r for r in rows if r.accuracy is not None]
+    for r in measured:
         ax.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=60, color=_COLORS.get(r.format, "black"),
                    marker=_MARKERS.get(r.precision, "o"), edgecolor="black", zorder=3)
-        ax.annotate(r.file, (r.gzip_bytes / 1024, 100 * r.accuracy), textcoords="offset points",
-                    xytext=(5, 4 - 9 * (k % 3)), fontsize=7)
+    # one label per cluster of points that would overlap (same accuracy, gzip sizes within 15%)
+    clusters: list[list[ArtifactRow]] = []
+    for r in sorted(measured, key=lambda r: (r.accuracy, r.gzip_bytes)):
+        last = clusters[-1][-1] if clusters else None
+        if last is not None and abs(last.accuracy - r.accuracy) < 5e-4 and r.gzip_bytes < 1.15 * last.gzip_bytes:
+            clusters[-1].append(r)
+        else:
+            clusters.append([r])
+    for group in clusters:
+        ax.annotate("\n".join(r.file for r in group), (group[0].gzip_bytes / 1024, 100 * group[0].accuracy),
+                    textcoords="offset points", xytext=(6, -4), fontsize=7, va="top")
     ax.set_xscale("log")
     ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test accuracy (%)", title="Accuracy vs gzip size per artifact")
     ax.grid(True, which="both", alpha=0.3)

@@ -8,8 +8,8 @@ import numpy as np
 
 from deploykit.sparsity.compact import apply_compact
 from deploykit.sparsity.config import L1Config
-from deploykit.sparsity.report import SparsityReport, kernel_sparsity, model_sparsity, saved_sizes
-from deploykit.sparsity.tuning import accuracy, check_inputs, choose_layers, fine_tune, rebuild
+from deploykit.sparsity.report import kernel_sparsity
+from deploykit.sparsity.tuning import accuracy, check_inputs, choose_layers, fine_tune, rebuild, sparsity_report
 
 
 def sparsify_l1(
@@ -65,17 +65,6 @@ def sparsify_l1(
             layer.set_weights(weights)
     layers = kernel_sparsity(result, dict.fromkeys(chosen))
     result, compacted = apply_compact(result, layers, config.compact, data)
-    before, after = saved_sizes(model), saved_sizes(result)
-    report = SparsityReport(
-        method="l1",
-        layers=layers,
-        sparsity=model_sparsity(layers),
-        accuracy_before=accuracy(model, data.x_test, data.y_test),
-        accuracy_after=accuracy(result, data.x_test, data.y_test),
-        file_bytes_before=before[0], file_bytes_after=after[0],
-        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
-        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
-        accuracy_before_zeroing=accuracy_tuned, compact=compacted,
-        config=config.to_dict(),
-    )
+    report = sparsity_report("l1", model, result, layers, data, tuned, compacted, config,
+                             accuracy_before_zeroing=accuracy_tuned)
     return result, report

@@ -9,8 +9,8 @@ import numpy as np
 from deploykit.errors import ConfigError, StepError
 from deploykit.sparsity.compact import apply_compact
 from deploykit.sparsity.config import PruneConfig
-from deploykit.sparsity.report import PruneSchedule, SparsityReport, kernel_sparsity, model_sparsity, saved_sizes
-from deploykit.sparsity.tuning import accuracy, check_inputs, choose_layers, fine_tune, rebuild
+from deploykit.sparsity.report import PruneSchedule, kernel_sparsity
+from deploykit.sparsity.tuning import check_inputs, choose_layers, fine_tune, rebuild, sparsity_report
 
 
 def prune(
@@ -84,19 +84,8 @@ def prune(
     _check_reached(layers, config, schedule)
 
     result, compacted = apply_compact(pruned, layers, config.compact, data)
-    before, after = saved_sizes(model), saved_sizes(result)
-    report = SparsityReport(
-        method="prune",
-        layers=layers,
-        sparsity=model_sparsity(layers),
-        accuracy_before=accuracy(model, data.x_test, data.y_test),
-        accuracy_after=accuracy(result, data.x_test, data.y_test),
-        file_bytes_before=before[0], file_bytes_after=after[0],
-        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
-        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
-        target_sparsity=config.target_sparsity, schedule=schedule, compact=compacted,
-        config=config.to_dict(),
-    )
+    report = sparsity_report("prune", model, result, layers, data, tuned, compacted, config,
+                             target_sparsity=config.target_sparsity, schedule=schedule)
     return result, report
 
 

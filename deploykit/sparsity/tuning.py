@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.errors import ConfigError, DataError, StepError, UsageError
+from deploykit.sparsity.report import SparsityReport, model_sparsity, saved_sizes
 
 def check_inputs(model, data, step: str) -> list[str]:
     """Refuse what the step cannot use; return the names of the model's Dense layers."""
@@ -167,3 +168,19 @@ def _callbacks(config, eligible, status, progress):
 
     best = BestEligible()
     return best, EpochLines()
+
+
+def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult, compacted, config, **extra):
+    """The SparsityReport of a fine-tuning step: ``model`` before, ``result`` after."""
+    before, after = saved_sizes(model), saved_sizes(result)
+    return SparsityReport(
+        method=method,
+        layers=layers,
+        sparsity=model_sparsity(layers),
+        accuracy_before=accuracy(model, data.x_test, data.y_test),
+        accuracy_after=accuracy(result, data.x_test, data.y_test),
+        file_bytes_before=before[0], file_bytes_after=after[0],
+        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
+        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
+        compact=compacted, config=config.to_dict(), **extra,
+    )
