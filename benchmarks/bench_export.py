@@ -18,7 +18,6 @@ Run: ``python benchmarks/bench_export.py`` (about 2-4 minutes on 2 cores).
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -26,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
-RESULTS = ROOT / "benchmarks" / "results"
+from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
 SIZE_TARGET = 12.0  # gzip(pruned + int8 TFLite) at least this many times smaller than the float32 Keras file
 ACCURACY_POINTS = 1.0  # ... with accuracy within this many points of the original model
 LATENCY_TARGET = 50.0  # onnxruntime float32 batch-1 at least this many times faster than model(x)
@@ -141,7 +138,6 @@ def latency_case(model, data, tmp: Path) -> dict:
 
 
 def main() -> int:
-    from deploykit.atomic import write_text
     from deploykit.data import load_dataset
 
     results = {"size": {}, "notes": []}
@@ -162,10 +158,7 @@ def main() -> int:
             results["notes"].append("latency measured on the digits 64-300-100-10 model (no Fashion-MNIST sample)")
             results["latency"] = latency_case(models["digits"], datasets["digits"], Path(tmp))
     results["seconds"] = time.monotonic() - T0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "export.json", json.dumps(results, indent=2) + "\n")
-    write_text(RESULTS / "export.md", to_markdown(results))
-    print(to_markdown(results))
+    write_results("export", results, to_markdown(results))
     return 0
 
 

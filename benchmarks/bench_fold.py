@@ -19,24 +19,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
 
-from deploykit.atomic import write_text  # noqa: E402
 from deploykit.backend import keras, set_seed, tf  # noqa: E402
 from deploykit.export.convert import INPUT_NAME, keras_to_onnx  # noqa: E402
 from deploykit.fold import fold_batchnorm  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
-RESULTS = ROOT / "benchmarks" / "results"
 BATCHES = (1, 256)
 
 
@@ -211,10 +205,7 @@ def main(argv=None) -> int:
         result["accuracy"] = {"before": float(np.mean(reference.argmax(1) == y_test)),
                               "after": float(np.mean(after["outputs"]["tf_keras"].argmax(1) == y_test))}
     result["notes"] = notes(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "fold.json", json.dumps(result, indent=2) + "\n")
-    write_text(RESULTS / "fold.md", markdown(result))
-    print(markdown(result))
+    write_results("fold", result, markdown(result))
     return 0
 
 

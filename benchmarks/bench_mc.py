@@ -16,7 +16,6 @@ onnxruntime is timed with 1 intra-op thread and with its default. Writes
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -25,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
-RESULTS = ROOT / "benchmarks" / "results"
+from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
 T = 100
 KERAS_TARGET = 500.0  # MC ONNX at least this many times faster than the Keras loop
 OVERHEAD_TARGET = 1.5  # MC call at most this many times a deterministic call on T rows
@@ -75,7 +72,6 @@ def main() -> int:
         return 0
     import onnxruntime as ort
 
-    from deploykit.atomic import write_text
     from deploykit.backend import keras, set_seed
     from deploykit.export.convert import keras_to_onnx
     from deploykit.uncertainty import UncertaintyPredictor, export_mc_onnx
@@ -116,10 +112,7 @@ def main() -> int:
                                     "overhead_vs_deterministic_batch": s / det_s} for name, s in secs.items()},
             }
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "mc.json", json.dumps(results, indent=2) + "\n")
-    write_text(RESULTS / "mc.md", to_markdown(results))
-    print(to_markdown(results))
+    write_results("mc", results, to_markdown(results))
     return 0
 
 

@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 MODEL = ROOT / "models" / "digits_default.keras"
 HOST = "127.0.0.1"  # loopback only
 SAMPLES = 30
@@ -192,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import psutil
 
-    from deploykit.atomic import write_text
     from deploykit.data import load_dataset
 
     load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
@@ -221,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python benchmarks/bench_serve.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     out = Path(args.out)
-    write_text(out / "serve.json", json.dumps(result, indent=2) + "\n")
-    write_text(out / "serve.md", markdown(result))
-    print(markdown(result))
+    write_results("serve", result, markdown(result), out)
     return 0
 
 

@@ -14,18 +14,13 @@ Writes benchmarks/results/sparsity.json and sparsity.md. Run from the repository
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
-RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))
+from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
 
 
 def build(data, hidden=(300, 100)):
@@ -183,7 +178,6 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency at batch 256 (x10 at batch 1)")
     args = parser.parse_args(argv)
 
-    from deploykit.atomic import write_text
     from deploykit.data import load_dataset
 
     rows, skipped = [], []
@@ -194,9 +188,7 @@ def main(argv=None) -> int:
         skipped.append(f"Fashion-MNIST sample not found at ../shared/data/{FASHION.name} (relative to the repository root)")
         print(f"skipping Fashion-MNIST: {skipped[-1]}", flush=True)
     result = {"benchmark": "sparsity", "args": vars(args), "results": rows, "skipped": skipped}
-    write_text(RESULTS / "sparsity.json", json.dumps(result, indent=2) + "\n")
-    write_text(RESULTS / "sparsity.md", markdown(rows, skipped))
-    print(markdown(rows, skipped))
+    write_results("sparsity", result, markdown(rows, skipped))
     return 0
 
 

@@ -15,22 +15,16 @@ ratios to the baseline.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
 
-from deploykit.atomic import write_text  # noqa: E402
 from deploykit.data import load_dataset  # noqa: E402
 from deploykit.training import TrainConfig, train  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
-RESULTS = ROOT / "benchmarks" / "results"
 HIDDEN = (300, 100)
 
 RUNS = {
@@ -87,9 +81,7 @@ def main() -> int:
              "| run | max rate | epochs | test accuracy | x baseline | seconds | x baseline |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {row['learning_rate']:.3g} | {row['epochs_run']} | {row['test_accuracy']:.4f} | "
               f"{row['accuracy_vs_baseline']:.3f} | {row['seconds']:.1f} | {row['time_vs_baseline']:.2f} |" for name, row in rows.items()]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "train.json", json.dumps(summary, indent=2) + "\n")
-    write_text(RESULTS / "train.md", "\n".join(lines) + "\n")
+    write_results("train", summary, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -30,10 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
-FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
-RESULTS = ROOT / "benchmarks" / "results"
+from common import FASHION, RESULTS, ROOT  # noqa: E402  (puts the repository on sys.path)
 BUDGET_SECONDS = 120.0  # `deploykit optimize` with no arguments must finish within this
 T0 = time.monotonic()
 

@@ -1,0 +1,29 @@
+"""What the benchmark scripts share: where things are, and how results are written.
+
+Each script runs from a checkout (``python benchmarks/bench_fold.py``), so this
+folder is on ``sys.path``; importing this module puts the repository root there too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: The real Fashion-MNIST sample beside the project (absent on a user's machine: scripts skip it).
+FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` atomically into ``folder`` and print the markdown."""
+    from deploykit.atomic import write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
+    write_text(folder / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
+    print(markdown)
