@@ -178,7 +178,10 @@ def write_results(runs: dict, areas: list[dict], started: float) -> None:
     from deploykit.atomic import write_text
 
     heads = {name: headline(run) for name, run in runs.items() if run}
-    write_text(RESULTS / "optimize.json", json.dumps({"runs": runs, "headline": heads}, indent=1, default=str) + "\n")
+    text = json.dumps({"runs": runs, "headline": heads}, indent=1, default=str)
+    # the reports record absolute paths (so a written deploykit.toml reruns anywhere); results name them from the root
+    text = text.replace(json.dumps(str(ROOT.parent / "shared"))[1:-1], "../shared").replace(json.dumps(str(ROOT) + "/")[1:-1], "")
+    write_text(RESULTS / "optimize.json", text + "\n")
     lines = [
         "# deploykit benchmarks",
         "",
