@@ -3,10 +3,10 @@
 Importing this package does not import TensorFlow; the functions do.
 """
 
-from deploykit.sparsity.compact import compact
 from deploykit.sparsity.config import L1Config, PruneConfig
+from deploykit.sparsity.dead_neurons import compact
 from deploykit.sparsity.l1 import sparsify_l1
-from deploykit.sparsity.prune import prune
+from deploykit.sparsity.magnitude import prune
 from deploykit.sparsity.report import CompactReport, LayerCompact, LayerSparsity, PruneSchedule, SparsityReport
 
 __all__ = [

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deploykit.sparsity.compact import apply_compact
+from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import L1Config
 from deploykit.sparsity.report import kernel_sparsity
 from deploykit.sparsity.tuning import accuracy, check_inputs, choose_layers, fine_tune, rebuild, sparsity_report

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deploykit.errors import ConfigError, StepError
-from deploykit.sparsity.compact import apply_compact
+from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import PruneConfig
 from deploykit.sparsity.report import PruneSchedule, kernel_sparsity
 from deploykit.sparsity.tuning import check_inputs, choose_layers, fine_tune, rebuild, sparsity_report
