@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -29,6 +27,7 @@ from common import FASHION as DATA, write_results  # noqa: E402  (puts the repos
 
 from deploykit.backend import keras, set_seed, tf  # noqa: E402
 from deploykit.export.convert import INPUT_NAME, keras_to_onnx  # noqa: E402
+from deploykit.export.runtimes import median_seconds  # noqa: E402
 from deploykit.fold import fold_batchnorm  # noqa: E402
 
 BATCHES = (1, 256)
@@ -65,17 +64,6 @@ def prepared_model():
                                rng.uniform(0.2, 3.0, n)])
     x = rng.uniform(0, 1, (615, 28, 28)).astype("float32")
     return model, x, None, "random BN statistics (data sample absent)"
-
-
-def median_ms(run, repeats: int) -> float:
-    for _ in range(max(3, repeats // 10)):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def keras_runner(model, x):
@@ -134,7 +122,7 @@ def measure(model, x_test, repeats: int) -> dict:
         for batch in BATCHES:
             xb = np.ascontiguousarray(x_test[np.arange(batch) % len(x_test)])
             reps = repeats if batch == 1 else max(20, repeats // 5)
-            out["ms"][f"{runtime}/b{batch}"] = round(median_ms(make(xb), reps), 4)
+            out["ms"][f"{runtime}/b{batch}"] = round(1000 * median_seconds(make(xb), reps, warmup=max(3, reps // 10)), 4)
     out["outputs"] = {"tf_keras": model(x_test, training=False).numpy(),
                       "onnxruntime": onnx_runner(proto, x_test)(), "litert": tflite_runner(lite, x_test)()}
     return out

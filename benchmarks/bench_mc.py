@@ -16,15 +16,15 @@ onnxruntime is timed with 1 intra-op thread and with its default. Writes
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
+
+from deploykit.export.runtimes import interleaved_medians  # noqa: E402
 T = 100
 KERAS_TARGET = 500.0  # MC ONNX at least this many times faster than the Keras loop
 OVERHEAD_TARGET = 1.5  # MC call at most this many times a deterministic call on T rows
@@ -52,20 +52,6 @@ def chapter_model(keras, input_dropout: bool = True, hidden_dropout: bool = True
     ])
 
 
-def median_seconds(fns: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, timed interleaved so load drifts hit all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def main() -> int:
     if not DATA.exists():
         print(f"skipped: the Fashion-MNIST sample {DATA.name} is not at {DATA.parent}", file=sys.stderr)
@@ -85,7 +71,7 @@ def main() -> int:
     x1 = x_all[3000:3001]
     batch = np.repeat(x1, T, axis=0)
     keras_loop = {"keras": lambda: np.stack([model(x1, training=True) for _ in range(T)])}  # the chapter's loop
-    keras_s = median_seconds(keras_loop, 5, warmup=1)["keras"]
+    keras_s = interleaved_medians(keras_loop, 5, warmup=1)["keras"]
     results = {"samples": T, "keras_loop_ms": keras_s * 1e3, "threads": {}, "layers_run_once": {}}
     det_proto = keras_to_onnx(model).SerializeToString()
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +90,7 @@ def main() -> int:
             for name, path in paths.items():
                 predictor = UncertaintyPredictor(path, threads=threads)
                 calls[name] = lambda predictor=predictor: predictor.predict(x1)
-            secs = median_seconds(calls, 300)
+            secs = interleaved_medians(calls, 300)
             det_s = secs.pop("deterministic")
             results["threads"][label] = {
                 "deterministic_batch_T_ms": det_s * 1e3,

@@ -14,13 +14,14 @@ Writes benchmarks/results/sparsity.json and sparsity.md. Run from the repository
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import numpy as np
 
 from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
+
+from deploykit.export.runtimes import interleaved_medians  # noqa: E402
 
 
 def build(data, hidden=(300, 100)):
@@ -69,14 +70,9 @@ def paired_latency_ms(models, x: np.ndarray, batch: int, repeats: int) -> list[f
     sessions = [ort.InferenceSession(keras_to_onnx(m).SerializeToString(), options, providers=["CPUExecutionProvider"])
                 for m in models]
     feed = {INPUT_NAME: np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])).astype(np.float32))}
-    times: list[list[float]] = [[] for _ in sessions]
-    for k in range(repeats + 10):
-        for session, record in zip(sessions, times):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            if k >= 10:  # warm-up
-                record.append(time.perf_counter() - t0)
-    return [1000 * statistics.median(t) for t in times]
+    calls = {k: (lambda s=session: s.run(None, feed)) for k, session in enumerate(sessions)}
+    medians = interleaved_medians(calls, repeats, warmup=10)
+    return [1000 * medians[k] for k in range(len(sessions))]
 
 
 def compact_row(name: str, sparse, data, repeats: int) -> dict:

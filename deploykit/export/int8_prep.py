@@ -100,6 +100,19 @@ def prepare_for_int8(model, calibration: np.ndarray) -> tuple[object, Int8Prepar
     return prepared, Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))
 
 
+def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int):
+    """What an exporter converts: ``(model, calibration samples or None, Int8Preparation or None)``.
+
+    With calibration data and an int8 target, ``n`` samples are drawn and the
+    model goes through :func:`prepare_for_int8`; otherwise the model is used as it is.
+    """
+    if data is None or not int8:
+        return model, None, None
+    calibration = calibration_samples(data, n, input_shape, seed)
+    source, prep = prepare_for_int8(model, calibration)
+    return source, calibration, prep
+
+
 def simulate_int8(weights: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Symmetric per-column int8 quantize-dequantize of ``weights`` clipped to ``threshold``."""
     scale = np.where(threshold > 0, threshold, 1.0) / INT8_LEVELS

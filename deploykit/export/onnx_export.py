@@ -20,7 +20,7 @@ from deploykit.export.config import (
     parse_enum,
 )
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, keras_to_onnx
-from deploykit.export.int8_prep import Int8Preparation, calibration_samples, prepare_for_int8
+from deploykit.export.int8_prep import Int8Preparation, int8_source
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, write_metadata
 from deploykit.export.onnx_quant import quantize_float16, quantize_int8_dynamic, quantize_int8_static
 
@@ -56,14 +56,9 @@ def export_onnx(
     input_shape = check_model_input(model)
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration_data (training inputs or a Dataset)")
-    calibration = None
-    if calibration_data is not None and quant.precision is Precision.INT8:
-        calibration = calibration_samples(calibration_data, num_calibration, input_shape, seed)
-
     start = time.perf_counter()
-    source, prep = model, None
-    if calibration is not None:
-        source, prep = prepare_for_int8(model, calibration)
+    source, calibration, prep = int8_source(model, calibration_data, quant.precision is Precision.INT8,
+                                            num_calibration, input_shape, seed)
     proto = keras_to_onnx(source, opset=opset)
     quantize = {
         OnnxQuantization.NONE: None,

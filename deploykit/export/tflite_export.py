@@ -10,7 +10,7 @@ from deploykit.errors import StepError, UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, file_sizes
 from deploykit.export.config import DEFAULT_NUM_CALIBRATION, ExportFormat, Precision, TfliteQuantization, parse_enum
 from deploykit.export.convert import INPUT_NAME, OUTPUT_NAME
-from deploykit.export.int8_prep import calibration_samples, prepare_for_int8
+from deploykit.export.int8_prep import int8_source
 from deploykit.export.runtimes import TfliteRunner
 
 
@@ -45,14 +45,9 @@ def export_tflite(
         raise UsageError(f"int8_io needs full-integer quantization ('int8'), not {quant.value!r}")
     if quant.needs_calibration and representative_data is None:
         raise UsageError("full-integer int8 TFLite needs representative_data (training inputs or a Dataset) to calibrate")
-    calibration = None
-    if representative_data is not None and quant.precision is Precision.INT8:
-        calibration = calibration_samples(representative_data, num_calibration, input_shape, seed)
-
     start = time.perf_counter()
-    source, prep = model, None
-    if calibration is not None:
-        source, prep = prepare_for_int8(model, calibration)
+    source, calibration, prep = int8_source(model, representative_data, quant.precision is Precision.INT8,
+                                            num_calibration, input_shape, seed)
     flat = _convert(source, input_shape, quant, calibration, int8_io)
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
