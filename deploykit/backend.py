@@ -15,8 +15,9 @@ deploykit (the CLI's help, the server) must import it lazily.
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+from deploykit.log import quiet_native
 
 # Must be set before TensorFlow is imported: it makes ``tf.keras`` (and
 # TF-MOT, which reads it) resolve to tf_keras instead of Keras 3.
@@ -24,26 +25,9 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Hide what TensorFlow's C++ side prints while it starts (oneDNN, CUDA probing on a machine
-    without a GPU): absl writes it to file descriptor 2 before TF_CPP_MIN_LOG_LEVEL applies, and it
-    would bury deploykit's one-line errors. Python exceptions still propagate."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr: nothing to hide
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-with _quiet_native_stderr():
+# TensorFlow's C++ side prints while it starts (oneDNN, CUDA probing on a machine without a GPU),
+# before TF_CPP_MIN_LOG_LEVEL applies; it would bury deploykit's one-line errors.
+with quiet_native():
     import tensorflow as tf  # noqa: E402
 
     tf.config.list_physical_devices()  # device probing happens here, quietly, rather than at the first op

@@ -21,6 +21,7 @@ from pathlib import Path
 from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError
 from deploykit.layers import LayerSupport, check_layers, support_for
+from deploykit.log import quiet_native
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
@@ -88,7 +89,7 @@ def save_model(model, path: str | os.PathLike) -> Path:
         raise UsageError(f"model path {path}: use a .keras or .h5 suffix")
     if not is_tf_keras_model(model):
         raise UsageError(f"model path {path}: deploykit saves tf_keras models, got {type(model).__module__}.{type(model).__name__}")
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), quiet_native():  # tf_keras's compiled-metrics warning
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)  # .h5 was asked for
         model.save(tmp)
     return path

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
 from pathlib import Path
 
 from deploykit.errors import DeployKitError
+from deploykit.log import progress  # noqa: F401  (the commands' progress callback, imported from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "models" / "digits_default.keras"
@@ -18,6 +18,7 @@ def add_command(sub, name: str, handler, help: str, description: str | None = No
     """Add a sub-command with the options every command shares."""
     p = sub.add_parser(name, help=help, description=description or help)
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and more detail")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines: only results, warnings and errors")
     p.set_defaults(handler=handler)
     return p
 
@@ -55,14 +56,6 @@ def load_data_arg(args):
     data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed))
     progress(f"data {data.summary()}")
     return data
-
-
-_T0 = time.monotonic()
-
-
-def progress(message: str) -> None:
-    """One progress line on stderr, with the seconds since the command started."""
-    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def run_handler(args) -> int:

@@ -13,6 +13,7 @@ import sys
 
 from deploykit._version import __version__
 from deploykit.cli.common import run_handler
+from deploykit.log import cli_logging
 
 #: (module under deploykit.cli) in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return run_handler(args)
+    with cli_logging(verbose=args.verbose, quiet=args.quiet):
+        return run_handler(args)
 
 
 if __name__ == "__main__":

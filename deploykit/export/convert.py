@@ -6,6 +6,8 @@ output named ``probabilities``.
 
 from __future__ import annotations
 
+from deploykit.log import quiet_native
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 DEFAULT_OPSET = 17
@@ -19,7 +21,8 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET):
     from deploykit.backend import tf
 
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    with quiet_native():  # grappler's I0000 lines from C++
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     graph = proto.graph
     old = graph.output[0].name
     if old != OUTPUT_NAME:

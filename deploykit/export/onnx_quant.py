@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.export.convert import INPUT_NAME
+from deploykit.log import quiet_native
 
 
 def quantize_float16(proto):
@@ -32,7 +33,7 @@ def quantize_int8_dynamic(proto):
     """int8 weights (symmetric, per output channel); activations are quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _scratch(proto) as (src, dst):
+    with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
         return _load(dst)
 
@@ -46,7 +47,7 @@ def quantize_int8_static(proto, calibration: np.ndarray):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with _scratch(proto) as (src, dst):
+    with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
         pre = src.with_name("pre.onnx")
         quant_pre_process(str(src), str(pre))
         quantize_static(

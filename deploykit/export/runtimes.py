@@ -19,6 +19,7 @@ import numpy as np
 
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.config import ExportFormat
+from deploykit.log import quiet_native
 
 
 class OnnxRunner:
@@ -74,7 +75,8 @@ class TfliteRunner:
         x = np.asarray(x, dtype=np.float32)
         if len(x) != self._batch:
             self.interpreter.resize_tensor_input(self._in["index"], [len(x), *self.input_shape])
-            self.interpreter.allocate_tensors()
+            with quiet_native():  # the first allocation prints "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self.interpreter.allocate_tensors()
             self._batch = len(x)
         self.interpreter.set_tensor(self._in["index"], _quantize(x, self.input_quantization, self.input_dtype))
         self.interpreter.invoke()

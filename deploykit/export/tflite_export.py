@@ -12,6 +12,7 @@ from deploykit.export.config import DEFAULT_NUM_CALIBRATION, ExportFormat, Preci
 from deploykit.export.convert import INPUT_NAME, OUTPUT_NAME
 from deploykit.export.int8_prep import int8_source
 from deploykit.export.runtimes import TfliteRunner
+from deploykit.log import quiet_native
 
 
 def export_tflite(
@@ -80,6 +81,7 @@ def _convert(model, input_shape, quant: TfliteQuantization, calibration, int8_io
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     try:
-        return converter.convert()
+        with quiet_native():  # "fully_quantize: 0, ..." and I0000 lines from C++
+            return converter.convert()
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
         raise StepError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc

@@ -3,12 +3,9 @@
 ``TrainConfig`` (presets ``default`` and ``selu``), ``build_model``,
 ``find_lr`` (the learning-rate finder) and ``train`` (1cycle, early stopping,
 atomic outputs). Names are imported lazily: ``deploykit.training.presets`` stays
-free of TensorFlow, so the CLI and config readers can use it cheaply.
-
-``deploykit.train`` names both this package and the ``train`` function of the
-top-level API; once the package is imported Python binds the name to the
-package, so the package itself is callable: ``deploykit.train(config, data)``
-runs :func:`deploykit.training.trainer.train` whatever the import order.
+free of TensorFlow, so the CLI and config readers can use it cheaply. The
+top-level ``deploykit.train``, ``deploykit.find_lr`` and ``deploykit.build_model``
+are these functions, re-exported lazily by ``deploykit/__init__.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,155 @@
+"""deploykit's output: the ``deploykit`` logger hierarchy, the CLI's levels, and quiet third-party code.
+
+Library modules log with ``logging.getLogger(__name__)`` (a child of ``deploykit``); a program using
+the API sees deploykit's warnings as it sees any library's (Python prints WARNING and above when
+logging is not configured). Progress stays a callback the caller passes; the CLI's callback logs it at
+INFO on ``deploykit.progress``.
+
+The CLI maps ``--quiet`` / default / ``--verbose`` to WARNING / INFO / DEBUG (:func:`cli_logging`).
+
+onnxruntime, LiteRT, the TFLite converter and TensorFlow print their own lines: some through Python
+logging (onnxruntime's quantizer logs on the root logger), most from C++ straight to file descriptor 2,
+where no Python setting reaches them. :func:`quiet_native` wraps those few calls: it points fd 2 at a
+buffer and takes over the root logger's handlers for the duration of the call, then logs what it caught
+at DEBUG on ``deploykit.native``, so ``--verbose`` still shows it and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+ROOT = "deploykit"
+PROGRESS = logging.getLogger(f"{ROOT}.progress")
+NATIVE = logging.getLogger(f"{ROOT}.native")
+
+_T0 = time.monotonic()
+_lock = threading.Lock()
+_depth = 0
+
+
+class _CliFormatter(logging.Formatter):
+    """``[  12.3s] message``: the seconds since the command started, then the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            message = f"{record.levelname.lower()}: {message}"
+        elif record.levelno < logging.INFO:
+            message = f"{record.name}: {message}"
+        return f"[{time.monotonic() - _T0:6.1f}s] {message}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (pytest's capsys swaps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(_CliFormatter())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # logging.StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
+@contextlib.contextmanager
+def cli_logging(verbose: bool = False, quiet: bool = False) -> Iterator[None]:
+    """Show deploykit's records on stderr for one command: WARNING with ``quiet``, DEBUG with
+    ``verbose``, INFO (progress) otherwise; the logger's previous state is restored afterwards."""
+    logger = logging.getLogger(ROOT)
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    logger.handlers = [_StderrHandler()]
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False  # a root handler (onnxruntime's logging.warning installs one) would print twice
+    try:
+        yield
+    finally:
+        logger.level, logger.propagate, logger.handlers = saved[0], saved[1], saved[2]
+
+
+def progress(message: str) -> None:
+    """The CLI's progress callback: one INFO line on ``deploykit.progress``."""
+    PROGRESS.info(message)
+
+
+class _Collect(logging.Handler):
+    """Stands in for the root logger's handlers: keeps third-party records' lines for later."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(ROOT):  # deploykit's own records have their handler already
+            self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Run a third-party call without its stderr lines; they are logged at DEBUG on ``deploykit.native``.
+
+    Catches what C++ code writes to file descriptor 2 and what Python code logs on the root logger
+    (or writes to ``sys.stderr``) while the block runs. Exceptions propagate. Nested blocks are one
+    block. fd 2 is per process: a thread writing to stderr during the block is caught too.
+    """
+    global _depth
+    with _lock:
+        _depth += 1
+        outer = _depth == 1
+    if not outer:
+        try:
+            yield
+        finally:
+            with _lock:
+                _depth -= 1
+        return
+    root_handlers, collect = logging.root.handlers, _Collect()
+    try:
+        with tempfile.TemporaryFile() as buffer:
+            with _stderr_to(buffer):
+                logging.root.handlers = [collect]
+                try:
+                    yield
+                finally:
+                    logging.root.handlers = root_handlers
+            buffer.seek(0)
+            caught = buffer.read().decode("utf-8", errors="replace").splitlines()
+    finally:
+        with _lock:
+            _depth -= 1
+    for line in [*caught, *collect.lines]:  # logged once stderr is back, so they show with --verbose
+        if line.strip():
+            NATIVE.debug(line)
+
+
+@contextlib.contextmanager
+def _stderr_to(buffer) -> Iterator[None]:
+    """Point file descriptor 2 at ``buffer`` for the block (nothing to do when fd 2 is unusable)."""
+    _flush_stderr()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(buffer.fileno(), 2)
+        yield
+    finally:
+        _flush_stderr()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
