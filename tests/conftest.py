@@ -1,14 +1,39 @@
-"""Shared fixtures: the embedded digits data and tiny tf_keras models built here.
+"""Shared fixtures: the embedded digits data, tiny tf_keras models built here, the CLI run in-process.
 
 Models are built in fixtures (never loaded from the network); the trained one
 is session-scoped so the suite trains it once.
+
+``pytest -m "not slow"`` is the quick loop; ``pytest`` runs everything. A test is slow when it is
+marked so, or when it needs a fixture of :data:`SLOW_FIXTURES` (directly or through another fixture):
+those train a model or start a server process, whatever the test does with them.
 """
 
 from __future__ import annotations
 
-import pytest
+import os
+import subprocess
 
-from tests.helpers import build_dense
+import pytest
+from hypothesis import settings
+
+from tests.helpers import build_dense, randomize_batchnorm
+
+# Property tests draw the same examples on every run, so a failure repeats; HYPOTHESIS_PROFILE=explore
+# draws fresh random examples (and keeps failures in .hypothesis/) to search for new bugs.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+SLOW_FIXTURES = {
+    "trained_model": "trains a model for 30 epochs",
+    "server": "starts a deploykit serve process",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +54,40 @@ def trained_model(digits):
     model.fit(digits.x_train, digits.y_train, epochs=30, batch_size=32, verbose=0,
               validation_data=(digits.x_val, digits.y_val))
     return model
+
+
+@pytest.fixture(scope="session")
+def random_bn_model():
+    """``random_bn_model(seed, **build_dense_options)``: an untrained dense BN net, the same for the same
+    arguments: weights drawn after ``set_seed(seed)``, BatchNorm statistics randomized with ``seed``
+    (not the 0/1 defaults, so folding and export comparisons mean something)."""
+    from deploykit.backend import set_seed
+
+    def build(seed: int, **options):
+        set_seed(seed)
+        model = build_dense(**options)
+        randomize_batchnorm(model, seed)
+        return model
+
+    return build
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("export", MODEL, ...)`` runs ``deploykit export MODEL ...`` in this process and returns what a
+    subprocess would: a ``CompletedProcess`` with the exit code, stdout and stderr (usage errors and
+    ``--help`` included). For tests of the process itself (start-up time, native stderr, signals),
+    run ``python -m deploykit.cli.main`` instead."""
+    from deploykit.cli.main import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["deploykit", *argv], code, out, err)
+
+    return run

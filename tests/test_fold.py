@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -384,19 +381,14 @@ def test_python_api_bad_input_raises_deploykit_errors():
         fold_batchnorm(_seq((6, 2), L.Conv1D(2, 3), L.BatchNormalization(), L.Flatten(), L.Dense(3)))
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "deploykit.cli.main", "fold", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_cli_folds_and_prints_the_table(tmp_path):
+def test_cli_folds_and_prints_the_table(tmp_path, cli):
     from deploykit.io import load_model, save_model
 
     model = chapter_bn_before_activation()
     randomize_batchnorm(model, 8)
     src = save_model(model, tmp_path / "in.keras")
     out = tmp_path / "out" / "folded.keras"
-    run = _cli(src, "--out", out)
+    run = cli("fold", src, "--out", out)
     assert run.returncode == 0, run.stderr
     assert "folded 3 layer(s)" in run.stdout and "backward" in run.stdout and "forward" in run.stdout
     x = _inputs(model)
@@ -404,7 +396,7 @@ def test_cli_folds_and_prints_the_table(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["not_a_model", "unsupported_layer"])
-def test_cli_bad_input_one_error_nothing_written(case, tmp_path):
+def test_cli_bad_input_one_error_nothing_written(case, tmp_path, cli):
     from deploykit.backend import keras
 
     if case == "not_a_model":
@@ -415,7 +407,7 @@ def test_cli_bad_input_one_error_nothing_written(case, tmp_path):
         keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
                           keras.layers.Dense(3)]).save(src)
     out = tmp_path / "folded.keras"
-    run = _cli(src, "--out", out)
+    run = cli("fold", src, "--out", out)
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert lines[-1].startswith("deploykit fold: error:") and "Traceback" not in run.stderr

@@ -7,16 +7,13 @@ import pytest
 
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError
 from deploykit.io import load_model, save_model
-from tests.helpers import build_dense, randomize_batchnorm
 
 X = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
 
 
 @pytest.fixture(scope="module")
-def model():
-    m = build_dense(input_dim=8, hidden=(6, 5), classes=3)
-    randomize_batchnorm(m, seed=3)
-    return m
+def model(random_bn_model):
+    return random_bn_model(3, input_dim=8, hidden=(6, 5), classes=3)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,12 @@
-"""``deploykit export`` in a subprocess: the artifacts, the validation table, Triton, and clean failures."""
+"""``deploykit export``, run in-process: the artifacts, the validation table, Triton, and clean failures."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from deploykit.export.metadata import read_metadata
-
-
-def _run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "deploykit.cli.main", "export", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +16,9 @@ def model_file(tmp_path_factory, trained_model):
     return save_model(trained_model, tmp_path_factory.mktemp("cli") / "digits.keras")
 
 
-def test_writes_every_artifact_the_table_and_triton(tmp_path, model_file):
+def test_writes_every_artifact_the_table_and_triton(tmp_path, model_file, cli):
     out = tmp_path / "out"
-    result = _run(model_file, "--format", "onnx,tflite", "--quantize", "none,int8", "--out", out, "--triton", "--repeats", "3",
+    result = cli("export", model_file, "--format", "onnx,tflite", "--quantize", "none,int8", "--out", out, "--triton", "--repeats", "3",
                   "--steps", "fold_batchnorm, prune(0.80)")
     assert result.returncode == 0, result.stderr
     names = ["model.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite"]
@@ -47,7 +40,7 @@ def test_writes_every_artifact_the_table_and_triton(tmp_path, model_file):
 
 
 def test_a_failed_tolerance_exits_1_and_leaves_the_old_folder(tmp_path, model_file, capsys):
-    """In-process (the smoke test above covers the subprocess): same parser, handler and error path."""
+    """The old folder stays when validation fails after the export."""
     from deploykit.cli.main import main
 
     out = tmp_path / "out"
@@ -68,18 +61,18 @@ def test_a_failed_tolerance_exits_1_and_leaves_the_old_folder(tmp_path, model_fi
     (["--format", "tflite", "--triton"], "triton needs the onnx format"),
     (["--opset", "5"], "opset must be an integer"),
 ])
-def test_bad_options_exit_2_before_any_work(tmp_path, args, message):
+def test_bad_options_exit_2_before_any_work(tmp_path, args, message, cli):
     out = tmp_path / "out"
-    result = _run(tmp_path / "absent.keras", "--out", out, *args)
+    result = cli("export", tmp_path / "absent.keras", "--out", out, *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not out.exists()
 
 
-def test_an_output_path_that_is_a_file_exits_2(tmp_path):
+def test_an_output_path_that_is_a_file_exits_2(tmp_path, cli):
     blocker = tmp_path / "out"
     blocker.write_text("x")
-    result = _run(tmp_path / "absent.keras", "--out", blocker)
+    result = cli("export", tmp_path / "absent.keras", "--out", blocker)
     assert result.returncode == 2
     assert "is a file, not a folder" in result.stderr
     assert blocker.read_text() == "x"

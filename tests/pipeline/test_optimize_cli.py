@@ -1,23 +1,16 @@
-"""``deploykit optimize`` in a subprocess: help, a small run driven by a TOML file and flags, a bad key."""
+"""``deploykit optimize``, run in-process: help, a small run driven by a TOML file and flags, a bad key."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from deploykit.pipeline import OptimizeConfig
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "deploykit.cli.main", "optimize", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def test_help():
-    done = _cli("--help")
+def test_help(cli):
+    done = cli("optimize", "--help")
     assert done.returncode == 0
     for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
                  "--precisions", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
@@ -46,15 +39,15 @@ def test_each_flag_sets_the_config(flags, check):
     assert check(config) and config != OptimizeConfig()
 
 
-def test_sparsity_flags_are_exclusive():
-    done = _cli("--sparsity", "0.5", "--no-sparsity")
+def test_sparsity_flags_are_exclusive(cli):
+    done = cli("optimize", "--sparsity", "0.5", "--no-sparsity")
     assert done.returncode == 2 and "not allowed with" in done.stderr
 
 
-def test_bad_config_key_is_one_line_and_exit_2(tmp_path):
+def test_bad_config_key_is_one_line_and_exit_2(tmp_path, cli):
     toml = tmp_path / "deploykit.toml"
     toml.write_text("[export]\nformat = ['onnx']\n")
-    done = _cli("--config", toml, "--out", tmp_path / "out")
+    done = cli("optimize", "--config", toml, "--out", tmp_path / "out")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key 'format'" in lines[0] and "allowed: enabled, formats" in lines[0]
@@ -68,12 +61,12 @@ def model_file(trained_model, tmp_path_factory):
     return save_model(trained_model, tmp_path_factory.mktemp("model") / "small.keras")
 
 
-def test_small_run_from_toml_and_flags(model_file, tmp_path):
+def test_small_run_from_toml_and_flags(model_file, tmp_path, cli):
     toml = tmp_path / "run.toml"
     toml.write_text(f"[input]\nmodel = '{model_file.as_posix()}'\n[sparsity]\nmethod = 'none'\n"
                     "[export]\nformats = ['onnx']\nprecisions = ['float32']\n[validate]\nlatency_repeats = 2\n")
     out = tmp_path / "out"
-    done = _cli("--config", toml, "--no-mc", "--no-compact", "--no-fold", "--out", out)
+    done = cli("optimize", "--config", toml, "--no-mc", "--no-compact", "--no-fold", "--out", out)
     assert done.returncode == 0, done.stderr
     assert "step 1/" in done.stderr and "fold" in done.stderr  # progress per step on stderr
     header = next(line for line in done.stdout.splitlines() if line.startswith("artifact"))
@@ -84,5 +77,5 @@ def test_small_run_from_toml_and_flags(model_file, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [r["file"] for r in report["artifacts"]] == ["original.keras", "model.keras", "model.onnx"]
     assert {s["step"]: s["status"] for s in report["steps"]}["fold"] == "skipped"
-    again = _cli("--config", out / "deploykit.toml", "--out", out)  # refused: the folder exists
+    again = cli("optimize", "--config", out / "deploykit.toml", "--out", out)  # refused: the folder exists
     assert again.returncode == 2 and "--force" in again.stderr

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import build_dense, randomize_batchnorm
 from tests.serve.support import ServerProcess
 
 MC_SEED = 11
 
 
 @pytest.fixture(scope="session")
-def serve_keras_model(digits):
+def serve_keras_model(digits, random_bn_model):
     """Normalization -> [Dense(elu) -> BN -> Dropout(0.2)] x 2 -> Dense(10, softmax), BN statistics randomized."""
-    from deploykit.backend import set_seed
-
-    set_seed(5)
-    model = build_dense(data=digits)
-    randomize_batchnorm(model, seed=5)
-    return model
+    return random_bn_model(5, data=digits)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,11 @@
-"""CLI smoke tests: deploykit prune / sparsify-l1 / compact in a subprocess."""
+"""CLI smoke tests: deploykit prune / sparsify-l1 / compact, run in-process."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploykit.cli.main", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +15,11 @@ def model_file(trained_model, tmp_path_factory):
     return str(save_model(trained_model, tmp_path_factory.mktemp("cli") / "model.keras"))
 
 
-def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path):
+def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path, cli):
     from deploykit.io import load_model
 
     out, rep = tmp_path / "pruned.keras", tmp_path / "report.json"
-    proc = _run("prune", model_file, "--sparsity", "0.5", "--block", "1x4", "--epochs", "2",
+    proc = cli("prune", model_file, "--sparsity", "0.5", "--block", "1x4", "--epochs", "2",
                 "--out", str(out), "--report", str(rep))
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/2" in proc.stderr and "epoch 2/2" in proc.stderr  # one line per epoch
@@ -41,32 +35,32 @@ def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path):
     assert "model sparsity" in proc.stdout
 
 
-def test_sparsify_l1_and_compact_cli(model_file, tmp_path):
+def test_sparsify_l1_and_compact_cli(model_file, tmp_path, cli):
     from deploykit.io import load_model
 
     sparse = tmp_path / "l1.keras"
-    proc = _run("sparsify-l1", model_file, "--l1", "1e-3", "--threshold", "0.05", "--epochs", "1", "--out", str(sparse))
+    proc = cli("sparsify-l1", model_file, "--l1", "1e-3", "--threshold", "0.05", "--epochs", "1", "--out", str(sparse))
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/1" in proc.stderr and "before zeroing" in proc.stdout
     kernel = [l for l in load_model(sparse).layers if type(l).__name__ == "Dense"][0].get_weights()[0]
     assert np.all((kernel == 0) | (np.abs(kernel) >= 0.05)) and (kernel == 0).any()
 
     small = tmp_path / "small.keras"
-    proc = _run("compact", str(sparse), "--data", "digits", "--out", str(small))
+    proc = cli("compact", str(sparse), "--data", "digits", "--out", str(small))
     assert proc.returncode == 0, proc.stderr
     assert "max |output difference|" in proc.stdout and small.exists()
 
 
-def test_cli_bad_input_is_one_line_and_writes_nothing(model_file, tmp_path):
+def test_cli_bad_input_is_one_line_and_writes_nothing(model_file, tmp_path, cli):
     out = tmp_path / "never.keras"
-    proc = _run("prune", model_file, "--sparsity", "1.0", "--out", str(out))
+    proc = cli("prune", model_file, "--sparsity", "1.0", "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "deploykit prune: error: target_sparsity must be a number in [0, 1), got 1.0"
 
     data = tmp_path / "wide.npz"
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(size=(200, 20)).astype("float32"), y=rng.integers(0, 10, 200))
-    proc = _run("prune", model_file, "--data", str(data), "--out", str(out))
+    proc = cli("prune", model_file, "--data", str(data), "--out", str(out))
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("deploykit prune: error: data 'wide.npz' has inputs of shape (20,)") and "(64,)" in last

@@ -39,6 +39,7 @@ def _best_constant_rate(config: TrainConfig, data: Dataset) -> float:
     return min(losses, key=losses.get)
 
 
+@pytest.mark.slow
 def test_picks_within_10x_of_the_known_good_rate(tmp_path):
     data = _toy()
     config = TrainConfig(hidden=(16,), dropout=0.0, optimizer="sgd", seed=1)

@@ -22,6 +22,7 @@ def run(digits, tmp_path_factory):
     return train(config, digits, out, progress=lines.append), out, lines
 
 
+@pytest.mark.slow
 def test_short_run_reaches_090_on_digits(run, digits):
     result, _, lines = run
     assert result.test_accuracy >= 0.9
@@ -31,6 +32,7 @@ def test_short_run_reaches_090_on_digits(run, digits):
     assert np.mean(probs.argmax(axis=1) == digits.y_test) == pytest.approx(result.test_accuracy)
 
 
+@pytest.mark.slow
 def test_best_weights_are_restored(run, digits):
     result, _, _ = run
     history = result.history
@@ -41,6 +43,7 @@ def test_best_weights_are_restored(run, digits):
     assert val_loss == pytest.approx(history["val_loss"][best - 1], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_outputs_are_written(run):
     result, out, _ = run
     assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, HISTORY_FILE, CURVE_FILE, RECORD_FILE])
@@ -57,6 +60,7 @@ def test_outputs_are_written(run):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
+@pytest.mark.slow
 def test_saved_model_takes_raw_inputs(run, digits):
     from deploykit.io import load_model
 
@@ -69,6 +73,7 @@ def test_saved_model_takes_raw_inputs(run, digits):
     assert np.allclose(loaded.predict(raw, verbose=0), result.model.predict(raw, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_before_training(run, digits):
     _, out, _ = run
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -77,6 +82,7 @@ def test_existing_output_is_refused_before_training(run, digits):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_nothing(digits, tmp_path):
     out = tmp_path / "run"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import build_dense, randomize_batchnorm
+from tests.helpers import build_dense
 
 
 def _build(seed: int, **kwargs):
@@ -15,11 +15,9 @@ def _build(seed: int, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def mc_bn_model(digits):
+def mc_bn_model(digits, random_bn_model):
     """Normalization -> [Dense(elu) -> BN -> Dropout(0.2)] x 2 -> Dense(10, softmax)."""
-    model = _build(1, data=digits)
-    randomize_batchnorm(model, seed=1)
-    return model
+    return random_bn_model(1, data=digits)
 
 
 @pytest.fixture(scope="session")

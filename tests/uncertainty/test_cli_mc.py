@@ -1,26 +1,19 @@
-"""``deploykit mc`` in a subprocess."""
+"""``deploykit mc``, run in-process."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _deploykit(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "deploykit.cli.main", "mc", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
-
-
-def test_mc_command(tmp_path, mc_bn_model):
+def test_mc_command(tmp_path, mc_bn_model, cli):
     from deploykit.io import save_model
     from deploykit.uncertainty import UncertaintyPredictor
 
     model = save_model(mc_bn_model, tmp_path / "model.keras")
     out = tmp_path / "mc"
-    done = _deploykit(str(model), "--samples", "8", "--mc-seed", "3", "--out", str(out))
+    done = cli("mc", str(model), "--samples", "8", "--mc-seed", "3", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "model_mc.onnx", "reliability.png"]
     summary = json.loads((out / "comparison.json").read_text())
@@ -34,19 +27,19 @@ def test_mc_command(tmp_path, mc_bn_model):
     assert UncertaintyPredictor(out / "model_mc.onnx").default_samples == 8
     assert "accuracy" in done.stdout
 
-    again = _deploykit(str(model), "--out", str(out))  # an existing folder needs --force
+    again = cli("mc", str(model), "--out", str(out))  # an existing folder needs --force
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-def test_mc_command_refusals(tmp_path, digits):
+def test_mc_command_refusals(tmp_path, digits, cli):
     from deploykit.io import save_model
     from tests.helpers import build_dense
 
     out = tmp_path / "mc"
-    bad = _deploykit(str(tmp_path / "missing.keras"), "--samples", "0", "--out", str(out))
+    bad = cli("mc", str(tmp_path / "missing.keras"), "--samples", "0", "--out", str(out))
     assert bad.returncode == 2 and "samples must be an integer >= 1" in bad.stderr
     model = save_model(build_dense(dropout=0, data=digits), tmp_path / "plain.keras")
-    plain = _deploykit(str(model), "--out", str(out))
+    plain = cli("mc", str(model), "--out", str(out))
     assert plain.returncode == 2 and "deploykit train --dropout" in plain.stderr
     assert len([line for line in plain.stderr.splitlines() if line.startswith("deploykit mc: error:")]) == 1
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["plain.keras"]
