@@ -25,6 +25,10 @@ class ConfigError(UsageError):
     """A configuration (dataclass, TOML file) holds a bad key or value."""
 
 
+class OutputExistsError(UsageError):
+    """An output folder is in the way: it existed at the start, or appeared before the final rename."""
+
+
 class DataError(DeployKitError):
     """Input data cannot be used: unknown format, NaN, mismatched lengths..."""
 
