@@ -202,12 +202,12 @@ def _npy_declared_bytes(fh, stored: int) -> int:
 def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
     """Read a CSV row by row into a preallocated array, its size checked from the line count first."""
     try:
-        lines = _count_lines(path)
+        lines, columns = _count_lines(path)
+        DATA_BYTES.check(path, max(lines - 1, 1) * columns * 4, f"the CSV ({lines - 1} rows x {columns} columns)")
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             _check_csv_header(path, header, label_column, lines)
-            DATA_BYTES.check(path, (lines - 1) * len(header) * 4, f"the CSV ({lines - 1} rows x {len(header)} columns)")
             labels, feats = _csv_rows(path, reader, header, header.index(label_column), lines - 1)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"data {path}: not a readable CSV text file ({exc})") from None
@@ -216,14 +216,19 @@ def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
     return _split_arrays(path.name, feats, _numeric_if_possible(labels), split, source=path)
 
 
-def _count_lines(path: Path) -> int:
-    """Lines in a file, counted in binary chunks (an upper bound on its CSV rows), without holding it."""
-    count, last = 0, b"\n"
+def _count_lines(path: Path) -> tuple[int, int]:
+    """Lines in a file and fields in its first line, counted in binary chunks without holding it.
+
+    Upper bounds of the CSV's rows and columns (a quoted field may hold commas or newlines).
+    """
+    lines, columns, last = 0, 1, b"\n"
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            count += chunk.count(b"\n")
+            if lines == 0:
+                columns += chunk.split(b"\n", 1)[0].count(b",")
+            lines += chunk.count(b"\n")
             last = chunk[-1:]
-    return count + (last != b"\n")
+    return lines + (last != b"\n"), columns
 
 
 def _check_csv_header(path: Path, header: list[str], label_column: str, lines: int) -> None:
