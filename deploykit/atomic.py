@@ -1,16 +1,49 @@
-"""Atomic writes: build aside, then rename, so an interrupted run leaves nothing half-written."""
+"""Atomic writes: build aside, then rename, so an interrupted run leaves nothing half-written.
+
+An output folder is built in a hidden staging folder ``.NAME.<hex>.tmp`` beside
+it, which records the process that owns it; the next run beside it removes
+the staging folders of processes that have died (and says so). The final step
+is one rename:
+
+- without ``force``, ``rename(2)``, which fails when a non-empty folder (or a
+  file) appeared at the target meanwhile (e.g. a concurrent run): the target
+  is left as it is, this run's result is kept beside it under a visible name,
+  and :class:`OutputExistsError` says where;
+- with ``force``, ``renameat2(RENAME_EXCHANGE)`` swaps the new and old folders
+  in one step, so there is no moment where neither is in place. Where that call
+  is missing (not Linux, an old kernel or C library, a file system without it)
+  the fallback moves the old folder aside, moves the new one in, then deletes
+  the old one: a kill between the two renames leaves the old output at
+  ``.NAME.old-<hex>`` (never deleted automatically) and no folder at NAME.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
+import glob
+import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploykit.errors import UsageError
+from deploykit.errors import OutputExistsError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: Inside a staging folder: who owns it ({"pid", "start", "host"}); removed just before the final rename.
+OWNER_FILE = ".deploykit-owner.json"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_IN_THE_WAY = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 
 
 @contextlib.contextmanager
@@ -34,7 +67,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             raise FileNotFoundError(f"nothing was written to {tmp}")
         if final.is_dir() and not tmp.is_dir():
             raise UsageError(f"{final} is a folder; cannot replace it with a file")
-        _swap_in(tmp, final)
+        _replace(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
@@ -44,17 +77,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a fresh folder beside ``path``; move it into place on success.
 
-    An existing ``path`` is refused unless ``force``; a file at ``path`` is
-    always refused. On error the staging folder is removed and an existing
-    ``path`` is untouched.
+    An existing ``path`` is refused unless ``force``, at the start and again at
+    the final rename (a folder that appeared meanwhile is never replaced without
+    ``force``); a file at ``path`` is always refused. On error the staging folder
+    is removed and an existing ``path`` is untouched.
     """
     final = check_dir_target(path, force)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(final)
     staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
     staging.mkdir()  # unlike mkdtemp's 0700, honours the umask: serving engines may run as another user
     try:
+        (staging / OWNER_FILE).write_text(json.dumps(_me()), encoding="utf-8")
         yield staging
-        _swap_in(staging, final)
+        (staging / OWNER_FILE).unlink(missing_ok=True)
+        if force:
+            _replace(staging, final)
+        else:
+            _rename_unless_taken(staging, final)
     except BaseException:
         _remove(staging)
         raise
@@ -66,8 +106,28 @@ def check_dir_target(path: str | os.PathLike, force: bool = False) -> Path:
     if final.exists() and not final.is_dir():
         raise UsageError(f"output path {final} is a file, not a folder")
     if final.exists() and any(final.iterdir()) and not force:
-        raise UsageError(f"output folder {final} already exists and is not empty; pass --force to replace it")
+        raise OutputExistsError(f"output folder {final} already exists and is not empty; pass --force to replace it")
     return final
+
+
+def clean_leftovers(final: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders beside ``final`` that runs which died left behind; log each one.
+
+    A staging folder is removed only when its owner record names a process of
+    this host that no longer runs (a reused pid is told apart by its start
+    time). Folders without a record are left alone: they may belong to a run
+    in its last instant, or to another program.
+    """
+    final = Path(final)
+    removed = []
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        owner = _owner(leftover)
+        if owner is None or _alive(owner):
+            continue
+        _remove(leftover)
+        removed.append(leftover)
+        log.warning("removed %s, left by an interrupted deploykit run (pid %s, no longer running)", leftover, owner["pid"])
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -84,11 +144,42 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def _swap_in(new: Path, final: Path) -> None:
-    """Rename ``new`` onto ``final``. A folder in the way is moved aside first and put back on failure."""
-    if not (new.is_dir() and final.exists()):
-        os.replace(new, final)  # atomic for files; a missing final needs no care
+def _rename_unless_taken(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``, which must be absent or an empty folder; else keep it beside and raise."""
+    try:
+        os.rename(staging, final)  # atomic; replaces an empty folder, fails on a non-empty one or a file
+    except OSError as exc:
+        if exc.errno not in _IN_THE_WAY:
+            raise
+        kept = final.with_name(f"{final.name}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.rename(staging, kept)
+        raise OutputExistsError(
+            f"output folder {final} appeared while this run was working (another run?) and --force was not "
+            f"given: it was left as it is, and this run's result is in {kept}"
+        ) from None
+
+
+def _replace(new: Path, final: Path) -> None:
+    """Put ``new`` at ``final``, replacing whatever is there with no moment where neither is in place."""
+    for _ in range(10):  # a concurrent run may put a folder there, or take it away, between two steps
+        if not (new.is_dir() and final.exists()):
+            try:
+                os.replace(new, final)  # atomic; a missing final or a file needs no care
+                return
+            except OSError as exc:
+                if exc.errno not in _IN_THE_WAY:
+                    raise
+                continue  # a non-empty folder appeared meanwhile: exchange with it
+        if _exchange(new, final):
+            _remove(new)  # now the old folder
+            return
+        _replace_in_two_steps(new, final)
         return
+    raise OSError(errno.EBUSY, f"{final} kept changing while deploykit was moving its output there")
+
+
+def _replace_in_two_steps(new: Path, final: Path) -> None:
+    """The fallback without RENAME_EXCHANGE: move the old folder aside, the new one in, then delete the old."""
     aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(final, aside)
     try:
@@ -97,6 +188,67 @@ def _swap_in(new: Path, final: Path) -> None:
         os.replace(aside, final)
         raise
     _remove(aside)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where it is not available."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # the kernel or the file system lacks it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library before glibc 2.28
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
+
+
+def _owner(folder: Path) -> dict | None:
+    """The owner record of a staging folder, or None (none, unreadable, or another host's)."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        pid = int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if owner.get("host") != socket.gethostname() or pid <= 0:
+        return None
+    return {**owner, "pid": pid}
+
+
+def _alive(owner: dict) -> bool:
+    """True while the recorded process runs (the same process: its start time matches, where known)."""
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    start = _start_time(owner["pid"])
+    return not (start and owner.get("start") and start != owner["start"])
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot (Linux /proc), or '' where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22; the command name before ")" may hold spaces
 
 
 def _remove(p: Path) -> None:

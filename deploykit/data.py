@@ -1,7 +1,9 @@
 """Datasets: the embedded digits, and user data as .npz, .csv or IDX files.
 
 Every loader returns a :class:`Dataset` with a stratified train / validation /
-test split made with a fixed seed. Inputs stay raw (the model standardizes
+test split made with a fixed seed. What a file declares (.npz array headers,
+IDX dimensions, CSV rows x columns) is checked against
+:data:`deploykit.limits.DATA_BYTES` before anything is inflated or allocated. Inputs stay raw (the model standardizes
 them itself); the standardization statistics come from the training part only.
 """
 
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,7 @@ import numpy as np
 
 from deploykit.configs import Config
 from deploykit.errors import ConfigError, DataError
+from deploykit.limits import DATA_BYTES
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEED = 42
@@ -89,6 +94,18 @@ class Dataset:
             return
         raise DataError(f"data {self.name!r} has inputs of shape {have}, but the {what} expects {want}")
 
+    def check_model(self, model, what: str = "") -> None:
+        """Raise a DataError when the data does not fit ``model``: its input shape, or its number of outputs.
+
+        The one check every step runs before working, so a data / model mismatch is
+        the same error (DataError, exit 1, naming the data) whichever command meets it.
+        """
+        what = what or f"model {model.name!r}"
+        self.check_input_shape(model.input_shape, what=what)
+        outputs = model.output_shape[-1]
+        if isinstance(outputs, int) and outputs != self.num_classes:
+            raise DataError(f"data {self.name!r} has {self.num_classes} classes, but {what} outputs {outputs}")
+
     def summary(self) -> str:
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
@@ -141,6 +158,7 @@ def _format_of(path: Path) -> str:
 
 
 def _load_npz(path: Path, split: SplitConfig) -> Dataset:
+    DATA_BYTES.check(path, _npz_declared_bytes(path), "the .npz (its array headers)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -154,35 +172,92 @@ def _load_npz(path: Path, split: SplitConfig) -> Dataset:
     raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test; found {sorted(arrays)}")
 
 
-def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
+def _npz_declared_bytes(path: Path) -> int:
+    """What the .npz's members declare (array headers read, nothing inflated), counted as float32 values."""
+    total = 0
     try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as fh:
+                    total += _npy_declared_bytes(fh, info.file_size)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
+        raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
+    return total
+
+
+def _npy_declared_bytes(fh, stored: int) -> int:
+    """Bytes one member becomes: its .npy header's shape (float32 or wider per value), else its stored size."""
+    if fh.read(6) != b"\x93NUMPY":
+        return stored  # np.load hands a non-.npy member over as raw bytes
+    version = tuple(fh.read(2))
+    fh.seek(0)
+    np.lib.format.read_magic(fh)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _, dtype = readers[version](fh)
+    return int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
+
+
+def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
+    """Read a CSV row by row into a preallocated array, its size checked from the line count first."""
+    try:
+        lines, columns = _count_lines(path)
+        DATA_BYTES.check(path, max(lines - 1, 1) * columns * 4, f"the CSV ({lines - 1} rows x {columns} columns)")
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            _check_csv_header(path, header, label_column, lines)
+            labels, feats = _csv_rows(path, reader, header, header.index(label_column), lines - 1)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"data {path}: not a readable CSV text file ({exc})") from None
-    if len(rows) < 2:
+    if not labels:
         raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    return _split_arrays(path.name, feats, _numeric_if_possible(labels), split, source=path)
+
+
+def _count_lines(path: Path) -> tuple[int, int]:
+    """Lines in a file and fields in its first line, counted in binary chunks without holding it.
+
+    Upper bounds of the CSV's rows and columns (a quoted field may hold commas or newlines).
+    """
+    lines, columns, last = 0, 1, b"\n"
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            if lines == 0:
+                columns += chunk.split(b"\n", 1)[0].count(b",")
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n"), columns
+
+
+def _check_csv_header(path: Path, header: list[str], label_column: str, lines: int) -> None:
+    if lines < 2 or not header:
+        raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
     if label_column not in header:
         raise DataError(f"data {path}: no label column {label_column!r} (columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})")
     if len(header) < 2:
         raise DataError(f"data {path}: no feature columns besides the label column {label_column!r}")
-    li = header.index(label_column)
-    labels, feats = [], []
-    for lineno, row in enumerate(rows[1:], start=2):
+
+
+def _csv_rows(path: Path, reader, header: list[str], li: int, max_rows: int) -> tuple[list[str], np.ndarray]:
+    """The labels and the float32 features of the CSV's data rows (blank lines skipped)."""
+    feats = np.empty((max_rows, len(header) - 1), dtype=np.float32)
+    labels = []
+    for lineno, row in enumerate(reader, start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise DataError(f"data {path}: line {lineno} has {len(row)} fields, the header has {len(header)}")
         label = row[li].strip()
         if not label:
-            raise DataError(f"data {path}: line {lineno} has an empty {label_column!r}")
-        labels.append(label)
+            raise DataError(f"data {path}: line {lineno} has an empty {header[li]!r}")
         try:
-            feats.append([float(v) for j, v in enumerate(row) if j != li])
+            feats[len(labels)] = [float(v) for j, v in enumerate(row) if j != li]
         except ValueError as exc:
             raise DataError(f"data {path}: line {lineno}: non-numeric feature ({exc})") from None
-    return _split_arrays(path.name, np.array(feats, dtype=np.float64), _numeric_if_possible(labels), split, source=path)
+        labels.append(label)
+    return labels, feats[: len(labels)]
 
 
 def _numeric_if_possible(labels: list[str]) -> np.ndarray:
@@ -197,26 +272,32 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into an array."""
+    """Read one IDX file (gzipped or not) into an array; the size its header declares is checked first."""
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
-            raw = fh.read()
+            dims, dtype = _idx_header(path, fh)
+            expected = math.prod(dims) * dtype.itemsize
+            DATA_BYTES.check(path, math.prod(dims) * max(dtype.itemsize, 4), f"the IDX header ({'x'.join(map(str, dims))})")
+            body = fh.read(expected + 1)  # one byte more tells a file longer than its header says
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"data {path}: cannot read IDX file ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"data {path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"data {path}: IDX header is cut short ({len(raw)} bytes for {ndim} dimensions)")
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim :]
     if len(body) != expected:
-        raise DataError(f"data {path}: IDX header promises {dims} ({expected} bytes) but the file holds {len(body)} bytes")
+        raise DataError(f"data {path}: IDX header promises {dims} ({expected} bytes) but the file holds {len(body)}{'+' if len(body) > expected else ''} bytes")
     return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def _idx_header(path: Path, fh) -> tuple[tuple[int, ...], np.dtype]:
+    """The dimensions and value type an IDX header declares."""
+    magic = fh.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+        raise DataError(f"data {path}: not an IDX file (bad magic number)")
+    ndim = magic[3]
+    raw = fh.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise DataError(f"data {path}: IDX header is cut short ({4 + len(raw)} bytes for {ndim} dimensions)")
+    return struct.unpack(f">{ndim}I", raw), np.dtype(_IDX_DTYPES[magic[2]])
 
 
 def _labels_beside(images: Path) -> Path:

@@ -25,6 +25,10 @@ class ConfigError(UsageError):
     """A configuration (dataclass, TOML file) holds a bad key or value."""
 
 
+class OutputExistsError(UsageError):
+    """An output folder is in the way: it existed at the start, or appeared before the final rename."""
+
+
 class DataError(DeployKitError):
     """Input data cannot be used: unknown format, NaN, mismatched lengths..."""
 
@@ -36,14 +40,15 @@ class ModelLoadError(DeployKitError):
 class UnsupportedLayerError(ModelLoadError):
     """The model holds a layer deploykit does not handle (Conv2D, LSTM, ...)."""
 
+    #: What deploykit handles, named in every message. deploykit.layers fills it in from its
+    #: table, so this module imports nothing of deploykit's (no import cycle).
+    supported = "dense networks"
+
     def __init__(self, layer_name: str, layer_type: str, why: str = ""):
         self.layer_name = layer_name
         self.layer_type = layer_type
-        from deploykit.layers import SUPPORT  # the table names what is supported
-
         detail = f": {why}" if why else ""
-        known = ", ".join(name for name, entry in SUPPORT.items() if not entry.needs_unsafe)
-        super().__init__(f"unsupported layer {layer_name!r} of type {layer_type}{detail}; deploykit handles dense networks ({known})")
+        super().__init__(f"unsupported layer {layer_name!r} of type {layer_type}{detail}; deploykit handles {self.supported}")
 
 
 class UnsafeModelError(ModelLoadError):

@@ -23,7 +23,7 @@ import numpy as np
 
 from deploykit.chain import Chain, LayerSpec, from_chain
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
-from deploykit.io import ModelFile, check_model_config
+from deploykit.modelfile import ModelFile, check_model_config
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild.
 TOLERANCE = 1e-5

@@ -8,6 +8,7 @@ fold, sparsity, Keras 3 import, export and MC Dropout code all ask
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 
 from deploykit.errors import UnsafeModelError, UnsupportedLayerError
@@ -56,13 +57,26 @@ SUPPORT: dict[str, LayerSupport] = {
 
 #: The Keras class names a tf_keras pruning wrapper may hold.
 PRUNABLE = frozenset(name for name, s in SUPPORT.items() if s.prunable)
+UnsupportedLayerError.supported = f"dense networks ({', '.join(n for n, s in SUPPORT.items() if not s.needs_unsafe)})"
 
 
 def layer_type(layer: object) -> str:
     """The Keras class name of a layer object, or of a config dict's ``class_name``."""
     if isinstance(layer, dict):
         return str(layer.get("class_name", ""))
-    return type(layer).__name__
+    cls = type(layer)
+    if cls.__name__ in SUPPORT and not _is_keras_class(cls):  # a look-alike: a custom class named e.g. "Dense"
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return cls.__name__
+
+
+def _is_keras_class(cls: type) -> bool:
+    """True when ``cls`` is the very class tf_keras (or Keras 3) exports under its name, not one named the same."""
+    for package in ("tf_keras", "keras"):
+        module = sys.modules.get(package)
+        if module is not None and getattr(getattr(module, "layers", None), cls.__name__, None) is cls:
+            return True
+    return False
 
 
 def support_for(layer: object, *, unsafe: bool = False) -> LayerSupport:

@@ -28,9 +28,11 @@ def test_loads_each_tf_keras_format(model, folder, name):
     path = folder / name
     if name == "saved_model":
         model.save(path)  # tf_keras writes a SavedModel folder for a path without suffix
+        with pytest.raises(UnsafeModelError, match="SavedModel folder holds traced TensorFlow graphs.*--unsafe"):
+            load_model(path)  # its graphs run at load: only with unsafe, as in Keras 3's safe mode
     else:
         save_model(model, path)
-    loaded = load_model(path)
+    loaded = load_model(path, unsafe=name == "saved_model")
     assert is_tf_keras_model(loaded)
     assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
     np.testing.assert_allclose(loaded(X, training=False).numpy(), model(X, training=False).numpy(), atol=1e-6)

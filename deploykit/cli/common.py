@@ -59,19 +59,31 @@ def load_data_arg(args):
 
 
 def run_handler(args) -> int:
+    """Run a command's handler; every failure is one line ``deploykit CMD: error: ...`` on stderr.
+
+    The rule: a DeployKitError exits with its code (1, or 2 for a usage
+    error) and prints its message; anything else exits 1 and prints its type
+    and message. The traceback only with ``--verbose``.
+    """
     try:
         result = args.handler(args)
         return int(result or 0)
-    except DeployKitError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"deploykit {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print(f"deploykit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure: still one line unless --verbose
+    except Exception as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"deploykit {args.command}: error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
-        return 1
+        print(f"deploykit {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, DeployKitError) else 1
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line that reports ``exc``: never empty, never several lines."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, DeployKitError):
+        return text or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return (f"out of memory (MemoryError{': ' + text if text else ''}); the model or data is too large for this "
+                "machine (run with --verbose for the traceback)")
+    return f"{type(exc).__name__}{': ' + text if text else ''} (run with --verbose for the traceback)"

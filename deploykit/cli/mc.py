@@ -46,7 +46,7 @@ def _run(args) -> int:
     with atomic_dir(out, force=args.force) as staging:  # an existing --out is refused before any work
         model = load_model_arg(args)
         data = load_data_arg(args)
-        data.check_input_shape(model.input_shape)
+        data.check_model(model)
         progress(f"exporting the MC Dropout model (T = {config.samples})")
         record = export_mc_onnx(model, staging / MODEL_FILE, config.samples, config.seed, config.max_samples,
                                 config.include_samples, class_names=data.class_names)

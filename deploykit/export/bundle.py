@@ -73,7 +73,7 @@ def export_bundle(
     """
     config = config or ExportConfig()
     say = progress or (lambda message: None)
-    data.check_input_shape(model.input_shape)
+    data.check_model(model)
     out = Path(out)
     reference = predict_batches(lambda b: model(b, training=False), data.x_test)
     reference_accuracy = float(np.mean(reference.argmax(axis=1) == data.y_test))

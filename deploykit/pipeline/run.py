@@ -103,7 +103,7 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
             config = config.with_input(data=source if source == "digits" else str(Path(source).resolve()))
         else:
             config = config.with_input(data=data.name)
-        data.check_input_shape(model.input_shape, what=f"model {model.name!r}")
+        data.check_model(model)
         say(f"data {data.summary()}")
         say(f"pipeline: {config.summary()}")
         return _run(model, data, config, staging, out, say)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.errors import ConfigError, DataError, StepError, UsageError
+from deploykit.errors import ConfigError, StepError, UsageError
 from deploykit.sparsity.report import SparsityReport, model_sparsity, saved_sizes
 
 def check_inputs(model, data, step: str) -> list[str]:
@@ -24,10 +24,7 @@ def check_inputs(model, data, step: str) -> list[str]:
         kinds = ", ".join(spec.class_name for spec in chain.layers) or "none"
         raise StepError(f"{step}: model {model.name!r} has no Dense layer (its layers: {kinds})")
     if data is not None:
-        data.check_input_shape(model.input_shape, what=f"model {model.name!r}")
-        outputs = int(model.output_shape[-1])
-        if data.num_classes > outputs:
-            raise DataError(f"data {data.name!r} has {data.num_classes} classes, but model {model.name!r} outputs {outputs}")
+        data.check_model(model)
     return dense
 
 

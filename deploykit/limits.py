@@ -1,0 +1,61 @@
+"""Size limits on what deploykit reads, checked on declared sizes before anything is inflated.
+
+A compressed file (an ``.npz``, a ``.keras`` zip, a gzipped IDX file) or a
+header can declare far more than it holds on disk: a 1 MB ``.npz`` can
+declare 20,000,000 x 64 values. Each reader compares what the file declares
+with a limit before it reads or allocates, and refuses with one line naming
+the environment variable that raises the limit for a file you trust.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from deploykit.errors import ConfigError, DataError, DeployKitError, ModelLoadError
+
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A byte limit with its default and the environment variable that overrides it."""
+
+    env: str
+    default: int
+    what: str  # "data" or "model": the start of the message
+    error: type[DeployKitError]
+
+    def value(self) -> int:
+        """The limit in force: the environment variable if set (read each time), else the default."""
+        raw = os.environ.get(self.env, "").strip()
+        if not raw:
+            return self.default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ConfigError(f"{self.env} must be a positive number of bytes, got {raw!r}")
+        return value
+
+    def check(self, path, declared: int, detail: str) -> None:
+        """Raise this limit's error when ``declared`` bytes exceed it; ``detail`` says what declared them."""
+        limit = self.value()
+        if declared > limit:
+            raise self.error(
+                f"{self.what} {path}: {detail} declares {_size(declared)}, over the {_size(limit)} limit "
+                f"(refused before reading it); if you trust the file, raise the limit with {self.env}=BYTES"
+            )
+
+
+def _size(n: int) -> str:
+    return f"{n / _MIB:,.1f} MiB" if n >= _MIB else f"{n:,} bytes"
+
+
+#: Every model file: the uncompressed members of a ``.keras`` zip, and the weights its config declares.
+MODEL_BYTES = Limit("DEPLOYKIT_MAX_MODEL_BYTES", 1024 * _MIB, "model", ModelLoadError)
+#: A model's JSON config (``config.json``, ``metadata.json``, ``keras_metadata.pb``): a dense network's is kilobytes.
+MODEL_CONFIG_BYTES = Limit("DEPLOYKIT_MAX_CONFIG_BYTES", 16 * _MIB, "model", ModelLoadError)
+#: A dataset, counted as the float32 values it becomes (rows x features x 4 bytes, labels included).
+DATA_BYTES = Limit("DEPLOYKIT_MAX_DATA_BYTES", 1024 * _MIB, "data", DataError)

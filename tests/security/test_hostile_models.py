@@ -1,0 +1,120 @@
+"""Hostile model files (issue 13 items 1, 2, 6): nothing in them runs, one clear error, exit 1 through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploykit.cli.main import main
+from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError
+from deploykit.io import load_model
+from tests.security import hostile
+
+
+def _error_lines(err: str) -> list[str]:
+    """The lines of a CLI's stderr that are not progress lines (``[  0.4s] ...``)."""
+    return [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
+
+
+def _cli_refuses(capfd, argv: list[str], *needles: str) -> str:
+    """Run the CLI in-process; assert exit 1 and exactly one error line holding every needle (native stderr included)."""
+    code = main(argv)
+    err = _error_lines(capfd.readouterr().err)
+    assert code == 1, err
+    assert len(err) == 1 and err[0].startswith(f"deploykit {argv[0]}: error: "), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
+
+
+@pytest.fixture
+def marker(tmp_path):
+    return tmp_path / "marker.txt"
+
+
+def test_saved_model_initializer_never_runs(tmp_path, marker, capfd):
+    path = hostile.saved_model_with_initializer(tmp_path, marker)
+    with pytest.raises(UnsafeModelError, match=r"SavedModel folder holds traced TensorFlow graphs.*--unsafe"):
+        load_model(path)
+    assert not marker.exists()
+    _cli_refuses(capfd, ["fold", str(path), "--out", str(tmp_path / "f.keras")], str(path), "--unsafe")
+    assert not marker.exists() and not (tmp_path / "f.keras").exists()
+
+
+def test_saved_model_with_a_class_named_dense(tmp_path, marker, capfd):
+    path = hostile.saved_model_with_fake_dense(tmp_path, marker)
+    out = tmp_path / "out"
+    _cli_refuses(capfd, ["export", str(path), "--out", str(out), "--format", "onnx"], "--unsafe")
+    # Even trusted (--unsafe), the revived look-alike is not Keras' Dense: refused before export calls it.
+    line = _cli_refuses(capfd, ["export", str(path), "--unsafe", "--out", str(out), "--format", "onnx"], "'dense'")
+    assert "saved_model.load.Dense" in line
+    assert not marker.exists() and not out.exists()
+
+
+def test_a_layer_is_identified_by_its_real_class_not_its_name():
+    from deploykit.backend import keras
+    from deploykit.layers import check_layers, layer_type
+
+    class Dense(keras.layers.Layer):
+        pass
+
+    assert layer_type(keras.layers.Dense(2)) == "Dense"
+    assert layer_type(Dense()) != "Dense" and layer_type(Dense()).endswith(".Dense")
+    with pytest.raises(UnsupportedLayerError, match="of type .*test_hostile_models.*Dense"):
+        check_layers([keras.layers.Dense(2), Dense(name="fake")])
+
+
+def test_hdf5_zip_polyglot_is_refused_before_either_is_read(tmp_path, capfd, caplog):
+    path = hostile.h5_zip_polyglot(tmp_path)
+    with pytest.raises(ModelLoadError, match="both an HDF5 file and a zip archive"):
+        load_model(path, unsafe=True)
+    _cli_refuses(capfd, ["fold", str(path), "--unsafe", "--out", str(tmp_path / "f.keras")], str(path), "polyglot")
+    assert "Placeholder" not in caplog.text + capfd.readouterr().err  # logging.warning(<symbolic input>) never ran
+
+
+def test_suffix_must_agree_with_the_content(tmp_path):
+    from deploykit.backend import keras
+    from deploykit.io import save_model
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    save_model(model, tmp_path / "m.h5")
+    save_model(model, tmp_path / "m.keras")
+    (tmp_path / "h5_named.keras").write_bytes((tmp_path / "m.h5").read_bytes())
+    (tmp_path / "zip_named.h5").write_bytes((tmp_path / "m.keras").read_bytes())
+    (tmp_path / "h5_named.bin").write_bytes((tmp_path / "m.h5").read_bytes())
+    with pytest.raises(ModelLoadError, match=r"content is a h5 file but the suffix \.keras says keras; rename it with \.h5"):
+        load_model(tmp_path / "h5_named.keras")
+    with pytest.raises(ModelLoadError, match=r"content is a keras file but the suffix \.h5 says h5; rename it with \.keras"):
+        load_model(tmp_path / "zip_named.h5")
+    with pytest.raises(ModelLoadError, match=r"suffix \.bin is not a model's"):
+        load_model(tmp_path / "h5_named.bin")
+
+
+def test_keras_zip_bomb_is_refused_before_inflating(tmp_path, capfd):
+    path = hostile.keras_zip_bomb(tmp_path, inflated=64 << 20)  # over the 16 MiB config limit
+    line = _cli_refuses(capfd, ["fold", str(path), "--out", str(tmp_path / "f.keras")], str(path), "config.json declares 64.0 MiB",
+                        "DEPLOYKIT_MAX_CONFIG_BYTES")
+    assert "refused before reading it" in line
+
+
+@pytest.mark.slow
+def test_keras_zip_bomb_of_one_gib(tmp_path, capfd):
+    """The attack's own size: a config.json inflating to 1 GiB (building it deflates 1 GiB: seconds)."""
+    path = hostile.keras_zip_bomb(tmp_path, inflated=1 << 30)
+    assert path.stat().st_size < 8 << 20
+    _cli_refuses(capfd, ["fold", str(path), "--out", str(tmp_path / "f.keras")], "declares 1,024.0 MiB")
+
+
+def test_declared_weights_are_limited(tmp_path):
+    """A config declaring a huge Dense layer would allocate its kernel at build time."""
+    import json
+    import zipfile
+
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 100_000], "name": "in"}},
+        {"class_name": "Dense", "config": {"name": "huge", "units": 100_000}}]}}
+    path = tmp_path / "huge.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("metadata.json", json.dumps({"keras_version": "2.21.0"}))
+    with pytest.raises(ModelLoadError, match="the layer config declares 38,147.4 MiB.*DEPLOYKIT_MAX_MODEL_BYTES"):
+        load_model(path)
