@@ -178,10 +178,12 @@ def _bound_requantization(spec, h: np.ndarray, kernel: np.ndarray, threshold: np
     calibration range (which always holds 0) over 255 levels, weights
     symmetric per column over 127. Clipping narrows the output range, which
     raises every multiplier a little, so this repeats until all are bounded.
+    A column whose output range comes from one barely moving feature
+    converges only once the other features (or the bias) set that range.
     """
     in_scale = _range_scale(h)
     threshold = threshold.copy()
-    for _ in range(8):
+    for _ in range(64):
         clipped = np.clip(kernel, -threshold, threshold)
         bias = _bias(spec, kernel.shape[1]) + mean @ (kernel - clipped)
         out = h @ clipped + bias
