@@ -83,3 +83,22 @@ class ValidationError(DeployKitError):
         joined = "; ".join(str(m) for m in self.mismatches)
         super().__init__(f"{artifact} failed validation: {joined}")
 
+
+
+class RuntimeCrashError(ValidationError):
+    """A runtime died natively (a signal, not a Python exception) on an artifact.
+
+    Validation runs each artifact in a child process, so the crash fails that
+    artifact only; the caller can reject it and go on with the others.
+    """
+
+    def __init__(self, artifact: str, runtime: str, stage: str, signal: int | None, exitcode: int | None = None, detail: str = ""):
+        import signal as signals
+
+        self.artifact, self.mismatches, self.report = artifact, [], None
+        self.runtime, self.stage, self.signal, self.exitcode = runtime, stage, signal, exitcode
+        how = f"signal {signal}" if signal is not None else f"exit code {exitcode}"
+        if signal is not None and signal in signals.Signals._value2member_map_:
+            how += f", {signals.Signals(signal).name}"
+        extra = f": {detail}" if detail else ""
+        DeployKitError.__init__(self, f"{artifact}: {runtime} crashed while {stage} ({how}){extra}")

@@ -12,7 +12,19 @@ fixture: 96% -> 11% accuracy. :func:`prepare_for_int8` therefore
 2. clips each Dense kernel column to the threshold that minimises the
    calibration-data error of its simulated int8 weights (symmetric, per
    output channel, 127 levels), moving the mean effect of the clipping into
-   the bias (bias correction). Zeros stay zeros.
+   the bias (bias correction). Zeros stay zeros. The candidate thresholds
+   reach far below the largest weight: a feature that is constant in the
+   training data (std 0, so Keras divides by its epsilon 1e-7) leaves a
+   kernel row ~1e7 times the others, which costs nothing to clip on data
+   where that feature does not move, and
+3. bounds what is left so that every column's requantization multiplier
+   ``input scale x weight scale / output scale`` (estimated from the
+   calibration ranges, as the converters do) stays below
+   :data:`MAX_REQUANTIZATION`. XNNPACK, LiteRT's default CPU delegate,
+   rejects a multiplier >= 256 and its error path then double-frees
+   (``free(): double free detected in tcache 2``, SIGABRT in
+   ``allocate_tensors``); measured on the book's Fashion model: multipliers
+   up to 99,000 in the first layer, crash from 256.0 on, none below.
 
 The prepared model is only the input of the int8 converters; validation
 compares the int8 artifact with the original model.
@@ -27,9 +39,15 @@ import numpy as np
 from deploykit.errors import DataError
 from deploykit.records import Record
 
-#: Candidate clip thresholds, as fractions of each column's largest |weight|.
-CLIP_FRACTIONS = np.geomspace(1.0, 1e-4, 41)
+#: Candidate clip thresholds, as fractions of each column's largest |weight|: two per decade down to
+#: 1e-10, far enough to reach the ordinary weights of a column that also holds a row scaled by 1/1e-7 ...
+CLIP_FRACTIONS = np.geomspace(1.0, 1e-10, 21)
+#: ... then ten per decade around each column's best coarse threshold.
+REFINE_FACTORS = np.geomspace(10 ** 0.5, 10 ** -0.5, 11)
 INT8_LEVELS = 127
+#: The largest requantization multiplier deploykit lets a Dense layer keep. XNNPACK refuses >= 256
+#: (and crashes on it); the margin covers the difference between this estimate and the converter's.
+MAX_REQUANTIZATION = 32.0
 
 
 @dataclass
@@ -39,6 +57,7 @@ class LayerClip(Record):
     name: str
     columns: int
     columns_clipped: int
+    columns_bounded: int  # columns clipped further to keep the requantization multiplier < MAX_REQUANTIZATION
     error_ratio: float  # simulated int8 weight error after / before clipping, on the calibration data
 
 
@@ -58,6 +77,9 @@ class Int8Preparation(Record):
                 self.steps.append(f"fold({len(self.folded)} layers)")
             n = sum(1 for c in self.clipped if c.columns_clipped)
             self.steps.append(f"int8_weight_clip({n} of {len(self.clipped)} dense layers)")
+            bounded = sum(c.columns_bounded for c in self.clipped)
+            if bounded:
+                self.steps.append(f"int8_requantization_bound({bounded} columns)")
 
 
 def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int = 42) -> np.ndarray:
@@ -124,16 +146,67 @@ def _clip_dense(spec, h: np.ndarray) -> LayerClip:
     h = h.reshape(len(h), -1)
     kernel = spec.weights[0].astype(np.float64)
     mean = h.mean(axis=0)
-    centred = h - mean
+    live = h.std(axis=0) > 0  # rows of features constant on the calibration data add no error
+    centred = (h - mean)[:, live]
     largest = np.abs(kernel).max(axis=0)
     best_t = largest.copy()
-    best_err = first_err = ((centred @ (kernel - simulate_int8(kernel, largest))) ** 2).sum(axis=0)
-    for fraction in CLIP_FRACTIONS[1:]:
-        t = largest * fraction
-        err = ((centred @ (kernel - simulate_int8(kernel, t))) ** 2).sum(axis=0)
-        better = err < best_err
-        best_err, best_t = np.where(better, err, best_err), np.where(better, t, best_t)
-    clipped = np.clip(kernel, -best_t, best_t)
+    best_err = first_err = _int8_error(centred, kernel[live], largest)
+    for anchor, factors in ((largest, CLIP_FRACTIONS[1:]), (None, REFINE_FACTORS)):
+        anchor = best_t.copy() if anchor is None else anchor  # the refinement centres on the coarse best
+        for factor in factors:
+            t = np.minimum(anchor * factor, largest)
+            err = _int8_error(centred, kernel[live], t)
+            better = err < best_err
+            best_err, best_t = np.where(better, err, best_err), np.where(better, t, best_t)
+    bounded = _bound_requantization(spec, h, kernel, best_t, mean)
+    clipped = np.clip(kernel, -bounded, bounded)
+    _set_kernel(spec, kernel, clipped, mean)
+    total = float(first_err.sum())
+    return LayerClip(spec.name, int(kernel.shape[1]), int(np.count_nonzero(bounded < largest)),
+                     int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
+
+
+def _int8_error(centred: np.ndarray, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Per column: squared error that int8 weights clipped to ``threshold`` add on the centred calibration inputs."""
+    return ((centred @ (kernel - simulate_int8(kernel, threshold))) ** 2).sum(axis=0)
+
+
+def _bound_requantization(spec, h: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Lower ``threshold`` where a column's requantization multiplier would reach :data:`MAX_REQUANTIZATION`.
+
+    Scales are estimated as the int8 converters set them: activations from the
+    calibration range (which always holds 0) over 255 levels, weights
+    symmetric per column over 127. Clipping narrows the output range, which
+    raises every multiplier a little, so this repeats until all are bounded.
+    A column whose output range comes from one barely moving feature
+    converges only once the other features (or the bias) set that range.
+    """
+    in_scale = _range_scale(h)
+    threshold = threshold.copy()
+    for _ in range(64):
+        clipped = np.clip(kernel, -threshold, threshold)
+        bias = _bias(spec, kernel.shape[1]) + mean @ (kernel - clipped)
+        out = h @ clipped + bias
+        if spec.config.get("activation") in ("relu", "relu6"):  # fused into the layer by the converters
+            out = np.maximum(out, 0.0)
+        limit = MAX_REQUANTIZATION * INT8_LEVELS * _range_scale(out) / in_scale if in_scale > 0 else np.inf
+        if np.all(np.abs(clipped).max(axis=0) <= limit):
+            return threshold
+        threshold = np.minimum(threshold, 0.9 * limit)
+    return threshold
+
+
+def _range_scale(values: np.ndarray) -> float:
+    """The per-tensor scale of an int8 activation calibrated on ``values``: range including 0, over 255 levels."""
+    return float(max(values.max(), 0.0) - min(values.min(), 0.0)) / 255.0
+
+
+def _bias(spec, units: int) -> np.ndarray:
+    return spec.weights[1].astype(np.float64) if spec.config.get("use_bias", True) else np.zeros(units)
+
+
+def _set_kernel(spec, kernel: np.ndarray, clipped: np.ndarray, mean: np.ndarray) -> None:
+    """Store ``clipped`` in ``spec`` and move the mean effect of the clipping into its bias (added if needed)."""
     shift = mean @ (kernel - clipped)
     if spec.config.get("use_bias", True):
         spec.weights[1] = (spec.weights[1].astype(np.float64) + shift).astype(np.float32)
@@ -141,6 +214,3 @@ def _clip_dense(spec, h: np.ndarray) -> LayerClip:
         spec.config["use_bias"] = True
         spec.weights.append(shift.astype(np.float32))
     spec.weights[0] = clipped.astype(np.float32)
-    total = float(first_err.sum())
-    return LayerClip(spec.name, int(kernel.shape[1]), int(np.count_nonzero(best_t < largest)),
-                     float(best_err.sum() / total) if total > 0 else 1.0)

@@ -26,6 +26,7 @@ class OnnxRunner:
     """One onnxruntime CPU session of a single-input, single-output model."""
 
     format = ExportFormat.ONNX
+    runtime = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
@@ -52,6 +53,7 @@ class TfliteRunner:
     """One LiteRT interpreter; the batch axis is resized to each call's batch."""
 
     format = ExportFormat.TFLITE
+    runtime = "LiteRT"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -87,15 +89,66 @@ class TfliteRunner:
         return np.array(y, dtype=np.float32)
 
 
+RUNNERS = {".onnx": OnnxRunner, ".tflite": TfliteRunner}
+
+
+def runner_class(path: str | os.PathLike) -> type[OnnxRunner] | type[TfliteRunner]:
+    """The runner class for an artifact, chosen by its suffix (.onnx or .tflite)."""
+    path = Path(path)
+    if path.suffix.lower() not in RUNNERS:
+        raise UsageError(f"artifact {path}: unknown format {path.suffix or '(no suffix)'}; expected .onnx or .tflite")
+    return RUNNERS[path.suffix.lower()]
+
+
 def open_runner(path: str | os.PathLike, threads: int | None = None) -> OnnxRunner | TfliteRunner:
     """The runner for an artifact, chosen by its suffix (.onnx or .tflite)."""
     path = Path(path)
-    runners = {".onnx": OnnxRunner, ".tflite": TfliteRunner}
-    if path.suffix.lower() not in runners:
-        raise UsageError(f"artifact {path}: unknown format {path.suffix or '(no suffix)'}; expected .onnx or .tflite")
+    cls = runner_class(path)
     if not path.is_file():
         raise ModelLoadError(f"artifact {path}: no such file")
-    return runners[path.suffix.lower()](path, threads)
+    return cls(path, threads)
+
+
+def artifact_quantization(path: str | os.PathLike) -> str:
+    """What an artifact file holds: "none", "float16", "dynamic" / "int8-dynamic", "int8" / "int8-static"."""
+    path = Path(path)
+    return _onnx_quantization(path) if runner_class(path) is OnnxRunner else _tflite_quantization(path)
+
+
+def _onnx_quantization(path: Path) -> str:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = {node.op_type for node in proto.graph.node}
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}:
+        return "int8-dynamic"
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul"}:
+        return "int8-static"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        return "float16"
+    return "none"
+
+
+def _tflite_quantization(path: Path) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    constant_int8 = activation_int8 = float16 = False
+    for tensor in interpreter.get_tensor_details():
+        dtype = np.dtype(tensor["dtype"])
+        if dtype == np.float16:
+            float16 = True
+        elif dtype == np.int8:
+            try:  # constants hold data before allocate_tensors(); activations do not
+                interpreter.get_tensor(tensor["index"])
+                constant_int8 = True
+            except ValueError:
+                activation_int8 = True
+    if activation_int8:
+        return "int8"
+    if constant_int8:
+        return "dynamic"
+    return "float16" if float16 else "none"
 
 
 def predict_batches(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

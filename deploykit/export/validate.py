@@ -5,6 +5,11 @@ probability difference against the Keras reference, file and gzip size, and
 the median batch-1 latency and batch-256 throughput. Every failed bound is
 collected first, then one :class:`~deploykit.errors.ValidationError` names
 them all.
+
+The runtime loads and runs the artifact in a child process
+(:mod:`deploykit.export.isolated`), where latency is measured too: a native
+crash there raises :class:`~deploykit.errors.RuntimeCrashError` (a
+ValidationError) for that artifact instead of killing the caller.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import numpy as np
 from deploykit.errors import Mismatch, UsageError, ValidationError
 from deploykit.export.artifact import ExportRecord, file_sizes
 from deploykit.export.config import ExportFormat, Precision, Tolerance, parse_enum
-from deploykit.export.runtimes import median_seconds, open_runner, predict_batches
+from deploykit.export.isolated import InProcess, shared_worker
+from deploykit.export.runtimes import predict_batches, runner_class
 from deploykit.records import Record
 
 DEFAULT_BATCH_SIZES = (1, 256)
@@ -88,6 +94,7 @@ def validate(
     repeats: int = DEFAULT_REPEATS,
     threads: int | None = None,
     check: bool = True,
+    isolated: bool = True,
 ) -> ValidationReport:
     """Validate an .onnx or .tflite artifact (a path or an :class:`ExportRecord`) on ``data.x_test``.
 
@@ -96,38 +103,37 @@ def validate(
     ``reference_accuracy`` an ONNX file's metadata holds). ``tolerance``
     defaults to the variant's (:meth:`Tolerance.for_precision`). With
     ``check`` a missed bound raises ValidationError (carrying the report).
+    ``isolated`` (the default) runs the runtime in the shared child process;
+    a native crash there raises RuntimeCrashError whatever ``check`` says.
     """
     if isinstance(batch_sizes, int) or not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise UsageError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
-    path, quantization, precision = _describe(artifact)
-    runner = open_runner(path, threads)
-    data.check_input_shape((None, *runner.input_shape), what=f"artifact {path.name}")
+    path, quantization = _describe(artifact)
+    runtime = shared_worker() if isolated else InProcess()
+    opened = runtime.open(path, threads, describe=quantization is None)
+    quantization = quantization or opened.quantization
+    precision = _precision(artifact, quantization)
+    data.check_input_shape((None, *opened.input_shape), what=f"artifact {path.name}")
     x, y = data.x_test, data.y_test
-    probs = predict_batches(runner.predict, x)
+    measured = runtime.measure(x, batch_sizes, repeats)
+    probs = measured.probabilities
     accuracy = float(np.mean(probs.argmax(axis=1) == y))
 
-    agreement = max_diff = reference_accuracy = None
+    agreement = max_diff = None
+    reference_accuracy = opened.reference_accuracy
     if reference is not None:
         ref = predict_batches(lambda b: reference(b, training=False), x).astype(np.float32)
         reference_accuracy = float(np.mean(ref.argmax(axis=1) == y))
         agreement = float(np.mean(ref.argmax(axis=1) == probs.argmax(axis=1)))
         max_diff = float(np.max(np.abs(ref - probs)))
-    elif runner.format is ExportFormat.ONNX:
-        from deploykit.export.metadata import read_metadata
 
-        reference_accuracy = read_metadata(runner.session).reference_accuracy
-
-    timings = []
-    for batch in batch_sizes:
-        xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
-        seconds = median_seconds(lambda: runner.predict(xb), repeats)
-        timings.append(Timing(batch, 1e3 * seconds, batch / seconds))
+    timings = [Timing(batch, 1e3 * seconds, batch / seconds) for batch, seconds in measured.seconds.items()]
     size, gz = file_sizes(path)
     tol = tolerance if tolerance is not None else Tolerance.for_precision(precision)
     mismatches, skipped = _check(tol, max_diff, agreement, accuracy, reference_accuracy)
-    report = ValidationReport(path, runner.format, quantization, precision, len(x), accuracy, reference_accuracy,
+    report = ValidationReport(path, ExportFormat(opened.format), quantization, precision, len(x), accuracy, reference_accuracy,
                               agreement, max_diff, size, gz, timings, tol, mismatches, skipped)
     if check and mismatches:
         raise ValidationError(str(path), mismatches, report)
@@ -156,54 +162,21 @@ def _check(tol: Tolerance, max_diff, agreement, accuracy, reference_accuracy) ->
     return mismatches, skipped
 
 
-def _describe(artifact) -> tuple[Path, str, Precision]:
-    """(path, quantization, precision) of a record, or of a file by what it holds."""
+def _describe(artifact) -> tuple[Path, str | None]:
+    """(path, quantization) of a record; (path, None) for a file, whose quantization the runtime side reads."""
     if isinstance(artifact, ExportRecord):
-        return Path(artifact.path), artifact.quantization, artifact.precision
+        return Path(artifact.path), artifact.quantization
     path = Path(artifact)
     if not path.is_file():
         raise UsageError(f"artifact {path}: no such file")
-    quantization = {".onnx": _onnx_quantization, ".tflite": _tflite_quantization}.get(path.suffix.lower())
-    if quantization is None:
-        raise UsageError(f"artifact {path}: unknown format {path.suffix or '(no suffix)'}; expected .onnx or .tflite")
-    name = quantization(path)
-    return path, name, parse_enum(Precision, {"none": "float32", "float16": "float16"}.get(name, "int8"), "precision")
+    runner_class(path)  # a UsageError for an unknown suffix
+    return path, None
 
 
-def _onnx_quantization(path: Path) -> str:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    ops = {node.op_type for node in proto.graph.node}
-    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}:
-        return "int8-dynamic"
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul"}:
-        return "int8-static"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
-        return "float16"
-    return "none"
-
-
-def _tflite_quantization(path: Path) -> str:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    constant_int8 = activation_int8 = float16 = False
-    for tensor in interpreter.get_tensor_details():
-        dtype = np.dtype(tensor["dtype"])
-        if dtype == np.float16:
-            float16 = True
-        elif dtype == np.int8:
-            try:  # constants hold data before allocate_tensors(); activations do not
-                interpreter.get_tensor(tensor["index"])
-                constant_int8 = True
-            except ValueError:
-                activation_int8 = True
-    if activation_int8:
-        return "int8"
-    if constant_int8:
-        return "dynamic"
-    return "float16" if float16 else "none"
+def _precision(artifact, quantization: str) -> Precision:
+    if isinstance(artifact, ExportRecord):
+        return artifact.precision
+    return parse_enum(Precision, {"none": "float32", "float16": "float16"}.get(quantization, "int8"), "precision")
 
 
 def validation_markdown(reports: list[ValidationReport], title: str = "Validation") -> str:

@@ -1,0 +1,257 @@
+"""Load and run artifacts in a child process, so a native crash fails one artifact, not the whole run.
+
+onnxruntime and LiteRT are C++ libraries: a bad artifact can abort the
+process (LiteRT's XNNPACK delegate double-frees on a requantization
+multiplier >= 256) instead of raising. :func:`validate` therefore loads and
+runs each artifact in a :class:`RuntimeWorker`, a long-lived child reused
+across artifacts. A child that dies becomes a
+:class:`~deploykit.errors.RuntimeCrashError` naming the artifact, the
+runtime, the stage and the signal; the next call starts a fresh child.
+
+The child is started as a fresh ``python`` running :func:`main` (like
+multiprocessing's "spawn": a fresh interpreter, never a fork of a process
+that imported TensorFlow) rather than through multiprocessing itself, whose
+spawn re-imports the parent's ``__main__`` and with it whatever that script
+imports at the top (TensorFlow, for most scripts that export). The child
+imports numpy and the runtimes only. Latency is measured inside the child, on
+the runtime alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError
+from deploykit.export.runtimes import artifact_quantization, median_seconds, open_runner, predict_batches, runner_class
+
+LOADING, RUNNING = "loading it", "running it"
+
+
+@dataclass(frozen=True)
+class OpenedArtifact:
+    """What the runtime says about an artifact it loaded."""
+
+    format: str  # ExportFormat value
+    runtime: str
+    input_shape: tuple[int, ...]
+    quantization: str | None  # asked for only when the caller does not know it
+    reference_accuracy: float | None  # from an ONNX file's deploykit metadata
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Predictions on the inputs, and the median seconds per call at each batch size."""
+
+    probabilities: np.ndarray
+    seconds: dict[int, float]
+
+
+class InProcess:
+    """Loads and runs artifacts in this process (no protection from native crashes; for comparison)."""
+
+    def __init__(self) -> None:
+        self._runner = None
+        self._where = ""
+
+    def open(self, path: str | os.PathLike, threads: int | None = None, describe: bool = False) -> OpenedArtifact:
+        path = Path(path)
+        self._where = f"{path.name}: {runner_class(path).runtime} failed while"
+        try:
+            self._runner, info = _open(path, threads, describe)
+        except DeployKitError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{self._where} {LOADING}: {_one_line(exc)}") from exc
+        return info
+
+    def measure(self, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
+        try:
+            return _measure(self._runner, x, batch_sizes, repeats)
+        except DeployKitError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{self._where} {RUNNING}: {_one_line(exc)}") from exc
+
+    def close(self) -> None:
+        self._runner = None
+
+
+class RuntimeWorker:
+    """One child process that loads and runs artifacts on request; restarted after it dies."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._stderr = None
+        self._artifact: tuple[str, str] | None = None  # (name, runtime) of the artifact being served
+        self._lock = threading.Lock()
+
+    def open(self, path: str | os.PathLike, threads: int | None = None, describe: bool = False) -> OpenedArtifact:
+        path = Path(path)
+        with self._lock:
+            self._artifact = (path.name, runner_class(path).runtime)
+            return self._call(("open", str(path), threads, describe), LOADING)
+
+    def measure(self, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
+        with self._lock:
+            return self._call(("measure", np.ascontiguousarray(x, dtype=np.float32), tuple(batch_sizes), repeats), RUNNING)
+
+    def ping(self) -> dict:
+        """The child's pid and whether it imported TensorFlow (it must not)."""
+        with self._lock:
+            return self._call(("ping",), "starting")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    def close(self) -> None:
+        """Stop the child (it exits when its end of the connection closes)."""
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+        self._process = self._conn = self._stderr = None
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        self._stderr = tempfile.TemporaryFile()
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # the deploykit this process runs, first on the child's path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", f"from deploykit.export.isolated import main; main({theirs.fileno()})"],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+
+    def _call(self, request: tuple, stage: str):
+        if self._process is None or self._process.poll() is not None:
+            self.close()
+            self._start()
+        try:
+            self._conn.send(request)
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            raise self._crashed(stage) from None
+        if reply[0] == "error":
+            raise _rebuild(*reply[1:], where=f"{self._artifact[0]}: {self._artifact[1]} failed while {stage}")
+        return reply[1]
+
+    def _crashed(self, stage: str) -> RuntimeCrashError:
+        """The error for a child that died; the next call starts a new one."""
+        code = self._process.wait()
+        self._stderr.seek(0)
+        lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
+        detail = next((line for line in reversed(lines) if not line.startswith(("Fatal Python error", "Current thread",
+                                                                                  "File ", "Extension modules"))), "")
+        self.close()
+        name, runtime = self._artifact or ("artifact", "the runtime")
+        signal = -code if code < 0 else None
+        return RuntimeCrashError(name, runtime, stage, signal, None if signal else code, detail[:200])
+
+
+def _rebuild(cls: type | None, message: str, where: str) -> Exception:
+    """The child's error: the same deploykit type when it takes a message, else a ModelLoadError saying ``where``."""
+    if cls is not None:
+        try:
+            return cls(message)
+        except TypeError:
+            pass
+    return ModelLoadError(f"{where}: {message}")
+
+
+_shared: RuntimeWorker | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_worker() -> RuntimeWorker:
+    """The process-wide worker :func:`validate` reuses across artifacts (stopped at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RuntimeWorker()
+            atexit.register(_shared.close)
+        return _shared
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# -- the child side ----------------------------------------------------------------------------------------------
+
+
+def _open(path: Path, threads: int | None, describe: bool):
+    """Load ``path`` and run one input through it, so allocation happens under the "loading" stage."""
+    runner = open_runner(path, threads)
+    runner.predict(np.zeros((1, *runner.input_shape), dtype=np.float32))
+    reference_accuracy = None
+    if runner.runtime == "onnxruntime":
+        from deploykit.export.metadata import read_metadata
+
+        reference_accuracy = read_metadata(runner.session).reference_accuracy
+    quantization = artifact_quantization(path) if describe else None
+    return runner, OpenedArtifact(runner.format.value, runner.runtime, tuple(runner.input_shape), quantization, reference_accuracy)
+
+
+def _measure(runner, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
+    if runner is None:
+        raise ModelLoadError("no artifact is open in the runtime worker")
+    probabilities = predict_batches(runner.predict, x)
+    seconds = {}
+    for batch in batch_sizes:
+        xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
+        seconds[batch] = median_seconds(lambda: runner.predict(xb), repeats)
+    return Measured(probabilities, seconds)
+
+
+def _serve(conn: Connection) -> None:
+    """Answer requests until the parent closes its end."""
+    runner = None
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind, args = request[0], request[1:]
+        try:
+            if kind == "open":
+                runner = None
+                runner, reply = _open(Path(args[0]), args[1], args[2])
+            elif kind == "measure":
+                reply = _measure(runner, *args)
+            elif kind == "ping":
+                reply = {"pid": os.getpid(), "tensorflow": "tensorflow" in sys.modules}
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+            conn.send(("ok", reply))
+        except Exception as exc:  # every failure goes back to the parent, which raises it
+            if isinstance(exc, DeployKitError):
+                conn.send(("error", type(exc), str(exc)))
+            else:  # a runtime's own exception (e.g. LiteRT's RuntimeError from allocate_tensors)
+                conn.send(("error", None, _one_line(exc)))
+
+
+def main(fd: int) -> None:
+    """The child's entry point: serve on the inherited socket ``fd``."""
+    _serve(Connection(fd))
