@@ -104,10 +104,15 @@ class _DataPlane(DataPlane):
         except limits.RequestError as exc:
             raise InvalidInput(str(exc)) from None
         except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON: {exc}") from None
+            hint = " (NaN and Infinity are not JSON numbers)" if isinstance(body, bytes) and _non_finite(body) else ""
+            raise InvalidInput(f"malformed JSON: {exc}{hint}") from None
         except Exception as exc:  # whatever else the decoder trips on, the body is at fault
             text = str(exc).splitlines()[0][:200] if str(exc) else ""
             raise InvalidInput(f"malformed inference request: {type(exc).__name__}: {text}") from None
+
+
+def _non_finite(body: bytes) -> bool:
+    return b"NaN" in body or b"Infinity" in body
 
 
 def _v2_from_bytes(body: bytes, headers: dict, model_name: str) -> InferRequest:
