@@ -213,19 +213,33 @@ def test_v1_predict(server, model_repo, x):
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_example_clients(server):
-    done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url,
-                           "--model", "mc_triton", "--samples", "20", "--index", "5"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "true class" in done.stdout and "predictive entropy" in done.stdout and "20 samples" in done.stdout
-    done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url, "--model", "digits"],
+def test_example_clients(server, digits, tmp_path):
+    """The examples read the input from the model's metadata; --npz / a values file send a real sample."""
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x_test=digits.x_test, y_test=digits.y_test)
+    client = [sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url]
+    done = subprocess.run([*client, "--model", "mc_triton", "--samples", "20", "--index", "5", "--npz", str(npz)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "predicted class" in done.stdout, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert f"true class {digits.y_test[5]}" in done.stdout and "predictive entropy" in done.stdout
+    assert "20 samples" in done.stdout
+    done = subprocess.run([*client, "--model", "digits"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "synthetic input" in done.stdout and "predicted class" in done.stdout, done.stderr
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed: examples/client_curl.sh not run")
-    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "mc_triton"],
+    values = tmp_path / "row.txt"
+    values.write_text(",".join(str(v) for v in digits.x_test[5].ravel()))
+    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "mc_triton", str(values)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in done.stdout.splitlines()]
-    assert answers[0] == {"ready": True} and answers[2]["parameters"] == {"samples": 50}
+    assert answers[0] == {"ready": True} and answers[1]["name"] == "mc_triton"
+    assert answers[2]["parameters"] == {"samples": 50}
     assert set(answers[3]["predictions"][0]) >= {"mean", "predictive_entropy", "predicted_class"}
+    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "digits"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[2])["parameters"]["ignored_parameters"] == ["samples"]
+    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "model 'nope' does not exist" in done.stdout + done.stderr
