@@ -15,6 +15,20 @@ DEFAULT_SAMPLES = 30
 DEFAULT_MAX_ROWS = 1024
 DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_NETWORK_ROWS = 256 * 1024  # rows x samples: the batch onnxruntime runs for one request
+DEFAULT_MAX_RESPONSE_VALUES = 2_000_000  # numbers in one response (about 20-40 MB of JSON)
+DEFAULT_MAX_HEADER_COUNT = 100  # as Apache's LimitRequestFields
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024  # request line + headers (nginx: 4 x 8 KiB buffers)
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds from connecting (or the first byte of a request) to its last header
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds from the last header to the last byte of the body
+DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
+DEFAULT_MAX_CONNECTIONS = 512  # also kept below the process's file descriptor limit
+
+
+def _check_seconds(name: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.1 <= value <= 3600
+    if not ok:
+        raise ConfigError(f"{name} must be a number of seconds between 0.1 and 3600, got {value!r}")
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -35,6 +49,14 @@ class ServeConfig(Config):
     max_rows: int = DEFAULT_MAX_ROWS  # instances per request
     max_samples: int = DEFAULT_MAX_SAMPLES  # largest `samples` a request may ask for (also capped by each model)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # request body size limit
+    max_network_rows: int = DEFAULT_MAX_NETWORK_ROWS  # rows x samples per request (MC models)
+    max_response_values: int = DEFAULT_MAX_RESPONSE_VALUES  # numbers per response, over the outputs sent
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections; the oldest waiting one makes room
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -51,3 +73,10 @@ class ServeConfig(Config):
             _check_int("threads", self.threads, 1)
         _check_int("max_rows", self.max_rows, 1)
         _check_int("max_body_bytes", self.max_body_bytes, 1024)
+        _check_int("max_network_rows", self.max_network_rows, 1)
+        _check_int("max_response_values", self.max_response_values, 1)
+        _check_int("max_header_count", self.max_header_count, 8)
+        _check_int("max_header_bytes", self.max_header_bytes, 1024)
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            _check_seconds(name, getattr(self, name))
+        _check_int("max_connections", self.max_connections, 4)

@@ -12,14 +12,23 @@ MODEL_FILE = "model.onnx"  # Triton repository layout: <name>/<version>/model.on
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def discover_models(source: str | os.PathLike) -> dict[str, Path]:
+def discover_models(source: str | os.PathLike, name: str | None = None) -> dict[str, Path]:
     """Model name -> ONNX file for a file, a folder of ``*.onnx`` files, or a Triton-style repository.
 
     A file is served under its stem (``<name>/<version>/model.onnx`` under
     ``<name>``); in a folder every ``*.onnx`` file and every
-    ``<name>/<version>/model.onnx`` (highest version) is served.
+    ``<name>/<version>/model.onnx`` (highest version) is served. ``name``
+    renames the model when ``source`` holds exactly one.
     """
-    path = Path(source)
+    models = _discover(Path(source))
+    if name is None:
+        return models
+    if len(models) != 1:
+        raise UsageError(f"--name names one model, but {source} holds {len(models)}: {', '.join(sorted(models))}")
+    return _named({name: next(iter(models.values()))}, Path(source), "--name")
+
+
+def _discover(path: Path) -> dict[str, Path]:
     if path.is_file():
         if path.suffix != ".onnx":
             raise UsageError(f"{path} is not an .onnx file")
@@ -56,8 +65,9 @@ def _latest_version(folder: Path) -> Path | None:
     return max(versions, key=lambda v: int(v.name)) / MODEL_FILE if versions else None
 
 
-def _named(models: dict[str, Path], source: Path) -> dict[str, Path]:
+def _named(models: dict[str, Path], source: Path, origin: str | None = None) -> dict[str, Path]:
     for name in models:
-        if not _NAME.match(name):
-            raise UsageError(f"model name {name!r} (from {source}) must be letters, digits, '_', '-' or '.'")
+        if not _NAME.match(name) or len(name) > 128:
+            raise UsageError(f"model name {name[:128]!r} (from {origin or source}) must be at most 128 letters, "
+                             "digits, '_', '-' or '.', starting with a letter or digit")
     return models

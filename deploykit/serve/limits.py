@@ -7,6 +7,7 @@ as kserve's ``InferInput`` is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,8 @@ from deploykit.errors import DataError
 
 FP32 = "FP32"
 SAMPLES_PARAMETER = "samples"
+#: The most characters of a client-given name (model, tensor, output) echoed in an error or a log line.
+SHOWN_CHARS = 64
 
 
 class RequestError(DataError):
@@ -42,10 +45,45 @@ def check_samples(parameters: dict, default: int, limit: int) -> int:
     return int(value)
 
 
-def refuse_samples(parameters: dict, model: str) -> None:
-    """A deterministic model takes no ``samples`` parameter."""
-    if SAMPLES_PARAMETER in parameters:
-        raise RequestError(f"model '{model}' is deterministic: it takes no 'samples' parameter")
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """A client-given value as it may appear in an error or a log line: quoted, escaped, at most ``limit`` characters.
+
+    Escaping (``\\n``, ``\\x1b``, ...) keeps a name with a newline from forging a log line; the bound keeps
+    a 1 MB name from coming back as a 1 MB error.
+    """
+    if not isinstance(value, str):  # a JSON value: shown as JSON, unquoted
+        text = json.dumps(value, default=repr)
+        return text[:limit].encode("unicode_escape").decode("ascii") + ("..." if len(text) > limit else "")
+    escaped = value[:limit].encode("unicode_escape").decode("ascii").replace("'", "\\'")
+    return f"'{escaped}'" + (f"... ({len(value)} characters)" if len(value) > limit else "")
+
+
+def ignored_samples(parameters: dict, model: str) -> dict | None:
+    """A deterministic model ignores ``samples`` (as Triton ignores parameters a model does not use): the note saying so."""
+    if SAMPLES_PARAMETER not in parameters:
+        return None
+    return {"ignored_parameters": [SAMPLES_PARAMETER],
+            "note": f"model '{model}' is deterministic: 'samples' applies to MC Dropout models only and was ignored"}
+
+
+def check_classification(output: str, top, classes: int, applies: bool) -> None:
+    """Triton's classification extension on ``output``: an integer in [1, classes], on a per-class output."""
+    if not applies:
+        raise RequestError(f"output {shown(output)} has no class axis: the 'classification' parameter "
+                           "applies to [N, classes] outputs only")
+    if not _is_int(top) or not 1 <= top <= classes:
+        raise RequestError(f"parameter 'classification' of output {shown(output)} must be an integer between 1 "
+                           f"and {classes}, got {shown(top)}")
+
+
+def classify(values: np.ndarray, top: int, labels: Sequence[str]) -> np.ndarray:
+    """The ``top`` largest values of each row as Triton writes them: ``b"score:index:label"`` (``score:index``
+    without labels), largest first; shape [N, top]."""
+    order = np.argsort(-values, axis=1, kind="stable")[:, :top]
+    rows = []
+    for row, indices in zip(values, order, strict=True):
+        rows.append([(f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")).encode() for i in indices])
+    return np.array(rows, dtype=np.object_)
 
 
 def check_rows(declared: int, max_rows: int, what: str) -> None:
@@ -87,6 +125,8 @@ def check_v2_header(header, binary_bytes: int) -> None:
             if not isinstance(tensor.get(key), kind):
                 what = "a list" if kind is list else "a string"
                 raise RequestError(f"inputs[{i}].{key} must be {what}, got {tensor.get(key)!r:.80}")
+        if not all(_is_int(d) and d >= 0 for d in tensor["shape"]):
+            raise RequestError(f"inputs[{i}].shape must be a list of non-negative integers, got {shown(tensor['shape'], 80)}")
         parameters = check_parameters(tensor.get("parameters"))
         if "data" not in tensor:
             size = parameters.get("binary_data_size")
@@ -106,18 +146,21 @@ def v2_input(inputs: Sequence, name: str, input_shape: Sequence[int], max_rows: 
     """The one FP32 input tensor ``name`` of a v2 request, checked."""
     names = [getattr(t, "name", None) for t in inputs]
     if len(inputs) != 1 or names[0] != name:
-        raise RequestError(f"expected one input tensor named '{name}', got {names}")
+        got = ", ".join(shown(n) for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise RequestError(f"expected one input tensor named '{name}', got [{got}]")
     tensor = inputs[0]
     what = f"input '{name}'"
     if tensor.datatype != FP32:
-        raise RequestError(f"{what} must have datatype FP32, got {tensor.datatype!r}")
+        raise RequestError(f"{what} must have datatype FP32, got {shown(tensor.datatype)}")
     shape = tensor.shape
     if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise RequestError(f"{what}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise RequestError(f"{what}: 'shape' must be a list of non-negative integers, got {shown(shape, 80)}")
     want = ["N", *input_shape]
     if len(shape) != len(want) or tuple(shape[1:]) != tuple(input_shape):
         raise RequestError(f"{what} must have shape {_shape(want)}, got {_shape(shape)}")
     check_rows(shape[0], max_rows, what)
+    if isinstance(getattr(tensor, "data", None), list):
+        check_numbers(tensor.data, f"{what}: 'data'")
     try:
         with np.errstate(over="ignore"):  # too large for FP32 becomes inf, refused below
             x = np.asarray(tensor.as_numpy())
@@ -135,12 +178,29 @@ def v1_instances(payload, input_shape: Sequence[int], max_rows: int) -> np.ndarr
         raise RequestError(f"'instances' must be a list of instances, got {type(instances).__name__}")
     what = "'instances'"
     check_rows(len(instances), max_rows, what)
+    check_numbers(instances, what)
     try:
         with np.errstate(over="ignore"):
             x = np.array(instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
         raise RequestError(f"{what} must be lists of numbers, each of shape {_shape(input_shape)} ({_first_line(exc)})") from None
     return check_batch(x, input_shape, max_rows, what)
+
+
+def check_numbers(data: list, what: str) -> None:
+    """JSON tensor data (nested lists) holds only numbers: booleans, strings and nulls are refused, not coerced."""
+    found: set[type] = set()
+    stack = [data]
+    while stack:
+        items = stack.pop()
+        types = set(map(type, items))
+        if list in types:
+            stack.extend(v for v in items if type(v) is list)
+        found |= types
+    bad = sorted(t.__name__ for t in found - {list, int, float})
+    if bad:
+        names = {"bool": "booleans", "str": "strings", "NoneType": "nulls", "dict": "objects"}
+        raise RequestError(f"{what} must hold numbers only, found {', '.join(names.get(b, b) for b in bad)}")
 
 
 def _shape(shape) -> str:

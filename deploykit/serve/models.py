@@ -5,6 +5,8 @@
 onnxruntime session per model; ``InferenceSession.run`` is thread-safe.
 Small requests run on the event loop (a thread hop costs more than the
 inference); large ones in a worker thread so the server stays responsive.
+Each request's work (rows x samples) and response size (numbers sent) are
+bounded before anything runs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ from deploykit.serve.config import ServeConfig
 SAMPLES_NAME = "samples"
 OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
 SAMPLES_OUTPUT = "sample_probabilities"
+
+#: What each output means: served in the model metadata (``parameters.description`` of each output).
+GLOSSARY = {
+    "probabilities": "class probabilities (softmax), one per class label",
+    "mean": "mean over the T dropout samples of the class probabilities: the prediction",
+    "std": "standard deviation over the T samples of each class probability (population std, in probability units)",
+    "predictive_entropy": "entropy of `mean` in nats (natural log), from 0 to ln(classes): total uncertainty",
+    "mutual_information": "predictive_entropy minus the average entropy of the T samples, in nats: the model's "
+                          "own (epistemic) uncertainty, high when the samples disagree",
+    "predicted_class": "index of the largest `mean` (argmax of mean), an index into class_labels",
+    SAMPLES_OUTPUT: "class probabilities of each dropout sample, shape [T, N, classes] (samples first)",
+}
+#: Triton's classification extension: the requested output's parameter naming how many top classes to return.
+CLASSIFICATION = "classification"
 
 #: Requests up to this many network rows (instances x samples) run on the event loop.
 INLINE_ROWS = 2048
@@ -62,6 +78,11 @@ def _session(path: Path, threads: int | None):
         raise ModelLoadError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
 
 
+def _row_size(shape) -> int:
+    """Numbers per row of an output (its fixed dims after the first; 1 for a dynamic one)."""
+    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]], dtype=np.int64))
+
+
 def _tensor_meta(arg) -> dict:
     dims = [d if isinstance(d, int) else -1 for d in arg.shape]
     return {"name": arg.name, "datatype": _DATATYPES.get(arg.type, arg.type), "shape": dims}
@@ -82,6 +103,10 @@ class OnnxModel(Model):
                                  f"got {self.input.shape}")
         self.input_shape = tuple(self.input.shape[1:])
         self.output_names = [o.name for o in session.get_outputs()]
+        self.output_sizes = {o.name: _row_size(o.shape) for o in session.get_outputs()}
+        self.class_labels = [str(c) for c in self.metadata.class_names]
+        self.class_outputs = {o.name for o in session.get_outputs()  # [N, classes] float: classification applies
+                              if len(o.shape) == 2 and o.type == "tensor(float)" and o.name != SAMPLES_OUTPUT}
         self.ready = True
 
     def _model_input(self, inputs):
@@ -93,7 +118,12 @@ class OnnxModel(Model):
         return [_tensor_meta(self.input)]
 
     def get_output_types(self) -> list[dict]:
-        return [_tensor_meta(o) for o in self.session.get_outputs()]
+        return [{**_tensor_meta(o), "parameters": {"description": GLOSSARY[o.name]}} if o.name in GLOSSARY
+                else _tensor_meta(o) for o in self.session.get_outputs()]
+
+    def metadata_parameters(self) -> dict:
+        """The model-level ``parameters`` of ``/v2/models/NAME``: its kind, class labels, samples."""
+        return {"kind": self.metadata.kind, "class_labels": self.class_labels}
 
     async def predict(self, payload, headers=None, response_headers=None):
         """v2: an ``InferRequest`` -> ``InferResponse``; v1: ``{"instances": [...]}`` -> ``{"predictions": [...]}``."""
@@ -112,31 +142,62 @@ class OnnxModel(Model):
         self._check_requested_outputs(request.request_outputs)
         if request.id is not None and not isinstance(request.id, str):
             raise limits.RequestError(f"'id' must be a string, got {type(request.id).__name__}")
-        samples = self._samples(parameters)
+        samples, note = self._samples(parameters)
         x = limits.v2_input(request.inputs, self.input.name, self.input_shape, self.config.max_rows)
+        requested = [o.name for o in request.request_outputs or []] or self.output_names
+        self._check_work(len(x), samples, requested)
         values = await self._infer(x, samples)
-        outputs = [InferOutput(name, list(v.shape), from_np_dtype(v.dtype), data=v) for name, v in values.items()]
+        top = {o.name: o.parameters[CLASSIFICATION] for o in request.request_outputs or []
+               if (o.parameters or {}).get(CLASSIFICATION) is not None}
+        outputs = [self._output(name, v, top.get(name)) for name, v in values.items()]
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
-            parameters=self._response_parameters(samples), use_binary_outputs=request.use_binary_outputs,
+            parameters=self._response_parameters(samples, note), use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
 
+    def _output(self, name: str, value: np.ndarray, top: int | None) -> InferOutput:
+        if top is None:
+            return InferOutput(name, list(value.shape), from_np_dtype(value.dtype), data=value)
+        labels = limits.classify(value, top, self.class_labels)
+        return InferOutput(name, list(labels.shape), "BYTES", data=labels)
+
     async def _predict_v1(self, payload) -> dict:
         x = limits.v1_instances(payload, self.input_shape, self.config.max_rows)
-        samples = self._samples(limits.check_parameters(payload.get("parameters")))
+        samples, note = self._samples(limits.check_parameters(payload.get("parameters")))
+        self._check_work(len(x), samples, self.output_names)
         values = await self._infer(x, samples)
+        noted = {"parameters": note} if note else {}
         if len(values) == 1:
-            return {"predictions": next(iter(values.values())).tolist()}
+            return {"predictions": next(iter(values.values())).tolist(), **noted}
         per_output = {name: np.moveaxis(v, 1, 0) if name == SAMPLES_OUTPUT else v for name, v in values.items()}
-        return {"predictions": [{name: v[i].tolist() for name, v in per_output.items()} for i in range(len(x))]}
+        return {"predictions": [{name: v[i].tolist() for name, v in per_output.items()} for i in range(len(x))],
+                **noted}
+
+    def _check_work(self, rows: int, samples: int | None, outputs: list[str]) -> None:
+        """Refuse a request whose network rows (rows x samples) or response numbers exceed the limits."""
+        network_rows = rows * (samples or 1)
+        if network_rows > self.config.max_network_rows:
+            raise limits.RequestError(
+                f"{rows} rows x {samples} samples = {network_rows} network rows, more than the limit of "
+                f"{self.config.max_network_rows} per request; send fewer rows or samples")
+        per_row = sum(self.output_sizes[n] * (samples if n == SAMPLES_OUTPUT else 1) for n in outputs)
+        if rows * per_row > self.config.max_response_values:
+            raise limits.RequestError(
+                f"the response would hold {rows * per_row} numbers ({rows} rows x {per_row}), more than the limit "
+                f"of {self.config.max_response_values}; send fewer rows or samples, or request fewer outputs")
 
     def _check_requested_outputs(self, requested) -> None:
         for output in requested or []:
             if output.name not in self.output_names:
-                raise limits.RequestError(f"unknown output {output.name!r}; model '{self.name}' has outputs {self.output_names}")
+                raise limits.RequestError(f"unknown output {limits.shown(output.name)}; model '{self.name}' has "
+                                          f"outputs {self.output_names}")
             if output.parameters is not None and not isinstance(output.parameters, dict):
-                raise limits.RequestError(f"'parameters' of output {output.name!r} must be an object")
+                raise limits.RequestError(f"'parameters' of output {limits.shown(output.name)} must be an object")
+            top = (output.parameters or {}).get(CLASSIFICATION)
+            if top is not None:
+                limits.check_classification(output.name, top, self.output_sizes[output.name],
+                                            output.name in self.class_outputs)
 
     async def _infer(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
         if len(x) * (samples or 1) <= INLINE_ROWS:
@@ -144,11 +205,11 @@ class OnnxModel(Model):
         return await asyncio.to_thread(self._run, x, samples)
 
     @abstractmethod
-    def _samples(self, parameters: dict) -> int | None:
-        """The number of MC samples a request asks for (None: not an MC model)."""
+    def _samples(self, parameters: dict) -> tuple[int | None, dict | None]:
+        """The number of MC samples a request asks for (None: not an MC model), and a note for the response."""
 
     @abstractmethod
-    def _response_parameters(self, samples: int | None) -> dict | None:
+    def _response_parameters(self, samples: int | None, note: dict | None) -> dict | None:
         """The ``parameters`` of a v2 response."""
 
     @abstractmethod
@@ -159,11 +220,12 @@ class OnnxModel(Model):
 class DeterministicModel(OnnxModel):
     """An exported classifier: input -> ``probabilities`` (any single-float-input ONNX model works)."""
 
-    def _samples(self, parameters: dict) -> None:
-        limits.refuse_samples(parameters, self.name)
+    def _samples(self, parameters: dict) -> tuple[None, dict | None]:
+        """``samples`` is ignored (with a note), as Triton ignores parameters a model does not use."""
+        return None, limits.ignored_samples(parameters, self.name)
 
-    def _response_parameters(self, samples: None) -> None:
-        return None
+    def _response_parameters(self, samples: None, note: dict | None) -> dict | None:
+        return note
 
     def _run(self, x: np.ndarray, samples: None) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, {self.input.name: x}), strict=True))
@@ -192,11 +254,15 @@ class MCDropoutModel(OnnxModel):
                                  f"'{SAMPLES_NAME}', got {[(i.name, i.type) for i in inputs]}")
         return names[INPUT_NAME]
 
-    def _samples(self, parameters: dict) -> int:
-        return limits.check_samples(parameters, self.config.samples, self.max_samples)
+    def _samples(self, parameters: dict) -> tuple[int, None]:
+        return limits.check_samples(parameters, self.config.samples, self.max_samples), None
 
-    def _response_parameters(self, samples: int) -> dict:
+    def _response_parameters(self, samples: int, note: None) -> dict:
         return {limits.SAMPLES_PARAMETER: samples}
+
+    def metadata_parameters(self) -> dict:
+        return {**super().metadata_parameters(), "default_samples": self.config.samples,
+                "max_samples": self.max_samples}
 
     def _run(self, x: np.ndarray, samples: int) -> dict[str, np.ndarray]:
         """One onnxruntime call per chunk of rows (one call for the usual request: seeded models stay reproducible)."""

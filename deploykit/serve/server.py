@@ -6,10 +6,17 @@ and v2 routes and Prometheus ``/metrics``) with these changes:
 - it binds ``config.host`` (kserve binds 0.0.0.0) and runs no gRPC server;
 - a request that kserve cannot decode is a 400 naming the problem, not a 500;
 - a body over ``config.max_body_bytes`` is a 413 before it is read;
-- error bodies are ``{"error": "<one line>"}``, logged as one line (no traceback);
+- the connections have header limits, timeouts and a cap (:mod:`deploykit.serve.connections`);
+- v2 infer, model metadata, model config and the repository index are deploykit's
+  routes (:mod:`deploykit.serve.routes`);
+- error bodies are ``{"error": "<one line>"}``, logged as one line (no traceback),
+  with client-given names bounded and escaped;
 - the model repository is read-only: only the models given at start are served;
-- SIGTERM / SIGINT stop accepting connections, finish the requests in flight
-  (up to ``GRACE_SECONDS``) and return normally.
+  a model that cannot be served is skipped with a warning;
+- kserve's and uvicorn's own lines are shown with ``--verbose`` only;
+- SIGTERM / SIGINT stop accepting connections, close those waiting for their
+  client, finish the requests in flight (up to ``GRACE_SECONDS``), log one line
+  and return normally.
 
 Nothing here imports TensorFlow.
 """
@@ -26,8 +33,8 @@ from pathlib import Path
 
 import orjson
 
-from deploykit.errors import DeployKitError
-from deploykit.serve import limits
+from deploykit.errors import DeployKitError, ModelLoadError
+from deploykit.serve import connections, limits
 from deploykit.serve._kserve import (
     FASTAPI_APP_IMPORT_STRING,
     DataPlane,
@@ -41,6 +48,7 @@ from deploykit.serve._kserve import (
 from deploykit.serve.config import ServeConfig
 from deploykit.serve.discover import discover_models
 from deploykit.serve.models import MCDropoutModel, OnnxModel, open_model
+from deploykit.serve.routes import register_routes
 
 GRACE_SECONDS = 30
 _HEADER_LENGTH = "inference-header-content-length"
@@ -48,9 +56,29 @@ _HEADER_LENGTH = "inference-header-content-length"
 log = logging.getLogger("kserve.deploykit")  # kserve configures the "kserve" loggers
 
 
-def load_models(models: dict[str, Path], config: ServeConfig) -> list[OnnxModel]:
-    """Open every model in onnxruntime (all of them, before the server accepts a request)."""
-    return [open_model(name, path, config) for name, path in models.items()]
+def load_models(models: dict[str, Path], config: ServeConfig, warn=None) -> list[OnnxModel]:
+    """Open every model in onnxruntime, before the server accepts a request.
+
+    A model that cannot be served (e.g. an ONNX file with initializer-backed inputs, common from tf2onnx)
+    is skipped: ``warn`` gets one line naming it and why. If none can be served, the first error is raised.
+    """
+    loaded, errors = [], []
+    for name, path in models.items():
+        try:
+            loaded.append(open_model(name, path, config))
+        except DeployKitError as exc:
+            errors.append((name, exc))
+        except Exception as exc:  # onnxruntime's own errors on a file it loaded but cannot run
+            errors.append((name, ModelLoadError(f"{path}: cannot be served ({type(exc).__name__}: {exc})")))
+    if not loaded and errors:
+        raise errors[0][1]
+    for name, exc in errors:
+        (warn or _warn)(f"warning: skipping model {name!r}, it cannot be served: {exc}")
+    return loaded
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class _DataPlane(DataPlane):
@@ -76,10 +104,15 @@ class _DataPlane(DataPlane):
         except limits.RequestError as exc:
             raise InvalidInput(str(exc)) from None
         except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON: {exc}") from None
+            hint = " (NaN and Infinity are not JSON numbers)" if isinstance(body, bytes) and _non_finite(body) else ""
+            raise InvalidInput(f"malformed JSON: {exc}{hint}") from None
         except Exception as exc:  # whatever else the decoder trips on, the body is at fault
             text = str(exc).splitlines()[0][:200] if str(exc) else ""
             raise InvalidInput(f"malformed inference request: {type(exc).__name__}: {text}") from None
+
+
+def _non_finite(body: bytes) -> bool:
+    return b"NaN" in body or b"Infinity" in body
 
 
 def _v2_from_bytes(body: bytes, headers: dict, model_name: str) -> InferRequest:
@@ -142,11 +175,34 @@ def _error_handler(status: int | None):
 
     async def handler(request, exc):
         code = status or getattr(exc, "status_code", 400)
-        message = _message(exc)
-        log.info("%s %s -> %s: %s", request.method, request.url.path, code, message)
+        message = _one_line(_message(exc))
+        log.info("%s %s -> %s: %s", request.method, limits.shown(request.url.path, 200), code, message)
         return JSONResponse({"error": message}, status_code=code)
 
     return handler
+
+
+async def _not_found(request, exc):
+    """404 naming the model asked for, bounded and escaped (kserve's message echoes it whole)."""
+    from starlette.responses import JSONResponse
+
+    name = request.path_params.get("model_name", "")
+    message = f"model {limits.shown(name)} does not exist" if name else _one_line(str(exc))
+    log.info("%s %s -> 404: %s", request.method, limits.shown(request.url.path, 200), message)
+    return JSONResponse({"error": message}, status_code=404)
+
+
+async def _client_gone(request, exc):
+    """The client went away (or a timeout closed its connection) before its body arrived: nothing to answer."""
+    from starlette.responses import Response
+
+    return Response(status_code=400)
+
+
+def _one_line(message: str, limit: int = 1000) -> str:
+    """An error message as sent and logged: control characters escaped, at most ``limit`` characters."""
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message[:limit])
+    return escaped + ("..." if len(message) > limit else "")
 
 
 def _message(exc) -> str:
@@ -163,12 +219,18 @@ def _message(exc) -> str:
 
 
 class _RESTServer(RESTServer):
-    """kserve's REST server on ``config.host``, with the body size limit and the one-line error handlers."""
+    """kserve's REST server on ``config.host``, with deploykit's connections, routes, limits and error handlers."""
 
     def __init__(self, dataplane, repository, config: ServeConfig):
         super().__init__(FASTAPI_APP_IMPORT_STRING, dataplane, repository, config.port, grace_period=GRACE_SECONDS)
         self.config.host = config.host
+        self.config.http = connections.protocol_class(config)
+        self.config.timeout_keep_alive = config.keep_alive_timeout
         self.max_body_bytes = config.max_body_bytes
+
+    def _register_endpoints(self, app) -> None:
+        register_routes(app, self.dataplane)  # first: they take precedence over kserve's
+        super()._register_endpoints(app)
 
     def _add_middlewares(self, app) -> None:
         super()._add_middlewares(app)
@@ -179,7 +241,10 @@ class _RESTServer(RESTServer):
         from starlette.exceptions import HTTPException
 
         super()._add_exception_handlers(app)
-        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _error_handler(404),
+        from starlette.requests import ClientDisconnect
+
+        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _not_found,
+                    ClientDisconnect: _client_gone,
                     NotImplementedError: _error_handler(400),  # kserve: "Model versioning not supported yet."
                     RequestValidationError: _error_handler(422), HTTPException: _error_handler(None)}
         for exc_type, handler in handlers.items():
@@ -201,10 +266,12 @@ class DeployKitModelServer(ModelServer):
         """Serve until SIGTERM / SIGINT; requests in flight are finished first."""
         from fastapi.exceptions import FastAPIDeprecationWarning
 
+        quiet = logging.INFO if self.verbose else logging.WARNING
+        for name in ("kserve", "uvicorn.error", "uvicorn.access", "kserve.trace"):  # foreign lines: --verbose only
+            logging.getLogger(name).setLevel(quiet)
+        log.setLevel(logging.DEBUG if self.verbose else logging.INFO)
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = _RESTServer(self.dataplane, self.model_repository_extension, self.config)
-        for name in ("uvicorn.access", "kserve.trace"):  # a line per request: only with --verbose
-            logging.getLogger(name).setLevel(logging.INFO if self.verbose else logging.WARNING)
         warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)  # kserve's v1 route uses ORJSONResponse
         for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn handles them while serving, then re-raises them
             signal.signal(sig, lambda *_: None)
@@ -213,6 +280,9 @@ class DeployKitModelServer(ModelServer):
         except SystemExit as exc:  # uvicorn logs why it could not start (address in use...) and exits
             if exc.code:
                 raise DeployKitError(f"cannot listen on {self.config.host}:{self.config.port} (see the error above)") from None
+        served = self._rest_server._server.server_state.total_requests
+        refused = connections.summary()
+        log.info("stopped after %d requests%s", served, f"; connections refused or closed: {refused}" if refused else "")
 
 
 def serve(source: str | os.PathLike, config: ServeConfig | None = None, verbose: bool = False) -> None:
@@ -231,6 +301,7 @@ def serve_models(models: dict[str, Path], config: ServeConfig | None = None, ver
         kind = f"MC Dropout, samples {config.samples} (max {model.max_samples})" if mc else "deterministic"
         print(f"model {model.name!r}: {kind}, input {list(model.input_shape)}, from {model.path}", file=sys.stderr)
         print(f"  {base}/v2/models/{model.name}/infer  {base}/v1/models/{model.name}:predict", file=sys.stderr)
+    print(f"serving on {base} (SIGTERM or Ctrl+C stops it)", file=sys.stderr)
     if not _is_loopback(config.host):
         print(f"warning: listening on {config.host}: anyone who can reach this address can query the models "
               "(the server has no authentication)", file=sys.stderr)

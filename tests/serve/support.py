@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import socket
 import subprocess
@@ -24,14 +25,16 @@ def free_port() -> int:
 class ServerProcess:
     """``deploykit serve SOURCE --port <free> ARGS...``; ready once /v2/health/ready answers 200."""
 
-    def __init__(self, source: Path, log: Path, *args: str):
+    def __init__(self, source: Path, log: Path, *args: str, nofile: int | None = None):
+        """``nofile``: the server's RLIMIT_NOFILE (soft and hard), to test running out of descriptors."""
         self.port = free_port()
         self.url = f"{HOST}:{self.port}"
         self.base = f"http://{self.url}"
         self.log = log
         cmd = [sys.executable, "-m", "deploykit.cli.main", "serve", str(source), "--port", str(self.port), *args]
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
         self._wait_ready(60.0)
 
     def _wait_ready(self, timeout: float) -> None:

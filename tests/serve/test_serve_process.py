@@ -45,7 +45,8 @@ def test_serving_imports_no_tensorflow(model_repo):
 
 
 def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
-    server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log")
+    server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log",  # limits raised for a long request
+                           "--max-network-rows", "600000", "--max-response-values", "6000000")
     x = np.random.default_rng(0).uniform(0, 16, (1024, 64)).round(1)
     body = json.dumps({"instances": x.tolist(), "parameters": {"samples": 500}}).encode()
     answer = {}
@@ -98,5 +99,84 @@ def test_bad_command_lines_fail_in_one_line(model_repo, tmp_path):
 def test_help_names_the_endpoints():
     done = deploykit("serve", "--help")
     assert done.returncode == 0
-    for text in ("--host", "--port", "--samples", "--threads", "--max-rows", "--max-body-bytes", "/v2/models/NAME/infer"):
+    for text in ("--host", "--port", "--samples", "--threads", "--max-rows", "--max-body-bytes", "/v2/models/NAME/infer",
+                 "--name", "--max-network-rows", "--max-response-values", "--max-header-count", "--max-header-bytes",
+                 "--header-timeout", "--body-timeout", "--keep-alive-timeout", "--max-connections",
+                 "/v2/models/NAME/config", "/v2/repository/index"):
         assert text in done.stdout
+
+
+def onnx_with_two_inputs(path) -> None:
+    """An ONNX model deploykit cannot serve: two float inputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 64]) for n in ("a", "b")]
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 64])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["probabilities"])], "two", inputs, [output])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def onnx_with_initializer_inputs(path) -> None:
+    """As tf2onnx often writes: a weight that is also a graph input (onnxruntime: an overridable initializer)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 3])]
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])
+    weight = numpy_helper.from_array(np.full((64, 3), 0.5, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "init", inputs, [output],
+                              initializer=[weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_unservable_models_are_skipped_with_a_warning(model_repo, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "digits.onnx").write_bytes((model_repo / "digits.onnx").read_bytes())
+    (folder / "broken.onnx").write_bytes(b"not an onnx file")
+    onnx_with_two_inputs(folder / "two_inputs.onnx")
+    onnx_with_initializer_inputs(folder / "tf2onnx_style.onnx")
+    server = ServerProcess(folder, tmp_path / "server.log")
+    try:
+        status, body = request(f"{server.base}/v1/models/digits:predict", json.dumps({"instances": [[1.0] * 64]}).encode())
+        assert status == 200, body
+        status, body = request(f"{server.base}/v1/models/tf2onnx_style:predict", json.dumps({"instances": [[1.0] * 64]}).encode())
+        assert status == 200 and json.loads(body)["predictions"] == [[32.0] * 3], body  # the initializer's weights
+        assert get(f"{server.base}/v2/models/two_inputs/ready")[0] == 404
+    finally:
+        assert server.stop() == 0
+    warnings = [line for line in server.log.read_text().splitlines() if line.startswith("warning: skipping model")]
+    assert len(warnings) == 2, server.log.read_text()
+    assert any("'broken'" in w and "onnxruntime cannot load it" in w for w in warnings)
+    assert any("'two_inputs'" in w and "expected one float32 input" in w for w in warnings)
+
+
+def test_name_option(model_repo, tmp_path):
+    server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log", "--name", "fashion-mc")
+    try:
+        assert get(f"{server.base}/v2/models/fashion-mc/ready")[0] == 200
+        assert get(f"{server.base}/v2/models/mc_triton/ready")[0] == 404
+    finally:
+        assert server.stop() == 0
+    done = deploykit("serve", str(model_repo), "--name", "x")
+    assert done.returncode == 2 and "--name names one model" in done.stderr and "holds 3" in done.stderr, done.stderr
+    done = deploykit("serve", str(model_repo / "digits.onnx"), "--name", "a/b")
+    assert done.returncode == 2 and "model name 'a/b' (from --name)" in done.stderr, done.stderr
+
+
+def test_only_deploykit_lines_unless_verbose(model_repo, tmp_path):
+    """kserve's "OpenAI endpoints not registered", uvicorn's start-up lines: shown with --verbose only."""
+    foreign = ("OpenAI endpoints", "Time series endpoints", "Registering model", "Started server process",
+               "Uvicorn running", "Application startup")
+    for args, shown in (((), False), (("--verbose",), True)):
+        server = ServerProcess(model_repo / "digits.onnx", tmp_path / f"server{len(args)}.log", *args)
+        time.sleep(0.3)
+        assert server.stop() == 0
+        log = server.log.read_text()
+        assert all((text in log) == shown for text in foreign), log
+        if not shown:
+            lines = log.splitlines()
+            assert lines[0].startswith("model 'digits': deterministic") and lines[2].startswith("serving on")
+            assert len(lines) == 4 and "stopped after" in lines[3], log

@@ -51,17 +51,87 @@ def test_health_and_readiness(client, server):
     assert get(server.base + "/metrics")[0] == 200  # kserve's Prometheus metrics
 
 
-def test_model_metadata(client):
+def tensors(meta: dict) -> list[dict]:
+    """Metadata tensors without their (optional) parameters."""
+    return [{k: v for k, v in t.items() if k != "parameters"} for t in meta]
+
+
+def test_model_metadata(client, digits):
     det = client.get_model_metadata("digits")
     assert det["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
-    assert det["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert tensors(det["outputs"]) == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert det["platform"] == "onnxruntime_onnx" and det["versions"] == ["1"]
+    assert det["parameters"] == {"kind": "deterministic", "class_labels": [str(c) for c in digits.class_names]}
     mc = client.get_model_metadata("digits_mc")
     assert mc["inputs"] == det["inputs"]  # `samples` is a request parameter, not a tensor
     shapes = {o["name"]: (o["datatype"], o["shape"]) for o in mc["outputs"]}
     assert shapes == {"mean": ("FP32", [-1, 10]), "std": ("FP32", [-1, 10]), "predictive_entropy": ("FP32", [-1]),
                       "mutual_information": ("FP32", [-1]), "predicted_class": ("INT64", [-1])}
+    assert mc["parameters"] == {"kind": "mc_dropout", "class_labels": det["parameters"]["class_labels"],
+                                "default_samples": 30, "max_samples": 1000}
     triton = {o["name"] for o in client.get_model_metadata("mc_triton")["outputs"]}
     assert triton == {*MC_OUTPUTS, "sample_probabilities"}
+
+
+def test_metadata_glossary(client):
+    """Every output says what it is: std's kind, entropies in nats, predicted_class = argmax of mean."""
+    mc = {o["name"]: o["parameters"]["description"] for o in client.get_model_metadata("mc_triton")["outputs"]}
+    assert "standard deviation" in mc["std"] and "population" in mc["std"]
+    assert "nats" in mc["predictive_entropy"] and "nats" in mc["mutual_information"]
+    assert "argmax of mean" in mc["predicted_class"]
+    assert "[T, N, classes]" in mc["sample_probabilities"]
+    det = client.get_model_metadata("digits")["outputs"][0]["parameters"]["description"]
+    assert "probabilities" in det
+
+
+def test_model_config_and_repository_index(client):
+    config = client.get_model_config("digits")
+    assert config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 1024
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
+    mc = {o["name"]: o for o in client.get_model_config("digits_mc")["output"]}
+    assert mc["predictive_entropy"] == {"name": "predictive_entropy", "data_type": "TYPE_FP32", "dims": [1],
+                                        "reshape": {"shape": []}}  # a scalar per row, as Triton writes it
+    raw = client.get_model_config("mc_triton")  # sample_probabilities is [T, N, classes]: not batch-first
+    assert raw["max_batch_size"] == 0 and {"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 64]} in raw["input"]
+    index = client.get_model_repository_index()
+    assert sorted((m["name"], m["version"], m["state"]) for m in index) == [
+        ("digits", "1", "READY"), ("digits_mc", "1", "READY"), ("mc_triton", "1", "READY")]
+    import tritonclient.utils
+
+    with pytest.raises(tritonclient.utils.InferenceServerException, match="does not exist"):
+        client.get_model_config("nope")
+
+
+def test_classification_extension(client, x):
+    """tritonclient's class_count: the top classes of each row as "score:index:label", largest first (Triton's)."""
+    import tritonclient.http as httpclient
+
+    for binary in (True, False):
+        output = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+        result = client.infer("digits", [infer_input(x, binary)], outputs=[output])
+        plain = client.infer("digits", [infer_input(x, binary)]).as_numpy("probabilities")
+        top = result.as_numpy("probabilities")
+        assert top.shape == (len(x), 3)
+        for row, probabilities in zip(top, plain, strict=True):
+            parsed = [(item.decode() if binary else item).split(":") for item in row]  # JSON: str, as Triton
+            assert [int(p[1]) for p in parsed] == list(np.argsort(-probabilities, kind="stable")[:3])
+            assert [p[2] for p in parsed] == [p[1] for p in parsed]  # digits' labels are "0".."9"
+            np.testing.assert_allclose([float(p[0]) for p in parsed], np.sort(probabilities)[::-1][:3], atol=1e-6)
+    mc = client.infer("mc_triton", [infer_input(x, True)], outputs=requested(["mean"], True))
+    assert mc.as_numpy("mean").shape == (len(x), 10)
+
+
+def test_samples_on_a_deterministic_model_is_ignored_with_a_note(client, server, x):
+    """One client can call both kinds: `samples` is ignored by a deterministic model, and the response says so."""
+    result = client.infer("digits", [infer_input(x, True)], parameters={"samples": 50})
+    assert result.as_numpy("probabilities").shape == (len(x), 10)
+    note = result.get_response()["parameters"]
+    assert note["ignored_parameters"] == ["samples"] and "deterministic" in note["note"]
+    status, body = post_json(f"{server.base}/v1/models/digits:predict",
+                             {"instances": x[:1].tolist(), "parameters": {"samples": 5}})
+    assert status == 200 and body["parameters"]["ignored_parameters"] == ["samples"]
+    assert "parameters" not in client.infer("digits", [infer_input(x, True)]).get_response()
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -143,19 +213,33 @@ def test_v1_predict(server, model_repo, x):
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_example_clients(server):
-    done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url,
-                           "--model", "mc_triton", "--samples", "20", "--index", "5"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "true class" in done.stdout and "predictive entropy" in done.stdout and "20 samples" in done.stdout
-    done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url, "--model", "digits"],
+def test_example_clients(server, digits, tmp_path):
+    """The examples read the input from the model's metadata; --npz / a values file send a real sample."""
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x_test=digits.x_test, y_test=digits.y_test)
+    client = [sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url]
+    done = subprocess.run([*client, "--model", "mc_triton", "--samples", "20", "--index", "5", "--npz", str(npz)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "predicted class" in done.stdout, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert f"true class {digits.y_test[5]}" in done.stdout and "predictive entropy" in done.stdout
+    assert "20 samples" in done.stdout
+    done = subprocess.run([*client, "--model", "digits"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "synthetic input" in done.stdout and "predicted class" in done.stdout, done.stderr
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed: examples/client_curl.sh not run")
-    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "mc_triton"],
+    values = tmp_path / "row.txt"
+    values.write_text(",".join(str(v) for v in digits.x_test[5].ravel()))
+    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "mc_triton", str(values)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in done.stdout.splitlines()]
-    assert answers[0] == {"ready": True} and answers[2]["parameters"] == {"samples": 50}
+    assert answers[0] == {"ready": True} and answers[1]["name"] == "mc_triton"
+    assert answers[2]["parameters"] == {"samples": 50}
     assert set(answers[3]["predictions"][0]) >= {"mean", "predictive_entropy", "predicted_class"}
+    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "digits"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[2])["parameters"]["ignored_parameters"] == ["samples"]
+    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "model 'nope' does not exist" in done.stdout + done.stderr

@@ -21,8 +21,8 @@ def v2(shape=(1, 64), data=None, datatype="FP32", name="input", **extra):
     return {"inputs": [tensor], **extra}
 
 
-def binary_body(x: np.ndarray, **extra) -> tuple[bytes, dict]:
-    header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+def binary_body(x: np.ndarray, shape=None, **extra) -> tuple[bytes, dict]:
+    header = json.dumps({"inputs": [{"name": "input", "shape": shape or list(x.shape), "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}], **extra}).encode()
     return header + x.tobytes(), {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
 
@@ -54,7 +54,7 @@ def predict(server, model: str, payload) -> tuple[int, bytes]:
 
 
 CASES = {
-    "malformed JSON": (lambda s: infer(s, "digits", b'{"inputs": [{"name": '), 422, ["malformed JSON"]),
+    "malformed JSON": (lambda s: infer(s, "digits", b'{"inputs": [{"name": '), 400, ["malformed JSON"]),
     "malformed JSON, form content type": (
         lambda s: request(f"{s.base}/v2/models/digits/infer", b'{"inputs": ['), 400, ["malformed JSON"]),
     "malformed JSON v1": (lambda s: predict(s, "digits", b'{"instances": [[1, 2'), 400, ["unrecognized request format"]),
@@ -63,7 +63,7 @@ CASES = {
     "data does not fill the shape": (lambda s: infer(s, "digits", v2(shape=(2, 64), data=ROW)), 400, ["shape [2, 64]"]),
     "wrong input name": (lambda s: infer(s, "digits", v2(name="x")), 400, ["named 'input'"]),
     "NaN (JSON)": (lambda s: infer(s, "digits", b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", '
-                                              b'"data": [NaN' + b", 1" * 63 + b"]}]}"), 400, ["NaN or infinite"]),
+                                              b'"data": [NaN' + b", 1" * 63 + b"]}]}"), 400, ["malformed JSON", "NaN and Infinity"]),
     "inf after FP32 conversion (v1)": (lambda s: predict(s, "digits", {"instances": [[1e39] + ROW[1:]]}), 400,
                                        ["NaN or infinite"]),
     "NaN (binary)": (lambda s: infer(s, "digits", *binary_body(np.full((1, 64), np.nan, np.float32))), 400, ["64 NaN"]),
@@ -77,7 +77,21 @@ CASES = {
     "samples 1001": (lambda s: predict(s, "mc_triton", {"instances": [ROW], "parameters": {"samples": 1001}}), 400,
                      ["samples", "1001"]),
     "samples not an integer": (lambda s: infer(s, "mc_triton", v2(parameters={"samples": "ten"})), 400, ["samples"]),
-    "samples on a deterministic model": (lambda s: infer(s, "digits", v2(parameters={"samples": 5})), 400, ["deterministic"]),
+    "JSON booleans as FP32 data": (lambda s: infer(s, "digits", v2(data=[True] + ROW[1:])), 400, ["numbers only", "booleans"]),
+    "JSON strings as FP32 data": (lambda s: infer(s, "digits", v2(data=["1.5"] + ROW[1:])), 400, ["numbers only", "strings"]),
+    "JSON booleans v1": (lambda s: predict(s, "digits", {"instances": [[False] + ROW[1:]]}), 400, ["booleans"]),
+    "string shape dims": (lambda s: infer(s, "digits", v2(shape=("1", 64), data=ROW)), 400, ["shape", "integers", '["1", 64]']),
+    "string shape dims (binary)": (lambda s: infer(s, "digits", *binary_body(np.ones((1, 64), np.float32), shape=["1", 64])),
+                                   400, ["shape", "integers"]),
+    "classification on a per-row output": (
+        lambda s: infer(s, "mc_triton", v2(outputs=[{"name": "predictive_entropy", "parameters": {"classification": 2}}])),
+        400, ["no class axis"]),
+    "classification out of range": (
+        lambda s: infer(s, "digits", v2(outputs=[{"name": "probabilities", "parameters": {"classification": 11}}])),
+        400, ["between 1 and 10", "11"]),
+    "classification not an integer": (
+        lambda s: infer(s, "digits", v2(outputs=[{"name": "probabilities", "parameters": {"classification": "3"}}])),
+        400, ["classification", "integer"]),
     "binary header length too large": (
         lambda s: infer(s, "digits", binary_body(np.ones((1, 64), np.float32))[0],
                         {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "5000"}),

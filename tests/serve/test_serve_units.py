@@ -24,6 +24,10 @@ def test_config_defaults_and_round_trip():
     ({"host": "bad host!"}, "host"), ({"samples": 0}, "samples"), ({"samples": 2000}, "samples"),
     ({"threads": 0}, "threads"), ({"max_rows": 0}, "max_rows"), ({"max_samples": True}, "max_samples"),
     ({"max_body_bytes": 10}, "max_body_bytes"), ({"colour": 1}, "colour"),
+    ({"max_network_rows": 0}, "max_network_rows"), ({"max_response_values": -1}, "max_response_values"),
+    ({"max_header_count": 2}, "max_header_count"), ({"max_header_bytes": 100}, "max_header_bytes"),
+    ({"header_timeout": 0}, "header_timeout"), ({"body_timeout": "10"}, "body_timeout"),
+    ({"keep_alive_timeout": True}, "keep_alive_timeout"), ({"max_connections": 1}, "max_connections"),
 ])
 def test_config_refuses_bad_values(values, field):
     with pytest.raises(ConfigError, match=field):
@@ -103,3 +107,51 @@ def test_discover_refuses(tmp_path, make, message):
 
     with pytest.raises(UsageError, match=message):
         discover_models(make(tmp_path))
+
+
+def test_shown_bounds_and_escapes_client_names():
+    assert limits.shown("digits") == "'digits'"
+    forged = limits.shown("nope\n2026-01-01 INFO forged")
+    assert "\n" not in forged and "\\n" in forged
+    long = limits.shown("m" * 1_000_000)
+    assert len(long) < 100 and long.endswith("(1000000 characters)")
+    assert limits.shown(["1", 64]) == '["1", 64]'
+
+
+def test_json_data_must_be_numbers():
+    limits.check_numbers([[1, 2.5], [3, -4e3]], "x")
+    for data, word in (([1.0, True], "booleans"), ([[1.0], ["2"]], "strings"), ([None], "nulls"), ([{}], "objects")):
+        with pytest.raises(limits.RequestError, match=word):
+            limits.check_numbers(data, "x")
+
+
+def test_classification_strings_as_triton_writes_them():
+    values = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32)
+    top = limits.classify(values, 2, ["a", "b", "c"])
+    assert top.tolist() == [[b"0.700000:1:b", b"0.200000:2:c"], [b"0.500000:0:a", b"0.250000:1:b"]]
+    assert limits.classify(values, 1, []).tolist() == [[b"0.700000:1"], [b"0.500000:0"]]  # no labels: score:index
+    with pytest.raises(limits.RequestError, match="between 1 and 3"):
+        limits.check_classification("probabilities", 4, 3, True)
+    with pytest.raises(limits.RequestError, match="no class axis"):
+        limits.check_classification("predictive_entropy", 1, 1, False)
+
+
+def test_connection_cap_stays_below_the_descriptor_limit():
+    import resource
+
+    from deploykit.serve.connections import FD_RESERVE, connection_cap
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_cap(10) == 10 or soft - FD_RESERVE < 10
+    if soft != resource.RLIM_INFINITY:
+        assert connection_cap(10**9) == max(4, soft - FD_RESERVE)
+
+
+def test_name_option_of_discovery(model_repo):
+    from deploykit.serve.discover import discover_models
+
+    assert discover_models(model_repo / "digits.onnx", name="fashion") == {"fashion": model_repo / "digits.onnx"}
+    with pytest.raises(UsageError, match="--name names one model"):
+        discover_models(model_repo, name="x")
+    with pytest.raises(UsageError, match="from --name"):
+        discover_models(model_repo / "digits.onnx", name="bad name")
