@@ -23,8 +23,8 @@ from pathlib import Path
 from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UnsafeModelError, UsageError
 from deploykit.layers import check_layers
-from deploykit.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
 from deploykit.log import quiet_native
+from deploykit.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
 
 __all__ = ["ModelFile", "ModelFormat", "check_model_config", "load_model", "read_model_file", "save_model"]
 
