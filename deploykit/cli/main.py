@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "fold",
     "sparsity",
     "export",
+    "validate",
     "mc",
     "optimize",
     "serve",

@@ -17,8 +17,9 @@ import numpy as np
 
 from deploykit.errors import Mismatch, UsageError, ValidationError
 from deploykit.export.artifact import ExportRecord, file_sizes
-from deploykit.export.config import ExportFormat, Precision, Tolerance, parse_enum
+from deploykit.export.config import ExportFormat, Precision, Quantization, Tolerance
 from deploykit.export.runtimes import median_seconds, open_runner, predict_batches
+from deploykit.inputs import as_dataset, as_reference
 from deploykit.records import Record
 
 DEFAULT_BATCH_SIZES = (1, 256)
@@ -102,6 +103,8 @@ def validate(
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
     path, quantization, precision = _describe(artifact)
+    data = as_dataset(data)
+    reference = as_reference(reference)
     runner = open_runner(path, threads)
     data.check_input_shape((None, *runner.input_shape), what=f"artifact {path.name}")
     x, y = data.x_test, data.y_test
@@ -159,7 +162,7 @@ def _check(tol: Tolerance, max_diff, agreement, accuracy, reference_accuracy) ->
 def _describe(artifact) -> tuple[Path, str, Precision]:
     """(path, quantization, precision) of a record, or of a file by what it holds."""
     if isinstance(artifact, ExportRecord):
-        return Path(artifact.path), artifact.quantization, artifact.precision
+        return Path(artifact.path), artifact.quantization.value, artifact.precision
     path = Path(artifact)
     if not path.is_file():
         raise UsageError(f"artifact {path}: no such file")
@@ -167,7 +170,7 @@ def _describe(artifact) -> tuple[Path, str, Precision]:
     if quantization is None:
         raise UsageError(f"artifact {path}: unknown format {path.suffix or '(no suffix)'}; expected .onnx or .tflite")
     name = quantization(path)
-    return path, name, parse_enum(Precision, {"none": "float32", "float16": "float16"}.get(name, "int8"), "precision")
+    return path, name, Quantization(name).precision
 
 
 def _onnx_quantization(path: Path) -> str:
@@ -181,7 +184,7 @@ def _onnx_quantization(path: Path) -> str:
         return "int8-static"
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
         return "float16"
-    return "none"
+    return "float32"
 
 
 def _tflite_quantization(path: Path) -> str:
@@ -200,10 +203,10 @@ def _tflite_quantization(path: Path) -> str:
             except ValueError:
                 activation_int8 = True
     if activation_int8:
-        return "int8"
+        return "int8-full"
     if constant_int8:
-        return "dynamic"
-    return "float16" if float16 else "none"
+        return "int8-weights"
+    return "float16" if float16 else "float32"
 
 
 def validation_markdown(reports: list[ValidationReport], title: str = "Validation") -> str:
