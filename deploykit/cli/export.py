@@ -71,15 +71,26 @@ def add_quantization_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int8-io", action="store_true", help="int8-full TFLite with int8 input and output tensors")
 
 
-def add_triton_options(p: argparse.ArgumentParser) -> None:
+def add_triton_options(p: argparse.ArgumentParser, defaults: bool | None = True) -> None:
+    """Triton / KServe options; with ``defaults=None`` unset ones stay None (a config file may set them)."""
+    d = (lambda value: value) if defaults else (lambda value: None)  # noqa: E731
     g = p.add_argument_group("Triton / KServe")
     g.add_argument("--triton", action="store_true",
-                   help="also write a Triton model repository of the ONNX artifacts and a KServe manifest (kserve.yaml)")
-    g.add_argument("--max-batch-size", type=int, default=256, help="Triton max_batch_size (default: 256)")
-    g.add_argument("--instance-kind", choices=["cpu", "gpu"], default="cpu", help="Triton instance group kind (default: cpu)")
-    g.add_argument("--instances", type=int, default=1, help="Triton model instances per device (default: 1)")
+                   help="also write a Triton model repository of every ONNX model and a KServe manifest (kserve.yaml)")
+    g.add_argument("--max-batch-size", type=int, default=d(256), help="Triton max_batch_size (default: 256)")
+    g.add_argument("--instance-kind", choices=["cpu", "gpu"], default=d("cpu"), help="Triton instance group kind (default: cpu)")
+    g.add_argument("--instances", type=int, default=d(1), help="Triton model instances per device (default: 1)")
     g.add_argument("--storage-uri", default=None,
                    help="where the repository will be uploaded, for kserve.yaml (default: the ${STORAGE_URI} parameter)")
+
+
+def triton_options(args) -> dict | None:
+    """The Triton options given (None without --triton): a table for TritonConfig."""
+    if not args.triton:
+        return None
+    given = {"max_batch_size": args.max_batch_size, "instance_kind": args.instance_kind, "instances": args.instances,
+             "storage_uri": args.storage_uri}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def renamed_options(args) -> dict:
@@ -101,15 +112,6 @@ def quant_config(args):
                        num_calibration=args.num_calibration, exclude=args.exclude, int8_io=args.int8_io, seed=args.seed)
 
 
-def triton_config(args):
-    from deploykit.export.config import TritonConfig
-
-    if not args.triton:
-        return None
-    extra = {"storage_uri": args.storage_uri} if args.storage_uri else {}
-    return TritonConfig(max_batch_size=args.max_batch_size, instance_kind=args.instance_kind, instances=args.instances, **extra)
-
-
 def _run(args) -> int:
     from pathlib import Path
 
@@ -121,7 +123,7 @@ def _run(args) -> int:
     overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
     config = ExportConfig(  # bad options are refused before any work
         formats=chosen["formats"] or ("onnx" if onnx_source else "onnx,tflite"), quantize=chosen["quantize"] or "float32",
-        opset=args.opset, quantization=quant_config(args), triton=triton_config(args), repeats=args.repeats,
+        opset=args.opset, quantization=quant_config(args), triton=triton_options(args), repeats=args.repeats,
         tolerance=overrides if any(v is not None for v in vars(overrides).values()) else None,
     )
     out = check_dir_target(Path(args.out), force=args.force)
