@@ -8,6 +8,7 @@ afterwards. Inputs and outputs stay float32 in every variant.
 from __future__ import annotations
 
 import contextlib
+import io
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,11 +59,12 @@ def quantize_int8_static(proto, calibration: np.ndarray, *, per_channel: bool = 
         pre = src.with_name("pre.onnx")
         quant_pre_process(str(src), str(pre))
         excluded = excluded_nodes(onnx.load(str(pre)), exclude)
-        quantize_static(
-            str(pre), str(dst), _Reader(calibration, graph_input(proto)), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_ORT_METHOD[method](),
-            nodes_to_exclude=excluded,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            quantize_static(
+                str(pre), str(dst), _Reader(calibration, graph_input(proto)), quant_format=QuantFormat.QDQ,
+                per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=_ORT_METHOD[method](), nodes_to_exclude=excluded,
+            )
         return _load(dst)
 
 

@@ -114,7 +114,7 @@ def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantC
             converter.inference_output_type = tf.int8
     try:
         if knobs.exclude:
-            return _selective(converter, model, calibration, knobs.exclude)
+            return _selective(converter, model, calibration, knobs.exclude, knobs.int8_io)
         return converter.convert()
     except UsageError:
         raise
@@ -122,8 +122,15 @@ def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantC
         raise StepError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
-def _selective(converter, model, calibration, exclude: tuple[str, ...]) -> bytes:
-    """Full-integer conversion with the ops of the ``exclude`` layers left in float (TFLite's quantization debugger)."""
+def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io: bool) -> bytes:
+    """Full-integer conversion with the ops of the ``exclude`` layers left in float.
+
+    The converter's own selective quantization, as TFLite's QuantizationDebugger
+    runs it: calibrate only, then quantize with those ops' output tensors
+    denylisted (tf2 converters name an op's output after the layers fused into it).
+    """
+    from tensorflow.lite.python import convert
+
     from deploykit.backend import tf
 
     layers = {layer.name for layer in model.layers}
@@ -131,13 +138,13 @@ def _selective(converter, model, calibration, exclude: tuple[str, ...]) -> bytes
     if unknown:
         raise UsageError(f"exclude: no Keras layer named {unknown[0]!r} (layers: {', '.join(sorted(layers))})")
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    dataset = lambda: ([row[None]] for row in calibration)  # noqa: E731
-    debug = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset)
-    names = _tensor_names(debug.calibrated_model)
-    denylisted = [t for t in names if set(exclude) & set(t.replace(";", "/").split("/"))]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylisted, fully_quantize=True)
-    debug = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset, debug_options=options)
-    return debug.get_nondebug_quantized_model()
+    converter.inference_input_type = converter.inference_output_type = tf.float32  # set by mlir_quantize below
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    denylisted = [t for t in _tensor_names(calibrated) if set(exclude) & set(t.replace(";", "/").split("/"))]
+    io = tf.int8 if int8_io else tf.float32
+    return convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,
+                                 fully_quantize=True, input_data_type=io, output_data_type=io, denylisted_nodes=denylisted)
 
 
 def _tensor_names(flat: bytes) -> list[str]:
