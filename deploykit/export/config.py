@@ -70,6 +70,7 @@ class Quantization(enum.Enum):
     FLOAT16 = "float16"
     INT8_DYNAMIC = "int8-dynamic"
     INT8_STATIC = "int8-static"
+    INT8_STATIC_PER_TENSOR = "int8-static-per-tensor"
     INT8_FULL = "int8-full"
     INT8_WEIGHTS = "int8-weights"
 
@@ -123,6 +124,10 @@ VARIANTS = MappingProxyType({
     Quantization.INT8_STATIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
                                           "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
                                           calibrated=True),
+    Quantization.INT8_STATIC_PER_TENSOR: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
+                                                     "int8-static with one weight scale per tensor (for runtimes "
+                                                     "without per-channel kernels)", calibrated=True,
+                                                     fixed={"per_channel": False}),
     Quantization.INT8_FULL: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_FULL,
                                         "full-integer int8 kernels, calibrated on a representative dataset", calibrated=True),
     Quantization.INT8_WEIGHTS: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_WEIGHTS,
