@@ -10,8 +10,13 @@ import argparse
 
 from deploykit.cli.common import add_command, add_model_arg, progress
 
-QUANTIZE_HELP = ("comma-separated variants: float32, float16, int8-dynamic and int8-static (ONNX), "
-                 "int8-full and int8-weights (TFLite); each is written in every requested format it exists in")
+def _variants_help() -> str:
+    """The variants and the formats each exists in, from the exporter's table (no list to keep in step here)."""
+    from deploykit.export.config import Quantization
+
+    names = [q.value + ("" if len(q.formats) > 1 else f" ({q.formats[0].value})") for q in Quantization]
+    return f"comma-separated variants: {', '.join(names)}; each is written in every requested format it exists in"
+
 
 
 def register(sub) -> None:
@@ -53,7 +58,7 @@ def add_variant_options(p: argparse.ArgumentParser, default_quantize: str = "flo
     """``--formats`` and ``--quantize``, spelled the same in ``export`` and ``optimize``."""
     p.add_argument("--formats", default=None, metavar="F,F",
                    help="comma-separated: onnx, tflite (default: both; onnx for an .onnx MODEL)")
-    p.add_argument("--quantize", default=None, metavar="Q,Q", help=f"{QUANTIZE_HELP} (default: {default_quantize})")
+    p.add_argument("--quantize", default=None, metavar="Q,Q", help=f"{_variants_help()} (default: {default_quantize})")
     p.add_argument("--format", dest="old_format", default=None, help=argparse.SUPPRESS)  # renamed: --formats
     p.add_argument("--precisions", dest="old_precisions", default=None, help=argparse.SUPPRESS)  # renamed: --quantize
 
