@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fold",
     "sparsity",
     "export",
+    "validate",
     "mc",
     "optimize",
     "serve",

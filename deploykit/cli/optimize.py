@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, progress
+from deploykit.cli.export import add_triton_options, add_variant_options, renamed_options, triton_options
 
 DEFAULT_OUT = "deploykit-out"
 
@@ -30,10 +31,9 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="l1: weights with |w| below it become 0 (default: 0.02)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of the sparsity step (default: 30)")
     p.add_argument("--no-compact", action="store_true", help="do not remove dead neurons")
-    p.add_argument("--formats", default=None, metavar="F,F", help="onnx,tflite (default: both)")
-    p.add_argument("--precisions", default=None, metavar="P,P", help="float32,float16,int8 (default: all three)")
+    add_variant_options(p, default_quantize="float32, float16, int8-dynamic, int8-full")
     p.add_argument("--no-export", action="store_true", help="write no ONNX / TFLite artifacts")
-    p.add_argument("--triton", action="store_true", help="also write a Triton / KServe model repository")
+    add_triton_options(p, defaults=None)
     p.add_argument("--no-mc", action="store_true", help="do not build the MC Dropout ONNX model")
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
     p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
@@ -43,10 +43,11 @@ def options_from_args(args) -> dict:
     """The flat pipeline options the flags set (None: not given)."""
     off = lambda flag: False if flag else None  # noqa: E731
     sparsity = "none" if args.no_sparsity else args.sparsity
+    variants = renamed_options(args)
     return {
         "fold": off(args.no_fold), "sparsity": sparsity, "l1": args.l1, "threshold": args.threshold,
         "epochs": args.epochs, "compact": off(args.no_compact), "export": off(args.no_export),
-        "formats": args.formats, "precisions": args.precisions, "triton": True if args.triton else None,
+        "formats": variants["formats"], "quantize": variants["quantize"], "triton": triton_options(args),
         "mc": off(args.no_mc), "samples": args.samples, "validate": off(args.no_validate),
     }
 

@@ -5,43 +5,52 @@ functions do.
 """
 
 from deploykit.export.artifact import ExportRecord
-from deploykit.export.bundle import BundleReport, export_bundle
+from deploykit.export.bundle import BundleReport, artifact_name, export_bundle, export_variant
 from deploykit.export.config import (
+    CalibrationMethod,
     ExportConfig,
     ExportFormat,
-    OnnxQuantization,
+    InstanceKind,
     Precision,
-    QuantizeOption,
-    TfliteQuantization,
+    QuantConfig,
+    Quantization,
     Tolerance,
+    TritonConfig,
 )
 from deploykit.export.int8_prep import Int8Preparation, prepare_for_int8
-from deploykit.export.onnx_export import export_onnx
+from deploykit.export.onnx_export import export_onnx, quantize_onnx_file
 from deploykit.export.runtimes import OnnxRunner, TfliteRunner, open_runner
 from deploykit.export.tflite_export import export_tflite
-from deploykit.export.triton import write_triton_repository
+from deploykit.export.triton import write_kserve_manifest, write_triton_models, write_triton_repository
 from deploykit.export.validate import ValidationReport, validate, validation_markdown
 
 __all__ = [
     "BundleReport",
+    "CalibrationMethod",
     "ExportConfig",
     "ExportFormat",
     "ExportRecord",
+    "InstanceKind",
     "Int8Preparation",
-    "OnnxQuantization",
     "OnnxRunner",
     "Precision",
-    "QuantizeOption",
-    "TfliteQuantization",
+    "QuantConfig",
+    "Quantization",
     "TfliteRunner",
     "Tolerance",
+    "TritonConfig",
     "ValidationReport",
+    "artifact_name",
     "export_bundle",
     "export_onnx",
     "export_tflite",
+    "export_variant",
     "open_runner",
     "prepare_for_int8",
+    "quantize_onnx_file",
     "validate",
     "validation_markdown",
+    "write_kserve_manifest",
+    "write_triton_models",
     "write_triton_repository",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploykit.errors import UsageError
-from deploykit.export.config import ExportFormat, Precision
+from deploykit.export.config import ExportFormat, Precision, Quantization
 from deploykit.export.metadata import ModelMetadata
 from deploykit.records import Record
 
@@ -19,7 +19,7 @@ class ExportRecord(Record):
 
     path: Path
     format: ExportFormat
-    quantization: str  # OnnxQuantization / TfliteQuantization value
+    quantization: Quantization
     precision: Precision
     size_bytes: int
     gzip_bytes: int

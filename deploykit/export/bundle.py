@@ -1,6 +1,8 @@
-"""``export_bundle``: every requested artifact, each validated in its runtime, plus the validation table.
+"""``export_variant`` (one artifact) and ``export_bundle`` (every requested one, validated, with the table).
 
-The output folder is built aside and moved into place only when every
+``export_variant`` is the one place a (format, quantization) becomes a file:
+``deploykit export`` and the optimize pipeline both call it. The output folder
+of ``export_bundle`` is built aside and moved into place only when every
 artifact passed: a failure leaves no partial folder and an existing folder
 untouched (it is replaced only with ``force``).
 """
@@ -10,28 +12,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deploykit.atomic import atomic_dir, write_text
-from deploykit.errors import Mismatch, ValidationError
-from deploykit.export.artifact import ExportRecord
-from deploykit.export.config import ExportConfig, ExportFormat, Precision, QuantizeOption
+from deploykit.errors import Mismatch, UsageError, ValidationError
+from deploykit.export.artifact import ExportRecord, check_model_input
+from deploykit.export.config import ExportConfig, ExportFormat, Precision, QuantConfig, Quantization, parse_enum
+from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.export.metadata import ModelMetadata
-from deploykit.export.onnx_export import export_onnx
+from deploykit.export.onnx_export import export_onnx, quantize_onnx_file
 from deploykit.export.runtimes import predict_batches
 from deploykit.export.tflite_export import export_tflite
-from deploykit.export.triton import write_triton_repository
+from deploykit.export.triton import write_triton_models
 from deploykit.export.validate import ValidationReport, validate, validation_markdown
+from deploykit.inputs import as_dataset, as_model
 from deploykit.records import Record
 
 JSON_FILE = "validation.json"
 MARKDOWN_FILE = "validation.md"
 TRITON_DIR = "triton"
-RUNTIME = {ExportFormat.ONNX: "onnxruntime", ExportFormat.TFLITE: "LiteRT"}
+GENERATED = "generated inputs"  # the name of the Dataset made up when no data is given
+GENERATED_SAMPLES = 1000
 
 
 @dataclass
@@ -40,18 +47,52 @@ class BundleReport(Record):
 
     out: Path
     config: ExportConfig
-    reference_accuracy: float
+    reference_accuracy: float | None  # None when validated on generated inputs (no data)
     exports: list[ExportRecord]
     validations: list[ValidationReport]
     triton_models: list[str]
 
     def table(self) -> str:
-        return validation_markdown(self.validations)
+        table = validation_markdown(self.validations)
+        if self.reference_accuracy is None:  # the reference's "accuracy" on generated inputs is 1 by construction
+            samples = self.validations[0].samples if self.validations else 0
+            table = re.sub(r"Reference \(Keras\) test accuracy: .*\n", f"No data given: each artifact is compared with the "
+                           f"source model on {samples} generated inputs; 'accuracy' is agreement with the source "
+                           "model's classes.\n", table, count=1)
+        return table
 
 
-def artifact_name(fmt: ExportFormat, option: QuantizeOption) -> str:
-    """``model.onnx``, ``model_float16.tflite``, ``model_int8.onnx``..."""
-    return f"model{option.file_suffix}{fmt.suffix}"
+def artifact_name(fmt: ExportFormat, quantization: Quantization) -> str:
+    """The one naming rule: ``model.onnx``, ``model_float16.tflite``, ``model_int8-dynamic.onnx``..."""
+    return quantization.file_name(fmt)
+
+
+def export_variant(
+    model,
+    fmt: ExportFormat | str,
+    quantization: Quantization | str,
+    path: str | os.PathLike,
+    data=None,
+    *,
+    config: QuantConfig | None = None,
+    opset: int = DEFAULT_OPSET,
+    metadata: ModelMetadata | None = None,
+) -> ExportRecord:
+    """Write one artifact, ``model`` as ``fmt`` in variant ``quantization``, to ``path``.
+
+    ``data`` calibrates int8 variants (its training split; a Dataset, a data
+    path, ``(x, y)`` or an array of inputs) and is not used by float variants.
+    ``config`` holds the int8 knobs; ``metadata`` goes into ONNX files.
+    """
+    fmt = parse_enum(ExportFormat, fmt, "format")
+    quant = parse_enum(Quantization, quantization, "quantization")
+    if fmt not in quant.formats:
+        raise UsageError(f"{quant.value!r} is not a {fmt.value} variant")
+    calibration = data if quant.precision is Precision.INT8 else None
+    if fmt is ExportFormat.ONNX:
+        return export_onnx(model, path, opset=opset, quantization=quant, calibration_data=calibration,
+                           metadata=metadata, config=config)
+    return export_tflite(model, path, quantization=quant, representative_data=calibration, config=config)
 
 
 def export_bundle(
@@ -66,27 +107,38 @@ def export_bundle(
 ) -> BundleReport:
     """Export ``model`` as ``config`` asks into the folder ``out``; raise ValidationError if any artifact misses.
 
-    ``data`` provides the int8 calibration samples (training split), the test
-    split validation runs on, and the class names stored in the ONNX
-    metadata. ``metadata.steps`` should say what was done to the model
-    before (fold, prune...).
+    ``model``: a Keras model, a model file, or a float32 ``.onnx`` file (then
+    each ONNX variant is quantized from that file and compared with it in
+    onnxruntime). ``data`` (a Dataset, a name or path, ``(x, y)``, or None)
+    provides the int8 calibration samples (training split), the test split
+    validation runs on, and the class names stored in the ONNX metadata.
+    Without data, float variants are validated against the source model on
+    generated inputs (as Optimum does); int8 variants need data.
+    ``metadata.steps`` should say what was done to the model before (fold, prune...).
     """
     config = config or ExportConfig()
     say = progress or (lambda message: None)
-    data.check_model(model)
+    source = _Source.of(model, config)
+    data = as_dataset(data) if data is not None else _generated(source, config)
+    generated = data.name == GENERATED
+    if source.keras is not None and not generated:
+        data.check_model(source.keras)  # input shape and number of classes: the one data / model check
+    data.check_input_shape((None, *source.input_shape), what=f"model {source.name!r}")
     out = Path(out)
-    reference = predict_batches(lambda b: model(b, training=False), data.x_test)
-    reference_accuracy = float(np.mean(reference.argmax(axis=1) == data.y_test))
-    meta = dataclasses.replace(metadata or ModelMetadata(), class_names=list(data.class_names), reference_accuracy=reference_accuracy)
+    reference = predict_batches(source.reference, data.x_test)
+    reference_accuracy = None if generated else float(np.mean(reference.argmax(axis=1) == data.y_test))
+    base = metadata or ModelMetadata()
+    class_names = list(base.class_names) if generated else list(data.class_names)
+    meta = dataclasses.replace(base, class_names=class_names, reference_accuracy=reference_accuracy)
 
     with atomic_dir(out, force=force) as staging:
         exports, reports = [], []
-        for fmt, option in config.variants():
-            path = staging / artifact_name(fmt, option)
-            say(f"exporting {path.name} ({fmt.value}, {option.for_format(fmt).value})")
-            record = _export(model, data, path, fmt, option, config, meta)
-            say(f"validating {path.name} in {RUNTIME[fmt]}")
-            report = validate(record, data, model, tolerance=config.tolerance_for(record.precision),
+        for fmt, quant in config.variants():
+            path = staging / artifact_name(fmt, quant)
+            say(f"exporting {path.name} ({fmt.value} {quant.value})")
+            record = source.export(fmt, quant, path, None if generated else data, config, meta)
+            say(f"validating {path.name} in {fmt.runtime}")
+            report = validate(record, data, source.reference, tolerance=config.tolerance_for(record.precision),
                               repeats=config.repeats, check=False)
             say(report.summary())
             exports.append(record)
@@ -94,27 +146,72 @@ def export_bundle(
         _raise_failures(reports)
         triton = []
         if config.triton:
-            for record in exports:
-                if record.format is ExportFormat.ONNX:
-                    say(f"writing Triton model {record.path.stem}")
-                    write_triton_repository(record.path, staging / TRITON_DIR, record.path.stem,
-                                            max_batch_size=config.max_batch_size, class_names=list(data.class_names))
-                    triton.append(record.path.stem)
+            onnx_files = [r.path for r in exports if r.format is ExportFormat.ONNX]
+            say(f"writing the Triton repository and KServe manifest ({len(onnx_files)} models)")
+            triton = write_triton_models(onnx_files, staging / TRITON_DIR, config.triton, class_names=class_names or None)
         bundle = BundleReport(out, config, reference_accuracy, exports, reports, triton)
         write_text(staging / MARKDOWN_FILE, bundle.table())
-        write_text(staging / JSON_FILE, json.dumps(_summary(bundle, model, data), indent=2) + "\n")
+        write_text(staging / JSON_FILE, json.dumps(_summary(bundle, source.name, data), indent=2) + "\n")
     return _moved(bundle, out)
 
 
-def _export(model, data, path: Path, fmt: ExportFormat, option: QuantizeOption, config: ExportConfig, meta) -> ExportRecord:
-    quant = option.for_format(fmt)
-    calibration = data if quant.precision is Precision.INT8 else None
-    if fmt is ExportFormat.ONNX:
-        return export_onnx(model, path, opset=config.opset, quantization=quant, calibration_data=calibration,
-                           metadata=meta, num_calibration=config.num_calibration, seed=config.seed)
-    return export_tflite(model, path, quantization=quant, representative_data=calibration,
-                         num_calibration=config.num_calibration, int8_io=config.int8_io and option is QuantizeOption.INT8,
-                         seed=config.seed)
+@dataclass
+class _Source:
+    """What a bundle exports from: a Keras model, or a float32 ONNX file quantized as it is."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    reference: Callable  # reference(x, training=False) -> probabilities
+    export: Callable  # export(fmt, quant, path, data, config, meta) -> ExportRecord
+    keras: Any = None  # the Keras model exported from (None for an ONNX file)
+
+    @classmethod
+    def of(cls, model, config: ExportConfig) -> _Source:
+        if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
+            return cls._onnx(Path(model), config)
+        model = as_model(model)
+
+        def export(fmt, quant, path, data, config, meta):
+            return export_variant(model, fmt, quant, path, data, config=config.quantization, opset=config.opset, metadata=meta)
+
+        return cls(model.name, check_model_input(model), lambda b, training=False: model(b, training=False), export, model)
+
+    @classmethod
+    def _onnx(cls, path: Path, config: ExportConfig) -> _Source:
+        from deploykit.export.runtimes import OnnxRunner
+
+        if config.formats != (ExportFormat.ONNX,) or Quantization.FLOAT32 in config.quantize:
+            raise UsageError(f"{path.name} is an ONNX file: it can be quantized to ONNX variants "
+                             "(--formats onnx --quantize float16,int8-dynamic,int8-static), not re-exported")
+        runner = OnnxRunner(path)
+
+        def export(fmt, quant, out, data, config, meta):
+            return quantize_onnx_file(path, out, quant, data, config=config.quantization)
+
+        return cls(path.stem, tuple(runner.input_shape), lambda b, training=False: runner.predict(b), export)
+
+
+def _generated(source: _Source, config: ExportConfig):
+    """Without data: generated inputs, which only float variants can do with."""
+    int8 = [q.value for q in config.quantize if q.precision is Precision.INT8 and q.needs_calibration]
+    if int8:
+        raise UsageError(f"{', '.join(int8)} needs data to calibrate (give data / --data)")
+    return generated_dataset(source.reference, source.input_shape, GENERATED_SAMPLES, config.quantization.seed)
+
+
+def generated_dataset(predict: Callable, input_shape: tuple[int, ...], n: int, seed: int):
+    """``n`` standard-normal inputs labelled with the model's own classes: validation without data.
+
+    Accuracy on them is agreement with the source model, so int8 variants are
+    held to the source's own classes within their accuracy-drop bound.
+    """
+    from deploykit.data import Dataset
+
+    x = np.random.default_rng(seed).standard_normal((n, *input_shape)).astype(np.float32)
+    probs = predict_batches(lambda b: predict(b, training=False), x)
+    y = probs.argmax(axis=1).astype(np.int64)
+    classes = tuple(str(i) for i in range(probs.shape[1]))
+    return Dataset(GENERATED, x, y, x[:0], y[:0], x, y, classes)
 
 
 def _raise_failures(reports: list[ValidationReport]) -> None:
@@ -125,7 +222,7 @@ def _raise_failures(reports: list[ValidationReport]) -> None:
         raise ValidationError(", ".join(r.artifact.name for r in failed), mismatches, reports)
 
 
-def _summary(bundle: BundleReport, model, data) -> dict:
+def _summary(bundle: BundleReport, model_name: str, data) -> dict:
     """validation.json: file names relative to the folder, so the folder can move."""
     artifacts = []
     for record, report in zip(bundle.exports, bundle.validations):
@@ -133,7 +230,7 @@ def _summary(bundle: BundleReport, model, data) -> dict:
         export["path"] = validation["artifact"] = record.path.name
         artifacts.append({"export": export, "validation": validation})
     return {
-        "model": model.name,
+        "model": model_name,
         "data": data.summary(),
         "reference_accuracy": bundle.reference_accuracy,
         "config": bundle.config.to_dict(),

@@ -1,8 +1,15 @@
-"""Typed options of the export step: formats, quantizations, tolerances, and the whole export config.
+"""The export vocabulary: formats, quantization variants and their knobs, tolerances, the export config.
+
+One name per variant, used by the CLI, the API, the TOML, the file names and
+the report: ``float32``, ``float16``, ``int8-dynamic`` (ONNX, onnxruntime
+``quantize_dynamic``), ``int8-static`` (ONNX, calibrated QDQ), ``int8-full``
+(TFLite full integer) and ``int8-weights`` (TFLite dynamic range). A variant
+is a row of :data:`VARIANTS`: adding one is a member of :class:`Quantization`
+plus its row (and a recipe in the exporter if it needs a new one).
 
 Pure Python (no TensorFlow, onnx or onnxruntime): the CLI and the TOML
-pipeline read it cheaply. Public functions accept the documented strings
-(``quantization="float16"``) and convert them here, at the boundary.
+pipeline read it cheaply. Public functions accept the names and convert them
+here, at the boundary.
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from deploykit.configs import Config
@@ -29,6 +38,11 @@ class ExportFormat(enum.Enum):
     def suffix(self) -> str:
         return f".{self.value}"
 
+    @property
+    def runtime(self) -> str:
+        """The runtime that loads and validates this format."""
+        return {"onnx": "onnxruntime", "tflite": "litert"}[self.value]
+
 
 class Precision(enum.Enum):
     """What a variant computes in; picks its default tolerance."""
@@ -38,101 +52,125 @@ class Precision(enum.Enum):
     INT8 = "int8"
 
 
-class OnnxQuantization(enum.Enum):
-    NONE = "none"
-    FLOAT16 = "float16"  # float16 weights and arithmetic, float32 input and output
-    INT8_DYNAMIC = "int8-dynamic"  # int8 weights, activations quantized at run time
-    INT8_STATIC = "int8-static"  # QDQ int8 weights and activations, calibrated on training data
+class Recipe(enum.Enum):
+    """How an exporter produces a variant (the exporters dispatch on it)."""
 
-    @property
-    def precision(self) -> Precision:
-        return _PRECISION[self.value]
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self is OnnxQuantization.INT8_STATIC
-
-
-class TfliteQuantization(enum.Enum):
-    NONE = "none"
-    FLOAT16 = "float16"  # float16 weights
-    DYNAMIC = "dynamic"  # dynamic-range: int8 weights, float activations
-    INT8 = "int8"  # full-integer: int8 weights and activations, calibrated on a representative dataset
-
-    @property
-    def precision(self) -> Precision:
-        return _PRECISION[self.value]
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self is TfliteQuantization.INT8
-
-
-_PRECISION = {
-    "none": Precision.FLOAT32,
-    "float16": Precision.FLOAT16,
-    "int8-dynamic": Precision.INT8,
-    "int8-static": Precision.INT8,
-    "dynamic": Precision.INT8,
-    "int8": Precision.INT8,
-}
-
-
-class QuantizeOption(enum.Enum):
-    """What a user asks for across formats (``--quantize none,float16,int8,dynamic``)."""
-
-    NONE = "none"
+    FLOAT = "float"
     FLOAT16 = "float16"
-    INT8 = "int8"  # full-integer TFLite, static QDQ ONNX
-    DYNAMIC = "dynamic"  # dynamic-range TFLite, dynamic int8 ONNX
+    ONNX_DYNAMIC = "onnx-dynamic"  # onnxruntime quantize_dynamic
+    ONNX_STATIC = "onnx-static"  # onnxruntime quantize_static, QDQ
+    TFLITE_FULL = "tflite-full"  # converter with a representative dataset, int8 builtins
+    TFLITE_WEIGHTS = "tflite-weights"  # converter Optimize.DEFAULT without data: dynamic range
 
-    def for_format(self, fmt: ExportFormat) -> OnnxQuantization | TfliteQuantization:
-        return _PER_FORMAT[fmt][self]
+
+class Quantization(enum.Enum):
+    """Every exported variant; the value is the name users type and the file name's suffix."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT8_STATIC = "int8-static"
+    INT8_STATIC_PER_TENSOR = "int8-static-per-tensor"
+    INT8_FULL = "int8-full"
+    INT8_WEIGHTS = "int8-weights"
+
+    @property
+    def spec(self) -> VariantSpec:
+        return VARIANTS[self]
+
+    @property
+    def precision(self) -> Precision:
+        return self.spec.precision
+
+    @property
+    def formats(self) -> tuple[ExportFormat, ...]:
+        return self.spec.formats
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.spec.calibrated
 
     @property
     def file_suffix(self) -> str:
         """``model{suffix}.onnx``: empty for float32."""
-        return "" if self is QuantizeOption.NONE else f"_{self.value}"
+        return "" if self is Quantization.FLOAT32 else f"_{self.value}"
+
+    def file_name(self, fmt: ExportFormat) -> str:
+        """The one naming rule: ``model.onnx``, ``model_float16.tflite``, ``model_int8-dynamic.onnx``..."""
+        return f"model{self.file_suffix}{fmt.suffix}"
 
 
-_PER_FORMAT = {
-    ExportFormat.ONNX: {
-        QuantizeOption.NONE: OnnxQuantization.NONE,
-        QuantizeOption.FLOAT16: OnnxQuantization.FLOAT16,
-        QuantizeOption.INT8: OnnxQuantization.INT8_STATIC,
-        QuantizeOption.DYNAMIC: OnnxQuantization.INT8_DYNAMIC,
-    },
-    ExportFormat.TFLITE: {
-        QuantizeOption.NONE: TfliteQuantization.NONE,
-        QuantizeOption.FLOAT16: TfliteQuantization.FLOAT16,
-        QuantizeOption.INT8: TfliteQuantization.INT8,
-        QuantizeOption.DYNAMIC: TfliteQuantization.DYNAMIC,
-    },
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a variant is: its precision, the formats it exists in, its recipe and the knobs it fixes."""
+
+    precision: Precision
+    formats: tuple[ExportFormat, ...]
+    recipe: Recipe
+    description: str
+    calibrated: bool = False  # needs calibration data
+    fixed: dict[str, Any] = field(default_factory=dict)  # QuantConfig fields this variant sets
+
+
+_ONNX, _TFLITE, _BOTH = (ExportFormat.ONNX,), (ExportFormat.TFLITE,), (ExportFormat.ONNX, ExportFormat.TFLITE)
+
+#: The one table of variants.
+VARIANTS = MappingProxyType({
+    Quantization.FLOAT32: VariantSpec(Precision.FLOAT32, _BOTH, Recipe.FLOAT, "float32, as converted"),
+    Quantization.FLOAT16: VariantSpec(Precision.FLOAT16, _BOTH, Recipe.FLOAT16,
+                                      "float16 weights; float32 input and output"),
+    Quantization.INT8_DYNAMIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_DYNAMIC,
+                                           "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic)"),
+    Quantization.INT8_STATIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
+                                          "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
+                                          calibrated=True),
+    Quantization.INT8_STATIC_PER_TENSOR: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
+                                                     "int8-static with one weight scale per tensor (for runtimes "
+                                                     "without per-channel kernels)", calibrated=True,
+                                                     fixed={"per_channel": False}),
+    Quantization.INT8_FULL: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_FULL,
+                                        "full-integer int8 kernels, calibrated on a representative dataset", calibrated=True),
+    Quantization.INT8_WEIGHTS: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_WEIGHTS,
+                                           "dynamic range: int8 weights, float activations"),
+})
+
+#: Names of earlier releases, refused with the name to use instead.
+_RENAMED = {
+    "none": "float32",
+    "int8": "int8-dynamic or int8-static (ONNX), int8-full or int8-weights (TFLite)",
+    "dynamic": "int8-dynamic (ONNX) or int8-weights (TFLite)",
+    "full": "int8-full",
+    "static": "int8-static",
 }
 
-#: The ONNX names are accepted as aliases of the cross-format options.
-_OPTION_ALIASES = {"int8-static": QuantizeOption.INT8, "int8-dynamic": QuantizeOption.DYNAMIC, "float32": QuantizeOption.NONE}
+
+class CalibrationMethod(enum.Enum):
+    """How static int8 picks activation ranges (onnxruntime's CalibrationMethod)."""
+
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
 
 
 def parse_enum(kind: type[enum.Enum], value: Any, what: str, error: type[Exception] = UsageError):
-    """``value`` as a member of ``kind`` (None means ``"none"`` where that exists); else one clear error."""
+    """``value`` as a member of ``kind``; else one clear error (naming the new spelling of an old name)."""
     if isinstance(value, kind):
         return value
-    if value is None and "none" in kind._value2member_map_:
-        return kind("none")
+    if kind is Quantization and value is None:
+        return Quantization.FLOAT32
     if isinstance(value, str):
         text = value.strip().lower()
         if text in kind._value2member_map_:
             return kind(text)
-        if kind is QuantizeOption and text in _OPTION_ALIASES:
-            return _OPTION_ALIASES[text]
+        if kind is Quantization and text in _RENAMED:
+            raise error(f"{what} {value!r} was renamed: use {_RENAMED[text]}")
     choices = ", ".join(repr(m.value) for m in kind)
     raise error(f"unknown {what} {value!r}; choose from {choices}")
 
 
 def parse_list(kind: type[enum.Enum], value: Any, what: str, error: type[Exception] = UsageError) -> tuple:
     """A comma-separated string or a list of names -> a tuple of distinct members, in order."""
-    items = [p for p in value.split(",")] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
     members = []
     for item in items:
         member = parse_enum(kind, item.strip() if isinstance(item, str) else item, what, error)
@@ -156,6 +194,131 @@ def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
     return value
+
+
+def _boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _names(name: str, value: Any) -> tuple[str, ...]:
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(f"{name} must be a list of node or layer names, got {value!r}")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class QuantConfig(Config):
+    """The knobs of int8 quantization, named as onnxruntime's quantizers name them; validated on construction.
+
+    ``exclude`` keeps nodes in float: an ONNX node name, or a Keras layer name
+    (every node converted from that layer). A variant may fix some knobs
+    (:attr:`VariantSpec.fixed`); :meth:`for_variant` applies them.
+    """
+
+    per_channel: bool = True  # weights: one scale per output channel (False: one per tensor)
+    calibration_method: CalibrationMethod = CalibrationMethod.MINMAX  # static int8 activation ranges
+    num_calibration: int = DEFAULT_NUM_CALIBRATION  # training samples drawn to calibrate
+    exclude: tuple[str, ...] = ()  # nodes or layers left in float
+    int8_io: bool = False  # int8-full TFLite: int8 input and output tensors
+    seed: int = 42  # draws the calibration samples
+
+    def __post_init__(self) -> None:
+        _boolean("per_channel", self.per_channel)
+        _boolean("int8_io", self.int8_io)
+        object.__setattr__(self, "calibration_method",
+                           parse_enum(CalibrationMethod, self.calibration_method, "calibration_method", ConfigError))
+        _integer("num_calibration", self.num_calibration, 1)
+        _integer("seed", self.seed, 0)
+        object.__setattr__(self, "exclude", _names("exclude", self.exclude))
+
+    def for_variant(self, quantization: Quantization) -> QuantConfig:
+        """These knobs with the ones ``quantization`` fixes applied."""
+        return dataclasses.replace(self, **quantization.spec.fixed) if quantization.spec.fixed else self
+
+
+class InstanceKind(enum.Enum):
+    """Where Triton runs a model's instances."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class TritonConfig(Config):
+    """How the Triton repository serves each model (batching, instance groups) and the KServe manifest's fields."""
+
+    max_batch_size: int = 256
+    instance_kind: InstanceKind = InstanceKind.CPU
+    instances: int = 1  # model instances per device
+    max_queue_delay_us: int = 100  # dynamic batching: how long a request may wait for others
+    service_name: str = "deploykit"  # the KServe InferenceService's name
+    storage_uri: str = "${STORAGE_URI}"  # where the repository is uploaded; by default a parameter of kserve.yaml
+
+    def __post_init__(self) -> None:
+        _integer("max_batch_size", self.max_batch_size, 1)
+        for name in ("service_name", "storage_uri"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        object.__setattr__(self, "instance_kind", parse_enum(InstanceKind, self.instance_kind, "instance_kind", ConfigError))
+        _integer("instances", self.instances, 1)
+        _integer("max_queue_delay_us", self.max_queue_delay_us, 0)
+
+
+def as_triton(value: Any) -> TritonConfig | None:
+    """``triton`` as TOML and callers give it: true / false / a table / a TritonConfig / None."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return TritonConfig()
+    if isinstance(value, dict):
+        return TritonConfig.from_dict(value)
+    if isinstance(value, TritonConfig):
+        return value
+    raise ConfigError(f"triton must be true, false or a table of options, got {value!r}")
+
+
+def as_quant_config(value: Any) -> QuantConfig:
+    if value is None:
+        return QuantConfig()
+    if isinstance(value, dict):
+        return QuantConfig.from_dict(value)
+    if isinstance(value, QuantConfig):
+        return value
+    raise ConfigError(f"quantization must be a table of options, got {value!r}")
+
+
+def check_variants(formats: tuple[ExportFormat, ...], quantize: tuple[Quantization, ...]) -> None:
+    """Every requested variant must exist in at least one requested format."""
+    for q in quantize:
+        if not set(q.formats) & set(formats):
+            needs = " or ".join(f.value for f in q.formats)
+            raise ConfigError(f"quantize {q.value!r} exists only in {needs}; add {needs} to formats")
+
+
+def legacy_quantize(precisions: Any, onnx_int8: Any = "dynamic", tflite_int8: Any = "full") -> tuple[Quantization, ...]:
+    """The variants an earlier ``[export] precisions / onnx_int8 / tflite_int8`` asked for (with a FutureWarning)."""
+    warnings.warn("[export] precisions / onnx_int8 / tflite_int8 are deprecated: use quantize = [...] with "
+                  + ", ".join(repr(q.value) for q in Quantization), FutureWarning, stacklevel=3)
+    names = [p.strip() for p in precisions.split(",")] if isinstance(precisions, str) else precisions
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"precisions must be a list, got {precisions!r}")
+    onnx = {"dynamic": Quantization.INT8_DYNAMIC, "static": Quantization.INT8_STATIC}
+    tflite = {"full": Quantization.INT8_FULL, "dynamic": Quantization.INT8_WEIGHTS}
+    for what, value, table in (("onnx_int8", onnx_int8, onnx), ("tflite_int8", tflite_int8, tflite)):
+        if getattr(value, "value", value) not in table:
+            raise ConfigError(f"{what} must be one of {', '.join(map(repr, table))}, got {value!r}")
+    out: list[Quantization] = []
+    for name in names:
+        name = getattr(name, "value", name)
+        if name == "int8":
+            out += [onnx[getattr(onnx_int8, "value", onnx_int8)], tflite[getattr(tflite_int8, "value", tflite_int8)]]
+        elif name in ("float32", "float16"):
+            out.append(Quantization(name))
+        else:
+            raise ConfigError(f"precisions must list 'float32', 'float16' or 'int8', got {name!r}")
+    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -204,43 +367,40 @@ _DEFAULT_TOLERANCES = {
 class ExportConfig(Config):
     """Which artifacts ``export_bundle`` writes and how it checks them; validated on construction.
 
-    ``formats`` and ``quantize`` accept names or comma-separated strings;
-    ``tolerance`` overrides the per-variant defaults for the bounds it sets.
+    ``formats`` and ``quantize`` accept names or comma-separated strings; every
+    quantization is written in each requested format it exists in.
+    ``quantization`` holds the int8 knobs; ``triton`` (true or a table) adds a
+    Triton repository and a KServe manifest; ``tolerance`` overrides the
+    per-variant defaults for the bounds it sets.
     """
 
     formats: tuple[ExportFormat, ...] = (ExportFormat.ONNX, ExportFormat.TFLITE)
-    quantize: tuple[QuantizeOption, ...] = (QuantizeOption.NONE,)
+    quantize: tuple[Quantization, ...] = (Quantization.FLOAT32,)
     opset: int = 17
-    num_calibration: int = DEFAULT_NUM_CALIBRATION  # training samples for int8 calibration
-    int8_io: bool = False  # full-integer TFLite: int8 input and output tensors
-    triton: bool = False  # also write a Triton / KServe model repository of the ONNX artifacts
-    max_batch_size: int = 256  # Triton's max_batch_size
+    quantization: QuantConfig = field(default_factory=QuantConfig)
+    triton: TritonConfig | None = None
     repeats: int = 50  # timed runs per batch size (the median is reported)
     tolerance: Tolerance | None = None
-    seed: int = 42  # draws the calibration samples
 
     def __post_init__(self) -> None:
         _set = object.__setattr__
         _set(self, "formats", parse_list(ExportFormat, self.formats, "format", ConfigError))
-        _set(self, "quantize", parse_list(QuantizeOption, self.quantize, "quantization", ConfigError))
+        _set(self, "quantize", parse_list(Quantization, self.quantize, "quantization", ConfigError))
+        check_variants(self.formats, self.quantize)
         _integer("opset", self.opset, MIN_OPSET, MAX_OPSET)
-        _integer("num_calibration", self.num_calibration, 1)
-        _integer("max_batch_size", self.max_batch_size, 1)
         _integer("repeats", self.repeats, 1)
-        _integer("seed", self.seed, 0)
-        for name in ("int8_io", "triton"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        _set(self, "quantization", as_quant_config(self.quantization))
+        _set(self, "triton", as_triton(self.triton))
         if isinstance(self.tolerance, dict):
             _set(self, "tolerance", Tolerance.from_dict(self.tolerance))
         if self.tolerance is not None and not isinstance(self.tolerance, Tolerance):
             raise ConfigError(f"tolerance must be a table of bounds, got {self.tolerance!r}")
         if self.triton and ExportFormat.ONNX not in self.formats:
-            raise ConfigError("triton needs the onnx format (Triton serves the ONNX artifact)")
+            raise ConfigError("triton needs the onnx format (Triton serves the ONNX artifacts)")
 
-    def variants(self) -> list[tuple[ExportFormat, QuantizeOption]]:
-        """Every (format, option) to write, formats first."""
-        return [(fmt, q) for fmt in self.formats for q in self.quantize]
+    def variants(self) -> list[tuple[ExportFormat, Quantization]]:
+        """Every (format, quantization) to write, formats first."""
+        return [(fmt, q) for fmt in self.formats for q in self.quantize if fmt in q.formats]
 
     def tolerance_for(self, precision: Precision) -> Tolerance:
         return Tolerance.for_precision(precision).overridden(self.tolerance)

@@ -1,90 +1,184 @@
-"""``export_onnx``: tf_keras -> ONNX (tf2onnx), optionally float16 / int8, with deploykit metadata."""
+"""``export_onnx``: tf_keras -> ONNX (tf2onnx) in any ONNX variant, and ``quantize_onnx_file`` for an existing file."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
+from pathlib import Path
+
+import numpy as np
 
 from deploykit.atomic import atomic_path
 from deploykit.errors import UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, dense_sparsity, file_sizes
 from deploykit.export.config import (
-    DEFAULT_NUM_CALIBRATION,
     MAX_OPSET,
     MIN_OPSET,
     ExportFormat,
-    OnnxQuantization,
     Precision,
+    QuantConfig,
+    Quantization,
+    Recipe,
     parse_enum,
 )
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, keras_to_onnx
-from deploykit.export.int8_prep import Int8Preparation, int8_source
-from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, write_metadata
-from deploykit.export.onnx_quant import quantize_float16, quantize_int8_dynamic, quantize_int8_static
+from deploykit.export.int8_prep import Int8Preparation, calibration_samples, int8_source
+from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
+from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
+from deploykit.inputs import as_calibration, as_model
 
 
 def export_onnx(
     model,
     path: str | os.PathLike,
     opset: int = DEFAULT_OPSET,
-    quantization: str | OnnxQuantization | None = None,
+    quantization: str | Quantization | None = None,
     calibration_data=None,
     metadata: ModelMetadata | None = None,
     *,
-    num_calibration: int = DEFAULT_NUM_CALIBRATION,
-    seed: int = 42,
+    config: QuantConfig | None = None,
+    num_calibration: int | None = None,
+    seed: int | None = None,
 ) -> ExportRecord:
     """Write ``model`` as ONNX to ``path`` (atomically) and return its :class:`ExportRecord`.
 
-    The graph has input ``input`` (float32, dynamic batch) and output
-    ``probabilities`` in every variant. ``quantization``: None / "none",
-    "float16", "int8-dynamic" or "int8-static". ``calibration_data`` (a
-    Dataset, whose training split is sampled, or an array of inputs) is
-    required by "int8-static"; given with an int8 variant, ``num_calibration``
-    samples of it also drive :func:`~deploykit.export.int8_prep.prepare_for_int8`.
-    ``metadata`` (steps, class names, reference accuracy...) is completed with
-    what this export knows and stored in ``metadata_props``.
+    ``model``: a Keras model (tf_keras or Keras 3) or a model file. The graph
+    has input ``input`` (float32, dynamic batch) and output ``probabilities``
+    in every variant. ``quantization``: an ONNX variant of
+    :class:`~deploykit.export.config.Quantization` ("float32", "float16",
+    "int8-dynamic", "int8-static"). ``calibration_data`` (a Dataset, whose
+    training split is sampled, a data path, ``(x, y)`` or an array of inputs)
+    is required by "int8-static"; given with an int8 variant it also drives
+    :func:`~deploykit.export.int8_prep.prepare_for_int8`. ``config`` holds the
+    int8 knobs (per-channel, calibration method and size, excluded nodes);
+    ``num_calibration`` and ``seed`` override its fields. ``metadata`` is
+    completed with what this export knows and stored in ``metadata_props``.
     """
     import onnx
 
-    quant = parse_enum(OnnxQuantization, quantization, "ONNX quantization")
+    quant = _onnx_variant(quantization)
+    knobs = _knobs(config, num_calibration, seed).for_variant(quant)
     path = check_output_file(path, ExportFormat.ONNX)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UsageError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+    _check_opset(opset)
+    model = as_model(model)
     input_shape = check_model_input(model)
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration_data (training inputs or a Dataset)")
     start = time.perf_counter()
-    source, calibration, prep = int8_source(model, calibration_data, quant.precision is Precision.INT8,
-                                            num_calibration, input_shape, seed)
-    proto = keras_to_onnx(source, opset=opset)
-    quantize = {
-        OnnxQuantization.NONE: None,
-        OnnxQuantization.FLOAT16: quantize_float16,
-        OnnxQuantization.INT8_DYNAMIC: quantize_int8_dynamic,
-        OnnxQuantization.INT8_STATIC: functools.partial(quantize_int8_static, calibration=calibration),
-    }[quant]
-    if quantize is not None:
-        proto = quantize(proto)
+    source, calibration, prep = int8_source(model, as_calibration(calibration_data), quant.precision is Precision.INT8,
+                                            knobs.num_calibration, input_shape, knobs.seed)
+    proto = quantize_proto(keras_to_onnx(source, opset=opset), quant, calibration, knobs)
     num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
     meta = _complete_metadata(metadata, model, input_shape, num_classes, quant, prep, opset)
     write_metadata(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
+    return _record(path, quant, input_shape, num_classes, time.perf_counter() - start, prep, calibration, opset, meta)
+
+
+def quantize_onnx_file(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    quantization: str | Quantization,
+    calibration_data=None,
+    *,
+    config: QuantConfig | None = None,
+) -> ExportRecord:
+    """Quantize an existing float32 ONNX file into ``path`` ("float16", "int8-dynamic", "int8-static"...).
+
+    What ``deploykit export model.onnx --quantize ...`` runs: onnxruntime's
+    quantizers on the file as it is (no Keras model, so no int8 preparation).
+    The deploykit metadata the file carries is kept and completed.
+    """
+    import onnx
+
+    quant = _onnx_variant(quantization)
+    knobs = (config or QuantConfig()).for_variant(quant)
+    source, path = Path(source), check_output_file(path, ExportFormat.ONNX)
+    if source.suffix.lower() != ".onnx" or not source.is_file():
+        raise UsageError(f"{source}: not an .onnx file")
+    if source.resolve() == path.resolve():
+        raise UsageError(f"{path}: the quantized model must not overwrite its source")
+    proto = onnx.load(str(source))
+    name = graph_input(proto)
+    dims = next(v for v in proto.graph.input if v.name == name).type.tensor_type.shape.dim[1:]
+    if any(not d.HasField("dim_value") for d in dims):
+        raise UsageError(f"{source}: input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape")
+    input_shape = tuple(int(d.dim_value) for d in dims)
+    if quant.needs_calibration and calibration_data is None:
+        raise UsageError(f"ONNX {quant.value} quantization needs calibration data (--data)")
+    start = time.perf_counter()
+    calibration = None
+    if quant.needs_calibration:
+        calibration = calibration_samples(as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed)
+    base = read_metadata(proto)
+    proto = quantize_proto(proto, quant, calibration, knobs)
+    meta = dataclasses.replace(base, quantization=quant.value, steps=[*base.steps, quant.value], input_shape=list(input_shape))
+    write_metadata(proto, meta)
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    out = proto.graph.output[0]
+    num_classes = int(out.type.tensor_type.shape.dim[-1].dim_value)
+    record = _record(path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta)
+    return dataclasses.replace(record, input_name=name, output_name=out.name)
+
+
+def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, knobs: QuantConfig):
+    """``proto`` in variant ``quant``: the one dispatch from a variant's recipe to onnxruntime's tools."""
+    recipe = quant.spec.recipe
+    if recipe is Recipe.FLOAT:
+        return proto
+    if recipe is Recipe.FLOAT16:
+        return quantize_float16(proto)
+    if recipe is Recipe.ONNX_DYNAMIC:
+        return quantize_int8_dynamic(proto, per_channel=knobs.per_channel, exclude=knobs.exclude)
+    if recipe is Recipe.ONNX_STATIC:
+        return quantize_int8_static(proto, calibration, per_channel=knobs.per_channel,
+                                    method=knobs.calibration_method, exclude=knobs.exclude)
+    raise UsageError(f"ONNX export has no recipe {recipe.value!r}")  # a VARIANTS row naming a TFLite recipe
+
+
+def _onnx_variant(quantization) -> Quantization:
+    quant = parse_enum(Quantization, quantization, "ONNX quantization")
+    if ExportFormat.ONNX not in quant.formats:
+        raise UsageError(f"{quant.value!r} is not an ONNX variant; choose from "
+                         + ", ".join(repr(q.value) for q in Quantization if ExportFormat.ONNX in q.formats))
+    return quant
+
+
+def _knobs(config: QuantConfig | None, num_calibration: int | None, seed: int | None) -> QuantConfig:
+    """``config`` (or the defaults) with the keyword shortcuts applied (validated by QuantConfig)."""
+    knobs = config or QuantConfig()
+    overrides = {k: v for k, v in (("num_calibration", num_calibration), ("seed", seed)) if v is not None}
+    if not overrides:
+        return knobs
+    try:
+        return dataclasses.replace(knobs, **overrides)
+    except Exception as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_opset(opset) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+
+
+def _record(path: Path, quant: Quantization, input_shape, num_classes: int, seconds: float,
+            prep: Int8Preparation | None, calibration, opset: int | None, meta: ModelMetadata) -> ExportRecord:
     size, gz = file_sizes(path)
     return ExportRecord(
-        path=path, format=ExportFormat.ONNX, quantization=quant.value, precision=quant.precision,
+        path=path, format=ExportFormat.ONNX, quantization=quant, precision=quant.precision,
         size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-        input_shape=list(input_shape), num_classes=num_classes, seconds=time.perf_counter() - start,
+        input_shape=list(input_shape), num_classes=num_classes, seconds=seconds,
         preparation=prep.steps if prep else [], calibration_samples=len(calibration) if calibration is not None else 0,
         opset=opset, metadata=meta,
     )
 
 
-def _complete_metadata(base: ModelMetadata | None, model, input_shape, num_classes: int, quant: OnnxQuantization,
+def _complete_metadata(base: ModelMetadata | None, model, input_shape, num_classes: int, quant: Quantization,
                        prep: Int8Preparation | None, opset: int) -> ModelMetadata:
     """``base`` (or an empty one) with the facts of this export filled in."""
     base = base or ModelMetadata()
@@ -92,7 +186,7 @@ def _complete_metadata(base: ModelMetadata | None, model, input_shape, num_class
     if len(names) != num_classes:
         raise UsageError(f"metadata names {len(names)} classes, but the model has {num_classes} outputs")
     steps = [*base.steps, *(prep.steps if prep else []), f"onnx(opset={opset})"]
-    if quant is not OnnxQuantization.NONE:
+    if quant is not Quantization.FLOAT32:
         steps.append(quant.value)
     return dataclasses.replace(
         base, kind=KIND_DETERMINISTIC, class_names=names, input_shape=list(input_shape), steps=steps,

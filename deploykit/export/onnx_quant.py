@@ -1,4 +1,4 @@
-"""ONNX quantization with onnxruntime's own tools: float16, dynamic int8, static int8 (QDQ).
+"""ONNX quantization with onnxruntime's own tools: float16, int8-dynamic, int8-static (QDQ), with its knobs.
 
 Each function takes and returns an ``onnx.ModelProto``; onnxruntime's
 quantizers work on files, so they run in a scratch folder that is removed
@@ -8,12 +8,15 @@ afterwards. Inputs and outputs stay float32 in every variant.
 from __future__ import annotations
 
 import contextlib
+import io
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from deploykit.errors import UsageError
+from deploykit.export.config import CalibrationMethod
 from deploykit.export.convert import INPUT_NAME
 from deploykit.log import quiet_native
 
@@ -29,43 +32,90 @@ def quantize_float16(proto):
     return wrapped.model
 
 
-def quantize_int8_dynamic(proto):
-    """int8 weights (symmetric, per output channel); activations are quantized at run time."""
+def quantize_int8_dynamic(proto, *, per_channel: bool = True, exclude: tuple[str, ...] = ()):
+    """int8 weights (symmetric; per output channel unless ``per_channel=False``); activations quantized at run time.
+
+    ``exclude``: ONNX node names or Keras layer names whose nodes stay float.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=excluded_nodes(proto, exclude))
         return _load(dst)
 
 
-def quantize_int8_static(proto, calibration: np.ndarray):
-    """QDQ int8 weights (per output channel) and activations, ranges calibrated on ``calibration``.
+def quantize_int8_static(proto, calibration: np.ndarray, *, per_channel: bool = True,
+                         method: CalibrationMethod = CalibrationMethod.MINMAX, exclude: tuple[str, ...] = ()):
+    """QDQ int8 weights and activations, activation ranges calibrated on ``calibration`` with ``method``.
 
     Runs ``quant_pre_process`` (shape inference and graph optimisation) first,
-    as onnxruntime recommends.
+    as onnxruntime recommends; ``exclude`` is resolved on the pre-processed graph.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
         pre = src.with_name("pre.onnx")
         quant_pre_process(str(src), str(pre))
-        quantize_static(
-            str(pre), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-        )
+        excluded = excluded_nodes(onnx.load(str(pre)), exclude)
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            quantize_static(
+                str(pre), str(dst), _Reader(calibration, graph_input(proto)), quant_format=QuantFormat.QDQ,
+                per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=_ORT_METHOD[method](), nodes_to_exclude=excluded,
+            )
         return _load(dst)
+
+
+def _ort_method(name: str):
+    def get():
+        from onnxruntime.quantization import CalibrationMethod as Ort
+
+        return getattr(Ort, name)
+    return get
+
+
+_ORT_METHOD = {
+    CalibrationMethod.MINMAX: _ort_method("MinMax"),
+    CalibrationMethod.ENTROPY: _ort_method("Entropy"),
+    CalibrationMethod.PERCENTILE: _ort_method("Percentile"),
+}
+
+
+def graph_input(proto) -> str:
+    """The name of the graph's first real input (initializers listed as inputs are not inputs)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    return next(v.name for v in proto.graph.input if v.name not in initializers)
+
+
+def excluded_nodes(proto, names: tuple[str, ...]) -> list[str]:
+    """The graph's node names that ``names`` select: a node's own name, or a Keras layer name as a path segment.
+
+    tf2onnx names nodes after the Keras layers they come from
+    (``sequential/dense_1/MatMul``), so a layer name selects all of its nodes.
+    A name that selects nothing is a UsageError (a typo must not go unnoticed).
+    """
+    selected: list[str] = []
+    for name in names:
+        hits = [n.name for n in proto.graph.node if n.name == name or name in n.name.split("/")]
+        if not hits:
+            raise UsageError(f"exclude: no ONNX node or Keras layer named {name!r} in the graph")
+        selected += [h for h in hits if h not in selected]
+    return selected
 
 
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over an array, one sample per call."""
 
-    def __init__(self, x: np.ndarray):
+    def __init__(self, x: np.ndarray, input_name: str = INPUT_NAME):
         self._rows = iter(np.asarray(x, dtype=np.float32))
+        self._name = input_name
 
     def get_next(self):
         row = next(self._rows, None)
-        return None if row is None else {INPUT_NAME: row[None]}
+        return None if row is None else {self._name: row[None]}
 
 
 @contextlib.contextmanager

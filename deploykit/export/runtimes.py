@@ -110,7 +110,7 @@ def open_runner(path: str | os.PathLike, threads: int | None = None) -> OnnxRunn
 
 
 def artifact_quantization(path: str | os.PathLike) -> str:
-    """What an artifact file holds: "none", "float16", "dynamic" / "int8-dynamic", "int8" / "int8-static"."""
+    """What an artifact file holds, as a :class:`~deploykit.export.config.Quantization` value ("float32", "int8-full", ...)."""
     path = Path(path)
     return _onnx_quantization(path) if runner_class(path) is OnnxRunner else _tflite_quantization(path)
 
@@ -126,7 +126,7 @@ def _onnx_quantization(path: Path) -> str:
         return "int8-static"
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
         return "float16"
-    return "none"
+    return "float32"
 
 
 def _tflite_quantization(path: Path) -> str:
@@ -145,10 +145,10 @@ def _tflite_quantization(path: Path) -> str:
             except ValueError:
                 activation_int8 = True
     if activation_int8:
-        return "int8"
+        return "int8-full"
     if constant_int8:
-        return "dynamic"
-    return "float16" if float16 else "none"
+        return "int8-weights"
+    return "float16" if float16 else "float32"
 
 
 def predict_batches(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

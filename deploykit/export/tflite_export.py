@@ -1,62 +1,84 @@
-"""``export_tflite``: tf_keras -> TFLite (float32, float16 weights, dynamic-range int8, full-integer int8)."""
+"""``export_tflite``: a Keras model -> TFLite in any TFLite variant (float32, float16, int8-weights, int8-full)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 from deploykit.atomic import atomic_path
 from deploykit.errors import StepError, UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, file_sizes
-from deploykit.export.config import DEFAULT_NUM_CALIBRATION, ExportFormat, Precision, TfliteQuantization, parse_enum
+from deploykit.export.config import (
+    CalibrationMethod,
+    ExportFormat,
+    Precision,
+    QuantConfig,
+    Quantization,
+    Recipe,
+    parse_enum,
+)
 from deploykit.export.convert import INPUT_NAME, OUTPUT_NAME
 from deploykit.export.int8_prep import int8_source
 from deploykit.export.runtimes import TfliteRunner
+from deploykit.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
 
 
 def export_tflite(
     model,
     path: str | os.PathLike,
-    quantization: str | TfliteQuantization | None = None,
+    quantization: str | Quantization | None = None,
     representative_data=None,
-    num_calibration: int = DEFAULT_NUM_CALIBRATION,
-    int8_io: bool = False,
     *,
-    seed: int = 42,
+    config: QuantConfig | None = None,
+    num_calibration: int | None = None,
+    int8_io: bool | None = None,
+    seed: int | None = None,
 ) -> ExportRecord:
     """Write ``model`` as a .tflite file to ``path`` (atomically) and return its :class:`ExportRecord`.
 
-    ``quantization``: None / "none" (float32), "float16" (float16 weights),
-    "dynamic" (int8 weights, float activations) or "int8" (full-integer:
-    int8 weights and activations). "int8" needs ``representative_data`` (a
-    Dataset, whose training split is sampled, or an array of inputs), of
-    which ``num_calibration`` samples are used; given with "dynamic", they
-    drive :func:`~deploykit.export.int8_prep.prepare_for_int8` too.
-    ``int8_io`` makes the input and output tensors int8 (their scale and zero
-    point are in the file and in the record). The signature's input is
+    ``model``: a Keras model (tf_keras or Keras 3) or a model file.
+    ``quantization``: a TFLite variant of :class:`~deploykit.export.config.Quantization`:
+    "float32", "float16" (float16 weights), "int8-weights" (dynamic range:
+    int8 weights, float activations) or "int8-full" (int8 weights and
+    activations). "int8-full" needs ``representative_data`` (a Dataset, a data
+    path, ``(x, y)`` or an array of inputs); given with "int8-weights" it
+    drives :func:`~deploykit.export.int8_prep.prepare_for_int8` too.
+    ``config`` holds the int8 knobs: per-channel, calibration size, ``exclude``
+    (Keras layers left in float in "int8-full", via the converter's selective
+    quantization) and ``int8_io`` (int8 input and output tensors, their scale
+    and zero point in the file and in the record); ``num_calibration``,
+    ``int8_io`` and ``seed`` override its fields. The signature's input is
     ``input`` and its output ``probabilities``, with a dynamic batch axis.
     """
-    quant = parse_enum(TfliteQuantization, quantization, "TFLite quantization")
+    quant = parse_enum(Quantization, quantization, "TFLite quantization")
+    if ExportFormat.TFLITE not in quant.formats:
+        raise UsageError(f"{quant.value!r} is not a TFLite variant; choose from "
+                         + ", ".join(repr(q.value) for q in Quantization if ExportFormat.TFLITE in q.formats))
+    knobs = _knobs(config, num_calibration, int8_io, seed).for_variant(quant)
     path = check_output_file(path, ExportFormat.TFLITE)
+    model = as_model(model)
     input_shape = check_model_input(model)
-    if isinstance(num_calibration, bool) or not isinstance(num_calibration, int) or num_calibration < 1:
-        raise UsageError(f"num_calibration must be a positive integer, got {num_calibration!r}")
-    if int8_io and quant is not TfliteQuantization.INT8:
-        raise UsageError(f"int8_io needs full-integer quantization ('int8'), not {quant.value!r}")
+    if knobs.int8_io and quant.spec.recipe is not Recipe.TFLITE_FULL:
+        raise UsageError(f"int8_io needs full-integer quantization ('int8-full'), not {quant.value!r}")
+    if quant.spec.recipe is Recipe.TFLITE_FULL and knobs.calibration_method is not CalibrationMethod.MINMAX:
+        raise UsageError(f"TFLite's converter calibrates with min/max only, not {knobs.calibration_method.value!r}")
+    if knobs.exclude and quant.spec.recipe is not Recipe.TFLITE_FULL:
+        raise UsageError(f"exclude applies to 'int8-full' TFLite (its float fallback), not {quant.value!r}")
     if quant.needs_calibration and representative_data is None:
         raise UsageError("full-integer int8 TFLite needs representative_data (training inputs or a Dataset) to calibrate")
     start = time.perf_counter()
-    source, calibration, prep = int8_source(model, representative_data, quant.precision is Precision.INT8,
-                                            num_calibration, input_shape, seed)
-    flat = _convert(source, input_shape, quant, calibration, int8_io)
+    source, calibration, prep = int8_source(model, as_calibration(representative_data), quant.precision is Precision.INT8,
+                                            knobs.num_calibration, input_shape, knobs.seed)
+    flat = _convert(source, input_shape, quant, calibration, knobs)
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
     seconds = time.perf_counter() - start
     io = TfliteRunner(path)
     size, gz = file_sizes(path)
     return ExportRecord(
-        path=path, format=ExportFormat.TFLITE, quantization=quant.value, precision=quant.precision,
+        path=path, format=ExportFormat.TFLITE, quantization=quant, precision=quant.precision,
         size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         input_shape=list(input_shape), num_classes=int(io.output_shape[-1]), seconds=seconds,
         preparation=prep.steps if prep else [], calibration_samples=len(calibration) if calibration is not None else 0,
@@ -64,24 +86,70 @@ def export_tflite(
     )
 
 
-def _convert(model, input_shape, quant: TfliteQuantization, calibration, int8_io: bool) -> bytes:
+def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantConfig:
+    knobs = config or QuantConfig()
+    overrides = {k: v for k, v in (("num_calibration", num_calibration), ("int8_io", int8_io), ("seed", seed)) if v is not None}
+    try:
+        return dataclasses.replace(knobs, **overrides) if overrides else knobs
+    except Exception as exc:  # QuantConfig's ConfigError, as a usage error of this call
+        raise UsageError(str(exc)) from None
+
+
+def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantConfig) -> bytes:
     from deploykit.backend import tf
 
+    recipe = quant.spec.recipe
     spec = tf.TensorSpec((None, *input_shape), tf.float32, name=INPUT_NAME)
     fn = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)}, input_signature=[spec])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
-    if quant is not TfliteQuantization.NONE:
+    if recipe is not Recipe.FLOAT:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quant is TfliteQuantization.FLOAT16:
+    if recipe is Recipe.FLOAT16:
         converter.target_spec.supported_types = [tf.float16]
-    if quant is TfliteQuantization.INT8:
+    converter._experimental_disable_per_channel = not knobs.per_channel  # the converter's own per-tensor switch
+    if recipe is Recipe.TFLITE_FULL:
         converter.representative_dataset = lambda: ([row[None]] for row in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io:
+        if knobs.int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     try:
         with quiet_native():  # "fully_quantize: 0, ..." and I0000 lines from C++
+            if knobs.exclude:
+                return _selective(converter, model, calibration, knobs.exclude, knobs.int8_io)
             return converter.convert()
+    except UsageError:
+        raise
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
         raise StepError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io: bool) -> bytes:
+    """Full-integer conversion with the ops of the ``exclude`` layers left in float.
+
+    The converter's own selective quantization, as TFLite's QuantizationDebugger
+    runs it: calibrate only, then quantize with those ops' output tensors
+    denylisted (tf2 converters name an op's output after the layers fused into it).
+    """
+    from tensorflow.lite.python import convert
+
+    from deploykit.backend import tf
+
+    layers = {layer.name for layer in model.layers}
+    unknown = [name for name in exclude if name not in layers]
+    if unknown:
+        raise UsageError(f"exclude: no Keras layer named {unknown[0]!r} (layers: {', '.join(sorted(layers))})")
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = converter.inference_output_type = tf.float32  # set by mlir_quantize below
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    denylisted = [t for t in _tensor_names(calibrated) if set(exclude) & set(t.replace(";", "/").split("/"))]
+    io = tf.int8 if int8_io else tf.float32
+    return convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,
+                                 fully_quantize=True, input_data_type=io, output_data_type=io, denylisted_nodes=denylisted)
+
+
+def _tensor_names(flat: bytes) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return [t["name"] for t in Interpreter(model_content=flat).get_tensor_details()]

@@ -22,9 +22,10 @@ import numpy as np
 
 from deploykit.errors import Mismatch, UsageError, ValidationError
 from deploykit.export.artifact import ExportRecord, file_sizes
-from deploykit.export.config import ExportFormat, Precision, Tolerance, parse_enum
+from deploykit.export.config import ExportFormat, Precision, Quantization, Tolerance
 from deploykit.export.isolated import InProcess, shared_worker
 from deploykit.export.runtimes import predict_batches, runner_class
+from deploykit.inputs import as_dataset, as_reference
 from deploykit.records import Record
 
 DEFAULT_BATCH_SIZES = (1, 256)
@@ -111,6 +112,8 @@ def validate(
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
     path, quantization = _describe(artifact)
+    data = as_dataset(data)
+    reference = as_reference(reference)
     runtime = shared_worker() if isolated else InProcess()
     opened = runtime.open(path, threads, describe=quantization is None)
     quantization = quantization or opened.quantization
@@ -165,7 +168,7 @@ def _check(tol: Tolerance, max_diff, agreement, accuracy, reference_accuracy) ->
 def _describe(artifact) -> tuple[Path, str | None]:
     """(path, quantization) of a record; (path, None) for a file, whose quantization the runtime side reads."""
     if isinstance(artifact, ExportRecord):
-        return Path(artifact.path), artifact.quantization
+        return Path(artifact.path), artifact.quantization.value
     path = Path(artifact)
     if not path.is_file():
         raise UsageError(f"artifact {path}: no such file")
@@ -176,7 +179,7 @@ def _describe(artifact) -> tuple[Path, str | None]:
 def _precision(artifact, quantization: str) -> Precision:
     if isinstance(artifact, ExportRecord):
         return artifact.precision
-    return parse_enum(Precision, {"none": "float32", "float16": "float16"}.get(quantization, "int8"), "precision")
+    return Quantization(quantization).precision
 
 
 def validation_markdown(reports: list[ValidationReport], title: str = "Validation") -> str:

@@ -17,7 +17,7 @@ A TOML file has one table per step (every key optional)::
     enabled = true
     [export]
     formats = ["onnx", "tflite"]
-    precisions = ["float32", "float16", "int8"]
+    quantize = ["float32", "float16", "int8-dynamic", "int8-full"]
     [mc]
     enabled = true
     samples = 30
@@ -41,6 +41,17 @@ from typing import TYPE_CHECKING, Any
 
 from deploykit.configs import check_keys as shared_check_keys
 from deploykit.errors import ConfigError
+from deploykit.export.config import (
+    ExportFormat,
+    QuantConfig,
+    Quantization,
+    TritonConfig,
+    as_quant_config,
+    as_triton,
+    check_variants,
+    legacy_quantize,
+    parse_list,
+)
 from deploykit.records import to_jsonable
 from deploykit.sparsity.config import L1Config, PruneConfig
 
@@ -50,33 +61,14 @@ if TYPE_CHECKING:
 #: Fine-tuning epochs of the pipeline's sparsity step: 30 recover 80% pruning of the shipped model to within
 #: half a point on digits (8 lose 2 points); past the first (traced) epoch each costs a fraction of a second.
 DEFAULT_TUNE_EPOCHS = 30
+#: The pipeline's artifacts: every format at float32 and float16, dynamic int8 ONNX, full-integer int8 TFLite.
+DEFAULT_QUANTIZE = (Quantization.FLOAT32, Quantization.FLOAT16, Quantization.INT8_DYNAMIC, Quantization.INT8_FULL)
 
 
 class SparsityMethod(enum.Enum):
     PRUNE = "prune"  # TF-MOT magnitude pruning to a target sparsity
     L1 = "l1"  # l1 fine-tuning, then zero the small weights
     NONE = "none"
-
-
-class Format(enum.Enum):
-    ONNX = "onnx"
-    TFLITE = "tflite"
-
-
-class Precision(enum.Enum):
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    INT8 = "int8"
-
-
-class OnnxInt8(enum.Enum):
-    DYNAMIC = "dynamic"  # weights int8, activations quantized per call (onnxruntime quantize_dynamic)
-    STATIC = "static"  # QDQ with calibration on training data
-
-
-class TfliteInt8(enum.Enum):
-    FULL = "full"  # full-integer kernels, calibrated on a representative dataset
-    DYNAMIC = "dynamic"  # dynamic-range: int8 weights, float activations
 
 
 def _enum(cls: type[enum.Enum], where: str, value: Any) -> enum.Enum:
@@ -109,17 +101,6 @@ def _positive(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{where} must be a positive number, got {value!r}")
     return float(value)
-
-
-def _enum_list(cls: type[enum.Enum], where: str, values: Any) -> tuple:
-    if isinstance(values, str):
-        values = [v.strip() for v in values.split(",") if v.strip()]
-    if not isinstance(values, (list, tuple)):
-        raise ConfigError(f"{where} must be a list, got {values!r}")
-    items = tuple(_enum(cls, where, v) for v in values)
-    if len(set(items)) != len(items):
-        raise ConfigError(f"{where} lists a value twice: {[i.value for i in items]}")
-    return items
 
 
 def check_keys(where: str, cls: type, values: Any) -> dict[str, Any]:
@@ -226,32 +207,90 @@ class CompactStep(_Table):
 
 @dataclass(frozen=True)
 class ExportStep(_Table):
-    """Export every format x precision, each artifact validated in its runtime (see [validate])."""
+    """Export every format x quantization with the exporter's own vocabulary (``deploykit.export``).
+
+    Each artifact is validated in its runtime (see [validate]). ``quantize`` lists
+    variants (float32, float16, int8-dynamic, int8-static, int8-full,
+    int8-weights), each written in the requested formats it exists in;
+    ``[export.quantization]`` holds the int8 knobs (a ``QuantConfig``) and
+    ``triton`` is true or a table (a ``TritonConfig``). The earlier keys
+    ``precisions`` / ``onnx_int8`` / ``tflite_int8`` / ``calibration_samples``
+    are still read, with a deprecation warning.
+    """
 
     TABLE = "export"
     enabled: bool = True
-    formats: tuple[Format, ...] = (Format.ONNX, Format.TFLITE)
-    precisions: tuple[Precision, ...] = (Precision.FLOAT32, Precision.FLOAT16, Precision.INT8)
-    onnx_int8: OnnxInt8 = OnnxInt8.DYNAMIC
-    tflite_int8: TfliteInt8 = TfliteInt8.FULL
-    calibration_samples: int = 300  # training rows for static int8 calibration
+    formats: tuple[ExportFormat, ...] = (ExportFormat.ONNX, ExportFormat.TFLITE)
+    quantize: tuple[Quantization, ...] = DEFAULT_QUANTIZE
+    quantization: QuantConfig = field(default_factory=QuantConfig)
     opset: int = 17
-    triton: bool = False  # also write a Triton / KServe model repository for the float32 ONNX model
+    triton: TritonConfig | None = None  # also write a Triton repository of every ONNX model and a KServe manifest
 
     def __post_init__(self) -> None:
         _bool("export.enabled", self.enabled)
-        _bool("export.triton", self.triton)
-        object.__setattr__(self, "formats", _enum_list(Format, "export.formats", self.formats))
-        object.__setattr__(self, "precisions", _enum_list(Precision, "export.precisions", self.precisions))
-        object.__setattr__(self, "onnx_int8", _enum(OnnxInt8, "export.onnx_int8", self.onnx_int8))
-        object.__setattr__(self, "tflite_int8", _enum(TfliteInt8, "export.tflite_int8", self.tflite_int8))
-        _int("export.calibration_samples", self.calibration_samples, 1)
+        object.__setattr__(self, "formats", parse_list(ExportFormat, self.formats, "export.formats", ConfigError))
+        object.__setattr__(self, "quantize", parse_list(Quantization, self.quantize, "export.quantize", ConfigError))
+        _prefixed("export", check_variants, self.formats, self.quantize)
+        if isinstance(self.quantization, dict):
+            check_keys("export.quantization", QuantConfig, self.quantization)
+        if isinstance(self.triton, dict):
+            check_keys("export.triton", TritonConfig, self.triton)
+        object.__setattr__(self, "quantization", _prefixed("export.quantization", as_quant_config, self.quantization))
+        object.__setattr__(self, "triton", _prefixed("export.triton", as_triton, self.triton))
         _int("export.opset", self.opset, 13)
-        if self.enabled and not (self.formats and self.precisions):
-            raise ConfigError("export: formats and precisions must each list at least one value (or set enabled = false)")
 
-    def variants(self) -> list[tuple[Format, Precision]]:
-        return [(f, p) for f in self.formats for p in self.precisions] if self.enabled else []
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "export") -> ExportStep:
+        values = dict(values) if isinstance(values, dict) else values
+        if isinstance(values, dict) and _LEGACY_KEYS & set(values):
+            values = _legacy_export(values)
+        if isinstance(values, dict) and "formats" in values and "quantize" not in values:
+            values["quantize"] = _in_formats(DEFAULT_QUANTIZE, values["formats"])
+        return cls(**check_keys(where, cls, values))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        values["triton"] = values.get("triton") or False
+        return values
+
+    def variants(self) -> list[tuple[ExportFormat, Quantization]]:
+        return [(f, q) for f in self.formats for q in self.quantize if f in q.formats] if self.enabled else []
+
+
+_LEGACY_KEYS = {"precisions", "onnx_int8", "tflite_int8", "calibration_samples"}
+
+
+def _prefixed(where: str, fn, *args):
+    """``fn(*args)`` with a ConfigError's message prefixed by the TOML table it concerns."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _in_formats(quantize: tuple[Quantization, ...], formats: Any) -> tuple[Quantization, ...]:
+    """The variants of ``quantize`` that exist in at least one of ``formats``."""
+    formats = set(parse_list(ExportFormat, formats, "export.formats", ConfigError))
+    return tuple(q for q in quantize if set(q.formats) & formats)
+
+
+def _legacy_export(values: dict[str, Any]) -> dict[str, Any]:
+    """An earlier [export] table (precisions, onnx_int8, tflite_int8, calibration_samples) in today's keys."""
+    if "quantize" in values and "precisions" in values:
+        raise ConfigError("export: give quantize or the deprecated precisions, not both")
+    legacy = {k: values.pop(k) for k in list(values) if k in _LEGACY_KEYS}
+    if "precisions" in legacy or "onnx_int8" in legacy or "tflite_int8" in legacy:
+        try:
+            quantize = legacy_quantize(legacy.get("precisions", ["float32", "float16", "int8"]),
+                                       legacy.get("onnx_int8", "dynamic"), legacy.get("tflite_int8", "full"))
+            values["quantize"] = _in_formats(quantize, values.get("formats", ["onnx", "tflite"]))
+        except ConfigError as exc:  # legacy_quantize names the key: precisions, onnx_int8...
+            raise ConfigError(f"export.{exc}") from None
+    if "calibration_samples" in legacy:
+        table = values.get("quantization") or {}
+        values["quantization"] = {**(table.to_dict() if isinstance(table, QuantConfig) else table),
+                                  "num_calibration": legacy["calibration_samples"]}
+    return values
 
 
 @dataclass(frozen=True)
@@ -316,7 +355,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
           "export": ExportStep, "mc": MCStep, "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
-OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "precisions",
+OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "quantize", "precisions",
            "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "validate")
 
 
@@ -380,8 +419,9 @@ class OptimizeConfig:
         ``fold``, ``compact``, ``export``, ``mc``, ``validate``: switch a step (bool).
         ``sparsity``: a target in [0, 1) (prune), ``"prune"``, ``"l1"``, ``"none"`` or False.
         ``l1``: l1 factor (selects the l1 method); ``threshold``: its zeroing threshold.
-        ``epochs``: fine-tuning epochs of the sparsity step. ``formats``, ``precisions``: lists or
-        comma-separated text. ``samples``, ``mc_seed``: the MC model's defaults.
+        ``epochs``: fine-tuning epochs of the sparsity step. ``formats``, ``quantize``: lists or
+        comma-separated text (``quantize``: the exporter's variant names; ``precisions``, ``onnx_int8``,
+        ``tflite_int8``: deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
@@ -393,7 +433,14 @@ class OptimizeConfig:
                 _bool(name, o[name])
                 c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
-        export = {k: o[k] for k in ("formats", "precisions", "onnx_int8", "tflite_int8", "triton") if k in o}
+        export = {k: o[k] for k in ("formats", "quantize", "triton") if k in o}
+        if _LEGACY_KEYS & set(o):  # precisions / onnx_int8 / tflite_int8: deprecated spellings of quantize
+            export = _legacy_export(export | {k: o[k] for k in _LEGACY_KEYS if k in o})
+        if isinstance(export.get("triton"), (bool, dict)) and export["triton"] is not False and c.export.triton:
+            given = {} if export["triton"] is True else export["triton"]  # merged over the config file's table
+            export["triton"] = {**c.export.triton.to_dict(), **given}
+        if "formats" in export and "quantize" not in export:  # the variants asked for, in the formats now asked for
+            export["quantize"] = _in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
         mc = {k: o[k] for k in ("samples",) if k in o} | ({"seed": o["mc_seed"]} if "mc_seed" in o else {})
@@ -411,7 +458,7 @@ class OptimizeConfig:
         sparse = {"prune": f"prune to {s.prune.target_sparsity:.0%}", "l1": f"l1 {s.l1.l1:g}", "none": "no sparsity"}[s.method.value]
         parts = [
             "fold" if self.fold.enabled else "no fold", sparse, "compact" if self.compact.enabled else "no compact",
-            ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(p.value for p in self.export.precisions))
+            ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(q.value for q in self.export.quantize))
             if self.export.enabled else "no export",
             f"MC Dropout (T={self.mc.samples})" if self.mc.enabled else "no MC",
             "validate" if self.validate.enabled else "no validation",

@@ -10,7 +10,7 @@ from deploykit.pipeline.records import ArtifactRow, StepRecord, Status
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
-COLUMNS = ("artifact", "format", "precision", "sparsity", "size", "gzip", "compression", "accuracy", "Δ acc",
+COLUMNS = ("artifact", "format", "quantization", "sparsity", "size", "gzip", "compression", "accuracy", "Δ acc",
            "agreement", "b1 latency", "b256 throughput", "validation")
 
 
@@ -35,7 +35,7 @@ def _signed_points(v: float | None) -> str:
 def artifact_cells(r: ArtifactRow) -> list[str]:
     """One table row as text."""
     return [
-        r.file, f"{r.format} ({r.runtime})", r.precision, _pct(r.sparsity, 1), _size(r.size_bytes), _size(r.gzip_bytes),
+        r.file, f"{r.format} ({r.runtime})", r.quantization, _pct(r.sparsity, 1), _size(r.size_bytes), _size(r.gzip_bytes),
         f"{r.compression:.1f}x", _pct(r.accuracy), _signed_points(r.accuracy_change), _pct(r.agreement),
         _duration(r.latency_b1_ms),
         "—" if r.throughput_b256 is None else f"{r.throughput_b256:,.0f}/s",

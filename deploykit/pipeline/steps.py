@@ -21,15 +21,15 @@ import numpy as np
 
 from deploykit.data import Dataset
 from deploykit.errors import StepError, UsageError
-from deploykit.pipeline.config import Format, OnnxInt8, OptimizeConfig, Precision, SparsityMethod, TfliteInt8
+from deploykit.export.bundle import TRITON_DIR, artifact_name
+from deploykit.export.config import ExportFormat, Quantization
+from deploykit.pipeline.config import OptimizeConfig, SparsityMethod
 from deploykit.pipeline.plots import RELIABILITY_PLOT
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, ModelFigures, Status, StepRecord, Verdict
 
 ORIGINAL_FILE = "original.keras"
 MODEL_FILE = "model.keras"
 MC_FILE = "model_mc.onnx"
-TRITON_DIR = "triton"
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "keras": "tf_keras"}
 
 
 @dataclass
@@ -103,7 +103,7 @@ def keras_row(model, file: str, ctx: Context, verdict: Verdict, checks: str) -> 
     acc = float(np.mean(probs.argmax(1) == ctx.data.y_test))
     b1, b256 = timings(lambda v: model(v, training=False), ctx.data.x_test, ctx.repeats)
     return ArtifactRow(
-        file=file, format="keras", runtime="tf_keras", precision="float32", quantization="none",
+        file=file, format="keras", runtime="tf_keras", precision="float32", quantization="float32",
         sparsity=ctx.figures.sparsity,
         size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
         accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
@@ -195,20 +195,6 @@ def save_step(model, ctx: Context):
 
 # --- artifacts ----------------------------------------------------------------------------------
 
-_QUANTIZATION = {
-    (Format.ONNX, Precision.FLOAT32): lambda c: None,
-    (Format.ONNX, Precision.FLOAT16): lambda c: "float16",
-    (Format.ONNX, Precision.INT8): lambda c: "int8-dynamic" if c.export.onnx_int8 is OnnxInt8.DYNAMIC else "int8-static",
-    (Format.TFLITE, Precision.FLOAT32): lambda c: None,
-    (Format.TFLITE, Precision.FLOAT16): lambda c: "float16",
-    (Format.TFLITE, Precision.INT8): lambda c: "int8" if c.export.tflite_int8 is TfliteInt8.FULL else "dynamic",
-}
-
-
-def artifact_name(fmt: Format, precision: Precision) -> str:
-    return f"model.{fmt.value}" if precision is Precision.FLOAT32 else f"model_{precision.value}.{fmt.value}"
-
-
 def metadata(model, ctx: Context, accuracy: float):
     from deploykit.export.metadata import ModelMetadata
 
@@ -216,25 +202,18 @@ def metadata(model, ctx: Context, accuracy: float):
                          steps=list(ctx.applied), sparsity=round(ctx.figures.sparsity, 6), reference_accuracy=accuracy)
 
 
-def export_step(fmt: Format, precision: Precision, model, ctx: Context):
-    name = f"export {fmt.value} {precision.value}"
-    from deploykit.export import export_onnx, export_tflite
+def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: Context):
+    """One artifact through the exporter's own ``export_variant``, measured (and checked) in its runtime."""
+    from deploykit.export import export_variant
 
-    quantization = _QUANTIZATION[(fmt, precision)](ctx.config)
-    file = artifact_name(fmt, precision)
-    path = ctx.folder / file
-    common = {"num_calibration": ctx.config.export.calibration_samples, "seed": ctx.config.input.seed}
-    if fmt is Format.ONNX:
-        record = export_onnx(model, path, opset=ctx.config.export.opset, quantization=quantization,
-                          calibration_data=ctx.data if precision is Precision.INT8 else None,
-                          metadata=metadata(model, ctx, ctx.figures.accuracy), **common)
-    else:
-        record = export_tflite(model, path, quantization=quantization,
-                          representative_data=ctx.data if precision is Precision.INT8 else None, **common)
+    step = ctx.config.export
+    file = artifact_name(fmt, quant)
+    record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization, opset=step.opset,
+                            metadata=metadata(model, ctx, ctx.figures.accuracy))
     row, checks = _measure_artifact(record, file, model, ctx)
     ctx.artifacts.append(row)
-    return model, StepRecord(name, Status.DONE, f"{file} (quantization: {record.quantization})", artifacts=[file],
-                             checks=checks, detail=record.to_dict())
+    return model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, f"{file} ({fmt.value} {quant.value})",
+                             artifacts=[file], checks=checks, detail=record.to_dict())
 
 
 def _measure_artifact(record, file: str, model, ctx: Context) -> tuple[ArtifactRow, str]:
@@ -250,8 +229,8 @@ def _measure_artifact(record, file: str, model, ctx: Context) -> tuple[ArtifactR
         checks = "validation switched off" + ("" if report.passed else " (missed: " + "; ".join(map(str, report.mismatches)) + ")")
     acc = report.accuracy
     row = ArtifactRow(
-        file=file, format=record.format.value, runtime=RUNTIMES[record.format.value],
-        precision=record.precision.value, quantization=record.quantization, sparsity=ctx.figures.sparsity,
+        file=file, format=record.format.value, runtime=record.format.runtime,
+        precision=record.precision.value, quantization=record.quantization.value, sparsity=ctx.figures.sparsity,
         size_bytes=record.size_bytes, gzip_bytes=record.gzip_bytes,
         compression=ctx.original_figures.keras_gzip_bytes / record.gzip_bytes,
         accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy, agreement=report.agreement,
@@ -262,15 +241,16 @@ def _measure_artifact(record, file: str, model, ctx: Context) -> tuple[ArtifactR
 
 
 def triton_step(model, ctx: Context):
-    """A Triton / KServe model repository of the float32 ONNX artifact."""
-    from deploykit.export import write_triton_repository
+    """A Triton repository of every shipped ONNX model (the MC model included) and a KServe manifest beside it."""
+    from deploykit.export import write_triton_models
 
-    onnx_file = ctx.folder / artifact_name(Format.ONNX, Precision.FLOAT32)
-    if not onnx_file.is_file():
-        return model, StepRecord("triton", Status.SKIPPED, "needs the float32 ONNX artifact (export onnx float32)")
-    folder = write_triton_repository(onnx_file, ctx.folder / TRITON_DIR, "model", class_names=list(ctx.data.class_names))
-    return model, StepRecord("triton", Status.DONE, f"Triton / KServe repository {TRITON_DIR}/model",
-                             artifacts=[str(folder.relative_to(ctx.folder))])
+    files = [ctx.folder / artifact_name(f, q) for f, q in ctx.config.export.variants() if f is ExportFormat.ONNX]
+    files += [ctx.folder / MC_FILE] if (ctx.folder / MC_FILE).is_file() else []
+    if not files:
+        return model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)")
+    names = write_triton_models(files, ctx.folder / TRITON_DIR, ctx.config.export.triton, class_names=list(ctx.data.class_names))
+    return model, StepRecord("triton", Status.DONE, f"Triton repository {TRITON_DIR}/ ({', '.join(names)}) and kserve.yaml",
+                             artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"])
 
 
 def mc_step(model, ctx: Context):
@@ -332,12 +312,12 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
              Step("save model", save_step)]
     variants = config.export.variants()
     if variants:
-        steps += [Step(f"export {f.value} {p.value}", functools.partial(export_step, f, p)) for f, p in variants]
+        steps += [Step(f"export {f.value} {q.value}", functools.partial(export_step, f, q)) for f, q in variants]
     else:
         steps.append(Step("export", lambda model, ctx: (model, _off("export"))))
-    if config.export.enabled and config.export.triton:
-        steps.append(Step("triton", triton_step))
     steps.append(Step("mc dropout", mc_step))
+    if config.export.enabled and config.export.triton:
+        steps.append(Step("triton", triton_step))  # after the MC model, which it serves too
     return steps
 
 

@@ -16,24 +16,24 @@ def _listing(folder):
 def test_unknown_quantization_names(tmp_path, trained_model):
     with pytest.raises(UsageError, match=r"unknown ONNX quantization 'int4'.*'int8-static'"):
         export_onnx(trained_model, tmp_path / "m.onnx", quantization="int4")
-    with pytest.raises(UsageError, match=r"unknown TFLite quantization 'int8-static'.*'dynamic'"):
+    with pytest.raises(UsageError, match=r"'int8-static' is not a TFLite variant; choose from .*'int8-weights'"):
         export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-static")
     assert _listing(tmp_path) == []
 
 
 def test_full_int8_without_data_is_refused(tmp_path, trained_model):
     with pytest.raises(UsageError, match="representative_data"):
-        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8")
+        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-full")
     with pytest.raises(UsageError, match="calibration_data"):
         export_onnx(trained_model, tmp_path / "m.onnx", quantization="int8-static")
     with pytest.raises(UsageError, match="int8_io needs full-integer"):
-        export_tflite(trained_model, tmp_path / "m.tflite", quantization="dynamic", int8_io=True)
+        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-weights", int8_io=True)
     assert _listing(tmp_path) == []
 
 
 def test_bad_calibration_data_is_a_data_error(tmp_path, trained_model):
     with pytest.raises(DataError, match=r"shape \(10,\)"):
-        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8", representative_data=np.zeros((5, 10)))
+        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-full", representative_data=np.zeros((5, 10)))
     bad = np.full((5, 64), np.nan, dtype=np.float32)
     with pytest.raises(DataError, match="NaN"):
         export_onnx(trained_model, tmp_path / "m.onnx", quantization="int8-static", calibration_data=bad)
@@ -71,11 +71,11 @@ def test_validate_refuses_unknown_artifacts(tmp_path, digits):
 
 def test_a_failed_tolerance_leaves_no_folder(tmp_path, trained_model, digits):
     out = tmp_path / "bundle"
-    config = ExportConfig(formats="onnx", quantize="none,dynamic", tolerance=Tolerance(max_abs_diff=1e-9), repeats=2)
+    config = ExportConfig(formats="onnx", quantize="float32,int8-dynamic", tolerance=Tolerance(max_abs_diff=1e-9), repeats=2)
     with pytest.raises(ValidationError) as info:
         export_bundle(trained_model, digits, out, config)
-    assert "model_dynamic.onnx" in info.value.artifact
-    assert any(m.check.startswith("model_dynamic.onnx max_abs_diff") for m in info.value.mismatches)
+    assert "model_int8-dynamic.onnx" in info.value.artifact
+    assert any(m.check.startswith("model_int8-dynamic.onnx max_abs_diff") for m in info.value.mismatches)
     assert not out.exists()
     assert _listing(tmp_path) == []  # no staging folder either
 
@@ -84,7 +84,7 @@ def test_a_failed_tolerance_leaves_an_existing_folder_untouched_even_with_force(
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "old.txt").write_text("previous run")
-    config = ExportConfig(formats="onnx", quantize="dynamic", tolerance=Tolerance(max_abs_diff=1e-9), repeats=2)
+    config = ExportConfig(formats="onnx", quantize="int8-dynamic", tolerance=Tolerance(max_abs_diff=1e-9), repeats=2)
     with pytest.raises(UsageError, match="already exists"):
         export_bundle(trained_model, digits, out, config)
     with pytest.raises(ValidationError):

@@ -37,10 +37,10 @@ def pruned(trained_model):
 def pruned_exports(tmp_path_factory, pruned, digits):
     out = tmp_path_factory.mktemp("pruned")
     return {
-        "onnx-none": export_onnx(pruned, out / "p.onnx"),
+        "onnx-float32": export_onnx(pruned, out / "p.onnx"),
         "onnx-int8-static": export_onnx(pruned, out / "p8.onnx", quantization="int8-static", calibration_data=digits),
-        "tflite-none": export_tflite(pruned, out / "p.tflite"),
-        "tflite-int8": export_tflite(pruned, out / "p8.tflite", quantization="int8", representative_data=digits, int8_io=True),
+        "tflite-float32": export_tflite(pruned, out / "p.tflite"),
+        "tflite-int8-full": export_tflite(pruned, out / "p8.tflite", quantization="int8-full", representative_data=digits, int8_io=True),
     }
 
 
@@ -84,14 +84,14 @@ def _assert_zeros_kept(kernels: list[np.ndarray], weights: list[tuple[np.ndarray
 
 
 @pytest.mark.parametrize("name, reader", [
-    ("onnx-none", _onnx_weights), ("onnx-int8-static", _onnx_weights),
-    ("tflite-none", _tflite_weights), ("tflite-int8", _tflite_weights),
+    ("onnx-float32", _onnx_weights), ("onnx-int8-static", _onnx_weights),
+    ("tflite-float32", _tflite_weights), ("tflite-int8-full", _tflite_weights),
 ])
 def test_pruned_zeros_are_still_zeros_in_the_exported_weights(name, reader, pruned, pruned_exports):
     _assert_zeros_kept(_kernels(pruned), reader(pruned_exports[name].path))
 
 
-@pytest.mark.parametrize("name", ["onnx-none", "onnx-int8-static", "tflite-none", "tflite-int8"])
+@pytest.mark.parametrize("name", ["onnx-float32", "onnx-int8-static", "tflite-float32", "tflite-int8-full"])
 def test_pruned_exports_validate_against_the_pruned_model(name, pruned_exports, pruned, digits):
     report = validate(pruned_exports[name], digits, pruned, repeats=3)
     assert report.passed
@@ -100,7 +100,7 @@ def test_pruned_exports_validate_against_the_pruned_model(name, pruned_exports, 
 def test_onnx_metadata_records_the_measured_sparsity(pruned_exports, pruned):
     kernels = _kernels(pruned)
     expected = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
-    assert read_metadata(pruned_exports["onnx-none"].path).sparsity == pytest.approx(expected, abs=1e-6)
+    assert read_metadata(pruned_exports["onnx-float32"].path).sparsity == pytest.approx(expected, abs=1e-6)
 
 
 def test_folded_model_exports_and_validates(tmp_path, trained_model, digits):
@@ -113,5 +113,5 @@ def test_folded_model_exports_and_validates(tmp_path, trained_model, digits):
     assert validate(onnx_record, digits, trained_model, repeats=3).passed  # the fold is exact to 1e-4
     # Folding moves the input standardization (x1000 on the constant digits pixels) into the first kernel;
     # the int8 preparation must cope with it, or full-integer int8 collapses.
-    tflite_record = export_tflite(folded, tmp_path / "folded8.tflite", quantization="int8", representative_data=digits)
+    tflite_record = export_tflite(folded, tmp_path / "folded8.tflite", quantization="int8-full", representative_data=digits)
     assert validate(tflite_record, digits, trained_model, repeats=3).passed

@@ -19,8 +19,8 @@ from deploykit.export import (
 )
 from deploykit.export.metadata import ModelMetadata, read_metadata
 
-ONNX_VARIANTS = ["none", "float16", "int8-dynamic", "int8-static"]
-TFLITE_VARIANTS = ["none", "float16", "dynamic", "int8", "int8-io"]
+ONNX_VARIANTS = ["float32", "float16", "int8-dynamic", "int8-static"]
+TFLITE_VARIANTS = ["float32", "float16", "int8-weights", "int8-full", "int8-io"]
 META = ModelMetadata(steps=["train(test)"], reference_accuracy=0.5)
 
 
@@ -33,7 +33,7 @@ def artifacts(tmp_path_factory, trained_model, digits):
     for q in ONNX_VARIANTS:
         records[f"onnx-{q}"] = export_onnx(trained_model, out / f"{q}.onnx", quantization=q, calibration_data=digits, metadata=meta)
     for q in TFLITE_VARIANTS:
-        quant = "int8" if q == "int8-io" else q
+        quant = "int8-full" if q == "int8-io" else q
         records[f"tflite-{q}"] = export_tflite(trained_model, out / f"{q}.tflite", quantization=quant,
                                                representative_data=digits, num_calibration=200, int8_io=q == "int8-io")
     return records
@@ -68,19 +68,19 @@ def test_every_variant_meets_its_tolerance_in_its_runtime(name, reports, artifac
 
 def test_quantized_files_are_smaller(artifacts):
     for fmt in ("onnx", "tflite"):
-        base = artifacts[f"{fmt}-none"].size_bytes
+        base = artifacts[f"{fmt}-float32"].size_bytes
         assert artifacts[f"{fmt}-float16"].size_bytes < 0.8 * base
-    assert artifacts["tflite-int8"].size_bytes < 0.6 * artifacts["tflite-none"].size_bytes
-    assert artifacts["onnx-int8-dynamic"].size_bytes < 0.6 * artifacts["onnx-none"].size_bytes
+    assert artifacts["tflite-int8-full"].size_bytes < 0.6 * artifacts["tflite-float32"].size_bytes
+    assert artifacts["onnx-int8-dynamic"].size_bytes < 0.6 * artifacts["onnx-float32"].size_bytes
 
 
 def test_int8_exports_record_their_preparation(artifacts):
-    for name in ("onnx-int8-static", "onnx-int8-dynamic", "tflite-int8", "tflite-dynamic"):
+    for name in ("onnx-int8-static", "onnx-int8-dynamic", "tflite-int8-full", "tflite-int8-weights"):
         record = artifacts[name]
         assert record.calibration_samples > 0
         assert any(step.startswith("fold(") for step in record.preparation)
-    assert artifacts["tflite-int8"].calibration_samples == 200
-    assert artifacts["onnx-float16"].preparation == [] and artifacts["onnx-none"].calibration_samples == 0
+    assert artifacts["tflite-int8-full"].calibration_samples == 200
+    assert artifacts["onnx-float16"].preparation == [] and artifacts["onnx-float32"].calibration_samples == 0
 
 
 @pytest.mark.parametrize("q", ONNX_VARIANTS)
@@ -118,7 +118,7 @@ def test_onnx_metadata_round_trips(q, artifacts, digits):
     assert read_metadata(runner.session) == from_file
     assert from_file.class_names == list(digits.class_names)
     assert from_file.input_shape == [64]
-    assert from_file.quantization == q
+    assert from_file.quantization == q  # the variant's one name, in the file too
     assert from_file.steps[0] == "train(test)" and "onnx(opset=17)" in from_file.steps
     assert from_file.reference_accuracy == META.reference_accuracy
     assert from_file.kind == "deterministic" and from_file.version
@@ -129,13 +129,13 @@ def test_onnx_metadata_round_trips(q, artifacts, digits):
 def test_validate_on_a_bare_path_recognises_the_variant(name, artifacts, digits, trained_model):
     record = artifacts[name]
     report = validate(record.path, digits, trained_model, batch_sizes=(1,), repeats=2)
-    assert report.quantization == record.quantization
+    assert report.quantization == record.quantization.value
     assert report.precision is record.precision
     assert report.passed
 
 
 def test_tflite_io_signature_and_dynamic_batch(artifacts):
-    for name in ("tflite-none", "tflite-int8"):
+    for name in ("tflite-float32", "tflite-int8-full"):
         runner = TfliteRunner(artifacts[name].path)
         assert runner.input_shape == (64,) and runner.output_shape == (10,)
         assert runner.input_dtype == np.float32 and runner.input_quantization is None
@@ -183,7 +183,7 @@ def test_a_wrong_artifact_reports_every_missed_bound(tmp_path, digits, trained_m
 
 
 def test_without_a_reference_only_the_metadata_accuracy_is_checked(artifacts, digits):
-    report = validate(artifacts["onnx-none"].path, digits, repeats=2)
+    report = validate(artifacts["onnx-float32"].path, digits, repeats=2)
     assert report.agreement is None and report.max_abs_diff is None
     assert report.reference_accuracy == META.reference_accuracy
     assert report.skipped == ["max_abs_diff (no reference model)"]
@@ -215,7 +215,7 @@ def test_triton_repository_matches_the_model(tmp_path, artifacts, digits):
 
     if importlib.util.find_spec("tritonclient") is None:  # find_spec, not import: see _parse_triton_config
         pytest.skip("tritonclient ships Triton's config schema")
-    for q in ("none", "float16"):
+    for q in ("float32", "float16"):
         record = artifacts[f"onnx-{q}"]
         folder = write_triton_repository(record.path, tmp_path / "repo", f"digits_{q}", max_batch_size=64)
         assert folder == tmp_path / "repo" / f"digits_{q}"
@@ -235,7 +235,7 @@ def test_triton_repository_matches_the_model(tmp_path, artifacts, digits):
 def test_triton_repository_is_not_overwritten_without_force(tmp_path, artifacts):
     from deploykit.errors import UsageError
 
-    record = artifacts["onnx-none"]
+    record = artifacts["onnx-float32"]
     folder = write_triton_repository(record.path, tmp_path, "m")
     (folder / "config.pbtxt").write_text("keep me")
     with pytest.raises(UsageError, match="already exists"):

@@ -1,0 +1,72 @@
+"""``deploykit validate FILE --data D``: run any .onnx or .tflite file in its runtime and report it."""
+
+from __future__ import annotations
+
+from deploykit.cli.common import add_command, progress
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "validate", _run,
+        help="validate an .onnx or .tflite file in its runtime (accuracy, agreement with a reference, size, speed)",
+        description="Run FILE in onnxruntime or LiteRT on the test split of --data and print its accuracy, size and "
+        "speed. With --reference (the Keras model or float32 ONNX file it came from) agreement and the largest "
+        "probability difference are measured too. The file's variant (float32, float16, int8-dynamic, int8-static, "
+        "int8-full, int8-weights) is read from what it holds. Exits 3 when a tolerance is missed.",
+    )
+    p.add_argument("file", help=".onnx or .tflite file")
+    p.add_argument("--data", required=True, help="'digits', or an .npz, .csv or IDX file / folder")
+    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
+    p.add_argument("--reference", default=None, help="the model FILE came from (.keras, .h5, SavedModel or .onnx)")
+    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code in --reference")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: 50)")
+    p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
+    p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from deploykit.export.config import Tolerance
+    from deploykit.export.validate import validate, validation_markdown
+    from deploykit.inputs import as_dataset
+
+    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
+    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed)
+    progress(f"data {data.summary()}")
+    report = validate(args.file, data, _reference(args), repeats=args.repeats, check=False,
+                      tolerance=_tolerance(args.file, overrides))
+    print(validation_markdown([report], title=f"Validation of {Path(args.file).name}"), end="")
+    if not report.passed:
+        from deploykit.errors import ValidationError
+
+        raise ValidationError(str(args.file), report.mismatches, report)
+    return 0
+
+
+def _reference(args):
+    """The reference as ``f(x, training=False)``: a Keras model, or an ONNX file run in onnxruntime."""
+    if args.reference is None:
+        return None
+    from pathlib import Path
+
+    if Path(args.reference).suffix.lower() == ".onnx":
+        from deploykit.export.runtimes import OnnxRunner
+
+        runner = OnnxRunner(args.reference)
+        return lambda x, training=False: runner.predict(x)
+    from deploykit.inputs import as_model
+
+    progress(f"loading reference {Path(args.reference).name}")
+    return as_model(args.reference, unsafe=args.unsafe)
+
+
+def _tolerance(file, overrides):
+    """The file's default tolerance with the overrides applied (None: validate picks the default)."""
+    if not any(v is not None for v in vars(overrides).values()):
+        return None
+    from deploykit.export.validate import _describe
+
+    return overrides.__class__.for_precision(_describe(file)[2]).overridden(overrides)

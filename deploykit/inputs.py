@@ -1,0 +1,77 @@
+"""What the public functions accept, coerced in one place: ``as_model`` and ``as_dataset``.
+
+The Python API takes what the CLI takes. A model is a tf_keras model, a
+Keras 3 model object (saved to a temporary .keras file and imported exactly as
+a Keras 3 file is), or a path. Data is a :class:`~deploykit.data.Dataset`,
+``"digits"``, a data file or folder, or ``(x, y)`` arrays (split as a file is).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from deploykit.errors import UsageError
+
+
+def as_model(obj, *, unsafe: bool = False, what: str = "model"):
+    """A tf_keras model from a tf_keras model, a Keras 3 model object, or a model file / folder."""
+    if isinstance(obj, (str, os.PathLike)):
+        from deploykit.io import load_model
+
+        return load_model(obj, unsafe=unsafe)
+    if _is_keras3_model(obj):
+        return _import_keras3_object(obj, unsafe)
+    from deploykit.backend import is_tf_keras_model
+
+    if is_tf_keras_model(obj):
+        return obj
+    raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
+
+
+def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data"):
+    """A Dataset from a Dataset, ``"digits"``, a data path, or an ``(x, y)`` pair of arrays."""
+    from deploykit.data import Dataset, SplitConfig, _split_arrays, load_dataset
+
+    if isinstance(obj, Dataset):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed))
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed))
+    raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")
+
+
+def as_reference(obj, *, unsafe: bool = False):
+    """A reference to compare artifacts with: None, a model (object or file), or any ``f(x, training=False)`` callable."""
+    if obj is None:
+        return None
+    if isinstance(obj, (str, os.PathLike)) or _is_keras3_model(obj):
+        return as_model(obj, unsafe=unsafe, what="reference")
+    return obj
+
+
+def as_calibration(obj):
+    """Calibration data as the exporters sample it: None, an array of inputs, or anything :func:`as_dataset` takes."""
+    import numpy as np
+
+    if obj is None or isinstance(obj, np.ndarray) or hasattr(obj, "sample_train"):
+        return obj
+    return as_dataset(obj, what="calibration data")
+
+
+def _is_keras3_model(obj) -> bool:
+    module = type(obj).__module__
+    return module.startswith("keras") and not module.startswith("keras.src.legacy") and hasattr(obj, "save") \
+        and not module.startswith("tf_keras") and hasattr(obj, "layers")
+
+
+def _import_keras3_object(model, unsafe: bool):
+    """Save a Keras 3 model to a temporary .keras file and import it as deploykit imports such files."""
+    from deploykit.io import load_model
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-keras3-") as tmp:
+        path = Path(tmp) / f"{model.name or 'model'}.keras"
+        model.save(path)
+        return load_model(path, unsafe=unsafe)
