@@ -39,11 +39,8 @@ class UnsupportedLayerError(ModelLoadError):
     def __init__(self, layer_name: str, layer_type: str, why: str = ""):
         self.layer_name = layer_name
         self.layer_type = layer_type
-        from deploykit.layers import SUPPORT  # the table names what is supported
-
         detail = f": {why}" if why else ""
-        known = ", ".join(name for name, entry in SUPPORT.items() if not entry.needs_unsafe)
-        super().__init__(f"unsupported layer {layer_name!r} of type {layer_type}{detail}; deploykit handles dense networks ({known})")
+        super().__init__(f"unsupported layer {layer_name!r} of type {layer_type}{detail}")
 
 
 class UnsafeModelError(ModelLoadError):
