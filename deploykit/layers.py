@@ -127,13 +127,13 @@ SUPPORT: dict[str, LayerSupport] = {
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None),
 }
 
-# Keras spells some classes twice (MaxPool2D is MaxPooling2D).
-for _alias, _name in {"MaxPool1D": "MaxPooling1D", "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D",
-                      "AvgPool2D": "AveragePooling2D", "GlobalMaxPool1D": "GlobalMaxPooling1D",
-                      "GlobalMaxPool2D": "GlobalMaxPooling2D", "GlobalAvgPool1D": "GlobalAveragePooling1D",
-                      "GlobalAvgPool2D": "GlobalAveragePooling2D", "Convolution1D": "Conv1D",
-                      "Convolution2D": "Conv2D", "SeparableConvolution2D": "SeparableConv2D"}.items():
-    SUPPORT[_alias] = SUPPORT[_name]
+#: Keras spells some classes twice (MaxPool2D is MaxPooling2D): alias -> table name.
+ALIASES = {"MaxPool1D": "MaxPooling1D", "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D",
+           "AvgPool2D": "AveragePooling2D", "GlobalMaxPool1D": "GlobalMaxPooling1D",
+           "GlobalMaxPool2D": "GlobalMaxPooling2D", "GlobalAvgPool1D": "GlobalAveragePooling1D",
+           "GlobalAvgPool2D": "GlobalAveragePooling2D", "Convolution1D": "Conv1D",
+           "Convolution2D": "Conv2D", "SeparableConvolution2D": "SeparableConv2D"}
+SUPPORT.update({alias: SUPPORT[name] for alias, name in ALIASES.items()})
 
 #: A built-in Keras layer outside the table: exported by the converters, skipped by the other steps.
 UNKNOWN = LayerSupport(Role.OTHER, channel_axis=None)

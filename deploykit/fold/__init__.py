@@ -63,9 +63,13 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
 
 def _probe_inputs(graph: Graph) -> tuple[np.ndarray, str]:
     """Standard-normal inputs, on the raw scale when the model starts with an input standardization."""
-    z = np.random.default_rng(0).standard_normal((PROBE_SAMPLES, *graph.input_shape))
-    text = "standard-normal inputs"
+    rng = np.random.default_rng(0)
     node = graph.consumers(next(iter(graph.inputs)))
+    if any(n.spec.support.role is Role.EMBEDDING for n in node):
+        vocabulary = min(int(n.spec.config["input_dim"]) for n in node if n.spec.support.role is Role.EMBEDDING)
+        return rng.integers(0, vocabulary, (PROBE_SAMPLES, *graph.input_shape)).astype(np.float32), "random token ids"
+    z = rng.standard_normal((PROBE_SAMPLES, *graph.input_shape))
+    text = "standard-normal inputs"
     while len(node) == 1:
         spec = node[0].spec
         if spec.support.role is Role.NORMALIZATION:

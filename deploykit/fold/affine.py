@@ -190,5 +190,5 @@ def fold_forward(affine: Affine, target: LayerSpec) -> None:
         raise NotFoldable(f"{target.class_name} {target.name!r} pads with zeros ({target.config.get('padding')!r} "
                           "padding): a shifted input is not exact there")
     kernel_in = kernel * s[:, None]  # the input-channel axis is second to last
-    extra = np.einsum("...io,i->o", kernel, t)
+    extra = np.einsum("kio,i->o", kernel.reshape(-1, *kernel.shape[-2:]), t)  # t times every tap
     _set_kernel(target, kernel_in, bias + extra, k)

@@ -127,8 +127,11 @@ def _walk_forward(graph: Graph, start: Node, through_dropout: bool):
             except NotFoldable as exc:
                 return group, through, None, f"cannot go into {_describe(node.spec)}: {exc}"
             return group, through, (node, before), ""
-        else:
+        elif support.role in (Role.ACTIVATION, Role.DENSE, Role.CONV):
             return group, through, None, f"followed by {_describe(node.spec)}, which is not linear, before any Dense or Conv"
+        else:
+            return group, through, None, (f"followed by {_describe(node.spec)}, which a per-channel map does not pass "
+                                          "exactly, before any Dense or Conv")
         current = node
 
 
