@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploykit.errors import UnsupportedLayerError
+from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.graph import Graph, LayerSpec, Node, graph_from_model, to_keras
 
 __all__ = ["Chain", "LayerSpec", "to_chain", "from_chain", "chain_of", "graph_of"]
+
+
+class NotSinglePathError(UnsupportedLayerError):
+    """A step that needs a single path met a branching model (the pipeline skips the step with this message)."""
+
+    def __init__(self, model_name: str):
+        self.layer_name, self.layer_type = model_name, "model"
+        ModelLoadError.__init__(self, f"model {model_name!r} branches or has several inputs/outputs; "
+                                      "this step handles single-path models only")
 
 
 @dataclass
@@ -29,8 +38,7 @@ def chain_of(graph: Graph) -> Chain:
     """The chain view of a graph that is a single path; :class:`UnsupportedLayerError` otherwise."""
     nodes = graph.path()
     if nodes is None:
-        raise UnsupportedLayerError(graph.name, "model", "the model branches or has several inputs/outputs; "
-                                    "this step handles single-path models only")
+        raise NotSinglePathError(graph.name)
     return Chain(tuple(graph.input_shape), [n.spec for n in nodes], name=graph.name)
 
 

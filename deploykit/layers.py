@@ -94,8 +94,9 @@ SUPPORT: dict[str, LayerSupport] = {
     "Dense": _entry(Role.DENSE, prunable=True, absorbs=Absorb.BOTH, compactable=True),
     "Conv1D": _CONV,
     "Conv2D": _CONV,
-    "DepthwiseConv2D": _entry(Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS),
-    "SeparableConv2D": _entry(Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS),
+    # TF-MOT prunes their depthwise / pointwise kernels, but deploykit's sparsity steps measure `kernel` only.
+    "DepthwiseConv2D": _entry(Role.CONV, absorbs=Absorb.OUTPUTS),
+    "SeparableConv2D": _entry(Role.CONV, absorbs=Absorb.OUTPUTS),
     "BatchNormalization": _entry(Role.BATCHNORM, folds_away=True),
     "Normalization": _entry(Role.NORMALIZATION, folds_away=True),
     "Rescaling": _entry(Role.RESCALING, folds_away=True),
