@@ -1,37 +1,28 @@
-"""Dense networks as a chain of layer specs, and back.
+"""The single-path view of a model graph (:mod:`deploykit.graph`): one input, then a list of layer specs.
 
-deploykit's steps (fold, compact, the Keras 3 import, the MC Dropout builder)
-read a model as a flat list of :class:`LayerSpec` (class name, config,
-weights), change the list, and rebuild a fresh tf_keras ``Sequential``. The
-input model is never mutated.
+Kept for the steps that only make sense on a path (compact of Dense units,
+the sparsity tuning's Dense list); :func:`to_chain` refuses a branching model
+with :class:`UnsupportedLayerError` saying so, which the pipeline turns into a
+skipped step.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
+from deploykit.errors import ModelLoadError, UnsupportedLayerError
+from deploykit.graph import Graph, LayerSpec, Node, graph_from_model, to_keras
 
-from deploykit.errors import UnsupportedLayerError
-from deploykit.layers import LayerSupport, support_for
+__all__ = ["Chain", "LayerSpec", "to_chain", "from_chain", "chain_of", "graph_of"]
 
 
-@dataclass
-class LayerSpec:
-    """One layer: its Keras class name, its config and its weights (copies)."""
+class NotSinglePathError(UnsupportedLayerError):
+    """A step that needs a single path met a branching model (the pipeline skips the step with this message)."""
 
-    class_name: str
-    config: dict
-    weights: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.config.get("name", self.class_name))
-
-    @property
-    def support(self) -> LayerSupport:
-        return support_for({"class_name": self.class_name, "config": self.config}, unsafe=True)
+    def __init__(self, model_name: str):
+        self.layer_name, self.layer_type = model_name, "model"
+        ModelLoadError.__init__(self, f"model {model_name!r} branches or has several inputs/outputs; "
+                                      "this step handles single-path models only")
 
 
 @dataclass
@@ -43,57 +34,28 @@ class Chain:
     name: str = "deploykit_model"
 
 
+def chain_of(graph: Graph) -> Chain:
+    """The chain view of a graph that is a single path; :class:`UnsupportedLayerError` otherwise."""
+    nodes = graph.path()
+    if nodes is None:
+        raise NotSinglePathError(graph.name)
+    return Chain(tuple(graph.input_shape), [n.spec for n in nodes], name=graph.name)
+
+
+def graph_of(chain: Chain, input_name: str = "input") -> Graph:
+    """The graph of a chain (shapes unknown)."""
+    nodes, previous = [], input_name
+    for spec in chain.layers:
+        nodes.append(Node(spec, [previous]))
+        previous = spec.name
+    return Graph({input_name: tuple(chain.input_shape)}, nodes, [previous], chain.name)
+
+
 def to_chain(model, *, unsafe: bool = False) -> Chain:
-    """Read a tf_keras model (Sequential, or a functional model that is a plain chain)."""
-    layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
-    for layer in layers:
-        support_for(layer, unsafe=unsafe)
-        inbound = getattr(layer, "_inbound_nodes", [])
-        if len(inbound) > 1:
-            raise UnsupportedLayerError(layer.name, type(layer).__name__, "layer is shared or reused; only plain chains are supported")
-    _check_is_chain(model)
-    if any(d is None for d in model.input_shape[1:]):
-        raise UnsupportedLayerError(model.name, type(model).__name__, f"input shape {model.input_shape} has undefined dimensions besides the batch")
-    input_shape = tuple(int(d) for d in model.input_shape[1:])
-    specs = [LayerSpec(type(l).__name__, copy.deepcopy(l.get_config()), [np.array(w) for w in l.get_weights()]) for l in layers]
-    return Chain(input_shape, specs, name=model.name)
+    """Read a tf_keras model that is a single path (Sequential, or a functional plain chain)."""
+    return chain_of(graph_from_model(model, unsafe=unsafe))
 
 
 def from_chain(chain: Chain):
     """Build a fresh tf_keras Sequential from a chain, with its weights set."""
-    from deploykit.backend import keras
-
-    model = keras.Sequential(name=chain.name)
-    model.add(keras.Input(shape=chain.input_shape))
-    for spec in chain.layers:
-        cls = _layer_class(keras, spec.class_name)
-        config = dict(spec.config)
-        config.pop("batch_input_shape", None)
-        config.pop("input_shape", None)
-        layer = cls.from_config(config)
-        model.add(layer)
-        if spec.weights:
-            layer.set_weights(spec.weights)
-    return model
-
-
-def _layer_class(keras, class_name: str):
-    cls = getattr(keras.layers, class_name, None)
-    if cls is None:
-        raise UnsupportedLayerError(class_name, class_name, "no tf_keras layer of that name")
-    return cls
-
-
-def _check_is_chain(model) -> None:
-    if type(model).__name__ == "Sequential":
-        return
-    # A functional model: each layer must feed exactly the next one.
-    inputs = getattr(model, "inputs", None) or []
-    outputs = getattr(model, "outputs", None) or []
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise UnsupportedLayerError(model.name, type(model).__name__, "only single-input, single-output chains are supported")
-    for layer in model.layers:
-        for node in getattr(layer, "_inbound_nodes", []):
-            parents = node.inbound_layers
-            if isinstance(parents, (list, tuple)) and len(parents) > 1:
-                raise UnsupportedLayerError(layer.name, type(layer).__name__, "layer has several inputs; only plain chains are supported")
+    return to_keras(graph_of(chain))

@@ -40,15 +40,11 @@ class ModelLoadError(DeployKitError):
 class UnsupportedLayerError(ModelLoadError):
     """The model holds a layer deploykit does not handle (Conv2D, LSTM, ...)."""
 
-    #: What deploykit handles, named in every message. deploykit.layers fills it in from its
-    #: table, so this module imports nothing of deploykit's (no import cycle).
-    supported = "dense networks"
-
     def __init__(self, layer_name: str, layer_type: str, why: str = ""):
         self.layer_name = layer_name
         self.layer_type = layer_type
         detail = f": {why}" if why else ""
-        super().__init__(f"unsupported layer {layer_name!r} of type {layer_type}{detail}; deploykit handles {self.supported}")
+        super().__init__(f"unsupported layer {layer_name!r} of type {layer_type}{detail}")
 
 
 class UnsafeModelError(ModelLoadError):

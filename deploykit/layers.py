@@ -1,8 +1,13 @@
 """The per-layer support table: what each layer type is to every deploykit step.
 
 One table instead of ``isinstance`` chains scattered through the steps: the
-fold, sparsity, Keras 3 import, export and MC Dropout code all ask
-:func:`support_for` what a layer is and what may be done with it.
+fold, sparsity, compact, Keras 3 import and MC Dropout code all ask
+:func:`support_for` what a layer is and what may be done with it (one entry
+per Keras class, as tf2onnx and onnxruntime's quantizer register one handler
+per op). A built-in Keras layer the table does not know is not refused: it
+gets :data:`UNKNOWN` (export through the converters works; the steps that
+need to understand the layer skip with a reason). Only custom code (Lambda,
+classes from outside Keras) is refused without ``unsafe``.
 """
 
 from __future__ import annotations
@@ -11,18 +16,44 @@ import enum
 import sys
 from dataclasses import dataclass
 
-from deploykit.errors import UnsafeModelError, UnsupportedLayerError
+from deploykit.errors import UnsafeModelError
 
 
 class Role(enum.Enum):
     INPUT = "input"  # InputLayer: no computation
     RESHAPE = "reshape"  # Flatten, Reshape: moves values, no arithmetic
     DENSE = "dense"  # affine map (+ optional activation): folds into, prunes, compacts
+    CONV = "conv"  # convolution (+ optional activation): folds into, prunes
     BATCHNORM = "batchnorm"  # per-feature affine at inference: folds away
     NORMALIZATION = "normalization"  # input standardization: per-feature affine, folds away
+    RESCALING = "rescaling"  # x * scale + offset (scalars): folds away
     DROPOUT = "dropout"  # identity at inference; active under MC Dropout
     ACTIVATION = "activation"  # element-wise non-linearity
-    OPAQUE = "opaque"  # arbitrary code (Lambda): only with unsafe loading, never folded through
+    POOLING = "pooling"  # average / max over windows or over all positions
+    MERGE = "merge"  # Add, Concatenate, Multiply: several inputs
+    PADDING = "padding"  # ZeroPadding: adds zeros at the borders
+    LAYERNORM = "layernorm"  # per-sample normalization: nothing folds through it
+    EMBEDDING = "embedding"  # integer ids to vectors
+    OTHER = "other"  # a built-in Keras layer outside the table: exported, never folded through or sampled
+    OPAQUE = "opaque"  # arbitrary code (Lambda, custom classes): only with unsafe loading
+
+
+class Absorb(enum.Enum):
+    """Where a per-channel affine (a BatchNorm) can be merged into a layer, exactly."""
+
+    NONE = "none"
+    OUTPUTS = "outputs"  # y = f(x) * s + t: scale the output channels of the kernel, shift the bias
+    BOTH = "both"  # also inputs: x * s + t before the layer (a conv only with valid padding)
+
+
+class Carry(enum.Enum):
+    """How a per-channel affine passes through a layer on its way forward to a kernel."""
+
+    STOP = "stop"
+    IDENTITY = "identity"  # inference identity (dropout)
+    RESHAPE = "reshape"  # the per-element map moves with the values
+    AVERAGE = "average"  # average pooling commutes with a per-channel affine
+    MAX_POSITIVE = "max_positive"  # max pooling commutes when every scale is positive
 
 
 @dataclass(frozen=True)
@@ -31,33 +62,93 @@ class LayerSupport:
 
     role: Role
     prunable: bool = False  # TF-MOT magnitude pruning applies to its kernel
-    folds_away: bool = False  # can be folded into a neighbouring Dense
-    identity_at_inference: bool = False  # a fold may pass through it
-    keras3_import: bool = True  # rebuilt from a Keras 3 file by deploykit.io
+    folds_away: bool = False  # a per-channel affine that can be folded into a neighbouring kernel
+    identity_at_inference: bool = False  # a fold may pass through it unchanged
+    keras3_import: bool = True  # rebuilt from a Keras 3 file by deploykit.keras3
     needs_unsafe: bool = False  # loading it may run arbitrary code
+    channel_axis: int | None = -1  # the axis holding channels (features); None: no channel meaning
+    absorbs: Absorb = Absorb.NONE
+    carries: Carry = Carry.STOP
+    mc: bool = False  # the MC Dropout graph can emit it (see deploykit.uncertainty.mc_graph)
+    sampled: bool = False  # random under MC Dropout
+    compactable: bool = False  # compact may remove its dead output units
 
+    @property
+    def merges(self) -> bool:
+        return self.role is Role.MERGE
+
+
+def _entry(role: Role, **kw) -> LayerSupport:
+    return LayerSupport(role, mc=kw.pop("mc", True), **kw)
+
+
+_ACTIVATION = _entry(Role.ACTIVATION)
+_DROPOUT = _entry(Role.DROPOUT, identity_at_inference=True, carries=Carry.IDENTITY, sampled=True)
+_CONV = _entry(Role.CONV, prunable=True, absorbs=Absorb.BOTH)
+_AVG = _entry(Role.POOLING, carries=Carry.AVERAGE)
+_MAX = _entry(Role.POOLING, carries=Carry.MAX_POSITIVE)
 
 SUPPORT: dict[str, LayerSupport] = {
-    "InputLayer": LayerSupport(Role.INPUT, identity_at_inference=True),
-    "Flatten": LayerSupport(Role.RESHAPE),
-    "Reshape": LayerSupport(Role.RESHAPE),
-    "Dense": LayerSupport(Role.DENSE, prunable=True),
-    "BatchNormalization": LayerSupport(Role.BATCHNORM, folds_away=True),
-    "Normalization": LayerSupport(Role.NORMALIZATION, folds_away=True),
-    "Dropout": LayerSupport(Role.DROPOUT, identity_at_inference=True),
-    "AlphaDropout": LayerSupport(Role.DROPOUT, identity_at_inference=True),
-    "Activation": LayerSupport(Role.ACTIVATION),
-    "LeakyReLU": LayerSupport(Role.ACTIVATION),
-    "PReLU": LayerSupport(Role.ACTIVATION),
-    "ELU": LayerSupport(Role.ACTIVATION),
-    "ReLU": LayerSupport(Role.ACTIVATION),
-    "Softmax": LayerSupport(Role.ACTIVATION),
-    "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True),
+    "InputLayer": _entry(Role.INPUT, identity_at_inference=True, carries=Carry.IDENTITY),
+    "Flatten": _entry(Role.RESHAPE, carries=Carry.RESHAPE),
+    "Reshape": _entry(Role.RESHAPE, carries=Carry.RESHAPE),
+    "Dense": _entry(Role.DENSE, prunable=True, absorbs=Absorb.BOTH, compactable=True),
+    "Conv1D": _CONV,
+    "Conv2D": _CONV,
+    # TF-MOT prunes their depthwise / pointwise kernels, but deploykit's sparsity steps measure `kernel` only.
+    "DepthwiseConv2D": _entry(Role.CONV, absorbs=Absorb.OUTPUTS),
+    "SeparableConv2D": _entry(Role.CONV, absorbs=Absorb.OUTPUTS),
+    "BatchNormalization": _entry(Role.BATCHNORM, folds_away=True),
+    "Normalization": _entry(Role.NORMALIZATION, folds_away=True),
+    "Rescaling": _entry(Role.RESCALING, folds_away=True),
+    "Dropout": _DROPOUT,
+    "AlphaDropout": _DROPOUT,
+    "SpatialDropout1D": _DROPOUT,
+    "SpatialDropout2D": _DROPOUT,
+    "Activation": _ACTIVATION,
+    "LeakyReLU": _ACTIVATION,
+    "PReLU": _ACTIVATION,
+    "ELU": _ACTIVATION,
+    "ReLU": _ACTIVATION,
+    "Softmax": _ACTIVATION,
+    "MaxPooling1D": _MAX,
+    "MaxPooling2D": _MAX,
+    "AveragePooling1D": _AVG,
+    "AveragePooling2D": _AVG,
+    "GlobalMaxPooling1D": _MAX,
+    "GlobalMaxPooling2D": _MAX,
+    "GlobalAveragePooling1D": _AVG,
+    "GlobalAveragePooling2D": _AVG,
+    "Add": _entry(Role.MERGE),
+    "Concatenate": _entry(Role.MERGE),
+    "Multiply": _entry(Role.MERGE),
+    "ZeroPadding1D": _entry(Role.PADDING),
+    "ZeroPadding2D": _entry(Role.PADDING),
+    "LayerNormalization": _entry(Role.LAYERNORM),
+    "Embedding": _entry(Role.EMBEDDING, channel_axis=None),
+    "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None),
 }
+
+#: Keras spells some classes twice (MaxPool2D is MaxPooling2D): alias -> table name.
+ALIASES = {"MaxPool1D": "MaxPooling1D", "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D",
+           "AvgPool2D": "AveragePooling2D", "GlobalMaxPool1D": "GlobalMaxPooling1D",
+           "GlobalMaxPool2D": "GlobalMaxPooling2D", "GlobalAvgPool1D": "GlobalAveragePooling1D",
+           "GlobalAvgPool2D": "GlobalAveragePooling2D", "Convolution1D": "Conv1D",
+           "Convolution2D": "Conv2D", "SeparableConvolution2D": "SeparableConv2D"}
+SUPPORT.update({alias: SUPPORT[name] for alias, name in ALIASES.items()})
+
+#: A built-in Keras layer outside the table: exported by the converters, skipped by the other steps.
+UNKNOWN = LayerSupport(Role.OTHER, channel_axis=None)
+#: Code the table cannot vouch for (a custom class), allowed only with ``unsafe``.
+CUSTOM = LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None)
 
 #: The Keras class names a tf_keras pruning wrapper may hold.
 PRUNABLE = frozenset(name for name, s in SUPPORT.items() if s.prunable)
-UnsupportedLayerError.supported = f"dense networks ({', '.join(n for n, s in SUPPORT.items() if not s.needs_unsafe)})"
+
+#: Activation names (Keras 3 and tf_keras) the MC graph and the fold understand.
+ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh", "softplus", "softsign", "exponential", "selu", "elu",
+                         "softmax", "log_softmax", "hard_sigmoid", "leaky_relu", "relu6", "swish", "silu", "mish",
+                         "gelu", "hard_swish", "hard_silu"})
 
 
 def layer_type(layer: object) -> str:
@@ -82,23 +173,42 @@ def _is_keras_class(cls: type) -> bool:
 def support_for(layer: object, *, unsafe: bool = False) -> LayerSupport:
     """The table entry for ``layer`` (a layer object or a serialized config).
 
-    Raises :class:`UnsupportedLayerError` for a type not in the table, and
-    :class:`UnsafeModelError` for a layer that runs arbitrary code unless
-    ``unsafe`` is true.
+    A built-in Keras layer outside the table gets :data:`UNKNOWN`; code from
+    outside Keras raises :class:`UnsafeModelError` unless ``unsafe`` is true.
     """
     kind = layer_type(layer)
     name = layer.get("config", {}).get("name", kind) if isinstance(layer, dict) else getattr(layer, "name", kind)
     entry = SUPPORT.get(kind)
     if entry is None:
-        raise UnsupportedLayerError(str(name), kind)
+        entry = UNKNOWN if _is_builtin(layer, kind) else CUSTOM
     if entry.needs_unsafe and not unsafe:
+        what = "runs arbitrary code" if kind == "Lambda" else "is custom code, not a Keras layer"
         raise UnsafeModelError(
-            f"layer {name!r} of type {kind} runs arbitrary code; loading it is refused "
+            f"layer {name!r} of type {kind} {what}; loading it is refused "
             "unless you trust the file and pass --unsafe (unsafe=True)"
         )
     return entry
 
 
+def _is_builtin(layer: object, kind: str) -> bool:
+    """A layer class Keras itself ships (Keras 3 configs say their module; tf_keras ones are looked up)."""
+    if not isinstance(layer, dict):
+        module = type(layer).__module__
+        return module.startswith(("tf_keras.", "keras.")) and not module.startswith("keras.src.layers.core.lambda")
+    if "module" in layer:  # Keras 3 config
+        registered = layer.get("registered_name")
+        module = str(layer.get("module") or "")
+        return (module == "keras" or module.startswith("keras.")) and registered in (None, kind)
+    from deploykit.backend import keras
+
+    return isinstance(getattr(keras.layers, kind, None), type)
+
+
 def check_layers(layers, *, unsafe: bool = False) -> list[LayerSupport]:
     """Check every layer (objects or configs) against the table; return their entries."""
     return [support_for(layer, unsafe=unsafe) for layer in layers]
+
+
+def unknown_layers(specs) -> list[str]:
+    """``"name (Class)"`` of each layer spec outside the table, for a step's skip reason."""
+    return [f"{s.name} ({s.class_name})" for s in specs if s.support.role is Role.OTHER]

@@ -371,14 +371,14 @@ def test_folded_model_exports_to_onnx_with_the_same_outputs(folded_digits, digit
 
 
 def test_python_api_bad_input_raises_deploykit_errors():
-    from deploykit.errors import UnsupportedLayerError, UsageError
+    from deploykit.errors import UnsafeModelError, UsageError
     from deploykit.fold import fold_batchnorm
 
     with pytest.raises(UsageError, match="tf_keras model"):
         fold_batchnorm("model.keras")
     L = _layers()
-    with pytest.raises(UnsupportedLayerError, match="Conv1D"):
-        fold_batchnorm(_seq((6, 2), L.Conv1D(2, 3), L.BatchNormalization(), L.Flatten(), L.Dense(3)))
+    with pytest.raises(UnsafeModelError, match="'double'.*Lambda"):
+        fold_batchnorm(_seq((6, 2), L.Lambda(lambda t: t * 2.0, name="double"), L.Flatten(), L.Dense(3)))
 
 
 def test_cli_folds_and_prints_the_table(tmp_path, cli):
@@ -395,7 +395,7 @@ def test_cli_folds_and_prints_the_table(tmp_path, cli):
     assert np.abs(load_model(out)(x, training=False).numpy() - model(x, training=False).numpy()).max() <= TOL
 
 
-@pytest.mark.parametrize("case", ["not_a_model", "unsupported_layer"])
+@pytest.mark.parametrize("case", ["not_a_model", "unsafe_layer"])
 def test_cli_bad_input_one_error_nothing_written(case, tmp_path, cli):
     from deploykit.backend import keras
 
@@ -403,13 +403,13 @@ def test_cli_bad_input_one_error_nothing_written(case, tmp_path, cli):
         src = tmp_path / "model.keras"
         src.write_text("this is not a model")
     else:
-        src = tmp_path / "conv.keras"
-        keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+        src = tmp_path / "lambda.keras"
+        keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 2.0), keras.layers.Flatten(),
                           keras.layers.Dense(3)]).save(src)
     out = tmp_path / "folded.keras"
     run = cli("fold", src, "--out", out)
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert lines[-1].startswith("deploykit fold: error:") and "Traceback" not in run.stderr
-    assert (src.name if case == "not_a_model" else "of type Conv2D") in lines[-1]
+    assert (src.name if case == "not_a_model" else "of type Lambda") in lines[-1]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [src.name]

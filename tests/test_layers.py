@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploykit.errors import UnsafeModelError, UnsupportedLayerError
-from deploykit.layers import PRUNABLE, SUPPORT, Role, check_layers, layer_type, support_for
+from deploykit.errors import UnsafeModelError
+from deploykit.layers import PRUNABLE, SUPPORT, UNKNOWN, Absorb, Carry, Role, check_layers, layer_type, support_for
 
 
 def test_every_table_entry_is_a_tf_keras_layer():
@@ -32,19 +32,35 @@ def test_lookups_for_layer_objects():
 def test_lookups_for_configs():
     assert layer_type({"class_name": "LeakyReLU", "config": {}}) == "LeakyReLU"
     assert support_for({"class_name": "Flatten", "config": {"name": "f"}}).role is Role.RESHAPE
-    assert PRUNABLE == frozenset({"Dense"})
+    assert PRUNABLE == {"Dense", "Conv1D", "Conv2D", "Convolution1D", "Convolution2D"}
 
 
-@pytest.mark.parametrize("layer", [{"class_name": "Conv2D", "config": {"name": "conv_1"}}, "object"])
-def test_unsupported_layer_names_the_layer_and_its_type(layer):
+def test_per_op_entries_say_how_an_affine_is_absorbed_and_carried():
+    assert SUPPORT["Conv2D"].absorbs is Absorb.BOTH and SUPPORT["DepthwiseConv2D"].absorbs is Absorb.OUTPUTS
+    assert SUPPORT["AveragePooling2D"].carries is Carry.AVERAGE
+    assert SUPPORT["GlobalMaxPooling2D"].carries is Carry.MAX_POSITIVE
+    assert SUPPORT["Add"].merges and SUPPORT["Add"].carries is Carry.STOP
+    assert SUPPORT["SpatialDropout2D"].sampled and SUPPORT["Dropout"].sampled
+    assert SUPPORT["Rescaling"].folds_away
+    assert SUPPORT["MaxPool2D"] is SUPPORT["MaxPooling2D"]
+
+
+@pytest.mark.parametrize("layer", [{"class_name": "LSTM", "config": {"name": "rnn_1"}}, "object"])
+def test_a_keras_layer_outside_the_table_is_known_as_other(layer):
     if layer == "object":
         from deploykit.backend import keras
 
-        layer = keras.layers.LSTM(4, name="conv_1")
-    with pytest.raises(UnsupportedLayerError) as info:
-        support_for(layer)
-    assert "'conv_1'" in str(info.value)
-    assert info.value.layer_name == "conv_1" and info.value.layer_type in ("Conv2D", "LSTM")
+        layer = keras.layers.LSTM(4, name="rnn_1")
+    assert support_for(layer) is UNKNOWN and UNKNOWN.role is Role.OTHER and not UNKNOWN.mc
+
+
+def test_custom_classes_need_unsafe():
+    keras3_custom = {"module": None, "class_name": "MyLayer", "registered_name": "Custom>MyLayer", "config": {"name": "mine"}}
+    with pytest.raises(UnsafeModelError, match="'mine'.*custom code"):
+        support_for(keras3_custom)
+    with pytest.raises(UnsafeModelError, match="'mine'"):
+        support_for({"class_name": "NotAKerasLayer", "config": {"name": "mine"}})
+    assert support_for(keras3_custom, unsafe=True).role is Role.OPAQUE
 
 
 def test_lambda_needs_unsafe_and_is_not_importable_from_keras3():
@@ -59,5 +75,5 @@ def test_lambda_needs_unsafe_and_is_not_importable_from_keras3():
 def test_check_layers_checks_them_all():
     ok = [{"class_name": "Dense", "config": {"name": "a"}}, {"class_name": "Dropout", "config": {"name": "b"}}]
     assert [s.role for s in check_layers(ok)] == [Role.DENSE, Role.DROPOUT]
-    with pytest.raises(UnsupportedLayerError, match="'c'"):
-        check_layers([*ok, {"class_name": "Conv1D", "config": {"name": "c"}}])
+    with pytest.raises(UnsafeModelError, match="'c'"):
+        check_layers([*ok, {"class_name": "Lambda", "config": {"name": "c"}}])

@@ -18,6 +18,8 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET):
     import onnx
     import tf2onnx
 
+    import deploykit.export.tf2onnx_ops  # noqa: F401  (registers the handlers tf2onnx lacks: Erfc for GELU)
+
     from deploykit.backend import tf
 
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]

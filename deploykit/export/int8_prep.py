@@ -104,19 +104,18 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
 def prepare_for_int8(model, calibration: np.ndarray) -> tuple[object, Int8Preparation]:
     """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed."""
     from deploykit.backend import keras
-    from deploykit.chain import from_chain, to_chain
     from deploykit.fold import fold_batchnorm
+    from deploykit.graph import graph_from_model, to_keras
     from deploykit.layers import Role
 
     folded, report = fold_batchnorm(model)
-    chain = to_chain(folded)
-    dense = [(spec, layer) for spec, layer in zip(chain.layers, [l for l in folded.layers if type(l).__name__ != "InputLayer"])
-             if spec.support.role is Role.DENSE]
+    graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense kernels are clipped
+    dense = [(node.spec, folded.get_layer(node.name)) for node in graph.nodes if node.spec.support.role is Role.DENSE]
     probe = keras.Model(folded.inputs, [layer.input for _, layer in dense])
     inputs = probe(calibration, training=False)
     inputs = [np.asarray(h, dtype=np.float64) for h in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
     clipped = [_clip_dense(spec, h) for (spec, _), h in zip(dense, inputs)]
-    prepared = from_chain(chain)
+    prepared = to_keras(graph)
     diff = np.abs(np.asarray(prepared(calibration, training=False)) - np.asarray(model(calibration, training=False)))
     folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded]
     return prepared, Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))

@@ -1,20 +1,21 @@
-"""Fold BatchNormalization and input standardization into Dense layers, exactly.
+"""Fold BatchNormalization, input standardization and Rescaling into Dense and convolution layers, exactly.
 
-``fold_batchnorm(model)`` reads the model as a chain, folds every
-BatchNormalization / Normalization it can (see :mod:`deploykit.fold.rules`
-for the placements) in float64, casts the Dense weights back to float32 and
-rebuilds a fresh tf_keras model. The input model is never mutated.
+``fold_batchnorm(model)`` reads the model as a graph, folds every
+BatchNormalization / Normalization / Rescaling it can (see
+:mod:`deploykit.fold.rules` for the placements) in float64, casts the kernels
+back to float32 and rebuilds a fresh tf_keras model. The input model is never
+mutated.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from deploykit.chain import Chain, from_chain, to_chain
 from deploykit.errors import UsageError
 from deploykit.fold.affine import NotFoldable, layer_affine
 from deploykit.fold.report import FoldedLayer, FoldReport, Placement, UnfoldedLayer
-from deploykit.fold.rules import Node, fold_backward_pass, fold_forward_pass
+from deploykit.fold.rules import fold_backward_pass, fold_forward_pass
+from deploykit.graph import Graph, graph_from_model, to_keras
 from deploykit.layers import Role
 
 __all__ = ["fold_batchnorm", "FoldReport", "FoldedLayer", "UnfoldedLayer", "Placement", "PROBE_SAMPLES"]
@@ -40,16 +41,15 @@ def fold_batchnorm(model, *, unsafe: bool = False, through_dropout: bool = True)
     if not is_tf_keras_model(model):
         raise UsageError(f"fold_batchnorm takes a tf_keras model, got {type(model).__name__}; "
                          "load files with deploykit.load_model")
-    chain = to_chain(model, unsafe=unsafe)
-    layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
-    nodes = [Node(spec, tuple(l.input_shape[1:]), tuple(l.output_shape[1:])) for spec, l in zip(chain.layers, layers)]
-    probe, probe_text = _probe_inputs(nodes, chain.input_shape)
-
-    folded = fold_backward_pass(nodes)
-    forward, unfolded = fold_forward_pass(nodes, through_dropout)
-    order = {spec.name: k for k, spec in enumerate(chain.layers)}
+    graph = graph_from_model(model, unsafe=unsafe)
+    if len(graph.inputs) != 1:
+        raise UsageError(f"fold_batchnorm takes a single-input model; {model.name!r} has {len(graph.inputs)} inputs")
+    probe, probe_text = _probe_inputs(graph)
+    order = {node.name: k for k, node in enumerate(graph.nodes)}
+    folded = fold_backward_pass(graph)
+    forward, unfolded = fold_forward_pass(graph, through_dropout)
     folded = sorted(folded + forward, key=lambda f: order[f.name])
-    new_model = from_chain(Chain(chain.input_shape, [n.spec for n in nodes], name=chain.name))
+    new_model = to_keras(graph)
 
     diff = np.abs(_predict(model, probe) - _predict(new_model, probe))
     report = FoldReport(folded, unfolded, int(model.count_params()), int(new_model.count_params()),
@@ -61,19 +61,27 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model(x, training=False), dtype=np.float64)
 
 
-def _probe_inputs(nodes: list[Node], input_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
-    """Standard-normal inputs, on the raw scale when the chain starts with an input standardization."""
-    z = np.random.default_rng(0).standard_normal((PROBE_SAMPLES, *input_shape))
+def _probe_inputs(graph: Graph) -> tuple[np.ndarray, str]:
+    """Standard-normal inputs, on the raw scale when the model starts with an input standardization."""
+    rng = np.random.default_rng(0)
+    node = graph.consumers(next(iter(graph.inputs)))
+    if any(n.spec.support.role is Role.EMBEDDING for n in node):
+        vocabulary = min(int(n.spec.config["input_dim"]) for n in node if n.spec.support.role is Role.EMBEDDING)
+        return rng.integers(0, vocabulary, (PROBE_SAMPLES, *graph.input_shape)).astype(np.float32), "random token ids"
+    z = rng.standard_normal((PROBE_SAMPLES, *graph.input_shape))
     text = "standard-normal inputs"
-    for node in nodes:
-        if node.spec.support.role is Role.NORMALIZATION:
+    while len(node) == 1:
+        spec = node[0].spec
+        if spec.support.role is Role.NORMALIZATION:
+            in_shape = graph.in_shape(node[0])
             try:
-                affine = layer_affine(node.spec, node.in_shape)
+                affine = layer_affine(spec, in_shape)
             except NotFoldable:
                 break
-            z = affine.inverse_apply(z.reshape(PROBE_SAMPLES, *node.in_shape)).reshape(z.shape)
-            text = f"standard-normal inputs mapped to the raw scale of {node.spec.class_name} {node.spec.name!r}"
+            z = affine.inverse_apply(z.reshape(PROBE_SAMPLES, *in_shape)).reshape(z.shape)
+            text = f"standard-normal inputs mapped to the raw scale of {spec.class_name} {spec.name!r}"
             break
-        if not (node.spec.support.identity_at_inference or node.spec.support.role is Role.RESHAPE):
+        if not (spec.support.identity_at_inference or spec.support.role is Role.RESHAPE):
             break
+        node = graph.consumers(node[0].name)
     return z.astype(np.float32), text

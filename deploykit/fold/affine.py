@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.chain import LayerSpec
+from deploykit.graph import LayerSpec
 from deploykit.layers import Role
 
 
@@ -123,35 +123,72 @@ def normalization_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
     return Affine.broadcast(1.0 / std, -mean / std, in_shape)
 
 
+def rescaling_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
+    """Rescaling: ``x * scale + offset`` (scalars, or per-channel lists)."""
+    cfg = spec.config
+    scale = np.asarray(cfg.get("scale", 1.0), np.float32).astype(np.float64)
+    offset = np.asarray(cfg.get("offset", 0.0), np.float32).astype(np.float64)
+    return Affine.broadcast(scale, offset, in_shape)
+
+
 #: How to read the affine map of each role the layer table marks ``folds_away``.
-AFFINE_OF = {Role.BATCHNORM: batchnorm_affine, Role.NORMALIZATION: normalization_affine}
+AFFINE_OF = {Role.BATCHNORM: batchnorm_affine, Role.NORMALIZATION: normalization_affine, Role.RESCALING: rescaling_affine}
 
 
 def layer_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
     return AFFINE_OF[spec.support.role](spec, in_shape)
 
 
-def _dense_parts(dense: LayerSpec) -> tuple[np.ndarray, np.ndarray]:
-    kernel = dense.weights[0].astype(np.float64)
-    bias = dense.weights[1].astype(np.float64) if dense.config.get("use_bias", True) else np.zeros(kernel.shape[1])
-    return kernel, bias
+def _kernel_parts(spec: LayerSpec) -> tuple[np.ndarray, np.ndarray, int]:
+    """(kernel, bias, index of the kernel in the weights) in float64; a zero bias when the layer has none."""
+    k = 1 if spec.class_name == "SeparableConv2D" else 0  # the pointwise kernel makes the output channels
+    kernel = spec.weights[k].astype(np.float64)
+    units = kernel.shape[-2] * kernel.shape[-1] if spec.class_name == "DepthwiseConv2D" else kernel.shape[-1]
+    has_bias = spec.config.get("use_bias", True)
+    bias = spec.weights[k + 1].astype(np.float64) if has_bias else np.zeros(units)
+    return kernel, bias, k
 
 
-def _set_dense(dense: LayerSpec, kernel: np.ndarray, bias: np.ndarray) -> None:
-    dtype = dense.weights[0].dtype
-    dense.config["use_bias"] = True
-    dense.weights = [kernel.astype(dtype), bias.astype(dtype)]
+def _set_kernel(spec: LayerSpec, kernel: np.ndarray, bias: np.ndarray, k: int) -> None:
+    dtype = spec.weights[k].dtype
+    spec.weights = [*spec.weights[:k], kernel.astype(dtype), bias.astype(dtype)]
+    spec.config["use_bias"] = True
 
 
-def fold_backward(dense: LayerSpec, affine: Affine) -> None:
-    """Fold a map on the Dense's output into it: ``W' = W * s``, ``b' = b * s + t`` (adds a bias if absent)."""
-    s, t = affine.last_axis(f"Dense {dense.name!r}")
-    kernel, bias = _dense_parts(dense)
-    _set_dense(dense, kernel * s[None, :], bias * s + t)
+def _channels_last(spec: LayerSpec) -> None:
+    if spec.config.get("data_format", "channels_last") not in (None, "channels_last"):
+        raise NotFoldable(f"{spec.class_name} {spec.name!r} is channels_first")
+    if int(spec.config.get("groups", 1) or 1) != 1:
+        raise NotFoldable(f"{spec.class_name} {spec.name!r} is a grouped convolution")
 
 
-def fold_forward(affine: Affine, dense: LayerSpec) -> None:
-    """Fold a map on the Dense's input into it: ``W'' = diag(s) W``, ``b'' = b + t W``."""
-    s, t = affine.last_axis(f"Dense {dense.name!r}")
-    kernel, bias = _dense_parts(dense)
-    _set_dense(dense, s[:, None] * kernel, bias + t @ kernel)
+def fold_backward(target: LayerSpec, affine: Affine) -> None:
+    """Fold a map on a kernel layer's output channels into it: ``W' = W * s`` per output channel, ``b' = b * s + t``."""
+    s, t = affine.last_axis(f"{target.class_name} {target.name!r}")
+    _channels_last(target)
+    kernel, bias, k = _kernel_parts(target)
+    if target.class_name == "DepthwiseConv2D":  # output channel c * multiplier + m
+        scaled = (kernel.reshape(*kernel.shape[:2], -1) * s).reshape(kernel.shape)
+    else:
+        scaled = kernel * s
+    _set_kernel(target, scaled, bias * s + t, k)
+
+
+def fold_forward(affine: Affine, target: LayerSpec) -> None:
+    """Fold a map on a Dense / Conv's input channels into it: ``W'' = diag(s) W``, ``b'' = b + t W``.
+
+    Exact for a convolution only when no zero padding meets the shift (valid
+    padding, or a map without shift): a padded zero would become ``t`` in the
+    original but stays zero in the folded layer.
+    """
+    s, t = affine.last_axis(f"{target.class_name} {target.name!r}")
+    _channels_last(target)
+    kernel, bias, k = _kernel_parts(target)
+    if target.class_name not in ("Dense", "Conv1D", "Conv2D"):
+        raise NotFoldable(f"{target.class_name} {target.name!r} does not take a map on its inputs")
+    if target.class_name != "Dense" and target.config.get("padding", "valid") != "valid" and np.any(t != 0):
+        raise NotFoldable(f"{target.class_name} {target.name!r} pads with zeros ({target.config.get('padding')!r} "
+                          "padding): a shifted input is not exact there")
+    kernel_in = kernel * s[:, None]  # the input-channel axis is second to last
+    extra = np.einsum("kio,i->o", kernel.reshape(-1, *kernel.shape[-2:]), t)  # t times every tap
+    _set_kernel(target, kernel_in, bias + extra, k)

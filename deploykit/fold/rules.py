@@ -1,121 +1,112 @@
-"""Which placement folds where, asked of the layer table (``deploykit.layers``).
+"""Which placement folds where, asked of the layer table (``deploykit.layers``), as local graph rewrites.
 
-Two passes over the chain:
+Two passes over the graph (:mod:`deploykit.graph`):
 
-1. backward: a foldable layer right after a linear Dense goes into that Dense;
+1. backward: a foldable layer (BatchNorm, Normalization, Rescaling) whose
+   producer is a linear Dense / Conv / DepthwiseConv / SeparableConv read by
+   nothing else goes into that producer's output channels;
 2. forward: the remaining foldable layers (several in a row compose) go into
-   the next Dense, passing Dropout/AlphaDropout (identity at inference) and
-   Flatten/Reshape (the per-element map is carried along). Anything else on
-   the way (an activation, the end of the chain) stops the fold: the layer
-   stays and the report says why.
+   the inputs of the next Dense, or Conv where exact (valid padding, or no
+   shift), carried through what the table says commutes with a per-channel
+   map: dropout (identity), Flatten/Reshape (values move), average pooling
+   (always), max pooling (when every scale is positive). Anything else on
+   the way, or a fork (an output read by several layers), stops the fold:
+   the layer stays and the report says why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
 
-from deploykit.chain import LayerSpec
 from deploykit.fold.affine import Affine, NotFoldable, fold_backward, fold_forward, layer_affine
 from deploykit.fold.report import FoldedLayer, Placement, UnfoldedLayer
-from deploykit.layers import Role
-
-
-@dataclass(eq=False)
-class Node:
-    """A chain layer with its per-sample input and output shapes."""
-
-    spec: LayerSpec
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-    @property
-    def folds_away(self) -> bool:
-        return self.spec.support.folds_away
+from deploykit.graph import Graph, LayerSpec, Node
+from deploykit.layers import Absorb, Carry, Role
 
 
 def n_params(spec: LayerSpec) -> int:
     return int(sum(w.size for w in spec.weights))
 
 
-def _is_linear_dense(spec: LayerSpec) -> bool:
-    return spec.support.role is Role.DENSE and spec.config.get("activation") in ("linear", None)
+def _is_linear(spec: LayerSpec) -> bool:
+    return spec.config.get("activation") in ("linear", None)
 
 
 def _describe(spec: LayerSpec) -> str:
     return f"{spec.class_name} {spec.name!r}"
 
 
-def fold_backward_pass(nodes: list[Node]) -> list[FoldedLayer]:
-    """Fold each foldable layer that directly follows a linear Dense into it (``nodes`` is edited)."""
+def fold_backward_pass(graph: Graph) -> list[FoldedLayer]:
+    """Fold each foldable layer into the linear kernel layer right before it (``graph`` is edited)."""
     folded = []
-    i = 1
-    while i < len(nodes):
-        node, dense = nodes[i], nodes[i - 1]
-        if node.folds_away and _is_linear_dense(dense.spec):
-            before = n_params(dense.spec)
-            try:
-                affine = layer_affine(node.spec, node.in_shape)
-                fold_backward(dense.spec, affine)
-            except NotFoldable:
-                i += 1  # the forward pass may still fold it, or says why not
-                continue
-            folded.append(FoldedLayer(node.spec.name, node.spec.class_name, Placement.BACKWARD, dense.spec.name, [],
-                                      n_params(node.spec), before, n_params(dense.spec), affine.max_scale))
-            del nodes[i]
+    for node in list(graph.nodes):
+        if not node.spec.support.folds_away or node.inputs[0] in graph.inputs:
             continue
-        i += 1
+        producer = graph.node(node.inputs[0])
+        if producer.spec.support.absorbs is Absorb.NONE or not _is_linear(producer.spec) or graph.fan_out(producer.name) != 1:
+            continue
+        before = n_params(producer.spec)
+        try:
+            affine = layer_affine(node.spec, graph.in_shape(node))
+            fold_backward(producer.spec, affine)
+        except NotFoldable:
+            continue  # the forward pass may still fold it, or says why not
+        folded.append(FoldedLayer(node.name, node.spec.class_name, Placement.BACKWARD, producer.name, [],
+                                  n_params(node.spec), before, n_params(producer.spec), affine.max_scale))
+        graph.bypass(node.name)
     return folded
 
 
-def fold_forward_pass(nodes: list[Node], through_dropout: bool = True) -> tuple[list[FoldedLayer], list[UnfoldedLayer]]:
-    """Fold the remaining foldable layers into the next Dense (``nodes`` is edited).
+def fold_forward_pass(graph: Graph, through_dropout: bool = True) -> tuple[list[FoldedLayer], list[UnfoldedLayer]]:
+    """Fold the remaining foldable layers into the next Dense / Conv (``graph`` is edited).
 
-    With ``through_dropout=False`` a fold stops at Dropout/AlphaDropout: exact at
+    With ``through_dropout=False`` a fold stops at dropout layers: exact at
     inference either way, but under MC Dropout sampling a BatchNorm shift folded
     past a Dropout is no longer dropped with its unit.
     """
-    folded, unfolded = [], []
-    i = 0
-    while i < len(nodes):
-        if not nodes[i].folds_away:
-            i += 1
+    folded, unfolded, done = [], [], set()
+    for node in list(graph.nodes):
+        if not node.spec.support.folds_away or node.name in done:
             continue
-        group, through, dense, reason = _walk_forward(nodes, i, through_dropout)
-        if dense is None:
-            unfolded += [UnfoldedLayer(g.spec.name, g.spec.class_name, reason) for g, _ in group]
-            i += len(group) + len(through)
+        group, through, target, reason = _walk_forward(graph, node, through_dropout)
+        done.update(g.name for g, _ in group)
+        if target is None:
+            unfolded += [UnfoldedLayer(g.name, g.spec.class_name, reason) for g, _ in group]
             continue
-        folded += [FoldedLayer(g.spec.name, g.spec.class_name, Placement.FORWARD, dense.node.spec.name, through,
-                               n_params(g.spec), dense.before, dense.after, own.max_scale) for g, own in group]
+        node_t, before = target
+        folded += [FoldedLayer(g.name, g.spec.class_name, Placement.FORWARD, node_t.name, through, n_params(g.spec),
+                               before, n_params(node_t.spec), own.max_scale) for g, own in group]
         for g, _ in group:
-            nodes.remove(g)
-        i = nodes.index(dense.node) + 1
+            graph.bypass(g.name)
     return folded, unfolded
 
 
-@dataclass
-class _Target:
-    node: Node
-    before: int  # the Dense's parameters before and after the fold
-    after: int
+def _walk_forward(graph: Graph, start: Node, through_dropout: bool):
+    """From a foldable node, compose foldable layers until a kernel takes them or something stops them.
 
-
-def _walk_forward(nodes: list[Node], i: int, through_dropout: bool = True) -> tuple[list[tuple[Node, Affine | None]], list[str], _Target | None, str]:
-    """From the foldable ``nodes[i]``, compose foldable layers until a Dense takes them or something stops them.
-
-    Returns the composed layers (each with its own map), the layers passed
-    through, the Dense (None if the fold stopped) and the reason it stopped.
+    Returns the composed nodes (each with its own map), the layers passed
+    through, ``(target, its params before)`` (None if the fold stopped) and the
+    reason it stopped.
     """
     try:
-        affine = layer_affine(nodes[i].spec, nodes[i].in_shape)
+        affine = layer_affine(start.spec, graph.in_shape(start))
     except NotFoldable as exc:
-        return [(nodes[i], None)], [], None, str(exc)
-    group, through = [(nodes[i], affine)], []
-    for node in nodes[i + 1:]:
+        return [(start, None)], [], None, str(exc)
+    group, through, current = [(start, affine)], [], start
+    while True:
+        readers = graph.consumers(current.name)
+        if not readers:
+            return group, through, None, "no Dense follows it"
+        if graph.fan_out(current.name) != 1:
+            return group, through, None, (f"the output of {_describe(current.spec)} feeds {graph.fan_out(current.name)} "
+                                          "layers (a fork): folding into one branch would change the others")
+        node = readers[0]
         support = node.spec.support
-        if node.folds_away:
+        if len(node.inputs) != 1:
+            return group, through, None, f"followed by {_describe(node.spec)}, which merges several inputs"
+        if support.folds_away:
             try:
-                own = layer_affine(node.spec, node.in_shape)
+                own = layer_affine(node.spec, graph.in_shape(node))
             except NotFoldable:
                 return group, through, None, f"followed by {_describe(node.spec)}, which cannot be folded"
             affine = affine.then(own)
@@ -123,18 +114,34 @@ def _walk_forward(nodes: list[Node], i: int, through_dropout: bool = True) -> tu
         elif support.role is Role.DROPOUT and not through_dropout:
             return group, through, None, (f"followed by {_describe(node.spec)}; folding through it would change "
                                           "MC Dropout sampling (through_dropout=False)")
-        elif support.identity_at_inference:
-            through.append(node.spec.name)
-        elif support.role is Role.RESHAPE:
-            affine = affine.reshaped(node.out_shape)
-            through.append(node.spec.name)
-        elif support.role is Role.DENSE:
+        elif support.carries is not Carry.STOP:
+            try:
+                affine = _carry(affine, support.carries, node)
+            except NotFoldable as exc:
+                return group, through, None, f"cannot pass {_describe(node.spec)}: {exc}"
+            through.append(node.name)
+        elif support.absorbs is Absorb.BOTH:
             before = n_params(node.spec)
             try:
                 fold_forward(affine, node.spec)
             except NotFoldable as exc:
                 return group, through, None, f"cannot go into {_describe(node.spec)}: {exc}"
-            return group, through, _Target(node, before, n_params(node.spec)), ""
+            return group, through, (node, before), ""
+        elif support.role in (Role.ACTIVATION, Role.DENSE, Role.CONV):
+            return group, through, None, f"followed by {_describe(node.spec)}, which is not linear, before any Dense or Conv"
         else:
-            return group, through, None, f"followed by {_describe(node.spec)}, which is not linear, before any Dense"
-    return group, through, None, "no Dense follows it"
+            return group, through, None, (f"followed by {_describe(node.spec)}, which a per-channel map does not pass "
+                                          "exactly, before any Dense or Conv")
+        current = node
+
+
+def _carry(affine: Affine, carry: Carry, node: Node) -> Affine:
+    """The map after ``node`` (whose output shape is ``node.shape``), per the table's rule for it."""
+    if carry is Carry.IDENTITY:
+        return affine
+    if carry is Carry.RESHAPE:
+        return affine.reshaped(node.shape)
+    s, t = affine.last_axis(_describe(node.spec))  # pooling acts per channel
+    if carry is Carry.MAX_POSITIVE and not np.all(s > 0):
+        raise NotFoldable("max pooling commutes with the map only when every scale is positive")
+    return Affine.broadcast(s, t, node.shape)

@@ -111,11 +111,11 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
 
 def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say) -> OptimizeResult:
     from deploykit._version import __version__
-    from deploykit.chain import from_chain, to_chain
+    from deploykit.graph import copy_model
     from deploykit.io import save_model
 
     start = time.perf_counter()
-    original = from_chain(to_chain(model))  # a fresh copy: nothing a step does can reach the caller's model
+    original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model(original, staging / ORIGINAL_FILE)
     figures = model_figures(original, data)
     ctx = Context(data, config, staging, say, original, figures, figures)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.data import Dataset
-from deploykit.errors import StepError, UsageError
+from deploykit.errors import StepError, UnsupportedLayerError, UsageError
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Quantization
 from deploykit.pipeline.config import OptimizeConfig, SparsityMethod
@@ -257,14 +257,14 @@ def mc_step(model, ctx: Context):
     step = ctx.config.mc
     if not step.enabled:
         return model, _off("mc dropout")
-    from deploykit.chain import to_chain
     from deploykit.export.artifact import file_sizes
+    from deploykit.graph import graph_from_model
     from deploykit.sparsity.tuning import outputs
     from deploykit.uncertainty import UncertaintyPredictor, compare, export_mc_onnx
     from deploykit.uncertainty.mc_graph import check_has_dropout
 
     try:
-        check_has_dropout(to_chain(model))
+        check_has_dropout(graph_from_model(model))
     except UsageError as exc:
         return model, StepRecord("mc dropout", Status.SKIPPED, str(exc))
     path = ctx.folder / MC_FILE
@@ -324,7 +324,10 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
 def timed(step: Step, model, ctx: Context) -> tuple[Any, StepRecord]:
     """Run one step; time it and measure the model before and after when it changed the model."""
     start = time.perf_counter()
-    result, record = step.run(model, ctx)
+    try:
+        result, record = step.run(model, ctx)
+    except UnsupportedLayerError as exc:  # the step cannot apply to this model's layers: skip it, the run goes on
+        result, record = model, StepRecord(step.name, Status.SKIPPED, str(exc))
     record.seconds = round(time.perf_counter() - start, 2)
     if record.status is Status.DONE and result is not model:
         record.before = ctx.figures

@@ -145,9 +145,9 @@ class SparsityReport(Record):
 
 def dense_layers(model) -> list:
     """The model's Dense layers, in order."""
-    from deploykit.layers import Role, support_for
+    from deploykit.layers import support_for
 
-    return [l for l in model.layers if type(l).__name__ != "InputLayer" and support_for(l, unsafe=True).role is Role.DENSE]
+    return [l for l in model.layers if type(l).__name__ != "InputLayer" and support_for(l, unsafe=True).prunable]
 
 
 def kernel_sparsity(model, targets: dict[str, float | None]) -> list[LayerSparsity]:

@@ -13,15 +13,14 @@ from deploykit.sparsity.report import SparsityReport, model_sparsity, saved_size
 def check_inputs(model, data, step: str) -> list[str]:
     """Refuse what the step cannot use; return the names of the model's Dense layers."""
     from deploykit.backend import is_tf_keras_model
-    from deploykit.chain import to_chain
-    from deploykit.layers import Role
+    from deploykit.graph import graph_from_model
 
     if not is_tf_keras_model(model):
         raise UsageError(f"{step}: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}")
-    chain = to_chain(model)
-    dense = [spec.name for spec in chain.layers if spec.support.role is Role.DENSE]
+    specs = [node.spec for node in graph_from_model(model).nodes]
+    dense = [spec.name for spec in specs if spec.support.prunable]  # the layer table says which kernels TF-MOT prunes
     if not dense:
-        kinds = ", ".join(spec.class_name for spec in chain.layers) or "none"
+        kinds = ", ".join(spec.class_name for spec in specs) or "none"
         raise StepError(f"{step}: model {model.name!r} has no Dense layer (its layers: {kinds})")
     if data is not None:
         data.check_model(model)

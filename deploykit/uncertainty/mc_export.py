@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploykit.atomic import atomic_path
-from deploykit.chain import to_chain
+from deploykit.graph import graph_from_model
 from deploykit.errors import UsageError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.export.metadata import KIND_MC_DROPOUT, ModelMetadata, write_metadata
@@ -36,7 +36,7 @@ class MCExportRecord(Record):
     input_shape: list[int]
     num_classes: int
     dropout_layers: list[str]  # "name (Class, rate)"
-    layers_run_once: int  # layers before the first dropout: evaluated once, not T times
+    layers_run_once: int  # layers with no dropout upstream: evaluated once, not T times
     quantization: str
     size_bytes: int
     opset: int = DEFAULT_OPSET
@@ -70,16 +70,16 @@ def export_mc_onnx(
     config = MCConfig(samples=samples, max_samples=max_samples, seed=seed, include_samples=include_samples)
     if quantization not in QUANTIZATIONS:
         raise UsageError(f"quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, got {quantization!r}")
-    chain = to_chain(model)
-    check_has_dropout(chain)
-    proto = build_mc_graph(chain, config, opset=opset)
+    graph = graph_from_model(model)
+    check_has_dropout(graph)
+    proto = build_mc_graph(graph, config, opset=opset)
     num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise UsageError(f"{len(names)} class names given, but the model has {num_classes} classes")
     base = metadata or ModelMetadata()
     meta = replace(
-        base, kind=KIND_MC_DROPOUT, class_names=names, input_shape=list(chain.input_shape),
+        base, kind=KIND_MC_DROPOUT, class_names=names, input_shape=list(graph.input_shape),
         default_samples=config.samples, max_samples=config.max_samples,
         steps=[*base.steps, f"mc_dropout(samples={config.samples})", *([quantization] if quantization else [])],
         quantization=quantization or base.quantization,
@@ -91,11 +91,11 @@ def export_mc_onnx(
     with atomic_path(path) as tmp:
         write_metadata(proto, meta)
         onnx.save(proto, str(tmp))
-    drops = dropout_layers(chain)
+    drops = dropout_layers(graph)
     return MCExportRecord(
-        path=path, config=config, input_shape=list(chain.input_shape), num_classes=num_classes,
+        path=path, config=config, input_shape=list(graph.input_shape), num_classes=num_classes,
         dropout_layers=[f"{s.name} ({s.class_name}, {float(s.config.get('rate', 0.0)):g})" for s in drops],
-        layers_run_once=first_dropout_index(chain), quantization=quantization or "none", size_bytes=path.stat().st_size,
+        layers_run_once=first_dropout_index(graph), quantization=quantization or "none", size_bytes=path.stat().st_size,
         opset=opset, metadata=meta,
     )
 

@@ -49,7 +49,7 @@ def test_fixed_seed_repeats_per_session(digits, mc_bn_model):
 
 def test_samples_input_is_optional_and_clamped(digits, mc_model_path):
     sess = session(mc_model_path)
-    assert [i.name for i in sess.get_overridable_initializers()] == ["samples"]
+    assert [i.name for i in sess.get_inputs()] == ["input", "samples"] and not sess.get_overridable_initializers()
     x = digits.x_test[:3]
     assert run(sess, x)["sample_probabilities"].shape == (20, 3, 10)  # the export's default
     assert run(sess, x, samples=7)["sample_probabilities"].shape == (7, 3, 10)
@@ -148,3 +148,81 @@ def test_activation_layers_match_keras(digits):
     x = digits.x_test[:32].reshape(-1, 8, 8) / 8.0
     out = run(session(build_mc_graph(zero_dropout(to_chain(model)))), x)
     assert np.abs(out["mean"] - model(x, training=False).numpy()).max() <= 1e-5
+
+
+# --- graphs: convolutions, residual skips, opsets, the optional `samples` input -------------------------
+
+def _zero_rates(graph):
+    for node in graph.nodes:
+        if "rate" in node.spec.config:
+            node.spec.config = {**node.spec.config, "rate": 0.0}
+    return graph
+
+
+def _graph_inputs(model, n=6):
+    rng = np.random.default_rng(1)
+    if type(model.layers[0]).__name__ == "Embedding":
+        return rng.integers(0, 20, (n, *model.input_shape[1:])).astype("float32")
+    return rng.normal(size=(n, *model.input_shape[1:])).astype("float32")
+
+
+@pytest.mark.parametrize("build", ["cnn", "residual", "every_layer", "embedding"])
+@pytest.mark.parametrize("opset", [13, 15, 18])
+def test_graph_mc_with_rates_zero_equals_the_deterministic_model(build, opset):
+    import onnx
+
+    from deploykit.graph import graph_from_model
+    from tests.core import models
+
+    model = getattr(models, build)()
+    proto = build_mc_graph(_zero_rates(graph_from_model(model)), MCConfig(samples=4), opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    x = _graph_inputs(model)
+    out = run(session(proto), x)
+    assert np.abs(out["mean"] - model(x, training=False).numpy()).max() <= 1e-5
+    assert out["std"].max() <= 1e-5
+
+
+def test_residual_mc_tiles_the_skip_edge_and_samples_spatial_dropout():
+    from deploykit.graph import graph_from_model
+    from deploykit.uncertainty.mc_graph import first_dropout_index, sampled_nodes
+    from tests.core import models
+
+    model = models.residual(dropout=0.3)
+    graph = graph_from_model(model)
+    assert sampled_nodes(graph) == {"sdrop", "gap", "drop", "out"} and first_dropout_index(graph) == 7
+    x = _graph_inputs(model, 4)
+    out = run(session(build_mc_graph(graph, MCConfig(samples=200, include_samples=True))), x)
+    assert out["std"].max() > 1e-3
+    # Keras in training mode would also switch BatchNorm to batch statistics: sample the folded twin instead.
+    from deploykit.fold import fold_batchnorm
+
+    folded, _ = fold_batchnorm(model)
+    assert_same_mean(out["sample_probabilities"].astype(np.float64), keras_mc_samples(folded, x, 200))
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_reduce_mean_matches_the_opset(opset):
+    from deploykit.graph import graph_from_model
+    from tests.core import models
+
+    proto = build_mc_graph(graph_from_model(models.cnn()), MCConfig(), opset=opset)
+    means = [n for n in proto.graph.node if n.op_type == "ReduceMean"]
+    assert means and all(bool([a for a in n.attribute if a.name == "axes"]) == (opset < 18) for n in means)
+    assert all(len(n.input) == (2 if opset >= 18 else 1) for n in means)
+
+
+def test_samples_default_warns_no_one_and_omitting_or_feeding_it_works(capfd):
+    import onnxruntime as ort
+
+    from deploykit.graph import graph_from_model
+    from tests.core import models
+
+    proto = build_mc_graph(graph_from_model(models.cnn()), MCConfig(samples=5, include_samples=True))
+    capfd.readouterr()
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])  # default log level
+    x = _graph_inputs(models.cnn(), 2)
+    assert sess.run(["sample_probabilities"], {"input": x})[0].shape == (5, 2, 3)
+    assert sess.run(["sample_probabilities"], {"input": x, "samples": np.array(7, np.int64)})[0].shape == (7, 2, 3)
+    captured = capfd.readouterr()
+    assert "Initializer" not in captured.err + captured.out and not sess.get_overridable_initializers()

@@ -1,0 +1,81 @@
+"""Tiny graph models shared by the graph-core, fold and MC tests (tf_keras, random weights)."""
+
+from __future__ import annotations
+
+from tests.helpers import randomize_batchnorm
+
+
+def cnn(seed: int = 0, *, dropout: float = 0.3):
+    """Conv2D + BN + ReLU, MaxPooling2D, a valid conv, GlobalAveragePooling2D, Dropout, Dense softmax."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(),
+        L.MaxPooling2D(), L.Conv2D(6, 3), L.BatchNormalization(), L.Activation("relu"),
+        L.GlobalAveragePooling2D(), L.Dropout(dropout), L.Dense(3, activation="softmax"),
+    ], name="cnn")
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def residual(seed: int = 0, *, dropout: float = 0.3):
+    """A functional residual block: conv-BN-relu, conv-BN, Add with the skip, SpatialDropout2D, Dense softmax."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    inputs = keras.Input((8, 8, 2), name="pixels")
+    a = L.ReLU(name="a")(L.BatchNormalization(name="bn0")(L.Conv2D(4, 3, padding="same", name="c0")(inputs)))
+    b = L.BatchNormalization(name="bn1")(L.Conv2D(4, 3, padding="same", name="c1")(a))
+    x = L.Activation("relu", name="r")(L.Add(name="add")([b, a]))
+    x = L.SpatialDropout2D(dropout, name="sdrop")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dropout(dropout, name="drop")(x)
+    outputs = L.Dense(3, activation="softmax", name="out")(x)
+    model = keras.Model(inputs, outputs, name="residual")
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def every_layer(seed: int = 0):
+    """One functional model with every image layer of the support table (and the newer activations)."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = L.ZeroPadding2D(((1, 0), (0, 1)))(x)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, activation="gelu")(x)
+    x = L.SeparableConv2D(4, 3, padding="same", activation="swish")(x)
+    left = L.AveragePooling2D(padding="same")(x)
+    right = L.ReLU(max_value=6.0)(L.MaxPooling2D(padding="same")(L.Conv2D(4, 1)(x)))
+    x = L.Concatenate()([left, right])
+    x = L.LayerNormalization()(x)
+    y = L.Multiply()([x, L.Activation("sigmoid")(x)])
+    x = L.SpatialDropout2D(0.2)(y)
+    pooled = L.Dense(5)(L.GlobalMaxPooling2D()(y))
+    x = L.Reshape((16, 8))(x)
+    x = L.SpatialDropout1D(0.1)(L.ZeroPadding1D((1, 2))(x))
+    x = L.Conv1D(5, 3, padding="causal", activation="elu")(x)
+    x = L.MaxPooling1D()(x)
+    x = L.AveragePooling1D()(x)
+    g1, g2 = L.GlobalMaxPooling1D()(x), L.GlobalAveragePooling1D()(x)
+    x = L.Add()([g1, g2, pooled])
+    x = L.Dropout(0.2)(x)
+    outputs = L.Dense(3, activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="every_layer")
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def embedding(seed: int = 0):
+    """Token ids -> Embedding -> GlobalAveragePooling1D -> Dropout -> Dense softmax."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    return keras.Sequential([keras.Input((6,)), L.Embedding(20, 4), L.GlobalAveragePooling1D(), L.Dropout(0.2),
+                             L.Dense(3, activation="softmax")], name="embedding")
