@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "export",
     "mc",
     "optimize",
+    "ensemble",
     "serve",
 )
 
