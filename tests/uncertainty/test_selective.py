@@ -116,3 +116,11 @@ def test_mutual_information_needs_an_mc_model(tmp_path, mc_plain_model):
     chosen = choose_threshold(np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([0.1, 0.2]), Measure.MUTUAL_INFORMATION)
     with pytest.raises(UsageError, match="needs an MC"):
         add_abstain(onnx.load(str(tmp_path / "m.onnx")), chosen)
+
+
+def test_risk_coverage_plot_is_a_png(tmp_path):
+    from deploykit.uncertainty.selective import risk_coverage_plot
+
+    y, pred, u = _errors_where_uncertain(300)
+    path = risk_coverage_plot({"model": risk_coverage(y, pred, u)}, tmp_path / "rc.png", target_accuracy=0.99)
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -131,3 +131,16 @@ def test_mc_graph_scaled_per_sample_or_on_the_mean(tmp_path, seeded_mc_path, dig
     if placement == "mean":  # the spread between samples is left as it was
         np.testing.assert_allclose(out["mutual_information"], raw["mutual_information"], atol=1e-6)
         np.testing.assert_allclose(out["std"], raw["std"], atol=1e-6)
+
+
+def test_report_shows_before_and_after_with_a_reliability_diagram(tmp_path):
+    from deploykit.uncertainty.temperature import fit_temperature, scale_probs, temperature_report
+
+    y, probs = _overconfident(n=1500, seed=3)
+    fit = fit_temperature(y[:1000], probs[:1000])
+    report = temperature_report(y[1000:], probs[1000:], scale_probs(probs[1000:], fit.temperature), fit,
+                                plot_path=tmp_path / "reliability.png")
+    assert report.after.nll < report.before.nll and report.after.ece < report.before.ece
+    assert report.after.accuracy == report.before.accuracy
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert report.to_dict()["fit"]["placement"] == "logits"
