@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "validate",
     "mc",
     "optimize",
+    "ensemble",
     "serve",
 )
 

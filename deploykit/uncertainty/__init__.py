@@ -1,20 +1,54 @@
-"""MC Dropout uncertainty: a self-contained ONNX model, a Python predictor, calibration metrics."""
+"""Uncertainty: MC Dropout as one ONNX model, a Python predictor, calibration metrics, and post-hoc tools
+(temperature scaling, deep ensembles in one ONNX graph, selective prediction, OOD metrics, a cheaper dropout mask)."""
 
 from deploykit.uncertainty.calibration import CalibrationReport, calibration
 from deploykit.uncertainty.compare import ComparisonReport, compare
+from deploykit.uncertainty.ensemble import EnsembleRecord, build_ensemble, export_ensemble_onnx
+from deploykit.uncertainty.masks import MaskConfig, bernoulli_mask_nodes
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
+from deploykit.uncertainty.measures import Measure, uncertainties
+from deploykit.uncertainty.ood import auroc, fpr_at_tpr, ood_report
 from deploykit.uncertainty.predictor import UncertaintyPredictor, UncertaintyResult
+from deploykit.uncertainty.selective import SelectiveTarget, SelectiveThreshold, add_abstain, choose_threshold
+from deploykit.uncertainty.temperature import (
+    Placement,
+    TemperatureFit,
+    apply_mc_temperature,
+    apply_temperature,
+    fit_mc_temperature,
+    fit_temperature,
+)
 
 __all__ = [
     "CalibrationReport",
     "ComparisonReport",
+    "EnsembleRecord",
     "MCConfig",
     "MCExportRecord",
+    "MaskConfig",
+    "Measure",
+    "Placement",
+    "SelectiveTarget",
+    "SelectiveThreshold",
+    "TemperatureFit",
     "UncertaintyPredictor",
     "UncertaintyResult",
+    "add_abstain",
+    "apply_mc_temperature",
+    "apply_temperature",
+    "auroc",
+    "bernoulli_mask_nodes",
+    "build_ensemble",
     "build_mc_graph",
     "calibration",
+    "choose_threshold",
     "compare",
+    "export_ensemble_onnx",
     "export_mc_onnx",
+    "fit_mc_temperature",
+    "fit_temperature",
+    "fpr_at_tpr",
+    "ood_report",
+    "uncertainties",
 ]

@@ -1,0 +1,298 @@
+"""Uncertainty users can act on (issue 16): calibration, OOD detection and selective prediction, side by side.
+
+The chapter's MC Dropout model (Flatten, standardization, Dropout(0.2) on the
+input and after both hidden layers, 784-300-100-10, ELU, Nadam, early
+stopping) trained on the Fashion-MNIST sample once per seed. For each training:
+
+- deterministic softmax (tf2onnx export) and the same with temperature scaling;
+- MC Dropout (T = 100) and MC + temperature (per sample or on the mean, as the
+  validation NLL prefers);
+- a deep ensemble of K members (this seed's model and K-1 more trainings), each
+  through ``deploykit.optimize`` (fold, prune 80%, int8 ONNX), in one ONNX model,
+  with and without a temperature on its mean;
+
+test-split NLL, ECE (15 bins), Brier, AUROC of errors by entropy, OOD AUROC and
+FPR at 95% TPR per measure (OOD set: scikit-learn's digits upsampled to 28x28),
+and the test coverage at 99% target accuracy (threshold on the entropy, and on
+the mutual information for MC / ensemble, chosen on the validation split).
+Also: the ensemble's gzip size against one float32 original, and the cheaper
+input-dropout mask (deploykit.uncertainty.masks) against ``Dropout`` on (100, 784)
+and inside the chapter's MC model (T = 100, one row) against the deterministic
+model on 100 rows.
+
+Run: ``nice python benchmarks/bench_uncertainty.py --seeds 0,1,2 --members 5``.
+Writes ``benchmarks/results/uncertainty.json`` and ``uncertainty.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
+
+from deploykit.export.runtimes import interleaved_medians  # noqa: E402
+
+T = 100
+TARGET_ACCURACY = 0.99
+RATE = 0.2
+T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def chapter_model(data, seed: int):
+    """The chapter's MC Dropout model, trained with Nadam and early stopping (best weights restored)."""
+    from deploykit.backend import keras, set_seed
+    from deploykit.training.model import standardization
+
+    set_seed(seed)
+    mean, var = standardization(data)
+    model = keras.Sequential([
+        keras.Input(shape=data.input_shape), keras.layers.Flatten(),
+        keras.layers.Normalization(mean=mean, variance=var), keras.layers.Dropout(RATE),
+        keras.layers.Dense(300, activation="elu", kernel_initializer="he_normal"), keras.layers.Dropout(RATE),
+        keras.layers.Dense(100, activation="elu", kernel_initializer="he_normal"), keras.layers.Dropout(RATE),
+        keras.layers.Dense(data.num_classes, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy")
+    stop = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
+    model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=40, batch_size=32,
+              callbacks=[stop], verbose=0)
+    return model
+
+
+def digits_ood(shape: tuple[int, ...], rows: int) -> np.ndarray:
+    """``rows`` of scikit-learn's 8x8 digits (a seeded draw), bilinearly upsampled to 28x28, scaled to 0..255 like Fashion."""
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.float32)
+    images = images[np.sort(np.random.default_rng(0).choice(len(images), size=min(rows, len(images)), replace=False))]
+    up = np.clip(zoom(images, (1, shape[0] / 8, shape[1] / 8), order=1), 0, 16) * (255.0 / 16)
+    return up.astype(np.float32)
+
+
+def run_onnx(path, x, outputs, batch=64):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    parts = [sess.run(outputs, {"input": x[i:i + batch]}) for i in range(0, len(x), batch)]
+    return {name: np.concatenate([p[k] for p in parts], axis=1 if name in ("sample_probabilities", "member_probabilities") else 0)
+            for k, name in enumerate(outputs)}
+
+
+def evaluate(data, ood, split_outputs: dict) -> dict:
+    """Every figure of one method, from its outputs on val / test / ood (mean probs, optional MI)."""
+    from deploykit.uncertainty import calibration, uncertainties
+    from deploykit.uncertainty.measures import Measure
+    from deploykit.uncertainty.ood import error_auroc, ood_report
+    from deploykit.uncertainty.selective import SelectiveTarget, apply_threshold, choose_threshold
+
+    u = {s: uncertainties(o["mean"], o.get("mutual_information")) for s, o in split_outputs.items()}
+    test = split_outputs["test"]["mean"]
+    cal = calibration(data.y_test, test)
+    row = {"accuracy": cal.accuracy, "nll": cal.nll, "ece": cal.ece, "brier": cal.brier,
+           "auroc_errors_entropy": error_auroc(data.y_test, test.argmax(1), u["test"][Measure.ENTROPY]),
+           "ood": {r.measure.value: {"auroc": r.auroc, "fpr_at_95_tpr": r.fpr_at_95_tpr} for r in ood_report(u["test"], u["ood"])},
+           "coverage_at_target": {}}
+    val_pred = split_outputs["val"]["mean"].argmax(1)
+    for measure in u["val"]:
+        if measure is Measure.MAX_PROB:
+            continue
+        chosen = choose_threshold(data.y_val, val_pred, u["val"][measure], measure, SelectiveTarget(target_accuracy=TARGET_ACCURACY))
+        result = apply_threshold(data.y_test, test.argmax(1), u["test"][measure], chosen.threshold)
+        row["coverage_at_target"][measure.value] = {"threshold": chosen.threshold, "val_coverage": chosen.coverage,
+                                                    "test_coverage": result.coverage, "test_accuracy_kept": result.accuracy}
+    return row
+
+
+def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
+    from deploykit.export import export_onnx
+    from deploykit.uncertainty import export_mc_onnx, fit_mc_temperature, fit_temperature
+    from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, ensemble_sizes, export_ensemble_onnx, optimize_members
+    from deploykit.uncertainty.temperature import Placement, write_with_temperature
+
+    splits = {"val": data.x_val, "test": data.x_test, "ood": ood}
+    say(f"seed {seed}: training the chapter's MC Dropout model")
+    model = chapter_model(data, seed * 100)
+    rows, fits = {}, {}
+    det = folder / "det.onnx"
+    export_onnx(model, det)
+    det_out = {s: {"mean": run_onnx(det, x, ["probabilities"])["probabilities"]} for s, x in splits.items()}
+    rows["deterministic"] = evaluate(data, ood, det_out)
+    fits["temperature"] = fit_temperature(data.y_val, det_out["val"]["mean"])
+    write_with_temperature(det, folder / "det_t.onnx", fits["temperature"])
+    rows["temperature"] = evaluate(data, ood, {s: {"mean": run_onnx(folder / "det_t.onnx", x, ["probabilities"])["probabilities"]}
+                                               for s, x in splits.items()})
+    say(f"seed {seed}: MC Dropout, T = {T}")
+    mc = folder / "mc.onnx"
+    export_mc_onnx(model, mc, samples=T, seed=seed, include_samples=True)
+    names = ["mean", "mutual_information", "sample_probabilities"]
+    mc_out = {s: run_onnx(mc, x, names) for s, x in splits.items()}
+    rows[f"mc (T={T})"] = evaluate(data, ood, mc_out)
+    fits["mc+temperature"] = fit_mc_temperature(data.y_val, mc_out["val"]["sample_probabilities"])
+    write_with_temperature(mc, folder / "mc_t.onnx", fits["mc+temperature"])
+    rows["mc + temperature"] = evaluate(data, ood, {s: run_onnx(folder / "mc_t.onnx", x, names[:2]) for s, x in splits.items()})
+    say(f"seed {seed}: ensemble of {members} members (train, fold, prune, int8)")
+    models = [model] + [chapter_model(data, seed * 100 + k) for k in range(1, members)]
+    member_paths, original = optimize_members(models, data, folder / "members", sparsity=0.8)
+    ens = export_ensemble_onnx(member_paths, folder / "ensemble.onnx", include_members=True)
+    names = ["mean", "mutual_information", MEMBERS_OUTPUT]
+    ens_out = {s: run_onnx(ens.path, x, names) for s, x in splits.items()}
+    rows[f"ensemble ({members} pruned int8)"] = evaluate(data, ood, ens_out)
+    fits["ensemble+temperature"] = fit_mc_temperature(data.y_val, ens_out["val"][MEMBERS_OUTPUT], placements=(Placement.MEAN,))
+    write_with_temperature(ens.path, folder / "ensemble_t.onnx", fits["ensemble+temperature"])
+    rows[f"ensemble ({members}) + temperature"] = evaluate(
+        data, ood, {s: run_onnx(folder / "ensemble_t.onnx", x, names[:2]) for s, x in splits.items()})
+    return {"seed": seed, "rows": rows, "fits": {k: f.to_dict() for k, f in fits.items()},
+            "sizes": ensemble_sizes(member_paths, ens.path, original).to_dict()}
+
+
+# --- the mask prototype ------------------------------------------------------------------------------
+
+
+def mask_timing(data, folder: Path) -> dict:
+    """Mask vs Dropout on (100, 784), and inside the chapter's MC model (T = 100, one row) vs deterministic on 100 rows."""
+    import onnx
+    import onnxruntime as ort
+
+    from deploykit.export.convert import keras_to_onnx
+    from deploykit.uncertainty import MaskConfig, export_mc_onnx
+    from deploykit.uncertainty.masks import dropout_model, mask_model
+
+    def sess(proto):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    config = MaskConfig(rate=RATE, width=784, seed=7)
+    x = np.random.default_rng(0).uniform(0, 1, (T, 784)).astype(np.float32)
+    mask, drop = sess(mask_model(config)), sess(dropout_model(RATE, 784, seed=7))
+    alone = interleaved_medians({"mask": lambda: mask.run(["output"], {"input": x}),
+                                 "dropout": lambda: drop.run(["output"], {"input": x})}, 300)
+    model = chapter_model(data, 1)
+    export_mc_onnx(model, folder / "timing_mc.onnx", samples=T, seed=7)
+    mc = onnx.load(str(folder / "timing_mc.onnx"))
+    swapped = swap_first_dropout(onnx.load(str(folder / "timing_mc.onnx")), config)
+    det = keras_to_onnx(model)
+    one, rows = data.x_test[:1], np.repeat(data.x_test[:1], T, axis=0)
+    s_mc, s_sw, s_det = sess(mc), sess(swapped), sess(det)
+    whole = interleaved_medians({"mc": lambda: s_mc.run(["mean"], {"input": one}),
+                                 "mc_mask": lambda: s_sw.run(["mean"], {"input": one}),
+                                 "deterministic": lambda: s_det.run(None, {"input": rows})}, 200)
+    return {"threads": 1, "rate": RATE, "represented_rate": config.represented_rate, "bits": config.bits,
+            "draws_per_mask_bit": 1 / config.per_draw,
+            "alone_100x784_us": {k: v * 1e6 for k, v in alone.items()}, "alone_ratio_mask_vs_dropout": alone["mask"] / alone["dropout"],
+            "chapter_model_ms": {k: v * 1e3 for k, v in whole.items()},
+            "mc_vs_deterministic": whole["mc"] / whole["deterministic"],
+            "mc_mask_vs_deterministic": whole["mc_mask"] / whole["deterministic"]}
+
+
+def swap_first_dropout(proto, config):
+    """The MC graph with its input Dropout (Dropout -> Cast(mask) -> Mul) replaced by the few-draws mask."""
+    from onnx import helper
+
+    from deploykit.uncertainty import bernoulli_mask_nodes
+
+    nodes = list(proto.graph.node)
+    drop = next(n for n in nodes if n.op_type == "Dropout")
+    mul = next(n for n in nodes if n.op_type == "Mul" and drop.output[0] in n.input)
+    cast = next(n for n in nodes if n.op_type == "Cast" and drop.output[1] in n.input)
+    new, output, _ = bernoulli_mask_nodes(drop.input[0], config, prefix="input_mask")
+    at = nodes.index(drop)
+    kept = [n for n in nodes if n not in (drop, mul, cast)]
+    kept[at:at] = [*new, helper.make_node("Identity", [output], [mul.output[0]], name="input_mask/out")]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    return proto
+
+
+# --- summary --------------------------------------------------------------------------------------
+
+
+def mean_rows(runs: list[dict]) -> dict:
+    """Every numeric figure averaged over the trainings (same nesting as one run's rows)."""
+    def avg(values):
+        if isinstance(values[0], dict):
+            return {k: avg([v[k] for v in values]) for k in values[0]}
+        if values[0] is None or isinstance(values[0], str):
+            return values[0]
+        return float(np.nanmean(values))
+
+    return avg([r["rows"] for r in runs])
+
+
+def to_markdown(result: dict) -> str:
+    m, runs = result["mean"], result["runs"]
+    lines = [f"# Uncertainty on the Fashion-MNIST sample: mean of {len(runs)} trainings (seeds {result['seeds']})", "",
+             f"{result['data']}; OOD: scikit-learn digits upsampled to 28x28 ({result['ood_rows']} images).", "",
+             "| method | accuracy | NLL | ECE (15 bins) | Brier | AUROC errors by entropy | OOD AUROC entropy | OOD AUROC max prob "
+             "| OOD AUROC MI | FPR@95 entropy | coverage at 99% (entropy) | coverage at 99% (MI) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in m.items():
+        mi = r["ood"].get("mutual_information", {}).get("auroc")
+        cov_mi = r["coverage_at_target"].get("mutual_information", {}).get("test_coverage")
+        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} | {r['brier']:.4f} | "
+                     f"{r['auroc_errors_entropy']:.3f} | {r['ood']['entropy']['auroc']:.3f} | {r['ood']['max_prob']['auroc']:.3f} | "
+                     f"{'' if mi is None else f'{mi:.3f}'} | {r['ood']['entropy']['fpr_at_95_tpr']:.3f} | "
+                     f"{r['coverage_at_target']['entropy']['test_coverage']:.3f} | {'' if cov_mi is None else f'{cov_mi:.3f}'} |")
+    s = runs[0]["sizes"]
+    lines += ["", "Temperatures fitted on the validation split, per training: " + "; ".join(
+        ", ".join(f"{k} T={v['temperature']:.3f} ({v['placement']})" for k, v in r["fits"].items()) for r in runs), "",
+        f"Ensemble size (seed {runs[0]['seed']}): {s['members']} pruned int8 members {s['members_gzip']} B gzip, "
+        f"ensemble ONNX {s['ensemble_gzip']} B gzip, one float32 original (.keras) {s['original_gzip']} B gzip: "
+        f"ratio {s['ensemble_gzip'] / s['original_gzip']:.2f}x.", ""]
+    k = result.get("masks")
+    if k:
+        lines += [f"Input-dropout mask prototype ({k['threads']} thread, rate {k['rate']} represented as {k['represented_rate']:.5f}, "
+                  f"{k['draws_per_mask_bit']:.2f} draws per mask bit): on (100, 784) {k['alone_100x784_us']['mask']:.0f} us vs "
+                  f"Dropout {k['alone_100x784_us']['dropout']:.0f} us ({k['alone_ratio_mask_vs_dropout']:.2f}x). Chapter's MC model "
+                  f"(T = 100, one row) / deterministic on 100 rows: {k['mc_vs_deterministic']:.2f}x with Dropout, "
+                  f"{k['mc_mask_vs_deterministic']:.2f}x with the mask on the input (target <= 1.5x).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2", help="one training per seed (default: 0,1,2)")
+    parser.add_argument("--members", type=int, default=5, help="ensemble members per training (default: 5)")
+    parser.add_argument("--no-masks", action="store_true", help="skip the mask timing")
+    args = parser.parse_args(argv)
+    if not FASHION.exists():
+        print(f"skipped: the Fashion-MNIST sample {FASHION.name} is not at {FASHION.parent}", file=sys.stderr)
+        return 0
+    import deploykit
+
+    data = deploykit.load_dataset(FASHION)
+    ood = digits_ood(data.input_shape, len(data.x_test))  # as many OOD rows as test rows (MC at T = 100 is the cost)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            folder = Path(tmp) / f"seed{seed}"
+            folder.mkdir()
+            start = time.monotonic()
+            runs.append(one_training(data, ood, seed, args.members, folder))
+            runs[-1]["seconds"] = round(time.monotonic() - start, 1)
+        result = {"data": data.summary(), "ood_rows": len(ood), "seeds": seeds, "samples": T, "members": args.members,
+                  "target_accuracy": TARGET_ACCURACY, "mean": mean_rows(runs), "runs": runs}
+        if not args.no_masks:
+            say("mask prototype timing")
+            result["masks"] = mask_timing(data, Path(tmp))
+    write_results("uncertainty", result, to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""``deploykit ensemble``: K members through fold + prune + int8, evaluated as one ONNX model."""
+
+from __future__ import annotations
+
+from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
+
+MODEL_FILE = "ensemble.onnx"
+MEMBERS_DIR = "members"
+JSON_FILE = "ensemble.json"
+MARKDOWN_FILE = "ensemble.md"
+DEFAULT_MEMBERS = 5
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "ensemble", _run,
+        help="a deep ensemble of pruned int8 members as one ONNX model",
+        description=f"Take K model files (or train K members with the chapter's preset and seeds SEED..SEED+K-1), "
+        f"run each through fold + prune + int8 ONNX export (deploykit.optimize), and write {MODEL_FILE}: every member "
+        f"in one graph on one input, with the MC model's outputs (mean, std, predictive_entropy, mutual_information, "
+        f"predicted_class); plus {JSON_FILE} / {MARKDOWN_FILE}: test-split calibration and the sizes (gzip) against "
+        f"one float32 original.",
+    )
+    p.add_argument("models", nargs="*", help="member model files (.keras, .h5); none: train --members of them")
+    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code (loading them can run arbitrary code)")
+    add_data_arg(p)
+    p.add_argument("--members", type=int, default=DEFAULT_MEMBERS, help=f"members to train when no model is given (default: {DEFAULT_MEMBERS})")
+    p.add_argument("--train-epochs", type=int, default=20, help="training epochs of each member (default: 20)")
+    p.add_argument("--sparsity", type=float, default=0.8, help="prune each member to this sparsity (default: 0.8)")
+    p.add_argument("--tune-epochs", type=int, default=None, help="fine-tuning epochs of the pruning step (default: optimize's, 30)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def _run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from deploykit.atomic import atomic_dir, write_text
+    from deploykit.errors import UsageError
+
+    if not args.models and args.members < 2:
+        raise UsageError(f"--members must be >= 2, got {args.members}")
+    if len(args.models) == 1:
+        raise UsageError("give at least 2 model files (or none, to train --members of them)")
+    out = Path(args.out)
+    with atomic_dir(out, force=args.force) as staging:
+        data = load_data_arg(args)
+        models = _members(args, data)
+        summary = build(models, data, staging, sparsity=args.sparsity, epochs=args.tune_epochs)
+        summary["data"] = data.summary()
+        write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text(staging / MARKDOWN_FILE, to_markdown(summary))
+    s = summary["sizes"]
+    print(f"{s['members']} members: ensemble {s['ensemble_gzip']} B gzip vs one float32 original {s['original_gzip']} B "
+          f"({s['ensemble_gzip'] / s['original_gzip']:.2f}x); test NLL {summary['test']['ensemble']['nll']:.4f}")
+    print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE} in {out}")
+    return 0
+
+
+def _members(args, data) -> list:
+    from deploykit.io import load_model
+
+    if args.models:
+        progress(f"loading {len(args.models)} member models")
+        models = [load_model(p, unsafe=args.unsafe) for p in args.models]
+        for m in models:
+            data.check_input_shape(m.input_shape)
+        return models
+    import deploykit
+    from deploykit.training import TrainConfig
+
+    models = []
+    for k in range(args.members):
+        config = TrainConfig(hidden=(300, 100), dropout=0.2, dropout_layers="all", epochs=args.train_epochs,
+                             patience=5, seed=args.seed + k)
+        progress(f"training member {k + 1}/{args.members} (seed {config.seed})")
+        models.append(deploykit.train(config, data).model)
+    return models
+
+
+def build(models, data, folder, **options) -> dict:
+    """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder``, measure it."""
+    import onnxruntime as ort
+
+    from deploykit.uncertainty.calibration import calibration
+    from deploykit.uncertainty.ensemble import ensemble_sizes, export_ensemble_onnx, optimize_members
+
+    members, original = optimize_members(models, data, folder / MEMBERS_DIR, progress=lambda m: progress("  " + m),
+                                         **options)
+    progress(f"writing {MODEL_FILE} ({len(members)} members)")
+    record = export_ensemble_onnx(members, folder / MODEL_FILE, class_names=data.class_names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    ensemble = ort.InferenceSession(str(record.path), options, providers=["CPUExecutionProvider"])
+    first = ort.InferenceSession(str(members[0]), options, providers=["CPUExecutionProvider"])
+    x = data.x_test.astype("float32")
+    test = {"ensemble": calibration(data.y_test, ensemble.run(["mean"], {"input": x})[0]).to_dict(),
+            "member0_int8": calibration(data.y_test, first.run(None, {"input": x})[0]).to_dict()}
+    for report in test.values():
+        for key in ("bin_confidence", "bin_accuracy", "bin_count"):
+            report.pop(key)
+    return {"ensemble": {**record.to_dict(), "path": MODEL_FILE}, "sizes": ensemble_sizes(members, record.path, original).to_dict(),
+            "test": test}
+
+
+def to_markdown(summary: dict) -> str:
+    s, t = summary["sizes"], summary["test"]
+    lines = [
+        f"# Deep ensemble: {s['members']} pruned int8 members in one ONNX model",
+        "",
+        "| artifact | bytes | gzip bytes | gzip vs one float32 original |",
+        "|---|---:|---:|---:|",
+        f"| one float32 original (.keras) | {s['original_bytes']} | {s['original_gzip']} | 1.00x |",
+        f"| {s['members']} int8 member files | {s['members_bytes']} | {s['members_gzip']} | {s['members_gzip'] / s['original_gzip']:.2f}x |",
+        f"| {MODEL_FILE} | {s['ensemble_bytes']} | {s['ensemble_gzip']} | {s['ensemble_gzip'] / s['original_gzip']:.2f}x |",
+        "",
+        "| test split | accuracy | NLL | Brier | ECE |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in t.items():
+        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['brier']:.4f} | {r['ece']:.4f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,269 @@
+"""Deep ensembles in one ONNX model: K member graphs side by side on one shared input.
+
+Lakshminarayanan et al. (2017): K independently trained networks, averaged,
+give better NLL and out-of-distribution detection than one network with MC
+Dropout. Serving K files means K calls and K sessions; here the K exported
+member graphs (float32, int8 QDQ or int8 dynamic, as deploykit writes them)
+are copied into one graph, every name prefixed ``member{k}/`` except the
+shared ``input``, their ``probabilities`` stacked to [K, N, C] and reduced to
+the MC model's outputs (same names, dtypes, shapes and formulas: population
+std, natural-log entropies, mutual information clipped at 0, argmax of the
+mean). onnxruntime then runs the members in one call, and any client of the
+MC model reads an ensemble the same way.
+
+Members must share the input shape, the number of classes and the default-
+domain opset (13..18); a member at another opset is converted with
+``onnx.version_converter`` to ``opset`` when one is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.atomic import atomic_path
+from deploykit.errors import ModelLoadError, UsageError
+from deploykit.export.convert import INPUT_NAME, OUTPUT_NAME
+from deploykit.export.metadata import read_metadata, write_metadata
+from deploykit.records import Record
+from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, set_props
+from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
+
+KIND_ENSEMBLE = "deep_ensemble"
+METADATA_KEY = "deploykit.ensemble"
+MEMBERS_OUTPUT = "member_probabilities"  # optional [K, N, C] output, like the MC model's sample_probabilities
+
+
+@dataclass
+class EnsembleRecord(Record):
+    """What ``build_ensemble_onnx`` wrote."""
+
+    path: Path
+    members: list[str]
+    opset: int
+    input_shape: list[int]
+    num_classes: int
+    size_bytes: int
+    member_bytes: list[int]
+
+
+def build_ensemble(members: Sequence, opset: int | None = None, include_members: bool = False):
+    """One ``onnx.ModelProto`` evaluating every member (ModelProtos or paths) on the shared ``input``."""
+    import onnx
+
+    if len(members) < 2:
+        raise UsageError(f"an ensemble needs at least 2 members, got {len(members)}")
+    protos = [_load(m) for m in members]
+    target = opset or max(default_opset(p) for p in protos)
+    protos = [_at_opset(p, target, k) for k, p in enumerate(protos)]
+    shape, classes = _check_alike(protos)
+    graph = onnx.helper.make_graph([], "deep_ensemble", [_input_info(protos[0])], [])
+    merged = onnx.helper.make_model(graph, opset_imports=_union_opsets(protos),
+                                    producer_name="deploykit", ir_version=max(p.ir_version for p in protos))
+    outputs = []
+    for k, proto in enumerate(protos):
+        outputs.append(_add_member(merged.graph, proto, f"member{k}/"))
+    ed = GraphEditor(merged, "ensemble")
+    stacked = ed.op("Concat", [ed.op("Unsqueeze", [o, ed.const([0], np.int64)]) for o in outputs], axis=0)  # [K, N, C]
+    values = reduce_samples(ed, stacked)
+    if include_members:
+        values[MEMBERS_OUTPUT] = stacked
+    _declare_outputs(ed, values, classes)
+    merged.graph.doc_string = (f"Deep ensemble of {len(protos)} members on one input; outputs as deploykit's MC Dropout "
+                               "model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class).")
+    onnx.checker.check_model(merged, full_check=True)
+    return merged
+
+
+def reduce_samples(ed: GraphEditor, probs: str) -> dict[str, str]:
+    """The MC output contract's tensors from stacked probabilities [K, N, C] (same formulas as the MC graph)."""
+    mean = ed.reduce("ReduceMean", probs, 0)
+    diff = ed.op("Sub", [probs, mean])
+    std = ed.op("Sqrt", [ed.reduce("ReduceMean", ed.op("Mul", [diff, diff]), 0)])
+    predictive = ed.entropy(mean, 1)
+    expected = ed.reduce("ReduceMean", ed.entropy(probs, 2), 0)
+    mutual = ed.op("Max", [ed.op("Sub", [predictive, expected]), ed.const(0.0)])  # H(mean) >= mean H, up to rounding
+    predicted = ed.op("ArgMax", [mean], axis=1, keepdims=0)
+    return dict(zip(OUTPUT_NAMES, (mean, std, predictive, mutual, predicted)))
+
+
+def export_ensemble_onnx(members: Sequence[str | os.PathLike], path: str | os.PathLike, opset: int | None = None,
+                         *, include_members: bool = False, class_names: Sequence[str] | None = None) -> EnsembleRecord:
+    """Write the ensemble of ONNX member files to ``path`` (atomically), with deploykit metadata.
+
+    The metadata is the first member's (class names, steps, quantization) with
+    kind ``deep_ensemble``; ``deploykit.ensemble`` lists the members.
+    """
+    import onnx
+
+    proto = build_ensemble(members, opset, include_members)
+    first = read_metadata(_load(members[0]))
+    names = list(class_names) if class_names is not None else first.class_names
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
+    classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    meta = replace(first, kind=KIND_ENSEMBLE, class_names=names, input_shape=shape,
+                   steps=[*first.steps, f"ensemble({len(members)})"], default_samples=None, max_samples=None)
+    write_metadata(proto, meta)
+    set_props(proto, {METADATA_KEY: json.dumps({"members": [Path(m).name for m in members]})})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return EnsembleRecord(path, [str(m) for m in members], default_opset(proto), shape, int(classes),
+                          path.stat().st_size, [Path(m).stat().st_size for m in members])
+
+
+def _load(member):
+    import onnx
+
+    if hasattr(member, "graph"):
+        return member
+    path = Path(member)
+    if not path.is_file():
+        raise ModelLoadError(f"ensemble member {path}: no such file")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"ensemble member {path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def _at_opset(proto, target: int, k: int):
+    from onnx import version_converter
+
+    if default_opset(proto) == target:
+        return proto
+    try:
+        return version_converter.convert_version(proto, target)
+    except Exception as exc:
+        raise UsageError(f"ensemble member {k}: cannot convert opset {default_opset(proto)} to {target} "
+                         f"({type(exc).__name__}); export the members at one opset") from None
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def _check_alike(protos) -> tuple[list, int]:
+    shapes, classes = set(), set()
+    for k, p in enumerate(protos):
+        names_in, names_out = [i.name for i in p.graph.input], [o.name for o in p.graph.output]
+        if INPUT_NAME not in names_in or OUTPUT_NAME not in names_out:
+            raise ModelLoadError(f"ensemble member {k}: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
+                                 f"(deploykit export), has inputs {names_in} and outputs {names_out}")
+        shapes.add(tuple(_dims(next(i for i in p.graph.input if i.name == INPUT_NAME))[1:]))
+        classes.add(_dims(next(o for o in p.graph.output if o.name == OUTPUT_NAME))[-1])
+    if len(shapes) != 1 or len(classes) != 1:
+        raise ModelLoadError(f"ensemble members differ: input shapes {sorted(shapes)}, classes {sorted(classes, key=str)}")
+    return list(shapes.pop()), int(classes.pop())
+
+
+def _input_info(proto):
+    from onnx import TensorProto, helper
+
+    dims = _dims(next(i for i in proto.graph.input if i.name == INPUT_NAME))
+    return helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *dims[1:]])
+
+
+def _union_opsets(protos) -> list:
+    from onnx import helper
+
+    versions: dict[str, int] = {}
+    for p in protos:
+        for o in p.opset_import:
+            domain = "" if o.domain == "ai.onnx" else o.domain
+            versions[domain] = max(versions.get(domain, 0), o.version)
+    return [helper.make_opsetid(d, v) for d, v in sorted(versions.items())]
+
+
+def _add_member(graph, proto, prefix: str) -> str:
+    """Copy a member into ``graph`` under ``prefix`` (its input rewired to the shared one); its output's name."""
+    from onnx import compose
+
+    member = compose.add_prefix(proto, prefix)
+    inner = member.graph
+    for node in inner.node:
+        for i, name in enumerate(node.input):
+            if name == prefix + INPUT_NAME:
+                node.input[i] = INPUT_NAME
+    graph.node.extend(inner.node)
+    graph.initializer.extend(inner.initializer)
+    graph.sparse_initializer.extend(inner.sparse_initializer)
+    graph.value_info.extend(v for v in inner.value_info if v.name != prefix + INPUT_NAME)
+    return prefix + OUTPUT_NAME
+
+
+def _declare_outputs(ed: GraphEditor, values: dict[str, str], classes: int) -> None:
+    from onnx import TensorProto, helper
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    contract = [(f32, ["N", classes]), (f32, ["N", classes]), (f32, ["N"]), (f32, ["N"]), (i64, ["N"])]
+    types = {**dict(zip(OUTPUT_NAMES, contract)), MEMBERS_OUTPUT: (f32, ["K", "N", classes])}
+    for name, tensor in values.items():
+        ed.op("Identity", [tensor], output=name)
+        ed.graph.output.append(helper.make_tensor_value_info(name, *types[name]))
+
+
+# --- members through the pipeline ------------------------------------------------------------------
+
+
+@dataclass
+class EnsembleSizes(Record):
+    """K pruned int8 members against one float32 original (bytes, and gzip -9 bytes)."""
+
+    members: int
+    members_bytes: int
+    members_gzip: int
+    ensemble_bytes: int
+    ensemble_gzip: int
+    original_bytes: int  # one float32 original (.keras as optimize saved it)
+    original_gzip: int
+
+    @property
+    def gzip_ratio(self) -> float:
+        """Ensemble gzip size / one original's: below 1 means the K members ship smaller than one float32 model."""
+        return self.ensemble_gzip / self.original_gzip
+
+
+def gzip_size(path: str | os.PathLike) -> int:
+    """Bytes of a file after gzip -9 (what shipping it compressed costs)."""
+    import gzip
+
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
+
+
+def optimize_members(models: Sequence, data, folder: str | os.PathLike, progress=None, **options) -> tuple[list[Path], Path]:
+    """Run each model through ``deploykit.optimize`` (fold, prune, int8 ONNX; no MC); the member files and one original.
+
+    ``options`` are ``optimize``'s flat options (e.g. ``sparsity=0.8``); the
+    formats / precisions / MC options are fixed to one int8 ONNX per member.
+    Returns the int8 ONNX paths (``member{k}.onnx`` in ``folder``) and the
+    first member's float32 original (as optimize saved it).
+    """
+    import shutil
+    import tempfile
+
+    from deploykit.pipeline import optimize
+    from deploykit.pipeline.steps import ORIGINAL_FILE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, original = [], folder / ORIGINAL_FILE
+    for k, model in enumerate(models):
+        with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
+            result = optimize(model, data, out_dir=Path(tmp) / "out", formats="onnx", precisions="int8", mc=False,
+                              progress=progress, **options)
+            int8 = next(r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8")
+            paths.append(Path(shutil.copy(result.out_dir / int8, folder / f"member{k}.onnx")))
+            if k == 0:
+                shutil.copy(result.out_dir / ORIGINAL_FILE, original)
+    return paths, original
+
+
+def ensemble_sizes(members: Sequence[Path], ensemble: Path, original: Path) -> EnsembleSizes:
+    return EnsembleSizes(len(members), sum(Path(m).stat().st_size for m in members), sum(gzip_size(m) for m in members),
+                         Path(ensemble).stat().st_size, gzip_size(ensemble), Path(original).stat().st_size,
+                         gzip_size(original))

@@ -1,0 +1,97 @@
+"""The ensemble ONNX model: K deploykit exports in one graph, checked against averaging the members ourselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from deploykit.errors import ModelLoadError, UsageError
+from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
+from tests.uncertainty.support import run, session
+
+
+@pytest.fixture(scope="module")
+def member_models(digits):
+    from deploykit.backend import set_seed
+    from tests.helpers import build_dense
+
+    models = []
+    for seed in range(3):
+        set_seed(10 + seed)
+        models.append(build_dense(hidden=(16,), data=digits, bn=False))
+    return models
+
+
+def _export(models, folder, quantizations, digits, opset=17):
+    from deploykit.export import export_onnx
+
+    paths = []
+    for k, (model, q) in enumerate(zip(models, quantizations)):
+        path = folder / f"member{k}.onnx"
+        export_onnx(model, path, opset=opset, quantization=q, calibration_data=digits if q else None)
+        paths.append(path)
+    return paths
+
+
+def _expected(paths, x):
+    probs = np.stack([session(p).run(None, {"input": x})[0] for p in paths]).astype(np.float64)
+    mean = probs.mean(0)
+
+    def h(p):
+        return -(p * np.log(np.maximum(p, np.finfo(np.float32).tiny))).sum(-1)
+
+    return probs, {"mean": mean, "std": probs.std(0), "predictive_entropy": h(mean),
+                   "mutual_information": np.maximum(h(mean) - h(probs).mean(0), 0), "predicted_class": mean.argmax(1)}
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("quantizations", [(None, None, None), ("int8-dynamic", "int8-static", None)],
+                         ids=["float32", "int8_mixed"])
+def test_one_graph_equals_the_members_averaged(tmp_path, member_models, digits, opset, quantizations):
+    from deploykit.export.metadata import read_metadata
+    from deploykit.uncertainty.ensemble import KIND_ENSEMBLE, MEMBERS_OUTPUT, export_ensemble_onnx
+
+    paths = _export(member_models, tmp_path, quantizations, digits, opset)
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx", include_members=True)
+    proto = onnx.load(str(record.path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert record.opset == opset and read_metadata(proto).kind == KIND_ENSEMBLE
+    assert [o.name for o in proto.graph.output][:5] == list(OUTPUT_NAMES)
+    x = digits.x_test[:40]
+    probs, want = _expected(paths, x)
+    out = run(session(record.path), x)
+    np.testing.assert_allclose(out[MEMBERS_OUTPUT], probs, atol=1e-6)
+    for name in OUTPUT_NAMES[:4]:
+        assert out[name].dtype == np.float32
+        np.testing.assert_allclose(out[name], want[name], atol=1e-6, err_msg=name)
+    assert out["predicted_class"].dtype == np.int64
+    assert np.array_equal(out["predicted_class"], want["predicted_class"])
+
+
+def test_members_at_other_opsets_are_converted(tmp_path, member_models, digits):
+    from deploykit.uncertainty.ensemble import build_ensemble
+
+    (tmp_path / "b").mkdir()
+    paths = _export(member_models[:1], tmp_path, [None], digits, 13) + _export(member_models[1:2], tmp_path / "b", [None], digits, 17)
+    proto = build_ensemble(paths)
+    assert next(o.version for o in proto.opset_import if o.domain == "") == 17
+    _, want = _expected(paths, digits.x_test[:8])
+    np.testing.assert_allclose(run(session(proto), digits.x_test[:8])["mean"], want["mean"], atol=1e-6)
+
+
+def test_mismatched_or_missing_members_are_refused(tmp_path, member_models, digits):
+    from deploykit.backend import set_seed
+    from deploykit.uncertainty.ensemble import build_ensemble
+    from tests.helpers import build_dense
+
+    paths = _export(member_models[:1], tmp_path, [None], digits)
+    with pytest.raises(UsageError, match="at least 2 members"):
+        build_ensemble(paths)
+    with pytest.raises(ModelLoadError, match="no such file"):
+        build_ensemble([paths[0], tmp_path / "nope.onnx"])
+    set_seed(0)
+    (tmp_path / "o").mkdir()
+    other = _export([build_dense(hidden=(8,), classes=4)], tmp_path / "o", [None], digits)
+    with pytest.raises(ModelLoadError, match="members differ"):
+        build_ensemble([paths[0], other[0]])
