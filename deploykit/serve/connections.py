@@ -124,6 +124,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.header_count = self.head_bytes = 0
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined request behind one being answered: the connection stays BUSY
         if self.timer is None:  # a kept-alive connection: the headers' clock starts with the first byte
             self._arm(self.limits.header_timeout)
         self._enter(Phase.HEAD)
@@ -152,8 +154,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.pending = 0
-        self._enter(Phase.BODY)
-        self._arm(self.limits.body_timeout)
+        if self.phase is Phase.HEAD:
+            self._enter(Phase.BODY)
+            self._arm(self.limits.body_timeout)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -48,6 +48,8 @@ CLASSIFICATION = "classification"
 
 #: Requests up to this many network rows (instances x samples) run on the event loop.
 INLINE_ROWS = 2048
+#: Responses with more numbers than this are built in a worker thread.
+INLINE_VALUES = 65536
 #: An MC request is split into onnxruntime calls of at most this many network rows (bounds the memory).
 MC_ROWS_PER_CALL = 65536
 
@@ -76,6 +78,14 @@ def _session(path: Path, threads: int | None):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+
+
+def _v1_predictions(values: dict[str, np.ndarray], rows: int) -> list:
+    """v1 predictions: one list per row (one output), or one object of outputs per row."""
+    if len(values) == 1:
+        return next(iter(values.values())).tolist()
+    per_output = {name: np.moveaxis(v, 1, 0) if name == SAMPLES_OUTPUT else v for name, v in values.items()}
+    return [{name: v[i].tolist() for name, v in per_output.items()} for i in range(rows)]
 
 
 def _row_size(shape) -> int:
@@ -167,12 +177,11 @@ class OnnxModel(Model):
         samples, note = self._samples(limits.check_parameters(payload.get("parameters")))
         self._check_work(len(x), samples, self.output_names)
         values = await self._infer(x, samples)
-        noted = {"parameters": note} if note else {}
-        if len(values) == 1:
-            return {"predictions": next(iter(values.values())).tolist(), **noted}
-        per_output = {name: np.moveaxis(v, 1, 0) if name == SAMPLES_OUTPUT else v for name, v in values.items()}
-        return {"predictions": [{name: v[i].tolist() for name, v in per_output.items()} for i in range(len(x))],
-                **noted}
+        if sum(v.size for v in values.values()) > INLINE_VALUES:  # building the lists takes a while: not on the loop
+            predictions = await asyncio.to_thread(_v1_predictions, values, len(x))
+        else:
+            predictions = _v1_predictions(values, len(x))
+        return {"predictions": predictions, **({"parameters": note} if note else {})}
 
     def _check_work(self, rows: int, samples: int | None, outputs: list[str]) -> None:
         """Refuse a request whose network rows (rows x samples) or response numbers exceed the limits."""

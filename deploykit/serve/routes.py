@@ -9,6 +9,8 @@
   model's ``parameters`` (kind, class labels, samples) and a ``description`` of
   each output (the Open Inference Protocol's optional ``parameters``).
 - ``GET /v2/models/NAME/config``: the model's configuration in Triton's JSON form.
+- ``/versions/VERSION`` forms of infer, metadata, ready and config: the version the
+  model was found under (``<name>/<version>/model.onnx``, else "1"); another is a 404.
 - ``POST /v2/repository/index``: the models, as Triton lists them (all READY).
 
 Endpoint annotations are evaluated (no ``from __future__ import annotations``): FastAPI reads them.
@@ -19,11 +21,9 @@ import asyncio
 import orjson
 from starlette.requests import Request
 
-from deploykit.serve.models import SAMPLES_OUTPUT, OnnxModel
+from deploykit.serve.models import INLINE_VALUES, SAMPLES_OUTPUT, OnnxModel
 
 PLATFORM = "onnxruntime_onnx"
-#: Responses with more numbers than this are encoded in a worker thread (a thread hop costs ~0.1 ms).
-INLINE_VALUES = 65536
 _JSON = "application/json"
 
 
@@ -38,6 +38,7 @@ def register_routes(app, dataplane) -> None:
         ("/models/{model_name}/versions/{model_version}/infer", routes.infer, "POST"),
         ("/models/{model_name}", routes.metadata, "GET"),
         ("/models/{model_name}/versions/{model_version}", routes.metadata, "GET"),
+        ("/models/{model_name}/versions/{model_version}/ready", routes.ready, "GET"),
         ("/models/{model_name}/config", routes.config, "GET"),
         ("/models/{model_name}/versions/{model_version}/config", routes.config, "GET"),
         ("/repository/index", routes.index, "POST"),
@@ -94,6 +95,10 @@ class _Routes:
         return {"name": model_name, "versions": [version_of(model)], "platform": PLATFORM,
                 "inputs": model.get_input_types(), "outputs": model.get_output_types(),
                 "parameters": model.metadata_parameters()}
+
+    async def ready(self, model_name: str, model_version: str):
+        self._model(model_name, model_version)
+        return {"name": model_name, "ready": True}
 
     async def config(self, model_name: str, model_version: str | None = None):
         return triton_config(self._model(model_name, model_version))

@@ -186,8 +186,9 @@ async def _not_found(request, exc):
     """404 naming the model asked for, bounded and escaped (kserve's message echoes it whole)."""
     from starlette.responses import JSONResponse
 
-    name = request.path_params.get("model_name", "")
-    message = f"model {limits.shown(name)} does not exist" if name else _one_line(str(exc))
+    name, version = request.path_params.get("model_name", ""), request.path_params.get("model_version")
+    what = f"model {limits.shown(name)}" + (f" version {limits.shown(version)}" if version else "")
+    message = f"{what} does not exist" if name else _one_line(str(exc))
     log.info("%s %s -> 404: %s", request.method, limits.shown(request.url.path, 200), message)
     return JSONResponse({"error": message}, status_code=404)
 

@@ -103,6 +103,18 @@ def test_model_config_and_repository_index(client):
         client.get_model_config("nope")
 
 
+def test_versioned_routes(client, x):
+    import tritonclient.utils
+
+    assert client.is_model_ready("digits", "1") and not client.is_model_ready("digits", "2")
+    assert client.get_model_metadata("digits", "1")["name"] == "digits"
+    assert client.get_model_config("digits", "1")["name"] == "digits"
+    result = client.infer("digits", [infer_input(x, True)], model_version="1")
+    assert result.as_numpy("probabilities").shape == (len(x), 10)
+    with pytest.raises(tritonclient.utils.InferenceServerException, match="version '2'"):
+        client.infer("digits", [infer_input(x, True)], model_version="2")
+
+
 def test_classification_extension(client, x):
     """tritonclient's class_count: the top classes of each row as "score:index:label", largest first (Triton's)."""
     import tritonclient.http as httpclient
