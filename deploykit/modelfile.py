@@ -209,10 +209,10 @@ def _read_keras_zip(path: Path) -> ModelFile:
             if "config.json" not in members:
                 raise ModelLoadError(f"model {path}: a zip archive, but not a Keras model (no config.json)")
             _check_suffix(path, ModelFormat.KERAS)
-            MODEL_BYTES.check(path, sum(info.file_size for info in members.values()), "the Keras archive (uncompressed)")
             for name in _KERAS_JSON:
                 if name in members:
                     MODEL_CONFIG_BYTES.check(path, members[name].file_size, name)
+            MODEL_BYTES.check(path, sum(info.file_size for info in members.values()), "the Keras archive (uncompressed)")
             config = _json(path, zf.read("config.json").decode("utf-8"), "config.json")
             meta = _json(path, zf.read("metadata.json").decode("utf-8"), "metadata.json") if "metadata.json" in members else {}
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, EOFError) as exc:
