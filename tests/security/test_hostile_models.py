@@ -136,3 +136,16 @@ def test_keras_weights_inflating_past_the_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYKIT_MAX_MODEL_BYTES", str(2 << 20))
     with pytest.raises(ModelLoadError, match=r"the Keras archive \(uncompressed\) declares 4\.0 MiB, over the 2\.0 MiB limit"):
         load_model(tmp_path / "big.keras")
+
+
+def test_an_hdf5_tail_that_only_looks_like_a_zip_end_still_loads(tmp_path):
+    """4 bytes of weights can spell the zip end signature; only a readable zip directory makes a polyglot."""
+    import zipfile
+
+    from deploykit.backend import keras
+    from deploykit.io import save_model
+
+    save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "m.h5")
+    (tmp_path / "tail.h5").write_bytes((tmp_path / "m.h5").read_bytes() + b"PK\x05\x06" + bytes(18))
+    assert zipfile.is_zipfile(tmp_path / "tail.h5")
+    assert load_model(tmp_path / "tail.h5").output_shape == (None, 2)
