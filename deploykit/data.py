@@ -1,10 +1,11 @@
 """Datasets: the embedded digits, and user data as .npz, .csv or IDX files.
 
 Every loader returns a :class:`Dataset` with a stratified train / validation /
-test split made with a fixed seed. What a file declares (.npz array headers,
-IDX dimensions, CSV rows x columns) is checked against
-:data:`deploykit.limits.DATA_BYTES` before anything is inflated or allocated. Inputs stay raw (the model standardizes
+test split made with a fixed seed. Inputs stay raw (the model standardizes
 them itself); the standardization statistics come from the training part only.
+What a file declares (.npz array headers, IDX dimensions, CSV rows x columns)
+is checked against :data:`deploykit.limits.DATA_BYTES` before anything is
+inflated or allocated: a small compressed file can declare gigabytes.
 """
 
 from __future__ import annotations

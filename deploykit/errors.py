@@ -30,7 +30,7 @@ class OutputExistsError(UsageError):
 
 
 class DataError(DeployKitError):
-    """Input data cannot be used: unknown format, NaN, mismatched lengths..."""
+    """Input data cannot be used: unknown format, NaN, mismatched lengths, too large, or not fitting the model."""
 
 
 class ModelLoadError(DeployKitError):

@@ -34,7 +34,8 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
 
     Keras 3 files are rebuilt in tf_keras with identical weights, and their
     outputs checked against Keras 3's own within 1e-5. ``unsafe=True`` allows
-    Lambda layers and custom objects (loading them can run code from the file).
+    Lambda layers, custom objects and SavedModel folders (loading them can run
+    code from the file).
     """
     model_file = read_model_file(path)
     if model_file.is_keras3:

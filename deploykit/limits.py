@@ -53,8 +53,9 @@ def _size(n: int) -> str:
     return f"{n / _MIB:,.1f} MiB" if n >= _MIB else f"{n:,} bytes"
 
 
-#: Every model file: the uncompressed members of a ``.keras`` zip, and the weights its config declares.
-MODEL_BYTES = Limit("DEPLOYKIT_MAX_MODEL_BYTES", 1024 * _MIB, "model", ModelLoadError)
+#: Every model file: the uncompressed members of a ``.keras`` zip, and the weights its config declares
+#: (a dense network of a few million parameters is tens of MiB).
+MODEL_BYTES = Limit("DEPLOYKIT_MAX_MODEL_BYTES", 256 * _MIB, "model", ModelLoadError)
 #: A model's JSON config (``config.json``, ``metadata.json``, ``keras_metadata.pb``): a dense network's is kilobytes.
 MODEL_CONFIG_BYTES = Limit("DEPLOYKIT_MAX_CONFIG_BYTES", 16 * _MIB, "model", ModelLoadError)
 #: A dataset, counted as the float32 values it becomes (rows x features x 4 bytes, labels included).

@@ -286,3 +286,14 @@ def test_a_live_owner_is_never_cleaned(tmp_path):
     assert mine.is_dir() and no_record.is_dir()
     assert removed == ([reused] if _me()["start"] else [])
     assert os.getpid() == _me()["pid"]
+
+
+def test_force_without_rename_exchange_uses_the_two_step_fallback(tmp_path, monkeypatch):
+    import deploykit.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", lambda: None)  # as on a system without renameat2
+    out = tmp_path / "artifacts"
+    for i in range(2):
+        with atomic_dir(out, force=True) as staging:
+            (staging / f"{i}.onnx").write_text(str(i))
+    assert _names(out) == ["1.onnx"] and _names(tmp_path) == ["artifacts"]

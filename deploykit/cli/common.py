@@ -28,7 +28,7 @@ def add_model_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
         p.add_argument("model", nargs="?", default=None, help=f"model file or SavedModel folder (default: the shipped {DEFAULT_MODEL.name})")
     else:
         p.add_argument("model", help="model file (.keras, .h5) or SavedModel folder; Keras 3 .keras files are imported")
-    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code (loading them can run arbitrary code)")
+    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers, custom code and SavedModel folders (loading them can run arbitrary code)")
 
 
 def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:

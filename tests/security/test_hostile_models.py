@@ -118,3 +118,34 @@ def test_declared_weights_are_limited(tmp_path):
         zf.writestr("metadata.json", json.dumps({"keras_version": "2.21.0"}))
     with pytest.raises(ModelLoadError, match="the layer config declares 38,147.4 MiB.*DEPLOYKIT_MAX_MODEL_BYTES"):
         load_model(path)
+
+
+def test_keras_weights_inflating_past_the_limit(tmp_path, monkeypatch):
+    """The archive's members are summed as declared (a model.weights.h5 inflating to gigabytes)."""
+    import zipfile
+
+    from deploykit.backend import keras
+    from deploykit.io import save_model
+
+    save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as src, zipfile.ZipFile(tmp_path / "big.keras", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data + bytes(4 << 20) if info.filename == "model.weights.h5" else data)
+    assert load_model(tmp_path / "m.keras") is not None
+    monkeypatch.setenv("DEPLOYKIT_MAX_MODEL_BYTES", str(2 << 20))
+    with pytest.raises(ModelLoadError, match=r"the Keras archive \(uncompressed\) declares 4\.0 MiB, over the 2\.0 MiB limit"):
+        load_model(tmp_path / "big.keras")
+
+
+def test_an_hdf5_tail_that_only_looks_like_a_zip_end_still_loads(tmp_path):
+    """4 bytes of weights can spell the zip end signature; only a readable zip directory makes a polyglot."""
+    import zipfile
+
+    from deploykit.backend import keras
+    from deploykit.io import save_model
+
+    save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "m.h5")
+    (tmp_path / "tail.h5").write_bytes((tmp_path / "m.h5").read_bytes() + b"PK\x05\x06" + bytes(18))
+    assert zipfile.is_zipfile(tmp_path / "tail.h5")
+    assert load_model(tmp_path / "tail.h5").output_shape == (None, 2)
