@@ -36,6 +36,8 @@ from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError
 from deploykit.export.runtimes import artifact_quantization, median_seconds, open_runner, predict_batches, runner_class
 
 LOADING, RUNNING = "loading it", "running it"
+#: stderr lines that precede a crash without explaining it (runtime logs, faulthandler's trace).
+_NOT_THE_CAUSE = ("INFO:", "WARNING:", "Fatal Python error", "Current thread", "File ", "Extension modules", "Thread 0x")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ class RuntimeWorker:
     def __init__(self) -> None:
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
-        self._stderr = None
-        self._artifact: tuple[str, str] | None = None  # (name, runtime) of the artifact being served
+        self._stderr = None  # the child's stderr, a file: what a dying runtime printed last names the crash
+        self._stderr_mark = 0  # where the current request's stderr starts
+        self._artifact = ("no artifact", "the runtime")  # (file name, runtime) of the artifact being served
         self._lock = threading.Lock()
 
     def open(self, path: str | os.PathLike, threads: int | None = None, describe: bool = False) -> OpenedArtifact:
@@ -111,10 +114,6 @@ class RuntimeWorker:
         """The child's pid and whether it imported TensorFlow (it must not)."""
         with self._lock:
             return self._call(("ping",), "starting")
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None and self._process.poll() is None else None
 
     def close(self) -> None:
         """Stop the child (it exits when its end of the connection closes)."""
@@ -147,24 +146,25 @@ class RuntimeWorker:
         if self._process is None or self._process.poll() is not None:
             self.close()
             self._start()
+        self._stderr_mark = self._stderr.seek(0, os.SEEK_END)
         try:
             self._conn.send(request)
             reply = self._conn.recv()
         except (EOFError, OSError):
             raise self._crashed(stage) from None
         if reply[0] == "error":
-            raise _rebuild(*reply[1:], where=f"{self._artifact[0]}: {self._artifact[1]} failed while {stage}")
+            name, runtime = self._artifact
+            raise _rebuild(*reply[1:], where=f"{name}: {runtime} failed while {stage}")
         return reply[1]
 
     def _crashed(self, stage: str) -> RuntimeCrashError:
         """The error for a child that died; the next call starts a new one."""
         code = self._process.wait()
-        self._stderr.seek(0)
-        lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
-        detail = next((line for line in reversed(lines) if not line.startswith(("Fatal Python error", "Current thread",
-                                                                                  "File ", "Extension modules"))), "")
+        self._stderr.seek(self._stderr_mark)
+        lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines()]
+        detail = next((line for line in reversed(lines) if line and not line.startswith(_NOT_THE_CAUSE)), "")
         self.close()
-        name, runtime = self._artifact or ("artifact", "the runtime")
+        name, runtime = self._artifact
         signal = -code if code < 0 else None
         return RuntimeCrashError(name, runtime, stage, signal, None if signal else code, detail[:200])
 

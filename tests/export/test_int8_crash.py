@@ -83,10 +83,10 @@ def _tiny_elu(first_row: float):
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(3)(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Activation("elu")(hidden)))
-    kernel = np.full((4, 3), 0.125, np.float32)
-    kernel[0] = first_row
+    kernel = np.array([[first_row] * 3, [2, -2, 0], [-2, 2, 0], [0, 0, 1]], np.float32)
     model.layers[1].set_weights([kernel, np.zeros(3, np.float32)])
-    return model
+    model.layers[-1].set_weights([np.array([[-2, 2], [2, -2], [0, 0]], np.float32), np.zeros(2, np.float32)])
+    return model  # predicts class 1 when x1 > x2: the labels of _tiny_data
 
 
 def _tiny_data(tmp_path):
@@ -119,7 +119,8 @@ def test_crash_fixture_rebuilds_from_keras_and_deploykit_writes_it_without_the_c
     record = export_tflite(model, tmp_path / "model_int8.tflite", "int8", representative_data=data)
     assert max(m.max() for m in requantization_multipliers(record.path)) < MAX_REQUANTIZATION
     report = validate(record, data, model, repeats=2, check=False)
-    assert report.agreement == 1.0
+    assert report.reference_accuracy >= 0.9, "the tiny network should separate its two classes"
+    assert report.accuracy_drop <= 0.05 and report.agreement >= 0.95, report.summary()  # int8 may flip a tie or two
 
 
 def _book_model(data, seed: int = 0):
