@@ -6,9 +6,10 @@ types and dims without the batch axis (Triton adds it, up to
 ``predicted_class``) is ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }``, as
 Triton requires of batched models. An output whose first axis is not the batch
 axis (the MC model's optional ``[T, N, C]`` samples) cannot be batched and is
-left out; an input backed by an initializer (the MC model's ``samples``
-default) is optional in onnxruntime and left out too, so Triton serves it
-with its default. ``kserve.yaml`` beside the repository deploys it with one
+left out; an optional input (the MC model's ``samples``: optional-typed, or
+backed by an initializer below opset 15) is left out too, so Triton serves it
+with its default: Triton's onnxruntime backend cannot feed an optional-typed
+tensor, so the repository's copy gives it an empty ``Optional`` instead. ``kserve.yaml`` beside the repository deploys it with one
 ``kubectl apply``.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 from deploykit.atomic import atomic_dir, write_text
@@ -92,17 +92,27 @@ def write_triton_repository(
     config = _with_batch(config or TritonConfig(), max_batch_size)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UsageError(f"Triton version must be a positive integer, got {version!r}")
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    proto = _without_optional_inputs(onnx.load(str(onnx_path), load_external_data=False))
     if class_names is None:
         class_names = read_metadata(proto).class_names or None
     text = triton_config(proto, name, config, labels=len(class_names) if class_names else 0)
     with atomic_dir(Path(repository) / name, force=force) as staging:
         (staging / str(version)).mkdir()
-        shutil.copyfile(onnx_path, staging / str(version) / MODEL_FILE)
+        onnx.save(proto, str(staging / str(version) / MODEL_FILE))
         (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
         if class_names:
             (staging / LABELS_FILE).write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
     return Path(repository) / name
+
+
+def _without_optional_inputs(proto):
+    """``proto`` with each optional-typed graph input replaced by an empty ``Optional`` node (its default applies)."""
+    from onnx import helper
+
+    for value in [v for v in proto.graph.input if v.type.HasField("optional_type")]:
+        proto.graph.input.remove(value)
+        proto.graph.node.insert(0, helper.make_node("Optional", [], [value.name], type=value.type.optional_type.elem_type))
+    return proto
 
 
 def _with_batch(config: TritonConfig, max_batch_size: int | None) -> TritonConfig:
