@@ -32,6 +32,7 @@ NATIVE = logging.getLogger(f"{ROOT}.native")
 _T0 = time.monotonic()
 _lock = threading.Lock()
 _depth = 0
+_passthrough = False  # see keep_native_stderr
 
 
 class _CliFormatter(logging.Formatter):
@@ -105,7 +106,7 @@ def quiet_native() -> Iterator[None]:
     global _depth
     with _lock:
         _depth += 1
-        outer = _depth == 1
+        outer = _depth == 1 and not _passthrough
     if not outer:
         try:
             yield
@@ -130,6 +131,16 @@ def quiet_native() -> Iterator[None]:
     for line in [*caught, *collect.lines]:  # logged once stderr is back, so they show with --verbose
         if line.strip():
             NATIVE.debug(line)
+
+
+def keep_native_stderr() -> None:
+    """Make :func:`quiet_native` a no-op in this process, for one whose stderr its parent already captures.
+
+    The runtime worker (:mod:`deploykit.export.isolated`) needs the lines a native crash prints (glibc's
+    ``double free detected``) on its real stderr: a buffer would die with the process.
+    """
+    global _passthrough
+    _passthrough = True
 
 
 @contextlib.contextmanager

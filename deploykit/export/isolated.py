@@ -254,4 +254,7 @@ def _serve(conn: Connection) -> None:
 
 def main(fd: int) -> None:
     """The child's entry point: serve on the inherited socket ``fd``."""
+    from deploykit.log import keep_native_stderr
+
+    keep_native_stderr()  # the parent reads this process's stderr, a crash's last words included
     _serve(Connection(fd))

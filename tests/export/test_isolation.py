@@ -47,7 +47,7 @@ def test_native_crash_is_a_validation_error_of_that_artifact_and_the_next_one_va
 
     report = validate(OK, tiny_data, repeats=2, check=False)  # a fresh worker serves the next artifact
     assert report.artifact == OK and report.samples == len(tiny_data.x_test)
-    assert report.quantization == "int8" and report.latency_b1_ms > 0
+    assert report.quantization == "int8-full" and report.latency_b1_ms > 0
     assert shared_worker().ping()["pid"] != before
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploykit.cli.main import main
-from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError
+from deploykit.errors import ModelLoadError, UnsafeModelError
 from deploykit.io import load_model
 from tests.security import hostile
 
@@ -44,10 +44,16 @@ def test_saved_model_with_a_class_named_dense(tmp_path, marker, capfd):
     path = hostile.saved_model_with_fake_dense(tmp_path, marker)
     out = tmp_path / "out"
     _cli_refuses(capfd, ["export", str(path), "--out", str(out), "--format", "onnx"], "--unsafe")
-    # Even trusted (--unsafe), the revived look-alike is not Keras' Dense: refused before export calls it.
-    line = _cli_refuses(capfd, ["export", str(path), "--unsafe", "--out", str(out), "--format", "onnx"], "'dense'")
-    assert "saved_model.load.Dense" in line
     assert not marker.exists() and not out.exists()
+    # Trusted (--unsafe), the revived look-alike is still known for what it is: custom code, not Keras' Dense,
+    # so no step treats it as a Dense layer (fold, pruning and compact skip it; only the converters run it).
+    from deploykit.layers import Role, layer_type, support_for
+
+    fake = load_model(path, unsafe=True).get_layer("dense")
+    assert layer_type(fake) != "Dense" and layer_type(fake).endswith(".Dense")
+    assert support_for(fake, unsafe=True).role is Role.OPAQUE
+    with pytest.raises(UnsafeModelError, match="'dense' of type .*Dense is custom code"):
+        support_for(fake)
 
 
 def test_a_layer_is_identified_by_its_real_class_not_its_name():
@@ -59,7 +65,7 @@ def test_a_layer_is_identified_by_its_real_class_not_its_name():
 
     assert layer_type(keras.layers.Dense(2)) == "Dense"
     assert layer_type(Dense()) != "Dense" and layer_type(Dense()).endswith(".Dense")
-    with pytest.raises(UnsupportedLayerError, match="of type .*test_hostile_models.*Dense"):
+    with pytest.raises(UnsafeModelError, match="'fake' of type .*test_hostile_models.*Dense is custom code"):
         check_layers([keras.layers.Dense(2), Dense(name="fake")])
 
 
