@@ -192,9 +192,8 @@ def support_for(layer: object, *, unsafe: bool = False) -> LayerSupport:
 
 def _is_builtin(layer: object, kind: str) -> bool:
     """A layer class Keras itself ships (Keras 3 configs say their module; tf_keras ones are looked up)."""
-    if not isinstance(layer, dict):
-        module = type(layer).__module__
-        return module.startswith(("tf_keras.", "keras.")) and not module.startswith("keras.src.layers.core.lambda")
+    if not isinstance(layer, dict):  # the very class Keras exports: a class revived from a SavedModel lives in
+        return _is_keras_class(type(layer))  # tf_keras's modules too, under the name it was saved with
     if "module" in layer:  # Keras 3 config
         registered = layer.get("registered_name")
         module = str(layer.get("module") or "")

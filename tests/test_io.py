@@ -92,14 +92,18 @@ def test_a_truncated_keras_file(model, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
-def test_unsupported_layer_is_named_with_its_type(tmp_path, suffix):
+def test_a_keras_layer_outside_the_table_loads_and_computes_the_same(tmp_path, suffix):
+    """A built-in layer the support table does not know is no dead end: it loads (the steps that cannot
+    handle it skip it; the converters export it). Only code from outside Keras needs --unsafe."""
     from deploykit.backend import keras
+    from deploykit.layers import Role, support_for
 
-    m = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="edges"), keras.layers.Flatten(), keras.layers.Dense(2)])
-    save_model(m, tmp_path / f"conv{suffix}")
-    with pytest.raises(UnsupportedLayerError, match="'edges' of type Conv2D") as info:
-        load_model(tmp_path / f"conv{suffix}")
-    assert info.value.layer_type == "Conv2D"
+    m = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(2, name="memory"), keras.layers.Dense(2)])
+    save_model(m, tmp_path / f"lstm{suffix}")
+    loaded = load_model(tmp_path / f"lstm{suffix}")
+    assert support_for(loaded.get_layer("memory")).role is Role.OTHER
+    x = np.random.default_rng(0).normal(size=(4, 5, 3)).astype("float32")
+    assert np.abs(loaded(x).numpy() - m(x).numpy()).max() == 0.0
 
 
 def test_nested_model_is_refused_clearly(tmp_path):
