@@ -173,8 +173,6 @@ def test_mismatching_outputs_are_refused_with_the_measured_difference(k3, tmp_pa
 
 def _unsupported_cases(k3):
     inputs = k3.Input((8,))
-    x = k3.layers.Dense(4, name="a")(inputs)
-    branch = k3.layers.Add(name="merge")([x, k3.layers.Dense(4, name="b")(inputs)])
     forced = k3.layers.Dropout(0.5, name="always_on")(k3.layers.Dense(4)(inputs), training=True)
     inner = k3.Sequential([k3.Input((8,)), k3.layers.Dense(3)], name="block")
 
@@ -184,9 +182,6 @@ def _unsupported_cases(k3):
             return t * 2.0
 
     return {
-        "conv": (k3.Sequential([k3.Input((6, 6, 1)), k3.layers.Conv2D(2, 3, name="edges"), k3.layers.Flatten()]), "'edges' of type Conv2D"),
-        "lstm": (k3.Sequential([k3.Input((5, 3)), k3.layers.LSTM(2, name="memory")]), "'memory' of type LSTM"),
-        "branch": (k3.Model(inputs, branch), "'merge' of type Add"),
         "training": (k3.Model(inputs, forced), "'always_on' of type Dropout: called with {'training': True}"),
         "nested": (k3.Sequential([k3.Input((8,)), inner]), "'block' of type Sequential: a nested model"),
         "custom_layer": (k3.Sequential([k3.Input((8,)), Scale(name="scale")]), "'scale' of type tests>Scale: a custom layer"),
