@@ -38,7 +38,8 @@ CHECK_SAMPLES = 64
 # Keras 3 config keys that tf_keras names differently, per layer type.
 _RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
 # Keras 3 options tf_keras lacks: dropped when they hold their neutral value, refused otherwise.
-_NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "input_axes": None, "output_axes": None}
+_NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "input_axes": None, "output_axes": None,
+            "rms_scaling": False}
 # Variables that are not model state (Keras 3 dropout layers keep their RNG state in one).
 _NOT_WEIGHTS = ("seed_generator",)
 
@@ -114,8 +115,11 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
         else:
             value = _plain(name, kind, value)
         out[renamed.get(key, key)] = value
+    cls = getattr(keras.layers, kind, None)
+    if cls is not None:
+        out = _accepted_options(cls, name, kind, out, _TF_KERAS_LAYER_KEYS)
     try:
-        getattr(keras.layers, kind).from_config(copy.deepcopy(out))
+        cls.from_config(copy.deepcopy(out))
     except Exception as exc:
         raise UnsupportedLayerError(name, kind, f"tf_keras cannot build it from the Keras 3 config ({type(exc).__name__}: {exc})") from None
     return out
@@ -158,6 +162,10 @@ def _activation(name: str, kind: str, value) -> str:
     return value
 
 
+#: Weights the two Keras name differently: (tf_keras name, Keras 3 name) per layer type.
+_WEIGHT_NAMES = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
+
+
 def _copy_weights(path, source, target) -> None:
     """Set ``target``'s (tf_keras) weights from ``source``'s (Keras 3), matched by name."""
     have = {
@@ -165,10 +173,11 @@ def _copy_weights(path, source, target) -> None:
         for w, v in zip(source.weights, source.get_weights())
         if not any(s in w.name for s in _NOT_WEIGHTS)
     }
+    names = _WEIGHT_NAMES.get(type(target).__name__, {})
     values = []
     for w in target.weights:
         short = w.name.split("/")[-1].split(":")[0]
-        value = have.pop(short, None)
+        value = have.pop(names.get(short, short), None)
         if value is None or tuple(value.shape) != tuple(w.shape):
             got = "missing" if value is None else f"shape {value.shape}"
             raise ModelLoadError(f"model {path}: layer {target.name!r} weight {short!r} of shape {tuple(w.shape)} is {got} in the Keras 3 file")
@@ -288,33 +297,67 @@ _TF_KERAS_ONLY = ("batch_input_shape", "input_shape", "batch_size")
 
 
 _LAYER_KEYS = ("name", "trainable", "dtype")
+#: What tf_keras's base Layer takes besides a layer's own arguments.
+_TF_KERAS_LAYER_KEYS = ("name", "trainable", "dtype", "dynamic", "input_dim", "activity_regularizer", "autocast")
+#: Values that mean "the default" in either Keras: an option the other lacks may be dropped when it holds one.
+_NEUTRAL_VALUES = (None, False, True, [], {}, "channels_last")
 
 
 def _keras3_config(cls, kind: str, config: dict) -> dict:
     """A tf_keras layer config for Keras 3: renamed keys, and options Keras 3 lacks dropped when neutral."""
-    import inspect
+    from deploykit.backend import keras
 
-    params = inspect.signature(cls.__init__).parameters
-    accepted = set(params)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted |= set(_LAYER_KEYS)  # passed on to keras.layers.Layer
     renamed = _TO_KERAS3_RENAMED.get(kind, {})
-    out = {}
-    for key, value in config.items():
-        key = renamed.get(key, key)
-        if key in _TF_KERAS_ONLY:
-            continue
-        if key not in accepted:
-            # initializers, regularizers and constraints only matter for training from scratch
-            training_only = key.endswith(("_initializer", "_regularizer", "_constraint"))
-            if not training_only and (value not in (None, False, True, [], {}) or (key == "trainable" and value is False)):
-                raise UnsupportedLayerError(config.get("name", kind), kind, f"option {key}={value!r} has no Keras 3 equivalent")
-            continue
-        out[key] = copy.deepcopy(value)
+    out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in _TF_KERAS_ONLY}
+    out = _accepted_options(cls, str(out.get("name", kind)), kind, out, _LAYER_KEYS, getattr(keras.layers, kind, None))
     axis = out.get("axis")
-    if kind in ("BatchNormalization",) and isinstance(axis, list) and len(axis) == 1:
+    if kind == "BatchNormalization" and isinstance(axis, list) and len(axis) == 1:
         out["axis"] = int(axis[0])  # Keras 3 takes one int (tf_keras writes a list)
     return out
+
+
+def _accepted_options(cls, name: str, kind: str, config: dict, layer_keys, source=None) -> dict:
+    """``config`` without the options ``cls`` does not take: dropped when neutral, refused otherwise.
+
+    Initializers, regularizers and constraints are always dropped when not taken: they only
+    matter for training from scratch. An option equal to its default in the ``source`` class
+    (the layer's class in the Keras the config comes from) is neutral too.
+    """
+    import inspect
+
+    defaults = {k: p.default for k, p in _init_parameters(source).items()}
+    params = _init_parameters(cls)
+    accepted = set(params)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted |= set(layer_keys)  # passed on to the base Layer
+    out = {}
+    for key, value in config.items():
+        if key in accepted:
+            out[key] = value
+            continue
+        training_only = key.endswith(("_initializer", "_regularizer", "_constraint"))
+        neutral = any(value is v or (type(value) is type(v) and value == v) for v in (*_NEUTRAL_VALUES, defaults.get(key)))
+        if not (training_only or neutral) or (key == "trainable" and value is False):
+            raise UnsupportedLayerError(name, kind, f"option {key}={value!r} has no equivalent in the other Keras")
+    return out
+
+
+def _init_parameters(cls) -> dict:
+    """The constructor parameters of ``cls`` and of the bases its ``**kwargs`` reach (subclasses win)."""
+    import inspect
+
+    params = {}
+    for base in getattr(cls, "__mro__", ()):
+        if "__init__" not in vars(base) or base is object:
+            continue
+        try:
+            own = inspect.signature(base.__init__).parameters
+        except (TypeError, ValueError):
+            break
+        params = {**own, **params}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            break
+    return params
 
 
 def save_model_like(model, path: str | os.PathLike, keras3: bool):
