@@ -6,7 +6,7 @@
    fashion_mnist_3615.npz`` from the repository root; skipped with a message
    when absent): the chapter's 784-300-100-10 model with BatchNorm and dropout,
    trained with ``deploykit.train``, then ``deploykit.optimize`` with its defaults.
-3. The area benchmarks ``benchmarks/bench_*.py`` (fold, sparsity, export, MC,
+3. The area benchmarks ``benchmarks/bench_*.py`` (fold, graph, sparsity, export, MC,
    serve, train), each in its own process; they write ``benchmarks/results/
    <name>.json|md``, which RESULTS.md includes when this run wrote them.
 

@@ -260,7 +260,7 @@ def _parents(name: str, layer: dict) -> list[str]:
         args = call.get("args") or []
         kwargs = {k: v for k, v in (call.get("kwargs") or {}).items() if v is not None and not (k == "training" and v is False)}
         if kwargs or len(args) != 1:
-            raise UnsupportedLayerError(name, kind, f"called with extra arguments {kwargs or args[1:]}; deploykit reads plain calls")
+            raise UnsupportedLayerError(name, kind, f"called with {kwargs or args[1:]}; deploykit reads plain calls")
         tensors = args[0] if isinstance(args[0], list) else [args[0]]
         if not all(isinstance(t, dict) and t.get("class_name") == "__keras_tensor__" for t in tensors):
             raise UnsupportedLayerError(name, kind, "takes non-tensor arguments; deploykit reads plain calls")
@@ -335,3 +335,19 @@ def _set_weights(layer, spec: LayerSpec) -> None:
 def copy_model(model, *, unsafe: bool = False):
     """A fresh tf_keras copy of a model with the same weights (no optimizer state)."""
     return to_keras(graph_from_model(model, unsafe=unsafe))
+
+
+def token_vocabulary(graph: Graph) -> int | None:
+    """The smallest vocabulary of an Embedding reading the model input directly (its inputs are ids), else None."""
+    sizes = [int(n.spec.config["input_dim"]) for n in graph.consumers(next(iter(graph.inputs)))
+             if n.spec.class_name == "Embedding"]
+    return min(sizes) if sizes else None
+
+
+def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 inputs to check a rebuild on: standard normal, or token ids when an Embedding reads them."""
+    rng = np.random.default_rng(seed)
+    vocabulary = token_vocabulary(graph)
+    if vocabulary is not None:
+        return rng.integers(0, vocabulary, (n, *graph.input_shape)).astype(np.float32)
+    return rng.standard_normal((n, *graph.input_shape)).astype(np.float32)

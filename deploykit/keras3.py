@@ -1,11 +1,15 @@
-"""Import Keras 3 model files into tf_keras.
+"""Keras 3 model files in and out of tf_keras.
 
 TensorFlow >= 2.16 saves Keras 3 ``.keras`` files by default, which tf_keras
-cannot read. deploykit reads the file's config (checked before anything is
-deserialized), rebuilds the dense chain as a tf_keras ``Sequential`` (mapping
-the config differences between the two Keras), loads the file with Keras 3 to
-copy its weights by name, and checks that both models give the same outputs on
-random inputs within :data:`TOLERANCE`.
+cannot read. :func:`import_keras3` reads the file's config (checked before
+anything is deserialized) as a graph (:mod:`deploykit.graph`), rebuilds it in
+tf_keras (mapping the config differences between the two Keras), loads the
+file with Keras 3 to copy its weights by name, and checks that both models give
+the same outputs on random inputs within :data:`TOLERANCE`.
+
+:func:`save_keras3` goes back: a tf_keras model is rebuilt layer by layer in
+Keras 3, checked the same way, and saved as a Keras 3 ``.keras`` file, so a
+Keras 3 user gets back files their framework opens.
 
 This is the one module that imports Keras 3 (``import keras``), always inside
 functions, and with the environment and the global random states restored
@@ -21,8 +25,9 @@ import random
 
 import numpy as np
 
-from deploykit.chain import Chain, LayerSpec, from_chain
+from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
+from deploykit.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
 from deploykit.modelfile import ModelFile, check_model_config
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild.
@@ -33,26 +38,25 @@ CHECK_SAMPLES = 64
 # Keras 3 config keys that tf_keras names differently, per layer type.
 _RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
 # Keras 3 options tf_keras lacks: dropped when they hold their neutral value, refused otherwise.
-_NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "input_axes": None, "output_axes": None}
+_NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "input_axes": None, "output_axes": None,
+            "rms_scaling": False}
 # Variables that are not model state (Keras 3 dropout layers keep their RNG state in one).
 _NOT_WEIGHTS = ("seed_generator",)
 
 
 def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0):
-    """Rebuild a Keras 3 model file as a tf_keras ``Sequential`` with identical weights."""
+    """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights."""
     path = model_file.path
-    specs = _chain_specs(model_file, unsafe)
-    input_shape = _input_shape(model_file)
-    name = str(model_file.config.get("config", {}).get("name") or "deploykit_model")
-    model = from_chain(Chain(input_shape, specs, name=name))
+    graph = _tf_keras_graph(model_file, unsafe)
+    model = to_keras(graph)
     with _keras3() as keras3:
         try:
             source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
         except Exception as exc:
             raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
-        for spec, layer in zip(specs, (l for l in model.layers if type(l).__name__ != "InputLayer")):
-            _copy_weights(path, source.get_layer(spec.name), layer)
-        diff = _max_abs_diff(path, keras3, source, model, input_shape, seed)
+        for node in graph.nodes:
+            _copy_weights(path, source.get_layer(node.name), model.get_layer(node.name))
+        diff = _max_abs_diff(path, keras3, source, model, graph, seed)
         del source
     if not diff <= TOLERANCE:
         raise ModelLoadError(
@@ -62,70 +66,21 @@ def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0)
     return model
 
 
-def _chain_specs(model_file: ModelFile, unsafe: bool) -> list[LayerSpec]:
-    """The model's layers in call order, as tf_keras layer specs without weights."""
-    checked = {str(layer.get("config", {}).get("name")): (layer, entry) for layer, entry in check_model_config(model_file, unsafe=unsafe)}
-    specs = []
-    for name in _call_order(model_file):
-        layer, entry = checked[name]
-        kind = str(layer["class_name"])
-        if not entry.keras3_import:
-            raise UnsupportedLayerError(name, kind, "deploykit cannot rebuild it from a Keras 3 file")
-        specs.append(LayerSpec(kind, _tf_keras_config(name, kind, layer.get("config", {}))))
-    return specs
-
-
-def _call_order(model_file: ModelFile) -> list[str]:
-    """Names of the non-input layers from input to output; refuses anything but a plain chain."""
-    layers = model_file.layer_configs()
-    names = [str(l.get("config", {}).get("name")) for l in layers]
-    if model_file.model_class == "Sequential":
-        return [n for n, l in zip(names, layers) if l.get("class_name") != "InputLayer"]
-    config = model_file.config["config"]
-    inputs, outputs = _endpoints(config.get("input_layers")), _endpoints(config.get("output_layers"))
-    model_name = str(config.get("name", model_file.path.name))
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise UnsupportedLayerError(model_name, model_file.model_class, "only single-input, single-output chains are supported")
-    parent = {}
-    for name, layer in zip(names, layers):
-        if layer.get("class_name") == "InputLayer":
-            continue
-        parent[name] = _parent(name, layer)
-    order, current = [], outputs[0]
-    while current != inputs[0]:
-        if current not in parent or current in order:
-            raise UnsupportedLayerError(model_name, model_file.model_class, f"layer {current!r} is not on a plain chain from the input")
-        order.append(current)
-        current = parent[current]
-    if len(order) != len(parent):
-        extra = sorted(set(parent) - set(order))
-        raise UnsupportedLayerError(extra[0], model_file.model_class, "the model branches; only plain chains are supported")
-    return order[::-1]
-
-
-def _endpoints(value) -> list[str]:
-    """Layer names of a functional config's ``input_layers`` / ``output_layers``."""
-    if not value:
-        return []
-    if isinstance(value[0], str):  # one endpoint: ["name", 0, 0]
-        return [value[0]]
-    return [str(v[0]) for v in value]
-
-
-def _parent(name: str, layer: dict) -> str:
-    kind = str(layer.get("class_name"))
-    nodes = layer.get("inbound_nodes") or []
-    if len(nodes) != 1:
-        raise UnsupportedLayerError(name, kind, f"called {len(nodes)} times; only plain chains are supported")
-    node = nodes[0]
-    args = node.get("args", []) if isinstance(node, dict) else None
-    if not args or len(args) != 1 or not isinstance(args[0], dict) or args[0].get("class_name") != "__keras_tensor__":
-        raise UnsupportedLayerError(name, kind, "takes several inputs or non-tensor arguments; only plain chains are supported")
-    # Keras 3 records ``training=False`` and ``mask=None`` for plain calls; anything else changes the layer.
-    kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if v is not None and not (k == "training" and v is False)}
-    if kwargs:
-        raise UnsupportedLayerError(name, kind, f"called with {kwargs}; only plain calls are supported")
-    return str(args[0]["config"]["keras_history"][0])
+def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> Graph:
+    """The model's graph with tf_keras layer configs (no weights yet)."""
+    model_file.layer_configs()  # refuses subclassed models by name
+    check_model_config(model_file, unsafe=unsafe)
+    name = str(model_file.config.get("config", {}).get("name") or "deploykit_model")
+    graph = graph_from_config(model_file.config, unsafe=unsafe, model_name=name)
+    if len(graph.inputs) != 1:
+        raise UnsupportedLayerError(name, model_file.model_class, f"has {len(graph.inputs)} inputs; deploykit imports single-input models")
+    graph.inputs = {next(iter(graph.inputs)): _input_shape(model_file)}
+    for node in graph.nodes:
+        kind = node.spec.class_name
+        if not node.spec.support.keras3_import:
+            raise UnsupportedLayerError(node.name, kind, "deploykit cannot rebuild it from a Keras 3 file")
+        node.spec.config = _tf_keras_config(node.name, kind, node.spec.config)
+    return graph
 
 
 def _input_shape(model_file: ModelFile) -> tuple[int, ...]:
@@ -160,8 +115,11 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
         else:
             value = _plain(name, kind, value)
         out[renamed.get(key, key)] = value
+    cls = getattr(keras.layers, kind, None)
+    if cls is not None:
+        out = _accepted_options(cls, name, kind, out, _TF_KERAS_LAYER_KEYS)
     try:
-        getattr(keras.layers, kind).from_config(copy.deepcopy(out))
+        cls.from_config(copy.deepcopy(out))
     except Exception as exc:
         raise UnsupportedLayerError(name, kind, f"tf_keras cannot build it from the Keras 3 config ({type(exc).__name__}: {exc})") from None
     return out
@@ -204,6 +162,10 @@ def _activation(name: str, kind: str, value) -> str:
     return value
 
 
+#: Weights the two Keras name differently: (tf_keras name, Keras 3 name) per layer type.
+_WEIGHT_NAMES = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
+
+
 def _copy_weights(path, source, target) -> None:
     """Set ``target``'s (tf_keras) weights from ``source``'s (Keras 3), matched by name."""
     have = {
@@ -211,10 +173,11 @@ def _copy_weights(path, source, target) -> None:
         for w, v in zip(source.weights, source.get_weights())
         if not any(s in w.name for s in _NOT_WEIGHTS)
     }
+    names = _WEIGHT_NAMES.get(type(target).__name__, {})
     values = []
     for w in target.weights:
         short = w.name.split("/")[-1].split(":")[0]
-        value = have.pop(short, None)
+        value = have.pop(names.get(short, short), None)
         if value is None or tuple(value.shape) != tuple(w.shape):
             got = "missing" if value is None else f"shape {value.shape}"
             raise ModelLoadError(f"model {path}: layer {target.name!r} weight {short!r} of shape {tuple(w.shape)} is {got} in the Keras 3 file")
@@ -225,12 +188,12 @@ def _copy_weights(path, source, target) -> None:
         target.set_weights(values)
 
 
-def _max_abs_diff(path, keras3, source, model, input_shape: tuple[int, ...], seed: int) -> float:
-    x = np.random.default_rng(seed).normal(size=(CHECK_SAMPLES, *input_shape)).astype(np.float32)
+def _max_abs_diff(path, keras3, source, model, graph: Graph, seed: int) -> float:
+    x = random_inputs(graph, CHECK_SAMPLES, seed)
     expected = np.asarray(keras3.ops.convert_to_numpy(source(x, training=False)))
     got = model(x, training=False).numpy()
     if expected.shape != got.shape:
-        raise ModelLoadError(f"model {path}: the tf_keras rebuild gives outputs of shape {got.shape}, the Keras 3 model {expected.shape}")
+        raise ModelLoadError(f"model {path}: the tf_keras model gives outputs of shape {got.shape}, the Keras 3 model {expected.shape}")
     return float(np.max(np.abs(expected.astype(np.float64) - got)))
 
 
@@ -257,3 +220,150 @@ def _keras3():
                 os.environ[key] = value
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+# --- back to Keras 3 ------------------------------------------------------------------------
+
+def save_keras3(model, path: str | os.PathLike, *, seed: int = 0):
+    """Save a tf_keras model as a Keras 3 ``.keras`` file (atomically), after checking Keras 3 computes the same.
+
+    The model is read as a graph and rebuilt in Keras 3 layer by layer (the
+    config differences between the two Keras mapped back), with the same
+    weights; both are compared on random inputs within :data:`TOLERANCE`
+    before anything is written.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelLoadError(f"model path {path}: Keras 3 files use the .keras suffix")
+    graph = graph_from_model(model, unsafe=True)
+    with _keras3() as keras3:
+        rebuilt = _keras3_model(keras3, graph)
+        diff = _max_abs_diff(path, keras3, rebuilt, model, graph, seed)
+        if not diff <= TOLERANCE:
+            raise ModelLoadError(f"model {path}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
+                                 f"(tolerance {TOLERANCE:g}); not written")
+        with atomic_path(path) as tmp:
+            rebuilt.save(str(tmp))
+        del rebuilt
+    return path
+
+
+def _keras3_model(keras3, graph: Graph):
+    """The Keras 3 twin of a graph: Sequential when it is a single path, functional otherwise."""
+    layers = {}
+    for node in graph.nodes:
+        kind = node.spec.class_name
+        cls = getattr(keras3.layers, kind, None)
+        if cls is None:
+            raise UnsupportedLayerError(node.name, kind, "Keras 3 has no layer of that name")
+        try:
+            layers[node.name] = cls.from_config(_keras3_config(cls, kind, node.spec.config))
+        except Exception as exc:
+            raise UnsupportedLayerError(node.name, kind, f"Keras 3 cannot build it from the tf_keras config "
+                                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    if graph.path() is not None:
+        name, shape = next(iter(graph.inputs.items()))
+        model = keras3.Sequential([keras3.Input(shape=shape, name=name), *layers.values()], name=graph.name)
+    else:
+        tensors = {name: keras3.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
+        for node in graph.nodes:
+            args = [tensors[i] for i in node.inputs]
+            tensors[node.name] = layers[node.name](args if len(args) > 1 else args[0])
+        outputs = [tensors[o] for o in graph.outputs]
+        model = keras3.Model([tensors[n] for n in graph.inputs] if len(graph.inputs) > 1 else tensors[next(iter(graph.inputs))],
+                             outputs if len(outputs) > 1 else outputs[0], name=graph.name)
+    for node in graph.nodes:
+        if node.spec.weights:
+            _set_keras3_weights(layers[node.name], node.spec.weights)
+    return model
+
+
+def _set_keras3_weights(layer, weights) -> None:
+    """Keras 3 keeps non-model state (a dropout's seed generator) among its variables: skip it."""
+    values = list(weights)
+    targets = [v for v in layer.weights if not any(s in v.path for s in _NOT_WEIGHTS)]
+    if len(targets) != len(values):
+        raise UnsupportedLayerError(layer.name, type(layer).__name__,
+                                    f"Keras 3 holds {len(targets)} weights, tf_keras {len(values)}")
+    for variable, value in zip(targets, values):
+        variable.assign(value)
+
+
+# tf_keras config keys Keras 3 does not take (or names differently).
+_TO_KERAS3_RENAMED = {kind: {new: old for old, new in names.items()} for kind, names in _RENAMED.items()}
+_TF_KERAS_ONLY = ("batch_input_shape", "input_shape", "batch_size")
+
+
+_LAYER_KEYS = ("name", "trainable", "dtype")
+#: What tf_keras's base Layer takes besides a layer's own arguments.
+_TF_KERAS_LAYER_KEYS = ("name", "trainable", "dtype", "dynamic", "input_dim", "activity_regularizer", "autocast")
+#: Values that mean "the default" in either Keras: an option the other lacks may be dropped when it holds one.
+_NEUTRAL_VALUES = (None, False, True, [], {}, "channels_last")
+
+
+def _keras3_config(cls, kind: str, config: dict) -> dict:
+    """A tf_keras layer config for Keras 3: renamed keys, and options Keras 3 lacks dropped when neutral."""
+    from deploykit.backend import keras
+
+    renamed = _TO_KERAS3_RENAMED.get(kind, {})
+    out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in _TF_KERAS_ONLY}
+    out = _accepted_options(cls, str(out.get("name", kind)), kind, out, _LAYER_KEYS, getattr(keras.layers, kind, None))
+    axis = out.get("axis")
+    if kind == "BatchNormalization" and isinstance(axis, list) and len(axis) == 1:
+        out["axis"] = int(axis[0])  # Keras 3 takes one int (tf_keras writes a list)
+    return out
+
+
+def _accepted_options(cls, name: str, kind: str, config: dict, layer_keys, source=None) -> dict:
+    """``config`` without the options ``cls`` does not take: dropped when neutral, refused otherwise.
+
+    Initializers, regularizers and constraints are always dropped when not taken: they only
+    matter for training from scratch. An option equal to its default in the ``source`` class
+    (the layer's class in the Keras the config comes from) is neutral too.
+    """
+    import inspect
+
+    defaults = {k: p.default for k, p in _init_parameters(source).items()}
+    params = _init_parameters(cls)
+    accepted = set(params)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted |= set(layer_keys)  # passed on to the base Layer
+    out = {}
+    for key, value in config.items():
+        if key in accepted:
+            out[key] = value
+            continue
+        training_only = key.endswith(("_initializer", "_regularizer", "_constraint"))
+        neutral = any(value is v or (type(value) is type(v) and value == v) for v in (*_NEUTRAL_VALUES, defaults.get(key)))
+        if not (training_only or neutral) or (key == "trainable" and value is False):
+            raise UnsupportedLayerError(name, kind, f"option {key}={value!r} has no equivalent in the other Keras")
+    return out
+
+
+def _init_parameters(cls) -> dict:
+    """The constructor parameters of ``cls`` and of the bases its ``**kwargs`` reach (subclasses win)."""
+    import inspect
+
+    params = {}
+    for base in getattr(cls, "__mro__", ()):
+        if "__init__" not in vars(base) or base is object:
+            continue
+        try:
+            own = inspect.signature(base.__init__).parameters
+        except (TypeError, ValueError):
+            break
+        params = {**own, **params}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            break
+    return params
+
+
+def save_model_like(model, path: str | os.PathLike, keras3: bool):
+    """Save as the user's framework opens it: a Keras 3 file when the input was one, else tf_keras."""
+    if keras3:
+        return save_keras3(model, path)
+    from deploykit.io import save_model
+
+    return save_model(model, path)

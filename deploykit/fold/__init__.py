@@ -15,7 +15,7 @@ from deploykit.errors import UsageError
 from deploykit.fold.affine import NotFoldable, layer_affine
 from deploykit.fold.report import FoldedLayer, FoldReport, Placement, UnfoldedLayer
 from deploykit.fold.rules import fold_backward_pass, fold_forward_pass
-from deploykit.graph import Graph, graph_from_model, to_keras
+from deploykit.graph import Graph, graph_from_model, random_inputs, to_keras, token_vocabulary
 from deploykit.layers import Role
 
 __all__ = ["fold_batchnorm", "FoldReport", "FoldedLayer", "UnfoldedLayer", "Placement", "PROBE_SAMPLES"]
@@ -63,12 +63,10 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
 
 def _probe_inputs(graph: Graph) -> tuple[np.ndarray, str]:
     """Standard-normal inputs, on the raw scale when the model starts with an input standardization."""
-    rng = np.random.default_rng(0)
+    if token_vocabulary(graph) is not None:
+        return random_inputs(graph, PROBE_SAMPLES), "random token ids"
     node = graph.consumers(next(iter(graph.inputs)))
-    if any(n.spec.support.role is Role.EMBEDDING for n in node):
-        vocabulary = min(int(n.spec.config["input_dim"]) for n in node if n.spec.support.role is Role.EMBEDDING)
-        return rng.integers(0, vocabulary, (PROBE_SAMPLES, *graph.input_shape)).astype(np.float32), "random token ids"
-    z = rng.standard_normal((PROBE_SAMPLES, *graph.input_shape))
+    z = np.random.default_rng(0).standard_normal((PROBE_SAMPLES, *graph.input_shape))
     text = "standard-normal inputs"
     while len(node) == 1:
         spec = node[0].spec

@@ -86,13 +86,15 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
     from deploykit.data import SplitConfig, load_dataset
-    from deploykit.io import load_model
+    from deploykit.io import load_model, read_model_file
 
+    keras3 = False
     with atomic_dir(out, force=force) as staging:  # an existing --out is refused before any work
         if model is None or isinstance(model, (str, os.PathLike)):
             path = str(model if model is not None else config.input.model)
             say(f"loading model {path}")
             model = load_model(path, unsafe=unsafe)
+            keras3 = read_model_file(path).is_keras3  # give back what the user's framework opens
             config = config.with_input(model=str(Path(path).resolve()))
         elif not is_tf_keras_model(model):
             raise UsageError(f"optimize takes a tf_keras model or a model file, got {type(model).__module__}."
@@ -106,19 +108,19 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         data.check_model(model)
         say(f"data {data.summary()}")
         say(f"pipeline: {config.summary()}")
-        return _run(model, data, config, staging, out, say)
+        return _run(model, data, config, staging, out, say, keras3)
 
 
-def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say) -> OptimizeResult:
+def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False) -> OptimizeResult:
     from deploykit._version import __version__
     from deploykit.graph import copy_model
-    from deploykit.io import save_model
+    from deploykit.keras3 import save_model_like
 
     start = time.perf_counter()
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
-    save_model(original, staging / ORIGINAL_FILE)
+    save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
-    ctx = Context(data, config, staging, say, original, figures, figures)
+    ctx = Context(data, config, staging, say, original, figures, figures, keras3=keras3)
     ctx.layer_sparsity = sparsity_rows(original, "original")
     ctx.artifacts.append(keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model"))
     say(f"original model: {figures.params:,} parameters, test accuracy {figures.accuracy:.4f}, "

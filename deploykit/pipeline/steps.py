@@ -47,6 +47,7 @@ class Context:
     artifacts: list[ArtifactRow] = field(default_factory=list)
     layer_sparsity: list[LayerSparsityRow] = field(default_factory=list)
     mc: dict[str, Any] | None = None  # deterministic vs MC comparison
+    keras3: bool = False  # the input was a Keras 3 file: .keras outputs are written as Keras 3 files
 
     @property
     def repeats(self) -> int:
@@ -185,12 +186,13 @@ def compact_step(model, ctx: Context):
 
 def save_step(model, ctx: Context):
     """Save the optimized tf_keras model (the source of every artifact) and measure it."""
-    from deploykit.io import save_model
+    from deploykit.keras3 import save_model_like
 
-    save_model(model, ctx.folder / MODEL_FILE)
+    save_model_like(model, ctx.folder / MODEL_FILE, ctx.keras3)
     ctx.artifacts.append(keras_row(model, MODEL_FILE, ctx, Verdict.NOT_VALIDATED, "the exported model itself"))
     ctx.layer_sparsity += sparsity_rows(model, "exported")
-    return model, StepRecord("save model", Status.DONE, f"optimized tf_keras model: {MODEL_FILE}", artifacts=[MODEL_FILE])
+    kind = "Keras 3" if ctx.keras3 else "tf_keras"
+    return model, StepRecord("save model", Status.DONE, f"optimized {kind} model: {MODEL_FILE}", artifacts=[MODEL_FILE])
 
 
 # --- artifacts ----------------------------------------------------------------------------------
