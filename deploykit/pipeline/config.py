@@ -228,8 +228,11 @@ class ExportStep(_Table):
 
     def __post_init__(self) -> None:
         _bool("export.enabled", self.enabled)
-        object.__setattr__(self, "formats", parse_list(ExportFormat, self.formats, "export.formats", ConfigError))
-        object.__setattr__(self, "quantize", parse_list(Quantization, self.quantize, "export.quantize", ConfigError))
+        for name, kind in (("formats", ExportFormat), ("quantize", Quantization)):
+            values = parse_list(kind, getattr(self, name), f"export.{name}", ConfigError)
+            if isinstance(getattr(self, name), (list, tuple)) and len(values) != len(getattr(self, name)):
+                raise ConfigError(f"export.{name} lists a value twice: {list(getattr(self, name))}")
+            object.__setattr__(self, name, values)
         _prefixed("export", check_variants, self.formats, self.quantize)
         if isinstance(self.quantization, dict):
             check_keys("export.quantization", QuantConfig, self.quantization)

@@ -20,7 +20,7 @@ def test_help():
     done = _cli("--help")
     assert done.returncode == 0
     for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
-                 "--precisions", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
+                 "--quantize", "--instance-kind", "--instances", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
         assert flag in done.stdout, flag
 
 
@@ -31,7 +31,9 @@ def test_help():
     (["--l1", "1e-4", "--threshold", "0.01"], lambda c: c.sparsity.method.value == "l1" and c.sparsity.l1.threshold == 0.01),
     (["--no-compact"], lambda c: not c.compact.enabled),
     (["--no-export"], lambda c: c.export.variants() == []),
-    (["--formats", "tflite", "--precisions", "int8"], lambda c: [(f.value, p.value) for f, p in c.export.variants()] == [("tflite", "int8")]),
+    (["--formats", "tflite", "--quantize", "int8-full"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-full")]),
+    (["--formats", "tflite", "--precisions", "int8-weights"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-weights")]),
+    (["--triton", "--instance-kind", "gpu", "--instances", "3"], lambda c: (c.export.triton.instance_kind.value, c.export.triton.instances) == ("gpu", 3)),
     (["--triton"], lambda c: c.export.triton),
     (["--no-mc"], lambda c: not c.mc.enabled),
     (["--samples", "12"], lambda c: c.mc.samples == 12),
