@@ -358,7 +358,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
           "export": ExportStep, "mc": MCStep, "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
-OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "quantize", "precisions",
+OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "quantize", "quantization", "precisions",
            "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "validate")
 
 
@@ -423,7 +423,8 @@ class OptimizeConfig:
         ``sparsity``: a target in [0, 1) (prune), ``"prune"``, ``"l1"``, ``"none"`` or False.
         ``l1``: l1 factor (selects the l1 method); ``threshold``: its zeroing threshold.
         ``epochs``: fine-tuning epochs of the sparsity step. ``formats``, ``quantize``: lists or
-        comma-separated text (``quantize``: the exporter's variant names; ``precisions``, ``onnx_int8``,
+        comma-separated text (``quantize``: the exporter's variant names; ``quantization``: a QuantConfig or a
+        dict of its fields; ``precisions``, ``onnx_int8``,
         ``tflite_int8``: deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
         """
         unknown = sorted(set(options) - set(OPTIONS))
@@ -437,6 +438,10 @@ class OptimizeConfig:
                 c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
         export = {k: o[k] for k in ("formats", "quantize", "triton") if k in o}
+        if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
+            export["quantization"] = {**c.export.quantization.to_dict(), **o["quantization"]}
+        elif "quantization" in o:
+            export["quantization"] = o["quantization"]
         if _LEGACY_KEYS & set(o):  # precisions / onnx_int8 / tflite_int8: deprecated spellings of quantize
             export = _legacy_export(export | {k: o[k] for k in _LEGACY_KEYS if k in o})
         if isinstance(export.get("triton"), (bool, dict)) and export["triton"] is not False and c.export.triton:

@@ -33,6 +33,10 @@ def test_help():
     (["--no-export"], lambda c: c.export.variants() == []),
     (["--formats", "tflite", "--quantize", "int8-full"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-full")]),
     (["--formats", "tflite", "--precisions", "int8-weights"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-weights")]),
+    (["--per-tensor", "--calibration", "entropy", "--exclude", "dense_3"],
+     lambda c: (c.export.quantization.per_channel, c.export.quantization.calibration_method.value,
+                c.export.quantization.exclude) == (False, "entropy", ("dense_3",))),
+    ([], lambda c: c.export.quantization == OptimizeConfig().export.quantization),  # unset knobs keep the config's
     (["--triton", "--instance-kind", "gpu", "--instances", "3"], lambda c: (c.export.triton.instance_kind.value, c.export.triton.instances) == ("gpu", 3)),
     (["--triton"], lambda c: c.export.triton),
     (["--no-mc"], lambda c: not c.mc.enabled),
