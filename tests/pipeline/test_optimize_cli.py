@@ -24,6 +24,16 @@ def test_help():
         assert flag in done.stdout, flag
 
 
+def test_unset_int8_flags_keep_the_config_files_knobs():
+    from deploykit.cli.main import build_parser
+    from deploykit.cli.optimize import options_from_args
+
+    base = OptimizeConfig.from_toml_text("[export.quantization]\nnum_calibration = 50\nper_channel = false\n")
+    args = build_parser().parse_args(["optimize", "--calibration", "percentile"])
+    knobs = base.with_options(**options_from_args(args)).export.quantization
+    assert (knobs.num_calibration, knobs.per_channel, knobs.calibration_method.value) == (50, False, "percentile")
+
+
 @pytest.mark.parametrize("flags, check", [
     (["--no-fold"], lambda c: not c.fold.enabled),
     (["--no-sparsity"], lambda c: c.sparsity.method.value == "none"),
@@ -36,7 +46,6 @@ def test_help():
     (["--per-tensor", "--calibration", "entropy", "--exclude", "dense_3"],
      lambda c: (c.export.quantization.per_channel, c.export.quantization.calibration_method.value,
                 c.export.quantization.exclude) == (False, "entropy", ("dense_3",))),
-    ([], lambda c: c.export.quantization == OptimizeConfig().export.quantization),  # unset knobs keep the config's
     (["--triton", "--instance-kind", "gpu", "--instances", "3"], lambda c: (c.export.triton.instance_kind.value, c.export.triton.instances) == ("gpu", 3)),
     (["--triton"], lambda c: c.export.triton),
     (["--no-mc"], lambda c: not c.mc.enabled),
