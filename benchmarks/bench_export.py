@@ -59,7 +59,7 @@ def size_case(name: str, data, tmp: Path) -> tuple[dict, object]:
     say(f"{name}: pruning to {SPARSITY:.0%} (deploykit.prune)")
     pruned, sparsity = prune(model, data, SPARSITY)
     say(f"{name}: exporting full-integer int8 TFLite")
-    int8 = export_tflite(pruned, tmp / f"{name}_pruned_int8.tflite", quantization="int8", representative_data=data)
+    int8 = export_tflite(pruned, tmp / f"{name}_pruned_int8.tflite", quantization="int8-full", representative_data=data)
     float32 = export_tflite(model, tmp / f"{name}_float32.tflite")
     vs_original = validate(int8, data, model, repeats=20, check=False)
     vs_pruned = validate(int8, data, pruned, repeats=1, batch_sizes=(1,), check=False)
@@ -103,8 +103,8 @@ def latency_case(model, data, tmp: Path) -> dict:
         ("onnxruntime", "int8-static"): export_onnx(model, tmp / "lat8.onnx", quantization="int8-static", calibration_data=data).path,
         ("LiteRT", "float32"): export_tflite(model, tmp / "lat.tflite").path,
         ("LiteRT", "float16"): export_tflite(model, tmp / "lat16.tflite", quantization="float16").path,
-        ("LiteRT", "dynamic"): export_tflite(model, tmp / "latd.tflite", quantization="dynamic", representative_data=data).path,
-        ("LiteRT", "int8"): export_tflite(model, tmp / "lat8.tflite", quantization="int8", representative_data=data).path,
+        ("LiteRT", "int8-weights"): export_tflite(model, tmp / "latd.tflite", quantization="int8-weights", representative_data=data).path,
+        ("LiteRT", "int8-full"): export_tflite(model, tmp / "lat8.tflite", quantization="int8-full", representative_data=data).path,
     }
     runners = {key: open_runner(path) for key, path in files.items()}
     x1 = data.x_test[:1]

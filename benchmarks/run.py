@@ -80,8 +80,8 @@ def headline(run: dict) -> dict:
     rows = {r["file"]: r for r in report["artifacts"]}
     original = rows["original.keras"]
     out: dict = {"wall_seconds": run["wall_seconds"]}
-    if "model_int8.tflite" in rows:
-        r = rows["model_int8.tflite"]
+    if "model_int8-full.tflite" in rows:
+        r = rows["model_int8-full.tflite"]
         out["pruned_int8_tflite"] = {
             "gzip_vs_original_keras_file": original["size_bytes"] / r["gzip_bytes"],
             "gzip_vs_original_keras_gzip": original["gzip_bytes"] / r["gzip_bytes"],
@@ -92,8 +92,8 @@ def headline(run: dict) -> dict:
         out["onnxruntime_vs_keras_call_b1"] = original["latency_b1_ms"] / rows["model.onnx"]["latency_b1_ms"]
     for fmt in ("onnx", "tflite"):
         base = rows.get(f"model.{fmt}")
-        for precision in ("float16", "int8"):
-            r = rows.get(f"model_{precision}.{fmt}")
+        for precision, variant in (("float16", "float16"), ("int8", "int8-dynamic" if fmt == "onnx" else "int8-full")):
+            r = rows.get(f"model_{variant}.{fmt}")
             if base and r:
                 out[f"{fmt}_{precision}_vs_float32"] = {
                     "b1_speedup": base["latency_b1_ms"] / r["latency_b1_ms"],

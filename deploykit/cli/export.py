@@ -63,21 +63,34 @@ def add_variant_options(p: argparse.ArgumentParser, default_quantize: str = "flo
     p.add_argument("--precisions", dest="old_precisions", default=None, help=argparse.SUPPRESS)  # renamed: --quantize
 
 
-def add_quantization_options(p: argparse.ArgumentParser) -> None:
-    """The int8 knobs (deploykit.export.QuantConfig), named as onnxruntime's quantizers name them."""
+def add_quantization_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The int8 knobs (deploykit.export.QuantConfig), named as onnxruntime's quantizers name them.
+
+    With ``defaults=False`` unset knobs stay None, so a config file's values are kept.
+    """
+    d = (lambda value: value) if defaults else (lambda value: None)  # noqa: E731
     g = p.add_argument_group("int8 quantization")
-    g.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per output channel")
-    g.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"],
+    g.add_argument("--per-tensor", action="store_true", default=d(False),
+                   help="one weight scale per tensor instead of per output channel")
+    g.add_argument("--calibration", default=d("minmax"), choices=["minmax", "entropy", "percentile"],
                    help="static int8 calibration method (onnxruntime; TFLite uses minmax) (default: minmax)")
-    g.add_argument("--num-calibration", type=int, default=300, help="training samples that calibrate int8 (default: 300)")
-    g.add_argument("--exclude", default="", metavar="NAMES",
+    g.add_argument("--num-calibration", type=int, default=d(300), help="training samples that calibrate int8 (default: 300)")
+    g.add_argument("--exclude", default=d(""), metavar="NAMES",
                    help="comma-separated ONNX node or Keras layer names left in float (onnxruntime nodes_to_exclude; "
                         "TFLite int8-full: float fallback for those layers)")
-    g.add_argument("--int8-io", action="store_true", help="int8-full TFLite with int8 input and output tensors")
+    g.add_argument("--int8-io", action="store_true", default=d(False), help="int8-full TFLite with int8 input and output tensors")
 
 
-def add_triton_options(p: argparse.ArgumentParser, defaults: bool | None = True) -> None:
-    """Triton / KServe options; with ``defaults=None`` unset ones stay None (a config file may set them)."""
+def quantization_options(args) -> dict:
+    """The int8 knobs given on the command line, as QuantConfig fields (unset ones left out)."""
+    given = {"per_channel": None if args.per_tensor is None else not args.per_tensor,
+             "calibration_method": args.calibration, "num_calibration": args.num_calibration,
+             "exclude": args.exclude, "int8_io": args.int8_io}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def add_triton_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Triton / KServe options; with ``defaults=False`` unset ones stay None (a config file may set them)."""
     d = (lambda value: value) if defaults else (lambda value: None)  # noqa: E731
     g = p.add_argument_group("Triton / KServe")
     g.add_argument("--triton", action="store_true",
@@ -113,8 +126,7 @@ def renamed_options(args) -> dict:
 def quant_config(args):
     from deploykit.export.config import QuantConfig
 
-    return QuantConfig(per_channel=not args.per_tensor, calibration_method=args.calibration,
-                       num_calibration=args.num_calibration, exclude=args.exclude, int8_io=args.int8_io, seed=args.seed)
+    return QuantConfig(**quantization_options(args), seed=args.seed)
 
 
 def _run(args) -> int:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, progress
-from deploykit.cli.export import add_triton_options, add_variant_options, renamed_options, triton_options
+from deploykit.cli.export import (
+    add_quantization_options,
+    add_triton_options,
+    add_variant_options,
+    quantization_options,
+    renamed_options,
+    triton_options,
+)
 
 DEFAULT_OUT = "deploykit-out"
 
@@ -33,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--no-compact", action="store_true", help="do not remove dead neurons")
     add_variant_options(p, default_quantize="float32, float16, int8-dynamic, int8-full")
     p.add_argument("--no-export", action="store_true", help="write no ONNX / TFLite artifacts")
-    add_triton_options(p, defaults=None)
+    add_quantization_options(p, defaults=False)
+    add_triton_options(p, defaults=False)
     p.add_argument("--no-mc", action="store_true", help="do not build the MC Dropout ONNX model")
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
     p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
@@ -48,6 +56,7 @@ def options_from_args(args) -> dict:
         "fold": off(args.no_fold), "sparsity": sparsity, "l1": args.l1, "threshold": args.threshold,
         "epochs": args.epochs, "compact": off(args.no_compact), "export": off(args.no_export),
         "formats": variants["formats"], "quantize": variants["quantize"], "triton": triton_options(args),
+        "quantization": quantization_options(args) or None,
         "mc": off(args.no_mc), "samples": args.samples, "validate": off(args.no_validate),
     }
 

@@ -228,8 +228,11 @@ class ExportStep(_Table):
 
     def __post_init__(self) -> None:
         _bool("export.enabled", self.enabled)
-        object.__setattr__(self, "formats", parse_list(ExportFormat, self.formats, "export.formats", ConfigError))
-        object.__setattr__(self, "quantize", parse_list(Quantization, self.quantize, "export.quantize", ConfigError))
+        for name, kind in (("formats", ExportFormat), ("quantize", Quantization)):
+            values = parse_list(kind, getattr(self, name), f"export.{name}", ConfigError)
+            if isinstance(getattr(self, name), (list, tuple)) and len(values) != len(getattr(self, name)):
+                raise ConfigError(f"export.{name} lists a value twice: {list(getattr(self, name))}")
+            object.__setattr__(self, name, values)
         _prefixed("export", check_variants, self.formats, self.quantize)
         if isinstance(self.quantization, dict):
             check_keys("export.quantization", QuantConfig, self.quantization)
@@ -355,7 +358,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
           "export": ExportStep, "mc": MCStep, "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
-OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "quantize", "precisions",
+OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "quantize", "quantization", "precisions",
            "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "validate")
 
 
@@ -420,7 +423,8 @@ class OptimizeConfig:
         ``sparsity``: a target in [0, 1) (prune), ``"prune"``, ``"l1"``, ``"none"`` or False.
         ``l1``: l1 factor (selects the l1 method); ``threshold``: its zeroing threshold.
         ``epochs``: fine-tuning epochs of the sparsity step. ``formats``, ``quantize``: lists or
-        comma-separated text (``quantize``: the exporter's variant names; ``precisions``, ``onnx_int8``,
+        comma-separated text (``quantize``: the exporter's variant names; ``quantization``: a QuantConfig or a
+        dict of its fields; ``precisions``, ``onnx_int8``,
         ``tflite_int8``: deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
         """
         unknown = sorted(set(options) - set(OPTIONS))
@@ -434,6 +438,10 @@ class OptimizeConfig:
                 c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
         export = {k: o[k] for k in ("formats", "quantize", "triton") if k in o}
+        if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
+            export["quantization"] = {**c.export.quantization.to_dict(), **o["quantization"]}
+        elif "quantization" in o:
+            export["quantization"] = o["quantization"]
         if _LEGACY_KEYS & set(o):  # precisions / onnx_int8 / tflite_int8: deprecated spellings of quantize
             export = _legacy_export(export | {k: o[k] for k in _LEGACY_KEYS if k in o})
         if isinstance(export.get("triton"), (bool, dict)) and export["triton"] is not False and c.export.triton:

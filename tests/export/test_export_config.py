@@ -130,3 +130,28 @@ def test_config_round_trips_through_a_dict(formats, quantize, opset, num_calibra
     assert again == config
     assert [f.value for f in again.formats] == formats
     assert [q.value for q in again.quantize] == quantize
+
+
+def test_earlier_pipeline_toml_keys_are_translated_with_a_warning():
+    from deploykit.pipeline.config import OptimizeConfig
+
+    text = ('[export]\nformats = ["onnx", "tflite"]\nprecisions = ["float32", "int8"]\nonnx_int8 = "static"\n'
+            'tflite_int8 = "dynamic"\ncalibration_samples = 100\n')
+    with pytest.warns(FutureWarning, match="use quantize"):
+        config = OptimizeConfig.from_toml_text(text)
+    assert config.export.quantize == (Quantization.FLOAT32, Quantization.INT8_STATIC, Quantization.INT8_WEIGHTS)
+    assert config.export.quantization.num_calibration == 100
+    written = config.to_toml()
+    assert "precisions" not in written and "int8-static" in written
+    assert OptimizeConfig.from_toml_text(written) == config
+
+
+def test_the_pipeline_speaks_the_exporters_vocabulary():
+    from deploykit.export import bundle
+    from deploykit.pipeline import config, steps
+
+    assert not any(hasattr(config, name) for name in ("Format", "Precision", "OnnxInt8", "TfliteInt8"))
+    assert not any(hasattr(steps, name) for name in ("_QUANTIZATION", "RUNTIMES"))
+    assert steps.artifact_name is bundle.artifact_name
+    export = config.ExportStep(formats="onnx", quantize="float32,int8-static-per-tensor")
+    assert export.variants() == [(ExportFormat.ONNX, Quantization.FLOAT32), (ExportFormat.ONNX, Quantization.INT8_STATIC_PER_TENSOR)]

@@ -13,8 +13,18 @@ def test_help(cli):
     done = cli("optimize", "--help")
     assert done.returncode == 0
     for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
-                 "--precisions", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
+                 "--quantize", "--instance-kind", "--instances", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
         assert flag in done.stdout, flag
+
+
+def test_unset_int8_flags_keep_the_config_files_knobs():
+    from deploykit.cli.main import build_parser
+    from deploykit.cli.optimize import options_from_args
+
+    base = OptimizeConfig.from_toml_text("[export.quantization]\nnum_calibration = 50\nper_channel = false\n")
+    args = build_parser().parse_args(["optimize", "--calibration", "percentile"])
+    knobs = base.with_options(**options_from_args(args)).export.quantization
+    assert (knobs.num_calibration, knobs.per_channel, knobs.calibration_method.value) == (50, False, "percentile")
 
 
 @pytest.mark.parametrize("flags, check", [
@@ -24,7 +34,12 @@ def test_help(cli):
     (["--l1", "1e-4", "--threshold", "0.01"], lambda c: c.sparsity.method.value == "l1" and c.sparsity.l1.threshold == 0.01),
     (["--no-compact"], lambda c: not c.compact.enabled),
     (["--no-export"], lambda c: c.export.variants() == []),
-    (["--formats", "tflite", "--precisions", "int8"], lambda c: [(f.value, p.value) for f, p in c.export.variants()] == [("tflite", "int8")]),
+    (["--formats", "tflite", "--quantize", "int8-full"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-full")]),
+    (["--formats", "tflite", "--precisions", "int8-weights"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-weights")]),
+    (["--per-tensor", "--calibration", "entropy", "--exclude", "dense_3"],
+     lambda c: (c.export.quantization.per_channel, c.export.quantization.calibration_method.value,
+                c.export.quantization.exclude) == (False, "entropy", ("dense_3",))),
+    (["--triton", "--instance-kind", "gpu", "--instances", "3"], lambda c: (c.export.triton.instance_kind.value, c.export.triton.instances) == ("gpu", 3)),
     (["--triton"], lambda c: c.export.triton),
     (["--no-mc"], lambda c: not c.mc.enabled),
     (["--samples", "12"], lambda c: c.mc.samples == 12),

@@ -12,7 +12,7 @@ from deploykit.errors import ConfigError, StepError, UsageError, ValidationError
 from deploykit.pipeline import OptimizeConfig, Status, Verdict, optimize
 from deploykit.pipeline.config import ValidateStep
 
-EXPORTS = ["model.onnx", "model_float16.onnx", "model_int8.onnx", "model.tflite", "model_float16.tflite", "model_int8.tflite"]
+EXPORTS = ["model.onnx", "model_float16.onnx", "model_int8-dynamic.onnx", "model.tflite", "model_float16.tflite", "model_int8-full.tflite"]
 FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3))
 
 
@@ -78,7 +78,7 @@ def test_report_agrees_with_remeasuring_the_int8_tflite_artifact(run, digits):
     from ai_edge_litert.interpreter import Interpreter
 
     result, _ = run
-    interpreter = Interpreter(model_path=str(result.out_dir / "model_int8.tflite"))
+    interpreter = Interpreter(model_path=str(result.out_dir / "model_int8-full.tflite"))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     interpreter.resize_tensor_input(inp["index"], [len(digits.x_test), *digits.input_shape])
     interpreter.allocate_tensors()
@@ -86,7 +86,7 @@ def test_report_agrees_with_remeasuring_the_int8_tflite_artifact(run, digits):
     interpreter.invoke()
     probs = interpreter.get_tensor(out["index"])
     accuracy = float(np.mean(probs.argmax(1) == digits.y_test))
-    assert result.artifact("model_int8.tflite").accuracy == pytest.approx(accuracy, abs=1e-12)
+    assert result.artifact("model_int8-full.tflite").accuracy == pytest.approx(accuracy, abs=1e-12)
 
 
 def test_mc_artifact_and_metadata(run, digits):
@@ -98,14 +98,14 @@ def test_mc_artifact_and_metadata(run, digits):
     mc = predictor.predict(digits.x_test, batch_size=256)
     assert result.artifact("model_mc.onnx").accuracy == pytest.approx(float(np.mean(mc.predicted_class == digits.y_test)))
     assert result.report["mc"]["samples"] == 10
-    meta = read_metadata(result.out_dir / "model_int8.onnx")
+    meta = read_metadata(result.out_dir / "model_int8-dynamic.onnx")
     assert meta.steps[:2] == ["prune(0.50)", "fold_batchnorm"] and meta.class_names == list(digits.class_names)
 
 
 def test_report_markdown_table_and_toml(run):
     result, _ = run
     text = (result.out_dir / "report.md").read_text()
-    assert "| artifact | format | precision | sparsity | size | gzip | compression | accuracy | Δ acc | agreement |" in text
+    assert "| artifact | format | quantization | sparsity | size | gzip | compression | accuracy | Δ acc | agreement |" in text
     for row in result.artifacts:
         assert f"| {row.file} |" in text
     assert "## What each step bought and cost" in text and "![reliability.png](reliability.png)" in text
@@ -152,7 +152,7 @@ def test_an_artifact_that_fails_validation_stops_the_run_and_keeps_the_old_folde
     config = OptimizeConfig(validate=ValidateStep(artifacts={"max_abs_diff": 1e-9}, latency_repeats=2))
     with pytest.raises(StepError) as info:
         optimize(trained_model, digits, config=config, out_dir=out, force=True, sparsity="none", mc=False,
-                 formats="onnx", precisions="float16")
+                 formats="onnx", quantize="float16")
     message = str(info.value)
     assert "step 'export onnx float16' failed: model_float16.onnx failed validation: max_abs_diff = " in message
     assert "required <= 1e-09" in message and ".tmp" not in message

@@ -29,7 +29,7 @@ def _steps(result):
 def test_no_batchnorm_and_no_standardization_nothing_to_fold(digits, tmp_path):
     model = _trained(digits, bn=False)
     result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="onnx",
-                      precisions="float32")
+                      quantize="float32")
     fold = _steps(result)["fold"]
     assert fold.status is Status.DONE and fold.reason.startswith("nothing to fold")
     assert fold.after.params == fold.before.params
@@ -40,7 +40,7 @@ def test_no_batchnorm_and_no_standardization_nothing_to_fold(digits, tmp_path):
 def test_no_dropout_skips_mc_with_the_reason(digits, tmp_path):
     model = _trained(digits, dropout=0.0, data=digits)
     result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="tflite",
-                      precisions="float32")
+                      quantize="float32")
     mc = _steps(result)["mc dropout"]
     assert mc.status is Status.SKIPPED and "no Dropout" in mc.reason
     assert "model_mc.onnx" not in {r.file for r in result.artifacts}
@@ -52,16 +52,16 @@ def test_no_dropout_skips_mc_with_the_reason(digits, tmp_path):
 def test_selu_with_alpha_dropout(digits, tmp_path):
     model = _trained(digits, selu=True, data=digits)
     result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="onnx",
-                      precisions="float32,int8", samples=20, mc_seed=1)
+                      quantize="float32,int8-dynamic", samples=20, mc_seed=1)
     steps = _steps(result)
     assert [f["kind"] for f in steps["fold"].detail["folded"]] == ["Normalization"]
     assert steps["compact"].status is Status.DONE
     mc = result.artifact("model_mc.onnx")
     assert mc.verdict is Verdict.PASS and "AlphaDropout" in steps["mc dropout"].reason
     assert result.report["mc"]["mc"]["accuracy"] == pytest.approx(mc.accuracy)
-    for name in ("model.onnx", "model_int8.onnx"):
+    for name in ("model.onnx", "model_int8-dynamic.onnx"):
         assert result.artifact(name).verdict is Verdict.PASS
-    assert np.isfinite(result.artifact("model_int8.onnx").latency_b1_ms)
+    assert np.isfinite(result.artifact("model_int8-dynamic.onnx").latency_b1_ms)
 
 
 def test_batchnorm_before_a_dropout_stays_when_mc_is_built(digits, tmp_path):

@@ -6,7 +6,8 @@ import pytest
 
 from deploykit.errors import ConfigError
 from deploykit.pipeline import OptimizeConfig, SparsityMethod
-from deploykit.pipeline.config import DEFAULT_TUNE_EPOCHS, ExportStep, Format, MCStep, OnnxInt8, Precision, ValidateStep
+from deploykit.export.config import ExportFormat, Quantization
+from deploykit.pipeline.config import DEFAULT_TUNE_EPOCHS, ExportStep, MCStep, ValidateStep
 
 
 def test_defaults_turn_every_step_on():
@@ -78,12 +79,12 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_flat_options():
     c = OptimizeConfig().with_options(sparsity=0.6, formats="tflite", precisions="float32,int8", mc=False, compact=False)
     assert c.sparsity.prune.target_sparsity == 0.6 and c.sparsity.method is SparsityMethod.PRUNE
-    assert c.export.variants() == [(Format.TFLITE, Precision.FLOAT32), (Format.TFLITE, Precision.INT8)]
+    assert c.export.variants() == [(ExportFormat.TFLITE, Quantization.FLOAT32), (ExportFormat.TFLITE, Quantization.INT8_FULL)]
     assert not c.mc.enabled and not c.compact.enabled
     assert OptimizeConfig().with_options(sparsity="none").sparsity.method is SparsityMethod.NONE
     assert OptimizeConfig().with_options(sparsity=False).sparsity.method is SparsityMethod.NONE
     assert OptimizeConfig().with_options(l1=1e-4).sparsity.method is SparsityMethod.L1
-    assert OptimizeConfig().with_options(onnx_int8="static").export.onnx_int8 is OnnxInt8.STATIC
+    assert Quantization.INT8_STATIC in OptimizeConfig().with_options(onnx_int8="static").export.quantize
     assert OptimizeConfig().with_options(export=False).export.variants() == []
     assert OptimizeConfig().with_options(fold=None) == OptimizeConfig()  # None: not given
 
