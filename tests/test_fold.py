@@ -341,6 +341,7 @@ def test_folded_model_saves_loads_and_trains(folded_digits, digits, tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(before, loaded.get_weights()))
 
 
+@pytest.mark.slow  # prunes with TF-MOT while fine-tuning
 def test_folded_model_goes_through_tfmot_pruning(folded_digits, digits):
     from deploykit.backend import keras
     import tensorflow_model_optimization as tfmot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,6 +62,7 @@ def _build(case):
     return model, rng
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(bn_cases())
 def test_fold_is_exact_for_random_statistics(case):
@@ -77,6 +79,7 @@ def test_fold_is_exact_for_random_statistics(case):
     assert diff <= TOL
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.integers(1, 10), st.floats(-4.0, 4.0), st.floats(-2.0, 1.0), st.integers(0, 2**31 - 1))
 def test_normalization_fold_takes_raw_inputs(features, log_mean, log_std, seed):

@@ -9,6 +9,8 @@ from deploykit.pipeline import OptimizeConfig, Status, Verdict, optimize
 from deploykit.pipeline.config import ValidateStep
 from tests.helpers import build_dense
 
+pytestmark = pytest.mark.slow  # each test trains a model, then runs the whole pipeline
+
 FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=2))
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from tests.serve.support import ServerProcess, get, request
 
@@ -44,6 +45,7 @@ def test_serving_imports_no_tensorflow(model_repo):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
     server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log",  # limits raised for a long request
                            "--max-network-rows", "600000", "--max-response-values", "6000000")
@@ -73,6 +75,7 @@ def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
     assert "Traceback" not in server.log.read_text()
 
 
+@pytest.mark.slow
 def test_bad_command_lines_fail_in_one_line(model_repo, tmp_path):
     cases = [
         (["serve", str(tmp_path / "missing")], 2, "no such file or folder"),

@@ -110,6 +110,7 @@ def test_compact_keeps_one_neuron_per_layer(digits):
     assert _max_diff(small, model, digits.x_test) <= 1e-5
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(
     act=st.sampled_from(["relu", "elu", "selu", "tanh", "sigmoid"]),

@@ -119,6 +119,7 @@ def test_zeros_survive_batchnorm_folding_and_compact(pruned, digits):
     assert report.max_abs_diff <= 1e-5
 
 
+@pytest.mark.slow
 def test_block_sparsity_and_compact_on_a_pruned_model(digits):
     """16x1 blocks leave whole columns empty: compact removes those neurons exactly."""
     from deploykit.backend import keras
@@ -155,6 +156,7 @@ def test_block_sparsity_and_compact_on_a_pruned_model(digits):
     assert kept_report.layers[0].constant_kept == int(np.count_nonzero(dead & (constant != 0)))
 
 
+@pytest.mark.slow
 def test_a_missed_target_is_an_error(digits):
     from deploykit.sparsity import prune
     from tests.helpers import build_dense

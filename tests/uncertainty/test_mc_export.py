@@ -29,6 +29,7 @@ def test_record_and_metadata(tmp_path, mc_bn_model):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
+@pytest.mark.slow
 def test_folded_model(digits, mc_bn_model):
     from deploykit.fold import fold_batchnorm
 

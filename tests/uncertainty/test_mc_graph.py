@@ -88,6 +88,7 @@ def test_prefix_optimisation_gives_the_same_distribution(digits, mc_bn_model):
     assert_same_mean((a - a.mean(axis=0)) ** 2, (b - b.mean(axis=0)) ** 2)  # same variance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["mc_plain_model", "mc_selu_model"])
 def test_mc_mean_agrees_with_the_keras_loop(request, digits, fixture):
     model = request.getfixturevalue(fixture)  # no BN: training=True only switches dropout on
