@@ -66,14 +66,6 @@ def test_v2_header_checks():
         limits.check_v2_header({"inputs": [], "outputs": {"name": "mean"}}, 0)
 
 
-def test_mc_contract_names_agree_with_the_exporter():
-    """The server repeats the MC ONNX I/O names so it need not import the exporter; they must agree."""
-    from deploykit.serve import models
-    from deploykit.uncertainty import mc_graph
-
-    assert models.SAMPLES_NAME == mc_graph.SAMPLES_NAME
-    assert models.OUTPUT_NAMES == mc_graph.OUTPUT_NAMES
-    assert models.SAMPLES_OUTPUT == mc_graph.SAMPLES_OUTPUT
 
 
 def test_discover_models(model_repo, tmp_path):
