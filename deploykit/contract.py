@@ -1,4 +1,4 @@
-"""The tensor and metadata contract of deploykit's ONNX models: one home for names that export, uncertainty and serve share.
+"""The tensor and metadata contract of deploykit's ONNX models: the names export, uncertainty and serve share.
 
 Pure Python on purpose (no numpy, onnx or TensorFlow): ``deploykit serve``
 imports it without pulling in the exporters, and the exporters import it to

@@ -48,7 +48,8 @@ class Abstain:
         """For the start-up line."""
         if self.threshold is None:
             return f"abstain output without a threshold (no {SELECTIVE_KEY} metadata)"
-        return f"abstains when {self.measure.value} > {self.threshold:.6g}" + (" (computed by the server)" if self.computed else "")
+        computed = " (computed by the server)" if self.computed else ""
+        return f"abstains when {self.measure.value} > {self.threshold:.6g}{computed}"
 
     def compute(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """``abstain`` (bool [N]) from the model's outputs by the stored rule (measure > threshold)."""

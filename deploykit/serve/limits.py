@@ -59,7 +59,8 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
 
 
 def ignored_samples(parameters: dict, model: str, kind: str = "deterministic") -> dict | None:
-    """A model without MC samples ignores ``samples`` (as Triton ignores parameters a model does not use): the note saying so."""
+    """A model without MC samples ignores ``samples`` (as Triton ignores parameters a model does not use):
+    the note saying so."""
     if SAMPLES_PARAMETER not in parameters:
         return None
     return {"ignored_parameters": [SAMPLES_PARAMETER],

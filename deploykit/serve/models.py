@@ -104,9 +104,8 @@ def _row_size(arg) -> int:
     return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in dims], dtype=np.int64))
 
 
-def _json_props(session, path: Path) -> dict:
+def _json_props(props: dict[str, str], path: Path) -> dict:
     """The JSON entries of the model's metadata_props the server reports as they are (temperature, ensemble)."""
-    props = dict(session.get_modelmeta().custom_metadata_map)
     found = {}
     for key in (TEMPERATURE_KEY, ENSEMBLE_KEY):
         if key in props:
@@ -137,12 +136,14 @@ class OnnxModel(Model):
                                  f"got {self.input.shape}")
         self.input_shape = tuple(self.input.shape[1:])
         self.graph_outputs = [o.name for o in session.get_outputs()]  # what onnxruntime runs
-        self.abstain = abstain_of(path, dict(session.get_modelmeta().custom_metadata_map), self.graph_outputs)
+        props = dict(session.get_modelmeta().custom_metadata_map)
+        self.abstain = abstain_of(path, props, self.graph_outputs)
         computed = self.abstain is not None and self.abstain.computed
-        self.outputs = [*session.get_outputs(), *([ServedOutput(ABSTAIN_OUTPUT, "tensor(bool)", ["N"])] if computed else [])]
+        added = [ServedOutput(ABSTAIN_OUTPUT, "tensor(bool)", ["N"])] if computed else []
+        self.outputs = [*session.get_outputs(), *added]
         self.output_names = [o.name for o in self.outputs]  # what the server answers
         self.output_sizes = {o.name: _row_size(o) for o in self.outputs}
-        self.props = _json_props(session, path)
+        self.props = _json_props(props, path)
         self.class_labels = [str(c) for c in self.metadata.class_names]
         self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies
                               if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS}
@@ -361,6 +362,7 @@ class MCDropoutModel(OnnxModel):
         """One onnxruntime call per chunk of rows (one call for the usual request: seeded models stay reproducible)."""
         feed = {SAMPLES_NAME: np.array(samples, dtype=np.int64)}
         step = max(1, MC_ROWS_PER_CALL // samples)
-        parts = [self.session.run(self.graph_outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
+        parts = [self.session.run(self.graph_outputs, {**feed, INPUT_NAME: x[i:i + step]})
+                 for i in range(0, len(x), step)]
         return {name: np.concatenate([p[k] for p in parts], axis=1 if name == SAMPLES_OUTPUT else 0)
                 for k, name in enumerate(self.graph_outputs)}
