@@ -6,10 +6,9 @@ output named ``probabilities``.
 
 from __future__ import annotations
 
+from deploykit.contract import INPUT_NAME, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
 from deploykit.log import quiet_native
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "probabilities"
 DEFAULT_OPSET = 17
 
 

@@ -10,10 +10,8 @@ import json
 from dataclasses import dataclass, field
 
 from deploykit._version import __version__
-
-PREFIX = "deploykit."
-KIND_DETERMINISTIC = "deterministic"
-KIND_MC_DROPOUT = "mc_dropout"
+from deploykit.contract import KIND_DETERMINISTIC, KIND_MC_DROPOUT
+from deploykit.contract import METADATA_PREFIX as PREFIX
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Serve exported ONNX models (deterministic and MC Dropout) over KServe v2 and v1 REST with onnxruntime.
+"""Serve exported ONNX models (deterministic, MC Dropout, deep ensembles) over KServe v2 and v1 REST with onnxruntime.
 
 ``ServeConfig`` and ``discover_models`` are light; ``serve`` and ``serve_models``
 (kserve, onnxruntime; never TensorFlow) are imported when first used.

@@ -58,12 +58,13 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
     return f"'{escaped}'" + (f"... ({len(value)} characters)" if len(value) > limit else "")
 
 
-def ignored_samples(parameters: dict, model: str) -> dict | None:
-    """A deterministic model ignores ``samples`` (as Triton ignores parameters a model does not use): the note saying so."""
+def ignored_samples(parameters: dict, model: str, kind: str = "deterministic") -> dict | None:
+    """A model without MC samples ignores ``samples`` (as Triton ignores parameters a model does not use):
+    the note saying so."""
     if SAMPLES_PARAMETER not in parameters:
         return None
     return {"ignored_parameters": [SAMPLES_PARAMETER],
-            "note": f"model '{model}' is deterministic: 'samples' applies to MC Dropout models only and was ignored"}
+            "note": f"model '{model}' is {kind}: 'samples' applies to MC Dropout models only and was ignored"}
 
 
 def check_classification(output: str, top, classes: int, applies: bool) -> None:

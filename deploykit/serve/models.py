@@ -1,7 +1,9 @@
-"""kserve models that run deploykit ONNX files in onnxruntime: deterministic and MC Dropout.
+"""kserve models that run deploykit ONNX files in onnxruntime: deterministic, MC Dropout and deep ensembles.
 
 :func:`open_model` reads the kind from the file's deploykit metadata
-(``deploykit.export.metadata``) and returns the matching model. One
+(``deploykit.export.metadata``) and returns the matching model; the tensor
+names are :mod:`deploykit.contract`'s. A model with a selective threshold
+answers ``abstain`` per row and the threshold (:mod:`deploykit.serve.decision`). One
 onnxruntime session per model; ``InferenceSession.run`` is thread-safe.
 Small requests run on the event loop (a thread hop costs more than the
 inference); large ones in a worker thread so the server stays responsive.
@@ -12,37 +14,34 @@ bounded before anything runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from deploykit.contract import (
+    ABSTAIN_OUTPUT,
+    ENSEMBLE_KEY,
+    GLOSSARY,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SAMPLE_FIRST_OUTPUTS,
+    SAMPLES_NAME,
+    SAMPLES_OUTPUT,
+    TEMPERATURE_KEY,
+    ModelKind,
+)
 from deploykit.errors import DeployKitError, ModelLoadError, UsageError
-from deploykit.export.convert import INPUT_NAME
-from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
+from deploykit.export.metadata import read_metadata
 from deploykit.serve import limits
+from deploykit.serve.decision import abstain_of
 from deploykit.serve._kserve import InferOutput, InferRequest, InferResponse, InvalidInput, Model, from_np_dtype
 from deploykit.serve.config import ServeConfig
 
-# The MC Dropout ONNX contract of deploykit.uncertainty.export_mc_onnx, repeated so that the server imports
-# nothing of the exporter (its package pulls the layer chain); tests/serve checks that both agree.
-SAMPLES_NAME = "samples"
-OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
-SAMPLES_OUTPUT = "sample_probabilities"
-
-#: What each output means: served in the model metadata (``parameters.description`` of each output).
-GLOSSARY = {
-    "probabilities": "class probabilities (softmax), one per class label",
-    "mean": "mean over the T dropout samples of the class probabilities: the prediction",
-    "std": "standard deviation over the T samples of each class probability (population std, in probability units)",
-    "predictive_entropy": "entropy of `mean` in nats (natural log), from 0 to ln(classes): total uncertainty",
-    "mutual_information": "predictive_entropy minus the average entropy of the T samples, in nats: the model's "
-                          "own (epistemic) uncertainty, high when the samples disagree",
-    "predicted_class": "index of the largest `mean` (argmax of mean), an index into class_labels",
-    SAMPLES_OUTPUT: "class probabilities of each dropout sample, shape [T, N, classes] (samples first)",
-}
 #: Triton's classification extension: the requested output's parameter naming how many top classes to return.
 CLASSIFICATION = "classification"
 
@@ -53,14 +52,24 @@ INLINE_VALUES = 65536
 #: An MC request is split into onnxruntime calls of at most this many network rows (bounds the memory).
 MC_ROWS_PER_CALL = 65536
 
-_DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(double)": "FP64"}
+_DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(double)": "FP64",
+              "tensor(bool)": "BOOL"}
+
+
+@dataclass(frozen=True)
+class ServedOutput:
+    """An output the server adds to the graph's (``abstain`` computed from the metadata), shaped like a NodeArg."""
+
+    name: str
+    type: str
+    shape: list
 
 
 def open_model(name: str, path: str | os.PathLike, config: ServeConfig) -> OnnxModel:
-    """Load ``path`` in onnxruntime and wrap it as the model its metadata says (deterministic or MC)."""
+    """Load ``path`` in onnxruntime and wrap it as the model its metadata says (deterministic, MC or ensemble)."""
     session = _session(Path(path), config.threads)
     kind = read_metadata(session).kind
-    cls = MCDropoutModel if kind == KIND_MC_DROPOUT else DeterministicModel
+    cls = {ModelKind.MC_DROPOUT: MCDropoutModel, ModelKind.DEEP_ENSEMBLE: EnsembleModel}.get(kind, DeterministicModel)
     return cls(name, Path(path), session, config)
 
 
@@ -80,17 +89,31 @@ def _session(path: Path, threads: int | None):
         raise ModelLoadError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
 
 
-def _v1_predictions(values: dict[str, np.ndarray], rows: int) -> list:
-    """v1 predictions: one list per row (one output), or one object of outputs per row."""
-    if len(values) == 1:
+def _v1_predictions(values: dict[str, np.ndarray], rows: int, extra: dict) -> list:
+    """v1 predictions: one list per row (one output), or one object of outputs (and ``extra``) per row."""
+    if len(values) == 1 and not extra:
         return next(iter(values.values())).tolist()
-    per_output = {name: np.moveaxis(v, 1, 0) if name == SAMPLES_OUTPUT else v for name, v in values.items()}
-    return [{name: v[i].tolist() for name, v in per_output.items()} for i in range(rows)]
+    per_output = {name: np.moveaxis(v, 1, 0) if name in SAMPLE_FIRST_OUTPUTS else v for name, v in values.items()}
+    return [{**{name: v[i].tolist() for name, v in per_output.items()}, **extra} for i in range(rows)]
 
 
-def _row_size(shape) -> int:
-    """Numbers per row of an output (its fixed dims after the first; 1 for a dynamic one)."""
-    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]], dtype=np.int64))
+def _row_size(arg) -> int:
+    """Numbers per row of an output: its fixed dims except the batch axis (the second of a samples-first
+    output); 1 for a dynamic one (the sample axis of ``sample_probabilities``: the request's ``samples``)."""
+    dims = [d for axis, d in enumerate(arg.shape) if axis != (1 if arg.name in SAMPLE_FIRST_OUTPUTS else 0)]
+    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in dims], dtype=np.int64))
+
+
+def _json_props(props: dict[str, str], path: Path) -> dict:
+    """The JSON entries of the model's metadata_props the server reports as they are (temperature, ensemble)."""
+    found = {}
+    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY):
+        if key in props:
+            try:
+                found[key] = json.loads(props[key])
+            except ValueError:
+                raise ModelLoadError(f"{path}: metadata {key} is not JSON") from None
+    return found
 
 
 def _tensor_meta(arg) -> dict:
@@ -112,11 +135,18 @@ class OnnxModel(Model):
             raise ModelLoadError(f"{path}: input '{self.input.name}' needs fixed sizes after the batch axis, "
                                  f"got {self.input.shape}")
         self.input_shape = tuple(self.input.shape[1:])
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.output_sizes = {o.name: _row_size(o.shape) for o in session.get_outputs()}
+        self.graph_outputs = [o.name for o in session.get_outputs()]  # what onnxruntime runs
+        props = dict(session.get_modelmeta().custom_metadata_map)
+        self.abstain = abstain_of(path, props, self.graph_outputs)
+        computed = self.abstain is not None and self.abstain.computed
+        added = [ServedOutput(ABSTAIN_OUTPUT, "tensor(bool)", ["N"])] if computed else []
+        self.outputs = [*session.get_outputs(), *added]
+        self.output_names = [o.name for o in self.outputs]  # what the server answers
+        self.output_sizes = {o.name: _row_size(o) for o in self.outputs}
+        self.props = _json_props(props, path)
         self.class_labels = [str(c) for c in self.metadata.class_names]
-        self.class_outputs = {o.name for o in session.get_outputs()  # [N, classes] float: classification applies
-                              if len(o.shape) == 2 and o.type == "tensor(float)" and o.name != SAMPLES_OUTPUT}
+        self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies
+                              if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS}
         self.ready = True
 
     def _model_input(self, inputs):
@@ -129,11 +159,25 @@ class OnnxModel(Model):
 
     def get_output_types(self) -> list[dict]:
         return [{**_tensor_meta(o), "parameters": {"description": GLOSSARY[o.name]}} if o.name in GLOSSARY
-                else _tensor_meta(o) for o in self.session.get_outputs()]
+                else _tensor_meta(o) for o in self.outputs]
 
     def metadata_parameters(self) -> dict:
-        """The model-level ``parameters`` of ``/v2/models/NAME``: its kind, class labels, samples."""
-        return {"kind": self.metadata.kind, "class_labels": self.class_labels}
+        """The model-level ``parameters`` of ``/v2/models/NAME``: kind, class labels, samples, abstain, temperature."""
+        temperature = self.props.get(TEMPERATURE_KEY)
+        return {"kind": str(self.metadata.kind), "class_labels": self.class_labels,
+                **(self.abstain.metadata() if self.abstain else {}),
+                **({"temperature": temperature} if temperature is not None else {})}
+
+    def summary(self) -> str:
+        """What the start-up line says about the model."""
+        return self._kind_summary() + (f", {self.abstain.summary()}" if self.abstain else "")
+
+    def _kind_summary(self) -> str:
+        return "deterministic"
+
+    def _decision(self) -> dict:
+        """The abstain threshold and measure a response carries (empty without a selective threshold)."""
+        return self.abstain.parameters() if self.abstain else {}
 
     async def predict(self, payload, headers=None, response_headers=None):
         """v2: an ``InferRequest`` -> ``InferResponse``; v1: ``{"instances": [...]}`` -> ``{"predictions": [...]}``."""
@@ -162,7 +206,8 @@ class OnnxModel(Model):
         outputs = [self._output(name, v, top.get(name)) for name, v in values.items()]
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
-            parameters=self._response_parameters(samples, note), use_binary_outputs=request.use_binary_outputs,
+            parameters={**(self._response_parameters(samples, note) or {}), **self._decision()} or None,
+            use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
 
@@ -177,10 +222,11 @@ class OnnxModel(Model):
         samples, note = self._samples(limits.check_parameters(payload.get("parameters")))
         self._check_work(len(x), samples, self.output_names)
         values = await self._infer(x, samples)
+        extra = self._decision()
         if sum(v.size for v in values.values()) > INLINE_VALUES:  # building the lists takes a while: not on the loop
-            predictions = await asyncio.to_thread(_v1_predictions, values, len(x))
+            predictions = await asyncio.to_thread(_v1_predictions, values, len(x), extra)
         else:
-            predictions = _v1_predictions(values, len(x))
+            predictions = _v1_predictions(values, len(x), extra)
         return {"predictions": predictions, **({"parameters": note} if note else {})}
 
     def _check_work(self, rows: int, samples: int | None, outputs: list[str]) -> None:
@@ -210,8 +256,15 @@ class OnnxModel(Model):
 
     async def _infer(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
         if len(x) * (samples or 1) <= INLINE_ROWS:
-            return self._run(x, samples)
-        return await asyncio.to_thread(self._run, x, samples)
+            return self._outputs(x, samples)
+        return await asyncio.to_thread(self._outputs, x, samples)
+
+    def _outputs(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
+        """Every served output: the graph's, and ``abstain`` when the server computes it."""
+        values = self._run(x, samples)
+        if self.abstain is not None and self.abstain.computed:
+            values[ABSTAIN_OUTPUT] = self.abstain.compute(values)
+        return values
 
     @abstractmethod
     def _samples(self, parameters: dict) -> tuple[int | None, dict | None]:
@@ -223,7 +276,7 @@ class OnnxModel(Model):
 
     @abstractmethod
     def _run(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
-        """Every output of the model for a checked batch, by name."""
+        """Every graph output of the model for a checked batch, by name."""
 
 
 class DeterministicModel(OnnxModel):
@@ -237,7 +290,38 @@ class DeterministicModel(OnnxModel):
         return note
 
     def _run(self, x: np.ndarray, samples: None) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input.name: x}), strict=True))
+        return dict(zip(self.graph_outputs, self.session.run(self.graph_outputs, {self.input.name: x}), strict=True))
+
+
+class EnsembleModel(DeterministicModel):
+    """A deep ensemble from ``deploykit.uncertainty.ensemble``: the MC model's outputs from K members in one call.
+
+    It has no ``samples`` input (the K members are fixed): ``samples`` is ignored with a note, as on a
+    deterministic model; responses carry ``members`` where an MC model's carry ``samples``.
+    """
+
+    def __init__(self, name: str, path: Path, session, config: ServeConfig):
+        super().__init__(name, path, session, config)
+        _check_uncertainty_outputs(path, "a deep ensemble", self.graph_outputs)
+        self.members = len(self.props.get(ENSEMBLE_KEY, {}).get("members", [])) or None
+
+    def _samples(self, parameters: dict) -> tuple[None, dict | None]:
+        return None, limits.ignored_samples(parameters, self.name, "a deep ensemble")
+
+    def _response_parameters(self, samples: None, note: dict | None) -> dict | None:
+        return {**({"members": self.members} if self.members else {}), **(note or {})} or None
+
+    def metadata_parameters(self) -> dict:
+        return {**super().metadata_parameters(), **({"members": self.members} if self.members else {})}
+
+    def _kind_summary(self) -> str:
+        return f"deep ensemble of {self.members or '?'} members"
+
+
+def _check_uncertainty_outputs(path: Path, kind: str, outputs: list[str]) -> None:
+    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+    if missing:
+        raise ModelLoadError(f"{path}: {kind} model needs the outputs {list(OUTPUT_NAMES)}; missing {missing}")
 
 
 class MCDropoutModel(OnnxModel):
@@ -249,9 +333,7 @@ class MCDropoutModel(OnnxModel):
 
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name, path, session, config)
-        missing = sorted(set(OUTPUT_NAMES) - set(self.output_names))
-        if missing:
-            raise ModelLoadError(f"{path}: an MC Dropout model needs the outputs {list(OUTPUT_NAMES)}; missing {missing}")
+        _check_uncertainty_outputs(path, "an MC Dropout", self.graph_outputs)
         self.max_samples = min(config.max_samples, int(self.metadata.max_samples or config.max_samples))
         if config.samples > self.max_samples:
             raise UsageError(f"--samples {config.samples} is more than model '{name}' allows ({self.max_samples})")
@@ -273,10 +355,14 @@ class MCDropoutModel(OnnxModel):
         return {**super().metadata_parameters(), "default_samples": self.config.samples,
                 "max_samples": self.max_samples}
 
+    def _kind_summary(self) -> str:
+        return f"MC Dropout, samples {self.config.samples} (max {self.max_samples})"
+
     def _run(self, x: np.ndarray, samples: int) -> dict[str, np.ndarray]:
         """One onnxruntime call per chunk of rows (one call for the usual request: seeded models stay reproducible)."""
         feed = {SAMPLES_NAME: np.array(samples, dtype=np.int64)}
         step = max(1, MC_ROWS_PER_CALL // samples)
-        parts = [self.session.run(self.output_names, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
+        parts = [self.session.run(self.graph_outputs, {**feed, INPUT_NAME: x[i:i + step]})
+                 for i in range(0, len(x), step)]
         return {name: np.concatenate([p[k] for p in parts], axis=1 if name == SAMPLES_OUTPUT else 0)
-                for k, name in enumerate(self.output_names)}
+                for k, name in enumerate(self.graph_outputs)}

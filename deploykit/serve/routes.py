@@ -6,7 +6,7 @@
   mode, which turns ``"1"`` into ``1`` in a shape. Large responses are encoded
   in a worker thread, so health checks answer while they are.
 - ``GET /v2/models/NAME``: kserve's metadata plus the platform, the version, the
-  model's ``parameters`` (kind, class labels, samples) and a ``description`` of
+  model's ``parameters`` (kind, class labels, samples, abstain threshold, temperature) and a ``description`` of
   each output (the Open Inference Protocol's optional ``parameters``).
 - ``GET /v2/models/NAME/config``: the model's configuration in Triton's JSON form.
 - ``/versions/VERSION`` forms of infer, metadata, ready and config: the version the
@@ -21,7 +21,8 @@ import asyncio
 import orjson
 from starlette.requests import Request
 
-from deploykit.serve.models import INLINE_VALUES, SAMPLES_OUTPUT, OnnxModel
+from deploykit.contract import SAMPLE_FIRST_OUTPUTS
+from deploykit.serve.models import INLINE_VALUES, OnnxModel
 
 PLATFORM = "onnxruntime_onnx"
 _JSON = "application/json"
@@ -112,11 +113,11 @@ def triton_config(model: OnnxModel) -> dict:
     """The model's configuration as Triton's ``/config`` answers it (JSON of its ModelConfig).
 
     Batch-first outputs give ``max_batch_size`` = the server's ``--max-rows`` and dims without the batch
-    axis; a model with ``sample_probabilities`` ([T, N, classes], batch second) gets ``max_batch_size`` 0
-    and full dims (-1 for variable sizes), as Triton requires then.
+    axis; a model with ``sample_probabilities`` or ``member_probabilities`` ([T or K, N, classes], batch
+    second) gets ``max_batch_size`` 0 and full dims (-1 for variable sizes), as Triton requires then.
     """
-    outputs = model.session.get_outputs()
-    batched = not any(o.name == SAMPLES_OUTPUT for o in outputs)
+    outputs = model.outputs
+    batched = not any(o.name in SAMPLE_FIRST_OUTPUTS for o in outputs)
 
     datatypes = {t["name"]: t["datatype"] for t in [*model.get_input_types(), *model.get_output_types()]}
 

@@ -47,7 +47,7 @@ from deploykit.serve._kserve import (
 )
 from deploykit.serve.config import ServeConfig
 from deploykit.serve.discover import discover_models
-from deploykit.serve.models import MCDropoutModel, OnnxModel, open_model
+from deploykit.serve.models import OnnxModel, open_model
 from deploykit.serve.routes import register_routes
 
 GRACE_SECONDS = 30
@@ -298,9 +298,7 @@ def serve_models(models: dict[str, Path], config: ServeConfig | None = None, ver
     server = DeployKitModelServer(config, verbose=verbose)
     base = f"http://{config.host}:{config.port}"
     for model in loaded:
-        mc = isinstance(model, MCDropoutModel)
-        kind = f"MC Dropout, samples {config.samples} (max {model.max_samples})" if mc else "deterministic"
-        print(f"model {model.name!r}: {kind}, input {list(model.input_shape)}, from {model.path}", file=sys.stderr)
+        print(f"model {model.name!r}: {model.summary()}, input {list(model.input_shape)}, from {model.path}", file=sys.stderr)
         print(f"  {base}/v2/models/{model.name}/infer  {base}/v1/models/{model.name}:predict", file=sys.stderr)
     print(f"serving on {base} (SIGTERM or Ctrl+C stops it)", file=sys.stderr)
     if not _is_loopback(config.host):

@@ -28,15 +28,11 @@ import numpy as np
 
 from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UsageError
-from deploykit.export.convert import INPUT_NAME, OUTPUT_NAME
+from deploykit.contract import ENSEMBLE_KEY as METADATA_KEY
+from deploykit.contract import INPUT_NAME, KIND_ENSEMBLE, MEMBERS_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
 from deploykit.export.metadata import read_metadata, write_metadata
 from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, set_props
-from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
-
-KIND_ENSEMBLE = "deep_ensemble"
-METADATA_KEY = "deploykit.ensemble"
-MEMBERS_OUTPUT = "member_probabilities"  # optional [K, N, C] output, like the MC model's sample_probabilities
 
 
 @dataclass

@@ -34,13 +34,11 @@ import numpy as np
 from deploykit.chain import Chain, graph_of
 from deploykit.graph import Graph, LayerSpec, Node
 from deploykit.configs import Config
+from deploykit.contract import OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.layers import Role
 
-SAMPLES_NAME = "samples"
-OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
-SAMPLES_OUTPUT = "sample_probabilities"
 DEFAULT_SAMPLES = 30
 DEFAULT_MAX_SAMPLES = 1000
 

@@ -12,17 +12,10 @@ Every measure is >= 0, so "abstain when measure > threshold" is one rule for all
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
+from deploykit.contract import Measure
 from deploykit.errors import DataError
-
-
-class Measure(enum.Enum):
-    MAX_PROB = "max_prob"
-    ENTROPY = "entropy"
-    MUTUAL_INFORMATION = "mutual_information"
 
 
 def entropy(probs) -> np.ndarray:

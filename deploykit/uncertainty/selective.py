@@ -31,14 +31,13 @@ import numpy as np
 
 from deploykit.configs import Config
 from deploykit.errors import ConfigError, DataError, UsageError
-from deploykit.export.convert import OUTPUT_NAME
+from deploykit.contract import ABSTAIN_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
+from deploykit.contract import ABSTAIN_RULE as RULE
+from deploykit.contract import SELECTIVE_KEY as METADATA_KEY
 from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.uncertainty.measures import Measure
 
-METADATA_KEY = "deploykit.selective"
-ABSTAIN_OUTPUT = "abstain"
-RULE = "abstain when measure > threshold"
 ABSTAIN_ALL = -1.0  # every measure is >= 0: this threshold abstains on every row
 
 
@@ -165,8 +164,6 @@ def add_abstain(proto, chosen: SelectiveThreshold) -> None:
     """
     import onnx
     from onnx import TensorProto, helper
-
-    from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
 
     ed = GraphEditor(proto, "selective")
     outputs = {o.name for o in ed.graph.output}

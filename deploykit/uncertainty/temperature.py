@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import DataError, UsageError
-from deploykit.export.convert import OUTPUT_NAME
+from deploykit.contract import OUTPUT_NAME, OUTPUT_NAMES
+from deploykit.contract import TEMPERATURE_KEY as METADATA_KEY
 from deploykit.records import Record
 from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 
-METADATA_KEY = "deploykit.temperature"
 T_MIN, T_MAX = 0.05, 20.0  # search range: beyond it the model is broken rather than miscalibrated
 _TOL = 1e-6  # golden-section stop on log T
 _PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Identity", "Cast")
@@ -168,8 +168,6 @@ def apply_temperature(proto, fit: TemperatureFit, output: str = OUTPUT_NAME) -> 
 
 def apply_mc_temperature(proto, fit: TemperatureFit) -> None:
     """Store ``fit`` in an MC Dropout or ensemble model (in place), as its placement says."""
-    from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
-
     mean, entropy = OUTPUT_NAMES[0], OUTPUT_NAMES[2]
     _refuse_twice(proto)
     ed = GraphEditor(proto, "temperature")
@@ -203,7 +201,6 @@ def write_with_temperature(src: str | os.PathLike, dst: str | os.PathLike, fit: 
     import onnx
 
     from deploykit.atomic import atomic_path
-    from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
 
     proto = onnx.load(str(src))
     if set(OUTPUT_NAMES) <= {o.name for o in proto.graph.output}:

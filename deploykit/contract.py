@@ -1,0 +1,80 @@
+"""The tensor and metadata contract of deploykit's ONNX models: the names export, uncertainty and serve share.
+
+Pure Python on purpose (no numpy, onnx or TensorFlow): ``deploykit serve``
+imports it without pulling in the exporters, and the exporters import it to
+write what the server reads. A name changed here changes on both sides.
+
+Model kinds (``deploykit.kind`` in ``metadata_props``) and their tensors:
+
+- deterministic: input ``input`` [N, ...] -> ``probabilities`` [N, C];
+- mc_dropout: ``input`` and an optional ``samples`` (int64 scalar) -> the
+  uncertainty outputs below, optionally ``sample_probabilities`` [T, N, C];
+- deep_ensemble: ``input`` -> the same uncertainty outputs, optionally
+  ``member_probabilities`` [K, N, C].
+
+Any of them may carry ``abstain`` (bool [N]) with the ``deploykit.selective``
+metadata that says how it was decided.
+"""
+
+from __future__ import annotations
+
+import enum
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"  # the deterministic model's output
+SAMPLES_NAME = "samples"  # the MC model's optional input: how many dropout samples
+#: The uncertainty outputs of an MC Dropout or deep-ensemble model, in this order.
+OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
+SAMPLES_OUTPUT = "sample_probabilities"  # MC, optional: [T, N, C]
+MEMBERS_OUTPUT = "member_probabilities"  # ensemble, optional: [K, N, C]
+#: Outputs whose first axis is the sample / member and whose second is the batch.
+SAMPLE_FIRST_OUTPUTS = (SAMPLES_OUTPUT, MEMBERS_OUTPUT)
+ABSTAIN_OUTPUT = "abstain"  # selective prediction: bool [N], true where the model declines to decide
+
+
+class ModelKind(str, enum.Enum):
+    """``deploykit.kind``: what a deploykit ONNX model computes (a str, so the JSON metadata holds its value)."""
+
+    DETERMINISTIC = "deterministic"
+    MC_DROPOUT = "mc_dropout"
+    DEEP_ENSEMBLE = "deep_ensemble"
+
+    __str__ = str.__str__
+
+
+# The names the exporters and readers use for the kinds.
+KIND_DETERMINISTIC = ModelKind.DETERMINISTIC
+KIND_MC_DROPOUT = ModelKind.MC_DROPOUT
+KIND_ENSEMBLE = ModelKind.DEEP_ENSEMBLE
+
+class Measure(enum.Enum):
+    """The uncertainty a selective threshold applies to (``measure`` in ``deploykit.selective``); all are >= 0."""
+
+    MAX_PROB = "max_prob"  # 1 - the largest (mean) probability
+    ENTROPY = "entropy"  # of the (mean) probabilities, in nats: ``predictive_entropy`` of an MC / ensemble model
+    MUTUAL_INFORMATION = "mutual_information"  # MC / ensemble only
+
+
+ABSTAIN_RULE = "abstain when measure > threshold"
+
+METADATA_PREFIX = "deploykit."  # every deploykit metadata_props key; the values are JSON text
+TEMPERATURE_KEY = METADATA_PREFIX + "temperature"  # {temperature, placement, fitted_on, count, nll_before, nll_after}
+SELECTIVE_KEY = METADATA_PREFIX + "selective"  # {measure, threshold, rule, target_accuracy, target_coverage, ...}
+ENSEMBLE_KEY = METADATA_PREFIX + "ensemble"  # {members: [file names]}
+
+#: What each output means: served in the model metadata (``parameters.description`` of each output).
+GLOSSARY = {
+    OUTPUT_NAME: "class probabilities (softmax), one per class label",
+    "mean": "mean over the T dropout samples (MC) or the K members (ensemble) of the class probabilities: "
+            "the prediction",
+    "std": "standard deviation over the samples or members of each class probability (population std, "
+           "in probability units)",
+    "predictive_entropy": "entropy of `mean` in nats (natural log), from 0 to ln(classes): total uncertainty",
+    "mutual_information": "predictive_entropy minus the average entropy of the samples or members, in nats: the "
+                          "model's own (epistemic) uncertainty, high when they disagree",
+    "predicted_class": "index of the largest `mean` (argmax of mean), an index into class_labels",
+    SAMPLES_OUTPUT: "class probabilities of each dropout sample, shape [T, N, classes] (samples first)",
+    MEMBERS_OUTPUT: "class probabilities of each ensemble member, shape [K, N, classes] (members first)",
+    ABSTAIN_OUTPUT: "true where the model declines to decide: its uncertainty measure is above the threshold "
+                    "chosen on the validation split (abstain_threshold, abstain_measure)",
+}
