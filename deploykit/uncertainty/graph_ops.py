@@ -82,23 +82,6 @@ class GraphEditor:
         """The node that outputs ``tensor`` (None for graph inputs and initializers)."""
         return next((n for n in self.graph.node if tensor in n.output), None)
 
-    def consumers(self, tensor: str) -> list:
-        return [n for n in self.graph.node if tensor in n.input]
-
-    def rename_output(self, old: str, new: str) -> None:
-        """Give the graph output ``old`` a new tensor name everywhere it appears (nodes and graph output)."""
-        for node in self.graph.node:
-            for i, name in enumerate(node.input):
-                if name == old:
-                    node.input[i] = new
-            for i, name in enumerate(node.output):
-                if name == old:
-                    node.output[i] = new
-        for out in self.graph.output:
-            if out.name == old:
-                out.name = new
-        self._taken.add(new)
-
     def output_info(self, name: str):
         for out in self.graph.output:
             if out.name == name:
