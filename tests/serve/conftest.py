@@ -28,8 +28,8 @@ def model_repo(tmp_path_factory, serve_keras_model, digits):
     export_onnx(serve_keras_model, repo / "digits.onnx", metadata=ModelMetadata(class_names=names))
     export_mc_onnx(serve_keras_model, repo / "digits_mc.onnx", samples=30, seed=MC_SEED, class_names=names)
     staging = tmp_path_factory.mktemp("staging") / "mc_triton.onnx"
-    # opset 14: at 15+ `samples` is an optional-typed input, which write_triton_repository refuses today
-    # (test_serve_units::test_triton_repository_of_a_default_opset_mc_model, a strict xfail, tracks it)
+    # opset 14: `samples` stays an (initializer-backed) input, so per-request samples reach this model too; at 15+
+    # the repository's copy fixes the exported default, as Triton serves it (test_serve_units checks that case)
     export_mc_onnx(serve_keras_model, staging, samples=30, include_samples=True, class_names=names, opset=14)
     write_triton_repository(staging, repo)
     return repo

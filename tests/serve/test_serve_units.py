@@ -183,12 +183,18 @@ def test_abstain_of_reads_the_threshold_or_knows_it_has_none():
     assert computed.compute({"probabilities": probs}).tolist() == [False, True, False]
 
 
-@pytest.mark.xfail(strict=True, raises=UsageError, reason="export/triton.py refuses the optional-typed `samples` input "
-                   "the MC graph has at opset >= 15 (ONNX type 0); conftest pins the Triton-style MC model to opset 14")
 def test_triton_repository_of_a_default_opset_mc_model(serve_keras_model, tmp_path):
-    """When this passes, remove the opset pin in conftest.model_repo and this xfail."""
+    """At opset 15+ `samples` is an optional-typed input, which Triton's onnxruntime backend cannot feed: the
+    repository's copy gives it an empty Optional, so the exported default applies and `input` is the only input."""
+    import onnxruntime as ort
+
     from deploykit import export_mc_onnx
     from deploykit.export import write_triton_repository
 
     export_mc_onnx(serve_keras_model, tmp_path / "mc.onnx", samples=5, include_samples=True)
-    assert (write_triton_repository(tmp_path / "mc.onnx", tmp_path / "repo") / "config.pbtxt").is_file()
+    folder = write_triton_repository(tmp_path / "mc.onnx", tmp_path / "repo")
+    assert "samples" not in (folder / "config.pbtxt").read_text()
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    x = np.zeros((2, *session.get_inputs()[0].shape[1:]), np.float32)
+    assert session.run(["sample_probabilities"], {"input": x})[0].shape[0] == 5  # the exported default T
