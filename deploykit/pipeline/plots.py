@@ -78,15 +78,20 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: st
                    alpha=1.0 if shipped else 0.6, zorder=4)
     front = pareto_front([(t.gzip_bytes / 1024, 100 * t.accuracy) for t in tried]
                          + [(r.gzip_bytes / 1024, 100 * r.accuracy) for r in measured])
-    if len(front) > 1:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", linestyle="--", color="tab:green",
-                alpha=0.7, zorder=1, label="Pareto front (every try and artifact)")
+    if front:  # the best accuracy reached at each size or less: a step up to each front point, flat to the right
+        right = max([t.gzip_bytes / 1024 for t in tried] + [r.gzip_bytes / 1024 for r in measured])
+        xs, ys = [p[0] for p in front] + [right], [p[1] for p in front] + [front[-1][1]]
+        ax.step(xs, ys, where="post", linestyle="--", color="tab:green", alpha=0.7, zorder=1,
+                label="Pareto front (every try and artifact)")
+        ax.scatter([p[0] for p in front], [p[1] for p in front], s=150, facecolor="none", edgecolor="tab:green",
+                   linewidth=1.5, zorder=3)
     reference = next((r for r in rows if r.verdict.value == "reference" and r.accuracy is not None), None)
     if reference is not None and budget is not None:
         ax.axhline(100 * (reference.accuracy - budget), color="tab:red", linestyle=":", linewidth=1, zorder=1,
                    label=f"budget: {100 * budget:g} pt below the original")
     _label_shipped(ax, [r for r in measured if r.verdict.shipped])
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.15)  # room for the labels inside the frame
     _kib_axis(ax.xaxis)
     ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test accuracy (%)",
            title="Accuracy vs gzip size: every try; shipped artifacts filled, rejected crossed")
@@ -144,8 +149,8 @@ def _human(unit: str):
     from matplotlib.ticker import FuncFormatter
 
     if unit == "µs":
-        return FuncFormatter(lambda v, _p: f"{v:g} µs" if v < 1000 else f"{v / 1000:g} ms")
-    return FuncFormatter(lambda v, _p: f"{v:g}" if v < 1e3 else f"{v / 1e3:g}k" if v < 1e6 else f"{v / 1e6:g}M")
+        return FuncFormatter(lambda v, _p: f"{v:.3g} µs" if v < 1000 else f"{v / 1000:.3g} ms")
+    return FuncFormatter(lambda v, _p: f"{v:.3g}" if v < 1e3 else f"{v / 1e3:.3g}k" if v < 1e6 else f"{v / 1e6:.3g}M")
 
 
 def latency(rows: Sequence[ArtifactRow], path: str | os.PathLike) -> Path:

@@ -93,7 +93,7 @@ def search_sparsity(
     say = progress or (lambda _m: None)
     original = accuracy(model, data.x_test, data.y_test)
     chosen, protected = _prunable(model, data, prune_config, config.min_layer_weights)
-    base = prune_config.with_options(skip_layers=(*prune_config.skip_layers, *protected))
+    base = prune_config.with_options(skip_layers=tuple(dict.fromkeys((*prune_config.skip_layers, *protected))))
     sensitivity = _sensitivity(model, data, chosen) if config.sensitivity and len(chosen) > 1 else []
     if sensitivity:
         say("sensitivity (validation accuracy lost, one layer pruned alone to "
@@ -128,7 +128,7 @@ def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[
     kept = [n for n in chosen if n not in protected]
     if not kept:
         raise StepError(f"search_sparsity: every prunable layer is protected ({'; '.join(f'{k}: {v}' for k, v in protected.items())})")
-    return kept, {k: v for k, v in protected.items() if k in chosen}
+    return kept, protected
 
 
 def _sensitivity(model, data, layers: list[str]) -> list[LayerSensitivity]:

@@ -20,7 +20,8 @@ def test_help():
     done = _cli("--help")
     assert done.returncode == 0
     for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
-                 "--precisions", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
+                 "--precisions", "--no-mc", "--samples", "--force", "--unsafe", "--out", "--max-accuracy-drop",
+                 "--strict", "--quick", "--no-distill"):
         assert flag in done.stdout, flag
 
 
@@ -36,6 +37,11 @@ def test_help():
     (["--no-mc"], lambda c: not c.mc.enabled),
     (["--samples", "12"], lambda c: c.mc.samples == 12),
     (["--no-validate"], lambda c: not c.validate.enabled),
+    (["--max-accuracy-drop", "0.005"], lambda c: c.validate.max_accuracy_drop == 0.005),
+    (["--strict"], lambda c: c.validate.strict),
+    (["--quick"], lambda c: not c.sparsity.search.enabled and not c.sparsity.searching),
+    (["--no-distill"], lambda c: not c.sparsity.prune.distill and not c.sparsity.l1.distill),
+    (["--sparsity", "0.9"], lambda c: not c.sparsity.searching and c.sparsity.prune.target_sparsity == 0.9),
 ])
 def test_each_flag_sets_the_config(flags, check):
     from deploykit.cli.main import build_parser
