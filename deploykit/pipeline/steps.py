@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.data import Dataset
-from deploykit.errors import Mismatch, UsageError, ValidationError
+from deploykit.errors import Mismatch, StepError, UsageError, ValidationError
 from deploykit.pipeline.config import Format, OnnxInt8, OptimizeConfig, Precision, SparsityMethod, TfliteInt8
 from deploykit.pipeline.plots import RELIABILITY_PLOT
 from deploykit.pipeline.records import (
@@ -161,7 +161,6 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
 def fold_step(model, ctx: RunContext) -> StepOutput:
     if not ctx.config.fold.enabled:
         return _off(model, "fold")
-    from deploykit.errors import StepError
     from deploykit.fold import fold_batchnorm
 
     # With an MC Dropout model to build, a BatchNorm stays where folding it would pass a Dropout: exact at
@@ -229,6 +228,8 @@ def _searched(model, ctx: RunContext) -> StepOutput:
                   for t in report.tries)
     checks = f"accuracy drop vs the original <= {100 * ctx.budget:g} pt"
     protected = "; left dense: " + ", ".join(f"{k} ({v})" for k, v in report.protected.items()) if report.protected else ""
+    if not report.tries:
+        return StepOutput(model, StepRecord(name, Status.SKIPPED, "nothing to prune" + protected, detail=report))
     if report.kept is None:
         return StepOutput(model, StepRecord(name, Status.MISSED, f"no target within the budget ({len(tries)} tried); "
                                             "the model stays dense" + protected, checks=checks, detail=report), tries=tries)
@@ -333,7 +334,7 @@ def _int8_export(fmt: Format, model, ctx: RunContext) -> StepOutput:
     if kept.row is None:  # no variant could even be exported
         row = _unmade(file, fmt, kept.error, ctx)
     else:
-        row = _withdraw(dataclasses.replace(kept.row, quantization=kept.variant.quantization), ctx)
+        row = _withdraw(kept.row, ctx)
     used = f"{kept.variant.describe()}" + (f" after {len(attempts) - 1} other variant(s)" if len(attempts) > 1 else "")
     reason = f"{file} ({used}, {row.verdict.value})"
     return StepOutput(model, StepRecord(name, Status.DONE, reason, seconds=round(time.perf_counter() - start, 2),

@@ -86,7 +86,7 @@ def search_sparsity(
     Each try is :func:`~deploykit.sparsity.prune` with ``prune_config`` (its epochs, distillation,
     ...) at that target, with per-layer targets from the sensitivity scan when
     ``config.sensitivity``. Returns ``(model, SearchReport)``: the kept try's model, or ``model``
-    itself when no target met the budget.
+    itself when no target met the budget (or no layer is left to prune: ``tries`` is then empty).
     """
     config = config or SearchConfig()
     prune_config = prune_config or PruneConfig()
@@ -101,7 +101,7 @@ def search_sparsity(
             + "; ".join(f"{s.name} " + "/".join(f"{100 * d:.1f}" for d in s.drops) for s in sensitivity))
     teacher = teacher_of(model, data) if prune_config.distill else None
     report = SearchReport(max_accuracy_drop, original, protected, sensitivity)
-    for target in config.targets:
+    for target in config.targets if chosen else ():  # every layer protected: nothing to try
         layer_targets = allocate(sensitivity, target) if sensitivity else {n: target for n in chosen}
         attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, original, say)
         report.tries.append(attempt)
@@ -125,10 +125,7 @@ def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[
         size = int(np.prod(model.get_layer(name).get_weights()[0].shape))
         if size < min_weights:
             protected[name] = f"{size} weights < {min_weights}"
-    kept = [n for n in chosen if n not in protected]
-    if not kept:
-        raise StepError(f"search_sparsity: every prunable layer is protected ({'; '.join(f'{k}: {v}' for k, v in protected.items())})")
-    return kept, protected
+    return [n for n in chosen if n not in protected], protected
 
 
 def _sensitivity(model, data, layers: list[str]) -> list[LayerSensitivity]:

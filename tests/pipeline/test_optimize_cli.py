@@ -92,3 +92,20 @@ def test_small_run_from_toml_and_flags(model_file, tmp_path):
     assert {s["step"]: s["status"] for s in report["steps"]}["fold"] == "skipped"
     again = _cli("--config", out / "deploykit.toml", "--out", out)  # refused: the folder exists
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+@pytest.mark.slow
+def test_exit_1_with_one_line_when_nothing_deployable_meets_the_budget(model_file, tmp_path, capsys):
+    from deploykit.cli.main import main
+
+    toml = tmp_path / "run.toml"
+    toml.write_text("[sparsity]\nmethod = 'none'\n[export]\nformats = ['onnx']\nprecisions = ['float16']\n"
+                    "[validate]\nlatency_repeats = 2\n[validate.artifacts]\nmax_abs_diff = 1e-12\n")
+    out = tmp_path / "out"
+    code = main(["optimize", str(model_file), "--config", str(toml), "--no-mc", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("deploykit optimize: nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx")
+    assert "1 artifacts shipped, 1 rejected" in captured.out  # model.keras ships; it is no deployable artifact
+    assert (out / "report.md").is_file() and not (out / "model_float16.onnx").exists()

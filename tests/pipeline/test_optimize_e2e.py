@@ -20,9 +20,10 @@ FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3))
 def run(trained_model, digits, tmp_path_factory):
     before = [w.copy() for w in trained_model.get_weights()]
     out = tmp_path_factory.mktemp("optimize") / "out"
-    # the budget of the earlier default (2 points): this fixture checks artifacts, not the search
+    # This fixture checks the artifacts, not the search: a budget of 3 points (every artifact is now held to it
+    # against the original model; MC Dropout over this 5-epoch pruned model lands about 2.2 points below).
     result = optimize(trained_model, digits, config=FAST, out_dir=out, sparsity=0.5, epochs=5, samples=10, mc_seed=0,
-                      max_accuracy_drop=0.02)
+                      max_accuracy_drop=0.03)
     return result, before
 
 
