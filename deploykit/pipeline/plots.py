@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Try
+from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Stage, Try, Verdict
 
 ACCURACY_PLOT = "accuracy_vs_size.png"
 SPARSITY_PLOT = "sparsity.png"
@@ -65,12 +65,11 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: st
     ax = fig.add_subplot(1, 1, 1)
     measured = [r for r in rows if r.accuracy is not None and r.gzip_bytes]
     tried = [t for t in tries if t.accuracy is not None and t.gzip_bytes]
-    for stage, marker in (("sparsity", "o"), ("int8", "D")):
-        pts = [t for t in tried if t.stage.value == stage]
+    for stage, marker, label in ((Stage.SPARSITY, "o", "sparsity try (.keras gzip)"), (Stage.INT8, "D", "int8 try")):
+        pts = [t for t in tried if t.stage is stage]
         if pts:
             ax.scatter([t.gzip_bytes / 1024 for t in pts], [100 * t.accuracy for t in pts], s=28, marker=marker,
-                       facecolor="none", edgecolor="gray", zorder=2, label=f"{stage} try (.keras gzip)" if stage == "sparsity"
-                       else f"{stage} try")
+                       facecolor="none", edgecolor="gray", zorder=2, label=label)
     for r in measured:
         shipped = r.verdict.shipped
         ax.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=70 if shipped else 50, color=_COLORS.get(r.format, "black"),
@@ -85,7 +84,7 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: st
                 label="Pareto front (every try and artifact)")
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=150, facecolor="none", edgecolor="tab:green",
                    linewidth=1.5, zorder=3)
-    reference = next((r for r in rows if r.verdict.value == "reference" and r.accuracy is not None), None)
+    reference = next((r for r in rows if r.verdict is Verdict.REFERENCE and r.accuracy is not None), None)
     if reference is not None and budget is not None:
         ax.axhline(100 * (reference.accuracy - budget), color="tab:red", linestyle=":", linewidth=1, zorder=1,
                    label=f"budget: {100 * budget:g} pt below the original")

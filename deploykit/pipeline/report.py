@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from deploykit.pipeline.records import ArtifactRow, StepRecord, Status, Try
+from deploykit.pipeline.records import ArtifactRow, StepRecord, Status, Try, Verdict
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -105,8 +105,8 @@ def build_report(*, config, data_summary: str, model_summary: dict[str, Any], or
         "steps": list(steps),
         "artifacts": list(artifacts),
         "budget": {"max_accuracy_drop": config.validate.max_accuracy_drop, "original_accuracy": original.accuracy,
-                   "shipped": [a.file for a in artifacts if a.verdict.value not in ("rejected", "reference")],
-                   "rejected": [a.file for a in artifacts if a.verdict.value == "rejected"]},
+                   "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
+                   "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED]},
         "tries": list(tries),
         "layer_sparsity": list(layer_sparsity),
         "mc": mc,
@@ -189,7 +189,7 @@ def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], trie
     budget = report["budget"]
     lines = [f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
              f"({100 * budget['original_accuracy']:.2f}%)", ""]
-    rejected = [a for a in artifacts if a.verdict.value == "rejected"]
+    rejected = [a for a in artifacts if a.verdict is Verdict.REJECTED]
     lines += [f"- **rejected, not shipped**: `{a.file}`: {a.checks}" for a in rejected]
     if rejected:
         lines.append("")

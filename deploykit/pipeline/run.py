@@ -17,7 +17,7 @@ from deploykit.atomic import atomic_dir, write_text
 from deploykit.errors import StepError, UsageError, ValidationError
 from deploykit.pipeline import plots
 from deploykit.pipeline.config import OptimizeConfig
-from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
+from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
@@ -162,9 +162,8 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say) -> 
     ctx = RunContext(data, config, staging, say, original, figures, figures)
     say(f"original model: {figures.params:,} parameters, test accuracy {figures.accuracy:.4f}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
-    outputs = [StepOutput(original, StepRecord("original", Status.DONE),
-                          artifacts=(keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model"),),
-                          layer_sparsity=sparsity_rows(original, "original"))]
+    reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
+    outputs: list[StepOutput] = []
     current = original
     pipeline = build_pipeline(config)
     for k, step in enumerate(pipeline, start=1):
@@ -177,16 +176,16 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say) -> 
         outputs.append(out_k)
         current = out_k.model
         ctx = dataclasses.replace(ctx, figures=out_k.record.after or ctx.figures, applied=ctx.applied + out_k.applied)
-    return _write(model, original, outputs, ctx, current, start, out, __version__)
+    return _write(model, original, reference, outputs, ctx, current, start, out, __version__)
 
 
-def _write(model, original, outputs: list[StepOutput], ctx: RunContext, current, start: float, out: Path,
-           version: str) -> OptimizeResult:
+def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
+           out: Path, version: str) -> OptimizeResult:
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
     staging, config, say = ctx.folder, ctx.config, ctx.say
-    records = [o.record for o in outputs[1:]]
-    artifacts = [a for o in outputs for a in o.artifacts]
-    layer_rows: list[LayerSparsityRow] = [r for o in outputs for r in o.layer_sparsity]
+    records = [o.record for o in outputs]
+    artifacts = [reference, *(a for o in outputs for a in o.artifacts)]
+    layer_rows: list[LayerSparsityRow] = [*sparsity_rows(original, "original"), *(r for o in outputs for r in o.layer_sparsity)]
     tries = [t for o in outputs for t in o.tries]
     mc = next((o.mc for o in outputs if o.mc is not None), None)
     say("writing the report and plots")
