@@ -52,7 +52,8 @@ def train(data, epochs: int, seed: int = 42):
 def dense_control(dense, data, args) -> float:
     """The dense model fine-tuned with the pruning run's budget (same epochs, rate, early stopping): a fair control."""
     from deploykit.sparsity import PruneConfig
-    from deploykit.sparsity.tuning import accuracy, fine_tune, rebuild
+    from deploykit.evaluate import accuracy
+    from deploykit.sparsity.tuning import fine_tune, rebuild
 
     control = rebuild(dense)
     fine_tune(control, data, PruneConfig().with_options(epochs=args.prune_epochs, learning_rate=args.learning_rate))
@@ -92,7 +93,7 @@ def compact_row(name: str, sparse, data, repeats: int) -> dict:
 
 def bench(data, args) -> dict:
     from deploykit.sparsity import prune, sparsify_l1
-    from deploykit.sparsity.tuning import accuracy
+    from deploykit.evaluate import accuracy
 
     t0 = time.perf_counter()
     dense = train(data, args.train_epochs)

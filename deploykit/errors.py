@@ -52,7 +52,11 @@ class UnsafeModelError(ModelLoadError):
 
 
 class StepError(DeployKitError):
-    """A pipeline step failed; names the step."""
+    """A pipeline step failed; ``step`` names it (None when raised outside a pipeline)."""
+
+    def __init__(self, message: str, step: str | None = None):
+        self.step = step
+        super().__init__(message)
 
 
 @dataclass

@@ -32,11 +32,15 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm / the input standardization")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--sparsity", type=float, default=None, metavar="S", help="prune to this sparsity with TF-MOT (default: 0.8)")
+    group.add_argument("--sparsity", type=float, default=None, metavar="S",
+                       help="prune to this sparsity with TF-MOT, no search (default: the highest of 0.95/0.9/0.8/0.7/0.5 "
+                       "within the budget)")
     group.add_argument("--l1", type=float, default=None, metavar="L1", help="l1 sparsity with this factor instead of pruning")
     group.add_argument("--no-sparsity", action="store_true", help="keep the weights dense")
     p.add_argument("--threshold", type=float, default=None, help="l1: weights with |w| below it become 0 (default: 0.02)")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of the sparsity step (default: 30)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of each sparsity try (default: 30)")
+    p.add_argument("--quick", action="store_true", help="skip the sparsity search: prune once to [sparsity.prune] target_sparsity")
+    p.add_argument("--no-distill", action="store_true", help="fine-tune on the labels only (default: distil from the original model)")
     p.add_argument("--no-compact", action="store_true", help="do not remove dead neurons")
     add_variant_options(p, default_quantize="float32, float16, int8-dynamic, int8-full")
     p.add_argument("--no-export", action="store_true", help="write no ONNX / TFLite artifacts")
@@ -44,6 +48,11 @@ def register(sub) -> None:
     add_triton_options(p, defaults=False)
     p.add_argument("--no-mc", action="store_true", help="do not build the MC Dropout ONNX model")
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
+                   help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
+                   "shipped artifact (a fraction: default 0.01 = one point)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any artifact was rejected (default: only when "
+                   "nothing deployable meets the budget)")
     p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
 
 
@@ -58,10 +67,13 @@ def options_from_args(args) -> dict:
         "formats": variants["formats"], "quantize": variants["quantize"], "triton": triton_options(args),
         "quantization": quantization_options(args) or None,
         "mc": off(args.no_mc), "samples": args.samples, "validate": off(args.no_validate),
+        "quick": True if args.quick else None, "distill": off(args.no_distill),
+        "max_accuracy_drop": args.max_accuracy_drop, "strict": True if args.strict else None,
     }
 
 
 def _run(args) -> int:
+    import sys
     from pathlib import Path
 
     from deploykit.pipeline import OptimizeConfig, optimize
@@ -73,5 +85,9 @@ def _run(args) -> int:
     result = optimize(model, data, config=config, out_dir=Path(args.out), force=args.force, progress=progress,
                       unsafe=args.unsafe)
     print(result.table())
-    print(f"\n{len(result.artifacts)} artifacts, report.md, report.json, plots and deploykit.toml in {result.out_dir}")
+    print(f"\n{len(result.shipped)} artifacts shipped, {len(result.rejected)} rejected; report.md, report.json, plots "
+          f"and deploykit.toml in {result.out_dir}")
+    if result.failure:
+        print(f"deploykit optimize: {result.failure}", file=sys.stderr)
+        return 1
     return 0

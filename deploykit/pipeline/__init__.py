@@ -1,6 +1,7 @@
 """``deploykit optimize``: the one-command pipeline from a trained model to validated artifacts.
 
-``optimize(model, data, **options)`` folds BatchNorm, prunes or l1-sparsifies,
+``optimize(model, data, **options)`` keeps an accuracy budget (``max_accuracy_drop``) while it
+searches the sparsity (TF-MOT pruning with distillation) or l1-sparsifies, folds BatchNorm,
 removes dead neurons, exports ONNX and TFLite at float32 / float16 / int8,
 builds the MC Dropout ONNX model, validates every artifact in its runtime and
 writes report.json, report.md, PNG plots and the deploykit.toml that ran.
@@ -18,7 +19,7 @@ from deploykit.pipeline.config import (
     SparsityStep,
     ValidateStep,
 )
-from deploykit.pipeline.records import ArtifactRow, ModelFigures, Status, StepRecord, Verdict
+from deploykit.pipeline.records import ArtifactRow, ModelFigures, Stage, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.run import OptimizeResult, optimize
 from deploykit.pipeline.steps import Step, build_pipeline
 
@@ -37,6 +38,9 @@ __all__ = [
     "Step",
     "build_pipeline",
     "StepRecord",
+    "StepOutput",
+    "Try",
+    "Stage",
     "ArtifactRow",
     "ModelFigures",
     "Status",

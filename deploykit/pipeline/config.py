@@ -9,8 +9,11 @@ A TOML file has one table per step (every key optional)::
     enabled = true
     [sparsity]
     method = "prune"         # prune | l1 | none
-    [sparsity.prune]         # deploykit.sparsity.PruneConfig
+    [sparsity.search]        # deploykit.sparsity.SearchConfig: the highest target within the budget
+    targets = [0.95, 0.9, 0.8, 0.7, 0.5]
+    [sparsity.prune]         # deploykit.sparsity.PruneConfig (target_sparsity: without the search)
     target_sparsity = 0.8
+    distill = true
     [sparsity.l1]            # deploykit.sparsity.L1Config
     l1 = 0.001
     [compact]
@@ -23,6 +26,7 @@ A TOML file has one table per step (every key optional)::
     samples = 30
     [validate]
     enabled = true
+    max_accuracy_drop = 0.01 # the accuracy budget, vs the original model on the test split
 
 Unknown keys are a ConfigError naming the key and the keys allowed there.
 This module does not import TensorFlow.
@@ -53,16 +57,18 @@ from deploykit.export.config import (
     parse_list,
 )
 from deploykit.records import to_jsonable
-from deploykit.sparsity.config import L1Config, PruneConfig
+from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig
 
 if TYPE_CHECKING:
     from deploykit.export.config import Tolerance
 
-#: Fine-tuning epochs of the pipeline's sparsity step: 30 recover 80% pruning of the shipped model to within
-#: half a point on digits (8 lose 2 points); past the first (traced) epoch each costs a fraction of a second.
+#: Fine-tuning epochs of each sparsity try: 30 recover 80% pruning of the shipped model to within half a point
+#: on digits (8 lose 2 points); past the first (traced) epoch each costs a fraction of a second.
 DEFAULT_TUNE_EPOCHS = 30
 #: The pipeline's artifacts: every format at float32 and float16, dynamic int8 ONNX, full-integer int8 TFLite.
 DEFAULT_QUANTIZE = (Quantization.FLOAT32, Quantization.FLOAT16, Quantization.INT8_DYNAMIC, Quantization.INT8_FULL)
+#: The accuracy budget: test accuracy may fall at most this much below the original model's (one point).
+DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 
 class SparsityMethod(enum.Enum):
@@ -155,24 +161,31 @@ class FoldStep(_Table):
 
 
 def _tune_defaults(cls):
-    return cls(epochs=DEFAULT_TUNE_EPOCHS)
+    """The pipeline's fine-tuning: distilled from the original model (it is at hand, and it regularizes)."""
+    return cls(epochs=DEFAULT_TUNE_EPOCHS, distill=True)
 
 
 @dataclass(frozen=True)
 class SparsityStep:
-    """Prune (TF-MOT) or l1-sparsify the Dense kernels; ``prune`` / ``l1`` are the sparsity module's own configs."""
+    """Prune (TF-MOT) or l1-sparsify the Dense kernels; ``prune`` / ``l1`` / ``search`` are the sparsity module's configs.
+
+    With ``method = "prune"`` and ``search.enabled``, the targets of ``search`` are tried from the
+    highest down and the first within the accuracy budget is kept (``prune.target_sparsity`` is
+    then unused); without the search, ``prune.target_sparsity`` is the one try.
+    """
 
     TABLE = "sparsity"
     method: SparsityMethod = SparsityMethod.PRUNE
     prune: PruneConfig = field(default_factory=lambda: _tune_defaults(PruneConfig))
     l1: L1Config = field(default_factory=lambda: _tune_defaults(L1Config))
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", _enum(SparsityMethod, "sparsity.method", self.method))
-        for name, cls in (("prune", PruneConfig), ("l1", L1Config)):
+        for name, cls in (("prune", PruneConfig), ("l1", L1Config), ("search", SearchConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"sparsity.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
-            if getattr(self, name).compact:
+            if getattr(getattr(self, name), "compact", False):
                 raise ConfigError(f"sparsity.{name}.compact: the pipeline compacts in its own step; use [compact] enabled")
 
     @property
@@ -186,10 +199,17 @@ class SparsityStep:
             if name in values:
                 table = check_keys(f"{where}.{name}", sub, values[name])
                 values[name] = sub.from_dict({**_tune_defaults(sub).to_dict(), **table})
+        if "search" in values:
+            values["search"] = SearchConfig.from_dict(check_keys(f"{where}.search", SearchConfig, values["search"]))
         return cls(**values)
 
+    @property
+    def searching(self) -> bool:
+        return self.method is SparsityMethod.PRUNE and self.search.enabled
+
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method.value, "prune": self.prune.to_dict(), "l1": self.l1.to_dict()}
+        return {"method": self.method.value, "prune": self.prune.to_dict(), "l1": self.l1.to_dict(),
+                "search": self.search.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -314,24 +334,31 @@ class MCStep(_Table):
 
 @dataclass(frozen=True)
 class ValidateStep(_Table):
-    """Check each step and artifact; a missed figure stops the run.
+    """The accuracy budget and the checks of each artifact.
 
-    Artifacts are held to the exporter's per-precision tolerance (float32: max diff <= 1e-4;
-    float16: agreement >= 99.5%; int8: accuracy within 1 point); ``artifacts`` overrides the
-    bounds it sets (a ``deploykit.export`` Tolerance, TOML table ``[validate.artifacts]``).
+    ``max_accuracy_drop`` (the budget) governs every step and artifact: test accuracy at most this
+    far below the original model's. The sparsity search keeps the highest target within it; an
+    artifact outside it, or outside the exporter's per-precision tolerance against the Keras model
+    it came from (float32: max diff <= 1e-4; float16: agreement >= 99.5%), is rejected: reported
+    with its numbers and not shipped. ``artifacts`` overrides the per-precision bounds (a
+    ``deploykit.export`` Tolerance, TOML table ``[validate.artifacts]``). With ``strict``, any
+    rejected artifact fails the run (the CLI exits non-zero); otherwise only having nothing to ship
+    does. A fold that changes the outputs beyond ``fold_tolerance`` is a bug and stops the run.
     """
 
     TABLE = "validate"
     enabled: bool = True
     fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause
-    max_accuracy_drop: float = 0.02  # sparsity step and MC model: test accuracy may fall at most this much
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     latency_repeats: int = 50  # timed runs per latency figure (the median is reported)
     artifacts: Tolerance | None = None  # overrides the per-precision bounds it sets
+    strict: bool = False
 
     def __post_init__(self) -> None:
         from deploykit.export.config import Tolerance
 
         _bool("validate.enabled", self.enabled)
+        _bool("validate.strict", self.strict)
         object.__setattr__(self, "fold_tolerance", _positive("validate.fold_tolerance", self.fold_tolerance))
         object.__setattr__(self, "max_accuracy_drop", _fraction("validate.max_accuracy_drop", self.max_accuracy_drop))
         _int("validate.latency_repeats", self.latency_repeats, 1)
@@ -348,18 +375,26 @@ class ValidateStep(_Table):
         return values
 
     def tolerance_for(self, precision: str):
-        """The tolerance an artifact of ``precision`` is held to."""
+        """The tolerance an artifact of ``precision`` is held to against the Keras model it came from.
+
+        The exporter's own int8 bound (accuracy within a point of that model) gives way to the
+        budget, which is measured against the original model; ``artifacts`` still overrides both.
+        """
+        import dataclasses as dc
+
         from deploykit.export.config import Tolerance
 
-        return Tolerance.for_precision(precision).overridden(self.artifacts)
+        own = dc.replace(Tolerance.for_precision(precision), max_accuracy_drop=None)
+        return own.overridden(self.artifacts)
 
 
 _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "compact": CompactStep,
           "export": ExportStep, "mc": MCStep, "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
-OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "compact", "export", "formats", "quantize", "quantization", "precisions",
-           "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "validate")
+OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
+           "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed",
+           "validate", "max_accuracy_drop", "strict")
 
 
 @dataclass(frozen=True)
@@ -420,12 +455,14 @@ class OptimizeConfig:
         """A copy with the flat options applied (None values are ignored); see :data:`OPTIONS`.
 
         ``fold``, ``compact``, ``export``, ``mc``, ``validate``: switch a step (bool).
-        ``sparsity``: a target in [0, 1) (prune), ``"prune"``, ``"l1"``, ``"none"`` or False.
+        ``sparsity``: a target in [0, 1) (prune to it, no search), ``"prune"``, ``"l1"``, ``"none"`` or False.
         ``l1``: l1 factor (selects the l1 method); ``threshold``: its zeroing threshold.
-        ``epochs``: fine-tuning epochs of the sparsity step. ``formats``, ``quantize``: lists or
-        comma-separated text (``quantize``: the exporter's variant names; ``quantization``: a QuantConfig or a
-        dict of its fields; ``precisions``, ``onnx_int8``,
-        ``tflite_int8``: deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
+        ``epochs``: fine-tuning epochs of each sparsity try; ``distill``: distil from the original
+        model (bool); ``quick``: skip the sparsity search (prune once to the configured target).
+        ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
+        ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
+        deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
+        ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``strict``: a rejected artifact fails the run.
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
@@ -436,6 +473,9 @@ class OptimizeConfig:
             if name in o:
                 _bool(name, o[name])
                 c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
+        validate = {k: o[k] for k in ("max_accuracy_drop", "strict") if k in o}
+        if validate:
+            c = dataclasses.replace(c, validate=dataclasses.replace(c.validate, **validate))
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
         export = {k: o[k] for k in ("formats", "quantize", "triton") if k in o}
         if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
@@ -463,19 +503,25 @@ class OptimizeConfig:
     def summary(self) -> str:
         """One line: which steps run."""
         s = self.sparsity
-        sparse = {"prune": f"prune to {s.prune.target_sparsity:.0%}", "l1": f"l1 {s.l1.l1:g}", "none": "no sparsity"}[s.method.value]
+        prune = ("prune: highest of " + "/".join(f"{t:.0%}" for t in s.search.targets)) if s.searching \
+            else f"prune to {s.prune.target_sparsity:.0%}"
+        sparse = {"prune": prune, "l1": f"l1 {s.l1.l1:g}", "none": "no sparsity"}[s.method.value]
+        sparse += " (distilled)" if s.enabled and getattr(s, s.method.value).distill else ""
         parts = [
             "fold" if self.fold.enabled else "no fold", sparse, "compact" if self.compact.enabled else "no compact",
             ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(q.value for q in self.export.quantize))
             if self.export.enabled else "no export",
             f"MC Dropout (T={self.mc.samples})" if self.mc.enabled else "no MC",
-            "validate" if self.validate.enabled else "no validation",
+            f"budget {100 * self.validate.max_accuracy_drop:g} pt" if self.validate.enabled else "no validation",
         ]
         return ", ".join(parts)
 
 
 def _sparsity_options(step: SparsityStep, o: dict[str, Any]) -> SparsityStep:
-    method, prune, l1 = step.method, step.prune, step.l1
+    method, prune, l1, search = step.method, step.prune, step.l1, step.search
+    if "quick" in o:
+        _bool("quick", o["quick"])
+        search = dataclasses.replace(search, enabled=not o["quick"])
     if "sparsity" in o:
         value = o["sparsity"]
         if value is False:
@@ -484,6 +530,7 @@ def _sparsity_options(step: SparsityStep, o: dict[str, Any]) -> SparsityStep:
             method = _enum(SparsityMethod, "sparsity", value)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             method, prune = SparsityMethod.PRUNE, prune.with_options(target_sparsity=_fraction("sparsity", value))
+            search = dataclasses.replace(search, enabled=False)  # a target given is the target wanted
         else:
             raise ConfigError(f"sparsity must be a target in [0, 1), 'prune', 'l1', 'none' or false, got {value!r}")
     if "l1" in o:
@@ -495,4 +542,7 @@ def _sparsity_options(step: SparsityStep, o: dict[str, Any]) -> SparsityStep:
     if "epochs" in o:
         _int("epochs", o["epochs"], 1)
         prune, l1 = prune.with_options(epochs=o["epochs"]), l1.with_options(epochs=o["epochs"])
-    return SparsityStep(method, prune, l1)
+    if "distill" in o:
+        _bool("distill", o["distill"])
+        prune, l1 = prune.with_options(distill=o["distill"]), l1.with_options(distill=o["distill"])
+    return SparsityStep(method, prune, l1, search)

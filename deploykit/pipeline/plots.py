@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow
+from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Stage, Try, Verdict
 
 ACCURACY_PLOT = "accuracy_vs_size.png"
 SPARSITY_PLOT = "sparsity.png"
@@ -40,33 +40,85 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def accuracy_vs_size(rows: Sequence[ArtifactRow], path: str | os.PathLike) -> Path:
-    """Test accuracy against gzip size (log scale) for every artifact measured."""
-    fig = _figure(7.5, 4.8)
+def _kib_axis(axis) -> None:
+    """A log axis of KiB with ticks at 1-2-5 steps labelled plainly ("2", "50", "1,000"), not as 10^x."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:.2g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (size, accuracy) points no other point beats on both: smaller or equal and more accurate or equal."""
+    front: list[tuple[float, float]] = []
+    for size, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((size, acc))
+    return front
+
+
+def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: str | os.PathLike,
+                     budget: float | None = None) -> Path:
+    """Test accuracy against gzip size (log scale): every try and artifact, their Pareto front, the shipped points marked."""
+    fig = _figure(8.5, 5.2)
     ax = fig.add_subplot(1, 1, 1)
-    measured = [r for r in rows if r.accuracy is not None]
+    measured = [r for r in rows if r.accuracy is not None and r.gzip_bytes]
+    tried = [t for t in tries if t.accuracy is not None and t.gzip_bytes]
+    for stage, marker, label in ((Stage.SPARSITY, "o", "sparsity try (.keras gzip)"), (Stage.INT8, "D", "int8 try")):
+        pts = [t for t in tried if t.stage is stage]
+        if pts:
+            ax.scatter([t.gzip_bytes / 1024 for t in pts], [100 * t.accuracy for t in pts], s=28, marker=marker,
+                       facecolor="none", edgecolor="gray", zorder=2, label=label)
     for r in measured:
-        ax.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=60, color=_COLORS.get(r.format, "black"),
-                   marker=_MARKERS.get(r.precision, "o"), edgecolor="black", zorder=3)
-    # one label per cluster of points that would overlap (same accuracy, gzip sizes within 15%)
-    clusters: list[list[ArtifactRow]] = []
-    for r in sorted(measured, key=lambda r: (r.accuracy, r.gzip_bytes)):
-        last = clusters[-1][-1] if clusters else None
-        if last is not None and abs(last.accuracy - r.accuracy) < 5e-4 and r.gzip_bytes < 1.15 * last.gzip_bytes:
-            clusters[-1].append(r)
-        else:
-            clusters.append([r])
-    for group in clusters:
-        ax.annotate("\n".join(r.file for r in group), (group[0].gzip_bytes / 1024, 100 * group[0].accuracy),
-                    textcoords="offset points", xytext=(6, -4), fontsize=7, va="top")
+        shipped = r.verdict.shipped
+        ax.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=70 if shipped else 50, color=_COLORS.get(r.format, "black"),
+                   marker=_MARKERS.get(r.precision, "o") if shipped else "X", edgecolor="black", linewidth=1.2 if shipped else 0.5,
+                   alpha=1.0 if shipped else 0.6, zorder=4)
+    front = pareto_front([(t.gzip_bytes / 1024, 100 * t.accuracy) for t in tried]
+                         + [(r.gzip_bytes / 1024, 100 * r.accuracy) for r in measured])
+    if front:  # the best accuracy reached at each size or less: a step up to each front point, flat to the right
+        right = max([t.gzip_bytes / 1024 for t in tried] + [r.gzip_bytes / 1024 for r in measured])
+        xs, ys = [p[0] for p in front] + [right], [p[1] for p in front] + [front[-1][1]]
+        ax.step(xs, ys, where="post", linestyle="--", color="tab:green", alpha=0.7, zorder=1,
+                label="Pareto front (every try and artifact)")
+        ax.scatter([p[0] for p in front], [p[1] for p in front], s=150, facecolor="none", edgecolor="tab:green",
+                   linewidth=1.5, zorder=3)
+    reference = next((r for r in rows if r.verdict is Verdict.REFERENCE and r.accuracy is not None), None)
+    if reference is not None and budget is not None:
+        ax.axhline(100 * (reference.accuracy - budget), color="tab:red", linestyle=":", linewidth=1, zorder=1,
+                   label=f"budget: {100 * budget:g} pt below the original")
+    _label_shipped(ax, [r for r in measured if r.verdict.shipped])
     ax.set_xscale("log")
-    ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test accuracy (%)", title="Accuracy vs gzip size per artifact")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.margins(x=0.08, y=0.15)  # room for the labels inside the frame
+    _kib_axis(ax.xaxis)
+    ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test accuracy (%)",
+           title="Accuracy vs gzip size: every try; shipped artifacts filled, rejected crossed")
+    ax.grid(True, which="major", alpha=0.3)
     handles = [ax.scatter([], [], color=c, label=f, edgecolor="black") for f, c in _COLORS.items() if any(r.format == f for r in rows)]
     handles += [ax.scatter([], [], color="white", marker=m, label=p, edgecolor="black") for p, m in _MARKERS.items()
                 if any(r.precision == p for r in rows)]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    if any(not r.verdict.shipped for r in measured):
+        handles.append(ax.scatter([], [], color="gray", marker="X", label="rejected", edgecolor="black", linewidth=0.5))
+    extra = [h for h, l in zip(*ax.get_legend_handles_labels()) if "try" in l or "Pareto" in l or "budget" in l]
+    ax.legend(handles=handles + extra, fontsize=7, loc="lower right", ncol=2)
     return _save(fig, path)
+
+
+def _label_shipped(ax, rows: Sequence[ArtifactRow]) -> None:
+    """One label per cluster of shipped points that would overlap (accuracy within 0.15 pt, sizes within 15%)."""
+    clusters: list[list[ArtifactRow]] = []
+    for r in sorted(rows, key=lambda r: (r.gzip_bytes, r.accuracy)):
+        last = clusters[-1][-1] if clusters else None
+        if last is not None and abs(last.accuracy - r.accuracy) < 1.5e-3 and r.gzip_bytes < 1.15 * last.gzip_bytes:
+            clusters[-1].append(r)
+        else:
+            clusters.append([r])
+    for k, group in enumerate(clusters):  # alternate above / below so neighbours do not collide
+        above = k % 2 == 0
+        ax.annotate("\n".join(r.file for r in group), (group[0].gzip_bytes / 1024, 100 * group[0].accuracy),
+                    textcoords="offset points", xytext=(6, 6 if above else -6), fontsize=7,
+                    va="bottom" if above else "top")
 
 
 def layer_sparsity(rows: Sequence[LayerSparsityRow], path: str | os.PathLike) -> Path:
@@ -91,25 +143,43 @@ def layer_sparsity(rows: Sequence[LayerSparsityRow], path: str | os.PathLike) ->
     return _save(fig, path)
 
 
+def _human(unit: str):
+    """Tick labels in the unit of the values with SI steps: 5 µs, 20 µs, 1 ms; 50k/s, 2M/s."""
+    from matplotlib.ticker import FuncFormatter
+
+    if unit == "µs":
+        return FuncFormatter(lambda v, _p: f"{v:.3g} µs" if v < 1000 else f"{v / 1000:.3g} ms")
+    return FuncFormatter(lambda v, _p: f"{v:.3g}" if v < 1e3 else f"{v / 1e3:.3g}k" if v < 1e6 else f"{v / 1e6:.3g}M")
+
+
 def latency(rows: Sequence[ArtifactRow], path: str | os.PathLike) -> Path:
-    """Batch-1 latency and batch-256 throughput per artifact, coloured by runtime."""
-    timed = [r for r in rows if r.latency_b1_ms is not None]
-    fig = _figure(11, max(3.0, 0.35 * len(timed) + 1.6))
+    """Batch-1 latency (µs) and batch-256 throughput per shipped artifact, coloured by runtime."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    timed = [r for r in rows if r.latency_b1_ms is not None and r.verdict.shipped]
+    fig = _figure(11, max(3.0, 0.38 * len(timed) + 1.8))
     labels = [f"{r.file} ({r.runtime})" for r in timed]
     colors = [_COLORS.get(r.format, "black") for r in timed]
     y = np.arange(len(timed))
-    for k, (title, values, unit) in enumerate((
-        ("batch-1 latency (median)", [r.latency_b1_ms for r in timed], "ms, log scale"),
-        ("batch-256 throughput", [r.throughput_b256 or 0.0 for r in timed], "examples / s, log scale"),
+    for k, (title, values, unit, label) in enumerate((
+        ("batch-1 latency (median)", [1000 * r.latency_b1_ms for r in timed], "µs", "µs per call, log scale"),
+        ("batch-256 throughput", [r.throughput_b256 or 0.0 for r in timed], "/s", "examples / s, log scale"),
     )):
         ax = fig.add_subplot(1, 2, k + 1)
         ax.barh(y, values, color=colors, edgecolor="black")
         ax.set_yticks(y, labels if k == 0 else [""] * len(timed), fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set(xlabel=unit, title=title)
-        ax.grid(True, axis="x", which="both", alpha=0.3)
+        positive = [v for v in values if v > 0]
+        if positive:  # room on the right for the value labels
+            ax.set_xlim(min(positive) / 2, max(positive) * 6)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))
+        ax.xaxis.set_major_formatter(_human(unit))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set(xlabel=label, title=title)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
         for yy, v in zip(y, values):
             if v:
-                ax.annotate(f"{v:.3g}", (v, yy), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
+                ax.annotate(_human(unit)(v, None), (v, yy), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
     return _save(fig, path)

@@ -12,12 +12,26 @@ from deploykit.records import Record
 class Status(enum.Enum):
     DONE = "done"
     SKIPPED = "skipped"  # switched off, or the model does not allow it (the reason says which)
+    MISSED = "missed budget"  # nothing it tried met the accuracy budget; the model went on unchanged
 
 
 class Verdict(enum.Enum):
-    PASS = "pass"  # (a miss stops the run, so no artifact is ever left marked "fail")
+    PASS = "pass"  # met its tolerance and the accuracy budget: shipped
+    REJECTED = "rejected"  # missed one (the row keeps its numbers); its file is not shipped
     REFERENCE = "reference"  # the original model: what the others are compared with
     NOT_VALIDATED = "not validated"
+
+    @property
+    def shipped(self) -> bool:
+        """The artifact's file is in the output folder."""
+        return self is not Verdict.REJECTED
+
+
+class Stage(enum.Enum):
+    """Which search a :class:`Try` belongs to."""
+
+    SPARSITY = "sparsity"
+    INT8 = "int8"
 
 
 @dataclass
@@ -63,8 +77,8 @@ class ArtifactRow(Record):
     latency_b1_ms: float | None  # median single-example call
     throughput_b256: float | None  # examples per second at batch 256
     verdict: Verdict
-    checks: str = ""  # the tolerance applied, or why not validated
-    detail: dict[str, Any] = field(default_factory=dict)  # the exporter's / validator's own record
+    checks: str = ""  # the tolerance applied, or why not validated; for a rejected artifact, what it missed
+    detail: Any = None  # the exporter's / validator's own typed record
 
 
 @dataclass
@@ -79,4 +93,31 @@ class StepRecord(Record):
     after: ModelFigures | None = None  # the model it returned
     artifacts: list[str] = field(default_factory=list)  # files it wrote
     checks: str = ""  # the figure it was validated on
-    detail: dict[str, Any] = field(default_factory=dict)  # the step function's own record
+    detail: Any = None  # the step function's own typed record (made JSON only in the report)
+
+
+@dataclass
+class Try(Record):
+    """One setting tried to meet the accuracy budget: a sparsity target or an int8 variant."""
+
+    stage: Stage
+    setting: str  # e.g. "prune 90% (dense_1 93%, dense_2 84%)", "tflite int8 (1200 calibration samples)"
+    accuracy: float | None  # test split (None: it could not be measured, e.g. the runtime crashed)
+    accuracy_change: float | None  # vs the original model (0.01 = one point)
+    gzip_bytes: int  # .keras gzip for sparsity tries, the artifact's gzip for int8 tries
+    kept: bool  # met the budget and was chosen
+    note: str = ""  # why not kept, or what was kept in float
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a step returns: its model, its record and what it made; the runner aggregates these."""
+
+    model: Any
+    record: StepRecord
+    artifacts: tuple[ArtifactRow, ...] = ()
+    layer_sparsity: tuple[LayerSparsityRow, ...] = ()
+    tries: tuple[Try, ...] = ()
+    applied: tuple[str, ...] = ()  # what the step did to the model, for the artifacts' metadata ("prune(0.90)")
+    mc: Any = None  # the MC Dropout comparison (deploykit.uncertainty's typed record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from deploykit.pipeline.records import ArtifactRow, StepRecord, Status
+from deploykit.pipeline.records import ArtifactRow, StepRecord, Status, Try, Verdict
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -79,10 +79,20 @@ def step_cells(s: StepRecord) -> list[str]:
 STEP_COLUMNS = ("step", "status", "time", "test accuracy", "sparsity", "parameters", "Dense MACs", ".keras gzip", "what it did")
 
 
+TRY_COLUMNS = ("stage", "setting", "test accuracy", "Δ acc", "gzip", "kept", "note")
+
+
+def try_cells(t: Try) -> list[str]:
+    """One try as text: setting -> accuracy, size, kept or not."""
+    note = t.note if len(t.note) <= 90 else t.note[:87] + "..."
+    return [t.stage.value, t.setting, _pct(t.accuracy), _signed_points(t.accuracy_change),
+            _size(t.gzip_bytes) if t.gzip_bytes else "—", "yes" if t.kept else "no", note.replace("|", "/")]
+
+
 def build_report(*, config, data_summary: str, model_summary: dict[str, Any], original, final, steps: Sequence[StepRecord],
-                 artifacts: Sequence[ArtifactRow], layer_sparsity, mc: dict[str, Any] | None, plots: Sequence[str],
+                 artifacts: Sequence[ArtifactRow], tries: Sequence[Try], layer_sparsity, mc, plots: Sequence[str],
                  seconds: float, version: str) -> dict[str, Any]:
-    """The whole report as JSON-ready values."""
+    """The whole report as JSON-ready values (the typed records become JSON here, and only here)."""
     from deploykit.records import to_jsonable
 
     return to_jsonable({
@@ -94,6 +104,10 @@ def build_report(*, config, data_summary: str, model_summary: dict[str, Any], or
         "final": final,
         "steps": list(steps),
         "artifacts": list(artifacts),
+        "budget": {"max_accuracy_drop": config.validate.max_accuracy_drop, "original_accuracy": original.accuracy,
+                   "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
+                   "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED]},
+        "tries": list(tries),
         "layer_sparsity": list(layer_sparsity),
         "mc": mc,
         "plots": list(plots),
@@ -117,8 +131,9 @@ def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
     return out
 
 
-def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Sequence[StepRecord]) -> str:
-    """report.md: the artifact table first, then the steps, MC Dropout, plots and notes."""
+def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Sequence[StepRecord],
+             tries: Sequence[Try] = ()) -> str:
+    """report.md: the artifact table first, then the tries, the steps, MC Dropout, plots and notes."""
     original = report["original"]
     lines = [
         "# deploykit optimize report",
@@ -134,6 +149,7 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
         "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original). Latency: median of repeated single-example calls; "
         "throughput: examples per second at batch 256 (one process, this machine).",
         "",
+        *_budget_lines(report, artifacts, tries),
         "## What each step bought and cost",
         "",
         markdown_table(STEP_COLUMNS, [step_cells(s) for s in steps]),
@@ -166,3 +182,17 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
     if skipped:
         lines += ["## Skipped steps", ""] + [f"- {s.step}: {s.status.value} — {s.reason}" for s in skipped] + [""]
     return "\n".join(lines)
+
+
+def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], tries: Sequence[Try]) -> list[str]:
+    """The accuracy budget, what was rejected, and the table of every setting tried."""
+    budget = report["budget"]
+    lines = [f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
+             f"({100 * budget['original_accuracy']:.2f}%)", ""]
+    rejected = [a for a in artifacts if a.verdict is Verdict.REJECTED]
+    lines += [f"- **rejected, not shipped**: `{a.file}`: {a.checks}" for a in rejected]
+    if rejected:
+        lines.append("")
+    if tries:
+        lines += [markdown_table(TRY_COLUMNS, [try_cells(t) for t in tries], right=(2, 3, 4)), ""]
+    return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,9 +17,17 @@ from deploykit.atomic import atomic_dir, write_text
 from deploykit.errors import StepError, UsageError, ValidationError
 from deploykit.pipeline import plots
 from deploykit.pipeline.config import OptimizeConfig
-from deploykit.pipeline.records import ArtifactRow, StepRecord, Verdict
+from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
-from deploykit.pipeline.steps import ORIGINAL_FILE, Context, build_pipeline, keras_row, model_figures, sparsity_rows, timed
+from deploykit.pipeline.steps import (
+    ORIGINAL_FILE,
+    RunContext,
+    build_pipeline,
+    keras_row,
+    model_figures,
+    sparsity_rows,
+    timed,
+)
 
 CONFIG_FILE = "deploykit.toml"
 
@@ -31,8 +40,35 @@ class OptimizeResult:
     model: Any  # the optimized tf_keras model (saved as model.keras)
     config: OptimizeConfig  # what ran (also in out_dir/deploykit.toml)
     steps: list[StepRecord]
-    artifacts: list[ArtifactRow]
+    artifacts: list[ArtifactRow]  # shipped and rejected (a rejected row keeps its numbers; its file is gone)
+    tries: list[Try]  # every setting tried to meet the accuracy budget
     report: dict[str, Any]  # report.json
+
+    @property
+    def shipped(self) -> list[ArtifactRow]:
+        """Deployable artifacts whose file is in the output folder (the reference original.keras left out)."""
+        return [r for r in self.artifacts if r.verdict.shipped and r.verdict is not Verdict.REFERENCE]
+
+    @property
+    def rejected(self) -> list[ArtifactRow]:
+        return [r for r in self.artifacts if r.verdict is Verdict.REJECTED]
+
+    @property
+    def failure(self) -> str | None:
+        """One line when the run failed its purpose, else None.
+
+        It failed when nothing deployable meets the budget (no ONNX / TFLite artifact shipped; with
+        export off, no model.keras), or, with ``[validate] strict``, when any artifact was rejected.
+        """
+        exported = [r for r in self.artifacts if r.format != "keras"]
+        deployable = [r for r in (exported if exported else self.artifacts) if r in self.shipped]
+        rejected = ", ".join(f"{r.file} ({r.checks})" for r in self.rejected)
+        if not deployable:
+            return f"nothing deployable meets the accuracy budget ({100 * self.config.validate.max_accuracy_drop:g} pt): " \
+                   f"rejected {rejected or 'everything'}"
+        if self.config.validate.strict and self.rejected:
+            return f"--strict: {len(self.rejected)} artifact(s) rejected: {rejected}"
+        return None
 
     def artifact(self, file: str) -> ArtifactRow:
         """The row of one artifact, by file name (e.g. ``"model.onnx"``)."""
@@ -64,9 +100,13 @@ def optimize(
     deploykit.toml written records paths made absolute, and a Dataset object by its name.
     ``options``: flat overrides of the config (see :meth:`OptimizeConfig.with_options`),
     e.g. ``fold=False, sparsity=0.9, formats="onnx", mc=False``.
-    ``out_dir`` is built aside and moved into place when every step has passed; an existing
+    ``out_dir`` is built aside and moved into place when the run ends; an existing
     non-empty folder is refused unless ``force``. Without ``out_dir`` a new temporary folder is
-    used (``result.out_dir``). A step that misses its check raises StepError and writes nothing.
+    used (``result.out_dir``). ``max_accuracy_drop`` (an option, default 0.01: one point) is the
+    budget every kept model and shipped artifact meets against the original model on the test
+    split; an artifact that misses it is rejected (its row in the report, its file not written) and
+    the run goes on: ``result.failure`` says whether anything deployable is left. A step that finds
+    a bug (a fold that changes the outputs) raises StepError and writes nothing.
     """
     config = (config or OptimizeConfig()).with_options(**options)
     say = progress or (lambda _msg: None)
@@ -112,6 +152,7 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
 
 
 def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False) -> OptimizeResult:
+    """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
     from deploykit.graph import copy_model
     from deploykit.keras3 import save_model_like
@@ -120,41 +161,54 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
-    ctx = Context(data, config, staging, say, original, figures, figures, keras3=keras3)
-    ctx.layer_sparsity = sparsity_rows(original, "original")
-    ctx.artifacts.append(keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model"))
+    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3)
     say(f"original model: {figures.params:,} parameters, test accuracy {figures.accuracy:.4f}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
-
-    current, records = original, []
+    reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
+    outputs: list[StepOutput] = []
+    current = original
     pipeline = build_pipeline(config)
     for k, step in enumerate(pipeline, start=1):
         say(f"step {k}/{len(pipeline)}: {step.name}")
         try:
-            current, record = timed(step, current, ctx)
+            out_k = timed(step, current, ctx)
         except (StepError, ValidationError) as exc:
             raise _failed(step.name, exc, staging, out) from exc
-        say(f"  {record.status.value}: {record.reason} ({record.seconds:.1f} s)")
-        records.append(record)
+        say(f"  {out_k.record.status.value}: {out_k.record.reason} ({out_k.record.seconds:.1f} s)")
+        outputs.append(out_k)
+        current = out_k.model
+        ctx = dataclasses.replace(ctx, figures=out_k.record.after or ctx.figures, applied=ctx.applied + out_k.applied)
+    return _write(model, original, reference, outputs, ctx, current, start, out, __version__)
 
+
+def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
+           out: Path, version: str) -> OptimizeResult:
+    """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
+    staging, config, say = ctx.folder, ctx.config, ctx.say
+    records = [o.record for o in outputs]
+    artifacts = [reference, *(a for o in outputs for a in o.artifacts)]
+    layer_rows: list[LayerSparsityRow] = [*sparsity_rows(original, "original"), *(r for o in outputs for r in o.layer_sparsity)]
+    tries = [t for o in outputs for t in o.tries]
+    mc = next((o.mc for o in outputs if o.mc is not None), None)
     say("writing the report and plots")
-    drawn = [plots.accuracy_vs_size(ctx.artifacts, staging / plots.ACCURACY_PLOT),
-             plots.layer_sparsity(ctx.layer_sparsity, staging / plots.SPARSITY_PLOT),
-             plots.latency(ctx.artifacts, staging / plots.LATENCY_PLOT)]
-    if ctx.mc is not None:
+    drawn = [plots.accuracy_vs_size(artifacts, tries, staging / plots.ACCURACY_PLOT,
+                                    config.validate.max_accuracy_drop if config.validate.enabled else None),
+             plots.layer_sparsity(layer_rows, staging / plots.SPARSITY_PLOT),
+             plots.latency(artifacts, staging / plots.LATENCY_PLOT)]
+    if mc is not None:
         drawn.append(staging / plots.RELIABILITY_PLOT)
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
                      "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary()}
-    report = build_report(config=config, data_summary=data.summary(), model_summary=model_summary,
-                          original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=ctx.artifacts,
-                          layer_sparsity=ctx.layer_sparsity, mc=ctx.mc, plots=[p.name for p in drawn],
-                          seconds=time.perf_counter() - start, version=__version__)
+    report = build_report(config=config, data_summary=ctx.data.summary(), model_summary=model_summary,
+                          original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=artifacts,
+                          tries=tries, layer_sparsity=layer_rows, mc=mc, plots=[p.name for p in drawn],
+                          seconds=time.perf_counter() - start, version=version)
     report = _relative(report, staging)
     write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
-    write_text(staging / REPORT_MD, markdown(report, ctx.artifacts, records))
+    write_text(staging / REPORT_MD, markdown(report, artifacts, records, tries))
     write_text(staging / CONFIG_FILE, config.to_toml())
     say(f"done in {time.perf_counter() - start:.1f} s: {out}")
-    return OptimizeResult(out, current, config, records, ctx.artifacts, report)
+    return OptimizeResult(out, current, config, records, artifacts, tries, report)
 
 
 def _failed(step: str, exc: Exception, staging: Path, out: Path) -> StepError:
@@ -163,9 +217,7 @@ def _failed(step: str, exc: Exception, staging: Path, out: Path) -> StepError:
         what = f"{Path(exc.artifact).name} failed validation: " + "; ".join(map(str, exc.mismatches))
     else:
         what = str(exc).replace(f"{staging}{os.sep}", "")
-    error = StepError(f"step '{step}' failed: {what}; nothing was written to {out}")
-    error.step = step  # type: ignore[attr-defined]
-    return error
+    return StepError(f"step '{step}' failed: {what}; nothing was written to {out}", step=step)
 
 
 def _relative(value: Any, staging: Path) -> Any:

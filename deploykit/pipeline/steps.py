@@ -1,40 +1,52 @@
-"""The pipeline's steps: each takes the model and the run's context and returns ``(model, StepRecord)``.
+"""The pipeline's steps: each takes the model and the run's context and returns a :class:`StepOutput`.
 
-A pipeline is a list of :class:`Step` (see :func:`build_pipeline`). Steps
-never mutate the model they take. A step switched off, or one the model does
-not allow (nothing to fold, no dropout), returns a ``skipped`` record saying
-why. A
-step that misses its check raises :class:`~deploykit.errors.StepError`
-(the runner adds the step's name).
+A pipeline is a list of :class:`Step` (see :func:`build_pipeline`). A step never mutates the model
+it takes nor the context (both are read-only to it): it returns its model, its record, and what it
+made (artifact rows, per-layer sparsity, the settings it tried); the runner aggregates them (the way
+Olive's engine runs passes). A step switched off, or one the model does not allow (nothing to fold,
+no dropout), returns a ``skipped`` record saying why. A step or artifact that misses the accuracy
+budget is reported (``missed budget`` / a ``rejected`` row, its file removed) and the run goes on; a
+step that finds a bug (a fold that changes the outputs) raises :class:`~deploykit.errors.StepError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deploykit.data import Dataset
-from deploykit.errors import StepError, UnsupportedLayerError, UsageError
+from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
 from deploykit.export.bundle import TRITON_DIR, artifact_name
-from deploykit.export.config import ExportFormat, Quantization
+from deploykit.export.config import ExportFormat, Precision, Quantization
 from deploykit.pipeline.config import OptimizeConfig, SparsityMethod
 from deploykit.pipeline.plots import RELIABILITY_PLOT
-from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, ModelFigures, Status, StepRecord, Verdict
+from deploykit.pipeline.records import (
+    ArtifactRow,
+    LayerSparsityRow,
+    ModelFigures,
+    Stage,
+    Status,
+    StepOutput,
+    StepRecord,
+    Try,
+    Verdict,
+)
 
 ORIGINAL_FILE = "original.keras"
 MODEL_FILE = "model.keras"
 MC_FILE = "model_mc.onnx"
 
 
-@dataclass
-class Context:
-    """What the steps share during one run."""
+@dataclass(frozen=True)
+class RunContext:
+    """What a step reads about the run. Read-only: the runner makes the next one from what steps return."""
 
     data: Dataset
     config: OptimizeConfig
@@ -43,33 +55,60 @@ class Context:
     original: Any  # the input model (never changed)
     original_figures: ModelFigures
     figures: ModelFigures  # of the current model
-    applied: list[str] = field(default_factory=list)  # what was done, for the ONNX metadata ("fold_batchnorm", ...)
-    artifacts: list[ArtifactRow] = field(default_factory=list)
-    layer_sparsity: list[LayerSparsityRow] = field(default_factory=list)
-    mc: dict[str, Any] | None = None  # deterministic vs MC comparison
+    applied: tuple[str, ...] = ()  # what was done so far, for the ONNX metadata ("fold_batchnorm", ...)
     keras3: bool = False  # the input was a Keras 3 file: .keras outputs are written as Keras 3 files
 
     @property
     def repeats(self) -> int:
         return self.config.validate.latency_repeats
 
+    @property
+    def budget(self) -> float:
+        """The largest test-accuracy drop below the original model any kept model or shipped artifact may show."""
+        return self.config.validate.max_accuracy_drop
+
 
 @dataclass(frozen=True)
 class Step:
     name: str
-    run: Callable[[Any, Context], tuple[Any, StepRecord]]
+    run: Callable[[Any, RunContext], StepOutput]
 
 
-def _off(step: str) -> StepRecord:
-    return StepRecord(step, Status.SKIPPED, "switched off")
+def _off(model, step: str) -> StepOutput:
+    return StepOutput(model, StepRecord(step, Status.SKIPPED, "switched off"))
+
+
+def budget_miss(accuracy: float | None, ctx: RunContext) -> list[Mismatch]:
+    """The budget as a mismatch list: empty when ``accuracy`` is within it of the original model's."""
+    if accuracy is None:
+        return []
+    drop, original = ctx.original_figures.accuracy - accuracy, ctx.original_figures.accuracy
+    if drop <= ctx.budget + 1e-12:
+        return []
+    return [Mismatch("accuracy drop vs the original", drop, f"<= {ctx.budget:g} (the budget)",
+                     f"accuracy {accuracy:.4f} vs original {original:.4f}")]
+
+
+def verdict_for(mismatches: list, ctx: RunContext) -> Verdict:
+    if not ctx.config.validate.enabled:
+        return Verdict.NOT_VALIDATED
+    return Verdict.REJECTED if mismatches else Verdict.PASS
+
+
+def _withdraw(row: ArtifactRow, ctx: RunContext) -> ArtifactRow:
+    """A rejected artifact is not shipped: remove its file (its row keeps the numbers)."""
+    if row.verdict is Verdict.REJECTED:
+        (ctx.folder / row.file).unlink(missing_ok=True)
+        ctx.say(f"  rejected {row.file}: {row.checks}")
+    return row
 
 
 # --- measurements ---------------------------------------------------------------------------
 
 def model_figures(model, data: Dataset) -> ModelFigures:
     """Parameters, Dense MACs, sparsity, test accuracy and saved size of a tf_keras model."""
+    from deploykit.evaluate import accuracy
     from deploykit.sparsity.report import kernel_sparsity, model_sparsity, saved_sizes
-    from deploykit.sparsity.tuning import accuracy
 
     layers = kernel_sparsity(model, {})
     size, gz = saved_sizes(model)
@@ -77,10 +116,10 @@ def model_figures(model, data: Dataset) -> ModelFigures:
                         accuracy(model, data.x_test, data.y_test), size, gz)
 
 
-def sparsity_rows(model, stage: str) -> list[LayerSparsityRow]:
+def sparsity_rows(model, stage: str) -> tuple[LayerSparsityRow, ...]:
     from deploykit.sparsity.report import kernel_sparsity
 
-    return [LayerSparsityRow(stage, l.name, l.weights, l.zeros, l.sparsity) for l in kernel_sparsity(model, {})]
+    return tuple(LayerSparsityRow(stage, l.name, l.weights, l.zeros, l.sparsity) for l in kernel_sparsity(model, {}))
 
 
 def timings(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -93,15 +132,19 @@ def timings(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int) -
     return 1000 * b1, 256 / b256
 
 
-def keras_row(model, file: str, ctx: Context, verdict: Verdict, checks: str) -> ArtifactRow:
-    """The row of a saved .keras model (the current one), measured in tf_keras (``model(x)`` calls)."""
+def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks: str) -> ArtifactRow:
+    """The row of a saved .keras model, measured in tf_keras (``model(x)`` calls); ``verdict`` None: the budget decides."""
+    from deploykit.evaluate import outputs
     from deploykit.export.artifact import file_sizes
-    from deploykit.sparsity.tuning import outputs
 
     size, gz = file_sizes(ctx.folder / file)
     probs = outputs(model, ctx.data.x_test)
     reference = outputs(ctx.original, ctx.data.x_test) if model is not ctx.original else probs
     acc = float(np.mean(probs.argmax(1) == ctx.data.y_test))
+    missed = budget_miss(acc, ctx)
+    if verdict is None:
+        verdict = verdict_for(missed, ctx)
+        checks = "; ".join(map(str, missed)) if missed else checks
     b1, b256 = timings(lambda v: model(v, training=False), ctx.data.x_test, ctx.repeats)
     return ArtifactRow(
         file=file, format="keras", runtime="tf_keras", precision="float32", quantization="float32",
@@ -116,9 +159,9 @@ def keras_row(model, file: str, ctx: Context, verdict: Verdict, checks: str) -> 
 
 # --- model steps ------------------------------------------------------------------------------
 
-def fold_step(model, ctx: Context):
+def fold_step(model, ctx: RunContext) -> StepOutput:
     if not ctx.config.fold.enabled:
-        return model, _off("fold")
+        return _off(model, "fold")
     from deploykit.fold import fold_batchnorm
 
     # With an MC Dropout model to build, a BatchNorm stays where folding it would pass a Dropout: exact at
@@ -128,147 +171,246 @@ def fold_step(model, ctx: Context):
     checks = f"max |output difference| {report.max_abs_diff:.2g} <= {tolerance:g}" if ctx.config.validate.enabled else ""
     if ctx.config.validate.enabled and report.max_abs_diff > tolerance:
         raise StepError(f"max |output difference| = {report.max_abs_diff:.3g} between the original and folded "
-                        f"model, required <= {tolerance:g}")
+                        f"model, required <= {tolerance:g}", step="fold")
+    applied: tuple[str, ...] = ()
     if not report.changed:
         reason = "nothing to fold (no BatchNormalization or input standardization)"
     else:
-        ctx.applied.append("fold_batchnorm")
+        applied = ("fold_batchnorm",)
         reason = "folded " + ", ".join(f"{f.name} into {f.target}" for f in report.folded)
     if report.unfolded:
         reason += "; kept " + ", ".join(f"{u.name} ({u.reason})" for u in report.unfolded)
-    return folded, StepRecord("fold", Status.DONE, reason, checks=checks, detail=report.to_dict())
+    return StepOutput(folded, StepRecord("fold", Status.DONE, reason, checks=checks, detail=report), applied=applied)
 
 
-def sparsity_step(model, ctx: Context):
+def sparsity_step(model, ctx: RunContext) -> StepOutput:
+    """Search the sparsity target within the budget, or make the one configured try (``--quick``, l1)."""
     step = ctx.config.sparsity
     if not step.enabled:
-        return model, _off("sparsity")
+        return _off(model, "sparsity")
+    if step.searching:
+        return _searched(model, ctx)
     name = f"sparsity ({step.method.value})"
     from deploykit.sparsity import prune, sparsify_l1
 
+    start = time.perf_counter()
     if step.method is SparsityMethod.PRUNE:
         ctx.say(f"  pruning to {step.prune.target_sparsity:.0%} over up to {step.prune.epochs} epochs")
         result, report = prune(model, ctx.data, config=step.prune, progress=lambda m: ctx.say("  " + m))
-        ctx.applied.append(f"prune({step.prune.target_sparsity:.2f})")
+        setting, applied = f"prune {step.prune.target_sparsity:.0%}", f"prune({step.prune.target_sparsity:.2f})"
         reason = f"TF-MOT pruning: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
     else:
         ctx.say(f"  l1 = {step.l1.l1:g} over up to {step.l1.epochs} epochs, then zeroing |w| < {step.l1.threshold:g}")
         result, report = sparsify_l1(model, ctx.data, config=step.l1, progress=lambda m: ctx.say("  " + m))
-        ctx.applied.append(f"l1({step.l1.l1:g})")
+        setting, applied = f"l1 {step.l1.l1:g}", f"l1({step.l1.l1:g})"
         reason = f"l1 fine-tuning then zeroing: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
-    checks = ""
-    if ctx.config.validate.enabled:
-        drop, allowed = report.accuracy_before - report.accuracy_after, ctx.config.validate.max_accuracy_drop
-        checks = f"accuracy drop {100 * drop:.2f} pt <= {100 * allowed:g} pt"
-        if drop > allowed:
-            raise StepError(f"test accuracy = {report.accuracy_after:.4f}, {100 * drop:.2f} points below "
-                            f"{report.accuracy_before:.4f} before the step, required a drop <= {100 * allowed:g} points "
-                            "(more fine-tuning epochs or a lower target may help)")
-    ctx.layer_sparsity += sparsity_rows(result, "after sparsity")
-    return result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report.to_dict())
+    acc = report.accuracy_after
+    missed = budget_miss(acc, ctx) if ctx.config.validate.enabled else []
+    attempt = Try(Stage.SPARSITY, setting, acc, acc - ctx.original_figures.accuracy, report.gzip_bytes_after,
+                  kept=not missed, note="; ".join(map(str, missed)), seconds=round(time.perf_counter() - start, 2))
+    checks = f"accuracy drop vs the original <= {100 * ctx.budget:g} pt" if ctx.config.validate.enabled else ""
+    if missed:
+        return StepOutput(model, StepRecord(name, Status.MISSED, f"{setting} missed the budget ({missed[0]}); "
+                                            "the model stays dense", checks=checks, detail=report), tries=(attempt,))
+    return StepOutput(result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report),
+                      layer_sparsity=sparsity_rows(result, "after sparsity"), tries=(attempt,), applied=(applied,))
 
 
-def compact_step(model, ctx: Context):
+def _searched(model, ctx: RunContext) -> StepOutput:
+    """The highest target of the search within the budget; every try reported."""
+    from deploykit.sparsity import search_sparsity
+
+    step, name = ctx.config.sparsity, "sparsity (prune)"
+    ctx.say(f"  searching the highest sparsity within {100 * ctx.budget:g} pt: "
+            + ", ".join(f"{t:.0%}" for t in step.search.targets))
+    result, report = search_sparsity(model, ctx.data, ctx.budget, config=step.search, prune_config=step.prune,
+                                     progress=lambda m: ctx.say("  " + m))
+    tries = tuple(Try(Stage.SPARSITY, t.setting(), t.accuracy, t.accuracy_change, t.gzip_bytes, t.kept, t.note, t.seconds)
+                  for t in report.tries)
+    checks = f"accuracy drop vs the original <= {100 * ctx.budget:g} pt"
+    protected = "; left dense: " + ", ".join(f"{k} ({v})" for k, v in report.protected.items()) if report.protected else ""
+    if not report.tries:
+        return StepOutput(model, StepRecord(name, Status.SKIPPED, "nothing to prune" + protected, detail=report))
+    if report.kept is None:
+        return StepOutput(model, StepRecord(name, Status.MISSED, f"no target within the budget ({len(tries)} tried); "
+                                            "the model stays dense" + protected, checks=checks, detail=report), tries=tries)
+    kept = report.kept
+    reason = (f"kept {kept.setting()} of {len(tries)} tried: model sparsity {kept.sparsity:.1%}, "
+              f"{100 * kept.accuracy_change:+.2f} pt{protected}")
+    return StepOutput(result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report),
+                      layer_sparsity=sparsity_rows(result, "after sparsity"), tries=tries,
+                      applied=(f"prune({kept.target:.2f})",))
+
+
+def compact_step(model, ctx: RunContext) -> StepOutput:
     if not ctx.config.compact.enabled:
-        return model, _off("compact")
+        return _off(model, "compact")
     from deploykit.sparsity import compact
 
     result, report = compact(model, ctx.data, tolerance=ctx.config.compact.tolerance)
+    applied: tuple[str, ...] = ()
     if report.neurons_removed:
-        ctx.applied.append("compact")
+        applied = ("compact",)
         reason = f"removed {report.neurons_removed} dead neurons; Dense MACs {report.macs_ratio:.1%} of before"
     else:
         reason = "no dead neurons to remove"
     checks = f"max |output difference| {report.max_abs_diff:.2g} <= {ctx.config.compact.tolerance:g}" \
         if report.max_abs_diff is not None else ""
-    return result, StepRecord("compact", Status.DONE, reason, checks=checks, detail=report.to_dict())
+    return StepOutput(result, StepRecord("compact", Status.DONE, reason, checks=checks, detail=report), applied=applied)
 
 
-def save_step(model, ctx: Context):
-    """Save the optimized tf_keras model (the source of every artifact) and measure it."""
+def save_step(model, ctx: RunContext) -> StepOutput:
+    """Save the optimized model (the source of every artifact; Keras 3 when the input was) and measure it."""
     from deploykit.keras3 import save_model_like
 
     save_model_like(model, ctx.folder / MODEL_FILE, ctx.keras3)
-    ctx.artifacts.append(keras_row(model, MODEL_FILE, ctx, Verdict.NOT_VALIDATED, "the exported model itself"))
-    ctx.layer_sparsity += sparsity_rows(model, "exported")
+    row = _withdraw(keras_row(model, MODEL_FILE, ctx, None, "the exported model itself; within the budget"), ctx)
     kind = "Keras 3" if ctx.keras3 else "tf_keras"
-    return model, StepRecord("save model", Status.DONE, f"optimized {kind} model: {MODEL_FILE}", artifacts=[MODEL_FILE])
+    return StepOutput(model, StepRecord("save model", Status.DONE, f"optimized {kind} model: {MODEL_FILE}",
+                                        artifacts=[MODEL_FILE]),
+                      artifacts=(row,), layer_sparsity=sparsity_rows(model, "exported"))
 
 
 # --- artifacts ----------------------------------------------------------------------------------
 
-def metadata(model, ctx: Context, accuracy: float):
+def metadata(model, ctx: RunContext, accuracy: float):
     from deploykit.export.metadata import ModelMetadata
 
     return ModelMetadata(class_names=list(ctx.data.class_names), input_shape=[int(d) for d in model.input_shape[1:]],
                          steps=list(ctx.applied), sparsity=round(ctx.figures.sparsity, 6), reference_accuracy=accuracy)
 
 
-def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: Context):
-    """One artifact through the exporter's own ``export_variant``, measured (and checked) in its runtime."""
+def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
+    """One artifact through the exporter's own ``export_variant``, measured and held to the budget in its runtime."""
+    if quant.precision is Precision.INT8:
+        return _int8_export(fmt, quant, model, ctx)
     from deploykit.export import export_variant
 
     step = ctx.config.export
     file = artifact_name(fmt, quant)
     record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization, opset=step.opset,
                             metadata=metadata(model, ctx, ctx.figures.accuracy))
-    row, checks = _measure_artifact(record, file, model, ctx)
-    ctx.artifacts.append(row)
-    return model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, f"{file} ({fmt.value} {quant.value})",
-                             artifacts=[file], checks=checks, detail=record.to_dict())
+    row = _withdraw(_measure_artifact(record, file, model, ctx), ctx)
+    return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE,
+                                        f"{file} ({fmt.value} {quant.value}, {row.verdict.value})",
+                                        artifacts=[file] if row.verdict.shipped else [], checks=row.checks, detail=record),
+                      artifacts=(row,))
 
 
-def _measure_artifact(record, file: str, model, ctx: Context) -> tuple[ArtifactRow, str]:
-    """Measure the artifact in its runtime; with [validate] on, a missed tolerance raises ValidationError."""
+def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
+    """One requested int8 variant: the first setting within the budget (see int8_search), each try reported."""
+    from deploykit.graph import graph_from_model
+    from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, search_int8
+
+    step = ctx.config.export
+    taken = {q for f, q in step.variants() if f is fmt}  # variants requested on their own are not fallbacks
+    layers = [n.name for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
+    variants = int8_variants(fmt, quant, step.quantization, layers, taken - {quant})
+    start = time.perf_counter()
+
+    def make(variant):
+        ctx.say(f"  trying {variant.describe()}")
+        return export_int8(variant, model, ctx.folder, ctx.data, opset=step.opset,
+                           metadata=metadata(model, ctx, ctx.figures.accuracy))
+
+    attempts = search_int8(variants, make, lambda record: _measure_artifact(record, record.path.name, model, ctx))
+    kept = chosen(attempts)
+    for attempt in attempts:  # one file per variant: only the chosen one's stays (and only if it passed)
+        if attempt.variant.file != kept.variant.file:
+            (ctx.folder / attempt.variant.file).unlink(missing_ok=True)
+    tries = tuple(Try(Stage.INT8, a.variant.describe(), a.row.accuracy if a.row else None,
+                      a.row.accuracy_change if a.row else None, a.row.gzip_bytes if a.row else 0,
+                      kept=a is kept and a.passed, note=a.error or (a.row.checks if not a.passed else ""))
+                  for a in attempts)
+    file = kept.variant.file
+    row = _unmade(file, fmt, kept.error, ctx) if kept.row is None else _withdraw(kept.row, ctx)
+    used = kept.variant.describe() + (f" after {len(attempts) - 1} other setting(s)" if len(attempts) > 1 else "")
+    reason = f"{file} ({used}, {row.verdict.value})"
+    return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, reason,
+                                        seconds=round(time.perf_counter() - start, 2),
+                                        artifacts=[file] if row.verdict.shipped else [], checks=row.checks, detail=row.detail),
+                      artifacts=(row,), tries=tries)
+
+
+def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext) -> ArtifactRow:
+    """The row of an artifact no variant of which could be exported (rejected, no numbers)."""
+    (ctx.folder / file).unlink(missing_ok=True)
+    return ArtifactRow(file=file, format=fmt.value, runtime=fmt.runtime, precision="int8", quantization="—",
+                       sparsity=ctx.figures.sparsity, size_bytes=0, gzip_bytes=0, compression=0.0, accuracy=None,
+                       accuracy_change=None, agreement=None, max_abs_diff=None, latency_b1_ms=None,
+                       throughput_b256=None, verdict=Verdict.REJECTED, checks=f"export failed: {error}")
+
+
+def _measure_artifact(record, file: str, model, ctx: RunContext) -> ArtifactRow:
+    """Measure the artifact in its runtime and hold it to its tolerance and the budget (rejected if it misses).
+
+    A ValidationError from ``validate`` itself (the runtime could not load or run the file, e.g. a
+    native crash contained in a child process) rejects this artifact; the run goes on.
+    """
     from deploykit.export import validate
 
-    check = ctx.config.validate.enabled
-    report = validate(record, ctx.data, reference=model, repeats=ctx.repeats, check=check,
-                      tolerance=ctx.config.validate.tolerance_for(record.precision.value))
-    verdict = Verdict.PASS if check else Verdict.NOT_VALIDATED  # with check, a miss has raised
-    checks = report.tolerance.describe()
-    if not check:
-        checks = "validation switched off" + ("" if report.passed else " (missed: " + "; ".join(map(str, report.mismatches)) + ")")
+    try:
+        report = validate(record, ctx.data, reference=model, repeats=ctx.repeats, check=False,
+                          tolerance=ctx.config.validate.tolerance_for(record.precision.value))
+    except ValidationError as exc:
+        return _crashed(record, file, exc, ctx)
+    missed = [*report.mismatches, *budget_miss(report.accuracy, ctx)]
+    verdict = verdict_for(missed, ctx)
+    if verdict is Verdict.REJECTED:
+        checks = "missed: " + "; ".join(map(str, missed))
+    elif ctx.config.validate.enabled:
+        checks = f"{report.tolerance.describe()}; within {100 * ctx.budget:g} pt of the original"
+    else:
+        checks = "validation switched off" + ("" if not missed else " (missed: " + "; ".join(map(str, missed)) + ")")
     acc = report.accuracy
-    row = ArtifactRow(
+    return ArtifactRow(
         file=file, format=record.format.value, runtime=record.format.runtime,
         precision=record.precision.value, quantization=record.quantization.value, sparsity=ctx.figures.sparsity,
         size_bytes=record.size_bytes, gzip_bytes=record.gzip_bytes,
         compression=ctx.original_figures.keras_gzip_bytes / record.gzip_bytes,
         accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy, agreement=report.agreement,
         max_abs_diff=report.max_abs_diff, latency_b1_ms=report.latency_b1_ms, throughput_b256=report.throughput_b256,
-        verdict=verdict, checks=checks, detail=report.to_dict(),
+        verdict=verdict, checks=checks, detail=report,
     )
-    return row, checks
 
 
-def triton_step(model, ctx: Context):
+def _crashed(record, file: str, exc: ValidationError, ctx: RunContext) -> ArtifactRow:
+    """The rejected row of an artifact its runtime could not load or run."""
+    return ArtifactRow(
+        file=file, format=record.format.value, runtime=record.format.runtime, precision=record.precision.value,
+        quantization=record.quantization.value, sparsity=ctx.figures.sparsity, size_bytes=record.size_bytes,
+        gzip_bytes=record.gzip_bytes, compression=ctx.original_figures.keras_gzip_bytes / record.gzip_bytes,
+        accuracy=None, accuracy_change=None, agreement=None, max_abs_diff=None, latency_b1_ms=None, throughput_b256=None,
+        verdict=Verdict.REJECTED, checks=str(exc).replace(f"{ctx.folder}/", ""), detail=exc.report,
+    )
+
+
+def triton_step(model, ctx: RunContext) -> StepOutput:
     """A Triton repository of every shipped ONNX model (the MC model included) and a KServe manifest beside it."""
     from deploykit.export import write_triton_models
 
-    files = [ctx.folder / artifact_name(f, q) for f, q in ctx.config.export.variants() if f is ExportFormat.ONNX]
-    files += [ctx.folder / MC_FILE] if (ctx.folder / MC_FILE).is_file() else []
+    files = sorted(p for p in ctx.folder.glob("*.onnx"))  # what is shipped: rejected artifacts were removed
     if not files:
-        return model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)")
+        return StepOutput(model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)"))
     names = write_triton_models(files, ctx.folder / TRITON_DIR, ctx.config.export.triton, class_names=list(ctx.data.class_names))
-    return model, StepRecord("triton", Status.DONE, f"Triton repository {TRITON_DIR}/ ({', '.join(names)}) and kserve.yaml",
-                             artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"])
+    return StepOutput(model, StepRecord("triton", Status.DONE, f"Triton repository {TRITON_DIR}/ ({', '.join(names)}) and kserve.yaml",
+                                        artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"]))
 
 
-def mc_step(model, ctx: Context):
+def mc_step(model, ctx: RunContext) -> StepOutput:
     step = ctx.config.mc
     if not step.enabled:
-        return model, _off("mc dropout")
+        return _off(model, "mc dropout")
+    from deploykit.evaluate import outputs
     from deploykit.export.artifact import file_sizes
-    from deploykit.graph import graph_from_model
-    from deploykit.sparsity.tuning import outputs
     from deploykit.uncertainty import UncertaintyPredictor, compare, export_mc_onnx
+    from deploykit.graph import graph_from_model
     from deploykit.uncertainty.mc_graph import check_has_dropout
 
     try:
         check_has_dropout(graph_from_model(model))
     except UsageError as exc:
-        return model, StepRecord("mc dropout", Status.SKIPPED, str(exc))
+        return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
     path = ctx.folder / MC_FILE
     deterministic = outputs(model, ctx.data.x_test)
     det_accuracy = float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
@@ -277,28 +419,26 @@ def mc_step(model, ctx: Context):
     predictor = UncertaintyPredictor(path)
     mc = predictor.predict(ctx.data.x_test, batch_size=256)
     comparison = compare(ctx.data.y_test, deterministic, mc, plot_path=ctx.folder / RELIABILITY_PLOT)
-    ctx.mc = comparison.to_dict()
-    acc, allowed = comparison.mc.accuracy, ctx.config.validate.max_accuracy_drop
-    checks = ""
-    if ctx.config.validate.enabled:
-        checks = f"MC accuracy within {100 * allowed:g} pt of the deterministic model ({det_accuracy:.4f})"
-        if det_accuracy - acc > allowed:
-            raise StepError(f"MC Dropout accuracy = {acc:.4f} (T = {step.samples}), {100 * (det_accuracy - acc):.2f} "
-                            f"points below the deterministic {det_accuracy:.4f}, required a drop <= {100 * allowed:g} points")
+    acc = comparison.mc.accuracy
+    missed = budget_miss(acc, ctx)
+    verdict = verdict_for(missed, ctx)
+    checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
+              f"MC accuracy within {100 * ctx.budget:g} pt of the original" if ctx.config.validate.enabled else
+              "validation switched off")
     b1, b256 = timings(lambda v: predictor.predict(v), ctx.data.x_test, ctx.repeats)
     size, gz = file_sizes(path)
-    ctx.artifacts.append(ArtifactRow(
+    row = _withdraw(ArtifactRow(
         file=MC_FILE, format="onnx-mc", runtime="onnxruntime", precision="float32", quantization=record.quantization,
         sparsity=ctx.figures.sparsity, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
         accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
         agreement=float(np.mean(mc.predicted_class == deterministic.argmax(1))), max_abs_diff=None,
-        latency_b1_ms=b1, throughput_b256=b256,
-        verdict=Verdict.PASS if ctx.config.validate.enabled else Verdict.NOT_VALIDATED,
-        checks=checks or "validation switched off", detail=record.to_dict(),
-    ))
-    reason = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}"
-    return model, StepRecord("mc dropout", Status.DONE, reason, artifacts=[MC_FILE, RELIABILITY_PLOT], checks=checks,
-                             detail={"export": record.to_dict(), "comparison": ctx.mc})
+        latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=record,
+    ), ctx)
+    reason = f"T = {step.samples} samples over {', '.join(record.dropout_layers)} ({verdict.value})"
+    files = [MC_FILE, RELIABILITY_PLOT] if verdict.shipped else [RELIABILITY_PLOT]
+    return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=files, checks=checks,
+                                        detail={"export": record, "comparison": comparison}),
+                      artifacts=(row,), mc=comparison)
 
 
 def build_pipeline(config: OptimizeConfig) -> list[Step]:
@@ -316,22 +456,21 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
     if variants:
         steps += [Step(f"export {f.value} {q.value}", functools.partial(export_step, f, q)) for f, q in variants]
     else:
-        steps.append(Step("export", lambda model, ctx: (model, _off("export"))))
+        steps.append(Step("export", lambda model, ctx: _off(model, "export")))
     steps.append(Step("mc dropout", mc_step))
     if config.export.enabled and config.export.triton:
         steps.append(Step("triton", triton_step))  # after the MC model, which it serves too
     return steps
 
 
-def timed(step: Step, model, ctx: Context) -> tuple[Any, StepRecord]:
-    """Run one step; time it and measure the model before and after when it changed the model."""
+def timed(step: Step, model, ctx: RunContext) -> StepOutput:
+    """Run one step; time it, and measure the model before and after when it changed the model."""
     start = time.perf_counter()
     try:
-        result, record = step.run(model, ctx)
+        out = step.run(model, ctx)
     except UnsupportedLayerError as exc:  # the step cannot apply to this model's layers: skip it, the run goes on
-        result, record = model, StepRecord(step.name, Status.SKIPPED, str(exc))
-    record.seconds = round(time.perf_counter() - start, 2)
-    if record.status is Status.DONE and result is not model:
-        record.before = ctx.figures
-        ctx.figures = record.after = model_figures(result, ctx.data)
-    return result, record
+        out = StepOutput(model, StepRecord(step.name, Status.SKIPPED, str(exc)))
+    record = dataclasses.replace(out.record, seconds=round(time.perf_counter() - start, 2))
+    if record.status is Status.DONE and out.model is not model:
+        record = dataclasses.replace(record, before=ctx.figures, after=model_figures(out.model, ctx.data))
+    return dataclasses.replace(out, record=record)

@@ -1,18 +1,23 @@
-"""Sparse models: TF-MOT magnitude pruning, l1 sparsity, and exact removal of dead neurons.
+"""Sparse models: TF-MOT magnitude pruning, l1 sparsity, the accuracy-budgeted search, and exact removal of dead neurons.
 
 Importing this package does not import TensorFlow; the functions do.
 """
 
-from deploykit.sparsity.config import L1Config, PruneConfig
+from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig
 from deploykit.sparsity.dead_neurons import compact
 from deploykit.sparsity.l1 import sparsify_l1
 from deploykit.sparsity.magnitude import prune
 from deploykit.sparsity.report import CompactReport, LayerCompact, LayerSparsity, PruneSchedule, SparsityReport
+from deploykit.sparsity.search import SearchReport, SearchTry, search_sparsity
 
 __all__ = [
     "prune",
     "sparsify_l1",
     "compact",
+    "search_sparsity",
+    "SearchConfig",
+    "SearchReport",
+    "SearchTry",
     "PruneConfig",
     "L1Config",
     "SparsityReport",

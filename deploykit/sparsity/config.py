@@ -48,6 +48,13 @@ class _TuneConfig(Config):
     patience: int = 3  # early stopping on val_loss (restores the best epoch)
     seed: int = 42
     compact: bool = False  # run compact() on the result (removes dead neurons)
+    # Knowledge distillation from the model being sparsified (Hinton et al. 2015): the loss mixes the
+    # cross-entropy on the labels with the KL divergence to the teacher's outputs softened by
+    # ``temperature`` (weight ``alpha``, scaled by T^2). The teacher's soft targets regularize the
+    # fine-tuning, so a small training set is tracked, not memorized.
+    distill: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
 
     def __post_init__(self) -> None:
         if isinstance(self.skip_layers, str) or not all(isinstance(n, str) for n in self.skip_layers):
@@ -55,8 +62,14 @@ class _TuneConfig(Config):
         object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
         for name in ("epochs", "batch_size", "patience"):
             _check_positive(name, getattr(self, name), int)
-        _check_positive("learning_rate", self.learning_rate, float)
-        for name in ("skip_output", "compact"):
+        for name in ("learning_rate", "temperature"):
+            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
+                object.__setattr__(self, name, float(getattr(self, name)))
+            _check_positive(name, getattr(self, name), float)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        for name in ("skip_output", "compact", "distill"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -66,12 +79,6 @@ class _TuneConfig(Config):
         """A copy with the options that are not None replaced (validated again)."""
         return dataclasses.replace(self, **{k: v for k, v in options.items() if v is not None})
 
-    @classmethod
-    def _from_plain(cls, values: dict[str, Any]) -> dict[str, Any]:
-        rate = values.get("learning_rate")
-        if isinstance(rate, int) and not isinstance(rate, bool):  # TOML writes 1e-3 as a float, 1 as an int
-            values["learning_rate"] = float(rate)
-        return values
 
 
 @dataclass(frozen=True)
@@ -122,3 +129,37 @@ class L1Config(_TuneConfig):
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
             _check_positive(name, getattr(self, name), float)
+
+
+#: Sparsity targets tried from high to low; the highest whose model meets the accuracy budget is kept.
+DEFAULT_SEARCH_TARGETS = (0.95, 0.9, 0.8, 0.7, 0.5)
+
+
+@dataclass(frozen=True)
+class SearchConfig(Config):
+    """The accuracy-budgeted sparsity search (:func:`deploykit.sparsity.search_sparsity`).
+
+    ``targets`` are tried from the highest down; the first model within the budget is kept.
+    With ``sensitivity``, each prunable layer is pruned alone (one shot, no training) at a grid of
+    levels and the per-layer targets of a try are set so that the least sensitive layers take the
+    most sparsity at the same overall target. The output layer (``skip_output`` of the prune
+    config) and layers with fewer than ``min_layer_weights`` kernel weights are left dense: they
+    hold few weights and most of the accuracy.
+    """
+
+    enabled: bool = True
+    targets: tuple[float, ...] = DEFAULT_SEARCH_TARGETS
+    sensitivity: bool = True
+    min_layer_weights: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool) or not isinstance(self.sensitivity, bool):
+            raise ConfigError(f"enabled and sensitivity must be true or false, got {self.enabled!r}, {self.sensitivity!r}")
+        if isinstance(self.targets, (int, float, str)) or not self.targets:
+            raise ConfigError(f"targets must be a non-empty list of sparsities in (0, 1), got {self.targets!r}")
+        targets = tuple(_check_fraction("targets", t) for t in self.targets)
+        if any(t <= 0 for t in targets):
+            raise ConfigError(f"targets must be sparsities in (0, 1), got {list(self.targets)!r}")
+        object.__setattr__(self, "targets", tuple(sorted(set(targets), reverse=True)))
+        if isinstance(self.min_layer_weights, bool) or not isinstance(self.min_layer_weights, int) or self.min_layer_weights < 0:
+            raise ConfigError(f"min_layer_weights must be an integer >= 0, got {self.min_layer_weights!r}")

@@ -32,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from deploykit.errors import DataError, StepError, UsageError
+from deploykit.evaluate import outputs
 from deploykit.layers import Role
 from deploykit.sparsity.report import CompactReport, LayerCompact
-from deploykit.sparsity.tuning import outputs
 
 #: Activations that mix features: a neuron of such a layer is never removed.
 _MIXING = frozenset({"softmax", "log_softmax"})

@@ -8,8 +8,9 @@ import numpy as np
 
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import L1Config
-from deploykit.sparsity.report import kernel_sparsity
-from deploykit.sparsity.tuning import accuracy, check_inputs, choose_layers, fine_tune, rebuild, sparsity_report
+from deploykit.evaluate import accuracy
+from deploykit.sparsity.report import kernel_sparsity, sparsity_report
+from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
 def sparsify_l1(
@@ -25,17 +26,20 @@ def sparsify_l1(
     skip_layers: tuple[str, ...] | None = None,
     skip_output: bool | None = None,
     compact: bool | None = None,
+    distill: bool | None = None,
     progress: Callable[[str], None] | None = None,
+    teacher: Teacher | None = None,
 ):
     """Fine-tune a copy of ``model`` with ``L1(l1)`` on the selected Dense kernels, then set ``|w| < threshold`` to 0.
 
     The penalty is dropped from the returned model. The report holds the test
     accuracy before, after fine-tuning (``accuracy_before_zeroing``) and after
-    zeroing. Returns ``(model, SparsityReport)``.
+    zeroing. With ``distill``, fine-tuning distils from ``model`` (see :func:`prune`).
+    Returns ``(model, SparsityReport)``.
     """
     config = (config or L1Config()).with_options(
         l1=l1, threshold=threshold, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        skip_layers=skip_layers, skip_output=skip_output, compact=compact,
+        skip_layers=skip_layers, skip_output=skip_output, compact=compact, distill=distill,
     )
     dense = check_inputs(model, data, "sparsify_l1")
     chosen = set(choose_layers(dense, config, "sparsify_l1"))
@@ -54,7 +58,8 @@ def sparsify_l1(
         small = sum(int(np.count_nonzero(np.abs(k.numpy()) < config.threshold)) for k in kernels)
         return f"|w| < {config.threshold:g}: {small / sum(int(np.prod(k.shape)) for k in kernels):.3f}"
 
-    tuned = fine_tune(working, data, config, status=status, progress=progress)
+    teacher = (teacher or teacher_of(model, data)) if config.distill else None
+    tuned = fine_tune(working, data, config, status=status, progress=progress, teacher=teacher)
     result = rebuild(model)  # the original layers (no l1 penalty), with the fine-tuned weights
     result.set_weights(working.get_weights())
     accuracy_tuned = accuracy(result, data.x_test, data.y_test)

@@ -9,8 +9,8 @@ import numpy as np
 from deploykit.errors import ConfigError, StepError
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import PruneConfig
-from deploykit.sparsity.report import PruneSchedule, kernel_sparsity
-from deploykit.sparsity.tuning import check_inputs, choose_layers, fine_tune, rebuild, sparsity_report
+from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, sparsity_report
+from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
 def prune(
@@ -27,7 +27,9 @@ def prune(
     skip_layers: tuple[str, ...] | None = None,
     skip_output: bool | None = None,
     compact: bool | None = None,
+    distill: bool | None = None,
     progress: Callable[[str], None] | None = None,
+    teacher: Teacher | None = None,
 ):
     """Prune a copy of ``model`` to ``target_sparsity`` (default 0.8) while fine-tuning on ``data``.
 
@@ -35,12 +37,14 @@ def prune(
     ``PolynomialDecay`` from 0 to its target; the keyword options override
     ``config``. The result is stripped of the pruning wrappers. Raises
     StepError when a pruned layer misses its target by more than
-    ``config.tolerance``. Returns ``(pruned_model, SparsityReport)``.
+    ``config.tolerance``. With ``distill``, fine-tuning distils from ``model``
+    (``teacher``: its outputs, precomputed by :func:`~deploykit.sparsity.tuning.teacher_of`
+    to share them between runs). Returns ``(pruned_model, SparsityReport)``.
     """
     config = (config or PruneConfig()).with_options(
         target_sparsity=target_sparsity, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         block_size=block_size, layer_sparsity=layer_sparsity, skip_layers=skip_layers, skip_output=skip_output,
-        compact=compact,
+        compact=compact, distill=distill,
     )
     dense = check_inputs(model, data, "prune")
     chosen = choose_layers(dense, config, "prune", tuple(config.layer_sparsity))
@@ -78,6 +82,7 @@ def prune(
     tuned = fine_tune(
         working, data, config, callbacks=(sparsity.UpdatePruningStep(),),
         eligible=schedule_done, status=status, progress=progress,
+        teacher=(teacher or teacher_of(model, data)) if config.distill else None,
     )
     pruned = rebuild(sparsity.strip_pruning(working))
     layers = kernel_sparsity(pruned, targets)

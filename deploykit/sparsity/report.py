@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.evaluate import accuracy
 from deploykit.records import Record
+from deploykit.sparsity.tuning import TuneResult, rebuild
 
 
 @dataclass
@@ -167,9 +169,24 @@ def model_sparsity(layers: list[LayerSparsity]) -> float:
 def saved_sizes(model) -> tuple[int, int]:
     """(bytes, gzip bytes) of the model saved with deploykit.io.save_model, weights only."""
     from deploykit.io import save_model
-    from deploykit.sparsity.tuning import rebuild
 
     with tempfile.TemporaryDirectory(prefix="deploykit-size-") as tmp:
         path = save_model(rebuild(model), Path(tmp) / "model.keras")  # a fresh copy: no optimizer state
         raw = path.read_bytes()
     return len(raw), len(gzip.compress(raw, compresslevel=9, mtime=0))
+
+
+def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult, compacted, config, **extra):
+    """The SparsityReport of a fine-tuning step: ``model`` before, ``result`` after."""
+    before, after = saved_sizes(model), saved_sizes(result)
+    return SparsityReport(
+        method=method,
+        layers=layers,
+        sparsity=model_sparsity(layers),
+        accuracy_before=accuracy(model, data.x_test, data.y_test),
+        accuracy_after=accuracy(result, data.x_test, data.y_test),
+        file_bytes_before=before[0], file_bytes_after=after[0],
+        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
+        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
+        compact=compacted, config=config.to_dict(), **extra,
+    )

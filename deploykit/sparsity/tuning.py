@@ -1,4 +1,4 @@
-"""What prune and sparsify_l1 share: input checks, layer choice, model copies, fine-tuning, accuracy."""
+"""What prune and sparsify_l1 share: input checks, layer choice, model copies, fine-tuning."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.errors import ConfigError, StepError, UsageError
-from deploykit.sparsity.report import SparsityReport, model_sparsity, saved_sizes
 
 def check_inputs(model, data, step: str) -> list[str]:
-    """Refuse what the step cannot use; return the names of the model's Dense layers."""
+    """Refuse what the step cannot use; return the names of the model's prunable layers (the layer table's)."""
     from deploykit.backend import is_tf_keras_model
     from deploykit.graph import graph_from_model
 
@@ -68,29 +67,97 @@ def rebuild(model, make: Callable | None = None):
     return copy
 
 
-def outputs(model, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """The model's inference outputs (direct calls: no per-model predict function to trace)."""
-    parts = [np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, *model.output_shape[1:]), np.float32)
-
-
-def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.argmax(outputs(model, x), axis=-1) == y))
-
-
 def loss_for(model):
     """Sparse categorical cross-entropy on the output (from logits when the last layer is linear)."""
     from deploykit.backend import keras
 
-    last = model.layers[-1]
-    last = last.layer if isinstance(last, keras.layers.Wrapper) else last
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=last.get_config().get("activation") == "linear")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=_outputs_logits(model))
 
 
 @dataclass
 class TuneResult:
     epochs_run: int
     best_epoch: int | None  # 1-based; None if no epoch was eligible
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher model's outputs on the training and validation inputs, as probabilities.
+
+    Computed once per teacher (:func:`teacher_of`) and reused by every fine-tuning run that distils
+    from it (each try of a sparsity search).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def teacher_of(model, data) -> Teacher:
+    """The outputs of ``model`` on ``data``'s training and validation inputs, as probabilities."""
+    from deploykit.evaluate import outputs
+
+    def probs(x):
+        out = outputs(model, x).astype(np.float64)
+        if _outputs_logits(model):
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        return out.astype(np.float32)
+
+    return Teacher(probs(data.x_train), probs(data.x_val))
+
+
+def _outputs_logits(model) -> bool:
+    from deploykit.backend import keras
+
+    last = model.layers[-1]
+    last = last.layer if isinstance(last, keras.layers.Wrapper) else last
+    return last.get_config().get("activation") == "linear"
+
+
+def _soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(p) / T): the teacher's distribution at temperature T."""
+    z = np.log(np.clip(probs, 1e-7, 1.0)) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def distillation_loss(from_logits: bool, temperature: float, alpha: float):
+    """Per-example ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(label)``.
+
+    ``y_true`` packs the label in column 0 and the teacher's softened probabilities after it
+    (Keras hands a loss one target tensor). T^2 keeps the soft term's gradients on the scale of the
+    hard term's whatever the temperature (Hinton et al. 2015).
+    """
+    from deploykit.backend import keras, tf
+
+    def loss(y_true, y_pred):
+        labels = tf.cast(y_true[:, 0], tf.int32)
+        soft = y_true[:, 1:]
+        z = y_pred if from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        log_q = tf.nn.log_softmax(z / temperature, axis=-1)
+        kl = tf.reduce_sum(soft * (tf.math.log(tf.clip_by_value(soft, 1e-7, 1.0)) - log_q), axis=-1)
+        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=from_logits)
+        return alpha * temperature**2 * kl + (1.0 - alpha) * hard
+
+    return loss
+
+
+def _label_accuracy(y_true, y_pred):
+    """Accuracy on column 0 of a packed distillation target."""
+    from deploykit.backend import tf
+
+    return tf.cast(tf.equal(tf.cast(y_true[:, 0], tf.int64), tf.argmax(y_pred, axis=-1)), tf.float32)
+
+
+def _targets(data, config, teacher: Teacher | None):
+    """(loss, metric, y_train, y_val): plain labels, or labels packed with the teacher's soft targets."""
+    if not (config.distill and teacher is not None):
+        return None, "accuracy", data.y_train, data.y_val
+    pack = lambda y, p: np.concatenate([y.reshape(-1, 1).astype(np.float32), _soften(p, config.temperature)], axis=1)  # noqa: E731
+    from deploykit.backend import keras
+
+    metric = keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")  # the logs keep their usual keys
+    return "distill", metric, pack(data.y_train, teacher.train), pack(data.y_val, teacher.val)
 
 
 def fine_tune(
@@ -102,21 +169,25 @@ def fine_tune(
     eligible: Callable[[], bool] = lambda: True,
     status: Callable[[], str] | None = None,
     progress: Callable[[str], None] | None = None,
+    teacher: Teacher | None = None,
 ) -> TuneResult:
     """Fine-tune ``model`` in place with Nadam; keep the best eligible epoch (lowest val_loss).
 
     Early stopping and the choice of the best epoch only consider epochs for
     which ``eligible()`` is true (for pruning: once the schedule has ended, so
-    restoring never brings back weights below the target sparsity).
+    restoring never brings back weights below the target sparsity). With
+    ``config.distill`` and a ``teacher``, the loss is :func:`distillation_loss`.
     """
     from deploykit.backend import keras, set_seed
 
     set_seed(config.seed)
-    model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss_for(model), metrics=["accuracy"])
+    kind, metric, y_train, y_val = _targets(data, config, teacher)
+    loss = loss_for(model) if kind is None else distillation_loss(_outputs_logits(model), config.temperature, config.alpha)
+    model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss, metrics=[metric])
     best, lines = _callbacks(config, eligible, status, progress)
     history = model.fit(
-        data.x_train, data.y_train,
-        validation_data=(data.x_val, data.y_val),
+        data.x_train, y_train,
+        validation_data=(data.x_val, y_val),
         epochs=config.epochs, batch_size=config.batch_size, verbose=0,
         callbacks=[*callbacks, best, lines],
     )
@@ -164,19 +235,3 @@ def _callbacks(config, eligible, status, progress):
 
     best = BestEligible()
     return best, EpochLines()
-
-
-def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult, compacted, config, **extra):
-    """The SparsityReport of a fine-tuning step: ``model`` before, ``result`` after."""
-    before, after = saved_sizes(model), saved_sizes(result)
-    return SparsityReport(
-        method=method,
-        layers=layers,
-        sparsity=model_sparsity(layers),
-        accuracy_before=accuracy(model, data.x_test, data.y_test),
-        accuracy_after=accuracy(result, data.x_test, data.y_test),
-        file_bytes_before=before[0], file_bytes_after=after[0],
-        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
-        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
-        compact=compacted, config=config.to_dict(), **extra,
-    )

@@ -112,7 +112,10 @@ def reliability_diagram(reports: dict[str, CalibrationReport], path: str | os.Pa
         centers = (edges[:-1] + edges[1:]) / 2
         ax.plot(centers[filled], conf[filled], "o", color="tab:orange", markersize=4, label="mean confidence")
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+        for x, height, n in zip(centers, acc, r.bin_count):  # how many rows each bar stands on
+            if n:
+                ax.annotate(f"{n}", (x, height), ha="center", va="bottom", fontsize=6, xytext=(0, 1), textcoords="offset points")
+        ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence (bar labels: rows in the bin)", ylabel="accuracy",
                title=f"{title}\nECE {r.ece:.4f} · acc {r.accuracy:.4f}")
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

@@ -13,7 +13,8 @@ def test_help(cli):
     done = cli("optimize", "--help")
     assert done.returncode == 0
     for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
-                 "--quantize", "--instance-kind", "--instances", "--no-mc", "--samples", "--force", "--unsafe", "--out"):
+                 "--quantize", "--instance-kind", "--instances", "--no-mc", "--samples", "--force", "--unsafe", "--out",
+                 "--max-accuracy-drop", "--strict", "--quick", "--no-distill"):
         assert flag in done.stdout, flag
 
 
@@ -44,6 +45,11 @@ def test_unset_int8_flags_keep_the_config_files_knobs():
     (["--no-mc"], lambda c: not c.mc.enabled),
     (["--samples", "12"], lambda c: c.mc.samples == 12),
     (["--no-validate"], lambda c: not c.validate.enabled),
+    (["--max-accuracy-drop", "0.005"], lambda c: c.validate.max_accuracy_drop == 0.005),
+    (["--strict"], lambda c: c.validate.strict),
+    (["--quick"], lambda c: not c.sparsity.search.enabled and not c.sparsity.searching),
+    (["--no-distill"], lambda c: not c.sparsity.prune.distill and not c.sparsity.l1.distill),
+    (["--sparsity", "0.9"], lambda c: not c.sparsity.searching and c.sparsity.prune.target_sparsity == 0.9),
 ])
 def test_each_flag_sets_the_config(flags, check):
     from deploykit.cli.main import build_parser
@@ -94,3 +100,20 @@ def test_small_run_from_toml_and_flags(model_file, tmp_path, cli):
     assert {s["step"]: s["status"] for s in report["steps"]}["fold"] == "skipped"
     again = cli("optimize", "--config", out / "deploykit.toml", "--out", out)  # refused: the folder exists
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+@pytest.mark.slow
+def test_exit_1_with_one_line_when_nothing_deployable_meets_the_budget(model_file, tmp_path, capsys):
+    from deploykit.cli.main import main
+
+    toml = tmp_path / "run.toml"
+    toml.write_text("[sparsity]\nmethod = 'none'\n[export]\nformats = ['onnx']\nquantize = ['float16']\n"
+                    "[validate]\nlatency_repeats = 2\n[validate.artifacts]\nmax_abs_diff = 1e-12\n")
+    out = tmp_path / "out"
+    code = main(["optimize", str(model_file), "--config", str(toml), "--no-mc", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("deploykit optimize: nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx")
+    assert "1 artifacts shipped, 1 rejected" in captured.out  # model.keras ships; it is no deployable artifact
+    assert (out / "report.md").is_file() and not (out / "model_float16.onnx").exists()

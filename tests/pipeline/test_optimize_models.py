@@ -48,7 +48,7 @@ def test_no_dropout_skips_mc_with_the_reason(digits, tmp_path):
     assert "model_mc.onnx" not in {r.file for r in result.artifacts}
     assert not (result.out_dir / "model_mc.onnx").exists() and not (result.out_dir / "reliability.png").exists()
     assert "## Skipped steps" in (result.out_dir / "report.md").read_text()
-    assert _steps(result)["fold"].detail["changed"]
+    assert _steps(result)["fold"].detail.changed  # typed until the report is written
 
 
 def test_selu_with_alpha_dropout(digits, tmp_path):
@@ -56,7 +56,7 @@ def test_selu_with_alpha_dropout(digits, tmp_path):
     result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="onnx",
                       quantize="float32,int8-dynamic", samples=20, mc_seed=1)
     steps = _steps(result)
-    assert [f["kind"] for f in steps["fold"].detail["folded"]] == ["Normalization"]
+    assert [f.kind for f in steps["fold"].detail.folded] == ["Normalization"]
     assert steps["compact"].status is Status.DONE
     mc = result.artifact("model_mc.onnx")
     assert mc.verdict is Verdict.PASS and "AlphaDropout" in steps["mc dropout"].reason
@@ -72,8 +72,8 @@ def test_batchnorm_before_a_dropout_stays_when_mc_is_built(digits, tmp_path):
     with_mc = optimize(model, digits, config=FAST, out_dir=tmp_path / "mc", sparsity="none", export=False,
                        compact=False, samples=30)
     fold = _steps(with_mc)["fold"]
-    assert [u["kind"] for u in fold.detail["unfolded"]] == ["BatchNormalization", "BatchNormalization"]
-    assert all("MC Dropout" in u["reason"] for u in fold.detail["unfolded"])
+    assert [u.kind for u in fold.detail.unfolded] == ["BatchNormalization", "BatchNormalization"]
+    assert all("MC Dropout" in u.reason for u in fold.detail.unfolded)
     without_mc = optimize(model, digits, config=FAST, out_dir=tmp_path / "plain", sparsity="none", export=False,
                           compact=False, mc=False)
-    assert _steps(without_mc)["fold"].detail["unfolded"] == []
+    assert _steps(without_mc)["fold"].detail.unfolded == []

@@ -106,3 +106,18 @@ def test_bad_options(options, fragment):
 def test_configs_are_frozen():
     with pytest.raises(Exception):
         OptimizeConfig().fold.enabled = False  # type: ignore[misc]
+
+
+def test_the_budget_defaults_to_one_point_and_round_trips(tmp_path):
+    config = OptimizeConfig()
+    assert config.validate.max_accuracy_drop == 0.01 and not config.validate.strict
+    assert config.sparsity.searching and config.sparsity.prune.distill
+    changed = config.with_options(max_accuracy_drop=0.005, strict=True, quick=True)
+    path = tmp_path / "deploykit.toml"
+    path.write_text(changed.to_toml())
+    assert OptimizeConfig.from_toml(path) == changed
+    assert "budget 0.5 pt" in changed.summary() and "prune to 80%" in changed.summary()
+    with pytest.raises(ConfigError, match="max_accuracy_drop"):
+        config.with_options(max_accuracy_drop=1.5)
+    with pytest.raises(ConfigError, match=r"\[sparsity.search\]: unknown key 'target'"):
+        OptimizeConfig.from_toml_text("[sparsity.search]\ntarget = [0.9]\n")

@@ -1,0 +1,122 @@
+"""The int8 fallback: when an int8 variant misses the accuracy budget, try others, keep the first that meets it.
+
+The one place the pipeline decides which int8 settings are tried and in what order
+(:func:`int8_variants`); each is exported by the exporter's own :func:`~deploykit.export.export_variant`
+with its knobs (:class:`~deploykit.export.config.QuantConfig`), so a new exporter knob or variant
+needs one more entry in the lists below and nothing else here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import DeployKitError, UsageError
+from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization
+
+#: More calibration samples than configured, for the second static try (capped by the training split).
+MORE_CALIBRATION = 4
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """One int8 setting of one format: an exporter variant and its knobs."""
+
+    format: ExportFormat
+    quantization: Quantization
+    knobs: QuantConfig
+    note: str = ""  # what this try changes, for the report ("entropy calibration", "first and last layer in float")
+
+    def describe(self) -> str:
+        knobs = self.knobs.for_variant(self.quantization)
+        calibration = f", {knobs.num_calibration} {knobs.calibration_method.value} calibration samples" \
+            if self.quantization.needs_calibration else ""
+        return f"{self.format.value} {self.quantization.value}{calibration}" + (f", {self.note}" if self.note else "")
+
+    @property
+    def file(self) -> str:
+        return self.quantization.file_name(self.format)
+
+
+def int8_variants(fmt: ExportFormat, requested: Quantization, knobs: QuantConfig, layers: list[str],
+                  taken: set[Quantization]) -> list[Int8Variant]:
+    """The settings tried for one requested int8 variant, in order: as configured first, then the fallbacks.
+
+    Static (ONNX QDQ, TFLite full integer): four times the calibration samples, then entropy
+    (ONNX) calibration, then the first and last layers left in float. Then the format's other int8
+    variants not requested on their own (``taken``): ONNX dynamic per channel, TFLite dynamic range
+    (int8 weights, float activations: the most accurate). ``layers``: the model's prunable layer
+    names, first to last.
+    """
+    first = Int8Variant(fmt, requested, knobs)
+    tries = [first]
+    if requested.needs_calibration:
+        more = dataclasses.replace(knobs, num_calibration=MORE_CALIBRATION * knobs.num_calibration)
+        tries.append(Int8Variant(fmt, requested, more, f"{MORE_CALIBRATION}x calibration"))
+        if fmt is ExportFormat.ONNX and knobs.calibration_method is not CalibrationMethod.ENTROPY:
+            tries.append(Int8Variant(fmt, requested, dataclasses.replace(more, calibration_method=CalibrationMethod.ENTROPY),
+                                     f"{MORE_CALIBRATION}x calibration, entropy"))
+        ends = tuple(dict.fromkeys([layers[0], layers[-1]])) if layers else ()
+        if ends and not set(ends) <= set(knobs.exclude):
+            kept = dataclasses.replace(more, exclude=tuple(dict.fromkeys([*knobs.exclude, *ends])))
+            tries.append(Int8Variant(fmt, requested, kept, f"{', '.join(ends)} kept in float"))
+    others = [q for q in Quantization if fmt in q.formats and q.precision is requested.precision
+              and q is not requested and q not in taken and not q.needs_calibration]
+    tries += [Int8Variant(fmt, q, knobs, "fallback") for q in others]
+    return tries
+
+
+def export_int8(variant: Int8Variant, model, folder: Path, data, *, opset: int, metadata=None):
+    """Export one int8 try through the exporter; returns its ExportRecord."""
+    from deploykit.export import export_variant
+
+    return export_variant(model, variant.format, variant.quantization, folder / variant.file, data,
+                          config=variant.knobs, opset=opset, metadata=metadata)
+
+
+@dataclass
+class Int8Attempt:
+    """One setting tried: its measured row (the pipeline's ArtifactRow), or why it could not be made."""
+
+    variant: Int8Variant
+    row: Any | None  # None when the export itself failed
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.row is not None and self.row.verdict.shipped
+
+
+def search_int8(variants: list[Int8Variant], make: Callable[[Int8Variant], Any],
+                measure: Callable[[Any], Any]) -> list[Int8Attempt]:
+    """Export (``make``) and measure each setting in turn; stop at the first whose row passes.
+
+    An exporter error is that try's failure (its message kept), not the run's; a bad option
+    (UsageError) is the caller's mistake and propagates. Tries of one variant share its file name,
+    so the caller removes the files of the variants not :func:`chosen`.
+    """
+    attempts: list[Int8Attempt] = []
+    for variant in variants:
+        try:
+            record = make(variant)
+        except UsageError:
+            raise
+        except DeployKitError as exc:
+            attempts.append(Int8Attempt(variant, None, str(exc)))
+            continue
+        attempts.append(Int8Attempt(variant, measure(record)))
+        if attempts[-1].passed:
+            break
+    return attempts
+
+
+def chosen(attempts: list[Int8Attempt]) -> Int8Attempt:
+    """The attempt shipped (the passing one), else the most accurate one measured (reported as rejected)."""
+    passing = [a for a in attempts if a.passed]
+    if passing:
+        return passing[0]
+    measured = [a for a in attempts if a.row is not None and a.row.accuracy is not None]
+    return max(measured, key=lambda a: a.row.accuracy) if measured else attempts[-1]
