@@ -1,52 +1,74 @@
-"""The int8 fallback: which variants are tried, in what order, and which one is shipped."""
+"""The int8 fallback: which settings are tried, in what order, and which one is shipped."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 
 from deploykit.errors import DataError, UsageError
-from deploykit.pipeline.config import ExportStep, Format, OnnxInt8, TfliteInt8
+from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization
 from deploykit.pipeline.int8_search import Int8Variant, chosen, int8_variants, search_int8
 from deploykit.pipeline.records import ArtifactRow, Verdict
 
+LAYERS = ["dense", "dense_1", "dense_2"]
 
-def test_configured_variant_first_then_more_calibration_then_the_rest():
-    export = ExportStep(calibration_samples=100)
-    assert [v.describe() for v in int8_variants(Format.ONNX, export)] == [
-        "onnx int8-dynamic", "onnx int8-static, 100 calibration samples", "onnx int8-static, 400 calibration samples"]
-    assert [v.describe() for v in int8_variants(Format.TFLITE, export)] == [
-        "tflite int8, 100 calibration samples", "tflite int8, 400 calibration samples", "tflite dynamic"]
-    static = dataclasses.replace(export, onnx_int8=OnnxInt8.STATIC, tflite_int8=TfliteInt8.DYNAMIC)
-    assert int8_variants(Format.ONNX, static)[-1].quantization == "int8-dynamic"
-    assert int8_variants(Format.TFLITE, static)[0].quantization == "dynamic"
+
+def test_requested_setting_first_then_more_calibration_entropy_float_ends_then_the_other_variants():
+    knobs = QuantConfig(num_calibration=100)
+    onnx = int8_variants(ExportFormat.ONNX, Quantization.INT8_STATIC, knobs, LAYERS, set())
+    assert [v.describe() for v in onnx] == [
+        "onnx int8-static, 100 minmax calibration samples",
+        "onnx int8-static, 400 minmax calibration samples, 4x calibration",
+        "onnx int8-static, 400 entropy calibration samples, 4x calibration, entropy",
+        "onnx int8-static, 400 minmax calibration samples, dense, dense_2 kept in float",
+        "onnx int8-dynamic, fallback",
+    ]
+    assert onnx[3].knobs.exclude == ("dense", "dense_2")
+    tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, set())
+    assert [(v.quantization, v.note) for v in tflite] == [
+        (Quantization.INT8_FULL, ""), (Quantization.INT8_FULL, "4x calibration"),
+        (Quantization.INT8_FULL, "dense, dense_2 kept in float"), (Quantization.INT8_WEIGHTS, "fallback")]
+
+
+def test_a_variant_needing_no_calibration_has_no_calibration_tries_and_requested_variants_are_no_fallbacks():
+    knobs = QuantConfig()
+    assert [v.quantization for v in int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set())] == [
+        Quantization.INT8_DYNAMIC]  # static variants need calibration choices of their own: never a silent fallback
+    taken = {Quantization.INT8_WEIGHTS}
+    assert [v.quantization for v in int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, taken)][-1] \
+        is Quantization.INT8_FULL
+    entropy = QuantConfig(calibration_method=CalibrationMethod.ENTROPY)
+    assert not any("entropy" in v.note for v in int8_variants(ExportFormat.ONNX, Quantization.INT8_STATIC, entropy, LAYERS, set()))
 
 
 def _row(accuracy: float, verdict: Verdict) -> ArtifactRow:
-    return ArtifactRow("model_int8.onnx", "onnx", "onnxruntime", "int8", "int8-dynamic", 0.0, 10, 5, 2.0, accuracy,
+    return ArtifactRow("model_int8-static.onnx", "onnx", "onnxruntime", "int8", "int8-static", 0.0, 10, 5, 2.0, accuracy,
                        None, None, None, None, None, verdict)
 
 
-def test_search_stops_at_the_first_variant_that_passes_and_ships_it():
-    variants = int8_variants(Format.ONNX, ExportStep())
+def _variants(fmt=ExportFormat.ONNX, quant=Quantization.INT8_STATIC) -> list[Int8Variant]:
+    return int8_variants(fmt, quant, QuantConfig(), LAYERS, set())
+
+
+def test_search_stops_at_the_first_setting_that_passes_and_ships_it():
+    variants = _variants()
     rows = {variants[0]: _row(0.90, Verdict.REJECTED), variants[1]: _row(0.95, Verdict.PASS), variants[2]: _row(0.97, Verdict.PASS)}
     made: list[Int8Variant] = []
     attempts = search_int8(variants, lambda v: made.append(v) or v, lambda v: rows[v])
     assert made == variants[:2] and chosen(attempts).variant == variants[1]
 
 
-def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_variants_failure():
-    variants = int8_variants(Format.TFLITE, ExportStep())
+def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_settings_failure():
+    variants = _variants(ExportFormat.TFLITE, Quantization.INT8_FULL)
 
     def make(v):
-        if v.quantization == "dynamic":
+        if v.quantization is Quantization.INT8_WEIGHTS:
             raise DataError("cannot convert")
         return v
 
-    rows = {variants[0]: _row(0.93, Verdict.REJECTED), variants[1]: _row(0.94, Verdict.REJECTED)}
+    rows = {variants[0]: _row(0.93, Verdict.REJECTED), variants[1]: _row(0.94, Verdict.REJECTED),
+            variants[2]: _row(0.92, Verdict.REJECTED)}
     attempts = search_int8(variants, make, lambda v: rows[v])
-    assert [a.error for a in attempts] == ["", "", "cannot convert"]
+    assert [a.error for a in attempts] == ["", "", "", "cannot convert"]
     best = chosen(attempts)
     assert best.variant == variants[1] and not best.passed
 
@@ -56,4 +78,4 @@ def test_a_bad_option_is_the_callers_mistake():
         raise UsageError("bad opset")
 
     with pytest.raises(UsageError):
-        search_int8(int8_variants(Format.ONNX, ExportStep()), make, lambda v: v)
+        search_int8(_variants(), make, lambda v: v)
