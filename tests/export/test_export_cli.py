@@ -86,3 +86,11 @@ def test_an_output_path_that_is_a_file_exits_2(tmp_path, capsys):
     assert result.returncode == 2
     assert "is a file, not a folder" in result.stderr
     assert blocker.read_text() == "x"
+
+
+def test_the_renamed_format_option_still_works_once_with_a_warning(tmp_path, model_file, capsys):
+    out = tmp_path / "out"
+    result = _run(capsys, model_file, "--format", "onnx", "--quantize", "float16", "--out", out, "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    assert "warning: --format is deprecated; use --formats" in result.stderr
+    assert sorted(p.name for p in out.glob("model*")) == ["model_float16.onnx"]
