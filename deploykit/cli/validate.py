@@ -67,6 +67,6 @@ def _tolerance(file, overrides):
     """The file's default tolerance with the overrides applied (None: validate picks the default)."""
     if not any(v is not None for v in vars(overrides).values()):
         return None
-    from deploykit.export.validate import _describe
+    from deploykit.export.validate import file_precision
 
-    return overrides.__class__.for_precision(_describe(file)[2]).overridden(overrides)
+    return overrides.__class__.for_precision(file_precision(file)).overridden(overrides)

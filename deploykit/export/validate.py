@@ -176,6 +176,12 @@ def _describe(artifact) -> tuple[Path, str | None]:
     return path, None
 
 
+def file_precision(path: str | os.PathLike) -> Precision:
+    """What an artifact file computes in, read by the runtime worker (where a native crash is contained)."""
+    path, _ = _describe(path)
+    return Quantization(shared_worker().open(path, None, describe=True).quantization).precision
+
+
 def _precision(artifact, quantization: str) -> Precision:
     if isinstance(artifact, ExportRecord):
         return artifact.precision
