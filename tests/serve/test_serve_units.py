@@ -183,6 +183,7 @@ def test_abstain_of_reads_the_threshold_or_knows_it_has_none():
     assert computed.compute({"probabilities": probs}).tolist() == [False, True, False]
 
 
+@pytest.mark.slow  # exports an MC model (TensorFlow)
 @pytest.mark.xfail(strict=True, raises=UsageError, reason="export/triton.py refuses the optional-typed `samples` input "
                    "the MC graph has at opset >= 15 (ONNX type 0); conftest pins the Triton-style MC model to opset 14")
 def test_triton_repository_of_a_default_opset_mc_model(serve_keras_model, tmp_path):
