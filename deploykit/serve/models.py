@@ -38,9 +38,9 @@ from deploykit.contract import (
 from deploykit.errors import DeployKitError, ModelLoadError, UsageError
 from deploykit.export.metadata import read_metadata
 from deploykit.serve import limits
-from deploykit.serve.decision import abstain_of
 from deploykit.serve._kserve import InferOutput, InferRequest, InferResponse, InvalidInput, Model, from_np_dtype
 from deploykit.serve.config import ServeConfig
+from deploykit.serve.decision import abstain_of
 
 #: Triton's classification extension: the requested output's parameter naming how many top classes to return.
 CLASSIFICATION = "classification"

@@ -183,6 +183,7 @@ def test_abstain_of_reads_the_threshold_or_knows_it_has_none():
     assert computed.compute({"probabilities": probs}).tolist() == [False, True, False]
 
 
+@pytest.mark.slow  # exports an MC model (TensorFlow)
 def test_triton_repository_of_a_default_opset_mc_model(serve_keras_model, tmp_path):
     """At opset 15+ `samples` is an optional-typed input, which Triton's onnxruntime backend cannot feed: the
     repository's copy gives it an empty Optional, so the exported default applies and `input` is the only input."""
