@@ -74,7 +74,8 @@ def write_triton_repository(
 def triton_config(proto, name: str, max_batch_size: int, labels: bool = False) -> str:
     """The ``config.pbtxt`` text of an ONNX graph (first axis = batch)."""
     initializers = {t.name for t in proto.graph.initializer}
-    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    # inputs with a default (initializer-backed, or optional-typed like the MC model's `samples`) may be omitted
+    inputs = [v for v in proto.graph.input if v.name not in initializers and v.type.HasField("tensor_type")]
     blocks = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}"]
     blocks.append("input [\n" + ",\n".join(_tensor(v) for v in inputs) + "\n]")
     outputs = [_tensor(v, f'    label_filename: "{LABELS_FILE}"' if labels and i == 0 else "") for i, v in enumerate(proto.graph.output)]
