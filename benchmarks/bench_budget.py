@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION, ROOT  # noqa: E402  (puts the repository on sys.path)
+from common import write_results as _write_results  # noqa: E402
 
 DIGITS_MODEL = ROOT / "models" / "digits_default.keras"
 BUDGET = 0.01
@@ -97,6 +98,9 @@ def optimize_child(model: Path, data: str, out: Path) -> dict:
     report_path = out / "report.json"
     if report_path.exists():
         run.update(_summary(json.loads(report_path.read_text()), weights_gzip(model)))
+    else:  # no report (a native crash): what the progress lines say the search kept
+        kept = [line.split("kept ", 1)[1].split(":")[0] for line in done.stderr.splitlines() if "  kept prune " in line]
+        run["kept_sparsity"] = kept[-1] if kept else "dense"
     return run
 
 
@@ -207,6 +211,7 @@ def run(seeds: int, kinds: tuple[str, ...], distill_epochs: int, tfmot_seeds: in
         tmp = Path(tmp)
         say("digits: deploykit optimize (shipped model, defaults)")
         results["digits"] = optimize_child(DIGITS_MODEL, "digits", tmp / "digits")
+        _save(results)
         if not FASHION.exists():
             say(f"Fashion sample not found at {FASHION}: the Fashion runs are skipped")
             return results
@@ -226,10 +231,28 @@ def run(seeds: int, kinds: tuple[str, ...], distill_epochs: int, tfmot_seeds: in
                                                   tmp / f"tfmot_{kind}_{seed}.tflite")
                     entry["tfmot"]["original_weights_gzip"] = weights_gzip(path)
                 results["fashion"].append(entry)
+                _save(results)
                 if seed == 0 and distill_epochs and kind == kinds[0]:
                     say(f"fashion {kind}: distillation vs plain fine-tuning ({distill_epochs} epochs)")
                     results["distillation"][kind] = distillation_vs_plain(model, data, distill_epochs)
+                    _save(results)
     return results
+
+
+def write_results(name: str, results: dict, text: str, quiet: bool) -> None:
+    if quiet:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            _write_results(name, results, text)
+    else:
+        _write_results(name, results, text)
+
+
+def _save(results: dict) -> None:
+    """Write what is measured so far (a long run stopped part-way still leaves its figures)."""
+    write_results("budget", results, markdown(results), quiet=True)
 
 
 def _kept_target(entry: dict) -> float | None:
@@ -295,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         _tfmot_one(model, data, float(sparsity), int(epochs), out)
         return 0
     results = run(args.seeds, tuple(k for k in args.kinds.split(",") if k), args.distill_epochs, args.tfmot_seeds)
-    write_results("budget", results, markdown(results))
+    write_results("budget", results, markdown(results), quiet=False)
     return 0
 
 
