@@ -119,7 +119,8 @@ def evaluate(data, ood, split_outputs: dict) -> dict:
 def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
     from deploykit.export import export_onnx
     from deploykit.uncertainty import export_mc_onnx, fit_mc_temperature, fit_temperature
-    from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, ensemble_sizes, export_ensemble_onnx, optimize_members
+    from deploykit.pipeline.ensemble import optimize_members
+    from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, ensemble_sizes, export_ensemble_onnx
     from deploykit.uncertainty.temperature import Placement, write_with_temperature
 
     splits = {"val": data.x_val, "test": data.x_test, "ood": ood}

@@ -26,7 +26,7 @@ from deploykit.layers import check_layers
 from deploykit.log import quiet_native
 from deploykit.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
 
-__all__ = ["ModelFile", "ModelFormat", "check_model_config", "load_model", "read_model_file", "save_model"]
+__all__ = ["ModelFile", "ModelFormat", "check_model_config", "load_model", "read_model_file", "save_model", "save_model_like"]
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False):
@@ -59,6 +59,15 @@ def save_model(model, path: str | os.PathLike) -> Path:
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)  # .h5 was asked for
         model.save(tmp)
     return path
+
+
+def save_model_like(model, path: str | os.PathLike, keras3: bool) -> Path:
+    """Save as the user's framework opens it: a Keras 3 file when the input was one, else tf_keras."""
+    if keras3:
+        from deploykit.keras3 import save_keras3
+
+        return save_keras3(model, path)
+    return save_model(model, path)
 
 
 def _load_tf_keras(model_file: ModelFile, unsafe: bool):

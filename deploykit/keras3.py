@@ -358,12 +358,3 @@ def _init_parameters(cls) -> dict:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
             break
     return params
-
-
-def save_model_like(model, path: str | os.PathLike, keras3: bool):
-    """Save as the user's framework opens it: a Keras 3 file when the input was one, else tf_keras."""
-    if keras3:
-        return save_keras3(model, path)
-    from deploykit.io import save_model
-
-    return save_model(model, path)

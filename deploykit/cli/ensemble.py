@@ -84,7 +84,8 @@ def build(models, data, folder, **options) -> dict:
     import onnxruntime as ort
 
     from deploykit.uncertainty.calibration import calibration
-    from deploykit.uncertainty.ensemble import ensemble_sizes, export_ensemble_onnx, optimize_members
+    from deploykit.pipeline.ensemble import optimize_members
+    from deploykit.uncertainty.ensemble import ensemble_sizes, export_ensemble_onnx
 
     members, original = optimize_members(models, data, folder / MEMBERS_DIR, progress=lambda m: progress("  " + m),
                                          **options)

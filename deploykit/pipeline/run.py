@@ -155,7 +155,7 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
     from deploykit.graph import copy_model
-    from deploykit.keras3 import save_model_like
+    from deploykit.io import save_model_like
 
     start = time.perf_counter()
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model

@@ -261,7 +261,7 @@ def compact_step(model, ctx: RunContext) -> StepOutput:
 
 def save_step(model, ctx: RunContext) -> StepOutput:
     """Save the optimized model (the source of every artifact; Keras 3 when the input was) and measure it."""
-    from deploykit.keras3 import save_model_like
+    from deploykit.io import save_model_like
 
     save_model_like(model, ctx.folder / MODEL_FILE, ctx.keras3)
     row = _withdraw(keras_row(model, MODEL_FILE, ctx, None, "the exported model itself; within the budget"), ctx)

@@ -231,34 +231,6 @@ def gzip_size(path: str | os.PathLike) -> int:
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
 
 
-def optimize_members(models: Sequence, data, folder: str | os.PathLike, progress=None, **options) -> tuple[list[Path], Path]:
-    """Run each model through ``deploykit.optimize`` (fold, prune, int8 ONNX; no MC); the member files and one original.
-
-    ``options`` are ``optimize``'s flat options (e.g. ``sparsity=0.8``); the
-    formats / precisions / MC options are fixed to one int8 ONNX per member.
-    Returns the int8 ONNX paths (``member{k}.onnx`` in ``folder``) and the
-    first member's float32 original (as optimize saved it).
-    """
-    import shutil
-    import tempfile
-
-    from deploykit.pipeline import optimize
-    from deploykit.pipeline.steps import ORIGINAL_FILE
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths, original = [], folder / ORIGINAL_FILE
-    for k, model in enumerate(models):
-        with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
-            result = optimize(model, data, out_dir=Path(tmp) / "out", formats="onnx", precisions="int8", mc=False,
-                              progress=progress, **options)
-            int8 = next(r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8")
-            paths.append(Path(shutil.copy(result.out_dir / int8, folder / f"member{k}.onnx")))
-            if k == 0:
-                shutil.copy(result.out_dir / ORIGINAL_FILE, original)
-    return paths, original
-
-
 def ensemble_sizes(members: Sequence[Path], ensemble: Path, original: Path) -> EnsembleSizes:
     return EnsembleSizes(len(members), sum(Path(m).stat().st_size for m in members), sum(gzip_size(m) for m in members),
                          Path(ensemble).stat().st_size, gzip_size(ensemble), Path(original).stat().st_size,
