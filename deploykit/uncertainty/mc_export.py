@@ -95,7 +95,7 @@ def export_mc_onnx(
     return MCExportRecord(
         path=path, config=config, input_shape=list(graph.input_shape), num_classes=num_classes,
         dropout_layers=[f"{s.name} ({s.class_name}, {float(s.config.get('rate', 0.0)):g})" for s in drops],
-        layers_run_once=first_dropout_index(graph), quantization=quantization or "none", size_bytes=path.stat().st_size,
+        layers_run_once=first_dropout_index(graph), quantization=quantization or "float32", size_bytes=path.stat().st_size,
         opset=opset, metadata=meta,
     )
 
