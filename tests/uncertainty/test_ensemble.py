@@ -95,3 +95,28 @@ def test_mismatched_or_missing_members_are_refused(tmp_path, member_models, digi
     other = _export([build_dense(hidden=(8,), classes=4)], tmp_path / "o", [None], digits)
     with pytest.raises(ModelLoadError, match="members differ"):
         build_ensemble([paths[0], other[0]])
+
+
+def test_temperature_and_abstain_compose_on_an_ensemble(tmp_path, member_models, digits):
+    from deploykit.uncertainty.ensemble import build_ensemble
+    from deploykit.uncertainty.measures import Measure, uncertainties
+    from deploykit.uncertainty.selective import SelectiveTarget, add_abstain, choose_threshold
+    from deploykit.uncertainty.temperature import (Placement, TemperatureFit, apply_mc_temperature, fit_mc_temperature,
+                                                   scale_probs)
+
+    paths = _export(member_models, tmp_path, [None, None, None], digits)
+    probs, want = _expected(paths, digits.x_val)
+    fit = fit_mc_temperature(digits.y_val, probs, placements=(Placement.MEAN,))
+    proto = build_ensemble(paths)
+    apply_mc_temperature(proto, fit)
+    val = run(session(proto), digits.x_val)
+    np.testing.assert_allclose(val["mean"], scale_probs(want["mean"], fit.temperature), atol=1e-5)
+    u = uncertainties(val["mean"], val["mutual_information"])[Measure.MUTUAL_INFORMATION]
+    chosen = choose_threshold(digits.y_val, val["predicted_class"], u, Measure.MUTUAL_INFORMATION,
+                              SelectiveTarget(target_accuracy=None, target_coverage=0.7))
+    add_abstain(proto, chosen)
+    out = run(session(proto), digits.x_test)
+    assert np.array_equal(out["abstain"], out["mutual_information"] > chosen.threshold)
+    assert 0.5 < 1 - run(session(proto), digits.x_val)["abstain"].mean() < 0.9
+    with pytest.raises(UsageError, match="exactly one Softmax"):
+        apply_mc_temperature(build_ensemble(paths), TemperatureFit(1.5, Placement.PER_SAMPLE, 0, 0, 1))
