@@ -123,3 +123,15 @@ def test_config_round_trip():
     assert MCConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="MCConfig: unknown key 'sample'"):
         MCConfig.from_dict({"sample": 3})
+
+
+def test_residual_graph_exports_with_its_sampled_region(tmp_path):
+    from tests.core import models
+
+    model = models.residual(dropout=0.2)
+    record = export_mc_onnx(model, tmp_path / "res_mc.onnx", samples=8, seed=1, opset=18)
+    assert record.dropout_layers == ["sdrop (SpatialDropout2D, 0.2)", "drop (Dropout, 0.2)"]
+    assert record.layers_run_once == 7 and record.opset == 18
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 2)).astype("float32")
+    out = run(session(record.path), x)
+    assert out["mean"].shape == (3, 3) and np.allclose(out["mean"].sum(axis=1), 1.0, atol=1e-5)
