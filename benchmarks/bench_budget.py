@@ -277,7 +277,7 @@ def markdown(r: dict) -> str:
             f"| {name} | {seed} | {e['exit']} | {'yes' if e['crashed'] else 'no'} | {e.get('kept_sparsity', '—')} "
             f"| {len(e.get('shipped', []))} | {', '.join(e.get('rejected', [])) or '—'} "
             f"| {_f(e.get('worst_shipped_change_points'), '+.2f')} | {e.get('all_within_budget', '—')} | {e.get('smallest') or '—'} "
-            f"| {_f(ratio, '.1f')}x | {_f(e.get('ratio_vs_keras_gzip'), '.1f')}x | {e['wall_seconds']:.0f} | {e['cpu_seconds']:.0f} |")
+            f"| {_x(ratio)} | {_x(e.get('ratio_vs_keras_gzip'))} | {e['wall_seconds']:.0f} | {e['cpu_seconds']:.0f} |")
     ok = [e for e in r["fashion"] if e["exit"] == 0]
     lines += ["", f"Fashion runs exiting 0: {len(ok)}/{len(r['fashion'])}; crashes: {sum(e['crashed'] for e in r['fashion'])}."]
     tf_rows = [e for e in r["fashion"] if "tfmot" in e]
@@ -299,6 +299,10 @@ def markdown(r: dict) -> str:
             lines.append(f"| {x['target']:.0%} | {'distilled' if x['distill'] else 'plain'} | {x['test']:.4f} | {x['test_change_points']:+.2f} "
                          f"| {x['val']:.4f} | {x['train']:.4f} | {100 * (x['train'] - x['test']):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _x(ratio) -> str:
+    return "—" if ratio is None else f"{ratio:.1f}x"
 
 
 def _f(value, spec: str) -> str:
