@@ -21,7 +21,7 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
         from deploykit.io import load_model
 
         return load_model(obj, unsafe=unsafe)
-    if _is_keras3_model(obj):
+    if is_keras3_model(obj):
         return _import_keras3_object(obj, unsafe)
     from deploykit.backend import is_tf_keras_model
 
@@ -47,7 +47,7 @@ def as_reference(obj, *, unsafe: bool = False):
     """A reference to compare artifacts with: None, a model (object or file), or any ``f(x, training=False)`` callable."""
     if obj is None:
         return None
-    if isinstance(obj, (str, os.PathLike)) or _is_keras3_model(obj):
+    if isinstance(obj, (str, os.PathLike)) or is_keras3_model(obj):
         return as_model(obj, unsafe=unsafe, what="reference")
     return obj
 
@@ -61,7 +61,8 @@ def as_calibration(obj):
     return as_dataset(obj, what="calibration data")
 
 
-def _is_keras3_model(obj) -> bool:
+def is_keras3_model(obj) -> bool:
+    """A Keras 3 model object (not tf_keras's): imported through a file, given back as Keras 3 files."""
     module = type(obj).__module__
     return module.startswith("keras") and not module.startswith("keras.src.legacy") and hasattr(obj, "save") \
         and not module.startswith("tf_keras") and hasattr(obj, "layers")

@@ -125,7 +125,7 @@ def optimize(
 def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
-    from deploykit.data import SplitConfig, load_dataset
+    from deploykit.inputs import as_dataset, as_model, is_keras3_model
     from deploykit.io import load_model, read_model_file
 
     keras3 = False
@@ -136,14 +136,15 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
             model = load_model(path, unsafe=unsafe)
             keras3 = read_model_file(path).is_keras3  # give back what the user's framework opens
             config = config.with_input(model=str(Path(path).resolve()))
-        elif not is_tf_keras_model(model):
-            raise UsageError(f"optimize takes a tf_keras model or a model file, got {type(model).__module__}."
-                             f"{type(model).__name__} (Keras 3 models: save them and pass the file)")
+        elif not is_tf_keras_model(model):  # a Keras 3 model object is imported as its file would be
+            keras3 = is_keras3_model(model)
+            model = as_model(model, unsafe=unsafe, what="optimize: model")
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
-            data = load_dataset(source, label_column=config.input.label_column, split=SplitConfig(seed=config.input.seed))
+            data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed)
             config = config.with_input(data=source if source == "digits" else str(Path(source).resolve()))
         else:
+            data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed)
             config = config.with_input(data=data.name)
         data.check_model(model)
         say(f"data {data.summary()}")

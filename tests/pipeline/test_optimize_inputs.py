@@ -1,0 +1,30 @@
+"""``optimize`` takes what the CLI takes: a Keras 3 model object (given back as Keras 3 files) and ``(x, y)`` arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploykit.io import read_model_file
+from deploykit.pipeline import optimize
+
+
+@pytest.mark.slow  # trains nothing, but exports and imports through Keras 3
+def test_a_keras3_model_object_and_arrays_go_through_like_files(tmp_path):
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit does)
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, verbose=0)
+    result = optimize(model, (x, y), out_dir=tmp_path / "out", sparsity="none", mc=False, formats="onnx",
+                      quantize="float32")
+    assert result.artifact("model.onnx").verdict.shipped
+    assert read_model_file(tmp_path / "out" / "model.keras").is_keras3  # given back in the framework it came from
+    assert read_model_file(tmp_path / "out" / "original.keras").is_keras3
+    expected = model.predict(x[:20], verbose=0)
+    assert np.abs(result.model(x[:20], training=False).numpy() - expected).max() <= 1e-5
