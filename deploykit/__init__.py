@@ -1,4 +1,4 @@
-"""deploykit: from a trained Keras dense network to validated, served artifacts.
+"""deploykit: from a trained Keras model to validated, served artifacts.
 
 The public API is re-exported here and imported lazily, so ``import deploykit``
 does not import TensorFlow until a function that needs it is used.
@@ -19,6 +19,7 @@ _API = {
     "as_model": "deploykit.inputs",
     "as_dataset": "deploykit.inputs",
     "save_model": "deploykit.io",
+    "SHIPPED_MODEL": "deploykit.shipped",
     # training
     "TrainConfig": "deploykit.training",
     "train": "deploykit.training",

@@ -10,8 +10,7 @@ from pathlib import Path
 from deploykit.errors import DeployKitError
 from deploykit.log import progress  # noqa: F401  (the commands' progress callback, imported from here)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO_ROOT / "models" / "digits_default.keras"
+from deploykit.shipped import SHIPPED_MODEL as DEFAULT_MODEL
 
 
 def add_command(sub, name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
