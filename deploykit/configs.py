@@ -62,7 +62,7 @@ def number(where: str, value: Any, low: float = -math.inf, high: float = math.in
 def _interval(low: float, high: float, open_low: bool, open_high: bool) -> str:
     if high == math.inf:
         return f"> {low:g}" if open_low else f">= {low:g}"
-    return f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
 
 
 def positive(where: str, value: Any) -> float:
@@ -94,9 +94,9 @@ def text(where: str, value: Any) -> str:
     return value
 
 
-def names(where: str, value: Any) -> tuple[str, ...]:
-    """A list of non-empty strings (or one comma-separated string) as a tuple."""
-    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+def names(where: str, value: Any, *, split: bool = False) -> tuple[str, ...]:
+    """A list of non-empty strings as a tuple; with ``split``, one comma-separated string too (a CLI flag)."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if split and isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
         raise _refuse(where, "a list of names", value)
     return tuple(items)

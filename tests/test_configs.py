@@ -48,7 +48,7 @@ def test_number():
     for bad in (math.nan, math.inf, True, "0.5", None, -0.1, 2.5):
         refused(lambda: configs.number("t", bad, 0.0, 2.0), "t", bad)
     assert configs.number("t", 0.0, 0.0, 1.0, open_high=True) == 0.0
-    assert "[0, 1)" in refused(lambda: configs.number("t", 1.0, 0.0, 1.0, open_high=True), "t", 1.0)
+    assert "a number in [0, 1)" in refused(lambda: configs.number("t", 1.0, 0.0, 1.0, open_high=True), "t", 1.0)
     assert "or unset" in refused(lambda: configs.number("t", 3, 0.0, 1.0, optional=True), "t", 3)
 
 
@@ -75,7 +75,8 @@ def test_text_and_names():
     for bad in ("", "  ", None, 3):
         refused(lambda: configs.text("host", bad), "host", bad)
     assert configs.names("exclude", ["a", "b"]) == ("a", "b")
-    assert configs.names("exclude", "a, b,") == ("a", "b")
+    assert configs.names("exclude", "a, b,", split=True) == ("a", "b")
+    refused(lambda: configs.names("exclude", "a,b"), "exclude", "a,b")
     assert configs.names("exclude", ()) == ()
     for bad in (3, ["a", ""], ["a", 1], None):
         refused(lambda: configs.names("exclude", bad), "exclude", bad)

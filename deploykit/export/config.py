@@ -198,7 +198,7 @@ class QuantConfig(Config):
         object.__setattr__(self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method))
         integer("num_calibration", self.num_calibration, 1)
         integer("seed", self.seed, 0)
-        object.__setattr__(self, "exclude", names("exclude", self.exclude))
+        object.__setattr__(self, "exclude", names("exclude", self.exclude, split=True))
 
     def for_variant(self, quantization: Quantization) -> QuantConfig:
         """These knobs with the ones ``quantization`` fixes applied."""
