@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.configs import Config
+from deploykit.configs import Config, integer, number
 from deploykit.errors import ConfigError, DataError
 from deploykit.limits import DATA_BYTES
 
@@ -40,13 +40,10 @@ class SplitConfig(Config):
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
-                raise ConfigError(f"{name} must be a number in (0, 1), got {v!r}")
+            number(name, getattr(self, name), 0.0, 1.0, open_low=True, open_high=True)
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError("val_fraction + test_fraction must leave at least 10% for training")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        integer("seed", self.seed, 0)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from deploykit.configs import Config
+from deploykit.configs import Config, boolean, choice, integer, names, number, text
 from deploykit.errors import ConfigError, UsageError
 
 #: Opsets tf2onnx 1.17 converts to and onnxruntime runs.
@@ -153,19 +152,15 @@ class CalibrationMethod(enum.Enum):
 
 
 def parse_enum(kind: type[enum.Enum], value: Any, what: str, error: type[Exception] = UsageError):
-    """``value`` as a member of ``kind``; else one clear error (naming the new spelling of an old name)."""
-    if isinstance(value, kind):
-        return value
+    """``value`` as a member of ``kind`` (the kit's :func:`choice`), raised as ``error``; an old name gets its new one."""
     if kind is Quantization and value is None:
         return Quantization.FLOAT32
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in kind._value2member_map_:
-            return kind(text)
-        if kind is Quantization and text in _RENAMED:
-            raise error(f"{what} {value!r} was renamed: use {_RENAMED[text]}")
-    choices = ", ".join(repr(m.value) for m in kind)
-    raise error(f"unknown {what} {value!r}; choose from {choices}")
+    if kind is Quantization and isinstance(value, str) and value.strip().lower() in _RENAMED:
+        raise error(f"{what} {value!r} was renamed: use {_RENAMED[value.strip().lower()]}")
+    try:
+        return choice(kind, what, value)
+    except ConfigError as exc:
+        raise error(str(exc)) from None
 
 
 def parse_list(kind: type[enum.Enum], value: Any, what: str, error: type[Exception] = UsageError) -> tuple:
@@ -179,33 +174,6 @@ def parse_list(kind: type[enum.Enum], value: Any, what: str, error: type[Excepti
     if not members:
         raise error(f"no {what} given")
     return tuple(members)
-
-
-def _optional_number(name: str, value: Any, low: float, high: float) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}] or unset, got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
-    return value
-
-
-def _boolean(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-
-
-def _names(name: str, value: Any) -> tuple[str, ...]:
-    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
-        raise ConfigError(f"{name} must be a list of node or layer names, got {value!r}")
-    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -225,13 +193,12 @@ class QuantConfig(Config):
     seed: int = 42  # draws the calibration samples
 
     def __post_init__(self) -> None:
-        _boolean("per_channel", self.per_channel)
-        _boolean("int8_io", self.int8_io)
-        object.__setattr__(self, "calibration_method",
-                           parse_enum(CalibrationMethod, self.calibration_method, "calibration_method", ConfigError))
-        _integer("num_calibration", self.num_calibration, 1)
-        _integer("seed", self.seed, 0)
-        object.__setattr__(self, "exclude", _names("exclude", self.exclude))
+        boolean("per_channel", self.per_channel)
+        boolean("int8_io", self.int8_io)
+        object.__setattr__(self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method))
+        integer("num_calibration", self.num_calibration, 1)
+        integer("seed", self.seed, 0)
+        object.__setattr__(self, "exclude", names("exclude", self.exclude, split=True))
 
     def for_variant(self, quantization: Quantization) -> QuantConfig:
         """These knobs with the ones ``quantization`` fixes applied."""
@@ -257,13 +224,12 @@ class TritonConfig(Config):
     storage_uri: str = "${STORAGE_URI}"  # where the repository is uploaded; by default a parameter of kserve.yaml
 
     def __post_init__(self) -> None:
-        _integer("max_batch_size", self.max_batch_size, 1)
-        for name in ("service_name", "storage_uri"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
-                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        object.__setattr__(self, "instance_kind", parse_enum(InstanceKind, self.instance_kind, "instance_kind", ConfigError))
-        _integer("instances", self.instances, 1)
-        _integer("max_queue_delay_us", self.max_queue_delay_us, 0)
+        integer("max_batch_size", self.max_batch_size, 1)
+        text("service_name", self.service_name)
+        text("storage_uri", self.storage_uri)
+        object.__setattr__(self, "instance_kind", choice(InstanceKind, "instance_kind", self.instance_kind))
+        integer("instances", self.instances, 1)
+        integer("max_queue_delay_us", self.max_queue_delay_us, 0)
 
 
 def as_triton(value: Any) -> TritonConfig | None:
@@ -330,14 +296,15 @@ class Tolerance(Config):
     max_accuracy_drop: float | None = None  # reference accuracy - artifact accuracy (0.01 = one point)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_abs_diff", _optional_number("max_abs_diff", self.max_abs_diff, 0.0, math.inf))
-        object.__setattr__(self, "min_agreement", _optional_number("min_agreement", self.min_agreement, 0.0, 1.0))
-        object.__setattr__(self, "max_accuracy_drop", _optional_number("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0))
+        object.__setattr__(self, "max_abs_diff", number("max_abs_diff", self.max_abs_diff, 0.0, optional=True))
+        object.__setattr__(self, "min_agreement", number("min_agreement", self.min_agreement, 0.0, 1.0, optional=True))
+        object.__setattr__(self, "max_accuracy_drop",
+                           number("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, optional=True))
 
     @classmethod
     def for_precision(cls, precision: Precision) -> Tolerance:
         """The default per variant: float32 max diff <= 1e-4; float16 agreement >= 99.5%; int8 within 1 point."""
-        return _DEFAULT_TOLERANCES[parse_enum(Precision, precision, "precision", ConfigError)]
+        return _DEFAULT_TOLERANCES[choice(Precision, "precision", precision)]
 
     def overridden(self, other: Tolerance | None) -> Tolerance:
         """A copy with ``other``'s set bounds replacing these."""
@@ -387,8 +354,8 @@ class ExportConfig(Config):
         _set(self, "formats", parse_list(ExportFormat, self.formats, "format", ConfigError))
         _set(self, "quantize", parse_list(Quantization, self.quantize, "quantization", ConfigError))
         check_variants(self.formats, self.quantize)
-        _integer("opset", self.opset, MIN_OPSET, MAX_OPSET)
-        _integer("repeats", self.repeats, 1)
+        integer("opset", self.opset, MIN_OPSET, MAX_OPSET)
+        integer("repeats", self.repeats, 1)
         _set(self, "quantization", as_quant_config(self.quantization))
         _set(self, "triton", as_triton(self.triton))
         if isinstance(self.tolerance, dict):

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.configs import check_keys as shared_check_keys
+from deploykit.configs import boolean, check_keys, choice, fraction, integer, positive, text
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
     ExportFormat,
@@ -77,46 +76,8 @@ class SparsityMethod(enum.Enum):
     NONE = "none"
 
 
-def _enum(cls: type[enum.Enum], where: str, value: Any) -> enum.Enum:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ConfigError(f"{where} must be one of {allowed}, got {value!r}") from None
-
-
-def _bool(where: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-
-
-def _int(where: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
-
-
-def _fraction(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
-        raise ConfigError(f"{where} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _positive(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{where} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def check_keys(where: str, cls: type, values: Any) -> dict[str, Any]:
-    """``values`` as a dict whose keys are fields of ``cls``; anything else is one clear ConfigError."""
-    if not where and isinstance(values, dict):  # the top level: its keys are the step tables
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ConfigError(f"unknown table [{unknown[0]}] (allowed: {allowed})")
-    return shared_check_keys(cls, values, f"[{where or 'top level'}]")
+#: The names MCStep's body uses (it is edited on another branch): the kit's validators.
+_bool, _int = boolean, integer
 
 
 class _Table:
@@ -124,7 +85,7 @@ class _Table:
 
     @classmethod
     def from_dict(cls, values: Any, where: str | None = None):
-        return cls(**check_keys(where or cls.TABLE, cls, values))  # type: ignore[attr-defined]
+        return cls(**check_keys(cls, values, f"[{where or cls.TABLE}]"))  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in to_jsonable(self).items() if v is not None}
@@ -143,10 +104,9 @@ class InputConfig(_Table):
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, str):
             raise ConfigError(f"input.model must be a path, got {self.model!r}")
-        for name in ("data", "label_column"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(f"input.{name} must be a non-empty string, got {getattr(self, name)!r}")
-        _int("input.seed", self.seed, 0)
+        text("input.data", self.data)
+        text("input.label_column", self.label_column)
+        integer("input.seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -157,7 +117,7 @@ class FoldStep(_Table):
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        _bool("fold.enabled", self.enabled)
+        boolean("fold.enabled", self.enabled)
 
 
 def _tune_defaults(cls):
@@ -181,7 +141,7 @@ class SparsityStep:
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", _enum(SparsityMethod, "sparsity.method", self.method))
+        object.__setattr__(self, "method", choice(SparsityMethod, "sparsity.method", self.method))
         for name, cls in (("prune", PruneConfig), ("l1", L1Config), ("search", SearchConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"sparsity.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
@@ -194,13 +154,13 @@ class SparsityStep:
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "sparsity") -> SparsityStep:
-        values = check_keys(where, cls, values)
+        values = check_keys(cls, values, f"[{where}]")
         for name, sub in (("prune", PruneConfig), ("l1", L1Config)):
             if name in values:
-                table = check_keys(f"{where}.{name}", sub, values[name])
+                table = check_keys(sub, values[name], f"[{where}.{name}]")
                 values[name] = sub.from_dict({**_tune_defaults(sub).to_dict(), **table})
         if "search" in values:
-            values["search"] = SearchConfig.from_dict(check_keys(f"{where}.search", SearchConfig, values["search"]))
+            values["search"] = SearchConfig.from_dict(check_keys(SearchConfig, values["search"], f"[{where}.search]"))
         return cls(**values)
 
     @property
@@ -221,8 +181,8 @@ class CompactStep(_Table):
     tolerance: float = 1e-5  # outputs before and after must agree this closely on the test split
 
     def __post_init__(self) -> None:
-        _bool("compact.enabled", self.enabled)
-        object.__setattr__(self, "tolerance", _positive("compact.tolerance", self.tolerance))
+        boolean("compact.enabled", self.enabled)
+        object.__setattr__(self, "tolerance", positive("compact.tolerance", self.tolerance))
 
 
 @dataclass(frozen=True)
@@ -247,7 +207,7 @@ class ExportStep(_Table):
     triton: TritonConfig | None = None  # also write a Triton repository of every ONNX model and a KServe manifest
 
     def __post_init__(self) -> None:
-        _bool("export.enabled", self.enabled)
+        boolean("export.enabled", self.enabled)
         for name, kind in (("formats", ExportFormat), ("quantize", Quantization)):
             values = parse_list(kind, getattr(self, name), f"export.{name}", ConfigError)
             if isinstance(getattr(self, name), (list, tuple)) and len(values) != len(getattr(self, name)):
@@ -255,12 +215,12 @@ class ExportStep(_Table):
             object.__setattr__(self, name, values)
         _prefixed("export", check_variants, self.formats, self.quantize)
         if isinstance(self.quantization, dict):
-            check_keys("export.quantization", QuantConfig, self.quantization)
+            check_keys(QuantConfig, self.quantization, "[export.quantization]")
         if isinstance(self.triton, dict):
-            check_keys("export.triton", TritonConfig, self.triton)
+            check_keys(TritonConfig, self.triton, "[export.triton]")
         object.__setattr__(self, "quantization", _prefixed("export.quantization", as_quant_config, self.quantization))
         object.__setattr__(self, "triton", _prefixed("export.triton", as_triton, self.triton))
-        _int("export.opset", self.opset, 13)
+        integer("export.opset", self.opset, 13)
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "export") -> ExportStep:
@@ -269,7 +229,7 @@ class ExportStep(_Table):
             values = _legacy_export(values)
         if isinstance(values, dict) and "formats" in values and "quantize" not in values:
             values["quantize"] = _in_formats(DEFAULT_QUANTIZE, values["formats"])
-        return cls(**check_keys(where, cls, values))
+        return cls(**check_keys(cls, values, f"[{where}]"))
 
     def to_dict(self) -> dict[str, Any]:
         values = super().to_dict()
@@ -357,13 +317,13 @@ class ValidateStep(_Table):
     def __post_init__(self) -> None:
         from deploykit.export.config import Tolerance
 
-        _bool("validate.enabled", self.enabled)
-        _bool("validate.strict", self.strict)
-        object.__setattr__(self, "fold_tolerance", _positive("validate.fold_tolerance", self.fold_tolerance))
-        object.__setattr__(self, "max_accuracy_drop", _fraction("validate.max_accuracy_drop", self.max_accuracy_drop))
-        _int("validate.latency_repeats", self.latency_repeats, 1)
+        boolean("validate.enabled", self.enabled)
+        boolean("validate.strict", self.strict)
+        object.__setattr__(self, "fold_tolerance", positive("validate.fold_tolerance", self.fold_tolerance))
+        object.__setattr__(self, "max_accuracy_drop", fraction("validate.max_accuracy_drop", self.max_accuracy_drop))
+        integer("validate.latency_repeats", self.latency_repeats, 1)
         if isinstance(self.artifacts, dict):
-            table = check_keys("validate.artifacts", Tolerance, self.artifacts)
+            table = check_keys(Tolerance, self.artifacts, "[validate.artifacts]")
             object.__setattr__(self, "artifacts", Tolerance.from_dict(table))
         if self.artifacts is not None and not isinstance(self.artifacts, Tolerance):
             raise ConfigError(f"validate.artifacts must be a table of bounds, got {self.artifacts!r}")
@@ -417,7 +377,11 @@ class OptimizeConfig:
     # --- dicts and TOML -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: Any) -> OptimizeConfig:
-        values = check_keys("", cls, values)
+        if isinstance(values, dict):  # the top level: its keys are the step tables
+            unknown = sorted(set(values) - set(_STEPS))
+            if unknown:
+                raise ConfigError(f"unknown table [{unknown[0]}] (allowed: {', '.join(_STEPS)})")
+        values = check_keys(cls, values, "[top level]")
         return cls(**{name: _STEPS[name].from_dict(table, name) for name, table in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -471,7 +435,7 @@ class OptimizeConfig:
         c = self
         for name in ("fold", "compact", "export", "mc", "validate"):
             if name in o:
-                _bool(name, o[name])
+                boolean(name, o[name])
                 c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
         validate = {k: o[k] for k in ("max_accuracy_drop", "strict") if k in o}
         if validate:
@@ -520,29 +484,29 @@ class OptimizeConfig:
 def _sparsity_options(step: SparsityStep, o: dict[str, Any]) -> SparsityStep:
     method, prune, l1, search = step.method, step.prune, step.l1, step.search
     if "quick" in o:
-        _bool("quick", o["quick"])
+        boolean("quick", o["quick"])
         search = dataclasses.replace(search, enabled=not o["quick"])
     if "sparsity" in o:
         value = o["sparsity"]
         if value is False:
             method = SparsityMethod.NONE
         elif isinstance(value, str):
-            method = _enum(SparsityMethod, "sparsity", value)
+            method = choice(SparsityMethod, "sparsity", value)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            method, prune = SparsityMethod.PRUNE, prune.with_options(target_sparsity=_fraction("sparsity", value))
+            method, prune = SparsityMethod.PRUNE, prune.with_options(target_sparsity=fraction("sparsity", value))
             search = dataclasses.replace(search, enabled=False)  # a target given is the target wanted
         else:
             raise ConfigError(f"sparsity must be a target in [0, 1), 'prune', 'l1', 'none' or false, got {value!r}")
     if "l1" in o:
         if method is SparsityMethod.NONE and "sparsity" in o:
             raise ConfigError("options sparsity='none' and l1 contradict each other")
-        method, l1 = SparsityMethod.L1, l1.with_options(l1=_positive("l1", o["l1"]))
+        method, l1 = SparsityMethod.L1, l1.with_options(l1=positive("l1", o["l1"]))
     if "threshold" in o:
         l1 = l1.with_options(threshold=o["threshold"])
     if "epochs" in o:
-        _int("epochs", o["epochs"], 1)
+        integer("epochs", o["epochs"], 1)
         prune, l1 = prune.with_options(epochs=o["epochs"]), l1.with_options(epochs=o["epochs"])
     if "distill" in o:
-        _bool("distill", o["distill"])
+        boolean("distill", o["distill"])
         prune, l1 = prune.with_options(distill=o["distill"]), l1.with_options(distill=o["distill"])
     return SparsityStep(method, prune, l1, search)

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from deploykit.configs import Config
+from deploykit.configs import Config, integer, number, text
 from deploykit.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -25,17 +25,9 @@ DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0  # seconds an idle keep-alive connection stays 
 DEFAULT_MAX_CONNECTIONS = 512  # also kept below the process's file descriptor limit
 
 
-def _check_seconds(name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.1 <= value <= 3600
-    if not ok:
-        raise ConfigError(f"{name} must be a number of seconds between 0.1 and 3600, got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+def _seconds(name: str, value: Any) -> float:
+    """A timeout: a tenth of a second to an hour."""
+    return number(name, value, 0.1, 3600)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -59,24 +51,22 @@ class ServeConfig(Config):
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections; the oldest waiting one makes room
 
     def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host.strip():
-            raise ConfigError(f"host must be a host name or IP address, got {self.host!r}")
+        text("host", self.host)
         if not self.host.replace("-", "").replace(".", "").isalnum():
             try:
                 ipaddress.ip_address(self.host)
             except ValueError:
                 raise ConfigError(f"host must be a host name or IP address, got {self.host!r}") from None
-        _check_int("port", self.port, 1, 65535)
-        _check_int("max_samples", self.max_samples, 1)
-        _check_int("samples", self.samples, 1, self.max_samples)
-        if self.threads is not None:
-            _check_int("threads", self.threads, 1)
-        _check_int("max_rows", self.max_rows, 1)
-        _check_int("max_body_bytes", self.max_body_bytes, 1024)
-        _check_int("max_network_rows", self.max_network_rows, 1)
-        _check_int("max_response_values", self.max_response_values, 1)
-        _check_int("max_header_count", self.max_header_count, 8)
-        _check_int("max_header_bytes", self.max_header_bytes, 1024)
+        integer("port", self.port, 1, 65535)
+        integer("max_samples", self.max_samples, 1)
+        integer("samples", self.samples, 1, self.max_samples)
+        integer("threads", self.threads, 1, optional=True)
+        integer("max_rows", self.max_rows, 1)
+        integer("max_body_bytes", self.max_body_bytes, 1024)
+        integer("max_network_rows", self.max_network_rows, 1)
+        integer("max_response_values", self.max_response_values, 1)
+        integer("max_header_count", self.max_header_count, 8)
+        integer("max_header_bytes", self.max_header_bytes, 1024)
         for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
-            _check_seconds(name, getattr(self, name))
-        _check_int("max_connections", self.max_connections, 4)
+            object.__setattr__(self, name, _seconds(name, getattr(self, name)))
+        integer("max_connections", self.max_connections, 4)

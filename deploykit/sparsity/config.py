@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploykit.configs import Config
+from deploykit.configs import Config, boolean, fraction, integer, names, number, positive
 from deploykit.errors import ConfigError
 
 
@@ -21,19 +20,6 @@ def parse_block_size(value: Any) -> tuple[int, int]:
     if len(parts) != 2 or any(p is None or p < 1 for p in parts):
         raise ConfigError(f"block_size must be two positive integers like 1x4 or (1, 4), got {value!r}")
     return parts[0], parts[1]
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    """A sparsity in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_positive(name: str, value: Any, kind: type) -> None:
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -57,23 +43,15 @@ class _TuneConfig(Config):
     alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
 
     def __post_init__(self) -> None:
-        if isinstance(self.skip_layers, str) or not all(isinstance(n, str) for n in self.skip_layers):
-            raise ConfigError(f"skip_layers must be a list of layer names, got {self.skip_layers!r}")
-        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
+        object.__setattr__(self, "skip_layers", names("skip_layers", self.skip_layers))
         for name in ("epochs", "batch_size", "patience"):
-            _check_positive(name, getattr(self, name), int)
+            integer(name, getattr(self, name), 1)
         for name in ("learning_rate", "temperature"):
-            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
-                object.__setattr__(self, name, float(getattr(self, name)))
-            _check_positive(name, getattr(self, name), float)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
-        object.__setattr__(self, "alpha", float(self.alpha))
+            object.__setattr__(self, name, positive(name, getattr(self, name)))
+        object.__setattr__(self, "alpha", number("alpha", self.alpha, 0.0, 1.0))
         for name in ("skip_output", "compact", "distill"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+            boolean(name, getattr(self, name))
+        integer("seed", self.seed, 0)
 
     def with_options(self, **options: Any):
         """A copy with the options that are not None replaced (validated again)."""
@@ -98,17 +76,15 @@ class PruneConfig(_TuneConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "target_sparsity", _check_fraction("target_sparsity", self.target_sparsity))
+        object.__setattr__(self, "target_sparsity", fraction("target_sparsity", self.target_sparsity))
         if not isinstance(self.layer_sparsity, dict):
             raise ConfigError(f"layer_sparsity must be a table of layer name = sparsity, got {self.layer_sparsity!r}")
         object.__setattr__(
-            self, "layer_sparsity", {str(k): _check_fraction(f"layer_sparsity[{k!r}]", v) for k, v in self.layer_sparsity.items()}
+            self, "layer_sparsity", {str(k): fraction(f"layer_sparsity[{k!r}]", v) for k, v in self.layer_sparsity.items()}
         )
         object.__setattr__(self, "block_size", parse_block_size(self.block_size))
-        if isinstance(self.end_fraction, bool) or not isinstance(self.end_fraction, (int, float)) or not 0.0 < self.end_fraction <= 1.0:
-            raise ConfigError(f"end_fraction must be a number in (0, 1], got {self.end_fraction!r}")
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or not 0.0 < self.tolerance < 1.0:
-            raise ConfigError(f"tolerance must be a number in (0, 1), got {self.tolerance!r}")
+        object.__setattr__(self, "end_fraction", number("end_fraction", self.end_fraction, 0.0, 1.0, open_low=True))
+        object.__setattr__(self, "tolerance", number("tolerance", self.tolerance, 0.0, 1.0, open_low=True, open_high=True))
 
     def target_for(self, layer_name: str) -> float:
         """The sparsity a layer is pruned to (its own target, else the model-wide one)."""
@@ -125,10 +101,7 @@ class L1Config(_TuneConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("l1", "threshold"):
-            value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, name, float(value))
-            _check_positive(name, getattr(self, name), float)
+            object.__setattr__(self, name, positive(name, getattr(self, name)))
 
 
 #: Sparsity targets tried from high to low; the highest whose model meets the accuracy budget is kept.
@@ -153,13 +126,10 @@ class SearchConfig(Config):
     min_layer_weights: int = 1024
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool) or not isinstance(self.sensitivity, bool):
-            raise ConfigError(f"enabled and sensitivity must be true or false, got {self.enabled!r}, {self.sensitivity!r}")
-        if isinstance(self.targets, (int, float, str)) or not self.targets:
+        boolean("enabled", self.enabled)
+        boolean("sensitivity", self.sensitivity)
+        if not isinstance(self.targets, (list, tuple)) or not self.targets:
             raise ConfigError(f"targets must be a non-empty list of sparsities in (0, 1), got {self.targets!r}")
-        targets = tuple(_check_fraction("targets", t) for t in self.targets)
-        if any(t <= 0 for t in targets):
-            raise ConfigError(f"targets must be sparsities in (0, 1), got {list(self.targets)!r}")
-        object.__setattr__(self, "targets", tuple(sorted(set(targets), reverse=True)))
-        if isinstance(self.min_layer_weights, bool) or not isinstance(self.min_layer_weights, int) or self.min_layer_weights < 0:
-            raise ConfigError(f"min_layer_weights must be an integer >= 0, got {self.min_layer_weights!r}")
+        targets = {number("targets", t, 0.0, 1.0, open_low=True, open_high=True) for t in self.targets}
+        object.__setattr__(self, "targets", tuple(sorted(targets, reverse=True)))
+        integer("min_layer_weights", self.min_layer_weights, 0)

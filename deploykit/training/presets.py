@@ -15,12 +15,11 @@ the CLI and the TOML pipeline read it cheaply.
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deploykit.configs import Config
+from deploykit.configs import Config, choice, fraction, integer, number, positive
 from deploykit.errors import ConfigError
 
 #: ``batchnorm="auto"`` adds BatchNormalization when the net has at least this many hidden layers
@@ -91,21 +90,21 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         _set = object.__setattr__
-        _set(self, "preset", _enum(Preset, "preset", self.preset))
-        _set(self, "optimizer", _enum(Optimizer, "optimizer", self.optimizer))
-        _set(self, "batchnorm", _enum(BatchNorm, "batchnorm", self.batchnorm))
+        _set(self, "preset", choice(Preset, "preset", self.preset))
+        _set(self, "optimizer", choice(Optimizer, "optimizer", self.optimizer))
+        _set(self, "batchnorm", choice(BatchNorm, "batchnorm", self.batchnorm))
         _set(self, "hidden", _hidden(self.hidden))
         _set(self, "dropout_layers", _dropout_layers(self.dropout_layers))
         if isinstance(self.learning_rate, str):
             if self.learning_rate != AUTO:
                 raise ConfigError(f"learning_rate must be a positive number or 'auto', got {self.learning_rate!r}")
         else:
-            _set(self, "learning_rate", _number("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True))
-        _set(self, "dropout", _number("dropout", self.dropout, 0.0, 1.0, high_open=True))
-        _set(self, "l2", _number("l2", self.l2, 0.0, math.inf))
+            _set(self, "learning_rate", positive("learning_rate", self.learning_rate))
+        _set(self, "dropout", fraction("dropout", self.dropout))
+        _set(self, "l2", number("l2", self.l2, 0.0))
         for name in ("epochs", "batch_size", "patience"):
-            _integer(name, getattr(self, name), minimum=1)
-        _integer("seed", self.seed, minimum=0)
+            integer(name, getattr(self, name), 1)
+        integer("seed", self.seed, 0)
         if self.batchnorm is BatchNorm.ON and not self.spec.allows_batchnorm:
             raise ConfigError(f"batchnorm: the {self.preset.value} preset uses no BatchNormalization (SELU normalizes itself); use batchnorm='auto' or 'off'")
 
@@ -133,16 +132,6 @@ class TrainConfig(Config):
         return self.learning_rate == AUTO
 
 
-def _enum(kind: type[enum.Enum], name: str, value: Any):
-    if isinstance(value, kind):
-        return value
-    try:
-        return kind(str(value).lower()) if isinstance(value, str) else kind(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in kind)
-        raise ConfigError(f"{name} must be one of {choices}, got {value!r}") from None
-
-
 def _hidden(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]
@@ -164,18 +153,3 @@ def _dropout_layers(value: Any) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     raise ConfigError(f"dropout_layers must be 'all' or a number of top hidden layers (e.g. 2 or 'top2'), got {value!r}")
-
-
-def _number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
-        raise ConfigError(f"{name} must be a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

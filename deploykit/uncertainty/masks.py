@@ -35,8 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.configs import Config
-from deploykit.errors import ConfigError
+from deploykit.configs import Config, fraction, integer
 
 FLOAT_BITS = 24  # random bits in one float32 uniform
 
@@ -52,16 +51,11 @@ class MaskConfig(Config):
     opset: int = 17
 
     def __post_init__(self) -> None:
-        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 <= self.rate < 1:
-            raise ConfigError(f"rate must be a number in [0, 1), got {self.rate!r}")
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
-            raise ConfigError(f"width must be an integer >= 1, got {self.width!r}")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 8 <= self.bits <= 12:
-            raise ConfigError(f"bits must be an integer in [8, 12] (rate within 2^-(bits+1)), got {self.bits!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ConfigError(f"seed must be None or an integer >= 0, got {self.seed!r}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 13 <= self.opset <= 18:
-            raise ConfigError(f"opset must be an integer in [13, 18], got {self.opset!r}")
+        fraction("rate", self.rate)
+        integer("width", self.width, 1)
+        integer("bits", self.bits, 8, 12)  # the rate is represented within 2^-(bits+1)
+        integer("seed", self.seed, 0, optional=True)
+        integer("opset", self.opset, 13, 18)
 
     @property
     def per_draw(self) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 
 from deploykit.chain import Chain, graph_of
 from deploykit.graph import Graph, LayerSpec, Node
-from deploykit.configs import Config
+from deploykit.configs import Config, boolean, integer
 from deploykit.contract import OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
@@ -64,16 +64,12 @@ class MCConfig(Config):
     include_samples: bool = False  # also output the raw [T, N, C] probabilities
 
     def __post_init__(self) -> None:
-        for name in ("samples", "max_samples"):
-            v = getattr(self, name)
-            if not is_int(v) or v < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        integer("samples", self.samples, 1)
+        integer("max_samples", self.max_samples, 1)
         if self.samples > self.max_samples:
             raise ConfigError(f"samples must be at most max_samples ({self.max_samples}), got {self.samples}")
-        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
-            raise ConfigError(f"seed must be None or an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.include_samples, bool):
-            raise ConfigError(f"include_samples must be true or false, got {self.include_samples!r}")
+        integer("seed", self.seed, 0, optional=True)
+        boolean("include_samples", self.include_samples)
 
 
 def _as_graph(model_graph) -> Graph:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.configs import Config
+from deploykit.configs import Config, number
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.contract import ABSTAIN_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
 from deploykit.contract import ABSTAIN_RULE as RULE
@@ -53,8 +53,8 @@ class SelectiveTarget(Config):
         if len(given) != 1:
             raise ConfigError("give exactly one of target_accuracy and target_coverage")
         value = given[0]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ConfigError(f"a selective target must be a number in (0, 1], got {value!r}")
+        name = "target_accuracy" if self.target_accuracy is not None else "target_coverage"
+        number(name, value, 0.0, 1.0, open_low=True)
 
 
 @dataclass

@@ -62,8 +62,8 @@ def test_a_failed_tolerance_exits_1_and_leaves_the_old_folder(tmp_path, model_fi
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--formats", "onnx,zip"], "unknown format 'zip'"),
-    (["--quantize", "int4"], "unknown quantization 'int4'"),
+    (["--formats", "onnx,zip"], "format must be one of 'onnx', 'tflite', got 'zip'"),
+    (["--quantize", "int4"], "quantization must be one of 'float32', 'float16', 'int8-dynamic', 'int8-static', 'int8-static-per-tensor', 'int8-full', 'int8-weights', got 'int4'"),
     (["--quantize", "int8"], "'int8' was renamed: use int8-dynamic or int8-static (ONNX), int8-full or int8-weights (TFLite)"),
     (["--quantize", "none"], "'none' was renamed: use float32"),
     (["--formats", "tflite", "--quantize", "int8-static"], "'int8-static' exists only in onnx"),

@@ -82,7 +82,7 @@ def test_bad_command_lines_fail_in_one_line(model_repo, tmp_path):
         (["serve", str(model_repo), "--samples", "0"], 2, "samples must be an integer"),
         (["serve", str(model_repo), "--port", "70000"], 2, "port must be an integer"),
         (["serve", str(model_repo), "--samples", "500", "--max-samples", "100"], 2,
-         "samples must be an integer between 1 and 100"),
+         "samples must be an integer in [1, 100], got 500"),
     ]
     (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
     cases.append((["serve", str(tmp_path / "broken.onnx")], 1, "onnxruntime cannot load it"))

@@ -37,7 +37,7 @@ def test_sparsify_l1_zeros_small_weights(trained_model, digits):
 def test_l1_config_is_checked_before_any_work(trained_model, digits):
     from deploykit.sparsity import L1Config, sparsify_l1
 
-    with pytest.raises(ConfigError, match="threshold must be a positive float"):
+    with pytest.raises(ConfigError, match="threshold must be a number > 0, got"):
         sparsify_l1(trained_model, digits, threshold=-1.0)
-    with pytest.raises(ConfigError, match="l1 must be a positive float"):
+    with pytest.raises(ConfigError, match="l1 must be a number > 0, got"):
         L1Config(l1=0.0)

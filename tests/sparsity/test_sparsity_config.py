@@ -44,11 +44,11 @@ def test_l1_config_round_trips():
         ({"block_size": "1x0"}, "block_size"),
         ({"block_size": (1.5, 4)}, "block_size"),
         ({"block_size": "4"}, "block_size"),
-        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, "batch_size"),
         ({"learning_rate": -1e-3}, "learning_rate"),
         ({"end_fraction": 0.0}, "end_fraction"),
-        ({"skip_layers": "dense"}, "skip_layers must be a list"),
+        ({"skip_layers": "dense"}, "skip_layers must be a list of names, got 'dense'"),
         ({"skip_output": "no"}, "skip_output must be true or false"),
     ],
 )
