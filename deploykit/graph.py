@@ -138,9 +138,16 @@ class Graph:
 
 def graph_from_model(model, *, unsafe: bool = False) -> Graph:
     """Read a live tf_keras model (Sequential or functional) with its weights and output shapes."""
-    config = {"class_name": type(model).__name__, "config": model.get_config()}
-    if type(model).__name__ == "Sequential":
-        config["class_name"] = "Sequential"
+    kind = type(model).__name__
+    try:
+        inner = model.get_config()
+    except NotImplementedError:
+        inner = None
+    if not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
+        raise UnsupportedLayerError(model.name, kind, "a subclassed model; deploykit reads Sequential and functional models")
+    if not getattr(model, "inputs", None):
+        raise UnsupportedLayerError(model.name, kind, "the model is not built (give it an Input or call it once)")
+    config = {"class_name": "Sequential" if kind == "Sequential" else "Functional", "config": inner}
     layers = {l.name: l for l in model.layers}
     graph = graph_from_config(config, unsafe=unsafe, model_name=model.name,
                               input_shapes=_model_input_shapes(model))
