@@ -340,8 +340,20 @@ def _set_weights(layer, spec: LayerSpec) -> None:
 
 
 def copy_model(model, *, unsafe: bool = False):
-    """A fresh tf_keras copy of a model with the same weights (no optimizer state)."""
-    return to_keras(graph_from_model(model, unsafe=unsafe))
+    """A fresh tf_keras copy of a model with the same weights (no optimizer state).
+
+    A model the graph reader cannot take (a layer called twice, a TensorFlow op
+    called with constants...) is copied by Keras itself, so the steps that do
+    not need the graph (export) still run on it.
+    """
+    try:
+        return to_keras(graph_from_model(model, unsafe=unsafe))
+    except UnsupportedLayerError:
+        from deploykit.backend import keras
+
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
 
 
 def token_vocabulary(graph: Graph) -> int | None:

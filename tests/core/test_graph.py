@@ -122,3 +122,15 @@ def test_subclassed_and_unbuilt_models_are_refused_by_name():
         graph_from_model(Mine(name="mine"))
     with pytest.raises(UnsupportedLayerError, match="not built"):
         graph_from_model(keras.Sequential([keras.layers.Dense(2)], name="lazy"))
+
+
+def test_copy_model_falls_back_to_keras_for_what_the_reader_refuses():
+    from deploykit.backend import keras
+    from deploykit.graph import copy_model
+
+    inputs = keras.Input(shape=(5,))
+    shared = keras.layers.Dense(5, name="shared")
+    model = keras.Model(inputs, shared(shared(inputs)))
+    copy = copy_model(model)
+    x = np.ones((2, 5), "float32")
+    assert copy is not model and np.array_equal(copy(x).numpy(), model(x).numpy())
