@@ -138,9 +138,16 @@ class Graph:
 
 def graph_from_model(model, *, unsafe: bool = False) -> Graph:
     """Read a live tf_keras model (Sequential or functional) with its weights and output shapes."""
-    config = {"class_name": type(model).__name__, "config": model.get_config()}
-    if type(model).__name__ == "Sequential":
-        config["class_name"] = "Sequential"
+    kind = type(model).__name__
+    try:
+        inner = model.get_config()
+    except NotImplementedError:
+        inner = None
+    if not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
+        raise UnsupportedLayerError(model.name, kind, "a subclassed model; deploykit reads Sequential and functional models")
+    if not getattr(model, "inputs", None):
+        raise UnsupportedLayerError(model.name, kind, "the model is not built (give it an Input or call it once)")
+    config = {"class_name": "Sequential" if kind == "Sequential" else "Functional", "config": inner}
     layers = {l.name: l for l in model.layers}
     graph = graph_from_config(config, unsafe=unsafe, model_name=model.name,
                               input_shapes=_model_input_shapes(model))
@@ -333,8 +340,20 @@ def _set_weights(layer, spec: LayerSpec) -> None:
 
 
 def copy_model(model, *, unsafe: bool = False):
-    """A fresh tf_keras copy of a model with the same weights (no optimizer state)."""
-    return to_keras(graph_from_model(model, unsafe=unsafe))
+    """A fresh tf_keras copy of a model with the same weights (no optimizer state).
+
+    A model the graph reader cannot take (a layer called twice, a TensorFlow op
+    called with constants...) is copied by Keras itself, so the steps that do
+    not need the graph (export) still run on it.
+    """
+    try:
+        return to_keras(graph_from_model(model, unsafe=unsafe))
+    except UnsupportedLayerError:
+        from deploykit.backend import keras
+
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
 
 
 def token_vocabulary(graph: Graph) -> int | None:

@@ -77,3 +77,10 @@ def test_check_layers_checks_them_all():
     assert [s.role for s in check_layers(ok)] == [Role.DENSE, Role.DROPOUT]
     with pytest.raises(UnsafeModelError, match="'c'"):
         check_layers([*ok, {"class_name": "Lambda", "config": {"name": "c"}}])
+
+
+def test_every_entry_the_table_says_mc_can_emit_has_an_emitter_and_no_other():
+    from deploykit.uncertainty.mc_layers import EMITTERS
+
+    claimed = {name for name, entry in SUPPORT.items() if entry.mc}
+    assert claimed == set(EMITTERS)

@@ -109,3 +109,28 @@ def test_two_input_model_round_trips():
     assert graph.inputs == {"a": (3,), "b": (2,)} and graph.node("cat").inputs == ["a", "b"]
     xa, xb = np.ones((2, 3), "float32"), np.ones((2, 2), "float32")
     assert np.array_equal(model([xa, xb]).numpy(), to_keras(graph)([xa, xb]).numpy())
+
+
+def test_subclassed_and_unbuilt_models_are_refused_by_name():
+    from deploykit.backend import keras
+
+    class Mine(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(UnsupportedLayerError, match="subclassed"):
+        graph_from_model(Mine(name="mine"))
+    with pytest.raises(UnsupportedLayerError, match="not built"):
+        graph_from_model(keras.Sequential([keras.layers.Dense(2)], name="lazy"))
+
+
+def test_copy_model_falls_back_to_keras_for_what_the_reader_refuses():
+    from deploykit.backend import keras
+    from deploykit.graph import copy_model
+
+    inputs = keras.Input(shape=(5,))
+    shared = keras.layers.Dense(5, name="shared")
+    model = keras.Model(inputs, shared(shared(inputs)))
+    copy = copy_model(model)
+    x = np.ones((2, 5), "float32")
+    assert copy is not model and np.array_equal(copy(x).numpy(), model(x).numpy())
