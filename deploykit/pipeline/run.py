@@ -15,7 +15,15 @@ from typing import Any
 
 from deploykit.atomic import atomic_dir, write_text
 from deploykit.errors import StepError, UsageError, ValidationError
-from deploykit.pipeline import plots
+from deploykit.pipeline.plots import (
+    ACCURACY_PLOT,
+    LATENCY_PLOT,
+    RELIABILITY_PLOT,
+    SPARSITY_PLOT,
+    accuracy_vs_size,
+    latency,
+    layer_sparsity,
+)
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
@@ -192,12 +200,12 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
     tries = [t for o in outputs for t in o.tries]
     mc = next((o.mc for o in outputs if o.mc is not None), None)
     say("writing the report and plots")
-    drawn = [plots.accuracy_vs_size(artifacts, tries, staging / plots.ACCURACY_PLOT,
+    drawn = [accuracy_vs_size(artifacts, tries, staging / ACCURACY_PLOT,
                                     config.validate.max_accuracy_drop if config.validate.enabled else None),
-             plots.layer_sparsity(layer_rows, staging / plots.SPARSITY_PLOT),
-             plots.latency(artifacts, staging / plots.LATENCY_PLOT)]
+             layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
+             latency(artifacts, staging / LATENCY_PLOT)]
     if mc is not None:
-        drawn.append(staging / plots.RELIABILITY_PLOT)
+        drawn.append(staging / RELIABILITY_PLOT)
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
                      "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary()}
     report = build_report(config=config, data_summary=ctx.data.summary(), model_summary=model_summary,

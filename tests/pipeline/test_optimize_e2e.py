@@ -195,3 +195,16 @@ def test_existing_folder_refused_and_bad_option_refused_before_any_work(trained_
     with pytest.raises(ConfigError, match="unknown option 'prune'"):
         optimize(trained_model, digits, out_dir=tmp_path / "new", prune=0.5)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_a_sparsity_try_that_misses_the_budget_leaves_the_model_dense(trained_model, digits, tmp_path):
+    result = optimize(trained_model, digits, config=FAST, out_dir=tmp_path / "out", sparsity=0.95, epochs=2,
+                      max_accuracy_drop=0.001, export=False, mc=False)
+    step = result.steps[0]
+    assert step.status is Status.MISSED and "the model stays dense" in step.reason
+    assert [(t.setting, t.kept) for t in result.tries] == [("prune 95%", False)]
+    assert result.tries[0].accuracy_change < -0.001
+    assert result.artifact("model.keras").sparsity < 0.01  # the unpruned (folded) model went on
+    assert result.artifact("model.keras").verdict is Verdict.PASS and result.failure is None
+    assert "| sparsity | prune 95% |" in (result.out_dir / "report.md").read_text()
