@@ -24,6 +24,8 @@ A TOML file has one table per step (every key optional)::
     [mc]
     enabled = true
     samples = 30
+    temperature = true       # fit T on the validation split, store it in the MC graph
+    target_accuracy = 0.99   # optional: an `abstain` output (or target_coverage; not both)
     [validate]
     enabled = true
     max_accuracy_drop = 0.01 # the accuracy budget, vs the original model on the test split
@@ -139,10 +141,12 @@ class InputConfig(_Table):
     data: str = "digits"
     label_column: str = "label"
     seed: int = 42  # seed of the data split
+    ood_data: str | None = None  # out-of-distribution inputs for the MC report (.npy, or .npz with x)
 
     def __post_init__(self) -> None:
-        if self.model is not None and not isinstance(self.model, str):
-            raise ConfigError(f"input.model must be a path, got {self.model!r}")
+        for name in ("model", "ood_data"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"input.{name} must be a path, got {getattr(self, name)!r}")
         for name in ("data", "label_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"input.{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -318,18 +322,34 @@ def _legacy_export(values: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class MCStep(_Table):
-    """The MC Dropout ONNX model (skipped, with the reason, when the model has no dropout)."""
+    """The MC Dropout ONNX model (skipped, with the reason, when the model has no dropout).
+
+    ``temperature``: fit a temperature on the validation split and store it in the graph.
+    ``target_accuracy`` / ``target_coverage`` (at most one, in (0, 1]): add an ``abstain`` output whose
+    predictive-entropy threshold reaches it on the validation split (see deploykit.uncertainty.selective).
+    """
 
     TABLE = "mc"
     enabled: bool = True
     samples: int = 30
     seed: int | None = None  # None: fresh draws per session; an int: repeatable outputs
+    temperature: bool = True
+    target_accuracy: float | None = None
+    target_coverage: float | None = None
 
     def __post_init__(self) -> None:
         _bool("mc.enabled", self.enabled)
+        _bool("mc.temperature", self.temperature)
         _int("mc.samples", self.samples, 1)
         if self.seed is not None:
             _int("mc.seed", self.seed, 0)
+        if self.target_accuracy is not None and self.target_coverage is not None:
+            raise ConfigError("mc.target_accuracy and mc.target_coverage contradict each other: give one")
+        for name in ("target_accuracy", "target_coverage"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 < value <= 1):
+                raise ConfigError(f"mc.{name} must be a number in (0, 1], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -394,7 +414,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed",
-           "validate", "max_accuracy_drop", "strict")
+           "temperature", "target_accuracy", "target_coverage", "ood_data", "validate", "max_accuracy_drop", "strict")
 
 
 @dataclass(frozen=True)
@@ -461,7 +481,9 @@ class OptimizeConfig:
         model (bool); ``quick``: skip the sparsity search (prune once to the configured target).
         ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
-        deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
+        deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
+        ``temperature`` (bool), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
+        threshold; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``strict``: a rejected artifact fails the run.
         """
         unknown = sorted(set(options) - set(OPTIONS))
@@ -491,9 +513,14 @@ class OptimizeConfig:
             export["quantize"] = _in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples",) if k in o} | ({"seed": o["mc_seed"]} if "mc_seed" in o else {})
+        mc = {k: o[k] for k in ("samples", "temperature", "target_accuracy", "target_coverage") if k in o}
+        mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
+        if "target_accuracy" in mc or "target_coverage" in mc:  # a target given replaces the config file's
+            mc = {"target_accuracy": None, "target_coverage": None} | mc
         if mc:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
+        if "ood_data" in o:
+            c = c.with_input(ood_data=o["ood_data"])
         return c
 
     def with_input(self, **values: Any) -> OptimizeConfig:
