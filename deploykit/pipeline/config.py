@@ -249,9 +249,11 @@ class ExportStep(_Table):
     quantization: QuantConfig = field(default_factory=QuantConfig)
     opset: int = 17
     triton: TritonConfig | None = None  # also write a Triton repository of every ONNX model and a KServe manifest
+    temperature: bool = True  # fit T on the validation split and store it in each shipped ONNX model
 
     def __post_init__(self) -> None:
         _bool("export.enabled", self.enabled)
+        _bool("export.temperature", self.temperature)
         for name, kind in (("formats", ExportFormat), ("quantize", Quantization)):
             values = parse_list(kind, getattr(self, name), f"export.{name}", ConfigError)
             if isinstance(getattr(self, name), (list, tuple)) and len(values) != len(getattr(self, name)):
@@ -482,7 +484,7 @@ class OptimizeConfig:
         ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
         deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
-        ``temperature`` (bool), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
+        ``temperature`` (bool: the deterministic ONNX models' and the MC model's), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
         threshold; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``strict``: a rejected artifact fails the run.
         """
@@ -499,7 +501,7 @@ class OptimizeConfig:
         if validate:
             c = dataclasses.replace(c, validate=dataclasses.replace(c.validate, **validate))
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
-        export = {k: o[k] for k in ("formats", "quantize", "triton") if k in o}
+        export = {k: o[k] for k in ("formats", "quantize", "triton", "temperature") if k in o}
         if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
             export["quantization"] = {**c.export.quantization.to_dict(), **o["quantization"]}
         elif "quantization" in o:

@@ -445,6 +445,60 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
                       artifacts=(row,), mc=comparison)
 
 
+def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
+    """:func:`export_step`, then (ONNX, ``[export] temperature``) a temperature stored in the shipped file.
+
+    T is fitted on the validation split from the artifact's own onnxruntime outputs and stored as a
+    Div before its softmax (deploykit.uncertainty.temperature) after the artifact passed its checks;
+    the row's size, accuracy, agreement and max |difference| are then re-measured on the calibrated
+    file, the last two against the Keras model's probabilities scaled by the same T (what the file must
+    reproduce). Latency and throughput stay those of the validated export (one Div more). TFLite
+    artifacts keep their raw softmax. A graph the edit cannot take (e.g. a float16 softmax) ships uncalibrated, said so.
+    """
+    out = export_step(fmt, quant, model, ctx)
+    row = out.artifacts[0] if out.artifacts else None
+    if fmt is not ExportFormat.ONNX or not ctx.config.export.temperature or row is None or not row.verdict.shipped \
+            or row.accuracy is None:
+        return out
+    import onnx
+
+    from deploykit.evaluate import outputs
+    from deploykit.export.artifact import file_sizes
+    from deploykit.uncertainty.temperature import fit_temperature, scale_probs, temperature_report, write_with_temperature
+
+    path = ctx.folder / row.file
+    fit = fit_temperature(ctx.data.y_val, _onnx_probs(path, ctx.data.x_val))
+    before = _onnx_probs(path, ctx.data.x_test)
+    try:
+        write_with_temperature(path, path, fit)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UsageError) as exc:
+        note = f"temperature not stored ({' '.join(str(exc).split())[:120]})"
+        return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
+    after = _onnx_probs(path, ctx.data.x_test)
+    t = temperature_report(ctx.data.y_test, before, after, fit)
+    reference = scale_probs(outputs(model, ctx.data.x_test), fit.temperature)
+    size, gz = file_sizes(path)
+    acc = float(np.mean(after.argmax(1) == ctx.data.y_test))
+    note = (f"temperature T = {fit.temperature:.3f} stored after validation (test NLL {t.before.nll:.4f} -> {t.after.nll:.4f}, "
+            f"ECE {t.before.ece:.4f} -> {t.after.ece:.4f}, Brier {t.before.brier:.4f} -> {t.after.brier:.4f})")
+    row = dataclasses.replace(row, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
+                              accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
+                              agreement=float(np.mean(after.argmax(1) == reference.argmax(1))),
+                              max_abs_diff=float(np.abs(after - reference).max()), checks=f"{row.checks}; {note}")
+    record = dataclasses.replace(out.record, reason=f"{out.record.reason}; T = {fit.temperature:.3f}", checks=row.checks)
+    return dataclasses.replace(out, record=record, artifacts=(row,))
+
+
+def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    """A deterministic ONNX model's probabilities in onnxruntime (in process)."""
+    import onnxruntime as ort
+
+    from deploykit.contract import INPUT_NAME, OUTPUT_NAME
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0], np.float64)
+
+
 def _mc_extras(comparison) -> str:
     """What the MC model was given beyond the export, for the step's reason."""
     parts = []
@@ -470,7 +524,7 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
              Step("save model", save_step)]
     variants = config.export.variants()
     if variants:
-        steps += [Step(f"export {f.value} {q.value}", functools.partial(export_step, f, q)) for f, q in variants]
+        steps += [Step(f"export {f.value} {q.value}", functools.partial(calibrated_export_step, f, q)) for f, q in variants]
     else:
         steps.append(Step("export", lambda model, ctx: _off(model, "export")))
     steps.append(Step("mc dropout", mc_step))

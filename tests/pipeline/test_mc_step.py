@@ -75,3 +75,31 @@ def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, r
     assert ABSTAIN_OUTPUT in [o.name for o in session.get_outputs()]
     step = next(s for s in result.steps if s.step == "mc dropout")
     assert "temperature" in step.reason and "abstain when entropy" in step.reason
+
+    # the deterministic ONNX model got its own temperature, after validation, re-measured
+    from deploykit.uncertainty.temperature import read_temperature, scale_probs
+
+    fitted = read_temperature(onnx.load(str(result.out_dir / "model.onnx")))
+    row = result.artifact("model.onnx")
+    assert fitted["placement"] == "logits" and fitted["nll_after"] < fitted["nll_before"]
+    assert f"temperature T = {fitted['temperature']:.3f} stored" in row.checks
+    probs = ort.InferenceSession(str(result.out_dir / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": digits.x_test})[0]
+    keras = np.asarray(result.model(digits.x_test, training=False))
+    assert np.abs(probs - scale_probs(keras, fitted["temperature"])).max() == pytest.approx(row.max_abs_diff, abs=1e-6)
+    assert row.max_abs_diff < 1e-4 and row.size_bytes == (result.out_dir / "model.onnx").stat().st_size
+
+
+@pytest.mark.slow
+def test_no_temperature_leaves_the_graphs_raw(tmp_path, digits, random_bn_model):
+    import onnx
+
+    from deploykit.contract import TEMPERATURE_KEY
+    from deploykit.pipeline import optimize
+
+    result = optimize(random_bn_model(1, data=digits), digits, out_dir=tmp_path / "out", sparsity="none", compact=False,
+                      formats="onnx", quantize="float32", samples=8, mc_seed=0, temperature=False, max_accuracy_drop=0.5)
+    for name in ("model.onnx", "model_mc.onnx"):
+        assert TEMPERATURE_KEY not in {p.key for p in onnx.load(str(result.out_dir / name)).metadata_props}
+    assert result.report["mc"]["temperature"] is None and "temperature" not in result.artifact("model.onnx").checks
+    assert not result.config.export.temperature and not result.config.mc.temperature
