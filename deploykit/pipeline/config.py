@@ -5,6 +5,7 @@ A TOML file has one table per step (every key optional)::
     [input]                  # what the run reads (written by the CLI so the run can be repeated)
     model = "models/digits_default.keras"
     data = "digits"
+    ood_data = "ood.npz"     # optional: out-of-distribution inputs for the MC report
     [fold]
     enabled = true
     [sparsity]
