@@ -72,12 +72,16 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     record = export_mc_onnx(model, path, config.samples, config.seed, config.max_samples, config.include_samples,
                             class_names=list(data.class_names), metadata=metadata)
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
-    calibrated = _temperature(model, data, path, config, batch_size, say) if temperature else None
+    fitted = _store_temperature(model, data, path, config, batch_size, say) if temperature else None
     say(f"predicting {len(data.x_test)} test instances with the MC model")
     mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
-    plots = [RELIABILITY_PLOT]
-    if calibrated is not None:
-        calibrated = calibrated(mc, folder / TEMPERATURE_PLOT)
+    plots, calibrated = [RELIABILITY_PLOT], None
+    if fitted is not None:
+        from deploykit.uncertainty.temperature import temperature_report
+
+        fit, before = fitted
+        calibrated = temperature_report(data.y_test, before.mean, mc.mean, fit, plot_path=folder / TEMPERATURE_PLOT,
+                                        name="MC Dropout")
         plots.append(TEMPERATURE_PLOT)
     selective = None
     if target is not None:
@@ -95,9 +99,9 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     return MCBundle(record, comparison, mc.predicted_class)
 
 
-def _temperature(model, data, path: Path, config: MCConfig, batch_size: int, say):
-    """Fit and store the temperature; returns ``report(mc_after, plot_path)`` for the test-split figures."""
-    from deploykit.uncertainty.temperature import Placement, fit_mc_temperature, temperature_report, write_with_temperature
+def _store_temperature(model, data, path: Path, config: MCConfig, batch_size: int, say):
+    """Fit the temperature on the validation split and store it in ``path``; returns (fit, raw test predictions)."""
+    from deploykit.uncertainty.temperature import Placement, fit_mc_temperature, write_with_temperature
 
     say(f"fitting the temperature on {len(data.x_val)} validation instances")
     if len(data.x_val) == 0:
@@ -112,8 +116,7 @@ def _temperature(model, data, path: Path, config: MCConfig, batch_size: int, say
     before = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
     write_with_temperature(path, path, fit)
     say(f"  T = {fit.temperature:.4f} ({fit.placement.value}): validation NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
-    return lambda after, plot: temperature_report(data.y_test, before.mean, after.mean, fit, plot_path=plot,
-                                                  name="MC Dropout")
+    return fit, before
 
 
 def _selective(path: Path, data, target: SelectiveTarget, mc: UncertaintyResult, det: np.ndarray, plot: Path,
