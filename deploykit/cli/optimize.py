@@ -91,6 +91,10 @@ def _run(args) -> int:
 
     config = OptimizeConfig.from_toml(args.config) if args.config else OptimizeConfig()
     config = config.with_options(**options_from_args(args)).with_input(label_column=args.label_column, seed=args.seed)
+    if config.input.ood_data:  # a bad OOD file fails before the run, not after its sparsity search
+        from deploykit.uncertainty.bundle import load_ood
+
+        load_ood(config.input.ood_data)
     model = args.model or config.input.model or DEFAULT_MODEL
     data = args.data or config.input.data
     result = optimize(model, data, config=config, out_dir=Path(args.out), force=args.force, progress=progress,

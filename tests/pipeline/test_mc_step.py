@@ -103,3 +103,10 @@ def test_no_temperature_leaves_the_graphs_raw(tmp_path, digits, random_bn_model)
         assert TEMPERATURE_KEY not in {p.key for p in onnx.load(str(result.out_dir / name)).metadata_props}
     assert result.report["mc"]["temperature"] is None and "temperature" not in result.artifact("model.onnx").checks
     assert not result.config.export.temperature and not result.config.mc.temperature
+
+
+def test_a_bad_ood_file_fails_before_the_run(tmp_path, cli):
+    (tmp_path / "ood.csv").write_text("1,2\n")
+    done = cli("optimize", "--ood-data", tmp_path / "ood.csv", "--out", tmp_path / "out")
+    assert done.returncode == 1 and "OOD data" in done.stderr and "step 1/" not in done.stderr
+    assert not (tmp_path / "out").exists()
