@@ -1,4 +1,8 @@
-"""``deploykit mc``: export the MC Dropout ONNX model and compare it with the deterministic model."""
+"""``deploykit mc``: export the MC Dropout ONNX model and compare it with the deterministic model.
+
+A thin layer over :func:`deploykit.uncertainty.bundle.mc_bundle` (the ``optimize`` pipeline's MC
+step calls the same function): flags in, files and one summary line out.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ from deploykit.cli.common import add_command, add_data_arg, add_model_arg, load_
 MODEL_FILE = "model_mc.onnx"
 JSON_FILE = "comparison.json"
 MARKDOWN_FILE = "comparison.md"
-PLOT_FILE = "reliability.png"
 
 
 def register(sub) -> None:
     p = add_command(
         sub, "mc", _run,
         help="export the MC Dropout ONNX model and compare deterministic vs MC predictions",
-        description=f"Export MODEL as an MC Dropout ONNX model ({MODEL_FILE}) and write, for the test split, "
-        f"deterministic vs MC accuracy, NLL, Brier, ECE and the error rate of the most uncertain 10% "
-        f"({JSON_FILE}, {MARKDOWN_FILE}) and a reliability diagram ({PLOT_FILE}) into --out.",
+        description=f"Export MODEL as an MC Dropout ONNX model ({MODEL_FILE}) with a temperature fitted on the "
+        f"validation split (unless --no-temperature) and, with --target-accuracy / --target-coverage, an `abstain` "
+        f"output; write, for the test split, deterministic vs MC accuracy, NLL, Brier, ECE, the error rate of the "
+        f"most uncertain 10%, calibration before/after the temperature, the selective coverage and, with --ood-data, "
+        f"OOD AUROC and FPR at 95% TPR ({JSON_FILE}, {MARKDOWN_FILE}) and the PNG plots into --out.",
     )
     add_model_arg(p)
     add_data_arg(p)
@@ -25,9 +30,34 @@ def register(sub) -> None:
     p.add_argument("--mc-seed", type=int, default=None,
                    help="seed of the dropout draws: every new session then repeats the same sequence (default: none)")
     p.add_argument("--include-samples", action="store_true", help="also output the raw [T, N, C] sample probabilities")
+    add_uncertainty_options(p)
     p.add_argument("--batch-size", type=int, default=256, help="instances per onnxruntime call (default: 256)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def add_uncertainty_options(p) -> None:
+    """--no-temperature, --target-accuracy / --target-coverage, --ood-data (shared with ``optimize``)."""
+    p.add_argument("--no-temperature", action="store_true",
+                   help="do not fit and store a temperature (default: fitted on the validation split, stored in the graph)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--target-accuracy", type=float, default=None, metavar="A",
+                       help="add an `abstain` output: the predictive-entropy threshold keeping the most validation "
+                       "rows whose accuracy reaches A (e.g. 0.99)")
+    group.add_argument("--target-coverage", type=float, default=None, metavar="C",
+                       help="add an `abstain` output keeping at least this share C of the validation rows")
+    p.add_argument("--ood-data", default=None, metavar="PATH",
+                   help="out-of-distribution inputs (.npy, or .npz with an array x): report AUROC and FPR at 95%% TPR "
+                   "of each uncertainty measure")
+
+
+def selective_target(args):
+    """The SelectiveTarget the flags ask for (None: no abstain output); a bad value is a ConfigError."""
+    from deploykit.uncertainty import SelectiveTarget
+
+    if args.target_accuracy is None and args.target_coverage is None:
+        return None
+    return SelectiveTarget(target_accuracy=args.target_accuracy, target_coverage=args.target_coverage)
 
 
 def _run(args) -> int:
@@ -36,30 +66,34 @@ def _run(args) -> int:
 
     from deploykit.atomic import atomic_dir, write_text
     from deploykit.errors import UsageError
-    from deploykit.uncertainty import MCConfig, UncertaintyPredictor, compare, export_mc_onnx
+    from deploykit.uncertainty import MCConfig
+    from deploykit.uncertainty.bundle import load_ood, mc_bundle
 
     config = MCConfig(samples=args.samples, max_samples=args.max_samples, seed=args.mc_seed,
                       include_samples=args.include_samples)  # refuse bad options before any work
+    target = selective_target(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    ood = load_ood(args.ood_data) if args.ood_data else None
     out = Path(args.out)
     with atomic_dir(out, force=args.force) as staging:  # an existing --out is refused before any work
         model = load_model_arg(args)
         data = load_data_arg(args)
         data.check_model(model)
-        progress(f"exporting the MC Dropout model (T = {config.samples})")
-        record = export_mc_onnx(model, staging / MODEL_FILE, config.samples, config.seed, config.max_samples,
-                                config.include_samples, class_names=data.class_names)
-        progress(f"predicting {len(data.x_test)} test instances, deterministic and MC")
-        deterministic = model.predict(data.x_test, batch_size=args.batch_size, verbose=0)
-        mc = UncertaintyPredictor(staging / MODEL_FILE).predict(data.x_test, batch_size=args.batch_size)
-        report = compare(data.y_test, deterministic, mc, plot_path=staging / PLOT_FILE)
-        exported = {**record.to_dict(), "path": str(out / MODEL_FILE)}
+        bundle = mc_bundle(model, data, staging / MODEL_FILE, config, temperature=not args.no_temperature,
+                           target=target, ood=ood, batch_size=args.batch_size, say=progress)
+        report = bundle.comparison
+        exported = {**bundle.export.to_dict(), "path": str(out / MODEL_FILE)}
         summary = {"model": str(args.model), "data": data.summary(), "export": exported, "comparison": report.to_dict()}
+        summary = json.loads(json.dumps(summary, default=str).replace(f"{staging}/", f"{out}/"))
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
         write_text(staging / MARKDOWN_FILE, report.to_markdown())
     d, m = report.deterministic, report.mc
     print(f"accuracy {d.accuracy:.4f} -> {m.accuracy:.4f}, NLL {d.nll:.4f} -> {m.nll:.4f}, "
-          f"ECE {d.ece:.4f} -> {m.ece:.4f} (deterministic -> MC, T = {config.samples})")
-    print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE}, {PLOT_FILE} in {out}")
+          f"ECE {d.ece:.4f} -> {m.ece:.4f} (deterministic -> MC, T = {config.samples}"
+          + (f", temperature {report.temperature.fit.temperature:.3f})" if report.temperature else ", no temperature)"))
+    if report.selective:
+        print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
+              f"test coverage {report.selective.test.coverage:.1%}")
+    print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE}, {', '.join(report.plots)} in {out}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, progress
+from deploykit.cli.mc import add_uncertainty_options
 from deploykit.cli.export import (
     add_quantization_options,
     add_triton_options,
@@ -48,6 +49,7 @@ def register(sub) -> None:
     add_triton_options(p, defaults=False)
     p.add_argument("--no-mc", action="store_true", help="do not build the MC Dropout ONNX model")
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
+    add_uncertainty_options(p)
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
                    "shipped artifact (a fraction: default 0.01 = one point)")
@@ -67,9 +69,18 @@ def options_from_args(args) -> dict:
         "formats": variants["formats"], "quantize": variants["quantize"], "triton": triton_options(args),
         "quantization": quantization_options(args) or None,
         "mc": off(args.no_mc), "samples": args.samples, "validate": off(args.no_validate),
+        "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
+        "target_coverage": args.target_coverage, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
         "max_accuracy_drop": args.max_accuracy_drop, "strict": True if args.strict else None,
     }
+
+
+def _resolved(path: str | None) -> str | None:
+    """A path as the run's deploykit.toml records it (absolute, so the run repeats from anywhere)."""
+    from pathlib import Path
+
+    return None if path is None else str(Path(path).resolve())
 
 
 def _run(args) -> int:
@@ -80,6 +91,10 @@ def _run(args) -> int:
 
     config = OptimizeConfig.from_toml(args.config) if args.config else OptimizeConfig()
     config = config.with_options(**options_from_args(args)).with_input(label_column=args.label_column, seed=args.seed)
+    if config.input.ood_data:  # a bad OOD file fails before the run, not after its sparsity search
+        from deploykit.uncertainty.bundle import load_ood
+
+        load_ood(config.input.ood_data)
     model = args.model or config.input.model or DEFAULT_MODEL
     data = args.data or config.input.data
     result = optimize(model, data, config=config, out_dir=Path(args.out), force=args.force, progress=progress,

@@ -29,8 +29,14 @@ class ModelMetadata:
 
 
 def write_metadata(proto, meta: ModelMetadata) -> None:
-    """Set (replace) the deploykit entries of an ``onnx.ModelProto``'s metadata_props."""
-    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    """Set (replace) the ``ModelMetadata`` entries of an ``onnx.ModelProto``'s metadata_props.
+
+    Only the keys this dataclass owns are replaced: other ``deploykit.*`` entries written by
+    later graph edits (``deploykit.temperature``, ``deploykit.selective``, ``deploykit.ensemble``)
+    survive a metadata rewrite, whatever the order of the edits.
+    """
+    owned = {PREFIX + name for name in ModelMetadata.__dataclass_fields__}
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in owned]
     del proto.metadata_props[:]
     for k, v in keep:
         entry = proto.metadata_props.add()

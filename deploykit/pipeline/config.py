@@ -5,6 +5,7 @@ A TOML file has one table per step (every key optional)::
     [input]                  # what the run reads (written by the CLI so the run can be repeated)
     model = "models/digits_default.keras"
     data = "digits"
+    ood_data = "ood.npz"     # optional: out-of-distribution inputs for the MC report
     [fold]
     enabled = true
     [sparsity]
@@ -24,6 +25,8 @@ A TOML file has one table per step (every key optional)::
     [mc]
     enabled = true
     samples = 30
+    temperature = true       # fit T on the validation split, store it in the MC graph
+    target_accuracy = 0.99   # optional: an `abstain` output (or target_coverage; not both)
     [validate]
     enabled = true
     max_accuracy_drop = 0.01 # the accuracy budget, vs the original model on the test split
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.configs import boolean, check_keys, choice, fraction, integer, positive, text
+from deploykit.configs import boolean, check_keys, choice, fraction, integer, number, positive, text
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
     ExportFormat,
@@ -76,10 +79,6 @@ class SparsityMethod(enum.Enum):
     NONE = "none"
 
 
-#: The names MCStep's body uses (it is edited on another branch): the kit's validators.
-_bool, _int = boolean, integer
-
-
 class _Table:
     """from_dict / to_dict for the flat step tables (enums and tuples as TOML values)."""
 
@@ -100,10 +99,12 @@ class InputConfig(_Table):
     data: str = "digits"
     label_column: str = "label"
     seed: int = 42  # seed of the data split
+    ood_data: str | None = None  # out-of-distribution inputs for the MC report (.npy, or .npz with x)
 
     def __post_init__(self) -> None:
-        if self.model is not None and not isinstance(self.model, str):
-            raise ConfigError(f"input.model must be a path, got {self.model!r}")
+        for name in ("model", "ood_data"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"input.{name} must be a path, got {getattr(self, name)!r}")
         text("input.data", self.data)
         text("input.label_column", self.label_column)
         integer("input.seed", self.seed, 0)
@@ -205,9 +206,11 @@ class ExportStep(_Table):
     quantization: QuantConfig = field(default_factory=QuantConfig)
     opset: int = 17
     triton: TritonConfig | None = None  # also write a Triton repository of every ONNX model and a KServe manifest
+    temperature: bool = True  # fit T on the validation split and store it in each shipped ONNX model
 
     def __post_init__(self) -> None:
         boolean("export.enabled", self.enabled)
+        boolean("export.temperature", self.temperature)
         for name, kind in (("formats", ExportFormat), ("quantize", Quantization)):
             values = parse_list(kind, getattr(self, name), f"export.{name}", ConfigError)
             if isinstance(getattr(self, name), (list, tuple)) and len(values) != len(getattr(self, name)):
@@ -278,18 +281,30 @@ def _legacy_export(values: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class MCStep(_Table):
-    """The MC Dropout ONNX model (skipped, with the reason, when the model has no dropout)."""
+    """The MC Dropout ONNX model (skipped, with the reason, when the model has no dropout).
+
+    ``temperature``: fit a temperature on the validation split and store it in the graph.
+    ``target_accuracy`` / ``target_coverage`` (at most one, in (0, 1]): add an ``abstain`` output whose
+    predictive-entropy threshold reaches it on the validation split (see deploykit.uncertainty.selective).
+    """
 
     TABLE = "mc"
     enabled: bool = True
     samples: int = 30
     seed: int | None = None  # None: fresh draws per session; an int: repeatable outputs
+    temperature: bool = True
+    target_accuracy: float | None = None
+    target_coverage: float | None = None
 
     def __post_init__(self) -> None:
-        _bool("mc.enabled", self.enabled)
-        _int("mc.samples", self.samples, 1)
-        if self.seed is not None:
-            _int("mc.seed", self.seed, 0)
+        boolean("mc.enabled", self.enabled)
+        boolean("mc.temperature", self.temperature)
+        integer("mc.samples", self.samples, 1)
+        integer("mc.seed", self.seed, 0, optional=True)
+        if self.target_accuracy is not None and self.target_coverage is not None:
+            raise ConfigError("mc.target_accuracy and mc.target_coverage contradict each other: give one")
+        for name in ("target_accuracy", "target_coverage"):
+            number(f"mc.{name}", getattr(self, name), 0, 1, optional=True, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -354,7 +369,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed",
-           "validate", "max_accuracy_drop", "strict")
+           "temperature", "target_accuracy", "target_coverage", "ood_data", "validate", "max_accuracy_drop", "strict")
 
 
 @dataclass(frozen=True)
@@ -425,7 +440,9 @@ class OptimizeConfig:
         model (bool); ``quick``: skip the sparsity search (prune once to the configured target).
         ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
-        deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults.
+        deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
+        ``temperature`` (bool: the deterministic ONNX models' and the MC model's), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
+        threshold; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``strict``: a rejected artifact fails the run.
         """
         unknown = sorted(set(options) - set(OPTIONS))
@@ -441,7 +458,7 @@ class OptimizeConfig:
         if validate:
             c = dataclasses.replace(c, validate=dataclasses.replace(c.validate, **validate))
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
-        export = {k: o[k] for k in ("formats", "quantize", "triton") if k in o}
+        export = {k: o[k] for k in ("formats", "quantize", "triton", "temperature") if k in o}
         if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
             export["quantization"] = {**c.export.quantization.to_dict(), **o["quantization"]}
         elif "quantization" in o:
@@ -455,9 +472,14 @@ class OptimizeConfig:
             export["quantize"] = _in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples",) if k in o} | ({"seed": o["mc_seed"]} if "mc_seed" in o else {})
+        mc = {k: o[k] for k in ("samples", "temperature", "target_accuracy", "target_coverage") if k in o}
+        mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
+        if "target_accuracy" in mc or "target_coverage" in mc:  # a target given replaces the config file's
+            mc = {"target_accuracy": None, "target_coverage": None} | mc
         if mc:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
+        if "ood_data" in o:
+            c = c.with_input(ood_data=o["ood_data"])
         return c
 
     def with_input(self, **values: Any) -> OptimizeConfig:

@@ -173,6 +173,7 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
             rest = u["rest_error"]
             lines.append(f"- {u['predictions']} / {u['measure']}: error {u['uncertain_error']:.3f} among the "
                          f"{u['uncertain_count']} most uncertain vs {rest:.3f} in the rest")
+        lines += [line.replace("## ", "### ", 1) for line in _mc_extras(mc)]
         lines.append("")
     if report["plots"]:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
@@ -182,6 +183,15 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
     if skipped:
         lines += ["## Skipped steps", ""] + [f"- {s.step}: {s.status.value} — {s.reason}" for s in skipped] + [""]
     return "\n".join(lines)
+
+
+def _mc_extras(mc: dict[str, Any]) -> list[str]:
+    """Temperature, selective threshold and OOD figures (the text ``deploykit mc`` writes), and their plots."""
+    from deploykit.uncertainty.compare import extra_markdown
+
+    lines = extra_markdown(mc)
+    shown = [p for p in mc.get("plots", []) if p != "reliability.png"]  # the reliability plot is in ## Plots
+    return lines + (["", *(f"![{p}]({p})" for p in shown)] if shown else [])
 
 
 def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], tries: Sequence[Try]) -> list[str]:

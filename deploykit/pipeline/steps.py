@@ -26,7 +26,6 @@ from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageEr
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
 from deploykit.pipeline.config import OptimizeConfig, SparsityMethod
-from deploykit.pipeline.plots import RELIABILITY_PLOT
 from deploykit.pipeline.records import (
     ArtifactRow,
     LayerSparsityRow,
@@ -398,13 +397,15 @@ def triton_step(model, ctx: RunContext) -> StepOutput:
 
 
 def mc_step(model, ctx: RunContext) -> StepOutput:
+    """The MC Dropout model through :func:`~deploykit.uncertainty.bundle.mc_bundle` (as ``deploykit mc``), held to the budget."""
     step = ctx.config.mc
     if not step.enabled:
         return _off(model, "mc dropout")
     from deploykit.evaluate import outputs
     from deploykit.export.artifact import file_sizes
-    from deploykit.uncertainty import UncertaintyPredictor, compare, export_mc_onnx
     from deploykit.graph import graph_from_model
+    from deploykit.uncertainty import MCConfig, SelectiveTarget, UncertaintyPredictor
+    from deploykit.uncertainty.bundle import load_ood, mc_bundle
     from deploykit.uncertainty.mc_graph import check_has_dropout
 
     try:
@@ -414,11 +415,14 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     path = ctx.folder / MC_FILE
     deterministic = outputs(model, ctx.data.x_test)
     det_accuracy = float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
-    record = export_mc_onnx(model, path, samples=step.samples, seed=step.seed, class_names=list(ctx.data.class_names),
-                            metadata=metadata(model, ctx, det_accuracy))
+    target = None if step.target_accuracy is None and step.target_coverage is None else \
+        SelectiveTarget(target_accuracy=step.target_accuracy, target_coverage=step.target_coverage)
+    ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
+    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed),
+                       temperature=step.temperature, target=target, ood=ood, deterministic=deterministic,
+                       metadata=metadata(model, ctx, det_accuracy), say=lambda m: ctx.say("  " + m))
+    record, comparison = bundle.export, bundle.comparison
     predictor = UncertaintyPredictor(path)
-    mc = predictor.predict(ctx.data.x_test, batch_size=256)
-    comparison = compare(ctx.data.y_test, deterministic, mc, plot_path=ctx.folder / RELIABILITY_PLOT)
     acc = comparison.mc.accuracy
     missed = budget_miss(acc, ctx)
     verdict = verdict_for(missed, ctx)
@@ -431,14 +435,80 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
         file=MC_FILE, format="onnx-mc", runtime="onnxruntime", precision="float32", quantization=record.quantization,
         sparsity=ctx.figures.sparsity, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
         accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
-        agreement=float(np.mean(mc.predicted_class == deterministic.argmax(1))), max_abs_diff=None,
-        latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=record,
+        agreement=float(np.mean(bundle.predicted_class == deterministic.argmax(1))),
+        max_abs_diff=None, latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=record,
     ), ctx)
-    reason = f"T = {step.samples} samples over {', '.join(record.dropout_layers)} ({verdict.value})"
-    files = [MC_FILE, RELIABILITY_PLOT] if verdict.shipped else [RELIABILITY_PLOT]
+    reason = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}{_mc_extras(comparison)} ({verdict.value})"
+    files = [MC_FILE, *comparison.plots] if verdict.shipped else list(comparison.plots)
     return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=files, checks=checks,
                                         detail={"export": record, "comparison": comparison}),
                       artifacts=(row,), mc=comparison)
+
+
+def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
+    """:func:`export_step`, then (ONNX, ``[export] temperature``) a temperature stored in the shipped file.
+
+    T is fitted on the validation split from the artifact's own onnxruntime outputs and stored as a
+    Div before its softmax (deploykit.uncertainty.temperature) after the artifact passed its checks;
+    the row's size, accuracy, agreement and max |difference| are then re-measured on the calibrated
+    file, the last two against the Keras model's probabilities scaled by the same T (what the file must
+    reproduce). Latency and throughput stay those of the validated export (one Div more). TFLite
+    artifacts keep their raw softmax. A graph the edit cannot take (e.g. a float16 softmax) ships uncalibrated, said so.
+    """
+    out = export_step(fmt, quant, model, ctx)
+    row = out.artifacts[0] if out.artifacts else None
+    if fmt is not ExportFormat.ONNX or not ctx.config.export.temperature or row is None or not row.verdict.shipped \
+            or row.accuracy is None:
+        return out
+    import onnx
+
+    from deploykit.evaluate import outputs
+    from deploykit.export.artifact import file_sizes
+    from deploykit.uncertainty.temperature import fit_temperature, scale_probs, temperature_report, write_with_temperature
+
+    path = ctx.folder / row.file
+    fit = fit_temperature(ctx.data.y_val, _onnx_probs(path, ctx.data.x_val))
+    before = _onnx_probs(path, ctx.data.x_test)
+    try:
+        write_with_temperature(path, path, fit)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UsageError) as exc:
+        note = f"temperature not stored ({' '.join(str(exc).split())[:120]})"
+        return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
+    after = _onnx_probs(path, ctx.data.x_test)
+    t = temperature_report(ctx.data.y_test, before, after, fit)
+    reference = scale_probs(outputs(model, ctx.data.x_test), fit.temperature)
+    size, gz = file_sizes(path)
+    acc = float(np.mean(after.argmax(1) == ctx.data.y_test))
+    note = (f"temperature T = {fit.temperature:.3f} stored after validation (test NLL {t.before.nll:.4f} -> {t.after.nll:.4f}, "
+            f"ECE {t.before.ece:.4f} -> {t.after.ece:.4f}, Brier {t.before.brier:.4f} -> {t.after.brier:.4f})")
+    row = dataclasses.replace(row, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
+                              accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
+                              agreement=float(np.mean(after.argmax(1) == reference.argmax(1))),
+                              max_abs_diff=float(np.abs(after - reference).max()), checks=f"{row.checks}; {note}")
+    record = dataclasses.replace(out.record, reason=f"{out.record.reason}; T = {fit.temperature:.3f}", checks=row.checks)
+    return dataclasses.replace(out, record=record, artifacts=(row,))
+
+
+def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    """A deterministic ONNX model's probabilities in onnxruntime (in process)."""
+    import onnxruntime as ort
+
+    from deploykit.contract import INPUT_NAME, OUTPUT_NAME
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0], np.float64)
+
+
+def _mc_extras(comparison) -> str:
+    """What the MC model was given beyond the export, for the step's reason."""
+    parts = []
+    if comparison.temperature is not None:
+        fit = comparison.temperature.fit
+        parts.append(f"temperature {fit.temperature:.3f} ({fit.placement.value})")
+    if comparison.selective is not None:
+        chosen, test = comparison.selective.chosen, comparison.selective.test
+        parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def build_pipeline(config: OptimizeConfig) -> list[Step]:
@@ -454,7 +524,7 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
              Step("save model", save_step)]
     variants = config.export.variants()
     if variants:
-        steps += [Step(f"export {f.value} {q.value}", functools.partial(export_step, f, q)) for f, q in variants]
+        steps += [Step(f"export {f.value} {q.value}", functools.partial(calibrated_export_step, f, q)) for f, q in variants]
     else:
         steps.append(Step("export", lambda model, ctx: _off(model, "export")))
     steps.append(Step("mc dropout", mc_step))

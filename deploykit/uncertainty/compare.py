@@ -1,4 +1,10 @@
-"""Deterministic versus MC Dropout predictions: calibration, and whether uncertainty flags errors."""
+"""Deterministic versus MC Dropout predictions: calibration, and whether uncertainty flags errors.
+
+A :class:`ComparisonReport` made by :func:`deploykit.uncertainty.bundle.mc_bundle` also carries what
+the shipped MC model was given after the export: the temperature (calibration before / after), the
+selective threshold (coverage reached on the test split) and the OOD figures. ``deploykit mc`` and
+``deploykit optimize`` both write it, so both reports say the same thing the same way.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ import numpy as np
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
+from deploykit.uncertainty.ood import OODRow
 from deploykit.uncertainty.predictor import UncertaintyResult
+from deploykit.uncertainty.selective import SelectiveResult, SelectiveThreshold
+from deploykit.uncertainty.temperature import TemperatureReport
 
 DEFAULT_FRACTION = 0.1
 
@@ -33,6 +42,14 @@ class UncertainErrors(Record):
 
 
 @dataclass
+class SelectiveReport(Record):
+    """The threshold chosen on the validation split and what it gives on the test split."""
+
+    chosen: SelectiveThreshold
+    test: SelectiveResult
+
+
+@dataclass
 class ComparisonReport(Record):
     """Deterministic vs MC Dropout on one labelled set."""
 
@@ -42,6 +59,10 @@ class ComparisonReport(Record):
     deterministic: CalibrationReport
     mc: CalibrationReport
     uncertain: list[UncertainErrors] = field(default_factory=list)
+    temperature: TemperatureReport | None = None  # the MC model's post-hoc temperature (None: off)
+    selective: SelectiveReport | None = None  # the abstain threshold (None: no target given)
+    ood: list[OODRow] | None = None  # one row per measure (None: no OOD data given)
+    plots: list[str] = field(default_factory=list)  # PNG file names, beside the model
 
     def to_markdown(self) -> str:
         d, m = self.deterministic, self.mc
@@ -63,6 +84,7 @@ class ComparisonReport(Record):
         for u in self.uncertain:
             lines.append(f"| {u.predictions} | {u.measure} | {u.uncertain_count} | {u.uncertain_error:.4f} | "
                          f"{u.rest_error:.4f} | {u.ratio:.2f} |")
+        lines += extra_markdown(self.to_dict())
         return "\n".join(lines) + "\n"
 
 
@@ -98,3 +120,47 @@ def _uncertain_errors(predictions: str, measure: str, uncertainty, wrong: np.nda
     k = max(1, math.ceil(fraction * len(order)))
     top, rest = wrong[order[:k]], wrong[order[k:]]
     return UncertainErrors(predictions, measure, k, float(top.mean()), float(rest.mean()) if len(rest) else math.nan)
+
+
+def extra_markdown(report: dict) -> list[str]:
+    """Markdown lines for the temperature, selective and OOD parts of a comparison given as JSON values.
+
+    From the JSON form so that ``optimize``'s report.md (built from report.json) and ``deploykit mc``'s
+    comparison.md print one text.
+    """
+    lines: list[str] = []
+    t = report.get("temperature")
+    if t:
+        fit, b, a = t["fit"], t["before"], t["after"]
+        lines += ["", f"## Temperature scaling (T = {fit['temperature']:.4f}, {fit['placement']}, "
+                      f"fitted on {fit['count']} validation instances)", "",
+                  "| metric (test split) | MC before | MC after |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_num(b.get(key))} | {_num(a.get(key))} |"
+                  for name, key in (("accuracy", "accuracy"), ("NLL", "nll"), ("Brier", "brier"), (f"ECE ({b['bins']} bins)", "ece"))]
+        lines += ["", f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}"
+                  + ("" if not fit.get("alternatives") else " (placements tried: "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in fit["alternatives"].items()) + ")")
+                  + ". The model's `mean` output is the calibrated one."]
+    s = report.get("selective")
+    if s:
+        c, test = s["chosen"], s["test"]
+        target = (f"target accuracy {c['target']['target_accuracy']:.2%}" if c["target"]["target_accuracy"] is not None
+                  else f"target coverage {c['target']['target_coverage']:.2%}")
+        lines += ["", f"## Selective prediction ({target})", "",
+                  f"Abstain when {c['measure']} > {c['threshold']:.6g} (the `abstain` output). Validation: coverage "
+                  f"{_pct(c['coverage'])}, accuracy of kept {_pct(c['accuracy'])}. **Test: coverage {_pct(test['coverage'])} "
+                  f"({test['kept']} of {test['count']}), accuracy of kept {_pct(test['accuracy'])}.**"]
+    ood = report.get("ood")
+    if ood:
+        lines += ["", "## Out-of-distribution detection (test split vs the OOD data)", "",
+                  "| measure | AUROC | FPR at 95% TPR |", "|---|---:|---:|"]
+        lines += [f"| {r['measure']} | {r['auroc']:.4f} | {r['fpr_at_95_tpr']:.4f} |" for r in ood]
+    return lines
+
+
+def _num(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _pct(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"

@@ -72,6 +72,10 @@ def test_report_agrees_with_remeasuring_the_onnx_artifact(run, digits):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs = session.run(None, {"input": digits.x_test.astype(np.float32)})[0]
     keras_probs = np.asarray(load_model(result.out_dir / "model.keras")(digits.x_test, training=False))
+    # the shipped file holds the temperature fitted after validation: it must reproduce the Keras model scaled by it
+    from deploykit.uncertainty.temperature import read_temperature, scale_probs
+
+    keras_probs = scale_probs(keras_probs, read_temperature(onnx.load(str(path)))["temperature"])
     assert row["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == digits.y_test)), abs=1e-12)
     assert row["agreement"] == pytest.approx(float(np.mean(probs.argmax(1) == keras_probs.argmax(1))), abs=1e-12)
     assert row["max_abs_diff"] == pytest.approx(float(np.abs(probs - keras_probs).max()), abs=1e-6)

@@ -15,7 +15,7 @@ def test_mc_command(tmp_path, mc_bn_model, cli):
     out = tmp_path / "mc"
     done = cli("mc", str(model), "--samples", "8", "--mc-seed", "3", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "model_mc.onnx", "reliability.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "model_mc.onnx", "reliability.png", "temperature.png"]
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["export"]["path"] == str(out / "model_mc.onnx") and summary["export"]["config"]["seed"] == 3
     comparison = summary["comparison"]

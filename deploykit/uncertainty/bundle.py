@@ -1,0 +1,180 @@
+"""``mc_bundle``: the MC Dropout model to ship and the figures that say how far to trust it.
+
+One function used by ``deploykit mc`` and by the ``optimize`` pipeline's MC step, so both ship
+the same model and report the same figures:
+
+1. export the MC Dropout ONNX model (:func:`export_mc_onnx`, from an :class:`MCConfig`);
+2. temperature (on by default): fit T on the validation split's MC samples, per sample or on the
+   mean, whichever gives the lower validation NLL (:func:`fit_mc_temperature`; per sample only when
+   the graph has its one per-sample Softmax), store it in the graph, and report the test split's
+   NLL, ECE and Brier before and after with both reliability diagrams;
+3. selective prediction (when a :class:`SelectiveTarget` is given): choose the predictive-entropy
+   threshold on the validation split (after the temperature), add the ``abstain`` output, report the
+   test split's coverage and the risk-coverage curves;
+4. OOD (when OOD inputs are given): AUROC and FPR at 95% TPR of each measure, test split vs OOD;
+5. deterministic vs MC comparison on the test split (:func:`compare`), carrying 2-4.
+
+The graph edits are applied in this order to one file (each write atomic); the metadata keys of
+each edit survive the others (see :func:`deploykit.export.metadata.write_metadata`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import DataError
+from deploykit.records import Record
+from deploykit.uncertainty.compare import ComparisonReport, SelectiveReport, compare
+from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
+from deploykit.uncertainty.mc_graph import MCConfig
+from deploykit.uncertainty.measures import Measure, entropy, uncertainties
+from deploykit.uncertainty.predictor import UncertaintyPredictor, UncertaintyResult
+from deploykit.uncertainty.selective import SelectiveTarget
+
+RELIABILITY_PLOT = "reliability.png"  # deterministic vs the shipped MC model
+TEMPERATURE_PLOT = "temperature.png"  # the MC model before vs after its temperature
+RISK_COVERAGE_PLOT = "risk_coverage.png"
+SELECTIVE_MEASURE = Measure.ENTROPY  # works for every model and uses the whole distribution
+
+
+@dataclass
+class MCBundle(Record):
+    """What :func:`mc_bundle` wrote: the export record and the comparison (with temperature, selective, OOD)."""
+
+    export: MCExportRecord
+    comparison: ComparisonReport
+    predicted_class: np.ndarray = field(default=None, repr=False)  # the shipped model's, on the test split
+
+
+def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(), *, temperature: bool = True,
+              target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
+              deterministic: np.ndarray | None = None, metadata=None, batch_size: int = 256,
+              say: Callable[[str], None] = lambda message: None) -> MCBundle:
+    """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
+
+    ``data`` is a :class:`deploykit.data.Dataset` (validation split: the fits; test split: the
+    report). ``deterministic``: the model's test probabilities when the caller has them. Plots go
+    beside ``path``.
+    """
+    from deploykit.evaluate import outputs
+
+    path, folder = Path(path), Path(path).parent
+    if ood is not None:
+        ood = check_ood(ood, data.x_test.shape[1:])
+    say(f"exporting the MC Dropout model (T = {config.samples})")
+    record = export_mc_onnx(model, path, config.samples, config.seed, config.max_samples, config.include_samples,
+                            class_names=list(data.class_names), metadata=metadata)
+    det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
+    fitted = _store_temperature(model, data, path, config, batch_size, say) if temperature else None
+    say(f"predicting {len(data.x_test)} test instances with the MC model")
+    mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
+    plots, calibrated = [RELIABILITY_PLOT], None
+    if fitted is not None:
+        from deploykit.uncertainty.temperature import temperature_report
+
+        fit, before = fitted
+        calibrated = temperature_report(data.y_test, before.mean, mc.mean, fit, plot_path=folder / TEMPERATURE_PLOT,
+                                        name="MC Dropout")
+        plots.append(TEMPERATURE_PLOT)
+    selective = None
+    if target is not None:
+        selective = _selective(path, data, target, mc, det, folder / RISK_COVERAGE_PLOT, batch_size, say)
+        plots.append(RISK_COVERAGE_PLOT)
+    rows = None
+    if ood is not None:
+        from deploykit.uncertainty.ood import ood_report
+
+        say(f"predicting {len(ood)} out-of-distribution instances")
+        away = UncertaintyPredictor(path).predict(ood, batch_size=batch_size)
+        rows = ood_report(uncertainties(mc.mean, mc.mutual_information), uncertainties(away.mean, away.mutual_information))
+    comparison = compare(data.y_test, det, mc, plot_path=folder / RELIABILITY_PLOT)
+    comparison = dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots)
+    return MCBundle(record, comparison, mc.predicted_class)
+
+
+def _store_temperature(model, data, path: Path, config: MCConfig, batch_size: int, say):
+    """Fit the temperature on the validation split and store it in ``path``; returns (fit, raw test predictions)."""
+    from deploykit.uncertainty.temperature import Placement, fit_mc_temperature, write_with_temperature
+
+    say(f"fitting the temperature on {len(data.x_val)} validation instances")
+    if len(data.x_val) == 0:
+        raise DataError("temperature scaling needs a validation split; give data with one or switch it off")
+    with tempfile.TemporaryDirectory() as tmp:  # the same graph with its raw samples, for the per-sample fit
+        scratch = export_mc_onnx(model, Path(tmp) / "samples.onnx", config.samples, config.seed, config.max_samples,
+                                 include_samples=True)
+        val = UncertaintyPredictor(scratch.path).predict(data.x_val, batch_size=batch_size)
+        one_softmax = _softmax_count(scratch.path) == 1
+    placements = (Placement.PER_SAMPLE, Placement.MEAN) if one_softmax else (Placement.MEAN,)
+    fit = fit_mc_temperature(data.y_val, val.sample_probabilities, placements=placements)
+    before = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
+    write_with_temperature(path, path, fit)
+    say(f"  T = {fit.temperature:.4f} ({fit.placement.value}): validation NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
+    return fit, before
+
+
+def _selective(path: Path, data, target: SelectiveTarget, mc: UncertaintyResult, det: np.ndarray, plot: Path,
+               batch_size: int, say) -> SelectiveReport:
+    """Choose the threshold on the validation split, add ``abstain`` to the graph, measure it on the test split."""
+    import onnx
+
+    from deploykit.atomic import atomic_path
+    from deploykit.uncertainty.selective import add_abstain, apply_threshold, choose_threshold, risk_coverage, risk_coverage_plot
+
+    val = UncertaintyPredictor(path).predict(data.x_val, batch_size=batch_size)
+    chosen = choose_threshold(data.y_val, val.predicted_class, val.predictive_entropy, SELECTIVE_MEASURE, target)
+    proto = onnx.load(str(path))
+    add_abstain(proto, chosen)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    test = apply_threshold(data.y_test, mc.predicted_class, mc.predictive_entropy, chosen.threshold)
+    say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}")
+    risk_coverage_plot({"MC Dropout (predictive entropy)": risk_coverage(data.y_test, mc.predicted_class, mc.predictive_entropy),
+                        "deterministic (entropy)": risk_coverage(data.y_test, det.argmax(1), entropy(det))},
+                       plot, target_accuracy=target.target_accuracy)
+    return SelectiveReport(chosen, test)
+
+
+def _softmax_count(path: Path) -> int:
+    import onnx
+
+    return sum(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node)
+
+
+def load_ood(path: str | os.PathLike) -> np.ndarray:
+    """The inputs of an out-of-distribution set: a .npy array, or the ``x`` (else ``x_test``) array of a .npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"OOD data {path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                key = next((k for k in ("x", "x_test") if k in arrays.files), None)
+                if key is None:
+                    raise DataError(f"OOD data {path}: the .npz needs an array named x (or x_test), has {', '.join(arrays.files)}")
+                return arrays[key]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"OOD data {path}: cannot read it ({type(exc).__name__}: {exc})") from None
+    raise DataError(f"OOD data {path}: give a .npy array or an .npz with an array x")
+
+
+def check_ood(x, input_shape: Sequence[int]) -> np.ndarray:
+    """OOD inputs as float32 [N, *input_shape] (N >= 1, finite), or one DataError naming the problem."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"OOD data must hold numbers, got dtype {x.dtype}")
+    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape) or len(x) == 0:
+        raise DataError(f"OOD data must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
+                        f"(like the model's data), got {list(x.shape)}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError("OOD data holds NaN or inf values")
+    return x
