@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from deploykit.atomic import atomic_dir, write_text
@@ -92,27 +93,35 @@ def write_triton_repository(
     config = _with_batch(config or TritonConfig(), max_batch_size)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UsageError(f"Triton version must be a positive integer, got {version!r}")
-    proto = _without_optional_inputs(onnx.load(str(onnx_path), load_external_data=False))
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    fixed = _without_optional_inputs(proto)
     if class_names is None:
         class_names = read_metadata(proto).class_names or None
     text = triton_config(proto, name, config, labels=len(class_names) if class_names else 0)
     with atomic_dir(Path(repository) / name, force=force) as staging:
         (staging / str(version)).mkdir()
-        onnx.save(proto, str(staging / str(version) / MODEL_FILE))
+        if fixed:  # the served copy differs from the artifact only where Triton needs it to
+            onnx.save(proto, str(staging / str(version) / MODEL_FILE))
+        else:
+            shutil.copyfile(onnx_path, staging / str(version) / MODEL_FILE)
         (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
         if class_names:
             (staging / LABELS_FILE).write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
     return Path(repository) / name
 
 
-def _without_optional_inputs(proto):
-    """``proto`` with each optional-typed graph input replaced by an empty ``Optional`` node (its default applies)."""
+def _without_optional_inputs(proto) -> list[str]:
+    """Replace each optional-typed graph input of ``proto`` by an empty ``Optional`` node (so its default applies).
+
+    Returns the names replaced (none: ``proto`` is unchanged and the file can be copied byte for byte).
+    """
     from onnx import helper
 
-    for value in [v for v in proto.graph.input if v.type.HasField("optional_type")]:
+    optional = [v for v in proto.graph.input if v.type.HasField("optional_type")]
+    for value in optional:
         proto.graph.input.remove(value)
         proto.graph.node.insert(0, helper.make_node("Optional", [], [value.name], type=value.type.optional_type.elem_type))
-    return proto
+    return [v.name for v in optional]
 
 
 def _with_batch(config: TritonConfig, max_batch_size: int | None) -> TritonConfig:

@@ -25,7 +25,7 @@ def test_optimize_prints_only_deploykit_lines(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
     done = subprocess.run(
         [sys.executable, "-m", "deploykit.cli.main", "optimize", "--no-sparsity", "--formats", "onnx,tflite",
-         "--precisions", "float32,int8", "--samples", "5", "--out", str(out)],
+         "--quantize", "float32,int8-dynamic,int8-full", "--samples", "5", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert done.returncode == 0, done.stderr
@@ -33,11 +33,12 @@ def test_optimize_prints_only_deploykit_lines(tmp_path):
     assert not foreign, "stderr lines that are not deploykit's progress:\n" + "\n".join(foreign)
     assert "step 1/" in done.stderr
     artifacts = [a["file"] for a in json.loads((out / "report.json").read_text())["artifacts"]]
-    assert {"model_int8.onnx", "model_int8.tflite", "model_mc.onnx"} <= set(artifacts)
+    assert {"model_int8-dynamic.onnx", "model_int8-full.tflite", "model_mc.onnx"} <= set(artifacts)
     header, rule, *rows, blank, summary = done.stdout.splitlines()
     assert header.startswith("artifact ") and set(rule) <= {"-", " "} and blank == ""
     assert [row.split()[0] for row in rows] == artifacts  # the table, one row per artifact, nothing between
-    assert summary.startswith(f"{len(artifacts)} artifacts, report.md")
+    shipped = [a for a in json.loads((out / "report.json").read_text())["artifacts"] if a["verdict"] in ("pass", "not validated")]
+    assert summary.startswith(f"{len(shipped)} artifacts shipped, 0 rejected; report.md")
 
 
 @pytest.mark.parametrize("flag, progress, native", [("--quiet", False, False), (None, True, False), ("--verbose", True, True)])

@@ -29,11 +29,11 @@ def test_a_layer_outside_the_table_is_exported_and_the_other_steps_skip(digits, 
     path = save_model(model, tmp_path / "permute.keras")
     out = tmp_path / "out"
     code = main(["optimize", str(path), "--out", str(out), "--no-sparsity", "--formats", "onnx,tflite",
-                 "--precisions", "float32,int8", "--samples", "5"])
+                 "--quantize", "float32,int8-dynamic,int8-full", "--samples", "5"])
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)
     assert steps["mc dropout"][0] == "skipped" and "'permute' of type Permute" in steps["mc dropout"][1]
-    for artifact in ("model.onnx", "model.tflite", "model_int8.onnx", "model_int8.tflite"):
+    for artifact in ("model.onnx", "model.tflite", "model_int8-dynamic.onnx", "model_int8-full.tflite"):
         assert (out / artifact).exists()
     assert all(status == "done" for step, (status, _) in steps.items() if step.startswith("export"))
 
@@ -65,7 +65,7 @@ def test_keras3_cnn_in_keras3_files_out(digits, tmp_path, capsys):
     source = _keras3_cnn_file(digits, tmp_path / "cnn.keras")
     out = tmp_path / "out"
     code = main(["optimize", str(tmp_path / "cnn.keras"), "--out", str(out), "--no-sparsity", "--formats", "onnx",
-                 "--precisions", "float32", "--samples", "10"])
+                 "--quantize", "float32", "--samples", "10"])
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)
     assert steps["fold"][0] == "done" and "batch_normalization" in steps["fold"][1]

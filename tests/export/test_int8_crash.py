@@ -116,7 +116,7 @@ def test_crash_fixture_rebuilds_from_keras_and_deploykit_writes_it_without_the_c
     with pytest.raises(RuntimeCrashError, match=r"plain_int8\.tflite: LiteRT crashed while loading it \(signal 6"):
         validate(plain, data, model, repeats=1, check=False)
 
-    record = export_tflite(model, tmp_path / "model_int8.tflite", "int8", representative_data=data)
+    record = export_tflite(model, tmp_path / "model_int8-full.tflite", "int8-full", representative_data=data)
     assert max(m.max() for m in requantization_multipliers(record.path)) < MAX_REQUANTIZATION
     report = validate(record, data, model, repeats=2, check=False)
     assert report.reference_accuracy >= 0.9, "the tiny network should separate its two classes"
@@ -143,7 +143,7 @@ def _book_model(data, seed: int = 0):
 def _assert_int8_tflite_loads_within_budget(model, data, path):
     from deploykit.export import export_tflite, validate
 
-    record = export_tflite(model, path, "int8", representative_data=data)
+    record = export_tflite(model, path, "int8-full", representative_data=data)
     assert max(m.max() for m in requantization_multipliers(record.path)) < MAX_REQUANTIZATION
     report = validate(record, data, model, repeats=2, check=False)  # a crash would raise RuntimeCrashError
     assert report.accuracy_drop <= 0.01, report.summary()
@@ -160,7 +160,7 @@ def test_the_books_fashion_network_trained_here_exports_to_int8_tflite_without_a
     flat = data.x_train.reshape(len(data.x_train), -1)
     assert np.any(flat.std(axis=0) == 0), "the sample no longer has a constant pixel: this test lost its trigger"
     model = _book_model(data)
-    _assert_int8_tflite_loads_within_budget(model, data, tmp_path / "model_int8.tflite")
+    _assert_int8_tflite_loads_within_budget(model, data, tmp_path / "model_int8-full.tflite")
 
 
 @pytest.mark.slow
@@ -170,5 +170,5 @@ def test_the_shared_book_model_that_crashed_every_time_exports_to_int8_tflite(tm
     from deploykit.data import load_dataset
     from deploykit.io import load_model
 
-    report = _assert_int8_tflite_loads_within_budget(load_model(BOOK_MODEL), load_dataset(FASHION), tmp_path / "model_int8.tflite")
+    report = _assert_int8_tflite_loads_within_budget(load_model(BOOK_MODEL), load_dataset(FASHION), tmp_path / "model_int8-full.tflite")
     assert report.passed
