@@ -33,8 +33,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deploykit",
-        description="Take a trained Keras dense network to deployment: fold BatchNorm, prune, "
-        "quantize, export to TFLite and ONNX, and serve MC Dropout uncertainty.",
+        description="Take a trained Keras model to deployment: fold BatchNorm, prune within an accuracy budget, "
+        "quantize, export to TFLite and ONNX, and serve calibrated MC Dropout uncertainty.",
     )
     parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
