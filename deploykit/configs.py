@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 from typing import Any, TypeVar
 
 from deploykit.errors import ConfigError
@@ -27,6 +28,11 @@ E = TypeVar("E", bound=enum.Enum)
 def _refuse(where: str, what: str, value: Any) -> ConfigError:
     """The one wording of a bad value."""
     return ConfigError(f"{where} must be {what}, got {value!r}")
+
+
+def is_int(value: Any) -> bool:
+    """An integer (Python's or NumPy's), not a bool: what every integer option and argument accepts."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def boolean(where: str, value: Any) -> bool:

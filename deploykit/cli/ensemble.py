@@ -81,7 +81,7 @@ def _members(args, data) -> list:
 
 def build(models, data, folder, **options) -> dict:
     """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder``, measure it."""
-    import onnxruntime as ort
+    from deploykit.sessions import onnx_session
 
     from deploykit.uncertainty.calibration import calibration
     from deploykit.pipeline.ensemble import optimize_members
@@ -91,10 +91,7 @@ def build(models, data, folder, **options) -> dict:
                                          **options)
     progress(f"writing {MODEL_FILE} ({len(members)} members)")
     record = export_ensemble_onnx(members, folder / MODEL_FILE, class_names=data.class_names)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    ensemble = ort.InferenceSession(str(record.path), options, providers=["CPUExecutionProvider"])
-    first = ort.InferenceSession(str(members[0]), options, providers=["CPUExecutionProvider"])
+    ensemble, first = onnx_session(record.path), onnx_session(members[0])
     x = data.x_test.astype("float32")
     test = {"ensemble": calibration(data.y_test, ensemble.run(["mean"], {"input": x})[0]).to_dict(),
             "member0_int8": calibration(data.y_test, first.run(None, {"input": x})[0]).to_dict()}

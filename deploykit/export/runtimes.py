@@ -29,16 +29,10 @@ class OnnxRunner:
     runtime = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
+        from deploykit.sessions import onnx_session
 
         self.path = Path(path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        self.session = onnx_session(self.path, threads=threads or None)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.input_shape = tuple(inp.shape[1:])

@@ -491,11 +491,10 @@ def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: R
 
 def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
     """A deterministic ONNX model's probabilities in onnxruntime (in process)."""
-    import onnxruntime as ort
-
     from deploykit.contract import INPUT_NAME, OUTPUT_NAME
+    from deploykit.sessions import onnx_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0], np.float64)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deploykit.configs import is_int
 from deploykit.errors import DataError
 
 FP32 = "FP32"
@@ -22,10 +23,6 @@ SHOWN_CHARS = 64
 
 class RequestError(DataError):
     """A request the server refuses (answered with 400 and this message)."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_parameters(parameters) -> dict:
@@ -40,7 +37,7 @@ def check_parameters(parameters) -> dict:
 def check_samples(parameters: dict, default: int, limit: int) -> int:
     """The ``samples`` parameter of an MC request: an integer in [1, limit], else ``default``."""
     value = parameters.get(SAMPLES_PARAMETER, default)
-    if not _is_int(value) or not 1 <= value <= limit:
+    if not is_int(value) or not 1 <= value <= limit:
         raise RequestError(f"parameter 'samples' must be an integer between 1 and {limit}, got {value!r}")
     return int(value)
 
@@ -72,7 +69,7 @@ def check_classification(output: str, top, classes: int, applies: bool) -> None:
     if not applies:
         raise RequestError(f"output {shown(output)} has no class axis: the 'classification' parameter "
                            "applies to [N, classes] outputs only")
-    if not _is_int(top) or not 1 <= top <= classes:
+    if not is_int(top) or not 1 <= top <= classes:
         raise RequestError(f"parameter 'classification' of output {shown(output)} must be an integer between 1 "
                            f"and {classes}, got {shown(top)}")
 
@@ -126,12 +123,12 @@ def check_v2_header(header, binary_bytes: int) -> None:
             if not isinstance(tensor.get(key), kind):
                 what = "a list" if kind is list else "a string"
                 raise RequestError(f"inputs[{i}].{key} must be {what}, got {tensor.get(key)!r:.80}")
-        if not all(_is_int(d) and d >= 0 for d in tensor["shape"]):
+        if not all(is_int(d) and d >= 0 for d in tensor["shape"]):
             raise RequestError(f"inputs[{i}].shape must be a list of non-negative integers, got {shown(tensor['shape'], 80)}")
         parameters = check_parameters(tensor.get("parameters"))
         if "data" not in tensor:
             size = parameters.get("binary_data_size")
-            if not _is_int(size) or size < 0:
+            if not is_int(size) or size < 0:
                 raise RequestError(f"inputs[{i}] has no 'data' and no valid parameters.binary_data_size, got {size!r}")
             declared += size
     if declared != binary_bytes:
@@ -154,7 +151,7 @@ def v2_input(inputs: Sequence, name: str, input_shape: Sequence[int], max_rows: 
     if tensor.datatype != FP32:
         raise RequestError(f"{what} must have datatype FP32, got {shown(tensor.datatype)}")
     shape = tensor.shape
-    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, (list, tuple)) or not all(is_int(d) and d >= 0 for d in shape):
         raise RequestError(f"{what}: 'shape' must be a list of non-negative integers, got {shown(shape, 80)}")
     want = ["N", *input_shape]
     if len(shape) != len(want) or tuple(shape[1:]) != tuple(input_shape):

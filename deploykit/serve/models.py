@@ -74,19 +74,9 @@ def open_model(name: str, path: str | os.PathLike, config: ServeConfig) -> OnnxM
 
 
 def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    from deploykit.sessions import onnx_session
 
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the MC model's optional `samples` initializer warns on every load
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not burn shared CPUs
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+    return onnx_session(path, threads=threads, allow_spinning=False)  # idle threads must not burn shared CPUs
 
 
 def _v1_predictions(values: dict[str, np.ndarray], rows: int, extra: dict) -> list:

@@ -18,7 +18,7 @@ import numpy as np
 from deploykit.atomic import atomic_path
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
-from deploykit.uncertainty.mc_graph import is_int
+from deploykit.configs import is_int
 
 DEFAULT_BINS = 15
 _NLL_FLOOR = 1e-12

@@ -49,11 +49,6 @@ DEFAULT_MAX_SAMPLES = 1000
 _TINY = float(np.finfo(np.float32).tiny)  # floor inside log(p): 0 * log(0) counts as 0
 
 
-def is_int(value) -> bool:
-    """An integer (Python or NumPy), not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class MCConfig(Config):
     """How the MC graph samples; validated on construction."""

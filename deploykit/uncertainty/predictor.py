@@ -16,7 +16,8 @@ import numpy as np
 from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
-from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT, is_int
+from deploykit.configs import is_int
+from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -47,22 +48,12 @@ class UncertaintyPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, *, session_options=None, providers=None):
-        import onnxruntime as ort
+        from deploykit.sessions import onnx_session
 
         path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"MC model {path}: no such file")
         if threads is not None and (not is_int(threads) or threads < 1):
             raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
-        options = session_options or ort.SessionOptions()
-        if session_options is None:
-            options.log_severity_level = 3  # the optional `samples` initializer draws a warning on every load
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelLoadError(f"MC model {path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        self.session = onnx_session(path, threads=threads, what="MC model ", providers=providers, options=session_options)
         self.path = path
         self.metadata = read_metadata(self.session)
         outputs = {o.name for o in self.session.get_outputs()}
