@@ -69,8 +69,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     if ood is not None:
         ood = check_ood(ood, data.x_test.shape[1:])
     say(f"exporting the MC Dropout model (T = {config.samples})")
-    record = export_mc_onnx(model, path, config.samples, config.seed, config.max_samples, config.include_samples,
-                            class_names=list(data.class_names), metadata=metadata)
+    record = export_mc_onnx(model, path, config=config, class_names=list(data.class_names), metadata=metadata)
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
     fitted = _store_temperature(model, data, path, config, batch_size, say) if temperature else None
     say(f"predicting {len(data.x_test)} test instances with the MC model")
@@ -107,8 +106,7 @@ def _store_temperature(model, data, path: Path, config: MCConfig, batch_size: in
     if len(data.x_val) == 0:
         raise DataError("temperature scaling needs a validation split; give data with one or switch it off")
     with tempfile.TemporaryDirectory() as tmp:  # the same graph with its raw samples, for the per-sample fit
-        scratch = export_mc_onnx(model, Path(tmp) / "samples.onnx", config.samples, config.seed, config.max_samples,
-                                 include_samples=True)
+        scratch = export_mc_onnx(model, Path(tmp) / "samples.onnx", config=dataclasses.replace(config, include_samples=True))
         val = UncertaintyPredictor(scratch.path).predict(data.x_val, batch_size=batch_size)
         one_softmax = _softmax_count(scratch.path) == 1
     placements = (Placement.PER_SAMPLE, Placement.MEAN) if one_softmax else (Placement.MEAN,)

@@ -51,6 +51,7 @@ def export_mc_onnx(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     include_samples: bool = False,
     *,
+    config: MCConfig | None = None,
     class_names: Sequence[str] | None = None,
     quantization: str | None = None,
     metadata: ModelMetadata | None = None,
@@ -64,10 +65,15 @@ def export_mc_onnx(
     ``quantization="int8-dynamic"`` quantizes the weights of the MC graph.
     ``metadata`` (steps, sparsity, reference accuracy...) is extended with the
     MC fields. Nothing is written when an argument or the model is refused.
+    ``config`` (an :class:`MCConfig`) gives ``samples``, ``seed``, ``max_samples`` and
+    ``include_samples`` at once, instead of those arguments.
     """
     import onnx
 
-    config = MCConfig(samples=samples, max_samples=max_samples, seed=seed, include_samples=include_samples)
+    fields = MCConfig(samples=samples, max_samples=max_samples, seed=seed, include_samples=include_samples)
+    if config is not None and fields != MCConfig():
+        raise UsageError("export_mc_onnx: give config= or its fields (samples, seed, max_samples, include_samples), not both")
+    config = config or fields
     if quantization not in QUANTIZATIONS:
         raise UsageError(f"quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, got {quantization!r}")
     graph = graph_from_model(model)
