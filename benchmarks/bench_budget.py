@@ -122,7 +122,7 @@ def _summary(report: dict, original_weights_gzip: int) -> dict:
         "ratio_vs_keras_gzip": smallest and report["original"]["keras_gzip_bytes"] / smallest["gzip_bytes"],
         "int8_tflite": next(({"gzip_bytes": r["gzip_bytes"], "accuracy_change": r["accuracy_change"], "verdict": r["verdict"],
                               "quantization": r["quantization"]}
-                             for r in report["artifacts"] if r["file"] == "model_int8.tflite"), None),
+                             for r in report["artifacts"] if r["format"] == "tflite" and r["precision"] == "int8"), None),
         "sparsity_epochs": report["config"]["sparsity"]["prune"]["epochs"],
         "seconds_in_report": report["seconds"],
     }

@@ -14,7 +14,7 @@ def _listing(folder):
 
 
 def test_unknown_quantization_names(tmp_path, trained_model):
-    with pytest.raises(UsageError, match=r"unknown ONNX quantization 'int4'.*'int8-static'"):
+    with pytest.raises(UsageError, match=r"ONNX quantization must be one of .*'int8-static'.*, got 'int4'"):
         export_onnx(trained_model, tmp_path / "m.onnx", quantization="int4")
     with pytest.raises(UsageError, match=r"'int8-static' is not a TFLite variant; choose from .*'int8-weights'"):
         export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-static")
