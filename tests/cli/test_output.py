@@ -37,8 +37,9 @@ def test_optimize_prints_only_deploykit_lines(tmp_path):
     header, rule, *rows, blank, summary = done.stdout.splitlines()
     assert header.startswith("artifact ") and set(rule) <= {"-", " "} and blank == ""
     assert [row.split()[0] for row in rows] == artifacts  # the table, one row per artifact, nothing between
-    shipped = [a for a in json.loads((out / "report.json").read_text())["artifacts"] if a["verdict"] in ("pass", "not validated")]
-    assert summary.startswith(f"{len(shipped)} artifacts shipped, 0 rejected; report.md")
+    verdicts = [a["verdict"] for a in json.loads((out / "report.json").read_text())["artifacts"]]
+    shipped, rejected = sum(v in ("pass", "not validated") for v in verdicts), verdicts.count("rejected")
+    assert summary.startswith(f"{shipped} artifacts shipped, {rejected} rejected; report.md")  # 5 MC samples may miss
 
 
 @pytest.mark.parametrize("flag, progress, native", [("--quiet", False, False), (None, True, False), ("--verbose", True, True)])
