@@ -49,6 +49,8 @@ def register(sub) -> None:
     add_triton_options(p, defaults=False)
     p.add_argument("--no-mc", action="store_true", help="do not build the MC Dropout ONNX model")
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
+    p.add_argument("--mc-seed", type=int, default=None, help="seed of the MC model's draws: every new session repeats "
+                   "the same sequence (default: fresh draws)")
     add_uncertainty_options(p)
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
@@ -68,7 +70,7 @@ def options_from_args(args) -> dict:
         "epochs": args.epochs, "compact": off(args.no_compact), "export": off(args.no_export),
         "formats": variants["formats"], "quantize": variants["quantize"], "triton": triton_options(args),
         "quantization": quantization_options(args) or None,
-        "mc": off(args.no_mc), "samples": args.samples, "validate": off(args.no_validate),
+        "mc": off(args.no_mc), "samples": args.samples, "mc_seed": args.mc_seed, "validate": off(args.no_validate),
         "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
         "target_coverage": args.target_coverage, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
