@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,6 +55,7 @@ def _build(case):
     return model
 
 
+@pytest.mark.slow  # a property test: many conv folds
 @SETTINGS
 @given(cases())
 def test_every_claimed_conv_placement_folds_exactly(case):

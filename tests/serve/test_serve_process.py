@@ -14,6 +14,8 @@ import pytest
 
 from tests.serve.support import ServerProcess, get, request
 
+pytestmark = pytest.mark.slow  # every test here starts a server process
+
 NO_HEAVY_IMPORTS = """
 import sys
 from deploykit.cli.main import build_parser
@@ -45,7 +47,6 @@ def test_serving_imports_no_tensorflow(model_repo):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
-@pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
     server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log",  # limits raised for a long request
                            "--max-network-rows", "600000", "--max-response-values", "6000000")
@@ -75,7 +76,6 @@ def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
     assert "Traceback" not in server.log.read_text()
 
 
-@pytest.mark.slow
 def test_bad_command_lines_fail_in_one_line(model_repo, tmp_path):
     cases = [
         (["serve", str(tmp_path / "missing")], 2, "no such file or folder"),
