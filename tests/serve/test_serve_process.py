@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -59,8 +60,11 @@ def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
         answer["at"] = time.monotonic()
 
     worker = threading.Thread(target=slow_request)
+    start = _cpu_seconds(server.proc.pid)
     worker.start()
-    time.sleep(0.3)  # the request is being computed (1024 x 500 network rows)
+    deadline = time.monotonic() + 30
+    while _cpu_seconds(server.proc.pid) - start < 0.15 and time.monotonic() < deadline:  # computing, not a fixed guess
+        time.sleep(0.01)
     signalled = time.monotonic()
     code = server.stop()
     worker.join(60)
@@ -183,3 +187,9 @@ def test_only_deploykit_lines_unless_verbose(model_repo, tmp_path):
             lines = log.splitlines()
             assert lines[0].startswith("model 'digits': deterministic") and lines[2].startswith("serving on")
             assert len(lines) == 4 and "stopped after" in lines[3], log
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc): rises once the server is computing the request."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
