@@ -44,8 +44,8 @@ def _timed(fn):
 def _artifacts(model, data, folder: Path) -> dict[str, object]:
     return {
         "model.onnx": export_onnx(model, folder / "model.onnx"),
-        "model_int8.onnx": export_onnx(model, folder / "model_int8.onnx", quantization="int8-static", calibration_data=data),
-        "model_int8.tflite": export_tflite(model, folder / "model_int8.tflite", "int8", representative_data=data),
+        "model_int8-static.onnx": export_onnx(model, folder / "model_int8-static.onnx", quantization="int8-static", calibration_data=data),
+        "model_int8-full.tflite": export_tflite(model, folder / "model_int8-full.tflite", "int8-full", representative_data=data),
     }
 
 
