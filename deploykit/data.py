@@ -31,7 +31,8 @@ from deploykit.limits import DATA_BYTES
 DEFAULT_DATASET = "digits"
 DEFAULT_SEED = 42
 #: Integer labels with more distinct values than this, and fewer than REGRESSION_ROWS_PER_VALUE rows per value
-#: on average, are taken for a regression target (digits has 10 values over 1797 rows; CIFAR-100, 100 over 60000).
+#: on average (or a value of one row), are taken for a regression target (digits: 10 values over 1797 rows;
+#: CIFAR-100: 100 over 60000).
 REGRESSION_MIN_VALUES = 50
 REGRESSION_ROWS_PER_VALUE = 5
 
@@ -139,7 +140,7 @@ def load_dataset(
     another order would then get wrong names in its exported metadata).
     """
     split = split or SplitConfig()
-    given = None if class_names is None else _valid_names("class_names", name_list("class_names", class_names, split=True))
+    given = None if class_names is None else check_class_names("class_names", class_names)
     if source is None or str(source) == DEFAULT_DATASET:
         from sklearn.datasets import load_digits
 
@@ -156,9 +157,12 @@ def load_dataset(
     return _load_idx(path, split, given)
 
 
-def _valid_names(where: str, names: Sequence[str]) -> tuple[str, ...]:
-    """Class names as a tuple, refused (ConfigError) when fewer than two or repeated: each names one output."""
-    names = tuple(names)
+def check_class_names(where: str, value: Sequence[str] | str) -> tuple[str, ...]:
+    """Class names (a list, or one comma-separated string) as a tuple; a ConfigError when fewer than two or repeated.
+
+    Each name labels one model output, so a repeat or a lone name is a mistake, not a choice.
+    """
+    names = name_list(where, value, split=True)
     if len(names) < 2:
         raise ConfigError(f"{where}: a classifier needs at least two class names, got {list(names)}")
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -205,7 +209,7 @@ def _npz_class_names(path: Path, stored, given: tuple[str, ...] | None) -> tuple
     if stored.ndim != 1 or stored.dtype.kind != "U":
         raise DataError(f"data {path}: class_names must be a 1-D array of strings, got {stored.dtype} of shape {stored.shape}")
     try:
-        names = _valid_names(f"data {path}: class_names", [str(n) for n in stored])
+        names = check_class_names(f"data {path}: class_names", [str(n) for n in stored])
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     if given is not None and given != names:
@@ -432,7 +436,7 @@ def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | Non
     if len(values) < 2:
         raise DataError(f"data {source}: labels hold fewer than two classes ({len(values)})")
     if np.issubdtype(y.dtype, np.integer):
-        _refuse_regression(source, len(values), len(y))
+        _refuse_regression(source, y, len(values))
         if values[0] == 0 and values[-1] == len(values) - 1:
             return y.astype(np.int64), [str(i) for i in range(len(values))]
     elif y.dtype.kind in "USO":
@@ -458,10 +462,17 @@ def _named_labels(source, y: np.ndarray, names: list[str]) -> np.ndarray:
     return np.array([index[str(v)] for v in y], dtype=np.int64)
 
 
-def _refuse_regression(source, values: int, rows: int) -> None:
-    """A DataError when integer labels look like a regression target (many values, few rows each), before the split fails on them."""
-    if values > REGRESSION_MIN_VALUES and rows < REGRESSION_ROWS_PER_VALUE * values:
-        raise DataError(f"data {source}: labels look like a regression target ({values} distinct values over {rows} rows); "
+def _refuse_regression(source, y: np.ndarray, values: int) -> None:
+    """A DataError when integer labels look like a regression target, before the stratified split fails on them.
+
+    Many values (more than REGRESSION_MIN_VALUES) and either few rows per value on
+    average, or a value held by one row only (which no stratified split can place):
+    a many-class dataset with rows enough for every class still loads.
+    """
+    if values <= REGRESSION_MIN_VALUES:
+        return
+    if len(y) < REGRESSION_ROWS_PER_VALUE * values or np.unique(y, return_counts=True)[1].min() < 2:
+        raise DataError(f"data {source}: labels look like a regression target ({values} distinct values over {len(y)} rows); "
                         "deploykit handles classifiers today (regression support is tracked in issue 12)")
 
 
