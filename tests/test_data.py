@@ -390,3 +390,14 @@ def test_few_rows_per_value_is_a_regression_target_too(tmp_path):
     np.savez(tmp_path / "r.npz", x=np.random.default_rng(0).normal(size=(len(y), 4)), y=y + 1000)
     with pytest.raises(DataError, match=r"regression target \(60 distinct values over 180 rows\)"):
         load_dataset(tmp_path / "r.npz")
+
+
+def test_input_class_names_round_trip_through_the_pipeline_toml():
+    from deploykit.pipeline.config import OptimizeConfig
+
+    config = OptimizeConfig().with_input(class_names="moth,zebra,ant")
+    assert config.input.class_names == ("moth", "zebra", "ant")
+    assert OptimizeConfig.from_toml_text(config.to_toml()) == config
+    assert "class_names" not in OptimizeConfig().to_toml()  # unset: the data's own names
+    with pytest.raises(ConfigError, match="input.class_names: class names must be distinct; repeated: a"):
+        OptimizeConfig().with_input(class_names=["a", "b", "a"])
