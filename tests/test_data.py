@@ -401,3 +401,14 @@ def test_input_class_names_round_trip_through_the_pipeline_toml():
     assert "class_names" not in OptimizeConfig().to_toml()  # unset: the data's own names
     with pytest.raises(ConfigError, match="input.class_names: class names must be distinct; repeated: a"):
         OptimizeConfig().with_input(class_names=["a", "b", "a"])
+
+
+def test_as_dataset_takes_class_names_for_arrays_and_refuses_renaming_a_dataset():
+    from deploykit.inputs import as_dataset
+
+    x, y = _xy(classes=3)
+    d = as_dataset((x, y), class_names="c,a,b")
+    assert d.class_names == ("c", "a", "b")
+    assert as_dataset(d, class_names=["c", "a", "b"]) is d
+    with pytest.raises(DataError, match=r"names its classes \['c', 'a', 'b'\], but class_names \['a', 'b', 'c'\] were given"):
+        as_dataset(d, class_names="a,b,c")
