@@ -12,22 +12,31 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import math
 import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from deploykit.configs import Config, integer, number
+from deploykit.configs import Config, integer, names as name_list, number
 from deploykit.errors import ConfigError, DataError
 from deploykit.limits import DATA_BYTES
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEED = 42
+#: Integer labels with more distinct values than this, and fewer than REGRESSION_ROWS_PER_VALUE rows per value
+#: on average (or a value of one row), are taken for a regression target (digits: 10 values over 1797 rows;
+#: CIFAR-100: 100 over 60000).
+REGRESSION_MIN_VALUES = 50
+REGRESSION_ROWS_PER_VALUE = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,28 +125,50 @@ def load_dataset(
     *,
     label_column: str = "label",
     split: SplitConfig | None = None,
+    class_names: Sequence[str] | str | None = None,
 ) -> Dataset:
     """Load ``source``: ``"digits"`` (embedded), or a path to .npz, .csv or IDX data.
 
     An IDX source is either an images file (``*-images-idx3-ubyte[.gz]``; the
     labels file beside it is found by name) or a folder holding Fashion-MNIST /
     MNIST's files (``train-*`` and optionally ``t10k-*``).
+
+    ``class_names`` (a list, or one comma-separated string) fixes the classes'
+    order: integer labels are ids into it, string labels are mapped by it. An
+    .npz may hold the same as an array ``class_names``. Without either, string
+    labels are numbered in sorted order (with a warning, as a model trained with
+    another order would then get wrong names in its exported metadata).
     """
     split = split or SplitConfig()
+    given = None if class_names is None else check_class_names("class_names", class_names)
     if source is None or str(source) == DEFAULT_DATASET:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        return _split_arrays("digits", digits.data, digits.target, split, names=[str(i) for i in range(10)])
+        return _split_arrays("digits", digits.data, digits.target, split, names=given or [str(i) for i in range(10)])
     path = Path(source)
     if not path.exists():
         raise DataError(f"data {path}: no such file or folder (or use the built-in 'digits')")
     kind = _format_of(path)
     if kind == "npz":
-        return _load_npz(path, split)
+        return _load_npz(path, split, given)
     if kind == "csv":
-        return _load_csv(path, label_column, split)
-    return _load_idx(path, split)
+        return _load_csv(path, label_column, split, given)
+    return _load_idx(path, split, given)
+
+
+def check_class_names(where: str, value: Sequence[str] | str) -> tuple[str, ...]:
+    """Class names (a list, or one comma-separated string) as a tuple; a ConfigError when fewer than two or repeated.
+
+    Each name labels one model output, so a repeat or a lone name is a mistake, not a choice.
+    """
+    names = name_list(where, value, split=True)
+    if len(names) < 2:
+        raise ConfigError(f"{where}: a classifier needs at least two class names, got {list(names)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: class names must be distinct; repeated: {', '.join(repeated)}")
+    return names
 
 
 def _format_of(path: Path) -> str:
@@ -155,19 +186,35 @@ def _format_of(path: Path) -> str:
     raise DataError(f"data {path}: unknown format {path.suffix or '(no extension)'}; use .npz, .csv or IDX files")
 
 
-def _load_npz(path: Path, split: SplitConfig) -> Dataset:
+def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None) -> Dataset:
     DATA_BYTES.check(path, _npz_declared_bytes(path), "the .npz (its array headers)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # zipfile / pickle / value errors all mean "not a valid npz"
         raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
+    names = _npz_class_names(path, arrays.get("class_names"), given)
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         val = (arrays["x_val"], arrays["y_val"]) if {"x_val", "y_val"} <= arrays.keys() else None
-        return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val)
+        return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val, names)
     if {"x", "y"} <= arrays.keys():
-        return _split_arrays(path.name, arrays["x"], arrays["y"], split, source=path)
+        return _split_arrays(path.name, arrays["x"], arrays["y"], split, names=names, source=path)
     raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test; found {sorted(arrays)}")
+
+
+def _npz_class_names(path: Path, stored, given: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The .npz's ``class_names`` array (strings), checked; class names given as well must agree with it."""
+    if stored is None:
+        return given
+    if stored.ndim != 1 or stored.dtype.kind != "U":
+        raise DataError(f"data {path}: class_names must be a 1-D array of strings, got {stored.dtype} of shape {stored.shape}")
+    try:
+        names = check_class_names(f"data {path}: class_names", [str(n) for n in stored])
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    if given is not None and given != names:
+        raise DataError(f"data {path}: holds class_names {list(names)}, but {list(given)} were given; give none or the same")
+    return names
 
 
 def _npz_declared_bytes(path: Path) -> int:
@@ -197,7 +244,7 @@ def _npy_declared_bytes(fh, stored: int) -> int:
     return int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
 
 
-def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
+def _load_csv(path: Path, label_column: str, split: SplitConfig, given: tuple[str, ...] | None) -> Dataset:
     """Read a CSV row by row into a preallocated array, its size checked from the line count first."""
     try:
         lines, columns = _count_lines(path)
@@ -211,7 +258,7 @@ def _load_csv(path: Path, label_column: str, split: SplitConfig) -> Dataset:
         raise DataError(f"data {path}: not a readable CSV text file ({exc})") from None
     if not labels:
         raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
-    return _split_arrays(path.name, feats, _numeric_if_possible(labels), split, source=path)
+    return _split_arrays(path.name, feats, _numeric_if_possible(labels), split, names=given, source=path)
 
 
 def _count_lines(path: Path) -> tuple[int, int]:
@@ -312,9 +359,9 @@ def _labels_beside(images: Path) -> Path:
     raise DataError(f"data {images}: no labels file beside it (expected {name})")
 
 
-def _load_idx(path: Path, split: SplitConfig) -> Dataset:
+def _load_idx(path: Path, split: SplitConfig, given: tuple[str, ...] | None) -> Dataset:
     if not path.is_dir():
-        return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, source=path)
+        return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, names=given, source=path)
     names = sorted(p.name for p in path.iterdir())
     train = [n for n in names if n.startswith("train") and "images" in n]
     test = [n for n in names if n.startswith("t10k") and "images" in n]
@@ -322,12 +369,12 @@ def _load_idx(path: Path, split: SplitConfig) -> Dataset:
         raise DataError(f"data {path}: no train-images-idx3-ubyte[.gz] file in the folder")
     train_xy = (read_idx(path / train[0]), read_idx(_labels_beside(path / train[0])))
     if not test:
-        return _split_arrays(path.name, *train_xy, split, source=path)
+        return _split_arrays(path.name, *train_xy, split, names=given, source=path)
     test_xy = (read_idx(path / test[0]), read_idx(_labels_beside(path / test[0])))
-    return _given_test(path, train_xy, test_xy, split)
+    return _given_test(path, train_xy, test_xy, split, names=given)
 
 
-def _given_test(path: Path, train, test, split: SplitConfig, val=None) -> Dataset:
+def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=None) -> Dataset:
     """A dataset whose test part (and maybe validation part) the source fixes; validation comes from train."""
     parts = {"train": _checked(path, *train, "train"), "test": _checked(path, *test, "test")}
     if val is not None:
@@ -335,7 +382,7 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None) -> Datase
     for name, (x, _) in parts.items():
         if x.shape[1:] != parts["train"][0].shape[1:]:
             raise DataError(f"data {path}: train inputs have shape {parts['train'][0].shape[1:]} but {name} inputs {x.shape[1:]}")
-    labels, names = _encode_labels(path, np.concatenate([y for _, y in parts.values()]))
+    labels, names = _encode_labels(path, np.concatenate([y for _, y in parts.values()]), names)
     bounds = np.cumsum([len(y) for _, y in parts.values()])[:-1]
     encoded = dict(zip(parts, np.split(labels, bounds)))
     x_tr, x_te = parts["train"][0], parts["test"][0]
@@ -369,12 +416,13 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _encode_labels(source: Path | str, y: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Labels as class ids 0..C-1, and the class names.
 
-    Integer labels that already are 0..C-1 keep their ids (class 3 stays 3);
-    any other labels (strings, gaps, negative ids) are numbered in sorted
-    order and named by their value.
+    With ``names``, integer labels are ids into them and string labels are
+    mapped by them. Without, integer labels that already are 0..C-1 keep their
+    ids (class 3 stays 3); any other labels (strings, gaps, negative ids) are
+    numbered in sorted order and named by their value.
     """
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all():
@@ -382,13 +430,50 @@ def _encode_labels(source: Path | str, y: np.ndarray) -> tuple[np.ndarray, list[
         if not np.all(y == np.round(y)):
             raise DataError(f"data {source}: labels must be class ids or names, got non-integer numbers")
         y = y.astype(np.int64)
+    if names is not None:
+        return _named_labels(source, y, list(names)), list(names)
     values = np.unique(y)
     if len(values) < 2:
         raise DataError(f"data {source}: labels hold fewer than two classes ({len(values)})")
-    if np.issubdtype(y.dtype, np.integer) and values[0] == 0 and values[-1] == len(values) - 1:
-        return y.astype(np.int64), [str(i) for i in range(len(values))]
+    if np.issubdtype(y.dtype, np.integer):
+        _refuse_regression(source, y, len(values))
+        if values[0] == 0 and values[-1] == len(values) - 1:
+            return y.astype(np.int64), [str(i) for i in range(len(values))]
+    elif y.dtype.kind in "USO":
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        log.warning("data %s: string labels numbered in sorted order (%s); if the model was trained with another "
+                    "order, give it (--class-names a,b,c, class_names=, or a class_names array in the .npz)", source, shown)
     index = np.searchsorted(values, y)
     return index.astype(np.int64), [str(v) for v in values]
+
+
+def _named_labels(source, y: np.ndarray, names: list[str]) -> np.ndarray:
+    """Labels as ids into ``names``: integers must be ids already, strings must be names; else a DataError naming one."""
+    if np.issubdtype(y.dtype, np.integer):
+        bad = y[(y < 0) | (y >= len(names))]
+        if len(bad):
+            raise DataError(f"data {source}: label {bad[0]} is not a class id: class_names holds {len(names)} names (ids 0..{len(names) - 1})")
+        return y.astype(np.int64)
+    index = {n: i for i, n in enumerate(names)}
+    missing = sorted({str(v) for v in np.unique(y)} - index.keys())
+    if missing:
+        raise DataError(f"data {source}: label {missing[0]!r} is not in class_names ({', '.join(names)})"
+                        + (f"; {len(missing) - 1} more labels missing" if len(missing) > 1 else ""))
+    return np.array([index[str(v)] for v in y], dtype=np.int64)
+
+
+def _refuse_regression(source, y: np.ndarray, values: int) -> None:
+    """A DataError when integer labels look like a regression target, before the stratified split fails on them.
+
+    Many values (more than REGRESSION_MIN_VALUES) and either few rows per value on
+    average, or a value held by one row only (which no stratified split can place):
+    a many-class dataset with rows enough for every class still loads.
+    """
+    if values <= REGRESSION_MIN_VALUES:
+        return
+    if len(y) < REGRESSION_ROWS_PER_VALUE * values or np.unique(y, return_counts=True)[1].min() < 2:
+        raise DataError(f"data {source}: labels look like a regression target ({values} distinct values over {len(y)} rows); "
+                        "deploykit handles classifiers today (regression support is tracked in issue 12)")
 
 
 def _stratified(source, x, y, fraction: float, seed: int):
@@ -402,7 +487,7 @@ def _stratified(source, x, y, fraction: float, seed: int):
 
 def _split_arrays(name: str, x, y, split: SplitConfig, names: list[str] | None = None, source=None) -> Dataset:
     x, y = _checked(source or name, x, y, "x/y")
-    labels, found = _encode_labels(source or name, y)
+    labels, found = _encode_labels(source or name, y, names)
     x_rest, x_te, y_rest, y_te = _stratified(source or name, x, labels, split.test_fraction, split.seed)
     x_tr, x_va, y_tr, y_va = _stratified(source or name, x_rest, y_rest, split.val_fraction / (1 - split.test_fraction), split.seed)
-    return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(names or found))
+    return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(found))

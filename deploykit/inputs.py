@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from deploykit.errors import UsageError
+from deploykit.errors import DataError, UsageError
 
 
 def as_model(obj, *, unsafe: bool = False, what: str = "model"):
@@ -30,16 +30,19 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
 
-def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data"):
+def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None):
     """A Dataset from a Dataset, ``"digits"``, a data path, or an ``(x, y)`` pair of arrays."""
-    from deploykit.data import Dataset, SplitConfig, _split_arrays, load_dataset
+    from deploykit.data import Dataset, SplitConfig, _split_arrays, check_class_names, load_dataset
 
+    names = None if class_names is None else check_class_names("class_names", class_names)
     if isinstance(obj, Dataset):
+        if names is not None and names != obj.class_names:  # a Dataset is not renamed behind its back
+            raise DataError(f"data {obj.name!r} names its classes {list(obj.class_names)}, but class_names {list(names)} were given")
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed))
+        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names)
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed))
+        return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed), names=names)
     raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")
 
 

@@ -264,3 +264,151 @@ def test_every_bad_input_is_one_clear_data_error(tmp_path):
         assert message in text, f"{what}: {text}"
         assert "\n" not in text, what
         assert sorted(p.name for p in tmp_path.rglob("*")) == before, f"{what}: loading wrote something"
+
+
+# ---------------------------------------------------------------- class names and regression targets
+
+
+def _csv(path, x, labels, column="label"):
+    lines = [",".join([f"f{j}" for j in range(x.shape[1])] + [column])]
+    lines += [",".join([*(f"{v}" for v in row), str(label)]) for row, label in zip(x, labels)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_npz_class_names_name_integer_ids_in_their_order(tmp_path):
+    x, y = _xy(classes=3)
+    np.savez(tmp_path / "d.npz", x=x, y=y, class_names=np.array(["zebra", "ant", "moth"]))
+    d = load_dataset(tmp_path / "d.npz")
+    assert d.class_names == ("zebra", "ant", "moth")  # not sorted: id 0 is zebra, as the file says
+    assert np.array_equal(np.unique(d.y_train), [0, 1, 2])
+    row = d.x_train[0]
+    assert y[int(np.argmin(np.abs(x - row).sum(axis=1)))] == d.y_train[0]  # ids kept, not renumbered
+
+
+def test_npz_class_names_map_string_labels(tmp_path, caplog):
+    x, y = _xy(classes=3)
+    names = np.array(["zebra", "ant", "moth"])
+    np.savez(tmp_path / "d.npz", x=x, y=names[y], class_names=names)
+    with caplog.at_level("WARNING", logger="deploykit.data"):
+        d = load_dataset(tmp_path / "d.npz")
+    assert d.class_names == ("zebra", "ant", "moth") and not caplog.records
+    for xs, ys in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        i = np.argmin(np.abs(x[None] - xs[:, None]).sum(axis=2), axis=1)
+        assert np.array_equal(names[ys], names[y[i]])
+
+
+def test_class_names_given_to_load_dataset_fix_the_order_of_a_csv(tmp_path):
+    x, y = _xy(classes=3)
+    names = np.array(["zebra", "ant", "moth"])
+    path = _csv(tmp_path / "d.csv", x, names[y])
+    d = load_dataset(path, class_names="moth,zebra,ant")
+    assert d.class_names == ("moth", "zebra", "ant")
+    i = int(np.argmin(np.abs(x - d.x_train[0]).sum(axis=1)))
+    assert d.class_names[d.y_train[0]] == names[y[i]]
+    assert load_dataset(path, class_names=["moth", "zebra", "ant"]).class_names == ("moth", "zebra", "ant")
+
+
+def test_a_label_missing_from_class_names_is_named(tmp_path):
+    x, y = _xy(classes=3)
+    np.savez(tmp_path / "s.npz", x=x, y=np.array(["zebra", "ant", "moth"])[y], class_names=np.array(["zebra", "ant", "bee"]))
+    with pytest.raises(DataError, match=r"label 'moth' is not in class_names \(zebra, ant, bee\)") as info:
+        load_dataset(tmp_path / "s.npz")
+    assert str(tmp_path / "s.npz") in str(info.value)
+    np.savez(tmp_path / "i.npz", x=x, y=y, class_names=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="label 2 is not a class id: class_names holds 2 names"):
+        load_dataset(tmp_path / "i.npz")
+    np.savez(tmp_path / "c.npz", x=x, y=y, class_names=np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match=r"holds class_names \['a', 'b', 'c'\], but \['c', 'b', 'a'\] were given"):
+        load_dataset(tmp_path / "c.npz", class_names="c,b,a")
+
+
+@pytest.mark.parametrize("bad", ["a", "a,b,a", ["a", ""], 3])
+def test_bad_class_names_are_a_config_error(bad):
+    with pytest.raises(ConfigError, match="class_names"):
+        load_dataset("digits", class_names=bad)
+
+
+def test_string_labels_without_class_names_warn_once_with_the_order(tmp_path, caplog):
+    x, y = _xy(classes=3)
+    path = _csv(tmp_path / "d.csv", x, np.array(["zebra", "ant", "moth"])[y])
+    with caplog.at_level("WARNING", logger="deploykit.data"):
+        d = load_dataset(path)
+    assert d.class_names == ("ant", "moth", "zebra")
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "sorted order (ant, moth, zebra)" in message and "--class-names" in message and str(path) in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deploykit.data"):
+        load_dataset("digits")
+        load_dataset(path, class_names="ant,moth,zebra")
+    assert not caplog.records  # ids, or names given: nothing was guessed
+
+
+def test_a_regression_target_is_named_not_split(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    prices = (digits.data.sum(axis=1) * 37).astype(np.int64)  # integer-valued, hundreds of values over 1797 rows
+    np.savez(tmp_path / "r.npz", x=digits.data, y=prices)
+    with pytest.raises(DataError) as info:
+        load_dataset(tmp_path / "r.npz")
+    n = len(np.unique(prices))
+    assert str(info.value) == (f"data {tmp_path / 'r.npz'}: labels look like a regression target ({n} distinct values over "
+                               "1797 rows); deploykit handles classifiers today (regression support is tracked in issue 12)")
+    np.savez(tmp_path / "f.npz", x=digits.data, y=prices / 7.3)
+    with pytest.raises(DataError, match="labels must be class ids or names"):
+        load_dataset(tmp_path / "f.npz")
+
+
+def test_many_classes_with_enough_rows_still_load(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(120), 6)  # 120 classes, 6 rows each: a real (small) many-class dataset
+    np.savez(tmp_path / "m.npz", x=rng.normal(size=(len(y), 4)), y=y)
+    d = load_dataset(tmp_path / "m.npz", split=SplitConfig(val_fraction=0.17, test_fraction=0.17))
+    assert d.num_classes == 120
+
+
+@pytest.mark.slow
+def test_class_names_flow_from_the_cli_into_the_onnx_metadata(tmp_path, capsys):
+    from deploykit.cli.main import main
+    from deploykit.export.metadata import read_metadata
+    from deploykit.io import save_model
+    from tests.helpers import build_dense
+
+    x, y = _xy(classes=3)
+    path = _csv(tmp_path / "d.csv", x, np.array(["zebra", "ant", "moth"])[y], column="species")
+    model = save_model(build_dense(input_dim=5, hidden=(8,), classes=3, bn=False, dropout=0), tmp_path / "m.keras")
+    code = main(["export", str(model), "--data", str(path), "--label-column", "species", "--class-names", "moth,zebra,ant",
+                 "--formats", "onnx", "--quantize", "float32", "--repeats", "2", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert read_metadata(tmp_path / "out" / "model.onnx").class_names == ["moth", "zebra", "ant"]
+
+
+def test_few_rows_per_value_is_a_regression_target_too(tmp_path):
+    y = np.repeat(np.arange(60), 3)  # 60 values, 3 rows each: every value could be split, but it is a measurement
+    np.savez(tmp_path / "r.npz", x=np.random.default_rng(0).normal(size=(len(y), 4)), y=y + 1000)
+    with pytest.raises(DataError, match=r"regression target \(60 distinct values over 180 rows\)"):
+        load_dataset(tmp_path / "r.npz")
+
+
+def test_input_class_names_round_trip_through_the_pipeline_toml():
+    from deploykit.pipeline.config import OptimizeConfig
+
+    config = OptimizeConfig().with_input(class_names="moth,zebra,ant")
+    assert config.input.class_names == ("moth", "zebra", "ant")
+    assert OptimizeConfig.from_toml_text(config.to_toml()) == config
+    assert "class_names" not in OptimizeConfig().to_toml()  # unset: the data's own names
+    with pytest.raises(ConfigError, match="input.class_names: class names must be distinct; repeated: a"):
+        OptimizeConfig().with_input(class_names=["a", "b", "a"])
+
+
+def test_as_dataset_takes_class_names_for_arrays_and_refuses_renaming_a_dataset():
+    from deploykit.inputs import as_dataset
+
+    x, y = _xy(classes=3)
+    d = as_dataset((x, y), class_names="c,a,b")
+    assert d.class_names == ("c", "a", "b")
+    assert as_dataset(d, class_names=["c", "a", "b"]) is d
+    with pytest.raises(DataError, match=r"names its classes \['c', 'a', 'b'\], but class_names \['a', 'b', 'c'\] were given"):
+        as_dataset(d, class_names="a,b,c")

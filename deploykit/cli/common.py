@@ -39,6 +39,14 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split and of training (default: 42)")
+    add_class_names_arg(p)
+
+
+def add_class_names_arg(p: argparse.ArgumentParser) -> None:
+    """``--class-names``: the classes in the order of the model's outputs, so none is renamed by a sorted guess."""
+    p.add_argument("--class-names", default=None, metavar="A,B,C",
+                   help="class names in the order of the model's outputs: integer labels are ids into them, string "
+                        "labels are mapped by them (default: an .npz's class_names array, else ids or sorted labels)")
 
 
 def load_model_arg(args):
@@ -52,7 +60,8 @@ def load_model_arg(args):
 def load_data_arg(args):
     from deploykit.data import SplitConfig, load_dataset
 
-    data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed))
+    data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed),
+                        class_names=getattr(args, "class_names", None))
     progress(f"data {data.summary()}")
     return data
 

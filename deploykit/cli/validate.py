@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import add_command, progress
+from deploykit.cli.common import add_class_names_arg, add_command, progress
 
 
 def register(sub) -> None:
@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="'digits', or an .npz, .csv or IDX file / folder")
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
+    add_class_names_arg(p)
     p.add_argument("--reference", default=None, help="the model FILE came from (.keras, .h5, SavedModel or .onnx)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code in --reference")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: 50)")
@@ -34,7 +35,7 @@ def _run(args) -> int:
     from deploykit.inputs import as_dataset
 
     overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
-    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed)
+    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names)
     progress(f"data {data.summary()}")
     report = validate(args.file, data, _reference(args), repeats=args.repeats, check=False,
                       tolerance=_tolerance(args.file, overrides))

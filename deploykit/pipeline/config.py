@@ -100,8 +100,13 @@ class InputConfig(_Table):
     label_column: str = "label"
     seed: int = 42  # seed of the data split
     ood_data: str | None = None  # out-of-distribution inputs for the MC report (.npy, or .npz with x)
+    class_names: tuple[str, ...] | None = None  # the classes in the model's output order (None: the data's own)
 
     def __post_init__(self) -> None:
+        if self.class_names is not None:
+            from deploykit.data import check_class_names
+
+            object.__setattr__(self, "class_names", check_class_names("input.class_names", self.class_names))
         for name in ("model", "ood_data"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ConfigError(f"input.{name} must be a path, got {getattr(self, name)!r}")

@@ -149,10 +149,12 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
             model = as_model(model, unsafe=unsafe, what="optimize: model")
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
-            data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed)
+            data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed,
+                              class_names=config.input.class_names)
             config = config.with_input(data=source if source == "digits" else str(Path(source).resolve()))
         else:
-            data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed)
+            data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed,
+                              class_names=config.input.class_names)
             config = config.with_input(data=data.name)
         data.check_model(model)
         say(f"data {data.summary()}")
