@@ -490,12 +490,10 @@ def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: R
 
 
 def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
-    """A deterministic ONNX model's probabilities in onnxruntime (in process)."""
-    from deploykit.contract import INPUT_NAME, OUTPUT_NAME
-    from deploykit.sessions import onnx_session
+    """A deterministic ONNX model's probabilities in onnxruntime (in process), as float64."""
+    from deploykit.export.runtimes import OnnxRunner, predict_batches
 
-    session = onnx_session(path)
-    return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0], np.float64)
+    return predict_batches(OnnxRunner(path).predict, x).astype(np.float64)
 
 
 def _mc_extras(comparison) -> str:

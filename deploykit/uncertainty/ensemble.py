@@ -30,9 +30,11 @@ from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.contract import ENSEMBLE_KEY as METADATA_KEY
 from deploykit.contract import INPUT_NAME, KIND_ENSEMBLE, MEMBERS_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
+from deploykit.export.artifact import file_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
 from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, set_props
+from deploykit.uncertainty.mc_graph import reduce_samples
 
 
 @dataclass
@@ -74,18 +76,6 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
                                "model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class).")
     onnx.checker.check_model(merged, full_check=True)
     return merged
-
-
-def reduce_samples(ed: GraphEditor, probs: str) -> dict[str, str]:
-    """The MC output contract's tensors from stacked probabilities [K, N, C] (same formulas as the MC graph)."""
-    mean = ed.reduce("ReduceMean", probs, 0)
-    diff = ed.op("Sub", [probs, mean])
-    std = ed.op("Sqrt", [ed.reduce("ReduceMean", ed.op("Mul", [diff, diff]), 0)])
-    predictive = ed.entropy(mean, 1)
-    expected = ed.reduce("ReduceMean", ed.entropy(probs, 2), 0)
-    mutual = ed.op("Max", [ed.op("Sub", [predictive, expected]), ed.const(0.0)])  # H(mean) >= mean H, up to rounding
-    predicted = ed.op("ArgMax", [mean], axis=1, keepdims=0)
-    return dict(zip(OUTPUT_NAMES, (mean, std, predictive, mutual, predicted)))
 
 
 def export_ensemble_onnx(members: Sequence[str | os.PathLike], path: str | os.PathLike, opset: int | None = None,
@@ -224,14 +214,7 @@ class EnsembleSizes(Record):
         return self.ensemble_gzip / self.original_gzip
 
 
-def gzip_size(path: str | os.PathLike) -> int:
-    """Bytes of a file after gzip -9 (what shipping it compressed costs)."""
-    import gzip
-
-    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
-
-
 def ensemble_sizes(members: Sequence[Path], ensemble: Path, original: Path) -> EnsembleSizes:
-    return EnsembleSizes(len(members), sum(Path(m).stat().st_size for m in members), sum(gzip_size(m) for m in members),
-                         Path(ensemble).stat().st_size, gzip_size(ensemble), Path(original).stat().st_size,
-                         gzip_size(original))
+    members_sizes = [file_sizes(m) for m in members]
+    return EnsembleSizes(len(members), sum(raw for raw, _ in members_sizes), sum(gz for _, gz in members_sizes),
+                         *file_sizes(ensemble), *file_sizes(original))

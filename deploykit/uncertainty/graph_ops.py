@@ -62,17 +62,17 @@ class GraphEditor:
         self.graph.node.append(helper.make_node(op_type, inputs, [out], name=self.name(f"{op_type}_node"), **attrs))
         return out
 
-    def reduce(self, op_type: str, x: str, axis: int, keepdims: int = 0) -> str:
-        """ReduceMean / ReduceSum / ReduceMax over one axis, in the form this opset requires."""
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 0) -> str:
+        """ReduceMean / ReduceSum / ReduceMax over ``axes``, in the form this opset requires."""
         axes_as_input = op_type == "ReduceSum" or self.opset >= 18
         if axes_as_input:
-            return self.op(op_type, [x, self.const([axis], np.int64)], keepdims=keepdims)
-        return self.op(op_type, [x], axes=[axis], keepdims=keepdims)
+            return self.op(op_type, [x, self.const(list(axes), np.int64)], keepdims=keepdims)
+        return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
 
     def entropy(self, p: str, class_axis: int) -> str:
         """-sum p log p over the class axis (natural log), 0 log 0 counted as 0."""
         plogp = self.op("Mul", [p, self.op("Log", [self.op("Max", [p, self.const(_TINY)])])])
-        return self.op("Neg", [self.reduce("ReduceSum", plogp, class_axis)])
+        return self.op("Neg", [self.reduce("ReduceSum", plogp, [class_axis])])
 
     def log_probs(self, p: str) -> str:
         """log(max(p, tiny)): logits up to a per-row constant, which a softmax ignores."""

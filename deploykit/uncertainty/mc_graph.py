@@ -137,7 +137,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
                                     "MC Dropout needs a model that ends with a softmax over classes (output [N, C])")
     num_classes = shape[0]
     probs = g.op("Reshape", [x, g.op("Concat", [samples, g.const([-1, num_classes], np.int64)], axis=0)])  # [T, N, C]
-    outputs = _reduce(g, probs)
+    outputs = reduce_samples(g, probs)
     if config.include_samples:
         outputs[SAMPLES_OUTPUT] = g.op("Identity", [probs])
     for name, value in outputs.items():
@@ -195,8 +195,12 @@ _DOC = ("MC Dropout: inputs `input` float32 [N, ...] and optional `samples` int6
         "and mutual_information [N] (natural log), predicted_class int64 [N] (argmax of mean).")
 
 
-def _reduce(g: OnnxGraph, probs: str) -> dict[str, str]:
-    """Mean, std, predictive entropy and mutual information of [T, N, C] probabilities."""
+def reduce_samples(g, probs: str) -> dict[str, str]:
+    """The MC output contract from stacked [T, N, C] probabilities: mean, std, entropy, mutual information, class.
+
+    ``g`` is any graph builder with ``op``, ``const`` and an opset-aware ``reduce(op_type, x, axes)``: the MC
+    graph's own (samples) and the ensemble editor's (members) share these formulas.
+    """
     mean = g.reduce("ReduceMean", probs, [0])
     diff = g.op("Sub", [probs, mean])
     std = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [diff, diff]), [0])])

@@ -199,7 +199,7 @@ def _measure_tensor(ed: GraphEditor, measure: Measure, outputs: set[str], contra
             return ed.entropy(probs, 1)
     else:
         raise UsageError(f"cannot add abstain: the model has neither {OUTPUT_NAME!r} nor the MC outputs")
-    return ed.op("Sub", [ed.const(1.0), ed.reduce("ReduceMax", probs, 1)])  # MAX_PROB: 1 - max p
+    return ed.op("Sub", [ed.const(1.0), ed.reduce("ReduceMax", probs, [1])])  # MAX_PROB: 1 - max p
 
 
 def _check(y, predicted, uncertainty) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
