@@ -1,10 +1,10 @@
 """Uncertainty: MC Dropout as one ONNX model, a Python predictor, calibration metrics, and post-hoc tools
-(temperature scaling, deep ensembles in one ONNX graph, selective prediction, OOD metrics, a cheaper dropout mask)."""
+(temperature scaling, deep ensembles in one ONNX graph, selective prediction, OOD metrics, pooled dropout masks)."""
 
 from deploykit.uncertainty.calibration import CalibrationReport, calibration
 from deploykit.uncertainty.compare import ComparisonReport, compare
 from deploykit.uncertainty.ensemble import EnsembleRecord, build_ensemble, export_ensemble_onnx
-from deploykit.uncertainty.masks import MaskConfig, bernoulli_mask_nodes
+from deploykit.uncertainty.masks import MaskKind
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from deploykit.uncertainty.measures import Measure, uncertainties
@@ -26,7 +26,7 @@ __all__ = [
     "EnsembleRecord",
     "MCConfig",
     "MCExportRecord",
-    "MaskConfig",
+    "MaskKind",
     "Measure",
     "Placement",
     "SelectiveTarget",
@@ -38,7 +38,6 @@ __all__ = [
     "apply_mc_temperature",
     "apply_temperature",
     "auroc",
-    "bernoulli_mask_nodes",
     "build_ensemble",
     "build_mc_graph",
     "calibration",

@@ -1,142 +1,126 @@
-"""A cheaper dropout mask for MC sampling: several Bernoulli bits from each random number (prototype).
+"""Dropout masks for the MC graph from a pool of pre-drawn blocks: a few random bits per row, not one draw per element.
 
 onnxruntime's ``Dropout(training_mode=true)`` draws one random number per
-element; on the chapter's model with input dropout that is 78,400 draws per MC
-call (T = 100) for the input alone, and it dominates the call. This module
-builds, with standard ONNX operators only (any onnxruntime client runs it), a
-mask from ``k = 24 // bits`` times fewer draws:
+element (~5 ns each): on the chapter's model (Dropout on the 784 inputs and on
+both hidden layers, T = 100) that is 118,400 draws per MC call, more than the
+network's own arithmetic. :attr:`MaskKind.POOL` (the MC graph's default) draws
+instead ONE random offset per row and reads the row's mask from a table fixed
+at export, with standard ONNX operators only (any onnxruntime client runs it):
 
-1. ``RandomUniformLike`` (float32) on a [R, m] slice of the input, m = ceil(W / k);
-   float32 carries 24 random bits (onnxruntime draws one engine value per float);
-2. ``field_j = frac(u * 2^(j*bits))`` for j < k (Unsqueeze, broadcast Mul by
-   [1, 2^bits, ...], ``y - Floor(y)``; exact in float32): the top ``bits`` bits of
-   each field are independent uniform integers in [0, 2^bits) (24 bits of u);
-3. ``keep = field >= c / 2^bits`` with ``c = round(rate * 2^bits)``, laid out [R, k, m], reshaped to
-   [R, k*m] and sliced to [R, W]; the output is ``x * keep / (1 - c / 2^bits)``.
+1. at export, per dropout layer: a table of ``K + nb - 1`` blocks of ``b``
+   keep values (``K = pool`` blocks, a power of two; ``nb = ceil(W / b)`` blocks
+   per row of width ``W``; the last ``nb - 1`` blocks repeat the first ones, so
+   every window wraps around). Each of the ``b`` columns of the K blocks holds
+   exactly ``round(rate * K)`` zeros at random places, so the represented rate
+   is ``round(rate * K) / K``, within ``1 / (2K)`` of the requested rate; kept
+   values are scaled by ``1 / (1 - represented rate)``, so E[output] = x exactly;
+2. per call and row: ``log2(K)`` random bits (the keep mask of an ONNX
+   ``Dropout`` with ratio 0.5, so seeds behave exactly as in the plain graph,
+   see :mod:`deploykit.uncertainty.mc_graph`) give an offset ``o`` uniform in
+   [0, K); the row's mask is blocks ``o + perm[j]`` for j < nb (``perm``: a
+   random permutation of range(nb), fixed at export), read by ONE ``Gather``
+   of nb blocks, reshaped to [R, nb * b] and cut to W.
 
-The rate is represented as ``c / 2^bits``: within 2^-(bits+1) of the requested
-rate (bits = 8: within 2^-9 = 0.002; 0.2 becomes 51/256 = 0.19922), and the
-scaling uses the represented rate, so the output's expectation is exactly x.
-``represented_rate`` gives the value. Row r, column j*m + i... are filled by
-field j of draw (r, i): neighbouring columns come from different draws.
-(Layout [R, k, m], not [R, m, k]: onnxruntime broadcasts a size-k inner axis slowly.)
+What it gives (tested in ``tests/uncertainty/test_masks.py``):
+- the marginal keep rate of every element is exactly ``1 - represented rate``
+  (the offset is uniform and every column has the same count);
+- within one row, the elements come from distinct table entries (the nb
+  blocks of a window are distinct), drawn independently at export. Over the K
+  masks of the one table a model holds, two positions are therefore correlated
+  like K i.i.d. pairs: by O(1/sqrt(K)) (about +-0.016 at K = 4096), fixed at
+  export, where i.i.d. masks would give 0;
+- two rows (samples) use the same mask only when their offsets collide:
+  probability 1/K per pair (K = 4096: at T = 100, ~1.2 of the 4,950 pairs of a
+  call share their mask in that layer; with three dropout layers, the whole
+  network's masks of two samples coincide with probability 1/K^3). Two rows
+  with nearby offsets share some blocks, but at block positions scrambled by
+  ``perm``: they never drop a shifted copy of one pattern (which, on images,
+  would drop neighbouring pixels alike);
+- the distinct masks of a layer are K (its table), not 2^W: the MC mean
+  converges, as T grows, to the average over these K masks (per layer), which
+  differs from the exact expectation by about (std over masks) / sqrt(K).
+  At T = 100 that is well below the Monte Carlo error of the call.
 
-Seeding: a ``seed`` gives the node its own generator (a new session repeats the
-same sequence); without one onnxruntime seeds unseeded random nodes from one
-process-wide value, so sessions of one process repeat each other's draws (see
-:mod:`deploykit.uncertainty.mc_graph`). Pass a seed per graph (e.g. from the
-MC config) when that matters.
+AlphaDropout reads bool keep flags from its table (``Where``, then Keras's
+affine correction at the represented rate); SpatialDropout draws one mask of
+width C (channels) per row and broadcasts it over the positions.
+
+Size: each dropout layer adds a uint8 table of ``(K + nb - 1) * b`` bytes
+(K = 4096, W = 784: 0.12 MB; the chapter's three layers: 0.34 MB on a 1.08 MB
+model). :attr:`MaskKind.DROPOUT` keeps the exact i.i.d. masks of ONNX
+``Dropout`` (one draw per element; MC calls ~1.7x slower on the chapter's model).
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.configs import Config, fraction, integer
-
-FLOAT_BITS = 24  # random bits in one float32 uniform
-
-
-@dataclass(frozen=True)
-class MaskConfig(Config):
-    """The mask's parameters, validated on construction."""
-
-    rate: float
-    width: int  # W: the (static) size of the masked last axis
-    bits: int = 8  # resolution of the rate: 2^-bits; k = 24 // bits masks per draw
-    seed: int | None = None
-    opset: int = 17
-
-    def __post_init__(self) -> None:
-        fraction("rate", self.rate)
-        integer("width", self.width, 1)
-        integer("bits", self.bits, 8, 12)  # the rate is represented within 2^-(bits+1)
-        integer("seed", self.seed, 0, optional=True)
-        integer("opset", self.opset, 13, 18)
-
-    @property
-    def per_draw(self) -> int:
-        return FLOAT_BITS // self.bits
-
-    @property
-    def threshold(self) -> int:
-        return int(round(self.rate * 2**self.bits))
-
-    @property
-    def represented_rate(self) -> float:
-        return self.threshold / 2**self.bits
+BLOCK = 32  # target block length b: fewer, longer copies in Gather; the table grows as K * b
+DEFAULT_POOL = 4096  # K: distinct masks per dropout layer
 
 
-def bernoulli_mask_nodes(input_name: str, config: MaskConfig, prefix: str = "mask") -> tuple[list, str, str]:
-    """Nodes (constants as ``Constant`` nodes) that drop out ``input_name`` [R, W] with few random draws.
+class MaskKind(enum.Enum):
+    """How the MC graph draws each dropout mask."""
 
-    Returns ``(nodes, output, keep)``: ``output`` = input * keep / (1 - represented rate)
-    (float32 [R, W]) and ``keep`` the bool mask [R, W]. Every tensor name starts with ``prefix/``.
-    """
-    from onnx import TensorProto, helper
-
-    k, bits = config.per_draw, config.bits
-    m = math.ceil(config.width / k)
-    nodes: list = []
-
-    def const(name: str, value, dtype=np.float32) -> str:
-        from onnx import numpy_helper
-
-        full = f"{prefix}/{name}"
-        nodes.append(helper.make_node("Constant", [], [full], value=numpy_helper.from_array(np.asarray(value, dtype), full)))
-        return full
-
-    def op(op_type: str, inputs: list[str], name: str, **attrs) -> str:
-        full = f"{prefix}/{name}"
-        nodes.append(helper.make_node(op_type, inputs, [full], name=f"{full}_node", **attrs))
-        return full
-
-    seed = {} if config.seed is None else {"seed": float(config.seed)}
-    shaped = op("Slice", [input_name, const("zero", [0], np.int64), const("m", [m], np.int64), const("axis1", [1], np.int64)],
-                "draw_shape")
-    u = op("RandomUniformLike", [shaped], "uniform", dtype=TensorProto.FLOAT, **seed)
-    # Field j (the bits of u below position j*bits): frac(u * 2^(j*bits)); exact in float32 (power-of-two
-    # scaling, and subtracting the integer part is exact). Its top `bits` bits are a uniform integer in
-    # [0, 2^bits), so frac >= c / 2^bits keeps with probability 1 - c / 2^bits.
-    # [R, 1, m] * [k, 1] -> [R, k, m]: broadcasting over the long contiguous axis (a size-k inner axis is slow).
-    spread = op("Mul", [op("Unsqueeze", [u, const("axis1u", [1], np.int64)], "uniform3d"),
-                        const("shifts", [[float(2 ** (j * bits))] for j in range(k)])], "spread")
-    field = op("Sub", [spread, op("Floor", [spread], "integer_part")], "field")
-    keep3 = op("GreaterOrEqual", [field, const("threshold", float(config.represented_rate))], "keep3d")
-    flat = op("Reshape", [keep3, const("flat_shape", [0, m * k], np.int64)], "keep_all")
-    keep = flat if m * k == config.width else op(
-        "Slice", [flat, const("zero2", [0], np.int64), const("width", [config.width], np.int64), const("axis1b", [1], np.int64)],
-        "keep_sliced")
-    scale = 1.0 / (1.0 - config.represented_rate)
-    factor = op("Where", [keep, const("inv_keep", scale), const("dropped", 0.0)], "factor")  # one pass, not Cast + Mul
-    return nodes, op("Mul", [input_name, factor], "output"), keep
+    POOL = "pool"  # a window of a pre-drawn table at a random offset per row (one Gather; the default)
+    DROPOUT = "dropout"  # ONNX Dropout in training mode: one random draw per element
 
 
-def mask_model(config: MaskConfig, rows: int | None = None):
-    """A standalone model ``input`` [R, W] -> ``output``, ``keep`` (to test and time the mask alone)."""
-    from onnx import TensorProto, helper
-
-    nodes, output, keep = bernoulli_mask_nodes("input", config)
-    nodes.append(helper.make_node("Identity", [output], ["output"]))
-    nodes.append(helper.make_node("Identity", [keep], ["keep"]))
-    graph = helper.make_graph(nodes, "bernoulli_mask", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [rows or "R", config.width])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [rows or "R", config.width]),
-                               helper.make_tensor_value_info("keep", TensorProto.BOOL, [rows or "R", config.width])])
-    opsets = [helper.make_opsetid("", config.opset)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+def block_length(width: int, target: int = BLOCK) -> int:
+    """b: the divisor of ``width`` nearest to ``target`` within [target/2, 2*target], else ``target`` (the row is cut)."""
+    divisors = [d for d in range(target // 2, 2 * target + 1) if width % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), -d)) if divisors else min(target, width)
 
 
-def dropout_model(rate: float, width: int, opset: int = 17, seed: int | None = None):
-    """The reference: ``Dropout(training_mode=true)`` on ``input`` [R, W] -> ``output``, ``keep``."""
-    from onnx import TensorProto, helper, numpy_helper
+def represented_rate(rate: float, pool: int) -> float:
+    """The rate a pool of ``pool`` blocks represents: round(rate * pool) / pool."""
+    return round(rate * pool) / pool
 
-    inits = [numpy_helper.from_array(np.array(rate, np.float32), "ratio"), numpy_helper.from_array(np.array(True), "training")]
-    node = helper.make_node("Dropout", ["input", "ratio", "training"], ["output", "keep"], **({} if seed is None else {"seed": seed}))
-    graph = helper.make_graph([node], "dropout", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["R", width])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["R", width]),
-                               helper.make_tensor_value_info("keep", TensorProto.BOOL, ["R", width])], initializer=inits)
-    opsets = [helper.make_opsetid("", opset)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+def pool_table(rate: float, width: int, pool: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, perm)``: keep flags uint8 [pool + nb - 1, b] (exactly round(rate * pool) zeros per column of
+    the first ``pool`` blocks; the rest repeat the first blocks) and the block order ``perm`` int64 [nb]."""
+    b = block_length(width)
+    nb = math.ceil(width / b)
+    zeros = round(rate * pool)
+    columns = np.ones((b, pool), np.uint8)
+    columns[:, :zeros] = 0
+    blocks = rng.permuted(columns, axis=1).T
+    return np.concatenate([blocks, blocks[: nb - 1]]), rng.permutation(nb).astype(np.int64)
+
+
+def _rows(g, x: str, n: int, rank: int = 2, width: int = 0) -> str:
+    """A tensor [R, n] for the rows R of ``x`` (its values do not matter: only a Dropout's keep mask of it is used)."""
+    if rank == 2 and width >= n:
+        return g.op("Slice", [x, g.const([0], np.int64), g.const([n], np.int64), g.const([1], np.int64)])  # one node
+    rows = g.op("Slice", [g.op("Shape", [x]), g.const([0], np.int64), g.const([1], np.int64)])
+    return g.op("ConstantOfShape", [g.op("Concat", [rows, g.const([n], np.int64)], axis=0)])
+
+
+def pool_keep(g, x: str, shape: tuple, rate: float, pool: int, rng: np.random.Generator, *, as_bool: bool = False) -> str:
+    """The mask of ``x`` [R, *shape] for its last axis (W = shape[-1]): [R, W] float (0 or 1 / (1 - represented
+    rate)), or bool keep flags with ``as_bool``. ``g`` is the MC graph builder (``op``, ``const``, ``dropout_seed``)."""
+    from onnx import TensorProto
+
+    width = int(shape[-1])
+
+    table, perm = pool_table(rate, width, pool, rng)
+    b, nb, bits = table.shape[1], len(perm), int(math.log2(pool))
+    _, draws = g.op("Dropout", [_rows(g, x, bits + 1, len(shape) + 1, width), g.const(0.5), g.true()], n_out=2, **g.dropout_seed())
+    # Column 0 is skipped: onnxruntime seeds a fresh engine per call with seed + k, so a mask's first element
+    # barely changes from one call to the next; the other elements do.
+    # Integer arithmetic, not a MatMul: weight quantizers (int8-dynamic) would round a float MatMul's powers of two.
+    weights = g.const([[0] + [2**i for i in range(bits)]], np.int64)
+    offset = g.reduce("ReduceSum", g.op("Mul", [g.op("Cast", [draws], to=TensorProto.INT64), weights]), [1], keepdims=1)
+    index = g.op("Add", [offset, g.const(perm[None, :], np.int64)])  # [R, nb]
+    source = g.const(table.astype(bool), np.bool_) if as_bool else g.const(table, np.uint8)
+    mask = g.op("Reshape", [g.op("Gather", [source, index], axis=0), g.const([0, nb * b], np.int64)])
+    if nb * b != width:
+        mask = g.op("Slice", [mask, g.const([0], np.int64), g.const([width], np.int64), g.const([1], np.int64)])
+    if as_bool:
+        return mask
+    scale = 1.0 / (1.0 - represented_rate(rate, pool))
+    return g.op("DequantizeLinear", [mask, g.const(scale), g.const(0, np.uint8)])  # one pass: flag * scale

@@ -7,9 +7,14 @@ skips included) is tiled T times ([T*N, ...], one batched pass, no loop); the
 probabilities are reshaped to [T, N, C] and reduced.
 
 Randomness comes only from ONNX ``Dropout`` nodes in training mode (ratio and
-``training_mode`` are constant inputs). AlphaDropout has no ONNX op: it uses
-the keep-mask of a Dropout node (P(keep) = 1 - rate, as Keras draws it) with
-``Where`` and Keras's affine correction. A Dropout mask is used rather than
+``training_mode`` are constant inputs). By default (``MCConfig.mask`` =
+:attr:`MaskKind.POOL`) each dropout layer's mask is a window of a table drawn
+at export, at a random offset per row whose bits are the keep-mask of a small
+Dropout node (:mod:`deploykit.uncertainty.masks`: its sampling scheme and
+limits); :attr:`MaskKind.DROPOUT` uses the keep-mask of a Dropout node on the
+layer's input itself (one draw per element). AlphaDropout has no ONNX op: it
+uses the keep flags (P(keep) = 1 - rate, as Keras draws it) with ``Where`` and
+Keras's affine correction. Dropout masks are used rather than
 ``RandomUniformLike`` because onnxruntime seeds an unseeded RandomUniformLike
 with one process-wide value, so every session of a process would repeat the
 same draws; unseeded Dropout nodes share a generator that advances instead.
@@ -33,12 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.chain import Chain, graph_of
-from deploykit.configs import Config, boolean, integer
+from deploykit.configs import Config, boolean, choice, integer
 from deploykit.contract import OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit
 
 __all__ = ["MCConfig", "build_mc_graph", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
@@ -57,6 +63,8 @@ class MCConfig(Config):
     max_samples: int = DEFAULT_MAX_SAMPLES  # the graph clamps `samples` to [1, max_samples]
     seed: int | None = None  # None: fresh draws; an int: every new session repeats the same sequence
     include_samples: bool = False  # also output the raw [T, N, C] probabilities
+    mask: MaskKind = MaskKind.POOL  # how each dropout mask is drawn (deploykit.uncertainty.masks)
+    pool: int = DEFAULT_POOL  # MaskKind.POOL: distinct masks per dropout layer (a power of two)
 
     def __post_init__(self) -> None:
         integer("samples", self.samples, 1)
@@ -65,6 +73,10 @@ class MCConfig(Config):
             raise ConfigError(f"samples must be at most max_samples ({self.max_samples}), got {self.samples}")
         integer("seed", self.seed, 0, optional=True)
         boolean("include_samples", self.include_samples)
+        object.__setattr__(self, "mask", choice(MaskKind, "mask", self.mask))
+        integer("pool", self.pool, 16, 2**20)
+        if self.pool & (self.pool - 1):
+            raise ConfigError(f"pool must be a power of two (the offsets are random bits), got {self.pool}")
 
 
 def _as_graph(model_graph) -> Graph:
@@ -110,7 +122,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedLayerError(graph.name, "model", "MC Dropout needs a single-input, single-output model")
     input_name, input_shape = next(iter(graph.inputs.items()))
-    g = OnnxGraph(config.seed, opset)
+    g = OnnxGraph(config.seed, opset, config.mask, config.pool)
     samples = _samples_value(g, config)  # [T]
     sampled = sampled_nodes(graph, frozenset() if prefix_once else frozenset({input_name}))
     values = {input_name: (INPUT_NAME, tuple(input_shape))}

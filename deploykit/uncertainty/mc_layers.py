@@ -16,6 +16,7 @@ import numpy as np
 from deploykit.errors import UnsupportedLayerError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.graph import LayerSpec, Node
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, pool_keep, represented_rate
 
 # Keras's SELU constants (AlphaDropout's correction is built from them).
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -24,14 +25,17 @@ _KERAS_EPSILON = 1e-7  # Normalization's floor on the standard deviation
 
 
 class OnnxGraph:
-    """Nodes and initializers under construction, with unique names and per-node seeds."""
+    """Nodes and initializers under construction, with unique names, per-node seeds and the dropout mask kind."""
 
-    def __init__(self, seed: int | None, opset: int = DEFAULT_OPSET):
+    def __init__(self, seed: int | None, opset: int = DEFAULT_OPSET, mask: MaskKind = MaskKind.POOL,
+                 pool: int = DEFAULT_POOL):
         self.opset = opset
+        self.mask, self.pool = mask, pool
         self.nodes, self.inits = [], []
         self._count = 0
         self._seed = seed
         self._true = None
+        self._tables = 0
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -68,6 +72,11 @@ class OnnxGraph:
             return {}
         index = sum(n.op_type == "Dropout" for n in self.nodes)
         return {"seed": int(np.random.SeedSequence([int(self._seed), index]).generate_state(1)[0] & 0x7FFFFFFF)}
+
+    def table_rng(self) -> np.random.Generator:
+        """The generator of the next pooled mask table: from the seed (reproducible exports) or fresh."""
+        self._tables += 1
+        return np.random.default_rng(None if self._seed is None else [int(self._seed), self._tables, 1])
 
 
 #: One emitter per Keras class (as tf2onnx registers one handler per op): ``(g, node, xs, in_shapes) -> (output, shape)``.
@@ -351,32 +360,49 @@ def _normalization(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
 
 
 def _dropout(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
-    """Dropout kept active (ONNX Dropout, training_mode true); AlphaDropout from its keep-mask.
+    """Dropout kept active: a pooled mask (:mod:`deploykit.uncertainty.masks`) or ONNX Dropout in training mode.
 
-    SpatialDropout drops whole channels: the keep-mask is drawn on a
-    [N, 1, ..., C] tensor (the input reduced over its positions) and broadcast.
+    AlphaDropout uses the keep flags with Keras's affine correction.
+    SpatialDropout drops whole channels: one mask of width C per row,
+    broadcast over the positions.
     """
-    from onnx import TensorProto
-
     rate = float(spec.config.get("rate", 0.0))
     if spec.config.get("noise_shape") is not None:
         raise UnsupportedLayerError(spec.name, spec.class_name, "a noise_shape is not supported in the MC Dropout graph")
     if not 0.0 <= rate < 1.0:
         raise UnsupportedLayerError(spec.name, spec.class_name, f"rate must be in [0, 1), got {rate}")
-    if spec.class_name.startswith("SpatialDropout"):
+    spatial = spec.class_name.startswith("SpatialDropout")
+    if not spatial and spec.class_name not in ("Dropout", "AlphaDropout"):
+        raise UnsupportedLayerError(spec.name, spec.class_name, "no MC Dropout form for this dropout type")
+    alpha = spec.class_name == "AlphaDropout"
+    if g.mask is MaskKind.POOL:
+        mask = pool_keep(g, x, shape, rate, g.pool, g.table_rng(), as_bool=alpha)
+        if spatial:
+            mask = g.op("Reshape", [mask, g.const([0, *[1] * (len(shape) - 1), int(shape[-1])], np.int64)])
+        return _alpha_dropout(g, x, mask, represented_rate(rate, g.pool)) if alpha else g.op("Mul", [x, mask])
+    return _onnx_dropout(g, x, rate, shape, spatial, alpha)
+
+
+def _onnx_dropout(g: OnnxGraph, x: str, rate: float, shape: tuple, spatial: bool, alpha: bool) -> str:
+    """:attr:`MaskKind.DROPOUT`: the keep mask of an ONNX Dropout node (one draw per element)."""
+    from onnx import TensorProto
+
+    if spatial:  # the mask is drawn on [N, 1, ..., C] (the input reduced over its positions) and broadcast
         per_channel = g.reduce("ReduceMax", x, list(range(1, len(shape))), keepdims=1)
         _, keep = g.op("Dropout", [per_channel, g.const(rate), g.true()], n_out=2, **g.dropout_seed())
         factor = g.op("Mul", [g.op("Cast", [keep], to=TensorProto.FLOAT), g.const(1.0 / (1.0 - rate))])
         return g.op("Mul", [x, factor])
-    if spec.class_name not in ("Dropout", "AlphaDropout"):
-        raise UnsupportedLayerError(spec.name, spec.class_name, "no MC Dropout form for this dropout type")
     # The keep-mask output must be used: onnxruntime's DropoutElimination removes any Dropout node
     # whose mask is unused, whatever its training_mode.
     dropped, keep = g.op("Dropout", [x, g.const(rate), g.true()], n_out=2, **g.dropout_seed())
-    if spec.class_name == "Dropout":
-        # `dropped` is already 0 where the mask is off; Mul by the mask costs far less than Where.
-        return g.op("Mul", [dropped, g.op("Cast", [keep], to=TensorProto.FLOAT)])
-    # tf_keras AlphaDropout: dropped units are set to alpha_p, then a * x + b restores mean and variance.
+    if alpha:
+        return _alpha_dropout(g, x, keep, rate)
+    # `dropped` is already 0 where the mask is off; Mul by the mask costs far less than Where.
+    return g.op("Mul", [dropped, g.op("Cast", [keep], to=TensorProto.FLOAT)])
+
+
+def _alpha_dropout(g: OnnxGraph, x: str, keep: str, rate: float) -> str:
+    """tf_keras AlphaDropout: dropped units are set to alpha_p, then a * x + b restores mean and variance."""
     alpha_p = -_SELU_ALPHA * _SELU_SCALE
     a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
     b = -a * alpha_p * rate

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deploykit.chain import to_chain
+from deploykit.uncertainty.masks import MaskKind, represented_rate
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from tests.uncertainty.support import assert_same_mean, keras_mc_samples, run, session, zero_dropout
 
@@ -98,7 +99,8 @@ def test_mc_mean_agrees_with_the_keras_loop(request, digits, fixture):
     assert_same_mean(ours, keras_mc_samples(model, x, 200))
 
 
-def test_alpha_dropout_keeps_mean_and_variance_like_keras():
+@pytest.mark.parametrize("mask", list(MaskKind))
+def test_alpha_dropout_keeps_mean_and_variance_like_keras(mask):
     from onnx import TensorProto, helper
 
     from deploykit.backend import keras, set_seed
@@ -106,7 +108,8 @@ def test_alpha_dropout_keeps_mean_and_variance_like_keras():
     set_seed(0)
     L = keras.layers
     model = keras.Sequential([keras.Input(shape=(32,)), L.AlphaDropout(0.2), L.Dense(3, activation="softmax")])
-    proto = build_mc_graph(to_chain(model), MCConfig(samples=30))
+    config = MCConfig(samples=30, mask=mask)
+    proto = build_mc_graph(to_chain(model), config)
     nodes = list(proto.graph.node)
     where = next(n for n in nodes if n.op_type == "Where")
     scaled = next(n for n in nodes if where.output[0] in n.input)
@@ -121,14 +124,16 @@ def test_alpha_dropout_keeps_mean_and_variance_like_keras():
     assert abs(y.var() - 1.0) <= 5 * np.sqrt(2 / n)
 
     # the same two values per element as Keras: a*x + b when kept, a*alpha_p + b when dropped
+    # (a pooled mask drops at its represented rate, round(0.2 * pool) / pool, and corrects for that rate)
     keras_y = np.asarray(model.layers[0](x, training=True), dtype=np.float64)
     alpha_p = -1.6732632423543772 * 1.0507009873554805
-    a = ((1 - 0.2) * (1 + 0.2 * alpha_p**2)) ** -0.5
-    b = -a * alpha_p * 0.2
-    for values, inputs in ((y, np.tile(x, (30, 1))), (keras_y, x)):
+    rate = 0.2 if mask is MaskKind.DROPOUT else represented_rate(0.2, config.pool)
+    for values, inputs, r in ((y, np.tile(x, (30, 1)), rate), (keras_y, x, 0.2)):
+        a = ((1 - r) * (1 + r * alpha_p**2)) ** -0.5
+        b = -a * alpha_p * r
         is_kept = np.abs(values - (a * inputs + b)) <= 1e-5
         assert np.all(is_kept | (np.abs(values - (a * alpha_p + b)) <= 1e-5))
-        assert abs((1 - is_kept.mean()) - 0.2) <= 5 * np.sqrt(0.2 * 0.8 / is_kept.size)
+        assert abs((1 - is_kept.mean()) - r) <= 5 * np.sqrt(r * (1 - r) / is_kept.size)
 
 
 def test_activation_layers_match_keras(digits):
