@@ -15,10 +15,10 @@ test-split NLL, ECE (15 bins), Brier, AUROC of errors by entropy, OOD AUROC and
 FPR at 95% TPR per measure (OOD set: scikit-learn's digits upsampled to 28x28),
 and the test coverage at 99% target accuracy (threshold on the entropy, and on
 the mutual information for MC / ensemble, chosen on the validation split).
-Also: the ensemble's gzip size against one float32 original, and the cheaper
-input-dropout mask (deploykit.uncertainty.masks) against ``Dropout`` on (100, 784)
-and inside the chapter's MC model (T = 100, one row) against the deterministic
-model on 100 rows.
+Also: the ensemble's gzip size against one float32 original, and the speed of
+one MC call (T = 100, one row) with pooled masks (deploykit.uncertainty.masks, the
+default) and with ONNX Dropout, against the deterministic model on 100 rows and
+the chapter's Keras loop, in one run (``--only-speed``: that part alone).
 
 Run: ``nice python benchmarks/bench_uncertainty.py --seeds 0,1,2 --members 5``.
 Writes ``benchmarks/results/uncertainty.json`` and ``uncertainty.md``.
@@ -159,69 +159,60 @@ def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
             "sizes": ensemble_sizes(member_paths, ens.path, original).to_dict()}
 
 
-# --- the mask prototype ------------------------------------------------------------------------------
+# --- speed of the MC call --------------------------------------------------------------------------
 
 
-def mask_timing(data, folder: Path) -> dict:
-    """Mask vs Dropout on (100, 784), and inside the chapter's MC model (T = 100, one row) vs deterministic on 100 rows."""
-    import onnx
+def mc_speed(data, folder: Path) -> dict:
+    """One MC call (T = 100, one row) with pooled and with plain Dropout masks, the deterministic model on
+    T rows and the chapter's Keras loop (T calls of ``model(x, training=True)``), all in this process."""
     import onnxruntime as ort
 
     from deploykit.export.convert import keras_to_onnx
-    from deploykit.uncertainty import MaskConfig, export_mc_onnx
-    from deploykit.uncertainty.masks import dropout_model, mask_model
+    from deploykit.uncertainty import MCConfig, export_mc_onnx
+    from deploykit.uncertainty.masks import MaskKind
 
-    def sess(proto):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
-        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-    config = MaskConfig(rate=RATE, width=784, seed=7)
-    x = np.random.default_rng(0).uniform(0, 1, (T, 784)).astype(np.float32)
-    mask, drop = sess(mask_model(config)), sess(dropout_model(RATE, 784, seed=7))
-    alone = interleaved_medians({"mask": lambda: mask.run(["output"], {"input": x}),
-                                 "dropout": lambda: drop.run(["output"], {"input": x})}, 300)
     model = chapter_model(data, 1)
-    export_mc_onnx(model, folder / "timing_mc.onnx", samples=T, seed=7)
-    mc = onnx.load(str(folder / "timing_mc.onnx"))
-    swapped = swap_dropouts(onnx.load(str(folder / "timing_mc.onnx")), [config])
-    every = swap_dropouts(onnx.load(str(folder / "timing_mc.onnx")),
-                          [MaskConfig(rate=RATE, width=w, seed=7 + i) for i, w in enumerate((784, 300, 100))])
-    det = keras_to_onnx(model)
-    one, rows = data.x_test[:1], np.repeat(data.x_test[:1], T, axis=0)
-    s_mc, s_sw, s_all, s_det = sess(mc), sess(swapped), sess(every), sess(det)
-    whole = interleaved_medians({"mc": lambda: s_mc.run(["mean"], {"input": one}),
-                                 "mc_mask": lambda: s_sw.run(["mean"], {"input": one}),
-                                 "mc_mask_all": lambda: s_all.run(["mean"], {"input": one}),
-                                 "deterministic": lambda: s_det.run(None, {"input": rows})}, 200)
-    return {"threads": 1, "rate": RATE, "represented_rate": config.represented_rate, "bits": config.bits,
-            "draws_per_mask_bit": 1 / config.per_draw,
-            "alone_100x784_us": {k: v * 1e6 for k, v in alone.items()}, "alone_ratio_mask_vs_dropout": alone["mask"] / alone["dropout"],
-            "chapter_model_ms": {k: v * 1e3 for k, v in whole.items()},
-            "mc_vs_deterministic": whole["mc"] / whole["deterministic"],
-            "mc_mask_vs_deterministic": whole["mc_mask"] / whole["deterministic"],
-            "mc_mask_all_vs_deterministic": whole["mc_mask_all"] / whole["deterministic"]}
+    paths = {}
+    for mask in MaskKind:
+        paths[mask] = folder / f"speed_{mask.value}.onnx"
+        export_mc_onnx(model, paths[mask], config=MCConfig(samples=T, seed=7, mask=mask))
+    det = keras_to_onnx(model).SerializeToString()
+    one = data.x_test[:1]
+    rows = np.repeat(one, T, axis=0)
+    result = {"samples": T, "sizes_bytes": {m.value: p.stat().st_size for m, p in paths.items()}, "threads": {}}
+    result["sizes_bytes"]["deterministic"] = len(det)
+    for label, threads in (("1 thread", 1), ("default threads", None)):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        s_det = ort.InferenceSession(det, options, providers=["CPUExecutionProvider"])
+        calls = {"deterministic": lambda s=s_det: s.run(None, {"input": rows})}
+        for mask, path in paths.items():
+            sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            calls[f"mc_{mask.value}"] = lambda s=sess: s.run(["mean"], {"input": one})
+        ms = {k: v * 1e3 for k, v in interleaved_medians(calls, 300).items()}
+        result["threads"][label] = {"ms": ms, **{f"{k}_vs_deterministic": v / ms["deterministic"] for k, v in ms.items()
+                                                 if k != "deterministic"}}
+    keras_loop = lambda: [model(one, training=True) for _ in range(T)]  # noqa: E731  (the chapter's loop)
+    result["keras_loop_ms"] = interleaved_medians({"keras": keras_loop}, 7, warmup=1)["keras"] * 1e3
+    for row in result["threads"].values():
+        row.update({f"keras_loop_vs_{k}": result["keras_loop_ms"] / v for k, v in row["ms"].items() if k.startswith("mc_")})
+    return result
 
 
-def swap_dropouts(proto, configs: list):
-    """The MC graph with its first ``len(configs)`` Dropouts (Dropout -> Cast(mask) -> Mul) replaced by the few-draws mask."""
-    from onnx import helper
-
-    from deploykit.uncertainty import bernoulli_mask_nodes
-
-    nodes = list(proto.graph.node)
-    drops = [n for n in nodes if n.op_type == "Dropout"][: len(configs)]
-    for k, (drop, config) in enumerate(zip(drops, configs)):
-        mul = next(n for n in nodes if n.op_type == "Mul" and drop.output[0] in n.input)
-        cast = next(n for n in nodes if n.op_type == "Cast" and drop.output[1] in n.input)
-        new, output, _ = bernoulli_mask_nodes(drop.input[0], config, prefix=f"mask{k}")
-        at = nodes.index(drop)
-        nodes = [n for n in nodes if n not in (drop, mul, cast)]
-        nodes[at:at] = [*new, helper.make_node("Identity", [output], [mul.output[0]], name=f"mask{k}/out")]
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    return proto
+def speed_markdown(k: dict) -> list[str]:
+    lines = [f"MC call speed (T = {k['samples']}, one row; chapter's model; the same process and run): chapter's Keras loop "
+             f"{k['keras_loop_ms']:.1f} ms. Model sizes: " + ", ".join(f"{n} {b / 1e6:.2f} MB" for n, b in k["sizes_bytes"].items()) + ".",
+             "", "| onnxruntime | deterministic on T rows (ms) | MC, pooled masks (ms) | MC, ONNX Dropout (ms) | "
+             "pooled / deterministic (target <= 1.5x) | Dropout / deterministic | Keras loop / pooled (target >= 1000x) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, r in k["threads"].items():
+        ms = r["ms"]
+        lines.append(f"| {label} | {ms['deterministic']:.3f} | {ms['mc_pool']:.3f} | {ms['mc_dropout']:.3f} | "
+                     f"{r['mc_pool_vs_deterministic']:.2f}x | {r['mc_dropout_vs_deterministic']:.2f}x | "
+                     f"{r['keras_loop_vs_mc_pool']:.0f}x |")
+    return lines + [""]
 
 
 # --- summary --------------------------------------------------------------------------------------
@@ -259,15 +250,8 @@ def to_markdown(result: dict) -> str:
         f"Ensemble size (seed {runs[0]['seed']}): {s['members']} pruned int8 members {s['members_gzip']} B gzip, "
         f"ensemble ONNX {s['ensemble_gzip']} B gzip, one float32 original (.keras) {s['original_gzip']} B gzip: "
         f"ratio {s['ensemble_gzip'] / s['original_gzip']:.2f}x.", ""]
-    k = result.get("masks")
-    if k:
-        lines += [f"Input-dropout mask prototype ({k['threads']} thread, rate {k['rate']} represented as {k['represented_rate']:.5f}, "
-                  f"{k['draws_per_mask_bit']:.2f} draws per mask bit): on (100, 784) {k['alone_100x784_us']['mask']:.0f} us vs "
-                  f"Dropout {k['alone_100x784_us']['dropout']:.0f} us ({k['alone_ratio_mask_vs_dropout']:.2f}x). Chapter's MC model "
-                  f"(T = 100, one row) / deterministic on 100 rows: {k['mc_vs_deterministic']:.2f}x with Dropout, "
-                  f"{k['mc_mask_vs_deterministic']:.2f}x with the mask on the input"
-                  + (f", {k['mc_mask_all_vs_deterministic']:.2f}x with the mask on every dropout" if "mc_mask_all_vs_deterministic" in k else "")
-                  + " (target <= 1.5x).", ""]
+    if result.get("speed"):
+        lines += speed_markdown(result["speed"])
     return "\n".join(lines)
 
 
@@ -275,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="one training per seed (default: 0,1,2)")
     parser.add_argument("--members", type=int, default=5, help="ensemble members per training (default: 5)")
-    parser.add_argument("--no-masks", action="store_true", help="skip the mask timing")
-    parser.add_argument("--only-masks", action="store_true",
-                        help="re-measure only the mask timing, into the existing results/uncertainty.json")
+    parser.add_argument("--no-speed", action="store_true", help="skip the MC call timing")
+    parser.add_argument("--only-speed", action="store_true",
+                        help="re-measure only the MC call timing, into the existing results/uncertainty.json")
     args = parser.parse_args(argv)
     if not FASHION.exists():
         print(f"skipped: the Fashion-MNIST sample {FASHION.name} is not at {FASHION.parent}", file=sys.stderr)
@@ -285,14 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     import deploykit
 
     data = deploykit.load_dataset(FASHION)
-    if args.only_masks:
+    if args.only_speed:
         import json
 
         from common import RESULTS
 
         result = json.loads((RESULTS / "uncertainty.json").read_text())
+        result.pop("masks", None)  # the bit-trick prototype's timing, replaced by the pooled masks
         with tempfile.TemporaryDirectory() as tmp:
-            result["masks"] = mask_timing(data, Path(tmp))
+            result["speed"] = mc_speed(data, Path(tmp))
         write_results("uncertainty", result, to_markdown(result))
         return 0
     ood = digits_ood(data.input_shape, len(data.x_test))  # as many OOD rows as test rows (MC at T = 100 is the cost)
@@ -307,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             runs[-1]["seconds"] = round(time.monotonic() - start, 1)
         result = {"data": data.summary(), "ood_rows": len(ood), "seeds": seeds, "samples": T, "members": args.members,
                   "target_accuracy": TARGET_ACCURACY, "mean": mean_rows(runs), "runs": runs}
-        if not args.no_masks:
-            say("mask prototype timing")
-            result["masks"] = mask_timing(data, Path(tmp))
+        if not args.no_speed:
+            say("MC call timing")
+            result["speed"] = mc_speed(data, Path(tmp))
     write_results("uncertainty", result, to_markdown(result))
     return 0
 
