@@ -112,9 +112,9 @@ def pool_keep(g, x: str, shape: tuple, rate: float, pool: int, rng: np.random.Ge
     _, draws = g.op("Dropout", [_rows(g, x, bits + 1, len(shape) + 1, width), g.const(0.5), g.true()], n_out=2, **g.dropout_seed())
     # Column 0 is skipped: onnxruntime seeds a fresh engine per call with seed + k, so a mask's first element
     # barely changes from one call to the next; the other elements do.
-    # An int64 MatMul: weight quantizers (int8-dynamic) leave it alone (they would round a float one's powers of two).
-    weights = g.const([[0]] + [[2**i] for i in range(bits)], np.int64)
-    offset = g.op("MatMul", [g.op("Cast", [draws], to=TensorProto.INT64), weights])  # [R, 1], uniform in [0, pool)
+    # Integer arithmetic, not a MatMul: weight quantizers (int8-dynamic) would round a float MatMul's powers of two.
+    weights = g.const([[0] + [2**i for i in range(bits)]], np.int64)
+    offset = g.reduce("ReduceSum", g.op("Mul", [g.op("Cast", [draws], to=TensorProto.INT64), weights]), [1], keepdims=1)
     index = g.op("Add", [offset, g.const(perm[None, :], np.int64)])  # [R, nb]
     source = g.const(table.astype(bool), np.bool_) if as_bool else g.const(table, np.uint8)
     mask = g.op("Reshape", [g.op("Gather", [source, index], axis=0), g.const([0, nb * b], np.int64)])
