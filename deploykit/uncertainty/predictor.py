@@ -1,4 +1,4 @@
-"""``UncertaintyPredictor``: run an MC Dropout ONNX model with onnxruntime.
+"""``UncertaintyPredictor``: run an MC Dropout (or deep-ensemble) ONNX model with onnxruntime.
 
 One onnxruntime session per predictor; ``InferenceSession.run`` is
 thread-safe and the predictor keeps no per-call state, so one predictor may
@@ -7,6 +7,7 @@ serve concurrent ``predict`` calls from several threads.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 
 from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
+from deploykit.contract import ENSEMBLE_KEY, KIND_ENSEMBLE, MEMBERS_OUTPUT
 from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
 from deploykit.configs import is_int
 from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
@@ -22,15 +24,15 @@ from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SA
 
 @dataclass(frozen=True)
 class UncertaintyResult:
-    """Per-instance MC Dropout outputs (N instances, C classes, T samples)."""
+    """Per-instance MC Dropout outputs (N instances, C classes, T samples; for an ensemble, T = its K members)."""
 
     mean: np.ndarray  # [N, C] mean probabilities
     std: np.ndarray  # [N, C] standard deviation over the samples
     predictive_entropy: np.ndarray  # [N] entropy of the mean (nats)
     mutual_information: np.ndarray  # [N] predictive entropy minus the mean entropy of the samples
     predicted_class: np.ndarray  # [N] int64, argmax of the mean
-    samples: int  # T
-    sample_probabilities: np.ndarray | None = None  # [T, N, C] when the model was exported with them
+    samples: int  # T (an ensemble: its K members)
+    sample_probabilities: np.ndarray | None = None  # [T, N, C] (an ensemble: [K, N, C]) when the model outputs them
 
     @property
     def entropy(self) -> np.ndarray:
@@ -39,7 +41,9 @@ class UncertaintyResult:
 
 
 class UncertaintyPredictor:
-    """Loads an MC Dropout ONNX model (from ``export_mc_onnx``) and predicts with uncertainty.
+    """Loads an MC Dropout ONNX model (from ``export_mc_onnx``) or a deep ensemble (from ``export_ensemble_onnx``)
+    and predicts with uncertainty. An ensemble has no ``samples`` input: its K members are fixed, and
+    ``predict(samples=...)`` is refused.
 
     ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's
     default); ``session_options`` (an ``onnxruntime.SessionOptions``) and
@@ -57,14 +61,29 @@ class UncertaintyPredictor:
         self.path = path
         self.metadata = read_metadata(self.session)
         outputs = {o.name for o in self.session.get_outputs()}
-        if self.metadata.kind != KIND_MC_DROPOUT or not set(OUTPUT_NAMES) <= outputs:
-            raise ModelLoadError(f"MC model {path}: not an MC Dropout model (kind {self.metadata.kind!r}); "
-                                 "export one with deploykit mc")
+        if self.metadata.kind not in (KIND_MC_DROPOUT, KIND_ENSEMBLE) or not set(OUTPUT_NAMES) <= outputs:
+            raise ModelLoadError(f"MC model {path}: not an MC Dropout model or deep ensemble (kind "
+                                 f"{self.metadata.kind!r}); export one with deploykit mc or deploykit ensemble")
+        self.is_ensemble = self.metadata.kind == KIND_ENSEMBLE
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
-        self.default_samples = int(self.metadata.default_samples or 0)
-        self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
+        if self.is_ensemble:
+            self.default_samples = self.max_samples = self._members()
+            stacked = MEMBERS_OUTPUT
+        else:
+            self.default_samples = int(self.metadata.default_samples or 0)
+            self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
+            stacked = SAMPLES_OUTPUT
         self.class_names = tuple(self.metadata.class_names)
-        self._outputs = [*OUTPUT_NAMES, *([SAMPLES_OUTPUT] if SAMPLES_OUTPUT in outputs else [])]
+        self._stacked = stacked if stacked in outputs else None
+        self._outputs = [*OUTPUT_NAMES, *([stacked] if self._stacked else [])]
+
+    def _members(self) -> int:
+        """K, from the ensemble's ``deploykit.ensemble`` metadata (0 when it is missing)."""
+        raw = dict(self.session.get_modelmeta().custom_metadata_map).get(ENSEMBLE_KEY)
+        try:
+            return len(json.loads(raw)["members"]) if raw else 0
+        except (ValueError, KeyError, TypeError):
+            raise ModelLoadError(f"ensemble {self.path}: unreadable {ENSEMBLE_KEY} metadata {raw!r}") from None
 
     def predict(self, x, samples: int | None = None, batch_size: int | None = None) -> UncertaintyResult:
         """MC Dropout prediction for a batch ``x`` of shape [N, *input_shape].
@@ -73,18 +92,21 @@ class UncertaintyPredictor:
         call runs batch_size * T rows at once; bounds the memory).
         """
         x = self._check_input(x)
+        if samples is not None and self.is_ensemble:
+            raise UsageError(f"{self.path.name} is a deep ensemble of {self.max_samples or 'K'} members: samples does not "
+                             "apply (omit it)")
         feed = {} if samples is None else {SAMPLES_NAME: np.array(self._check_samples(samples), dtype=np.int64)}
         if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         step = batch_size or len(x)
         parts = [self.session.run(self._outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
-        values = {name: np.concatenate([p[k] for p in parts], axis=1 if name == SAMPLES_OUTPUT else 0)
+        values = {name: np.concatenate([p[k] for p in parts], axis=1 if name == self._stacked else 0)
                   for k, name in enumerate(self._outputs)}
         return UncertaintyResult(
             mean=values["mean"], std=values["std"], predictive_entropy=values["predictive_entropy"],
             mutual_information=values["mutual_information"], predicted_class=values["predicted_class"],
             samples=int(samples if samples is not None else self.default_samples),
-            sample_probabilities=values.get(SAMPLES_OUTPUT),
+            sample_probabilities=values.get(self._stacked) if self._stacked else None,
         )
 
     def _check_samples(self, samples) -> int:

@@ -120,3 +120,28 @@ def test_temperature_and_abstain_compose_on_an_ensemble(tmp_path, member_models,
     assert 0.5 < 1 - run(session(proto), digits.x_val)["abstain"].mean() < 0.9
     with pytest.raises(UsageError, match="exactly one Softmax"):
         apply_mc_temperature(build_ensemble(paths), TemperatureFit(1.5, Placement.PER_SAMPLE, 0, 0, 1))
+
+
+@pytest.mark.parametrize("include_members", [True, False])
+def test_uncertainty_predictor_runs_an_ensemble(tmp_path, member_models, digits, include_members):
+    from deploykit.errors import UsageError
+    from deploykit.uncertainty import UncertaintyPredictor
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+
+    paths = _export(member_models, tmp_path, (None, None, None), digits)
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx", include_members=include_members)
+    predictor = UncertaintyPredictor(record.path, threads=1)
+    assert predictor.is_ensemble and predictor.default_samples == predictor.max_samples == 3
+    x = digits.x_test[:25]
+    result = predictor.predict(x, batch_size=10)  # three calls, concatenated like an MC model's
+    probs, want = _expected(paths, x)
+    assert result.samples == 3
+    for name in OUTPUT_NAMES[:4]:
+        np.testing.assert_allclose(getattr(result, name), want[name], atol=1e-6, err_msg=name)
+    assert np.array_equal(result.predicted_class, want["predicted_class"])
+    if include_members:
+        np.testing.assert_allclose(result.sample_probabilities, probs, atol=1e-6)
+    else:
+        assert result.sample_probabilities is None
+    with pytest.raises(UsageError, match="deep ensemble of 3 members: samples does not apply"):
+        predictor.predict(x, samples=5)
