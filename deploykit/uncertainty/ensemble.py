@@ -36,6 +36,8 @@ from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, set_props
 from deploykit.uncertainty.mc_graph import reduce_samples
 
+MEMBER_PREFIX = "member{k}/"  # every name of member k inside the ensemble graph
+
 
 @dataclass
 class EnsembleRecord(Record):
@@ -65,7 +67,7 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
                                     producer_name="deploykit", ir_version=max(p.ir_version for p in protos))
     outputs = []
     for k, proto in enumerate(protos):
-        outputs.append(_add_member(merged.graph, proto, f"member{k}/"))
+        outputs.append(_add_member(merged.graph, proto, MEMBER_PREFIX.format(k=k)))
     ed = GraphEditor(merged, "ensemble")
     stacked = ed.op("Concat", [ed.op("Unsqueeze", [o, ed.const([0], np.int64)]) for o in outputs], axis=0)  # [K, N, C]
     values = reduce_samples(ed, stacked)
@@ -163,6 +165,15 @@ def _union_opsets(protos) -> list:
             domain = "" if o.domain == "ai.onnx" else o.domain
             versions[domain] = max(versions.get(domain, 0), o.version)
     return [helper.make_opsetid(d, v) for d, v in sorted(versions.items())]
+
+
+def member_outputs(proto) -> list[str]:
+    """The members' probability tensors inside an ensemble graph (``member{k}/probabilities``), in member order."""
+    produced = {o for n in proto.graph.node for o in n.output}
+    names: list[str] = []
+    while (name := f"{MEMBER_PREFIX.format(k=len(names))}{OUTPUT_NAME}") in produced:
+        names.append(name)
+    return names
 
 
 def _add_member(graph, proto, prefix: str) -> str:

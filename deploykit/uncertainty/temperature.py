@@ -18,9 +18,10 @@ probabilities without deploykit code:
   becomes ``Softmax(Log(mean) / T)`` and ``predictive_entropy`` its entropy;
   ``predicted_class`` is unchanged by construction, and ``std`` and
   ``mutual_information`` stay those of the raw samples (T rescales a mean, not
-  the spread between samples). An ensemble graph has one softmax per member,
-  so it takes ``MEAN`` only. :func:`fit_mc_temperature` picks whichever
-  placement has the lower validation NLL.
+  the spread between samples). In an ensemble graph, ``PER_SAMPLE`` puts the
+  same ``Div`` before each member's softmax (calibrated members, then their
+  average). :func:`fit_mc_temperature` picks whichever placement has the
+  lower validation NLL.
 
 The fit is recorded in ``metadata_props`` under ``deploykit.temperature``
 (JSON: temperature, placement, fitted_on, count, nll_before, nll_after).
@@ -41,6 +42,7 @@ from deploykit.errors import DataError, UsageError
 from deploykit.contract import OUTPUT_NAME, OUTPUT_NAMES
 from deploykit.contract import TEMPERATURE_KEY as METADATA_KEY
 from deploykit.records import Record
+from deploykit.uncertainty.ensemble import member_outputs
 from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 
@@ -174,11 +176,14 @@ def apply_mc_temperature(proto, fit: TemperatureFit) -> None:
     for name in OUTPUT_NAMES:
         ed.output_info(name)
     if fit.placement is Placement.PER_SAMPLE:
-        softmaxes = [n for n in ed.graph.node if n.op_type == "Softmax"]
-        if len(softmaxes) != 1:
-            raise UsageError(f"per-sample temperature needs exactly one Softmax in the MC graph, found {len(softmaxes)}; "
-                             "fit with placements=(Placement.MEAN,)")
-        softmaxes[0].input[0] = ed.op("Div", [softmaxes[0].input[0], ed.const(fit.temperature)])
+        members = member_outputs(proto)  # an ensemble: the same T before each member's softmax
+        softmaxes = [_softmax_behind(ed, m) for m in members] or [n for n in ed.graph.node if n.op_type == "Softmax"]
+        if None in softmaxes or (not members and len(softmaxes) != 1):
+            found = f"{softmaxes.count(None)} member(s) without one" if members else f"{len(softmaxes)} Softmax nodes"
+            raise UsageError(f"per-sample temperature needs one Softmax per sample (or member) probabilities, found "
+                             f"{found}; fit with placements=(Placement.MEAN,)")
+        for softmax in softmaxes:
+            softmax.input[0] = ed.op("Div", [softmax.input[0], ed.const(fit.temperature)])
     elif fit.placement is Placement.MEAN:
         raw_mean, raw_entropy = ed.name("raw_mean"), ed.name("raw_entropy")
         retarget(ed.graph, mean, raw_mean)

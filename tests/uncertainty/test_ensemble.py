@@ -118,8 +118,29 @@ def test_temperature_and_abstain_compose_on_an_ensemble(tmp_path, member_models,
     out = run(session(proto), digits.x_test)
     assert np.array_equal(out["abstain"], out["mutual_information"] > chosen.threshold)
     assert 0.5 < 1 - run(session(proto), digits.x_val)["abstain"].mean() < 0.9
-    with pytest.raises(UsageError, match="exactly one Softmax"):
-        apply_mc_temperature(build_ensemble(paths), TemperatureFit(1.5, Placement.PER_SAMPLE, 0, 0, 1))
+
+
+def test_per_member_temperature_scales_every_member_before_the_average(tmp_path, member_models, digits):
+    from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, build_ensemble
+    from deploykit.uncertainty.temperature import (Placement, TemperatureFit, apply_mc_temperature, fit_mc_temperature,
+                                                   scale_probs)
+
+    paths = _export(member_models, tmp_path, [None, "int8-dynamic", None], digits)
+    probs, _ = _expected(paths, digits.x_val)
+    fit = fit_mc_temperature(digits.y_val, probs)  # per member or on the mean, by validation NLL
+    assert set(fit.alternatives) == {"per_sample", "mean"}
+    per_member = TemperatureFit(1.7, Placement.PER_SAMPLE, 0, 0, 1)
+    proto = build_ensemble(paths, include_members=True)
+    apply_mc_temperature(proto, per_member)
+    assert sum(n.op_type == "Div" for n in proto.graph.node) >= 3  # one Div before each member's softmax
+    out = run(session(proto), digits.x_test)
+    members, _ = _expected(paths, digits.x_test)
+    calibrated = scale_probs(members, 1.7)
+    np.testing.assert_allclose(out[MEMBERS_OUTPUT], calibrated, atol=1e-5)
+    np.testing.assert_allclose(out["mean"], calibrated.mean(0), atol=1e-5)
+    np.testing.assert_allclose(out["std"], calibrated.std(0), atol=1e-5)  # the spread of calibrated members
+    with pytest.raises(UsageError, match="already holds a temperature"):
+        apply_mc_temperature(proto, per_member)
 
 
 @pytest.mark.parametrize("include_members", [True, False])
