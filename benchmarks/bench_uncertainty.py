@@ -40,6 +40,7 @@ from deploykit.export.runtimes import interleaved_medians  # noqa: E402
 
 T = 100
 TARGET_ACCURACY = 0.99
+BOOTSTRAP = 200  # resamples of the test rows for the standard error of the ECE
 RATE = 0.2
 T0 = time.monotonic()
 
@@ -101,7 +102,9 @@ def evaluate(data, ood, split_outputs: dict) -> dict:
     u = {s: uncertainties(o["mean"], o.get("mutual_information")) for s, o in split_outputs.items()}
     test = split_outputs["test"]["mean"]
     cal = calibration(data.y_test, test)
-    row = {"accuracy": cal.accuracy, "nll": cal.nll, "ece": cal.ece, "brier": cal.brier,
+    resample = np.random.default_rng(0).integers(0, len(test), (BOOTSTRAP, len(test)))
+    ece_se = float(np.std([calibration(data.y_test[i], test[i]).ece for i in resample]))
+    row = {"accuracy": cal.accuracy, "nll": cal.nll, "ece": cal.ece, "ece_se": ece_se, "brier": cal.brier,
            "auroc_errors_entropy": error_auroc(data.y_test, test.argmax(1), u["test"][Measure.ENTROPY]),
            "ood": {r.measure.value: {"auroc": r.auroc, "fpr_at_95_tpr": r.fpr_at_95_tpr} for r in ood_report(u["test"], u["ood"])},
            "coverage_at_target": {}}
@@ -151,10 +154,14 @@ def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
     names = ["mean", "mutual_information", MEMBERS_OUTPUT]
     ens_out = {s: run_onnx(ens.path, x, names) for s, x in splits.items()}
     rows[f"ensemble ({members} pruned int8)"] = evaluate(data, ood, ens_out)
-    fits["ensemble+temperature"] = fit_mc_temperature(data.y_val, ens_out["val"][MEMBERS_OUTPUT], placements=(Placement.MEAN,))
-    write_with_temperature(ens.path, folder / "ensemble_t.onnx", fits["ensemble+temperature"])
-    rows[f"ensemble ({members}) + temperature"] = evaluate(
-        data, ood, {s: run_onnx(folder / "ensemble_t.onnx", x, names[:2]) for s, x in splits.items()})
+    # One T per member (before the average) or on the mean: each alone, then the one the validation NLL prefers.
+    for label, placements in ((" (on mean)", (Placement.MEAN,)), (" (per member)", (Placement.PER_SAMPLE,)),
+                              (" (validation choice)", (Placement.PER_SAMPLE, Placement.MEAN))):
+        fits[f"ensemble+temperature{label}"] = fit = fit_mc_temperature(data.y_val, ens_out["val"][MEMBERS_OUTPUT],
+                                                                       placements=placements)
+        write_with_temperature(ens.path, folder / "ensemble_t.onnx", fit)
+        rows[f"ensemble ({members}) + temperature{label}"] = evaluate(
+            data, ood, {s: run_onnx(folder / "ensemble_t.onnx", x, names[:2]) for s, x in splits.items()})
     return {"seed": seed, "rows": rows, "fits": {k: f.to_dict() for k, f in fits.items()},
             "sizes": ensemble_sizes(member_paths, ens.path, original).to_dict()}
 
@@ -234,13 +241,16 @@ def to_markdown(result: dict) -> str:
     m, runs = result["mean"], result["runs"]
     lines = [f"# Uncertainty on the Fashion-MNIST sample: mean of {len(runs)} trainings (seeds {result['seeds']})", "",
              f"{result['data']}; OOD: scikit-learn digits upsampled to 28x28 ({result['ood_rows']} images).", "",
-             "| method | accuracy | NLL | ECE (15 bins) | Brier | AUROC errors by entropy | OOD AUROC entropy | OOD AUROC max prob "
-             "| OOD AUROC MI | FPR@95 entropy | coverage at 99% (entropy) | coverage at 99% (MI) |",
+             "| method | accuracy | NLL | ECE (15 bins) ± SE | Brier | AUROC errors by entropy | OOD AUROC entropy "
+             "| OOD AUROC max prob | OOD AUROC MI | FPR@95 entropy | coverage at 99% (entropy) | coverage at 99% (MI) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in m.items():
         mi = r["ood"].get("mutual_information", {}).get("auroc")
         cov_mi = r["coverage_at_target"].get("mutual_information", {}).get("test_coverage")
-        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} | {r['brier']:.4f} | "
+        # SE of the mean over the trainings, from each training's bootstrap SE (test rows resampled)
+        ses = [run["rows"][name].get("ece_se") for run in runs if name in run["rows"]]
+        se = f" ± {np.sqrt(np.sum(np.square(ses))) / len(ses):.4f}" if ses and None not in ses else ""
+        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f}{se} | {r['brier']:.4f} | "
                      f"{r['auroc_errors_entropy']:.3f} | {r['ood']['entropy']['auroc']:.3f} | {r['ood']['max_prob']['auroc']:.3f} | "
                      f"{'' if mi is None else f'{mi:.3f}'} | {r['ood']['entropy']['fpr_at_95_tpr']:.3f} | "
                      f"{r['coverage_at_target']['entropy']['test_coverage']:.3f} | {'' if cov_mi is None else f'{cov_mi:.3f}'} |")
