@@ -16,7 +16,8 @@ at export, with standard ONNX operators only (any onnxruntime client runs it):
    values are scaled by ``1 / (1 - represented rate)``, so E[output] = x exactly;
 2. per call and row: ``log2(K)`` random bits (the keep mask of an ONNX
    ``Dropout`` with ratio 0.5, so seeds behave exactly as in the plain graph,
-   see :mod:`deploykit.uncertainty.mc_graph`) give an offset ``o`` uniform in
+   see :mod:`deploykit.uncertainty.mc_graph`; one such node draws the bits of
+   every dropout layer of the graph) give an offset ``o`` uniform in
    [0, K); the row's mask is blocks ``o + perm[j]`` for j < nb (``perm``: a
    random permutation of range(nb), fixed at export), read by ONE ``Gather``
    of nb blocks, reshaped to [R, nb * b] and cut to W.
@@ -100,21 +101,41 @@ def _rows(g, x: str, n: int, rank: int = 2, width: int = 0) -> str:
     return g.op("ConstantOfShape", [g.op("Concat", [rows, g.const([n], np.int64)], axis=0)])
 
 
+def _offset(g, x: str, shape: tuple, bits: int) -> str:
+    """[R, 1] int64, uniform in [0, 2^bits): the random offset of each row for the next pooled layer.
+
+    The bits are the keep mask of a Dropout (ratio 0.5). The first pooled layer of a graph draws those of
+    all ``g.pool_layers`` layers with one Dropout node (its rows are every sampled layer's rows, T * N);
+    the later layers take their column, so a call runs one Dropout node, not one per layer.
+    """
+    from onnx import TensorProto
+
+    if not g.pending_offsets:
+        n = max(g.pool_layers - g.offsets_drawn, 1)
+        _, draws = g.op("Dropout", [_rows(g, x, n * (bits + 1), len(shape) + 1, int(shape[-1])), g.const(0.5), g.true()],
+                        n_out=2, **g.dropout_seed())
+        # Column 0 of each layer's bits is skipped: onnxruntime seeds a fresh engine per call with seed + k, so
+        # a mask's first element barely changes from one call to the next; the other elements do.
+        # Integer arithmetic, not a MatMul: weight quantizers (int8-dynamic) would round a float MatMul's powers of two.
+        weights = g.const([0] + [2**i for i in range(bits)], np.int64)
+        draws = g.op("Cast", [draws], to=TensorProto.INT64)
+        if n == 1:
+            g.pending_offsets = [g.reduce("ReduceSum", g.op("Mul", [draws, weights]), [1], keepdims=1)]
+        else:
+            grouped = g.op("Reshape", [draws, g.const([0, n, bits + 1], np.int64)])
+            offsets = g.reduce("ReduceSum", g.op("Mul", [grouped, weights]), [2])  # [R, n]
+            g.pending_offsets = [g.op("Gather", [offsets, g.const([k], np.int64)], axis=1) for k in range(n)]
+        g.offsets_drawn += n
+    return g.pending_offsets.pop(0)
+
+
 def pool_keep(g, x: str, shape: tuple, rate: float, pool: int, rng: np.random.Generator, *, as_bool: bool = False) -> str:
     """The mask of ``x`` [R, *shape] for its last axis (W = shape[-1]): [R, W] float (0 or 1 / (1 - represented
     rate)), or bool keep flags with ``as_bool``. ``g`` is the MC graph builder (``op``, ``const``, ``dropout_seed``)."""
-    from onnx import TensorProto
-
     width = int(shape[-1])
-
     table, perm = pool_table(rate, width, pool, rng)
     b, nb, bits = table.shape[1], len(perm), int(math.log2(pool))
-    _, draws = g.op("Dropout", [_rows(g, x, bits + 1, len(shape) + 1, width), g.const(0.5), g.true()], n_out=2, **g.dropout_seed())
-    # Column 0 is skipped: onnxruntime seeds a fresh engine per call with seed + k, so a mask's first element
-    # barely changes from one call to the next; the other elements do.
-    # Integer arithmetic, not a MatMul: weight quantizers (int8-dynamic) would round a float MatMul's powers of two.
-    weights = g.const([[0] + [2**i for i in range(bits)]], np.int64)
-    offset = g.reduce("ReduceSum", g.op("Mul", [g.op("Cast", [draws], to=TensorProto.INT64), weights]), [1], keepdims=1)
+    offset = _offset(g, x, shape, bits)
     index = g.op("Add", [offset, g.const(perm[None, :], np.int64)])  # [R, nb]
     source = g.const(table.astype(bool), np.bool_) if as_bool else g.const(table, np.uint8)
     mask = g.op("Reshape", [g.op("Gather", [source, index], axis=0), g.const([0, nb * b], np.int64)])

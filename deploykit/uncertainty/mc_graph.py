@@ -122,7 +122,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedLayerError(graph.name, "model", "MC Dropout needs a single-input, single-output model")
     input_name, input_shape = next(iter(graph.inputs.items()))
-    g = OnnxGraph(config.seed, opset, config.mask, config.pool)
+    g = OnnxGraph(config.seed, opset, config.mask, config.pool, len(dropout_layers(graph)))
     samples = _samples_value(g, config)  # [T]
     sampled = sampled_nodes(graph, frozenset() if prefix_once else frozenset({input_name}))
     values = {input_name: (INPUT_NAME, tuple(input_shape))}

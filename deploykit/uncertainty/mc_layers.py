@@ -28,9 +28,11 @@ class OnnxGraph:
     """Nodes and initializers under construction, with unique names, per-node seeds and the dropout mask kind."""
 
     def __init__(self, seed: int | None, opset: int = DEFAULT_OPSET, mask: MaskKind = MaskKind.POOL,
-                 pool: int = DEFAULT_POOL):
+                 pool: int = DEFAULT_POOL, pool_layers: int = 1):
         self.opset = opset
         self.mask, self.pool = mask, pool
+        # MaskKind.POOL: how many layers will draw a pooled mask (the first draws every layer's random offsets)
+        self.pool_layers, self.offsets_drawn, self.pending_offsets = pool_layers, 0, []
         self.nodes, self.inits = [], []
         self._count = 0
         self._seed = seed

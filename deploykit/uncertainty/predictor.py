@@ -100,8 +100,9 @@ class UncertaintyPredictor:
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         step = batch_size or len(x)
         parts = [self.session.run(self._outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
-        values = {name: np.concatenate([p[k] for p in parts], axis=1 if name == self._stacked else 0)
-                  for k, name in enumerate(self._outputs)}
+        values = dict(zip(self._outputs, parts[0])) if len(parts) == 1 else {  # one call: no copies
+            name: np.concatenate([p[k] for p in parts], axis=1 if name == self._stacked else 0)
+            for k, name in enumerate(self._outputs)}
         return UncertaintyResult(
             mean=values["mean"], std=values["std"], predictive_entropy=values["predictive_entropy"],
             mutual_information=values["mutual_information"], predicted_class=values["predicted_class"],
