@@ -42,9 +42,11 @@ What it gives (tested in ``tests/uncertainty/test_masks.py``):
   differs from the exact expectation by about (std over masks) / sqrt(K).
   At T = 100 that is well below the Monte Carlo error of the call.
 
-AlphaDropout reads bool keep flags from its table (``Where``, then Keras's
-affine correction at the represented rate); SpatialDropout draws one mask of
-width C (channels) per row and broadcasts it over the positions.
+Dropout and AlphaDropout on [R, d1, ..., dk] draw one mask of width
+W = d1 * ... * dk per row (every element), reshaped onto the input;
+AlphaDropout reads bool keep flags (``Where``, then Keras's affine correction
+at the represented rate); SpatialDropout draws one mask of width C (channels)
+per row and broadcasts it over the positions.
 
 Size: each dropout layer adds a uint8 table of ``(K + nb - 1) * b`` bytes
 (K = 4096, W = 784: 0.12 MB; the chapter's three layers: 0.34 MB on a 1.08 MB
@@ -101,7 +103,7 @@ def _rows(g, x: str, n: int, rank: int = 2, width: int = 0) -> str:
     return g.op("ConstantOfShape", [g.op("Concat", [rows, g.const([n], np.int64)], axis=0)])
 
 
-def _offset(g, x: str, shape: tuple, bits: int) -> str:
+def _offset(g, x: str, rank: int, width: int, bits: int) -> str:
     """[R, 1] int64, uniform in [0, 2^bits): the random offset of each row for the next pooled layer.
 
     The bits are the keep mask of a Dropout (ratio 0.5). The first pooled layer of a graph draws those of
@@ -112,7 +114,7 @@ def _offset(g, x: str, shape: tuple, bits: int) -> str:
 
     if not g.pending_offsets:
         n = max(g.pool_layers - g.offsets_drawn, 1)
-        _, draws = g.op("Dropout", [_rows(g, x, n * (bits + 1), len(shape) + 1, int(shape[-1])), g.const(0.5), g.true()],
+        _, draws = g.op("Dropout", [_rows(g, x, n * (bits + 1), rank, width), g.const(0.5), g.true()],
                         n_out=2, **g.dropout_seed())
         # Column 0 of each layer's bits is skipped: onnxruntime seeds a fresh engine per call with seed + k, so
         # a mask's first element barely changes from one call to the next; the other elements do.
@@ -129,13 +131,14 @@ def _offset(g, x: str, shape: tuple, bits: int) -> str:
     return g.pending_offsets.pop(0)
 
 
-def pool_keep(g, x: str, shape: tuple, rate: float, pool: int, rng: np.random.Generator, *, as_bool: bool = False) -> str:
-    """The mask of ``x`` [R, *shape] for its last axis (W = shape[-1]): [R, W] float (0 or 1 / (1 - represented
-    rate)), or bool keep flags with ``as_bool``. ``g`` is the MC graph builder (``op``, ``const``, ``dropout_seed``)."""
-    width = int(shape[-1])
+def pool_keep(g, x: str, rank: int, width: int, rate: float, pool: int, rng: np.random.Generator, *,
+              as_bool: bool = False) -> str:
+    """A mask of ``width`` values per row of ``x`` (rank ``rank``, R rows): [R, width] float (0 or 1 / (1 -
+    represented rate)), or bool keep flags with ``as_bool``; the caller reshapes it onto ``x`` (every element,
+    or one value per channel). ``g`` is the MC graph builder (``op``, ``const``, ``dropout_seed``)."""
     table, perm = pool_table(rate, width, pool, rng)
     b, nb, bits = table.shape[1], len(perm), int(math.log2(pool))
-    offset = _offset(g, x, shape, bits)
+    offset = _offset(g, x, rank, width, bits)
     index = g.op("Add", [offset, g.const(perm[None, :], np.int64)])  # [R, nb]
     source = g.const(table.astype(bool), np.bool_) if as_bool else g.const(table, np.uint8)
     mask = g.op("Reshape", [g.op("Gather", [source, index], axis=0), g.const([0, nb * b], np.int64)])

@@ -378,9 +378,11 @@ def _dropout(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
         raise UnsupportedLayerError(spec.name, spec.class_name, "no MC Dropout form for this dropout type")
     alpha = spec.class_name == "AlphaDropout"
     if g.mask is MaskKind.POOL:
-        mask = pool_keep(g, x, shape, rate, g.pool, g.table_rng(), as_bool=alpha)
-        if spatial:
-            mask = g.op("Reshape", [mask, g.const([0, *[1] * (len(shape) - 1), int(shape[-1])], np.int64)])
+        width = int(shape[-1]) if spatial else int(np.prod(shape))  # one value per channel, or per element
+        mask = pool_keep(g, x, len(shape) + 1, width, rate, g.pool, g.table_rng(), as_bool=alpha)
+        if len(shape) > 1:
+            on = [*[1] * (len(shape) - 1), width] if spatial else list(shape)
+            mask = g.op("Reshape", [mask, g.const([0, *on], np.int64)])
         return _alpha_dropout(g, x, mask, represented_rate(rate, g.pool)) if alpha else g.op("Mul", [x, mask])
     return _onnx_dropout(g, x, rate, shape, spatial, alpha)
 

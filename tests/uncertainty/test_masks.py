@@ -8,6 +8,7 @@ import pytest
 
 from deploykit.chain import to_chain
 from deploykit.errors import ConfigError
+from deploykit.graph import graph_from_model
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, block_length, pool_keep, pool_table, represented_rate
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from deploykit.uncertainty.mc_layers import OnnxGraph
@@ -20,7 +21,7 @@ def _mask_model(width: int, rate: float, pool: int = DEFAULT_POOL, seed: int | N
     from onnx import TensorProto, helper
 
     g = OnnxGraph(seed, opset, MaskKind.POOL, pool)
-    mask = pool_keep(g, "input", (width,), rate, pool, g.table_rng(), as_bool=as_bool)
+    mask = pool_keep(g, "input", 2, width, rate, pool, g.table_rng(), as_bool=as_bool)
     g.nodes.append(helper.make_node("Identity", [mask], ["mask"]))
     graph = helper.make_graph(g.nodes, "pool_mask", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["R", width])],
                               [helper.make_tensor_value_info("mask", TensorProto.BOOL if as_bool else TensorProto.FLOAT,
@@ -143,6 +144,31 @@ def test_mc_outputs_match_the_dropout_masks(digits):
     assert plain.std(axis=0).max() > 0.02  # the test has something to compare
     assert_same_mean(pool, plain)  # mean probabilities within 5 Monte Carlo standard errors
     assert_same_mean((pool - pool.mean(0)) ** 2, (plain - plain.mean(0)) ** 2)  # and their variances
+
+
+def _conv_dropout_model():
+    """Dropout on feature maps [N, H, W, C] (every element) and SpatialDropout2D (whole channels)."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(5)
+    L = keras.layers
+    return keras.Sequential([keras.Input(shape=(8, 8, 1)), L.Conv2D(4, 3, activation="elu"), L.Dropout(0.3),
+                             L.Conv2D(4, 3, activation="elu"), L.SpatialDropout2D(0.3), L.GlobalAveragePooling2D(),
+                             L.Dense(3, activation="softmax")])
+
+
+def test_feature_map_dropout_masks_every_element_like_onnx_dropout(digits):
+    model = _conv_dropout_model()
+    x = digits.x_test[:2].reshape(2, 8, 8, 1) / 8.0
+    outs = {}
+    for mask in MaskKind:
+        config = MCConfig(samples=1000, max_samples=1000, include_samples=True, seed=13, mask=mask)
+        proto = build_mc_graph(graph_from_model(model), config)
+        outs[mask] = run(session(proto), x)["sample_probabilities"].astype(np.float64)
+    pool, plain = outs[MaskKind.POOL], outs[MaskKind.DROPOUT]
+    assert plain.std(axis=0).max() > 0.01
+    assert_same_mean(pool, plain)
+    assert_same_mean((pool - pool.mean(0)) ** 2, (plain - plain.mean(0)) ** 2)  # whole channels would differ here
 
 
 def test_one_dropout_node_draws_a_few_bits_per_row_for_every_layer_and_samples_stays_optional(digits):
