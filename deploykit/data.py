@@ -27,6 +27,7 @@ import numpy as np
 from deploykit.configs import Config, integer, names as name_list, number
 from deploykit.errors import ConfigError, DataError
 from deploykit.limits import DATA_BYTES
+from deploykit.task import Task
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEED = 42
@@ -67,6 +68,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
+    task: Task = Task.CLASSIFICATION  # REGRESSION: y_* are float32 targets [N] or [N, K], class_names is empty
     feature_mean: np.ndarray = field(init=False, repr=False)
     feature_var: np.ndarray = field(init=False, repr=False)
 
@@ -86,6 +88,13 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def num_outputs(self) -> int:
+        """The model output width the data asks for: classes, or regression targets."""
+        if self.task is Task.REGRESSION:
+            return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+        return self.num_classes
 
     def sample_train(self, n: int, seed: int = DEFAULT_SEED) -> np.ndarray:
         """Up to ``n`` training inputs drawn without replacement (e.g. for int8 calibration)."""
