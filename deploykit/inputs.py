@@ -26,6 +26,9 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
     from deploykit.backend import is_tf_keras_model
 
     if is_tf_keras_model(obj):
+        from deploykit.io import check_single_io
+
+        check_single_io(obj)
         return obj
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
