@@ -40,3 +40,23 @@ def mc_model_path(tmp_path_factory, mc_bn_model):
     path = tmp_path_factory.mktemp("mc") / "model_mc.onnx"
     export_mc_onnx(mc_bn_model, path, samples=20, include_samples=True)
     return path
+
+
+def _head_model(seed: int, outputs: int):
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    return keras.Sequential([keras.Input(shape=(8,)), keras.layers.Dense(16, activation="elu"),
+                             keras.layers.Dropout(0.3), keras.layers.Dense(outputs)])
+
+
+@pytest.fixture(scope="session")
+def logits_model():
+    """Dense(elu) -> Dropout(0.3) -> Dense(3) with no activation: a logits classifier on 8 features."""
+    return _head_model(4, 3)
+
+
+@pytest.fixture(scope="session")
+def regression_model():
+    """Dense(elu) -> Dropout(0.3) -> Dense(2) linear: a two-target regressor on 8 features."""
+    return _head_model(5, 2)
