@@ -63,6 +63,7 @@ class Measure(enum.Enum):
     MAX_PROB = "max_prob"  # 1 - the largest (mean) probability
     ENTROPY = "entropy"  # of the (mean) probabilities, in nats: ``predictive_entropy`` of an MC / ensemble model
     MUTUAL_INFORMATION = "mutual_information"  # MC / ensemble only
+    INTERVAL_WIDTH = "interval_width"  # regression MC / ensemble: width of the central 95% interval, 2 z std, mean over targets
 
 
 ABSTAIN_RULE = "abstain when measure > threshold"
@@ -71,6 +72,7 @@ METADATA_PREFIX = "deploykit."  # every deploykit metadata_props key; the values
 TEMPERATURE_KEY = METADATA_PREFIX + "temperature"  # {temperature, placement, fitted_on, count, nll_before, nll_after}
 SELECTIVE_KEY = METADATA_PREFIX + "selective"  # {measure, threshold, rule, target_accuracy, target_coverage, ...}
 ENSEMBLE_KEY = METADATA_PREFIX + "ensemble"  # {members: [file names]}
+STD_SCALE_KEY = METADATA_PREFIX + "std_scale"  # regression: {std_scale, fitted_on, count, nll_before, nll_after}
 TASK_KEY = METADATA_PREFIX + "task"  # {task: deploykit.task.Task value, output: deploykit.task.OutputKind value}
 
 #: What each output means: served in the model metadata (``parameters.description`` of each output).
