@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.contract import INTERVAL_Z
 from deploykit.contract import STD_SCALE_KEY as METADATA_KEY
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
@@ -37,7 +38,7 @@ from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set
 
 STD_FLOOR = 1e-6  # in the targets' units: the smallest std the NLL and the std scale fit divide by
 Z_90 = 1.6448536269514722  # the standard normal's 95th percentile: mean +- Z_90 std holds 90%
-Z_95 = 1.959963984540054  # its 97.5th percentile: mean +- Z_95 std holds 95%
+Z_95 = INTERVAL_Z  # its 97.5th percentile: mean +- Z_95 std holds 95%
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 

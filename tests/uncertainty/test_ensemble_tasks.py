@@ -6,35 +6,14 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import LOGITS_NAME, MEMBER_PREDICTIONS_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES, PREDICTION_NAME
+from deploykit.contract import MEMBER_PREDICTIONS_OUTPUT, OUTPUT_NAMES
 from deploykit.errors import ModelLoadError
 from deploykit.task import Task
-from tests.uncertainty.support import run, session
+from tests.uncertainty.support import export_as_task, run, session
 
 
 def _member(model, path, task: Task, opset: int = 17):
-    """The model exported as deploykit names a logits classifier's (`logits`, `probabilities`) or a regressor's
-    (`prediction`) outputs, whatever name the converter gave its one output."""
-    from onnx import helper
-
-    from deploykit.export.convert import keras_to_onnx
-    from deploykit.uncertainty.graph_ops import retarget
-
-    proto = keras_to_onnx(model, opset=opset)
-    graph = proto.graph
-    raw = graph.output[0].name
-    name = PREDICTION_NAME if task is Task.REGRESSION else LOGITS_NAME
-    if raw != name:
-        retarget(graph, raw, name)
-        graph.output[0].name = name
-    if task is Task.CLASSIFICATION:
-        graph.node.append(helper.make_node("Softmax", [LOGITS_NAME], [OUTPUT_NAME], axis=-1))
-        out = onnx.ValueInfoProto()
-        out.CopyFrom(graph.output[0])
-        out.name = OUTPUT_NAME
-        graph.output.append(out)
-    onnx.save(proto, str(path))
-    return path
+    return export_as_task(model, path, task, opset)
 
 
 def _models(outputs: int):
