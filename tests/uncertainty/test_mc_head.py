@@ -12,7 +12,7 @@ from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph, mc_task
 from tests.uncertainty.support import run, session, zero_dropout
 
-OPSETS = (13, 15, 18)
+OPSETS = tuple(range(13, 19))  # what the MC graph supports
 
 
 def _softmax(z):
@@ -101,3 +101,13 @@ def test_a_regression_graph_takes_no_temperature(regression_model):
     proto = build_mc_graph(to_chain(regression_model), MCConfig(task=Task.REGRESSION))
     with pytest.raises(UsageError, match="predictive_entropy"):
         apply_mc_temperature(proto, TemperatureFit(2.0, Placement.MEAN, 1.0, 0.9, 10))
+
+
+def test_writing_a_temperature_into_a_regression_file_is_refused(regression_model, tmp_path):
+    from deploykit.uncertainty import export_mc_onnx
+    from deploykit.uncertainty.temperature import Placement, TemperatureFit, write_with_temperature
+
+    export_mc_onnx(regression_model, tmp_path / "r.onnx", config=MCConfig(task=Task.REGRESSION))
+    with pytest.raises(UsageError, match="regression model.*fit_std_scale"):
+        write_with_temperature(tmp_path / "r.onnx", tmp_path / "t.onnx", TemperatureFit(2.0, Placement.MEAN, 1.0, 0.9, 10))
+    assert not (tmp_path / "t.onnx").exists()
