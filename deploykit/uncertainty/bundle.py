@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DataError
+from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
 from deploykit.uncertainty.compare import ComparisonReport, RegressionComparison, SelectiveReport, compare
@@ -79,6 +79,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
         ood = check_ood(ood, data.x_test.shape[1:])
     if config.task is None:
         config = dataclasses.replace(config, task=data.task)
+    _check_target(target, config.task)
     if config.task is Task.REGRESSION:
         return _regression_bundle(model, data, path, config, temperature=temperature, target=target, ood=ood,
                                   deterministic=deterministic, metadata=metadata, batch_size=batch_size, say=say)
@@ -112,6 +113,16 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     comparison = compare(data.y_test, det, mc, plot_path=folder / RELIABILITY_PLOT)
     comparison = dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots)
     return MCBundle(record, comparison, mc.predicted_class, mc.mean)
+
+
+def _check_target(target: SelectiveTarget | None, task: Task) -> None:
+    """Refuse a selective target of the other task before any work (nothing written)."""
+    if target is None:
+        return
+    if task is Task.REGRESSION and target.target_accuracy is not None:
+        raise UsageError("target_accuracy is a classification target; a regressor takes target_rmse or target_coverage")
+    if task is Task.CLASSIFICATION and target.target_rmse is not None:
+        raise UsageError("target_rmse is a regression target; a classifier takes target_accuracy or target_coverage")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

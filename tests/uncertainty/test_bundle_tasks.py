@@ -70,3 +70,30 @@ def test_logits_classifier_bundle(tmp_path, digits):
     det = np.asarray(model(digits.x_test, training=False), np.float64)
     assert report.deterministic.accuracy == pytest.approx(np.mean(det.argmax(1) == digits.y_test))
     assert abs(report.selective.test.coverage - 0.5) < 0.2
+
+
+def test_regression_bundle_with_target_rmse_and_ood(tmp_path, diabetes, diabetes_model):
+    from deploykit.uncertainty.selective import read_selective
+
+    far = diabetes.x_test * 8  # inputs far outside the standardized training range
+    val = np.asarray(diabetes_model(diabetes.x_val, training=False), np.float64)[:, 0]
+    target = round(0.9 * float(np.sqrt(((val - diabetes.y_val) ** 2).mean())))  # below the RMSE of all rows
+    bundle = mc_bundle(diabetes_model, diabetes, tmp_path / "m.onnx", MCConfig(samples=30, seed=1),
+                       target=SelectiveTarget(target_accuracy=None, target_rmse=float(target)), ood=far)
+    report = bundle.comparison
+    chosen, test = report.selective.chosen, report.selective.test
+    assert 0 < chosen.coverage < 1 and chosen.rmse <= target  # some rows kept, the target met on them
+    stored = read_selective(onnx.load(str(tmp_path / "m.onnx")))
+    assert stored["target_rmse"] == target and stored["validation_rmse"] == chosen.rmse
+    [row] = report.ood
+    assert row.measure.value == "interval_width" and row.auroc > 0.5  # wider intervals far from the data
+    markdown = report.to_markdown()
+    assert f"target RMSE {target}" in markdown and "Out-of-distribution detection" in markdown
+
+
+def test_a_classifier_target_on_regression_data_is_refused(tmp_path, diabetes, diabetes_model):
+    from deploykit.errors import UsageError
+
+    with pytest.raises(UsageError, match="target_accuracy is a classification target"):
+        mc_bundle(diabetes_model, diabetes, tmp_path / "m.onnx", MCConfig(samples=5), target=SelectiveTarget())
+    assert list(tmp_path.iterdir()) == []  # refused before any work
