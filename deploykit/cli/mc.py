@@ -21,7 +21,9 @@ def register(sub) -> None:
         f"validation split (unless --no-temperature) and, with --target-accuracy / --target-coverage, an `abstain` "
         f"output; write, for the test split, deterministic vs MC accuracy, NLL, Brier, ECE, the error rate of the "
         f"most uncertain 10%, calibration before/after the temperature, the selective coverage and, with --ood-data, "
-        f"OOD AUROC and FPR at 95% TPR ({JSON_FILE}, {MARKDOWN_FILE}) and the PNG plots into --out.",
+        f"OOD AUROC and FPR at 95% TPR ({JSON_FILE}, {MARKDOWN_FILE}) and the PNG plots into --out. A regressor's "
+        f"model outputs mean and std per target; its report gives RMSE, Gaussian NLL and the 90% / 95% interval "
+        f"coverage, with a std scale in place of the temperature and --target-rmse for the `abstain` output.",
     )
     add_model_arg(p)
     add_data_arg(p)
@@ -29,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--max-samples", type=int, default=1000, help="largest T a client may request (default: 1000)")
     p.add_argument("--mc-seed", type=int, default=None,
                    help="seed of the dropout draws: every new session then repeats the same sequence (default: none)")
-    p.add_argument("--include-samples", action="store_true", help="also output the raw [T, N, C] sample probabilities")
+    p.add_argument("--include-samples", action="store_true",
+                   help="also output the raw [T, N, C] sample probabilities (a regressor: sample_predictions [T, N, K])")
     add_uncertainty_options(p, regression=True)
     p.add_argument("--batch-size", type=int, default=256, help="instances per onnxruntime call (default: 256)")
     p.add_argument("--out", required=True, help="output folder")
