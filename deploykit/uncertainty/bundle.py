@@ -69,8 +69,9 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
 
     ``data`` is a :class:`deploykit.data.Dataset` (validation split: the fits; test split: the
-    report). ``deterministic``: the model's test probabilities when the caller has them. Plots go
-    beside ``path``.
+    report). ``deterministic``: the model's test outputs when the caller has them (as
+    :func:`deploykit.evaluate.outputs` gives them: probabilities, logits, or a regressor's predictions).
+    Plots go beside ``path``.
     """
     from deploykit.evaluate import outputs
 
@@ -86,7 +87,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     say(f"exporting the MC Dropout model (T = {config.samples})")
     record = export_mc_onnx(model, path, config=config, class_names=list(data.class_names), metadata=metadata)
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
-    if record.output_kind is OutputKind.LOGITS and deterministic is None:
+    if record.output_kind is OutputKind.LOGITS:  # the model's raw outputs are logits: compare probabilities
         det = _softmax(det)
     fitted = _store_temperature(model, data, path, config, batch_size, say) if temperature else None
     say(f"predicting {len(data.x_test)} test instances with the MC model")

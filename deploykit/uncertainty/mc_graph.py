@@ -240,12 +240,12 @@ def reduce_samples(g, stacked: str, task: Task = Task.CLASSIFICATION) -> dict[st
     and an opset-aware ``reduce(op_type, x, axes)``: the MC graph's own (samples) and the ensemble
     editor's (members) share these formulas.
     """
-    probs = stacked
-    mean = g.reduce("ReduceMean", probs, [0])
-    diff = g.op("Sub", [probs, mean])
+    mean = g.reduce("ReduceMean", stacked, [0])
+    diff = g.op("Sub", [stacked, mean])
     std = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [diff, diff]), [0])])
     if task is Task.REGRESSION:
         return {"mean": mean, "std": std}
+    probs = stacked
     tiny = g.const(_TINY)
     minus_one = g.const(-1.0)
 

@@ -70,6 +70,8 @@ def test_logits_classifier_bundle(tmp_path, digits):
     det = np.asarray(model(digits.x_test, training=False), np.float64)
     assert report.deterministic.accuracy == pytest.approx(np.mean(det.argmax(1) == digits.y_test))
     assert abs(report.selective.test.coverage - 0.5) < 0.2
+    given = mc_bundle(model, digits, tmp_path / "g.onnx", MCConfig(samples=5), temperature=False, deterministic=det)
+    assert given.comparison.deterministic.nll == pytest.approx(report.deterministic.nll)  # raw logits, as optimize passes
 
 
 def test_regression_bundle_with_target_rmse_and_ood(tmp_path, diabetes, diabetes_model):
