@@ -31,8 +31,9 @@ def x():
 
 @pytest.fixture(scope="module")
 def task_repo(tmp_path_factory, x):
-    """``logits`` (a 3-class logits classifier), ``reg`` (a 2-target regressor) and ``reg_mc`` (its MC model, seeded,
-    with sample predictions, a std scale and an interval-width abstain threshold)."""
+    """``logits`` (a 3-class logits classifier), ``reg`` (a 2-target regressor), ``reg_mc`` (its MC model, seeded,
+    with sample predictions, a std scale and an interval-width abstain threshold) and ``reg_ensemble`` (two
+    regressors in one graph, with their predictions)."""
     from deploykit import export_mc_onnx
     from deploykit.uncertainty.regression import StdScaleFit, apply_std_scale
     from deploykit.uncertainty.selective import SelectiveTarget, add_abstain, choose_regression_threshold
@@ -54,6 +55,11 @@ def task_repo(tmp_path_factory, x):
                                          SelectiveTarget(target_accuracy=None, target_coverage=0.5))
     add_abstain(proto, chosen)
     onnx.save(proto, str(repo / "reg_mc.onnx"))
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+
+    staging = tmp_path_factory.mktemp("members")
+    members = [export_as_task(_model(2, seed), staging / f"m{seed}.onnx", Task.REGRESSION) for seed in (4, 5)]
+    export_ensemble_onnx(members, repo / "reg_ensemble.onnx", include_members=True)
     return repo
 
 
@@ -147,3 +153,15 @@ def test_regression_outputs_are_described_in_the_targets_units(triton):
     outputs = {o["name"]: o for o in triton.get_model_metadata("reg_mc")["outputs"]}
     assert "targets' units" in outputs["std"]["parameters"]["description"]
     assert "probability" not in outputs["std"]["parameters"]["description"]
+
+
+def test_regression_ensemble_answers_mean_std_and_members(triton, task_repo, x):
+    from deploykit.contract import MEMBER_PREDICTIONS_OUTPUT
+
+    result = _infer(triton, "reg_ensemble", x)
+    want = _local(task_repo, "reg_ensemble", x)
+    for name in ("mean", "std", MEMBER_PREDICTIONS_OUTPUT):
+        assert np.array_equal(result.as_numpy(name), want[name])
+    assert result.as_numpy(MEMBER_PREDICTIONS_OUTPUT).shape == (2, 30, 2)
+    assert result.get_response()["parameters"]["members"] == 2
+    assert triton.get_model_metadata("reg_ensemble")["parameters"]["task"] == "regression"
