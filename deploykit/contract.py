@@ -63,14 +63,17 @@ class Measure(enum.Enum):
     MAX_PROB = "max_prob"  # 1 - the largest (mean) probability
     ENTROPY = "entropy"  # of the (mean) probabilities, in nats: ``predictive_entropy`` of an MC / ensemble model
     MUTUAL_INFORMATION = "mutual_information"  # MC / ensemble only
+    INTERVAL_WIDTH = "interval_width"  # regression MC / ensemble: width of the central 95% interval, 2 z std, mean over targets
 
 
+INTERVAL_Z = 1.959963984540054  # INTERVAL_WIDTH = 2 * INTERVAL_Z * std: the central 95% interval of N(mean, std^2)
 ABSTAIN_RULE = "abstain when measure > threshold"
 
 METADATA_PREFIX = "deploykit."  # every deploykit metadata_props key; the values are JSON text
 TEMPERATURE_KEY = METADATA_PREFIX + "temperature"  # {temperature, placement, fitted_on, count, nll_before, nll_after}
 SELECTIVE_KEY = METADATA_PREFIX + "selective"  # {measure, threshold, rule, target_accuracy, target_coverage, ...}
 ENSEMBLE_KEY = METADATA_PREFIX + "ensemble"  # {members: [file names]}
+STD_SCALE_KEY = METADATA_PREFIX + "std_scale"  # regression: {std_scale, fitted_on, count, nll_before, nll_after}
 TASK_KEY = METADATA_PREFIX + "task"  # {task: deploykit.task.Task value, output: deploykit.task.OutputKind value}
 
 #: What each output means: served in the model metadata (``parameters.description`` of each output).
@@ -92,4 +95,11 @@ GLOSSARY = {
     MEMBER_PREDICTIONS_OUTPUT: "regression predictions of each ensemble member, shape [K, N, targets] (members first)",
     ABSTAIN_OUTPUT: "true where the model declines to decide: its uncertainty measure is above the threshold "
                     "chosen on the validation split (abstain_threshold, abstain_measure)",
+}
+#: What a regression MC / ensemble model's outputs mean (they replace the classifier's entries of GLOSSARY).
+REGRESSION_GLOSSARY = {
+    "mean": "mean over the T dropout samples (MC) or the K members (ensemble) of each target's prediction, in the "
+            "targets' units: the prediction",
+    "std": "standard deviation over the samples or members of each target's prediction (population std, in the "
+           "targets' units, times the stored std scale): mean +- 1.96 std is the central 95% interval",
 }

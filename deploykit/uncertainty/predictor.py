@@ -1,5 +1,8 @@
 """``UncertaintyPredictor``: run an MC Dropout ONNX model with onnxruntime.
 
+A classifier's model (softmax or logits) gives probabilities and the entropy measures; a
+regressor's gives ``mean`` and ``std`` per target (the classifier-only fields are None).
+
 One onnxruntime session per predictor; ``InferenceSession.run`` is
 thread-safe and the predictor keeps no per-call state, so one predictor may
 serve concurrent ``predict`` calls from several threads.
@@ -17,20 +20,24 @@ from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
 from deploykit.configs import is_int
+from deploykit.contract import REGRESSION_OUTPUT_NAMES, SAMPLE_FIRST_OUTPUTS, SAMPLE_PREDICTIONS_OUTPUT
+from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
 
 
 @dataclass(frozen=True)
 class UncertaintyResult:
-    """Per-instance MC Dropout outputs (N instances, C classes, T samples)."""
+    """Per-instance MC Dropout outputs (N instances, C classes or K regression targets, T samples)."""
 
-    mean: np.ndarray  # [N, C] mean probabilities
-    std: np.ndarray  # [N, C] standard deviation over the samples
-    predictive_entropy: np.ndarray  # [N] entropy of the mean (nats)
-    mutual_information: np.ndarray  # [N] predictive entropy minus the mean entropy of the samples
-    predicted_class: np.ndarray  # [N] int64, argmax of the mean
+    mean: np.ndarray  # [N, C] mean probabilities (regression: [N, K] mean predictions)
+    std: np.ndarray  # [N, C or K] standard deviation over the samples
+    predictive_entropy: np.ndarray | None  # [N] entropy of the mean (nats); None for a regressor
+    mutual_information: np.ndarray | None  # [N] predictive entropy minus the mean entropy of the samples; None too
+    predicted_class: np.ndarray | None  # [N] int64, argmax of the mean; None too
     samples: int  # T
     sample_probabilities: np.ndarray | None = None  # [T, N, C] when the model was exported with them
+    sample_predictions: np.ndarray | None = None  # regression: [T, N, K] when the model was exported with them
+    task: Task = Task.CLASSIFICATION
 
     @property
     def entropy(self) -> np.ndarray:
@@ -57,14 +64,16 @@ class UncertaintyPredictor:
         self.path = path
         self.metadata = read_metadata(self.session)
         outputs = {o.name for o in self.session.get_outputs()}
-        if self.metadata.kind != KIND_MC_DROPOUT or not set(OUTPUT_NAMES) <= outputs:
+        self.task = Task.CLASSIFICATION if "predictive_entropy" in outputs else Task.REGRESSION
+        contract = OUTPUT_NAMES if self.task is Task.CLASSIFICATION else REGRESSION_OUTPUT_NAMES
+        if self.metadata.kind != KIND_MC_DROPOUT or not set(contract) <= outputs:
             raise ModelLoadError(f"MC model {path}: not an MC Dropout model (kind {self.metadata.kind!r}); "
                                  "export one with deploykit mc")
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
         self.default_samples = int(self.metadata.default_samples or 0)
         self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
         self.class_names = tuple(self.metadata.class_names)
-        self._outputs = [*OUTPUT_NAMES, *([SAMPLES_OUTPUT] if SAMPLES_OUTPUT in outputs else [])]
+        self._outputs = [*contract, *(n for n in (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT) if n in outputs)]
 
     def predict(self, x, samples: int | None = None, batch_size: int | None = None) -> UncertaintyResult:
         """MC Dropout prediction for a batch ``x`` of shape [N, *input_shape].
@@ -78,13 +87,14 @@ class UncertaintyPredictor:
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         step = batch_size or len(x)
         parts = [self.session.run(self._outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
-        values = {name: np.concatenate([p[k] for p in parts], axis=1 if name == SAMPLES_OUTPUT else 0)
+        values = {name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
                   for k, name in enumerate(self._outputs)}
         return UncertaintyResult(
-            mean=values["mean"], std=values["std"], predictive_entropy=values["predictive_entropy"],
-            mutual_information=values["mutual_information"], predicted_class=values["predicted_class"],
+            mean=values["mean"], std=values["std"], predictive_entropy=values.get("predictive_entropy"),
+            mutual_information=values.get("mutual_information"), predicted_class=values.get("predicted_class"),
             samples=int(samples if samples is not None else self.default_samples),
-            sample_probabilities=values.get(SAMPLES_OUTPUT),
+            sample_probabilities=values.get(SAMPLES_OUTPUT), sample_predictions=values.get(SAMPLE_PREDICTIONS_OUTPUT),
+            task=self.task,
         )
 
     def _check_samples(self, samples) -> int:
