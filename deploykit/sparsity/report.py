@@ -16,7 +16,7 @@ from deploykit.sparsity.tuning import TuneResult, rebuild
 
 @dataclass
 class LayerSparsity(Record):
-    """One Dense layer's kernel after the step."""
+    """One prunable layer's kernel (the one TF-MOT prunes: a SeparableConv2D's pointwise kernel) after the step."""
 
     name: str
     weights: int  # kernel weights (biases are never zeroed)
@@ -146,17 +146,24 @@ class SparsityReport(Record):
 
 
 def dense_layers(model) -> list:
-    """The model's Dense layers, in order."""
+    """The model's prunable layers (Dense and convolutions, the layer table's), in order."""
     from deploykit.layers import support_for
 
     return [l for l in model.layers if type(l).__name__ != "InputLayer" and support_for(l, unsafe=True).prunable]
 
 
+def pruned_kernel(layer) -> np.ndarray:
+    """The weights TF-MOT prunes in ``layer`` (a layer object, or a wrapper's inner layer): the table says which."""
+    from deploykit.layers import support_for
+
+    return np.asarray(layer.get_weights()[support_for(layer, unsafe=True).pruned_kernel[1]])
+
+
 def kernel_sparsity(model, targets: dict[str, float | None]) -> list[LayerSparsity]:
-    """Kernel zeros of every Dense layer; ``targets`` maps the sparsified layers to their target (or None)."""
+    """Kernel zeros of every prunable layer; ``targets`` maps the sparsified layers to their target (or None)."""
     out = []
     for layer in dense_layers(model):
-        kernel = np.asarray(layer.get_weights()[0])
+        kernel = pruned_kernel(layer)
         zeros = int(np.count_nonzero(kernel == 0))
         out.append(LayerSparsity(layer.name, int(kernel.size), zeros, zeros / kernel.size, layer.name in targets, targets.get(layer.name)))
     return out
