@@ -9,7 +9,9 @@ fixture: 96% -> 11% accuracy. :func:`prepare_for_int8` therefore
 
 1. folds BatchNormalization and Normalization into the Dense layers
    (``deploykit.fold``, exact), so the int8 graph takes the raw inputs, and
-2. clips each Dense kernel column to the threshold that minimises the
+2. clips each Dense kernel column (each conv output channel: Conv1D, Conv2D,
+   and DepthwiseConv2D per input channel x multiplier, searched on sampled
+   receptive fields) to the threshold that minimises the
    calibration-data error of its simulated int8 weights (symmetric, per
    output channel, 127 levels), moving the mean effect of the clipping into
    the bias (bias correction). Zeros stay zeros. The candidate thresholds
@@ -49,11 +51,15 @@ INT8_LEVELS = 127
 #: The largest requantization multiplier deploykit lets a Dense layer keep. XNNPACK refuses >= 256
 #: (and crashes on it); the margin covers the difference between this estimate and the converter's.
 MAX_REQUANTIZATION = 32.0
+#: The convolutions whose kernel is clipped per output channel (a DepthwiseConv2D's: per input channel x multiplier).
+CONV_KERNELS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D"})
+#: Receptive fields a conv's clip search samples from the calibration data (bounds memory and time).
+MAX_PATCHES = 8192
 
 
 @dataclass
 class LayerClip(Record):
-    """One Dense kernel after clipping."""
+    """One Dense or conv kernel after clipping (columns: output channels)."""
 
     name: str
     columns: int
@@ -77,7 +83,7 @@ class Int8Preparation(Record):
             if self.folded:
                 self.steps.append(f"fold({len(self.folded)} layers)")
             n = sum(1 for c in self.clipped if c.columns_clipped)
-            self.steps.append(f"int8_weight_clip({n} of {len(self.clipped)} dense layers)")
+            self.steps.append(f"int8_weight_clip({n} of {len(self.clipped)} layers)")
             bounded = sum(c.columns_bounded for c in self.clipped)
             if bounded:
                 self.steps.append(f"int8_requantization_bound({bounded} columns)")
@@ -107,15 +113,14 @@ def prepare_for_int8(model, calibration: np.ndarray) -> tuple[object, Int8Prepar
     from deploykit.backend import keras
     from deploykit.fold import fold_batchnorm
     from deploykit.graph import graph_from_model, to_keras
-    from deploykit.layers import Role
 
     folded, report = fold_batchnorm(model)
-    graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense kernels are clipped
-    dense = [(node.spec, folded.get_layer(node.name)) for node in graph.nodes if node.spec.support.role is Role.DENSE]
-    probe = keras.Model(folded.inputs, [layer.input for _, layer in dense])
+    graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
+    specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
+    probe = keras.Model(folded.inputs, [folded.get_layer(spec.name).input for spec in specs])
     inputs = probe(calibration, training=False)
     inputs = [np.asarray(h, dtype=np.float64) for h in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
-    clipped = [_clip_dense(spec, h) for (spec, _), h in zip(dense, inputs)]
+    clipped = [_clip_layer(spec, h) for spec, h in zip(specs, inputs)]
     prepared = to_keras(graph)
     diff = np.abs(np.asarray(prepared(calibration, training=False)) - np.asarray(model(calibration, training=False)))
     folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded]
@@ -141,37 +146,108 @@ def simulate_int8(weights: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.clip(weights, -threshold, threshold) / scale), -INT8_LEVELS, INT8_LEVELS) * scale
 
 
+def _clippable(spec) -> bool:
+    """Dense, and the convolutions whose kernel int8 stores per output channel (channels last)."""
+    from deploykit.layers import Role
+
+    if spec.support.role is Role.DENSE:
+        return True
+    return spec.class_name in CONV_KERNELS and spec.config.get("data_format", "channels_last") == "channels_last"
+
+
+def _clip_layer(spec, h: np.ndarray) -> LayerClip:
+    """Clip one Dense or conv kernel (in place in ``spec``) per output channel; ``h`` is the layer's input."""
+    return _clip_dense(spec, h) if spec.class_name not in CONV_KERNELS else _clip_conv(spec, h)
+
+
 def _clip_dense(spec, h: np.ndarray) -> LayerClip:
     """Clip one Dense kernel (in place in ``spec``) per column; the bias absorbs the mean change."""
     h = h.reshape(len(h), -1)
     kernel = spec.weights[0].astype(np.float64)
-    mean = h.mean(axis=0)
-    live = h.std(axis=0) > 0  # rows of features constant on the calibration data add no error
-    centred = (h - mean)[:, live]
-    largest = np.abs(kernel).max(axis=0)
+    clipped, clip = _clip_columns(spec, h[:, None, :], kernel[None], _range_scale(h))
+    spec.weights[0] = clipped[0]
+    return clip
+
+
+def _clip_conv(spec, x: np.ndarray) -> LayerClip:
+    """Clip a Conv1D / Conv2D / DepthwiseConv2D kernel per output channel, on its receptive fields.
+
+    A convolution is a Dense layer applied to every receptive field (patch), so the Dense search
+    runs on sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads input
+    channel ``c`` only: one group of columns per input channel, each with its own patch values.
+    """
+    patches = _patches(spec, x)  # (rows, kh * kw * cin), the kernel's row order
+    kernel = spec.weights[0].astype(np.float64)
+    cin = kernel.shape[-2]
+    if spec.class_name == "DepthwiseConv2D":
+        taps = int(np.prod(kernel.shape[:-2]))
+        grouped = patches.reshape(len(patches), taps, cin).transpose(0, 2, 1)
+        w = kernel.reshape(taps, cin, -1).transpose(1, 0, 2)
+        clipped, clip = _clip_columns(spec, grouped, w, _range_scale(x))
+        spec.weights[0] = clipped.transpose(1, 0, 2).reshape(kernel.shape)
+    else:
+        clipped, clip = _clip_columns(spec, patches[:, None, :], kernel.reshape(1, -1, kernel.shape[-1]), _range_scale(x))
+        spec.weights[0] = clipped.reshape(kernel.shape)
+    return clip
+
+
+def _patches(spec, x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Up to :data:`MAX_PATCHES` receptive fields of a conv over ``x``, as rows in the kernel's (taps, channels) order."""
+    from deploykit.backend import tf
+
+    config = spec.config
+    one_d = spec.class_name == "Conv1D"
+    size, strides, rates = (tuple(config.get(k, (1,) * (1 if one_d else 2))) for k in ("kernel_size", "strides", "dilation_rate"))
+    if one_d:
+        x, size, strides, rates = x[:, None], (1, *size), (1, *strides), (1, *rates)
+    padding = str(config.get("padding", "valid")).upper()
+    if padding == "CAUSAL":  # Conv1D: zeros before the sequence, then a valid convolution
+        x, padding = np.pad(x, ((0, 0), (0, 0), ((size[1] - 1) * rates[1], 0), (0, 0))), "VALID"
+    rng = np.random.default_rng(seed)
+    rows, chunk = [], max(1, -(-len(x) // 32))
+    for start in range(0, len(x), chunk):
+        part = tf.image.extract_patches(tf.constant(x[start:start + chunk], tf.float32), [1, *size, 1], [1, *strides, 1],
+                                        [1, *rates, 1], padding).numpy().astype(np.float64)
+        part = part.reshape(-1, part.shape[-1])
+        take = min(len(part), -(-MAX_PATCHES * chunk // len(x)))
+        rows.append(part[np.sort(rng.choice(len(part), size=take, replace=False))])
+    return np.concatenate(rows)
+
+
+def _clip_columns(spec, x: np.ndarray, kernel: np.ndarray, in_scale: float) -> tuple[np.ndarray, LayerClip]:
+    """The clipped ``kernel`` and its record; the mean change moves into ``spec``'s bias.
+
+    Grouped columns: ``out[n, g, m] = sum_r x[n, g, r] * kernel[g, r, m]`` (one group for Dense and
+    Conv, one per input channel for a depthwise conv). Column ``(g, m)`` is output channel ``g * M + m``.
+    """
+    mean = x.mean(axis=0)
+    centred = np.where(x.std(axis=0) > 0, x - mean, 0.0)  # features constant on the calibration data add no error
+    largest = np.abs(kernel).max(axis=1)
     best_t = largest.copy()
-    best_err = first_err = _int8_error(centred, kernel[live], largest)
+    best_err = first_err = _int8_error(centred, kernel, largest)
     for anchor, factors in ((largest, CLIP_FRACTIONS[1:]), (None, REFINE_FACTORS)):
         anchor = best_t.copy() if anchor is None else anchor  # the refinement centres on the coarse best
         for factor in factors:
             t = np.minimum(anchor * factor, largest)
-            err = _int8_error(centred, kernel[live], t)
+            err = _int8_error(centred, kernel, t)
             better = err < best_err
             best_err, best_t = np.where(better, err, best_err), np.where(better, t, best_t)
-    bounded = _bound_requantization(spec, h, kernel, best_t, mean)
-    clipped = np.clip(kernel, -bounded, bounded)
-    _set_kernel(spec, kernel, clipped, mean)
+    bounded = _bound_requantization(spec, x, kernel, best_t, mean, in_scale)
+    clipped = np.clip(kernel, -bounded[:, None], bounded[:, None])
+    _set_bias(spec, np.einsum("gr,grm->gm", mean, kernel - clipped).ravel())
     total = float(first_err.sum())
-    return LayerClip(spec.name, int(kernel.shape[1]), int(np.count_nonzero(bounded < largest)),
-                     int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
+    return clipped.astype(np.float32), LayerClip(
+        spec.name, int(largest.size), int(np.count_nonzero(bounded < largest)),
+        int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
 
 
 def _int8_error(centred: np.ndarray, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Per column: squared error that int8 weights clipped to ``threshold`` add on the centred calibration inputs."""
-    return ((centred @ (kernel - simulate_int8(kernel, threshold))) ** 2).sum(axis=0)
+    return (np.einsum("ngr,grm->ngm", centred, kernel - simulate_int8(kernel, threshold[:, None])) ** 2).sum(axis=0)
 
 
-def _bound_requantization(spec, h: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def _bound_requantization(spec, x: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray,
+                          in_scale: float) -> np.ndarray:
     """Lower ``threshold`` where a column's requantization multiplier would reach :data:`MAX_REQUANTIZATION`.
 
     Scales are estimated as the int8 converters set them: activations from the
@@ -180,17 +256,17 @@ def _bound_requantization(spec, h: np.ndarray, kernel: np.ndarray, threshold: np
     raises every multiplier a little, so this repeats until all are bounded.
     A column whose output range comes from one barely moving feature
     converges only once the other features (or the bias) set that range.
+    ``in_scale`` is the layer input's (a conv's sampled patches may miss its extremes).
     """
-    in_scale = _range_scale(h)
     threshold = threshold.copy()
     for _ in range(64):
-        clipped = np.clip(kernel, -threshold, threshold)
-        bias = _bias(spec, kernel.shape[1]) + mean @ (kernel - clipped)
-        out = h @ clipped + bias
+        clipped = np.clip(kernel, -threshold[:, None], threshold[:, None])
+        bias = _bias(spec, threshold.size).reshape(threshold.shape) + np.einsum("gr,grm->gm", mean, kernel - clipped)
+        out = np.einsum("ngr,grm->ngm", x, clipped) + bias
         if spec.config.get("activation") in ("relu", "relu6"):  # fused into the layer by the converters
             out = np.maximum(out, 0.0)
         limit = MAX_REQUANTIZATION * INT8_LEVELS * _range_scale(out) / in_scale if in_scale > 0 else np.inf
-        if np.all(np.abs(clipped).max(axis=0) <= limit):
+        if np.all(np.abs(clipped).max(axis=1) <= limit):
             return threshold
         threshold = np.minimum(threshold, 0.9 * limit)
     return threshold
@@ -205,12 +281,10 @@ def _bias(spec, units: int) -> np.ndarray:
     return spec.weights[1].astype(np.float64) if spec.config.get("use_bias", True) else np.zeros(units)
 
 
-def _set_kernel(spec, kernel: np.ndarray, clipped: np.ndarray, mean: np.ndarray) -> None:
-    """Store ``clipped`` in ``spec`` and move the mean effect of the clipping into its bias (added if needed)."""
-    shift = mean @ (kernel - clipped)
+def _set_bias(spec, shift: np.ndarray) -> None:
+    """Add ``shift`` (the mean effect of the clipping) to ``spec``'s bias, adding a bias if it has none."""
     if spec.config.get("use_bias", True):
-        spec.weights[1] = (spec.weights[1].astype(np.float64) + shift).astype(np.float32)
+        spec.weights[-1] = (spec.weights[-1].astype(np.float64) + shift).astype(np.float32)
     elif np.any(shift != 0):
         spec.config["use_bias"] = True
         spec.weights.append(shift.astype(np.float32))
-    spec.weights[0] = clipped.astype(np.float32)
