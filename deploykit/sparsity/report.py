@@ -55,7 +55,7 @@ class PruneSchedule(Record):
 
 @dataclass
 class LayerCompact(Record):
-    """One Dense layer before and after compact."""
+    """One Dense or conv layer before and after compact (neurons: units or output channels)."""
 
     name: str
     neurons_before: int
@@ -67,13 +67,14 @@ class LayerCompact(Record):
 
 @dataclass
 class CompactReport(Record):
-    """What compact removed; MACs are the Dense multiply-adds per example."""
+    """What compact removed; MACs are the Dense and conv multiply-adds per example."""
 
     layers: list[LayerCompact]
     macs_before: int
     macs_after: int
     passes: int
     max_abs_diff: float | None = None  # on the check data, when given
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left alone (coupled channels...)
 
     @property
     def neurons_removed(self) -> int:
@@ -90,6 +91,7 @@ class CompactReport(Record):
                 f"{l.name:<24}{f'{l.neurons_before} -> {l.neurons_after}':>16}"
                 f"{f'{l.macs_before} -> {l.macs_after}':>22}{l.constant_kept:>12}"
             )
+        rows += [f"{name} skipped: {reason}" for name, reason in self.skipped.items()]
         diff = "" if self.max_abs_diff is None else f"; max |output difference| {self.max_abs_diff:.2e}"
         rows.append(
             f"removed {self.neurons_removed} neurons in {self.passes} passes; "
