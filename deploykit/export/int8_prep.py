@@ -110,21 +110,42 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
 
 def prepare_for_int8(model, calibration: np.ndarray) -> tuple[object, Int8Preparation]:
     """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed."""
-    from deploykit.backend import keras
     from deploykit.fold import fold_batchnorm
     from deploykit.graph import graph_from_model, to_keras
 
     folded, report = fold_batchnorm(model)
     graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
     specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
-    probe = keras.Model(folded.inputs, [folded.get_layer(spec.name).input for spec in specs])
-    inputs = probe(calibration, training=False)
-    inputs = [np.asarray(h, dtype=np.float64) for h in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
-    clipped = [_clip_layer(spec, h) for spec, h in zip(specs, inputs)]
+    clipped = [_clip_rows(spec, rows, in_scale) for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))]
     prepared = to_keras(graph)
     diff = np.abs(np.asarray(prepared(calibration, training=False)) - np.asarray(model(calibration, training=False)))
     folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded]
     return prepared, Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))
+
+
+def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> list[tuple[np.ndarray, float]]:
+    """Per layer: (its input rows on the calibration data, the int8 scale of its input tensor).
+
+    A Dense layer's rows are its inputs; a conv's are up to :data:`MAX_PATCHES` receptive fields,
+    sampled batch by batch so a large feature map is never held whole.
+    """
+    from deploykit.backend import keras
+
+    probe = keras.Model(model.inputs, [model.get_layer(spec.name).input for spec in specs])
+    rng = np.random.default_rng(0)
+    rows: list[list[np.ndarray]] = [[] for _ in specs]
+    low, high = np.zeros(len(specs)), np.zeros(len(specs))  # the calibration range always holds 0
+    for start in range(0, len(calibration), batch):
+        part = calibration[start:start + batch]
+        outputs = probe(part, training=False)
+        for k, (spec, h) in enumerate(zip(specs, outputs if isinstance(outputs, (list, tuple)) else [outputs])):
+            h = np.asarray(h)
+            low[k], high[k] = min(low[k], float(h.min())), max(high[k], float(h.max()))
+            if spec.class_name in CONV_KERNELS:
+                rows[k].append(_patches(spec, h, -(-MAX_PATCHES * len(part) // len(calibration)), rng))
+            else:
+                rows[k].append(h.reshape(len(h), -1).astype(np.float64))
+    return [(np.concatenate(r), (hi - lo) / 255.0) for r, lo, hi in zip(rows, low, high)]
 
 
 def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int):
@@ -155,95 +176,113 @@ def _clippable(spec) -> bool:
     return spec.class_name in CONV_KERNELS and spec.config.get("data_format", "channels_last") == "channels_last"
 
 
-def _clip_layer(spec, h: np.ndarray) -> LayerClip:
-    """Clip one Dense or conv kernel (in place in ``spec``) per output channel; ``h`` is the layer's input."""
-    return _clip_dense(spec, h) if spec.class_name not in CONV_KERNELS else _clip_conv(spec, h)
+def _clip_rows(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
+    """Clip one Dense or conv kernel (in place in ``spec``) per output channel; ``rows``: its inputs or patches.
+
+    A convolution is a Dense layer applied to every receptive field (patch), so the Dense search
+    runs on the sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads
+    input channel ``c`` only: one group of columns per input channel, each with its own patch values.
+    """
+    if spec.class_name != "DepthwiseConv2D":
+        return _clip_matrix(spec, rows, in_scale)
+    kernel = spec.weights[0].astype(np.float64)
+    taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
+    grouped = np.ascontiguousarray(rows.reshape(len(rows), taps, cin).transpose(2, 0, 1))
+    clipped, clip = _clip_columns(spec, grouped, kernel.reshape(taps, cin, -1).transpose(1, 0, 2), in_scale)
+    spec.weights[0] = clipped.transpose(1, 0, 2).reshape(kernel.shape)
+    return clip
+
+
+def _clip_matrix(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
+    """A Dense or Conv kernel: one column per output channel over (taps x) input channels."""
+    kernel = spec.weights[0].astype(np.float64)
+    clipped, clip = _clip_columns(spec, rows[None], kernel.reshape(1, -1, kernel.shape[-1]), in_scale)
+    spec.weights[0] = clipped.reshape(kernel.shape)
+    return clip
 
 
 def _clip_dense(spec, h: np.ndarray) -> LayerClip:
-    """Clip one Dense kernel (in place in ``spec``) per column; the bias absorbs the mean change."""
-    h = h.reshape(len(h), -1)
-    kernel = spec.weights[0].astype(np.float64)
-    clipped, clip = _clip_columns(spec, h[:, None, :], kernel[None], _range_scale(h))
-    spec.weights[0] = clipped[0]
-    return clip
+    """Clip one Dense kernel (in place in ``spec``) per column on its inputs ``h``; the bias absorbs the mean change."""
+    return _clip_matrix(spec, h.reshape(len(h), -1).astype(np.float64), _range_scale(h))
 
 
-def _clip_conv(spec, x: np.ndarray) -> LayerClip:
-    """Clip a Conv1D / Conv2D / DepthwiseConv2D kernel per output channel, on its receptive fields.
+def _patches(spec, x: np.ndarray, take: int, rng) -> np.ndarray:
+    """``take`` receptive fields of a conv over ``x`` drawn at random, as rows in the kernel's (taps, channels) order.
 
-    A convolution is a Dense layer applied to every receptive field (patch), so the Dense search
-    runs on sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads input
-    channel ``c`` only: one group of columns per input channel, each with its own patch values.
+    The windows are the convolution's: its strides, dilation and padding (``same`` as TensorFlow
+    pads, ``causal`` zeros before a sequence).
     """
-    patches = _patches(spec, x)  # (rows, kh * kw * cin), the kernel's row order
-    kernel = spec.weights[0].astype(np.float64)
-    cin = kernel.shape[-2]
-    if spec.class_name == "DepthwiseConv2D":
-        taps = int(np.prod(kernel.shape[:-2]))
-        grouped = patches.reshape(len(patches), taps, cin).transpose(0, 2, 1)
-        w = kernel.reshape(taps, cin, -1).transpose(1, 0, 2)
-        clipped, clip = _clip_columns(spec, grouped, w, _range_scale(x))
-        spec.weights[0] = clipped.transpose(1, 0, 2).reshape(kernel.shape)
-    else:
-        clipped, clip = _clip_columns(spec, patches[:, None, :], kernel.reshape(1, -1, kernel.shape[-1]), _range_scale(x))
-        spec.weights[0] = clipped.reshape(kernel.shape)
-    return clip
-
-
-def _patches(spec, x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Up to :data:`MAX_PATCHES` receptive fields of a conv over ``x``, as rows in the kernel's (taps, channels) order."""
-    from deploykit.backend import tf
-
     config = spec.config
     one_d = spec.class_name == "Conv1D"
-    size, strides, rates = (tuple(config.get(k, (1,) * (1 if one_d else 2))) for k in ("kernel_size", "strides", "dilation_rate"))
+    size, strides, rates = (tuple(config.get(k) or (1,) * (1 if one_d else 2)) for k in ("kernel_size", "strides", "dilation_rate"))
+    padding = str(config.get("padding", "valid")).lower()
     if one_d:
         x, size, strides, rates = x[:, None], (1, *size), (1, *strides), (1, *rates)
-    padding = str(config.get("padding", "valid")).upper()
-    if padding == "CAUSAL":  # Conv1D: zeros before the sequence, then a valid convolution
-        x, padding = np.pad(x, ((0, 0), (0, 0), ((size[1] - 1) * rates[1], 0), (0, 0))), "VALID"
-    rng = np.random.default_rng(seed)
-    rows, chunk = [], max(1, -(-len(x) // 32))
-    for start in range(0, len(x), chunk):
-        part = tf.image.extract_patches(tf.constant(x[start:start + chunk], tf.float32), [1, *size, 1], [1, *strides, 1],
-                                        [1, *rates, 1], padding).numpy().astype(np.float64)
-        part = part.reshape(-1, part.shape[-1])
-        take = min(len(part), -(-MAX_PATCHES * chunk // len(x)))
-        rows.append(part[np.sort(rng.choice(len(part), size=take, replace=False))])
-    return np.concatenate(rows)
+    if padding == "causal":
+        x, padding = np.pad(x, ((0, 0), (0, 0), ((size[1] - 1) * rates[1], 0), (0, 0))), "valid"
+    pads, outs = [], []
+    for n_in, k, stride, rate in zip(x.shape[1:3], size, strides, rates):
+        span = (k - 1) * rate + 1
+        out = -(-n_in // stride) if padding == "same" else (n_in - span) // stride + 1
+        total = max((out - 1) * stride + span - n_in, 0) if padding == "same" else 0
+        pads.append((total // 2, total - total // 2))
+        outs.append(out)
+    x = np.pad(x, ((0, 0), *pads, (0, 0)))
+    positions = len(x) * outs[0] * outs[1]
+    n, i, j = np.unravel_index(np.sort(rng.choice(positions, size=min(take, positions), replace=False)), (len(x), *outs))
+    rows = (i * strides[0])[:, None, None] + (np.arange(size[0]) * rates[0])[None, :, None]
+    cols = (j * strides[1])[:, None, None] + (np.arange(size[1]) * rates[1])[None, None, :]
+    return x[n[:, None, None], rows, cols].reshape(len(n), -1).astype(np.float64)
 
 
 def _clip_columns(spec, x: np.ndarray, kernel: np.ndarray, in_scale: float) -> tuple[np.ndarray, LayerClip]:
     """The clipped ``kernel`` and its record; the mean change moves into ``spec``'s bias.
 
-    Grouped columns: ``out[n, g, m] = sum_r x[n, g, r] * kernel[g, r, m]`` (one group for Dense and
-    Conv, one per input channel for a depthwise conv). Column ``(g, m)`` is output channel ``g * M + m``.
+    Grouped columns: ``out[g, n] = x[g, n] @ kernel[g]`` (one group for Dense and Conv, one per input
+    channel for a depthwise conv). Column ``(g, m)`` is output channel ``g * M + m``.
     """
-    mean = x.mean(axis=0)
-    centred = np.where(x.std(axis=0) > 0, x - mean, 0.0)  # features constant on the calibration data add no error
+    mean = x.mean(axis=1)
+    centred = np.where(x.std(axis=1, keepdims=True) > 0, x - mean[:, None], 0.0)  # constant features add no error
+    error = _error_of(centred)
     largest = np.abs(kernel).max(axis=1)
     best_t = largest.copy()
-    best_err = first_err = _int8_error(centred, kernel, largest)
+    best_err = first_err = _int8_error(error, kernel, largest)
     for anchor, factors in ((largest, CLIP_FRACTIONS[1:]), (None, REFINE_FACTORS)):
         anchor = best_t.copy() if anchor is None else anchor  # the refinement centres on the coarse best
         for factor in factors:
             t = np.minimum(anchor * factor, largest)
-            err = _int8_error(centred, kernel, t)
+            err = _int8_error(error, kernel, t)
             better = err < best_err
             best_err, best_t = np.where(better, err, best_err), np.where(better, t, best_t)
     bounded = _bound_requantization(spec, x, kernel, best_t, mean, in_scale)
     clipped = np.clip(kernel, -bounded[:, None], bounded[:, None])
-    _set_bias(spec, np.einsum("gr,grm->gm", mean, kernel - clipped).ravel())
+    _set_bias(spec, _shift(mean, kernel - clipped).ravel())
     total = float(first_err.sum())
     return clipped.astype(np.float32), LayerClip(
         spec.name, int(largest.size), int(np.count_nonzero(bounded < largest)),
         int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
 
 
-def _int8_error(centred: np.ndarray, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+def _error_of(centred: np.ndarray):
+    """``change -> per-column squared output error`` on the centred inputs (g, n, r).
+
+    Through the Gram matrix ``centred^T centred`` when there are more rows than inputs (a conv's
+    patches): the same sum, at r^2 instead of n * r operations per column and candidate.
+    """
+    if centred.shape[1] > centred.shape[2]:
+        gram = centred.transpose(0, 2, 1) @ centred
+        return lambda change: ((gram @ change) * change).sum(axis=1)
+    return lambda change: ((centred @ change) ** 2).sum(axis=1)
+
+
+def _int8_error(error, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Per column: squared error that int8 weights clipped to ``threshold`` add on the centred calibration inputs."""
-    return (np.einsum("ngr,grm->ngm", centred, kernel - simulate_int8(kernel, threshold[:, None])) ** 2).sum(axis=0)
+    return error(kernel - simulate_int8(kernel, threshold[:, None]))
+
+
+def _shift(mean: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """Per column (g, m): the mean output change, ``mean[g] @ change[g]``."""
+    return (mean[:, None] @ change)[:, 0]
 
 
 def _bound_requantization(spec, x: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray,
@@ -261,8 +300,8 @@ def _bound_requantization(spec, x: np.ndarray, kernel: np.ndarray, threshold: np
     threshold = threshold.copy()
     for _ in range(64):
         clipped = np.clip(kernel, -threshold[:, None], threshold[:, None])
-        bias = _bias(spec, threshold.size).reshape(threshold.shape) + np.einsum("gr,grm->gm", mean, kernel - clipped)
-        out = np.einsum("ngr,grm->ngm", x, clipped) + bias
+        bias = _bias(spec, threshold.size).reshape(threshold.shape) + _shift(mean, kernel - clipped)
+        out = x @ clipped + bias[:, None]
         if spec.config.get("activation") in ("relu", "relu6"):  # fused into the layer by the converters
             out = np.maximum(out, 0.0)
         limit = MAX_REQUANTIZATION * INT8_LEVELS * _range_scale(out) / in_scale if in_scale > 0 else np.inf

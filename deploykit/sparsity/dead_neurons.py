@@ -152,7 +152,7 @@ def _activation(config) -> str:
 
 
 def _route(graph, node):
-    """The :class:`_Route` from ``node`` to the next kernel, or why there is none (``""``: nothing follows).
+    """The :class:`_Route` from ``node`` to the next kernel, or why there is none (``""``: no kernel follows).
 
     Only a single consumer at each step keeps the channels free: a fork or a merge couples them.
     """
@@ -160,10 +160,10 @@ def _route(graph, node):
     current, between, positions = node, [], 1
     while True:
         consumers = graph.consumers(current.name)
+        if not consumers or not _feeds_a_kernel(graph, current.name):
+            return ""  # reaches the model output: no next kernel to remove rows from
         if graph.fan_out(current.name) > 1:
             return f"channels coupled: {current.name!r} feeds {graph.fan_out(current.name)} places (a fork)"
-        if not consumers:
-            return ""  # reaches the model output: no next kernel to remove rows from
         nxt = consumers[0]
         spec = nxt.spec
         if spec.support.role is Role.MERGE:
@@ -176,11 +176,16 @@ def _route(graph, node):
                     return f"{layer.class_name} {layer.name!r} groups its channels or puts them first"
             return _Route(between, spec, positions)
         if not _passable(spec, graph.shape(current.name), positions):
-            return f"next layer {spec.name!r} ({spec.class_name}) does not act channel by channel"
+            return f"compact does not carry channels through the next layer, {spec.name!r} ({spec.class_name})"
         if spec.class_name == "Flatten":
             positions *= int(np.prod(graph.shape(current.name)[:-1], dtype=np.int64))
         between.append(spec)
         current = nxt
+
+
+def _feeds_a_kernel(graph, name: str) -> bool:
+    """True when a Dense or conv layer reads ``name``'s output, directly or further down."""
+    return any(node.spec.class_name in _KERNELS and name in graph.ancestors(node.name) for node in graph.nodes)
 
 
 def _channels_last(spec) -> bool:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deploykit.export.int8_prep import INT8_LEVELS, MAX_REQUANTIZATION, _clip_conv
+from deploykit.export.int8_prep import INT8_LEVELS, MAX_REQUANTIZATION, _clip_rows, _patches
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -53,7 +53,7 @@ def test_a_channel_scaled_by_one_over_epsilon_is_clipped_and_multipliers_bounded
     kernel[0, 0, 1, 0] = 0.0  # zeros stay zeros
     spec = _conv_spec(kernel, depthwise=depthwise)
     reference = _conv(x, _conv_spec(kernel, depthwise=depthwise))
-    clip = _clip_conv(spec, x)
+    clip = _clip_rows(spec, _patches(spec, x, 10_000, np.random.default_rng(0)), _range_scale(x))
     clipped = spec.weights[0]
     out = _conv(x, spec)
     assert clip.columns == (6 if depthwise else 4)
@@ -67,6 +67,36 @@ def test_a_channel_scaled_by_one_over_epsilon_is_clipped_and_multipliers_bounded
     np.testing.assert_allclose(out, reference, atol=0.02 * np.abs(reference).max())
     weight_scale = np.abs(clipped).reshape(-1, clip.columns).max(axis=0) / INT8_LEVELS
     assert (_range_scale(x) * weight_scale / _range_scale(out)).max() <= MAX_REQUANTIZATION
+
+
+@pytest.mark.parametrize("kind, options, shape", [
+    ("Conv2D", {"kernel_size": (3, 2), "strides": 2, "padding": "same"}, (9, 7, 3)),
+    ("Conv2D", {"kernel_size": (3, 4), "strides": (2, 3), "padding": "same"}, (8, 10, 3)),
+    ("Conv2D", {"kernel_size": 3, "dilation_rate": 2}, (9, 8, 3)),
+    ("Conv1D", {"kernel_size": 3, "dilation_rate": 2, "padding": "causal"}, (10, 3)),
+    ("Conv1D", {"kernel_size": 4, "strides": 2, "padding": "same"}, (11, 3)),
+    ("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2, "padding": "same"}, (6, 6, 3)),
+])
+def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
+    """Every patch times the kernel is the conv's output at that position (strides, dilation, padding)."""
+    from deploykit.backend import keras
+    from deploykit.graph import graph_from_model
+
+    layer = getattr(keras.layers, kind)(**({"filters": 5} if kind != "DepthwiseConv2D" else {}), **options, use_bias=False)
+    model = keras.Sequential([keras.Input(shape), layer])
+    x = np.random.default_rng(0).normal(size=(4, *shape))
+    rows = _patches(graph_from_model(model).nodes[0].spec, x, 10**6, np.random.default_rng(0))
+    kernel = layer.get_weights()[0].astype(np.float64)
+    if kind == "DepthwiseConv2D":
+        taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
+        out = np.einsum("ntc,tcm->ncm", rows.reshape(len(rows), taps, cin), kernel.reshape(taps, cin, -1)).reshape(len(rows), -1)
+    else:
+        out = rows @ kernel.reshape(-1, kernel.shape[-1])
+    expected = model(x).numpy().reshape(-1, model.output_shape[-1])
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    fewer = _patches(graph_from_model(model).nodes[0].spec, x, 7, np.random.default_rng(1))
+    assert len(fewer) == 7 and all((rows == r).all(axis=1).any() for r in fewer)  # a sample of the same windows
 
 
 def image_data(digits):

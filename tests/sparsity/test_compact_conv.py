@@ -125,3 +125,13 @@ def test_concatenate_couples_too():
     _, report = compact(model, _x((6, 6, 1)))
     assert report.skipped["left"] == report.skipped["right"] == "channels coupled: reaches Concatenate 'cat'"
     assert "mix" not in report.skipped
+
+
+def test_the_output_layer_is_no_skip_even_behind_a_softmax_layer():
+    from deploykit.backend import keras
+
+    L = keras.layers
+    model = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(3, 3, name="c"), L.Flatten(), L.Dense(4, name="d"),
+                              L.Softmax(name="soft")])
+    _, report = compact(model, _x((6, 6, 1)))
+    assert report.skipped == {}
