@@ -57,6 +57,20 @@ def load_model_arg(args):
     return load_model(path, unsafe=getattr(args, "unsafe", False))
 
 
+def writes_keras3(args, out) -> bool:
+    """True when the model argument (already loaded) is a Keras 3 file, so ``out`` is written as one; check before the work.
+
+    A Keras 3 user gets back a file Keras 3 opens, as ``optimize`` does; tf_keras in gives tf_keras out.
+    """
+    from deploykit.errors import UsageError
+    from deploykit.io import read_model_file
+
+    keras3 = read_model_file(getattr(args, "model", None) or DEFAULT_MODEL).is_keras3
+    if keras3 and Path(out).suffix != ".keras":
+        raise UsageError(f"--out {out}: the model is a Keras 3 file and is written back as one; use a .keras suffix")
+    return keras3
+
+
 def load_data_arg(args):
     from deploykit.data import SplitConfig, load_dataset
 

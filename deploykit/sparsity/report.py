@@ -16,7 +16,7 @@ from deploykit.sparsity.tuning import TuneResult, rebuild
 
 @dataclass
 class LayerSparsity(Record):
-    """One Dense layer's kernel after the step."""
+    """One prunable layer's kernel (the one TF-MOT prunes: a SeparableConv2D's pointwise kernel) after the step."""
 
     name: str
     weights: int  # kernel weights (biases are never zeroed)
@@ -55,7 +55,7 @@ class PruneSchedule(Record):
 
 @dataclass
 class LayerCompact(Record):
-    """One Dense layer before and after compact."""
+    """One Dense or conv layer before and after compact (neurons: units or output channels)."""
 
     name: str
     neurons_before: int
@@ -67,13 +67,14 @@ class LayerCompact(Record):
 
 @dataclass
 class CompactReport(Record):
-    """What compact removed; MACs are the Dense multiply-adds per example."""
+    """What compact removed; MACs are the Dense and conv multiply-adds per example."""
 
     layers: list[LayerCompact]
     macs_before: int
     macs_after: int
     passes: int
     max_abs_diff: float | None = None  # on the check data, when given
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left alone (coupled channels...)
 
     @property
     def neurons_removed(self) -> int:
@@ -90,6 +91,7 @@ class CompactReport(Record):
                 f"{l.name:<24}{f'{l.neurons_before} -> {l.neurons_after}':>16}"
                 f"{f'{l.macs_before} -> {l.macs_after}':>22}{l.constant_kept:>12}"
             )
+        rows += [f"{name} skipped: {reason}" for name, reason in self.skipped.items()]
         diff = "" if self.max_abs_diff is None else f"; max |output difference| {self.max_abs_diff:.2e}"
         rows.append(
             f"removed {self.neurons_removed} neurons in {self.passes} passes; "
@@ -146,17 +148,24 @@ class SparsityReport(Record):
 
 
 def dense_layers(model) -> list:
-    """The model's Dense layers, in order."""
+    """The model's prunable layers (Dense and convolutions, the layer table's), in order."""
     from deploykit.layers import support_for
 
     return [l for l in model.layers if type(l).__name__ != "InputLayer" and support_for(l, unsafe=True).prunable]
 
 
+def pruned_kernel(layer) -> np.ndarray:
+    """The weights TF-MOT prunes in ``layer`` (a layer object, or a wrapper's inner layer): the table says which."""
+    from deploykit.layers import support_for
+
+    return np.asarray(layer.get_weights()[support_for(layer, unsafe=True).pruned_kernel[1]])
+
+
 def kernel_sparsity(model, targets: dict[str, float | None]) -> list[LayerSparsity]:
-    """Kernel zeros of every Dense layer; ``targets`` maps the sparsified layers to their target (or None)."""
+    """Kernel zeros of every prunable layer; ``targets`` maps the sparsified layers to their target (or None)."""
     out = []
     for layer in dense_layers(model):
-        kernel = np.asarray(layer.get_weights()[0])
+        kernel = pruned_kernel(layer)
         zeros = int(np.count_nonzero(kernel == 0))
         out.append(LayerSparsity(layer.name, int(kernel.size), zeros, zeros / kernel.size, layer.name in targets, targets.get(layer.name)))
     return out

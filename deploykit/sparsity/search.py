@@ -16,10 +16,11 @@ import numpy as np
 
 from deploykit.errors import StepError
 from deploykit.evaluate import accuracy
+from deploykit.layers import support_for
 from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.magnitude import prune
-from deploykit.sparsity.report import SparsityReport
+from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
 
 #: One-shot pruning levels of the sensitivity scan; per-layer targets are interpolated between them.
@@ -122,7 +123,7 @@ def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[
     if config.skip_output:
         protected[dense[-1]] = "output layer"
     for name in chosen:
-        size = int(np.prod(model.get_layer(name).get_weights()[0].shape))
+        size = int(pruned_kernel(model.get_layer(name)).size)
         if size < min_weights:
             protected[name] = f"{size} weights < {min_weights}"
     return [n for n in chosen if n not in protected], protected
@@ -136,14 +137,17 @@ def _sensitivity(model, data, layers: list[str]) -> list[LayerSensitivity]:
     for name in layers:
         layer = copy.get_layer(name)
         weights = layer.get_weights()
-        magnitudes = np.sort(np.abs(weights[0]).ravel())
+        k = support_for(layer, unsafe=True).pruned_kernel[1]
+        kernel = weights[k]
+        magnitudes = np.sort(np.abs(kernel).ravel())
         drops = []
         for level in LEVELS:
             cut = magnitudes[min(len(magnitudes) - 1, int(level * len(magnitudes)))]
-            layer.set_weights([np.where(np.abs(weights[0]) < cut, 0, weights[0]).astype(weights[0].dtype), *weights[1:]])
+            zeroed = np.where(np.abs(kernel) < cut, 0, kernel).astype(kernel.dtype)
+            layer.set_weights([*weights[:k], zeroed, *weights[k + 1:]])
             drops.append(max(0.0, base - accuracy(copy, data.x_val, data.y_val)))
         layer.set_weights(weights)
-        out.append(LayerSensitivity(name, int(weights[0].size), list(LEVELS), list(np.maximum.accumulate(drops))))
+        out.append(LayerSensitivity(name, int(kernel.size), list(LEVELS), list(np.maximum.accumulate(drops))))
     return out
 
 

@@ -20,7 +20,7 @@ def check_inputs(model, data, step: str) -> list[str]:
     dense = [spec.name for spec in specs if spec.support.prunable]  # the layer table says which kernels TF-MOT prunes
     if not dense:
         kinds = ", ".join(spec.class_name for spec in specs) or "none"
-        raise StepError(f"{step}: model {model.name!r} has no Dense layer (its layers: {kinds})")
+        raise StepError(f"{step}: model {model.name!r} has no Dense layer or convolution to prune (its layers: {kinds})")
     if data is not None:
         data.check_model(model)
     return dense
@@ -35,14 +35,14 @@ def choose_layers(dense: list[str], config, step: str, requested: tuple[str, ...
     known = ", ".join(dense)
     for name in (*config.skip_layers, *requested):
         if name not in dense:
-            raise ConfigError(f"{step}: {name!r} is not a Dense layer of the model (Dense layers: {known})")
+            raise ConfigError(f"{step}: {name!r} is not a Dense layer or convolution of the model (prunable layers: {known})")
     for name in requested:
         if name in config.skip_layers:
             raise ConfigError(f"{step}: layer {name!r} is both skipped and given a target")
     output = dense[-1] if config.skip_output else None
     chosen = [n for n in dense if n not in config.skip_layers and (n != output or n in requested)]
     if not chosen:
-        raise ConfigError(f"{step}: every Dense layer is skipped (Dense layers: {known}; the output layer is skipped by default)")
+        raise ConfigError(f"{step}: every prunable layer is skipped (prunable layers: {known}; the output layer is skipped by default)")
     return chosen
 
 
