@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from deploykit.cli.common import add_class_names_arg, add_command, add_model_arg, progress
+from deploykit.cli.common import add_class_names_arg, add_command, add_model_arg, add_task_arg, progress
 
 def _variants_help() -> str:
     """The variants and the formats each exists in, from the exporter's table (no list to keep in step here)."""
@@ -53,6 +53,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split and of the calibration samples (default: 42)")
     add_class_names_arg(p)
+    add_task_arg(p)
 
 
 def add_variant_options(p: argparse.ArgumentParser, default_quantize: str = "float32") -> None:

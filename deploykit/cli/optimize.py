@@ -27,7 +27,7 @@ def register(sub) -> None:
     )
     add_model_arg(p, optional=True)
     add_data_arg(p)
-    p.set_defaults(data=None, seed=None, label_column=None, class_names=None)  # unset: the --config file's [input], else digits and 42
+    p.set_defaults(data=None, seed=None, label_column=None, class_names=None, task=None)  # unset: the --config file's [input], else digits and 42
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--config", default=None, metavar="TOML", help="pipeline file (e.g. a previous run's OUT/deploykit.toml)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -93,7 +93,7 @@ def _run(args) -> int:
 
     config = OptimizeConfig.from_toml(args.config) if args.config else OptimizeConfig()
     config = config.with_options(**options_from_args(args)).with_input(label_column=args.label_column, seed=args.seed,
-                                                                       class_names=args.class_names)
+                                                                       class_names=args.class_names, task=args.task)
     if config.input.ood_data:  # a bad OOD file fails before the run, not after its sparsity search
         from deploykit.uncertainty.bundle import load_ood
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import add_class_names_arg, add_command, progress
+from deploykit.cli.common import add_class_names_arg, add_command, add_task_arg, progress
 
 
 def register(sub) -> None:
@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
     add_class_names_arg(p)
+    add_task_arg(p)
     p.add_argument("--reference", default=None, help="the model FILE came from (.keras, .h5, SavedModel or .onnx)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code in --reference")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: 50)")
@@ -35,7 +36,8 @@ def _run(args) -> int:
     from deploykit.inputs import as_dataset
 
     overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
-    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names)
+    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names,
+                      task=args.task)
     progress(f"data {data.summary()}")
     report = validate(args.file, data, _reference(args), repeats=args.repeats, check=False,
                       tolerance=_tolerance(args.file, overrides))

@@ -6,6 +6,7 @@ A TOML file has one table per step (every key optional)::
     model = "models/digits_default.keras"
     data = "digits"
     ood_data = "ood.npz"     # optional: out-of-distribution inputs for the MC report
+    task = "regression"      # optional: classification | regression (default: read off the labels and the model)
     [fold]
     enabled = true
     [sparsity]
@@ -59,6 +60,7 @@ from deploykit.export.config import (
     parse_list,
 )
 from deploykit.records import to_jsonable
+from deploykit.task import Task
 from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig
 
 if TYPE_CHECKING:
@@ -101,8 +103,11 @@ class InputConfig(_Table):
     seed: int = 42  # seed of the data split
     ood_data: str | None = None  # out-of-distribution inputs for the MC report (.npy, or .npz with x)
     class_names: tuple[str, ...] | None = None  # the classes in the model's output order (None: the data's own)
+    task: Task | None = None  # classification | regression (None: read off the labels and the model)
 
     def __post_init__(self) -> None:
+        if self.task is not None:
+            object.__setattr__(self, "task", choice(Task, "input.task", self.task))
         if self.class_names is not None:
             from deploykit.data import check_class_names
 

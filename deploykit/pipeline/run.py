@@ -133,6 +133,7 @@ def optimize(
 def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
+    from deploykit.data import NAMED_DATASETS
     from deploykit.inputs import as_dataset, as_model, is_keras3_model
     from deploykit.io import load_model, read_model_file
 
@@ -150,11 +151,11 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
             data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names)
-            config = config.with_input(data=source if source == "digits" else str(Path(source).resolve()))
+                              class_names=config.input.class_names, task=config.input.task)
+            config = config.with_input(data=source if source in NAMED_DATASETS else str(Path(source).resolve()))
         else:
             data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names)
+                              class_names=config.input.class_names, task=config.input.task)
             config = config.with_input(data=data.name)
         data.check_model(model)
         say(f"data {data.summary()}")
