@@ -83,7 +83,7 @@ def test_task_is_parsed_at_the_cli_edge_and_round_trips_in_the_config():
 
     parser = build_parser()
     for argv in (["optimize", "--task", "regression"], ["export", "m.keras", "--out", "o", "--task", "regression"],
-                 ["validate", "m.onnx", "--data", "diabetes", "--task", "regression"], ["train", "--task", "regression"]):
+                 ["validate", "m.onnx", "--data", "diabetes", "--task", "regression"], ["train", "--out", "o", "--task", "regression"]):
         assert parser.parse_args(argv).task is Task.REGRESSION
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--task", "ranking"])
