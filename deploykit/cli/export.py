@@ -154,7 +154,8 @@ def _run(args) -> int:
     from deploykit.export.triton import KSERVE_FILE
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    bundle = export_bundle(model, data, out, config, force=args.force, metadata=ModelMetadata(steps=steps), progress=progress)
+    bundle = export_bundle(model, data, out, config, force=args.force, metadata=ModelMetadata(steps=steps), progress=progress,
+                           task=args.task)
     print(bundle.table(), end="")
     files = [r.path.name for r in bundle.exports] + [MARKDOWN_FILE, JSON_FILE]
     if bundle.triton_models:

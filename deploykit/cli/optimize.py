@@ -54,7 +54,10 @@ def register(sub) -> None:
     add_uncertainty_options(p)
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
-                   "shipped artifact (a fraction: default 0.01 = one point)")
+                   "shipped artifact (a fraction: default 0.01 = one point); classifiers")
+    p.add_argument("--max-rmse-increase", type=float, default=None, metavar="F",
+                   help="a regressor's budget: test RMSE at most this fraction above the original model's, for every kept "
+                   "model and shipped artifact (default 0.05 = 5%%)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any artifact was rejected (default: only when "
                    "nothing deployable meets the budget)")
     p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
@@ -74,7 +77,7 @@ def options_from_args(args) -> dict:
         "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
         "target_coverage": args.target_coverage, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
-        "max_accuracy_drop": args.max_accuracy_drop, "strict": True if args.strict else None,
+        "max_accuracy_drop": args.max_accuracy_drop, "max_rmse_increase": args.max_rmse_increase, "strict": True if args.strict else None,
     }
 
 
