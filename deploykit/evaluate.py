@@ -48,6 +48,16 @@ def main_outputs(out: np.ndarray, kind: OutputKind) -> np.ndarray:
     return softmax(out) if kind is OutputKind.LOGITS else out
 
 
+def output_scale(out: np.ndarray) -> float:
+    """What an absolute output tolerance is multiplied by: 1 for probabilities, the RMS of larger outputs.
+
+    A float32 rewrite (fold, compact) changes outputs by rounding, relative to their size: 1e-5 of a
+    probability, but 1e-5 x 150 of a regressor predicting values near 150.
+    """
+    out = np.asarray(out, np.float64)
+    return max(1.0, float(np.sqrt(np.mean(out ** 2)))) if out.size else 1.0
+
+
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     """Share of rows whose argmax output equals the label."""
     return float(np.mean(np.argmax(outputs(model, x), axis=-1) == y))

@@ -194,7 +194,7 @@ class CompactStep(_Table):
 
     TABLE = "compact"
     enabled: bool = True
-    tolerance: float = 1e-5  # outputs before and after must agree this closely on the test split
+    tolerance: float = 1e-5  # outputs before and after must agree this closely on the test split (x their RMS when > 1)
 
     def __post_init__(self) -> None:
         boolean("compact.enabled", self.enabled)
@@ -340,7 +340,7 @@ class ValidateStep(_Table):
 
     TABLE = "validate"
     enabled: bool = True
-    fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause
+    fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause (x the outputs' RMS when > 1)
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     max_rmse_increase: float = DEFAULT_MAX_RMSE_INCREASE
     latency_repeats: int = 50  # timed runs per latency figure (the median is reported)
