@@ -44,6 +44,10 @@ def register(sub) -> None:
     p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
     p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
+    p.add_argument("--max-rel-diff", type=float, default=None,
+                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
+    p.add_argument("--max-rmse-increase", type=float, default=None,
+                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -139,7 +143,8 @@ def _run(args) -> int:
 
     onnx_source = Path(args.model).suffix.lower() == ".onnx"
     chosen = renamed_options(args)
-    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
+    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
+                          max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
     config = ExportConfig(  # bad options are refused before any work
         formats=chosen["formats"] or ("onnx" if onnx_source else "onnx,tflite"), quantize=chosen["quantize"] or "float32",
         opset=args.opset, quantization=quant_config(args), triton=triton_options(args), repeats=args.repeats,
