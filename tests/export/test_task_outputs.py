@@ -131,3 +131,24 @@ def test_a_softmax_model_meeting_regression_data_is_one_data_error(tmp_path, reg
     with pytest.raises(DataError, match="holds regression targets, but model .* ends in a softmax"):
         export_bundle(model, regression, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_export_and_validate_commands_on_a_regressor(tmp_path, capsys):
+    from deploykit.cli.main import main
+    from deploykit.io import save_model
+
+    model = save_model(build_head(input_dim=10, outputs=1), tmp_path / "reg.keras")
+    out = tmp_path / "out"
+    code = main(["export", str(model), "--data", "diabetes", "--formats", "onnx", "--quantize", "float32,int8-dynamic",
+                 "--triton", "--repeats", "2", "-q", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = (out / "validation.md").read_text()
+    assert "Reference (Keras) test RMSE" in table and "| RMSE | max abs error |" in table
+    assert not (out / "triton" / "model" / "labels.txt").exists()
+    assert read_metadata(out / "model.onnx").task == {"task": "regression", "output": "values"}
+    code = main(["validate", str(out / "model.onnx"), "--data", "diabetes", "--reference", str(model), "--repeats", "2",
+                 "-q", "--max-rel-diff", "1e-9"])
+    captured = capsys.readouterr()
+    assert code == 1 and "max_rel_diff" in captured.err  # the override is held, the miss named with its number
