@@ -74,9 +74,10 @@ class OptimizeResult:
         deployable = [r for r in (exported if exported else self.artifacts) if r in self.shipped]
         rejected = ", ".join(f"{r.file} ({r.checks})" for r in self.rejected)
         if not deployable:
-            task = Task.REGRESSION if any(r.rmse is not None for r in self.artifacts) else Task.CLASSIFICATION
-            return f"nothing deployable meets the budget ({self.config.validate.budget(task).describe()}): " \
-                   f"rejected {rejected or 'everything'}"
+            v = self.config.validate
+            budget = f"RMSE budget (+{100 * v.max_rmse_increase:g}%)" if any(r.rmse is not None for r in self.artifacts) \
+                else f"accuracy budget ({100 * v.max_accuracy_drop:g} pt)"
+            return f"nothing deployable meets the {budget}: rejected {rejected or 'everything'}"
         if self.config.validate.strict and self.rejected:
             return f"--strict: {len(self.rejected)} artifact(s) rejected: {rejected}"
         return None

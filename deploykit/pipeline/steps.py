@@ -486,7 +486,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     missed = budget_miss(acc, ctx)
     verdict = verdict_for(missed, ctx)
     checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
-              f"MC accuracy within {100 * ctx.budget:g} pt of the original" if ctx.config.validate.enabled else
+              f"MC accuracy: {ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else
               "validation switched off")
     b1, b256 = timings(lambda v: predictor.predict(v), ctx.data.x_test, ctx.repeats)
     size, gz = file_sizes(path)
