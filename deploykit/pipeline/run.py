@@ -208,10 +208,10 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
     tries = [t for o in outputs for t in o.tries]
     mc = next((o.mc for o in outputs if o.mc is not None), None)
     say("writing the report and plots")
-    drawn = [] if ctx.task is Task.REGRESSION else [  # the accuracy plot has no RMSE axis yet
-        accuracy_vs_size(artifacts, tries, staging / ACCURACY_PLOT,
-                         config.validate.max_accuracy_drop if config.validate.enabled else None)]
-    drawn += [layer_sparsity(layer_rows, staging / SPARSITY_PLOT), latency(artifacts, staging / LATENCY_PLOT)]
+    drawn = [accuracy_vs_size(artifacts, tries, staging / ACCURACY_PLOT,
+                              ctx.budget.limit if config.validate.enabled else None, metric=ctx.metric),
+             layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
+             latency(artifacts, staging / LATENCY_PLOT)]
     if mc is not None:
         drawn.append(staging / RELIABILITY_PLOT)
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),

@@ -81,3 +81,13 @@ def test_optimize_takes_max_rmse_increase_and_task_flags():
         from deploykit.task import OutputKind, resolve_task
 
         resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION)
+
+
+def test_the_size_plot_draws_rmse_for_a_regressor(tmp_path):
+    from deploykit.pipeline.plots import accuracy_vs_size
+
+    rows = [_row("original.keras", 54.42, 0.0, Verdict.REFERENCE), _row("model.onnx", 55.1, 0.0125),
+            _row("model_int8.onnx", 60.0, 0.1, Verdict.REJECTED)]
+    tries = [Try(Stage.SPARSITY, "prune 80%", None, None, 900, True, rmse=55.8, rmse_change=0.025)]
+    path = accuracy_vs_size(rows, tries, tmp_path / "a.png", budget=0.05, metric=Metric.RMSE)
+    assert path.stat().st_size > 10_000
