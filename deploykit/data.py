@@ -128,7 +128,7 @@ class Dataset:
         class data, a model with linear outputs a regressor of regression data).
         """
         from deploykit.graph import graph_from_model
-        from deploykit.task import model_task, output_kind
+        from deploykit.task import output_kind, resolve_task
 
         what = what or f"model {model.name!r}"
         self.check_input_shape(model.input_shape, what=what)
@@ -141,7 +141,7 @@ class Dataset:
             have = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
             raise DataError(f"data {self.name!r} has {have}, but {what} outputs {outputs}")
         try:
-            return model_task(model, task=self.task)
+            return resolve_task(kind, int(outputs), task=self.task)
         except UsageError as exc:
             raise DataError(f"data {self.name!r} and {what}: {exc}") from None
 
