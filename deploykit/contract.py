@@ -29,6 +29,10 @@ OUTPUT_NAME = "probabilities"  # the deterministic classifier's output
 LOGITS_NAME = "logits"  # a logits classifier's deterministic output, beside `probabilities` computed in the graph
 PREDICTION_NAME = "prediction"  # a regressor's deterministic output [N, K]: one column per target
 SAMPLES_NAME = "samples"  # the MC model's optional input: how many dropout samples
+#: A deterministic model's outputs by its output kind (deploykit.task.OutputKind value), the main one last:
+#: a logits classifier exports its logits and the probabilities computed from them in the graph.
+DETERMINISTIC_OUTPUTS = {"probabilities": (OUTPUT_NAME,), "logits": (LOGITS_NAME, OUTPUT_NAME),
+                         "values": (PREDICTION_NAME,)}
 #: The uncertainty outputs of an MC Dropout or deep-ensemble model, in this order.
 OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
 SAMPLES_OUTPUT = "sample_probabilities"  # MC, optional: [T, N, C]

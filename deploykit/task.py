@@ -91,3 +91,23 @@ def resolve_task(kind: OutputKind, outputs: int, *, task: Task | None = None,
         raise UsageError(f"a classifier needs at least 2 outputs (one per class); the model has {outputs}: "
                          "is it a regression model (--task regression)?")
     return task, OutputKind.LOGITS if task is Task.CLASSIFICATION else OutputKind.VALUES
+
+
+def model_task(model, task: Task | None = None, labels_are_classes: bool | None = None) -> tuple[Task, OutputKind]:
+    """:func:`resolve_task` of a tf_keras model: its last layer read through the graph, its output width.
+
+    Imports the graph reader (and so TensorFlow) only when called.
+    """
+    from deploykit.graph import graph_from_model
+
+    width = model.output_shape[-1]
+    return resolve_task(output_kind(graph_from_model(model, unsafe=True)), int(width or 0), task=task,
+                        labels_are_classes=labels_are_classes)
+
+
+def main_output(names) -> str:
+    """The output validation and serving read from a deterministic model: probabilities, else the prediction, else the first."""
+    from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
+
+    names = list(names)
+    return next((n for n in (OUTPUT_NAME, PREDICTION_NAME) if n in names), names[0])

@@ -8,8 +8,9 @@ import numpy as np
 
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import L1Config
-from deploykit.evaluate import accuracy
+from deploykit.evaluate import score
 from deploykit.layers import support_for
+from deploykit.task import Task
 from deploykit.sparsity.report import kernel_sparsity, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
@@ -64,7 +65,7 @@ def sparsify_l1(
     tuned = fine_tune(working, data, config, status=status, progress=progress, teacher=teacher)
     result = rebuild(model)  # the original layers (no l1 penalty), with the fine-tuned weights
     result.set_weights(working.get_weights())
-    accuracy_tuned = accuracy(result, data.x_test, data.y_test)
+    accuracy_tuned = None if data.task is Task.REGRESSION else score(result, data.x_test, data.y_test)
     for layer in result.layers:
         if layer.name in chosen:
             weights, k = layer.get_weights(), support_for(layer, unsafe=True).pruned_kernel[1]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.evaluate import accuracy
+from deploykit.evaluate import Metric, score
+from deploykit.task import Task
 from deploykit.records import Record
 from deploykit.sparsity.tuning import TuneResult, rebuild
 
@@ -112,8 +113,8 @@ class SparsityReport(Record):
     method: str  # "prune" | "l1"
     layers: list[LayerSparsity]
     sparsity: float
-    accuracy_before: float
-    accuracy_after: float
+    accuracy_before: float | None  # classifiers (None for a regressor)
+    accuracy_after: float | None
     file_bytes_before: int
     file_bytes_after: int
     gzip_bytes_before: int
@@ -125,6 +126,12 @@ class SparsityReport(Record):
     schedule: PruneSchedule | None = None
     compact: CompactReport | None = None
     config: dict = field(default_factory=dict)
+    rmse_before: float | None = None  # regressors: test RMSE against the targets
+    rmse_after: float | None = None
+
+    def after(self, metric) -> float:
+        """The test figure after the step for an :class:`~deploykit.evaluate.Metric` (accuracy or RMSE)."""
+        return getattr(self, f"{metric.value}_after")
 
     @property
     def gzip_ratio(self) -> float:
@@ -137,8 +144,10 @@ class SparsityReport(Record):
             target = f"{l.target:.2f}" if l.target is not None else ("l1" if l.changed else "-")
             rows.append(f"{l.name:<24}{l.weights:>9}{l.zeros:>9}{l.sparsity:>10.3f}{target:>8}{l.neurons_removed:>9}")
         zeroing = "" if self.accuracy_before_zeroing is None else f" (before zeroing {self.accuracy_before_zeroing:.4f})"
+        figure = (f"test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}{zeroing}"
+                  if self.accuracy_before is not None else f"test RMSE {self.rmse_before:.4g} -> {self.rmse_after:.4g}")
         rows += [
-            f"model sparsity {self.sparsity:.3f}; test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}{zeroing}",
+            f"model sparsity {self.sparsity:.3f}; {figure}",
             f"file {self.file_bytes_before} -> {self.file_bytes_after} bytes; "
             f"gzip {self.gzip_bytes_before} -> {self.gzip_bytes_after} bytes ({self.gzip_ratio:.1%})",
         ]
@@ -188,12 +197,16 @@ def saved_sizes(model) -> tuple[int, int]:
 def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult, compacted, config, **extra):
     """The SparsityReport of a fine-tuning step: ``model`` before, ``result`` after."""
     before, after = saved_sizes(model), saved_sizes(result)
+    regression = data.task is Task.REGRESSION
+    figures = {f"{Metric.of(data.task).value}_{when}": score(m, data.x_test, data.y_test, data.task)
+               for when, m in (("before", model), ("after", result))}
     return SparsityReport(
         method=method,
         layers=layers,
         sparsity=model_sparsity(layers),
-        accuracy_before=accuracy(model, data.x_test, data.y_test),
-        accuracy_after=accuracy(result, data.x_test, data.y_test),
+        accuracy_before=None if regression else figures["accuracy_before"],
+        accuracy_after=None if regression else figures["accuracy_after"],
+        rmse_before=figures.get("rmse_before"), rmse_after=figures.get("rmse_after"),
         file_bytes_before=before[0], file_bytes_after=after[0],
         gzip_bytes_before=before[1], gzip_bytes_after=after[1],
         epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
