@@ -195,7 +195,14 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
         "",
     ]
     mc = report.get("mc")
-    if mc:
+    if mc and "deterministic_rmse" in mc:  # a regressor's MC model
+        from deploykit.uncertainty.compare import regression_markdown
+
+        first, *rest = regression_markdown(mc)  # its title, then its own ## sections: one level down here
+        lines += [first.replace("# Deterministic vs MC Dropout regression", "## MC Dropout regression", 1),
+                  *(line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest)]
+        lines.append("")
+    elif mc:
         d, m = mc["deterministic"], mc["mc"]
         lines += [
             f"## MC Dropout (T = {mc['samples']}, {mc['count']} test instances)",

@@ -212,7 +212,7 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
                               ctx.budget.limit if config.validate.enabled else None, metric=ctx.metric),
              layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
              latency(artifacts, staging / LATENCY_PLOT)]
-    if mc is not None:
+    if mc is not None and ctx.task is Task.CLASSIFICATION:  # a regressor's MC model has no reliability diagram
         drawn.append(staging / RELIABILITY_PLOT)
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
                      "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary(ctx.task),

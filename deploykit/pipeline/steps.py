@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.data import Dataset
-from deploykit.errors import DeployKitError, Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
+from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs, softmax
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
@@ -465,19 +465,10 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     target = None if step.target_accuracy is None and step.target_coverage is None else \
         SelectiveTarget(target_accuracy=step.target_accuracy, target_coverage=step.target_coverage)
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
-    try:
-        bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed),
-                           temperature=step.temperature and not regression, target=target, ood=ood,
-                           deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
-                           say=lambda m: ctx.say("  " + m))
-    except DeployKitError as exc:
-        if ctx.kind is OutputKind.PROBABILITIES:
-            raise
-        for made in ctx.folder.glob(f"{Path(MC_FILE).stem}*"):
-            made.unlink()
-        what = "a regressor" if regression else "a logits classifier"
-        return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED,
-                                            f"the MC Dropout model of {what} is not built here ({' '.join(str(exc).split())})"))
+    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed),
+                       temperature=step.temperature, target=target, ood=ood,  # a regressor: its std scale
+                       deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
+                       say=lambda m: ctx.say("  " + m))
     if regression:
         return _mc_regression(model, bundle, path, ctx)
     record, comparison = bundle.export, bundle.comparison
@@ -524,10 +515,14 @@ def _mc_regression(model, bundle, path: Path, ctx: RunContext) -> StepOutput:
         accuracy=None, accuracy_change=None, agreement=None, max_abs_diff=None, latency_b1_ms=b1, throughput_b256=b256,
         verdict=verdict, checks=checks, detail=bundle.export, **changes(errors.rmse, ctx), max_abs_error=errors.max_abs_error,
     ), ctx)
-    reason = f"T = {ctx.config.mc.samples} samples: test RMSE of the mean {errors.rmse:.4g} ({verdict.value})"
-    return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=[MC_FILE] if verdict.shipped else [],
+    m = bundle.comparison.mc
+    reason = (f"T = {ctx.config.mc.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval "
+              f"covers {100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}"
+              f"{_mc_extras(bundle.comparison)} ({verdict.value})")
+    files = [MC_FILE, *bundle.comparison.plots] if verdict.shipped else list(bundle.comparison.plots)
+    return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=files,
                                         checks=checks, detail={"export": bundle.export, "comparison": bundle.comparison}),
-                      artifacts=(row,))
+                      artifacts=(row,), mc=bundle.comparison)
 
 
 def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
@@ -587,9 +582,11 @@ def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
 def _mc_extras(comparison) -> str:
     """What the MC model was given beyond the export, for the step's reason."""
     parts = []
-    if comparison.temperature is not None:
+    if getattr(comparison, "temperature", None) is not None:
         fit = comparison.temperature.fit
         parts.append(f"temperature {fit.temperature:.3f} ({fit.placement.value})")
+    if getattr(comparison, "std_scale", None) is not None:  # a regressor's variance calibration
+        parts.append(f"std x {comparison.std_scale.fit.std_scale:.3f}")
     if comparison.selective is not None:
         chosen, test = comparison.selective.chosen, comparison.selective.test
         parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")

@@ -94,6 +94,10 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
     np.testing.assert_allclose(onnx_probs, scale_probs(softmax(keras_out), temperature), atol=1e-4)
     sparsity = next(s for s in report["steps"] if s["step"].startswith("sparsity"))
     assert sparsity["status"] in ("done", "missed budget")
+    mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
+    assert mc["status"] == "done" and "model_mc.onnx" in files
+    outputs = [o.name for o in onnx.load(str(out / "model_mc.onnx")).graph.output]
+    assert outputs[:5] == ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]
 
 
 def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_path, capsys):
@@ -119,6 +123,13 @@ def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_pa
     keras_out, onnx_out = _keras3_round_trip(out, load_dataset("diabetes"))
     np.testing.assert_allclose(onnx_out, keras_out, rtol=1e-4)
     mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
-    assert mc["status"] in ("done", "skipped") and mc["reason"]
-    assert "## RMSE budget" in (out / "report.md").read_text()
+    assert mc["status"] == "done" and "95% interval covers" in mc["reason"] and "std x" in mc["reason"]
+    assert "model_mc.onnx" in {a["file"] for a in shipped}
+    proto = onnx.load(str(out / "model_mc.onnx"))
+    assert [o.name for o in proto.graph.output][:2] == ["mean", "std"]
+    coverage = report["mc"]["mc"]["coverage_95"]
+    assert 0.0 <= coverage <= 1.0 and report["mc"]["std_scale"] is not None
+    text = (out / "report.md").read_text()
+    assert "## RMSE budget" in text and "## MC Dropout regression" in text
+    assert "coverage of the central 95% interval" in text and "reliability.png" not in text
     assert 'max_rmse_increase = 0.05' in (out / "deploykit.toml").read_text()
