@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
     p.add_argument("--mc-seed", type=int, default=None, help="seed of the MC model's draws: every new session repeats "
                    "the same sequence (default: fresh draws)")
-    add_uncertainty_options(p)
+    add_uncertainty_options(p, regression=True)
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
                    "shipped artifact (a fraction: default 0.01 = one point); classifiers")
@@ -75,7 +75,7 @@ def options_from_args(args) -> dict:
         "quantization": quantization_options(args) or None,
         "mc": off(args.no_mc), "samples": args.samples, "mc_seed": args.mc_seed, "validate": off(args.no_validate),
         "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
-        "target_coverage": args.target_coverage, "ood_data": _resolved(args.ood_data),
+        "target_coverage": args.target_coverage, "target_rmse": args.target_rmse, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
         "max_accuracy_drop": args.max_accuracy_drop, "max_rmse_increase": args.max_rmse_increase, "strict": True if args.strict else None,
     }

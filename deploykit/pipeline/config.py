@@ -301,6 +301,8 @@ class MCStep(_Table):
     ``temperature``: fit a temperature on the validation split and store it in the graph.
     ``target_accuracy`` / ``target_coverage`` (at most one, in (0, 1]): add an ``abstain`` output whose
     predictive-entropy threshold reaches it on the validation split (see deploykit.uncertainty.selective).
+    A regressor's threshold is on the 95% interval width: ``target_coverage``, or ``target_rmse`` (the kept
+    rows' RMSE at most this, in the targets' units).
     """
 
     TABLE = "mc"
@@ -310,16 +312,31 @@ class MCStep(_Table):
     temperature: bool = True
     target_accuracy: float | None = None
     target_coverage: float | None = None
+    target_rmse: float | None = None
 
     def __post_init__(self) -> None:
         boolean("mc.enabled", self.enabled)
         boolean("mc.temperature", self.temperature)
         integer("mc.samples", self.samples, 1)
         integer("mc.seed", self.seed, 0, optional=True)
-        if self.target_accuracy is not None and self.target_coverage is not None:
-            raise ConfigError("mc.target_accuracy and mc.target_coverage contradict each other: give one")
+        given = [n for n in _TARGETS if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"mc.{given[0]} and mc.{given[1]} contradict each other: give one")
         for name in ("target_accuracy", "target_coverage"):
             number(f"mc.{name}", getattr(self, name), 0, 1, optional=True, open_low=True)
+        number("mc.target_rmse", self.target_rmse, 0, optional=True, open_low=True)
+
+    def selective_target(self):
+        """The SelectiveTarget these fields ask for (None: no abstain output)."""
+        if all(getattr(self, n) is None for n in _TARGETS):
+            return None
+        from deploykit.uncertainty.selective import SelectiveTarget
+
+        return SelectiveTarget(**{n: getattr(self, n) for n in _TARGETS})
+
+
+#: The selective targets of the MC step: at most one is given.
+_TARGETS = ("target_accuracy", "target_coverage", "target_rmse")
 
 
 @dataclass(frozen=True)
@@ -396,7 +413,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed",
-           "temperature", "target_accuracy", "target_coverage", "ood_data", "validate", "max_accuracy_drop",
+           "temperature", "target_accuracy", "target_coverage", "target_rmse", "ood_data", "validate", "max_accuracy_drop",
            "max_rmse_increase", "strict")
 
 
@@ -501,10 +518,10 @@ class OptimizeConfig:
             export["quantize"] = _in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples", "temperature", "target_accuracy", "target_coverage") if k in o}
+        mc = {k: o[k] for k in ("samples", "temperature", *_TARGETS) if k in o}
         mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
-        if "target_accuracy" in mc or "target_coverage" in mc:  # a target given replaces the config file's
-            mc = {"target_accuracy": None, "target_coverage": None} | mc
+        if any(k in mc for k in _TARGETS):  # a target given replaces the config file's
+            mc = dict.fromkeys(_TARGETS) | mc
         if mc:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
         if "ood_data" in o:

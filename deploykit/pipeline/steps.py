@@ -448,7 +448,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.evaluate import outputs
     from deploykit.export.artifact import file_sizes
     from deploykit.graph import graph_from_model
-    from deploykit.uncertainty import MCConfig, SelectiveTarget, UncertaintyPredictor
+    from deploykit.uncertainty import MCConfig, UncertaintyPredictor
     from deploykit.uncertainty.bundle import load_ood, mc_bundle
     from deploykit.uncertainty.mc_graph import check_has_dropout
 
@@ -462,8 +462,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
         deterministic = softmax(deterministic)
     regression = ctx.task is Task.REGRESSION
     det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
-    target = None if step.target_accuracy is None and step.target_coverage is None else \
-        SelectiveTarget(target_accuracy=step.target_accuracy, target_coverage=step.target_coverage)
+    target = step.selective_target()
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
     bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed),
                        temperature=step.temperature, target=target, ood=ood,  # a regressor: its std scale
