@@ -1,7 +1,13 @@
-"""Datasets: the embedded digits, and user data as .npz, .csv or IDX files.
+"""Datasets: the embedded digits and diabetes, and user data as .npz, .csv or IDX files.
 
-Every loader returns a :class:`Dataset` with a stratified train / validation /
-test split made with a fixed seed. Inputs stay raw (the model standardizes
+Every loader returns a :class:`Dataset` with a train / validation / test split
+made with a fixed seed: stratified on the class for a classification dataset,
+a plain seeded random split for a regression one (its targets are continuous:
+no class to stratify on, and quantile bins would add a knob for little gain on
+the sizes deploykit meets). The task is the one given (``task=``,
+``--task``), else read off the labels: non-integer numbers, several target
+columns, or integers with many values and few rows per value are regression
+targets (float32, ``[N]`` or ``[N, K]``); anything else is class labels. Inputs stay raw (the model standardizes
 them itself); the standardization statistics come from the training part only.
 What a file declares (.npz array headers, IDX dimensions, CSV rows x columns)
 is checked against :data:`deploykit.limits.DATA_BYTES` before anything is
@@ -24,11 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.configs import Config, integer, names as name_list, number
-from deploykit.errors import ConfigError, DataError
+from deploykit.configs import Config, choice, integer, names as name_list, number
+from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.limits import DATA_BYTES
+from deploykit.task import OutputKind, Task
 
 DEFAULT_DATASET = "digits"
+#: The embedded datasets (scikit-learn's, no network): name -> (loader name, task).
+NAMED_DATASETS = {"digits": ("load_digits", Task.CLASSIFICATION), "diabetes": ("load_diabetes", Task.REGRESSION)}
 DEFAULT_SEED = 42
 #: Integer labels with more distinct values than this, and fewer than REGRESSION_ROWS_PER_VALUE rows per value
 #: on average (or a value of one row), are taken for a regression target (digits: 10 values over 1797 rows;
@@ -57,7 +66,7 @@ class SplitConfig(Config):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification dataset split three ways. Arrays are float32 inputs and int64 labels."""
+    """A dataset split three ways: float32 inputs, and int64 class ids (classification) or float32 targets (regression)."""
 
     name: str
     x_train: np.ndarray
@@ -67,6 +76,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
+    task: Task = Task.CLASSIFICATION  # REGRESSION: y_* are float32 targets [N] or [N, K], class_names is empty
     feature_mean: np.ndarray = field(init=False, repr=False)
     feature_var: np.ndarray = field(init=False, repr=False)
 
@@ -87,6 +97,13 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def num_outputs(self) -> int:
+        """The model output width the data asks for: classes, or regression targets."""
+        if self.task is Task.REGRESSION:
+            return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+        return self.num_classes
+
     def sample_train(self, n: int, seed: int = DEFAULT_SEED) -> np.ndarray:
         """Up to ``n`` training inputs drawn without replacement (e.g. for int8 calibration)."""
         rng = np.random.default_rng(seed)
@@ -101,22 +118,38 @@ class Dataset:
             return
         raise DataError(f"data {self.name!r} has inputs of shape {have}, but the {what} expects {want}")
 
-    def check_model(self, model, what: str = "") -> None:
-        """Raise a DataError when the data does not fit ``model``: its input shape, or its number of outputs.
+    def check_model(self, model, what: str = "") -> tuple[Task, OutputKind]:
+        """The model's task and output kind, resolved once against this data; a DataError when they do not fit.
 
         The one check every step runs before working, so a data / model mismatch is
-        the same error (DataError, exit 1, naming the data) whichever command meets it.
+        the same error (DataError, exit 1, naming the data) whichever command meets it:
+        the input shape, the number of outputs (classes or targets), and the task
+        (a softmax model with regression targets; a logits model is a classifier of
+        class data, a model with linear outputs a regressor of regression data).
         """
+        from deploykit.graph import graph_from_model
+        from deploykit.task import output_kind, resolve_task
+
         what = what or f"model {model.name!r}"
         self.check_input_shape(model.input_shape, what=what)
         outputs = model.output_shape[-1]
-        if isinstance(outputs, int) and outputs != self.num_classes:
-            raise DataError(f"data {self.name!r} has {self.num_classes} classes, but {what} outputs {outputs}")
+        kind = output_kind(graph_from_model(model, unsafe=True))
+        if kind is OutputKind.PROBABILITIES and self.task is Task.REGRESSION:
+            raise DataError(f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
+                            "give class labels, or a model with linear outputs")
+        if isinstance(outputs, int) and outputs != self.num_outputs:
+            have = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
+            raise DataError(f"data {self.name!r} has {have}, but {what} outputs {outputs}")
+        try:
+            return resolve_task(kind, int(outputs), task=self.task)
+        except UsageError as exc:
+            raise DataError(f"data {self.name!r} and {what}: {exc}") from None
 
     def summary(self) -> str:
+        what = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
-            f"inputs {self.input_shape}, {self.num_classes} classes"
+            f"inputs {self.input_shape}, {what}"
         )
 
 
@@ -126,8 +159,9 @@ def load_dataset(
     label_column: str = "label",
     split: SplitConfig | None = None,
     class_names: Sequence[str] | str | None = None,
+    task: Task | str | None = None,
 ) -> Dataset:
-    """Load ``source``: ``"digits"`` (embedded), or a path to .npz, .csv or IDX data.
+    """Load ``source``: ``"digits"`` or ``"diabetes"`` (embedded), or a path to .npz, .csv or IDX data.
 
     An IDX source is either an images file (``*-images-idx3-ubyte[.gz]``; the
     labels file beside it is found by name) or a folder holding Fashion-MNIST /
@@ -138,23 +172,40 @@ def load_dataset(
     .npz may hold the same as an array ``class_names``. Without either, string
     labels are numbered in sorted order (with a warning, as a model trained with
     another order would then get wrong names in its exported metadata).
+
+    ``task`` (a :class:`~deploykit.task.Task` or its name) says what the labels are;
+    None reads it off them (see the module docstring). A regression dataset has
+    float32 targets and no class names.
     """
     split = split or SplitConfig()
+    task = None if task is None else choice(Task, "task", task)
     given = None if class_names is None else check_class_names("class_names", class_names)
-    if source is None or str(source) == DEFAULT_DATASET:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return _split_arrays("digits", digits.data, digits.target, split, names=given or [str(i) for i in range(10)])
+    if given is not None and task is Task.REGRESSION:
+        raise DataError("class names were given, but the task is regression (its targets have no classes)")
+    if source is None or str(source) in NAMED_DATASETS:
+        return _named(str(source or DEFAULT_DATASET), split, given, task)
     path = Path(source)
     if not path.exists():
-        raise DataError(f"data {path}: no such file or folder (or use the built-in 'digits')")
+        raise DataError(f"data {path}: no such file or folder (or use a built-in: {', '.join(NAMED_DATASETS)})")
     kind = _format_of(path)
     if kind == "npz":
-        return _load_npz(path, split, given)
+        return _load_npz(path, split, given, task)
     if kind == "csv":
-        return _load_csv(path, label_column, split, given)
-    return _load_idx(path, split, given)
+        return _load_csv(path, label_column, split, given, task)
+    return _load_idx(path, split, given, task)
+
+
+def _named(name: str, split: SplitConfig, given, task: Task | None) -> Dataset:
+    """An embedded scikit-learn dataset (no network): digits (10 classes) or diabetes (one regression target)."""
+    import sklearn.datasets
+
+    loader, own = NAMED_DATASETS[name]
+    bunch = getattr(sklearn.datasets, loader)()
+    if task is not None and task is not own:
+        raise DataError(f"data {name!r} is a {own.value} dataset, not {task.value}")
+    if own is Task.CLASSIFICATION:
+        given = given or [str(i) for i in range(len(np.unique(bunch.target)))]
+    return _split_arrays(name, bunch.data, bunch.target, split, names=given, task=own)
 
 
 def check_class_names(where: str, value: Sequence[str] | str) -> tuple[str, ...]:
@@ -186,7 +237,7 @@ def _format_of(path: Path) -> str:
     raise DataError(f"data {path}: unknown format {path.suffix or '(no extension)'}; use .npz, .csv or IDX files")
 
 
-def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None) -> Dataset:
+def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None) -> Dataset:
     DATA_BYTES.check(path, _npz_declared_bytes(path), "the .npz (its array headers)")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -196,9 +247,10 @@ def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None) -> 
     names = _npz_class_names(path, arrays.get("class_names"), given)
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         val = (arrays["x_val"], arrays["y_val"]) if {"x_val", "y_val"} <= arrays.keys() else None
-        return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val, names)
+        return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val,
+                           names, task)
     if {"x", "y"} <= arrays.keys():
-        return _split_arrays(path.name, arrays["x"], arrays["y"], split, names=names, source=path)
+        return _split_arrays(path.name, arrays["x"], arrays["y"], split, names=names, source=path, task=task)
     raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test; found {sorted(arrays)}")
 
 
@@ -244,21 +296,29 @@ def _npy_declared_bytes(fh, stored: int) -> int:
     return int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
 
 
-def _load_csv(path: Path, label_column: str, split: SplitConfig, given: tuple[str, ...] | None) -> Dataset:
-    """Read a CSV row by row into a preallocated array, its size checked from the line count first."""
+def _load_csv(path: Path, label_column: str, split: SplitConfig, given: tuple[str, ...] | None,
+              task: Task | None = None) -> Dataset:
+    """Read a CSV row by row into a preallocated array, its size checked from the line count first.
+
+    ``label_column`` may name several columns, comma-separated (``--label-column y1,y2``): regression targets [N, K].
+    """
     try:
         lines, columns = _count_lines(path)
         DATA_BYTES.check(path, max(lines - 1, 1) * columns * 4, f"the CSV ({lines - 1} rows x {columns} columns)")
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
-            _check_csv_header(path, header, label_column, lines)
-            labels, feats = _csv_rows(path, reader, header, header.index(label_column), lines - 1)
+            columns = [c.strip() for c in label_column.split(",")]
+            _check_csv_header(path, header, columns, lines)
+            labels, feats = _csv_rows(path, reader, header, [header.index(c) for c in columns], lines - 1)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"data {path}: not a readable CSV text file ({exc})") from None
     if not labels:
         raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
-    return _split_arrays(path.name, feats, _numeric_if_possible(labels), split, names=given, source=path)
+    y = _numeric_if_possible(labels)
+    if len(columns) > 1 and y.dtype.kind in "USO":
+        raise DataError(f"data {path}: several label columns ({label_column}) must all be numbers (regression targets)")
+    return _split_arrays(path.name, feats, y, split, names=given, source=path, task=task)
 
 
 def _count_lines(path: Path) -> tuple[int, int]:
@@ -276,41 +336,44 @@ def _count_lines(path: Path) -> tuple[int, int]:
     return lines + (last != b"\n"), columns
 
 
-def _check_csv_header(path: Path, header: list[str], label_column: str, lines: int) -> None:
+def _check_csv_header(path: Path, header: list[str], columns: list[str], lines: int) -> None:
     if lines < 2 or not header:
         raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
-    if label_column not in header:
-        raise DataError(f"data {path}: no label column {label_column!r} (columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})")
-    if len(header) < 2:
-        raise DataError(f"data {path}: no feature columns besides the label column {label_column!r}")
+    for column in columns:
+        if column not in header:
+            raise DataError(f"data {path}: no label column {column!r} (columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})")
+    if len(header) <= len(columns):
+        raise DataError(f"data {path}: no feature columns besides the label column(s) {', '.join(columns)}")
 
 
-def _csv_rows(path: Path, reader, header: list[str], li: int, max_rows: int) -> tuple[list[str], np.ndarray]:
-    """The labels and the float32 features of the CSV's data rows (blank lines skipped)."""
-    feats = np.empty((max_rows, len(header) - 1), dtype=np.float32)
+def _csv_rows(path: Path, reader, header: list[str], li: list[int], max_rows: int) -> tuple[list[list[str]], np.ndarray]:
+    """The labels (one list per row: one value per label column) and the float32 features of the CSV's data rows."""
+    feats = np.empty((max_rows, len(header) - len(li)), dtype=np.float32)
     labels = []
     for lineno, row in enumerate(reader, start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise DataError(f"data {path}: line {lineno} has {len(row)} fields, the header has {len(header)}")
-        label = row[li].strip()
-        if not label:
-            raise DataError(f"data {path}: line {lineno} has an empty {header[li]!r}")
+        label = [row[i].strip() for i in li]
+        empty = [header[i] for i, v in zip(li, label) if not v]
+        if empty:
+            raise DataError(f"data {path}: line {lineno} has an empty {empty[0]!r}")
         try:
-            feats[len(labels)] = [float(v) for j, v in enumerate(row) if j != li]
+            feats[len(labels)] = [float(v) for j, v in enumerate(row) if j not in li]
         except ValueError as exc:
             raise DataError(f"data {path}: line {lineno}: non-numeric feature ({exc})") from None
         labels.append(label)
     return labels, feats[: len(labels)]
 
 
-def _numeric_if_possible(labels: list[str]) -> np.ndarray:
-    """CSV labels as numbers when they all are (so "10" sorts after "9"), else as strings."""
+def _numeric_if_possible(labels: list[list[str]]) -> np.ndarray:
+    """CSV labels as numbers when they all are (so "10" sorts after "9"), else as strings; [N], or [N, K] for K columns."""
     try:
-        return np.array([float(v) for v in labels])
+        y = np.array([[float(v) for v in row] for row in labels])
     except ValueError:
-        return np.array(labels)
+        y = np.array(labels)
+    return y[:, 0] if y.shape[1] == 1 else y
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -359,9 +422,10 @@ def _labels_beside(images: Path) -> Path:
     raise DataError(f"data {images}: no labels file beside it (expected {name})")
 
 
-def _load_idx(path: Path, split: SplitConfig, given: tuple[str, ...] | None) -> Dataset:
+def _load_idx(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None) -> Dataset:
     if not path.is_dir():
-        return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, names=given, source=path)
+        return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, names=given, source=path,
+                             task=task)
     names = sorted(p.name for p in path.iterdir())
     train = [n for n in names if n.startswith("train") and "images" in n]
     test = [n for n in names if n.startswith("t10k") and "images" in n]
@@ -369,12 +433,12 @@ def _load_idx(path: Path, split: SplitConfig, given: tuple[str, ...] | None) -> 
         raise DataError(f"data {path}: no train-images-idx3-ubyte[.gz] file in the folder")
     train_xy = (read_idx(path / train[0]), read_idx(_labels_beside(path / train[0])))
     if not test:
-        return _split_arrays(path.name, *train_xy, split, names=given, source=path)
+        return _split_arrays(path.name, *train_xy, split, names=given, source=path, task=task)
     test_xy = (read_idx(path / test[0]), read_idx(_labels_beside(path / test[0])))
-    return _given_test(path, train_xy, test_xy, split, names=given)
+    return _given_test(path, train_xy, test_xy, split, names=given, task=task)
 
 
-def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=None) -> Dataset:
+def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=None, task: Task | None = None) -> Dataset:
     """A dataset whose test part (and maybe validation part) the source fixes; validation comes from train."""
     parts = {"train": _checked(path, *train, "train"), "test": _checked(path, *test, "test")}
     if val is not None:
@@ -382,27 +446,30 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=Non
     for name, (x, _) in parts.items():
         if x.shape[1:] != parts["train"][0].shape[1:]:
             raise DataError(f"data {path}: train inputs have shape {parts['train'][0].shape[1:]} but {name} inputs {x.shape[1:]}")
-    labels, names = _encode_labels(path, np.concatenate([y for _, y in parts.values()]), names)
+    task = _task_of(path, np.concatenate([y for _, y in parts.values()]), names, task)
+    labels, names = _labels_for(path, np.concatenate([y for _, y in parts.values()]), names, task)
     bounds = np.cumsum([len(y) for _, y in parts.values()])[:-1]
     encoded = dict(zip(parts, np.split(labels, bounds)))
     x_tr, x_te = parts["train"][0], parts["test"][0]
     if val is not None:
         x_va, y_tr, y_va = parts["val"][0], encoded["train"], encoded["val"]
     else:
-        x_tr, x_va, y_tr, y_va = _stratified(path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction), split.seed)
-    return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names))
+        x_tr, x_va, y_tr, y_va = _split(path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction),
+                                        split.seed, task)
+    return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names), task)
 
 
 def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs as float32 (finite), labels one per row: [N], or [N, K] for several regression targets."""
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim < 2:
         raise DataError(f"data {source}: {what}: inputs must have a feature axis, got shape {x.shape}")
     if y.ndim != 1:
         y = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
-        if y.shape[1] != 1:
-            raise DataError(f"data {source}: {what}: labels must be one per row, got shape {y.shape}")
-        y = y[:, 0]
+        if y.ndim > 2 or (y.shape[1] != 1 and y.dtype.kind not in "fiu"):
+            raise DataError(f"data {source}: {what}: labels must be one per row (or numeric targets [rows, K]), got shape {y.shape}")
+        y = y[:, 0] if y.shape[1] == 1 else y
     if len(x) != len(y):
         raise DataError(f"data {source}: {what}: x has {len(x)} rows but y has {len(y)}")
     if len(x) == 0:
@@ -414,6 +481,41 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
         bad = int((~np.isfinite(x)).sum())
         raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values")
     return x, y
+
+
+def _task_of(source, y: np.ndarray, names, task: Task | None) -> Task:
+    """The task given, else the labels': non-integer numbers, several columns, or integers that look like a measurement."""
+    if task is not None:
+        return task
+    if names is not None or y.dtype.kind not in "fiu":
+        return Task.CLASSIFICATION
+    if y.ndim == 2:
+        return Task.REGRESSION
+    if y.dtype.kind == "f" and (not np.isfinite(y).all() or not np.all(y == np.round(y))):
+        return Task.REGRESSION  # non-finite values are refused by the regression checks, naming them
+    values = len(np.unique(y))
+    if _looks_like_regression(y, values):
+        log.info("data %s: integer labels taken for a regression target (%d distinct values over %d rows); "
+                 "give --task classification if they are class ids", source, values, len(y))
+        return Task.REGRESSION
+    return Task.CLASSIFICATION
+
+
+def _labels_for(source, y: np.ndarray, names, task: Task) -> tuple[np.ndarray, list[str]]:
+    """(labels, class names): class ids and their names, or float32 regression targets and no names."""
+    if task is Task.CLASSIFICATION:
+        if y.ndim == 2:
+            raise DataError(f"data {source}: labels have {y.shape[1]} columns; a classifier takes one label per row "
+                            "(several numeric columns are regression targets: --task regression)")
+        return _encode_labels(source, y, names)
+    if names is not None:
+        raise DataError(f"data {source}: class names were given, but the task is regression (its targets have no classes)")
+    if y.dtype.kind not in "fiub":
+        raise DataError(f"data {source}: regression targets must be numbers, got {y.dtype} labels")
+    y = y.astype(np.float32)
+    if not np.isfinite(y).all():
+        raise DataError(f"data {source}: regression targets hold {int((~np.isfinite(y)).sum())} NaN or inf values")
+    return y, []
 
 
 def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -428,7 +530,8 @@ def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | Non
         if not np.isfinite(y).all():
             raise DataError(f"data {source}: labels hold NaN or inf values")
         if not np.all(y == np.round(y)):
-            raise DataError(f"data {source}: labels must be class ids or names, got non-integer numbers")
+            raise DataError(f"data {source}: labels must be class ids or names, got non-integer numbers "
+                            "(regression targets? --task regression)")
         y = y.astype(np.int64)
     if names is not None:
         return _named_labels(source, y, list(names)), list(names)
@@ -436,7 +539,6 @@ def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | Non
     if len(values) < 2:
         raise DataError(f"data {source}: labels hold fewer than two classes ({len(values)})")
     if np.issubdtype(y.dtype, np.integer):
-        _refuse_regression(source, y, len(values))
         if values[0] == 0 and values[-1] == len(values) - 1:
             return y.astype(np.int64), [str(i) for i in range(len(values))]
     elif y.dtype.kind in "USO":
@@ -462,32 +564,36 @@ def _named_labels(source, y: np.ndarray, names: list[str]) -> np.ndarray:
     return np.array([index[str(v)] for v in y], dtype=np.int64)
 
 
-def _refuse_regression(source, y: np.ndarray, values: int) -> None:
-    """A DataError when integer labels look like a regression target, before the stratified split fails on them.
+def _looks_like_regression(y: np.ndarray, values: int) -> bool:
+    """Integer labels that look like a regression target rather than class ids.
 
     Many values (more than REGRESSION_MIN_VALUES) and either few rows per value on
     average, or a value held by one row only (which no stratified split can place):
-    a many-class dataset with rows enough for every class still loads.
+    a many-class dataset with rows enough for every class stays a classification.
     """
     if values <= REGRESSION_MIN_VALUES:
-        return
-    if len(y) < REGRESSION_ROWS_PER_VALUE * values or np.unique(y, return_counts=True)[1].min() < 2:
-        raise DataError(f"data {source}: labels look like a regression target ({values} distinct values over {len(y)} rows); "
-                        "deploykit handles classifiers today (regression support is tracked in issue 12)")
+        return False
+    return len(y) < REGRESSION_ROWS_PER_VALUE * values or bool(np.unique(y, return_counts=True)[1].min() < 2)
 
 
-def _stratified(source, x, y, fraction: float, seed: int):
+def _split(source, x, y, fraction: float, seed: int, task: Task):
+    """A seeded split: stratified on the class (classification), plain random (regression)."""
     from sklearn.model_selection import train_test_split
 
     try:
-        return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+        return train_test_split(x, y, test_size=fraction, stratify=y if task is Task.CLASSIFICATION else None,
+                                random_state=seed)
     except ValueError as exc:
-        raise DataError(f"data {source}: cannot make a stratified split ({exc})") from None
+        what = "stratified split" if task is Task.CLASSIFICATION else "split"
+        raise DataError(f"data {source}: cannot make a {what} ({exc})") from None
 
 
-def _split_arrays(name: str, x, y, split: SplitConfig, names: list[str] | None = None, source=None) -> Dataset:
+def _split_arrays(name: str, x, y, split: SplitConfig, names: list[str] | None = None, source=None,
+                  task: Task | None = None) -> Dataset:
     x, y = _checked(source or name, x, y, "x/y")
-    labels, found = _encode_labels(source or name, y, names)
-    x_rest, x_te, y_rest, y_te = _stratified(source or name, x, labels, split.test_fraction, split.seed)
-    x_tr, x_va, y_tr, y_va = _stratified(source or name, x_rest, y_rest, split.val_fraction / (1 - split.test_fraction), split.seed)
-    return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(found))
+    task = _task_of(source or name, y, names, task)
+    labels, found = _labels_for(source or name, y, names, task)
+    x_rest, x_te, y_rest, y_te = _split(source or name, x, labels, split.test_fraction, split.seed, task)
+    x_tr, x_va, y_tr, y_va = _split(source or name, x_rest, y_rest, split.val_fraction / (1 - split.test_fraction),
+                                    split.seed, task)
+    return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(found), task)

@@ -26,23 +26,34 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
     from deploykit.backend import is_tf_keras_model
 
     if is_tf_keras_model(obj):
+        from deploykit.io import check_single_io
+
+        check_single_io(obj)
         return obj
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
 
-def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None):
-    """A Dataset from a Dataset, ``"digits"``, a data path, or an ``(x, y)`` pair of arrays."""
+def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None, task=None):
+    """A Dataset from a Dataset, ``"digits"`` / ``"diabetes"``, a data path, or an ``(x, y)`` pair of arrays.
+
+    ``task`` (a Task or its name; None: read off the labels) says whether the labels are classes or regression targets.
+    """
+    from deploykit.configs import choice
     from deploykit.data import Dataset, SplitConfig, _split_arrays, check_class_names, load_dataset
+    from deploykit.task import Task
 
     names = None if class_names is None else check_class_names("class_names", class_names)
+    task = None if task is None else choice(Task, "task", task)
     if isinstance(obj, Dataset):
         if names is not None and names != obj.class_names:  # a Dataset is not renamed behind its back
             raise DataError(f"data {obj.name!r} names its classes {list(obj.class_names)}, but class_names {list(names)} were given")
+        if task is not None and task is not obj.task:
+            raise DataError(f"data {obj.name!r} is a {obj.task.value} dataset, but task {task.value} was given")
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names)
+        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names, task=task)
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed), names=names)
+        return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed), names=names, task=task)
     raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")
 
 

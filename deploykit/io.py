@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from deploykit.atomic import atomic_path
-from deploykit.errors import ModelLoadError, UnsafeModelError, UsageError
+from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError
 from deploykit.layers import check_layers
 from deploykit.log import quiet_native
 from deploykit.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
@@ -87,7 +87,22 @@ def _load_tf_keras(model_file: ModelFile, unsafe: bool):
     if not is_tf_keras_model(model):
         raise ModelLoadError(f"model {path}: tf_keras gave a {type(model).__name__}, not a Keras model")
     check_layers(model.layers, unsafe=unsafe)
+    check_single_io(model)
     return model
+
+
+def check_single_io(model) -> None:
+    """An UnsupportedLayerError naming the tensors when a model has several inputs or outputs.
+
+    deploykit's artifacts have one ``input`` and its steps feed one array: a model with several
+    is refused at load with one line, not failed deep inside a step.
+    """
+    for what, tensors in (("inputs", model.inputs), ("outputs", model.outputs)):
+        if tensors is not None and len(tensors) > 1:
+            names = ", ".join(t.name.split(":")[0] for t in tensors)
+            raise UnsupportedLayerError(model.name, type(model).__name__,
+                                        f"has {len(tensors)} {what} ({names}); deploykit handles single-input, "
+                                        "single-output models")
 
 
 def _load_keras_zip(path: Path, unsafe: bool):

@@ -28,6 +28,7 @@ import numpy as np
 from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
+from deploykit.keras3_activations import expand_activations
 from deploykit.modelfile import ModelFile, check_model_config
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild.
@@ -47,7 +48,7 @@ _NOT_WEIGHTS = ("seed_generator",)
 def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0):
     """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights."""
     path = model_file.path
-    graph = _tf_keras_graph(model_file, unsafe)
+    graph, added = _tf_keras_graph(model_file, unsafe)
     model = to_keras(graph)
     with _keras3() as keras3:
         try:
@@ -55,7 +56,8 @@ def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0)
         except Exception as exc:
             raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         for node in graph.nodes:
-            _copy_weights(path, source.get_layer(node.name), model.get_layer(node.name))
+            if node.name not in added:  # the layers computing an activation tf_keras lacks hold no weights
+                _copy_weights(path, source.get_layer(node.name), model.get_layer(node.name))
         diff = _max_abs_diff(path, keras3, source, model, graph, seed)
         del source
     if not diff <= TOLERANCE:
@@ -66,8 +68,8 @@ def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0)
     return model
 
 
-def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> Graph:
-    """The model's graph with tf_keras layer configs (no weights yet)."""
+def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> tuple[Graph, set[str]]:
+    """The model's graph with tf_keras layer configs (no weights yet), and the nodes added for activations."""
     model_file.layer_configs()  # refuses subclassed models by name
     check_model_config(model_file, unsafe=unsafe)
     name = str(model_file.config.get("config", {}).get("name") or "deploykit_model")
@@ -75,12 +77,13 @@ def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> Graph:
     if len(graph.inputs) != 1:
         raise UnsupportedLayerError(name, model_file.model_class, f"has {len(graph.inputs)} inputs; deploykit imports single-input models")
     graph.inputs = {next(iter(graph.inputs)): _input_shape(model_file)}
+    added = expand_activations(graph)
     for node in graph.nodes:
         kind = node.spec.class_name
         if not node.spec.support.keras3_import:
             raise UnsupportedLayerError(node.name, kind, "deploykit cannot rebuild it from a Keras 3 file")
         node.spec.config = _tf_keras_config(node.name, kind, node.spec.config)
-    return graph
+    return graph, added
 
 
 def _input_shape(model_file: ModelFile) -> tuple[int, ...]:

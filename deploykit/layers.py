@@ -72,6 +72,8 @@ class LayerSupport:
     mc: bool = False  # the MC Dropout graph can emit it (see deploykit.uncertainty.mc_graph)
     sampled: bool = False  # random under MC Dropout
     compactable: bool = False  # compact may remove its dead output units
+    #: The weight TF-MOT prunes: (attribute name, index in ``get_weights()``); SeparableConv2D's is its pointwise kernel.
+    pruned_kernel: tuple[str, int] = ("kernel", 0)
 
     @property
     def merges(self) -> bool:
@@ -95,9 +97,10 @@ SUPPORT: dict[str, LayerSupport] = {
     "Dense": _entry(Role.DENSE, prunable=True, absorbs=Absorb.BOTH, compactable=True),
     "Conv1D": _CONV,
     "Conv2D": _CONV,
-    # TF-MOT prunes their depthwise / pointwise kernels, but deploykit's sparsity steps measure `kernel` only.
-    "DepthwiseConv2D": _entry(Role.CONV, absorbs=Absorb.OUTPUTS),
-    "SeparableConv2D": _entry(Role.CONV, absorbs=Absorb.OUTPUTS),
+    # TF-MOT's registry prunes SeparableConv2D's pointwise kernel; the depthwise kernel goes through PrunableLayer
+    # (deploykit.sparsity.magnitude), as TF-MOT 0.8 registers DepthwiseConv2D with no prunable weight.
+    "DepthwiseConv2D": _entry(Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, pruned_kernel=("depthwise_kernel", 0)),
+    "SeparableConv2D": _entry(Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, pruned_kernel=("pointwise_kernel", 1)),
     "BatchNormalization": _entry(Role.BATCHNORM, folds_away=True),
     "Normalization": _entry(Role.NORMALIZATION, folds_away=True),
     "Rescaling": _entry(Role.RESCALING, folds_away=True),

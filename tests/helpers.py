@@ -44,3 +44,26 @@ def build_dense(input_dim=64, hidden=(32, 32), classes=10, *, bn=True, dropout=0
                 layers.append(keras.layers.Dropout(dropout))
     layers.append(keras.layers.Dense(classes, activation="softmax"))
     return keras.Sequential(layers)
+
+
+def build_head(input_dim=64, hidden=(16,), outputs=10, *, dropout=0.0, seed=0):
+    """A small dense net ending in a linear Dense: a logits classifier (outputs >= 2) or a regressor, in tf_keras."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    layers = [keras.Input(shape=(input_dim,))]
+    for width in hidden:
+        layers.append(keras.layers.Dense(width, activation="relu"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(outputs))
+    return keras.Sequential(layers)
+
+
+def regression_arrays(n=300, features=8, targets=1, seed=0):
+    """(x, y): float targets a small net can fit (a linear map plus a square, plus noise); y is [n] for one target."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    w = rng.normal(size=(features, targets))
+    y = 50 + 20 * (x @ w) + 5 * x[:, :1] ** 2 + rng.normal(scale=2.0, size=(n, targets))
+    return x, (y[:, 0] if targets == 1 else y).astype(np.float32)

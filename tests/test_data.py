@@ -345,20 +345,22 @@ def test_string_labels_without_class_names_warn_once_with_the_order(tmp_path, ca
     assert not caplog.records  # ids, or names given: nothing was guessed
 
 
-def test_a_regression_target_is_named_not_split(tmp_path):
+def test_a_regression_target_loads_as_float_targets(tmp_path):
     from sklearn.datasets import load_digits
+
+    from deploykit.task import Task
 
     digits = load_digits()
     prices = (digits.data.sum(axis=1) * 37).astype(np.int64)  # integer-valued, hundreds of values over 1797 rows
     np.savez(tmp_path / "r.npz", x=digits.data, y=prices)
-    with pytest.raises(DataError) as info:
-        load_dataset(tmp_path / "r.npz")
-    n = len(np.unique(prices))
-    assert str(info.value) == (f"data {tmp_path / 'r.npz'}: labels look like a regression target ({n} distinct values over "
-                               "1797 rows); deploykit handles classifiers today (regression support is tracked in issue 12)")
+    d = load_dataset(tmp_path / "r.npz")
+    assert d.task is Task.REGRESSION and d.class_names == () and d.num_outputs == 1
+    assert d.y_train.dtype == np.float32 and d.y_train.ndim == 1
+    assert sorted(np.concatenate([d.y_train, d.y_val, d.y_test])) == sorted(prices.astype(np.float32))
     np.savez(tmp_path / "f.npz", x=digits.data, y=prices / 7.3)
-    with pytest.raises(DataError, match="labels must be class ids or names"):
-        load_dataset(tmp_path / "f.npz")
+    assert load_dataset(tmp_path / "f.npz").task is Task.REGRESSION
+    with pytest.raises(DataError, match="labels must be class ids or names, got non-integer numbers .*--task regression"):
+        load_dataset(tmp_path / "f.npz", task="classification")
 
 
 def test_many_classes_with_enough_rows_still_load(tmp_path):
@@ -385,11 +387,16 @@ def test_class_names_flow_from_the_cli_into_the_onnx_metadata(tmp_path, capsys):
     assert read_metadata(tmp_path / "out" / "model.onnx").class_names == ["moth", "zebra", "ant"]
 
 
-def test_few_rows_per_value_is_a_regression_target_too(tmp_path):
+def test_few_rows_per_value_is_a_regression_target_too(tmp_path, caplog):
+    from deploykit.task import Task
+
     y = np.repeat(np.arange(60), 3)  # 60 values, 3 rows each: every value could be split, but it is a measurement
     np.savez(tmp_path / "r.npz", x=np.random.default_rng(0).normal(size=(len(y), 4)), y=y + 1000)
-    with pytest.raises(DataError, match=r"regression target \(60 distinct values over 180 rows\)"):
-        load_dataset(tmp_path / "r.npz")
+    with caplog.at_level("INFO", logger="deploykit.data"):
+        assert load_dataset(tmp_path / "r.npz").task is Task.REGRESSION
+    assert "60 distinct values over 180 rows" in caplog.text and "--task classification" in caplog.text
+    with pytest.raises(DataError, match="cannot make a stratified split"):  # --task classification is obeyed
+        load_dataset(tmp_path / "r.npz", task="classification")
 
 
 def test_input_class_names_round_trip_through_the_pipeline_toml():

@@ -174,3 +174,22 @@ def test_weights_only_and_subclassed_models_are_refused(model, tmp_path):
     sub.save(tmp_path / "sub.keras")
     with pytest.raises(UnsupportedLayerError, match="'mine' of type Custom: a subclassed model"):
         load_model(tmp_path / "sub.keras")
+
+
+@pytest.mark.parametrize("what", ["inputs", "outputs"])
+def test_several_inputs_or_outputs_are_named_at_load_not_failed_inside_a_step(tmp_path, what):
+    from deploykit.backend import keras
+    from deploykit.errors import UnsupportedLayerError
+    from deploykit.inputs import as_model
+
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    if what == "inputs":
+        h = keras.layers.Concatenate()([keras.layers.Dense(5)(a), b])
+        model = keras.Model([a, b], keras.layers.Dense(3, activation="softmax")(h))
+    else:
+        h = keras.layers.Dense(5)(a)
+        model = keras.Model(a, [keras.layers.Dense(3, name="head1")(h), keras.layers.Dense(2, name="head2")(h)])
+    model.save(tmp_path / "m.keras")
+    for source in (tmp_path / "m.keras", model):
+        with pytest.raises(UnsupportedLayerError, match=f"has 2 {what} .*single-input, single-output"):
+            as_model(source)

@@ -11,6 +11,7 @@ from deploykit.errors import DeployKitError
 from deploykit.log import progress  # noqa: F401  (the commands' progress callback, imported from here)
 
 from deploykit.shipped import SHIPPED_MODEL as DEFAULT_MODEL
+from deploykit.task import Task
 
 
 def add_command(sub, name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -35,11 +36,20 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
         "--data",
         default=None if required else "digits",
         required=required,
-        help="'digits' (embedded, default), or an .npz, .csv or IDX file / folder",
+        help="'digits' (embedded, default), 'diabetes' (embedded regression), or an .npz, .csv or IDX file / folder",
     )
-    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label; "
+                   "several comma-separated columns are regression targets)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split and of training (default: 42)")
     add_class_names_arg(p)
+    add_task_arg(p)
+
+
+def add_task_arg(p: argparse.ArgumentParser) -> None:
+    """``--task``: what the labels are, parsed into :class:`~deploykit.task.Task` here, at the CLI's edge."""
+    p.add_argument("--task", type=Task, choices=list(Task), default=None,
+                   help="what the labels are: class ids or names (classification) or numbers to predict (regression); "
+                        "default: read off the labels and the model's last layer")
 
 
 def add_class_names_arg(p: argparse.ArgumentParser) -> None:
@@ -57,11 +67,25 @@ def load_model_arg(args):
     return load_model(path, unsafe=getattr(args, "unsafe", False))
 
 
+def writes_keras3(args, out) -> bool:
+    """True when the model argument (already loaded) is a Keras 3 file, so ``out`` is written as one; check before the work.
+
+    A Keras 3 user gets back a file Keras 3 opens, as ``optimize`` does; tf_keras in gives tf_keras out.
+    """
+    from deploykit.errors import UsageError
+    from deploykit.io import read_model_file
+
+    keras3 = read_model_file(getattr(args, "model", None) or DEFAULT_MODEL).is_keras3
+    if keras3 and Path(out).suffix != ".keras":
+        raise UsageError(f"--out {out}: the model is a Keras 3 file and is written back as one; use a .keras suffix")
+    return keras3
+
+
 def load_data_arg(args):
     from deploykit.data import SplitConfig, load_dataset
 
     data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed),
-                        class_names=getattr(args, "class_names", None))
+                        class_names=getattr(args, "class_names", None), task=getattr(args, "task", None))
     progress(f"data {data.summary()}")
     return data
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from deploykit.cli.common import add_class_names_arg, add_command, add_model_arg, progress
+from deploykit.cli.common import add_class_names_arg, add_command, add_model_arg, add_task_arg, progress
 
 def _variants_help() -> str:
     """The variants and the formats each exists in, from the exporter's table (no list to keep in step here)."""
@@ -44,6 +44,10 @@ def register(sub) -> None:
     p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
     p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
+    p.add_argument("--max-rel-diff", type=float, default=None,
+                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
+    p.add_argument("--max-rmse-increase", type=float, default=None,
+                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -53,6 +57,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split and of the calibration samples (default: 42)")
     add_class_names_arg(p)
+    add_task_arg(p)
 
 
 def add_variant_options(p: argparse.ArgumentParser, default_quantize: str = "float32") -> None:
@@ -138,7 +143,8 @@ def _run(args) -> int:
 
     onnx_source = Path(args.model).suffix.lower() == ".onnx"
     chosen = renamed_options(args)
-    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
+    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
+                          max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
     config = ExportConfig(  # bad options are refused before any work
         formats=chosen["formats"] or ("onnx" if onnx_source else "onnx,tflite"), quantize=chosen["quantize"] or "float32",
         opset=args.opset, quantization=quant_config(args), triton=triton_options(args), repeats=args.repeats,
@@ -153,7 +159,8 @@ def _run(args) -> int:
     from deploykit.export.triton import KSERVE_FILE
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    bundle = export_bundle(model, data, out, config, force=args.force, metadata=ModelMetadata(steps=steps), progress=progress)
+    bundle = export_bundle(model, data, out, config, force=args.force, metadata=ModelMetadata(steps=steps), progress=progress,
+                           task=args.task)
     print(bundle.table(), end="")
     files = [r.path.name for r in bundle.exports] + [MARKDOWN_FILE, JSON_FILE]
     if bundle.triton_models:

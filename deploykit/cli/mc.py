@@ -21,7 +21,9 @@ def register(sub) -> None:
         f"validation split (unless --no-temperature) and, with --target-accuracy / --target-coverage, an `abstain` "
         f"output; write, for the test split, deterministic vs MC accuracy, NLL, Brier, ECE, the error rate of the "
         f"most uncertain 10%, calibration before/after the temperature, the selective coverage and, with --ood-data, "
-        f"OOD AUROC and FPR at 95% TPR ({JSON_FILE}, {MARKDOWN_FILE}) and the PNG plots into --out.",
+        f"OOD AUROC and FPR at 95% TPR ({JSON_FILE}, {MARKDOWN_FILE}) and the PNG plots into --out. A regressor's "
+        f"model outputs mean and std per target; its report gives RMSE, Gaussian NLL and the 90% / 95% interval "
+        f"coverage, with a std scale in place of the temperature and --target-rmse for the `abstain` output.",
     )
     add_model_arg(p)
     add_data_arg(p)
@@ -29,23 +31,30 @@ def register(sub) -> None:
     p.add_argument("--max-samples", type=int, default=1000, help="largest T a client may request (default: 1000)")
     p.add_argument("--mc-seed", type=int, default=None,
                    help="seed of the dropout draws: every new session then repeats the same sequence (default: none)")
-    p.add_argument("--include-samples", action="store_true", help="also output the raw [T, N, C] sample probabilities")
-    add_uncertainty_options(p)
+    p.add_argument("--include-samples", action="store_true",
+                   help="also output the raw [T, N, C] sample probabilities (a regressor: sample_predictions [T, N, K])")
+    add_uncertainty_options(p, regression=True)
     p.add_argument("--batch-size", type=int, default=256, help="instances per onnxruntime call (default: 256)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
 
-def add_uncertainty_options(p) -> None:
-    """--no-temperature, --target-accuracy / --target-coverage, --ood-data (shared with ``optimize``)."""
+def add_uncertainty_options(p, regression: bool = False) -> None:
+    """--no-temperature, --target-accuracy / --target-coverage, --ood-data (shared with ``optimize``);
+    ``regression``: --target-rmse too (a regressor's selective target)."""
     p.add_argument("--no-temperature", action="store_true",
-                   help="do not fit and store a temperature (default: fitted on the validation split, stored in the graph)")
+                   help="do not fit and store a temperature (a regressor: the std scale) (default: fitted on the "
+                   "validation split, stored in the graph)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                        help="add an `abstain` output: the predictive-entropy threshold keeping the most validation "
                        "rows whose accuracy reaches A (e.g. 0.99)")
     group.add_argument("--target-coverage", type=float, default=None, metavar="C",
                        help="add an `abstain` output keeping at least this share C of the validation rows")
+    if regression:
+        group.add_argument("--target-rmse", type=float, default=None, metavar="E",
+                           help="regression: add an `abstain` output, the 95%% interval-width threshold keeping the most "
+                           "validation rows whose RMSE is at most E (targets' units)")
     p.add_argument("--ood-data", default=None, metavar="PATH",
                    help="out-of-distribution inputs (.npy, or .npz with an array x): report AUROC and FPR at 95%% TPR "
                    "of each uncertainty measure")
@@ -55,9 +64,10 @@ def selective_target(args):
     """The SelectiveTarget the flags ask for (None: no abstain output); a bad value is a ConfigError."""
     from deploykit.uncertainty import SelectiveTarget
 
-    if args.target_accuracy is None and args.target_coverage is None:
+    rmse = getattr(args, "target_rmse", None)
+    if args.target_accuracy is None and args.target_coverage is None and rmse is None:
         return None
-    return SelectiveTarget(target_accuracy=args.target_accuracy, target_coverage=args.target_coverage)
+    return SelectiveTarget(target_accuracy=args.target_accuracy, target_coverage=args.target_coverage, target_rmse=rmse)
 
 
 def _run(args) -> int:
@@ -88,6 +98,26 @@ def _run(args) -> int:
         summary = json.loads(json.dumps(summary, default=str).replace(f"{staging}/", f"{out}/"))
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
         write_text(staging / MARKDOWN_FILE, report.to_markdown())
+    if hasattr(report, "std_scale"):  # a regressor
+        _print_regression(report, config)
+    else:
+        _print_classification(report, config)
+    print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE}{''.join(', ' + p for p in report.plots)} in {out}")
+    return 0
+
+
+def _print_regression(report, config) -> None:
+    m = report.mc
+    print(f"RMSE {report.deterministic_rmse:.4g} -> {m.rmse:.4g} (deterministic -> MC, T = {config.samples}"
+          + (f", std scale {report.std_scale.fit.std_scale:.3f})" if report.std_scale else ", no std scale)")
+          + f"; Gaussian NLL {m.nll:.4f}, 90% interval coverage {m.coverage_90:.1%}, 95% interval coverage {m.coverage_95:.1%}")
+    if report.selective:
+        test = report.selective.test
+        print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
+              f"test coverage {test.coverage:.1%}, RMSE of kept {test.rmse:.4g}")
+
+
+def _print_classification(report, config) -> None:
     d, m = report.deterministic, report.mc
     print(f"accuracy {d.accuracy:.4f} -> {m.accuracy:.4f}, NLL {d.nll:.4f} -> {m.nll:.4f}, "
           f"ECE {d.ece:.4f} -> {m.ece:.4f} (deterministic -> MC, T = {config.samples}"
@@ -95,5 +125,3 @@ def _run(args) -> int:
     if report.selective:
         print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
               f"test coverage {report.selective.test.coverage:.1%}")
-    print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE}, {', '.join(report.plots)} in {out}")
-    return 0

@@ -27,7 +27,7 @@ def register(sub) -> None:
     )
     add_model_arg(p, optional=True)
     add_data_arg(p)
-    p.set_defaults(data=None, seed=None, label_column=None, class_names=None)  # unset: the --config file's [input], else digits and 42
+    p.set_defaults(data=None, seed=None, label_column=None, class_names=None, task=None)  # unset: the --config file's [input], else digits and 42
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--config", default=None, metavar="TOML", help="pipeline file (e.g. a previous run's OUT/deploykit.toml)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -51,10 +51,13 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
     p.add_argument("--mc-seed", type=int, default=None, help="seed of the MC model's draws: every new session repeats "
                    "the same sequence (default: fresh draws)")
-    add_uncertainty_options(p)
+    add_uncertainty_options(p, regression=True)
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
-                   "shipped artifact (a fraction: default 0.01 = one point)")
+                   "shipped artifact (a fraction: default 0.01 = one point); classifiers")
+    p.add_argument("--max-rmse-increase", type=float, default=None, metavar="F",
+                   help="a regressor's budget: test RMSE at most this fraction above the original model's, for every kept "
+                   "model and shipped artifact (default 0.05 = 5%%)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any artifact was rejected (default: only when "
                    "nothing deployable meets the budget)")
     p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
@@ -72,9 +75,9 @@ def options_from_args(args) -> dict:
         "quantization": quantization_options(args) or None,
         "mc": off(args.no_mc), "samples": args.samples, "mc_seed": args.mc_seed, "validate": off(args.no_validate),
         "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
-        "target_coverage": args.target_coverage, "ood_data": _resolved(args.ood_data),
+        "target_coverage": args.target_coverage, "target_rmse": args.target_rmse, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
-        "max_accuracy_drop": args.max_accuracy_drop, "strict": True if args.strict else None,
+        "max_accuracy_drop": args.max_accuracy_drop, "max_rmse_increase": args.max_rmse_increase, "strict": True if args.strict else None,
     }
 
 
@@ -93,7 +96,7 @@ def _run(args) -> int:
 
     config = OptimizeConfig.from_toml(args.config) if args.config else OptimizeConfig()
     config = config.with_options(**options_from_args(args)).with_input(label_column=args.label_column, seed=args.seed,
-                                                                       class_names=args.class_names)
+                                                                       class_names=args.class_names, task=args.task)
     if config.input.ood_data:  # a bad OOD file fails before the run, not after its sparsity search
         from deploykit.uncertainty.bundle import load_ood
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import add_command, add_data_arg, add_model_arg, load_data_arg, load_model_arg, progress
+from deploykit.cli.common import (add_command, add_data_arg, add_model_arg, load_data_arg, load_model_arg, progress,
+                                  writes_keras3)
 from deploykit.errors import UsageError
 
 MODEL_SUFFIXES = (".keras", ".h5")
 
 
 def register(sub) -> None:
-    p = add_command(sub, "prune", _prune, "prune Dense kernels to a target sparsity with TF-MOT while fine-tuning",
-                    "TF-MOT magnitude pruning of the Dense layers (the output layer is left alone by default), "
+    p = add_command(sub, "prune", _prune, "prune Dense and conv kernels to a target sparsity with TF-MOT while fine-tuning",
+                    "TF-MOT magnitude pruning of the Dense and conv layers (the output layer is left alone by default), "
                     "with a PolynomialDecay schedule derived from the data size; the reached sparsity is checked.")
     add_model_arg(p)
     add_data_arg(p)
@@ -30,23 +31,23 @@ def register(sub) -> None:
     _add_tuning_args(p)
 
     p = add_command(sub, "compact", _compact, "remove hidden neurons that cannot affect the output",
-                    "Remove hidden Dense neurons whose incoming weights are all zero (their constant output is "
+                    "Remove hidden Dense neurons and conv channels whose incoming weights are all zero (their constant output is "
                     "folded into the next bias) or whose outgoing weights are all zero; outputs stay equal.")
     add_model_arg(p)
     p.add_argument("--data", default=None, help="check the outputs are unchanged on this data ('digits' or a file)")
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
-    p.add_argument("--out", required=True, help="output model (.keras or .h5)")
+    p.add_argument("--out", required=True, help="output model (.keras or .h5; Keras 3 .keras when the input is Keras 3)")
     p.add_argument("--report", default=None, help="also write the report as JSON here")
 
 
 def _add_tuning_args(p) -> None:
-    p.add_argument("--out", required=True, help="output model (.keras or .h5)")
+    p.add_argument("--out", required=True, help="output model (.keras or .h5; Keras 3 .keras when the input is Keras 3)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 10)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 32)")
     p.add_argument("--learning-rate", type=float, default=None, help="Nadam learning rate (default: 5e-4)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: 3)")
-    p.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave this Dense layer alone (repeatable)")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave this Dense or conv layer alone (repeatable)")
     p.add_argument("--compact", action="store_true", help="then remove the neurons left dead")
     p.add_argument("--report", default=None, help="also write the report as JSON here")
 
@@ -87,11 +88,12 @@ def _prune(args) -> int:
     )
     _check_out(args)
     model, data = load_model_arg(args), load_data_arg(args)
+    keras3 = writes_keras3(args, args.out)
     progress(f"pruning to {config.target_sparsity:.0%} over {config.epochs} epochs")
     from deploykit.sparsity import prune
 
     result, report = prune(model, data, config=config, progress=progress)
-    return _finish(args, result, report)
+    return _finish(args, result, report, keras3)
 
 
 def _sparsify_l1(args) -> int:
@@ -100,31 +102,33 @@ def _sparsify_l1(args) -> int:
     config = L1Config().with_options(l1=args.l1, threshold=args.threshold, **_tuning_options(args))
     _check_out(args)
     model, data = load_model_arg(args), load_data_arg(args)
+    keras3 = writes_keras3(args, args.out)
     progress(f"fine-tuning with l1 = {config.l1:g} over {config.epochs} epochs, then zeroing |w| < {config.threshold:g}")
     from deploykit.sparsity import sparsify_l1
 
     result, report = sparsify_l1(model, data, config=config, progress=progress)
-    return _finish(args, result, report)
+    return _finish(args, result, report, keras3)
 
 
 def _compact(args) -> int:
     _check_out(args)
     model = load_model_arg(args)
+    keras3 = writes_keras3(args, args.out)
     data = load_data_arg(args) if args.data else None
     from deploykit.sparsity import compact
 
     result, report = compact(model, data)
-    return _finish(args, result, report)
+    return _finish(args, result, report, keras3)
 
 
-def _finish(args, model, report) -> int:
+def _finish(args, model, report, keras3: bool) -> int:
     import json
 
     from deploykit.atomic import write_text
-    from deploykit.io import save_model
+    from deploykit.io import save_model_like
 
     print(report.summary())
-    save_model(model, args.out)
+    save_model_like(model, args.out, keras3)
     progress(f"saved {args.out}")
     if args.report:
         write_text(args.report, json.dumps(report.to_dict(), indent=2) + "\n")

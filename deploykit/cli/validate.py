@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import add_class_names_arg, add_command, progress
+from deploykit.cli.common import add_class_names_arg, add_command, add_task_arg, progress
 
 
 def register(sub) -> None:
@@ -19,12 +19,17 @@ def register(sub) -> None:
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
     p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
     add_class_names_arg(p)
+    add_task_arg(p)
     p.add_argument("--reference", default=None, help="the model FILE came from (.keras, .h5, SavedModel or .onnx)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code in --reference")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: 50)")
     p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
     p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
+    p.add_argument("--max-rel-diff", type=float, default=None,
+                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
+    p.add_argument("--max-rmse-increase", type=float, default=None,
+                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
 
 
 def _run(args) -> int:
@@ -34,11 +39,13 @@ def _run(args) -> int:
     from deploykit.export.validate import validate, validation_markdown
     from deploykit.inputs import as_dataset
 
-    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop)
-    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names)
+    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
+                          max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
+    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names,
+                      task=args.task)
     progress(f"data {data.summary()}")
     report = validate(args.file, data, _reference(args), repeats=args.repeats, check=False,
-                      tolerance=_tolerance(args.file, overrides))
+                      tolerance=_tolerance(args.file, overrides, data.task))
     print(validation_markdown([report], title=f"Validation of {Path(args.file).name}"), end="")
     if not report.passed:
         from deploykit.errors import ValidationError
@@ -64,10 +71,10 @@ def _reference(args):
     return as_model(args.reference, unsafe=args.unsafe)
 
 
-def _tolerance(file, overrides):
-    """The file's default tolerance with the overrides applied (None: validate picks the default)."""
+def _tolerance(file, overrides, task):
+    """The file's default tolerance (by its precision and the data's task) with the overrides applied (None: validate's default)."""
     if not any(v is not None for v in vars(overrides).values()):
         return None
     from deploykit.export.validate import file_precision
 
-    return overrides.__class__.for_precision(file_precision(file)).overridden(overrides)
+    return overrides.__class__.for_precision(file_precision(file), task).overridden(overrides)

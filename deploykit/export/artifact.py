@@ -26,7 +26,7 @@ class ExportRecord(Record):
     input_name: str
     output_name: str
     input_shape: list[int]  # without the batch axis
-    num_classes: int
+    num_classes: int  # the output width: classes, or regression targets
     seconds: float  # conversion time
     preparation: list[str] = field(default_factory=list)  # int8 preparation steps (fold, weight clipping)
     calibration_samples: int = 0

@@ -33,6 +33,7 @@ from deploykit.export.triton import write_triton_models
 from deploykit.export.validate import ValidationReport, validate, validation_markdown
 from deploykit.inputs import as_dataset, as_model
 from deploykit.records import Record
+from deploykit.task import OutputKind, Task
 
 JSON_FILE = "validation.json"
 MARKDOWN_FILE = "validation.md"
@@ -51,14 +52,18 @@ class BundleReport(Record):
     exports: list[ExportRecord]
     validations: list[ValidationReport]
     triton_models: list[str]
+    generated: bool = False  # validated on generated inputs (no data given)
 
     def table(self) -> str:
         table = validation_markdown(self.validations)
-        if self.reference_accuracy is None:  # the reference's "accuracy" on generated inputs is 1 by construction
+        if self.generated:  # the reference's "accuracy" on generated inputs is 1 by construction (its RMSE 0)
             samples = self.validations[0].samples if self.validations else 0
             table = re.sub(r"Reference \(Keras\) test accuracy: .*\n", f"No data given: each artifact is compared with the "
                            f"source model on {samples} generated inputs; 'accuracy' is agreement with the source "
                            "model's classes.\n", table, count=1)
+            table = re.sub(r"Reference \(Keras\) test RMSE: .*\n", f"No data given: each artifact is compared with the "
+                           f"source model on {samples} generated inputs; 'RMSE' is the error against the source "
+                           "model's predictions.\n", table, count=1)
         return table
 
 
@@ -77,22 +82,25 @@ def export_variant(
     config: QuantConfig | None = None,
     opset: int = DEFAULT_OPSET,
     metadata: ModelMetadata | None = None,
+    task: Task | None = None,
 ) -> ExportRecord:
     """Write one artifact, ``model`` as ``fmt`` in variant ``quantization``, to ``path``.
 
     ``data`` calibrates int8 variants (its training split; a Dataset, a data
     path, ``(x, y)`` or an array of inputs) and is not used by float variants.
-    ``config`` holds the int8 knobs; ``metadata`` goes into ONNX files.
+    ``config`` holds the int8 knobs; ``metadata`` goes into ONNX files. ``task``
+    (else a Dataset's, else read off the model) names the outputs (see export_onnx).
     """
     fmt = parse_enum(ExportFormat, fmt, "format")
     quant = parse_enum(Quantization, quantization, "quantization")
     if fmt not in quant.formats:
         raise UsageError(f"{quant.value!r} is not a {fmt.value} variant")
     calibration = data if quant.precision is Precision.INT8 else None
+    task = task if task is not None else getattr(data, "task", None)
     if fmt is ExportFormat.ONNX:
         return export_onnx(model, path, opset=opset, quantization=quant, calibration_data=calibration,
-                           metadata=metadata, config=config)
-    return export_tflite(model, path, quantization=quant, representative_data=calibration, config=config)
+                           metadata=metadata, config=config, task=task)
+    return export_tflite(model, path, quantization=quant, representative_data=calibration, config=config, task=task)
 
 
 def export_bundle(
@@ -104,6 +112,7 @@ def export_bundle(
     force: bool = False,
     metadata: ModelMetadata | None = None,
     progress: Callable[[str], None] | None = None,
+    task: Task | None = None,
 ) -> BundleReport:
     """Export ``model`` as ``config`` asks into the folder ``out``; raise ValidationError if any artifact misses.
 
@@ -114,22 +123,27 @@ def export_bundle(
     validation runs on, and the class names stored in the ONNX metadata.
     Without data, float variants are validated against the source model on
     generated inputs (as Optimum does); int8 variants need data.
-    ``metadata.steps`` should say what was done to the model before (fold, prune...).
+    ``metadata.steps`` should say what was done to the model before (fold, prune...). ``task`` (else
+    the data's, else read off the model) says whether a linear output is logits or a regression.
     """
     config = config or ExportConfig()
     say = progress or (lambda message: None)
     source = _Source.of(model, config)
-    data = as_dataset(data) if data is not None else _generated(source, config)
+    data = as_dataset(data, task=task) if data is not None else _generated(source, config, task)
     generated = data.name == GENERATED
-    if source.keras is not None and not generated:
-        data.check_model(source.keras)  # input shape and number of classes: the one data / model check
+    if source.keras is not None:  # input shape, outputs and task: the one data / model check
+        task, kind = data.check_model(source.keras)
+    else:
+        task, kind = source.task_and_output
     data.check_input_shape((None, *source.input_shape), what=f"model {source.name!r}")
     out = Path(out)
     reference = predict_batches(source.reference, data.x_test)
-    reference_accuracy = None if generated else float(np.mean(reference.argmax(axis=1) == data.y_test))
+    reference_accuracy = None if generated or task is Task.REGRESSION else \
+        float(np.mean(reference.argmax(axis=1) == data.y_test))
     base = metadata or ModelMetadata()
     class_names = list(base.class_names) if generated else list(data.class_names)
-    meta = dataclasses.replace(base, class_names=class_names, reference_accuracy=reference_accuracy)
+    meta = dataclasses.replace(base, class_names=class_names, reference_accuracy=reference_accuracy,
+                               task=ModelMetadata.task_entry(task, kind))
 
     with atomic_dir(out, force=force) as staging:
         exports, reports = [], []
@@ -138,7 +152,7 @@ def export_bundle(
             say(f"exporting {path.name} ({fmt.value} {quant.value})")
             record = source.export(fmt, quant, path, None if generated else data, config, meta)
             say(f"validating {path.name} in {fmt.runtime}")
-            report = validate(record, data, source.reference, tolerance=config.tolerance_for(record.precision),
+            report = validate(record, data, source.reference_outputs(kind), tolerance=config.tolerance_for(record.precision, task),
                               repeats=config.repeats, check=False)
             say(report.summary())
             exports.append(record)
@@ -149,7 +163,7 @@ def export_bundle(
             onnx_files = [r.path for r in exports if r.format is ExportFormat.ONNX]
             say(f"writing the Triton repository and KServe manifest ({len(onnx_files)} models)")
             triton = write_triton_models(onnx_files, staging / TRITON_DIR, config.triton, class_names=class_names or None)
-        bundle = BundleReport(out, config, reference_accuracy, exports, reports, triton)
+        bundle = BundleReport(out, config, reference_accuracy, exports, reports, triton, generated)
         write_text(staging / MARKDOWN_FILE, bundle.table())
         write_text(staging / JSON_FILE, json.dumps(_summary(bundle, source.name, data), indent=2) + "\n")
     return _moved(bundle, out)
@@ -164,6 +178,7 @@ class _Source:
     reference: Callable  # reference(x, training=False) -> probabilities
     export: Callable  # export(fmt, quant, path, data, config, meta) -> ExportRecord
     keras: Any = None  # the Keras model exported from (None for an ONNX file)
+    task_and_output: tuple = (Task.CLASSIFICATION, OutputKind.PROBABILITIES)  # an ONNX file's deploykit.task
 
     @classmethod
     def of(cls, model, config: ExportConfig) -> _Source:
@@ -172,9 +187,16 @@ class _Source:
         model = as_model(model)
 
         def export(fmt, quant, path, data, config, meta):
-            return export_variant(model, fmt, quant, path, data, config=config.quantization, opset=config.opset, metadata=meta)
+            return export_variant(model, fmt, quant, path, data, config=config.quantization, opset=config.opset,
+                                  metadata=meta, task=meta.task_and_output()[0])
 
         return cls(model.name, check_model_input(model), lambda b, training=False: model(b, training=False), export, model)
+
+    def reference_outputs(self, kind: OutputKind) -> Callable:
+        """``reference(x)`` as the artifacts' main output holds it: a logits classifier's softmaxed."""
+        from deploykit.evaluate import main_outputs
+
+        return lambda b, training=False: main_outputs(np.asarray(self.reference(b, training=False)), kind)
 
     @classmethod
     def _onnx(cls, path: Path, config: ExportConfig) -> _Source:
@@ -188,27 +210,42 @@ class _Source:
         def export(fmt, quant, out, data, config, meta):
             return quantize_onnx_file(path, out, quant, data, config=config.quantization)
 
-        return cls(path.stem, tuple(runner.input_shape), lambda b, training=False: runner.predict(b), export)
+        from deploykit.export.metadata import read_metadata
+
+        return cls(path.stem, tuple(runner.input_shape), lambda b, training=False: runner.predict(b), export,
+                   task_and_output=read_metadata(runner.session).task_and_output())
 
 
-def _generated(source: _Source, config: ExportConfig):
+def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
     """Without data: generated inputs, which only float variants can do with."""
     int8 = [q.value for q in config.quantize if q.precision is Precision.INT8 and q.needs_calibration]
     if int8:
         raise UsageError(f"{', '.join(int8)} needs data to calibrate (give data / --data)")
-    return generated_dataset(source.reference, source.input_shape, GENERATED_SAMPLES, config.quantization.seed)
+    if source.keras is not None:
+        from deploykit.task import model_task
+
+        task = model_task(source.keras, task=task)[0]
+    else:
+        task = task or source.task_and_output[0]
+    return generated_dataset(source.reference, source.input_shape, GENERATED_SAMPLES, config.quantization.seed, task)
 
 
-def generated_dataset(predict: Callable, input_shape: tuple[int, ...], n: int, seed: int):
-    """``n`` standard-normal inputs labelled with the model's own classes: validation without data.
+def generated_dataset(predict: Callable, input_shape: tuple[int, ...], n: int, seed: int,
+                      task: Task = Task.CLASSIFICATION):
+    """``n`` standard-normal inputs labelled with the model's own classes (or predictions): validation without data.
 
     Accuracy on them is agreement with the source model, so int8 variants are
-    held to the source's own classes within their accuracy-drop bound.
+    held to the source's own classes within their accuracy-drop bound; a regressor's
+    targets are its own predictions (RMSE against them is the error against the source).
     """
     from deploykit.data import Dataset
 
     x = np.random.default_rng(seed).standard_normal((n, *input_shape)).astype(np.float32)
     probs = predict_batches(lambda b: predict(b, training=False), x)
+    if task is Task.REGRESSION:
+        y = probs.astype(np.float32)
+        y = y[:, 0] if y.shape[1] == 1 else y
+        return Dataset(GENERATED, x, y, x[:0], y[:0], x, y, (), Task.REGRESSION)
     y = probs.argmax(axis=1).astype(np.int64)
     classes = tuple(str(i) for i in range(probs.shape[1]))
     return Dataset(GENERATED, x, y, x[:0], y[:0], x, y, classes)

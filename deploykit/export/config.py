@@ -23,6 +23,7 @@ from typing import Any
 
 from deploykit.configs import Config, boolean, choice, integer, names, number, text
 from deploykit.errors import ConfigError, UsageError
+from deploykit.task import Task
 
 #: Opsets tf2onnx 1.17 converts to and onnxruntime runs.
 MIN_OPSET, MAX_OPSET = 13, 18
@@ -291,20 +292,33 @@ def legacy_quantize(precisions: Any, onnx_int8: Any = "dynamic", tflite_int8: An
 class Tolerance(Config):
     """What an artifact must reach against its reference; an unset bound is not checked."""
 
-    max_abs_diff: float | None = None  # largest |p_artifact - p_reference| over the test probabilities
+    max_abs_diff: float | None = None  # largest |output_artifact - output_reference| (probabilities or predictions)
     min_agreement: float | None = None  # fraction of test inputs whose predicted class matches the reference
     max_accuracy_drop: float | None = None  # reference accuracy - artifact accuracy (0.01 = one point)
+    max_rel_diff: float | None = None  # regressors: largest |p - r| / max(|r|, RMS of r) against the reference
+    max_rmse_increase: float | None = None  # regressors: test RMSE at most (1 + this) x the reference's (0.05 = 5%)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_abs_diff", number("max_abs_diff", self.max_abs_diff, 0.0, optional=True))
         object.__setattr__(self, "min_agreement", number("min_agreement", self.min_agreement, 0.0, 1.0, optional=True))
         object.__setattr__(self, "max_accuracy_drop",
                            number("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, optional=True))
+        object.__setattr__(self, "max_rel_diff", number("max_rel_diff", self.max_rel_diff, 0.0, optional=True))
+        object.__setattr__(self, "max_rmse_increase", number("max_rmse_increase", self.max_rmse_increase, 0.0, optional=True))
 
     @classmethod
-    def for_precision(cls, precision: Precision) -> Tolerance:
-        """The default per variant: float32 max diff <= 1e-4; float16 agreement >= 99.5%; int8 within 1 point."""
-        return _DEFAULT_TOLERANCES[choice(Precision, "precision", precision)]
+    def for_precision(cls, precision: Precision, task: Task | None = None) -> Tolerance:
+        """The default per variant and task (``deploykit.task.Task``; None: a classifier).
+
+        Classifiers: float32 max diff <= 1e-4; float16 agreement >= 99.5%; int8 within 1 point.
+        Regressors, whose outputs have the targets' units (so an absolute bound means nothing): float32
+        relative diff <= 1e-4; float16 relative diff <= 1e-2 (float16 keeps about 3 digits); int8 test RMSE
+        at most 5% above the Keras model's.
+        """
+        precision = choice(Precision, "precision", precision)
+        if task is Task.REGRESSION:
+            return _REGRESSION_TOLERANCES[precision]
+        return _DEFAULT_TOLERANCES[precision]
 
     def overridden(self, other: Tolerance | None) -> Tolerance:
         """A copy with ``other``'s set bounds replacing these."""
@@ -320,6 +334,10 @@ class Tolerance(Config):
             parts.append(f"agreement >= {self.min_agreement:.2%}")
         if self.max_accuracy_drop is not None:
             parts.append(f"accuracy drop <= {100 * self.max_accuracy_drop:g} pt")
+        if self.max_rel_diff is not None:
+            parts.append(f"relative diff <= {self.max_rel_diff:g}")
+        if self.max_rmse_increase is not None:
+            parts.append(f"RMSE increase <= {100 * self.max_rmse_increase:g}%")
         return ", ".join(parts) or "none"
 
 
@@ -327,6 +345,11 @@ _DEFAULT_TOLERANCES = {
     Precision.FLOAT32: Tolerance(max_abs_diff=1e-4),
     Precision.FLOAT16: Tolerance(min_agreement=0.995),
     Precision.INT8: Tolerance(max_accuracy_drop=0.01),
+}
+_REGRESSION_TOLERANCES = {
+    Precision.FLOAT32: Tolerance(max_rel_diff=1e-4),
+    Precision.FLOAT16: Tolerance(max_rel_diff=1e-2),
+    Precision.INT8: Tolerance(max_rmse_increase=0.05),
 }
 
 
@@ -369,5 +392,5 @@ class ExportConfig(Config):
         """Every (format, quantization) to write, formats first."""
         return [(fmt, q) for fmt in self.formats for q in self.quantize if fmt in q.formats]
 
-    def tolerance_for(self, precision: Precision) -> Tolerance:
-        return Tolerance.for_precision(precision).overridden(self.tolerance)
+    def tolerance_for(self, precision: Precision, task: Task | None = None) -> Tolerance:
+        return Tolerance.for_precision(precision, task).overridden(self.tolerance)

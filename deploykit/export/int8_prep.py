@@ -9,7 +9,9 @@ fixture: 96% -> 11% accuracy. :func:`prepare_for_int8` therefore
 
 1. folds BatchNormalization and Normalization into the Dense layers
    (``deploykit.fold``, exact), so the int8 graph takes the raw inputs, and
-2. clips each Dense kernel column to the threshold that minimises the
+2. clips each Dense kernel column (each conv output channel: Conv1D, Conv2D,
+   and DepthwiseConv2D per input channel x multiplier, searched on sampled
+   receptive fields) to the threshold that minimises the
    calibration-data error of its simulated int8 weights (symmetric, per
    output channel, 127 levels), moving the mean effect of the clipping into
    the bias (bias correction). Zeros stay zeros. The candidate thresholds
@@ -49,11 +51,15 @@ INT8_LEVELS = 127
 #: The largest requantization multiplier deploykit lets a Dense layer keep. XNNPACK refuses >= 256
 #: (and crashes on it); the margin covers the difference between this estimate and the converter's.
 MAX_REQUANTIZATION = 32.0
+#: The convolutions whose kernel is clipped per output channel (a DepthwiseConv2D's: per input channel x multiplier).
+CONV_KERNELS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D"})
+#: Receptive fields a conv's clip search samples from the calibration data (bounds memory and time).
+MAX_PATCHES = 8192
 
 
 @dataclass
 class LayerClip(Record):
-    """One Dense kernel after clipping."""
+    """One Dense or conv kernel after clipping (columns: output channels)."""
 
     name: str
     columns: int
@@ -77,7 +83,7 @@ class Int8Preparation(Record):
             if self.folded:
                 self.steps.append(f"fold({len(self.folded)} layers)")
             n = sum(1 for c in self.clipped if c.columns_clipped)
-            self.steps.append(f"int8_weight_clip({n} of {len(self.clipped)} dense layers)")
+            self.steps.append(f"int8_weight_clip({n} of {len(self.clipped)} layers)")
             bounded = sum(c.columns_bounded for c in self.clipped)
             if bounded:
                 self.steps.append(f"int8_requantization_bound({bounded} columns)")
@@ -104,22 +110,42 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
 
 def prepare_for_int8(model, calibration: np.ndarray) -> tuple[object, Int8Preparation]:
     """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed."""
-    from deploykit.backend import keras
     from deploykit.fold import fold_batchnorm
     from deploykit.graph import graph_from_model, to_keras
-    from deploykit.layers import Role
 
     folded, report = fold_batchnorm(model)
-    graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense kernels are clipped
-    dense = [(node.spec, folded.get_layer(node.name)) for node in graph.nodes if node.spec.support.role is Role.DENSE]
-    probe = keras.Model(folded.inputs, [layer.input for _, layer in dense])
-    inputs = probe(calibration, training=False)
-    inputs = [np.asarray(h, dtype=np.float64) for h in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
-    clipped = [_clip_dense(spec, h) for (spec, _), h in zip(dense, inputs)]
+    graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
+    specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
+    clipped = [_clip_rows(spec, rows, in_scale) for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))]
     prepared = to_keras(graph)
     diff = np.abs(np.asarray(prepared(calibration, training=False)) - np.asarray(model(calibration, training=False)))
     folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded]
     return prepared, Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))
+
+
+def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> list[tuple[np.ndarray, float]]:
+    """Per layer: (its input rows on the calibration data, the int8 scale of its input tensor).
+
+    A Dense layer's rows are its inputs; a conv's are up to :data:`MAX_PATCHES` receptive fields,
+    sampled batch by batch so a large feature map is never held whole.
+    """
+    from deploykit.backend import keras
+
+    probe = keras.Model(model.inputs, [model.get_layer(spec.name).input for spec in specs])
+    rng = np.random.default_rng(0)
+    rows: list[list[np.ndarray]] = [[] for _ in specs]
+    low, high = np.zeros(len(specs)), np.zeros(len(specs))  # the calibration range always holds 0
+    for start in range(0, len(calibration), batch):
+        part = calibration[start:start + batch]
+        outputs = probe(part, training=False)
+        for k, (spec, h) in enumerate(zip(specs, outputs if isinstance(outputs, (list, tuple)) else [outputs])):
+            h = np.asarray(h)
+            low[k], high[k] = min(low[k], float(h.min())), max(high[k], float(h.max()))
+            if spec.class_name in CONV_KERNELS:
+                rows[k].append(_patches(spec, h, -(-MAX_PATCHES * len(part) // len(calibration)), rng))
+            else:
+                rows[k].append(h.reshape(len(h), -1).astype(np.float64))
+    return [(np.concatenate(r), (hi - lo) / 255.0) for r, lo, hi in zip(rows, low, high)]
 
 
 def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int):
@@ -141,37 +167,126 @@ def simulate_int8(weights: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.clip(weights, -threshold, threshold) / scale), -INT8_LEVELS, INT8_LEVELS) * scale
 
 
-def _clip_dense(spec, h: np.ndarray) -> LayerClip:
-    """Clip one Dense kernel (in place in ``spec``) per column; the bias absorbs the mean change."""
-    h = h.reshape(len(h), -1)
+def _clippable(spec) -> bool:
+    """Dense, and the convolutions whose kernel int8 stores per output channel (channels last)."""
+    from deploykit.layers import Role
+
+    if spec.support.role is Role.DENSE:
+        return True
+    return spec.class_name in CONV_KERNELS and spec.config.get("data_format", "channels_last") == "channels_last"
+
+
+def _clip_rows(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
+    """Clip one Dense or conv kernel (in place in ``spec``) per output channel; ``rows``: its inputs or patches.
+
+    A convolution is a Dense layer applied to every receptive field (patch), so the Dense search
+    runs on the sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads
+    input channel ``c`` only: one group of columns per input channel, each with its own patch values.
+    """
+    if spec.class_name != "DepthwiseConv2D":
+        return _clip_matrix(spec, rows, in_scale)
     kernel = spec.weights[0].astype(np.float64)
-    mean = h.mean(axis=0)
-    live = h.std(axis=0) > 0  # rows of features constant on the calibration data add no error
-    centred = (h - mean)[:, live]
-    largest = np.abs(kernel).max(axis=0)
+    taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
+    grouped = np.ascontiguousarray(rows.reshape(len(rows), taps, cin).transpose(2, 0, 1))
+    clipped, clip = _clip_columns(spec, grouped, kernel.reshape(taps, cin, -1).transpose(1, 0, 2), in_scale)
+    spec.weights[0] = clipped.transpose(1, 0, 2).reshape(kernel.shape)
+    return clip
+
+
+def _clip_matrix(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
+    """A Dense or Conv kernel: one column per output channel over (taps x) input channels."""
+    kernel = spec.weights[0].astype(np.float64)
+    clipped, clip = _clip_columns(spec, rows[None], kernel.reshape(1, -1, kernel.shape[-1]), in_scale)
+    spec.weights[0] = clipped.reshape(kernel.shape)
+    return clip
+
+
+def _clip_dense(spec, h: np.ndarray) -> LayerClip:
+    """Clip one Dense kernel (in place in ``spec``) per column on its inputs ``h``; the bias absorbs the mean change."""
+    return _clip_matrix(spec, h.reshape(len(h), -1).astype(np.float64), _range_scale(h))
+
+
+def _patches(spec, x: np.ndarray, take: int, rng) -> np.ndarray:
+    """``take`` receptive fields of a conv over ``x`` drawn at random, as rows in the kernel's (taps, channels) order.
+
+    The windows are the convolution's: its strides, dilation and padding (``same`` as TensorFlow
+    pads, ``causal`` zeros before a sequence).
+    """
+    config = spec.config
+    one_d = spec.class_name == "Conv1D"
+    size, strides, rates = (tuple(config.get(k) or (1,) * (1 if one_d else 2)) for k in ("kernel_size", "strides", "dilation_rate"))
+    padding = str(config.get("padding", "valid")).lower()
+    if one_d:
+        x, size, strides, rates = x[:, None], (1, *size), (1, *strides), (1, *rates)
+    if padding == "causal":
+        x, padding = np.pad(x, ((0, 0), (0, 0), ((size[1] - 1) * rates[1], 0), (0, 0))), "valid"
+    pads, outs = [], []
+    for n_in, k, stride, rate in zip(x.shape[1:3], size, strides, rates):
+        span = (k - 1) * rate + 1
+        out = -(-n_in // stride) if padding == "same" else (n_in - span) // stride + 1
+        total = max((out - 1) * stride + span - n_in, 0) if padding == "same" else 0
+        pads.append((total // 2, total - total // 2))
+        outs.append(out)
+    x = np.pad(x, ((0, 0), *pads, (0, 0)))
+    positions = len(x) * outs[0] * outs[1]
+    n, i, j = np.unravel_index(np.sort(rng.choice(positions, size=min(take, positions), replace=False)), (len(x), *outs))
+    rows = (i * strides[0])[:, None, None] + (np.arange(size[0]) * rates[0])[None, :, None]
+    cols = (j * strides[1])[:, None, None] + (np.arange(size[1]) * rates[1])[None, None, :]
+    return x[n[:, None, None], rows, cols].reshape(len(n), -1).astype(np.float64)
+
+
+def _clip_columns(spec, x: np.ndarray, kernel: np.ndarray, in_scale: float) -> tuple[np.ndarray, LayerClip]:
+    """The clipped ``kernel`` and its record; the mean change moves into ``spec``'s bias.
+
+    Grouped columns: ``out[g, n] = x[g, n] @ kernel[g]`` (one group for Dense and Conv, one per input
+    channel for a depthwise conv). Column ``(g, m)`` is output channel ``g * M + m``.
+    """
+    mean = x.mean(axis=1)
+    centred = np.where(x.std(axis=1, keepdims=True) > 0, x - mean[:, None], 0.0)  # constant features add no error
+    error = _error_of(centred)
+    largest = np.abs(kernel).max(axis=1)
     best_t = largest.copy()
-    best_err = first_err = _int8_error(centred, kernel[live], largest)
+    best_err = first_err = _int8_error(error, kernel, largest)
     for anchor, factors in ((largest, CLIP_FRACTIONS[1:]), (None, REFINE_FACTORS)):
         anchor = best_t.copy() if anchor is None else anchor  # the refinement centres on the coarse best
         for factor in factors:
             t = np.minimum(anchor * factor, largest)
-            err = _int8_error(centred, kernel[live], t)
+            err = _int8_error(error, kernel, t)
             better = err < best_err
             best_err, best_t = np.where(better, err, best_err), np.where(better, t, best_t)
-    bounded = _bound_requantization(spec, h, kernel, best_t, mean)
-    clipped = np.clip(kernel, -bounded, bounded)
-    _set_kernel(spec, kernel, clipped, mean)
+    bounded = _bound_requantization(spec, x, kernel, best_t, mean, in_scale)
+    clipped = np.clip(kernel, -bounded[:, None], bounded[:, None])
+    _set_bias(spec, _shift(mean, kernel - clipped).ravel())
     total = float(first_err.sum())
-    return LayerClip(spec.name, int(kernel.shape[1]), int(np.count_nonzero(bounded < largest)),
-                     int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
+    return clipped.astype(np.float32), LayerClip(
+        spec.name, int(largest.size), int(np.count_nonzero(bounded < largest)),
+        int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
 
 
-def _int8_error(centred: np.ndarray, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+def _error_of(centred: np.ndarray):
+    """``change -> per-column squared output error`` on the centred inputs (g, n, r).
+
+    Through the Gram matrix ``centred^T centred`` when there are more rows than inputs (a conv's
+    patches): the same sum, at r^2 instead of n * r operations per column and candidate.
+    """
+    if centred.shape[1] > centred.shape[2]:
+        gram = centred.transpose(0, 2, 1) @ centred
+        return lambda change: ((gram @ change) * change).sum(axis=1)
+    return lambda change: ((centred @ change) ** 2).sum(axis=1)
+
+
+def _int8_error(error, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Per column: squared error that int8 weights clipped to ``threshold`` add on the centred calibration inputs."""
-    return ((centred @ (kernel - simulate_int8(kernel, threshold))) ** 2).sum(axis=0)
+    return error(kernel - simulate_int8(kernel, threshold[:, None]))
 
 
-def _bound_requantization(spec, h: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def _shift(mean: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """Per column (g, m): the mean output change, ``mean[g] @ change[g]``."""
+    return (mean[:, None] @ change)[:, 0]
+
+
+def _bound_requantization(spec, x: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray,
+                          in_scale: float) -> np.ndarray:
     """Lower ``threshold`` where a column's requantization multiplier would reach :data:`MAX_REQUANTIZATION`.
 
     Scales are estimated as the int8 converters set them: activations from the
@@ -180,17 +295,17 @@ def _bound_requantization(spec, h: np.ndarray, kernel: np.ndarray, threshold: np
     raises every multiplier a little, so this repeats until all are bounded.
     A column whose output range comes from one barely moving feature
     converges only once the other features (or the bias) set that range.
+    ``in_scale`` is the layer input's (a conv's sampled patches may miss its extremes).
     """
-    in_scale = _range_scale(h)
     threshold = threshold.copy()
     for _ in range(64):
-        clipped = np.clip(kernel, -threshold, threshold)
-        bias = _bias(spec, kernel.shape[1]) + mean @ (kernel - clipped)
-        out = h @ clipped + bias
+        clipped = np.clip(kernel, -threshold[:, None], threshold[:, None])
+        bias = _bias(spec, threshold.size).reshape(threshold.shape) + _shift(mean, kernel - clipped)
+        out = x @ clipped + bias[:, None]
         if spec.config.get("activation") in ("relu", "relu6"):  # fused into the layer by the converters
             out = np.maximum(out, 0.0)
         limit = MAX_REQUANTIZATION * INT8_LEVELS * _range_scale(out) / in_scale if in_scale > 0 else np.inf
-        if np.all(np.abs(clipped).max(axis=0) <= limit):
+        if np.all(np.abs(clipped).max(axis=1) <= limit):
             return threshold
         threshold = np.minimum(threshold, 0.9 * limit)
     return threshold
@@ -205,12 +320,10 @@ def _bias(spec, units: int) -> np.ndarray:
     return spec.weights[1].astype(np.float64) if spec.config.get("use_bias", True) else np.zeros(units)
 
 
-def _set_kernel(spec, kernel: np.ndarray, clipped: np.ndarray, mean: np.ndarray) -> None:
-    """Store ``clipped`` in ``spec`` and move the mean effect of the clipping into its bias (added if needed)."""
-    shift = mean @ (kernel - clipped)
+def _set_bias(spec, shift: np.ndarray) -> None:
+    """Add ``shift`` (the mean effect of the clipping) to ``spec``'s bias, adding a bias if it has none."""
     if spec.config.get("use_bias", True):
-        spec.weights[1] = (spec.weights[1].astype(np.float64) + shift).astype(np.float32)
+        spec.weights[-1] = (spec.weights[-1].astype(np.float64) + shift).astype(np.float32)
     elif np.any(shift != 0):
         spec.config["use_bias"] = True
         spec.weights.append(shift.astype(np.float32))
-    spec.weights[0] = clipped.astype(np.float32)

@@ -53,9 +53,9 @@ class OpenedArtifact:
 
 @dataclass(frozen=True)
 class Measured:
-    """Predictions on the inputs, and the median seconds per call at each batch size."""
+    """Predictions on the inputs (the main output: probabilities, or a regressor's prediction), and the median seconds per call at each batch size."""
 
-    probabilities: np.ndarray
+    outputs: np.ndarray
     seconds: dict[int, float]
 
 
@@ -217,12 +217,12 @@ def _open(path: Path, threads: int | None, describe: bool):
 def _measure(runner, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
     if runner is None:
         raise ModelLoadError("no artifact is open in the runtime worker")
-    probabilities = predict_batches(runner.predict, x)
+    outputs = predict_batches(runner.predict, x)
     seconds = {}
     for batch in batch_sizes:
         xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
         seconds[batch] = median_seconds(lambda: runner.predict(xb), repeats)
-    return Measured(probabilities, seconds)
+    return Measured(outputs, seconds)
 
 
 def _serve(conn: Connection) -> None:

@@ -26,6 +26,20 @@ class ModelMetadata:
     default_samples: int | None = None  # MC models only
     max_samples: int | None = None  # MC models only: the largest `samples` a client may ask for
     version: str = __version__
+    task: dict | None = None  # deploykit.task: {task: Task value, output: OutputKind value} (None: written before it existed)
+
+    @staticmethod
+    def task_entry(task, kind) -> dict:
+        """The ``deploykit.task`` value of a (Task, OutputKind)."""
+        return {"task": str(task.value), "output": str(kind.value)}
+
+    def task_and_output(self):
+        """(Task, OutputKind) from ``deploykit.task``; a file without it is a softmax classifier (what came before)."""
+        from deploykit.task import OutputKind, Task
+
+        if not self.task:
+            return Task.CLASSIFICATION, OutputKind.PROBABILITIES
+        return Task(self.task["task"]), OutputKind(self.task["output"])
 
 
 def write_metadata(proto, meta: ModelMetadata) -> None:

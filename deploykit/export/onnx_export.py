@@ -22,11 +22,12 @@ from deploykit.export.config import (
     Recipe,
     parse_enum,
 )
-from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, keras_to_onnx
+from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, keras_to_onnx
 from deploykit.export.int8_prep import Int8Preparation, calibration_samples, int8_source
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
 from deploykit.inputs import as_calibration, as_model
+from deploykit.task import Task, main_output, model_task
 
 
 def export_onnx(
@@ -40,12 +41,17 @@ def export_onnx(
     config: QuantConfig | None = None,
     num_calibration: int | None = None,
     seed: int | None = None,
+    task: Task | None = None,
 ) -> ExportRecord:
     """Write ``model`` as ONNX to ``path`` (atomically) and return its :class:`ExportRecord`.
 
     ``model``: a Keras model (tf_keras or Keras 3) or a model file. The graph
-    has input ``input`` (float32, dynamic batch) and output ``probabilities``
-    in every variant. ``quantization``: an ONNX variant of
+    has input ``input`` (float32, dynamic batch) and, in every variant, the outputs of
+    the model's output kind: ``probabilities``; ``logits`` and ``probabilities``
+    (softmax in the graph); or a regressor's ``prediction``. ``task`` (else
+    ``metadata.task``, else read off the model: see :func:`deploykit.task.resolve_task`)
+    decides between logits and regression for a linear output, and is stored as
+    ``deploykit.task``. ``quantization``: an ONNX variant of
     :class:`~deploykit.export.config.Quantization` ("float32", "float16",
     "int8-dynamic", "int8-static"). ``calibration_data`` (a Dataset, whose
     training split is sampled, a data path, ``(x, y)`` or an array of inputs)
@@ -66,16 +72,21 @@ def export_onnx(
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration_data (training inputs or a Dataset)")
     start = time.perf_counter()
+    given = task if task is not None else (metadata.task_and_output()[0] if metadata and metadata.task else None)
+    task, kind = model_task(model, task=given)
     source, calibration, prep = int8_source(model, as_calibration(calibration_data), quant.precision is Precision.INT8,
                                             knobs.num_calibration, input_shape, knobs.seed)
-    proto = quantize_proto(keras_to_onnx(source, opset=opset), quant, calibration, knobs)
+    proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
     num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
     meta = _complete_metadata(metadata, model, input_shape, num_classes, quant, prep, opset)
+    meta = dataclasses.replace(meta, task=ModelMetadata.task_entry(task, kind),
+                               class_names=meta.class_names if task is Task.CLASSIFICATION else [])
     write_metadata(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
-    return _record(path, quant, input_shape, num_classes, time.perf_counter() - start, prep, calibration, opset, meta)
+    return _record(path, quant, input_shape, num_classes, time.perf_counter() - start, prep, calibration, opset, meta,
+                   [o.name for o in proto.graph.output])
 
 
 def quantize_onnx_file(
@@ -120,10 +131,10 @@ def quantize_onnx_file(
     onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
-    out = proto.graph.output[0]
-    num_classes = int(out.type.tensor_type.shape.dim[-1].dim_value)
-    record = _record(path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta)
-    return dataclasses.replace(record, input_name=name, output_name=out.name)
+    outputs = [o.name for o in proto.graph.output]
+    num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
+    record = _record(path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta, outputs)
+    return dataclasses.replace(record, input_name=name)
 
 
 def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, knobs: QuantConfig):
@@ -167,11 +178,12 @@ def _check_opset(opset) -> None:
 
 
 def _record(path: Path, quant: Quantization, input_shape, num_classes: int, seconds: float,
-            prep: Int8Preparation | None, calibration, opset: int | None, meta: ModelMetadata) -> ExportRecord:
+            prep: Int8Preparation | None, calibration, opset: int | None, meta: ModelMetadata,
+            outputs: list[str]) -> ExportRecord:
     size, gz = file_sizes(path)
     return ExportRecord(
         path=path, format=ExportFormat.ONNX, quantization=quant, precision=quant.precision,
-        size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=main_output(outputs),
         input_shape=list(input_shape), num_classes=num_classes, seconds=seconds,
         preparation=prep.steps if prep else [], calibration_samples=len(calibration) if calibration is not None else 0,
         opset=opset, metadata=meta,

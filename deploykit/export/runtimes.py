@@ -1,7 +1,8 @@
 """Run an exported artifact in the runtime that serves it: onnxruntime for .onnx, LiteRT for .tflite.
 
-``open_runner(path).predict(x)`` takes raw float inputs and returns float32
-class probabilities for either format (an int8-I/O TFLite model gets its
+``open_runner(path).predict(x)`` takes raw float inputs and returns the model's
+main output as float32 (:func:`deploykit.task.main_output`: class probabilities, or a
+regressor's prediction; a logits classifier's ``probabilities``) for either format (an int8-I/O TFLite model gets its
 inputs quantized and its outputs dequantized with the scale and zero point
 stored in the file). Validation, the benchmarks, the MC and serving parts
 share these wrappers and :func:`median_seconds`.
@@ -23,7 +24,7 @@ from deploykit.log import quiet_native
 
 
 class OnnxRunner:
-    """One onnxruntime CPU session of a single-input, single-output model."""
+    """One onnxruntime CPU session of a single-input model, run for its main output."""
 
     format = ExportFormat.ONNX
     runtime = "onnxruntime"
@@ -33,7 +34,10 @@ class OnnxRunner:
 
         self.path = Path(path)
         self.session = onnx_session(self.path, threads=threads or None)
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        from deploykit.task import main_output
+
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        inp, out = self.session.get_inputs()[0], outputs[main_output(outputs)]
         self.input_name, self.output_name = inp.name, out.name
         self.input_shape = tuple(inp.shape[1:])
         self.output_shape = tuple(out.shape[1:])
@@ -58,8 +62,8 @@ class TfliteRunner:
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: LiteRT cannot load it ({type(exc).__name__}: {exc})") from None
         self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
-        self.input_name, self.output_name = self._in["name"], self._out["name"]
+        self.output_name, self._out = _main_output(self.interpreter)
+        self.input_name = self._in["name"]
         self.input_shape = tuple(int(d) for d in self._in["shape_signature"][1:])
         self.output_shape = tuple(int(d) for d in self._out["shape_signature"][1:])
         self.input_dtype = np.dtype(self._in["dtype"])
@@ -167,6 +171,23 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _main_output(interpreter) -> tuple[str, dict]:
+    """(name, details) of the output to run for: the signature's main output (deploykit.task.main_output), else the first.
+
+    The signature maps output names to tensors; ``get_output_details`` alone does not say which is which
+    (a logits classifier has two outputs, ``logits`` and ``probabilities``).
+    """
+    from deploykit.task import main_output
+
+    details = interpreter.get_output_details()
+    try:
+        signature = next(iter(interpreter._get_full_signature_list().values()))["outputs"]
+    except (AttributeError, StopIteration, KeyError, TypeError):  # no signature: the first output, by its tensor name
+        return details[0]["name"], details[0]
+    name = main_output(signature)
+    return name, next(d for d in details if d["index"] == signature[name])
 
 
 def _params(detail: dict) -> tuple[float, int] | None:

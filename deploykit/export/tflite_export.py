@@ -18,11 +18,13 @@ from deploykit.export.config import (
     Recipe,
     parse_enum,
 )
-from deploykit.export.convert import INPUT_NAME, OUTPUT_NAME
+from deploykit.contract import DETERMINISTIC_OUTPUTS
+from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import int8_source
 from deploykit.export.runtimes import TfliteRunner
 from deploykit.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
+from deploykit.task import OutputKind, Task, model_task
 
 
 def export_tflite(
@@ -35,6 +37,7 @@ def export_tflite(
     num_calibration: int | None = None,
     int8_io: bool | None = None,
     seed: int | None = None,
+    task: Task | None = None,
 ) -> ExportRecord:
     """Write ``model`` as a .tflite file to ``path`` (atomically) and return its :class:`ExportRecord`.
 
@@ -50,7 +53,10 @@ def export_tflite(
     quantization) and ``int8_io`` (int8 input and output tensors, their scale
     and zero point in the file and in the record); ``num_calibration``,
     ``int8_io`` and ``seed`` override its fields. The signature's input is
-    ``input`` and its output ``probabilities``, with a dynamic batch axis.
+    ``input`` and its outputs those of the ONNX export, with a dynamic batch axis:
+    ``probabilities``; ``logits`` and ``probabilities`` (the softmax in the graph: the
+    converter takes the second output in every variant); or ``prediction``. ``task``
+    decides between logits and regression for a linear output (see :func:`deploykit.task.resolve_task`).
     """
     quant = parse_enum(Quantization, quantization, "TFLite quantization")
     if ExportFormat.TFLITE not in quant.formats:
@@ -69,9 +75,10 @@ def export_tflite(
     if quant.needs_calibration and representative_data is None:
         raise UsageError("full-integer int8 TFLite needs representative_data (training inputs or a Dataset) to calibrate")
     start = time.perf_counter()
+    _, kind = model_task(model, task=task)
     source, calibration, prep = int8_source(model, as_calibration(representative_data), quant.precision is Precision.INT8,
                                             knobs.num_calibration, input_shape, knobs.seed)
-    flat = _convert(source, input_shape, quant, calibration, knobs)
+    flat = _convert(source, input_shape, quant, calibration, knobs, kind)
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
     seconds = time.perf_counter() - start
@@ -79,7 +86,7 @@ def export_tflite(
     size, gz = file_sizes(path)
     return ExportRecord(
         path=path, format=ExportFormat.TFLITE, quantization=quant, precision=quant.precision,
-        size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=io.output_name,
         input_shape=list(input_shape), num_classes=int(io.output_shape[-1]), seconds=seconds,
         preparation=prep.steps if prep else [], calibration_samples=len(calibration) if calibration is not None else 0,
         input_dtype=io.input_dtype.name, input_quantization=io.input_quantization, output_quantization=io.output_quantization,
@@ -95,12 +102,26 @@ def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantC
         raise UsageError(str(exc)) from None
 
 
-def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantConfig) -> bytes:
+def _signature(model, kind: OutputKind):
+    """The converted function's outputs, by name: the model's output, and its softmax for a logits classifier."""
+    from deploykit.backend import tf
+
+    names = DETERMINISTIC_OUTPUTS[kind.value]
+
+    def outputs(x):
+        out = model(x, training=False)
+        return {names[0]: out, names[1]: tf.nn.softmax(out, axis=-1)} if kind is OutputKind.LOGITS else {names[0]: out}
+
+    return outputs
+
+
+def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantConfig,
+             kind: OutputKind = OutputKind.PROBABILITIES) -> bytes:
     from deploykit.backend import tf
 
     recipe = quant.spec.recipe
     spec = tf.TensorSpec((None, *input_shape), tf.float32, name=INPUT_NAME)
-    fn = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)}, input_signature=[spec])
+    fn = tf.function(_signature(model, kind), input_signature=[spec])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
     if recipe is not Recipe.FLOAT:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -21,8 +21,10 @@ import shutil
 from pathlib import Path
 
 from deploykit.atomic import atomic_dir, write_text
+from deploykit.contract import OUTPUT_NAME
 from deploykit.errors import UsageError
 from deploykit.export.config import InstanceKind, TritonConfig
+from deploykit.task import Task
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
@@ -95,8 +97,11 @@ def write_triton_repository(
         raise UsageError(f"Triton version must be a positive integer, got {version!r}")
     proto = onnx.load(str(onnx_path), load_external_data=False)
     fixed = _without_optional_inputs(proto)
-    if class_names is None:
-        class_names = read_metadata(proto).class_names or None
+    meta = read_metadata(proto)
+    if meta.task_and_output()[0] is Task.REGRESSION:
+        class_names = None  # a regressor's outputs are targets, not classes: no labels file
+    elif class_names is None:
+        class_names = meta.class_names or None
     text = triton_config(proto, name, config, labels=len(class_names) if class_names else 0)
     with atomic_dir(Path(repository) / name, force=force) as staging:
         (staging / str(version)).mkdir()
@@ -138,8 +143,8 @@ def _with_batch(config: TritonConfig, max_batch_size: int | None) -> TritonConfi
 def triton_config(proto, name: str, config: TritonConfig, labels: int = 0) -> str:
     """The ``config.pbtxt`` text of an ONNX graph whose first axis is the batch axis.
 
-    ``labels``: the number of class names; the first output of shape
-    ``[batch, labels]`` gets ``label_filename``.
+    ``labels``: the number of class names; the ``probabilities`` output (a logits classifier's too,
+    not its ``logits``), else the first output of shape ``[batch, labels]``, gets ``label_filename``.
     """
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
@@ -147,7 +152,8 @@ def triton_config(proto, name: str, config: TritonConfig, labels: int = 0) -> st
         raise UsageError(f"Triton repository: model {name!r} has no input without a default")
     batch = _batch_axis(inputs[0])
     outputs = [v for v in proto.graph.output if _is_batched(v, batch)]
-    label_output = next((v.name for v in outputs if _shape(v)[1:] == [labels]), None) if labels else None
+    shaped = sorted((v for v in outputs if _shape(v)[1:] == [labels]), key=lambda v: v.name != OUTPUT_NAME)
+    label_output = shaped[0].name if labels and shaped else None
     blocks = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {config.max_batch_size}"]
     blocks.append("input [\n" + ",\n".join(_tensor(v) for v in inputs) + "\n]")
     blocks.append("output [\n" + ",\n".join(_tensor(v, v.name == label_output) for v in outputs) + "\n]")

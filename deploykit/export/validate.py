@@ -1,8 +1,11 @@
 """``validate``: run an artifact in its own runtime on held-out data and hold it to its tolerance.
 
-Reports accuracy, agreement of predicted classes and the largest absolute
-probability difference against the Keras reference, file and gzip size, and
-the median batch-1 latency and batch-256 throughput. Every failed bound is
+Reports, for a classifier (softmax or logits: its probabilities are compared),
+accuracy, agreement of predicted classes and the largest absolute probability
+difference against the Keras reference; for a regressor (``data.task``), the max
+absolute error, max relative error and RMSE of its predictions against the
+Keras reference and against the targets; file and gzip size, and the median
+batch-1 latency and batch-256 throughput. Every failed bound is
 collected first, then one :class:`~deploykit.errors.ValidationError` names
 them all.
 
@@ -21,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import Mismatch, UsageError, ValidationError
+from deploykit.evaluate import RegressionErrors
 from deploykit.export.artifact import ExportRecord, file_sizes
 from deploykit.export.config import ExportFormat, Precision, Quantization, Tolerance
 from deploykit.export.isolated import InProcess, shared_worker
 from deploykit.export.runtimes import predict_batches, runner_class
 from deploykit.inputs import as_dataset, as_reference
 from deploykit.records import Record
+from deploykit.task import Task
 
 DEFAULT_BATCH_SIZES = (1, 256)
 DEFAULT_REPEATS = 50
@@ -50,7 +55,7 @@ class ValidationReport(Record):
     quantization: str
     precision: Precision
     samples: int
-    accuracy: float
+    accuracy: float | None  # None for a regressor
     reference_accuracy: float | None
     agreement: float | None  # None without a reference model
     max_abs_diff: float | None
@@ -60,6 +65,10 @@ class ValidationReport(Record):
     tolerance: Tolerance
     mismatches: list[Mismatch] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # bounds that could not be checked
+    task: Task = Task.CLASSIFICATION
+    reference_errors: RegressionErrors | None = None  # a regressor's predictions against the Keras reference
+    target_errors: RegressionErrors | None = None  # ... and against the test targets (its RMSE is the score)
+    reference_rmse: float | None = None  # the Keras reference's test RMSE against the targets
     latency_b1_ms: float | None = field(init=False)
     throughput_b256: float | None = field(init=False)
     passed: bool = field(init=False)
@@ -72,15 +81,34 @@ class ValidationReport(Record):
 
     @property
     def accuracy_drop(self) -> float | None:
-        return None if self.reference_accuracy is None else self.reference_accuracy - self.accuracy
+        if self.reference_accuracy is None or self.accuracy is None:
+            return None
+        return self.reference_accuracy - self.accuracy
+
+    @property
+    def rmse(self) -> float | None:
+        """A regressor's test RMSE against the targets (None for a classifier)."""
+        return None if self.target_errors is None else self.target_errors.rmse
 
     def summary(self) -> str:
+        if self.task is Task.REGRESSION:
+            return self._regression_summary()
         parts = [f"{self.artifact.name}: accuracy {self.accuracy:.4f}"]
         if self.agreement is not None:
             parts.append(f"agreement {self.agreement:.2%}, max diff {self.max_abs_diff:.2g}")
         parts.append(f"{self.gzip_bytes / 1024:.1f} KiB gzip")
         if self.latency_b1_ms is not None:
             parts.append(f"b1 {self.latency_b1_ms:.3f} ms")
+        parts.append("ok" if self.passed else "FAILED: " + "; ".join(map(str, self.mismatches)))
+        return ", ".join(parts)
+
+    def _regression_summary(self) -> str:
+        t = self.target_errors
+        parts = [f"{self.artifact.name}: RMSE {t.rmse:.4g}, max abs error {t.max_abs_error:.4g} (targets)"]
+        if self.reference_errors is not None:
+            r = self.reference_errors
+            parts.append(f"vs Keras: max abs {r.max_abs_error:.2g}, max rel {r.max_rel_error:.2g}")
+        parts.append(f"{self.gzip_bytes / 1024:.1f} KiB gzip")
         parts.append("ok" if self.passed else "FAILED: " + "; ".join(map(str, self.mismatches)))
         return ", ".join(parts)
 
@@ -121,26 +149,77 @@ def validate(
     data.check_input_shape((None, *opened.input_shape), what=f"artifact {path.name}")
     x, y = data.x_test, data.y_test
     measured = runtime.measure(x, batch_sizes, repeats)
-    probs = measured.probabilities
-    accuracy = float(np.mean(probs.argmax(axis=1) == y))
+    timings = [Timing(batch, 1e3 * seconds, batch / seconds) for batch, seconds in measured.seconds.items()]
+    size, gz = file_sizes(path)
+    tol = tolerance if tolerance is not None else Tolerance.for_precision(precision, data.task)
+    head = (path, ExportFormat(opened.format), quantization, precision, len(x))
+    ref = None if reference is None else _reference_outputs(reference, data, x)
+    if data.task is Task.REGRESSION:
+        report = _regression_report(head, measured.outputs, ref, y, size, gz, timings, tol)
+    else:
+        report = _classification_report(head, measured.outputs, ref, y, opened.reference_accuracy, size, gz, timings, tol)
+    if check and report.mismatches:
+        raise ValidationError(str(path), report.mismatches, report)
+    return report
 
+
+def _reference_outputs(reference, data, x: np.ndarray) -> np.ndarray:
+    """The reference's outputs as the artifact's main output holds them: a Keras logits classifier's softmaxed."""
+    from deploykit.evaluate import main_outputs
+    from deploykit.task import model_task
+
+    out = predict_batches(lambda b: reference(b, training=False), x).astype(np.float32)
+    if not hasattr(reference, "layers"):  # a callable (an ONNX runner): its outputs are the main output already
+        return out
+    return main_outputs(out, model_task(reference, task=data.task)[1])
+
+
+def _classification_report(head, probs, ref, y, reference_accuracy, size, gz, timings, tol) -> ValidationReport:
+    """Accuracy, and agreement and max probability difference against the reference (when given)."""
+    accuracy = float(np.mean(probs.argmax(axis=1) == y))
     agreement = max_diff = None
-    reference_accuracy = opened.reference_accuracy
-    if reference is not None:
-        ref = predict_batches(lambda b: reference(b, training=False), x).astype(np.float32)
+    if ref is not None:
         reference_accuracy = float(np.mean(ref.argmax(axis=1) == y))
         agreement = float(np.mean(ref.argmax(axis=1) == probs.argmax(axis=1)))
         max_diff = float(np.max(np.abs(ref - probs)))
-
-    timings = [Timing(batch, 1e3 * seconds, batch / seconds) for batch, seconds in measured.seconds.items()]
-    size, gz = file_sizes(path)
-    tol = tolerance if tolerance is not None else Tolerance.for_precision(precision)
     mismatches, skipped = _check(tol, max_diff, agreement, accuracy, reference_accuracy)
-    report = ValidationReport(path, ExportFormat(opened.format), quantization, precision, len(x), accuracy, reference_accuracy,
-                              agreement, max_diff, size, gz, timings, tol, mismatches, skipped)
-    if check and mismatches:
-        raise ValidationError(str(path), mismatches, report)
-    return report
+    return ValidationReport(*head, accuracy, reference_accuracy, agreement, max_diff, size, gz, timings, tol, mismatches,
+                            skipped)
+
+
+def _regression_report(head, pred, ref, y, size, gz, timings, tol) -> ValidationReport:
+    """Max absolute / relative error and RMSE of the predictions against the reference and the targets."""
+    targets = RegressionErrors.between(pred, y)
+    against = None if ref is None else RegressionErrors.between(pred, ref)
+    reference_rmse = None if ref is None else RegressionErrors.between(ref, y).rmse
+    mismatches, skipped = _check_regression(tol, against, targets, reference_rmse)
+    return ValidationReport(*head, None, None, None, None if against is None else against.max_abs_error, size, gz, timings,
+                            tol, mismatches, skipped, Task.REGRESSION, against, targets, reference_rmse)
+
+
+def _check_regression(tol: Tolerance, against: RegressionErrors | None, targets: RegressionErrors,
+                      reference_rmse: float | None) -> tuple[list[Mismatch], list[str]]:
+    """Every regression bound of ``tol`` (all collected); class bounds (agreement, accuracy) do not apply."""
+    mismatches, skipped = [], []
+    checks = (("max_abs_diff", "max_abs_error", "largest |prediction - reference|"),
+              ("max_rel_diff", "max_rel_error", "largest |prediction - reference| / max(|reference|, its RMS)"))
+    for bound, figure, what in checks:
+        limit = getattr(tol, bound)
+        if limit is None:
+            continue
+        if against is None:
+            skipped.append(f"{bound} (no reference model)")
+        elif getattr(against, figure) > limit:
+            mismatches.append(Mismatch(bound, getattr(against, figure), f"<= {limit:g}", what))
+    if tol.max_rmse_increase is not None:
+        if reference_rmse is None:
+            skipped.append("RMSE increase (no reference model)")
+        elif targets.rmse > reference_rmse * (1 + tol.max_rmse_increase) + 1e-12:
+            increase = targets.rmse / reference_rmse - 1 if reference_rmse > 0 else float("inf")
+            mismatches.append(Mismatch("rmse_increase", increase, f"<= {tol.max_rmse_increase:g}",
+                                       f"test RMSE {targets.rmse:.4g} vs reference {reference_rmse:.4g}"))
+    skipped += [f"{b} (a regressor has no classes)" for b in ("min_agreement", "max_accuracy_drop") if getattr(tol, b) is not None]
+    return mismatches, skipped
 
 
 def _check(tol: Tolerance, max_diff, agreement, accuracy, reference_accuracy) -> tuple[list[Mismatch], list[str]]:
@@ -191,12 +270,16 @@ def _precision(artifact, quantization: str) -> Precision:
 def validation_markdown(reports: list[ValidationReport], title: str = "Validation") -> str:
     """A markdown table of ``reports``; quantized variants are compared with their format's float32 artifact."""
     base = {r.format: r for r in reports if r.precision is Precision.FLOAT32}
-    ref = next((r.reference_accuracy for r in reports if r.reference_accuracy is not None), None)
+    regression = bool(reports) and reports[0].task is Task.REGRESSION
+    ref = next((r.reference_rmse if regression else r.reference_accuracy for r in reports
+                if (r.reference_rmse if regression else r.reference_accuracy) is not None), None)
     lines = [f"## {title}", ""]
     if ref is not None:
-        lines += [f"Reference (Keras) test accuracy: {ref:.4f} on {reports[0].samples} test inputs.", ""]
+        lines += [f"Reference (Keras) test {'RMSE' if regression else 'accuracy'}: {ref:.4f} on {reports[0].samples} "
+                  "test inputs.", ""]
+    figures = "RMSE | max abs error | max abs diff | max rel diff" if regression else "accuracy | drop (pt) | agreement | max diff"
     lines += [
-        "| artifact | quantization | accuracy | drop (pt) | agreement | max diff | size KiB | gzip KiB | b1 ms | b256 /s | vs float32 (b1, b256) | tolerance | result |",
+        f"| artifact | quantization | {figures} | size KiB | gzip KiB | b1 ms | b256 /s | vs float32 (b1, b256) | tolerance | result |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
@@ -204,19 +287,28 @@ def validation_markdown(reports: list[ValidationReport], title: str = "Validatio
         speed, slower = _speed_vs(r, base.get(r.format))
         if slower:
             notes.append(f"- {r.artifact.name}: {r.quantization} is slower than float32 on this CPU ({slower}).")
-        drop = "" if r.accuracy_drop is None else f"{100 * r.accuracy_drop:+.2f}"
         result = "ok" if r.passed else "FAILED: " + "; ".join(map(str, r.mismatches))
         if r.skipped:
             result += " (not checked: " + ", ".join(r.skipped) + ")"
         lines.append(
-            f"| {r.artifact.name} | {r.quantization} | {r.accuracy:.4f} | {drop} | {_fmt(r.agreement, '.2%')} | "
-            f"{_fmt(r.max_abs_diff, '.2g')} | {r.size_bytes / 1024:.1f} | {r.gzip_bytes / 1024:.1f} | "
+            f"| {r.artifact.name} | {r.quantization} | {_figures(r)} | {r.size_bytes / 1024:.1f} | {r.gzip_bytes / 1024:.1f} | "
             f"{_fmt(r.latency_b1_ms, '.4f')} | {_fmt(r.throughput_b256, ',.0f')} | {speed} | {r.tolerance.describe()} | {result} |"
         )
     if notes:
         lines += ["", f"Speed notes (measured on this machine; ratios below {SLOWER_BELOW:g} count as slower). int8 and float16 "
                   "buy size first, speed only where this CPU's kernels favour them:", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _figures(r: ValidationReport) -> str:
+    """The table's four figure cells: accuracy, drop, agreement, max diff; or RMSE, max abs error, and the diffs to Keras."""
+    if r.task is Task.REGRESSION:
+        against = r.reference_errors
+        return (f"{r.target_errors.rmse:.4g} | {r.target_errors.max_abs_error:.4g} | "
+                f"{'' if against is None else format(against.max_abs_error, '.2g')} | "
+                f"{'' if against is None else format(against.max_rel_error, '.2g')}")
+    drop = "" if r.accuracy_drop is None else f"{100 * r.accuracy_drop:+.2f}"
+    return f"{r.accuracy:.4f} | {drop} | {_fmt(r.agreement, '.2%')} | {_fmt(r.max_abs_diff, '.2g')}"
 
 
 def _speed_vs(r: ValidationReport, base: ValidationReport | None) -> tuple[str, str]:

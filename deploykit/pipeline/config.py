@@ -6,6 +6,7 @@ A TOML file has one table per step (every key optional)::
     model = "models/digits_default.keras"
     data = "digits"
     ood_data = "ood.npz"     # optional: out-of-distribution inputs for the MC report
+    task = "regression"      # optional: classification | regression (default: read off the labels and the model)
     [fold]
     enabled = true
     [sparsity]
@@ -29,7 +30,8 @@ A TOML file has one table per step (every key optional)::
     target_accuracy = 0.99   # optional: an `abstain` output (or target_coverage; not both)
     [validate]
     enabled = true
-    max_accuracy_drop = 0.01 # the accuracy budget, vs the original model on the test split
+    max_accuracy_drop = 0.01 # the accuracy budget of a classifier, vs the original model on the test split
+    max_rmse_increase = 0.05 # a regressor's budget: test RMSE at most 5% above the original model's
 
 Unknown keys are a ConfigError naming the key and the keys allowed there.
 This module does not import TensorFlow.
@@ -59,6 +61,7 @@ from deploykit.export.config import (
     parse_list,
 )
 from deploykit.records import to_jsonable
+from deploykit.task import Task
 from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig
 
 if TYPE_CHECKING:
@@ -71,6 +74,10 @@ DEFAULT_TUNE_EPOCHS = 30
 DEFAULT_QUANTIZE = (Quantization.FLOAT32, Quantization.FLOAT16, Quantization.INT8_DYNAMIC, Quantization.INT8_FULL)
 #: The accuracy budget: test accuracy may fall at most this much below the original model's (one point).
 DEFAULT_MAX_ACCURACY_DROP = 0.01
+#: A regressor's budget: test RMSE may rise at most this fraction above the original model's (5%): a fraction,
+#: since an RMSE has the targets' units; 5% is about what a point of accuracy is to a classifier near 90-98%
+#: (a tenth to a fifth of its error rate), and what int8 costs a small MLP.
+DEFAULT_MAX_RMSE_INCREASE = 0.05
 
 
 class SparsityMethod(enum.Enum):
@@ -101,8 +108,11 @@ class InputConfig(_Table):
     seed: int = 42  # seed of the data split
     ood_data: str | None = None  # out-of-distribution inputs for the MC report (.npy, or .npz with x)
     class_names: tuple[str, ...] | None = None  # the classes in the model's output order (None: the data's own)
+    task: Task | None = None  # classification | regression (None: read off the labels and the model)
 
     def __post_init__(self) -> None:
+        if self.task is not None:
+            object.__setattr__(self, "task", choice(Task, "input.task", self.task))
         if self.class_names is not None:
             from deploykit.data import check_class_names
 
@@ -184,7 +194,7 @@ class CompactStep(_Table):
 
     TABLE = "compact"
     enabled: bool = True
-    tolerance: float = 1e-5  # outputs before and after must agree this closely on the test split
+    tolerance: float = 1e-5  # outputs before and after must agree this closely on the test split (x their RMS when > 1)
 
     def __post_init__(self) -> None:
         boolean("compact.enabled", self.enabled)
@@ -291,6 +301,8 @@ class MCStep(_Table):
     ``temperature``: fit a temperature on the validation split and store it in the graph.
     ``target_accuracy`` / ``target_coverage`` (at most one, in (0, 1]): add an ``abstain`` output whose
     predictive-entropy threshold reaches it on the validation split (see deploykit.uncertainty.selective).
+    A regressor's threshold is on the 95% interval width: ``target_coverage``, or ``target_rmse`` (the kept
+    rows' RMSE at most this, in the targets' units).
     """
 
     TABLE = "mc"
@@ -300,16 +312,31 @@ class MCStep(_Table):
     temperature: bool = True
     target_accuracy: float | None = None
     target_coverage: float | None = None
+    target_rmse: float | None = None
 
     def __post_init__(self) -> None:
         boolean("mc.enabled", self.enabled)
         boolean("mc.temperature", self.temperature)
         integer("mc.samples", self.samples, 1)
         integer("mc.seed", self.seed, 0, optional=True)
-        if self.target_accuracy is not None and self.target_coverage is not None:
-            raise ConfigError("mc.target_accuracy and mc.target_coverage contradict each other: give one")
+        given = [n for n in _TARGETS if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"mc.{given[0]} and mc.{given[1]} contradict each other: give one")
         for name in ("target_accuracy", "target_coverage"):
             number(f"mc.{name}", getattr(self, name), 0, 1, optional=True, open_low=True)
+        number("mc.target_rmse", self.target_rmse, 0, optional=True, open_low=True)
+
+    def selective_target(self):
+        """The SelectiveTarget these fields ask for (None: no abstain output)."""
+        if all(getattr(self, n) is None for n in _TARGETS):
+            return None
+        from deploykit.uncertainty.selective import SelectiveTarget
+
+        return SelectiveTarget(**{n: getattr(self, n) for n in _TARGETS})
+
+
+#: The selective targets of the MC step: at most one is given.
+_TARGETS = ("target_accuracy", "target_coverage", "target_rmse")
 
 
 @dataclass(frozen=True)
@@ -317,7 +344,9 @@ class ValidateStep(_Table):
     """The accuracy budget and the checks of each artifact.
 
     ``max_accuracy_drop`` (the budget) governs every step and artifact: test accuracy at most this
-    far below the original model's. The sparsity search keeps the highest target within it; an
+    far below the original model's. A regressor's budget is ``max_rmse_increase`` instead: test RMSE at
+    most this fraction above the original's (its artifacts' own bounds are relative to the Keras model's
+    outputs, see :meth:`Tolerance.for_precision`). The sparsity search keeps the highest target within it; an
     artifact outside it, or outside the exporter's per-precision tolerance against the Keras model
     it came from (float32: max diff <= 1e-4; float16: agreement >= 99.5%), is rejected: reported
     with its numbers and not shipped. ``artifacts`` overrides the per-precision bounds (a
@@ -328,8 +357,9 @@ class ValidateStep(_Table):
 
     TABLE = "validate"
     enabled: bool = True
-    fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause
+    fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause (x the outputs' RMS when > 1)
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+    max_rmse_increase: float = DEFAULT_MAX_RMSE_INCREASE
     latency_repeats: int = 50  # timed runs per latency figure (the median is reported)
     artifacts: Tolerance | None = None  # overrides the per-precision bounds it sets
     strict: bool = False
@@ -341,6 +371,7 @@ class ValidateStep(_Table):
         boolean("validate.strict", self.strict)
         object.__setattr__(self, "fold_tolerance", positive("validate.fold_tolerance", self.fold_tolerance))
         object.__setattr__(self, "max_accuracy_drop", fraction("validate.max_accuracy_drop", self.max_accuracy_drop))
+        object.__setattr__(self, "max_rmse_increase", number("validate.max_rmse_increase", self.max_rmse_increase, 0.0))
         integer("validate.latency_repeats", self.latency_repeats, 1)
         if isinstance(self.artifacts, dict):
             table = check_keys(Tolerance, self.artifacts, "[validate.artifacts]")
@@ -354,17 +385,25 @@ class ValidateStep(_Table):
             values["artifacts"] = {k: v for k, v in self.artifacts.to_dict().items() if v is not None}
         return values
 
-    def tolerance_for(self, precision: str):
+    def budget(self, task: Task | None = None):
+        """The :class:`~deploykit.evaluate.Budget` of a model of ``task``: accuracy drop, or RMSE increase."""
+        from deploykit.evaluate import Budget, Metric
+
+        if task is Task.REGRESSION:
+            return Budget(Metric.RMSE, self.max_rmse_increase)
+        return Budget(Metric.ACCURACY, self.max_accuracy_drop)
+
+    def tolerance_for(self, precision: str, task: Task | None = None):
         """The tolerance an artifact of ``precision`` is held to against the Keras model it came from.
 
-        The exporter's own int8 bound (accuracy within a point of that model) gives way to the
-        budget, which is measured against the original model; ``artifacts`` still overrides both.
+        The exporter's own int8 bound (accuracy within a point, or RMSE within 5%, of that model) gives
+        way to the budget, which is measured against the original model; ``artifacts`` still overrides both.
         """
         import dataclasses as dc
 
         from deploykit.export.config import Tolerance
 
-        own = dc.replace(Tolerance.for_precision(precision), max_accuracy_drop=None)
+        own = dc.replace(Tolerance.for_precision(precision, task), max_accuracy_drop=None, max_rmse_increase=None)
         return own.overridden(self.artifacts)
 
 
@@ -374,7 +413,8 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed",
-           "temperature", "target_accuracy", "target_coverage", "ood_data", "validate", "max_accuracy_drop", "strict")
+           "temperature", "target_accuracy", "target_coverage", "target_rmse", "ood_data", "validate", "max_accuracy_drop",
+           "max_rmse_increase", "strict")
 
 
 @dataclass(frozen=True)
@@ -448,7 +488,8 @@ class OptimizeConfig:
         deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
         ``temperature`` (bool: the deterministic ONNX models' and the MC model's), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
         threshold; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
-        ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``strict``: a rejected artifact fails the run.
+        ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``max_rmse_increase``: a regressor's budget
+        (0.05 = test RMSE at most 5% above the original's); ``strict``: a rejected artifact fails the run.
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
@@ -459,7 +500,7 @@ class OptimizeConfig:
             if name in o:
                 boolean(name, o[name])
                 c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
-        validate = {k: o[k] for k in ("max_accuracy_drop", "strict") if k in o}
+        validate = {k: o[k] for k in ("max_accuracy_drop", "max_rmse_increase", "strict") if k in o}
         if validate:
             c = dataclasses.replace(c, validate=dataclasses.replace(c.validate, **validate))
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
@@ -477,10 +518,10 @@ class OptimizeConfig:
             export["quantize"] = _in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples", "temperature", "target_accuracy", "target_coverage") if k in o}
+        mc = {k: o[k] for k in ("samples", "temperature", *_TARGETS) if k in o}
         mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
-        if "target_accuracy" in mc or "target_coverage" in mc:  # a target given replaces the config file's
-            mc = {"target_accuracy": None, "target_coverage": None} | mc
+        if any(k in mc for k in _TARGETS):  # a target given replaces the config file's
+            mc = dict.fromkeys(_TARGETS) | mc
         if mc:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
         if "ood_data" in o:
@@ -491,8 +532,8 @@ class OptimizeConfig:
         """A copy with ``[input]`` values replaced (None values are ignored)."""
         return dataclasses.replace(self, input=dataclasses.replace(self.input, **{k: v for k, v in values.items() if v is not None}))
 
-    def summary(self) -> str:
-        """One line: which steps run."""
+    def summary(self, task: Task | None = None) -> str:
+        """One line: which steps run (the budget of a ``task`` model; default: the classifier's)."""
         s = self.sparsity
         prune = ("prune: highest of " + "/".join(f"{t:.0%}" for t in s.search.targets)) if s.searching \
             else f"prune to {s.prune.target_sparsity:.0%}"
@@ -503,7 +544,8 @@ class OptimizeConfig:
             ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(q.value for q in self.export.quantize))
             if self.export.enabled else "no export",
             f"MC Dropout (T={self.mc.samples})" if self.mc.enabled else "no MC",
-            f"budget {100 * self.validate.max_accuracy_drop:g} pt" if self.validate.enabled else "no validation",
+            (f"budget RMSE +{100 * self.validate.max_rmse_increase:g}%" if (task or self.input.task) is Task.REGRESSION
+             else f"budget {100 * self.validate.max_accuracy_drop:g} pt") if self.validate.enabled else "no validation",
         ]
         return ", ".join(parts)
 

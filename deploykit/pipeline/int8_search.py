@@ -118,5 +118,6 @@ def chosen(attempts: list[Int8Attempt]) -> Int8Attempt:
     passing = [a for a in attempts if a.passed]
     if passing:
         return passing[0]
-    measured = [a for a in attempts if a.row is not None and a.row.accuracy is not None]
-    return max(measured, key=lambda a: a.row.accuracy) if measured else attempts[-1]
+    measured = [a for a in attempts if a.row is not None and (a.row.accuracy is not None or a.row.rmse is not None)]
+    best = lambda a: a.row.accuracy if a.row.accuracy is not None else -a.row.rmse  # noqa: E731  (a regressor: the lowest RMSE)
+    return max(measured, key=best) if measured else attempts[-1]

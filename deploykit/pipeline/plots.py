@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
+from deploykit.evaluate import Metric
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Stage, Try, Verdict
 
 ACCURACY_PLOT = "accuracy_vs_size.png"
@@ -59,41 +60,48 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: str | os.PathLike,
-                     budget: float | None = None) -> Path:
-    """Test accuracy against gzip size (log scale): every try and artifact, their Pareto front, the shipped points marked."""
+                     budget: float | None = None, metric: Metric = Metric.ACCURACY) -> Path:
+    """Test accuracy (or a regressor's RMSE) against gzip size (log scale): every try and artifact, their Pareto
+    front, the shipped points marked. ``budget`` is in the metric's terms (accuracy points, or an RMSE fraction)."""
+    rmse = metric is Metric.RMSE
+    value = (lambda o: o.rmse) if rmse else (lambda o: 100 * o.accuracy)  # noqa: E731
+    better = -1.0 if rmse else 1.0  # the front keeps the lowest RMSE, the highest accuracy
     fig = _figure(8.5, 5.2)
     ax = fig.add_subplot(1, 1, 1)
-    measured = [r for r in rows if r.accuracy is not None and r.gzip_bytes]
-    tried = [t for t in tries if t.accuracy is not None and t.gzip_bytes]
+    measured = [r for r in rows if getattr(r, metric.value) is not None and r.gzip_bytes]
+    tried = [t for t in tries if getattr(t, metric.value) is not None and t.gzip_bytes]
     for stage, marker, label in ((Stage.SPARSITY, "o", "sparsity try (.keras gzip)"), (Stage.INT8, "D", "int8 try")):
         pts = [t for t in tried if t.stage is stage]
         if pts:
-            ax.scatter([t.gzip_bytes / 1024 for t in pts], [100 * t.accuracy for t in pts], s=28, marker=marker,
+            ax.scatter([t.gzip_bytes / 1024 for t in pts], [value(t) for t in pts], s=28, marker=marker,
                        facecolor="none", edgecolor="gray", zorder=2, label=label)
     for r in measured:
         shipped = r.verdict.shipped
-        ax.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=70 if shipped else 50, color=_COLORS.get(r.format, "black"),
+        ax.scatter(r.gzip_bytes / 1024, value(r), s=70 if shipped else 50, color=_COLORS.get(r.format, "black"),
                    marker=_MARKERS.get(r.precision, "o") if shipped else "X", edgecolor="black", linewidth=1.2 if shipped else 0.5,
                    alpha=1.0 if shipped else 0.6, zorder=4)
-    front = pareto_front([(t.gzip_bytes / 1024, 100 * t.accuracy) for t in tried]
-                         + [(r.gzip_bytes / 1024, 100 * r.accuracy) for r in measured])
-    if front:  # the best accuracy reached at each size or less: a step up to each front point, flat to the right
+    front = [(x, better * y) for x, y in pareto_front([(t.gzip_bytes / 1024, better * value(t)) for t in tried]
+                                                      + [(r.gzip_bytes / 1024, better * value(r)) for r in measured])]
+    if front:  # the best figure reached at each size or less: a step to each front point, flat to the right
         right = max([t.gzip_bytes / 1024 for t in tried] + [r.gzip_bytes / 1024 for r in measured])
         xs, ys = [p[0] for p in front] + [right], [p[1] for p in front] + [front[-1][1]]
         ax.step(xs, ys, where="post", linestyle="--", color="tab:green", alpha=0.7, zorder=1,
                 label="Pareto front (every try and artifact)")
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=150, facecolor="none", edgecolor="tab:green",
                    linewidth=1.5, zorder=3)
-    reference = next((r for r in rows if r.verdict is Verdict.REFERENCE and r.accuracy is not None), None)
+    reference = next((r for r in rows if r.verdict is Verdict.REFERENCE and getattr(r, metric.value) is not None), None)
     if reference is not None and budget is not None:
-        ax.axhline(100 * (reference.accuracy - budget), color="tab:red", linestyle=":", linewidth=1, zorder=1,
-                   label=f"budget: {100 * budget:g} pt below the original")
-    _label_shipped(ax, [r for r in measured if r.verdict.shipped])
+        line, text = (reference.rmse * (1 + budget), f"budget: RMSE {100 * budget:g}% above the original") if rmse else \
+            (100 * (reference.accuracy - budget), f"budget: {100 * budget:g} pt below the original")
+        ax.axhline(line, color="tab:red", linestyle=":", linewidth=1, zorder=1, label=text)
+    close = 0.01 * max((value(r) for r in measured), default=0.0) if rmse else 0.15  # overlapping labels: 0.15 pt, 1%
+    _label_shipped(ax, [r for r in measured if r.verdict.shipped], value, close)
     ax.set_xscale("log")
     ax.margins(x=0.08, y=0.15)  # room for the labels inside the frame
     _kib_axis(ax.xaxis)
-    ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test accuracy (%)",
-           title="Accuracy vs gzip size: every try; shipped artifacts filled, rejected crossed")
+    name = "RMSE" if rmse else "Accuracy"
+    ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test RMSE (target units)" if rmse else "test accuracy (%)",
+           title=f"{name} vs gzip size: every try; shipped artifacts filled, rejected crossed")
     ax.grid(True, which="major", alpha=0.3)
     handles = [ax.scatter([], [], color=c, label=f, edgecolor="black") for f, c in _COLORS.items() if any(r.format == f for r in rows)]
     handles += [ax.scatter([], [], color="white", marker=m, label=p, edgecolor="black") for p, m in _MARKERS.items()
@@ -101,22 +109,22 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: st
     if any(not r.verdict.shipped for r in measured):
         handles.append(ax.scatter([], [], color="gray", marker="X", label="rejected", edgecolor="black", linewidth=0.5))
     extra = [h for h, l in zip(*ax.get_legend_handles_labels()) if "try" in l or "Pareto" in l or "budget" in l]
-    ax.legend(handles=handles + extra, fontsize=7, loc="lower right", ncol=2)
+    ax.legend(handles=handles + extra, fontsize=7, loc="upper right" if rmse else "lower right", ncol=2)
     return _save(fig, path)
 
 
-def _label_shipped(ax, rows: Sequence[ArtifactRow]) -> None:
-    """One label per cluster of shipped points that would overlap (accuracy within 0.15 pt, sizes within 15%)."""
+def _label_shipped(ax, rows: Sequence[ArtifactRow], value=lambda r: 100 * r.accuracy, close: float = 0.15) -> None:
+    """One label per cluster of shipped points that would overlap (figures within ``close``, sizes within 15%)."""
     clusters: list[list[ArtifactRow]] = []
-    for r in sorted(rows, key=lambda r: (r.gzip_bytes, r.accuracy)):
+    for r in sorted(rows, key=lambda r: (r.gzip_bytes, value(r))):
         last = clusters[-1][-1] if clusters else None
-        if last is not None and abs(last.accuracy - r.accuracy) < 1.5e-3 and r.gzip_bytes < 1.15 * last.gzip_bytes:
+        if last is not None and abs(value(last) - value(r)) < close and r.gzip_bytes < 1.15 * last.gzip_bytes:
             clusters[-1].append(r)
         else:
             clusters.append([r])
     for k, group in enumerate(clusters):  # alternate above / below so neighbours do not collide
         above = k % 2 == 0
-        ax.annotate("\n".join(r.file for r in group), (group[0].gzip_bytes / 1024, 100 * group[0].accuracy),
+        ax.annotate("\n".join(r.file for r in group), (group[0].gzip_bytes / 1024, value(group[0])),
                     textcoords="offset points", xytext=(6, 6 if above else -6), fontsize=7,
                     va="bottom" if above else "top")
 

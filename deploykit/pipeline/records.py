@@ -36,14 +36,15 @@ class Stage(enum.Enum):
 
 @dataclass
 class ModelFigures(Record):
-    """A tf_keras model between steps: size, sparsity, accuracy."""
+    """A tf_keras model between steps: size, sparsity, and its test figure (accuracy, or a regressor's RMSE)."""
 
     params: int
     dense_macs: int  # multiply-adds of the Dense layers per example
     sparsity: float  # exact zeros over the Dense kernels
-    accuracy: float  # test split
+    accuracy: float | None  # test split (None for a regressor)
     keras_bytes: int  # saved .keras file (fresh copy, no optimizer state)
     keras_gzip_bytes: int
+    rmse: float | None = None  # a regressor's test RMSE against the targets (None for a classifier)
 
 
 @dataclass
@@ -79,6 +80,9 @@ class ArtifactRow(Record):
     verdict: Verdict
     checks: str = ""  # the tolerance applied, or why not validated; for a rejected artifact, what it missed
     detail: Any = None  # the exporter's / validator's own typed record
+    rmse: float | None = None  # a regressor's test RMSE against the targets (accuracy and agreement are then None)
+    rmse_change: float | None = None  # vs the original model's, as a fraction of it (0.05 = 5% more error)
+    max_abs_error: float | None = None  # a regressor's largest |prediction - target| on the test split
 
 
 @dataclass
@@ -108,6 +112,8 @@ class Try(Record):
     kept: bool  # met the budget and was chosen
     note: str = ""  # why not kept, or what was kept in float
     seconds: float = 0.0
+    rmse: float | None = None  # a regressor's test RMSE (accuracy is then None)
+    rmse_change: float | None = None  # vs the original model's, as a fraction of it
 
 
 @dataclass(frozen=True)

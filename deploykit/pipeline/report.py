@@ -12,6 +12,8 @@ REPORT_MD = "report.md"
 
 COLUMNS = ("artifact", "format", "quantization", "sparsity", "size", "gzip", "compression", "accuracy", "Δ acc",
            "agreement", "b1 latency", "b256 throughput", "validation")
+#: A regressor's table: RMSE and its change, and the largest error against the targets, instead of accuracy.
+REGRESSION_COLUMNS = (*COLUMNS[:7], "RMSE", "Δ RMSE", "max abs error", *COLUMNS[10:])
 
 
 def _size(n: int) -> str:
@@ -32,11 +34,30 @@ def _signed_points(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:+.2f} pt"
 
 
-def artifact_cells(r: ArtifactRow) -> list[str]:
-    """One table row as text."""
+def _number(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4g}"
+
+
+def _signed_pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:+.1f}%"
+
+
+def is_regression(rows: Sequence[ArtifactRow]) -> bool:
+    """A regressor's rows carry an RMSE (the reference row always has its figure)."""
+    return any(r.rmse is not None for r in rows)
+
+
+def columns_for(rows: Sequence[ArtifactRow]) -> tuple[str, ...]:
+    return REGRESSION_COLUMNS if is_regression(rows) else COLUMNS
+
+
+def artifact_cells(r: ArtifactRow, regression: bool = False) -> list[str]:
+    """One table row as text (a regressor's: RMSE, its change and the max abs error where a classifier's has accuracy)."""
+    figures = [_number(r.rmse), _signed_pct(r.rmse_change), _number(r.max_abs_error)] if regression else \
+        [_pct(r.accuracy), _signed_points(r.accuracy_change), _pct(r.agreement)]
     return [
         r.file, f"{r.format} ({r.runtime})", r.quantization, _pct(r.sparsity, 1), _size(r.size_bytes), _size(r.gzip_bytes),
-        f"{r.compression:.1f}x", _pct(r.accuracy), _signed_points(r.accuracy_change), _pct(r.agreement),
+        f"{r.compression:.1f}x", *figures,
         _duration(r.latency_b1_ms),
         "—" if r.throughput_b256 is None else f"{r.throughput_b256:,.0f}/s",
         r.verdict.value,
@@ -58,14 +79,16 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def artifacts_text(rows: Sequence[ArtifactRow]) -> str:
-    return text_table(COLUMNS, [artifact_cells(r) for r in rows])
+    regression = is_regression(rows)
+    return text_table(columns_for(rows), [artifact_cells(r, regression) for r in rows])
 
 
 def step_cells(s: StepRecord) -> list[str]:
     """What a step bought and cost: accuracy, parameters, .keras gzip size, seconds."""
     b, a = s.before, s.after
     if b is not None and a is not None:
-        acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt)"
+        acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt)" \
+            if b.rmse is None else f"RMSE {b.rmse:.4g} → {a.rmse:.4g} ({100 * (a.rmse / b.rmse - 1) if b.rmse else 0.0:+.1f}%)"
         params = f"{b.params:,} → {a.params:,}"
         macs = f"{b.dense_macs:,} → {a.dense_macs:,}"
         size = f"{_size(b.keras_gzip_bytes)} → {_size(a.keras_gzip_bytes)}"
@@ -76,20 +99,23 @@ def step_cells(s: StepRecord) -> list[str]:
     return [s.step, s.status.value, f"{s.seconds:.1f} s", acc, sparsity, params, macs, size, note]
 
 
-STEP_COLUMNS = ("step", "status", "time", "test accuracy", "sparsity", "parameters", "Dense MACs", ".keras gzip", "what it did")
+STEP_COLUMNS = ("step", "status", "time", "test accuracy / RMSE", "sparsity", "parameters", "Dense MACs", ".keras gzip", "what it did")
 
 
 TRY_COLUMNS = ("stage", "setting", "test accuracy", "Δ acc", "gzip", "kept", "note")
+REGRESSION_TRY_COLUMNS = ("stage", "setting", "test RMSE", "Δ RMSE", "gzip", "kept", "note")
 
 
 def try_cells(t: Try) -> list[str]:
-    """One try as text: setting -> accuracy, size, kept or not."""
+    """One try as text: setting -> accuracy (or RMSE), size, kept or not."""
     note = t.note if len(t.note) <= 90 else t.note[:87] + "..."
-    return [t.stage.value, t.setting, _pct(t.accuracy), _signed_points(t.accuracy_change),
+    figures = [_number(t.rmse), _signed_pct(t.rmse_change)] if t.rmse is not None else \
+        [_pct(t.accuracy), _signed_points(t.accuracy_change)]
+    return [t.stage.value, t.setting, *figures,
             _size(t.gzip_bytes) if t.gzip_bytes else "—", "yes" if t.kept else "no", note.replace("|", "/")]
 
 
-def build_report(*, config, data_summary: str, model_summary: dict[str, Any], original, final, steps: Sequence[StepRecord],
+def build_report(*, config, task=None, data_summary: str, model_summary: dict[str, Any], original, final, steps: Sequence[StepRecord],
                  artifacts: Sequence[ArtifactRow], tries: Sequence[Try], layer_sparsity, mc, plots: Sequence[str],
                  seconds: float, version: str) -> dict[str, Any]:
     """The whole report as JSON-ready values (the typed records become JSON here, and only here)."""
@@ -104,7 +130,7 @@ def build_report(*, config, data_summary: str, model_summary: dict[str, Any], or
         "final": final,
         "steps": list(steps),
         "artifacts": list(artifacts),
-        "budget": {"max_accuracy_drop": config.validate.max_accuracy_drop, "original_accuracy": original.accuracy,
+        "budget": {**_budget_entry(config, task, original),
                    "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
                    "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED]},
         "tries": list(tries),
@@ -114,6 +140,15 @@ def build_report(*, config, data_summary: str, model_summary: dict[str, Any], or
         "seconds": round(seconds, 2),
         "notes": notes(artifacts),
     })
+
+
+def _budget_entry(config, task, original) -> dict[str, Any]:
+    """The budget under its one name (max_accuracy_drop, or a regressor's max_rmse_increase) and the original's figure."""
+    from deploykit.task import Task
+
+    if task is Task.REGRESSION:
+        return {"metric": "rmse", "max_rmse_increase": config.validate.max_rmse_increase, "original_rmse": original.rmse}
+    return {"metric": "accuracy", "max_accuracy_drop": config.validate.max_accuracy_drop, "original_accuracy": original.accuracy}
 
 
 def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
@@ -135,18 +170,22 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
              tries: Sequence[Try] = ()) -> str:
     """report.md: the artifact table first, then the tries, the steps, MC Dropout, plots and notes."""
     original = report["original"]
+    regression = is_regression(artifacts)
+    figure = f"test RMSE {original['rmse']:.4g}" if regression else f"test accuracy {100 * original['accuracy']:.2f}%"
+    meaning = ("RMSE: against the test targets; Δ RMSE: as a fraction of the original model's; max abs error: the "
+               "largest |prediction - target|." if regression else
+               "Δ acc: test accuracy against the original model. Agreement: predicted classes equal to those of the "
+               "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original).")
     lines = [
         "# deploykit optimize report",
         "",
-        f"Model `{report['model'].get('name', '?')}` ({original['params']:,} parameters, test accuracy "
-        f"{100 * original['accuracy']:.2f}%) on {report['data']}; pipeline: {report['model'].get('pipeline', '')}; "
-        f"{report['seconds']:.0f} s.",
+        f"Model `{report['model'].get('name', '?')}` ({original['params']:,} parameters, {figure}) on {report['data']}; "
+        f"pipeline: {report['model'].get('pipeline', '')}; {report['seconds']:.0f} s.",
         "",
-        markdown_table(COLUMNS, [artifact_cells(r) for r in artifacts], right=range(3, 12)),
+        markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 12)),
         "",
         "Compression: gzip size of the original model saved as `.keras` divided by the artifact's gzip size. "
-        "Δ acc: test accuracy against the original model. Agreement: predicted classes equal to those of the "
-        "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original). Latency: median of repeated single-example calls; "
+        f"{meaning} Latency: median of repeated single-example calls; "
         "throughput: examples per second at batch 256 (one process, this machine).",
         "",
         *_budget_lines(report, artifacts, tries),
@@ -156,7 +195,14 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
         "",
     ]
     mc = report.get("mc")
-    if mc:
+    if mc and "deterministic_rmse" in mc:  # a regressor's MC model
+        from deploykit.uncertainty.compare import regression_markdown
+
+        first, *rest = regression_markdown(mc)  # its title, then its own ## sections: one level down here
+        lines += [first.replace("# Deterministic vs MC Dropout regression", "## MC Dropout regression", 1),
+                  *(line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest)]
+        lines.append("")
+    elif mc:
         d, m = mc["deterministic"], mc["mc"]
         lines += [
             f"## MC Dropout (T = {mc['samples']}, {mc['count']} test instances)",
@@ -197,12 +243,17 @@ def _mc_extras(mc: dict[str, Any]) -> list[str]:
 def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], tries: Sequence[Try]) -> list[str]:
     """The accuracy budget, what was rejected, and the table of every setting tried."""
     budget = report["budget"]
-    lines = [f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
-             f"({100 * budget['original_accuracy']:.2f}%)", ""]
+    if "max_rmse_increase" in budget:
+        lines = [f"## RMSE budget: at most {100 * budget['max_rmse_increase']:g}% above the original "
+                 f"({budget['original_rmse']:.4g})", ""]
+    else:
+        lines = [f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
+                 f"({100 * budget['original_accuracy']:.2f}%)", ""]
     rejected = [a for a in artifacts if a.verdict is Verdict.REJECTED]
     lines += [f"- **rejected, not shipped**: `{a.file}`: {a.checks}" for a in rejected]
     if rejected:
         lines.append("")
     if tries:
-        lines += [markdown_table(TRY_COLUMNS, [try_cells(t) for t in tries], right=(2, 3, 4)), ""]
+        header = REGRESSION_TRY_COLUMNS if "max_rmse_increase" in budget else TRY_COLUMNS
+        lines += [markdown_table(header, [try_cells(t) for t in tries], right=(2, 3, 4)), ""]
     return lines

@@ -25,12 +25,14 @@ from deploykit.pipeline.plots import (
     layer_sparsity,
 )
 from deploykit.pipeline.config import OptimizeConfig
+from deploykit.task import OutputKind, Task
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
     RunContext,
     build_pipeline,
+    describe_figure,
     keras_row,
     model_figures,
     sparsity_rows,
@@ -72,8 +74,10 @@ class OptimizeResult:
         deployable = [r for r in (exported if exported else self.artifacts) if r in self.shipped]
         rejected = ", ".join(f"{r.file} ({r.checks})" for r in self.rejected)
         if not deployable:
-            return f"nothing deployable meets the accuracy budget ({100 * self.config.validate.max_accuracy_drop:g} pt): " \
-                   f"rejected {rejected or 'everything'}"
+            v = self.config.validate
+            budget = f"RMSE budget (+{100 * v.max_rmse_increase:g}%)" if any(r.rmse is not None for r in self.artifacts) \
+                else f"accuracy budget ({100 * v.max_accuracy_drop:g} pt)"
+            return f"nothing deployable meets the {budget}: rejected {rejected or 'everything'}"
         if self.config.validate.strict and self.rejected:
             return f"--strict: {len(self.rejected)} artifact(s) rejected: {rejected}"
         return None
@@ -133,6 +137,7 @@ def optimize(
 def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
+    from deploykit.data import NAMED_DATASETS
     from deploykit.inputs import as_dataset, as_model, is_keras3_model
     from deploykit.io import load_model, read_model_file
 
@@ -150,19 +155,20 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
             data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names)
-            config = config.with_input(data=source if source == "digits" else str(Path(source).resolve()))
+                              class_names=config.input.class_names, task=config.input.task)
+            config = config.with_input(data=source if source in NAMED_DATASETS else str(Path(source).resolve()))
         else:
             data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names)
+                              class_names=config.input.class_names, task=config.input.task)
             config = config.with_input(data=data.name)
-        data.check_model(model)
-        say(f"data {data.summary()}")
-        say(f"pipeline: {config.summary()}")
-        return _run(model, data, config, staging, out, say, keras3)
+        task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
+        say(f"data {data.summary()}; model: {task.value} ({kind.value})")
+        say(f"pipeline: {config.summary(task)}")
+        return _run(model, data, config, staging, out, say, keras3, task, kind)
 
 
-def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False) -> OptimizeResult:
+def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False,
+         task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
     from deploykit.graph import copy_model
@@ -172,8 +178,8 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
-    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3)
-    say(f"original model: {figures.params:,} parameters, test accuracy {figures.accuracy:.4f}, "
+    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3, task=task, kind=kind)
+    say(f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
     reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
     outputs: list[StepOutput] = []
@@ -203,14 +209,15 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
     mc = next((o.mc for o in outputs if o.mc is not None), None)
     say("writing the report and plots")
     drawn = [accuracy_vs_size(artifacts, tries, staging / ACCURACY_PLOT,
-                                    config.validate.max_accuracy_drop if config.validate.enabled else None),
+                              ctx.budget.limit if config.validate.enabled else None, metric=ctx.metric),
              layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
              latency(artifacts, staging / LATENCY_PLOT)]
-    if mc is not None:
+    if mc is not None and ctx.task is Task.CLASSIFICATION:  # a regressor's MC model has no reliability diagram
         drawn.append(staging / RELIABILITY_PLOT)
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
-                     "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary()}
-    report = build_report(config=config, data_summary=ctx.data.summary(), model_summary=model_summary,
+                     "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary(ctx.task),
+                     "task": ctx.task.value, "output": ctx.kind.value}
+    report = build_report(config=config, task=ctx.task, data_summary=ctx.data.summary(), model_summary=model_summary,
                           original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=artifacts,
                           tries=tries, layer_sparsity=layer_rows, mc=mc, plots=[p.name for p in drawn],
                           seconds=time.perf_counter() - start, version=version)

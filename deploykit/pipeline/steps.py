@@ -23,6 +23,7 @@ import numpy as np
 
 from deploykit.data import Dataset
 from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
+from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs, softmax
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
 from deploykit.pipeline.config import OptimizeConfig, SparsityMethod
@@ -37,6 +38,7 @@ from deploykit.pipeline.records import (
     Try,
     Verdict,
 )
+from deploykit.task import OutputKind, Task
 
 ORIGINAL_FILE = "original.keras"
 MODEL_FILE = "model.keras"
@@ -56,15 +58,25 @@ class RunContext:
     figures: ModelFigures  # of the current model
     applied: tuple[str, ...] = ()  # what was done so far, for the ONNX metadata ("fold_batchnorm", ...)
     keras3: bool = False  # the input was a Keras 3 file: .keras outputs are written as Keras 3 files
+    task: Task = Task.CLASSIFICATION  # resolved once, when the model met the data (Dataset.check_model)
+    kind: OutputKind = OutputKind.PROBABILITIES
 
     @property
     def repeats(self) -> int:
         return self.config.validate.latency_repeats
 
     @property
-    def budget(self) -> float:
-        """The largest test-accuracy drop below the original model any kept model or shipped artifact may show."""
-        return self.config.validate.max_accuracy_drop
+    def budget(self) -> Budget:
+        """How much worse than the original model any kept model or shipped artifact may score (accuracy or RMSE)."""
+        return self.config.validate.budget(self.task)
+
+    @property
+    def metric(self) -> Metric:
+        return self.budget.metric
+
+    def original_score(self) -> float:
+        """The original model's test figure in the budget's metric."""
+        return getattr(self.original_figures, self.metric.value)
 
 
 @dataclass(frozen=True)
@@ -77,15 +89,24 @@ def _off(model, step: str) -> StepOutput:
     return StepOutput(model, StepRecord(step, Status.SKIPPED, "switched off"))
 
 
-def budget_miss(accuracy: float | None, ctx: RunContext) -> list[Mismatch]:
-    """The budget as a mismatch list: empty when ``accuracy`` is within it of the original model's."""
-    if accuracy is None:
+def budget_miss(value: float | None, ctx: RunContext) -> list[Mismatch]:
+    """The budget as a mismatch list: empty when ``value`` (accuracy, or a regressor's RMSE) is within it of the original's."""
+    if value is None:
         return []
-    drop, original = ctx.original_figures.accuracy - accuracy, ctx.original_figures.accuracy
-    if drop <= ctx.budget + 1e-12:
+    budget, original = ctx.budget, ctx.original_score()
+    if budget.within(original, value):
         return []
-    return [Mismatch("accuracy drop vs the original", drop, f"<= {ctx.budget:g} (the budget)",
-                     f"accuracy {accuracy:.4f} vs original {original:.4f}")]
+    what = "accuracy drop" if budget.metric is Metric.ACCURACY else "RMSE increase"
+    return [Mismatch(f"{what} vs the original", budget.shortfall(original, value), f"<= {budget.limit:g} (the budget)",
+                     f"{budget.metric.value} {value:.4f} vs original {original:.4f}")]
+
+
+def changes(value: float | None, ctx: RunContext) -> dict[str, float | None]:
+    """A row's figure and its change vs the original, under the metric's field names (accuracy or rmse)."""
+    if ctx.metric is Metric.RMSE:
+        original = ctx.original_figures.rmse
+        return {"rmse": value, "rmse_change": None if value is None else (value - original) / original if original else 0.0}
+    return {"accuracy": value, "accuracy_change": None if value is None else value - ctx.original_figures.accuracy}
 
 
 def verdict_for(mismatches: list, ctx: RunContext) -> Verdict:
@@ -105,14 +126,21 @@ def _withdraw(row: ArtifactRow, ctx: RunContext) -> ArtifactRow:
 # --- measurements ---------------------------------------------------------------------------
 
 def model_figures(model, data: Dataset) -> ModelFigures:
-    """Parameters, Dense MACs, sparsity, test accuracy and saved size of a tf_keras model."""
-    from deploykit.evaluate import accuracy
+    """Parameters, Dense MACs, sparsity, test accuracy (or a regressor's RMSE) and saved size of a tf_keras model."""
+    from deploykit.evaluate import score
     from deploykit.sparsity.report import kernel_sparsity, model_sparsity, saved_sizes
 
     layers = kernel_sparsity(model, {})
     size, gz = saved_sizes(model)
+    value = score(model, data.x_test, data.y_test, data.task)
+    regression = data.task is Task.REGRESSION
     return ModelFigures(int(model.count_params()), sum(l.weights for l in layers), float(model_sparsity(layers)),
-                        accuracy(model, data.x_test, data.y_test), size, gz)
+                        None if regression else value, size, gz, rmse=value if regression else None)
+
+
+def describe_figure(figures: ModelFigures) -> str:
+    """``test accuracy 0.9630`` / ``test RMSE 54.21``."""
+    return f"test accuracy {figures.accuracy:.4f}" if figures.rmse is None else f"test RMSE {figures.rmse:.4g}"
 
 
 def sparsity_rows(model, stage: str) -> tuple[LayerSparsityRow, ...]:
@@ -137,10 +165,12 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
     from deploykit.export.artifact import file_sizes
 
     size, gz = file_sizes(ctx.folder / file)
-    probs = outputs(model, ctx.data.x_test)
-    reference = outputs(ctx.original, ctx.data.x_test) if model is not ctx.original else probs
-    acc = float(np.mean(probs.argmax(1) == ctx.data.y_test))
-    missed = budget_miss(acc, ctx)
+    probs = main_outputs(outputs(model, ctx.data.x_test), ctx.kind)
+    reference = main_outputs(outputs(ctx.original, ctx.data.x_test), ctx.kind) if model is not ctx.original else probs
+    regression = ctx.task is Task.REGRESSION
+    errors = RegressionErrors.between(probs, ctx.data.y_test) if regression else None
+    value = errors.rmse if regression else float(np.mean(probs.argmax(1) == ctx.data.y_test))
+    missed = budget_miss(value, ctx)
     if verdict is None:
         verdict = verdict_for(missed, ctx)
         checks = "; ".join(map(str, missed)) if missed else checks
@@ -149,10 +179,10 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
         file=file, format="keras", runtime="tf_keras", precision="float32", quantization="float32",
         sparsity=ctx.figures.sparsity,
         size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
-        accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
-        agreement=float(np.mean(probs.argmax(1) == reference.argmax(1))),
+        **changes(value, ctx) | ({"accuracy": None, "accuracy_change": None} if regression else {}),
+        agreement=None if regression else float(np.mean(probs.argmax(1) == reference.argmax(1))),
         max_abs_diff=float(np.abs(probs - reference).max()), latency_b1_ms=b1, throughput_b256=b256,
-        verdict=verdict, checks=checks,
+        verdict=verdict, checks=checks, max_abs_error=errors.max_abs_error if regression else None,
     )
 
 
@@ -165,8 +195,11 @@ def fold_step(model, ctx: RunContext) -> StepOutput:
 
     # With an MC Dropout model to build, a BatchNorm stays where folding it would pass a Dropout: exact at
     # inference either way, but the folded shift would no longer be dropped with its unit when sampling.
+    from deploykit.evaluate import output_scale, outputs
+
     folded, report = fold_batchnorm(model, through_dropout=not ctx.config.mc.enabled)
-    tolerance = ctx.config.validate.fold_tolerance
+    # a float32 rewrite rounds relative to the outputs' size: a regressor's tolerance scales with its predictions
+    tolerance = ctx.config.validate.fold_tolerance * output_scale(outputs(model, ctx.data.x_test[:256]))
     checks = f"max |output difference| {report.max_abs_diff:.2g} <= {tolerance:g}" if ctx.config.validate.enabled else ""
     if ctx.config.validate.enabled and report.max_abs_diff > tolerance:
         raise StepError(f"max |output difference| = {report.max_abs_diff:.3g} between the original and folded "
@@ -203,11 +236,11 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
         result, report = sparsify_l1(model, ctx.data, config=step.l1, progress=lambda m: ctx.say("  " + m))
         setting, applied = f"l1 {step.l1.l1:g}", f"l1({step.l1.l1:g})"
         reason = f"l1 fine-tuning then zeroing: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
-    acc = report.accuracy_after
-    missed = budget_miss(acc, ctx) if ctx.config.validate.enabled else []
-    attempt = Try(Stage.SPARSITY, setting, acc, acc - ctx.original_figures.accuracy, report.gzip_bytes_after,
-                  kept=not missed, note="; ".join(map(str, missed)), seconds=round(time.perf_counter() - start, 2))
-    checks = f"accuracy drop vs the original <= {100 * ctx.budget:g} pt" if ctx.config.validate.enabled else ""
+    value = report.after(ctx.metric)
+    missed = budget_miss(value, ctx) if ctx.config.validate.enabled else []
+    attempt = _try_row(Stage.SPARSITY, setting, value, report.gzip_bytes_after, ctx, kept=not missed,
+                       note="; ".join(map(str, missed)), seconds=round(time.perf_counter() - start, 2))
+    checks = f"{ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else ""
     if missed:
         return StepOutput(model, StepRecord(name, Status.MISSED, f"{setting} missed the budget ({missed[0]}); "
                                             "the model stays dense", checks=checks, detail=report), tries=(attempt,))
@@ -215,18 +248,25 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
                       layer_sparsity=sparsity_rows(result, "after sparsity"), tries=(attempt,), applied=(applied,))
 
 
+def _try_row(stage: Stage, setting: str, value: float | None, gzip_bytes: int, ctx: RunContext, **rest) -> Try:
+    """A try's row: its figure (accuracy, or a regressor's RMSE) and the change vs the original."""
+    figures = changes(value, ctx)
+    return Try(stage, setting, figures.pop("accuracy", None), figures.pop("accuracy_change", None), gzip_bytes,
+               **figures, **rest)
+
+
 def _searched(model, ctx: RunContext) -> StepOutput:
     """The highest target of the search within the budget; every try reported."""
     from deploykit.sparsity import search_sparsity
 
     step, name = ctx.config.sparsity, "sparsity (prune)"
-    ctx.say(f"  searching the highest sparsity within {100 * ctx.budget:g} pt: "
+    ctx.say(f"  searching the highest sparsity within the budget ({ctx.budget.describe()}): "
             + ", ".join(f"{t:.0%}" for t in step.search.targets))
     result, report = search_sparsity(model, ctx.data, ctx.budget, config=step.search, prune_config=step.prune,
                                      progress=lambda m: ctx.say("  " + m))
-    tries = tuple(Try(Stage.SPARSITY, t.setting(), t.accuracy, t.accuracy_change, t.gzip_bytes, t.kept, t.note, t.seconds)
-                  for t in report.tries)
-    checks = f"accuracy drop vs the original <= {100 * ctx.budget:g} pt"
+    tries = tuple(_try_row(Stage.SPARSITY, t.setting(), getattr(t, ctx.metric.value), t.gzip_bytes, ctx, kept=t.kept,
+                           note=t.note, seconds=t.seconds) for t in report.tries)
+    checks = f"{ctx.budget.describe()} vs the original"
     protected = "; left dense: " + ", ".join(f"{k} ({v})" for k, v in report.protected.items()) if report.protected else ""
     if not report.tries:
         return StepOutput(model, StepRecord(name, Status.SKIPPED, "nothing to prune" + protected, detail=report))
@@ -235,7 +275,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
                                             "the model stays dense" + protected, checks=checks, detail=report), tries=tries)
     kept = report.kept
     reason = (f"kept {kept.setting()} of {len(tries)} tried: model sparsity {kept.sparsity:.1%}, "
-              f"{100 * kept.accuracy_change:+.2f} pt{protected}")
+              f"{ctx.budget.change(report.original, getattr(kept, ctx.metric.value))}{protected}")
     return StepOutput(result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report),
                       layer_sparsity=sparsity_rows(result, "after sparsity"), tries=tries,
                       applied=(f"prune({kept.target:.2f})",))
@@ -272,11 +312,12 @@ def save_step(model, ctx: RunContext) -> StepOutput:
 
 # --- artifacts ----------------------------------------------------------------------------------
 
-def metadata(model, ctx: RunContext, accuracy: float):
+def metadata(model, ctx: RunContext, accuracy: float | None):
     from deploykit.export.metadata import ModelMetadata
 
     return ModelMetadata(class_names=list(ctx.data.class_names), input_shape=[int(d) for d in model.input_shape[1:]],
-                         steps=list(ctx.applied), sparsity=round(ctx.figures.sparsity, 6), reference_accuracy=accuracy)
+                         steps=list(ctx.applied), sparsity=round(ctx.figures.sparsity, 6), reference_accuracy=accuracy,
+                         task=ModelMetadata.task_entry(ctx.task, ctx.kind))
 
 
 def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
@@ -288,7 +329,7 @@ def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) 
     step = ctx.config.export
     file = artifact_name(fmt, quant)
     record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization, opset=step.opset,
-                            metadata=metadata(model, ctx, ctx.figures.accuracy))
+                            metadata=metadata(model, ctx, ctx.figures.accuracy), task=ctx.task)
     row = _withdraw(_measure_artifact(record, file, model, ctx), ctx)
     return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE,
                                         f"{file} ({fmt.value} {quant.value}, {row.verdict.value})",
@@ -317,9 +358,9 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
     for attempt in attempts:  # one file per variant: only the chosen one's stays (and only if it passed)
         if attempt.variant.file != kept.variant.file:
             (ctx.folder / attempt.variant.file).unlink(missing_ok=True)
-    tries = tuple(Try(Stage.INT8, a.variant.describe(), a.row.accuracy if a.row else None,
-                      a.row.accuracy_change if a.row else None, a.row.gzip_bytes if a.row else 0,
-                      kept=a is kept and a.passed, note=a.error or (a.row.checks if not a.passed else ""))
+    tries = tuple(_try_row(Stage.INT8, a.variant.describe(), getattr(a.row, ctx.metric.value) if a.row else None,
+                           a.row.gzip_bytes if a.row else 0, ctx, kept=a is kept and a.passed,
+                           note=a.error or (a.row.checks if not a.passed else ""))
                   for a in attempts)
     file = kept.variant.file
     row = _unmade(file, fmt, kept.error, ctx) if kept.row is None else _withdraw(kept.row, ctx)
@@ -350,26 +391,28 @@ def _measure_artifact(record, file: str, model, ctx: RunContext) -> ArtifactRow:
 
     try:
         report = validate(record, ctx.data, reference=model, repeats=ctx.repeats, check=False,
-                          tolerance=ctx.config.validate.tolerance_for(record.precision.value))
+                          tolerance=ctx.config.validate.tolerance_for(record.precision.value, ctx.task))
     except ValidationError as exc:
         return _crashed(record, file, exc, ctx)
-    missed = [*report.mismatches, *budget_miss(report.accuracy, ctx)]
+    value = report.rmse if ctx.task is Task.REGRESSION else report.accuracy
+    missed = [*report.mismatches, *budget_miss(value, ctx)]
     verdict = verdict_for(missed, ctx)
     if verdict is Verdict.REJECTED:
         checks = "missed: " + "; ".join(map(str, missed))
     elif ctx.config.validate.enabled:
-        checks = f"{report.tolerance.describe()}; within {100 * ctx.budget:g} pt of the original"
+        checks = f"{report.tolerance.describe()}; {ctx.budget.describe()}"
     else:
         checks = "validation switched off" + ("" if not missed else " (missed: " + "; ".join(map(str, missed)) + ")")
-    acc = report.accuracy
+    figures = changes(value, ctx)
     return ArtifactRow(
         file=file, format=record.format.value, runtime=record.format.runtime,
         precision=record.precision.value, quantization=record.quantization.value, sparsity=ctx.figures.sparsity,
         size_bytes=record.size_bytes, gzip_bytes=record.gzip_bytes,
         compression=ctx.original_figures.keras_gzip_bytes / record.gzip_bytes,
-        accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy, agreement=report.agreement,
-        max_abs_diff=report.max_abs_diff, latency_b1_ms=report.latency_b1_ms, throughput_b256=report.throughput_b256,
-        verdict=verdict, checks=checks, detail=report,
+        accuracy=figures.pop("accuracy", None), accuracy_change=figures.pop("accuracy_change", None),
+        agreement=report.agreement, max_abs_diff=report.max_abs_diff, latency_b1_ms=report.latency_b1_ms,
+        throughput_b256=report.throughput_b256, verdict=verdict, checks=checks, detail=report, **figures,
+        max_abs_error=None if report.target_errors is None else report.target_errors.max_abs_error,
     )
 
 
@@ -391,7 +434,8 @@ def triton_step(model, ctx: RunContext) -> StepOutput:
     files = sorted(p for p in ctx.folder.glob("*.onnx"))  # what is shipped: rejected artifacts were removed
     if not files:
         return StepOutput(model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)"))
-    names = write_triton_models(files, ctx.folder / TRITON_DIR, ctx.config.export.triton, class_names=list(ctx.data.class_names))
+    names = write_triton_models(files, ctx.folder / TRITON_DIR, ctx.config.export.triton,
+                                class_names=list(ctx.data.class_names) if ctx.task is Task.CLASSIFICATION else None)
     return StepOutput(model, StepRecord("triton", Status.DONE, f"Triton repository {TRITON_DIR}/ ({', '.join(names)}) and kserve.yaml",
                                         artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"]))
 
@@ -404,7 +448,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.evaluate import outputs
     from deploykit.export.artifact import file_sizes
     from deploykit.graph import graph_from_model
-    from deploykit.uncertainty import MCConfig, SelectiveTarget, UncertaintyPredictor
+    from deploykit.uncertainty import MCConfig, UncertaintyPredictor
     from deploykit.uncertainty.bundle import load_ood, mc_bundle
     from deploykit.uncertainty.mc_graph import check_has_dropout
 
@@ -414,20 +458,25 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
         return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
     path = ctx.folder / MC_FILE
     deterministic = outputs(model, ctx.data.x_test)
-    det_accuracy = float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
-    target = None if step.target_accuracy is None and step.target_coverage is None else \
-        SelectiveTarget(target_accuracy=step.target_accuracy, target_coverage=step.target_coverage)
+    if ctx.kind is OutputKind.LOGITS:  # the MC step compares probabilities: softmax of the logits
+        deterministic = softmax(deterministic)
+    regression = ctx.task is Task.REGRESSION
+    det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
+    target = step.selective_target()
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
     bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed),
-                       temperature=step.temperature, target=target, ood=ood, deterministic=deterministic,
-                       metadata=metadata(model, ctx, det_accuracy), say=lambda m: ctx.say("  " + m))
+                       temperature=step.temperature, target=target, ood=ood,  # a regressor: its std scale
+                       deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
+                       say=lambda m: ctx.say("  " + m))
+    if regression:
+        return _mc_regression(model, bundle, path, ctx)
     record, comparison = bundle.export, bundle.comparison
     predictor = UncertaintyPredictor(path)
     acc = comparison.mc.accuracy
     missed = budget_miss(acc, ctx)
     verdict = verdict_for(missed, ctx)
     checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
-              f"MC accuracy within {100 * ctx.budget:g} pt of the original" if ctx.config.validate.enabled else
+              f"MC accuracy: {ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else
               "validation switched off")
     b1, b256 = timings(lambda v: predictor.predict(v), ctx.data.x_test, ctx.repeats)
     size, gz = file_sizes(path)
@@ -445,6 +494,36 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
                       artifacts=(row,), mc=comparison)
 
 
+def _mc_regression(model, bundle, path: Path, ctx: RunContext) -> StepOutput:
+    """A regression MC model's row: the RMSE of its ``mean`` on the test split, held to the budget."""
+    from deploykit.export.artifact import file_sizes
+    from deploykit.export.runtimes import OnnxRunner, predict_batches
+
+    runner = OnnxRunner(path)
+    mean = predict_batches(runner.predict, ctx.data.x_test)
+    errors = RegressionErrors.between(mean, ctx.data.y_test)
+    missed = budget_miss(errors.rmse, ctx)
+    verdict = verdict_for(missed, ctx)
+    checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
+              f"MC mean {ctx.budget.describe()}" if ctx.config.validate.enabled else "validation switched off")
+    b1, b256 = timings(runner.predict, ctx.data.x_test, ctx.repeats)
+    size, gz = file_sizes(path)
+    row = _withdraw(ArtifactRow(
+        file=MC_FILE, format="onnx-mc", runtime="onnxruntime", precision="float32", quantization="float32",
+        sparsity=ctx.figures.sparsity, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
+        accuracy=None, accuracy_change=None, agreement=None, max_abs_diff=None, latency_b1_ms=b1, throughput_b256=b256,
+        verdict=verdict, checks=checks, detail=bundle.export, **changes(errors.rmse, ctx), max_abs_error=errors.max_abs_error,
+    ), ctx)
+    m = bundle.comparison.mc
+    reason = (f"T = {ctx.config.mc.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval "
+              f"covers {100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}"
+              f"{_mc_extras(bundle.comparison)} ({verdict.value})")
+    files = [MC_FILE, *bundle.comparison.plots] if verdict.shipped else list(bundle.comparison.plots)
+    return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=files,
+                                        checks=checks, detail={"export": bundle.export, "comparison": bundle.comparison}),
+                      artifacts=(row,), mc=bundle.comparison)
+
+
 def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
     """:func:`export_step`, then (ONNX, ``[export] temperature``) a temperature stored in the shipped file.
 
@@ -458,7 +537,7 @@ def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: R
     out = export_step(fmt, quant, model, ctx)
     row = out.artifacts[0] if out.artifacts else None
     if fmt is not ExportFormat.ONNX or not ctx.config.export.temperature or row is None or not row.verdict.shipped \
-            or row.accuracy is None:
+            or row.accuracy is None or ctx.task is Task.REGRESSION:  # a regressor has no softmax to temper
         return out
     import onnx
 
@@ -476,7 +555,10 @@ def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: R
         return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
     after = _onnx_probs(path, ctx.data.x_test)
     t = temperature_report(ctx.data.y_test, before, after, fit)
-    reference = scale_probs(outputs(model, ctx.data.x_test), fit.temperature)
+    keras_probs = outputs(model, ctx.data.x_test)
+    if ctx.kind is OutputKind.LOGITS:  # T divides the logits before the graph's softmax; `logits` stays the model's own
+        keras_probs = softmax(keras_probs)
+    reference = scale_probs(keras_probs, fit.temperature)
     size, gz = file_sizes(path)
     acc = float(np.mean(after.argmax(1) == ctx.data.y_test))
     note = (f"temperature T = {fit.temperature:.3f} stored after validation (test NLL {t.before.nll:.4f} -> {t.after.nll:.4f}, "
@@ -499,9 +581,11 @@ def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
 def _mc_extras(comparison) -> str:
     """What the MC model was given beyond the export, for the step's reason."""
     parts = []
-    if comparison.temperature is not None:
+    if getattr(comparison, "temperature", None) is not None:
         fit = comparison.temperature.fit
         parts.append(f"temperature {fit.temperature:.3f} ({fit.placement.value})")
+    if getattr(comparison, "std_scale", None) is not None:  # a regressor's variance calibration
+        parts.append(f"std x {comparison.std_scale.fit.std_scale:.3f}")
     if comparison.selective is not None:
         chosen, test = comparison.selective.chosen, comparison.selective.test
         parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.contract import ABSTAIN_OUTPUT, ABSTAIN_RULE, OUTPUT_NAME, SELECTIVE_KEY, Measure
+from deploykit.contract import ABSTAIN_OUTPUT, ABSTAIN_RULE, INTERVAL_Z, OUTPUT_NAME, SELECTIVE_KEY, Measure
 from deploykit.errors import ModelLoadError
 
 THRESHOLD_PARAMETER = "abstain_threshold"
@@ -87,7 +87,7 @@ def _record(path, raw: str) -> dict:
 
 
 def _check_measurable(path, measure: Measure, outputs: list[str]) -> None:
-    needs = {Measure.MUTUAL_INFORMATION: ["mutual_information"]}.get(measure, ["mean", OUTPUT_NAME])
+    needs = {Measure.MUTUAL_INFORMATION: ["mutual_information"], Measure.INTERVAL_WIDTH: ["std"]}.get(measure, ["mean", OUTPUT_NAME])
     if not any(n in outputs for n in needs):
         raise ModelLoadError(f"{path}: its {SELECTIVE_KEY} threshold is on {measure.value}, but it has no "
                              f"{ABSTAIN_OUTPUT!r} output and none of {needs} to compute it from")
@@ -97,6 +97,8 @@ def _measure(measure: Measure, values: dict[str, np.ndarray]) -> np.ndarray:
     """The measure per row, as ``add_abstain`` computes it in the graph (float32 outputs, natural log)."""
     if measure is Measure.MUTUAL_INFORMATION:
         return values["mutual_information"]
+    if measure is Measure.INTERVAL_WIDTH:  # a regressor: the 95% interval's width, mean over the targets
+        return 2 * INTERVAL_Z * values["std"].mean(axis=1)
     if measure is Measure.ENTROPY and "predictive_entropy" in values:
         return values["predictive_entropy"]
     probs = values["mean"] if "mean" in values else values[OUTPUT_NAME]

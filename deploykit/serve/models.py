@@ -29,9 +29,15 @@ from deploykit.contract import (
     GLOSSARY,
     INPUT_NAME,
     OUTPUT_NAMES,
+    PREDICTION_NAME,
+    REGRESSION_GLOSSARY,
+    REGRESSION_OUTPUT_NAMES,
     SAMPLE_FIRST_OUTPUTS,
+    SAMPLE_PREDICTIONS_OUTPUT,
     SAMPLES_NAME,
     SAMPLES_OUTPUT,
+    STD_SCALE_KEY,
+    TASK_KEY,
     TEMPERATURE_KEY,
     ModelKind,
 )
@@ -41,6 +47,7 @@ from deploykit.serve import limits
 from deploykit.serve._kserve import InferOutput, InferRequest, InferResponse, InvalidInput, Model, from_np_dtype
 from deploykit.serve.config import ServeConfig
 from deploykit.serve.decision import abstain_of
+from deploykit.task import Task
 
 #: Triton's classification extension: the requested output's parameter naming how many top classes to return.
 CLASSIFICATION = "classification"
@@ -51,6 +58,9 @@ INLINE_ROWS = 2048
 INLINE_VALUES = 65536
 #: An MC request is split into onnxruntime calls of at most this many network rows (bounds the memory).
 MC_ROWS_PER_CALL = 65536
+
+#: Outputs with one entry per MC sample on their first axis: their size grows with the request's ``samples``.
+PER_SAMPLE_OUTPUTS = (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT)
 
 _DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(double)": "FP64",
               "tensor(bool)": "BOOL"}
@@ -97,13 +107,25 @@ def _row_size(arg) -> int:
 def _json_props(props: dict[str, str], path: Path) -> dict:
     """The JSON entries of the model's metadata_props the server reports as they are (temperature, ensemble)."""
     found = {}
-    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY):
+    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY, STD_SCALE_KEY, TASK_KEY):
         if key in props:
             try:
                 found[key] = json.loads(props[key])
             except ValueError:
                 raise ModelLoadError(f"{path}: metadata {key} is not JSON") from None
     return found
+
+
+def _task(props: dict, outputs: list[str]) -> Task:
+    """What a served model predicts: its ``deploykit.task`` entry, else its outputs (a regressor's ``prediction``,
+    or ``mean`` and ``std`` without the classifier's entropy)."""
+    entry = props.get(TASK_KEY)
+    task = entry.get("task") if isinstance(entry, dict) else entry  # {task, output}, or the task alone
+    if task in {t.value for t in Task}:
+        return Task(task)
+    regression = PREDICTION_NAME in outputs or (set(REGRESSION_OUTPUT_NAMES) <= set(outputs)
+                                                and "predictive_entropy" not in outputs)
+    return Task.REGRESSION if regression else Task.CLASSIFICATION
 
 
 def _tensor_meta(arg) -> dict:
@@ -134,9 +156,11 @@ class OnnxModel(Model):
         self.output_names = [o.name for o in self.outputs]  # what the server answers
         self.output_sizes = {o.name: _row_size(o) for o in self.outputs}
         self.props = _json_props(props, path)
+        self.task = _task(self.props, self.graph_outputs)
         self.class_labels = [str(c) for c in self.metadata.class_names]
-        self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies
-                              if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS}
+        self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies (not to a regressor)
+                              if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS
+                              and self.task is Task.CLASSIFICATION}
         self.ready = True
 
     def _model_input(self, inputs):
@@ -148,15 +172,17 @@ class OnnxModel(Model):
         return [_tensor_meta(self.input)]
 
     def get_output_types(self) -> list[dict]:
-        return [{**_tensor_meta(o), "parameters": {"description": GLOSSARY[o.name]}} if o.name in GLOSSARY
+        glossary = GLOSSARY if self.task is Task.CLASSIFICATION else {**GLOSSARY, **REGRESSION_GLOSSARY}
+        return [{**_tensor_meta(o), "parameters": {"description": glossary[o.name]}} if o.name in glossary
                 else _tensor_meta(o) for o in self.outputs]
 
     def metadata_parameters(self) -> dict:
         """The model-level ``parameters`` of ``/v2/models/NAME``: kind, class labels, samples, abstain, temperature."""
-        temperature = self.props.get(TEMPERATURE_KEY)
-        return {"kind": str(self.metadata.kind), "class_labels": self.class_labels,
+        temperature, std_scale = self.props.get(TEMPERATURE_KEY), self.props.get(STD_SCALE_KEY)
+        return {"kind": str(self.metadata.kind), "task": self.task.value, "class_labels": self.class_labels,
                 **(self.abstain.metadata() if self.abstain else {}),
-                **({"temperature": temperature} if temperature is not None else {})}
+                **({"temperature": temperature} if temperature is not None else {}),
+                **({"std_scale": std_scale} if std_scale is not None else {})}
 
     def summary(self) -> str:
         """What the start-up line says about the model."""
@@ -226,7 +252,7 @@ class OnnxModel(Model):
             raise limits.RequestError(
                 f"{rows} rows x {samples} samples = {network_rows} network rows, more than the limit of "
                 f"{self.config.max_network_rows} per request; send fewer rows or samples")
-        per_row = sum(self.output_sizes[n] * (samples if n == SAMPLES_OUTPUT else 1) for n in outputs)
+        per_row = sum(self.output_sizes[n] * (samples if n in PER_SAMPLE_OUTPUTS else 1) for n in outputs)
         if rows * per_row > self.config.max_response_values:
             raise limits.RequestError(
                 f"the response would hold {rows * per_row} numbers ({rows} rows x {per_row}), more than the limit "
@@ -270,7 +296,8 @@ class OnnxModel(Model):
 
 
 class DeterministicModel(OnnxModel):
-    """An exported classifier: input -> ``probabilities`` (any single-float-input ONNX model works)."""
+    """An exported model: input -> ``probabilities`` (a logits classifier: ``logits`` and ``probabilities``; a
+    regressor: ``prediction``). Any single-float-input ONNX model works: every graph output is served."""
 
     def _samples(self, parameters: dict) -> tuple[None, dict | None]:
         """``samples`` is ignored (with a note), as Triton ignores parameters a model does not use."""
@@ -292,7 +319,7 @@ class EnsembleModel(DeterministicModel):
 
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name, path, session, config)
-        _check_uncertainty_outputs(path, "a deep ensemble", self.graph_outputs)
+        _check_uncertainty_outputs(path, "a deep ensemble", self.graph_outputs, self.task)
         self.members = len(self.props.get(ENSEMBLE_KEY, {}).get("members", [])) or None
 
     def _samples(self, parameters: dict) -> tuple[None, dict | None]:
@@ -308,10 +335,12 @@ class EnsembleModel(DeterministicModel):
         return f"deep ensemble of {self.members or '?'} members"
 
 
-def _check_uncertainty_outputs(path: Path, kind: str, outputs: list[str]) -> None:
-    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+def _check_uncertainty_outputs(path: Path, kind: str, outputs: list[str], task: Task) -> None:
+    contract = OUTPUT_NAMES if task is Task.CLASSIFICATION else REGRESSION_OUTPUT_NAMES
+    missing = [n for n in contract if n not in outputs]
     if missing:
-        raise ModelLoadError(f"{path}: {kind} model needs the outputs {list(OUTPUT_NAMES)}; missing {missing}")
+        what = "" if task is Task.CLASSIFICATION else " regression"
+        raise ModelLoadError(f"{path}: {kind}{what} model needs the outputs {list(contract)}; missing {missing}")
 
 
 class MCDropoutModel(OnnxModel):
@@ -323,7 +352,7 @@ class MCDropoutModel(OnnxModel):
 
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name, path, session, config)
-        _check_uncertainty_outputs(path, "an MC Dropout", self.graph_outputs)
+        _check_uncertainty_outputs(path, "an MC Dropout", self.graph_outputs, self.task)
         self.max_samples = min(config.max_samples, int(self.metadata.max_samples or config.max_samples))
         if config.samples > self.max_samples:
             raise UsageError(f"--samples {config.samples} is more than model '{name}' allows ({self.max_samples})")
@@ -354,5 +383,5 @@ class MCDropoutModel(OnnxModel):
         step = max(1, MC_ROWS_PER_CALL // samples)
         parts = [self.session.run(self.graph_outputs, {**feed, INPUT_NAME: x[i:i + step]})
                  for i in range(0, len(x), step)]
-        return {name: np.concatenate([p[k] for p in parts], axis=1 if name == SAMPLES_OUTPUT else 0)
+        return {name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
                 for k, name in enumerate(self.graph_outputs)}

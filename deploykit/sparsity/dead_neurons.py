@@ -1,24 +1,33 @@
-"""Exact removal of hidden Dense neurons that cannot affect the output.
+"""Exact removal of hidden Dense neurons and conv channels that cannot affect the output.
 
-A hidden neuron goes when
+A hidden neuron (a Dense unit, or an output channel of a Conv1D / Conv2D) goes when
 
 (a) all its incoming weights are zero: it outputs the constant ``act(bias)``
     (``act(0)`` is 0 for relu, elu, selu, tanh; 0.5 for sigmoid: evaluated,
     not assumed). The constant is carried through the layers up to the next
-    Dense (BatchNormalization at inference, element-wise activations), then
-    folded into that layer's bias through the neuron's outgoing weights; or
-(b) all its outgoing weights (the next Dense kernel's row) are zero.
+    kernel (BatchNormalization at inference, element-wise activations; pooling
+    and Flatten keep a constant channel constant), then folded into that
+    layer's bias through the neuron's outgoing weights; or
+(b) all its outgoing weights (the next kernel's rows for that channel) are zero.
 
-Between two Dense layers may sit BatchNormalization (axis -1), Dropout,
-AlphaDropout and element-wise activation layers; anything else (Softmax,
-Flatten, Reshape, Normalization...) is a barrier and the pair is left alone.
+The next kernel is a Dense layer (directly, or after Flatten or global pooling:
+a channel is then every ``Flatten`` row ``p * channels + c``) or a Conv1D /
+Conv2D (its input channel). Between the two may sit BatchNormalization (channel
+axis), Dropout, SpatialDropout, AlphaDropout, element-wise activation layers,
+pooling, ZeroPadding and Flatten; anything else (Softmax, Reshape,
+DepthwiseConv2D, LayerNormalization...) is a barrier and the layer is left
+alone. A non-zero constant crosses a ZeroPadding, or reaches a conv that pads
+(``same``, ``causal``), only where it is exactly 0: the padded borders would
+not see it. Where channels are coupled (the output reaches an Add,
+Concatenate or Multiply, or a fork: several consumers), the layer is skipped
+and :attr:`CompactReport.skipped` says why.
 
 Dropout and MC Dropout: (b) is always exact, dropped or not. For (a), a plain
-``Dropout`` maps 0 to 0 whatever its mask, so a constant neuron is removed
-only when its value entering the Dropout is exactly 0; a non-zero constant
-would be scaled by a random mask under MC Dropout, so it is kept. An
-``AlphaDropout`` sends dropped units to ``a * alpha' + b``, not to the
-constant, so no (a) removal crosses it. MC sampling keeps the same
+``Dropout`` (or SpatialDropout) maps 0 to 0 whatever its mask, so a constant
+neuron is removed only when its value entering the Dropout is exactly 0; a
+non-zero constant would be scaled by a random mask under MC Dropout, so it is
+kept. An ``AlphaDropout`` sends dropped units to ``a * alpha' + b``, not to
+the constant, so no (a) removal crosses it. MC sampling keeps the same
 distribution (not the same random draws: masks have the new shapes).
 
 The removals repeat until nothing changes (a removal can leave a neuron of
@@ -29,60 +38,77 @@ first lets more constants reach a Dropout as exact zeros.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from deploykit.errors import DataError, StepError, UsageError
-from deploykit.evaluate import outputs
+from deploykit.evaluate import output_scale, outputs
 from deploykit.layers import Role
 from deploykit.sparsity.report import CompactReport, LayerCompact
 
 #: Activations that mix features: a neuron of such a layer is never removed.
 _MIXING = frozenset({"softmax", "log_softmax"})
 #: Dropout layers whose output is 0 wherever the input is 0 (in training mode too).
-_ZERO_PRESERVING = frozenset({"Dropout"})
-_FEATURE_AXES = (-1, 1, [-1], [1])
+_ZERO_PRESERVING = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D"})
+#: The layers whose output units compact removes: Dense units, conv output channels.
+_KERNELS = frozenset({"Dense", "Conv1D", "Conv2D"})
+
+
+@dataclass
+class _Route:
+    """From a kernel layer to the next one: the layers between, the next kernel, its rows per channel."""
+
+    between: list  # LayerSpec
+    dst: object  # LayerSpec
+    positions: int = 1  # Flatten: each channel feeds this many rows of a Dense kernel
 
 
 def compact(model, data=None, *, tolerance: float = 1e-5):
-    """Remove dead hidden neurons from a copy of ``model``; returns ``(model, CompactReport)``.
+    """Remove dead hidden neurons and conv channels from a copy of ``model``; returns ``(model, CompactReport)``.
 
     ``data`` (a Dataset: its test split, or an input array) is optional: when
     given, the outputs of both models are compared on it and a difference
     above ``tolerance`` raises StepError.
     """
     from deploykit.backend import is_tf_keras_model
-    from deploykit.chain import from_chain, to_chain
+    from deploykit.graph import graph_from_model, to_keras
 
     if not is_tf_keras_model(model):
         raise UsageError(f"compact: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}")
     x_check = _check_inputs(model, data)
-    chain = to_chain(model)
-    flat = [len(l.output_shape) == 2 for l in model.layers if type(l).__name__ != "InputLayer"]
-    dense = [i for i, spec in enumerate(chain.layers) if spec.support.role is Role.DENSE]
-    if not dense:
-        raise StepError(f"compact: model {model.name!r} has no Dense layer")
-    before = [_units_macs(chain.layers[i]) for i in dense]
-    passes, kept = 0, {}
+    graph = graph_from_model(model)
+    sources = [node for node in graph.nodes if node.spec.class_name in _KERNELS]
+    if not sources:
+        raise StepError(f"compact: model {model.name!r} has no Dense layer or convolution")
+    before = {node.name: _units_macs(node) for node in sources}
+    passes, kept, skipped = 0, {}, {}
     while True:
         passes += 1
         removed = 0
-        for i, j in zip(dense, dense[1:]):
-            n, kept[i] = _compact_pair(chain.layers, i, j, flat[i])
+        for node in sources:
+            route = _route(graph, node)
+            if isinstance(route, str):
+                kept[node.name] = int((~_columns(node.spec).any(axis=0)).sum()) if route else 0
+                if route:
+                    skipped[node.name] = route
+                continue
+            n, kept[node.name] = _compact_pair(node.spec, route)
             removed += n
         if not removed:
             break
-    result = from_chain(chain)
-    after = [_units_macs(chain.layers[i]) for i in dense]
-    layers = [
-        LayerCompact(chain.layers[i].name, b[0], a[0], b[1], a[1], kept.get(i, 0))
-        for i, b, a in zip(dense, before, after)
-    ]
-    report = CompactReport(layers, sum(b[1] for b in before), sum(a[1] for a in after), passes)
+    result = to_keras(graph)
+    after = {node.name: _units_macs(node) for node in sources}
+    layers = [LayerCompact(name, b[0], after[name][0], b[1], after[name][1], kept.get(name, 0)) for name, b in before.items()]
+    report = CompactReport(layers, sum(b[1] for b in before.values()), sum(a[1] for a in after.values()), passes,
+                           skipped=skipped)
     if x_check is not None:
-        diff = np.abs(outputs(result, x_check).astype(np.float64) - outputs(model, x_check))
+        reference = outputs(model, x_check)
+        diff = np.abs(outputs(result, x_check).astype(np.float64) - reference)
         report.max_abs_diff = float(diff.max()) if diff.size else 0.0
-        if report.max_abs_diff > tolerance:
-            raise StepError(f"compact: outputs changed by {report.max_abs_diff:.3g} (> {tolerance:g}) on the check data")
+        bound = tolerance * output_scale(reference)  # a regressor's outputs round relative to their size
+        if report.max_abs_diff > bound:
+            raise StepError(f"compact: outputs changed by {report.max_abs_diff:.3g} (> {bound:g}) on the check data")
     return result, report
 
 
@@ -109,9 +135,15 @@ def _check_inputs(model, data):
     return x
 
 
-def _units_macs(spec) -> tuple[int, int]:
-    kernel = spec.weights[0]
-    return int(kernel.shape[1]), int(kernel.size)
+def _units_macs(node) -> tuple[int, int]:
+    """(output units, multiply-adds per example): kernel size times output positions for a conv."""
+    kernel = node.spec.weights[0]
+    return int(kernel.shape[-1]), int(kernel.size) * int(np.prod(node.shape[:-1], dtype=np.int64))
+
+
+def _columns(spec) -> np.ndarray:
+    """A kernel as (inputs, output units): one column per Dense unit or conv output channel."""
+    return spec.weights[0].reshape(-1, spec.weights[0].shape[-1])
 
 
 def _activation(config) -> str:
@@ -121,33 +153,81 @@ def _activation(config) -> str:
     return str(act or "linear").lower()
 
 
-def _passable(src, between) -> bool:
-    """True when every layer between two Dense layers acts feature by feature."""
-    if _activation(src.config) in _MIXING:
-        return False
-    for spec in between:
-        role = spec.support.role
-        if role is Role.DROPOUT:
-            continue
-        if role is Role.BATCHNORM and spec.config.get("axis", -1) in _FEATURE_AXES:
-            continue
-        if role is Role.ACTIVATION and spec.class_name != "Softmax" and _activation(spec.config) not in _MIXING:
-            continue
-        return False
-    return True
+def _route(graph, node):
+    """The :class:`_Route` from ``node`` to the next kernel, or why there is none (``""``: no kernel follows).
+
+    Only a single consumer at each step keeps the channels free: a fork or a merge couples them.
+    """
+    src = node.spec
+    current, between, positions = node, [], 1
+    while True:
+        consumers = graph.consumers(current.name)
+        if not consumers or not _feeds_a_kernel(graph, current.name):
+            return ""  # reaches the model output: no next kernel to remove rows from
+        if graph.fan_out(current.name) > 1:
+            return f"channels coupled: {current.name!r} feeds {graph.fan_out(current.name)} places (a fork)"
+        nxt = consumers[0]
+        spec = nxt.spec
+        if spec.support.role is Role.MERGE:
+            return f"channels coupled: reaches {spec.class_name} {spec.name!r}"
+        if spec.class_name in _KERNELS:
+            if _activation(src.config) in _MIXING:
+                return f"its {_activation(src.config)} activation mixes its units"
+            for layer in (src, spec):
+                if not _channels_last(layer) or layer.config.get("groups", 1) != 1:
+                    return f"{layer.class_name} {layer.name!r} groups its channels or puts them first"
+            return _Route(between, spec, positions)
+        if not _passable(spec, graph.shape(current.name), positions):
+            return f"compact does not carry channels through the next layer, {spec.name!r} ({spec.class_name})"
+        if spec.class_name == "Flatten":
+            positions *= int(np.prod(graph.shape(current.name)[:-1], dtype=np.int64))
+        between.append(spec)
+        current = nxt
 
 
-def _compact_pair(specs, i: int, j: int, flat: bool) -> tuple[int, int]:
-    """Remove the dead neurons of Dense ``specs[i]`` feeding Dense ``specs[j]``; (removed, constants kept)."""
-    src, dst, between = specs[i], specs[j], specs[i + 1 : j]
-    kernel = src.weights[0]
+def _feeds_a_kernel(graph, name: str) -> bool:
+    """True when a Dense or conv layer reads ``name``'s output, directly or further down."""
+    return any(node.spec.class_name in _KERNELS and name in graph.ancestors(node.name) for node in graph.nodes)
+
+
+def _channels_last(spec) -> bool:
+    return spec.config.get("data_format", "channels_last") in (None, "channels_last")
+
+
+def _passable(spec, in_shape: tuple, positions: int) -> bool:
+    """True when ``spec`` acts on each channel alone (after a Flatten: element-wise, without weights)."""
+    role = spec.support.role
+    if positions > 1:
+        return role in (Role.DROPOUT, Role.ACTIVATION) and not spec.weights and _elementwise(spec)
+    if role is Role.DROPOUT or role is Role.PADDING:
+        return True
+    if role is Role.BATCHNORM:
+        axis = spec.config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        return axis in (-1, len(in_shape))
+    if role is Role.ACTIVATION:
+        return _elementwise(spec)
+    if role is Role.POOLING or spec.class_name == "Flatten":
+        return _channels_last(spec)
+    return False
+
+
+def _elementwise(spec) -> bool:
+    return spec.class_name != "Softmax" and _activation(spec.config) not in _MIXING
+
+
+def _compact_pair(src, route: _Route) -> tuple[int, int]:
+    """Remove the dead units of ``src`` feeding ``route.dst``; (removed, constants kept)."""
+    dst, between = route.dst, route.between
+    kernel = _columns(src)
     n = kernel.shape[1]
     bias = src.weights[1] if len(src.weights) > 1 else np.zeros(n, np.float32)
     dead_in = ~kernel.any(axis=0)
-    if not (flat and _passable(src, between)):
-        return 0, int(dead_in.sum())
-    dead_out = ~dst.weights[0].any(axis=1)
+    rows = _rows(dst, n, route.positions)  # (positions, n, dst units)
+    dead_out = ~rows.any(axis=(0, 2))
     value, exact = _constant_at_next(src, between, bias)
+    if dst.config.get("padding", "valid") != "valid":  # padded borders do not see a constant
+        exact &= value == 0
     fold = dead_in & exact & ~dead_out & np.isfinite(value)
     remove = dead_out | fold
     if remove.all():
@@ -156,35 +236,64 @@ def _compact_pair(specs, i: int, j: int, flat: bool) -> tuple[int, int]:
     if not remove.any():
         return 0, kept
     keep = ~remove
-    dst_kernel = dst.weights[0]
-    dst_bias = dst.weights[1] if len(dst.weights) > 1 else np.zeros(dst_kernel.shape[1], np.float32)
-    shift = value[fold].astype(np.float64) @ dst_kernel[fold].astype(np.float64)
+    dst_bias = dst.weights[1] if len(dst.weights) > 1 else np.zeros(rows.shape[2], np.float32)
+    shift = value[fold].astype(np.float64) @ rows[:, fold].sum(axis=0).astype(np.float64)
     if shift.any():
         dst.config["use_bias"] = True
         dst_bias = (dst_bias.astype(np.float64) + shift).astype(dst_bias.dtype)
-    dst.weights = [dst_kernel[keep]] + ([dst_bias] if dst.config.get("use_bias", True) else [])
-    src.weights = [kernel[:, keep]] + ([bias[keep]] if len(src.weights) > 1 else [])
-    src.config["units"] = int(keep.sum())
+    dst.weights = [_keep_rows(dst, rows, keep)] + ([dst_bias] if dst.config.get("use_bias", True) else [])
+    src.weights = [src.weights[0][..., keep]] + ([bias[keep]] if len(src.weights) > 1 else [])
+    src.config["units" if src.class_name == "Dense" else "filters"] = int(keep.sum())
     for spec in between:
         spec.weights = [w[..., keep] if w.ndim and w.shape[-1] == n else w for w in spec.weights]
     return int(remove.sum()), kept
 
 
+def _rows(dst, n: int, positions: int) -> np.ndarray:
+    """The next kernel's weights per input channel, as (positions or taps, n, units)."""
+    kernel = dst.weights[0]
+    if dst.class_name == "Dense":
+        return kernel.reshape(positions, n, kernel.shape[-1])
+    return kernel.reshape(-1, n, kernel.shape[-1])
+
+
+def _keep_rows(dst, rows: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    kept = rows[:, keep]
+    if dst.class_name == "Dense":
+        return kept.reshape(-1, rows.shape[2])
+    return kept.reshape(*dst.weights[0].shape[:-2], int(keep.sum()), rows.shape[2])
+
+
 def _constant_at_next(src, between, bias):
-    """The value a constant neuron hands to the next Dense, and where removing it keeps MC Dropout exact."""
+    """The value a constant unit hands to the next kernel, and where removing it stays exact (MC Dropout included).
+
+    Pooling and Flatten keep a constant channel constant; a ZeroPadding keeps only an exact 0.
+    """
     from deploykit.backend import keras, tf
 
     n = bias.shape[0]
     h = keras.activations.get(src.config.get("activation"))(tf.constant(bias[None], tf.float32))
     exact = np.ones(n, dtype=bool)
     for spec in between:
-        if spec.support.role is Role.DROPOUT:
+        role = spec.support.role
+        if role is Role.DROPOUT:
             exact &= (h.numpy()[0] == 0) if spec.class_name in _ZERO_PRESERVING else False
             continue
+        if role is Role.PADDING:
+            exact &= h.numpy()[0] == 0
+            continue
+        if role is Role.POOLING or spec.class_name == "Flatten":
+            continue
+        if any(w.ndim > 1 and np.prod(w.shape[:-1]) > 1 for w in spec.weights):  # e.g. PReLU alpha per position
+            exact &= False
+            continue
         config = {k: v for k, v in spec.config.items() if k not in ("batch_input_shape", "input_shape")}
+        if role is Role.BATCHNORM:
+            config["axis"] = -1
+        config.pop("shared_axes", None)  # PReLU: one alpha per channel here (per-position ones were refused above)
         layer = keras.layers.deserialize({"class_name": spec.class_name, "config": config})
         layer.build((None, n))
         if spec.weights:
-            layer.set_weights(spec.weights)
+            layer.set_weights([w.reshape(-1) if w.ndim > 1 else w for w in spec.weights])
         h = layer(h, training=False)
     return np.asarray(h.numpy()[0], dtype=np.float32), exact

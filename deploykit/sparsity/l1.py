@@ -8,7 +8,9 @@ import numpy as np
 
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import L1Config
-from deploykit.evaluate import accuracy
+from deploykit.evaluate import score
+from deploykit.layers import support_for
+from deploykit.task import Task
 from deploykit.sparsity.report import kernel_sparsity, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
@@ -30,7 +32,7 @@ def sparsify_l1(
     progress: Callable[[str], None] | None = None,
     teacher: Teacher | None = None,
 ):
-    """Fine-tune a copy of ``model`` with ``L1(l1)`` on the selected Dense kernels, then set ``|w| < threshold`` to 0.
+    """Fine-tune a copy of ``model`` with ``L1(l1)`` on the selected prunable kernels, then set ``|w| < threshold`` to 0.
 
     The penalty is dropped from the returned model. The report holds the test
     accuracy before, after fine-tuning (``accuracy_before_zeroing``) and after
@@ -49,10 +51,11 @@ def sparsify_l1(
     def regularized(layer):
         if layer.name not in chosen:
             return None
-        return layer.__class__.from_config({**layer.get_config(), "kernel_regularizer": keras.regularizers.L1(config.l1)})
+        key = _regularizer_key(support_for(layer, unsafe=True).pruned_kernel[0])
+        return layer.__class__.from_config({**layer.get_config(), key: keras.regularizers.L1(config.l1)})
 
     working = rebuild(model, regularized)
-    kernels = [l.kernel for l in working.layers if l.name in chosen]
+    kernels = [getattr(l, support_for(l, unsafe=True).pruned_kernel[0]) for l in working.layers if l.name in chosen]
 
     def status() -> str:
         small = sum(int(np.count_nonzero(np.abs(k.numpy()) < config.threshold)) for k in kernels)
@@ -62,14 +65,19 @@ def sparsify_l1(
     tuned = fine_tune(working, data, config, status=status, progress=progress, teacher=teacher)
     result = rebuild(model)  # the original layers (no l1 penalty), with the fine-tuned weights
     result.set_weights(working.get_weights())
-    accuracy_tuned = accuracy(result, data.x_test, data.y_test)
+    accuracy_tuned = None if data.task is Task.REGRESSION else score(result, data.x_test, data.y_test)
     for layer in result.layers:
         if layer.name in chosen:
-            weights = layer.get_weights()
-            weights[0] = np.where(np.abs(weights[0]) < config.threshold, np.float32(0), weights[0])
+            weights, k = layer.get_weights(), support_for(layer, unsafe=True).pruned_kernel[1]
+            weights[k] = np.where(np.abs(weights[k]) < config.threshold, np.float32(0), weights[k])
             layer.set_weights(weights)
     layers = kernel_sparsity(result, dict.fromkeys(chosen))
     result, compacted = apply_compact(result, layers, config.compact, data)
     report = sparsity_report("l1", model, result, layers, data, tuned, compacted, config,
                              accuracy_before_zeroing=accuracy_tuned)
     return result, report
+
+
+def _regularizer_key(kernel: str) -> str:
+    """The config key of a kernel's regularizer: ``kernel_regularizer``, ``depthwise_regularizer``, ``pointwise_regularizer``."""
+    return "kernel_regularizer" if kernel == "kernel" else kernel.replace("_kernel", "_regularizer")

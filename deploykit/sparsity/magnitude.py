@@ -1,7 +1,13 @@
-"""TF-MOT magnitude pruning of the Dense layers, with a schedule derived from the data."""
+"""TF-MOT magnitude pruning of the prunable layers (Dense and convolutions), with a schedule derived from the data.
+
+TF-MOT's registry prunes Dense, Conv1D/Conv2D ``kernel`` and SeparableConv2D's ``pointwise_kernel``; it
+registers DepthwiseConv2D with no prunable weight, so its ``depthwise_kernel`` is pruned through TF-MOT's own
+extension point (a ``PrunableLayer`` subclass, swapped back to the plain Keras layer once stripped).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -9,7 +15,7 @@ import numpy as np
 from deploykit.errors import ConfigError, StepError
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import PruneConfig
-from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, sparsity_report
+from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, pruned_kernel, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
@@ -33,7 +39,7 @@ def prune(
 ):
     """Prune a copy of ``model`` to ``target_sparsity`` (default 0.8) while fine-tuning on ``data``.
 
-    Each selected Dense layer is wrapped with ``prune_low_magnitude`` and a
+    Each selected layer (Dense, Conv, DepthwiseConv2D, SeparableConv2D) is wrapped with ``prune_low_magnitude`` and a
     ``PolynomialDecay`` from 0 to its target; the keyword options override
     ``config``. The result is stripped of the pruning wrappers. Raises
     StepError when a pruned layer misses its target by more than
@@ -65,7 +71,7 @@ def prune(
             initial_sparsity=0.0, final_sparsity=targets[layer.name],
             begin_step=schedule.begin_step, end_step=schedule.end_step, frequency=schedule.frequency,
         )
-        fresh = layer.__class__.from_config(layer.get_config())
+        fresh = _prunable_class(layer).from_config(layer.get_config())
         return sparsity.prune_low_magnitude(fresh, pruning_schedule=decay, block_size=config.block_size)
 
     working = rebuild(model, wrap)
@@ -75,16 +81,15 @@ def prune(
         return all(int(w.pruning_step.numpy()) >= schedule.end_step for w in wrappers)
 
     def status() -> str:
-        zeros = sum(int(np.count_nonzero(w.layer.kernel.numpy() == 0)) for w in wrappers)
-        total = sum(int(np.prod(w.layer.kernel.shape)) for w in wrappers)
-        return f"sparsity {zeros / total:.3f}"
+        kernels = [weight.numpy() for w in wrappers for weight, _, _ in w.pruning_vars]
+        return f"sparsity {sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels):.3f}"
 
     tuned = fine_tune(
         working, data, config, callbacks=(sparsity.UpdatePruningStep(),),
         eligible=schedule_done, status=status, progress=progress,
         teacher=(teacher or teacher_of(model, data)) if config.distill else None,
     )
-    pruned = rebuild(sparsity.strip_pruning(working))
+    pruned = rebuild(sparsity.strip_pruning(working), _plain_layer)
     layers = kernel_sparsity(pruned, targets)
     _check_reached(layers, config, schedule)
 
@@ -94,12 +99,48 @@ def prune(
     return result, report
 
 
+def _prunable_class(layer):
+    """The class to wrap: DepthwiseConv2D as a PrunableLayer naming its depthwise kernel, others unchanged."""
+    from deploykit.backend import keras
+
+    return _prunable_depthwise() if type(layer) is keras.layers.DepthwiseConv2D else type(layer)
+
+
+@functools.cache
+def _prunable_depthwise() -> type:
+    """tf_keras DepthwiseConv2D declaring ``depthwise_kernel`` prunable (TF-MOT's documented custom-layer route)."""
+    from deploykit.backend import keras
+
+    import tensorflow_model_optimization as tfmot
+
+    class PrunableDepthwiseConv2D(keras.layers.DepthwiseConv2D, tfmot.sparsity.keras.PrunableLayer):
+        def get_prunable_weights(self):
+            return [self.depthwise_kernel]
+
+    return PrunableDepthwiseConv2D
+
+
+def _plain_layer(layer):
+    """The plain Keras layer for a stripped PrunableDepthwiseConv2D (a saved file holds Keras classes only)."""
+    if type(layer) is _prunable_depthwise():
+        from deploykit.backend import keras
+
+        return keras.layers.DepthwiseConv2D.from_config(layer.get_config())
+    return None
+
+
 def _check_blocks(model, targets: dict[str, float], block: tuple[int, int]) -> None:
-    """TF-MOT's block masks need at least two blocks along each kernel axis."""
+    """TF-MOT's block masks need a 2-D kernel (Dense) with at least two blocks along each axis."""
     if block == (1, 1):
         return
     for name in targets:
-        rows, cols = model.get_layer(name).get_weights()[0].shape
+        shape = pruned_kernel(model.get_layer(name)).shape
+        if len(shape) != 2:
+            raise ConfigError(
+                f"prune: block_size {block[0]}x{block[1]} applies to Dense kernels only (TF-MOT); layer {name!r} "
+                f"has a {len(shape)}-D kernel: skip it (skip_layers) or use 1x1 blocks"
+            )
+        rows, cols = shape
         if -(-rows // block[0]) < 2 or -(-cols // block[1]) < 2:
             raise ConfigError(
                 f"prune: block_size {block[0]}x{block[1]} leaves layer {name!r} (kernel {rows}x{cols}) "

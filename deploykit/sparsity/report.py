@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.evaluate import accuracy
+from deploykit.evaluate import Metric, score
+from deploykit.task import Task
 from deploykit.records import Record
 from deploykit.sparsity.tuning import TuneResult, rebuild
 
 
 @dataclass
 class LayerSparsity(Record):
-    """One Dense layer's kernel after the step."""
+    """One prunable layer's kernel (the one TF-MOT prunes: a SeparableConv2D's pointwise kernel) after the step."""
 
     name: str
     weights: int  # kernel weights (biases are never zeroed)
@@ -55,7 +56,7 @@ class PruneSchedule(Record):
 
 @dataclass
 class LayerCompact(Record):
-    """One Dense layer before and after compact."""
+    """One Dense or conv layer before and after compact (neurons: units or output channels)."""
 
     name: str
     neurons_before: int
@@ -67,13 +68,14 @@ class LayerCompact(Record):
 
 @dataclass
 class CompactReport(Record):
-    """What compact removed; MACs are the Dense multiply-adds per example."""
+    """What compact removed; MACs are the Dense and conv multiply-adds per example."""
 
     layers: list[LayerCompact]
     macs_before: int
     macs_after: int
     passes: int
     max_abs_diff: float | None = None  # on the check data, when given
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left alone (coupled channels...)
 
     @property
     def neurons_removed(self) -> int:
@@ -90,6 +92,7 @@ class CompactReport(Record):
                 f"{l.name:<24}{f'{l.neurons_before} -> {l.neurons_after}':>16}"
                 f"{f'{l.macs_before} -> {l.macs_after}':>22}{l.constant_kept:>12}"
             )
+        rows += [f"{name} skipped: {reason}" for name, reason in self.skipped.items()]
         diff = "" if self.max_abs_diff is None else f"; max |output difference| {self.max_abs_diff:.2e}"
         rows.append(
             f"removed {self.neurons_removed} neurons in {self.passes} passes; "
@@ -110,8 +113,8 @@ class SparsityReport(Record):
     method: str  # "prune" | "l1"
     layers: list[LayerSparsity]
     sparsity: float
-    accuracy_before: float
-    accuracy_after: float
+    accuracy_before: float | None  # classifiers (None for a regressor)
+    accuracy_after: float | None
     file_bytes_before: int
     file_bytes_after: int
     gzip_bytes_before: int
@@ -123,6 +126,12 @@ class SparsityReport(Record):
     schedule: PruneSchedule | None = None
     compact: CompactReport | None = None
     config: dict = field(default_factory=dict)
+    rmse_before: float | None = None  # regressors: test RMSE against the targets
+    rmse_after: float | None = None
+
+    def after(self, metric) -> float:
+        """The test figure after the step for an :class:`~deploykit.evaluate.Metric` (accuracy or RMSE)."""
+        return getattr(self, f"{metric.value}_after")
 
     @property
     def gzip_ratio(self) -> float:
@@ -135,8 +144,10 @@ class SparsityReport(Record):
             target = f"{l.target:.2f}" if l.target is not None else ("l1" if l.changed else "-")
             rows.append(f"{l.name:<24}{l.weights:>9}{l.zeros:>9}{l.sparsity:>10.3f}{target:>8}{l.neurons_removed:>9}")
         zeroing = "" if self.accuracy_before_zeroing is None else f" (before zeroing {self.accuracy_before_zeroing:.4f})"
+        figure = (f"test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}{zeroing}"
+                  if self.accuracy_before is not None else f"test RMSE {self.rmse_before:.4g} -> {self.rmse_after:.4g}")
         rows += [
-            f"model sparsity {self.sparsity:.3f}; test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}{zeroing}",
+            f"model sparsity {self.sparsity:.3f}; {figure}",
             f"file {self.file_bytes_before} -> {self.file_bytes_after} bytes; "
             f"gzip {self.gzip_bytes_before} -> {self.gzip_bytes_after} bytes ({self.gzip_ratio:.1%})",
         ]
@@ -146,17 +157,24 @@ class SparsityReport(Record):
 
 
 def dense_layers(model) -> list:
-    """The model's Dense layers, in order."""
+    """The model's prunable layers (Dense and convolutions, the layer table's), in order."""
     from deploykit.layers import support_for
 
     return [l for l in model.layers if type(l).__name__ != "InputLayer" and support_for(l, unsafe=True).prunable]
 
 
+def pruned_kernel(layer) -> np.ndarray:
+    """The weights TF-MOT prunes in ``layer`` (a layer object, or a wrapper's inner layer): the table says which."""
+    from deploykit.layers import support_for
+
+    return np.asarray(layer.get_weights()[support_for(layer, unsafe=True).pruned_kernel[1]])
+
+
 def kernel_sparsity(model, targets: dict[str, float | None]) -> list[LayerSparsity]:
-    """Kernel zeros of every Dense layer; ``targets`` maps the sparsified layers to their target (or None)."""
+    """Kernel zeros of every prunable layer; ``targets`` maps the sparsified layers to their target (or None)."""
     out = []
     for layer in dense_layers(model):
-        kernel = np.asarray(layer.get_weights()[0])
+        kernel = pruned_kernel(layer)
         zeros = int(np.count_nonzero(kernel == 0))
         out.append(LayerSparsity(layer.name, int(kernel.size), zeros, zeros / kernel.size, layer.name in targets, targets.get(layer.name)))
     return out
@@ -179,12 +197,16 @@ def saved_sizes(model) -> tuple[int, int]:
 def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult, compacted, config, **extra):
     """The SparsityReport of a fine-tuning step: ``model`` before, ``result`` after."""
     before, after = saved_sizes(model), saved_sizes(result)
+    regression = data.task is Task.REGRESSION
+    figures = {f"{Metric.of(data.task).value}_{when}": score(m, data.x_test, data.y_test, data.task)
+               for when, m in (("before", model), ("after", result))}
     return SparsityReport(
         method=method,
         layers=layers,
         sparsity=model_sparsity(layers),
-        accuracy_before=accuracy(model, data.x_test, data.y_test),
-        accuracy_after=accuracy(result, data.x_test, data.y_test),
+        accuracy_before=None if regression else figures["accuracy_before"],
+        accuracy_after=None if regression else figures["accuracy_after"],
+        rmse_before=figures.get("rmse_before"), rmse_after=figures.get("rmse_after"),
         file_bytes_before=before[0], file_bytes_after=after[0],
         gzip_bytes_before=before[1], gzip_bytes_after=after[1],
         epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,

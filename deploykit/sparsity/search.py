@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploykit.errors import StepError
-from deploykit.evaluate import accuracy
+from deploykit.evaluate import Budget, Metric, score
+from deploykit.layers import support_for
 from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.magnitude import prune
-from deploykit.sparsity.report import SparsityReport
+from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
 
 #: One-shot pruning levels of the sensitivity scan; per-layer targets are interpolated between them.
@@ -30,7 +31,7 @@ MAX_LAYER_SPARSITY = LEVELS[-1]
 
 @dataclass
 class LayerSensitivity(Record):
-    """Validation accuracy lost when this layer alone is pruned, one shot, to each level."""
+    """Validation score lost (the budget's terms) when this layer alone is pruned, one shot, to each level."""
 
     name: str
     weights: int
@@ -45,12 +46,13 @@ class SearchTry(Record):
     target: float
     layer_targets: dict[str, float]
     sparsity: float  # reached, over every Dense kernel (protected ones included)
-    accuracy: float | None  # test split; None when the try failed
+    accuracy: float | None  # test split; None when the try failed (or for a regressor)
     accuracy_change: float | None  # vs the original model
     gzip_bytes: int  # the pruned model saved as .keras, gzip
     kept: bool = False
     note: str = ""
     seconds: float = 0.0
+    rmse: float | None = None  # a regressor's test RMSE (None for a classifier, or when the try failed)
 
     def setting(self) -> str:
         """``prune 90% (dense_1 93%, dense_2 84%)``: the target and, when they differ, the layers' own."""
@@ -63,8 +65,8 @@ class SearchTry(Record):
 class SearchReport(Record):
     """What the search tried and kept (``kept`` None: no target met the budget; the model stays dense)."""
 
-    max_accuracy_drop: float
-    original_accuracy: float  # test split
+    budget: Budget  # accuracy drop (classifiers) or RMSE increase (regressors) allowed vs the original
+    original: float  # the original model's test figure in the budget's metric
     protected: dict[str, str]  # layers left dense, with the reason
     sensitivity: list[LayerSensitivity]
     tries: list[SearchTry] = field(default_factory=list)
@@ -75,13 +77,16 @@ class SearchReport(Record):
 def search_sparsity(
     model,
     data,
-    max_accuracy_drop: float = 0.01,
+    budget: Budget | float = 0.01,
     *,
     config: SearchConfig | None = None,
     prune_config: PruneConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ):
-    """Prune a copy of ``model`` to the highest of ``config.targets`` within ``max_accuracy_drop`` of its test accuracy.
+    """Prune a copy of ``model`` to the highest of ``config.targets`` within ``budget`` of its test figure.
+
+    ``budget``: a :class:`~deploykit.evaluate.Budget`, or a number in the data's own terms (a classifier's
+    accuracy drop, 0.01 = one point; a regressor's RMSE increase as a fraction of the original's).
 
     Each try is :func:`~deploykit.sparsity.prune` with ``prune_config`` (its epochs, distillation,
     ...) at that target, with per-layer targets from the sensitivity scan when
@@ -91,25 +96,28 @@ def search_sparsity(
     config = config or SearchConfig()
     prune_config = prune_config or PruneConfig()
     say = progress or (lambda _m: None)
-    original = accuracy(model, data.x_test, data.y_test)
+    if not isinstance(budget, Budget):
+        budget = Budget(Metric.of(data.task), float(budget))
+    original = score(model, data.x_test, data.y_test, data.task)
     chosen, protected = _prunable(model, data, prune_config, config.min_layer_weights)
     base = prune_config.with_options(skip_layers=tuple(dict.fromkeys((*prune_config.skip_layers, *protected))))
-    sensitivity = _sensitivity(model, data, chosen) if config.sensitivity and len(chosen) > 1 else []
+    sensitivity = _sensitivity(model, data, chosen, budget) if config.sensitivity and len(chosen) > 1 else []
     if sensitivity:
-        say("sensitivity (validation accuracy lost, one layer pruned alone to "
+        say(f"sensitivity (validation {budget.metric.value} lost, one layer pruned alone to "
             + "/".join(f"{g:.0%}" for g in LEVELS) + "): "
             + "; ".join(f"{s.name} " + "/".join(f"{100 * d:.1f}" for d in s.drops) for s in sensitivity))
     teacher = teacher_of(model, data) if prune_config.distill else None
-    report = SearchReport(max_accuracy_drop, original, protected, sensitivity)
+    report = SearchReport(budget, original, protected, sensitivity)
     for target in config.targets if chosen else ():  # every layer protected: nothing to try
         layer_targets = allocate(sensitivity, target) if sensitivity else {n: target for n in chosen}
-        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, original, say)
+        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, original, budget.metric, say)
         report.tries.append(attempt)
-        if attempt.accuracy is not None and original - attempt.accuracy <= max_accuracy_drop + 1e-12:
+        value = getattr(attempt, budget.metric.value)
+        if value is not None and budget.within(original, value):
             attempt.kept, report.kept, report.report = True, attempt, record
-            say(f"kept {attempt.setting()}: test accuracy {attempt.accuracy:.4f} ({100 * attempt.accuracy_change:+.2f} pt)")
+            say(f"kept {attempt.setting()}: test {budget.metric.value} {value:.4g} ({budget.change(original, value)})")
             return pruned, report
-        attempt.note = attempt.note or f"{100 * -attempt.accuracy_change:.2f} pt below the original, budget {100 * max_accuracy_drop:g} pt"
+        attempt.note = attempt.note or f"{budget.change(original, value)} vs the original, budget: {budget.describe()}"
         say(f"  {attempt.setting()} missed: {attempt.note}")
     return model, report
 
@@ -122,28 +130,31 @@ def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[
     if config.skip_output:
         protected[dense[-1]] = "output layer"
     for name in chosen:
-        size = int(np.prod(model.get_layer(name).get_weights()[0].shape))
+        size = int(pruned_kernel(model.get_layer(name)).size)
         if size < min_weights:
             protected[name] = f"{size} weights < {min_weights}"
     return [n for n in chosen if n not in protected], protected
 
 
-def _sensitivity(model, data, layers: list[str]) -> list[LayerSensitivity]:
-    """Prune each layer alone, one shot (smallest magnitudes to zero), and measure the validation accuracy lost."""
+def _sensitivity(model, data, layers: list[str], budget: Budget) -> list[LayerSensitivity]:
+    """Prune each layer alone, one shot (smallest magnitudes to zero), and measure the validation score lost."""
     copy = rebuild(model)
-    base = accuracy(copy, data.x_val, data.y_val)
+    base = score(copy, data.x_val, data.y_val, data.task)
     out = []
     for name in layers:
         layer = copy.get_layer(name)
         weights = layer.get_weights()
-        magnitudes = np.sort(np.abs(weights[0]).ravel())
+        k = support_for(layer, unsafe=True).pruned_kernel[1]
+        kernel = weights[k]
+        magnitudes = np.sort(np.abs(kernel).ravel())
         drops = []
         for level in LEVELS:
             cut = magnitudes[min(len(magnitudes) - 1, int(level * len(magnitudes)))]
-            layer.set_weights([np.where(np.abs(weights[0]) < cut, 0, weights[0]).astype(weights[0].dtype), *weights[1:]])
-            drops.append(max(0.0, base - accuracy(copy, data.x_val, data.y_val)))
+            zeroed = np.where(np.abs(kernel) < cut, 0, kernel).astype(kernel.dtype)
+            layer.set_weights([*weights[:k], zeroed, *weights[k + 1:]])
+            drops.append(max(0.0, budget.shortfall(base, score(copy, data.x_val, data.y_val, data.task))))
         layer.set_weights(weights)
-        out.append(LayerSensitivity(name, int(weights[0].size), list(LEVELS), list(np.maximum.accumulate(drops))))
+        out.append(LayerSensitivity(name, int(kernel.size), list(LEVELS), list(np.maximum.accumulate(drops))))
     return out
 
 
@@ -186,7 +197,7 @@ def _level_within(s: LayerSensitivity, d: float) -> float:
     return best
 
 
-def _try(model, data, config: PruneConfig, target, layer_targets, teacher, original, say):
+def _try(model, data, config: PruneConfig, target, layer_targets, teacher, original, metric: Metric, say):
     """(SearchTry, pruned model or None, prune's report or None) of one target."""
     start = time.perf_counter()
     say(f"  try prune {target:.0%} over {config.epochs} epochs"
@@ -199,6 +210,6 @@ def _try(model, data, config: PruneConfig, target, layer_targets, teacher, origi
         return SearchTry(target, layer_targets, 0.0, None, None, 0, note=str(exc),
                          seconds=round(time.perf_counter() - start, 2)), None, None
     acc = record.accuracy_after
-    attempt = SearchTry(target, layer_targets, record.sparsity, acc, acc - original, record.gzip_bytes_after,
-                        seconds=round(time.perf_counter() - start, 2))
+    attempt = SearchTry(target, layer_targets, record.sparsity, acc, None if acc is None else acc - original,
+                        record.gzip_bytes_after, seconds=round(time.perf_counter() - start, 2), rmse=record.rmse_after)
     return attempt, pruned, record

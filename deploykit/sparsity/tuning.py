@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.errors import ConfigError, StepError, UsageError
+from deploykit.task import Task
 
 def check_inputs(model, data, step: str) -> list[str]:
     """Refuse what the step cannot use; return the names of the model's prunable layers (the layer table's)."""
@@ -20,7 +21,7 @@ def check_inputs(model, data, step: str) -> list[str]:
     dense = [spec.name for spec in specs if spec.support.prunable]  # the layer table says which kernels TF-MOT prunes
     if not dense:
         kinds = ", ".join(spec.class_name for spec in specs) or "none"
-        raise StepError(f"{step}: model {model.name!r} has no Dense layer (its layers: {kinds})")
+        raise StepError(f"{step}: model {model.name!r} has no Dense layer or convolution to prune (its layers: {kinds})")
     if data is not None:
         data.check_model(model)
     return dense
@@ -35,14 +36,14 @@ def choose_layers(dense: list[str], config, step: str, requested: tuple[str, ...
     known = ", ".join(dense)
     for name in (*config.skip_layers, *requested):
         if name not in dense:
-            raise ConfigError(f"{step}: {name!r} is not a Dense layer of the model (Dense layers: {known})")
+            raise ConfigError(f"{step}: {name!r} is not a Dense layer or convolution of the model (prunable layers: {known})")
     for name in requested:
         if name in config.skip_layers:
             raise ConfigError(f"{step}: layer {name!r} is both skipped and given a target")
     output = dense[-1] if config.skip_output else None
     chosen = [n for n in dense if n not in config.skip_layers and (n != output or n in requested)]
     if not chosen:
-        raise ConfigError(f"{step}: every Dense layer is skipped (Dense layers: {known}; the output layer is skipped by default)")
+        raise ConfigError(f"{step}: every prunable layer is skipped (prunable layers: {known}; the output layer is skipped by default)")
     return chosen
 
 
@@ -67,10 +68,12 @@ def rebuild(model, make: Callable | None = None):
     return copy
 
 
-def loss_for(model):
-    """Sparse categorical cross-entropy on the output (from logits when the last layer is linear)."""
+def loss_for(model, task: Task = Task.CLASSIFICATION):
+    """Sparse categorical cross-entropy on the output (from logits when the last layer is linear); MSE for a regressor."""
     from deploykit.backend import keras
 
+    if task is Task.REGRESSION:
+        return keras.losses.MeanSquaredError()
     return keras.losses.SparseCategoricalCrossentropy(from_logits=_outputs_logits(model))
 
 
@@ -82,7 +85,7 @@ class TuneResult:
 
 @dataclass(frozen=True)
 class Teacher:
-    """A teacher model's outputs on the training and validation inputs, as probabilities.
+    """A teacher model's outputs on the training and validation inputs: probabilities, or a regressor's predictions.
 
     Computed once per teacher (:func:`teacher_of`) and reused by every fine-tuning run that distils
     from it (each try of a sparsity search).
@@ -93,12 +96,12 @@ class Teacher:
 
 
 def teacher_of(model, data) -> Teacher:
-    """The outputs of ``model`` on ``data``'s training and validation inputs, as probabilities."""
+    """The outputs of ``model`` on ``data``'s training and validation inputs: probabilities (softmax of logits), or predictions."""
     from deploykit.evaluate import outputs
 
     def probs(x):
         out = outputs(model, x).astype(np.float64)
-        if _outputs_logits(model):
+        if data.task is Task.CLASSIFICATION and _outputs_logits(model):
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
         return out.astype(np.float32)
@@ -150,7 +153,18 @@ def _label_accuracy(y_true, y_pred):
 
 
 def _targets(data, config, teacher: Teacher | None):
-    """(loss, metric, y_train, y_val): plain labels, or labels packed with the teacher's soft targets."""
+    """(loss, metric, y_train, y_val): plain labels, or labels packed with the teacher's soft targets.
+
+    A regressor distils by MSE to ``alpha * teacher + (1 - alpha) * target``: the same minimum as
+    ``alpha * MSE(teacher) + (1 - alpha) * MSE(target)`` (they differ by a constant), with the plain MSE loss.
+    """
+    if data.task is Task.REGRESSION:
+        width = lambda y: y.reshape(len(y), -1).astype(np.float32)  # noqa: E731  ([N] targets against [N, 1] outputs)
+        y_train, y_val = width(data.y_train), width(data.y_val)
+        if config.distill and teacher is not None:
+            y_train = config.alpha * teacher.train + (1 - config.alpha) * y_train
+            y_val = config.alpha * teacher.val + (1 - config.alpha) * y_val
+        return None, "mse", y_train, y_val
     if not (config.distill and teacher is not None):
         return None, "accuracy", data.y_train, data.y_val
     pack = lambda y, p: np.concatenate([y.reshape(-1, 1).astype(np.float32), _soften(p, config.temperature)], axis=1)  # noqa: E731
@@ -182,7 +196,7 @@ def fine_tune(
 
     set_seed(config.seed)
     kind, metric, y_train, y_val = _targets(data, config, teacher)
-    loss = loss_for(model) if kind is None else distillation_loss(_outputs_logits(model), config.temperature, config.alpha)
+    loss = loss_for(model, data.task) if kind is None else distillation_loss(_outputs_logits(model), config.temperature, config.alpha)
     model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss, metrics=[metric])
     best, lines = _callbacks(config, eligible, status, progress)
     history = model.fit(

@@ -33,6 +33,12 @@ def standardization(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
 def build_model(config: TrainConfig, data: Dataset):
     """A fresh, uncompiled tf_keras Sequential for ``data``'s inputs and classes."""
     from deploykit.backend import keras
+    from deploykit.errors import UsageError
+    from deploykit.task import Task
+
+    if data.task is Task.REGRESSION:  # the presets build softmax classifiers: a regressor is trained in Keras
+        raise UsageError(f"data {data.name!r} holds regression targets; deploykit trains classifiers (train the regressor "
+                         "in Keras, then run deploykit optimize / export on it)")
 
     spec = config.spec
     regularizer = keras.regularizers.l2(config.l2) if config.l2 > 0 else None

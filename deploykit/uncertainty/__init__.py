@@ -1,5 +1,6 @@
 """Uncertainty: MC Dropout as one ONNX model, a Python predictor, calibration metrics, and post-hoc tools
-(temperature scaling, deep ensembles in one ONNX graph, selective prediction, OOD metrics, pooled dropout masks)."""
+(temperature scaling, deep ensembles in one ONNX graph, selective prediction, OOD metrics, pooled dropout masks),
+for classifiers (softmax or logits) and regressors (mean / std, Gaussian NLL, interval coverage, std scale)."""
 
 from deploykit.uncertainty.calibration import CalibrationReport, calibration
 from deploykit.uncertainty.compare import ComparisonReport, compare
@@ -10,7 +11,14 @@ from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from deploykit.uncertainty.measures import Measure, uncertainties
 from deploykit.uncertainty.ood import auroc, fpr_at_tpr, ood_report
 from deploykit.uncertainty.predictor import UncertaintyPredictor, UncertaintyResult
-from deploykit.uncertainty.selective import SelectiveTarget, SelectiveThreshold, add_abstain, choose_threshold
+from deploykit.uncertainty.regression import RegressionReport, StdScaleFit, fit_std_scale, regression_metrics
+from deploykit.uncertainty.selective import (
+    SelectiveTarget,
+    SelectiveThreshold,
+    add_abstain,
+    choose_regression_threshold,
+    choose_threshold,
+)
 from deploykit.uncertainty.temperature import (
     Placement,
     TemperatureFit,
@@ -29,8 +37,10 @@ __all__ = [
     "MaskKind",
     "Measure",
     "Placement",
+    "RegressionReport",
     "SelectiveTarget",
     "SelectiveThreshold",
+    "StdScaleFit",
     "TemperatureFit",
     "UncertaintyPredictor",
     "UncertaintyResult",
@@ -41,13 +51,16 @@ __all__ = [
     "build_ensemble",
     "build_mc_graph",
     "calibration",
+    "choose_regression_threshold",
     "choose_threshold",
     "compare",
     "export_ensemble_onnx",
     "export_mc_onnx",
     "fit_mc_temperature",
+    "fit_std_scale",
     "fit_temperature",
     "fpr_at_tpr",
     "ood_report",
+    "regression_metrics",
     "uncertainties",
 ]

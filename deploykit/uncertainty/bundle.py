@@ -16,6 +16,13 @@ the same model and report the same figures:
 
 The graph edits are applied in this order to one file (each write atomic); the metadata keys of
 each edit survive the others (see :func:`deploykit.export.metadata.write_metadata`).
+
+A logits classifier goes the same way (its MC graph applies the softmax per sample; its deterministic
+logits are turned into probabilities for the comparison). A regression :class:`Dataset` (``data.task``)
+gives the regression version of each step (:mod:`deploykit.uncertainty.regression`): the std scale in
+place of the temperature (same switch), the interval-width threshold (``target_rmse`` or
+``target_coverage``), the interval width as the OOD measure, and a :class:`RegressionComparison`
+(RMSE, Gaussian NLL, 90% / 95% interval coverage and width on the test split).
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DataError
+from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
-from deploykit.uncertainty.compare import ComparisonReport, SelectiveReport, compare
+from deploykit.task import OutputKind, Task
+from deploykit.uncertainty.compare import ComparisonReport, RegressionComparison, SelectiveReport, compare
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig
 from deploykit.uncertainty.measures import Measure, entropy, uncertainties
@@ -49,8 +57,9 @@ class MCBundle(Record):
     """What :func:`mc_bundle` wrote: the export record and the comparison (with temperature, selective, OOD)."""
 
     export: MCExportRecord
-    comparison: ComparisonReport
-    predicted_class: np.ndarray = field(default=None, repr=False)  # the shipped model's, on the test split
+    comparison: ComparisonReport | RegressionComparison
+    predicted_class: np.ndarray = field(default=None, repr=False)  # the shipped model's, on the test split (regression: None)
+    prediction: np.ndarray = field(default=None, repr=False)  # the shipped model's mean on the test split
 
 
 def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(), *, temperature: bool = True,
@@ -60,17 +69,26 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
 
     ``data`` is a :class:`deploykit.data.Dataset` (validation split: the fits; test split: the
-    report). ``deterministic``: the model's test probabilities when the caller has them. Plots go
-    beside ``path``.
+    report). ``deterministic``: the model's test outputs when the caller has them (as
+    :func:`deploykit.evaluate.outputs` gives them: probabilities, logits, or a regressor's predictions).
+    Plots go beside ``path``.
     """
     from deploykit.evaluate import outputs
 
     path, folder = Path(path), Path(path).parent
     if ood is not None:
         ood = check_ood(ood, data.x_test.shape[1:])
+    if config.task is None:
+        config = dataclasses.replace(config, task=data.task)
+    _check_target(target, config.task)
+    if config.task is Task.REGRESSION:
+        return _regression_bundle(model, data, path, config, temperature=temperature, target=target, ood=ood,
+                                  deterministic=deterministic, metadata=metadata, batch_size=batch_size, say=say)
     say(f"exporting the MC Dropout model (T = {config.samples})")
     record = export_mc_onnx(model, path, config=config, class_names=list(data.class_names), metadata=metadata)
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
+    if record.output_kind is OutputKind.LOGITS:  # the model's raw outputs are logits: compare probabilities
+        det = _softmax(det)
     fitted = _store_temperature(model, data, path, config, batch_size, say) if temperature else None
     say(f"predicting {len(data.x_test)} test instances with the MC model")
     mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
@@ -95,7 +113,97 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
         rows = ood_report(uncertainties(mc.mean, mc.mutual_information), uncertainties(away.mean, away.mutual_information))
     comparison = compare(data.y_test, det, mc, plot_path=folder / RELIABILITY_PLOT)
     comparison = dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots)
-    return MCBundle(record, comparison, mc.predicted_class)
+    return MCBundle(record, comparison, mc.predicted_class, mc.mean)
+
+
+def _check_target(target: SelectiveTarget | None, task: Task) -> None:
+    """Refuse a selective target of the other task before any work (nothing written)."""
+    if target is None:
+        return
+    if task is Task.REGRESSION and target.target_accuracy is not None:
+        raise UsageError("target_accuracy is a classification target; a regressor takes target_rmse or target_coverage")
+    if task is Task.CLASSIFICATION and target.target_rmse is not None:
+        raise UsageError("target_rmse is a regression target; a classifier takes target_accuracy or target_coverage")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _regression_bundle(model, data, path: Path, config: MCConfig, *, temperature: bool, target: SelectiveTarget | None,
+                       ood: np.ndarray | None, deterministic: np.ndarray | None, metadata, batch_size: int,
+                       say: Callable[[str], None]) -> MCBundle:
+    """:func:`mc_bundle` for a regressor: std scale, interval-width threshold, regression metrics."""
+    from deploykit.evaluate import outputs
+    from deploykit.uncertainty.regression import interval_width, regression_metrics
+
+    folder = path.parent
+    say(f"exporting the MC Dropout regression model (T = {config.samples})")
+    record = export_mc_onnx(model, path, config=config, metadata=metadata)
+    det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
+    scaled = _store_std_scale(data, path, batch_size, say) if temperature else None
+    say(f"predicting {len(data.x_test)} test instances with the MC model")
+    mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
+    plots, selective, rows = [], None, None
+    if target is not None:
+        selective = _regression_selective(path, data, target, mc, folder / RISK_COVERAGE_PLOT, batch_size, say)
+        plots.append(RISK_COVERAGE_PLOT)
+    if ood is not None:
+        from deploykit.uncertainty.ood import ood_report
+
+        say(f"predicting {len(ood)} out-of-distribution instances")
+        away = UncertaintyPredictor(path).predict(ood, batch_size=batch_size)
+        rows = ood_report({Measure.INTERVAL_WIDTH: interval_width(mc.std)}, {Measure.INTERVAL_WIDTH: interval_width(away.std)})
+    deterministic_report = regression_metrics(data.y_test, det, np.zeros_like(det, dtype=np.float64))
+    comparison = RegressionComparison(count=len(data.x_test), samples=mc.samples, deterministic_rmse=deterministic_report.rmse,
+                                      deterministic_mae=deterministic_report.mae, mc=regression_metrics(data.y_test, mc.mean, mc.std),
+                                      std_scale=scaled, selective=selective, ood=rows, plots=plots)
+    return MCBundle(record, comparison, None, mc.mean)
+
+
+def _store_std_scale(data, path: Path, batch_size: int, say):
+    """Fit the std scale on the validation split, store it in ``path``; the test split's metrics before / after."""
+    from deploykit.uncertainty.regression import StdScaleReport, fit_std_scale, regression_metrics, write_with_std_scale
+
+    if len(data.x_val) == 0:
+        raise DataError("the std scale needs a validation split; give data with one or switch it off")
+    say(f"fitting the std scale on {len(data.x_val)} validation instances")
+    predictor = UncertaintyPredictor(path)
+    val = predictor.predict(data.x_val, batch_size=batch_size)
+    fit = fit_std_scale(data.y_val, val.mean, val.std)
+    before = predictor.predict(data.x_test, batch_size=batch_size)
+    write_with_std_scale(path, path, fit)
+    after = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
+    say(f"  std x {fit.std_scale:.4f}: validation Gaussian NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
+    return StdScaleReport(fit, regression_metrics(data.y_test, before.mean, before.std),
+                          regression_metrics(data.y_test, after.mean, after.std))
+
+
+def _regression_selective(path: Path, data, target: SelectiveTarget, mc: UncertaintyResult, plot: Path,
+                          batch_size: int, say) -> SelectiveReport:
+    """The interval-width threshold chosen on the validation split, stored as ``abstain``, measured on the test split."""
+    import onnx
+
+    from deploykit.atomic import atomic_path
+    from deploykit.uncertainty.regression import interval_width
+    from deploykit.uncertainty.selective import (add_abstain, apply_regression_threshold, choose_regression_threshold,
+                                                 regression_risk_coverage, risk_coverage_plot)
+
+    val = UncertaintyPredictor(path).predict(data.x_val, batch_size=batch_size)
+    chosen = choose_regression_threshold(data.y_val, val.mean, interval_width(val.std), target)
+    proto = onnx.load(str(path))
+    add_abstain(proto, chosen)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    width = interval_width(mc.std)
+    test = apply_regression_threshold(data.y_test, mc.mean, width, chosen.threshold)
+    say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}, "
+        f"RMSE of kept {test.rmse:.4g}")
+    risk_coverage_plot({"MC Dropout (95% interval width)": regression_risk_coverage(data.y_test, mc.mean, width)},
+                       plot, target_rmse=target.target_rmse)
+    return SelectiveReport(chosen, test)
 
 
 def _store_temperature(model, data, path: Path, config: MCConfig, batch_size: int, say):

@@ -19,6 +19,7 @@ from deploykit.records import Record
 from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
 from deploykit.uncertainty.ood import OODRow
 from deploykit.uncertainty.predictor import UncertaintyResult
+from deploykit.uncertainty.regression import STD_FLOOR, RegressionReport, StdScaleReport
 from deploykit.uncertainty.selective import SelectiveResult, SelectiveThreshold
 from deploykit.uncertainty.temperature import TemperatureReport
 
@@ -88,6 +89,45 @@ class ComparisonReport(Record):
         return "\n".join(lines) + "\n"
 
 
+@dataclass
+class RegressionComparison(Record):
+    """Deterministic vs MC Dropout regression on one labelled set (the test split), with what was added after."""
+
+    count: int
+    samples: int
+    deterministic_rmse: float
+    deterministic_mae: float
+    mc: RegressionReport  # the shipped model (after its std scale)
+    std_scale: StdScaleReport | None = None  # the variance calibration (None: off)
+    selective: SelectiveReport | None = None  # the abstain threshold on the interval width (None: no target given)
+    ood: list[OODRow] | None = None  # the interval width as the OOD measure (None: no OOD data given)
+    plots: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        return "\n".join(regression_markdown(self.to_dict())) + "\n"
+
+
+def regression_markdown(report: dict) -> list[str]:
+    """Markdown lines of a :class:`RegressionComparison` given as JSON values (``mc`` and ``optimize`` print one text)."""
+    m = report["mc"]
+    lines = [
+        f"# Deterministic vs MC Dropout regression ({report['count']} instances, T = {report['samples']} samples)",
+        "",
+        "| metric (test split) | deterministic | MC Dropout |",
+        "|---|---:|---:|",
+        f"| RMSE | {_num(report['deterministic_rmse'])} | {_num(m['rmse'])} |",
+        f"| MAE | {_num(report['deterministic_mae'])} | {_num(m['mae'])} |",
+        f"| Gaussian NLL (nats per target value) | — | {_num(m['nll'])} |",
+        f"| coverage of the central 90% interval | — | {_pct(m['coverage_90'])} |",
+        f"| coverage of the central 95% interval | — | {_pct(m['coverage_95'])} |",
+        f"| mean width of the 90% / 95% interval | — | {_num(m['width_90'])} / {_num(m['width_95'])} |",
+        "",
+        f"Intervals are mean ± z·std (z = 1.645 and 1.960); a calibrated model covers 90% and 95%. The NLL "
+        f"floors std at {STD_FLOOR:g}. {m['targets']} target(s).",
+    ]
+    return lines + extra_markdown(report)
+
+
 def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float = DEFAULT_FRACTION,
             plot_path: str | os.PathLike | None = None) -> ComparisonReport:
     """Compare deterministic probabilities [N, C] with an MC result on labels ``y_true``.
@@ -141,15 +181,30 @@ def extra_markdown(report: dict) -> list[str]:
                   + ("" if not fit.get("alternatives") else " (placements tried: "
                      + ", ".join(f"{k} {v:.4f}" for k, v in fit["alternatives"].items()) + ")")
                   + ". The model's `mean` output is the calibrated one."]
+    v = report.get("std_scale")
+    if v:
+        fit, b, a = v["fit"], v["before"], v["after"]
+        lines += ["", f"## Variance calibration (std × {fit['std_scale']:.4f}, fitted on {fit['count']} validation instances)", "",
+                  "| metric (test split) | MC before | MC after |", "|---|---:|---:|",
+                  f"| Gaussian NLL | {_num(b['nll'])} | {_num(a['nll'])} |",
+                  f"| coverage of the 90% interval | {_pct(b['coverage_90'])} | {_pct(a['coverage_90'])} |",
+                  f"| coverage of the 95% interval | {_pct(b['coverage_95'])} | {_pct(a['coverage_95'])} |",
+                  f"| mean width of the 95% interval | {_num(b['width_95'])} | {_num(a['width_95'])} |",
+                  "", f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}. The model's `std` output is the "
+                      "calibrated one (a Mul in the graph)."]
     s = report.get("selective")
     if s:
         c, test = s["chosen"], s["test"]
-        target = (f"target accuracy {c['target']['target_accuracy']:.2%}" if c["target"]["target_accuracy"] is not None
-                  else f"target coverage {c['target']['target_coverage']:.2%}")
+        t = c["target"]
+        target = (f"target accuracy {t['target_accuracy']:.2%}" if t.get("target_accuracy") is not None
+                  else f"target RMSE {t['target_rmse']:.6g}" if t.get("target_rmse") is not None
+                  else f"target coverage {t['target_coverage']:.2%}")
+        quality = ((lambda r: f"RMSE of kept {_num(r.get('rmse'))}") if c.get("rmse") is not None
+                   else (lambda r: f"accuracy of kept {_pct(r['accuracy'])}"))
         lines += ["", f"## Selective prediction ({target})", "",
                   f"Abstain when {c['measure']} > {c['threshold']:.6g} (the `abstain` output). Validation: coverage "
-                  f"{_pct(c['coverage'])}, accuracy of kept {_pct(c['accuracy'])}. **Test: coverage {_pct(test['coverage'])} "
-                  f"({test['kept']} of {test['count']}), accuracy of kept {_pct(test['accuracy'])}.**"]
+                  f"{_pct(c['coverage'])}, {quality(c)}. **Test: coverage {_pct(test['coverage'])} "
+                  f"({test['kept']} of {test['count']}), {quality(test)}.**"]
     ood = report.get("ood")
     if ood:
         lines += ["", "## Out-of-distribution detection (test split vs the OOD data)", "",

@@ -8,10 +8,13 @@ are copied into one graph, every name prefixed ``member{k}/`` except the
 shared ``input``, their ``probabilities`` stacked to [K, N, C] and reduced to
 the MC model's outputs (same names, dtypes, shapes and formulas: population
 std, natural-log entropies, mutual information clipped at 0, argmax of the
-mean). onnxruntime then runs the members in one call, and any client of the
+mean). A logits classifier's members are stacked by their ``probabilities``
+(the softmax each export computes in its graph); regression members (output
+``prediction`` [N, K]) give ``mean`` and ``std`` per target over the members
+and, optionally, ``member_predictions`` [K, N, K]. onnxruntime then runs the members in one call, and any client of the
 MC model reads an ensemble the same way.
 
-Members must share the input shape, the number of classes and the default-
+Members must share the task, the input shape, the number of classes (or targets) and the default-
 domain opset (13..18); a member at another opset is converted with
 ``onnx.version_converter`` to ``opset`` when one is given.
 """
@@ -29,10 +32,20 @@ import numpy as np
 from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.contract import ENSEMBLE_KEY as METADATA_KEY
-from deploykit.contract import INPUT_NAME, KIND_ENSEMBLE, MEMBERS_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
+from deploykit.contract import (
+    INPUT_NAME,
+    KIND_ENSEMBLE,
+    MEMBER_PREDICTIONS_OUTPUT,
+    MEMBERS_OUTPUT,
+    OUTPUT_NAME,
+    OUTPUT_NAMES,
+    PREDICTION_NAME,
+    TASK_KEY,
+)
 from deploykit.export.artifact import file_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
 from deploykit.records import Record
+from deploykit.task import OutputKind, Task
 from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, set_props
 from deploykit.uncertainty.mc_graph import reduce_samples
 
@@ -47,9 +60,10 @@ class EnsembleRecord(Record):
     members: list[str]
     opset: int
     input_shape: list[int]
-    num_classes: int
+    num_classes: int  # a regression ensemble: its number of targets
     size_bytes: int
     member_bytes: list[int]
+    task: Task = Task.CLASSIFICATION
 
 
 def build_ensemble(members: Sequence, opset: int | None = None, include_members: bool = False):
@@ -61,21 +75,22 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     protos = [_load(m) for m in members]
     target = opset or max(default_opset(p) for p in protos)
     protos = [_at_opset(p, target, k) for k, p in enumerate(protos)]
-    shape, classes = _check_alike(protos)
+    shape, classes, task = _check_alike(protos)
     graph = onnx.helper.make_graph([], "deep_ensemble", [_input_info(protos[0])], [])
     merged = onnx.helper.make_model(graph, opset_imports=_union_opsets(protos),
                                     producer_name="deploykit", ir_version=max(p.ir_version for p in protos))
     outputs = []
     for k, proto in enumerate(protos):
-        outputs.append(_add_member(merged.graph, proto, MEMBER_PREFIX.format(k=k)))
+        outputs.append(_add_member(merged.graph, proto, MEMBER_PREFIX.format(k=k), _member_output(proto)))
     ed = GraphEditor(merged, "ensemble")
     stacked = ed.op("Concat", [ed.op("Unsqueeze", [o, ed.const([0], np.int64)]) for o in outputs], axis=0)  # [K, N, C]
-    values = reduce_samples(ed, stacked)
+    values = reduce_samples(ed, stacked, task)
     if include_members:
-        values[MEMBERS_OUTPUT] = stacked
+        values[MEMBERS_OUTPUT if task is Task.CLASSIFICATION else MEMBER_PREDICTIONS_OUTPUT] = stacked
     _declare_outputs(ed, values, classes)
     merged.graph.doc_string = (f"Deep ensemble of {len(protos)} members on one input; outputs as deploykit's MC Dropout "
-                               "model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class).")
+                               + ("model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class)."
+                                  if task is Task.CLASSIFICATION else "regression model (mean/std [N, K] per target)."))
     onnx.checker.check_model(merged, full_check=True)
     return merged
 
@@ -91,18 +106,23 @@ def export_ensemble_onnx(members: Sequence[str | os.PathLike], path: str | os.Pa
 
     proto = build_ensemble(members, opset, include_members)
     first = read_metadata(_load(members[0]))
+    task = Task.CLASSIFICATION if "predictive_entropy" in {o.name for o in proto.graph.output} else Task.REGRESSION
     names = list(class_names) if class_names is not None else first.class_names
+    if task is Task.REGRESSION and names:
+        raise UsageError(f"{len(names)} class names given, but the members are regressors")
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
     classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     meta = replace(first, kind=KIND_ENSEMBLE, class_names=names, input_shape=shape,
                    steps=[*first.steps, f"ensemble({len(members)})"], default_samples=None, max_samples=None)
     write_metadata(proto, meta)
-    set_props(proto, {METADATA_KEY: json.dumps({"members": [Path(m).name for m in members]})})
+    kind = OutputKind.PROBABILITIES if task is Task.CLASSIFICATION else OutputKind.VALUES  # what `mean` averages
+    set_props(proto, {METADATA_KEY: json.dumps({"members": [Path(m).name for m in members]}),
+                      TASK_KEY: json.dumps({"task": task.value, "output": kind.value})})
     path = Path(path)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     return EnsembleRecord(path, [str(m) for m in members], default_opset(proto), shape, int(classes),
-                          path.stat().st_size, [Path(m).stat().st_size for m in members])
+                          path.stat().st_size, [Path(m).stat().st_size for m in members], task)
 
 
 def _load(member):
@@ -135,18 +155,30 @@ def _dims(value_info) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
 
 
-def _check_alike(protos) -> tuple[list, int]:
-    shapes, classes = set(), set()
+def _member_output(proto) -> str:
+    """The output a member contributes: ``probabilities`` (a classifier, logits ones too), else ``prediction``."""
+    names = [o.name for o in proto.graph.output]
+    return OUTPUT_NAME if OUTPUT_NAME in names else PREDICTION_NAME
+
+
+def _check_alike(protos) -> tuple[list, int, Task]:
+    shapes, widths, tasks = set(), set(), set()
     for k, p in enumerate(protos):
         names_in, names_out = [i.name for i in p.graph.input], [o.name for o in p.graph.output]
-        if INPUT_NAME not in names_in or OUTPUT_NAME not in names_out:
+        output = _member_output(p)
+        if INPUT_NAME not in names_in or output not in names_out:
             raise ModelLoadError(f"ensemble member {k}: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
-                                 f"(deploykit export), has inputs {names_in} and outputs {names_out}")
+                                 f"(a classifier) or {PREDICTION_NAME!r} (a regressor) as deploykit exports them, "
+                                 f"has inputs {names_in} and outputs {names_out}")
+        tasks.add(Task.CLASSIFICATION if output == OUTPUT_NAME else Task.REGRESSION)
         shapes.add(tuple(_dims(next(i for i in p.graph.input if i.name == INPUT_NAME))[1:]))
-        classes.add(_dims(next(o for o in p.graph.output if o.name == OUTPUT_NAME))[-1])
-    if len(shapes) != 1 or len(classes) != 1:
-        raise ModelLoadError(f"ensemble members differ: input shapes {sorted(shapes)}, classes {sorted(classes, key=str)}")
-    return list(shapes.pop()), int(classes.pop())
+        widths.add(_dims(next(o for o in p.graph.output if o.name == output))[-1])
+    if len(tasks) != 1:
+        raise ModelLoadError("ensemble members differ: some are classifiers, some regressors")
+    if len(shapes) != 1 or len(widths) != 1:
+        raise ModelLoadError(f"ensemble members differ: input shapes {sorted(shapes)}, "
+                             f"{'classes' if tasks == {Task.CLASSIFICATION} else 'targets'} {sorted(widths, key=str)}")
+    return list(shapes.pop()), int(widths.pop()), tasks.pop()
 
 
 def _input_info(proto):
@@ -176,8 +208,8 @@ def member_outputs(proto) -> list[str]:
     return names
 
 
-def _add_member(graph, proto, prefix: str) -> str:
-    """Copy a member into ``graph`` under ``prefix`` (its input rewired to the shared one); its output's name."""
+def _add_member(graph, proto, prefix: str, output: str) -> str:
+    """Copy a member into ``graph`` under ``prefix`` (its input rewired to the shared one); ``output``'s new name."""
     from onnx import compose
 
     member = compose.add_prefix(proto, prefix)
@@ -190,7 +222,7 @@ def _add_member(graph, proto, prefix: str) -> str:
     graph.initializer.extend(inner.initializer)
     graph.sparse_initializer.extend(inner.sparse_initializer)
     graph.value_info.extend(v for v in inner.value_info if v.name != prefix + INPUT_NAME)
-    return prefix + OUTPUT_NAME
+    return prefix + output
 
 
 def _declare_outputs(ed: GraphEditor, values: dict[str, str], classes: int) -> None:
@@ -198,7 +230,8 @@ def _declare_outputs(ed: GraphEditor, values: dict[str, str], classes: int) -> N
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     contract = [(f32, ["N", classes]), (f32, ["N", classes]), (f32, ["N"]), (f32, ["N"]), (i64, ["N"])]
-    types = {**dict(zip(OUTPUT_NAMES, contract)), MEMBERS_OUTPUT: (f32, ["K", "N", classes])}
+    types = {**dict(zip(OUTPUT_NAMES, contract)), MEMBERS_OUTPUT: (f32, ["K", "N", classes]),
+             MEMBER_PREDICTIONS_OUTPUT: (f32, ["K", "N", classes])}
     for name, tensor in values.items():
         ed.op("Identity", [tensor], output=name)
         ed.graph.output.append(helper.make_tensor_value_info(name, *types[name]))

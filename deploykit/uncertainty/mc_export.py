@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -13,7 +14,10 @@ from deploykit.errors import UsageError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.export.metadata import KIND_MC_DROPOUT, ModelMetadata, write_metadata
 from deploykit.export.onnx_quant import quantize_int8_dynamic
+from deploykit.contract import TASK_KEY
 from deploykit.records import Record
+from deploykit.task import OutputKind, Task
+from deploykit.uncertainty.graph_ops import set_props
 from deploykit.uncertainty.mc_graph import (
     DEFAULT_MAX_SAMPLES,
     DEFAULT_SAMPLES,
@@ -22,6 +26,7 @@ from deploykit.uncertainty.mc_graph import (
     check_has_dropout,
     dropout_layers,
     first_dropout_index,
+    mc_task,
 )
 
 QUANTIZATIONS = (None, "int8-dynamic")
@@ -34,13 +39,21 @@ class MCExportRecord(Record):
     path: Path
     config: MCConfig
     input_shape: list[int]
-    num_classes: int
+    num_classes: int  # 0 for a regressor
     dropout_layers: list[str]  # "name (Class, rate)"
     layers_run_once: int  # layers with no dropout upstream: evaluated once, not T times
     quantization: str
     size_bytes: int
     opset: int = DEFAULT_OPSET
     metadata: ModelMetadata = field(default_factory=ModelMetadata)
+    task: Task = Task.CLASSIFICATION
+    output_kind: OutputKind = OutputKind.PROBABILITIES  # what the model's last layer gives (logits: softmax per sample)
+    num_targets: int = 0  # a regressor's outputs (mean / std columns); 0 for a classifier
+
+
+def task_metadata(task: Task, kind: OutputKind) -> str:
+    """The ``deploykit.task`` metadata value: what the model predicts and what its last layer outputs."""
+    return json.dumps({"task": task.value, "output": kind.value})
 
 
 def export_mc_onnx(
@@ -78,8 +91,12 @@ def export_mc_onnx(
         raise UsageError(f"quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, got {quantization!r}")
     graph = graph_from_model(model)
     check_has_dropout(graph)
+    task, kind = mc_task(graph, config.task)
     proto = build_mc_graph(graph, config, opset=opset)
-    num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    width = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    num_classes = width if task is Task.CLASSIFICATION else 0
+    if task is Task.REGRESSION and class_names:
+        raise UsageError(f"{len(class_names)} class names given, but the model is a regressor ({width} targets)")
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise UsageError(f"{len(names)} class names given, but the model has {num_classes} classes")
@@ -96,12 +113,13 @@ def export_mc_onnx(
         proto = quantize_int8_dynamic(proto)  # MatMul weights to int8; the Dropout nodes stay
     with atomic_path(path) as tmp:
         write_metadata(proto, meta)
+        set_props(proto, {TASK_KEY: task_metadata(task, kind)})
         onnx.save(proto, str(tmp))
     drops = dropout_layers(graph)
     return MCExportRecord(
         path=path, config=config, input_shape=list(graph.input_shape), num_classes=num_classes,
         dropout_layers=[f"{s.name} ({s.class_name}, {float(s.config.get('rate', 0.0)):g})" for s in drops],
         layers_run_once=first_dropout_index(graph), quantization=quantization or "float32", size_bytes=path.stat().st_size,
-        opset=opset, metadata=meta,
+        opset=opset, metadata=meta, task=task, output_kind=kind, num_targets=width - num_classes,
     )
 

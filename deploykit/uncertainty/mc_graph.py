@@ -4,7 +4,15 @@ One onnxruntime call draws T dropout samples and reduces them. The layers
 with no dropout upstream run once on the batch; every edge from them into the
 sampled region (every dropout and everything downstream of one, residual
 skips included) is tiled T times ([T*N, ...], one batched pass, no loop); the
-probabilities are reshaped to [T, N, C] and reduced.
+outputs are reshaped to [T, N, C] and reduced.
+
+The head (what follows the model's last layer) depends on what the model
+predicts (:mod:`deploykit.task`): a softmax's probabilities are reduced as they
+are; a logits classifier gets a ``Softmax`` per sample first (so a temperature
+divides the logits of each sample, and every output describes probabilities);
+a regressor's predictions [T, N, K] give ``mean`` and ``std`` per target
+(population std over the samples) and, with ``include_samples``,
+``sample_predictions``.
 
 Randomness comes only from ONNX ``Dropout`` nodes in training mode (ratio and
 ``training_mode`` are constant inputs). By default (``MCConfig.mask`` =
@@ -39,15 +47,16 @@ import numpy as np
 
 from deploykit.chain import Chain, graph_of
 from deploykit.configs import Config, boolean, choice, integer
-from deploykit.contract import OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.contract import OUTPUT_NAMES, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
+from deploykit.task import OutputKind, Task, output_kind, resolve_task
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit
 
-__all__ = ["MCConfig", "build_mc_graph", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
+__all__ = ["MCConfig", "build_mc_graph", "mc_task", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
 
 DEFAULT_SAMPLES = 30
 DEFAULT_MAX_SAMPLES = 1000
@@ -62,7 +71,8 @@ class MCConfig(Config):
     samples: int = DEFAULT_SAMPLES  # default T when a call does not feed `samples`
     max_samples: int = DEFAULT_MAX_SAMPLES  # the graph clamps `samples` to [1, max_samples]
     seed: int | None = None  # None: fresh draws; an int: every new session repeats the same sequence
-    include_samples: bool = False  # also output the raw [T, N, C] probabilities
+    include_samples: bool = False  # also output the raw [T, N, C] probabilities (regression: predictions)
+    task: Task | None = None  # None: read off the model (a softmax is a classifier; else by the output width)
     mask: MaskKind = MaskKind.POOL  # how each dropout mask is drawn (deploykit.uncertainty.masks)
     pool: int = DEFAULT_POOL  # MaskKind.POOL: distinct masks per dropout layer (a power of two)
 
@@ -73,6 +83,8 @@ class MCConfig(Config):
             raise ConfigError(f"samples must be at most max_samples ({self.max_samples}), got {self.samples}")
         integer("seed", self.seed, 0, optional=True)
         boolean("include_samples", self.include_samples)
+        if self.task is not None:
+            object.__setattr__(self, "task", choice(Task, "task", self.task))
         object.__setattr__(self, "mask", choice(MaskKind, "mask", self.mask))
         integer("pool", self.pool, 16, 2**20)
         if self.pool & (self.pool - 1):
@@ -103,6 +115,22 @@ def first_dropout_index(model_graph) -> int:
     graph = _as_graph(model_graph)
     sampled = sampled_nodes(graph)
     return len(graph.nodes) - len(sampled) if sampled else 0
+
+
+def mc_task(model_graph, task: Task | None = None, shape: tuple | None = None) -> tuple[Task, OutputKind]:
+    """What the MC graph's head reduces: the task and output kind of the model's one [N, C or K] output.
+
+    Read off the graph (:func:`deploykit.task.output_kind`), with ``task`` (the user's) deciding between
+    logits and regression values; a model whose output is not one vector per row is refused. ``shape``:
+    the output's per-sample shape when the graph does not record it (a chain view).
+    """
+    graph = _as_graph(model_graph)
+    node = graph.node(graph.outputs[0]) if graph.nodes else None
+    shape = shape if shape is not None else node.shape if node is not None else None
+    if node is None or shape is None or len(shape) != 1:
+        raise UnsupportedLayerError(node.spec.name if node else graph.name, node.spec.class_name if node else "model",
+                                    "MC Dropout needs a model whose output is one vector per row ([N, C] or [N, K])")
+    return resolve_task(output_kind(graph), int(shape[0]), task=task)
 
 
 def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: bool = True, opset: int = DEFAULT_OPSET):
@@ -141,28 +169,32 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
         values[node.name] = emit(g, node, xs, [values[i][1] for i in node.inputs])
     out = graph.outputs[0]
     x, shape = values[out]
+    task, kind = mc_task(graph, config.task, shape)
+    if kind is OutputKind.PROBABILITIES and g.nodes[-1].op_type != "Softmax":
+        raise UnsupportedLayerError(graph.nodes[-1].spec.name, graph.nodes[-1].spec.class_name,
+                                    "MC Dropout needs the softmax as the model's last operation")
     if out not in sampled:
         x = tile(out)
-    if not graph.nodes or g.nodes[-1].op_type != "Softmax" or len(shape) != 1:
-        last = graph.nodes[-1].spec if graph.nodes else None
-        raise UnsupportedLayerError(last.name if last else graph.name, last.class_name if last else "model",
-                                    "MC Dropout needs a model that ends with a softmax over classes (output [N, C])")
-    num_classes = shape[0]
-    probs = g.op("Reshape", [x, g.op("Concat", [samples, g.const([-1, num_classes], np.int64)], axis=0)])  # [T, N, C]
-    outputs = reduce_samples(g, probs)
+    if kind is OutputKind.LOGITS:
+        x = g.op("Softmax", [x], axis=-1)  # per sample: the one Softmax a per-sample temperature divides before
+    width = shape[0]
+    stacked = g.op("Reshape", [x, g.op("Concat", [samples, g.const([-1, width], np.int64)], axis=0)])  # [T, N, C or K]
+    outputs = reduce_samples(g, stacked, task)
     if config.include_samples:
-        outputs[SAMPLES_OUTPUT] = g.op("Identity", [probs])
+        outputs[SAMPLES_OUTPUT if task is Task.CLASSIFICATION else SAMPLE_PREDICTIONS_OUTPUT] = g.op("Identity", [stacked])
     for name, value in outputs.items():
         g.nodes.append(helper.make_node("Identity", [value], [name], name=f"output_{name}"))
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info(INPUT_NAME, f32, ["N", *input_shape]), _samples_input(g, config)]
-    out_types = {"mean": (f32, ["N", num_classes]), "std": (f32, ["N", num_classes]),
+    out_types = {"mean": (f32, ["N", width]), "std": (f32, ["N", width]),
                  "predictive_entropy": (f32, ["N"]), "mutual_information": (f32, ["N"]),
-                 "predicted_class": (i64, ["N"]), SAMPLES_OUTPUT: (f32, ["T", "N", num_classes])}
+                 "predicted_class": (i64, ["N"]), SAMPLES_OUTPUT: (f32, ["T", "N", width]),
+                 SAMPLE_PREDICTIONS_OUTPUT: (f32, ["T", "N", width])}
     outs = [helper.make_tensor_value_info(name, *out_types[name]) for name in outputs]
+    doc = _DOC if task is Task.CLASSIFICATION else _REGRESSION_DOC
     graph_proto = helper.make_graph(g.nodes, f"{graph.name}_mc_dropout", inputs, outs, initializer=g.inits,
-                                    doc_string=_DOC.format(default=config.samples, limit=config.max_samples))
+                                    doc_string=doc.format(default=config.samples, limit=config.max_samples))
     opsets = [helper.make_opsetid("", opset)]
     return helper.make_model(graph_proto, opset_imports=opsets, producer_name="deploykit",
                              ir_version=helper.find_min_ir_version_for(opsets))
@@ -207,15 +239,25 @@ _DOC = ("MC Dropout: inputs `input` float32 [N, ...] and optional `samples` int6
         "and mutual_information [N] (natural log), predicted_class int64 [N] (argmax of mean).")
 
 
-def reduce_samples(g, probs: str) -> dict[str, str]:
-    """The MC output contract from stacked [T, N, C] probabilities: mean, std, entropy, mutual information, class.
+_REGRESSION_DOC = ("MC Dropout regression: inputs `input` float32 [N, ...] and optional `samples` int64 scalar "
+                   "(default {default}, clamped to [1, {limit}]); outputs mean and std [N, K] per target over the "
+                   "samples (std: population), in the targets' units.")
 
-    ``g`` is any graph builder with ``op``, ``const`` and an opset-aware ``reduce(op_type, x, axes)``: the MC
-    graph's own (samples) and the ensemble editor's (members) share these formulas.
+
+def reduce_samples(g, stacked: str, task: Task = Task.CLASSIFICATION) -> dict[str, str]:
+    """The MC output contract from stacked samples (or members) [T, N, C or K].
+
+    Classification (probabilities): mean, std, predictive entropy, mutual information, predicted class.
+    Regression (predictions): mean and std per target. ``g`` is any graph builder with ``op``, ``const``
+    and an opset-aware ``reduce(op_type, x, axes)``: the MC graph's own (samples) and the ensemble
+    editor's (members) share these formulas.
     """
-    mean = g.reduce("ReduceMean", probs, [0])
-    diff = g.op("Sub", [probs, mean])
+    mean = g.reduce("ReduceMean", stacked, [0])
+    diff = g.op("Sub", [stacked, mean])
     std = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [diff, diff]), [0])])
+    if task is Task.REGRESSION:
+        return {"mean": mean, "std": std}
+    probs = stacked
     tiny = g.const(_TINY)
     minus_one = g.const(-1.0)
 

@@ -1,5 +1,8 @@
 """``UncertaintyPredictor``: run an MC Dropout (or deep-ensemble) ONNX model with onnxruntime.
 
+A classifier's model (softmax or logits) gives probabilities and the entropy measures; a
+regressor's gives ``mean`` and ``std`` per target (the classifier-only fields are None).
+
 One onnxruntime session per predictor; ``InferenceSession.run`` is
 thread-safe and the predictor keeps no per-call state, so one predictor may
 serve concurrent ``predict`` calls from several threads.
@@ -16,23 +19,27 @@ import numpy as np
 
 from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
-from deploykit.contract import ENSEMBLE_KEY, KIND_ENSEMBLE, MEMBERS_OUTPUT
 from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
 from deploykit.configs import is_int
+from deploykit.contract import (ENSEMBLE_KEY, KIND_ENSEMBLE, MEMBER_PREDICTIONS_OUTPUT, MEMBERS_OUTPUT,
+                                REGRESSION_OUTPUT_NAMES, SAMPLE_FIRST_OUTPUTS, SAMPLE_PREDICTIONS_OUTPUT)
+from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
 
 
 @dataclass(frozen=True)
 class UncertaintyResult:
-    """Per-instance MC Dropout outputs (N instances, C classes, T samples; for an ensemble, T = its K members)."""
+    """Per-instance MC Dropout outputs (N instances, C classes or K regression targets, T samples)."""
 
-    mean: np.ndarray  # [N, C] mean probabilities
-    std: np.ndarray  # [N, C] standard deviation over the samples
-    predictive_entropy: np.ndarray  # [N] entropy of the mean (nats)
-    mutual_information: np.ndarray  # [N] predictive entropy minus the mean entropy of the samples
-    predicted_class: np.ndarray  # [N] int64, argmax of the mean
-    samples: int  # T (an ensemble: its K members)
-    sample_probabilities: np.ndarray | None = None  # [T, N, C] (an ensemble: [K, N, C]) when the model outputs them
+    mean: np.ndarray  # [N, C] mean probabilities (regression: [N, K] mean predictions)
+    std: np.ndarray  # [N, C or K] standard deviation over the samples
+    predictive_entropy: np.ndarray | None  # [N] entropy of the mean (nats); None for a regressor
+    mutual_information: np.ndarray | None  # [N] predictive entropy minus the mean entropy of the samples; None too
+    predicted_class: np.ndarray | None  # [N] int64, argmax of the mean; None too
+    samples: int  # T (a deep ensemble: its K members)
+    sample_probabilities: np.ndarray | None = None  # [T, N, C] when the model outputs them (an ensemble: its members')
+    sample_predictions: np.ndarray | None = None  # regression: [T, N, K] when the model outputs them (or members')
+    task: Task = Task.CLASSIFICATION
 
     @property
     def entropy(self) -> np.ndarray:
@@ -42,8 +49,8 @@ class UncertaintyResult:
 
 class UncertaintyPredictor:
     """Loads an MC Dropout ONNX model (from ``export_mc_onnx``) or a deep ensemble (from ``export_ensemble_onnx``)
-    and predicts with uncertainty. An ensemble has no ``samples`` input: its K members are fixed, and
-    ``predict(samples=...)`` is refused.
+    and predicts with uncertainty. An ensemble has no ``samples`` input: its K members are fixed (``samples``
+    in the result), and ``predict(samples=...)`` is refused.
 
     ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's
     default); ``session_options`` (an ``onnxruntime.SessionOptions``) and
@@ -61,21 +68,20 @@ class UncertaintyPredictor:
         self.path = path
         self.metadata = read_metadata(self.session)
         outputs = {o.name for o in self.session.get_outputs()}
-        if self.metadata.kind not in (KIND_MC_DROPOUT, KIND_ENSEMBLE) or not set(OUTPUT_NAMES) <= outputs:
+        self.task = Task.CLASSIFICATION if "predictive_entropy" in outputs else Task.REGRESSION
+        contract = OUTPUT_NAMES if self.task is Task.CLASSIFICATION else REGRESSION_OUTPUT_NAMES
+        if self.metadata.kind not in (KIND_MC_DROPOUT, KIND_ENSEMBLE) or not set(contract) <= outputs:
             raise ModelLoadError(f"MC model {path}: not an MC Dropout model or deep ensemble (kind "
                                  f"{self.metadata.kind!r}); export one with deploykit mc or deploykit ensemble")
         self.is_ensemble = self.metadata.kind == KIND_ENSEMBLE
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
         if self.is_ensemble:
             self.default_samples = self.max_samples = self._members()
-            stacked = MEMBERS_OUTPUT
         else:
             self.default_samples = int(self.metadata.default_samples or 0)
             self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
-            stacked = SAMPLES_OUTPUT
         self.class_names = tuple(self.metadata.class_names)
-        self._stacked = stacked if stacked in outputs else None
-        self._outputs = [*OUTPUT_NAMES, *([stacked] if self._stacked else [])]
+        self._outputs = [*contract, *(n for n in SAMPLE_FIRST_OUTPUTS if n in outputs)]
 
     def _members(self) -> int:
         """K, from the ensemble's ``deploykit.ensemble`` metadata (0 when it is missing)."""
@@ -101,13 +107,15 @@ class UncertaintyPredictor:
         step = batch_size or len(x)
         parts = [self.session.run(self._outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
         values = dict(zip(self._outputs, parts[0])) if len(parts) == 1 else {  # one call: no copies
-            name: np.concatenate([p[k] for p in parts], axis=1 if name == self._stacked else 0)
+            name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
             for k, name in enumerate(self._outputs)}
         return UncertaintyResult(
-            mean=values["mean"], std=values["std"], predictive_entropy=values["predictive_entropy"],
-            mutual_information=values["mutual_information"], predicted_class=values["predicted_class"],
+            mean=values["mean"], std=values["std"], predictive_entropy=values.get("predictive_entropy"),
+            mutual_information=values.get("mutual_information"), predicted_class=values.get("predicted_class"),
             samples=int(samples if samples is not None else self.default_samples),
-            sample_probabilities=values.get(self._stacked) if self._stacked else None,
+            sample_probabilities=values.get(SAMPLES_OUTPUT, values.get(MEMBERS_OUTPUT)),
+            sample_predictions=values.get(SAMPLE_PREDICTIONS_OUTPUT, values.get(MEMBER_PREDICTIONS_OUTPUT)),
+            task=self.task,
         )
 
     def _check_samples(self, samples) -> int:

@@ -17,6 +17,13 @@ outputs, so onnxruntime and Triton clients get it without deploykit code.
 The default measure is the predictive entropy: it works for every model and
 uses the whole distribution; ``MUTUAL_INFORMATION`` needs an MC or ensemble
 model (see :mod:`deploykit.uncertainty.measures`).
+
+Regression (an MC or ensemble regressor, outputs ``mean`` and ``std``): the
+measure is ``INTERVAL_WIDTH``, the width of the central 95% interval
+2 z std averaged over the targets, and the target is a coverage or
+``target_rmse``: the RMSE of the kept rows' means (over every target value of
+the kept rows, in the targets' units) must not exceed it. The risk of the
+risk-coverage curve is then that RMSE.
 """
 
 from __future__ import annotations
@@ -37,24 +44,30 @@ from deploykit.contract import SELECTIVE_KEY as METADATA_KEY
 from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.uncertainty.measures import Measure
+from deploykit.uncertainty.regression import Z_95, check_targets
 
 ABSTAIN_ALL = -1.0  # every measure is >= 0: this threshold abstains on every row
 
 
 @dataclass(frozen=True)
 class SelectiveTarget(Config):
-    """What the threshold must reach on the validation split: exactly one of the two, validated on construction."""
+    """What the threshold must reach on the validation split: exactly one of the three, validated on construction.
+
+    ``target_rmse`` (regression only, targets' units): the kept rows' RMSE must not exceed it.
+    """
 
     target_accuracy: float | None = 0.99
     target_coverage: float | None = None
+    target_rmse: float | None = None
 
     def __post_init__(self) -> None:
-        given = [v for v in (self.target_accuracy, self.target_coverage) if v is not None]
+        given = [n for n in ("target_accuracy", "target_coverage", "target_rmse") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ConfigError("give exactly one of target_accuracy and target_coverage")
-        value = given[0]
-        name = "target_accuracy" if self.target_accuracy is not None else "target_coverage"
-        number(name, value, 0.0, 1.0, open_low=True)
+            raise ConfigError("give exactly one of target_accuracy, target_coverage and target_rmse")
+        if given[0] == "target_rmse":
+            number("target_rmse", self.target_rmse, 0.0, open_low=True)
+        else:
+            number(given[0], getattr(self, given[0]), 0.0, 1.0, open_low=True)
 
 
 @dataclass
@@ -65,14 +78,18 @@ class SelectiveThreshold(Record):
     threshold: float
     target: SelectiveTarget
     coverage: float  # on the validation split
-    accuracy: float  # of the kept validation rows (NaN when none kept)
+    accuracy: float  # of the kept validation rows (NaN when none kept; NaN for a regressor)
     count: int
+    rmse: float | None = None  # regression: of the kept validation rows (NaN when none kept)
 
     def metadata_value(self) -> str:
+        regression = {} if self.rmse is None else {"target_rmse": self.target.target_rmse,
+                                                   "validation_rmse": _finite(self.rmse)}
+        accuracy = {} if self.rmse is not None else {"target_accuracy": self.target.target_accuracy,
+                                                     "validation_accuracy": _finite(self.accuracy)}
         return json.dumps({"measure": self.measure.value, "threshold": self.threshold, "rule": RULE,
-                           "target_accuracy": self.target.target_accuracy, "target_coverage": self.target.target_coverage,
-                           "validation_coverage": self.coverage, "validation_accuracy": _finite(self.accuracy),
-                           "count": self.count})
+                           "target_coverage": self.target.target_coverage, "validation_coverage": self.coverage,
+                           **accuracy, **regression, "count": self.count})
 
 
 @dataclass
@@ -80,36 +97,59 @@ class SelectiveResult(Record):
     """A threshold applied to a labelled split."""
 
     coverage: float
-    accuracy: float  # of the kept rows (NaN when none kept)
+    accuracy: float  # of the kept rows (NaN when none kept; NaN for a regressor)
     kept: int
     count: int
+    rmse: float | None = None  # regression: of the kept rows (NaN when none kept)
 
 
 def choose_threshold(y_val, predicted, uncertainty, measure: Measure,
                      target: SelectiveTarget = SelectiveTarget()) -> SelectiveThreshold:
     """The threshold on ``uncertainty`` [N] that meets ``target`` on the validation split with the most rows kept."""
+    if target.target_rmse is not None:
+        raise UsageError("target_rmse is a regression target; a classifier takes target_accuracy or target_coverage")
     y, pred, u = _check(y_val, predicted, uncertainty)
     order = np.argsort(u, kind="stable")
-    su, correct = u[order], (pred[order] == y[order])
-    n = len(u)
+    correct = pred[order] == y[order]
+    good = np.cumsum(correct) / np.arange(1, len(u) + 1) >= (target.target_accuracy or 0) - 1e-12
+    threshold = _cut(u[order], good, target)
+    kept = u <= threshold
+    acc = float((pred[kept] == y[kept]).mean()) if kept.any() else math.nan
+    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), acc, len(u))
+
+
+def choose_regression_threshold(y_val, mean, uncertainty, target: SelectiveTarget,
+                                measure: Measure = Measure.INTERVAL_WIDTH) -> SelectiveThreshold:
+    """The threshold on a regressor's ``uncertainty`` [N] (the interval width) meeting ``target`` on the
+    validation split (``target_rmse`` or ``target_coverage``) with the most rows kept."""
+    if target.target_accuracy is not None:
+        raise UsageError("target_accuracy is a classification target; a regressor takes target_rmse or target_coverage")
+    squared, u = _regression_check(y_val, mean, uncertainty)
+    order = np.argsort(u, kind="stable")
+    good = np.sqrt(np.cumsum(squared[order]) / np.arange(1, len(u) + 1)) <= (target.target_rmse or math.inf) + 1e-12
+    threshold = _cut(u[order], good, target)
+    kept = u <= threshold
+    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), math.nan, len(u), _rmse(squared, kept))
+
+
+def _cut(su: np.ndarray, good: np.ndarray, target: SelectiveTarget) -> float:
+    """The float32 threshold keeping the most sorted rows ``su`` whose prefix is ``good`` (the quality target),
+    or the fewest reaching the coverage target. Cuts fall between distinct values (the midpoint)."""
+    n = len(su)
     k = np.arange(1, n + 1)
     cut_ok = np.r_[su[:-1] < su[1:], True]  # a cut after row k-1 separates distinct values
-    if target.target_accuracy is not None:
-        ok = cut_ok & (np.cumsum(correct) / k >= target.target_accuracy - 1e-12)
-        keep = int(k[ok].max()) if ok.any() else 0
+    if target.target_coverage is not None:
+        keep = int(k[cut_ok & (k >= math.ceil(target.target_coverage * n - 1e-9))].min())
     else:
-        ok = cut_ok & (k >= math.ceil(target.target_coverage * n - 1e-9))
-        keep = int(k[ok].min())
+        ok = cut_ok & good
+        keep = int(k[ok].max()) if ok.any() else 0
     if keep == 0:
         threshold = ABSTAIN_ALL
     elif keep == n:
         threshold = float(su[-1]) + max(1e-6, abs(float(su[-1])) * 1e-6)
     else:
         threshold = float((su[keep - 1] + su[keep]) / 2)
-    threshold = float(np.float32(threshold))
-    kept = u <= threshold
-    acc = float((pred[kept] == y[kept]).mean()) if kept.any() else math.nan
-    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), acc, n)
+    return float(np.float32(threshold))
 
 
 def apply_threshold(y, predicted, uncertainty, threshold: float) -> SelectiveResult:
@@ -118,6 +158,20 @@ def apply_threshold(y, predicted, uncertainty, threshold: float) -> SelectiveRes
     kept = u <= threshold
     acc = float((pred[kept] == y[kept]).mean()) if kept.any() else math.nan
     return SelectiveResult(float(kept.mean()), acc, int(kept.sum()), len(u))
+
+
+def apply_regression_threshold(y, mean, uncertainty, threshold: float) -> SelectiveResult:
+    """Coverage and kept-row RMSE of "abstain when uncertainty > threshold" on a regression split."""
+    squared, u = _regression_check(y, mean, uncertainty)
+    kept = u <= threshold
+    return SelectiveResult(float(kept.mean()), math.nan, int(kept.sum()), len(u), _rmse(squared, kept))
+
+
+def regression_risk_coverage(y, mean, uncertainty) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage and risk (RMSE of the kept rows) when keeping the k least uncertain rows, k = 1..N."""
+    squared, u = _regression_check(y, mean, uncertainty)
+    k = np.arange(1, len(u) + 1)
+    return k / len(u), np.sqrt(np.cumsum(squared[np.argsort(u, kind="stable")]) / k)
 
 
 def risk_coverage(y, predicted, uncertainty) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +183,9 @@ def risk_coverage(y, predicted, uncertainty) -> tuple[np.ndarray, np.ndarray]:
 
 
 def risk_coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
-                       target_accuracy: float | None = None) -> Path:
-    """Risk-coverage curves (one per method) in one PNG, written atomically."""
+                       target_accuracy: float | None = None, target_rmse: float | None = None) -> Path:
+    """Risk-coverage curves (one per method) in one PNG, written atomically (``target_rmse``: a regressor's,
+    whose risk is the RMSE of the kept rows)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -143,8 +198,11 @@ def risk_coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: s
         ax.plot(coverage, risk, label=label)
     if target_accuracy is not None:
         ax.axhline(1 - target_accuracy, linestyle="--", color="gray", label=f"risk at {target_accuracy:.0%} accuracy")
-    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of rows kept)", ylabel="risk (error rate of kept rows)",
-           title="Risk-coverage")
+    if target_rmse is not None:
+        ax.axhline(target_rmse, linestyle="--", color="gray", label=f"target RMSE {target_rmse:.4g}")
+    regression = target_rmse is not None or any(np.max(risk) > 1 for _, risk in curves.values())
+    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of rows kept)",
+           ylabel="risk (RMSE of kept rows)" if regression else "risk (error rate of kept rows)", title="Risk-coverage")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -185,6 +243,12 @@ def read_selective(proto) -> dict | None:
 
 def _measure_tensor(ed: GraphEditor, measure: Measure, outputs: set[str], contract: tuple[str, ...]) -> str:
     mean, _, entropy, mutual, _ = contract
+    regression = "std" in outputs and entropy not in outputs
+    if (measure is Measure.INTERVAL_WIDTH) != regression:
+        raise UsageError("interval_width is the measure of a regression MC or ensemble model (outputs mean and std), "
+                         f"and the only one; this model takes {'interval_width' if regression else 'entropy, max_prob or mutual_information'}")
+    if regression:
+        return ed.op("Mul", [ed.reduce("ReduceMean", "std", [1]), ed.const(2 * Z_95)])
     if set(contract) <= outputs:
         probs = mean
         if measure is Measure.ENTROPY:
@@ -210,6 +274,21 @@ def _check(y, predicted, uncertainty) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if not np.isfinite(u).all():
         raise DataError("uncertainties must be finite")
     return y, pred, u
+
+
+def _regression_check(y, mean, uncertainty) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row squared errors (mean over the targets) and the uncertainties [N], or one DataError."""
+    y, m, _ = check_targets(y, mean)
+    u = np.asarray(uncertainty, np.float64)
+    if u.shape != (len(y),):
+        raise DataError(f"uncertainties must have shape [{len(y)}] (one per row), got {list(u.shape)}")
+    if not np.isfinite(u).all():
+        raise DataError("uncertainties must be finite")
+    return ((y - m) ** 2).mean(axis=1), u
+
+
+def _rmse(squared: np.ndarray, kept: np.ndarray) -> float:
+    return float(np.sqrt(squared[kept].mean())) if kept.any() else math.nan
 
 
 def _finite(value: float) -> float | None:

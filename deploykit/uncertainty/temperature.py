@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import DataError, UsageError
-from deploykit.contract import OUTPUT_NAME, OUTPUT_NAMES
+from deploykit.contract import OUTPUT_NAME, OUTPUT_NAMES, PREDICTION_NAME
 from deploykit.contract import TEMPERATURE_KEY as METADATA_KEY
 from deploykit.records import Record
 from deploykit.uncertainty.ensemble import member_outputs
@@ -208,7 +208,11 @@ def write_with_temperature(src: str | os.PathLike, dst: str | os.PathLike, fit: 
     from deploykit.atomic import atomic_path
 
     proto = onnx.load(str(src))
-    if set(OUTPUT_NAMES) <= {o.name for o in proto.graph.output}:
+    outputs = {o.name for o in proto.graph.output}
+    if "std" in outputs and "predictive_entropy" not in outputs or PREDICTION_NAME in outputs:
+        raise UsageError(f"{Path(src).name} is a regression model: a temperature rescales class probabilities; "
+                         "calibrate its std with deploykit.uncertainty.regression.fit_std_scale instead")
+    if set(OUTPUT_NAMES) <= outputs:
         apply_mc_temperature(proto, fit)
     else:
         apply_temperature(proto, fit)

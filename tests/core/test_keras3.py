@@ -161,8 +161,11 @@ def test_import_leaves_environment_random_state_and_tf_keras_alone(k3, tmp_path)
     assert np.isfinite(history.history["loss"]).all()
 
 
-def test_mismatching_outputs_are_refused_with_the_measured_difference(k3, tmp_path):
-    # "hard_sigmoid" exists in both, but Keras 3 means relu6(x + 3) / 6 and tf_keras clip(0.2 x + 0.5)
+def test_mismatching_outputs_are_refused_with_the_measured_difference(k3, tmp_path, monkeypatch):
+    # a rebuild that computes something else (here: hard_sigmoid rebuilt as hard_tanh) is caught by the output check
+    from deploykit import keras3_activations
+
+    monkeypatch.setitem(keras3_activations.EXPANSIONS, "hard_sigmoid", keras3_activations.EXPANSIONS["hard_tanh"])
     model = k3.Sequential([k3.Input((12,)), k3.layers.Dense(4, activation="hard_sigmoid")])
     path = _save(model, tmp_path / "hard.keras")
     with pytest.raises(ModelLoadError, match=r"differs from it by ([0-9.e+-]+)") as info:
@@ -290,3 +293,27 @@ def test_tf_keras_models_save_as_keras3_with_every_table_layer(tmp_path):
         back = load_model(out)  # and deploykit reads it back through the Keras 3 import
         x = np.random.default_rng(0).normal(size=(4, *model.input_shape[1:])).astype("float32")
         assert np.abs(back(x, training=False).numpy() - model(x, training=False).numpy()).max() <= 1e-5
+
+
+KERAS3_ONLY_ACTIVATIONS = ["hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "log_sigmoid", "tanh_shrink", "celu"]
+
+
+@pytest.mark.parametrize("activation", KERAS3_ONLY_ACTIVATIONS)
+def test_keras3_activations_tf_keras_lacks_are_rebuilt_exactly(k3, tmp_path, activation):
+    """Keras 3 activations tf_keras lacks (or computes otherwise: hard_sigmoid) import as built-in layers, exactly,
+    on inputs wide enough to reach every piece of them (|pre-activation| well past 3), as a layer's activation
+    and as an Activation layer, and come back as a Keras 3 file that computes the same."""
+    from deploykit.keras3 import save_keras3
+
+    source = k3.Sequential([k3.Input((6,)), k3.layers.Dense(8, activation=activation, name="hidden"),
+                            k3.layers.Dense(5), k3.layers.Activation(activation, name="act"),
+                            k3.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(1).normal(0, 6, size=(256, 6)).astype("float32")
+    hidden = k3.ops.convert_to_numpy(source.get_layer("hidden").kernel)
+    assert np.abs(x @ hidden).max() > 6  # the clip regions of the hard activations are reached
+    path = _save(source, tmp_path / f"{activation}.keras")
+    model = load_model(path)
+    assert _max_diff(k3, path, model, x) <= 1e-5
+    out = save_keras3(model, tmp_path / "back.keras")
+    expected = k3.ops.convert_to_numpy(source(x, training=False))
+    assert np.abs(k3.ops.convert_to_numpy(k3.saving.load_model(out)(x, training=False)) - expected).max() <= 1e-5

@@ -32,7 +32,8 @@ def test_lookups_for_layer_objects():
 def test_lookups_for_configs():
     assert layer_type({"class_name": "LeakyReLU", "config": {}}) == "LeakyReLU"
     assert support_for({"class_name": "Flatten", "config": {"name": "f"}}).role is Role.RESHAPE
-    assert PRUNABLE == {"Dense", "Conv1D", "Conv2D", "Convolution1D", "Convolution2D"}
+    assert PRUNABLE == {"Dense", "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "DepthwiseConv2D",
+                        "SeparableConv2D", "SeparableConvolution2D"}
 
 
 def test_per_op_entries_say_how_an_affine_is_absorbed_and_carried():

@@ -28,6 +28,23 @@ def test_mc_fields_validate_and_round_trip_through_toml():
         OptimizeConfig.from_toml_text("[input]\nood_data = 3\n")
 
 
+def test_a_regressors_target_rmse_validates_round_trips_and_comes_from_the_flag():
+    config = OptimizeConfig(mc=MCStep(target_rmse=40.0))
+    assert OptimizeConfig.from_toml_text(config.to_toml()) == config
+    assert config.mc.selective_target().target_rmse == 40.0 and MCStep().selective_target() is None
+    with pytest.raises(ConfigError, match="contradict"):
+        MCStep(target_rmse=40.0, target_coverage=0.5)
+    for bad in (0, -1.0, "40"):
+        with pytest.raises(ConfigError, match="mc.target_rmse"):
+            MCStep(target_rmse=bad)
+    from deploykit.cli.main import build_parser
+    from deploykit.cli.optimize import options_from_args
+
+    args = build_parser().parse_args(["optimize", "--target-rmse", "35"])
+    flagged = OptimizeConfig(mc=MCStep(target_accuracy=0.9)).with_options(**options_from_args(args))
+    assert flagged.mc.target_rmse == 35.0 and flagged.mc.target_accuracy is None
+
+
 def test_optimize_flags_set_the_mc_fields(tmp_path):
     from deploykit.cli.main import build_parser
     from deploykit.cli.optimize import options_from_args

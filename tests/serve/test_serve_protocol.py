@@ -61,13 +61,14 @@ def test_model_metadata(client, digits):
     assert det["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert tensors(det["outputs"]) == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
     assert det["platform"] == "onnxruntime_onnx" and det["versions"] == ["1"]
-    assert det["parameters"] == {"kind": "deterministic", "class_labels": [str(c) for c in digits.class_names]}
+    assert det["parameters"] == {"kind": "deterministic", "task": "classification",
+                                 "class_labels": [str(c) for c in digits.class_names]}
     mc = client.get_model_metadata("digits_mc")
     assert mc["inputs"] == det["inputs"]  # `samples` is a request parameter, not a tensor
     shapes = {o["name"]: (o["datatype"], o["shape"]) for o in mc["outputs"]}
     assert shapes == {"mean": ("FP32", [-1, 10]), "std": ("FP32", [-1, 10]), "predictive_entropy": ("FP32", [-1]),
                       "mutual_information": ("FP32", [-1]), "predicted_class": ("INT64", [-1])}
-    assert mc["parameters"] == {"kind": "mc_dropout", "class_labels": det["parameters"]["class_labels"],
+    assert mc["parameters"] == {"kind": "mc_dropout", "task": "classification", "class_labels": det["parameters"]["class_labels"],
                                 "default_samples": 30, "max_samples": 1000}
     triton = {o["name"] for o in client.get_model_metadata("mc_triton")["outputs"]}
     assert triton == {*MC_OUTPUTS, "sample_probabilities"}

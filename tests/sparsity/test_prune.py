@@ -196,7 +196,7 @@ def test_bad_input_is_one_clear_error(trained_model, digits):
     with pytest.raises(ConfigError, match="'nope' is not a Dense layer"):
         prune(trained_model, digits, layer_sparsity={"nope": 0.5})
     only_output = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(10, activation="softmax")])
-    with pytest.raises(ConfigError, match="every Dense layer is skipped"):
+    with pytest.raises(ConfigError, match="every prunable layer is skipped"):
         prune(only_output, digits)
     five = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(8), keras.layers.Dense(5, activation="softmax")])
     with pytest.raises(DataError, match="has 10 classes, but model .* outputs 5"):

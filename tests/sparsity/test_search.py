@@ -84,7 +84,7 @@ def test_search_keeps_the_highest_target_within_the_budget(trained_model, digits
                                     prune_config=PruneConfig(epochs=4, distill=True), progress=lines.append)
     original = accuracy(trained_model, digits.x_test, digits.y_test)
     first, second, output = [l.name for l in trained_model.layers if type(l).__name__ == "Dense"]  # 2048, 1024, 320 weights
-    assert report.original_accuracy == original and [t.target for t in report.tries][0] == 0.95
+    assert report.original == original and [t.target for t in report.tries][0] == 0.95
     assert report.protected == {output: "output layer", second: "1024 weights < 1100"}
     assert report.sensitivity == []  # one layer left to prune: nothing to allocate between
     assert all(set(t.layer_targets) == {first} for t in report.tries)

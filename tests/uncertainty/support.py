@@ -44,3 +44,38 @@ def assert_same_mean(a: np.ndarray, b: np.ndarray, k: float = 5.0) -> None:
     diff = np.abs(a.mean(axis=0) - b.mean(axis=0))
     worst = np.unravel_index(np.argmax(diff - k * se), diff.shape)
     assert np.all(diff <= k * se + 1e-6), f"means differ at {worst}: {diff[worst]:.3g} > {k} x SE {se[worst]:.3g}"
+
+
+def export_as_task(model, path, task, opset: int = 17, class_names=()):
+    """``model`` exported to ONNX with the outputs deploykit names by task, whatever name the converter gave its
+    one output: a logits classifier's ``logits`` plus ``probabilities`` (a Softmax in the graph), a regressor's
+    ``prediction``; with the ``deploykit.task`` entry and the metadata an export writes."""
+    import json
+
+    import onnx
+    from onnx import helper
+
+    from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME, TASK_KEY
+    from deploykit.export.convert import keras_to_onnx
+    from deploykit.export.metadata import ModelMetadata, write_metadata
+    from deploykit.task import Task
+    from deploykit.uncertainty.graph_ops import retarget, set_props
+
+    proto = keras_to_onnx(model, opset=opset)
+    graph = proto.graph
+    raw = graph.output[0].name
+    name = PREDICTION_NAME if task is Task.REGRESSION else LOGITS_NAME
+    if raw != name:
+        retarget(graph, raw, name)
+        graph.output[0].name = name
+    if task is Task.CLASSIFICATION:
+        graph.node.append(helper.make_node("Softmax", [LOGITS_NAME], [OUTPUT_NAME], axis=-1))
+        out = onnx.ValueInfoProto()
+        out.CopyFrom(graph.output[0])
+        out.name = OUTPUT_NAME
+        graph.output.append(out)
+    write_metadata(proto, ModelMetadata(class_names=list(class_names)))
+    output = "values" if task is Task.REGRESSION else "logits"
+    set_props(proto, {TASK_KEY: json.dumps({"task": task.value, "output": output})})
+    onnx.save(proto, str(path))
+    return path

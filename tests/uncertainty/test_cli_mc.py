@@ -43,3 +43,23 @@ def test_mc_command_refusals(tmp_path, digits, cli):
     assert plain.returncode == 2 and "deploykit train --dropout" in plain.stderr
     assert len([line for line in plain.stderr.splitlines() if line.startswith("deploykit mc: error:")]) == 1
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["plain.keras"]
+
+
+def test_mc_command_on_a_logits_classifier_and_a_regression_target_refused(tmp_path, cli):
+    """A logits model through `deploykit mc` (digits has 64 features: a model of that width), and --target-rmse,
+    a regression target, refused on classification data before anything is written."""
+    from deploykit.backend import keras, set_seed
+    from deploykit.io import save_model
+
+    set_seed(8)
+    logits = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(16, activation="relu"),
+                               keras.layers.Dropout(0.2), keras.layers.Dense(10)])
+    model = save_model(logits, tmp_path / "logits.keras")
+    out = tmp_path / "mc"
+    done = cli("mc", str(model), "--samples", "8", "--mc-seed", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["export"]["output_kind"] == "logits" and summary["export"]["task"] == "classification"
+    refused = cli("mc", str(model), "--target-rmse", "3", "--out", str(tmp_path / "other"))
+    assert refused.returncode == 2 and "target_rmse is a regression target" in refused.stderr
+    assert not (tmp_path / "other").exists()

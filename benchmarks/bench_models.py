@@ -1,0 +1,249 @@
+"""Models users bring (issue 12): Keras 3 files of other shapes through `deploykit optimize` with its defaults.
+
+Each model is built and trained in a plain Keras 3 process (no deploykit, no tf_keras: what a user of
+TensorFlow >= 2.16 has), saved as a Keras 3 ``.keras`` file, then ``deploykit optimize MODEL --data DATA``
+runs with defaults in its own process. Side by side in one run, per model:
+
+- exit status, wall and CPU seconds, artifacts shipped / rejected;
+- BatchNormalization layers left in the model and BatchNormalization nodes in the float32 ONNX;
+- kept sparsity, and the accuracy change (points, vs the original on the test split) of every shipped
+  artifact: float32 ONNX, the best int8, the MC model (written or not);
+- in a fresh plain Keras 3 process: ``keras.saving.load_model`` opens ``model.keras`` and ``original.keras``;
+  ``original.keras`` computes what the user's file computes (max |difference|, target <= 1e-5) and the
+  float32 ONNX computes what ``model.keras`` computes (target <= 1e-4).
+
+Models: ``cnn`` (Rescaling, Conv2D + BN + ReLU, MaxPooling, Conv2D + BN + ReLU, MaxPooling, Flatten,
+Dropout, Dense(64) ReLU, Dropout, Dense softmax) and ``residual`` (functional: a conv stem and a residual block whose Add joins
+the skip, SpatialDropout2D, GlobalAveragePooling, Dropout, Dense softmax), on the Fashion sample; with
+``--all``, also ``logits`` (the chapter's MLP ending in Dense(10) logits) and ``regression`` (an MLP with
+Dropout on scikit-learn's diabetes data, reported by RMSE and interval coverage).
+
+Writes ``benchmarks/results/models.json`` and ``models.md``. Run from the repository root:
+
+    python benchmarks/bench_models.py [--models cnn,residual] [--epochs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
+
+MODELS = ("cnn", "residual", "logits", "regression")
+
+#: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path.
+TRAIN = textwrap.dedent('''
+    import sys, numpy as np, keras
+    kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    z = np.load(data)
+    x, y = z["x"].astype("float32"), z["y"]
+    if kind == "cnn":  # chapter 14's shape, small: two conv blocks, then a dense head
+        inputs = keras.Input(x.shape[1:])
+        h = L.Reshape((*x.shape[1:], 1))(inputs)
+        h = L.Rescaling(1 / 255)(h)
+        h = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, padding="same", use_bias=False)(h)))
+        h = L.MaxPooling2D()(h)
+        h = L.ReLU()(L.BatchNormalization()(L.Conv2D(64, 3, use_bias=False)(h)))
+        h = L.MaxPooling2D()(h)
+        h = L.Dropout(0.3)(L.Flatten()(h))
+        h = L.Dropout(0.3)(L.Dense(64, activation="relu")(h))
+        outputs = L.Dense(10, activation="softmax")(h)
+        model, loss = keras.Model(inputs, outputs, name="cnn"), "sparse_categorical_crossentropy"
+    elif kind == "residual":
+        inputs = keras.Input(x.shape[1:])
+        h = L.Rescaling(1 / 255)(L.Reshape((*x.shape[1:], 1))(inputs))
+        a = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(h)))
+        b = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, padding="same", use_bias=False)(a)))
+        b = L.BatchNormalization()(L.Conv2D(32, 3, padding="same", use_bias=False)(b))
+        h = L.ReLU()(L.Add()([a, b]))
+        h = L.SpatialDropout2D(0.1)(L.MaxPooling2D()(h))
+        h = L.Dropout(0.3)(L.GlobalAveragePooling2D()(h))
+        outputs = L.Dense(10, activation="softmax")(h)
+        model, loss = keras.Model(inputs, outputs, name="residual"), "sparse_categorical_crossentropy"
+    elif kind == "logits":
+        norm = L.Normalization()
+        norm.adapt(x.reshape(len(x), -1))
+        model = keras.Sequential([keras.Input(x.shape[1:]), L.Flatten(), norm, L.Dense(300, activation="elu"),
+                                  L.Dropout(0.2), L.Dense(100, activation="elu"), L.Dropout(0.2), L.Dense(10)])
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:  # regression
+        norm = L.Normalization()
+        norm.adapt(x)
+        y = y.astype("float32")
+        model = keras.Sequential([keras.Input(x.shape[1:]), norm, L.Dense(64, activation="relu"), L.Dropout(0.2),
+                                  L.Dense(64, activation="relu"), L.Dropout(0.2), L.Dense(1)])
+        loss = "mse"
+    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss=loss)
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, validation_split=0.15,
+              callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True)])
+    model.save(out)
+''')
+
+#: In a fresh plain Keras 3 process: argv = user's model, out folder, probe inputs (.npy). Prints JSON.
+CHECK = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    import numpy as np, keras, onnxruntime as ort, onnx
+    user, out, probe = sys.argv[1], Path(sys.argv[2]), np.load(sys.argv[3])
+    result = {}
+    ref = keras.saving.load_model(user)
+    for name in ("original.keras", "model.keras"):
+        try:
+            result[name] = keras.saving.load_model(out / name)
+        except Exception as exc:  # what a user would meet
+            result[name + "_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    loaded = {k: v for k, v in result.items() if not k.endswith("_error")}
+    report = {k: v for k, v in result.items() if k.endswith("_error")}
+    if "original.keras" in loaded:
+        report["original_vs_user"] = float(np.abs(loaded["original.keras"].predict(probe, verbose=0) - ref.predict(probe, verbose=0)).max())
+    onnx_path = out / "model.onnx"
+    if onnx_path.exists():
+        proto = onnx.load(onnx_path)
+        report["onnx_bn_nodes"] = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+        if "model.keras" in loaded:
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            out0 = session.get_outputs()[0].name
+            got = session.run([out0], {session.get_inputs()[0].name: probe})[0]
+            want = loaded["model.keras"].predict(probe, verbose=0)
+            meta = {p.key: p.value for p in proto.metadata_props}
+            temperature = json.loads(meta.get("deploykit.temperature", "null") or "null")
+            if temperature and want.ndim == 2 and want.shape[1] > 1:  # the stored Div before the softmax
+                logits = np.log(np.clip(want, 1e-30, None)) / temperature["temperature"]
+                want = np.exp(logits - logits.max(1, keepdims=True)); want /= want.sum(1, keepdims=True)
+            report["onnx_vs_model_keras"] = float(np.abs(got - want).max())
+        report["model_keras_bn_layers"] = sum(type(l).__name__ == "BatchNormalization" for l in loaded.get("model.keras", ref).layers) if "model.keras" in loaded else None
+    report["user_bn_layers"] = sum(type(l).__name__ == "BatchNormalization" for l in ref.layers)
+    print(json.dumps(report))
+''')
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def plain_keras3(script: str, *argv: str) -> subprocess.CompletedProcess:
+    """A plain Keras 3 process: TF_USE_LEGACY_KERAS unset, deploykit not imported."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return run([sys.executable, "-c", script, *argv], env=env)
+
+
+def regression_npz(folder: Path) -> Path:
+    """scikit-learn's diabetes data (442 rows, 10 features, a continuous target) as x / y float32."""
+    import numpy as np
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    path = folder / "diabetes.npz"
+    np.savez(path, x=x.astype(np.float32), y=y.astype(np.float32))
+    return path
+
+
+def optimize(model: Path, data: Path, out: Path) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = run([sys.executable, "-m", "deploykit.cli.main", "optimize", str(model), "--data", str(data), "--out", str(out)])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = {"exit": done.returncode, "wall_seconds": round(time.perf_counter() - start, 1),
+           "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
+           "error": (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else ""}
+    report = out / "report.json"
+    if report.exists():
+        row.update(summary(json.loads(report.read_text())))
+    return row
+
+
+def summary(report: dict) -> dict:
+    """What the targets need from report.json: kept sparsity, shipped / rejected files, their changes."""
+    arts = [r for r in report["artifacts"] if r["file"] != "original.keras"]
+    kept = next((t for t in report["tries"] if t["stage"] == "sparsity" and t["kept"]), None)
+    change = {r["file"]: r.get("accuracy_change") for r in arts}
+    return {"kept_sparsity": kept["setting"] if kept else "dense",
+            "shipped": [r["file"] for r in arts if r["verdict"] != "rejected"],
+            "rejected": [r["file"] for r in arts if r["verdict"] == "rejected"],
+            "changes_points": {k: (None if v is None else round(100 * v, 2)) for k, v in change.items()},
+            "original": {k: v for k, v in report["original"].items() if isinstance(v, (int, float, str))}}
+
+
+def probe_inputs(data: Path, folder: Path) -> Path:
+    import numpy as np
+
+    x = np.load(data)["x"][:256].astype(np.float32)
+    path = folder / "probe.npy"
+    np.save(path, x)
+    return path
+
+
+def one(kind: str, folder: Path, epochs: int) -> dict:
+    data = regression_npz(folder) if kind == "regression" else FASHION
+    model = folder / f"{kind}.keras"
+    say(f"{kind}: training in Keras 3 ({epochs} epochs at most)")
+    done = plain_keras3(TRAIN, kind, str(data), str(epochs), str(model))
+    if done.returncode:
+        return {"model": kind, "exit": None, "error": "training failed: " + (done.stderr.strip().splitlines() or [""])[-1]}
+    say(f"{kind}: deploykit optimize")
+    row = {"model": kind, **optimize(model, data, folder / f"out_{kind}")}
+    done = plain_keras3(CHECK, str(model), str(folder / f"out_{kind}"), str(probe_inputs(data, folder)))
+    row["keras3_check"] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
+        "error": (done.stderr.strip().splitlines() or [""])[-1]}
+    say(f"{kind}: exit {row['exit']} in {row['wall_seconds']} s")
+    return row
+
+
+def markdown(rows: list[dict], epochs: int) -> str:
+    lines = ["# Models users bring: Keras 3 files through `deploykit optimize` (defaults)", "",
+             f"Trained in plain Keras 3 (at most {epochs} epochs, early stopping), saved as `.keras`, then "
+             "`deploykit optimize MODEL --data DATA` in its own process. Changes are points vs the original on the "
+             "test split. Keras 3 checks run in a fresh plain Keras 3 process.", "",
+             "| model | exit | wall / CPU s | BN layers in → in model.keras | BN nodes in model.onnx | kept sparsity "
+             "| model.onnx Δ | int8 Δ (best shipped) | MC model | shipped / rejected | Keras 3 opens out files "
+             "| original vs user | ONNX vs model.keras |", "|---|---:|---:|---|---:|---|---:|---:|---|---|---|---:|---:|"]
+    for r in rows:
+        c = r.get("keras3_check", {})
+        ch = r.get("changes_points", {})
+        int8 = [v for k, v in ch.items() if "int8" in k and k in r.get("shipped", []) and v is not None]
+        opens = "yes" if c and not any(k.endswith("_error") for k in c) and "error" not in c else f"no: {c}"
+        lines.append(
+            f"| {r['model']} | {r.get('exit')} | {r.get('wall_seconds', '')} / {r.get('cpu_seconds', '')} "
+            f"| {c.get('user_bn_layers', '?')} → {c.get('model_keras_bn_layers', '?')} | {c.get('onnx_bn_nodes', '?')} "
+            f"| {r.get('kept_sparsity', '?')} | {ch.get('model.onnx', '?')} | {max(int8) if int8 else '—'} "
+            f"| {'written' if 'model_mc.onnx' in r.get('shipped', []) else 'no'} "
+            f"| {len(r.get('shipped', []))} / {len(r.get('rejected', []))} | {opens} "
+            f"| {c.get('original_vs_user', float('nan')):.1e} | {c.get('onnx_vs_model_keras', float('nan')):.1e} |")
+        if r.get("error"):
+            lines.append(f"|  | error: {r['error'][:150]} |" + " |" * 11)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="cnn,residual", help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--all", action="store_true", help="every model")
+    ap.add_argument("--epochs", type=int, default=15)
+    args = ap.parse_args()
+    kinds = MODELS if args.all else tuple(k for k in args.models.split(",") if k)
+    if not FASHION.exists() and any(k != "regression" for k in kinds):
+        sys.exit(f"the Fashion sample is absent ({FASHION.name} beside the project): nothing to measure")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [one(kind, Path(tmp), args.epochs) for kind in kinds]
+    write_results("models", {"epochs": args.epochs, "rows": rows}, markdown(rows, args.epochs))
+
+
+if __name__ == "__main__":
+    main()

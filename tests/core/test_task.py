@@ -1,0 +1,46 @@
+"""The task and output kind of a model: read off its last layer, resolved with the labels or --task."""
+
+import pytest
+
+from deploykit.errors import UsageError
+from deploykit.graph import graph_from_model
+from deploykit.task import OutputKind, Task, output_kind, resolve_task
+
+
+def _model(head):
+    from deploykit.backend import keras
+
+    layers = [keras.Input((4,)), keras.layers.Dense(8, activation="relu")] + head
+    return keras.Sequential(layers)
+
+
+@pytest.mark.parametrize("head, kind", [
+    (lambda k: [k.layers.Dense(3, activation="softmax")], OutputKind.PROBABILITIES),
+    (lambda k: [k.layers.Dense(3), k.layers.Softmax()], OutputKind.PROBABILITIES),
+    (lambda k: [k.layers.Dense(3), k.layers.Activation("softmax")], OutputKind.PROBABILITIES),
+    (lambda k: [k.layers.Dense(3)], OutputKind.VALUES),
+    (lambda k: [k.layers.Dense(1, activation="relu")], OutputKind.VALUES),
+])
+def test_output_kind_is_read_off_the_last_layer(head, kind):
+    from deploykit.backend import keras
+
+    assert output_kind(graph_from_model(_model(head(keras)))) is kind
+
+
+def test_labels_decide_between_logits_and_regression():
+    assert resolve_task(OutputKind.VALUES, 3, labels_are_classes=True) == (Task.CLASSIFICATION, OutputKind.LOGITS)
+    assert resolve_task(OutputKind.VALUES, 3, labels_are_classes=False) == (Task.REGRESSION, OutputKind.VALUES)
+
+
+def test_the_task_given_wins_over_the_labels_and_the_width():
+    assert resolve_task(OutputKind.VALUES, 3, task=Task.REGRESSION, labels_are_classes=True) == (
+        Task.REGRESSION, OutputKind.VALUES)
+    assert resolve_task(OutputKind.VALUES, 1) == (Task.REGRESSION, OutputKind.VALUES)
+    assert resolve_task(OutputKind.VALUES, 10) == (Task.CLASSIFICATION, OutputKind.LOGITS)
+
+
+def test_impossible_combinations_are_usage_errors():
+    with pytest.raises(UsageError, match="softmax"):
+        resolve_task(OutputKind.PROBABILITIES, 3, task=Task.REGRESSION)
+    with pytest.raises(UsageError, match="at least 2 outputs"):
+        resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION)

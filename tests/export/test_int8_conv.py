@@ -1,0 +1,168 @@
+"""int8 preparation of conv kernels: clipped per output channel, every requantization multiplier bounded.
+
+The conv analogue of test_int8_crash: an input channel constant in the training data (std 0) is
+standardized by a Normalization, and folding it into the first conv multiplies that channel's kernel
+slice by 1/sqrt(epsilon). Every output channel's int8 scale then follows that slice, and its
+ordinary weights round to zero, unless ``prepare_for_int8`` clips them.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from deploykit.export.int8_prep import INT8_LEVELS, MAX_REQUANTIZATION, _clip_rows, _patches
+
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _range_scale(values) -> float:
+    return float(max(values.max(), 0.0) - min(values.min(), 0.0)) / 255.0
+
+
+def _conv_spec(kernel, **config):
+    name = "DepthwiseConv2D" if config.pop("depthwise", False) else "Conv2D"
+    units = kernel.shape[-1] * (kernel.shape[-2] if name == "DepthwiseConv2D" else 1)
+    config = {"name": "conv", "kernel_size": kernel.shape[:2], "strides": (1, 1), "dilation_rate": (1, 1),
+              "padding": "valid", "use_bias": True, "activation": "linear", **config}
+    return SimpleNamespace(name="conv", class_name=name, config=config,
+                           weights=[kernel.astype(np.float32), np.zeros(units, np.float32)])
+
+
+def _conv(x, spec):
+    from deploykit.backend import tf
+
+    kernel = tf.constant(spec.weights[0], tf.float32)
+    x = tf.constant(x, tf.float32)
+    if spec.class_name == "DepthwiseConv2D":
+        y = tf.nn.depthwise_conv2d(x, kernel, (1, 1, 1, 1), "VALID")
+    else:
+        y = tf.nn.conv2d(x, kernel, 1, "VALID")
+    return (y + spec.weights[1]).numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_a_channel_scaled_by_one_over_epsilon_is_clipped_and_multipliers_bounded(depthwise):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (40, 6, 6, 3))
+    x[..., 0] = 0.0  # constant on the calibration data (std 0): its folded kernel slice is 1/1e-7 too large
+    kernel = rng.normal(0, 0.1, (3, 3, 3, 2 if depthwise else 4))
+    kernel[:, :, 0] = 0.1 / 1e-7
+    kernel[0, 0, 1, 0] = 0.0  # zeros stay zeros
+    spec = _conv_spec(kernel, depthwise=depthwise)
+    reference = _conv(x, _conv_spec(kernel, depthwise=depthwise))
+    clip = _clip_rows(spec, _patches(spec, x, 10_000, np.random.default_rng(0)), _range_scale(x))
+    clipped = spec.weights[0]
+    out = _conv(x, spec)
+    assert clip.columns == (6 if depthwise else 4)
+    assert clipped[0, 0, 1, 0] == 0.0
+    if depthwise:  # per channel: only the constant channel's two outputs hold the slice; bounded, the others kept
+        assert clip.columns_clipped == clip.columns_bounded == 2
+        np.testing.assert_array_equal(clipped[:, :, 1:], kernel[:, :, 1:].astype(np.float32))
+    else:
+        assert clip.columns_clipped == 4
+        assert np.abs(clipped).max() <= 2 * np.abs(kernel[:, :, 1:]).max()  # scales follow the ordinary weights
+    np.testing.assert_allclose(out, reference, atol=0.02 * np.abs(reference).max())
+    weight_scale = np.abs(clipped).reshape(-1, clip.columns).max(axis=0) / INT8_LEVELS
+    assert (_range_scale(x) * weight_scale / _range_scale(out)).max() <= MAX_REQUANTIZATION
+
+
+@pytest.mark.parametrize("kind, options, shape", [
+    ("Conv2D", {"kernel_size": (3, 2), "strides": 2, "padding": "same"}, (9, 7, 3)),
+    ("Conv2D", {"kernel_size": (3, 4), "strides": (2, 3), "padding": "same"}, (8, 10, 3)),
+    ("Conv2D", {"kernel_size": 3, "dilation_rate": 2}, (9, 8, 3)),
+    ("Conv1D", {"kernel_size": 3, "dilation_rate": 2, "padding": "causal"}, (10, 3)),
+    ("Conv1D", {"kernel_size": 4, "strides": 2, "padding": "same"}, (11, 3)),
+    ("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2, "padding": "same"}, (6, 6, 3)),
+])
+def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
+    """Every patch times the kernel is the conv's output at that position (strides, dilation, padding)."""
+    from deploykit.backend import keras
+    from deploykit.graph import graph_from_model
+
+    layer = getattr(keras.layers, kind)(**({"filters": 5} if kind != "DepthwiseConv2D" else {}), **options, use_bias=False)
+    model = keras.Sequential([keras.Input(shape), layer])
+    x = np.random.default_rng(0).normal(size=(4, *shape))
+    rows = _patches(graph_from_model(model).nodes[0].spec, x, 10**6, np.random.default_rng(0))
+    kernel = layer.get_weights()[0].astype(np.float64)
+    if kind == "DepthwiseConv2D":
+        taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
+        out = np.einsum("ntc,tcm->ncm", rows.reshape(len(rows), taps, cin), kernel.reshape(taps, cin, -1)).reshape(len(rows), -1)
+    else:
+        out = rows @ kernel.reshape(-1, kernel.shape[-1])
+    expected = model(x).numpy().reshape(-1, model.output_shape[-1])
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    fewer = _patches(graph_from_model(model).nodes[0].spec, x, 7, np.random.default_rng(1))
+    assert len(fewer) == 7 and all((rows == r).all(axis=1).any() for r in fewer)  # a sample of the same windows
+
+
+def image_data(digits):
+    """The digits as 8x8 images with a second channel that is 0 everywhere (std 0 in training)."""
+    from deploykit.data import Dataset
+
+    def image(x):
+        x = x.reshape(len(x), 8, 8, 1)
+        return np.concatenate([x, np.zeros_like(x)], axis=-1)
+
+    return Dataset(f"{digits.name}_zero_channel", image(digits.x_train), digits.y_train, image(digits.x_val), digits.y_val,
+                   image(digits.x_test), digits.y_test, digits.class_names)
+
+
+def small_cnn(data, seed: int = 0):
+    """Normalization (per channel) -> valid Conv2D -> DepthwiseConv2D -> Conv1x1 -> GAP -> Dense, trained briefly."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    norm = L.Normalization(axis=-1)
+    norm.adapt(data.x_train)
+    model = keras.Sequential([
+        keras.Input(data.input_shape), norm, L.Conv2D(16, 3, activation="relu"),
+        L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu"), L.Conv2D(16, 1, activation="relu"),
+        L.GlobalAveragePooling2D(), L.Dense(10, activation="softmax"),
+    ], name="zero_channel_cnn")
+    model.compile(optimizer=keras.optimizers.Nadam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(data.x_train, data.y_train, epochs=8, batch_size=32, verbose=0)
+    return model
+
+
+def conv_multipliers(path) -> dict[str, float]:
+    """Largest requantization multiplier per op kind (input scale x weight scales / output scale) in a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    scales = {t["index"]: t["quantization_parameters"]["scales"] for t in interpreter.get_tensor_details()}
+    found: dict[str, float] = {}
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in CONV_OPS:
+            x, w = op["inputs"][:2]
+            m = float((scales[x][0] * scales[w] / scales[op["outputs"][0]][0]).max())
+            found[op["op_name"]] = max(found.get(op["op_name"], 0.0), m)
+    return found
+
+
+@pytest.mark.slow
+def test_int8_cnn_with_a_zero_std_channel_stays_near_float(digits, tmp_path):
+    from deploykit.evaluate import accuracy
+    from deploykit.export import export_onnx, export_tflite, prepare_for_int8, validate
+
+    data = image_data(digits)
+    model = small_cnn(data)
+    reference = accuracy(model, data.x_test, data.y_test)
+    assert reference >= 0.75, "the small CNN should learn the digits"
+
+    _, prep = prepare_for_int8(model, data.x_train[:256])
+    first = prep.clipped[0]
+    assert [c.name for c in prep.clipped][:3] == [l.name for l in model.layers[1:4]]  # both convs and the depthwise
+    assert first.columns == 16 and first.columns_clipped == 16  # every channel held the 1/sqrt(eps) slice
+
+    tflite = export_tflite(model, tmp_path / "model_int8-full.tflite", "int8-full", representative_data=data)
+    multipliers = conv_multipliers(tflite.path)
+    assert set(multipliers) == set(CONV_OPS) and max(multipliers.values()) <= MAX_REQUANTIZATION, multipliers
+    onnx = export_onnx(model, tmp_path / "model_int8-static.onnx", quantization="int8-static", calibration_data=data)
+    for record in (tflite, onnx):
+        report = validate(record, data, model, repeats=1, check=False)
+        assert report.accuracy_drop <= 0.02, report.summary()

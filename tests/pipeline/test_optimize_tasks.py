@@ -1,0 +1,135 @@
+"""`deploykit optimize` with defaults on Keras 3 models beyond the softmax classifier: logits, and regression."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME
+from deploykit.export.metadata import read_metadata
+
+pytestmark = pytest.mark.slow  # each test trains a Keras 3 model, then runs the whole pipeline with its defaults
+
+
+def _keras3_logits(path):
+    """A Keras 3 logits classifier on digits: Dense(10) linear, trained with from_logits=True."""
+    import keras
+
+    from deploykit.data import load_dataset
+
+    keras.utils.set_random_seed(0)
+    d = load_dataset("digits")
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Normalization(mean=d.feature_mean, variance=d.feature_var + 1e-6),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dropout(0.1), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(d.x_train, d.y_train, epochs=20, batch_size=64, verbose=0)
+    model.save(path)
+    return path
+
+
+def _keras3_regressor(path):
+    """A Keras 3 regression MLP with Dropout on diabetes (one hidden layer big enough for the search to prune)."""
+    import keras
+
+    from deploykit.data import load_dataset
+
+    keras.utils.set_random_seed(0)
+    d = load_dataset("diabetes")
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Normalization(mean=d.feature_mean, variance=d.feature_var),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dropout(0.1),
+                              keras.layers.Dense(32, activation="relu"), keras.layers.Dropout(0.1), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model.fit(d.x_train, d.y_train, epochs=60, batch_size=32, verbose=0)
+    model.save(path)
+    return path
+
+
+def _run(argv, capsys):
+    from deploykit.cli.main import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    return captured
+
+
+def _shipped(report):
+    return [a for a in report["artifacts"] if a["verdict"] == "pass"]
+
+
+def _keras3_round_trip(out, data):
+    """model.keras opens in Keras 3 and gives the outputs the shipped float32 ONNX model reproduces."""
+    import keras
+
+    from deploykit.export.runtimes import OnnxRunner
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert type(model).__module__.startswith("keras.")
+    return np.asarray(model(data.x_test[:32], training=False)), OnnxRunner(out / "model.onnx").predict(data.x_test[:32])
+
+
+def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys):
+    from deploykit.data import load_dataset
+    from deploykit.evaluate import softmax
+
+    model = _keras3_logits(tmp_path / "logits.keras")
+    out = tmp_path / "out"
+    _run(["optimize", str(model), "--out", str(out), "-q"], capsys)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["task"] == "classification" and report["model"]["output"] == "logits"
+    files = {a["file"] for a in _shipped(report)}
+    assert {"model.onnx", "model.tflite", "model_int8-dynamic.onnx", "model_int8-full.tflite"} <= files
+    for name in ("model.onnx", "model_int8-dynamic.onnx"):
+        proto = onnx.load(str(out / name))
+        assert [o.name for o in proto.graph.output] == [LOGITS_NAME, OUTPUT_NAME]
+        assert read_metadata(proto).task == {"task": "classification", "output": "logits"}
+    keras_out, onnx_probs = _keras3_round_trip(out, load_dataset("digits"))
+    from deploykit.uncertainty.temperature import read_temperature, scale_probs
+
+    stored = read_temperature(onnx.load(str(out / "model.onnx")))  # T divides the logits before the graph's softmax
+    temperature = 1.0 if stored is None else stored["temperature"]
+    np.testing.assert_allclose(onnx_probs, scale_probs(softmax(keras_out), temperature), atol=1e-4)
+    sparsity = next(s for s in report["steps"] if s["step"].startswith("sparsity"))
+    assert sparsity["status"] in ("done", "missed budget")
+    mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
+    assert mc["status"] == "done" and "model_mc.onnx" in files
+    outputs = [o.name for o in onnx.load(str(out / "model_mc.onnx")).graph.output]
+    assert outputs[:5] == ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]
+
+
+def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_path, capsys):
+    from deploykit.data import load_dataset
+
+    model = _keras3_regressor(tmp_path / "reg.keras")
+    out = tmp_path / "out"
+    printed = _run(["optimize", str(model), "--data", "diabetes", "--out", str(out)], capsys).out
+    assert "RMSE" in printed and "max abs error" in printed and "accuracy" not in printed.split("artifact")[-1]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["task"] == "regression" and report["budget"]["max_rmse_increase"] == 0.05
+    shipped = _shipped(report)
+    assert {"model.onnx", "model.tflite", "model_float16.onnx"} <= {a["file"] for a in shipped}
+    original = report["original"]["rmse"]
+    for row in shipped:
+        assert row["accuracy"] is None and row["rmse"] <= original * 1.05 + 1e-9
+    for name in ("model.onnx", "model_int8-dynamic.onnx"):
+        proto = onnx.load(str(out / name))
+        assert [o.name for o in proto.graph.output] == [PREDICTION_NAME]
+        assert read_metadata(proto).task == {"task": "regression", "output": "values"}
+    tries = [t for t in report["tries"] if t["stage"] == "sparsity"]
+    assert tries and all(t["rmse"] is not None for t in tries if t["note"] == "" or t["kept"])
+    keras_out, onnx_out = _keras3_round_trip(out, load_dataset("diabetes"))
+    np.testing.assert_allclose(onnx_out, keras_out, rtol=1e-4)
+    mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
+    assert mc["status"] == "done" and "95% interval covers" in mc["reason"] and "std x" in mc["reason"]
+    assert "model_mc.onnx" in {a["file"] for a in shipped}
+    proto = onnx.load(str(out / "model_mc.onnx"))
+    assert [o.name for o in proto.graph.output][:2] == ["mean", "std"]
+    coverage = report["mc"]["mc"]["coverage_95"]
+    assert 0.0 <= coverage <= 1.0 and report["mc"]["std_scale"] is not None
+    text = (out / "report.md").read_text()
+    assert "## RMSE budget" in text and "## MC Dropout regression" in text
+    assert "coverage of the central 95% interval" in text and "reliability.png" not in text
+    assert 'max_rmse_increase = 0.05' in (out / "deploykit.toml").read_text()

@@ -1,0 +1,73 @@
+"""Ensembles of logits classifiers and of regressors: the same head as the MC model, over members."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from deploykit.contract import MEMBER_PREDICTIONS_OUTPUT, OUTPUT_NAMES
+from deploykit.errors import ModelLoadError
+from deploykit.task import Task
+from tests.uncertainty.support import export_as_task, run, session
+
+
+def _member(model, path, task: Task, opset: int = 17):
+    return export_as_task(model, path, task, opset)
+
+
+def _models(outputs: int):
+    from deploykit.backend import keras, set_seed
+
+    models = []
+    for seed in range(3):
+        set_seed(20 + seed)
+        models.append(keras.Sequential([keras.Input(shape=(8,)), keras.layers.Dense(12, activation="relu"),
+                                        keras.layers.Dense(outputs)]))
+    return models
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_regression_members_give_mean_and_std_per_target(tmp_path, opset):
+    from deploykit.export.metadata import read_metadata
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+    from deploykit.uncertainty.graph_ops import get_prop
+
+    models = _models(2)
+    paths = [_member(m, tmp_path / f"m{k}.onnx", Task.REGRESSION, opset) for k, m in enumerate(models)]
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx", include_members=True)
+    proto = onnx.load(str(record.path))
+    assert [o.name for o in proto.graph.output] == ["mean", "std", MEMBER_PREDICTIONS_OUTPUT]
+    assert record.task is Task.REGRESSION and record.opset == opset and read_metadata(proto).class_names == []
+    assert '"regression"' in get_prop(proto, "deploykit.task")
+    x = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    out = run(session(record.path), x)
+    members = np.stack([np.asarray(m(x, training=False), np.float64) for m in models])
+    assert out[MEMBER_PREDICTIONS_OUTPUT].shape == (3, 20, 2)
+    assert np.abs(out["mean"] - members.mean(0)).max() <= 1e-5
+    assert np.abs(out["std"] - members.std(0)).max() <= 1e-5 and out["std"].min() > 0
+
+
+def test_logits_members_are_averaged_as_probabilities(tmp_path):
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+
+    models = _models(3)
+    paths = [_member(m, tmp_path / f"m{k}.onnx", Task.CLASSIFICATION) for k, m in enumerate(models)]
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx")
+    x = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
+    out = run(session(record.path), x)
+    assert list(out) == list(OUTPUT_NAMES) and record.task is Task.CLASSIFICATION
+    logits = np.stack([np.asarray(m(x, training=False), np.float64) for m in models])
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert np.abs(out["mean"] - probs.mean(0)).max() <= 1e-5
+    assert np.array_equal(out["predicted_class"], probs.mean(0).argmax(1))
+
+
+def test_a_classifier_and_a_regressor_do_not_mix(tmp_path):
+    from deploykit.uncertainty.ensemble import build_ensemble
+
+    a = _member(_models(2)[0], tmp_path / "a.onnx", Task.REGRESSION)
+    b = _member(_models(2)[1], tmp_path / "b.onnx", Task.CLASSIFICATION)
+    with pytest.raises(ModelLoadError, match="some are classifiers, some regressors"):
+        build_ensemble([a, b])
