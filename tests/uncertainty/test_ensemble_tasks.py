@@ -71,3 +71,20 @@ def test_a_classifier_and_a_regressor_do_not_mix(tmp_path):
     b = _member(_models(2)[1], tmp_path / "b.onnx", Task.CLASSIFICATION)
     with pytest.raises(ModelLoadError, match="some are classifiers, some regressors"):
         build_ensemble([a, b])
+
+
+def test_uncertainty_predictor_runs_a_regression_ensemble(tmp_path):
+    from deploykit.uncertainty import UncertaintyPredictor
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+
+    models = _models(2)
+    paths = [_member(m, tmp_path / f"m{k}.onnx", Task.REGRESSION) for k, m in enumerate(models)]
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx", include_members=True)
+    predictor = UncertaintyPredictor(record.path)
+    x = np.random.default_rng(2).normal(size=(7, 8)).astype(np.float32)
+    result = predictor.predict(x, batch_size=3)
+    members = np.stack([np.asarray(m(x, training=False), np.float64) for m in models])
+    assert predictor.is_ensemble and result.task is Task.REGRESSION and result.samples == 3
+    assert result.predicted_class is None and result.sample_probabilities is None
+    np.testing.assert_allclose(result.sample_predictions, members, atol=1e-5)  # [K, N, targets], batches joined
+    np.testing.assert_allclose(result.mean, members.mean(0), atol=1e-5)
