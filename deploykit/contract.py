@@ -61,6 +61,13 @@ KIND_DETERMINISTIC = ModelKind.DETERMINISTIC
 KIND_MC_DROPOUT = ModelKind.MC_DROPOUT
 KIND_ENSEMBLE = ModelKind.DEEP_ENSEMBLE
 
+class MaskKind(enum.Enum):
+    """How the MC graph draws each dropout mask (``MCConfig.mask``, ``[mc] mask``, ``deploykit mc --mask``)."""
+
+    POOL = "pool"  # a window of a pre-drawn table at a random offset per row (one Gather; the default)
+    DROPOUT = "dropout"  # ONNX Dropout in training mode: one random draw per element
+
+
 class Measure(enum.Enum):
     """The uncertainty a selective threshold applies to (``measure`` in ``deploykit.selective``); all are >= 0."""
 

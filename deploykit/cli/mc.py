@@ -33,10 +33,18 @@ def register(sub) -> None:
                    help="seed of the dropout draws: every new session then repeats the same sequence (default: none)")
     p.add_argument("--include-samples", action="store_true",
                    help="also output the raw [T, N, C] sample probabilities (a regressor: sample_predictions [T, N, K])")
+    add_mask_option(p)
     add_uncertainty_options(p, regression=True)
     p.add_argument("--batch-size", type=int, default=256, help="instances per onnxruntime call (default: 256)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def add_mask_option(p) -> None:
+    """--mask (shared with ``optimize``): how the MC graph draws its dropout masks."""
+    p.add_argument("--mask", choices=["pool", "dropout"], default=None,
+                   help="how each dropout mask is drawn: `pool` (default) a window of a table drawn at export, at a random "
+                   "offset per row (fast; 4096 distinct masks per layer); `dropout` ONNX Dropout, one draw per element")
 
 
 def add_uncertainty_options(p, regression: bool = False) -> None:
@@ -76,11 +84,11 @@ def _run(args) -> int:
 
     from deploykit.atomic import atomic_dir, write_text
     from deploykit.errors import UsageError
-    from deploykit.uncertainty import MCConfig
+    from deploykit.uncertainty import MaskKind, MCConfig
     from deploykit.uncertainty.bundle import load_ood, mc_bundle
 
     config = MCConfig(samples=args.samples, max_samples=args.max_samples, seed=args.mc_seed,
-                      include_samples=args.include_samples)  # refuse bad options before any work
+                      include_samples=args.include_samples, **({"mask": MaskKind(args.mask)} if args.mask else {}))  # refuse bad options before any work
     target = selective_target(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")

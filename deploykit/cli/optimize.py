@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, progress
-from deploykit.cli.mc import add_uncertainty_options
+from deploykit.cli.mc import add_mask_option, add_uncertainty_options
 from deploykit.cli.export import (
     add_quantization_options,
     add_triton_options,
@@ -51,6 +51,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=None, help="MC Dropout samples T (default: 30)")
     p.add_argument("--mc-seed", type=int, default=None, help="seed of the MC model's draws: every new session repeats "
                    "the same sequence (default: fresh draws)")
+    add_mask_option(p)
     add_uncertainty_options(p, regression=True)
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
@@ -73,7 +74,7 @@ def options_from_args(args) -> dict:
         "epochs": args.epochs, "compact": off(args.no_compact), "export": off(args.no_export),
         "formats": variants["formats"], "quantize": variants["quantize"], "triton": triton_options(args),
         "quantization": quantization_options(args) or None,
-        "mc": off(args.no_mc), "samples": args.samples, "mc_seed": args.mc_seed, "validate": off(args.no_validate),
+        "mc": off(args.no_mc), "samples": args.samples, "mc_seed": args.mc_seed, "mask": args.mask, "validate": off(args.no_validate),
         "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
         "target_coverage": args.target_coverage, "target_rmse": args.target_rmse, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),

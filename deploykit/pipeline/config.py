@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploykit.contract import MaskKind
 from deploykit.configs import boolean, check_keys, choice, fraction, integer, number, positive, text
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
@@ -313,9 +314,11 @@ class MCStep(_Table):
     target_accuracy: float | None = None
     target_coverage: float | None = None
     target_rmse: float | None = None
+    mask: MaskKind = MaskKind.POOL  # how each dropout mask is drawn (deploykit.uncertainty.masks)
 
     def __post_init__(self) -> None:
         boolean("mc.enabled", self.enabled)
+        object.__setattr__(self, "mask", choice(MaskKind, "mc.mask", self.mask))
         boolean("mc.temperature", self.temperature)
         integer("mc.samples", self.samples, 1)
         integer("mc.seed", self.seed, 0, optional=True)
@@ -412,7 +415,7 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "com
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
-           "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed",
+           "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "mask",
            "temperature", "target_accuracy", "target_coverage", "target_rmse", "ood_data", "validate", "max_accuracy_drop",
            "max_rmse_increase", "strict")
 
@@ -518,7 +521,7 @@ class OptimizeConfig:
             export["quantize"] = _in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples", "temperature", *_TARGETS) if k in o}
+        mc = {k: o[k] for k in ("samples", "temperature", "mask", *_TARGETS) if k in o}
         mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
         if any(k in mc for k in _TARGETS):  # a target given replaces the config file's
             mc = dict.fromkeys(_TARGETS) | mc

@@ -464,7 +464,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
     target = step.selective_target()
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
-    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed),
+    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
                        temperature=step.temperature, target=target, ood=ood,  # a regressor: its std scale
                        deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
                        say=lambda m: ctx.say("  " + m))

@@ -56,20 +56,15 @@ model). :attr:`MaskKind.DROPOUT` keeps the exact i.i.d. masks of ONNX
 
 from __future__ import annotations
 
-import enum
 import math
 
 import numpy as np
 
+from deploykit.contract import MaskKind  # noqa: F401  (defined with the contract: configs name it without numpy)
+
 BLOCK = 32  # target block length b: fewer, longer copies in Gather; the table grows as K * b
 DEFAULT_POOL = 4096  # K: distinct masks per dropout layer
 
-
-class MaskKind(enum.Enum):
-    """How the MC graph draws each dropout mask."""
-
-    POOL = "pool"  # a window of a pre-drawn table at a random offset per row (one Gather; the default)
-    DROPOUT = "dropout"  # ONNX Dropout in training mode: one random draw per element
 
 
 def block_length(width: int, target: int = BLOCK) -> int:

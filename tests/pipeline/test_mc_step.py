@@ -45,6 +45,21 @@ def test_a_regressors_target_rmse_validates_round_trips_and_comes_from_the_flag(
     assert flagged.mc.target_rmse == 35.0 and flagged.mc.target_accuracy is None
 
 
+def test_the_mask_kind_is_one_typed_field_from_config_flag_to_mc_config():
+    from deploykit.cli.main import build_parser
+    from deploykit.cli.optimize import options_from_args
+    from deploykit.contract import MaskKind
+
+    config = OptimizeConfig(mc=MCStep(mask="dropout"))
+    assert config.mc.mask is MaskKind.DROPOUT and 'mask = "dropout"' in config.to_toml()
+    assert OptimizeConfig.from_toml_text(config.to_toml()) == config and MCStep().mask is MaskKind.POOL
+    with pytest.raises(ConfigError, match="mc.mask"):
+        MCStep(mask="bits")
+    args = build_parser().parse_args(["optimize", "--mask", "dropout"])
+    assert OptimizeConfig().with_options(**options_from_args(args)).mc.mask is MaskKind.DROPOUT
+    assert build_parser().parse_args(["mc", "m.keras", "--out", "o", "--mask", "dropout"]).mask == "dropout"
+
+
 def test_optimize_flags_set_the_mc_fields(tmp_path):
     from deploykit.cli.main import build_parser
     from deploykit.cli.optimize import options_from_args
