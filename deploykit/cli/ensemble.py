@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--train-epochs", type=int, default=20, help="training epochs of each member (default: 20)")
     p.add_argument("--sparsity", type=float, default=0.8, help="prune each member to this sparsity (default: 0.8)")
     p.add_argument("--tune-epochs", type=int, default=None, help="fine-tuning epochs of the pruning step (default: optimize's, 30)")
+    p.add_argument("--mc-samples", type=int, default=None, metavar="T",
+                   help="MC Dropout inside each member: every member draws T dropout samples per call and the "
+                   "outputs reduce all K*T of them (default: deterministic members)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
@@ -47,7 +50,7 @@ def _run(args) -> int:
     with atomic_dir(out, force=args.force) as staging:
         data = load_data_arg(args)
         models = _members(args, data)
-        summary = build(models, data, staging, sparsity=args.sparsity, epochs=args.tune_epochs)
+        summary = build(models, data, staging, mc_samples=args.mc_samples, sparsity=args.sparsity, epochs=args.tune_epochs)
         summary["data"] = data.summary()
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
         write_text(staging / MARKDOWN_FILE, to_markdown(summary))
@@ -79,16 +82,22 @@ def _members(args, data) -> list:
     return models
 
 
-def build(models, data, folder, **options) -> dict:
-    """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder``, measure it."""
+def build(models, data, folder, *, mc_samples: int | None = None, **options) -> dict:
+    """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder``, measure it.
+
+    ``mc_samples``: MC Dropout inside each member (T samples each), see ``optimize_members``."""
     from deploykit.sessions import onnx_session
 
     from deploykit.uncertainty.calibration import calibration
     from deploykit.pipeline.ensemble import optimize_members
     from deploykit.uncertainty.ensemble import ensemble_sizes, export_ensemble_onnx
 
+    if mc_samples is not None and mc_samples < 1:
+        from deploykit.errors import UsageError
+
+        raise UsageError(f"--mc-samples must be >= 1, got {mc_samples}")
     members, original = optimize_members(models, data, folder / MEMBERS_DIR, progress=lambda m: progress("  " + m),
-                                         **options)
+                                         mc_samples=mc_samples, **options)
     progress(f"writing {MODEL_FILE} ({len(members)} members)")
     record = export_ensemble_onnx(members, folder / MODEL_FILE, class_names=data.class_names)
     ensemble, first = onnx_session(record.path), onnx_session(members[0])
@@ -99,7 +108,7 @@ def build(models, data, folder, **options) -> dict:
         for key in ("bin_confidence", "bin_accuracy", "bin_count"):
             report.pop(key)
     return {"ensemble": {**record.to_dict(), "path": MODEL_FILE}, "sizes": ensemble_sizes(members, record.path, original).to_dict(),
-            "test": test}
+            "test": test, "mc_samples": mc_samples}
 
 
 def to_markdown(summary: dict) -> str:
@@ -107,6 +116,8 @@ def to_markdown(summary: dict) -> str:
     lines = [
         f"# Deep ensemble: {s['members']} pruned int8 members in one ONNX model",
         "",
+        *([f"MC Dropout inside each member: {summary['mc_samples']} samples each, {s['members'] * summary['mc_samples']} "
+           "reduced per call.", ""] if summary.get("mc_samples") else []),
         "| artifact | bytes | gzip bytes | gzip vs one float32 original |",
         "|---|---:|---:|---:|",
         f"| one float32 original (.keras) | {s['original_bytes']} | {s['original_gzip']} | 1.00x |",

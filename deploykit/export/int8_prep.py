@@ -108,12 +108,16 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
     return x
 
 
-def prepare_for_int8(model, calibration: np.ndarray) -> tuple[object, Int8Preparation]:
-    """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed."""
+def prepare_for_int8(model, calibration: np.ndarray, *, through_dropout: bool = True) -> tuple[object, Int8Preparation]:
+    """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed.
+
+    ``through_dropout=False`` (an MC Dropout model's preparation): no BatchNorm is folded across a
+    dropout, whose samples would then no longer drop the folded shift with its unit.
+    """
     from deploykit.fold import fold_batchnorm
     from deploykit.graph import graph_from_model, to_keras
 
-    folded, report = fold_batchnorm(model)
+    folded, report = fold_batchnorm(model, through_dropout=through_dropout)
     graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
     specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
     clipped = [_clip_rows(spec, rows, in_scale) for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))]

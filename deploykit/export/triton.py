@@ -120,13 +120,13 @@ def _without_optional_inputs(proto) -> list[str]:
 
     Returns the names replaced (none: ``proto`` is unchanged and the file can be copied byte for byte).
     """
-    from onnx import helper
+    from deploykit.uncertainty.graph_ops import empty_optionals
 
-    optional = [v for v in proto.graph.input if v.type.HasField("optional_type")]
-    for value in optional:
-        proto.graph.input.remove(value)
-        proto.graph.node.insert(0, helper.make_node("Optional", [], [value.name], type=value.type.optional_type.elem_type))
-    return [v.name for v in optional]
+    nodes = empty_optionals(proto.graph)
+    for node in reversed(nodes):
+        proto.graph.input.remove(next(v for v in proto.graph.input if v.name == node.output[0]))
+        proto.graph.node.insert(0, node)
+    return [n.output[0] for n in nodes]
 
 
 def _with_batch(config: TritonConfig, max_batch_size: int | None) -> TritonConfig:

@@ -40,13 +40,15 @@ from deploykit.contract import (
     OUTPUT_NAME,
     OUTPUT_NAMES,
     PREDICTION_NAME,
+    SAMPLE_PREDICTIONS_OUTPUT,
+    SAMPLES_OUTPUT,
     TASK_KEY,
 )
 from deploykit.export.artifact import file_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
-from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, set_props
+from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, empty_optionals, set_props
 from deploykit.uncertainty.mc_graph import reduce_samples
 
 MEMBER_PREFIX = "member{k}/"  # every name of member k inside the ensemble graph
@@ -75,7 +77,7 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     protos = [_load(m) for m in members]
     target = opset or max(default_opset(p) for p in protos)
     protos = [_at_opset(p, target, k) for k, p in enumerate(protos)]
-    shape, classes, task = _check_alike(protos)
+    shape, classes, task, sampled = _check_alike(protos)
     graph = onnx.helper.make_graph([], "deep_ensemble", [_input_info(protos[0])], [])
     merged = onnx.helper.make_model(graph, opset_imports=_union_opsets(protos),
                                     producer_name="deploykit", ir_version=max(p.ir_version for p in protos))
@@ -83,10 +85,12 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     for k, proto in enumerate(protos):
         outputs.append(_add_member(merged.graph, proto, MEMBER_PREFIX.format(k=k), _member_output(proto)))
     ed = GraphEditor(merged, "ensemble")
-    stacked = ed.op("Concat", [ed.op("Unsqueeze", [o, ed.const([0], np.int64)]) for o in outputs], axis=0)  # [K, N, C]
+    if not sampled:  # one [N, C] per member
+        outputs = [ed.op("Unsqueeze", [o, ed.const([0], np.int64)]) for o in outputs]
+    stacked = ed.op("Concat", outputs, axis=0)  # [K, N, C]; MC members: [K*T, N, C], member by member
     values = reduce_samples(ed, stacked, task)
     if include_members:
-        values[MEMBERS_OUTPUT if task is Task.CLASSIFICATION else MEMBER_PREDICTIONS_OUTPUT] = stacked
+        values[_members_output(task, sampled)] = stacked
     _declare_outputs(ed, values, classes)
     merged.graph.doc_string = (f"Deep ensemble of {len(protos)} members on one input; outputs as deploykit's MC Dropout "
                                + ("model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class)."
@@ -156,13 +160,25 @@ def _dims(value_info) -> list:
 
 
 def _member_output(proto) -> str:
-    """The output a member contributes: ``probabilities`` (a classifier, logits ones too), else ``prediction``."""
+    """The output a member contributes: an MC Dropout member's samples (``sample_probabilities`` /
+    ``sample_predictions``, [T, N, C]), else ``probabilities`` (a classifier, logits ones too) or ``prediction``."""
     names = [o.name for o in proto.graph.output]
-    return OUTPUT_NAME if OUTPUT_NAME in names else PREDICTION_NAME
+    for name in (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT, OUTPUT_NAME):
+        if name in names:
+            return name
+    return PREDICTION_NAME
 
 
-def _check_alike(protos) -> tuple[list, int, Task]:
-    shapes, widths, tasks = set(), set(), set()
+def _members_output(task: Task, sampled: bool) -> str:
+    """The optional output holding what was reduced: the members' outputs [K, N, C], or every sample [K*T, N, C]."""
+    if sampled:
+        return SAMPLES_OUTPUT if task is Task.CLASSIFICATION else SAMPLE_PREDICTIONS_OUTPUT
+    return MEMBERS_OUTPUT if task is Task.CLASSIFICATION else MEMBER_PREDICTIONS_OUTPUT
+
+
+def _check_alike(protos) -> tuple[list, int, Task, bool]:
+    """Input shape, output width, task, and whether the members are MC Dropout models; all members must agree."""
+    shapes, widths, tasks, sampled = set(), set(), set(), set()
     for k, p in enumerate(protos):
         names_in, names_out = [i.name for i in p.graph.input], [o.name for o in p.graph.output]
         output = _member_output(p)
@@ -170,15 +186,19 @@ def _check_alike(protos) -> tuple[list, int, Task]:
             raise ModelLoadError(f"ensemble member {k}: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
                                  f"(a classifier) or {PREDICTION_NAME!r} (a regressor) as deploykit exports them, "
                                  f"has inputs {names_in} and outputs {names_out}")
-        tasks.add(Task.CLASSIFICATION if output == OUTPUT_NAME else Task.REGRESSION)
+        tasks.add(Task.CLASSIFICATION if output in (OUTPUT_NAME, SAMPLES_OUTPUT) else Task.REGRESSION)
+        sampled.add(output in (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT))
         shapes.add(tuple(_dims(next(i for i in p.graph.input if i.name == INPUT_NAME))[1:]))
         widths.add(_dims(next(o for o in p.graph.output if o.name == output))[-1])
     if len(tasks) != 1:
         raise ModelLoadError("ensemble members differ: some are classifiers, some regressors")
+    if len(sampled) != 1:
+        raise ModelLoadError("ensemble members differ: some are MC Dropout models (with their samples output), some "
+                             "deterministic; make every member one kind")
     if len(shapes) != 1 or len(widths) != 1:
         raise ModelLoadError(f"ensemble members differ: input shapes {sorted(shapes)}, "
                              f"{'classes' if tasks == {Task.CLASSIFICATION} else 'targets'} {sorted(widths, key=str)}")
-    return list(shapes.pop()), int(widths.pop()), tasks.pop()
+    return list(shapes.pop()), int(widths.pop()), tasks.pop(), sampled.pop()
 
 
 def _input_info(proto):
@@ -218,6 +238,7 @@ def _add_member(graph, proto, prefix: str, output: str) -> str:
         for i, name in enumerate(node.input):
             if name == prefix + INPUT_NAME:
                 node.input[i] = INPUT_NAME
+    graph.node.extend(empty_optionals(inner))  # an MC member's optional `samples`: its default T
     graph.node.extend(inner.node)
     graph.initializer.extend(inner.initializer)
     graph.sparse_initializer.extend(inner.sparse_initializer)
@@ -231,7 +252,8 @@ def _declare_outputs(ed: GraphEditor, values: dict[str, str], classes: int) -> N
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     contract = [(f32, ["N", classes]), (f32, ["N", classes]), (f32, ["N"]), (f32, ["N"]), (i64, ["N"])]
     types = {**dict(zip(OUTPUT_NAMES, contract)), MEMBERS_OUTPUT: (f32, ["K", "N", classes]),
-             MEMBER_PREDICTIONS_OUTPUT: (f32, ["K", "N", classes])}
+             MEMBER_PREDICTIONS_OUTPUT: (f32, ["K", "N", classes]), SAMPLES_OUTPUT: (f32, ["KT", "N", classes]),
+             SAMPLE_PREDICTIONS_OUTPUT: (f32, ["KT", "N", classes])}
     for name, tensor in values.items():
         ed.op("Identity", [tensor], output=name)
         ed.graph.output.append(helper.make_tensor_value_info(name, *types[name]))

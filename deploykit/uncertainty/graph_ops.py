@@ -129,3 +129,15 @@ def toposort(graph) -> None:
         copy.CopyFrom(n)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+def empty_optionals(graph) -> list:
+    """``Optional`` nodes giving each optional-typed input of ``graph`` (but the model's own) no value.
+
+    What a graph embedded in another (an ensemble member) or served where optional inputs cannot be
+    declared (Triton) needs: the input's default then applies (an MC model's ``samples``: its default T).
+    """
+    from onnx import helper
+
+    return [helper.make_node("Optional", [], [v.name], type=v.type.optional_type.elem_type)
+            for v in graph.input if v.type.HasField("optional_type")]

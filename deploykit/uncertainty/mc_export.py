@@ -67,6 +67,7 @@ def export_mc_onnx(
     config: MCConfig | None = None,
     class_names: Sequence[str] | None = None,
     quantization: str | None = None,
+    calibration=None,
     metadata: ModelMetadata | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> MCExportRecord:
@@ -75,7 +76,10 @@ def export_mc_onnx(
     ``samples`` is the default T (a client may feed ``samples`` per call, up to
     ``max_samples``). ``seed``: see :mod:`deploykit.uncertainty.mc_graph` (with
     a fixed seed every new session repeats the same sequence of outputs).
-    ``quantization="int8-dynamic"`` quantizes the weights of the MC graph.
+    ``quantization="int8-dynamic"`` quantizes the weights of the MC graph; with ``calibration`` (a
+    Dataset or inputs) the model first goes through the int8 preparation every deploykit int8 export
+    runs (:func:`~deploykit.export.int8_prep.prepare_for_int8`, folding no BatchNorm across a dropout),
+    without which a folded input standardization can round most first-layer weights to zero.
     ``metadata`` (steps, sparsity, reference accuracy...) is extended with the
     MC fields. Nothing is written when an argument or the model is refused.
     ``config`` (an :class:`MCConfig`) gives ``samples``, ``seed``, ``max_samples`` and
@@ -89,6 +93,11 @@ def export_mc_onnx(
     config = config or fields
     if quantization not in QUANTIZATIONS:
         raise UsageError(f"quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, got {quantization!r}")
+    if quantization and calibration is not None:
+        from deploykit.export.int8_prep import calibration_samples, prepare_for_int8
+
+        samples_in = calibration_samples(calibration, 300, tuple(model.input_shape[1:]))
+        model, _ = prepare_for_int8(model, samples_in, through_dropout=False)
     graph = graph_from_model(model)
     check_has_dropout(graph)
     task, kind = mc_task(graph, config.task)

@@ -166,3 +166,47 @@ def test_uncertainty_predictor_runs_an_ensemble(tmp_path, member_models, digits,
         assert result.sample_probabilities is None
     with pytest.raises(UsageError, match="deep ensemble of 3 members: samples does not apply"):
         predictor.predict(x, samples=5)
+
+
+def _mc_members(models, folder, samples, opset=17, include=True):
+    from deploykit.uncertainty import MCConfig, export_mc_onnx
+
+    paths = []
+    for k, model in enumerate(models):
+        path = folder / f"mc{k}.onnx"
+        export_mc_onnx(model, path, config=MCConfig(samples=samples, include_samples=include, seed=k), opset=opset)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_mc_dropout_inside_each_member_reduces_every_sample_of_every_member(tmp_path, member_models, digits, opset):
+    """MC members (their sample outputs) give one [K*T, N, C] stack: the outputs reduce all K*T samples alike,
+    each member draws its default T (its optional `samples` left empty), and the graph has no `samples` input."""
+    from deploykit.uncertainty import UncertaintyPredictor
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+
+    paths = _mc_members(member_models, tmp_path, samples=7, opset=opset)
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx", include_members=True)
+    proto = onnx.load(str(record.path))
+    assert [i.name for i in proto.graph.input] == ["input"]
+    x = digits.x_test[:20]
+    out = run(session(record.path), x)
+    stacked = out["sample_probabilities"].astype(np.float64)
+    assert stacked.shape == (3 * 7, 20, digits.num_classes)
+    mean = stacked.mean(0)
+    np.testing.assert_allclose(out["mean"], mean, atol=1e-6)
+    np.testing.assert_allclose(out["std"], stacked.std(0), atol=1e-6)
+    entropy = -(mean * np.log(np.maximum(mean, 1e-30))).sum(1)
+    np.testing.assert_allclose(out["predictive_entropy"], entropy, atol=1e-5)
+    member_entropy = -(stacked * np.log(np.maximum(stacked, 1e-30))).sum(2).mean(0)
+    np.testing.assert_allclose(out["mutual_information"], np.maximum(entropy - member_entropy, 0), atol=1e-5)
+    assert (out["std"] > 0).any()  # the dropout samples differ
+    # member k's samples are member k's: their mean approaches member k's deterministic output
+    for k, model in enumerate(member_models):
+        det = np.asarray(model(x, training=False))
+        assert np.abs(stacked[7 * k:7 * (k + 1)].mean(0) - det).mean() < np.abs(stacked[7 * k:7 * (k + 1)].mean(0) - np.asarray(member_models[(k + 1) % 3](x, training=False))).mean()
+    result = UncertaintyPredictor(record.path).predict(x)
+    np.testing.assert_allclose(result.mean, out["mean"], atol=0.2)  # fresh draws, same model
+    with pytest.raises(ModelLoadError, match="some are MC Dropout models"):
+        export_ensemble_onnx([paths[0], _export(member_models[:1], tmp_path, (None,), digits)[0]], tmp_path / "mixed.onnx")
