@@ -108,12 +108,13 @@ def test_block_sparsity_on_a_conv_kernel_is_one_clear_error(digits):
 
 @pytest.mark.slow
 def test_sensitivity_scan_and_l1_use_the_pruned_kernel(digits):
+    from deploykit.evaluate import Budget, Metric
     from deploykit.sparsity import sparsify_l1
     from deploykit.sparsity.search import _sensitivity
 
     data, model = image_digits(digits), conv_net()
     before = [w.copy() for w in model.get_weights()]
-    scan = _sensitivity(model, data, list(CONVS))
+    scan = _sensitivity(model, data, list(CONVS), Budget(Metric.ACCURACY, 0.01))
     assert [(s.name, s.weights) for s in scan] == [("conv", 72), ("depthwise", 144), ("separable", 192)]
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
