@@ -177,8 +177,10 @@ def summary(report: dict) -> dict:
     """What the targets need from report.json: kept sparsity, shipped / rejected files, their changes."""
     arts = [r for r in report["artifacts"] if r["file"] != "original.keras"]
     kept = next((t for t in report["tries"] if t["stage"] == "sparsity" and t["kept"]), None)
-    change = {r["file"]: r.get("accuracy_change") for r in arts}
-    return {"kept_sparsity": kept["setting"] if kept else "dense",
+    regression = report["original"].get("accuracy") is None
+    # points of accuracy, or (a regressor) percent of RMSE: both "how much worse" in the budget's own terms
+    change = {r["file"]: (r.get("rmse_change") if regression else r.get("accuracy_change")) for r in arts}
+    return {"kept_sparsity": kept["setting"] if kept else "dense", "unit": "% RMSE" if regression else "pt",
             "shipped": [r["file"] for r in arts if r["verdict"] != "rejected"],
             "rejected": [r["file"] for r in arts if r["verdict"] == "rejected"],
             "changes_points": {k: (None if v is None else round(100 * v, 2)) for k, v in change.items()},
@@ -218,20 +220,23 @@ def one(kind: str, folder: Path, epochs: int) -> list[dict]:
 def markdown(rows: list[dict], epochs: int) -> str:
     lines = ["# Models users bring: Keras 3 files through `deploykit optimize` (defaults)", "",
              f"Trained in plain Keras 3 (at most {epochs} epochs, early stopping), saved as `.keras`, then "
-             "`deploykit optimize MODEL --data DATA` in its own process. Changes are points vs the original on the "
-             "test split. Keras 3 checks run in a fresh plain Keras 3 process.", "",
+             "`deploykit optimize MODEL --data DATA` in its own process. Changes are vs the original on the test "
+             "split: accuracy points (pt), or for the regressor the RMSE change in percent (positive is worse). "
+             "Keras 3 checks run in a fresh plain Keras 3 process.", "",
              "| model | exit | wall / CPU s | BN layers in → in model.keras | BN nodes in model.onnx | kept sparsity "
              "| model.onnx Δ | int8 Δ (best shipped) | MC model | shipped / rejected | Keras 3 opens out files "
              "| original vs user | ONNX vs model.keras |", "|---|---:|---:|---|---:|---|---:|---:|---|---|---|---:|---:|"]
     for r in rows:
         c = r.get("keras3_check", {})
         ch = r.get("changes_points", {})
+        unit = r.get("unit", "pt")
         int8 = [v for k, v in ch.items() if "int8" in k and k in r.get("shipped", []) and v is not None]
+        best = (min(int8) if unit != "pt" else max(int8)) if int8 else None
         opens = "yes" if c and not any(k.endswith("_error") for k in c) and "error" not in c else f"no: {c}"
         lines.append(
             f"| {r['model']} | {r.get('exit')} | {r.get('wall_seconds', '')} / {r.get('cpu_seconds', '')} "
             f"| {c.get('user_bn_layers', '?')} → {c.get('model_keras_bn_layers', '?')} | {c.get('onnx_bn_nodes', '?')} "
-            f"| {r.get('kept_sparsity', '?')} | {ch.get('model.onnx', '?')} | {max(int8) if int8 else '—'} "
+            f"| {r.get('kept_sparsity', '?')} | {ch.get('model.onnx', '?')} {unit} | {'—' if best is None else best} {unit} "
             f"| {'written' if 'model_mc.onnx' in r.get('shipped', []) else 'no'} "
             f"| {len(r.get('shipped', []))} / {len(r.get('rejected', []))} | {opens} "
             f"| {c.get('original_vs_user', float('nan')):.1e} | {c.get('onnx_vs_model_keras', float('nan')):.1e} |")
