@@ -39,7 +39,7 @@ class ModelFigures(Record):
     """A tf_keras model between steps: size, sparsity, and its test figure (accuracy, or a regressor's RMSE)."""
 
     params: int
-    dense_macs: int  # multiply-adds of the Dense layers per example
+    kernel_weights: int  # weights of the prunable kernels (Dense and conv): what sparsity and compact shrink
     sparsity: float  # exact zeros over the Dense kernels
     accuracy: float | None  # test split (None for a regressor)
     keras_bytes: int  # saved .keras file (fresh copy, no optimizer state)

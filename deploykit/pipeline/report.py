@@ -90,7 +90,7 @@ def step_cells(s: StepRecord) -> list[str]:
         acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt)" \
             if b.rmse is None else f"RMSE {b.rmse:.4g} → {a.rmse:.4g} ({100 * (a.rmse / b.rmse - 1) if b.rmse else 0.0:+.1f}%)"
         params = f"{b.params:,} → {a.params:,}"
-        macs = f"{b.dense_macs:,} → {a.dense_macs:,}"
+        macs = f"{b.kernel_weights:,} → {a.kernel_weights:,}"
         size = f"{_size(b.keras_gzip_bytes)} → {_size(a.keras_gzip_bytes)}"
         sparsity = f"{100 * b.sparsity:.1f}% → {100 * a.sparsity:.1f}%"
     else:
@@ -99,7 +99,7 @@ def step_cells(s: StepRecord) -> list[str]:
     return [s.step, s.status.value, f"{s.seconds:.1f} s", acc, sparsity, params, macs, size, note]
 
 
-STEP_COLUMNS = ("step", "status", "time", "test accuracy / RMSE", "sparsity", "parameters", "Dense MACs", ".keras gzip", "what it did")
+STEP_COLUMNS = ("step", "status", "time", "test accuracy / RMSE", "sparsity", "parameters", "kernel weights", ".keras gzip", "what it did")
 
 
 TRY_COLUMNS = ("stage", "setting", "test accuracy", "Δ acc", "gzip", "kept", "note")

@@ -126,7 +126,7 @@ def _withdraw(row: ArtifactRow, ctx: RunContext) -> ArtifactRow:
 # --- measurements ---------------------------------------------------------------------------
 
 def model_figures(model, data: Dataset) -> ModelFigures:
-    """Parameters, Dense MACs, sparsity, test accuracy (or a regressor's RMSE) and saved size of a tf_keras model."""
+    """Parameters, prunable kernel weights, sparsity, test accuracy (or a regressor's RMSE) and saved size of a tf_keras model."""
     from deploykit.evaluate import score
     from deploykit.sparsity.report import kernel_sparsity, model_sparsity, saved_sizes
 
@@ -290,7 +290,7 @@ def compact_step(model, ctx: RunContext) -> StepOutput:
     applied: tuple[str, ...] = ()
     if report.neurons_removed:
         applied = ("compact",)
-        reason = f"removed {report.neurons_removed} dead neurons; Dense MACs {report.macs_ratio:.1%} of before"
+        reason = f"removed {report.neurons_removed} dead neurons or channels; MACs {report.macs_ratio:.1%} of before"
     else:
         reason = "no dead neurons to remove"
     checks = f"max |output difference| {report.max_abs_diff:.2g} <= {ctx.config.compact.tolerance:g}" \
