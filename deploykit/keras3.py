@@ -297,6 +297,9 @@ def _set_keras3_weights(layer, weights) -> None:
                                     f"Keras 3 holds {len(targets)} weights, tf_keras {len(values)}")
     for variable, value in zip(targets, values):
         variable.assign(value)
+    finalize = getattr(layer, "finalize_state", None)
+    if callable(finalize):  # a Keras 3 Normalization computes with tensors derived from its variables, as
+        finalize()  # load_own_variables does after loading; without this it would run on its build-time values
 
 
 # tf_keras config keys Keras 3 does not take (or names differently).

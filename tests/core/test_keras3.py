@@ -317,3 +317,22 @@ def test_keras3_activations_tf_keras_lacks_are_rebuilt_exactly(k3, tmp_path, act
     out = save_keras3(model, tmp_path / "back.keras")
     expected = k3.ops.convert_to_numpy(source(x, training=False))
     assert np.abs(k3.ops.convert_to_numpy(k3.saving.load_model(out)(x, training=False)) - expected).max() <= 1e-5
+
+
+def test_a_keras3_model_with_an_adapted_normalization_goes_back_to_keras3_computing_the_same(k3, tmp_path):
+    """The chapter's model starts with an adapted Normalization (one feature constant: variance 0); the Keras 3
+    file written back must normalize with those statistics, in memory (the check) and once loaded."""
+    from deploykit.keras3 import save_keras3
+
+    x = X12.copy()
+    x[:, 3] = 5.0  # a constant feature, as a border pixel: Keras divides it by epsilon
+    norm = k3.layers.Normalization()
+    norm.adapt(x)
+    source = k3.Sequential([k3.Input((12,)), norm, k3.layers.Dense(8, activation="elu"), k3.layers.Dense(3)])
+    path = _save(source, tmp_path / "norm.keras")
+    model = load_model(path)
+    out = save_keras3(model, tmp_path / "back.keras")
+    probe = X12[:16]
+    expected = k3.ops.convert_to_numpy(source(probe, training=False))
+    got = k3.ops.convert_to_numpy(k3.saving.load_model(out)(probe, training=False))
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.sqrt(np.mean(expected ** 2))))
