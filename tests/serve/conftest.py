@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.serve.support import ServerProcess
+from tests.serve.support import serving
 
 MC_SEED = 11
 
@@ -38,6 +38,5 @@ def model_repo(tmp_path_factory, serve_keras_model, digits):
 @pytest.fixture(scope="module")
 def server(model_repo, tmp_path_factory):
     """``deploykit serve`` on the folder with default options; it must stop cleanly (exit 0) on SIGTERM."""
-    process = ServerProcess(model_repo, tmp_path_factory.mktemp("log") / "server.log")
-    yield process
-    assert process.stop() == 0, process.log.read_text()
+    with serving(model_repo, tmp_path_factory.mktemp("log") / "server.log") as process:
+        yield process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -60,6 +61,27 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+@contextlib.contextmanager
+def serving(source: Path, log: Path, *args: str):
+    """A ServerProcess for a fixture's lifetime; it must stop cleanly (exit 0 on SIGTERM) when the fixture ends."""
+    process = ServerProcess(source, log, *args)
+    try:
+        yield process
+    except BaseException:
+        process.stop()
+        raise
+    assert process.stop() == 0, process.log.read_text()
+
+
+@contextlib.contextmanager
+def triton_client(url: str):
+    """tritonclient's HTTP client on a running server."""
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(url) as client:
+        yield client
 
 
 def request(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None,

@@ -16,7 +16,7 @@ import pytest
 
 from deploykit.contract import ABSTAIN_OUTPUT, MEMBERS_OUTPUT, OUTPUT_NAMES, SELECTIVE_KEY, TEMPERATURE_KEY, Measure
 from tests.serve.conftest import MC_SEED
-from tests.serve.support import ServerProcess
+from tests.serve.support import serving, triton_client
 
 pytestmark = pytest.mark.slow  # starts a server process
 
@@ -88,16 +88,13 @@ def decision_repo(tmp_path_factory, serve_keras_model, random_bn_model, digits):
 
 @pytest.fixture(scope="module")
 def decision_server(decision_repo, tmp_path_factory):
-    process = ServerProcess(decision_repo, tmp_path_factory.mktemp("log") / "server.log")
-    yield process
-    assert process.stop() == 0, process.log.read_text()
+    with serving(decision_repo, tmp_path_factory.mktemp("log") / "server.log") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def triton(decision_server):
-    import tritonclient.http as httpclient
-
-    with httpclient.InferenceServerClient(decision_server.url) as c:
+    with triton_client(decision_server.url) as c:
         yield c
 
 

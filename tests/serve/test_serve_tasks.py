@@ -9,7 +9,7 @@ import pytest
 
 from deploykit.contract import ABSTAIN_OUTPUT, INTERVAL_Z, SAMPLE_PREDICTIONS_OUTPUT, SELECTIVE_KEY
 from deploykit.task import Task
-from tests.serve.support import ServerProcess
+from tests.serve.support import serving, triton_client
 from tests.uncertainty.support import export_as_task
 
 pytestmark = pytest.mark.slow  # starts a server process
@@ -65,16 +65,13 @@ def task_repo(tmp_path_factory, x):
 
 @pytest.fixture(scope="module")
 def task_server(task_repo, tmp_path_factory):
-    process = ServerProcess(task_repo, tmp_path_factory.mktemp("log") / "server.log")
-    yield process
-    assert process.stop() == 0, process.log.read_text()
+    with serving(task_repo, tmp_path_factory.mktemp("log") / "server.log") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def triton(task_server):
-    import tritonclient.http as httpclient
-
-    with httpclient.InferenceServerClient(task_server.url) as c:
+    with triton_client(task_server.url) as c:
         yield c
 
 
