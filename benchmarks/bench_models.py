@@ -115,15 +115,15 @@ CHECK = textwrap.dedent('''
         report["onnx_bn_nodes"] = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
         if "model.keras" in loaded:
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-            out0 = session.get_outputs()[0].name
+            out0 = session.get_outputs()[0].name  # `logits` (the model's own), `probabilities` or `prediction`
             got = session.run([out0], {session.get_inputs()[0].name: probe})[0]
             want = loaded["model.keras"].predict(probe, verbose=0)
             meta = {p.key: p.value for p in proto.metadata_props}
             temperature = json.loads(meta.get("deploykit.temperature", "null") or "null")
-            if temperature and want.ndim == 2 and want.shape[1] > 1:  # the stored Div before the softmax
+            if temperature and out0 == "probabilities":  # the stored Div before the softmax
                 logits = np.log(np.clip(want, 1e-30, None)) / temperature["temperature"]
                 want = np.exp(logits - logits.max(1, keepdims=True)); want /= want.sum(1, keepdims=True)
-            report["onnx_vs_model_keras"] = float(np.abs(got - want).max())
+            report["onnx_vs_model_keras"] = float(np.abs(got - want).max()) / max(1.0, float(np.sqrt(np.mean(want.astype("float64") ** 2))))
         report["model_keras_bn_layers"] = sum(type(l).__name__ == "BatchNormalization" for l in loaded.get("model.keras", ref).layers) if "model.keras" in loaded else None
     report["user_bn_layers"] = sum(type(l).__name__ == "BatchNormalization" for l in ref.layers)
     print(json.dumps(report))
@@ -242,6 +242,9 @@ def markdown(rows: list[dict], epochs: int) -> str:
             f"| {c.get('original_vs_user', float('nan')):.1e} | {c.get('onnx_vs_model_keras', float('nan')):.1e} |")
         if r.get("error"):
             lines.append(f"|  | error: {r['error'][:150]} |" + " |" * 11)
+    lines += ["", "ONNX vs model.keras: the largest |difference| of `model.onnx`'s first output (`probabilities`, `logits` or "
+              "`prediction`) from `model.keras`'s, divided by the outputs' RMS when above 1 (float32 rounds relative to "
+              "the values); `probabilities` are compared with the stored temperature applied."]
     return "\n".join(lines) + "\n"
 
 

@@ -64,7 +64,8 @@ KIND_ENSEMBLE = ModelKind.DEEP_ENSEMBLE
 class MaskKind(enum.Enum):
     """How the MC graph draws each dropout mask (``MCConfig.mask``, ``[mc] mask``, ``deploykit mc --mask``)."""
 
-    POOL = "pool"  # a window of a pre-drawn table at a random offset per row (one Gather; the default)
+    AUTO = "auto"  # POOL when its tables cost at most half the model's float32 weights, else DROPOUT (the default)
+    POOL = "pool"  # a window of a pre-drawn table at a random offset per row (one Gather)
     DROPOUT = "dropout"  # ONNX Dropout in training mode: one random draw per element
 
 

@@ -42,9 +42,10 @@ def register(sub) -> None:
 
 def add_mask_option(p) -> None:
     """--mask (shared with ``optimize``): how the MC graph draws its dropout masks."""
-    p.add_argument("--mask", choices=["pool", "dropout"], default=None,
-                   help="how each dropout mask is drawn: `pool` (default) a window of a table drawn at export, at a random "
-                   "offset per row (fast; 4096 distinct masks per layer); `dropout` ONNX Dropout, one draw per element")
+    p.add_argument("--mask", choices=["auto", "pool", "dropout"], default=None,
+                   help="how each dropout mask is drawn: `pool` a window of a table drawn at export, at a random offset "
+                   "per row (fast; 4096 distinct masks per layer; ~131 KB per dropout layer); `dropout` ONNX Dropout, one "
+                   "draw per element; `auto` (default) pool when the tables cost at most half the model's weights")
 
 
 def add_uncertainty_options(p, regression: bool = False) -> None:

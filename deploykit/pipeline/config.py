@@ -314,7 +314,7 @@ class MCStep(_Table):
     target_accuracy: float | None = None
     target_coverage: float | None = None
     target_rmse: float | None = None
-    mask: MaskKind = MaskKind.POOL  # how each dropout mask is drawn (deploykit.uncertainty.masks)
+    mask: MaskKind = MaskKind.AUTO  # how each dropout mask is drawn (deploykit.uncertainty.masks.resolve_mask)
 
     def __post_init__(self) -> None:
         boolean("mc.enabled", self.enabled)

@@ -15,8 +15,9 @@ a regressor's predictions [T, N, K] give ``mean`` and ``std`` per target
 ``sample_predictions``.
 
 Randomness comes only from ONNX ``Dropout`` nodes in training mode (ratio and
-``training_mode`` are constant inputs). By default (``MCConfig.mask`` =
-:attr:`MaskKind.POOL`) each dropout layer's mask is a window of a table drawn
+``training_mode`` are constant inputs). With ``MCConfig.mask`` =
+:attr:`MaskKind.POOL` (what the default AUTO picks when the tables cost at most half the model's weights:
+:func:`~deploykit.uncertainty.masks.resolve_mask`) each dropout layer's mask is a window of a table drawn
 at export, at a random offset per row whose bits are the keep-mask of a small
 Dropout node (:mod:`deploykit.uncertainty.masks`: its sampling scheme and
 limits); :attr:`MaskKind.DROPOUT` uses the keep-mask of a Dropout node on the
@@ -53,7 +54,7 @@ from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
 from deploykit.task import OutputKind, Task, output_kind, resolve_task
-from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit
 
 __all__ = ["MCConfig", "build_mc_graph", "mc_task", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
@@ -73,7 +74,7 @@ class MCConfig(Config):
     seed: int | None = None  # None: fresh draws; an int: every new session repeats the same sequence
     include_samples: bool = False  # also output the raw [T, N, C] probabilities (regression: predictions)
     task: Task | None = None  # None: read off the model (a softmax is a classifier; else by the output width)
-    mask: MaskKind = MaskKind.POOL  # how each dropout mask is drawn (deploykit.uncertainty.masks)
+    mask: MaskKind = MaskKind.AUTO  # how each dropout mask is drawn (deploykit.uncertainty.masks.resolve_mask)
     pool: int = DEFAULT_POOL  # MaskKind.POOL: distinct masks per dropout layer (a power of two)
 
     def __post_init__(self) -> None:
@@ -89,6 +90,19 @@ class MCConfig(Config):
         integer("pool", self.pool, 16, 2**20)
         if self.pool & (self.pool - 1):
             raise ConfigError(f"pool must be a power of two (the offsets are random bits), got {self.pool}")
+
+
+def mask_kind(model_graph, config: MCConfig) -> MaskKind:
+    """The mask kind the graph is built with (``config.mask``, AUTO resolved on this model's sizes)."""
+    graph = _as_graph(model_graph)
+    widths = []
+    for node in graph.nodes:
+        if node.spec.support.role is Role.DROPOUT:
+            shape = graph.in_shape(node) or ()
+            spatial = node.spec.class_name.startswith("SpatialDropout")
+            widths.append(int(shape[-1]) if spatial else int(np.prod(shape)))
+    weight_bytes = sum(np.asarray(w).size * 4 for node in graph.nodes for w in node.spec.weights)
+    return resolve_mask(config.mask, widths, weight_bytes, config.pool)
 
 
 def _as_graph(model_graph) -> Graph:
@@ -150,7 +164,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedLayerError(graph.name, "model", "MC Dropout needs a single-input, single-output model")
     input_name, input_shape = next(iter(graph.inputs.items()))
-    g = OnnxGraph(config.seed, opset, config.mask, config.pool, len(dropout_layers(graph)))
+    g = OnnxGraph(config.seed, opset, mask_kind(graph, config), config.pool, len(dropout_layers(graph)))
     samples = _samples_value(g, config)  # [T]
     sampled = sampled_nodes(graph, frozenset() if prefix_once else frozenset({input_name}))
     values = {input_name: (INPUT_NAME, tuple(input_shape))}

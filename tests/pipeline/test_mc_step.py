@@ -52,7 +52,7 @@ def test_the_mask_kind_is_one_typed_field_from_config_flag_to_mc_config():
 
     config = OptimizeConfig(mc=MCStep(mask="dropout"))
     assert config.mc.mask is MaskKind.DROPOUT and 'mask = "dropout"' in config.to_toml()
-    assert OptimizeConfig.from_toml_text(config.to_toml()) == config and MCStep().mask is MaskKind.POOL
+    assert OptimizeConfig.from_toml_text(config.to_toml()) == config and MCStep().mask is MaskKind.AUTO
     with pytest.raises(ConfigError, match="mc.mask"):
         MCStep(mask="bits")
     args = build_parser().parse_args(["optimize", "--mask", "dropout"])

@@ -137,7 +137,7 @@ def test_mc_outputs_match_the_dropout_masks(digits):
     model = _input_dropout_model()
     x = digits.x_test[:2] / 4.0
     outs = {}
-    for mask in MaskKind:
+    for mask in (MaskKind.POOL, MaskKind.DROPOUT):
         config = MCConfig(samples=1000, max_samples=1000, include_samples=True, seed=11, mask=mask)
         outs[mask] = run(session(build_mc_graph(to_chain(model), config)), x)["sample_probabilities"].astype(np.float64)
     pool, plain = outs[MaskKind.POOL], outs[MaskKind.DROPOUT]
@@ -161,7 +161,7 @@ def test_feature_map_dropout_masks_every_element_like_onnx_dropout(digits):
     model = _conv_dropout_model()
     x = digits.x_test[:2].reshape(2, 8, 8, 1) / 8.0
     outs = {}
-    for mask in MaskKind:
+    for mask in (MaskKind.POOL, MaskKind.DROPOUT):
         config = MCConfig(samples=1000, max_samples=1000, include_samples=True, seed=13, mask=mask)
         proto = build_mc_graph(graph_from_model(model), config)
         outs[mask] = run(session(proto), x)["sample_probabilities"].astype(np.float64)
@@ -173,7 +173,7 @@ def test_feature_map_dropout_masks_every_element_like_onnx_dropout(digits):
 
 def test_one_dropout_node_draws_a_few_bits_per_row_for_every_layer_and_samples_stays_optional(digits):
     model = _input_dropout_model()
-    proto = build_mc_graph(to_chain(model), MCConfig(samples=5, include_samples=True))
+    proto = build_mc_graph(to_chain(model), MCConfig(samples=5, include_samples=True, mask=MaskKind.POOL))
     (drop,) = [n for n in proto.graph.node if n.op_type == "Dropout"]  # one node for both layers
     bits = next(n for n in proto.graph.node if drop.input[0] in n.output)
     assert bits.op_type == "Slice"  # of the first layer's input: 2 layers x (12 + 1) columns, not 64 + 32 draws
@@ -187,11 +187,31 @@ def test_one_dropout_node_draws_a_few_bits_per_row_for_every_layer_and_samples_s
 
 def test_mc_config_mask_round_trips_and_validates():
     config = MCConfig(mask="dropout", pool=1024)
-    assert config.mask is MaskKind.DROPOUT and MCConfig().mask is MaskKind.POOL
+    assert config.mask is MaskKind.DROPOUT and MCConfig().mask is MaskKind.AUTO
     assert config.to_dict()["mask"] == "dropout" and MCConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match="mask must be one of 'pool', 'dropout'"):
+    with pytest.raises(ConfigError, match="mask must be one of 'auto', 'pool', 'dropout'"):
         MCConfig(mask="bits")
     with pytest.raises(ConfigError, match="pool must be a power of two"):
         MCConfig(pool=1000)
     with pytest.raises(ConfigError, match="pool must be an integer"):
         MCConfig(pool=8)
+
+
+def test_auto_pools_the_masks_only_where_the_tables_are_small_beside_the_weights():
+    """AUTO: the chapter's 784-300-100 model (1.07 MB of weights, three tables of ~0.13 MB) gets pooled masks;
+    a 64-32 model (a few KB of weights) keeps ONNX Dropout rather than grow its file several times."""
+    from deploykit.backend import keras
+    from deploykit.graph import graph_from_model
+    from deploykit.uncertainty.mc_graph import mask_kind
+    from deploykit.uncertainty.masks import table_bytes
+
+    L = keras.layers
+    chapter = keras.Sequential([keras.Input((784,)), L.Dropout(0.2), L.Dense(300, activation="elu"), L.Dropout(0.2),
+                                L.Dense(100, activation="elu"), L.Dropout(0.2), L.Dense(10, activation="softmax")])
+    small = _input_dropout_model()
+    assert mask_kind(graph_from_model(chapter), MCConfig()) is MaskKind.POOL
+    assert mask_kind(graph_from_model(small), MCConfig()) is MaskKind.DROPOUT
+    assert mask_kind(graph_from_model(small), MCConfig(mask="pool")) is MaskKind.POOL  # asked for: kept
+    assert sum(table_bytes(w, DEFAULT_POOL) for w in (784, 300, 100)) < 0.5 * 4 * chapter.count_params()
+    ops = {n.op_type for n in build_mc_graph(to_chain(small), MCConfig()).graph.node}
+    assert "Gather" not in ops and "Dropout" in ops

@@ -99,7 +99,7 @@ def test_mc_mean_agrees_with_the_keras_loop(request, digits, fixture):
     assert_same_mean(ours, keras_mc_samples(model, x, 200))
 
 
-@pytest.mark.parametrize("mask", list(MaskKind))
+@pytest.mark.parametrize("mask", [MaskKind.POOL, MaskKind.DROPOUT])
 def test_alpha_dropout_keeps_mean_and_variance_like_keras(mask):
     from onnx import TensorProto, helper
 
