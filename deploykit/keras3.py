@@ -76,8 +76,10 @@ def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> tuple[Graph, set[str
     check_model_config(model_file, unsafe=unsafe)
     name = str(model_file.config.get("config", {}).get("name") or "deploykit_model")
     graph = graph_from_config(model_file.config, unsafe=unsafe, model_name=name)
-    if len(graph.inputs) != 1:
-        raise UnsupportedLayerError(name, model_file.model_class, f"has {len(graph.inputs)} inputs; deploykit imports single-input models")
+    for what, ends in (("inputs", list(graph.inputs)), ("outputs", graph.outputs)):
+        if len(ends) != 1:  # the words of io.check_single_io, before anything is built
+            raise UnsupportedLayerError(name, model_file.model_class, f"has {len(ends)} {what} ({', '.join(ends)}); "
+                                        "deploykit handles single-input, single-output models")
     graph.inputs = {next(iter(graph.inputs)): _input_shape(model_file)}
     added = expand_activations(graph)
     for node in graph.nodes:

@@ -52,6 +52,25 @@ def add_task_arg(p: argparse.ArgumentParser) -> None:
                         "default: read off the labels and the model's last layer")
 
 
+def add_tolerance_options(p: argparse.ArgumentParser) -> None:
+    """The per-artifact tolerance overrides of ``export`` and ``validate`` (read back by :func:`tolerance_overrides`)."""
+    p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
+    p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
+    p.add_argument("--max-rel-diff", type=float, default=None,
+                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
+    p.add_argument("--max-rmse-increase", type=float, default=None,
+                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
+
+
+def tolerance_overrides(args):
+    """The :class:`~deploykit.export.config.Tolerance` the override flags give (None fields: the defaults)."""
+    from deploykit.export.config import Tolerance
+
+    return Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
+                     max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
+
+
 def add_class_names_arg(p: argparse.ArgumentParser) -> None:
     """``--class-names``: the classes in the order of the model's outputs, so none is renamed by a sorted guess."""
     p.add_argument("--class-names", default=None, metavar="A,B,C",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from deploykit.cli.common import add_class_names_arg, add_command, add_model_arg, add_task_arg, progress
+from deploykit.cli.common import (
+    add_class_names_arg, add_command, add_model_arg, add_task_arg, add_tolerance_options, progress, tolerance_overrides,
+)
 
 def _variants_help() -> str:
     """The variants and the formats each exists in, from the exporter's table (no list to keep in step here)."""
@@ -41,13 +43,7 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size; the median is reported (default: 50)")
     p.add_argument("--steps", default="",
                    help="what was done to MODEL before, recorded in the ONNX metadata (comma-separated, e.g. fold_batchnorm,prune(0.80))")
-    p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
-    p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
-    p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
-    p.add_argument("--max-rel-diff", type=float, default=None,
-                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
-    p.add_argument("--max-rmse-increase", type=float, default=None,
-                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
+    add_tolerance_options(p)
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -139,12 +135,11 @@ def _run(args) -> int:
     from pathlib import Path
 
     from deploykit.atomic import check_dir_target
-    from deploykit.export.config import ExportConfig, Tolerance
+    from deploykit.export.config import ExportConfig
 
     onnx_source = Path(args.model).suffix.lower() == ".onnx"
     chosen = renamed_options(args)
-    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
-                          max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
+    overrides = tolerance_overrides(args)
     config = ExportConfig(  # bad options are refused before any work
         formats=chosen["formats"] or ("onnx" if onnx_source else "onnx,tflite"), quantize=chosen["quantize"] or "float32",
         opset=args.opset, quantization=quant_config(args), triton=triton_options(args), repeats=args.repeats,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import add_class_names_arg, add_command, add_task_arg, progress
+from deploykit.cli.common import add_class_names_arg, add_command, add_task_arg, add_tolerance_options, progress, tolerance_overrides
 
 
 def register(sub) -> None:
@@ -23,24 +23,16 @@ def register(sub) -> None:
     p.add_argument("--reference", default=None, help="the model FILE came from (.keras, .h5, SavedModel or .onnx)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code in --reference")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: 50)")
-    p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
-    p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
-    p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
-    p.add_argument("--max-rel-diff", type=float, default=None,
-                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
-    p.add_argument("--max-rmse-increase", type=float, default=None,
-                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
+    add_tolerance_options(p)
 
 
 def _run(args) -> int:
     from pathlib import Path
 
-    from deploykit.export.config import Tolerance
     from deploykit.export.validate import validate, validation_markdown
     from deploykit.inputs import as_dataset
 
-    overrides = Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
-                          max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
+    overrides = tolerance_overrides(args)
     data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names,
                       task=args.task)
     progress(f"data {data.summary()}")

@@ -77,6 +77,11 @@ def block_length(width: int, target: int = BLOCK) -> int:
 AUTO_TABLE_SHARE = 0.5
 
 
+def mask_width(shape: tuple, spatial: bool) -> int:
+    """Values one row's mask holds for an input of per-row ``shape``: one per channel (spatial dropout) or per element."""
+    return int(shape[-1]) if spatial else int(np.prod(shape))
+
+
 def table_bytes(width: int, pool: int) -> int:
     """The bytes one pooled-mask table of a ``width``-wide mask adds to the model: (pool + nb - 1) blocks of b."""
     b = block_length(width)

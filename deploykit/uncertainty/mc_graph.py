@@ -54,7 +54,7 @@ from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
 from deploykit.task import OutputKind, Task, output_kind, resolve_task
-from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, mask_width, resolve_mask
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit
 
 __all__ = ["MCConfig", "build_mc_graph", "mc_task", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
@@ -98,9 +98,7 @@ def mask_kind(model_graph, config: MCConfig) -> MaskKind:
     widths = []
     for node in graph.nodes:
         if node.spec.support.role is Role.DROPOUT:
-            shape = graph.in_shape(node) or ()
-            spatial = node.spec.class_name.startswith("SpatialDropout")
-            widths.append(int(shape[-1]) if spatial else int(np.prod(shape)))
+            widths.append(mask_width(graph.in_shape(node) or (), node.spec.class_name.startswith("SpatialDropout")))
     weight_bytes = sum(np.asarray(w).size * 4 for node in graph.nodes for w in node.spec.weights)
     return resolve_mask(config.mask, widths, weight_bytes, config.pool)
 

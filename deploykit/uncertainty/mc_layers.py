@@ -16,7 +16,7 @@ import numpy as np
 from deploykit.errors import UnsupportedLayerError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.graph import LayerSpec, Node
-from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, pool_keep, represented_rate
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, mask_width, pool_keep, represented_rate
 
 # Keras's SELU constants (AlphaDropout's correction is built from them).
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -378,7 +378,7 @@ def _dropout(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
         raise UnsupportedLayerError(spec.name, spec.class_name, "no MC Dropout form for this dropout type")
     alpha = spec.class_name == "AlphaDropout"
     if g.mask is MaskKind.POOL:
-        width = int(shape[-1]) if spatial else int(np.prod(shape))  # one value per channel, or per element
+        width = mask_width(shape, spatial)
         mask = pool_keep(g, x, len(shape) + 1, width, rate, g.pool, g.table_rng(), as_bool=alpha)
         if len(shape) > 1:
             on = [*[1] * (len(shape) - 1), width] if spatial else list(shape)

@@ -336,3 +336,15 @@ def test_a_keras3_model_with_an_adapted_normalization_goes_back_to_keras3_comput
     expected = k3.ops.convert_to_numpy(source(probe, training=False))
     got = k3.ops.convert_to_numpy(k3.saving.load_model(out)(probe, training=False))
     assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.sqrt(np.mean(expected ** 2))))
+
+
+@pytest.mark.parametrize("what", ["inputs", "outputs"])
+def test_keras3_models_with_several_inputs_or_outputs_are_named_before_anything_is_built(k3, tmp_path, what):
+    a, b = k3.Input((4,), name="a"), k3.Input((3,), name="b")
+    if what == "inputs":
+        model = k3.Model([a, b], k3.layers.Dense(3)(k3.layers.Concatenate()([a, b])))
+    else:
+        h = k3.layers.Dense(5)(a)
+        model = k3.Model(a, [k3.layers.Dense(3, name="h1")(h), k3.layers.Dense(2, name="h2")(h)])
+    with pytest.raises(UnsupportedLayerError, match=f"has 2 {what} .*single-input, single-output"):
+        load_model(_save(model, tmp_path / "m.keras"))
