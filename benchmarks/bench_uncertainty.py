@@ -10,6 +10,8 @@ stopping) trained on the Fashion-MNIST sample once per seed. For each training:
 - a deep ensemble of K members (this seed's model and K-1 more trainings), each
   through ``deploykit.optimize`` (fold, prune 80%, int8 ONNX), in one ONNX model,
   with and without a temperature on its mean;
+- the same members with MC Dropout inside (T = 20 each, int8-dynamic), with
+  and without a temperature;
 
 test-split NLL, ECE (15 bins), Brier, AUROC of errors by entropy, OOD AUROC and
 FPR at 95% TPR per measure (OOD set: scikit-learn's digits upsampled to 28x28),
@@ -39,6 +41,7 @@ from common import FASHION, write_results  # noqa: E402  (puts the repository on
 from deploykit.export.runtimes import interleaved_medians  # noqa: E402
 
 T = 100
+MEMBER_T = 20  # MC samples inside each ensemble member: 5 members x 20 = the single MC model's 100
 TARGET_ACCURACY = 0.99
 BOOTSTRAP = 200  # resamples of the test rows for the standard error of the ECE
 RATE = 0.2
@@ -122,7 +125,7 @@ def evaluate(data, ood, split_outputs: dict) -> dict:
 def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
     from deploykit.export import export_onnx
     from deploykit.uncertainty import export_mc_onnx, fit_mc_temperature, fit_temperature
-    from deploykit.pipeline.ensemble import optimize_members
+    from deploykit.pipeline.ensemble import mc_member, optimize_members
     from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, ensemble_sizes, export_ensemble_onnx
     from deploykit.uncertainty.temperature import Placement, write_with_temperature
 
@@ -149,7 +152,7 @@ def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
     rows["mc + temperature"] = evaluate(data, ood, {s: run_onnx(folder / "mc_t.onnx", x, names[:2]) for s, x in splits.items()})
     say(f"seed {seed}: ensemble of {members} members (train, fold, prune, int8)")
     models = [model] + [chapter_model(data, seed * 100 + k) for k in range(1, members)]
-    member_paths, original = optimize_members(models, data, folder / "members", sparsity=0.8)
+    member_paths, original = optimize_members(models, data, folder / "members", sparsity=0.8, keep_keras=True)
     ens = export_ensemble_onnx(member_paths, folder / "ensemble.onnx", include_members=True)
     names = ["mean", "mutual_information", MEMBERS_OUTPUT]
     ens_out = {s: run_onnx(ens.path, x, names) for s, x in splits.items()}
@@ -162,8 +165,23 @@ def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
         write_with_temperature(ens.path, folder / "ensemble_t.onnx", fit)
         rows[f"ensemble ({members}) + temperature{label}"] = evaluate(
             data, ood, {s: run_onnx(folder / "ensemble_t.onnx", x, names[:2]) for s, x in splits.items()})
+    say(f"seed {seed}: the same members with MC Dropout inside (T = {MEMBER_T} each)")
+    mc_paths = [p.with_name(f"mc_{p.name}") for p in member_paths]
+    for member, path in zip(member_paths, mc_paths):
+        mc_member(member.with_suffix(".keras"), path, MEMBER_T, data)
+    mc_ens = export_ensemble_onnx(mc_paths, folder / "ensemble_mc.onnx", include_members=True)
+    label = f"ensemble ({members}, MC T={MEMBER_T} inside)"
+    names = ["mean", "mutual_information", "sample_probabilities"]  # every member's every sample: [K*T, N, C]
+    mc_ens_out = {s: run_onnx(mc_ens.path, x, names) for s, x in splits.items()}
+    rows[label] = evaluate(data, ood, mc_ens_out)
+    fits["ensemble+MC+temperature"] = fit = fit_mc_temperature(data.y_val, mc_ens_out["val"][names[2]],
+                                                              placements=(Placement.PER_SAMPLE, Placement.MEAN))
+    write_with_temperature(mc_ens.path, folder / "ensemble_mc_t.onnx", fit)
+    rows[f"{label} + temperature (validation choice)"] = evaluate(
+        data, ood, {s: run_onnx(folder / "ensemble_mc_t.onnx", x, names[:2]) for s, x in splits.items()})
     return {"seed": seed, "rows": rows, "fits": {k: f.to_dict() for k, f in fits.items()},
-            "sizes": ensemble_sizes(member_paths, ens.path, original).to_dict()}
+            "sizes": ensemble_sizes(member_paths, ens.path, original).to_dict(),
+            "sizes_mc": ensemble_sizes(mc_paths, mc_ens.path, original).to_dict()}
 
 
 # --- speed of the MC call --------------------------------------------------------------------------
@@ -259,7 +277,12 @@ def to_markdown(result: dict) -> str:
         ", ".join(f"{k} T={v['temperature']:.3f} ({v['placement']})" for k, v in r["fits"].items()) for r in runs), "",
         f"Ensemble size (seed {runs[0]['seed']}): {s['members']} pruned int8 members {s['members_gzip']} B gzip, "
         f"ensemble ONNX {s['ensemble_gzip']} B gzip, one float32 original (.keras) {s['original_gzip']} B gzip: "
-        f"ratio {s['ensemble_gzip'] / s['original_gzip']:.2f}x.", ""]
+        f"ratio {s['ensemble_gzip'] / s['original_gzip']:.2f}x."]
+    if "sizes_mc" in runs[0]:
+        s = runs[0]["sizes_mc"]
+        lines.append(f"With MC Dropout inside each member: ensemble ONNX {s['ensemble_gzip']} B gzip, "
+                     f"ratio {s['ensemble_gzip'] / s['original_gzip']:.2f}x.")
+    lines.append("")
     if result.get("speed"):
         lines += speed_markdown(result["speed"])
     return "\n".join(lines)

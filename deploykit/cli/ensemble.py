@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
+from deploykit.cli.mc import add_uncertainty_options, selective_target
 
 MODEL_FILE = "ensemble.onnx"
 MEMBERS_DIR = "members"
@@ -18,8 +21,10 @@ def register(sub) -> None:
         description=f"Take K model files (or train K members with the chapter's preset and seeds SEED..SEED+K-1), "
         f"run each through fold + prune + int8 ONNX export (deploykit.optimize), and write {MODEL_FILE}: every member "
         f"in one graph on one input, with the MC model's outputs (mean, std, predictive_entropy, mutual_information, "
-        f"predicted_class); plus {JSON_FILE} / {MARKDOWN_FILE}: test-split calibration and the sizes (gzip) against "
-        f"one float32 original.",
+        f"predicted_class), calibrated by a temperature fitted on the validation split (a regressor: its std scale) "
+        f"and, given a target, with an `abstain` output; each member's optimized Keras model beside its ONNX file in "
+        f"{MEMBERS_DIR}/; plus {JSON_FILE} / {MARKDOWN_FILE}: the sizes (gzip) against one float32 original and the "
+        f"test-split figures (calibration before / after, selective prediction, OOD detection).",
     )
     p.add_argument("models", nargs="*", help="member model files (.keras, .h5); none: train --members of them")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code (loading them can run arbitrary code)")
@@ -31,32 +36,38 @@ def register(sub) -> None:
     p.add_argument("--mc-samples", type=int, default=None, metavar="T",
                    help="MC Dropout inside each member: every member draws T dropout samples per call and the "
                    "outputs reduce all K*T of them (default: deterministic members)")
+    add_uncertainty_options(p, regression=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
 
 def _run(args) -> int:
-    import json
     from pathlib import Path
 
     from deploykit.atomic import atomic_dir, write_text
     from deploykit.errors import UsageError
+    from deploykit.uncertainty.bundle import load_ood
 
     if not args.models and args.members < 2:
         raise UsageError(f"--members must be >= 2, got {args.members}")
     if len(args.models) == 1:
         raise UsageError("give at least 2 model files (or none, to train --members of them)")
+    target = selective_target(args)  # refuse bad options before any work
+    ood = load_ood(args.ood_data) if args.ood_data else None
     out = Path(args.out)
     with atomic_dir(out, force=args.force) as staging:
         data = load_data_arg(args)
         models = _members(args, data)
-        summary = build(models, data, staging, mc_samples=args.mc_samples, sparsity=args.sparsity, epochs=args.tune_epochs)
+        summary = build(models, data, staging, mc_samples=args.mc_samples, temperature=not args.no_temperature,
+                        target=target, ood=ood, sparsity=args.sparsity, epochs=args.tune_epochs)
         summary["data"] = data.summary()
+        markdown = summary.pop("markdown")
+        summary = json.loads(json.dumps(summary, default=str).replace(f"{staging}/", f"{out}/"))
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
-        write_text(staging / MARKDOWN_FILE, to_markdown(summary))
+        write_text(staging / MARKDOWN_FILE, to_markdown(summary, markdown))
     s = summary["sizes"]
     print(f"{s['members']} members: ensemble {s['ensemble_gzip']} B gzip vs one float32 original {s['original_gzip']} B "
-          f"({s['ensemble_gzip'] / s['original_gzip']:.2f}x); test NLL {summary['test']['ensemble']['nll']:.4f}")
+          f"({s['ensemble_gzip'] / s['original_gzip']:.2f}x); {_headline(summary['comparison'])}")
     print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE} in {out}")
     return 0
 
@@ -82,37 +93,43 @@ def _members(args, data) -> list:
     return models
 
 
-def build(models, data, folder, *, mc_samples: int | None = None, **options) -> dict:
-    """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder``, measure it.
+def build(models, data, folder, *, mc_samples: int | None = None, temperature: bool = True, target=None, ood=None,
+          **options) -> dict:
+    """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder`` with its
+    temperature / std scale, ``abstain`` threshold (``target``) and OOD figures (:func:`ensemble_bundle`).
+    The summary's ``markdown`` is the comparison's text, for :func:`to_markdown`.
 
     ``mc_samples``: MC Dropout inside each member (T samples each), see ``optimize_members``."""
-    from deploykit.sessions import onnx_session
-
-    from deploykit.uncertainty.calibration import calibration
     from deploykit.pipeline.ensemble import optimize_members
-    from deploykit.uncertainty.ensemble import ensemble_sizes, export_ensemble_onnx
+    from deploykit.uncertainty.bundle import ensemble_bundle
+    from deploykit.uncertainty.ensemble import ensemble_sizes
 
     if mc_samples is not None and mc_samples < 1:
         from deploykit.errors import UsageError
 
         raise UsageError(f"--mc-samples must be >= 1, got {mc_samples}")
     members, original = optimize_members(models, data, folder / MEMBERS_DIR, progress=lambda m: progress("  " + m),
-                                         mc_samples=mc_samples, **options)
+                                         mc_samples=mc_samples, keep_keras=True, **options)
     progress(f"writing {MODEL_FILE} ({len(members)} members)")
-    record = export_ensemble_onnx(members, folder / MODEL_FILE, class_names=data.class_names)
-    ensemble, first = onnx_session(record.path), onnx_session(members[0])
-    x = data.x_test.astype("float32")
-    test = {"ensemble": calibration(data.y_test, ensemble.run(["mean"], {"input": x})[0]).to_dict(),
-            "member0_int8": calibration(data.y_test, first.run(None, {"input": x})[0]).to_dict()}
-    for report in test.values():
-        for key in ("bin_confidence", "bin_accuracy", "bin_count"):
-            report.pop(key)
-    return {"ensemble": {**record.to_dict(), "path": MODEL_FILE}, "sizes": ensemble_sizes(members, record.path, original).to_dict(),
-            "test": test, "mc_samples": mc_samples}
+    bundle = ensemble_bundle(members, data, folder / MODEL_FILE, temperature=temperature, target=target, ood=ood,
+                             say=lambda m: progress("  " + m))
+    comparison = json.loads(json.dumps(bundle.comparison.to_dict(), default=str))
+    return {"ensemble": {**bundle.export.to_dict(), "path": MODEL_FILE},
+            "sizes": ensemble_sizes(members, bundle.export.path, original).to_dict(),
+            "comparison": comparison, "markdown": bundle.comparison.to_markdown(), "mc_samples": mc_samples}
 
 
-def to_markdown(summary: dict) -> str:
-    s, t = summary["sizes"], summary["test"]
+def _headline(comparison: dict) -> str:
+    """The test figure a user looks at first: NLL (a classifier) or RMSE and 95% coverage (a regressor)."""
+    m = comparison["mc"]
+    if "coverage_95" in m:
+        return f"test RMSE {m['rmse']:.4g}, 95% interval covers {m['coverage_95']:.1%}"
+    return f"test NLL {m['nll']:.4f}, accuracy {m['accuracy']:.4f}"
+
+
+def to_markdown(summary: dict, comparison_markdown: str) -> str:
+    """The sizes table, then the ensemble's comparison (``ComparisonReport.to_markdown``) one heading level down."""
+    s = summary["sizes"]
     lines = [
         f"# Deep ensemble: {s['members']} pruned int8 members in one ONNX model",
         "",
@@ -124,9 +141,7 @@ def to_markdown(summary: dict) -> str:
         f"| {s['members']} int8 member files | {s['members_bytes']} | {s['members_gzip']} | {s['members_gzip'] / s['original_gzip']:.2f}x |",
         f"| {MODEL_FILE} | {s['ensemble_bytes']} | {s['ensemble_gzip']} | {s['ensemble_gzip'] / s['original_gzip']:.2f}x |",
         "",
-        "| test split | accuracy | NLL | Brier | ECE |",
-        "|---|---:|---:|---:|---:|",
+        "The deterministic column is the first int8 member alone.",
+        "",
     ]
-    for name, r in t.items():
-        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['brier']:.4f} | {r['ece']:.4f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + comparison_markdown.replace("# ", "## ", 1)

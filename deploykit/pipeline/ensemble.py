@@ -18,7 +18,7 @@ from deploykit.pipeline.steps import MODEL_FILE, ORIGINAL_FILE
 
 
 def optimize_members(models: Sequence, data, folder: str | os.PathLike, progress=None, *, mc_samples: int | None = None,
-                     **options) -> tuple[list[Path], Path]:
+                     keep_keras: bool = False, **options) -> tuple[list[Path], Path]:
     """Run each model through ``optimize`` (fold, prune, int8-dynamic ONNX); the member files and one original.
 
     ``options`` are ``optimize``'s flat options (e.g. ``sparsity=0.8``); the formats, variants and MC
@@ -30,6 +30,9 @@ def optimize_members(models: Sequence, data, folder: str | os.PathLike, progress
     optimized Keras model (BatchNorm kept where folding it would cross a dropout, as ``optimize`` does
     for its MC model), drawing ``mc_samples`` samples and outputting them all, int8-dynamic like the
     deterministic members; the int8 deterministic model still has to meet the budget.
+
+    ``keep_keras``: also keep each member's optimized Keras model as ``member{k}.keras`` in ``folder``
+    (the model to fine-tune further, or to build the member's MC model from with :func:`mc_member`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,14 +49,16 @@ def optimize_members(models: Sequence, data, folder: str | os.PathLike, progress
             if mc_samples is None:
                 shutil.copy(result.out_dir / shipped[0], path)
             else:
-                _mc_member(result.out_dir / MODEL_FILE, path, mc_samples, data)
+                mc_member(result.out_dir / MODEL_FILE, path, mc_samples, data)
+            if keep_keras:
+                shutil.copy(result.out_dir / MODEL_FILE, path.with_suffix(".keras"))
             paths.append(path)
             if k == 0:
                 shutil.copy(result.out_dir / ORIGINAL_FILE, original)
     return paths, original
 
 
-def _mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
+def mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
     """The MC Dropout model of an optimized member, with every sample as an output, int8-dynamic after the int8
     preparation (as the deterministic members are)."""
     from deploykit.io import load_model

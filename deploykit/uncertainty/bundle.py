@@ -40,6 +40,7 @@ from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
 from deploykit.uncertainty.compare import ComparisonReport, RegressionComparison, SelectiveReport, compare
+from deploykit.uncertainty.ensemble import EnsembleRecord
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig
 from deploykit.uncertainty.measures import Measure, entropy, uncertainties
@@ -75,45 +76,132 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     """
     from deploykit.evaluate import outputs
 
-    path, folder = Path(path), Path(path).parent
+    path = Path(path)
     if ood is not None:
         ood = check_ood(ood, data.x_test.shape[1:])
     if config.task is None:
         config = dataclasses.replace(config, task=data.task)
     _check_target(target, config.task)
-    if config.task is Task.REGRESSION:
-        return _regression_bundle(model, data, path, config, temperature=temperature, target=target, ood=ood,
-                                  deterministic=deterministic, metadata=metadata, batch_size=batch_size, say=say)
-    say(f"exporting the MC Dropout model (T = {config.samples})")
-    record = export_mc_onnx(model, path, config=config, class_names=list(data.class_names), metadata=metadata)
+    regression = config.task is Task.REGRESSION
+    say(f"exporting the MC Dropout {'regression ' if regression else ''}model (T = {config.samples})")
+    record = export_mc_onnx(model, path, config=config, metadata=metadata,
+                            **({} if regression else {"class_names": list(data.class_names)}))
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
     if record.output_kind is OutputKind.LOGITS:  # the model's raw outputs are logits: compare probabilities
         det = _softmax(det)
-    fitted = _store_temperature(model, data, path, config, batch_size, say) if temperature else None
-    say(f"predicting {len(data.x_test)} test instances with the MC model")
-    mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
+    figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say)
+    if regression:
+        comparison, mc = _regression_figures(path, figures)
+        return MCBundle(record, comparison, None, mc.mean)
+
+    def val_samples():  # the same graph with its raw samples, for the per-sample fit
+        with tempfile.TemporaryDirectory() as tmp:
+            scratch = export_mc_onnx(model, Path(tmp) / "samples.onnx", config=dataclasses.replace(config, include_samples=True))
+            val = UncertaintyPredictor(scratch.path).predict(data.x_val, batch_size=batch_size)
+            return val.sample_probabilities, _per_sample(scratch.path)
+
+    comparison, mc = _classification_figures(path, figures, val_samples)
+    return MCBundle(record, comparison, mc.predicted_class, mc.mean)
+
+
+@dataclass
+class EnsembleBundle(Record):
+    """What :func:`ensemble_bundle` wrote: the ensemble's export record and its comparison (as :class:`MCBundle`)."""
+
+    export: EnsembleRecord
+    comparison: ComparisonReport | RegressionComparison
+    predicted_class: np.ndarray = field(default=None, repr=False)
+    prediction: np.ndarray = field(default=None, repr=False)
+
+
+def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.PathLike, *, temperature: bool = True,
+                    target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
+                    deterministic: np.ndarray | None = None, batch_size: int = 256,
+                    say: Callable[[str], None] = lambda message: None) -> EnsembleBundle:
+    """Write the deep ensemble of the ONNX ``members`` to ``path``, then calibrate / threshold / evaluate it on
+    ``data`` as :func:`mc_bundle` does an MC model: the temperature (per member or on the mean, as the validation
+    NLL prefers; a regressor: the std scale), the ``abstain`` threshold, OOD figures, and the comparison with
+    ``deterministic`` (default: the first member's test outputs).
+    """
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+
+    path = Path(path)
+    if ood is not None:
+        ood = check_ood(ood, data.x_test.shape[1:])
+    _check_target(target, data.task)
+    say(f"writing the ensemble of {len(members)} members")
+    names = None if data.task is Task.REGRESSION else list(data.class_names) or None
+    record = export_ensemble_onnx(members, path, class_names=names)
+    if record.task is not data.task:
+        raise DataError(f"the ensemble members are {record.task.value} models, the data has {data.task.value} labels")
+    det = _first_member(members[0], data.x_test, batch_size) if deterministic is None else np.asarray(deterministic)
+    figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
+                      method="deep ensemble")
+    if data.task is Task.REGRESSION:
+        comparison, result = _regression_figures(path, figures)
+        return EnsembleBundle(record, comparison, None, result.mean)
+
+    def val_samples():  # the same ensemble with every member's probabilities, for the per-member fit
+        with tempfile.TemporaryDirectory() as tmp:
+            scratch = export_ensemble_onnx(members, Path(tmp) / "members.onnx", include_members=True)
+            val = UncertaintyPredictor(scratch.path).predict(data.x_val, batch_size=batch_size)
+            return val.sample_probabilities, _per_sample(scratch.path)  # each member's (MC member's: sample's) softmax
+
+    comparison, result = _classification_figures(path, figures, val_samples)
+    return EnsembleBundle(record, comparison, result.predicted_class, result.mean)
+
+
+def _first_member(member, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """A member's own test outputs: its probabilities (an MC member: its mean), or a regressor's prediction."""
+    from deploykit.sessions import onnx_session
+
+    session = onnx_session(member)
+    x = np.asarray(x, np.float32)
+    return np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i:i + batch_size]})[0]
+                           for i in range(0, len(x), batch_size)])
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the post-export steps of a bundle work from: the data, the baseline's test outputs and the options."""
+
+    data: object  # a deploykit.data.Dataset
+    deterministic: np.ndarray  # the baseline's test outputs: probabilities, or a regressor's predictions
+    temperature: bool
+    target: SelectiveTarget | None
+    ood: np.ndarray | None
+    batch_size: int
+    say: Callable[[str], None]
+    method: str = "MC Dropout"
+
+
+def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tuple[np.ndarray, bool]]):
+    """Temperature, selective threshold, OOD and comparison of the classifier written at ``path``."""
+    data, folder = f.data, path.parent
+    fitted = _store_temperature(path, data, val_samples, f.batch_size, f.say) if f.temperature else None
+    f.say(f"predicting {len(data.x_test)} test instances with the {f.method} model")
+    mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=f.batch_size)
     plots, calibrated = [RELIABILITY_PLOT], None
     if fitted is not None:
         from deploykit.uncertainty.temperature import temperature_report
 
         fit, before = fitted
         calibrated = temperature_report(data.y_test, before.mean, mc.mean, fit, plot_path=folder / TEMPERATURE_PLOT,
-                                        name="MC Dropout")
+                                        name=f.method)
         plots.append(TEMPERATURE_PLOT)
     selective = None
-    if target is not None:
-        selective = _selective(path, data, target, mc, det, folder / RISK_COVERAGE_PLOT, batch_size, say)
+    if f.target is not None:
+        selective = _selective(path, f, mc, folder / RISK_COVERAGE_PLOT)
         plots.append(RISK_COVERAGE_PLOT)
     rows = None
-    if ood is not None:
+    if f.ood is not None:
         from deploykit.uncertainty.ood import ood_report
 
-        say(f"predicting {len(ood)} out-of-distribution instances")
-        away = UncertaintyPredictor(path).predict(ood, batch_size=batch_size)
+        f.say(f"predicting {len(f.ood)} out-of-distribution instances")
+        away = UncertaintyPredictor(path).predict(f.ood, batch_size=f.batch_size)
         rows = ood_report(uncertainties(mc.mean, mc.mutual_information), uncertainties(away.mean, away.mutual_information))
-    comparison = compare(data.y_test, det, mc, plot_path=folder / RELIABILITY_PLOT)
-    comparison = dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots)
-    return MCBundle(record, comparison, mc.predicted_class, mc.mean)
+    comparison = compare(data.y_test, f.deterministic, mc, plot_path=folder / RELIABILITY_PLOT, method=f.method)
+    return dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots), mc
 
 
 def _check_target(target: SelectiveTarget | None, task: Task) -> None:
@@ -132,35 +220,30 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _regression_bundle(model, data, path: Path, config: MCConfig, *, temperature: bool, target: SelectiveTarget | None,
-                       ood: np.ndarray | None, deterministic: np.ndarray | None, metadata, batch_size: int,
-                       say: Callable[[str], None]) -> MCBundle:
-    """:func:`mc_bundle` for a regressor: std scale, interval-width threshold, regression metrics."""
-    from deploykit.evaluate import outputs
+def _regression_figures(path: Path, f: Figures):
+    """Std scale, interval-width threshold, OOD and regression metrics of the regressor written at ``path``."""
     from deploykit.uncertainty.regression import interval_width, regression_metrics
 
-    folder = path.parent
-    say(f"exporting the MC Dropout regression model (T = {config.samples})")
-    record = export_mc_onnx(model, path, config=config, metadata=metadata)
-    det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
-    scaled = _store_std_scale(data, path, batch_size, say) if temperature else None
-    say(f"predicting {len(data.x_test)} test instances with the MC model")
-    mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
+    data, folder = f.data, path.parent
+    scaled = _store_std_scale(data, path, f.batch_size, f.say) if f.temperature else None
+    f.say(f"predicting {len(data.x_test)} test instances with the {f.method} model")
+    mc = UncertaintyPredictor(path).predict(data.x_test, batch_size=f.batch_size)
     plots, selective, rows = [], None, None
-    if target is not None:
-        selective = _regression_selective(path, data, target, mc, folder / RISK_COVERAGE_PLOT, batch_size, say)
+    if f.target is not None:
+        selective = _regression_selective(path, f, mc, folder / RISK_COVERAGE_PLOT)
         plots.append(RISK_COVERAGE_PLOT)
-    if ood is not None:
+    if f.ood is not None:
         from deploykit.uncertainty.ood import ood_report
 
-        say(f"predicting {len(ood)} out-of-distribution instances")
-        away = UncertaintyPredictor(path).predict(ood, batch_size=batch_size)
+        f.say(f"predicting {len(f.ood)} out-of-distribution instances")
+        away = UncertaintyPredictor(path).predict(f.ood, batch_size=f.batch_size)
         rows = ood_report({Measure.INTERVAL_WIDTH: interval_width(mc.std)}, {Measure.INTERVAL_WIDTH: interval_width(away.std)})
+    det = f.deterministic
     deterministic_report = regression_metrics(data.y_test, det, np.zeros_like(det, dtype=np.float64))
     comparison = RegressionComparison(count=len(data.x_test), samples=mc.samples, deterministic_rmse=deterministic_report.rmse,
                                       deterministic_mae=deterministic_report.mae, mc=regression_metrics(data.y_test, mc.mean, mc.std),
-                                      std_scale=scaled, selective=selective, ood=rows, plots=plots)
-    return MCBundle(record, comparison, None, mc.mean)
+                                      std_scale=scaled, selective=selective, ood=rows, plots=plots, method=f.method)
+    return comparison, mc
 
 
 def _store_std_scale(data, path: Path, batch_size: int, say):
@@ -181,8 +264,7 @@ def _store_std_scale(data, path: Path, batch_size: int, say):
                           regression_metrics(data.y_test, after.mean, after.std))
 
 
-def _regression_selective(path: Path, data, target: SelectiveTarget, mc: UncertaintyResult, plot: Path,
-                          batch_size: int, say) -> SelectiveReport:
+def _regression_selective(path: Path, f: Figures, mc: UncertaintyResult, plot: Path) -> SelectiveReport:
     """The interval-width threshold chosen on the validation split, stored as ``abstain``, measured on the test split."""
     import onnx
 
@@ -191,7 +273,8 @@ def _regression_selective(path: Path, data, target: SelectiveTarget, mc: Uncerta
     from deploykit.uncertainty.selective import (add_abstain, apply_regression_threshold, choose_regression_threshold,
                                                  regression_risk_coverage, risk_coverage_plot)
 
-    val = UncertaintyPredictor(path).predict(data.x_val, batch_size=batch_size)
+    data, target = f.data, f.target
+    val = UncertaintyPredictor(path).predict(data.x_val, batch_size=f.batch_size)
     chosen = choose_regression_threshold(data.y_val, val.mean, interval_width(val.std), target)
     proto = onnx.load(str(path))
     add_abstain(proto, chosen)
@@ -199,58 +282,58 @@ def _regression_selective(path: Path, data, target: SelectiveTarget, mc: Uncerta
         onnx.save(proto, str(tmp))
     width = interval_width(mc.std)
     test = apply_regression_threshold(data.y_test, mc.mean, width, chosen.threshold)
-    say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}, "
-        f"RMSE of kept {test.rmse:.4g}")
-    risk_coverage_plot({"MC Dropout (95% interval width)": regression_risk_coverage(data.y_test, mc.mean, width)},
+    f.say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}, "
+          f"RMSE of kept {test.rmse:.4g}")
+    risk_coverage_plot({f"{f.method} (95% interval width)": regression_risk_coverage(data.y_test, mc.mean, width)},
                        plot, target_rmse=target.target_rmse)
     return SelectiveReport(chosen, test)
 
 
-def _store_temperature(model, data, path: Path, config: MCConfig, batch_size: int, say):
-    """Fit the temperature on the validation split and store it in ``path``; returns (fit, raw test predictions)."""
+def _store_temperature(path: Path, data, val_samples, batch_size: int, say):
+    """Fit the temperature on the validation split's samples (``val_samples()``: [T, N, C] and whether each sample
+    has its own softmax, for the per-sample placement) and store it in ``path``; returns (fit, raw test predictions)."""
     from deploykit.uncertainty.temperature import Placement, fit_mc_temperature, write_with_temperature
 
     say(f"fitting the temperature on {len(data.x_val)} validation instances")
     if len(data.x_val) == 0:
         raise DataError("temperature scaling needs a validation split; give data with one or switch it off")
-    with tempfile.TemporaryDirectory() as tmp:  # the same graph with its raw samples, for the per-sample fit
-        scratch = export_mc_onnx(model, Path(tmp) / "samples.onnx", config=dataclasses.replace(config, include_samples=True))
-        val = UncertaintyPredictor(scratch.path).predict(data.x_val, batch_size=batch_size)
-        one_softmax = _softmax_count(scratch.path) == 1
-    placements = (Placement.PER_SAMPLE, Placement.MEAN) if one_softmax else (Placement.MEAN,)
-    fit = fit_mc_temperature(data.y_val, val.sample_probabilities, placements=placements)
+    samples, per_sample = val_samples()
+    placements = (Placement.PER_SAMPLE, Placement.MEAN) if per_sample else (Placement.MEAN,)
+    fit = fit_mc_temperature(data.y_val, samples, placements=placements)
     before = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
     write_with_temperature(path, path, fit)
     say(f"  T = {fit.temperature:.4f} ({fit.placement.value}): validation NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
     return fit, before
 
 
-def _selective(path: Path, data, target: SelectiveTarget, mc: UncertaintyResult, det: np.ndarray, plot: Path,
-               batch_size: int, say) -> SelectiveReport:
+def _selective(path: Path, f: Figures, mc: UncertaintyResult, plot: Path) -> SelectiveReport:
     """Choose the threshold on the validation split, add ``abstain`` to the graph, measure it on the test split."""
     import onnx
 
     from deploykit.atomic import atomic_path
     from deploykit.uncertainty.selective import add_abstain, apply_threshold, choose_threshold, risk_coverage, risk_coverage_plot
 
-    val = UncertaintyPredictor(path).predict(data.x_val, batch_size=batch_size)
-    chosen = choose_threshold(data.y_val, val.predicted_class, val.predictive_entropy, SELECTIVE_MEASURE, target)
+    data, det = f.data, f.deterministic
+    val = UncertaintyPredictor(path).predict(data.x_val, batch_size=f.batch_size)
+    chosen = choose_threshold(data.y_val, val.predicted_class, val.predictive_entropy, SELECTIVE_MEASURE, f.target)
     proto = onnx.load(str(path))
     add_abstain(proto, chosen)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     test = apply_threshold(data.y_test, mc.predicted_class, mc.predictive_entropy, chosen.threshold)
-    say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}")
-    risk_coverage_plot({"MC Dropout (predictive entropy)": risk_coverage(data.y_test, mc.predicted_class, mc.predictive_entropy),
+    f.say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}")
+    risk_coverage_plot({f"{f.method} (predictive entropy)": risk_coverage(data.y_test, mc.predicted_class, mc.predictive_entropy),
                         "deterministic (entropy)": risk_coverage(data.y_test, det.argmax(1), entropy(det))},
-                       plot, target_accuracy=target.target_accuracy)
+                       plot, target_accuracy=f.target.target_accuracy)
     return SelectiveReport(chosen, test)
 
 
-def _softmax_count(path: Path) -> int:
+def _per_sample(path: Path) -> bool:
     import onnx
 
-    return sum(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node)
+    from deploykit.uncertainty.temperature import per_sample_placement
+
+    return per_sample_placement(onnx.load(str(path)))
 
 
 def load_ood(path: str | os.PathLike) -> np.ndarray:

@@ -64,13 +64,14 @@ class ComparisonReport(Record):
     selective: SelectiveReport | None = None  # the abstain threshold (None: no target given)
     ood: list[OODRow] | None = None  # one row per measure (None: no OOD data given)
     plots: list[str] = field(default_factory=list)  # PNG file names, beside the model
+    method: str = "MC Dropout"  # what ``mc`` is: "MC Dropout", or "deep ensemble" (T then counts its members)
 
     def to_markdown(self) -> str:
         d, m = self.deterministic, self.mc
         lines = [
-            f"# Deterministic vs MC Dropout ({self.count} instances, T = {self.samples} samples)",
+            f"# Deterministic vs {self.method} ({self.count} instances, T = {self.samples} samples)",
             "",
-            "| metric | deterministic | MC Dropout |",
+            f"| metric | deterministic | {self.method} |",
             "|---|---:|---:|",
             f"| accuracy | {d.accuracy:.4f} | {m.accuracy:.4f} |",
             f"| NLL | {d.nll:.4f} | {m.nll:.4f} |",
@@ -102,6 +103,7 @@ class RegressionComparison(Record):
     selective: SelectiveReport | None = None  # the abstain threshold on the interval width (None: no target given)
     ood: list[OODRow] | None = None  # the interval width as the OOD measure (None: no OOD data given)
     plots: list[str] = field(default_factory=list)
+    method: str = "MC Dropout"  # as :attr:`ComparisonReport.method`
 
     def to_markdown(self) -> str:
         return "\n".join(regression_markdown(self.to_dict())) + "\n"
@@ -109,11 +111,11 @@ class RegressionComparison(Record):
 
 def regression_markdown(report: dict) -> list[str]:
     """Markdown lines of a :class:`RegressionComparison` given as JSON values (``mc`` and ``optimize`` print one text)."""
-    m = report["mc"]
+    m, method = report["mc"], report.get("method", "MC Dropout")
     lines = [
-        f"# Deterministic vs MC Dropout regression ({report['count']} instances, T = {report['samples']} samples)",
+        f"# Deterministic vs {method} regression ({report['count']} instances, T = {report['samples']} samples)",
         "",
-        "| metric (test split) | deterministic | MC Dropout |",
+        f"| metric (test split) | deterministic | {method} |",
         "|---|---:|---:|",
         f"| RMSE | {_num(report['deterministic_rmse'])} | {_num(m['rmse'])} |",
         f"| MAE | {_num(report['deterministic_mae'])} | {_num(m['mae'])} |",
@@ -129,8 +131,8 @@ def regression_markdown(report: dict) -> list[str]:
 
 
 def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float = DEFAULT_FRACTION,
-            plot_path: str | os.PathLike | None = None) -> ComparisonReport:
-    """Compare deterministic probabilities [N, C] with an MC result on labels ``y_true``.
+            plot_path: str | os.PathLike | None = None, method: str = "MC Dropout") -> ComparisonReport:
+    """Compare deterministic probabilities [N, C] with an MC (or ensemble: ``method``) result on labels ``y_true``.
 
     With ``plot_path`` both reliability diagrams go side by side into one PNG.
     """
@@ -150,9 +152,9 @@ def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float 
         _uncertain_errors("mc", "mutual_information", mc.mutual_information, mc_wrong, fraction),
     ]
     if plot_path is not None:
-        reliability_diagram({"deterministic": det_report, f"MC Dropout (T={mc.samples})": mc_report}, plot_path)
+        reliability_diagram({"deterministic": det_report, f"{method} (T={mc.samples})": mc_report}, plot_path)
     return ComparisonReport(count=len(y), samples=mc.samples, fraction=fraction, deterministic=det_report,
-                            mc=mc_report, uncertain=uncertain)
+                            mc=mc_report, uncertain=uncertain, method=method)
 
 
 def _uncertain_errors(predictions: str, measure: str, uncertainty, wrong: np.ndarray, fraction: float) -> UncertainErrors:
@@ -169,12 +171,13 @@ def extra_markdown(report: dict) -> list[str]:
     comparison.md print one text.
     """
     lines: list[str] = []
+    short = "MC" if report.get("method", "MC Dropout") == "MC Dropout" else report["method"]
     t = report.get("temperature")
     if t:
         fit, b, a = t["fit"], t["before"], t["after"]
         lines += ["", f"## Temperature scaling (T = {fit['temperature']:.4f}, {fit['placement']}, "
                       f"fitted on {fit['count']} validation instances)", "",
-                  "| metric (test split) | MC before | MC after |", "|---|---:|---:|"]
+                  f"| metric (test split) | {short} before | {short} after |", "|---|---:|---:|"]
         lines += [f"| {name} | {_num(b.get(key))} | {_num(a.get(key))} |"
                   for name, key in (("accuracy", "accuracy"), ("NLL", "nll"), ("Brier", "brier"), (f"ECE ({b['bins']} bins)", "ece"))]
         lines += ["", f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}"
@@ -185,7 +188,7 @@ def extra_markdown(report: dict) -> list[str]:
     if v:
         fit, b, a = v["fit"], v["before"], v["after"]
         lines += ["", f"## Variance calibration (std × {fit['std_scale']:.4f}, fitted on {fit['count']} validation instances)", "",
-                  "| metric (test split) | MC before | MC after |", "|---|---:|---:|",
+                  f"| metric (test split) | {short} before | {short} after |", "|---|---:|---:|",
                   f"| Gaussian NLL | {_num(b['nll'])} | {_num(a['nll'])} |",
                   f"| coverage of the 90% interval | {_pct(b['coverage_90'])} | {_pct(a['coverage_90'])} |",
                   f"| coverage of the 95% interval | {_pct(b['coverage_95'])} | {_pct(a['coverage_95'])} |",

@@ -220,12 +220,16 @@ def _union_opsets(protos) -> list:
 
 
 def member_outputs(proto) -> list[str]:
-    """The members' probability tensors inside an ensemble graph (``member{k}/probabilities``), in member order."""
+    """The members' probability tensors inside an ensemble graph, in member order: ``member{k}/probabilities``,
+    or an MC Dropout member's ``member{k}/sample_probabilities``."""
     produced = {o for n in proto.graph.node for o in n.output}
     names: list[str] = []
-    while (name := f"{MEMBER_PREFIX.format(k=len(names))}{OUTPUT_NAME}") in produced:
+    while True:
+        prefix = MEMBER_PREFIX.format(k=len(names))
+        name = next((prefix + o for o in (OUTPUT_NAME, SAMPLES_OUTPUT) if prefix + o in produced), None)
+        if name is None:
+            return names
         names.append(name)
-    return names
 
 
 def _add_member(graph, proto, prefix: str, output: str) -> str:

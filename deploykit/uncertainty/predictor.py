@@ -21,7 +21,7 @@ from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
 from deploykit.configs import is_int
-from deploykit.contract import (ENSEMBLE_KEY, KIND_ENSEMBLE, MEMBER_PREDICTIONS_OUTPUT, MEMBERS_OUTPUT,
+from deploykit.contract import (ABSTAIN_OUTPUT, ENSEMBLE_KEY, KIND_ENSEMBLE, MEMBER_PREDICTIONS_OUTPUT, MEMBERS_OUTPUT,
                                 REGRESSION_OUTPUT_NAMES, SAMPLE_FIRST_OUTPUTS, SAMPLE_PREDICTIONS_OUTPUT)
 from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
@@ -40,6 +40,7 @@ class UncertaintyResult:
     sample_probabilities: np.ndarray | None = None  # [T, N, C] when the model outputs them (an ensemble: its members')
     sample_predictions: np.ndarray | None = None  # regression: [T, N, K] when the model outputs them (or members')
     task: Task = Task.CLASSIFICATION
+    abstain: np.ndarray | None = None  # [N] bool, true where the model declines to decide (a model with a threshold)
 
     @property
     def entropy(self) -> np.ndarray:
@@ -81,7 +82,7 @@ class UncertaintyPredictor:
             self.default_samples = int(self.metadata.default_samples or 0)
             self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
         self.class_names = tuple(self.metadata.class_names)
-        self._outputs = [*contract, *(n for n in SAMPLE_FIRST_OUTPUTS if n in outputs)]
+        self._outputs = [*contract, *(n for n in (*SAMPLE_FIRST_OUTPUTS, ABSTAIN_OUTPUT) if n in outputs)]
 
     def _members(self) -> int:
         """K, from the ensemble's ``deploykit.ensemble`` metadata (0 when it is missing)."""
@@ -115,7 +116,7 @@ class UncertaintyPredictor:
             samples=int(samples if samples is not None else self.default_samples),
             sample_probabilities=values.get(SAMPLES_OUTPUT, values.get(MEMBERS_OUTPUT)),
             sample_predictions=values.get(SAMPLE_PREDICTIONS_OUTPUT, values.get(MEMBER_PREDICTIONS_OUTPUT)),
-            task=self.task,
+            task=self.task, abstain=values.get(ABSTAIN_OUTPUT),
         )
 
     def _check_samples(self, samples) -> int:

@@ -48,7 +48,8 @@ from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set
 
 T_MIN, T_MAX = 0.05, 20.0  # search range: beyond it the model is broken rather than miscalibrated
 _TOL = 1e-6  # golden-section stop on log T
-_PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Identity", "Cast")
+# Between a softmax and the probabilities it gives: an MC graph reshapes its [T*N, C] softmax to [T, N, C]
+_PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Identity", "Cast", "Reshape")
 
 
 class Placement(enum.Enum):
@@ -176,13 +177,7 @@ def apply_mc_temperature(proto, fit: TemperatureFit) -> None:
     for name in OUTPUT_NAMES:
         ed.output_info(name)
     if fit.placement is Placement.PER_SAMPLE:
-        members = member_outputs(proto)  # an ensemble: the same T before each member's softmax
-        softmaxes = [_softmax_behind(ed, m) for m in members] or [n for n in ed.graph.node if n.op_type == "Softmax"]
-        if None in softmaxes or (not members and len(softmaxes) != 1):
-            found = f"{softmaxes.count(None)} member(s) without one" if members else f"{len(softmaxes)} Softmax nodes"
-            raise UsageError(f"per-sample temperature needs one Softmax per sample (or member) probabilities, found "
-                             f"{found}; fit with placements=(Placement.MEAN,)")
-        for softmax in softmaxes:
+        for softmax in _per_sample_softmaxes(ed):
             softmax.input[0] = ed.op("Div", [softmax.input[0], ed.const(fit.temperature)])
     elif fit.placement is Placement.MEAN:
         raw_mean, raw_entropy = ed.name("raw_mean"), ed.name("raw_entropy")
@@ -193,6 +188,27 @@ def apply_mc_temperature(proto, fit: TemperatureFit) -> None:
     else:
         raise UsageError("an MC model takes a PER_SAMPLE or MEAN temperature, got logits")
     _finish(proto, fit)
+
+
+def per_sample_placement(proto) -> bool:
+    """Whether a per-sample temperature can be stored in this MC or ensemble model: one Softmax behind every
+    member's probabilities (an ensemble), or exactly one Softmax (an MC model, applied to every sample)."""
+    try:
+        _per_sample_softmaxes(GraphEditor(proto, "temperature"))
+    except UsageError:
+        return False
+    return True
+
+
+def _per_sample_softmaxes(ed: GraphEditor) -> list:
+    """The Softmax nodes a per-sample temperature divides the input of, or a UsageError saying why there are none."""
+    members = member_outputs(ed.proto)  # an ensemble: the same T before each member's softmax
+    softmaxes = [_softmax_behind(ed, m) for m in members] or [n for n in ed.graph.node if n.op_type == "Softmax"]
+    if None in softmaxes or (not members and len(softmaxes) != 1):
+        found = f"{softmaxes.count(None)} member(s) without one" if members else f"{len(softmaxes)} Softmax nodes"
+        raise UsageError(f"per-sample temperature needs one Softmax per sample (or member) probabilities, found "
+                         f"{found}; fit with placements=(Placement.MEAN,)")
+    return softmaxes
 
 
 def read_temperature(proto) -> dict | None:

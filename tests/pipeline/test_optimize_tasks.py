@@ -60,6 +60,31 @@ def _shipped(report):
     return [a for a in report["artifacts"] if a["verdict"] == "pass"]
 
 
+def _mc_row_held_to_budget(report, within):
+    """The MC model's row: shipped exactly when ``within(row)``, the run's budget, says so, as every artifact.
+
+    Whether a freshly trained model's MC mean lands inside the budget depends on the CPU: training the fixture
+    on another instruction set moves its accuracy by a few test rows. The test asserts the rule, not the outcome.
+    """
+    mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
+    assert mc["status"] == "done"
+    row = next(a for a in report["artifacts"] if a["file"] == "model_mc.onnx")
+    assert (row["verdict"] == "pass") == within(row), row
+    assert ("model_mc.onnx" in mc["artifacts"]) == (row["verdict"] == "pass")
+    return row
+
+
+def _mc_file(out, row, tmp_path):
+    """The shipped MC model, or (rejected, so withdrawn) the same export of the optimized model.keras through the API."""
+    if row["verdict"] == "pass":
+        return out / "model_mc.onnx"
+    from deploykit import export_mc_onnx
+    from deploykit.io import load_model
+
+    assert not (out / "model_mc.onnx").exists()  # a rejected artifact leaves nothing behind
+    return export_mc_onnx(load_model(out / "model.keras"), tmp_path / "mc.onnx").path
+
+
 def _keras3_round_trip(out, data):
     """model.keras opens in Keras 3 and gives the outputs the shipped float32 ONNX model reproduces."""
     import keras
@@ -94,9 +119,9 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
     np.testing.assert_allclose(onnx_probs, scale_probs(softmax(keras_out), temperature), atol=1e-4)
     sparsity = next(s for s in report["steps"] if s["step"].startswith("sparsity"))
     assert sparsity["status"] in ("done", "missed budget")
-    mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
-    assert mc["status"] == "done" and "model_mc.onnx" in files
-    outputs = [o.name for o in onnx.load(str(out / "model_mc.onnx")).graph.output]
+    row = _mc_row_held_to_budget(report, lambda r: r["accuracy_change"] >= -report["budget"]["max_accuracy_drop"] - 1e-12)
+    assert row["accuracy"] is not None and row["agreement"] > 0.95  # the MC mean of softmax(logits), not of the logits
+    outputs = [o.name for o in onnx.load(str(_mc_file(out, row, tmp_path))).graph.output]
     assert outputs[:5] == ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]
 
 
@@ -123,9 +148,9 @@ def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_pa
     keras_out, onnx_out = _keras3_round_trip(out, load_dataset("diabetes"))
     np.testing.assert_allclose(onnx_out, keras_out, rtol=1e-4)
     mc = next(s for s in report["steps"] if s["step"] == "mc dropout")
-    assert mc["status"] == "done" and "95% interval covers" in mc["reason"] and "std x" in mc["reason"]
-    assert "model_mc.onnx" in {a["file"] for a in shipped}
-    proto = onnx.load(str(out / "model_mc.onnx"))
+    assert "95% interval covers" in mc["reason"] and "std x" in mc["reason"]
+    row = _mc_row_held_to_budget(report, lambda r: r["rmse"] <= original * 1.05 + 1e-9)
+    proto = onnx.load(str(_mc_file(out, row, tmp_path)))
     assert [o.name for o in proto.graph.output][:2] == ["mean", "std"]
     coverage = report["mc"]["mc"]["coverage_95"]
     assert 0.0 <= coverage <= 1.0 and report["mc"]["std_scale"] is not None

@@ -31,15 +31,53 @@ def _member_files(folder, digits, dropout=0.2):
 def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys):
     files = _member_files(tmp_path, digits)
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5"]) == 0
+    assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5",
+                 "--no-temperature"]) == 0
     summary = json.loads((out / "ensemble.json").read_text())
-    assert summary["sizes"]["members"] == 2 and summary["test"]["ensemble"]["accuracy"] > 0.8
+    assert summary["sizes"]["members"] == 2 and summary["comparison"]["mc"]["accuracy"] > 0.8
+    assert summary["comparison"]["method"] == "deep ensemble" and summary["comparison"]["temperature"] is None
     outputs = {o.name for o in session(out / "ensemble.onnx").get_outputs()}
-    assert {"mean", "predictive_entropy", "mutual_information", "predicted_class"} <= outputs
+    assert {"mean", "predictive_entropy", "mutual_information", "predicted_class"} <= outputs and "abstain" not in outputs
     mean = session(out / "ensemble.onnx").run(["mean"], {"input": digits.x_test[:5]})[0]
     members = np.mean([session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test[:5]})[0] for k in (0, 1)], 0)
     np.testing.assert_allclose(mean, members, atol=1e-6)
-    assert "gzip" in (out / "ensemble.md").read_text() and "wrote" in capsys.readouterr().out
+    text = (out / "ensemble.md").read_text()
+    assert "gzip" in text and "Deterministic vs deep ensemble" in text and "wrote" in capsys.readouterr().out
+    assert str(tmp_path) not in (out / "ensemble.json").read_text().replace(str(out), "OUT")  # no staging paths
+
+
+@pytest.mark.slow
+def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_models(tmp_path, digits, capsys):
+    """By default the ensemble carries a temperature fitted on the validation split; --target-coverage adds the
+    served `abstain` decision; --ood-data reports AUROC; members/member{k}.keras are the optimized Keras models."""
+    import onnx
+
+    from deploykit.io import load_model
+    from deploykit.uncertainty import UncertaintyPredictor
+    from deploykit.uncertainty.temperature import read_temperature
+
+    files = _member_files(tmp_path, digits)
+    ood = tmp_path / "ood.npy"
+    np.save(ood, np.random.default_rng(0).uniform(0, 16, (100, 64)).astype("float32"))
+    out = tmp_path / "out"
+    assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5",
+                 "--target-coverage", "0.8", "--ood-data", str(ood)]) == 0
+    summary = json.loads((out / "ensemble.json").read_text())
+    c = summary["comparison"]
+    fit = read_temperature(onnx.load(str(out / "ensemble.onnx")))
+    assert fit is not None and fit["temperature"] == pytest.approx(c["temperature"]["fit"]["temperature"])
+    assert c["temperature"]["fit"]["nll_after"] <= c["temperature"]["fit"]["nll_before"]  # fitted on validation
+    assert c["selective"]["chosen"]["coverage"] >= 0.8 and 0 < c["selective"]["test"]["coverage"] <= 1
+    result = UncertaintyPredictor(out / "ensemble.onnx").predict(digits.x_test)
+    assert result.abstain is not None and result.abstain.mean() == pytest.approx(1 - c["selective"]["test"]["coverage"])
+    assert {r["measure"] for r in c["ood"]} >= {"entropy", "mutual_information"} and all(0 <= r["auroc"] <= 1 for r in c["ood"])
+    for k in (0, 1):
+        member = load_model(out / "members" / f"member{k}.keras")
+        agree = np.mean(member.predict(digits.x_test, verbose=0).argmax(1) ==
+                        session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test})[0].argmax(1))
+        assert agree > 0.95, agree  # the Keras model the int8 member was exported from
+    text = (out / "ensemble.md").read_text()
+    assert "Temperature scaling" in text and "Selective prediction" in text and "Out-of-distribution" in text
 
 
 @pytest.mark.slow
@@ -51,8 +89,9 @@ def test_mc_dropout_inside_each_member(tmp_path, digits, capsys):
     assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5",
                  "--mc-samples", "8"]) == 0
     summary = json.loads((out / "ensemble.json").read_text())
-    assert summary["mc_samples"] == 8 and summary["test"]["ensemble"]["accuracy"] > 0.8
-    assert summary["test"]["member0_int8"]["accuracy"] > 0.8  # the int8 MC member was prepared like every int8 export
+    assert summary["mc_samples"] == 8 and summary["comparison"]["mc"]["accuracy"] > 0.8
+    assert summary["comparison"]["deterministic"]["accuracy"] > 0.8  # the int8 MC member 0, prepared like every int8 export
+    assert summary["comparison"]["temperature"]["fit"]["placement"] in ("per_sample", "mean")  # stored in the graph
     member = session(out / "members" / "member0.onnx")
     samples = member.run(["sample_probabilities"], {"input": digits.x_test[:5]})[0]
     assert samples.shape == (8, 5, digits.num_classes) and samples.std(0).max() > 0

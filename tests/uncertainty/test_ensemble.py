@@ -210,3 +210,21 @@ def test_mc_dropout_inside_each_member_reduces_every_sample_of_every_member(tmp_
     np.testing.assert_allclose(result.mean, out["mean"], atol=0.2)  # fresh draws, same model
     with pytest.raises(ModelLoadError, match="some are MC Dropout models"):
         export_ensemble_onnx([paths[0], _export(member_models[:1], tmp_path, (None,), digits)[0]], tmp_path / "mixed.onnx")
+
+
+def test_a_per_sample_temperature_divides_every_mc_members_logits(tmp_path, member_models, digits):
+    """An ensemble of MC members takes the per-sample temperature: one Div before each member's per-sample
+    softmax (behind its Reshape to [T, N, C]); at a huge T every sample, so the mean, is uniform."""
+    from deploykit.uncertainty.ensemble import export_ensemble_onnx
+    from deploykit.uncertainty.temperature import Placement, TemperatureFit, per_sample_placement, write_with_temperature
+
+    paths = _mc_members(member_models, tmp_path, samples=4)
+    record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx")
+    assert per_sample_placement(onnx.load(str(record.path)))
+    write_with_temperature(record.path, tmp_path / "t.onnx", TemperatureFit(1e4, Placement.PER_SAMPLE, 1.0, 0.9, 10))
+    proto = onnx.load(str(tmp_path / "t.onnx"))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == len(member_models) and all(producer[s.input[0]].op_type == "Div" for s in softmaxes)
+    mean = run(session(proto), digits.x_test[:10])["mean"]
+    np.testing.assert_allclose(mean, 1 / digits.num_classes, atol=1e-3)

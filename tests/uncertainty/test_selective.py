@@ -105,6 +105,13 @@ def test_abstain_output_of_an_mc_model_after_temperature(tmp_path, mc_model_path
     out = run(session(proto), digits.x_test[:50])
     u = uncertainties(out["mean"], out["mutual_information"])[measure]
     assert np.array_equal(out["abstain"], u > chosen.threshold)
+    onnx.save(proto, str(tmp_path / "m.onnx"))  # the Python API reads the decision too
+    from deploykit.uncertainty import UncertaintyPredictor
+
+    result = UncertaintyPredictor(tmp_path / "m.onnx").predict(digits.x_test[:50], batch_size=16)
+    ref = uncertainties(result.mean, result.mutual_information)[measure]
+    assert result.abstain.dtype == np.bool_ and np.array_equal(result.abstain, ref > chosen.threshold)
+    assert UncertaintyPredictor(mc_model_path).predict(digits.x_test[:5]).abstain is None
     with pytest.raises(UsageError, match="already has an abstain"):
         add_abstain(proto, chosen)
 
