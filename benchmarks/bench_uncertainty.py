@@ -189,22 +189,31 @@ def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
 
 def mc_speed(data, folder: Path) -> dict:
     """One MC call (T = 100, one row) with pooled and with plain Dropout masks, the deterministic model on
-    T rows and the chapter's Keras loop (T calls of ``model(x, training=True)``), all in this process."""
+    T rows and the chapter's Keras loop (T calls of ``model(x, training=True)``), all in this process; and the
+    same pooled MC model and deterministic model int8-dynamic (prepared on the data as every int8 export),
+    with the test accuracy of each MC model."""
     import onnxruntime as ort
 
+    from deploykit.export import export_onnx
     from deploykit.export.convert import keras_to_onnx
-    from deploykit.uncertainty import MCConfig, export_mc_onnx
+    from deploykit.uncertainty import MCConfig, UncertaintyPredictor, export_mc_onnx
     from deploykit.uncertainty.masks import MaskKind
 
     model = chapter_model(data, 1)
     paths = {}
-    for mask in MaskKind:
-        paths[mask] = folder / f"speed_{mask.value}.onnx"
-        export_mc_onnx(model, paths[mask], config=MCConfig(samples=T, seed=7, mask=mask))
+    for mask in (MaskKind.POOL, MaskKind.DROPOUT):
+        paths[mask.value] = folder / f"speed_{mask.value}.onnx"
+        export_mc_onnx(model, paths[mask.value], config=MCConfig(samples=T, seed=7, mask=mask))
+    paths["pool_int8"] = folder / "speed_pool_int8.onnx"
+    export_mc_onnx(model, paths["pool_int8"], config=MCConfig(samples=T, seed=7, mask=MaskKind.POOL),
+                   quantization="int8-dynamic", calibration=data)
     det = keras_to_onnx(model).SerializeToString()
+    det_int8 = export_onnx(model, folder / "det_int8.onnx", quantization="int8-dynamic", calibration_data=data).path
     one = data.x_test[:1]
     rows = np.repeat(one, T, axis=0)
-    result = {"samples": T, "sizes_bytes": {m.value: p.stat().st_size for m, p in paths.items()}, "threads": {}}
+    result = {"samples": T, "sizes_bytes": {m: p.stat().st_size for m, p in paths.items()}, "threads": {},
+              "mc_accuracy": {m: float(np.mean(UncertaintyPredictor(p).predict(data.x_test, batch_size=64).predicted_class
+                                               == data.y_test)) for m, p in paths.items()}}
     result["sizes_bytes"]["deterministic"] = len(det)
     for label, threads in (("1 thread", 1), ("default threads", None)):
         options = ort.SessionOptions()
@@ -212,13 +221,16 @@ def mc_speed(data, folder: Path) -> dict:
         if threads:
             options.intra_op_num_threads = threads
         s_det = ort.InferenceSession(det, options, providers=["CPUExecutionProvider"])
-        calls = {"deterministic": lambda s=s_det: s.run(None, {"input": rows})}
+        s_int8 = ort.InferenceSession(str(det_int8), options, providers=["CPUExecutionProvider"])
+        calls = {"deterministic": lambda s=s_det: s.run(None, {"input": rows}),
+                 "deterministic_int8": lambda s=s_int8: s.run(None, {"input": rows})}
         for mask, path in paths.items():
             sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            calls[f"mc_{mask.value}"] = lambda s=sess: s.run(["mean"], {"input": one})
+            calls[f"mc_{mask}"] = lambda s=sess: s.run(["mean"], {"input": one})
         ms = {k: v * 1e3 for k, v in interleaved_medians(calls, 300).items()}
-        result["threads"][label] = {"ms": ms, **{f"{k}_vs_deterministic": v / ms["deterministic"] for k, v in ms.items()
-                                                 if k != "deterministic"}}
+        ratios = {f"{k}_vs_deterministic": v / ms["deterministic"] for k, v in ms.items() if k.startswith("mc_")}
+        ratios["mc_pool_int8_vs_deterministic_int8"] = ms["mc_pool_int8"] / ms["deterministic_int8"]
+        result["threads"][label] = {"ms": ms, **ratios}
     keras_loop = lambda: [model(one, training=True) for _ in range(T)]  # noqa: E731  (the chapter's loop)
     result["keras_loop_ms"] = interleaved_medians({"keras": keras_loop}, 7, warmup=1)["keras"] * 1e3
     for row in result["threads"].values():
@@ -237,6 +249,17 @@ def speed_markdown(k: dict) -> list[str]:
         lines.append(f"| {label} | {ms['deterministic']:.3f} | {ms['mc_pool']:.3f} | {ms['mc_dropout']:.3f} | "
                      f"{r['mc_pool_vs_deterministic']:.2f}x | {r['mc_dropout_vs_deterministic']:.2f}x | "
                      f"{r['keras_loop_vs_mc_pool']:.0f}x |")
+    if "deterministic_int8" in next(iter(k["threads"].values()))["ms"]:
+        acc = k["mc_accuracy"]
+        lines += ["", "The same, int8-dynamic (MC test accuracy: float32 pooled "
+                  f"{acc['pool']:.4f}, int8 pooled {acc['pool_int8']:.4f}, ONNX Dropout {acc['dropout']:.4f}):", "",
+                  "| onnxruntime | int8 deterministic on T rows (ms) | int8 MC, pooled masks (ms) | int8 MC / int8 deterministic "
+                  "| int8 MC / float32 deterministic | Keras loop / int8 MC |", "|---|---:|---:|---:|---:|---:|"]
+        for label, r in k["threads"].items():
+            ms = r["ms"]
+            lines.append(f"| {label} | {ms['deterministic_int8']:.3f} | {ms['mc_pool_int8']:.3f} | "
+                         f"{r['mc_pool_int8_vs_deterministic_int8']:.2f}x | {r['mc_pool_int8_vs_deterministic']:.2f}x | "
+                         f"{r['keras_loop_vs_mc_pool_int8']:.0f}x |")
     return lines + [""]
 
 

@@ -46,7 +46,7 @@ def _run(args) -> int:
 
     from deploykit.atomic import atomic_dir, write_text
     from deploykit.errors import UsageError
-    from deploykit.uncertainty.bundle import load_ood
+    from deploykit.uncertainty.ood import load_ood
 
     if not args.models and args.members < 2:
         raise UsageError(f"--members must be >= 2, got {args.members}")

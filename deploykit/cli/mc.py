@@ -86,7 +86,8 @@ def _run(args) -> int:
     from deploykit.atomic import atomic_dir, write_text
     from deploykit.errors import UsageError
     from deploykit.uncertainty import MaskKind, MCConfig
-    from deploykit.uncertainty.bundle import load_ood, mc_bundle
+    from deploykit.uncertainty.bundle import mc_bundle
+    from deploykit.uncertainty.ood import load_ood
 
     config = MCConfig(samples=args.samples, max_samples=args.max_samples, seed=args.mc_seed,
                       include_samples=args.include_samples, **({"mask": MaskKind(args.mask)} if args.mask else {}))  # refuse bad options before any work

@@ -99,7 +99,7 @@ def _run(args) -> int:
     config = config.with_options(**options_from_args(args)).with_input(label_column=args.label_column, seed=args.seed,
                                                                        class_names=args.class_names, task=args.task)
     if config.input.ood_data:  # a bad OOD file fails before the run, not after its sparsity search
-        from deploykit.uncertainty.bundle import load_ood
+        from deploykit.uncertainty.ood import load_ood
 
         load_ood(config.input.ood_data)
     model = args.model or config.input.model or DEFAULT_MODEL

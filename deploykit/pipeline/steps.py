@@ -449,7 +449,8 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.export.artifact import file_sizes
     from deploykit.graph import graph_from_model
     from deploykit.uncertainty import MCConfig, UncertaintyPredictor
-    from deploykit.uncertainty.bundle import load_ood, mc_bundle
+    from deploykit.uncertainty.bundle import mc_bundle
+    from deploykit.uncertainty.ood import load_ood
     from deploykit.uncertainty.mc_graph import check_has_dropout
 
     try:

@@ -1,7 +1,9 @@
-"""``mc_bundle``: the MC Dropout model to ship and the figures that say how far to trust it.
+"""``mc_bundle`` / ``ensemble_bundle``: the MC Dropout model (or deep ensemble) to ship and the figures that
+say how far to trust it.
 
-One function used by ``deploykit mc`` and by the ``optimize`` pipeline's MC step, so both ship
-the same model and report the same figures:
+``mc_bundle`` is used by ``deploykit mc`` and by the ``optimize`` pipeline's MC step, so both ship
+the same model and report the same figures; ``ensemble_bundle`` (``deploykit ensemble``) gives a deep
+ensemble the same steps 2-5, its temperature fitted on every member's probabilities:
 
 1. export the MC Dropout ONNX model (:func:`export_mc_onnx`, from an :class:`MCConfig`);
 2. temperature (on by default): fit T on the validation split's MC samples, per sample or on the
@@ -44,6 +46,7 @@ from deploykit.uncertainty.ensemble import EnsembleRecord
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig
 from deploykit.uncertainty.measures import Measure, entropy, uncertainties
+from deploykit.uncertainty.ood import check_ood
 from deploykit.uncertainty.predictor import UncertaintyPredictor, UncertaintyResult
 from deploykit.uncertainty.selective import SelectiveTarget
 
@@ -334,36 +337,3 @@ def _per_sample(path: Path) -> bool:
     from deploykit.uncertainty.temperature import per_sample_placement
 
     return per_sample_placement(onnx.load(str(path)))
-
-
-def load_ood(path: str | os.PathLike) -> np.ndarray:
-    """The inputs of an out-of-distribution set: a .npy array, or the ``x`` (else ``x_test``) array of a .npz."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"OOD data {path}: no such file")
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                key = next((k for k in ("x", "x_test") if k in arrays.files), None)
-                if key is None:
-                    raise DataError(f"OOD data {path}: the .npz needs an array named x (or x_test), has {', '.join(arrays.files)}")
-                return arrays[key]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"OOD data {path}: cannot read it ({type(exc).__name__}: {exc})") from None
-    raise DataError(f"OOD data {path}: give a .npy array or an .npz with an array x")
-
-
-def check_ood(x, input_shape: Sequence[int]) -> np.ndarray:
-    """OOD inputs as float32 [N, *input_shape] (N >= 1, finite), or one DataError naming the problem."""
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiu":
-        raise DataError(f"OOD data must hold numbers, got dtype {x.dtype}")
-    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape) or len(x) == 0:
-        raise DataError(f"OOD data must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
-                        f"(like the model's data), got {list(x.shape)}")
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise DataError("OOD data holds NaN or inf values")
-    return x

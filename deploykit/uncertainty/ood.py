@@ -7,11 +7,16 @@ threshold is needed to compare measures. FPR at 95% TPR is what deployment
 asks: with a threshold that flags 95% of the OOD rows, the share of
 in-distribution rows flagged too. The same AUROC ranks errors: positives are
 the wrong predictions (how well uncertainty flags mistakes).
+
+``load_ood`` / ``check_ood`` read and check the OOD inputs a user gives (``--ood-data``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -74,3 +79,39 @@ def _scores(values, what: str) -> np.ndarray:
     if a.size == 0 or not np.isfinite(a).all():
         raise DataError(f"{what} scores must be a non-empty array of finite numbers")
     return a
+
+
+# --- the OOD inputs a user gives (--ood-data) ------------------------------------------------------
+
+
+def load_ood(path: str | os.PathLike) -> np.ndarray:
+    """The inputs of an out-of-distribution set: a .npy array, or the ``x`` (else ``x_test``) array of a .npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"OOD data {path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                key = next((k for k in ("x", "x_test") if k in arrays.files), None)
+                if key is None:
+                    raise DataError(f"OOD data {path}: the .npz needs an array named x (or x_test), has {', '.join(arrays.files)}")
+                return arrays[key]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"OOD data {path}: cannot read it ({type(exc).__name__}: {exc})") from None
+    raise DataError(f"OOD data {path}: give a .npy array or an .npz with an array x")
+
+
+def check_ood(x, input_shape: Sequence[int]) -> np.ndarray:
+    """OOD inputs as float32 [N, *input_shape] (N >= 1, finite), or one DataError naming the problem."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"OOD data must hold numbers, got dtype {x.dtype}")
+    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape) or len(x) == 0:
+        raise DataError(f"OOD data must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
+                        f"(like the model's data), got {list(x.shape)}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError("OOD data holds NaN or inf values")
+    return x

@@ -136,7 +136,7 @@ def test_bad_uncertainty_options_are_one_line_and_write_nothing(tmp_path, model_
 
 def test_load_ood_formats(tmp_path):
     from deploykit.errors import DataError
-    from deploykit.uncertainty.bundle import load_ood
+    from deploykit.uncertainty.ood import load_ood
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.savez(tmp_path / "a.npz", x=x, y=np.zeros(3))

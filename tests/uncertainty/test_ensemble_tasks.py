@@ -88,3 +88,35 @@ def test_uncertainty_predictor_runs_a_regression_ensemble(tmp_path):
     assert result.predicted_class is None and result.sample_probabilities is None
     np.testing.assert_allclose(result.sample_predictions, members, atol=1e-5)  # [K, N, targets], batches joined
     np.testing.assert_allclose(result.mean, members.mean(0), atol=1e-5)
+
+
+@pytest.mark.slow  # trains three regressors
+def test_a_regression_ensemble_bundle_stores_its_std_scale_and_interval_threshold(tmp_path, diabetes):
+    """ensemble_bundle on regressors: the std scale fitted on the validation split (a Mul on `std`), the
+    interval-width `abstain` for a target RMSE, and the regression comparison against the first member."""
+    from deploykit.backend import keras, set_seed
+    from deploykit.uncertainty import SelectiveTarget, UncertaintyPredictor
+    from deploykit.uncertainty.bundle import ensemble_bundle
+
+    paths = []
+    for k in range(3):
+        set_seed(40 + k)
+        model = keras.Sequential([keras.Input(shape=(10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.Adam(0.05), "mse")
+        model.fit(diabetes.x_train, diabetes.y_train, epochs=30, verbose=0)
+        paths.append(_member(model, tmp_path / f"m{k}.onnx", Task.REGRESSION))
+    target = SelectiveTarget(target_accuracy=None, target_coverage=0.7)
+    bundle = ensemble_bundle(paths, diabetes, tmp_path / "ensemble.onnx", target=target)
+    c = bundle.comparison
+    assert c.method == "deep ensemble" and c.samples == 3 and c.std_scale.fit.std_scale > 1  # members agree too much
+    assert c.std_scale.after.nll < c.std_scale.before.nll and c.selective.chosen.coverage >= 0.7
+    result = UncertaintyPredictor(bundle.export.path).predict(diabetes.x_test)
+    assert result.abstain is not None and result.abstain.mean() == pytest.approx(1 - c.selective.test.coverage)
+    member = run(session(paths[0]), diabetes.x_test)["prediction"]
+    assert c.deterministic_rmse == pytest.approx(float(np.sqrt(np.mean((member[:, 0] - diabetes.y_test) ** 2))), rel=1e-5)
+    assert "Deterministic vs deep ensemble regression" in c.to_markdown()
+    from deploykit.errors import UsageError
+
+    with pytest.raises(UsageError, match="a regressor takes target_rmse or target_coverage"):
+        ensemble_bundle(paths, diabetes, tmp_path / "e2.onnx", target=SelectiveTarget(target_accuracy=0.9))
+    assert not (tmp_path / "e2.onnx").exists()  # refused before anything is written
