@@ -278,6 +278,26 @@ def mean_rows(runs: list[dict]) -> dict:
     return avg([r["rows"] for r in runs])
 
 
+def wins_markdown(runs: list[dict], reference: str = "temperature", ece_bound: float = 0.03) -> list[str]:
+    """Training by training, how often each method beats temperature scaling (the issue's reference): the
+    means above differ by less than the spread between trainings, so the count says how settled each claim is."""
+    n = len(runs)
+    lines = [f"Per training (of {n}), against {reference} of the same training: lower NLL, higher OOD AUROC "
+             f"(entropy), ECE at most {reference}'s or <= {ece_bound}:", "",
+             "| method | lower NLL | higher OOD AUROC | ECE within | all three |", "|---|---:|---:|---:|---:|"]
+    for name in runs[0]["rows"]:
+        if name == reference:
+            continue
+        wins = []
+        for run in runs:
+            r, ref = run["rows"][name], run["rows"][reference]
+            wins.append((r["nll"] < ref["nll"], r["ood"]["entropy"]["auroc"] > ref["ood"]["entropy"]["auroc"],
+                         r["ece"] <= max(ref["ece"], ece_bound)))
+        counts = [sum(w[k] for w in wins) for k in range(3)] + [sum(all(w) for w in wins)]
+        lines.append(f"| {name} | " + " | ".join(f"{c}/{n}" for c in counts) + " |")
+    return lines
+
+
 def to_markdown(result: dict) -> str:
     m, runs = result["mean"], result["runs"]
     lines = [f"# Uncertainty on the Fashion-MNIST sample: mean of {len(runs)} trainings (seeds {result['seeds']})", "",
@@ -295,6 +315,7 @@ def to_markdown(result: dict) -> str:
                      f"{r['auroc_errors_entropy']:.3f} | {r['ood']['entropy']['auroc']:.3f} | {r['ood']['max_prob']['auroc']:.3f} | "
                      f"{'' if mi is None else f'{mi:.3f}'} | {r['ood']['entropy']['fpr_at_95_tpr']:.3f} | "
                      f"{r['coverage_at_target']['entropy']['test_coverage']:.3f} | {'' if cov_mi is None else f'{cov_mi:.3f}'} |")
+    lines += [""] + wins_markdown(runs)
     s = runs[0]["sizes"]
     lines += ["", "Temperatures fitted on the validation split, per training: " + "; ".join(
         ", ".join(f"{k} T={v['temperature']:.3f} ({v['placement']})" for k, v in r["fits"].items()) for r in runs), "",
@@ -316,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="one training per seed (default: 0,1,2)")
     parser.add_argument("--members", type=int, default=5, help="ensemble members per training (default: 5)")
     parser.add_argument("--no-speed", action="store_true", help="skip the MC call timing")
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite results/uncertainty.md from the existing results/uncertainty.json")
     parser.add_argument("--only-speed", action="store_true",
                         help="re-measure only the MC call timing, into the existing results/uncertainty.json")
     args = parser.parse_args(argv)
@@ -325,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     import deploykit
 
     data = deploykit.load_dataset(FASHION)
+    if args.render:
+        import json
+
+        from common import RESULTS
+
+        result = json.loads((RESULTS / "uncertainty.json").read_text())
+        write_results("uncertainty", result, to_markdown(result))
+        return 0
     if args.only_speed:
         import json
 

@@ -143,5 +143,6 @@ def to_markdown(summary: dict, comparison_markdown: str) -> str:
         "",
         "The deterministic column is the first int8 member alone.",
         "",
+        "",
     ]
     return "\n".join(lines) + comparison_markdown.replace("# ", "## ", 1)

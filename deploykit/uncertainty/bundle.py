@@ -41,7 +41,8 @@ import numpy as np
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
-from deploykit.uncertainty.compare import ComparisonReport, RegressionComparison, SelectiveReport, compare
+from deploykit.uncertainty.compare import (DEEP_ENSEMBLE, MC_DROPOUT, ComparisonReport, RegressionComparison,
+                                           SelectiveReport, compare)
 from deploykit.uncertainty.ensemble import EnsembleRecord
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig
@@ -139,7 +140,7 @@ def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.P
         raise DataError(f"the ensemble members are {record.task.value} models, the data has {data.task.value} labels")
     det = _first_member(members[0], data.x_test, batch_size) if deterministic is None else np.asarray(deterministic)
     figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
-                      method="deep ensemble")
+                      method=DEEP_ENSEMBLE)
     if data.task is Task.REGRESSION:
         comparison, result = _regression_figures(path, figures)
         return EnsembleBundle(record, comparison, None, result.mean)
@@ -175,7 +176,7 @@ class Figures:
     ood: np.ndarray | None
     batch_size: int
     say: Callable[[str], None]
-    method: str = "MC Dropout"
+    method: str = MC_DROPOUT
 
 
 def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tuple[np.ndarray, bool]]):

@@ -24,6 +24,8 @@ from deploykit.uncertainty.selective import SelectiveResult, SelectiveThreshold
 from deploykit.uncertainty.temperature import TemperatureReport
 
 DEFAULT_FRACTION = 0.1
+MC_DROPOUT = "MC Dropout"  # ComparisonReport.method of an MC model: T counts its samples
+DEEP_ENSEMBLE = "deep ensemble"  # ... of a deep ensemble: T counts its members
 
 
 @dataclass
@@ -64,12 +66,12 @@ class ComparisonReport(Record):
     selective: SelectiveReport | None = None  # the abstain threshold (None: no target given)
     ood: list[OODRow] | None = None  # one row per measure (None: no OOD data given)
     plots: list[str] = field(default_factory=list)  # PNG file names, beside the model
-    method: str = "MC Dropout"  # what ``mc`` is: "MC Dropout", or "deep ensemble" (T then counts its members)
+    method: str = MC_DROPOUT  # what ``mc`` is: MC_DROPOUT, or DEEP_ENSEMBLE (``samples`` then counts its members)
 
     def to_markdown(self) -> str:
         d, m = self.deterministic, self.mc
         lines = [
-            f"# Deterministic vs {self.method} ({self.count} instances, T = {self.samples} samples)",
+            f"# Deterministic vs {self.method} ({self.count} instances, {_draws(self.method, self.samples)})",
             "",
             f"| metric | deterministic | {self.method} |",
             "|---|---:|---:|",
@@ -84,7 +86,8 @@ class ComparisonReport(Record):
             "|---|---|---:|---:|---:|---:|",
         ]
         for u in self.uncertain:
-            lines.append(f"| {u.predictions} | {u.measure} | {u.uncertain_count} | {u.uncertain_error:.4f} | "
+            shown = "ensemble" if u.predictions == "mc" and self.method == DEEP_ENSEMBLE else u.predictions
+            lines.append(f"| {shown} | {u.measure} | {u.uncertain_count} | {u.uncertain_error:.4f} | "
                          f"{u.rest_error:.4f} | {u.ratio:.2f} |")
         lines += extra_markdown(self.to_dict())
         return "\n".join(lines) + "\n"
@@ -103,7 +106,7 @@ class RegressionComparison(Record):
     selective: SelectiveReport | None = None  # the abstain threshold on the interval width (None: no target given)
     ood: list[OODRow] | None = None  # the interval width as the OOD measure (None: no OOD data given)
     plots: list[str] = field(default_factory=list)
-    method: str = "MC Dropout"  # as :attr:`ComparisonReport.method`
+    method: str = MC_DROPOUT  # as :attr:`ComparisonReport.method`
 
     def to_markdown(self) -> str:
         return "\n".join(regression_markdown(self.to_dict())) + "\n"
@@ -111,9 +114,9 @@ class RegressionComparison(Record):
 
 def regression_markdown(report: dict) -> list[str]:
     """Markdown lines of a :class:`RegressionComparison` given as JSON values (``mc`` and ``optimize`` print one text)."""
-    m, method = report["mc"], report.get("method", "MC Dropout")
+    m, method = report["mc"], report.get("method", MC_DROPOUT)
     lines = [
-        f"# Deterministic vs {method} regression ({report['count']} instances, T = {report['samples']} samples)",
+        f"# Deterministic vs {method} regression ({report['count']} instances, {_draws(method, report['samples'])})",
         "",
         f"| metric (test split) | deterministic | {method} |",
         "|---|---:|---:|",
@@ -131,7 +134,7 @@ def regression_markdown(report: dict) -> list[str]:
 
 
 def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float = DEFAULT_FRACTION,
-            plot_path: str | os.PathLike | None = None, method: str = "MC Dropout") -> ComparisonReport:
+            plot_path: str | os.PathLike | None = None, method: str = MC_DROPOUT) -> ComparisonReport:
     """Compare deterministic probabilities [N, C] with an MC (or ensemble: ``method``) result on labels ``y_true``.
 
     With ``plot_path`` both reliability diagrams go side by side into one PNG.
@@ -171,7 +174,7 @@ def extra_markdown(report: dict) -> list[str]:
     comparison.md print one text.
     """
     lines: list[str] = []
-    short = "MC" if report.get("method", "MC Dropout") == "MC Dropout" else report["method"]
+    short = "MC" if report.get("method", MC_DROPOUT) == MC_DROPOUT else report["method"]
     t = report.get("temperature")
     if t:
         fit, b, a = t["fit"], t["before"], t["after"]
@@ -214,6 +217,11 @@ def extra_markdown(report: dict) -> list[str]:
                   "| measure | AUROC | FPR at 95% TPR |", "|---|---:|---:|"]
         lines += [f"| {r['measure']} | {r['auroc']:.4f} | {r['fpr_at_95_tpr']:.4f} |" for r in ood]
     return lines
+
+
+def _draws(method: str, samples: int) -> str:
+    """``T = 30 samples`` (MC Dropout) or ``5 members`` (a deep ensemble)."""
+    return f"{samples} members" if method == DEEP_ENSEMBLE else f"T = {samples} samples"
 
 
 def _num(v) -> str:
