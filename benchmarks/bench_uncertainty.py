@@ -125,6 +125,7 @@ def evaluate(data, ood, split_outputs: dict) -> dict:
 def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
     from deploykit.export import export_onnx
     from deploykit.uncertainty import export_mc_onnx, fit_mc_temperature, fit_temperature
+    import deploykit
     from deploykit.pipeline.ensemble import mc_member, optimize_members
     from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, ensemble_sizes, export_ensemble_onnx
     from deploykit.uncertainty.temperature import Placement, write_with_temperature
@@ -152,7 +153,7 @@ def one_training(data, ood, seed: int, members: int, folder: Path) -> dict:
     rows["mc + temperature"] = evaluate(data, ood, {s: run_onnx(folder / "mc_t.onnx", x, names[:2]) for s, x in splits.items()})
     say(f"seed {seed}: ensemble of {members} members (train, fold, prune, int8)")
     models = [model] + [chapter_model(data, seed * 100 + k) for k in range(1, members)]
-    member_paths, original = optimize_members(models, data, folder / "members", sparsity=0.8, keep_keras=True)
+    member_paths, original = optimize_members(deploykit.optimize, models, data, folder / "members", sparsity=0.8, keep_keras=True)
     ens = export_ensemble_onnx(member_paths, folder / "ensemble.onnx", include_members=True)
     names = ["mean", "mutual_information", MEMBERS_OUTPUT]
     ens_out = {s: run_onnx(ens.path, x, names) for s, x in splits.items()}

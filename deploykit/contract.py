@@ -85,6 +85,8 @@ METADATA_PREFIX = "deploykit."  # every deploykit metadata_props key; the values
 TEMPERATURE_KEY = METADATA_PREFIX + "temperature"  # {temperature, placement, fitted_on, count, nll_before, nll_after}
 SELECTIVE_KEY = METADATA_PREFIX + "selective"  # {measure, threshold, rule, target_accuracy, target_coverage, ...}
 ENSEMBLE_KEY = METADATA_PREFIX + "ensemble"  # {members: [file names]}
+ENSEMBLE_FILE = "ensemble.onnx"  # what deploykit ensemble (and optimize's [ensemble] step) writes
+MEMBERS_DIR = "members"  # beside it: member{k}.onnx (the int8 members) and member{k}.keras (their optimized models)
 STD_SCALE_KEY = METADATA_PREFIX + "std_scale"  # regression: {std_scale, fitted_on, count, nll_before, nll_after}
 TASK_KEY = METADATA_PREFIX + "task"  # {task: deploykit.task.Task value, output: deploykit.task.OutputKind value}
 

@@ -6,9 +6,8 @@ import json
 
 from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
 from deploykit.cli.mc import add_uncertainty_options, selective_target
+from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 
-MODEL_FILE = "ensemble.onnx"
-MEMBERS_DIR = "members"
 JSON_FILE = "ensemble.json"
 MARKDOWN_FILE = "ensemble.md"
 DEFAULT_MEMBERS = 5
@@ -19,7 +18,7 @@ def register(sub) -> None:
         sub, "ensemble", _run,
         help="a deep ensemble of pruned int8 members as one ONNX model",
         description=f"Take K model files (or train K members with the chapter's preset and seeds SEED..SEED+K-1), "
-        f"run each through fold + prune + int8 ONNX export (deploykit.optimize), and write {MODEL_FILE}: every member "
+        f"run each through fold + prune + int8 ONNX export (deploykit.optimize), and write {ENSEMBLE_FILE}: every member "
         f"in one graph on one input, with the MC model's outputs (mean, std, predictive_entropy, mutual_information, "
         f"predicted_class), calibrated by a temperature fitted on the validation split (a regressor: its std scale) "
         f"and, given a target, with an `abstain` output; each member's optimized Keras model beside its ONNX file in "
@@ -68,7 +67,7 @@ def _run(args) -> int:
     s = summary["sizes"]
     print(f"{s['members']} members: ensemble {s['ensemble_gzip']} B gzip vs one float32 original {s['original_gzip']} B "
           f"({s['ensemble_gzip'] / s['original_gzip']:.2f}x); {_headline(summary['comparison'])}")
-    print(f"wrote {out / MODEL_FILE}, {JSON_FILE}, {MARKDOWN_FILE} in {out}")
+    print(f"wrote {out / ENSEMBLE_FILE}, {JSON_FILE}, {MARKDOWN_FILE} in {out}")
     return 0
 
 
@@ -95,28 +94,16 @@ def _members(args, data) -> list:
 
 def build(models, data, folder, *, mc_samples: int | None = None, temperature: bool = True, target=None, ood=None,
           **options) -> dict:
-    """Optimize the members (``options``: optimize's flat options), write the ensemble ONNX into ``folder`` with its
-    temperature / std scale, ``abstain`` threshold (``target``) and OOD figures (:func:`ensemble_bundle`).
-    The summary's ``markdown`` is the comparison's text, for :func:`to_markdown`.
+    """:func:`deploykit.pipeline.ensemble.build_ensemble` into ``folder``, summarized for ensemble.json; the
+    summary's ``markdown`` is the comparison's text, for :func:`to_markdown`."""
+    from deploykit.pipeline import optimize
+    from deploykit.pipeline.ensemble import build_ensemble
 
-    ``mc_samples``: MC Dropout inside each member (T samples each), see ``optimize_members``."""
-    from deploykit.pipeline.ensemble import optimize_members
-    from deploykit.uncertainty.bundle import ensemble_bundle
-    from deploykit.uncertainty.ensemble import ensemble_sizes
-
-    if mc_samples is not None and mc_samples < 1:
-        from deploykit.errors import UsageError
-
-        raise UsageError(f"--mc-samples must be >= 1, got {mc_samples}")
-    members, original = optimize_members(models, data, folder / MEMBERS_DIR, progress=lambda m: progress("  " + m),
-                                         mc_samples=mc_samples, keep_keras=True, **options)
-    progress(f"writing {MODEL_FILE} ({len(members)} members)")
-    bundle = ensemble_bundle(members, data, folder / MODEL_FILE, temperature=temperature, target=target, ood=ood,
-                             say=lambda m: progress("  " + m))
-    comparison = json.loads(json.dumps(bundle.comparison.to_dict(), default=str))
-    return {"ensemble": {**bundle.export.to_dict(), "path": MODEL_FILE},
-            "sizes": ensemble_sizes(members, bundle.export.path, original).to_dict(),
-            "comparison": comparison, "markdown": bundle.comparison.to_markdown(), "mc_samples": mc_samples}
+    run = build_ensemble(optimize, models, data, folder, mc_samples=mc_samples, temperature=temperature, target=target, ood=ood,
+                         say=progress, **options)
+    comparison = json.loads(json.dumps(run.bundle.comparison.to_dict(), default=str))
+    return {"ensemble": {**run.bundle.export.to_dict(), "path": ENSEMBLE_FILE}, "sizes": run.sizes.to_dict(),
+            "comparison": comparison, "markdown": run.bundle.comparison.to_markdown(), "mc_samples": mc_samples}
 
 
 def _headline(comparison: dict) -> str:
@@ -139,7 +126,7 @@ def to_markdown(summary: dict, comparison_markdown: str) -> str:
         "|---|---:|---:|---:|",
         f"| one float32 original (.keras) | {s['original_bytes']} | {s['original_gzip']} | 1.00x |",
         f"| {s['members']} int8 member files | {s['members_bytes']} | {s['members_gzip']} | {s['members_gzip'] / s['original_gzip']:.2f}x |",
-        f"| {MODEL_FILE} | {s['ensemble_bytes']} | {s['ensemble_gzip']} | {s['ensemble_gzip'] / s['original_gzip']:.2f}x |",
+        f"| {ENSEMBLE_FILE} | {s['ensemble_bytes']} | {s['ensemble_gzip']} | {s['ensemble_gzip'] / s['original_gzip']:.2f}x |",
         "",
         "The deterministic column is the first int8 member alone.",
         "",

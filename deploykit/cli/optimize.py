@@ -53,6 +53,12 @@ def register(sub) -> None:
                    "the same sequence (default: fresh draws)")
     add_mask_option(p)
     add_uncertainty_options(p, regression=True)
+    p.add_argument("--ensemble-members", nargs="+", default=None, metavar="MODEL",
+                   help="other trained models (the same inputs and task): with this one, the members of a deep ensemble "
+                   "written as ensemble/ensemble.onnx, each through this run's sparsity and int8-dynamic export, "
+                   "calibrated and thresholded like the MC model (what `deploykit ensemble` builds)")
+    p.add_argument("--ensemble-mc-samples", type=int, default=None, metavar="T",
+                   help="MC Dropout inside each ensemble member: T samples each (default: deterministic members)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
                    help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
                    "shipped artifact (a fraction: default 0.01 = one point); classifiers")
@@ -79,6 +85,8 @@ def options_from_args(args) -> dict:
         "target_coverage": args.target_coverage, "target_rmse": args.target_rmse, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
         "max_accuracy_drop": args.max_accuracy_drop, "max_rmse_increase": args.max_rmse_increase, "strict": True if args.strict else None,
+        "ensemble_members": None if args.ensemble_members is None else [_resolved(m) for m in args.ensemble_members],
+        "ensemble_mc_samples": args.ensemble_mc_samples,
     }
 
 

@@ -20,8 +20,8 @@ from deploykit.pipeline.config import (
     ValidateStep,
 )
 from deploykit.pipeline.records import ArtifactRow, ModelFigures, Stage, Status, StepOutput, StepRecord, Try, Verdict
-from deploykit.pipeline.run import OptimizeResult, optimize
-from deploykit.pipeline.steps import Step, build_pipeline
+from deploykit.pipeline.run import OptimizeResult, build_pipeline, optimize
+from deploykit.pipeline.steps import Step
 
 __all__ = [
     "optimize",

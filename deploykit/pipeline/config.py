@@ -28,6 +28,8 @@ A TOML file has one table per step (every key optional)::
     samples = 30
     temperature = true       # fit T on the validation split, store it in the MC graph
     target_accuracy = 0.99   # optional: an `abstain` output (or target_coverage; not both)
+    [ensemble]               # optional: a deep ensemble of this model and others (deploykit ensemble, in the run)
+    members = ["m2.keras", "m3.keras"]
     [validate]
     enabled = true
     max_accuracy_drop = 0.01 # the accuracy budget of a classifier, vs the original model on the test split
@@ -343,6 +345,30 @@ _TARGETS = ("target_accuracy", "target_coverage", "target_rmse")
 
 
 @dataclass(frozen=True)
+class EnsembleStep(_Table):
+    """A deep ensemble beside the run's artifacts (``deploykit ensemble`` inside the run): the run's model and the
+    model files in ``members`` (the same inputs and task), each through this pipeline's own sparsity and int8-dynamic
+    ONNX export within the budget, as one ONNX model ``ensemble/ensemble.onnx``. It is calibrated, given the
+    ``abstain`` threshold and evaluated on the OOD data as the MC model is ([mc] temperature and targets,
+    [input] ood_data). ``mc_samples``: MC Dropout inside each member (T samples each). No members: no ensemble.
+    """
+
+    TABLE = "ensemble"
+    members: tuple[str, ...] = ()
+    mc_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.members, (list, tuple)) or not all(isinstance(m, str) and m for m in self.members):
+            raise ConfigError(f"ensemble.members must be a list of model file paths, got {self.members!r}")
+        object.__setattr__(self, "members", tuple(self.members))
+        integer("ensemble.mc_samples", self.mc_samples, 1, optional=True)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.members)
+
+
+@dataclass(frozen=True)
 class ValidateStep(_Table):
     """The accuracy budget and the checks of each artifact.
 
@@ -411,13 +437,13 @@ class ValidateStep(_Table):
 
 
 _STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "compact": CompactStep,
-          "export": ExportStep, "mc": MCStep, "validate": ValidateStep}
+          "export": ExportStep, "mc": MCStep, "ensemble": EnsembleStep, "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "mask",
            "temperature", "target_accuracy", "target_coverage", "target_rmse", "ood_data", "validate", "max_accuracy_drop",
-           "max_rmse_increase", "strict")
+           "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples")
 
 
 @dataclass(frozen=True)
@@ -430,6 +456,7 @@ class OptimizeConfig:
     compact: CompactStep = field(default_factory=CompactStep)
     export: ExportStep = field(default_factory=ExportStep)
     mc: MCStep = field(default_factory=MCStep)
+    ensemble: EnsembleStep = field(default_factory=EnsembleStep)
     validate: ValidateStep = field(default_factory=ValidateStep)
 
     def __post_init__(self) -> None:
@@ -493,6 +520,8 @@ class OptimizeConfig:
         threshold; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``max_rmse_increase``: a regressor's budget
         (0.05 = test RMSE at most 5% above the original's); ``strict``: a rejected artifact fails the run.
+        ``ensemble_members``: other model files, with the run's model the members of a deep ensemble (``[ensemble]``);
+        ``ensemble_mc_samples``: MC Dropout inside each of them.
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
@@ -529,6 +558,9 @@ class OptimizeConfig:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
         if "ood_data" in o:
             c = c.with_input(ood_data=o["ood_data"])
+        ensemble = {k: o[f"ensemble_{k}"] for k in ("members", "mc_samples") if f"ensemble_{k}" in o}
+        if ensemble:
+            c = dataclasses.replace(c, ensemble=dataclasses.replace(c.ensemble, **ensemble))
         return c
 
     def with_input(self, **values: Any) -> OptimizeConfig:
@@ -547,6 +579,7 @@ class OptimizeConfig:
             ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(q.value for q in self.export.quantize))
             if self.export.enabled else "no export",
             f"MC Dropout (T={self.mc.samples})" if self.mc.enabled else "no MC",
+            *([f"ensemble of {len(self.ensemble.members) + 1}"] if self.ensemble.enabled else []),
             (f"budget RMSE +{100 * self.validate.max_rmse_increase:g}%" if (task or self.input.task) is Task.REGRESSION
              else f"budget {100 * self.validate.max_accuracy_drop:g} pt") if self.validate.enabled else "no validation",
         ]

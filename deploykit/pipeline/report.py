@@ -221,6 +221,9 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
                          f"{u['uncertain_count']} most uncertain vs {rest:.3f} in the rest")
         lines += [line.replace("## ", "### ", 1) for line in _mc_extras(mc)]
         lines.append("")
+    ensemble = next((s for s in steps if s.step == "ensemble" and s.status is Status.DONE), None)
+    if ensemble is not None:
+        lines += _ensemble_lines(ensemble.detail)
     if report["plots"]:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     if report["notes"]:
@@ -229,6 +232,20 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
     if skipped:
         lines += ["## Skipped steps", ""] + [f"- {s.step}: {s.status.value} — {s.reason}" for s in skipped] + [""]
     return "\n".join(lines)
+
+
+def _ensemble_lines(detail: dict[str, Any]) -> list[str]:
+    """The [ensemble] step's sizes and comparison (the text ``deploykit ensemble`` writes), one heading level down."""
+    from deploykit.pipeline.ensemble import ENSEMBLE_DIR
+
+    s, comparison = detail["sizes"], detail["comparison"]
+    title, *rest = comparison.to_markdown().splitlines()
+    lines = [title.replace("# ", "## ", 1), "",
+             f"`{ENSEMBLE_DIR}/`: {s.members} int8 members, {s.ensemble_gzip:,} B gzip in one ONNX model against "
+             f"{s.original_gzip:,} B for one float32 original ({s.ensemble_gzip / s.original_gzip:.2f}x). The "
+             "deterministic column is the first member alone."]
+    lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest]
+    return lines + ["", *(f"![{p}]({ENSEMBLE_DIR}/{p})" for p in comparison.plots), ""]
 
 
 def _mc_extras(mc: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -28,15 +29,24 @@ from deploykit.pipeline.config import OptimizeConfig
 from deploykit.task import OutputKind, Task
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
+from deploykit.pipeline.ensemble import ensemble_step, load_member
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
     RunContext,
-    build_pipeline,
+    Step,
+    calibrated_export_step,
+    compact_step,
     describe_figure,
+    fold_step,
     keras_row,
+    mc_step,
     model_figures,
+    save_step,
     sparsity_rows,
+    sparsity_step,
+    switched_off,
     timed,
+    triton_step,
 )
 
 CONFIG_FILE = "deploykit.toml"
@@ -134,6 +144,30 @@ def optimize(
         raise
 
 
+def build_pipeline(config: OptimizeConfig) -> list[Step]:
+    """The steps a config runs, in order (switched-off steps stay in the list and record why they did nothing).
+
+    Sparsity runs before the fold: folding the input standardization divides the first kernel's rows
+    by each feature's standard deviation, so near-constant features (the border pixels of digits)
+    would get the largest weights and magnitude pruning would keep exactly the useless ones. Zeros
+    survive the fold (it scales rows and columns), and compact follows it, where folded BatchNorm
+    lets more dead neurons reach a Dropout as exact zeros.
+    """
+    steps = [Step("sparsity", sparsity_step), Step("fold", fold_step), Step("compact", compact_step),
+             Step("save model", save_step)]
+    variants = config.export.variants()
+    if variants:
+        steps += [Step(f"export {f.value} {q.value}", functools.partial(calibrated_export_step, f, q)) for f, q in variants]
+    else:
+        steps.append(Step("export", lambda model, ctx: switched_off(model, "export")))
+    steps.append(Step("mc dropout", mc_step))
+    if config.ensemble.enabled:  # optimize runs for each member: the step is given this engine's optimize
+        steps.append(Step("ensemble", functools.partial(ensemble_step, optimize)))
+    if config.export.enabled and config.export.triton:
+        steps.append(Step("triton", triton_step))  # after the MC model, which it serves too
+    return steps
+
+
 def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
@@ -162,13 +196,15 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
                               class_names=config.input.class_names, task=config.input.task)
             config = config.with_input(data=data.name)
         task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
+        for file in config.ensemble.members:  # a bad member fails now, not after the run's sparsity search
+            load_member(file, data, unsafe)
         say(f"data {data.summary()}; model: {task.value} ({kind.value})")
         say(f"pipeline: {config.summary(task)}")
-        return _run(model, data, config, staging, out, say, keras3, task, kind)
+        return _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)
 
 
 def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False,
-         task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES) -> OptimizeResult:
+         task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES, unsafe: bool = False) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
     from deploykit.graph import copy_model
@@ -178,7 +214,7 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
-    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3, task=task, kind=kind)
+    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3, task=task, kind=kind, unsafe=unsafe)
     say(f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
     reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")

@@ -1,6 +1,6 @@
 """The pipeline's steps: each takes the model and the run's context and returns a :class:`StepOutput`.
 
-A pipeline is a list of :class:`Step` (see :func:`build_pipeline`). A step never mutates the model
+A pipeline is a list of :class:`Step` (see :func:`deploykit.pipeline.run.build_pipeline`). A step never mutates the model
 it takes nor the context (both are read-only to it): it returns its model, its record, and what it
 made (artifact rows, per-layer sparsity, the settings it tried); the runner aggregates them (the way
 Olive's engine runs passes). A step switched off, or one the model does not allow (nothing to fold,
@@ -12,7 +12,6 @@ step that finds a bug (a fold that changes the outputs) raises :class:`~deployki
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ class RunContext:
     keras3: bool = False  # the input was a Keras 3 file: .keras outputs are written as Keras 3 files
     task: Task = Task.CLASSIFICATION  # resolved once, when the model met the data (Dataset.check_model)
     kind: OutputKind = OutputKind.PROBABILITIES
+    unsafe: bool = False  # the run may load custom code (its [ensemble] members too)
 
     @property
     def repeats(self) -> int:
@@ -85,7 +85,8 @@ class Step:
     run: Callable[[Any, RunContext], StepOutput]
 
 
-def _off(model, step: str) -> StepOutput:
+def switched_off(model, step: str) -> StepOutput:
+    """The record of a step its config switched off: the model passes through unchanged."""
     return StepOutput(model, StepRecord(step, Status.SKIPPED, "switched off"))
 
 
@@ -190,7 +191,7 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
 
 def fold_step(model, ctx: RunContext) -> StepOutput:
     if not ctx.config.fold.enabled:
-        return _off(model, "fold")
+        return switched_off(model, "fold")
     from deploykit.fold import fold_batchnorm
 
     # With an MC Dropout model to build, a BatchNorm stays where folding it would pass a Dropout: exact at
@@ -219,7 +220,7 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
     """Search the sparsity target within the budget, or make the one configured try (``--quick``, l1)."""
     step = ctx.config.sparsity
     if not step.enabled:
-        return _off(model, "sparsity")
+        return switched_off(model, "sparsity")
     if step.searching:
         return _searched(model, ctx)
     name = f"sparsity ({step.method.value})"
@@ -283,7 +284,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
 
 def compact_step(model, ctx: RunContext) -> StepOutput:
     if not ctx.config.compact.enabled:
-        return _off(model, "compact")
+        return switched_off(model, "compact")
     from deploykit.sparsity import compact
 
     result, report = compact(model, ctx.data, tolerance=ctx.config.compact.tolerance)
@@ -444,7 +445,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     """The MC Dropout model through :func:`~deploykit.uncertainty.bundle.mc_bundle` (as ``deploykit mc``), held to the budget."""
     step = ctx.config.mc
     if not step.enabled:
-        return _off(model, "mc dropout")
+        return switched_off(model, "mc dropout")
     from deploykit.evaluate import outputs
     from deploykit.export.artifact import file_sizes
     from deploykit.graph import graph_from_model
@@ -591,28 +592,6 @@ def _mc_extras(comparison) -> str:
         chosen, test = comparison.selective.chosen, comparison.selective.test
         parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")
     return "; " + "; ".join(parts) if parts else ""
-
-
-def build_pipeline(config: OptimizeConfig) -> list[Step]:
-    """The steps a config runs, in order (switched-off steps stay in the list and record why they did nothing).
-
-    Sparsity runs before the fold: folding the input standardization divides the first kernel's rows
-    by each feature's standard deviation, so near-constant features (the border pixels of digits)
-    would get the largest weights and magnitude pruning would keep exactly the useless ones. Zeros
-    survive the fold (it scales rows and columns), and compact follows it, where folded BatchNorm
-    lets more dead neurons reach a Dropout as exact zeros.
-    """
-    steps = [Step("sparsity", sparsity_step), Step("fold", fold_step), Step("compact", compact_step),
-             Step("save model", save_step)]
-    variants = config.export.variants()
-    if variants:
-        steps += [Step(f"export {f.value} {q.value}", functools.partial(calibrated_export_step, f, q)) for f, q in variants]
-    else:
-        steps.append(Step("export", lambda model, ctx: _off(model, "export")))
-    steps.append(Step("mc dropout", mc_step))
-    if config.export.enabled and config.export.triton:
-        steps.append(Step("triton", triton_step))  # after the MC model, which it serves too
-    return steps
 
 
 def timed(step: Step, model, ctx: RunContext) -> StepOutput:

@@ -66,7 +66,7 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     c = summary["comparison"]
     fit = read_temperature(onnx.load(str(out / "ensemble.onnx")))
     assert fit is not None and fit["temperature"] == pytest.approx(c["temperature"]["fit"]["temperature"])
-    assert c["temperature"]["fit"]["nll_after"] <= c["temperature"]["fit"]["nll_before"]  # fitted on validation
+    assert c["temperature"]["fit"]["nll_after"] <= c["temperature"]["fit"]["nll_before"] + 1e-9  # fitted on validation
     assert c["selective"]["chosen"]["coverage"] >= 0.8 and 0 < c["selective"]["test"]["coverage"] <= 1
     result = UncertaintyPredictor(out / "ensemble.onnx").predict(digits.x_test)
     assert result.abstain is not None and result.abstain.mean() == pytest.approx(1 - c["selective"]["test"]["coverage"])
@@ -95,8 +95,11 @@ def test_mc_dropout_inside_each_member(tmp_path, digits, capsys):
     member = session(out / "members" / "member0.onnx")
     samples = member.run(["sample_probabilities"], {"input": digits.x_test[:5]})[0]
     assert samples.shape == (8, 5, digits.num_classes) and samples.std(0).max() > 0
-    assert any(n.op_type == "MatMulInteger" or n.op_type == "DynamicQuantizeLinear"
-               for n in __import__("onnx").load(str(out / "members" / "member0.onnx")).graph.node)
+    proto = __import__("onnx").load(str(out / "members" / "member0.onnx"))
+    assert any(n.op_type == "MatMulInteger" or n.op_type == "DynamicQuantizeLinear" for n in proto.graph.node)
+    from deploykit.export.metadata import read_metadata
+
+    assert 0.4 < read_metadata(proto).sparsity < 0.6  # pruned to 0.5 (the output layer kept dense), as recorded
     outputs = session(out / "ensemble.onnx").run(["mean", "std"], {"input": digits.x_test[:5]})
     assert outputs[0].shape == (5, digits.num_classes) and (outputs[1] > 0).any()
     assert "MC Dropout inside each member: 8 samples each, 16 reduced per call" in (out / "ensemble.md").read_text()
