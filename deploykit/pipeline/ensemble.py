@@ -21,11 +21,10 @@ import numpy as np
 from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 from deploykit.errors import DataError, ModelLoadError, StepError, UsageError
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
-from deploykit.pipeline.steps import MODEL_FILE, ORIGINAL_FILE, RunContext, budget_miss, changes, timings, verdict_for
+from deploykit.pipeline.steps import ENSEMBLE_DIR, MODEL_FILE, ORIGINAL_FILE, RunContext, budget_miss, changes, timings, verdict_for
 from deploykit.records import Record
 from deploykit.task import Task
 
-ENSEMBLE_DIR = "ensemble"  # optimize's [ensemble] step writes ENSEMBLE_FILE and MEMBERS_DIR in this subfolder
 
 
 #: ``deploykit.pipeline.optimize``: this module sits below the engine that runs its step, so it is given it.

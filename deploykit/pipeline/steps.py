@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from deploykit.contract import ENSEMBLE_FILE
 from deploykit.data import Dataset
 from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs, softmax
@@ -42,6 +43,7 @@ from deploykit.task import OutputKind, Task
 ORIGINAL_FILE = "original.keras"
 MODEL_FILE = "model.keras"
 MC_FILE = "model_mc.onnx"
+ENSEMBLE_DIR = "ensemble"  # the [ensemble] step's subfolder: ensemble.onnx and its members/
 
 
 @dataclass(frozen=True)
@@ -429,10 +431,11 @@ def _crashed(record, file: str, exc: ValidationError, ctx: RunContext) -> Artifa
 
 
 def triton_step(model, ctx: RunContext) -> StepOutput:
-    """A Triton repository of every shipped ONNX model (the MC model included) and a KServe manifest beside it."""
+    """A Triton repository of every shipped ONNX model (the MC model and the ensemble included) and a KServe manifest beside it."""
     from deploykit.export import write_triton_models
 
-    files = sorted(p for p in ctx.folder.glob("*.onnx"))  # what is shipped: rejected artifacts were removed
+    # what is shipped (rejected artifacts were removed), the [ensemble] step's model included
+    files = sorted(p for p in ctx.folder.glob("*.onnx")) + sorted((ctx.folder / ENSEMBLE_DIR).glob(ENSEMBLE_FILE))
     if not files:
         return StepOutput(model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)"))
     names = write_triton_models(files, ctx.folder / TRITON_DIR, ctx.config.export.triton,

@@ -33,7 +33,7 @@ def test_optimize_writes_the_ensemble_of_its_model_and_the_members_given(tmp_pat
     first, second = _member(tmp_path / "a.keras", digits, 1), _member(tmp_path / "b.keras", digits, 2)
     out = tmp_path / "out"
     assert main(["optimize", str(first), "--out", str(out), "-q", "--sparsity", "0.5", "--epochs", "2",
-                 "--formats", "onnx", "--quantize", "float32", "--no-mc", "--target-coverage", "0.8",
+                 "--formats", "onnx", "--quantize", "float32", "--no-mc", "--target-coverage", "0.8", "--triton",
                  "--ensemble-members", str(second)]) == 0
     report = json.loads((out / "report.json").read_text())
     step = next(s for s in report["steps"] if s["step"] == "ensemble")
@@ -51,6 +51,7 @@ def test_optimize_writes_the_ensemble_of_its_model_and_the_members_given(tmp_pat
             assert (out / "ensemble" / "members" / f"member{k}.onnx").exists()
             assert (out / "ensemble" / "members" / f"member{k}.keras").exists()
         assert "## Deterministic vs deep ensemble" in (out / "report.md").read_text()
+        assert (out / "triton" / "ensemble" / "1" / "model.onnx").exists()  # served beside the other ONNX models
     else:
         assert not (out / "ensemble").exists()  # a rejected ensemble leaves nothing behind
     config = OptimizeConfig.from_toml(out / "deploykit.toml")  # the run repeats with its members
