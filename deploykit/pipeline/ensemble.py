@@ -1,5 +1,6 @@
 """Deep ensembles through the pipeline: each member optimized (fold, prune, int8 ONNX) within the budget, the
-members in one calibrated ONNX model, for ``deploykit ensemble`` and for ``optimize``'s ``[ensemble]`` step.
+members in one calibrated ONNX model, for ``deploykit ensemble`` and for ``optimize``'s ``[ensemble]`` step
+(:mod:`deploykit.pipeline.uncertainty_steps`).
 
 Here, not in :mod:`deploykit.uncertainty.ensemble`, because it runs ``optimize``: the pipeline sits above
 the uncertainty package (whose MC model it builds), so the uncertainty package never imports it.
@@ -7,7 +8,6 @@ the uncertainty package (whose MC model it builds), so the uncertainty package n
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -20,12 +20,8 @@ import numpy as np
 
 from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 from deploykit.errors import DataError, ModelLoadError, StepError, UsageError
-from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
-from deploykit.pipeline.steps import ENSEMBLE_DIR, MODEL_FILE, ORIGINAL_FILE, RunContext, budget_miss, changes, timings, verdict_for
+from deploykit.pipeline.steps import MODEL_FILE, ORIGINAL_FILE
 from deploykit.records import Record
-from deploykit.task import Task
-
-
 
 #: ``deploykit.pipeline.optimize``: this module sits below the engine that runs its step, so it is given it.
 Optimize = Callable[..., Any]
@@ -117,55 +113,6 @@ def build_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, 
     return EnsembleRun(bundle, ensemble_sizes(members, bundle.export.path, original), members, mc_samples)
 
 
-# --- optimize's [ensemble] step ---------------------------------------------------------------------
-
-
-def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
-    """``[ensemble] members``: the run's original model and those files as a deep ensemble (each through this run's
-    own sparsity and int8-dynamic export), calibrated and thresholded like the MC model, held to the budget."""
-    from deploykit.export.artifact import file_sizes
-    from deploykit.pipeline.config import EnsembleStep
-    from deploykit.uncertainty import UncertaintyPredictor
-    from deploykit.uncertainty.ood import load_ood
-
-    step, config = ctx.config.ensemble, ctx.config
-    others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
-    members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None))
-    run = build_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR, mc_samples=step.mc_samples,
-                         temperature=config.mc.temperature, target=config.mc.selective_target(),
-                         ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
-                         config=members_config, triton=False)
-    path, file = run.bundle.export.path, f"{ENSEMBLE_DIR}/{ENSEMBLE_FILE}"
-    predictor = UncertaintyPredictor(path)
-    if ctx.task is Task.REGRESSION:
-        value = run.bundle.comparison.mc.rmse
-        agreement = None
-    else:
-        value = run.bundle.comparison.mc.accuracy
-        agreement = float(np.mean(run.bundle.predicted_class == np.asarray(_predicted(model, ctx))))
-    missed = budget_miss(value, ctx)
-    verdict = verdict_for(missed, ctx)
-    checks = ("missed: " + "; ".join(map(str, missed)) if missed and config.validate.enabled else
-              f"ensemble {ctx.budget.describe()}" if config.validate.enabled else "validation switched off")
-    b1, b256 = timings(lambda v: predictor.predict(v), ctx.data.x_test, ctx.repeats)
-    size, gz = file_sizes(path)
-    row = ArtifactRow(
-        file=file, format="onnx-ensemble", runtime="onnxruntime", precision="int8", quantization="int8-dynamic",
-        sparsity=_members_sparsity(run.members), size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
-        agreement=agreement, max_abs_diff=None, latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks,
-        detail=run.bundle.export, **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)})
-    if verdict is Verdict.REJECTED:
-        shutil.rmtree(ctx.folder / ENSEMBLE_DIR)  # a rejected ensemble is not shipped: nothing of it is left
-        ctx.say(f"  rejected {file}: {checks}")
-    s = run.sizes
-    reason = (f"{s.members} members{f', MC Dropout inside (T = {step.mc_samples} each)' if step.mc_samples else ''}: "
-              f"{s.ensemble_gzip / s.original_gzip:.2f}x the original's gzip size; {run.bundle.comparison.method} "
-              f"{'RMSE' if ctx.task is Task.REGRESSION else 'accuracy'} {value:.4g} ({verdict.value})")
-    files = [file, *(f"{ENSEMBLE_DIR}/{p}" for p in run.bundle.comparison.plots)] if verdict.shipped else []
-    return StepOutput(model, StepRecord("ensemble", Status.DONE, reason, artifacts=files, checks=checks,
-                                        detail={"sizes": s, "comparison": run.bundle.comparison}), artifacts=(row,))
-
-
 def load_member(file: str, data, unsafe: bool = False):
     """An ``[ensemble] members`` file, loaded and checked against the run's data (its inputs, and its outputs against
     the labels: softmax and logits members mix, the ensemble averages probabilities); a bad one is one error of its
@@ -179,19 +126,3 @@ def load_member(file: str, data, unsafe: bool = False):
         kind = next(k for k in (ModelLoadError, DataError, UsageError) if isinstance(exc, k))
         raise kind(f"ensemble member {file}: {exc}") from None
     return model
-
-
-def _members_sparsity(members: Sequence[Path]) -> float:
-    """The members' mean sparsity, as each one's export metadata records it."""
-    import onnx
-
-    from deploykit.export.metadata import read_metadata
-
-    return float(np.mean([read_metadata(onnx.load(str(m))).sparsity or 0.0 for m in members]))
-
-
-def _predicted(model, ctx: RunContext) -> np.ndarray:
-    """The optimized model's predicted classes on the test split (logits or probabilities alike)."""
-    from deploykit.evaluate import outputs
-
-    return np.asarray(outputs(model, ctx.data.x_test)).argmax(1)

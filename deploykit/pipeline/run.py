@@ -29,7 +29,8 @@ from deploykit.pipeline.config import OptimizeConfig
 from deploykit.task import OutputKind, Task
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
-from deploykit.pipeline.ensemble import ensemble_step, load_member
+from deploykit.pipeline.ensemble import load_member
+from deploykit.pipeline.uncertainty_steps import ensemble_step, mc_step
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
     RunContext,
@@ -39,7 +40,6 @@ from deploykit.pipeline.steps import (
     describe_figure,
     fold_step,
     keras_row,
-    mc_step,
     model_figures,
     save_step,
     sparsity_rows,

@@ -118,7 +118,7 @@ def verdict_for(mismatches: list, ctx: RunContext) -> Verdict:
     return Verdict.REJECTED if mismatches else Verdict.PASS
 
 
-def _withdraw(row: ArtifactRow, ctx: RunContext) -> ArtifactRow:
+def withdraw(row: ArtifactRow, ctx: RunContext) -> ArtifactRow:
     """A rejected artifact is not shipped: remove its file (its row keeps the numbers)."""
     if row.verdict is Verdict.REJECTED:
         (ctx.folder / row.file).unlink(missing_ok=True)
@@ -306,7 +306,7 @@ def save_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.io import save_model_like
 
     save_model_like(model, ctx.folder / MODEL_FILE, ctx.keras3)
-    row = _withdraw(keras_row(model, MODEL_FILE, ctx, None, "the exported model itself; within the budget"), ctx)
+    row = withdraw(keras_row(model, MODEL_FILE, ctx, None, "the exported model itself; within the budget"), ctx)
     kind = "Keras 3" if ctx.keras3 else "tf_keras"
     return StepOutput(model, StepRecord("save model", Status.DONE, f"optimized {kind} model: {MODEL_FILE}",
                                         artifacts=[MODEL_FILE]),
@@ -333,7 +333,7 @@ def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) 
     file = artifact_name(fmt, quant)
     record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization, opset=step.opset,
                             metadata=metadata(model, ctx, ctx.figures.accuracy), task=ctx.task)
-    row = _withdraw(_measure_artifact(record, file, model, ctx), ctx)
+    row = withdraw(_measure_artifact(record, file, model, ctx), ctx)
     return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE,
                                         f"{file} ({fmt.value} {quant.value}, {row.verdict.value})",
                                         artifacts=[file] if row.verdict.shipped else [], checks=row.checks, detail=record),
@@ -366,7 +366,7 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
                            note=a.error or (a.row.checks if not a.passed else ""))
                   for a in attempts)
     file = kept.variant.file
-    row = _unmade(file, fmt, kept.error, ctx) if kept.row is None else _withdraw(kept.row, ctx)
+    row = _unmade(file, fmt, kept.error, ctx) if kept.row is None else withdraw(kept.row, ctx)
     used = kept.variant.describe() + (f" after {len(attempts) - 1} other setting(s)" if len(attempts) > 1 else "")
     reason = f"{file} ({used}, {row.verdict.value})"
     return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, reason,
@@ -444,91 +444,6 @@ def triton_step(model, ctx: RunContext) -> StepOutput:
                                         artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"]))
 
 
-def mc_step(model, ctx: RunContext) -> StepOutput:
-    """The MC Dropout model through :func:`~deploykit.uncertainty.bundle.mc_bundle` (as ``deploykit mc``), held to the budget."""
-    step = ctx.config.mc
-    if not step.enabled:
-        return switched_off(model, "mc dropout")
-    from deploykit.evaluate import outputs
-    from deploykit.export.artifact import file_sizes
-    from deploykit.graph import graph_from_model
-    from deploykit.uncertainty import MCConfig, UncertaintyPredictor
-    from deploykit.uncertainty.bundle import mc_bundle
-    from deploykit.uncertainty.ood import load_ood
-    from deploykit.uncertainty.mc_graph import check_has_dropout
-
-    try:
-        check_has_dropout(graph_from_model(model))
-    except UsageError as exc:
-        return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
-    path = ctx.folder / MC_FILE
-    deterministic = outputs(model, ctx.data.x_test)
-    if ctx.kind is OutputKind.LOGITS:  # the MC step compares probabilities: softmax of the logits
-        deterministic = softmax(deterministic)
-    regression = ctx.task is Task.REGRESSION
-    det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
-    target = step.selective_target()
-    ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
-    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
-                       temperature=step.temperature, target=target, ood=ood,  # a regressor: its std scale
-                       deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
-                       say=lambda m: ctx.say("  " + m))
-    if regression:
-        return _mc_regression(model, bundle, path, ctx)
-    record, comparison = bundle.export, bundle.comparison
-    predictor = UncertaintyPredictor(path)
-    acc = comparison.mc.accuracy
-    missed = budget_miss(acc, ctx)
-    verdict = verdict_for(missed, ctx)
-    checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
-              f"MC accuracy: {ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else
-              "validation switched off")
-    b1, b256 = timings(lambda v: predictor.predict(v), ctx.data.x_test, ctx.repeats)
-    size, gz = file_sizes(path)
-    row = _withdraw(ArtifactRow(
-        file=MC_FILE, format="onnx-mc", runtime="onnxruntime", precision="float32", quantization=record.quantization,
-        sparsity=ctx.figures.sparsity, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
-        accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
-        agreement=float(np.mean(bundle.predicted_class == deterministic.argmax(1))),
-        max_abs_diff=None, latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=record,
-    ), ctx)
-    reason = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}{_mc_extras(comparison)} ({verdict.value})"
-    files = [MC_FILE, *comparison.plots] if verdict.shipped else list(comparison.plots)
-    return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=files, checks=checks,
-                                        detail={"export": record, "comparison": comparison}),
-                      artifacts=(row,), mc=comparison)
-
-
-def _mc_regression(model, bundle, path: Path, ctx: RunContext) -> StepOutput:
-    """A regression MC model's row: the RMSE of its ``mean`` on the test split, held to the budget."""
-    from deploykit.export.artifact import file_sizes
-    from deploykit.export.runtimes import OnnxRunner, predict_batches
-
-    runner = OnnxRunner(path)
-    mean = predict_batches(runner.predict, ctx.data.x_test)
-    errors = RegressionErrors.between(mean, ctx.data.y_test)
-    missed = budget_miss(errors.rmse, ctx)
-    verdict = verdict_for(missed, ctx)
-    checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
-              f"MC mean {ctx.budget.describe()}" if ctx.config.validate.enabled else "validation switched off")
-    b1, b256 = timings(runner.predict, ctx.data.x_test, ctx.repeats)
-    size, gz = file_sizes(path)
-    row = _withdraw(ArtifactRow(
-        file=MC_FILE, format="onnx-mc", runtime="onnxruntime", precision="float32", quantization="float32",
-        sparsity=ctx.figures.sparsity, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
-        accuracy=None, accuracy_change=None, agreement=None, max_abs_diff=None, latency_b1_ms=b1, throughput_b256=b256,
-        verdict=verdict, checks=checks, detail=bundle.export, **changes(errors.rmse, ctx), max_abs_error=errors.max_abs_error,
-    ), ctx)
-    m = bundle.comparison.mc
-    reason = (f"T = {ctx.config.mc.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval "
-              f"covers {100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}"
-              f"{_mc_extras(bundle.comparison)} ({verdict.value})")
-    files = [MC_FILE, *bundle.comparison.plots] if verdict.shipped else list(bundle.comparison.plots)
-    return StepOutput(model, StepRecord("mc dropout", Status.DONE, reason, artifacts=files,
-                                        checks=checks, detail={"export": bundle.export, "comparison": bundle.comparison}),
-                      artifacts=(row,), mc=bundle.comparison)
-
-
 def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
     """:func:`export_step`, then (ONNX, ``[export] temperature``) a temperature stored in the shipped file.
 
@@ -581,20 +496,6 @@ def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
     from deploykit.export.runtimes import OnnxRunner, predict_batches
 
     return predict_batches(OnnxRunner(path).predict, x).astype(np.float64)
-
-
-def _mc_extras(comparison) -> str:
-    """What the MC model was given beyond the export, for the step's reason."""
-    parts = []
-    if getattr(comparison, "temperature", None) is not None:
-        fit = comparison.temperature.fit
-        parts.append(f"temperature {fit.temperature:.3f} ({fit.placement.value})")
-    if getattr(comparison, "std_scale", None) is not None:  # a regressor's variance calibration
-        parts.append(f"std x {comparison.std_scale.fit.std_scale:.3f}")
-    if comparison.selective is not None:
-        chosen, test = comparison.selective.chosen, comparison.selective.test
-        parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")
-    return "; " + "; ".join(parts) if parts else ""
 
 
 def timed(step: Step, model, ctx: RunContext) -> StepOutput:

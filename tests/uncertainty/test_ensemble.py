@@ -101,8 +101,7 @@ def test_temperature_and_abstain_compose_on_an_ensemble(tmp_path, member_models,
     from deploykit.uncertainty.ensemble import build_ensemble
     from deploykit.uncertainty.measures import Measure, uncertainties
     from deploykit.uncertainty.selective import SelectiveTarget, add_abstain, choose_threshold
-    from deploykit.uncertainty.temperature import (Placement, TemperatureFit, apply_mc_temperature, fit_mc_temperature,
-                                                   scale_probs)
+    from deploykit.uncertainty.temperature import Placement, apply_mc_temperature, fit_mc_temperature, scale_probs
 
     paths = _export(member_models, tmp_path, [None, None, None], digits)
     probs, want = _expected(paths, digits.x_val)

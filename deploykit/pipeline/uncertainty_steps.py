@@ -1,0 +1,169 @@
+"""The pipeline's uncertainty steps: the MC Dropout model and the ``[ensemble]`` deep ensemble.
+
+Each builds its model through the same function as its command (``mc_bundle`` for ``deploykit mc``,
+``build_ensemble`` for ``deploykit ensemble``), then measures it as one artifact row held to the run's
+budget (:func:`_held_row`): the MC mean's or the ensemble's accuracy, or a regressor's RMSE.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploykit.errors import UsageError
+from deploykit.evaluate import RegressionErrors, softmax
+from deploykit.pipeline.ensemble import Optimize, build_ensemble, load_member
+from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
+from deploykit.pipeline.steps import (
+    ENSEMBLE_DIR,
+    MC_FILE,
+    RunContext,
+    budget_miss,
+    changes,
+    metadata,
+    switched_off,
+    timings,
+    verdict_for,
+    withdraw,
+)
+from deploykit.contract import ENSEMBLE_FILE
+from deploykit.task import OutputKind, Task
+
+
+def mc_step(model, ctx: RunContext) -> StepOutput:
+    """The MC Dropout model through :func:`~deploykit.uncertainty.bundle.mc_bundle` (as ``deploykit mc``), held to the budget."""
+    step = ctx.config.mc
+    if not step.enabled:
+        return switched_off(model, "mc dropout")
+    from deploykit.evaluate import outputs
+    from deploykit.export.runtimes import OnnxRunner, predict_batches
+    from deploykit.graph import graph_from_model
+    from deploykit.uncertainty import MCConfig, UncertaintyPredictor
+    from deploykit.uncertainty.bundle import mc_bundle
+    from deploykit.uncertainty.mc_graph import check_has_dropout
+    from deploykit.uncertainty.ood import load_ood
+
+    try:
+        check_has_dropout(graph_from_model(model))
+    except UsageError as exc:
+        return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
+    path = ctx.folder / MC_FILE
+    deterministic = outputs(model, ctx.data.x_test)
+    if ctx.kind is OutputKind.LOGITS:  # the MC step compares probabilities: softmax of the logits
+        deterministic = softmax(deterministic)
+    regression = ctx.task is Task.REGRESSION
+    det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
+    ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
+    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
+                       temperature=step.temperature, target=step.selective_target(), ood=ood,  # a regressor: its std scale
+                       deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
+                       say=lambda m: ctx.say("  " + m))
+    record, comparison = bundle.export, bundle.comparison
+    if regression:
+        runner = OnnxRunner(path)
+        errors = RegressionErrors.between(predict_batches(runner.predict, ctx.data.x_test), ctx.data.y_test)
+        row = _held_row(path, MC_FILE, "onnx-mc", "float32", ctx, errors.rmse, None, runner.predict, record, "MC mean",
+                        max_abs_error=errors.max_abs_error)
+        m = comparison.mc
+        what = (f"T = {step.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval covers "
+                f"{100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}")
+    else:
+        predictor = UncertaintyPredictor(path)
+        agreement = float(np.mean(bundle.predicted_class == deterministic.argmax(1)))
+        row = _held_row(path, MC_FILE, "onnx-mc", record.quantization, ctx, comparison.mc.accuracy, agreement,
+                        predictor.predict, record, "MC accuracy")
+        what = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}"
+    row = withdraw(row, ctx)
+    files = [MC_FILE, *comparison.plots] if row.verdict.shipped else list(comparison.plots)
+    return StepOutput(model, StepRecord("mc dropout", Status.DONE, f"{what}{_extras(comparison)} ({row.verdict.value})",
+                                        artifacts=files, checks=row.checks, detail={"export": record, "comparison": comparison}),
+                      artifacts=(row,), mc=comparison)
+
+
+def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
+    """``[ensemble] members``: the run's original model and those files as a deep ensemble (each through this run's
+    own sparsity and int8-dynamic export), calibrated and thresholded like the MC model, held to the budget."""
+    import dataclasses
+
+    from deploykit.pipeline.config import EnsembleStep
+    from deploykit.uncertainty import UncertaintyPredictor
+    from deploykit.uncertainty.ood import load_ood
+
+    step, config = ctx.config.ensemble, ctx.config
+    others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
+    members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None))
+    run = build_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR, mc_samples=step.mc_samples,
+                         temperature=config.mc.temperature, target=config.mc.selective_target(),
+                         ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
+                         config=members_config, triton=False)
+    path, file, comparison = run.bundle.export.path, f"{ENSEMBLE_DIR}/{ENSEMBLE_FILE}", run.bundle.comparison
+    regression = ctx.task is Task.REGRESSION
+    value = comparison.mc.rmse if regression else comparison.mc.accuracy
+    agreement = None if regression else float(np.mean(run.bundle.predicted_class == _predicted(model, ctx)))
+    row = _held_row(path, file, "onnx-ensemble", "int8-dynamic", ctx, value, agreement, UncertaintyPredictor(path).predict,
+                    run.bundle.export, "ensemble", sparsity=_members_sparsity(run.members))
+    if row.verdict is Verdict.REJECTED:
+        shutil.rmtree(ctx.folder / ENSEMBLE_DIR)  # a rejected ensemble is not shipped: nothing of it is left
+        ctx.say(f"  rejected {file}: {row.checks}")
+    s = run.sizes
+    reason = (f"{s.members} members{f', MC Dropout inside (T = {step.mc_samples} each)' if step.mc_samples else ''}: "
+              f"{s.ensemble_gzip / s.original_gzip:.2f}x the original's gzip size; {comparison.method} "
+              f"{'RMSE' if regression else 'accuracy'} {value:.4g}{_extras(comparison)} ({row.verdict.value})")
+    files = [file, *(f"{ENSEMBLE_DIR}/{p}" for p in comparison.plots)] if row.verdict.shipped else []
+    return StepOutput(model, StepRecord("ensemble", Status.DONE, reason, artifacts=files, checks=row.checks,
+                                        detail={"sizes": s, "comparison": comparison}), artifacts=(row,))
+
+
+def _held_row(path: Path, file: str, fmt: str, quantization: str, ctx: RunContext, value: float, agreement: float | None,
+              predict: Callable[[np.ndarray], Any], detail, what: str, sparsity: float | None = None, **extra) -> ArtifactRow:
+    """An uncertainty model's row: its test figure (accuracy, or a regressor's RMSE) held to the budget, its size
+    and its speed through ``predict``."""
+    from deploykit.export.artifact import file_sizes
+
+    missed = budget_miss(value, ctx)
+    verdict = verdict_for(missed, ctx)
+    checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
+              f"{what}: {ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else "validation switched off")
+    b1, b256 = timings(predict, ctx.data.x_test, ctx.repeats)
+    size, gz = file_sizes(path)
+    precision = "int8" if quantization.startswith("int8") else "float32"
+    return ArtifactRow(
+        file=file, format=fmt, runtime="onnxruntime", precision=precision, quantization=quantization,
+        sparsity=ctx.figures.sparsity if sparsity is None else sparsity, size_bytes=size, gzip_bytes=gz,
+        compression=ctx.original_figures.keras_gzip_bytes / gz, agreement=agreement, max_abs_diff=None,
+        latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=detail,
+        **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)}, **extra)
+
+
+def _extras(comparison) -> str:
+    """What the MC model (or ensemble) was given beyond the export, for the step's reason."""
+    parts = []
+    if getattr(comparison, "temperature", None) is not None:
+        fit = comparison.temperature.fit
+        parts.append(f"temperature {fit.temperature:.3f} ({fit.placement.value})")
+    if getattr(comparison, "std_scale", None) is not None:  # a regressor's variance calibration
+        parts.append(f"std x {comparison.std_scale.fit.std_scale:.3f}")
+    if comparison.selective is not None:
+        chosen, test = comparison.selective.chosen, comparison.selective.test
+        parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")
+    return "; " + "; ".join(parts) if parts else ""
+
+
+def _members_sparsity(members: Sequence[Path]) -> float:
+    """The members' mean sparsity, as each one's export metadata records it."""
+    import onnx
+
+    from deploykit.export.metadata import read_metadata
+
+    return float(np.mean([read_metadata(onnx.load(str(m))).sparsity or 0.0 for m in members]))
+
+
+def _predicted(model, ctx: RunContext) -> np.ndarray:
+    """The optimized model's predicted classes on the test split (logits or probabilities alike)."""
+    from deploykit.evaluate import outputs
+
+    return np.asarray(outputs(model, ctx.data.x_test)).argmax(1)
