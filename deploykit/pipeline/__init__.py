@@ -8,13 +8,14 @@ writes report.json, report.md, PNG plots and the deploykit.toml that ran.
 Importing this package does not import TensorFlow.
 """
 
-from deploykit.pipeline.config import (
+from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.tables import (
     CompactStep,
+    EnsembleStep,
     ExportStep,
     FoldStep,
     InputConfig,
     MCStep,
-    OptimizeConfig,
     SparsityMethod,
     SparsityStep,
     ValidateStep,
@@ -34,6 +35,7 @@ __all__ = [
     "CompactStep",
     "ExportStep",
     "MCStep",
+    "EnsembleStep",
     "ValidateStep",
     "Step",
     "build_pipeline",

@@ -26,7 +26,8 @@ from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageEr
 from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs, softmax
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
-from deploykit.pipeline.config import OptimizeConfig, SparsityMethod
+from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.tables import SparsityMethod
 from deploykit.pipeline.records import (
     ArtifactRow,
     LayerSparsityRow,

@@ -89,7 +89,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     own sparsity and int8-dynamic export), calibrated and thresholded like the MC model, held to the budget."""
     import dataclasses
 
-    from deploykit.pipeline.config import EnsembleStep
+    from deploykit.pipeline.tables import EnsembleStep
     from deploykit.uncertainty import UncertaintyPredictor
     from deploykit.uncertainty.ood import load_ood
 

@@ -9,7 +9,7 @@ import pytest
 
 from deploykit.errors import ConfigError
 from deploykit.pipeline import OptimizeConfig
-from deploykit.pipeline.config import MCStep
+from deploykit.pipeline.tables import MCStep
 
 
 def test_mc_fields_validate_and_round_trip_through_toml():
@@ -79,7 +79,7 @@ def test_optimize_flags_set_the_mc_fields(tmp_path):
 def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, random_bn_model):
     from deploykit.contract import ABSTAIN_OUTPUT, SELECTIVE_KEY, TEMPERATURE_KEY
     from deploykit.pipeline import optimize
-    from deploykit.pipeline.config import ValidateStep
+    from deploykit.pipeline.tables import ValidateStep
 
     ood = tmp_path / "ood.npz"
     np.savez(ood, x=np.random.default_rng(1).uniform(0, 16, (50, 64)).astype(np.float32))

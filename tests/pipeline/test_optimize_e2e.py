@@ -10,7 +10,7 @@ import pytest
 
 from deploykit.errors import ConfigError, StepError, UsageError, ValidationError
 from deploykit.pipeline import OptimizeConfig, Status, Verdict, optimize
-from deploykit.pipeline.config import ValidateStep
+from deploykit.pipeline.tables import ValidateStep
 
 EXPORTS = ["model.onnx", "model_float16.onnx", "model_int8-dynamic.onnx", "model.tflite", "model_float16.tflite", "model_int8-full.tflite"]
 FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deploykit.pipeline import OptimizeConfig, Status, Verdict, optimize
-from deploykit.pipeline.config import ValidateStep
+from deploykit.pipeline.tables import ValidateStep
 from tests.helpers import build_dense
 
 pytestmark = pytest.mark.slow  # each test trains a model, then runs the whole pipeline

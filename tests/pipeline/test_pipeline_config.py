@@ -7,7 +7,7 @@ import pytest
 from deploykit.errors import ConfigError
 from deploykit.pipeline import OptimizeConfig, SparsityMethod
 from deploykit.export.config import ExportFormat, Quantization
-from deploykit.pipeline.config import DEFAULT_TUNE_EPOCHS, ExportStep, MCStep, ValidateStep
+from deploykit.pipeline.tables import DEFAULT_TUNE_EPOCHS, ExportStep, MCStep, ValidateStep
 
 
 def test_defaults_turn_every_step_on():
