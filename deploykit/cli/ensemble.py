@@ -94,12 +94,12 @@ def _members(args, data) -> list:
 
 def build(models, data, folder, *, mc_samples: int | None = None, temperature: bool = True, target=None, ood=None,
           **options) -> dict:
-    """:func:`deploykit.pipeline.ensemble.build_ensemble` into ``folder``, summarized for ensemble.json; the
+    """:func:`deploykit.pipeline.ensemble.optimize_ensemble` into ``folder``, summarized for ensemble.json; the
     summary's ``markdown`` is the comparison's text, for :func:`to_markdown`."""
     from deploykit.pipeline import optimize
-    from deploykit.pipeline.ensemble import build_ensemble
+    from deploykit.pipeline.ensemble import optimize_ensemble
 
-    run = build_ensemble(optimize, models, data, folder, mc_samples=mc_samples, temperature=temperature, target=target, ood=ood,
+    run = optimize_ensemble(optimize, models, data, folder, mc_samples=mc_samples, temperature=temperature, target=target, ood=ood,
                          say=progress, **options)
     comparison = json.loads(json.dumps(run.bundle.comparison.to_dict(), default=str))
     return {"ensemble": {**run.bundle.export.to_dict(), "path": ENSEMBLE_FILE}, "sizes": run.sizes.to_dict(),

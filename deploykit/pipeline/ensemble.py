@@ -84,7 +84,7 @@ def mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
 
 @dataclass
 class EnsembleRun(Record):
-    """What :func:`build_ensemble` wrote in its folder: the calibrated ensemble and its sizes against the original."""
+    """What :func:`optimize_ensemble` wrote in its folder: the calibrated ensemble and its sizes against the original."""
 
     bundle: object  # deploykit.uncertainty.bundle.EnsembleBundle
     sizes: object  # deploykit.uncertainty.ensemble.EnsembleSizes
@@ -92,7 +92,7 @@ class EnsembleRun(Record):
     mc_samples: int | None = None
 
 
-def build_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, mc_samples: int | None = None,
+def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, mc_samples: int | None = None,
                    temperature: bool = True, target=None, ood: np.ndarray | None = None,
                    say: Callable[[str], None] = lambda m: None, **options) -> EnsembleRun:
     """Optimize the members (:func:`optimize_members`, ``options`` as there; their optimized Keras models kept)

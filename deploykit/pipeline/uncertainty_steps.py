@@ -1,7 +1,7 @@
 """The pipeline's uncertainty steps: the MC Dropout model and the ``[ensemble]`` deep ensemble.
 
 Each builds its model through the same function as its command (``mc_bundle`` for ``deploykit mc``,
-``build_ensemble`` for ``deploykit ensemble``), then measures it as one artifact row held to the run's
+``optimize_ensemble`` for ``deploykit ensemble``), then measures it as one artifact row held to the run's
 budget (:func:`_held_row`): the MC mean's or the ensemble's accuracy, or a regressor's RMSE.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from deploykit.errors import UsageError
 from deploykit.evaluate import RegressionErrors, softmax
-from deploykit.pipeline.ensemble import Optimize, build_ensemble, load_member
+from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.pipeline.steps import (
     ENSEMBLE_DIR,
@@ -96,7 +96,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     step, config = ctx.config.ensemble, ctx.config
     others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
     members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None))
-    run = build_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR, mc_samples=step.mc_samples,
+    run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR, mc_samples=step.mc_samples,
                          temperature=config.mc.temperature, target=config.mc.selective_target(),
                          ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
                          config=members_config, triton=False)
