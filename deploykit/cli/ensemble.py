@@ -51,6 +51,8 @@ def _run(args) -> int:
         raise UsageError(f"--members must be >= 2, got {args.members}")
     if len(args.models) == 1:
         raise UsageError("give at least 2 model files (or none, to train --members of them)")
+    if args.mc_samples is not None and args.mc_samples < 1:
+        raise UsageError(f"--mc-samples must be >= 1, got {args.mc_samples}")
     target = selective_target(args)  # refuse bad options before any work
     ood = load_ood(args.ood_data) if args.ood_data else None
     out = Path(args.out)

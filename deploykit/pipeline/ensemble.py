@@ -89,12 +89,11 @@ class EnsembleRun(Record):
     bundle: object  # deploykit.uncertainty.bundle.EnsembleBundle
     sizes: object  # deploykit.uncertainty.ensemble.EnsembleSizes
     members: list[Path]
-    mc_samples: int | None = None
 
 
 def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, mc_samples: int | None = None,
-                   temperature: bool = True, target=None, ood: np.ndarray | None = None,
-                   say: Callable[[str], None] = lambda m: None, **options) -> EnsembleRun:
+                      temperature: bool = True, target=None, ood: np.ndarray | None = None,
+                      say: Callable[[str], None] = lambda m: None, **options) -> EnsembleRun:
     """Optimize the members (:func:`optimize_members`, ``options`` as there; their optimized Keras models kept)
     into ``folder/members`` and write ``folder/ensemble.onnx``, calibrated, thresholded (``target``) and evaluated
     (``ood``) by :func:`deploykit.uncertainty.bundle.ensemble_bundle`."""
@@ -110,7 +109,7 @@ def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, 
     say(f"writing {ENSEMBLE_FILE} ({len(members)} members)")
     bundle = ensemble_bundle(members, data, folder / ENSEMBLE_FILE, temperature=temperature, target=target, ood=ood,
                              say=lambda m: say("  " + m))
-    return EnsembleRun(bundle, ensemble_sizes(members, bundle.export.path, original), members, mc_samples)
+    return EnsembleRun(bundle, ensemble_sizes(members, bundle.export.path, original), members)
 
 
 def load_member(file: str, data, unsafe: bool = False):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
@@ -160,8 +161,10 @@ def _first_member(member, x: np.ndarray, batch_size: int) -> np.ndarray:
     from deploykit.sessions import onnx_session
 
     session = onnx_session(member)
+    names = [o.name for o in session.get_outputs()]
+    output = next(n for n in (OUTPUT_NAME, "mean", PREDICTION_NAME, names[0]) if n in names)  # a logits member's: probabilities
     x = np.asarray(x, np.float32)
-    return np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i:i + batch_size]})[0]
+    return np.concatenate([session.run([output], {session.get_inputs()[0].name: x[i:i + batch_size]})[0]
                            for i in range(0, len(x), batch_size)])
 
 

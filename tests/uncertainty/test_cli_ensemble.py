@@ -109,3 +109,12 @@ def test_one_model_file_is_a_usage_error(tmp_path, capsys):
     assert main(["ensemble", "only.keras", "--out", str(tmp_path / "o")]) == 2
     assert "at least 2 model files" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, code, message", [(["--mc-samples", "0"], 2, "--mc-samples must be >= 1, got 0"),
+                                                  (["--target-accuracy", "1.5"], 2, "target_accuracy"),
+                                                  (["--ood-data", "missing.npy"], 1, "OOD data missing.npy: no such file")])
+def test_bad_options_fail_before_any_work(tmp_path, capsys, flags, code, message):
+    assert main(["ensemble", "a.keras", "b.keras", "--out", str(tmp_path / "o"), *flags]) == code  # 2 usage, 1 data
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

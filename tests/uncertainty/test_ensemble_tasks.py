@@ -120,3 +120,23 @@ def test_a_regression_ensemble_bundle_stores_its_std_scale_and_interval_threshol
     with pytest.raises(UsageError, match="a regressor takes target_rmse or target_coverage"):
         ensemble_bundle(paths, diabetes, tmp_path / "e2.onnx", target=SelectiveTarget(target_accuracy=0.9))
     assert not (tmp_path / "e2.onnx").exists()  # refused before anything is written
+
+
+def test_a_logits_ensemble_bundle_compares_against_the_first_members_probabilities(tmp_path):
+    """Logits members give the ensemble probabilities; the baseline is member 0's `probabilities` output (not its
+    logits), so the comparison's NLL is that of softmax(logits)."""
+    from deploykit.data import Dataset
+    from deploykit.evaluate import softmax
+    from deploykit.uncertainty.bundle import ensemble_bundle
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = (x @ rng.normal(size=(8, 3))).argmax(1).astype(np.int64)
+    data = Dataset("toy", x[:100], y[:100], x[100:200], y[100:200], x[200:], y[200:], ("a", "b", "c"))
+    models = _models(3)
+    paths = [_member(m, tmp_path / f"m{k}.onnx", Task.CLASSIFICATION) for k, m in enumerate(models)]
+    bundle = ensemble_bundle(paths, data, tmp_path / "ensemble.onnx", temperature=False)
+    probs = softmax(np.asarray(models[0](data.x_test, training=False), np.float64))
+    nll = float(-np.log(probs[np.arange(len(data.y_test)), data.y_test]).mean())
+    assert bundle.comparison.deterministic.nll == pytest.approx(nll, rel=1e-4)
+    assert bundle.comparison.method == "deep ensemble" and bundle.comparison.samples == 3
