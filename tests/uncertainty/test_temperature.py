@@ -144,3 +144,18 @@ def test_report_shows_before_and_after_with_a_reliability_diagram(tmp_path):
     assert report.after.accuracy == report.before.accuracy
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert report.to_dict()["fit"]["placement"] == "logits"
+
+
+def test_per_sample_placement_needs_exactly_one_softmax_per_sample():
+    """Two Softmax nodes and no ensemble members: a per-sample temperature would have no one place to go."""
+    from onnx import TensorProto, helper
+
+    from deploykit.uncertainty.temperature import per_sample_placement
+
+    def graph(softmaxes: int):
+        nodes = [helper.make_node("Softmax", ["x"], [f"s{k}"], axis=-1) for k in range(softmaxes)]
+        outputs = [helper.make_tensor_value_info(f"s{k}", TensorProto.FLOAT, [1, 3]) for k in range(softmaxes)]
+        return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                                                   outputs), opset_imports=[helper.make_opsetid("", 17)])
+
+    assert per_sample_placement(graph(1)) and not per_sample_placement(graph(2)) and not per_sample_placement(graph(0))
