@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.errors import UsageError
+from deploykit.errors import StepError, UsageError
 from deploykit.evaluate import RegressionErrors, softmax
 from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
@@ -96,10 +96,15 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     step, config = ctx.config.ensemble, ctx.config
     others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
     members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None))
-    run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR, mc_samples=step.mc_samples,
-                         temperature=config.mc.temperature, target=config.mc.selective_target(),
-                         ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
-                         config=members_config, triton=False)
+    try:
+        run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR,
+                                mc_samples=step.mc_samples, temperature=config.mc.temperature,
+                                target=config.mc.selective_target(),
+                                ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
+                                config=members_config, triton=False)
+    except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand
+        shutil.rmtree(ctx.folder / ENSEMBLE_DIR, ignore_errors=True)
+        return StepOutput(model, StepRecord("ensemble", Status.MISSED, str(exc)))
     path, file, comparison = run.bundle.export.path, f"{ENSEMBLE_DIR}/{ENSEMBLE_FILE}", run.bundle.comparison
     regression = ctx.task is Task.REGRESSION
     value = comparison.mc.rmse if regression else comparison.mc.accuracy

@@ -37,6 +37,9 @@ def test_optimize_writes_the_ensemble_of_its_model_and_the_members_given(tmp_pat
                  "--ensemble-members", str(second)]) == 0
     report = json.loads((out / "report.json").read_text())
     step = next(s for s in report["steps"] if s["step"] == "ensemble")
+    if step["status"] == "missed budget":  # a member's int8 model missed its budget on this machine: no ensemble
+        assert "ensemble member" in step["reason"] and not (out / "ensemble").exists()
+        return
     row = next(a for a in report["artifacts"] if a["file"] == "ensemble/ensemble.onnx")
     within = row["accuracy_change"] >= -report["budget"]["max_accuracy_drop"] - 1e-12
     assert step["status"] == "done" and (row["verdict"] == "pass") == within, row  # held to the run's budget
@@ -86,3 +89,30 @@ def test_the_ensemble_table_round_trips_and_refuses_bad_values():
                        (dict(ensemble_members=["m2.keras"], ensemble_mc_samples=0), "ensemble.mc_samples")):
         with pytest.raises(ConfigError, match=field):
             OptimizeConfig().with_options(**bad)
+
+
+def test_a_member_that_misses_its_budget_leaves_no_ensemble_and_the_run_goes_on(tmp_path, digits, random_bn_model):
+    """optimize_members raises StepError when a member has no int8 model within the budget; the step records
+    `missed budget` with that reason, removes what it began, and returns the model unchanged."""
+    from deploykit.errors import StepError
+    from deploykit.io import save_model
+    from deploykit.pipeline import OptimizeConfig
+    from deploykit.pipeline.records import Status
+    from deploykit.pipeline.steps import RunContext, model_figures
+    from deploykit.pipeline.uncertainty_steps import ensemble_step
+
+    model = random_bn_model(0, data=digits)
+    save_model(random_bn_model(1, data=digits), tmp_path / "b.keras")
+    config = OptimizeConfig().with_options(ensemble_members=[str(tmp_path / "b.keras")])
+    figures = model_figures(model, digits)
+    ctx = RunContext(digits, config, tmp_path / "run", lambda m: None, model, figures, figures)
+    (tmp_path / "run").mkdir()
+
+    def optimize(member, data, out_dir, **options):  # what optimize_members meets when member 1 misses its budget
+        out_dir.mkdir(parents=True)
+        raise StepError("ensemble member 1: no int8 ONNX model within the accuracy budget (accuracy drop 2.1 pt)",
+                        step="ensemble")
+
+    out = ensemble_step(optimize, model, ctx)
+    assert out.record.status is Status.MISSED and "ensemble member 1: no int8 ONNX model" in out.record.reason
+    assert out.model is model and out.artifacts == () and not (tmp_path / "run" / "ensemble").exists()
