@@ -59,10 +59,9 @@ def _run(args) -> int:
     with atomic_dir(out, force=args.force) as staging:
         data = load_data_arg(args)
         models = _members(args, data)
-        summary = build(models, data, staging, mc_samples=args.mc_samples, temperature=not args.no_temperature,
-                        target=target, ood=ood, sparsity=args.sparsity, epochs=args.tune_epochs)
+        summary, markdown = build(models, data, staging, mc_samples=args.mc_samples, temperature=not args.no_temperature,
+                                  target=target, ood=ood, sparsity=args.sparsity, epochs=args.tune_epochs)
         summary["data"] = data.summary()
-        markdown = summary.pop("markdown")
         summary = json.loads(json.dumps(summary, default=str).replace(f"{staging}/", f"{out}/"))
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
         write_text(staging / MARKDOWN_FILE, to_markdown(summary, markdown))
@@ -95,17 +94,17 @@ def _members(args, data) -> list:
 
 
 def build(models, data, folder, *, mc_samples: int | None = None, temperature: bool = True, target=None, ood=None,
-          **options) -> dict:
-    """:func:`deploykit.pipeline.ensemble.optimize_ensemble` into ``folder``, summarized for ensemble.json; the
-    summary's ``markdown`` is the comparison's text, for :func:`to_markdown`."""
+          **options) -> tuple[dict, str]:
+    """:func:`deploykit.pipeline.ensemble.optimize_ensemble` into ``folder``: the summary for ensemble.json and the
+    comparison's markdown, for :func:`to_markdown`."""
     from deploykit.pipeline import optimize
     from deploykit.pipeline.ensemble import optimize_ensemble
 
-    run = optimize_ensemble(optimize, models, data, folder, mc_samples=mc_samples, temperature=temperature, target=target, ood=ood,
-                         say=progress, **options)
-    comparison = json.loads(json.dumps(run.bundle.comparison.to_dict(), default=str))
-    return {"ensemble": {**run.bundle.export.to_dict(), "path": ENSEMBLE_FILE}, "sizes": run.sizes.to_dict(),
-            "comparison": comparison, "markdown": run.bundle.comparison.to_markdown(), "mc_samples": mc_samples}
+    run = optimize_ensemble(optimize, models, data, folder, mc_samples=mc_samples, temperature=temperature,
+                            target=target, ood=ood, say=progress, **options)
+    summary = {"ensemble": {**run.bundle.export.to_dict(), "path": ENSEMBLE_FILE}, "sizes": run.sizes.to_dict(),
+               "comparison": run.bundle.comparison.to_dict(), "mc_samples": mc_samples}
+    return summary, run.bundle.comparison.to_markdown()
 
 
 def _headline(comparison: dict) -> str:
