@@ -120,7 +120,8 @@ VARIANTS = MappingProxyType({
     Quantization.FLOAT16: VariantSpec(Precision.FLOAT16, _BOTH, Recipe.FLOAT16,
                                       "float16 weights; float32 input and output"),
     Quantization.INT8_DYNAMIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_DYNAMIC,
-                                           "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic)"),
+                                           "int8 weights, activations quantized at run time (onnxruntime "
+                                           "quantize_dynamic); convolutions stay float32"),
     Quantization.INT8_STATIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
                                           "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
                                           calibrated=True),

@@ -32,16 +32,32 @@ def quantize_float16(proto):
     return wrapped.model
 
 
+#: Ops onnxruntime's dynamic quantizer may turn to integer kernels that deploykit leaves in float: a dynamically
+#: quantized Conv runs as ``ConvInteger``, which onnxruntime's CPU provider computes without fast int8 kernels
+#: (a small CNN: 2.8x slower than float32 at batch 1, 3.4x at batch 256, 1 thread; ``benchmarks/bench_faster.py``).
+#: Convolutions get int8 from the calibrated variants (``int8-static``, TFLite ``int8-full``) instead.
+DYNAMIC_FLOAT_OPS = frozenset({"Conv"})
+
+
+def dynamic_op_types() -> list[str]:
+    """The op types ``int8-dynamic`` quantizes: onnxruntime's integer-op registry less :data:`DYNAMIC_FLOAT_OPS`."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    return sorted(set(IntegerOpsRegistry) - DYNAMIC_FLOAT_OPS)
+
+
 def quantize_int8_dynamic(proto, *, per_channel: bool = True, exclude: tuple[str, ...] = ()):
     """int8 weights (symmetric; per output channel unless ``per_channel=False``); activations quantized at run time.
 
-    ``exclude``: ONNX node names or Keras layer names whose nodes stay float.
+    Dense layers (MatMul), embeddings (Gather), attention and LSTM; convolutions stay float32
+    (:data:`DYNAMIC_FLOAT_OPS`: slower as dynamic int8 than as float). ``exclude``: ONNX node names or Keras
+    layer names whose nodes stay float.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         nodes_to_exclude=excluded_nodes(proto, exclude))
+                         nodes_to_exclude=excluded_nodes(proto, exclude), op_types_to_quantize=dynamic_op_types())
         return _load(dst)
 
 

@@ -166,3 +166,27 @@ def test_int8_cnn_with_a_zero_std_channel_stays_near_float(digits, tmp_path):
     for record in (tflite, onnx):
         report = validate(record, data, model, repeats=1, check=False)
         assert report.accuracy_drop <= 0.02, report.summary()
+
+
+@pytest.mark.slow
+def test_int8_dynamic_leaves_convolutions_in_float_and_quantizes_dense(tmp_path):
+    """A dynamically quantized Conv runs as ConvInteger, slower than float32 on onnxruntime's CPU provider:
+    int8-dynamic quantizes the CNN's Dense head and leaves its convolutions float, and still matches."""
+    import onnx
+
+    from deploykit.backend import keras
+    from deploykit.export import export_onnx
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                              keras.layers.Dense(4, activation="softmax")])
+    x = rng.uniform(0, 1, (64, 12, 12, 1)).astype(np.float32)
+    record = export_onnx(model, tmp_path / "d.onnx", quantization="int8-dynamic")
+    ops = {n.op_type for n in onnx.load(str(record.path)).graph.node}
+    assert "ConvInteger" not in ops and "Conv" in ops
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    session = ort.InferenceSession(str(record.path), providers=["CPUExecutionProvider"])
+    probs = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.mean(probs.argmax(1) == model.predict(x, verbose=0).argmax(1)) >= 0.95

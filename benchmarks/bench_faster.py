@@ -1,0 +1,150 @@
+"""int8 that pays on CNNs: float32 against each ONNX int8 recipe, batch 1 and batch 256, in one run.
+
+Two convnets users train on 28x28 images (issue 23's small CNN, Rescaling -> Conv32 -> BN -> ReLU -> pool
+-> Conv64 -> BN -> ReLU -> pool -> Dense 10, and the keras.io "Simple MNIST convnet"), trained briefly on the
+Fashion-MNIST sample when ``../shared`` is present (else on random images: speed does not depend on the
+weights), exported by deploykit as float32, ``int8-dynamic`` (which leaves convolutions in float) and
+``int8-static`` (QDQ), beside onnxruntime's plain ``quantize_dynamic`` of every op (what ``int8-dynamic``
+did before: convolutions as ``ConvInteger``). Every file is timed in the same process, interleaved, with
+1 intra-op thread and with onnxruntime's default; ratios are against float32 of the same model and
+thread count. Writes ``benchmarks/results/faster.json`` and ``.md``::
+
+    python benchmarks/bench_faster.py
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
+
+REPEATS_B1, REPEATS_B256 = 200, 15
+
+
+def small_cnn(keras):
+    layers = keras.layers
+    return keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255), layers.Conv2D(32, 3),
+                             layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(), layers.Conv2D(64, 3),
+                             layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(), layers.Flatten(),
+                             layers.Dense(10, activation="softmax")])
+
+
+def keras_io_convnet(keras):
+    layers = keras.layers
+    return keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255),
+                             layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(),
+                             layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+                             layers.Dropout(0.5), layers.Dense(10, activation="softmax")])
+
+
+def images() -> tuple[np.ndarray, np.ndarray, str]:
+    if FASHION.exists():
+        data = np.load(FASHION)
+        return data["x"][..., None].astype(np.float32), data["y"].astype(np.int64), "Fashion-MNIST sample"
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (1000, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 1000), "random images"
+
+
+def exports(model, folder: Path, x: np.ndarray) -> dict[str, Path]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from deploykit.export import export_onnx
+
+    files = {}
+    for name in ("float32", "int8-dynamic", "int8-static"):
+        files[name] = export_onnx(model, folder / f"{name}.onnx", quantization=name, calibration_data=x).path
+    every_op = folder / "every-op-dynamic.onnx"
+    quantize_dynamic(str(files["float32"]), str(every_op), weight_type=QuantType.QInt8, per_channel=True)
+    files["ort quantize_dynamic, every op"] = every_op
+    return files
+
+
+def timed(files: dict[str, Path], x: np.ndarray, threads: int | None) -> dict[str, tuple[float, float]]:
+    """(batch-1 ms, batch-256 ms) per file, the files' calls interleaved so load changes hit all alike."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in files.items()}
+    out = {}
+    for batch, repeats, slot in ((1, REPEATS_B1, 0), (256, REPEATS_B256, 1)):
+        xb = np.resize(x, (batch, *x.shape[1:]))
+        samples = {k: [] for k in sessions}
+        for _ in range(3):
+            for s in sessions.values():
+                s.run(None, {s.get_inputs()[0].name: xb})
+        for _ in range(repeats):
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, {s.get_inputs()[0].name: xb})
+                samples[k].append(time.perf_counter() - t0)
+        for k, v in samples.items():
+            out.setdefault(k, [0.0, 0.0])[slot] = 1000 * float(np.median(v))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def agreement(files: dict[str, Path], x: np.ndarray) -> dict[str, float]:
+    import onnxruntime as ort
+
+    preds = {}
+    for k, p in files.items():
+        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        preds[k] = s.run(None, {s.get_inputs()[0].name: x})[0].argmax(1)
+    return {k: float(np.mean(v == preds["float32"])) for k, v in preds.items()}
+
+
+def main() -> None:
+    from deploykit.backend import keras
+
+    x, y, source = images()
+    rows = []
+    for name, build in (("small CNN", small_cnn), ("keras.io convnet", keras_io_convnet)):
+        model = build(keras)
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        held = len(x) * 5 // 6
+        model.fit(x[:held], y[:held], epochs=2, batch_size=64, verbose=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            files = exports(model, Path(tmp), x[:700])
+            agree = agreement(files, x[held:])
+            for threads in (1, None):
+                times = timed(files, x[held:], threads)
+                f1, f256 = times["float32"]
+                for variant, (b1, b256) in times.items():
+                    ops = _ops(files[variant])
+                    rows.append({"model": name, "variant": variant, "threads": threads or "default",
+                                 "b1_ms": b1, "b256_ms": b256, "b1_speedup": f1 / b1, "b256_speedup": f256 / b256,
+                                 "gzip": len(gzip.compress(files[variant].read_bytes())),
+                                 "agreement": agree[variant], "conv_op": ops})
+    md = render(rows, source)
+    write_results("faster", {"machine": platform.processor() or platform.machine(), "data": source, "rows": rows}, md)
+
+
+def _ops(path: Path) -> str:
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    return ", ".join(sorted(ops & {"Conv", "ConvInteger", "QLinearConv", "MatMulInteger", "DynamicQuantizeMatMul"})) \
+        + (" (QDQ)" if "QuantizeLinear" in ops else "")
+
+
+def render(rows: list[dict], source: str) -> str:
+    lines = ["# int8 on CNNs: speed against float32 (onnxruntime, CPU)", "",
+             f"Trained 2 epochs on the {source}; speed-up = float32 time / variant time, same model and threads "
+             "(> 1: faster). Agreement: predicted class equal to float32's on the held-out rows.", "",
+             "| model | variant | threads | b1 ms | b1 speed-up | b256 ms | b256 speed-up | gzip | agreement | conv ops |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['variant']} | {r['threads']} | {r['b1_ms']:.3f} | {r['b1_speedup']:.2f}x | "
+                     f"{r['b256_ms']:.2f} | {r['b256_speedup']:.2f}x | {r['gzip'] / 1024:.1f} KiB | "
+                     f"{100 * r['agreement']:.1f}% | {r['conv_op']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
