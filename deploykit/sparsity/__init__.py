@@ -9,9 +9,13 @@ from deploykit.sparsity.l1 import sparsify_l1
 from deploykit.sparsity.magnitude import prune
 from deploykit.sparsity.report import CompactReport, LayerCompact, LayerSparsity, PruneSchedule, SparsityReport
 from deploykit.sparsity.search import SearchReport, SearchTry, search_sparsity
+from deploykit.sparsity.structured import StructuredConfig, StructuredReport, prune_structured
 
 __all__ = [
     "prune",
+    "prune_structured",
+    "StructuredConfig",
+    "StructuredReport",
     "sparsify_l1",
     "compact",
     "search_sparsity",
