@@ -29,6 +29,7 @@ _API = {
     "fold_batchnorm": "deploykit.fold",
     "FoldReport": "deploykit.fold",
     "prune": "deploykit.sparsity",
+    "prune_structured": "deploykit.sparsity",
     "sparsify_l1": "deploykit.sparsity",
     "compact": "deploykit.sparsity",
     "PruneConfig": "deploykit.sparsity",

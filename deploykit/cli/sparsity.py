@@ -21,6 +21,18 @@ def register(sub) -> None:
     p.add_argument("--prune-output", action="store_true", help="prune the output layer too")
     _add_tuning_args(p)
 
+    p = add_command(sub, "prune-structured", _prune_structured,
+                    "remove whole Dense units and conv channels, so the exported model does fewer multiply-adds",
+                    "Remove the least important share of each hidden Dense layer's units and conv layer's output channels "
+                    "(|incoming| x |outgoing| weights), fine-tune with them held at zero (distilled from the input "
+                    "model), then remove them exactly. Layers whose channels meet in an Add, Concatenate or fork, and "
+                    "the output layer, keep all their units.")
+    add_model_arg(p)
+    add_data_arg(p)
+    p.add_argument("--fraction", type=float, default=None, help="share of each layer's units removed (default: 0.5)")
+    p.add_argument("--layer-fraction", action="append", default=[], metavar="NAME=F", help="per-layer share (repeatable)")
+    _add_tuning_args(p, compact=False)
+
     p = add_command(sub, "sparsify-l1", _sparsify_l1, "fine-tune with l1 kernel regularization, then zero small weights",
                     "Fine-tune the Dense kernels (not the output layer by default) with an l1 penalty, then set "
                     "every weight with |w| < threshold to exactly 0; reports the accuracy before and after zeroing.")
@@ -41,14 +53,15 @@ def register(sub) -> None:
     p.add_argument("--report", default=None, help="also write the report as JSON here")
 
 
-def _add_tuning_args(p) -> None:
+def _add_tuning_args(p, compact: bool = True) -> None:
     p.add_argument("--out", required=True, help="output model (.keras or .h5; Keras 3 .keras when the input is Keras 3)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 10)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 32)")
     p.add_argument("--learning-rate", type=float, default=None, help="Nadam learning rate (default: 5e-4)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: 3)")
     p.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave this Dense or conv layer alone (repeatable)")
-    p.add_argument("--compact", action="store_true", help="then remove the neurons left dead")
+    if compact:
+        p.add_argument("--compact", action="store_true", help="then remove the neurons left dead")
     p.add_argument("--report", default=None, help="also write the report as JSON here")
 
 
@@ -61,11 +74,11 @@ def _tuning_options(args) -> dict:
     return {
         "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "patience": args.patience, "skip_layers": tuple(args.skip) or None, "seed": args.seed,
-        "compact": args.compact or None,
+        "compact": getattr(args, "compact", False) or None,
     }
 
 
-def _layer_targets(items: list[str]) -> dict[str, float]:
+def _layer_targets(items: list[str], flag: str = "--layer-sparsity") -> dict[str, float]:
     targets = {}
     for item in items:
         name, _, value = item.rpartition("=")
@@ -74,7 +87,7 @@ def _layer_targets(items: list[str]) -> dict[str, float]:
         except ValueError:
             number = None
         if not name or number is None:
-            raise UsageError(f"--layer-sparsity {item!r}: expected NAME=SPARSITY, e.g. dense_1=0.9")
+            raise UsageError(f"{flag} {item!r}: expected NAME=VALUE, e.g. dense_1=0.9")
         targets[name] = number
     return targets
 
@@ -93,6 +106,22 @@ def _prune(args) -> int:
     from deploykit.sparsity import prune
 
     result, report = prune(model, data, config=config, progress=progress)
+    return _finish(args, result, report, keras3)
+
+
+def _prune_structured(args) -> int:
+    from deploykit.sparsity import StructuredConfig
+
+    options = {k: v for k, v in _tuning_options(args).items() if k != "compact"}
+    config = StructuredConfig().with_options(
+        fraction=args.fraction, layer_fraction=_layer_targets(args.layer_fraction, "--layer-fraction"), **options)
+    _check_out(args)
+    model, data = load_model_arg(args), load_data_arg(args)
+    keras3 = writes_keras3(args, args.out)
+    progress(f"removing {config.fraction:.0%} of each hidden layer's units, then fine-tuning over {config.epochs} epochs")
+    from deploykit.sparsity import prune_structured
+
+    result, report = prune_structured(model, data, config=config, progress=progress)
     return _finish(args, result, report, keras3)
 
 

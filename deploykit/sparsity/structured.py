@@ -48,8 +48,11 @@ class StructuredConfig(_TuneConfig):
         object.__setattr__(self, "fraction", fraction("fraction", self.fraction))
         if not isinstance(self.layer_fraction, dict):
             raise ConfigError(f"layer_fraction must be a table of layer name = fraction, got {self.layer_fraction!r}")
-        object.__setattr__(self, "layer_fraction",
-                           {str(k): fraction(f"layer_fraction[{k!r}]", v) for k, v in self.layer_fraction.items()})
+        object.__setattr__(
+            self,
+            "layer_fraction",
+            {str(k): fraction(f"layer_fraction[{k!r}]", v) for k, v in self.layer_fraction.items()},
+        )
 
     def fraction_for(self, name: str) -> float:
         return self.layer_fraction.get(name, self.fraction)
@@ -83,6 +86,17 @@ class StructuredReport(Record):
         """How many times fewer multiply-adds per example the result does (kernels of Dense and conv layers)."""
         return self.macs_before / max(self.macs_after, 1)
 
+    def summary(self) -> str:
+        rows = [f"{'layer':<24}{'units':>16}"]
+        for layer in self.layers:
+            kept = f"  kept: {layer.skipped}" if layer.skipped else ""
+            rows.append(f"{layer.name:<24}{f'{layer.units_before} -> {layer.units_after}':>16}{kept}")
+        rows.append(
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.mac_ratio:.2f}x fewer); validation "
+            f"{self.val_before:.4g} -> {self.val_after:.4g}; {self.epochs_run} epochs, {self.seconds:.0f} s"
+        )
+        return "\n".join(rows)
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -95,10 +109,19 @@ class _Plan:
     removed: np.ndarray  # indices into the layer's units
 
 
-def prune_structured(model, data, fraction: float | None = None, *, config: StructuredConfig | None = None,
-                     layer_fraction: dict[str, float] | None = None, epochs: int | None = None,
-                     learning_rate: float | None = None, distill: bool | None = None,
-                     progress: Callable[[str], None] | None = None, teacher: Teacher | None = None):
+def prune_structured(
+    model,
+    data,
+    fraction: float | None = None,
+    *,
+    config: StructuredConfig | None = None,
+    layer_fraction: dict[str, float] | None = None,
+    epochs: int | None = None,
+    learning_rate: float | None = None,
+    distill: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+    teacher: Teacher | None = None,
+):
     """Remove the least important ``fraction`` of each hidden Dense / conv layer's units from a copy of ``model``.
 
     Returns ``(model, StructuredReport)``; the model is smaller (fewer units, so fewer MACs in every exported
@@ -109,26 +132,40 @@ def prune_structured(model, data, fraction: float | None = None, *, config: Stru
     from deploykit.graph import graph_from_model
 
     start = time.perf_counter()
-    config = (config or StructuredConfig()).with_options(fraction=fraction, layer_fraction=layer_fraction, epochs=epochs,
-                                                         learning_rate=learning_rate, distill=distill)
-    chosen = choose_layers(check_inputs(model, data, "prune_structured"), config, "prune_structured",
-                           tuple(config.layer_fraction))
+    config = (config or StructuredConfig()).with_options(
+        fraction=fraction, layer_fraction=layer_fraction, epochs=epochs, learning_rate=learning_rate, distill=distill
+    )
+    chosen = choose_layers(
+        check_inputs(model, data, "prune_structured"), config, "prune_structured", tuple(config.layer_fraction)
+    )
     graph = graph_from_model(model)
     plans, skipped = _plans(graph, chosen, config)
     working = rebuild(model)
     masks = _masks(working, plans)
     _apply(working, masks)
-    tuned = fine_tune(working, data, config, callbacks=(_holding(masks),), progress=progress,
-                      teacher=(teacher or teacher_of(model, data)) if config.distill else None)
+    tuned = fine_tune(
+        working,
+        data,
+        config,
+        callbacks=(_holding(masks),),
+        progress=progress,
+        teacher=(teacher or teacher_of(model, data)) if config.distill else None,
+    )
     _apply(working, masks)
     result, compacted = compact(working, data)
     after = {layer.name: layer.neurons_after for layer in compacted.layers}
     layers = [StructuredLayer(p.layer, p.units, after.get(p.layer, p.units)) for p in plans]
     layers += [StructuredLayer(name, _units(graph, name), _units(graph, name), why) for name, why in skipped.items()]
-    report = StructuredReport(config.fraction, layers, compacted.macs_before, compacted.macs_after,
-                              score(model, data.x_val, data.y_val, data.task),
-                              score(result, data.x_val, data.y_val, data.task), tuned.epochs_run,
-                              round(time.perf_counter() - start, 2))
+    report = StructuredReport(
+        config.fraction,
+        layers,
+        compacted.macs_before,
+        compacted.macs_after,
+        score(model, data.x_val, data.y_val, data.task),
+        score(result, data.x_val, data.y_val, data.task),
+        tuned.epochs_run,
+        round(time.perf_counter() - start, 2),
+    )
     return result, report
 
 
@@ -159,7 +196,7 @@ def _importance(spec, route) -> np.ndarray:
     """Per unit: the norm of its incoming weights times that of its outgoing rows, times any BatchNorm scale between."""
     incoming = np.linalg.norm(_columns(spec).astype(np.float64), axis=0)
     rows = _rows(route.dst, incoming.shape[0], route.positions).astype(np.float64)  # (positions, units, next units)
-    outgoing = np.sqrt((rows ** 2).sum(axis=(0, 2)))
+    outgoing = np.sqrt((rows**2).sum(axis=(0, 2)))
     scale = np.ones_like(incoming)
     for between in route.between:
         if between.class_name == "BatchNormalization":
@@ -174,7 +211,9 @@ def _bn_scale(spec) -> np.ndarray:
     if spec.config.get("center", True):
         weights.pop(0)
     variance = weights[1]
-    return np.asarray(gamma, np.float64) / np.sqrt(variance.astype(np.float64) + float(spec.config.get("epsilon", 1e-3)))
+    return np.asarray(gamma, np.float64) / np.sqrt(
+        variance.astype(np.float64) + float(spec.config.get("epsilon", 1e-3))
+    )
 
 
 def _masks(model, plans: list[_Plan]) -> dict[str, np.ndarray]:

@@ -65,3 +65,18 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(model_file, tmp_path, cli)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("deploykit prune: error: data 'wide.npz' has inputs of shape (20,)") and "(64,)" in last
     assert list(tmp_path.iterdir()) == [data]  # nothing written, not even a temporary file
+
+
+def test_prune_structured_cli_halves_the_hidden_layers_and_reports_macs(model_file, tmp_path, cli):
+    from deploykit.io import load_model
+
+    out, rep = tmp_path / "narrow.keras", tmp_path / "report.json"
+    proc = cli("prune-structured", model_file, "--fraction", "0.5", "--epochs", "1", "--out", str(out),
+               "--report", str(rep))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(rep.read_text())
+    widths = [layer.get_weights()[0].shape[-1] for layer in load_model(out).layers if type(layer).__name__ == "Dense"]
+    assert widths == [layer["units_after"] for layer in report["layers"]] + [10]
+    assert report["macs_after"] < report["macs_before"] and "fewer" in proc.stdout
+    bad = cli("prune-structured", model_file, "--layer-fraction", "dense", "--out", str(tmp_path / "b.keras"))
+    assert bad.returncode == 2 and "--layer-fraction 'dense'" in bad.stderr and not (tmp_path / "b.keras").exists()

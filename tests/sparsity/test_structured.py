@@ -10,8 +10,11 @@ from deploykit.sparsity import StructuredConfig, prune_structured
 
 
 def _units(model) -> dict[str, int]:
-    return {layer.name: layer.get_weights()[0].shape[-1] for layer in model.layers
-            if type(layer).__name__ in ("Dense", "Conv2D")}
+    return {
+        layer.name: layer.get_weights()[0].shape[-1]
+        for layer in model.layers
+        if type(layer).__name__ in ("Dense", "Conv2D")
+    }
 
 
 @pytest.mark.slow
@@ -45,8 +48,10 @@ def test_conv_channels_before_a_flatten_go_and_an_add_keeps_its_channels(digits)
     import dataclasses
 
     set_seed(0)
-    data = dataclasses.replace(digits, **{f"x_{split}": getattr(digits, f"x_{split}").reshape(-1, 8, 8, 1)
-                                          for split in ("train", "val", "test")})
+    data = dataclasses.replace(
+        digits,
+        **{f"x_{split}": getattr(digits, f"x_{split}").reshape(-1, 8, 8, 1) for split in ("train", "val", "test")},
+    )
     inputs = keras.Input((8, 8, 1))
     a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
     b = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="b")(a)
