@@ -18,6 +18,7 @@ from deploykit.pipeline.tables import (
     MCStep,
     SparsityMethod,
     SparsityStep,
+    StructuredStep,
     ValidateStep,
 )
 from deploykit.pipeline.records import ArtifactRow, ModelFigures, Stage, Status, StepOutput, StepRecord, Try, Verdict
@@ -31,6 +32,7 @@ __all__ = [
     "InputConfig",
     "FoldStep",
     "SparsityStep",
+    "StructuredStep",
     "SparsityMethod",
     "CompactStep",
     "ExportStep",

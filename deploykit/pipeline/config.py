@@ -62,20 +62,22 @@ from deploykit.pipeline.tables import (
     MCStep,
     SparsityMethod,
     SparsityStep,
+    StructuredStep,
     ValidateStep,
     in_formats,
     legacy_export,
 )
 from deploykit.task import Task
 
-_STEPS = {"input": InputConfig, "fold": FoldStep, "sparsity": SparsityStep, "compact": CompactStep,
+_STEPS = {"input": InputConfig, "fold": FoldStep, "structured": StructuredStep, "sparsity": SparsityStep,
+          "compact": CompactStep,
           "export": ExportStep, "mc": MCStep, "ensemble": EnsembleStep, "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "mask",
            "temperature", "target_accuracy", "target_coverage", "target_rmse", "ood_data", "validate", "max_accuracy_drop",
-           "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples")
+           "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples", "structured")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class OptimizeConfig:
 
     input: InputConfig = field(default_factory=InputConfig)
     fold: FoldStep = field(default_factory=FoldStep)
+    structured: StructuredStep = field(default_factory=StructuredStep)
     sparsity: SparsityStep = field(default_factory=SparsityStep)
     compact: CompactStep = field(default_factory=CompactStep)
     export: ExportStep = field(default_factory=ExportStep)
@@ -153,7 +156,8 @@ class OptimizeConfig:
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``max_rmse_increase``: a regressor's budget
         (0.05 = test RMSE at most 5% above the original's); ``strict``: a rejected artifact fails the run.
         ``ensemble_members``: other model files, with the run's model the members of a deep ensemble (``[ensemble]``);
-        ``ensemble_mc_samples``: MC Dropout inside each of them.
+        ``ensemble_mc_samples``: MC Dropout inside each of them. ``structured``: the share of each hidden
+        layer's units removed before the sparsity search (``[structured] fraction``; 0: off).
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
@@ -168,6 +172,8 @@ class OptimizeConfig:
         if validate:
             c = dataclasses.replace(c, validate=dataclasses.replace(c.validate, **validate))
         c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
+        if "structured" in o:
+            c = dataclasses.replace(c, structured=dataclasses.replace(c.structured, fraction=o["structured"]))
         export = {k: o[k] for k in ("formats", "quantize", "triton", "temperature") if k in o}
         if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
             export["quantization"] = {**c.export.quantization.to_dict(), **o["quantization"]}

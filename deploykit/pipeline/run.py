@@ -30,6 +30,7 @@ from deploykit.task import OutputKind, Task
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
 from deploykit.pipeline.ensemble import load_member
+from deploykit.pipeline.structured_step import structured_step
 from deploykit.pipeline.uncertainty_steps import ensemble_step, mc_step
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
@@ -153,7 +154,7 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
     survive the fold (it scales rows and columns), and compact follows it, where folded BatchNorm
     lets more dead neurons reach a Dropout as exact zeros.
     """
-    steps = [Step("sparsity", sparsity_step), Step("fold", fold_step), Step("compact", compact_step),
+    steps = [Step("structured", structured_step), Step("sparsity", sparsity_step), Step("fold", fold_step), Step("compact", compact_step),
              Step("save model", save_step)]
     variants = config.export.variants()
     if variants:

@@ -267,7 +267,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     ctx.say(f"  searching the highest sparsity within the budget ({ctx.budget.describe()}): "
             + ", ".join(f"{t:.0%}" for t in step.search.targets))
     result, report = search_sparsity(model, ctx.data, ctx.budget, config=step.search, prune_config=step.prune,
-                                     progress=lambda m: ctx.say("  " + m))
+                                     progress=lambda m: ctx.say("  " + m), reference=ctx.original)
     tries = tuple(_try_row(Stage.SPARSITY, t.setting(), getattr(t, ctx.metric.value), t.gzip_bytes, ctx, kept=t.kept,
                            note=t.note, seconds=t.seconds) for t in report.tries)
     checks = f"{ctx.budget.describe()} vs the original"

@@ -26,7 +26,7 @@ from deploykit.export.config import (
 )
 from deploykit.records import to_jsonable
 from deploykit.task import Task
-from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig
+from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig, StructuredConfig
 
 if TYPE_CHECKING:
     from deploykit.export.config import Tolerance
@@ -150,6 +150,31 @@ class SparsityStep:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method.value, "prune": self.prune.to_dict(), "l1": self.l1.to_dict(),
                 "search": self.search.to_dict()}
+
+
+@dataclass(frozen=True)
+class StructuredStep(_Table):
+    """Remove whole hidden Dense units and conv channels before the sparsity search: fewer MACs, so faster.
+
+    ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; fine-tuned
+    with the sparsity tries' settings (``[sparsity.prune]`` epochs, distillation...). Kept only when its
+    validation figure is within the budget; the sparsity search is then held to the budget against the
+    original model, so the two never spend more than the one budget together.
+    """
+
+    TABLE = "structured"
+    fraction: float = 0.0
+    layer_fraction: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            StructuredConfig(fraction=self.fraction, layer_fraction=self.layer_fraction)
+        except ConfigError as exc:
+            raise ConfigError(f"structured.{exc}") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0 or any(v > 0 for v in self.layer_fraction.values())
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,13 @@
 Importing this package does not import TensorFlow; the functions do.
 """
 
-from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig
+from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig, StructuredConfig
 from deploykit.sparsity.dead_neurons import compact
 from deploykit.sparsity.l1 import sparsify_l1
 from deploykit.sparsity.magnitude import prune
 from deploykit.sparsity.report import CompactReport, LayerCompact, LayerSparsity, PruneSchedule, SparsityReport
 from deploykit.sparsity.search import SearchReport, SearchTry, search_sparsity
-from deploykit.sparsity.structured import StructuredConfig, StructuredReport, prune_structured
+from deploykit.sparsity.structured import StructuredReport, prune_structured
 
 __all__ = [
     "prune",

@@ -104,6 +104,29 @@ class L1Config(_TuneConfig):
             object.__setattr__(self, name, positive(name, getattr(self, name)))
 
 
+@dataclass(frozen=True)
+class StructuredConfig(_TuneConfig):
+    """How many units each layer loses, and the fine-tuning that recovers from it (distilled by default)."""
+
+    fraction: float = 0.5  # share of each chosen layer's units removed
+    layer_fraction: dict[str, float] = field(default_factory=dict)  # per-layer shares, by name
+    distill: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "fraction", fraction("fraction", self.fraction))
+        if not isinstance(self.layer_fraction, dict):
+            raise ConfigError(f"layer_fraction must be a table of layer name = fraction, got {self.layer_fraction!r}")
+        object.__setattr__(
+            self,
+            "layer_fraction",
+            {str(k): fraction(f"layer_fraction[{k!r}]", v) for k, v in self.layer_fraction.items()},
+        )
+
+    def fraction_for(self, name: str) -> float:
+        return self.layer_fraction.get(name, self.fraction)
+
+
 #: Sparsity targets tried from high to low; the highest whose model meets the accuracy budget is kept.
 DEFAULT_SEARCH_TARGETS = (0.95, 0.9, 0.8, 0.7, 0.5)
 

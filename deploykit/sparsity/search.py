@@ -82,8 +82,12 @@ def search_sparsity(
     config: SearchConfig | None = None,
     prune_config: PruneConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    reference=None,
 ):
     """Prune a copy of ``model`` to the highest of ``config.targets`` within ``budget`` of its test figure.
+
+    ``reference``: the model the budget is measured against, when not ``model`` itself (a pipeline that
+    changed the model before the search holds every try to the budget against the model it started from).
 
     ``budget``: a :class:`~deploykit.evaluate.Budget`, or a number in the data's own terms (a classifier's
     accuracy drop, 0.01 = one point; a regressor's RMSE increase as a fraction of the original's).
@@ -98,7 +102,7 @@ def search_sparsity(
     say = progress or (lambda _m: None)
     if not isinstance(budget, Budget):
         budget = Budget(Metric.of(data.task), float(budget))
-    original = score(model, data.x_test, data.y_test, data.task)
+    original = score(model if reference is None else reference, data.x_test, data.y_test, data.task)
     chosen, protected = _prunable(model, data, prune_config, config.min_layer_weights)
     base = prune_config.with_options(skip_layers=tuple(dict.fromkeys((*prune_config.skip_layers, *protected))))
     sensitivity = _sensitivity(model, data, chosen, budget) if config.sensitivity and len(chosen) > 1 else []

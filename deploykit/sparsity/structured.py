@@ -22,40 +22,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deploykit.configs import fraction
-from deploykit.errors import ConfigError
 from deploykit.records import Record
-from deploykit.sparsity.config import _TuneConfig
+from deploykit.sparsity.config import StructuredConfig
 from deploykit.sparsity.dead_neurons import _KERNELS, _columns, _route, _rows, compact
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
-
-
-@dataclass(frozen=True)
-class StructuredConfig(_TuneConfig):
-    """How many units each layer loses, and the fine-tuning that recovers from it (distilled by default)."""
-
-    fraction: float = 0.5  # share of each chosen layer's units removed
-    layer_fraction: dict[str, float] = field(default_factory=dict)  # per-layer shares, by name
-    distill: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "fraction", fraction("fraction", self.fraction))
-        if not isinstance(self.layer_fraction, dict):
-            raise ConfigError(f"layer_fraction must be a table of layer name = fraction, got {self.layer_fraction!r}")
-        object.__setattr__(
-            self,
-            "layer_fraction",
-            {str(k): fraction(f"layer_fraction[{k!r}]", v) for k, v in self.layer_fraction.items()},
-        )
-
-    def fraction_for(self, name: str) -> float:
-        return self.layer_fraction.get(name, self.fraction)
 
 
 @dataclass
