@@ -14,7 +14,10 @@ and v2 routes and Prometheus ``/metrics``) with these changes:
 - the model repository is read-only: only the models given at start are served;
   a model that cannot be served is skipped with a warning;
 - kserve's and uvicorn's own lines are shown with ``--verbose`` only;
-- SIGTERM / SIGINT stop accepting connections, close those waiting for their
+- every inference runs off the event loop under ``--request-timeout`` (:mod:`deploykit.serve.deadline`):
+  past it the call is stopped and the client gets a 504; a model that cannot answer one row in time at
+  start is skipped with a warning;
+- SIGTERM / SIGINT / SIGHUP stop accepting connections, close those waiting for their
   client, finish the requests in flight (up to ``GRACE_SECONDS``), log one line
   and return normally.
 
@@ -46,6 +49,7 @@ from deploykit.serve._kserve import (
     RESTServer,
 )
 from deploykit.serve.config import ServeConfig
+from deploykit.serve.deadline import RequestTimeout, answers_in_time
 from deploykit.serve.discover import discover_models
 from deploykit.serve.models import OnnxModel, open_model
 from deploykit.serve.routes import register_routes
@@ -65,7 +69,9 @@ def load_models(models: dict[str, Path], config: ServeConfig, warn=None) -> list
     loaded, errors = [], []
     for name, path in models.items():
         try:
-            loaded.append(open_model(name, path, config))
+            model = open_model(name, path, config)
+            answers_in_time(model)
+            loaded.append(model)
         except DeployKitError as exc:
             errors.append((name, exc))
         except Exception as exc:  # onnxruntime's own errors on a file it loaded but cannot run
@@ -244,7 +250,7 @@ class _RESTServer(RESTServer):
         super()._add_exception_handlers(app)
         from starlette.requests import ClientDisconnect
 
-        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _not_found,
+        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _not_found, RequestTimeout: _error_handler(504),
                     ClientDisconnect: _client_gone,
                     NotImplementedError: _error_handler(400),  # kserve: "Model versioning not supported yet."
                     RequestValidationError: _error_handler(422), HTTPException: _error_handler(None)}
@@ -274,7 +280,11 @@ class DeployKitModelServer(ModelServer):
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = _RESTServer(self.dataplane, self.model_repository_extension, self.config)
         warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)  # kserve's v1 route uses ORJSONResponse
-        for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn handles them while serving, then re-raises them
+        import uvicorn.server
+
+        if signal.SIGHUP not in uvicorn.server.HANDLED_SIGNALS:  # a closed terminal drains like SIGTERM
+            uvicorn.server.HANDLED_SIGNALS = (*uvicorn.server.HANDLED_SIGNALS, signal.SIGHUP)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # uvicorn handles them while serving, then re-raises
             signal.signal(sig, lambda *_: None)
         try:
             self._rest_server.run()

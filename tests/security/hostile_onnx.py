@@ -41,14 +41,14 @@ def external_data_model(folder: Path, location: str, name: str = "model.onnx", o
     return path
 
 
-def honest_external_model(folder: Path, name: str = "model.onnx") -> Path:
-    """``W`` in ``folder/model.bin``, written by onnx itself (``save_as_external_data``)."""
+def honest_external_model(folder: Path, name: str = "model.onnx", location: str = "model.bin") -> Path:
+    """``W`` in ``folder/location``, written by onnx itself (``save_as_external_data``)."""
     import onnx
     from onnx import numpy_helper
 
     model = _matmul_graph(numpy_helper.from_array(WEIGHTS, "W"))
     path = folder / name
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.bin",
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
               size_threshold=0)
     return path
 
@@ -85,5 +85,38 @@ def constant_of_shape_model(folder: Path, op: str = "ConstantOfShape", elements:
               helper.make_node("Add", ["input", "total"], ["probabilities"])]
     graph = helper.make_graph(nodes, "g", [x], [y])
     path = folder / f"{op.lower()}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+
+def slow_loop_model(folder: Path, name: str = "slow.onnx", offset: float = 0.0) -> Path:
+    """``probabilities = input + trips``, computed by a ``Loop`` of ``(max(input) + offset) * 1e12`` steps.
+
+    With ``offset`` 0 a zero row answers at once (the server's start-up check passes) and a row of ones loops
+    ~forever: the slow request of issue 26 item 3, and the slow client of ``benchmarks/bench_serve.py``. With
+    ``offset`` 1 no row ever finishes.
+    """
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", T.INT64, []), helper.make_tensor_value_info("cond_in", T.BOOL, []),
+         helper.make_tensor_value_info("v_in", T.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("cond_out", T.BOOL, []), helper.make_tensor_value_info("v_out", T.FLOAT, ["N", 4])],
+        [helper.make_tensor("one", T.FLOAT, [], [1.0])])
+    nodes = [helper.make_node("ReduceMax", ["input"], ["top"], keepdims=0),
+             helper.make_node("Add", ["top", "offset"], ["shifted"]),
+             helper.make_node("Mul", ["shifted", "scale"], ["scaled"]),
+             helper.make_node("Cast", ["scaled"], ["trips"], to=T.INT64),
+             helper.make_node("Constant", [], ["go"], value=helper.make_tensor("c", T.BOOL, [], [True])),
+             helper.make_node("Loop", ["trips", "go", "input"], ["probabilities"], body=body)]
+    constants = [helper.make_tensor("scale", T.FLOAT, [], [1e12]), helper.make_tensor("offset", T.FLOAT, [], [offset])]
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", T.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("probabilities", T.FLOAT, ["N", 4])], constants)
+    path = folder / name
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     return path
