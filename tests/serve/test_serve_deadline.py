@@ -19,6 +19,7 @@ from tests.security import hostile_onnx
 from tests.serve.support import ServerProcess, get, post_json, serving
 
 TIMEOUT = 2.0
+BAD_NAMES = ["model (1).onnx", "._model.onnx", "mod\u00e8le.onnx", "m" * 130 + ".onnx", "-x.onnx"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,10 @@ def folder(tmp_path_factory):
     hostile_onnx.slow_loop_model(models, "slow.onnx")
     hostile_onnx.slow_loop_model(models, "endless.onnx", offset=1.0)
     hostile_onnx.external_data_model(models, "../secret.bin", "leak.onnx")
+    for name in BAD_NAMES:  # copies of a good model under names that cannot be model names
+        hostile_onnx.slow_loop_model(models, name)
+    (models / "m" / "\u00b2").mkdir(parents=True)  # a Triton version folder named '²' ('²'.isdigit() is True)
+    hostile_onnx.slow_loop_model(models / "m" / "\u00b2", "model.onnx")
     return models
 
 
@@ -53,6 +58,16 @@ def test_unservable_models_are_skipped_with_one_line_each(server):
     leak = [line for line in log.splitlines() if "skipping model 'leak'" in line]
     assert len(leak) == 1 and "leads out of the model's folder" in leak[0], log
     assert get(f"{server.base}/v2/models/leak")[0] == 404
+
+
+def test_badly_named_files_are_skipped_with_one_line_each(server, folder):
+    log = server.log.read_text()
+    for name in BAD_NAMES:
+        lines = [line for line in log.splitlines() if line.startswith(f"warning: skipping '{folder / name}'"[:150])]
+        assert len(lines) == 1 and "cannot" not in lines[0][:20] and "must be at most 128 ASCII" in lines[0], log
+    assert "Traceback" not in log and "ValueError" not in log
+    index = post_json(f"{server.base}/v2/repository/index", {})[1]
+    assert sorted(m["name"] for m in index) == ["ext", "good", "slow"]
 
 
 def test_external_data_outside_the_folder_never_reaches_a_client(server):
