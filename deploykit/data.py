@@ -32,6 +32,7 @@ import numpy as np
 
 from deploykit.configs import Config, choice, integer, names as name_list, number
 from deploykit.errors import ConfigError, DataError, UsageError
+from deploykit.files import regular_file
 from deploykit.limits import DATA_BYTES
 from deploykit.task import OutputKind, Task
 
@@ -187,6 +188,8 @@ def load_dataset(
     path = Path(source)
     if not path.exists():
         raise DataError(f"data {path}: no such file or folder (or use a built-in: {', '.join(NAMED_DATASETS)})")
+    if not path.is_dir():
+        regular_file(path, "data", DataError)  # /dev/zero or a FIFO named data.csv never ends
     kind = _format_of(path)
     if kind == "npz":
         return _load_npz(path, split, given, task)
@@ -305,7 +308,7 @@ def _load_csv(path: Path, label_column: str, split: SplitConfig, given: tuple[st
     try:
         lines, columns = _count_lines(path)
         DATA_BYTES.check(path, max(lines - 1, 1) * columns * 4, f"the CSV ({lines - 1} rows x {columns} columns)")
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a UTF-8 BOM is not part of the header
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             columns = [c.strip() for c in label_column.split(",")]
@@ -326,14 +329,16 @@ def _count_lines(path: Path) -> tuple[int, int]:
 
     Upper bounds of the CSV's rows and columns (a quoted field may hold commas or newlines).
     """
-    lines, columns, last = 0, 1, b"\n"
+    newlines = returns = 0
+    columns, last = 1, b"\n"
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            if lines == 0:
-                columns += chunk.split(b"\n", 1)[0].count(b",")
-            lines += chunk.count(b"\n")
+            if newlines == returns == 0:
+                columns += chunk.replace(b"\r", b"\n").split(b"\n", 1)[0].count(b",")
+            newlines += chunk.count(b"\n")
+            returns += chunk.count(b"\r")  # CR-only line ends (classic Mac exports)
             last = chunk[-1:]
-    return lines + (last != b"\n"), columns
+    return max(newlines, returns) + (last not in (b"\n", b"\r")), columns
 
 
 def _check_csv_header(path: Path, header: list[str], columns: list[str], lines: int) -> None:
@@ -382,6 +387,7 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (gzipped or not) into an array; the size its header declares is checked first."""
     path = Path(path)
+    regular_file(path, "data", DataError)
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:

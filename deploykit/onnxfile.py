@@ -19,8 +19,10 @@ row (``[N, 250000000]`` floats is 1 GB per row) and the output of a
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,21 +35,37 @@ _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4
 #: Ops whose output size is given by a shape input: op -> index of that input.
 _SHAPED = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1}
 _MAX_RANK = 64
+_EXTERNAL, _DEFAULT = 1, 0  # TensorProto.DataLocation
+_proto_module = None
+
+
+def _onnx_proto():
+    """onnx's generated protobuf classes, without importing the ``onnx`` package (the server must not: it
+    costs half a second and imports what the server never uses). Once onnx is imported, its own module."""
+    global _proto_module
+    if "onnx" in sys.modules:
+        return sys.modules["onnx"].onnx_ml_pb2
+    if _proto_module is None:
+        spec = importlib.util.find_spec("onnx")  # finds the package, imports nothing
+        path = os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py")
+        module_spec = importlib.util.spec_from_file_location("deploykit._onnx_ml_pb2", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        _proto_module = module
+    return _proto_module
 
 
 def model_bytes(path: str | os.PathLike) -> bytes:
     """The ONNX file at ``path``, checked, with its external data inlined; a ModelLoadError names what is wrong."""
-    import onnx
-
     path = Path(path)
     raw = read_bytes(path, "model", ModelLoadError, ONNX_BYTES)
-    proto = onnx.ModelProto()
+    proto = _onnx_proto().ModelProto()
     try:
         proto.ParseFromString(raw)
     except Exception as exc:
         raise ModelLoadError(f"model {path}: not an ONNX file ({type(exc).__name__})") from None
     check_declared_sizes(proto, path)
-    external = [t for t in _tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [t for t in _tensors(proto.graph) if t.data_location == _EXTERNAL]
     if not external:
         return raw
     total = len(raw)
@@ -58,8 +76,6 @@ def model_bytes(path: str | os.PathLike) -> bytes:
 
 def _inline(tensor, path: Path, loaded: int) -> int:
     """Read ``tensor``'s external data (checked) into its ``raw_data``; the bytes read."""
-    import onnx
-
     info = {e.key: e.value for e in tensor.external_data}
     file, offset, length = _external_span(tensor, info, path)
     ONNX_BYTES.check(path, loaded + length, "the model with its external data")
@@ -70,7 +86,7 @@ def _inline(tensor, path: Path, loaded: int) -> int:
         raise ModelLoadError(f"model {path}: external data of tensor {tensor.name!r} changed while it was read")
     tensor.raw_data = data
     del tensor.external_data[:]
-    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.data_location = _DEFAULT
     return length
 
 
@@ -151,13 +167,13 @@ def _check_graph(graph, path: Path, outer: dict) -> None:
 
 
 def _check_shaped(node, constants: dict, path: Path) -> None:
-    from onnx import numpy_helper
-
     shape_tensor = constants[node.input[_SHAPED[node.op_type]]]
     if math.prod(shape_tensor.dims) > _MAX_RANK:
         raise ModelLoadError(f"model {path}: {node.op_type} node {node.name!r} has a shape of "
                              f"{math.prod(shape_tensor.dims)} dimensions; refused")
-    dims = [int(d) for d in numpy_helper.to_array(shape_tensor).reshape(-1)]
+    dims = _integers(shape_tensor)
+    if dims is None:
+        return
     itemsize = 4
     if node.op_type == "ConstantOfShape":
         value = next((a.t for a in node.attribute if a.name == "value"), None)
@@ -165,6 +181,19 @@ def _check_shaped(node, constants: dict, path: Path) -> None:
     elif node.op_type == "Tile" and node.input[0] in constants:
         dims.append(math.prod(constants[node.input[0]].dims))  # repeats x the tiled constant's size
     _check_tensor(path, f"{node.op_type} node {node.name!r}", dims, itemsize)
+
+
+def _integers(tensor) -> list[int] | None:
+    """The values of a small INT64 / INT32 tensor (a shape), or None when it holds something else."""
+    import numpy as np
+
+    kinds = {7: ("<i8", "int64_data"), 6: ("<i4", "int32_data")}
+    if tensor.data_type not in kinds or tensor.data_location == _EXTERNAL:
+        return None
+    dtype, field = kinds[tensor.data_type]
+    if tensor.raw_data:
+        return [int(v) for v in np.frombuffer(tensor.raw_data, dtype=dtype)]
+    return [int(v) for v in getattr(tensor, field)]
 
 
 def _check_tensor(path: Path, what: str, dims: list[int], itemsize: int) -> None:
