@@ -62,8 +62,8 @@ def model_bytes(path: str | os.PathLike) -> bytes:
     proto = _onnx_proto().ModelProto()
     try:
         proto.ParseFromString(raw)
-    except Exception as exc:
-        raise ModelLoadError(f"model {path}: not an ONNX file ({type(exc).__name__})") from None
+    except Exception:  # not a protobuf: onnxruntime refuses it with its own words
+        return raw
     check_declared_sizes(proto, path)
     external = [t for t in _tensors(proto.graph) if t.data_location == _EXTERNAL]
     if not external:
