@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.configs import Config, choice, integer, names as name_list, number
+from deploykit.configs import SEED_MAX, Config, choice, integer, names as name_list, number
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.files import regular_file
 from deploykit.limits import DATA_BYTES
@@ -62,7 +62,7 @@ class SplitConfig(Config):
             number(name, getattr(self, name), 0.0, 1.0, open_low=True, open_high=True)
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError("val_fraction + test_fraction must leave at least 10% for training")
-        integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -480,12 +480,14 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data {source}: {what}: x has {len(x)} rows but y has {len(y)}")
     if len(x) == 0:
         raise DataError(f"data {source}: {what}: no rows")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"data {source}: {what}: inputs must be numeric, got {x.dtype}")
-    x = x.astype(np.float32)
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or np.iscomplexobj(y):
+        kind = "real numbers, not complex" if np.iscomplexobj(x) or np.iscomplexobj(y) else "numeric"
+        raise DataError(f"data {source}: {what}: inputs and labels must be {kind}, got {x.dtype} and {y.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 becomes inf, refused below
+        x = x.astype(np.float32)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
-        raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values")
+        raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values (as float32)")
     return x, y
 
 

@@ -30,7 +30,7 @@ def regular_file(path: str | os.PathLike, what: str, error: type[DeployKitError]
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{what} {path}: no such file") from None
+        raise error(f"{what} {path}: cannot read it (no such file)") from None
     except OSError as exc:
         raise error(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):

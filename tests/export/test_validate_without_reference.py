@@ -58,7 +58,7 @@ def test_a_zeroed_weights_model_fails_against_its_recorded_accuracy(tmp_path, di
 
 
 def test_non_finite_outputs_fail(tmp_path, digits, fitted):
-    weights, bias, accuracy = fitted
+    weights, bias, _ = fitted
     path = _softmax_model(tmp_path / "nan.onnx", np.full_like(weights, np.nan), bias, None)
     report = validate(path, digits, repeats=1, batch_sizes=(1,), check=False)
     assert "finite_outputs" in [m.check for m in report.mismatches]
@@ -72,4 +72,15 @@ def test_data_with_more_classes_than_outputs_is_refused(tmp_path, digits, fitted
     y = np.arange(len(x)) % classes
     np.savez(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(DataError, match=f"outputs 10 classes, the data has {classes}"):
+        validate(path, tmp_path / "d.npz", repeats=1, batch_sizes=(1,))
+
+
+def test_integer_labels_of_two_columns_against_a_classifier_are_one_clear_error(tmp_path, digits, fitted):
+    """Labels [N, 2] of integers (not one-hot) are read as two regression targets: a 10-class artifact is refused."""
+    weights, bias, accuracy = fitted
+    path = _softmax_model(tmp_path / "m.onnx", weights, bias, accuracy)
+    x = np.concatenate([digits.x_train, digits.x_test]).reshape(-1, 64)
+    y = np.random.default_rng(0).integers(0, 5, (len(x), 2))
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match="predicts 10 values per row, the data has 2 targets"):
         validate(path, tmp_path / "d.npz", repeats=1, batch_sizes=(1,))

@@ -10,7 +10,11 @@ import time
 
 import pytest
 
-from deploykit.export.isolated import RuntimeTimeoutError, RuntimeWorker, runtime_timeout
+from deploykit.export.isolated import (
+    RuntimeTimeoutError,
+    RuntimeWorker,
+    runtime_timeout,
+)
 from tests.security import hostile_onnx
 
 

@@ -28,7 +28,7 @@ def external_data_model(folder: Path, location: str, name: str = "model.onnx", o
                         length: int | None = 48) -> Path:
     """``folder/name`` whose ``W`` is read from ``location`` (as written in the file, unchecked)."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
     weights = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 3])
     weights.data_location = TensorProto.EXTERNAL

@@ -110,6 +110,12 @@ def test_slow_request_gets_504_while_health_and_other_models_answer(server):
         assert status == 200 and body["outputs"][0]["data"] == [0.0] * 4, body
 
 
+def test_lower_case_datatype_is_a_400(server):
+    status, body = post_json(f"{server.base}/v2/models/good/infer", {"inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "fp32", "data": [1, 1, 1, 1]}]})
+    assert status == 400 and "FP32" in body["error"], body
+
+
 def test_external_data_truncated_under_the_server(server, folder):
     (folder / "ext.bin").write_bytes(b"")  # `cp empty ext.bin`: truncated in place
     status, body = _infer(server, "ext", [[1, 1, 1, 1]])
