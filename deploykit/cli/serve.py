@@ -51,7 +51,7 @@ def register(sub) -> None:
         ("--body-timeout", float, defaults.DEFAULT_BODY_TIMEOUT, "seconds for a request's body to arrive after its headers"),
         ("--keep-alive-timeout", float, defaults.DEFAULT_KEEP_ALIVE_TIMEOUT, "seconds an idle connection stays open"),
         ("--request-timeout", float, defaults.DEFAULT_REQUEST_TIMEOUT,
-         "seconds one inference may run; then it is stopped and the client gets 504 (also the start-up check)"),
+         "seconds one inference may run; then it is stopped and the client gets 504"),
         ("--max-connections", int, defaults.DEFAULT_MAX_CONNECTIONS,
          "most open connections (kept below the file descriptor limit; the longest-waiting idle or slow one "
          "is closed to make room)"),

@@ -136,15 +136,3 @@ def _settle(future: asyncio.Future, value, error) -> None:
     else:
         future.set_result(value)
 
-
-def answers_in_time(model) -> None:
-    """Run one zero row through a just-loaded model under its deadline: a model that cannot answer one row within
-    the request timeout (a ``Loop`` that never ends) raises RequestTimeout and is not served."""
-    import numpy as np
-
-    samples, _ = model._samples({})
-    try:
-        model.pool.call(model._outputs, np.zeros((1, *model.input_shape), np.float32), samples)
-    except RequestTimeout:
-        raise RequestTimeout(f"{model.path}: one zero row did not finish within the request timeout of "
-                             f"{model.pool.timeout:g} s (--request-timeout)") from None
