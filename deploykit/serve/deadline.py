@@ -11,6 +11,12 @@ with onnxruntime's ``RunOptions.terminate`` (set from the loop's thread; every
 ``session.run`` of the request shares one ``RunOptions``). A request still
 queued when its deadline passes never runs.
 
+Until its deadline a long call still takes a CPU the other models' calls and
+the event loop need: a call that has run :data:`SLOW_CALL_SECONDS` has its
+thread's nice value raised to :data:`DEMOTED_NICE` (Linux: per thread), so it
+gets what the others leave. The thread is put back afterwards where the OS
+allows it, else it is retired and a fresh thread replaces it.
+
 :class:`DeadlineSession` wraps a model's session so that its ``run`` picks up the
 current request's ``RunOptions``: the models' code keeps calling
 ``session.run(outputs, feed)``.
@@ -19,6 +25,8 @@ current request's ``RunOptions``: the models' code keeps calling
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
 import threading
 import time
@@ -29,6 +37,9 @@ from deploykit.errors import DeployKitError
 
 #: Threads per model: one slow request leaves the model another, and a model never takes another's.
 THREADS_PER_MODEL = 2
+#: A call running this long yields the CPU to the others (its thread's nice value is raised).
+SLOW_CALL_SECONDS = 0.25
+DEMOTED_NICE = 19
 
 _current = threading.local()
 
@@ -68,6 +79,10 @@ class _Job:
     future: asyncio.Future
     cancelled: bool = False
     started: float = field(default=0.0)
+    tid: int = 0  # the native id of the thread running it
+    done: bool = False
+    demoted: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class InferencePool:
@@ -77,14 +92,21 @@ class InferencePool:
         self.name = name
         self.timeout = timeout
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        for i in range(threads):
-            threading.Thread(target=self._work, name=f"infer-{name}-{i}", daemon=True).start()
+        self._started = 0
+        for _ in range(threads):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """A new worker thread (called from a thread at normal priority: it inherits the caller's nice value)."""
+        self._started += 1
+        threading.Thread(target=self._work, name=f"infer-{self.name}-{self._started}", daemon=True).start()
 
     async def run(self, fn: Callable, *args):
         """``fn(*args)`` in one of the pool's threads, stopped and refused with RequestTimeout after the deadline."""
         loop = asyncio.get_running_loop()
         job = _Job(fn, args, run_options(), loop, loop.create_future())
         self._jobs.put(job)
+        demote = loop.call_later(SLOW_CALL_SECONDS, _demote, job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self.timeout)
         except TimeoutError:
@@ -97,23 +119,15 @@ class InferencePool:
             job.cancelled = True
             job.options.terminate = True
             raise
-
-    def call(self, fn: Callable, *args):
-        """``fn(*args)`` from a thread that is not the event loop's (start-up), under the same deadline."""
-        result: dict = {}
-
-        async def once():
-            result["value"] = await self.run(fn, *args)
-
-        asyncio.run(once())
-        return result["value"]
+        finally:
+            demote.cancel()
 
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
             if job.cancelled:
                 continue
-            job.started = time.monotonic()
+            job.started, job.tid = time.monotonic(), threading.get_native_id()
             _current.options = job.options
             try:
                 value, error = job.fn(*job.args), None
@@ -121,11 +135,39 @@ class InferencePool:
                 value, error = None, exc
             finally:
                 _current.options = None
+            with job.lock:
+                job.done = True
             if not job.cancelled:
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this result
                     job.loop.call_soon_threadsafe(_settle, job.future, value, error)
-                except RuntimeError:  # the loop is closed: nobody waits for this result
-                    pass
+            if job.demoted and not _restore(job.tid):  # cannot lower the nice value again: retire this thread
+                with contextlib.suppress(RuntimeError):
+                    job.loop.call_soon_threadsafe(self._spawn)
+                return
+
+
+def _demote(job: _Job) -> None:
+    """Raise the nice value of the thread running a call that has run SLOW_CALL_SECONDS (Linux: per thread)."""
+    if job.cancelled or job.future.done():
+        return
+    if not job.tid:  # still queued behind another call: look again later
+        job.loop.call_later(SLOW_CALL_SECONDS, _demote, job)
+        return
+    with job.lock:
+        if job.done or not hasattr(os, "setpriority"):
+            return
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, job.tid, DEMOTED_NICE)
+            job.demoted = True
+
+
+def _restore(tid: int) -> bool:
+    """Put a demoted thread back to the process's nice value; False where the OS does not allow it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()))
+        return True
+    except OSError:
+        return False
 
 
 def _settle(future: asyncio.Future, value, error) -> None:
