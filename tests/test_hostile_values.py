@@ -51,3 +51,12 @@ def test_v2_datatype_in_lower_case_is_refused():
     header = {"inputs": [{"name": "input", "datatype": "fp32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
     with pytest.raises(limits.RequestError, match="datatype must be written as the protocol spells it"):
         limits.check_v2_header(header, 0)
+
+
+def test_python_warnings_in_a_command_are_one_line_without_a_source_path():
+    from deploykit.log import cli_logging
+
+    with cli_logging():
+        line = warnings.formatwarning("overflow encountered in cast\nsecond", RuntimeWarning, "/some/where/data.py", 12)
+    assert line == "warning: RuntimeWarning: overflow encountered in cast second\n"
+    assert "/some/where" in warnings.formatwarning("x", RuntimeWarning, "/some/where/data.py", 12)  # restored after
