@@ -82,9 +82,9 @@ class Dataset:
     feature_var: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        flat = self.x_train.reshape(len(self.x_train), -1).astype(np.float64)
-        object.__setattr__(self, "feature_mean", flat.mean(axis=0).astype(np.float32))
-        object.__setattr__(self, "feature_var", flat.var(axis=0).astype(np.float32))
+        mean, var = _feature_stats(self.x_train.reshape(len(self.x_train), -1))
+        object.__setattr__(self, "feature_mean", mean)
+        object.__setattr__(self, "feature_var", var)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -152,6 +152,19 @@ class Dataset:
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
             f"inputs {self.input_shape}, {what}"
         )
+
+
+def _feature_stats(flat: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance in float64, over chunks of rows: a float64 copy of the whole training split
+    (and ``var``'s full-size temporary) would triple the memory a large dataset takes."""
+    total = np.zeros(flat.shape[1], np.float64)
+    for i in range(0, len(flat), rows):
+        total += flat[i:i + rows].sum(axis=0, dtype=np.float64)
+    mean = total / max(len(flat), 1)
+    squares = np.zeros_like(mean)
+    for i in range(0, len(flat), rows):
+        squares += np.square(flat[i:i + rows] - mean).sum(axis=0)
+    return mean.astype(np.float32), (squares / max(len(flat), 1)).astype(np.float32)
 
 
 def load_dataset(
@@ -484,7 +497,7 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
         kind = "real numbers, not complex" if np.iscomplexobj(x) or np.iscomplexobj(y) else "numeric"
         raise DataError(f"data {source}: {what}: inputs and labels must be {kind}, got {x.dtype} and {y.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 becomes inf, refused below
-        x = x.astype(np.float32)
+        x = x.astype(np.float32, copy=False)  # float32 data is not copied: the limit bounds memory, not only size
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values (as float32)")
