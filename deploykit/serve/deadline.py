@@ -42,6 +42,7 @@ SLOW_CALL_SECONDS = 0.25
 DEMOTED_NICE = 19
 
 _current = threading.local()
+_pools: list[InferencePool] = []  # every pool of the process, stopped together at shutdown
 
 
 class RequestTimeout(DeployKitError):
@@ -92,7 +93,9 @@ class InferencePool:
         self.name = name
         self.timeout = timeout
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._running: set[_Job] = set()
         self._started = 0
+        _pools.append(self)
         for _ in range(threads):
             self._spawn()
 
@@ -128,6 +131,7 @@ class InferencePool:
             if job.cancelled:
                 continue
             job.started, job.tid = time.monotonic(), threading.get_native_id()
+            self._running.add(job)
             _current.options = job.options
             try:
                 value, error = job.fn(*job.args), None
@@ -135,6 +139,7 @@ class InferencePool:
                 value, error = None, exc
             finally:
                 _current.options = None
+                self._running.discard(job)
             with job.lock:
                 job.done = True
             if not job.cancelled:
@@ -144,6 +149,20 @@ class InferencePool:
                 with contextlib.suppress(RuntimeError):
                     job.loop.call_soon_threadsafe(self._spawn)
                 return
+
+
+def stop_all(seconds: float) -> int:
+    """Stop every running call (``RunOptions.terminate``) and wait up to ``seconds`` for them to return: the
+    calls still running then (an operator that ignores the flag). The process must not exit while a thread is
+    inside onnxruntime: its static destructors would abort it ("terminate called without an active exception")."""
+    running = [job for pool in _pools for job in list(pool._running)]
+    for job in running:
+        job.cancelled = True
+        job.options.terminate = True
+    end = time.monotonic() + seconds
+    while any(pool._running for pool in _pools) and time.monotonic() < end:
+        time.sleep(0.01)
+    return sum(len(pool._running) for pool in _pools)
 
 
 def _demote(job: _Job) -> None:

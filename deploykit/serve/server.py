@@ -49,12 +49,13 @@ from deploykit.serve._kserve import (
     RESTServer,
 )
 from deploykit.serve.config import ServeConfig
-from deploykit.serve.deadline import RequestTimeout
+from deploykit.serve.deadline import RequestTimeout, stop_all
 from deploykit.serve.discover import discover_models
 from deploykit.serve.models import OnnxModel, open_model
 from deploykit.serve.routes import register_routes
 
 GRACE_SECONDS = 30
+STOP_SECONDS = 5  # after the grace period: how long stopped inference calls get to return
 _HEADER_LENGTH = "inference-header-content-length"
 
 log = logging.getLogger("kserve.deploykit")  # kserve configures the "kserve" loggers
@@ -291,7 +292,13 @@ class DeployKitModelServer(ModelServer):
                 raise DeployKitError(f"cannot listen on {self.config.host}:{self.config.port} (see the error above)") from None
         served = self._rest_server._server.server_state.total_requests
         refused = connections.summary()
+        stuck = stop_all(STOP_SECONDS)
         log.info("stopped after %d requests%s", served, f"; connections refused or closed: {refused}" if refused else "")
+        if stuck:  # a thread still inside onnxruntime would abort the interpreter's exit: leave at once
+            log.warning("%d inference call(s) ignored the stop request; exiting without waiting for them", stuck)
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 def serve(source: str | os.PathLike, config: ServeConfig | None = None, verbose: bool = False) -> None:
