@@ -25,6 +25,12 @@ the good requests' p50 / p99 and error count (and the ratios), how fast the
 flood got its 431 and the huge MC request its 400, and the latency of a health
 probe every 50 ms.
 
+Then a slow model (issue 26): the same good clients alone, then beside one
+client that sends, again and again, a row on which a model's ``Loop`` runs for
+ever (``slow``, in the same server): each of its requests is stopped at the
+server's ``--request-timeout`` (``SLOW_TIMEOUT`` s) and answered 504. Aims:
+the good clients' p99 within 1.6x of alone, a health probe's p99 < 100 ms.
+
 Writes ``benchmarks/results/serve.json`` and ``serve.md``.
 Run: ``python benchmarks/bench_serve.py`` (``--seconds 5 --hostile-seconds 5`` for a quick check).
 """
@@ -53,6 +59,9 @@ SAMPLES = 30
 TARGETS = {"deterministic": 1000.0, "mc": 300.0}  # requests/s aims
 P99_TARGET_MS = 50.0
 RSS_GROWTH_TARGET = 0.10
+SLOW_TIMEOUT = 2.0  # the server's --request-timeout: when the slow model's calls are stopped
+SLOW_P99_RATIO_TARGET = 1.6
+SLOW_HEALTH_P99_TARGET_MS = 100.0
 
 
 def export_models(folder: Path) -> dict[str, str]:
@@ -71,6 +80,9 @@ def export_models(folder: Path) -> dict[str, str]:
     onnx.save(proto, str(folder / "digits.onnx"))
     export_mc_onnx(model, folder / "digits_mc.onnx", samples=SAMPLES)
     export_mc_onnx(model, folder / "digits_mc_raw.onnx", samples=SAMPLES, include_samples=True)
+    from tests.security.hostile_onnx import slow_loop_model
+
+    slow_loop_model(folder, "slow.onnx")  # a row of ones loops ~forever: the slow client's target
     return {"deterministic": "digits", "mc": "digits_mc"}
 
 
@@ -81,7 +93,8 @@ def free_port() -> int:
 
 
 def start_server(folder: Path, port: int, threads: int | None, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "deploykit.cli.main", "serve", str(folder), "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "deploykit.cli.main", "serve", str(folder), "--host", HOST, "--port", str(port),
+           "--request-timeout", str(SLOW_TIMEOUT)]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -308,6 +321,80 @@ def run_hostile(port: int, xs: np.ndarray, clients: int, seconds: float) -> dict
     return {"alone": alone, "with_hostile": attacked, "ratios": ratios}
 
 
+# --- a slow model --------------------------------------------------------------------------------------------------
+
+
+async def slow_client(port: int, stop_at: float, seen: dict) -> None:
+    """One keep-alive connection sending the slow model a row it never finishes, again and again."""
+    x = np.ones((1, 4), np.float32)
+    request = binary_request(port, "slow", x)
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            writer.write(request)
+            status = await read_response(reader)
+            seen.setdefault(status, []).append(time.perf_counter() - t0)
+    finally:
+        writer.close()
+
+
+async def slow_load(port: int, requests: list[bytes], clients: int, seconds: float, slow: bool) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    health: list[float] = []
+    seen: dict = {}
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    tasks = [client(port, requests, stop_at, latencies, errors) for _ in range(clients)]
+    tasks.append(health_probe(port, stop_at, health))
+    if slow:
+        tasks.append(slow_client(port, stop_at, seen))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    ms, hms = np.array(latencies) * 1000, np.array(health) * 1000
+    return {
+        "seconds": round(elapsed, 2), "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": len(errors), "health_probes": len(health), "health_p50_ms": round(float(np.percentile(hms, 50)), 2),
+        "health_p99_ms": round(float(np.percentile(hms, 99)), 2), "health_max_ms": round(float(hms.max()), 2),
+        **({"slow_answers": _answers(seen)} if slow else {}),
+    }
+
+
+def run_slow(port: int, xs: np.ndarray, clients: int, seconds: float) -> dict:
+    """Good clients on the deterministic model alone, then beside the slow-model client."""
+    requests = [binary_request(port, "digits", x[None]) for x in xs]
+    asyncio.run(load(port, requests, clients, min(2.0, seconds / 5)))  # warm-up
+    alone = asyncio.run(slow_load(port, requests, clients, seconds, slow=False))
+    beside = asyncio.run(slow_load(port, requests, clients, seconds, slow=True))
+    ratios = {k: round(beside[k] / alone[k], 2) if alone[k] else None for k in ("p50_ms", "p99_ms", "requests_per_s")}
+    met = bool(ratios["p99_ms"] is not None and ratios["p99_ms"] <= SLOW_P99_RATIO_TARGET
+               and beside["health_p99_ms"] < SLOW_HEALTH_P99_TARGET_MS and beside["errors"] == 0)
+    return {"alone": alone, "with_slow": beside, "ratios": ratios, "aims_met": met}
+
+
+def slow_markdown(s: dict, seconds: float, clients: int) -> list[str]:
+    a, w = s["alone"], s["with_slow"]
+    answers = ", ".join(f"{k}: {v['count']}, {v['p50_ms']} / {v['max_ms']}" for k, v in w["slow_answers"].items())
+    return [
+        "## A slow model", "",
+        f"{clients} good clients (deterministic model) for {seconds:g} s alone, then for {seconds:g} s beside one client "
+        "sending, again and again, a row on which the `slow` model's Loop never ends (same server, "
+        f"`--request-timeout {SLOW_TIMEOUT:g}`). A health probe runs every 50 ms in both phases.", "",
+        "| good clients | req/s | p50 ms | p99 ms | errors | health p50 / p99 / max ms |",
+        "|---|---|---|---|---|---|",
+        f"| alone | {a['requests_per_s']} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
+        f"{a['health_p50_ms']} / {a['health_p99_ms']} / {a['health_max_ms']} |",
+        f"| beside the slow client | {w['requests_per_s']} | {w['p50_ms']} | {w['p99_ms']} | {w['errors']} | "
+        f"{w['health_p50_ms']} / {w['health_p99_ms']} / {w['health_max_ms']} |",
+        f"| ratio | {s['ratios']['requests_per_s']} | {s['ratios']['p50_ms']} | {s['ratios']['p99_ms']} | | |", "",
+        f"Slow requests' answers (status: count, p50 / max ms): {answers}.", "",
+        f"Aims: good clients' p99 within {SLOW_P99_RATIO_TARGET:g}x of alone, health p99 < "
+        f"{SLOW_HEALTH_P99_TARGET_MS:g} ms, no good request failed. Met: {s['aims_met']}.", "",
+    ]
+
+
 def hostile_markdown(h: dict, seconds: float, clients: int) -> list[str]:
     a, w = h["alone"], h["with_hostile"]
     flood, mc = w["header_flood"], w["huge_mc"]
@@ -358,6 +445,7 @@ def markdown(result: dict) -> str:
         f"zero errors, RSS growth <= {RSS_GROWTH_TARGET:.0%}. "
         f"Met: {', '.join(f'{k}: {v}' for k, v in result['aims_met'].items())}.",
         "", *hostile_markdown(result["hostile"], result["hostile_seconds"], result["clients"]),
+        *slow_markdown(result["slow_model"], result["hostile_seconds"], result["clients"]),
         f"Command: `{result['command']}`", "",
     ])
 
@@ -388,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                 rss_ready = server.memory_info().rss
                 phases = {kind: run_phase(port, name, xs, args.clients, args.seconds, server) for kind, name in names.items()}
                 hostile = run_hostile(port, xs, args.clients, args.hostile_seconds)
+                slow = run_slow(port, xs, args.clients, args.hostile_seconds)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
@@ -398,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients, "seconds": args.seconds, "server_threads": args.threads, "samples": SAMPLES,
         "rss_ready_mb": round(rss_ready / 2**20, 1), "rss_end_mb": rss_end,
         "rss_growth_since_ready": round(rss_end / (rss_ready / 2**20) - 1, 4), "phases": phases, "aims_met": aims,
-        "hostile_seconds": args.hostile_seconds, "hostile": hostile,
+        "hostile_seconds": args.hostile_seconds, "hostile": hostile, "slow_model": slow,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_average_at_start": load_at_start},
         "command": " ".join(["python benchmarks/bench_serve.py", *(argv if argv is not None else sys.argv[1:])]),
     }

@@ -100,14 +100,57 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise
 
 
+#: Bytes a staging name adds to the output folder's name (``.NAME.<12 hex>.tmp``, a kept ``NAME.<date>-<pid>``).
+_STAGING_BYTES = 32
+_NAME_MAX = 255
+#: The run's input files (resolved), which no --out with --force may replace: see :func:`protect`.
+_PROTECTED: set[str] = set()
+
+
+def protect(*paths, fresh: bool = False) -> None:
+    """Record input files or folders of this run (``fresh``: a new run, forget the last one's): an output folder
+    holding one is refused, even with ``force``."""
+    if fresh:
+        _PROTECTED.clear()
+    for path in paths:
+        if isinstance(path, (str, os.PathLike)) and str(path) and os.path.exists(path):
+            _PROTECTED.add(os.path.realpath(path))
+
+
 def check_dir_target(path: str | os.PathLike, force: bool = False) -> Path:
-    """Raise what :func:`atomic_dir` would refuse (a file, or a non-empty folder without ``force``); writes nothing."""
+    """Raise what :func:`atomic_dir` would refuse; writes nothing. Refused: a file, a non-empty folder without
+    ``force``, a symlink (dangling or not), ``.`` / ``..`` / a folder holding the working directory, a name
+    too long to stage beside, and (even with ``force``) a folder holding one of the run's inputs."""
     final = Path(path)
+    _check_dir_name(final)
+    if final.is_symlink():
+        raise UsageError(f"output path {final} is a symlink (to {os.readlink(final)}); give the folder itself")
     if final.exists() and not final.is_dir():
         raise UsageError(f"output path {final} is a file, not a folder")
     if final.exists() and any(final.iterdir()) and not force:
         raise OutputExistsError(f"output folder {final} already exists and is not empty; pass --force to replace it")
+    if final.exists():
+        _check_holds_no_input(final)
     return final
+
+
+def _check_dir_name(final: Path) -> None:
+    if final.name in ("", ".", ".."):
+        raise UsageError(f"output path {str(final)!r} must name a folder to create, e.g. {final / 'out'}")
+    here, target = os.path.realpath(os.getcwd()), os.path.realpath(final)
+    if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+        raise UsageError(f"output path {final} holds the working directory; replacing it would remove that")
+    if len(os.fsencode(final.name)) > _NAME_MAX - _STAGING_BYTES:
+        raise UsageError(f"output folder name of {len(os.fsencode(final.name))} bytes is too long: at most "
+                         f"{_NAME_MAX - _STAGING_BYTES} (the file system allows {_NAME_MAX} for the staging name)")
+
+
+def _check_holds_no_input(final: Path) -> None:
+    target = os.path.realpath(final).rstrip(os.sep) + os.sep
+    held = sorted(p for p in _PROTECTED if (p + os.sep).startswith(target))
+    if held:
+        raise UsageError(f"output folder {final} holds {held[0]}, an input of this run; replacing it would delete "
+                         "that: choose another --out")
 
 
 def clean_leftovers(final: str | os.PathLike) -> list[Path]:

@@ -24,6 +24,11 @@ from deploykit.records import to_jsonable
 
 E = TypeVar("E", bound=enum.Enum)
 
+#: The largest seed: scikit-learn's random_state, numpy's legacy RandomState and TensorFlow take 32-bit seeds.
+SEED_MAX = 2**32 - 1
+#: The most MC samples a pipeline run may ask for (the MC graph's default ``max_samples``).
+MAX_MC_SAMPLES = 1000
+
 
 def _refuse(where: str, what: str, value: Any) -> ConfigError:
     """The one wording of a bad value."""

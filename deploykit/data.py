@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.configs import Config, choice, integer, names as name_list, number
+from deploykit.configs import SEED_MAX, Config, choice, integer, names as name_list, number
 from deploykit.errors import ConfigError, DataError, UsageError
+from deploykit.files import regular_file
 from deploykit.limits import DATA_BYTES
 from deploykit.task import OutputKind, Task
 
@@ -61,7 +62,7 @@ class SplitConfig(Config):
             number(name, getattr(self, name), 0.0, 1.0, open_low=True, open_high=True)
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError("val_fraction + test_fraction must leave at least 10% for training")
-        integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ class Dataset:
     feature_var: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        flat = self.x_train.reshape(len(self.x_train), -1).astype(np.float64)
-        object.__setattr__(self, "feature_mean", flat.mean(axis=0).astype(np.float32))
-        object.__setattr__(self, "feature_var", flat.var(axis=0).astype(np.float32))
+        mean, var = _feature_stats(self.x_train.reshape(len(self.x_train), -1))
+        object.__setattr__(self, "feature_mean", mean)
+        object.__setattr__(self, "feature_var", var)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -153,6 +154,19 @@ class Dataset:
         )
 
 
+def _feature_stats(flat: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance in float64, over chunks of rows: a float64 copy of the whole training split
+    (and ``var``'s full-size temporary) would triple the memory a large dataset takes."""
+    total = np.zeros(flat.shape[1], np.float64)
+    for i in range(0, len(flat), rows):
+        total += flat[i:i + rows].sum(axis=0, dtype=np.float64)
+    mean = total / max(len(flat), 1)
+    squares = np.zeros_like(mean)
+    for i in range(0, len(flat), rows):
+        squares += np.square(flat[i:i + rows] - mean).sum(axis=0)
+    return mean.astype(np.float32), (squares / max(len(flat), 1)).astype(np.float32)
+
+
 def load_dataset(
     source: str | os.PathLike | None = DEFAULT_DATASET,
     *,
@@ -187,6 +201,8 @@ def load_dataset(
     path = Path(source)
     if not path.exists():
         raise DataError(f"data {path}: no such file or folder (or use a built-in: {', '.join(NAMED_DATASETS)})")
+    if not path.is_dir():
+        regular_file(path, "data", DataError)  # /dev/zero or a FIFO named data.csv never ends
     kind = _format_of(path)
     if kind == "npz":
         return _load_npz(path, split, given, task)
@@ -305,7 +321,7 @@ def _load_csv(path: Path, label_column: str, split: SplitConfig, given: tuple[st
     try:
         lines, columns = _count_lines(path)
         DATA_BYTES.check(path, max(lines - 1, 1) * columns * 4, f"the CSV ({lines - 1} rows x {columns} columns)")
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a UTF-8 BOM is not part of the header
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             columns = [c.strip() for c in label_column.split(",")]
@@ -326,14 +342,16 @@ def _count_lines(path: Path) -> tuple[int, int]:
 
     Upper bounds of the CSV's rows and columns (a quoted field may hold commas or newlines).
     """
-    lines, columns, last = 0, 1, b"\n"
+    newlines = returns = 0
+    columns, last = 1, b"\n"
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            if lines == 0:
-                columns += chunk.split(b"\n", 1)[0].count(b",")
-            lines += chunk.count(b"\n")
+            if newlines == returns == 0:
+                columns += chunk.replace(b"\r", b"\n").split(b"\n", 1)[0].count(b",")
+            newlines += chunk.count(b"\n")
+            returns += chunk.count(b"\r")  # CR-only line ends (classic Mac exports)
             last = chunk[-1:]
-    return lines + (last != b"\n"), columns
+    return max(newlines, returns) + (last not in (b"\n", b"\r")), columns
 
 
 def _check_csv_header(path: Path, header: list[str], columns: list[str], lines: int) -> None:
@@ -382,6 +400,7 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (gzipped or not) into an array; the size its header declares is checked first."""
     path = Path(path)
+    regular_file(path, "data", DataError)
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
@@ -474,12 +493,14 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data {source}: {what}: x has {len(x)} rows but y has {len(y)}")
     if len(x) == 0:
         raise DataError(f"data {source}: {what}: no rows")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"data {source}: {what}: inputs must be numeric, got {x.dtype}")
-    x = x.astype(np.float32)
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or np.iscomplexobj(y):
+        kind = "real numbers, not complex" if np.iscomplexobj(x) or np.iscomplexobj(y) else "numeric"
+        raise DataError(f"data {source}: {what}: inputs and labels must be {kind}, got {x.dtype} and {y.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 becomes inf, refused below
+        x = x.astype(np.float32, copy=False)  # float32 data is not copied: the limit bounds memory, not only size
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
-        raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values")
+        raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values (as float32)")
     return x, y
 
 

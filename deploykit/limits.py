@@ -60,3 +60,10 @@ MODEL_BYTES = Limit("DEPLOYKIT_MAX_MODEL_BYTES", 256 * _MIB, "model", ModelLoadE
 MODEL_CONFIG_BYTES = Limit("DEPLOYKIT_MAX_CONFIG_BYTES", 16 * _MIB, "model", ModelLoadError)
 #: A dataset, counted as the float32 values it becomes (rows x features x 4 bytes, labels included).
 DATA_BYTES = Limit("DEPLOYKIT_MAX_DATA_BYTES", 1024 * _MIB, "data", DataError)
+#: An ONNX file, with the external data it names (read into memory at load).
+ONNX_BYTES = Limit("DEPLOYKIT_MAX_ONNX_BYTES", 1024 * _MIB, "model", ModelLoadError)
+#: One tensor an ONNX file declares before anything is allocated: a row of an input, a ConstantOfShape, Expand or
+#: Tile output with a constant shape (a 2.8 KB file can declare 2 GB).
+TENSOR_BYTES = Limit("DEPLOYKIT_MAX_TENSOR_BYTES", 256 * _MIB, "model", ModelLoadError)
+#: A TOML config file (a few kilobytes).
+CONFIG_FILE_BYTES = Limit("DEPLOYKIT_MAX_CONFIG_FILE_BYTES", 1 * _MIB, "config", ConfigError)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 ROOT = "deploykit"
@@ -72,10 +73,19 @@ def cli_logging(verbose: bool = False, quiet: bool = False) -> Iterator[None]:
     logger.handlers = [_StderrHandler()]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False  # a root handler (onnxruntime's logging.warning installs one) would print twice
+    formatwarning = warnings.formatwarning
+    if not verbose:  # a Python warning is one line, without the source path and line it came from
+        warnings.formatwarning = _one_line_warning
     try:
         yield
     finally:
         logger.level, logger.propagate, logger.handlers = saved[0], saved[1], saved[2]
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split())
+    return f"warning: {category.__name__}: {text}\n"
 
 
 def progress(message: str) -> None:

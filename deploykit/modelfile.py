@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError
+from deploykit.files import regular_file
 from deploykit.layers import LayerSupport, support_for
 from deploykit.limits import MODEL_BYTES, MODEL_CONFIG_BYTES
 
@@ -78,6 +79,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
         raise ModelLoadError(f"model {path}: no such file or folder")
     if path.is_dir():
         return _read_saved_model(path)
+    regular_file(path, "model", ModelLoadError, MODEL_BYTES)  # /dev/zero or a FIFO named model.keras never ends
     is_h5, is_zip = has_hdf5_signature(path), _is_zip(path)
     if is_h5 and is_zip:
         raise ModelLoadError(f"model {path}: both an HDF5 file and a zip archive (a polyglot file, each reader would "
@@ -226,12 +228,30 @@ def _read_keras_zip(path: Path) -> ModelFile:
                 if name in members:
                     MODEL_CONFIG_BYTES.check(path, members[name].file_size, name)
             MODEL_BYTES.check(path, sum(info.file_size for info in members.values()), "the Keras archive (uncompressed)")
-            config = _json(path, zf.read("config.json").decode("utf-8"), "config.json")
-            meta = _json(path, zf.read("metadata.json").decode("utf-8"), "metadata.json") if "metadata.json" in members else {}
+            config = _json(path, _member(zf, members["config.json"]).decode("utf-8"), "config.json")
+            meta = (_json(path, _member(zf, members["metadata.json"]).decode("utf-8"), "metadata.json")
+                    if "metadata.json" in members else {})
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, EOFError) as exc:
         raise ModelLoadError(f"model {path}: unreadable Keras archive ({one_line(exc)})") from None
     version = meta.get("keras_version") or config.get("keras_version") or ""
     return ModelFile(path, ModelFormat.KERAS, str(version), config)
+
+
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A zip member's bytes, inflated in 1 MiB steps up to the size the directory declares (checked before).
+
+    ``zf.read`` inflates up to 2 GiB in one step whatever the directory says; here a member that holds more than
+    it declares costs its declared size, then fails its CRC check.
+    """
+    parts, left = [], info.file_size
+    with zf.open(info) as fh:
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+    return b"".join(parts)
 
 
 def _is_custom(obj: dict) -> bool:

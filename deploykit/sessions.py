@@ -1,5 +1,8 @@
 """The one way deploykit opens an onnxruntime session: CPU, quiet, threads, a one-line error naming the file.
 
+onnxruntime gets the file's bytes as :func:`deploykit.onnxfile.model_bytes` checked them, never the path:
+external data is contained in the model's folder and read into memory whatever the onnxruntime version.
+
 Validation, the MC predictor, the pipeline's measurements, ``deploykit ensemble`` and the server all open
 their sessions here. It imports onnxruntime only when called (the server imports nothing heavier).
 """
@@ -22,9 +25,15 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None, what: s
     """
     import onnxruntime as ort
 
+    from deploykit.onnxfile import model_bytes
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelLoadError(f"{what}{path}: no such file")
+    try:
+        model = model_bytes(path)  # checked, external data contained and inlined (see deploykit.onnxfile)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{what}{exc}") from None
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -33,6 +42,6 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None, what: s
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"{what}{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None

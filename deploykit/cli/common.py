@@ -117,6 +117,7 @@ def run_handler(args) -> int:
     and message. The traceback only with ``--verbose``.
     """
     try:
+        _protect_inputs(args)
         result = args.handler(args)
         return int(result or 0)
     except KeyboardInterrupt:
@@ -127,6 +128,19 @@ def run_handler(args) -> int:
             traceback.print_exc()
         print(f"deploykit {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, DeployKitError) else 1
+
+
+#: The arguments that name files a command reads: an --out folder holding one is refused (deploykit.atomic.protect).
+_INPUT_ARGS = ("model", "models", "file", "data", "reference", "config", "ood_data")
+
+
+def _protect_inputs(args) -> None:
+    from deploykit.atomic import protect
+
+    protect(fresh=True)
+    for name in _INPUT_ARGS:
+        value = getattr(args, name, None)
+        protect(*(value if isinstance(value, list) else [value]))
 
 
 def error_line(exc: BaseException) -> str:

@@ -50,6 +50,8 @@ def register(sub) -> None:
         ("--header-timeout", float, defaults.DEFAULT_HEADER_TIMEOUT, "seconds for a request's headers to arrive"),
         ("--body-timeout", float, defaults.DEFAULT_BODY_TIMEOUT, "seconds for a request's body to arrive after its headers"),
         ("--keep-alive-timeout", float, defaults.DEFAULT_KEEP_ALIVE_TIMEOUT, "seconds an idle connection stays open"),
+        ("--request-timeout", float, defaults.DEFAULT_REQUEST_TIMEOUT,
+         "seconds one inference may run; then it is stopped and the client gets 504"),
         ("--max-connections", int, defaults.DEFAULT_MAX_CONNECTIONS,
          "most open connections (kept below the file descriptor limit; the longest-waiting idle or slow one "
          "is closed to make room)"),
@@ -66,7 +68,8 @@ def _run(args) -> int:
         max_samples=args.max_samples, max_body_bytes=args.max_body_bytes, max_network_rows=args.max_network_rows,
         max_response_values=args.max_response_values, max_header_count=args.max_header_count,
         max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-        keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections)
+        keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
+        request_timeout=args.request_timeout)
     models = discover_models(args.model, name=args.name)  # bad options and paths fail here, before kserve is imported
 
     from deploykit.serve.server import serve_models

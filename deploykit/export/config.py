@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from deploykit.configs import Config, boolean, choice, integer, names, number, text
+from deploykit.configs import SEED_MAX, Config, boolean, choice, integer, names, number, text
 from deploykit.errors import ConfigError, UsageError
 from deploykit.task import Task
 
@@ -199,7 +199,7 @@ class QuantConfig(Config):
         boolean("int8_io", self.int8_io)
         object.__setattr__(self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method))
         integer("num_calibration", self.num_calibration, 1)
-        integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0, SEED_MAX)
         object.__setattr__(self, "exclude", names("exclude", self.exclude, split=True))
 
     def for_variant(self, quantization: Quantization) -> QuantConfig:

@@ -15,12 +15,21 @@ spawn re-imports the parent's ``__main__`` and with it whatever that script
 imports at the top (TensorFlow, for most scripts that export). The child
 imports numpy and the runtimes only. Latency is measured inside the child, on
 the runtime alone.
+
+Every call has a time limit (``DEPLOYKIT_RUNTIME_TIMEOUT`` seconds, default
+:data:`DEFAULT_TIMEOUT`): a child still busy then (a ``Loop`` that never ends)
+is killed and the call raises :class:`RuntimeTimeoutError`. The child dies with
+its parent: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux when the parent's
+main thread started it, and a watchdog thread that polls the parent's pid
+everywhere, so a SIGTERM to ``deploykit validate`` never orphans a busy worker.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +45,11 @@ from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError
 from deploykit.export.runtimes import artifact_quantization, median_seconds, open_runner, predict_batches, runner_class
 
 LOADING, RUNNING = "loading it", "running it"
+#: Seconds one call to the worker may take (loading, or measuring 50 repeats at each batch size).
+DEFAULT_TIMEOUT = 600.0
+_TIMEOUT_ENV = "DEPLOYKIT_RUNTIME_TIMEOUT"
+_STARTUP_SECONDS = 60.0
+_PR_SET_PDEATHSIG = 1
 #: stderr lines that precede a crash without explaining it (runtime logs, faulthandler's trace).
 _NOT_THE_CAUSE = ("INFO:", "WARNING:", "Fatal Python error", "Current thread", "File ", "Extension modules", "Thread 0x")
 
@@ -89,10 +103,35 @@ class InProcess:
         self._runner = None
 
 
+class RuntimeTimeoutError(RuntimeCrashError):
+    """The runtime worker did not answer within its time limit; it was killed (the artifact fails, the run goes on)."""
+
+    def __init__(self, artifact: str, runtime: str, stage: str, seconds: float):
+        self.artifact, self.mismatches, self.report = artifact, [], None
+        self.runtime, self.stage, self.signal, self.exitcode = runtime, stage, None, None
+        DeployKitError.__init__(self, f"{artifact}: {runtime} did not finish {stage} within {seconds:g} s; the "
+                                f"runtime worker was stopped (raise the limit with {_TIMEOUT_ENV}=SECONDS)")
+
+
+def runtime_timeout() -> float:
+    """The worker's time limit per call: ``DEPLOYKIT_RUNTIME_TIMEOUT`` if set, else DEFAULT_TIMEOUT."""
+    raw = os.environ.get(_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        from deploykit.errors import ConfigError
+
+        raise ConfigError(f"{_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 class RuntimeWorker:
     """One child process that loads and runs artifacts on request; restarted after it dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout  # None: runtime_timeout() at each call
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._stderr = None  # the child's stderr, a file: what a dying runtime printed last names the crash
@@ -135,20 +174,26 @@ class RuntimeWorker:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # the deploykit this process runs, first on the child's path
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        main_thread = threading.current_thread() is threading.main_thread()  # PDEATHSIG follows the starting thread
+        code = f"from deploykit.export.isolated import main; main({theirs.fileno()}, {os.getpid()}, {main_thread})"
         self._process = subprocess.Popen(
-            [sys.executable, "-c", f"from deploykit.export.isolated import main; main({theirs.fileno()})"],
+            [sys.executable, "-c", code],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
         )
         theirs.close()
         self._conn = Connection(ours.detach())
 
     def _call(self, request: tuple, stage: str):
+        seconds = self.timeout or runtime_timeout()
         if self._process is None or self._process.poll() is not None:
             self.close()
             self._start()
+            seconds += _STARTUP_SECONDS  # a fresh interpreter imports numpy and the runtimes first
         self._stderr_mark = self._stderr.seek(0, os.SEEK_END)
         try:
             self._conn.send(request)
+            if not self._conn.poll(seconds):
+                raise self._timed_out(stage, seconds)
             reply = self._conn.recv()
         except (EOFError, OSError):
             raise self._crashed(stage) from None
@@ -156,6 +201,14 @@ class RuntimeWorker:
             name, runtime = self._artifact
             raise _rebuild(*reply[1:], where=f"{name}: {runtime} failed while {stage}")
         return reply[1]
+
+    def _timed_out(self, stage: str, seconds: float) -> RuntimeTimeoutError:
+        """Kill the busy child; the next call starts a new one."""
+        self._process.kill()
+        self._process.wait()
+        self.close()
+        name, runtime = self._artifact
+        return RuntimeTimeoutError(name, runtime, stage, seconds)
 
     def _crashed(self, stage: str) -> RuntimeCrashError:
         """The error for a child that died; the next call starts a new one."""
@@ -252,9 +305,29 @@ def _serve(conn: Connection) -> None:
                 conn.send(("error", None, _one_line(exc)))
 
 
-def main(fd: int) -> None:
-    """The child's entry point: serve on the inherited socket ``fd``."""
+def _die_with(parent: int, main_thread: bool) -> None:
+    """End this process when ``parent`` ends, even while a runtime call holds the main thread."""
+    if main_thread and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent:  # it died before we got here
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def main(fd: int, parent: int | None = None, main_thread: bool = False) -> None:
+    """The child's entry point: serve on the inherited socket ``fd``; die with ``parent``."""
     from deploykit.log import keep_native_stderr
 
+    if parent is not None:
+        _die_with(parent, main_thread)
     keep_native_stderr()  # the parent reads this process's stderr, a crash's last words included
     _serve(Connection(fd))

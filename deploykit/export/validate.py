@@ -29,6 +29,7 @@ from deploykit.export.artifact import ExportRecord, file_sizes
 from deploykit.export.config import ExportFormat, Precision, Quantization, Tolerance
 from deploykit.export.isolated import InProcess, shared_worker
 from deploykit.export.runtimes import predict_batches, runner_class
+from deploykit.export.sanity import check_output_contract, without_reference
 from deploykit.inputs import as_dataset, as_reference
 from deploykit.records import Record
 from deploykit.task import Task
@@ -149,6 +150,7 @@ def validate(
     data.check_input_shape((None, *opened.input_shape), what=f"artifact {path.name}")
     x, y = data.x_test, data.y_test
     measured = runtime.measure(x, batch_sizes, repeats)
+    check_output_contract(path, measured.outputs, data)
     timings = [Timing(batch, 1e3 * seconds, batch / seconds) for batch, seconds in measured.seconds.items()]
     size, gz = file_sizes(path)
     tol = tolerance if tolerance is not None else Tolerance.for_precision(precision, data.task)
@@ -158,6 +160,9 @@ def validate(
         report = _regression_report(head, measured.outputs, ref, y, size, gz, timings, tol)
     else:
         report = _classification_report(head, measured.outputs, ref, y, opened.reference_accuracy, size, gz, timings, tol)
+    if reference is None:  # nothing to compare with: what the artifact, the data and the file's metadata allow
+        report.mismatches += without_reference(report, measured.outputs, tol)
+        report.passed = not report.mismatches
     if check and report.mismatches:
         raise ValidationError(str(path), report.mismatches, report)
     return report

@@ -115,9 +115,12 @@ class OptimizeConfig:
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> OptimizeConfig:
         """Read a TOML file; a missing file, bad TOML or a bad key is a ConfigError naming it."""
+        from deploykit.files import read_bytes
+        from deploykit.limits import CONFIG_FILE_BYTES
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
+        try:  # a regular file of bounded size: /dev/zero or a FIFO never ends
+            text = read_bytes(path, "config", ConfigError, CONFIG_FILE_BYTES).decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
         return cls.from_toml_text(text, source=str(path))
@@ -128,6 +131,8 @@ class OptimizeConfig:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+        except RecursionError:  # tomllib recurses per nesting level: [[[[...]]]] 5,000 deep
+            raise ConfigError(f"{source}: not valid TOML (arrays or tables nested too deep)") from None
         try:
             return cls.from_dict(values)
         except ConfigError as exc:

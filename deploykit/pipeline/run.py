@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploykit.atomic import atomic_dir, write_text
+from deploykit.atomic import atomic_dir, protect, write_text
 from deploykit.errors import StepError, UsageError, ValidationError
 from deploykit.pipeline.plots import (
     ACCURACY_PLOT,
@@ -177,6 +177,7 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
     from deploykit.io import load_model, read_model_file
 
     keras3 = False
+    protect(model, data, config.input.model, config.input.data)  # an --out holding them is refused, even with force
     with atomic_dir(out, force=force) as staging:  # an existing --out is refused before any work
         if model is None or isinstance(model, (str, os.PathLike)):
             path = str(model if model is not None else config.input.model)

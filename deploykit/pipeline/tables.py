@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deploykit.contract import MaskKind
-from deploykit.configs import boolean, check_keys, choice, fraction, integer, number, positive, text
+from deploykit.configs import MAX_MC_SAMPLES, SEED_MAX, boolean, check_keys, choice, fraction, integer, number, positive, text
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
     ExportFormat,
@@ -86,7 +86,7 @@ class InputConfig(_Table):
                 raise ConfigError(f"input.{name} must be a path, got {getattr(self, name)!r}")
         text("input.data", self.data)
         text("input.label_column", self.label_column)
-        integer("input.seed", self.seed, 0)
+        integer("input.seed", self.seed, 0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -308,8 +308,8 @@ class MCStep(_Table):
         boolean("mc.enabled", self.enabled)
         object.__setattr__(self, "mask", choice(MaskKind, "mc.mask", self.mask))
         boolean("mc.temperature", self.temperature)
-        integer("mc.samples", self.samples, 1)
-        integer("mc.seed", self.seed, 0, optional=True)
+        integer("mc.samples", self.samples, 1, MAX_MC_SAMPLES)
+        integer("mc.seed", self.seed, 0, SEED_MAX, optional=True)
         given = [n for n in TARGETS if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"mc.{given[0]} and mc.{given[1]} contradict each other: give one")

@@ -22,6 +22,9 @@ DEFAULT_MAX_HEADER_BYTES = 32 * 1024  # request line + headers (nginx: 4 x 8 KiB
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds from connecting (or the first byte of a request) to its last header
 DEFAULT_BODY_TIMEOUT = 30.0  # seconds from the last header to the last byte of the body
 DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
+#: Seconds per inference: above the slowest call the default limits allow (1024 rows x 250 MC samples took
+#: over 10 s on 2 cores shared with 8 jobs), below the 30 s SIGTERM grace, so a stuck call never outlives it.
+DEFAULT_REQUEST_TIMEOUT = 25.0
 DEFAULT_MAX_CONNECTIONS = 512  # also kept below the process's file descriptor limit
 
 
@@ -49,6 +52,7 @@ class ServeConfig(Config):
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections; the oldest waiting one makes room
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # an inference still running then is stopped (504)
 
     def __post_init__(self) -> None:
         text("host", self.host)
@@ -67,6 +71,6 @@ class ServeConfig(Config):
         integer("max_response_values", self.max_response_values, 1)
         integer("max_header_count", self.max_header_count, 8)
         integer("max_header_bytes", self.max_header_bytes, 1024)
-        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "request_timeout"):
             object.__setattr__(self, name, _seconds(name, getattr(self, name)))
         integer("max_connections", self.max_connections, 4)

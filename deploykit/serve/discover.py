@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from deploykit.errors import UsageError
@@ -12,15 +14,20 @@ MODEL_FILE = "model.onnx"  # Triton repository layout: <name>/<version>/model.on
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def discover_models(source: str | os.PathLike, name: str | None = None) -> dict[str, Path]:
+def discover_models(source: str | os.PathLike, name: str | None = None,
+                    warn: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Model name -> ONNX file for a file, a folder of ``*.onnx`` files, or a Triton-style repository.
 
     A file is served under its stem (``<name>/<version>/model.onnx`` under
     ``<name>``); in a folder every ``*.onnx`` file and every
     ``<name>/<version>/model.onnx`` (highest version) is served. ``name``
-    renames the model when ``source`` holds exactly one.
+    renames the model when ``source`` holds exactly one. In a folder, a file
+    whose name cannot be a model name (``model (1).onnx``, a macOS
+    ``._model.onnx``, ``modèle.onnx``) is skipped with one line to ``warn``
+    (default: stderr), as a model that cannot be loaded is; only when nothing
+    is left is it an error.
     """
-    models = _discover(Path(source))
+    models = _discover(Path(source), warn or _stderr)
     if name is None:
         return models
     if len(models) != 1:
@@ -28,7 +35,11 @@ def discover_models(source: str | os.PathLike, name: str | None = None) -> dict[
     return _named({name: next(iter(models.values()))}, Path(source), "--name")
 
 
-def _discover(path: Path) -> dict[str, Path]:
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _discover(path: Path, warn: Callable[[str], None]) -> dict[str, Path]:
     if path.is_file():
         if path.suffix != ".onnx":
             raise UsageError(f"{path} is not an .onnx file")
@@ -51,7 +62,18 @@ def _discover(path: Path) -> dict[str, Path]:
         raise UsageError(f"two models named {name!r} in {path}: {', '.join(str(f) for f in files)}")
     if not found:
         raise UsageError(f"no models in {path}: expected *.onnx files or <name>/<version>/{MODEL_FILE} folders")
-    return _named({name: files[0] for name, files in found.items()}, path)
+    named, skipped = {}, []
+    for name, files in found.items():
+        problem = _name_problem(name)
+        if problem:
+            skipped.append(f"warning: skipping {limits_shown(str(files[0]))}: {problem}")
+        else:
+            named[name] = files[0]
+    if not named:
+        raise UsageError(f"no models to serve in {path}: {skipped[0].removeprefix('warning: skipping ')}")
+    for line in skipped:
+        warn(line)
+    return named
 
 
 def _triton_name(file: Path) -> str | None:
@@ -61,13 +83,30 @@ def _triton_name(file: Path) -> str | None:
 
 
 def _latest_version(folder: Path) -> Path | None:
-    versions = [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()]
+    """The highest ``<version>/model.onnx``; a version is ASCII digits (``'²'.isdigit()`` is True, ``int`` fails)."""
+    versions = [v for v in folder.iterdir()
+                if v.name.isascii() and v.name.isdigit() and v.is_dir() and (v / MODEL_FILE).is_file()]
     return max(versions, key=lambda v: int(v.name)) / MODEL_FILE if versions else None
 
 
 def _named(models: dict[str, Path], source: Path, origin: str | None = None) -> dict[str, Path]:
     for name in models:
-        if not _NAME.match(name) or len(name) > 128:
-            raise UsageError(f"model name {name[:128]!r} (from {origin or source}) must be at most 128 letters, "
-                             "digits, '_', '-' or '.', starting with a letter or digit")
+        problem = _name_problem(name, origin or source)
+        if problem:
+            raise UsageError(problem)
     return models
+
+
+def _name_problem(name: str, origin=None) -> str:
+    """Why ``name`` cannot be a model name (it is a URL path segment and a log word), or ''."""
+    if _NAME.match(name) and len(name) <= 128:
+        return ""
+    where = f" (from {origin})" if origin else ""
+    return (f"model name {limits_shown(name, 128)}{where} must be at most 128 ASCII letters, digits, "
+            "'_', '-' or '.', starting with a letter or digit")
+
+
+def limits_shown(value: str, limit: int = 200) -> str:
+    """A file or model name as a warning shows it: quoted, control characters escaped, bounded."""
+    text = value[:limit].encode("unicode_escape").decode("ascii") if not value.isprintable() else value[:limit]
+    return repr(text) + ("..." if len(value) > limit else "")

@@ -123,6 +123,9 @@ def check_v2_header(header, binary_bytes: int) -> None:
             if not isinstance(tensor.get(key), kind):
                 what = "a list" if kind is list else "a string"
                 raise RequestError(f"inputs[{i}].{key} must be {what}, got {tensor.get(key)!r:.80}")
+        if tensor["datatype"] != tensor["datatype"].upper():  # kserve upper-cases it; the protocol spells "FP32"
+            raise RequestError(f"inputs[{i}].datatype must be written as the protocol spells it (e.g. FP32), "
+                               f"got {shown(tensor['datatype'])}")
         if not all(is_int(d) and d >= 0 for d in tensor["shape"]):
             raise RequestError(f"inputs[{i}].shape must be a list of non-negative integers, got {shown(tensor['shape'], 80)}")
         parameters = check_parameters(tensor.get("parameters"))

@@ -5,8 +5,8 @@
 names are :mod:`deploykit.contract`'s. A model with a selective threshold
 answers ``abstain`` per row and the threshold (:mod:`deploykit.serve.decision`). One
 onnxruntime session per model; ``InferenceSession.run`` is thread-safe.
-Small requests run on the event loop (a thread hop costs more than the
-inference); large ones in a worker thread so the server stays responsive.
+Every call runs in the model's own threads under the server's request timeout
+(:mod:`deploykit.serve.deadline`), so a slow model never holds the event loop.
 Each request's work (rows x samples) and response size (numbers sent) are
 bounded before anything runs.
 """
@@ -46,14 +46,13 @@ from deploykit.export.metadata import read_metadata
 from deploykit.serve import limits
 from deploykit.serve._kserve import InferOutput, InferRequest, InferResponse, InvalidInput, Model, from_np_dtype
 from deploykit.serve.config import ServeConfig
+from deploykit.serve.deadline import DeadlineSession, InferencePool, RequestTimeout
 from deploykit.serve.decision import abstain_of
 from deploykit.task import Task
 
 #: Triton's classification extension: the requested output's parameter naming how many top classes to return.
 CLASSIFICATION = "classification"
 
-#: Requests up to this many network rows (instances x samples) run on the event loop.
-INLINE_ROWS = 2048
 #: Responses with more numbers than this are built in a worker thread.
 INLINE_VALUES = 65536
 #: An MC request is split into onnxruntime calls of at most this many network rows (bounds the memory).
@@ -77,7 +76,7 @@ class ServedOutput:
 
 def open_model(name: str, path: str | os.PathLike, config: ServeConfig) -> OnnxModel:
     """Load ``path`` in onnxruntime and wrap it as the model its metadata says (deterministic, MC or ensemble)."""
-    session = _session(Path(path), config.threads)
+    session = DeadlineSession(_session(Path(path), config.threads))
     kind = read_metadata(session).kind
     cls = {ModelKind.MC_DROPOUT: MCDropoutModel, ModelKind.DEEP_ENSEMBLE: EnsembleModel}.get(kind, DeterministicModel)
     return cls(name, Path(path), session, config)
@@ -162,6 +161,14 @@ class OnnxModel(Model):
                               if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS
                               and self.task is Task.CLASSIFICATION}
         self.ready = True
+        self._pool: InferencePool | None = None
+
+    @property
+    def pool(self) -> InferencePool:
+        """The model's inference threads (started on first use)."""
+        if self._pool is None:
+            self._pool = InferencePool(self.name, self.config.request_timeout)
+        return self._pool
 
     def _model_input(self, inputs):
         if len(inputs) != 1 or inputs[0].type != "tensor(float)":
@@ -201,6 +208,8 @@ class OnnxModel(Model):
             if isinstance(payload, InferRequest):
                 return await self._predict_v2(payload)
             return await self._predict_v1(payload)
+        except RequestTimeout:
+            raise
         except DeployKitError as exc:
             raise InvalidInput(str(exc)) from None
 
@@ -271,9 +280,7 @@ class OnnxModel(Model):
                                             output.name in self.class_outputs)
 
     async def _infer(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
-        if len(x) * (samples or 1) <= INLINE_ROWS:
-            return self._outputs(x, samples)
-        return await asyncio.to_thread(self._outputs, x, samples)
+        return await self.pool.run(self._outputs, x, samples)
 
     def _outputs(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
         """Every served output: the graph's, and ``abstain`` when the server computes it."""

@@ -14,7 +14,10 @@ and v2 routes and Prometheus ``/metrics``) with these changes:
 - the model repository is read-only: only the models given at start are served;
   a model that cannot be served is skipped with a warning;
 - kserve's and uvicorn's own lines are shown with ``--verbose`` only;
-- SIGTERM / SIGINT stop accepting connections, close those waiting for their
+- every inference runs off the event loop under ``--request-timeout`` (:mod:`deploykit.serve.deadline`):
+  past it the call is stopped and the client gets a 504 (nothing runs at start: a seeded MC model's
+  first call is the first client's);
+- SIGTERM / SIGINT / SIGHUP stop accepting connections, close those waiting for their
   client, finish the requests in flight (up to ``GRACE_SECONDS``), log one line
   and return normally.
 
@@ -46,11 +49,13 @@ from deploykit.serve._kserve import (
     RESTServer,
 )
 from deploykit.serve.config import ServeConfig
+from deploykit.serve.deadline import RequestTimeout, stop_all
 from deploykit.serve.discover import discover_models
 from deploykit.serve.models import OnnxModel, open_model
 from deploykit.serve.routes import register_routes
 
 GRACE_SECONDS = 30
+STOP_SECONDS = 5  # after the grace period: how long stopped inference calls get to return
 _HEADER_LENGTH = "inference-header-content-length"
 
 log = logging.getLogger("kserve.deploykit")  # kserve configures the "kserve" loggers
@@ -244,7 +249,7 @@ class _RESTServer(RESTServer):
         super()._add_exception_handlers(app)
         from starlette.requests import ClientDisconnect
 
-        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _not_found,
+        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _not_found, RequestTimeout: _error_handler(504),
                     ClientDisconnect: _client_gone,
                     NotImplementedError: _error_handler(400),  # kserve: "Model versioning not supported yet."
                     RequestValidationError: _error_handler(422), HTTPException: _error_handler(None)}
@@ -274,7 +279,11 @@ class DeployKitModelServer(ModelServer):
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = _RESTServer(self.dataplane, self.model_repository_extension, self.config)
         warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)  # kserve's v1 route uses ORJSONResponse
-        for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn handles them while serving, then re-raises them
+        import uvicorn.server
+
+        if signal.SIGHUP not in uvicorn.server.HANDLED_SIGNALS:  # a closed terminal drains like SIGTERM
+            uvicorn.server.HANDLED_SIGNALS = (*uvicorn.server.HANDLED_SIGNALS, signal.SIGHUP)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # uvicorn handles them while serving, then re-raises
             signal.signal(sig, lambda *_: None)
         try:
             self._rest_server.run()
@@ -283,7 +292,13 @@ class DeployKitModelServer(ModelServer):
                 raise DeployKitError(f"cannot listen on {self.config.host}:{self.config.port} (see the error above)") from None
         served = self._rest_server._server.server_state.total_requests
         refused = connections.summary()
+        stuck = stop_all(STOP_SECONDS)
         log.info("stopped after %d requests%s", served, f"; connections refused or closed: {refused}" if refused else "")
+        if stuck:  # a thread still inside onnxruntime would abort the interpreter's exit: leave at once
+            log.warning("%d inference call(s) ignored the stop request; exiting without waiting for them", stuck)
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 def serve(source: str | os.PathLike, config: ServeConfig | None = None, verbose: bool = False) -> None:

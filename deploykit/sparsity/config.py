@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploykit.configs import Config, boolean, fraction, integer, names, number, positive
+from deploykit.configs import SEED_MAX, Config, boolean, fraction, integer, names, number, positive
 from deploykit.errors import ConfigError
 
 
@@ -51,7 +51,7 @@ class _TuneConfig(Config):
         object.__setattr__(self, "alpha", number("alpha", self.alpha, 0.0, 1.0))
         for name in ("skip_output", "compact", "distill"):
             boolean(name, getattr(self, name))
-        integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0, SEED_MAX)
 
     def with_options(self, **options: Any):
         """A copy with the options that are not None replaced (validated again)."""

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deploykit.configs import Config, choice, fraction, integer, number, positive
+from deploykit.configs import SEED_MAX, Config, choice, fraction, integer, number, positive
 from deploykit.errors import ConfigError
 
 #: ``batchnorm="auto"`` adds BatchNormalization when the net has at least this many hidden layers
@@ -104,7 +104,7 @@ class TrainConfig(Config):
         _set(self, "l2", number("l2", self.l2, 0.0))
         for name in ("epochs", "batch_size", "patience"):
             integer(name, getattr(self, name), 1)
-        integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0, SEED_MAX)
         if self.batchnorm is BatchNorm.ON and not self.spec.allows_batchnorm:
             raise ConfigError(f"batchnorm: the {self.preset.value} preset uses no BatchNormalization (SELU normalizes itself); use batchnorm='auto' or 'off'")
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.chain import Chain, graph_of
-from deploykit.configs import Config, boolean, choice, integer
+from deploykit.configs import SEED_MAX, Config, boolean, choice, integer
 from deploykit.contract import OUTPUT_NAMES, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
@@ -82,7 +82,7 @@ class MCConfig(Config):
         integer("max_samples", self.max_samples, 1)
         if self.samples > self.max_samples:
             raise ConfigError(f"samples must be at most max_samples ({self.max_samples}), got {self.samples}")
-        integer("seed", self.seed, 0, optional=True)
+        integer("seed", self.seed, 0, SEED_MAX, optional=True)
         boolean("include_samples", self.include_samples)
         if self.task is not None:
             object.__setattr__(self, "task", choice(Task, "task", self.task))

@@ -144,3 +144,24 @@ def csv_bomb(folder: Path, columns: int = 2_000_000, rows: int = 150) -> Path:
     header = ",".join(["label", *(f"f{i}" for i in range(columns - 1))])
     path.write_text(header + "\n" + "\n" * rows)
     return path
+
+
+def keras_zip_underdeclared(folder: Path, inflated: int = 256 << 20, declared: int = 100) -> Path:
+    """A .keras archive whose zip directory says config.json holds ``declared`` bytes; it inflates to ``inflated``."""
+    path = folder / "under.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("metadata.json", json.dumps({"keras_version": "2.21.0"}))
+        with zf.open("config.json", "w") as fh:
+            chunk = b" " * (1 << 20)
+            for _ in range(inflated // len(chunk)):
+                fh.write(chunk)
+    raw = bytearray(path.read_bytes())
+    start = 0
+    while (start := raw.find(b"PK\x01\x02", start)) >= 0:  # central directory entries
+        name_length, local = struct.unpack_from("<H", raw, start + 28)[0], struct.unpack_from("<I", raw, start + 42)[0]
+        if raw[start + 46:start + 46 + name_length] == b"config.json":
+            struct.pack_into("<I", raw, start + 24, declared)
+            struct.pack_into("<I", raw, local + 22, declared)
+        start += 4
+    path.write_bytes(bytes(raw))
+    return path

@@ -50,7 +50,8 @@ def test_serving_imports_no_tensorflow(model_repo):
 
 def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
     server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log",  # limits raised for a long request
-                           "--max-network-rows", "600000", "--max-response-values", "6000000")
+                           "--max-network-rows", "600000", "--max-response-values", "6000000",
+                           "--request-timeout", "120")
     x = np.random.default_rng(0).uniform(0, 16, (1024, 64)).round(1)
     body = json.dumps({"instances": x.tolist(), "parameters": {"samples": 500}}).encode()
     answer = {}
