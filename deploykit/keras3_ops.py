@@ -17,7 +17,8 @@ anything from the file, into layers every deploykit step knows:
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
 - a nested ``Sequential``: its layers, inlined (their weights copied from inside it);
 - ConvNeXt's ``LayerScale`` (``x * gamma``): a per-channel ``Rescaling`` whose
-  scale is read from the file's weights (:func:`fill_from_source`).
+  scale is read from the file's weights (:func:`fill_from_source`); InceptionResNetV2's
+  ``CustomScaleLayer`` (``x + y * scale``): ``Rescaling`` then ``Add``.
 
 Anything else is left as it is, and refused further on with its name. The
 import then checks the rebuilt model against the Keras 3 one as for any file.
@@ -43,6 +44,8 @@ _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus"
 _MERGES = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply", "Maximum": "Maximum", "Minimum": "Minimum"}
 #: Where keras.applications defines ConvNeXt's LayerScale (``x * gamma``, gamma of shape [channels]).
 _LAYER_SCALE = ("keras.src.applications.convnext", "LayerScale")
+#: InceptionResNetV2's residual join: ``inputs[0] + inputs[1] * scale`` (a float in its config).
+_CUSTOM_SCALE = ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer")
 
 
 @dataclass
@@ -75,6 +78,10 @@ def lower_config(config: dict) -> Lowering:
             out += _inline(layer, names, lowering, [*layers, *out])
         elif str(layer.get("module") or "") in _OPS:
             new = _lower_op(layer, names)
+            lowering.synthetic |= {_name(n) for n in new}
+            out += new
+        elif (layer.get("module"), layer.get("class_name")) == _CUSTOM_SCALE:
+            new = _custom_scale(layer, names)
             lowering.synthetic |= {_name(n) for n in new}
             out += new
         elif (layer.get("module"), layer.get("class_name")) == _LAYER_SCALE:
@@ -309,3 +316,16 @@ def _layer_scale(layer: dict) -> dict:
     rescaling["config"]["trainable"] = bool(config.get("trainable", True))
     rescaling["inbound_nodes"] = layer.get("inbound_nodes")
     return rescaling
+
+
+def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
+    """InceptionResNetV2's CustomScaleLayer, ``x + y * scale``: Rescaling(scale) of y, then Add (same rounding)."""
+    name, kind = _name(layer), str(layer.get("class_name"))
+    args, kwargs = _call(layer)
+    tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+    scale = _constant((layer.get("config") or {}).get("scale"), name, kind)
+    if kwargs or len(tensors) != 2 or not all(_is_tensor(t) for t in tensors) or scale is None or scale.size != 1:
+        raise UnsupportedLayerError(name, kind, "expected a call on two tensors and a scalar scale")
+    scaled = _fresh(f"{name}_scaled", names)
+    return [_builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
+            {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], _tensor_ref(scaled)]], "kwargs": {}}]}]
