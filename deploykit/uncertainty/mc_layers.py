@@ -155,12 +155,19 @@ def _emit_rescaling(g, node, xs, shapes):
     return g.op("Add", [y, g.const(np.asarray(cfg.get("offset", 0.0), np.float32))]), shapes[0]
 
 
-@emits("Add", "Multiply")
+_MERGE_OPS = {"Add": "Add", "Multiply": "Mul", "Subtract": "Sub", "Maximum": "Max", "Minimum": "Min", "Average": "Add"}
+
+
+@emits(*_MERGE_OPS)
 def _emit_merge(g, node, xs, shapes):
-    op = "Add" if node.spec.class_name == "Add" else "Mul"
+    kind = node.spec.class_name
+    if kind == "Subtract" and len(xs) != 2:
+        raise UnsupportedLayerError(node.name, kind, f"Subtract takes two inputs, got {len(xs)}")
     y = xs[0]
     for x in xs[1:]:
-        y = g.op(op, [y, x])
+        y = g.op(_MERGE_OPS[kind], [y, x])
+    if kind == "Average":
+        y = g.op("Div", [y, g.const(float(len(xs)))])
     return y, _out_shape(node)
 
 
