@@ -19,11 +19,12 @@ FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) -> None:
-    """Write ``<name>.json`` and ``<name>.md`` atomically into ``folder`` and print the markdown."""
+def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS, quiet: bool = False) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` atomically into ``folder`` and print the markdown (unless ``quiet``)."""
     from deploykit.atomic import write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
     write_text(folder / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
-    print(markdown)
+    if not quiet:
+        print(markdown)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import random
 
@@ -29,6 +30,7 @@ from deploykit.atomic import atomic_path
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
 from deploykit.keras3_activations import expand_activations
+from deploykit.keras3_ops import fill_from_source, lower_config
 from deploykit.modelfile import ModelFile, check_model_config
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild (times the outputs'
@@ -49,16 +51,19 @@ _NOT_WEIGHTS = ("seed_generator",)
 def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0):
     """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights."""
     path = model_file.path
-    graph, added = _tf_keras_graph(model_file, unsafe)
-    model = to_keras(graph)
+    lowering = lower_config(model_file.config)
+    graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe)
     with _keras3() as keras3:
         try:
             source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
         except Exception as exc:
             raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+        fill_from_source(graph, lowering, source)
+        model = to_keras(graph)
         for node in graph.nodes:
-            if node.name not in added:  # the layers computing an activation tf_keras lacks hold no weights
-                _copy_weights(path, source.get_layer(node.name), model.get_layer(node.name))
+            # the layers computing an activation tf_keras lacks, or an operation layer, hold no weights
+            if node.name not in added | lowering.synthetic | lowering.layer_scales:
+                _copy_weights(path, lowering.source_layer(source, node.name), model.get_layer(node.name))
         diff = _max_abs_diff(path, keras3, source, model, graph, seed)
         del source
     if not diff <= TOLERANCE:

@@ -30,7 +30,7 @@ class Role(enum.Enum):
     DROPOUT = "dropout"  # identity at inference; active under MC Dropout
     ACTIVATION = "activation"  # element-wise non-linearity
     POOLING = "pooling"  # average / max over windows or over all positions
-    MERGE = "merge"  # Add, Concatenate, Multiply: several inputs
+    MERGE = "merge"  # Add, Concatenate, Multiply, Subtract, Maximum...: several inputs
     PADDING = "padding"  # ZeroPadding: adds zeros at the borders
     LAYERNORM = "layernorm"  # per-sample normalization: nothing folds through it
     EMBEDDING = "embedding"  # integer ids to vectors
@@ -125,6 +125,10 @@ SUPPORT: dict[str, LayerSupport] = {
     "Add": _entry(Role.MERGE),
     "Concatenate": _entry(Role.MERGE),
     "Multiply": _entry(Role.MERGE),
+    "Subtract": _entry(Role.MERGE),
+    "Maximum": _entry(Role.MERGE),
+    "Minimum": _entry(Role.MERGE),
+    "Average": _entry(Role.MERGE),
     "ZeroPadding1D": _entry(Role.PADDING),
     "ZeroPadding2D": _entry(Role.PADDING),
     "LayerNormalization": _entry(Role.LAYERNORM),

@@ -54,8 +54,8 @@ from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
 from deploykit.task import OutputKind, Task, output_kind, resolve_task
-from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, mask_width, resolve_mask
-from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
+from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit, mask_shape
 
 __all__ = ["MCConfig", "build_mc_graph", "mc_task", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
 
@@ -98,7 +98,7 @@ def mask_kind(model_graph, config: MCConfig) -> MaskKind:
     widths = []
     for node in graph.nodes:
         if node.spec.support.role is Role.DROPOUT:
-            widths.append(mask_width(graph.in_shape(node) or (), node.spec.class_name.startswith("SpatialDropout")))
+            widths.append(int(np.prod(mask_shape(node.spec, graph.in_shape(node) or ()))))
     weight_bytes = sum(np.asarray(w).size * 4 for node in graph.nodes for w in node.spec.weights)
     return resolve_mask(config.mask, widths, weight_bytes, config.pool)
 

@@ -16,7 +16,7 @@ import numpy as np
 from deploykit.errors import UnsupportedLayerError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.graph import LayerSpec, Node
-from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, mask_width, pool_keep, represented_rate
+from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, pool_keep, represented_rate
 
 # Keras's SELU constants (AlphaDropout's correction is built from them).
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -155,12 +155,19 @@ def _emit_rescaling(g, node, xs, shapes):
     return g.op("Add", [y, g.const(np.asarray(cfg.get("offset", 0.0), np.float32))]), shapes[0]
 
 
-@emits("Add", "Multiply")
+_MERGE_OPS = {"Add": "Add", "Multiply": "Mul", "Subtract": "Sub", "Maximum": "Max", "Minimum": "Min", "Average": "Add"}
+
+
+@emits(*_MERGE_OPS)
 def _emit_merge(g, node, xs, shapes):
-    op = "Add" if node.spec.class_name == "Add" else "Mul"
+    kind = node.spec.class_name
+    if kind == "Subtract" and len(xs) != 2:
+        raise UnsupportedLayerError(node.name, kind, f"Subtract takes two inputs, got {len(xs)}")
     y = xs[0]
     for x in xs[1:]:
-        y = g.op(op, [y, x])
+        y = g.op(_MERGE_OPS[kind], [y, x])
+    if kind == "Average":
+        y = g.op("Div", [y, g.const(float(len(xs)))])
     return y, _out_shape(node)
 
 
@@ -361,39 +368,66 @@ def _normalization(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     return g.op("Div", [g.op("Sub", [x, g.const(mean)]), g.const(std)])
 
 
+def mask_shape(spec: LayerSpec, shape: tuple) -> tuple[int, ...]:
+    """The per-row shape one dropout mask is drawn on: the input's, with 1 on the axes the mask is broadcast along.
+
+    SpatialDropout draws one value per channel; a ``noise_shape`` (EfficientNet's drop-connect,
+    ``(None, 1, 1, 1)``: one value per sample) has 1 where the mask is shared, and ``None`` or the
+    input's size where each element gets its own draw, as Keras reads it.
+    """
+    shape = tuple(int(d) for d in shape)
+    if spec.class_name.startswith("SpatialDropout"):
+        return (*[1] * (len(shape) - 1), shape[-1]) if shape else ()
+    noise = spec.config.get("noise_shape")
+    if noise is None:
+        return shape
+    noise = list(noise)
+    if len(noise) != len(shape) + 1:
+        raise UnsupportedLayerError(spec.name, spec.class_name, f"noise_shape {noise} does not fit inputs {shape}")
+    if noise[0] == 1:
+        raise UnsupportedLayerError(spec.name, spec.class_name, "a noise_shape sharing one mask across the batch "
+                                    "would give every MC sample the same mask")
+    out = []
+    for d, n in zip(shape, noise[1:]):
+        if n is not None and int(n) not in (1, d):
+            raise UnsupportedLayerError(spec.name, spec.class_name, f"noise_shape {noise} does not fit inputs {shape}")
+        out.append(1 if n is not None and int(n) == 1 and d != 1 else d)
+    return tuple(out)
+
+
 def _dropout(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
     """Dropout kept active: a pooled mask (:mod:`deploykit.uncertainty.masks`) or ONNX Dropout in training mode.
 
-    AlphaDropout uses the keep flags with Keras's affine correction.
-    SpatialDropout drops whole channels: one mask of width C per row,
-    broadcast over the positions.
+    AlphaDropout uses the keep flags with Keras's affine correction. A mask drawn on fewer values
+    than the input has (SpatialDropout: one per channel; a ``noise_shape``: see :func:`mask_shape`)
+    is broadcast along the other axes.
     """
     rate = float(spec.config.get("rate", 0.0))
-    if spec.config.get("noise_shape") is not None:
-        raise UnsupportedLayerError(spec.name, spec.class_name, "a noise_shape is not supported in the MC Dropout graph")
     if not 0.0 <= rate < 1.0:
         raise UnsupportedLayerError(spec.name, spec.class_name, f"rate must be in [0, 1), got {rate}")
-    spatial = spec.class_name.startswith("SpatialDropout")
-    if not spatial and spec.class_name not in ("Dropout", "AlphaDropout"):
+    if not spec.class_name.startswith("SpatialDropout") and spec.class_name not in ("Dropout", "AlphaDropout"):
         raise UnsupportedLayerError(spec.name, spec.class_name, "no MC Dropout form for this dropout type")
+    on = mask_shape(spec, shape)
     alpha = spec.class_name == "AlphaDropout"
     if g.mask is MaskKind.POOL:
-        width = mask_width(shape, spatial)
+        width = int(np.prod(on))
         mask = pool_keep(g, x, len(shape) + 1, width, rate, g.pool, g.table_rng(), as_bool=alpha)
-        if len(shape) > 1:
-            on = [*[1] * (len(shape) - 1), width] if spatial else list(shape)
+        if len(shape) > 1 or on != tuple(shape):
             mask = g.op("Reshape", [mask, g.const([0, *on], np.int64)])
         return _alpha_dropout(g, x, mask, represented_rate(rate, g.pool)) if alpha else g.op("Mul", [x, mask])
-    return _onnx_dropout(g, x, rate, shape, spatial, alpha)
+    return _onnx_dropout(g, x, rate, shape, on, alpha)
 
 
-def _onnx_dropout(g: OnnxGraph, x: str, rate: float, shape: tuple, spatial: bool, alpha: bool) -> str:
-    """:attr:`MaskKind.DROPOUT`: the keep mask of an ONNX Dropout node (one draw per element)."""
+def _onnx_dropout(g: OnnxGraph, x: str, rate: float, shape: tuple, on: tuple, alpha: bool) -> str:
+    """:attr:`MaskKind.DROPOUT`: the keep mask of an ONNX Dropout node (one draw per element of ``on``)."""
     from onnx import TensorProto
 
-    if spatial:  # the mask is drawn on [N, 1, ..., C] (the input reduced over its positions) and broadcast
-        per_channel = g.reduce("ReduceMax", x, list(range(1, len(shape))), keepdims=1)
-        _, keep = g.op("Dropout", [per_channel, g.const(rate), g.true()], n_out=2, **g.dropout_seed())
+    shared = [i + 1 for i, (d, m) in enumerate(zip(shape, on)) if m == 1 and d != 1]
+    if shared:  # the mask is drawn on [N, ...] reduced over the shared axes, and broadcast
+        reduced = g.reduce("ReduceMax", x, shared, keepdims=1)
+        _, keep = g.op("Dropout", [reduced, g.const(rate), g.true()], n_out=2, **g.dropout_seed())
+        if alpha:
+            return _alpha_dropout(g, x, keep, rate)
         factor = g.op("Mul", [g.op("Cast", [keep], to=TensorProto.FLOAT), g.const(1.0 / (1.0 - rate))])
         return g.op("Mul", [x, factor])
     # The keep-mask output must be used: onnxruntime's DropoutElimination removes any Dropout node
