@@ -17,7 +17,8 @@ A regression MC / ensemble model outputs ``mean`` and ``std`` [N, K] instead (op
 ``sample_predictions`` / ``member_predictions`` [T or K, N, K]). ``deploykit.task`` says which.
 
 Any of them may carry ``abstain`` (bool [N]) with the ``deploykit.selective``
-metadata that says how it was decided.
+metadata that says how it was decided, and the conformal outputs (``prediction_set`` bool [N, C] and
+``set_size`` [N]; a regressor's ``lower`` / ``upper`` [N, K]) with the ``deploykit.conformal`` metadata.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ MEMBER_PREDICTIONS_OUTPUT = "member_predictions"  # regression ensemble, optiona
 #: Outputs whose first axis is the sample / member and whose second is the batch.
 SAMPLE_FIRST_OUTPUTS = (SAMPLES_OUTPUT, MEMBERS_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT, MEMBER_PREDICTIONS_OUTPUT)
 ABSTAIN_OUTPUT = "abstain"  # selective prediction: bool [N], true where the model declines to decide
+PREDICTION_SET_OUTPUT = "prediction_set"  # conformal classification: bool [N, C], the classes in the set
+SET_SIZE_OUTPUT = "set_size"  # conformal classification: int64 [N], how many classes the set holds
+LOWER_OUTPUT = "lower"  # conformal regression: [N, K], the interval's lower end per target
+UPPER_OUTPUT = "upper"  # conformal regression: [N, K], its upper end
+#: The conformal outputs (deploykit.uncertainty.conformal_graph), served and predicted when the graph has them.
+CONFORMAL_OUTPUTS = (PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT, LOWER_OUTPUT, UPPER_OUTPUT)
 
 
 class ModelKind(str, enum.Enum):
@@ -88,6 +95,7 @@ ENSEMBLE_KEY = METADATA_PREFIX + "ensemble"  # {members: [file names]}
 ENSEMBLE_FILE = "ensemble.onnx"  # what deploykit ensemble (and optimize's [ensemble] step) writes
 MEMBERS_DIR = "members"  # beside it: member{k}.onnx (the int8 members) and member{k}.keras (their optimized models)
 STD_SCALE_KEY = METADATA_PREFIX + "std_scale"  # regression: {std_scale, fitted_on, count, nll_before, nll_after}
+CONFORMAL_KEY = METADATA_PREFIX + "conformal"  # {method, alpha, coverage, n, threshold, by_class, rule, ...}
 TASK_KEY = METADATA_PREFIX + "task"  # {task: deploykit.task.Task value, output: deploykit.task.OutputKind value}
 
 #: What each output means: served in the model metadata (``parameters.description`` of each output).
@@ -109,6 +117,12 @@ GLOSSARY = {
     MEMBER_PREDICTIONS_OUTPUT: "regression predictions of each ensemble member, shape [K, N, targets] (members first)",
     ABSTAIN_OUTPUT: "true where the model declines to decide: its uncertainty measure is above the threshold "
                     "chosen on the validation split (abstain_threshold, abstain_measure)",
+    PREDICTION_SET_OUTPUT: "conformal prediction set: true for each class in the set; the set holds the true class "
+                           "with probability >= the stated coverage (deploykit.conformal: method, alpha, threshold)",
+    SET_SIZE_OUTPUT: "how many classes the conformal prediction set holds (1: a confident decision, more: ambiguous)",
+    LOWER_OUTPUT: "lower end of the conformal interval per target (targets' units): [lower, upper] holds the target "
+                  "with probability >= the stated coverage (deploykit.conformal)",
+    UPPER_OUTPUT: "upper end of the conformal interval per target (targets' units)",
 }
 #: What a regression MC / ensemble model's outputs mean (they replace the classifier's entries of GLOSSARY).
 REGRESSION_GLOSSARY = {
