@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
-from deploykit.cli.mc import add_uncertainty_options, selective_target
+from deploykit.cli.mc import add_uncertainty_options, conformal_config, selective_target
 from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 
 JSON_FILE = "ensemble.json"
@@ -54,13 +54,15 @@ def _run(args) -> int:
     if args.mc_samples is not None and args.mc_samples < 1:
         raise UsageError(f"--mc-samples must be >= 1, got {args.mc_samples}")
     target = selective_target(args)  # refuse bad options before any work
+    conformal = conformal_config(args)
     ood = load_ood(args.ood_data) if args.ood_data else None
     out = Path(args.out)
     with atomic_dir(out, force=args.force) as staging:
         data = load_data_arg(args)
         models = _members(args, data)
         summary, markdown = build(models, data, staging, mc_samples=args.mc_samples, temperature=not args.no_temperature,
-                                  target=target, ood=ood, sparsity=args.sparsity, epochs=args.tune_epochs)
+                                  target=target, ood=ood, conformal=conformal, sparsity=args.sparsity,
+                                  epochs=args.tune_epochs)
         summary["data"] = data.summary()
         summary = json.loads(json.dumps(summary, default=str).replace(f"{staging}/", f"{out}/"))
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")
@@ -94,14 +96,14 @@ def _members(args, data) -> list:
 
 
 def build(models, data, folder, *, mc_samples: int | None = None, temperature: bool = True, target=None, ood=None,
-          **options) -> tuple[dict, str]:
+          conformal=None, **options) -> tuple[dict, str]:
     """:func:`deploykit.pipeline.ensemble.optimize_ensemble` into ``folder``: the summary for ensemble.json and the
     comparison's markdown, for :func:`to_markdown`."""
     from deploykit.pipeline import optimize
     from deploykit.pipeline.ensemble import optimize_ensemble
 
     run = optimize_ensemble(optimize, models, data, folder, mc_samples=mc_samples, temperature=temperature,
-                            target=target, ood=ood, say=progress, **options)
+                            target=target, ood=ood, conformal=conformal, say=progress, **options)
     summary = {"ensemble": {**run.bundle.export.to_dict(), "path": ENSEMBLE_FILE}, "sizes": run.sizes.to_dict(),
                "comparison": run.bundle.comparison.to_dict(), "mc_samples": mc_samples}
     return summary, run.bundle.comparison.to_markdown()

@@ -48,9 +48,10 @@ def add_mask_option(p) -> None:
                    "draw per element; `auto` (default) pool when the tables cost at most half the model's weights")
 
 
-def add_uncertainty_options(p, regression: bool = False) -> None:
-    """--no-temperature, --target-accuracy / --target-coverage, --ood-data (shared with ``optimize``);
-    ``regression``: --target-rmse too (a regressor's selective target)."""
+def add_uncertainty_options(p, regression: bool = False, point_estimate: bool = True) -> None:
+    """--no-temperature, --target-accuracy / --target-coverage, --target-delta, --ood-data and the conformal options
+    (shared with ``optimize``); ``regression``: --target-rmse too (a regressor's selective target);
+    ``point_estimate``: --point-estimate too (not in ``optimize``, whose config records target_delta only)."""
     p.add_argument("--no-temperature", action="store_true",
                    help="do not fit and store a temperature (a regressor: the std scale) (default: fitted on the "
                    "validation split, stored in the graph)")
@@ -64,9 +65,46 @@ def add_uncertainty_options(p, regression: bool = False) -> None:
         group.add_argument("--target-rmse", type=float, default=None, metavar="E",
                            help="regression: add an `abstain` output, the 95%% interval-width threshold keeping the most "
                            "validation rows whose RMSE is at most E (targets' units)")
+    p.add_argument("--target-delta", type=float, default=None, metavar="D",
+                   help="with --target-accuracy / --target-rmse: the risk D that the target misses on unseen data; the "
+                   "threshold is chosen with a finite-sample bound (Clopper-Pearson, SGR) so it holds with probability "
+                   ">= 1 - D (default: 0.1); 0 < D < 1")
+    if point_estimate:
+        p.add_argument("--point-estimate", action="store_true",
+                       help="choose the abstain threshold on the validation figure alone (no bound: the target then "
+                       "misses on unseen data about half the time)")
     p.add_argument("--ood-data", default=None, metavar="PATH",
                    help="out-of-distribution inputs (.npy, or .npz with an array x): report AUROC and FPR at 95%% TPR "
                    "of each uncertainty measure")
+    add_conformal_options(p)
+
+
+def add_conformal_options(p) -> None:
+    """--conformal, --conformal-method, --conformal-by-class (shared with ``ensemble``, ``optimize``, ``export``)."""
+    p.add_argument("--conformal", type=float, default=None, metavar="COVERAGE",
+                   help="add split-conformal outputs calibrated on the validation split at this coverage 1 - alpha "
+                   "(e.g. 0.9): prediction_set (bool [N, classes]) and set_size; a regressor: lower / upper [N, targets]")
+    p.add_argument("--conformal-method", choices=["raps", "aps", "lac"], default=None,
+                   help="the classification score: raps (default; its lambda chosen on a fifth of the validation rows), "
+                   "aps (non-randomized), or lac (1 - p, smallest sets, may be empty)")
+    p.add_argument("--conformal-by-class", action="store_true",
+                   help="one threshold per class (Mondrian): the coverage holds for every class; refused when a class "
+                   "has too few validation rows")
+
+
+def conformal_config(args):
+    """The ConformalConfig the flags ask for (None: no conformal outputs); a bad value is a ConfigError."""
+    from deploykit.errors import UsageError
+
+    coverage = getattr(args, "conformal", None)
+    if coverage is None:
+        if args.conformal_method or args.conformal_by_class:
+            raise UsageError("--conformal-method and --conformal-by-class need --conformal COVERAGE")
+        return None
+    from deploykit.uncertainty.conformal import ConformalConfig
+
+    return ConformalConfig(coverage, **({"method": args.conformal_method} if args.conformal_method else {}),
+                           by_class=args.conformal_by_class)
 
 
 def selective_target(args):
@@ -76,7 +114,19 @@ def selective_target(args):
     rmse = getattr(args, "target_rmse", None)
     if args.target_accuracy is None and args.target_coverage is None and rmse is None:
         return None
-    return SelectiveTarget(target_accuracy=args.target_accuracy, target_coverage=args.target_coverage, target_rmse=rmse)
+    return SelectiveTarget(target_accuracy=args.target_accuracy, target_coverage=args.target_coverage, target_rmse=rmse,
+                           target_delta=target_delta(args))
+
+
+def target_delta(args):
+    """--target-delta / --point-estimate as the SelectiveTarget's target_delta (None: the point rule)."""
+    from deploykit.errors import UsageError
+    from deploykit.uncertainty.selective import DEFAULT_DELTA
+
+    point = getattr(args, "point_estimate", False)
+    if point and args.target_delta is not None:
+        raise UsageError("--target-delta and --point-estimate contradict each other: give one")
+    return None if point else (DEFAULT_DELTA if args.target_delta is None else args.target_delta)
 
 
 def _run(args) -> int:
@@ -92,6 +142,7 @@ def _run(args) -> int:
     config = MCConfig(samples=args.samples, max_samples=args.max_samples, seed=args.mc_seed,
                       include_samples=args.include_samples, **({"mask": MaskKind(args.mask)} if args.mask else {}))  # refuse bad options before any work
     target = selective_target(args)
+    conformal = conformal_config(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     ood = load_ood(args.ood_data) if args.ood_data else None
@@ -101,7 +152,7 @@ def _run(args) -> int:
         data = load_data_arg(args)
         data.check_model(model)
         bundle = mc_bundle(model, data, staging / MODEL_FILE, config, temperature=not args.no_temperature,
-                           target=target, ood=ood, batch_size=args.batch_size, say=progress)
+                           target=target, ood=ood, conformal=conformal, batch_size=args.batch_size, say=progress)
         report = bundle.comparison
         exported = {**bundle.export.to_dict(), "path": str(out / MODEL_FILE)}
         summary = {"model": str(args.model), "data": data.summary(), "export": exported, "comparison": report.to_dict()}
@@ -125,6 +176,10 @@ def _print_regression(report, config) -> None:
         test = report.selective.test
         print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
               f"test coverage {test.coverage:.1%}, RMSE of kept {test.rmse:.4g}")
+    if report.conformal:
+        t = report.conformal.test
+        print(f"conformal intervals at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
+              f"mean width {t.mean_width:.4g}")
 
 
 def _print_classification(report, config) -> None:
@@ -135,3 +190,7 @@ def _print_classification(report, config) -> None:
     if report.selective:
         print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
               f"test coverage {report.selective.test.coverage:.1%}")
+    if report.conformal:
+        t = report.conformal.test
+        print(f"prediction sets at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
+              f"mean set size {t.mean_set_size:.2f}")

@@ -55,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--mc-seed", type=int, default=None, help="seed of the MC model's draws: every new session repeats "
                    "the same sequence (default: fresh draws)")
     add_mask_option(p)
-    add_uncertainty_options(p, regression=True)
+    add_uncertainty_options(p, regression=True, point_estimate=False)
     p.add_argument("--ensemble-members", nargs="+", default=None, metavar="MODEL",
                    help="other trained models (the same inputs and task): with this one, the members of a deep ensemble "
                    "written as ensemble/ensemble.onnx, each through this run's sparsity and int8-dynamic export, "
@@ -85,7 +85,9 @@ def options_from_args(args) -> dict:
         "quantization": quantization_options(args) or None,
         "mc": off(args.no_mc), "samples": args.samples, "mc_seed": args.mc_seed, "mask": args.mask, "validate": off(args.no_validate),
         "temperature": off(args.no_temperature), "target_accuracy": args.target_accuracy,
-        "target_coverage": args.target_coverage, "target_rmse": args.target_rmse, "ood_data": _resolved(args.ood_data),
+        "target_coverage": args.target_coverage, "target_rmse": args.target_rmse, "target_delta": args.target_delta,
+        "conformal": args.conformal, "conformal_method": args.conformal_method,
+        "conformal_by_class": True if args.conformal_by_class else None, "ood_data": _resolved(args.ood_data),
         "quick": True if args.quick else None, "distill": off(args.no_distill),
         "max_accuracy_drop": args.max_accuracy_drop, "max_rmse_increase": args.max_rmse_increase, "strict": True if args.strict else None,
         "ensemble_members": None if args.ensemble_members is None else [_resolved(m) for m in args.ensemble_members],

@@ -76,7 +76,8 @@ _STEPS = {"input": InputConfig, "fold": FoldStep, "structured": StructuredStep, 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "mask",
-           "temperature", "target_accuracy", "target_coverage", "target_rmse", "ood_data", "validate", "max_accuracy_drop",
+           "temperature", "target_accuracy", "target_coverage", "target_rmse", "target_delta", "conformal",
+           "conformal_method", "conformal_by_class", "ood_data", "validate", "max_accuracy_drop",
            "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples", "structured")
 
 
@@ -157,7 +158,8 @@ class OptimizeConfig:
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
         deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
         ``temperature`` (bool: the deterministic ONNX models' and the MC model's), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
-        threshold; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
+        threshold, ``target_delta`` the risk that it misses on unseen data; ``conformal`` (a coverage),
+        ``conformal_method``, ``conformal_by_class``: the conformal outputs; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``max_rmse_increase``: a regressor's budget
         (0.05 = test RMSE at most 5% above the original's); ``strict``: a rejected artifact fails the run.
         ``ensemble_members``: other model files, with the run's model the members of a deep ensemble (``[ensemble]``);
@@ -193,7 +195,8 @@ class OptimizeConfig:
             export["quantize"] = in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples", "temperature", "mask", *TARGETS) if k in o}
+        mc = {k: o[k] for k in ("samples", "temperature", "mask", "target_delta", "conformal", "conformal_method",
+                                "conformal_by_class", *TARGETS) if k in o}
         mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
         if any(k in mc for k in TARGETS):  # a target given replaces the config file's
             mc = dict.fromkeys(TARGETS) | mc

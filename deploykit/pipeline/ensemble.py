@@ -92,11 +92,11 @@ class EnsembleRun(Record):
 
 
 def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, mc_samples: int | None = None,
-                      temperature: bool = True, target=None, ood: np.ndarray | None = None,
+                      temperature: bool = True, target=None, ood: np.ndarray | None = None, conformal=None,
                       say: Callable[[str], None] = lambda m: None, **options) -> EnsembleRun:
     """Optimize the members (:func:`optimize_members`, ``options`` as there; their optimized Keras models kept)
-    into ``folder/members`` and write ``folder/ensemble.onnx``, calibrated, thresholded (``target``) and evaluated
-    (``ood``) by :func:`deploykit.uncertainty.bundle.ensemble_bundle`."""
+    into ``folder/members`` and write ``folder/ensemble.onnx``, calibrated, thresholded (``target``), given conformal
+    outputs (``conformal``: a ConformalConfig) and evaluated (``ood``) by :func:`deploykit.uncertainty.bundle.ensemble_bundle`."""
     from deploykit.uncertainty.bundle import ensemble_bundle
     from deploykit.uncertainty.ensemble import ensemble_sizes
 
@@ -108,7 +108,7 @@ def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, 
                                          mc_samples=mc_samples, keep_keras=True, **options)
     say(f"writing {ENSEMBLE_FILE} ({len(members)} members)")
     bundle = ensemble_bundle(members, data, folder / ENSEMBLE_FILE, temperature=temperature, target=target, ood=ood,
-                             say=lambda m: say("  " + m))
+                             conformal=conformal, say=lambda m: say("  " + m))
     return EnsembleRun(bundle, ensemble_sizes(members, bundle.export.path, original), members)
 
 

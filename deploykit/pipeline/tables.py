@@ -291,7 +291,11 @@ class MCStep(_Table):
     ``target_accuracy`` / ``target_coverage`` (at most one, in (0, 1]): add an ``abstain`` output whose
     predictive-entropy threshold reaches it on the validation split (see deploykit.uncertainty.selective).
     A regressor's threshold is on the 95% interval width: ``target_coverage``, or ``target_rmse`` (the kept
-    rows' RMSE at most this, in the targets' units).
+    rows' RMSE at most this, in the targets' units). ``target_delta``: the accuracy / RMSE target holds on unseen
+    data with probability >= 1 - target_delta (a finite-sample bound; see deploykit.uncertainty.selective).
+    ``conformal`` (a coverage in (0, 1)): conformal outputs calibrated on the validation split (prediction sets
+    by ``conformal_method``, per class with ``conformal_by_class``; a regressor's intervals), in the MC model and
+    the ensemble (see deploykit.uncertainty.conformal).
     """
 
     TABLE = "mc"
@@ -302,7 +306,11 @@ class MCStep(_Table):
     target_accuracy: float | None = None
     target_coverage: float | None = None
     target_rmse: float | None = None
+    target_delta: float = 0.1
     mask: MaskKind = MaskKind.AUTO  # how each dropout mask is drawn (deploykit.uncertainty.masks.resolve_mask)
+    conformal: float | None = None
+    conformal_method: str = "raps"
+    conformal_by_class: bool = False
 
     def __post_init__(self) -> None:
         boolean("mc.enabled", self.enabled)
@@ -316,6 +324,9 @@ class MCStep(_Table):
         for name in ("target_accuracy", "target_coverage"):
             number(f"mc.{name}", getattr(self, name), 0, 1, optional=True, open_low=True)
         number("mc.target_rmse", self.target_rmse, 0, optional=True, open_low=True)
+        number("mc.target_delta", self.target_delta, 0, 1, open_low=True, open_high=True)
+        if self.conformal is not None or self.conformal_by_class or self.conformal_method != "raps":
+            object.__setattr__(self, "conformal_method", str(self.conformal_config(check=True).method.value))
 
     def selective_target(self):
         """The SelectiveTarget these fields ask for (None: no abstain output)."""
@@ -323,7 +334,21 @@ class MCStep(_Table):
             return None
         from deploykit.uncertainty.selective import SelectiveTarget
 
-        return SelectiveTarget(**{n: getattr(self, n) for n in TARGETS})
+        return SelectiveTarget(**{n: getattr(self, n) for n in TARGETS}, target_delta=self.target_delta)
+
+    def conformal_config(self, check: bool = False):
+        """The ConformalConfig these fields ask for (None: no conformal outputs); ``check``: validate the fields
+        even without a coverage (a method or by_class given alone is refused)."""
+        from deploykit.uncertainty.conformal import ConformalConfig
+
+        if self.conformal is None:
+            if check and (self.conformal_by_class or self.conformal_method != "raps"):
+                raise ConfigError("mc.conformal_method and mc.conformal_by_class need mc.conformal (a coverage)")
+            return None
+        try:
+            return ConformalConfig(self.conformal, self.conformal_method, self.conformal_by_class)
+        except ConfigError as exc:
+            raise ConfigError(f"mc.{exc}") from None
 
 
 #: The selective targets of the MC step: at most one is given.

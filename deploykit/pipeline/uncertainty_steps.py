@@ -60,6 +60,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
     bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
                        temperature=step.temperature, target=step.selective_target(), ood=ood,  # a regressor: its std scale
+                       conformal=step.conformal_config(),
                        deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
                        say=lambda m: ctx.say("  " + m))
     record, comparison = bundle.export, bundle.comparison
@@ -99,7 +100,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     try:
         run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR,
                                 mc_samples=step.mc_samples, temperature=config.mc.temperature,
-                                target=config.mc.selective_target(),
+                                target=config.mc.selective_target(), conformal=config.mc.conformal_config(),
                                 ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
                                 config=members_config, triton=False)
     except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand
@@ -155,6 +156,10 @@ def _extras(comparison) -> str:
     if comparison.selective is not None:
         chosen, test = comparison.selective.chosen, comparison.selective.test
         parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")
+    if getattr(comparison, "conformal", None) is not None:
+        cal, test = comparison.conformal.calibration, comparison.conformal.test
+        size = f"mean width {test.mean_width:.3g}" if cal.regression else f"mean set size {test.mean_set_size:.2f}"
+        parts.append(f"conformal {cal.method.value} at {cal.coverage:.0%} (test coverage {test.coverage:.1%}, {size})")
     return "; " + "; ".join(parts) if parts else ""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from deploykit.contract import (
     ABSTAIN_OUTPUT,
+    CONFORMAL_KEY,
     ENSEMBLE_KEY,
     GLOSSARY,
     INPUT_NAME,
@@ -106,7 +107,7 @@ def _row_size(arg) -> int:
 def _json_props(props: dict[str, str], path: Path) -> dict:
     """The JSON entries of the model's metadata_props the server reports as they are (temperature, ensemble)."""
     found = {}
-    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY, STD_SCALE_KEY, TASK_KEY):
+    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY, STD_SCALE_KEY, TASK_KEY, CONFORMAL_KEY):
         if key in props:
             try:
                 found[key] = json.loads(props[key])
@@ -186,10 +187,12 @@ class OnnxModel(Model):
     def metadata_parameters(self) -> dict:
         """The model-level ``parameters`` of ``/v2/models/NAME``: kind, class labels, samples, abstain, temperature."""
         temperature, std_scale = self.props.get(TEMPERATURE_KEY), self.props.get(STD_SCALE_KEY)
+        conformal = self.props.get(CONFORMAL_KEY)  # how prediction_set / lower / upper were calibrated
         return {"kind": str(self.metadata.kind), "task": self.task.value, "class_labels": self.class_labels,
                 **(self.abstain.metadata() if self.abstain else {}),
                 **({"temperature": temperature} if temperature is not None else {}),
-                **({"std_scale": std_scale} if std_scale is not None else {})}
+                **({"std_scale": std_scale} if std_scale is not None else {}),
+                **({"conformal": conformal} if conformal is not None else {})}
 
     def summary(self) -> str:
         """What the start-up line says about the model."""

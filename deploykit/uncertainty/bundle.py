@@ -42,6 +42,8 @@ from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
+from deploykit.uncertainty.conformal import ConformalConfig
+from deploykit.uncertainty.conformal_step import check_conformal
 from deploykit.uncertainty.compare import (DEEP_ENSEMBLE, MC_DROPOUT, ComparisonReport, RegressionComparison,
                                            SelectiveReport, compare)
 from deploykit.uncertainty.ensemble import EnsembleRecord
@@ -70,6 +72,7 @@ class MCBundle(Record):
 
 def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(), *, temperature: bool = True,
               target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
+              conformal: ConformalConfig | None = None,
               deterministic: np.ndarray | None = None, metadata=None, batch_size: int = 256,
               say: Callable[[str], None] = lambda message: None) -> MCBundle:
     """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
@@ -77,7 +80,8 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     ``data`` is a :class:`deploykit.data.Dataset` (validation split: the fits; test split: the
     report). ``deterministic``: the model's test outputs when the caller has them (as
     :func:`deploykit.evaluate.outputs` gives them: probabilities, logits, or a regressor's predictions).
-    Plots go beside ``path``.
+    ``conformal``: add the conformal outputs (prediction sets; a regressor's intervals), calibrated on the
+    validation split. Plots go beside ``path``.
     """
     from deploykit.evaluate import outputs
 
@@ -87,6 +91,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     if config.task is None:
         config = dataclasses.replace(config, task=data.task)
     _check_target(target, config.task)
+    check_conformal(conformal, config.task is Task.REGRESSION)
     regression = config.task is Task.REGRESSION
     say(f"exporting the MC Dropout {'regression ' if regression else ''}model (T = {config.samples})")
     record = export_mc_onnx(model, path, config=config, metadata=metadata,
@@ -94,7 +99,8 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
     if record.output_kind is OutputKind.LOGITS:  # the model's raw outputs are logits: compare probabilities
         det = _softmax(det)
-    figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say)
+    figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
+                      conformal=conformal)
     if regression:
         comparison, mc = _regression_figures(path, figures)
         return MCBundle(record, comparison, None, mc.mean)
@@ -121,6 +127,7 @@ class EnsembleBundle(Record):
 
 def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.PathLike, *, temperature: bool = True,
                     target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
+                    conformal: ConformalConfig | None = None,
                     deterministic: np.ndarray | None = None, batch_size: int = 256,
                     say: Callable[[str], None] = lambda message: None) -> EnsembleBundle:
     """Write the deep ensemble of the ONNX ``members`` to ``path``, then calibrate / threshold / evaluate it on
@@ -134,6 +141,7 @@ def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.P
     if ood is not None:
         ood = check_ood(ood, data.x_test.shape[1:])
     _check_target(target, data.task)
+    check_conformal(conformal, data.task is Task.REGRESSION)
     say(f"writing the ensemble of {len(members)} members")
     names = None if data.task is Task.REGRESSION else list(data.class_names) or None
     record = export_ensemble_onnx(members, path, class_names=names)
@@ -141,7 +149,7 @@ def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.P
         raise DataError(f"the ensemble members are {record.task.value} models, the data has {data.task.value} labels")
     det = _first_member(members[0], data.x_test, batch_size) if deterministic is None else np.asarray(deterministic)
     figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
-                      method=DEEP_ENSEMBLE)
+                      method=DEEP_ENSEMBLE, conformal=conformal)
     if data.task is Task.REGRESSION:
         comparison, result = _regression_figures(path, figures)
         return EnsembleBundle(record, comparison, None, result.mean)
@@ -180,6 +188,7 @@ class Figures:
     batch_size: int
     say: Callable[[str], None]
     method: str = MC_DROPOUT
+    conformal: ConformalConfig | None = None
 
 
 def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tuple[np.ndarray, bool]]):
@@ -200,6 +209,13 @@ def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tu
     if f.target is not None:
         selective = _selective(path, f, mc, folder / RISK_COVERAGE_PLOT)
         plots.append(RISK_COVERAGE_PLOT)
+    sets = None
+    if f.conformal is not None:
+        from deploykit.uncertainty.conformal_step import COVERAGE_PLOT, conformal_sets
+
+        val = UncertaintyPredictor(path).predict(data.x_val, batch_size=f.batch_size)
+        sets = conformal_sets(path, f.conformal, data, val.mean, mc.mean, f.say, folder / COVERAGE_PLOT)
+        plots.append(COVERAGE_PLOT)
     rows = None
     if f.ood is not None:
         from deploykit.uncertainty.ood import ood_report
@@ -208,7 +224,8 @@ def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tu
         away = UncertaintyPredictor(path).predict(f.ood, batch_size=f.batch_size)
         rows = ood_report(uncertainties(mc.mean, mc.mutual_information), uncertainties(away.mean, away.mutual_information))
     comparison = compare(data.y_test, f.deterministic, mc, plot_path=folder / RELIABILITY_PLOT, method=f.method)
-    return dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots), mc
+    return dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots,
+                               conformal=sets), mc
 
 
 def _check_target(target: SelectiveTarget | None, task: Task) -> None:
@@ -239,6 +256,12 @@ def _regression_figures(path: Path, f: Figures):
     if f.target is not None:
         selective = _regression_selective(path, f, mc, folder / RISK_COVERAGE_PLOT)
         plots.append(RISK_COVERAGE_PLOT)
+    bands = None
+    if f.conformal is not None:
+        from deploykit.uncertainty.conformal_step import conformal_intervals
+
+        val = UncertaintyPredictor(path).predict(data.x_val, batch_size=f.batch_size)
+        bands = conformal_intervals(path, f.conformal.coverage, data, val.mean, val.std, mc.mean, mc.std, f.say)
     if f.ood is not None:
         from deploykit.uncertainty.ood import ood_report
 
@@ -249,7 +272,8 @@ def _regression_figures(path: Path, f: Figures):
     deterministic_report = regression_metrics(data.y_test, det, np.zeros_like(det, dtype=np.float64))
     comparison = RegressionComparison(count=len(data.x_test), samples=mc.samples, deterministic_rmse=deterministic_report.rmse,
                                       deterministic_mae=deterministic_report.mae, mc=regression_metrics(data.y_test, mc.mean, mc.std),
-                                      std_scale=scaled, selective=selective, ood=rows, plots=plots, method=f.method)
+                                      std_scale=scaled, selective=selective, ood=rows, plots=plots, method=f.method,
+                                      conformal=bands)
     return comparison, mc
 
 

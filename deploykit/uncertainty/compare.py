@@ -16,6 +16,7 @@ import numpy as np
 
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
+from deploykit.uncertainty.conformal import ConformalReport, conformal_markdown
 from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
 from deploykit.uncertainty.ood import OODRow
 from deploykit.uncertainty.predictor import UncertaintyResult
@@ -66,6 +67,7 @@ class ComparisonReport(Record):
     selective: SelectiveReport | None = None  # the abstain threshold (None: no target given)
     ood: list[OODRow] | None = None  # one row per measure (None: no OOD data given)
     plots: list[str] = field(default_factory=list)  # PNG file names, beside the model
+    conformal: ConformalReport | None = None  # the prediction sets (None: no --conformal)
     method: str = MC_DROPOUT  # what ``mc`` is: MC_DROPOUT, or DEEP_ENSEMBLE (``samples`` then counts its members)
 
     def to_markdown(self) -> str:
@@ -106,6 +108,7 @@ class RegressionComparison(Record):
     selective: SelectiveReport | None = None  # the abstain threshold on the interval width (None: no target given)
     ood: list[OODRow] | None = None  # the interval width as the OOD measure (None: no OOD data given)
     plots: list[str] = field(default_factory=list)
+    conformal: ConformalReport | None = None  # the conformal intervals (None: no --conformal)
     method: str = MC_DROPOUT  # as :attr:`ComparisonReport.method`
 
     def to_markdown(self) -> str:
@@ -209,14 +212,26 @@ def extra_markdown(report: dict) -> list[str]:
                    else (lambda r: f"accuracy of kept {_pct(r['accuracy'])}"))
         lines += ["", f"## Selective prediction ({target})", "",
                   f"Abstain when {c['measure']} > {c['threshold']:.6g} (the `abstain` output). Validation: coverage "
-                  f"{_pct(c['coverage'])}, {quality(c)}. **Test: coverage {_pct(test['coverage'])} "
+                  f"{_pct(c['coverage'])}, {quality(c)}{_bound(c)}. **Test: coverage {_pct(test['coverage'])} "
                   f"({test['kept']} of {test['count']}), {quality(test)}.**"]
+    if report.get("conformal"):
+        lines += conformal_markdown(report["conformal"])
     ood = report.get("ood")
     if ood:
         lines += ["", "## Out-of-distribution detection (test split vs the OOD data)", "",
                   "| measure | AUROC | FPR at 95% TPR |", "|---|---:|---:|"]
         lines += [f"| {r['measure']} | {r['auroc']:.4f} | {r['fpr_at_95_tpr']:.4f} |" for r in ood]
     return lines
+
+
+def _bound(chosen: dict) -> str:
+    """The finite-sample bound beside the validation point estimate (a threshold chosen with target_delta)."""
+    if chosen.get("bound") is None:
+        return " (point estimate: no finite-sample bound)" if chosen["target"].get("target_coverage") is None else ""
+    delta = chosen["target"]["target_delta"]
+    if chosen.get("rmse") is not None:
+        return f"; upper bound {_num(chosen['bound'])} at {1 - delta:.0%} (Student-t, approximate)"
+    return f"; lower bound {_pct(chosen['bound'])} at {1 - delta:.0%} (Clopper-Pearson, SGR)"
 
 
 def _draws(method: str, samples: int) -> str:

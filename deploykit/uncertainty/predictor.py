@@ -21,7 +21,8 @@ from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
 from deploykit.configs import is_int
-from deploykit.contract import (ABSTAIN_OUTPUT, ENSEMBLE_KEY, KIND_ENSEMBLE, MEMBER_PREDICTIONS_OUTPUT, MEMBERS_OUTPUT,
+from deploykit.contract import (ABSTAIN_OUTPUT, CONFORMAL_OUTPUTS, ENSEMBLE_KEY, KIND_ENSEMBLE,
+                                MEMBER_PREDICTIONS_OUTPUT, MEMBERS_OUTPUT,
                                 REGRESSION_OUTPUT_NAMES, SAMPLE_FIRST_OUTPUTS, SAMPLE_PREDICTIONS_OUTPUT)
 from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
@@ -41,6 +42,10 @@ class UncertaintyResult:
     sample_predictions: np.ndarray | None = None  # regression: [T, N, K] when the model outputs them (or members')
     task: Task = Task.CLASSIFICATION
     abstain: np.ndarray | None = None  # [N] bool, true where the model declines to decide (a model with a threshold)
+    prediction_set: np.ndarray | None = None  # [N, C] bool: the conformal prediction set (a model calibrated for one)
+    set_size: np.ndarray | None = None  # [N] int64: how many classes it holds
+    lower: np.ndarray | None = None  # regression: [N, K] the conformal interval's lower end
+    upper: np.ndarray | None = None  # regression: [N, K] its upper end
 
     @property
     def entropy(self) -> np.ndarray:
@@ -82,7 +87,8 @@ class UncertaintyPredictor:
             self.default_samples = int(self.metadata.default_samples or 0)
             self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
         self.class_names = tuple(self.metadata.class_names)
-        self._outputs = [*contract, *(n for n in (*SAMPLE_FIRST_OUTPUTS, ABSTAIN_OUTPUT) if n in outputs)]
+        extras = (*SAMPLE_FIRST_OUTPUTS, ABSTAIN_OUTPUT, *CONFORMAL_OUTPUTS)
+        self._outputs = [*contract, *(n for n in extras if n in outputs)]
 
     def _members(self) -> int:
         """K, from the ensemble's ``deploykit.ensemble`` metadata (0 when it is missing)."""
@@ -116,7 +122,7 @@ class UncertaintyPredictor:
             samples=int(samples if samples is not None else self.default_samples),
             sample_probabilities=values.get(SAMPLES_OUTPUT, values.get(MEMBERS_OUTPUT)),
             sample_predictions=values.get(SAMPLE_PREDICTIONS_OUTPUT, values.get(MEMBER_PREDICTIONS_OUTPUT)),
-            task=self.task, abstain=values.get(ABSTAIN_OUTPUT),
+            task=self.task, abstain=values.get(ABSTAIN_OUTPUT), **{n: values.get(n) for n in CONFORMAL_OUTPUTS},
         )
 
     def _check_samples(self, samples) -> int:

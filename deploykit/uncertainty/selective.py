@@ -5,8 +5,16 @@ number. The threshold is the one that keeps the most validation rows while the
 kept rows reach ``target_accuracy`` (or that keeps at least
 ``target_coverage`` of them); the rule is "abstain when measure > threshold".
 Cuts fall between distinct measure values (the midpoint), so float32 rounding
-in the graph cannot move a row across. Small validation splits make the target
-noisy: the test-split coverage and accuracy are what to report.
+in the graph cannot move a row across.
+
+A target met on the validation split only is met on unseen data about half the time. With
+``target_delta`` (default 0.1) the threshold is chosen with a finite-sample bound instead: SGR
+(Geifman & El-Yaniv 2017, "Selective classification for deep neural networks") - a binary search over
+the validation cuts, each tested at level delta / ceil(log2 N), keeping the most rows whose
+Clopper-Pearson lower bound of the kept accuracy reaches the target, so that the kept rows' accuracy on
+unseen data reaches it with probability >= 1 - delta. A regressor's kept RMSE has no distribution-free
+bound (the squared error is unbounded): its bound is the one-sided Student-t upper bound of the kept MSE,
+approximate and said so. ``target_delta=None`` gives the point rule (validation only).
 
 The decision is stored twice: in ``metadata_props`` under
 ``deploykit.selective`` (JSON: measure, threshold, target kind and value,
@@ -47,6 +55,7 @@ from deploykit.uncertainty.measures import Measure
 from deploykit.uncertainty.regression import Z_95, check_targets
 
 ABSTAIN_ALL = -1.0  # every measure is >= 0: this threshold abstains on every row
+DEFAULT_DELTA = 0.1
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,10 @@ class SelectiveTarget(Config):
     target_accuracy: float | None = 0.99
     target_coverage: float | None = None
     target_rmse: float | None = None
+    target_delta: float | None = DEFAULT_DELTA  # the risk that an accuracy / RMSE target misses on unseen data
 
     def __post_init__(self) -> None:
+        number("target_delta", self.target_delta, 0.0, 1.0, optional=True, open_low=True, open_high=True)
         given = [n for n in ("target_accuracy", "target_coverage", "target_rmse") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError("give exactly one of target_accuracy, target_coverage and target_rmse")
@@ -81,15 +92,23 @@ class SelectiveThreshold(Record):
     accuracy: float  # of the kept validation rows (NaN when none kept; NaN for a regressor)
     count: int
     rmse: float | None = None  # regression: of the kept validation rows (NaN when none kept)
+    #: With target_delta: the kept accuracy's lower bound (a regressor: the kept RMSE's upper bound) at 1 - delta.
+    bound: float | None = None
 
     def metadata_value(self) -> str:
         regression = {} if self.rmse is None else {"target_rmse": self.target.target_rmse,
                                                    "validation_rmse": _finite(self.rmse)}
         accuracy = {} if self.rmse is not None else {"target_accuracy": self.target.target_accuracy,
                                                      "validation_accuracy": _finite(self.accuracy)}
+        guarantee = {} if self.bound is None else {"target_delta": self.target.target_delta, "bound": _finite(self.bound),
+                                                   "bound_kind": BOUND_KINDS[self.rmse is not None]}
         return json.dumps({"measure": self.measure.value, "threshold": self.threshold, "rule": RULE,
                            "target_coverage": self.target.target_coverage, "validation_coverage": self.coverage,
-                           **accuracy, **regression, "count": self.count})
+                           **accuracy, **regression, **guarantee, "count": self.count})
+
+
+BOUND_KINDS = {False: "Clopper-Pearson lower bound of the kept accuracy (SGR, delta split over the binary search)",
+               True: "Student-t upper bound of the kept RMSE (approximate; SGR binary search)"}
 
 
 @dataclass
@@ -111,11 +130,41 @@ def choose_threshold(y_val, predicted, uncertainty, measure: Measure,
     y, pred, u = _check(y_val, predicted, uncertainty)
     order = np.argsort(u, kind="stable")
     correct = pred[order] == y[order]
-    good = np.cumsum(correct) / np.arange(1, len(u) + 1) >= (target.target_accuracy or 0) - 1e-12
+    bounded = target.target_accuracy is not None and target.target_delta is not None
+    if bounded:
+        from deploykit.uncertainty.guarantee import accuracy_lower_bounds
+
+        good, bounds = _bounded(u[order], lambda level: accuracy_lower_bounds(correct, level),
+                                lambda b: b >= target.target_accuracy - 1e-12, target.target_delta)
+    else:
+        good = np.cumsum(correct) / np.arange(1, len(u) + 1) >= (target.target_accuracy or 0) - 1e-12
     threshold = _cut(u[order], good, target)
     kept = u <= threshold
     acc = float((pred[kept] == y[kept]).mean()) if kept.any() else math.nan
-    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), acc, len(u))
+    bound = (float(bounds[kept.sum() - 1]) if kept.any() else math.nan) if bounded else None
+    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), acc, len(u), bound=bound)
+
+
+def _bounded(su: np.ndarray, bounds_at, ok, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """SGR's binary search over the cuts between distinct sorted values ``su``: each probe is tested at level
+    delta / ceil(log2 N) (the union bound over the probes); ``good`` marks the one kept-count it returns."""
+    n = len(su)
+    probes = max(1, math.ceil(math.log2(max(n, 2))))
+    bounds = bounds_at(delta / probes)  # [N]: the bound of the first k rows, k = 1..N
+    cuts = np.flatnonzero(np.r_[su[:-1] < su[1:], True])  # index k-1 of each allowed cut
+    lo, hi, best = -1, len(cuts) - 1, None
+    for _ in range(probes):
+        if lo >= hi:
+            break
+        mid = (lo + hi + 1) // 2
+        if ok(bounds[cuts[mid]]):
+            best, lo = cuts[mid], mid
+        else:
+            hi = mid - 1
+    good = np.zeros(n, bool)
+    if best is not None:
+        good[best] = True
+    return good, bounds
 
 
 def choose_regression_threshold(y_val, mean, uncertainty, target: SelectiveTarget,
@@ -126,10 +175,19 @@ def choose_regression_threshold(y_val, mean, uncertainty, target: SelectiveTarge
         raise UsageError("target_accuracy is a classification target; a regressor takes target_rmse or target_coverage")
     squared, u = _regression_check(y_val, mean, uncertainty)
     order = np.argsort(u, kind="stable")
-    good = np.sqrt(np.cumsum(squared[order]) / np.arange(1, len(u) + 1)) <= (target.target_rmse or math.inf) + 1e-12
+    bounded = target.target_rmse is not None and target.target_delta is not None
+    if bounded:
+        from deploykit.uncertainty.guarantee import rmse_upper_bounds
+
+        good, bounds = _bounded(u[order], lambda level: rmse_upper_bounds(squared[order], level),
+                                lambda b: b <= target.target_rmse + 1e-12, target.target_delta)
+    else:
+        good = np.sqrt(np.cumsum(squared[order]) / np.arange(1, len(u) + 1)) <= (target.target_rmse or math.inf) + 1e-12
     threshold = _cut(u[order], good, target)
     kept = u <= threshold
-    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), math.nan, len(u), _rmse(squared, kept))
+    bound = (float(bounds[kept.sum() - 1]) if kept.any() else math.nan) if bounded else None
+    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), math.nan, len(u), _rmse(squared, kept),
+                              bound=bound)
 
 
 def _cut(su: np.ndarray, good: np.ndarray, target: SelectiveTarget) -> float:

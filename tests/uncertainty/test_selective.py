@@ -25,8 +25,9 @@ def _errors_where_uncertain(n=2000, seed=0):
 
 
 def test_target_accuracy_is_met_with_the_most_rows_kept():
+    """The point rule (target_delta=None): the validation accuracy alone decides."""
     y, pred, u = _errors_where_uncertain()
-    chosen = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=0.95))
+    chosen = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=0.95, target_delta=None))
     assert chosen.accuracy >= 0.95
     kept = u <= chosen.threshold
     assert chosen.coverage == pytest.approx(kept.mean())
@@ -54,7 +55,7 @@ def test_ties_are_never_split():
     y = np.array([0, 0, 0, 0])
     pred = np.array([0, 0, 1, 0])
     u = np.array([0.1, 0.2, 0.2, 0.3])  # the wrong row ties with a right one
-    chosen = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=1.0))
+    chosen = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=1.0, target_delta=None))
     assert chosen.coverage == 0.25
 
 

@@ -32,8 +32,10 @@ def _heteroscedastic(n=2000, seed=0):
 
 
 def test_target_rmse_keeps_the_most_rows_under_it():
+    """The point rule (target_delta=None): the validation RMSE alone decides."""
     y, mean, width = _heteroscedastic()
-    chosen = choose_regression_threshold(y, mean, width, SelectiveTarget(target_accuracy=None, target_rmse=1.0))
+    chosen = choose_regression_threshold(y, mean, width, SelectiveTarget(target_accuracy=None, target_rmse=1.0,
+                                                                         target_delta=None))
     kept = width <= chosen.threshold
     assert chosen.measure is Measure.INTERVAL_WIDTH and 0.2 < chosen.coverage < 0.9
     assert np.sqrt(((y - mean[:, 0])[kept] ** 2).mean()) <= 1.0 and chosen.rmse <= 1.0

@@ -1,0 +1,96 @@
+"""``deploykit mc --conformal 0.9`` end to end: a Keras 3 model saved by the user, the CLI's MC model with its
+prediction sets, served by ``deploykit serve`` and read with tritonclient (BOOL tensors), v2 JSON and v1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+
+from deploykit.contract import CONFORMAL_KEY, PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT
+from tests.serve.support import serving, triton_client
+
+pytestmark = pytest.mark.slow  # trains a tiny model, runs the CLI and a server process
+
+
+@pytest.fixture(scope="module")
+def conformal_out(tmp_path_factory, digits):
+    """A Keras 3 Dense -> Dropout -> softmax model trained 3 epochs on digits, through ``deploykit mc --conformal``."""
+    import deploykit.backend  # noqa: F401  (TF set up as deploykit does before Keras 3)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Rescaling(1 / 16), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dropout(0.3), keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train, digits.y_train, epochs=3, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("conformal")
+    model.save(folder / "model.keras")
+    out = folder / "served"
+    run = subprocess.run([sys.executable, "-m", "deploykit.cli.main", "mc", str(folder / "model.keras"), "--data", "digits",
+                          "--samples", "10", "--conformal", "0.9", "--target-accuracy", "0.9", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "prediction sets at 90%: test coverage" in run.stdout
+    return out
+
+
+def test_cli_report_and_metadata(conformal_out):
+    summary = json.loads((conformal_out / "comparison.json").read_text())
+    c = summary["comparison"]["conformal"]
+    assert c["calibration"]["method"] == "raps" and c["calibration"]["alpha"] == pytest.approx(0.1)
+    assert c["test"]["coverage"] >= 0.8 and len(c["test"]["per_class"]) == 10 and len(c["curve"]) >= 5
+    assert (conformal_out / "conformal_coverage.png").stat().st_size > 0
+    markdown = (conformal_out / "comparison.md").read_text()
+    assert "## Conformal prediction sets" in markdown and "| alpha | target coverage |" in markdown
+    assert "lower bound" in markdown and "Clopper-Pearson" in markdown  # the abstain bound beside its estimate
+    proto = onnx.load(str(conformal_out / "model_mc.onnx"))
+    meta = json.loads(next(p.value for p in proto.metadata_props if p.key == CONFORMAL_KEY))
+    assert meta["n"] == c["calibration"]["count"] and meta["threshold"] == c["calibration"]["threshold"]
+    assert [o.name for o in proto.graph.output][-3:] == ["abstain", PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT]
+
+
+@pytest.fixture(scope="module")
+def server(conformal_out, tmp_path_factory):
+    with serving(conformal_out / "model_mc.onnx", tmp_path_factory.mktemp("log") / "server.log") as process:
+        yield process
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_reads_the_prediction_sets(server, conformal_out, digits, binary):
+    import tritonclient.http as httpclient
+
+    from deploykit.uncertainty.conformal import Conformal, ConformalMethod, prediction_sets
+
+    x = digits.x_test[:50].astype(np.float32)
+    with triton_client(server.url) as client:
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        result = client.infer("model_mc", [tensor])
+        meta = client.get_model_metadata("model_mc")
+    sets, sizes = result.as_numpy(PREDICTION_SET_OUTPUT), result.as_numpy(SET_SIZE_OUTPUT)
+    assert sets.dtype == np.bool_ and sets.shape == (50, 10) and np.array_equal(sizes, sets.sum(1))
+    stored = meta["parameters"]["conformal"]
+    cal = Conformal(ConformalMethod(stored["method"]), stored["alpha"], stored["n"], stored["threshold"],
+                    lam=stored.get("lambda", 0.0), k_reg=stored.get("k_reg", 0))
+    assert np.array_equal(sets, prediction_sets(result.as_numpy("mean"), cal))  # the same call's mean, the stored rule
+    outputs = {o["name"]: o for o in meta["outputs"]}
+    assert outputs[PREDICTION_SET_OUTPUT]["datatype"] == "BOOL" and outputs[PREDICTION_SET_OUTPUT]["shape"] == [-1, 10]
+    assert "conformal prediction set" in outputs[PREDICTION_SET_OUTPUT]["parameters"]["description"]
+
+
+def test_v2_metadata_and_v1_predictions(server):
+    x = np.zeros((3, 64), np.float32)
+    meta = httpx.get(f"{server.base}/v2/models/model_mc", timeout=60).json()
+    assert meta["parameters"]["conformal"]["method"] == "raps"
+    response = httpx.post(f"{server.base}/v1/models/model_mc:predict", json={"instances": x.tolist()}, timeout=60)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert all(len(p[PREDICTION_SET_OUTPUT]) == 10 and all(isinstance(v, bool) for v in p[PREDICTION_SET_OUTPUT])
+               and p[SET_SIZE_OUTPUT] == sum(p[PREDICTION_SET_OUTPUT]) for p in predictions)
