@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--steps", default="",
                    help="what was done to MODEL before, recorded in the ONNX metadata (comma-separated, e.g. fold_batchnorm,prune(0.80))")
     add_tolerance_options(p)
+    from deploykit.cli.mc import add_conformal_options
+
+    add_conformal_options(p)  # the ONNX artifacts' prediction sets / intervals, after validation (needs --data)
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -145,9 +148,14 @@ def _run(args) -> int:
         opset=args.opset, quantization=quant_config(args), triton=triton_options(args), repeats=args.repeats,
         tolerance=overrides if any(v is not None for v in vars(overrides).values()) else None,
     )
+    conformal = _conformal_config(args)
     out = check_dir_target(Path(args.out), force=args.force)
     model = args.model if onnx_source else _load_model(args)
     data = _load_data(args)
+    if conformal is not None:
+        from deploykit.uncertainty.conformal_step import check_calibration_rows
+
+        check_calibration_rows(conformal, data)  # refuse a split too small before any work
 
     from deploykit.export.bundle import JSON_FILE, MARKDOWN_FILE, TRITON_DIR, export_bundle
     from deploykit.export.metadata import ModelMetadata
@@ -158,10 +166,50 @@ def _run(args) -> int:
                            task=args.task)
     print(bundle.table(), end="")
     files = [r.path.name for r in bundle.exports] + [MARKDOWN_FILE, JSON_FILE]
+    if conformal is not None:
+        files.append(_add_conformal(bundle, conformal, data, config, out))
     if bundle.triton_models:
         files += [f"{TRITON_DIR}/", KSERVE_FILE]
     print(f"wrote {', '.join(files)} in {out}")
     return 0
+
+
+def _conformal_config(args):
+    from deploykit.cli.mc import conformal_config
+    from deploykit.errors import UsageError
+
+    conformal = conformal_config(args)
+    if conformal is not None and args.data is None:
+        raise UsageError("--conformal calibrates on the validation split: give --data")
+    return conformal
+
+
+def _add_conformal(bundle, conformal, data, config, out) -> str:
+    """The conformal outputs in every ONNX artifact (validated first: they leave the predictions as they are),
+    their Triton copies rewritten, and the test split's coverage in conformal.json; returns that file's name."""
+    import json
+
+    from deploykit.atomic import write_text
+    from deploykit.export.bundle import TRITON_DIR
+    from deploykit.export.triton import write_triton_repository
+    from deploykit.uncertainty.conformal_step import deterministic_conformal
+
+    reports = {}
+    for record in bundle.exports:
+        if record.path.suffix != ".onnx":
+            continue
+        report = deterministic_conformal(record.path, conformal, data, say=progress)
+        reports[record.path.name] = report.to_dict()
+        if bundle.triton_models:
+            names = list(data.class_names) if data.task.value == "classification" else None
+            write_triton_repository(record.path, out / TRITON_DIR, record.path.stem, config=config.triton,
+                                    class_names=names or None, force=True)
+        t = report.test
+        figure = f"mean width {t.mean_width:.4g}" if report.calibration.regression else f"mean set size {t.mean_set_size:.2f}"
+        print(f"{record.path.name}: conformal {report.calibration.method.value} at {conformal.coverage:.0%}, test coverage "
+              f"{t.coverage:.1%}, {figure}")
+    write_text(out / "conformal.json", json.dumps(reports, indent=2) + "\n")
+    return "conformal.json"
 
 
 def _load_model(args):

@@ -55,6 +55,7 @@ from deploykit.pipeline.tables import (
     LEGACY_KEYS,
     TARGETS,
     CompactStep,
+    ConformalStep,
     EnsembleStep,
     ExportStep,
     FoldStep,
@@ -71,7 +72,8 @@ from deploykit.task import Task
 
 _STEPS = {"input": InputConfig, "fold": FoldStep, "structured": StructuredStep, "sparsity": SparsityStep,
           "compact": CompactStep,
-          "export": ExportStep, "mc": MCStep, "ensemble": EnsembleStep, "validate": ValidateStep}
+          "export": ExportStep, "mc": MCStep, "ensemble": EnsembleStep, "conformal": ConformalStep,
+          "validate": ValidateStep}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
@@ -93,6 +95,7 @@ class OptimizeConfig:
     export: ExportStep = field(default_factory=ExportStep)
     mc: MCStep = field(default_factory=MCStep)
     ensemble: EnsembleStep = field(default_factory=EnsembleStep)
+    conformal: ConformalStep = field(default_factory=ConformalStep)
     validate: ValidateStep = field(default_factory=ValidateStep)
 
     def __post_init__(self) -> None:
@@ -195,8 +198,7 @@ class OptimizeConfig:
             export["quantize"] = in_formats(c.export.quantize, export["formats"])
         if export:
             c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples", "temperature", "mask", "target_delta", "conformal", "conformal_method",
-                                "conformal_by_class", *TARGETS) if k in o}
+        mc = {k: o[k] for k in ("samples", "temperature", "mask", "target_delta", *TARGETS) if k in o}
         mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
         if any(k in mc for k in TARGETS):  # a target given replaces the config file's
             mc = dict.fromkeys(TARGETS) | mc
@@ -204,6 +206,10 @@ class OptimizeConfig:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
         if "ood_data" in o:
             c = c.with_input(ood_data=o["ood_data"])
+        conformal = {k: o[f"conformal{s}"] for k, s in (("coverage", ""), ("method", "_method"), ("by_class", "_by_class"))
+                     if f"conformal{s}" in o}
+        if conformal:
+            c = dataclasses.replace(c, conformal=dataclasses.replace(c.conformal, **conformal))
         ensemble = {k: o[f"ensemble_{k}"] for k in ("members", "mc_samples") if f"ensemble_{k}" in o}
         if ensemble:
             c = dataclasses.replace(c, ensemble=dataclasses.replace(c.ensemble, **ensemble))

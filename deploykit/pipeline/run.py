@@ -31,12 +31,11 @@ from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
 from deploykit.pipeline.ensemble import load_member
 from deploykit.pipeline.structured_step import structured_step
-from deploykit.pipeline.uncertainty_steps import ensemble_step, mc_step
+from deploykit.pipeline.uncertainty_steps import conformal_export_step, ensemble_step, mc_step
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
     RunContext,
     Step,
-    calibrated_export_step,
     compact_step,
     describe_figure,
     fold_step,
@@ -158,7 +157,7 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
              Step("save model", save_step)]
     variants = config.export.variants()
     if variants:
-        steps += [Step(f"export {f.value} {q.value}", functools.partial(calibrated_export_step, f, q)) for f, q in variants]
+        steps += [Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q)) for f, q in variants]
     else:
         steps.append(Step("export", lambda model, ctx: switched_off(model, "export")))
     steps.append(Step("mc dropout", mc_step))

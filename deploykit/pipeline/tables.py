@@ -293,9 +293,6 @@ class MCStep(_Table):
     A regressor's threshold is on the 95% interval width: ``target_coverage``, or ``target_rmse`` (the kept
     rows' RMSE at most this, in the targets' units). ``target_delta``: the accuracy / RMSE target holds on unseen
     data with probability >= 1 - target_delta (a finite-sample bound; see deploykit.uncertainty.selective).
-    ``conformal`` (a coverage in (0, 1)): conformal outputs calibrated on the validation split (prediction sets
-    by ``conformal_method``, per class with ``conformal_by_class``; a regressor's intervals), in the MC model and
-    the ensemble (see deploykit.uncertainty.conformal).
     """
 
     TABLE = "mc"
@@ -308,9 +305,6 @@ class MCStep(_Table):
     target_rmse: float | None = None
     target_delta: float = 0.1
     mask: MaskKind = MaskKind.AUTO  # how each dropout mask is drawn (deploykit.uncertainty.masks.resolve_mask)
-    conformal: float | None = None
-    conformal_method: str = "raps"
-    conformal_by_class: bool = False
 
     def __post_init__(self) -> None:
         boolean("mc.enabled", self.enabled)
@@ -325,8 +319,6 @@ class MCStep(_Table):
             number(f"mc.{name}", getattr(self, name), 0, 1, optional=True, open_low=True)
         number("mc.target_rmse", self.target_rmse, 0, optional=True, open_low=True)
         number("mc.target_delta", self.target_delta, 0, 1, open_low=True, open_high=True)
-        if self.conformal is not None or self.conformal_by_class or self.conformal_method != "raps":
-            object.__setattr__(self, "conformal_method", str(self.conformal_config(check=True).method.value))
 
     def selective_target(self):
         """The SelectiveTarget these fields ask for (None: no abstain output)."""
@@ -336,19 +328,46 @@ class MCStep(_Table):
 
         return SelectiveTarget(**{n: getattr(self, n) for n in TARGETS}, target_delta=self.target_delta)
 
-    def conformal_config(self, check: bool = False):
-        """The ConformalConfig these fields ask for (None: no conformal outputs); ``check``: validate the fields
-        even without a coverage (a method or by_class given alone is refused)."""
+
+@dataclass(frozen=True)
+class ConformalStep(_Table):
+    """Split-conformal outputs calibrated on the validation split, in every ONNX classifier or regressor the run
+    ships: the deterministic ONNX models, the MC model and the ensemble (deploykit.uncertainty.conformal).
+
+    ``coverage`` (1 - alpha, in (0, 1); unset: no conformal outputs), ``method`` (raps, aps or lac) and
+    ``by_class`` (one threshold per class) are the flat options ``conformal``, ``conformal_method`` and
+    ``conformal_by_class``.
+    """
+
+    TABLE = "conformal"
+    coverage: float | None = None
+    method: str = "raps"
+    by_class: bool = False
+
+    def __post_init__(self) -> None:
+        from deploykit.uncertainty.conformal import ConformalMethod
+
+        object.__setattr__(self, "method", choice(ConformalMethod, "conformal.method", self.method).value)
+        boolean("conformal.by_class", self.by_class)
+        if self.coverage is None and (self.by_class or self.method != "raps"):
+            raise ConfigError("conformal.method and conformal.by_class need conformal.coverage")
+        self.config()
+
+    def config(self):
+        """The ConformalConfig of this table (None: no conformal outputs)."""
         from deploykit.uncertainty.conformal import ConformalConfig
 
-        if self.conformal is None:
-            if check and (self.conformal_by_class or self.conformal_method != "raps"):
-                raise ConfigError("mc.conformal_method and mc.conformal_by_class need mc.conformal (a coverage)")
+        if self.coverage is None:
             return None
         try:
-            return ConformalConfig(self.conformal, self.conformal_method, self.conformal_by_class)
-        except ConfigError as exc:
-            raise ConfigError(f"mc.{exc}") from None
+            return ConformalConfig(self.coverage, self.method, self.by_class)
+        except ConfigError as exc:  # ConformalConfig names the flat options: name this table's keys
+            message = str(exc)
+            for flat, key in (("conformal_method", "method"), ("conformal_by_class", "by_class"), ("conformal", "coverage")):
+                if message.startswith(flat):
+                    message = f"conformal.{key}{message[len(flat):]}"
+                    break
+            raise ConfigError(message) from None
 
 
 #: The selective targets of the MC step: at most one is given.

@@ -23,6 +23,7 @@ from deploykit.pipeline.steps import (
     MC_FILE,
     RunContext,
     budget_miss,
+    calibrated_export_step,
     changes,
     metadata,
     switched_off,
@@ -60,7 +61,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
     bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
                        temperature=step.temperature, target=step.selective_target(), ood=ood,  # a regressor: its std scale
-                       conformal=step.conformal_config(),
+                       conformal=ctx.config.conformal.config(),
                        deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
                        say=lambda m: ctx.say("  " + m))
     record, comparison = bundle.export, bundle.comparison
@@ -100,7 +101,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     try:
         run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR,
                                 mc_samples=step.mc_samples, temperature=config.mc.temperature,
-                                target=config.mc.selective_target(), conformal=config.mc.conformal_config(),
+                                target=config.mc.selective_target(), conformal=config.conformal.config(),
                                 ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
                                 config=members_config, triton=False)
     except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand
@@ -122,6 +123,38 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     files = [file, *(f"{ENSEMBLE_DIR}/{p}" for p in comparison.plots)] if row.verdict.shipped else []
     return StepOutput(model, StepRecord("ensemble", Status.DONE, reason, artifacts=files, checks=row.checks,
                                         detail={"sizes": s, "comparison": comparison}), artifacts=(row,))
+
+
+def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
+    """:func:`~deploykit.pipeline.steps.calibrated_export_step`, then (``[conformal] coverage``) the conformal outputs
+    in the shipped ONNX file, calibrated on the validation split after its temperature; the row's size is re-measured
+    and its checks say the test split's coverage. Predictions are untouched, so the validated figures stand."""
+    out = calibrated_export_step(fmt, quant, model, ctx)
+    config = ctx.config.conformal.config()
+    row = out.artifacts[0] if out.artifacts else None
+    if config is None or row is None or not row.verdict.shipped or not row.file.endswith(".onnx"):
+        return out
+    import dataclasses
+
+    import onnx
+
+    from deploykit.export.artifact import file_sizes
+    from deploykit.uncertainty.conformal_step import deterministic_conformal
+
+    try:
+        report = deterministic_conformal(ctx.folder / row.file, config, ctx.data, say=lambda m: ctx.say("  " + m))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UsageError) as exc:  # e.g. float16 outputs
+        note = f"conformal outputs not stored ({' '.join(str(exc).split())[:120]})"
+        return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
+    cal, test = report.calibration, report.test
+    size = f"mean width {test.mean_width:.3g}" if cal.regression else f"mean set size {test.mean_set_size:.2f}"
+    note = f"conformal {cal.method.value} at {cal.coverage:.0%}: test coverage {test.coverage:.1%}, {size}"
+    size_bytes, gz = file_sizes(ctx.folder / row.file)
+    row = dataclasses.replace(row, size_bytes=size_bytes, gzip_bytes=gz, checks=f"{row.checks}; {note}",
+                              compression=ctx.original_figures.keras_gzip_bytes / gz)
+    record = dataclasses.replace(out.record, reason=f"{out.record.reason}; {note}", checks=row.checks,
+                                 detail={"export": out.record.detail, "conformal": report})
+    return dataclasses.replace(out, record=record, artifacts=(row,))
 
 
 def _held_row(path: Path, file: str, fmt: str, quantization: str, ctx: RunContext, value: float, agreement: float | None,

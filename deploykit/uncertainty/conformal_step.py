@@ -63,6 +63,42 @@ def conformal_intervals(path: Path, coverage: float, data, val_center, val_std, 
     return ConformalReport(cal, test)
 
 
+def deterministic_conformal(path: Path, config: ConformalConfig, data, say: Callable[[str], None] = lambda m: None,
+                            plot: Path | None = None) -> ConformalReport:
+    """The conformal outputs of a deterministic ONNX model (``probabilities``; a regressor's ``prediction``:
+    intervals of absolute residuals), calibrated on ``data``'s validation split, measured on its test split."""
+    from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
+    from deploykit.sessions import onnx_session
+
+    session = onnx_session(path)
+    names = [o.name for o in session.get_outputs()]
+    name = next((n for n in (OUTPUT_NAME, PREDICTION_NAME) if n in names), None)
+    if name is None:
+        raise UsageError(f"{Path(path).name}: no {OUTPUT_NAME!r} or {PREDICTION_NAME!r} output to calibrate")
+    feed = session.get_inputs()[0].name
+
+    def run(x):
+        x = np.asarray(x, np.float32)
+        return np.concatenate([session.run([name], {feed: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+
+    _need_validation(data)
+    val, test = run(data.x_val), run(data.x_test)
+    if name == PREDICTION_NAME:
+        return conformal_intervals(path, config.coverage, data, val, None, test, None, say)
+    return conformal_sets(path, config, data, val, test, say, plot)
+
+
+def check_calibration_rows(config: ConformalConfig, data) -> None:
+    """Refuse, before any work, a validation split too small for ``config`` (the counts calibrate_classifier checks:
+    they depend on the labels only)."""
+    _need_validation(data)
+    if data.task.value == "regression":
+        calibrate_regressor(data.y_val, np.zeros_like(data.y_val, np.float64), coverage=config.coverage)
+        return
+    classes = max(len(data.class_names), int(np.max(data.y_val)) + 1)
+    calibrate_classifier(data.y_val, np.full((len(data.y_val), classes), 1.0 / classes), config)
+
+
 def check_conformal(config: ConformalConfig | None, regression: bool) -> None:
     """Refuse, before any work, a conformal option that does not apply to the task."""
     if config is not None and regression and config.by_class:
