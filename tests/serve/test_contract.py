@@ -65,7 +65,7 @@ def test_model_kinds_are_written_as_their_values():
 
 def test_every_output_name_has_a_glossary_entry():
     names = [contract.OUTPUT_NAME, contract.LOGITS_NAME, contract.PREDICTION_NAME, *contract.OUTPUT_NAMES,
-             *contract.SAMPLE_FIRST_OUTPUTS, contract.ABSTAIN_OUTPUT]
+             *contract.SAMPLE_FIRST_OUTPUTS, contract.ABSTAIN_OUTPUT, *contract.CONFORMAL_OUTPUTS]
     assert sorted(contract.GLOSSARY) == sorted(names)
     assert sorted(contract.REGRESSION_GLOSSARY) == sorted(contract.REGRESSION_OUTPUT_NAMES)
 

@@ -81,7 +81,7 @@ def test_regression_bundle_with_target_rmse_and_ood(tmp_path, diabetes, diabetes
     val = np.asarray(diabetes_model(diabetes.x_val, training=False), np.float64)[:, 0]
     target = round(0.9 * float(np.sqrt(((val - diabetes.y_val) ** 2).mean())))  # below the RMSE of all rows
     bundle = mc_bundle(diabetes_model, diabetes, tmp_path / "m.onnx", MCConfig(samples=30, seed=1),
-                       target=SelectiveTarget(target_accuracy=None, target_rmse=float(target)), ood=far)
+                       target=SelectiveTarget(target_accuracy=None, target_rmse=float(target), target_delta=None), ood=far)
     report = bundle.comparison
     chosen, test = report.selective.chosen, report.selective.test
     assert 0 < chosen.coverage < 1 and chosen.rmse <= target  # some rows kept, the target met on them
