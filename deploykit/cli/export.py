@@ -205,9 +205,10 @@ def _add_conformal(bundle, conformal, data, config, out) -> str:
             write_triton_repository(record.path, out / TRITON_DIR, record.path.stem, config=config.triton,
                                     class_names=names or None, force=True)
         t = report.test
-        figure = f"mean width {t.mean_width:.4g}" if report.calibration.regression else f"mean set size {t.mean_set_size:.2f}"
-        print(f"{record.path.name}: conformal {report.calibration.method.value} at {conformal.coverage:.0%}, test coverage "
-              f"{t.coverage:.1%}, {figure}")
+        figure = (f"mean width {t.mean_width:.4g}" if report.calibration.regression
+                  else f"mean set size {t.mean_set_size:.2f}")
+        print(f"{record.path.name}: conformal {report.calibration.method.value} at {conformal.coverage:.0%}, "
+              f"test coverage {t.coverage:.1%}, {figure}")
     write_text(out / "conformal.json", json.dumps(reports, indent=2) + "\n")
     return "conformal.json"
 

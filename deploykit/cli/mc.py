@@ -83,10 +83,11 @@ def add_conformal_options(p) -> None:
     """--conformal, --conformal-method, --conformal-by-class (shared with ``ensemble``, ``optimize``, ``export``)."""
     p.add_argument("--conformal", type=float, default=None, metavar="COVERAGE",
                    help="add split-conformal outputs calibrated on the validation split at this coverage 1 - alpha "
-                   "(e.g. 0.9): prediction_set (bool [N, classes]) and set_size; a regressor: lower / upper [N, targets]")
+                   "(e.g. 0.9): prediction_set (bool [N, classes]) and set_size; a regressor: lower / upper "
+                   "[N, targets]")
     p.add_argument("--conformal-method", choices=["raps", "aps", "lac"], default=None,
-                   help="the classification score: raps (default; its lambda chosen on a fifth of the validation rows), "
-                   "aps (non-randomized), or lac (1 - p, smallest sets, may be empty)")
+                   help="the classification score: raps (default; its lambda chosen on a fifth of the validation "
+                   "rows), aps (non-randomized), or lac (1 - p, smallest sets, may be empty)")
     p.add_argument("--conformal-by-class", action="store_true",
                    help="one threshold per class (Mondrian): the coverage holds for every class; refused when a class "
                    "has too few validation rows")

@@ -162,7 +162,8 @@ class OptimizeConfig:
         deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
         ``temperature`` (bool: the deterministic ONNX models' and the MC model's), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
         threshold, ``target_delta`` the risk that it misses on unseen data; ``conformal`` (a coverage),
-        ``conformal_method``, ``conformal_by_class``: the conformal outputs; ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
+        ``conformal_method``, ``conformal_by_class``: the conformal outputs (``[conformal]``);
+        ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
         ``max_accuracy_drop``: the accuracy budget (0.01 = one point); ``max_rmse_increase``: a regressor's budget
         (0.05 = test RMSE at most 5% above the original's); ``strict``: a rejected artifact fails the run.
         ``ensemble_members``: other model files, with the run's model the members of a deep ensemble (``[ensemble]``);
@@ -206,8 +207,8 @@ class OptimizeConfig:
             c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
         if "ood_data" in o:
             c = c.with_input(ood_data=o["ood_data"])
-        conformal = {k: o[f"conformal{s}"] for k, s in (("coverage", ""), ("method", "_method"), ("by_class", "_by_class"))
-                     if f"conformal{s}" in o}
+        flat = {"coverage": "conformal", "method": "conformal_method", "by_class": "conformal_by_class"}
+        conformal = {key: o[name] for key, name in flat.items() if name in o}
         if conformal:
             c = dataclasses.replace(c, conformal=dataclasses.replace(c.conformal, **conformal))
         ensemble = {k: o[f"ensemble_{k}"] for k in ("members", "mc_samples") if f"ensemble_{k}" in o}

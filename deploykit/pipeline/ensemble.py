@@ -96,7 +96,8 @@ def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, 
                       say: Callable[[str], None] = lambda m: None, **options) -> EnsembleRun:
     """Optimize the members (:func:`optimize_members`, ``options`` as there; their optimized Keras models kept)
     into ``folder/members`` and write ``folder/ensemble.onnx``, calibrated, thresholded (``target``), given conformal
-    outputs (``conformal``: a ConformalConfig) and evaluated (``ood``) by :func:`deploykit.uncertainty.bundle.ensemble_bundle`."""
+    outputs (``conformal``: a ConformalConfig) and evaluated (``ood``) by
+    :func:`deploykit.uncertainty.bundle.ensemble_bundle`."""
     from deploykit.uncertainty.bundle import ensemble_bundle
     from deploykit.uncertainty.ensemble import ensemble_sizes
 

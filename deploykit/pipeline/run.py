@@ -157,7 +157,8 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
              Step("save model", save_step)]
     variants = config.export.variants()
     if variants:
-        steps += [Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q)) for f, q in variants]
+        steps += [Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q))
+                  for f, q in variants]
     else:
         steps.append(Step("export", lambda model, ctx: switched_off(model, "export")))
     steps.append(Step("mc dropout", mc_step))

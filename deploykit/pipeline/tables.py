@@ -363,7 +363,8 @@ class ConformalStep(_Table):
             return ConformalConfig(self.coverage, self.method, self.by_class)
         except ConfigError as exc:  # ConformalConfig names the flat options: name this table's keys
             message = str(exc)
-            for flat, key in (("conformal_method", "method"), ("conformal_by_class", "by_class"), ("conformal", "coverage")):
+            renames = (("conformal_method", "method"), ("conformal_by_class", "by_class"), ("conformal", "coverage"))
+            for flat, key in renames:
                 if message.startswith(flat):
                     message = f"conformal.{key}{message[len(flat):]}"
                     break

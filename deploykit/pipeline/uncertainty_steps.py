@@ -143,7 +143,7 @@ def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
 
     try:
         report = deterministic_conformal(ctx.folder / row.file, config, ctx.data, say=lambda m: ctx.say("  " + m))
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UsageError) as exc:  # e.g. float16 outputs
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UsageError) as exc:  # e.g. float16
         note = f"conformal outputs not stored ({' '.join(str(exc).split())[:120]})"
         return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
     cal, test = report.calibration, report.test

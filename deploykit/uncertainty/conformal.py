@@ -319,8 +319,9 @@ def intervals(center, std, conformal: Conformal) -> tuple[np.ndarray, np.ndarray
     m = np.asarray(center, np.float64)
     m = m[:, None] if m.ndim == 1 else m
     q = np.asarray(conformal.threshold, np.float64)
-    half = q if conformal.method is ConformalMethod.ABSOLUTE else q * np.maximum(np.asarray(std, np.float64).reshape(m.shape),
-                                                                               STD_FLOOR)
+    if conformal.method is ConformalMethod.ABSOLUTE:
+        return m - q, m + q
+    half = q * np.maximum(np.asarray(std, np.float64).reshape(m.shape), STD_FLOOR)
     return m - half, m + half
 
 
@@ -367,12 +368,14 @@ def conformal_markdown(report: dict) -> list[str]:
              f"`deploykit.conformal`). Guarantee: coverage >= {target:.2%} on exchangeable data; split-conformal "
              f"theory puts it below {upper:.2%} when scores do not tie.", ""]
     if "per_target" in t:
+        per_target = ", ".join(f"{v:.2%}" for v in t["per_target"])
         return lines + [f"**Test: coverage {t['coverage']:.2%} of {t['count']} rows, mean width "
-                        f"{t['mean_width']:.4g}** (per target: " + ", ".join(f"{v:.2%}" for v in t["per_target"]) + ")."]
+                        f"{t['mean_width']:.4g}** (per target: {per_target})."]
     lines += [f"**Test: coverage {t['coverage']:.2%} of {t['count']} rows, mean set size {t['mean_set_size']:.3f}** "
               f"(singletons {t['singleton']:.1%}, empty {t['empty']:.1%}).", "",
               "| class | rows | coverage | mean set size |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['label']} | {r['count']} | {r['coverage']:.2%} | {r['mean_set_size']:.3f} |" for r in t["per_class"]]
+    lines += [f"| {r['label']} | {r['count']} | {r['coverage']:.2%} | {r['mean_set_size']:.3f} |"
+              for r in t["per_class"]]
     if report.get("curve"):
         lines += ["", "| alpha | target coverage | test coverage | mean set size |", "|---:|---:|---:|---:|"]
         lines += [f"| {a:g} | {1 - a:.0%} | {cov:.2%} | {size:.3f} |" for a, cov, size in report["curve"]]

@@ -34,11 +34,15 @@ def add_conformal(proto, conformal: Conformal) -> None:
         if conformal.method is ConformalMethod.NORMALIZED and "std" not in outputs:
             raise UsageError("normalized conformal intervals need the model's std output (an MC or ensemble model)")
         q = ed.const(np.asarray(conformal.threshold, np.float32))
-        half = q if conformal.method is ConformalMethod.ABSOLUTE else ed.op("Mul", [ed.op("Max", ["std", ed.const(STD_FLOOR)]), q])
+        if conformal.method is ConformalMethod.ABSOLUTE:
+            half = q
+        else:
+            half = ed.op("Mul", [ed.op("Max", ["std", ed.const(STD_FLOOR)]), q])
         ed.op("Sub", [center, half], output=LOWER_OUTPUT)
         ed.op("Add", [center, half], output=UPPER_OUTPUT)
         dims = _dims(ed, center)
-        ed.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in (LOWER_OUTPUT, UPPER_OUTPUT)])
+        ed.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, dims)
+                                for n in (LOWER_OUTPUT, UPPER_OUTPUT)])
     else:
         probs = _pick(outputs, ("mean", OUTPUT_NAME), "class probabilities (mean or probabilities)")
         score = _scores(ed, probs, conformal)
@@ -46,8 +50,9 @@ def add_conformal(proto, conformal: Conformal) -> None:
                         output=PREDICTION_SET_OUTPUT)
         count = ed.reduce("ReduceSum", ed.op("Cast", [members], to=TensorProto.INT64), [1])
         ed.op("Identity", [count], output=SET_SIZE_OUTPUT)
-        ed.graph.output.extend([helper.make_tensor_value_info(PREDICTION_SET_OUTPUT, TensorProto.BOOL, _dims(ed, probs)),
-                                helper.make_tensor_value_info(SET_SIZE_OUTPUT, TensorProto.INT64, ["N"])])
+        ed.graph.output.extend([
+            helper.make_tensor_value_info(PREDICTION_SET_OUTPUT, TensorProto.BOOL, _dims(ed, probs)),
+            helper.make_tensor_value_info(SET_SIZE_OUTPUT, TensorProto.INT64, ["N"])])
     toposort(ed.graph)
     set_props(proto, {METADATA_KEY: conformal.metadata_value()})
     onnx.checker.check_model(proto, full_check=True)

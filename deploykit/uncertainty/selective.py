@@ -100,7 +100,8 @@ class SelectiveThreshold(Record):
                                                    "validation_rmse": _finite(self.rmse)}
         accuracy = {} if self.rmse is not None else {"target_accuracy": self.target.target_accuracy,
                                                      "validation_accuracy": _finite(self.accuracy)}
-        guarantee = {} if self.bound is None else {"target_delta": self.target.target_delta, "bound": _finite(self.bound),
+        guarantee = {} if self.bound is None else {"target_delta": self.target.target_delta,
+                                                   "bound": _finite(self.bound),
                                                    "bound_kind": BOUND_KINDS[self.rmse is not None]}
         return json.dumps({"measure": self.measure.value, "threshold": self.threshold, "rule": RULE,
                            "target_coverage": self.target.target_coverage, "validation_coverage": self.coverage,

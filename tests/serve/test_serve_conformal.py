@@ -26,16 +26,18 @@ def conformal_out(tmp_path_factory, digits):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Rescaling(1 / 16), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dropout(0.3), keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Rescaling(1 / 16),
+                              keras.layers.Dense(32, activation="relu"), keras.layers.Dropout(0.3),
+                              keras.layers.Dense(10, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits.x_train, digits.y_train, epochs=3, batch_size=32, verbose=0)
     folder = tmp_path_factory.mktemp("conformal")
     model.save(folder / "model.keras")
     out = folder / "served"
-    run = subprocess.run([sys.executable, "-m", "deploykit.cli.main", "mc", str(folder / "model.keras"), "--data", "digits",
-                          "--samples", "10", "--conformal", "0.9", "--target-accuracy", "0.9", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600, env={**os.environ})
+    command = ["mc", str(folder / "model.keras"), "--data", "digits", "--samples", "10", "--conformal", "0.9",
+               "--target-accuracy", "0.9", "--out", str(out)]
+    run = subprocess.run([sys.executable, "-m", "deploykit.cli.main", *command], capture_output=True, text=True,
+                         timeout=600, env={**os.environ}, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "prediction sets at 90%: test coverage" in run.stdout
     return out

@@ -89,10 +89,10 @@ def test_by_class_covers_every_class():
         y, p = _dirichlet_task(4000, classes=4, seed=seed)
         noisy = rng.uniform(size=len(y)) < 0.3
         y = np.where(noisy & (y == 0), rng.integers(0, 4, len(y)), y)
-        for by_class in hits:
+        for by_class, found in hits.items():
             cal = calibrate_classifier(y[:2000], p[:2000], ConformalConfig(0.9, ConformalMethod.APS, by_class))
             hit = prediction_sets(p[2000:], cal)[np.arange(2000), y[2000:]]
-            hits[by_class].append([hit[y[2000:] == c].mean() for c in range(4)])
+            found.append([hit[y[2000:] == c].mean() for c in range(4)])
     assert np.mean(hits[True], axis=0).min() >= 0.9 - 0.01
     assert len(calibrate_classifier(y[:2000], p[:2000], ConformalConfig(0.9, ConformalMethod.APS, True)).threshold) == 4
 
@@ -137,9 +137,11 @@ def _softmax_model(classes: int = 6, opset: int = 13):
 
     w = np.random.default_rng(0).normal(size=(4, classes)).astype(np.float32) * 2
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        [helper.make_node("MatMul", ["input", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
         "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])], [numpy_helper.from_array(w, "w")])
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(w, "w")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 

@@ -1,4 +1,5 @@
-"""Abstention with a guarantee: the kept accuracy (RMSE) reaches its target on unseen data with probability >= 1 - delta."""
+"""Abstention with a guarantee: the kept accuracy (RMSE) reaches its target on unseen data with probability
+>= 1 - delta."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import pytest
 from deploykit.errors import ConfigError
 from deploykit.uncertainty.guarantee import accuracy_lower_bounds, clopper_pearson_lower
 from deploykit.uncertainty.measures import Measure
-from deploykit.uncertainty.selective import SelectiveTarget, apply_threshold, choose_regression_threshold, choose_threshold
+from deploykit.uncertainty.selective import (
+    SelectiveTarget,
+    apply_threshold,
+    choose_regression_threshold,
+    choose_threshold,
+)
 
 
 def _draw(n, rng):
@@ -38,7 +44,8 @@ def test_target_holds_on_the_population_in_at_least_1_minus_delta_of_splits():
         t = min(max(chosen.threshold, 0.0), 1.0)
         misses += t > 0 and 1 - t ** 2 / 3 < target
         assert chosen.bound <= chosen.accuracy and chosen.bound >= target
-        point = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=target, target_delta=None))
+        point = choose_threshold(y, pred, u, Measure.ENTROPY,
+                                 SelectiveTarget(target_accuracy=target, target_delta=None))
         tp = min(max(point.threshold, 0.0), 1.0)
         point_misses += 1 - tp ** 2 / 3 < target
         kept.append(chosen.coverage)
@@ -58,7 +65,8 @@ def test_rmse_bound_and_the_metadata_say_what_was_promised():
     meta = json.loads(chosen.metadata_value())
     assert meta["target_delta"] == 0.1 and meta["bound"] == chosen.bound and "Student-t" in meta["bound_kind"]
     y, pred, u = _draw(500, rng)
-    meta = json.loads(choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=0.9)).metadata_value())
+    chosen = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=0.9))
+    meta = json.loads(chosen.metadata_value())
     assert "Clopper-Pearson" in meta["bound_kind"] and meta["bound"] >= 0.9
     assert apply_threshold(y, pred, u, meta["threshold"]).coverage == meta["validation_coverage"]
     with pytest.raises(ConfigError, match="target_delta"):
