@@ -1,9 +1,12 @@
 """Uncertainty: MC Dropout as one ONNX model, a Python predictor, calibration metrics, and post-hoc tools
 (temperature scaling, deep ensembles in one ONNX graph, selective prediction, OOD metrics, pooled dropout masks),
-for classifiers (softmax or logits) and regressors (mean / std, Gaussian NLL, interval coverage, std scale)."""
+for classifiers (softmax or logits) and regressors (mean / std, Gaussian NLL, interval coverage, std scale), and
+split-conformal prediction sets and intervals in the graph."""
 
 from deploykit.uncertainty.calibration import CalibrationReport, calibration
 from deploykit.uncertainty.compare import ComparisonReport, compare
+from deploykit.uncertainty.conformal import ConformalConfig, calibrate_classifier, calibrate_regressor
+from deploykit.uncertainty.conformal_graph import add_conformal
 from deploykit.uncertainty.ensemble import EnsembleRecord, build_ensemble, export_ensemble_onnx
 from deploykit.uncertainty.masks import MaskKind
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
@@ -31,6 +34,7 @@ from deploykit.uncertainty.temperature import (
 __all__ = [
     "CalibrationReport",
     "ComparisonReport",
+    "ConformalConfig",
     "EnsembleRecord",
     "MCConfig",
     "MCExportRecord",
@@ -45,11 +49,14 @@ __all__ = [
     "UncertaintyPredictor",
     "UncertaintyResult",
     "add_abstain",
+    "add_conformal",
     "apply_mc_temperature",
     "apply_temperature",
     "auroc",
     "build_ensemble",
     "build_mc_graph",
+    "calibrate_classifier",
+    "calibrate_regressor",
     "calibration",
     "choose_regression_threshold",
     "choose_threshold",
