@@ -340,7 +340,11 @@ def main() -> int:
     if not FASHION.exists():
         print(f"skipped: {FASHION} is absent (the Fashion-MNIST sample beside the project)", file=sys.stderr)
         return 0
-    import mapie
+    try:
+        import mapie
+    except ImportError:
+        print("skipped: MAPIE is not installed (pip install 'deploykit[bench]')", file=sys.stderr)
+        return 0
 
     from deploykit.data import load_dataset
 

@@ -189,8 +189,11 @@ def _print_classification(report, config) -> None:
           f"ECE {d.ece:.4f} -> {m.ece:.4f} (deterministic -> MC, T = {config.samples}"
           + (f", temperature {report.temperature.fit.temperature:.3f})" if report.temperature else ", no temperature)"))
     if report.selective:
-        print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
-              f"test coverage {report.selective.test.coverage:.1%}")
+        chosen = report.selective.chosen
+        bound = "" if chosen.bound is None else (f" (validation: accuracy {chosen.accuracy:.1%}, lower bound "
+                                                 f"{chosen.bound:.1%} at {1 - chosen.target.target_delta:.0%})")
+        print(f"abstain when {chosen.measure.value} > {chosen.threshold:.4g}: "
+              f"test coverage {report.selective.test.coverage:.1%}{bound}")
     if report.conformal:
         t = report.conformal.test
         print(f"prediction sets at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
