@@ -200,6 +200,10 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
         for file in config.ensemble.members:  # a bad member fails now, not after the run's sparsity search
             load_member(file, data, unsafe)
+        if config.conformal.config() is not None:  # so does a validation split too small for the conformal sets
+            from deploykit.uncertainty.conformal_step import check_calibration_rows
+
+            check_calibration_rows(config.conformal.config(), data)
         say(f"data {data.summary()}; model: {task.value} ({kind.value})")
         say(f"pipeline: {config.summary(task)}")
         return _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)

@@ -23,6 +23,11 @@ Classification scores (on the model's probabilities ``p``, the MC / ensemble ``m
 Mondrian (``by_class``): one threshold per class from the validation rows of that class, so the coverage
 holds for every class, not only on average; refused when a class has too few rows for a finite threshold.
 
+An MC model's scores are random (each call draws new dropout masks): one independent draw per row keeps the
+rows exchangeable, so the guarantee holds over the data and the draws alike. The score must not be fitted on the
+calibration rows: the temperature (one scalar, fitted on the same validation split) is the one exception the
+bundles make, a negligible dependence that ``--no-temperature`` removes.
+
 Regression: the score is |y - mean| / std (normalized by the MC / ensemble std), or |y - prediction| for a
 deterministic regressor, one threshold per target: [mean - q std, mean + q std] holds each target value with
 probability >= 1 - alpha.
