@@ -72,7 +72,7 @@ class MCBundle(Record):
 
 def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(), *, temperature: bool = True,
               target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
-              conformal: ConformalConfig | None = None,
+              conformal: ConformalConfig | float | None = None,
               deterministic: np.ndarray | None = None, metadata=None, batch_size: int = 256,
               say: Callable[[str], None] = lambda message: None) -> MCBundle:
     """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
@@ -81,7 +81,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     report). ``deterministic``: the model's test outputs when the caller has them (as
     :func:`deploykit.evaluate.outputs` gives them: probabilities, logits, or a regressor's predictions).
     ``conformal``: add the conformal outputs (prediction sets; a regressor's intervals), calibrated on the
-    validation split. Plots go beside ``path``.
+    validation split (a ConformalConfig, or the coverage alone: ``conformal=0.9``). Plots go beside ``path``.
     """
     from deploykit.evaluate import outputs
 
@@ -91,7 +91,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     if config.task is None:
         config = dataclasses.replace(config, task=data.task)
     _check_target(target, config.task)
-    check_conformal(conformal, config.task is Task.REGRESSION)
+    conformal = check_conformal(conformal, config.task is Task.REGRESSION)
     regression = config.task is Task.REGRESSION
     say(f"exporting the MC Dropout {'regression ' if regression else ''}model (T = {config.samples})")
     record = export_mc_onnx(model, path, config=config, metadata=metadata,
@@ -127,7 +127,7 @@ class EnsembleBundle(Record):
 
 def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.PathLike, *, temperature: bool = True,
                     target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
-                    conformal: ConformalConfig | None = None,
+                    conformal: ConformalConfig | float | None = None,
                     deterministic: np.ndarray | None = None, batch_size: int = 256,
                     say: Callable[[str], None] = lambda message: None) -> EnsembleBundle:
     """Write the deep ensemble of the ONNX ``members`` to ``path``, then calibrate / threshold / evaluate it on
@@ -141,7 +141,7 @@ def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.P
     if ood is not None:
         ood = check_ood(ood, data.x_test.shape[1:])
     _check_target(target, data.task)
-    check_conformal(conformal, data.task is Task.REGRESSION)
+    conformal = check_conformal(conformal, data.task is Task.REGRESSION)
     say(f"writing the ensemble of {len(members)} members")
     names = None if data.task is Task.REGRESSION else list(data.class_names) or None
     record = export_ensemble_onnx(members, path, class_names=names)

@@ -99,10 +99,16 @@ def check_calibration_rows(config: ConformalConfig, data) -> None:
     calibrate_classifier(data.y_val, np.full((len(data.y_val), classes), 1.0 / classes), config)
 
 
-def check_conformal(config: ConformalConfig | None, regression: bool) -> None:
-    """Refuse, before any work, a conformal option that does not apply to the task."""
-    if config is not None and regression and config.by_class:
+def check_conformal(config: ConformalConfig | float | None, regression: bool) -> ConformalConfig | None:
+    """The ConformalConfig a bundle's ``conformal=`` asks for (a number is the coverage, e.g. ``conformal=0.9``);
+    refuses, before any work, a bad value or an option that does not apply to the task."""
+    if config is None:
+        return None
+    if not isinstance(config, ConformalConfig):
+        config = ConformalConfig(config)
+    if regression and config.by_class:
         raise UsageError("conformal_by_class applies to classifiers (a regressor's intervals are per target)")
+    return config
 
 
 def _need_validation(data) -> None:

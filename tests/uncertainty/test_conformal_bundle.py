@@ -26,7 +26,7 @@ def test_regression_mc_bundle_adds_normalized_intervals(tmp_path, diabetes, diab
     from deploykit.uncertainty.bundle import mc_bundle
 
     path = tmp_path / "m.onnx"
-    bundle = mc_bundle(diabetes_model, diabetes, path, MCConfig(samples=20, seed=2), conformal=ConformalConfig(0.9))
+    bundle = mc_bundle(diabetes_model, diabetes, path, MCConfig(samples=20, seed=2), conformal=0.9)  # the coverage alone
     report = bundle.comparison.conformal
     assert report.calibration.method is ConformalMethod.NORMALIZED and report.calibration.count == len(diabetes.y_val)
     assert 0.7 <= report.test.coverage <= 1.0 and report.test.mean_width > 0
