@@ -96,3 +96,43 @@ def test_v2_metadata_and_v1_predictions(server):
     predictions = response.json()["predictions"]
     assert all(len(p[PREDICTION_SET_OUTPUT]) == 10 and all(isinstance(v, bool) for v in p[PREDICTION_SET_OUTPUT])
                and p[SET_SIZE_OUTPUT] == sum(p[PREDICTION_SET_OUTPUT]) for p in predictions)
+
+
+@pytest.fixture(scope="module")
+def regression_server(tmp_path_factory):
+    """A regression MC model (Dense -> Dropout -> Dense(1), bias at the mean target) with conformal intervals."""
+    from deploykit.backend import keras, set_seed
+    from deploykit.data import load_dataset
+    from deploykit.uncertainty import MCConfig
+    from deploykit.uncertainty.bundle import mc_bundle
+
+    data = load_dataset("diabetes")
+    set_seed(3)
+    model = keras.Sequential([keras.Input(shape=data.input_shape), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+    kernel, _ = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, np.array([np.mean(data.y_train)], np.float32)])
+    folder = tmp_path_factory.mktemp("regression")
+    mc_bundle(model, data, folder / "reg.onnx", MCConfig(samples=10), conformal=0.9)
+    with serving(folder / "reg.onnx", tmp_path_factory.mktemp("log") / "server.log") as process:
+        yield process, data
+
+
+def test_served_regressor_answers_lower_and_upper(regression_server):
+    from deploykit.contract import LOWER_OUTPUT, UPPER_OUTPUT
+    from deploykit.uncertainty.conformal import Conformal, ConformalMethod, intervals
+
+    server, data = regression_server
+    x = np.asarray(data.x_test[:20], np.float32)
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    answer = httpx.post(f"{server.base}/v2/models/reg/infer", json=body, timeout=60).json()
+    out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in answer["outputs"]}
+    assert out[LOWER_OUTPUT].shape == out[UPPER_OUTPUT].shape == (20, 1)
+    stored = httpx.get(f"{server.base}/v2/models/reg", timeout=60).json()["parameters"]["conformal"]
+    assert stored["method"] == "normalized" and stored["rule"] == "[lower, upper] = center -/+ threshold * scale"
+    cal = Conformal(ConformalMethod.NORMALIZED, stored["alpha"], stored["n"], stored["threshold"])
+    lower, upper = intervals(out["mean"], out["std"], cal)  # the same call's mean and std
+    np.testing.assert_allclose(out[LOWER_OUTPUT], lower, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out[UPPER_OUTPUT], upper, rtol=1e-5, atol=1e-3)
+    v1 = httpx.post(f"{server.base}/v1/models/reg:predict", json={"instances": x[:3].tolist()}, timeout=60).json()
+    assert all(p[LOWER_OUTPUT][0] <= p["mean"][0] <= p[UPPER_OUTPUT][0] for p in v1["predictions"])
