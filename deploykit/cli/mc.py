@@ -190,8 +190,11 @@ def _print_classification(report, config) -> None:
           + (f", temperature {report.temperature.fit.temperature:.3f})" if report.temperature else ", no temperature)"))
     if report.selective:
         chosen = report.selective.chosen
-        bound = "" if chosen.bound is None else (f" (validation: accuracy {chosen.accuracy:.1%}, lower bound "
-                                                 f"{chosen.bound:.1%} at {1 - chosen.target.target_delta:.0%})")
+        bound = ""
+        if chosen.bound is not None:
+            level = f"{1 - chosen.target.target_delta:.0%}"
+            bound = (" (no cut's bound reaches the target: abstains on every row)" if chosen.bound != chosen.bound
+                     else f" (validation: accuracy {chosen.accuracy:.1%}, lower bound {chosen.bound:.1%} at {level})")
         print(f"abstain when {chosen.measure.value} > {chosen.threshold:.4g}: "
               f"test coverage {report.selective.test.coverage:.1%}{bound}")
     if report.conformal:

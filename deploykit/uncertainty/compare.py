@@ -226,9 +226,14 @@ def extra_markdown(report: dict) -> list[str]:
 
 def _bound(chosen: dict) -> str:
     """The finite-sample bound beside the validation point estimate (a threshold chosen with target_delta)."""
-    if chosen.get("bound") is None:
-        return " (point estimate: no finite-sample bound)" if chosen["target"].get("target_coverage") is None else ""
-    delta = chosen["target"]["target_delta"]
+    target = chosen["target"]
+    if target.get("target_coverage") is not None:
+        return ""
+    delta = target.get("target_delta")
+    if delta is None:
+        return " (point estimate: no finite-sample bound)"
+    if chosen.get("bound") is None:  # nothing kept: no cut's bound reaches the target
+        return f"; no cut's bound at {1 - delta:.0%} reaches the target, so it abstains on every row"
     if chosen.get("rmse") is not None:
         return f"; upper bound {_num(chosen['bound'])} at {1 - delta:.0%} (Student-t, approximate)"
     return f"; lower bound {_pct(chosen['bound'])} at {1 - delta:.0%} (Clopper-Pearson, SGR)"
