@@ -232,7 +232,7 @@ def _bound(chosen: dict) -> str:
     delta = target.get("target_delta")
     if delta is None:
         return " (point estimate: no finite-sample bound)"
-    if chosen.get("bound") is None:  # nothing kept: no cut's bound reaches the target
+    if chosen.get("bound") is None or math.isnan(chosen["bound"]):  # nothing kept: no cut's bound reaches the target
         return f"; no cut's bound at {1 - delta:.0%} reaches the target, so it abstains on every row"
     if chosen.get("rmse") is not None:
         return f"; upper bound {_num(chosen['bound'])} at {1 - delta:.0%} (Student-t, approximate)"

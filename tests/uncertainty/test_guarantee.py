@@ -71,3 +71,16 @@ def test_rmse_bound_and_the_metadata_say_what_was_promised():
     assert apply_threshold(y, pred, u, meta["threshold"]).coverage == meta["validation_coverage"]
     with pytest.raises(ConfigError, match="target_delta"):
         SelectiveTarget(target_accuracy=0.9, target_delta=1.0)
+
+
+def test_the_report_puts_the_bound_beside_the_validation_accuracy():
+    from deploykit.uncertainty.compare import SelectiveReport, extra_markdown
+
+    rng = np.random.default_rng(2)
+    y, pred, u = _draw(2000, rng)
+    for target, expected in ((SelectiveTarget(target_accuracy=0.9), "lower bound 9"),
+                             (SelectiveTarget(target_accuracy=0.9, target_delta=None), "point estimate"),
+                             (SelectiveTarget(target_accuracy=1.0), "abstains on every row")):
+        chosen = choose_threshold(y, pred, u, Measure.ENTROPY, target)
+        report = SelectiveReport(chosen, apply_threshold(y, pred, u, chosen.threshold))
+        assert expected in "\n".join(extra_markdown({"selective": report.to_dict()}))
