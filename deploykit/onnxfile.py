@@ -74,6 +74,14 @@ def model_bytes(path: str | os.PathLike) -> bytes:
     return proto.SerializeToString()
 
 
+def load_onnx(path: str | os.PathLike):
+    """An ``onnx.ModelProto`` of a user's ONNX file, read through :func:`model_bytes` (checked, external data
+    contained and inlined) rather than ``onnx.load``, whose own checks depend on the onnx version."""
+    import onnx
+
+    return onnx.load_from_string(model_bytes(path))
+
+
 def _inline(tensor, path: Path, loaded: int) -> int:
     """Read ``tensor``'s external data (checked) into its ``raw_data``; the bytes read."""
     info = {e.key: e.value for e in tensor.external_data}

@@ -112,7 +112,9 @@ def quantize_onnx_file(
         raise UsageError(f"{source}: not an .onnx file")
     if source.resolve() == path.resolve():
         raise UsageError(f"{path}: the quantized model must not overwrite its source")
-    proto = onnx.load(str(source))
+    from deploykit.onnxfile import load_onnx
+
+    proto = load_onnx(source)  # external data contained in the source's folder, declared sizes bounded
     name = graph_input(proto)
     dims = next(v for v in proto.graph.input if v.name == name).type.tensor_type.shape.dim[1:]
     if any(not d.HasField("dim_value") for d in dims):

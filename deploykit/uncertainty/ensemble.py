@@ -130,15 +130,17 @@ def export_ensemble_onnx(members: Sequence[str | os.PathLike], path: str | os.Pa
 
 
 def _load(member):
-    import onnx
-
     if hasattr(member, "graph"):
         return member
     path = Path(member)
     if not path.is_file():
         raise ModelLoadError(f"ensemble member {path}: no such file")
+    from deploykit.onnxfile import load_onnx
+
     try:
-        return onnx.load(str(path))
+        return load_onnx(path)  # external data contained in the member's folder, declared sizes bounded
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"ensemble member {path}: not an ONNX model ({type(exc).__name__})") from None
 

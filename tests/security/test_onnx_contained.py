@@ -128,3 +128,16 @@ def test_small_constant_shapes_still_load(tmp_path):
     path = hostile_onnx.constant_of_shape_model(tmp_path, "ConstantOfShape", elements=1000)
     session = onnx_session(path)
     assert session.run(None, {"input": np.zeros((1, 4), np.float32)})[0].tolist() == [[1000.0] * 4]
+
+
+def test_export_and_ensemble_read_onnx_sources_through_the_same_checks(served):
+    """``deploykit export model.onnx`` and ensemble members are read with deploykit's checks, not onnx.load's."""
+    from deploykit.export.onnx_export import quantize_onnx_file
+    from deploykit.uncertainty.ensemble import _load
+
+    path = hostile_onnx.external_data_model(served, "../secret.bin")
+    with pytest.raises(ModelLoadError, match="leads out of the model's folder"):
+        _load(path)
+    with pytest.raises(ModelLoadError, match="leads out of the model's folder"):
+        quantize_onnx_file(path, served / "q.onnx", "int8-dynamic")
+    assert not (served / "q.onnx").exists()
