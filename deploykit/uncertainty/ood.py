@@ -87,8 +87,9 @@ def _scores(values, what: str) -> np.ndarray:
 def load_ood(path: str | os.PathLike) -> np.ndarray:
     """The inputs of an out-of-distribution set: a .npy array, or the ``x`` (else ``x_test``) array of a .npz."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"OOD data {path}: no such file")
+    _check_declared(path)
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -101,6 +102,24 @@ def load_ood(path: str | os.PathLike) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise DataError(f"OOD data {path}: cannot read it ({type(exc).__name__}: {exc})") from None
     raise DataError(f"OOD data {path}: give a .npy array or an .npz with an array x")
+
+
+def _check_declared(path: Path) -> None:
+    """A regular file whose arrays declare at most DEPLOYKIT_MAX_DATA_BYTES (a 1 KB .npy can declare terabytes)."""
+    from deploykit.data import _npy_declared_bytes, _npz_declared_bytes
+    from deploykit.files import regular_file
+    from deploykit.limits import DATA_BYTES
+
+    size = regular_file(path, "OOD data", DataError)
+    if path.suffix == ".npz":
+        DATA_BYTES.check(path, _npz_declared_bytes(path), "the .npz (its array headers)")
+    elif path.suffix == ".npy":
+        try:
+            with open(path, "rb") as fh:
+                declared = _npy_declared_bytes(fh, size)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"OOD data {path}: cannot read it ({type(exc).__name__}: {exc})") from None
+        DATA_BYTES.check(path, declared, "the .npy header")
 
 
 def check_ood(x, input_shape: Sequence[int]) -> np.ndarray:

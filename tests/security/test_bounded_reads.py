@@ -127,3 +127,17 @@ def test_loading_data_costs_a_few_times_its_size_not_seven(tmp_path):
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 4.5 * 128, done.stdout
+
+
+def test_ood_data_on_dev_zero_or_declaring_terabytes_is_refused(tmp_path):
+    from deploykit.uncertainty.ood import load_ood
+
+    with pytest.raises(DataError, match="a character device, not a regular file"):
+        load_ood(_zero(tmp_path / "ood.npy"))
+    bomb = tmp_path / "bomb.npy"
+    with open(bomb, "wb") as fh:  # a header declaring 10^12 float32 values, and nothing after it
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    with pytest.raises(DataError, match="DEPLOYKIT_MAX_DATA_BYTES"):
+        load_ood(bomb)
+    np.save(tmp_path / "fine.npy", np.ones((3, 4), np.float32))
+    assert load_ood(tmp_path / "fine.npy").shape == (3, 4)
