@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError
-from deploykit.files import regular_file
+from deploykit.files import read_bytes, regular_file
 from deploykit.layers import LayerSupport, support_for
 from deploykit.limits import MODEL_BYTES, MODEL_CONFIG_BYTES
 
@@ -185,13 +185,13 @@ def _read_saved_model(path: Path) -> ModelFile:
             "model.export()); tf_keras can only give a non-Keras object from it. Save the model with "
             "model.save('model.keras') instead"
         )
-    MODEL_CONFIG_BYTES.check(path, meta.stat().st_size, "keras_metadata.pb")
+    raw = read_bytes(meta, "model", ModelLoadError, MODEL_CONFIG_BYTES)  # a regular file: /dev/zero never ends
     import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
     from tf_keras.protobuf import saved_metadata_pb2
 
     proto = saved_metadata_pb2.SavedMetadata()
     try:
-        proto.ParseFromString(meta.read_bytes())
+        proto.ParseFromString(raw)
         root = next(json.loads(n.metadata) for n in proto.nodes if n.node_path == "root")
     except Exception as exc:
         raise ModelLoadError(f"model {path}: unreadable keras_metadata.pb ({one_line(exc)})") from None

@@ -141,3 +141,12 @@ def test_ood_data_on_dev_zero_or_declaring_terabytes_is_refused(tmp_path):
         load_ood(bomb)
     np.save(tmp_path / "fine.npy", np.ones((3, 4), np.float32))
     assert load_ood(tmp_path / "fine.npy").shape == (3, 4)
+
+
+def test_saved_model_metadata_on_dev_zero_is_refused(tmp_path):
+    folder = tmp_path / "sm"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    _zero(folder / "keras_metadata.pb")
+    error = _within(10, lambda: read_model_file(folder))
+    assert isinstance(error, ModelLoadError) and "a character device, not a regular file" in str(error)
