@@ -379,8 +379,8 @@ def slow_markdown(s: dict, seconds: float, clients: int) -> list[str]:
     answers = ", ".join(f"{k}: {v['count']}, {v['p50_ms']} / {v['max_ms']}" for k, v in w["slow_answers"].items())
     return [
         "## A slow model", "",
-        f"{clients} good clients (deterministic model) for {seconds:g} s alone, then for {seconds:g} s beside one client "
-        "sending, again and again, a row on which the `slow` model's Loop never ends (same server, "
+        f"{clients} good clients (deterministic model) for {seconds:g} s alone, then for {seconds:g} s beside one "
+        "client sending, again and again, a row on which the `slow` model's Loop never ends (same server, "
         f"`--request-timeout {SLOW_TIMEOUT:g}`). A health probe runs every 50 ms in both phases.", "",
         "| good clients | req/s | p50 ms | p99 ms | errors | health p50 / p99 / max ms |",
         "|---|---|---|---|---|---|",

@@ -12,7 +12,8 @@ def register(sub) -> None:
         description="Run FILE in onnxruntime or LiteRT on the test split of --data and print its accuracy, size and "
         "speed. With --reference (the Keras model or float32 ONNX file it came from) agreement and the largest "
         "probability difference are measured too; without it the outputs must fit the data, be finite, and a "
-        "classifier's accuracy must stay within 5 points of the reference accuracy recorded in the file. The file's variant (float32, float16, int8-dynamic, int8-static, "
+        "classifier's accuracy must stay within 5 points of the reference accuracy recorded in the file. "
+        "The file's variant (float32, float16, int8-dynamic, int8-static, "
         "int8-full, int8-weights) is read from what it holds. Exits 1 when a tolerance is missed.",
     )
     p.add_argument("file", help=".onnx or .tflite file")

@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deploykit.contract import MaskKind
-from deploykit.configs import MAX_MC_SAMPLES, SEED_MAX, boolean, check_keys, choice, fraction, integer, number, positive, text
+from deploykit.configs import (
+    MAX_MC_SAMPLES,
+    SEED_MAX,
+    boolean,
+    check_keys,
+    choice,
+    fraction,
+    integer,
+    number,
+    positive,
+    text,
+)
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
     ExportFormat,
