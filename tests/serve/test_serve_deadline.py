@@ -60,6 +60,13 @@ def test_a_model_that_never_answers_gets_504_each_time_and_keeps_its_threads(ser
     assert get(f"{server.base}/v2/health/live")[0] == 200
 
 
+def test_v1_requests_get_the_same_deadline(server):
+    t0 = time.monotonic()
+    status, body = post_json(f"{server.base}/v1/models/slow:predict", {"instances": [[1, 1, 1, 1]]})
+    assert status == 504 and "request timeout of 2 s" in body["error"], body
+    assert time.monotonic() - t0 < TIMEOUT + 3
+
+
 def test_unservable_models_are_skipped_with_one_line_each(server):
     log = server.log.read_text()
     leak = [line for line in log.splitlines() if "skipping model 'leak'" in line]
