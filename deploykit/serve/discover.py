@@ -52,17 +52,21 @@ def _discover(path: Path, warn: Callable[[str], None]) -> dict[str, Path]:
         found[path.name] = [own]
     for file in sorted(path.glob("*.onnx")):
         found.setdefault(file.stem, []).append(file)
+    odd = []  # version folders named with non-ASCII digits ('²'): never a version
     for folder in sorted(p for p in path.iterdir() if p.is_dir()):
         latest = _latest_version(folder)
         if latest:
             found.setdefault(folder.name, []).append(latest)
+        odd += [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit() and not v.name.isascii()]
     clashes = {name: files for name, files in found.items() if len(files) > 1}
     if clashes:
         name, files = next(iter(clashes.items()))
         raise UsageError(f"two models named {name!r} in {path}: {', '.join(str(f) for f in files)}")
     if not found:
         raise UsageError(f"no models in {path}: expected *.onnx files or <name>/<version>/{MODEL_FILE} folders")
-    named, skipped = {}, []
+    named = {}
+    skipped = [f"warning: skipping {limits_shown(str(v))}: version folders are named with ASCII digits only"
+               for v in odd]
     for name, files in found.items():
         problem = _name_problem(name)
         if problem:
@@ -77,7 +81,7 @@ def _discover(path: Path, warn: Callable[[str], None]) -> dict[str, Path]:
 
 
 def _triton_name(file: Path) -> str | None:
-    if file.name == MODEL_FILE and file.parent.name.isdigit():
+    if file.name == MODEL_FILE and file.parent.name.isascii() and file.parent.name.isdigit():
         return file.parent.parent.name
     return None
 

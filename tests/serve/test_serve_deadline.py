@@ -79,6 +79,8 @@ def test_badly_named_files_are_skipped_with_one_line_each(server, folder):
     for name in BAD_NAMES:
         lines = [line for line in log.splitlines() if line.startswith(f"warning: skipping '{folder / name}'"[:150])]
         assert len(lines) == 1 and "cannot" not in lines[0][:20] and "must be at most 128 ASCII" in lines[0], log
+    version = [line for line in log.splitlines() if "version folders are named with ASCII digits only" in line]
+    assert len(version) == 1 and str(folder / "m" / "\u00b2") in version[0], log
     assert "Traceback" not in log and "ValueError" not in log
     index = post_json(f"{server.base}/v2/repository/index", {})[1]
     assert sorted(m["name"] for m in index) == ["endless", "ext", "good", "slow"]
