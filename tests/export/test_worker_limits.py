@@ -17,6 +17,8 @@ from deploykit.export.isolated import (
 )
 from tests.security import hostile_onnx
 
+pytestmark = pytest.mark.slow  # each test starts runtime workers (a fresh interpreter importing onnxruntime)
+
 
 def _alive(pid: int) -> bool:
     try:

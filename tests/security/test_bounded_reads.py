@@ -79,6 +79,7 @@ def test_toml_nested_5000_deep_is_one_clear_error(tmp_path):
         OptimizeConfig.from_toml(path)
 
 
+@pytest.mark.slow  # compresses 256 MiB
 def test_keras_zip_that_under_declares_config_json_costs_its_declared_size(tmp_path):
     path = hostile.keras_zip_underdeclared(tmp_path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -110,6 +111,7 @@ def test_csv_with_cr_only_line_ends(tmp_path):
     assert data.num_features == 2 and len(data.x_train) + len(data.x_test) + len(getattr(data, "x_val", [])) == 40
 
 
+@pytest.mark.slow  # writes and loads 128 MiB in a child
 def test_loading_data_costs_a_few_times_its_size_not_seven(tmp_path):
     """A 128 MiB float32 .npz: the peak was 7x its size (a float64 copy of the training split for its
     statistics, a float32 copy of float32 inputs); now under 4.5x. Measured in a child, alone."""
