@@ -89,7 +89,7 @@ def test_no_dropout_is_refused(tmp_path, digits):
     ({"samples": 0}, "samples must be an integer >= 1"),
     ({"samples": 2000}, "samples must be at most max_samples"),
     ({"max_samples": 0}, "max_samples must be an integer >= 1"),
-    ({"seed": -1}, "seed must be an integer >= 0 or unset, got -1"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\] or unset, got -1"),
     ({"samples": 2.5}, "samples must be an integer"),
 ])
 def test_bad_options_are_refused(tmp_path, mc_bn_model, kwargs, match):
