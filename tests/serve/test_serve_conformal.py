@@ -35,7 +35,7 @@ def conformal_out(tmp_path_factory, digits):
     model.save(folder / "model.keras")
     out = folder / "served"
     command = ["mc", str(folder / "model.keras"), "--data", "digits", "--samples", "10", "--conformal", "0.9",
-               "--target-accuracy", "0.9", "--out", str(out)]
+               "--target-accuracy", "0.8", "--out", str(out)]  # below what 3 epochs reach: a bound exists
     run = subprocess.run([sys.executable, "-m", "deploykit.cli.main", *command], capture_output=True, text=True,
                          timeout=600, env={**os.environ}, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
