@@ -28,8 +28,7 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
     if is_tf_keras_model(obj):
         from deploykit.io import check_single_io
 
-        check_single_io(obj)
-        return obj
+        return check_single_io(obj)  # packed when it has several inputs or outputs
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
 

@@ -32,6 +32,9 @@ __all__ = ["ModelFile", "ModelFormat", "check_model_config", "load_model", "read
 def load_model(path: str | os.PathLike, *, unsafe: bool = False):
     """Load a model as a tf_keras model, checking its layers against the support table.
 
+    A model with several inputs or outputs comes back packed into one input and one output
+    (:mod:`deploykit.multi_io`): every step works on it; saving unpacks it.
+
     Keras 3 files are rebuilt in tf_keras with identical weights, and their
     outputs checked against Keras 3's own within 1e-5. ``unsafe=True`` allows
     Lambda layers, custom objects and SavedModel folders (loading them can run
@@ -41,7 +44,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
     if model_file.is_keras3:
         from deploykit.keras3 import import_keras3
 
-        return import_keras3(model_file, unsafe=unsafe)
+        return check_single_io(import_keras3(model_file, unsafe=unsafe))
     check_model_config(model_file, unsafe=unsafe)
     return _load_tf_keras(model_file, unsafe)
 
@@ -55,6 +58,9 @@ def save_model(model, path: str | os.PathLike) -> Path:
         raise UsageError(f"model path {path}: use a .keras or .h5 suffix")
     if not is_tf_keras_model(model):
         raise UsageError(f"model path {path}: deploykit saves tf_keras models, got {type(model).__module__}.{type(model).__name__}")
+    from deploykit.multi_io_model import unpack_model
+
+    model = unpack_model(model)  # a packed model is saved with its own inputs and outputs
     with atomic_path(path) as tmp, warnings.catch_warnings(), quiet_native():  # tf_keras's compiled-metrics warning
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)  # .h5 was asked for
         model.save(tmp)
@@ -65,8 +71,9 @@ def save_model_like(model, path: str | os.PathLike, keras3: bool) -> Path:
     """Save as the user's framework opens it: a Keras 3 file when the input was one, else tf_keras."""
     if keras3:
         from deploykit.keras3 import save_keras3
+        from deploykit.multi_io_model import unpack_model
 
-        return save_keras3(model, path)
+        return save_keras3(unpack_model(model), path)
     return save_model(model, path)
 
 
@@ -87,22 +94,28 @@ def _load_tf_keras(model_file: ModelFile, unsafe: bool):
     if not is_tf_keras_model(model):
         raise ModelLoadError(f"model {path}: tf_keras gave a {type(model).__name__}, not a Keras model")
     check_layers(model.layers, unsafe=unsafe)
-    check_single_io(model)
-    return model
+    return check_single_io(model)
 
 
-def check_single_io(model) -> None:
-    """An UnsupportedLayerError naming the tensors when a model has several inputs or outputs.
+def check_single_io(model):
+    """The model as deploykit's steps take it: one input and one output, packed when it has several.
 
-    deploykit's artifacts have one ``input`` and its steps feed one array: a model with several
-    is refused at load with one line, not failed deep inside a step.
+    deploykit's steps feed one array and read one: a model with several inputs or outputs is packed
+    (:func:`deploykit.multi_io_model.pack_model`, exact); one the graph reader cannot pack is refused
+    at load with one line naming its tensors, not failed deep inside a step.
     """
-    for what, tensors in (("inputs", model.inputs), ("outputs", model.outputs)):
-        if tensors is not None and len(tensors) > 1:
-            names = ", ".join(t.name.split(":")[0] for t in tensors)
-            raise UnsupportedLayerError(model.name, type(model).__name__,
-                                        f"has {len(tensors)} {what} ({names}); deploykit handles single-input, "
-                                        "single-output models")
+    from deploykit.multi_io_model import has_several_io, pack_model
+
+    if not has_several_io(model):
+        return model
+    try:
+        return pack_model(model)
+    except UnsupportedLayerError as exc:
+        if exc.layer_name == model.name:  # pack_model's own refusal names the model already
+            raise
+        names = ", ".join(t.name.split(":")[0] for t in [*model.inputs, *model.outputs])
+        raise UnsupportedLayerError(model.name, type(model).__name__,
+                                    f"has several inputs or outputs ({names}) and cannot be packed into one: {exc}") from None
 
 
 def _load_keras_zip(path: Path, unsafe: bool):

@@ -81,11 +81,10 @@ def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> tuple[Graph, set[str
     check_model_config(model_file, unsafe=unsafe)
     name = str(model_file.config.get("config", {}).get("name") or "deploykit_model")
     graph = graph_from_config(model_file.config, unsafe=unsafe, model_name=name)
-    for what, ends in (("inputs", list(graph.inputs)), ("outputs", graph.outputs)):
-        if len(ends) != 1:  # the words of io.check_single_io, before anything is built
-            raise UnsupportedLayerError(name, model_file.model_class, f"has {len(ends)} {what} ({', '.join(ends)}); "
-                                        "deploykit handles single-input, single-output models")
-    graph.inputs = {next(iter(graph.inputs)): _input_shape(model_file)}
+    if len(graph.inputs) == 1:
+        graph.inputs = {next(iter(graph.inputs)): _input_shape(model_file)}
+    else:  # several inputs (deploykit.multi_io): each InputLayer's own shape
+        _check_input_shapes(model_file, graph)
     added = expand_activations(graph)
     for node in graph.nodes:
         kind = node.spec.class_name
@@ -107,6 +106,13 @@ def _input_shape(model_file: ModelFile) -> tuple[int, ...]:
     if not shape or any(d is None for d in shape[1:]):
         raise ModelLoadError(f"model {model_file.path}: the Keras 3 model has no fully defined input shape ({shape})")
     return tuple(int(d) for d in shape[1:])
+
+
+def _check_input_shapes(model_file: ModelFile, graph: Graph) -> None:
+    bad = {n: s for n, s in graph.inputs.items() if not s or any(d is None for d in s)}
+    if bad:
+        raise ModelLoadError(f"model {model_file.path}: the Keras 3 model's inputs have no fully defined shape ({bad})")
+    graph.inputs = {n: tuple(int(d) for d in s) for n, s in graph.inputs.items()}
 
 
 def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
@@ -204,12 +210,25 @@ def _max_abs_diff(path, keras3, source, model, graph: Graph, seed: int) -> float
     """The largest output difference on random inputs, divided by the outputs' RMS when that is above 1."""
     from deploykit.evaluate import output_scale
 
-    x = random_inputs(graph, CHECK_SAMPLES, seed)
-    expected = np.asarray(keras3.ops.convert_to_numpy(source(x, training=False)))
-    got = model(x, training=False).numpy()
+    if len(graph.inputs) == 1:
+        x = random_inputs(graph, CHECK_SAMPLES, seed)
+    else:  # several inputs: one array each, in the model's order
+        rng = np.random.default_rng(seed)
+        x = [rng.standard_normal((CHECK_SAMPLES, *s)).astype(np.float32) for s in graph.inputs.values()]
+    expected = _joined(keras3.ops.convert_to_numpy, source(x, training=False))
+    got = _joined(np.asarray, model(x, training=False))
     if expected.shape != got.shape:
         raise ModelLoadError(f"model {path}: the tf_keras model gives outputs of shape {got.shape}, the Keras 3 model {expected.shape}")
     return float(np.max(np.abs(expected.astype(np.float64) - got))) / output_scale(expected)
+
+
+def _joined(to_numpy, out) -> np.ndarray:
+    """A model's outputs as one array [N, ...]: several outputs flattened side by side (deploykit.multi_io)."""
+    if not isinstance(out, (list, tuple, dict)):
+        return np.asarray(to_numpy(out))
+    parts = list(out.values()) if isinstance(out, dict) else list(out)
+    arrays = [np.asarray(to_numpy(p)) for p in parts]
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
 
 
 @contextlib.contextmanager

@@ -131,6 +131,7 @@ SUPPORT: dict[str, LayerSupport] = {
     "Average": _entry(Role.MERGE),
     "ZeroPadding1D": _entry(Role.PADDING),
     "ZeroPadding2D": _entry(Role.PADDING),
+    "Cropping1D": _entry(Role.RESHAPE),  # cuts a model input out of the packed one (deploykit.multi_io_model)
     "LayerNormalization": _entry(Role.LAYERNORM),
     "Embedding": _entry(Role.EMBEDDING, channel_axis=None),
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None),

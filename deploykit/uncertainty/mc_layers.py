@@ -273,6 +273,15 @@ def _emit_global_pool(g, node, xs, shapes):
     return g.reduce(op, xs[0], axes, keepdims=int(bool(spec.config.get("keepdims", False)))), _out_shape(node)
 
 
+@emits("Cropping1D")
+def _emit_cropping(g, node, xs, shapes):
+    """Keep steps ``begin .. length - end`` of axis 1 (how a packed input is cut into the model's inputs)."""
+    begin, end = (int(v) for v in node.spec.config["cropping"])
+    stop = int(shapes[0][0]) - end
+    return g.op("Slice", [xs[0], g.const([begin], np.int64), g.const([stop], np.int64), g.const([1], np.int64)]), \
+        _out_shape(node)
+
+
 @emits("ZeroPadding1D", "ZeroPadding2D")
 def _emit_zero_padding(g, node, xs, shapes):
     spec = node.spec

@@ -1,0 +1,107 @@
+"""Models with several inputs or outputs, built as their authors publish them, and data named after their tensors.
+
+``wide_and_deep``: the book's chapter 10 Wide & Deep network, line for line (a wide input of 5 features, a deep
+input of 6, each standardized by a Normalization adapted on the training data, the deep path through two Dense
+30 ReLU, concatenated with the wide path, one Dense(1) output; with ``aux=True`` the auxiliary output
+``Dense(1)(hidden2)`` of the same section). The book trains on California housing, which needs a download: the
+data here is scikit-learn's embedded diabetes set (10 features; wide = features 0-4, deep = features 2-7, as the
+book splits its 8). ``three_heads``: a regressor with three named outputs. Keras 3 (``import keras``) or tf_keras.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def diabetes_arrays():
+    """(wide [442, 5], deep [442, 6], y [442]) float32, targets scaled to about 0..3.5 as house prices in $100k."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    x = bunch.data.astype(np.float32) * 10.0  # the raw features, on a scale the Normalization layers have to fix
+    y = (bunch.target / 100.0).astype(np.float32)
+    return x[:, :5], x[:, 2:8], y
+
+
+def _keras(tf_keras: bool):
+    if tf_keras:
+        from deploykit.backend import keras
+
+        return keras
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit itself does)
+    import keras
+
+    return keras
+
+
+def wide_and_deep(*, aux: bool = False, tf_keras: bool = False, epochs: int = 3, seed: int = 42, dropout: float = 0.0):
+    """The book's Wide & Deep network (chapter 10), trained for ``epochs`` on the diabetes arrays."""
+    keras = _keras(tf_keras)
+    keras.utils.set_random_seed(seed)
+    x_wide, x_deep, y = diabetes_arrays()
+    input_wide = keras.layers.Input(shape=[5], name="input_wide")
+    input_deep = keras.layers.Input(shape=[6], name="input_deep")
+    norm_layer_wide = keras.layers.Normalization()
+    norm_layer_deep = keras.layers.Normalization()
+    norm_wide = norm_layer_wide(input_wide)
+    norm_deep = norm_layer_deep(input_deep)
+    hidden1 = keras.layers.Dense(30, activation="relu")(norm_deep)
+    if dropout:
+        hidden1 = keras.layers.Dropout(dropout)(hidden1)
+    hidden2 = keras.layers.Dense(30, activation="relu")(hidden1)
+    concat = keras.layers.concatenate([norm_wide, hidden2])
+    output = keras.layers.Dense(1)(concat)
+    outputs = [output]
+    if aux:
+        aux_output = keras.layers.Dense(1)(hidden2)
+        outputs.append(aux_output)
+    model = keras.Model(inputs=[input_wide, input_deep], outputs=outputs)
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+    model.compile(loss=["mse"] * len(outputs), loss_weights=[0.9, 0.1] if aux else None, optimizer=optimizer)
+    norm_layer_wide.adapt(x_wide)
+    norm_layer_deep.adapt(x_deep)
+    model.fit((x_wide, x_deep), tuple([y] * len(outputs)) if aux else y, epochs=epochs, verbose=0)
+    return model
+
+
+def wide_and_deep_npz(path, model) -> None:
+    """The diabetes arrays named after the model's inputs; ``y`` for every output (as the book trains its aux head)."""
+    x_wide, x_deep, y = diabetes_arrays()
+    names = [t._keras_history[0].name for t in model.inputs]
+    np.savez(path, **{names[0]: x_wide, names[1]: x_deep}, y=y)
+
+
+def three_heads_arrays(n: int = 300, seed: int = 0):
+    """(x [n, 8], {head: [n, width]}) targets of three heads a small net can fit."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 4))
+    base = x @ w
+    heads = {"price": 3.0 + base[:, :1], "rooms": 5.0 + 0.5 * base[:, 1:3] + 0.3 * x[:, :1] ** 2,
+             "age": 30.0 + 10.0 * np.tanh(base[:, 3:4])}
+    noise = {k: rng.normal(scale=0.05 * np.std(v), size=v.shape) for k, v in heads.items()}
+    return x, {k: (v + noise[k]).astype(np.float32) for k, v in heads.items()}
+
+
+def three_heads(*, tf_keras: bool = False, epochs: int = 3, seed: int = 0, dropout: float = 0.0):
+    """A regressor with three named heads: ``price`` [1], ``rooms`` [2], ``age`` [1]."""
+    keras = _keras(tf_keras)
+    keras.utils.set_random_seed(seed)
+    x, heads = three_heads_arrays(seed=seed)
+    inputs = keras.Input(shape=(8,), name="features")
+    norm = keras.layers.Normalization()
+    hidden = keras.layers.Dense(32, activation="relu")(norm(inputs))
+    if dropout:
+        hidden = keras.layers.Dropout(dropout)(hidden)
+    hidden = keras.layers.Dense(32, activation="relu")(hidden)
+    outputs = {name: keras.layers.Dense(v.shape[1], name=name)(hidden) for name, v in heads.items()}
+    model = keras.Model(inputs, [outputs["price"], outputs["rooms"], outputs["age"]])
+    model.compile(loss="mse", optimizer="adam")
+    norm.adapt(x)
+    model.fit(x, [heads["price"], heads["rooms"], heads["age"]], epochs=epochs, verbose=0)
+    return model
+
+
+def three_heads_npz(path, model) -> None:
+    x, heads = three_heads_arrays()
+    np.savez(path, **{model.inputs[0]._keras_history[0].name: x}, **heads)
