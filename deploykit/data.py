@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     task: Task = Task.CLASSIFICATION  # REGRESSION: y_* are float32 targets [N] or [N, K], class_names is empty
+    layout: Any = None  # a deploykit.multi_io.Layout: x / y pack a model's several inputs / outputs side by side
     feature_mean: np.ndarray = field(init=False, repr=False)
     feature_var: np.ndarray = field(init=False, repr=False)
 
@@ -174,6 +176,7 @@ def load_dataset(
     split: SplitConfig | None = None,
     class_names: Sequence[str] | str | None = None,
     task: Task | str | None = None,
+    layout=None,
 ) -> Dataset:
     """Load ``source``: ``"digits"`` or ``"diabetes"`` (embedded), or a path to .npz, .csv or IDX data.
 
@@ -190,6 +193,9 @@ def load_dataset(
     ``task`` (a :class:`~deploykit.task.Task` or its name) says what the labels are;
     None reads it off them (see the module docstring). A regression dataset has
     float32 targets and no class names.
+
+    ``layout`` (a :class:`deploykit.multi_io.Layout`, the model's inputs and outputs): an .npz may then hold
+    one array per model input and output, named after them (:func:`deploykit.multi_io.npz_parts`).
     """
     split = split or SplitConfig()
     task = None if task is None else choice(Task, "task", task)
@@ -205,7 +211,7 @@ def load_dataset(
         regular_file(path, "data", DataError)  # /dev/zero or a FIFO named data.csv never ends
     kind = _format_of(path)
     if kind == "npz":
-        return _load_npz(path, split, given, task)
+        return _load_npz(path, split, given, task, layout)
     if kind == "csv":
         return _load_csv(path, label_column, split, given, task)
     return _load_idx(path, split, given, task)
@@ -253,7 +259,8 @@ def _format_of(path: Path) -> str:
     raise DataError(f"data {path}: unknown format {path.suffix or '(no extension)'}; use .npz, .csv or IDX files")
 
 
-def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None) -> Dataset:
+def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None,
+              layout=None) -> Dataset:
     DATA_BYTES.check(path, _npz_declared_bytes(path), "the .npz (its array headers)")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -261,13 +268,19 @@ def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, tas
     except Exception as exc:  # zipfile / pickle / value errors all mean "not a valid npz"
         raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
     names = _npz_class_names(path, arrays.get("class_names"), given)
+    from deploykit.multi_io import is_named_npz, load_named_npz
+
+    if is_named_npz(arrays, layout):
+        return load_named_npz(path, arrays, layout, split, names, task)
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         val = (arrays["x_val"], arrays["y_val"]) if {"x_val", "y_val"} <= arrays.keys() else None
         return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val,
                            names, task)
     if {"x", "y"} <= arrays.keys():
         return _split_arrays(path.name, arrays["x"], arrays["y"], split, names=names, source=path, task=task)
-    raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test; found {sorted(arrays)}")
+    raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test "
+                    f"(a model with several inputs or outputs: arrays named after them); found {sorted(arrays)}")
+
 
 
 def _npz_class_names(path: Path, stored, given: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -32,10 +32,13 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
 
-def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None, task=None):
+def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None, task=None,
+               layout=None):
     """A Dataset from a Dataset, ``"digits"`` / ``"diabetes"``, a data path, or an ``(x, y)`` pair of arrays.
 
     ``task`` (a Task or its name; None: read off the labels) says whether the labels are classes or regression targets.
+    ``layout`` (:class:`deploykit.multi_io.Layout`, a model's several inputs / outputs): the data may also be
+    an .npz or a dict of arrays named after them.
     """
     from deploykit.configs import choice
     from deploykit.data import Dataset, SplitConfig, _split_arrays, check_class_names, load_dataset
@@ -43,14 +46,25 @@ def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = 
 
     names = None if class_names is None else check_class_names("class_names", class_names)
     task = None if task is None else choice(Task, "task", task)
+    if layout is not None and isinstance(obj, dict):  # arrays named after the model's tensors, as an .npz holds them
+        from pathlib import Path as _Path
+
+        from deploykit.multi_io import load_named_npz
+
+        return load_named_npz(_Path("arrays"), obj, layout, SplitConfig(seed=seed), names, task)
     if isinstance(obj, Dataset):
+        if layout is not None and obj.layout is None:
+            import dataclasses
+
+            obj = dataclasses.replace(obj, layout=layout)
         if names is not None and names != obj.class_names:  # a Dataset is not renamed behind its back
             raise DataError(f"data {obj.name!r} names its classes {list(obj.class_names)}, but class_names {list(names)} were given")
         if task is not None and task is not obj.task:
             raise DataError(f"data {obj.name!r} is a {obj.task.value} dataset, but task {task.value} was given")
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names, task=task)
+        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names, task=task,
+                            layout=layout)
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed), names=names, task=task)
     raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")

@@ -104,6 +104,12 @@ def packing_of(model) -> Packing | None:
     return graph_packing(graph_from_model(model, unsafe=True))
 
 
+def layout_of(model) -> Layout | None:
+    """The :class:`Layout` of a packed model (its several inputs / outputs), else None."""
+    packing = packing_of(model)
+    return packing.layout if packing else None
+
+
 def graph_packing(graph: Graph) -> Packing | None:
     """The :class:`Packing` of a packed graph, else None."""
     inputs, order_in = dict(graph.inputs), list(graph.inputs)
@@ -209,22 +215,33 @@ def name_onnx_tensors(proto, packing: Packing | None, packed_input: str, packed_
     return proto
 
 
-def tflite_function(model, packing: Packing, names: tuple[str, ...], kind_outputs):
+def tflite_function(model, packing: Packing, single, input_name: str):
     """``(function, input signature)`` the TFLite converter takes for a packed model: named inputs, named outputs.
 
-    ``names`` are the deterministic output names for one output; ``kind_outputs(out)`` maps the packed model's
-    output to them (as the one-input export does).
+    ``single(x)`` is the one-output signature's function (the deterministic output names of its kind), used
+    when only the inputs are packed; one input keeps the contract name ``input_name``.
     """
     from deploykit.backend import tf
 
     layout = packing.layout
-    specs = [tf.TensorSpec((None, *t.shape), tf.float32, name=t.name) for t in layout.inputs]
+    if packing.packs_inputs:
+        specs = [tf.TensorSpec((None, *t.shape), tf.float32, name=t.name) for t in layout.inputs]
+    else:
+        specs = [tf.TensorSpec((None, *layout.inputs[0].shape), tf.float32, name=input_name)]
 
     def outputs(*xs):
         x = xs[0] if len(xs) == 1 else tf.concat([tf.reshape(v, (-1, t.size)) for v, t in zip(xs, layout.inputs)], 1)
-        out = model(x, training=False)
         if not packing.packs_outputs:
-            return kind_outputs(out)
+            return single(x)
+        out = model(x, training=False)
         return {t.name: tf.reshape(out[:, layout.columns(t.name)], (-1, *t.shape)) for t in layout.outputs}
 
     return outputs, specs
+
+
+def representative_rows(packing: Packing | None, calibration):
+    """The converter's representative dataset: each calibration row as the signature takes it (one array per input)."""
+    if packing is None or not packing.packs_inputs:
+        return lambda: ([row[None]] for row in calibration)
+    names = packing.layout.input_names()
+    return lambda: ([packing.layout.split_inputs(row[None])[n] for n in names] for row in calibration)

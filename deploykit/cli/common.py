@@ -100,11 +100,17 @@ def writes_keras3(args, out) -> bool:
     return keras3
 
 
-def load_data_arg(args):
+def load_data_arg(args, model=None):
+    """``--data`` as a Dataset; ``model`` (loaded) lets an .npz name its arrays after the model's several inputs / outputs."""
     from deploykit.data import SplitConfig, load_dataset
 
+    layout = None
+    if model is not None:
+        from deploykit.multi_io_model import layout_of
+
+        layout = layout_of(model)
     data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed),
-                        class_names=getattr(args, "class_names", None), task=getattr(args, "task", None))
+                        class_names=getattr(args, "class_names", None), task=getattr(args, "task", None), layout=layout)
     progress(f"data {data.summary()}")
     return data
 

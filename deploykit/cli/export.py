@@ -151,7 +151,7 @@ def _run(args) -> int:
     conformal = _conformal_config(args)
     out = check_dir_target(Path(args.out), force=args.force)
     model = args.model if onnx_source else _load_model(args)
-    data = _load_data(args)
+    data = _load_data(args, None if onnx_source else model)
     if conformal is not None:
         from deploykit.uncertainty.conformal_step import check_calibration_rows
 
@@ -219,10 +219,10 @@ def _load_model(args):
     return load_model_arg(args)
 
 
-def _load_data(args):
+def _load_data(args, model=None):
     if args.data is None:
         progress("no --data: float variants are compared with the model on generated inputs")
         return None
     from deploykit.cli.common import load_data_arg
 
-    return load_data_arg(args)
+    return load_data_arg(args, model)

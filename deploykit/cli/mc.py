@@ -150,7 +150,7 @@ def _run(args) -> int:
     out = Path(args.out)
     with atomic_dir(out, force=args.force) as staging:  # an existing --out is refused before any work
         model = load_model_arg(args)
-        data = load_data_arg(args)
+        data = load_data_arg(args, model)
         data.check_model(model)
         bundle = mc_bundle(model, data, staging / MODEL_FILE, config, temperature=not args.no_temperature,
                            target=target, ood=ood, conformal=conformal, batch_size=args.batch_size, say=progress)

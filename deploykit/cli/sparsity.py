@@ -100,7 +100,8 @@ def _prune(args) -> int:
         skip_output=False if args.prune_output else None, **_tuning_options(args),
     )
     _check_out(args)
-    model, data = load_model_arg(args), load_data_arg(args)
+    model = load_model_arg(args)
+    data = load_data_arg(args, model)
     keras3 = writes_keras3(args, args.out)
     progress(f"pruning to {config.target_sparsity:.0%} over {config.epochs} epochs")
     from deploykit.sparsity import prune
@@ -130,7 +131,8 @@ def _sparsify_l1(args) -> int:
 
     config = L1Config().with_options(l1=args.l1, threshold=args.threshold, **_tuning_options(args))
     _check_out(args)
-    model, data = load_model_arg(args), load_data_arg(args)
+    model = load_model_arg(args)
+    data = load_data_arg(args, model)
     keras3 = writes_keras3(args, args.out)
     progress(f"fine-tuning with l1 = {config.l1:g} over {config.epochs} epochs, then zeroing |w| < {config.threshold:g}")
     from deploykit.sparsity import sparsify_l1
@@ -143,7 +145,7 @@ def _compact(args) -> int:
     _check_out(args)
     model = load_model_arg(args)
     keras3 = writes_keras3(args, args.out)
-    data = load_data_arg(args) if args.data else None
+    data = load_data_arg(args, model) if args.data else None
     from deploykit.sparsity import compact
 
     result, report = compact(model, data)

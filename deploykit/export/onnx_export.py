@@ -27,6 +27,7 @@ from deploykit.export.int8_prep import Int8Preparation, calibration_samples, int
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
 from deploykit.inputs import as_calibration, as_model
+from deploykit.multi_io_model import name_onnx_tensors, packing_of
 from deploykit.task import Task, main_output, model_task
 
 
@@ -78,6 +79,7 @@ def export_onnx(
                                             knobs.num_calibration, input_shape, knobs.seed)
     proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
     num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
+    proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))
     meta = _complete_metadata(metadata, model, input_shape, num_classes, quant, prep, opset)
     meta = dataclasses.replace(meta, task=ModelMetadata.task_entry(task, kind),
                                class_names=meta.class_names if task is Task.CLASSIFICATION else [])

@@ -21,6 +21,7 @@ import numpy as np
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.config import ExportFormat
 from deploykit.log import quiet_native
+from deploykit.multi_io import artifact_layout
 
 
 class OnnxRunner:
@@ -41,10 +42,17 @@ class OnnxRunner:
         self.input_name, self.output_name = inp.name, out.name
         self.input_shape = tuple(inp.shape[1:])
         self.output_shape = tuple(out.shape[1:])
+        self.layout = artifact_layout({i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()},
+                                      {o.name: tuple(o.shape[1:]) for o in outputs.values()})
+        self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        if self.layout is None:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        names = self.layout.output_names() or [self.output_name]  # several inputs, one output: the main one
+        values = self.session.run(names, self.layout.split_inputs(x))
+        return values[0] if len(values) == 1 else self.layout.join_outputs(dict(zip(names, values)))
 
 
 class TfliteRunner:
@@ -70,9 +78,15 @@ class TfliteRunner:
         self.input_quantization = _params(self._in)
         self.output_quantization = _params(self._out)
         self._batch = None
+        self._named = _signature_tensors(self.interpreter)  # several inputs / outputs: name -> details
+        self.layout = None if self._named is None else artifact_layout(
+            *({n: tuple(int(d) for d in t["shape_signature"][1:]) for n, t in part.items()} for part in self._named))
+        self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
+        if self.layout is not None:
+            return self._predict_named(x)
         if len(x) != self._batch:
             self.interpreter.resize_tensor_input(self._in["index"], [len(x), *self.input_shape])
             with quiet_native():  # the first allocation prints "INFO: Created TensorFlow Lite XNNPACK delegate"
@@ -85,6 +99,51 @@ class TfliteRunner:
             scale, zero = self.output_quantization
             return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
         return np.array(y, dtype=np.float32)
+
+
+    def _predict_named(self, x: np.ndarray) -> np.ndarray:
+        """An artifact with several named inputs or outputs: the packed input split by name, the outputs joined."""
+        inputs, outputs = self._named
+        if len(x) != self._batch:
+            for name, t in inputs.items():
+                self.interpreter.resize_tensor_input(t["index"], [len(x), *t["shape_signature"][1:]])
+            with quiet_native():
+                self.interpreter.allocate_tensors()
+            self._batch = len(x)
+        for name, value in self.layout.split_inputs(x).items():
+            t = inputs[name]
+            self.interpreter.set_tensor(t["index"], _quantize(value, _params(t), np.dtype(t["dtype"])))
+        self.interpreter.invoke()
+        names = self.layout.output_names() or [self.output_name]
+        values = {n: _dequantize(self.interpreter.get_tensor(outputs[n]["index"]), _params(outputs[n])) for n in names}
+        return values[names[0]] if len(names) == 1 else self.layout.join_outputs(values)
+
+
+def packed_shapes(layout, input_shape: tuple, output_shape: tuple) -> tuple[tuple, tuple]:
+    """(input shape, output shape) a runner takes and gives: packed widths for an artifact with several tensors."""
+    if layout is None:
+        return input_shape, output_shape
+    return (layout.input_size,), (layout.output_size,) if layout.outputs else output_shape
+
+
+def _signature_tensors(interpreter) -> tuple[dict, dict] | None:
+    """({input name: details}, {output name: details}) of a signature with several inputs or outputs, else None."""
+    try:
+        signature = next(iter(interpreter._get_full_signature_list().values()))
+    except (AttributeError, StopIteration, KeyError, TypeError):
+        return None
+    if len(signature["inputs"]) <= 1 and len(signature["outputs"]) <= 1:
+        return None
+    by_index = {d["index"]: d for d in [*interpreter.get_input_details(), *interpreter.get_output_details()]}
+    return ({n: by_index[i] for n, i in signature["inputs"].items()},
+            {n: by_index[i] for n, i in signature["outputs"].items()})
+
+
+def _dequantize(y: np.ndarray, params: tuple[float, int] | None) -> np.ndarray:
+    if params is None:
+        return np.array(y, dtype=np.float32)
+    scale, zero = params
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 RUNNERS = {".onnx": OnnxRunner, ".tflite": TfliteRunner}

@@ -119,9 +119,15 @@ def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantC
              kind: OutputKind = OutputKind.PROBABILITIES) -> bytes:
     from deploykit.backend import tf
 
+    from deploykit.multi_io_model import packing_of, representative_rows, tflite_function
+
     recipe = quant.spec.recipe
-    spec = tf.TensorSpec((None, *input_shape), tf.float32, name=INPUT_NAME)
-    fn = tf.function(_signature(model, kind), input_signature=[spec])
+    packing = packing_of(model)  # several inputs / outputs: one named signature tensor each
+    if packing is None:
+        fn = tf.function(_signature(model, kind), input_signature=[tf.TensorSpec((None, *input_shape), tf.float32,
+                                                                                 name=INPUT_NAME)])
+    else:
+        fn = tf.function(*tflite_function(model, packing, _signature(model, kind), INPUT_NAME))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
     if recipe is not Recipe.FLOAT:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -129,7 +135,7 @@ def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantC
         converter.target_spec.supported_types = [tf.float16]
     converter._experimental_disable_per_channel = not knobs.per_channel  # the converter's own per-tensor switch
     if recipe is Recipe.TFLITE_FULL:
-        converter.representative_dataset = lambda: ([row[None]] for row in calibration)
+        converter.representative_dataset = representative_rows(packing, calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if knobs.int8_io:
             converter.inference_input_type = tf.int8

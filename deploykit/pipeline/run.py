@@ -188,14 +188,17 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         elif not is_tf_keras_model(model):  # a Keras 3 model object is imported as its file would be
             keras3 = is_keras3_model(model)
             model = as_model(model, unsafe=unsafe, what="optimize: model")
+        from deploykit.multi_io_model import layout_of
+
+        layout = layout_of(model)  # several inputs / outputs: the data may be named after them
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
             data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names, task=config.input.task)
+                              class_names=config.input.class_names, task=config.input.task, layout=layout)
             config = config.with_input(data=source if source in NAMED_DATASETS else str(Path(source).resolve()))
         else:
             data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names, task=config.input.task)
+                              class_names=config.input.class_names, task=config.input.task, layout=layout)
             config = config.with_input(data=data.name)
         task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
         for file in config.ensemble.members:  # a bad member fails now, not after the run's sparsity search
