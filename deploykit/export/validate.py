@@ -70,6 +70,7 @@ class ValidationReport(Record):
     reference_errors: RegressionErrors | None = None  # a regressor's predictions against the Keras reference
     target_errors: RegressionErrors | None = None  # ... and against the test targets (its RMSE is the score)
     reference_rmse: float | None = None  # the Keras reference's test RMSE against the targets
+    per_output: dict | None = None  # several outputs (deploykit.multi_io): each one's figures, each held to the tolerance
     latency_b1_ms: float | None = field(init=False)
     throughput_b256: float | None = field(init=False)
     passed: bool = field(init=False)
@@ -157,7 +158,7 @@ def validate(
     head = (path, ExportFormat(opened.format), quantization, precision, len(x))
     ref = None if reference is None else _reference_outputs(reference, data, x)
     if data.task is Task.REGRESSION:
-        report = _regression_report(head, measured.outputs, ref, y, size, gz, timings, tol)
+        report = _regression_report(head, measured.outputs, ref, y, size, gz, timings, tol, data.layout)
     else:
         report = _classification_report(head, measured.outputs, ref, y, opened.reference_accuracy, size, gz, timings, tol)
     if reference is None:  # nothing to compare with: what the artifact, the data and the file's metadata allow
@@ -192,14 +193,30 @@ def _classification_report(head, probs, ref, y, reference_accuracy, size, gz, ti
                             skipped)
 
 
-def _regression_report(head, pred, ref, y, size, gz, timings, tol) -> ValidationReport:
-    """Max absolute / relative error and RMSE of the predictions against the reference and the targets."""
+def _regression_report(head, pred, ref, y, size, gz, timings, tol, layout=None) -> ValidationReport:
+    """Max absolute / relative error and RMSE of the predictions against the reference and the targets.
+
+    With several outputs (``layout``) each output is also held to every bound on its own (its relative
+    difference against its own size, its own RMSE increase); a miss names the output.
+    """
     targets = RegressionErrors.between(pred, y)
     against = None if ref is None else RegressionErrors.between(pred, ref)
     reference_rmse = None if ref is None else RegressionErrors.between(ref, y).rmse
     mismatches, skipped = _check_regression(tol, against, targets, reference_rmse)
+    per_output = None
+    if layout is not None and layout.several_outputs:
+        per_output = {}
+        for t in layout.outputs:
+            cols = layout.columns(t.name)
+            p, r, yy = (None if a is None else np.asarray(a).reshape(len(a), -1)[:, cols] for a in (pred, ref, y))
+            mine = None if r is None else RegressionErrors.between(p, r)
+            own_rmse = None if r is None else RegressionErrors.between(r, yy).rmse
+            missed, _ = _check_regression(tol, mine, RegressionErrors.between(p, yy), own_rmse)
+            mismatches += [Mismatch(f"{t.name} {m.check}", m.measured, m.required, m.detail) for m in missed]
+            per_output[t.name] = {"rmse": RegressionErrors.between(p, yy).rmse, "reference_rmse": own_rmse,
+                                  "max_rel_diff": None if mine is None else mine.max_rel_error}
     return ValidationReport(*head, None, None, None, None if against is None else against.max_abs_error, size, gz, timings,
-                            tol, mismatches, skipped, Task.REGRESSION, against, targets, reference_rmse)
+                            tol, mismatches, skipped, Task.REGRESSION, against, targets, reference_rmse, per_output)
 
 
 def _check_regression(tol: Tolerance, against: RegressionErrors | None, targets: RegressionErrors,
