@@ -99,10 +99,15 @@ def model_task(model, task: Task | None = None, labels_are_classes: bool | None 
     Imports the graph reader (and so TensorFlow) only when called.
     """
     from deploykit.graph import graph_from_model
+    from deploykit.multi_io import PACKED_OUTPUT
 
     width = model.output_shape[-1]
-    return resolve_task(output_kind(graph_from_model(model, unsafe=True)), int(width or 0), task=task,
-                        labels_are_classes=labels_are_classes)
+    graph = graph_from_model(model, unsafe=True)
+    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.multi_io)
+        if task is Task.CLASSIFICATION:
+            raise UsageError("the model has several outputs, shipped as regression heads: --task classification does not apply")
+        task = Task.REGRESSION
+    return resolve_task(output_kind(graph), int(width or 0), task=task, labels_are_classes=labels_are_classes)
 
 
 def main_output(names) -> str:

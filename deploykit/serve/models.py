@@ -44,7 +44,7 @@ from deploykit.contract import (
 )
 from deploykit.errors import DeployKitError, ModelLoadError, UsageError
 from deploykit.export.metadata import read_metadata
-from deploykit.serve import limits
+from deploykit.serve import limits, named_inputs
 from deploykit.serve._kserve import InferOutput, InferRequest, InferResponse, InvalidInput, Model, from_np_dtype
 from deploykit.serve.config import ServeConfig
 from deploykit.serve.deadline import DeadlineSession, InferencePool, RequestTimeout
@@ -136,6 +136,8 @@ def _tensor_meta(arg) -> dict:
 class OnnxModel(Model):
     """A deploykit ONNX model served over KServe v1 and v2 (Open Inference Protocol)."""
 
+    several_inputs: list | None = None  # a model with several inputs (deploykit.multi_io): one tensor each, by name
+
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name)
         self.path = path
@@ -143,9 +145,10 @@ class OnnxModel(Model):
         self.config = config
         self.metadata = read_metadata(session)
         self.input = self._model_input(session.get_inputs())
-        if not all(isinstance(d, int) and d > 0 for d in self.input.shape[1:]):
-            raise ModelLoadError(f"{path}: input '{self.input.name}' needs fixed sizes after the batch axis, "
-                                 f"got {self.input.shape}")
+        for tensor in self.several_inputs or [self.input]:
+            if not all(isinstance(d, int) and d > 0 for d in tensor.shape[1:]):
+                raise ModelLoadError(f"{path}: input '{tensor.name}' needs fixed sizes after the batch axis, "
+                                     f"got {tensor.shape}")
         self.input_shape = tuple(self.input.shape[1:])
         self.graph_outputs = [o.name for o in session.get_outputs()]  # what onnxruntime runs
         props = dict(session.get_modelmeta().custom_metadata_map)
@@ -172,12 +175,15 @@ class OnnxModel(Model):
         return self._pool
 
     def _model_input(self, inputs):
+        if len(inputs) > 1 and all(i.type == "tensor(float)" for i in inputs):  # one per model input, by name
+            self.several_inputs = list(inputs)
+            return inputs[0]
         if len(inputs) != 1 or inputs[0].type != "tensor(float)":
             raise ModelLoadError(f"{self.path}: expected one float32 input, got {[(i.name, i.type) for i in inputs]}")
         return inputs[0]
 
     def get_input_types(self) -> list[dict]:
-        return [_tensor_meta(self.input)]
+        return [_tensor_meta(i) for i in self.several_inputs or [self.input]]
 
     def get_output_types(self) -> list[dict]:
         glossary = GLOSSARY if self.task is Task.CLASSIFICATION else {**GLOSSARY, **REGRESSION_GLOSSARY}
@@ -225,9 +231,12 @@ class OnnxModel(Model):
         if request.id is not None and not isinstance(request.id, str):
             raise limits.RequestError(f"'id' must be a string, got {type(request.id).__name__}")
         samples, note = self._samples(parameters)
-        x = limits.v2_input(request.inputs, self.input.name, self.input_shape, self.config.max_rows)
+        if self.several_inputs:
+            x = named_inputs.v2_inputs(request.inputs, self.several_inputs, self.config.max_rows)
+        else:
+            x = limits.v2_input(request.inputs, self.input.name, self.input_shape, self.config.max_rows)
         requested = [o.name for o in request.request_outputs or []] or self.output_names
-        self._check_work(len(x), samples, requested)
+        self._check_work(named_inputs.rows(x), samples, requested)
         values = await self._infer(x, samples)
         top = {o.name: o.parameters[CLASSIFICATION] for o in request.request_outputs or []
                if (o.parameters or {}).get(CLASSIFICATION) is not None}
@@ -246,15 +255,18 @@ class OnnxModel(Model):
         return InferOutput(name, list(labels.shape), "BYTES", data=labels)
 
     async def _predict_v1(self, payload) -> dict:
-        x = limits.v1_instances(payload, self.input_shape, self.config.max_rows)
+        if self.several_inputs:
+            x = named_inputs.v1_inputs(payload, self.several_inputs, self.config.max_rows)
+        else:
+            x = limits.v1_instances(payload, self.input_shape, self.config.max_rows)
         samples, note = self._samples(limits.check_parameters(payload.get("parameters")))
-        self._check_work(len(x), samples, self.output_names)
+        self._check_work(named_inputs.rows(x), samples, self.output_names)
         values = await self._infer(x, samples)
         extra = self._decision()
         if sum(v.size for v in values.values()) > INLINE_VALUES:  # building the lists takes a while: not on the loop
-            predictions = await asyncio.to_thread(_v1_predictions, values, len(x), extra)
+            predictions = await asyncio.to_thread(_v1_predictions, values, named_inputs.rows(x), extra)
         else:
-            predictions = _v1_predictions(values, len(x), extra)
+            predictions = _v1_predictions(values, named_inputs.rows(x), extra)
         return {"predictions": predictions, **({"parameters": note} if note else {})}
 
     def _check_work(self, rows: int, samples: int | None, outputs: list[str]) -> None:
@@ -317,7 +329,8 @@ class DeterministicModel(OnnxModel):
         return note
 
     def _run(self, x: np.ndarray, samples: None) -> dict[str, np.ndarray]:
-        return dict(zip(self.graph_outputs, self.session.run(self.graph_outputs, {self.input.name: x}), strict=True))
+        feed = named_inputs.feed(x, self.input.name)
+        return dict(zip(self.graph_outputs, self.session.run(self.graph_outputs, feed), strict=True))
 
 
 class EnsembleModel(DeterministicModel):

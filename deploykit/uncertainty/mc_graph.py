@@ -53,6 +53,7 @@ from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
+from deploykit.multi_io import PACKED_OUTPUT
 from deploykit.task import OutputKind, Task, output_kind, resolve_task
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit, mask_shape
@@ -142,6 +143,8 @@ def mc_task(model_graph, task: Task | None = None, shape: tuple | None = None) -
     if node is None or shape is None or len(shape) != 1:
         raise UnsupportedLayerError(node.spec.name if node else graph.name, node.spec.class_name if node else "model",
                                     "MC Dropout needs a model whose output is one vector per row ([N, C] or [N, K])")
+    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.multi_io)
+        task = Task.REGRESSION
     return resolve_task(output_kind(graph), int(shape[0]), task=task)
 
 
