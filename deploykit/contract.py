@@ -97,6 +97,9 @@ MEMBERS_DIR = "members"  # beside it: member{k}.onnx (the int8 members) and memb
 STD_SCALE_KEY = METADATA_PREFIX + "std_scale"  # regression: {std_scale, fitted_on, count, nll_before, nll_after}
 CONFORMAL_KEY = METADATA_PREFIX + "conformal"  # {method, alpha, coverage, n, threshold, by_class, rule, ...}
 TASK_KEY = METADATA_PREFIX + "task"  # {task: deploykit.task.Task value, output: deploykit.task.OutputKind value}
+#: A model with several outputs (deploykit.multi_io), MC: which columns of ``mean`` / ``std`` hold each output,
+#: {output name: [first column, end column)}, outputs side by side in the order of their names.
+OUTPUT_COLUMNS_KEY = METADATA_PREFIX + "output_columns"
 
 #: What each output means: served in the model metadata (``parameters.description`` of each output).
 GLOSSARY = {

@@ -149,11 +149,17 @@ def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layo
 
     ``inputs`` / ``outputs``: name -> per-sample shape, as the runtime reports them. An artifact's outputs
     are packed only when it has several and none is a deploykit contract output (``probabilities``,
-    ``prediction``), so a logits classifier (``logits`` and ``probabilities``) keeps its main output.
+    ``prediction``, an MC model's ``mean``...), so a logits classifier keeps its main output.
     """
-    from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
+    from deploykit.contract import (
+        DETERMINISTIC_OUTPUTS,
+        OUTPUT_NAMES,
+        REGRESSION_OUTPUT_NAMES,
+    )
 
-    several_outputs = len(outputs) > 1 and not ({OUTPUT_NAME, PREDICTION_NAME} & set(outputs))
+    contract = {n for names in DETERMINISTIC_OUTPUTS.values() for n in names} | set(OUTPUT_NAMES) \
+        | set(REGRESSION_OUTPUT_NAMES)  # a logits classifier's or an MC model's outputs are not model heads
+    several_outputs = len(outputs) > 1 and not (contract & set(outputs))
     if len(inputs) <= 1 and not several_outputs:
         return None
     return Layout.of(inputs, outputs if several_outputs else {})

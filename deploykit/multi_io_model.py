@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 from deploykit.errors import UnsupportedLayerError
 from deploykit.graph import Graph, LayerSpec, Node, graph_from_model, to_keras
-from deploykit.multi_io import FLAT_PREFIX, PACKED_INPUT, PACKED_OUTPUT, SPLIT_PREFIX, Layout
+from deploykit.multi_io import (
+    FLAT_PREFIX,
+    PACKED_INPUT,
+    PACKED_OUTPUT,
+    SPLIT_PREFIX,
+    Layout,
+)
 from deploykit.task import is_softmax_spec
 
 _COLUMN = SPLIT_PREFIX + "column"
@@ -165,10 +171,9 @@ def name_onnx_tensors(proto, packing: Packing | None, packed_input: str, packed_
     """
     if packing is None:
         return proto
+    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    import numpy as np
 
     graph = proto.graph
     layout = packing.layout

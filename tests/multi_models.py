@@ -28,8 +28,9 @@ def _keras(tf_keras: bool):
         from deploykit.backend import keras
 
         return keras
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit itself does)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit itself does)
 
     return keras
 

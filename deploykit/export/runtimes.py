@@ -42,7 +42,8 @@ class OnnxRunner:
         self.input_name, self.output_name = inp.name, out.name
         self.input_shape = tuple(inp.shape[1:])
         self.output_shape = tuple(out.shape[1:])
-        self.layout = artifact_layout({i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()},
+        self.layout = artifact_layout({i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()
+                                       if i.type == "tensor(float)"},  # an MC model's `samples` is no model input
                                       {o.name: tuple(o.shape[1:]) for o in outputs.values()})
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 

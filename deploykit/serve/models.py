@@ -29,6 +29,7 @@ from deploykit.contract import (
     ENSEMBLE_KEY,
     GLOSSARY,
     INPUT_NAME,
+    OUTPUT_COLUMNS_KEY,
     OUTPUT_NAMES,
     PREDICTION_NAME,
     REGRESSION_GLOSSARY,
@@ -107,7 +108,7 @@ def _row_size(arg) -> int:
 def _json_props(props: dict[str, str], path: Path) -> dict:
     """The JSON entries of the model's metadata_props the server reports as they are (temperature, ensemble)."""
     found = {}
-    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY, STD_SCALE_KEY, TASK_KEY, CONFORMAL_KEY):
+    for key in (TEMPERATURE_KEY, ENSEMBLE_KEY, STD_SCALE_KEY, TASK_KEY, CONFORMAL_KEY, OUTPUT_COLUMNS_KEY):
         if key in props:
             try:
                 found[key] = json.loads(props[key])
@@ -198,7 +199,8 @@ class OnnxModel(Model):
                 **(self.abstain.metadata() if self.abstain else {}),
                 **({"temperature": temperature} if temperature is not None else {}),
                 **({"std_scale": std_scale} if std_scale is not None else {}),
-                **({"conformal": conformal} if conformal is not None else {})}
+                **({"conformal": conformal} if conformal is not None else {}),
+                **({"output_columns": self.props[OUTPUT_COLUMNS_KEY]} if OUTPUT_COLUMNS_KEY in self.props else {})}
 
     def summary(self) -> str:
         """What the start-up line says about the model."""
@@ -382,6 +384,10 @@ class MCDropoutModel(OnnxModel):
 
     def _model_input(self, inputs):
         names = {i.name: i for i in [*inputs, *self.session.get_overridable_initializers()]}  # `samples` has a default
+        model_inputs = [i for i in inputs if i.name != SAMPLES_NAME]
+        if len(model_inputs) > 1 and SAMPLES_NAME in names and all(i.type == "tensor(float)" for i in model_inputs):
+            self.several_inputs = model_inputs  # one per model input, by name (deploykit.multi_io)
+            return model_inputs[0]
         if set(names) != {INPUT_NAME, SAMPLES_NAME} or names[INPUT_NAME].type != "tensor(float)":
             raise ModelLoadError(f"{self.path}: an MC Dropout model needs the inputs '{INPUT_NAME}' (float32) and "
                                  f"'{SAMPLES_NAME}', got {[(i.name, i.type) for i in inputs]}")
@@ -404,7 +410,8 @@ class MCDropoutModel(OnnxModel):
         """One onnxruntime call per chunk of rows (one call for the usual request: seeded models stay reproducible)."""
         feed = {SAMPLES_NAME: np.array(samples, dtype=np.int64)}
         step = max(1, MC_ROWS_PER_CALL // samples)
-        parts = [self.session.run(self.graph_outputs, {**feed, INPUT_NAME: x[i:i + step]})
-                 for i in range(0, len(x), step)]
+        parts = [self.session.run(self.graph_outputs, {**feed, **named_inputs.feed(named_inputs.part(x, i, i + step),
+                                                                                     INPUT_NAME)})
+                 for i in range(0, named_inputs.rows(x), step)]
         return {name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
                 for k, name in enumerate(self.graph_outputs)}

@@ -56,6 +56,36 @@ def task_metadata(task: Task, kind: OutputKind) -> str:
     return json.dumps({"task": task.value, "output": kind.value})
 
 
+def name_mc_inputs(proto, graph):
+    """An MC graph of a packed model with one input per model input, named after it; its outputs stay packed."""
+    from dataclasses import replace as _replace
+
+    from deploykit.export.convert import INPUT_NAME
+    from deploykit.multi_io import Layout
+    from deploykit.multi_io_model import graph_packing, name_onnx_tensors
+
+    packing = graph_packing(graph)
+    if packing is None or not packing.packs_inputs:
+        return proto
+    inputs_only = _replace(packing, layout=Layout(packing.layout.inputs, ()))
+    return name_onnx_tensors(proto, inputs_only, INPUT_NAME, "")
+
+
+def output_columns(graph) -> dict[str, str]:
+    """The ``deploykit.output_columns`` entry of an MC model of several outputs (none otherwise)."""
+    import json
+
+    from deploykit.contract import OUTPUT_COLUMNS_KEY
+    from deploykit.multi_io_model import graph_packing
+
+    packing = graph_packing(graph)
+    if packing is None or not packing.packs_outputs:
+        return {}
+    layout = packing.layout
+    return {OUTPUT_COLUMNS_KEY: json.dumps({t.name: [layout.columns(t.name).start, layout.columns(t.name).stop]
+                                            for t in layout.outputs})}
+
+
 def export_mc_onnx(
     model,
     path: str | os.PathLike,
@@ -120,9 +150,10 @@ def export_mc_onnx(
     path = Path(path)
     if quantization:
         proto = quantize_int8_dynamic(proto)  # MatMul weights to int8; the Dropout nodes stay
+    proto = name_mc_inputs(proto, graph)  # several inputs (deploykit.multi_io): one named input each
     with atomic_path(path) as tmp:
         write_metadata(proto, meta)
-        set_props(proto, {TASK_KEY: task_metadata(task, kind)})
+        set_props(proto, {TASK_KEY: task_metadata(task, kind), **output_columns(graph)})
         onnx.save(proto, str(tmp))
     drops = dropout_layers(graph)
     return MCExportRecord(

@@ -81,6 +81,12 @@ class UncertaintyPredictor:
                                  f"{self.metadata.kind!r}); export one with deploykit mc or deploykit ensemble")
         self.is_ensemble = self.metadata.kind == KIND_ENSEMBLE
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
+        from deploykit.multi_io import artifact_layout
+
+        self._layout = artifact_layout({i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()
+                                        if i.type == "tensor(float)"}, {})  # several inputs: packed by name order
+        if self._layout is not None:
+            self.input_shape = (self._layout.input_size,)
         if self.is_ensemble:
             self.default_samples = self.max_samples = self._members()
         else:
@@ -112,7 +118,7 @@ class UncertaintyPredictor:
         if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         step = batch_size or len(x)
-        parts = [self.session.run(self._outputs, {**feed, INPUT_NAME: x[i:i + step]}) for i in range(0, len(x), step)]
+        parts = [self.session.run(self._outputs, {**feed, **self._inputs(x[i:i + step])}) for i in range(0, len(x), step)]
         values = dict(zip(self._outputs, parts[0])) if len(parts) == 1 else {  # one call: no copies
             name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
             for k, name in enumerate(self._outputs)}
@@ -131,6 +137,10 @@ class UncertaintyPredictor:
         if not 1 <= samples <= self.max_samples:
             raise UsageError(f"samples must be between 1 and {self.max_samples} (this model's limit), got {samples}")
         return int(samples)
+
+    def _inputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The feed of a batch: ``input``, or one array per model input (deploykit.multi_io) split from the packed rows."""
+        return {INPUT_NAME: x} if self._layout is None else self._layout.split_inputs(x)
 
     def _check_input(self, x) -> np.ndarray:
         arr = np.asarray(x)
