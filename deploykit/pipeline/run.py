@@ -188,8 +188,10 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         elif not is_tf_keras_model(model):  # a Keras 3 model object is imported as its file would be
             keras3 = is_keras3_model(model)
             model = as_model(model, unsafe=unsafe, what="optimize: model")
+        from deploykit.io import check_single_io
         from deploykit.multi_io_model import layout_of
 
+        model = check_single_io(model)  # a tf_keras object with several inputs / outputs: packed as a file is
         layout = layout_of(model)  # several inputs / outputs: the data may be named after them
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
