@@ -16,11 +16,16 @@ Models: ``cnn`` (Rescaling, Conv2D + BN + ReLU, MaxPooling, Conv2D + BN + ReLU, 
 Dropout, Dense(64) ReLU, Dropout, Dense softmax) and ``residual`` (functional: a conv stem and a residual block whose Add joins
 the skip, SpatialDropout2D, GlobalAveragePooling, Dropout, Dense softmax), on the Fashion sample; with
 ``--all``, also ``logits`` (the chapter's MLP ending in Dense(10) logits) and ``regression`` (an MLP with
-Dropout on scikit-learn's diabetes data, reported by RMSE and interval coverage).
+Dropout on scikit-learn's diabetes data, reported by RMSE and interval coverage). Several inputs and outputs
+(issue 20): ``wide_deep`` (the book's chapter 10 Wide & Deep network with its auxiliary output, line for line, on
+the diabetes data: wide = features 0-4, deep = features 2-7) and ``three_heads`` (a regressor with three named
+heads on generated data), each with an .npz named after the model's inputs and outputs; their ONNX check
+feeds every named input and compares every named output.
 
 Writes ``benchmarks/results/models.json`` and ``models.md``. Run from the repository root:
 
-    python benchmarks/bench_models.py [--models cnn,residual] [--epochs 8]
+    python benchmarks/bench_models.py [--models cnn,residual] [--epochs 8] [--results models]
+    python benchmarks/bench_models.py --models wide_deep,three_heads --results models_multi_io
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from pathlib import Path
 
 from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
-MODELS = ("cnn", "residual", "logits", "regression")
+MODELS = ("cnn", "residual", "logits", "regression", "wide_deep", "three_heads")
+#: The cases with several inputs or outputs: data named after the model's tensors (no Fashion sample needed).
+MULTI = ("wide_deep", "three_heads")
 #: Extra optimize runs of a trained model, beside the defaults: on the 2.5k-image sample the default 30
 #: fine-tuning epochs overfit a CNN (prune 50%: -0.74 pt after 5 epochs, -1.84 pt after 30, plain).
 VARIANTS = {"cnn": (("--epochs", "5"),), "residual": (("--epochs", "5"),)}
@@ -49,7 +56,40 @@ TRAIN = textwrap.dedent('''
     keras.utils.set_random_seed(0)
     L = keras.layers
     z = np.load(data)
-    x, y = z["x"].astype("float32"), z["y"]
+    x, y = (z["x"].astype("float32"), z["y"]) if "x" in z else (None, None)
+    if kind == "wide_deep":  # the book's chapter 10, line for line (its California housing: diabetes here)
+        input_wide = keras.layers.Input(shape=[5], name="input_wide")
+        input_deep = keras.layers.Input(shape=[6], name="input_deep")
+        norm_layer_wide = keras.layers.Normalization()
+        norm_layer_deep = keras.layers.Normalization()
+        norm_wide = norm_layer_wide(input_wide)
+        norm_deep = norm_layer_deep(input_deep)
+        hidden1 = keras.layers.Dense(30, activation="relu")(norm_deep)
+        hidden2 = keras.layers.Dense(30, activation="relu")(hidden1)
+        concat = keras.layers.concatenate([norm_wide, hidden2])
+        output = keras.layers.Dense(1, name="output")(concat)
+        aux_output = keras.layers.Dense(1, name="aux_output")(hidden2)
+        model = keras.Model(inputs=[input_wide, input_deep], outputs=[output, aux_output])
+        norm_layer_wide.adapt(z["input_wide"])
+        norm_layer_deep.adapt(z["input_deep"])
+        model.compile(loss=("mse", "mse"), loss_weights=(0.9, 0.1), optimizer=keras.optimizers.Adam(learning_rate=1e-3))
+        model.fit((z["input_wide"], z["input_deep"]), (z["y"], z["y"]), epochs=epochs, verbose=0, validation_split=0.15,
+                  callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True)])
+        model.save(out)
+        raise SystemExit(0)
+    if kind == "three_heads":
+        inputs = keras.Input(shape=(8,), name="features")
+        norm = L.Normalization()
+        norm.adapt(z["features"])
+        h = L.Dense(64, activation="relu")(norm(inputs))
+        h = L.Dense(64, activation="relu")(L.Dropout(0.1)(h))
+        heads = [L.Dense(z[n].shape[1], name=n)(h) for n in ("price", "rooms", "age")]
+        model = keras.Model(inputs, heads)
+        model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="mse")
+        model.fit(z["features"], [z[n] for n in ("price", "rooms", "age")], epochs=epochs, batch_size=32, verbose=0,
+                  validation_split=0.15, callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True)])
+        model.save(out)
+        raise SystemExit(0)
     if kind == "cnn":  # chapter 14's shape, small: two conv blocks, then a dense head
         inputs = keras.Input(x.shape[1:])
         h = L.Reshape((*x.shape[1:], 1))(inputs)
@@ -98,8 +138,20 @@ CHECK = textwrap.dedent('''
     from pathlib import Path
     import numpy as np, keras, onnxruntime as ort, onnx
     user, out, probe = sys.argv[1], Path(sys.argv[2]), np.load(sys.argv[3])
+    if sys.argv[3].endswith(".npz"):  # several inputs: arrays named after them
+        probe = dict(probe)
+    def joined(outputs, names=None):  # several outputs: flattened side by side, in the order of their names
+        if not isinstance(outputs, (list, tuple)):
+            return np.asarray(outputs)
+        order = sorted(range(len(outputs)), key=lambda i: names[i])
+        return np.concatenate([np.asarray(outputs[i]).reshape(len(outputs[i]), -1) for i in order], axis=1)
     result = {}
     ref = keras.saving.load_model(user)
+    if isinstance(probe, dict):  # the model's inputs, in its order (the .npz also holds the targets)
+        probe = [probe[t.name] for t in ref.inputs] if len(ref.inputs) > 1 else probe[ref.inputs[0].name]
+        probe_named = {t.name: a for t, a in zip(ref.inputs, probe if isinstance(probe, list) else [probe])}
+    else:
+        probe_named = None
     for name in ("original.keras", "model.keras"):
         try:
             result[name] = keras.saving.load_model(out / name)
@@ -108,7 +160,8 @@ CHECK = textwrap.dedent('''
     loaded = {k: v for k, v in result.items() if not k.endswith("_error")}
     report = {k: v for k, v in result.items() if k.endswith("_error")}
     if "original.keras" in loaded:
-        report["original_vs_user"] = float(np.abs(loaded["original.keras"].predict(probe, verbose=0) - ref.predict(probe, verbose=0)).max())
+        a, b = (joined(m.predict(probe, verbose=0), m.output_names) for m in (loaded["original.keras"], ref))
+        report["original_vs_user"] = float(np.abs(a - b).max())
     onnx_path = out / "model.onnx"
     if onnx_path.exists():
         proto = onnx.load(onnx_path)
@@ -116,8 +169,15 @@ CHECK = textwrap.dedent('''
         if "model.keras" in loaded:
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             out0 = session.get_outputs()[0].name  # `logits` (the model's own), `probabilities` or `prediction`
-            got = session.run([out0], {session.get_inputs()[0].name: probe})[0]
-            want = loaded["model.keras"].predict(probe, verbose=0)
+            names = [i.name for i in session.get_inputs()]
+            feed = {n: probe_named[n] for n in names} if probe_named and len(names) > 1 else \
+                {names[0]: probe if not isinstance(probe, list) else probe[0]}
+            outs = [o.name for o in session.get_outputs()]
+            several = probe_named is not None and len(outs) > 1
+            got = np.concatenate([v.reshape(len(v), -1) for v in session.run(outs, feed)], axis=1) if several \
+                else session.run([out0], feed)[0]
+            kept = loaded["model.keras"]
+            want = joined(kept.predict(probe, verbose=0), kept.output_names)
             meta = {p.key: p.value for p in proto.metadata_props}
             temperature = json.loads(meta.get("deploykit.temperature", "null") or "null")
             if temperature and out0 == "probabilities":  # the stored Div before the softmax
@@ -187,10 +247,36 @@ def summary(report: dict) -> dict:
             "original": {k: v for k, v in report["original"].items() if isinstance(v, (int, float, str))}}
 
 
+def multi_npz(kind: str, folder: Path) -> Path:
+    """Data named after the model's inputs and outputs: the book's Wide & Deep on diabetes, or three heads."""
+    import numpy as np
+    from sklearn.datasets import load_diabetes
+
+    path = folder / f"{kind}.npz"
+    if kind == "wide_deep":
+        x, y = load_diabetes(return_X_y=True)
+        np.savez(path, input_wide=x[:, :5].astype(np.float32), input_deep=x[:, 2:8].astype(np.float32),
+                 y=(y / 100).astype(np.float32))  # `y`: both heads' targets, as the book trains its aux output
+        return path
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 8)).astype(np.float32)
+    base = x @ rng.normal(size=(8, 4))
+    heads = {"price": 3.0 + base[:, :1], "rooms": 5.0 + 0.5 * base[:, 1:3] + 0.3 * x[:, :1] ** 2,
+             "age": 30.0 + 10.0 * np.tanh(base[:, 3:4])}
+    np.savez(path, features=x, **{k: (v + rng.normal(scale=0.05 * v.std(), size=v.shape)).astype(np.float32)
+                                  for k, v in heads.items()})
+    return path
+
+
 def probe_inputs(data: Path, folder: Path) -> Path:
     import numpy as np
 
-    x = np.load(data)["x"][:256].astype(np.float32)
+    arrays = np.load(data)
+    if "x" not in arrays:  # several inputs: every array of 2000 rows or fewer, cut to 256
+        path = folder / "probe.npz"
+        np.savez(path, **{k: arrays[k][:256].astype(np.float32) for k in arrays.files})
+        return path
+    x = arrays["x"][:256].astype(np.float32)
     path = folder / "probe.npy"
     np.save(path, x)
     return path
@@ -198,7 +284,7 @@ def probe_inputs(data: Path, folder: Path) -> Path:
 
 def one(kind: str, folder: Path, epochs: int) -> list[dict]:
     """The model trained once, then optimize with defaults (and each of its VARIANTS), each checked in Keras 3."""
-    data = regression_npz(folder) if kind == "regression" else FASHION
+    data = regression_npz(folder) if kind == "regression" else multi_npz(kind, folder) if kind in MULTI else FASHION
     model = folder / f"{kind}.keras"
     say(f"{kind}: training in Keras 3 ({epochs} epochs at most)")
     done = plain_keras3(TRAIN, kind, str(data), str(epochs), str(model))
@@ -253,13 +339,14 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,residual", help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--all", action="store_true", help="every model")
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--results", default="models", help="results file name in benchmarks/results (default: models)")
     args = ap.parse_args()
     kinds = MODELS if args.all else tuple(k for k in args.models.split(",") if k)
-    if not FASHION.exists() and any(k != "regression" for k in kinds):
+    if not FASHION.exists() and any(k not in ("regression", *MULTI) for k in kinds):
         sys.exit(f"the Fashion sample is absent ({FASHION.name} beside the project): nothing to measure")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for kind in kinds for row in one(kind, Path(tmp), args.epochs)]
-    write_results("models", {"epochs": args.epochs, "rows": rows}, markdown(rows, args.epochs))
+    write_results(args.results, {"epochs": args.epochs, "rows": rows}, markdown(rows, args.epochs))
 
 
 if __name__ == "__main__":

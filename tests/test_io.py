@@ -177,10 +177,13 @@ def test_weights_only_and_subclassed_models_are_refused(model, tmp_path):
 
 
 @pytest.mark.parametrize("what", ["inputs", "outputs"])
-def test_several_inputs_or_outputs_are_named_at_load_not_failed_inside_a_step(tmp_path, what):
+def test_several_inputs_or_outputs_are_packed_at_load_and_compute_the_same(tmp_path, what):
+    """deploykit.multi_io: one packed input and output (in name order) for every step; the same numbers."""
+    import numpy as np
+
     from deploykit.backend import keras
-    from deploykit.errors import UnsupportedLayerError
     from deploykit.inputs import as_model
+    from deploykit.multi_io_model import packing_of
 
     a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
     if what == "inputs":
@@ -190,6 +193,11 @@ def test_several_inputs_or_outputs_are_named_at_load_not_failed_inside_a_step(tm
         h = keras.layers.Dense(5)(a)
         model = keras.Model(a, [keras.layers.Dense(3, name="head1")(h), keras.layers.Dense(2, name="head2")(h)])
     model.save(tmp_path / "m.keras")
+    xa, xb = np.random.default_rng(0).normal(size=(8, 4)), np.random.default_rng(1).normal(size=(8, 3))
+    want = model([xa, xb]) if what == "inputs" else np.concatenate([np.asarray(t) for t in model(xa)], axis=1)
     for source in (tmp_path / "m.keras", model):
-        with pytest.raises(UnsupportedLayerError, match=f"has 2 {what} .*single-input, single-output"):
-            as_model(source)
+        packed = as_model(source)
+        assert len(packed.inputs) == 1 and len(packed.outputs) == 1
+        assert packing_of(packed).layout.input_names() == (["a", "b"] if what == "inputs" else ["a"])
+        got = packed(np.concatenate([xa, xb], axis=1) if what == "inputs" else xa)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)

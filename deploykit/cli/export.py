@@ -34,6 +34,9 @@ def register(sub) -> None:
     )
     add_model_arg(p)
     add_data_options(p)
+    from deploykit.multi_io import NPZ_RULE
+
+    p.epilog = NPZ_RULE + "."
     add_variant_options(p)
     p.add_argument("--out", required=True, help="output folder (built aside, moved into place when all artifacts pass)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")

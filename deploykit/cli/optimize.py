@@ -27,6 +27,9 @@ def register(sub) -> None:
     )
     add_model_arg(p, optional=True)
     add_data_arg(p)
+    from deploykit.multi_io import NPZ_RULE
+
+    p.epilog = NPZ_RULE + " (see the README, 'Data deploykit reads')."
     p.set_defaults(data=None, seed=None, label_column=None, class_names=None, task=None)  # unset: the --config file's [input], else digits and 42
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--config", default=None, metavar="TOML", help="pipeline file (e.g. a previous run's OUT/deploykit.toml)")

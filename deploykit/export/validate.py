@@ -316,6 +316,13 @@ def validation_markdown(reports: list[ValidationReport], title: str = "Validatio
             f"| {r.artifact.name} | {r.quantization} | {_figures(r)} | {r.size_bytes / 1024:.1f} | {r.gzip_bytes / 1024:.1f} | "
             f"{_fmt(r.latency_b1_ms, '.4f')} | {_fmt(r.throughput_b256, ',.0f')} | {speed} | {r.tolerance.describe()} | {result} |"
         )
+    per_output = [r for r in reports if r.per_output]
+    if per_output:
+        lines += ["", "Each output on its own (several outputs: each is held to the tolerance):", ""]
+        lines += [f"- {r.artifact.name}: " + "; ".join(
+            f"{name} RMSE {v['rmse']:.4g}" + ("" if v["reference_rmse"] is None else f" (Keras {v['reference_rmse']:.4g})")
+            + ("" if v["max_rel_diff"] is None else f", max rel diff {v['max_rel_diff']:.2g}")
+            for name, v in r.per_output.items()) for r in per_output]
     if notes:
         lines += ["", f"Speed notes (measured on this machine; ratios below {SLOWER_BELOW:g} count as slower). int8 and float16 "
                   "buy size first, speed only where this CPU's kernels favour them:", "", *notes]

@@ -58,7 +58,7 @@ def every_layer(seed: int = 0):
     x = L.SpatialDropout2D(0.2)(y)
     pooled = L.Dense(5)(L.GlobalMaxPooling2D()(y))
     x = L.Reshape((16, 8))(x)
-    x = L.SpatialDropout1D(0.1)(L.ZeroPadding1D((1, 2))(x))
+    x = L.Cropping1D((1, 1))(L.SpatialDropout1D(0.1)(L.ZeroPadding1D((1, 2))(x)))
     x = L.Conv1D(5, 3, padding="causal", activation="elu")(x)
     x = L.MaxPooling1D()(x)
     x = L.AveragePooling1D()(x)
