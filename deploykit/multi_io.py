@@ -176,6 +176,7 @@ def npz_parts(path: Path, arrays: dict[str, np.ndarray], layout: Layout) -> dict
     on the main head's targets). Returns ``{"all": (x, y)}`` or ``{"train":, "test":[, "val":]}``; a
     missing or misshapen array is one DataError naming it.
     """
+    layout = _aliased(arrays, layout)
     parts = _parts_present(path, arrays, layout)
     out = {}
     for part in parts:
@@ -210,8 +211,24 @@ def load_named_npz(path: Path, arrays: dict, layout: Layout, split, names, task)
 
 
 def is_named_npz(arrays: dict[str, np.ndarray], layout: Layout | None) -> bool:
-    """True when an .npz is to be read by the model's tensor names (it has no ``x`` / ``x_train``)."""
-    return layout is not None and "x" not in arrays and "x_train" not in arrays
+    """True when an .npz is to be read by the model's tensor names (several outputs, or no ``x`` / ``x_train``)."""
+    return layout is not None and (layout.several_outputs or ("x" not in arrays and "x_train" not in arrays))
+
+
+def _aliased(arrays: dict, layout: Layout) -> Layout:
+    """A one-input layout whose input is read from ``x``, or from the one array no output claims, when the .npz
+    does not name it (an artifact calls its one input ``input``; the .npz may use the model's name for it)."""
+    if layout.several_inputs or not layout.inputs:
+        return layout
+    name = layout.inputs[0].name
+    if any(name + _suffix(p) in arrays for p in ("all", "train")):
+        return layout
+    claimed = {t.name for t in layout.outputs} | {TARGETS, "class_names"}
+    bases = {k.rsplit("_", 1)[0] if k.rsplit("_", 1)[-1] in PARTS else k for k in arrays}
+    left = ["x"] if "x" in bases else sorted(bases - claimed)
+    if len(left) != 1:
+        return layout
+    return Layout((Tensor(left[0], layout.inputs[0].shape),), layout.outputs)
 
 
 def _suffix(part: str) -> str:

@@ -148,3 +148,13 @@ def test_several_outputs_with_a_softmax_head_are_refused_by_name():
                                                                                       name="kind")(x)])
     with pytest.raises(UnsupportedLayerError, match="'kind' ends in a softmax"):
         check_single_io(model)
+
+
+def test_one_input_may_keep_its_own_name_or_x_beside_named_outputs(tmp_path):
+    """An artifact calls its one input ``input``; the user's .npz names it after the model (or ``x``)."""
+    layout = Layout.of({"input": (4,)}, {"price": (1,), "rooms": (2,)})
+    for key in ("features", "x"):
+        path = _npz(tmp_path, **{key: RNG.normal(size=(40, 4))}, price=RNG.normal(size=(40, 1)),
+                    rooms=RNG.normal(size=(40, 2)))
+        data = load_dataset(path, layout=layout)
+        assert data.input_shape == (4,) and data.y_train.shape[1] == 3

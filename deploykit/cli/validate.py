@@ -34,9 +34,12 @@ def _run(args) -> int:
     from deploykit.export.validate import validate, validation_markdown
     from deploykit.inputs import as_dataset
 
+    from deploykit.export.runtimes import open_runner
+
     overrides = tolerance_overrides(args)
+    layout = open_runner(args.file).layout  # several named inputs / outputs: the .npz may be named after them
     data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names,
-                      task=args.task)
+                      task=args.task, layout=layout)
     progress(f"data {data.summary()}")
     report = validate(args.file, data, _reference(args), repeats=args.repeats, check=False,
                       tolerance=_tolerance(args.file, overrides, data.task))
