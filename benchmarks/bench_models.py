@@ -329,7 +329,7 @@ def markdown(rows: list[dict], epochs: int) -> str:
         if r.get("error"):
             lines.append(f"|  | error: {r['error'][:150]} |" + " |" * 11)
     lines += ["", "ONNX vs model.keras: the largest |difference| of `model.onnx`'s first output (`probabilities`, `logits` or "
-              "`prediction`) from `model.keras`'s, divided by the outputs' RMS when above 1 (float32 rounds relative to "
+              "`prediction`; with several outputs, every output side by side in name order) from `model.keras`'s, divided by the outputs' RMS when above 1 (float32 rounds relative to "
               "the values); `probabilities` are compared with the stored temperature applied."]
     return "\n".join(lines) + "\n"
 

@@ -129,7 +129,10 @@ def export_bundle(
     config = config or ExportConfig()
     say = progress or (lambda message: None)
     source = _Source.of(model, config)
-    data = as_dataset(data, task=task) if data is not None else _generated(source, config, task)
+    from deploykit.multi_io_model import layout_of
+
+    layout = layout_of(source.keras) if source.keras is not None else None  # an .npz named after several tensors
+    data = as_dataset(data, task=task, layout=layout) if data is not None else _generated(source, config, task)
     generated = data.name == GENERATED
     if source.keras is not None:  # input shape, outputs and task: the one data / model check
         task, kind = data.check_model(source.keras)
