@@ -268,7 +268,7 @@ def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, tas
     except Exception as exc:  # zipfile / pickle / value errors all mean "not a valid npz"
         raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
     names = _npz_class_names(path, arrays.get("class_names"), given)
-    from deploykit.multi_io import is_named_npz, load_named_npz
+    from deploykit.multi_io import is_named_npz
 
     if is_named_npz(arrays, layout):
         return load_named_npz(path, arrays, layout, split, names, task)
@@ -281,6 +281,25 @@ def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, tas
     raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test "
                     f"(a model with several inputs or outputs: arrays named after them); found {sorted(arrays)}")
 
+
+
+def load_named_npz(path: Path, arrays: dict, layout, split: SplitConfig, names=None, task: Task | None = None) -> Dataset:
+    """An .npz (or dict of arrays) named after a model's inputs and outputs (deploykit.multi_io), packed in name order."""
+    import dataclasses
+
+    from deploykit.multi_io import npz_parts
+
+    if layout.several_outputs:  # several heads are regression heads (deploykit.multi_io_model.pack_model)
+        if task is Task.CLASSIFICATION:
+            raise DataError(f"data {path}: the model has {len(layout.outputs)} outputs, shipped as regression heads; "
+                            "--task classification does not apply")
+        task = Task.REGRESSION
+    parts = npz_parts(path, arrays, layout)
+    if "all" in parts:
+        data = _split_arrays(path.name, *parts["all"], split, names=names, source=path, task=task)
+    else:
+        data = _given_test(path, parts["train"], parts["test"], split, parts.get("val"), names, task)
+    return dataclasses.replace(data, layout=layout)
 
 
 def _npz_class_names(path: Path, stored, given: tuple[str, ...] | None) -> tuple[str, ...] | None:

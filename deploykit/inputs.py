@@ -49,7 +49,7 @@ def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = 
     if layout is not None and isinstance(obj, dict):  # arrays named after the model's tensors, as an .npz holds them
         from pathlib import Path as _Path
 
-        from deploykit.multi_io import load_named_npz
+        from deploykit.data import load_named_npz
 
         return load_named_npz(_Path("arrays"), obj, layout, SplitConfig(seed=seed), names, task)
     if isinstance(obj, Dataset):

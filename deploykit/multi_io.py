@@ -190,26 +190,6 @@ def npz_parts(path: Path, arrays: dict[str, np.ndarray], layout: Layout) -> dict
     return out
 
 
-def load_named_npz(path: Path, arrays: dict, layout: Layout, split, names, task):
-    """The Dataset of an .npz named after a model's inputs and outputs: packed as the packed model takes it."""
-    import dataclasses
-
-    from deploykit.data import _given_test, _split_arrays
-    from deploykit.task import Task
-
-    if layout.several_outputs:  # several heads are regression heads (deploykit.multi_io_model.pack_model)
-        if task is Task.CLASSIFICATION:
-            raise DataError(f"data {path}: the model has {len(layout.outputs)} outputs, shipped as regression heads; "
-                            "--task classification does not apply")
-        task = Task.REGRESSION
-    parts = npz_parts(path, arrays, layout)
-    if "all" in parts:
-        data = _split_arrays(path.name, *parts["all"], split, names=names, source=path, task=task)
-    else:
-        data = _given_test(path, parts["train"], parts["test"], split, parts.get("val"), names, task)
-    return dataclasses.replace(data, layout=layout)
-
-
 def is_named_npz(arrays: dict[str, np.ndarray], layout: Layout | None) -> bool:
     """True when an .npz is to be read by the model's tensor names (several outputs, or no ``x`` / ``x_train``)."""
     return layout is not None and (layout.several_outputs or ("x" not in arrays and "x_train" not in arrays))
