@@ -152,7 +152,7 @@ class Dataset:
         what = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
-            f"inputs {self.input_shape}, {what}"
+            f"inputs {self.input_shape}, {what}" + (f" (packed: {self.layout.describe()})" if self.layout else "")
         )
 
 
