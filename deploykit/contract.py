@@ -32,8 +32,10 @@ PREDICTION_NAME = "prediction"  # a regressor's deterministic output [N, K]: one
 SAMPLES_NAME = "samples"  # the MC model's optional input: how many dropout samples
 #: A deterministic model's outputs by its output kind (deploykit.task.OutputKind value), the main one last:
 #: a logits classifier exports its logits and the probabilities computed from them in the graph.
+#: A binary head (one sigmoid or linear unit) serves two-class `probabilities` [N, 2] = [1 - P(class 1), P(class 1)].
 DETERMINISTIC_OUTPUTS = {"probabilities": (OUTPUT_NAME,), "logits": (LOGITS_NAME, OUTPUT_NAME),
-                         "values": (PREDICTION_NAME,)}
+                         "values": (PREDICTION_NAME,), "sigmoid": (OUTPUT_NAME,),
+                         "binary_logits": (LOGITS_NAME, OUTPUT_NAME)}
 #: The uncertainty outputs of an MC Dropout or deep-ensemble model, in this order.
 OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
 SAMPLES_OUTPUT = "sample_probabilities"  # MC, optional: [T, N, C]
@@ -104,7 +106,8 @@ OUTPUT_COLUMNS_KEY = METADATA_PREFIX + "output_columns"
 #: What each output means: served in the model metadata (``parameters.description`` of each output).
 GLOSSARY = {
     OUTPUT_NAME: "class probabilities (softmax), one per class label",
-    LOGITS_NAME: "the classifier's raw scores before the softmax (probabilities = softmax(logits))",
+    LOGITS_NAME: "the classifier's raw scores before the softmax (probabilities = softmax(logits)); a binary "
+                 "classifier's one logit [N, 1] (P(class 1) = sigmoid(logit))",
     PREDICTION_NAME: "the regressor's predictions, one column per target, in the targets' units",
     "mean": "mean over the T dropout samples (MC) or the K members (ensemble) of the class probabilities: "
             "the prediction",

@@ -34,6 +34,7 @@ import numpy as np
 from deploykit.configs import SEED_MAX, Config, choice, integer, names as name_list, number
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.files import regular_file
+from deploykit.labels import from_one_hot, zero_one_matrix
 from deploykit.limits import DATA_BYTES
 from deploykit.task import OutputKind, Task
 
@@ -140,7 +141,12 @@ class Dataset:
         if kind is OutputKind.PROBABILITIES and self.task is Task.REGRESSION:
             raise DataError(f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
                             "give class labels, or a model with linear outputs")
-        if isinstance(outputs, int) and outputs != self.num_outputs:
+        if kind is OutputKind.SIGMOID and outputs != 1 and (self.task is Task.CLASSIFICATION or zero_one_matrix(self.y_train)):
+            from deploykit.task import MULTI_LABEL
+
+            raise DataError(f"data {self.name!r} and {what}: " + MULTI_LABEL.format(units=outputs))
+        binary = outputs == 1 and self.task is Task.CLASSIFICATION and self.num_classes == 2  # one unit, two classes
+        if isinstance(outputs, int) and outputs != self.num_outputs and not binary:
             have = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
             raise DataError(f"data {self.name!r} has {have}, but {what} outputs {outputs}")
         try:
@@ -497,8 +503,9 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=Non
     for name, (x, _) in parts.items():
         if x.shape[1:] != parts["train"][0].shape[1:]:
             raise DataError(f"data {path}: train inputs have shape {parts['train'][0].shape[1:]} but {name} inputs {x.shape[1:]}")
-    task = _task_of(path, np.concatenate([y for _, y in parts.values()]), names, task)
-    labels, names = _labels_for(path, np.concatenate([y for _, y in parts.values()]), names, task)
+    y_all, names = from_one_hot(path, np.concatenate([y for _, y in parts.values()]), names, task)
+    task = _task_of(path, y_all, names, task)
+    labels, names = _labels_for(path, y_all, names, task)
     bounds = np.cumsum([len(y) for _, y in parts.values()])[:-1]
     encoded = dict(zip(parts, np.split(labels, bounds)))
     x_tr, x_te = parts["train"][0], parts["test"][0]
@@ -518,7 +525,7 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data {source}: {what}: inputs must have a feature axis, got shape {x.shape}")
     if y.ndim != 1:
         y = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
-        if y.ndim > 2 or (y.shape[1] != 1 and y.dtype.kind not in "fiu"):
+        if y.ndim > 2 or (y.shape[1] != 1 and y.dtype.kind not in "bfiu"):
             raise DataError(f"data {source}: {what}: labels must be one per row (or numeric targets [rows, K]), got shape {y.shape}")
         y = y[:, 0] if y.shape[1] == 1 else y
     if len(x) != len(y):
@@ -644,6 +651,7 @@ def _split(source, x, y, fraction: float, seed: int, task: Task):
 def _split_arrays(name: str, x, y, split: SplitConfig, names: list[str] | None = None, source=None,
                   task: Task | None = None) -> Dataset:
     x, y = _checked(source or name, x, y, "x/y")
+    y, names = from_one_hot(source or name, y, names, task)
     task = _task_of(source or name, y, names, task)
     labels, found = _labels_for(source or name, y, names, task)
     x_rest, x_te, y_rest, y_te = _split(source or name, x, labels, split.test_fraction, split.seed, task)

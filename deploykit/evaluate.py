@@ -44,8 +44,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def main_outputs(out: np.ndarray, kind: OutputKind) -> np.ndarray:
-    """A model's outputs as its artifacts' main output gives them: a logits classifier's softmaxed, others as they are."""
-    return softmax(out) if kind is OutputKind.LOGITS else out
+    """A model's outputs as its artifacts' main output gives them: a classifier's probabilities [N, C] (logits
+    softmaxed, a binary head's [1 - p, p]), a regressor's predictions as they are (its TaskSpec's probabilities)."""
+    from deploykit.taskspec import spec_of
+
+    return spec_of(kind).probabilities(out)
 
 
 def output_scale(out: np.ndarray) -> float:
@@ -59,8 +62,8 @@ def output_scale(out: np.ndarray) -> float:
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    """Share of rows whose argmax output equals the label."""
-    return float(np.mean(np.argmax(outputs(model, x), axis=-1) == y))
+    """Share of rows whose predicted class equals the label (argmax; a binary head: P(class 1) > 0.5)."""
+    return score(model, x, y, Task.CLASSIFICATION)
 
 
 def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
@@ -70,16 +73,31 @@ def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
     return float(np.sqrt(np.mean((p - t) ** 2)))
 
 
-def score_outputs(out: np.ndarray, y: np.ndarray, task: Task) -> float:
-    """The test figure of outputs already computed: accuracy (classification) or RMSE (regression)."""
+def score_outputs(out: np.ndarray, y: np.ndarray, task: Task, kind: OutputKind | None = None) -> float:
+    """The test figure of outputs already computed: accuracy (classification) or RMSE (regression).
+
+    ``kind`` says how a one-column classifier output gives its class (sigmoid: p > 0.5; a logit: z > 0);
+    wider outputs take their argmax whatever the kind.
+    """
     if task is Task.REGRESSION:
         return rmse(out, y)
+    out = np.asarray(out)
+    if out.shape[-1] == 1:
+        from deploykit.taskspec import spec_of
+
+        return float(np.mean(spec_of(kind or OutputKind.SIGMOID).predicted_class(out) == y))
     return float(np.mean(np.argmax(out, axis=-1) == y))
 
 
 def score(model, x: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION) -> float:
-    """The model's :class:`Metric` for ``task`` on ``(x, y)``."""
-    return score_outputs(outputs(model, x), y, task)
+    """The model's :class:`Metric` for ``task`` on ``(x, y)`` (a one-unit classifier's kind read off its last layer)."""
+    from deploykit.task import layer_kind
+
+    out = outputs(model, x)
+    kind = None
+    if task is Task.CLASSIFICATION and out.shape[-1] == 1:
+        kind = OutputKind.SIGMOID if layer_kind(model) is OutputKind.SIGMOID else OutputKind.BINARY_LOGITS
+    return score_outputs(out, y, task, kind)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def export_bundle(
         task, kind = source.task_and_output
     data.check_input_shape((None, *source.input_shape), what=f"model {source.name!r}")
     out = Path(out)
-    reference = predict_batches(source.reference, data.x_test)
+    reference = predict_batches(source.reference_outputs(kind), data.x_test)  # probabilities (a binary head's [N, 2])
     reference_accuracy = None if generated or task is Task.REGRESSION else \
         float(np.mean(reference.argmax(axis=1) == data.y_test))
     base = metadata or ModelMetadata()
@@ -199,6 +199,8 @@ class _Source:
         """``reference(x)`` as the artifacts' main output holds it: a logits classifier's softmaxed."""
         from deploykit.evaluate import main_outputs
 
+        if self.keras is None:  # an ONNX file's runner gives its main output already
+            return self.reference
         return lambda b, training=False: main_outputs(np.asarray(self.reference(b, training=False)), kind)
 
     @classmethod
@@ -227,10 +229,11 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
     if source.keras is not None:
         from deploykit.task import model_task
 
-        task = model_task(source.keras, task=task)[0]
+        task, kind = model_task(source.keras, task=task)
     else:
-        task = task or source.task_and_output[0]
-    return generated_dataset(source.reference, source.input_shape, GENERATED_SAMPLES, config.quantization.seed, task)
+        task, kind = task or source.task_and_output[0], source.task_and_output[1]
+    return generated_dataset(source.reference_outputs(kind), source.input_shape, GENERATED_SAMPLES,
+                             config.quantization.seed, task)
 
 
 def generated_dataset(predict: Callable, input_shape: tuple[int, ...], n: int, seed: int,

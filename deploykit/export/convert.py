@@ -3,7 +3,9 @@
 The graph has one input named ``input`` (float32, dynamic batch) and the outputs
 :data:`~deploykit.contract.DETERMINISTIC_OUTPUTS` names for the model's output kind:
 ``probabilities`` (a softmax classifier), ``logits`` and ``probabilities`` (a logits
-classifier: the Softmax is added to the graph), or ``prediction`` (a regressor).
+classifier: the Softmax is added to the graph), or ``prediction`` (a regressor). A binary head
+(one sigmoid or linear unit) serves ``probabilities`` [N, 2] computed in the graph
+(:mod:`deploykit.taskspec`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from deploykit.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
 from deploykit.log import quiet_native
 from deploykit.task import OutputKind
+from deploykit.taskspec import TaskSpec, spec_of
 
 DEFAULT_OPSET = 17
 
@@ -27,10 +30,14 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]
     with quiet_native():  # grappler's I0000 lines from C++
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
-    names = DETERMINISTIC_OUTPUTS[kind.value]
-    _rename_output(proto.graph, names[0])
-    if kind is OutputKind.LOGITS:
-        _add_softmax(proto.graph, names[0], names[1])
+    spec = spec_of(kind)
+    names = spec.served_outputs
+    if spec.binary:
+        _add_binary_head(proto.graph, spec)
+    else:
+        _rename_output(proto.graph, names[0])
+        if kind is OutputKind.LOGITS:
+            _add_softmax(proto.graph, names[0], names[1])
     onnx.checker.check_model(proto)
     return proto
 
@@ -54,3 +61,53 @@ def _add_softmax(graph, logits: str, probabilities: str) -> None:
     out = graph.output.add()
     out.CopyFrom(graph.output[0])
     out.name = probabilities
+
+
+class _Builder:
+    """The ``op`` / ``const`` a :class:`~deploykit.taskspec.TaskSpec` appends its head with, on a tf2onnx graph."""
+
+    def __init__(self, graph):
+        self.graph, self._count = graph, 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"deploykit_head/{hint}_{self._count}"
+
+    def const(self, value) -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        name = self._name("const")
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        import onnx
+
+        out = output or self._name(op_type.lower())
+        self.graph.node.append(onnx.helper.make_node(op_type, inputs, [out], name=self._name(op_type), **attrs))
+        return out
+
+
+def _add_binary_head(graph, spec: TaskSpec) -> None:
+    """A binary head's outputs: ``probabilities`` [N, 2] = Softmax(Concat(0, z)) on its logit z (a sigmoid head's:
+    the input of its Sigmoid; without one, Concat(1 - p, p)), and a logits head's ``logits`` [N, 1] beside them."""
+    import onnx
+
+    names, g = spec.served_outputs, _Builder(graph)
+    old = graph.output[0]
+    shape = [d.dim_param or d.dim_value or "N" for d in old.type.tensor_type.shape.dim[:1]] or ["N"]
+    if spec.from_logits:
+        _rename_output(graph, names[0])  # logits [N, 1] stay an output
+        spec.onnx_probabilities(g, names[0], output=names[-1])
+    else:
+        sigmoid = next((n for n in graph.node if old.name in n.output), None)
+        p = old.name
+        if sigmoid is not None and sigmoid.op_type == "Sigmoid":
+            spec.onnx_probabilities(g, sigmoid.input[0], output=names[-1])
+            if not any(p in n.input for n in graph.node):
+                graph.node.remove(sigmoid)  # its P(class 1) is now the softmax's second column
+        else:
+            spec.onnx_binary_of_probability(g, p, output=names[-1])
+        graph.output.remove(old)
+    graph.output.append(onnx.helper.make_tensor_value_info(names[-1], onnx.TensorProto.FLOAT, [shape[0], 2]))

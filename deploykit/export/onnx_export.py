@@ -78,7 +78,7 @@ def export_onnx(
     source, calibration, prep = int8_source(model, as_calibration(calibration_data), quant.precision is Precision.INT8,
                                             knobs.num_calibration, input_shape, knobs.seed)
     proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
-    num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
+    num_classes = _main_width(proto)
     proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))
     meta = _complete_metadata(metadata, model, input_shape, num_classes, quant, prep, opset)
     meta = dataclasses.replace(meta, task=ModelMetadata.task_entry(task, kind),
@@ -136,7 +136,7 @@ def quantize_onnx_file(
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     outputs = [o.name for o in proto.graph.output]
-    num_classes = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
+    num_classes = _main_width(proto)
     record = _record(path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta, outputs)
     return dataclasses.replace(record, input_name=name)
 
@@ -208,3 +208,9 @@ def _complete_metadata(base: ModelMetadata | None, model, input_shape, num_class
         base, kind=KIND_DETERMINISTIC, class_names=names, input_shape=list(input_shape), steps=steps,
         quantization=quant.value, sparsity=round(dense_sparsity(model), 6),
     )
+
+
+def _main_width(proto) -> int:
+    """The last-axis width of the graph's main output (probabilities, else the prediction): classes or targets."""
+    outputs = {o.name: o for o in proto.graph.output}
+    return int(outputs[main_output(outputs)].type.tensor_type.shape.dim[-1].dim_value)

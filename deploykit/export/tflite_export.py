@@ -18,7 +18,6 @@ from deploykit.export.config import (
     Recipe,
     parse_enum,
 )
-from deploykit.contract import DETERMINISTIC_OUTPUTS
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import int8_source
 from deploykit.export.runtimes import TfliteRunner
@@ -103,14 +102,18 @@ def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantC
 
 
 def _signature(model, kind: OutputKind):
-    """The converted function's outputs, by name: the model's output, and its softmax for a logits classifier."""
-    from deploykit.backend import tf
+    """The converted function's outputs, by name: the model's output, and the probabilities computed from it for a
+    logits classifier; a binary head's two-class probabilities (:meth:`~deploykit.taskspec.TaskSpec.tf_probabilities`)."""
+    from deploykit.taskspec import spec_of
 
-    names = DETERMINISTIC_OUTPUTS[kind.value]
+    spec = spec_of(kind)
+    names = spec.served_outputs
 
     def outputs(x):
         out = model(x, training=False)
-        return {names[0]: out, names[1]: tf.nn.softmax(out, axis=-1)} if kind is OutputKind.LOGITS else {names[0]: out}
+        if len(names) == 2:
+            return {names[0]: out, names[1]: spec.tf_probabilities(out)}
+        return {names[0]: spec.tf_probabilities(out) if spec.binary else out}
 
     return outputs
 

@@ -23,7 +23,7 @@ import numpy as np
 from deploykit.contract import ENSEMBLE_FILE
 from deploykit.data import Dataset
 from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
-from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs, softmax
+from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
 from deploykit.pipeline.config import OptimizeConfig
@@ -476,9 +476,8 @@ def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: R
         return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
     after = _onnx_probs(path, ctx.data.x_test)
     t = temperature_report(ctx.data.y_test, before, after, fit)
-    keras_probs = outputs(model, ctx.data.x_test)
-    if ctx.kind is OutputKind.LOGITS:  # T divides the logits before the graph's softmax; `logits` stays the model's own
-        keras_probs = softmax(keras_probs)
+    # T divides the logits before the graph's softmax (a binary head's too); `logits` stays the model's own
+    keras_probs = main_outputs(outputs(model, ctx.data.x_test), ctx.kind)
     reference = scale_probs(keras_probs, fit.temperature)
     size, gz = file_sizes(path)
     acc = float(np.mean(after.argmax(1) == ctx.data.y_test))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.errors import StepError, UsageError
-from deploykit.evaluate import RegressionErrors, softmax
+from deploykit.evaluate import RegressionErrors, main_outputs
 from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.pipeline.steps import (
@@ -32,7 +32,7 @@ from deploykit.pipeline.steps import (
     withdraw,
 )
 from deploykit.contract import ENSEMBLE_FILE
-from deploykit.task import OutputKind, Task
+from deploykit.task import Task
 
 
 def mc_step(model, ctx: RunContext) -> StepOutput:
@@ -53,16 +53,15 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     except UsageError as exc:
         return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
     path = ctx.folder / MC_FILE
-    deterministic = outputs(model, ctx.data.x_test)
-    if ctx.kind is OutputKind.LOGITS:  # the MC step compares probabilities: softmax of the logits
-        deterministic = softmax(deterministic)
+    raw = outputs(model, ctx.data.x_test)  # mc_bundle takes the model's own outputs (logits, a binary head's p)
+    deterministic = main_outputs(raw, ctx.kind)  # the MC step compares probabilities
     regression = ctx.task is Task.REGRESSION
     det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
     bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
                        temperature=step.temperature, target=step.selective_target(), ood=ood,  # a regressor: its std scale
                        conformal=ctx.config.conformal.config(),
-                       deterministic=deterministic, metadata=metadata(model, ctx, det_accuracy),
+                       deterministic=raw, metadata=metadata(model, ctx, det_accuracy),
                        say=lambda m: ctx.say("  " + m))
     record, comparison = bundle.export, bundle.comparison
     if regression:
@@ -206,7 +205,7 @@ def _members_sparsity(members: Sequence[Path]) -> float:
 
 
 def _predicted(model, ctx: RunContext) -> np.ndarray:
-    """The optimized model's predicted classes on the test split (logits or probabilities alike)."""
+    """The optimized model's predicted classes on the test split (logits, probabilities or a binary head alike)."""
     from deploykit.evaluate import outputs
 
-    return np.asarray(outputs(model, ctx.data.x_test)).argmax(1)
+    return main_outputs(outputs(model, ctx.data.x_test), ctx.kind).argmax(1)

@@ -129,6 +129,12 @@ def _task(props: dict, outputs: list[str]) -> Task:
     return Task.REGRESSION if regression else Task.CLASSIFICATION
 
 
+def _per_class(output, labels: list[str]) -> bool:
+    """Whether an [N, W] output has one column per class label (a binary model's one-column logit has not)."""
+    width = output.shape[1]
+    return not labels or not isinstance(width, int) or width == len(labels)
+
+
 def _tensor_meta(arg) -> dict:
     dims = [d if isinstance(d, int) else -1 for d in arg.shape]
     return {"name": arg.name, "datatype": _DATATYPES.get(arg.type, arg.type), "shape": dims}
@@ -162,9 +168,9 @@ class OnnxModel(Model):
         self.props = _json_props(props, path)
         self.task = _task(self.props, self.graph_outputs)
         self.class_labels = [str(c) for c in self.metadata.class_names]
-        self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies (not to a regressor)
+        self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies (not to a regressor,
                               if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS
-                              and self.task is Task.CLASSIFICATION}
+                              and self.task is Task.CLASSIFICATION and _per_class(o, self.class_labels)}  # a binary logit)
         self.ready = True
         self._pool: InferencePool | None = None
 
@@ -195,7 +201,10 @@ class OnnxModel(Model):
         """The model-level ``parameters`` of ``/v2/models/NAME``: kind, class labels, samples, abstain, temperature."""
         temperature, std_scale = self.props.get(TEMPERATURE_KEY), self.props.get(STD_SCALE_KEY)
         conformal = self.props.get(CONFORMAL_KEY)  # how prediction_set / lower / upper were calibrated
-        return {"kind": str(self.metadata.kind), "task": self.task.value, "class_labels": self.class_labels,
+        entry = self.props.get(TASK_KEY)
+        output = entry.get("output") if isinstance(entry, dict) else None  # probabilities, logits, sigmoid, values...
+        return {"kind": str(self.metadata.kind), "task": self.task.value, **({"output": output} if output else {}),
+                "class_labels": self.class_labels,
                 **(self.abstain.metadata() if self.abstain else {}),
                 **({"temperature": temperature} if temperature is not None else {}),
                 **({"std_scale": std_scale} if std_scale is not None else {}),

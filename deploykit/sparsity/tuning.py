@@ -69,12 +69,38 @@ def rebuild(model, make: Callable | None = None):
 
 
 def loss_for(model, task: Task = Task.CLASSIFICATION):
-    """Sparse categorical cross-entropy on the output (from logits when the last layer is linear); MSE for a regressor."""
+    """Sparse categorical cross-entropy on the output (from logits when the last layer is linear); MSE for a regressor.
+
+    A binary head (one sigmoid or linear unit) takes the cross-entropy of its two-class probabilities, which is
+    Keras' ``binary_crossentropy`` on 0/1 labels (its TaskSpec's log-probabilities).
+    """
     from deploykit.backend import keras
 
     if task is Task.REGRESSION:
         return keras.losses.MeanSquaredError()
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=_outputs_logits(model))
+    spec = _spec(model, task)
+    if spec.binary:
+        return _binary_loss(spec)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=spec.from_logits)
+
+
+def _spec(model, task: Task = Task.CLASSIFICATION):
+    """The TaskSpec of a classifier being tuned, read off its last layer (through a pruning wrapper)."""
+    from deploykit.task import layer_kind, resolve_task
+    from deploykit.taskspec import spec_of
+
+    return spec_of(resolve_task(layer_kind(model), int(model.output_shape[-1]), task=task)[1])
+
+
+def _binary_loss(spec):
+    """Cross-entropy of a binary head's two-class log-probabilities against int labels [N] or [N, 1]."""
+    from deploykit.backend import tf
+
+    def binary_crossentropy(y_true, y_pred):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        return -tf.gather(spec.tf_log_probabilities(y_pred), labels, axis=1, batch_dims=1)
+
+    return binary_crossentropy
 
 
 @dataclass
@@ -99,22 +125,13 @@ def teacher_of(model, data) -> Teacher:
     """The outputs of ``model`` on ``data``'s training and validation inputs: probabilities (softmax of logits), or predictions."""
     from deploykit.evaluate import outputs
 
+    spec = None if data.task is Task.REGRESSION else _spec(model)
+
     def probs(x):
-        out = outputs(model, x).astype(np.float64)
-        if data.task is Task.CLASSIFICATION and _outputs_logits(model):
-            out = np.exp(out - out.max(axis=1, keepdims=True))
-            out /= out.sum(axis=1, keepdims=True)
-        return out.astype(np.float32)
+        out = outputs(model, x)
+        return (out if spec is None else spec.probabilities(out)).astype(np.float32)
 
     return Teacher(probs(data.x_train), probs(data.x_val))
-
-
-def _outputs_logits(model) -> bool:
-    from deploykit.backend import keras
-
-    last = model.layers[-1]
-    last = last.layer if isinstance(last, keras.layers.Wrapper) else last
-    return last.get_config().get("activation") == "linear"
 
 
 def _soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -124,35 +141,50 @@ def _soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def distillation_loss(from_logits: bool, temperature: float, alpha: float):
+def distillation_loss(from_logits, temperature: float, alpha: float):
     """Per-example ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(label)``.
 
     ``y_true`` packs the label in column 0 and the teacher's softened probabilities after it
     (Keras hands a loss one target tensor). T^2 keeps the soft term's gradients on the scale of the
-    hard term's whatever the temperature (Hinton et al. 2015).
+    hard term's whatever the temperature (Hinton et al. 2015). ``from_logits``: a bool (softmax or logits
+    output), or the student's :class:`~deploykit.taskspec.TaskSpec` (a binary head distils its two-class
+    probabilities).
     """
     from deploykit.backend import keras, tf
+
+    spec = from_logits if hasattr(from_logits, "tf_log_probabilities") else None
 
     def loss(y_true, y_pred):
         labels = tf.cast(y_true[:, 0], tf.int32)
         soft = y_true[:, 1:]
-        z = y_pred if from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        if spec is not None and spec.binary:
+            log_p = spec.tf_log_probabilities(y_pred)
+            z, hard = log_p, -tf.gather(log_p, labels, axis=1, batch_dims=1)
+        else:
+            logits = bool(spec.from_logits if spec is not None else from_logits)
+            z = y_pred if logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+            hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=logits)
         log_q = tf.nn.log_softmax(z / temperature, axis=-1)
         kl = tf.reduce_sum(soft * (tf.math.log(tf.clip_by_value(soft, 1e-7, 1.0)) - log_q), axis=-1)
-        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=from_logits)
         return alpha * temperature**2 * kl + (1.0 - alpha) * hard
 
     return loss
 
 
-def _label_accuracy(y_true, y_pred):
-    """Accuracy on column 0 of a packed distillation target."""
-    from deploykit.backend import tf
+def _accuracy_metric(spec, packed: bool):
+    """Accuracy as the spec predicts classes, on plain labels or column 0 of a packed distillation target
+    (named ``accuracy``: the logs keep their usual keys)."""
+    from deploykit.backend import keras, tf
 
-    return tf.cast(tf.equal(tf.cast(y_true[:, 0], tf.int64), tf.argmax(y_pred, axis=-1)), tf.float32)
+    def accuracy(y_true, y_pred):
+        labels = y_true[:, 0] if packed else tf.reshape(y_true, [-1])
+        predicted = tf.argmax(spec.tf_log_probabilities(y_pred), axis=-1)
+        return tf.cast(tf.equal(tf.cast(labels, tf.int64), predicted), tf.float32)
+
+    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
 
 
-def _targets(data, config, teacher: Teacher | None):
+def _targets(data, config, teacher: Teacher | None, spec=None):
     """(loss, metric, y_train, y_val): plain labels, or labels packed with the teacher's soft targets.
 
     A regressor distils by MSE to ``alpha * teacher + (1 - alpha) * target``: the same minimum as
@@ -166,12 +198,10 @@ def _targets(data, config, teacher: Teacher | None):
             y_val = config.alpha * teacher.val + (1 - config.alpha) * y_val
         return None, "mse", y_train, y_val
     if not (config.distill and teacher is not None):
-        return None, "accuracy", data.y_train, data.y_val
+        plain = _accuracy_metric(spec, packed=False) if spec is not None and spec.binary else "accuracy"
+        return None, plain, data.y_train, data.y_val
     pack = lambda y, p: np.concatenate([y.reshape(-1, 1).astype(np.float32), _soften(p, config.temperature)], axis=1)  # noqa: E731
-    from deploykit.backend import keras
-
-    metric = keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")  # the logs keep their usual keys
-    return "distill", metric, pack(data.y_train, teacher.train), pack(data.y_val, teacher.val)
+    return "distill", _accuracy_metric(spec, packed=True), pack(data.y_train, teacher.train), pack(data.y_val, teacher.val)
 
 
 def fine_tune(
@@ -195,8 +225,9 @@ def fine_tune(
     from deploykit.backend import keras, set_seed
 
     set_seed(config.seed)
-    kind, metric, y_train, y_val = _targets(data, config, teacher)
-    loss = loss_for(model, data.task) if kind is None else distillation_loss(_outputs_logits(model), config.temperature, config.alpha)
+    spec = None if data.task is Task.REGRESSION else _spec(model, data.task)
+    kind, metric, y_train, y_val = _targets(data, config, teacher, spec)
+    loss = loss_for(model, data.task) if kind is None else distillation_loss(spec, config.temperature, config.alpha)
     model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss, metrics=[metric])
     best, lines = _callbacks(config, eligible, status, progress)
     history = model.fit(

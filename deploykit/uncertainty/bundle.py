@@ -41,7 +41,7 @@ import numpy as np
 from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
-from deploykit.task import OutputKind, Task
+from deploykit.task import Task
 from deploykit.uncertainty.conformal import ConformalConfig
 from deploykit.uncertainty.conformal_step import check_conformal
 from deploykit.uncertainty.compare import (DEEP_ENSEMBLE, MC_DROPOUT, ComparisonReport, RegressionComparison,
@@ -83,7 +83,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     ``conformal``: add the conformal outputs (prediction sets; a regressor's intervals), calibrated on the
     validation split (a ConformalConfig, or the coverage alone: ``conformal=0.9``). Plots go beside ``path``.
     """
-    from deploykit.evaluate import outputs
+    from deploykit.evaluate import main_outputs, outputs
 
     path = Path(path)
     if ood is not None:
@@ -97,8 +97,7 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     record = export_mc_onnx(model, path, config=config, metadata=metadata,
                             **({} if regression else {"class_names": list(data.class_names)}))
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
-    if record.output_kind is OutputKind.LOGITS:  # the model's raw outputs are logits: compare probabilities
-        det = _softmax(det)
+    det = main_outputs(det, record.output_kind)  # compare probabilities (of logits, of a binary head)
     figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
                       conformal=conformal)
     if regression:
@@ -236,12 +235,6 @@ def _check_target(target: SelectiveTarget | None, task: Task) -> None:
         raise UsageError("target_accuracy is a classification target; a regressor takes target_rmse or target_coverage")
     if task is Task.CLASSIFICATION and target.target_rmse is not None:
         raise UsageError("target_rmse is a regression target; a classifier takes target_accuracy or target_coverage")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _regression_figures(path: Path, f: Figures):

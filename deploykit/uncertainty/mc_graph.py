@@ -9,7 +9,9 @@ outputs are reshaped to [T, N, C] and reduced.
 The head (what follows the model's last layer) depends on what the model
 predicts (:mod:`deploykit.task`): a softmax's probabilities are reduced as they
 are; a logits classifier gets a ``Softmax`` per sample first (so a temperature
-divides the logits of each sample, and every output describes probabilities);
+divides the logits of each sample, and every output describes probabilities),
+and a binary head (one sigmoid or linear unit) the ``Softmax(Concat(0, z))`` of its
+logit per sample (:mod:`deploykit.taskspec`): two-class probabilities;
 a regressor's predictions [T, N, K] give ``mean`` and ``std`` per target
 (population std over the samples) and, with ``include_samples``,
 ``sample_predictions``.
@@ -55,6 +57,7 @@ from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
 from deploykit.multi_io import PACKED_OUTPUT
 from deploykit.task import OutputKind, Task, output_kind, resolve_task
+from deploykit.taskspec import spec_of
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit, mask_shape
 
@@ -185,14 +188,19 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     out = graph.outputs[0]
     x, shape = values[out]
     task, kind = mc_task(graph, config.task, shape)
-    if kind is OutputKind.PROBABILITIES and g.nodes[-1].op_type != "Softmax":
+    spec = spec_of(kind)
+    last = {OutputKind.PROBABILITIES: "Softmax", OutputKind.SIGMOID: "Sigmoid"}.get(kind)
+    if last is not None and g.nodes[-1].op_type != last:
         raise UnsupportedLayerError(graph.nodes[-1].spec.name, graph.nodes[-1].spec.class_name,
-                                    "MC Dropout needs the softmax as the model's last operation")
+                                    f"MC Dropout needs the {last.lower()} as the model's last operation")
+    if kind is OutputKind.SIGMOID:  # a binary head's samples are the softmax of [0, z] on its logit z, below
+        x = g.nodes.pop().input[0]
     if out not in sampled:
-        x = tile(out)
-    if kind is OutputKind.LOGITS:
-        x = g.op("Softmax", [x], axis=-1)  # per sample: the one Softmax a per-sample temperature divides before
-    width = shape[0]
+        x = tile(out) if x == values[out][0] else \
+            g.op("Tile", [x, g.op("Concat", [samples, g.const([1] * len(shape), np.int64)], axis=0)])
+    if spec.from_logits or spec.binary:  # per sample: the one Softmax a per-sample temperature divides before
+        x = spec.onnx_probabilities(g, x)
+    width = spec.classes(shape[0]) or shape[0]
     stacked = g.op("Reshape", [x, g.op("Concat", [samples, g.const([-1, width], np.int64)], axis=0)])  # [T, N, C or K]
     outputs = reduce_samples(g, stacked, task)
     if config.include_samples:
