@@ -31,12 +31,19 @@ def add_model_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers, custom code and SavedModel folders (loading them can run arbitrary code)")
 
 
+#: What ``--data`` takes, said once for every command's ``--help``.
+DATA_HELP = ("'digits' or 'diabetes' (embedded), or a data file: an .npz holding arrays x (inputs, [N, ...] as the "
+             "model takes them) and y (labels: class ids [N], one-hot rows [N, C], or regression targets [N] / [N, K]), "
+             "or x_train, y_train, x_test, y_test (optionally x_val, y_val) and an optional class_names array; "
+             "a .csv with a header (--label-column); or IDX files / a folder of them")
+
+
 def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument(
         "--data",
-        default=None if required else "digits",
+        default=None,
         required=required,
-        help="'digits' (embedded, default), 'diabetes' (embedded regression), or an .npz, .csv or IDX file / folder",
+        help=DATA_HELP + ("" if required else "; default: digits for the shipped model, required for your own model"),
     )
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label; "
                    "several comma-separated columns are regression targets)")
@@ -100,6 +107,22 @@ def writes_keras3(args, out) -> bool:
     return keras3
 
 
+def data_source(args) -> str:
+    """``--data``, else digits when the command runs on the shipped model (or trains its own); a model of the
+    user's without ``--data`` is a UsageError, never a silent run on digits."""
+    from deploykit.data import DEFAULT_DATASET
+    from deploykit.errors import UsageError
+
+    if args.data is not None:
+        return args.data
+    models = [m for m in (getattr(args, "model", None), *(getattr(args, "models", None) or ())) if m]
+    own = [m for m in models if Path(m).resolve() != Path(DEFAULT_MODEL).resolve()]
+    if own:
+        raise UsageError(f"--data is needed: {own[0]} is not the shipped digits model, and deploykit has no data of its "
+                         "own for it (give an .npz with arrays x and y, a .csv, or IDX files; see --help)")
+    return DEFAULT_DATASET
+
+
 def load_data_arg(args, model=None):
     """``--data`` as a Dataset; ``model`` (loaded) lets an .npz name its arrays after the model's several inputs / outputs."""
     from deploykit.data import SplitConfig, load_dataset
@@ -109,7 +132,7 @@ def load_data_arg(args, model=None):
         from deploykit.multi_io_model import layout_of
 
         layout = layout_of(model)
-    data = load_dataset(args.data, label_column=args.label_column, split=SplitConfig(seed=args.seed),
+    data = load_dataset(data_source(args), label_column=args.label_column, split=SplitConfig(seed=args.seed),
                         class_names=getattr(args, "class_names", None), task=getattr(args, "task", None), layout=layout)
     progress(f"data {data.summary()}")
     return data

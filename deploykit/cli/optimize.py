@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, progress
+from deploykit.cli.common import DEFAULT_MODEL, add_command, add_data_arg, add_model_arg, data_source, progress
 from deploykit.cli.mc import add_mask_option, add_uncertainty_options
 from deploykit.cli.export import (
     add_quantization_options,
@@ -119,7 +119,8 @@ def _run(args) -> int:
 
         load_ood(config.input.ood_data)
     model = args.model or config.input.model or DEFAULT_MODEL
-    data = args.data or config.input.data
+    # a --config file says its data; else --data, or digits for the shipped model only (data_source refuses a user's model)
+    data = config.input.data if args.config and args.data is None else data_source(args)
     result = optimize(model, data, config=config, out_dir=Path(args.out), force=args.force, progress=progress,
                       unsafe=args.unsafe)
     print(result.table())

@@ -20,6 +20,8 @@ def _model(head):
     (lambda k: [k.layers.Dense(3), k.layers.Activation("softmax")], OutputKind.PROBABILITIES),
     (lambda k: [k.layers.Dense(3)], OutputKind.VALUES),
     (lambda k: [k.layers.Dense(1, activation="relu")], OutputKind.VALUES),
+    (lambda k: [k.layers.Dense(1, activation="sigmoid")], OutputKind.SIGMOID),
+    (lambda k: [k.layers.Dense(1), k.layers.Activation("sigmoid")], OutputKind.SIGMOID),
 ])
 def test_output_kind_is_read_off_the_last_layer(head, kind):
     from deploykit.backend import keras
@@ -42,5 +44,18 @@ def test_the_task_given_wins_over_the_labels_and_the_width():
 def test_impossible_combinations_are_usage_errors():
     with pytest.raises(UsageError, match="softmax"):
         resolve_task(OutputKind.PROBABILITIES, 3, task=Task.REGRESSION)
-    with pytest.raises(UsageError, match="at least 2 outputs"):
-        resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION)
+    with pytest.raises(UsageError, match="multi-label sigmoid head .3 independent sigmoid units"):
+        resolve_task(OutputKind.SIGMOID, 3)
+    with pytest.raises(UsageError, match="multi-label"):
+        resolve_task(OutputKind.SIGMOID, 3, task=Task.CLASSIFICATION)
+
+
+def test_one_unit_is_a_binary_classifier_unless_regression_is_said():
+    """Issue 20: one sigmoid unit is P(class 1); one linear unit with class labels is its logit (no longer an error)."""
+    binary = (Task.CLASSIFICATION, OutputKind.SIGMOID)
+    assert resolve_task(OutputKind.SIGMOID, 1) == binary
+    assert resolve_task(OutputKind.SIGMOID, 1, labels_are_classes=True) == binary
+    assert resolve_task(OutputKind.SIGMOID, 1, labels_are_classes=False) == (Task.REGRESSION, OutputKind.VALUES)
+    assert resolve_task(OutputKind.SIGMOID, 3, task=Task.REGRESSION) == (Task.REGRESSION, OutputKind.VALUES)
+    assert resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION) == (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
+    assert resolve_task(OutputKind.VALUES, 1, labels_are_classes=True) == (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
