@@ -1,0 +1,189 @@
+"""Binary classifiers as Keras tutorials build them (one sigmoid unit, binary_crossentropy, 0/1 labels), a binary
+logits model, one-hot labels and multi-label heads, through ``deploykit optimize`` and ``export``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, TASK_KEY, TEMPERATURE_KEY
+
+
+def _breast_cancer(tmp_path, rows: int = 300):
+    """sklearn's breast_cancer (30 features, 0/1 labels) as users save it: x and y in an .npz."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.choice(len(x), rows, replace=False))
+    path = tmp_path / "bc.npz"
+    np.savez(path, x=x[keep].astype(np.float32), y=y[keep])
+    return path, x[keep].astype(np.float32), y[keep]
+
+
+def _keras3_tutorial_model(x, y, path):
+    """Exactly the tutorial's tabular binary classifier (Keras 3), trained briefly and saved as .keras."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Normalization(), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[0].adapt(x)
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    model.save(path)
+    return model
+
+
+def _props(path) -> dict:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _probs(path, x, name=OUTPUT_NAME):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([name], {"input": x})[0]
+
+
+def _scaled(p1, temperature: float) -> np.ndarray:
+    """The two-class probabilities of P(class 1) ``p1`` at temperature T (what a stored temperature computes)."""
+    from deploykit.uncertainty.temperature import scale_probs
+
+    return scale_probs(np.concatenate([1 - p1, p1], axis=1), temperature)
+
+
+@pytest.mark.slow  # trains a Keras 3 model, then prunes and exports it
+def test_keras3_tutorial_sigmoid_model_ships_two_class_probabilities(tmp_path, cli):
+    data, x, y = _breast_cancer(tmp_path)
+    user = _keras3_tutorial_model(x, y, tmp_path / "bc.keras")
+    out = tmp_path / "out"
+    done = cli("optimize", tmp_path / "bc.keras", "--data", data, "--out", out, "--quick", "--epochs", "3",
+               "--quantize", "float32,int8-dynamic")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["file"]: r for r in report["artifacts"]}
+    assert {"model.keras", "model.onnx", "model.tflite"} <= {f for f, r in rows.items() if r["verdict"] == "pass"}
+    for row in rows.values():  # every shipped artifact within the accuracy budget of the user's model
+        assert row["verdict"] != "pass" or row["accuracy_change"] >= -0.01 - 1e-9, row
+    props = _props(out / "model.onnx")
+    assert json.loads(props[TASK_KEY]) == {"task": "classification", "output": "sigmoid"}
+    assert json.loads(props["deploykit.class_names"]) == ["0", "1"]
+    import keras
+
+    shipped = keras.saving.load_model(out / "model.keras")  # the optimized model, in plain Keras 3
+    p1 = np.asarray(shipped(x)).astype(np.float64)
+    assert p1.shape == (len(x), 1)
+    onnx_probs = _probs(out / "model.onnx", x)
+    assert onnx_probs.shape == (len(x), 2)
+    t = json.loads(props[TEMPERATURE_KEY])["temperature"] if TEMPERATURE_KEY in props else 1.0
+    assert np.abs(onnx_probs - _scaled(p1, t)).max() < 1e-4
+    assert np.mean((onnx_probs[:, 1] > 0.5) == (np.asarray(user(x))[:, 0] > 0.5)) >= 0.97  # pruned: near the user's
+
+
+@pytest.mark.slow  # trains a tf_keras model, then runs the pipeline with its MC model
+def test_tf_keras_sigmoid_model_with_dropout_gets_an_mc_model_of_two_classes(tmp_path):
+    from deploykit.backend import keras, set_seed
+    from deploykit.pipeline import OptimizeConfig, Verdict, optimize
+    from deploykit.pipeline.tables import ValidateStep
+    from deploykit.uncertainty import UncertaintyPredictor
+
+    data, x, y = _breast_cancer(tmp_path)
+    set_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    model.save(tmp_path / "tf.keras")
+    result = optimize(str(tmp_path / "tf.keras"), str(data), config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
+                      out_dir=tmp_path / "out", sparsity="none", formats="onnx,tflite", quantize="float32",
+                      samples=20, mc_seed=1, target_coverage=0.9)
+    assert result.artifact("model.onnx").verdict is Verdict.PASS
+    assert result.artifact("model.tflite").verdict is Verdict.PASS
+    mc = result.artifact("model_mc.onnx")
+    assert mc.verdict is Verdict.PASS and mc.accuracy_change >= -0.01
+    predicted = UncertaintyPredictor(result.out_dir / "model_mc.onnx").predict(x[:50])
+    assert predicted.mean.shape == (50, 2) and np.allclose(predicted.mean.sum(1), 1.0, atol=1e-5)
+    assert predicted.abstain is not None  # selective prediction on a binary model
+    from ai_edge_litert.interpreter import Interpreter
+
+    lite = Interpreter(str(result.out_dir / "model.tflite"))
+    runner = lite.get_signature_runner()
+    out = runner(input=x[:8])
+    expected = _scaled(np.asarray(model(x[:8])).astype(np.float64), 1.0)
+    assert np.abs(out[OUTPUT_NAME] - expected).max() < 1e-5
+
+
+@pytest.mark.slow  # trains a tf_keras model, then runs the pipeline
+def test_binary_logits_model_serves_its_logit_and_two_class_probabilities(tmp_path):
+    from deploykit.backend import keras, set_seed
+    from deploykit.pipeline import OptimizeConfig, Verdict, optimize
+    from deploykit.pipeline.tables import ValidateStep
+
+    data, x, y = _breast_cancer(tmp_path)
+    set_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    result = optimize(model, str(data), config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
+                      out_dir=tmp_path / "out", formats="onnx", quantize="float32", quick=True, epochs=2,
+                      temperature=False)
+    assert result.artifact("model.onnx").verdict is Verdict.PASS
+    props = _props(result.out_dir / "model.onnx")
+    assert json.loads(props[TASK_KEY]) == {"task": "classification", "output": "binary_logits"}
+    from deploykit.io import load_model
+
+    z = np.asarray(load_model(result.out_dir / "model.keras")(x)).astype(np.float64)
+    assert np.abs(_probs(result.out_dir / "model.onnx", x, LOGITS_NAME) - z).max() < 1e-4
+    assert np.abs(_probs(result.out_dir / "model.onnx", x) - _scaled(1 / (1 + np.exp(-z)), 1.0)).max() < 1e-5
+
+
+@pytest.mark.slow  # prunes and exports the shipped digits model
+def test_one_hot_labels_of_the_digits_model(tmp_path, cli):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "onehot.npz", x=x.astype(np.float32), y=np.eye(10, dtype=np.float32)[y])
+    done = cli("optimize", "--data", tmp_path / "onehot.npz", "--out", tmp_path / "out", "--quick", "--epochs", "1",
+               "--formats", "onnx", "--quantize", "float32", "--no-mc")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "10 classes" in report["data"] and report["model"]["task"] == "classification"
+    assert {r["file"]: r["verdict"] for r in report["artifacts"]}["model.onnx"] == "pass"
+
+
+def test_a_multi_label_sigmoid_head_is_refused_naming_it(tmp_path, cli):
+    """Three sigmoid units and a 0/1 label matrix: one line naming a multi-label head, exit 1, nothing written."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="sigmoid")])
+    model.save(tmp_path / "ml.keras")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (60, 3))
+    labels[:, 0] = 1  # several labels per row: not one-hot
+    np.savez(tmp_path / "ml.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=labels.astype(np.float32))
+    done = cli("optimize", tmp_path / "ml.keras", "--data", tmp_path / "ml.npz", "--out", tmp_path / "out", "-q")
+    assert done.returncode == 1
+    assert "multi-label sigmoid head (3 independent sigmoid units)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # converts with tf2onnx
+def test_export_without_data_keeps_a_sigmoid_model_a_binary_classifier(tmp_path, cli):
+    import keras
+
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1),
+                              keras.layers.Activation("sigmoid")])
+    model.save(tmp_path / "s.keras")
+    done = cli("export", tmp_path / "s.keras", "--out", tmp_path / "out", "--formats", "onnx", "--quantize", "float32")
+    assert done.returncode == 0, done.stderr
+    path = next((tmp_path / "out").glob("*.onnx"))
+    assert json.loads(_props(path)[TASK_KEY]) == {"task": "classification", "output": "sigmoid"}
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
+    assert np.abs(_probs(path, x) - _scaled(np.asarray(model(x)).astype(np.float64), 1.0)).max() < 1e-5
