@@ -1,8 +1,10 @@
-"""Ask a `deploykit serve` (or Triton / KServe) server for a class and its uncertainty.
+"""Ask a `deploykit serve` (or Triton / KServe) server for a class (or values) and its uncertainty.
 
 Uses Triton's own Python client over the Open Inference Protocol (KServe v2),
-with binary tensors. The input's name and shape come from the model's metadata,
-so the same client works for any deploykit model. Start a server first, e.g.::
+with binary tensors. The input's name and shape, and what the model predicts
+(``task``, ``kind`` and ``output`` in ``/v2/models/NAME``'s parameters) come from
+the model's metadata, so the same client works for any deploykit model: a softmax,
+logits or binary classifier, a regressor, an MC Dropout model or a deep ensemble. Start a server first, e.g.::
 
     deploykit mc --out runs/mc && deploykit serve runs/mc
     python examples/client_tritonclient.py --model model_mc --samples 100 --npz data.npz --index 3
@@ -52,26 +54,62 @@ def main() -> None:
 
     tensor = httpclient.InferInput(spec["name"], list(x.shape), spec["datatype"])
     tensor.set_data_from_numpy(x)  # binary tensor data (the default)
-    parameters = {"samples": args.samples} if args.samples else None  # a deterministic model ignores it
-    result = client.infer(args.model, [tensor], parameters=parameters)
+    samples = {"samples": args.samples} if args.samples else None  # a deterministic model ignores it
+    result = client.infer(args.model, [tensor], parameters=samples)
 
     def name(k: int) -> str:
         return f"{k} ({labels[k]})" if k < len(labels) else str(k)
 
-    print(f"sample {args.index}: " + (f"true class {name(int(label))}" if label is not None else "synthetic input"))
-    if "mean" in outputs:  # an MC Dropout model
-        mean = result.as_numpy("mean")[0]
-        predicted = int(result.as_numpy("predicted_class")[0])
-        samples = result.get_response().get("parameters", {}).get("samples")
-        print(f"predicted class {name(predicted)}, mean probability {mean[predicted]:.3f} "
-              f"(std {result.as_numpy('std')[0][predicted]:.3f}, {samples} samples)")
-        print(f"predictive entropy {result.as_numpy('predictive_entropy')[0]:.3f} nats, "
-              f"mutual information {result.as_numpy('mutual_information')[0]:.3f} nats")
-    else:  # a deterministic model
-        probabilities = result.as_numpy(outputs[0])[0]
-        predicted = int(probabilities.argmax())
-        entropy = float(-(probabilities * np.log(np.maximum(probabilities, 1e-12))).sum())
-        print(f"predicted class {name(predicted)}, probability {probabilities[predicted]:.3f}, entropy {entropy:.3f} nats")
+    parameters = meta.get("parameters", {})
+    kind, task = parameters.get("kind", "deterministic"), parameters.get("task", "classification")
+    if label is None:
+        print(f"sample {args.index}: synthetic input")
+    else:
+        print(f"sample {args.index}: true " + (f"value {label}" if task == "regression" else f"class {name(int(label))}"))
+    if task == "regression":
+        print_regression(result, outputs, kind)
+    elif "mean" in outputs:  # an MC Dropout model or a deep ensemble
+        print_uncertain_class(result, kind, name)
+    else:  # a deterministic classifier: its probabilities (a logits model's computed in the graph, a binary one's [N, 2])
+        print_class(result, parameters.get("output"), name)
+    if "abstain" in outputs:
+        print("the model abstains: its uncertainty is above the threshold" if bool(result.as_numpy("abstain")[0])
+              else "the model decides (uncertainty within the threshold)")
+
+
+def print_class(result, output: str | None, name) -> None:
+    """Predicted class, its probability and the entropy; a binary model's P(class 1); a logits model's raw scores."""
+    probabilities = result.as_numpy("probabilities")[0]
+    predicted = int(probabilities.argmax())
+    entropy = float(-(probabilities * np.log(np.maximum(probabilities, 1e-12))).sum())
+    print(f"predicted class {name(predicted)}, probability {probabilities[predicted]:.3f}, entropy {entropy:.3f} nats")
+    if output in ("sigmoid", "binary_logits"):
+        print(f"binary classifier: P(class {name(1)}) = {probabilities[1]:.4f}")
+    if output in ("logits", "binary_logits"):
+        logits = result.as_numpy("logits")[0]
+        print("logits (before the softmax / sigmoid): " + ", ".join(f"{v:.3f}" for v in logits))
+
+
+def print_uncertain_class(result, kind: str, name) -> None:
+    """An MC Dropout model's or a deep ensemble's mean probability, spread and uncertainty measures."""
+    mean = result.as_numpy("mean")[0]
+    predicted = int(result.as_numpy("predicted_class")[0])
+    samples = result.get_response().get("parameters", {}).get("samples")
+    over = f"{samples} samples" if kind == "mc_dropout" else "the ensemble's members"
+    print(f"predicted class {name(predicted)}, mean probability {mean[predicted]:.3f} "
+          f"(std {result.as_numpy('std')[0][predicted]:.3f}, {over})")
+    print(f"predictive entropy {result.as_numpy('predictive_entropy')[0]:.3f} nats, "
+          f"mutual information {result.as_numpy('mutual_information')[0]:.3f} nats")
+
+
+def print_regression(result, outputs: list[str], kind: str) -> None:
+    """A regressor's predictions in the targets' units; an MC / ensemble regressor's mean, std and 95% interval."""
+    if "mean" not in outputs:
+        print("predicted " + ", ".join(f"{v:.4g}" for v in result.as_numpy("prediction")[0]) + " (the targets' units)")
+        return
+    mean, std = result.as_numpy("mean")[0], result.as_numpy("std")[0]
+    print(f"{kind}: " + "; ".join(f"target {k}: {m:.4g} +- {s:.3g} (95% interval {m - 1.96 * s:.4g} .. {m + 1.96 * s:.4g})"
+                                 for k, (m, s) in enumerate(zip(mean, std))))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ logit beside them, an MC model and a deep ensemble of them, through tritonclient
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -30,8 +34,8 @@ def x():
 
 @pytest.fixture(scope="module")
 def binary_repo(tmp_path_factory):
-    """``sigmoid``, ``logit`` (deterministic), ``sigmoid_mc`` (seeded MC) and ``pair`` (an ensemble of two
-    sigmoid models), written by the real exporters."""
+    """``sigmoid``, ``logit`` (deterministic), ``sigmoid_mc`` (seeded MC), ``pair`` (an ensemble of two
+    sigmoid models) and ``reg`` (a two-target regressor, for the example client), written by the real exporters."""
     from deploykit import export_mc_onnx
     from deploykit.export import export_onnx
     from deploykit.export.metadata import ModelMetadata
@@ -51,6 +55,10 @@ def binary_repo(tmp_path_factory):
         members.append(staging / f"m{seed}.onnx")
         export_onnx(_model(seed, "sigmoid"), members[-1], metadata=meta)
     export_ensemble_onnx(members, repo / "pair.onnx", class_names=LABELS, include_members=True)
+    from deploykit.backend import keras
+
+    regressor = keras.Sequential([keras.Input(shape=(6,)), keras.layers.Dense(2)])
+    export_onnx(regressor, repo / "reg.onnx", task=Task.REGRESSION)
     return repo
 
 
@@ -114,3 +122,24 @@ def test_the_mc_model_and_the_ensemble_of_binary_models_answer_two_classes(trito
     members = [_two_class(np.asarray(_model(seed, "sigmoid")(x)).astype(np.float64)) for seed in (4, 5)]
     assert np.abs(pair.as_numpy("mean") - np.mean(members, axis=0)).max() < 1e-5
     assert triton.get_model_metadata("pair")["parameters"]["task"] == "classification"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("model, says, never", [
+    ("sigmoid", ["predicted class", "binary classifier: P(class 1 (malignant))"], ["logits"]),
+    ("logit", ["binary classifier: P(class 1 (malignant))", "logits (before the softmax / sigmoid)"], []),
+    ("sigmoid_mc", ["mean probability", "0 samples)", "mutual information"], []),
+    ("pair", ["mean probability", "the ensemble's members"], ["None samples"]),
+    ("reg", ["predicted", "the targets' units"], ["probability", "entropy", "class"]),
+])
+def test_the_example_client_prints_what_each_model_predicts(binary_server, model, says, never):
+    """examples/client_tritonclient.py reads task / kind / output from /v2/models/NAME (never an entropy of logits)."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", binary_server.url,
+                           "--model", model], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for text in says:
+        assert text in done.stdout, done.stdout
+    for text in never:
+        assert text not in done.stdout, done.stdout
