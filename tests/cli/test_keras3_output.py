@@ -95,7 +95,7 @@ def test_prune_gives_a_keras3_file_back_with_its_zeros(k3, tmp_path, cli):
     src = tmp_path / "in.keras"
     source.save(src)
     out = tmp_path / "pruned.keras"
-    run = cli("prune", src, "--sparsity", "0.5", "--epochs", "1", "--out", out)
+    run = cli("prune", src, "--data", "digits", "--sparsity", "0.5", "--epochs", "1", "--out", out)
     assert run.returncode == 0, run.stderr
     assert read_model_file(out).is_keras3
     pruned = load_model(out)  # deploykit's own reading of the Keras 3 file

@@ -117,3 +117,22 @@ def test_exit_1_with_one_line_when_nothing_deployable_meets_the_budget(model_fil
     assert last.startswith("deploykit optimize: nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx")
     assert "1 artifacts shipped, 1 rejected" in captured.out  # model.keras ships; it is no deployable artifact
     assert (out / "report.md").is_file() and not (out / "model_float16.onnx").exists()
+
+
+def test_a_users_model_without_data_is_refused_and_the_help_says_what_an_npz_holds(tmp_path, cli):
+    """No silent digits: `deploykit optimize MODEL` without --data names the missing option (exit 2, nothing written);
+    the shipped model alone still runs on the embedded digits (the README's `deploykit optimize`)."""
+    from deploykit.backend import keras
+    from deploykit.io import save_model
+
+    model = save_model(keras.Sequential([keras.Input((30,)), keras.layers.Dense(1, activation="sigmoid")]),
+                       tmp_path / "mine.keras")
+    for command, out in (("optimize", "o"), ("mc", "m"), ("prune", "p.keras")):
+        done = cli(command, model, "--out", tmp_path / out)
+        assert done.returncode == 2, (command, done.stderr)
+        assert f"--data is needed: {model} is not the shipped digits model" in done.stderr
+        assert "digits" not in done.stderr.split("--data is needed")[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.keras"]
+    helped = " ".join(cli("optimize", "--help").stdout.split())
+    assert "an .npz holding arrays x (inputs" in helped and "one-hot rows [N, C]" in helped
+    assert "required for your own model" in helped

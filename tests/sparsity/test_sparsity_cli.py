@@ -19,7 +19,7 @@ def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path, cli):
     from deploykit.io import load_model
 
     out, rep = tmp_path / "pruned.keras", tmp_path / "report.json"
-    proc = cli("prune", model_file, "--sparsity", "0.5", "--block", "1x4", "--epochs", "2",
+    proc = cli("prune", model_file, "--data", "digits", "--sparsity", "0.5", "--block", "1x4", "--epochs", "2",
                 "--out", str(out), "--report", str(rep))
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/2" in proc.stderr and "epoch 2/2" in proc.stderr  # one line per epoch

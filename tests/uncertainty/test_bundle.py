@@ -127,7 +127,7 @@ def test_bad_uncertainty_options_are_one_line_and_write_nothing(tmp_path, model_
     missing = cli("mc", model_file, "--ood-data", tmp_path / "nope.npy", "--out", out)
     assert missing.returncode != 0 and "no such file" in missing.stderr
     np.save(tmp_path / "wide.npy", np.zeros((5, 65), np.float32))
-    wide = cli("mc", model_file, "--ood-data", tmp_path / "wide.npy", "--out", out)
+    wide = cli("mc", model_file, "--data", "digits", "--ood-data", tmp_path / "wide.npy", "--out", out)
     assert wide.returncode != 0 and "OOD data must have shape [N, 64]" in wide.stderr
     for done in (bad, both, missing, wide):
         assert len([line for line in done.stderr.splitlines() if "error" in line]) == 1

@@ -13,7 +13,7 @@ def test_mc_command(tmp_path, mc_bn_model, cli):
 
     model = save_model(mc_bn_model, tmp_path / "model.keras")
     out = tmp_path / "mc"
-    done = cli("mc", str(model), "--samples", "8", "--mc-seed", "3", "--out", str(out))
+    done = cli("mc", str(model), "--data", "digits", "--samples", "8", "--mc-seed", "3", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "model_mc.onnx", "reliability.png", "temperature.png"]
     summary = json.loads((out / "comparison.json").read_text())
@@ -39,7 +39,7 @@ def test_mc_command_refusals(tmp_path, digits, cli):
     bad = cli("mc", str(tmp_path / "missing.keras"), "--samples", "0", "--out", str(out))
     assert bad.returncode == 2 and "samples must be an integer >= 1" in bad.stderr
     model = save_model(build_dense(dropout=0, data=digits), tmp_path / "plain.keras")
-    plain = cli("mc", str(model), "--out", str(out))
+    plain = cli("mc", str(model), "--data", "digits", "--out", str(out))
     assert plain.returncode == 2 and "deploykit train --dropout" in plain.stderr
     assert len([line for line in plain.stderr.splitlines() if line.startswith("deploykit mc: error:")]) == 1
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["plain.keras"]
@@ -56,10 +56,10 @@ def test_mc_command_on_a_logits_classifier_and_a_regression_target_refused(tmp_p
                                keras.layers.Dropout(0.2), keras.layers.Dense(10)])
     model = save_model(logits, tmp_path / "logits.keras")
     out = tmp_path / "mc"
-    done = cli("mc", str(model), "--samples", "8", "--mc-seed", "1", "--out", str(out))
+    done = cli("mc", str(model), "--data", "digits", "--samples", "8", "--mc-seed", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["export"]["output_kind"] == "logits" and summary["export"]["task"] == "classification"
-    refused = cli("mc", str(model), "--target-rmse", "3", "--out", str(tmp_path / "other"))
+    refused = cli("mc", str(model), "--data", "digits", "--target-rmse", "3", "--out", str(tmp_path / "other"))
     assert refused.returncode == 2 and "target_rmse is a regression target" in refused.stderr
     assert not (tmp_path / "other").exists()
