@@ -20,7 +20,11 @@ Dropout on scikit-learn's diabetes data, reported by RMSE and interval coverage)
 (issue 20): ``wide_deep`` (the book's chapter 10 Wide & Deep network with its auxiliary output, line for line, on
 the diabetes data: wide = features 0-4, deep = features 2-7) and ``three_heads`` (a regressor with three named
 heads on generated data), each with an .npz named after the model's inputs and outputs; their ONNX check
-feeds every named input and compares every named output.
+feeds every named input and compares every named output. Binary heads and labels as users store them (issue 20):
+``sigmoid`` (the tutorial's tabular binary classifier: Normalization, Dense(16) ReLU, Dense(1, sigmoid),
+binary_crossentropy, on scikit-learn's breast_cancer) and ``onehot`` (an MLP trained with categorical_crossentropy
+on the Fashion sample's one-hot labels, given to deploykit one-hot). A run of some models keeps the other
+models' rows of the last results (same epochs).
 
 Writes ``benchmarks/results/models.json`` and ``models.md``. Run from the repository root:
 
@@ -42,9 +46,11 @@ from pathlib import Path
 
 from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
-MODELS = ("cnn", "residual", "logits", "regression", "wide_deep", "three_heads")
+MODELS = ("cnn", "residual", "logits", "regression", "wide_deep", "three_heads", "sigmoid", "onehot")
 #: The cases with several inputs or outputs: data named after the model's tensors (no Fashion sample needed).
 MULTI = ("wide_deep", "three_heads")
+#: The models trained on the Fashion sample (the others bring scikit-learn or generated data).
+ON_FASHION = ("cnn", "residual", "logits", "onehot")
 #: Extra optimize runs of a trained model, beside the defaults: on the 2.5k-image sample the default 30
 #: fine-tuning epochs overfit a CNN (prune 50%: -0.74 pt after 5 epochs, -1.84 pt after 30, plain).
 VARIANTS = {"cnn": (("--epochs", "5"),), "residual": (("--epochs", "5"),)}
@@ -119,6 +125,15 @@ TRAIN = textwrap.dedent('''
         model = keras.Sequential([keras.Input(x.shape[1:]), L.Flatten(), norm, L.Dense(300, activation="elu"),
                                   L.Dropout(0.2), L.Dense(100, activation="elu"), L.Dropout(0.2), L.Dense(10)])
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    elif kind == "sigmoid":  # the tutorial's tabular binary classifier: one sigmoid unit, binary_crossentropy
+        model = keras.Sequential([keras.Input((30,)), L.Normalization(), L.Dense(16, activation="relu"),
+                                  L.Dense(1, activation="sigmoid")])
+        model.layers[0].adapt(x)
+        loss = "binary_crossentropy"
+    elif kind == "onehot":  # one-hot labels, as Keras examples train with: categorical_crossentropy
+        model = keras.Sequential([keras.Input(x.shape[1:]), L.Flatten(), L.Rescaling(1 / 255),
+                                  L.Dense(128, activation="relu"), L.Dropout(0.2), L.Dense(10, activation="softmax")])
+        loss = "categorical_crossentropy"
     else:  # regression
         norm = L.Normalization()
         norm.adapt(x)
@@ -178,6 +193,8 @@ CHECK = textwrap.dedent('''
                 else session.run([out0], feed)[0]
             kept = loaded["model.keras"]
             want = joined(kept.predict(probe, verbose=0), kept.output_names)
+            if got.shape[1] == 2 and want.shape[1] == 1:  # a binary head: P(class 1) is served as [1 - p, p]
+                want = np.concatenate([1 - want, want], axis=1)
             meta = {p.key: p.value for p in proto.metadata_props}
             temperature = json.loads(meta.get("deploykit.temperature", "null") or "null")
             if temperature and out0 == "probabilities":  # the stored Div before the softmax
@@ -205,6 +222,33 @@ def plain_keras3(script: str, *argv: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return run([sys.executable, "-c", script, *argv], env=env)
+
+
+def breast_cancer_npz(folder: Path) -> Path:
+    """scikit-learn's breast_cancer (569 rows, 30 features, 0/1 labels): a binary classification as users save it."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    path = folder / "breast_cancer.npz"
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return path
+
+
+def one_hot_npz(folder: Path) -> Path:
+    """The Fashion sample with its labels one-hot ([N, 10] of 0/1), as Keras examples store them."""
+    import numpy as np
+
+    with np.load(FASHION) as z:
+        x, y = z["x"], z["y"]
+    path = folder / "fashion_onehot.npz"
+    np.savez(path, x=x, y=np.eye(10, dtype=np.float32)[y])
+    return path
+
+
+def data_for(kind: str, folder: Path) -> Path:
+    makers = {"regression": regression_npz, "sigmoid": breast_cancer_npz, "onehot": one_hot_npz}
+    return makers[kind](folder) if kind in makers else FASHION
 
 
 def regression_npz(folder: Path) -> Path:
@@ -284,7 +328,7 @@ def probe_inputs(data: Path, folder: Path) -> Path:
 
 def one(kind: str, folder: Path, epochs: int) -> list[dict]:
     """The model trained once, then optimize with defaults (and each of its VARIANTS), each checked in Keras 3."""
-    data = regression_npz(folder) if kind == "regression" else multi_npz(kind, folder) if kind in MULTI else FASHION
+    data = multi_npz(kind, folder) if kind in MULTI else data_for(kind, folder)
     model = folder / f"{kind}.keras"
     say(f"{kind}: training in Keras 3 ({epochs} epochs at most)")
     done = plain_keras3(TRAIN, kind, str(data), str(epochs), str(model))
@@ -342,11 +386,23 @@ def main() -> None:
     ap.add_argument("--results", default="models", help="results file name in benchmarks/results (default: models)")
     args = ap.parse_args()
     kinds = MODELS if args.all else tuple(k for k in args.models.split(",") if k)
-    if not FASHION.exists() and any(k not in ("regression", *MULTI) for k in kinds):
+    if not FASHION.exists() and any(k in ON_FASHION for k in kinds):
         sys.exit(f"the Fashion sample is absent ({FASHION.name} beside the project): nothing to measure")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for kind in kinds for row in one(kind, Path(tmp), args.epochs)]
+    rows = kept_rows(args.results, kinds, args.epochs) + rows
     write_results(args.results, {"epochs": args.epochs, "rows": rows}, markdown(rows, args.epochs))
+
+
+def kept_rows(name: str, kinds: tuple[str, ...], epochs: int) -> list[dict]:
+    """The last results' rows of the models not run now (a run of some models keeps the others' rows), same epochs."""
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if not path.exists():
+        return []
+    last = json.loads(path.read_text())
+    if last.get("epochs") != epochs:
+        return []
+    return [r for r in last.get("rows", []) if r["model"].split()[0] not in kinds]
 
 
 if __name__ == "__main__":
