@@ -36,7 +36,7 @@ from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.files import regular_file
 from deploykit.labels import from_one_hot, zero_one_matrix
 from deploykit.limits import DATA_BYTES
-from deploykit.task import OutputKind, Task
+from deploykit.task import MULTI_LABEL, OutputKind, Task
 
 DEFAULT_DATASET = "digits"
 #: The embedded datasets (scikit-learn's, no network): name -> (loader name, task).
@@ -129,7 +129,9 @@ class Dataset:
         the same error (DataError, exit 1, naming the data) whichever command meets it:
         the input shape, the number of outputs (classes or targets), and the task
         (a softmax model with regression targets; a logits model is a classifier of
-        class data, a model with linear outputs a regressor of regression data).
+        class data, a model with linear outputs a regressor of regression data; one
+        sigmoid or linear unit with two classes a binary classifier; several sigmoid
+        units with 0/1 labels a multi-label head, refused).
         """
         from deploykit.graph import graph_from_model
         from deploykit.task import output_kind, resolve_task
@@ -141,11 +143,11 @@ class Dataset:
         if kind is OutputKind.PROBABILITIES and self.task is Task.REGRESSION:
             raise DataError(f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
                             "give class labels, or a model with linear outputs")
-        if kind is OutputKind.SIGMOID and outputs != 1 and (self.task is Task.CLASSIFICATION or zero_one_matrix(self.y_train)):
-            from deploykit.task import MULTI_LABEL
-
+        if kind is OutputKind.SIGMOID and outputs != 1 and (self.task is Task.CLASSIFICATION
+                                                            or zero_one_matrix(self.y_train)):  # K units, 0/1 labels
             raise DataError(f"data {self.name!r} and {what}: " + MULTI_LABEL.format(units=outputs))
-        binary = outputs == 1 and self.task is Task.CLASSIFICATION and self.num_classes == 2  # one unit, two classes
+        binary = outputs == 1 and kind is not OutputKind.PROBABILITIES and self.task is Task.CLASSIFICATION \
+            and self.num_classes == 2  # one sigmoid or linear unit for two classes
         if isinstance(outputs, int) and outputs != self.num_outputs and not binary:
             have = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
             raise DataError(f"data {self.name!r} has {have}, but {what} outputs {outputs}")

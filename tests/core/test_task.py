@@ -59,3 +59,29 @@ def test_one_unit_is_a_binary_classifier_unless_regression_is_said():
     assert resolve_task(OutputKind.SIGMOID, 3, task=Task.REGRESSION) == (Task.REGRESSION, OutputKind.VALUES)
     assert resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION) == (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
     assert resolve_task(OutputKind.VALUES, 1, labels_are_classes=True) == (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
+
+
+@pytest.mark.parametrize("head, y, expected", [
+    (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1], (Task.CLASSIFICATION, OutputKind.SIGMOID)),
+    (lambda k: [k.layers.Dense(1)], [0, 1], (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)),
+    (lambda k: [k.layers.Dense(1), k.layers.Activation("sigmoid")], [0.2, 0.7], (Task.REGRESSION, OutputKind.VALUES)),
+    (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1, 2], "has 3 classes, but model"),
+    (lambda k: [k.layers.Dense(1, activation="softmax")], [0, 1], "has 2 classes, but model"),
+    (lambda k: [k.layers.Dense(3, activation="sigmoid")], [0, 1, 2], "multi-label sigmoid head"),
+])
+def test_the_data_check_resolves_binary_heads_and_refuses_what_does_not_fit(head, y, expected):
+    import numpy as np
+
+    from deploykit.backend import keras
+    from deploykit.errors import DataError
+    from deploykit.inputs import as_dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.resize(np.asarray(y), 60)
+    data = as_dataset((rng.normal(size=(60, 4)).astype(np.float32), labels))
+    model = _model(head(keras))
+    if isinstance(expected, str):
+        with pytest.raises(DataError, match=expected):
+            data.check_model(model)
+    else:
+        assert data.check_model(model) == expected
