@@ -132,10 +132,3 @@ def spec_of(kind: OutputKind | str) -> TaskSpec:
     """The :class:`TaskSpec` of an output kind (or its value)."""
     return SPECS[OutputKind(kind)]
 
-
-def model_spec(model, task: Task | None = None) -> TaskSpec:
-    """The spec of a tf_keras model's output, as :func:`deploykit.task.model_task` resolves it."""
-    from deploykit.task import model_task
-
-    return spec_of(model_task(model, task=task)[1])
-
