@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deploykit.errors import ConfigError, UsageError
+from deploykit.errors import ConfigError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, output_scale, rmse, softmax
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.records import ArtifactRow, Try, Verdict, Stage
@@ -77,10 +77,10 @@ def test_optimize_takes_max_rmse_increase_and_task_flags():
 
     args = build_parser().parse_args(["optimize", "--task", "regression", "--max-rmse-increase", "0.1"])
     assert options_from_args(args)["max_rmse_increase"] == 0.1 and args.task is Task.REGRESSION
-    with pytest.raises(UsageError, match="a classifier needs at least 2 outputs"):
-        from deploykit.task import OutputKind, resolve_task
+    from deploykit.task import OutputKind, resolve_task
 
-        resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION)
+    # one linear unit said to classify is a binary classifier's logit (issue 20; it was an error before)
+    assert resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION)[1] is OutputKind.BINARY_LOGITS
 
 
 def test_the_size_plot_draws_rmse_for_a_regressor(tmp_path):

@@ -34,7 +34,7 @@ def runs(tmp_path_factory, model_file):
     np.save(ood, np.random.default_rng(0).uniform(0, 16, (60, 64)).astype(np.float32))
     flags = {"off": ["--no-temperature"], "on": ["--target-coverage", "0.8", "--ood-data", str(ood)]}
     for name, extra in flags.items():
-        assert main(["mc", str(model_file), *SEED, *extra, "--out", str(root / name)]) == 0
+        assert main(["mc", str(model_file), "--data", "digits", *SEED, *extra, "--out", str(root / name)]) == 0
     return root
 
 
