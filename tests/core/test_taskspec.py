@@ -64,9 +64,8 @@ def test_tensorflow_log_probabilities_and_probabilities_agree_with_numpy(kind):
 def test_the_onnx_head_computes_the_same_probabilities_in_onnxruntime(kind):
     """What the exporters and the MC graph append: Softmax, or Softmax(Concat(0, z)) for one unit."""
     import onnx
-    from onnx import TensorProto, helper
-
     import onnxruntime as ort
+    from onnx import TensorProto, helper
 
     from deploykit.uncertainty.mc_layers import OnnxGraph
 

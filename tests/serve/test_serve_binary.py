@@ -137,7 +137,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_the_example_client_prints_what_each_model_predicts(binary_server, model, says, never):
     """examples/client_tritonclient.py reads task / kind / output from /v2/models/NAME (never an entropy of logits)."""
     done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", binary_server.url,
-                           "--model", model], capture_output=True, text=True, timeout=60)
+                           "--model", model], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     for text in says:
         assert text in done.stdout, done.stdout
