@@ -28,7 +28,8 @@ def test_a_layer_outside_the_table_is_exported_and_the_other_steps_skip(digits, 
     model.fit(digits.x_train, digits.y_train, epochs=20, verbose=0)
     path = save_model(model, tmp_path / "permute.keras")
     out = tmp_path / "out"
-    code = main(["optimize", str(path), "--out", str(out), "--no-sparsity", "--formats", "onnx,tflite",
+    code = main(["optimize", str(path), "--data", "digits", "--out", str(out), "--no-sparsity",
+                 "--formats", "onnx,tflite",
                  "--quantize", "float32,int8-dynamic,int8-full", "--samples", "5"])
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)
@@ -64,7 +65,8 @@ def test_keras3_cnn_in_keras3_files_out(digits, tmp_path, capsys):
 
     source = _keras3_cnn_file(digits, tmp_path / "cnn.keras")
     out = tmp_path / "out"
-    code = main(["optimize", str(tmp_path / "cnn.keras"), "--out", str(out), "--no-sparsity", "--formats", "onnx",
+    code = main(["optimize", str(tmp_path / "cnn.keras"), "--data", "digits", "--out", str(out), "--no-sparsity",
+                 "--formats", "onnx",
                  "--quantize", "float32", "--samples", "10"])
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)

@@ -156,7 +156,7 @@ def test_optimize_triton_serves_every_shipped_model_including_mc(tmp_path, train
 
     model = save_model(trained_model, tmp_path / "m.keras")
     out = tmp_path / "run"
-    code = main(["optimize", str(model), "--out", str(out), "--no-sparsity", "--formats", "onnx",
+    code = main(["optimize", str(model), "--data", "digits", "--out", str(out), "--no-sparsity", "--formats", "onnx",
                  "--quantize", "float32,int8-dynamic", "--samples", "5", "--triton", "--instances", "2",
                  "--max-batch-size", "32", "--max-accuracy-drop", "0.05", "--mc-seed", "0"])  # the subject is Triton
     assert code == 0, capsys.readouterr().err

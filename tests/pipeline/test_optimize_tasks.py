@@ -102,7 +102,7 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
 
     model = _keras3_logits(tmp_path / "logits.keras")
     out = tmp_path / "out"
-    _run(["optimize", str(model), "--out", str(out), "-q"], capsys)
+    _run(["optimize", str(model), "--data", "digits", "--out", str(out), "-q"], capsys)
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["task"] == "classification" and report["model"]["output"] == "logits"
     files = {a["file"] for a in _shipped(report)}

@@ -31,7 +31,8 @@ def _member_files(folder, digits, dropout=0.2):
 def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys):
     files = _member_files(tmp_path, digits)
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5",
+    assert main(["ensemble", *map(str, files), "--data", "digits", "--out", str(out), "--tune-epochs", "2",
+                 "--sparsity", "0.5",
                  "--no-temperature"]) == 0
     summary = json.loads((out / "ensemble.json").read_text())
     assert summary["sizes"]["members"] == 2 and summary["comparison"]["mc"]["accuracy"] > 0.8
@@ -60,7 +61,8 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     ood = tmp_path / "ood.npy"
     np.save(ood, np.random.default_rng(0).uniform(0, 16, (100, 64)).astype("float32"))
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5",
+    assert main(["ensemble", *map(str, files), "--data", "digits", "--out", str(out), "--tune-epochs", "2",
+                 "--sparsity", "0.5",
                  "--target-coverage", "0.8", "--ood-data", str(ood)]) == 0
     summary = json.loads((out / "ensemble.json").read_text())
     c = summary["comparison"]
@@ -86,7 +88,8 @@ def test_mc_dropout_inside_each_member(tmp_path, digits, capsys):
     reduces all K*T, and its mean is the average of every member's sample probabilities."""
     files = _member_files(tmp_path, digits, dropout=0.2)
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--out", str(out), "--tune-epochs", "2", "--sparsity", "0.5",
+    assert main(["ensemble", *map(str, files), "--data", "digits", "--out", str(out), "--tune-epochs", "2",
+                 "--sparsity", "0.5",
                  "--mc-samples", "8"]) == 0
     summary = json.loads((out / "ensemble.json").read_text())
     assert summary["mc_samples"] == 8 and summary["comparison"]["mc"]["accuracy"] > 0.8
