@@ -45,7 +45,7 @@ class TaskSpec:
 
     @property
     def served_outputs(self) -> tuple[str, ...]:
-        """The deterministic ONNX / TFLite outputs, the main one last (:data:`deploykit.contract.DETERMINISTIC_OUTPUTS`)."""
+        """The deterministic ONNX / TFLite outputs, the main one last (``contract.DETERMINISTIC_OUTPUTS``)."""
         return DETERMINISTIC_OUTPUTS[self.kind.value]
 
     def classes(self, width: int) -> int:

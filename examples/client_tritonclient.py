@@ -65,12 +65,13 @@ def main() -> None:
     if label is None:
         print(f"sample {args.index}: synthetic input")
     else:
-        print(f"sample {args.index}: true " + (f"value {label}" if task == "regression" else f"class {name(int(label))}"))
+        truth = f"value {label}" if task == "regression" else f"class {name(int(label))}"
+        print(f"sample {args.index}: true {truth}")
     if task == "regression":
         print_regression(result, outputs, kind)
     elif "mean" in outputs:  # an MC Dropout model or a deep ensemble
         print_uncertain_class(result, kind, name)
-    else:  # a deterministic classifier: its probabilities (a logits model's computed in the graph, a binary one's [N, 2])
+    else:  # a deterministic classifier: its probabilities (a logits or binary model's computed in the graph)
         print_class(result, parameters.get("output"), name)
     if "abstain" in outputs:
         print("the model abstains: its uncertainty is above the threshold" if bool(result.as_numpy("abstain")[0])
@@ -108,8 +109,9 @@ def print_regression(result, outputs: list[str], kind: str) -> None:
         print("predicted " + ", ".join(f"{v:.4g}" for v in result.as_numpy("prediction")[0]) + " (the targets' units)")
         return
     mean, std = result.as_numpy("mean")[0], result.as_numpy("std")[0]
-    print(f"{kind}: " + "; ".join(f"target {k}: {m:.4g} +- {s:.3g} (95% interval {m - 1.96 * s:.4g} .. {m + 1.96 * s:.4g})"
-                                 for k, (m, s) in enumerate(zip(mean, std))))
+    parts = [f"target {k}: {m:.4g} +- {s:.3g} (95% interval {m - 1.96 * s:.4g} .. {m + 1.96 * s:.4g})"
+             for k, (m, s) in enumerate(zip(mean, std))]
+    print(f"{kind}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

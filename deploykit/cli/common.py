@@ -33,7 +33,8 @@ def add_model_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
 
 #: What ``--data`` takes, said once for every command's ``--help``.
 DATA_HELP = ("'digits' or 'diabetes' (embedded), or a data file: an .npz holding arrays x (inputs, [N, ...] as the "
-             "model takes them) and y (labels: class ids [N], one-hot rows [N, C], or regression targets [N] / [N, K]), "
+             "model takes them) and y (labels: class ids [N], one-hot rows [N, C], or regression targets [N] / "
+             "[N, K]), "
              "or x_train, y_train, x_test, y_test (optionally x_val, y_val) and an optional class_names array; "
              "a .csv with a header (--label-column); or IDX files / a folder of them")
 
@@ -118,8 +119,8 @@ def data_source(args) -> str:
     models = [m for m in (getattr(args, "model", None), *(getattr(args, "models", None) or ())) if m]
     own = [m for m in models if Path(m).resolve() != Path(DEFAULT_MODEL).resolve()]
     if own:
-        raise UsageError(f"--data is needed: {own[0]} is not the shipped digits model, and deploykit has no data of its "
-                         "own for it (give an .npz with arrays x and y, a .csv, or IDX files; see --help)")
+        raise UsageError(f"--data is needed: {own[0]} is not the shipped digits model, and deploykit has no data "
+                         "of its own for it (give an .npz with arrays x and y, a .csv, or IDX files; see --help)")
     return DEFAULT_DATASET
 
 

@@ -119,7 +119,8 @@ def _run(args) -> int:
 
         load_ood(config.input.ood_data)
     model = args.model or config.input.model or DEFAULT_MODEL
-    # a --config file says its data; else --data, or digits for the shipped model only (data_source refuses a user's model)
+    # a --config file says its data; else --data, or digits for the shipped model only (data_source refuses
+    # a user's model)
     data = config.input.data if args.config and args.data is None else data_source(args)
     result = optimize(model, data, config=config, out_dir=Path(args.out), force=args.force, progress=progress,
                       unsafe=args.unsafe)

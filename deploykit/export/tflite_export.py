@@ -103,7 +103,7 @@ def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantC
 
 def _signature(model, kind: OutputKind):
     """The converted function's outputs, by name: the model's output, and the probabilities computed from it for a
-    logits classifier; a binary head's two-class probabilities (:meth:`~deploykit.taskspec.TaskSpec.tf_probabilities`)."""
+    logits classifier; a binary head's two-class probabilities (``TaskSpec.tf_probabilities``)."""
     from deploykit.taskspec import spec_of
 
     spec = spec_of(kind)

@@ -168,9 +168,10 @@ class OnnxModel(Model):
         self.props = _json_props(props, path)
         self.task = _task(self.props, self.graph_outputs)
         self.class_labels = [str(c) for c in self.metadata.class_names]
-        self.class_outputs = {o.name for o in self.outputs  # [N, classes] float: classification applies (not to a regressor,
+        # [N, classes] float: classification applies (not to a regressor, nor to a binary model's one logit)
+        self.class_outputs = {o.name for o in self.outputs
                               if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS
-                              and self.task is Task.CLASSIFICATION and _per_class(o, self.class_labels)}  # a binary logit)
+                              and self.task is Task.CLASSIFICATION and _per_class(o, self.class_labels)}
         self.ready = True
         self._pool: InferencePool | None = None
 

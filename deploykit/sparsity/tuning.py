@@ -201,7 +201,8 @@ def _targets(data, config, teacher: Teacher | None, spec=None):
         plain = _accuracy_metric(spec, packed=False) if spec is not None and spec.binary else "accuracy"
         return None, plain, data.y_train, data.y_val
     pack = lambda y, p: np.concatenate([y.reshape(-1, 1).astype(np.float32), _soften(p, config.temperature)], axis=1)  # noqa: E731
-    return "distill", _accuracy_metric(spec, packed=True), pack(data.y_train, teacher.train), pack(data.y_val, teacher.val)
+    return ("distill", _accuracy_metric(spec, packed=True), pack(data.y_train, teacher.train),
+            pack(data.y_val, teacher.val))
 
 
 def fine_tune(

@@ -57,8 +57,9 @@ def test_one_unit_is_a_binary_classifier_unless_regression_is_said():
     assert resolve_task(OutputKind.SIGMOID, 1, labels_are_classes=True) == binary
     assert resolve_task(OutputKind.SIGMOID, 1, labels_are_classes=False) == (Task.REGRESSION, OutputKind.VALUES)
     assert resolve_task(OutputKind.SIGMOID, 3, task=Task.REGRESSION) == (Task.REGRESSION, OutputKind.VALUES)
-    assert resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION) == (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
-    assert resolve_task(OutputKind.VALUES, 1, labels_are_classes=True) == (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
+    logit = (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)
+    assert resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION) == logit
+    assert resolve_task(OutputKind.VALUES, 1, labels_are_classes=True) == logit
 
 
 @pytest.mark.parametrize("head, y, expected", [

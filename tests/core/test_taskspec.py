@@ -37,7 +37,8 @@ def test_probabilities_are_rows_summing_to_one_and_give_the_predicted_class(kind
 
 def test_a_binary_head_reads_p_as_class_one_the_way_binary_crossentropy_does():
     p = np.array([[0.2], [0.7], [0.5001]], np.float32)
-    np.testing.assert_allclose(spec_of("sigmoid").probabilities(p), [[0.8, 0.2], [0.3, 0.7], [0.4999, 0.5001]], atol=1e-6)
+    expected = [[0.8, 0.2], [0.3, 0.7], [0.4999, 0.5001]]
+    np.testing.assert_allclose(spec_of("sigmoid").probabilities(p), expected, atol=1e-6)
     np.testing.assert_array_equal(spec_of("sigmoid").predicted_class(p), [0, 1, 1])
     z = np.array([[-2.0], [0.0], [50.0], [-800.0]], np.float32)  # logits: sigmoid without overflow
     probs = spec_of("binary_logits").probabilities(z)
@@ -72,8 +73,9 @@ def test_the_onnx_head_computes_the_same_probabilities_in_onnxruntime(kind):
     spec, raw = spec_of(kind), _raw(kind, np.random.default_rng(2))
     g = OnnxGraph(seed=None)
     g.nodes.append(helper.make_node("Identity", [spec.onnx_probabilities(g, "z")], ["p"]))
-    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", raw.shape[1]])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", spec.classes(raw.shape[1])])],
+    width = raw.shape[1]
+    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", spec.classes(width)])],
                               initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

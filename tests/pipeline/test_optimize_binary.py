@@ -29,8 +29,8 @@ def _keras3_tutorial_model(x, y, path):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((30,)), keras.layers.Normalization(), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Normalization(),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
     model.layers[0].adapt(x)
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
@@ -99,7 +99,8 @@ def test_tf_keras_sigmoid_model_with_dropout_gets_an_mc_model_of_two_classes(tmp
     model.compile(optimizer="adam", loss="binary_crossentropy")
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
     model.save(tmp_path / "tf.keras")
-    result = optimize(str(tmp_path / "tf.keras"), str(data), config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
+    fast = OptimizeConfig(validate=ValidateStep(latency_repeats=2))
+    result = optimize(str(tmp_path / "tf.keras"), str(data), config=fast,
                       out_dir=tmp_path / "out", sparsity="none", formats="onnx,tflite", quantize="float32",
                       samples=20, mc_seed=1, target_coverage=0.9)
     assert result.artifact("model.onnx").verdict is Verdict.PASS
@@ -128,7 +129,8 @@ def test_binary_logits_model_serves_its_logit_and_two_class_probabilities(tmp_pa
     set_seed(0)
     norm = keras.layers.Normalization()
     norm.adapt(x)
-    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
     result = optimize(model, str(data), config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),

@@ -32,7 +32,8 @@ def test_optimize_writes_the_ensemble_of_its_model_and_the_members_given(tmp_pat
 
     first, second = _member(tmp_path / "a.keras", digits, 1), _member(tmp_path / "b.keras", digits, 2)
     out = tmp_path / "out"
-    assert main(["optimize", str(first), "--data", "digits", "--out", str(out), "-q", "--sparsity", "0.5", "--epochs", "2",
+    assert main(["optimize", str(first), "--data", "digits", "--out", str(out), "-q", "--sparsity", "0.5",
+                 "--epochs", "2",
                  "--formats", "onnx", "--quantize", "float32", "--no-mc", "--target-coverage", "0.8", "--triton",
                  "--ensemble-members", str(second)]) == 0
     report = json.loads((out / "report.json").read_text())
