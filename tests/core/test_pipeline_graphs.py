@@ -34,8 +34,15 @@ def test_a_layer_outside_the_table_is_exported_and_the_other_steps_skip(digits, 
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)
     assert steps["mc dropout"][0] == "skipped" and "'permute' of type Permute" in steps["mc dropout"][1]
-    for artifact in ("model.onnx", "model.tflite", "model_int8-dynamic.onnx", "model_int8-full.tflite"):
+    for artifact in ("model.onnx", "model.tflite"):  # float32 is exact: it always ships
         assert (out / artifact).exists()
+    # int8 ships exactly when it is within the budget (training noise decides that on a 20-epoch model): the
+    # layer outside the table never stops an export, and a rejected file is not left behind
+    rows = {r["file"]: r for r in json.loads((out / "report.json").read_text())["artifacts"]}
+    for artifact in ("model_int8-dynamic.onnx", "model_int8-full.tflite"):
+        within = rows[artifact]["accuracy_change"] >= -0.01 - 1e-9
+        assert rows[artifact]["verdict"] == ("pass" if within else "rejected")
+        assert (out / artifact).exists() == within
     assert all(status == "done" for step, (status, _) in steps.items() if step.startswith("export"))
 
 
