@@ -108,3 +108,21 @@ def test_an_operation_without_a_built_in_equivalent_is_refused_by_name(k3, tmp_p
     k3.Model(inputs, k3.layers.Dense(2)(x)).save(tmp_path / "m.keras")
     with pytest.raises(UnsupportedLayerError, match="true_divide|sin"):
         load_model(tmp_path / "m.keras")
+
+
+def test_built_in_layers_no_step_understands_still_import_and_export(k3, tmp_path):
+    """NASNet's Cropping2D (and a Permute) are outside the layer table: imported, exported, computing the same."""
+    from deploykit import export_variant
+    from deploykit.export.runtimes import OnnxRunner
+    from deploykit.layers import Role, support_for
+
+    inputs = k3.Input((8, 8, 3))
+    x = k3.layers.Cropping2D(((1, 0), (1, 0)), name="crop")(k3.layers.Conv2D(4, 3, padding="same")(inputs))
+    x = k3.layers.Permute((2, 1, 3), name="permute")(x)
+    model = k3.Model(inputs, k3.layers.Dense(3, activation="softmax")(k3.layers.Flatten()(x)))
+    xs = np.random.default_rng(3).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    assert support_for(imported.get_layer("crop")).role is Role.OTHER
+    export_variant(imported, "onnx", "float32", tmp_path / "m.onnx")
+    assert np.abs(OnnxRunner(tmp_path / "m.onnx").predict(xs) - np.asarray(model(xs))).max() <= 1e-5
