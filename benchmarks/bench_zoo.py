@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import RESULTS, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
 #: Architectures above this many parameters (as built here: classes=3, smallest input) are not run: on 2
 #: shared cores their import, export and validation take longer than the benchmark can give one row.
@@ -234,10 +234,11 @@ def _int8_cell(entry) -> str:
     return f"{100 * entry['delta']:.0f}%" if "delta" in entry else "error"
 
 
-def markdown(rows: list[dict], total: float, size_cap: float) -> str:
+def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") -> str:
     ran = [r for r in rows if r.get("exit") == "ok"]
     within = [r for r in ran if r.get("onnx_diff") is not None and r["onnx_diff"] <= TARGET]
     listed = len(rows)
+    missing = [r for r in rows if r.get("exit") == "not run yet"]
     lines = [
         "# The Keras Applications zoo through deploykit export",
         "",
@@ -248,7 +249,8 @@ def markdown(rows: list[dict], total: float, size_cap: float) -> str:
         f"on {SAMPLES} standard-normal inputs. One process per architecture, each with a timeout; 2 shared CPU cores."),
         "",
         (f"**{len(within)} of {listed}** architectures export float32 ONNX within {TARGET:g} of Keras "
-        f"({len(ran)} exported; the target is every architecture). Architectures over {size_cap / 1e6:.0f} M parameters "
+        f"({len(ran)} exported, {len(missing)} not reached in this run; the target is every architecture). "
+        f"Architectures over {size_cap / 1e6:.0f} M parameters "
         "are not run here (listed as skipped): on 2 shared cores their import, export and validation take too long "
         "for one benchmark run, not because deploykit refuses them — their families' smaller members are in the table."),
         "",
@@ -275,6 +277,11 @@ def markdown(rows: list[dict], total: float, size_cap: float) -> str:
         "",
         f"Total: {total:.0f} s.",
     ]
+    if missing:
+        lines += ["", f"Not reached in this run ({len(missing)}): the run stops at its time limit and the table is "
+                  "written after every architecture; `python benchmarks/bench_zoo.py --only NAME,...` runs the rest."]
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated constructor names (default: all)")
     p.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per architecture")
     p.add_argument("--size-cap", type=float, default=SIZE_CAP, help="parameters above which an architecture is skipped")
+    p.add_argument("--render", action="store_true", help="rewrite zoo.md from zoo.json (no run), with --note")
+    p.add_argument("--note", default="", help="a sentence about this run's machine, kept in zoo.json and zoo.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -290,15 +299,26 @@ def main(argv: list[str] | None = None) -> int:
         row = run_one(args.child, Path(args.folder), args.size_cap)
         print(RESULT + json.dumps(row), flush=True)
         return 0
+    if args.render:
+        data = json.loads((RESULTS / "zoo.json").read_text())
+        data["note"] = args.note or data.get("note", "")
+        write_results("zoo", data, markdown(data["rows"], data["seconds"], data["size_cap"], data["note"]), quiet=True)
+        return 0
     import keras
 
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or ordered(constructors())
-    start, rows = time.perf_counter(), [{"name": n, "exit": "not run yet"} for n in names]
-    for k, name in enumerate(names):
+    every = ordered(constructors())
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or every
+    kept = {}  # --only runs the named architectures and keeps the other rows of the last table
+    if args.only and (RESULTS / "zoo.json").exists():
+        kept = {r["name"]: r for r in json.loads((RESULTS / "zoo.json").read_text())["rows"]}
+    start = time.perf_counter()
+    rows = [kept.get(n, {"name": n, "exit": "not run yet"}) for n in every]
+    for name in names:
+        k = every.index(name)
         rows[k] = {**run_child(name, args.timeout, args.size_cap), "keras": keras.__version__}
         print(f"[{time.perf_counter() - start:6.0f}s] {name}: {rows[k].get('exit')} {rows[k].get('onnx_diff', '')} "
               f"{rows[k].get('reason', '')}", file=sys.stderr, flush=True)
-        save(rows, time.perf_counter() - start, args.size_cap, keras.__version__)  # a partial table survives a stop
+        save(rows, time.perf_counter() - start, args.size_cap, keras.__version__, args.note)  # survives a stop
     return 0
 
 
@@ -314,11 +334,11 @@ FIRST = ("MobileNetV3Small", "EfficientNetB0", "ConvNeXtTiny", "MobileNet", "Mob
          "DenseNet121", "ResNet50V2", "NASNetMobile", "Xception", "InceptionV3", "VGG16", "InceptionResNetV2", "ResNet50")
 
 
-def save(rows: list[dict], total: float, size_cap: float, version: str) -> None:
+def save(rows: list[dict], total: float, size_cap: float, version: str, note: str = "") -> None:
     ok = [r for r in rows if r.get("exit") == "ok" and r.get("onnx_diff") is not None and r["onnx_diff"] <= TARGET]
     data = {"keras": version, "architectures": len(rows), "onnx_within_target": len(ok), "target": TARGET,
-            "size_cap": size_cap, "seconds": round(total, 1), "rows": rows}
-    write_results("zoo", data, markdown(rows, total, size_cap), quiet=True)
+            "size_cap": size_cap, "seconds": round(total, 1), "note": note, "rows": rows}
+    write_results("zoo", data, markdown(rows, total, size_cap, note), quiet=True)
 
 
 if __name__ == "__main__":
