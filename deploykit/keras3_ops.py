@@ -40,6 +40,9 @@ _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus"
                 "Silu": "silu", "Swish": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu",
                 "HardSwish": "hard_silu", "Selu": "selu", "LogSigmoid": "log_sigmoid", "Exp": "exponential",
                 "Mish": "mish", "HardTanh": "hard_tanh", "TanhShrink": "tanh_shrink"}
+#: ``ops.nn`` operations with options: (built-in layer, {option: the operation's default}).
+_CONFIGURED = {"Softmax": ("Softmax", {"axis": -1}), "LeakyRelu": ("LeakyReLU", {"negative_slope": 0.2}),
+               "Elu": ("ELU", {"alpha": 1.0}), "Gelu": ("Activation", {"approximate": True})}
 #: Two-tensor operations with a built-in merge layer of the same meaning.
 _MERGES = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply", "Maximum": "Maximum", "Minimum": "Minimum"}
 #: Where keras.applications defines ConvNeXt's LayerScale (``x * gamma``, gamma of shape [channels]).
@@ -284,6 +287,8 @@ def _steps(name: str, kind: str, options: dict, constants: list, first: bool) ->
         return [("Activation", {"activation": _ACTIVATIONS[kind]})]
     if kind == "Relu6" and not constants and not options:
         return [_relu(6.0)]
+    if kind in _CONFIGURED and not constants and set(options) <= set(_CONFIGURED[kind][1]):
+        return [_configured(name, kind, options)]
     if kind == "Negative" and not constants and not options:
         return [_rescale(-1.0)]
     if kind == "Clip" and not constants and set(options) == {"x_min", "x_max"}:
@@ -329,3 +334,15 @@ def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
     scaled = _fresh(f"{name}_scaled", names)
     return [_builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
             {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], _tensor_ref(scaled)]], "kwargs": {}}]}]
+
+
+def _configured(name: str, kind: str, options: dict) -> tuple[str, dict]:
+    """An ``ops.nn`` operation with options as its layer, the operation's defaults filled in (they may differ
+    from the layer's: ``ops.leaky_relu`` slopes 0.2, ``LeakyReLU`` 0.3)."""
+    layer, defaults = _CONFIGURED[kind]
+    config = {**defaults, **options}
+    if kind == "Gelu":  # the "gelu" activation is the exact (erf) form
+        if config["approximate"]:
+            raise UnsupportedLayerError(name, kind, "the tanh approximation of GELU has no built-in layer equivalent")
+        return layer, {"activation": "gelu"}
+    return layer, config

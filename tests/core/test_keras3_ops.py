@@ -49,6 +49,7 @@ def test_operation_layers_on_constants_import_as_what_they_compute(k3, tmp_path)
     x = ops.subtract(x, 1) * 2
     x = ops.maximum(x, np.array([0.1, -0.2, -0.3], "float32"))
     x = ops.minimum(x, np.array([0.1, 0.2, -0.3], "float32"))
+    x = ops.softmax(ops.elu(ops.leaky_relu(x * 5.0)) + ops.gelu(x, approximate=False))
     outputs = k3.layers.Dense(2, activation="softmax")(k3.layers.Flatten()(x))
     model = k3.Model(inputs, outputs)
     xs = np.random.default_rng(0).normal(0, 3, (64, 4, 4, 3)).astype(np.float32)
@@ -100,13 +101,13 @@ def test_nested_sequential_layer_scale_and_custom_scale_are_inlined(k3, tmp_path
                                   np.linspace(0.5, 2.0, 8).astype("float32"))
 
 
-@pytest.mark.parametrize("op", ["constant_over_tensor", "sin"])
+@pytest.mark.parametrize("op", ["constant_over_tensor", "sin", "gelu"])
 def test_an_operation_without_a_built_in_equivalent_is_refused_by_name(k3, tmp_path, op):
     inputs = k3.Input((4,))
     x = k3.layers.Dense(4)(inputs)
-    x = 2.0 / x if op == "constant_over_tensor" else k3.ops.sin(x)
+    x = {"constant_over_tensor": lambda: 2.0 / x, "sin": lambda: k3.ops.sin(x), "gelu": lambda: k3.ops.gelu(x)}[op]()
     k3.Model(inputs, k3.layers.Dense(2)(x)).save(tmp_path / "m.keras")
-    with pytest.raises(UnsupportedLayerError, match="true_divide|sin"):
+    with pytest.raises(UnsupportedLayerError, match="true_divide|sin|gelu"):
         load_model(tmp_path / "m.keras")
 
 
