@@ -64,6 +64,8 @@ def every_layer(seed: int = 0):
     x = L.AveragePooling1D()(x)
     g1, g2 = L.GlobalMaxPooling1D()(x), L.GlobalAveragePooling1D()(x)
     x = L.Add()([g1, g2, pooled])
+    spread = L.Subtract()([L.Maximum()([g1, g2]), L.Minimum()([g1, pooled])])
+    x = L.Average()([x, spread])
     x = L.Dropout(0.2)(x)
     outputs = L.Dense(3, activation="softmax")(x)
     model = keras.Model(inputs, outputs, name="every_layer")
