@@ -31,6 +31,7 @@ from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
 from deploykit.keras3_activations import expand_activations
 from deploykit.keras3_ops import fill_from_source, lower_config
+from deploykit.keras3_rnn import ordered_weights, rnn_options, wrapped_layers
 from deploykit.modelfile import ModelFile, check_model_config
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild (times the outputs'
@@ -119,6 +120,8 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
     """Translate one Keras 3 layer config to tf_keras, refusing what tf_keras cannot express."""
     from deploykit.backend import keras
 
+    config = wrapped_layers(name, kind, rnn_options(name, kind, config, to_keras3=False), _tf_keras_config,
+                            to_keras3=False)
     renamed = _RENAMED.get(kind, {})
     out = {}
     for key, value in config.items():
@@ -186,6 +189,8 @@ _WEIGHT_NAMES = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
 
 def _copy_weights(path, source, target) -> None:
     """Set ``target``'s (tf_keras) weights from ``source``'s (Keras 3), matched by name."""
+    if ordered_weights(type(target).__name__):
+        return _copy_in_order(path, source, target)
     have = {
         w.name.split("/")[-1]: np.asarray(v)
         for w, v in zip(source.weights, source.get_weights())
@@ -204,6 +209,16 @@ def _copy_weights(path, source, target) -> None:
         raise ModelLoadError(f"model {path}: layer {target.name!r} has Keras 3 weights tf_keras does not use: {sorted(have)}")
     if values:
         target.set_weights(values)
+
+
+def _copy_in_order(path, source, target) -> None:
+    """A wrapper's weights (its layers name theirs alike): the same order and shapes in both Keras."""
+    values = [np.asarray(v) for w, v in zip(source.weights, source.get_weights()) if not any(s in w.path for s in _NOT_WEIGHTS)]
+    shapes = [tuple(w.shape) for w in target.weights]
+    if [tuple(v.shape) for v in values] != shapes:
+        raise ModelLoadError(f"model {path}: layer {target.name!r} weights of shapes {shapes} do not match the Keras 3 "
+                             f"file's {[tuple(v.shape) for v in values]}")
+    target.set_weights(values)
 
 
 def _max_abs_diff(path, keras3, source, model, graph: Graph, seed: int) -> float:
@@ -344,6 +359,9 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
     """A tf_keras layer config for Keras 3: renamed keys, and options Keras 3 lacks dropped when neutral."""
     from deploykit.backend import keras
 
+    name = str(config.get("name", kind))
+    config = wrapped_layers(name, kind, rnn_options(name, kind, config, to_keras3=True), _keras3_inner_config,
+                            to_keras3=True)
     renamed = _TO_KERAS3_RENAMED.get(kind, {})
     out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in _TF_KERAS_ONLY}
     out = _accepted_options(cls, str(out.get("name", kind)), kind, out, _LAYER_KEYS, getattr(keras.layers, kind, None))
@@ -351,6 +369,13 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
     if kind == "BatchNormalization" and isinstance(axis, list) and len(axis) == 1:
         out["axis"] = int(axis[0])  # Keras 3 takes one int (tf_keras writes a list)
     return out
+
+
+def _keras3_inner_config(name: str, kind: str, config: dict) -> dict:
+    """A wrapped layer's tf_keras config for Keras 3 (Keras 3 is imported: this runs inside ``_keras3()``)."""
+    import keras as keras3
+
+    return _keras3_config(getattr(keras3.layers, kind), kind, config)
 
 
 def _accepted_options(cls, name: str, kind: str, config: dict, layer_keys, source=None) -> dict:
