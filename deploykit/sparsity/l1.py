@@ -55,7 +55,9 @@ def sparsify_l1(
         return layer.__class__.from_config({**layer.get_config(), key: keras.regularizers.L1(config.l1)})
 
     working = rebuild(model, regularized)
-    kernels = [getattr(l, support_for(l, unsafe=True).pruned_kernel[0]) for l in working.layers if l.name in chosen]
+    # a recurrent layer keeps its kernel on its cell
+    kernels = [getattr(getattr(l, "cell", l), support_for(l, unsafe=True).pruned_kernel[0])
+               for l in working.layers if l.name in chosen]
 
     def status() -> str:
         small = sum(int(np.count_nonzero(np.abs(k.numpy()) < config.threshold)) for k in kernels)
