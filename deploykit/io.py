@@ -40,13 +40,18 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
     Lambda layers, custom objects and SavedModel folders (loading them can run
     code from the file).
     """
-    model_file = read_model_file(path)
+    from deploykit.custom_dropout import custom_objects, read_as_builtin, remember
+
+    model_file, recognized = read_as_builtin(read_model_file(path))  # the chapter's MCDropout is a Dropout
     if model_file.is_keras3:
         from deploykit.keras3 import import_keras3
 
-        return check_single_io(import_keras3(model_file, unsafe=unsafe))
-    check_model_config(model_file, unsafe=unsafe)
-    return _load_tf_keras(model_file, unsafe)
+        model = check_single_io(import_keras3(model_file, unsafe=unsafe, custom_objects=custom_objects(recognized)))
+    else:
+        check_model_config(model_file, unsafe=unsafe)
+        model = _load_tf_keras(model_file, unsafe, custom_objects(recognized))
+    remember(model, recognized)
+    return model
 
 
 def save_model(model, path: str | os.PathLike) -> Path:
@@ -77,8 +82,9 @@ def save_model_like(model, path: str | os.PathLike, keras3: bool) -> Path:
     return save_model(model, path)
 
 
-def _load_tf_keras(model_file: ModelFile, unsafe: bool):
-    from deploykit.backend import is_tf_keras_model
+def _load_tf_keras(model_file: ModelFile, unsafe: bool, builtins: dict[str, str] | None = None):
+    """Load with tf_keras; ``builtins`` maps recognized custom class names to the Keras layer read in their place."""
+    from deploykit.backend import is_tf_keras_model, keras
 
     path = model_file.path
     if model_file.format is ModelFormat.SAVED_MODEL and not unsafe:
@@ -88,7 +94,8 @@ def _load_tf_keras(model_file: ModelFile, unsafe: bool):
             "(unsafe=True); or load it once that way and save it as .keras"
         )
     try:
-        model = _LOADERS[model_file.format](path, unsafe)
+        objects = {name: getattr(keras.layers, base) for name, base in (builtins or {}).items()}
+        model = _LOADERS[model_file.format](path, unsafe, objects)
     except Exception as exc:
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):
@@ -118,14 +125,14 @@ def check_single_io(model):
                                     f"has several inputs or outputs ({names}) and cannot be packed into one: {exc}") from None
 
 
-def _load_keras_zip(path: Path, unsafe: bool):
+def _load_keras_zip(path: Path, unsafe: bool, custom_objects: dict):
     import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
     from tf_keras.src.saving import saving_lib
 
-    return saving_lib.load_model(str(path), compile=False, safe_mode=not unsafe)
+    return saving_lib.load_model(str(path), custom_objects=custom_objects or None, compile=False, safe_mode=not unsafe)
 
 
-def _load_h5(path: Path, unsafe: bool):
+def _load_h5(path: Path, unsafe: bool, custom_objects: dict):
     """Give tf_keras an open HDF5 file, so it reads HDF5 whatever else the bytes could be taken for."""
     import h5py
 
@@ -133,10 +140,10 @@ def _load_h5(path: Path, unsafe: bool):
     from tf_keras.src.saving.legacy import save as legacy
 
     with h5py.File(path, "r") as fh:
-        return legacy.load_model(fh, compile=False)
+        return legacy.load_model(fh, custom_objects=custom_objects or None, compile=False)
 
 
-def _load_saved_model(path: Path, unsafe: bool):
+def _load_saved_model(path: Path, unsafe: bool, custom_objects: dict):
     import deploykit.backend  # noqa: F401
     from tf_keras.src.saving.legacy import save as legacy
 

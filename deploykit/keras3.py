@@ -49,14 +49,19 @@ _NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, 
 _NOT_WEIGHTS = ("seed_generator",)
 
 
-def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0):
-    """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights."""
+def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0, custom_objects: dict | None = None):
+    """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights.
+
+    ``custom_objects`` maps custom class names the file holds to the Keras layer names read in their place
+    (:mod:`deploykit.custom_dropout`), for Keras 3 to load the file's weights with.
+    """
     path = model_file.path
     lowering = lower_config(model_file.config)
     graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe)
     with _keras3() as keras3:
+        objects = {name: getattr(keras3.layers, base) for name, base in (custom_objects or {}).items()}
         try:
-            source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
+            source = keras3.saving.load_model(str(path), custom_objects=objects or None, compile=False, safe_mode=True)
         except Exception as exc:
             raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         fill_from_source(graph, lowering, source)

@@ -218,6 +218,7 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
          task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES, unsafe: bool = False) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
+    from deploykit.custom_dropout import assumption
     from deploykit.graph import copy_model
     from deploykit.io import save_model_like
 
@@ -264,10 +265,15 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
                      "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary(ctx.task),
                      "task": ctx.task.value, "output": ctx.kind.value}
+    assumed = assumption(model)  # a custom MCDropout read as Dropout, said in the report as on the command line
+    if assumed:
+        model_summary["assumed"] = assumed
     report = build_report(config=config, task=ctx.task, data_summary=ctx.data.summary(), model_summary=model_summary,
                           original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=artifacts,
                           tries=tries, layer_sparsity=layer_rows, mc=mc, plots=[p.name for p in drawn],
                           seconds=time.perf_counter() - start, version=version)
+    if assumed:
+        report["notes"] = [assumed, *report["notes"]]
     report = _relative(report, staging)
     write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
     write_text(staging / REPORT_MD, markdown(report, artifacts, records, tries))
