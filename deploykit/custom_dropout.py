@@ -14,6 +14,7 @@ for the reports). Anything else custom is still refused by
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -95,6 +96,23 @@ def custom_objects(found: list[Recognized]) -> dict[str, str]:
         out[r.custom] = r.base
         out[r.custom.rsplit(">", 1)[-1]] = r.base
     return out
+
+
+@contextlib.contextmanager
+def read_in_place(keras_module, objects: dict):
+    """Load with ``objects`` (name -> Keras class) in place of the custom classes, whatever this process registered.
+
+    Both Keras let a class registered in the process (the user's own ``MCDropout``, with
+    ``register_keras_serializable``) win over custom objects and scopes; it would draw random masks in
+    the model deploykit reads. Those names are taken out of the registry while the file loads.
+    """
+    registry = keras_module.saving.get_custom_objects()  # the live global registry
+    hidden = {name: registry.pop(name) for name in list(objects) if name in registry}
+    try:
+        with keras_module.saving.custom_object_scope(objects):
+            yield
+    finally:
+        registry.update(hidden)
 
 
 def describe(found: list[Recognized]) -> str:

@@ -94,8 +94,11 @@ def _load_tf_keras(model_file: ModelFile, unsafe: bool, builtins: dict[str, str]
             "(unsafe=True); or load it once that way and save it as .keras"
         )
     try:
+        from deploykit.custom_dropout import read_in_place
+
         objects = {name: getattr(keras.layers, base) for name, base in (builtins or {}).items()}
-        model = _LOADERS[model_file.format](path, unsafe, objects)
+        with read_in_place(keras, objects):
+            model = _LOADERS[model_file.format](path, unsafe)
     except Exception as exc:
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):
@@ -125,14 +128,14 @@ def check_single_io(model):
                                     f"has several inputs or outputs ({names}) and cannot be packed into one: {exc}") from None
 
 
-def _load_keras_zip(path: Path, unsafe: bool, custom_objects: dict):
+def _load_keras_zip(path: Path, unsafe: bool):
     import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
     from tf_keras.src.saving import saving_lib
 
-    return saving_lib.load_model(str(path), custom_objects=custom_objects or None, compile=False, safe_mode=not unsafe)
+    return saving_lib.load_model(str(path), compile=False, safe_mode=not unsafe)
 
 
-def _load_h5(path: Path, unsafe: bool, custom_objects: dict):
+def _load_h5(path: Path, unsafe: bool):
     """Give tf_keras an open HDF5 file, so it reads HDF5 whatever else the bytes could be taken for."""
     import h5py
 
@@ -140,10 +143,10 @@ def _load_h5(path: Path, unsafe: bool, custom_objects: dict):
     from tf_keras.src.saving.legacy import save as legacy
 
     with h5py.File(path, "r") as fh:
-        return legacy.load_model(fh, custom_objects=custom_objects or None, compile=False)
+        return legacy.load_model(fh, compile=False)
 
 
-def _load_saved_model(path: Path, unsafe: bool, custom_objects: dict):
+def _load_saved_model(path: Path, unsafe: bool):
     import deploykit.backend  # noqa: F401
     from tf_keras.src.saving.legacy import save as legacy
 

@@ -59,9 +59,12 @@ def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0,
     lowering = lower_config(model_file.config)
     graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe)
     with _keras3() as keras3:
+        from deploykit.custom_dropout import read_in_place
+
         objects = {name: getattr(keras3.layers, base) for name, base in (custom_objects or {}).items()}
         try:
-            source = keras3.saving.load_model(str(path), custom_objects=objects or None, compile=False, safe_mode=True)
+            with read_in_place(keras3, objects):
+                source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
         except Exception as exc:
             raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         fill_from_source(graph, lowering, source)
@@ -425,3 +428,21 @@ def _init_parameters(cls) -> dict:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
             break
     return params
+
+
+# --- Keras 3 objects for the Python API ----------------------------------------------------
+
+def to_keras3(model, *, seed: int = 0):
+    """A Keras 3 model object computing what the tf_keras ``model`` computes (checked within :data:`TOLERANCE`).
+
+    What the Python API gives back to a caller who passed a Keras 3 model (:mod:`deploykit.keras3_api`):
+    an object ``keras.saving.save_model`` saves and Keras 3 code can call.
+    """
+    graph = graph_from_model(model, unsafe=True)
+    with _keras3() as keras3:
+        rebuilt = _keras3_model(keras3, graph)
+        diff = _max_abs_diff(model.name, keras3, rebuilt, model, graph, seed)
+    if not diff <= TOLERANCE:
+        raise ModelLoadError(f"model {model.name}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
+                             f"(relative to the outputs' RMS when above 1; tolerance {TOLERANCE:g})")
+    return rebuilt

@@ -57,7 +57,7 @@ class OptimizeResult:
     """What ``optimize`` wrote into ``out_dir`` and measured."""
 
     out_dir: Path
-    model: Any  # the optimized tf_keras model (saved as model.keras)
+    model: Any  # the optimized model (saved as model.keras): a Keras 3 object when the input was Keras 3
     config: OptimizeConfig  # what ran (also in out_dir/deploykit.toml)
     steps: list[StepRecord]
     artifacts: list[ArtifactRow]  # shipped and rejected (a rejected row keeps its numbers; its file is gone)
@@ -211,14 +211,18 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
             check_calibration_rows(config.conformal.config(), data)
         say(f"data {data.summary()}; model: {task.value} ({kind.value})")
         say(f"pipeline: {config.summary(task)}")
-        return _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)
+        result = _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)
+    if keras3:  # a Keras 3 input (file or object) gets its optimized model back as a Keras 3 object
+        from deploykit.keras3_api import as_keras3
+
+        result = as_keras3(result)
+    return result
 
 
 def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False,
          task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES, unsafe: bool = False) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
-    from deploykit.custom_dropout import assumption
     from deploykit.graph import copy_model
     from deploykit.io import save_model_like
 
@@ -249,6 +253,8 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
 def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
            out: Path, version: str) -> OptimizeResult:
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
+    from deploykit.custom_dropout import assumption
+
     staging, config, say = ctx.folder, ctx.config, ctx.say
     records = [o.record for o in outputs]
     artifacts = [reference, *(a for o in outputs for a in o.artifacts)]

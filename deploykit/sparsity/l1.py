@@ -9,12 +9,14 @@ import numpy as np
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import L1Config
 from deploykit.evaluate import score
+from deploykit.keras3_api import keras3_boundary
 from deploykit.layers import support_for
 from deploykit.task import Task
 from deploykit.sparsity.report import kernel_sparsity, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
+@keras3_boundary
 def sparsify_l1(
     model,
     data,
