@@ -227,6 +227,9 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
     if step.searching:
         return _searched(model, ctx)
     name = f"sparsity ({step.method.value})"
+    left = _prunable_left(model, step.prune if step.method is SparsityMethod.PRUNE else step.l1)
+    if left:
+        return StepOutput(model, StepRecord(name, Status.SKIPPED, left))
     from deploykit.sparsity import prune, sparsify_l1
 
     start = time.perf_counter()
@@ -250,6 +253,18 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
                                             "the model stays dense", checks=checks, detail=report), tries=(attempt,))
     return StepOutput(result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report),
                       layer_sparsity=sparsity_rows(result, "after sparsity"), tries=(attempt,), applied=(applied,))
+
+
+def _prunable_left(model, tune) -> str:
+    """Why nothing is left to prune ('' when something is): only the output layer (skipped) or no layer TF-MOT prunes."""
+    from deploykit.graph import graph_from_model
+
+    prunable = [n.spec.name for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
+    output = prunable[-1] if prunable and tune.skip_output else None
+    requested = set(getattr(tune, "layer_sparsity", None) or ())  # per-layer targets may name the output layer
+    if any(n not in tune.skip_layers and (n != output or n in requested) for n in prunable):
+        return ""
+    return f"nothing to prune (prunable layers: {', '.join(prunable) or 'none'}; the output layer is left dense)"
 
 
 def _try_row(stage: Stage, setting: str, value: float | None, gzip_bytes: int, ctx: RunContext, **rest) -> Try:
