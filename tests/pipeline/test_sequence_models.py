@@ -59,12 +59,14 @@ def _user_model(k3, kind: str, tokens, folder):
 def test_export_ships_every_format(cli, k3, tokens, tmp_path, kind):
     model = _user_model(k3, kind, tokens, tmp_path)
     out = tmp_path / "out"
-    done = cli("export", model, "--data", tokens[0], "--out", out, "--quantize", "float32,int8-dynamic,int8-full")
+    int8 = kind == "lstm"  # the int8 variants once (calibrating an unrolled LSTM is what could go wrong)
+    done = cli("export", model, "--data", tokens[0], "--out", out,
+               "--quantize", "float32,int8-dynamic,int8-full" if int8 else "float32")
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "validation.json").read_text())
     assert summary["rejected"] == []
     shipped = {a["export"]["path"] for a in summary["artifacts"] if a["validation"]["passed"]}
-    assert shipped == {"model.onnx", "model_int8-dynamic.onnx", "model.tflite", "model_int8-full.tflite"}
+    assert shipped == {"model.onnx", "model.tflite"} | ({"model_int8-dynamic.onnx", "model_int8-full.tflite"} if int8 else set())
     assert all((out / f).exists() for f in shipped)
 
 
