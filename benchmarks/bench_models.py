@@ -289,7 +289,7 @@ def regression_npz(folder: Path) -> Path:
 
 
 def tokens_npz(folder: Path) -> Path:
-    """1,500 generated token sequences (30 steps, 300 ids); the class is which third of the ids the first five average."""
+    """1,500 generated token sequences (30 steps, ids < 300); the class: the third of the ids the first five average."""
     import numpy as np
 
     rng = np.random.default_rng(0)

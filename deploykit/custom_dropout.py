@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 #: The config keys each base class saves (either Keras: tf_keras' AlphaDropout lacks ``noise_shape``).
 _BASE_KEYS = {
     "Dropout": ({"name", "trainable", "dtype", "rate", "seed", "noise_shape"},),
-    "AlphaDropout": ({"name", "trainable", "dtype", "rate", "seed", "noise_shape"}, {"name", "trainable", "dtype", "rate", "seed"}),
+    "AlphaDropout": ({"name", "trainable", "dtype", "rate", "seed", "noise_shape"},
+                     {"name", "trainable", "dtype", "rate", "seed"}),
 }
 _KERAS_DROPOUTS = frozenset({"Dropout", "AlphaDropout", "GaussianDropout"})
 #: Keys tf_keras' base Layer may add to any layer's config (the first layer of a Sequential built without Input).

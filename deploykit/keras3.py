@@ -221,7 +221,8 @@ def _copy_weights(path, source, target) -> None:
 
 def _copy_in_order(path, source, target) -> None:
     """A wrapper's weights (its layers name theirs alike): the same order and shapes in both Keras."""
-    values = [np.asarray(v) for w, v in zip(source.weights, source.get_weights()) if not any(s in w.path for s in _NOT_WEIGHTS)]
+    values = [np.asarray(v) for w, v in zip(source.weights, source.get_weights())
+              if not any(s in w.path for s in _NOT_WEIGHTS)]
     shapes = [tuple(w.shape) for w in target.weights]
     if [tuple(v.shape) for v in values] != shapes:
         raise ModelLoadError(f"model {path}: layer {target.name!r} weights of shapes {shapes} do not match the Keras 3 "

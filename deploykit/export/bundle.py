@@ -306,7 +306,8 @@ def _unconverted_markdown(unconverted: list[Unconverted]) -> str:
     if not unconverted:
         return ""
     lines = [f"- {u.file} ({u.format.value} {u.quantization.value}): rejected, {u.reason}" for u in unconverted]
-    return "\nNot exported (the converter refused the model; the other artifacts are unaffected):\n\n" + "\n".join(lines) + "\n"
+    head = "\nNot exported (the converter refused the model; the other artifacts are unaffected):\n\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def _summary(bundle: BundleReport, model_name: str, data) -> dict:

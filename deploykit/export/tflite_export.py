@@ -152,7 +152,8 @@ def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantC
     except UsageError:
         raise
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
-        raise ConversionError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        first = (str(exc).splitlines() or [""])[0]
+        raise ConversionError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {first}") from exc
 
 
 def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io: bool) -> bytes:
