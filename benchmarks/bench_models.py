@@ -25,6 +25,11 @@ feeds every named input and compares every named output. Binary heads and labels
 binary_crossentropy, on scikit-learn's breast_cancer) and ``onehot`` (an MLP trained with categorical_crossentropy
 on the Fashion sample's one-hot labels, given to deploykit one-hot). A run of some models keeps the other
 models' rows of the last results (same epochs).
+Sequence models and the chapter's MC Dropout (issue 20): ``lstm`` (the Keras text
+classifier: Embedding, LSTM, Dropout, Dense softmax, on generated token sequences) and ``mc_dropout`` (the
+chapter's MLP with its own ``class MCDropout(keras.layers.Dropout)`` forcing ``training=True``, registered with
+``keras.saving.register_keras_serializable``, on the Fashion sample; the Keras 3 check reads that class in
+inference mode, as deploykit does, to compare deterministic outputs).
 
 Writes ``benchmarks/results/models.json`` and ``models.md``. Run from the repository root:
 
@@ -46,11 +51,12 @@ from pathlib import Path
 
 from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
-MODELS = ("cnn", "residual", "logits", "regression", "wide_deep", "three_heads", "sigmoid", "onehot")
+MODELS = ("cnn", "residual", "logits", "regression", "wide_deep", "three_heads", "sigmoid", "onehot",
+          "lstm", "mc_dropout")
 #: The cases with several inputs or outputs: data named after the model's tensors (no Fashion sample needed).
 MULTI = ("wide_deep", "three_heads")
 #: The models trained on the Fashion sample (the others bring scikit-learn or generated data).
-ON_FASHION = ("cnn", "residual", "logits", "onehot")
+ON_FASHION = ("cnn", "residual", "logits", "onehot", "mc_dropout")
 #: Extra optimize runs of a trained model, beside the defaults: on the 2.5k-image sample the default 30
 #: fine-tuning epochs overfit a CNN (prune 50%: -0.74 pt after 5 epochs, -1.84 pt after 30, plain).
 VARIANTS = {"cnn": (("--epochs", "5"),), "residual": (("--epochs", "5"),)}
@@ -59,6 +65,12 @@ VARIANTS = {"cnn": (("--epochs", "5"),), "residual": (("--epochs", "5"),)}
 TRAIN = textwrap.dedent('''
     import sys, numpy as np, keras
     kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+    @keras.saving.register_keras_serializable()
+    class MCDropout(keras.layers.Dropout):  # chapter 11, as the book writes it
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=True)
+
     keras.utils.set_random_seed(0)
     L = keras.layers
     z = np.load(data)
@@ -134,6 +146,15 @@ TRAIN = textwrap.dedent('''
         model = keras.Sequential([keras.Input(x.shape[1:]), L.Flatten(), L.Rescaling(1 / 255),
                                   L.Dense(128, activation="relu"), L.Dropout(0.2), L.Dense(10, activation="softmax")])
         loss = "categorical_crossentropy"
+    elif kind == "lstm":  # the Keras text-classification shape
+        x = x.astype("int32")
+        model = keras.Sequential([keras.Input(x.shape[1:], dtype="int32"), L.Embedding(int(x.max()) + 1, 16),
+                                  L.LSTM(32), L.Dropout(0.2), L.Dense(int(y.max()) + 1, activation="softmax")])
+        loss = "sparse_categorical_crossentropy"
+    elif kind == "mc_dropout":
+        model = keras.Sequential([keras.Input(x.shape[1:]), L.Flatten(), L.Rescaling(1 / 255),
+                                  L.Dense(100, activation="relu"), MCDropout(0.2), L.Dense(10, activation="softmax")])
+        loss = "sparse_categorical_crossentropy"
     else:  # regression
         norm = L.Normalization()
         norm.adapt(x)
@@ -160,6 +181,11 @@ CHECK = textwrap.dedent('''
             return np.asarray(outputs)
         order = sorted(range(len(outputs)), key=lambda i: names[i])
         return np.concatenate([np.asarray(outputs[i]).reshape(len(outputs[i]), -1) for i in order], axis=1)
+
+    @keras.saving.register_keras_serializable()
+    class MCDropout(keras.layers.Dropout):  # the chapter's class read in inference mode, as deploykit reads it
+        pass
+
     result = {}
     ref = keras.saving.load_model(user)
     if isinstance(probe, dict):  # the model's inputs, in its order (the .npz also holds the targets)
@@ -247,7 +273,7 @@ def one_hot_npz(folder: Path) -> Path:
 
 
 def data_for(kind: str, folder: Path) -> Path:
-    makers = {"regression": regression_npz, "sigmoid": breast_cancer_npz, "onehot": one_hot_npz}
+    makers = {"regression": regression_npz, "sigmoid": breast_cancer_npz, "onehot": one_hot_npz, "lstm": tokens_npz}
     return makers[kind](folder) if kind in makers else FASHION
 
 
@@ -259,6 +285,18 @@ def regression_npz(folder: Path) -> Path:
     x, y = load_diabetes(return_X_y=True)
     path = folder / "diabetes.npz"
     np.savez(path, x=x.astype(np.float32), y=y.astype(np.float32))
+    return path
+
+
+def tokens_npz(folder: Path) -> Path:
+    """1,500 generated token sequences (30 steps, ids < 300); the class: the third of the ids the first five average."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 300, (1500, 30))
+    y = (x[:, :5].mean(axis=1) * 3 // 300).astype(np.int64)
+    path = folder / "tokens.npz"
+    np.savez(path, x=x.astype(np.float32), y=y)
     return path
 
 

@@ -59,6 +59,14 @@ class StepError(DeployKitError):
         super().__init__(message)
 
 
+class ConversionError(StepError):
+    """A converter (tf2onnx, the TFLite converter) could not convert the model to one format.
+
+    It concerns that format only: ``deploykit export`` and ``optimize`` reject that
+    format's artifacts with this message and ship the others.
+    """
+
+
 @dataclass
 class Mismatch:
     """One check that missed: what was measured against what was required."""

@@ -40,13 +40,18 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
     Lambda layers, custom objects and SavedModel folders (loading them can run
     code from the file).
     """
-    model_file = read_model_file(path)
+    from deploykit.custom_dropout import custom_objects, read_as_builtin, remember
+
+    model_file, recognized = read_as_builtin(read_model_file(path))  # the chapter's MCDropout is a Dropout
     if model_file.is_keras3:
         from deploykit.keras3 import import_keras3
 
-        return check_single_io(import_keras3(model_file, unsafe=unsafe))
-    check_model_config(model_file, unsafe=unsafe)
-    return _load_tf_keras(model_file, unsafe)
+        model = check_single_io(import_keras3(model_file, unsafe=unsafe, custom_objects=custom_objects(recognized)))
+    else:
+        check_model_config(model_file, unsafe=unsafe)
+        model = _load_tf_keras(model_file, unsafe, custom_objects(recognized))
+    remember(model, recognized)
+    return model
 
 
 def save_model(model, path: str | os.PathLike) -> Path:
@@ -77,8 +82,9 @@ def save_model_like(model, path: str | os.PathLike, keras3: bool) -> Path:
     return save_model(model, path)
 
 
-def _load_tf_keras(model_file: ModelFile, unsafe: bool):
-    from deploykit.backend import is_tf_keras_model
+def _load_tf_keras(model_file: ModelFile, unsafe: bool, builtins: dict[str, str] | None = None):
+    """Load with tf_keras; ``builtins`` maps recognized custom class names to the Keras layer read in their place."""
+    from deploykit.backend import is_tf_keras_model, keras
 
     path = model_file.path
     if model_file.format is ModelFormat.SAVED_MODEL and not unsafe:
@@ -88,7 +94,11 @@ def _load_tf_keras(model_file: ModelFile, unsafe: bool):
             "(unsafe=True); or load it once that way and save it as .keras"
         )
     try:
-        model = _LOADERS[model_file.format](path, unsafe)
+        from deploykit.custom_dropout import read_in_place
+
+        objects = {name: getattr(keras.layers, base) for name, base in (builtins or {}).items()}
+        with read_in_place(keras, objects):
+            model = _LOADERS[model_file.format](path, unsafe)
     except Exception as exc:
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):

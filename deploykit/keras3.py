@@ -31,6 +31,7 @@ from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
 from deploykit.keras3_activations import expand_activations
 from deploykit.keras3_ops import fill_from_source, lower_config
+from deploykit.keras3_rnn import ordered_weights, rnn_options, wrapped_layers
 from deploykit.modelfile import ModelFile, check_model_config
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild (times the outputs'
@@ -48,14 +49,22 @@ _NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, 
 _NOT_WEIGHTS = ("seed_generator",)
 
 
-def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0):
-    """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights."""
+def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0, custom_objects: dict | None = None):
+    """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights.
+
+    ``custom_objects`` maps custom class names the file holds to the Keras layer names read in their place
+    (:mod:`deploykit.custom_dropout`), for Keras 3 to load the file's weights with.
+    """
     path = model_file.path
     lowering = lower_config(model_file.config)
     graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe)
     with _keras3() as keras3:
+        from deploykit.custom_dropout import read_in_place
+
+        objects = {name: getattr(keras3.layers, base) for name, base in (custom_objects or {}).items()}
         try:
-            source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
+            with read_in_place(keras3, objects):
+                source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
         except Exception as exc:
             raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         fill_from_source(graph, lowering, source)
@@ -119,6 +128,8 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
     """Translate one Keras 3 layer config to tf_keras, refusing what tf_keras cannot express."""
     from deploykit.backend import keras
 
+    config = wrapped_layers(name, kind, rnn_options(name, kind, config, to_keras3=False), _tf_keras_config,
+                            to_keras3=False)
     renamed = _RENAMED.get(kind, {})
     out = {}
     for key, value in config.items():
@@ -186,6 +197,8 @@ _WEIGHT_NAMES = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
 
 def _copy_weights(path, source, target) -> None:
     """Set ``target``'s (tf_keras) weights from ``source``'s (Keras 3), matched by name."""
+    if ordered_weights(type(target).__name__):
+        return _copy_in_order(path, source, target)
     have = {
         w.name.split("/")[-1]: np.asarray(v)
         for w, v in zip(source.weights, source.get_weights())
@@ -204,6 +217,17 @@ def _copy_weights(path, source, target) -> None:
         raise ModelLoadError(f"model {path}: layer {target.name!r} has Keras 3 weights tf_keras does not use: {sorted(have)}")
     if values:
         target.set_weights(values)
+
+
+def _copy_in_order(path, source, target) -> None:
+    """A wrapper's weights (its layers name theirs alike): the same order and shapes in both Keras."""
+    values = [np.asarray(v) for w, v in zip(source.weights, source.get_weights())
+              if not any(s in w.path for s in _NOT_WEIGHTS)]
+    shapes = [tuple(w.shape) for w in target.weights]
+    if [tuple(v.shape) for v in values] != shapes:
+        raise ModelLoadError(f"model {path}: layer {target.name!r} weights of shapes {shapes} do not match the Keras 3 "
+                             f"file's {[tuple(v.shape) for v in values]}")
+    target.set_weights(values)
 
 
 def _max_abs_diff(path, keras3, source, model, graph: Graph, seed: int) -> float:
@@ -344,6 +368,9 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
     """A tf_keras layer config for Keras 3: renamed keys, and options Keras 3 lacks dropped when neutral."""
     from deploykit.backend import keras
 
+    name = str(config.get("name", kind))
+    config = wrapped_layers(name, kind, rnn_options(name, kind, config, to_keras3=True), _keras3_inner_config,
+                            to_keras3=True)
     renamed = _TO_KERAS3_RENAMED.get(kind, {})
     out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in _TF_KERAS_ONLY}
     out = _accepted_options(cls, str(out.get("name", kind)), kind, out, _LAYER_KEYS, getattr(keras.layers, kind, None))
@@ -351,6 +378,13 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
     if kind == "BatchNormalization" and isinstance(axis, list) and len(axis) == 1:
         out["axis"] = int(axis[0])  # Keras 3 takes one int (tf_keras writes a list)
     return out
+
+
+def _keras3_inner_config(name: str, kind: str, config: dict) -> dict:
+    """A wrapped layer's tf_keras config for Keras 3 (Keras 3 is imported: this runs inside ``_keras3()``)."""
+    import keras as keras3
+
+    return _keras3_config(getattr(keras3.layers, kind), kind, config)
 
 
 def _accepted_options(cls, name: str, kind: str, config: dict, layer_keys, source=None) -> dict:
@@ -395,3 +429,21 @@ def _init_parameters(cls) -> dict:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
             break
     return params
+
+
+# --- Keras 3 objects for the Python API ----------------------------------------------------
+
+def to_keras3(model, *, seed: int = 0):
+    """A Keras 3 model object computing what the tf_keras ``model`` computes (checked within :data:`TOLERANCE`).
+
+    What the Python API gives back to a caller who passed a Keras 3 model (:mod:`deploykit.keras3_api`):
+    an object ``keras.saving.save_model`` saves and Keras 3 code can call.
+    """
+    graph = graph_from_model(model, unsafe=True)
+    with _keras3() as keras3:
+        rebuilt = _keras3_model(keras3, graph)
+        diff = _max_abs_diff(model.name, keras3, rebuilt, model, graph, seed)
+    if not diff <= TOLERANCE:
+        raise ModelLoadError(f"model {model.name}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
+                             f"(relative to the outputs' RMS when above 1; tolerance {TOLERANCE:g})")
+    return rebuilt

@@ -34,6 +34,7 @@ class Role(enum.Enum):
     PADDING = "padding"  # ZeroPadding: adds zeros at the borders
     LAYERNORM = "layernorm"  # per-sample normalization: nothing folds through it
     EMBEDDING = "embedding"  # integer ids to vectors
+    RECURRENT = "recurrent"  # LSTM, GRU, SimpleRNN (and Bidirectional): a loop over the time axis
     OTHER = "other"  # a built-in Keras layer outside the table: exported, never folded through or sampled
     OPAQUE = "opaque"  # arbitrary code (Lambda, custom classes): only with unsafe loading
 
@@ -134,6 +135,12 @@ SUPPORT: dict[str, LayerSupport] = {
     "Cropping1D": _entry(Role.RESHAPE),  # cuts a model input out of the packed one (deploykit.multi_io_model)
     "LayerNormalization": _entry(Role.LAYERNORM),
     "Embedding": _entry(Role.EMBEDDING, channel_axis=None),
+    # TF-MOT's registry prunes the cells' kernel and recurrent_kernel (not through Bidirectional); the MC graph
+    # emits them as ONNX LSTM / GRU / RNN (deploykit.uncertainty.mc_rnn).
+    "LSTM": _entry(Role.RECURRENT, prunable=True, channel_axis=None),
+    "GRU": _entry(Role.RECURRENT, prunable=True, channel_axis=None),
+    "SimpleRNN": _entry(Role.RECURRENT, prunable=True, channel_axis=None),
+    "Bidirectional": _entry(Role.RECURRENT, channel_axis=None),
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None),
 }
 

@@ -174,6 +174,8 @@ def _run(args) -> int:
     if bundle.triton_models:
         files += [f"{TRITON_DIR}/", KSERVE_FILE]
     print(f"wrote {', '.join(files)} in {out}")
+    for u in bundle.unconverted:
+        print(f"rejected {u.file}: {u.reason}")
     return 0
 
 

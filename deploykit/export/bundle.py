@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.atomic import atomic_dir, write_text
-from deploykit.errors import Mismatch, UsageError, ValidationError
+from deploykit.errors import ConversionError, Mismatch, UsageError, ValidationError
 from deploykit.export.artifact import ExportRecord, check_model_input
 from deploykit.export.config import ExportConfig, ExportFormat, Precision, QuantConfig, Quantization, parse_enum
 from deploykit.export.convert import DEFAULT_OPSET
@@ -43,8 +43,18 @@ GENERATED_SAMPLES = 1000
 
 
 @dataclass
+class Unconverted(Record):
+    """An artifact its converter could not make: rejected with the reason, the other formats still shipped."""
+
+    file: str
+    format: ExportFormat
+    quantization: Quantization
+    reason: str
+
+
+@dataclass
 class BundleReport(Record):
-    """What ``export_bundle`` wrote into ``out``."""
+    """What ``export_bundle`` wrote into ``out`` (and ``unconverted``: what a converter refused)."""
 
     out: Path
     config: ExportConfig
@@ -53,9 +63,10 @@ class BundleReport(Record):
     validations: list[ValidationReport]
     triton_models: list[str]
     generated: bool = False  # validated on generated inputs (no data given)
+    unconverted: list[Unconverted] = dataclasses.field(default_factory=list)
 
     def table(self) -> str:
-        table = validation_markdown(self.validations)
+        table = validation_markdown(self.validations) + _unconverted_markdown(self.unconverted)
         if self.generated:  # the reference's "accuracy" on generated inputs is 1 by construction (its RMSE 0)
             samples = self.validations[0].samples if self.validations else 0
             table = re.sub(r"Reference \(Keras\) test accuracy: .*\n", f"No data given: each artifact is compared with the "
@@ -149,11 +160,16 @@ def export_bundle(
                                task=ModelMetadata.task_entry(task, kind))
 
     with atomic_dir(out, force=force) as staging:
-        exports, reports = [], []
+        exports, reports, unconverted = [], [], []
         for fmt, quant in config.variants():
             path = staging / artifact_name(fmt, quant)
             say(f"exporting {path.name} ({fmt.value} {quant.value})")
-            record = source.export(fmt, quant, path, None if generated else data, config, meta)
+            try:
+                record = source.export(fmt, quant, path, None if generated else data, config, meta)
+            except ConversionError as exc:  # this format's converter refused the model: the others still ship
+                unconverted.append(Unconverted(path.name, fmt, quant, str(exc)))
+                say(f"rejected {path.name}: {exc}")
+                continue
             say(f"validating {path.name} in {fmt.runtime}")
             report = validate(record, data, source.reference_outputs(kind), tolerance=config.tolerance_for(record.precision, task),
                               repeats=config.repeats, check=False)
@@ -161,12 +177,14 @@ def export_bundle(
             exports.append(record)
             reports.append(report)
         _raise_failures(reports)
+        if not exports:  # no converter took the model: nothing to ship
+            raise ConversionError("; ".join(f"{u.file}: {u.reason}" for u in unconverted))
         triton = []
         if config.triton:
             onnx_files = [r.path for r in exports if r.format is ExportFormat.ONNX]
             say(f"writing the Triton repository and KServe manifest ({len(onnx_files)} models)")
             triton = write_triton_models(onnx_files, staging / TRITON_DIR, config.triton, class_names=class_names or None)
-        bundle = BundleReport(out, config, reference_accuracy, exports, reports, triton, generated)
+        bundle = BundleReport(out, config, reference_accuracy, exports, reports, triton, generated, unconverted)
         write_text(staging / MARKDOWN_FILE, bundle.table())
         write_text(staging / JSON_FILE, json.dumps(_summary(bundle, source.name, data), indent=2) + "\n")
     return _moved(bundle, out)
@@ -226,27 +244,45 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
     int8 = [q.value for q in config.quantize if q.precision is Precision.INT8 and q.needs_calibration]
     if int8:
         raise UsageError(f"{', '.join(int8)} needs data to calibrate (give data / --data)")
+    vocabulary = None
     if source.keras is not None:
         from deploykit.task import model_task
 
         task, kind = model_task(source.keras, task=task)
+        vocabulary = _token_vocabulary(source.keras)
     else:
         task, kind = task or source.task_and_output[0], source.task_and_output[1]
     return generated_dataset(source.reference_outputs(kind), source.input_shape, GENERATED_SAMPLES,
-                             config.quantization.seed, task)
+                             config.quantization.seed, task, vocabulary=vocabulary)
+
+
+def _token_vocabulary(model) -> int | None:
+    """The vocabulary of an Embedding reading the model input (its inputs are token ids), else None."""
+    from deploykit.errors import UnsupportedLayerError
+    from deploykit.graph import graph_from_model, token_vocabulary
+
+    try:
+        return token_vocabulary(graph_from_model(model, unsafe=True))
+    except UnsupportedLayerError:  # a model the graph reader cannot take: its inputs are read as features
+        return None
 
 
 def generated_dataset(predict: Callable, input_shape: tuple[int, ...], n: int, seed: int,
-                      task: Task = Task.CLASSIFICATION):
+                      task: Task = Task.CLASSIFICATION, *, vocabulary: int | None = None):
     """``n`` standard-normal inputs labelled with the model's own classes (or predictions): validation without data.
 
+    A model reading token ids (``vocabulary``: its Embedding's ``input_dim``) gets ids, not floats.
     Accuracy on them is agreement with the source model, so int8 variants are
     held to the source's own classes within their accuracy-drop bound; a regressor's
     targets are its own predictions (RMSE against them is the error against the source).
     """
     from deploykit.data import Dataset
 
-    x = np.random.default_rng(seed).standard_normal((n, *input_shape)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    if vocabulary is not None:  # token ids for an Embedding (uniform over its vocabulary)
+        x = rng.integers(0, vocabulary, (n, *input_shape)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, *input_shape)).astype(np.float32)
     probs = predict_batches(lambda b: predict(b, training=False), x)
     if task is Task.REGRESSION:
         y = probs.astype(np.float32)
@@ -265,6 +301,15 @@ def _raise_failures(reports: list[ValidationReport]) -> None:
         raise ValidationError(", ".join(r.artifact.name for r in failed), mismatches, reports)
 
 
+def _unconverted_markdown(unconverted: list[Unconverted]) -> str:
+    """The rejected-by-the-converter lines under the validation table ('' when every artifact was made)."""
+    if not unconverted:
+        return ""
+    lines = [f"- {u.file} ({u.format.value} {u.quantization.value}): rejected, {u.reason}" for u in unconverted]
+    head = "\nNot exported (the converter refused the model; the other artifacts are unaffected):\n\n"
+    return head + "\n".join(lines) + "\n"
+
+
 def _summary(bundle: BundleReport, model_name: str, data) -> dict:
     """validation.json: file names relative to the folder, so the folder can move."""
     artifacts = []
@@ -279,6 +324,8 @@ def _summary(bundle: BundleReport, model_name: str, data) -> dict:
         "config": bundle.config.to_dict(),
         "artifacts": artifacts,
         "triton_models": [f"{TRITON_DIR}/{name}" for name in bundle.triton_models],
+        "rejected": [{"artifact": u.file, "format": u.format.value, "quantization": u.quantization.value,
+                      "reason": u.reason} for u in bundle.unconverted],
         "table": MARKDOWN_FILE,
     }
 

@@ -11,6 +11,7 @@ classifier: the Softmax is added to the graph), or ``prediction`` (a regressor).
 from __future__ import annotations
 
 from deploykit.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
+from deploykit.errors import ConversionError
 from deploykit.log import quiet_native
 from deploykit.task import OutputKind
 from deploykit.taskspec import TaskSpec, spec_of
@@ -28,8 +29,12 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
     from deploykit.backend import tf
 
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]
-    with quiet_native():  # grappler's I0000 lines from C++
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    try:
+        with quiet_native():  # grappler's I0000 lines from C++
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    except Exception as exc:  # tf2onnx raises many types; all mean "this model did not convert"
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise ConversionError(f"ONNX conversion failed: {type(exc).__name__}: {text[:300]}") from exc
     spec = spec_of(kind)
     names = spec.served_outputs
     if spec.binary:

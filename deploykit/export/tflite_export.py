@@ -7,7 +7,7 @@ import os
 import time
 
 from deploykit.atomic import atomic_path
-from deploykit.errors import StepError, UsageError
+from deploykit.errors import ConversionError, UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, file_sizes
 from deploykit.export.config import (
     CalibrationMethod,
@@ -21,6 +21,7 @@ from deploykit.export.config import (
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import int8_source
 from deploykit.export.runtimes import TfliteRunner
+from deploykit.export.unroll import unrolled
 from deploykit.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
 from deploykit.task import OutputKind, Task, model_task
@@ -77,7 +78,7 @@ def export_tflite(
     _, kind = model_task(model, task=task)
     source, calibration, prep = int8_source(model, as_calibration(representative_data), quant.precision is Precision.INT8,
                                             knobs.num_calibration, input_shape, knobs.seed)
-    flat = _convert(source, input_shape, quant, calibration, knobs, kind)
+    flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
     seconds = time.perf_counter() - start
@@ -151,7 +152,8 @@ def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantC
     except UsageError:
         raise
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
-        raise StepError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        first = (str(exc).splitlines() or [""])[0]
+        raise ConversionError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {first}") from exc
 
 
 def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io: bool) -> bytes:

@@ -16,6 +16,7 @@ from deploykit.fold.affine import NotFoldable, layer_affine
 from deploykit.fold.report import FoldedLayer, FoldReport, Placement, UnfoldedLayer
 from deploykit.fold.rules import fold_backward_pass, fold_forward_pass
 from deploykit.graph import Graph, graph_from_model, random_inputs, to_keras, token_vocabulary
+from deploykit.keras3_api import keras3_boundary
 from deploykit.layers import Role
 
 __all__ = ["fold_batchnorm", "FoldReport", "FoldedLayer", "UnfoldedLayer", "Placement", "PROBE_SAMPLES"]
@@ -24,6 +25,7 @@ __all__ = ["fold_batchnorm", "FoldReport", "FoldedLayer", "UnfoldedLayer", "Plac
 PROBE_SAMPLES = 1000
 
 
+@keras3_boundary
 def fold_batchnorm(model, *, unsafe: bool = False, through_dropout: bool = True) -> tuple[object, FoldReport]:
     """Return ``(folded_model, FoldReport)``; a model with nothing to fold comes back as a fresh equal copy.
 

@@ -28,7 +28,8 @@ Optimize = Callable[..., Any]
 
 
 def optimize_members(optimize: Optimize, models: Sequence, data, folder: str | os.PathLike, progress=None, *,
-                     mc_samples: int | None = None, keep_keras: bool = False, **options) -> tuple[list[Path], Path]:
+                     mc_samples: int | None = None, keep_keras: bool = False, keras3: bool = False,
+                     **options) -> tuple[list[Path], Path]:
     """Run each model through ``optimize`` (fold, prune, int8-dynamic ONNX); the member files and one original.
 
     ``options`` are ``optimize``'s options (flat ones, e.g. ``sparsity=0.8``, or ``config=``); the formats,
@@ -42,8 +43,11 @@ def optimize_members(optimize: Optimize, models: Sequence, data, folder: str | o
     deterministic members; the int8 deterministic model still has to meet the budget.
 
     ``keep_keras``: also keep each member's optimized Keras model as ``member{k}.keras`` in ``folder``
-    (the model to fine-tune further, or to build the member's MC model from with :func:`mc_member`).
+    (the model to fine-tune further, or to build the member's MC model from with :func:`mc_member`); with
+    ``keras3`` (the run's input was Keras 3) those files, and the original, are Keras 3 files.
     """
+    from deploykit.io import save_model_like
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths, original = [], folder / ORIGINAL_FILE
@@ -61,11 +65,21 @@ def optimize_members(optimize: Optimize, models: Sequence, data, folder: str | o
             else:
                 mc_member(result.out_dir / MODEL_FILE, path, mc_samples, data)
             if keep_keras:
-                shutil.copy(result.out_dir / MODEL_FILE, path.with_suffix(".keras"))
+                _keep(result.model, result.out_dir / MODEL_FILE, path.with_suffix(".keras"), keras3, save_model_like)
             paths.append(path)
             if k == 0:
-                shutil.copy(result.out_dir / ORIGINAL_FILE, original)
+                _keep(model, result.out_dir / ORIGINAL_FILE, original, keras3, save_model_like)
     return paths, original
+
+
+def _keep(model, saved: Path, path: Path, keras3: bool, save_model_like) -> None:
+    """A member's .keras file: the one its run saved, or written as Keras 3 when the input was (and it was not)."""
+    from deploykit.backend import is_tf_keras_model
+
+    if keras3 and is_tf_keras_model(model):
+        save_model_like(model, path, keras3=True)
+    else:
+        shutil.copy(saved, path)
 
 
 def mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
@@ -93,7 +107,7 @@ class EnsembleRun(Record):
 
 def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, mc_samples: int | None = None,
                       temperature: bool = True, target=None, ood: np.ndarray | None = None, conformal=None,
-                      say: Callable[[str], None] = lambda m: None, **options) -> EnsembleRun:
+                      say: Callable[[str], None] = lambda m: None, keras3: bool = False, **options) -> EnsembleRun:
     """Optimize the members (:func:`optimize_members`, ``options`` as there; their optimized Keras models kept)
     into ``folder/members`` and write ``folder/ensemble.onnx``, calibrated, thresholded (``target``), given conformal
     outputs (``conformal``: a ConformalConfig) and evaluated (``ood``) by
@@ -106,7 +120,7 @@ def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, 
     if len(models) < 2:
         raise UsageError(f"a deep ensemble needs at least 2 members, got {len(models)}")
     members, original = optimize_members(optimize, models, data, folder / MEMBERS_DIR, progress=lambda m: say("  " + m),
-                                         mc_samples=mc_samples, keep_keras=True, **options)
+                                         mc_samples=mc_samples, keep_keras=True, keras3=keras3, **options)
     say(f"writing {ENSEMBLE_FILE} ({len(members)} members)")
     bundle = ensemble_bundle(members, data, folder / ENSEMBLE_FILE, temperature=temperature, target=target, ood=ood,
                              conformal=conformal, say=lambda m: say("  " + m))

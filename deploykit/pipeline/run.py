@@ -57,7 +57,7 @@ class OptimizeResult:
     """What ``optimize`` wrote into ``out_dir`` and measured."""
 
     out_dir: Path
-    model: Any  # the optimized tf_keras model (saved as model.keras)
+    model: Any  # the optimized model (saved as model.keras): a Keras 3 object when the input was Keras 3
     config: OptimizeConfig  # what ran (also in out_dir/deploykit.toml)
     steps: list[StepRecord]
     artifacts: list[ArtifactRow]  # shipped and rejected (a rejected row keeps its numbers; its file is gone)
@@ -211,7 +211,12 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
             check_calibration_rows(config.conformal.config(), data)
         say(f"data {data.summary()}; model: {task.value} ({kind.value})")
         say(f"pipeline: {config.summary(task)}")
-        return _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)
+        result = _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)
+    if keras3:  # a Keras 3 input (file or object) gets its optimized model back as a Keras 3 object
+        from deploykit.keras3_api import as_keras3
+
+        result = as_keras3(result)
+    return result
 
 
 def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False,
@@ -248,6 +253,8 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
 def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
            out: Path, version: str) -> OptimizeResult:
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
+    from deploykit.custom_dropout import assumption
+
     staging, config, say = ctx.folder, ctx.config, ctx.say
     records = [o.record for o in outputs]
     artifacts = [reference, *(a for o in outputs for a in o.artifacts)]
@@ -264,10 +271,15 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
     model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
                      "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary(ctx.task),
                      "task": ctx.task.value, "output": ctx.kind.value}
+    assumed = assumption(model)  # a custom MCDropout read as Dropout, said in the report as on the command line
+    if assumed:
+        model_summary["assumed"] = assumed
     report = build_report(config=config, task=ctx.task, data_summary=ctx.data.summary(), model_summary=model_summary,
                           original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=artifacts,
                           tries=tries, layer_sparsity=layer_rows, mc=mc, plots=[p.name for p in drawn],
                           seconds=time.perf_counter() - start, version=version)
+    if assumed:
+        report["notes"] = [assumed, *report["notes"]]
     report = _relative(report, staging)
     write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
     write_text(staging / REPORT_MD, markdown(report, artifacts, records, tries))

@@ -22,7 +22,7 @@ import numpy as np
 
 from deploykit.contract import ENSEMBLE_FILE
 from deploykit.data import Dataset
-from deploykit.errors import Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
+from deploykit.errors import ConversionError, Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
@@ -227,6 +227,9 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
     if step.searching:
         return _searched(model, ctx)
     name = f"sparsity ({step.method.value})"
+    left = _prunable_left(model, step.prune if step.method is SparsityMethod.PRUNE else step.l1)
+    if left:
+        return StepOutput(model, StepRecord(name, Status.SKIPPED, left))
     from deploykit.sparsity import prune, sparsify_l1
 
     start = time.perf_counter()
@@ -250,6 +253,18 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
                                             "the model stays dense", checks=checks, detail=report), tries=(attempt,))
     return StepOutput(result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report),
                       layer_sparsity=sparsity_rows(result, "after sparsity"), tries=(attempt,), applied=(applied,))
+
+
+def _prunable_left(model, tune) -> str:
+    """Why nothing is left to prune ('' when something is): only the output layer (skipped) or no layer TF-MOT prunes."""
+    from deploykit.graph import graph_from_model
+
+    prunable = [n.spec.name for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
+    output = prunable[-1] if prunable and tune.skip_output else None
+    requested = set(getattr(tune, "layer_sparsity", None) or ())  # per-layer targets may name the output layer
+    if any(n not in tune.skip_layers and (n != output or n in requested) for n in prunable):
+        return ""
+    return f"nothing to prune (prunable layers: {', '.join(prunable) or 'none'}; the output layer is left dense)"
 
 
 def _try_row(stage: Stage, setting: str, value: float | None, gzip_bytes: int, ctx: RunContext, **rest) -> Try:
@@ -332,8 +347,14 @@ def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) 
 
     step = ctx.config.export
     file = artifact_name(fmt, quant)
-    record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization, opset=step.opset,
-                            metadata=metadata(model, ctx, ctx.figures.accuracy), task=ctx.task)
+    try:
+        record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization,
+                                opset=step.opset, metadata=metadata(model, ctx, ctx.figures.accuracy), task=ctx.task)
+    except ConversionError as exc:  # this format's converter refused the model: its row is rejected, the run goes on
+        row = _unmade(file, fmt, str(exc), ctx, precision=quant.precision.value)
+        ctx.say(f"  rejected {file}: {exc}")
+        return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, f"{file} (rejected)",
+                                            checks=row.checks), artifacts=(row,))
     row = withdraw(_measure_artifact(record, file, model, ctx), ctx)
     return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE,
                                         f"{file} ({fmt.value} {quant.value}, {row.verdict.value})",
@@ -376,10 +397,10 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
                       artifacts=(row,), tries=tries)
 
 
-def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext) -> ArtifactRow:
+def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext, precision: str = "int8") -> ArtifactRow:
     """The row of an artifact no variant of which could be exported (rejected, no numbers)."""
     (ctx.folder / file).unlink(missing_ok=True)
-    return ArtifactRow(file=file, format=fmt.value, runtime=fmt.runtime, precision="int8", quantization="—",
+    return ArtifactRow(file=file, format=fmt.value, runtime=fmt.runtime, precision=precision, quantization="—",
                        sparsity=ctx.figures.sparsity, size_bytes=0, gzip_bytes=0, compression=0.0, accuracy=None,
                        accuracy_change=None, agreement=None, max_abs_diff=None, latency_b1_ms=None,
                        throughput_b256=None, verdict=Verdict.REJECTED, checks=f"export failed: {error}")

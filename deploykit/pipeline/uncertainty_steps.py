@@ -102,7 +102,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
                                 mc_samples=step.mc_samples, temperature=config.mc.temperature,
                                 target=config.mc.selective_target(), conformal=config.conformal.config(),
                                 ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
-                                config=members_config, triton=False)
+                                config=members_config, triton=False, keras3=ctx.keras3)
     except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand
         shutil.rmtree(ctx.folder / ENSEMBLE_DIR, ignore_errors=True)
         return StepOutput(model, StepRecord("ensemble", Status.MISSED, str(exc)))

@@ -44,6 +44,7 @@ import numpy as np
 
 from deploykit.errors import DataError, StepError, UsageError
 from deploykit.evaluate import output_scale, outputs
+from deploykit.keras3_api import keras3_boundary
 from deploykit.layers import Role
 from deploykit.sparsity.report import CompactReport, LayerCompact
 
@@ -64,6 +65,7 @@ class _Route:
     positions: int = 1  # Flatten: each channel feeds this many rows of a Dense kernel
 
 
+@keras3_boundary
 def compact(model, data=None, *, tolerance: float = 1e-5):
     """Remove dead hidden neurons and conv channels from a copy of ``model``; returns ``(model, CompactReport)``.
 

@@ -9,12 +9,14 @@ import numpy as np
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import L1Config
 from deploykit.evaluate import score
+from deploykit.keras3_api import keras3_boundary
 from deploykit.layers import support_for
 from deploykit.task import Task
 from deploykit.sparsity.report import kernel_sparsity, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
+@keras3_boundary
 def sparsify_l1(
     model,
     data,
@@ -55,7 +57,9 @@ def sparsify_l1(
         return layer.__class__.from_config({**layer.get_config(), key: keras.regularizers.L1(config.l1)})
 
     working = rebuild(model, regularized)
-    kernels = [getattr(l, support_for(l, unsafe=True).pruned_kernel[0]) for l in working.layers if l.name in chosen]
+    # a recurrent layer keeps its kernel on its cell
+    kernels = [getattr(getattr(l, "cell", l), support_for(l, unsafe=True).pruned_kernel[0])
+               for l in working.layers if l.name in chosen]
 
     def status() -> str:
         small = sum(int(np.count_nonzero(np.abs(k.numpy()) < config.threshold)) for k in kernels)

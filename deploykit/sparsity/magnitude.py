@@ -13,12 +13,14 @@ from collections.abc import Callable
 import numpy as np
 
 from deploykit.errors import ConfigError, StepError
+from deploykit.keras3_api import keras3_boundary
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import PruneConfig
 from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, pruned_kernel, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
+@keras3_boundary
 def prune(
     model,
     data,

@@ -14,6 +14,7 @@ from deploykit.errors import UsageError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.export.metadata import KIND_MC_DROPOUT, ModelMetadata, write_metadata
 from deploykit.export.onnx_quant import quantize_int8_dynamic
+from deploykit.keras3_api import keras3_boundary
 from deploykit.contract import TASK_KEY
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
@@ -86,6 +87,7 @@ def output_columns(graph) -> dict[str, str]:
                                             for t in layout.outputs})}
 
 
+@keras3_boundary
 def export_mc_onnx(
     model,
     path: str | os.PathLike,
@@ -101,7 +103,7 @@ def export_mc_onnx(
     metadata: ModelMetadata | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> MCExportRecord:
-    """Write the MC Dropout ONNX model of a tf_keras dropout model to ``path`` (atomically).
+    """Write the MC Dropout ONNX model of a dropout model (tf_keras or Keras 3) to ``path`` (atomically).
 
     ``samples`` is the default T (a client may feed ``samples`` per call, up to
     ``max_samples``). ``seed``: see :mod:`deploykit.uncertainty.mc_graph` (with

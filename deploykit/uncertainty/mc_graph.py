@@ -58,6 +58,7 @@ from deploykit.layers import Role
 from deploykit.multi_io import PACKED_OUTPUT
 from deploykit.task import OutputKind, Task, output_kind, resolve_task
 from deploykit.taskspec import spec_of
+from deploykit.uncertainty import mc_rnn  # noqa: F401  (registers the recurrent layers' emitters)
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit, mask_shape
 

@@ -318,6 +318,8 @@ def _emit_layer_norm(g, node, xs, shapes):
 def _emit_embedding(g, node, xs, shapes):
     from onnx import TensorProto
 
+    if node.spec.config.get("mask_zero"):  # the layers after it would skip the masked steps; ONNX has no masks
+        raise UnsupportedLayerError(node.name, node.spec.class_name, "mask_zero=True has no form in the MC Dropout graph")
     ids = g.op("Cast", [xs[0]], to=TensorProto.INT64)
     return g.op("Gather", [g.const(node.spec.weights[0]), ids], axis=0), _out_shape(node)
 

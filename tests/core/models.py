@@ -81,3 +81,15 @@ def embedding(seed: int = 0):
     L = keras.layers
     return keras.Sequential([keras.Input((6,)), L.Embedding(20, 4), L.GlobalAveragePooling1D(), L.Dropout(0.2),
                              L.Dense(3, activation="softmax")], name="embedding")
+
+
+def recurrent(seed: int = 0):
+    """Token ids -> Embedding -> LSTM, GRU, Bidirectional(LSTM) (sequences) -> SimpleRNN -> Dropout -> Dense."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    return keras.Sequential([keras.Input((6,)), L.Embedding(20, 4), L.LSTM(5, return_sequences=True),
+                             L.GRU(4, return_sequences=True), L.Bidirectional(L.LSTM(3, return_sequences=True)),
+                             L.SimpleRNN(3), L.Dropout(0.2),
+                             L.Dense(3, activation="softmax")], name="recurrent")

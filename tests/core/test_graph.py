@@ -18,7 +18,7 @@ def _inputs(model, seed=0):
     return rng.normal(size=(6, *model.input_shape[1:])).astype("float32")
 
 
-@pytest.mark.parametrize("build", [models.cnn, models.residual, models.every_layer, models.embedding])
+@pytest.mark.parametrize("build", [models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent])
 def test_round_trip_graph_keras_graph_is_exact(build):
     model = build()
     graph = graph_from_model(model)
@@ -33,7 +33,7 @@ def test_round_trip_graph_keras_graph_is_exact(build):
 
 def test_every_table_layer_is_covered_by_a_round_trip_model():
     seen = set()
-    for build in (models.cnn, models.residual, models.every_layer, models.embedding):
+    for build in (models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent):
         seen |= {n.spec.class_name for n in graph_from_model(build()).nodes}
     listed = {name for name, entry in SUPPORT.items() if entry.role not in (Role.INPUT, Role.OPAQUE)}
     # the dense-era layers are covered by tests/test_chain.py

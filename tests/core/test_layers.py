@@ -33,7 +33,7 @@ def test_lookups_for_configs():
     assert layer_type({"class_name": "LeakyReLU", "config": {}}) == "LeakyReLU"
     assert support_for({"class_name": "Flatten", "config": {"name": "f"}}).role is Role.RESHAPE
     assert PRUNABLE == {"Dense", "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "DepthwiseConv2D",
-                        "SeparableConv2D", "SeparableConvolution2D"}
+                        "SeparableConv2D", "SeparableConvolution2D", "LSTM", "GRU", "SimpleRNN"}  # TF-MOT's RNN cells
 
 
 def test_per_op_entries_say_how_an_affine_is_absorbed_and_carried():
@@ -46,12 +46,12 @@ def test_per_op_entries_say_how_an_affine_is_absorbed_and_carried():
     assert SUPPORT["MaxPool2D"] is SUPPORT["MaxPooling2D"]
 
 
-@pytest.mark.parametrize("layer", [{"class_name": "LSTM", "config": {"name": "rnn_1"}}, "object"])
+@pytest.mark.parametrize("layer", [{"class_name": "ConvLSTM1D", "config": {"name": "rnn_1"}}, "object"])
 def test_a_keras_layer_outside_the_table_is_known_as_other(layer):
     if layer == "object":
         from deploykit.backend import keras
 
-        layer = keras.layers.LSTM(4, name="rnn_1")
+        layer = keras.layers.ConvLSTM1D(4, 3, name="rnn_1")
     assert support_for(layer) is UNKNOWN and UNKNOWN.role is Role.OTHER and not UNKNOWN.mc
 
 

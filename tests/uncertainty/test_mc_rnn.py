@@ -1,0 +1,76 @@
+"""The MC Dropout graph's recurrent layers: with every dropout at rate 0 the graph computes the Keras model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploykit.errors import UnsupportedLayerError
+from deploykit.graph import graph_from_model
+from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
+from tests.uncertainty.support import run, session
+
+
+def _model(body, steps: int = 7, features: int = 5):
+    from deploykit.backend import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((steps * features,)), keras.layers.Reshape((steps, features)), *body,
+                              keras.layers.Dropout(0.3), keras.layers.Dense(4, activation="softmax")])
+    # non-zero biases, so a wrong bias layout shows
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if weights:
+            layer.set_weights([w + 0.1 * np.random.default_rng(1).standard_normal(w.shape).astype(np.float32) for w in weights])
+    return model
+
+
+def _rate_zero_mean(model, x):
+    graph = graph_from_model(model)
+    for node in graph.nodes:
+        if node.spec.class_name == "Dropout":
+            node.spec.config["rate"] = 0.0
+    return run(session(build_mc_graph(graph, MCConfig(samples=2))), x)["mean"]
+
+
+def _cases():
+    from deploykit.backend import keras
+
+    L = keras.layers
+    return {
+        "lstm": [L.LSTM(6)],
+        "lstm_sequences_then_gru": [L.LSTM(6, return_sequences=True), L.GRU(3)],
+        "gru_reset_before": [L.GRU(6, reset_after=False)],
+        "simple_rnn_backwards": [L.SimpleRNN(6, go_backwards=True, activation="relu")],
+        "bidirectional_lstm": [L.Bidirectional(L.LSTM(4))],
+        "bidirectional_gru_sum_sequences": [L.Bidirectional(L.GRU(4, return_sequences=True), merge_mode="sum"),
+                                            L.GlobalAveragePooling1D()],
+        "lstm_no_bias": [L.LSTM(5, use_bias=False)],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_cases()))
+def test_rate_zero_equals_keras(case):
+    model = _model(_cases()[case])
+    x = np.random.default_rng(0).standard_normal((16, 35)).astype(np.float32)
+    assert np.abs(_rate_zero_mean(model, x) - model(x, training=False).numpy()).max() <= 1e-5
+
+
+def test_dropout_after_lstm_samples():
+    model = _model(_cases()["lstm"])
+    x = np.random.default_rng(0).standard_normal((8, 35)).astype(np.float32)
+    out = run(session(build_mc_graph(graph_from_model(model), MCConfig(samples=20))), x)
+    assert out["std"].max() > 1e-3
+    assert np.abs(out["mean"] - model(x, training=False).numpy()).max() < 0.2
+
+
+def test_what_onnx_cannot_say_is_refused_by_name():
+    from deploykit.backend import keras
+
+    model = _model([keras.layers.LSTM(4, activation="softsign")])
+    with pytest.raises(UnsupportedLayerError, match="activation 'softsign'"):
+        build_mc_graph(graph_from_model(model))
+    masked = keras.Sequential([keras.Input((6,)), keras.layers.Embedding(10, 3, mask_zero=True), keras.layers.LSTM(4),
+                               keras.layers.Dropout(0.2), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(UnsupportedLayerError, match="mask_zero"):
+        build_mc_graph(graph_from_model(masked))
