@@ -169,6 +169,7 @@ def table(rows: list[dict], key: str, label: str) -> list[str]:
 def report(by_model: list[dict], by_rows: list[dict]) -> None:
     """Write scale.json / scale.md with what was measured so far (called after every run: a long run that is cut
     short still leaves its results)."""
+    missing = [m for m in MODELS if m not in {r["model"] for r in by_model}]
     lines = ["# optimize: time per step against model size and data size", "",
              ("Each cell: wall / CPU seconds of one step of `optimize(model, data, sparsity=0.8, epochs=2, samples=10)`, "
               "in its own process on this machine (2 shared cores: CPU time is the steadier figure). `prepare`: loading, "
@@ -176,7 +177,8 @@ def report(by_model: list[dict], by_rows: list[dict]) -> None:
              "## Against model size (parameters)", "",
              *table(sorted([r for r in by_model if r.get("params")], key=lambda r: r["params"])
                     + [r for r in by_model if not r.get("params")], "params", "parameters"),
-             "", "Models: " + ", ".join(f"{r['model']} ({r.get('params') or '?'} params)" for r in by_model), "",
+             "", "Models: " + ", ".join(f"{r['model']} ({r.get('params') or '?'} params)" for r in by_model)
+             + (". Not measured in this run (cut for time): " + ", ".join(missing) if missing else "") + ".", "",
              "## Against data size (rows of the Fashion sample, replicated; the book's MLP)", "",
              *table(by_rows, "rows", "rows")]
     write_results("scale", {"by_model": by_model, "by_rows": by_rows}, "\n".join(lines) + "\n")
