@@ -33,8 +33,8 @@ from pathlib import Path
 from common import FASHION, RESULTS, ROOT  # noqa: E402  (puts the repository on sys.path)
 BUDGET_SECONDS = 120.0  # `deploykit optimize` with no arguments must finish within this
 #: Area benchmarks that need more than ``--timeout`` (bench_budget trains and optimizes several models; bench_zoo
-#: exports every keras.applications architecture).
-TIMEOUT_FACTOR = {"bench_budget": 6.0, "bench_zoo": 8.0}  # bench_zoo writes its table after every architecture
+#: exports every keras.applications architecture; bench_scale optimizes models up to ResNet50 and 16x the data).
+TIMEOUT_FACTOR = {"bench_budget": 6.0, "bench_zoo": 8.0, "bench_scale": 8.0, "bench_ray": 2.0}
 T0 = time.monotonic()
 
 

@@ -36,8 +36,13 @@ _depth = 0
 _passthrough = False  # see keep_native_stderr
 
 
+#: The longest progress line written when stderr is not a terminal (a terminal: its width).
+MAX_LINE = 240
+
+
 class _CliFormatter(logging.Formatter):
-    """``[  12.3s] message``: the seconds since the command started, then the line."""
+    """``[  12.3s] message``: the seconds since the command started, then the line (a progress line fits the
+    terminal's width: what a step says in full is in its report)."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -45,11 +50,38 @@ class _CliFormatter(logging.Formatter):
             message = f"{record.levelname.lower()}: {message}"
         elif record.levelno < logging.INFO:
             message = f"{record.name}: {message}"
-        return f"[{time.monotonic() - _T0:6.1f}s] {message}"
+        line = f"[{time.monotonic() - _T0:6.1f}s] {message}"
+        return shorten(line, _width()) if record.levelno == logging.INFO else line
+
+
+def shorten(line: str, width: int) -> str:
+    """``line`` cut to ``width`` characters, ending in `` ...`` when cut."""
+    return line if len(line) <= width else line[:max(0, width - 4)].rstrip() + " ..."
+
+
+def _width() -> int:
+    import shutil
+
+    stream = _stderr()
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return max(60, shutil.get_terminal_size((MAX_LINE, 24)).columns) if tty else MAX_LINE
+
+
+_saved_stderr = None  # a copy of fd 2 made by cli_logging: quiet_native's redirection does not swallow progress
+
+
+def _stderr():
+    """Where the CLI's lines go: ``sys.stderr`` (pytest's capsys swaps it), or the saved fd 2 behind the real one."""
+    if _saved_stderr is not None and sys.stderr is sys.__stderr__:
+        return _saved_stderr
+    return sys.stderr
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of the record (pytest's capsys swaps it)."""
+    """Writes to whatever ``sys.stderr`` is at the time of the record (pytest's capsys swaps it), above a bar."""
 
     def __init__(self):
         super().__init__()
@@ -57,29 +89,51 @@ class _StderrHandler(logging.StreamHandler):
 
     @property
     def stream(self):
-        return sys.stderr
+        return _stderr()
 
     @stream.setter
     def stream(self, value):  # logging.StreamHandler.__init__ assigns it; the property wins
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from deploykit import progress as live
+
+        if live.bar_active():
+            try:
+                live.write(self.format(record))
+            except Exception:  # noqa: BLE001  (logging's own rule: a broken handler never breaks the program)
+                self.handleError(record)
+            return
+        super().emit(record)
+        live.wrote_line()
 
 
 @contextlib.contextmanager
 def cli_logging(verbose: bool = False, quiet: bool = False) -> Iterator[None]:
     """Show deploykit's records on stderr for one command: WARNING with ``quiet``, DEBUG with
     ``verbose``, INFO (progress) otherwise; the logger's previous state is restored afterwards."""
+    from deploykit import progress as live
+
+    global _saved_stderr
     logger = logging.getLogger(ROOT)
-    saved = (logger.level, logger.propagate, list(logger.handlers))
+    saved = (logger.level, logger.propagate, list(logger.handlers), _saved_stderr)
     logger.handlers = [_StderrHandler()]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False  # a root handler (onnxruntime's logging.warning installs one) would print twice
     formatwarning = warnings.formatwarning
     if not verbose:  # a Python warning is one line, without the source path and line it came from
         warnings.formatwarning = _one_line_warning
+    _saved_stderr = _dup_stderr()
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            if not quiet:  # bars on a terminal, a heartbeat line otherwise (deploykit.progress)
+                stack.enter_context(live.live(_stderr()))
+            yield
     finally:
-        logger.level, logger.propagate, logger.handlers = saved[0], saved[1], saved[2]
+        if _saved_stderr is not None:
+            with contextlib.suppress(Exception):
+                _saved_stderr.close()
+        logger.level, logger.propagate, logger.handlers, _saved_stderr = saved
         warnings.formatwarning = formatwarning
 
 
@@ -88,8 +142,19 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {category.__name__}: {text}\n"
 
 
+def _dup_stderr():
+    """A text stream on a copy of file descriptor 2 (None when fd 2 is unusable)."""
+    try:
+        return os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
 def progress(message: str) -> None:
-    """The CLI's progress callback: one INFO line on ``deploykit.progress``."""
+    """The CLI's progress callback: one INFO line on ``deploykit.progress`` (the heartbeat's "still ..." names it)."""
+    from deploykit import progress as live
+
+    live.step(message.strip())
     PROGRESS.info(message)
 
 

@@ -6,6 +6,7 @@ import json
 
 from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
 from deploykit.cli.mc import add_uncertainty_options, conformal_config, selective_target
+from deploykit.cli.optimize import add_time_budget_option
 from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 
 JSON_FILE = "ensemble.json"
@@ -36,11 +37,13 @@ def register(sub) -> None:
                    help="MC Dropout inside each member: every member draws T dropout samples per call and the "
                    "outputs reduce all K*T of them (default: deterministic members)")
     add_uncertainty_options(p, regression=True)
+    add_time_budget_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
 
 def _run(args) -> int:
+    import time
     from pathlib import Path
 
     from deploykit.atomic import atomic_dir, write_text
@@ -57,12 +60,15 @@ def _run(args) -> int:
     conformal = conformal_config(args)
     ood = load_ood(args.ood_data) if args.ood_data else None
     out = Path(args.out)
+    started = time.monotonic()  # a --time-budget counts from here (training members included)
     with atomic_dir(out, force=args.force) as staging:
         data = load_data_arg(args)
         models = _members(args, data)
         summary, markdown = build(models, data, staging, mc_samples=args.mc_samples, temperature=not args.no_temperature,
                                   target=target, ood=ood, conformal=conformal, sparsity=args.sparsity,
-                                  epochs=args.tune_epochs)
+                                  epochs=args.tune_epochs,
+                                  **({} if args.time_budget is None else {"time_budget": args.time_budget,
+                                                                          "started": started}))
         summary["data"] = data.summary()
         summary = json.loads(json.dumps(summary, default=str).replace(f"{staging}/", f"{out}/"))
         write_text(staging / JSON_FILE, json.dumps(summary, indent=2) + "\n")

@@ -74,6 +74,20 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit non-zero when any artifact was rejected (default: only when "
                    "nothing deployable meets the budget)")
     p.add_argument("--no-validate", action="store_true", help="measure the artifacts but do not hold them to tolerances")
+    add_time_budget_option(p)
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help='run the sparsity search\'s tries as Ray tasks: on a local Ray without ADDRESS, else on the '
+                   'cluster at ADDRESS (e.g. 10.0.0.5:6379); the same kept try as serially (pip install "deploykit[ray]")')
+
+
+def add_time_budget_option(p) -> None:
+    """``--time-budget MINUTES`` (``[search] time_budget``, ``time_budget=``), on optimize and ensemble."""
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="finish within this many minutes (at most 10%% over): the run measures a fine-tuning epoch (and "
+                   "each kind of export as it goes) on this model, plans fewer or shorter sparsity tries, a cheaper "
+                   "sensitivity scan and the most wanted artifacts first, says its plan, stops a try at its deadline "
+                   "and ships what is within the accuracy budget by then (default: no bound; the plan line gives the "
+                   "estimated minutes)")
 
 
 def options_from_args(args) -> dict:
@@ -95,6 +109,7 @@ def options_from_args(args) -> dict:
         "max_accuracy_drop": args.max_accuracy_drop, "max_rmse_increase": args.max_rmse_increase, "strict": True if args.strict else None,
         "ensemble_members": None if args.ensemble_members is None else [_resolved(m) for m in args.ensemble_members],
         "ensemble_mc_samples": args.ensemble_mc_samples, "structured": args.structured,
+        "time_budget": args.time_budget, "ray": args.ray,
     }
 
 

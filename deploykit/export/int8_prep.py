@@ -53,8 +53,14 @@ INT8_LEVELS = 127
 MAX_REQUANTIZATION = 32.0
 #: The convolutions whose kernel is clipped per output channel (a DepthwiseConv2D's: per input channel x multiplier).
 CONV_KERNELS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D"})
-#: Receptive fields a conv's clip search samples from the calibration data (bounds memory and time).
+#: Receptive fields a conv's clip search samples from the calibration data (bounds memory and time) ...
 MAX_PATCHES = 8192
+#: ... at most this many values in all (patches x taps x input channels), so a wide layer (EfficientNet's 5x5
+#: depthwise convs over 1152 channels: 8192 x 28,800 float64 = 1.9 GB, minutes of clip search per layer) samples
+#: fewer patches: the search's cost then grows with the layer's weights, not with their square ...
+MAX_PATCH_VALUES = 1 << 22
+#: ... and never fewer than this many (each column's clip is fitted on at least this many rows).
+MIN_PATCHES = 512
 
 
 @dataclass
@@ -146,10 +152,17 @@ def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> lis
             h = np.asarray(h)
             low[k], high[k] = min(low[k], float(h.min())), max(high[k], float(h.max()))
             if spec.class_name in CONV_KERNELS:
-                rows[k].append(_patches(spec, h, -(-MAX_PATCHES * len(part) // len(calibration)), rng))
+                rows[k].append(_patches(spec, h, -(-_patch_count(spec) * len(part) // len(calibration)), rng))
             else:
                 rows[k].append(h.reshape(len(h), -1).astype(np.float64))
     return [(np.concatenate(r), (hi - lo) / 255.0) for r, lo, hi in zip(rows, low, high)]
+
+
+def _patch_count(spec) -> int:
+    """The receptive fields a conv's clip search samples: MAX_PATCHES, fewer for a wide layer (MAX_PATCH_VALUES)."""
+    kernel = spec.weights[0]
+    fan_in = int(np.prod(kernel.shape[:-1]))  # taps x input channels (a depthwise conv's: x its channels, grouped)
+    return int(min(MAX_PATCHES, max(MIN_PATCHES, MAX_PATCH_VALUES // max(1, fan_in))))
 
 
 def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int):

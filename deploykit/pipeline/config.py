@@ -31,6 +31,9 @@ A TOML file has one table per step (every key optional)::
     target_accuracy = 0.99   # optional: an `abstain` output (or target_coverage; not both)
     [ensemble]               # optional: a deep ensemble of this model and others (deploykit ensemble, in the run)
     members = ["m2.keras", "m3.keras"]
+    [search]                 # how the run plans its work (deploykit.pipeline.budget)
+    time_budget = 10         # optional: minutes the whole run may take (default: unbounded, estimate said first)
+    ray = "local"            # optional: the sparsity search's tries as Ray tasks ("local" or a cluster's address)
     [validate]
     enabled = true
     max_accuracy_drop = 0.01 # the accuracy budget of a classifier, vs the original model on the test split
@@ -61,6 +64,7 @@ from deploykit.pipeline.tables import (
     FoldStep,
     InputConfig,
     MCStep,
+    SearchPlan,
     SparsityMethod,
     SparsityStep,
     StructuredStep,
@@ -73,14 +77,14 @@ from deploykit.task import Task
 _STEPS = {"input": InputConfig, "fold": FoldStep, "structured": StructuredStep, "sparsity": SparsityStep,
           "compact": CompactStep,
           "export": ExportStep, "mc": MCStep, "ensemble": EnsembleStep, "conformal": ConformalStep,
-          "validate": ValidateStep}
+          "validate": ValidateStep, "search": SearchPlan}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
 OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
            "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "mask",
            "temperature", "target_accuracy", "target_coverage", "target_rmse", "target_delta", "conformal",
            "conformal_method", "conformal_by_class", "ood_data", "validate", "max_accuracy_drop",
-           "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples", "structured")
+           "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples", "structured", "time_budget", "ray")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class OptimizeConfig:
     ensemble: EnsembleStep = field(default_factory=EnsembleStep)
     conformal: ConformalStep = field(default_factory=ConformalStep)
     validate: ValidateStep = field(default_factory=ValidateStep)
+    search: SearchPlan = field(default_factory=SearchPlan)
 
     def __post_init__(self) -> None:
         for name, cls in _STEPS.items():
@@ -169,6 +174,9 @@ class OptimizeConfig:
         ``ensemble_members``: other model files, with the run's model the members of a deep ensemble (``[ensemble]``);
         ``ensemble_mc_samples``: MC Dropout inside each of them. ``structured``: the share of each hidden
         layer's units removed before the sparsity search (``[structured] fraction``; 0: off).
+        ``time_budget``: minutes the whole run may take
+        (``[search] time_budget``, see :mod:`deploykit.pipeline.budget`); ``ray``: ``"local"`` or a Ray cluster's
+        address, the sparsity search's tries as Ray tasks (``[search] ray``).
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
@@ -211,6 +219,9 @@ class OptimizeConfig:
         conformal = {key: o[name] for key, name in flat.items() if name in o}
         if conformal:
             c = dataclasses.replace(c, conformal=dataclasses.replace(c.conformal, **conformal))
+        search = {k: o[k] for k in ("time_budget", "ray") if k in o}
+        if search:
+            c = dataclasses.replace(c, search=dataclasses.replace(c.search, **search))
         ensemble = {k: o[f"ensemble_{k}"] for k in ("members", "mc_samples") if f"ensemble_{k}" in o}
         if ensemble:
             c = dataclasses.replace(c, ensemble=dataclasses.replace(c.ensemble, **ensemble))

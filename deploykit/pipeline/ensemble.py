@@ -51,10 +51,15 @@ def optimize_members(optimize: Optimize, models: Sequence, data, folder: str | o
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths, original = [], folder / ORIGINAL_FILE
+    say = progress or (lambda _m: None)
+    deadline = _deadline(options.pop("time_budget", None), options.pop("started", None))
     for k, model in enumerate(models):
         with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
+            say(f"member {k + 1}/{len(models)}")
+            member_say = _member_progress(say, tmp, f"member {k + 1}")
             result = optimize(model, data, out_dir=Path(tmp) / "out", formats="onnx", quantize="int8-dynamic",
-                              mc=mc_samples is not None, samples=mc_samples, progress=progress, **options)
+                              mc=mc_samples is not None, samples=mc_samples, progress=member_say,
+                              time_budget=_member_minutes(deadline, len(models) - k), **options)
             shipped = [r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8" and r.verdict.shipped]
             if not shipped:
                 raise StepError(f"ensemble member {k}: no int8 ONNX model within the accuracy budget "
@@ -80,6 +85,37 @@ def _keep(model, saved: Path, path: Path, keras3: bool, save_model_like) -> None
         save_model_like(model, path, keras3=True)
     else:
         shutil.copy(saved, path)
+
+
+#: The share of an ensemble's time budget kept for the bundle (one ONNX graph, calibrated and evaluated).
+BUNDLE_SHARE = 0.15
+
+
+def _deadline(minutes: float | None, started: float | None) -> tuple[float, float] | None:
+    """(start, end) in ``time.monotonic()`` of the members' share of a time budget (None: no budget)."""
+    import time
+
+    if minutes is None:
+        return None
+    start = time.monotonic() if started is None else started
+    return start, start + 60.0 * minutes * (1 - BUNDLE_SHARE)
+
+
+def _member_minutes(deadline: tuple[float, float] | None, left: int) -> float | None:
+    """The next member's time budget: what is left of the members' share, split evenly over those still to run."""
+    import time
+
+    if deadline is None:
+        return None
+    return max(0.05, (deadline[1] - time.monotonic()) / left / 60.0)
+
+
+def _member_progress(say: Callable[[str], None], tmp: str, name: str) -> Callable[[str], None]:
+    """A member's progress lines, its temporary folder named as the member (no temporary path is printed)."""
+    def member_say(message: str) -> None:
+        say("  " + message.replace(f"{tmp}{os.sep}out", name).replace(tmp, name))
+
+    return member_say
 
 
 def mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
@@ -119,7 +155,7 @@ def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, 
         raise UsageError(f"mc_samples must be >= 1, got {mc_samples}")
     if len(models) < 2:
         raise UsageError(f"a deep ensemble needs at least 2 members, got {len(models)}")
-    members, original = optimize_members(optimize, models, data, folder / MEMBERS_DIR, progress=lambda m: say("  " + m),
+    members, original = optimize_members(optimize, models, data, folder / MEMBERS_DIR, progress=say,
                                          mc_samples=mc_samples, keep_keras=True, keras3=keras3, **options)
     say(f"writing {ENSEMBLE_FILE} ({len(members)} members)")
     bundle = ensemble_bundle(members, data, folder / ENSEMBLE_FILE, temperature=temperature, target=target, ood=ood,

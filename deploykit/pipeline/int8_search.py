@@ -91,15 +91,18 @@ class Int8Attempt:
 
 
 def search_int8(variants: list[Int8Variant], make: Callable[[Int8Variant], Any],
-                measure: Callable[[Any], Any]) -> list[Int8Attempt]:
+                measure: Callable[[Any], Any], allowed: Callable[[Int8Variant], bool] = lambda v: True) -> list[Int8Attempt]:
     """Export (``make``) and measure each setting in turn; stop at the first whose row passes.
 
     An exporter error is that try's failure (its message kept), not the run's; a bad option
     (UsageError) is the caller's mistake and propagates. Tries of one variant share its file name,
-    so the caller removes the files of the variants not :func:`chosen`.
+    so the caller removes the files of the variants not :func:`chosen`. ``allowed`` (a time budget) may stop the
+    fallbacks before a setting: the first is always tried.
     """
     attempts: list[Int8Attempt] = []
     for variant in variants:
+        if attempts and not allowed(variant):
+            break
         try:
             record = make(variant)
         except UsageError:

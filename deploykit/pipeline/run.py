@@ -27,7 +27,7 @@ from deploykit.pipeline.plots import (
 )
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.task import OutputKind, Task
-from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, StepOutput, StepRecord, Try, Verdict
+from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
 from deploykit.pipeline.ensemble import load_member
 from deploykit.pipeline.structured_step import structured_step
@@ -130,32 +130,42 @@ def optimize(
     the run goes on: ``result.failure`` says whether anything deployable is left. A step that finds
     a bug (a fold that changes the outputs) raises StepError and writes nothing.
     """
+    started = time.monotonic()  # the time budget counts from here: loading the model and data is part of the run
     config = (config or OptimizeConfig()).with_options(**options)
-    say = progress or (lambda _msg: None)
+    say = progress or _silent
     if model is None and config.input.model is None:
         raise UsageError("optimize: no model given (pass a tf_keras model or a file, or set [input] model)")
     if out_dir is not None:
-        return _prepare_and_run(model, data, config, Path(out_dir), force, say, unsafe)
+        return _prepare_and_run(model, data, config, Path(out_dir), force, say, unsafe, started)
     out = Path(tempfile.mkdtemp(prefix="deploykit-optimize-"))
     try:
-        return _prepare_and_run(model, data, config, out, True, say, unsafe)
+        return _prepare_and_run(model, data, config, out, True, say, unsafe, started)
     except BaseException:
         out.rmdir()  # atomic_dir left it as it was: empty
         raise
 
 
-def build_pipeline(config: OptimizeConfig) -> list[Step]:
+def _silent(_message: str) -> None:
+    """The progress callback of a run nobody watches."""
+
+
+def build_pipeline(config: OptimizeConfig, plan=None) -> list[Step]:
     """The steps a config runs, in order (switched-off steps stay in the list and record why they did nothing).
 
     Sparsity runs before the fold: folding the input standardization divides the first kernel's rows
     by each feature's standard deviation, so near-constant features (the border pixels of digits)
     would get the largest weights and magnitude pruning would keep exactly the useless ones. Zeros
     survive the fold (it scales rows and columns), and compact follows it, where folded BatchNorm
-    lets more dead neurons reach a Dropout as exact zeros.
+    lets more dead neurons reach a Dropout as exact zeros. Under a time budget (``plan``) the exports run most
+    wanted first (:func:`deploykit.pipeline.budget.priority`).
     """
     steps = [Step("structured", structured_step), Step("sparsity", sparsity_step), Step("fold", fold_step), Step("compact", compact_step),
              Step("save model", save_step)]
     variants = config.export.variants()
+    if plan is not None and plan.budget is not None:
+        from deploykit.pipeline.budget import priority
+
+        variants = priority(variants)
     if variants:
         steps += [Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q))
                   for f, q in variants]
@@ -169,7 +179,8 @@ def build_pipeline(config: OptimizeConfig) -> list[Step]:
     return steps
 
 
-def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool) -> OptimizeResult:
+def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool,
+                     started: float | None = None) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
     from deploykit.data import NAMED_DATASETS
@@ -211,7 +222,7 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
             check_calibration_rows(config.conformal.config(), data)
         say(f"data {data.summary()}; model: {task.value} ({kind.value})")
         say(f"pipeline: {config.summary(task)}")
-        result = _run(model, data, config, staging, out, say, keras3, task, kind, unsafe)
+        result = _run(model, data, config, staging, out, say, keras3, task, kind, unsafe, started)
     if keras3:  # a Keras 3 input (file or object) gets its optimized model back as a Keras 3 object
         from deploykit.keras3_api import as_keras3
 
@@ -220,13 +231,15 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
 
 
 def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False,
-         task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES, unsafe: bool = False) -> OptimizeResult:
+         task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES, unsafe: bool = False,
+         started: float | None = None) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
     from deploykit.graph import copy_model
     from deploykit.io import save_model_like
 
     start = time.perf_counter()
+    say("measuring the original model")
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
@@ -234,13 +247,18 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
     say(f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
     reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
+    plan = None  # measured and said when someone listens or a time budget needs it
+    if config.search.time_budget is not None or say is not _silent:
+        plan = _plan(original, data, config, started, time.perf_counter() - start)
+        say(plan.line())
+    ctx = dataclasses.replace(ctx, plan=plan)
     outputs: list[StepOutput] = []
     current = original
-    pipeline = build_pipeline(config)
+    pipeline = build_pipeline(config, plan)
     for k, step in enumerate(pipeline, start=1):
         say(f"step {k}/{len(pipeline)}: {step.name}")
         try:
-            out_k = timed(step, current, ctx)
+            out_k = _planned_step(step, current, ctx, plan)
         except (StepError, ValidationError) as exc:
             raise _failed(step.name, exc, staging, out) from exc
         say(f"  {out_k.record.status.value}: {out_k.record.reason} ({out_k.record.seconds:.1f} s)")
@@ -248,6 +266,39 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
         current = out_k.model
         ctx = dataclasses.replace(ctx, figures=out_k.record.after or ctx.figures, applied=ctx.applied + out_k.applied)
     return _write(model, original, reference, outputs, ctx, current, start, out, __version__)
+
+
+def _plan(original, data, config: OptimizeConfig, started: float | None, model_step: float):
+    """Measure this model's costs and plan the run (within ``[search] time_budget`` when given); ``model_step``:
+    the seconds measuring the original model took (fold, compact and save each cost about as much)."""
+    from deploykit.graph import graph_from_model
+    from deploykit.pipeline.budget import make_plan, measure
+
+    from deploykit import progress as live
+
+    live.step("measuring a fine-tuning epoch on this model")
+    layers = [n for n in graph_from_model(original, unsafe=True).nodes if n.spec.support.prunable]
+    start, n = time.monotonic() if started is None else started, max(0, len(layers) - 1)
+    costs = measure(original, data, config.sparsity.prune, model_step=model_step,
+                    worth_training=lambda optimistic: make_plan(config, optimistic, start, n).search)
+    return make_plan(config, costs, start, n)
+
+
+def _planned_step(step: Step, model, ctx: RunContext, plan) -> StepOutput:
+    """Run a step unless the time budget skips it (said in its record); the first export's cost re-plans the rest."""
+    from deploykit import progress as live
+    from deploykit.pipeline.budget import skipped_reason
+
+    reason = skipped_reason(plan, step.name, ctx.config) if plan is not None else None
+    if reason:
+        return StepOutput(model, StepRecord(step.name, Status.SKIPPED, reason))
+    live.step(step.name)
+    out = timed(step, model, ctx)
+    if plan is not None and step.name.startswith("export "):
+        quant = next((q for f, q in ctx.config.export.variants() if step.name == f"export {f.value} {q.value}"), None)
+        if quant is not None:
+            plan.observe_export(quant, out.record.seconds)
+    return out
 
 
 def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
@@ -280,6 +331,8 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
                           seconds=time.perf_counter() - start, version=version)
     if assumed:
         report["notes"] = [assumed, *report["notes"]]
+    if ctx.plan is not None:  # what the run planned, and what it measured (the time budget's account)
+        report["plan"] = ctx.plan.to_dict()
     report = _relative(report, staging)
     write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
     write_text(staging / REPORT_MD, markdown(report, artifacts, records, tries))

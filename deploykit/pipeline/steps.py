@@ -45,6 +45,7 @@ ORIGINAL_FILE = "original.keras"
 MODEL_FILE = "model.keras"
 MC_FILE = "model_mc.onnx"
 ENSEMBLE_DIR = "ensemble"  # the [ensemble] step's subfolder: ensemble.onnx and its members/
+BUDGET_REPEATS = 5  # latency runs per figure under a time budget
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,13 @@ class RunContext:
     task: Task = Task.CLASSIFICATION  # resolved once, when the model met the data (Dataset.check_model)
     kind: OutputKind = OutputKind.PROBABILITIES
     unsafe: bool = False  # the run may load custom code (its [ensemble] members too)
+    plan: Any = None  # deploykit.pipeline.budget.Plan: the time budget's clock (None: unplanned, e.g. a step called alone)
 
     @property
     def repeats(self) -> int:
-        return self.config.validate.latency_repeats
+        """Timed runs per latency figure: fewer under a time budget (a large model's 50 runs take minutes)."""
+        repeats = self.config.validate.latency_repeats
+        return repeats if self.config.search.time_budget is None else min(repeats, BUDGET_REPEATS)
 
     @property
     def budget(self) -> Budget:
@@ -234,13 +238,22 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
 
     start = time.perf_counter()
     if step.method is SparsityMethod.PRUNE:
-        ctx.say(f"  pruning to {step.prune.target_sparsity:.0%} over up to {step.prune.epochs} epochs")
-        result, report = prune(model, ctx.data, config=step.prune, progress=lambda m: ctx.say("  " + m))
+        config, stopper, skipped = _planned_prune(step, ctx)
+        if skipped:
+            return StepOutput(model, StepRecord(name, Status.SKIPPED, skipped))
+        ctx.say(f"  pruning to {config.target_sparsity:.0%} over up to {config.epochs} epochs")
+        try:  # the epochs show as a bar or the heartbeat's line, not one line each
+            result, report = prune(model, ctx.data, config=config, callbacks=(stopper,) if stopper else ())
+        except StepError as exc:
+            if getattr(stopper, "stopped", None):  # stopped at the deadline before the schedule ended
+                return StepOutput(model, StepRecord(name, Status.MISSED, f"stopped at the time budget's deadline: {exc}; "
+                                                    "the model stays dense"))
+            raise
         setting, applied = f"prune {step.prune.target_sparsity:.0%}", f"prune({step.prune.target_sparsity:.2f})"
         reason = f"TF-MOT pruning: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
     else:
         ctx.say(f"  l1 = {step.l1.l1:g} over up to {step.l1.epochs} epochs, then zeroing |w| < {step.l1.threshold:g}")
-        result, report = sparsify_l1(model, ctx.data, config=step.l1, progress=lambda m: ctx.say("  " + m))
+        result, report = sparsify_l1(model, ctx.data, config=step.l1)
         setting, applied = f"l1 {step.l1.l1:g}", f"l1({step.l1.l1:g})"
         reason = f"l1 fine-tuning then zeroing: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
     value = report.after(ctx.metric)
@@ -267,6 +280,18 @@ def _prunable_left(model, tune) -> str:
     return f"nothing to prune (prunable layers: {', '.join(prunable) or 'none'}; the output layer is left dense)"
 
 
+def _planned_prune(step, ctx: RunContext):
+    """(prune config, deadline callback or None, why the step is skipped or "") of the one try under the plan."""
+    plan = ctx.plan
+    if plan is None or plan.budget is None:
+        return step.prune, None, ""
+    if not plan.search:
+        return step.prune, None, "no fine-tuning fits the time budget; the model stays dense"
+    from deploykit.pipeline.budget import search_configs
+
+    return search_configs(plan, step)[1], plan.limits.stopper(), ""
+
+
 def _try_row(stage: Stage, setting: str, value: float | None, gzip_bytes: int, ctx: RunContext, **rest) -> Try:
     """A try's row: its figure (accuracy, or a regressor's RMSE) and the change vs the original."""
     figures = changes(value, ctx)
@@ -279,10 +304,18 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     from deploykit.sparsity import search_sparsity
 
     step, name = ctx.config.sparsity, "sparsity (prune)"
+    search, prune, limits = step.search, step.prune, None
+    if ctx.plan is not None and ctx.plan.budget is not None:  # the time budget's targets, epochs, scan and deadline
+        if not ctx.plan.search:
+            return StepOutput(model, StepRecord(name, Status.SKIPPED, "no try fits the time budget; the model stays dense"))
+        from deploykit.pipeline.budget import search_configs
+
+        (search, prune), limits = search_configs(ctx.plan, step), ctx.plan.limits
     ctx.say(f"  searching the highest sparsity within the budget ({ctx.budget.describe()}): "
-            + ", ".join(f"{t:.0%}" for t in step.search.targets))
-    result, report = search_sparsity(model, ctx.data, ctx.budget, config=step.search, prune_config=step.prune,
-                                     progress=lambda m: ctx.say("  " + m), reference=ctx.original)
+            + ", ".join(f"{t:.0%}" for t in search.targets))
+    result, report = search_sparsity(model, ctx.data, ctx.budget, config=search, prune_config=prune,
+                                     progress=lambda m: ctx.say("  " + m), reference=ctx.original, limits=limits,
+                                     ray=ctx.config.search.ray)
     tries = tuple(_try_row(Stage.SPARSITY, t.setting(), getattr(t, ctx.metric.value), t.gzip_bytes, ctx, kept=t.kept,
                            note=t.note, seconds=t.seconds) for t in report.tries)
     checks = f"{ctx.budget.describe()} vs the original"
@@ -378,7 +411,8 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
         return export_int8(variant, model, ctx.folder, ctx.data, opset=step.opset,
                            metadata=metadata(model, ctx, ctx.figures.accuracy))
 
-    attempts = search_int8(variants, make, lambda record: _measure_artifact(record, record.path.name, model, ctx))
+    attempts = search_int8(variants, make, lambda record: _measure_artifact(record, record.path.name, model, ctx),
+                           allowed=_fits_plan(ctx))
     kept = chosen(attempts)
     for attempt in attempts:  # one file per variant: only the chosen one's stays (and only if it passed)
         if attempt.variant.file != kept.variant.file:
@@ -395,6 +429,13 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
                                         seconds=round(time.perf_counter() - start, 2),
                                         artifacts=[file] if row.verdict.shipped else [], checks=row.checks, detail=row.detail),
                       artifacts=(row,), tries=tries)
+
+
+def _fits_plan(ctx: RunContext):
+    """Whether one more int8 setting fits the time budget (always, without one)."""
+    if ctx.plan is None or ctx.plan.budget is None:
+        return lambda variant: True
+    return lambda variant: ctx.plan.fits(ctx.plan.export_seconds(variant.quantization))
 
 
 def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext, precision: str = "int8") -> ArtifactRow:

@@ -411,6 +411,28 @@ class EnsembleStep(_Table):
 
 
 @dataclass(frozen=True)
+class SearchPlan(_Table):
+    """How the run plans its work (``deploykit.pipeline.budget``): ``time_budget`` in minutes bounds the whole run.
+
+    The run measures what a fine-tuning epoch and an export cost on this model, plans the search within the
+    budget (fewer tries and epochs, a cheaper sensitivity scan, the most wanted artifacts first), stops a try
+    at its deadline and ships what is within the accuracy budget by then. None: the defaults, with the
+    estimated minutes said first. ``ray``: run the search's tries as Ray tasks, on this machine (``"local"``) or
+    on the cluster at that address (``pip install "deploykit[ray]"``).
+    """
+
+    TABLE = "search"
+    time_budget: float | None = None  # minutes
+    ray: str | None = None  # "local" or a Ray cluster's address: the sparsity search's tries as Ray tasks
+
+    def __post_init__(self) -> None:
+        if self.ray is not None:
+            text("search.ray", self.ray)
+        object.__setattr__(self, "time_budget", number("search.time_budget", self.time_budget, 0.0, optional=True,
+                                                       open_low=True))
+
+
+@dataclass(frozen=True)
 class ValidateStep(_Table):
     """The accuracy budget and the checks of each artifact.
 

@@ -90,19 +90,21 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     own sparsity and int8-dynamic export), calibrated and thresholded like the MC model, held to the budget."""
     import dataclasses
 
-    from deploykit.pipeline.tables import EnsembleStep
+    from deploykit.pipeline.tables import EnsembleStep, SearchPlan
     from deploykit.uncertainty import UncertaintyPredictor
     from deploykit.uncertainty.ood import load_ood
 
     step, config = ctx.config.ensemble, ctx.config
     others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
-    members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None))
+    members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None),
+                                         search=SearchPlan())  # the members share what is left of the run's budget
+    budget = {} if ctx.plan is None or ctx.plan.budget is None else {"time_budget": max(0.05, ctx.plan.left() / 60)}
     try:
         run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR,
                                 mc_samples=step.mc_samples, temperature=config.mc.temperature,
                                 target=config.mc.selective_target(), conformal=config.conformal.config(),
                                 ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
-                                config=members_config, triton=False, keras3=ctx.keras3)
+                                config=members_config, triton=False, keras3=ctx.keras3, **budget)
     except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand
         shutil.rmtree(ctx.folder / ENSEMBLE_DIR, ignore_errors=True)
         return StepOutput(model, StepRecord("ensemble", Status.MISSED, str(exc)))

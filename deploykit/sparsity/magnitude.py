@@ -38,6 +38,7 @@ def prune(
     distill: bool | None = None,
     progress: Callable[[str], None] | None = None,
     teacher: Teacher | None = None,
+    callbacks: tuple = (),
 ):
     """Prune a copy of ``model`` to ``target_sparsity`` (default 0.8) while fine-tuning on ``data``.
 
@@ -47,7 +48,8 @@ def prune(
     StepError when a pruned layer misses its target by more than
     ``config.tolerance``. With ``distill``, fine-tuning distils from ``model``
     (``teacher``: its outputs, precomputed by :func:`~deploykit.sparsity.tuning.teacher_of`
-    to share them between runs). Returns ``(pruned_model, SparsityReport)``.
+    to share them between runs). ``callbacks``: more Keras callbacks of the fine-tuning (a deadline's stop).
+    Returns ``(pruned_model, SparsityReport)``.
     """
     config = (config or PruneConfig()).with_options(
         target_sparsity=target_sparsity, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -87,7 +89,7 @@ def prune(
         return f"sparsity {sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels):.3f}"
 
     tuned = fine_tune(
-        working, data, config, callbacks=(sparsity.UpdatePruningStep(),),
+        working, data, config, callbacks=(sparsity.UpdatePruningStep(), *callbacks),
         eligible=schedule_done, status=status, progress=progress,
         teacher=(teacher or teacher_of(model, data)) if config.distill else None,
     )

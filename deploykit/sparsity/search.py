@@ -19,6 +19,7 @@ from deploykit.evaluate import Budget, Metric, score
 from deploykit.layers import support_for
 from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
+from deploykit.sparsity.deadline import SearchLimits
 from deploykit.sparsity.magnitude import prune
 from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
@@ -58,6 +59,8 @@ class SearchTry(Record):
         """``prune 90% (dense_1 93%, dense_2 84%)``: the target and, when they differ, the layers' own."""
         own = {n: t for n, t in self.layer_targets.items() if abs(t - self.target) > 5e-3}
         layers = f" ({', '.join(f'{n} {t:.0%}' for n, t in own.items())})" if own else ""
+        if len(own) > 4:  # a convnet's dozens of layers: the count (each layer's target is in the report's detail)
+            layers = f" ({len(own)} layers with their own target)"
         return f"prune {self.target:.0%}{layers}"
 
 
@@ -83,6 +86,8 @@ def search_sparsity(
     prune_config: PruneConfig | None = None,
     progress: Callable[[str], None] | None = None,
     reference=None,
+    limits: SearchLimits | None = None,
+    ray: str | None = None,
 ):
     """Prune a copy of ``model`` to the highest of ``config.targets`` within ``budget`` of its test figure.
 
@@ -96,6 +101,10 @@ def search_sparsity(
     ...) at that target, with per-layer targets from the sensitivity scan when
     ``config.sensitivity``. Returns ``(model, SearchReport)``: the kept try's model, or ``model``
     itself when no target met the budget (or no layer is left to prune: ``tries`` is then empty).
+    ``limits`` (a time budget's share, :mod:`deploykit.sparsity.deadline`): a cheaper scan, no try that cannot
+    finish in time (reported as not tried), and a try running at the deadline stopped (reported as such).
+    ``ray`` (``"local"`` or a cluster's address): every try at once as a Ray task (:mod:`deploykit.sparsity.ray_search`),
+    the same kept try as serially.
     """
     config = config or SearchConfig()
     prune_config = prune_config or PruneConfig()
@@ -105,16 +114,26 @@ def search_sparsity(
     original = score(model if reference is None else reference, data.x_test, data.y_test, data.task)
     chosen, protected = _prunable(model, data, prune_config, config.min_layer_weights)
     base = prune_config.with_options(skip_layers=tuple(dict.fromkeys((*prune_config.skip_layers, *protected))))
-    sensitivity = _sensitivity(model, data, chosen, budget) if config.sensitivity and len(chosen) > 1 else []
+    limits = limits or SearchLimits()
+    sensitivity = _scan(model, data, chosen, budget, limits, say) if config.sensitivity and len(chosen) > 1 else []
     if sensitivity:
-        say(f"sensitivity (validation {budget.metric.value} lost, one layer pruned alone to "
-            + "/".join(f"{g:.0%}" for g in LEVELS) + "): "
-            + "; ".join(f"{s.name} " + "/".join(f"{100 * d:.1f}" for d in s.drops) for s in sensitivity))
+        say(sensitivity_line(sensitivity, budget))
     teacher = teacher_of(model, data) if prune_config.distill else None
     report = SearchReport(budget, original, protected, sensitivity)
+    if ray is not None and chosen:
+        from deploykit.sparsity.ray_search import keep_first, run_tries
+
+        plans = [(t, allocate(sensitivity, t) if sensitivity else {n: t for n in chosen}) for t in config.targets]
+        results = run_tries(_try, failed_try, model, data, base, plans, teacher, original, budget.metric, say, ray)
+        return keep_first(results, report, model, say)
     for target in config.targets if chosen else ():  # every layer protected: nothing to try
         layer_targets = allocate(sensitivity, target) if sensitivity else {n: target for n in chosen}
-        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, original, budget.metric, say)
+        if not limits.next_try_fits([t.seconds for t in report.tries if t.seconds]):
+            report.tries.append(not_tried(target, layer_targets))
+            say(f"  prune {target:.0%} not tried: it cannot finish within the time budget")
+            continue
+        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, original, budget.metric, say,
+                                       limits.stopper())
         report.tries.append(attempt)
         value = getattr(attempt, budget.metric.value)
         if value is not None and budget.within(original, value):
@@ -140,25 +159,57 @@ def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[
     return [n for n in chosen if n not in protected], protected
 
 
-def _sensitivity(model, data, layers: list[str], budget: Budget) -> list[LayerSensitivity]:
-    """Prune each layer alone, one shot (smallest magnitudes to zero), and measure the validation score lost."""
+def _scan(model, data, chosen: list[str], budget: Budget, limits: SearchLimits, say) -> list[LayerSensitivity]:
+    """The sensitivity scan within ``limits``: its levels, rows and layers (the others take the target unscanned)."""
+    from deploykit import progress as live
+
+    sizes = {n: int(pruned_kernel(model.get_layer(n)).size) for n in chosen}
+    layers = limits.scan_layers(sizes)
+    levels = tuple(limits.levels or LEVELS)
+    rows = min(limits.scan_rows or len(data.x_val), len(data.x_val))
+    if len(layers) < 2:
+        return []
+    if (len(layers), levels, rows) != (len(chosen), LEVELS, len(data.x_val)):
+        say(f"sensitivity scan: {len(layers)} of {len(chosen)} layers, {len(levels)} levels, {rows} validation rows")
+    with live.task("sensitivity scan", len(layers), "layers") as bar:
+        return _sensitivity(model, data, layers, budget, levels, rows, limits, bar.update)
+
+
+def sensitivity_line(sensitivity: list[LayerSensitivity], budget: Budget, shown: int = 3) -> str:
+    """One short line: the scan's size and its most sensitive layers (the full table is in the report)."""
+    top = sorted(sensitivity, key=lambda s: -s.drops[-1])[:shown]
+    levels = "/".join(f"{g:.0%}" for g in sensitivity[0].levels)
+    return (f"sensitivity of {len(sensitivity)} layers at {levels} (validation {budget.metric.value} lost, one layer "
+            "pruned alone); most sensitive: " + ", ".join(f"{s.name} {100 * s.drops[-1]:.1f}" for s in top))
+
+
+def _sensitivity(model, data, layers: list[str], budget: Budget, levels=LEVELS, rows: int | None = None,
+                 limits: SearchLimits | None = None, done=lambda: None) -> list[LayerSensitivity]:
+    """Prune each layer alone, one shot (smallest magnitudes to zero), and measure the validation score lost.
+
+    On the first ``rows`` validation rows; a layer is not started past ``limits``' deadline (the rest go unscanned).
+    """
     copy = rebuild(model)
-    base = score(copy, data.x_val, data.y_val, data.task)
+    x_val, y_val = data.x_val[:rows], data.y_val[:rows]
+    base = score(copy, x_val, y_val, data.task)
     out = []
     for name in layers:
+        if limits is not None and limits.left() <= 0:
+            break
         layer = copy.get_layer(name)
         weights = layer.get_weights()
         k = support_for(layer, unsafe=True).pruned_kernel[1]
         kernel = weights[k]
         magnitudes = np.sort(np.abs(kernel).ravel())
         drops = []
-        for level in LEVELS:
+        for level in levels:
             cut = magnitudes[min(len(magnitudes) - 1, int(level * len(magnitudes)))]
             zeroed = np.where(np.abs(kernel) < cut, 0, kernel).astype(kernel.dtype)
             layer.set_weights([*weights[:k], zeroed, *weights[k + 1:]])
-            drops.append(max(0.0, budget.shortfall(base, score(copy, data.x_val, data.y_val, data.task))))
+            drops.append(max(0.0, budget.shortfall(base, score(copy, x_val, y_val, data.task))))
         layer.set_weights(weights)
-        out.append(LayerSensitivity(name, int(kernel.size), list(LEVELS), list(np.maximum.accumulate(drops))))
+        out.append(LayerSensitivity(name, int(kernel.size), list(levels), list(np.maximum.accumulate(drops))))
+        done()
     return out
 
 
@@ -201,19 +252,32 @@ def _level_within(s: LayerSensitivity, d: float) -> float:
     return best
 
 
-def _try(model, data, config: PruneConfig, target, layer_targets, teacher, original, metric: Metric, say):
-    """(SearchTry, pruned model or None, prune's report or None) of one target."""
+def failed_try(target: float, layer_targets: dict[str, float], note: str) -> SearchTry:
+    """The row of a try that produced no model (not started, or its task failed), saying why."""
+    return SearchTry(target, layer_targets, 0.0, None, None, 0, note=note)
+
+
+def not_tried(target: float, layer_targets: dict[str, float]) -> SearchTry:
+    """The row of a target the time budget left no room for."""
+    return failed_try(target, layer_targets, "not tried: it cannot finish within the time budget")
+
+
+def _try(model, data, config: PruneConfig, target, layer_targets, teacher, original, metric: Metric, say, stopper=None):
+    """(SearchTry, pruned model or None, prune's report or None) of one target; ``stopper`` ends it at a deadline."""
     start = time.perf_counter()
-    say(f"  try prune {target:.0%} over {config.epochs} epochs"
-        + ("" if all(abs(t - target) < 5e-3 for t in layer_targets.values()) else
-           " (" + ", ".join(f"{n} {t:.0%}" for n, t in layer_targets.items()) + ")"))
+    own = {n: t for n, t in layer_targets.items() if abs(t - target) >= 5e-3}
+    say(f"  try prune {target:.0%} over {config.epochs} epochs" + (f" ({len(own)} layers with their own target)" if own else ""))
+    stopped = "" if stopper is None else "stopped at the time budget's deadline: "
     try:
         pruned, record = prune(model, data, config=config.with_options(target_sparsity=target, layer_sparsity=layer_targets),
-                               teacher=teacher)
-    except StepError as exc:  # a layer missed its sparsity (too few steps for the schedule)
-        return SearchTry(target, layer_targets, 0.0, None, None, 0, note=str(exc),
+                               teacher=teacher, callbacks=() if stopper is None else (stopper,))
+    except StepError as exc:  # a layer missed its sparsity (too few steps for the schedule, or stopped at the deadline)
+        why = stopped if getattr(stopper, "stopped", None) else ""
+        return SearchTry(target, layer_targets, 0.0, None, None, 0, note=why + str(exc),
                          seconds=round(time.perf_counter() - start, 2)), None, None
     acc = record.accuracy_after
     attempt = SearchTry(target, layer_targets, record.sparsity, acc, None if acc is None else acc - original,
                         record.gzip_bytes_after, seconds=round(time.perf_counter() - start, 2), rmse=record.rmse_after)
+    if getattr(stopper, "stopped", None):
+        attempt.note = f"stopped at the time budget's deadline in epoch {stopper.stopped} of {config.epochs}"
     return attempt, pruned, record

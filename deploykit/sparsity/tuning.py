@@ -231,11 +231,12 @@ def fine_tune(
     loss = loss_for(model, data.task) if kind is None else distillation_loss(spec, config.temperature, config.alpha)
     model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss, metrics=[metric])
     best, lines = _callbacks(config, eligible, status, progress)
+    bar = _bar("fine-tuning", config.epochs, -(-len(data.x_train) // config.batch_size))
     history = model.fit(
         data.x_train, y_train,
         validation_data=(data.x_val, y_val),
         epochs=config.epochs, batch_size=config.batch_size, verbose=0,
-        callbacks=[*callbacks, best, lines],
+        callbacks=[*callbacks, best, lines, *([bar] if bar else [])],
     )
     return TuneResult(len(history.epoch), best.best_epoch)
 
@@ -281,3 +282,25 @@ def _callbacks(config, eligible, status, progress):
 
     best = BestEligible()
     return best, EpochLines()
+
+
+def _bar(desc: str, epochs: int, steps: int):
+    """A Keras callback advancing a :func:`deploykit.progress.task` per batch (a bar on a terminal, the heartbeat's
+    figures elsewhere); None when nothing is drawn (the API)."""
+    from deploykit import progress as live
+
+    if not live.enabled():
+        return None
+    from deploykit.backend import keras
+
+    class Bar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.task = live.task(desc, epochs * max(1, steps), "batches")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.task.update()
+
+        def on_train_end(self, logs=None):
+            self.task.close()
+
+    return Bar()

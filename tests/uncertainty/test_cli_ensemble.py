@@ -43,8 +43,11 @@ def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys):
     members = np.mean([session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test[:5]})[0] for k in (0, 1)], 0)
     np.testing.assert_allclose(mean, members, atol=1e-6)
     text = (out / "ensemble.md").read_text()
-    assert "gzip" in text and "Deterministic vs deep ensemble" in text and "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "gzip" in text and "Deterministic vs deep ensemble" in text and "wrote" in printed.out
     assert str(tmp_path) not in (out / "ensemble.json").read_text().replace(str(out), "OUT")  # no staging paths
+    # progress people can read: the members' steps, not every epoch of every member, and no temporary folder
+    assert "member 2/2" in printed.err and "epoch 1/2" not in printed.err and "deploykit-member-" not in printed.err
 
 
 @pytest.mark.slow
