@@ -98,11 +98,12 @@ def test_a_keras_layer_outside_the_table_loads_and_computes_the_same(tmp_path, s
     from deploykit.backend import keras
     from deploykit.layers import Role, support_for
 
-    m = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(2, name="memory"), keras.layers.Dense(2)])
-    save_model(m, tmp_path / f"lstm{suffix}")
-    loaded = load_model(tmp_path / f"lstm{suffix}")
+    m = keras.Sequential([keras.Input((5, 4, 3)), keras.layers.ConvLSTM1D(2, 3, name="memory"), keras.layers.Flatten(),
+                          keras.layers.Dense(2)])
+    save_model(m, tmp_path / f"convlstm{suffix}")
+    loaded = load_model(tmp_path / f"convlstm{suffix}")
     assert support_for(loaded.get_layer("memory")).role is Role.OTHER
-    x = np.random.default_rng(0).normal(size=(4, 5, 3)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(4, 5, 4, 3)).astype("float32")
     assert np.abs(loaded(x).numpy() - m(x).numpy()).max() == 0.0
 
 
