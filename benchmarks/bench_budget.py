@@ -46,6 +46,7 @@ DIGITS_MODEL = ROOT / "models" / "digits_default.keras"
 BUDGET = 0.01
 TARGET_RATIO = 12.0
 KINDS = ("bn_elu_dropout", "selu_alphadropout")
+RESULTS_NAME = ["budget"]  # benchmarks/results/<name>.md / .json (--results)
 
 
 def say(message: str) -> None:
@@ -354,7 +355,7 @@ def write_results(name: str, results: dict, text: str, quiet: bool) -> None:
 
 def _save(results: dict) -> None:
     """Write what is measured so far (a long run stopped part-way still leaves its figures)."""
-    write_results("budget", results, markdown(results), quiet=True)
+    write_results(RESULTS_NAME[0], results, markdown(results), quiet=True)
 
 
 def _kept_target(entry: dict) -> float | None:
@@ -473,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tfmot-seeds", type=int, default=1, help="runs per model compared with TF-MOT's recipe (default 1)")
     p.add_argument("--tfmot-one", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--check-one", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--results", default="budget", help="results file name in benchmarks/results (default budget)")
     p.add_argument("--no-digits", action="store_true", help="skip the shipped digits model's run")
     p.add_argument("--tabular", action=argparse.BooleanOptionalAction, default=True,
                    help="the breast_cancer case (default on)")
@@ -480,13 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_one:
         _check_one(*args.check_one)
         return 0
+    RESULTS_NAME[0] = args.results
     if args.tfmot_one:
         model, data, sparsity, epochs, out = args.tfmot_one
         _tfmot_one(model, data, float(sparsity), int(epochs), out)
         return 0
     results = run(args.seeds, tuple(k for k in args.kinds.split(",") if k), args.distill_epochs, args.tfmot_seeds,
                   digits=not args.no_digits, tabular=args.tabular)
-    write_results("budget", results, markdown(results), quiet=False)
+    write_results(RESULTS_NAME[0], results, markdown(results), quiet=False)
     return 0
 
 
