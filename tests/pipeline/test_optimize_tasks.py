@@ -107,7 +107,8 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
     assert report["model"]["task"] == "classification" and report["model"]["output"] == "logits"
     files = {a["file"] for a in _shipped(report)}
     assert {"model.onnx", "model.tflite", "model_int8-dynamic.onnx", "model_int8-full.tflite"} <= files
-    for name in ("model.onnx", "model_int8-dynamic.onnx"):
+    # int8-dynamic is decided on diabetes' 66 validation rows now (issue 22), where it may miss: named when shipped
+    for name in ("model.onnx", *(["model_int8-dynamic.onnx"] if (out / "model_int8-dynamic.onnx").exists() else [])):
         proto = onnx.load(str(out / name))
         assert [o.name for o in proto.graph.output] == [LOGITS_NAME, OUTPUT_NAME]
         assert read_metadata(proto).task == {"task": "classification", "output": "logits"}
@@ -136,7 +137,8 @@ def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_pa
     original = report["original"]["rmse"]
     for row in shipped:
         assert row["accuracy"] is None and row["rmse"] <= original * 1.05 + 1e-9
-    for name in ("model.onnx", "model_int8-dynamic.onnx"):
+    # int8-dynamic is decided on diabetes' 66 validation rows now (issue 22), where it may miss: named when shipped
+    for name in ("model.onnx", *(["model_int8-dynamic.onnx"] if (out / "model_int8-dynamic.onnx").exists() else [])):
         proto = onnx.load(str(out / name))
         assert [o.name for o in proto.graph.output] == [PREDICTION_NAME]
         assert read_metadata(proto).task == {"task": "regression", "output": "values"}
