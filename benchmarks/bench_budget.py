@@ -405,6 +405,11 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(value):
+    """A figure, or None (JSON keeps ``False`` where ``kept and ...`` found no try)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _ci(points) -> str:
     return "—" if not points else f"[{points[0]:+.2f}, {points[1]:+.2f}]"
 
@@ -418,7 +423,7 @@ def _trust_row(name, seed, e: dict) -> str:
     t = e.get("temperature") or {}
     temp = "—" if t.get("kept") is None else (f"T = {t['value']:.3g} kept" if t["kept"] else
                                               f"T = 1 (fitted {t['fitted']:.3g})" if t.get("fitted") else "T = 1")
-    return (f"| {name} | {seed} | {e.get('kept_sparsity', '—')} | {_f(e.get('kept_val_change_points') or None, '+.2f')} "
+    return (f"| {name} | {seed} | {e.get('kept_sparsity', '—')} | {_f(_number(e.get('kept_val_change_points')), '+.2f')} "
             f"{_ci(e.get('kept_val_ci95_points'))} | {e.get('smallest') or '—'}: {_f(smallest.get('change_points'), '+.2f')} "
             f"{_ci(smallest.get('ci95_points'))} | {', '.join(e.get('test_misses') or []) or '—'} | {temp} "
             f"| {_f(max(float32) if float32 else None, '.1e')} | {_f(worst_nll and 100 * worst_nll, '+.1f')}% |")
