@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.errors import StepError, UnsupportedLayerError
+from deploykit.errors import DataError, StepError, UnsupportedLayerError
 from deploykit.pipeline.records import Status, StepOutput, StepRecord
 from deploykit.task import Task, is_softmax_spec
 
@@ -38,7 +38,14 @@ def temperature_step(model, ctx) -> StepOutput:
                                             "(its MC model's std scale is checked the same way)"))
     if len(ctx.data.x_val) == 0:
         return StepOutput(model, StepRecord("temperature", Status.SKIPPED, "no validation split to fit it on"))
-    decision = check_temperature(ctx.data.y_val, main_outputs(outputs(model, ctx.data.x_val), ctx.kind))
+    probs = np.asarray(main_outputs(outputs(model, ctx.data.x_val), ctx.kind), np.float64)
+    if probs.ndim == 2 and probs.shape[1] == 1:  # a binary sigmoid head: p(1) as [p(0), p(1)] (sigmoid(z / T) alike)
+        probs = np.concatenate([1 - probs, probs], axis=1)
+    try:
+        decision = check_temperature(np.asarray(ctx.data.y_val).reshape(len(probs), -1).argmax(1)
+                                     if np.ndim(ctx.data.y_val) == 2 else ctx.data.y_val, probs)
+    except DataError as exc:  # outputs or labels a temperature does not apply to: the model goes on as it is
+        return StepOutput(model, StepRecord("temperature", Status.SKIPPED, f"no temperature: {exc}"))
     ctx.say("  " + decision.line())
     if not decision.kept:
         return StepOutput(model, StepRecord("temperature", Status.DONE, decision.line(), detail=decision))
@@ -122,4 +129,7 @@ def _nll(model, ctx) -> float:
     from deploykit.uncertainty.temperature import _nll
 
     probs = main_outputs(outputs(model, ctx.data.x_test), ctx.kind).astype(np.float64)
-    return _nll(np.asarray(ctx.data.y_test), probs)
+    if probs.ndim == 2 and probs.shape[1] == 1:
+        probs = np.concatenate([1 - probs, probs], axis=1)
+    y = np.asarray(ctx.data.y_test)
+    return _nll(y.argmax(1) if y.ndim == 2 else y.astype(np.int64), probs)
