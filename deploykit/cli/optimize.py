@@ -66,8 +66,9 @@ def register(sub) -> None:
     p.add_argument("--ensemble-mc-samples", type=int, default=None, metavar="T",
                    help="MC Dropout inside each ensemble member: T samples each (default: deterministic members)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
-                   help="the accuracy budget: test accuracy at most D below the original model's, for every kept model and "
-                   "shipped artifact (a fraction: default 0.01 = one point); classifiers")
+                   help="the accuracy budget: accuracy at most D below the original model's, for every kept model and "
+                   "shipped artifact, decided on the validation split and confirmed on the test split (a fraction: "
+                   "default 0.01 = one point); classifiers")
     p.add_argument("--max-rmse-increase", type=float, default=None, metavar="F",
                    help="a regressor's budget: test RMSE at most this fraction above the original model's, for every kept "
                    "model and shipped artifact (default 0.05 = 5%%)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,6 +25,8 @@ from typing import Any
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer, names, number, text
 from deploykit.errors import ConfigError, UsageError
 from deploykit.task import Task
+
+log = logging.getLogger(__name__)
 
 #: Opsets tf2onnx 1.17 converts to and onnxruntime runs.
 MIN_OPSET, MAX_OPSET = 13, 18
@@ -110,6 +113,7 @@ class VariantSpec:
     description: str
     calibrated: bool = False  # needs calibration data
     fixed: dict[str, Any] = field(default_factory=dict)  # QuantConfig fields this variant sets
+    takes_exclude: bool = False  # QuantConfig.exclude applies (others ignore it, said in one log line)
 
 
 _ONNX, _TFLITE, _BOTH = (ExportFormat.ONNX,), (ExportFormat.TFLITE,), (ExportFormat.ONNX, ExportFormat.TFLITE)
@@ -121,16 +125,17 @@ VARIANTS = MappingProxyType({
                                       "float16 weights; float32 input and output"),
     Quantization.INT8_DYNAMIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_DYNAMIC,
                                            "int8 weights, activations quantized at run time (onnxruntime "
-                                           "quantize_dynamic); convolutions stay float32"),
+                                           "quantize_dynamic); convolutions stay float32", takes_exclude=True),
     Quantization.INT8_STATIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
                                           "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
-                                          calibrated=True),
+                                          calibrated=True, takes_exclude=True),
     Quantization.INT8_STATIC_PER_TENSOR: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
                                                      "int8-static with one weight scale per tensor (for runtimes "
                                                      "without per-channel kernels)", calibrated=True,
-                                                     fixed={"per_channel": False}),
+                                                     fixed={"per_channel": False}, takes_exclude=True),
     Quantization.INT8_FULL: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_FULL,
-                                        "full-integer int8 kernels, calibrated on a representative dataset", calibrated=True),
+                                        "full-integer int8 kernels, calibrated on a representative dataset", calibrated=True,
+                                        takes_exclude=True),
     Quantization.INT8_WEIGHTS: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_WEIGHTS,
                                            "dynamic range: int8 weights, float activations"),
 })
@@ -193,18 +198,28 @@ class QuantConfig(Config):
     exclude: tuple[str, ...] = ()  # nodes or layers left in float
     int8_io: bool = False  # int8-full TFLite: int8 input and output tensors
     seed: int = 42  # draws the calibration samples
+    fold: bool = True  # fold BatchNorm and the input standardization into the kernels first (optimize --no-fold: false)
+    standardize_input: bool = False  # a float standardization in front of the first Dense layer (raw tabular features)
 
     def __post_init__(self) -> None:
         boolean("per_channel", self.per_channel)
         boolean("int8_io", self.int8_io)
+        boolean("fold", self.fold)
+        boolean("standardize_input", self.standardize_input)
         object.__setattr__(self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method))
         integer("num_calibration", self.num_calibration, 1)
         integer("seed", self.seed, 0, SEED_MAX)
         object.__setattr__(self, "exclude", names("exclude", self.exclude, split=True))
 
     def for_variant(self, quantization: Quantization) -> QuantConfig:
-        """These knobs with the ones ``quantization`` fixes applied."""
-        return dataclasses.replace(self, **quantization.spec.fixed) if quantization.spec.fixed else self
+        """These knobs with the ones ``quantization`` fixes applied; ``exclude`` dropped, with one log line, by a
+        variant that does not take it (float32, float16, TFLite int8-weights: nothing of theirs is quantized per node)."""
+        knobs = dataclasses.replace(self, **quantization.spec.fixed) if quantization.spec.fixed else self
+        if knobs.exclude and not quantization.spec.takes_exclude:
+            log.info("exclude (%s) applies to %s; %s ignores it", ", ".join(knobs.exclude),
+                     ", ".join(q.value for q in Quantization if q.spec.takes_exclude), quantization.value)
+            knobs = dataclasses.replace(knobs, exclude=())
+        return knobs
 
 
 class InstanceKind(enum.Enum):

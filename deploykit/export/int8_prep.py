@@ -29,6 +29,14 @@ fixture: 96% -> 11% accuracy. :func:`prepare_for_int8` therefore
    model: multipliers up to 99,000 in the first layer; with only those
    scales edited, it crashes from 256.0 on and loads below.
 
+Raw tabular features break the first of these: features from 0.001 to 4,000 folded into the first
+kernel leave its rows (and its input tensor) on scales 10^6 apart, which one int8 scale per tensor
+cannot hold (breast_cancer: -29 points). ``standardize=True`` (an int8-search fallback) therefore puts
+a float standardization back in front of the first Dense layer, from the calibration data's mean and
+std, and scales that layer's kernel rows to match (exact: ``W x + b = (diag(s) W) ((x - m) / s) + (b + m W)``);
+the exporters keep that layer in float (:data:`STANDARDIZATION`), so the first quantized layer takes
+inputs of one scale. ``fold=False`` (the pipeline's ``--no-fold``) folds nothing at all.
+
 The prepared model is only the input of the int8 converters; validation
 compares the int8 artifact with the original model.
 """
@@ -61,6 +69,8 @@ MAX_PATCHES = 8192
 MAX_PATCH_VALUES = 1 << 22
 #: ... and never fewer than this many (each column's clip is fitted on at least this many rows).
 MIN_PATCHES = 512
+#: The float standardization ``standardize=True`` puts in front of the first Dense layer (kept float by the exporters).
+STANDARDIZATION = "int8_input_standardization"
 
 
 @dataclass
@@ -114,23 +124,67 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
     return x
 
 
-def prepare_for_int8(model, calibration: np.ndarray, *, through_dropout: bool = True) -> tuple[object, Int8Preparation]:
+def prepare_for_int8(model, calibration: np.ndarray, *, through_dropout: bool = True, fold: bool = True,
+                     standardize: bool = False) -> tuple[object, Int8Preparation]:
     """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed.
 
     ``through_dropout=False`` (an MC Dropout model's preparation): no BatchNorm is folded across a
-    dropout, whose samples would then no longer drop the folded shift with its unit.
+    dropout, whose samples would then no longer drop the folded shift with its unit. ``fold=False``: nothing
+    is folded (BatchNorm and Normalization stay layers). ``standardize``: a float standardization of the first
+    Dense layer's input goes in front of it (see the module's docstring); it folds the model's own first.
     """
     from deploykit.fold import fold_batchnorm
-    from deploykit.graph import graph_from_model, to_keras
+    from deploykit.graph import copy_model, graph_from_model, to_keras
 
-    folded, report = fold_batchnorm(model, through_dropout=through_dropout)
+    if fold or standardize:
+        folded, report = fold_batchnorm(model, through_dropout=through_dropout)
+    else:
+        folded, report = copy_model(model, unsafe=True), None
+    if standardize:
+        folded = to_keras(_standardized(graph_from_model(folded, unsafe=True), folded, calibration))
     graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
     specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
     clipped = [_clip_rows(spec, rows, in_scale) for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))]
     prepared = to_keras(graph)
     diff = np.abs(np.asarray(prepared(calibration, training=False)) - np.asarray(model(calibration, training=False)))
-    folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded]
-    return prepared, Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))
+    folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded] if report else []
+    prep = Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))
+    if standardize:
+        prep.steps.insert(0, "float_input_standardization")
+    return prepared, prep
+
+
+def _standardized(graph, model, calibration: np.ndarray):
+    """``graph`` with a float Normalization (calibration mean and std) in front of its first Dense layer, whose
+    kernel rows and bias absorb it exactly. A first kernel layer that is not a Dense one is a StepError (that int8 try fails, not the run)."""
+    from deploykit.errors import StepError
+    from deploykit.graph import LayerSpec, Node
+    from deploykit.layers import Role
+
+    first = next((n for n in graph.nodes if n.spec.support.prunable), None)
+    if first is None or first.spec.support.role is not Role.DENSE or len(first.inputs) != 1:
+        raise StepError("a float input standardization goes in front of a first Dense layer; this model's first "
+                         f"kernel layer is {first.spec.class_name if first else 'missing'}")
+    from deploykit.backend import keras
+
+    probe = keras.Model(model.inputs, model.get_layer(first.name).input)
+    h = np.concatenate([np.asarray(probe(calibration[i:i + 256], training=False)) for i in range(0, len(calibration), 256)])
+    h = h.reshape(-1, h.shape[-1]).astype(np.float64)
+    mean, std = h.mean(axis=0), h.std(axis=0)
+    # a constant feature is only centred; a near-constant one (a border pixel) is not blown up past 1% of the typical
+    floor = 0.01 * float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
+    std = np.where(std > 0, np.maximum(std, floor), 1.0)
+    kernel, *rest = first.spec.weights
+    bias = rest[0].astype(np.float64) if first.spec.config.get("use_bias", True) else np.zeros(kernel.shape[-1])
+    first.spec.weights = [(kernel.astype(np.float64) * std[:, None]).astype(np.float32),
+                          (bias + mean @ kernel.astype(np.float64)).astype(np.float32)]
+    first.spec.config["use_bias"] = True
+    norm = LayerSpec("Normalization", {"name": STANDARDIZATION, "axis": -1, "mean": mean.astype(np.float32).tolist(),
+                                       "variance": (std ** 2).astype(np.float32).tolist(), "dtype": "float32"})
+    graph.nodes.insert(graph.nodes.index(first), Node(norm, list(first.inputs), first.shape[:-1] + (h.shape[-1],)
+                                                       if first.shape else None))
+    first.inputs = [STANDARDIZATION]
+    return graph
 
 
 def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> list[tuple[np.ndarray, float]]:
@@ -165,16 +219,18 @@ def _patch_count(spec) -> int:
     return int(min(MAX_PATCHES, max(MIN_PATCHES, MAX_PATCH_VALUES // max(1, fan_in))))
 
 
-def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int):
+def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int, *, fold: bool = True,
+                standardize: bool = False):
     """What an exporter converts: ``(model, calibration samples or None, Int8Preparation or None)``.
 
     With calibration data and an int8 target, ``n`` samples are drawn and the
-    model goes through :func:`prepare_for_int8`; otherwise the model is used as it is.
+    model goes through :func:`prepare_for_int8` (``fold``, ``standardize``: its options); otherwise the
+    model is used as it is.
     """
     if data is None or not int8:
         return model, None, None
     calibration = calibration_samples(data, n, input_shape, seed)
-    source, prep = prepare_for_int8(model, calibration)
+    source, prep = prepare_for_int8(model, calibration, fold=fold, standardize=standardize)
     return source, calibration, prep
 
 

@@ -76,7 +76,8 @@ def export_onnx(
     given = task if task is not None else (metadata.task_and_output()[0] if metadata and metadata.task else None)
     task, kind = model_task(model, task=given)
     source, calibration, prep = int8_source(model, as_calibration(calibration_data), quant.precision is Precision.INT8,
-                                            knobs.num_calibration, input_shape, knobs.seed)
+                                            knobs.num_calibration, input_shape, knobs.seed,
+                                            fold=knobs.fold, standardize=knobs.standardize_input)
     proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
     num_classes = _main_width(proto)
     proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))

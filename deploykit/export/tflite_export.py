@@ -70,14 +70,13 @@ def export_tflite(
         raise UsageError(f"int8_io needs full-integer quantization ('int8-full'), not {quant.value!r}")
     if quant.spec.recipe is Recipe.TFLITE_FULL and knobs.calibration_method is not CalibrationMethod.MINMAX:
         raise UsageError(f"TFLite's converter calibrates with min/max only, not {knobs.calibration_method.value!r}")
-    if knobs.exclude and quant.spec.recipe is not Recipe.TFLITE_FULL:
-        raise UsageError(f"exclude applies to 'int8-full' TFLite (its float fallback), not {quant.value!r}")
     if quant.needs_calibration and representative_data is None:
         raise UsageError("full-integer int8 TFLite needs representative_data (training inputs or a Dataset) to calibrate")
     start = time.perf_counter()
     _, kind = model_task(model, task=task)
     source, calibration, prep = int8_source(model, as_calibration(representative_data), quant.precision is Precision.INT8,
-                                            knobs.num_calibration, input_shape, knobs.seed)
+                                            knobs.num_calibration, input_shape, knobs.seed,
+                                            fold=knobs.fold, standardize=knobs.standardize_input)
     flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
@@ -177,8 +176,11 @@ def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io:
     calibrated = converter.convert()
     denylisted = [t for t in _tensor_names(calibrated) if set(exclude) & set(t.replace(";", "/").split("/"))]
     io = tf.int8 if int8_io else tf.float32
+    # float input and output unless int8 ones are asked for: a fully quantized graph would quantize the raw input
+    # to int8 before an excluded first layer (the float input standardization of raw tabular features, int8_prep)
     return convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,
-                                 fully_quantize=True, input_data_type=io, output_data_type=io, denylisted_nodes=denylisted)
+                                 fully_quantize=int8_io, input_data_type=io, output_data_type=io,
+                                 denylisted_nodes=denylisted)
 
 
 def _tensor_names(flat: bytes) -> list[str]:

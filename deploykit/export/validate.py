@@ -71,6 +71,7 @@ class ValidationReport(Record):
     target_errors: RegressionErrors | None = None  # ... and against the test targets (its RMSE is the score)
     reference_rmse: float | None = None  # the Keras reference's test RMSE against the targets
     per_output: dict | None = None  # several outputs (deploykit.multi_io): each one's figures, each held to the tolerance
+    outputs: np.ndarray | None = field(default=None, repr=False)  # the artifact's outputs on the split (not in JSON)
     latency_b1_ms: float | None = field(init=False)
     throughput_b256: float | None = field(init=False)
     passed: bool = field(init=False)
@@ -161,6 +162,7 @@ def validate(
         report = _regression_report(head, measured.outputs, ref, y, size, gz, timings, tol, data.layout)
     else:
         report = _classification_report(head, measured.outputs, ref, y, opened.reference_accuracy, size, gz, timings, tol)
+    report.outputs = measured.outputs  # paired intervals against the original need the rows, not only the figure
     if reference is None:  # nothing to compare with: what the artifact, the data and the file's metadata allow
         report.mismatches += without_reference(report, measured.outputs, tol)
         report.passed = not report.mismatches

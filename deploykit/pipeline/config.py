@@ -36,7 +36,7 @@ A TOML file has one table per step (every key optional)::
     ray = "local"            # optional: the sparsity search's tries as Ray tasks ("local" or a cluster's address)
     [validate]
     enabled = true
-    max_accuracy_drop = 0.01 # the accuracy budget of a classifier, vs the original model on the test split
+    max_accuracy_drop = 0.01 # a classifier's budget vs the original model: decided on validation, confirmed on test
     max_rmse_increase = 0.05 # a regressor's budget: test RMSE at most 5% above the original model's
 
 Unknown keys are a ConfigError naming the key and the keys allowed there.

@@ -16,6 +16,7 @@ from typing import Any
 
 from deploykit.errors import DeployKitError, UsageError
 from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization
+from deploykit.export.int8_prep import STANDARDIZATION
 
 #: More calibration samples than configured, for the second static try (capped by the training split).
 MORE_CALIBRATION = 4
@@ -42,31 +43,67 @@ class Int8Variant:
 
 
 def int8_variants(fmt: ExportFormat, requested: Quantization, knobs: QuantConfig, layers: list[str],
-                  taken: set[Quantization]) -> list[Int8Variant]:
+                  taken: set[Quantization], dense_first: bool = True, raw_scales: bool = False) -> list[Int8Variant]:
     """The settings tried for one requested int8 variant, in order: as configured first, then the fallbacks.
 
-    Static (ONNX QDQ, TFLite full integer): four times the calibration samples, then entropy
-    (ONNX) calibration, then the first and last layers left in float. Then the format's other int8
-    variants not requested on their own (``taken``): ONNX dynamic per channel, TFLite dynamic range
-    (int8 weights, float activations: the most accurate). ``layers``: the model's prunable layer
-    names, first to last.
+    Static (ONNX QDQ, TFLite full integer): four times the calibration samples, then entropy (ONNX)
+    calibration, then the first and last layers left in float. Then, when the first prunable layer is a
+    Dense one (``dense_first``), the inputs standardized in float in front of it (see
+    deploykit.export.int8_prep). With ``raw_scales`` (input features on scales far apart: raw tabular data,
+    see :func:`raw_scales`) that standardization comes second instead and every later try keeps it: without
+    it int8 is worthless there, and on images it costs size (a float layer, float input and output). Then
+    the format's other int8 variants not requested on their own (``taken``): ONNX dynamic per channel, TFLite
+    dynamic range (int8 weights, float activations: the most accurate). ``layers``: the model's prunable
+    layer names, first to last.
     """
-    first = Int8Variant(fmt, requested, knobs)
-    tries = [first]
-    if requested.needs_calibration:
-        more = dataclasses.replace(knobs, num_calibration=MORE_CALIBRATION * knobs.num_calibration)
-        tries.append(Int8Variant(fmt, requested, more, f"{MORE_CALIBRATION}x calibration"))
-        if fmt is ExportFormat.ONNX and knobs.calibration_method is not CalibrationMethod.ENTROPY:
-            tries.append(Int8Variant(fmt, requested, dataclasses.replace(more, calibration_method=CalibrationMethod.ENTROPY),
-                                     f"{MORE_CALIBRATION}x calibration, entropy"))
-        ends = tuple(dict.fromkeys([layers[0], layers[-1]])) if layers else ()
-        if ends and not set(ends) <= set(knobs.exclude):
-            kept = dataclasses.replace(more, exclude=tuple(dict.fromkeys([*knobs.exclude, *ends])))
-            tries.append(Int8Variant(fmt, requested, kept, f"{', '.join(ends)} kept in float"))
+    tries = [Int8Variant(fmt, requested, knobs)]
+    standardized = None
+    if dense_first and not knobs.standardize_input:
+        kept_float = (*knobs.exclude, STANDARDIZATION) if requested.spec.takes_exclude and requested.needs_calibration \
+            else knobs.exclude
+        standardized = Int8Variant(fmt, requested, dataclasses.replace(knobs, standardize_input=True, exclude=kept_float),
+                                   "inputs standardized in float")
+    if standardized is not None and raw_scales:
+        tries.append(standardized)
+        knobs = standardized.knobs  # every later try keeps it
+    tries += _calibration_tries(fmt, requested, knobs, layers)
+    if standardized is not None and not raw_scales:
+        tries.append(standardized)
     others = [q for q in Quantization if fmt in q.formats and q.precision is requested.precision
               and q is not requested and q not in taken and not q.needs_calibration]
-    tries += [Int8Variant(fmt, q, knobs, "fallback") for q in others]
+    plain = dataclasses.replace(knobs, exclude=tuple(n for n in knobs.exclude if n != STANDARDIZATION))
+    tries += [Int8Variant(fmt, q, plain, "fallback") for q in others]
     return tries
+
+
+def _calibration_tries(fmt: ExportFormat, requested: Quantization, knobs: QuantConfig, layers: list[str]):
+    """A static variant's further tries: more calibration samples, entropy (ONNX), the end layers in float."""
+    if not requested.needs_calibration:
+        return []
+    more = dataclasses.replace(knobs, num_calibration=MORE_CALIBRATION * knobs.num_calibration)
+    tries = [Int8Variant(fmt, requested, more, f"{MORE_CALIBRATION}x calibration")]
+    if fmt is ExportFormat.ONNX and knobs.calibration_method is not CalibrationMethod.ENTROPY:
+        tries.append(Int8Variant(fmt, requested, dataclasses.replace(more, calibration_method=CalibrationMethod.ENTROPY),
+                                 f"{MORE_CALIBRATION}x calibration, entropy"))
+    ends = tuple(dict.fromkeys([layers[0], layers[-1]])) if layers else ()
+    if ends and not set(ends) <= set(knobs.exclude):
+        kept = dataclasses.replace(more, exclude=tuple(dict.fromkeys([*knobs.exclude, *ends])))
+        tries.append(Int8Variant(fmt, requested, kept, f"{', '.join(ends)} kept in float"))
+    return tries
+
+
+#: Input features whose largest standard deviation is this many times their median are raw tabular data
+#: (breast_cancer: 7,800; digits: 1.5; Fashion-MNIST pixels: 1.3).
+RAW_SCALE_RATIO = 100.0
+
+
+def raw_scales(feature_var) -> bool:
+    """Whether input features (their training variances) sit on scales far apart: raw tabular data."""
+    import numpy as np
+
+    std = np.sqrt(np.asarray(feature_var, np.float64).ravel())
+    std = std[std > 0]
+    return bool(std.size) and float(std.max() / np.median(std)) > RAW_SCALE_RATIO
 
 
 def export_int8(variant: Int8Variant, model, folder: Path, data, *, opset: int, metadata=None):

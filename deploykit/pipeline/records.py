@@ -48,6 +48,17 @@ class ModelFigures(Record):
 
 
 @dataclass
+class SplitFigure(Record):
+    """A model's figure on one split against the original's on the same rows: the change and its paired 95% interval."""
+
+    split: str  # "validation" (where the budget is decided) or "test" (where it is confirmed, once)
+    value: float  # accuracy, or a regressor's RMSE
+    change: float  # accuracy change (0.01 = one point), or the RMSE change as a fraction of the original's
+    ci95: list[float]  # [low, high] of the change (deploykit.stats)
+    within: bool  # within the budget by the accept rule (validation) or the point estimate (test)
+
+
+@dataclass
 class LayerSparsityRow(Record):
     """One Dense layer's kernel at one point of the pipeline (for the per-layer sparsity plot)."""
 
@@ -83,6 +94,8 @@ class ArtifactRow(Record):
     rmse: float | None = None  # a regressor's test RMSE against the targets (accuracy and agreement are then None)
     rmse_change: float | None = None  # vs the original model's, as a fraction of it (0.05 = 5% more error)
     max_abs_error: float | None = None  # a regressor's largest |prediction - target| on the test split
+    ci95: list[float] | None = None  # 95% interval of the paired test change (accuracy_change or rmse_change)
+    validation: SplitFigure | None = None  # the same figure on the validation split, where the budget was decided
 
 
 @dataclass
@@ -98,6 +111,7 @@ class StepRecord(Record):
     artifacts: list[str] = field(default_factory=list)  # files it wrote
     checks: str = ""  # the figure it was validated on
     detail: Any = None  # the step function's own typed record (made JSON only in the report)
+    ci95: list[float] | None = None  # 95% interval of the paired test change after vs before (model-changing steps)
 
 
 @dataclass
@@ -106,14 +120,16 @@ class Try(Record):
 
     stage: Stage
     setting: str  # e.g. "prune 90% (dense_1 93%, dense_2 84%)", "tflite int8 (1200 calibration samples)"
-    accuracy: float | None  # test split (None: it could not be measured, e.g. the runtime crashed)
-    accuracy_change: float | None  # vs the original model (0.01 = one point)
+    accuracy: float | None  # validation split, where tries are decided (None: not measured, e.g. a crash)
+    accuracy_change: float | None  # vs the original model on the same rows (0.01 = one point)
     gzip_bytes: int  # .keras gzip for sparsity tries, the artifact's gzip for int8 tries
     kept: bool  # met the budget and was chosen
     note: str = ""  # why not kept, or what was kept in float
     seconds: float = 0.0
-    rmse: float | None = None  # a regressor's test RMSE (accuracy is then None)
+    rmse: float | None = None  # a regressor's validation RMSE (accuracy is then None)
     rmse_change: float | None = None  # vs the original model's, as a fraction of it
+    ci95: list[float] | None = None  # 95% interval of the paired validation change
+    split: str = "validation"
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from deploykit.pipeline.records import ArtifactRow, StepRecord, Status, Try, Ver
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
-COLUMNS = ("artifact", "format", "quantization", "sparsity", "size", "gzip", "compression", "accuracy", "Δ acc",
-           "agreement", "b1 latency", "b256 throughput", "validation")
+COLUMNS = ("artifact", "format", "quantization", "sparsity", "size", "gzip", "compression", "accuracy",
+           "Δ acc (95% CI)", "val Δ acc (95% CI)", "agreement", "b1 latency", "b256 throughput", "validation")
 #: A regressor's table: RMSE and its change, and the largest error against the targets, instead of accuracy.
-REGRESSION_COLUMNS = (*COLUMNS[:7], "RMSE", "Δ RMSE", "max abs error", *COLUMNS[10:])
+REGRESSION_COLUMNS = (*COLUMNS[:7], "RMSE", "Δ RMSE (95% CI)", "val Δ RMSE (95% CI)", "max abs error", *COLUMNS[11:])
 
 
 def _size(n: int) -> str:
@@ -42,6 +42,20 @@ def _signed_pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:+.1f}%"
 
 
+def with_ci(v: float | None, ci: Sequence[float] | None, regression: bool = False) -> str:
+    """``-0.55 pt [-1.80, +0.70]`` / ``+3.0% [-1.2%, +7.5%]``: a change and its paired 95% interval."""
+    if v is None:
+        return "—"
+    if regression:
+        return _signed_pct(v) + ("" if ci is None else f" [{100 * ci[0]:+.1f}%, {100 * ci[1]:+.1f}%]")
+    return _signed_points(v) + ("" if ci is None else f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]")
+
+
+def _val_cell(r: ArtifactRow, regression: bool) -> str:
+    v = r.validation
+    return "—" if v is None else with_ci(v.change, v.ci95, regression)
+
+
 def is_regression(rows: Sequence[ArtifactRow]) -> bool:
     """A regressor's rows carry an RMSE (the reference row always has its figure)."""
     return any(r.rmse is not None for r in rows)
@@ -53,8 +67,8 @@ def columns_for(rows: Sequence[ArtifactRow]) -> tuple[str, ...]:
 
 def artifact_cells(r: ArtifactRow, regression: bool = False) -> list[str]:
     """One table row as text (a regressor's: RMSE, its change and the max abs error where a classifier's has accuracy)."""
-    figures = [_number(r.rmse), _signed_pct(r.rmse_change), _number(r.max_abs_error)] if regression else \
-        [_pct(r.accuracy), _signed_points(r.accuracy_change), _pct(r.agreement)]
+    figures = [_number(r.rmse), with_ci(r.rmse_change, r.ci95, True), _val_cell(r, True), _number(r.max_abs_error)] \
+        if regression else [_pct(r.accuracy), with_ci(r.accuracy_change, r.ci95), _val_cell(r, False), _pct(r.agreement)]
     return [
         r.file, f"{r.format} ({r.runtime})", r.quantization, _pct(r.sparsity, 1), _size(r.size_bytes), _size(r.gzip_bytes),
         f"{r.compression:.1f}x", *figures,
@@ -87,8 +101,10 @@ def step_cells(s: StepRecord) -> list[str]:
     """What a step bought and cost: accuracy, parameters, .keras gzip size, seconds."""
     b, a = s.before, s.after
     if b is not None and a is not None:
-        acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt)" \
-            if b.rmse is None else f"RMSE {b.rmse:.4g} → {a.rmse:.4g} ({100 * (a.rmse / b.rmse - 1) if b.rmse else 0.0:+.1f}%)"
+        ci = "" if s.ci95 is None else (f" [{100 * s.ci95[0]:+.2f}, {100 * s.ci95[1]:+.2f}]" if b.rmse is None else
+                                        f" [{100 * s.ci95[0]:+.1f}%, {100 * s.ci95[1]:+.1f}%]")
+        acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt{ci})" \
+            if b.rmse is None else f"RMSE {b.rmse:.4g} → {a.rmse:.4g} ({100 * (a.rmse / b.rmse - 1) if b.rmse else 0.0:+.1f}%{ci})"
         params = f"{b.params:,} → {a.params:,}"
         macs = f"{b.kernel_weights:,} → {a.kernel_weights:,}"
         size = f"{_size(b.keras_gzip_bytes)} → {_size(a.keras_gzip_bytes)}"
@@ -99,25 +115,25 @@ def step_cells(s: StepRecord) -> list[str]:
     return [s.step, s.status.value, f"{s.seconds:.1f} s", acc, sparsity, params, macs, size, note]
 
 
-STEP_COLUMNS = ("step", "status", "time", "test accuracy / RMSE", "sparsity", "parameters", "kernel weights", ".keras gzip", "what it did")
+STEP_COLUMNS = ("step", "status", "time", "test accuracy / RMSE [95% CI of the change]", "sparsity", "parameters", "kernel weights", ".keras gzip", "what it did")
 
 
-TRY_COLUMNS = ("stage", "setting", "test accuracy", "Δ acc", "gzip", "kept", "note")
-REGRESSION_TRY_COLUMNS = ("stage", "setting", "test RMSE", "Δ RMSE", "gzip", "kept", "note")
+TRY_COLUMNS = ("stage", "setting", "val accuracy", "val Δ acc (95% CI)", "gzip", "kept", "note")
+REGRESSION_TRY_COLUMNS = ("stage", "setting", "val RMSE", "val Δ RMSE (95% CI)", "gzip", "kept", "note")
 
 
 def try_cells(t: Try) -> list[str]:
     """One try as text: setting -> accuracy (or RMSE), size, kept or not."""
     note = t.note if len(t.note) <= 90 else t.note[:87] + "..."
-    figures = [_number(t.rmse), _signed_pct(t.rmse_change)] if t.rmse is not None else \
-        [_pct(t.accuracy), _signed_points(t.accuracy_change)]
+    figures = [_number(t.rmse), with_ci(t.rmse_change, t.ci95, True)] if t.rmse is not None else \
+        [_pct(t.accuracy), with_ci(t.accuracy_change, t.ci95)]
     return [t.stage.value, t.setting, *figures,
             _size(t.gzip_bytes) if t.gzip_bytes else "—", "yes" if t.kept else "no", note.replace("|", "/")]
 
 
 def build_report(*, config, task=None, data_summary: str, model_summary: dict[str, Any], original, final, steps: Sequence[StepRecord],
                  artifacts: Sequence[ArtifactRow], tries: Sequence[Try], layer_sparsity, mc, plots: Sequence[str],
-                 seconds: float, version: str) -> dict[str, Any]:
+                 seconds: float, version: str, resolution: dict | None = None) -> dict[str, Any]:
     """The whole report as JSON-ready values (the typed records become JSON here, and only here)."""
     from deploykit.records import to_jsonable
 
@@ -130,7 +146,7 @@ def build_report(*, config, task=None, data_summary: str, model_summary: dict[st
         "final": final,
         "steps": list(steps),
         "artifacts": list(artifacts),
-        "budget": {**_budget_entry(config, task, original),
+        "budget": {**_budget_entry(config, task, original), **_decision_entry(resolution),
                    "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
                    "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED]},
         "tries": list(tries),
@@ -149,6 +165,16 @@ def _budget_entry(config, task, original) -> dict[str, Any]:
     if task is Task.REGRESSION:
         return {"metric": "rmse", "max_rmse_increase": config.validate.max_rmse_increase, "original_rmse": original.rmse}
     return {"metric": "accuracy", "max_accuracy_drop": config.validate.max_accuracy_drop, "original_accuracy": original.accuracy}
+
+
+def _decision_entry(resolution: dict | None) -> dict[str, Any]:
+    """Where the budget is decided and confirmed, by which rule, and whether each split can resolve it."""
+    return {"decided_on": "validation", "confirmed_on": "test",
+            "rule": "validation: point estimate within the budget and its 95% interval not entirely beyond it; "
+                    "test: point estimate within the budget (a miss after validation accepted is a test miss)",
+            "interval": "95% of the paired difference: exact (Clopper-Pearson on the discordant rows) for accuracy, "
+                        "paired bootstrap for RMSE",
+            "resolution": resolution or {}}
 
 
 def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
@@ -188,7 +214,8 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
     figure = f"test RMSE {original['rmse']:.4g}" if regression else f"test accuracy {100 * original['accuracy']:.2f}%"
     meaning = ("RMSE: against the test targets; Δ RMSE: as a fraction of the original model's; max abs error: the "
                "largest |prediction - target|." if regression else
-               "Δ acc: test accuracy against the original model. Agreement: predicted classes equal to those of the "
+               "Δ acc: test accuracy against the original model on the same rows, with the 95% interval of the paired "
+               "difference; val Δ acc: the same on the validation split, where the budget was decided. Agreement: predicted classes equal to those of the "
                "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original).")
     lines = [
         "# deploykit optimize report",
@@ -196,7 +223,7 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
         f"Model `{report['model'].get('name', '?')}` ({original['params']:,} parameters, {figure}) on {report['data']}; "
         f"pipeline: {report['model'].get('pipeline', '')}; {report['seconds']:.0f} s.",
         "",
-        markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 12)),
+        markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 13)),
         "",
         "Compression: gzip size of the original model saved as `.keras` divided by the artifact's gzip size. "
         f"{meaning} Latency: median of repeated single-example calls; "
@@ -280,9 +307,19 @@ def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], trie
     else:
         lines = [f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
                  f"({100 * budget['original_accuracy']:.2f}%)", ""]
+    lines += ["Every decision (sparsity target, int8 fallback, temperature, thresholds, fine-tuning length) is taken on "
+              "the validation split: a try is kept when its point estimate is within the budget and its 95% interval "
+              "is not entirely beyond it. The test split is measured once per shipped candidate to confirm: "
+              "an artifact accepted on validation that misses on test is rejected as a **test miss**. "
+              "Intervals: 95% of the paired difference against the original on the same rows.", ""]
+    for split, r in (budget.get("resolution") or {}).items():
+        if not r["resolves_budget"]:
+            lines.append(f"- **the {split} split ({r['rows']} rows) cannot resolve this budget**: a no-op has a 95% "
+                         f"interval of ±{100 * r['no_op_half_width']:.2f} pt; the smallest budget it resolves is "
+                         f"{100 * r['smallest_resolvable_budget']:g} pt")
     rejected = [a for a in artifacts if a.verdict is Verdict.REJECTED]
     lines += [f"- **rejected, not shipped**: `{a.file}`: {a.checks}" for a in rejected]
-    if rejected:
+    if lines[-1] != "":
         lines.append("")
     if tries:
         header = REGRESSION_TRY_COLUMNS if "max_rmse_increase" in budget else TRY_COLUMNS

@@ -26,9 +26,11 @@ from deploykit.pipeline.plots import (
     layer_sparsity,
 )
 from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.confirm import reference_outputs, resolution_notes
 from deploykit.task import OutputKind, Task
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
+from deploykit.pipeline.calibrate import temperature_step
 from deploykit.pipeline.ensemble import load_member
 from deploykit.pipeline.structured_step import structured_step
 from deploykit.pipeline.uncertainty_steps import conformal_export_step, ensemble_step, mc_step
@@ -125,8 +127,8 @@ def optimize(
     ``out_dir`` is built aside and moved into place when the run ends; an existing
     non-empty folder is refused unless ``force``. Without ``out_dir`` a new temporary folder is
     used (``result.out_dir``). ``max_accuracy_drop`` (an option, default 0.01: one point) is the
-    budget every kept model and shipped artifact meets against the original model on the test
-    split; an artifact that misses it is rejected (its row in the report, its file not written) and
+    budget every kept model and shipped artifact meets against the original model: decided on the
+    validation split, confirmed once on the test split (a test miss rejects); an artifact that misses it is rejected (its row in the report, its file not written) and
     the run goes on: ``result.failure`` says whether anything deployable is left. A step that finds
     a bug (a fold that changes the outputs) raises StepError and writes nothing.
     """
@@ -159,8 +161,8 @@ def build_pipeline(config: OptimizeConfig, plan=None) -> list[Step]:
     lets more dead neurons reach a Dropout as exact zeros. Under a time budget (``plan``) the exports run most
     wanted first (:func:`deploykit.pipeline.budget.priority`).
     """
-    steps = [Step("structured", structured_step), Step("sparsity", sparsity_step), Step("fold", fold_step), Step("compact", compact_step),
-             Step("save model", save_step)]
+    steps = [Step("structured", structured_step), Step("sparsity", sparsity_step), Step("fold", fold_step),
+             Step("compact", compact_step), Step("temperature", temperature_step), Step("save model", save_step)]
     variants = config.export.variants()
     if plan is not None and plan.budget is not None:
         from deploykit.pipeline.budget import priority
@@ -243,9 +245,13 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
     original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
-    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3, task=task, kind=kind, unsafe=unsafe)
+    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3, task=task, kind=kind, unsafe=unsafe,
+                     reference=reference_outputs(original, data, kind))
     say(f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
+    resolution, warnings = resolution_notes(data, ctx.budget) if config.validate.enabled else ({}, [])
+    for line in warnings:  # before any training: the user can stop here and give more rows
+        say(line)
     reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
     plan = None  # measured and said when someone listens or a time budget needs it
     if config.search.time_budget is not None or say is not _silent:
@@ -265,7 +271,7 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
         outputs.append(out_k)
         current = out_k.model
         ctx = dataclasses.replace(ctx, figures=out_k.record.after or ctx.figures, applied=ctx.applied + out_k.applied)
-    return _write(model, original, reference, outputs, ctx, current, start, out, __version__)
+    return _write(model, original, reference, outputs, ctx, current, start, out, __version__, resolution)
 
 
 def _plan(original, data, config: OptimizeConfig, started: float | None, model_step: float):
@@ -302,7 +308,7 @@ def _planned_step(step: Step, model, ctx: RunContext, plan) -> StepOutput:
 
 
 def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
-           out: Path, version: str) -> OptimizeResult:
+           out: Path, version: str, resolution: dict | None = None) -> OptimizeResult:
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
     from deploykit.custom_dropout import assumption
 
@@ -328,7 +334,7 @@ def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], c
     report = build_report(config=config, task=ctx.task, data_summary=ctx.data.summary(), model_summary=model_summary,
                           original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=artifacts,
                           tries=tries, layer_sparsity=layer_rows, mc=mc, plots=[p.name for p in drawn],
-                          seconds=time.perf_counter() - start, version=version)
+                          seconds=time.perf_counter() - start, version=version, resolution=resolution)
     if assumed:
         report["notes"] = [assumed, *report["notes"]]
     if ctx.plan is not None:  # what the run planned, and what it measured (the time budget's account)

@@ -22,10 +22,11 @@ import numpy as np
 
 from deploykit.contract import ENSEMBLE_FILE
 from deploykit.data import Dataset
-from deploykit.errors import ConversionError, Mismatch, StepError, UnsupportedLayerError, UsageError, ValidationError
+from deploykit.errors import ConversionError, Mismatch, StepError, UnsupportedLayerError, ValidationError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
+from deploykit.layers import Role
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.tables import SparsityMethod
 from deploykit.pipeline.records import (
@@ -65,6 +66,7 @@ class RunContext:
     kind: OutputKind = OutputKind.PROBABILITIES
     unsafe: bool = False  # the run may load custom code (its [ensemble] members too)
     plan: Any = None  # deploykit.pipeline.budget.Plan: the time budget's clock (None: unplanned, e.g. a step called alone)
+    reference: Any = None  # the original's outputs on validation and test (pipeline.confirm.Reference)
 
     @property
     def repeats(self) -> int:
@@ -107,6 +109,25 @@ def budget_miss(value: float | None, ctx: RunContext) -> list[Mismatch]:
     what = "accuracy drop" if budget.metric is Metric.ACCURACY else "RMSE increase"
     return [Mismatch(f"{what} vs the original", budget.shortfall(original, value), f"<= {budget.limit:g} (the budget)",
                      f"{budget.metric.value} {value:.4f} vs original {original:.4f}")]
+
+
+def judge(ctx: RunContext, test_outputs, val_outputs=None):
+    """(test figure, validation figure or None, budget mismatches) of a candidate's outputs against the original's.
+
+    Decided on validation (when given), confirmed on test: see :mod:`deploykit.pipeline.confirm`.
+    """
+    from deploykit.pipeline.confirm import (
+        TEST,
+        VALIDATION,
+        budget_mismatches,
+        reference_outputs,
+        split_figure,
+    )
+
+    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+    test = split_figure(TEST, test_outputs, ref.test, ctx.data.y_test, ctx.budget)
+    val = None if val_outputs is None else split_figure(VALIDATION, val_outputs, ref.val, ctx.data.y_val, ctx.budget)
+    return test, val, budget_mismatches(val, test, ctx.budget) if ctx.config.validate.enabled else []
 
 
 def changes(value: float | None, ctx: RunContext) -> dict[str, float | None]:
@@ -178,7 +199,8 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
     regression = ctx.task is Task.REGRESSION
     errors = RegressionErrors.between(probs, ctx.data.y_test) if regression else None
     value = errors.rmse if regression else float(np.mean(probs.argmax(1) == ctx.data.y_test))
-    missed = budget_miss(value, ctx)
+    own = model is ctx.original
+    test, val, missed = judge(ctx, probs, None if own else main_outputs(outputs(model, ctx.data.x_val), ctx.kind))
     if verdict is None:
         verdict = verdict_for(missed, ctx)
         checks = "; ".join(map(str, missed)) if missed else checks
@@ -191,6 +213,7 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
         agreement=None if regression else float(np.mean(probs.argmax(1) == reference.argmax(1))),
         max_abs_diff=float(np.abs(probs - reference).max()), latency_b1_ms=b1, throughput_b256=b256,
         verdict=verdict, checks=checks, max_abs_error=errors.max_abs_error if regression else None,
+        ci95=test.ci95, validation=val,
     )
 
 
@@ -256,10 +279,20 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
         result, report = sparsify_l1(model, ctx.data, config=step.l1)
         setting, applied = f"l1 {step.l1.l1:g}", f"l1({step.l1.l1:g})"
         reason = f"l1 fine-tuning then zeroing: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
-    value = report.after(ctx.metric)
-    missed = budget_miss(value, ctx) if ctx.config.validate.enabled else []
-    attempt = _try_row(Stage.SPARSITY, setting, value, report.gzip_bytes_after, ctx, kept=not missed,
-                       note="; ".join(map(str, missed)), seconds=round(time.perf_counter() - start, 2))
+    from deploykit.evaluate import outputs
+    from deploykit.pipeline.confirm import (
+        VALIDATION,
+        budget_mismatches,
+        reference_outputs,
+        split_figure,
+    )
+
+    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+    val = split_figure(VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val,
+                       ctx.budget)  # decided on validation; model.keras is confirmed on test when saved
+    missed = budget_mismatches(val, None, ctx.budget) if ctx.config.validate.enabled else []
+    attempt = _try_row(Stage.SPARSITY, setting, val.value, val.change, val.ci95, report.gzip_bytes_after, ctx,
+                       kept=not missed, note="; ".join(map(str, missed)), seconds=round(time.perf_counter() - start, 2))
     checks = f"{ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else ""
     if missed:
         return StepOutput(model, StepRecord(name, Status.MISSED, f"{setting} missed the budget ({missed[0]}); "
@@ -292,11 +325,12 @@ def _planned_prune(step, ctx: RunContext):
     return search_configs(plan, step)[1], plan.limits.stopper(), ""
 
 
-def _try_row(stage: Stage, setting: str, value: float | None, gzip_bytes: int, ctx: RunContext, **rest) -> Try:
-    """A try's row: its figure (accuracy, or a regressor's RMSE) and the change vs the original."""
-    figures = changes(value, ctx)
-    return Try(stage, setting, figures.pop("accuracy", None), figures.pop("accuracy_change", None), gzip_bytes,
-               **figures, **rest)
+def _try_row(stage: Stage, setting: str, value: float | None, change: float | None, ci95: list[float] | None,
+             gzip_bytes: int, ctx: RunContext, **rest) -> Try:
+    """A try's row: its validation figure (accuracy, or a regressor's RMSE), the change vs the original, its interval."""
+    if ctx.metric is Metric.RMSE:
+        return Try(stage, setting, None, None, gzip_bytes, rmse=value, rmse_change=change, ci95=ci95, **rest)
+    return Try(stage, setting, value, change, gzip_bytes, ci95=ci95, **rest)
 
 
 def _searched(model, ctx: RunContext) -> StepOutput:
@@ -316,7 +350,9 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     result, report = search_sparsity(model, ctx.data, ctx.budget, config=search, prune_config=prune,
                                      progress=lambda m: ctx.say("  " + m), reference=ctx.original, limits=limits,
                                      ray=ctx.config.search.ray)
-    tries = tuple(_try_row(Stage.SPARSITY, t.setting(), getattr(t, ctx.metric.value), t.gzip_bytes, ctx, kept=t.kept,
+    tries = tuple(_try_row(Stage.SPARSITY, t.setting(), getattr(t, ctx.metric.value),
+                           None if getattr(t, "change", None) is None else t.change.estimate, t.ci95, t.gzip_bytes, ctx,
+                           kept=t.kept,
                            note=t.note, seconds=t.seconds) for t in report.tries)
     checks = f"{ctx.budget.describe()} vs the original"
     protected = "; left dense: " + ", ".join(f"{k} ({v})" for k, v in report.protected.items()) if report.protected else ""
@@ -326,7 +362,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
         return StepOutput(model, StepRecord(name, Status.MISSED, f"no target within the budget ({len(tries)} tried); "
                                             "the model stays dense" + protected, checks=checks, detail=report), tries=tries)
     kept = report.kept
-    reason = (f"kept {kept.setting()} of {len(tries)} tried: model sparsity {kept.sparsity:.1%}, "
+    reason = (f"kept {kept.setting()} of {len(tries)} tried: model sparsity {kept.sparsity:.1%}, validation "
               f"{ctx.budget.change(report.original, getattr(kept, ctx.metric.value))}{protected}")
     return StepOutput(result, StepRecord(name, Status.DONE, reason, checks=checks, detail=report),
                       layer_sparsity=sparsity_rows(result, "after sparsity"), tries=tries,
@@ -381,29 +417,37 @@ def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) 
     step = ctx.config.export
     file = artifact_name(fmt, quant)
     try:
-        record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=step.quantization,
+        record = export_variant(model, fmt, quant, ctx.folder / file, ctx.data, config=_knobs(ctx),
                                 opset=step.opset, metadata=metadata(model, ctx, ctx.figures.accuracy), task=ctx.task)
     except ConversionError as exc:  # this format's converter refused the model: its row is rejected, the run goes on
         row = _unmade(file, fmt, str(exc), ctx, precision=quant.precision.value)
         ctx.say(f"  rejected {file}: {exc}")
         return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, f"{file} (rejected)",
                                             checks=row.checks), artifacts=(row,))
-    row = withdraw(_measure_artifact(record, file, model, ctx), ctx)
+    row = withdraw(_confirmed(record, file, model, ctx, _measure_artifact(record, file, model, ctx, validation=True)), ctx)
     return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE,
                                         f"{file} ({fmt.value} {quant.value}, {row.verdict.value})",
                                         artifacts=[file] if row.verdict.shipped else [], checks=row.checks, detail=record),
                       artifacts=(row,))
 
 
+def _knobs(ctx: RunContext):
+    """The run's int8 knobs; ``--no-fold`` reaches the int8 preparation too (it folds nothing then)."""
+    knobs = ctx.config.export.quantization
+    return dataclasses.replace(knobs, fold=knobs.fold and ctx.config.fold.enabled)
+
+
 def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
     """One requested int8 variant: the first setting within the budget (see int8_search), each try reported."""
     from deploykit.graph import graph_from_model
-    from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, search_int8
+    from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, raw_scales, search_int8
 
     step = ctx.config.export
     taken = {q for f, q in step.variants() if f is fmt}  # variants requested on their own are not fallbacks
-    layers = [n.name for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
-    variants = int8_variants(fmt, quant, step.quantization, layers, taken - {quant})
+    prunable = [n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
+    variants = int8_variants(fmt, quant, _knobs(ctx), [n.name for n in prunable], taken - {quant},
+                             dense_first=bool(prunable) and prunable[0].spec.support.role is Role.DENSE,
+                             raw_scales=raw_scales(ctx.data.feature_var))
     start = time.perf_counter()
 
     def make(variant):
@@ -411,18 +455,26 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
         return export_int8(variant, model, ctx.folder, ctx.data, opset=step.opset,
                            metadata=metadata(model, ctx, ctx.figures.accuracy))
 
-    attempts = search_int8(variants, make, lambda record: _measure_artifact(record, record.path.name, model, ctx),
-                           allowed=_fits_plan(ctx))
+    made = {}  # the last record of each file: the passing attempt is the last one made (the search stops there)
+
+    def measure(record):  # decided on the validation split
+        made[record.path.name] = record
+        return _measure_artifact(record, record.path.name, model, ctx, validation=True)
+
+    attempts = search_int8(variants, make, measure, allowed=_fits_plan(ctx))
     kept = chosen(attempts)
     for attempt in attempts:  # one file per variant: only the chosen one's stays (and only if it passed)
         if attempt.variant.file != kept.variant.file:
             (ctx.folder / attempt.variant.file).unlink(missing_ok=True)
-    tries = tuple(_try_row(Stage.INT8, a.variant.describe(), getattr(a.row, ctx.metric.value) if a.row else None,
+    tries = tuple(_try_row(Stage.INT8, a.variant.describe(), a.row.validation.value if a.row and a.row.validation else None,
+                           a.row.validation.change if a.row and a.row.validation else None,
+                           a.row.validation.ci95 if a.row and a.row.validation else None,
                            a.row.gzip_bytes if a.row else 0, ctx, kept=a is kept and a.passed,
                            note=a.error or (a.row.checks if not a.passed else ""))
                   for a in attempts)
     file = kept.variant.file
-    row = _unmade(file, fmt, kept.error, ctx) if kept.row is None else withdraw(kept.row, ctx)
+    row = _unmade(file, fmt, kept.error, ctx) if kept.row is None else \
+        withdraw(_confirmed(made[file], file, model, ctx, kept.row), ctx)
     used = kept.variant.describe() + (f" after {len(attempts) - 1} other setting(s)" if len(attempts) > 1 else "")
     reason = f"{file} ({used}, {row.verdict.value})"
     return StepOutput(model, StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, reason,
@@ -447,29 +499,57 @@ def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext, precision
                        throughput_b256=None, verdict=Verdict.REJECTED, checks=f"export failed: {error}")
 
 
-def _measure_artifact(record, file: str, model, ctx: RunContext) -> ArtifactRow:
+def _confirmed(record, file: str, model, ctx: RunContext, decided: ArtifactRow) -> ArtifactRow:
+    """The test row of an artifact accepted on validation (``decided``), or ``decided`` itself, its split's figures
+    moved out of the test columns, when validation rejected it (the test split is not looked at then)."""
+    if decided.verdict is Verdict.REJECTED or decided.validation is None:
+        return dataclasses.replace(decided, accuracy=None, accuracy_change=None, rmse=None, rmse_change=None, ci95=None)
+    return _measure_artifact(record, file, model, ctx, decided=decided.validation)
+
+
+def _measure_artifact(record, file: str, model, ctx: RunContext, validation: bool = False, decided=None) -> ArtifactRow:
     """Measure the artifact in its runtime and hold it to its tolerance and the budget (rejected if it misses).
 
-    A ValidationError from ``validate`` itself (the runtime could not load or run the file, e.g. a
-    native crash contained in a child process) rejects this artifact; the run goes on.
+    ``validation``: on the validation split (a decision: one timed run per batch size); else on the test split,
+    with ``decided`` the validation figure that accepted it (a miss on test is then a test miss). A
+    ValidationError from ``validate`` itself (the runtime could not load or run the file, e.g. a native crash
+    contained in a child process) rejects this artifact; the run goes on.
     """
     from deploykit.export import validate
+    from deploykit.pipeline.confirm import (
+        VALIDATION,
+        budget_mismatches,
+        reference_outputs,
+        split_figure,
+        validation_view,
+    )
 
     try:
-        report = validate(record, ctx.data, reference=model, repeats=ctx.repeats, check=False,
-                          tolerance=ctx.config.validate.tolerance_for(record.precision.value, ctx.task))
+        report = validate(record, validation_view(ctx.data) if validation else ctx.data, reference=model,
+                          repeats=1 if validation else ctx.repeats, batch_sizes=(1,) if validation else (1, 256),
+                          check=False, tolerance=ctx.config.validate.tolerance_for(record.precision.value, ctx.task))
     except ValidationError as exc:
         return _crashed(record, file, exc, ctx)
-    value = report.rmse if ctx.task is Task.REGRESSION else report.accuracy
-    missed = [*report.mismatches, *budget_miss(value, ctx)]
+    if validation:
+        ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+        val = split_figure(VALIDATION, report.outputs, ref.val, ctx.data.y_val, ctx.budget)
+        test, budget = None, budget_mismatches(val, None, ctx.budget) if ctx.config.validate.enabled else []
+    else:
+        test, _, _ = judge(ctx, report.outputs)
+        val, budget = decided, budget_mismatches(decided, test, ctx.budget) if ctx.config.validate.enabled else []
+    value = (test or val).value
+    missed = [*report.mismatches, *budget]
     verdict = verdict_for(missed, ctx)
     if verdict is Verdict.REJECTED:
         checks = "missed: " + "; ".join(map(str, missed))
     elif ctx.config.validate.enabled:
-        checks = f"{report.tolerance.describe()}; {ctx.budget.describe()}"
+        where = "on validation" if test is None else "accepted on validation, confirmed on test"
+        checks = f"{report.tolerance.describe()}; {ctx.budget.describe()} ({where})"
     else:
         checks = "validation switched off" + ("" if not missed else " (missed: " + "; ".join(map(str, missed)) + ")")
-    figures = changes(value, ctx)
+    figures = changes(value, ctx) if test is not None else \
+        {"rmse": val.value, "rmse_change": val.change} if ctx.metric is Metric.RMSE else \
+        {"accuracy": val.value, "accuracy_change": val.change}
     return ArtifactRow(
         file=file, format=record.format.value, runtime=record.format.runtime,
         precision=record.precision.value, quantization=record.quantization.value, sparsity=ctx.figures.sparsity,
@@ -479,6 +559,7 @@ def _measure_artifact(record, file: str, model, ctx: RunContext) -> ArtifactRow:
         agreement=report.agreement, max_abs_diff=report.max_abs_diff, latency_b1_ms=report.latency_b1_ms,
         throughput_b256=report.throughput_b256, verdict=verdict, checks=checks, detail=report, **figures,
         max_abs_error=None if report.target_errors is None else report.target_errors.max_abs_error,
+        ci95=(test or val).ci95, validation=val,
     )
 
 
@@ -507,59 +588,6 @@ def triton_step(model, ctx: RunContext) -> StepOutput:
                                         artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"]))
 
 
-def calibrated_export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
-    """:func:`export_step`, then (ONNX, ``[export] temperature``) a temperature stored in the shipped file.
-
-    T is fitted on the validation split from the artifact's own onnxruntime outputs and stored as a
-    Div before its softmax (deploykit.uncertainty.temperature) after the artifact passed its checks;
-    the row's size, accuracy, agreement and max |difference| are then re-measured on the calibrated
-    file, the last two against the Keras model's probabilities scaled by the same T (what the file must
-    reproduce). Latency and throughput stay those of the validated export (one Div more). TFLite
-    artifacts keep their raw softmax. A graph the edit cannot take (e.g. a float16 softmax) ships uncalibrated, said so.
-    """
-    out = export_step(fmt, quant, model, ctx)
-    row = out.artifacts[0] if out.artifacts else None
-    if fmt is not ExportFormat.ONNX or not ctx.config.export.temperature or row is None or not row.verdict.shipped \
-            or row.accuracy is None or ctx.task is Task.REGRESSION:  # a regressor has no softmax to temper
-        return out
-    import onnx
-
-    from deploykit.evaluate import outputs
-    from deploykit.export.artifact import file_sizes
-    from deploykit.uncertainty.temperature import fit_temperature, scale_probs, temperature_report, write_with_temperature
-
-    path = ctx.folder / row.file
-    fit = fit_temperature(ctx.data.y_val, _onnx_probs(path, ctx.data.x_val))
-    before = _onnx_probs(path, ctx.data.x_test)
-    try:
-        write_with_temperature(path, path, fit)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UsageError) as exc:
-        note = f"temperature not stored ({' '.join(str(exc).split())[:120]})"
-        return dataclasses.replace(out, artifacts=(dataclasses.replace(row, checks=f"{row.checks}; {note}"),))
-    after = _onnx_probs(path, ctx.data.x_test)
-    t = temperature_report(ctx.data.y_test, before, after, fit)
-    # T divides the logits before the graph's softmax (a binary head's too); `logits` stays the model's own
-    keras_probs = main_outputs(outputs(model, ctx.data.x_test), ctx.kind)
-    reference = scale_probs(keras_probs, fit.temperature)
-    size, gz = file_sizes(path)
-    acc = float(np.mean(after.argmax(1) == ctx.data.y_test))
-    note = (f"temperature T = {fit.temperature:.3f} stored after validation (test NLL {t.before.nll:.4f} -> {t.after.nll:.4f}, "
-            f"ECE {t.before.ece:.4f} -> {t.after.ece:.4f}, Brier {t.before.brier:.4f} -> {t.after.brier:.4f})")
-    row = dataclasses.replace(row, size_bytes=size, gzip_bytes=gz, compression=ctx.original_figures.keras_gzip_bytes / gz,
-                              accuracy=acc, accuracy_change=acc - ctx.original_figures.accuracy,
-                              agreement=float(np.mean(after.argmax(1) == reference.argmax(1))),
-                              max_abs_diff=float(np.abs(after - reference).max()), checks=f"{row.checks}; {note}")
-    record = dataclasses.replace(out.record, reason=f"{out.record.reason}; T = {fit.temperature:.3f}", checks=row.checks)
-    return dataclasses.replace(out, record=record, artifacts=(row,))
-
-
-def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
-    """A deterministic ONNX model's probabilities in onnxruntime (in process), as float64."""
-    from deploykit.export.runtimes import OnnxRunner, predict_batches
-
-    return predict_batches(OnnxRunner(path).predict, x).astype(np.float64)
-
-
 def timed(step: Step, model, ctx: RunContext) -> StepOutput:
     """Run one step; time it, and measure the model before and after when it changed the model."""
     start = time.perf_counter()
@@ -569,5 +597,9 @@ def timed(step: Step, model, ctx: RunContext) -> StepOutput:
         out = StepOutput(model, StepRecord(step.name, Status.SKIPPED, str(exc)))
     record = dataclasses.replace(out.record, seconds=round(time.perf_counter() - start, 2))
     if record.status is Status.DONE and out.model is not model:
-        record = dataclasses.replace(record, before=ctx.figures, after=model_figures(out.model, ctx.data))
+        from deploykit.evaluate import outputs
+        from deploykit.pipeline.confirm import change
+
+        _, ci = change(outputs(out.model, ctx.data.x_test), outputs(model, ctx.data.x_test), ctx.data.y_test, ctx.metric)
+        record = dataclasses.replace(record, before=ctx.figures, after=model_figures(out.model, ctx.data), ci95=ci.as_list())
     return dataclasses.replace(out, record=record)

@@ -11,7 +11,8 @@ import dataclasses
 import time
 
 from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
-from deploykit.pipeline.steps import RunContext, changes, sparsity_rows, switched_off
+from deploykit.evaluate import Metric
+from deploykit.pipeline.steps import RunContext, sparsity_rows, switched_off
 
 
 def structured_step(model, ctx: RunContext) -> StepOutput:
@@ -29,13 +30,18 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     start = time.perf_counter()
     ctx.say(f"  removing {step.fraction:.0%} of each hidden layer's units (structured), then fine-tuning")
     result, report = prune_structured(model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m))
+    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.pipeline.confirm import VALIDATION, reference_outputs, split_figure
+
     original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)
-    kept = ctx.budget.within(original, report.val_after)
-    test = score(result, ctx.data.x_test, ctx.data.y_test, ctx.data.task)
+    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+    val = split_figure(VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val,
+                       ctx.budget)  # decided on validation by the runs' one accept rule, with its paired interval
+    kept = val.within
     setting = f"structured {step.fraction:.0%}"
-    note = f"validation {ctx.budget.change(original, report.val_after)}, budget: {ctx.budget.describe()}"
-    attempt = Try(Stage.SPARSITY, setting, **_figures(test, ctx), gzip_bytes=_gzip(result), kept=kept,
-                  note="" if kept else note, seconds=round(time.perf_counter() - start, 2))
+    note = f"validation {ctx.budget.change(original, val.value)}, budget: {ctx.budget.describe()}"
+    attempt = Try(Stage.SPARSITY, setting, **_figures(val, ctx), gzip_bytes=_gzip(result), kept=kept,
+                  note="" if kept else note, seconds=round(time.perf_counter() - start, 2), ci95=val.ci95)
     what = f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer); {note}"
     if not kept:
         ctx.say(f"  {setting} missed: {note}")
@@ -47,10 +53,11 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
                       applied=(f"prune_structured({step.fraction:.2f})",))
 
 
-def _figures(value: float, ctx: RunContext) -> dict:
-    figures = changes(value, ctx)
-    return {"accuracy": figures.pop("accuracy", None), "accuracy_change": figures.pop("accuracy_change", None),
-            **figures}
+def _figures(val, ctx: RunContext) -> dict:
+    """A try's figures: its validation value and change against the original on the same rows."""
+    if ctx.metric is Metric.RMSE:
+        return {"accuracy": None, "accuracy_change": None, "rmse": val.value, "rmse_change": val.change}
+    return {"accuracy": val.value, "accuracy_change": val.change}
 
 
 def _gzip(model) -> int:

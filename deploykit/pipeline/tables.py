@@ -436,8 +436,9 @@ class SearchPlan(_Table):
 class ValidateStep(_Table):
     """The accuracy budget and the checks of each artifact.
 
-    ``max_accuracy_drop`` (the budget) governs every step and artifact: test accuracy at most this
-    far below the original model's. A regressor's budget is ``max_rmse_increase`` instead: test RMSE at
+    ``max_accuracy_drop`` (the budget) governs every step and artifact: accuracy at most this far below
+    the original model's, decided on the validation split and confirmed once on the test split (a miss
+    there after validation accepted is a test miss, see :mod:`deploykit.pipeline.confirm`). A regressor's budget is ``max_rmse_increase`` instead: test RMSE at
     most this fraction above the original's (its artifacts' own bounds are relative to the Keras model's
     outputs, see :meth:`Tolerance.for_precision`). The sparsity search keeps the highest target within it; an
     artifact outside it, or outside the exporter's per-precision tolerance against the Keras model

@@ -23,8 +23,9 @@ from deploykit.pipeline.steps import (
     MC_FILE,
     RunContext,
     budget_miss,
-    calibrated_export_step,
     changes,
+    export_step,
+    judge,
     metadata,
     switched_off,
     timings,
@@ -66,9 +67,10 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     record, comparison = bundle.export, bundle.comparison
     if regression:
         runner = OnnxRunner(path)
-        errors = RegressionErrors.between(predict_batches(runner.predict, ctx.data.x_test), ctx.data.y_test)
+        predicted = predict_batches(runner.predict, ctx.data.x_test)
+        errors = RegressionErrors.between(predicted, ctx.data.y_test)
         row = _held_row(path, MC_FILE, "onnx-mc", "float32", ctx, errors.rmse, None, runner.predict, record, "MC mean",
-                        max_abs_error=errors.max_abs_error)
+                        max_abs_error=errors.max_abs_error, test_outputs=predicted)
         m = comparison.mc
         what = (f"T = {step.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval covers "
                 f"{100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}")
@@ -76,7 +78,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
         predictor = UncertaintyPredictor(path)
         agreement = float(np.mean(bundle.predicted_class == deterministic.argmax(1)))
         row = _held_row(path, MC_FILE, "onnx-mc", record.quantization, ctx, comparison.mc.accuracy, agreement,
-                        predictor.predict, record, "MC accuracy")
+                        predictor.predict, record, "MC accuracy", test_outputs=_one_hot(bundle.predicted_class, ctx))
         what = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}"
     row = withdraw(row, ctx)
     files = [MC_FILE, *comparison.plots] if row.verdict.shipped else list(comparison.plots)
@@ -113,7 +115,8 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     value = comparison.mc.rmse if regression else comparison.mc.accuracy
     agreement = None if regression else float(np.mean(run.bundle.predicted_class == _predicted(model, ctx)))
     row = _held_row(path, file, "onnx-ensemble", "int8-dynamic", ctx, value, agreement, UncertaintyPredictor(path).predict,
-                    run.bundle.export, "ensemble", sparsity=_members_sparsity(run.members))
+                    run.bundle.export, "ensemble", sparsity=_members_sparsity(run.members),
+                    test_outputs=None if regression else _one_hot(run.bundle.predicted_class, ctx))
     if row.verdict is Verdict.REJECTED:
         shutil.rmtree(ctx.folder / ENSEMBLE_DIR)  # a rejected ensemble is not shipped: nothing of it is left
         ctx.say(f"  rejected {file}: {row.checks}")
@@ -127,10 +130,10 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
 
 
 def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
-    """:func:`~deploykit.pipeline.steps.calibrated_export_step`, then (``[conformal] coverage``) the conformal outputs
+    """:func:`~deploykit.pipeline.steps.export_step`, then (``[conformal] coverage``) the conformal outputs
     in the shipped ONNX file, calibrated on the validation split after its temperature; the row's size is re-measured
     and its checks say the test split's coverage. Predictions are untouched, so the validated figures stand."""
-    out = calibrated_export_step(fmt, quant, model, ctx)
+    out = export_step(fmt, quant, model, ctx)  # the temperature is in the model already (pipeline.calibrate)
     config = ctx.config.conformal.config()
     row = out.artifacts[0] if out.artifacts else None
     if config is None or row is None or not row.verdict.shipped or not row.file.endswith(".onnx"):
@@ -159,12 +162,18 @@ def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
 
 
 def _held_row(path: Path, file: str, fmt: str, quantization: str, ctx: RunContext, value: float, agreement: float | None,
-              predict: Callable[[np.ndarray], Any], detail, what: str, sparsity: float | None = None, **extra) -> ArtifactRow:
+              predict: Callable[[np.ndarray], Any], detail, what: str, sparsity: float | None = None,
+              test_outputs: np.ndarray | None = None, **extra) -> ArtifactRow:
     """An uncertainty model's row: its test figure (accuracy, or a regressor's RMSE) held to the budget, its size
-    and its speed through ``predict``."""
+    and its speed through ``predict``; ``test_outputs`` (its predictions, or one-hot classes) give the paired interval.
+
+    Its choices (temperature placement, threshold) were made on validation; its test figure confirms it once.
+    """
     from deploykit.export.artifact import file_sizes
 
-    missed = budget_miss(value, ctx)
+    test, missed = None, budget_miss(value, ctx)
+    if test_outputs is not None:
+        test, _, missed = judge(ctx, test_outputs)
     verdict = verdict_for(missed, ctx)
     checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
               f"{what}: {ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else "validation switched off")
@@ -176,7 +185,14 @@ def _held_row(path: Path, file: str, fmt: str, quantization: str, ctx: RunContex
         sparsity=ctx.figures.sparsity if sparsity is None else sparsity, size_bytes=size, gzip_bytes=gz,
         compression=ctx.original_figures.keras_gzip_bytes / gz, agreement=agreement, max_abs_diff=None,
         latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=detail,
-        **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)}, **extra)
+        **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)}, ci95=None if test is None else test.ci95,
+        **extra)
+
+
+def _one_hot(classes, ctx: RunContext) -> np.ndarray:
+    """Predicted classes as one-hot rows: what the paired accuracy interval reads (its argmax)."""
+    classes = np.asarray(classes, np.int64)
+    return np.eye(max(ctx.data.num_classes, int(classes.max(initial=0)) + 1), dtype=np.float32)[classes]
 
 
 def _extras(comparison) -> str:

@@ -1,5 +1,9 @@
 """The accuracy-budgeted sparsity search: the highest target whose pruned model stays within the budget.
 
+Every try is decided on the validation split (the test split is the pipeline's, measured once at the end):
+its change against the original model on the same rows, with the paired 95% interval, is accepted by
+:func:`deploykit.stats.within_budget`.
+
 Targets are tried from the highest down (pruning more rarely helps accuracy, so the first model
 within the budget is the sparsest one the search will find). Every try reuses what does not depend
 on the target: the teacher's outputs (distillation) and the per-layer sensitivity, measured once by
@@ -23,6 +27,13 @@ from deploykit.sparsity.deadline import SearchLimits
 from deploykit.sparsity.magnitude import prune
 from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
+from deploykit.stats import (
+    Interval,
+    accuracy_change_interval,
+    rmse_change_interval,
+    shortfall_of,
+    within_budget,
+)
 
 #: One-shot pruning levels of the sensitivity scan; per-layer targets are interpolated between them.
 LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -42,18 +53,20 @@ class LayerSensitivity(Record):
 
 @dataclass
 class SearchTry(Record):
-    """One target of the search, pruned, fine-tuned and measured on the test split."""
+    """One target of the search, pruned, fine-tuned and measured on the validation split (where it is decided)."""
 
     target: float
     layer_targets: dict[str, float]
     sparsity: float  # reached, over every Dense kernel (protected ones included)
-    accuracy: float | None  # test split; None when the try failed (or for a regressor)
-    accuracy_change: float | None  # vs the original model
+    accuracy: float | None  # validation split; None when the try failed (or for a regressor)
+    accuracy_change: float | None  # vs the original model on the same rows
     gzip_bytes: int  # the pruned model saved as .keras, gzip
     kept: bool = False
     note: str = ""
     seconds: float = 0.0
-    rmse: float | None = None  # a regressor's test RMSE (None for a classifier, or when the try failed)
+    rmse: float | None = None  # a regressor's validation RMSE (None for a classifier, or when the try failed)
+    ci95: list[float] | None = None  # 95% interval of the paired validation change (accuracy, or RMSE as a fraction)
+    change: Interval | None = field(default=None, repr=False)  # the change with its interval (not in JSON: ci95 is)
 
     def setting(self) -> str:
         """``prune 90% (dense_1 93%, dense_2 84%)``: the target and, when they differ, the layers' own."""
@@ -69,7 +82,7 @@ class SearchReport(Record):
     """What the search tried and kept (``kept`` None: no target met the budget; the model stays dense)."""
 
     budget: Budget  # accuracy drop (classifiers) or RMSE increase (regressors) allowed vs the original
-    original: float  # the original model's test figure in the budget's metric
+    original: float  # the original model's validation figure in the budget's metric
     protected: dict[str, str]  # layers left dense, with the reason
     sensitivity: list[LayerSensitivity]
     tries: list[SearchTry] = field(default_factory=list)
@@ -89,7 +102,7 @@ def search_sparsity(
     limits: SearchLimits | None = None,
     ray: str | None = None,
 ):
-    """Prune a copy of ``model`` to the highest of ``config.targets`` within ``budget`` of its test figure.
+    """Prune a copy of ``model`` to the highest of ``config.targets`` within ``budget`` of its validation figure.
 
     ``reference``: the model the budget is measured against, when not ``model`` itself (a pipeline that
     changed the model before the search holds every try to the budget against the model it started from).
@@ -111,7 +124,11 @@ def search_sparsity(
     say = progress or (lambda _m: None)
     if not isinstance(budget, Budget):
         budget = Budget(Metric.of(data.task), float(budget))
-    original = score(model if reference is None else reference, data.x_test, data.y_test, data.task)
+    from deploykit.evaluate import outputs
+
+    against = model if reference is None else reference
+    reference = outputs(against, data.x_val)  # the original's validation outputs every try is paired with
+    original = score(against, data.x_val, data.y_val, data.task)
     chosen, protected = _prunable(model, data, prune_config, config.min_layer_weights)
     base = prune_config.with_options(skip_layers=tuple(dict.fromkeys((*prune_config.skip_layers, *protected))))
     limits = limits or SearchLimits()
@@ -124,7 +141,7 @@ def search_sparsity(
         from deploykit.sparsity.ray_search import keep_first, run_tries
 
         plans = [(t, allocate(sensitivity, t) if sensitivity else {n: t for n in chosen}) for t in config.targets]
-        results = run_tries(_try, failed_try, model, data, base, plans, teacher, original, budget.metric, say, ray)
+        results = run_tries(_try, failed_try, model, data, base, plans, teacher, reference, budget.metric, say, ray)
         return keep_first(results, report, model, say)
     for target in config.targets if chosen else ():  # every layer protected: nothing to try
         layer_targets = allocate(sensitivity, target) if sensitivity else {n: target for n in chosen}
@@ -132,15 +149,17 @@ def search_sparsity(
             report.tries.append(not_tried(target, layer_targets))
             say(f"  prune {target:.0%} not tried: it cannot finish within the time budget")
             continue
-        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, original, budget.metric, say,
+        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, reference, budget.metric, say,
                                        limits.stopper())
         report.tries.append(attempt)
         value = getattr(attempt, budget.metric.value)
-        if value is not None and budget.within(original, value):
+        if value is not None and within_budget(shortfall_of(attempt.change, budget.metric is Metric.ACCURACY), budget.limit):
             attempt.kept, report.kept, report.report = True, attempt, record
-            say(f"kept {attempt.setting()}: test {budget.metric.value} {value:.4g} ({budget.change(original, value)})")
+            say(f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
+                f"({budget.change(original, value)}, 95% CI {_ci(attempt, budget)})")
             return pruned, report
-        attempt.note = attempt.note or f"{budget.change(original, value)} vs the original, budget: {budget.describe()}"
+        attempt.note = attempt.note or (f"{budget.change(original, value)} (95% CI {_ci(attempt, budget)}) vs the original "
+                                        f"on validation, budget: {budget.describe()}")
         say(f"  {attempt.setting()} missed: {attempt.note}")
     return model, report
 
@@ -262,8 +281,26 @@ def not_tried(target: float, layer_targets: dict[str, float]) -> SearchTry:
     return failed_try(target, layer_targets, "not tried: it cannot finish within the time budget")
 
 
-def _try(model, data, config: PruneConfig, target, layer_targets, teacher, original, metric: Metric, say, stopper=None):
-    """(SearchTry, pruned model or None, prune's report or None) of one target; ``stopper`` ends it at a deadline."""
+def _ci(attempt: SearchTry, budget: Budget) -> str:
+    low, high = attempt.ci95 or [float("nan")] * 2
+    return f"{100 * low:+.2f} to {100 * high:+.2f} pt" if budget.metric is Metric.ACCURACY else \
+        f"{100 * low:+.1f}% to {100 * high:+.1f}%"
+
+
+def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, Interval]:
+    """The pruned model's validation figure and its paired change vs the original's outputs on the same rows."""
+    from deploykit.evaluate import outputs, rmse
+
+    new = outputs(pruned, data.x_val)
+    if metric is Metric.RMSE:
+        return rmse(new, data.y_val), rmse_change_interval(reference, new, data.y_val)
+    correct = new.argmax(-1) == data.y_val
+    return float(correct.mean()), accuracy_change_interval(reference.argmax(-1) == data.y_val, correct)
+
+
+def _try(model, data, config: PruneConfig, target, layer_targets, teacher, reference, metric: Metric, say, stopper=None):
+    """(SearchTry, pruned model or None, prune's report or None) of one target, measured on the validation split
+    against the original's outputs there (``reference``); ``stopper`` ends it at a deadline."""
     start = time.perf_counter()
     own = {n: t for n, t in layer_targets.items() if abs(t - target) >= 5e-3}
     say(f"  try prune {target:.0%} over {config.epochs} epochs" + (f" ({len(own)} layers with their own target)" if own else ""))
@@ -275,9 +312,12 @@ def _try(model, data, config: PruneConfig, target, layer_targets, teacher, origi
         why = stopped if getattr(stopper, "stopped", None) else ""
         return SearchTry(target, layer_targets, 0.0, None, None, 0, note=why + str(exc),
                          seconds=round(time.perf_counter() - start, 2)), None, None
-    acc = record.accuracy_after
-    attempt = SearchTry(target, layer_targets, record.sparsity, acc, None if acc is None else acc - original,
-                        record.gzip_bytes_after, seconds=round(time.perf_counter() - start, 2), rmse=record.rmse_after)
+    value, change = _validation_change(pruned, data, reference, metric)
+    regression = metric is Metric.RMSE
+    attempt = SearchTry(target, layer_targets, record.sparsity, None if regression else value,
+                        None if regression else change.estimate, record.gzip_bytes_after,
+                        seconds=round(time.perf_counter() - start, 2), rmse=value if regression else None,
+                        ci95=change.as_list(), change=change)
     if getattr(stopper, "stopped", None):
         attempt.note = f"stopped at the time budget's deadline in epoch {stopper.stopped} of {config.epochs}"
     return attempt, pruned, record

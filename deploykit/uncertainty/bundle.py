@@ -272,6 +272,7 @@ def _regression_figures(path: Path, f: Figures):
 
 def _store_std_scale(data, path: Path, batch_size: int, say):
     """Fit the std scale on the validation split, store it in ``path``; the test split's metrics before / after."""
+    from deploykit.uncertainty.generalises import check_std_scale
     from deploykit.uncertainty.regression import StdScaleReport, fit_std_scale, regression_metrics, write_with_std_scale
 
     if len(data.x_val) == 0:
@@ -280,10 +281,13 @@ def _store_std_scale(data, path: Path, batch_size: int, say):
     predictor = UncertaintyPredictor(path)
     val = predictor.predict(data.x_val, batch_size=batch_size)
     fit = fit_std_scale(data.y_val, val.mean, val.std)
+    decision = check_std_scale(data.y_val, val.mean, val.std)  # kept only when it generalises, else std x 1
+    if not decision.kept:
+        fit = dataclasses.replace(fit, std_scale=1.0, nll_after=fit.nll_before)
     before = predictor.predict(data.x_test, batch_size=batch_size)
     write_with_std_scale(path, path, fit)
     after = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
-    say(f"  std x {fit.std_scale:.4f}: validation Gaussian NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
+    say(f"  {decision.line()}")
     return StdScaleReport(fit, regression_metrics(data.y_test, before.mean, before.std),
                           regression_metrics(data.y_test, after.mean, after.std))
 
@@ -316,6 +320,7 @@ def _regression_selective(path: Path, f: Figures, mc: UncertaintyResult, plot: P
 def _store_temperature(path: Path, data, val_samples, batch_size: int, say):
     """Fit the temperature on the validation split's samples (``val_samples()``: [T, N, C] and whether each sample
     has its own softmax, for the per-sample placement) and store it in ``path``; returns (fit, raw test predictions)."""
+    from deploykit.uncertainty.generalises import check_mc_temperature
     from deploykit.uncertainty.temperature import Placement, fit_mc_temperature, write_with_temperature
 
     say(f"fitting the temperature on {len(data.x_val)} validation instances")
@@ -324,9 +329,12 @@ def _store_temperature(path: Path, data, val_samples, batch_size: int, say):
     samples, per_sample = val_samples()
     placements = (Placement.PER_SAMPLE, Placement.MEAN) if per_sample else (Placement.MEAN,)
     fit = fit_mc_temperature(data.y_val, samples, placements=placements)
+    decision = check_mc_temperature(data.y_val, samples, fit.placement)  # kept only when it generalises, else T = 1
+    if not decision.kept:
+        fit = dataclasses.replace(fit, temperature=1.0, nll_after=fit.nll_before)
     before = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
     write_with_temperature(path, path, fit)
-    say(f"  T = {fit.temperature:.4f} ({fit.placement.value}): validation NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
+    say(f"  {decision.line()} ({fit.placement.value})")
     return fit, before
 
 

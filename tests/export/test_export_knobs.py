@@ -101,6 +101,20 @@ def test_unknown_excluded_name_and_unsupported_knobs_are_refused(tmp_path, train
     with pytest.raises(UsageError, match="min/max only"):
         export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-full", representative_data=digits,
                       config=QuantConfig(calibration_method="entropy"))
-    with pytest.raises(UsageError, match="exclude applies to 'int8-full'"):
-        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-weights", config=QuantConfig(exclude=("a",)))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("fmt", "quantization"), [("tflite", "float32"), ("tflite", "int8-weights"), ("onnx", "float16")])
+def test_exclude_is_ignored_with_one_line_by_variants_that_do_not_take_it(tmp_path, trained_model, digits, caplog, fmt,
+                                                                          quantization):
+    """Issue 22: --exclude aborted the run whenever a TFLite float variant was requested (the README's own example)."""
+    import logging
+
+    from deploykit.export import export_variant
+
+    with caplog.at_level(logging.INFO, logger="deploykit"):
+        record = export_variant(trained_model, fmt, quantization, tmp_path / f"m.{fmt}", digits,
+                                config=QuantConfig(exclude=(_dense_names(trained_model)[1],)))
+    lines = [r.getMessage() for r in caplog.records if "exclude" in r.getMessage()]
+    assert len(lines) == 1 and f"{quantization} ignores it" in lines[0], lines
+    assert record.path.exists() and validate(record, digits, trained_model, repeats=2).passed

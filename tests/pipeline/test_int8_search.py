@@ -6,6 +6,7 @@ import pytest
 
 from deploykit.errors import DataError, UsageError
 from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization
+from deploykit.export.int8_prep import STANDARDIZATION
 from deploykit.pipeline.int8_search import Int8Variant, chosen, int8_variants, search_int8
 from deploykit.pipeline.records import ArtifactRow, Verdict
 
@@ -20,19 +21,38 @@ def test_requested_setting_first_then_more_calibration_entropy_float_ends_then_t
         "onnx int8-static, 400 minmax calibration samples, 4x calibration",
         "onnx int8-static, 400 entropy calibration samples, 4x calibration, entropy",
         "onnx int8-static, 400 minmax calibration samples, dense, dense_2 kept in float",
+        "onnx int8-static, 100 minmax calibration samples, inputs standardized in float",
         "onnx int8-dynamic, fallback",
     ]
     assert onnx[3].knobs.exclude == ("dense", "dense_2")
+    assert onnx[4].knobs.standardize_input and onnx[4].knobs.exclude == (STANDARDIZATION,)  # kept in float
+    assert not any(v.knobs.standardize_input for v in onnx[:4] + onnx[5:])
     tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, set())
     assert [(v.quantization, v.note) for v in tflite] == [
         (Quantization.INT8_FULL, ""), (Quantization.INT8_FULL, "4x calibration"),
-        (Quantization.INT8_FULL, "dense, dense_2 kept in float"), (Quantization.INT8_WEIGHTS, "fallback")]
+        (Quantization.INT8_FULL, "dense, dense_2 kept in float"), (Quantization.INT8_FULL, "inputs standardized in float"),
+        (Quantization.INT8_WEIGHTS, "fallback")]
+
+
+def test_raw_tabular_scales_put_the_float_standardization_second_and_keep_it():
+    import numpy as np
+
+    from deploykit.pipeline.int8_search import raw_scales
+
+    assert raw_scales(np.geomspace(1e-3, 4e3, 30) ** 2) and not raw_scales(np.full(64, 16.0))
+    tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, QuantConfig(), LAYERS, set(), raw_scales=True)
+    assert [v.note for v in tflite][:3] == ["", "inputs standardized in float", "4x calibration"]
+    assert all(v.knobs.standardize_input for v in tflite[1:]) and tflite[2].knobs.exclude == (STANDARDIZATION,)
+    assert tflite[-1].quantization is Quantization.INT8_WEIGHTS and tflite[-1].knobs.exclude == ()
 
 
 def test_a_variant_needing_no_calibration_has_no_calibration_tries_and_requested_variants_are_no_fallbacks():
     knobs = QuantConfig()
-    assert [v.quantization for v in int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set())] == [
-        Quantization.INT8_DYNAMIC]  # static variants need calibration choices of their own: never a silent fallback
+    dynamic = int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set(), raw_scales=True)
+    assert [(v.quantization, v.knobs.standardize_input) for v in dynamic] == [
+        (Quantization.INT8_DYNAMIC, False), (Quantization.INT8_DYNAMIC, True)]  # static ones: never a silent fallback
+    assert dynamic[1].knobs.exclude == ()  # quantize_dynamic leaves the standardization's Sub / Div in float anyway
+    assert len(int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set(), dense_first=False)) == 1
     taken = {Quantization.INT8_WEIGHTS}
     assert [v.quantization for v in int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, taken)][-1] \
         is Quantization.INT8_FULL
@@ -66,9 +86,9 @@ def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_s
         return v
 
     rows = {variants[0]: _row(0.93, Verdict.REJECTED), variants[1]: _row(0.94, Verdict.REJECTED),
-            variants[2]: _row(0.92, Verdict.REJECTED)}
+            variants[2]: _row(0.92, Verdict.REJECTED), variants[3]: _row(0.90, Verdict.REJECTED)}
     attempts = search_int8(variants, make, lambda v: rows[v])
-    assert [a.error for a in attempts] == ["", "", "", "cannot convert"]
+    assert [a.error for a in attempts] == ["", "", "", "", "cannot convert"]
     best = chosen(attempts)
     assert best.variant == variants[1] and not best.passed
 

@@ -48,7 +48,8 @@ def test_every_artifact_exists_and_passed(run):
         assert int8 and int8[-1].kept and not any(t.kept for t in int8[:-1])
     report = json.loads((result.out_dir / "report.json").read_text())
     assert len(report["tries"]) == len(result.tries) and report["tries"][0]["setting"] == "prune 50%"
-    assert "| stage | setting | test accuracy |" in (result.out_dir / "report.md").read_text()
+    assert "| stage | setting | val accuracy | val Δ acc (95% CI) |" in (result.out_dir / "report.md").read_text()
+    assert all(t.ci95 is not None and t.ci95[0] <= t.accuracy_change <= t.ci95[1] for t in result.tries if t.accuracy)
     leftovers = [p.name for p in result.out_dir.parent.iterdir() if p.name != result.out_dir.name]
     assert leftovers == []
 
@@ -72,10 +73,7 @@ def test_report_agrees_with_remeasuring_the_onnx_artifact(run, digits):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs = session.run(None, {"input": digits.x_test.astype(np.float32)})[0]
     keras_probs = np.asarray(load_model(result.out_dir / "model.keras")(digits.x_test, training=False))
-    # the shipped file holds the temperature fitted after validation: it must reproduce the Keras model scaled by it
-    from deploykit.uncertainty.temperature import read_temperature, scale_probs
-
-    keras_probs = scale_probs(keras_probs, read_temperature(onnx.load(str(path)))["temperature"])
+    # a kept temperature is folded into model.keras itself: the shipped file reproduces it as it is
     assert row["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == digits.y_test)), abs=1e-12)
     assert row["agreement"] == pytest.approx(float(np.mean(probs.argmax(1) == keras_probs.argmax(1))), abs=1e-12)
     assert row["max_abs_diff"] == pytest.approx(float(np.abs(probs - keras_probs).max()), abs=1e-6)
@@ -121,7 +119,8 @@ def test_mc_artifact_and_metadata(run, digits):
 def test_report_markdown_table_and_toml(run):
     result, _ = run
     text = (result.out_dir / "report.md").read_text()
-    assert "| artifact | format | quantization | sparsity | size | gzip | compression | accuracy | Δ acc | agreement |" in text
+    assert ("| artifact | format | quantization | sparsity | size | gzip | compression | accuracy | Δ acc (95% CI) "
+            "| val Δ acc (95% CI) | agreement |") in text
     for row in result.artifacts:
         assert f"| {row.file} |" in text
     assert "## What each step bought and cost" in text and "![reliability.png](reliability.png)" in text
@@ -135,7 +134,8 @@ def test_steps_switched_off_by_options(trained_model, digits, tmp_path):
     result = optimize(trained_model, digits, config=FAST, out_dir=tmp_path / "off", fold=False, sparsity="none",
                       compact=False, export=False, mc=False)
     assert {s.step: s.status for s in result.steps} == {
-        "sparsity": Status.SKIPPED, "fold": Status.SKIPPED, "compact": Status.SKIPPED, "save model": Status.DONE,
+        "sparsity": Status.SKIPPED, "fold": Status.SKIPPED, "compact": Status.SKIPPED, "temperature": Status.DONE,
+        "save model": Status.DONE,
         "export": Status.SKIPPED, "mc dropout": Status.SKIPPED}
     assert all(s.reason == "switched off" for s in result.steps if s.status is Status.SKIPPED)
     assert [r.file for r in result.artifacts] == ["original.keras", "model.keras"]
@@ -169,7 +169,9 @@ def test_an_artifact_that_fails_validation_is_rejected_and_not_shipped(trained_m
     result = optimize(trained_model, digits, config=config, out_dir=out, sparsity="none", mc=False,
                       formats="onnx", quantize="float32,float16")
     rejected = result.artifact("model_float16.onnx")
-    assert rejected.verdict is Verdict.REJECTED and rejected.accuracy is not None  # it keeps its numbers
+    # it keeps its numbers: those of the validation split that rejected it (the test split is not looked at then)
+    assert rejected.verdict is Verdict.REJECTED and rejected.validation is not None and rejected.max_abs_diff > 1e-5
+    assert rejected.accuracy is None and rejected.validation.value > 0.9
     assert "max_abs_diff = " in rejected.checks and "required <= 1e-05" in rejected.checks
     assert [r.file for r in result.rejected] == ["model_float16.onnx"]
     assert result.artifact("model.onnx").verdict is Verdict.PASS

@@ -107,16 +107,14 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
     assert report["model"]["task"] == "classification" and report["model"]["output"] == "logits"
     files = {a["file"] for a in _shipped(report)}
     assert {"model.onnx", "model.tflite", "model_int8-dynamic.onnx", "model_int8-full.tflite"} <= files
-    for name in ("model.onnx", "model_int8-dynamic.onnx"):
+    # int8-dynamic is decided on diabetes' 66 validation rows now (issue 22), where it may miss: named when shipped
+    for name in ("model.onnx", *(["model_int8-dynamic.onnx"] if (out / "model_int8-dynamic.onnx").exists() else [])):
         proto = onnx.load(str(out / name))
         assert [o.name for o in proto.graph.output] == [LOGITS_NAME, OUTPUT_NAME]
         assert read_metadata(proto).task == {"task": "classification", "output": "logits"}
     keras_out, onnx_probs = _keras3_round_trip(out, load_dataset("digits"))
-    from deploykit.uncertainty.temperature import read_temperature, scale_probs
-
-    stored = read_temperature(onnx.load(str(out / "model.onnx")))  # T divides the logits before the graph's softmax
-    temperature = 1.0 if stored is None else stored["temperature"]
-    np.testing.assert_allclose(onnx_probs, scale_probs(softmax(keras_out), temperature), atol=1e-4)
+    # a kept temperature is folded into model.keras's logits (z / T): the graph's softmax of them, nothing more
+    np.testing.assert_allclose(onnx_probs, softmax(keras_out), atol=1e-4)
     sparsity = next(s for s in report["steps"] if s["step"].startswith("sparsity"))
     assert sparsity["status"] in ("done", "missed budget")
     row = _mc_row_held_to_budget(report, lambda r: r["accuracy_change"] >= -report["budget"]["max_accuracy_drop"] - 1e-12)
@@ -139,7 +137,8 @@ def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_pa
     original = report["original"]["rmse"]
     for row in shipped:
         assert row["accuracy"] is None and row["rmse"] <= original * 1.05 + 1e-9
-    for name in ("model.onnx", "model_int8-dynamic.onnx"):
+    # int8-dynamic is decided on diabetes' 66 validation rows now (issue 22), where it may miss: named when shipped
+    for name in ("model.onnx", *(["model_int8-dynamic.onnx"] if (out / "model_int8-dynamic.onnx").exists() else [])):
         proto = onnx.load(str(out / name))
         assert [o.name for o in proto.graph.output] == [PREDICTION_NAME]
         assert read_metadata(proto).task == {"task": "regression", "output": "values"}
