@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import FASHION, ROOT  # noqa: E402  (puts the repository on sys.path)
 from common import write_results as _write_results  # noqa: E402
 
@@ -62,11 +61,17 @@ def build(kind: str, data):
     layers = [keras.Input(shape=data.input_shape), keras.layers.Flatten(), norm]
     for width in (300, 100):
         if kind == "bn_elu_dropout":
-            layers += [keras.layers.Dense(width, use_bias=False, kernel_initializer="he_normal"),
-                       keras.layers.BatchNormalization(), keras.layers.Activation("elu"), keras.layers.Dropout(0.2)]
+            layers += [
+                keras.layers.Dense(width, use_bias=False, kernel_initializer="he_normal"),
+                keras.layers.BatchNormalization(),
+                keras.layers.Activation("elu"),
+                keras.layers.Dropout(0.2),
+            ]
         else:
-            layers += [keras.layers.Dense(width, activation="selu", kernel_initializer="lecun_normal"),
-                       keras.layers.AlphaDropout(0.2)]
+            layers += [
+                keras.layers.Dense(width, activation="selu", kernel_initializer="lecun_normal"),
+                keras.layers.AlphaDropout(0.2),
+            ]
     layers.append(keras.layers.Dense(data.num_classes, activation="softmax"))
     return keras.Sequential(layers)
 
@@ -78,8 +83,15 @@ def train(kind: str, data, seed: int, epochs: int = 15):
     model = build(kind, data)
     model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
-    model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=epochs, batch_size=32,
-              verbose=0, callbacks=[stop])
+    model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        callbacks=[stop],
+    )
     return model
 
 
@@ -93,16 +105,24 @@ def weights_gzip(path: Path) -> int:
 
 
 def optimize_child(model: Path, data: str, out: Path) -> dict:
-    """`deploykit optimize MODEL --data DATA --out OUT` in its own process: exit status, wall and CPU seconds, report."""
+    """`deploykit optimize MODEL --data DATA --out OUT` in its own process: exit status, wall and CPU seconds,
+    report."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "deploykit.cli.main", "optimize", str(model), "--data", data,
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "deploykit.cli.main", "optimize", str(model), "--data", data, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = {"exit": done.returncode, "crashed": done.returncode < 0 or done.returncode > 128,
-           "wall_seconds": round(time.perf_counter() - start, 1),
-           "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
-           "stderr_tail": done.stderr.strip().splitlines()[-1:] if done.returncode else []}
+    run = {
+        "exit": done.returncode,
+        "crashed": done.returncode < 0 or done.returncode > 128,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
+        "stderr_tail": done.stderr.strip().splitlines()[-1:] if done.returncode else [],
+    }
     report_path = out / "report.json"
     if report_path.exists():
         run.update(_summary(json.loads(report_path.read_text()), weights_gzip(model)))
@@ -115,7 +135,9 @@ def optimize_child(model: Path, data: str, out: Path) -> dict:
 
 def _summary(report: dict, original_weights_gzip: int) -> dict:
     """What the targets need from one report: shipped artifacts, their accuracy change, the smallest one's ratio."""
-    shipped = [r for r in report["artifacts"] if r["verdict"] in ("pass", "not validated") and r["file"] != "original.keras"]
+    shipped = [
+        r for r in report["artifacts"] if r["verdict"] in ("pass", "not validated") and r["file"] != "original.keras"
+    ]
     rejected = [r["file"] for r in report["artifacts"] if r["verdict"] == "rejected"]
     smallest = min(shipped, key=lambda r: r["gzip_bytes"]) if shipped else None
     kept = next((t for t in report["tries"] if t["stage"] == "sparsity" and t["kept"]), None)
@@ -123,15 +145,31 @@ def _summary(report: dict, original_weights_gzip: int) -> dict:
         "original_accuracy": report["original"]["accuracy"],
         "kept_sparsity": kept["setting"] if kept else "dense",
         "tries": [(t["stage"], t["setting"], t["accuracy_change"], t["kept"]) for t in report["tries"]],
-        "shipped": [r["file"] for r in shipped], "rejected": rejected,
-        "worst_shipped_change_points": min((100 * r["accuracy_change"] for r in shipped if r["accuracy_change"] is not None), default=None),
-        "all_within_budget": all(r["accuracy_change"] is not None and -r["accuracy_change"] <= BUDGET + 1e-12 for r in shipped),
-        "smallest": smallest and smallest["file"], "smallest_gzip_bytes": smallest and smallest["gzip_bytes"],
+        "shipped": [r["file"] for r in shipped],
+        "rejected": rejected,
+        "worst_shipped_change_points": min(
+            (100 * r["accuracy_change"] for r in shipped if r["accuracy_change"] is not None), default=None
+        ),
+        "all_within_budget": all(
+            r["accuracy_change"] is not None and -r["accuracy_change"] <= BUDGET + 1e-12 for r in shipped
+        ),
+        "smallest": smallest and smallest["file"],
+        "smallest_gzip_bytes": smallest and smallest["gzip_bytes"],
         "ratio_vs_float32_weights_gzip": smallest and original_weights_gzip / smallest["gzip_bytes"],
         "ratio_vs_keras_gzip": smallest and report["original"]["keras_gzip_bytes"] / smallest["gzip_bytes"],
-        "int8_tflite": next(({"gzip_bytes": r["gzip_bytes"], "accuracy_change": r["accuracy_change"], "verdict": r["verdict"],
-                              "quantization": r["quantization"]}
-                             for r in report["artifacts"] if r["format"] == "tflite" and r["precision"] == "int8"), None),
+        "int8_tflite": next(
+            (
+                {
+                    "gzip_bytes": r["gzip_bytes"],
+                    "accuracy_change": r["accuracy_change"],
+                    "verdict": r["verdict"],
+                    "quantization": r["quantization"],
+                }
+                for r in report["artifacts"]
+                if r["format"] == "tflite" and r["precision"] == "int8"
+            ),
+            None,
+        ),
         "sparsity_epochs": report["config"]["sparsity"]["prune"]["epochs"],
         "seconds_in_report": report["seconds"],
         **_trust(report, kept, shipped),
@@ -145,26 +183,46 @@ def _trust(report: dict, kept: dict | None, shipped: list[dict]) -> dict:
     return {
         "kept_val_change_points": kept and kept["accuracy_change"] is not None and 100 * kept["accuracy_change"],
         "kept_val_ci95_points": kept and kept.get("ci95") and [100 * v for v in kept["ci95"]],
-        "shipped_test": {r["file"]: {"change_points": r["accuracy_change"] and 100 * r["accuracy_change"],
-                                     "ci95_points": r.get("ci95") and [100 * v for v in r["ci95"]],
-                                     "val_change_points": (r.get("validation") or {}).get("change") and
-                                     100 * r["validation"]["change"]} for r in shipped},
+        "shipped_test": {
+            r["file"]: {
+                "change_points": r["accuracy_change"] and 100 * r["accuracy_change"],
+                "ci95_points": r.get("ci95") and [100 * v for v in r["ci95"]],
+                "val_change_points": (r.get("validation") or {}).get("change") and 100 * r["validation"]["change"],
+            }
+            for r in shipped
+        },
         "test_misses": [r["file"] for r in report["artifacts"] if "test miss" in (r.get("checks") or "")],
-        "temperature": {"kept": detail.get("kept"), "value": detail.get("value"), "fitted": detail.get("fitted"),
-                        "reason": (temperature or {}).get("reason")},
+        "temperature": {
+            "kept": detail.get("kept"),
+            "value": detail.get("value"),
+            "fitted": detail.get("fitted"),
+            "reason": (temperature or {}).get("reason"),
+        },
         "resolution": report["budget"].get("resolution"),
-        "int8_onnx": next(({"file": r["file"], "change_points": r["accuracy_change"] and 100 * r["accuracy_change"],
-                            "verdict": r["verdict"]} for r in report["artifacts"]
-                           if r["format"] == "onnx" and r["precision"] == "int8"), None),
-        "int8_tries": [(t["setting"], t["accuracy_change"], t["kept"]) for t in report["tries"] if t["stage"] == "int8"],
+        "int8_onnx": next(
+            (
+                {
+                    "file": r["file"],
+                    "change_points": r["accuracy_change"] and 100 * r["accuracy_change"],
+                    "verdict": r["verdict"],
+                }
+                for r in report["artifacts"]
+                if r["format"] == "onnx" and r["precision"] == "int8"
+            ),
+            None,
+        ),
+        "int8_tries": [
+            (t["setting"], t["accuracy_change"], t["kept"]) for t in report["tries"] if t["stage"] == "int8"
+        ],
     }
 
 
 def artifact_checks(out: Path, data: str) -> dict:
     """In a child process (a runtime may crash natively): each shipped deterministic ONNX / TFLite file's largest
     |probability - model.keras| on the test split and its test NLL against the original model's."""
-    done = subprocess.run([sys.executable, __file__, "--check-one", str(out), data], capture_output=True, text=True,
-                          cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, __file__, "--check-one", str(out), data], capture_output=True, text=True, cwd=ROOT
+    )
     if done.returncode != 0:
         return {"exit": done.returncode, "error": (done.stderr.strip().splitlines() or [""])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -180,7 +238,9 @@ def _check_one(out: str, data_source: str) -> None:
     data = load_dataset(data_source)
 
     def nll(p):
-        return float(-np.log(np.maximum(np.asarray(p, np.float64)[np.arange(len(data.y_test)), data.y_test], 1e-12)).mean())
+        return float(
+            -np.log(np.maximum(np.asarray(p, np.float64)[np.arange(len(data.y_test)), data.y_test], 1e-12)).mean()
+        )
 
     original = outputs(load_model(str(out_dir / "original.keras")), data.x_test)
     keras_probs = outputs(load_model(str(out_dir / "model.keras")), data.x_test)
@@ -197,25 +257,33 @@ def _check_one(out: str, data_source: str) -> None:
 
 def tfmot_recipe(model_path: Path, data_source: str, sparsity: float, epochs: int, out: Path) -> dict:
     """TF-MOT's documented recipe, in a child process (LiteRT may crash natively on some int8 files)."""
-    done = subprocess.run([sys.executable, __file__, "--tfmot-one", str(model_path), data_source, str(sparsity), str(epochs),
-                           str(out)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, __file__, "--tfmot-one", str(model_path), data_source, str(sparsity), str(epochs), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if done.returncode != 0:
-        return {"exit": done.returncode, "crashed": done.returncode < 0 or done.returncode > 128,
-                "error": (done.stderr.strip().splitlines() or [""])[-1]}
+        return {
+            "exit": done.returncode,
+            "crashed": done.returncode < 0 or done.returncode > 128,
+            "error": (done.stderr.strip().splitlines() or [""])[-1],
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _tfmot_one(model_path: str, data_source: str, sparsity: float, epochs: int, out: str) -> None:
-    """prune_low_magnitude on every Dense (PolynomialDecay 0 -> sparsity) + fine-tune + strip_pruning + TFLite full int8.
+    """prune_low_magnitude on every Dense (PolynomialDecay 0 -> sparsity) + fine-tune + strip_pruning + TFLite
+    full int8.
 
     Measured in LiteRT on the test split. TF-MOT's guide prunes the whole model, or, with layers it
     cannot wrap (Normalization here), the Dense layers through ``clone_model(..., clone_function=...)``.
     """
+    import tensorflow_model_optimization as tfmot
+
     from deploykit.backend import keras, set_seed, tf
     from deploykit.data import load_dataset
     from deploykit.io import load_model
-
-    import tensorflow_model_optimization as tfmot
 
     data = load_dataset(data_source)
     model = load_model(model_path)
@@ -224,6 +292,7 @@ def _tfmot_one(model_path: str, data_source: str, sparsity: float, epochs: int, 
     set_seed(0)
     steps = -(-len(data.x_train) // 32) * epochs
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=int(0.7 * steps))
+
     def dense_only(layer):  # TF-MOT's documented way when the model holds layers it cannot prune (Normalization)
         if isinstance(layer, keras.layers.Dense):
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
@@ -231,8 +300,15 @@ def _tfmot_one(model_path: str, data_source: str, sparsity: float, epochs: int, 
 
     pruned = keras.models.clone_model(model, clone_function=dense_only)
     pruned.compile(optimizer=keras.optimizers.Nadam(5e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    pruned.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=epochs, batch_size=32, verbose=0,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    pruned.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -246,8 +322,19 @@ def _tfmot_one(model_path: str, data_source: str, sparsity: float, epochs: int, 
     runner = open_runner(Path(out))
     probs = predict_batches(runner.predict, data.x_test)
     acc = float(np.mean(probs.argmax(1) == data.y_test))
-    print(json.dumps({"exit": 0, "crashed": False, "accuracy": acc, "accuracy_change": acc - original,
-                      "gzip_bytes": len(gzip.compress(blob, compresslevel=9, mtime=0)), "sparsity": sparsity, "epochs": epochs}))
+    print(
+        json.dumps(
+            {
+                "exit": 0,
+                "crashed": False,
+                "accuracy": acc,
+                "accuracy_change": acc - original,
+                "gzip_bytes": len(gzip.compress(blob, compresslevel=9, mtime=0)),
+                "sparsity": sparsity,
+                "epochs": epochs,
+            }
+        )
+    )
 
 
 def distillation_vs_plain(model, data, epochs: int) -> list[dict]:
@@ -259,22 +346,39 @@ def distillation_vs_plain(model, data, epochs: int) -> list[dict]:
     for target in (0.8, 0.9):
         for distill in (False, True):
             start = time.perf_counter()
-            pruned, report = prune(model, data, config=PruneConfig(target_sparsity=target, epochs=epochs, distill=distill))
-            rows.append({"target": target, "distill": distill, "epochs": epochs, "test": report.accuracy_after,
-                         "test_change_points": 100 * (report.accuracy_after - report.accuracy_before),
-                         "val": accuracy(pruned, data.x_val, data.y_val), "train": accuracy(pruned, data.x_train, data.y_train),
-                         "seconds": round(time.perf_counter() - start, 1)})
+            pruned, report = prune(
+                model, data, config=PruneConfig(target_sparsity=target, epochs=epochs, distill=distill)
+            )
+            rows.append(
+                {
+                    "target": target,
+                    "distill": distill,
+                    "epochs": epochs,
+                    "test": report.accuracy_after,
+                    "test_change_points": 100 * (report.accuracy_after - report.accuracy_before),
+                    "val": accuracy(pruned, data.x_val, data.y_val),
+                    "train": accuracy(pruned, data.x_train, data.y_train),
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
             say(f"  distill={distill} target={target}: test {rows[-1]['test']:.4f} train {rows[-1]['train']:.4f}")
     return rows
 
 
-def run(seeds: int, kinds: tuple[str, ...], distill_epochs: int, tfmot_seeds: int, digits: bool = True,
-        tabular: bool = True) -> dict:
+def run(
+    seeds: int, kinds: tuple[str, ...], distill_epochs: int, tfmot_seeds: int, digits: bool = True, tabular: bool = True
+) -> dict:
     from deploykit.data import load_dataset
     from deploykit.io import save_model
 
-    results: dict = {"budget_points": 100 * BUDGET, "target_ratio": TARGET_RATIO, "fashion": [], "digits": None,
-                     "distillation": {}, "tabular": None}
+    results: dict = {
+        "budget_points": 100 * BUDGET,
+        "target_ratio": TARGET_RATIO,
+        "fashion": [],
+        "digits": None,
+        "distillation": {},
+        "tabular": None,
+    }
     with tempfile.TemporaryDirectory(prefix="deploykit-budget-") as tmp:
         tmp = Path(tmp)
         if tabular:
@@ -296,12 +400,20 @@ def run(seeds: int, kinds: tuple[str, ...], distill_epochs: int, tfmot_seeds: in
                 path = save_model(model, tmp / f"{kind}_{seed}.keras")
                 say(f"fashion {kind} seed {seed}: optimize")
                 entry = {"kind": kind, "seed": seed, **optimize_child(path, str(FASHION), tmp / f"out_{kind}_{seed}")}
-                say(f"  exit {entry['exit']}, shipped {entry.get('shipped')}, smallest {entry.get('ratio_vs_float32_weights_gzip')}")
+                say(
+                    f"  exit {entry['exit']}, shipped {entry.get('shipped')}, smallest "
+                    f"{entry.get('ratio_vs_float32_weights_gzip')}"
+                )
                 sparsity = _kept_target(entry)
                 if sparsity and seed < tfmot_seeds:
                     say(f"fashion {kind} seed {seed}: TF-MOT recipe at {sparsity:.0%}")
-                    entry["tfmot"] = tfmot_recipe(path, str(FASHION), sparsity, entry.get("sparsity_epochs", 30),
-                                                  tmp / f"tfmot_{kind}_{seed}.tflite")
+                    entry["tfmot"] = tfmot_recipe(
+                        path,
+                        str(FASHION),
+                        sparsity,
+                        entry.get("sparsity_epochs", 30),
+                        tmp / f"tfmot_{kind}_{seed}.tflite",
+                    )
                     entry["tfmot"]["original_weights_gzip"] = weights_gzip(path)
                 results["fashion"].append(entry)
                 _save(results)
@@ -328,17 +440,28 @@ def tabular_case(tmp: Path) -> dict:
     set_seed(0)
     norm = keras.layers.Normalization()
     norm.adapt(data.x_train)
-    model = keras.Sequential([keras.Input((data.num_features,)), norm, keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((data.num_features,)),
+            norm,
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=60, batch_size=32, verbose=0)
     path = save_model(model, tmp / "breast_cancer.keras")
     entry = optimize_child(path, str(source), tmp / "out_breast_cancer")
     int8 = {f: v for f, v in entry.get("shipped_test", {}).items() if "int8" in f}
-    entry["int8_onnx_within_1pt"] = any(f.endswith(".onnx") and v["change_points"] is not None
-                                        and v["change_points"] >= -100 * BUDGET - 1e-9 for f, v in int8.items())
-    entry["int8_tflite_within_1pt"] = any(f.endswith(".tflite") and v["change_points"] is not None
-                                          and v["change_points"] >= -100 * BUDGET - 1e-9 for f, v in int8.items())
+    entry["int8_onnx_within_1pt"] = any(
+        f.endswith(".onnx") and v["change_points"] is not None and v["change_points"] >= -100 * BUDGET - 1e-9
+        for f, v in int8.items()
+    )
+    entry["int8_tflite_within_1pt"] = any(
+        f.endswith(".tflite") and v["change_points"] is not None and v["change_points"] >= -100 * BUDGET - 1e-9
+        for f, v in int8.items()
+    )
     return entry
 
 
@@ -366,42 +489,72 @@ def _kept_target(entry: dict) -> float | None:
 
 
 def markdown(r: dict) -> str:
-    lines = ["# Accuracy budget: `deploykit optimize` with defaults (budget 1 point)", "",
-             "Each `optimize` ran in its own process (`python -m deploykit.cli.main optimize MODEL --data DATA`). "
-             "Ratio: the original float32 weights, gzip -9, over the smallest shipped artifact's gzip size "
-             f"(target >= {TARGET_RATIO:g}x). CPU: user + system seconds of the child process.", "",
-             "| model | seed | exit | crash | kept sparsity | shipped | rejected | worst shipped Δ (pt) | all within 1 pt "
-             "| smallest shipped | ratio vs float32 weights | ratio vs .keras gzip | wall s | CPU s |",
-             "|---|---:|---:|---|---|---:|---|---:|---|---|---:|---:|---:|---:|"]
-    runs = ([("digits (shipped)", "—", r["digits"])] if r["digits"] else []) + [(e["kind"], e["seed"], e) for e in r["fashion"]]
+    lines = [
+        "# Accuracy budget: `deploykit optimize` with defaults (budget 1 point)",
+        "",
+        "Each `optimize` ran in its own process (`python -m deploykit.cli.main optimize MODEL --data DATA`). "
+        "Ratio: the original float32 weights, gzip -9, over the smallest shipped artifact's gzip size "
+        f"(target >= {TARGET_RATIO:g}x). CPU: user + system seconds of the child process.",
+        "",
+        "| model | seed | exit | crash | kept sparsity | shipped | rejected | worst shipped Δ (pt) | all within 1 pt "
+        "| smallest shipped | ratio vs float32 weights | ratio vs .keras gzip | wall s | CPU s |",
+        "|---|---:|---:|---|---|---:|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+    runs = ([("digits (shipped)", "—", r["digits"])] if r["digits"] else []) + [
+        (e["kind"], e["seed"], e) for e in r["fashion"]
+    ]
     for name, seed, e in runs:
         ratio = e.get("ratio_vs_float32_weights_gzip")
         lines.append(
             f"| {name} | {seed} | {e['exit']} | {'yes' if e['crashed'] else 'no'} | {e.get('kept_sparsity', '—')} "
             f"| {len(e.get('shipped', []))} | {', '.join(e.get('rejected', [])) or '—'} "
-            f"| {_f(e.get('worst_shipped_change_points'), '+.2f')} | {e.get('all_within_budget', '—')} | {e.get('smallest') or '—'} "
-            f"| {_x(ratio)} | {_x(e.get('ratio_vs_keras_gzip'))} | {e['wall_seconds']:.0f} | {e['cpu_seconds']:.0f} |")
+            f"| {_f(e.get('worst_shipped_change_points'), '+.2f')} | {e.get('all_within_budget', '—')} | "
+            f"{e.get('smallest') or '—'} "
+            f"| {_x(ratio)} | {_x(e.get('ratio_vs_keras_gzip'))} | {e['wall_seconds']:.0f} | {e['cpu_seconds']:.0f} |"
+        )
     ok = [e for e in r["fashion"] if e["exit"] == 0]
-    lines += ["", f"Fashion runs exiting 0: {len(ok)}/{len(r['fashion'])}; crashes: {sum(e['crashed'] for e in r['fashion'])}."]
+    lines += [
+        "",
+        f"Fashion runs exiting 0: {len(ok)}/{len(r['fashion'])}; crashes: {sum(e['crashed'] for e in r['fashion'])}.",
+    ]
     tf_rows = [e for e in r["fashion"] if "tfmot" in e]
     if tf_rows:
-        lines += ["", "## deploykit int8 TFLite vs TF-MOT's recipe (same sparsity, same fine-tuning epochs)", "",
-                  "| model | seed | deploykit int8 TFLite: Δ pt, gzip KiB, verdict | TF-MOT: Δ pt, gzip KiB | deploykit / TF-MOT gzip |",
-                  "|---|---:|---|---|---:|"]
+        lines += [
+            "",
+            "## deploykit int8 TFLite vs TF-MOT's recipe (same sparsity, same fine-tuning epochs)",
+            "",
+            "| model | seed | deploykit int8 TFLite: Δ pt, gzip KiB, verdict | TF-MOT: Δ pt, gzip KiB | deploykit / "
+            "TF-MOT gzip |",
+            "|---|---:|---|---|---:|",
+        ]
         for e in tf_rows:
             d, t = e.get("int8_tflite") or {}, e["tfmot"]
-            dk = f"{_f(d.get('accuracy_change') and 100 * d['accuracy_change'], '+.2f')}, {_f(d.get('gzip_bytes') and d['gzip_bytes'] / 1024, '.1f')}, {d.get('verdict', '—')}"
-            tm = (f"{100 * t['accuracy_change']:+.2f}, {t['gzip_bytes'] / 1024:.1f}" if t.get("exit") == 0
-                  else f"failed (exit {t.get('exit')}, crash: {t.get('crashed')})")
+            dk = (
+                f"{_f(d.get('accuracy_change') and 100 * d['accuracy_change'], '+.2f')}, "
+                f"{_f(d.get('gzip_bytes') and d['gzip_bytes'] / 1024, '.1f')}, {d.get('verdict', '—')}"
+            )
+            tm = (
+                f"{100 * t['accuracy_change']:+.2f}, {t['gzip_bytes'] / 1024:.1f}"
+                if t.get("exit") == 0
+                else f"failed (exit {t.get('exit')}, crash: {t.get('crashed')})"
+            )
             ratio = d["gzip_bytes"] / t["gzip_bytes"] if d.get("gzip_bytes") and t.get("gzip_bytes") else None
             lines.append(f"| {e['kind']} | {e['seed']} | {dk} | {tm} | {_f(ratio, '.2f')} |")
     lines += trust_markdown(r)
     for kind, rows in r["distillation"].items():
-        lines += ["", f"## Distillation vs plain fine-tuning ({kind}, seed 0, {rows[0]['epochs']} epochs each)", "",
-                  "| target | fine-tuning | test | Δ test (pt) | validation | train | train - test (pt) |", "|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## Distillation vs plain fine-tuning ({kind}, seed 0, {rows[0]['epochs']} epochs each)",
+            "",
+            "| target | fine-tuning | test | Δ test (pt) | validation | train | train - test (pt) |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for x in rows:
-            lines.append(f"| {x['target']:.0%} | {'distilled' if x['distill'] else 'plain'} | {x['test']:.4f} | {x['test_change_points']:+.2f} "
-                         f"| {x['val']:.4f} | {x['train']:.4f} | {100 * (x['train'] - x['test']):.1f} |")
+            lines.append(
+                f"| {x['target']:.0%} | {'distilled' if x['distill'] else 'plain'} | {x['test']:.4f} | "
+                f"{x['test_change_points']:+.2f} "
+                f"| {x['val']:.4f} | {x['train']:.4f} | {100 * (x['train'] - x['test']):.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -417,49 +570,79 @@ def _ci(points) -> str:
 def _trust_row(name, seed, e: dict) -> str:
     smallest = (e.get("shipped_test") or {}).get(e.get("smallest") or "", {})
     checks = e.get("artifact_checks") or {}
-    float32 = [v["max_abs_vs_keras"] for f, v in checks.items() if isinstance(v, dict) and f in ("model.onnx", "model.tflite")]
-    worst_nll = max((v["nll_vs_original"] for f, v in checks.items() if isinstance(v, dict) and f != "original.keras"),
-                    default=None)
+    float32 = [
+        v["max_abs_vs_keras"] for f, v in checks.items() if isinstance(v, dict) and f in ("model.onnx", "model.tflite")
+    ]
+    worst_nll = max(
+        (v["nll_vs_original"] for f, v in checks.items() if isinstance(v, dict) and f != "original.keras"), default=None
+    )
     t = e.get("temperature") or {}
-    temp = "—" if t.get("kept") is None else (f"T = {t['value']:.3g} kept" if t["kept"] else
-                                              f"T = 1 (fitted {t['fitted']:.3g})" if t.get("fitted") else "T = 1")
-    return (f"| {name} | {seed} | {e.get('kept_sparsity', '—')} | {_f(_number(e.get('kept_val_change_points')), '+.2f')} "
-            f"{_ci(e.get('kept_val_ci95_points'))} | {e.get('smallest') or '—'}: {_f(smallest.get('change_points'), '+.2f')} "
-            f"{_ci(smallest.get('ci95_points'))} | {', '.join(e.get('test_misses') or []) or '—'} | {temp} "
-            f"| {_f(max(float32) if float32 else None, '.1e')} | {_f(worst_nll and 100 * worst_nll, '+.1f')}% |")
+    temp = (
+        "—"
+        if t.get("kept") is None
+        else (
+            f"T = {t['value']:.3g} kept"
+            if t["kept"]
+            else f"T = 1 (fitted {t['fitted']:.3g})"
+            if t.get("fitted")
+            else "T = 1"
+        )
+    )
+    return (
+        f"| {name} | {seed} | {e.get('kept_sparsity', '—')} | {_f(_number(e.get('kept_val_change_points')), '+.2f')} "
+        f"{_ci(e.get('kept_val_ci95_points'))} | {e.get('smallest') or '—'}: "
+        f"{_f(smallest.get('change_points'), '+.2f')} "
+        f"{_ci(smallest.get('ci95_points'))} | {', '.join(e.get('test_misses') or []) or '—'} | {temp} "
+        f"| {_f(max(float32) if float32 else None, '.1e')} | {_f(worst_nll and 100 * worst_nll, '+.1f')}% |"
+    )
 
 
 def trust_markdown(r: dict) -> list[str]:
     """Issue 22's section: decided on validation, confirmed on test, with intervals; one calibration for all."""
-    runs = ([("digits (shipped)", "—", r["digits"])] if r.get("digits") else []) + \
-        [(e["kind"], e["seed"], e) for e in r["fashion"]] + ([("breast_cancer", "—", r["tabular"])] if r.get("tabular") else [])
+    runs = (
+        ([("digits (shipped)", "—", r["digits"])] if r.get("digits") else [])
+        + [(e["kind"], e["seed"], e) for e in r["fashion"]]
+        + ([("breast_cancer", "—", r["tabular"])] if r.get("tabular") else [])
+    )
     if not runs:
         return []
-    lines = ["", "## Decided on validation, confirmed on test (issue 22)", "",
-             "Kept sparsity: chosen on the validation split (point estimate within the budget, interval not entirely "
-             "beyond it); its validation Δ with the paired 95% interval. Test Δ: the smallest shipped artifact on the "
-             "test split, measured once. Max |p - keras|: model.onnx and model.tflite against model.keras (one "
-             "calibration for all: <= 1e-4). Worst NLL: the highest test NLL of a shipped ONNX / TFLite / .keras "
-             "file relative to the original model's (target <= +2%).", "",
-             "| model | seed | kept sparsity | val Δ (pt) [95% CI] | smallest shipped: test Δ (pt) [95% CI] | test misses "
-             "| temperature | max \\|p - keras\\| (float32) | worst NLL vs original |",
-             "|---|---:|---|---|---|---|---|---:|---:|"]
+    lines = [
+        "",
+        "## Decided on validation, confirmed on test (issue 22)",
+        "",
+        "Kept sparsity: chosen on the validation split (point estimate within the budget, interval not entirely "
+        "beyond it); its validation Δ with the paired 95% interval. Test Δ: the smallest shipped artifact on the "
+        "test split, measured once. Max |p - keras|: model.onnx and model.tflite against model.keras (one "
+        "calibration for all: <= 1e-4). Worst NLL: the highest test NLL of a shipped ONNX / TFLite / .keras "
+        "file relative to the original model's (target <= +2%).",
+        "",
+        "| model | seed | kept sparsity | val Δ (pt) [95% CI] | smallest shipped: test Δ (pt) [95% CI] | test misses "
+        "| temperature | max \\|p - keras\\| (float32) | worst NLL vs original |",
+        "|---|---:|---|---|---|---|---|---:|---:|",
+    ]
     lines += [_trust_row(name, seed, e) for name, seed, e in runs]
     fashion = [e for e in r["fashion"] if e.get("exit") == 0]
     targets = [_kept_target(e) or 0.0 for e in fashion]
     ratios = [e["ratio_vs_float32_weights_gzip"] for e in fashion if e.get("ratio_vs_float32_weights_gzip")]
     if fashion:
-        lines += ["", f"Fashion trainings: {len(fashion)}; kept sparsity {', '.join(f'{t:.0%}' for t in targets)} "
-                  f"(spread {100 * (max(targets) - min(targets)):.0f} points; before this change 50%-95% in the issue's "
-                  f"run); mean compression of the smallest shipped artifact "
-                  f"{_x(float(np.mean(ratios)) if ratios else None)} (before: 28.8x, 29.0x, 29.1x on three seeds)."]
+        lines += [
+            "",
+            f"Fashion trainings: {len(fashion)}; kept sparsity {', '.join(f'{t:.0%}' for t in targets)} "
+            f"(spread {100 * (max(targets) - min(targets)):.0f} points; before this change 50%-95% in the issue's "
+            f"run); mean compression of the smallest shipped artifact "
+            f"{_x(float(np.mean(ratios)) if ratios else None)} (before: 28.8x, 29.0x, 29.1x on three seeds).",
+        ]
     tab = r.get("tabular")
     if tab:
-        lines += ["", f"breast_cancer (raw features, Normalization + Dense 16-8-2): int8 ONNX within 1 pt: "
-                  f"{tab.get('int8_onnx_within_1pt')}; int8 TFLite within 1 pt: {tab.get('int8_tflite_within_1pt')}; "
-                  "int8 tries (setting, validation Δ, kept): "
-                  + "; ".join(f"{s_} {_f(c and 100 * c, '+.2f')} {'kept' if k else ''}" for s_, c, k in
-                              tab.get("int8_tries", []))]
+        lines += [
+            "",
+            f"breast_cancer (raw features, Normalization + Dense 16-8-2): int8 ONNX within 1 pt: "
+            f"{tab.get('int8_onnx_within_1pt')}; int8 TFLite within 1 pt: {tab.get('int8_tflite_within_1pt')}; "
+            "int8 tries (setting, validation Δ, kept): "
+            + "; ".join(
+                f"{s_} {_f(c and 100 * c, '+.2f')} {'kept' if k else ''}" for s_, c, k in tab.get("int8_tries", [])
+            ),
+        ]
     return lines
 
 
@@ -476,13 +659,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2, help="trainings per Fashion model (default 2; the issue asks for 5)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"models to train, among {', '.join(KINDS)}")
     p.add_argument("--distill-epochs", type=int, default=30, help="epochs of the distillation comparison (0: skip it)")
-    p.add_argument("--tfmot-seeds", type=int, default=1, help="runs per model compared with TF-MOT's recipe (default 1)")
+    p.add_argument(
+        "--tfmot-seeds", type=int, default=1, help="runs per model compared with TF-MOT's recipe (default 1)"
+    )
     p.add_argument("--tfmot-one", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--check-one", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--results", default="budget", help="results file name in benchmarks/results (default budget)")
     p.add_argument("--no-digits", action="store_true", help="skip the shipped digits model's run")
-    p.add_argument("--tabular", action=argparse.BooleanOptionalAction, default=True,
-                   help="the breast_cancer case (default on)")
+    p.add_argument(
+        "--tabular", action=argparse.BooleanOptionalAction, default=True, help="the breast_cancer case (default on)"
+    )
     args = p.parse_args(argv)
     if args.check_one:
         _check_one(*args.check_one)
@@ -492,8 +678,14 @@ def main(argv: list[str] | None = None) -> int:
         model, data, sparsity, epochs, out = args.tfmot_one
         _tfmot_one(model, data, float(sparsity), int(epochs), out)
         return 0
-    results = run(args.seeds, tuple(k for k in args.kinds.split(",") if k), args.distill_epochs, args.tfmot_seeds,
-                  digits=not args.no_digits, tabular=args.tabular)
+    results = run(
+        args.seeds,
+        tuple(k for k in args.kinds.split(",") if k),
+        args.distill_epochs,
+        args.tfmot_seeds,
+        digits=not args.no_digits,
+        tabular=args.tabular,
+    )
     write_results(RESULTS_NAME[0], results, markdown(results), quiet=False)
     return 0
 

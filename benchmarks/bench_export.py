@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
+
 SIZE_TARGET = 12.0  # gzip(pruned + int8 TFLite) at least this many times smaller than the float32 Keras file
 ACCURACY_POINTS = 1.0  # ... with accuracy within this many points of the original model
 LATENCY_TARGET = 50.0  # onnxruntime float32 batch-1 at least this many times faster than model(x)
@@ -86,7 +86,10 @@ def size_case(name: str, data, tmp: Path) -> tuple[dict, object]:
         "meets_size_target": keras_bytes / int8.gzip_bytes >= SIZE_TARGET,
         "meets_accuracy_target": drop <= ACCURACY_POINTS,
     }
-    say(f"{name}: {row['size_ratio']:.1f}x smaller, accuracy {row['accuracy_original']:.4f} -> {row['accuracy_pruned_int8_litert']:.4f}")
+    say(
+        f"{name}: {row['size_ratio']:.1f}x smaller, accuracy {row['accuracy_original']:.4f} -> "
+        f"{row['accuracy_pruned_int8_litert']:.4f}"
+    )
     return row, model
 
 
@@ -99,12 +102,20 @@ def latency_case(model, data, tmp: Path) -> dict:
     files = {
         ("onnxruntime", "float32"): export_onnx(model, tmp / "lat.onnx").path,
         ("onnxruntime", "float16"): export_onnx(model, tmp / "lat16.onnx", quantization="float16").path,
-        ("onnxruntime", "int8-dynamic"): export_onnx(model, tmp / "latd.onnx", quantization="int8-dynamic", calibration_data=data).path,
-        ("onnxruntime", "int8-static"): export_onnx(model, tmp / "lat8.onnx", quantization="int8-static", calibration_data=data).path,
+        ("onnxruntime", "int8-dynamic"): export_onnx(
+            model, tmp / "latd.onnx", quantization="int8-dynamic", calibration_data=data
+        ).path,
+        ("onnxruntime", "int8-static"): export_onnx(
+            model, tmp / "lat8.onnx", quantization="int8-static", calibration_data=data
+        ).path,
         ("LiteRT", "float32"): export_tflite(model, tmp / "lat.tflite").path,
         ("LiteRT", "float16"): export_tflite(model, tmp / "lat16.tflite", quantization="float16").path,
-        ("LiteRT", "int8-weights"): export_tflite(model, tmp / "latd.tflite", quantization="int8-weights", representative_data=data).path,
-        ("LiteRT", "int8-full"): export_tflite(model, tmp / "lat8.tflite", quantization="int8-full", representative_data=data).path,
+        ("LiteRT", "int8-weights"): export_tflite(
+            model, tmp / "latd.tflite", quantization="int8-weights", representative_data=data
+        ).path,
+        ("LiteRT", "int8-full"): export_tflite(
+            model, tmp / "lat8.tflite", quantization="int8-full", representative_data=data
+        ).path,
     }
     runners = {key: open_runner(path) for key, path in files.items()}
     x1 = data.x_test[:1]
@@ -118,12 +129,17 @@ def latency_case(model, data, tmp: Path) -> dict:
     rows = []
     for (runtime, variant), s1 in b1.items():
         base1, base256 = b1[(runtime, "float32")], b256[(runtime, "float32")]
-        rows.append({
-            "runtime": runtime, "variant": variant,
-            "b1_ms": 1e3 * s1, "b256_ms": 1e3 * b256[(runtime, variant)],
-            "b1_speedup_vs_float32": base1 / s1, "b256_speedup_vs_float32": base256 / b256[(runtime, variant)],
-            "b1_speedup_vs_keras_call": keras_b1 / s1,
-        })
+        rows.append(
+            {
+                "runtime": runtime,
+                "variant": variant,
+                "b1_ms": 1e3 * s1,
+                "b256_ms": 1e3 * b256[(runtime, variant)],
+                "b1_speedup_vs_float32": base1 / s1,
+                "b256_speedup_vs_float32": base256 / b256[(runtime, variant)],
+                "b1_speedup_vs_keras_call": keras_b1 / s1,
+            }
+        )
     ort_ratio = keras_b1 / b1[("onnxruntime", "float32")]
     return {
         "model": f"{data.num_features}-{'-'.join(map(str, HIDDEN))}-{data.num_classes} ({data.name})",
@@ -168,21 +184,36 @@ def to_markdown(r: dict) -> str:
         "",
         f"## (a) Pruned ({SPARSITY:.0%}) + full-integer int8 TFLite vs the float32 Keras file",
         "",
-        f"Targets: gzip size >= {SIZE_TARGET:g}x smaller than the Keras file; LiteRT accuracy within {ACCURACY_POINTS:g} point "
-        "of the original model. The ratio is the Keras file's bytes over the gzipped .tflite; TF-MOT's example gzips both "
+        f"Targets: gzip size >= {SIZE_TARGET:g}x smaller than the Keras file; LiteRT accuracy within "
+        f"{ACCURACY_POINTS:g} point "
+        "of the original model. The ratio is the Keras file's bytes over the gzipped .tflite; TF-MOT's example gzips "
+        "both "
         "(next column). Sparsity counts every Dense kernel (the output layer is not pruned).",
         "",
-        "| data | model | Keras file KiB | float32 .tflite gzip KiB | pruned int8 .tflite gzip KiB | ratio | ratio, both gzipped | "
-        "sparsity | accuracy original | pruned (Keras) | pruned int8 (LiteRT) | drop (pt) | int8 agrees with original | targets |",
+        "| data | model | Keras file KiB | float32 .tflite gzip KiB | pruned int8 .tflite gzip KiB | ratio | ratio, "
+        "both gzipped | "
+        "sparsity | accuracy original | pruned (Keras) | pruned int8 (LiteRT) | drop (pt) | int8 agrees with original "
+        "| targets |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, s in r["size"].items():
-        ok = "met" if s["meets_size_target"] and s["meets_accuracy_target"] else (
-            "size " + ("met" if s["meets_size_target"] else "MISSED") + ", accuracy " + ("met" if s["meets_accuracy_target"] else "MISSED"))
+        ok = (
+            "met"
+            if s["meets_size_target"] and s["meets_accuracy_target"]
+            else (
+                "size "
+                + ("met" if s["meets_size_target"] else "MISSED")
+                + ", accuracy "
+                + ("met" if s["meets_accuracy_target"] else "MISSED")
+            )
+        )
         lines.append(
-            f"| {name} | {s['model']} | {s['keras_file_bytes'] / 1024:.1f} | {s['float32_tflite_gzip_bytes'] / 1024:.1f} | "
-            f"{s['pruned_int8_tflite_gzip_bytes'] / 1024:.1f} | {s['size_ratio']:.1f}x | {s['gzip_vs_gzip_ratio']:.1f}x | {s['sparsity']:.3f} | "
-            f"{s['accuracy_original']:.4f} | {s['accuracy_pruned_keras']:.4f} | {s['accuracy_pruned_int8_litert']:.4f} | "
+            f"| {name} | {s['model']} | {s['keras_file_bytes'] / 1024:.1f} | "
+            f"{s['float32_tflite_gzip_bytes'] / 1024:.1f} | "
+            f"{s['pruned_int8_tflite_gzip_bytes'] / 1024:.1f} | {s['size_ratio']:.1f}x | "
+            f"{s['gzip_vs_gzip_ratio']:.1f}x | {s['sparsity']:.3f} | "
+            f"{s['accuracy_original']:.4f} | {s['accuracy_pruned_keras']:.4f} | {s['accuracy_pruned_int8_litert']:.4f} "
+            "| "
             f"{s['accuracy_drop_points']:+.2f} | {s['agreement_int8_vs_original']:.2%} | {ok} |"
         )
     lat = r["latency"]
@@ -190,7 +221,8 @@ def to_markdown(r: dict) -> str:
         "",
         f"## (b) onnxruntime float32 vs calling the tf_keras model, batch 1 ({lat['model']})",
         "",
-        f"`model(x)`: {lat['keras_call_b1_ms']:.3f} ms; onnxruntime float32: {lat['onnxruntime_float32_b1_ms']:.4f} ms; "
+        f"`model(x)`: {lat['keras_call_b1_ms']:.3f} ms; onnxruntime float32: {lat['onnxruntime_float32_b1_ms']:.4f} "
+        "ms; "
         f"**{lat['onnxruntime_vs_keras_b1']:.0f}x** faster (target >= {LATENCY_TARGET:g}x: "
         f"{'met' if lat['meets_latency_target'] else 'MISSED'}).",
         "",
@@ -201,12 +233,17 @@ def to_markdown(r: dict) -> str:
     ]
     slower = []
     for v in lat["variants"]:
-        lines.append(f"| {v['runtime']} | {v['variant']} | {v['b1_ms']:.4f} | {v['b256_ms']:.3f} | {v['b1_speedup_vs_float32']:.2f}x | "
-                     f"{v['b256_speedup_vs_float32']:.2f}x | {v['b1_speedup_vs_keras_call']:.0f}x |")
+        lines.append(
+            f"| {v['runtime']} | {v['variant']} | {v['b1_ms']:.4f} | {v['b256_ms']:.3f} | "
+            f"{v['b1_speedup_vs_float32']:.2f}x | "
+            f"{v['b256_speedup_vs_float32']:.2f}x | {v['b1_speedup_vs_keras_call']:.0f}x |"
+        )
         for batch in ("b1", "b256"):
             if v[f"{batch}_speedup_vs_float32"] < 0.95:
-                slower.append(f"- {v['runtime']} {v['variant']} is slower than float32 at batch {batch[1:]} "
-                              f"({v[f'{batch}_speedup_vs_float32']:.2f}x).")
+                slower.append(
+                    f"- {v['runtime']} {v['variant']} is slower than float32 at batch {batch[1:]} "
+                    f"({v[f'{batch}_speedup_vs_float32']:.2f}x)."
+                )
     if slower:
         lines += ["", "Slower than float32 on this CPU (ratios below 0.95):", "", *slower]
     if r["notes"]:

@@ -28,18 +28,39 @@ REPEATS_B1, REPEATS_B256 = 200, 15
 
 def small_cnn(keras):
     layers = keras.layers
-    return keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255), layers.Conv2D(32, 3),
-                             layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(), layers.Conv2D(64, 3),
-                             layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(), layers.Flatten(),
-                             layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(32, 3),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def keras_io_convnet(keras):
     layers = keras.layers
-    return keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255),
-                             layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(),
-                             layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
-                             layers.Dropout(0.5), layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def images() -> tuple[np.ndarray, np.ndarray, str]:
@@ -133,12 +154,23 @@ def book_rows(fractions=(0.5, 0.7)) -> list[dict]:
             for variant, (b1, b256) in times.items():
                 name = variant.split(",")[0]
                 report = models[name][1]
-                rows.append({"model": "book MLP", "variant": variant, "threads": threads or "default",
-                             "b1_ms": b1, "b256_ms": b256, "b1_speedup": f1 / b1, "b256_speedup": f256 / b256,
-                             "gzip": len(gzip.compress(files[variant].read_bytes())), "agreement": agree[variant],
-                             "conv_op": _ops(files[variant]),
-                             "test_accuracy": tests[name], "test_change": tests[name] - tests["original"],
-                             "mac_ratio": report.mac_ratio if report else 1.0})
+                rows.append(
+                    {
+                        "model": "book MLP",
+                        "variant": variant,
+                        "threads": threads or "default",
+                        "b1_ms": b1,
+                        "b256_ms": b256,
+                        "b1_speedup": f1 / b1,
+                        "b256_speedup": f256 / b256,
+                        "gzip": len(gzip.compress(files[variant].read_bytes())),
+                        "agreement": agree[variant],
+                        "conv_op": _ops(files[variant]),
+                        "test_accuracy": tests[name],
+                        "test_change": tests[name] - tests["original"],
+                        "mac_ratio": report.mac_ratio if report else 1.0,
+                    }
+                )
     return rows
 
 
@@ -160,10 +192,20 @@ def main() -> None:
                 f1, f256 = times["float32"]
                 for variant, (b1, b256) in times.items():
                     ops = _ops(files[variant])
-                    rows.append({"model": name, "variant": variant, "threads": threads or "default",
-                                 "b1_ms": b1, "b256_ms": b256, "b1_speedup": f1 / b1, "b256_speedup": f256 / b256,
-                                 "gzip": len(gzip.compress(files[variant].read_bytes())),
-                                 "agreement": agree[variant], "conv_op": ops})
+                    rows.append(
+                        {
+                            "model": name,
+                            "variant": variant,
+                            "threads": threads or "default",
+                            "b1_ms": b1,
+                            "b256_ms": b256,
+                            "b1_speedup": f1 / b1,
+                            "b256_speedup": f256 / b256,
+                            "gzip": len(gzip.compress(files[variant].read_bytes())),
+                            "agreement": agree[variant],
+                            "conv_op": ops,
+                        }
+                    )
     md = render(rows, source)
     write_results("faster", {"machine": platform.processor() or platform.machine(), "data": source, "rows": rows}, md)
 
@@ -172,27 +214,40 @@ def _ops(path: Path) -> str:
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    return ", ".join(sorted(ops & {"Conv", "ConvInteger", "QLinearConv", "MatMulInteger", "DynamicQuantizeMatMul"})) \
-        + (" (QDQ)" if "QuantizeLinear" in ops else "")
+    return ", ".join(sorted(ops & {"Conv", "ConvInteger", "QLinearConv", "MatMulInteger", "DynamicQuantizeMatMul"})) + (
+        " (QDQ)" if "QuantizeLinear" in ops else ""
+    )
 
 
 def render(rows: list[dict], source: str) -> str:
-    lines = ["# Faster: structured pruning and int8 against float32 (onnxruntime, CPU)", "",
-             f"Trained 2 epochs on the {source}; speed-up = float32 time / variant time, same model and threads "
-             "(> 1: faster). Agreement: predicted class equal to float32's on the held-out rows. Book MLP rows: "
-             "the chapter's network on the Fashion sample, structured-pruned with `prune_structured` (its test "
-             "accuracy change and MAC ratio in the notes below the table).", "",
-             "| model | variant | threads | b1 ms | b1 speed-up | b256 ms | b256 speed-up | gzip | agreement | conv ops |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Faster: structured pruning and int8 against float32 (onnxruntime, CPU)",
+        "",
+        f"Trained 2 epochs on the {source}; speed-up = float32 time / variant time, same model and threads "
+        "(> 1: faster). Agreement: predicted class equal to float32's on the held-out rows. Book MLP rows: "
+        "the chapter's network on the Fashion sample, structured-pruned with `prune_structured` (its test "
+        "accuracy change and MAC ratio in the notes below the table).",
+        "",
+        "| model | variant | threads | b1 ms | b1 speed-up | b256 ms | b256 speed-up | gzip | agreement | conv ops |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {r['threads']} | {r['b1_ms']:.3f} | {r['b1_speedup']:.2f}x | "
-                     f"{r['b256_ms']:.2f} | {r['b256_speedup']:.2f}x | {r['gzip'] / 1024:.1f} KiB | "
-                     f"{100 * r['agreement']:.1f}% | {r['conv_op']} |")
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['threads']} | {r['b1_ms']:.3f} | {r['b1_speedup']:.2f}x | "
+            f"{r['b256_ms']:.2f} | {r['b256_speedup']:.2f}x | {r['gzip'] / 1024:.1f} KiB | "
+            f"{100 * r['agreement']:.1f}% | {r['conv_op']} |"
+        )
     book = {r["variant"].split(",")[0]: r for r in rows if r["model"] == "book MLP"}
     if book:
-        lines += ["", "Book MLP, test split (543 rows; one row = 0.18 pt): " + "; ".join(
-            f"{name}: accuracy {100 * r['test_accuracy']:.2f}% ({100 * r['test_change']:+.2f} pt), "
-            f"{r['mac_ratio']:.2f}x fewer MACs" for name, r in book.items())]
+        lines += [
+            "",
+            "Book MLP, test split (543 rows; one row = 0.18 pt): "
+            + "; ".join(
+                f"{name}: accuracy {100 * r['test_accuracy']:.2f}% ({100 * r['test_change']:+.2f} pt), "
+                f"{r['mac_ratio']:.2f}x fewer MACs"
+                for name, r in book.items()
+            ),
+        ]
     return "\n".join(lines)
 
 

@@ -22,8 +22,8 @@ import collections
 import sys
 
 import numpy as np
-
-from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION as DATA  # noqa: E402  (puts the repository on sys.path)
+from common import write_results
 
 from deploykit.backend import keras, set_seed, tf  # noqa: E402
 from deploykit.export.convert import INPUT_NAME, keras_to_onnx  # noqa: E402
@@ -36,12 +36,19 @@ BATCHES = (1, 256)
 def chapter_model():
     """Hands-On ML ch. 11: BatchNormalization first and after each hidden Dense."""
     L = keras.layers
-    return keras.Sequential([
-        keras.Input(shape=(28, 28)), L.Flatten(), L.BatchNormalization(),
-        L.Dense(300, activation="elu", kernel_initializer="he_normal"), L.BatchNormalization(),
-        L.Dense(100, activation="elu", kernel_initializer="he_normal"), L.BatchNormalization(),
-        L.Dense(10, activation="softmax"),
-    ], name="chapter_bn")
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28)),
+            L.Flatten(),
+            L.BatchNormalization(),
+            L.Dense(300, activation="elu", kernel_initializer="he_normal"),
+            L.BatchNormalization(),
+            L.Dense(100, activation="elu", kernel_initializer="he_normal"),
+            L.BatchNormalization(),
+            L.Dense(10, activation="softmax"),
+        ],
+        name="chapter_bn",
+    )
 
 
 def prepared_model():
@@ -51,8 +58,11 @@ def prepared_model():
     if DATA.exists():
         data = np.load(DATA)
         x, y = data["x"].astype("float32") / 255.0, data["y"].astype("int64")
-        model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.SGD(1e-2, momentum=0.9),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
         model.fit(x[:3000], y[:3000], epochs=3, batch_size=32, verbose=0)
         return model, x[3000:], y[3000:], f"trained 3 epochs on {DATA.name} (first 3000 images)"
     print(f"note: {DATA.name} not found beside the repository; using random BN statistics", file=sys.stderr)
@@ -60,8 +70,9 @@ def prepared_model():
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0.3, 0.5, n),
-                               rng.uniform(0.2, 3.0, n)])
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0.3, 0.5, n), rng.uniform(0.2, 3.0, n)]
+            )
     x = rng.uniform(0, 1, (615, 28, 28)).astype("float32")
     return model, x, None, "random BN statistics (data sample absent)"
 
@@ -114,34 +125,54 @@ def tflite_ops(content: bytes) -> dict[str, int]:
 
 def measure(model, x_test, repeats: int) -> dict:
     proto, lite = keras_to_onnx(model), tflite_bytes(model)
-    out = {"params": int(model.count_params()), "onnx_ops": onnx_ops(proto), "tflite_ops": tflite_ops(lite),
-           "onnx_bytes": len(proto.SerializeToString()), "tflite_bytes": len(lite), "ms": {}}
-    makers = {"tf_keras": lambda b: keras_runner(model, b), "onnxruntime": lambda b: onnx_runner(proto, b),
-              "litert": lambda b: tflite_runner(lite, b)}
+    out = {
+        "params": int(model.count_params()),
+        "onnx_ops": onnx_ops(proto),
+        "tflite_ops": tflite_ops(lite),
+        "onnx_bytes": len(proto.SerializeToString()),
+        "tflite_bytes": len(lite),
+        "ms": {},
+    }
+    makers = {
+        "tf_keras": lambda b: keras_runner(model, b),
+        "onnxruntime": lambda b: onnx_runner(proto, b),
+        "litert": lambda b: tflite_runner(lite, b),
+    }
     for runtime, make in makers.items():
         for batch in BATCHES:
             xb = np.ascontiguousarray(x_test[np.arange(batch) % len(x_test)])
             reps = repeats if batch == 1 else max(20, repeats // 5)
-            out["ms"][f"{runtime}/b{batch}"] = round(1000 * median_seconds(make(xb), reps, warmup=max(3, reps // 10)), 4)
-    out["outputs"] = {"tf_keras": model(x_test, training=False).numpy(),
-                      "onnxruntime": onnx_runner(proto, x_test)(), "litert": tflite_runner(lite, x_test)()}
+            out["ms"][f"{runtime}/b{batch}"] = round(
+                1000 * median_seconds(make(xb), reps, warmup=max(3, reps // 10)), 4
+            )
+    out["outputs"] = {
+        "tf_keras": model(x_test, training=False).numpy(),
+        "onnxruntime": onnx_runner(proto, x_test)(),
+        "litert": tflite_runner(lite, x_test)(),
+    }
     return out
 
 
 def markdown(result: dict) -> str:
     b, a = result["before"], result["after"]
     lines = [
-        "# BatchNorm folding benchmark", "",
+        "# BatchNorm folding benchmark",
+        "",
         f"Model: the chapter's 784-300-100-10 with BatchNormalization first and after each hidden Dense; "
-        f"{result['stats']}. One thread, median of repeated runs. Host: {result['host']}.", "",
+        f"{result['stats']}. One thread, median of repeated runs. Host: {result['host']}.",
+        "",
         f"Parameters {b['params']:,} -> {a['params']:,}; folded: {', '.join(result['folded'])}. "
         f"Largest output difference after folding: tf_keras {result['max_abs_diff']['tf_keras']:.2g}, "
         f"onnxruntime {result['max_abs_diff']['onnxruntime']:.2g}, LiteRT {result['max_abs_diff']['litert']:.2g} "
-        "(each folded runtime against the unfolded tf_keras model).", "",
+        "(each folded runtime against the unfolded tf_keras model).",
+        "",
     ]
     if result.get("accuracy"):
         acc = result["accuracy"]
-        lines += [f"Accuracy on the held-out 615 sample images: {acc['before']:.4f} before, {acc['after']:.4f} after.", ""]
+        lines += [
+            f"Accuracy on the held-out 615 sample images: {acc['before']:.4f} before, {acc['after']:.4f} after.",
+            "",
+        ]
     lines += ["| runtime / batch | before (ms) | after (ms) | after / before |", "|---|---:|---:|---:|"]
     for key, ratio in result["ratios"].items():
         lines.append(f"| {key} | {b['ms'][key]:.4f} | {a['ms'][key]:.4f} | {ratio:.3f} |")
@@ -149,8 +180,16 @@ def markdown(result: dict) -> str:
     for fmt in ("onnx", "tflite"):
         fmt_ops = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
         lines.append(f"| {fmt} | {fmt_ops(b[f'{fmt}_ops'])} | {fmt_ops(a[f'{fmt}_ops'])} |")
-    lines += ["", f"Sizes: ONNX {b['onnx_bytes']:,} -> {a['onnx_bytes']:,} bytes; "
-              f"TFLite {b['tflite_bytes']:,} -> {a['tflite_bytes']:,} bytes.", "", "## Reading", "", *result["notes"], ""]
+    lines += [
+        "",
+        f"Sizes: ONNX {b['onnx_bytes']:,} -> {a['onnx_bytes']:,} bytes; "
+        f"TFLite {b['tflite_bytes']:,} -> {a['tflite_bytes']:,} bytes.",
+        "",
+        "## Reading",
+        "",
+        *result["notes"],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -159,9 +198,15 @@ def notes(result: dict) -> list[str]:
     out = []
     for fmt, name in (("onnx", "tf2onnx"), ("tflite", "the TFLite converter")):
         nb, na = sum(b[f"{fmt}_ops"].values()), sum(a[f"{fmt}_ops"].values())
-        out.append(f"- {name}: {nb} ops before, {na} after"
-                   + (" - the converter had already folded the BatchNorm arithmetic, so folding changes "
-                      "nothing in this graph." if nb == na else f" ({nb - na} BatchNorm ops removed by folding)."))
+        out.append(
+            f"- {name}: {nb} ops before, {na} after"
+            + (
+                " - the converter had already folded the BatchNorm arithmetic, so folding changes "
+                "nothing in this graph."
+                if nb == na
+                else f" ({nb - na} BatchNorm ops removed by folding)."
+            )
+        )
     for key, ratio in r.items():
         if abs(ratio - 1) < 0.05:
             out.append(f"- {key}: within 5% (ratio {ratio:.3f}): no measurable change.")
@@ -180,7 +225,8 @@ def main(argv=None) -> int:
     before, after = measure(model, x_test, args.repeats), measure(folded, x_test, args.repeats)
     reference = before["outputs"]["tf_keras"]
     result = {
-        "model": "784-300-100-10, BN first and after each hidden Dense", "stats": stats,
+        "model": "784-300-100-10, BN first and after each hidden Dense",
+        "stats": stats,
         "host": f"{sys.platform}, Python {sys.version.split()[0]}, TF {tf.__version__}",
         "folded": [f"{f.name} ({f.placement.value} into {f.target})" for f in report.folded],
         "fold_report": report.to_dict(),
@@ -190,8 +236,10 @@ def main(argv=None) -> int:
         "ratios": {k: round(after["ms"][k] / before["ms"][k], 4) for k in before["ms"]},
     }
     if y_test is not None:
-        result["accuracy"] = {"before": float(np.mean(reference.argmax(1) == y_test)),
-                              "after": float(np.mean(after["outputs"]["tf_keras"].argmax(1) == y_test))}
+        result["accuracy"] = {
+            "before": float(np.mean(reference.argmax(1) == y_test)),
+            "after": float(np.mean(after["outputs"]["tf_keras"].argmax(1) == y_test)),
+        }
     result["notes"] = notes(result)
     write_results("fold", result, markdown(result))
     return 0

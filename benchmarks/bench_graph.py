@@ -22,7 +22,6 @@ import argparse
 import collections
 
 import numpy as np
-
 from common import write_results  # noqa: E402  (puts the repository on sys.path)
 
 from deploykit.backend import keras, set_seed  # noqa: E402
@@ -63,34 +62,49 @@ def main() -> None:
     latency = {}
     for label, threads in (("1 thread", 1), ("default threads", None)):
         sessions = {name: session(proto, threads) for name, proto in protos.items()}
-        medians = interleaved_medians({name: (lambda s=s: s.run(None, {INPUT_NAME: x1})) for name, s in sessions.items()},
-                                      args.repeats)
+        medians = interleaved_medians(
+            {name: (lambda s=s: s.run(None, {INPUT_NAME: x1})) for name, s in sessions.items()}, args.repeats
+        )
         latency[label] = {name: medians[name] * 1e3 for name in protos}
     data = {
         "model": f"MobileNetV2(weights=None, input_shape={INPUT}, alpha={ALPHA}, classes=10), random BN statistics",
         "bn_layers": sum(type(l).__name__ == "BatchNormalization" for l in model.layers),
-        "folded": len(report.folded), "unfolded": [u.to_dict() for u in report.unfolded],
-        "params_before": report.params_before, "params_after": report.params_after,
-        "fold_max_abs_diff_keras": report.max_abs_diff, "folded_onnx_vs_keras_max_abs_diff": onnx_diff,
+        "folded": len(report.folded),
+        "unfolded": [u.to_dict() for u in report.unfolded],
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "fold_max_abs_diff_keras": report.max_abs_diff,
+        "folded_onnx_vs_keras_max_abs_diff": onnx_diff,
         "onnx_ops": {name: dict(c) for name, c in ops.items()},
         "latency_b1_ms": latency,
         "latency_ratio_unfolded_over_folded": {k: v["unfolded"] / v["folded"] for k, v in latency.items()},
         "repeats": args.repeats,
     }
-    rows = [f"| {label} | {v['unfolded']:.3f} | {v['folded']:.3f} | {v['unfolded'] / v['folded']:.2f}x |"
-            for label, v in latency.items()]
+    rows = [
+        f"| {label} | {v['unfolded']:.3f} | {v['folded']:.3f} | {v['unfolded'] / v['folded']:.2f}x |"
+        for label, v in latency.items()
+    ]
     bn_nodes = {name: sum(v for k, v in c.items() if "BatchNorm" in k) for name, c in ops.items()}
-    md = "\n".join([
-        "# Graph core: BatchNorm folding on MobileNetV2", "", data["model"] + ".", "",
-        f"- folded {data['folded']} of {data['bn_layers']} BatchNormalization layers; parameters "
-        f"{data['params_before']:,} -> {data['params_after']:,}",
-        f"- fold max |output difference| (tf_keras, {report.probe_samples} inputs): {report.max_abs_diff:.3g}; "
-        f"folded ONNX vs unfolded Keras (16 inputs): {onnx_diff:.3g}",
-        f"- ONNX nodes: unfolded {sum(ops['unfolded'].values())} ({bn_nodes['unfolded']} BatchNormalization), "
-        f"folded {sum(ops['folded'].values())} ({bn_nodes['folded']} BatchNormalization)",
-        "", "onnxruntime float32, batch 1, median ms:", "",
-        "| threads | unfolded | folded | unfolded / folded |", "|---|---|---|---|", *rows,
-    ])
+    md = "\n".join(
+        [
+            "# Graph core: BatchNorm folding on MobileNetV2",
+            "",
+            data["model"] + ".",
+            "",
+            f"- folded {data['folded']} of {data['bn_layers']} BatchNormalization layers; parameters "
+            f"{data['params_before']:,} -> {data['params_after']:,}",
+            f"- fold max |output difference| (tf_keras, {report.probe_samples} inputs): {report.max_abs_diff:.3g}; "
+            f"folded ONNX vs unfolded Keras (16 inputs): {onnx_diff:.3g}",
+            f"- ONNX nodes: unfolded {sum(ops['unfolded'].values())} ({bn_nodes['unfolded']} BatchNormalization), "
+            f"folded {sum(ops['folded'].values())} ({bn_nodes['folded']} BatchNormalization)",
+            "",
+            "onnxruntime float32, batch 1, median ms:",
+            "",
+            "| threads | unfolded | folded | unfolded / folded |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
     write_results("graph", data, md)
 
 

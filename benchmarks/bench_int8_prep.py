@@ -26,10 +26,15 @@ BOOK = ROOT.parent / "shared" / "models" / "book_fashion_bn_dropout.keras"
 def max_multiplier(path) -> float:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     scales = {t["index"]: t["quantization_parameters"]["scales"] for t in interpreter.get_tensor_details()}
-    return max(float((scales[op["inputs"][0]][0] * scales[op["inputs"][1]] / scales[op["outputs"][0]][0]).max())
-               for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED")
+    return max(
+        float((scales[op["inputs"][0]][0] * scales[op["inputs"][1]] / scales[op["outputs"][0]][0]).max())
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "FULLY_CONNECTED"
+    )
 
 
 def _rows(name: str, model_path, data_path, folder: Path) -> list[dict]:
@@ -38,18 +43,29 @@ def _rows(name: str, model_path, data_path, folder: Path) -> list[dict]:
     model, data = load_model(model_path), load_dataset(data_path)
     exports = {
         "int8 TFLite": lambda p: export_tflite(model, p.with_suffix(".tflite"), "int8", representative_data=data),
-        "int8 ONNX static": lambda p: export_onnx(model, p.with_suffix(".onnx"), quantization="int8-static", calibration_data=data),
-        "int8 ONNX dynamic": lambda p: export_onnx(model, p.with_suffix(".onnx"), quantization="int8-dynamic", calibration_data=data),
+        "int8 ONNX static": lambda p: export_onnx(
+            model, p.with_suffix(".onnx"), quantization="int8-static", calibration_data=data
+        ),
+        "int8 ONNX dynamic": lambda p: export_onnx(
+            model, p.with_suffix(".onnx"), quantization="int8-dynamic", calibration_data=data
+        ),
     }
     rows = []
     for variant, export in exports.items():
         record = export(folder / f"{name}_{variant.replace(' ', '_')}")
-        row = {"model": name, "variant": variant, "size": record.size_bytes, "gzip": record.gzip_bytes,
-               "preparation": record.preparation,
-               "max_multiplier": max_multiplier(record.path) if record.path.suffix == ".tflite" else None}
+        row = {
+            "model": name,
+            "variant": variant,
+            "size": record.size_bytes,
+            "gzip": record.gzip_bytes,
+            "preparation": record.preparation,
+            "max_multiplier": max_multiplier(record.path) if record.path.suffix == ".tflite" else None,
+        }
         try:
             report = validate(record, data, model, repeats=5, check=False)
-            row.update(accuracy=report.accuracy, reference=report.reference_accuracy, agreement=report.agreement, error="")
+            row.update(
+                accuracy=report.accuracy, reference=report.reference_accuracy, agreement=report.agreement, error=""
+            )
         except RuntimeCrashError as exc:
             row.update(accuracy=None, reference=None, agreement=None, error=str(exc))
         rows.append(row)
@@ -64,14 +80,21 @@ def main() -> None:
         print(f"skipping the book model: {BOOK} or {FASHION} is absent")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for case in cases for row in _rows(*case, Path(tmp))]
-    lines = ["## int8 of a folded input Normalization", "",
-             "| model | variant | accuracy | Δ vs float (pt) | agreement | size | gzip | max requant. multiplier | result |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "## int8 of a folded input Normalization",
+        "",
+        "| model | variant | accuracy | Δ vs float (pt) | agreement | size | gzip | max requant. multiplier | result |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         ok = r["accuracy"] is not None
-        lines.append(f"| {r['model']} | {r['variant']} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - r['reference']):+.2f} | "
-                     f"{r['agreement']:.2%} | {r['size']:,} | {r['gzip']:,} | {_fmt(r['max_multiplier'])} | loads |" if ok else
-                     f"| {r['model']} | {r['variant']} | | | | {r['size']:,} | {r['gzip']:,} | {_fmt(r['max_multiplier'])} | {r['error']} |")
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - r['reference']):+.2f} | "
+            f"{r['agreement']:.2%} | {r['size']:,} | {r['gzip']:,} | {_fmt(r['max_multiplier'])} | loads |"
+            if ok
+            else f"| {r['model']} | {r['variant']} | | | | {r['size']:,} | {r['gzip']:,} | "
+            f"{_fmt(r['max_multiplier'])} | {r['error']} |"
+        )
     write_results("int8_prep", {"rows": rows}, "\n".join(lines))
 
 

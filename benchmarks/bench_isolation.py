@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
 from deploykit.data import load_dataset  # noqa: E402
@@ -44,8 +43,12 @@ def _timed(fn):
 def _artifacts(model, data, folder: Path) -> dict[str, object]:
     return {
         "model.onnx": export_onnx(model, folder / "model.onnx"),
-        "model_int8-static.onnx": export_onnx(model, folder / "model_int8-static.onnx", quantization="int8-static", calibration_data=data),
-        "model_int8-full.tflite": export_tflite(model, folder / "model_int8-full.tflite", "int8-full", representative_data=data),
+        "model_int8-static.onnx": export_onnx(
+            model, folder / "model_int8-static.onnx", quantization="int8-static", calibration_data=data
+        ),
+        "model_int8-full.tflite": export_tflite(
+            model, folder / "model_int8-full.tflite", "int8-full", representative_data=data
+        ),
     }
 
 
@@ -54,13 +57,21 @@ def _compare(record, data, model, rounds: int, repeats: int) -> dict:
     latency = {True: [], False: []}
     for _ in range(rounds):
         for isolated in (True, False):
-            seconds, report = _timed(lambda: validate(record, data, model, repeats=repeats, check=False, isolated=isolated))
+            seconds, report = _timed(
+                lambda isolated=isolated: validate(record, data, model, repeats=repeats, check=False, isolated=isolated)
+            )
             walls[isolated].append(seconds)
             latency[isolated].append(report.latency_b1_ms)
     iso, local = statistics.median(walls[True]), statistics.median(walls[False])
     b1_iso, b1_local = statistics.median(latency[True]), statistics.median(latency[False])
-    return {"validate_s_isolated": iso, "validate_s_in_process": local, "validate_ratio": iso / local,
-            "b1_ms_isolated": b1_iso, "b1_ms_in_process": b1_local, "b1_ratio": b1_iso / b1_local}
+    return {
+        "validate_s_isolated": iso,
+        "validate_s_in_process": local,
+        "validate_ratio": iso / local,
+        "b1_ms_isolated": b1_iso,
+        "b1_ms_in_process": b1_local,
+        "b1_ratio": b1_iso / b1_local,
+    }
 
 
 def _tiny_data(folder: Path):
@@ -98,19 +109,41 @@ def main(argv=None) -> None:
         cold, _ = _timed(lambda: validate(records["model.onnx"], data, model, repeats=args.repeats, check=False))
         rows = {name: _compare(record, data, model, args.rounds, args.repeats) for name, record in records.items()}
         recovery = _crash_recovery(folder)
-    lines = ["## Validation isolated in a child process vs in-process", "",
-             f"digits model, {len(data.x_test)} test inputs, {args.repeats} timing repeats per batch size, "
-             f"median of {args.rounds} interleaved rounds.", "",
-             "| artifact | validate isolated (s) | in-process (s) | ratio | b1 latency isolated (ms) | in-process (ms) | ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Validation isolated in a child process vs in-process",
+        "",
+        f"digits model, {len(data.x_test)} test inputs, {args.repeats} timing repeats per batch size, "
+        f"median of {args.rounds} interleaved rounds.",
+        "",
+        "| artifact | validate isolated (s) | in-process (s) | ratio | b1 latency isolated (ms) | in-process (ms) | "
+        "ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['validate_s_isolated']:.3f} | {r['validate_s_in_process']:.3f} | {r['validate_ratio']:.2f}x | "
-                     f"{r['b1_ms_isolated']:.4f} | {r['b1_ms_in_process']:.4f} | {r['b1_ratio']:.2f}x |")
-    lines += ["", f"First isolated validation (starting the worker): {cold:.2f} s.",
-              f"Native crash (real LiteRT abort) reported in {recovery['crash_detected_s']:.2f} s; the next validation, "
-              f"in a fresh worker, took {recovery['next_validation_s']:.2f} s.", "", f"Crash message: `{recovery['message']}`"]
-    write_results("isolation", {"rows": rows, "cold_start_s": cold, "crash_recovery": recovery,
-                                "rounds": args.rounds, "repeats": args.repeats}, "\n".join(lines))
+        lines.append(
+            f"| {name} | {r['validate_s_isolated']:.3f} | {r['validate_s_in_process']:.3f} | "
+            f"{r['validate_ratio']:.2f}x | "
+            f"{r['b1_ms_isolated']:.4f} | {r['b1_ms_in_process']:.4f} | {r['b1_ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"First isolated validation (starting the worker): {cold:.2f} s.",
+        f"Native crash (real LiteRT abort) reported in {recovery['crash_detected_s']:.2f} s; the next validation, "
+        f"in a fresh worker, took {recovery['next_validation_s']:.2f} s.",
+        "",
+        f"Crash message: `{recovery['message']}`",
+    ]
+    write_results(
+        "isolation",
+        {
+            "rows": rows,
+            "cold_start_s": cold,
+            "crash_recovery": recovery,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+        },
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

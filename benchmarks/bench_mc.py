@@ -21,10 +21,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION as DATA  # noqa: E402  (puts the repository on sys.path)
+from common import write_results
 
 from deploykit.export.runtimes import interleaved_medians  # noqa: E402
+
 T = 100
 KERAS_TARGET = 500.0  # MC ONNX at least this many times faster than the Keras loop
 OVERHEAD_TARGET = 1.5  # MC call at most this many times a deterministic call on T rows
@@ -40,16 +41,18 @@ def chapter_model(keras, input_dropout: bool = True, hidden_dropout: bool = True
     def drop(on: bool):
         return [keras.layers.Dropout(0.2)] if on else []
 
-    return keras.Sequential([
-        keras.Input(shape=(28, 28)),
-        keras.layers.Flatten(),
-        *drop(input_dropout),
-        keras.layers.Dense(300, activation="elu", kernel_initializer="he_normal"),
-        *drop(hidden_dropout),
-        keras.layers.Dense(100, activation="elu", kernel_initializer="he_normal"),
-        *drop(True),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28)),
+            keras.layers.Flatten(),
+            *drop(input_dropout),
+            keras.layers.Dense(300, activation="elu", kernel_initializer="he_normal"),
+            *drop(hidden_dropout),
+            keras.layers.Dense(100, activation="elu", kernel_initializer="he_normal"),
+            *drop(True),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def main() -> int:
@@ -94,8 +97,14 @@ def main() -> int:
             det_s = secs.pop("deterministic")
             results["threads"][label] = {
                 "deterministic_batch_T_ms": det_s * 1e3,
-                "variants": {name: {"mc_call_ms": s * 1e3, "speedup_vs_keras_loop": keras_s / s,
-                                    "overhead_vs_deterministic_batch": s / det_s} for name, s in secs.items()},
+                "variants": {
+                    name: {
+                        "mc_call_ms": s * 1e3,
+                        "speedup_vs_keras_loop": keras_s / s,
+                        "overhead_vs_deterministic_batch": s / det_s,
+                    }
+                    for name, s in secs.items()
+                },
             }
 
     write_results("mc", results, to_markdown(results))
@@ -114,9 +123,11 @@ def to_markdown(r: dict) -> str:
     ]
     for label, row in r["threads"].items():
         for name, v in row["variants"].items():
-            lines.append(f"| {label} | {name} | {r['layers_run_once'][name]} | {v['mc_call_ms']:.3f} | "
-                         f"{row['deterministic_batch_T_ms']:.3f} | {v['speedup_vs_keras_loop']:.0f}x | "
-                         f"{v['overhead_vs_deterministic_batch']:.2f}x |")
+            lines.append(
+                f"| {label} | {name} | {r['layers_run_once'][name]} | {v['mc_call_ms']:.3f} | "
+                f"{row['deterministic_batch_T_ms']:.3f} | {v['speedup_vs_keras_loop']:.0f}x | "
+                f"{v['overhead_vs_deterministic_batch']:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -13,8 +13,8 @@ runs with defaults in its own process. Side by side in one run, per model:
   float32 ONNX computes what ``model.keras`` computes (target <= 1e-4).
 
 Models: ``cnn`` (Rescaling, Conv2D + BN + ReLU, MaxPooling, Conv2D + BN + ReLU, MaxPooling, Flatten,
-Dropout, Dense(64) ReLU, Dropout, Dense softmax) and ``residual`` (functional: a conv stem and a residual block whose Add joins
-the skip, SpatialDropout2D, GlobalAveragePooling, Dropout, Dense softmax), on the Fashion sample; with
+Dropout, Dense(64) ReLU, Dropout, Dense softmax) and ``residual`` (functional: a conv stem and a residual block whose
+Add joins the skip, SpatialDropout2D, GlobalAveragePooling, Dropout, Dense softmax), on the Fashion sample; with
 ``--all``, also ``logits`` (the chapter's MLP ending in Dense(10) logits) and ``regression`` (an MLP with
 Dropout on scikit-learn's diabetes data, reported by RMSE and interval coverage). Several inputs and outputs
 (issue 20): ``wide_deep`` (the book's chapter 10 Wide & Deep network with its auxiliary output, line for line, on
@@ -51,8 +51,18 @@ from pathlib import Path
 
 from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
-MODELS = ("cnn", "residual", "logits", "regression", "wide_deep", "three_heads", "sigmoid", "onehot",
-          "lstm", "mc_dropout")
+MODELS = (
+    "cnn",
+    "residual",
+    "logits",
+    "regression",
+    "wide_deep",
+    "three_heads",
+    "sigmoid",
+    "onehot",
+    "lstm",
+    "mc_dropout",
+)
 #: The cases with several inputs or outputs: data named after the model's tensors (no Fashion sample needed).
 MULTI = ("wide_deep", "three_heads")
 #: The models trained on the Fashion sample (the others bring scikit-learn or generated data).
@@ -62,7 +72,7 @@ ON_FASHION = ("cnn", "residual", "logits", "onehot", "mc_dropout")
 VARIANTS = {"cnn": (("--epochs", "5"),), "residual": (("--epochs", "5"),)}
 
 #: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path.
-TRAIN = textwrap.dedent('''
+TRAIN = textwrap.dedent("""
     import sys, numpy as np, keras
     kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
@@ -105,7 +115,8 @@ TRAIN = textwrap.dedent('''
         model = keras.Model(inputs, heads)
         model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="mse")
         model.fit(z["features"], [z[n] for n in ("price", "rooms", "age")], epochs=epochs, batch_size=32, verbose=0,
-                  validation_split=0.15, callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True)])
+                  validation_split=0.15,
+                  callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True)])
         model.save(out)
         raise SystemExit(0)
     if kind == "cnn":  # chapter 14's shape, small: two conv blocks, then a dense head
@@ -166,10 +177,10 @@ TRAIN = textwrap.dedent('''
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, validation_split=0.15,
               callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True)])
     model.save(out)
-''')
+""")
 
 #: In a fresh plain Keras 3 process: argv = user's model, out folder, probe inputs (.npy). Prints JSON.
-CHECK = textwrap.dedent('''
+CHECK = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import numpy as np, keras, onnxruntime as ort, onnx
@@ -226,11 +237,14 @@ CHECK = textwrap.dedent('''
             if temperature and out0 == "probabilities":  # the stored Div before the softmax
                 logits = np.log(np.clip(want, 1e-30, None)) / temperature["temperature"]
                 want = np.exp(logits - logits.max(1, keepdims=True)); want /= want.sum(1, keepdims=True)
-            report["onnx_vs_model_keras"] = float(np.abs(got - want).max()) / max(1.0, float(np.sqrt(np.mean(want.astype("float64") ** 2))))
-        report["model_keras_bn_layers"] = sum(type(l).__name__ == "BatchNormalization" for l in loaded.get("model.keras", ref).layers) if "model.keras" in loaded else None
+            report["onnx_vs_model_keras"] = float(np.abs(got - want).max()) / max(
+                1.0, float(np.sqrt(np.mean(want.astype("float64") ** 2))))
+        report["model_keras_bn_layers"] = (
+            sum(type(l).__name__ == "BatchNormalization" for l in loaded.get("model.keras", ref).layers)
+            if "model.keras" in loaded else None)
     report["user_bn_layers"] = sum(type(l).__name__ == "BatchNormalization" for l in ref.layers)
     print(json.dumps(report))
-''')
+""")
 
 
 def say(message: str) -> None:
@@ -303,12 +317,27 @@ def tokens_npz(folder: Path) -> Path:
 def optimize(model: Path, data: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = run([sys.executable, "-m", "deploykit.cli.main", "optimize", str(model), "--data", str(data), "--out", str(out),
-                *extra])
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "deploykit.cli.main",
+            "optimize",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    row = {"exit": done.returncode, "wall_seconds": round(time.perf_counter() - start, 1),
-           "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
-           "error": (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else ""}
+    row = {
+        "exit": done.returncode,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
+        "error": (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else "",
+    }
     report = out / "report.json"
     if report.exists():
         row.update(summary(json.loads(report.read_text())))
@@ -322,11 +351,14 @@ def summary(report: dict) -> dict:
     regression = report["original"].get("accuracy") is None
     # points of accuracy, or (a regressor) percent of RMSE: both "how much worse" in the budget's own terms
     change = {r["file"]: (r.get("rmse_change") if regression else r.get("accuracy_change")) for r in arts}
-    return {"kept_sparsity": kept["setting"] if kept else "dense", "unit": "% RMSE" if regression else "pt",
-            "shipped": [r["file"] for r in arts if r["verdict"] != "rejected"],
-            "rejected": [r["file"] for r in arts if r["verdict"] == "rejected"],
-            "changes_points": {k: (None if v is None else round(100 * v, 2)) for k, v in change.items()},
-            "original": {k: v for k, v in report["original"].items() if isinstance(v, (int, float, str))}}
+    return {
+        "kept_sparsity": kept["setting"] if kept else "dense",
+        "unit": "% RMSE" if regression else "pt",
+        "shipped": [r["file"] for r in arts if r["verdict"] != "rejected"],
+        "rejected": [r["file"] for r in arts if r["verdict"] == "rejected"],
+        "changes_points": {k: (None if v is None else round(100 * v, 2)) for k, v in change.items()},
+        "original": {k: v for k, v in report["original"].items() if isinstance(v, (int, float, str))},
+    }
 
 
 def multi_npz(kind: str, folder: Path) -> Path:
@@ -337,16 +369,26 @@ def multi_npz(kind: str, folder: Path) -> Path:
     path = folder / f"{kind}.npz"
     if kind == "wide_deep":
         x, y = load_diabetes(return_X_y=True)
-        np.savez(path, input_wide=x[:, :5].astype(np.float32), input_deep=x[:, 2:8].astype(np.float32),
-                 y=(y / 100).astype(np.float32))  # `y`: both heads' targets, as the book trains its aux output
+        np.savez(
+            path,
+            input_wide=x[:, :5].astype(np.float32),
+            input_deep=x[:, 2:8].astype(np.float32),
+            y=(y / 100).astype(np.float32),
+        )  # `y`: both heads' targets, as the book trains its aux output
         return path
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 8)).astype(np.float32)
     base = x @ rng.normal(size=(8, 4))
-    heads = {"price": 3.0 + base[:, :1], "rooms": 5.0 + 0.5 * base[:, 1:3] + 0.3 * x[:, :1] ** 2,
-             "age": 30.0 + 10.0 * np.tanh(base[:, 3:4])}
-    np.savez(path, features=x, **{k: (v + rng.normal(scale=0.05 * v.std(), size=v.shape)).astype(np.float32)
-                                  for k, v in heads.items()})
+    heads = {
+        "price": 3.0 + base[:, :1],
+        "rooms": 5.0 + 0.5 * base[:, 1:3] + 0.3 * x[:, :1] ** 2,
+        "age": 30.0 + 10.0 * np.tanh(base[:, 3:4]),
+    }
+    np.savez(
+        path,
+        features=x,
+        **{k: (v + rng.normal(scale=0.05 * v.std(), size=v.shape)).astype(np.float32) for k, v in heads.items()},
+    )
     return path
 
 
@@ -371,29 +413,39 @@ def one(kind: str, folder: Path, epochs: int) -> list[dict]:
     say(f"{kind}: training in Keras 3 ({epochs} epochs at most)")
     done = plain_keras3(TRAIN, kind, str(data), str(epochs), str(model))
     if done.returncode:
-        return [{"model": kind, "exit": None, "error": "training failed: " + (done.stderr.strip().splitlines() or [""])[-1]}]
+        return [
+            {"model": kind, "exit": None, "error": "training failed: " + (done.stderr.strip().splitlines() or [""])[-1]}
+        ]
     rows = []
     for k, extra in enumerate(((), *VARIANTS.get(kind, ()))):
         name, out = " ".join((kind, *extra)), folder / f"out_{kind}_{k}"
         say(f"{name}: deploykit optimize")
         row = {"model": name, **optimize(model, data, out, extra)}
         done = plain_keras3(CHECK, str(model), str(out), str(probe_inputs(data, folder)))
-        row["keras3_check"] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
-            "error": (done.stderr.strip().splitlines() or [""])[-1]}
+        row["keras3_check"] = (
+            json.loads(done.stdout.strip().splitlines()[-1])
+            if done.returncode == 0
+            else {"error": (done.stderr.strip().splitlines() or [""])[-1]}
+        )
         say(f"{name}: exit {row['exit']} in {row['wall_seconds']} s")
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], epochs: int) -> str:
-    lines = ["# Models users bring: Keras 3 files through `deploykit optimize` (defaults)", "",
-             f"Trained in plain Keras 3 (at most {epochs} epochs, early stopping), saved as `.keras`, then "
-             "`deploykit optimize MODEL --data DATA` in its own process. Changes are vs the original on the test "
-             "split: accuracy points (pt), or for the regressor the RMSE change in percent (positive is worse). "
-             "Keras 3 checks run in a fresh plain Keras 3 process.", "",
-             "| model | exit | wall / CPU s | BN layers in → in model.keras | BN nodes in model.onnx | kept sparsity "
-             "| model.onnx Δ | int8 Δ (best shipped) | MC model | shipped / rejected | Keras 3 opens out files "
-             "| original vs user | ONNX vs model.keras |", "|---|---:|---:|---|---:|---|---:|---:|---|---|---|---:|---:|"]
+    lines = [
+        "# Models users bring: Keras 3 files through `deploykit optimize` (defaults)",
+        "",
+        f"Trained in plain Keras 3 (at most {epochs} epochs, early stopping), saved as `.keras`, then "
+        "`deploykit optimize MODEL --data DATA` in its own process. Changes are vs the original on the test "
+        "split: accuracy points (pt), or for the regressor the RMSE change in percent (positive is worse). "
+        "Keras 3 checks run in a fresh plain Keras 3 process.",
+        "",
+        "| model | exit | wall / CPU s | BN layers in → in model.keras | BN nodes in model.onnx | kept sparsity "
+        "| model.onnx Δ | int8 Δ (best shipped) | MC model | shipped / rejected | Keras 3 opens out files "
+        "| original vs user | ONNX vs model.keras |",
+        "|---|---:|---:|---|---:|---|---:|---:|---|---|---|---:|---:|",
+    ]
     for r in rows:
         c = r.get("keras3_check", {})
         ch = r.get("changes_points", {})
@@ -404,15 +456,21 @@ def markdown(rows: list[dict], epochs: int) -> str:
         lines.append(
             f"| {r['model']} | {r.get('exit')} | {r.get('wall_seconds', '')} / {r.get('cpu_seconds', '')} "
             f"| {c.get('user_bn_layers', '?')} → {c.get('model_keras_bn_layers', '?')} | {c.get('onnx_bn_nodes', '?')} "
-            f"| {r.get('kept_sparsity', '?')} | {ch.get('model.onnx', '?')} {unit} | {'—' if best is None else best} {unit} "
+            f"| {r.get('kept_sparsity', '?')} | {ch.get('model.onnx', '?')} {unit} | {'—' if best is None else best} "
+            f"{unit} "
             f"| {'written' if 'model_mc.onnx' in r.get('shipped', []) else 'no'} "
             f"| {len(r.get('shipped', []))} / {len(r.get('rejected', []))} | {opens} "
-            f"| {c.get('original_vs_user', float('nan')):.1e} | {c.get('onnx_vs_model_keras', float('nan')):.1e} |")
+            f"| {c.get('original_vs_user', float('nan')):.1e} | {c.get('onnx_vs_model_keras', float('nan')):.1e} |"
+        )
         if r.get("error"):
             lines.append(f"|  | error: {r['error'][:150]} |" + " |" * 11)
-    lines += ["", "ONNX vs model.keras: the largest |difference| of `model.onnx`'s first output (`probabilities`, `logits` or "
-              "`prediction`; with several outputs, every output side by side in name order) from `model.keras`'s, divided by the outputs' RMS when above 1 (float32 rounds relative to "
-              "the values); `probabilities` are compared with the stored temperature applied."]
+    lines += [
+        "",
+        "ONNX vs model.keras: the largest |difference| of `model.onnx`'s first output (`probabilities`, `logits` or "
+        "`prediction`; with several outputs, every output side by side in name order) from `model.keras`'s, divided by "
+        "the outputs' RMS when above 1 (float32 rounds relative to "
+        "the values); `probabilities` are compared with the stored temperature applied.",
+    ]
     return "\n".join(lines) + "\n"
 
 

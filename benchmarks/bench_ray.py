@@ -33,8 +33,9 @@ def _search(model, data, ray_address=None):
     from deploykit.sparsity import PruneConfig, SearchConfig, search_sparsity
 
     start, cpu = time.perf_counter(), time.process_time()
-    _, report = search_sparsity(model, data, 0.01, config=SearchConfig(), prune_config=PruneConfig(epochs=10, distill=True),
-                                ray=ray_address)
+    _, report = search_sparsity(
+        model, data, 0.01, config=SearchConfig(), prune_config=PruneConfig(epochs=10, distill=True), ray=ray_address
+    )
     return report, time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -52,28 +53,50 @@ def main() -> None:
     port = _port()
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:
-        subprocess.run([cli, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common], check=True)
+        subprocess.run(
+            [cli, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common], check=True
+        )
         subprocess.run([cli, "start", "--address", f"127.0.0.1:{port}", *common], check=True)
         remote, ray_wall, ray_cpu = _search(model, data, f"127.0.0.1:{port}")
         in_flight = int(ray.cluster_resources().get("CPU", 0))
     finally:
         ray.shutdown()
         subprocess.run([cli, "stop", "--force"], check=False)
+
     def kept(report):
         return None if report.kept is None else report.kept.target
 
-    rows = {"serial": {"kept": kept(serial), "wall": serial_wall, "cpu_driver": serial_cpu, "tries": len(serial.tries)},
-            "ray": {"kept": kept(remote), "wall": ray_wall, "cpu_driver": ray_cpu, "tries": len(remote.tries),
-                    "in_flight": in_flight, "where": [t.note for t in remote.tries]},
-            "same_kept": kept(serial) == kept(remote), "wall_ratio": ray_wall / serial_wall}
-    md = ["# Sparsity search: serial vs Ray (2 local nodes, 1 CPU each)", "",
-          "| run | kept | tries | wall s | driver CPU s |", "|---|---:|---:|---:|---:|",
-          f"| serial | {kept(serial)} | {len(serial.tries)} (stops at the first kept) | {serial_wall:.0f} | {serial_cpu:.0f} |",
-          (f"| Ray | {kept(remote)} | {len(remote.tries)} (all at once, {in_flight} in flight) | {ray_wall:.0f} | "
-           f"{ray_cpu:.0f} |"), "",
-          (f"Same kept try: {rows['same_kept']}; Ray / serial wall: {rows['wall_ratio']:.2f}x (target <= 1.2x on 2 "
-           "cores). With one CPU per try a cluster of N nodes runs N tries at once: the search's wall time tends to "
-           "its slowest try instead of the sum of the tries up to the kept one.")]
+    rows = {
+        "serial": {"kept": kept(serial), "wall": serial_wall, "cpu_driver": serial_cpu, "tries": len(serial.tries)},
+        "ray": {
+            "kept": kept(remote),
+            "wall": ray_wall,
+            "cpu_driver": ray_cpu,
+            "tries": len(remote.tries),
+            "in_flight": in_flight,
+            "where": [t.note for t in remote.tries],
+        },
+        "same_kept": kept(serial) == kept(remote),
+        "wall_ratio": ray_wall / serial_wall,
+    }
+    md = [
+        "# Sparsity search: serial vs Ray (2 local nodes, 1 CPU each)",
+        "",
+        "| run | kept | tries | wall s | driver CPU s |",
+        "|---|---:|---:|---:|---:|",
+        f"| serial | {kept(serial)} | {len(serial.tries)} (stops at the first kept) | {serial_wall:.0f} | "
+        f"{serial_cpu:.0f} |",
+        (
+            f"| Ray | {kept(remote)} | {len(remote.tries)} (all at once, {in_flight} in flight) | {ray_wall:.0f} | "
+            f"{ray_cpu:.0f} |"
+        ),
+        "",
+        (
+            f"Same kept try: {rows['same_kept']}; Ray / serial wall: {rows['wall_ratio']:.2f}x (target <= 1.2x on 2 "
+            "cores). With one CPU per try a cluster of N nodes runs N tries at once: the search's wall time tends to "
+            "its slowest try instead of the sum of the tries up to the kept one."
+        ),
+    ]
     write_results("ray", rows, "\n".join(md) + "\n")
 
 

@@ -66,8 +66,11 @@ def fashion(shape: tuple[int, ...], replicas: int = 1) -> dict:
         if side != 28:
             import tensorflow as tf
 
-            x = tf.image.resize(x[..., None], (side, side)).numpy()[..., 0] if side > 32 else \
-                np.pad(x, ((0, 0), ((side - 28) // 2,) * 2, ((side - 28) // 2,) * 2))
+            x = (
+                tf.image.resize(x[..., None], (side, side)).numpy()[..., 0]
+                if side > 32
+                else np.pad(x, ((0, 0), ((side - 28) // 2,) * 2, ((side - 28) // 2,) * 2))
+            )
         x = np.repeat(x[..., None], channels, axis=-1)
     return {"x": np.concatenate([x] * replicas), "y": np.concatenate([y] * replicas)}
 
@@ -77,10 +80,18 @@ def build(name: str):
     import keras
 
     if name == "convnet":  # keras.io "Simple MNIST convnet"
-        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(32, 3, activation="relu"),
-                                  keras.layers.MaxPooling2D(2), keras.layers.Conv2D(64, 3, activation="relu"),
-                                  keras.layers.MaxPooling2D(2), keras.layers.Flatten(), keras.layers.Dropout(0.5),
-                                  keras.layers.Dense(10, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Conv2D(32, 3, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                keras.layers.Conv2D(64, 3, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                keras.layers.Flatten(),
+                keras.layers.Dropout(0.5),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
     elif name == "mobilenet":
         model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10)
     elif name == "efficientnet":
@@ -115,15 +126,26 @@ def run(model: Path, data: Path, folder: Path, timeout: float) -> dict:
     out, marks = folder / "out", folder / "marks.json"
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(data), str(out), str(marks)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(model), str(data), str(out), str(marks)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "wall": time.perf_counter() - start}
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200], "wall": time.perf_counter() - start}
     got = json.loads(marks.read_text())
-    return {"steps": steps(got), "params": got["params"], "shipped": got["shipped"],
-            "wall": got["end"][0] - got["start"][0], "cpu": got["end"][1] - got["start"][1]}
+    return {
+        "steps": steps(got),
+        "params": got["params"],
+        "shipped": got["shipped"],
+        "wall": got["end"][0] - got["start"][0],
+        "cpu": got["end"][1] - got["start"][1],
+    }
 
 
 def steps(got: dict) -> dict[str, dict[str, float]]:
@@ -154,15 +176,24 @@ def table(rows: list[dict], key: str, label: str) -> list[str]:
             lines.append(f"| {label} | " + " | ".join("" for _ in names) + f" | {r['wall']:.0f} | {r['error']} |")
             continue
         cells = [f"{r['steps'][n]['wall']:.1f} / {r['steps'][n]['cpu']:.1f}" if n in r["steps"] else "" for n in names]
-        lines.append(f"| {r[key]:,} | " + " | ".join(cells) + f" | {r['wall']:.0f} / {r['cpu']:.0f} | "
-                     f"{len(r['shipped'])} shipped |")
+        lines.append(
+            f"| {r[key]:,} | " + " | ".join(cells) + f" | {r['wall']:.0f} / {r['cpu']:.0f} | "
+            f"{len(r['shipped'])} shipped |"
+        )
     for clock in ("cpu", "wall"):
-        slopes = [exponent([r[key] for r in rows if "steps" in r and n in r["steps"]],
-                           [r["steps"][n][clock] for r in rows if "steps" in r and n in r["steps"]]) for n in names]
+        slopes = [
+            exponent(
+                [r[key] for r in rows if "steps" in r and n in r["steps"]],
+                [r["steps"][n][clock] for r in rows if "steps" in r and n in r["steps"]],
+            )
+            for n in names
+        ]
         total = exponent([r[key] for r in rows if "steps" in r], [r[clock] for r in rows if "steps" in r])
-        lines.append(f"| exponent b ({clock.upper() if clock == 'cpu' else clock}) | "
-                     + " | ".join("" if b is None else f"{b:.2f}" for b in slopes)
-                     + f" | {'' if total is None else f'{total:.2f}'} | |")
+        lines.append(
+            f"| exponent b ({clock.upper() if clock == 'cpu' else clock}) | "
+            + " | ".join("" if b is None else f"{b:.2f}" for b in slopes)
+            + f" | {'' if total is None else f'{total:.2f}'} | |"
+        )
     return lines
 
 
@@ -170,17 +201,33 @@ def report(by_model: list[dict], by_rows: list[dict]) -> None:
     """Write scale.json / scale.md with what was measured so far (called after every run: a long run that is cut
     short still leaves its results)."""
     missing = [m for m in MODELS if m not in {r["model"] for r in by_model}]
-    lines = ["# optimize: time per step against model size and data size", "",
-             ("Each cell: wall / CPU seconds of one step of `optimize(model, data, sparsity=0.8, epochs=2, samples=10)`, "
-              "in its own process on this machine (2 shared cores: CPU time is the steadier figure). `prepare`: loading, "
-              "measuring and planning; `report`: the report and plots. The exponent b fits seconds ~ size^b."), "",
-             "## Against model size (parameters)", "",
-             *table(sorted([r for r in by_model if r.get("params")], key=lambda r: r["params"])
-                    + [r for r in by_model if not r.get("params")], "params", "parameters"),
-             "", "Models: " + ", ".join(f"{r['model']} ({r.get('params') or '?'} params)" for r in by_model)
-             + (". Not measured in this run (cut for time): " + ", ".join(missing) if missing else "") + ".", "",
-             "## Against data size (rows of the Fashion sample, replicated; the book's MLP)", "",
-             *table(by_rows, "rows", "rows")]
+    lines = [
+        "# optimize: time per step against model size and data size",
+        "",
+        (
+            "Each cell: wall / CPU seconds of one step of `optimize(model, data, sparsity=0.8, epochs=2, samples=10)`, "
+            "in its own process on this machine (2 shared cores: CPU time is the steadier figure). `prepare`: loading, "
+            "measuring and planning; `report`: the report and plots. The exponent b fits seconds ~ size^b."
+        ),
+        "",
+        "## Against model size (parameters)",
+        "",
+        *table(
+            sorted([r for r in by_model if r.get("params")], key=lambda r: r["params"])
+            + [r for r in by_model if not r.get("params")],
+            "params",
+            "parameters",
+        ),
+        "",
+        "Models: "
+        + ", ".join(f"{r['model']} ({r.get('params') or '?'} params)" for r in by_model)
+        + (". Not measured in this run (cut for time): " + ", ".join(missing) if missing else "")
+        + ".",
+        "",
+        "## Against data size (rows of the Fashion sample, replicated; the book's MLP)",
+        "",
+        *table(by_rows, "rows", "rows"),
+    ]
     write_results("scale", {"by_model": by_model, "by_rows": by_rows}, "\n".join(lines) + "\n")
 
 

@@ -51,8 +51,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
 from common import RESULTS, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
+
 MODEL = ROOT / "models" / "digits_default.keras"
 HOST = "127.0.0.1"  # loopback only
 SAMPLES = 30
@@ -93,8 +93,19 @@ def free_port() -> int:
 
 
 def start_server(folder: Path, port: int, threads: int | None, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "deploykit.cli.main", "serve", str(folder), "--host", HOST, "--port", str(port),
-           "--request-timeout", str(SLOW_TIMEOUT)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploykit.cli.main",
+        "serve",
+        str(folder),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--request-timeout",
+        str(SLOW_TIMEOUT),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -114,15 +125,25 @@ def start_server(folder: Path, port: int, threads: int | None, log) -> subproces
 
 def binary_request(port: int, model: str, x: np.ndarray) -> bytes:
     """A v2 infer request with the binary tensor extension, as tritonclient builds it."""
-    header = json.dumps({
-        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "parameters": {"binary_data_output": True},
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     body = header + x.astype(np.float32).tobytes()
-    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -174,11 +195,18 @@ def run_phase(port: int, model: str, xs: np.ndarray, clients: int, seconds: floa
     rss_end = server.memory_info().rss
     ms = np.array(latencies) * 1000
     return {
-        "model": model, "clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies),
+        "model": model,
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "requests": len(latencies),
         "requests_per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2), "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
-        "rss_after_warmup_mb": round(rss_warm / 2**20, 1), "rss_end_mb": round(rss_end / 2**20, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "rss_after_warmup_mb": round(rss_warm / 2**20, 1),
+        "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_growth": round(rss_end / rss_warm - 1, 4),
     }
 
@@ -189,8 +217,10 @@ SLOW_CONNECTIONS = 150  # per slow kind (headers, body): 300 stalled connections
 
 
 def raw_post(port: int, path: str, body: bytes) -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -213,8 +243,11 @@ async def exchange(port: int, data: bytes) -> tuple[float, int]:
 
 
 async def header_flood(port: int, stop_at: float, seen: dict) -> None:
-    flood = (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
-             + b"".join(b"x%d: y\r\n" % i for i in range(50_000)) + b"\r\n")
+    flood = (
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"x%d: y\r\n" % i for i in range(50_000))
+        + b"\r\n"
+    )
     while time.perf_counter() < stop_at:
         seconds, status = await exchange(port, flood)
         seen.setdefault(status, []).append(seconds)
@@ -222,7 +255,11 @@ async def header_flood(port: int, stop_at: float, seen: dict) -> None:
 
 async def huge_mc(port: int, stop_at: float, seen: dict) -> None:
     rows = np.ones((1024, 64), np.float32).tolist()
-    attack = raw_post(port, "/v1/models/digits_mc_raw:predict", json.dumps({"instances": rows, "parameters": {"samples": 1000}}).encode())
+    attack = raw_post(
+        port,
+        "/v1/models/digits_mc_raw:predict",
+        json.dumps({"instances": rows, "parameters": {"samples": 1000}}).encode(),
+    )
     while time.perf_counter() < stop_at:
         seconds, status = await exchange(port, attack)
         seen.setdefault(status, []).append(seconds)
@@ -291,11 +328,17 @@ async def hostile_load(port: int, requests: list[bytes], clients: int, seconds: 
     ms = np.array(latencies) * 1000
     hms = np.array(health) * 1000
     result = {
-        "seconds": round(elapsed, 2), "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
-        "health_probes": len(health), "health_p50_ms": round(float(np.percentile(hms, 50)), 2),
-        "health_p99_ms": round(float(np.percentile(hms, 99)), 2), "health_max_ms": round(float(hms.max()), 2),
+        "seconds": round(elapsed, 2),
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "health_probes": len(health),
+        "health_p50_ms": round(float(np.percentile(hms, 50)), 2),
+        "health_p99_ms": round(float(np.percentile(hms, 99)), 2),
+        "health_max_ms": round(float(hms.max()), 2),
     }
     if hostile:
         result["header_flood"] = _answers(flood)
@@ -307,8 +350,14 @@ async def hostile_load(port: int, requests: list[bytes], clients: int, seconds: 
 
 def _answers(seen: dict) -> dict:
     """status -> count, p50 and max ms."""
-    return {str(status): {"count": len(s), "p50_ms": round(float(np.percentile(np.array(s) * 1000, 50)), 1),
-                          "max_ms": round(max(s) * 1000, 1)} for status, s in sorted(seen.items())}
+    return {
+        str(status): {
+            "count": len(s),
+            "p50_ms": round(float(np.percentile(np.array(s) * 1000, 50)), 1),
+            "max_ms": round(max(s) * 1000, 1),
+        }
+        for status, s in sorted(seen.items())
+    }
 
 
 def run_hostile(port: int, xs: np.ndarray, clients: int, seconds: float) -> dict:
@@ -354,10 +403,16 @@ async def slow_load(port: int, requests: list[bytes], clients: int, seconds: flo
     elapsed = time.perf_counter() - t0
     ms, hms = np.array(latencies) * 1000, np.array(health) * 1000
     return {
-        "seconds": round(elapsed, 2), "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "errors": len(errors), "health_probes": len(health), "health_p50_ms": round(float(np.percentile(hms, 50)), 2),
-        "health_p99_ms": round(float(np.percentile(hms, 99)), 2), "health_max_ms": round(float(hms.max()), 2),
+        "seconds": round(elapsed, 2),
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": len(errors),
+        "health_probes": len(health),
+        "health_p50_ms": round(float(np.percentile(hms, 50)), 2),
+        "health_p99_ms": round(float(np.percentile(hms, 99)), 2),
+        "health_max_ms": round(float(hms.max()), 2),
         **({"slow_answers": _answers(seen)} if slow else {}),
     }
 
@@ -369,8 +424,12 @@ def run_slow(port: int, xs: np.ndarray, clients: int, seconds: float) -> dict:
     alone = asyncio.run(slow_load(port, requests, clients, seconds, slow=False))
     beside = asyncio.run(slow_load(port, requests, clients, seconds, slow=True))
     ratios = {k: round(beside[k] / alone[k], 2) if alone[k] else None for k in ("p50_ms", "p99_ms", "requests_per_s")}
-    met = bool(ratios["p99_ms"] is not None and ratios["p99_ms"] <= SLOW_P99_RATIO_TARGET
-               and beside["health_p99_ms"] < SLOW_HEALTH_P99_TARGET_MS and beside["errors"] == 0)
+    met = bool(
+        ratios["p99_ms"] is not None
+        and ratios["p99_ms"] <= SLOW_P99_RATIO_TARGET
+        and beside["health_p99_ms"] < SLOW_HEALTH_P99_TARGET_MS
+        and beside["errors"] == 0
+    )
     return {"alone": alone, "with_slow": beside, "ratios": ratios, "aims_met": met}
 
 
@@ -378,20 +437,25 @@ def slow_markdown(s: dict, seconds: float, clients: int) -> list[str]:
     a, w = s["alone"], s["with_slow"]
     answers = ", ".join(f"{k}: {v['count']}, {v['p50_ms']} / {v['max_ms']}" for k, v in w["slow_answers"].items())
     return [
-        "## A slow model", "",
+        "## A slow model",
+        "",
         f"{clients} good clients (deterministic model) for {seconds:g} s alone, then for {seconds:g} s beside one "
         "client sending, again and again, a row on which the `slow` model's Loop never ends (same server, "
-        f"`--request-timeout {SLOW_TIMEOUT:g}`). A health probe runs every 50 ms in both phases.", "",
+        f"`--request-timeout {SLOW_TIMEOUT:g}`). A health probe runs every 50 ms in both phases.",
+        "",
         "| good clients | req/s | p50 ms | p99 ms | errors | health p50 / p99 / max ms |",
         "|---|---|---|---|---|---|",
         f"| alone | {a['requests_per_s']} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
         f"{a['health_p50_ms']} / {a['health_p99_ms']} / {a['health_max_ms']} |",
         f"| beside the slow client | {w['requests_per_s']} | {w['p50_ms']} | {w['p99_ms']} | {w['errors']} | "
         f"{w['health_p50_ms']} / {w['health_p99_ms']} / {w['health_max_ms']} |",
-        f"| ratio | {s['ratios']['requests_per_s']} | {s['ratios']['p50_ms']} | {s['ratios']['p99_ms']} | | |", "",
-        f"Slow requests' answers (status: count, p50 / max ms): {answers}.", "",
+        f"| ratio | {s['ratios']['requests_per_s']} | {s['ratios']['p50_ms']} | {s['ratios']['p99_ms']} | | |",
+        "",
+        f"Slow requests' answers (status: count, p50 / max ms): {answers}.",
+        "",
         f"Aims: good clients' p99 within {SLOW_P99_RATIO_TARGET:g}x of alone, health p99 < "
-        f"{SLOW_HEALTH_P99_TARGET_MS:g} ms, no good request failed. Met: {s['aims_met']}.", "",
+        f"{SLOW_HEALTH_P99_TARGET_MS:g} ms, no good request failed. Met: {s['aims_met']}.",
+        "",
     ]
 
 
@@ -399,63 +463,91 @@ def hostile_markdown(h: dict, seconds: float, clients: int) -> list[str]:
     a, w = h["alone"], h["with_hostile"]
     flood, mc = w["header_flood"], w["huge_mc"]
     rows = [
-        "## Hostile clients", "",
-        f"{clients} good clients (deterministic model, as above) for {seconds:g} s alone, then for {seconds:g} s beside "
+        "## Hostile clients",
+        "",
+        f"{clients} good clients (deterministic model, as above) for {seconds:g} s alone, then for {seconds:g} s "
+        "beside "
         "4 hostile clients: a header flood (50,000 headers per request, repeated), a slowloris "
-        f"({SLOW_CONNECTIONS} connections adding a header line a second), a slow upload ({SLOW_CONNECTIONS} connections "
+        f"({SLOW_CONNECTIONS} connections adding a header line a second), a slow upload ({SLOW_CONNECTIONS} "
+        "connections "
         "adding a body byte a second) and a huge MC client (1,024 rows x 1,000 samples on an MC model returning the "
-        "raw samples: 97.5 MB of JSON before the limits). A health probe runs every 50 ms in both phases.", "",
+        "raw samples: 97.5 MB of JSON before the limits). A health probe runs every 50 ms in both phases.",
+        "",
         "| good clients | req/s | p50 ms | p99 ms | errors | health p50 / p99 / max ms |",
         "|---|---|---|---|---|---|",
         f"| alone | {a['requests_per_s']} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
         f"{a['health_p50_ms']} / {a['health_p99_ms']} / {a['health_max_ms']} |",
         f"| with 4 hostile clients | {w['requests_per_s']} | {w['p50_ms']} | {w['p99_ms']} | {w['errors']} | "
         f"{w['health_p50_ms']} / {w['health_p99_ms']} / {w['health_max_ms']} |",
-        f"| ratio | {h['ratios']['requests_per_s']} | {h['ratios']['p50_ms']} | {h['ratios']['p99_ms']} | | |", "",
+        f"| ratio | {h['ratios']['requests_per_s']} | {h['ratios']['p50_ms']} | {h['ratios']['p99_ms']} | | |",
+        "",
         "Hostile requests' answers (status: count, p50 / max ms to the status line): header flood "
         + ", ".join(f"{k}: {v['count']}, {v['p50_ms']} / {v['max_ms']}" for k, v in flood.items())
-        + " (aim: 431 in < 100 ms); huge MC " + ", ".join(f"{k}: {v['count']}, {v['p50_ms']} / {v['max_ms']}" for k, v in mc.items())
+        + " (aim: 431 in < 100 ms); huge MC "
+        + ", ".join(f"{k}: {v['count']}, {v['p50_ms']} / {v['max_ms']}" for k, v in mc.items())
         + f". Slow headers: {w['slow_headers']}; slow bodies: {w['slow_bodies']} (answers or closes seen by the "
-        "slow clients; unanswered connections were still open at the end).", "",
-        "Aims: good clients' errors 0 with the hostile clients; health p99 < 50 ms; header flood answered 431 in < 100 ms.",
+        "slow clients; unanswered connections were still open at the end).",
+        "",
+        "Aims: good clients' errors 0 with the hostile clients; health p99 < 50 ms; header flood answered 431 in < 100 "
+        "ms.",
         "",
     ]
     return rows
 
 
 def markdown(result: dict) -> str:
-    rows = ["| model | clients | req/s (aim) | p50 ms | p90 ms | p99 ms (aim < 50) | errors | RSS after warm-up -> end MB |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | clients | req/s (aim) | p50 ms | p90 ms | p99 ms (aim < 50) | errors | RSS after warm-up -> end MB "
+        "|",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for kind, r in result["phases"].items():
-        rows.append(f"| {kind} ({r['model']}) | {r['clients']} | {r['requests_per_s']} (>= {TARGETS[kind]:g}) | {r['p50_ms']} "
-                    f"| {r['p90_ms']} | {r['p99_ms']} | {r['errors']} | {r['rss_after_warmup_mb']} -> {r['rss_end_mb']} "
-                    f"({r['rss_growth']:+.1%}) |")
+        rows.append(
+            f"| {kind} ({r['model']}) | {r['clients']} | {r['requests_per_s']} (>= {TARGETS[kind]:g}) | {r['p50_ms']} "
+            f"| {r['p90_ms']} | {r['p99_ms']} | {r['errors']} | {r['rss_after_warmup_mb']} -> {r['rss_end_mb']} "
+            f"({r['rss_growth']:+.1%}) |"
+        )
     m = result["machine"]
-    return "\n".join([
-        "# deploykit serve: load test on loopback", "",
-        f"{result['clients']} concurrent keep-alive clients, batch-1 v2 binary requests, {result['seconds']} s per model; "
-        f"MC with T = {SAMPLES}. Server: `deploykit serve` (kserve ModelServer, onnxruntime, threads: "
-        f"{result['server_threads'] or 'default'}). Clients and server share {m['cpus']} CPUs; load average "
-        f"{m['load_average_at_start']} at the start. Latency is measured by the client (write to last byte, including "
-        "the client's own scheduling).", "",
-        *rows, "",
-        f"Server RSS: {result['rss_ready_mb']} MB when ready, {result['rss_end_mb']} MB at the end "
-        f"({result['rss_growth_since_ready']:+.1%}).", "",
-        f"Aims: >= {TARGETS['deterministic']:g} req/s deterministic, >= {TARGETS['mc']:g} req/s MC, p99 < {P99_TARGET_MS:g} ms, "
-        f"zero errors, RSS growth <= {RSS_GROWTH_TARGET:.0%}. "
-        f"Met: {', '.join(f'{k}: {v}' for k, v in result['aims_met'].items())}.",
-        "", *hostile_markdown(result["hostile"], result["hostile_seconds"], result["clients"]),
-        *slow_markdown(result["slow_model"], result["hostile_seconds"], result["clients"]),
-        f"Command: `{result['command']}`", "",
-    ])
+    return "\n".join(
+        [
+            "# deploykit serve: load test on loopback",
+            "",
+            f"{result['clients']} concurrent keep-alive clients, batch-1 v2 binary requests, {result['seconds']} s per "
+            "model; "
+            f"MC with T = {SAMPLES}. Server: `deploykit serve` (kserve ModelServer, onnxruntime, threads: "
+            f"{result['server_threads'] or 'default'}). Clients and server share {m['cpus']} CPUs; load average "
+            f"{m['load_average_at_start']} at the start. Latency is measured by the client (write to last byte, "
+            "including "
+            "the client's own scheduling).",
+            "",
+            *rows,
+            "",
+            f"Server RSS: {result['rss_ready_mb']} MB when ready, {result['rss_end_mb']} MB at the end "
+            f"({result['rss_growth_since_ready']:+.1%}).",
+            "",
+            f"Aims: >= {TARGETS['deterministic']:g} req/s deterministic, >= {TARGETS['mc']:g} req/s MC, p99 < "
+            f"{P99_TARGET_MS:g} ms, "
+            f"zero errors, RSS growth <= {RSS_GROWTH_TARGET:.0%}. "
+            f"Met: {', '.join(f'{k}: {v}' for k, v in result['aims_met'].items())}.",
+            "",
+            *hostile_markdown(result["hostile"], result["hostile_seconds"], result["clients"]),
+            *slow_markdown(result["slow_model"], result["hostile_seconds"], result["clients"]),
+            f"Command: `{result['command']}`",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="load per model (default: 30)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
-    parser.add_argument("--hostile-seconds", type=float, default=10.0,
-                        help="good clients alone, then beside hostile ones, each this long (default: 10)")
+    parser.add_argument(
+        "--hostile-seconds",
+        type=float,
+        default=10.0,
+        help="good clients alone, then beside hostile ones, each this long (default: 10)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="server --threads (default: onnxruntime's)")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
     args = parser.parse_args(argv)
@@ -474,20 +566,37 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 server = psutil.Process(proc.pid)
                 rss_ready = server.memory_info().rss
-                phases = {kind: run_phase(port, name, xs, args.clients, args.seconds, server) for kind, name in names.items()}
+                phases = {
+                    kind: run_phase(port, name, xs, args.clients, args.seconds, server) for kind, name in names.items()
+                }
                 hostile = run_hostile(port, xs, args.clients, args.hostile_seconds)
                 slow = run_slow(port, xs, args.clients, args.hostile_seconds)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
     rss_end = phases["mc"]["rss_end_mb"]
-    aims = {kind: bool(r["requests_per_s"] >= TARGETS[kind] and r["p99_ms"] < P99_TARGET_MS and r["errors"] == 0
-                       and r["rss_growth"] <= RSS_GROWTH_TARGET) for kind, r in phases.items()}
+    aims = {
+        kind: bool(
+            r["requests_per_s"] >= TARGETS[kind]
+            and r["p99_ms"] < P99_TARGET_MS
+            and r["errors"] == 0
+            and r["rss_growth"] <= RSS_GROWTH_TARGET
+        )
+        for kind, r in phases.items()
+    }
     result = {
-        "clients": args.clients, "seconds": args.seconds, "server_threads": args.threads, "samples": SAMPLES,
-        "rss_ready_mb": round(rss_ready / 2**20, 1), "rss_end_mb": rss_end,
-        "rss_growth_since_ready": round(rss_end / (rss_ready / 2**20) - 1, 4), "phases": phases, "aims_met": aims,
-        "hostile_seconds": args.hostile_seconds, "hostile": hostile, "slow_model": slow,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "server_threads": args.threads,
+        "samples": SAMPLES,
+        "rss_ready_mb": round(rss_ready / 2**20, 1),
+        "rss_end_mb": rss_end,
+        "rss_growth_since_ready": round(rss_end / (rss_ready / 2**20) - 1, 4),
+        "phases": phases,
+        "aims_met": aims,
+        "hostile_seconds": args.hostile_seconds,
+        "hostile": hostile,
+        "slow_model": slow,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_average_at_start": load_at_start},
         "command": " ".join(["python benchmarks/bench_serve.py", *(argv if argv is not None else sys.argv[1:])]),
     }

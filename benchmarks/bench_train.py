@@ -19,8 +19,8 @@ import sys
 import time
 
 import numpy as np
-
-from common import FASHION as DATA, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION as DATA  # noqa: E402  (puts the repository on sys.path)
+from common import write_results
 
 from deploykit.data import load_dataset  # noqa: E402
 from deploykit.training import TrainConfig, train  # noqa: E402
@@ -39,18 +39,31 @@ def baseline(data, epochs: int, patience: int) -> dict:
     from deploykit.backend import keras, set_seed
 
     set_seed(42)
-    model = keras.Sequential([keras.Input(shape=data.input_shape), keras.layers.Flatten(),
-                              keras.layers.Rescaling(1 / 255.0)]
-                             + [keras.layers.Dense(w, activation="relu") for w in HIDDEN]
-                             + [keras.layers.Dense(data.num_classes, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input(shape=data.input_shape), keras.layers.Flatten(), keras.layers.Rescaling(1 / 255.0)]
+        + [keras.layers.Dense(w, activation="relu") for w in HIDDEN]
+        + [keras.layers.Dense(data.num_classes, activation="softmax")]
+    )
     model.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy", metrics=["accuracy"])
     t0 = time.monotonic()
     stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    hist = model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=32, verbose=0,
-                     validation_data=(data.x_val, data.y_val), callbacks=[stop])
+    hist = model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        validation_data=(data.x_val, data.y_val),
+        callbacks=[stop],
+    )
     acc = float(np.mean(model.predict(data.x_test, verbose=0).argmax(1) == data.y_test))
-    return {"test_accuracy": acc, "seconds": round(time.monotonic() - t0, 1), "epochs_run": len(hist.history["loss"]),
-            "learning_rate": 1e-3, "params": int(model.count_params())}
+    return {
+        "test_accuracy": acc,
+        "seconds": round(time.monotonic() - t0, 1),
+        "epochs_run": len(hist.history["loss"]),
+        "learning_rate": 1e-3,
+        "params": int(model.count_params()),
+    }
 
 
 def main() -> int:
@@ -67,20 +80,39 @@ def main() -> int:
         config = TrainConfig(hidden=HIDDEN, dropout=0.0, epochs=args.epochs, patience=args.patience, **options)
         result = train(config, data)
         r = result.record
-        rows[name] = {"test_accuracy": r.test_accuracy, "seconds": r.seconds, "epochs_run": r.epochs_run,
-                      "learning_rate": r.learning_rate, "params": r.params}
+        rows[name] = {
+            "test_accuracy": r.test_accuracy,
+            "seconds": r.seconds,
+            "epochs_run": r.epochs_run,
+            "learning_rate": r.learning_rate,
+            "params": r.params,
+        }
         print(f"{name}: {r.test_accuracy:.4f} in {r.seconds:.1f}s", file=sys.stderr)
     base = next(iter(rows.values()))
     for row in rows.values():
         row["accuracy_vs_baseline"] = round(row["test_accuracy"] / base["test_accuracy"], 4)
         row["time_vs_baseline"] = round(row["seconds"] / base["seconds"], 2)
-    summary = {"data": data.summary(), "network": "784-" + "-".join(map(str, HIDDEN)) + "-10",
-               "epochs": args.epochs, "patience": args.patience, "runs": rows}
-    lines = [f"# Training: {summary['network']} on {summary['data']}", "",
-             f"Up to {args.epochs} epochs, early stopping patience {args.patience}; deploykit runs pick the rate with the finder.", "",
-             "| run | max rate | epochs | test accuracy | x baseline | seconds | x baseline |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {row['learning_rate']:.3g} | {row['epochs_run']} | {row['test_accuracy']:.4f} | "
-              f"{row['accuracy_vs_baseline']:.3f} | {row['seconds']:.1f} | {row['time_vs_baseline']:.2f} |" for name, row in rows.items()]
+    summary = {
+        "data": data.summary(),
+        "network": "784-" + "-".join(map(str, HIDDEN)) + "-10",
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "runs": rows,
+    }
+    lines = [
+        f"# Training: {summary['network']} on {summary['data']}",
+        "",
+        f"Up to {args.epochs} epochs, early stopping patience {args.patience}; deploykit runs pick the rate with the "
+        "finder.",
+        "",
+        "| run | max rate | epochs | test accuracy | x baseline | seconds | x baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {row['learning_rate']:.3g} | {row['epochs_run']} | {row['test_accuracy']:.4f} | "
+        f"{row['accuracy_vs_baseline']:.3f} | {row['seconds']:.1f} | {row['time_vs_baseline']:.2f} |"
+        for name, row in rows.items()
+    ]
     write_results("train", summary, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

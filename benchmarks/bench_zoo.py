@@ -57,6 +57,7 @@ def constructors() -> list[str]:
 
 # --- one architecture, in its own process -----------------------------------------------------
 
+
 def build(name: str, folder: Path, size_cap: float = SIZE_CAP) -> dict:
     """Build ``name`` in Keras 3 at its smallest input, give its statistics non-trivial values, save it."""
     import keras
@@ -94,9 +95,12 @@ def randomize(model, seed: int = 0) -> None:
             values = []
             for w in layer.weights:
                 short = w.path.split("/")[-1]
-                draw = {"gamma": lambda s: rng.uniform(0.8, 1.2, s), "beta": lambda s: rng.normal(0, 0.1, s),
-                        "moving_mean": lambda s: rng.normal(0, 0.1, s),
-                        "moving_variance": lambda s: rng.uniform(0.8, 1.2, s)}[short]
+                draw = {
+                    "gamma": lambda s: rng.uniform(0.8, 1.2, s),
+                    "beta": lambda s: rng.normal(0, 0.1, s),
+                    "moving_mean": lambda s: rng.normal(0, 0.1, s),
+                    "moving_variance": lambda s: rng.uniform(0.8, 1.2, s),
+                }[short]
                 values.append(draw(tuple(w.shape)).astype("float32"))
             layer.set_weights(values)
         elif kind == "LayerScale":
@@ -124,8 +128,10 @@ def run_one(name: str, folder: Path, size_cap: float) -> dict:
     info = build(name, folder, size_cap)
     row.update(side=info["side"], params=info["params"], build_seconds=round(time.perf_counter() - start, 1))
     if "x" not in info:
-        row.update(exit="skipped", reason=f"{info['params'] / 1e6:.0f} M parameters, over the benchmark's size cap "
-                                          f"of {size_cap / 1e6:.0f} M")
+        row.update(
+            exit="skipped",
+            reason=f"{info['params'] / 1e6:.0f} M parameters, over the benchmark's size cap of {size_cap / 1e6:.0f} M",
+        )
         return row
     x, reference = info["x"], info["reference"]
     from deploykit import export_bundle, export_variant, fold_batchnorm, load_model
@@ -136,7 +142,9 @@ def run_one(name: str, folder: Path, size_cap: float) -> dict:
     try:
         model = load_model(folder / "model.keras")
         row["import_seconds"] = round(time.perf_counter() - start, 1)
-        export_bundle(model, None, folder / "out", ExportConfig(formats=("onnx", "tflite"), quantize=("float32",), repeats=1))
+        export_bundle(
+            model, None, folder / "out", ExportConfig(formats=("onnx", "tflite"), quantize=("float32",), repeats=1)
+        )
     except Exception as exc:  # noqa: BLE001  (the row records any refusal)
         row.update(exit="refused", reason=one_line(exc), seconds=round(time.perf_counter() - start, 1))
         return row
@@ -160,8 +168,11 @@ def _fold(fold_batchnorm, model, x, reference) -> dict:
     except Exception as exc:  # noqa: BLE001
         return {"fold": f"refused: {one_line(exc)}"}
     bn = sum(type(layer).__name__ == "BatchNormalization" for layer in model.layers)
-    return {"bn_layers": bn, "bn_folded": sum(f.kind == "BatchNormalization" for f in report.folded),
-            "fold_diff": float(np.abs(folded(x, training=False).numpy() - reference).max())}
+    return {
+        "bn_layers": bn,
+        "bn_folded": sum(f.kind == "BatchNormalization" for f in report.folded),
+        "fold_diff": float(np.abs(folded(x, training=False).numpy() - reference).max()),
+    }
 
 
 def _int8(export_variant, model, x, reference, folder: Path, onnx_runner, tflite_runner) -> dict:
@@ -169,14 +180,19 @@ def _int8(export_variant, model, x, reference, folder: Path, onnx_runner, tflite
 
     out = {}
     classes = reference.argmax(axis=1)
-    for key, fmt, quant, runner in (("int8_onnx", "onnx", "int8-dynamic", onnx_runner),
-                                    ("int8_tflite", "tflite", "int8-full", tflite_runner)):
+    for key, fmt, quant, runner in (
+        ("int8_onnx", "onnx", "int8-dynamic", onnx_runner),
+        ("int8_tflite", "tflite", "int8-full", tflite_runner),
+    ):
         path = folder / f"model_{quant}.{fmt}"
         start = time.perf_counter()
         try:
             export_variant(model, fmt, quant, path, x)
             got = runner(path).predict(x)
-            out[key] = {"delta": float(np.mean(got.argmax(axis=1) != classes)), "seconds": round(time.perf_counter() - start, 1)}
+            out[key] = {
+                "delta": float(np.mean(got.argmax(axis=1) != classes)),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
         except Exception as exc:  # noqa: BLE001
             out[key] = {"error": one_line(exc)}
     return out
@@ -205,23 +221,39 @@ def _mc(model, x) -> dict:
 
 # --- the table -------------------------------------------------------------------------------
 
+
 def run_child(name: str, timeout: float, size_cap: float) -> dict:
     """One architecture in a fresh process; a timeout or a crash is its row's result."""
     env = {**os.environ, **THREADS, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"zoo-{name}-") as tmp:
         try:
-            done = subprocess.run([sys.executable, __file__, "--child", name, "--folder", tmp, "--size-cap", str(size_cap)],
-                                  check=False, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", name, "--folder", tmp, "--size-cap", str(size_cap)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                cwd=ROOT,
+            )
         except subprocess.TimeoutExpired:
-            return {"name": name, "exit": "timeout", "reason": f"no result within {timeout:.0f} s",
-                    "wall_seconds": round(time.perf_counter() - start, 1)}
+            return {
+                "name": name,
+                "exit": "timeout",
+                "reason": f"no result within {timeout:.0f} s",
+                "wall_seconds": round(time.perf_counter() - start, 1),
+            }
     lines = [l for l in done.stdout.splitlines() if l.startswith(RESULT)]
     if not lines:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"name": name, "exit": "crashed", "reason": f"exit {done.returncode}: {tail[:240]}",
-                "wall_seconds": round(time.perf_counter() - start, 1)}
-    return {**json.loads(lines[-1][len(RESULT):]), "wall_seconds": round(time.perf_counter() - start, 1)}
+        return {
+            "name": name,
+            "exit": "crashed",
+            "reason": f"exit {done.returncode}: {tail[:240]}",
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
+    return {**json.loads(lines[-1][len(RESULT) :]), "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
 def _num(value, fmt=".1e") -> str:
@@ -242,44 +274,68 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
     lines = [
         "# The Keras Applications zoo through deploykit export",
         "",
-        (f"Every `keras.applications` constructor of Keras {rows[0].get('keras', '') if rows else ''} ({listed}, listed "
-        "programmatically), built in Keras 3 with `weights=None`, `classes=3` at the smallest input it accepts, "
-        "BatchNorm statistics randomized, saved as `.keras`, imported by deploykit and exported (float32 ONNX + TFLite, "
-        "validated as `deploykit export` does). Differences are against **Keras 3's own outputs** (probabilities) "
-        f"on {SAMPLES} standard-normal inputs. One process per architecture, each with a timeout; 2 shared CPU cores."),
+        (
+            f"Every `keras.applications` constructor of Keras {rows[0].get('keras', '') if rows else ''} ({listed}, "
+            "listed "
+            "programmatically), built in Keras 3 with `weights=None`, `classes=3` at the smallest input it accepts, "
+            "BatchNorm statistics randomized, saved as `.keras`, imported by deploykit and exported (float32 ONNX + "
+            "TFLite, "
+            "validated as `deploykit export` does). Differences are against **Keras 3's own outputs** (probabilities) "
+            f"on {SAMPLES} standard-normal inputs. One process per architecture, each with a timeout; 2 shared CPU "
+            "cores."
+        ),
         "",
-        (f"**{len(within)} of {listed}** architectures export float32 ONNX within {TARGET:g} of Keras "
-        f"({len(ran)} exported, {len(missing)} not reached in this run; the target is every architecture). "
-        f"Architectures over {size_cap / 1e6:.0f} M parameters "
-        "are not run here (listed as skipped): on 2 shared cores their import, export and validation take too long "
-        "for one benchmark run, not because deploykit refuses them — their families' smaller members are in the table."),
+        (
+            f"**{len(within)} of {listed}** architectures export float32 ONNX within {TARGET:g} of Keras "
+            f"({len(ran)} exported, {len(missing)} not reached in this run; the target is every architecture). "
+            f"Architectures over {size_cap / 1e6:.0f} M parameters "
+            "are not run here (listed as skipped): on 2 shared cores their import, export and validation take too long "
+            "for one benchmark run, not because deploykit refuses them — their families' smaller members are in the "
+            "table."
+        ),
         "",
-        "| architecture | input | params | exit | time (s) | BN folded | ONNX diff | TFLite diff | int8 Δ ONNX / TFLite | MC Dropout | skipped / reason |",
+        "| architecture | input | params | exit | time (s) | BN folded | ONNX diff | TFLite diff | int8 Δ ONNX / "
+        "TFLite | MC Dropout | skipped / reason |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         side = f"{r['side']}²" if r.get("side") else "—"
         params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else "—"
         folded = f"{r['bn_folded']} / {r['bn_layers']}" if "bn_folded" in r else r.get("fold", "—")
-        int8 = f"{_int8_cell(r.get('int8_onnx'))} / {_int8_cell(r.get('int8_tflite'))}" if r.get("exit") == "ok" else "—"
-        errors = [f"{k}: {r[k]['error']}" for k in ("int8_onnx", "int8_tflite") if isinstance(r.get(k), dict) and "error" in r[k]]
+        int8 = (
+            f"{_int8_cell(r.get('int8_onnx'))} / {_int8_cell(r.get('int8_tflite'))}" if r.get("exit") == "ok" else "—"
+        )
+        errors = [
+            f"{k}: {r[k]['error']}"
+            for k in ("int8_onnx", "int8_tflite")
+            if isinstance(r.get(k), dict) and "error" in r[k]
+        ]
         reason = "; ".join(filter(None, [r.get("reason", ""), *errors])).replace("|", "\\|")
-        lines.append(f"| {r['name']} | {side} | {params} | {r.get('exit')} | {_num(r.get('wall_seconds'), '.0f')} | {folded} "
-                     f"| {_num(r.get('onnx_diff'))} | {_num(r.get('tflite_diff'))} | {int8} | {r.get('mc', '—')} | {reason} |")
+        lines.append(
+            f"| {r['name']} | {side} | {params} | {r.get('exit')} | {_num(r.get('wall_seconds'), '.0f')} | {folded} "
+            f"| {_num(r.get('onnx_diff'))} | {_num(r.get('tflite_diff'))} | {int8} | {r.get('mc', '—')} | {reason} |"
+        )
     lines += [
         "",
-        ("Columns: *time*: the architecture's whole process (Keras 3 build and save, import, export and validation, "
-        "fold, int8, MC). *BN folded*: BatchNormalization layers `fold_batchnorm` folded / present after import. "
-        "*int8 Δ*: share of the generated inputs whose argmax differs from Keras 3's, for `int8-dynamic` ONNX and "
-        "`int8-full` TFLite (calibrated on the same generated inputs); randomly initialized networks with 3 classes "
-        "have near-tied outputs, so this measures quantization noise, not accuracy. *MC Dropout*: the MC graph built "
-        "and run (drop-connect `noise_shape` layers sampled)."),
+        (
+            "Columns: *time*: the architecture's whole process (Keras 3 build and save, import, export and validation, "
+            "fold, int8, MC). *BN folded*: BatchNormalization layers `fold_batchnorm` folded / present after import. "
+            "*int8 Δ*: share of the generated inputs whose argmax differs from Keras 3's, for `int8-dynamic` ONNX and "
+            "`int8-full` TFLite (calibrated on the same generated inputs); randomly initialized networks with 3 "
+            "classes "
+            "have near-tied outputs, so this measures quantization noise, not accuracy. *MC Dropout*: the MC graph "
+            "built "
+            "and run (drop-connect `noise_shape` layers sampled)."
+        ),
         "",
         f"Total: {total:.0f} s.",
     ]
     if missing:
-        lines += ["", f"Not reached in this run ({len(missing)}): the run stops at its time limit and the table is "
-                  "written after every architecture; `python benchmarks/bench_zoo.py --only NAME,...` runs the rest."]
+        lines += [
+            "",
+            f"Not reached in this run ({len(missing)}): the run stops at its time limit and the table is "
+            "written after every architecture; `python benchmarks/bench_zoo.py --only NAME,...` runs the rest.",
+        ]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -316,8 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         k = every.index(name)
         rows[k] = {**run_child(name, args.timeout, args.size_cap), "keras": keras.__version__}
-        print(f"[{time.perf_counter() - start:6.0f}s] {name}: {rows[k].get('exit')} {rows[k].get('onnx_diff', '')} "
-              f"{rows[k].get('reason', '')}", file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - start:6.0f}s] {name}: {rows[k].get('exit')} {rows[k].get('onnx_diff', '')} "
+            f"{rows[k].get('reason', '')}",
+            file=sys.stderr,
+            flush=True,
+        )
         save(rows, time.perf_counter() - start, args.size_cap, keras.__version__, args.note)  # survives a stop
     return 0
 
@@ -330,14 +390,36 @@ def ordered(names: list[str]) -> list[str]:
 
 #: The cheapest member of each family (the slow test's representatives), run first; the architectures the
 #: Keras 3 import rewrites (operation layers, drop-connect, nested blocks) lead.
-FIRST = ("MobileNetV3Small", "EfficientNetB0", "ConvNeXtTiny", "MobileNet", "MobileNetV2", "EfficientNetV2B0",
-         "DenseNet121", "ResNet50V2", "NASNetMobile", "Xception", "InceptionV3", "VGG16", "InceptionResNetV2", "ResNet50")
+FIRST = (
+    "MobileNetV3Small",
+    "EfficientNetB0",
+    "ConvNeXtTiny",
+    "MobileNet",
+    "MobileNetV2",
+    "EfficientNetV2B0",
+    "DenseNet121",
+    "ResNet50V2",
+    "NASNetMobile",
+    "Xception",
+    "InceptionV3",
+    "VGG16",
+    "InceptionResNetV2",
+    "ResNet50",
+)
 
 
 def save(rows: list[dict], total: float, size_cap: float, version: str, note: str = "") -> None:
     ok = [r for r in rows if r.get("exit") == "ok" and r.get("onnx_diff") is not None and r["onnx_diff"] <= TARGET]
-    data = {"keras": version, "architectures": len(rows), "onnx_within_target": len(ok), "target": TARGET,
-            "size_cap": size_cap, "seconds": round(total, 1), "note": note, "rows": rows}
+    data = {
+        "keras": version,
+        "architectures": len(rows),
+        "onnx_within_target": len(ok),
+        "target": TARGET,
+        "size_cap": size_cap,
+        "seconds": round(total, 1),
+        "note": note,
+        "rows": rows,
+    }
     write_results("zoo", data, markdown(rows, total, size_cap, note), quiet=True)
 
 

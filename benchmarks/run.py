@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from common import FASHION, RESULTS, ROOT  # noqa: E402  (puts the repository on sys.path)
+
 BUDGET_SECONDS = 120.0  # `deploykit optimize` with no arguments must finish within this
 #: Area benchmarks that need more than ``--timeout`` (bench_budget trains and optimizes several models; bench_zoo
 #: exports every keras.applications architecture; bench_scale optimizes models up to ResNet50 and 16x the data).
@@ -47,13 +48,21 @@ def default_cli_run(tmp: Path) -> dict:
     out = tmp / "digits"
     say("digits: `deploykit optimize` (shipped model, default pipeline)")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "deploykit.cli.main", "optimize", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "deploykit.cli.main", "optimize", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"deploykit optimize failed ({done.returncode}): {done.stderr.strip().splitlines()[-1]}")
-    return {"data": "digits (shipped model)", "command": "deploykit optimize", "wall_seconds": round(seconds, 1),
-            "report": json.loads((out / "report.json").read_text())}
+    return {
+        "data": "digits (shipped model)",
+        "command": "deploykit optimize",
+        "wall_seconds": round(seconds, 1),
+        "report": json.loads((out / "report.json").read_text()),
+    }
 
 
 def fashion_run(tmp: Path) -> dict | None:
@@ -65,16 +74,28 @@ def fashion_run(tmp: Path) -> dict | None:
     from deploykit.training import TrainConfig
 
     data = deploykit.load_dataset(FASHION)
-    config = TrainConfig(hidden=(300, 100), batchnorm="on", dropout=0.2, dropout_layers="all", learning_rate=2e-3,
-                         epochs=20, patience=5, seed=42)
+    config = TrainConfig(
+        hidden=(300, 100),
+        batchnorm="on",
+        dropout=0.2,
+        dropout_layers="all",
+        learning_rate=2e-3,
+        epochs=20,
+        patience=5,
+        seed=42,
+    )
     say(f"fashion: training the chapter's 784-300-100-10 model ({data.summary()})")
     trained = deploykit.train(config, data)
     say(f"fashion: trained, test accuracy {trained.test_accuracy:.4f}; optimizing")
     start = time.perf_counter()
     result = deploykit.optimize(trained.model, data, out_dir=tmp / "fashion", progress=lambda m: say("  " + m))
-    return {"data": data.summary(), "command": "deploykit.optimize(model, data) after deploykit.train",
-            "wall_seconds": round(time.perf_counter() - start, 1), "train_seconds": trained.record.seconds,
-            "report": result.report}
+    return {
+        "data": data.summary(),
+        "command": "deploykit.optimize(model, data) after deploykit.train",
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "train_seconds": trained.record.seconds,
+        "report": result.report,
+    }
 
 
 def headline(run: dict) -> dict:
@@ -106,17 +127,25 @@ def headline(run: dict) -> dict:
                 }
     if "model_mc.onnx" in rows and "model.onnx" in rows:
         mc = report["mc"]
-        out["mc"] = {"samples": mc["samples"], "b1_cost_vs_plain_onnx": rows["model_mc.onnx"]["latency_b1_ms"] / rows["model.onnx"]["latency_b1_ms"],
-                     "accuracy": mc["mc"]["accuracy"], "deterministic_accuracy": mc["deterministic"]["accuracy"],
-                     "ece": mc["mc"]["ece"], "deterministic_ece": mc["deterministic"]["ece"]}
+        out["mc"] = {
+            "samples": mc["samples"],
+            "b1_cost_vs_plain_onnx": rows["model_mc.onnx"]["latency_b1_ms"] / rows["model.onnx"]["latency_b1_ms"],
+            "accuracy": mc["mc"]["accuracy"],
+            "deterministic_accuracy": mc["deterministic"]["accuracy"],
+            "ece": mc["mc"]["ece"],
+            "deterministic_ece": mc["deterministic"]["ece"],
+        }
     steps = {s["step"]: s for s in report["steps"]}
     fold = steps.get("fold")
     if fold and fold.get("before") and fold.get("after"):
         out["fold_params"] = [fold["before"]["params"], fold["after"]["params"]]
     sparse = next((s for name, s in steps.items() if name.startswith("sparsity") and s.get("after")), None)
     if sparse:
-        out["sparsity_step"] = {"seconds": sparse["seconds"], "sparsity": sparse["after"]["sparsity"],
-                                "accuracy_change_points": 100 * (sparse["after"]["accuracy"] - sparse["before"]["accuracy"])}
+        out["sparsity_step"] = {
+            "seconds": sparse["seconds"],
+            "sparsity": sparse["after"]["sparsity"],
+            "accuracy_change_points": 100 * (sparse["after"]["accuracy"] - sparse["before"]["accuracy"]),
+        }
     return out
 
 
@@ -137,41 +166,64 @@ def run_area(script: Path, timeout: float) -> dict:
 
 def _ratio_rows(name: str, h: dict) -> list[str]:
     if name == "digits":
-        rows = [f"| {name} | `deploykit optimize` with no arguments, wall time (TensorFlow import included) "
-                f"| {h['wall_seconds']:.0f} s | {BUDGET_SECONDS / h['wall_seconds']:.2f}x under the {BUDGET_SECONDS:.0f} s budget |"]
+        rows = [
+            f"| {name} | `deploykit optimize` with no arguments, wall time (TensorFlow import included) "
+            f"| {h['wall_seconds']:.0f} s | {BUDGET_SECONDS / h['wall_seconds']:.2f}x under the {BUDGET_SECONDS:.0f} s "
+            "budget |"
+        ]
     else:
         rows = [f"| {name} | `deploykit.optimize` wall time (training not included) | {h['wall_seconds']:.0f} s | |"]
     if "pruned_int8_tflite" in h:
         p = h["pruned_int8_tflite"]
-        rows.append(f"| {name} | pruned ({100 * p['sparsity']:.0f}%) + full int8 TFLite, gzip vs the original .keras file "
-                    f"| {p['gzip_vs_original_keras_file']:.1f}x smaller ({p['gzip_vs_original_keras_gzip']:.1f}x vs its gzip) "
-                    f"| accuracy {p['accuracy_change_points']:+.2f} pt (targets: >= 12x, within 1 pt) |")
+        rows.append(
+            f"| {name} | pruned ({100 * p['sparsity']:.0f}%) + full int8 TFLite, gzip vs the original .keras file "
+            f"| {p['gzip_vs_original_keras_file']:.1f}x smaller ({p['gzip_vs_original_keras_gzip']:.1f}x vs its gzip) "
+            f"| accuracy {p['accuracy_change_points']:+.2f} pt (targets: >= 12x, within 1 pt) |"
+        )
     if "onnxruntime_vs_keras_call_b1" in h:
-        rows.append(f"| {name} | onnxruntime float32 vs tf_keras `model(x)`, batch 1 | {h['onnxruntime_vs_keras_call_b1']:.0f}x faster | target >= 50x |")
-    for key, label in (("onnx_float16", "onnxruntime float16"), ("onnx_int8", "onnxruntime int8 (dynamic)"),
-                       ("tflite_float16", "LiteRT float16"), ("tflite_int8", "LiteRT int8 (full integer)")):
+        rows.append(
+            f"| {name} | onnxruntime float32 vs tf_keras `model(x)`, batch 1 | "
+            f"{h['onnxruntime_vs_keras_call_b1']:.0f}x faster | target >= 50x |"
+        )
+    for key, label in (
+        ("onnx_float16", "onnxruntime float16"),
+        ("onnx_int8", "onnxruntime int8 (dynamic)"),
+        ("tflite_float16", "LiteRT float16"),
+        ("tflite_int8", "LiteRT int8 (full integer)"),
+    ):
         r = h.get(f"{key}_vs_float32")
         if r:
-            rows.append(f"| {name} | {label} vs float32 | b1 {r['b1_speedup']:.2f}x, b256 {r['b256_speedup']:.2f}x speed; "
-                        f"{r['gzip_smaller']:.1f}x smaller gzip | accuracy {r['accuracy_change_points']:+.2f} pt |")
+            rows.append(
+                f"| {name} | {label} vs float32 | b1 {r['b1_speedup']:.2f}x, b256 {r['b256_speedup']:.2f}x speed; "
+                f"{r['gzip_smaller']:.1f}x smaller gzip | accuracy {r['accuracy_change_points']:+.2f} pt |"
+            )
     if "mc" in h:
         m = h["mc"]
-        rows.append(f"| {name} | MC Dropout ONNX (T = {m['samples']}) vs plain ONNX, batch 1 | {m['b1_cost_vs_plain_onnx']:.1f}x the time "
-                    f"| accuracy {m['deterministic_accuracy']:.4f} -> {m['accuracy']:.4f}, ECE {m['deterministic_ece']:.4f} -> {m['ece']:.4f} |")
+        rows.append(
+            f"| {name} | MC Dropout ONNX (T = {m['samples']}) vs plain ONNX, batch 1 | "
+            f"{m['b1_cost_vs_plain_onnx']:.1f}x the time "
+            f"| accuracy {m['deterministic_accuracy']:.4f} -> {m['accuracy']:.4f}, ECE {m['deterministic_ece']:.4f} -> "
+            f"{m['ece']:.4f} |"
+        )
     if "fold_params" in h:
         b, a = h["fold_params"]
-        rows.append(f"| {name} | BatchNorm + standardization folded | parameters {b:,} -> {a:,} ({b / a:.2f}x fewer) | exact (max diff checked) |")
+        rows.append(
+            f"| {name} | BatchNorm + standardization folded | parameters {b:,} -> {a:,} ({b / a:.2f}x fewer) | exact "
+            "(max diff checked) |"
+        )
     if "sparsity_step" in h:
         s = h["sparsity_step"]
-        rows.append(f"| {name} | pruning step (fine-tuning included) | {s['seconds']:.0f} s, model sparsity {100 * s['sparsity']:.0f}% "
-                    f"| accuracy {s['accuracy_change_points']:+.2f} pt |")
+        rows.append(
+            f"| {name} | pruning step (fine-tuning included) | {s['seconds']:.0f} s, model sparsity "
+            f"{100 * s['sparsity']:.0f}% "
+            f"| accuracy {s['accuracy_change_points']:+.2f} pt |"
+        )
     return rows
 
 
 def _artifact_table(report: dict) -> list[str]:
-    from deploykit.pipeline.report import COLUMNS, markdown_table
     from deploykit.pipeline.records import ArtifactRow, Verdict
-    from deploykit.pipeline.report import artifact_cells
+    from deploykit.pipeline.report import COLUMNS, artifact_cells, markdown_table
 
     rows = [artifact_cells(ArtifactRow(**{**r, "verdict": Verdict(r["verdict"])})) for r in report["artifacts"]]
     return [markdown_table(COLUMNS, rows, right=range(3, 12))]
@@ -183,7 +235,9 @@ def write_results(runs: dict, areas: list[dict], started: float) -> None:
     heads = {name: headline(run) for name, run in runs.items() if run}
     text = json.dumps({"runs": runs, "headline": heads}, indent=1, default=str)
     # the reports record absolute paths (so a written deploykit.toml reruns anywhere); results name them from the root
-    text = text.replace(json.dumps(str(ROOT.parent / "shared"))[1:-1], "../shared").replace(json.dumps(str(ROOT) + "/")[1:-1], "")
+    text = text.replace(json.dumps(str(ROOT.parent / "shared"))[1:-1], "../shared").replace(
+        json.dumps(str(ROOT) + "/")[1:-1], ""
+    )
     write_text(RESULTS / "optimize.json", text + "\n")
     lines = [
         "# deploykit benchmarks",
@@ -203,7 +257,14 @@ def write_results(runs: dict, areas: list[dict], started: float) -> None:
         lines += ["", f"Fashion-MNIST: skipped (the sample is not at `../shared/data/{FASHION.name}`)."]
     for name, run in runs.items():
         if run:
-            lines += ["", f"### `{name}`: {run['data']}", "", f"Ran: {run['command']}.", "", *_artifact_table(run["report"])]
+            lines += [
+                "",
+                f"### `{name}`: {run['data']}",
+                "",
+                f"Ran: {run['command']}.",
+                "",
+                *_artifact_table(run["report"]),
+            ]
     lines += ["", "## Area benchmarks", ""]
     for a in areas:
         name = Path(a["script"]).stem.removeprefix("bench_")

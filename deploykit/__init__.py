@@ -77,4 +77,4 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-__getattr__, __dir__ = lazy_exports('deploykit', _API, globals())
+__getattr__, __dir__ = lazy_exports("deploykit", _API, globals())

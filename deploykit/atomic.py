@@ -141,16 +141,20 @@ def _check_dir_name(final: Path) -> None:
     if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
         raise UsageError(f"output path {final} holds the working directory; replacing it would remove that")
     if len(os.fsencode(final.name)) > _NAME_MAX - _STAGING_BYTES:
-        raise UsageError(f"output folder name of {len(os.fsencode(final.name))} bytes is too long: at most "
-                         f"{_NAME_MAX - _STAGING_BYTES} (the file system allows {_NAME_MAX} for the staging name)")
+        raise UsageError(
+            f"output folder name of {len(os.fsencode(final.name))} bytes is too long: at most "
+            f"{_NAME_MAX - _STAGING_BYTES} (the file system allows {_NAME_MAX} for the staging name)"
+        )
 
 
 def _check_holds_no_input(final: Path) -> None:
     target = os.path.realpath(final).rstrip(os.sep) + os.sep
     held = sorted(p for p in _PROTECTED if (p + os.sep).startswith(target))
     if held:
-        raise UsageError(f"output folder {final} holds {held[0]}, an input of this run; replacing it would delete "
-                         "that: choose another --out")
+        raise UsageError(
+            f"output folder {final} holds {held[0]}, an input of this run; replacing it would delete "
+            "that: choose another --out"
+        )
 
 
 def clean_leftovers(final: str | os.PathLike) -> list[Path]:
@@ -169,7 +173,9 @@ def clean_leftovers(final: str | os.PathLike) -> list[Path]:
             continue
         _remove(leftover)
         removed.append(leftover)
-        log.warning("removed %s, left by an interrupted deploykit run (pid %s, no longer running)", leftover, owner["pid"])
+        log.warning(
+            "removed %s, left by an interrupted deploykit run (pid %s, no longer running)", leftover, owner["pid"]
+        )
     return removed
 
 

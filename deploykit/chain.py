@@ -21,8 +21,10 @@ class NotSinglePathError(UnsupportedLayerError):
 
     def __init__(self, model_name: str):
         self.layer_name, self.layer_type = model_name, "model"
-        ModelLoadError.__init__(self, f"model {model_name!r} branches or has several inputs/outputs; "
-                                      "this step handles single-path models only")
+        ModelLoadError.__init__(
+            self,
+            f"model {model_name!r} branches or has several inputs/outputs; this step handles single-path models only",
+        )
 
 
 @dataclass

@@ -57,16 +57,30 @@ def integer(where: str, value: Any, low: int, high: int | None = None, *, option
     return value
 
 
-def number(where: str, value: Any, low: float = -math.inf, high: float = math.inf, *, optional: bool = False,
-           open_low: bool = False, open_high: bool = False) -> float | None:
+def number(
+    where: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    optional: bool = False,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> float | None:
     """A finite int or float (not a bool) in the interval ``low``..``high``, as a float; None too if ``optional``."""
     if optional and value is None:
         return None
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (low < value if open_low else low <= value) and (value < high if open_high else value <= high))
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (low < value if open_low else low <= value)
+        and (value < high if open_high else value <= high)
+    )
     if not ok:
-        raise _refuse(where, "a number " + _interval(low, high, open_low, open_high) + (" or unset" if optional else ""),
-                      value)
+        raise _refuse(
+            where, "a number " + _interval(low, high, open_low, open_high) + (" or unset" if optional else ""), value
+        )
     return float(value)
 
 

@@ -33,9 +33,13 @@ SAMPLES_NAME = "samples"  # the MC model's optional input: how many dropout samp
 #: A deterministic model's outputs by its output kind (deploykit.task.OutputKind value), the main one last:
 #: a logits classifier exports its logits and the probabilities computed from them in the graph.
 #: A binary head (one sigmoid or linear unit) serves two-class `probabilities` [N, 2] = [1 - P(class 1), P(class 1)].
-DETERMINISTIC_OUTPUTS = {"probabilities": (OUTPUT_NAME,), "logits": (LOGITS_NAME, OUTPUT_NAME),
-                         "values": (PREDICTION_NAME,), "sigmoid": (OUTPUT_NAME,),
-                         "binary_logits": (LOGITS_NAME, OUTPUT_NAME)}
+DETERMINISTIC_OUTPUTS = {
+    "probabilities": (OUTPUT_NAME,),
+    "logits": (LOGITS_NAME, OUTPUT_NAME),
+    "values": (PREDICTION_NAME,),
+    "sigmoid": (OUTPUT_NAME,),
+    "binary_logits": (LOGITS_NAME, OUTPUT_NAME),
+}
 #: The uncertainty outputs of an MC Dropout or deep-ensemble model, in this order.
 OUTPUT_NAMES = ("mean", "std", "predictive_entropy", "mutual_information", "predicted_class")
 SAMPLES_OUTPUT = "sample_probabilities"  # MC, optional: [T, N, C]
@@ -70,6 +74,7 @@ KIND_DETERMINISTIC = ModelKind.DETERMINISTIC
 KIND_MC_DROPOUT = ModelKind.MC_DROPOUT
 KIND_ENSEMBLE = ModelKind.DEEP_ENSEMBLE
 
+
 class MaskKind(enum.Enum):
     """How the MC graph draws each dropout mask (``MCConfig.mask``, ``[mc] mask``, ``deploykit mc --mask``)."""
 
@@ -84,7 +89,9 @@ class Measure(enum.Enum):
     MAX_PROB = "max_prob"  # 1 - the largest (mean) probability
     ENTROPY = "entropy"  # of the (mean) probabilities, in nats: ``predictive_entropy`` of an MC / ensemble model
     MUTUAL_INFORMATION = "mutual_information"  # MC / ensemble only
-    INTERVAL_WIDTH = "interval_width"  # regression MC / ensemble: width of the central 95% interval, 2 z std, mean over targets
+    INTERVAL_WIDTH = (
+        "interval_width"  # regression MC / ensemble: width of the central 95% interval, 2 z std, mean over targets
+    )
 
 
 INTERVAL_Z = 1.959963984540054  # INTERVAL_WIDTH = 2 * INTERVAL_Z * std: the central 95% interval of N(mean, std^2)
@@ -107,33 +114,33 @@ OUTPUT_COLUMNS_KEY = METADATA_PREFIX + "output_columns"
 GLOSSARY = {
     OUTPUT_NAME: "class probabilities (softmax), one per class label",
     LOGITS_NAME: "the classifier's raw scores before the softmax (probabilities = softmax(logits)); a binary "
-                 "classifier's one logit [N, 1] (P(class 1) = sigmoid(logit))",
+    "classifier's one logit [N, 1] (P(class 1) = sigmoid(logit))",
     PREDICTION_NAME: "the regressor's predictions, one column per target, in the targets' units",
     "mean": "mean over the T dropout samples (MC) or the K members (ensemble) of the class probabilities: "
-            "the prediction",
+    "the prediction",
     "std": "standard deviation over the samples or members of each class probability (population std, "
-           "in probability units)",
+    "in probability units)",
     "predictive_entropy": "entropy of `mean` in nats (natural log), from 0 to ln(classes): total uncertainty",
     "mutual_information": "predictive_entropy minus the average entropy of the samples or members, in nats: the "
-                          "model's own (epistemic) uncertainty, high when they disagree",
+    "model's own (epistemic) uncertainty, high when they disagree",
     "predicted_class": "index of the largest `mean` (argmax of mean), an index into class_labels",
     SAMPLES_OUTPUT: "class probabilities of each dropout sample, shape [T, N, classes] (samples first)",
     MEMBERS_OUTPUT: "class probabilities of each ensemble member, shape [K, N, classes] (members first)",
     SAMPLE_PREDICTIONS_OUTPUT: "regression predictions of each dropout sample, shape [T, N, targets] (samples first)",
     MEMBER_PREDICTIONS_OUTPUT: "regression predictions of each ensemble member, shape [K, N, targets] (members first)",
     ABSTAIN_OUTPUT: "true where the model declines to decide: its uncertainty measure is above the threshold "
-                    "chosen on the validation split (abstain_threshold, abstain_measure)",
+    "chosen on the validation split (abstain_threshold, abstain_measure)",
     PREDICTION_SET_OUTPUT: "conformal prediction set: true for each class in the set; the set holds the true class "
-                           "with probability >= the stated coverage (deploykit.conformal: method, alpha, threshold)",
+    "with probability >= the stated coverage (deploykit.conformal: method, alpha, threshold)",
     SET_SIZE_OUTPUT: "how many classes the conformal prediction set holds (1: a confident decision, more: ambiguous)",
     LOWER_OUTPUT: "lower end of the conformal interval per target (targets' units): [lower, upper] holds the target "
-                  "with probability >= the stated coverage (deploykit.conformal)",
+    "with probability >= the stated coverage (deploykit.conformal)",
     UPPER_OUTPUT: "upper end of the conformal interval per target (targets' units)",
 }
 #: What a regression MC / ensemble model's outputs mean (they replace the classifier's entries of GLOSSARY).
 REGRESSION_GLOSSARY = {
     "mean": "mean over the T dropout samples (MC) or the K members (ensemble) of each target's prediction, in the "
-            "targets' units: the prediction",
+    "targets' units: the prediction",
     "std": "standard deviation over the samples or members of each target's prediction (population std, in the "
-           "targets' units, times the stored std scale): mean +- 1.96 std is the central 95% interval",
+    "targets' units, times the stored std scale): mean +- 1.96 std is the central 95% interval",
 }

@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 #: The config keys each base class saves (either Keras: tf_keras' AlphaDropout lacks ``noise_shape``).
 _BASE_KEYS = {
     "Dropout": ({"name", "trainable", "dtype", "rate", "seed", "noise_shape"},),
-    "AlphaDropout": ({"name", "trainable", "dtype", "rate", "seed", "noise_shape"},
-                     {"name", "trainable", "dtype", "rate", "seed"}),
+    "AlphaDropout": (
+        {"name", "trainable", "dtype", "rate", "seed", "noise_shape"},
+        {"name", "trainable", "dtype", "rate", "seed"},
+    ),
 }
 _KERAS_DROPOUTS = frozenset({"Dropout", "AlphaDropout", "GaussianDropout"})
 #: Keys tf_keras' base Layer may add to any layer's config (the first layer of a Sequential built without Input).
@@ -119,9 +121,11 @@ def read_in_place(keras_module, objects: dict):
 def describe(found: list[Recognized]) -> str:
     """The one line saying what was assumed."""
     layers = ", ".join(f"{r.layer!r} ({r.custom}) as {r.base}" for r in found)
-    return (f"assumed {layers}: a custom class whose saved config is exactly its base class's (the MC Dropout layer "
-            "of the book's chapter 11); MC Dropout samples it, deterministic exports run it in inference mode "
-            "(identity); no code from the file was run")
+    return (
+        f"assumed {layers}: a custom class whose saved config is exactly its base class's (the MC Dropout layer "
+        "of the book's chapter 11); MC Dropout samples it, deterministic exports run it in inference mode "
+        "(identity); no code from the file was run"
+    )
 
 
 def remember(model, found: list[Recognized]) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.configs import SEED_MAX, Config, choice, integer, names as name_list, number
+from deploykit.configs import SEED_MAX, Config, choice, integer, number
+from deploykit.configs import names as name_list
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.files import regular_file
 from deploykit.labels import from_one_hot, zero_one_matrix
@@ -69,7 +70,8 @@ class SplitConfig(Config):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset split three ways: float32 inputs, and int64 class ids (classification) or float32 targets (regression)."""
+    """A dataset split three ways: float32 inputs, and int64 class ids (classification) or float32 targets
+    (regression)."""
 
     name: str
     x_train: np.ndarray
@@ -141,15 +143,28 @@ class Dataset:
         outputs = model.output_shape[-1]
         kind = output_kind(graph_from_model(model, unsafe=True))
         if kind is OutputKind.PROBABILITIES and self.task is Task.REGRESSION:
-            raise DataError(f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
-                            "give class labels, or a model with linear outputs")
-        if kind is OutputKind.SIGMOID and outputs != 1 and (self.task is Task.CLASSIFICATION
-                                                            or zero_one_matrix(self.y_train)):  # K units, 0/1 labels
+            raise DataError(
+                f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
+                "give class labels, or a model with linear outputs"
+            )
+        if (
+            kind is OutputKind.SIGMOID
+            and outputs != 1
+            and (self.task is Task.CLASSIFICATION or zero_one_matrix(self.y_train))
+        ):  # K units, 0/1 labels
             raise DataError(f"data {self.name!r} and {what}: " + MULTI_LABEL.format(units=outputs))
-        binary = outputs == 1 and kind is not OutputKind.PROBABILITIES and self.task is Task.CLASSIFICATION \
-            and self.num_classes == 2  # one sigmoid or linear unit for two classes
+        binary = (
+            outputs == 1
+            and kind is not OutputKind.PROBABILITIES
+            and self.task is Task.CLASSIFICATION
+            and self.num_classes == 2
+        )  # one sigmoid or linear unit for two classes
         if isinstance(outputs, int) and outputs != self.num_outputs and not binary:
-            have = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
+            have = (
+                f"{self.num_classes} classes"
+                if self.task is Task.CLASSIFICATION
+                else f"{self.num_outputs} regression target(s)"
+            )
             raise DataError(f"data {self.name!r} has {have}, but {what} outputs {outputs}")
         try:
             return resolve_task(kind, int(outputs), task=self.task)
@@ -157,7 +172,11 @@ class Dataset:
             raise DataError(f"data {self.name!r} and {what}: {exc}") from None
 
     def summary(self) -> str:
-        what = f"{self.num_classes} classes" if self.task is Task.CLASSIFICATION else f"{self.num_outputs} regression target(s)"
+        what = (
+            f"{self.num_classes} classes"
+            if self.task is Task.CLASSIFICATION
+            else f"{self.num_outputs} regression target(s)"
+        )
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
             f"inputs {self.input_shape}, {what}" + (f" (packed: {self.layout.describe()})" if self.layout else "")
@@ -169,11 +188,11 @@ def _feature_stats(flat: np.ndarray, rows: int = 65536) -> tuple[np.ndarray, np.
     (and ``var``'s full-size temporary) would triple the memory a large dataset takes."""
     total = np.zeros(flat.shape[1], np.float64)
     for i in range(0, len(flat), rows):
-        total += flat[i:i + rows].sum(axis=0, dtype=np.float64)
+        total += flat[i : i + rows].sum(axis=0, dtype=np.float64)
     mean = total / max(len(flat), 1)
     squares = np.zeros_like(mean)
     for i in range(0, len(flat), rows):
-        squares += np.square(flat[i:i + rows] - mean).sum(axis=0)
+        squares += np.square(flat[i : i + rows] - mean).sum(axis=0)
     return mean.astype(np.float32), (squares / max(len(flat), 1)).astype(np.float32)
 
 
@@ -267,8 +286,9 @@ def _format_of(path: Path) -> str:
     raise DataError(f"data {path}: unknown format {path.suffix or '(no extension)'}; use .npz, .csv or IDX files")
 
 
-def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None,
-              layout=None) -> Dataset:
+def _load_npz(
+    path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None, layout=None
+) -> Dataset:
     DATA_BYTES.check(path, _npz_declared_bytes(path), "the .npz (its array headers)")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -282,25 +302,32 @@ def _load_npz(path: Path, split: SplitConfig, given: tuple[str, ...] | None, tas
         return load_named_npz(path, arrays, layout, split, names, task)
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         val = (arrays["x_val"], arrays["y_val"]) if {"x_val", "y_val"} <= arrays.keys() else None
-        return _given_test(path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val,
-                           names, task)
+        return _given_test(
+            path, (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]), split, val, names, task
+        )
     if {"x", "y"} <= arrays.keys():
         return _split_arrays(path.name, arrays["x"], arrays["y"], split, names=names, source=path, task=task)
-    raise DataError(f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test "
-                    f"(a model with several inputs or outputs: arrays named after them); found {sorted(arrays)}")
+    raise DataError(
+        f"data {path}: an .npz must hold arrays x and y, or x_train, y_train, x_test and y_test "
+        f"(a model with several inputs or outputs: arrays named after them); found {sorted(arrays)}"
+    )
 
 
-
-def load_named_npz(path: Path, arrays: dict, layout, split: SplitConfig, names=None, task: Task | None = None) -> Dataset:
-    """An .npz (or dict of arrays) named after a model's inputs and outputs (deploykit.multi_io), packed in name order."""
+def load_named_npz(
+    path: Path, arrays: dict, layout, split: SplitConfig, names=None, task: Task | None = None
+) -> Dataset:
+    """An .npz (or dict of arrays) named after a model's inputs and outputs (deploykit.multi_io), packed in name
+    order."""
     import dataclasses
 
     from deploykit.multi_io import npz_parts
 
     if layout.several_outputs:  # several heads are regression heads (deploykit.multi_io_model.pack_model)
         if task is Task.CLASSIFICATION:
-            raise DataError(f"data {path}: the model has {len(layout.outputs)} outputs, shipped as regression heads; "
-                            "--task classification does not apply")
+            raise DataError(
+                f"data {path}: the model has {len(layout.outputs)} outputs, shipped as regression heads; "
+                "--task classification does not apply"
+            )
         task = Task.REGRESSION
     parts = npz_parts(path, arrays, layout)
     if "all" in parts:
@@ -315,13 +342,17 @@ def _npz_class_names(path: Path, stored, given: tuple[str, ...] | None) -> tuple
     if stored is None:
         return given
     if stored.ndim != 1 or stored.dtype.kind != "U":
-        raise DataError(f"data {path}: class_names must be a 1-D array of strings, got {stored.dtype} of shape {stored.shape}")
+        raise DataError(
+            f"data {path}: class_names must be a 1-D array of strings, got {stored.dtype} of shape {stored.shape}"
+        )
     try:
         names = check_class_names(f"data {path}: class_names", [str(n) for n in stored])
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     if given is not None and given != names:
-        raise DataError(f"data {path}: holds class_names {list(names)}, but {list(given)} were given; give none or the same")
+        raise DataError(
+            f"data {path}: holds class_names {list(names)}, but {list(given)} were given; give none or the same"
+        )
     return names
 
 
@@ -352,8 +383,9 @@ def _npy_declared_bytes(fh, stored: int) -> int:
     return int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
 
 
-def _load_csv(path: Path, label_column: str, split: SplitConfig, given: tuple[str, ...] | None,
-              task: Task | None = None) -> Dataset:
+def _load_csv(
+    path: Path, label_column: str, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None
+) -> Dataset:
     """Read a CSV row by row into a preallocated array, its size checked from the line count first.
 
     ``label_column`` may name several columns, comma-separated (``--label-column y1,y2``): regression targets [N, K].
@@ -399,12 +431,17 @@ def _check_csv_header(path: Path, header: list[str], columns: list[str], lines: 
         raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
     for column in columns:
         if column not in header:
-            raise DataError(f"data {path}: no label column {column!r} (columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})")
+            raise DataError(
+                f"data {path}: no label column {column!r} "
+                f"(columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})"
+            )
     if len(header) <= len(columns):
         raise DataError(f"data {path}: no feature columns besides the label column(s) {', '.join(columns)}")
 
 
-def _csv_rows(path: Path, reader, header: list[str], li: list[int], max_rows: int) -> tuple[list[list[str]], np.ndarray]:
+def _csv_rows(
+    path: Path, reader, header: list[str], li: list[int], max_rows: int
+) -> tuple[list[list[str]], np.ndarray]:
     """The labels (one list per row: one value per label column) and the float32 features of the CSV's data rows."""
     feats = np.empty((max_rows, len(header) - len(li)), dtype=np.float32)
     labels = []
@@ -426,7 +463,8 @@ def _csv_rows(path: Path, reader, header: list[str], li: list[int], max_rows: in
 
 
 def _numeric_if_possible(labels: list[list[str]]) -> np.ndarray:
-    """CSV labels as numbers when they all are (so "10" sorts after "9"), else as strings; [N], or [N, K] for K columns."""
+    """CSV labels as numbers when they all are (so "10" sorts after "9"), else as strings; [N], or [N, K] for K
+    columns."""
     try:
         y = np.array([[float(v) for v in row] for row in labels])
     except ValueError:
@@ -446,12 +484,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as fh:
             dims, dtype = _idx_header(path, fh)
             expected = math.prod(dims) * dtype.itemsize
-            DATA_BYTES.check(path, math.prod(dims) * max(dtype.itemsize, 4), f"the IDX header ({'x'.join(map(str, dims))})")
+            DATA_BYTES.check(
+                path, math.prod(dims) * max(dtype.itemsize, 4), f"the IDX header ({'x'.join(map(str, dims))})"
+            )
             body = fh.read(expected + 1)  # one byte more tells a file longer than its header says
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"data {path}: cannot read IDX file ({exc})") from None
     if len(body) != expected:
-        raise DataError(f"data {path}: IDX header promises {dims} ({expected} bytes) but the file holds {len(body)}{'+' if len(body) > expected else ''} bytes")
+        raise DataError(
+            f"data {path}: IDX header promises {dims} ({expected} bytes) "
+            f"but the file holds {len(body)}{'+' if len(body) > expected else ''} bytes"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
@@ -470,7 +513,9 @@ def _idx_header(path: Path, fh) -> tuple[tuple[int, ...], np.dtype]:
 def _labels_beside(images: Path) -> Path:
     """The labels file of an IDX images file, gzipped or not (``*-images-idx3-*`` -> ``*-labels-idx1-*``)."""
     if "labels" in images.name:
-        raise DataError(f"data {images}: a labels file; pass the images file (e.g. train-images-idx3-ubyte.gz) or the folder")
+        raise DataError(
+            f"data {images}: a labels file; pass the images file (e.g. train-images-idx3-ubyte.gz) or the folder"
+        )
     name = images.name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
     if name == images.name:
         raise DataError(f"data {images}: cannot find its labels file; name IDX files like train-images-idx3-ubyte[.gz]")
@@ -483,8 +528,9 @@ def _labels_beside(images: Path) -> Path:
 
 def _load_idx(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None) -> Dataset:
     if not path.is_dir():
-        return _split_arrays(path.name, read_idx(path), read_idx(_labels_beside(path)), split, names=given, source=path,
-                             task=task)
+        return _split_arrays(
+            path.name, read_idx(path), read_idx(_labels_beside(path)), split, names=given, source=path, task=task
+        )
     names = sorted(p.name for p in path.iterdir())
     train = [n for n in names if n.startswith("train") and "images" in n]
     test = [n for n in names if n.startswith("t10k") and "images" in n]
@@ -504,7 +550,9 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=Non
         parts["val"] = _checked(path, *val, "val")
     for name, (x, _) in parts.items():
         if x.shape[1:] != parts["train"][0].shape[1:]:
-            raise DataError(f"data {path}: train inputs have shape {parts['train'][0].shape[1:]} but {name} inputs {x.shape[1:]}")
+            raise DataError(
+                f"data {path}: train inputs have shape {parts['train'][0].shape[1:]} but {name} inputs {x.shape[1:]}"
+            )
     y_all, names = from_one_hot(path, np.concatenate([y for _, y in parts.values()]), names, task)
     task = _task_of(path, y_all, names, task)
     labels, names = _labels_for(path, y_all, names, task)
@@ -514,8 +562,9 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=Non
     if val is not None:
         x_va, y_tr, y_va = parts["val"][0], encoded["train"], encoded["val"]
     else:
-        x_tr, x_va, y_tr, y_va = _split(path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction),
-                                        split.seed, task)
+        x_tr, x_va, y_tr, y_va = _split(
+            path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction), split.seed, task
+        )
     return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names), task)
 
 
@@ -528,7 +577,9 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1:
         y = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
         if y.ndim > 2 or (y.shape[1] != 1 and y.dtype.kind not in "bfiu"):
-            raise DataError(f"data {source}: {what}: labels must be one per row (or numeric targets [rows, K]), got shape {y.shape}")
+            raise DataError(
+                f"data {source}: {what}: labels must be one per row (or numeric targets [rows, K]), got shape {y.shape}"
+            )
         y = y[:, 0] if y.shape[1] == 1 else y
     if len(x) != len(y):
         raise DataError(f"data {source}: {what}: x has {len(x)} rows but y has {len(y)}")
@@ -546,7 +597,8 @@ def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _task_of(source, y: np.ndarray, names, task: Task | None) -> Task:
-    """The task given, else the labels': non-integer numbers, several columns, or integers that look like a measurement."""
+    """The task given, else the labels': non-integer numbers, several columns, or integers that look like a
+    measurement."""
     if task is not None:
         return task
     if names is not None or y.dtype.kind not in "fiu":
@@ -557,8 +609,13 @@ def _task_of(source, y: np.ndarray, names, task: Task | None) -> Task:
         return Task.REGRESSION  # non-finite values are refused by the regression checks, naming them
     values = len(np.unique(y))
     if _looks_like_regression(y, values):
-        log.info("data %s: integer labels taken for a regression target (%d distinct values over %d rows); "
-                 "give --task classification if they are class ids", source, values, len(y))
+        log.info(
+            "data %s: integer labels taken for a regression target (%d distinct values over %d rows); "
+            "give --task classification if they are class ids",
+            source,
+            values,
+            len(y),
+        )
         return Task.REGRESSION
     return Task.CLASSIFICATION
 
@@ -567,11 +624,15 @@ def _labels_for(source, y: np.ndarray, names, task: Task) -> tuple[np.ndarray, l
     """(labels, class names): class ids and their names, or float32 regression targets and no names."""
     if task is Task.CLASSIFICATION:
         if y.ndim == 2:
-            raise DataError(f"data {source}: labels have {y.shape[1]} columns; a classifier takes one label per row "
-                            "(several numeric columns are regression targets: --task regression)")
+            raise DataError(
+                f"data {source}: labels have {y.shape[1]} columns; a classifier takes one label per row "
+                "(several numeric columns are regression targets: --task regression)"
+            )
         return _encode_labels(source, y, names)
     if names is not None:
-        raise DataError(f"data {source}: class names were given, but the task is regression (its targets have no classes)")
+        raise DataError(
+            f"data {source}: class names were given, but the task is regression (its targets have no classes)"
+        )
     if y.dtype.kind not in "fiub":
         raise DataError(f"data {source}: regression targets must be numbers, got {y.dtype} labels")
     y = y.astype(np.float32)
@@ -580,7 +641,9 @@ def _labels_for(source, y: np.ndarray, names, task: Task) -> tuple[np.ndarray, l
     return y, []
 
 
-def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def _encode_labels(
+    source: Path | str, y: np.ndarray, names: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Labels as class ids 0..C-1, and the class names.
 
     With ``names``, integer labels are ids into them and string labels are
@@ -592,8 +655,10 @@ def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | Non
         if not np.isfinite(y).all():
             raise DataError(f"data {source}: labels hold NaN or inf values")
         if not np.all(y == np.round(y)):
-            raise DataError(f"data {source}: labels must be class ids or names, got non-integer numbers "
-                            "(regression targets? --task regression)")
+            raise DataError(
+                f"data {source}: labels must be class ids or names, got non-integer numbers "
+                "(regression targets? --task regression)"
+            )
         y = y.astype(np.int64)
     if names is not None:
         return _named_labels(source, y, list(names)), list(names)
@@ -605,24 +670,34 @@ def _encode_labels(source: Path | str, y: np.ndarray, names: Sequence[str] | Non
             return y.astype(np.int64), [str(i) for i in range(len(values))]
     elif y.dtype.kind in "USO":
         shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        log.warning("data %s: string labels numbered in sorted order (%s); if the model was trained with another "
-                    "order, give it (--class-names a,b,c, class_names=, or a class_names array in the .npz)", source, shown)
+        log.warning(
+            "data %s: string labels numbered in sorted order (%s); if the model was trained with another "
+            "order, give it (--class-names a,b,c, class_names=, or a class_names array in the .npz)",
+            source,
+            shown,
+        )
     index = np.searchsorted(values, y)
     return index.astype(np.int64), [str(v) for v in values]
 
 
 def _named_labels(source, y: np.ndarray, names: list[str]) -> np.ndarray:
-    """Labels as ids into ``names``: integers must be ids already, strings must be names; else a DataError naming one."""
+    """Labels as ids into ``names``: integers must be ids already, strings must be names; else a DataError naming
+    one."""
     if np.issubdtype(y.dtype, np.integer):
         bad = y[(y < 0) | (y >= len(names))]
         if len(bad):
-            raise DataError(f"data {source}: label {bad[0]} is not a class id: class_names holds {len(names)} names (ids 0..{len(names) - 1})")
+            raise DataError(
+                f"data {source}: label {bad[0]} is not a class id: "
+                f"class_names holds {len(names)} names (ids 0..{len(names) - 1})"
+            )
         return y.astype(np.int64)
     index = {n: i for i, n in enumerate(names)}
     missing = sorted({str(v) for v in np.unique(y)} - index.keys())
     if missing:
-        raise DataError(f"data {source}: label {missing[0]!r} is not in class_names ({', '.join(names)})"
-                        + (f"; {len(missing) - 1} more labels missing" if len(missing) > 1 else ""))
+        raise DataError(
+            f"data {source}: label {missing[0]!r} is not in class_names ({', '.join(names)})"
+            + (f"; {len(missing) - 1} more labels missing" if len(missing) > 1 else "")
+        )
     return np.array([index[str(v)] for v in y], dtype=np.int64)
 
 
@@ -643,20 +718,23 @@ def _split(source, x, y, fraction: float, seed: int, task: Task):
     from sklearn.model_selection import train_test_split
 
     try:
-        return train_test_split(x, y, test_size=fraction, stratify=y if task is Task.CLASSIFICATION else None,
-                                random_state=seed)
+        return train_test_split(
+            x, y, test_size=fraction, stratify=y if task is Task.CLASSIFICATION else None, random_state=seed
+        )
     except ValueError as exc:
         what = "stratified split" if task is Task.CLASSIFICATION else "split"
         raise DataError(f"data {source}: cannot make a {what} ({exc})") from None
 
 
-def _split_arrays(name: str, x, y, split: SplitConfig, names: list[str] | None = None, source=None,
-                  task: Task | None = None) -> Dataset:
+def _split_arrays(
+    name: str, x, y, split: SplitConfig, names: list[str] | None = None, source=None, task: Task | None = None
+) -> Dataset:
     x, y = _checked(source or name, x, y, "x/y")
     y, names = from_one_hot(source or name, y, names, task)
     task = _task_of(source or name, y, names, task)
     labels, found = _labels_for(source or name, y, names, task)
     x_rest, x_te, y_rest, y_te = _split(source or name, x, labels, split.test_fraction, split.seed, task)
-    x_tr, x_va, y_tr, y_va = _split(source or name, x_rest, y_rest, split.val_fraction / (1 - split.test_fraction),
-                                    split.seed, task)
+    x_tr, x_va, y_tr, y_va = _split(
+        source or name, x_rest, y_rest, split.val_fraction / (1 - split.test_fraction), split.seed, task
+    )
     return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(found), task)

@@ -92,7 +92,6 @@ class ValidationError(DeployKitError):
         super().__init__(f"{artifact} failed validation: {joined}")
 
 
-
 class RuntimeCrashError(ValidationError):
     """A runtime died natively (a signal, not a Python exception) on an artifact.
 
@@ -100,7 +99,9 @@ class RuntimeCrashError(ValidationError):
     artifact only; the caller can reject it and go on with the others.
     """
 
-    def __init__(self, artifact: str, runtime: str, stage: str, signal: int | None, exitcode: int | None = None, detail: str = ""):
+    def __init__(
+        self, artifact: str, runtime: str, stage: str, signal: int | None, exitcode: int | None = None, detail: str = ""
+    ):
         import signal as signals
 
         self.artifact, self.mismatches, self.report = artifact, [], None

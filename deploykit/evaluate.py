@@ -58,7 +58,7 @@ def output_scale(out: np.ndarray) -> float:
     probability, but 1e-5 x 150 of a regressor predicting values near 150.
     """
     out = np.asarray(out, np.float64)
-    return max(1.0, float(np.sqrt(np.mean(out ** 2)))) if out.size else 1.0
+    return max(1.0, float(np.sqrt(np.mean(out**2)))) if out.size else 1.0
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -105,7 +105,9 @@ class RegressionErrors:
     """How far predictions are from a reference (the Keras model, or the targets), per value."""
 
     max_abs_error: float
-    max_rel_error: float  # |p - r| / max(|r|, RMS of r): relative to each value, or to the typical size for values near 0
+    max_rel_error: (
+        float  # |p - r| / max(|r|, RMS of r): relative to each value, or to the typical size for values near 0
+    )
     rmse: float
 
     @classmethod
@@ -113,9 +115,14 @@ class RegressionErrors:
         p = np.asarray(predictions, np.float64).reshape(len(predictions), -1)
         r = np.asarray(reference, np.float64).reshape(len(reference), -1)
         diff = np.abs(p - r)
-        floor = max(float(np.sqrt(np.mean(r ** 2))) if r.size else 0.0, 1e-12)  # values near 0: relative to the typical size
-        return cls(float(diff.max(initial=0.0)), float((diff / np.maximum(np.abs(r), floor)).max(initial=0.0)),
-                   float(np.sqrt(np.mean(diff ** 2))) if diff.size else 0.0)
+        floor = max(
+            float(np.sqrt(np.mean(r**2))) if r.size else 0.0, 1e-12
+        )  # values near 0: relative to the typical size
+        return cls(
+            float(diff.max(initial=0.0)),
+            float((diff / np.maximum(np.abs(r), floor)).max(initial=0.0)),
+            float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0,
+        )
 
 
 @dataclass(frozen=True)

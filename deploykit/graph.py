@@ -136,6 +136,7 @@ class Graph:
 
 # --- reading --------------------------------------------------------------------------------
 
+
 def graph_from_model(model, *, unsafe: bool = False) -> Graph:
     """Read a live tf_keras model (Sequential or functional) with its weights and output shapes."""
     kind = type(model).__name__
@@ -144,13 +145,14 @@ def graph_from_model(model, *, unsafe: bool = False) -> Graph:
     except NotImplementedError:
         inner = None
     if not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
-        raise UnsupportedLayerError(model.name, kind, "a subclassed model; deploykit reads Sequential and functional models")
+        raise UnsupportedLayerError(
+            model.name, kind, "a subclassed model; deploykit reads Sequential and functional models"
+        )
     if not getattr(model, "inputs", None):
         raise UnsupportedLayerError(model.name, kind, "the model is not built (give it an Input or call it once)")
     config = {"class_name": "Sequential" if kind == "Sequential" else "Functional", "config": inner}
     layers = {l.name: l for l in model.layers}
-    graph = graph_from_config(config, unsafe=unsafe, model_name=model.name,
-                              input_shapes=_model_input_shapes(model))
+    graph = graph_from_config(config, unsafe=unsafe, model_name=model.name, input_shapes=_model_input_shapes(model))
     for node in graph.nodes:
         layer = layers[node.name]
         node.spec.config = copy.deepcopy(layer.get_config())
@@ -172,12 +174,15 @@ def _per_sample(shape, name: str, kind: str) -> tuple:
         raise UnsupportedLayerError(name, kind, "has several outputs; deploykit reads single-output layers")
     dims = tuple(shape)[1:]
     if any(d is None for d in dims):
-        raise UnsupportedLayerError(name, kind, f"output shape {tuple(shape)} has undefined dimensions besides the batch")
+        raise UnsupportedLayerError(
+            name, kind, f"output shape {tuple(shape)} has undefined dimensions besides the batch"
+        )
     return tuple(int(d) for d in dims)
 
 
-def graph_from_config(config: dict, *, unsafe: bool = False, model_name: str | None = None,
-                      input_shapes: dict[str, tuple] | None = None) -> Graph:
+def graph_from_config(
+    config: dict, *, unsafe: bool = False, model_name: str | None = None, input_shapes: dict[str, tuple] | None = None
+) -> Graph:
     """Read a serialized Sequential / functional model config (tf_keras or Keras 3), without weights or shapes.
 
     Every layer is checked against the support table (custom code refused
@@ -190,8 +195,11 @@ def graph_from_config(config: dict, *, unsafe: bool = False, model_name: str | N
     for layer in layers:
         support_for(layer, unsafe=unsafe)
         if layer.get("class_name") in ("Sequential", "Functional", "Model"):
-            raise UnsupportedLayerError(str(layer.get("config", {}).get("name")), str(layer.get("class_name")),
-                                        "a nested model; deploykit reads flat Sequential and functional models")
+            raise UnsupportedLayerError(
+                str(layer.get("config", {}).get("name")),
+                str(layer.get("class_name")),
+                "a nested model; deploykit reads flat Sequential and functional models",
+            )
     if kind == "Sequential":
         return _sequential(name, layers, inner, input_shapes)
     return _functional(name, layers, inner, input_shapes)
@@ -265,7 +273,11 @@ def _parents(name: str, layer: dict) -> list[str]:
     call = calls[0]
     if isinstance(call, dict):  # Keras 3: {"args": [tensor or [tensors]], "kwargs": {...}}
         args = call.get("args") or []
-        kwargs = {k: v for k, v in (call.get("kwargs") or {}).items() if v is not None and not (k == "training" and v is False)}
+        kwargs = {
+            k: v
+            for k, v in (call.get("kwargs") or {}).items()
+            if v is not None and not (k == "training" and v is False)
+        }
         if kwargs or len(args) != 1:
             raise UnsupportedLayerError(name, kind, f"called with {kwargs or args[1:]}; deploykit reads plain calls")
         tensors = args[0] if isinstance(args[0], list) else [args[0]]
@@ -275,9 +287,13 @@ def _parents(name: str, layer: dict) -> list[str]:
     parents = []
     for entry in call:  # tf_keras: [[layer_name, node_index, tensor_index, kwargs], ...]
         if len(entry) > 3 and entry[3]:
-            raise UnsupportedLayerError(name, kind, f"called with extra arguments {entry[3]}; deploykit reads plain calls")
+            raise UnsupportedLayerError(
+                name, kind, f"called with extra arguments {entry[3]}; deploykit reads plain calls"
+            )
         if entry[2] != 0:
-            raise UnsupportedLayerError(name, kind, "reads a layer's second output; deploykit reads single-output layers")
+            raise UnsupportedLayerError(
+                name, kind, "reads a layer's second output; deploykit reads single-output layers"
+            )
         parents.append(str(entry[0]))
     return parents
 
@@ -295,12 +311,16 @@ def _topological(nodes: list[Node], ready: set[str]) -> list[Node]:
                 progressed = True
         if not progressed:
             missing = sorted({i for n in pending for i in n.inputs} - done - {n.name for n in pending})
-            raise UnsupportedLayerError(pending[0].name, pending[0].spec.class_name,
-                                        f"its inputs {missing or [n.name for n in pending]} are not reachable from the model inputs")
+            raise UnsupportedLayerError(
+                pending[0].name,
+                pending[0].spec.class_name,
+                f"its inputs {missing or [n.name for n in pending]} are not reachable from the model inputs",
+            )
     return order
 
 
 # --- building -------------------------------------------------------------------------------
+
 
 def to_keras(graph: Graph):
     """Build a fresh tf_keras model from a graph, with its weights set: Sequential when it is a path."""
@@ -358,8 +378,11 @@ def copy_model(model, *, unsafe: bool = False):
 
 def token_vocabulary(graph: Graph) -> int | None:
     """The smallest vocabulary of an Embedding reading the model input directly (its inputs are ids), else None."""
-    sizes = [int(n.spec.config["input_dim"]) for n in graph.consumers(next(iter(graph.inputs)))
-             if n.spec.class_name == "Embedding"]
+    sizes = [
+        int(n.spec.config["input_dim"])
+        for n in graph.consumers(next(iter(graph.inputs)))
+        if n.spec.class_name == "Embedding"
+    ]
     return min(sizes) if sizes else None
 
 

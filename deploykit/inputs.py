@@ -32,8 +32,9 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model"):
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
 
-def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None, task=None,
-               layout=None):
+def as_dataset(
+    obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None, task=None, layout=None
+):
     """A Dataset from a Dataset, ``"digits"`` / ``"diabetes"``, a data path, or an ``(x, y)`` pair of arrays.
 
     ``task`` (a Task or its name; None: read off the labels) says whether the labels are classes or regression targets.
@@ -58,20 +59,24 @@ def as_dataset(obj, *, label_column: str = "label", seed: int = 42, what: str = 
 
             obj = dataclasses.replace(obj, layout=layout)
         if names is not None and names != obj.class_names:  # a Dataset is not renamed behind its back
-            raise DataError(f"data {obj.name!r} names its classes {list(obj.class_names)}, but class_names {list(names)} were given")
+            raise DataError(
+                f"data {obj.name!r} names its classes {list(obj.class_names)}, but class_names {list(names)} were given"
+            )
         if task is not None and task is not obj.task:
             raise DataError(f"data {obj.name!r} is a {obj.task.value} dataset, but task {task.value} was given")
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return load_dataset(obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names, task=task,
-                            layout=layout)
+        return load_dataset(
+            obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names, task=task, layout=layout
+        )
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed), names=names, task=task)
     raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")
 
 
 def as_reference(obj, *, unsafe: bool = False):
-    """A reference to compare artifacts with: None, a model (object or file), or any ``f(x, training=False)`` callable."""
+    """A reference to compare artifacts with: None, a model (object or file), or any ``f(x, training=False)``
+    callable."""
     if obj is None:
         return None
     if isinstance(obj, (str, os.PathLike)) or is_keras3_model(obj):
@@ -91,8 +96,13 @@ def as_calibration(obj):
 def is_keras3_model(obj) -> bool:
     """A Keras 3 model object (not tf_keras's): imported through a file, given back as Keras 3 files."""
     module = type(obj).__module__
-    return module.startswith("keras") and not module.startswith("keras.src.legacy") and hasattr(obj, "save") \
-        and not module.startswith("tf_keras") and hasattr(obj, "layers")
+    return (
+        module.startswith("keras")
+        and not module.startswith("keras.src.legacy")
+        and hasattr(obj, "save")
+        and not module.startswith("tf_keras")
+        and hasattr(obj, "layers")
+    )
 
 
 def _import_keras3_object(model, unsafe: bool):

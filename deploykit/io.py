@@ -26,7 +26,15 @@ from deploykit.layers import check_layers
 from deploykit.log import quiet_native
 from deploykit.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
 
-__all__ = ["ModelFile", "ModelFormat", "check_model_config", "load_model", "read_model_file", "save_model", "save_model_like"]
+__all__ = [
+    "ModelFile",
+    "ModelFormat",
+    "check_model_config",
+    "load_model",
+    "read_model_file",
+    "save_model",
+    "save_model_like",
+]
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False):
@@ -62,7 +70,9 @@ def save_model(model, path: str | os.PathLike) -> Path:
     if path.suffix not in (".keras", ".h5"):
         raise UsageError(f"model path {path}: use a .keras or .h5 suffix")
     if not is_tf_keras_model(model):
-        raise UsageError(f"model path {path}: deploykit saves tf_keras models, got {type(model).__module__}.{type(model).__name__}")
+        raise UsageError(
+            f"model path {path}: deploykit saves tf_keras models, got {type(model).__module__}.{type(model).__name__}"
+        )
     from deploykit.multi_io_model import unpack_model
 
     model = unpack_model(model)  # a packed model is saved with its own inputs and outputs
@@ -124,13 +134,17 @@ def check_single_io(model):
         if exc.layer_name == model.name:  # pack_model's own refusal names the model already
             raise
         names = ", ".join(t.name.split(":")[0] for t in [*model.inputs, *model.outputs])
-        raise UnsupportedLayerError(model.name, type(model).__name__,
-                                    f"has several inputs or outputs ({names}) and cannot be packed into one: {exc}") from None
+        raise UnsupportedLayerError(
+            model.name,
+            type(model).__name__,
+            f"has several inputs or outputs ({names}) and cannot be packed into one: {exc}",
+        ) from None
 
 
 def _load_keras_zip(path: Path, unsafe: bool):
-    import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
     from tf_keras.src.saving import saving_lib
+
+    import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
 
     return saving_lib.load_model(str(path), compile=False, safe_mode=not unsafe)
 
@@ -138,17 +152,18 @@ def _load_keras_zip(path: Path, unsafe: bool):
 def _load_h5(path: Path, unsafe: bool):
     """Give tf_keras an open HDF5 file, so it reads HDF5 whatever else the bytes could be taken for."""
     import h5py
+    from tf_keras.src.saving.legacy import save as legacy
 
     import deploykit.backend  # noqa: F401
-    from tf_keras.src.saving.legacy import save as legacy
 
     with h5py.File(path, "r") as fh:
         return legacy.load_model(fh, compile=False)
 
 
 def _load_saved_model(path: Path, unsafe: bool):
-    import deploykit.backend  # noqa: F401
     from tf_keras.src.saving.legacy import save as legacy
+
+    import deploykit.backend  # noqa: F401
 
     return legacy.load_model(str(path), compile=False)
 

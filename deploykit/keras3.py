@@ -43,8 +43,14 @@ CHECK_SAMPLES = 64
 # Keras 3 config keys that tf_keras names differently, per layer type.
 _RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
 # Keras 3 options tf_keras lacks: dropped when they hold their neutral value, refused otherwise.
-_NEUTRAL = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "input_axes": None, "output_axes": None,
-            "rms_scaling": False}
+_NEUTRAL = {
+    "quantization_config": None,
+    "lora_rank": None,
+    "lora_alpha": None,
+    "input_axes": None,
+    "output_axes": None,
+    "rms_scaling": False,
+}
 # Variables that are not model state (Keras 3 dropout layers keep their RNG state in one).
 _NOT_WEIGHTS = ("seed_generator",)
 
@@ -66,7 +72,9 @@ def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0,
             with read_in_place(keras3, objects):
                 source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
         except Exception as exc:
-            raise ModelLoadError(f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+            raise ModelLoadError(
+                f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+            ) from None
         fill_from_source(graph, lowering, source)
         model = to_keras(graph)
         for node in graph.nodes:
@@ -128,8 +136,9 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
     """Translate one Keras 3 layer config to tf_keras, refusing what tf_keras cannot express."""
     from deploykit.backend import keras
 
-    config = wrapped_layers(name, kind, rnn_options(name, kind, config, to_keras3=False), _tf_keras_config,
-                            to_keras3=False)
+    config = wrapped_layers(
+        name, kind, rnn_options(name, kind, config, to_keras3=False), _tf_keras_config, to_keras3=False
+    )
     renamed = _RENAMED.get(kind, {})
     out = {}
     for key, value in config.items():
@@ -150,7 +159,9 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
     try:
         cls.from_config(copy.deepcopy(out))
     except Exception as exc:
-        raise UnsupportedLayerError(name, kind, f"tf_keras cannot build it from the Keras 3 config ({type(exc).__name__}: {exc})") from None
+        raise UnsupportedLayerError(
+            name, kind, f"tf_keras cannot build it from the Keras 3 config ({type(exc).__name__}: {exc})"
+        ) from None
     return out
 
 
@@ -211,22 +222,32 @@ def _copy_weights(path, source, target) -> None:
         value = have.pop(names.get(short, short), None)
         if value is None or tuple(value.shape) != tuple(w.shape):
             got = "missing" if value is None else f"shape {value.shape}"
-            raise ModelLoadError(f"model {path}: layer {target.name!r} weight {short!r} of shape {tuple(w.shape)} is {got} in the Keras 3 file")
+            raise ModelLoadError(
+                f"model {path}: layer {target.name!r} weight {short!r} of shape {tuple(w.shape)} "
+                f"is {got} in the Keras 3 file"
+            )
         values.append(value)
     if have:
-        raise ModelLoadError(f"model {path}: layer {target.name!r} has Keras 3 weights tf_keras does not use: {sorted(have)}")
+        raise ModelLoadError(
+            f"model {path}: layer {target.name!r} has Keras 3 weights tf_keras does not use: {sorted(have)}"
+        )
     if values:
         target.set_weights(values)
 
 
 def _copy_in_order(path, source, target) -> None:
     """A wrapper's weights (its layers name theirs alike): the same order and shapes in both Keras."""
-    values = [np.asarray(v) for w, v in zip(source.weights, source.get_weights())
-              if not any(s in w.path for s in _NOT_WEIGHTS)]
+    values = [
+        np.asarray(v)
+        for w, v in zip(source.weights, source.get_weights())
+        if not any(s in w.path for s in _NOT_WEIGHTS)
+    ]
     shapes = [tuple(w.shape) for w in target.weights]
     if [tuple(v.shape) for v in values] != shapes:
-        raise ModelLoadError(f"model {path}: layer {target.name!r} weights of shapes {shapes} do not match the Keras 3 "
-                             f"file's {[tuple(v.shape) for v in values]}")
+        raise ModelLoadError(
+            f"model {path}: layer {target.name!r} weights of shapes {shapes} do not match the Keras 3 "
+            f"file's {[tuple(v.shape) for v in values]}"
+        )
     target.set_weights(values)
 
 
@@ -242,7 +263,9 @@ def _max_abs_diff(path, keras3, source, model, graph: Graph, seed: int) -> float
     expected = _joined(keras3.ops.convert_to_numpy, source(x, training=False))
     got = _joined(np.asarray, model(x, training=False))
     if expected.shape != got.shape:
-        raise ModelLoadError(f"model {path}: the tf_keras model gives outputs of shape {got.shape}, the Keras 3 model {expected.shape}")
+        raise ModelLoadError(
+            f"model {path}: the tf_keras model gives outputs of shape {got.shape}, the Keras 3 model {expected.shape}"
+        )
     return float(np.max(np.abs(expected.astype(np.float64) - got))) / output_scale(expected)
 
 
@@ -282,6 +305,7 @@ def _keras3():
 
 # --- back to Keras 3 ------------------------------------------------------------------------
 
+
 def save_keras3(model, path: str | os.PathLike, *, seed: int = 0):
     """Save a tf_keras model as a Keras 3 ``.keras`` file (atomically), after checking Keras 3 computes the same.
 
@@ -300,8 +324,10 @@ def save_keras3(model, path: str | os.PathLike, *, seed: int = 0):
         rebuilt = _keras3_model(keras3, graph)
         diff = _max_abs_diff(path, keras3, rebuilt, model, graph, seed)
         if not diff <= TOLERANCE:
-            raise ModelLoadError(f"model {path}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
-                                 f"(relative to the outputs' RMS when above 1; tolerance {TOLERANCE:g}); not written")
+            raise ModelLoadError(
+                f"model {path}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
+                f"(relative to the outputs' RMS when above 1; tolerance {TOLERANCE:g}); not written"
+            )
         with atomic_path(path) as tmp:
             rebuilt.save(str(tmp))
         del rebuilt
@@ -319,8 +345,12 @@ def _keras3_model(keras3, graph: Graph):
         try:
             layers[node.name] = cls.from_config(_keras3_config(cls, kind, node.spec.config))
         except Exception as exc:
-            raise UnsupportedLayerError(node.name, kind, f"Keras 3 cannot build it from the tf_keras config "
-                                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+            raise UnsupportedLayerError(
+                node.name,
+                kind,
+                f"Keras 3 cannot build it from the tf_keras config "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+            ) from None
     if graph.path() is not None:
         name, shape = next(iter(graph.inputs.items()))
         model = keras3.Sequential([keras3.Input(shape=shape, name=name), *layers.values()], name=graph.name)
@@ -330,8 +360,11 @@ def _keras3_model(keras3, graph: Graph):
             args = [tensors[i] for i in node.inputs]
             tensors[node.name] = layers[node.name](args if len(args) > 1 else args[0])
         outputs = [tensors[o] for o in graph.outputs]
-        model = keras3.Model([tensors[n] for n in graph.inputs] if len(graph.inputs) > 1 else tensors[next(iter(graph.inputs))],
-                             outputs if len(outputs) > 1 else outputs[0], name=graph.name)
+        model = keras3.Model(
+            [tensors[n] for n in graph.inputs] if len(graph.inputs) > 1 else tensors[next(iter(graph.inputs))],
+            outputs if len(outputs) > 1 else outputs[0],
+            name=graph.name,
+        )
     for node in graph.nodes:
         if node.spec.weights:
             _set_keras3_weights(layers[node.name], node.spec.weights)
@@ -343,8 +376,9 @@ def _set_keras3_weights(layer, weights) -> None:
     values = list(weights)
     targets = [v for v in layer.weights if not any(s in v.path for s in _NOT_WEIGHTS)]
     if len(targets) != len(values):
-        raise UnsupportedLayerError(layer.name, type(layer).__name__,
-                                    f"Keras 3 holds {len(targets)} weights, tf_keras {len(values)}")
+        raise UnsupportedLayerError(
+            layer.name, type(layer).__name__, f"Keras 3 holds {len(targets)} weights, tf_keras {len(values)}"
+        )
     for variable, value in zip(targets, values):
         variable.assign(value)
     finalize = getattr(layer, "finalize_state", None)
@@ -369,8 +403,9 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
     from deploykit.backend import keras
 
     name = str(config.get("name", kind))
-    config = wrapped_layers(name, kind, rnn_options(name, kind, config, to_keras3=True), _keras3_inner_config,
-                            to_keras3=True)
+    config = wrapped_layers(
+        name, kind, rnn_options(name, kind, config, to_keras3=True), _keras3_inner_config, to_keras3=True
+    )
     renamed = _TO_KERAS3_RENAMED.get(kind, {})
     out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in _TF_KERAS_ONLY}
     out = _accepted_options(cls, str(out.get("name", kind)), kind, out, _LAYER_KEYS, getattr(keras.layers, kind, None))
@@ -407,7 +442,9 @@ def _accepted_options(cls, name: str, kind: str, config: dict, layer_keys, sourc
             out[key] = value
             continue
         training_only = key.endswith(("_initializer", "_regularizer", "_constraint"))
-        neutral = any(value is v or (type(value) is type(v) and value == v) for v in (*_NEUTRAL_VALUES, defaults.get(key)))
+        neutral = any(
+            value is v or (type(value) is type(v) and value == v) for v in (*_NEUTRAL_VALUES, defaults.get(key))
+        )
         if not (training_only or neutral) or (key == "trainable" and value is False):
             raise UnsupportedLayerError(name, kind, f"option {key}={value!r} has no equivalent in the other Keras")
     return out
@@ -433,6 +470,7 @@ def _init_parameters(cls) -> dict:
 
 # --- Keras 3 objects for the Python API ----------------------------------------------------
 
+
 def to_keras3(model, *, seed: int = 0):
     """A Keras 3 model object computing what the tf_keras ``model`` computes (checked within :data:`TOLERANCE`).
 
@@ -444,6 +482,8 @@ def to_keras3(model, *, seed: int = 0):
         rebuilt = _keras3_model(keras3, graph)
         diff = _max_abs_diff(model.name, keras3, rebuilt, model, graph, seed)
     if not diff <= TOLERANCE:
-        raise ModelLoadError(f"model {model.name}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
-                             f"(relative to the outputs' RMS when above 1; tolerance {TOLERANCE:g})")
+        raise ModelLoadError(
+            f"model {model.name}: the Keras 3 rebuild differs from the tf_keras model by {diff:.3g} "
+            f"(relative to the outputs' RMS when above 1; tolerance {TOLERANCE:g})"
+        )
     return rebuilt

@@ -35,7 +35,10 @@ def _clip01(name: str) -> LayerSpec:
 
 def _hard_sigmoid(x: str, base: str) -> list[Node]:
     """relu6(x + 3) / 6 = clip(x / 6 + 1/2, 0, 1)."""
-    return [Node(_rescale(f"{base}_hs_affine", 1 / 6, 0.5), [x]), Node(_clip01(f"{base}_hs_clip"), [f"{base}_hs_affine"])]
+    return [
+        Node(_rescale(f"{base}_hs_affine", 1 / 6, 0.5), [x]),
+        Node(_clip01(f"{base}_hs_clip"), [f"{base}_hs_affine"]),
+    ]
 
 
 def _hard_silu(x: str, base: str) -> list[Node]:
@@ -46,28 +49,39 @@ def _hard_silu(x: str, base: str) -> list[Node]:
 
 def _hard_tanh(x: str, base: str) -> list[Node]:
     """clip(x, -1, 1) = 2 clip((x + 1) / 2, 0, 1) - 1."""
-    return [Node(_rescale(f"{base}_ht_in", 0.5, 0.5), [x]), Node(_clip01(f"{base}_ht_clip"), [f"{base}_ht_in"]),
-            Node(_rescale(f"{base}_ht_out", 2.0, -1.0), [f"{base}_ht_clip"])]
+    return [
+        Node(_rescale(f"{base}_ht_in", 0.5, 0.5), [x]),
+        Node(_clip01(f"{base}_ht_clip"), [f"{base}_ht_in"]),
+        Node(_rescale(f"{base}_ht_out", 2.0, -1.0), [f"{base}_ht_clip"]),
+    ]
 
 
 def _log_sigmoid(x: str, base: str) -> list[Node]:
     """log(sigmoid(x)) = -softplus(-x)."""
-    return [Node(_rescale(f"{base}_ls_neg", -1.0), [x]),
-            Node(_layer("Activation", f"{base}_ls_softplus", activation="softplus"), [f"{base}_ls_neg"]),
-            Node(_rescale(f"{base}_ls_out", -1.0), [f"{base}_ls_softplus"])]
+    return [
+        Node(_rescale(f"{base}_ls_neg", -1.0), [x]),
+        Node(_layer("Activation", f"{base}_ls_softplus", activation="softplus"), [f"{base}_ls_neg"]),
+        Node(_rescale(f"{base}_ls_out", -1.0), [f"{base}_ls_softplus"]),
+    ]
 
 
 def _tanh_shrink(x: str, base: str) -> list[Node]:
     """x - tanh(x)."""
-    return [Node(_layer("Activation", f"{base}_ts_tanh", activation="tanh"), [x]),
-            Node(_rescale(f"{base}_ts_neg", -1.0), [f"{base}_ts_tanh"]),
-            Node(_layer("Add", f"{base}_tanh_shrink"), [x, f"{base}_ts_neg"])]
+    return [
+        Node(_layer("Activation", f"{base}_ts_tanh", activation="tanh"), [x]),
+        Node(_rescale(f"{base}_ts_neg", -1.0), [f"{base}_ts_tanh"]),
+        Node(_layer("Add", f"{base}_tanh_shrink"), [x, f"{base}_ts_neg"]),
+    ]
 
 
 #: Keras 3 activation name -> the nodes computing it from the layer's linear output (its name, a name prefix).
 EXPANSIONS: dict[str, Callable[[str, str], list[Node]]] = {
-    "hard_sigmoid": _hard_sigmoid, "hard_silu": _hard_silu, "hard_swish": _hard_silu,
-    "hard_tanh": _hard_tanh, "log_sigmoid": _log_sigmoid, "tanh_shrink": _tanh_shrink,
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_silu": _hard_silu,
+    "hard_swish": _hard_silu,
+    "hard_tanh": _hard_tanh,
+    "log_sigmoid": _log_sigmoid,
+    "tanh_shrink": _tanh_shrink,
 }
 
 

@@ -45,7 +45,10 @@ def as_keras3(value):
     if isinstance(value, tuple):
         return tuple(as_keras3(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changed = {f.name: as_keras3(getattr(value, f.name)) for f in dataclasses.fields(value)
-                   if is_tf_keras_model(getattr(value, f.name))}
+        changed = {
+            f.name: as_keras3(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if is_tf_keras_model(getattr(value, f.name))
+        }
         return dataclasses.replace(value, **changed) if changed else value
     return value

@@ -36,13 +36,31 @@ from deploykit.errors import UnsupportedLayerError
 _OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math")
 _TENSOR = "__keras_tensor__"
 #: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
-_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus", "Softsign": "softsign",
-                "Silu": "silu", "Swish": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu",
-                "HardSwish": "hard_silu", "Selu": "selu", "LogSigmoid": "log_sigmoid", "Exp": "exponential",
-                "Mish": "mish", "HardTanh": "hard_tanh", "TanhShrink": "tanh_shrink"}
+_ACTIVATIONS = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "Silu": "silu",
+    "Swish": "silu",
+    "HardSigmoid": "hard_sigmoid",
+    "HardSilu": "hard_silu",
+    "HardSwish": "hard_silu",
+    "Selu": "selu",
+    "LogSigmoid": "log_sigmoid",
+    "Exp": "exponential",
+    "Mish": "mish",
+    "HardTanh": "hard_tanh",
+    "TanhShrink": "tanh_shrink",
+}
 #: ``ops.nn`` operations with options: (built-in layer, {option: the operation's default}).
-_CONFIGURED = {"Softmax": ("Softmax", {"axis": -1}), "LeakyRelu": ("LeakyReLU", {"negative_slope": 0.2}),
-               "Elu": ("ELU", {"alpha": 1.0}), "Gelu": ("Activation", {"approximate": True})}
+_CONFIGURED = {
+    "Softmax": ("Softmax", {"axis": -1}),
+    "LeakyRelu": ("LeakyReLU", {"negative_slope": 0.2}),
+    "Elu": ("ELU", {"alpha": 1.0}),
+    "Gelu": ("Activation", {"approximate": True}),
+}
 #: Two-tensor operations with a built-in merge layer of the same meaning.
 _MERGES = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply", "Maximum": "Maximum", "Minimum": "Minimum"}
 #: Where keras.applications defines ConvNeXt's LayerScale (``x * gamma``, gamma of shape [channels]).
@@ -102,11 +120,14 @@ def fill_from_source(graph, lowering: Lowering, source) -> None:
         node = graph.node(name)
         weights = lowering.source_layer(source, name).get_weights()
         if len(weights) != 1 or np.ndim(weights[0]) != 1:
-            raise UnsupportedLayerError(name, "LayerScale", f"expected one gamma vector, got shapes {[w.shape for w in weights]}")
+            raise UnsupportedLayerError(
+                name, "LayerScale", f"expected one gamma vector, got shapes {[w.shape for w in weights]}"
+            )
         node.spec.config["scale"] = [float(v) for v in np.asarray(weights[0], np.float32)]
 
 
 # --- config pieces --------------------------------------------------------------------------
+
 
 def _name(layer: dict) -> str:
     return str((layer.get("config") or {}).get("name") or layer.get("name"))
@@ -122,8 +143,12 @@ def _is_tensor(value) -> bool:
 
 def _builtin(kind: str, name: str, source: dict | None, **config) -> dict:
     """A Keras 3 layer config of a built-in layer called on ``source`` (a tensor reference)."""
-    layer = {"module": "keras.layers", "class_name": kind, "registered_name": None,
-             "config": {"name": name, "trainable": True, "dtype": "float32", **config}}
+    layer = {
+        "module": "keras.layers",
+        "class_name": kind,
+        "registered_name": None,
+        "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+    }
     if source is not None:
         layer["inbound_nodes"] = [{"args": [source], "kwargs": {}}]
     return layer
@@ -157,8 +182,12 @@ def _per_channel(c: np.ndarray, name: str, kind: str) -> float | list[float]:
     if c.size == 1:
         return float(c.reshape(()))
     if any(d != 1 for d in c.shape[:-1]):
-        raise UnsupportedLayerError(name, kind, f"a constant of shape {c.shape} varies along an axis other than "
-                                    "the last; deploykit rewrites per-channel constants only")
+        raise UnsupportedLayerError(
+            name,
+            kind,
+            f"a constant of shape {c.shape} varies along an axis other than "
+            "the last; deploykit rewrites per-channel constants only",
+        )
     return [float(v) for v in c.reshape(-1)]
 
 
@@ -175,22 +204,29 @@ def _inv(c, name: str, kind: str):
 
 # --- nested Sequential ----------------------------------------------------------------------
 
+
 def _inline(layer: dict, names: set[str], lowering: Lowering, others: list[dict]) -> list[dict]:
     """The layers of a nested Sequential, chained from its input; readers of the block read its last layer."""
     outer = _name(layer)
     args, kwargs = _call(layer)
     if len(args) != 1 or not _is_tensor(args[0]) or kwargs:
         raise UnsupportedLayerError(outer, "Sequential", "a nested Sequential called with extra arguments")
-    body = [copy.deepcopy(inner) for inner in (layer.get("config") or {}).get("layers") or []
-            if inner.get("class_name") != "InputLayer"]
+    body = [
+        copy.deepcopy(inner)
+        for inner in (layer.get("config") or {}).get("layers") or []
+        if inner.get("class_name") != "InputLayer"
+    ]
     if not body:
         raise UnsupportedLayerError(outer, "Sequential", "a nested Sequential without layers")
     previous = args[0]
     for inner in body:
         name = _name(inner)
         if name in names:
-            raise UnsupportedLayerError(name, str(inner.get("class_name")), f"inside the nested model {outer!r}, "
-                                        "its name is also used outside it")
+            raise UnsupportedLayerError(
+                name,
+                str(inner.get("class_name")),
+                f"inside the nested model {outer!r}, its name is also used outside it",
+            )
         if inner.get("class_name") in ("Sequential", "Functional", "Model"):
             raise UnsupportedLayerError(name, str(inner.get("class_name")), "a model nested two levels deep")
         inner["inbound_nodes"] = [{"args": [previous], "kwargs": {}}]
@@ -203,6 +239,7 @@ def _inline(layer: dict, names: set[str], lowering: Lowering, others: list[dict]
 
 def _rename_reads(config: dict, old: str, new: str, skip: list[dict]) -> None:
     """Every reference to layer ``old``'s output (inbound nodes, model outputs) now names ``new``."""
+
     def visit(value):
         if _is_tensor(value):
             history = value["config"]["keras_history"]
@@ -230,6 +267,7 @@ def _rename_reads(config: dict, old: str, new: str, skip: list[dict]) -> None:
 
 # --- operation layers -----------------------------------------------------------------------
 
+
 def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     """The built-in layers computing one operation layer; the last keeps its name (its readers are unchanged)."""
     name, kind = _name(layer), str(layer.get("class_name"))
@@ -237,8 +275,11 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
     tensors = [a for a in args if _is_tensor(a)]
     if kwargs or not tensors:
-        raise UnsupportedLayerError(name, kind, f"an operation called with {kwargs or args}; deploykit reads "
-                                    "operations on one tensor and constants")
+        raise UnsupportedLayerError(
+            name,
+            kind,
+            f"an operation called with {kwargs or args}; deploykit reads operations on one tensor and constants",
+        )
     if len(tensors) == len(args) == 2 and kind in _MERGES and not options:
         return [{**_builtin(_MERGES[kind], name, None), "inbound_nodes": [{"args": [tensors], "kwargs": {}}]}]
     if len(tensors) != 1:
@@ -246,8 +287,9 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     x, first = tensors[0], _is_tensor(args[0])
     constants = [_constant(a, name, kind) for a in args if not _is_tensor(a)]
     if any(c is None for c in constants):
-        raise UnsupportedLayerError(name, kind, f"called with {args[1:] if first else args[:1]}; deploykit reads "
-                                    "numeric constants only")
+        raise UnsupportedLayerError(
+            name, kind, f"called with {args[1:] if first else args[:1]}; deploykit reads numeric constants only"
+        )
     steps = _steps(name, kind, options, [_per_channel(c, name, kind) for c in constants], first)
     out, source = [], x
     for i, (layer_kind, config) in enumerate(steps):
@@ -332,8 +374,10 @@ def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
     if kwargs or len(tensors) != 2 or not all(_is_tensor(t) for t in tensors) or scale is None or scale.size != 1:
         raise UnsupportedLayerError(name, kind, "expected a call on two tensors and a scalar scale")
     scaled = _fresh(f"{name}_scaled", names)
-    return [_builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
-            {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], _tensor_ref(scaled)]], "kwargs": {}}]}]
+    return [
+        _builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
+        {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], _tensor_ref(scaled)]], "kwargs": {}}]},
+    ]
 
 
 def _configured(name: str, kind: str, options: dict) -> tuple[str, dict]:

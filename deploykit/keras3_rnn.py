@@ -43,8 +43,9 @@ def rnn_options(name: str, kind: str, config: dict, *, to_keras3: bool) -> dict:
     return out
 
 
-def wrapped_layers(name: str, kind: str, config: dict, translate: Callable[[str, str, dict], dict], *,
-                   to_keras3: bool) -> dict:
+def wrapped_layers(
+    name: str, kind: str, config: dict, translate: Callable[[str, str, dict], dict], *, to_keras3: bool
+) -> dict:
     """A wrapper's config with each wrapped layer's config passed through ``translate(name, kind, config)``.
 
     Keras 3 finds a nested layer's class by its ``module``; tf_keras by its name alone.
@@ -61,10 +62,14 @@ def wrapped_layers(name: str, kind: str, config: dict, translate: Callable[[str,
             raise UnsupportedLayerError(name, kind, f"its {key} is not a layer config")
         inner_kind = str(inner["class_name"])
         if inner_kind not in RECURRENT:
-            raise UnsupportedLayerError(name, kind, f"wraps a {inner_kind}; deploykit reads wrapped LSTM, GRU and SimpleRNN")
+            raise UnsupportedLayerError(
+                name, kind, f"wraps a {inner_kind}; deploykit reads wrapped LSTM, GRU and SimpleRNN"
+            )
         inner_config = inner.get("config") or {}
-        out[key] = {"class_name": inner_kind,
-                    "config": translate(str(inner_config.get("name", inner_kind)), inner_kind, dict(inner_config))}
+        out[key] = {
+            "class_name": inner_kind,
+            "config": translate(str(inner_config.get("name", inner_kind)), inner_kind, dict(inner_config)),
+        }
         if to_keras3:
             out[key] |= {"module": "keras.layers", "registered_name": None}
     return out

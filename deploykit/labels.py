@@ -29,14 +29,18 @@ def from_one_hot(source, y: np.ndarray, names, task: Task | None) -> tuple[np.nd
     if zero_one and bool((y.sum(axis=1) == 1).all()):
         classes = int(y.shape[1])
         if names is not None and len(names) != classes:
-            raise DataError(f"data {source}: one-hot labels have {classes} columns, but {len(names)} class names "
-                            "were given")
-        log.info("data %s: labels are one-hot rows [%d, %d]: read as class ids 0..%d", source, len(y), classes,
-                 classes - 1)
+            raise DataError(
+                f"data {source}: one-hot labels have {classes} columns, but {len(names)} class names were given"
+            )
+        log.info(
+            "data %s: labels are one-hot rows [%d, %d]: read as class ids 0..%d", source, len(y), classes, classes - 1
+        )
         return y.argmax(axis=1).astype(np.int64), list(names) if names is not None else [str(i) for i in range(classes)]
     if y.shape[1] == 2 and y.dtype.kind in "biu":
-        raise DataError(f"data {source}: integer labels of shape {list(y.shape)} are not one-hot (rows of 0/1 summing "
-                        "to 1): give class ids [N], one-hot rows, or --task regression for two integer targets")
+        raise DataError(
+            f"data {source}: integer labels of shape {list(y.shape)} are not one-hot (rows of 0/1 summing "
+            "to 1): give class ids [N], one-hot rows, or --task regression for two integer targets"
+        )
     return y, names
 
 

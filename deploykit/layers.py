@@ -73,7 +73,8 @@ class LayerSupport:
     mc: bool = False  # the MC Dropout graph can emit it (see deploykit.uncertainty.mc_graph)
     sampled: bool = False  # random under MC Dropout
     compactable: bool = False  # compact may remove its dead output units
-    #: The weight TF-MOT prunes: (attribute name, index in ``get_weights()``); SeparableConv2D's is its pointwise kernel.
+    #: The weight TF-MOT prunes: (attribute name, index in ``get_weights()``);
+    #: SeparableConv2D's is its pointwise kernel.
     pruned_kernel: tuple[str, int] = ("kernel", 0)
 
     @property
@@ -145,11 +146,19 @@ SUPPORT: dict[str, LayerSupport] = {
 }
 
 #: Keras spells some classes twice (MaxPool2D is MaxPooling2D): alias -> table name.
-ALIASES = {"MaxPool1D": "MaxPooling1D", "MaxPool2D": "MaxPooling2D", "AvgPool1D": "AveragePooling1D",
-           "AvgPool2D": "AveragePooling2D", "GlobalMaxPool1D": "GlobalMaxPooling1D",
-           "GlobalMaxPool2D": "GlobalMaxPooling2D", "GlobalAvgPool1D": "GlobalAveragePooling1D",
-           "GlobalAvgPool2D": "GlobalAveragePooling2D", "Convolution1D": "Conv1D",
-           "Convolution2D": "Conv2D", "SeparableConvolution2D": "SeparableConv2D"}
+ALIASES = {
+    "MaxPool1D": "MaxPooling1D",
+    "MaxPool2D": "MaxPooling2D",
+    "AvgPool1D": "AveragePooling1D",
+    "AvgPool2D": "AveragePooling2D",
+    "GlobalMaxPool1D": "GlobalMaxPooling1D",
+    "GlobalMaxPool2D": "GlobalMaxPooling2D",
+    "GlobalAvgPool1D": "GlobalAveragePooling1D",
+    "GlobalAvgPool2D": "GlobalAveragePooling2D",
+    "Convolution1D": "Conv1D",
+    "Convolution2D": "Conv2D",
+    "SeparableConvolution2D": "SeparableConv2D",
+}
 SUPPORT.update({alias: SUPPORT[name] for alias, name in ALIASES.items()})
 
 #: A built-in Keras layer outside the table: exported by the converters, skipped by the other steps.
@@ -161,9 +170,30 @@ CUSTOM = LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, chann
 PRUNABLE = frozenset(name for name, s in SUPPORT.items() if s.prunable)
 
 #: Activation names (Keras 3 and tf_keras) the MC graph and the fold understand.
-ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh", "softplus", "softsign", "exponential", "selu", "elu",
-                         "softmax", "log_softmax", "hard_sigmoid", "leaky_relu", "relu6", "swish", "silu", "mish",
-                         "gelu", "hard_swish", "hard_silu"})
+ACTIVATIONS = frozenset(
+    {
+        "linear",
+        "relu",
+        "sigmoid",
+        "tanh",
+        "softplus",
+        "softsign",
+        "exponential",
+        "selu",
+        "elu",
+        "softmax",
+        "log_softmax",
+        "hard_sigmoid",
+        "leaky_relu",
+        "relu6",
+        "swish",
+        "silu",
+        "mish",
+        "gelu",
+        "hard_swish",
+        "hard_silu",
+    }
+)
 
 
 def layer_type(layer: object) -> str:

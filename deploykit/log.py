@@ -56,7 +56,7 @@ class _CliFormatter(logging.Formatter):
 
 def shorten(line: str, width: int) -> str:
     """``line`` cut to ``width`` characters, ending in `` ...`` when cut."""
-    return line if len(line) <= width else line[:max(0, width - 4)].rstrip() + " ..."
+    return line if len(line) <= width else line[: max(0, width - 4)].rstrip() + " ..."
 
 
 def _width() -> int:

@@ -66,7 +66,8 @@ class ModelFile:
         if self.model_class not in MODEL_CLASSES or not isinstance(layers, list):
             name = inner.get("name") if isinstance(inner, dict) else None
             raise UnsupportedLayerError(
-                str(name or self.path.name), self.model_class or "unknown",
+                str(name or self.path.name),
+                self.model_class or "unknown",
                 "a subclassed model; deploykit reads Sequential and functional models",
             )
         return layers
@@ -82,8 +83,10 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     regular_file(path, "model", ModelLoadError, MODEL_BYTES)  # /dev/zero or a FIFO named model.keras never ends
     is_h5, is_zip = has_hdf5_signature(path), _is_zip(path)
     if is_h5 and is_zip:
-        raise ModelLoadError(f"model {path}: both an HDF5 file and a zip archive (a polyglot file, each reader would "
-                             "see a different model); refused. Save the model again with model.save()")
+        raise ModelLoadError(
+            f"model {path}: both an HDF5 file and a zip archive (a polyglot file, each reader would "
+            "see a different model); refused. Save the model again with model.save()"
+        )
     if is_h5:
         _check_suffix(path, ModelFormat.H5)
         return _read_h5(path)
@@ -123,7 +126,11 @@ def _check_suffix(path: Path, found: ModelFormat) -> None:
     named = SUFFIXES.get(path.suffix.lower())
     if named is not found:
         want = " or ".join(s for s, f in SUFFIXES.items() if f is found)
-        said = f"the suffix {path.suffix} says {named.value}" if named else f"the suffix {path.suffix or '(none)'} is not a model's"
+        said = (
+            f"the suffix {path.suffix} says {named.value}"
+            if named
+            else f"the suffix {path.suffix or '(none)'} is not a model's"
+        )
         raise ModelLoadError(f"model {path}: the content is a {found.value} file but {said}; rename it with {want}")
 
 
@@ -143,7 +150,11 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
         if kind in MODEL_CLASSES:
             raise UnsupportedLayerError(name, kind, "a nested model; rebuild it as one flat model without sub-models")
         if _is_custom(layer):
-            raise UnsupportedLayerError(name, str(layer.get("registered_name") or kind), f"a custom layer class from {layer.get('module') or 'user code'}")
+            raise UnsupportedLayerError(
+                name,
+                str(layer.get("registered_name") or kind),
+                f"a custom layer class from {layer.get('module') or 'user code'}",
+            )
         try:
             entry = support_for(layer, unsafe=unsafe)
         except UnsafeModelError as exc:
@@ -153,7 +164,8 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
             if custom:
                 raise UnsafeModelError(
                     f"model {model_file.path}: layer {name!r} of type {kind} uses custom code ({custom}); "
-                    "loading it may run arbitrary code, so it is refused unless you trust the file and pass --unsafe (unsafe=True)"
+                    "loading it may run arbitrary code, so it is refused unless you trust the file "
+                    "and pass --unsafe (unsafe=True)"
                 )
         checked.append((layer, entry))
     MODEL_BYTES.check(model_file.path, declared_weight_bytes(model_file), "the layer config")
@@ -186,8 +198,9 @@ def _read_saved_model(path: Path) -> ModelFile:
             "model.save('model.keras') instead"
         )
     raw = read_bytes(meta, "model", ModelLoadError, MODEL_CONFIG_BYTES)  # a regular file: /dev/zero never ends
-    import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
     from tf_keras.protobuf import saved_metadata_pb2
+
+    import deploykit.backend  # noqa: F401  (TensorFlow must be set up before tf_keras is imported)
 
     proto = saved_metadata_pb2.SavedMetadata()
     try:
@@ -227,10 +240,15 @@ def _read_keras_zip(path: Path) -> ModelFile:
             for name in _KERAS_JSON:
                 if name in members:
                     MODEL_CONFIG_BYTES.check(path, members[name].file_size, name)
-            MODEL_BYTES.check(path, sum(info.file_size for info in members.values()), "the Keras archive (uncompressed)")
+            MODEL_BYTES.check(
+                path, sum(info.file_size for info in members.values()), "the Keras archive (uncompressed)"
+            )
             config = _json(path, _member(zf, members["config.json"]).decode("utf-8"), "config.json")
-            meta = (_json(path, _member(zf, members["metadata.json"]).decode("utf-8"), "metadata.json")
-                    if "metadata.json" in members else {})
+            meta = (
+                _json(path, _member(zf, members["metadata.json"]).decode("utf-8"), "metadata.json")
+                if "metadata.json" in members
+                else {}
+            )
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, EOFError) as exc:
         raise ModelLoadError(f"model {path}: unreadable Keras archive ({one_line(exc)})") from None
     version = meta.get("keras_version") or config.get("keras_version") or ""
@@ -292,7 +310,9 @@ def _describe(obj: dict) -> str:
         return f"Python function {obj.get('config')!r}"
     if obj.get("class_name") == "__lambda__":
         return "a Python lambda"
-    return f"custom object {obj.get('registered_name') or obj.get('class_name')!r} from {obj.get('module') or 'user code'}"
+    return (
+        f"custom object {obj.get('registered_name') or obj.get('class_name')!r} from {obj.get('module') or 'user code'}"
+    )
 
 
 def _json(path: Path, text: str, what: str) -> dict:

@@ -67,8 +67,10 @@ class Layout:
     @classmethod
     def of(cls, inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layout:
         """The layout of tensors given by name -> per-sample shape (sorted by name here, the one convention)."""
+
         def tensors(d):
             return tuple(Tensor(str(n), tuple(int(v) for v in d[n])) for n in sorted(d))
+
         return cls(tensors(inputs), tensors(outputs))
 
     @property
@@ -113,12 +115,16 @@ class Layout:
 
     def describe(self) -> str:
         """``inputs a [5], b [6]; outputs c [1]``: what a message shows."""
-        return (f"inputs {', '.join(t.describe() for t in self.inputs)}; "
-                f"outputs {', '.join(t.describe() for t in self.outputs)}")
+        return (
+            f"inputs {', '.join(t.describe() for t in self.inputs)}; "
+            f"outputs {', '.join(t.describe() for t in self.outputs)}"
+        )
 
     def to_dict(self) -> dict:
-        return {"inputs": [{"name": t.name, "shape": list(t.shape)} for t in self.inputs],
-                "outputs": [{"name": t.name, "shape": list(t.shape)} for t in self.outputs]}
+        return {
+            "inputs": [{"name": t.name, "shape": list(t.shape)} for t in self.inputs],
+            "outputs": [{"name": t.name, "shape": list(t.shape)} for t in self.outputs],
+        }
 
 
 def _offsets(tensors: tuple[Tensor, ...]) -> dict[str, slice]:
@@ -132,8 +138,10 @@ def _offsets(tensors: tuple[Tensor, ...]) -> dict[str, slice]:
 def _split(tensors: tuple[Tensor, ...], packed: np.ndarray) -> dict[str, np.ndarray]:
     packed = np.asarray(packed)
     flat = packed.reshape(len(packed), -1)
-    return {t.name: np.ascontiguousarray(flat[:, s]).reshape(len(packed), *t.shape)
-            for t, s in zip(tensors, _offsets(tensors).values())}
+    return {
+        t.name: np.ascontiguousarray(flat[:, s]).reshape(len(packed), *t.shape)
+        for t, s in zip(tensors, _offsets(tensors).values())
+    }
 
 
 def _join(tensors: tuple[Tensor, ...], values: dict[str, np.ndarray]) -> np.ndarray:
@@ -143,6 +151,7 @@ def _join(tensors: tuple[Tensor, ...], values: dict[str, np.ndarray]) -> np.ndar
 
 
 # --- artifacts: what a runner sees -----------------------------------------------------------------
+
 
 def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layout | None:
     """The layout of an artifact with several named inputs or outputs (None: one input, read as it is).
@@ -157,8 +166,11 @@ def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layo
         REGRESSION_OUTPUT_NAMES,
     )
 
-    contract = {n for names in DETERMINISTIC_OUTPUTS.values() for n in names} | set(OUTPUT_NAMES) \
-        | set(REGRESSION_OUTPUT_NAMES)  # a logits classifier's or an MC model's outputs are not model heads
+    contract = (
+        {n for names in DETERMINISTIC_OUTPUTS.values() for n in names}
+        | set(OUTPUT_NAMES)
+        | set(REGRESSION_OUTPUT_NAMES)
+    )  # a logits classifier's or an MC model's outputs are not model heads
     several_outputs = len(outputs) > 1 and not (contract & set(outputs))
     if len(inputs) <= 1 and not several_outputs:
         return None
@@ -166,6 +178,7 @@ def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layo
 
 
 # --- data: an .npz named after the model's tensors ---------------------------------------------------
+
 
 def npz_parts(path: Path, arrays: dict[str, np.ndarray], layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The packed ``(x, y)`` of each part of an .npz named after the model's inputs and outputs.
@@ -185,7 +198,9 @@ def npz_parts(path: Path, arrays: dict[str, np.ndarray], layout: Layout) -> dict
         rows = {len(a) for a in [*x, y]}
         if len(rows) != 1:
             counts = ", ".join(f"{t.name}{_suffix(part)}: {len(a)}" for t, a in zip(layout.inputs, x))
-            raise DataError(f"data {path}: the arrays of one split must have as many rows each ({counts}, targets: {len(y)})")
+            raise DataError(
+                f"data {path}: the arrays of one split must have as many rows each ({counts}, targets: {len(y)})"
+            )
         out[part] = (np.concatenate([a.reshape(len(a), -1).astype(np.float32, copy=False) for a in x], axis=1), y)
     return out
 
@@ -223,9 +238,10 @@ def _parts_present(path: Path, arrays: dict, layout: Layout) -> tuple[str, ...]:
     for t in layout.inputs:
         for part in parts:
             if t.name + _suffix(part) not in arrays:
-                raise DataError(f"data {path}: no array {t.name + _suffix(part)!r} for the model input {t.name!r} "
-                                f"(the model's {layout.describe()}; the .npz holds {', '.join(sorted(arrays))}). "
-                                + NPZ_RULE)
+                raise DataError(
+                    f"data {path}: no array {t.name + _suffix(part)!r} for the model input {t.name!r} "
+                    f"(the model's {layout.describe()}; the .npz holds {', '.join(sorted(arrays))}). " + NPZ_RULE
+                )
     return parts
 
 
@@ -235,8 +251,10 @@ def _input_array(path: Path, arrays: dict, tensor: Tensor, part: str) -> np.ndar
     if not np.issubdtype(a.dtype, np.number):
         raise DataError(f"data {path}: array {name!r} must be numeric, got {a.dtype}")
     if a.ndim < 1 or tuple(a.shape[1:]) != tensor.shape:
-        raise DataError(f"data {path}: array {name!r} has rows of shape {list(a.shape[1:])}, but the model input "
-                        f"{tensor.name!r} takes {list(tensor.shape)}")
+        raise DataError(
+            f"data {path}: array {name!r} has rows of shape {list(a.shape[1:])}, but the model input "
+            f"{tensor.name!r} takes {list(tensor.shape)}"
+        )
     return a
 
 
@@ -244,25 +262,33 @@ def _targets(path: Path, arrays: dict, layout: Layout, part: str) -> np.ndarray:
     """The targets of one part: one output's array or ``y`` as it is, several outputs' side by side."""
     sfx = _suffix(part)
     if not layout.several_outputs:
-        name = layout.outputs[0].name + sfx if layout.outputs and layout.outputs[0].name + sfx in arrays else TARGETS + sfx
+        name = (
+            layout.outputs[0].name + sfx if layout.outputs and layout.outputs[0].name + sfx in arrays else TARGETS + sfx
+        )
         if name not in arrays:
-            raise DataError(f"data {path}: no targets array {TARGETS + sfx!r} (the model's {layout.describe()}; "
-                            f"the .npz holds {', '.join(sorted(arrays))}). " + NPZ_RULE)
+            raise DataError(
+                f"data {path}: no targets array {TARGETS + sfx!r} (the model's {layout.describe()}; "
+                f"the .npz holds {', '.join(sorted(arrays))}). " + NPZ_RULE
+            )
         return np.asarray(arrays[name])
     columns = []
     for t in layout.outputs:
         name = t.name + sfx if t.name + sfx in arrays else TARGETS + sfx
         if name not in arrays:
-            raise DataError(f"data {path}: no targets array {t.name + sfx!r} for the model output {t.name!r}, nor a "
-                            f"shared {TARGETS + sfx!r} (the model's {layout.describe()}; the .npz holds "
-                            f"{', '.join(sorted(arrays))}). " + NPZ_RULE)
+            raise DataError(
+                f"data {path}: no targets array {t.name + sfx!r} for the model output {t.name!r}, nor a "
+                f"shared {TARGETS + sfx!r} (the model's {layout.describe()}; the .npz holds "
+                f"{', '.join(sorted(arrays))}). " + NPZ_RULE
+            )
         a = np.asarray(arrays[name])
         if a.dtype.kind not in "fiub":
             raise DataError(f"data {path}: array {name!r} must hold numbers (regression targets), got {a.dtype}")
         a = a.reshape(len(a), -1)
         if a.shape[1] != t.size:
-            raise DataError(f"data {path}: array {name!r} has {a.shape[1]} target column(s) per row, but the model "
-                            f"output {t.name!r} has {t.size}")
+            raise DataError(
+                f"data {path}: array {name!r} has {a.shape[1]} target column(s) per row, but the model "
+                f"output {t.name!r} has {t.size}"
+            )
         if name.startswith(TARGETS) and name == TARGETS + sfx:
             log.info("data %s: output %s is compared with the shared targets %r", path, t.name, name)
         columns.append(a.astype(np.float32))
@@ -270,12 +296,16 @@ def _targets(path: Path, arrays: dict, layout: Layout, part: str) -> np.ndarray:
 
 
 #: What an .npz for a model with several inputs or outputs holds (error messages, --help and the README say it).
-NPZ_RULE = ("For a model with several inputs or outputs, an .npz holds one array per model input, named after it "
-            "(or NAME_train / NAME_test [/ NAME_val]), and the targets: one array per output name, or one array "
-            "'y' (shared by every output)")
+NPZ_RULE = (
+    "For a model with several inputs or outputs, an .npz holds one array per model input, named after it "
+    "(or NAME_train / NAME_test [/ NAME_val]), and the targets: one array per output name, or one array "
+    "'y' (shared by every output)"
+)
 
 
-def per_output(predictions: np.ndarray, reference: np.ndarray, layout: Layout | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def per_output(
+    predictions: np.ndarray, reference: np.ndarray, layout: Layout | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{output name: (its predictions, its reference)}`` of packed arrays (one entry ``""`` without a layout)."""
     if layout is None or not layout.several_outputs:
         return {"": (predictions, reference)}

@@ -65,11 +65,16 @@ def pack_model(model):
     for name in graph.outputs if len(graph.outputs) > 1 else []:
         spec = graph.node(name).spec
         if is_softmax_spec(spec.class_name, spec.config):
-            raise UnsupportedLayerError(model.name, type(model).__name__,
-                                        f"has {len(graph.outputs)} outputs and {name!r} ends in a softmax; deploykit "
-                                        "ships several outputs as regression heads (one classifier head per model)")
+            raise UnsupportedLayerError(
+                model.name,
+                type(model).__name__,
+                f"has {len(graph.outputs)} outputs and {name!r} ends in a softmax; deploykit "
+                "ships several outputs as regression heads (one classifier head per model)",
+            )
     if len(set(graph.outputs)) != len(graph.outputs) or set(graph.outputs) & set(graph.inputs):
-        raise UnsupportedLayerError(model.name, type(model).__name__, "returns one tensor twice or an input as an output")
+        raise UnsupportedLayerError(
+            model.name, type(model).__name__, "returns one tensor twice or an input as an output"
+        )
     return to_keras(pack_graph(graph))
 
 
@@ -81,12 +86,19 @@ def pack_graph(graph: Graph) -> Graph:
     front: list[Node] = []
     if layout.several_inputs:
         size = layout.input_size
-        front.append(Node(LayerSpec("Reshape", {"name": _COLUMN, "target_shape": (size, 1)}), [PACKED_INPUT], (size, 1)))
+        front.append(
+            Node(LayerSpec("Reshape", {"name": _COLUMN, "target_shape": (size, 1)}), [PACKED_INPUT], (size, 1))
+        )
         start = 0
         for t in layout.inputs:
             crop = f"{SPLIT_PREFIX}{order_in.index(t.name)}"
-            front.append(Node(LayerSpec("Cropping1D", {"name": crop, "cropping": (start, size - start - t.size)}),
-                              [_COLUMN], (t.size, 1)))
+            front.append(
+                Node(
+                    LayerSpec("Cropping1D", {"name": crop, "cropping": (start, size - start - t.size)}),
+                    [_COLUMN],
+                    (t.size, 1),
+                )
+            )
             front.append(Node(LayerSpec("Reshape", {"name": t.name, "target_shape": t.shape}), [crop], t.shape))
             start += t.size
         packed.inputs = {PACKED_INPUT: (size,)}
@@ -95,8 +107,13 @@ def pack_graph(graph: Graph) -> Graph:
         for t in layout.outputs:
             flat = f"{FLAT_PREFIX}{order_out.index(t.name)}"
             back.append(Node(LayerSpec("Reshape", {"name": flat, "target_shape": (t.size,)}), [t.name], (t.size,)))
-        back.append(Node(LayerSpec("Concatenate", {"name": PACKED_OUTPUT, "axis": -1}), [n.name for n in back],
-                         (layout.output_size,)))
+        back.append(
+            Node(
+                LayerSpec("Concatenate", {"name": PACKED_OUTPUT, "axis": -1}),
+                [n.name for n in back],
+                (layout.output_size,),
+            )
+        )
         packed.outputs = [PACKED_OUTPUT]
     packed.nodes = front + packed.nodes + back
     return packed
@@ -123,12 +140,12 @@ def graph_packing(graph: Graph) -> Packing | None:
         crops = [n for n in graph.nodes if n.name.startswith(SPLIT_PREFIX) and n.spec.class_name == "Cropping1D"]
         shaped = {c.name: graph.consumers(c.name)[0] for c in crops}
         inputs = {shaped[c.name].name: shaped[c.name].shape for c in crops}
-        order_in = [shaped[c.name].name for c in sorted(crops, key=lambda c: int(c.name[len(SPLIT_PREFIX):]))]
+        order_in = [shaped[c.name].name for c in sorted(crops, key=lambda c: int(c.name[len(SPLIT_PREFIX) :]))]
     outputs, order_out = {o: graph.shape(o) for o in graph.outputs}, list(graph.outputs)
     if graph.outputs == [PACKED_OUTPUT]:
         flats = [graph.node(n) for n in graph.node(PACKED_OUTPUT).inputs]
         outputs = {f.inputs[0]: graph.shape(f.inputs[0]) for f in flats}
-        order_out = [f.inputs[0] for f in sorted(flats, key=lambda f: int(f.name[len(FLAT_PREFIX):]))]
+        order_out = [f.inputs[0] for f in sorted(flats, key=lambda f: int(f.name[len(FLAT_PREFIX) :]))]
     if len(inputs) == 1 and len(outputs) == 1:
         return None
     return Packing(Layout.of(inputs, outputs), tuple(order_in), tuple(order_out))
@@ -162,6 +179,7 @@ def unpack_graph(graph: Graph) -> Graph:
 
 # --- artifacts: named tensors ---------------------------------------------------------------------
 
+
 def name_onnx_tensors(proto, packing: Packing | None, packed_input: str, packed_output: str):
     """The converted packed graph with one input per model input and (several outputs) one output per model output.
 
@@ -178,8 +196,11 @@ def name_onnx_tensors(proto, packing: Packing | None, packed_input: str, packed_
     graph = proto.graph
     layout = packing.layout
     taken = {v for n in graph.node for v in [*n.input, *n.output]} | {t.name for t in graph.initializer}
-    clash = [t.name for t in [*layout.inputs, *(layout.outputs if packing.packs_outputs else ())]
-             if t.name in taken and t.name not in (packed_input, packed_output)]
+    clash = [
+        t.name
+        for t in [*layout.inputs, *(layout.outputs if packing.packs_outputs else ())]
+        if t.name in taken and t.name not in (packed_input, packed_output)
+    ]
     if clash:
         raise UnsupportedLayerError(clash[0], "tensor", "its name is taken by a value of the converted graph")
     inner = "deploykit_packed/" + packed_input
@@ -190,32 +211,46 @@ def name_onnx_tensors(proto, packing: Packing | None, packed_input: str, packed_
         for t in layout.inputs:
             shape = numpy_helper.from_array(np.array([-1, t.size], np.int64), f"deploykit_shape/{t.name}")
             graph.initializer.append(shape)
-            front.append(helper.make_node("Reshape", [t.name, shape.name], [f"deploykit_flat/{t.name}"],
-                                          name=f"deploykit_flat/{t.name}"))
+            front.append(
+                helper.make_node(
+                    "Reshape", [t.name, shape.name], [f"deploykit_flat/{t.name}"], name=f"deploykit_flat/{t.name}"
+                )
+            )
         front.append(helper.make_node("Concat", [n.output[0] for n in front], [inner], axis=1, name="deploykit_pack"))
         old = list(graph.node)
         del graph.node[:]
         graph.node.extend(front + old)
         kept = [v for v in graph.input if v.name != packed_input]
         del graph.input[:]
-        graph.input.extend([helper.make_tensor_value_info(t.name, TensorProto.FLOAT, ["N", *t.shape])
-                            for t in layout.inputs] + kept)
+        graph.input.extend(
+            [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, ["N", *t.shape]) for t in layout.inputs] + kept
+        )
     if packing.packs_outputs:
         kept = [v for v in graph.output if v.name != packed_output]
         elem = next(v for v in graph.output if v.name == packed_output).type.tensor_type.elem_type
         for t in layout.outputs:
             s = layout.columns(t.name)
-            consts = {k: numpy_helper.from_array(np.array(v, np.int64), f"deploykit_{k}/{t.name}")
-                      for k, v in (("starts", [s.start]), ("ends", [s.stop]), ("axes", [1]), ("shape", [-1, *t.shape]))}
+            consts = {
+                k: numpy_helper.from_array(np.array(v, np.int64), f"deploykit_{k}/{t.name}")
+                for k, v in (("starts", [s.start]), ("ends", [s.stop]), ("axes", [1]), ("shape", [-1, *t.shape]))
+            }
             graph.initializer.extend(consts.values())
             sliced = f"deploykit_slice/{t.name}"
-            graph.node.append(helper.make_node("Slice", [packed_output, consts["starts"].name, consts["ends"].name,
-                                                         consts["axes"].name], [sliced], name=sliced))
-            graph.node.append(helper.make_node("Reshape", [sliced, consts["shape"].name], [t.name],
-                                               name=f"deploykit_unflat/{t.name}"))
+            graph.node.append(
+                helper.make_node(
+                    "Slice",
+                    [packed_output, consts["starts"].name, consts["ends"].name, consts["axes"].name],
+                    [sliced],
+                    name=sliced,
+                )
+            )
+            graph.node.append(
+                helper.make_node("Reshape", [sliced, consts["shape"].name], [t.name], name=f"deploykit_unflat/{t.name}")
+            )
         del graph.output[:]
-        graph.output.extend([helper.make_tensor_value_info(t.name, elem, ["N", *t.shape]) for t in layout.outputs]
-                            + kept)
+        graph.output.extend(
+            [helper.make_tensor_value_info(t.name, elem, ["N", *t.shape]) for t in layout.outputs] + kept
+        )
     onnx.checker.check_model(proto)
     return proto
 

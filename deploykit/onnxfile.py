@@ -103,23 +103,28 @@ def _external_span(tensor, info: dict, path: Path) -> tuple[str, int, int]:
     where = f"model {path}: tensor {tensor.name!r}"
     location = info.get("location", "")
     if not location or os.path.isabs(location) or "\\" in location or "\0" in location:
-        raise ModelLoadError(f"{where}: external data location {location!r} must be a relative path "
-                             "inside the model's folder")
+        raise ModelLoadError(
+            f"{where}: external data location {location!r} must be a relative path inside the model's folder"
+        )
     folder = os.path.realpath(path.parent)
     file = os.path.realpath(os.path.join(folder, location))
     if os.path.commonpath([folder, file]) != folder or file == folder:
-        raise ModelLoadError(f"{where}: external data location {location!r} leads out of the model's folder "
-                             f"({path.parent}); refused")
+        raise ModelLoadError(
+            f"{where}: external data location {location!r} leads out of the model's folder ({path.parent}); refused"
+        )
     size = regular_file(file, f"{where}: external data", ModelLoadError)
     offset, length = _integer(info.get("offset", "0"), where, "offset"), info.get("length")
     length = size - offset if length is None else _integer(length, where, "length")
     if offset + length > size:
-        raise ModelLoadError(f"{where}: external data declares offset {offset} + length {length} bytes, but "
-                             f"{location!r} holds {size} bytes")
+        raise ModelLoadError(
+            f"{where}: external data declares offset {offset} + length {length} bytes, but "
+            f"{location!r} holds {size} bytes"
+        )
     expected = _tensor_bytes(tensor)
     if expected is not None and expected != length:
-        raise ModelLoadError(f"{where}: external data holds {length} bytes, its shape {list(tensor.dims)} needs "
-                             f"{expected}")
+        raise ModelLoadError(
+            f"{where}: external data holds {length} bytes, its shape {list(tensor.dims)} needs {expected}"
+        )
     return file, offset, length
 
 
@@ -177,8 +182,10 @@ def _check_graph(graph, path: Path, outer: dict) -> None:
 def _check_shaped(node, constants: dict, path: Path) -> None:
     shape_tensor = constants[node.input[_SHAPED[node.op_type]]]
     if math.prod(shape_tensor.dims) > _MAX_RANK:
-        raise ModelLoadError(f"model {path}: {node.op_type} node {node.name!r} has a shape of "
-                             f"{math.prod(shape_tensor.dims)} dimensions; refused")
+        raise ModelLoadError(
+            f"model {path}: {node.op_type} node {node.name!r} has a shape of "
+            f"{math.prod(shape_tensor.dims)} dimensions; refused"
+        )
     dims = _integers(shape_tensor)
     if dims is None:
         return

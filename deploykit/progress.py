@@ -5,8 +5,8 @@ A long step (fine-tuning epochs, the sensitivity scan, the int8 tries, the ensem
 is drawn and :func:`task` costs nothing. With the progress stream a terminal, a task is a ``tqdm`` bar (its
 estimate of the time left included); otherwise, and on a terminal during a step without a bar, a heartbeat
 thread writes one plain line whenever nothing was written for :data:`HEARTBEAT_SECONDS`: what runs, how far
-it is and, for a task, the time left. No TensorFlow import here (the server and ``--help`` stay light); a Keras callback drawing a task is
-:func:`deploykit.sparsity.tuning.fine_tune`'s.
+it is and, for a task, the time left. No TensorFlow import here (the server and ``--help`` stay light); a Keras
+callback drawing a task is :func:`deploykit.sparsity.tuning.fine_tune`'s.
 """
 
 from __future__ import annotations
@@ -87,8 +87,15 @@ class Task:
             if _state.bars:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=self.total, desc=desc, unit=f" {unit}" if unit else "it", file=_state.stream,
-                                leave=False, dynamic_ncols=True, mininterval=0.5)
+                self.bar = tqdm(
+                    total=self.total,
+                    desc=desc,
+                    unit=f" {unit}" if unit else "it",
+                    file=_state.stream,
+                    leave=False,
+                    dynamic_ncols=True,
+                    mininterval=0.5,
+                )
             _state.task = self
 
     def update(self, n: int = 1) -> None:

@@ -15,8 +15,15 @@ from pathlib import Path
 from deploykit.errors import ModelLoadError
 
 
-def onnx_session(path: str | os.PathLike, *, threads: int | None = None, what: str = "",
-                 allow_spinning: bool = True, providers: list[str] | None = None, options=None):
+def onnx_session(
+    path: str | os.PathLike,
+    *,
+    threads: int | None = None,
+    what: str = "",
+    allow_spinning: bool = True,
+    providers: list[str] | None = None,
+    options=None,
+):
     """An ``onnxruntime.InferenceSession`` of ``path``; ``what`` prefixes the error (``"MC model "``).
 
     Warnings are off unless ``options`` are given: a model whose input has an initializer-backed default

@@ -105,8 +105,14 @@ def accuracy_change_interval(reference_correct, new_correct, level: float = LEVE
     return Interval(estimate, m / n * (2 * p_low - 1), m / n * (2 * p_high - 1))
 
 
-def rmse_change_interval(reference_pred, new_pred, targets, level: float = LEVEL,
-                         samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> Interval:
+def rmse_change_interval(
+    reference_pred,
+    new_pred,
+    targets,
+    level: float = LEVEL,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Interval:
     """(RMSE_new - RMSE_ref) / RMSE_ref on the same rows, with a paired bootstrap percentile interval."""
     t = np.asarray(targets, np.float64).reshape(len(targets), -1)
     ref = ((np.asarray(reference_pred, np.float64).reshape(len(t), -1) - t) ** 2).mean(axis=1)
@@ -144,7 +150,7 @@ def resolution(rows: int, disagreement: float, level: float = LEVEL) -> float:
     correct_ref = np.zeros(rows, bool)
     correct_new = np.zeros(rows, bool)
     correct_ref[: m // 2] = True  # lost: the reference right, the new model wrong
-    correct_new[m // 2: m] = True  # gained
+    correct_new[m // 2 : m] = True  # gained
     ci = accuracy_change_interval(correct_ref, correct_new, level)
     return max(abs(ci.low), abs(ci.high))
 

@@ -51,9 +51,11 @@ class OutputKind(str, enum.Enum):
 _SOFTMAX = frozenset({"softmax"})
 #: Layer classes that are a softmax by themselves.
 _SOFTMAX_LAYERS = frozenset({"Softmax"})
-MULTI_LABEL = ("a multi-label sigmoid head ({units} independent sigmoid units): deploykit handles single-label "
-               "classifiers (a softmax, logits, or one sigmoid unit) and regressors; give --task regression if the "
-               "units are bounded regression targets")
+MULTI_LABEL = (
+    "a multi-label sigmoid head ({units} independent sigmoid units): deploykit handles single-label "
+    "classifiers (a softmax, logits, or one sigmoid unit) and regressors; give --task regression if the "
+    "units are bounded regression targets"
+)
 
 
 def _activation_name(config: dict) -> str:
@@ -97,8 +99,9 @@ def layer_kind(model) -> OutputKind:
     return kind_of_layer(type(last).__name__, last.get_config())
 
 
-def resolve_task(kind: OutputKind, outputs: int, *, task: Task | None = None,
-                 labels_are_classes: bool | None = None) -> tuple[Task, OutputKind]:
+def resolve_task(
+    kind: OutputKind, outputs: int, *, task: Task | None = None, labels_are_classes: bool | None = None
+) -> tuple[Task, OutputKind]:
     """The model's task and output kind, from what the user set, else the labels, else the output width.
 
     ``outputs`` is the output's last-axis width; ``labels_are_classes`` says whether the data's labels are
@@ -120,8 +123,12 @@ def resolve_task(kind: OutputKind, outputs: int, *, task: Task | None = None,
         task = Task.CLASSIFICATION if labels_are_classes else Task.REGRESSION
     if task is None:
         task = Task.CLASSIFICATION if outputs >= 2 else Task.REGRESSION
-        log.info("the model's output has no softmax; taken for %s (%d output%s): set --task to change it",
-                 "logits" if task is Task.CLASSIFICATION else "a regression", outputs, "s" * (outputs != 1))
+        log.info(
+            "the model's output has no softmax; taken for %s (%d output%s): set --task to change it",
+            "logits" if task is Task.CLASSIFICATION else "a regression",
+            outputs,
+            "s" * (outputs != 1),
+        )
     if task is Task.CLASSIFICATION and outputs < 2:
         return task, OutputKind.BINARY_LOGITS  # one linear unit with class labels: a binary classifier's logit
     return task, OutputKind.LOGITS if task is Task.CLASSIFICATION else OutputKind.VALUES
@@ -137,8 +144,10 @@ def _sigmoid_task(outputs: int, task: Task | None, labels_are_classes: bool | No
     if outputs != 1:
         raise UsageError(MULTI_LABEL.format(units=outputs))
     if task is None:
-        log.info("the model ends in one sigmoid unit: taken for a binary classifier (P(class 1)); "
-                 "set --task regression to change it")
+        log.info(
+            "the model ends in one sigmoid unit: taken for a binary classifier (P(class 1)); "
+            "set --task regression to change it"
+        )
     return Task.CLASSIFICATION, OutputKind.SIGMOID
 
 
@@ -154,13 +163,16 @@ def model_task(model, task: Task | None = None, labels_are_classes: bool | None 
     graph = graph_from_model(model, unsafe=True)
     if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.multi_io)
         if task is Task.CLASSIFICATION:
-            raise UsageError("the model has several outputs, shipped as regression heads: --task classification does not apply")
+            raise UsageError(
+                "the model has several outputs, shipped as regression heads: --task classification does not apply"
+            )
         task = Task.REGRESSION
     return resolve_task(output_kind(graph), int(width or 0), task=task, labels_are_classes=labels_are_classes)
 
 
 def main_output(names) -> str:
-    """The output validation and serving read from a deterministic model: probabilities, else the prediction, else the first."""
+    """The output validation and serving read from a deterministic model: probabilities, else the prediction, else
+    the first."""
     from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
 
     names = list(names)

@@ -117,18 +117,30 @@ def _tf_binary_logits(z):
     return tf.concat([tf.zeros_like(z), z], axis=-1)
 
 
-SPECS = {spec.kind: spec for spec in (
-    TaskSpec(OutputKind.PROBABILITIES, Task.CLASSIFICATION, False, False, "class probabilities (softmax)"),
-    TaskSpec(OutputKind.LOGITS, Task.CLASSIFICATION, True, False, "class logits (probabilities = softmax)"),
-    TaskSpec(OutputKind.SIGMOID, Task.CLASSIFICATION, False, True,
-             "one sigmoid unit: P(class 1) of a binary classifier (probabilities = [1 - p, p])"),
-    TaskSpec(OutputKind.BINARY_LOGITS, Task.CLASSIFICATION, True, True,
-             "one linear unit: the logit of a binary classifier (P(class 1) = sigmoid)"),
-    TaskSpec(OutputKind.VALUES, Task.REGRESSION, False, False, "regression predictions, one column per target"),
-)}
+SPECS = {
+    spec.kind: spec
+    for spec in (
+        TaskSpec(OutputKind.PROBABILITIES, Task.CLASSIFICATION, False, False, "class probabilities (softmax)"),
+        TaskSpec(OutputKind.LOGITS, Task.CLASSIFICATION, True, False, "class logits (probabilities = softmax)"),
+        TaskSpec(
+            OutputKind.SIGMOID,
+            Task.CLASSIFICATION,
+            False,
+            True,
+            "one sigmoid unit: P(class 1) of a binary classifier (probabilities = [1 - p, p])",
+        ),
+        TaskSpec(
+            OutputKind.BINARY_LOGITS,
+            Task.CLASSIFICATION,
+            True,
+            True,
+            "one linear unit: the logit of a binary classifier (P(class 1) = sigmoid)",
+        ),
+        TaskSpec(OutputKind.VALUES, Task.REGRESSION, False, False, "regression predictions, one column per target"),
+    )
+}
 
 
 def spec_of(kind: OutputKind | str) -> TaskSpec:
     """The :class:`TaskSpec` of an output kind (or its value)."""
     return SPECS[OutputKind(kind)]
-

@@ -31,7 +31,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 T0 = time.monotonic()
 
 
@@ -41,7 +52,11 @@ def say(message: str) -> None:
 
 def class_names(data) -> tuple[str, ...]:
     """Fashion-MNIST's names for 28x28 data with ten classes 0-9, else the dataset's own."""
-    if data.input_shape == (28, 28) and data.class_names == tuple(str(i) for i in range(10)) and "digit" not in data.name:
+    if (
+        data.input_shape == (28, 28)
+        and data.class_names == tuple(str(i) for i in range(10))
+        and "digit" not in data.name
+    ):
         return FASHION_NAMES
     return data.class_names
 
@@ -59,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     p.add_argument("--out", default="chapter11-out", help="output folder (default: ./chapter11-out)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--samples", type=int, default=100, help="MC Dropout samples for the final comparison (default: 100)")
+    p.add_argument(
+        "--samples", type=int, default=100, help="MC Dropout samples for the final comparison (default: 100)"
+    )
     args = p.parse_args(argv)
 
     import deploykit
@@ -71,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(**{k: v for k, v in options.items() if v is not None})  # the default preset (Table 11-3)
 
     # 1. Train with the chapter's recommended configuration.
-    say(f"training: preset {config.preset.value}, hidden {config.hidden}, batchnorm {config.use_batchnorm}, "
-        f"dropout {config.dropout} on the top {config.dropout_layers} layers, learning rate {config.learning_rate}")
+    say(
+        f"training: preset {config.preset.value}, hidden {config.hidden}, batchnorm {config.use_batchnorm}, "
+        f"dropout {config.dropout} on the top {config.dropout_layers} layers, learning rate {config.learning_rate}"
+    )
     trained = deploykit.train(config, data, progress=say)
     say(f"trained: test accuracy {trained.test_accuracy:.4f}")
 
@@ -95,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test item #{item} (true class: {names[data.y_test[item]]}), the one MC Dropout is least sure of:")
     print(f"  deterministic (dropout off):      {top(deterministic[item], names)}")
     print(f"  MC Dropout (T = {mc.samples}, dropout on): {top(mc.mean[item], names, mc.std[item])}")
-    print(f"  predictive entropy {mc.predictive_entropy[item]:.2f} nats, mutual information "
-          f"{mc.mutual_information[item]:.2f} nats (the part of the uncertainty that is the model's own)")
+    print(
+        f"  predictive entropy {mc.predictive_entropy[item]:.2f} nats, mutual information "
+        f"{mc.mutual_information[item]:.2f} nats (the part of the uncertainty that is the model's own)"
+    )
     gap = deterministic.max(axis=1) - mc.mean[np.arange(len(mc.mean)), deterministic.argmax(axis=1)]
     worst = int(np.argmax(gap))
     print(f"largest drop in confidence, test item #{worst} (true class: {names[data.y_test[worst]]}):")

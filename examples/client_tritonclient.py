@@ -74,8 +74,11 @@ def main() -> None:
     else:  # a deterministic classifier: its probabilities (a logits or binary model's computed in the graph)
         print_class(result, parameters.get("output"), name)
     if "abstain" in outputs:
-        print("the model abstains: its uncertainty is above the threshold" if bool(result.as_numpy("abstain")[0])
-              else "the model decides (uncertainty within the threshold)")
+        print(
+            "the model abstains: its uncertainty is above the threshold"
+            if bool(result.as_numpy("abstain")[0])
+            else "the model decides (uncertainty within the threshold)"
+        )
 
 
 def print_class(result, output: str | None, name) -> None:
@@ -97,10 +100,14 @@ def print_uncertain_class(result, kind: str, name) -> None:
     predicted = int(result.as_numpy("predicted_class")[0])
     samples = result.get_response().get("parameters", {}).get("samples")
     over = f"{samples} samples" if kind == "mc_dropout" else "the ensemble's members"
-    print(f"predicted class {name(predicted)}, mean probability {mean[predicted]:.3f} "
-          f"(std {result.as_numpy('std')[0][predicted]:.3f}, {over})")
-    print(f"predictive entropy {result.as_numpy('predictive_entropy')[0]:.3f} nats, "
-          f"mutual information {result.as_numpy('mutual_information')[0]:.3f} nats")
+    print(
+        f"predicted class {name(predicted)}, mean probability {mean[predicted]:.3f} "
+        f"(std {result.as_numpy('std')[0][predicted]:.3f}, {over})"
+    )
+    print(
+        f"predictive entropy {result.as_numpy('predictive_entropy')[0]:.3f} nats, "
+        f"mutual information {result.as_numpy('mutual_information')[0]:.3f} nats"
+    )
 
 
 def print_regression(result, outputs: list[str], kind: str) -> None:
@@ -109,8 +116,10 @@ def print_regression(result, outputs: list[str], kind: str) -> None:
         print("predicted " + ", ".join(f"{v:.4g}" for v in result.as_numpy("prediction")[0]) + " (the targets' units)")
         return
     mean, std = result.as_numpy("mean")[0], result.as_numpy("std")[0]
-    parts = [f"target {k}: {m:.4g} +- {s:.3g} (95% interval {m - 1.96 * s:.4g} .. {m + 1.96 * s:.4g})"
-             for k, (m, s) in enumerate(zip(mean, std))]
+    parts = [
+        f"target {k}: {m:.4g} +- {s:.3g} (95% interval {m - 1.96 * s:.4g} .. {m + 1.96 * s:.4g})"
+        for k, (m, s) in enumerate(zip(mean, std))
+    ]
     print(f"{kind}: " + "; ".join(parts))
 
 

@@ -51,8 +51,14 @@ def trained_model(digits):
     set_seed(0)
     model = build_dense(data=digits)
     model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits.x_train, digits.y_train, epochs=30, batch_size=32, verbose=0,
-              validation_data=(digits.x_val, digits.y_val))
+    model.fit(
+        digits.x_train,
+        digits.y_train,
+        epochs=30,
+        batch_size=32,
+        verbose=0,
+        validation_data=(digits.x_val, digits.y_val),
+    )
     return model
 
 

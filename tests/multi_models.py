@@ -78,8 +78,11 @@ def three_heads_arrays(n: int = 300, seed: int = 0):
     x = rng.normal(size=(n, 8)).astype(np.float32)
     w = rng.normal(size=(8, 4))
     base = x @ w
-    heads = {"price": 3.0 + base[:, :1], "rooms": 5.0 + 0.5 * base[:, 1:3] + 0.3 * x[:, :1] ** 2,
-             "age": 30.0 + 10.0 * np.tanh(base[:, 3:4])}
+    heads = {
+        "price": 3.0 + base[:, :1],
+        "rooms": 5.0 + 0.5 * base[:, 1:3] + 0.3 * x[:, :1] ** 2,
+        "age": 30.0 + 10.0 * np.tanh(base[:, 3:4]),
+    }
     noise = {k: rng.normal(scale=0.05 * np.std(v), size=v.shape) for k, v in heads.items()}
     return x, {k: (v + noise[k]).astype(np.float32) for k, v in heads.items()}
 

@@ -243,9 +243,11 @@ def test_leftovers_of_killed_runs_are_cleaned_and_reported(tmp_path, caplog):
     from pathlib import Path
 
     out = tmp_path / "artifacts"
-    script = ("import sys, time\nfrom deploykit.atomic import atomic_dir\n"
-              "with atomic_dir(sys.argv[1]) as s:\n    (s / 'half.onnx').write_text('x')\n"
-              "    print(s, flush=True)\n    time.sleep(60)\n")
+    script = (
+        "import sys, time\nfrom deploykit.atomic import atomic_dir\n"
+        "with atomic_dir(sys.argv[1]) as s:\n    (s / 'half.onnx').write_text('x')\n"
+        "    print(s, flush=True)\n    time.sleep(60)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True, env=env)
     leftover = Path(proc.stdout.readline().strip())

@@ -148,7 +148,9 @@ def test_idx_images_file(tmp_path, gz):
     d = load_dataset(tmp_path / f"train-images-idx3-ubyte{sfx}")
     assert d.input_shape == (4, 4) and d.num_classes == 3 and _all_rows(d) == 60
     got = np.concatenate([d.x_train, d.x_val, d.x_test])
-    assert sorted(got.reshape(60, -1).sum(axis=1).tolist()) == sorted(images.reshape(60, -1).sum(axis=1).astype(float).tolist())
+    assert sorted(got.reshape(60, -1).sum(axis=1).tolist()) == sorted(
+        images.reshape(60, -1).sum(axis=1).astype(float).tolist()
+    )
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -173,7 +175,11 @@ def test_idx_folder_with_train_files_only(tmp_path):
 
 
 @settings(max_examples=15, deadline=None)
-@given(hnp.arrays(np.dtype(">f4"), hnp.array_shapes(min_dims=1, max_dims=3, max_side=5), elements=st.floats(-1e3, 1e3, width=32)))
+@given(
+    hnp.arrays(
+        np.dtype(">f4"), hnp.array_shapes(min_dims=1, max_dims=3, max_side=5), elements=st.floats(-1e3, 1e3, width=32)
+    )
+)
 def test_read_idx_round_trips(tmp_path_factory, array):
     path = tmp_path_factory.mktemp("idx") / "a-idx"
     _write_idx(path, array)
@@ -192,7 +198,13 @@ def test_sample_train_and_input_shape_check():
 def test_split_config_validates_and_round_trips():
     cfg = SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=3)
     assert SplitConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in ({"val_fraction": 0}, {"test_fraction": 1.5}, {"val_fraction": 0.5, "test_fraction": 0.45}, {"seed": "x"}, {"sed": 1}):
+    for bad in (
+        {"val_fraction": 0},
+        {"test_fraction": 1.5},
+        {"val_fraction": 0.5, "test_fraction": 0.45},
+        {"seed": "x"},
+        {"sed": 1},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))[:3]):
             SplitConfig.from_dict(bad)
 
@@ -311,7 +323,9 @@ def test_class_names_given_to_load_dataset_fix_the_order_of_a_csv(tmp_path):
 
 def test_a_label_missing_from_class_names_is_named(tmp_path):
     x, y = _xy(classes=3)
-    np.savez(tmp_path / "s.npz", x=x, y=np.array(["zebra", "ant", "moth"])[y], class_names=np.array(["zebra", "ant", "bee"]))
+    np.savez(
+        tmp_path / "s.npz", x=x, y=np.array(["zebra", "ant", "moth"])[y], class_names=np.array(["zebra", "ant", "bee"])
+    )
     with pytest.raises(DataError, match=r"label 'moth' is not in class_names \(zebra, ant, bee\)") as info:
         load_dataset(tmp_path / "s.npz")
     assert str(tmp_path / "s.npz") in str(info.value)
@@ -359,7 +373,9 @@ def test_a_regression_target_loads_as_float_targets(tmp_path):
     assert sorted(np.concatenate([d.y_train, d.y_val, d.y_test])) == sorted(prices.astype(np.float32))
     np.savez(tmp_path / "f.npz", x=digits.data, y=prices / 7.3)
     assert load_dataset(tmp_path / "f.npz").task is Task.REGRESSION
-    with pytest.raises(DataError, match="labels must be class ids or names, got non-integer numbers .*--task regression"):
+    with pytest.raises(
+        DataError, match="labels must be class ids or names, got non-integer numbers .*--task regression"
+    ):
         load_dataset(tmp_path / "f.npz", task="classification")
 
 
@@ -381,8 +397,26 @@ def test_class_names_flow_from_the_cli_into_the_onnx_metadata(tmp_path, capsys):
     x, y = _xy(classes=3)
     path = _csv(tmp_path / "d.csv", x, np.array(["zebra", "ant", "moth"])[y], column="species")
     model = save_model(build_dense(input_dim=5, hidden=(8,), classes=3, bn=False, dropout=0), tmp_path / "m.keras")
-    code = main(["export", str(model), "--data", str(path), "--label-column", "species", "--class-names", "moth,zebra,ant",
-                 "--formats", "onnx", "--quantize", "float32", "--repeats", "2", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "export",
+            str(model),
+            "--data",
+            str(path),
+            "--label-column",
+            "species",
+            "--class-names",
+            "moth,zebra,ant",
+            "--formats",
+            "onnx",
+            "--quantize",
+            "float32",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert read_metadata(tmp_path / "out" / "model.onnx").class_names == ["moth", "zebra", "ant"]
 
@@ -417,5 +451,7 @@ def test_as_dataset_takes_class_names_for_arrays_and_refuses_renaming_a_dataset(
     d = as_dataset((x, y), class_names="c,a,b")
     assert d.class_names == ("c", "a", "b")
     assert as_dataset(d, class_names=["c", "a", "b"]) is d
-    with pytest.raises(DataError, match=r"names its classes \['c', 'a', 'b'\], but class_names \['a', 'b', 'c'\] were given"):
+    with pytest.raises(
+        DataError, match=r"names its classes \['c', 'a', 'b'\], but class_names \['a', 'b', 'c'\] were given"
+    ):
         as_dataset(d, class_names="a,b,c")

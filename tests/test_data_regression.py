@@ -1,4 +1,5 @@
-"""Regression data: float targets load as a Dataset(task=REGRESSION), split at random with a seed; diabetes is embedded."""
+"""Regression data: float targets load as a Dataset(task=REGRESSION), split at random with a seed; diabetes is
+embedded."""
 
 import numpy as np
 import pytest
@@ -58,8 +59,13 @@ def test_regression_targets_are_checked(tmp_path):
 def _dense(outputs: int, activation=None):
     from deploykit.backend import keras
 
-    return keras.Sequential([keras.Input((10,)), keras.layers.Dense(4, activation="relu"),
-                             keras.layers.Dense(outputs, activation=activation)])
+    return keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(4, activation="relu"),
+            keras.layers.Dense(outputs, activation=activation),
+        ]
+    )
 
 
 def test_check_model_resolves_the_task_once_and_names_a_mismatch():
@@ -82,8 +88,12 @@ def test_task_is_parsed_at_the_cli_edge_and_round_trips_in_the_config():
     from deploykit.pipeline.config import OptimizeConfig
 
     parser = build_parser()
-    for argv in (["optimize", "--task", "regression"], ["export", "m.keras", "--out", "o", "--task", "regression"],
-                 ["validate", "m.onnx", "--data", "diabetes", "--task", "regression"], ["train", "--out", "o", "--task", "regression"]):
+    for argv in (
+        ["optimize", "--task", "regression"],
+        ["export", "m.keras", "--out", "o", "--task", "regression"],
+        ["validate", "m.onnx", "--data", "diabetes", "--task", "regression"],
+        ["train", "--out", "o", "--task", "regression"],
+    ):
         assert parser.parse_args(argv).task is Task.REGRESSION
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--task", "ranking"])

@@ -45,7 +45,11 @@ def _imported(module: str, source: str, is_package: bool, modules) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {deepest(alias.name) for alias in node.names if alias.name.startswith("deploykit")}
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") if node.level else node.module
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+                if node.level
+                else node.module
+            )
             if base and base.startswith("deploykit"):
                 found |= {deepest(f"{base}.{alias.name}") for alias in node.names}
     return found - {module, ""}
@@ -53,8 +57,10 @@ def _imported(module: str, source: str, is_package: bool, modules) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: _imported(name, path.read_text(encoding="utf-8"), path.name == "__init__.py", modules)
-            for name, path in modules.items()}
+    return {
+        name: _imported(name, path.read_text(encoding="utf-8"), path.name == "__init__.py", modules)
+        for name, path in modules.items()
+    }
 
 
 def cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:

@@ -98,8 +98,14 @@ def test_a_keras_layer_outside_the_table_loads_and_computes_the_same(tmp_path, s
     from deploykit.backend import keras
     from deploykit.layers import Role, support_for
 
-    m = keras.Sequential([keras.Input((5, 4, 3)), keras.layers.ConvLSTM1D(2, 3, name="memory"), keras.layers.Flatten(),
-                          keras.layers.Dense(2)])
+    m = keras.Sequential(
+        [
+            keras.Input((5, 4, 3)),
+            keras.layers.ConvLSTM1D(2, 3, name="memory"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
     save_model(m, tmp_path / f"convlstm{suffix}")
     loaded = load_model(tmp_path / f"convlstm{suffix}")
     assert support_for(loaded.get_layer("memory")).role is Role.OTHER
@@ -120,7 +126,9 @@ def test_nested_model_is_refused_clearly(tmp_path):
 def lambda_files(folder):
     from deploykit.backend import keras
 
-    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Lambda(lambda t: t * 3.0, name="triple")])
+    m = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(4), keras.layers.Lambda(lambda t: t * 3.0, name="triple")]
+    )
     paths = {"keras": folder / "lambda.keras", "h5": folder / "lambda.h5", "saved_model": folder / "lambda_sm"}
     save_model(m, paths["keras"])
     save_model(m, paths["h5"])

@@ -40,8 +40,14 @@ def test_one_hot_arrays_given_to_the_api_are_class_ids(dtype, caplog):
 
 def test_one_hot_in_an_npz_with_a_given_test_split_and_in_a_csv(tmp_path):
     x, onehot, ids = _one_hot()
-    np.savez(tmp_path / "split.npz", x_train=x[::2], y_train=onehot[::2], x_test=x[1::2], y_test=onehot[1::2],
-             class_names=np.array(["a", "b", "c"]))
+    np.savez(
+        tmp_path / "split.npz",
+        x_train=x[::2],
+        y_train=onehot[::2],
+        x_test=x[1::2],
+        y_test=onehot[1::2],
+        class_names=np.array(["a", "b", "c"]),
+    )
     d = load_dataset(tmp_path / "split.npz")
     assert d.class_names == ("a", "b", "c")
     np.testing.assert_array_equal(d.y_test, ids[1::2])

@@ -41,8 +41,9 @@ def test_nested_blocks_are_one_block(caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "deploykit.native"] == ["inner", "outer"]
 
 
-@pytest.mark.parametrize("verbose, quiet, shown", [(False, True, set()), (False, False, {"progress"}),
-                                                   (True, False, {"progress", "native"})])
+@pytest.mark.parametrize(
+    "verbose, quiet, shown", [(False, True, set()), (False, False, {"progress"}), (True, False, {"progress", "native"})]
+)
 def test_cli_levels(verbose, quiet, shown, capsys):
     logger = logging.getLogger("deploykit")
     before = (logger.level, logger.propagate, list(logger.handlers))

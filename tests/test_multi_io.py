@@ -46,8 +46,12 @@ def _npz(tmp_path, **arrays):
 
 def test_an_npz_named_after_the_inputs_and_outputs_is_packed_in_name_order(tmp_path):
     n = 120
-    arrays = {"wide": RNG.normal(size=(n, 5)), "deep": RNG.normal(size=(n, 2, 3)), "main": RNG.normal(size=(n, 1)),
-              "aux": RNG.normal(size=(n, 2))}
+    arrays = {
+        "wide": RNG.normal(size=(n, 5)),
+        "deep": RNG.normal(size=(n, 2, 3)),
+        "main": RNG.normal(size=(n, 1)),
+        "aux": RNG.normal(size=(n, 2)),
+    }
     data = load_dataset(_npz(tmp_path, **arrays), layout=LAYOUT)
     assert data.task is Task.REGRESSION and data.layout == LAYOUT
     assert data.input_shape == (11,) and data.num_outputs == 3
@@ -62,8 +66,11 @@ def test_an_npz_named_after_the_inputs_and_outputs_is_packed_in_name_order(tmp_p
 
 def test_one_shared_y_serves_every_output_and_splits_may_be_given(tmp_path):
     layout = Layout.of({"a": (2,), "b": (3,)}, {"main": (1,), "aux": (1,)})
-    arrays = {f"{name}_{part}": RNG.normal(size=(rows, size)) for name, size in (("a", 2), ("b", 3))
-              for part, rows in (("train", 50), ("test", 20))}
+    arrays = {
+        f"{name}_{part}": RNG.normal(size=(rows, size))
+        for name, size in (("a", 2), ("b", 3))
+        for part, rows in (("train", 50), ("test", 20))
+    }
     arrays |= {"y_train": RNG.normal(size=50), "y_test": RNG.normal(size=20)}
     data = load_dataset(_npz(tmp_path, **arrays), layout=layout)
     assert len(data.x_test) == 20 and data.y_test.shape == (20, 2)
@@ -89,10 +96,13 @@ def test_a_missing_target_and_a_misshapen_input_are_named(tmp_path):
     with pytest.raises(DataError, match=r"no targets array 'aux' for the model output 'aux', nor a shared 'y'"):
         load_dataset(path, layout=LAYOUT)
     path = _npz(tmp_path, wide=np.zeros((10, 4)), deep=np.zeros((10, 2, 3)), y=np.zeros(10))
-    with pytest.raises(DataError, match=r"array 'wide' has rows of shape \[4\], but the model input 'wide' takes \[5\]"):
+    with pytest.raises(
+        DataError, match=r"array 'wide' has rows of shape \[4\], but the model input 'wide' takes \[5\]"
+    ):
         load_dataset(path, layout=LAYOUT)
-    path = _npz(tmp_path, wide=np.zeros((10, 5)), deep=np.zeros((9, 2, 3)), main=np.zeros((10, 1)),
-                aux=np.zeros((10, 2)))
+    path = _npz(
+        tmp_path, wide=np.zeros((10, 5)), deep=np.zeros((9, 2, 3)), main=np.zeros((10, 1)), aux=np.zeros((10, 2))
+    )
     with pytest.raises(DataError, match="as many rows"):
         load_dataset(path, layout=LAYOUT)
 
@@ -144,8 +154,9 @@ def test_several_outputs_with_a_softmax_head_are_refused_by_name():
     from deploykit.io import check_single_io
 
     x = keras.Input((4,), name="x")
-    model = keras.Model(x, [keras.layers.Dense(1, name="value")(x), keras.layers.Dense(3, activation="softmax",
-                                                                                      name="kind")(x)])
+    model = keras.Model(
+        x, [keras.layers.Dense(1, name="value")(x), keras.layers.Dense(3, activation="softmax", name="kind")(x)]
+    )
     with pytest.raises(UnsupportedLayerError, match="'kind' ends in a softmax"):
         check_single_io(model)
 
@@ -154,7 +165,8 @@ def test_one_input_may_keep_its_own_name_or_x_beside_named_outputs(tmp_path):
     """An artifact calls its one input ``input``; the user's .npz names it after the model (or ``x``)."""
     layout = Layout.of({"input": (4,)}, {"price": (1,), "rooms": (2,)})
     for key in ("features", "x"):
-        path = _npz(tmp_path, **{key: RNG.normal(size=(40, 4))}, price=RNG.normal(size=(40, 1)),
-                    rooms=RNG.normal(size=(40, 2)))
+        path = _npz(
+            tmp_path, **{key: RNG.normal(size=(40, 4))}, price=RNG.normal(size=(40, 1)), rooms=RNG.normal(size=(40, 2))
+        )
         data = load_dataset(path, layout=layout)
         assert data.input_shape == (4,) and data.y_train.shape[1] == 3

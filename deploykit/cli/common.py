@@ -9,7 +9,6 @@ from pathlib import Path
 
 from deploykit.errors import DeployKitError
 from deploykit.log import progress  # noqa: F401  (the commands' progress callback, imported from here)
-
 from deploykit.shipped import SHIPPED_MODEL as DEFAULT_MODEL
 from deploykit.task import Task
 
@@ -25,18 +24,29 @@ def add_command(sub, name: str, handler, help: str, description: str | None = No
 
 def add_model_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
     if optional:
-        p.add_argument("model", nargs="?", default=None, help=f"model file or SavedModel folder (default: the shipped {DEFAULT_MODEL.name})")
+        p.add_argument(
+            "model",
+            nargs="?",
+            default=None,
+            help=f"model file or SavedModel folder (default: the shipped {DEFAULT_MODEL.name})",
+        )
     else:
         p.add_argument("model", help="model file (.keras, .h5) or SavedModel folder; Keras 3 .keras files are imported")
-    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers, custom code and SavedModel folders (loading them can run arbitrary code)")
+    p.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow Lambda layers, custom code and SavedModel folders (loading them can run arbitrary code)",
+    )
 
 
 #: What ``--data`` takes, said once for every command's ``--help``.
-DATA_HELP = ("'digits' or 'diabetes' (embedded), or a data file: an .npz holding arrays x (inputs, [N, ...] as the "
-             "model takes them) and y (labels: class ids [N], one-hot rows [N, C], or regression targets [N] / "
-             "[N, K]), "
-             "or x_train, y_train, x_test, y_test (optionally x_val, y_val) and an optional class_names array; "
-             "a .csv with a header (--label-column); or IDX files / a folder of them")
+DATA_HELP = (
+    "'digits' or 'diabetes' (embedded), or a data file: an .npz holding arrays x (inputs, [N, ...] as the "
+    "model takes them) and y (labels: class ids [N], one-hot rows [N, C], or regression targets [N] / "
+    "[N, K]), "
+    "or x_train, y_train, x_test, y_test (optionally x_val, y_val) and an optional class_names array; "
+    "a .csv with a header (--label-column); or IDX files / a folder of them"
+)
 
 
 def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -46,8 +56,11 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
         required=required,
         help=DATA_HELP + ("" if required else "; default: digits for the shipped model, required for your own model"),
     )
-    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label; "
-                   "several comma-separated columns are regression targets)")
+    p.add_argument(
+        "--label-column",
+        default="label",
+        help="label column of a CSV file (default: label; several comma-separated columns are regression targets)",
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of the data split and of training (default: 42)")
     add_class_names_arg(p)
     add_task_arg(p)
@@ -55,35 +68,60 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 def add_task_arg(p: argparse.ArgumentParser) -> None:
     """``--task``: what the labels are, parsed into :class:`~deploykit.task.Task` here, at the CLI's edge."""
-    p.add_argument("--task", type=Task, choices=list(Task), default=None,
-                   help="what the labels are: class ids or names (classification) or numbers to predict (regression); "
-                        "default: read off the labels and the model's last layer")
+    p.add_argument(
+        "--task",
+        type=Task,
+        choices=list(Task),
+        default=None,
+        help="what the labels are: class ids or names (classification) or numbers to predict (regression); "
+        "default: read off the labels and the model's last layer",
+    )
 
 
 def add_tolerance_options(p: argparse.ArgumentParser) -> None:
-    """The per-artifact tolerance overrides of ``export`` and ``validate`` (read back by :func:`tolerance_overrides`)."""
+    """The per-artifact tolerance overrides of ``export`` and ``validate`` (read back by
+    :func:`tolerance_overrides`)."""
     p.add_argument("--max-diff", type=float, default=None, help="override: largest allowed probability difference")
     p.add_argument("--min-agreement", type=float, default=None, help="override: smallest allowed class agreement (0-1)")
-    p.add_argument("--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)")
-    p.add_argument("--max-rel-diff", type=float, default=None,
-                   help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)")
-    p.add_argument("--max-rmse-increase", type=float, default=None,
-                   help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)")
+    p.add_argument(
+        "--max-accuracy-drop", type=float, default=None, help="override: largest allowed accuracy drop (0.01 = 1 point)"
+    )
+    p.add_argument(
+        "--max-rel-diff",
+        type=float,
+        default=None,
+        help="override, regressors: largest allowed |prediction - reference| / max(|reference|, its RMS)",
+    )
+    p.add_argument(
+        "--max-rmse-increase",
+        type=float,
+        default=None,
+        help="override, regressors: test RMSE at most this fraction above the reference's (0.05 = 5%%)",
+    )
 
 
 def tolerance_overrides(args):
     """The :class:`~deploykit.export.config.Tolerance` the override flags give (None fields: the defaults)."""
     from deploykit.export.config import Tolerance
 
-    return Tolerance(max_abs_diff=args.max_diff, min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
-                     max_rel_diff=args.max_rel_diff, max_rmse_increase=args.max_rmse_increase)
+    return Tolerance(
+        max_abs_diff=args.max_diff,
+        min_agreement=args.min_agreement,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_rel_diff=args.max_rel_diff,
+        max_rmse_increase=args.max_rmse_increase,
+    )
 
 
 def add_class_names_arg(p: argparse.ArgumentParser) -> None:
     """``--class-names``: the classes in the order of the model's outputs, so none is renamed by a sorted guess."""
-    p.add_argument("--class-names", default=None, metavar="A,B,C",
-                   help="class names in the order of the model's outputs: integer labels are ids into them, string "
-                        "labels are mapped by them (default: an .npz's class_names array, else ids or sorted labels)")
+    p.add_argument(
+        "--class-names",
+        default=None,
+        metavar="A,B,C",
+        help="class names in the order of the model's outputs: integer labels are ids into them, string "
+        "labels are mapped by them (default: an .npz's class_names array, else ids or sorted labels)",
+    )
 
 
 def load_model_arg(args):
@@ -95,7 +133,8 @@ def load_model_arg(args):
 
 
 def writes_keras3(args, out) -> bool:
-    """True when the model argument (already loaded) is a Keras 3 file, so ``out`` is written as one; check before the work.
+    """True when the model argument (already loaded) is a Keras 3 file, so ``out`` is written as one;
+    check before the work.
 
     A Keras 3 user gets back a file Keras 3 opens, as ``optimize`` does; tf_keras in gives tf_keras out.
     """
@@ -119,13 +158,16 @@ def data_source(args) -> str:
     models = [m for m in (getattr(args, "model", None), *(getattr(args, "models", None) or ())) if m]
     own = [m for m in models if Path(m).resolve() != Path(DEFAULT_MODEL).resolve()]
     if own:
-        raise UsageError(f"--data is needed: {own[0]} is not the shipped digits model, and deploykit has no data "
-                         "of its own for it (give an .npz with arrays x and y, a .csv, or IDX files; see --help)")
+        raise UsageError(
+            f"--data is needed: {own[0]} is not the shipped digits model, and deploykit has no data "
+            "of its own for it (give an .npz with arrays x and y, a .csv, or IDX files; see --help)"
+        )
     return DEFAULT_DATASET
 
 
 def load_data_arg(args, model=None):
-    """``--data`` as a Dataset; ``model`` (loaded) lets an .npz name its arrays after the model's several inputs / outputs."""
+    """``--data`` as a Dataset; ``model`` (loaded) lets an .npz name its arrays after the model's several inputs /
+    outputs."""
     from deploykit.data import SplitConfig, load_dataset
 
     layout = None
@@ -133,8 +175,14 @@ def load_data_arg(args, model=None):
         from deploykit.multi_io_model import layout_of
 
         layout = layout_of(model)
-    data = load_dataset(data_source(args), label_column=args.label_column, split=SplitConfig(seed=args.seed),
-                        class_names=getattr(args, "class_names", None), task=getattr(args, "task", None), layout=layout)
+    data = load_dataset(
+        data_source(args),
+        label_column=args.label_column,
+        split=SplitConfig(seed=args.seed),
+        class_names=getattr(args, "class_names", None),
+        task=getattr(args, "task", None),
+        layout=layout,
+    )
     progress(f"data {data.summary()}")
     return data
 
@@ -179,6 +227,8 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, DeployKitError):
         return text or type(exc).__name__
     if isinstance(exc, MemoryError):
-        return (f"out of memory (MemoryError{': ' + text if text else ''}); the model or data is too large for this "
-                "machine (run with --verbose for the traceback)")
+        return (
+            f"out of memory (MemoryError{': ' + text if text else ''}); the model or data is too large for this "
+            "machine (run with --verbose for the traceback)"
+        )
     return f"{type(exc).__name__}{': ' + text if text else ''} (run with --verbose for the traceback)"

@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 
 from deploykit.cli.common import (
-    add_class_names_arg, add_command, add_model_arg, add_task_arg, add_tolerance_options, progress, tolerance_overrides,
+    add_class_names_arg,
+    add_command,
+    add_model_arg,
+    add_task_arg,
+    add_tolerance_options,
+    progress,
+    tolerance_overrides,
 )
+
 
 def _variants_help() -> str:
     """The variants and the formats each exists in, from the exporter's table (no list to keep in step here)."""
@@ -20,10 +27,11 @@ def _variants_help() -> str:
     return f"comma-separated variants: {', '.join(names)}; each is written in every requested format it exists in"
 
 
-
 def register(sub) -> None:
     p = add_command(
-        sub, "export", _run,
+        sub,
+        "export",
+        _run,
         help="export ONNX and TFLite artifacts (float32, float16, int8 variants), each validated in its own runtime",
         description="Export MODEL to every requested format x quantization, run each artifact in its runtime "
         "(onnxruntime, LiteRT), compare it with MODEL, and write the artifacts (model.onnx, model_float16.onnx, "
@@ -43,9 +51,15 @@ def register(sub) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     add_quantization_options(p)
     add_triton_options(p)
-    p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size; the median is reported (default: 50)")
-    p.add_argument("--steps", default="",
-                   help="what was done to MODEL before, recorded in the ONNX metadata (comma-separated, e.g. fold_batchnorm,prune(0.80))")
+    p.add_argument(
+        "--repeats", type=int, default=50, help="timed runs per batch size; the median is reported (default: 50)"
+    )
+    p.add_argument(
+        "--steps",
+        default="",
+        help="what was done to MODEL before, recorded in the ONNX metadata "
+        "(comma-separated, e.g. fold_batchnorm,prune(0.80))",
+    )
     add_tolerance_options(p)
     from deploykit.cli.mc import add_conformal_options
 
@@ -53,19 +67,28 @@ def register(sub) -> None:
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None,
-                   help="'digits', or an .npz, .csv or IDX file / folder: calibrates int8 and measures accuracy "
-                        "(default: none; float variants are then checked on generated inputs)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="'digits', or an .npz, .csv or IDX file / folder: calibrates int8 and measures accuracy "
+        "(default: none; float variants are then checked on generated inputs)",
+    )
     p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the data split and of the calibration samples (default: 42)")
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the data split and of the calibration samples (default: 42)"
+    )
     add_class_names_arg(p)
     add_task_arg(p)
 
 
 def add_variant_options(p: argparse.ArgumentParser, default_quantize: str = "float32") -> None:
     """``--formats`` and ``--quantize``, spelled the same in ``export`` and ``optimize``."""
-    p.add_argument("--formats", default=None, metavar="F,F",
-                   help="comma-separated: onnx, tflite (default: both; onnx for an .onnx MODEL)")
+    p.add_argument(
+        "--formats",
+        default=None,
+        metavar="F,F",
+        help="comma-separated: onnx, tflite (default: both; onnx for an .onnx MODEL)",
+    )
     p.add_argument("--quantize", default=None, metavar="Q,Q", help=f"{_variants_help()} (default: {default_quantize})")
     p.add_argument("--format", dest="old_format", default=None, help=argparse.SUPPRESS)  # renamed: --formats
     p.add_argument("--precisions", dest="old_precisions", default=None, help=argparse.SUPPRESS)  # renamed: --quantize
@@ -78,22 +101,42 @@ def add_quantization_options(p: argparse.ArgumentParser, defaults: bool = True) 
     """
     d = (lambda value: value) if defaults else (lambda value: None)  # noqa: E731
     g = p.add_argument_group("int8 quantization")
-    g.add_argument("--per-tensor", action="store_true", default=d(False),
-                   help="one weight scale per tensor instead of per output channel")
-    g.add_argument("--calibration", default=d("minmax"), choices=["minmax", "entropy", "percentile"],
-                   help="static int8 calibration method (onnxruntime; TFLite uses minmax) (default: minmax)")
-    g.add_argument("--num-calibration", type=int, default=d(300), help="training samples that calibrate int8 (default: 300)")
-    g.add_argument("--exclude", default=d(""), metavar="NAMES",
-                   help="comma-separated ONNX node or Keras layer names left in float (onnxruntime nodes_to_exclude; "
-                        "TFLite int8-full: float fallback for those layers)")
-    g.add_argument("--int8-io", action="store_true", default=d(False), help="int8-full TFLite with int8 input and output tensors")
+    g.add_argument(
+        "--per-tensor",
+        action="store_true",
+        default=d(False),
+        help="one weight scale per tensor instead of per output channel",
+    )
+    g.add_argument(
+        "--calibration",
+        default=d("minmax"),
+        choices=["minmax", "entropy", "percentile"],
+        help="static int8 calibration method (onnxruntime; TFLite uses minmax) (default: minmax)",
+    )
+    g.add_argument(
+        "--num-calibration", type=int, default=d(300), help="training samples that calibrate int8 (default: 300)"
+    )
+    g.add_argument(
+        "--exclude",
+        default=d(""),
+        metavar="NAMES",
+        help="comma-separated ONNX node or Keras layer names left in float (onnxruntime nodes_to_exclude; "
+        "TFLite int8-full: float fallback for those layers)",
+    )
+    g.add_argument(
+        "--int8-io", action="store_true", default=d(False), help="int8-full TFLite with int8 input and output tensors"
+    )
 
 
 def quantization_options(args) -> dict:
     """The int8 knobs given on the command line, as QuantConfig fields (unset ones left out)."""
-    given = {"per_channel": None if args.per_tensor is None else not args.per_tensor,
-             "calibration_method": args.calibration, "num_calibration": args.num_calibration,
-             "exclude": args.exclude, "int8_io": args.int8_io}
+    given = {
+        "per_channel": None if args.per_tensor is None else not args.per_tensor,
+        "calibration_method": args.calibration,
+        "num_calibration": args.num_calibration,
+        "exclude": args.exclude,
+        "int8_io": args.int8_io,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -101,21 +144,33 @@ def add_triton_options(p: argparse.ArgumentParser, defaults: bool = True) -> Non
     """Triton / KServe options; with ``defaults=False`` unset ones stay None (a config file may set them)."""
     d = (lambda value: value) if defaults else (lambda value: None)  # noqa: E731
     g = p.add_argument_group("Triton / KServe")
-    g.add_argument("--triton", action="store_true",
-                   help="also write a Triton model repository of every ONNX model and a KServe manifest (kserve.yaml)")
+    g.add_argument(
+        "--triton",
+        action="store_true",
+        help="also write a Triton model repository of every ONNX model and a KServe manifest (kserve.yaml)",
+    )
     g.add_argument("--max-batch-size", type=int, default=d(256), help="Triton max_batch_size (default: 256)")
-    g.add_argument("--instance-kind", choices=["cpu", "gpu"], default=d("cpu"), help="Triton instance group kind (default: cpu)")
+    g.add_argument(
+        "--instance-kind", choices=["cpu", "gpu"], default=d("cpu"), help="Triton instance group kind (default: cpu)"
+    )
     g.add_argument("--instances", type=int, default=d(1), help="Triton model instances per device (default: 1)")
-    g.add_argument("--storage-uri", default=None,
-                   help="where the repository will be uploaded, for kserve.yaml (default: the ${STORAGE_URI} parameter)")
+    g.add_argument(
+        "--storage-uri",
+        default=None,
+        help="where the repository will be uploaded, for kserve.yaml (default: the ${STORAGE_URI} parameter)",
+    )
 
 
 def triton_options(args) -> dict | None:
     """The Triton options given (None without --triton): a table for TritonConfig."""
     if not args.triton:
         return None
-    given = {"max_batch_size": args.max_batch_size, "instance_kind": args.instance_kind, "instances": args.instances,
-             "storage_uri": args.storage_uri}
+    given = {
+        "max_batch_size": args.max_batch_size,
+        "instance_kind": args.instance_kind,
+        "instances": args.instances,
+        "storage_uri": args.storage_uri,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -147,8 +202,12 @@ def _run(args) -> int:
     chosen = renamed_options(args)
     overrides = tolerance_overrides(args)
     config = ExportConfig(  # bad options are refused before any work
-        formats=chosen["formats"] or ("onnx" if onnx_source else "onnx,tflite"), quantize=chosen["quantize"] or "float32",
-        opset=args.opset, quantization=quant_config(args), triton=triton_options(args), repeats=args.repeats,
+        formats=chosen["formats"] or ("onnx" if onnx_source else "onnx,tflite"),
+        quantize=chosen["quantize"] or "float32",
+        opset=args.opset,
+        quantization=quant_config(args),
+        triton=triton_options(args),
+        repeats=args.repeats,
         tolerance=overrides if any(v is not None for v in vars(overrides).values()) else None,
     )
     conformal = _conformal_config(args)
@@ -165,8 +224,16 @@ def _run(args) -> int:
     from deploykit.export.triton import KSERVE_FILE
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    bundle = export_bundle(model, data, out, config, force=args.force, metadata=ModelMetadata(steps=steps), progress=progress,
-                           task=args.task)
+    bundle = export_bundle(
+        model,
+        data,
+        out,
+        config,
+        force=args.force,
+        metadata=ModelMetadata(steps=steps),
+        progress=progress,
+        task=args.task,
+    )
     print(bundle.table(), end="")
     files = [r.path.name for r in bundle.exports] + [MARKDOWN_FILE, JSON_FILE]
     if conformal is not None:
@@ -207,13 +274,24 @@ def _add_conformal(bundle, conformal, data, config, out) -> str:
         reports[record.path.name] = report.to_dict()
         if bundle.triton_models:
             names = list(data.class_names) if data.task.value == "classification" else None
-            write_triton_repository(record.path, out / TRITON_DIR, record.path.stem, config=config.triton,
-                                    class_names=names or None, force=True)
+            write_triton_repository(
+                record.path,
+                out / TRITON_DIR,
+                record.path.stem,
+                config=config.triton,
+                class_names=names or None,
+                force=True,
+            )
         t = report.test
-        figure = (f"mean width {t.mean_width:.4g}" if report.calibration.regression
-                  else f"mean set size {t.mean_set_size:.2f}")
-        print(f"{record.path.name}: conformal {report.calibration.method.value} at {conformal.coverage:.0%}, "
-              f"test coverage {t.coverage:.1%}, {figure}")
+        figure = (
+            f"mean width {t.mean_width:.4g}"
+            if report.calibration.regression
+            else f"mean set size {t.mean_set_size:.2f}"
+        )
+        print(
+            f"{record.path.name}: conformal {report.calibration.method.value} at {conformal.coverage:.0%}, "
+            f"test coverage {t.coverage:.1%}, {figure}"
+        )
     write_text(out / "conformal.json", json.dumps(reports, indent=2) + "\n")
     return "conformal.json"
 

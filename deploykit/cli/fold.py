@@ -9,10 +9,16 @@ from deploykit.errors import UsageError
 
 
 def register(sub) -> None:
-    p = add_command(sub, "fold", handle, help="fold BatchNormalization and Normalization into the Dense and conv layers (exact)")
+    p = add_command(
+        sub, "fold", handle, help="fold BatchNormalization and Normalization into the Dense and conv layers (exact)"
+    )
     add_model_arg(p)
-    p.add_argument("--out", required=True, help="where to write the folded model (.keras or .h5; a Keras 3 input "
-                                                "is written back as a Keras 3 .keras file)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="where to write the folded model (.keras or .h5; a Keras 3 input "
+        "is written back as a Keras 3 .keras file)",
+    )
 
 
 def handle(args) -> int:

@@ -11,7 +11,9 @@ from deploykit.errors import UsageError
 
 def register(sub) -> None:
     p = add_command(
-        sub, "lr-find", handle,
+        sub,
+        "lr-find",
+        handle,
         help="find the 1cycle maximum learning rate (exponential rate sweep, loss-vs-rate plot)",
         description="Grow the learning rate exponentially from --min-rate to --max-rate over --steps iterations on a "
         "fresh model, record the loss, stop when it explodes, and pick the max rate ten times below the rate at the "
@@ -35,9 +37,14 @@ def handle(args) -> int:
 
     progress(f"sweeping the learning rate from {args.min_rate:g} to {args.max_rate:g} over {args.steps} iterations")
     result = find_lr(config, data, min_rate=args.min_rate, max_rate=args.max_rate, steps=args.steps, plot_path=plot)
-    end = f"the loss shot up at {result.explode_rate:.3g}" if result.exploded else \
-        "the loss never shot up: widen the range with --max-rate"
-    print(f"picked max learning rate {result.picked_rate:.3g} (lowest smoothed loss {result.min_loss:.3f} at "
-          f"{result.min_loss_rate:.3g}; {end})")
+    end = (
+        f"the loss shot up at {result.explode_rate:.3g}"
+        if result.exploded
+        else "the loss never shot up: widen the range with --max-rate"
+    )
+    print(
+        f"picked max learning rate {result.picked_rate:.3g} (lowest smoothed loss {result.min_loss:.3f} at "
+        f"{result.min_loss_rate:.3g}; {end})"
+    )
     print(f"wrote {plot}")
     return 0

@@ -15,7 +15,9 @@ MARKDOWN_FILE = "comparison.md"
 
 def register(sub) -> None:
     p = add_command(
-        sub, "mc", _run,
+        sub,
+        "mc",
+        _run,
         help="export the MC Dropout ONNX model and compare deterministic vs MC predictions",
         description=f"Export MODEL as an MC Dropout ONNX model ({MODEL_FILE}) with a temperature fitted on the "
         f"validation split (unless --no-temperature) and, with --target-accuracy / --target-coverage, an `abstain` "
@@ -29,10 +31,17 @@ def register(sub) -> None:
     add_data_arg(p)
     p.add_argument("--samples", type=int, default=30, help="default number of dropout samples T (default: 30)")
     p.add_argument("--max-samples", type=int, default=1000, help="largest T a client may request (default: 1000)")
-    p.add_argument("--mc-seed", type=int, default=None,
-                   help="seed of the dropout draws: every new session then repeats the same sequence (default: none)")
-    p.add_argument("--include-samples", action="store_true",
-                   help="also output the raw [T, N, C] sample probabilities (a regressor: sample_predictions [T, N, K])")
+    p.add_argument(
+        "--mc-seed",
+        type=int,
+        default=None,
+        help="seed of the dropout draws: every new session then repeats the same sequence (default: none)",
+    )
+    p.add_argument(
+        "--include-samples",
+        action="store_true",
+        help="also output the raw [T, N, C] sample probabilities (a regressor: sample_predictions [T, N, K])",
+    )
     add_mask_option(p)
     add_uncertainty_options(p, regression=True)
     p.add_argument("--batch-size", type=int, default=256, help="instances per onnxruntime call (default: 256)")
@@ -42,55 +51,101 @@ def register(sub) -> None:
 
 def add_mask_option(p) -> None:
     """--mask (shared with ``optimize``): how the MC graph draws its dropout masks."""
-    p.add_argument("--mask", choices=["auto", "pool", "dropout"], default=None,
-                   help="how each dropout mask is drawn: `pool` a window of a table drawn at export, at a random offset "
-                   "per row (fast; 4096 distinct masks per layer; ~131 KB per dropout layer); `dropout` ONNX Dropout, one "
-                   "draw per element; `auto` (default) pool when the tables cost at most half the model's weights")
+    p.add_argument(
+        "--mask",
+        choices=["auto", "pool", "dropout"],
+        default=None,
+        help="how each dropout mask is drawn: `pool` a window of a table drawn at export, at a random offset "
+        "per row (fast; 4096 distinct masks per layer; ~131 KB per dropout layer); `dropout` ONNX Dropout, one "
+        "draw per element; `auto` (default) pool when the tables cost at most half the model's weights",
+    )
 
 
 def add_uncertainty_options(p, regression: bool = False, point_estimate: bool = True) -> None:
     """--no-temperature, --target-accuracy / --target-coverage, --target-delta, --ood-data and the conformal options
     (shared with ``optimize``); ``regression``: --target-rmse too (a regressor's selective target);
     ``point_estimate``: --point-estimate too (not in ``optimize``, whose config records target_delta only)."""
-    p.add_argument("--no-temperature", action="store_true",
-                   help="do not fit and store a temperature (a regressor: the std scale) (default: fitted on the "
-                   "validation split, stored in the graph)")
+    p.add_argument(
+        "--no-temperature",
+        action="store_true",
+        help="do not fit and store a temperature (a regressor: the std scale) (default: fitted on the "
+        "validation split, stored in the graph)",
+    )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--target-accuracy", type=float, default=None, metavar="A",
-                       help="add an `abstain` output: the predictive-entropy threshold keeping the most validation "
-                       "rows whose accuracy reaches A (e.g. 0.99)")
-    group.add_argument("--target-coverage", type=float, default=None, metavar="C",
-                       help="add an `abstain` output keeping at least this share C of the validation rows")
+    group.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        metavar="A",
+        help="add an `abstain` output: the predictive-entropy threshold keeping the most validation "
+        "rows whose accuracy reaches A (e.g. 0.99)",
+    )
+    group.add_argument(
+        "--target-coverage",
+        type=float,
+        default=None,
+        metavar="C",
+        help="add an `abstain` output keeping at least this share C of the validation rows",
+    )
     if regression:
-        group.add_argument("--target-rmse", type=float, default=None, metavar="E",
-                           help="regression: add an `abstain` output, the 95%% interval-width threshold keeping the most "
-                           "validation rows whose RMSE is at most E (targets' units)")
-    p.add_argument("--target-delta", type=float, default=None, metavar="D",
-                   help="with --target-accuracy / --target-rmse: the risk D that the target misses on unseen data; the "
-                   "threshold is chosen with a finite-sample bound (Clopper-Pearson, SGR) so it holds with probability "
-                   ">= 1 - D (default: 0.1); 0 < D < 1")
+        group.add_argument(
+            "--target-rmse",
+            type=float,
+            default=None,
+            metavar="E",
+            help="regression: add an `abstain` output, the 95%% interval-width threshold keeping the most "
+            "validation rows whose RMSE is at most E (targets' units)",
+        )
+    p.add_argument(
+        "--target-delta",
+        type=float,
+        default=None,
+        metavar="D",
+        help="with --target-accuracy / --target-rmse: the risk D that the target misses on unseen data; the "
+        "threshold is chosen with a finite-sample bound (Clopper-Pearson, SGR) so it holds with probability "
+        ">= 1 - D (default: 0.1); 0 < D < 1",
+    )
     if point_estimate:
-        p.add_argument("--point-estimate", action="store_true",
-                       help="choose the abstain threshold on the validation figure alone (no bound: the target then "
-                       "misses on unseen data about half the time)")
-    p.add_argument("--ood-data", default=None, metavar="PATH",
-                   help="out-of-distribution inputs (.npy, or .npz with an array x): report AUROC and FPR at 95%% TPR "
-                   "of each uncertainty measure")
+        p.add_argument(
+            "--point-estimate",
+            action="store_true",
+            help="choose the abstain threshold on the validation figure alone (no bound: the target then "
+            "misses on unseen data about half the time)",
+        )
+    p.add_argument(
+        "--ood-data",
+        default=None,
+        metavar="PATH",
+        help="out-of-distribution inputs (.npy, or .npz with an array x): report AUROC and FPR at 95%% TPR "
+        "of each uncertainty measure",
+    )
     add_conformal_options(p)
 
 
 def add_conformal_options(p) -> None:
     """--conformal, --conformal-method, --conformal-by-class (shared with ``ensemble``, ``optimize``, ``export``)."""
-    p.add_argument("--conformal", type=float, default=None, metavar="COVERAGE",
-                   help="add split-conformal outputs calibrated on the validation split at this coverage 1 - alpha "
-                   "(e.g. 0.9): prediction_set (bool [N, classes]) and set_size; a regressor: lower / upper "
-                   "[N, targets]")
-    p.add_argument("--conformal-method", choices=["raps", "aps", "lac"], default=None,
-                   help="the classification score: raps (default; its lambda chosen on a fifth of the validation "
-                   "rows), aps (non-randomized), or lac (1 - p, smallest sets, may be empty)")
-    p.add_argument("--conformal-by-class", action="store_true",
-                   help="one threshold per class (Mondrian): the coverage holds for every class; refused when a class "
-                   "has too few validation rows")
+    p.add_argument(
+        "--conformal",
+        type=float,
+        default=None,
+        metavar="COVERAGE",
+        help="add split-conformal outputs calibrated on the validation split at this coverage 1 - alpha "
+        "(e.g. 0.9): prediction_set (bool [N, classes]) and set_size; a regressor: lower / upper "
+        "[N, targets]",
+    )
+    p.add_argument(
+        "--conformal-method",
+        choices=["raps", "aps", "lac"],
+        default=None,
+        help="the classification score: raps (default; its lambda chosen on a fifth of the validation "
+        "rows), aps (non-randomized), or lac (1 - p, smallest sets, may be empty)",
+    )
+    p.add_argument(
+        "--conformal-by-class",
+        action="store_true",
+        help="one threshold per class (Mondrian): the coverage holds for every class; refused when a class "
+        "has too few validation rows",
+    )
 
 
 def conformal_config(args):
@@ -104,8 +159,11 @@ def conformal_config(args):
         return None
     from deploykit.uncertainty.conformal import ConformalConfig
 
-    return ConformalConfig(coverage, **({"method": args.conformal_method} if args.conformal_method else {}),
-                           by_class=args.conformal_by_class)
+    return ConformalConfig(
+        coverage,
+        **({"method": args.conformal_method} if args.conformal_method else {}),
+        by_class=args.conformal_by_class,
+    )
 
 
 def selective_target(args):
@@ -115,8 +173,12 @@ def selective_target(args):
     rmse = getattr(args, "target_rmse", None)
     if args.target_accuracy is None and args.target_coverage is None and rmse is None:
         return None
-    return SelectiveTarget(target_accuracy=args.target_accuracy, target_coverage=args.target_coverage, target_rmse=rmse,
-                           target_delta=target_delta(args))
+    return SelectiveTarget(
+        target_accuracy=args.target_accuracy,
+        target_coverage=args.target_coverage,
+        target_rmse=rmse,
+        target_delta=target_delta(args),
+    )
 
 
 def target_delta(args):
@@ -140,8 +202,13 @@ def _run(args) -> int:
     from deploykit.uncertainty.bundle import mc_bundle
     from deploykit.uncertainty.ood import load_ood
 
-    config = MCConfig(samples=args.samples, max_samples=args.max_samples, seed=args.mc_seed,
-                      include_samples=args.include_samples, **({"mask": MaskKind(args.mask)} if args.mask else {}))  # refuse bad options before any work
+    config = MCConfig(
+        samples=args.samples,
+        max_samples=args.max_samples,
+        seed=args.mc_seed,
+        include_samples=args.include_samples,
+        **({"mask": MaskKind(args.mask)} if args.mask else {}),
+    )  # refuse bad options before any work
     target = selective_target(args)
     conformal = conformal_config(args)
     if args.batch_size < 1:
@@ -152,8 +219,18 @@ def _run(args) -> int:
         model = load_model_arg(args)
         data = load_data_arg(args, model)
         data.check_model(model)
-        bundle = mc_bundle(model, data, staging / MODEL_FILE, config, temperature=not args.no_temperature,
-                           target=target, ood=ood, conformal=conformal, batch_size=args.batch_size, say=progress)
+        bundle = mc_bundle(
+            model,
+            data,
+            staging / MODEL_FILE,
+            config,
+            temperature=not args.no_temperature,
+            target=target,
+            ood=ood,
+            conformal=conformal,
+            batch_size=args.batch_size,
+            say=progress,
+        )
         report = bundle.comparison
         exported = {**bundle.export.to_dict(), "path": str(out / MODEL_FILE)}
         summary = {"model": str(args.model), "data": data.summary(), "export": exported, "comparison": report.to_dict()}
@@ -170,34 +247,50 @@ def _run(args) -> int:
 
 def _print_regression(report, config) -> None:
     m = report.mc
-    print(f"RMSE {report.deterministic_rmse:.4g} -> {m.rmse:.4g} (deterministic -> MC, T = {config.samples}"
-          + (f", std scale {report.std_scale.fit.std_scale:.3f})" if report.std_scale else ", no std scale)")
-          + f"; Gaussian NLL {m.nll:.4f}, 90% interval coverage {m.coverage_90:.1%}, 95% interval coverage {m.coverage_95:.1%}")
+    print(
+        f"RMSE {report.deterministic_rmse:.4g} -> {m.rmse:.4g} (deterministic -> MC, T = {config.samples}"
+        + (f", std scale {report.std_scale.fit.std_scale:.3f})" if report.std_scale else ", no std scale)")
+        + f"; Gaussian NLL {m.nll:.4f}, 90% interval coverage {m.coverage_90:.1%}, "
+        f"95% interval coverage {m.coverage_95:.1%}"
+    )
     if report.selective:
         test = report.selective.test
-        print(f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
-              f"test coverage {test.coverage:.1%}, RMSE of kept {test.rmse:.4g}")
+        print(
+            f"abstain when {report.selective.chosen.measure.value} > {report.selective.chosen.threshold:.4g}: "
+            f"test coverage {test.coverage:.1%}, RMSE of kept {test.rmse:.4g}"
+        )
     if report.conformal:
         t = report.conformal.test
-        print(f"conformal intervals at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
-              f"mean width {t.mean_width:.4g}")
+        print(
+            f"conformal intervals at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
+            f"mean width {t.mean_width:.4g}"
+        )
 
 
 def _print_classification(report, config) -> None:
     d, m = report.deterministic, report.mc
-    print(f"accuracy {d.accuracy:.4f} -> {m.accuracy:.4f}, NLL {d.nll:.4f} -> {m.nll:.4f}, "
-          f"ECE {d.ece:.4f} -> {m.ece:.4f} (deterministic -> MC, T = {config.samples}"
-          + (f", temperature {report.temperature.fit.temperature:.3f})" if report.temperature else ", no temperature)"))
+    print(
+        f"accuracy {d.accuracy:.4f} -> {m.accuracy:.4f}, NLL {d.nll:.4f} -> {m.nll:.4f}, "
+        f"ECE {d.ece:.4f} -> {m.ece:.4f} (deterministic -> MC, T = {config.samples}"
+        + (f", temperature {report.temperature.fit.temperature:.3f})" if report.temperature else ", no temperature)")
+    )
     if report.selective:
         chosen = report.selective.chosen
         bound = ""
         if chosen.bound is not None:
             level = f"{1 - chosen.target.target_delta:.0%}"
-            bound = (" (no cut's bound reaches the target: abstains on every row)" if chosen.bound != chosen.bound
-                     else f" (validation: accuracy {chosen.accuracy:.1%}, lower bound {chosen.bound:.1%} at {level})")
-        print(f"abstain when {chosen.measure.value} > {chosen.threshold:.4g}: "
-              f"test coverage {report.selective.test.coverage:.1%}{bound}")
+            bound = (
+                " (no cut's bound reaches the target: abstains on every row)"
+                if chosen.bound != chosen.bound
+                else f" (validation: accuracy {chosen.accuracy:.1%}, lower bound {chosen.bound:.1%} at {level})"
+            )
+        print(
+            f"abstain when {chosen.measure.value} > {chosen.threshold:.4g}: "
+            f"test coverage {report.selective.test.coverage:.1%}{bound}"
+        )
     if report.conformal:
         t = report.conformal.test
-        print(f"prediction sets at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
-              f"mean set size {t.mean_set_size:.2f}")
+        print(
+            f"prediction sets at {report.conformal.calibration.coverage:.0%}: test coverage {t.coverage:.1%}, "
+            f"mean set size {t.mean_set_size:.2f}"
+        )

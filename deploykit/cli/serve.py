@@ -16,7 +16,9 @@ from deploykit.serve.config import (
 
 def register(sub) -> None:
     p = add_command(
-        sub, "serve", _run,
+        sub,
+        "serve",
+        _run,
         help="serve exported ONNX models over HTTP (KServe v2 / Open Inference Protocol, and v1)",
         description="Serve DIR_OR_MODEL with onnxruntime: one .onnx file, every .onnx file of a folder (named by "
         "file stem), or a Triton-style repository (<name>/<version>/model.onnx). Deterministic models return "
@@ -28,19 +30,39 @@ def register(sub) -> None:
         "Triton's classification extension is supported (tritonclient's class_count). "
         "SIGTERM or Ctrl+C stops it after the requests in flight.",
     )
-    p.add_argument("model", metavar="DIR_OR_MODEL", help="an .onnx file, a folder of them, or a Triton-style repository")
+    p.add_argument(
+        "model", metavar="DIR_OR_MODEL", help="an .onnx file, a folder of them, or a Triton-style repository"
+    )
     p.add_argument("--name", default=None, help="serve the one model of DIR_OR_MODEL under this name")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST}, this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                   help=f"MC models: samples when a request does not set them (default: {DEFAULT_SAMPLES})")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model (default: onnxruntime's)")
-    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
-                   help=f"most instances per request (default: {DEFAULT_MAX_ROWS})")
-    p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
-                   help=f"most samples a request may ask for (default: {DEFAULT_MAX_SAMPLES}; a model's own limit also applies)")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help=f"largest request body (default: {DEFAULT_MAX_BODY_BYTES}, 16 MiB)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"MC models: samples when a request does not set them (default: {DEFAULT_SAMPLES})",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime intra-op threads per model (default: onnxruntime's)"
+    )
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help=f"most instances per request (default: {DEFAULT_MAX_ROWS})",
+    )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=DEFAULT_MAX_SAMPLES,
+        help=f"most samples a request may ask for (default: {DEFAULT_MAX_SAMPLES}; a model's own limit also applies)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body (default: {DEFAULT_MAX_BODY_BYTES}, 16 MiB)",
+    )
     limits = p.add_argument_group("work, connection limits and timeouts")
     for flag, kind, default, text in [
         ("--max-network-rows", int, defaults.DEFAULT_MAX_NETWORK_ROWS, "most rows x samples per request"),
@@ -48,13 +70,26 @@ def register(sub) -> None:
         ("--max-header-count", int, defaults.DEFAULT_MAX_HEADER_COUNT, "most request headers (more: 431)"),
         ("--max-header-bytes", int, defaults.DEFAULT_MAX_HEADER_BYTES, "largest request line + headers (more: 431)"),
         ("--header-timeout", float, defaults.DEFAULT_HEADER_TIMEOUT, "seconds for a request's headers to arrive"),
-        ("--body-timeout", float, defaults.DEFAULT_BODY_TIMEOUT, "seconds for a request's body to arrive after its headers"),
+        (
+            "--body-timeout",
+            float,
+            defaults.DEFAULT_BODY_TIMEOUT,
+            "seconds for a request's body to arrive after its headers",
+        ),
         ("--keep-alive-timeout", float, defaults.DEFAULT_KEEP_ALIVE_TIMEOUT, "seconds an idle connection stays open"),
-        ("--request-timeout", float, defaults.DEFAULT_REQUEST_TIMEOUT,
-         "seconds one inference may run; then it is stopped and the client gets 504"),
-        ("--max-connections", int, defaults.DEFAULT_MAX_CONNECTIONS,
-         "most open connections (kept below the file descriptor limit; the longest-waiting idle or slow one "
-         "is closed to make room)"),
+        (
+            "--request-timeout",
+            float,
+            defaults.DEFAULT_REQUEST_TIMEOUT,
+            "seconds one inference may run; then it is stopped and the client gets 504",
+        ),
+        (
+            "--max-connections",
+            int,
+            defaults.DEFAULT_MAX_CONNECTIONS,
+            "most open connections (kept below the file descriptor limit; the longest-waiting idle or slow one "
+            "is closed to make room)",
+        ),
     ]:
         limits.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
 
@@ -64,12 +99,23 @@ def _run(args) -> int:
     from deploykit.serve.discover import discover_models
 
     config = ServeConfig(
-        host=args.host, port=args.port, samples=args.samples, threads=args.threads, max_rows=args.max_rows,
-        max_samples=args.max_samples, max_body_bytes=args.max_body_bytes, max_network_rows=args.max_network_rows,
-        max_response_values=args.max_response_values, max_header_count=args.max_header_count,
-        max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-        keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
-        request_timeout=args.request_timeout)
+        host=args.host,
+        port=args.port,
+        samples=args.samples,
+        threads=args.threads,
+        max_rows=args.max_rows,
+        max_samples=args.max_samples,
+        max_body_bytes=args.max_body_bytes,
+        max_network_rows=args.max_network_rows,
+        max_response_values=args.max_response_values,
+        max_header_count=args.max_header_count,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        request_timeout=args.request_timeout,
+    )
     models = discover_models(args.model, name=args.name)  # bad options and paths fail here, before kserve is imported
 
     from deploykit.serve.server import serve_models

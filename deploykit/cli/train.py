@@ -12,7 +12,9 @@ _DEFAULTS = TrainConfig()
 
 def register(sub) -> None:
     p = add_command(
-        sub, "train", handle,
+        sub,
+        "train",
+        handle,
         help="train a dense classifier with the chapter's recommended configuration (presets default, selu)",
         description="Train a dense classifier: preset 'default' (He init, ELU, BatchNorm when deep, Nadam or "
         "SGD+Nesterov) or 'selu' (LeCun init, SELU, AlphaDropout), 1cycle schedule, early stopping with the best "
@@ -20,23 +22,68 @@ def register(sub) -> None:
     )
     add_data_arg(p)
     add_config_args(p)
-    p.add_argument("--lr", default=None, metavar="RATE|auto", help="1cycle maximum learning rate, or 'auto' to pick it with the finder (default: auto)")
-    p.add_argument("--epochs", type=int, default=None, help=f"maximum epochs; 1cycle spans them (default: {_DEFAULTS.epochs})")
-    p.add_argument("--patience", type=int, default=None, help=f"early-stopping patience on val_loss (default: {_DEFAULTS.patience})")
+    p.add_argument(
+        "--lr",
+        default=None,
+        metavar="RATE|auto",
+        help="1cycle maximum learning rate, or 'auto' to pick it with the finder (default: auto)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help=f"maximum epochs; 1cycle spans them (default: {_DEFAULTS.epochs})"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help=f"early-stopping patience on val_loss (default: {_DEFAULTS.patience})",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be absent or empty unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
 
 def add_config_args(p) -> None:
     """The model and optimizer options ``train`` and ``lr-find`` share."""
-    p.add_argument("--preset", choices=[m.value for m in Preset], default=None, help=f"Table 11-3 'default' or Table 11-4 'selu' (default: {_DEFAULTS.preset.value})")
-    p.add_argument("--hidden", default=None, metavar="W,W,...", help=f"hidden layer widths (default: {','.join(map(str, _DEFAULTS.hidden))})")
-    p.add_argument("--dropout", type=float, default=None, help=f"dropout rate, 0 for none; AlphaDropout with selu (default: {_DEFAULTS.dropout:g})")
-    p.add_argument("--dropout-layers", default=None, metavar="all|topK", help=f"dropout after every hidden layer or the top K (default: top{_DEFAULTS.dropout_layers})")
-    p.add_argument("--batchnorm", choices=[m.value for m in BatchNorm], default=None, help=f"BatchNormalization: auto = on with >= {BN_MIN_DEPTH} hidden layers (default preset only) (default: auto)")
-    p.add_argument("--optimizer", choices=[m.value for m in Optimizer], default=None, help="nadam, or sgd with Nesterov momentum 0.9 (default: nadam)")
+    p.add_argument(
+        "--preset",
+        choices=[m.value for m in Preset],
+        default=None,
+        help=f"Table 11-3 'default' or Table 11-4 'selu' (default: {_DEFAULTS.preset.value})",
+    )
+    p.add_argument(
+        "--hidden",
+        default=None,
+        metavar="W,W,...",
+        help=f"hidden layer widths (default: {','.join(map(str, _DEFAULTS.hidden))})",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help=f"dropout rate, 0 for none; AlphaDropout with selu (default: {_DEFAULTS.dropout:g})",
+    )
+    p.add_argument(
+        "--dropout-layers",
+        default=None,
+        metavar="all|topK",
+        help=f"dropout after every hidden layer or the top K (default: top{_DEFAULTS.dropout_layers})",
+    )
+    p.add_argument(
+        "--batchnorm",
+        choices=[m.value for m in BatchNorm],
+        default=None,
+        help=f"BatchNormalization: auto = on with >= {BN_MIN_DEPTH} hidden layers "
+        "(default preset only) (default: auto)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=[m.value for m in Optimizer],
+        default=None,
+        help="nadam, or sgd with Nesterov momentum 0.9 (default: nadam)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help=f"batch size (default: {_DEFAULTS.batch_size})")
-    p.add_argument("--l2", type=float, default=None, help="l2 regularization factor of the Dense kernels (default: 0, none)")
+    p.add_argument(
+        "--l2", type=float, default=None, help="l2 regularization factor of the Dense kernels (default: 0, none)"
+    )
 
 
 def config_from_args(args) -> TrainConfig:
@@ -76,11 +123,15 @@ def handle(args) -> int:
     shape = ",".join(map(str, config.hidden)) or "none"
     where = "all" if config.dropout_layers == "all" else f"top{config.dropout_layers}"
     dropout = f"dropout {config.dropout:g} ({where})" if config.dropout else "no dropout"
-    progress(f"training preset {config.preset.value}, hidden {shape}, batchnorm {'on' if config.use_batchnorm else 'off'}, "
-             f"{dropout}, {config.optimizer.value}, up to {config.epochs} epochs")
+    progress(
+        f"training preset {config.preset.value}, hidden {shape}, batchnorm {'on' if config.use_batchnorm else 'off'}, "
+        f"{dropout}, {config.optimizer.value}, up to {config.epochs} epochs"
+    )
     result = train(config, data, out, force=args.force, progress=progress)
     record = result.record
-    print(f"test accuracy {record.test_accuracy:.4f} (val {record.val_accuracy:.4f}, best epoch {record.best_epoch} of "
-          f"{record.epochs_run}, max learning rate {record.learning_rate:.3g}, {record.params} parameters)")
+    print(
+        f"test accuracy {record.test_accuracy:.4f} (val {record.val_accuracy:.4f}, best epoch {record.best_epoch} of "
+        f"{record.epochs_run}, max learning rate {record.learning_rate:.3g}, {record.params} parameters)"
+    )
     print(f"wrote {out}/: {', '.join(record.files)}")
     return 0

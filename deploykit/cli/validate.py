@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from deploykit.cli.common import add_class_names_arg, add_command, add_task_arg, add_tolerance_options, progress, tolerance_overrides
+from deploykit.cli.common import (
+    add_class_names_arg,
+    add_command,
+    add_task_arg,
+    add_tolerance_options,
+    progress,
+    tolerance_overrides,
+)
 
 
 def register(sub) -> None:
     p = add_command(
-        sub, "validate", _run,
+        sub,
+        "validate",
+        _run,
         help="validate an .onnx or .tflite file in its runtime (accuracy, agreement with a reference, size, speed)",
         description="Run FILE in onnxruntime or LiteRT on the test split of --data and print its accuracy, size and "
         "speed. With --reference (the Keras model or float32 ONNX file it came from) agreement and the largest "
@@ -31,18 +40,29 @@ def register(sub) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
+    from deploykit.export.runtimes import open_runner
     from deploykit.export.validate import validate, validation_markdown
     from deploykit.inputs import as_dataset
 
-    from deploykit.export.runtimes import open_runner
-
     overrides = tolerance_overrides(args)
     layout = open_runner(args.file).layout  # several named inputs / outputs: the .npz may be named after them
-    data = as_dataset(args.data, label_column=args.label_column, seed=args.seed, class_names=args.class_names,
-                      task=args.task, layout=layout)
+    data = as_dataset(
+        args.data,
+        label_column=args.label_column,
+        seed=args.seed,
+        class_names=args.class_names,
+        task=args.task,
+        layout=layout,
+    )
     progress(f"data {data.summary()}")
-    report = validate(args.file, data, _reference(args), repeats=args.repeats, check=False,
-                      tolerance=_tolerance(args.file, overrides, data.task))
+    report = validate(
+        args.file,
+        data,
+        _reference(args),
+        repeats=args.repeats,
+        check=False,
+        tolerance=_tolerance(args.file, overrides, data.task),
+    )
     print(validation_markdown([report], title=f"Validation of {Path(args.file).name}"), end="")
     if not report.passed:
         from deploykit.errors import ValidationError
@@ -69,7 +89,8 @@ def _reference(args):
 
 
 def _tolerance(file, overrides, task):
-    """The file's default tolerance (by its precision and the data's task) with the overrides applied (None: validate's default)."""
+    """The file's default tolerance (by its precision and the data's task) with the overrides applied (None:
+    validate's default)."""
     if not any(v is not None for v in vars(overrides).values()):
         return None
     from deploykit.export.validate import file_precision

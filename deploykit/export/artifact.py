@@ -62,7 +62,9 @@ def check_model_input(model) -> tuple[int, ...]:
     """The model's input shape without the batch axis; every axis must be known."""
     shape = tuple(model.input_shape[1:])
     if any(d is None for d in shape):
-        raise UsageError(f"model {model.name!r}: input shape {shape} has unknown axes; export needs a fixed input shape")
+        raise UsageError(
+            f"model {model.name!r}: input shape {shape} has unknown axes; export needs a fixed input shape"
+        )
     return tuple(int(d) for d in shape)
 
 

@@ -69,12 +69,22 @@ class BundleReport(Record):
         table = validation_markdown(self.validations) + _unconverted_markdown(self.unconverted)
         if self.generated:  # the reference's "accuracy" on generated inputs is 1 by construction (its RMSE 0)
             samples = self.validations[0].samples if self.validations else 0
-            table = re.sub(r"Reference \(Keras\) test accuracy: .*\n", f"No data given: each artifact is compared with the "
-                           f"source model on {samples} generated inputs; 'accuracy' is agreement with the source "
-                           "model's classes.\n", table, count=1)
-            table = re.sub(r"Reference \(Keras\) test RMSE: .*\n", f"No data given: each artifact is compared with the "
-                           f"source model on {samples} generated inputs; 'RMSE' is the error against the source "
-                           "model's predictions.\n", table, count=1)
+            table = re.sub(
+                r"Reference \(Keras\) test accuracy: .*\n",
+                f"No data given: each artifact is compared with the "
+                f"source model on {samples} generated inputs; 'accuracy' is agreement with the source "
+                "model's classes.\n",
+                table,
+                count=1,
+            )
+            table = re.sub(
+                r"Reference \(Keras\) test RMSE: .*\n",
+                f"No data given: each artifact is compared with the "
+                f"source model on {samples} generated inputs; 'RMSE' is the error against the source "
+                "model's predictions.\n",
+                table,
+                count=1,
+            )
         return table
 
 
@@ -109,8 +119,16 @@ def export_variant(
     calibration = data if quant.precision is Precision.INT8 else None
     task = task if task is not None else getattr(data, "task", None)
     if fmt is ExportFormat.ONNX:
-        return export_onnx(model, path, opset=opset, quantization=quant, calibration_data=calibration,
-                           metadata=metadata, config=config, task=task)
+        return export_onnx(
+            model,
+            path,
+            opset=opset,
+            quantization=quant,
+            calibration_data=calibration,
+            metadata=metadata,
+            config=config,
+            task=task,
+        )
     return export_tflite(model, path, quantization=quant, representative_data=calibration, config=config, task=task)
 
 
@@ -152,12 +170,14 @@ def export_bundle(
     data.check_input_shape((None, *source.input_shape), what=f"model {source.name!r}")
     out = Path(out)
     reference = predict_batches(source.reference_outputs(kind), data.x_test)  # probabilities (a binary head's [N, 2])
-    reference_accuracy = None if generated or task is Task.REGRESSION else \
-        float(np.mean(reference.argmax(axis=1) == data.y_test))
+    reference_accuracy = (
+        None if generated or task is Task.REGRESSION else float(np.mean(reference.argmax(axis=1) == data.y_test))
+    )
     base = metadata or ModelMetadata()
     class_names = list(base.class_names) if generated else list(data.class_names)
-    meta = dataclasses.replace(base, class_names=class_names, reference_accuracy=reference_accuracy,
-                               task=ModelMetadata.task_entry(task, kind))
+    meta = dataclasses.replace(
+        base, class_names=class_names, reference_accuracy=reference_accuracy, task=ModelMetadata.task_entry(task, kind)
+    )
 
     with atomic_dir(out, force=force) as staging:
         exports, reports, unconverted = [], [], []
@@ -171,8 +191,14 @@ def export_bundle(
                 say(f"rejected {path.name}: {exc}")
                 continue
             say(f"validating {path.name} in {fmt.runtime}")
-            report = validate(record, data, source.reference_outputs(kind), tolerance=config.tolerance_for(record.precision, task),
-                              repeats=config.repeats, check=False)
+            report = validate(
+                record,
+                data,
+                source.reference_outputs(kind),
+                tolerance=config.tolerance_for(record.precision, task),
+                repeats=config.repeats,
+                check=False,
+            )
             say(report.summary())
             exports.append(record)
             reports.append(report)
@@ -183,7 +209,9 @@ def export_bundle(
         if config.triton:
             onnx_files = [r.path for r in exports if r.format is ExportFormat.ONNX]
             say(f"writing the Triton repository and KServe manifest ({len(onnx_files)} models)")
-            triton = write_triton_models(onnx_files, staging / TRITON_DIR, config.triton, class_names=class_names or None)
+            triton = write_triton_models(
+                onnx_files, staging / TRITON_DIR, config.triton, class_names=class_names or None
+            )
         bundle = BundleReport(out, config, reference_accuracy, exports, reports, triton, generated, unconverted)
         write_text(staging / MARKDOWN_FILE, bundle.table())
         write_text(staging / JSON_FILE, json.dumps(_summary(bundle, source.name, data), indent=2) + "\n")
@@ -208,10 +236,21 @@ class _Source:
         model = as_model(model)
 
         def export(fmt, quant, path, data, config, meta):
-            return export_variant(model, fmt, quant, path, data, config=config.quantization, opset=config.opset,
-                                  metadata=meta, task=meta.task_and_output()[0])
+            return export_variant(
+                model,
+                fmt,
+                quant,
+                path,
+                data,
+                config=config.quantization,
+                opset=config.opset,
+                metadata=meta,
+                task=meta.task_and_output()[0],
+            )
 
-        return cls(model.name, check_model_input(model), lambda b, training=False: model(b, training=False), export, model)
+        return cls(
+            model.name, check_model_input(model), lambda b, training=False: model(b, training=False), export, model
+        )
 
     def reference_outputs(self, kind: OutputKind) -> Callable:
         """``reference(x)`` as the artifacts' main output holds it: a logits classifier's softmaxed."""
@@ -226,8 +265,10 @@ class _Source:
         from deploykit.export.runtimes import OnnxRunner
 
         if config.formats != (ExportFormat.ONNX,) or Quantization.FLOAT32 in config.quantize:
-            raise UsageError(f"{path.name} is an ONNX file: it can be quantized to ONNX variants "
-                             "(--formats onnx --quantize float16,int8-dynamic,int8-static), not re-exported")
+            raise UsageError(
+                f"{path.name} is an ONNX file: it can be quantized to ONNX variants "
+                "(--formats onnx --quantize float16,int8-dynamic,int8-static), not re-exported"
+            )
         runner = OnnxRunner(path)
 
         def export(fmt, quant, out, data, config, meta):
@@ -235,8 +276,13 @@ class _Source:
 
         from deploykit.export.metadata import read_metadata
 
-        return cls(path.stem, tuple(runner.input_shape), lambda b, training=False: runner.predict(b), export,
-                   task_and_output=read_metadata(runner.session).task_and_output())
+        return cls(
+            path.stem,
+            tuple(runner.input_shape),
+            lambda b, training=False: runner.predict(b),
+            export,
+            task_and_output=read_metadata(runner.session).task_and_output(),
+        )
 
 
 def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
@@ -252,8 +298,14 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
         vocabulary = _token_vocabulary(source.keras)
     else:
         task, kind = task or source.task_and_output[0], source.task_and_output[1]
-    return generated_dataset(source.reference_outputs(kind), source.input_shape, GENERATED_SAMPLES,
-                             config.quantization.seed, task, vocabulary=vocabulary)
+    return generated_dataset(
+        source.reference_outputs(kind),
+        source.input_shape,
+        GENERATED_SAMPLES,
+        config.quantization.seed,
+        task,
+        vocabulary=vocabulary,
+    )
 
 
 def _token_vocabulary(model) -> int | None:
@@ -267,8 +319,15 @@ def _token_vocabulary(model) -> int | None:
         return None
 
 
-def generated_dataset(predict: Callable, input_shape: tuple[int, ...], n: int, seed: int,
-                      task: Task = Task.CLASSIFICATION, *, vocabulary: int | None = None):
+def generated_dataset(
+    predict: Callable,
+    input_shape: tuple[int, ...],
+    n: int,
+    seed: int,
+    task: Task = Task.CLASSIFICATION,
+    *,
+    vocabulary: int | None = None,
+):
     """``n`` standard-normal inputs labelled with the model's own classes (or predictions): validation without data.
 
     A model reading token ids (``vocabulary``: its Embedding's ``input_dim``) gets ids, not floats.
@@ -297,7 +356,11 @@ def _raise_failures(reports: list[ValidationReport]) -> None:
     """One ValidationError naming every artifact that missed a bound, with all its mismatches."""
     failed = [r for r in reports if not r.passed]
     if failed:
-        mismatches = [Mismatch(f"{r.artifact.name} {m.check}", m.measured, m.required, m.detail) for r in failed for m in r.mismatches]
+        mismatches = [
+            Mismatch(f"{r.artifact.name} {m.check}", m.measured, m.required, m.detail)
+            for r in failed
+            for m in r.mismatches
+        ]
         raise ValidationError(", ".join(r.artifact.name for r in failed), mismatches, reports)
 
 
@@ -324,8 +387,10 @@ def _summary(bundle: BundleReport, model_name: str, data) -> dict:
         "config": bundle.config.to_dict(),
         "artifacts": artifacts,
         "triton_models": [f"{TRITON_DIR}/{name}" for name in bundle.triton_models],
-        "rejected": [{"artifact": u.file, "format": u.format.value, "quantization": u.quantization.value,
-                      "reason": u.reason} for u in bundle.unconverted],
+        "rejected": [
+            {"artifact": u.file, "format": u.format.value, "quantization": u.quantization.value, "reason": u.reason}
+            for u in bundle.unconverted
+        ],
         "table": MARKDOWN_FILE,
     }
 

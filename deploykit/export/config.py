@@ -119,26 +119,49 @@ class VariantSpec:
 _ONNX, _TFLITE, _BOTH = (ExportFormat.ONNX,), (ExportFormat.TFLITE,), (ExportFormat.ONNX, ExportFormat.TFLITE)
 
 #: The one table of variants.
-VARIANTS = MappingProxyType({
-    Quantization.FLOAT32: VariantSpec(Precision.FLOAT32, _BOTH, Recipe.FLOAT, "float32, as converted"),
-    Quantization.FLOAT16: VariantSpec(Precision.FLOAT16, _BOTH, Recipe.FLOAT16,
-                                      "float16 weights; float32 input and output"),
-    Quantization.INT8_DYNAMIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_DYNAMIC,
-                                           "int8 weights, activations quantized at run time (onnxruntime "
-                                           "quantize_dynamic); convolutions stay float32", takes_exclude=True),
-    Quantization.INT8_STATIC: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
-                                          "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
-                                          calibrated=True, takes_exclude=True),
-    Quantization.INT8_STATIC_PER_TENSOR: VariantSpec(Precision.INT8, _ONNX, Recipe.ONNX_STATIC,
-                                                     "int8-static with one weight scale per tensor (for runtimes "
-                                                     "without per-channel kernels)", calibrated=True,
-                                                     fixed={"per_channel": False}, takes_exclude=True),
-    Quantization.INT8_FULL: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_FULL,
-                                        "full-integer int8 kernels, calibrated on a representative dataset", calibrated=True,
-                                        takes_exclude=True),
-    Quantization.INT8_WEIGHTS: VariantSpec(Precision.INT8, _TFLITE, Recipe.TFLITE_WEIGHTS,
-                                           "dynamic range: int8 weights, float activations"),
-})
+VARIANTS = MappingProxyType(
+    {
+        Quantization.FLOAT32: VariantSpec(Precision.FLOAT32, _BOTH, Recipe.FLOAT, "float32, as converted"),
+        Quantization.FLOAT16: VariantSpec(
+            Precision.FLOAT16, _BOTH, Recipe.FLOAT16, "float16 weights; float32 input and output"
+        ),
+        Quantization.INT8_DYNAMIC: VariantSpec(
+            Precision.INT8,
+            _ONNX,
+            Recipe.ONNX_DYNAMIC,
+            "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic); convolutions stay float32",
+            takes_exclude=True,
+        ),
+        Quantization.INT8_STATIC: VariantSpec(
+            Precision.INT8,
+            _ONNX,
+            Recipe.ONNX_STATIC,
+            "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
+            calibrated=True,
+            takes_exclude=True,
+        ),
+        Quantization.INT8_STATIC_PER_TENSOR: VariantSpec(
+            Precision.INT8,
+            _ONNX,
+            Recipe.ONNX_STATIC,
+            "int8-static with one weight scale per tensor (for runtimes without per-channel kernels)",
+            calibrated=True,
+            fixed={"per_channel": False},
+            takes_exclude=True,
+        ),
+        Quantization.INT8_FULL: VariantSpec(
+            Precision.INT8,
+            _TFLITE,
+            Recipe.TFLITE_FULL,
+            "full-integer int8 kernels, calibrated on a representative dataset",
+            calibrated=True,
+            takes_exclude=True,
+        ),
+        Quantization.INT8_WEIGHTS: VariantSpec(
+            Precision.INT8, _TFLITE, Recipe.TFLITE_WEIGHTS, "dynamic range: int8 weights, float activations"
+        ),
+    }
+)
 
 #: Names of earlier releases, refused with the name to use instead.
 _RENAMED = {
@@ -159,7 +182,8 @@ class CalibrationMethod(enum.Enum):
 
 
 def parse_enum(kind: type[enum.Enum], value: Any, what: str, error: type[Exception] = UsageError):
-    """``value`` as a member of ``kind`` (the kit's :func:`choice`), raised as ``error``; an old name gets its new one."""
+    """``value`` as a member of ``kind`` (the kit's :func:`choice`), raised as ``error``; an old name gets its
+    new one."""
     if kind is Quantization and value is None:
         return Quantization.FLOAT32
     if kind is Quantization and isinstance(value, str) and value.strip().lower() in _RENAMED:
@@ -206,18 +230,25 @@ class QuantConfig(Config):
         boolean("int8_io", self.int8_io)
         boolean("fold", self.fold)
         boolean("standardize_input", self.standardize_input)
-        object.__setattr__(self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method))
+        object.__setattr__(
+            self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method)
+        )
         integer("num_calibration", self.num_calibration, 1)
         integer("seed", self.seed, 0, SEED_MAX)
         object.__setattr__(self, "exclude", names("exclude", self.exclude, split=True))
 
     def for_variant(self, quantization: Quantization) -> QuantConfig:
         """These knobs with the ones ``quantization`` fixes applied; ``exclude`` dropped, with one log line, by a
-        variant that does not take it (float32, float16, TFLite int8-weights: nothing of theirs is quantized per node)."""
+        variant that does not take it (float32, float16, TFLite int8-weights: nothing of theirs is quantized per
+        node)."""
         knobs = dataclasses.replace(self, **quantization.spec.fixed) if quantization.spec.fixed else self
         if knobs.exclude and not quantization.spec.takes_exclude:
-            log.info("exclude (%s) applies to %s; %s ignores it", ", ".join(knobs.exclude),
-                     ", ".join(q.value for q in Quantization if q.spec.takes_exclude), quantization.value)
+            log.info(
+                "exclude (%s) applies to %s; %s ignores it",
+                ", ".join(knobs.exclude),
+                ", ".join(q.value for q in Quantization if q.spec.takes_exclude),
+                quantization.value,
+            )
             knobs = dataclasses.replace(knobs, exclude=())
         return knobs
 
@@ -282,8 +313,12 @@ def check_variants(formats: tuple[ExportFormat, ...], quantize: tuple[Quantizati
 
 def legacy_quantize(precisions: Any, onnx_int8: Any = "dynamic", tflite_int8: Any = "full") -> tuple[Quantization, ...]:
     """The variants an earlier ``[export] precisions / onnx_int8 / tflite_int8`` asked for (with a FutureWarning)."""
-    warnings.warn("[export] precisions / onnx_int8 / tflite_int8 are deprecated: use quantize = [...] with "
-                  + ", ".join(repr(q.value) for q in Quantization), FutureWarning, stacklevel=3)
+    warnings.warn(
+        "[export] precisions / onnx_int8 / tflite_int8 are deprecated: use quantize = [...] with "
+        + ", ".join(repr(q.value) for q in Quantization),
+        FutureWarning,
+        stacklevel=3,
+    )
     names = [p.strip() for p in precisions.split(",")] if isinstance(precisions, str) else precisions
     if not isinstance(names, (list, tuple)):
         raise ConfigError(f"precisions must be a list, got {precisions!r}")
@@ -317,10 +352,13 @@ class Tolerance(Config):
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_abs_diff", number("max_abs_diff", self.max_abs_diff, 0.0, optional=True))
         object.__setattr__(self, "min_agreement", number("min_agreement", self.min_agreement, 0.0, 1.0, optional=True))
-        object.__setattr__(self, "max_accuracy_drop",
-                           number("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, optional=True))
+        object.__setattr__(
+            self, "max_accuracy_drop", number("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, optional=True)
+        )
         object.__setattr__(self, "max_rel_diff", number("max_rel_diff", self.max_rel_diff, 0.0, optional=True))
-        object.__setattr__(self, "max_rmse_increase", number("max_rmse_increase", self.max_rmse_increase, 0.0, optional=True))
+        object.__setattr__(
+            self, "max_rmse_increase", number("max_rmse_increase", self.max_rmse_increase, 0.0, optional=True)
+        )
 
     @classmethod
     def for_precision(cls, precision: Precision, task: Task | None = None) -> Tolerance:

@@ -25,7 +25,6 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
     import tf2onnx
 
     import deploykit.export.tf2onnx_ops  # noqa: F401  (registers the handlers tf2onnx lacks: Erfc for GELU)
-
     from deploykit.backend import tf
 
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]
@@ -59,7 +58,8 @@ def _rename_output(graph, name: str) -> None:
 
 
 def _add_softmax(graph, logits: str, probabilities: str) -> None:
-    """``probabilities = Softmax(logits)`` over the last axis, as a second graph output of the logits' type and shape."""
+    """``probabilities = Softmax(logits)`` over the last axis, as a second graph output of the logits' type and
+    shape."""
     import onnx
 
     graph.node.append(onnx.helper.make_node("Softmax", [logits], [probabilities], axis=-1, name="deploykit_softmax"))

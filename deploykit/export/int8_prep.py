@@ -54,7 +54,7 @@ from deploykit.records import Record
 #: 1e-10, far enough to reach the ordinary weights of a column that also holds a row scaled by 1/1e-7 ...
 CLIP_FRACTIONS = np.geomspace(1.0, 1e-10, 21)
 #: ... then ten per decade around each column's best coarse threshold.
-REFINE_FACTORS = np.geomspace(10 ** 0.5, 10 ** -0.5, 11)
+REFINE_FACTORS = np.geomspace(10**0.5, 10**-0.5, 11)
 INT8_LEVELS = 127
 #: The largest requantization multiplier deploykit lets a Dense layer keep. XNNPACK refuses >= 256
 #: (and crashes on it); the margin covers the difference between this estimate and the converter's.
@@ -118,14 +118,17 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
             x = x[idx]
     x = np.asarray(x, dtype=np.float32)
     if tuple(x.shape[1:]) != tuple(input_shape):
-        raise DataError(f"calibration data has inputs of shape {tuple(x.shape[1:])}, but the model expects {tuple(input_shape)}")
+        raise DataError(
+            f"calibration data has inputs of shape {tuple(x.shape[1:])}, but the model expects {tuple(input_shape)}"
+        )
     if not np.isfinite(x).all():
         raise DataError("calibration data holds NaN or inf values")
     return x
 
 
-def prepare_for_int8(model, calibration: np.ndarray, *, through_dropout: bool = True, fold: bool = True,
-                     standardize: bool = False) -> tuple[object, Int8Preparation]:
+def prepare_for_int8(
+    model, calibration: np.ndarray, *, through_dropout: bool = True, fold: bool = True, standardize: bool = False
+) -> tuple[object, Int8Preparation]:
     """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed.
 
     ``through_dropout=False`` (an MC Dropout model's preparation): no BatchNorm is folded across a
@@ -144,7 +147,10 @@ def prepare_for_int8(model, calibration: np.ndarray, *, through_dropout: bool = 
         folded = to_keras(_standardized(graph_from_model(folded, unsafe=True), folded, calibration))
     graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
     specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
-    clipped = [_clip_rows(spec, rows, in_scale) for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))]
+    clipped = [
+        _clip_rows(spec, rows, in_scale)
+        for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))
+    ]
     prepared = to_keras(graph)
     diff = np.abs(np.asarray(prepared(calibration, training=False)) - np.asarray(model(calibration, training=False)))
     folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded] if report else []
@@ -156,19 +162,24 @@ def prepare_for_int8(model, calibration: np.ndarray, *, through_dropout: bool = 
 
 def _standardized(graph, model, calibration: np.ndarray):
     """``graph`` with a float Normalization (calibration mean and std) in front of its first Dense layer, whose
-    kernel rows and bias absorb it exactly. A first kernel layer that is not a Dense one is a StepError (that int8 try fails, not the run)."""
+    kernel rows and bias absorb it exactly. A first kernel layer that is not a Dense one is a StepError (that int8
+    try fails, not the run)."""
     from deploykit.errors import StepError
     from deploykit.graph import LayerSpec, Node
     from deploykit.layers import Role
 
     first = next((n for n in graph.nodes if n.spec.support.prunable), None)
     if first is None or first.spec.support.role is not Role.DENSE or len(first.inputs) != 1:
-        raise StepError("a float input standardization goes in front of a first Dense layer; this model's first "
-                         f"kernel layer is {first.spec.class_name if first else 'missing'}")
+        raise StepError(
+            "a float input standardization goes in front of a first Dense layer; this model's first "
+            f"kernel layer is {first.spec.class_name if first else 'missing'}"
+        )
     from deploykit.backend import keras
 
     probe = keras.Model(model.inputs, model.get_layer(first.name).input)
-    h = np.concatenate([np.asarray(probe(calibration[i:i + 256], training=False)) for i in range(0, len(calibration), 256)])
+    h = np.concatenate(
+        [np.asarray(probe(calibration[i : i + 256], training=False)) for i in range(0, len(calibration), 256)]
+    )
     h = h.reshape(-1, h.shape[-1]).astype(np.float64)
     mean, std = h.mean(axis=0), h.std(axis=0)
     # a constant feature is only centred; a near-constant one (a border pixel) is not blown up past 1% of the typical
@@ -176,13 +187,25 @@ def _standardized(graph, model, calibration: np.ndarray):
     std = np.where(std > 0, np.maximum(std, floor), 1.0)
     kernel, *rest = first.spec.weights
     bias = rest[0].astype(np.float64) if first.spec.config.get("use_bias", True) else np.zeros(kernel.shape[-1])
-    first.spec.weights = [(kernel.astype(np.float64) * std[:, None]).astype(np.float32),
-                          (bias + mean @ kernel.astype(np.float64)).astype(np.float32)]
+    first.spec.weights = [
+        (kernel.astype(np.float64) * std[:, None]).astype(np.float32),
+        (bias + mean @ kernel.astype(np.float64)).astype(np.float32),
+    ]
     first.spec.config["use_bias"] = True
-    norm = LayerSpec("Normalization", {"name": STANDARDIZATION, "axis": -1, "mean": mean.astype(np.float32).tolist(),
-                                       "variance": (std ** 2).astype(np.float32).tolist(), "dtype": "float32"})
-    graph.nodes.insert(graph.nodes.index(first), Node(norm, list(first.inputs), first.shape[:-1] + (h.shape[-1],)
-                                                       if first.shape else None))
+    norm = LayerSpec(
+        "Normalization",
+        {
+            "name": STANDARDIZATION,
+            "axis": -1,
+            "mean": mean.astype(np.float32).tolist(),
+            "variance": (std**2).astype(np.float32).tolist(),
+            "dtype": "float32",
+        },
+    )
+    graph.nodes.insert(
+        graph.nodes.index(first),
+        Node(norm, list(first.inputs), first.shape[:-1] + (h.shape[-1],) if first.shape else None),
+    )
     first.inputs = [STANDARDIZATION]
     return graph
 
@@ -200,7 +223,7 @@ def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> lis
     rows: list[list[np.ndarray]] = [[] for _ in specs]
     low, high = np.zeros(len(specs)), np.zeros(len(specs))  # the calibration range always holds 0
     for start in range(0, len(calibration), batch):
-        part = calibration[start:start + batch]
+        part = calibration[start : start + batch]
         outputs = probe(part, training=False)
         for k, (spec, h) in enumerate(zip(specs, outputs if isinstance(outputs, (list, tuple)) else [outputs])):
             h = np.asarray(h)
@@ -219,8 +242,17 @@ def _patch_count(spec) -> int:
     return int(min(MAX_PATCHES, max(MIN_PATCHES, MAX_PATCH_VALUES // max(1, fan_in))))
 
 
-def int8_source(model, data, int8: bool, n: int, input_shape: tuple[int, ...], seed: int, *, fold: bool = True,
-                standardize: bool = False):
+def int8_source(
+    model,
+    data,
+    int8: bool,
+    n: int,
+    input_shape: tuple[int, ...],
+    seed: int,
+    *,
+    fold: bool = True,
+    standardize: bool = False,
+):
     """What an exporter converts: ``(model, calibration samples or None, Int8Preparation or None)``.
 
     With calibration data and an int8 target, ``n`` samples are drawn and the
@@ -287,7 +319,9 @@ def _patches(spec, x: np.ndarray, take: int, rng) -> np.ndarray:
     """
     config = spec.config
     one_d = spec.class_name == "Conv1D"
-    size, strides, rates = (tuple(config.get(k) or (1,) * (1 if one_d else 2)) for k in ("kernel_size", "strides", "dilation_rate"))
+    size, strides, rates = (
+        tuple(config.get(k) or (1,) * (1 if one_d else 2)) for k in ("kernel_size", "strides", "dilation_rate")
+    )
     padding = str(config.get("padding", "valid")).lower()
     if one_d:
         x, size, strides, rates = x[:, None], (1, *size), (1, *strides), (1, *rates)
@@ -302,7 +336,9 @@ def _patches(spec, x: np.ndarray, take: int, rng) -> np.ndarray:
         outs.append(out)
     x = np.pad(x, ((0, 0), *pads, (0, 0)))
     positions = len(x) * outs[0] * outs[1]
-    n, i, j = np.unravel_index(np.sort(rng.choice(positions, size=min(take, positions), replace=False)), (len(x), *outs))
+    n, i, j = np.unravel_index(
+        np.sort(rng.choice(positions, size=min(take, positions), replace=False)), (len(x), *outs)
+    )
     rows = (i * strides[0])[:, None, None] + (np.arange(size[0]) * rates[0])[None, :, None]
     cols = (j * strides[1])[:, None, None] + (np.arange(size[1]) * rates[1])[None, None, :]
     return x[n[:, None, None], rows, cols].reshape(len(n), -1).astype(np.float64)
@@ -332,8 +368,12 @@ def _clip_columns(spec, x: np.ndarray, kernel: np.ndarray, in_scale: float) -> t
     _set_bias(spec, _shift(mean, kernel - clipped).ravel())
     total = float(first_err.sum())
     return clipped.astype(np.float32), LayerClip(
-        spec.name, int(largest.size), int(np.count_nonzero(bounded < largest)),
-        int(np.count_nonzero(bounded < best_t)), float(best_err.sum() / total) if total > 0 else 1.0)
+        spec.name,
+        int(largest.size),
+        int(np.count_nonzero(bounded < largest)),
+        int(np.count_nonzero(bounded < best_t)),
+        float(best_err.sum() / total) if total > 0 else 1.0,
+    )
 
 
 def _error_of(centred: np.ndarray):
@@ -358,8 +398,9 @@ def _shift(mean: np.ndarray, change: np.ndarray) -> np.ndarray:
     return (mean[:, None] @ change)[:, 0]
 
 
-def _bound_requantization(spec, x: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray,
-                          in_scale: float) -> np.ndarray:
+def _bound_requantization(
+    spec, x: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray, in_scale: float
+) -> np.ndarray:
     """Lower ``threshold`` where a column's requantization multiplier would reach :data:`MAX_REQUANTIZATION`.
 
     Scales are estimated as the int8 converters set them: activations from the

@@ -51,7 +51,15 @@ _TIMEOUT_ENV = "DEPLOYKIT_RUNTIME_TIMEOUT"
 _STARTUP_SECONDS = 60.0
 _PR_SET_PDEATHSIG = 1
 #: stderr lines that precede a crash without explaining it (runtime logs, faulthandler's trace).
-_NOT_THE_CAUSE = ("INFO:", "WARNING:", "Fatal Python error", "Current thread", "File ", "Extension modules", "Thread 0x")
+_NOT_THE_CAUSE = (
+    "INFO:",
+    "WARNING:",
+    "Fatal Python error",
+    "Current thread",
+    "File ",
+    "Extension modules",
+    "Thread 0x",
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ class OpenedArtifact:
 
 @dataclass(frozen=True)
 class Measured:
-    """Predictions on the inputs (the main output: probabilities, or a regressor's prediction), and the median seconds per call at each batch size."""
+    """Predictions on the inputs (the main output: probabilities, or a regressor's prediction), and the median
+    seconds per call at each batch size."""
 
     outputs: np.ndarray
     seconds: dict[int, float]
@@ -109,8 +118,11 @@ class RuntimeTimeoutError(RuntimeCrashError):
     def __init__(self, artifact: str, runtime: str, stage: str, seconds: float):
         self.artifact, self.mismatches, self.report = artifact, [], None
         self.runtime, self.stage, self.signal, self.exitcode = runtime, stage, None, None
-        DeployKitError.__init__(self, f"{artifact}: {runtime} did not finish {stage} within {seconds:g} s; the "
-                                f"runtime worker was stopped (raise the limit with {_TIMEOUT_ENV}=SECONDS)")
+        DeployKitError.__init__(
+            self,
+            f"{artifact}: {runtime} did not finish {stage} within {seconds:g} s; the "
+            f"runtime worker was stopped (raise the limit with {_TIMEOUT_ENV}=SECONDS)",
+        )
 
 
 def runtime_timeout() -> float:
@@ -147,7 +159,9 @@ class RuntimeWorker:
 
     def measure(self, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
         with self._lock:
-            return self._call(("measure", np.ascontiguousarray(x, dtype=np.float32), tuple(batch_sizes), repeats), RUNNING)
+            return self._call(
+                ("measure", np.ascontiguousarray(x, dtype=np.float32), tuple(batch_sizes), repeats), RUNNING
+            )
 
     def ping(self) -> dict:
         """The child's pid and whether it imported TensorFlow (it must not)."""
@@ -178,7 +192,11 @@ class RuntimeWorker:
         code = f"from deploykit.export.isolated import main; main({theirs.fileno()}, {os.getpid()}, {main_thread})"
         self._process = subprocess.Popen(
             [sys.executable, "-c", code],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            env=env,
         )
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -264,7 +282,9 @@ def _open(path: Path, threads: int | None, describe: bool):
 
         reference_accuracy = read_metadata(runner.session).reference_accuracy
     quantization = artifact_quantization(path) if describe else None
-    return runner, OpenedArtifact(runner.format.value, runner.runtime, tuple(runner.input_shape), quantization, reference_accuracy)
+    return runner, OpenedArtifact(
+        runner.format.value, runner.runtime, tuple(runner.input_shape), quantization, reference_accuracy
+    )
 
 
 def _measure(runner, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
@@ -274,7 +294,7 @@ def _measure(runner, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) 
     seconds = {}
     for batch in batch_sizes:
         xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
-        seconds[batch] = median_seconds(lambda: runner.predict(xb), repeats)
+        seconds[batch] = median_seconds(lambda xb=xb: runner.predict(xb), repeats)
     return Measured(outputs, seconds)
 
 

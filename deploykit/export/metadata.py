@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from deploykit._version import __version__
-from deploykit.contract import KIND_DETERMINISTIC, KIND_MC_DROPOUT
+from deploykit.contract import KIND_DETERMINISTIC
 from deploykit.contract import METADATA_PREFIX as PREFIX
 
 
@@ -26,7 +26,9 @@ class ModelMetadata:
     default_samples: int | None = None  # MC models only
     max_samples: int | None = None  # MC models only: the largest `samples` a client may ask for
     version: str = __version__
-    task: dict | None = None  # deploykit.task: {task: Task value, output: OutputKind value} (None: written before it existed)
+    task: dict | None = (
+        None  # deploykit.task: {task: Task value, output: OutputKind value} (None: written before it existed)
+    )
 
     @staticmethod
     def task_entry(task, kind) -> dict:
@@ -73,6 +75,6 @@ def read_metadata(source) -> ModelMetadata:
         props = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
     values = {}
     for key, raw in props.items():
-        if key.startswith(PREFIX) and key[len(PREFIX):] in ModelMetadata.__dataclass_fields__:
-            values[key[len(PREFIX):]] = json.loads(raw)
+        if key.startswith(PREFIX) and key[len(PREFIX) :] in ModelMetadata.__dataclass_fields__:
+            values[key[len(PREFIX) :]] = json.loads(raw)
     return ModelMetadata(**values)

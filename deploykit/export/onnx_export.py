@@ -75,21 +75,41 @@ def export_onnx(
     start = time.perf_counter()
     given = task if task is not None else (metadata.task_and_output()[0] if metadata and metadata.task else None)
     task, kind = model_task(model, task=given)
-    source, calibration, prep = int8_source(model, as_calibration(calibration_data), quant.precision is Precision.INT8,
-                                            knobs.num_calibration, input_shape, knobs.seed,
-                                            fold=knobs.fold, standardize=knobs.standardize_input)
+    source, calibration, prep = int8_source(
+        model,
+        as_calibration(calibration_data),
+        quant.precision is Precision.INT8,
+        knobs.num_calibration,
+        input_shape,
+        knobs.seed,
+        fold=knobs.fold,
+        standardize=knobs.standardize_input,
+    )
     proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
     num_classes = _main_width(proto)
     proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))
     meta = _complete_metadata(metadata, model, input_shape, num_classes, quant, prep, opset)
-    meta = dataclasses.replace(meta, task=ModelMetadata.task_entry(task, kind),
-                               class_names=meta.class_names if task is Task.CLASSIFICATION else [])
+    meta = dataclasses.replace(
+        meta,
+        task=ModelMetadata.task_entry(task, kind),
+        class_names=meta.class_names if task is Task.CLASSIFICATION else [],
+    )
     write_metadata(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
-    return _record(path, quant, input_shape, num_classes, time.perf_counter() - start, prep, calibration, opset, meta,
-                   [o.name for o in proto.graph.output])
+    return _record(
+        path,
+        quant,
+        input_shape,
+        num_classes,
+        time.perf_counter() - start,
+        prep,
+        calibration,
+        opset,
+        meta,
+        [o.name for o in proto.graph.output],
+    )
 
 
 def quantize_onnx_file(
@@ -121,24 +141,32 @@ def quantize_onnx_file(
     name = graph_input(proto)
     dims = next(v for v in proto.graph.input if v.name == name).type.tensor_type.shape.dim[1:]
     if any(not d.HasField("dim_value") for d in dims):
-        raise UsageError(f"{source}: input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape")
+        raise UsageError(
+            f"{source}: input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape"
+        )
     input_shape = tuple(int(d.dim_value) for d in dims)
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration data (--data)")
     start = time.perf_counter()
     calibration = None
     if quant.needs_calibration:
-        calibration = calibration_samples(as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed)
+        calibration = calibration_samples(
+            as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed
+        )
     base = read_metadata(proto)
     proto = quantize_proto(proto, quant, calibration, knobs)
-    meta = dataclasses.replace(base, quantization=quant.value, steps=[*base.steps, quant.value], input_shape=list(input_shape))
+    meta = dataclasses.replace(
+        base, quantization=quant.value, steps=[*base.steps, quant.value], input_shape=list(input_shape)
+    )
     write_metadata(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     outputs = [o.name for o in proto.graph.output]
     num_classes = _main_width(proto)
-    record = _record(path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta, outputs)
+    record = _record(
+        path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta, outputs
+    )
     return dataclasses.replace(record, input_name=name)
 
 
@@ -152,16 +180,19 @@ def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, k
     if recipe is Recipe.ONNX_DYNAMIC:
         return quantize_int8_dynamic(proto, per_channel=knobs.per_channel, exclude=knobs.exclude)
     if recipe is Recipe.ONNX_STATIC:
-        return quantize_int8_static(proto, calibration, per_channel=knobs.per_channel,
-                                    method=knobs.calibration_method, exclude=knobs.exclude)
+        return quantize_int8_static(
+            proto, calibration, per_channel=knobs.per_channel, method=knobs.calibration_method, exclude=knobs.exclude
+        )
     raise UsageError(f"ONNX export has no recipe {recipe.value!r}")  # a VARIANTS row naming a TFLite recipe
 
 
 def _onnx_variant(quantization) -> Quantization:
     quant = parse_enum(Quantization, quantization, "ONNX quantization")
     if ExportFormat.ONNX not in quant.formats:
-        raise UsageError(f"{quant.value!r} is not an ONNX variant; choose from "
-                         + ", ".join(repr(q.value) for q in Quantization if ExportFormat.ONNX in q.formats))
+        raise UsageError(
+            f"{quant.value!r} is not an ONNX variant; choose from "
+            + ", ".join(repr(q.value) for q in Quantization if ExportFormat.ONNX in q.formats)
+        )
     return quant
 
 
@@ -182,21 +213,47 @@ def _check_opset(opset) -> None:
         raise UsageError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
 
 
-def _record(path: Path, quant: Quantization, input_shape, num_classes: int, seconds: float,
-            prep: Int8Preparation | None, calibration, opset: int | None, meta: ModelMetadata,
-            outputs: list[str]) -> ExportRecord:
+def _record(
+    path: Path,
+    quant: Quantization,
+    input_shape,
+    num_classes: int,
+    seconds: float,
+    prep: Int8Preparation | None,
+    calibration,
+    opset: int | None,
+    meta: ModelMetadata,
+    outputs: list[str],
+) -> ExportRecord:
     size, gz = file_sizes(path)
     return ExportRecord(
-        path=path, format=ExportFormat.ONNX, quantization=quant, precision=quant.precision,
-        size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=main_output(outputs),
-        input_shape=list(input_shape), num_classes=num_classes, seconds=seconds,
-        preparation=prep.steps if prep else [], calibration_samples=len(calibration) if calibration is not None else 0,
-        opset=opset, metadata=meta,
+        path=path,
+        format=ExportFormat.ONNX,
+        quantization=quant,
+        precision=quant.precision,
+        size_bytes=size,
+        gzip_bytes=gz,
+        input_name=INPUT_NAME,
+        output_name=main_output(outputs),
+        input_shape=list(input_shape),
+        num_classes=num_classes,
+        seconds=seconds,
+        preparation=prep.steps if prep else [],
+        calibration_samples=len(calibration) if calibration is not None else 0,
+        opset=opset,
+        metadata=meta,
     )
 
 
-def _complete_metadata(base: ModelMetadata | None, model, input_shape, num_classes: int, quant: Quantization,
-                       prep: Int8Preparation | None, opset: int) -> ModelMetadata:
+def _complete_metadata(
+    base: ModelMetadata | None,
+    model,
+    input_shape,
+    num_classes: int,
+    quant: Quantization,
+    prep: Int8Preparation | None,
+    opset: int,
+) -> ModelMetadata:
     """``base`` (or an empty one) with the facts of this export filled in."""
     base = base or ModelMetadata()
     names = [str(c) for c in base.class_names] or [str(i) for i in range(num_classes)]
@@ -206,8 +263,13 @@ def _complete_metadata(base: ModelMetadata | None, model, input_shape, num_class
     if quant is not Quantization.FLOAT32:
         steps.append(quant.value)
     return dataclasses.replace(
-        base, kind=KIND_DETERMINISTIC, class_names=names, input_shape=list(input_shape), steps=steps,
-        quantization=quant.value, sparsity=round(dense_sparsity(model), 6),
+        base,
+        kind=KIND_DETERMINISTIC,
+        class_names=names,
+        input_shape=list(input_shape),
+        steps=steps,
+        quantization=quant.value,
+        sparsity=round(dense_sparsity(model), 6),
     )
 
 

@@ -55,14 +55,29 @@ def quantize_int8_dynamic(proto, *, per_channel: bool = True, exclude: tuple[str
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         nodes_to_exclude=excluded_nodes(proto, exclude), op_types_to_quantize=dynamic_op_types())
+    with (
+        _scratch(proto) as (src, dst),
+        quiet_native(),
+    ):  # the quantizer warns on the root logger ("consider pre-processing")
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            nodes_to_exclude=excluded_nodes(proto, exclude),
+            op_types_to_quantize=dynamic_op_types(),
+        )
         return _load(dst)
 
 
-def quantize_int8_static(proto, calibration: np.ndarray, *, per_channel: bool = True,
-                         method: CalibrationMethod = CalibrationMethod.MINMAX, exclude: tuple[str, ...] = ()):
+def quantize_int8_static(
+    proto,
+    calibration: np.ndarray,
+    *,
+    per_channel: bool = True,
+    method: CalibrationMethod = CalibrationMethod.MINMAX,
+    exclude: tuple[str, ...] = (),
+):
     """QDQ int8 weights and activations, activation ranges calibrated on ``calibration`` with ``method``.
 
     Runs ``quant_pre_process`` (shape inference and graph optimisation) first,
@@ -72,15 +87,24 @@ def quantize_int8_static(proto, calibration: np.ndarray, *, per_channel: bool = 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with _scratch(proto) as (src, dst), quiet_native():  # the quantizer warns on the root logger ("consider pre-processing")
+    with (
+        _scratch(proto) as (src, dst),
+        quiet_native(),
+    ):  # the quantizer warns on the root logger ("consider pre-processing")
         pre = src.with_name("pre.onnx")
         quant_pre_process(str(src), str(pre))
         excluded = excluded_nodes(onnx.load(str(pre)), exclude)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
             quantize_static(
-                str(pre), str(dst), _Reader(calibration, graph_input(proto)), quant_format=QuantFormat.QDQ,
-                per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=_ORT_METHOD[method](), nodes_to_exclude=excluded,
+                str(pre),
+                str(dst),
+                _Reader(calibration, graph_input(proto)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=_ORT_METHOD[method](),
+                nodes_to_exclude=excluded,
             )
         return _load(dst)
 
@@ -90,6 +114,7 @@ def _ort_method(name: str):
         from onnxruntime.quantization import CalibrationMethod as Ort
 
         return getattr(Ort, name)
+
     return get
 
 

@@ -42,9 +42,12 @@ class OnnxRunner:
         self.input_name, self.output_name = inp.name, out.name
         self.input_shape = tuple(inp.shape[1:])
         self.output_shape = tuple(out.shape[1:])
-        self.layout = artifact_layout({i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()
-                                       if i.type == "tensor(float)"},  # an MC model's `samples` is no model input
-                                      {o.name: tuple(o.shape[1:]) for o in outputs.values()})
+        self.layout = artifact_layout(
+            {
+                i.name: tuple(i.shape[1:]) for i in self.session.get_inputs() if i.type == "tensor(float)"
+            },  # an MC model's `samples` is no model input
+            {o.name: tuple(o.shape[1:]) for o in outputs.values()},
+        )
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -80,8 +83,13 @@ class TfliteRunner:
         self.output_quantization = _params(self._out)
         self._batch = None
         self._named = _signature_tensors(self.interpreter)  # several inputs / outputs: name -> details
-        self.layout = None if self._named is None else artifact_layout(
-            *({n: tuple(int(d) for d in t["shape_signature"][1:]) for n, t in part.items()} for part in self._named))
+        self.layout = (
+            None
+            if self._named is None
+            else artifact_layout(
+                *({n: tuple(int(d) for d in t["shape_signature"][1:]) for n, t in part.items()} for part in self._named)
+            )
+        )
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -101,12 +109,11 @@ class TfliteRunner:
             return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
         return np.array(y, dtype=np.float32)
 
-
     def _predict_named(self, x: np.ndarray) -> np.ndarray:
         """An artifact with several named inputs or outputs: the packed input split by name, the outputs joined."""
         inputs, outputs = self._named
         if len(x) != self._batch:
-            for name, t in inputs.items():
+            for t in inputs.values():
                 self.interpreter.resize_tensor_input(t["index"], [len(x), *t["shape_signature"][1:]])
             with quiet_native():
                 self.interpreter.allocate_tensors()
@@ -136,8 +143,10 @@ def _signature_tensors(interpreter) -> tuple[dict, dict] | None:
     if len(signature["inputs"]) <= 1 and len(signature["outputs"]) <= 1:
         return None
     by_index = {d["index"]: d for d in [*interpreter.get_input_details(), *interpreter.get_output_details()]}
-    return ({n: by_index[i] for n, i in signature["inputs"].items()},
-            {n: by_index[i] for n, i in signature["outputs"].items()})
+    return (
+        {n: by_index[i] for n, i in signature["inputs"].items()},
+        {n: by_index[i] for n, i in signature["outputs"].items()},
+    )
 
 
 def _dequantize(y: np.ndarray, params: tuple[float, int] | None) -> np.ndarray:
@@ -168,7 +177,8 @@ def open_runner(path: str | os.PathLike, threads: int | None = None) -> OnnxRunn
 
 
 def artifact_quantization(path: str | os.PathLike) -> str:
-    """What an artifact file holds, as a :class:`~deploykit.export.config.Quantization` value ("float32", "int8-full", ...)."""
+    """What an artifact file holds, as a :class:`~deploykit.export.config.Quantization` value ("float32",
+    "int8-full", ...)."""
     path = Path(path)
     return _onnx_quantization(path) if runner_class(path) is OnnxRunner else _tflite_quantization(path)
 
@@ -211,7 +221,7 @@ def _tflite_quantization(path: Path) -> str:
 
 def predict_batches(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """``predict`` over ``x`` in batches, concatenated."""
-    return np.concatenate([np.asarray(predict(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return np.concatenate([np.asarray(predict(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -234,7 +244,8 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
 
 
 def _main_output(interpreter) -> tuple[str, dict]:
-    """(name, details) of the output to run for: the signature's main output (deploykit.task.main_output), else the first.
+    """(name, details) of the output to run for: the signature's main output (deploykit.task.main_output), else
+    the first.
 
     The signature maps output names to tensors; ``get_output_details`` alone does not say which is which
     (a logits classifier has two outputs, ``logits`` and ``probabilities``).

@@ -37,8 +37,10 @@ def check_output_contract(path, outputs: np.ndarray, data) -> None:
     classes = outputs.shape[1] if outputs.ndim == 2 else None
     labels = int(max(data.num_classes, int(np.max(data.y_test)) + 1 if len(data.y_test) else 0))
     if classes is None or (labels > classes and not (classes == 1 and labels == 2)):  # 1 output: a sigmoid head
-        raise DataError(f"artifact {path.name} outputs {classes or list(outputs.shape[1:])} classes, the data has "
-                        f"{labels}; validate it on data with the classes the model was trained on")
+        raise DataError(
+            f"artifact {path.name} outputs {classes or list(outputs.shape[1:])} classes, the data has "
+            f"{labels}; validate it on data with the classes the model was trained on"
+        )
 
 
 def without_reference(report, outputs: np.ndarray, tolerance) -> list[Mismatch]:
@@ -48,9 +50,20 @@ def without_reference(report, outputs: np.ndarray, tolerance) -> list[Mismatch]:
     if bad:
         mismatches.append(Mismatch("finite_outputs", bad, "0", "NaN or infinite values among the outputs"))
     recorded = report.reference_accuracy
-    if (report.task is Task.CLASSIFICATION and tolerance.max_accuracy_drop is None and recorded is not None
-            and report.accuracy is not None and recorded - report.accuracy > NO_REFERENCE_MAX_DROP + 1e-12):
-        mismatches.append(Mismatch(
-            "accuracy_drop", recorded - report.accuracy, f"<= {NO_REFERENCE_MAX_DROP:g}",
-            f"accuracy {report.accuracy:.4f} vs {recorded:.4f} recorded in the file's metadata (no reference model)"))
+    if (
+        report.task is Task.CLASSIFICATION
+        and tolerance.max_accuracy_drop is None
+        and recorded is not None
+        and report.accuracy is not None
+        and recorded - report.accuracy > NO_REFERENCE_MAX_DROP + 1e-12
+    ):
+        mismatches.append(
+            Mismatch(
+                "accuracy_drop",
+                recorded - report.accuracy,
+                f"<= {NO_REFERENCE_MAX_DROP:g}",
+                f"accuracy {report.accuracy:.4f} vs {recorded:.4f} recorded in the file's metadata "
+                "(no reference model)",
+            )
+        )
     return mismatches

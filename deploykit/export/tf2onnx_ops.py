@@ -19,5 +19,6 @@ class Erfc:
         dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
         node.type = "Erf"
         one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-        ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_erfc"),
-                                      inputs=[one.output[0], node.output[0]])
+        ctx.insert_new_node_on_output(
+            "Sub", node.output[0], name=utils.make_name(f"{node.name}_erfc"), inputs=[one.output[0], node.output[0]]
+        )

@@ -60,8 +60,10 @@ def export_tflite(
     """
     quant = parse_enum(Quantization, quantization, "TFLite quantization")
     if ExportFormat.TFLITE not in quant.formats:
-        raise UsageError(f"{quant.value!r} is not a TFLite variant; choose from "
-                         + ", ".join(repr(q.value) for q in Quantization if ExportFormat.TFLITE in q.formats))
+        raise UsageError(
+            f"{quant.value!r} is not a TFLite variant; choose from "
+            + ", ".join(repr(q.value) for q in Quantization if ExportFormat.TFLITE in q.formats)
+        )
     knobs = _knobs(config, num_calibration, int8_io, seed).for_variant(quant)
     path = check_output_file(path, ExportFormat.TFLITE)
     model = as_model(model)
@@ -71,12 +73,21 @@ def export_tflite(
     if quant.spec.recipe is Recipe.TFLITE_FULL and knobs.calibration_method is not CalibrationMethod.MINMAX:
         raise UsageError(f"TFLite's converter calibrates with min/max only, not {knobs.calibration_method.value!r}")
     if quant.needs_calibration and representative_data is None:
-        raise UsageError("full-integer int8 TFLite needs representative_data (training inputs or a Dataset) to calibrate")
+        raise UsageError(
+            "full-integer int8 TFLite needs representative_data (training inputs or a Dataset) to calibrate"
+        )
     start = time.perf_counter()
     _, kind = model_task(model, task=task)
-    source, calibration, prep = int8_source(model, as_calibration(representative_data), quant.precision is Precision.INT8,
-                                            knobs.num_calibration, input_shape, knobs.seed,
-                                            fold=knobs.fold, standardize=knobs.standardize_input)
+    source, calibration, prep = int8_source(
+        model,
+        as_calibration(representative_data),
+        quant.precision is Precision.INT8,
+        knobs.num_calibration,
+        input_shape,
+        knobs.seed,
+        fold=knobs.fold,
+        standardize=knobs.standardize_input,
+    )
     flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
@@ -84,17 +95,30 @@ def export_tflite(
     io = TfliteRunner(path)
     size, gz = file_sizes(path)
     return ExportRecord(
-        path=path, format=ExportFormat.TFLITE, quantization=quant, precision=quant.precision,
-        size_bytes=size, gzip_bytes=gz, input_name=INPUT_NAME, output_name=io.output_name,
-        input_shape=list(input_shape), num_classes=int(io.output_shape[-1]), seconds=seconds,
-        preparation=prep.steps if prep else [], calibration_samples=len(calibration) if calibration is not None else 0,
-        input_dtype=io.input_dtype.name, input_quantization=io.input_quantization, output_quantization=io.output_quantization,
+        path=path,
+        format=ExportFormat.TFLITE,
+        quantization=quant,
+        precision=quant.precision,
+        size_bytes=size,
+        gzip_bytes=gz,
+        input_name=INPUT_NAME,
+        output_name=io.output_name,
+        input_shape=list(input_shape),
+        num_classes=int(io.output_shape[-1]),
+        seconds=seconds,
+        preparation=prep.steps if prep else [],
+        calibration_samples=len(calibration) if calibration is not None else 0,
+        input_dtype=io.input_dtype.name,
+        input_quantization=io.input_quantization,
+        output_quantization=io.output_quantization,
     )
 
 
 def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantConfig:
     knobs = config or QuantConfig()
-    overrides = {k: v for k, v in (("num_calibration", num_calibration), ("int8_io", int8_io), ("seed", seed)) if v is not None}
+    overrides = {
+        k: v for k, v in (("num_calibration", num_calibration), ("int8_io", int8_io), ("seed", seed)) if v is not None
+    }
     try:
         return dataclasses.replace(knobs, **overrides) if overrides else knobs
     except Exception as exc:  # QuantConfig's ConfigError, as a usage error of this call
@@ -118,17 +142,23 @@ def _signature(model, kind: OutputKind):
     return outputs
 
 
-def _convert(model, input_shape, quant: Quantization, calibration, knobs: QuantConfig,
-             kind: OutputKind = OutputKind.PROBABILITIES) -> bytes:
+def _convert(
+    model,
+    input_shape,
+    quant: Quantization,
+    calibration,
+    knobs: QuantConfig,
+    kind: OutputKind = OutputKind.PROBABILITIES,
+) -> bytes:
     from deploykit.backend import tf
-
     from deploykit.multi_io_model import packing_of, representative_rows, tflite_function
 
     recipe = quant.spec.recipe
     packing = packing_of(model)  # several inputs / outputs: one named signature tensor each
     if packing is None:
-        fn = tf.function(_signature(model, kind), input_signature=[tf.TensorSpec((None, *input_shape), tf.float32,
-                                                                                 name=INPUT_NAME)])
+        fn = tf.function(
+            _signature(model, kind), input_signature=[tf.TensorSpec((None, *input_shape), tf.float32, name=INPUT_NAME)]
+        )
     else:
         fn = tf.function(*tflite_function(model, packing, _signature(model, kind), INPUT_NAME))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
@@ -178,9 +208,14 @@ def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io:
     io = tf.int8 if int8_io else tf.float32
     # float input and output unless int8 ones are asked for: a fully quantized graph would quantize the raw input
     # to int8 before an excluded first layer (the float input standardization of raw tabular features, int8_prep)
-    return convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,
-                                 fully_quantize=int8_io, input_data_type=io, output_data_type=io,
-                                 denylisted_nodes=denylisted)
+    return convert.mlir_quantize(
+        calibrated,
+        disable_per_channel=converter._experimental_disable_per_channel,
+        fully_quantize=int8_io,
+        input_data_type=io,
+        output_data_type=io,
+        denylisted_nodes=denylisted,
+    )
 
 
 def _tensor_names(flat: bytes) -> list[str]:

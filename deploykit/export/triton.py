@@ -1,4 +1,5 @@
-"""A Triton model repository of ONNX artifacts (``<name>/config.pbtxt`` + ``<name>/1/model.onnx``) and a KServe manifest.
+"""A Triton model repository of ONNX artifacts (``<name>/config.pbtxt`` + ``<name>/1/model.onnx``) and a KServe
+manifest.
 
 Each config names the graph's real inputs and outputs with their Triton data
 types and dims without the batch axis (Triton adds it, up to
@@ -9,8 +10,8 @@ axis (the MC model's optional ``[T, N, C]`` samples) cannot be batched and is
 left out; an optional input (the MC model's ``samples``: optional-typed, or
 backed by an initializer below opset 15) is left out too, so Triton serves it
 with its default: Triton's onnxruntime backend cannot feed an optional-typed
-tensor, so the repository's copy gives it an empty ``Optional`` instead. ``kserve.yaml`` beside the repository deploys it with one
-``kubectl apply``.
+tensor, so the repository's copy gives it an empty ``Optional`` instead. ``kserve.yaml`` beside the repository
+deploys it with one ``kubectl apply``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,20 @@ STORAGE_URI_PARAMETER = "${STORAGE_URI}"
 
 #: onnx.TensorProto data type number -> Triton data type.
 TRITON_TYPES = {
-    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-    7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
-    13: "TYPE_UINT64", 16: "TYPE_BF16",
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    8: "TYPE_STRING",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
 }
 _KIND = {InstanceKind.CPU: "KIND_CPU", InstanceKind.GPU: "KIND_GPU"}
 
@@ -157,13 +169,17 @@ def triton_config(proto, name: str, config: TritonConfig, labels: int = 0) -> st
     blocks = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {config.max_batch_size}"]
     blocks.append("input [\n" + ",\n".join(_tensor(v) for v in inputs) + "\n]")
     blocks.append("output [\n" + ",\n".join(_tensor(v, v.name == label_output) for v in outputs) + "\n]")
-    blocks.append(f"instance_group [\n  {{\n    kind: {_KIND[config.instance_kind]}\n    count: {config.instances}\n  }}\n]")
+    blocks.append(
+        f"instance_group [\n  {{\n    kind: {_KIND[config.instance_kind]}\n    count: {config.instances}\n  }}\n]"
+    )
     blocks.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}")
     return "\n".join(blocks) + "\n"
 
 
 def _shape(value_info) -> list:
-    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else -1) for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_param or (d.dim_value if d.HasField("dim_value") else -1) for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def _batch_axis(value_info):
@@ -187,7 +203,9 @@ def _tensor(value_info, labels: bool = False) -> str:
     tensor = value_info.type.tensor_type
     dtype = TRITON_TYPES.get(tensor.elem_type)
     if dtype is None:
-        raise UsageError(f"Triton repository: tensor {value_info.name!r} has an ONNX type ({tensor.elem_type}) Triton does not serve")
+        raise UsageError(
+            f"Triton repository: tensor {value_info.name!r} has an ONNX type ({tensor.elem_type}) Triton does not serve"
+        )
     dims = [d if isinstance(d, int) else -1 for d in _shape(value_info)[1:]]
     lines = ["  {", f'    name: "{value_info.name}"', f"    data_type: {dtype}"]
     if dims:
@@ -199,8 +217,9 @@ def _tensor(value_info, labels: bool = False) -> str:
     return "\n".join(lines + ["  }"])
 
 
-def write_kserve_manifest(path: str | os.PathLike, name: str, storage_uri: str = STORAGE_URI_PARAMETER,
-                          config: TritonConfig | None = None) -> Path:
+def write_kserve_manifest(
+    path: str | os.PathLike, name: str, storage_uri: str = STORAGE_URI_PARAMETER, config: TritonConfig | None = None
+) -> Path:
     """A KServe ``InferenceService`` (``modelFormat: onnx``, ``protocolVersion: v2``) serving the repository.
 
     ``storage_uri`` is where the Triton repository is uploaded (s3://, gs://,
@@ -211,7 +230,11 @@ def write_kserve_manifest(path: str | os.PathLike, name: str, storage_uri: str =
     if not isinstance(storage_uri, str) or not storage_uri.strip() or any(c in storage_uri for c in "\n\"'"):
         raise UsageError(f"KServe storage URI must be one line of text, got {storage_uri!r}")
     config = config or TritonConfig()
-    gpu = ["      resources:", "        limits:", '          nvidia.com/gpu: "1"'] if config.instance_kind is InstanceKind.GPU else []
+    gpu = (
+        ["      resources:", "        limits:", '          nvidia.com/gpu: "1"']
+        if config.instance_kind is InstanceKind.GPU
+        else []
+    )
     lines = [
         "# KServe InferenceService for the Triton model repository beside this file.",
         f"# Upload the repository, then: STORAGE_URI=s3://bucket/path envsubst < {KSERVE_FILE} | kubectl apply -f -",

@@ -32,8 +32,10 @@ def unrolled(model):
 
 
 def _recurrent(kind: str, config: dict) -> bool:
-    return kind in RECURRENT or any(isinstance(config.get(key), dict) and config[key].get("class_name") in RECURRENT
-                                    for key in WRAPPERS.get(kind, ()))
+    return kind in RECURRENT or any(
+        isinstance(config.get(key), dict) and config[key].get("class_name") in RECURRENT
+        for key in WRAPPERS.get(kind, ())
+    )
 
 
 def _unrolled_config(kind: str, config: dict) -> dict:

@@ -70,7 +70,9 @@ class ValidationReport(Record):
     reference_errors: RegressionErrors | None = None  # a regressor's predictions against the Keras reference
     target_errors: RegressionErrors | None = None  # ... and against the test targets (its RMSE is the score)
     reference_rmse: float | None = None  # the Keras reference's test RMSE against the targets
-    per_output: dict | None = None  # several outputs (deploykit.multi_io): each one's figures, each held to the tolerance
+    per_output: dict | None = (
+        None  # several outputs (deploykit.multi_io): each one's figures, each held to the tolerance
+    )
     outputs: np.ndarray | None = field(default=None, repr=False)  # the artifact's outputs on the split (not in JSON)
     latency_b1_ms: float | None = field(init=False)
     throughput_b256: float | None = field(init=False)
@@ -138,7 +140,11 @@ def validate(
     ``isolated`` (the default) runs the runtime in the shared child process;
     a native crash there raises RuntimeCrashError whatever ``check`` says.
     """
-    if isinstance(batch_sizes, int) or not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+    if (
+        isinstance(batch_sizes, int)
+        or not batch_sizes
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes)
+    ):
         raise UsageError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
@@ -161,7 +167,9 @@ def validate(
     if data.task is Task.REGRESSION:
         report = _regression_report(head, measured.outputs, ref, y, size, gz, timings, tol, data.layout)
     else:
-        report = _classification_report(head, measured.outputs, ref, y, opened.reference_accuracy, size, gz, timings, tol)
+        report = _classification_report(
+            head, measured.outputs, ref, y, opened.reference_accuracy, size, gz, timings, tol
+        )
     report.outputs = measured.outputs  # paired intervals against the original need the rows, not only the figure
     if reference is None:  # nothing to compare with: what the artifact, the data and the file's metadata allow
         report.mismatches += without_reference(report, measured.outputs, tol)
@@ -191,8 +199,9 @@ def _classification_report(head, probs, ref, y, reference_accuracy, size, gz, ti
         agreement = float(np.mean(ref.argmax(axis=1) == probs.argmax(axis=1)))
         max_diff = float(np.max(np.abs(ref - probs)))
     mismatches, skipped = _check(tol, max_diff, agreement, accuracy, reference_accuracy)
-    return ValidationReport(*head, accuracy, reference_accuracy, agreement, max_diff, size, gz, timings, tol, mismatches,
-                            skipped)
+    return ValidationReport(
+        *head, accuracy, reference_accuracy, agreement, max_diff, size, gz, timings, tol, mismatches, skipped
+    )
 
 
 def _regression_report(head, pred, ref, y, size, gz, timings, tol, layout=None) -> ValidationReport:
@@ -215,18 +224,40 @@ def _regression_report(head, pred, ref, y, size, gz, timings, tol, layout=None) 
             own_rmse = None if r is None else RegressionErrors.between(r, yy).rmse
             missed, _ = _check_regression(tol, mine, RegressionErrors.between(p, yy), own_rmse)
             mismatches += [Mismatch(f"{t.name} {m.check}", m.measured, m.required, m.detail) for m in missed]
-            per_output[t.name] = {"rmse": RegressionErrors.between(p, yy).rmse, "reference_rmse": own_rmse,
-                                  "max_rel_diff": None if mine is None else mine.max_rel_error}
-    return ValidationReport(*head, None, None, None, None if against is None else against.max_abs_error, size, gz, timings,
-                            tol, mismatches, skipped, Task.REGRESSION, against, targets, reference_rmse, per_output)
+            per_output[t.name] = {
+                "rmse": RegressionErrors.between(p, yy).rmse,
+                "reference_rmse": own_rmse,
+                "max_rel_diff": None if mine is None else mine.max_rel_error,
+            }
+    return ValidationReport(
+        *head,
+        None,
+        None,
+        None,
+        None if against is None else against.max_abs_error,
+        size,
+        gz,
+        timings,
+        tol,
+        mismatches,
+        skipped,
+        Task.REGRESSION,
+        against,
+        targets,
+        reference_rmse,
+        per_output,
+    )
 
 
-def _check_regression(tol: Tolerance, against: RegressionErrors | None, targets: RegressionErrors,
-                      reference_rmse: float | None) -> tuple[list[Mismatch], list[str]]:
+def _check_regression(
+    tol: Tolerance, against: RegressionErrors | None, targets: RegressionErrors, reference_rmse: float | None
+) -> tuple[list[Mismatch], list[str]]:
     """Every regression bound of ``tol`` (all collected); class bounds (agreement, accuracy) do not apply."""
     mismatches, skipped = [], []
-    checks = (("max_abs_diff", "max_abs_error", "largest |prediction - reference|"),
-              ("max_rel_diff", "max_rel_error", "largest |prediction - reference| / max(|reference|, its RMS)"))
+    checks = (
+        ("max_abs_diff", "max_abs_error", "largest |prediction - reference|"),
+        ("max_rel_diff", "max_rel_error", "largest |prediction - reference| / max(|reference|, its RMS)"),
+    )
     for bound, figure, what in checks:
         limit = getattr(tol, bound)
         if limit is None:
@@ -240,9 +271,19 @@ def _check_regression(tol: Tolerance, against: RegressionErrors | None, targets:
             skipped.append("RMSE increase (no reference model)")
         elif targets.rmse > reference_rmse * (1 + tol.max_rmse_increase) + 1e-12:
             increase = targets.rmse / reference_rmse - 1 if reference_rmse > 0 else float("inf")
-            mismatches.append(Mismatch("rmse_increase", increase, f"<= {tol.max_rmse_increase:g}",
-                                       f"test RMSE {targets.rmse:.4g} vs reference {reference_rmse:.4g}"))
-    skipped += [f"{b} (a regressor has no classes)" for b in ("min_agreement", "max_accuracy_drop") if getattr(tol, b) is not None]
+            mismatches.append(
+                Mismatch(
+                    "rmse_increase",
+                    increase,
+                    f"<= {tol.max_rmse_increase:g}",
+                    f"test RMSE {targets.rmse:.4g} vs reference {reference_rmse:.4g}",
+                )
+            )
+    skipped += [
+        f"{b} (a regressor has no classes)"
+        for b in ("min_agreement", "max_accuracy_drop")
+        if getattr(tol, b) is not None
+    ]
     return mismatches, skipped
 
 
@@ -253,18 +294,28 @@ def _check(tol: Tolerance, max_diff, agreement, accuracy, reference_accuracy) ->
         if max_diff is None:
             skipped.append("max_abs_diff (no reference model)")
         elif max_diff > tol.max_abs_diff:
-            mismatches.append(Mismatch("max_abs_diff", max_diff, f"<= {tol.max_abs_diff:g}", "largest |probability - reference|"))
+            mismatches.append(
+                Mismatch("max_abs_diff", max_diff, f"<= {tol.max_abs_diff:g}", "largest |probability - reference|")
+            )
     if tol.min_agreement is not None:
         if agreement is None:
             skipped.append("agreement (no reference model)")
         elif agreement < tol.min_agreement:
-            mismatches.append(Mismatch("agreement", agreement, f">= {tol.min_agreement:g}", "predicted class equals the reference's"))
+            mismatches.append(
+                Mismatch("agreement", agreement, f">= {tol.min_agreement:g}", "predicted class equals the reference's")
+            )
     if tol.max_accuracy_drop is not None:
         if reference_accuracy is None:
             skipped.append("accuracy drop (no reference accuracy)")
         elif reference_accuracy - accuracy > tol.max_accuracy_drop + 1e-12:
-            mismatches.append(Mismatch("accuracy_drop", reference_accuracy - accuracy, f"<= {tol.max_accuracy_drop:g}",
-                                       f"accuracy {accuracy:.4f} vs reference {reference_accuracy:.4f}"))
+            mismatches.append(
+                Mismatch(
+                    "accuracy_drop",
+                    reference_accuracy - accuracy,
+                    f"<= {tol.max_accuracy_drop:g}",
+                    f"accuracy {accuracy:.4f} vs reference {reference_accuracy:.4f}",
+                )
+            )
     return mismatches, skipped
 
 
@@ -295,15 +346,29 @@ def validation_markdown(reports: list[ValidationReport], title: str = "Validatio
     """A markdown table of ``reports``; quantized variants are compared with their format's float32 artifact."""
     base = {r.format: r for r in reports if r.precision is Precision.FLOAT32}
     regression = bool(reports) and reports[0].task is Task.REGRESSION
-    ref = next((r.reference_rmse if regression else r.reference_accuracy for r in reports
-                if (r.reference_rmse if regression else r.reference_accuracy) is not None), None)
+    ref = next(
+        (
+            r.reference_rmse if regression else r.reference_accuracy
+            for r in reports
+            if (r.reference_rmse if regression else r.reference_accuracy) is not None
+        ),
+        None,
+    )
     lines = [f"## {title}", ""]
     if ref is not None:
-        lines += [f"Reference (Keras) test {'RMSE' if regression else 'accuracy'}: {ref:.4f} on {reports[0].samples} "
-                  "test inputs.", ""]
-    figures = "RMSE | max abs error | max abs diff | max rel diff" if regression else "accuracy | drop (pt) | agreement | max diff"
+        lines += [
+            f"Reference (Keras) test {'RMSE' if regression else 'accuracy'}: {ref:.4f} on {reports[0].samples} "
+            "test inputs.",
+            "",
+        ]
+    figures = (
+        "RMSE | max abs error | max abs diff | max rel diff"
+        if regression
+        else "accuracy | drop (pt) | agreement | max diff"
+    )
     lines += [
-        f"| artifact | quantization | {figures} | size KiB | gzip KiB | b1 ms | b256 /s | vs float32 (b1, b256) | tolerance | result |",
+        f"| artifact | quantization | {figures} | size KiB | gzip KiB | b1 ms | b256 /s "
+        "| vs float32 (b1, b256) | tolerance | result |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
@@ -315,37 +380,60 @@ def validation_markdown(reports: list[ValidationReport], title: str = "Validatio
         if r.skipped:
             result += " (not checked: " + ", ".join(r.skipped) + ")"
         lines.append(
-            f"| {r.artifact.name} | {r.quantization} | {_figures(r)} | {r.size_bytes / 1024:.1f} | {r.gzip_bytes / 1024:.1f} | "
-            f"{_fmt(r.latency_b1_ms, '.4f')} | {_fmt(r.throughput_b256, ',.0f')} | {speed} | {r.tolerance.describe()} | {result} |"
+            f"| {r.artifact.name} | {r.quantization} | {_figures(r)} | {r.size_bytes / 1024:.1f} "
+            f"| {r.gzip_bytes / 1024:.1f} | "
+            f"{_fmt(r.latency_b1_ms, '.4f')} | {_fmt(r.throughput_b256, ',.0f')} | {speed} "
+            f"| {r.tolerance.describe()} | {result} |"
         )
     per_output = [r for r in reports if r.per_output]
     if per_output:
         lines += ["", "Each output on its own (several outputs: each is held to the tolerance):", ""]
-        lines += [f"- {r.artifact.name}: " + "; ".join(
-            f"{name} RMSE {v['rmse']:.4g}" + ("" if v["reference_rmse"] is None else f" (Keras {v['reference_rmse']:.4g})")
-            + ("" if v["max_rel_diff"] is None else f", max rel diff {v['max_rel_diff']:.2g}")
-            for name, v in r.per_output.items()) for r in per_output]
+        lines += [
+            f"- {r.artifact.name}: "
+            + "; ".join(
+                f"{name} RMSE {v['rmse']:.4g}"
+                + ("" if v["reference_rmse"] is None else f" (Keras {v['reference_rmse']:.4g})")
+                + ("" if v["max_rel_diff"] is None else f", max rel diff {v['max_rel_diff']:.2g}")
+                for name, v in r.per_output.items()
+            )
+            for r in per_output
+        ]
     if notes:
-        lines += ["", f"Speed notes (measured on this machine; ratios below {SLOWER_BELOW:g} count as slower). int8 and float16 "
-                  "buy size first, speed only where this CPU's kernels favour them:", "", *notes]
+        lines += [
+            "",
+            f"Speed notes (measured on this machine; ratios below {SLOWER_BELOW:g} count as slower). int8 and float16 "
+            "buy size first, speed only where this CPU's kernels favour them:",
+            "",
+            *notes,
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _figures(r: ValidationReport) -> str:
-    """The table's four figure cells: accuracy, drop, agreement, max diff; or RMSE, max abs error, and the diffs to Keras."""
+    """The table's four figure cells: accuracy, drop, agreement, max diff; or RMSE, max abs error, and the diffs
+    to Keras."""
     if r.task is Task.REGRESSION:
         against = r.reference_errors
-        return (f"{r.target_errors.rmse:.4g} | {r.target_errors.max_abs_error:.4g} | "
-                f"{'' if against is None else format(against.max_abs_error, '.2g')} | "
-                f"{'' if against is None else format(against.max_rel_error, '.2g')}")
+        return (
+            f"{r.target_errors.rmse:.4g} | {r.target_errors.max_abs_error:.4g} | "
+            f"{'' if against is None else format(against.max_abs_error, '.2g')} | "
+            f"{'' if against is None else format(against.max_rel_error, '.2g')}"
+        )
     drop = "" if r.accuracy_drop is None else f"{100 * r.accuracy_drop:+.2f}"
     return f"{r.accuracy:.4f} | {drop} | {_fmt(r.agreement, '.2%')} | {_fmt(r.max_abs_diff, '.2g')}"
 
 
 def _speed_vs(r: ValidationReport, base: ValidationReport | None) -> tuple[str, str]:
     """('1.20x, 0.80x', 'batch 256: 0.80x') for a quantized report against its float32 one."""
-    if base is None or r is base or r.precision is Precision.FLOAT32 or r.latency_b1_ms is None or r.throughput_b256 is None \
-            or base.latency_b1_ms is None or base.throughput_b256 is None:
+    if (
+        base is None
+        or r is base
+        or r.precision is Precision.FLOAT32
+        or r.latency_b1_ms is None
+        or r.throughput_b256 is None
+        or base.latency_b1_ms is None
+        or base.throughput_b256 is None
+    ):
         return "", ""
     b1 = base.latency_b1_ms / r.latency_b1_ms
     b256 = r.throughput_b256 / base.throughput_b256

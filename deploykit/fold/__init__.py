@@ -41,8 +41,9 @@ def fold_batchnorm(model, *, unsafe: bool = False, through_dropout: bool = True)
     from deploykit.backend import is_tf_keras_model
 
     if not is_tf_keras_model(model):
-        raise UsageError(f"fold_batchnorm takes a tf_keras model, got {type(model).__name__}; "
-                         "load files with deploykit.load_model")
+        raise UsageError(
+            f"fold_batchnorm takes a tf_keras model, got {type(model).__name__}; load files with deploykit.load_model"
+        )
     graph = graph_from_model(model, unsafe=unsafe)
     if len(graph.inputs) != 1:
         raise UsageError(f"fold_batchnorm takes a single-input model; {model.name!r} has {len(graph.inputs)} inputs")
@@ -54,8 +55,15 @@ def fold_batchnorm(model, *, unsafe: bool = False, through_dropout: bool = True)
     new_model = to_keras(graph)
 
     diff = np.abs(_predict(model, probe) - _predict(new_model, probe))
-    report = FoldReport(folded, unfolded, int(model.count_params()), int(new_model.count_params()),
-                        float(diff.max()), PROBE_SAMPLES, probe_text)
+    report = FoldReport(
+        folded,
+        unfolded,
+        int(model.count_params()),
+        int(new_model.count_params()),
+        float(diff.max()),
+        PROBE_SAMPLES,
+        probe_text,
+    )
     return new_model, report
 
 

@@ -15,7 +15,6 @@ import numpy as np
 from deploykit.graph import LayerSpec
 from deploykit.layers import Role
 
-
 #: A Normalization folds only when every feature's |mean| / std is at most this: folding costs
 #: about log10 of it in float32 digits (100: outputs stay within ~1e-5).
 MAX_CANCELLATION = 100.0
@@ -57,8 +56,13 @@ class Affine:
         """The per-last-axis vectors; :class:`NotFoldable` if the map varies along another axis."""
         width = self.scale.shape[-1]
         s, t = self.scale.reshape(-1, width), self.shift.reshape(-1, width)
-        if not (np.array_equal(s, np.broadcast_to(s[:1], s.shape)) and np.array_equal(t, np.broadcast_to(t[:1], t.shape))):
-            raise NotFoldable(f"its statistics vary along an axis other than the last of shape {self.scale.shape}, which {what} does not act on")
+        if not (
+            np.array_equal(s, np.broadcast_to(s[:1], s.shape)) and np.array_equal(t, np.broadcast_to(t[:1], t.shape))
+        ):
+            raise NotFoldable(
+                f"its statistics vary along an axis other than the last of shape {self.scale.shape}, "
+                f"which {what} does not act on"
+            )
         return s[0], t[0]
 
 
@@ -118,8 +122,10 @@ def normalization_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
     cancel = np.abs(mean) / std
     if cancel.max() > MAX_CANCELLATION:
         k = int(np.argmax(cancel))
-        raise NotFoldable(f"feature {k} has |mean| / std = {cancel.flat[k]:.3g} > {MAX_CANCELLATION:g} (a near-constant "
-                          "feature?): folding it would lose float32 precision")
+        raise NotFoldable(
+            f"feature {k} has |mean| / std = {cancel.flat[k]:.3g} > {MAX_CANCELLATION:g} (a near-constant "
+            "feature?): folding it would lose float32 precision"
+        )
     return Affine.broadcast(1.0 / std, -mean / std, in_shape)
 
 
@@ -132,7 +138,11 @@ def rescaling_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
 
 
 #: How to read the affine map of each role the layer table marks ``folds_away``.
-AFFINE_OF = {Role.BATCHNORM: batchnorm_affine, Role.NORMALIZATION: normalization_affine, Role.RESCALING: rescaling_affine}
+AFFINE_OF = {
+    Role.BATCHNORM: batchnorm_affine,
+    Role.NORMALIZATION: normalization_affine,
+    Role.RESCALING: rescaling_affine,
+}
 
 
 def layer_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
@@ -187,8 +197,10 @@ def fold_forward(affine: Affine, target: LayerSpec) -> None:
     if target.class_name not in ("Dense", "Conv1D", "Conv2D"):
         raise NotFoldable(f"{target.class_name} {target.name!r} does not take a map on its inputs")
     if target.class_name != "Dense" and target.config.get("padding", "valid") != "valid" and np.any(t != 0):
-        raise NotFoldable(f"{target.class_name} {target.name!r} pads with zeros ({target.config.get('padding')!r} "
-                          "padding): a shifted input is not exact there")
+        raise NotFoldable(
+            f"{target.class_name} {target.name!r} pads with zeros ({target.config.get('padding')!r} "
+            "padding): a shifted input is not exact there"
+        )
     kernel_in = kernel * s[:, None]  # the input-channel axis is second to last
     extra = np.einsum("kio,i->o", kernel.reshape(-1, *kernel.shape[-2:]), t)  # t times every tap
     _set_kernel(target, kernel_in, bias + extra, k)

@@ -63,13 +63,25 @@ class FoldReport(Record):
         if not self.changed:
             head = "nothing folded: the model comes back unchanged"
         else:
-            head = (f"folded {len(self.folded)} layer(s); parameters {self.params_before:,} -> "
-                    f"{self.params_after:,} ({self.params_after - self.params_before:+,})")
+            head = (
+                f"folded {len(self.folded)} layer(s); parameters {self.params_before:,} -> "
+                f"{self.params_after:,} ({self.params_after - self.params_before:+,})"
+            )
         lines = [head, f"max |output difference| {self.max_abs_diff:.3g} on {self.probe_samples} {self.probe}"]
         if self.folded:
             rows = [("layer", "kind", "placement", "into", "params", "max scale", "target params")]
-            rows += [(f.name, f.kind, f.placement.value, f.target, f"{f.params:,}", f"{f.max_scale:.3g}",
-                      f"{f.target_params_before:,} -> {f.target_params_after:,}") for f in self.folded]
+            rows += [
+                (
+                    f.name,
+                    f.kind,
+                    f.placement.value,
+                    f.target,
+                    f"{f.params:,}",
+                    f"{f.max_scale:.3g}",
+                    f"{f.target_params_before:,} -> {f.target_params_after:,}",
+                )
+                for f in self.folded
+            ]
             lines += _columns(rows)
         if self.unfolded:
             lines.append("not folded:")

@@ -43,7 +43,11 @@ def fold_backward_pass(graph: Graph) -> list[FoldedLayer]:
         if not node.spec.support.folds_away or node.inputs[0] in graph.inputs:
             continue
         producer = graph.node(node.inputs[0])
-        if producer.spec.support.absorbs is Absorb.NONE or not _is_linear(producer.spec) or graph.fan_out(producer.name) != 1:
+        if (
+            producer.spec.support.absorbs is Absorb.NONE
+            or not _is_linear(producer.spec)
+            or graph.fan_out(producer.name) != 1
+        ):
             continue
         before = n_params(producer.spec)
         try:
@@ -51,8 +55,19 @@ def fold_backward_pass(graph: Graph) -> list[FoldedLayer]:
             fold_backward(producer.spec, affine)
         except NotFoldable:
             continue  # the forward pass may still fold it, or says why not
-        folded.append(FoldedLayer(node.name, node.spec.class_name, Placement.BACKWARD, producer.name, [],
-                                  n_params(node.spec), before, n_params(producer.spec), affine.max_scale))
+        folded.append(
+            FoldedLayer(
+                node.name,
+                node.spec.class_name,
+                Placement.BACKWARD,
+                producer.name,
+                [],
+                n_params(node.spec),
+                before,
+                n_params(producer.spec),
+                affine.max_scale,
+            )
+        )
         graph.bypass(node.name)
     return folded
 
@@ -74,8 +89,20 @@ def fold_forward_pass(graph: Graph, through_dropout: bool = True) -> tuple[list[
             unfolded += [UnfoldedLayer(g.name, g.spec.class_name, reason) for g, _ in group]
             continue
         node_t, before = target
-        folded += [FoldedLayer(g.name, g.spec.class_name, Placement.FORWARD, node_t.name, through, n_params(g.spec),
-                               before, n_params(node_t.spec), own.max_scale) for g, own in group]
+        folded += [
+            FoldedLayer(
+                g.name,
+                g.spec.class_name,
+                Placement.FORWARD,
+                node_t.name,
+                through,
+                n_params(g.spec),
+                before,
+                n_params(node_t.spec),
+                own.max_scale,
+            )
+            for g, own in group
+        ]
         for g, _ in group:
             graph.bypass(g.name)
     return folded, unfolded
@@ -98,8 +125,15 @@ def _walk_forward(graph: Graph, start: Node, through_dropout: bool):
         if not readers:
             return group, through, None, "no Dense follows it"
         if graph.fan_out(current.name) != 1:
-            return group, through, None, (f"the output of {_describe(current.spec)} feeds {graph.fan_out(current.name)} "
-                                          "layers (a fork): folding into one branch would change the others")
+            return (
+                group,
+                through,
+                None,
+                (
+                    f"the output of {_describe(current.spec)} feeds {graph.fan_out(current.name)} "
+                    "layers (a fork): folding into one branch would change the others"
+                ),
+            )
         node = readers[0]
         support = node.spec.support
         if len(node.inputs) != 1:
@@ -112,8 +146,15 @@ def _walk_forward(graph: Graph, start: Node, through_dropout: bool):
             affine = affine.then(own)
             group.append((node, own))
         elif support.role is Role.DROPOUT and not through_dropout:
-            return group, through, None, (f"followed by {_describe(node.spec)}; folding through it would change "
-                                          "MC Dropout sampling (through_dropout=False)")
+            return (
+                group,
+                through,
+                None,
+                (
+                    f"followed by {_describe(node.spec)}; folding through it would change "
+                    "MC Dropout sampling (through_dropout=False)"
+                ),
+            )
         elif support.carries is not Carry.STOP:
             try:
                 affine = _carry(affine, support.carries, node)
@@ -128,10 +169,22 @@ def _walk_forward(graph: Graph, start: Node, through_dropout: bool):
                 return group, through, None, f"cannot go into {_describe(node.spec)}: {exc}"
             return group, through, (node, before), ""
         elif support.role in (Role.ACTIVATION, Role.DENSE, Role.CONV):
-            return group, through, None, f"followed by {_describe(node.spec)}, which is not linear, before any Dense or Conv"
+            return (
+                group,
+                through,
+                None,
+                f"followed by {_describe(node.spec)}, which is not linear, before any Dense or Conv",
+            )
         else:
-            return group, through, None, (f"followed by {_describe(node.spec)}, which a per-channel map does not pass "
-                                          "exactly, before any Dense or Conv")
+            return (
+                group,
+                through,
+                None,
+                (
+                    f"followed by {_describe(node.spec)}, which a per-channel map does not pass "
+                    "exactly, before any Dense or Conv"
+                ),
+            )
         current = node
 
 

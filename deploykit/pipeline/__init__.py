@@ -9,6 +9,9 @@ Importing this package does not import TensorFlow.
 """
 
 from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.records import ArtifactRow, ModelFigures, Stage, Status, StepOutput, StepRecord, Try, Verdict
+from deploykit.pipeline.run import OptimizeResult, build_pipeline, optimize
+from deploykit.pipeline.steps import Step
 from deploykit.pipeline.tables import (
     CompactStep,
     EnsembleStep,
@@ -21,9 +24,6 @@ from deploykit.pipeline.tables import (
     StructuredStep,
     ValidateStep,
 )
-from deploykit.pipeline.records import ArtifactRow, ModelFigures, Stage, Status, StepOutput, StepRecord, Try, Verdict
-from deploykit.pipeline.run import OptimizeResult, build_pipeline, optimize
-from deploykit.pipeline.steps import Step
 
 __all__ = [
     "optimize",

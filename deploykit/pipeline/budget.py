@@ -83,9 +83,17 @@ def measure(model, data, prune_config, worth_training=lambda costs: True, model_
     evaluation = _seconds(lambda: score(model, data.x_val, data.y_val, data.task))
     steps = max(1, math.ceil(len(data.x_train) / prune_config.batch_size))
     export = EXPORT_BASE + EXPORT_PER_LAYER * len(model.layers)
-    optimistic = Costs(TRAIN_OVER_EVAL * evaluation * len(data.x_train) / max(1, len(data.x_val)) + evaluation,
-                       0.0, evaluation, export, False, len(data.x_test), len(data.x_val), epoch_measured=False,
-                       model_step=model_step)
+    optimistic = Costs(
+        TRAIN_OVER_EVAL * evaluation * len(data.x_train) / max(1, len(data.x_val)) + evaluation,
+        0.0,
+        evaluation,
+        export,
+        False,
+        len(data.x_test),
+        len(data.x_val),
+        epoch_measured=False,
+        model_step=model_step,
+    )
     if not worth_training(optimistic):  # not even an optimistic try fits: no need to trace a training step
         return optimistic
     from deploykit.sparsity.tuning import loss_for, rebuild
@@ -93,12 +101,20 @@ def measure(model, data, prune_config, worth_training=lambda costs: True, model_
     copy = rebuild(model)
     copy.compile(optimizer=keras.optimizers.Nadam(prune_config.learning_rate), loss=loss_for(copy, data.task))
     batch, k = prune_config.batch_size, min(steps, 4)
-    x, y = data.x_train[:k * batch], np.asarray(data.y_train[:k * batch])
+    x, y = data.x_train[: k * batch], np.asarray(data.y_train[: k * batch])
     first = _seconds(lambda: copy.fit(x, y, batch_size=batch, epochs=1, verbose=0))
     steady = _seconds(lambda: copy.fit(x, y, batch_size=batch, epochs=1, verbose=0))
     epoch = PRUNE_FACTOR * steady / k * steps + evaluation
-    return Costs(epoch, PRUNE_FACTOR * 1.5 * max(0.0, first - steady) + 2 * evaluation, evaluation, export, False,
-                 len(data.x_test), len(data.x_val), model_step=model_step)
+    return Costs(
+        epoch,
+        PRUNE_FACTOR * 1.5 * max(0.0, first - steady) + 2 * evaluation,
+        evaluation,
+        export,
+        False,
+        len(data.x_test),
+        len(data.x_val),
+        model_step=model_step,
+    )
 
 
 def _seconds(fn) -> float:
@@ -121,6 +137,7 @@ def export_cost(costs: Costs, quant: Quantization) -> float:
 
 def priority(variants: list[tuple[ExportFormat, Quantization]]) -> list[tuple[ExportFormat, Quantization]]:
     """The order a budget exports in: ONNX float32 (what every runtime takes), the int8 variants, then the rest."""
+
     def rank(v):
         fmt, quant = v
         first = fmt is ExportFormat.ONNX and quant is Quantization.FLOAT32
@@ -170,7 +187,8 @@ class Plan:
         return self.measured.get(_kind(quant), export_cost(self.costs, quant))
 
     def fits(self, seconds: float, grace: float = 0.0) -> bool:
-        """Whether work of ``seconds`` ends before the deadline, ``grace`` (a fraction of the budget) past it allowed."""
+        """Whether work of ``seconds`` ends before the deadline, ``grace`` (a fraction of the budget) past it
+        allowed."""
         return seconds <= self.left() + grace * (self.budget or 0.0)
 
     def line(self) -> str:
@@ -181,8 +199,10 @@ class Plan:
         if self.search:
             many = "up to " if self.budget is None and len(self.targets) > 1 else ""
             tries = f"{len(self.targets)} tries" if len(self.targets) > 1 else "1 try"
-            parts.append(f"{many}{tries} ({'/'.join(f'{t:.0%}' for t in self.targets)}) x "
-                         f"{self.epochs} epochs{', ' + self.scan if self.scan else ''} ~{clock(self.estimates['search'])}")
+            parts.append(
+                f"{many}{tries} ({'/'.join(f'{t:.0%}' for t in self.targets)}) x "
+                f"{self.epochs} epochs{', ' + self.scan if self.scan else ''} ~{clock(self.estimates['search'])}"
+            )
         parts.append(f"{len(self.variants)} exports ~{clock(self.estimates.get('exports', 0.0))}")
         if self.estimates.get("mc"):
             parts.append(f"MC ~{clock(self.estimates['mc'])}")
@@ -193,12 +213,20 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """What the report keeps of the plan."""
-        return {"time_budget_s": self.budget, "targets": list(self.targets) if self.search else [],
-                "epochs": self.epochs if self.search else None, "scan": self.scan,
-                "exports": [f"{f.value} {q.value}" for f, q in self.variants], "left_out": list(self.dropped),
-                "estimates_s": {k: round(v, 1) for k, v in self.estimates.items()},
-                "measured": {"epoch_s": round(self.costs.epoch, 2), "export_s": round(self.costs.export, 2),
-                             "export_measured": self.costs.export_measured}}
+        return {
+            "time_budget_s": self.budget,
+            "targets": list(self.targets) if self.search else [],
+            "epochs": self.epochs if self.search else None,
+            "scan": self.scan,
+            "exports": [f"{f.value} {q.value}" for f, q in self.variants],
+            "left_out": list(self.dropped),
+            "estimates_s": {k: round(v, 1) for k, v in self.estimates.items()},
+            "measured": {
+                "epoch_s": round(self.costs.epoch, 2),
+                "export_s": round(self.costs.export, 2),
+                "export_measured": self.costs.export_measured,
+            },
+        }
 
 
 def make_plan(config, costs: Costs, start: float, n_layers: int) -> Plan:
@@ -213,16 +241,27 @@ def make_plan(config, costs: Costs, start: float, n_layers: int) -> Plan:
     step = config.sparsity
     pruning = step.method is SparsityMethod.PRUNE
     variants = config.export.variants() if budget is None else priority(config.export.variants())
-    plan = Plan(budget, start, costs, search=pruning, variants=list(variants),
-                targets=step.search.targets if step.searching else (step.prune.target_sparsity,), epochs=step.prune.epochs)
+    plan = Plan(
+        budget,
+        start,
+        costs,
+        search=pruning,
+        variants=list(variants),
+        targets=step.search.targets if step.searching else (step.prune.target_sparsity,),
+        epochs=step.prune.epochs,
+    )
     scanning = step.searching and step.search.sensitivity and n_layers > 1
     mc = _mc_seconds(config, costs)
     post = _post_seconds(costs)
     if budget is None:
         scan = _scan_seconds(costs, n_layers, 6, costs.val_rows) if scanning else 0.0
         plan.scan = describe_scan(SearchLimits(), n_layers, costs.val_rows) if scanning else ""
-        plan.estimates = {"exports": sum(export_cost(costs, q) for _, q in variants), "mc": mc, "post": post,
-                          "search": scan + len(plan.targets) * (costs.trace + plan.epochs * costs.epoch) if pruning else 0.0}
+        plan.estimates = {
+            "exports": sum(export_cost(costs, q) for _, q in variants),
+            "mc": mc,
+            "post": post,
+            "search": scan + len(plan.targets) * (costs.trace + plan.epochs * costs.epoch) if pruning else 0.0,
+        }
         return plan
     avail = budget * (1 - SAFETY) - (time.monotonic() - start) - post
     if avail - sum(plan.export_seconds(q) for _, q in essential_variants(plan.variants)) < 0:
@@ -290,8 +329,9 @@ def _fit_search(plan: Plan, step, costs: Costs, avail: float, n_layers: int) -> 
     plan.targets, plan.epochs = _spread(targets, n), epochs
     plan.patience = min(step.prune.patience, max(1, epochs // 4))
     plan.estimates["search"] = scan_seconds + n * per_try
-    plan.limits = dataclasses.replace(limits, stop_at=plan.start + plan.budget * (1 - SAFETY) - _after_search(plan),
-                                      try_seconds=per_try)
+    plan.limits = dataclasses.replace(
+        limits, stop_at=plan.start + plan.budget * (1 - SAFETY) - _after_search(plan), try_seconds=per_try
+    )
     plan.scan = describe_scan(limits, n_layers, costs.val_rows) if n_layers > 1 else ""
 
 
@@ -309,14 +349,22 @@ def _fit_scan(costs: Costs, n_layers: int, avail: float) -> tuple[float, SearchL
     """The richest scan within ``avail``: full; 3 levels; on SCAN_ROWS rows; on the layers holding 80 %, 50 % of the
     weights; else none (the tries take the common target everywhere)."""
     rows_all = costs.val_rows
-    options = [(6, rows_all, 1.0), (len(CHEAP_LEVELS), rows_all, 1.0), (len(CHEAP_LEVELS), min(rows_all, SCAN_ROWS), 1.0),
-               (len(CHEAP_LEVELS), min(rows_all, SCAN_ROWS), 0.8), (len(CHEAP_LEVELS), min(rows_all, SCAN_ROWS), 0.5)]
+    options = [
+        (6, rows_all, 1.0),
+        (len(CHEAP_LEVELS), rows_all, 1.0),
+        (len(CHEAP_LEVELS), min(rows_all, SCAN_ROWS), 1.0),
+        (len(CHEAP_LEVELS), min(rows_all, SCAN_ROWS), 0.8),
+        (len(CHEAP_LEVELS), min(rows_all, SCAN_ROWS), 0.5),
+    ]
     for levels, rows, share in options:
         layers = max(2, math.ceil(share * n_layers)) if share < 1 else n_layers  # an upper bound: the largest layers
         seconds = _scan_seconds(costs, layers, levels, rows)
         if seconds <= avail:
-            return seconds, SearchLimits(levels=None if levels == 6 else CHEAP_LEVELS,
-                                         scan_rows=None if rows == rows_all else rows, scan_share=share)
+            return seconds, SearchLimits(
+                levels=None if levels == 6 else CHEAP_LEVELS,
+                scan_rows=None if rows == rows_all else rows,
+                scan_share=share,
+            )
     return 0.0, SearchLimits(scan_share=0.0)
 
 
@@ -346,8 +394,9 @@ def describe_scan(limits: SearchLimits, n_layers: int, val_rows: int) -> str:
 
 def search_configs(plan: Plan, step) -> tuple[Any, Any]:
     """(SearchConfig, PruneConfig) of the planned search: its targets, epochs and patience."""
-    search = dataclasses.replace(step.search, targets=plan.targets,
-                                 sensitivity=step.search.sensitivity and plan.limits.scan_share > 0)
+    search = dataclasses.replace(
+        step.search, targets=plan.targets, sensitivity=step.search.sensitivity and plan.limits.scan_share > 0
+    )
     prune = step.prune.with_options(epochs=plan.epochs, patience=plan.patience)
     return search, prune
 

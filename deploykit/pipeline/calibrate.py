@@ -34,16 +34,26 @@ def temperature_step(model, ctx) -> StepOutput:
     if not ctx.config.export.temperature:
         return switched_off(model, "temperature")
     if ctx.task is Task.REGRESSION:
-        return StepOutput(model, StepRecord("temperature", Status.SKIPPED, "a regressor has no softmax to temper "
-                                            "(its MC model's std scale is checked the same way)"))
+        return StepOutput(
+            model,
+            StepRecord(
+                "temperature",
+                Status.SKIPPED,
+                "a regressor has no softmax to temper (its MC model's std scale is checked the same way)",
+            ),
+        )
     if len(ctx.data.x_val) == 0:
         return StepOutput(model, StepRecord("temperature", Status.SKIPPED, "no validation split to fit it on"))
     probs = np.asarray(main_outputs(outputs(model, ctx.data.x_val), ctx.kind), np.float64)
     if probs.ndim == 2 and probs.shape[1] == 1:  # a binary sigmoid head: p(1) as [p(0), p(1)] (sigmoid(z / T) alike)
         probs = np.concatenate([1 - probs, probs], axis=1)
     try:
-        decision = check_temperature(np.asarray(ctx.data.y_val).reshape(len(probs), -1).argmax(1)
-                                     if np.ndim(ctx.data.y_val) == 2 else ctx.data.y_val, probs)
+        decision = check_temperature(
+            np.asarray(ctx.data.y_val).reshape(len(probs), -1).argmax(1)
+            if np.ndim(ctx.data.y_val) == 2
+            else ctx.data.y_val,
+            probs,
+        )
     except DataError as exc:  # outputs or labels a temperature does not apply to: the model goes on as it is
         return StepOutput(model, StepRecord("temperature", Status.SKIPPED, f"no temperature: {exc}"))
     ctx.say("  " + decision.line())
@@ -52,8 +62,11 @@ def temperature_step(model, ctx) -> StepOutput:
     folded = fold_temperature(model, decision.value)
     before, after = (_nll(m, ctx) for m in (model, folded))  # measured on test, after the decision
     reason = f"{decision.line()}; folded into the head (test NLL {before:.4f} -> {after:.4f})"
-    return StepOutput(folded, StepRecord("temperature", Status.DONE, reason, detail=decision),
-                      applied=(f"temperature({decision.value:.4g})",))
+    return StepOutput(
+        folded,
+        StepRecord("temperature", Status.DONE, reason, detail=decision),
+        applied=(f"temperature({decision.value:.4g})",),
+    )
 
 
 def fold_temperature(model, temperature: float):
@@ -74,17 +87,24 @@ def fold_temperature(model, temperature: float):
         scaled = [w / np.float32(temperature) for w in weights]
     layer.set_weights(scaled)
     shape = tuple(model.input_shape[1:])
-    probe = np.concatenate([np.zeros((1, *shape)), np.random.default_rng(0).standard_normal((7, *shape))]).astype(np.float32)
+    probe = np.concatenate([np.zeros((1, *shape)), np.random.default_rng(0).standard_normal((7, *shape))]).astype(
+        np.float32
+    )
     raw, new = outputs(model, probe), outputs(copy, probe)
     last = copy.layers[-1]
     activation = str(last.get_config().get("activation", "linear"))
-    expected = raw / temperature if activation == "linear" and not is_softmax_spec(type(last).__name__, last.get_config()) \
+    expected = (
+        raw / temperature
+        if activation == "linear" and not is_softmax_spec(type(last).__name__, last.get_config())
         else scale_probs(raw, temperature)
+    )
     if activation == "sigmoid":
         expected = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature))
     if np.abs(np.asarray(new, np.float64) - expected).max() > FOLD_TOLERANCE * max(1.0, float(np.abs(expected).max())):
-        raise StepError(f"folding T = {temperature:.4g} into {layer.name} changed the outputs beyond scaling by it",
-                        step="temperature")
+        raise StepError(
+            f"folding T = {temperature:.4g} into {layer.name} changed the outputs beyond scaling by it",
+            step="temperature",
+        )
     return copy
 
 
@@ -97,12 +117,18 @@ def head_layer(model):
         if type(last).__name__ in _AFFINE:
             return last
         previous = _inbound(last)
-        if previous is not None and (type(previous).__name__ in _AFFINE and
-                                     str(previous.get_config().get("activation", "linear")) == "linear"
-                                     or type(previous).__name__ == "BatchNormalization"):
+        if previous is not None and (
+            type(previous).__name__ in _AFFINE
+            and str(previous.get_config().get("activation", "linear")) == "linear"
+            or type(previous).__name__ == "BatchNormalization"
+        ):
             return previous
-    raise UnsupportedLayerError(last.name, type(last).__name__, "the temperature is folded into the head's last "
-                                "Dense or convolution, and this output layer is not one, nor fed by one")
+    raise UnsupportedLayerError(
+        last.name,
+        type(last).__name__,
+        "the temperature is folded into the head's last "
+        "Dense or convolution, and this output layer is not one, nor fed by one",
+    )
 
 
 def _inbound(layer):
@@ -119,7 +145,9 @@ def _scaled_batchnorm(layer, weights, temperature: float):
     """gamma / T and beta / T: a BatchNormalization's output divided by T (needs both scale and center)."""
     config = layer.get_config()
     if not (config.get("scale", True) and config.get("center", True)):
-        raise UnsupportedLayerError(layer.name, "BatchNormalization", "without scale or center it cannot take the temperature")
+        raise UnsupportedLayerError(
+            layer.name, "BatchNormalization", "without scale or center it cannot take the temperature"
+        )
     gamma, beta, *rest = weights
     return [gamma / np.float32(temperature), beta / np.float32(temperature), *rest]
 

@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from deploykit.configs import boolean, check_keys, choice, fraction, integer, positive
 from deploykit.errors import ConfigError
@@ -74,17 +75,61 @@ from deploykit.pipeline.tables import (
 )
 from deploykit.task import Task
 
-_STEPS = {"input": InputConfig, "fold": FoldStep, "structured": StructuredStep, "sparsity": SparsityStep,
-          "compact": CompactStep,
-          "export": ExportStep, "mc": MCStep, "ensemble": EnsembleStep, "conformal": ConformalStep,
-          "validate": ValidateStep, "search": SearchPlan}
+_STEPS = {
+    "input": InputConfig,
+    "fold": FoldStep,
+    "structured": StructuredStep,
+    "sparsity": SparsityStep,
+    "compact": CompactStep,
+    "export": ExportStep,
+    "mc": MCStep,
+    "ensemble": EnsembleStep,
+    "conformal": ConformalStep,
+    "validate": ValidateStep,
+    "search": SearchPlan,
+}
 
 #: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
-OPTIONS = ("fold", "sparsity", "l1", "threshold", "epochs", "distill", "quick", "compact", "export", "formats",
-           "quantize", "quantization", "precisions", "onnx_int8", "tflite_int8", "triton", "mc", "samples", "mc_seed", "mask",
-           "temperature", "target_accuracy", "target_coverage", "target_rmse", "target_delta", "conformal",
-           "conformal_method", "conformal_by_class", "ood_data", "validate", "max_accuracy_drop",
-           "max_rmse_increase", "strict", "ensemble_members", "ensemble_mc_samples", "structured", "time_budget", "ray")
+OPTIONS = (
+    "fold",
+    "sparsity",
+    "l1",
+    "threshold",
+    "epochs",
+    "distill",
+    "quick",
+    "compact",
+    "export",
+    "formats",
+    "quantize",
+    "quantization",
+    "precisions",
+    "onnx_int8",
+    "tflite_int8",
+    "triton",
+    "mc",
+    "samples",
+    "mc_seed",
+    "mask",
+    "temperature",
+    "target_accuracy",
+    "target_coverage",
+    "target_rmse",
+    "target_delta",
+    "conformal",
+    "conformal_method",
+    "conformal_by_class",
+    "ood_data",
+    "validate",
+    "max_accuracy_drop",
+    "max_rmse_increase",
+    "strict",
+    "ensemble_members",
+    "ensemble_mc_samples",
+    "structured",
+    "time_budget",
+    "ray",
+)
 
 
 @dataclass(frozen=True)
@@ -165,7 +210,8 @@ class OptimizeConfig:
         ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
         deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
-        ``temperature`` (bool: the deterministic ONNX models' and the MC model's), ``target_accuracy`` / ``target_coverage``: its calibration and abstain
+        ``temperature`` (bool: the deterministic ONNX models' and the MC model's),
+        ``target_accuracy`` / ``target_coverage``: its calibration and abstain
         threshold, ``target_delta`` the risk that it misses on unseen data; ``conformal`` (a coverage),
         ``conformal_method``, ``conformal_by_class``: the conformal outputs (``[conformal]``);
         ``ood_data``: a path of OOD inputs for the MC report (``[input] ood_data``).
@@ -229,23 +275,41 @@ class OptimizeConfig:
 
     def with_input(self, **values: Any) -> OptimizeConfig:
         """A copy with ``[input]`` values replaced (None values are ignored)."""
-        return dataclasses.replace(self, input=dataclasses.replace(self.input, **{k: v for k, v in values.items() if v is not None}))
+        return dataclasses.replace(
+            self, input=dataclasses.replace(self.input, **{k: v for k, v in values.items() if v is not None})
+        )
 
     def summary(self, task: Task | None = None) -> str:
         """One line: which steps run (the budget of a ``task`` model; default: the classifier's)."""
         s = self.sparsity
-        prune = ("prune: highest of " + "/".join(f"{t:.0%}" for t in s.search.targets)) if s.searching \
+        prune = (
+            ("prune: highest of " + "/".join(f"{t:.0%}" for t in s.search.targets))
+            if s.searching
             else f"prune to {s.prune.target_sparsity:.0%}"
+        )
         sparse = {"prune": prune, "l1": f"l1 {s.l1.l1:g}", "none": "no sparsity"}[s.method.value]
         sparse += " (distilled)" if s.enabled and getattr(s, s.method.value).distill else ""
         parts = [
-            "fold" if self.fold.enabled else "no fold", sparse, "compact" if self.compact.enabled else "no compact",
-            ("export " + "/".join(f.value for f in self.export.formats) + " x " + "/".join(q.value for q in self.export.quantize))
-            if self.export.enabled else "no export",
+            "fold" if self.fold.enabled else "no fold",
+            sparse,
+            "compact" if self.compact.enabled else "no compact",
+            (
+                "export "
+                + "/".join(f.value for f in self.export.formats)
+                + " x "
+                + "/".join(q.value for q in self.export.quantize)
+            )
+            if self.export.enabled
+            else "no export",
             f"MC Dropout (T={self.mc.samples})" if self.mc.enabled else "no MC",
             *([f"ensemble of {len(self.ensemble.members) + 1}"] if self.ensemble.enabled else []),
-            (f"budget RMSE +{100 * self.validate.max_rmse_increase:g}%" if (task or self.input.task) is Task.REGRESSION
-             else f"budget {100 * self.validate.max_accuracy_drop:g} pt") if self.validate.enabled else "no validation",
+            (
+                f"budget RMSE +{100 * self.validate.max_rmse_increase:g}%"
+                if (task or self.input.task) is Task.REGRESSION
+                else f"budget {100 * self.validate.max_accuracy_drop:g} pt"
+            )
+            if self.validate.enabled
+            else "no validation",
         ]
         return ", ".join(parts)
 

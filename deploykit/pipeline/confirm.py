@@ -41,7 +41,9 @@ class Reference:
 def reference_outputs(original, data, kind) -> Reference:
     from deploykit.evaluate import main_outputs, outputs
 
-    return Reference(main_outputs(outputs(original, data.x_val), kind), main_outputs(outputs(original, data.x_test), kind))
+    return Reference(
+        main_outputs(outputs(original, data.x_val), kind), main_outputs(outputs(original, data.x_test), kind)
+    )
 
 
 def validation_view(data):
@@ -57,8 +59,9 @@ def change(new, reference, y, metric: Metric) -> tuple[float, Interval]:
         return rmse(new, y), rmse_change_interval(reference, new, y)
     y = np.asarray(y)
     new_correct = np.asarray(new).argmax(axis=-1) == y
-    return float(new_correct.mean()) if len(y) else 0.0, accuracy_change_interval(np.asarray(reference).argmax(axis=-1) == y,
-                                                                                  new_correct)
+    return float(new_correct.mean()) if len(y) else 0.0, accuracy_change_interval(
+        np.asarray(reference).argmax(axis=-1) == y, new_correct
+    )
 
 
 def split_figure(split: str, new, reference, y, budget: Budget) -> SplitFigure:
@@ -78,8 +81,14 @@ def budget_mismatches(val: SplitFigure | None, test: SplitFigure | None, budget:
             continue
         shortfall = -figure.change if budget.metric is Metric.ACCURACY else figure.change
         label = "test miss: " if figure.split == TEST and val is not None else f"{figure.split} "
-        return [Mismatch(f"{label}{what} vs the original", shortfall, f"<= {budget.limit:g} (the budget)",
-                         f"{describe(figure, budget)}")]
+        return [
+            Mismatch(
+                f"{label}{what} vs the original",
+                shortfall,
+                f"<= {budget.limit:g} (the budget)",
+                f"{describe(figure, budget)}",
+            )
+        ]
     return []
 
 
@@ -87,18 +96,23 @@ def describe(figure: SplitFigure, budget: Budget) -> str:
     """``validation accuracy 0.8520, -0.55 pt (95% CI -1.80 to +0.70)`` / ``test RMSE 4.1, +3.0% (...)``."""
     if budget.metric is Metric.ACCURACY:
         low, high = figure.ci95
-        return (f"{figure.split} accuracy {figure.value:.4f}, {100 * figure.change:+.2f} pt "
-                f"(95% CI {100 * low:+.2f} to {100 * high:+.2f})")
+        return (
+            f"{figure.split} accuracy {figure.value:.4f}, {100 * figure.change:+.2f} pt "
+            f"(95% CI {100 * low:+.2f} to {100 * high:+.2f})"
+        )
     low, high = figure.ci95
-    return (f"{figure.split} RMSE {figure.value:.4g}, {100 * figure.change:+.1f}% "
-            f"(95% CI {100 * low:+.1f}% to {100 * high:+.1f}%)")
+    return (
+        f"{figure.split} RMSE {figure.value:.4g}, {100 * figure.change:+.1f}% "
+        f"(95% CI {100 * low:+.1f}% to {100 * high:+.1f}%)"
+    )
 
 
 def resolution_notes(data, budget: Budget) -> tuple[dict, list[str]]:
     """Whether each split can resolve the budget: (figures for report.json, lines to say before any training).
 
     A classifier's split resolves a budget of ``B`` when a no-op that moves a budget's worth of rows each way
-    (``B n`` for the better, ``B n`` for the worse) has a 95% interval within ``+-B`` (:func:`deploykit.stats.resolution`).
+    (``B n`` for the better, ``B n`` for the worse) has a 95% interval within ``+-B``
+    (:func:`deploykit.stats.resolution`).
     A regressor's RMSE interval depends on its errors, known only once measured: no figure is given.
     """
     if budget.metric is not Metric.ACCURACY:
@@ -106,15 +120,20 @@ def resolution_notes(data, budget: Budget) -> tuple[dict, list[str]]:
     figures, lines = {}, []
     for split, rows in ((VALIDATION, len(data.x_val)), (TEST, len(data.x_test))):
         half = resolution(rows, 2 * budget.limit)
-        figures[split] = {"rows": rows, "no_op_half_width": half, "resolves_budget": half <= budget.limit,
-                          "smallest_resolvable_budget": smallest_budget(rows)}
+        figures[split] = {
+            "rows": rows,
+            "no_op_half_width": half,
+            "resolves_budget": half <= budget.limit,
+            "smallest_resolvable_budget": smallest_budget(rows),
+        }
         if half > budget.limit:
             lines.append(
                 f"warning: the {split} split ({rows} rows) cannot resolve a {100 * budget.limit:g}-pt budget: a no-op "
                 f"moving {100 * budget.limit:g}% of its rows each way has a 95% interval of +-{100 * half:.2f} pt. "
                 f"Give more rows (about {rows_needed(budget.limit)} per split), a budget of "
                 f"--max-accuracy-drop {smallest_budget(rows):g} or more, or a larger {split} share "
-                f"(x_val / y_val, x_test / y_test in an .npz)")
+                f"(x_val / y_val, x_test / y_test in an .npz)"
+            )
     return figures, lines
 
 

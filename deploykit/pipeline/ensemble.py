@@ -27,9 +27,18 @@ from deploykit.records import Record
 Optimize = Callable[..., Any]
 
 
-def optimize_members(optimize: Optimize, models: Sequence, data, folder: str | os.PathLike, progress=None, *,
-                     mc_samples: int | None = None, keep_keras: bool = False, keras3: bool = False,
-                     **options) -> tuple[list[Path], Path]:
+def optimize_members(
+    optimize: Optimize,
+    models: Sequence,
+    data,
+    folder: str | os.PathLike,
+    progress=None,
+    *,
+    mc_samples: int | None = None,
+    keep_keras: bool = False,
+    keras3: bool = False,
+    **options,
+) -> tuple[list[Path], Path]:
     """Run each model through ``optimize`` (fold, prune, int8-dynamic ONNX); the member files and one original.
 
     ``options`` are ``optimize``'s options (flat ones, e.g. ``sparsity=0.8``, or ``config=``); the formats,
@@ -57,13 +66,27 @@ def optimize_members(optimize: Optimize, models: Sequence, data, folder: str | o
         with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
             say(f"member {k + 1}/{len(models)}")
             member_say = _member_progress(say, tmp, f"member {k + 1}")
-            result = optimize(model, data, out_dir=Path(tmp) / "out", formats="onnx", quantize="int8-dynamic",
-                              mc=mc_samples is not None, samples=mc_samples, progress=member_say,
-                              time_budget=_member_minutes(deadline, len(models) - k), **options)
-            shipped = [r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8" and r.verdict.shipped]
+            result = optimize(
+                model,
+                data,
+                out_dir=Path(tmp) / "out",
+                formats="onnx",
+                quantize="int8-dynamic",
+                mc=mc_samples is not None,
+                samples=mc_samples,
+                progress=member_say,
+                time_budget=_member_minutes(deadline, len(models) - k),
+                **options,
+            )
+            shipped = [
+                r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8" and r.verdict.shipped
+            ]
             if not shipped:
-                raise StepError(f"ensemble member {k}: no int8 ONNX model within the accuracy budget "
-                                f"({'; '.join(r.checks for r in result.rejected)})", step="ensemble")
+                raise StepError(
+                    f"ensemble member {k}: no int8 ONNX model within the accuracy budget "
+                    f"({'; '.join(r.checks for r in result.rejected)})",
+                    step="ensemble",
+                )
             path = folder / f"member{k}.onnx"
             if mc_samples is None:
                 shutil.copy(result.out_dir / shipped[0], path)
@@ -112,6 +135,7 @@ def _member_minutes(deadline: tuple[float, float] | None, left: int) -> float | 
 
 def _member_progress(say: Callable[[str], None], tmp: str, name: str) -> Callable[[str], None]:
     """A member's progress lines, its temporary folder named as the member (no temporary path is printed)."""
+
     def member_say(message: str) -> None:
         say("  " + message.replace(f"{tmp}{os.sep}out", name).replace(tmp, name))
 
@@ -127,23 +151,45 @@ def mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
     from deploykit.uncertainty import MCConfig, export_mc_onnx
 
     model = load_model(keras_file)
-    meta = ModelMetadata(sparsity=round(float(model_sparsity(kernel_sparsity(model, {}))), 6))  # as the int8 members record it
-    export_mc_onnx(model, path, config=MCConfig(samples=samples, include_samples=True), metadata=meta,
-                   class_names=list(data.class_names) or None, quantization="int8-dynamic", calibration=data)
+    meta = ModelMetadata(
+        sparsity=round(float(model_sparsity(kernel_sparsity(model, {}))), 6)
+    )  # as the int8 members record it
+    export_mc_onnx(
+        model,
+        path,
+        config=MCConfig(samples=samples, include_samples=True),
+        metadata=meta,
+        class_names=list(data.class_names) or None,
+        quantization="int8-dynamic",
+        calibration=data,
+    )
 
 
 @dataclass
 class EnsembleRun(Record):
-    """What :func:`optimize_ensemble` wrote in its folder: the calibrated ensemble and its sizes against the original."""
+    """What :func:`optimize_ensemble` wrote in its folder: the calibrated ensemble and its sizes against the
+    original."""
 
     bundle: object  # deploykit.uncertainty.bundle.EnsembleBundle
     sizes: object  # deploykit.uncertainty.ensemble.EnsembleSizes
     members: list[Path]
 
 
-def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, *, mc_samples: int | None = None,
-                      temperature: bool = True, target=None, ood: np.ndarray | None = None, conformal=None,
-                      say: Callable[[str], None] = lambda m: None, keras3: bool = False, **options) -> EnsembleRun:
+def optimize_ensemble(
+    optimize: Optimize,
+    models: Sequence,
+    data,
+    folder: Path,
+    *,
+    mc_samples: int | None = None,
+    temperature: bool = True,
+    target=None,
+    ood: np.ndarray | None = None,
+    conformal=None,
+    say: Callable[[str], None] = lambda m: None,
+    keras3: bool = False,
+    **options,
+) -> EnsembleRun:
     """Optimize the members (:func:`optimize_members`, ``options`` as there; their optimized Keras models kept)
     into ``folder/members`` and write ``folder/ensemble.onnx``, calibrated, thresholded (``target``), given conformal
     outputs (``conformal``: a ConformalConfig) and evaluated (``ood``) by
@@ -155,11 +201,28 @@ def optimize_ensemble(optimize: Optimize, models: Sequence, data, folder: Path, 
         raise UsageError(f"mc_samples must be >= 1, got {mc_samples}")
     if len(models) < 2:
         raise UsageError(f"a deep ensemble needs at least 2 members, got {len(models)}")
-    members, original = optimize_members(optimize, models, data, folder / MEMBERS_DIR, progress=say,
-                                         mc_samples=mc_samples, keep_keras=True, keras3=keras3, **options)
+    members, original = optimize_members(
+        optimize,
+        models,
+        data,
+        folder / MEMBERS_DIR,
+        progress=say,
+        mc_samples=mc_samples,
+        keep_keras=True,
+        keras3=keras3,
+        **options,
+    )
     say(f"writing {ENSEMBLE_FILE} ({len(members)} members)")
-    bundle = ensemble_bundle(members, data, folder / ENSEMBLE_FILE, temperature=temperature, target=target, ood=ood,
-                             conformal=conformal, say=lambda m: say("  " + m))
+    bundle = ensemble_bundle(
+        members,
+        data,
+        folder / ENSEMBLE_FILE,
+        temperature=temperature,
+        target=target,
+        ood=ood,
+        conformal=conformal,
+        say=lambda m: say("  " + m),
+    )
     return EnsembleRun(bundle, ensemble_sizes(members, bundle.export.path, original), members)
 
 

@@ -33,8 +33,11 @@ class Int8Variant:
 
     def describe(self) -> str:
         knobs = self.knobs.for_variant(self.quantization)
-        calibration = f", {knobs.num_calibration} {knobs.calibration_method.value} calibration samples" \
-            if self.quantization.needs_calibration else ""
+        calibration = (
+            f", {knobs.num_calibration} {knobs.calibration_method.value} calibration samples"
+            if self.quantization.needs_calibration
+            else ""
+        )
         return f"{self.format.value} {self.quantization.value}{calibration}" + (f", {self.note}" if self.note else "")
 
     @property
@@ -42,8 +45,15 @@ class Int8Variant:
         return self.quantization.file_name(self.format)
 
 
-def int8_variants(fmt: ExportFormat, requested: Quantization, knobs: QuantConfig, layers: list[str],
-                  taken: set[Quantization], dense_first: bool = True, raw_scales: bool = False) -> list[Int8Variant]:
+def int8_variants(
+    fmt: ExportFormat,
+    requested: Quantization,
+    knobs: QuantConfig,
+    layers: list[str],
+    taken: set[Quantization],
+    dense_first: bool = True,
+    raw_scales: bool = False,
+) -> list[Int8Variant]:
     """The settings tried for one requested int8 variant, in order: as configured first, then the fallbacks.
 
     Static (ONNX QDQ, TFLite full integer): four times the calibration samples, then entropy (ONNX)
@@ -59,18 +69,32 @@ def int8_variants(fmt: ExportFormat, requested: Quantization, knobs: QuantConfig
     tries = [Int8Variant(fmt, requested, knobs)]
     standardized = None
     if dense_first and not knobs.standardize_input:
-        kept_float = (*knobs.exclude, STANDARDIZATION) if requested.spec.takes_exclude and requested.needs_calibration \
+        kept_float = (
+            (*knobs.exclude, STANDARDIZATION)
+            if requested.spec.takes_exclude and requested.needs_calibration
             else knobs.exclude
-        standardized = Int8Variant(fmt, requested, dataclasses.replace(knobs, standardize_input=True, exclude=kept_float),
-                                   "inputs standardized in float")
+        )
+        standardized = Int8Variant(
+            fmt,
+            requested,
+            dataclasses.replace(knobs, standardize_input=True, exclude=kept_float),
+            "inputs standardized in float",
+        )
     if standardized is not None and raw_scales:
         tries.append(standardized)
         knobs = standardized.knobs  # every later try keeps it
     tries += _calibration_tries(fmt, requested, knobs, layers)
     if standardized is not None and not raw_scales:
         tries.append(standardized)
-    others = [q for q in Quantization if fmt in q.formats and q.precision is requested.precision
-              and q is not requested and q not in taken and not q.needs_calibration]
+    others = [
+        q
+        for q in Quantization
+        if fmt in q.formats
+        and q.precision is requested.precision
+        and q is not requested
+        and q not in taken
+        and not q.needs_calibration
+    ]
     plain = dataclasses.replace(knobs, exclude=tuple(n for n in knobs.exclude if n != STANDARDIZATION))
     tries += [Int8Variant(fmt, q, plain, "fallback") for q in others]
     return tries
@@ -83,8 +107,14 @@ def _calibration_tries(fmt: ExportFormat, requested: Quantization, knobs: QuantC
     more = dataclasses.replace(knobs, num_calibration=MORE_CALIBRATION * knobs.num_calibration)
     tries = [Int8Variant(fmt, requested, more, f"{MORE_CALIBRATION}x calibration")]
     if fmt is ExportFormat.ONNX and knobs.calibration_method is not CalibrationMethod.ENTROPY:
-        tries.append(Int8Variant(fmt, requested, dataclasses.replace(more, calibration_method=CalibrationMethod.ENTROPY),
-                                 f"{MORE_CALIBRATION}x calibration, entropy"))
+        tries.append(
+            Int8Variant(
+                fmt,
+                requested,
+                dataclasses.replace(more, calibration_method=CalibrationMethod.ENTROPY),
+                f"{MORE_CALIBRATION}x calibration, entropy",
+            )
+        )
     ends = tuple(dict.fromkeys([layers[0], layers[-1]])) if layers else ()
     if ends and not set(ends) <= set(knobs.exclude):
         kept = dataclasses.replace(more, exclude=tuple(dict.fromkeys([*knobs.exclude, *ends])))
@@ -110,8 +140,16 @@ def export_int8(variant: Int8Variant, model, folder: Path, data, *, opset: int, 
     """Export one int8 try through the exporter; returns its ExportRecord."""
     from deploykit.export import export_variant
 
-    return export_variant(model, variant.format, variant.quantization, folder / variant.file, data,
-                          config=variant.knobs, opset=opset, metadata=metadata)
+    return export_variant(
+        model,
+        variant.format,
+        variant.quantization,
+        folder / variant.file,
+        data,
+        config=variant.knobs,
+        opset=opset,
+        metadata=metadata,
+    )
 
 
 @dataclass
@@ -127,8 +165,12 @@ class Int8Attempt:
         return self.row is not None and self.row.verdict.shipped
 
 
-def search_int8(variants: list[Int8Variant], make: Callable[[Int8Variant], Any],
-                measure: Callable[[Any], Any], allowed: Callable[[Int8Variant], bool] = lambda v: True) -> list[Int8Attempt]:
+def search_int8(
+    variants: list[Int8Variant],
+    make: Callable[[Int8Variant], Any],
+    measure: Callable[[Any], Any],
+    allowed: Callable[[Int8Variant], bool] = lambda v: True,
+) -> list[Int8Attempt]:
     """Export (``make``) and measure each setting in turn; stop at the first whose row passes.
 
     An exporter error is that try's failure (its message kept), not the run's; a bad option

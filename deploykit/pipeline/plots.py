@@ -59,8 +59,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: str | os.PathLike,
-                     budget: float | None = None, metric: Metric = Metric.ACCURACY) -> Path:
+def accuracy_vs_size(
+    rows: Sequence[ArtifactRow],
+    tries: Sequence[Try],
+    path: str | os.PathLike,
+    budget: float | None = None,
+    metric: Metric = Metric.ACCURACY,
+) -> Path:
     """Test accuracy (or a regressor's RMSE) against gzip size (log scale): every try and artifact, their Pareto
     front, the shipped points marked. ``budget`` is in the metric's terms (accuracy points, or an RMSE fraction)."""
     rmse = metric is Metric.RMSE
@@ -73,26 +78,65 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: st
     for stage, marker, label in ((Stage.SPARSITY, "o", "sparsity try (.keras gzip)"), (Stage.INT8, "D", "int8 try")):
         pts = [t for t in tried if t.stage is stage]
         if pts:
-            ax.scatter([t.gzip_bytes / 1024 for t in pts], [value(t) for t in pts], s=28, marker=marker,
-                       facecolor="none", edgecolor="gray", zorder=2, label=label)
+            ax.scatter(
+                [t.gzip_bytes / 1024 for t in pts],
+                [value(t) for t in pts],
+                s=28,
+                marker=marker,
+                facecolor="none",
+                edgecolor="gray",
+                zorder=2,
+                label=label,
+            )
     for r in measured:
         shipped = r.verdict.shipped
-        ax.scatter(r.gzip_bytes / 1024, value(r), s=70 if shipped else 50, color=_COLORS.get(r.format, "black"),
-                   marker=_MARKERS.get(r.precision, "o") if shipped else "X", edgecolor="black", linewidth=1.2 if shipped else 0.5,
-                   alpha=1.0 if shipped else 0.6, zorder=4)
-    front = [(x, better * y) for x, y in pareto_front([(t.gzip_bytes / 1024, better * value(t)) for t in tried]
-                                                      + [(r.gzip_bytes / 1024, better * value(r)) for r in measured])]
+        ax.scatter(
+            r.gzip_bytes / 1024,
+            value(r),
+            s=70 if shipped else 50,
+            color=_COLORS.get(r.format, "black"),
+            marker=_MARKERS.get(r.precision, "o") if shipped else "X",
+            edgecolor="black",
+            linewidth=1.2 if shipped else 0.5,
+            alpha=1.0 if shipped else 0.6,
+            zorder=4,
+        )
+    front = [
+        (x, better * y)
+        for x, y in pareto_front(
+            [(t.gzip_bytes / 1024, better * value(t)) for t in tried]
+            + [(r.gzip_bytes / 1024, better * value(r)) for r in measured]
+        )
+    ]
     if front:  # the best figure reached at each size or less: a step to each front point, flat to the right
         right = max([t.gzip_bytes / 1024 for t in tried] + [r.gzip_bytes / 1024 for r in measured])
         xs, ys = [p[0] for p in front] + [right], [p[1] for p in front] + [front[-1][1]]
-        ax.step(xs, ys, where="post", linestyle="--", color="tab:green", alpha=0.7, zorder=1,
-                label="Pareto front (every try and artifact)")
-        ax.scatter([p[0] for p in front], [p[1] for p in front], s=150, facecolor="none", edgecolor="tab:green",
-                   linewidth=1.5, zorder=3)
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            linestyle="--",
+            color="tab:green",
+            alpha=0.7,
+            zorder=1,
+            label="Pareto front (every try and artifact)",
+        )
+        ax.scatter(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            s=150,
+            facecolor="none",
+            edgecolor="tab:green",
+            linewidth=1.5,
+            zorder=3,
+        )
     reference = next((r for r in rows if r.verdict is Verdict.REFERENCE and getattr(r, metric.value) is not None), None)
     if reference is not None and budget is not None:
-        line, text = (reference.rmse * (1 + budget), f"budget: RMSE {100 * budget:g}% above the original") if rmse else \
-            (100 * (reference.accuracy - budget), f"budget: {100 * budget:g} pt below the original")
+        line, text = (
+            (reference.rmse * (1 + budget), f"budget: RMSE {100 * budget:g}% above the original")
+            if rmse
+            else (100 * (reference.accuracy - budget), f"budget: {100 * budget:g} pt below the original")
+        )
         ax.axhline(line, color="tab:red", linestyle=":", linewidth=1, zorder=1, label=text)
     close = 0.01 * max((value(r) for r in measured), default=0.0) if rmse else 0.15  # overlapping labels: 0.15 pt, 1%
     _label_shipped(ax, [r for r in measured if r.verdict.shipped], value, close)
@@ -100,12 +144,22 @@ def accuracy_vs_size(rows: Sequence[ArtifactRow], tries: Sequence[Try], path: st
     ax.margins(x=0.08, y=0.15)  # room for the labels inside the frame
     _kib_axis(ax.xaxis)
     name = "RMSE" if rmse else "Accuracy"
-    ax.set(xlabel="gzip size (KiB, log scale)", ylabel="test RMSE (target units)" if rmse else "test accuracy (%)",
-           title=f"{name} vs gzip size: every try; shipped artifacts filled, rejected crossed")
+    ax.set(
+        xlabel="gzip size (KiB, log scale)",
+        ylabel="test RMSE (target units)" if rmse else "test accuracy (%)",
+        title=f"{name} vs gzip size: every try; shipped artifacts filled, rejected crossed",
+    )
     ax.grid(True, which="major", alpha=0.3)
-    handles = [ax.scatter([], [], color=c, label=f, edgecolor="black") for f, c in _COLORS.items() if any(r.format == f for r in rows)]
-    handles += [ax.scatter([], [], color="white", marker=m, label=p, edgecolor="black") for p, m in _MARKERS.items()
-                if any(r.precision == p for r in rows)]
+    handles = [
+        ax.scatter([], [], color=c, label=f, edgecolor="black")
+        for f, c in _COLORS.items()
+        if any(r.format == f for r in rows)
+    ]
+    handles += [
+        ax.scatter([], [], color="white", marker=m, label=p, edgecolor="black")
+        for p, m in _MARKERS.items()
+        if any(r.precision == p for r in rows)
+    ]
     if any(not r.verdict.shipped for r in measured):
         handles.append(ax.scatter([], [], color="gray", marker="X", label="rejected", edgecolor="black", linewidth=0.5))
     extra = [h for h, l in zip(*ax.get_legend_handles_labels()) if "try" in l or "Pareto" in l or "budget" in l]
@@ -124,9 +178,14 @@ def _label_shipped(ax, rows: Sequence[ArtifactRow], value=lambda r: 100 * r.accu
             clusters.append([r])
     for k, group in enumerate(clusters):  # alternate above / below so neighbours do not collide
         above = k % 2 == 0
-        ax.annotate("\n".join(r.file for r in group), (group[0].gzip_bytes / 1024, value(group[0])),
-                    textcoords="offset points", xytext=(6, 6 if above else -6), fontsize=7,
-                    va="bottom" if above else "top")
+        ax.annotate(
+            "\n".join(r.file for r in group),
+            (group[0].gzip_bytes / 1024, value(group[0])),
+            textcoords="offset points",
+            xytext=(6, 6 if above else -6),
+            fontsize=7,
+            va="bottom" if above else "top",
+        )
 
 
 def layer_sparsity(rows: Sequence[LayerSparsityRow], path: str | os.PathLike) -> Path:
@@ -143,8 +202,16 @@ def layer_sparsity(rows: Sequence[LayerSparsityRow], path: str | os.PathLike) ->
         bars = ax.bar(x + (k - (len(stages) - 1) / 2) * width, heights, width, label=stage, edgecolor="black")
         for bar, layer in zip(bars, layers):
             if layer in values:
-                ax.annotate(f"{values[layer].weights:,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
+                ax.annotate(
+                    f"{values[layer].weights:,}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
     ax.set_xticks(x, layers, rotation=20, fontsize=8)
     ax.set(ylabel="zero weights (%)", ylim=(0, 110), title="Per-layer kernel sparsity (labels: kernel weights)")
     ax.legend(fontsize=8)
@@ -169,10 +236,12 @@ def latency(rows: Sequence[ArtifactRow], path: str | os.PathLike) -> Path:
     labels = [f"{r.file} ({r.runtime})" for r in timed]
     colors = [_COLORS.get(r.format, "black") for r in timed]
     y = np.arange(len(timed))
-    for k, (title, values, unit, label) in enumerate((
-        ("batch-1 latency (median)", [1000 * r.latency_b1_ms for r in timed], "µs", "µs per call, log scale"),
-        ("batch-256 throughput", [r.throughput_b256 or 0.0 for r in timed], "/s", "examples / s, log scale"),
-    )):
+    for k, (title, values, unit, label) in enumerate(
+        (
+            ("batch-1 latency (median)", [1000 * r.latency_b1_ms for r in timed], "µs", "µs per call, log scale"),
+            ("batch-256 throughput", [r.throughput_b256 or 0.0 for r in timed], "/s", "examples / s, log scale"),
+        )
+    ):
         ax = fig.add_subplot(1, 2, k + 1)
         ax.barh(y, values, color=colors, edgecolor="black")
         ax.set_yticks(y, labels if k == 0 else [""] * len(timed), fontsize=8)
@@ -190,5 +259,7 @@ def latency(rows: Sequence[ArtifactRow], path: str | os.PathLike) -> Path:
         ax.grid(True, axis="x", which="major", alpha=0.3)
         for yy, v in zip(y, values):
             if v:
-                ax.annotate(_human(unit)(v, None), (v, yy), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
+                ax.annotate(
+                    _human(unit)(v, None), (v, yy), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points"
+                )
     return _save(fig, path)

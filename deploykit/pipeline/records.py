@@ -77,7 +77,9 @@ class ArtifactRow(Record):
     format: str  # keras | onnx | tflite | onnx-mc
     runtime: str  # tf_keras | onnxruntime | litert
     precision: str  # float32 | float16 | int8
-    quantization: str  # the exporter's variant name: float32, float16, int8-dynamic, int8-static, int8-full, int8-weights
+    quantization: (
+        str  # the exporter's variant name: float32, float16, int8-dynamic, int8-static, int8-full, int8-weights
+    )
     sparsity: float
     size_bytes: int
     gzip_bytes: int

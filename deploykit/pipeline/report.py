@@ -5,13 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from deploykit.pipeline.records import ArtifactRow, StepRecord, Status, Try, Verdict
+from deploykit.pipeline.records import ArtifactRow, Status, StepRecord, Try, Verdict
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
-COLUMNS = ("artifact", "format", "quantization", "sparsity", "size", "gzip", "compression", "accuracy",
-           "Δ acc (95% CI)", "val Δ acc (95% CI)", "agreement", "b1 latency", "b256 throughput", "validation")
+COLUMNS = (
+    "artifact",
+    "format",
+    "quantization",
+    "sparsity",
+    "size",
+    "gzip",
+    "compression",
+    "accuracy",
+    "Δ acc (95% CI)",
+    "val Δ acc (95% CI)",
+    "agreement",
+    "b1 latency",
+    "b256 throughput",
+    "validation",
+)
 #: A regressor's table: RMSE and its change, and the largest error against the targets, instead of accuracy.
 REGRESSION_COLUMNS = (*COLUMNS[:7], "RMSE", "Δ RMSE (95% CI)", "val Δ RMSE (95% CI)", "max abs error", *COLUMNS[11:])
 
@@ -66,12 +80,22 @@ def columns_for(rows: Sequence[ArtifactRow]) -> tuple[str, ...]:
 
 
 def artifact_cells(r: ArtifactRow, regression: bool = False) -> list[str]:
-    """One table row as text (a regressor's: RMSE, its change and the max abs error where a classifier's has accuracy)."""
-    figures = [_number(r.rmse), with_ci(r.rmse_change, r.ci95, True), _val_cell(r, True), _number(r.max_abs_error)] \
-        if regression else [_pct(r.accuracy), with_ci(r.accuracy_change, r.ci95), _val_cell(r, False), _pct(r.agreement)]
+    """One table row as text (a regressor's: RMSE, its change and the max abs error where a classifier's has
+    accuracy)."""
+    figures = (
+        [_number(r.rmse), with_ci(r.rmse_change, r.ci95, True), _val_cell(r, True), _number(r.max_abs_error)]
+        if regression
+        else [_pct(r.accuracy), with_ci(r.accuracy_change, r.ci95), _val_cell(r, False), _pct(r.agreement)]
+    )
     return [
-        r.file, f"{r.format} ({r.runtime})", r.quantization, _pct(r.sparsity, 1), _size(r.size_bytes), _size(r.gzip_bytes),
-        f"{r.compression:.1f}x", *figures,
+        r.file,
+        f"{r.format} ({r.runtime})",
+        r.quantization,
+        _pct(r.sparsity, 1),
+        _size(r.size_bytes),
+        _size(r.gzip_bytes),
+        f"{r.compression:.1f}x",
+        *figures,
         _duration(r.latency_b1_ms),
         "—" if r.throughput_b256 is None else f"{r.throughput_b256:,.0f}/s",
         r.verdict.value,
@@ -101,10 +125,20 @@ def step_cells(s: StepRecord) -> list[str]:
     """What a step bought and cost: accuracy, parameters, .keras gzip size, seconds."""
     b, a = s.before, s.after
     if b is not None and a is not None:
-        ci = "" if s.ci95 is None else (f" [{100 * s.ci95[0]:+.2f}, {100 * s.ci95[1]:+.2f}]" if b.rmse is None else
-                                        f" [{100 * s.ci95[0]:+.1f}%, {100 * s.ci95[1]:+.1f}%]")
-        acc = f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt{ci})" \
-            if b.rmse is None else f"RMSE {b.rmse:.4g} → {a.rmse:.4g} ({100 * (a.rmse / b.rmse - 1) if b.rmse else 0.0:+.1f}%{ci})"
+        ci = (
+            ""
+            if s.ci95 is None
+            else (
+                f" [{100 * s.ci95[0]:+.2f}, {100 * s.ci95[1]:+.2f}]"
+                if b.rmse is None
+                else f" [{100 * s.ci95[0]:+.1f}%, {100 * s.ci95[1]:+.1f}%]"
+            )
+        )
+        acc = (
+            f"{100 * b.accuracy:.2f}% → {100 * a.accuracy:.2f}% ({100 * (a.accuracy - b.accuracy):+.2f} pt{ci})"
+            if b.rmse is None
+            else f"RMSE {b.rmse:.4g} → {a.rmse:.4g} ({100 * (a.rmse / b.rmse - 1) if b.rmse else 0.0:+.1f}%{ci})"
+        )
         params = f"{b.params:,} → {a.params:,}"
         macs = f"{b.kernel_weights:,} → {a.kernel_weights:,}"
         size = f"{_size(b.keras_gzip_bytes)} → {_size(a.keras_gzip_bytes)}"
@@ -115,7 +149,17 @@ def step_cells(s: StepRecord) -> list[str]:
     return [s.step, s.status.value, f"{s.seconds:.1f} s", acc, sparsity, params, macs, size, note]
 
 
-STEP_COLUMNS = ("step", "status", "time", "test accuracy / RMSE [95% CI of the change]", "sparsity", "parameters", "kernel weights", ".keras gzip", "what it did")
+STEP_COLUMNS = (
+    "step",
+    "status",
+    "time",
+    "test accuracy / RMSE [95% CI of the change]",
+    "sparsity",
+    "parameters",
+    "kernel weights",
+    ".keras gzip",
+    "what it did",
+)
 
 
 TRY_COLUMNS = ("stage", "setting", "val accuracy", "val Δ acc (95% CI)", "gzip", "kept", "note")
@@ -125,56 +169,97 @@ REGRESSION_TRY_COLUMNS = ("stage", "setting", "val RMSE", "val Δ RMSE (95% CI)"
 def try_cells(t: Try) -> list[str]:
     """One try as text: setting -> accuracy (or RMSE), size, kept or not."""
     note = t.note if len(t.note) <= 90 else t.note[:87] + "..."
-    figures = [_number(t.rmse), with_ci(t.rmse_change, t.ci95, True)] if t.rmse is not None else \
-        [_pct(t.accuracy), with_ci(t.accuracy_change, t.ci95)]
-    return [t.stage.value, t.setting, *figures,
-            _size(t.gzip_bytes) if t.gzip_bytes else "—", "yes" if t.kept else "no", note.replace("|", "/")]
+    figures = (
+        [_number(t.rmse), with_ci(t.rmse_change, t.ci95, True)]
+        if t.rmse is not None
+        else [_pct(t.accuracy), with_ci(t.accuracy_change, t.ci95)]
+    )
+    return [
+        t.stage.value,
+        t.setting,
+        *figures,
+        _size(t.gzip_bytes) if t.gzip_bytes else "—",
+        "yes" if t.kept else "no",
+        note.replace("|", "/"),
+    ]
 
 
-def build_report(*, config, task=None, data_summary: str, model_summary: dict[str, Any], original, final, steps: Sequence[StepRecord],
-                 artifacts: Sequence[ArtifactRow], tries: Sequence[Try], layer_sparsity, mc, plots: Sequence[str],
-                 seconds: float, version: str, resolution: dict | None = None) -> dict[str, Any]:
+def build_report(
+    *,
+    config,
+    task=None,
+    data_summary: str,
+    model_summary: dict[str, Any],
+    original,
+    final,
+    steps: Sequence[StepRecord],
+    artifacts: Sequence[ArtifactRow],
+    tries: Sequence[Try],
+    layer_sparsity,
+    mc,
+    plots: Sequence[str],
+    seconds: float,
+    version: str,
+    resolution: dict | None = None,
+) -> dict[str, Any]:
     """The whole report as JSON-ready values (the typed records become JSON here, and only here)."""
     from deploykit.records import to_jsonable
 
-    return to_jsonable({
-        "deploykit_version": version,
-        "config": config.to_dict(),
-        "data": data_summary,
-        "model": model_summary,
-        "original": original,
-        "final": final,
-        "steps": list(steps),
-        "artifacts": list(artifacts),
-        "budget": {**_budget_entry(config, task, original), **_decision_entry(resolution),
-                   "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
-                   "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED]},
-        "tries": list(tries),
-        "layer_sparsity": list(layer_sparsity),
-        "mc": mc,
-        "plots": list(plots),
-        "seconds": round(seconds, 2),
-        "notes": notes(artifacts),
-    })
+    return to_jsonable(
+        {
+            "deploykit_version": version,
+            "config": config.to_dict(),
+            "data": data_summary,
+            "model": model_summary,
+            "original": original,
+            "final": final,
+            "steps": list(steps),
+            "artifacts": list(artifacts),
+            "budget": {
+                **_budget_entry(config, task, original),
+                **_decision_entry(resolution),
+                "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
+                "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED],
+            },
+            "tries": list(tries),
+            "layer_sparsity": list(layer_sparsity),
+            "mc": mc,
+            "plots": list(plots),
+            "seconds": round(seconds, 2),
+            "notes": notes(artifacts),
+        }
+    )
 
 
 def _budget_entry(config, task, original) -> dict[str, Any]:
-    """The budget under its one name (max_accuracy_drop, or a regressor's max_rmse_increase) and the original's figure."""
+    """The budget under its one name (max_accuracy_drop, or a regressor's max_rmse_increase) and the original's
+    figure."""
     from deploykit.task import Task
 
     if task is Task.REGRESSION:
-        return {"metric": "rmse", "max_rmse_increase": config.validate.max_rmse_increase, "original_rmse": original.rmse}
-    return {"metric": "accuracy", "max_accuracy_drop": config.validate.max_accuracy_drop, "original_accuracy": original.accuracy}
+        return {
+            "metric": "rmse",
+            "max_rmse_increase": config.validate.max_rmse_increase,
+            "original_rmse": original.rmse,
+        }
+    return {
+        "metric": "accuracy",
+        "max_accuracy_drop": config.validate.max_accuracy_drop,
+        "original_accuracy": original.accuracy,
+    }
 
 
 def _decision_entry(resolution: dict | None) -> dict[str, Any]:
     """Where the budget is decided and confirmed, by which rule, and whether each split can resolve it."""
-    return {"decided_on": "validation", "confirmed_on": "test",
-            "rule": "validation: point estimate within the budget and its 95% interval not entirely beyond it; "
-                    "test: point estimate within the budget (a miss after validation accepted is a test miss)",
-            "interval": "95% of the paired difference: exact (Clopper-Pearson on the discordant rows) for accuracy, "
-                        "paired bootstrap for RMSE",
-            "resolution": resolution or {}}
+    return {
+        "decided_on": "validation",
+        "confirmed_on": "test",
+        "rule": "validation: point estimate within the budget and its 95% interval not entirely beyond it; "
+        "test: point estimate within the budget (a miss after validation accepted is a test miss)",
+        "interval": "95% of the paired difference: exact (Clopper-Pearson on the discordant rows) for accuracy, "
+        "paired bootstrap for RMSE",
+        "resolution": resolution or {},
+    }
 
 
 def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
@@ -191,8 +276,10 @@ def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
             continue
         slower = [f"{ratio:.2f}x slower at batch {batch}" for ratio, batch in _slowdowns(r, ref) if ratio > 1.05]
         if slower:
-            out.append(f"{r.file}: {r.precision} is {' and '.join(slower)} than float32 in {r.runtime} on this CPU "
-                       f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)")
+            out.append(
+                f"{r.file}: {r.precision} is {' and '.join(slower)} than float32 in {r.runtime} on this CPU "
+                f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)"
+            )
     return out
 
 
@@ -206,21 +293,27 @@ def _slowdowns(row: ArtifactRow, ref: ArtifactRow) -> list[tuple[float, int]]:
     return out
 
 
-def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Sequence[StepRecord],
-             tries: Sequence[Try] = ()) -> str:
+def markdown(
+    report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Sequence[StepRecord], tries: Sequence[Try] = ()
+) -> str:
     """report.md: the artifact table first, then the tries, the steps, MC Dropout, plots and notes."""
     original = report["original"]
     regression = is_regression(artifacts)
     figure = f"test RMSE {original['rmse']:.4g}" if regression else f"test accuracy {100 * original['accuracy']:.2f}%"
-    meaning = ("RMSE: against the test targets; Δ RMSE: as a fraction of the original model's; max abs error: the "
-               "largest |prediction - target|." if regression else
-               "Δ acc: test accuracy against the original model on the same rows, with the 95% interval of the paired "
-               "difference; val Δ acc: the same on the validation split, where the budget was decided. Agreement: predicted classes equal to those of the "
-               "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original).")
+    meaning = (
+        "RMSE: against the test targets; Δ RMSE: as a fraction of the original model's; max abs error: the "
+        "largest |prediction - target|."
+        if regression
+        else "Δ acc: test accuracy against the original model on the same rows, with the 95% interval of the paired "
+        "difference; val Δ acc: the same on the validation split, where the budget was decided. "
+        "Agreement: predicted classes equal to those of the "
+        "Keras model the artifact was made from (the optimized `model.keras`; for `model.keras`, the original)."
+    )
     lines = [
         "# deploykit optimize report",
         "",
-        f"Model `{report['model'].get('name', '?')}` ({original['params']:,} parameters, {figure}) on {report['data']}; "
+        f"Model `{report['model'].get('name', '?')}` ({original['params']:,} parameters, {figure}) "
+        f"on {report['data']}; "
         f"pipeline: {report['model'].get('pipeline', '')}; {report['seconds']:.0f} s.",
         "",
         markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 13)),
@@ -240,26 +333,34 @@ def markdown(report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Se
         from deploykit.uncertainty.compare import regression_markdown
 
         first, *rest = regression_markdown(mc)  # its title, then its own ## sections: one level down here
-        lines += [first.replace("# Deterministic vs MC Dropout regression", "## MC Dropout regression", 1),
-                  *(line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest)]
+        lines += [
+            first.replace("# Deterministic vs MC Dropout regression", "## MC Dropout regression", 1),
+            *(line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest),
+        ]
         lines.append("")
     elif mc:
         d, m = mc["deterministic"], mc["mc"]
         lines += [
             f"## MC Dropout (T = {mc['samples']}, {mc['count']} test instances)",
             "",
-            markdown_table(("metric", "deterministic", "MC Dropout"), [
-                ("accuracy", f"{d['accuracy']:.4f}", f"{m['accuracy']:.4f}"),
-                ("NLL", f"{d['nll']:.4f}", f"{m['nll']:.4f}"),
-                ("Brier", f"{d['brier']:.4f}", f"{m['brier']:.4f}"),
-                (f"ECE ({d['bins']} bins)", f"{d['ece']:.4f}", f"{m['ece']:.4f}"),
-            ], right=(1, 2)),
+            markdown_table(
+                ("metric", "deterministic", "MC Dropout"),
+                [
+                    ("accuracy", f"{d['accuracy']:.4f}", f"{m['accuracy']:.4f}"),
+                    ("NLL", f"{d['nll']:.4f}", f"{m['nll']:.4f}"),
+                    ("Brier", f"{d['brier']:.4f}", f"{m['brier']:.4f}"),
+                    (f"ECE ({d['bins']} bins)", f"{d['ece']:.4f}", f"{m['ece']:.4f}"),
+                ],
+                right=(1, 2),
+            ),
             "",
         ]
         for u in mc.get("uncertain", []):
             rest = u["rest_error"]
-            lines.append(f"- {u['predictions']} / {u['measure']}: error {u['uncertain_error']:.3f} among the "
-                         f"{u['uncertain_count']} most uncertain vs {rest:.3f} in the rest")
+            lines.append(
+                f"- {u['predictions']} / {u['measure']}: error {u['uncertain_error']:.3f} among the "
+                f"{u['uncertain_count']} most uncertain vs {rest:.3f} in the rest"
+            )
         lines += [line.replace("## ", "### ", 1) for line in _mc_extras(mc)]
         lines.append("")
     ensemble = next((s for s in steps if s.step == "ensemble" and s.status is Status.DONE), None)
@@ -281,10 +382,13 @@ def _ensemble_lines(detail: dict[str, Any]) -> list[str]:
 
     s, comparison = detail["sizes"], detail["comparison"]
     title, *rest = comparison.to_markdown().splitlines()
-    lines = [title.replace("# ", "## ", 1), "",
-             f"`{ENSEMBLE_DIR}/`: {s.members} int8 members, {s.ensemble_gzip:,} B gzip in one ONNX model against "
-             f"{s.original_gzip:,} B for one float32 original ({s.ensemble_gzip / s.original_gzip:.2f}x). The "
-             "deterministic column is the first member alone."]
+    lines = [
+        title.replace("# ", "## ", 1),
+        "",
+        f"`{ENSEMBLE_DIR}/`: {s.members} int8 members, {s.ensemble_gzip:,} B gzip in one ONNX model against "
+        f"{s.original_gzip:,} B for one float32 original ({s.ensemble_gzip / s.original_gzip:.2f}x). The "
+        "deterministic column is the first member alone.",
+    ]
     lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest]
     return lines + ["", *(f"![{p}]({ENSEMBLE_DIR}/{p})" for p in comparison.plots), ""]
 
@@ -302,21 +406,32 @@ def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], trie
     """The accuracy budget, what was rejected, and the table of every setting tried."""
     budget = report["budget"]
     if "max_rmse_increase" in budget:
-        lines = [f"## RMSE budget: at most {100 * budget['max_rmse_increase']:g}% above the original "
-                 f"({budget['original_rmse']:.4g})", ""]
+        lines = [
+            f"## RMSE budget: at most {100 * budget['max_rmse_increase']:g}% above the original "
+            f"({budget['original_rmse']:.4g})",
+            "",
+        ]
     else:
-        lines = [f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
-                 f"({100 * budget['original_accuracy']:.2f}%)", ""]
-    lines += ["Every decision (sparsity target, int8 fallback, temperature, thresholds, fine-tuning length) is taken on "
-              "the validation split: a try is kept when its point estimate is within the budget and its 95% interval "
-              "is not entirely beyond it. The test split is measured once per shipped candidate to confirm: "
-              "an artifact accepted on validation that misses on test is rejected as a **test miss**. "
-              "Intervals: 95% of the paired difference against the original on the same rows.", ""]
+        lines = [
+            f"## Accuracy budget: {100 * budget['max_accuracy_drop']:g} pt below the original "
+            f"({100 * budget['original_accuracy']:.2f}%)",
+            "",
+        ]
+    lines += [
+        "Every decision (sparsity target, int8 fallback, temperature, thresholds, fine-tuning length) is taken on "
+        "the validation split: a try is kept when its point estimate is within the budget and its 95% interval "
+        "is not entirely beyond it. The test split is measured once per shipped candidate to confirm: "
+        "an artifact accepted on validation that misses on test is rejected as a **test miss**. "
+        "Intervals: 95% of the paired difference against the original on the same rows.",
+        "",
+    ]
     for split, r in (budget.get("resolution") or {}).items():
         if not r["resolves_budget"]:
-            lines.append(f"- **the {split} split ({r['rows']} rows) cannot resolve this budget**: a no-op has a 95% "
-                         f"interval of ±{100 * r['no_op_half_width']:.2f} pt; the smallest budget it resolves is "
-                         f"{100 * r['smallest_resolvable_budget']:g} pt")
+            lines.append(
+                f"- **the {split} split ({r['rows']} rows) cannot resolve this budget**: a no-op has a 95% "
+                f"interval of ±{100 * r['no_op_half_width']:.2f} pt; the smallest budget it resolves is "
+                f"{100 * r['smallest_resolvable_budget']:g} pt"
+            )
     rejected = [a for a in artifacts if a.verdict is Verdict.REJECTED]
     lines += [f"- **rejected, not shipped**: `{a.file}`: {a.checks}" for a in rejected]
     if lines[-1] != "":

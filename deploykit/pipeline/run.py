@@ -16,6 +16,10 @@ from typing import Any
 
 from deploykit.atomic import atomic_dir, protect, write_text
 from deploykit.errors import StepError, UsageError, ValidationError
+from deploykit.pipeline.calibrate import temperature_step
+from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.confirm import reference_outputs, resolution_notes
+from deploykit.pipeline.ensemble import load_member
 from deploykit.pipeline.plots import (
     ACCURACY_PLOT,
     LATENCY_PLOT,
@@ -25,15 +29,8 @@ from deploykit.pipeline.plots import (
     latency,
     layer_sparsity,
 )
-from deploykit.pipeline.config import OptimizeConfig
-from deploykit.pipeline.confirm import reference_outputs, resolution_notes
-from deploykit.task import OutputKind, Task
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
-from deploykit.pipeline.calibrate import temperature_step
-from deploykit.pipeline.ensemble import load_member
-from deploykit.pipeline.structured_step import structured_step
-from deploykit.pipeline.uncertainty_steps import conformal_export_step, ensemble_step, mc_step
 from deploykit.pipeline.steps import (
     ORIGINAL_FILE,
     RunContext,
@@ -50,6 +47,9 @@ from deploykit.pipeline.steps import (
     timed,
     triton_step,
 )
+from deploykit.pipeline.structured_step import structured_step
+from deploykit.pipeline.uncertainty_steps import conformal_export_step, ensemble_step, mc_step
+from deploykit.task import OutputKind, Task
 
 CONFIG_FILE = "deploykit.toml"
 
@@ -87,8 +87,11 @@ class OptimizeResult:
         rejected = ", ".join(f"{r.file} ({r.checks})" for r in self.rejected)
         if not deployable:
             v = self.config.validate
-            budget = f"RMSE budget (+{100 * v.max_rmse_increase:g}%)" if any(r.rmse is not None for r in self.artifacts) \
+            budget = (
+                f"RMSE budget (+{100 * v.max_rmse_increase:g}%)"
+                if any(r.rmse is not None for r in self.artifacts)
                 else f"accuracy budget ({100 * v.max_accuracy_drop:g} pt)"
+            )
             return f"nothing deployable meets the {budget}: rejected {rejected or 'everything'}"
         if self.config.validate.strict and self.rejected:
             return f"--strict: {len(self.rejected)} artifact(s) rejected: {rejected}"
@@ -128,7 +131,8 @@ def optimize(
     non-empty folder is refused unless ``force``. Without ``out_dir`` a new temporary folder is
     used (``result.out_dir``). ``max_accuracy_drop`` (an option, default 0.01: one point) is the
     budget every kept model and shipped artifact meets against the original model: decided on the
-    validation split, confirmed once on the test split (a test miss rejects); an artifact that misses it is rejected (its row in the report, its file not written) and
+    validation split, confirmed once on the test split (a test miss rejects); an artifact that
+    misses it is rejected (its row in the report, its file not written) and
     the run goes on: ``result.failure`` says whether anything deployable is left. A step that finds
     a bug (a fold that changes the outputs) raises StepError and writes nothing.
     """
@@ -161,16 +165,23 @@ def build_pipeline(config: OptimizeConfig, plan=None) -> list[Step]:
     lets more dead neurons reach a Dropout as exact zeros. Under a time budget (``plan``) the exports run most
     wanted first (:func:`deploykit.pipeline.budget.priority`).
     """
-    steps = [Step("structured", structured_step), Step("sparsity", sparsity_step), Step("fold", fold_step),
-             Step("compact", compact_step), Step("temperature", temperature_step), Step("save model", save_step)]
+    steps = [
+        Step("structured", structured_step),
+        Step("sparsity", sparsity_step),
+        Step("fold", fold_step),
+        Step("compact", compact_step),
+        Step("temperature", temperature_step),
+        Step("save model", save_step),
+    ]
     variants = config.export.variants()
     if plan is not None and plan.budget is not None:
         from deploykit.pipeline.budget import priority
 
         variants = priority(variants)
     if variants:
-        steps += [Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q))
-                  for f, q in variants]
+        steps += [
+            Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q)) for f, q in variants
+        ]
     else:
         steps.append(Step("export", lambda model, ctx: switched_off(model, "export")))
     steps.append(Step("mc dropout", mc_step))
@@ -181,8 +192,9 @@ def build_pipeline(config: OptimizeConfig, plan=None) -> list[Step]:
     return steps
 
 
-def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool,
-                     started: float | None = None) -> OptimizeResult:
+def _prepare_and_run(
+    model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool, started: float | None = None
+) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
     from deploykit.data import NAMED_DATASETS
@@ -208,12 +220,24 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
         layout = layout_of(model)  # several inputs / outputs: the data may be named after them
         if data is None or isinstance(data, (str, os.PathLike)):
             source = str(data if data is not None else config.input.data)
-            data = as_dataset(source, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names, task=config.input.task, layout=layout)
+            data = as_dataset(
+                source,
+                label_column=config.input.label_column,
+                seed=config.input.seed,
+                class_names=config.input.class_names,
+                task=config.input.task,
+                layout=layout,
+            )
             config = config.with_input(data=source if source in NAMED_DATASETS else str(Path(source).resolve()))
         else:
-            data = as_dataset(data, label_column=config.input.label_column, seed=config.input.seed,
-                              class_names=config.input.class_names, task=config.input.task, layout=layout)
+            data = as_dataset(
+                data,
+                label_column=config.input.label_column,
+                seed=config.input.seed,
+                class_names=config.input.class_names,
+                task=config.input.task,
+                layout=layout,
+            )
             config = config.with_input(data=data.name)
         task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
         for file in config.ensemble.members:  # a bad member fails now, not after the run's sparsity search
@@ -232,9 +256,19 @@ def _prepare_and_run(model, data, config: OptimizeConfig, out: Path, force: bool
     return result
 
 
-def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, keras3: bool = False,
-         task: Task = Task.CLASSIFICATION, kind: OutputKind = OutputKind.PROBABILITIES, unsafe: bool = False,
-         started: float | None = None) -> OptimizeResult:
+def _run(
+    model,
+    data,
+    config: OptimizeConfig,
+    staging: Path,
+    out: Path,
+    say,
+    keras3: bool = False,
+    task: Task = Task.CLASSIFICATION,
+    kind: OutputKind = OutputKind.PROBABILITIES,
+    unsafe: bool = False,
+    started: float | None = None,
+) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
     from deploykit.graph import copy_model
@@ -242,13 +276,29 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
 
     start = time.perf_counter()
     say("measuring the original model")
-    original = copy_model(model, unsafe=True)  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
+    original = copy_model(
+        model, unsafe=True
+    )  # a fresh copy (loading already checked the layers): nothing a step does reaches the caller's model
     save_model_like(original, staging / ORIGINAL_FILE, keras3)
     figures = model_figures(original, data)
-    ctx = RunContext(data, config, staging, say, original, figures, figures, keras3=keras3, task=task, kind=kind, unsafe=unsafe,
-                     reference=reference_outputs(original, data, kind))
-    say(f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
-        f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)")
+    ctx = RunContext(
+        data,
+        config,
+        staging,
+        say,
+        original,
+        figures,
+        figures,
+        keras3=keras3,
+        task=task,
+        kind=kind,
+        unsafe=unsafe,
+        reference=reference_outputs(original, data, kind),
+    )
+    say(
+        f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
+        f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)"
+    )
     resolution, warnings = resolution_notes(data, ctx.budget) if config.validate.enabled else ({}, [])
     for line in warnings:  # before any training: the user can stop here and give more rows
         say(line)
@@ -277,16 +327,20 @@ def _run(model, data, config: OptimizeConfig, staging: Path, out: Path, say, ker
 def _plan(original, data, config: OptimizeConfig, started: float | None, model_step: float):
     """Measure this model's costs and plan the run (within ``[search] time_budget`` when given); ``model_step``:
     the seconds measuring the original model took (fold, compact and save each cost about as much)."""
+    from deploykit import progress as live
     from deploykit.graph import graph_from_model
     from deploykit.pipeline.budget import make_plan, measure
-
-    from deploykit import progress as live
 
     live.step("measuring a fine-tuning epoch on this model")
     layers = [n for n in graph_from_model(original, unsafe=True).nodes if n.spec.support.prunable]
     start, n = time.monotonic() if started is None else started, max(0, len(layers) - 1)
-    costs = measure(original, data, config.sparsity.prune, model_step=model_step,
-                    worth_training=lambda optimistic: make_plan(config, optimistic, start, n).search)
+    costs = measure(
+        original,
+        data,
+        config.sparsity.prune,
+        model_step=model_step,
+        worth_training=lambda optimistic: make_plan(config, optimistic, start, n).search,
+    )
     return make_plan(config, costs, start, n)
 
 
@@ -307,34 +361,72 @@ def _planned_step(step: Step, model, ctx: RunContext, plan) -> StepOutput:
     return out
 
 
-def _write(model, original, reference: ArtifactRow, outputs: list[StepOutput], ctx: RunContext, current, start: float,
-           out: Path, version: str, resolution: dict | None = None) -> OptimizeResult:
+def _write(
+    model,
+    original,
+    reference: ArtifactRow,
+    outputs: list[StepOutput],
+    ctx: RunContext,
+    current,
+    start: float,
+    out: Path,
+    version: str,
+    resolution: dict | None = None,
+) -> OptimizeResult:
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
     from deploykit.custom_dropout import assumption
 
     staging, config, say = ctx.folder, ctx.config, ctx.say
     records = [o.record for o in outputs]
     artifacts = [reference, *(a for o in outputs for a in o.artifacts)]
-    layer_rows: list[LayerSparsityRow] = [*sparsity_rows(original, "original"), *(r for o in outputs for r in o.layer_sparsity)]
+    layer_rows: list[LayerSparsityRow] = [
+        *sparsity_rows(original, "original"),
+        *(r for o in outputs for r in o.layer_sparsity),
+    ]
     tries = [t for o in outputs for t in o.tries]
     mc = next((o.mc for o in outputs if o.mc is not None), None)
     say("writing the report and plots")
-    drawn = [accuracy_vs_size(artifacts, tries, staging / ACCURACY_PLOT,
-                              ctx.budget.limit if config.validate.enabled else None, metric=ctx.metric),
-             layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
-             latency(artifacts, staging / LATENCY_PLOT)]
+    drawn = [
+        accuracy_vs_size(
+            artifacts,
+            tries,
+            staging / ACCURACY_PLOT,
+            ctx.budget.limit if config.validate.enabled else None,
+            metric=ctx.metric,
+        ),
+        layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
+        latency(artifacts, staging / LATENCY_PLOT),
+    ]
     if mc is not None and ctx.task is Task.CLASSIFICATION:  # a regressor's MC model has no reliability diagram
         drawn.append(staging / RELIABILITY_PLOT)
-    model_summary = {"name": model.name, "input_shape": list(model.input_shape[1:]),
-                     "layers": [type(l).__name__ for l in original.layers], "pipeline": config.summary(ctx.task),
-                     "task": ctx.task.value, "output": ctx.kind.value}
+    model_summary = {
+        "name": model.name,
+        "input_shape": list(model.input_shape[1:]),
+        "layers": [type(l).__name__ for l in original.layers],
+        "pipeline": config.summary(ctx.task),
+        "task": ctx.task.value,
+        "output": ctx.kind.value,
+    }
     assumed = assumption(model)  # a custom MCDropout read as Dropout, said in the report as on the command line
     if assumed:
         model_summary["assumed"] = assumed
-    report = build_report(config=config, task=ctx.task, data_summary=ctx.data.summary(), model_summary=model_summary,
-                          original=ctx.original_figures, final=ctx.figures, steps=records, artifacts=artifacts,
-                          tries=tries, layer_sparsity=layer_rows, mc=mc, plots=[p.name for p in drawn],
-                          seconds=time.perf_counter() - start, version=version, resolution=resolution)
+    report = build_report(
+        config=config,
+        task=ctx.task,
+        data_summary=ctx.data.summary(),
+        model_summary=model_summary,
+        original=ctx.original_figures,
+        final=ctx.figures,
+        steps=records,
+        artifacts=artifacts,
+        tries=tries,
+        layer_sparsity=layer_rows,
+        mc=mc,
+        plots=[p.name for p in drawn],
+        seconds=time.perf_counter() - start,
+        version=version,
+        resolution=resolution,
+    )
     if assumed:
         report["notes"] = [assumed, *report["notes"]]
     if ctx.plan is not None:  # what the run planned, and what it measured (the time budget's account)

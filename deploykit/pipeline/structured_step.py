@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
 from deploykit.evaluate import Metric
+from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
 from deploykit.pipeline.steps import RunContext, sparsity_rows, switched_off
 
 
@@ -24,8 +24,11 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.evaluate import score
     from deploykit.sparsity import StructuredConfig, prune_structured
 
-    tuning = {f.name: getattr(ctx.config.sparsity.prune, f.name) for f in dataclasses.fields(StructuredConfig)
-              if f.name not in ("fraction", "layer_fraction", "compact") and hasattr(ctx.config.sparsity.prune, f.name)}
+    tuning = {
+        f.name: getattr(ctx.config.sparsity.prune, f.name)
+        for f in dataclasses.fields(StructuredConfig)
+        if f.name not in ("fraction", "layer_fraction", "compact") and hasattr(ctx.config.sparsity.prune, f.name)
+    }
     config = StructuredConfig(fraction=step.fraction, layer_fraction=step.layer_fraction, **tuning)
     start = time.perf_counter()
     ctx.say(f"  removing {step.fraction:.0%} of each hidden layer's units (structured), then fine-tuning")
@@ -35,22 +38,38 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
 
     original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)
     ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
-    val = split_figure(VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val,
-                       ctx.budget)  # decided on validation by the runs' one accept rule, with its paired interval
+    val = split_figure(
+        VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val, ctx.budget
+    )  # decided on validation by the runs' one accept rule, with its paired interval
     kept = val.within
     setting = f"structured {step.fraction:.0%}"
     note = f"validation {ctx.budget.change(original, val.value)}, budget: {ctx.budget.describe()}"
-    attempt = Try(Stage.SPARSITY, setting, **_figures(val, ctx), gzip_bytes=_gzip(result), kept=kept,
-                  note="" if kept else note, seconds=round(time.perf_counter() - start, 2), ci95=val.ci95)
+    attempt = Try(
+        Stage.SPARSITY,
+        setting,
+        **_figures(val, ctx),
+        gzip_bytes=_gzip(result),
+        kept=kept,
+        note="" if kept else note,
+        seconds=round(time.perf_counter() - start, 2),
+        ci95=val.ci95,
+    )
     what = f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer); {note}"
     if not kept:
         ctx.say(f"  {setting} missed: {note}")
-        return StepOutput(model, StepRecord("structured", Status.MISSED, f"{what}; the model keeps its units",
-                                            detail=report), tries=(attempt,))
+        return StepOutput(
+            model,
+            StepRecord("structured", Status.MISSED, f"{what}; the model keeps its units", detail=report),
+            tries=(attempt,),
+        )
     ctx.say(f"  kept {setting}: {what}")
-    return StepOutput(result, StepRecord("structured", Status.DONE, what, detail=report), tries=(attempt,),
-                      layer_sparsity=sparsity_rows(result, "after structured"),
-                      applied=(f"prune_structured({step.fraction:.2f})",))
+    return StepOutput(
+        result,
+        StepRecord("structured", Status.DONE, what, detail=report),
+        tries=(attempt,),
+        layer_sparsity=sparsity_rows(result, "after structured"),
+        applied=(f"prune_structured({step.fraction:.2f})",),
+    )
 
 
 def _figures(val, ctx: RunContext) -> dict:

@@ -10,7 +10,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploykit.contract import MaskKind
 from deploykit.configs import (
     MAX_MC_SAMPLES,
     SEED_MAX,
@@ -23,6 +22,7 @@ from deploykit.configs import (
     positive,
     text,
 )
+from deploykit.contract import MaskKind
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
     ExportFormat,
@@ -36,8 +36,8 @@ from deploykit.export.config import (
     parse_list,
 )
 from deploykit.records import to_jsonable
-from deploykit.task import Task
 from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig, StructuredConfig
+from deploykit.task import Task
 
 if TYPE_CHECKING:
     from deploykit.export.config import Tolerance
@@ -118,7 +118,8 @@ def _tune_defaults(cls):
 
 @dataclass(frozen=True)
 class SparsityStep:
-    """Prune (TF-MOT) or l1-sparsify the Dense kernels; ``prune`` / ``l1`` / ``search`` are the sparsity module's configs.
+    """Prune (TF-MOT) or l1-sparsify the Dense kernels;
+    ``prune`` / ``l1`` / ``search`` are the sparsity module's configs.
 
     With ``method = "prune"`` and ``search.enabled``, the targets of ``search`` are tried from the
     highest down and the first within the accuracy budget is kept (``prune.target_sparsity`` is
@@ -137,7 +138,9 @@ class SparsityStep:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"sparsity.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
             if getattr(getattr(self, name), "compact", False):
-                raise ConfigError(f"sparsity.{name}.compact: the pipeline compacts in its own step; use [compact] enabled")
+                raise ConfigError(
+                    f"sparsity.{name}.compact: the pipeline compacts in its own step; use [compact] enabled"
+                )
 
     @property
     def enabled(self) -> bool:
@@ -159,8 +162,12 @@ class SparsityStep:
         return self.method is SparsityMethod.PRUNE and self.search.enabled
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method.value, "prune": self.prune.to_dict(), "l1": self.l1.to_dict(),
-                "search": self.search.to_dict()}
+        return {
+            "method": self.method.value,
+            "prune": self.prune.to_dict(),
+            "l1": self.l1.to_dict(),
+            "search": self.search.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -282,15 +289,20 @@ def legacy_export(values: dict[str, Any]) -> dict[str, Any]:
     legacy = {k: values.pop(k) for k in list(values) if k in LEGACY_KEYS}
     if "precisions" in legacy or "onnx_int8" in legacy or "tflite_int8" in legacy:
         try:
-            quantize = legacy_quantize(legacy.get("precisions", ["float32", "float16", "int8"]),
-                                       legacy.get("onnx_int8", "dynamic"), legacy.get("tflite_int8", "full"))
+            quantize = legacy_quantize(
+                legacy.get("precisions", ["float32", "float16", "int8"]),
+                legacy.get("onnx_int8", "dynamic"),
+                legacy.get("tflite_int8", "full"),
+            )
             values["quantize"] = in_formats(quantize, values.get("formats", ["onnx", "tflite"]))
         except ConfigError as exc:  # legacy_quantize names the key: precisions, onnx_int8...
             raise ConfigError(f"export.{exc}") from None
     if "calibration_samples" in legacy:
         table = values.get("quantization") or {}
-        values["quantization"] = {**(table.to_dict() if isinstance(table, QuantConfig) else table),
-                                  "num_calibration": legacy["calibration_samples"]}
+        values["quantization"] = {
+            **(table.to_dict() if isinstance(table, QuantConfig) else table),
+            "num_calibration": legacy["calibration_samples"],
+        }
     return values
 
 
@@ -377,7 +389,7 @@ class ConformalStep(_Table):
             renames = (("conformal_method", "method"), ("conformal_by_class", "by_class"), ("conformal", "coverage"))
             for flat, key in renames:
                 if message.startswith(flat):
-                    message = f"conformal.{key}{message[len(flat):]}"
+                    message = f"conformal.{key}{message[len(flat) :]}"
                     break
             raise ConfigError(message) from None
 
@@ -428,8 +440,9 @@ class SearchPlan(_Table):
     def __post_init__(self) -> None:
         if self.ray is not None:
             text("search.ray", self.ray)
-        object.__setattr__(self, "time_budget", number("search.time_budget", self.time_budget, 0.0, optional=True,
-                                                       open_low=True))
+        object.__setattr__(
+            self, "time_budget", number("search.time_budget", self.time_budget, 0.0, optional=True, open_low=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -438,7 +451,8 @@ class ValidateStep(_Table):
 
     ``max_accuracy_drop`` (the budget) governs every step and artifact: accuracy at most this far below
     the original model's, decided on the validation split and confirmed once on the test split (a miss
-    there after validation accepted is a test miss, see :mod:`deploykit.pipeline.confirm`). A regressor's budget is ``max_rmse_increase`` instead: test RMSE at
+    there after validation accepted is a test miss, see :mod:`deploykit.pipeline.confirm`).
+    A regressor's budget is ``max_rmse_increase`` instead: test RMSE at
     most this fraction above the original's (its artifacts' own bounds are relative to the Keras model's
     outputs, see :meth:`Tolerance.for_precision`). The sparsity search keeps the highest target within it; an
     artifact outside it, or outside the exporter's per-precision tolerance against the Keras model

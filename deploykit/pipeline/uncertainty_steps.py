@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from deploykit.contract import ENSEMBLE_FILE
 from deploykit.errors import StepError, UsageError
 from deploykit.evaluate import RegressionErrors, main_outputs
 from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
@@ -32,12 +33,12 @@ from deploykit.pipeline.steps import (
     verdict_for,
     withdraw,
 )
-from deploykit.contract import ENSEMBLE_FILE
 from deploykit.task import Task
 
 
 def mc_step(model, ctx: RunContext) -> StepOutput:
-    """The MC Dropout model through :func:`~deploykit.uncertainty.bundle.mc_bundle` (as ``deploykit mc``), held to the budget."""
+    """The MC Dropout model through :func:`~deploykit.uncertainty.bundle.mc_bundle` (as ``deploykit mc``), held to
+    the budget."""
     step = ctx.config.mc
     if not step.enabled:
         return switched_off(model, "mc dropout")
@@ -59,32 +60,75 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     regression = ctx.task is Task.REGRESSION
     det_accuracy = None if regression else float(np.mean(deterministic.argmax(1) == ctx.data.y_test))
     ood = load_ood(ctx.config.input.ood_data) if ctx.config.input.ood_data else None
-    bundle = mc_bundle(model, ctx.data, path, MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
-                       temperature=step.temperature, target=step.selective_target(), ood=ood,  # a regressor: its std scale
-                       conformal=ctx.config.conformal.config(),
-                       deterministic=raw, metadata=metadata(model, ctx, det_accuracy),
-                       say=lambda m: ctx.say("  " + m))
+    bundle = mc_bundle(
+        model,
+        ctx.data,
+        path,
+        MCConfig(samples=step.samples, seed=step.seed, mask=step.mask),
+        temperature=step.temperature,
+        target=step.selective_target(),
+        ood=ood,  # a regressor: its std scale
+        conformal=ctx.config.conformal.config(),
+        deterministic=raw,
+        metadata=metadata(model, ctx, det_accuracy),
+        say=lambda m: ctx.say("  " + m),
+    )
     record, comparison = bundle.export, bundle.comparison
     if regression:
         runner = OnnxRunner(path)
         predicted = predict_batches(runner.predict, ctx.data.x_test)
         errors = RegressionErrors.between(predicted, ctx.data.y_test)
-        row = _held_row(path, MC_FILE, "onnx-mc", "float32", ctx, errors.rmse, None, runner.predict, record, "MC mean",
-                        max_abs_error=errors.max_abs_error, test_outputs=predicted)
+        row = _held_row(
+            path,
+            MC_FILE,
+            "onnx-mc",
+            "float32",
+            ctx,
+            errors.rmse,
+            None,
+            runner.predict,
+            record,
+            "MC mean",
+            max_abs_error=errors.max_abs_error,
+            test_outputs=predicted,
+        )
         m = comparison.mc
-        what = (f"T = {step.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval covers "
-                f"{100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}")
+        what = (
+            f"T = {step.samples} samples: test RMSE of the mean {errors.rmse:.4g}; central 95% interval covers "
+            f"{100 * m.coverage_95:.1f}% (90%: {100 * m.coverage_90:.1f}%), Gaussian NLL {m.nll:.4g}"
+        )
     else:
         predictor = UncertaintyPredictor(path)
         agreement = float(np.mean(bundle.predicted_class == deterministic.argmax(1)))
-        row = _held_row(path, MC_FILE, "onnx-mc", record.quantization, ctx, comparison.mc.accuracy, agreement,
-                        predictor.predict, record, "MC accuracy", test_outputs=_one_hot(bundle.predicted_class, ctx))
+        row = _held_row(
+            path,
+            MC_FILE,
+            "onnx-mc",
+            record.quantization,
+            ctx,
+            comparison.mc.accuracy,
+            agreement,
+            predictor.predict,
+            record,
+            "MC accuracy",
+            test_outputs=_one_hot(bundle.predicted_class, ctx),
+        )
         what = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}"
     row = withdraw(row, ctx)
     files = [MC_FILE, *comparison.plots] if row.verdict.shipped else list(comparison.plots)
-    return StepOutput(model, StepRecord("mc dropout", Status.DONE, f"{what}{_extras(comparison)} ({row.verdict.value})",
-                                        artifacts=files, checks=row.checks, detail={"export": record, "comparison": comparison}),
-                      artifacts=(row,), mc=comparison)
+    return StepOutput(
+        model,
+        StepRecord(
+            "mc dropout",
+            Status.DONE,
+            f"{what}{_extras(comparison)} ({row.verdict.value})",
+            artifacts=files,
+            checks=row.checks,
+            detail={"export": record, "comparison": comparison},
+        ),
+        artifacts=(row,),
+        mc=comparison,
+    )
 
 
 def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
@@ -98,15 +142,27 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
 
     step, config = ctx.config.ensemble, ctx.config
     others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
-    members_config = dataclasses.replace(config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None),
-                                         search=SearchPlan())  # the members share what is left of the run's budget
+    members_config = dataclasses.replace(
+        config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None), search=SearchPlan()
+    )  # the members share what is left of the run's budget
     budget = {} if ctx.plan is None or ctx.plan.budget is None else {"time_budget": max(0.05, ctx.plan.left() / 60)}
     try:
-        run = optimize_ensemble(optimize, [ctx.original, *others], ctx.data, ctx.folder / ENSEMBLE_DIR,
-                                mc_samples=step.mc_samples, temperature=config.mc.temperature,
-                                target=config.mc.selective_target(), conformal=config.conformal.config(),
-                                ood=load_ood(config.input.ood_data) if config.input.ood_data else None, say=ctx.say,
-                                config=members_config, triton=False, keras3=ctx.keras3, **budget)
+        run = optimize_ensemble(
+            optimize,
+            [ctx.original, *others],
+            ctx.data,
+            ctx.folder / ENSEMBLE_DIR,
+            mc_samples=step.mc_samples,
+            temperature=config.mc.temperature,
+            target=config.mc.selective_target(),
+            conformal=config.conformal.config(),
+            ood=load_ood(config.input.ood_data) if config.input.ood_data else None,
+            say=ctx.say,
+            config=members_config,
+            triton=False,
+            keras3=ctx.keras3,
+            **budget,
+        )
     except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand
         shutil.rmtree(ctx.folder / ENSEMBLE_DIR, ignore_errors=True)
         return StepOutput(model, StepRecord("ensemble", Status.MISSED, str(exc)))
@@ -114,19 +170,42 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     regression = ctx.task is Task.REGRESSION
     value = comparison.mc.rmse if regression else comparison.mc.accuracy
     agreement = None if regression else float(np.mean(run.bundle.predicted_class == _predicted(model, ctx)))
-    row = _held_row(path, file, "onnx-ensemble", "int8-dynamic", ctx, value, agreement, UncertaintyPredictor(path).predict,
-                    run.bundle.export, "ensemble", sparsity=_members_sparsity(run.members),
-                    test_outputs=None if regression else _one_hot(run.bundle.predicted_class, ctx))
+    row = _held_row(
+        path,
+        file,
+        "onnx-ensemble",
+        "int8-dynamic",
+        ctx,
+        value,
+        agreement,
+        UncertaintyPredictor(path).predict,
+        run.bundle.export,
+        "ensemble",
+        sparsity=_members_sparsity(run.members),
+        test_outputs=None if regression else _one_hot(run.bundle.predicted_class, ctx),
+    )
     if row.verdict is Verdict.REJECTED:
         shutil.rmtree(ctx.folder / ENSEMBLE_DIR)  # a rejected ensemble is not shipped: nothing of it is left
         ctx.say(f"  rejected {file}: {row.checks}")
     s = run.sizes
-    reason = (f"{s.members} members{f', MC Dropout inside (T = {step.mc_samples} each)' if step.mc_samples else ''}: "
-              f"{s.ensemble_gzip / s.original_gzip:.2f}x the original's gzip size; {comparison.method} "
-              f"{'RMSE' if regression else 'accuracy'} {value:.4g}{_extras(comparison)} ({row.verdict.value})")
+    reason = (
+        f"{s.members} members{f', MC Dropout inside (T = {step.mc_samples} each)' if step.mc_samples else ''}: "
+        f"{s.ensemble_gzip / s.original_gzip:.2f}x the original's gzip size; {comparison.method} "
+        f"{'RMSE' if regression else 'accuracy'} {value:.4g}{_extras(comparison)} ({row.verdict.value})"
+    )
     files = [file, *(f"{ENSEMBLE_DIR}/{p}" for p in comparison.plots)] if row.verdict.shipped else []
-    return StepOutput(model, StepRecord("ensemble", Status.DONE, reason, artifacts=files, checks=row.checks,
-                                        detail={"sizes": s, "comparison": comparison}), artifacts=(row,))
+    return StepOutput(
+        model,
+        StepRecord(
+            "ensemble",
+            Status.DONE,
+            reason,
+            artifacts=files,
+            checks=row.checks,
+            detail={"sizes": s, "comparison": comparison},
+        ),
+        artifacts=(row,),
+    )
 
 
 def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
@@ -154,16 +233,37 @@ def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
     size = f"mean width {test.mean_width:.3g}" if cal.regression else f"mean set size {test.mean_set_size:.2f}"
     note = f"conformal {cal.method.value} at {cal.coverage:.0%}: test coverage {test.coverage:.1%}, {size}"
     size_bytes, gz = file_sizes(ctx.folder / row.file)
-    row = dataclasses.replace(row, size_bytes=size_bytes, gzip_bytes=gz, checks=f"{row.checks}; {note}",
-                              compression=ctx.original_figures.keras_gzip_bytes / gz)
-    record = dataclasses.replace(out.record, reason=f"{out.record.reason}; {note}", checks=row.checks,
-                                 detail={"export": out.record.detail, "conformal": report})
+    row = dataclasses.replace(
+        row,
+        size_bytes=size_bytes,
+        gzip_bytes=gz,
+        checks=f"{row.checks}; {note}",
+        compression=ctx.original_figures.keras_gzip_bytes / gz,
+    )
+    record = dataclasses.replace(
+        out.record,
+        reason=f"{out.record.reason}; {note}",
+        checks=row.checks,
+        detail={"export": out.record.detail, "conformal": report},
+    )
     return dataclasses.replace(out, record=record, artifacts=(row,))
 
 
-def _held_row(path: Path, file: str, fmt: str, quantization: str, ctx: RunContext, value: float, agreement: float | None,
-              predict: Callable[[np.ndarray], Any], detail, what: str, sparsity: float | None = None,
-              test_outputs: np.ndarray | None = None, **extra) -> ArtifactRow:
+def _held_row(
+    path: Path,
+    file: str,
+    fmt: str,
+    quantization: str,
+    ctx: RunContext,
+    value: float,
+    agreement: float | None,
+    predict: Callable[[np.ndarray], Any],
+    detail,
+    what: str,
+    sparsity: float | None = None,
+    test_outputs: np.ndarray | None = None,
+    **extra,
+) -> ArtifactRow:
     """An uncertainty model's row: its test figure (accuracy, or a regressor's RMSE) held to the budget, its size
     and its speed through ``predict``; ``test_outputs`` (its predictions, or one-hot classes) give the paired interval.
 
@@ -175,18 +275,37 @@ def _held_row(path: Path, file: str, fmt: str, quantization: str, ctx: RunContex
     if test_outputs is not None:
         test, _, missed = judge(ctx, test_outputs)
     verdict = verdict_for(missed, ctx)
-    checks = ("missed: " + "; ".join(map(str, missed)) if verdict is Verdict.REJECTED else
-              f"{what}: {ctx.budget.describe()} vs the original" if ctx.config.validate.enabled else "validation switched off")
+    checks = (
+        "missed: " + "; ".join(map(str, missed))
+        if verdict is Verdict.REJECTED
+        else f"{what}: {ctx.budget.describe()} vs the original"
+        if ctx.config.validate.enabled
+        else "validation switched off"
+    )
     b1, b256 = timings(predict, ctx.data.x_test, ctx.repeats)
     size, gz = file_sizes(path)
     precision = "int8" if quantization.startswith("int8") else "float32"
     return ArtifactRow(
-        file=file, format=fmt, runtime="onnxruntime", precision=precision, quantization=quantization,
-        sparsity=ctx.figures.sparsity if sparsity is None else sparsity, size_bytes=size, gzip_bytes=gz,
-        compression=ctx.original_figures.keras_gzip_bytes / gz, agreement=agreement, max_abs_diff=None,
-        latency_b1_ms=b1, throughput_b256=b256, verdict=verdict, checks=checks, detail=detail,
-        **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)}, ci95=None if test is None else test.ci95,
-        **extra)
+        file=file,
+        format=fmt,
+        runtime="onnxruntime",
+        precision=precision,
+        quantization=quantization,
+        sparsity=ctx.figures.sparsity if sparsity is None else sparsity,
+        size_bytes=size,
+        gzip_bytes=gz,
+        compression=ctx.original_figures.keras_gzip_bytes / gz,
+        agreement=agreement,
+        max_abs_diff=None,
+        latency_b1_ms=b1,
+        throughput_b256=b256,
+        verdict=verdict,
+        checks=checks,
+        detail=detail,
+        **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)},
+        ci95=None if test is None else test.ci95,
+        **extra,
+    )
 
 
 def _one_hot(classes, ctx: RunContext) -> np.ndarray:
@@ -205,7 +324,9 @@ def _extras(comparison) -> str:
         parts.append(f"std x {comparison.std_scale.fit.std_scale:.3f}")
     if comparison.selective is not None:
         chosen, test = comparison.selective.chosen, comparison.selective.test
-        parts.append(f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})")
+        parts.append(
+            f"abstain when {chosen.measure.value} > {chosen.threshold:.3g} (test coverage {test.coverage:.1%})"
+        )
     if getattr(comparison, "conformal", None) is not None:
         cal, test = comparison.conformal.calibration, comparison.conformal.test
         size = f"mean width {test.mean_width:.3g}" if cal.regression else f"mean set size {test.mean_set_size:.2f}"

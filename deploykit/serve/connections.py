@@ -65,8 +65,11 @@ def connection_cap(max_connections: int) -> int:
 
 def protocol_class(config: ServeConfig) -> type:
     """The uvicorn ``http`` protocol class enforcing ``config``'s limits."""
-    return type("DeployKitHttpProtocol", (GuardedHttpProtocol,),
-                {"limits": config, "cap": connection_cap(config.max_connections)})
+    return type(
+        "DeployKitHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"limits": config, "cap": connection_cap(config.max_connections)},
+    )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -213,14 +216,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.phase = Phase.BUSY
         if not self.transport.is_closing():
             body = json.dumps({"error": message}).encode()
-            head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
-                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+            head = (
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            ).encode()
             self.transport.write(head + body)
             self.transport.close()
 
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
 def _peer(client) -> str:

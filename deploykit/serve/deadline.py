@@ -116,8 +116,10 @@ class InferencePool:
             job.cancelled = True
             job.options.terminate = True  # onnxruntime stops the call between (and inside looping) kernels
             where = "while it ran" if job.started else "before a thread was free to run it"
-            raise RequestTimeout(f"model '{self.name}' did not answer within the request timeout of "
-                                 f"{self.timeout:g} s ({where}); the call was stopped") from None
+            raise RequestTimeout(
+                f"model '{self.name}' did not answer within the request timeout of "
+                f"{self.timeout:g} s ({where}); the call was stopped"
+            ) from None
         except asyncio.CancelledError:  # the client went away: stop the call too
             job.cancelled = True
             job.options.terminate = True
@@ -196,4 +198,3 @@ def _settle(future: asyncio.Future, value, error) -> None:
         future.set_exception(error)
     else:
         future.set_result(value)
-

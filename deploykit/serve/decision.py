@@ -81,16 +81,21 @@ def _record(path, raw: str) -> dict:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ModelLoadError(f"{path}: metadata {SELECTIVE_KEY} has threshold {threshold!r}, expected a finite number")
     if record.get("rule", ABSTAIN_RULE) != ABSTAIN_RULE:
-        raise ModelLoadError(f"{path}: metadata {SELECTIVE_KEY} has rule {record['rule']!r}; this server applies "
-                             f"{ABSTAIN_RULE!r}")
+        raise ModelLoadError(
+            f"{path}: metadata {SELECTIVE_KEY} has rule {record['rule']!r}; this server applies {ABSTAIN_RULE!r}"
+        )
     return record
 
 
 def _check_measurable(path, measure: Measure, outputs: list[str]) -> None:
-    needs = {Measure.MUTUAL_INFORMATION: ["mutual_information"], Measure.INTERVAL_WIDTH: ["std"]}.get(measure, ["mean", OUTPUT_NAME])
+    needs = {Measure.MUTUAL_INFORMATION: ["mutual_information"], Measure.INTERVAL_WIDTH: ["std"]}.get(
+        measure, ["mean", OUTPUT_NAME]
+    )
     if not any(n in outputs for n in needs):
-        raise ModelLoadError(f"{path}: its {SELECTIVE_KEY} threshold is on {measure.value}, but it has no "
-                             f"{ABSTAIN_OUTPUT!r} output and none of {needs} to compute it from")
+        raise ModelLoadError(
+            f"{path}: its {SELECTIVE_KEY} threshold is on {measure.value}, but it has no "
+            f"{ABSTAIN_OUTPUT!r} output and none of {needs} to compute it from"
+        )
 
 
 def _measure(measure: Measure, values: dict[str, np.ndarray]) -> np.ndarray:

@@ -14,8 +14,9 @@ MODEL_FILE = "model.onnx"  # Triton repository layout: <name>/<version>/model.on
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def discover_models(source: str | os.PathLike, name: str | None = None,
-                    warn: Callable[[str], None] | None = None) -> dict[str, Path]:
+def discover_models(
+    source: str | os.PathLike, name: str | None = None, warn: Callable[[str], None] | None = None
+) -> dict[str, Path]:
     """Model name -> ONNX file for a file, a folder of ``*.onnx`` files, or a Triton-style repository.
 
     A file is served under its stem (``<name>/<version>/model.onnx`` under
@@ -65,8 +66,9 @@ def _discover(path: Path, warn: Callable[[str], None]) -> dict[str, Path]:
     if not found:
         raise UsageError(f"no models in {path}: expected *.onnx files or <name>/<version>/{MODEL_FILE} folders")
     named = {}
-    skipped = [f"warning: skipping {limits_shown(str(v))}: version folders are named with ASCII digits only"
-               for v in odd]
+    skipped = [
+        f"warning: skipping {limits_shown(str(v))}: version folders are named with ASCII digits only" for v in odd
+    ]
     for name, files in found.items():
         problem = _name_problem(name)
         if problem:
@@ -88,8 +90,11 @@ def _triton_name(file: Path) -> str | None:
 
 def _latest_version(folder: Path) -> Path | None:
     """The highest ``<version>/model.onnx``; a version is ASCII digits (``'²'.isdigit()`` is True, ``int`` fails)."""
-    versions = [v for v in folder.iterdir()
-                if v.name.isascii() and v.name.isdigit() and v.is_dir() and (v / MODEL_FILE).is_file()]
+    versions = [
+        v
+        for v in folder.iterdir()
+        if v.name.isascii() and v.name.isdigit() and v.is_dir() and (v / MODEL_FILE).is_file()
+    ]
     return max(versions, key=lambda v: int(v.name)) / MODEL_FILE if versions else None
 
 
@@ -106,8 +111,10 @@ def _name_problem(name: str, origin=None) -> str:
     if _NAME.match(name) and len(name) <= 128:
         return ""
     where = f" (from {origin})" if origin else ""
-    return (f"model name {limits_shown(name, 128)}{where} must be at most 128 ASCII letters, digits, "
-            "'_', '-' or '.', starting with a letter or digit")
+    return (
+        f"model name {limits_shown(name, 128)}{where} must be at most 128 ASCII letters, digits, "
+        "'_', '-' or '.', starting with a letter or digit"
+    )
 
 
 def limits_shown(value: str, limit: int = 200) -> str:

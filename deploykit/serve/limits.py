@@ -60,18 +60,24 @@ def ignored_samples(parameters: dict, model: str, kind: str = "deterministic") -
     the note saying so."""
     if SAMPLES_PARAMETER not in parameters:
         return None
-    return {"ignored_parameters": [SAMPLES_PARAMETER],
-            "note": f"model '{model}' is {kind}: 'samples' applies to MC Dropout models only and was ignored"}
+    return {
+        "ignored_parameters": [SAMPLES_PARAMETER],
+        "note": f"model '{model}' is {kind}: 'samples' applies to MC Dropout models only and was ignored",
+    }
 
 
 def check_classification(output: str, top, classes: int, applies: bool) -> None:
     """Triton's classification extension on ``output``: an integer in [1, classes], on a per-class output."""
     if not applies:
-        raise RequestError(f"output {shown(output)} has no class axis: the 'classification' parameter "
-                           "applies to [N, classes] outputs only")
+        raise RequestError(
+            f"output {shown(output)} has no class axis: the 'classification' parameter "
+            "applies to [N, classes] outputs only"
+        )
     if not is_int(top) or not 1 <= top <= classes:
-        raise RequestError(f"parameter 'classification' of output {shown(output)} must be an integer between 1 "
-                           f"and {classes}, got {shown(top)}")
+        raise RequestError(
+            f"parameter 'classification' of output {shown(output)} must be an integer between 1 "
+            f"and {classes}, got {shown(top)}"
+        )
 
 
 def classify(values: np.ndarray, top: int, labels: Sequence[str]) -> np.ndarray:
@@ -101,7 +107,9 @@ def check_batch(x: np.ndarray, input_shape: Sequence[int], max_rows: int, what: 
     x = np.ascontiguousarray(x, dtype=np.float32)
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))
     if bad:
-        raise RequestError(f"{what} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} (after conversion to FP32)")
+        raise RequestError(
+            f"{what} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} (after conversion to FP32)"
+        )
     return x
 
 
@@ -124,10 +132,14 @@ def check_v2_header(header, binary_bytes: int) -> None:
                 what = "a list" if kind is list else "a string"
                 raise RequestError(f"inputs[{i}].{key} must be {what}, got {tensor.get(key)!r:.80}")
         if tensor["datatype"] != tensor["datatype"].upper():  # kserve upper-cases it; the protocol spells "FP32"
-            raise RequestError(f"inputs[{i}].datatype must be written as the protocol spells it (e.g. FP32), "
-                               f"got {shown(tensor['datatype'])}")
+            raise RequestError(
+                f"inputs[{i}].datatype must be written as the protocol spells it (e.g. FP32), "
+                f"got {shown(tensor['datatype'])}"
+            )
         if not all(is_int(d) and d >= 0 for d in tensor["shape"]):
-            raise RequestError(f"inputs[{i}].shape must be a list of non-negative integers, got {shown(tensor['shape'], 80)}")
+            raise RequestError(
+                f"inputs[{i}].shape must be a list of non-negative integers, got {shown(tensor['shape'], 80)}"
+            )
         parameters = check_parameters(tensor.get("parameters"))
         if "data" not in tensor:
             size = parameters.get("binary_data_size")
@@ -166,7 +178,9 @@ def v2_input(inputs: Sequence, name: str, input_shape: Sequence[int], max_rows: 
         with np.errstate(over="ignore"):  # too large for FP32 becomes inf, refused below
             x = np.asarray(tensor.as_numpy())
     except (ValueError, TypeError, OverflowError) as exc:
-        raise RequestError(f"{what}: the data does not fill shape {_shape(shape)} with numbers ({_first_line(exc)})") from None
+        raise RequestError(
+            f"{what}: the data does not fill shape {_shape(shape)} with numbers ({_first_line(exc)})"
+        ) from None
     return check_batch(x, input_shape, max_rows, what)
 
 
@@ -184,7 +198,9 @@ def v1_instances(payload, input_shape: Sequence[int], max_rows: int) -> np.ndarr
         with np.errstate(over="ignore"):
             x = np.array(instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise RequestError(f"{what} must be lists of numbers, each of shape {_shape(input_shape)} ({_first_line(exc)})") from None
+        raise RequestError(
+            f"{what} must be lists of numbers, each of shape {_shape(input_shape)} ({_first_line(exc)})"
+        ) from None
     return check_batch(x, input_shape, max_rows, what)
 
 

@@ -63,8 +63,13 @@ MC_ROWS_PER_CALL = 65536
 #: Outputs with one entry per MC sample on their first axis: their size grows with the request's ``samples``.
 PER_SAMPLE_OUTPUTS = (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT)
 
-_DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(double)": "FP64",
-              "tensor(bool)": "BOOL"}
+_DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(double)": "FP64",
+    "tensor(bool)": "BOOL",
+}
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,9 @@ def _task(props: dict, outputs: list[str]) -> Task:
     task = entry.get("task") if isinstance(entry, dict) else entry  # {task, output}, or the task alone
     if task in {t.value for t in Task}:
         return Task(task)
-    regression = PREDICTION_NAME in outputs or (set(REGRESSION_OUTPUT_NAMES) <= set(outputs)
-                                                and "predictive_entropy" not in outputs)
+    regression = PREDICTION_NAME in outputs or (
+        set(REGRESSION_OUTPUT_NAMES) <= set(outputs) and "predictive_entropy" not in outputs
+    )
     return Task.REGRESSION if regression else Task.CLASSIFICATION
 
 
@@ -154,8 +160,9 @@ class OnnxModel(Model):
         self.input = self._model_input(session.get_inputs())
         for tensor in self.several_inputs or [self.input]:
             if not all(isinstance(d, int) and d > 0 for d in tensor.shape[1:]):
-                raise ModelLoadError(f"{path}: input '{tensor.name}' needs fixed sizes after the batch axis, "
-                                     f"got {tensor.shape}")
+                raise ModelLoadError(
+                    f"{path}: input '{tensor.name}' needs fixed sizes after the batch axis, got {tensor.shape}"
+                )
         self.input_shape = tuple(self.input.shape[1:])
         self.graph_outputs = [o.name for o in session.get_outputs()]  # what onnxruntime runs
         props = dict(session.get_modelmeta().custom_metadata_map)
@@ -169,9 +176,15 @@ class OnnxModel(Model):
         self.task = _task(self.props, self.graph_outputs)
         self.class_labels = [str(c) for c in self.metadata.class_names]
         # [N, classes] float: classification applies (not to a regressor, nor to a binary model's one logit)
-        self.class_outputs = {o.name for o in self.outputs
-                              if len(o.shape) == 2 and o.type == "tensor(float)" and o.name not in SAMPLE_FIRST_OUTPUTS
-                              and self.task is Task.CLASSIFICATION and _per_class(o, self.class_labels)}
+        self.class_outputs = {
+            o.name
+            for o in self.outputs
+            if len(o.shape) == 2
+            and o.type == "tensor(float)"
+            and o.name not in SAMPLE_FIRST_OUTPUTS
+            and self.task is Task.CLASSIFICATION
+            and _per_class(o, self.class_labels)
+        }
         self.ready = True
         self._pool: InferencePool | None = None
 
@@ -195,8 +208,12 @@ class OnnxModel(Model):
 
     def get_output_types(self) -> list[dict]:
         glossary = GLOSSARY if self.task is Task.CLASSIFICATION else {**GLOSSARY, **REGRESSION_GLOSSARY}
-        return [{**_tensor_meta(o), "parameters": {"description": glossary[o.name]}} if o.name in glossary
-                else _tensor_meta(o) for o in self.outputs]
+        return [
+            {**_tensor_meta(o), "parameters": {"description": glossary[o.name]}}
+            if o.name in glossary
+            else _tensor_meta(o)
+            for o in self.outputs
+        ]
 
     def metadata_parameters(self) -> dict:
         """The model-level ``parameters`` of ``/v2/models/NAME``: kind, class labels, samples, abstain, temperature."""
@@ -204,13 +221,17 @@ class OnnxModel(Model):
         conformal = self.props.get(CONFORMAL_KEY)  # how prediction_set / lower / upper were calibrated
         entry = self.props.get(TASK_KEY)
         output = entry.get("output") if isinstance(entry, dict) else None  # probabilities, logits, sigmoid, values...
-        return {"kind": str(self.metadata.kind), "task": self.task.value, **({"output": output} if output else {}),
-                "class_labels": self.class_labels,
-                **(self.abstain.metadata() if self.abstain else {}),
-                **({"temperature": temperature} if temperature is not None else {}),
-                **({"std_scale": std_scale} if std_scale is not None else {}),
-                **({"conformal": conformal} if conformal is not None else {}),
-                **({"output_columns": self.props[OUTPUT_COLUMNS_KEY]} if OUTPUT_COLUMNS_KEY in self.props else {})}
+        return {
+            "kind": str(self.metadata.kind),
+            "task": self.task.value,
+            **({"output": output} if output else {}),
+            "class_labels": self.class_labels,
+            **(self.abstain.metadata() if self.abstain else {}),
+            **({"temperature": temperature} if temperature is not None else {}),
+            **({"std_scale": std_scale} if std_scale is not None else {}),
+            **({"conformal": conformal} if conformal is not None else {}),
+            **({"output_columns": self.props[OUTPUT_COLUMNS_KEY]} if OUTPUT_COLUMNS_KEY in self.props else {}),
+        }
 
     def summary(self) -> str:
         """What the start-up line says about the model."""
@@ -250,11 +271,16 @@ class OnnxModel(Model):
         requested = [o.name for o in request.request_outputs or []] or self.output_names
         self._check_work(named_inputs.rows(x), samples, requested)
         values = await self._infer(x, samples)
-        top = {o.name: o.parameters[CLASSIFICATION] for o in request.request_outputs or []
-               if (o.parameters or {}).get(CLASSIFICATION) is not None}
+        top = {
+            o.name: o.parameters[CLASSIFICATION]
+            for o in request.request_outputs or []
+            if (o.parameters or {}).get(CLASSIFICATION) is not None
+        }
         outputs = [self._output(name, v, top.get(name)) for name, v in values.items()]
         return InferResponse(
-            response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=outputs,
             parameters={**(self._response_parameters(samples, note) or {}), **self._decision()} or None,
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
@@ -287,24 +313,28 @@ class OnnxModel(Model):
         if network_rows > self.config.max_network_rows:
             raise limits.RequestError(
                 f"{rows} rows x {samples} samples = {network_rows} network rows, more than the limit of "
-                f"{self.config.max_network_rows} per request; send fewer rows or samples")
+                f"{self.config.max_network_rows} per request; send fewer rows or samples"
+            )
         per_row = sum(self.output_sizes[n] * (samples if n in PER_SAMPLE_OUTPUTS else 1) for n in outputs)
         if rows * per_row > self.config.max_response_values:
             raise limits.RequestError(
                 f"the response would hold {rows * per_row} numbers ({rows} rows x {per_row}), more than the limit "
-                f"of {self.config.max_response_values}; send fewer rows or samples, or request fewer outputs")
+                f"of {self.config.max_response_values}; send fewer rows or samples, or request fewer outputs"
+            )
 
     def _check_requested_outputs(self, requested) -> None:
         for output in requested or []:
             if output.name not in self.output_names:
-                raise limits.RequestError(f"unknown output {limits.shown(output.name)}; model '{self.name}' has "
-                                          f"outputs {self.output_names}")
+                raise limits.RequestError(
+                    f"unknown output {limits.shown(output.name)}; model '{self.name}' has outputs {self.output_names}"
+                )
             if output.parameters is not None and not isinstance(output.parameters, dict):
                 raise limits.RequestError(f"'parameters' of output {limits.shown(output.name)} must be an object")
             top = (output.parameters or {}).get(CLASSIFICATION)
             if top is not None:
-                limits.check_classification(output.name, top, self.output_sizes[output.name],
-                                            output.name in self.class_outputs)
+                limits.check_classification(
+                    output.name, top, self.output_sizes[output.name], output.name in self.class_outputs
+                )
 
     async def _infer(self, x: np.ndarray, samples: int | None) -> dict[str, np.ndarray]:
         return await self.pool.run(self._outputs, x, samples)
@@ -399,8 +429,10 @@ class MCDropoutModel(OnnxModel):
             self.several_inputs = model_inputs  # one per model input, by name (deploykit.multi_io)
             return model_inputs[0]
         if set(names) != {INPUT_NAME, SAMPLES_NAME} or names[INPUT_NAME].type != "tensor(float)":
-            raise ModelLoadError(f"{self.path}: an MC Dropout model needs the inputs '{INPUT_NAME}' (float32) and "
-                                 f"'{SAMPLES_NAME}', got {[(i.name, i.type) for i in inputs]}")
+            raise ModelLoadError(
+                f"{self.path}: an MC Dropout model needs the inputs '{INPUT_NAME}' (float32) and "
+                f"'{SAMPLES_NAME}', got {[(i.name, i.type) for i in inputs]}"
+            )
         return names[INPUT_NAME]
 
     def _samples(self, parameters: dict) -> tuple[int, None]:
@@ -410,8 +442,11 @@ class MCDropoutModel(OnnxModel):
         return {limits.SAMPLES_PARAMETER: samples}
 
     def metadata_parameters(self) -> dict:
-        return {**super().metadata_parameters(), "default_samples": self.config.samples,
-                "max_samples": self.max_samples}
+        return {
+            **super().metadata_parameters(),
+            "default_samples": self.config.samples,
+            "max_samples": self.max_samples,
+        }
 
     def _kind_summary(self) -> str:
         return f"MC Dropout, samples {self.config.samples} (max {self.max_samples})"
@@ -420,8 +455,13 @@ class MCDropoutModel(OnnxModel):
         """One onnxruntime call per chunk of rows (one call for the usual request: seeded models stay reproducible)."""
         feed = {SAMPLES_NAME: np.array(samples, dtype=np.int64)}
         step = max(1, MC_ROWS_PER_CALL // samples)
-        parts = [self.session.run(self.graph_outputs, {**feed, **named_inputs.feed(named_inputs.part(x, i, i + step),
-                                                                                     INPUT_NAME)})
-                 for i in range(0, named_inputs.rows(x), step)]
-        return {name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
-                for k, name in enumerate(self.graph_outputs)}
+        parts = [
+            self.session.run(
+                self.graph_outputs, {**feed, **named_inputs.feed(named_inputs.part(x, i, i + step), INPUT_NAME)}
+            )
+            for i in range(0, named_inputs.rows(x), step)
+        ]
+        return {
+            name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
+            for k, name in enumerate(self.graph_outputs)
+        }

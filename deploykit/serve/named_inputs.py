@@ -1,4 +1,5 @@
-"""Requests to a model with several inputs (deploykit.multi_io): one v2 tensor per input, by name; v1 instances as objects.
+"""Requests to a model with several inputs (deploykit.multi_io): one v2 tensor per input, by name; v1 instances
+as objects.
 
 A deterministic artifact of a model with several inputs has one float input per model input, named after it.
 A v2 request sends each as its own tensor (any order; each checked as a one-input model's tensor is, by
@@ -37,8 +38,10 @@ def v2_inputs(tensors: Sequence, inputs: Sequence, max_rows: int) -> dict[str, n
     unknown = [n for n in names if n not in want]
     missing = [n for n in want if n not in names]
     if unknown or missing or len(names) != len(want):
-        raise limits.RequestError(f"expected one input tensor per model input ({', '.join(want)}), got "
-                                  f"[{', '.join(limits.shown(n) for n in names[:len(want) + 2])}]")
+        raise limits.RequestError(
+            f"expected one input tensor per model input ({', '.join(want)}), got "
+            f"[{', '.join(limits.shown(n) for n in names[: len(want) + 2])}]"
+        )
     out = {}
     for tensor, name in zip(tensors, names):
         spec = inputs[want.index(name)]
@@ -50,8 +53,11 @@ def v1_inputs(payload, inputs: Sequence, max_rows: int) -> dict[str, np.ndarray]
     """The v1 ``instances`` of a model with several inputs: one object per row, its keys the input names."""
     want = [i.name for i in inputs]
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-        raise limits.RequestError('a v1 request must be a JSON object like {"instances": [{'
-                                  + ", ".join(f'"{n}": [...]' for n in want) + "}, ...]}")
+        raise limits.RequestError(
+            'a v1 request must be a JSON object like {"instances": [{'
+            + ", ".join(f'"{n}": [...]' for n in want)
+            + "}, ...]}"
+        )
     instances = payload["instances"]
     limits.check_rows(len(instances), max_rows, "'instances'")
     for i, instance in enumerate(instances):

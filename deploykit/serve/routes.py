@@ -93,9 +93,14 @@ class _Routes:
 
     async def metadata(self, model_name: str, model_version: str | None = None):
         model = self._model(model_name, model_version)
-        return {"name": model_name, "versions": [version_of(model)], "platform": PLATFORM,
-                "inputs": model.get_input_types(), "outputs": model.get_output_types(),
-                "parameters": model.metadata_parameters()}
+        return {
+            "name": model_name,
+            "versions": [version_of(model)],
+            "platform": PLATFORM,
+            "inputs": model.get_input_types(),
+            "outputs": model.get_output_types(),
+            "parameters": model.metadata_parameters(),
+        }
 
     async def ready(self, model_name: str, model_version: str):
         self._model(model_name, model_version)
@@ -126,11 +131,19 @@ def triton_config(model: OnnxModel) -> dict:
         entry = {"name": arg.name, "data_type": f"TYPE_{datatypes[arg.name]}", "dims": dims or [1]}
         return entry if dims else {**entry, "reshape": {"shape": []}}  # a scalar per row, as Triton writes it
 
-    parameters = {k: {"string_value": v if isinstance(v, str) else orjson.dumps(v).decode()}
-                  for k, v in model.metadata_parameters().items()}
-    return {"name": model.name, "platform": PLATFORM, "backend": "onnxruntime",
-            "max_batch_size": model.config.max_rows if batched else 0,
-            "input": [tensor(model.input)], "output": [tensor(o) for o in outputs], "parameters": parameters}
+    parameters = {
+        k: {"string_value": v if isinstance(v, str) else orjson.dumps(v).decode()}
+        for k, v in model.metadata_parameters().items()
+    }
+    return {
+        "name": model.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "max_batch_size": model.config.max_rows if batched else 0,
+        "input": [tensor(model.input)],
+        "output": [tensor(o) for o in outputs],
+        "parameters": parameters,
+    }
 
 
 def _values(response) -> int:

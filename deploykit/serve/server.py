@@ -125,8 +125,10 @@ def _v2_from_bytes(body: bytes, headers: dict, model_name: str) -> InferRequest:
     declared = headers.get(_HEADER_LENGTH)
     length = len(body) if declared is None else int(declared) if declared.isdigit() else -1
     if not 0 <= length <= len(body):
-        raise limits.RequestError(f"header Inference-Header-Content-Length must be an integer between 0 and "
-                                  f"{len(body)} (the body's size), got {declared!r}")
+        raise limits.RequestError(
+            f"header Inference-Header-Content-Length must be an integer between 0 and "
+            f"{len(body)} (the body's size), got {declared!r}"
+        )
     limits.check_v2_header(orjson.loads(body[:length]), len(body) - length)
     return InferRequest.from_bytes(body, length, model_name)
 
@@ -249,10 +251,15 @@ class _RESTServer(RESTServer):
         super()._add_exception_handlers(app)
         from starlette.requests import ClientDisconnect
 
-        handlers = {InvalidInput: _error_handler(400), ModelNotFound: _not_found, RequestTimeout: _error_handler(504),
-                    ClientDisconnect: _client_gone,
-                    NotImplementedError: _error_handler(400),  # kserve: "Model versioning not supported yet."
-                    RequestValidationError: _error_handler(422), HTTPException: _error_handler(None)}
+        handlers = {
+            InvalidInput: _error_handler(400),
+            ModelNotFound: _not_found,
+            RequestTimeout: _error_handler(504),
+            ClientDisconnect: _client_gone,
+            NotImplementedError: _error_handler(400),  # kserve: "Model versioning not supported yet."
+            RequestValidationError: _error_handler(422),
+            HTTPException: _error_handler(None),
+        }
         for exc_type, handler in handlers.items():
             app.add_exception_handler(exc_type, handler)
 
@@ -261,8 +268,14 @@ class DeployKitModelServer(ModelServer):
     """kserve's ModelServer, REST only, on ``config.host``, with the limits and handlers above."""
 
     def __init__(self, config: ServeConfig, verbose: bool = False):
-        super().__init__(http_port=config.port, enable_grpc=False, workers=1, enable_docs_url=False,
-                         enable_latency_logging=verbose, grace_period=GRACE_SECONDS)
+        super().__init__(
+            http_port=config.port,
+            enable_grpc=False,
+            workers=1,
+            enable_docs_url=False,
+            enable_latency_logging=verbose,
+            grace_period=GRACE_SECONDS,
+        )
         self.config = config
         self.verbose = verbose
         self.dataplane = _DataPlane(model_registry=self.registered_models)
@@ -289,11 +302,15 @@ class DeployKitModelServer(ModelServer):
             self._rest_server.run()
         except SystemExit as exc:  # uvicorn logs why it could not start (address in use...) and exits
             if exc.code:
-                raise DeployKitError(f"cannot listen on {self.config.host}:{self.config.port} (see the error above)") from None
+                raise DeployKitError(
+                    f"cannot listen on {self.config.host}:{self.config.port} (see the error above)"
+                ) from None
         served = self._rest_server._server.server_state.total_requests
         refused = connections.summary()
         stuck = stop_all(STOP_SECONDS)
-        log.info("stopped after %d requests%s", served, f"; connections refused or closed: {refused}" if refused else "")
+        log.info(
+            "stopped after %d requests%s", served, f"; connections refused or closed: {refused}" if refused else ""
+        )
         if stuck:  # a thread still inside onnxruntime would abort the interpreter's exit: leave at once
             log.warning("%d inference call(s) ignored the stop request; exiting without waiting for them", stuck)
             logging.shutdown()
@@ -313,12 +330,18 @@ def serve_models(models: dict[str, Path], config: ServeConfig | None = None, ver
     server = DeployKitModelServer(config, verbose=verbose)
     base = f"http://{config.host}:{config.port}"
     for model in loaded:
-        print(f"model {model.name!r}: {model.summary()}, input {list(model.input_shape)}, from {model.path}", file=sys.stderr)
+        print(
+            f"model {model.name!r}: {model.summary()}, input {list(model.input_shape)}, from {model.path}",
+            file=sys.stderr,
+        )
         print(f"  {base}/v2/models/{model.name}/infer  {base}/v1/models/{model.name}:predict", file=sys.stderr)
     print(f"serving on {base} (SIGTERM or Ctrl+C stops it)", file=sys.stderr)
     if not _is_loopback(config.host):
-        print(f"warning: listening on {config.host}: anyone who can reach this address can query the models "
-              "(the server has no authentication)", file=sys.stderr)
+        print(
+            f"warning: listening on {config.host}: anyone who can reach this address can query the models "
+            "(the server has no authentication)",
+            file=sys.stderr,
+        )
     sys.stderr.flush()
     server.start(loaded)
 

@@ -1,4 +1,5 @@
-"""Sparse models: TF-MOT magnitude pruning, l1 sparsity, the accuracy-budgeted search, and exact removal of dead neurons.
+"""Sparse models: TF-MOT magnitude pruning, l1 sparsity, the accuracy-budgeted search, and exact removal of dead
+neurons.
 
 Importing this package does not import TensorFlow; the functions do.
 """

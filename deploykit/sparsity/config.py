@@ -58,7 +58,6 @@ class _TuneConfig(Config):
         return dataclasses.replace(self, **{k: v for k, v in options.items() if v is not None})
 
 
-
 @dataclass(frozen=True)
 class PruneConfig(_TuneConfig):
     """TF-MOT magnitude pruning: a PolynomialDecay from 0 to the target over a fine-tuning run.
@@ -80,11 +79,15 @@ class PruneConfig(_TuneConfig):
         if not isinstance(self.layer_sparsity, dict):
             raise ConfigError(f"layer_sparsity must be a table of layer name = sparsity, got {self.layer_sparsity!r}")
         object.__setattr__(
-            self, "layer_sparsity", {str(k): fraction(f"layer_sparsity[{k!r}]", v) for k, v in self.layer_sparsity.items()}
+            self,
+            "layer_sparsity",
+            {str(k): fraction(f"layer_sparsity[{k!r}]", v) for k, v in self.layer_sparsity.items()},
         )
         object.__setattr__(self, "block_size", parse_block_size(self.block_size))
         object.__setattr__(self, "end_fraction", number("end_fraction", self.end_fraction, 0.0, 1.0, open_low=True))
-        object.__setattr__(self, "tolerance", number("tolerance", self.tolerance, 0.0, 1.0, open_low=True, open_high=True))
+        object.__setattr__(
+            self, "tolerance", number("tolerance", self.tolerance, 0.0, 1.0, open_low=True, open_high=True)
+        )
 
     def target_for(self, layer_name: str) -> float:
         """The sparsity a layer is pruned to (its own target, else the model-wide one)."""

@@ -77,7 +77,9 @@ def compact(model, data=None, *, tolerance: float = 1e-5):
     from deploykit.graph import graph_from_model, to_keras
 
     if not is_tf_keras_model(model):
-        raise UsageError(f"compact: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}")
+        raise UsageError(
+            f"compact: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}"
+        )
     x_check = _check_inputs(model, data)
     graph = graph_from_model(model)
     sources = [node for node in graph.nodes if node.spec.class_name in _KERNELS]
@@ -101,9 +103,12 @@ def compact(model, data=None, *, tolerance: float = 1e-5):
             break
     result = to_keras(graph)
     after = {node.name: _units_macs(node) for node in sources}
-    layers = [LayerCompact(name, b[0], after[name][0], b[1], after[name][1], kept.get(name, 0)) for name, b in before.items()]
-    report = CompactReport(layers, sum(b[1] for b in before.values()), sum(a[1] for a in after.values()), passes,
-                           skipped=skipped)
+    layers = [
+        LayerCompact(name, b[0], after[name][0], b[1], after[name][1], kept.get(name, 0)) for name, b in before.items()
+    ]
+    report = CompactReport(
+        layers, sum(b[1] for b in before.values()), sum(a[1] for a in after.values()), passes, skipped=skipped
+    )
     if x_check is not None:
         reference = outputs(model, x_check)
         diff = np.abs(outputs(result, x_check).astype(np.float64) - reference)
@@ -133,7 +138,10 @@ def _check_inputs(model, data):
         return data.x_test
     x = np.asarray(data, dtype=np.float32)
     if x.shape[1:] != tuple(model.input_shape[1:]):
-        raise DataError(f"compact: check data has inputs of shape {x.shape[1:]}, but model {model.name!r} expects {tuple(model.input_shape[1:])}")
+        raise DataError(
+            f"compact: check data has inputs of shape {x.shape[1:]}, "
+            f"but model {model.name!r} expects {tuple(model.input_shape[1:])}"
+        )
     return x
 
 

@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deploykit.sparsity.dead_neurons import apply_compact
-from deploykit.sparsity.config import L1Config
 from deploykit.evaluate import score
 from deploykit.keras3_api import keras3_boundary
 from deploykit.layers import support_for
-from deploykit.task import Task
+from deploykit.sparsity.config import L1Config
+from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.report import kernel_sparsity, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
+from deploykit.task import Task
 
 
 @keras3_boundary
@@ -34,7 +34,8 @@ def sparsify_l1(
     progress: Callable[[str], None] | None = None,
     teacher: Teacher | None = None,
 ):
-    """Fine-tune a copy of ``model`` with ``L1(l1)`` on the selected prunable kernels, then set ``|w| < threshold`` to 0.
+    """Fine-tune a copy of ``model`` with ``L1(l1)`` on the selected prunable kernels, then set
+    ``|w| < threshold`` to 0.
 
     The penalty is dropped from the returned model. The report holds the test
     accuracy before, after fine-tuning (``accuracy_before_zeroing``) and after
@@ -42,8 +43,15 @@ def sparsify_l1(
     Returns ``(model, SparsityReport)``.
     """
     config = (config or L1Config()).with_options(
-        l1=l1, threshold=threshold, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        skip_layers=skip_layers, skip_output=skip_output, compact=compact, distill=distill,
+        l1=l1,
+        threshold=threshold,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        skip_layers=skip_layers,
+        skip_output=skip_output,
+        compact=compact,
+        distill=distill,
     )
     dense = check_inputs(model, data, "sparsify_l1")
     chosen = set(choose_layers(dense, config, "sparsify_l1"))
@@ -58,8 +66,11 @@ def sparsify_l1(
 
     working = rebuild(model, regularized)
     # a recurrent layer keeps its kernel on its cell
-    kernels = [getattr(getattr(l, "cell", l), support_for(l, unsafe=True).pruned_kernel[0])
-               for l in working.layers if l.name in chosen]
+    kernels = [
+        getattr(getattr(l, "cell", l), support_for(l, unsafe=True).pruned_kernel[0])
+        for l in working.layers
+        if l.name in chosen
+    ]
 
     def status() -> str:
         small = sum(int(np.count_nonzero(np.abs(k.numpy()) < config.threshold)) for k in kernels)
@@ -77,11 +88,13 @@ def sparsify_l1(
             layer.set_weights(weights)
     layers = kernel_sparsity(result, dict.fromkeys(chosen))
     result, compacted = apply_compact(result, layers, config.compact, data)
-    report = sparsity_report("l1", model, result, layers, data, tuned, compacted, config,
-                             accuracy_before_zeroing=accuracy_tuned)
+    report = sparsity_report(
+        "l1", model, result, layers, data, tuned, compacted, config, accuracy_before_zeroing=accuracy_tuned
+    )
     return result, report
 
 
 def _regularizer_key(kernel: str) -> str:
-    """The config key of a kernel's regularizer: ``kernel_regularizer``, ``depthwise_regularizer``, ``pointwise_regularizer``."""
+    """The config key of a kernel's regularizer: ``kernel_regularizer``, ``depthwise_regularizer``,
+    ``pointwise_regularizer``."""
     return "kernel_regularizer" if kernel == "kernel" else kernel.replace("_kernel", "_regularizer")

@@ -14,8 +14,8 @@ import numpy as np
 
 from deploykit.errors import ConfigError, StepError
 from deploykit.keras3_api import keras3_boundary
-from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.config import PruneConfig
+from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, pruned_kernel, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
@@ -52,18 +52,25 @@ def prune(
     Returns ``(pruned_model, SparsityReport)``.
     """
     config = (config or PruneConfig()).with_options(
-        target_sparsity=target_sparsity, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        block_size=block_size, layer_sparsity=layer_sparsity, skip_layers=skip_layers, skip_output=skip_output,
-        compact=compact, distill=distill,
+        target_sparsity=target_sparsity,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        block_size=block_size,
+        layer_sparsity=layer_sparsity,
+        skip_layers=skip_layers,
+        skip_output=skip_output,
+        compact=compact,
+        distill=distill,
     )
     dense = check_inputs(model, data, "prune")
     chosen = choose_layers(dense, config, "prune", tuple(config.layer_sparsity))
     targets = {name: config.target_for(name) for name in chosen if config.target_for(name) > 0}
     _check_blocks(model, targets, config.block_size)
 
-    from deploykit.backend import tf  # noqa: F401  (first: makes TF-MOT use tf_keras)
-
     import tensorflow_model_optimization as tfmot
+
+    from deploykit.backend import tf  # noqa: F401  (first: makes TF-MOT use tf_keras)
 
     sparsity = tfmot.sparsity.keras
     schedule = PruneSchedule.derive(len(data.x_train), config.batch_size, config.epochs, config.end_fraction)
@@ -72,8 +79,11 @@ def prune(
         if layer.name not in targets:
             return None
         decay = sparsity.PolynomialDecay(
-            initial_sparsity=0.0, final_sparsity=targets[layer.name],
-            begin_step=schedule.begin_step, end_step=schedule.end_step, frequency=schedule.frequency,
+            initial_sparsity=0.0,
+            final_sparsity=targets[layer.name],
+            begin_step=schedule.begin_step,
+            end_step=schedule.end_step,
+            frequency=schedule.frequency,
         )
         fresh = _prunable_class(layer).from_config(layer.get_config())
         return sparsity.prune_low_magnitude(fresh, pruning_schedule=decay, block_size=config.block_size)
@@ -89,8 +99,13 @@ def prune(
         return f"sparsity {sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels):.3f}"
 
     tuned = fine_tune(
-        working, data, config, callbacks=(sparsity.UpdatePruningStep(), *callbacks),
-        eligible=schedule_done, status=status, progress=progress,
+        working,
+        data,
+        config,
+        callbacks=(sparsity.UpdatePruningStep(), *callbacks),
+        eligible=schedule_done,
+        status=status,
+        progress=progress,
         teacher=(teacher or teacher_of(model, data)) if config.distill else None,
     )
     pruned = rebuild(sparsity.strip_pruning(working), _plain_layer)
@@ -98,8 +113,18 @@ def prune(
     _check_reached(layers, config, schedule)
 
     result, compacted = apply_compact(pruned, layers, config.compact, data)
-    report = sparsity_report("prune", model, result, layers, data, tuned, compacted, config,
-                             target_sparsity=config.target_sparsity, schedule=schedule)
+    report = sparsity_report(
+        "prune",
+        model,
+        result,
+        layers,
+        data,
+        tuned,
+        compacted,
+        config,
+        target_sparsity=config.target_sparsity,
+        schedule=schedule,
+    )
     return result, report
 
 
@@ -113,9 +138,9 @@ def _prunable_class(layer):
 @functools.cache
 def _prunable_depthwise() -> type:
     """tf_keras DepthwiseConv2D declaring ``depthwise_kernel`` prunable (TF-MOT's documented custom-layer route)."""
-    from deploykit.backend import keras
-
     import tensorflow_model_optimization as tfmot
+
+    from deploykit.backend import keras
 
     class PrunableDepthwiseConv2D(keras.layers.DepthwiseConv2D, tfmot.sparsity.keras.PrunableLayer):
         def get_prunable_weights(self):

@@ -34,8 +34,13 @@ def connect(address: str) -> None:
     import deploykit
 
     package = str(Path(deploykit.__file__).parent)
-    ray.init(address=None if address == LOCAL else address, runtime_env={"py_modules": [package]},
-             logging_level="WARNING", log_to_driver=False, include_dashboard=False)
+    ray.init(
+        address=None if address == LOCAL else address,
+        runtime_env={"py_modules": [package]},
+        logging_level="WARNING",
+        log_to_driver=False,
+        include_dashboard=False,
+    )
 
 
 def _to_bytes(model) -> bytes:
@@ -72,13 +77,25 @@ def _node_names() -> dict[str, str]:
 
 def _run_try(run_try, blob: bytes, data, config, target, layer_targets, teacher, original, metric):
     """One try inside a Ray task: (SearchTry, the pruned model's bytes or None, prune's report, where it ran)."""
-    attempt, pruned, record = run_try(_from_bytes(blob), data, config, target, layer_targets, teacher, original, metric,
-                                      lambda _m: None)
+    attempt, pruned, record = run_try(
+        _from_bytes(blob), data, config, target, layer_targets, teacher, original, metric, lambda _m: None
+    )
     return attempt, None if pruned is None else _to_bytes(pruned), record, where()
 
 
-def run_tries(run_try, failed, model, data, config, plans: list[tuple[float, dict[str, float]]], teacher, original,
-              metric, say, address: str) -> list[tuple[Any, Any, Any]]:
+def run_tries(
+    run_try,
+    failed,
+    model,
+    data,
+    config,
+    plans: list[tuple[float, dict[str, float]]],
+    teacher,
+    original,
+    metric,
+    say,
+    address: str,
+) -> list[tuple[Any, Any, Any]]:
     """Every ``(target, layer_targets)`` as a Ray task running ``run_try`` (the search's own try); ``(SearchTry, pruned
     model or None, record or None)`` each, in order, the try's note saying where it ran. A task that fails (a worker
     lost, an exception) is that try's failure: ``failed(target, layer_targets, note)``."""
@@ -129,6 +146,9 @@ def keep_first(results: list[tuple[Any, Any, Any]], report, model, say):
             say(f"kept {attempt.setting()}: test {budget.metric.value} {value:.4g} ({budget.change(original, value)})")
             model = pruned
         else:
-            attempt.note = f"{budget.change(original, value)} vs the original; {attempt.note}" if value is not None \
+            attempt.note = (
+                f"{budget.change(original, value)} vs the original; {attempt.note}"
+                if value is not None
                 else attempt.note
+            )
     return model, report

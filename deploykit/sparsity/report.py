@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.evaluate import Metric, score
-from deploykit.task import Task
 from deploykit.records import Record
 from deploykit.sparsity.tuning import TuneResult, rebuild
+from deploykit.task import Task
 
 
 @dataclass
@@ -143,9 +143,14 @@ class SparsityReport(Record):
         for l in self.layers:
             target = f"{l.target:.2f}" if l.target is not None else ("l1" if l.changed else "-")
             rows.append(f"{l.name:<24}{l.weights:>9}{l.zeros:>9}{l.sparsity:>10.3f}{target:>8}{l.neurons_removed:>9}")
-        zeroing = "" if self.accuracy_before_zeroing is None else f" (before zeroing {self.accuracy_before_zeroing:.4f})"
-        figure = (f"test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}{zeroing}"
-                  if self.accuracy_before is not None else f"test RMSE {self.rmse_before:.4g} -> {self.rmse_after:.4g}")
+        zeroing = (
+            "" if self.accuracy_before_zeroing is None else f" (before zeroing {self.accuracy_before_zeroing:.4f})"
+        )
+        figure = (
+            f"test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}{zeroing}"
+            if self.accuracy_before is not None
+            else f"test RMSE {self.rmse_before:.4g} -> {self.rmse_after:.4g}"
+        )
         rows += [
             f"model sparsity {self.sparsity:.3f}; {figure}",
             f"file {self.file_bytes_before} -> {self.file_bytes_after} bytes; "
@@ -176,7 +181,11 @@ def kernel_sparsity(model, targets: dict[str, float | None]) -> list[LayerSparsi
     for layer in dense_layers(model):
         kernel = pruned_kernel(layer)
         zeros = int(np.count_nonzero(kernel == 0))
-        out.append(LayerSparsity(layer.name, int(kernel.size), zeros, zeros / kernel.size, layer.name in targets, targets.get(layer.name)))
+        out.append(
+            LayerSparsity(
+                layer.name, int(kernel.size), zeros, zeros / kernel.size, layer.name in targets, targets.get(layer.name)
+            )
+        )
     return out
 
 
@@ -198,17 +207,25 @@ def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult,
     """The SparsityReport of a fine-tuning step: ``model`` before, ``result`` after."""
     before, after = saved_sizes(model), saved_sizes(result)
     regression = data.task is Task.REGRESSION
-    figures = {f"{Metric.of(data.task).value}_{when}": score(m, data.x_test, data.y_test, data.task)
-               for when, m in (("before", model), ("after", result))}
+    figures = {
+        f"{Metric.of(data.task).value}_{when}": score(m, data.x_test, data.y_test, data.task)
+        for when, m in (("before", model), ("after", result))
+    }
     return SparsityReport(
         method=method,
         layers=layers,
         sparsity=model_sparsity(layers),
         accuracy_before=None if regression else figures["accuracy_before"],
         accuracy_after=None if regression else figures["accuracy_after"],
-        rmse_before=figures.get("rmse_before"), rmse_after=figures.get("rmse_after"),
-        file_bytes_before=before[0], file_bytes_after=after[0],
-        gzip_bytes_before=before[1], gzip_bytes_after=after[1],
-        epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch,
-        compact=compacted, config=config.to_dict(), **extra,
+        rmse_before=figures.get("rmse_before"),
+        rmse_after=figures.get("rmse_after"),
+        file_bytes_before=before[0],
+        file_bytes_after=after[0],
+        gzip_bytes_before=before[1],
+        gzip_bytes_after=after[1],
+        epochs_run=tuned.epochs_run,
+        best_epoch=tuned.best_epoch,
+        compact=compacted,
+        config=config.to_dict(),
+        **extra,
     )

@@ -116,8 +116,8 @@ def search_sparsity(
     itself when no target met the budget (or no layer is left to prune: ``tries`` is then empty).
     ``limits`` (a time budget's share, :mod:`deploykit.sparsity.deadline`): a cheaper scan, no try that cannot
     finish in time (reported as not tried), and a try running at the deadline stopped (reported as such).
-    ``ray`` (``"local"`` or a cluster's address): every try at once as a Ray task (:mod:`deploykit.sparsity.ray_search`),
-    the same kept try as serially.
+    ``ray`` (``"local"`` or a cluster's address): every try at once as a Ray task
+    (:mod:`deploykit.sparsity.ray_search`), the same kept try as serially.
     """
     config = config or SearchConfig()
     prune_config = prune_config or PruneConfig()
@@ -149,17 +149,24 @@ def search_sparsity(
             report.tries.append(not_tried(target, layer_targets))
             say(f"  prune {target:.0%} not tried: it cannot finish within the time budget")
             continue
-        attempt, pruned, record = _try(model, data, base, target, layer_targets, teacher, reference, budget.metric, say,
-                                       limits.stopper())
+        attempt, pruned, record = _try(
+            model, data, base, target, layer_targets, teacher, reference, budget.metric, say, limits.stopper()
+        )
         report.tries.append(attempt)
         value = getattr(attempt, budget.metric.value)
-        if value is not None and within_budget(shortfall_of(attempt.change, budget.metric is Metric.ACCURACY), budget.limit):
+        if value is not None and within_budget(
+            shortfall_of(attempt.change, budget.metric is Metric.ACCURACY), budget.limit
+        ):
             attempt.kept, report.kept, report.report = True, attempt, record
-            say(f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
-                f"({budget.change(original, value)}, 95% CI {_ci(attempt, budget)})")
+            say(
+                f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
+                f"({budget.change(original, value)}, 95% CI {_ci(attempt, budget)})"
+            )
             return pruned, report
-        attempt.note = attempt.note or (f"{budget.change(original, value)} (95% CI {_ci(attempt, budget)}) vs the original "
-                                        f"on validation, budget: {budget.describe()}")
+        attempt.note = attempt.note or (
+            f"{budget.change(original, value)} (95% CI {_ci(attempt, budget)}) vs the original "
+            f"on validation, budget: {budget.describe()}"
+        )
         say(f"  {attempt.setting()} missed: {attempt.note}")
     return model, report
 
@@ -198,12 +205,22 @@ def sensitivity_line(sensitivity: list[LayerSensitivity], budget: Budget, shown:
     """One short line: the scan's size and its most sensitive layers (the full table is in the report)."""
     top = sorted(sensitivity, key=lambda s: -s.drops[-1])[:shown]
     levels = "/".join(f"{g:.0%}" for g in sensitivity[0].levels)
-    return (f"sensitivity of {len(sensitivity)} layers at {levels} (validation {budget.metric.value} lost, one layer "
-            "pruned alone); most sensitive: " + ", ".join(f"{s.name} {100 * s.drops[-1]:.1f}" for s in top))
+    return (
+        f"sensitivity of {len(sensitivity)} layers at {levels} (validation {budget.metric.value} lost, one layer "
+        "pruned alone); most sensitive: " + ", ".join(f"{s.name} {100 * s.drops[-1]:.1f}" for s in top)
+    )
 
 
-def _sensitivity(model, data, layers: list[str], budget: Budget, levels=LEVELS, rows: int | None = None,
-                 limits: SearchLimits | None = None, done=lambda: None) -> list[LayerSensitivity]:
+def _sensitivity(
+    model,
+    data,
+    layers: list[str],
+    budget: Budget,
+    levels=LEVELS,
+    rows: int | None = None,
+    limits: SearchLimits | None = None,
+    done=lambda: None,
+) -> list[LayerSensitivity]:
     """Prune each layer alone, one shot (smallest magnitudes to zero), and measure the validation score lost.
 
     On the first ``rows`` validation rows; a layer is not started past ``limits``' deadline (the rest go unscanned).
@@ -224,7 +241,7 @@ def _sensitivity(model, data, layers: list[str], budget: Budget, levels=LEVELS, 
         for level in levels:
             cut = magnitudes[min(len(magnitudes) - 1, int(level * len(magnitudes)))]
             zeroed = np.where(np.abs(kernel) < cut, 0, kernel).astype(kernel.dtype)
-            layer.set_weights([*weights[:k], zeroed, *weights[k + 1:]])
+            layer.set_weights([*weights[:k], zeroed, *weights[k + 1 :]])
             drops.append(max(0.0, budget.shortfall(base, score(copy, x_val, y_val, data.task))))
         layer.set_weights(weights)
         out.append(LayerSensitivity(name, int(kernel.size), list(levels), list(np.maximum.accumulate(drops))))
@@ -283,8 +300,11 @@ def not_tried(target: float, layer_targets: dict[str, float]) -> SearchTry:
 
 def _ci(attempt: SearchTry, budget: Budget) -> str:
     low, high = attempt.ci95 or [float("nan")] * 2
-    return f"{100 * low:+.2f} to {100 * high:+.2f} pt" if budget.metric is Metric.ACCURACY else \
-        f"{100 * low:+.1f}% to {100 * high:+.1f}%"
+    return (
+        f"{100 * low:+.2f} to {100 * high:+.2f} pt"
+        if budget.metric is Metric.ACCURACY
+        else f"{100 * low:+.1f}% to {100 * high:+.1f}%"
+    )
 
 
 def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, Interval]:
@@ -298,26 +318,56 @@ def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, 
     return float(correct.mean()), accuracy_change_interval(reference.argmax(-1) == data.y_val, correct)
 
 
-def _try(model, data, config: PruneConfig, target, layer_targets, teacher, reference, metric: Metric, say, stopper=None):
+def _try(
+    model, data, config: PruneConfig, target, layer_targets, teacher, reference, metric: Metric, say, stopper=None
+):
     """(SearchTry, pruned model or None, prune's report or None) of one target, measured on the validation split
     against the original's outputs there (``reference``); ``stopper`` ends it at a deadline."""
     start = time.perf_counter()
     own = {n: t for n, t in layer_targets.items() if abs(t - target) >= 5e-3}
-    say(f"  try prune {target:.0%} over {config.epochs} epochs" + (f" ({len(own)} layers with their own target)" if own else ""))
+    say(
+        f"  try prune {target:.0%} over {config.epochs} epochs"
+        + (f" ({len(own)} layers with their own target)" if own else "")
+    )
     stopped = "" if stopper is None else "stopped at the time budget's deadline: "
     try:
-        pruned, record = prune(model, data, config=config.with_options(target_sparsity=target, layer_sparsity=layer_targets),
-                               teacher=teacher, callbacks=() if stopper is None else (stopper,))
+        pruned, record = prune(
+            model,
+            data,
+            config=config.with_options(target_sparsity=target, layer_sparsity=layer_targets),
+            teacher=teacher,
+            callbacks=() if stopper is None else (stopper,),
+        )
     except StepError as exc:  # a layer missed its sparsity (too few steps for the schedule, or stopped at the deadline)
         why = stopped if getattr(stopper, "stopped", None) else ""
-        return SearchTry(target, layer_targets, 0.0, None, None, 0, note=why + str(exc),
-                         seconds=round(time.perf_counter() - start, 2)), None, None
+        return (
+            SearchTry(
+                target,
+                layer_targets,
+                0.0,
+                None,
+                None,
+                0,
+                note=why + str(exc),
+                seconds=round(time.perf_counter() - start, 2),
+            ),
+            None,
+            None,
+        )
     value, change = _validation_change(pruned, data, reference, metric)
     regression = metric is Metric.RMSE
-    attempt = SearchTry(target, layer_targets, record.sparsity, None if regression else value,
-                        None if regression else change.estimate, record.gzip_bytes_after,
-                        seconds=round(time.perf_counter() - start, 2), rmse=value if regression else None,
-                        ci95=change.as_list(), change=change)
+    attempt = SearchTry(
+        target,
+        layer_targets,
+        record.sparsity,
+        None if regression else value,
+        None if regression else change.estimate,
+        record.gzip_bytes_after,
+        seconds=round(time.perf_counter() - start, 2),
+        rmse=value if regression else None,
+        ci95=change.as_list(),
+        change=change,
+    )
     if getattr(stopper, "stopped", None):
         attempt.note = f"stopped at the time budget's deadline in epoch {stopper.stopped} of {config.epochs}"
     return attempt, pruned, record

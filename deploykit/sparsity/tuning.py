@@ -10,18 +10,23 @@ import numpy as np
 from deploykit.errors import ConfigError, StepError, UsageError
 from deploykit.task import Task
 
+
 def check_inputs(model, data, step: str) -> list[str]:
     """Refuse what the step cannot use; return the names of the model's prunable layers (the layer table's)."""
     from deploykit.backend import is_tf_keras_model
     from deploykit.graph import graph_from_model
 
     if not is_tf_keras_model(model):
-        raise UsageError(f"{step}: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}")
+        raise UsageError(
+            f"{step}: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}"
+        )
     specs = [node.spec for node in graph_from_model(model).nodes]
     dense = [spec.name for spec in specs if spec.support.prunable]  # the layer table says which kernels TF-MOT prunes
     if not dense:
         kinds = ", ".join(spec.class_name for spec in specs) or "none"
-        raise StepError(f"{step}: model {model.name!r} has no Dense layer or convolution to prune (its layers: {kinds})")
+        raise StepError(
+            f"{step}: model {model.name!r} has no Dense layer or convolution to prune (its layers: {kinds})"
+        )
     if data is not None:
         data.check_model(model)
     return dense
@@ -36,14 +41,19 @@ def choose_layers(dense: list[str], config, step: str, requested: tuple[str, ...
     known = ", ".join(dense)
     for name in (*config.skip_layers, *requested):
         if name not in dense:
-            raise ConfigError(f"{step}: {name!r} is not a Dense layer or convolution of the model (prunable layers: {known})")
+            raise ConfigError(
+                f"{step}: {name!r} is not a Dense layer or convolution of the model (prunable layers: {known})"
+            )
     for name in requested:
         if name in config.skip_layers:
             raise ConfigError(f"{step}: layer {name!r} is both skipped and given a target")
     output = dense[-1] if config.skip_output else None
     chosen = [n for n in dense if n not in config.skip_layers and (n != output or n in requested)]
     if not chosen:
-        raise ConfigError(f"{step}: every prunable layer is skipped (prunable layers: {known}; the output layer is skipped by default)")
+        raise ConfigError(
+            f"{step}: every prunable layer is skipped (prunable layers: {known}; "
+            "the output layer is skipped by default)"
+        )
     return chosen
 
 
@@ -122,7 +132,8 @@ class Teacher:
 
 
 def teacher_of(model, data) -> Teacher:
-    """The outputs of ``model`` on ``data``'s training and validation inputs: probabilities (softmax of logits), or predictions."""
+    """The outputs of ``model`` on ``data``'s training and validation inputs: probabilities (softmax of logits),
+    or predictions."""
     from deploykit.evaluate import outputs
 
     spec = None if data.task is Task.REGRESSION else _spec(model)
@@ -201,8 +212,12 @@ def _targets(data, config, teacher: Teacher | None, spec=None):
         plain = _accuracy_metric(spec, packed=False) if spec is not None and spec.binary else "accuracy"
         return None, plain, data.y_train, data.y_val
     pack = lambda y, p: np.concatenate([y.reshape(-1, 1).astype(np.float32), _soften(p, config.temperature)], axis=1)  # noqa: E731
-    return ("distill", _accuracy_metric(spec, packed=True), pack(data.y_train, teacher.train),
-            pack(data.y_val, teacher.val))
+    return (
+        "distill",
+        _accuracy_metric(spec, packed=True),
+        pack(data.y_train, teacher.train),
+        pack(data.y_val, teacher.val),
+    )
 
 
 def fine_tune(
@@ -233,9 +248,12 @@ def fine_tune(
     best, lines = _callbacks(config, eligible, status, progress)
     bar = _bar("fine-tuning", config.epochs, -(-len(data.x_train) // config.batch_size))
     history = model.fit(
-        data.x_train, y_train,
+        data.x_train,
+        y_train,
         validation_data=(data.x_val, y_val),
-        epochs=config.epochs, batch_size=config.batch_size, verbose=0,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        verbose=0,
         callbacks=[*callbacks, best, lines, *([bar] if bar else [])],
     )
     return TuneResult(len(history.epoch), best.best_epoch)
@@ -257,7 +275,12 @@ def _callbacks(config, eligible, status, progress):
                 return
             loss = float((logs or {}).get("val_loss", np.inf))
             if loss < self.best_loss:
-                self.best_loss, self.best_epoch, self.best_weights, self.wait = loss, epoch + 1, self.model.get_weights(), 0
+                self.best_loss, self.best_epoch, self.best_weights, self.wait = (
+                    loss,
+                    epoch + 1,
+                    self.model.get_weights(),
+                    0,
+                )
             else:
                 self.wait += 1
                 if self.wait >= config.patience:

@@ -29,4 +29,4 @@ _API = {
 __all__ = list(_API)
 
 
-__getattr__, __dir__ = lazy_exports('deploykit.training', _API, globals())
+__getattr__, __dir__ = lazy_exports("deploykit.training", _API, globals())

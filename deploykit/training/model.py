@@ -37,8 +37,10 @@ def build_model(config: TrainConfig, data: Dataset):
     from deploykit.task import Task
 
     if data.task is Task.REGRESSION:  # the presets build softmax classifiers: a regressor is trained in Keras
-        raise UsageError(f"data {data.name!r} holds regression targets; deploykit trains classifiers (train the regressor "
-                         "in Keras, then run deploykit optimize / export on it)")
+        raise UsageError(
+            f"data {data.name!r} holds regression targets; deploykit trains classifiers (train the regressor "
+            "in Keras, then run deploykit optimize / export on it)"
+        )
 
     spec = config.spec
     regularizer = keras.regularizers.l2(config.l2) if config.l2 > 0 else None
@@ -60,6 +62,8 @@ def build_model(config: TrainConfig, data: Dataset):
         if config.dropout_after(i - 1):
             dropout_class = getattr(keras.layers, spec.dropout_class)
             layers.append(dropout_class(config.dropout, name=f"dropout_{i}"))
-    layers.append(keras.layers.Dense(data.num_classes, activation="softmax", kernel_regularizer=regularizer, name="output"))
+    layers.append(
+        keras.layers.Dense(data.num_classes, activation="softmax", kernel_regularizer=regularizer, name="output")
+    )
     stem = re.sub(r"[^A-Za-z0-9_]", "_", data.name.split(".")[0]) or "data"
     return keras.Sequential(layers, name=f"{stem}_{config.preset.value}")

@@ -46,8 +46,14 @@ def learning_curve_png(history: dict[str, list[float]], path: str | os.PathLike,
     return _save(fig, path)
 
 
-def lr_finder_png(rates: list[float], losses: list[float], smoothed: list[float], picked: float,
-                  path: str | os.PathLike, min_loss_rate: float | None = None) -> Path:
+def lr_finder_png(
+    rates: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    picked: float,
+    path: str | os.PathLike,
+    min_loss_rate: float | None = None,
+) -> Path:
     """Loss against learning rate on a log x axis, with the picked rate marked."""
     fig = _figure(7, 4.5)
     ax = fig.subplots()

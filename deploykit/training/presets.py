@@ -106,7 +106,10 @@ class TrainConfig(Config):
             integer(name, getattr(self, name), 1)
         integer("seed", self.seed, 0, SEED_MAX)
         if self.batchnorm is BatchNorm.ON and not self.spec.allows_batchnorm:
-            raise ConfigError(f"batchnorm: the {self.preset.value} preset uses no BatchNormalization (SELU normalizes itself); use batchnorm='auto' or 'off'")
+            raise ConfigError(
+                f"batchnorm: the {self.preset.value} preset uses no BatchNormalization (SELU normalizes itself); "
+                "use batchnorm='auto' or 'off'"
+            )
 
     @property
     def spec(self) -> PresetSpec:
@@ -114,7 +117,8 @@ class TrainConfig(Config):
 
     @property
     def use_batchnorm(self) -> bool:
-        """The explicit rule: forced on/off, else on for nets with >= BN_MIN_DEPTH hidden layers (default preset only)."""
+        """The explicit rule: forced on/off, else on for nets with >= BN_MIN_DEPTH hidden layers (default preset
+        only)."""
         if self.batchnorm is BatchNorm.AUTO:
             return self.spec.allows_batchnorm and len(self.hidden) >= BN_MIN_DEPTH
         return self.batchnorm is BatchNorm.ON
@@ -138,7 +142,9 @@ def _hidden(value: Any) -> tuple[int, ...]:
         if not all(p.isdigit() for p in parts):
             raise ConfigError(f"hidden must be layer widths like 64,64,64, got {value!r}")
         value = [int(p) for p in parts]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value):
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value
+    ):
         raise ConfigError(f"hidden must be a list of positive layer widths, got {value!r}")
     return tuple(value)
 
@@ -152,4 +158,6 @@ def _dropout_layers(value: Any) -> int | str:
             value = int(m.group(1))
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise ConfigError(f"dropout_layers must be 'all' or a number of top hidden layers (e.g. 2 or 'top2'), got {value!r}")
+    raise ConfigError(
+        f"dropout_layers must be 'all' or a number of top hidden layers (e.g. 2 or 'top2'), got {value!r}"
+    )

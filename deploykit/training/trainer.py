@@ -98,17 +98,30 @@ def _train(config: TrainConfig, data: Dataset, staging: Path | None, say: Callab
 
     set_seed(config.seed)
     model = build_model(config, data)
-    model.compile(optimizer=make_optimizer(config.optimizer, rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
-    one_cycle = OneCycleCallback(OneCycle(config.epochs * steps_per_epoch, rate), cycle_momentum=config.optimizer is Optimizer.SGD)
+    one_cycle = OneCycleCallback(
+        OneCycle(config.epochs * steps_per_epoch, rate), cycle_momentum=config.optimizer is Optimizer.SGD
+    )
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    log = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: say(_epoch_line(epoch, config.epochs, logs, one_cycle)))
+    log = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: say(_epoch_line(epoch, config.epochs, logs, one_cycle))
+    )
     fit = model.fit(
-        data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size,
-        validation_data=(data.x_val, data.y_val), callbacks=[one_cycle, stopper, log], verbose=0,
+        data.x_train,
+        data.y_train,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        validation_data=(data.x_val, data.y_val),
+        callbacks=[one_cycle, stopper, log],
+        verbose=0,
     )
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
-    history["lr"] = [one_cycle.rates[min(len(one_cycle.rates), (e + 1) * steps_per_epoch) - 1] for e in range(len(history["loss"]))]
+    history["lr"] = [
+        one_cycle.rates[min(len(one_cycle.rates), (e + 1) * steps_per_epoch) - 1] for e in range(len(history["loss"]))
+    ]
 
     clean = from_chain(to_chain(model))  # the best weights, without optimizer state
     test_accuracy = accuracy(clean, data.x_test, data.y_test)
@@ -127,7 +140,10 @@ def _train(config: TrainConfig, data: Dataset, staging: Path | None, say: Callab
         test_accuracy=test_accuracy,
         seconds=round(time.monotonic() - t0, 2),
     )
-    say(f"best epoch {best + 1} of {record.epochs_run}: val accuracy {record.val_accuracy:.4f}, test accuracy {test_accuracy:.4f}")
+    say(
+        f"best epoch {best + 1} of {record.epochs_run}: val accuracy {record.val_accuracy:.4f}, "
+        f"test accuracy {test_accuracy:.4f}"
+    )
     return TrainResult(clean, history, test_accuracy, record)
 
 

@@ -42,10 +42,16 @@ from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
 from deploykit.task import Task
+from deploykit.uncertainty.compare import (
+    DEEP_ENSEMBLE,
+    MC_DROPOUT,
+    ComparisonReport,
+    RegressionComparison,
+    SelectiveReport,
+    compare,
+)
 from deploykit.uncertainty.conformal import ConformalConfig
 from deploykit.uncertainty.conformal_step import check_conformal
-from deploykit.uncertainty.compare import (DEEP_ENSEMBLE, MC_DROPOUT, ComparisonReport, RegressionComparison,
-                                           SelectiveReport, compare)
 from deploykit.uncertainty.ensemble import EnsembleRecord
 from deploykit.uncertainty.mc_export import MCExportRecord, export_mc_onnx
 from deploykit.uncertainty.mc_graph import MCConfig
@@ -66,15 +72,30 @@ class MCBundle(Record):
 
     export: MCExportRecord
     comparison: ComparisonReport | RegressionComparison
-    predicted_class: np.ndarray = field(default=None, repr=False)  # the shipped model's, on the test split (regression: None)
+    predicted_class: np.ndarray = field(
+        default=None, repr=False
+    )  # the shipped model's, on the test split (regression: None)
     prediction: np.ndarray = field(default=None, repr=False)  # the shipped model's mean on the test split
 
 
-def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(), *, temperature: bool = True,
-              target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
-              conformal: ConformalConfig | float | None = None,
-              deterministic: np.ndarray | None = None, metadata=None, batch_size: int = 256,
-              say: Callable[[str], None] = lambda message: None) -> MCBundle:
+_DEFAULT_MC_CONFIG = MCConfig()
+
+
+def mc_bundle(
+    model,
+    data,
+    path: str | os.PathLike,
+    config: MCConfig = _DEFAULT_MC_CONFIG,
+    *,
+    temperature: bool = True,
+    target: SelectiveTarget | None = None,
+    ood: np.ndarray | None = None,
+    conformal: ConformalConfig | float | None = None,
+    deterministic: np.ndarray | None = None,
+    metadata=None,
+    batch_size: int = 256,
+    say: Callable[[str], None] = lambda message: None,
+) -> MCBundle:
     """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
 
     ``data`` is a :class:`deploykit.data.Dataset` (validation split: the fits; test split: the
@@ -94,19 +115,23 @@ def mc_bundle(model, data, path: str | os.PathLike, config: MCConfig = MCConfig(
     conformal = check_conformal(conformal, config.task is Task.REGRESSION)
     regression = config.task is Task.REGRESSION
     say(f"exporting the MC Dropout {'regression ' if regression else ''}model (T = {config.samples})")
-    record = export_mc_onnx(model, path, config=config, metadata=metadata,
-                            **({} if regression else {"class_names": list(data.class_names)}))
+    record = export_mc_onnx(
+        model, path, config=config, metadata=metadata, **({} if regression else {"class_names": list(data.class_names)})
+    )
     det = outputs(model, data.x_test) if deterministic is None else np.asarray(deterministic)
     det = main_outputs(det, record.output_kind)  # compare probabilities (of logits, of a binary head)
-    figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
-                      conformal=conformal)
+    figures = Figures(
+        data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say, conformal=conformal
+    )
     if regression:
         comparison, mc = _regression_figures(path, figures)
         return MCBundle(record, comparison, None, mc.mean)
 
     def val_samples():  # the same graph with its raw samples, for the per-sample fit
         with tempfile.TemporaryDirectory() as tmp:
-            scratch = export_mc_onnx(model, Path(tmp) / "samples.onnx", config=dataclasses.replace(config, include_samples=True))
+            scratch = export_mc_onnx(
+                model, Path(tmp) / "samples.onnx", config=dataclasses.replace(config, include_samples=True)
+            )
             val = UncertaintyPredictor(scratch.path).predict(data.x_val, batch_size=batch_size)
             return val.sample_probabilities, _per_sample(scratch.path)
 
@@ -124,11 +149,19 @@ class EnsembleBundle(Record):
     prediction: np.ndarray = field(default=None, repr=False)
 
 
-def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.PathLike, *, temperature: bool = True,
-                    target: SelectiveTarget | None = None, ood: np.ndarray | None = None,
-                    conformal: ConformalConfig | float | None = None,
-                    deterministic: np.ndarray | None = None, batch_size: int = 256,
-                    say: Callable[[str], None] = lambda message: None) -> EnsembleBundle:
+def ensemble_bundle(
+    members: Sequence[str | os.PathLike],
+    data,
+    path: str | os.PathLike,
+    *,
+    temperature: bool = True,
+    target: SelectiveTarget | None = None,
+    ood: np.ndarray | None = None,
+    conformal: ConformalConfig | float | None = None,
+    deterministic: np.ndarray | None = None,
+    batch_size: int = 256,
+    say: Callable[[str], None] = lambda message: None,
+) -> EnsembleBundle:
     """Write the deep ensemble of the ONNX ``members`` to ``path``, then calibrate / threshold / evaluate it on
     ``data`` as :func:`mc_bundle` does an MC model: the temperature (per member or on the mean, as the validation
     NLL prefers; a regressor: the std scale), the ``abstain`` threshold, OOD figures, and the comparison with
@@ -147,8 +180,17 @@ def ensemble_bundle(members: Sequence[str | os.PathLike], data, path: str | os.P
     if record.task is not data.task:
         raise DataError(f"the ensemble members are {record.task.value} models, the data has {data.task.value} labels")
     det = _first_member(members[0], data.x_test, batch_size) if deterministic is None else np.asarray(deterministic)
-    figures = Figures(data, det, temperature=temperature, target=target, ood=ood, batch_size=batch_size, say=say,
-                      method=DEEP_ENSEMBLE, conformal=conformal)
+    figures = Figures(
+        data,
+        det,
+        temperature=temperature,
+        target=target,
+        ood=ood,
+        batch_size=batch_size,
+        say=say,
+        method=DEEP_ENSEMBLE,
+        conformal=conformal,
+    )
     if data.task is Task.REGRESSION:
         comparison, result = _regression_figures(path, figures)
         return EnsembleBundle(record, comparison, None, result.mean)
@@ -169,10 +211,16 @@ def _first_member(member, x: np.ndarray, batch_size: int) -> np.ndarray:
 
     session = onnx_session(member)
     names = [o.name for o in session.get_outputs()]
-    output = next(n for n in (OUTPUT_NAME, "mean", PREDICTION_NAME, names[0]) if n in names)  # a logits member's: probabilities
+    output = next(
+        n for n in (OUTPUT_NAME, "mean", PREDICTION_NAME, names[0]) if n in names
+    )  # a logits member's: probabilities
     x = np.asarray(x, np.float32)
-    return np.concatenate([session.run([output], {session.get_inputs()[0].name: x[i:i + batch_size]})[0]
-                           for i in range(0, len(x), batch_size)])
+    return np.concatenate(
+        [
+            session.run([output], {session.get_inputs()[0].name: x[i : i + batch_size]})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -201,8 +249,9 @@ def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tu
         from deploykit.uncertainty.temperature import temperature_report
 
         fit, before = fitted
-        calibrated = temperature_report(data.y_test, before.mean, mc.mean, fit, plot_path=folder / TEMPERATURE_PLOT,
-                                        name=f.method)
+        calibrated = temperature_report(
+            data.y_test, before.mean, mc.mean, fit, plot_path=folder / TEMPERATURE_PLOT, name=f.method
+        )
         plots.append(TEMPERATURE_PLOT)
     selective = None
     if f.target is not None:
@@ -221,10 +270,13 @@ def _classification_figures(path: Path, f: Figures, val_samples: Callable[[], tu
 
         f.say(f"predicting {len(f.ood)} out-of-distribution instances")
         away = UncertaintyPredictor(path).predict(f.ood, batch_size=f.batch_size)
-        rows = ood_report(uncertainties(mc.mean, mc.mutual_information), uncertainties(away.mean, away.mutual_information))
+        rows = ood_report(
+            uncertainties(mc.mean, mc.mutual_information), uncertainties(away.mean, away.mutual_information)
+        )
     comparison = compare(data.y_test, f.deterministic, mc, plot_path=folder / RELIABILITY_PLOT, method=f.method)
-    return dataclasses.replace(comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots,
-                               conformal=sets), mc
+    return dataclasses.replace(
+        comparison, temperature=calibrated, selective=selective, ood=rows, plots=plots, conformal=sets
+    ), mc
 
 
 def _check_target(target: SelectiveTarget | None, task: Task) -> None:
@@ -260,13 +312,24 @@ def _regression_figures(path: Path, f: Figures):
 
         f.say(f"predicting {len(f.ood)} out-of-distribution instances")
         away = UncertaintyPredictor(path).predict(f.ood, batch_size=f.batch_size)
-        rows = ood_report({Measure.INTERVAL_WIDTH: interval_width(mc.std)}, {Measure.INTERVAL_WIDTH: interval_width(away.std)})
+        rows = ood_report(
+            {Measure.INTERVAL_WIDTH: interval_width(mc.std)}, {Measure.INTERVAL_WIDTH: interval_width(away.std)}
+        )
     det = f.deterministic
     deterministic_report = regression_metrics(data.y_test, det, np.zeros_like(det, dtype=np.float64))
-    comparison = RegressionComparison(count=len(data.x_test), samples=mc.samples, deterministic_rmse=deterministic_report.rmse,
-                                      deterministic_mae=deterministic_report.mae, mc=regression_metrics(data.y_test, mc.mean, mc.std),
-                                      std_scale=scaled, selective=selective, ood=rows, plots=plots, method=f.method,
-                                      conformal=bands)
+    comparison = RegressionComparison(
+        count=len(data.x_test),
+        samples=mc.samples,
+        deterministic_rmse=deterministic_report.rmse,
+        deterministic_mae=deterministic_report.mae,
+        mc=regression_metrics(data.y_test, mc.mean, mc.std),
+        std_scale=scaled,
+        selective=selective,
+        ood=rows,
+        plots=plots,
+        method=f.method,
+        conformal=bands,
+    )
     return comparison, mc
 
 
@@ -288,18 +351,27 @@ def _store_std_scale(data, path: Path, batch_size: int, say):
     write_with_std_scale(path, path, fit)
     after = UncertaintyPredictor(path).predict(data.x_test, batch_size=batch_size)
     say(f"  {decision.line()}")
-    return StdScaleReport(fit, regression_metrics(data.y_test, before.mean, before.std),
-                          regression_metrics(data.y_test, after.mean, after.std))
+    return StdScaleReport(
+        fit,
+        regression_metrics(data.y_test, before.mean, before.std),
+        regression_metrics(data.y_test, after.mean, after.std),
+    )
 
 
 def _regression_selective(path: Path, f: Figures, mc: UncertaintyResult, plot: Path) -> SelectiveReport:
-    """The interval-width threshold chosen on the validation split, stored as ``abstain``, measured on the test split."""
+    """The interval-width threshold chosen on the validation split, stored as ``abstain``, measured on the test
+    split."""
     import onnx
 
     from deploykit.atomic import atomic_path
     from deploykit.uncertainty.regression import interval_width
-    from deploykit.uncertainty.selective import (add_abstain, apply_regression_threshold, choose_regression_threshold,
-                                                 regression_risk_coverage, risk_coverage_plot)
+    from deploykit.uncertainty.selective import (
+        add_abstain,
+        apply_regression_threshold,
+        choose_regression_threshold,
+        regression_risk_coverage,
+        risk_coverage_plot,
+    )
 
     data, target = f.data, f.target
     val = UncertaintyPredictor(path).predict(data.x_val, batch_size=f.batch_size)
@@ -310,10 +382,15 @@ def _regression_selective(path: Path, f: Figures, mc: UncertaintyResult, plot: P
         onnx.save(proto, str(tmp))
     width = interval_width(mc.std)
     test = apply_regression_threshold(data.y_test, mc.mean, width, chosen.threshold)
-    f.say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}, "
-          f"RMSE of kept {test.rmse:.4g}")
-    risk_coverage_plot({f"{f.method} (95% interval width)": regression_risk_coverage(data.y_test, mc.mean, width)},
-                       plot, target_rmse=target.target_rmse)
+    f.say(
+        f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}, "
+        f"RMSE of kept {test.rmse:.4g}"
+    )
+    risk_coverage_plot(
+        {f"{f.method} (95% interval width)": regression_risk_coverage(data.y_test, mc.mean, width)},
+        plot,
+        target_rmse=target.target_rmse,
+    )
     return SelectiveReport(chosen, test)
 
 
@@ -343,7 +420,13 @@ def _selective(path: Path, f: Figures, mc: UncertaintyResult, plot: Path) -> Sel
     import onnx
 
     from deploykit.atomic import atomic_path
-    from deploykit.uncertainty.selective import add_abstain, apply_threshold, choose_threshold, risk_coverage, risk_coverage_plot
+    from deploykit.uncertainty.selective import (
+        add_abstain,
+        apply_threshold,
+        choose_threshold,
+        risk_coverage,
+        risk_coverage_plot,
+    )
 
     data, det = f.data, f.deterministic
     val = UncertaintyPredictor(path).predict(data.x_val, batch_size=f.batch_size)
@@ -354,9 +437,14 @@ def _selective(path: Path, f: Figures, mc: UncertaintyResult, plot: Path) -> Sel
         onnx.save(proto, str(tmp))
     test = apply_threshold(data.y_test, mc.predicted_class, mc.predictive_entropy, chosen.threshold)
     f.say(f"  abstain when {chosen.measure.value} > {chosen.threshold:.4g}: test coverage {test.coverage:.1%}")
-    risk_coverage_plot({f"{f.method} (predictive entropy)": risk_coverage(data.y_test, mc.predicted_class, mc.predictive_entropy),
-                        "deterministic (entropy)": risk_coverage(data.y_test, det.argmax(1), entropy(det))},
-                       plot, target_accuracy=f.target.target_accuracy)
+    risk_coverage_plot(
+        {
+            f"{f.method} (predictive entropy)": risk_coverage(data.y_test, mc.predicted_class, mc.predictive_entropy),
+            "deterministic (entropy)": risk_coverage(data.y_test, det.argmax(1), entropy(det)),
+        },
+        plot,
+        target_accuracy=f.target.target_accuracy,
+    )
     return SelectiveReport(chosen, test)
 
 

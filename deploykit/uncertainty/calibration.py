@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
+from deploykit.configs import is_int
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
-from deploykit.configs import is_int
 
 DEFAULT_BINS = 15
 _NLL_FLOOR = 1e-12
@@ -40,8 +40,13 @@ class CalibrationReport(Record):
     plot_path: Path | None = None
 
 
-def calibration(y_true, probs, plot_path: str | os.PathLike | None = None, bins: int = DEFAULT_BINS,
-                title: str = "Reliability diagram") -> CalibrationReport:
+def calibration(
+    y_true,
+    probs,
+    plot_path: str | os.PathLike | None = None,
+    bins: int = DEFAULT_BINS,
+    title: str = "Reliability diagram",
+) -> CalibrationReport:
     """Accuracy, NLL, Brier score and ECE of ``probs`` [N, C] against integer labels ``y_true`` [N].
 
     With ``plot_path`` a reliability-diagram PNG is written there (atomically).
@@ -66,8 +71,11 @@ def calibration(y_true, probs, plot_path: str | os.PathLike | None = None, bins:
         nll=float(-np.log(np.maximum(p[rows, y], _NLL_FLOOR)).mean()),
         brier=float(((p - onehot) ** 2).sum(axis=1).mean()),
         ece=float(np.abs(acc_sum - conf_sum).sum() / n),
-        count=n, bins=int(bins),
-        bin_confidence=bin_conf.tolist(), bin_accuracy=bin_acc.tolist(), bin_count=counts.tolist(),
+        count=n,
+        bins=int(bins),
+        bin_confidence=bin_conf.tolist(),
+        bin_accuracy=bin_acc.tolist(),
+        bin_count=counts.tolist(),
     )
     if plot_path is not None:
         report.plot_path = reliability_diagram({title: report}, plot_path)
@@ -91,7 +99,9 @@ def check_labels_and_probs(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
         raise DataError("probabilities must be finite and non-negative")
     worst = float(np.abs(p.sum(axis=1) - 1).max())
     if worst > 1e-3:
-        raise DataError(f"probabilities must sum to 1 per row (off by up to {worst:.3g}); pass softmax outputs, not logits")
+        raise DataError(
+            f"probabilities must sum to 1 per row (off by up to {worst:.3g}); pass softmax outputs, not logits"
+        )
     return y.astype(np.int64), p
 
 
@@ -114,9 +124,16 @@ def reliability_diagram(reports: dict[str, CalibrationReport], path: str | os.Pa
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
         for x, height, n in zip(centers, acc, r.bin_count):  # how many rows each bar stands on
             if n:
-                ax.annotate(f"{n}", (x, height), ha="center", va="bottom", fontsize=6, xytext=(0, 1), textcoords="offset points")
-        ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence (bar labels: rows in the bin)", ylabel="accuracy",
-               title=f"{title}\nECE {r.ece:.4f} · acc {r.accuracy:.4f}")
+                ax.annotate(
+                    f"{n}", (x, height), ha="center", va="bottom", fontsize=6, xytext=(0, 1), textcoords="offset points"
+                )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.08),
+            xlabel="confidence (bar labels: rows in the bin)",
+            ylabel="accuracy",
+            title=f"{title}\nECE {r.ece:.4f} · acc {r.accuracy:.4f}",
+        )
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)

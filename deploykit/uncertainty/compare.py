@@ -16,8 +16,13 @@ import numpy as np
 
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
+from deploykit.uncertainty.calibration import (
+    CalibrationReport,
+    calibration,
+    check_labels_and_probs,
+    reliability_diagram,
+)
 from deploykit.uncertainty.conformal import ConformalReport, conformal_markdown
-from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
 from deploykit.uncertainty.ood import OODRow
 from deploykit.uncertainty.predictor import UncertaintyResult
 from deploykit.uncertainty.regression import STD_FLOOR, RegressionReport, StdScaleReport
@@ -89,8 +94,10 @@ class ComparisonReport(Record):
         ]
         for u in self.uncertain:
             shown = "ensemble" if u.predictions == "mc" and self.method == DEEP_ENSEMBLE else u.predictions
-            lines.append(f"| {shown} | {u.measure} | {u.uncertain_count} | {u.uncertain_error:.4f} | "
-                         f"{u.rest_error:.4f} | {u.ratio:.2f} |")
+            lines.append(
+                f"| {shown} | {u.measure} | {u.uncertain_count} | {u.uncertain_error:.4f} | "
+                f"{u.rest_error:.4f} | {u.ratio:.2f} |"
+            )
         lines += extra_markdown(self.to_dict())
         return "\n".join(lines) + "\n"
 
@@ -116,7 +123,8 @@ class RegressionComparison(Record):
 
 
 def regression_markdown(report: dict) -> list[str]:
-    """Markdown lines of a :class:`RegressionComparison` given as JSON values (``mc`` and ``optimize`` print one text)."""
+    """Markdown lines of a :class:`RegressionComparison` given as JSON values (``mc`` and ``optimize`` print one
+    text)."""
     m, method = report["mc"], report.get("method", MC_DROPOUT)
     lines = [
         f"# Deterministic vs {method} regression ({report['count']} instances, {_draws(method, report['samples'])})",
@@ -136,8 +144,14 @@ def regression_markdown(report: dict) -> list[str]:
     return lines + extra_markdown(report)
 
 
-def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float = DEFAULT_FRACTION,
-            plot_path: str | os.PathLike | None = None, method: str = MC_DROPOUT) -> ComparisonReport:
+def compare(
+    y_true,
+    deterministic_probs,
+    mc: UncertaintyResult,
+    fraction: float = DEFAULT_FRACTION,
+    plot_path: str | os.PathLike | None = None,
+    method: str = MC_DROPOUT,
+) -> ComparisonReport:
     """Compare deterministic probabilities [N, C] with an MC (or ensemble: ``method``) result on labels ``y_true``.
 
     With ``plot_path`` both reliability diagrams go side by side into one PNG.
@@ -146,7 +160,9 @@ def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float 
         raise UsageError(f"fraction must be in (0, 1), got {fraction}")
     y, det = check_labels_and_probs(y_true, deterministic_probs)
     if mc.mean.shape != det.shape:
-        raise DataError(f"MC mean has shape {list(mc.mean.shape)} but the deterministic probabilities {list(det.shape)}")
+        raise DataError(
+            f"MC mean has shape {list(mc.mean.shape)} but the deterministic probabilities {list(det.shape)}"
+        )
     det_report = calibration(y, det)
     mc_report = calibration(y, mc.mean)
     det_wrong = det.argmax(axis=1) != y
@@ -159,11 +175,20 @@ def compare(y_true, deterministic_probs, mc: UncertaintyResult, fraction: float 
     ]
     if plot_path is not None:
         reliability_diagram({"deterministic": det_report, f"{method} (T={mc.samples})": mc_report}, plot_path)
-    return ComparisonReport(count=len(y), samples=mc.samples, fraction=fraction, deterministic=det_report,
-                            mc=mc_report, uncertain=uncertain, method=method)
+    return ComparisonReport(
+        count=len(y),
+        samples=mc.samples,
+        fraction=fraction,
+        deterministic=det_report,
+        mc=mc_report,
+        uncertain=uncertain,
+        method=method,
+    )
 
 
-def _uncertain_errors(predictions: str, measure: str, uncertainty, wrong: np.ndarray, fraction: float) -> UncertainErrors:
+def _uncertain_errors(
+    predictions: str, measure: str, uncertainty, wrong: np.ndarray, fraction: float
+) -> UncertainErrors:
     order = np.argsort(-np.asarray(uncertainty, dtype=np.float64), kind="stable")
     k = max(1, math.ceil(fraction * len(order)))
     top, rest = wrong[order[:k]], wrong[order[k:]]
@@ -181,45 +206,85 @@ def extra_markdown(report: dict) -> list[str]:
     t = report.get("temperature")
     if t:
         fit, b, a = t["fit"], t["before"], t["after"]
-        lines += ["", f"## Temperature scaling (T = {fit['temperature']:.4f}, {fit['placement']}, "
-                      f"fitted on {fit['count']} validation instances)", "",
-                  f"| metric (test split) | {short} before | {short} after |", "|---|---:|---:|"]
-        lines += [f"| {name} | {_num(b.get(key))} | {_num(a.get(key))} |"
-                  for name, key in (("accuracy", "accuracy"), ("NLL", "nll"), ("Brier", "brier"), (f"ECE ({b['bins']} bins)", "ece"))]
-        lines += ["", f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}"
-                  + ("" if not fit.get("alternatives") else " (placements tried: "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in fit["alternatives"].items()) + ")")
-                  + ". The model's `mean` output is the calibrated one."]
+        lines += [
+            "",
+            f"## Temperature scaling (T = {fit['temperature']:.4f}, {fit['placement']}, "
+            f"fitted on {fit['count']} validation instances)",
+            "",
+            f"| metric (test split) | {short} before | {short} after |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {_num(b.get(key))} | {_num(a.get(key))} |"
+            for name, key in (
+                ("accuracy", "accuracy"),
+                ("NLL", "nll"),
+                ("Brier", "brier"),
+                (f"ECE ({b['bins']} bins)", "ece"),
+            )
+        ]
+        lines += [
+            "",
+            f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}"
+            + (
+                ""
+                if not fit.get("alternatives")
+                else " (placements tried: " + ", ".join(f"{k} {v:.4f}" for k, v in fit["alternatives"].items()) + ")"
+            )
+            + ". The model's `mean` output is the calibrated one.",
+        ]
     v = report.get("std_scale")
     if v:
         fit, b, a = v["fit"], v["before"], v["after"]
-        lines += ["", f"## Variance calibration (std × {fit['std_scale']:.4f}, fitted on {fit['count']} validation instances)", "",
-                  f"| metric (test split) | {short} before | {short} after |", "|---|---:|---:|",
-                  f"| Gaussian NLL | {_num(b['nll'])} | {_num(a['nll'])} |",
-                  f"| coverage of the 90% interval | {_pct(b['coverage_90'])} | {_pct(a['coverage_90'])} |",
-                  f"| coverage of the 95% interval | {_pct(b['coverage_95'])} | {_pct(a['coverage_95'])} |",
-                  f"| mean width of the 95% interval | {_num(b['width_95'])} | {_num(a['width_95'])} |",
-                  "", f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}. The model's `std` output is the "
-                      "calibrated one (a Mul in the graph)."]
+        lines += [
+            "",
+            f"## Variance calibration (std × {fit['std_scale']:.4f}, fitted on {fit['count']} validation instances)",
+            "",
+            f"| metric (test split) | {short} before | {short} after |",
+            "|---|---:|---:|",
+            f"| Gaussian NLL | {_num(b['nll'])} | {_num(a['nll'])} |",
+            f"| coverage of the 90% interval | {_pct(b['coverage_90'])} | {_pct(a['coverage_90'])} |",
+            f"| coverage of the 95% interval | {_pct(b['coverage_95'])} | {_pct(a['coverage_95'])} |",
+            f"| mean width of the 95% interval | {_num(b['width_95'])} | {_num(a['width_95'])} |",
+            "",
+            f"Validation NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}. The model's `std` output is the "
+            "calibrated one (a Mul in the graph).",
+        ]
     s = report.get("selective")
     if s:
         c, test = s["chosen"], s["test"]
         t = c["target"]
-        target = (f"target accuracy {t['target_accuracy']:.2%}" if t.get("target_accuracy") is not None
-                  else f"target RMSE {t['target_rmse']:.6g}" if t.get("target_rmse") is not None
-                  else f"target coverage {t['target_coverage']:.2%}")
-        quality = ((lambda r: f"RMSE of kept {_num(r.get('rmse'))}") if c.get("rmse") is not None
-                   else (lambda r: f"accuracy of kept {_pct(r['accuracy'])}"))
-        lines += ["", f"## Selective prediction ({target})", "",
-                  f"Abstain when {c['measure']} > {c['threshold']:.6g} (the `abstain` output). Validation: coverage "
-                  f"{_pct(c['coverage'])}, {quality(c)}{_bound(c)}. **Test: coverage {_pct(test['coverage'])} "
-                  f"({test['kept']} of {test['count']}), {quality(test)}.**"]
+        target = (
+            f"target accuracy {t['target_accuracy']:.2%}"
+            if t.get("target_accuracy") is not None
+            else f"target RMSE {t['target_rmse']:.6g}"
+            if t.get("target_rmse") is not None
+            else f"target coverage {t['target_coverage']:.2%}"
+        )
+        quality = (
+            (lambda r: f"RMSE of kept {_num(r.get('rmse'))}")
+            if c.get("rmse") is not None
+            else (lambda r: f"accuracy of kept {_pct(r['accuracy'])}")
+        )
+        lines += [
+            "",
+            f"## Selective prediction ({target})",
+            "",
+            f"Abstain when {c['measure']} > {c['threshold']:.6g} (the `abstain` output). Validation: coverage "
+            f"{_pct(c['coverage'])}, {quality(c)}{_bound(c)}. **Test: coverage {_pct(test['coverage'])} "
+            f"({test['kept']} of {test['count']}), {quality(test)}.**",
+        ]
     if report.get("conformal"):
         lines += conformal_markdown(report["conformal"])
     ood = report.get("ood")
     if ood:
-        lines += ["", "## Out-of-distribution detection (test split vs the OOD data)", "",
-                  "| measure | AUROC | FPR at 95% TPR |", "|---|---:|---:|"]
+        lines += [
+            "",
+            "## Out-of-distribution detection (test split vs the OOD data)",
+            "",
+            "| measure | AUROC | FPR at 95% TPR |",
+            "|---|---:|---:|",
+        ]
         lines += [f"| {r['measure']} | {r['auroc']:.4f} | {r['fpr_at_95_tpr']:.4f} |" for r in ood]
     return lines
 

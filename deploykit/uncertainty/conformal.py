@@ -82,8 +82,10 @@ class ConformalConfig(Config):
         number("conformal", self.coverage, 0.0, 1.0, open_low=True, open_high=True)
         object.__setattr__(self, "method", choice(ConformalMethod, "conformal_method", self.method))
         if self.method not in CLASSIFICATION_METHODS:
-            raise ConfigError(f"conformal_method is one of {', '.join(m.value for m in CLASSIFICATION_METHODS)}; "
-                            f"a regressor's score follows from its outputs")
+            raise ConfigError(
+                f"conformal_method is one of {', '.join(m.value for m in CLASSIFICATION_METHODS)}; "
+                f"a regressor's score follows from its outputs"
+            )
         boolean("conformal_by_class", self.by_class)
         integer("conformal seed", self.seed, 0)
 
@@ -121,13 +123,26 @@ class Conformal(Record):
 
     def metadata_value(self) -> str:
         """The ``deploykit.conformal`` JSON: enough for an auditor to recompute every set from the outputs."""
-        extra = {"lambda": self.lam, "k_reg": self.k_reg, "tuning_count": self.tuning_count} \
-            if self.method is ConformalMethod.RAPS else {}
-        return json.dumps({"method": self.method.value, "alpha": self.alpha, "coverage": self.coverage,
-                           "n": self.count, "threshold": self.threshold, "by_class": self.by_class,
-                           "randomized": False, "score": SCORES[self.method],
-                           "rule": INTERVAL_RULE if self.regression else SET_RULE,
-                           **extra, **({"class_counts": self.class_counts} if self.class_counts else {})})
+        extra = (
+            {"lambda": self.lam, "k_reg": self.k_reg, "tuning_count": self.tuning_count}
+            if self.method is ConformalMethod.RAPS
+            else {}
+        )
+        return json.dumps(
+            {
+                "method": self.method.value,
+                "alpha": self.alpha,
+                "coverage": self.coverage,
+                "n": self.count,
+                "threshold": self.threshold,
+                "by_class": self.by_class,
+                "randomized": False,
+                "score": SCORES[self.method],
+                "rule": INTERVAL_RULE if self.regression else SET_RULE,
+                **extra,
+                **({"class_counts": self.class_counts} if self.class_counts else {}),
+            }
+        )
 
 
 SCORES = {
@@ -196,17 +211,23 @@ def calibrate_classifier(y_val, probs_val, config: ConformalConfig = ConformalCo
         need = min_rows(alpha)
         short = [f"class {c}: {int(n)}" for c, n in enumerate(counts) if n < need]
         if short:
-            raise DataError(f"conformal_by_class at coverage {config.coverage:g} needs >= {need} calibration rows of "
-                            f"every class; {', '.join(short)} (give more validation rows, a lower coverage, or drop "
-                            f"conformal_by_class)")
+            raise DataError(
+                f"conformal_by_class at coverage {config.coverage:g} needs >= {need} calibration rows of "
+                f"every class; {', '.join(short)} (give more validation rows, a lower coverage, or drop "
+                f"conformal_by_class)"
+            )
         threshold = [_up32(quantile(true_scores[y == c], alpha)) for c in range(p.shape[1])]
-        return Conformal(method, alpha, len(y), threshold, True, lam, k_reg, tuning, [int(n) for n in counts],
-                         config.seed)
+        return Conformal(
+            method, alpha, len(y), threshold, True, lam, k_reg, tuning, [int(n) for n in counts], config.seed
+        )
     if len(y) < min_rows(alpha):
-        raise DataError(f"conformal at coverage {1 - alpha:g} needs >= {min_rows(alpha)} calibration rows, the "
-                        f"validation split gives {len(y)}")
-    return Conformal(method, alpha, len(y), _up32(quantile(true_scores, alpha)), False, lam, k_reg, tuning,
-                     seed=config.seed)
+        raise DataError(
+            f"conformal at coverage {1 - alpha:g} needs >= {min_rows(alpha)} calibration rows, the "
+            f"validation split gives {len(y)}"
+        )
+    return Conformal(
+        method, alpha, len(y), _up32(quantile(true_scores, alpha)), False, lam, k_reg, tuning, seed=config.seed
+    )
 
 
 def _tune_raps(y: np.ndarray, p: np.ndarray, alpha: float) -> tuple[float, int]:
@@ -262,20 +283,25 @@ def evaluate_sets(y, sets, class_names=()) -> SetResult:
     hit = sets[np.arange(len(y)), y]
     size = sets.sum(axis=1)
     names = list(class_names) or [str(c) for c in range(sets.shape[1])]
-    per_class = [ClassCoverage(str(names[c]), int((y == c).sum()), float(hit[y == c].mean()),
-                               float(size[y == c].mean())) for c in range(sets.shape[1]) if (y == c).any()]
-    return SetResult(float(hit.mean()), float(size.mean()), float((size == 0).mean()), float((size == 1).mean()),
-                     len(y), per_class)
+    per_class = [
+        ClassCoverage(str(names[c]), int((y == c).sum()), float(hit[y == c].mean()), float(size[y == c].mean()))
+        for c in range(sets.shape[1])
+        if (y == c).any()
+    ]
+    return SetResult(
+        float(hit.mean()), float(size.mean()), float((size == 0).mean()), float((size == 1).mean()), len(y), per_class
+    )
 
 
-def coverage_curve(y_val, probs_val, y_test, probs_test, conformal: Conformal,
-                   alphas=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)) -> list[tuple[float, float, float]]:
+def coverage_curve(
+    y_val, probs_val, y_test, probs_test, conformal: Conformal, alphas=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+) -> list[tuple[float, float, float]]:
     """(alpha, test coverage, mean set size) for each alpha, recalibrated on the same validation rows with the
     shipped score (its lambda and k_reg); with the shipped threshold's own rows (RAPS: the non-tuning ones)."""
     y, p = _check_classes(y_val, probs_val)
     if conformal.method is ConformalMethod.RAPS and conformal.tuning_count:
         order = np.random.default_rng(conformal.seed).permutation(len(y))  # as calibrate_classifier split them
-        y, p = y[order[conformal.tuning_count:]], p[order[conformal.tuning_count:]]
+        y, p = y[order[conformal.tuning_count :]], p[order[conformal.tuning_count :]]
     true_scores = class_scores(p, conformal.method, conformal.lam, conformal.k_reg)[np.arange(len(y)), y]
     test_scores = class_scores(probs_test, conformal.method, conformal.lam, conformal.k_reg)
     yt = np.asarray(y_test).astype(np.int64)
@@ -291,8 +317,10 @@ def _check_classes(y, probs) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probs, np.float64)
     y = np.asarray(y)
     if p.ndim != 2 or y.shape != (len(p),) or len(p) == 0:
-        raise DataError(f"conformal calibration needs labels [N] and probabilities [N, C] with N >= 1, got "
-                        f"{list(y.shape)} and {list(p.shape)}")
+        raise DataError(
+            f"conformal calibration needs labels [N] and probabilities [N, C] with N >= 1, got "
+            f"{list(y.shape)} and {list(p.shape)}"
+        )
     if not np.isfinite(p).all():
         raise DataError("probabilities must be finite")
     if y.dtype.kind not in "iu" or (y < 0).any() or (y >= p.shape[1]).any():
@@ -312,8 +340,10 @@ def calibrate_regressor(y_val, center_val, std_val=None, coverage: float = 0.9) 
     y, m, s = check_targets(y_val, center_val, std_val)
     alpha = 1.0 - coverage
     if len(y) < min_rows(alpha):
-        raise DataError(f"conformal at coverage {coverage:g} needs >= {min_rows(alpha)} calibration rows, the "
-                        f"validation split gives {len(y)}")
+        raise DataError(
+            f"conformal at coverage {coverage:g} needs >= {min_rows(alpha)} calibration rows, the "
+            f"validation split gives {len(y)}"
+        )
     scores = np.abs(y - m) / (1.0 if s is None else np.maximum(s, STD_FLOOR))
     method = ConformalMethod.ABSOLUTE if s is None else ConformalMethod.NORMALIZED
     return Conformal(method, alpha, len(y), [_up32(quantile(scores[:, k], alpha)) for k in range(y.shape[1])])
@@ -344,8 +374,9 @@ def evaluate_intervals(y, lower, upper) -> IntervalResult:
     yy = np.asarray(y, np.float64)
     yy = yy[:, None] if yy.ndim == 1 else yy
     inside = (yy >= lower) & (yy <= upper)
-    return IntervalResult(float(inside.mean()), float((upper - lower).mean()), len(yy),
-                          [float(c) for c in inside.mean(axis=0)])
+    return IntervalResult(
+        float(inside.mean()), float((upper - lower).mean()), len(yy), [float(c) for c in inside.mean(axis=0)]
+    )
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -365,22 +396,37 @@ def conformal_markdown(report: dict) -> list[str]:
     c, t = report["calibration"], report["test"]
     target = 1 - c["alpha"]
     upper = target + 1 / (c["count"] + 1)
-    method = c["method"] + (f" (lambda {c['lam']:g}, k_reg {c['k_reg']}, chosen on {c['tuning_count']} validation "
-                            f"rows)" if c["method"] == "raps" else "")
-    lines = ["", f"## Conformal {'intervals' if 'per_target' in t else 'prediction sets'} "
-                 f"(coverage 1 - alpha = {target:.0%}, {method}{', per class' if c['by_class'] else ''})", "",
-             f"Calibrated on {c['count']} validation rows (non-randomized, the thresholds are in the graph and in "
-             f"`deploykit.conformal`). Guarantee: coverage >= {target:.2%} on exchangeable data; split-conformal "
-             f"theory puts it below {upper:.2%} when scores do not tie.", ""]
+    method = c["method"] + (
+        f" (lambda {c['lam']:g}, k_reg {c['k_reg']}, chosen on {c['tuning_count']} validation rows)"
+        if c["method"] == "raps"
+        else ""
+    )
+    lines = [
+        "",
+        f"## Conformal {'intervals' if 'per_target' in t else 'prediction sets'} "
+        f"(coverage 1 - alpha = {target:.0%}, {method}{', per class' if c['by_class'] else ''})",
+        "",
+        f"Calibrated on {c['count']} validation rows (non-randomized, the thresholds are in the graph and in "
+        f"`deploykit.conformal`). Guarantee: coverage >= {target:.2%} on exchangeable data; split-conformal "
+        f"theory puts it below {upper:.2%} when scores do not tie.",
+        "",
+    ]
     if "per_target" in t:
         per_target = ", ".join(f"{v:.2%}" for v in t["per_target"])
-        return lines + [f"**Test: coverage {t['coverage']:.2%} of {t['count']} rows, mean width "
-                        f"{t['mean_width']:.4g}** (per target: {per_target})."]
-    lines += [f"**Test: coverage {t['coverage']:.2%} of {t['count']} rows, mean set size {t['mean_set_size']:.3f}** "
-              f"(singletons {t['singleton']:.1%}, empty {t['empty']:.1%}).", "",
-              "| class | rows | coverage | mean set size |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['label']} | {r['count']} | {r['coverage']:.2%} | {r['mean_set_size']:.3f} |"
-              for r in t["per_class"]]
+        return lines + [
+            f"**Test: coverage {t['coverage']:.2%} of {t['count']} rows, mean width "
+            f"{t['mean_width']:.4g}** (per target: {per_target})."
+        ]
+    lines += [
+        f"**Test: coverage {t['coverage']:.2%} of {t['count']} rows, mean set size {t['mean_set_size']:.3f}** "
+        f"(singletons {t['singleton']:.1%}, empty {t['empty']:.1%}).",
+        "",
+        "| class | rows | coverage | mean set size |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['label']} | {r['count']} | {r['coverage']:.2%} | {r['mean_set_size']:.3f} |" for r in t["per_class"]
+    ]
     if report.get("curve"):
         lines += ["", "| alpha | target coverage | test coverage | mean set size |", "|---:|---:|---:|---:|"]
         lines += [f"| {a:g} | {1 - a:.0%} | {cov:.2%} | {size:.3f} |" for a, cov, size in report["curve"]]

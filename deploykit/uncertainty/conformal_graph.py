@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.contract import (LOWER_OUTPUT, OUTPUT_NAME, PREDICTION_NAME, PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT,
-                                UPPER_OUTPUT)
 from deploykit.contract import CONFORMAL_KEY as METADATA_KEY
+from deploykit.contract import (
+    LOWER_OUTPUT,
+    OUTPUT_NAME,
+    PREDICTION_NAME,
+    PREDICTION_SET_OUTPUT,
+    SET_SIZE_OUTPUT,
+    UPPER_OUTPUT,
+)
 from deploykit.errors import UsageError
 from deploykit.uncertainty.conformal import STD_FLOOR, Conformal, ConformalMethod
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
@@ -41,18 +47,23 @@ def add_conformal(proto, conformal: Conformal) -> None:
         ed.op("Sub", [center, half], output=LOWER_OUTPUT)
         ed.op("Add", [center, half], output=UPPER_OUTPUT)
         dims = _dims(ed, center)
-        ed.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, dims)
-                                for n in (LOWER_OUTPUT, UPPER_OUTPUT)])
+        ed.graph.output.extend(
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in (LOWER_OUTPUT, UPPER_OUTPUT)]
+        )
     else:
         probs = _pick(outputs, ("mean", OUTPUT_NAME), "class probabilities (mean or probabilities)")
         score = _scores(ed, probs, conformal)
-        members = ed.op("LessOrEqual", [score, ed.const(np.asarray(conformal.threshold, np.float32))],
-                        output=PREDICTION_SET_OUTPUT)
+        members = ed.op(
+            "LessOrEqual", [score, ed.const(np.asarray(conformal.threshold, np.float32))], output=PREDICTION_SET_OUTPUT
+        )
         count = ed.reduce("ReduceSum", ed.op("Cast", [members], to=TensorProto.INT64), [1])
         ed.op("Identity", [count], output=SET_SIZE_OUTPUT)
-        ed.graph.output.extend([
-            helper.make_tensor_value_info(PREDICTION_SET_OUTPUT, TensorProto.BOOL, _dims(ed, probs)),
-            helper.make_tensor_value_info(SET_SIZE_OUTPUT, TensorProto.INT64, ["N"])])
+        ed.graph.output.extend(
+            [
+                helper.make_tensor_value_info(PREDICTION_SET_OUTPUT, TensorProto.BOOL, _dims(ed, probs)),
+                helper.make_tensor_value_info(SET_SIZE_OUTPUT, TensorProto.INT64, ["N"]),
+            ]
+        )
     toposort(ed.graph)
     set_props(proto, {METADATA_KEY: conformal.metadata_value()})
     onnx.checker.check_model(proto, full_check=True)

@@ -30,26 +30,38 @@ from deploykit.uncertainty.conformal_graph import write_with_conformal
 COVERAGE_PLOT = "conformal_coverage.png"
 
 
-def conformal_sets(path: Path, config: ConformalConfig, data, val_probs: np.ndarray, test_probs: np.ndarray,
-                   say: Callable[[str], None], plot: Path | None = None) -> ConformalReport:
+def conformal_sets(
+    path: Path,
+    config: ConformalConfig,
+    data,
+    val_probs: np.ndarray,
+    test_probs: np.ndarray,
+    say: Callable[[str], None],
+    plot: Path | None = None,
+) -> ConformalReport:
     """Calibrate prediction sets on the validation probabilities, add them to the model at ``path``, and measure
     them on the test split (overall, per class, and the coverage-alpha curve, plotted at ``plot``)."""
     _need_validation(data)
-    say(f"calibrating conformal prediction sets ({config.method.value}, coverage {config.coverage:g}"
-        f"{', per class' if config.by_class else ''}) on {len(data.x_val)} validation instances")
+    say(
+        f"calibrating conformal prediction sets ({config.method.value}, coverage {config.coverage:g}"
+        f"{', per class' if config.by_class else ''}) on {len(data.x_val)} validation instances"
+    )
     cal = calibrate_classifier(data.y_val, val_probs, config)
     write_with_conformal(path, cal)
     test = evaluate_sets(data.y_test, prediction_sets(test_probs, cal), getattr(data, "class_names", ()) or ())
     curve = coverage_curve(data.y_val, val_probs, data.y_test, test_probs, cal)
     if plot is not None:
         coverage_plot(curve, plot)
-    say(f"  prediction sets: test coverage {test.coverage:.1%} (target {config.coverage:.0%}), mean size "
-        f"{test.mean_set_size:.2f}")
+    say(
+        f"  prediction sets: test coverage {test.coverage:.1%} (target {config.coverage:.0%}), mean size "
+        f"{test.mean_set_size:.2f}"
+    )
     return ConformalReport(cal, test, curve)
 
 
-def conformal_intervals(path: Path, coverage: float, data, val_center, val_std, test_center, test_std,
-                        say: Callable[[str], None]) -> ConformalReport:
+def conformal_intervals(
+    path: Path, coverage: float, data, val_center, val_std, test_center, test_std, say: Callable[[str], None]
+) -> ConformalReport:
     """Calibrate intervals (normalized by ``val_std`` when given), add ``lower`` / ``upper`` to the model at
     ``path``, and measure them on the test split."""
     _need_validation(data)
@@ -58,13 +70,16 @@ def conformal_intervals(path: Path, coverage: float, data, val_center, val_std, 
     write_with_conformal(path, cal)
     lower, upper = intervals(test_center, test_std, cal)
     test = evaluate_intervals(data.y_test, lower, upper)
-    say(f"  conformal intervals: test coverage {test.coverage:.1%} (target {coverage:.0%}), mean width "
-        f"{test.mean_width:.4g}")
+    say(
+        f"  conformal intervals: test coverage {test.coverage:.1%} (target {coverage:.0%}), mean width "
+        f"{test.mean_width:.4g}"
+    )
     return ConformalReport(cal, test)
 
 
-def deterministic_conformal(path: Path, config: ConformalConfig, data, say: Callable[[str], None] = lambda m: None,
-                            plot: Path | None = None) -> ConformalReport:
+def deterministic_conformal(
+    path: Path, config: ConformalConfig, data, say: Callable[[str], None] = lambda m: None, plot: Path | None = None
+) -> ConformalReport:
     """The conformal outputs of a deterministic ONNX model (``probabilities``; a regressor's ``prediction``:
     intervals of absolute residuals), calibrated on ``data``'s validation split, measured on its test split."""
     from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
@@ -79,7 +94,7 @@ def deterministic_conformal(path: Path, config: ConformalConfig, data, say: Call
 
     def run(x):
         x = np.asarray(x, np.float32)
-        return np.concatenate([session.run([name], {feed: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+        return np.concatenate([session.run([name], {feed: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
 
     _need_validation(data)
     val, test = run(data.x_val), run(data.x_test)

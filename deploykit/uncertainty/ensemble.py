@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.errors import ModelLoadError, UsageError
 from deploykit.contract import ENSEMBLE_KEY as METADATA_KEY
 from deploykit.contract import (
     INPUT_NAME,
@@ -44,6 +43,7 @@ from deploykit.contract import (
     SAMPLES_OUTPUT,
     TASK_KEY,
 )
+from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.artifact import file_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
 from deploykit.records import Record
@@ -79,8 +79,12 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     protos = [_at_opset(p, target, k) for k, p in enumerate(protos)]
     shape, classes, task, sampled = _check_alike(protos)
     graph = onnx.helper.make_graph([], "deep_ensemble", [_input_info(protos[0])], [])
-    merged = onnx.helper.make_model(graph, opset_imports=_union_opsets(protos),
-                                    producer_name="deploykit", ir_version=max(p.ir_version for p in protos))
+    merged = onnx.helper.make_model(
+        graph,
+        opset_imports=_union_opsets(protos),
+        producer_name="deploykit",
+        ir_version=max(p.ir_version for p in protos),
+    )
     outputs = []
     for k, proto in enumerate(protos):
         outputs.append(_add_member(merged.graph, proto, MEMBER_PREFIX.format(k=k), _member_output(proto)))
@@ -92,15 +96,26 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     if include_members:
         values[_members_output(task, sampled)] = stacked
     _declare_outputs(ed, values, classes)
-    merged.graph.doc_string = (f"Deep ensemble of {len(protos)} members on one input; outputs as deploykit's MC Dropout "
-                               + ("model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class)."
-                                  if task is Task.CLASSIFICATION else "regression model (mean/std [N, K] per target)."))
+    merged.graph.doc_string = (
+        f"Deep ensemble of {len(protos)} members on one input; outputs as deploykit's MC Dropout "
+        + (
+            "model (mean/std [N, C], predictive_entropy and mutual_information [N], predicted_class)."
+            if task is Task.CLASSIFICATION
+            else "regression model (mean/std [N, K] per target)."
+        )
+    )
     onnx.checker.check_model(merged, full_check=True)
     return merged
 
 
-def export_ensemble_onnx(members: Sequence[str | os.PathLike], path: str | os.PathLike, opset: int | None = None,
-                         *, include_members: bool = False, class_names: Sequence[str] | None = None) -> EnsembleRecord:
+def export_ensemble_onnx(
+    members: Sequence[str | os.PathLike],
+    path: str | os.PathLike,
+    opset: int | None = None,
+    *,
+    include_members: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> EnsembleRecord:
     """Write the ensemble of ONNX member files to ``path`` (atomically), with deploykit metadata.
 
     The metadata is the first member's (class names, steps, quantization) with
@@ -116,17 +131,37 @@ def export_ensemble_onnx(members: Sequence[str | os.PathLike], path: str | os.Pa
         raise UsageError(f"{len(names)} class names given, but the members are regressors")
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
     classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    meta = replace(first, kind=KIND_ENSEMBLE, class_names=names, input_shape=shape,
-                   steps=[*first.steps, f"ensemble({len(members)})"], default_samples=None, max_samples=None)
+    meta = replace(
+        first,
+        kind=KIND_ENSEMBLE,
+        class_names=names,
+        input_shape=shape,
+        steps=[*first.steps, f"ensemble({len(members)})"],
+        default_samples=None,
+        max_samples=None,
+    )
     write_metadata(proto, meta)
     kind = OutputKind.PROBABILITIES if task is Task.CLASSIFICATION else OutputKind.VALUES  # what `mean` averages
-    set_props(proto, {METADATA_KEY: json.dumps({"members": [Path(m).name for m in members]}),
-                      TASK_KEY: json.dumps({"task": task.value, "output": kind.value})})
+    set_props(
+        proto,
+        {
+            METADATA_KEY: json.dumps({"members": [Path(m).name for m in members]}),
+            TASK_KEY: json.dumps({"task": task.value, "output": kind.value}),
+        },
+    )
     path = Path(path)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
-    return EnsembleRecord(path, [str(m) for m in members], default_opset(proto), shape, int(classes),
-                          path.stat().st_size, [Path(m).stat().st_size for m in members], task)
+    return EnsembleRecord(
+        path,
+        [str(m) for m in members],
+        default_opset(proto),
+        shape,
+        int(classes),
+        path.stat().st_size,
+        [Path(m).stat().st_size for m in members],
+        task,
+    )
 
 
 def _load(member):
@@ -153,8 +188,10 @@ def _at_opset(proto, target: int, k: int):
     try:
         return version_converter.convert_version(proto, target)
     except Exception as exc:
-        raise UsageError(f"ensemble member {k}: cannot convert opset {default_opset(proto)} to {target} "
-                         f"({type(exc).__name__}); export the members at one opset") from None
+        raise UsageError(
+            f"ensemble member {k}: cannot convert opset {default_opset(proto)} to {target} "
+            f"({type(exc).__name__}); export the members at one opset"
+        ) from None
 
 
 def _dims(value_info) -> list:
@@ -185,9 +222,11 @@ def _check_alike(protos) -> tuple[list, int, Task, bool]:
         names_in, names_out = [i.name for i in p.graph.input], [o.name for o in p.graph.output]
         output = _member_output(p)
         if INPUT_NAME not in names_in or output not in names_out:
-            raise ModelLoadError(f"ensemble member {k}: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
-                                 f"(a classifier) or {PREDICTION_NAME!r} (a regressor) as deploykit exports them, "
-                                 f"has inputs {names_in} and outputs {names_out}")
+            raise ModelLoadError(
+                f"ensemble member {k}: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
+                f"(a classifier) or {PREDICTION_NAME!r} (a regressor) as deploykit exports them, "
+                f"has inputs {names_in} and outputs {names_out}"
+            )
         tasks.add(Task.CLASSIFICATION if output in (OUTPUT_NAME, SAMPLES_OUTPUT) else Task.REGRESSION)
         sampled.add(output in (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT))
         shapes.add(tuple(_dims(next(i for i in p.graph.input if i.name == INPUT_NAME))[1:]))
@@ -195,11 +234,15 @@ def _check_alike(protos) -> tuple[list, int, Task, bool]:
     if len(tasks) != 1:
         raise ModelLoadError("ensemble members differ: some are classifiers, some regressors")
     if len(sampled) != 1:
-        raise ModelLoadError("ensemble members differ: some are MC Dropout models (with their samples output), some "
-                             "deterministic; make every member one kind")
+        raise ModelLoadError(
+            "ensemble members differ: some are MC Dropout models (with their samples output), some "
+            "deterministic; make every member one kind"
+        )
     if len(shapes) != 1 or len(widths) != 1:
-        raise ModelLoadError(f"ensemble members differ: input shapes {sorted(shapes)}, "
-                             f"{'classes' if tasks == {Task.CLASSIFICATION} else 'targets'} {sorted(widths, key=str)}")
+        raise ModelLoadError(
+            f"ensemble members differ: input shapes {sorted(shapes)}, "
+            f"{'classes' if tasks == {Task.CLASSIFICATION} else 'targets'} {sorted(widths, key=str)}"
+        )
     return list(shapes.pop()), int(widths.pop()), tasks.pop(), sampled.pop()
 
 
@@ -257,9 +300,13 @@ def _declare_outputs(ed: GraphEditor, values: dict[str, str], classes: int) -> N
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     contract = [(f32, ["N", classes]), (f32, ["N", classes]), (f32, ["N"]), (f32, ["N"]), (i64, ["N"])]
-    types = {**dict(zip(OUTPUT_NAMES, contract)), MEMBERS_OUTPUT: (f32, ["K", "N", classes]),
-             MEMBER_PREDICTIONS_OUTPUT: (f32, ["K", "N", classes]), SAMPLES_OUTPUT: (f32, ["KT", "N", classes]),
-             SAMPLE_PREDICTIONS_OUTPUT: (f32, ["KT", "N", classes])}
+    types = {
+        **dict(zip(OUTPUT_NAMES, contract)),
+        MEMBERS_OUTPUT: (f32, ["K", "N", classes]),
+        MEMBER_PREDICTIONS_OUTPUT: (f32, ["K", "N", classes]),
+        SAMPLES_OUTPUT: (f32, ["KT", "N", classes]),
+        SAMPLE_PREDICTIONS_OUTPUT: (f32, ["KT", "N", classes]),
+    }
     for name, tensor in values.items():
         ed.op("Identity", [tensor], output=name)
         ed.graph.output.append(helper.make_tensor_value_info(name, *types[name]))
@@ -288,5 +335,10 @@ class EnsembleSizes(Record):
 
 def ensemble_sizes(members: Sequence[Path], ensemble: Path, original: Path) -> EnsembleSizes:
     members_sizes = [file_sizes(m) for m in members]
-    return EnsembleSizes(len(members), sum(raw for raw, _ in members_sizes), sum(gz for _, gz in members_sizes),
-                         *file_sizes(ensemble), *file_sizes(original))
+    return EnsembleSizes(
+        len(members),
+        sum(raw for raw, _ in members_sizes),
+        sum(gz for _, gz in members_sizes),
+        *file_sizes(ensemble),
+        *file_sizes(original),
+    )

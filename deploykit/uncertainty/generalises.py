@@ -53,16 +53,26 @@ class CalibrationDecision(Record):
         """The console line: the decision and its figures."""
         symbol = "T" if self.what == "temperature" else "std x"
         if self.kept:
-            return (f"{symbol} = {self.value:.4g} kept: cross-validated validation NLL {self.cv_nll_identity:.4f} -> "
-                    f"{self.cv_nll_fitted:.4f} ({self.folds} folds, {self.rows} rows)")
+            return (
+                f"{symbol} = {self.value:.4g} kept: cross-validated validation NLL {self.cv_nll_identity:.4f} -> "
+                f"{self.cv_nll_fitted:.4f} ({self.folds} folds, {self.rows} rows)"
+            )
         fitted = "" if self.fitted is None else f" (fitted {self.fitted:.4g})"
         return f"{symbol} = 1{fitted}: {self.reason}"
 
 
-def checked_fit(what: str, rows: int, fit: Callable[[np.ndarray], float],
-                nll: Callable[[np.ndarray, float], np.ndarray], *, min_rows: int = MIN_ROWS,
-                min_rows_soften: int = MIN_ROWS_SOFTEN, folds: int = FOLDS, min_gain: float = MIN_GAIN,
-                seed: int = 0) -> CalibrationDecision:
+def checked_fit(
+    what: str,
+    rows: int,
+    fit: Callable[[np.ndarray], float],
+    nll: Callable[[np.ndarray, float], np.ndarray],
+    *,
+    min_rows: int = MIN_ROWS,
+    min_rows_soften: int = MIN_ROWS_SOFTEN,
+    folds: int = FOLDS,
+    min_gain: float = MIN_GAIN,
+    seed: int = 0,
+) -> CalibrationDecision:
     """Cross-validate a scalar calibration on ``rows`` validation rows.
 
     ``fit(idx)`` fits the scalar on those rows; ``nll(idx, value)`` is the NLL of each of those rows under
@@ -71,12 +81,30 @@ def checked_fit(what: str, rows: int, fit: Callable[[np.ndarray], float],
     everything = np.arange(rows)
     fewest = min(min_rows, min_rows_soften)
     if rows < fewest:
-        return CalibrationDecision(what, 1.0, None, False, rows, 0, None, None,
-                                   f"{rows} validation rows < {fewest}: too few to fit one reliably")
+        return CalibrationDecision(
+            what,
+            1.0,
+            None,
+            False,
+            rows,
+            0,
+            None,
+            None,
+            f"{rows} validation rows < {fewest}: too few to fit one reliably",
+        )
     full = float(fit(everything))
     if full < 1 and rows < min_rows:
-        return CalibrationDecision(what, 1.0, full, False, rows, 0, None, None,
-                                   f"{rows} validation rows < {min_rows}: too few to sharpen the probabilities reliably")
+        return CalibrationDecision(
+            what,
+            1.0,
+            full,
+            False,
+            rows,
+            0,
+            None,
+            None,
+            f"{rows} validation rows < {min_rows}: too few to sharpen the probabilities reliably",
+        )
     k = max(2, min(folds, rows // 20))
     order = np.random.default_rng(seed).permutation(rows)
     parts = np.array_split(order, k)
@@ -94,11 +122,20 @@ def checked_fit(what: str, rows: int, fit: Callable[[np.ndarray], float],
     lower = float(gains.mean() - Z_ONE_SIDED * gains.std(ddof=1) / np.sqrt(rows))
     if fitted <= identity * (1 - min_gain) and lower > 0 and every_fold:
         return CalibrationDecision(what, full, full, True, rows, k, identity, fitted, "it lowers the held-out NLL")
-    return CalibrationDecision(what, 1.0, full, False, rows, k, identity, fitted,
-                               f"it does not generalise: cross-validated validation NLL {identity:.4f} -> {fitted:.4f} "
-                               f"({k} folds, {rows} rows; kept only when {100 * min_gain:g}% lower, lower in every fold, and "
-                               f"the per-row gain's 95% lower bound > 0, here {lower:+.4f}"
-                               f"{'' if every_fold else ', a fold got worse'})")
+    return CalibrationDecision(
+        what,
+        1.0,
+        full,
+        False,
+        rows,
+        k,
+        identity,
+        fitted,
+        f"it does not generalise: cross-validated validation NLL {identity:.4f} -> {fitted:.4f} "
+        f"({k} folds, {rows} rows; kept only when {100 * min_gain:g}% lower, lower in every fold, and "
+        f"the per-row gain's 95% lower bound > 0, here {lower:+.4f}"
+        f"{'' if every_fold else ', a fold got worse'})",
+    )
 
 
 def _row_nll(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -107,13 +144,19 @@ def _row_nll(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def check_temperature(y_val, probs_val, **options) -> CalibrationDecision:
-    """:func:`checked_fit` of a deterministic classifier's temperature (softmax(log p / T)) on its validation outputs."""
+    """:func:`checked_fit` of a deterministic classifier's temperature (softmax(log p / T)) on its validation
+    outputs."""
     from deploykit.uncertainty.calibration import check_labels_and_probs
     from deploykit.uncertainty.temperature import fit_temperature, scale_probs
 
     y, p = check_labels_and_probs(y_val, probs_val)
-    return checked_fit("temperature", len(y), lambda i: fit_temperature(y[i], p[i]).temperature,
-                       lambda i, t: _row_nll(y[i], scale_probs(p[i], t)), **options)
+    return checked_fit(
+        "temperature",
+        len(y),
+        lambda i: fit_temperature(y[i], p[i]).temperature,
+        lambda i, t: _row_nll(y[i], scale_probs(p[i], t)),
+        **options,
+    )
 
 
 def check_mc_temperature(y_val, samples_val, placement, **options) -> CalibrationDecision:
@@ -128,12 +171,20 @@ def check_mc_temperature(y_val, samples_val, placement, **options) -> Calibratio
     y = np.asarray(y_val)
 
     def nll(i, t):
-        probs = scale_probs(s[:, i], t).mean(axis=0) if placement is Placement.PER_SAMPLE else \
-            scale_probs(s[:, i].mean(axis=0), t)
+        probs = (
+            scale_probs(s[:, i], t).mean(axis=0)
+            if placement is Placement.PER_SAMPLE
+            else scale_probs(s[:, i].mean(axis=0), t)
+        )
         return _row_nll(y[i], probs)
 
-    return checked_fit("temperature", len(y), lambda i: fit_mc_temperature(y[i], s[:, i], placements=(placement,)).temperature,
-                       nll, **options)
+    return checked_fit(
+        "temperature",
+        len(y),
+        lambda i: fit_mc_temperature(y[i], s[:, i], placements=(placement,)).temperature,
+        nll,
+        **options,
+    )
 
 
 def check_std_scale(y_val, mean_val, std_val, **options) -> CalibrationDecision:

@@ -23,8 +23,10 @@ def default_opset(proto) -> int:
     """The version of the default ("" / ai.onnx) domain a model imports, or a UsageError outside 13..18."""
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if version is None or not MIN_OPSET <= version <= MAX_OPSET:
-        raise UsageError(f"ONNX model imports opset {version} of the default domain; uncertainty edits support "
-                         f"{MIN_OPSET}..{MAX_OPSET}")
+        raise UsageError(
+            f"ONNX model imports opset {version} of the default domain; uncertainty edits support "
+            f"{MIN_OPSET}..{MAX_OPSET}"
+        )
     return int(version)
 
 
@@ -86,7 +88,9 @@ class GraphEditor:
         for out in self.graph.output:
             if out.name == name:
                 return out
-        raise UsageError(f"the ONNX model has no output {name!r} (outputs: {', '.join(o.name for o in self.graph.output)})")
+        raise UsageError(
+            f"the ONNX model has no output {name!r} (outputs: {', '.join(o.name for o in self.graph.output)})"
+        )
 
 
 def set_props(proto, entries: dict[str, str]) -> None:
@@ -139,5 +143,8 @@ def empty_optionals(graph) -> list:
     """
     from onnx import helper
 
-    return [helper.make_node("Optional", [], [v.name], type=v.type.optional_type.elem_type)
-            for v in graph.input if v.type.HasField("optional_type")]
+    return [
+        helper.make_node("Optional", [], [v.name], type=v.type.optional_type.elem_type)
+        for v in graph.input
+        if v.type.HasField("optional_type")
+    ]

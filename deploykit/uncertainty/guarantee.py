@@ -36,7 +36,7 @@ def rmse_upper_bounds(squared_sorted, level: float) -> np.ndarray:
     s = np.asarray(squared_sorted, np.float64)
     k = np.arange(1, len(s) + 1)
     mean = np.cumsum(s) / k
-    var = np.maximum(np.cumsum(s ** 2) / k - mean ** 2, 0.0) * k / np.maximum(k - 1, 1)
+    var = np.maximum(np.cumsum(s**2) / k - mean**2, 0.0) * k / np.maximum(k - 1, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         upper = mean + t.ppf(1 - level, np.maximum(k - 1, 1)) * np.sqrt(var / k)
     return np.where(k > 1, np.sqrt(np.maximum(upper, 0.0)), np.inf)

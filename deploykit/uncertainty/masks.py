@@ -3,8 +3,8 @@
 onnxruntime's ``Dropout(training_mode=true)`` draws one random number per
 element (~5 ns each): on the chapter's model (Dropout on the 784 inputs and on
 both hidden layers, T = 100) that is 118,400 draws per MC call, more than the
-network's own arithmetic. :attr:`MaskKind.POOL` (the MC graph's default for models whose weights dwarf its tables, see :func:`resolve_mask`) draws
-instead ONE random offset per row and reads the row's mask from a table fixed
+network's own arithmetic. :attr:`MaskKind.POOL` (the MC graph's default for models whose weights dwarf its
+tables, see :func:`resolve_mask`) draws instead ONE random offset per row and reads the row's mask from a table fixed
 at export, with standard ONNX operators only (any onnxruntime client runs it):
 
 1. at export, per dropout layer: a table of ``K + nb - 1`` blocks of ``b``
@@ -66,9 +66,9 @@ BLOCK = 32  # target block length b: fewer, longer copies in Gather; the table g
 DEFAULT_POOL = 4096  # K: distinct masks per dropout layer
 
 
-
 def block_length(width: int, target: int = BLOCK) -> int:
-    """b: the divisor of ``width`` nearest to ``target`` within [target/2, 2*target], else ``target`` (the row is cut)."""
+    """b: the divisor of ``width`` nearest to ``target`` within [target/2, 2*target], else ``target`` (the row is
+    cut)."""
     divisors = [d for d in range(target // 2, 2 * target + 1) if width % d == 0]
     return min(divisors, key=lambda d: (abs(d - target), -d)) if divisors else min(target, width)
 
@@ -78,7 +78,8 @@ AUTO_TABLE_SHARE = 0.5
 
 
 def mask_width(shape: tuple, spatial: bool) -> int:
-    """Values one row's mask holds for an input of per-row ``shape``: one per channel (spatial dropout) or per element."""
+    """Values one row's mask holds for an input of per-row ``shape``: one per channel (spatial dropout) or per
+    element."""
     return int(shape[-1]) if spatial else int(np.prod(shape))
 
 
@@ -138,8 +139,9 @@ def _offset(g, x: str, rank: int, width: int, bits: int) -> str:
 
     if not g.pending_offsets:
         n = max(g.pool_layers - g.offsets_drawn, 1)
-        _, draws = g.op("Dropout", [_rows(g, x, n * (bits + 1), rank, width), g.const(0.5), g.true()],
-                        n_out=2, **g.dropout_seed())
+        _, draws = g.op(
+            "Dropout", [_rows(g, x, n * (bits + 1), rank, width), g.const(0.5), g.true()], n_out=2, **g.dropout_seed()
+        )
         # Column 0 of each layer's bits is skipped: onnxruntime seeds a fresh engine per call with seed + k, so
         # a mask's first element barely changes from one call to the next; the other elements do.
         # Integer arithmetic, not a MatMul: weight quantizers (int8-dynamic) would round a float MatMul's powers of two.
@@ -155,8 +157,9 @@ def _offset(g, x: str, rank: int, width: int, bits: int) -> str:
     return g.pending_offsets.pop(0)
 
 
-def pool_keep(g, x: str, rank: int, width: int, rate: float, pool: int, rng: np.random.Generator, *,
-              as_bool: bool = False) -> str:
+def pool_keep(
+    g, x: str, rank: int, width: int, rate: float, pool: int, rng: np.random.Generator, *, as_bool: bool = False
+) -> str:
     """A mask of ``width`` values per row of ``x`` (rank ``rank``, R rows): [R, width] float (0 or 1 / (1 -
     represented rate)), or bool keep flags with ``as_bool``; the caller reshapes it onto ``x`` (every element,
     or one value per channel). ``g`` is the MC graph builder (``op``, ``const``, ``dropout_seed``)."""

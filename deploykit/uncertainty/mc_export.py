@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploykit.atomic import atomic_path
-from deploykit.graph import graph_from_model
+from deploykit.contract import KIND_MC_DROPOUT, TASK_KEY
 from deploykit.errors import UsageError
 from deploykit.export.convert import DEFAULT_OPSET
-from deploykit.export.metadata import KIND_MC_DROPOUT, ModelMetadata, write_metadata
+from deploykit.export.metadata import ModelMetadata, write_metadata
 from deploykit.export.onnx_quant import quantize_int8_dynamic
+from deploykit.graph import graph_from_model
 from deploykit.keras3_api import keras3_boundary
-from deploykit.contract import TASK_KEY
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
 from deploykit.uncertainty.graph_ops import set_props
@@ -83,8 +83,11 @@ def output_columns(graph) -> dict[str, str]:
     if packing is None or not packing.packs_outputs:
         return {}
     layout = packing.layout
-    return {OUTPUT_COLUMNS_KEY: json.dumps({t.name: [layout.columns(t.name).start, layout.columns(t.name).stop]
-                                            for t in layout.outputs})}
+    return {
+        OUTPUT_COLUMNS_KEY: json.dumps(
+            {t.name: [layout.columns(t.name).start, layout.columns(t.name).stop] for t in layout.outputs}
+        )
+    }
 
 
 @keras3_boundary
@@ -121,7 +124,9 @@ def export_mc_onnx(
 
     fields = MCConfig(samples=samples, max_samples=max_samples, seed=seed, include_samples=include_samples)
     if config is not None and fields != MCConfig():
-        raise UsageError("export_mc_onnx: give config= or its fields (samples, seed, max_samples, include_samples), not both")
+        raise UsageError(
+            "export_mc_onnx: give config= or its fields (samples, seed, max_samples, include_samples), not both"
+        )
     config = config or fields
     if quantization not in QUANTIZATIONS:
         raise UsageError(f"quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, got {quantization!r}")
@@ -143,8 +148,12 @@ def export_mc_onnx(
         raise UsageError(f"{len(names)} class names given, but the model has {num_classes} classes")
     base = metadata or ModelMetadata()
     meta = replace(
-        base, kind=KIND_MC_DROPOUT, class_names=names, input_shape=list(graph.input_shape),
-        default_samples=config.samples, max_samples=config.max_samples,
+        base,
+        kind=KIND_MC_DROPOUT,
+        class_names=names,
+        input_shape=list(graph.input_shape),
+        default_samples=config.samples,
+        max_samples=config.max_samples,
         steps=[*base.steps, f"mc_dropout(samples={config.samples})", *([quantization] if quantization else [])],
         quantization=quantization or base.quantization,
     )
@@ -159,9 +168,17 @@ def export_mc_onnx(
         onnx.save(proto, str(tmp))
     drops = dropout_layers(graph)
     return MCExportRecord(
-        path=path, config=config, input_shape=list(graph.input_shape), num_classes=num_classes,
+        path=path,
+        config=config,
+        input_shape=list(graph.input_shape),
+        num_classes=num_classes,
         dropout_layers=[f"{s.name} ({s.class_name}, {float(s.config.get('rate', 0.0)):g})" for s in drops],
-        layers_run_once=first_dropout_index(graph), quantization=quantization or "float32", size_bytes=path.stat().st_size,
-        opset=opset, metadata=meta, task=task, output_kind=kind, num_targets=width - num_classes,
+        layers_run_once=first_dropout_index(graph),
+        quantization=quantization or "float32",
+        size_bytes=path.stat().st_size,
+        opset=opset,
+        metadata=meta,
+        task=task,
+        output_kind=kind,
+        num_targets=width - num_classes,
     )
-

@@ -50,7 +50,7 @@ import numpy as np
 
 from deploykit.chain import Chain, graph_of
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer
-from deploykit.contract import OUTPUT_NAMES, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.contract import SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
@@ -145,8 +145,11 @@ def mc_task(model_graph, task: Task | None = None, shape: tuple | None = None) -
     node = graph.node(graph.outputs[0]) if graph.nodes else None
     shape = shape if shape is not None else node.shape if node is not None else None
     if node is None or shape is None or len(shape) != 1:
-        raise UnsupportedLayerError(node.spec.name if node else graph.name, node.spec.class_name if node else "model",
-                                    "MC Dropout needs a model whose output is one vector per row ([N, C] or [N, K])")
+        raise UnsupportedLayerError(
+            node.spec.name if node else graph.name,
+            node.spec.class_name if node else "model",
+            "MC Dropout needs a model whose output is one vector per row ([N, C] or [N, K])",
+        )
     if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.multi_io)
         task = Task.REGRESSION
     return resolve_task(output_kind(graph), int(shape[0]), task=task)
@@ -162,7 +165,6 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     running the whole network T times (same distribution, more work; kept to
     test the optimisation).
     """
-    import onnx
     from onnx import TensorProto, helper
 
     graph = _as_graph(model_graph)
@@ -192,36 +194,56 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     spec = spec_of(kind)
     last = {OutputKind.PROBABILITIES: "Softmax", OutputKind.SIGMOID: "Sigmoid"}.get(kind)
     if last is not None and g.nodes[-1].op_type != last:
-        raise UnsupportedLayerError(graph.nodes[-1].spec.name, graph.nodes[-1].spec.class_name,
-                                    f"MC Dropout needs the {last.lower()} as the model's last operation")
+        raise UnsupportedLayerError(
+            graph.nodes[-1].spec.name,
+            graph.nodes[-1].spec.class_name,
+            f"MC Dropout needs the {last.lower()} as the model's last operation",
+        )
     if kind is OutputKind.SIGMOID:  # a binary head's samples are the softmax of [0, z] on its logit z, below
         x = g.nodes.pop().input[0]
     if out not in sampled:
-        x = tile(out) if x == values[out][0] else \
-            g.op("Tile", [x, g.op("Concat", [samples, g.const([1] * len(shape), np.int64)], axis=0)])
+        x = (
+            tile(out)
+            if x == values[out][0]
+            else g.op("Tile", [x, g.op("Concat", [samples, g.const([1] * len(shape), np.int64)], axis=0)])
+        )
     if spec.from_logits or spec.binary:  # per sample: the one Softmax a per-sample temperature divides before
         x = spec.onnx_probabilities(g, x)
     width = spec.classes(shape[0]) or shape[0]
     stacked = g.op("Reshape", [x, g.op("Concat", [samples, g.const([-1, width], np.int64)], axis=0)])  # [T, N, C or K]
     outputs = reduce_samples(g, stacked, task)
     if config.include_samples:
-        outputs[SAMPLES_OUTPUT if task is Task.CLASSIFICATION else SAMPLE_PREDICTIONS_OUTPUT] = g.op("Identity", [stacked])
+        outputs[SAMPLES_OUTPUT if task is Task.CLASSIFICATION else SAMPLE_PREDICTIONS_OUTPUT] = g.op(
+            "Identity", [stacked]
+        )
     for name, value in outputs.items():
         g.nodes.append(helper.make_node("Identity", [value], [name], name=f"output_{name}"))
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info(INPUT_NAME, f32, ["N", *input_shape]), _samples_input(g, config)]
-    out_types = {"mean": (f32, ["N", width]), "std": (f32, ["N", width]),
-                 "predictive_entropy": (f32, ["N"]), "mutual_information": (f32, ["N"]),
-                 "predicted_class": (i64, ["N"]), SAMPLES_OUTPUT: (f32, ["T", "N", width]),
-                 SAMPLE_PREDICTIONS_OUTPUT: (f32, ["T", "N", width])}
+    out_types = {
+        "mean": (f32, ["N", width]),
+        "std": (f32, ["N", width]),
+        "predictive_entropy": (f32, ["N"]),
+        "mutual_information": (f32, ["N"]),
+        "predicted_class": (i64, ["N"]),
+        SAMPLES_OUTPUT: (f32, ["T", "N", width]),
+        SAMPLE_PREDICTIONS_OUTPUT: (f32, ["T", "N", width]),
+    }
     outs = [helper.make_tensor_value_info(name, *out_types[name]) for name in outputs]
     doc = _DOC if task is Task.CLASSIFICATION else _REGRESSION_DOC
-    graph_proto = helper.make_graph(g.nodes, f"{graph.name}_mc_dropout", inputs, outs, initializer=g.inits,
-                                    doc_string=doc.format(default=config.samples, limit=config.max_samples))
+    graph_proto = helper.make_graph(
+        g.nodes,
+        f"{graph.name}_mc_dropout",
+        inputs,
+        outs,
+        initializer=g.inits,
+        doc_string=doc.format(default=config.samples, limit=config.max_samples),
+    )
     opsets = [helper.make_opsetid("", opset)]
-    return helper.make_model(graph_proto, opset_imports=opsets, producer_name="deploykit",
-                             ir_version=helper.find_min_ir_version_for(opsets))
+    return helper.make_model(
+        graph_proto, opset_imports=opsets, producer_name="deploykit", ir_version=helper.find_min_ir_version_for(opsets)
+    )
 
 
 #: From this opset the `samples` default is given by an optional-typed input (OptionalHasElement + If),
@@ -246,10 +268,25 @@ def _samples_value(g: OnnxGraph, config: MCConfig) -> str:
 
     if g.opset >= OPTIONAL_INPUT_OPSET:
         scalar = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, [])  # noqa: E731
-        fed = helper.make_graph([helper.make_node("OptionalGetElement", [SAMPLES_NAME], ["samples_fed"])],
-                                "samples_fed", [], [scalar("samples_fed")])
-        default = helper.make_graph([helper.make_node("Constant", [], ["samples_default"], value=helper.make_tensor(
-            "samples_default_value", TensorProto.INT64, [], [config.samples]))], "samples_default", [], [scalar("samples_default")])
+        fed = helper.make_graph(
+            [helper.make_node("OptionalGetElement", [SAMPLES_NAME], ["samples_fed"])],
+            "samples_fed",
+            [],
+            [scalar("samples_fed")],
+        )
+        default = helper.make_graph(
+            [
+                helper.make_node(
+                    "Constant",
+                    [],
+                    ["samples_default"],
+                    value=helper.make_tensor("samples_default_value", TensorProto.INT64, [], [config.samples]),
+                )
+            ],
+            "samples_default",
+            [],
+            [scalar("samples_default")],
+        )
         value = g.op("If", [g.op("OptionalHasElement", [SAMPLES_NAME])], then_branch=fed, else_branch=default)
     else:
         g.inits.append(onnx.numpy_helper.from_array(np.array(config.samples, np.int64), SAMPLES_NAME))
@@ -258,14 +295,18 @@ def _samples_value(g: OnnxGraph, config: MCConfig) -> str:
     return g.op("Reshape", [clamped, g.const([1], np.int64)])
 
 
-_DOC = ("MC Dropout: inputs `input` float32 [N, ...] and optional `samples` int64 scalar (default {default}, "
-        "clamped to [1, {limit}]); outputs mean/std [N, C] over the samples (std: population), predictive_entropy "
-        "and mutual_information [N] (natural log), predicted_class int64 [N] (argmax of mean).")
+_DOC = (
+    "MC Dropout: inputs `input` float32 [N, ...] and optional `samples` int64 scalar (default {default}, "
+    "clamped to [1, {limit}]); outputs mean/std [N, C] over the samples (std: population), predictive_entropy "
+    "and mutual_information [N] (natural log), predicted_class int64 [N] (argmax of mean)."
+)
 
 
-_REGRESSION_DOC = ("MC Dropout regression: inputs `input` float32 [N, ...] and optional `samples` int64 scalar "
-                   "(default {default}, clamped to [1, {limit}]); outputs mean and std [N, K] per target over the "
-                   "samples (std: population), in the targets' units.")
+_REGRESSION_DOC = (
+    "MC Dropout regression: inputs `input` float32 [N, ...] and optional `samples` int64 scalar "
+    "(default {default}, clamped to [1, {limit}]); outputs mean and std [N, K] per target over the "
+    "samples (std: population), in the targets' units."
+)
 
 
 def reduce_samples(g, stacked: str, task: Task = Task.CLASSIFICATION) -> dict[str, str]:
@@ -294,14 +335,20 @@ def reduce_samples(g, stacked: str, task: Task = Task.CLASSIFICATION) -> dict[st
     # H(mean) >= mean H (Jensen); clip the float rounding below zero.
     mutual = g.op("Max", [g.op("Sub", [predictive, expected]), g.const(0.0)])
     predicted = g.op("ArgMax", [mean], axis=1, keepdims=0)
-    return {"mean": mean, "std": std, "predictive_entropy": predictive, "mutual_information": mutual,
-            "predicted_class": predicted}
+    return {
+        "mean": mean,
+        "std": std,
+        "predictive_entropy": predictive,
+        "mutual_information": mutual,
+        "predicted_class": predicted,
+    }
 
 
 def check_has_dropout(model_graph) -> None:
     """Raise a clear error when no dropout layer would sample."""
     if not any(float(s.config.get("rate", 0.0)) > 0 for s in dropout_layers(model_graph)):
         raise UsageError(
-            f"model {model_graph.name!r} has no Dropout or AlphaDropout layer with a rate > 0, so MC Dropout has nothing "
+            f"model {model_graph.name!r} has no Dropout or AlphaDropout layer with a rate > 0, "
+            "so MC Dropout has nothing "
             "to sample; train it with dropout (e.g. deploykit train --dropout 0.2)"
         )

@@ -27,8 +27,14 @@ _KERAS_EPSILON = 1e-7  # Normalization's floor on the standard deviation
 class OnnxGraph:
     """Nodes and initializers under construction, with unique names, per-node seeds and the dropout mask kind."""
 
-    def __init__(self, seed: int | None, opset: int = DEFAULT_OPSET, mask: MaskKind = MaskKind.POOL,
-                 pool: int = DEFAULT_POOL, pool_layers: int = 1):
+    def __init__(
+        self,
+        seed: int | None,
+        opset: int = DEFAULT_OPSET,
+        mask: MaskKind = MaskKind.POOL,
+        pool: int = DEFAULT_POOL,
+        pool_layers: int = 1,
+    ):
         self.opset = opset
         self.mask, self.pool = mask, pool
         # MaskKind.POOL: how many layers will draw a pooled mask (the first draws every layer's random offsets)
@@ -81,16 +87,19 @@ class OnnxGraph:
         return np.random.default_rng(None if self._seed is None else [int(self._seed), self._tables, 1])
 
 
-#: One emitter per Keras class (as tf2onnx registers one handler per op): ``(g, node, xs, in_shapes) -> (output, shape)``.
+#: One emitter per Keras class (as tf2onnx registers one handler per op):
+#: ``(g, node, xs, in_shapes) -> (output, shape)``.
 EMITTERS: dict[str, object] = {}
 
 
 def emits(*class_names: str):
     """Register the function as the MC graph form of these Keras classes."""
+
     def register(fn):
         for name in class_names:
             EMITTERS[name] = fn
         return fn
+
     return register
 
 
@@ -104,7 +113,9 @@ def emit(g: OnnxGraph, node: Node, xs: list[str], shapes: list[tuple]):
 
 def _out_shape(node: Node) -> tuple:
     if node.shape is None:
-        raise UnsupportedLayerError(node.name, node.spec.class_name, "its output shape is unknown (read the model with its shapes)")
+        raise UnsupportedLayerError(
+            node.name, node.spec.class_name, "its output shape is unknown (read the model with its shapes)"
+        )
     return tuple(node.shape)
 
 
@@ -193,7 +204,9 @@ def _spatial(spec: LayerSpec, key: str, n: int, default=None) -> list[int]:
 
 def _conv_attrs(spec: LayerSpec, n: int, kernel_spatial) -> dict:
     if spec.config.get("data_format", "channels_last") not in (None, "channels_last"):
-        raise UnsupportedLayerError(spec.name, spec.class_name, "channels_first is not supported in the MC Dropout graph")
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, "channels_first is not supported in the MC Dropout graph"
+        )
     strides = _spatial(spec, "strides", n, 1)
     dilations = _spatial(spec, "dilation_rate", n, 1)
     attrs = {"strides": strides, "dilations": dilations, "kernel_shape": [int(k) for k in kernel_spatial]}
@@ -250,22 +263,40 @@ def _emit_separable(g, node, xs, shapes):
     return _activation(g, spec, spec.config.get("activation", "linear"), y), _out_shape(node)
 
 
-@emits("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "MaxPool1D", "MaxPool2D",
-       "AvgPool1D", "AvgPool2D")
+@emits(
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "MaxPool1D",
+    "MaxPool2D",
+    "AvgPool1D",
+    "AvgPool2D",
+)
 def _emit_pool(g, node, xs, shapes):
     spec = node.spec
     rank = len(shapes[0]) + 1
     size = _spatial(spec, "pool_size", rank - 2)
     strides = spec.config.get("strides") or size
-    attrs = _conv_attrs(LayerSpec(spec.class_name, {**spec.config, "strides": strides, "dilation_rate": 1}), rank - 2, size)
+    attrs = _conv_attrs(
+        LayerSpec(spec.class_name, {**spec.config, "strides": strides, "dilation_rate": 1}), rank - 2, size
+    )
     attrs.pop("dilations")
     op = "MaxPool" if "Max" in spec.class_name else "AveragePool"  # AveragePool excludes the padding, as TF does
     y = g.op(op, [_to_channels_first(g, xs[0], rank)], **attrs)
     return _to_channels_last(g, y, rank), _out_shape(node)
 
 
-@emits("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-       "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D")
+@emits(
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalAvgPool1D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool1D",
+    "GlobalMaxPool2D",
+)
 def _emit_global_pool(g, node, xs, shapes):
     spec = node.spec
     op = "ReduceMax" if "Max" in spec.class_name else "ReduceMean"
@@ -278,8 +309,9 @@ def _emit_cropping(g, node, xs, shapes):
     """Keep steps ``begin .. length - end`` of axis 1 (how a packed input is cut into the model's inputs)."""
     begin, end = (int(v) for v in node.spec.config["cropping"])
     stop = int(shapes[0][0]) - end
-    return g.op("Slice", [xs[0], g.const([begin], np.int64), g.const([stop], np.int64), g.const([1], np.int64)]), \
-        _out_shape(node)
+    return g.op(
+        "Slice", [xs[0], g.const([begin], np.int64), g.const([stop], np.int64), g.const([1], np.int64)]
+    ), _out_shape(node)
 
 
 @emits("ZeroPadding1D", "ZeroPadding2D")
@@ -319,7 +351,9 @@ def _emit_embedding(g, node, xs, shapes):
     from onnx import TensorProto
 
     if node.spec.config.get("mask_zero"):  # the layers after it would skip the masked steps; ONNX has no masks
-        raise UnsupportedLayerError(node.name, node.spec.class_name, "mask_zero=True has no form in the MC Dropout graph")
+        raise UnsupportedLayerError(
+            node.name, node.spec.class_name, "mask_zero=True has no form in the MC Dropout graph"
+        )
     ids = g.op("Cast", [xs[0]], to=TensorProto.INT64)
     return g.op("Gather", [g.const(node.spec.weights[0]), ids], axis=0), _out_shape(node)
 
@@ -339,8 +373,9 @@ def _reshape(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple):
 def _last_axis_only(spec: LayerSpec, axes, rank: int) -> None:
     axes = [axes] if isinstance(axes, int) else list(axes)
     if any(a not in (-1, rank) for a in axes) or len(axes) != 1:
-        raise UnsupportedLayerError(spec.name, spec.class_name,
-                                    f"only the last (feature) axis is supported, got axis {axes}")
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, f"only the last (feature) axis is supported, got axis {axes}"
+        )
 
 
 def _batchnorm(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
@@ -364,7 +399,9 @@ def _normalization(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     elif cfg.get("mean") is not None and cfg.get("variance") is not None:
         mean, var = np.asarray(cfg["mean"], np.float64), np.asarray(cfg["variance"], np.float64)
     else:
-        raise UnsupportedLayerError(spec.name, spec.class_name, "Normalization was never adapted (no mean and variance)")
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, "Normalization was never adapted (no mean and variance)"
+        )
     if mean.size == 1:
         mean, var = mean.reshape(()), var.reshape(())
     elif mean.size == shape[-1]:
@@ -372,7 +409,9 @@ def _normalization(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     elif mean.size == int(np.prod(shape)):
         mean, var = mean.reshape(shape), var.reshape(shape)
     else:
-        raise UnsupportedLayerError(spec.name, spec.class_name, f"statistics of size {mean.size} do not fit inputs {shape}")
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, f"statistics of size {mean.size} do not fit inputs {shape}"
+        )
     std = np.maximum(np.sqrt(var), _KERAS_EPSILON)
     if cfg.get("invert", False):
         return g.op("Add", [g.op("Mul", [x, g.const(std)]), g.const(mean)])
@@ -396,8 +435,11 @@ def mask_shape(spec: LayerSpec, shape: tuple) -> tuple[int, ...]:
     if len(noise) != len(shape) + 1:
         raise UnsupportedLayerError(spec.name, spec.class_name, f"noise_shape {noise} does not fit inputs {shape}")
     if noise[0] == 1:
-        raise UnsupportedLayerError(spec.name, spec.class_name, "a noise_shape sharing one mask across the batch "
-                                    "would give every MC sample the same mask")
+        raise UnsupportedLayerError(
+            spec.name,
+            spec.class_name,
+            "a noise_shape sharing one mask across the batch would give every MC sample the same mask",
+        )
     out = []
     for d, n in zip(shape, noise[1:]):
         if n is not None and int(n) not in (1, d):
@@ -487,8 +529,16 @@ def _activation(g: OnnxGraph, spec: LayerSpec, name, x: str) -> str:
     """A Keras activation given by name, as ONNX ops."""
     if name in (None, "linear"):
         return x
-    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus",
-              "softsign": "Softsign", "exponential": "Exp", "selu": "Selu", "elu": "Elu"}
+    simple = {
+        "relu": "Relu",
+        "sigmoid": "Sigmoid",
+        "tanh": "Tanh",
+        "softplus": "Softplus",
+        "softsign": "Softsign",
+        "exponential": "Exp",
+        "selu": "Selu",
+        "elu": "Elu",
+    }
     if name in simple:
         return g.op(simple[name], [x])  # ONNX Selu / Elu defaults are Keras's constants
     if name == "softmax":

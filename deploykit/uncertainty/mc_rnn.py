@@ -23,8 +23,11 @@ from deploykit.uncertainty.mc_layers import emits
 #: Keras activation name -> ONNX recurrence activation.
 _ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
 #: The Keras activations of each recurrence, in the order of ONNX's ``activations`` attribute (per direction).
-_ACTIVATION_KEYS = {"LSTM": ("recurrent_activation", "activation", "activation"),
-                    "GRU": ("recurrent_activation", "activation"), "SimpleRNN": ("activation",)}
+_ACTIVATION_KEYS = {
+    "LSTM": ("recurrent_activation", "activation", "activation"),
+    "GRU": ("recurrent_activation", "activation"),
+    "SimpleRNN": ("activation",),
+}
 #: ONNX op, gates, and the Keras -> ONNX gate order of the kernel's column blocks.
 _OPS = {"LSTM": ("LSTM", 4, (0, 3, 1, 2)), "GRU": ("GRU", 3, (0, 1, 2)), "SimpleRNN": ("RNN", 1, (0,))}
 _MERGES = ("concat", "sum", "ave", "mul")
@@ -42,14 +45,27 @@ def _emit_bidirectional(g, node, xs, shapes):
     spec = node.spec
     merge = spec.config.get("merge_mode", "concat")
     if merge not in _MERGES:
-        raise UnsupportedLayerError(spec.name, spec.class_name, f"merge_mode {merge!r} has no form in the MC Dropout graph")
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, f"merge_mode {merge!r} has no form in the MC Dropout graph"
+        )
     forward = _inner(spec, "layer")
-    backward = _inner(spec, "backward_layer") if spec.config.get("backward_layer") else \
-        LayerSpec(forward.class_name, {**forward.config, "go_backwards": not forward.config.get("go_backwards", False)})
-    if forward.config.get("go_backwards") or not backward.config.get("go_backwards") or \
-            _signature(forward) != _signature(backward):
-        raise UnsupportedLayerError(spec.name, spec.class_name, "its two layers differ; the MC Dropout graph takes a "
-                                    "forward and a backward copy of one layer")
+    backward = (
+        _inner(spec, "backward_layer")
+        if spec.config.get("backward_layer")
+        else LayerSpec(
+            forward.class_name, {**forward.config, "go_backwards": not forward.config.get("go_backwards", False)}
+        )
+    )
+    if (
+        forward.config.get("go_backwards")
+        or not backward.config.get("go_backwards")
+        or _signature(forward) != _signature(backward)
+    ):
+        raise UnsupportedLayerError(
+            spec.name,
+            spec.class_name,
+            "its two layers differ; the MC Dropout graph takes a forward and a backward copy of one layer",
+        )
     _check(forward)
     return _recurrence(g, spec, [forward, backward], spec.weights, xs[0], shapes[0], merge)  # forward's weights first
 
@@ -61,8 +77,15 @@ def _inner(spec: LayerSpec, key: str) -> LayerSpec:
 
 def _signature(spec: LayerSpec) -> tuple:
     c = spec.config
-    return (spec.class_name, c.get("units"), c.get("activation"), c.get("recurrent_activation"), c.get("use_bias", True),
-            c.get("reset_after"), c.get("return_sequences", False))
+    return (
+        spec.class_name,
+        c.get("units"),
+        c.get("activation"),
+        c.get("recurrent_activation"),
+        c.get("use_bias", True),
+        c.get("reset_after"),
+        c.get("return_sequences", False),
+    )
 
 
 def _check(spec: LayerSpec) -> None:
@@ -74,8 +97,11 @@ def _check(spec: LayerSpec) -> None:
         if c.get(key):
             raise UnsupportedLayerError(spec.name, spec.class_name, f"{key}=True has no form in the MC Dropout graph")
     if c.get("go_backwards") and c.get("return_sequences"):
-        raise UnsupportedLayerError(spec.name, spec.class_name, "go_backwards with return_sequences (a reversed "
-                                    "output sequence) has no form in the MC Dropout graph")
+        raise UnsupportedLayerError(
+            spec.name,
+            spec.class_name,
+            "go_backwards with return_sequences (a reversed output sequence) has no form in the MC Dropout graph",
+        )
     for key in ("activation", "recurrent_activation"):
         if key in c and c[key] not in _ACTIVATIONS:
             raise UnsupportedLayerError(spec.name, spec.class_name, f"{key} {c[key]!r} has no ONNX recurrence form")
@@ -90,12 +116,16 @@ def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: st
     op, gates, order = _OPS[cell.class_name]
     units = int(cell.config["units"])
     per = len(weights) // len(cells)
-    w, r, b = zip(*(_onnx_weights(cell, weights[i * per:(i + 1) * per], gates, order, units)
-                    for i, cell in enumerate(cells)))
+    w, r, b = zip(
+        *(_onnx_weights(cell, weights[i * per : (i + 1) * per], gates, order, units) for i, cell in enumerate(cells))
+    )
     directions = len(cells)
     direction = "bidirectional" if directions == 2 else "reverse" if cell.config.get("go_backwards") else "forward"
-    attrs = {"hidden_size": units, "direction": direction,
-             "activations": [_ACTIVATIONS[c.config[k]] for c in cells for k in _ACTIVATION_KEYS[cell.class_name]]}
+    attrs = {
+        "hidden_size": units,
+        "direction": direction,
+        "activations": [_ACTIVATIONS[c.config[k]] for c in cells for k in _ACTIVATION_KEYS[cell.class_name]],
+    }
     if cell.class_name == "GRU":
         attrs["linear_before_reset"] = int(bool(cell.config.get("reset_after", True)))
     seq_first = g.op("Transpose", [x], perm=[1, 0, 2])

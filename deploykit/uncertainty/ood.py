@@ -39,7 +39,7 @@ def auroc(negatives, positives) -> float:
     ends = np.r_[starts[1:], len(both)]
     for s, e in zip(starts, ends):
         ranks[order[s:e]] = (s + e + 1) / 2
-    u = ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2
+    u = ranks[len(neg) :].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
 
 
@@ -59,10 +59,17 @@ class OODRow(Record):
     fpr_at_95_tpr: float
 
 
-def ood_report(in_distribution: dict[Measure, np.ndarray], out_of_distribution: dict[Measure, np.ndarray]) -> list[OODRow]:
+def ood_report(
+    in_distribution: dict[Measure, np.ndarray], out_of_distribution: dict[Measure, np.ndarray]
+) -> list[OODRow]:
     """One row per measure present in both (from :func:`deploykit.uncertainty.measures.uncertainties`)."""
-    return [OODRow(m, auroc(in_distribution[m], out_of_distribution[m]), fpr_at_tpr(in_distribution[m], out_of_distribution[m]))
-            for m in in_distribution if m in out_of_distribution]
+    return [
+        OODRow(
+            m, auroc(in_distribution[m], out_of_distribution[m]), fpr_at_tpr(in_distribution[m], out_of_distribution[m])
+        )
+        for m in in_distribution
+        if m in out_of_distribution
+    ]
 
 
 def error_auroc(y_true, predicted, uncertainty) -> float:
@@ -97,7 +104,9 @@ def load_ood(path: str | os.PathLike) -> np.ndarray:
             with np.load(path, allow_pickle=False) as arrays:
                 key = next((k for k in ("x", "x_test") if k in arrays.files), None)
                 if key is None:
-                    raise DataError(f"OOD data {path}: the .npz needs an array named x (or x_test), has {', '.join(arrays.files)}")
+                    raise DataError(
+                        f"OOD data {path}: the .npz needs an array named x (or x_test), has {', '.join(arrays.files)}"
+                    )
                 return arrays[key]
     except (OSError, ValueError) as exc:
         raise DataError(f"OOD data {path}: cannot read it ({type(exc).__name__}: {exc})") from None
@@ -128,8 +137,10 @@ def check_ood(x, input_shape: Sequence[int]) -> np.ndarray:
     if x.dtype.kind not in "fiu":
         raise DataError(f"OOD data must hold numbers, got dtype {x.dtype}")
     if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape) or len(x) == 0:
-        raise DataError(f"OOD data must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
-                        f"(like the model's data), got {list(x.shape)}")
+        raise DataError(
+            f"OOD data must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
+            f"(like the model's data), got {list(x.shape)}"
+        )
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError("OOD data holds NaN or inf values")

@@ -17,15 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.configs import is_int
+from deploykit.contract import (
+    ABSTAIN_OUTPUT,
+    CONFORMAL_OUTPUTS,
+    ENSEMBLE_KEY,
+    KIND_ENSEMBLE,
+    KIND_MC_DROPOUT,
+    MEMBER_PREDICTIONS_OUTPUT,
+    MEMBERS_OUTPUT,
+    OUTPUT_NAMES,
+    REGRESSION_OUTPUT_NAMES,
+    SAMPLE_FIRST_OUTPUTS,
+    SAMPLE_PREDICTIONS_OUTPUT,
+)
 from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
-from deploykit.export.metadata import KIND_MC_DROPOUT, read_metadata
-from deploykit.configs import is_int
-from deploykit.contract import (ABSTAIN_OUTPUT, CONFORMAL_OUTPUTS, ENSEMBLE_KEY, KIND_ENSEMBLE,
-                                MEMBER_PREDICTIONS_OUTPUT, MEMBERS_OUTPUT,
-                                REGRESSION_OUTPUT_NAMES, SAMPLE_FIRST_OUTPUTS, SAMPLE_PREDICTIONS_OUTPUT)
+from deploykit.export.metadata import read_metadata
 from deploykit.task import Task
-from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, OUTPUT_NAMES, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, SAMPLES_NAME, SAMPLES_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -70,21 +80,26 @@ class UncertaintyPredictor:
         path = Path(path)
         if threads is not None and (not is_int(threads) or threads < 1):
             raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
-        self.session = onnx_session(path, threads=threads, what="MC model ", providers=providers, options=session_options)
+        self.session = onnx_session(
+            path, threads=threads, what="MC model ", providers=providers, options=session_options
+        )
         self.path = path
         self.metadata = read_metadata(self.session)
         outputs = {o.name for o in self.session.get_outputs()}
         self.task = Task.CLASSIFICATION if "predictive_entropy" in outputs else Task.REGRESSION
         contract = OUTPUT_NAMES if self.task is Task.CLASSIFICATION else REGRESSION_OUTPUT_NAMES
         if self.metadata.kind not in (KIND_MC_DROPOUT, KIND_ENSEMBLE) or not set(contract) <= outputs:
-            raise ModelLoadError(f"MC model {path}: not an MC Dropout model or deep ensemble (kind "
-                                 f"{self.metadata.kind!r}); export one with deploykit mc or deploykit ensemble")
+            raise ModelLoadError(
+                f"MC model {path}: not an MC Dropout model or deep ensemble (kind "
+                f"{self.metadata.kind!r}); export one with deploykit mc or deploykit ensemble"
+            )
         self.is_ensemble = self.metadata.kind == KIND_ENSEMBLE
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
         from deploykit.multi_io import artifact_layout
 
-        self._layout = artifact_layout({i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()
-                                        if i.type == "tensor(float)"}, {})  # several inputs: packed by name order
+        self._layout = artifact_layout(
+            {i.name: tuple(i.shape[1:]) for i in self.session.get_inputs() if i.type == "tensor(float)"}, {}
+        )  # several inputs: packed by name order
         if self._layout is not None:
             self.input_shape = (self._layout.input_size,)
         if self.is_ensemble:
@@ -112,23 +127,37 @@ class UncertaintyPredictor:
         """
         x = self._check_input(x)
         if samples is not None and self.is_ensemble:
-            raise UsageError(f"{self.path.name} is a deep ensemble of {self.max_samples or 'K'} members: samples does not "
-                             "apply (omit it)")
+            raise UsageError(
+                f"{self.path.name} is a deep ensemble of {self.max_samples or 'K'} members: samples does not "
+                "apply (omit it)"
+            )
         feed = {} if samples is None else {SAMPLES_NAME: np.array(self._check_samples(samples), dtype=np.int64)}
         if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         step = batch_size or len(x)
-        parts = [self.session.run(self._outputs, {**feed, **self._inputs(x[i:i + step])}) for i in range(0, len(x), step)]
-        values = dict(zip(self._outputs, parts[0])) if len(parts) == 1 else {  # one call: no copies
-            name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
-            for k, name in enumerate(self._outputs)}
+        parts = [
+            self.session.run(self._outputs, {**feed, **self._inputs(x[i : i + step])}) for i in range(0, len(x), step)
+        ]
+        values = (
+            dict(zip(self._outputs, parts[0]))
+            if len(parts) == 1
+            else {  # one call: no copies
+                name: np.concatenate([p[k] for p in parts], axis=1 if name in SAMPLE_FIRST_OUTPUTS else 0)
+                for k, name in enumerate(self._outputs)
+            }
+        )
         return UncertaintyResult(
-            mean=values["mean"], std=values["std"], predictive_entropy=values.get("predictive_entropy"),
-            mutual_information=values.get("mutual_information"), predicted_class=values.get("predicted_class"),
+            mean=values["mean"],
+            std=values["std"],
+            predictive_entropy=values.get("predictive_entropy"),
+            mutual_information=values.get("mutual_information"),
+            predicted_class=values.get("predicted_class"),
             samples=int(samples if samples is not None else self.default_samples),
             sample_probabilities=values.get(SAMPLES_OUTPUT, values.get(MEMBERS_OUTPUT)),
             sample_predictions=values.get(SAMPLE_PREDICTIONS_OUTPUT, values.get(MEMBER_PREDICTIONS_OUTPUT)),
-            task=self.task, abstain=values.get(ABSTAIN_OUTPUT), **{n: values.get(n) for n in CONFORMAL_OUTPUTS},
+            task=self.task,
+            abstain=values.get(ABSTAIN_OUTPUT),
+            **{n: values.get(n) for n in CONFORMAL_OUTPUTS},
         )
 
     def _check_samples(self, samples) -> int:
@@ -139,7 +168,8 @@ class UncertaintyPredictor:
         return int(samples)
 
     def _inputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The feed of a batch: ``input``, or one array per model input (deploykit.multi_io) split from the packed rows."""
+        """The feed of a batch: ``input``, or one array per model input (deploykit.multi_io) split from the packed
+        rows."""
         return {INPUT_NAME: x} if self._layout is None else self._layout.split_inputs(x)
 
     def _check_input(self, x) -> np.ndarray:

@@ -67,8 +67,10 @@ def check_targets(y, mean, std=None) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if y.ndim == 1:
         y = y[:, None]
     if m.ndim != 2 or len(m) == 0 or y.shape != m.shape:
-        raise DataError(f"targets and predictions must have one shape [N, K] (or [N]) with N >= 1, got "
-                        f"{list(np.shape(y))} and {list(np.shape(mean))}")
+        raise DataError(
+            f"targets and predictions must have one shape [N, K] (or [N]) with N >= 1, got "
+            f"{list(np.shape(y))} and {list(np.shape(mean))}"
+        )
     s = None
     if std is not None:
         s = np.asarray(std, np.float64).reshape(m.shape) if np.size(std) == m.size else None
@@ -93,9 +95,16 @@ def regression_metrics(y, mean, std) -> RegressionReport:
     y, m, s = check_targets(y, mean, std)
     err = np.abs(y - m)
     return RegressionReport(
-        count=len(y), targets=y.shape[1], rmse=float(np.sqrt((err ** 2).mean())), mae=float(err.mean()),
-        nll=gaussian_nll(y, m, s), coverage_90=float((err <= Z_90 * s).mean()), coverage_95=float((err <= Z_95 * s).mean()),
-        width_90=float(2 * Z_90 * s.mean()), width_95=float(2 * Z_95 * s.mean()), mean_std=float(s.mean()),
+        count=len(y),
+        targets=y.shape[1],
+        rmse=float(np.sqrt((err**2).mean())),
+        mae=float(err.mean()),
+        nll=gaussian_nll(y, m, s),
+        coverage_90=float((err <= Z_90 * s).mean()),
+        coverage_95=float((err <= Z_95 * s).mean()),
+        width_90=float(2 * Z_90 * s.mean()),
+        width_95=float(2 * Z_95 * s.mean()),
+        mean_std=float(s.mean()),
     )
 
 
@@ -119,8 +128,15 @@ class StdScaleFit(Record):
     fitted_on: str = "validation split"
 
     def metadata_value(self) -> str:
-        return json.dumps({"std_scale": self.std_scale, "fitted_on": self.fitted_on, "count": self.count,
-                           "nll_before": self.nll_before, "nll_after": self.nll_after})
+        return json.dumps(
+            {
+                "std_scale": self.std_scale,
+                "fitted_on": self.fitted_on,
+                "count": self.count,
+                "nll_before": self.nll_before,
+                "nll_after": self.nll_after,
+            }
+        )
 
 
 def fit_std_scale(y_val, mean_val, std_val, fitted_on: str = "validation split") -> StdScaleFit:

@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.configs import Config, number
-from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.contract import ABSTAIN_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
 from deploykit.contract import ABSTAIN_RULE as RULE
 from deploykit.contract import SELECTIVE_KEY as METADATA_KEY
+from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.uncertainty.measures import Measure
@@ -96,20 +96,42 @@ class SelectiveThreshold(Record):
     bound: float | None = None
 
     def metadata_value(self) -> str:
-        regression = {} if self.rmse is None else {"target_rmse": self.target.target_rmse,
-                                                   "validation_rmse": _finite(self.rmse)}
-        accuracy = {} if self.rmse is not None else {"target_accuracy": self.target.target_accuracy,
-                                                     "validation_accuracy": _finite(self.accuracy)}
-        guarantee = {} if self.bound is None else {"target_delta": self.target.target_delta,
-                                                   "bound": _finite(self.bound),
-                                                   "bound_kind": BOUND_KINDS[self.rmse is not None]}
-        return json.dumps({"measure": self.measure.value, "threshold": self.threshold, "rule": RULE,
-                           "target_coverage": self.target.target_coverage, "validation_coverage": self.coverage,
-                           **accuracy, **regression, **guarantee, "count": self.count})
+        regression = (
+            {} if self.rmse is None else {"target_rmse": self.target.target_rmse, "validation_rmse": _finite(self.rmse)}
+        )
+        accuracy = (
+            {}
+            if self.rmse is not None
+            else {"target_accuracy": self.target.target_accuracy, "validation_accuracy": _finite(self.accuracy)}
+        )
+        guarantee = (
+            {}
+            if self.bound is None
+            else {
+                "target_delta": self.target.target_delta,
+                "bound": _finite(self.bound),
+                "bound_kind": BOUND_KINDS[self.rmse is not None],
+            }
+        )
+        return json.dumps(
+            {
+                "measure": self.measure.value,
+                "threshold": self.threshold,
+                "rule": RULE,
+                "target_coverage": self.target.target_coverage,
+                "validation_coverage": self.coverage,
+                **accuracy,
+                **regression,
+                **guarantee,
+                "count": self.count,
+            }
+        )
 
 
-BOUND_KINDS = {False: "Clopper-Pearson lower bound of the kept accuracy (SGR, delta split over the binary search)",
-               True: "Student-t upper bound of the kept RMSE (approximate; SGR binary search)"}
+BOUND_KINDS = {
+    False: "Clopper-Pearson lower bound of the kept accuracy (SGR, delta split over the binary search)",
+    True: "Student-t upper bound of the kept RMSE (approximate; SGR binary search)",
+}
 
 
 @dataclass
@@ -123,8 +145,9 @@ class SelectiveResult(Record):
     rmse: float | None = None  # regression: of the kept rows (NaN when none kept)
 
 
-def choose_threshold(y_val, predicted, uncertainty, measure: Measure,
-                     target: SelectiveTarget = SelectiveTarget()) -> SelectiveThreshold:
+def choose_threshold(
+    y_val, predicted, uncertainty, measure: Measure, target: SelectiveTarget = SelectiveTarget()
+) -> SelectiveThreshold:
     """The threshold on ``uncertainty`` [N] that meets ``target`` on the validation split with the most rows kept."""
     if target.target_rmse is not None:
         raise UsageError("target_rmse is a regression target; a classifier takes target_accuracy or target_coverage")
@@ -135,8 +158,12 @@ def choose_threshold(y_val, predicted, uncertainty, measure: Measure,
     if bounded:
         from deploykit.uncertainty.guarantee import accuracy_lower_bounds
 
-        good, bounds = _bounded(u[order], lambda level: accuracy_lower_bounds(correct, level),
-                                lambda b: b >= target.target_accuracy - 1e-12, target.target_delta)
+        good, bounds = _bounded(
+            u[order],
+            lambda level: accuracy_lower_bounds(correct, level),
+            lambda b: b >= target.target_accuracy - 1e-12,
+            target.target_delta,
+        )
     else:
         good = np.cumsum(correct) / np.arange(1, len(u) + 1) >= (target.target_accuracy or 0) - 1e-12
     threshold = _cut(u[order], good, target)
@@ -168,8 +195,9 @@ def _bounded(su: np.ndarray, bounds_at, ok, delta: float) -> tuple[np.ndarray, n
     return good, bounds
 
 
-def choose_regression_threshold(y_val, mean, uncertainty, target: SelectiveTarget,
-                                measure: Measure = Measure.INTERVAL_WIDTH) -> SelectiveThreshold:
+def choose_regression_threshold(
+    y_val, mean, uncertainty, target: SelectiveTarget, measure: Measure = Measure.INTERVAL_WIDTH
+) -> SelectiveThreshold:
     """The threshold on a regressor's ``uncertainty`` [N] (the interval width) meeting ``target`` on the
     validation split (``target_rmse`` or ``target_coverage``) with the most rows kept."""
     if target.target_accuracy is not None:
@@ -180,15 +208,20 @@ def choose_regression_threshold(y_val, mean, uncertainty, target: SelectiveTarge
     if bounded:
         from deploykit.uncertainty.guarantee import rmse_upper_bounds
 
-        good, bounds = _bounded(u[order], lambda level: rmse_upper_bounds(squared[order], level),
-                                lambda b: b <= target.target_rmse + 1e-12, target.target_delta)
+        good, bounds = _bounded(
+            u[order],
+            lambda level: rmse_upper_bounds(squared[order], level),
+            lambda b: b <= target.target_rmse + 1e-12,
+            target.target_delta,
+        )
     else:
         good = np.sqrt(np.cumsum(squared[order]) / np.arange(1, len(u) + 1)) <= (target.target_rmse or math.inf) + 1e-12
     threshold = _cut(u[order], good, target)
     kept = u <= threshold
     bound = (float(bounds[kept.sum() - 1]) if kept.any() else math.nan) if bounded else None
-    return SelectiveThreshold(measure, threshold, target, float(kept.mean()), math.nan, len(u), _rmse(squared, kept),
-                              bound=bound)
+    return SelectiveThreshold(
+        measure, threshold, target, float(kept.mean()), math.nan, len(u), _rmse(squared, kept), bound=bound
+    )
 
 
 def _cut(su: np.ndarray, good: np.ndarray, target: SelectiveTarget) -> float:
@@ -241,8 +274,12 @@ def risk_coverage(y, predicted, uncertainty) -> tuple[np.ndarray, np.ndarray]:
     return k / len(u), np.cumsum(wrong) / k
 
 
-def risk_coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
-                       target_accuracy: float | None = None, target_rmse: float | None = None) -> Path:
+def risk_coverage_plot(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike,
+    target_accuracy: float | None = None,
+    target_rmse: float | None = None,
+) -> Path:
     """Risk-coverage curves (one per method) in one PNG, written atomically (``target_rmse``: a regressor's,
     whose risk is the RMSE of the kept rows)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -260,8 +297,13 @@ def risk_coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: s
     if target_rmse is not None:
         ax.axhline(target_rmse, linestyle="--", color="gray", label=f"target RMSE {target_rmse:.4g}")
     regression = target_rmse is not None or any(np.max(risk) > 1 for _, risk in curves.values())
-    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of rows kept)",
-           ylabel="risk (RMSE of kept rows)" if regression else "risk (error rate of kept rows)", title="Risk-coverage")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, None),
+        xlabel="coverage (share of rows kept)",
+        ylabel="risk (RMSE of kept rows)" if regression else "risk (error rate of kept rows)",
+        title="Risk-coverage",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -304,8 +346,11 @@ def _measure_tensor(ed: GraphEditor, measure: Measure, outputs: set[str], contra
     mean, _, entropy, mutual, _ = contract
     regression = "std" in outputs and entropy not in outputs
     if (measure is Measure.INTERVAL_WIDTH) != regression:
-        raise UsageError("interval_width is the measure of a regression MC or ensemble model (outputs mean and std), "
-                         f"and the only one; this model takes {'interval_width' if regression else 'entropy, max_prob or mutual_information'}")
+        raise UsageError(
+            "interval_width is the measure of a regression MC or ensemble model (outputs mean and std), "
+            "and the only one; this model takes "
+            f"{'interval_width' if regression else 'entropy, max_prob or mutual_information'}"
+        )
     if regression:
         return ed.op("Mul", [ed.reduce("ReduceMean", "std", [1]), ed.const(2 * Z_95)])
     if set(contract) <= outputs:
@@ -328,8 +373,10 @@ def _measure_tensor(ed: GraphEditor, measure: Measure, outputs: set[str], contra
 def _check(y, predicted, uncertainty) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y, pred, u = np.asarray(y), np.asarray(predicted), np.asarray(uncertainty, np.float64)
     if y.ndim != 1 or y.shape != pred.shape or y.shape != u.shape or len(y) == 0:
-        raise DataError(f"labels, predictions and uncertainties must be [N] arrays of one length N >= 1, "
-                        f"got {list(y.shape)}, {list(pred.shape)}, {list(u.shape)}")
+        raise DataError(
+            f"labels, predictions and uncertainties must be [N] arrays of one length N >= 1, "
+            f"got {list(y.shape)}, {list(pred.shape)}, {list(u.shape)}"
+        )
     if not np.isfinite(u).all():
         raise DataError("uncertainties must be finite")
     return y, pred, u

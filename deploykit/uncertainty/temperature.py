@@ -38,12 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DataError, UsageError
 from deploykit.contract import OUTPUT_NAME, OUTPUT_NAMES, PREDICTION_NAME
 from deploykit.contract import TEMPERATURE_KEY as METADATA_KEY
+from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
+from deploykit.uncertainty.calibration import (
+    CalibrationReport,
+    calibration,
+    check_labels_and_probs,
+    reliability_diagram,
+)
 from deploykit.uncertainty.ensemble import member_outputs
-from deploykit.uncertainty.calibration import CalibrationReport, calibration, check_labels_and_probs, reliability_diagram
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 
 T_MIN, T_MAX = 0.05, 20.0  # search range: beyond it the model is broken rather than miscalibrated
@@ -73,9 +78,16 @@ class TemperatureFit(Record):
     alternatives: dict[str, float] | None = None  # MC: validation NLL of each placement tried
 
     def metadata_value(self) -> str:
-        return json.dumps({"temperature": self.temperature, "placement": self.placement.value,
-                           "fitted_on": self.fitted_on, "count": self.count, "nll_before": self.nll_before,
-                           "nll_after": self.nll_after})
+        return json.dumps(
+            {
+                "temperature": self.temperature,
+                "placement": self.placement.value,
+                "fitted_on": self.fitted_on,
+                "count": self.count,
+                "nll_before": self.nll_before,
+                "nll_after": self.nll_after,
+            }
+        )
 
 
 def scale_probs(probs, temperature: float) -> np.ndarray:
@@ -93,8 +105,12 @@ def fit_temperature(y_val, probs_val, fitted_on: str = "validation split") -> Te
     return TemperatureFit(t, Placement.LOGITS, _nll(y, p), after, len(y), fitted_on)
 
 
-def fit_mc_temperature(y_val, sample_probs_val, fitted_on: str = "validation split",
-                       placements: tuple[Placement, ...] = (Placement.PER_SAMPLE, Placement.MEAN)) -> TemperatureFit:
+def fit_mc_temperature(
+    y_val,
+    sample_probs_val,
+    fitted_on: str = "validation split",
+    placements: tuple[Placement, ...] = (Placement.PER_SAMPLE, Placement.MEAN),
+) -> TemperatureFit:
     """Fit T per sample and on the mean of MC samples [T, N, C]; keep the placement with the lower NLL.
 
     ``sample_probs_val`` is the ``sample_probabilities`` output of an MC model
@@ -109,13 +125,17 @@ def fit_mc_temperature(y_val, sample_probs_val, fitted_on: str = "validation spl
         raise UsageError("placements must be PER_SAMPLE and/or MEAN")
     fits = {}
     for placement in placements:
-        f = (lambda t: _nll(y, scale_probs(s, t).mean(axis=0))) if placement is Placement.PER_SAMPLE \
+        f = (
+            (lambda t: _nll(y, scale_probs(s, t).mean(axis=0)))
+            if placement is Placement.PER_SAMPLE
             else (lambda t: _nll(y, scale_probs(mean, t)))
+        )
         fits[placement] = _minimize(f)
     best = min(fits, key=lambda k: fits[k][1])
     t, after = fits[best]
-    return TemperatureFit(t, best, _nll(y, mean), after, len(y), fitted_on,
-                          alternatives={k.value: v[1] for k, v in fits.items()})
+    return TemperatureFit(
+        t, best, _nll(y, mean), after, len(y), fitted_on, alternatives={k.value: v[1] for k, v in fits.items()}
+    )
 
 
 def scale_mc(sample_probs, fit: TemperatureFit) -> np.ndarray:
@@ -206,8 +226,10 @@ def _per_sample_softmaxes(ed: GraphEditor) -> list:
     softmaxes = [_softmax_behind(ed, m) for m in members] or [n for n in ed.graph.node if n.op_type == "Softmax"]
     if None in softmaxes or (not members and len(softmaxes) != 1):
         found = f"{softmaxes.count(None)} member(s) without one" if members else f"{len(softmaxes)} Softmax nodes"
-        raise UsageError(f"per-sample temperature needs one Softmax per sample (or member) probabilities, found "
-                         f"{found}; fit with placements=(Placement.MEAN,)")
+        raise UsageError(
+            f"per-sample temperature needs one Softmax per sample (or member) probabilities, found "
+            f"{found}; fit with placements=(Placement.MEAN,)"
+        )
     return softmaxes
 
 
@@ -226,8 +248,10 @@ def write_with_temperature(src: str | os.PathLike, dst: str | os.PathLike, fit: 
     proto = onnx.load(str(src))
     outputs = {o.name for o in proto.graph.output}
     if "std" in outputs and "predictive_entropy" not in outputs or PREDICTION_NAME in outputs:
-        raise UsageError(f"{Path(src).name} is a regression model: a temperature rescales class probabilities; "
-                         "calibrate its std with deploykit.uncertainty.regression.fit_std_scale instead")
+        raise UsageError(
+            f"{Path(src).name} is a regression model: a temperature rescales class probabilities; "
+            "calibrate its std with deploykit.uncertainty.regression.fit_std_scale instead"
+        )
     if set(OUTPUT_NAMES) <= outputs:
         apply_mc_temperature(proto, fit)
     else:
@@ -274,8 +298,14 @@ class TemperatureReport(Record):
     after: CalibrationReport
 
 
-def temperature_report(y_test, probs_before, probs_after, fit: TemperatureFit,
-                       plot_path: str | os.PathLike | None = None, name: str = "model") -> TemperatureReport:
+def temperature_report(
+    y_test,
+    probs_before,
+    probs_after,
+    fit: TemperatureFit,
+    plot_path: str | os.PathLike | None = None,
+    name: str = "model",
+) -> TemperatureReport:
     """NLL, ECE, Brier before and after on a held-out split; both reliability diagrams side by side."""
     before, after = calibration(y_test, probs_before), calibration(y_test, probs_after)
     if plot_path is not None:

@@ -17,7 +17,8 @@ for command in [None, *commands]:
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         main([command, "--help"] if command else ["--help"])
     texts[command or ""] = out.getvalue()
-heavy = ("tensorflow", "tf_keras", "keras", "tf2onnx", "onnxruntime", "tensorflow_model_optimization", "deploykit.backend")
+heavy = ("tensorflow", "tf_keras", "keras", "tf2onnx", "onnxruntime", "tensorflow_model_optimization",
+         "deploykit.backend")
 print(json.dumps({"heavy": sorted(m for m in heavy if m in sys.modules), "texts": texts}))
 """
 

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow  # Keras 3 imports, model saves and a separate Ker
 
 @pytest.fixture(scope="module")
 def k3():
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     assert keras.__version__.startswith("3.")
     return keras
@@ -34,10 +35,12 @@ def keras3_outputs(cases, tmp_path) -> list[np.ndarray]:
     for k, (path, x) in enumerate(cases):
         np.save(tmp_path / f"x{k}.npy", x)
         args += [str(path), str(tmp_path / f"x{k}.npy"), str(tmp_path / f"y{k}.npy")]
-    code = ("import sys, numpy as np, keras\n"
-            "for p, x, y in zip(*[iter(sys.argv[1:])] * 3):\n"
-            "    m = keras.saving.load_model(p)\n"
-            "    np.save(y, keras.ops.convert_to_numpy(m(np.load(x), training=False)))\n")
+    code = (
+        "import sys, numpy as np, keras\n"
+        "for p, x, y in zip(*[iter(sys.argv[1:])] * 3):\n"
+        "    m = keras.saving.load_model(p)\n"
+        "    np.save(y, keras.ops.convert_to_numpy(m(np.load(x), training=False)))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     run = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -49,10 +52,18 @@ def _cnn(k3):
     from tests.helpers import randomize_batchnorm
 
     L = k3.layers
-    model = k3.Sequential([
-        k3.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", name="c1"), L.BatchNormalization(name="bn"), L.ReLU(),
-        L.Conv2D(6, 3, activation="relu", name="c2"), L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax", name="out"),
-    ], name="k3_cnn")
+    model = k3.Sequential(
+        [
+            k3.Input((8, 8, 1)),
+            L.Conv2D(4, 3, padding="same", name="c1"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.Conv2D(6, 3, activation="relu", name="c2"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, activation="softmax", name="out"),
+        ],
+        name="k3_cnn",
+    )
     randomize_batchnorm(model, 2)
     kernel, bias = model.get_layer("c2").get_weights()
     kernel[..., 1] = 0.0
@@ -90,8 +101,10 @@ def test_fold_and_compact_give_keras3_files_back(k3, tmp_path, cli):
 
 def test_prune_gives_a_keras3_file_back_with_its_zeros(k3, tmp_path, cli):
     L = k3.layers
-    source = k3.Sequential([k3.Input((64,)), L.Dense(32, activation="relu", name="hidden"),
-                            L.Dense(10, activation="softmax", name="out")], name="k3_dense")
+    source = k3.Sequential(
+        [k3.Input((64,)), L.Dense(32, activation="relu", name="hidden"), L.Dense(10, activation="softmax", name="out")],
+        name="k3_dense",
+    )
     src = tmp_path / "in.keras"
     source.save(src)
     out = tmp_path / "pruned.keras"
@@ -129,5 +142,6 @@ def test_keras3_input_with_an_h5_output_is_one_usage_error(k3, tmp_path, cli):
         assert run.returncode == 2, run.stderr
         assert run.stderr.strip().splitlines()[-1] == (
             f"deploykit {command}: error: --out {out}: the model is a Keras 3 file and is written back as one; "
-            "use a .keras suffix")
+            "use a .keras suffix"
+        )
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.keras"]

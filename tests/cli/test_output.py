@@ -24,9 +24,25 @@ def test_optimize_prints_only_deploykit_lines(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
     done = subprocess.run(
-        [sys.executable, "-m", "deploykit.cli.main", "optimize", "--no-sparsity", "--formats", "onnx,tflite",
-         "--quantize", "float32,int8-dynamic,int8-full", "--samples", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "deploykit.cli.main",
+            "optimize",
+            "--no-sparsity",
+            "--formats",
+            "onnx,tflite",
+            "--quantize",
+            "float32,int8-dynamic,int8-full",
+            "--samples",
+            "5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     foreign = [line for line in done.stderr.splitlines() if not PROGRESS_LINE.match(line)]
@@ -42,7 +58,9 @@ def test_optimize_prints_only_deploykit_lines(tmp_path):
     assert summary.startswith(f"{shipped} artifacts shipped, {rejected} rejected; report.md")  # 5 MC samples may miss
 
 
-@pytest.mark.parametrize("flag, progress, native", [("--quiet", False, False), (None, True, False), ("--verbose", True, True)])
+@pytest.mark.parametrize(
+    "flag, progress, native", [("--quiet", False, False), (None, True, False), ("--verbose", True, True)]
+)
 def test_levels_of_the_cli(flag, progress, native, tmp_path, capsys):
     """--quiet: no progress; default: progress; --verbose: also the third-party lines deploykit hid.
     ``fold --out x.h5`` is the case: tf_keras warns about compiled metrics while saving."""

@@ -11,11 +11,22 @@ def cnn(seed: int = 0, *, dropout: float = 0.3):
 
     set_seed(seed)
     L = keras.layers
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(),
-        L.MaxPooling2D(), L.Conv2D(6, 3), L.BatchNormalization(), L.Activation("relu"),
-        L.GlobalAveragePooling2D(), L.Dropout(dropout), L.Dense(3, activation="softmax"),
-    ], name="cnn")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(4, 3, padding="same", use_bias=False),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.MaxPooling2D(),
+            L.Conv2D(6, 3),
+            L.BatchNormalization(),
+            L.Activation("relu"),
+            L.GlobalAveragePooling2D(),
+            L.Dropout(dropout),
+            L.Dense(3, activation="softmax"),
+        ],
+        name="cnn",
+    )
     randomize_batchnorm(model, seed)
     return model
 
@@ -79,8 +90,16 @@ def embedding(seed: int = 0):
 
     set_seed(seed)
     L = keras.layers
-    return keras.Sequential([keras.Input((6,)), L.Embedding(20, 4), L.GlobalAveragePooling1D(), L.Dropout(0.2),
-                             L.Dense(3, activation="softmax")], name="embedding")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Embedding(20, 4),
+            L.GlobalAveragePooling1D(),
+            L.Dropout(0.2),
+            L.Dense(3, activation="softmax"),
+        ],
+        name="embedding",
+    )
 
 
 def recurrent(seed: int = 0):
@@ -89,7 +108,16 @@ def recurrent(seed: int = 0):
 
     set_seed(seed)
     L = keras.layers
-    return keras.Sequential([keras.Input((6,)), L.Embedding(20, 4), L.LSTM(5, return_sequences=True),
-                             L.GRU(4, return_sequences=True), L.Bidirectional(L.LSTM(3, return_sequences=True)),
-                             L.SimpleRNN(3), L.Dropout(0.2),
-                             L.Dense(3, activation="softmax")], name="recurrent")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Embedding(20, 4),
+            L.LSTM(5, return_sequences=True),
+            L.GRU(4, return_sequences=True),
+            L.Bidirectional(L.LSTM(3, return_sequences=True)),
+            L.SimpleRNN(3),
+            L.Dropout(0.2),
+            L.Dense(3, activation="softmax"),
+        ],
+        name="recurrent",
+    )

@@ -16,27 +16,29 @@ def _every_supported_layer():
     rng = np.random.default_rng(0)
     adapted = keras.layers.Normalization()
     adapted.adapt(rng.normal(3.0, 2.0, size=(40, 12)).astype("float32"))
-    model = keras.Sequential([
-        keras.Input(shape=(3, 4)),
-        keras.layers.Flatten(),
-        keras.layers.Normalization(mean=np.arange(12.0), variance=np.linspace(0.5, 2.0, 12)),
-        adapted,
-        keras.layers.Dense(10, activation="elu", kernel_initializer="he_normal"),
-        keras.layers.BatchNormalization(),
-        keras.layers.Dropout(0.3),
-        keras.layers.Dense(8),
-        keras.layers.LeakyReLU(alpha=0.1),
-        keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25)),
-        keras.layers.ELU(alpha=0.5),
-        keras.layers.ReLU(max_value=6.0),
-        keras.layers.Dense(6, activation="selu", kernel_initializer="lecun_normal"),
-        keras.layers.AlphaDropout(0.1),
-        keras.layers.Activation("tanh"),
-        keras.layers.Reshape((2, 3)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(3),
-        keras.layers.Softmax(),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(3, 4)),
+            keras.layers.Flatten(),
+            keras.layers.Normalization(mean=np.arange(12.0), variance=np.linspace(0.5, 2.0, 12)),
+            adapted,
+            keras.layers.Dense(10, activation="elu", kernel_initializer="he_normal"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(8),
+            keras.layers.LeakyReLU(alpha=0.1),
+            keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25)),
+            keras.layers.ELU(alpha=0.5),
+            keras.layers.ReLU(max_value=6.0),
+            keras.layers.Dense(6, activation="selu", kernel_initializer="lecun_normal"),
+            keras.layers.AlphaDropout(0.1),
+            keras.layers.Activation("tanh"),
+            keras.layers.Reshape((2, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+            keras.layers.Softmax(),
+        ]
+    )
     randomize_batchnorm(model, seed=1)
     return model
 

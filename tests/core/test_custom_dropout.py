@@ -1,4 +1,5 @@
-"""The chapter's MCDropout / MCAlphaDropout read from the file alone as Dropout / AlphaDropout (no code run, no unsafe)."""
+"""The chapter's MCDropout / MCAlphaDropout read from the file alone as Dropout / AlphaDropout (no code run, no
+unsafe)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,20 @@ K3_DTYPE = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "
 
 
 def _k3(class_name, registered, **config):
-    return {"module": None, "class_name": class_name, "registered_name": registered,
-            "config": {"name": "mc", "trainable": True, "dtype": K3_DTYPE, "rate": 0.3, "seed": None,
-                       "noise_shape": None, **config}}
+    return {
+        "module": None,
+        "class_name": class_name,
+        "registered_name": registered,
+        "config": {
+            "name": "mc",
+            "trainable": True,
+            "dtype": K3_DTYPE,
+            "rate": 0.3,
+            "seed": None,
+            "noise_shape": None,
+            **config,
+        },
+    }
 
 
 def test_keras3_registered_subclasses_are_recognized():
@@ -25,10 +37,14 @@ def test_keras3_registered_subclasses_are_recognized():
 
 
 def test_tf_keras_subclasses_are_recognized():
-    h5 = {"class_name": "MCDropout", "config": {"name": "mc", "trainable": True, "dtype": "float32", "rate": 0.3,
-                                                "noise_shape": None, "seed": None}}
-    alpha = {"class_name": "MCAlphaDropout", "config": {"name": "a", "trainable": True, "dtype": "float32", "rate": 0.1,
-                                                        "seed": None}}
+    h5 = {
+        "class_name": "MCDropout",
+        "config": {"name": "mc", "trainable": True, "dtype": "float32", "rate": 0.3, "noise_shape": None, "seed": None},
+    }
+    alpha = {
+        "class_name": "MCAlphaDropout",
+        "config": {"name": "a", "trainable": True, "dtype": "float32", "rate": 0.1, "seed": None},
+    }
     assert dropout_base(h5) == "Dropout"
     assert dropout_base(alpha) == "AlphaDropout"
     assert dropout_base({**h5, "module": None, "registered_name": "MCDropout"}) == "Dropout"  # tf_keras .keras
@@ -41,8 +57,12 @@ def test_anything_else_is_not_recognized():
     assert dropout_base(bare) is None  # a key missing
     assert dropout_base(_k3("MyNoise", "Custom>MyNoise")) is None  # the name says nothing of Dropout
     assert dropout_base(_k3("MyGaussianDropout", "Custom>MyGaussianDropout")) is None
-    keras_own = {"module": "keras.layers", "class_name": "Dropout", "registered_name": None,
-                 "config": _k3("x", None)["config"]}
+    keras_own = {
+        "module": "keras.layers",
+        "class_name": "Dropout",
+        "registered_name": None,
+        "config": _k3("x", None)["config"],
+    }
     assert dropout_base(keras_own) is None  # Keras' own Dropout is not a custom class
     assert dropout_base({"class_name": "Dropout", "config": {"name": "d", "rate": 0.1}}) is None
 
@@ -73,10 +93,20 @@ def _book_models(tmp_path, k3):
 
     TfMCAlphaDropout.__name__ = "MCAlphaDropout"
     paths = {}
-    for keras, dropout, alpha, tag in ((k3, MCDropout, MCAlphaDropout, "k3"), (tfk, TfMCDropout, TfMCAlphaDropout, "tf")):
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="selu"), dropout(0.3),
-                                  keras.layers.Dense(8, activation="selu"), alpha(0.1),
-                                  keras.layers.Dense(3, activation="softmax")])
+    for keras, dropout, alpha, tag in (
+        (k3, MCDropout, MCAlphaDropout, "k3"),
+        (tfk, TfMCDropout, TfMCAlphaDropout, "tf"),
+    ):
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(16, activation="selu"),
+                dropout(0.3),
+                keras.layers.Dense(8, activation="selu"),
+                alpha(0.1),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
         for suffix in ("keras", "h5"):
             paths[f"{tag}.{suffix}"] = tmp_path / f"mc_{tag}.{suffix}"
             model.save(paths[f"{tag}.{suffix}"])
@@ -86,8 +116,9 @@ def _book_models(tmp_path, k3):
 
 @pytest.mark.slow  # saves four models in both Keras and imports two Keras 3 files
 def test_book_files_load_without_unsafe(tmp_path, caplog):
-    import deploykit.backend  # noqa: F401
     import keras as k3
+
+    import deploykit.backend  # noqa: F401
 
     paths = _book_models(tmp_path, k3)
     x = np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32)
@@ -107,10 +138,21 @@ def test_an_unrecognized_custom_layer_is_still_refused(tmp_path):
     import json
     import zipfile
 
-    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
-        {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
-         "config": {"batch_shape": [None, 4], "dtype": "float32", "name": "input"}},
-        _k3("MCDropout", "Custom>MCDropout", temperature=2.0)]}}
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "s",
+            "layers": [
+                {
+                    "module": "keras.layers",
+                    "class_name": "InputLayer",
+                    "registered_name": None,
+                    "config": {"batch_shape": [None, 4], "dtype": "float32", "name": "input"},
+                },
+                _k3("MCDropout", "Custom>MCDropout", temperature=2.0),
+            ],
+        },
+    }
     path = tmp_path / "custom.keras"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("config.json", json.dumps(config))

@@ -26,8 +26,9 @@ def test_round_trip_graph_keras_graph_is_exact(build):
     x = _inputs(model)
     assert np.array_equal(model(x, training=False).numpy(), rebuilt(x, training=False).numpy())
     again = graph_from_model(rebuilt)
-    assert [(n.name, n.spec.class_name, n.inputs, n.shape) for n in again.nodes] == \
-           [(n.name, n.spec.class_name, n.inputs, n.shape) for n in graph.nodes]
+    assert [(n.name, n.spec.class_name, n.inputs, n.shape) for n in again.nodes] == [
+        (n.name, n.spec.class_name, n.inputs, n.shape) for n in graph.nodes
+    ]
     assert type(rebuilt).__name__ == ("Sequential" if graph.path() is not None else "Functional")
 
 
@@ -37,8 +38,17 @@ def test_every_table_layer_is_covered_by_a_round_trip_model():
         seen |= {n.spec.class_name for n in graph_from_model(build()).nodes}
     listed = {name for name, entry in SUPPORT.items() if entry.role not in (Role.INPUT, Role.OPAQUE)}
     # the dense-era layers are covered by tests/test_chain.py
-    dense_era = {"Flatten", "Dense", "BatchNormalization", "Normalization", "AlphaDropout", "LeakyReLU", "PReLU", "ELU",
-                 "Softmax"}
+    dense_era = {
+        "Flatten",
+        "Dense",
+        "BatchNormalization",
+        "Normalization",
+        "AlphaDropout",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "Softmax",
+    }
     assert listed - seen - dense_era - set(ALIASES) == set()
 
 
@@ -56,31 +66,62 @@ def test_consumers_fan_out_bypass_replace_and_path():
     assert "bn1" not in [l.name for l in model.layers] and model.get_layer("r").get_config()["activation"] == "tanh"
     with pytest.raises(ValueError, match="2 inputs"):
         graph.bypass("add")
-    assert [n.name for n in graph_from_model(models.cnn()).path()][0] == "conv2d" or graph_from_model(models.cnn()).path()
+    assert [n.name for n in graph_from_model(models.cnn()).path()][0] == "conv2d" or graph_from_model(
+        models.cnn()
+    ).path()
 
 
 def test_keras3_and_tf_keras_configs_read_to_the_same_edges():
-    tf_keras_config = {"class_name": "Functional", "config": {
-        "name": "m", "input_layers": [["x", 0, 0]], "output_layers": [["add", 0, 0]],
-        "layers": [
-            {"class_name": "InputLayer", "config": {"name": "x", "batch_input_shape": [None, 4]}, "inbound_nodes": []},
-            {"class_name": "Dense", "config": {"name": "d"}, "inbound_nodes": [[["x", 0, 0, {}]]]},
-            {"class_name": "Add", "config": {"name": "add"}, "inbound_nodes": [[["d", 0, 0, {}], ["x", 0, 0, {}]]]},
-        ]}}
+    tf_keras_config = {
+        "class_name": "Functional",
+        "config": {
+            "name": "m",
+            "input_layers": [["x", 0, 0]],
+            "output_layers": [["add", 0, 0]],
+            "layers": [
+                {
+                    "class_name": "InputLayer",
+                    "config": {"name": "x", "batch_input_shape": [None, 4]},
+                    "inbound_nodes": [],
+                },
+                {"class_name": "Dense", "config": {"name": "d"}, "inbound_nodes": [[["x", 0, 0, {}]]]},
+                {"class_name": "Add", "config": {"name": "add"}, "inbound_nodes": [[["d", 0, 0, {}], ["x", 0, 0, {}]]]},
+            ],
+        },
+    }
 
     def tensor(name):
         return {"class_name": "__keras_tensor__", "config": {"shape": [None, 4], "keras_history": [name, 0, 0]}}
 
-    keras3_config = {"module": "keras", "class_name": "Functional", "config": {
-        "name": "m", "input_layers": ["x", 0, 0], "output_layers": ["add", 0, 0],
-        "layers": [
-            {"module": "keras.layers", "class_name": "InputLayer", "config": {"name": "x", "batch_shape": [None, 4]},
-             "inbound_nodes": []},
-            {"module": "keras.layers", "class_name": "Dense", "config": {"name": "d"},
-             "inbound_nodes": [{"args": [tensor("x")], "kwargs": {}}]},
-            {"module": "keras.layers", "class_name": "Add", "config": {"name": "add"},
-             "inbound_nodes": [{"args": [[tensor("d"), tensor("x")]], "kwargs": {}}]},
-        ]}}
+    keras3_config = {
+        "module": "keras",
+        "class_name": "Functional",
+        "config": {
+            "name": "m",
+            "input_layers": ["x", 0, 0],
+            "output_layers": ["add", 0, 0],
+            "layers": [
+                {
+                    "module": "keras.layers",
+                    "class_name": "InputLayer",
+                    "config": {"name": "x", "batch_shape": [None, 4]},
+                    "inbound_nodes": [],
+                },
+                {
+                    "module": "keras.layers",
+                    "class_name": "Dense",
+                    "config": {"name": "d"},
+                    "inbound_nodes": [{"args": [tensor("x")], "kwargs": {}}],
+                },
+                {
+                    "module": "keras.layers",
+                    "class_name": "Add",
+                    "config": {"name": "add"},
+                    "inbound_nodes": [{"args": [[tensor("d"), tensor("x")]], "kwargs": {}}],
+                },
+            ],
+        },
+    }
     for config in (tf_keras_config, keras3_config):
         graph = graph_from_config(config)
         assert graph.inputs == {"x": (4,)} and graph.outputs == ["add"]

@@ -24,8 +24,9 @@ X12 = RNG.normal(2.0, 3.0, size=(64, 12)).astype("float32")
 
 @pytest.fixture(scope="module")
 def k3():
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     assert keras.__version__.startswith("3.")
     return keras
@@ -44,21 +45,30 @@ def _chapter_model(k3):
     """Sequential with every importable layer, regularizers and non-default options."""
     norm = k3.layers.Normalization()
     norm.adapt(X12)
-    model = k3.Sequential([
-        k3.Input(shape=(12,)),
-        norm,
-        k3.layers.Dense(16, kernel_initializer="he_normal", kernel_regularizer=k3.regularizers.L2(0.01), name="hidden1"),
-        k3.layers.BatchNormalization(momentum=0.9, epsilon=1e-3),
-        k3.layers.LeakyReLU(negative_slope=0.2, name="leaky"),
-        k3.layers.Dropout(0.3),
-        k3.layers.Dense(16, bias_regularizer=k3.regularizers.L1L2(l1=1e-4, l2=1e-3), kernel_constraint=k3.constraints.MaxNorm(3.0)),
-        k3.layers.PReLU(),
-        k3.layers.ELU(alpha=0.7, name="elu"),
-        k3.layers.Dense(8, activation="selu", kernel_initializer="lecun_normal"),
-        k3.layers.AlphaDropout(0.1),
-        k3.layers.Activation("tanh"),
-        k3.layers.Dense(4, activation="softmax"),
-    ], name="chapter")
+    model = k3.Sequential(
+        [
+            k3.Input(shape=(12,)),
+            norm,
+            k3.layers.Dense(
+                16, kernel_initializer="he_normal", kernel_regularizer=k3.regularizers.L2(0.01), name="hidden1"
+            ),
+            k3.layers.BatchNormalization(momentum=0.9, epsilon=1e-3),
+            k3.layers.LeakyReLU(negative_slope=0.2, name="leaky"),
+            k3.layers.Dropout(0.3),
+            k3.layers.Dense(
+                16,
+                bias_regularizer=k3.regularizers.L1L2(l1=1e-4, l2=1e-3),
+                kernel_constraint=k3.constraints.MaxNorm(3.0),
+            ),
+            k3.layers.PReLU(),
+            k3.layers.ELU(alpha=0.7, name="elu"),
+            k3.layers.Dense(8, activation="selu", kernel_initializer="lecun_normal"),
+            k3.layers.AlphaDropout(0.1),
+            k3.layers.Activation("tanh"),
+            k3.layers.Dense(4, activation="softmax"),
+        ],
+        name="chapter",
+    )
     _randomize(model)
     return model
 
@@ -102,8 +112,18 @@ def test_sequential_round_trip_matches_keras3(k3, tmp_path):
     model = load_model(path)
     assert is_tf_keras_model(model)
     assert [type(l).__name__ for l in model.layers] == [
-        "Normalization", "Dense", "BatchNormalization", "LeakyReLU", "Dropout", "Dense",
-        "PReLU", "ELU", "Dense", "AlphaDropout", "Activation", "Dense",
+        "Normalization",
+        "Dense",
+        "BatchNormalization",
+        "LeakyReLU",
+        "Dropout",
+        "Dense",
+        "PReLU",
+        "ELU",
+        "Dense",
+        "AlphaDropout",
+        "Activation",
+        "Dense",
     ]
     assert _max_diff(k3, path, model, X12) <= 1e-5
     # config differences mapped, not dropped
@@ -187,9 +207,18 @@ def _unsupported_cases(k3):
     return {
         "training": (k3.Model(inputs, forced), "'always_on' of type Dropout: called with {'training': True}"),
         "nested": (k3.Sequential([k3.Input((8,)), inner]), "'block' of type Sequential: a nested model"),
-        "custom_layer": (k3.Sequential([k3.Input((8,)), Scale(name="scale")]), "'scale' of type tests>Scale: a custom layer"),
-        "mixed": (k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, dtype="mixed_float16", name="half")]), "'half' of type Dense: dtype policy 'mixed_float16'"),
-        "activation": (k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, activation="sparsemax", name="sparse")]), "activation 'sparsemax' has no tf_keras equivalent"),
+        "custom_layer": (
+            k3.Sequential([k3.Input((8,)), Scale(name="scale")]),
+            "'scale' of type tests>Scale: a custom layer",
+        ),
+        "mixed": (
+            k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, dtype="mixed_float16", name="half")]),
+            "'half' of type Dense: dtype policy 'mixed_float16'",
+        ),
+        "activation": (
+            k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, activation="sparsemax", name="sparse")]),
+            "activation 'sparsemax' has no tf_keras equivalent",
+        ),
     }
 
 
@@ -206,17 +235,26 @@ def test_keras3_lambda_and_custom_code_need_unsafe(k3, tmp_path):
     def my_activation(t):
         return t * 2.0
 
-    lam = _save(k3.Sequential([k3.Input((8,)), k3.layers.Lambda(lambda t: t + 1.0, name="shift")]), tmp_path / "lambda.keras")
-    fn = _save(k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, activation=my_activation, name="act")]), tmp_path / "fn.keras")
+    lam = _save(
+        k3.Sequential([k3.Input((8,)), k3.layers.Lambda(lambda t: t + 1.0, name="shift")]), tmp_path / "lambda.keras"
+    )
+    fn = _save(
+        k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, activation=my_activation, name="act")]), tmp_path / "fn.keras"
+    )
     with pytest.raises(UnsafeModelError, match="'shift'.*--unsafe"):
         load_model(lam)
     with pytest.raises(UnsafeModelError, match="'act'.*my_activation"):
         load_model(fn)
-    anon = _save(k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, activation=lambda t: t, name="anon")]), tmp_path / "anon.keras")
+    anon = _save(
+        k3.Sequential([k3.Input((8,)), k3.layers.Dense(2, activation=lambda t: t, name="anon")]),
+        tmp_path / "anon.keras",
+    )
     with pytest.raises(UnsafeModelError, match="'anon'.*activation given as Python code"):
         load_model(anon)
     # trusted, but deploykit still cannot rebuild Python code in tf_keras: a clear refusal
-    with pytest.raises(UnsupportedLayerError, match="'shift' of type Lambda: deploykit cannot rebuild it from a Keras 3 file"):
+    with pytest.raises(
+        UnsupportedLayerError, match="'shift' of type Lambda: deploykit cannot rebuild it from a Keras 3 file"
+    ):
         load_model(lam, unsafe=True)
     with pytest.raises(UnsupportedLayerError, match="'act' of type Dense: a custom activation"):
         load_model(fn, unsafe=True)
@@ -224,13 +262,22 @@ def test_keras3_lambda_and_custom_code_need_unsafe(k3, tmp_path):
 
 # --- graphs in, Keras 3 files out ----------------------------------------------------------------
 
+
 def _keras3_cnn(k3):
     """A Keras 3 CNN: Conv2D + BN + ReLU, MaxPooling2D, GlobalAveragePooling2D, Dropout, Dense."""
-    model = k3.Sequential([
-        k3.Input((8, 8, 1)), k3.layers.Conv2D(4, 3, padding="same"), k3.layers.BatchNormalization(),
-        k3.layers.ReLU(), k3.layers.MaxPooling2D(), k3.layers.GlobalAveragePooling2D(), k3.layers.Dropout(0.3),
-        k3.layers.Dense(3, activation="softmax"),
-    ], name="k3_cnn")
+    model = k3.Sequential(
+        [
+            k3.Input((8, 8, 1)),
+            k3.layers.Conv2D(4, 3, padding="same"),
+            k3.layers.BatchNormalization(),
+            k3.layers.ReLU(),
+            k3.layers.MaxPooling2D(),
+            k3.layers.GlobalAveragePooling2D(),
+            k3.layers.Dropout(0.3),
+            k3.layers.Dense(3, activation="softmax"),
+        ],
+        name="k3_cnn",
+    )
     _randomize(model, seed=2)
     return model
 
@@ -253,12 +300,19 @@ def _load_in_keras3_subprocess(path, x) -> np.ndarray:
     import sys
 
     np.save(path.with_suffix(".x.npy"), x)
-    code = ("import sys, numpy as np, keras; m = keras.saving.load_model(sys.argv[1]); "
-            "np.save(sys.argv[2], keras.ops.convert_to_numpy(m(np.load(sys.argv[3]), training=False)))")
+    code = (
+        "import sys, numpy as np, keras; m = keras.saving.load_model(sys.argv[1]); "
+        "np.save(sys.argv[2], keras.ops.convert_to_numpy(m(np.load(sys.argv[3]), training=False)))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     out = path.with_suffix(".y.npy")
-    run = subprocess.run([sys.executable, "-c", code, str(path), str(out), str(path.with_suffix(".x.npy"))],
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(out), str(path.with_suffix(".x.npy"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return np.load(out)
 
@@ -305,9 +359,15 @@ def test_keras3_activations_tf_keras_lacks_are_rebuilt_exactly(k3, tmp_path, act
     and as an Activation layer, and come back as a Keras 3 file that computes the same."""
     from deploykit.keras3 import save_keras3
 
-    source = k3.Sequential([k3.Input((6,)), k3.layers.Dense(8, activation=activation, name="hidden"),
-                            k3.layers.Dense(5), k3.layers.Activation(activation, name="act"),
-                            k3.layers.Dense(3, activation="softmax")])
+    source = k3.Sequential(
+        [
+            k3.Input((6,)),
+            k3.layers.Dense(8, activation=activation, name="hidden"),
+            k3.layers.Dense(5),
+            k3.layers.Activation(activation, name="act"),
+            k3.layers.Dense(3, activation="softmax"),
+        ]
+    )
     x = np.random.default_rng(1).normal(0, 6, size=(256, 6)).astype("float32")
     hidden = k3.ops.convert_to_numpy(source.get_layer("hidden").kernel)
     assert np.abs(x @ hidden).max() > 6  # the clip regions of the hard activations are reached
@@ -335,7 +395,7 @@ def test_a_keras3_model_with_an_adapted_normalization_goes_back_to_keras3_comput
     probe = X12[:16]
     expected = k3.ops.convert_to_numpy(source(probe, training=False))
     got = k3.ops.convert_to_numpy(k3.saving.load_model(out)(probe, training=False))
-    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.sqrt(np.mean(expected ** 2))))
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.sqrt(np.mean(expected**2))))
 
 
 @pytest.mark.parametrize("what", ["inputs", "outputs"])

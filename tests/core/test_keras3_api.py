@@ -10,16 +10,25 @@ pytestmark = pytest.mark.slow  # Keras 3 imports and rebuilds: seconds each
 
 @pytest.fixture(scope="module")
 def k3():
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     return keras
 
 
 def _bn_model(k3):
     k3.utils.set_random_seed(0)
-    model = k3.Sequential([k3.Input((10,)), k3.layers.Dense(16), k3.layers.BatchNormalization(), k3.layers.Activation("relu"),
-                           k3.layers.Dropout(0.2), k3.layers.Dense(3, activation="softmax")])
+    model = k3.Sequential(
+        [
+            k3.Input((10,)),
+            k3.layers.Dense(16),
+            k3.layers.BatchNormalization(),
+            k3.layers.Activation("relu"),
+            k3.layers.Dropout(0.2),
+            k3.layers.Dense(3, activation="softmax"),
+        ]
+    )
     bn = model.layers[1]
     rng = np.random.default_rng(0)
     bn.set_weights([rng.uniform(0.5, 2, 16), rng.normal(0, 1, 16), rng.normal(0, 1, 16), rng.uniform(0.5, 2, 16)])

@@ -17,8 +17,9 @@ from deploykit.io import load_model
 
 @pytest.fixture(scope="module")
 def k3():
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     return keras
 
@@ -82,8 +83,13 @@ def test_nested_sequential_layer_scale_and_custom_scale_are_inlined(k3, tmp_path
     from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
     inputs = k3.Input((6, 6, 3))
-    stem = k3.Sequential([k3.layers.Conv2D(8, 2, strides=2, name="stem_conv"),
-                          k3.layers.LayerNormalization(epsilon=1e-6, name="stem_ln")], name="stem")
+    stem = k3.Sequential(
+        [
+            k3.layers.Conv2D(8, 2, strides=2, name="stem_conv"),
+            k3.layers.LayerNormalization(epsilon=1e-6, name="stem_ln"),
+        ],
+        name="stem",
+    )
     h = stem(inputs)
     branch = k3.layers.Dense(8, name="pointwise")(h)
     scaled = LayerScale(1e-6, 8, name="layer_scale")(branch)
@@ -97,8 +103,9 @@ def test_nested_sequential_layer_scale_and_custom_scale_are_inlined(k3, tmp_path
     names = {layer.name: type(layer).__name__ for layer in imported.layers}
     assert names["stem_conv"] == "Conv2D" and names["stem_ln"] == "LayerNormalization" and "stem" not in names
     assert names["layer_scale"] == "Rescaling" and names["custom_scale"] == "Add"
-    np.testing.assert_array_equal(np.asarray(imported.get_layer("layer_scale").scale, np.float32),
-                                  np.linspace(0.5, 2.0, 8).astype("float32"))
+    np.testing.assert_array_equal(
+        np.asarray(imported.get_layer("layer_scale").scale, np.float32), np.linspace(0.5, 2.0, 8).astype("float32")
+    )
 
 
 @pytest.mark.parametrize("op", ["constant_over_tensor", "sin", "gelu"])

@@ -39,32 +39,41 @@ def test_wrapper_translates_each_wrapped_layer():
         seen.append((name, kind))
         return {**config, "translated": True}
 
-    config = {"name": "bi", "merge_mode": "concat",
-              "layer": {"class_name": "LSTM", "config": {"name": "forward_lstm", "units": 4}},
-              "backward_layer": {"class_name": "LSTM", "config": {"name": "backward_lstm", "units": 4}}}
+    config = {
+        "name": "bi",
+        "merge_mode": "concat",
+        "layer": {"class_name": "LSTM", "config": {"name": "forward_lstm", "units": 4}},
+        "backward_layer": {"class_name": "LSTM", "config": {"name": "backward_lstm", "units": 4}},
+    }
     out = wrapped_layers("bi", "Bidirectional", config, translate, to_keras3=True)
     assert seen == [("forward_lstm", "LSTM"), ("backward_lstm", "LSTM")]
     assert out["layer"]["config"]["translated"] and out["layer"]["module"] == "keras.layers"
     assert "module" not in wrapped_layers("bi", "Bidirectional", config, translate, to_keras3=False)["layer"]
     with pytest.raises(UnsupportedLayerError, match="wraps a Dense"):
-        wrapped_layers("bi", "Bidirectional", {"layer": {"class_name": "Dense", "config": {}}}, translate, to_keras3=True)
+        wrapped_layers(
+            "bi", "Bidirectional", {"layer": {"class_name": "Dense", "config": {}}}, translate, to_keras3=True
+        )
 
 
 @pytest.mark.slow  # Keras 3 models saved, imported and saved back
 def test_keras3_recurrent_files_round_trip(tmp_path):
-    import deploykit.backend  # noqa: F401
     import keras as k3
 
+    import deploykit.backend  # noqa: F401
     from deploykit.io import load_model
     from deploykit.keras3 import save_keras3
 
     L = k3.layers
     x = np.random.default_rng(0).integers(0, 50, (16, 9)).astype(np.float32)
-    for name, body in {"lstm": [L.LSTM(6, return_sequences=True), L.GRU(4)],
-                       "bidirectional": [L.Bidirectional(L.LSTM(5)), L.Dense(4, activation="relu")],
-                       "simple_rnn": [L.SimpleRNN(4, go_backwards=True)]}.items():
+    for name, body in {
+        "lstm": [L.LSTM(6, return_sequences=True), L.GRU(4)],
+        "bidirectional": [L.Bidirectional(L.LSTM(5)), L.Dense(4, activation="relu")],
+        "simple_rnn": [L.SimpleRNN(4, go_backwards=True)],
+    }.items():
         k3.utils.set_random_seed(0)
-        model = k3.Sequential([k3.Input((9,), dtype="int32"), L.Embedding(50, 8), *body, L.Dense(3, activation="softmax")])
+        model = k3.Sequential(
+            [k3.Input((9,), dtype="int32"), L.Embedding(50, 8), *body, L.Dense(3, activation="softmax")]
+        )
         model.save(tmp_path / f"{name}.keras")
         imported = load_model(tmp_path / f"{name}.keras")  # checked against Keras 3 within 1e-5 while loading
         expected = k3.ops.convert_to_numpy(model(x.astype(np.int32)))

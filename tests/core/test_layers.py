@@ -32,8 +32,19 @@ def test_lookups_for_layer_objects():
 def test_lookups_for_configs():
     assert layer_type({"class_name": "LeakyReLU", "config": {}}) == "LeakyReLU"
     assert support_for({"class_name": "Flatten", "config": {"name": "f"}}).role is Role.RESHAPE
-    assert PRUNABLE == {"Dense", "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "DepthwiseConv2D",
-                        "SeparableConv2D", "SeparableConvolution2D", "LSTM", "GRU", "SimpleRNN"}  # TF-MOT's RNN cells
+    assert PRUNABLE == {
+        "Dense",
+        "Conv1D",
+        "Conv2D",
+        "Convolution1D",
+        "Convolution2D",
+        "DepthwiseConv2D",
+        "SeparableConv2D",
+        "SeparableConvolution2D",
+        "LSTM",
+        "GRU",
+        "SimpleRNN",
+    }  # TF-MOT's RNN cells
 
 
 def test_per_op_entries_say_how_an_affine_is_absorbed_and_carried():
@@ -56,7 +67,12 @@ def test_a_keras_layer_outside_the_table_is_known_as_other(layer):
 
 
 def test_custom_classes_need_unsafe():
-    keras3_custom = {"module": None, "class_name": "MyLayer", "registered_name": "Custom>MyLayer", "config": {"name": "mine"}}
+    keras3_custom = {
+        "module": None,
+        "class_name": "MyLayer",
+        "registered_name": "Custom>MyLayer",
+        "config": {"name": "mine"},
+    }
     with pytest.raises(UnsafeModelError, match="'mine'.*custom code"):
         support_for(keras3_custom)
     with pytest.raises(UnsafeModelError, match="'mine'"):

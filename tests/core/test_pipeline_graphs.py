@@ -22,15 +22,38 @@ def test_a_layer_outside_the_table_is_exported_and_the_other_steps_skip(digits, 
 
     set_seed(0)
     L = keras.layers
-    model = keras.Sequential([keras.Input((64,)), L.Reshape((8, 8)), L.Permute((2, 1)), L.Flatten(),
-                              L.Dense(32, activation="relu"), L.Dropout(0.2), L.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            L.Reshape((8, 8)),
+            L.Permute((2, 1)),
+            L.Flatten(),
+            L.Dense(32, activation="relu"),
+            L.Dropout(0.2),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits.x_train, digits.y_train, epochs=20, verbose=0)
     path = save_model(model, tmp_path / "permute.keras")
     out = tmp_path / "out"
-    code = main(["optimize", str(path), "--data", "digits", "--out", str(out), "--no-sparsity",
-                 "--formats", "onnx,tflite",
-                 "--quantize", "float32,int8-dynamic,int8-full", "--samples", "5"])
+    code = main(
+        [
+            "optimize",
+            str(path),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--no-sparsity",
+            "--formats",
+            "onnx,tflite",
+            "--quantize",
+            "float32,int8-dynamic,int8-full",
+            "--samples",
+            "5",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)
     assert steps["mc dropout"][0] == "skipped" and "'permute' of type Permute" in steps["mc dropout"][1]
@@ -52,11 +75,20 @@ def _keras3_cnn_file(digits, path):
 
     k3.utils.set_random_seed(0)
     L = k3.layers
-    model = k3.Sequential([
-        k3.Input((64,)), L.Reshape((8, 8, 1)), L.Conv2D(16, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
-        L.MaxPooling2D(), L.Conv2D(16, 3, padding="same", activation="relu"), L.GlobalAveragePooling2D(),
-        L.Dropout(0.2), L.Dense(10, activation="softmax"),
-    ])
+    model = k3.Sequential(
+        [
+            k3.Input((64,)),
+            L.Reshape((8, 8, 1)),
+            L.Conv2D(16, 3, padding="same"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.MaxPooling2D(),
+            L.Conv2D(16, 3, padding="same", activation="relu"),
+            L.GlobalAveragePooling2D(),
+            L.Dropout(0.2),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile(k3.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.fit(digits.x_train, digits.y_train, epochs=30, batch_size=32, verbose=0)
     model.save(path)
@@ -72,9 +104,23 @@ def test_keras3_cnn_in_keras3_files_out(digits, tmp_path, capsys):
 
     source = _keras3_cnn_file(digits, tmp_path / "cnn.keras")
     out = tmp_path / "out"
-    code = main(["optimize", str(tmp_path / "cnn.keras"), "--data", "digits", "--out", str(out), "--no-sparsity",
-                 "--formats", "onnx",
-                 "--quantize", "float32", "--samples", "10"])
+    code = main(
+        [
+            "optimize",
+            str(tmp_path / "cnn.keras"),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--no-sparsity",
+            "--formats",
+            "onnx",
+            "--quantize",
+            "float32",
+            "--samples",
+            "10",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     steps = _steps(out)
     assert steps["fold"][0] == "done" and "batch_normalization" in steps["fold"][1]

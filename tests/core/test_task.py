@@ -14,15 +14,18 @@ def _model(head):
     return keras.Sequential(layers)
 
 
-@pytest.mark.parametrize("head, kind", [
-    (lambda k: [k.layers.Dense(3, activation="softmax")], OutputKind.PROBABILITIES),
-    (lambda k: [k.layers.Dense(3), k.layers.Softmax()], OutputKind.PROBABILITIES),
-    (lambda k: [k.layers.Dense(3), k.layers.Activation("softmax")], OutputKind.PROBABILITIES),
-    (lambda k: [k.layers.Dense(3)], OutputKind.VALUES),
-    (lambda k: [k.layers.Dense(1, activation="relu")], OutputKind.VALUES),
-    (lambda k: [k.layers.Dense(1, activation="sigmoid")], OutputKind.SIGMOID),
-    (lambda k: [k.layers.Dense(1), k.layers.Activation("sigmoid")], OutputKind.SIGMOID),
-])
+@pytest.mark.parametrize(
+    "head, kind",
+    [
+        (lambda k: [k.layers.Dense(3, activation="softmax")], OutputKind.PROBABILITIES),
+        (lambda k: [k.layers.Dense(3), k.layers.Softmax()], OutputKind.PROBABILITIES),
+        (lambda k: [k.layers.Dense(3), k.layers.Activation("softmax")], OutputKind.PROBABILITIES),
+        (lambda k: [k.layers.Dense(3)], OutputKind.VALUES),
+        (lambda k: [k.layers.Dense(1, activation="relu")], OutputKind.VALUES),
+        (lambda k: [k.layers.Dense(1, activation="sigmoid")], OutputKind.SIGMOID),
+        (lambda k: [k.layers.Dense(1), k.layers.Activation("sigmoid")], OutputKind.SIGMOID),
+    ],
+)
 def test_output_kind_is_read_off_the_last_layer(head, kind):
     from deploykit.backend import keras
 
@@ -36,7 +39,9 @@ def test_labels_decide_between_logits_and_regression():
 
 def test_the_task_given_wins_over_the_labels_and_the_width():
     assert resolve_task(OutputKind.VALUES, 3, task=Task.REGRESSION, labels_are_classes=True) == (
-        Task.REGRESSION, OutputKind.VALUES)
+        Task.REGRESSION,
+        OutputKind.VALUES,
+    )
     assert resolve_task(OutputKind.VALUES, 1) == (Task.REGRESSION, OutputKind.VALUES)
     assert resolve_task(OutputKind.VALUES, 10) == (Task.CLASSIFICATION, OutputKind.LOGITS)
 
@@ -62,14 +67,21 @@ def test_one_unit_is_a_binary_classifier_unless_regression_is_said():
     assert resolve_task(OutputKind.VALUES, 1, labels_are_classes=True) == logit
 
 
-@pytest.mark.parametrize("head, y, expected", [
-    (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1], (Task.CLASSIFICATION, OutputKind.SIGMOID)),
-    (lambda k: [k.layers.Dense(1)], [0, 1], (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)),
-    (lambda k: [k.layers.Dense(1), k.layers.Activation("sigmoid")], [0.2, 0.7], (Task.REGRESSION, OutputKind.VALUES)),
-    (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1, 2], "has 3 classes, but model"),
-    (lambda k: [k.layers.Dense(1, activation="softmax")], [0, 1], "has 2 classes, but model"),
-    (lambda k: [k.layers.Dense(3, activation="sigmoid")], [0, 1, 2], "multi-label sigmoid head"),
-])
+@pytest.mark.parametrize(
+    "head, y, expected",
+    [
+        (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1], (Task.CLASSIFICATION, OutputKind.SIGMOID)),
+        (lambda k: [k.layers.Dense(1)], [0, 1], (Task.CLASSIFICATION, OutputKind.BINARY_LOGITS)),
+        (
+            lambda k: [k.layers.Dense(1), k.layers.Activation("sigmoid")],
+            [0.2, 0.7],
+            (Task.REGRESSION, OutputKind.VALUES),
+        ),
+        (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1, 2], "has 3 classes, but model"),
+        (lambda k: [k.layers.Dense(1, activation="softmax")], [0, 1], "has 2 classes, but model"),
+        (lambda k: [k.layers.Dense(3, activation="sigmoid")], [0, 1, 2], "multi-label sigmoid head"),
+    ],
+)
 def test_the_data_check_resolves_binary_heads_and_refuses_what_does_not_fit(head, y, expected):
     import numpy as np
 

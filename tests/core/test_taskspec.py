@@ -74,9 +74,13 @@ def test_the_onnx_head_computes_the_same_probabilities_in_onnxruntime(kind):
     g = OnnxGraph(seed=None)
     g.nodes.append(helper.make_node("Identity", [spec.onnx_probabilities(g, "z")], ["p"]))
     width = raw.shape[1]
-    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", width])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", spec.classes(width)])],
-                              initializer=g.inits)
+    graph = helper.make_graph(
+        g.nodes,
+        "head",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", spec.classes(width)])],
+        initializer=g.inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -1,4 +1,5 @@
-"""``deploykit export`` in-process (``main([...])``): the artifacts, the validation table, Triton, and clean failures."""
+"""``deploykit export`` in-process (``main([...])``): the artifacts, the validation table, Triton, and clean
+failures."""
 
 from __future__ import annotations
 
@@ -27,14 +28,36 @@ def model_file(tmp_path_factory, trained_model):
 
 def test_writes_every_artifact_the_table_and_triton(tmp_path, model_file, capsys):
     out = tmp_path / "out"
-    result = _run(capsys, model_file, "--formats", "onnx,tflite", "--quantize", "float32,int8-static,int8-full", "--out", out,
-                  "--data", "digits", "--triton", "--repeats", "3", "--steps", "fold_batchnorm, prune(0.80)")
+    result = _run(
+        capsys,
+        model_file,
+        "--formats",
+        "onnx,tflite",
+        "--quantize",
+        "float32,int8-static,int8-full",
+        "--out",
+        out,
+        "--data",
+        "digits",
+        "--triton",
+        "--repeats",
+        "3",
+        "--steps",
+        "fold_batchnorm, prune(0.80)",
+    )
     assert result.returncode == 0, result.stderr
     names = ["model.onnx", "model_int8-static.onnx", "model.tflite", "model_int8-full.tflite"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "validation.json", "validation.md", "triton", "kserve.yaml"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*names, "validation.json", "validation.md", "triton", "kserve.yaml"]
+    )
     summary = json.loads((out / "validation.json").read_text())
     assert [a["export"]["path"] for a in summary["artifacts"]] == names
-    assert [a["export"]["quantization"] for a in summary["artifacts"]] == ["float32", "int8-static", "float32", "int8-full"]
+    assert [a["export"]["quantization"] for a in summary["artifacts"]] == [
+        "float32",
+        "int8-static",
+        "float32",
+        "int8-full",
+    ]
     assert all(a["validation"]["passed"] for a in summary["artifacts"])
     steps = read_metadata(out / "model.onnx").steps
     assert steps[:2] == ["fold_batchnorm", "prune(0.80)"] and steps[-1] == "onnx(opset=17)"
@@ -45,15 +68,34 @@ def test_writes_every_artifact_the_table_and_triton(tmp_path, model_file, capsys
     assert sorted(p.name for p in (out / "triton").iterdir()) == ["model", "model_int8-static"]
     config = (out / "triton" / "model" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and 'name: "input"' in config and "dims: [ 64 ]" in config
-    assert (out / "triton" / "model_int8-static" / "1" / "model.onnx").read_bytes() == (out / "model_int8-static.onnx").read_bytes()
+    assert (out / "triton" / "model_int8-static" / "1" / "model.onnx").read_bytes() == (
+        out / "model_int8-static.onnx"
+    ).read_bytes()
 
 
 def test_a_failed_tolerance_exits_1_and_leaves_the_old_folder(tmp_path, model_file, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    code = main(["export", str(model_file), "--formats", "onnx", "--quantize", "int8-dynamic", "--data", "digits", "--out", str(out), "--force",
-                 "--max-diff", "1e-9", "--repeats", "2"])
+    code = main(
+        [
+            "export",
+            str(model_file),
+            "--formats",
+            "onnx",
+            "--quantize",
+            "int8-dynamic",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--force",
+            "--max-diff",
+            "1e-9",
+            "--repeats",
+            "2",
+        ]
+    )
     assert code == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("deploykit export: error:") and "failed validation" in error and "max_abs_diff" in error
@@ -61,16 +103,26 @@ def test_a_failed_tolerance_exits_1_and_leaves_the_old_folder(tmp_path, model_fi
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--formats", "onnx,zip"], "format must be one of 'onnx', 'tflite', got 'zip'"),
-    (["--quantize", "int4"], "quantization must be one of 'float32', 'float16', 'int8-dynamic', 'int8-static', 'int8-static-per-tensor', 'int8-full', 'int8-weights', got 'int4'"),
-    (["--quantize", "int8"], "'int8' was renamed: use int8-dynamic or int8-static (ONNX), int8-full or int8-weights (TFLite)"),
-    (["--quantize", "none"], "'none' was renamed: use float32"),
-    (["--formats", "tflite", "--quantize", "int8-static"], "'int8-static' exists only in onnx"),
-    (["--formats", "tflite", "--triton"], "triton needs the onnx format"),
-    (["--triton", "--instances", "0"], "instances must be an integer >= 1"),
-    (["--opset", "5"], "opset must be an integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--formats", "onnx,zip"], "format must be one of 'onnx', 'tflite', got 'zip'"),
+        (
+            ["--quantize", "int4"],
+            "quantization must be one of 'float32', 'float16', 'int8-dynamic', 'int8-static', "
+            "'int8-static-per-tensor', 'int8-full', 'int8-weights', got 'int4'",
+        ),
+        (
+            ["--quantize", "int8"],
+            "'int8' was renamed: use int8-dynamic or int8-static (ONNX), int8-full or int8-weights (TFLite)",
+        ),
+        (["--quantize", "none"], "'none' was renamed: use float32"),
+        (["--formats", "tflite", "--quantize", "int8-static"], "'int8-static' exists only in onnx"),
+        (["--formats", "tflite", "--triton"], "triton needs the onnx format"),
+        (["--triton", "--instances", "0"], "instances must be an integer >= 1"),
+        (["--opset", "5"], "opset must be an integer"),
+    ],
+)
 def test_bad_options_exit_2_before_any_work(tmp_path, args, message, capsys):
     out = tmp_path / "out"
     result = _run(capsys, tmp_path / "absent.keras", "--out", out, *args)

@@ -25,11 +25,19 @@ from deploykit.export.config import (
 
 
 def test_each_variant_is_written_in_the_formats_it_exists_in():
-    config = ExportConfig(formats="onnx,tflite", quantize="float32,float16,int8-dynamic,int8-static,int8-full,int8-weights")
+    config = ExportConfig(
+        formats="onnx,tflite", quantize="float32,float16,int8-dynamic,int8-static,int8-full,int8-weights"
+    )
     got = [(fmt.value, q.value) for fmt, q in config.variants()]
     assert got == [
-        ("onnx", "float32"), ("onnx", "float16"), ("onnx", "int8-dynamic"), ("onnx", "int8-static"),
-        ("tflite", "float32"), ("tflite", "float16"), ("tflite", "int8-full"), ("tflite", "int8-weights"),
+        ("onnx", "float32"),
+        ("onnx", "float16"),
+        ("onnx", "int8-dynamic"),
+        ("onnx", "int8-static"),
+        ("tflite", "float32"),
+        ("tflite", "float16"),
+        ("tflite", "int8-full"),
+        ("tflite", "int8-weights"),
     ]
 
 
@@ -44,8 +52,14 @@ def test_unknown_name_is_a_usage_error_listing_the_choices(kind, bad):
         parse_enum(kind, bad, "thing")
 
 
-@pytest.mark.parametrize("old, new", [("none", "float32"), ("int8", "int8-dynamic or int8-static (ONNX), int8-full"),
-                                      ("dynamic", "int8-dynamic (ONNX) or int8-weights (TFLite)")])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("none", "float32"),
+        ("int8", "int8-dynamic or int8-static (ONNX), int8-full"),
+        ("dynamic", "int8-dynamic (ONNX) or int8-weights (TFLite)"),
+    ],
+)
 def test_earlier_names_are_refused_naming_the_new_one(old, new):
     with pytest.raises(ConfigError, match=re.escape(f"'{old}' was renamed: use {new}")):
         ExportConfig(quantize=old)
@@ -119,13 +133,18 @@ def test_default_tolerances_per_precision():
     method=st.sampled_from(["minmax", "entropy", "percentile"]),
     drop=st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
-def test_config_round_trips_through_a_dict(formats, quantize, opset, num_calibration, int8_io, per_channel, method, drop):
+def test_config_round_trips_through_a_dict(
+    formats, quantize, opset, num_calibration, int8_io, per_channel, method, drop
+):
     quantize = [q for q in quantize if set(Quantization(q).formats) & {ExportFormat(f) for f in formats}] or ["float32"]
     tolerance = None if drop is None else Tolerance(max_accuracy_drop=drop)
-    knobs = QuantConfig(per_channel=per_channel, calibration_method=method, num_calibration=num_calibration, int8_io=int8_io)
+    knobs = QuantConfig(
+        per_channel=per_channel, calibration_method=method, num_calibration=num_calibration, int8_io=int8_io
+    )
     triton = TritonConfig(instances=2) if "onnx" in formats else None
-    config = ExportConfig(formats=formats, quantize=quantize, opset=opset, quantization=knobs, triton=triton,
-                          tolerance=tolerance)
+    config = ExportConfig(
+        formats=formats, quantize=quantize, opset=opset, quantization=knobs, triton=triton, tolerance=tolerance
+    )
     again = ExportConfig.from_dict(config.to_dict())
     assert again == config
     assert [f.value for f in again.formats] == formats
@@ -135,8 +154,10 @@ def test_config_round_trips_through_a_dict(formats, quantize, opset, num_calibra
 def test_earlier_pipeline_toml_keys_are_translated_with_a_warning():
     from deploykit.pipeline.config import OptimizeConfig
 
-    text = ('[export]\nformats = ["onnx", "tflite"]\nprecisions = ["float32", "int8"]\nonnx_int8 = "static"\n'
-            'tflite_int8 = "dynamic"\ncalibration_samples = 100\n')
+    text = (
+        '[export]\nformats = ["onnx", "tflite"]\nprecisions = ["float32", "int8"]\nonnx_int8 = "static"\n'
+        'tflite_int8 = "dynamic"\ncalibration_samples = 100\n'
+    )
     with pytest.warns(FutureWarning, match="use quantize"):
         config = OptimizeConfig.from_toml_text(text)
     assert config.export.quantize == (Quantization.FLOAT32, Quantization.INT8_STATIC, Quantization.INT8_WEIGHTS)
@@ -154,4 +175,7 @@ def test_the_pipeline_speaks_the_exporters_vocabulary():
     assert not any(hasattr(steps, name) for name in ("_QUANTIZATION", "RUNTIMES"))
     assert steps.artifact_name is bundle.artifact_name
     export = config.ExportStep(formats="onnx", quantize="float32,int8-static-per-tensor")
-    assert export.variants() == [(ExportFormat.ONNX, Quantization.FLOAT32), (ExportFormat.ONNX, Quantization.INT8_STATIC_PER_TENSOR)]
+    assert export.variants() == [
+        (ExportFormat.ONNX, Quantization.FLOAT32),
+        (ExportFormat.ONNX, Quantization.INT8_STATIC_PER_TENSOR),
+    ]

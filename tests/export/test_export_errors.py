@@ -33,7 +33,9 @@ def test_full_int8_without_data_is_refused(tmp_path, trained_model):
 
 def test_bad_calibration_data_is_a_data_error(tmp_path, trained_model):
     with pytest.raises(DataError, match=r"shape \(10,\)"):
-        export_tflite(trained_model, tmp_path / "m.tflite", quantization="int8-full", representative_data=np.zeros((5, 10)))
+        export_tflite(
+            trained_model, tmp_path / "m.tflite", quantization="int8-full", representative_data=np.zeros((5, 10))
+        )
     bad = np.full((5, 64), np.nan, dtype=np.float32)
     with pytest.raises(DataError, match="NaN"):
         export_onnx(trained_model, tmp_path / "m.onnx", quantization="int8-static", calibration_data=bad)
@@ -71,7 +73,9 @@ def test_validate_refuses_unknown_artifacts(tmp_path, digits):
 
 def test_a_failed_tolerance_leaves_no_folder(tmp_path, trained_model, digits):
     out = tmp_path / "bundle"
-    config = ExportConfig(formats="onnx", quantize="float32,int8-dynamic", tolerance=Tolerance(max_abs_diff=1e-9), repeats=2)
+    config = ExportConfig(
+        formats="onnx", quantize="float32,int8-dynamic", tolerance=Tolerance(max_abs_diff=1e-9), repeats=2
+    )
     with pytest.raises(ValidationError) as info:
         export_bundle(trained_model, digits, out, config)
     assert "model_int8-dynamic.onnx" in info.value.artifact

@@ -53,17 +53,24 @@ def test_validate_takes_a_data_path_and_x_y_arrays(float_onnx, digits, model_fil
 
 
 def test_bundle_takes_a_model_path_and_x_y_arrays(tmp_path, model_file, digits):
-    bundle = export_bundle(str(model_file), (digits.x_test, digits.y_test), tmp_path / "out",
-                           ExportConfig(formats="onnx", repeats=2))
+    bundle = export_bundle(
+        str(model_file), (digits.x_test, digits.y_test), tmp_path / "out", ExportConfig(formats="onnx", repeats=2)
+    )
     assert [r.path.name for r in bundle.exports] == ["model.onnx"] and bundle.validations[0].passed
 
 
 def test_a_keras3_model_object_is_imported_as_its_file_would_be(tmp_path, digits):
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit does)
     import keras
 
-    k3 = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(16, activation="relu"),
-                           keras.layers.Dense(10, activation="softmax")])
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit does)
+
+    k3 = keras.Sequential(
+        [
+            keras.Input(shape=(64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     record = export_onnx(k3, tmp_path / "k3.onnx")
     expected = np.asarray(k3(digits.x_test[:32]))
     assert np.abs(OnnxRunner(record.path).predict(digits.x_test[:32]) - expected).max() <= 1e-5
@@ -74,8 +81,23 @@ def test_float_export_needs_no_data_and_validates_on_generated_inputs(tmp_path, 
     from deploykit.cli.main import main
 
     out = tmp_path / "out"
-    assert main(["export", str(model_file), "--formats", "onnx,tflite", "--quantize", "float32,float16",
-                 "--out", str(out), "--repeats", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(model_file),
+                "--formats",
+                "onnx,tflite",
+                "--quantize",
+                "float32,float16",
+                "--out",
+                str(out),
+                "--repeats",
+                "2",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "] data " not in captured.err and "no --data" in captured.err  # no silent fallback to a dataset
     summary = json.loads((out / "validation.json").read_text())
@@ -90,7 +112,9 @@ def test_float_export_needs_no_data_and_validates_on_generated_inputs(tmp_path, 
 def test_calibrated_int8_without_data_is_refused_before_any_work(tmp_path, model_file, capsys):
     from deploykit.cli.main import main
 
-    code = main(["export", str(model_file), "--formats", "onnx", "--quantize", "int8-static", "--out", str(tmp_path / "o")])
+    code = main(
+        ["export", str(model_file), "--formats", "onnx", "--quantize", "int8-static", "--out", str(tmp_path / "o")]
+    )
     assert code == 2 and "int8-static needs data to calibrate" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -99,8 +123,20 @@ def test_an_onnx_file_is_quantized_and_validated_against_itself(tmp_path, float_
     from deploykit.cli.main import main
 
     out = tmp_path / "q"
-    code = main(["export", str(float_onnx), "--quantize", "float16,int8-dynamic,int8-static", "--data", "digits",
-                 "--out", str(out), "--repeats", "2"])
+    code = main(
+        [
+            "export",
+            str(float_onnx),
+            "--quantize",
+            "float16,int8-dynamic,int8-static",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--repeats",
+            "2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     names = ["model_float16.onnx", "model_int8-dynamic.onnx", "model_int8-static.onnx"]
     assert sorted(p.name for p in out.glob("*.onnx")) == names
@@ -139,11 +175,25 @@ def test_validate_command_runs_any_file_in_its_runtime(tmp_path, trained_model, 
     quant = "int8-dynamic" if suffix == ".onnx" else "int8-full"
     record = export_variant(trained_model, suffix[1:], quant, tmp_path / f"m{suffix}", digits)
     capsys.readouterr()
-    assert main(["validate", str(record.path), "--data", "digits", "--reference", str(model_file), "--repeats", "2"]) == 0
+    assert (
+        main(["validate", str(record.path), "--data", "digits", "--reference", str(model_file), "--repeats", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert f"| m{suffix} | {quant} |" in out and "| ok |" in out
-    code = main(["validate", str(record.path), "--data", "digits", "--reference", str(model_file), "--repeats", "2",
-                 "--max-diff", "1e-9"])
+    code = main(
+        [
+            "validate",
+            str(record.path),
+            "--data",
+            "digits",
+            "--reference",
+            str(model_file),
+            "--repeats",
+            "2",
+            "--max-diff",
+            "1e-9",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "failed validation" in err and "max_abs_diff" in err
 

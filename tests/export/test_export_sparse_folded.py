@@ -40,7 +40,9 @@ def pruned_exports(tmp_path_factory, pruned, digits):
         "onnx-float32": export_onnx(pruned, out / "p.onnx"),
         "onnx-int8-static": export_onnx(pruned, out / "p8.onnx", quantization="int8-static", calibration_data=digits),
         "tflite-float32": export_tflite(pruned, out / "p.tflite"),
-        "tflite-int8-full": export_tflite(pruned, out / "p8.tflite", quantization="int8-full", representative_data=digits, int8_io=True),
+        "tflite-int8-full": export_tflite(
+            pruned, out / "p8.tflite", quantization="int8-full", representative_data=digits, int8_io=True
+        ),
     }
 
 
@@ -51,8 +53,11 @@ def _onnx_weights(path) -> list[tuple[np.ndarray, np.ndarray]]:
 
     proto = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    zero_points = {n.input[0]: inits[n.input[2]] for n in proto.graph.node
-                   if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[0] in inits}
+    zero_points = {
+        n.input[0]: inits[n.input[2]]
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[0] in inits
+    }
     return [(v, np.asarray(zero_points.get(name, 0))) for name, v in inits.items() if v.ndim == 2]
 
 
@@ -79,14 +84,21 @@ def _assert_zeros_kept(kernels: list[np.ndarray], weights: list[tuple[np.ndarray
         assert zeros.mean() >= SPARSITY - 0.01
         candidates = [(v, z) for v, z in weights if v.shape == kernel.shape]
         assert candidates, f"no stored weight of shape {kernel.shape}"
-        kept = [np.all(v[zeros] == np.broadcast_to(z if z.ndim == 0 else z[None, :], v.shape)[zeros]) for v, z in candidates]
+        kept = [
+            np.all(v[zeros] == np.broadcast_to(z if z.ndim == 0 else z[None, :], v.shape)[zeros]) for v, z in candidates
+        ]
         assert any(kept), kernel.shape
 
 
-@pytest.mark.parametrize("name, reader", [
-    ("onnx-float32", _onnx_weights), ("onnx-int8-static", _onnx_weights),
-    ("tflite-float32", _tflite_weights), ("tflite-int8-full", _tflite_weights),
-])
+@pytest.mark.parametrize(
+    "name, reader",
+    [
+        ("onnx-float32", _onnx_weights),
+        ("onnx-int8-static", _onnx_weights),
+        ("tflite-float32", _tflite_weights),
+        ("tflite-int8-full", _tflite_weights),
+    ],
+)
 def test_pruned_zeros_are_still_zeros_in_the_exported_weights(name, reader, pruned, pruned_exports):
     _assert_zeros_kept(_kernels(pruned), reader(pruned_exports[name].path))
 
@@ -113,5 +125,7 @@ def test_folded_model_exports_and_validates(tmp_path, trained_model, digits):
     assert validate(onnx_record, digits, trained_model, repeats=3).passed  # the fold is exact to 1e-4
     # Folding moves the input standardization (x1000 on the constant digits pixels) into the first kernel;
     # the int8 preparation must cope with it, or full-integer int8 collapses.
-    tflite_record = export_tflite(folded, tmp_path / "folded8.tflite", quantization="int8-full", representative_data=digits)
+    tflite_record = export_tflite(
+        folded, tmp_path / "folded8.tflite", quantization="int8-full", representative_data=digits
+    )
     assert validate(tflite_record, digits, trained_model, repeats=3).passed

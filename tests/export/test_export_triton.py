@@ -17,8 +17,13 @@ from deploykit.export import TritonConfig, export_variant, write_kserve_manifest
 
 pytestmark = pytest.mark.slow  # exports real models; the schema check runs in a subprocess
 
-ONNX_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16",
-              "tensor(int8)": "TYPE_INT8", "tensor(int32)": "TYPE_INT32"}
+ONNX_TYPES = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int32)": "TYPE_INT32",
+}
 
 _PARSE = """
 import json, sys
@@ -83,8 +88,10 @@ def repository(tmp_path_factory, trained_model, digits):
     from deploykit.uncertainty import export_mc_onnx
 
     out = tmp_path_factory.mktemp("triton")
-    files = [export_variant(trained_model, "onnx", q, out / f"model_{q}.onnx", digits).path
-             for q in ("float32", "float16", "int8-dynamic", "int8-static")]
+    files = [
+        export_variant(trained_model, "onnx", q, out / f"model_{q}.onnx", digits).path
+        for q in ("float32", "float16", "int8-dynamic", "int8-static")
+    ]
     files.append(export_mc_onnx(trained_model, out / "model_mc.onnx", samples=5).path)
     triton = TritonConfig(max_batch_size=64, instance_kind="gpu", instances=2, storage_uri="gs://bucket/models/triton")
     names = write_triton_models(files, out / "triton", triton, class_names=list(digits.class_names))
@@ -106,7 +113,9 @@ def test_every_model_passes_tritons_schema_and_rules(repository):
 
 
 def _assert_same_but_the_optional_input(served, artifact):
-    assert [i.name for i in artifact.graph.input] == ["input", "samples"] and artifact.graph.input[1].type.HasField("optional_type")
+    assert [i.name for i in artifact.graph.input] == ["input", "samples"] and artifact.graph.input[1].type.HasField(
+        "optional_type"
+    )
     assert [i.name for i in served.graph.input] == ["input"]
     added = served.graph.node[0]
     assert (added.op_type, list(added.input), list(added.output)) == ("Optional", [], ["samples"])
@@ -117,7 +126,9 @@ def _assert_same_but_the_optional_input(served, artifact):
 
 def test_mc_per_row_scalars_are_dims_1_reshaped_to_scalars(repository):
     out, _, _ = repository
-    config = parse_configs([out / "triton" / "model_mc" / "config.pbtxt"])[str(out / "triton" / "model_mc" / "config.pbtxt")]
+    config = parse_configs([out / "triton" / "model_mc" / "config.pbtxt"])[
+        str(out / "triton" / "model_mc" / "config.pbtxt")
+    ]
     outputs = {t["name"]: t for t in config["output"]}
     for name in ("predictive_entropy", "mutual_information", "predicted_class"):
         assert outputs[name]["dims"] == ["1"] and outputs[name]["reshape"] == {}  # shape: [ ] (empty, so omitted)
@@ -156,9 +167,32 @@ def test_optimize_triton_serves_every_shipped_model_including_mc(tmp_path, train
 
     model = save_model(trained_model, tmp_path / "m.keras")
     out = tmp_path / "run"
-    code = main(["optimize", str(model), "--data", "digits", "--out", str(out), "--no-sparsity", "--formats", "onnx",
-                 "--quantize", "float32,int8-dynamic", "--samples", "5", "--triton", "--instances", "2",
-                 "--max-batch-size", "32", "--max-accuracy-drop", "0.05", "--mc-seed", "0"])  # the subject is Triton
+    code = main(
+        [
+            "optimize",
+            str(model),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--no-sparsity",
+            "--formats",
+            "onnx",
+            "--quantize",
+            "float32,int8-dynamic",
+            "--samples",
+            "5",
+            "--triton",
+            "--instances",
+            "2",
+            "--max-batch-size",
+            "32",
+            "--max-accuracy-drop",
+            "0.05",
+            "--mc-seed",
+            "0",
+        ]
+    )  # the subject is Triton
     assert code == 0, capsys.readouterr().err
     shipped = sorted(p.stem for p in out.glob("*.onnx"))
     assert shipped == ["model", "model_int8-dynamic", "model_mc"]

@@ -29,13 +29,23 @@ def artifacts(tmp_path_factory, trained_model, digits):
     """name -> ExportRecord for every ONNX and TFLite variant (exported once for the module)."""
     out = tmp_path_factory.mktemp("variants")
     records = {}
-    meta = ModelMetadata(class_names=list(digits.class_names), steps=list(META.steps), reference_accuracy=META.reference_accuracy)
+    meta = ModelMetadata(
+        class_names=list(digits.class_names), steps=list(META.steps), reference_accuracy=META.reference_accuracy
+    )
     for q in ONNX_VARIANTS:
-        records[f"onnx-{q}"] = export_onnx(trained_model, out / f"{q}.onnx", quantization=q, calibration_data=digits, metadata=meta)
+        records[f"onnx-{q}"] = export_onnx(
+            trained_model, out / f"{q}.onnx", quantization=q, calibration_data=digits, metadata=meta
+        )
     for q in TFLITE_VARIANTS:
         quant = "int8-full" if q == "int8-io" else q
-        records[f"tflite-{q}"] = export_tflite(trained_model, out / f"{q}.tflite", quantization=quant,
-                                               representative_data=digits, num_calibration=200, int8_io=q == "int8-io")
+        records[f"tflite-{q}"] = export_tflite(
+            trained_model,
+            out / f"{q}.tflite",
+            quantization=quant,
+            representative_data=digits,
+            num_calibration=200,
+            int8_io=q == "int8-io",
+        )
     return records
 
 
@@ -205,7 +215,9 @@ def _parse_triton_config(path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _PARSE_TRITON_CONFIG, str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _PARSE_TRITON_CONFIG, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

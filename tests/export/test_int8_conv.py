@@ -25,10 +25,19 @@ def _range_scale(values) -> float:
 def _conv_spec(kernel, **config):
     name = "DepthwiseConv2D" if config.pop("depthwise", False) else "Conv2D"
     units = kernel.shape[-1] * (kernel.shape[-2] if name == "DepthwiseConv2D" else 1)
-    config = {"name": "conv", "kernel_size": kernel.shape[:2], "strides": (1, 1), "dilation_rate": (1, 1),
-              "padding": "valid", "use_bias": True, "activation": "linear", **config}
-    return SimpleNamespace(name="conv", class_name=name, config=config,
-                           weights=[kernel.astype(np.float32), np.zeros(units, np.float32)])
+    config = {
+        "name": "conv",
+        "kernel_size": kernel.shape[:2],
+        "strides": (1, 1),
+        "dilation_rate": (1, 1),
+        "padding": "valid",
+        "use_bias": True,
+        "activation": "linear",
+        **config,
+    }
+    return SimpleNamespace(
+        name="conv", class_name=name, config=config, weights=[kernel.astype(np.float32), np.zeros(units, np.float32)]
+    )
 
 
 def _conv(x, spec):
@@ -69,27 +78,34 @@ def test_a_channel_scaled_by_one_over_epsilon_is_clipped_and_multipliers_bounded
     assert (_range_scale(x) * weight_scale / _range_scale(out)).max() <= MAX_REQUANTIZATION
 
 
-@pytest.mark.parametrize("kind, options, shape", [
-    ("Conv2D", {"kernel_size": (3, 2), "strides": 2, "padding": "same"}, (9, 7, 3)),
-    ("Conv2D", {"kernel_size": (3, 4), "strides": (2, 3), "padding": "same"}, (8, 10, 3)),
-    ("Conv2D", {"kernel_size": 3, "dilation_rate": 2}, (9, 8, 3)),
-    ("Conv1D", {"kernel_size": 3, "dilation_rate": 2, "padding": "causal"}, (10, 3)),
-    ("Conv1D", {"kernel_size": 4, "strides": 2, "padding": "same"}, (11, 3)),
-    ("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2, "padding": "same"}, (6, 6, 3)),
-])
+@pytest.mark.parametrize(
+    "kind, options, shape",
+    [
+        ("Conv2D", {"kernel_size": (3, 2), "strides": 2, "padding": "same"}, (9, 7, 3)),
+        ("Conv2D", {"kernel_size": (3, 4), "strides": (2, 3), "padding": "same"}, (8, 10, 3)),
+        ("Conv2D", {"kernel_size": 3, "dilation_rate": 2}, (9, 8, 3)),
+        ("Conv1D", {"kernel_size": 3, "dilation_rate": 2, "padding": "causal"}, (10, 3)),
+        ("Conv1D", {"kernel_size": 4, "strides": 2, "padding": "same"}, (11, 3)),
+        ("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2, "padding": "same"}, (6, 6, 3)),
+    ],
+)
 def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
     """Every patch times the kernel is the conv's output at that position (strides, dilation, padding)."""
     from deploykit.backend import keras
     from deploykit.graph import graph_from_model
 
-    layer = getattr(keras.layers, kind)(**({"filters": 5} if kind != "DepthwiseConv2D" else {}), **options, use_bias=False)
+    layer = getattr(keras.layers, kind)(
+        **({"filters": 5} if kind != "DepthwiseConv2D" else {}), **options, use_bias=False
+    )
     model = keras.Sequential([keras.Input(shape), layer])
     x = np.random.default_rng(0).normal(size=(4, *shape))
     rows = _patches(graph_from_model(model).nodes[0].spec, x, 10**6, np.random.default_rng(0))
     kernel = layer.get_weights()[0].astype(np.float64)
     if kind == "DepthwiseConv2D":
         taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
-        out = np.einsum("ntc,tcm->ncm", rows.reshape(len(rows), taps, cin), kernel.reshape(taps, cin, -1)).reshape(len(rows), -1)
+        out = np.einsum("ntc,tcm->ncm", rows.reshape(len(rows), taps, cin), kernel.reshape(taps, cin, -1)).reshape(
+            len(rows), -1
+        )
     else:
         out = rows @ kernel.reshape(-1, kernel.shape[-1])
     expected = model(x).numpy().reshape(-1, model.output_shape[-1])
@@ -107,8 +123,16 @@ def image_data(digits):
         x = x.reshape(len(x), 8, 8, 1)
         return np.concatenate([x, np.zeros_like(x)], axis=-1)
 
-    return Dataset(f"{digits.name}_zero_channel", image(digits.x_train), digits.y_train, image(digits.x_val), digits.y_val,
-                   image(digits.x_test), digits.y_test, digits.class_names)
+    return Dataset(
+        f"{digits.name}_zero_channel",
+        image(digits.x_train),
+        digits.y_train,
+        image(digits.x_val),
+        digits.y_val,
+        image(digits.x_test),
+        digits.y_test,
+        digits.class_names,
+    )
 
 
 def small_cnn(data, seed: int = 0):
@@ -119,11 +143,18 @@ def small_cnn(data, seed: int = 0):
     L = keras.layers
     norm = L.Normalization(axis=-1)
     norm.adapt(data.x_train)
-    model = keras.Sequential([
-        keras.Input(data.input_shape), norm, L.Conv2D(16, 3, activation="relu"),
-        L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu"), L.Conv2D(16, 1, activation="relu"),
-        L.GlobalAveragePooling2D(), L.Dense(10, activation="softmax"),
-    ], name="zero_channel_cnn")
+    model = keras.Sequential(
+        [
+            keras.Input(data.input_shape),
+            norm,
+            L.Conv2D(16, 3, activation="relu"),
+            L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu"),
+            L.Conv2D(16, 1, activation="relu"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(10, activation="softmax"),
+        ],
+        name="zero_channel_cnn",
+    )
     model.compile(optimizer=keras.optimizers.Nadam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, epochs=8, batch_size=32, verbose=0)
     return model
@@ -133,7 +164,9 @@ def conv_multipliers(path) -> dict[str, float]:
     """Largest requantization multiplier per op kind (input scale x weight scales / output scale) in a TFLite file."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     scales = {t["index"]: t["quantization_parameters"]["scales"] for t in interpreter.get_tensor_details()}
     found: dict[str, float] = {}
     for op in interpreter._get_ops_details():
@@ -173,15 +206,21 @@ def test_int8_dynamic_leaves_convolutions_in_float_and_quantizes_dense(tmp_path)
     """A dynamically quantized Conv runs as ConvInteger, slower than float32 on onnxruntime's CPU provider:
     int8-dynamic quantizes the CNN's Dense head and leaves its convolutions float, and still matches."""
     import onnx
+    import onnxruntime as ort
 
     from deploykit.backend import keras
     from deploykit.export import export_onnx
-    import onnxruntime as ort
 
     rng = np.random.default_rng(0)
-    model = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.MaxPooling2D(), keras.layers.Flatten(),
-                              keras.layers.Dense(4, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
     x = rng.uniform(0, 1, (64, 12, 12, 1)).astype(np.float32)
     record = export_onnx(model, tmp_path / "d.onnx", quantization="int8-dynamic")
     ops = {n.op_type for n in onnx.load(str(record.path)).graph.node}

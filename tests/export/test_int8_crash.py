@@ -29,7 +29,9 @@ def requantization_multipliers(path) -> list[np.ndarray]:
     """Per FULLY_CONNECTED: input scale x weight scales / output scale, read without the XNNPACK delegate."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     scales = {t["index"]: t["quantization_parameters"]["scales"] for t in interpreter.get_tensor_details()}
     found = []
     for op in interpreter._get_ops_details():
@@ -40,8 +42,11 @@ def requantization_multipliers(path) -> list[np.ndarray]:
 
 
 def _spec(kernel: np.ndarray) -> SimpleNamespace:
-    return SimpleNamespace(name="dense", config={"use_bias": True, "activation": "linear"},
-                           weights=[kernel.astype(np.float32), np.zeros(kernel.shape[1], np.float32)])
+    return SimpleNamespace(
+        name="dense",
+        config={"use_bias": True, "activation": "linear"},
+        weights=[kernel.astype(np.float32), np.zeros(kernel.shape[1], np.float32)],
+    )
 
 
 def test_clipping_reaches_the_ordinary_weights_past_a_row_scaled_by_one_over_epsilon():
@@ -132,8 +137,12 @@ def _book_model(data, seed: int = 0):
     norm.adapt(data.x_train.reshape(len(data.x_train), -1))
     layers = [keras.layers.Flatten(input_shape=data.input_shape), norm]
     for units in (300, 100):
-        layers += [keras.layers.Dense(units, use_bias=False, kernel_initializer="he_normal"), keras.layers.BatchNormalization(),
-                   keras.layers.Activation("elu"), keras.layers.Dropout(0.2)]
+        layers += [
+            keras.layers.Dense(units, use_bias=False, kernel_initializer="he_normal"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("elu"),
+            keras.layers.Dropout(0.2),
+        ]
     model = keras.Sequential([*layers, keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, epochs=4, batch_size=32, verbose=0)
@@ -152,7 +161,9 @@ def _assert_int8_tflite_loads_within_budget(model, data, path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION.is_file(), reason="the Fashion-MNIST sample (../shared/data/fashion_mnist_3615.npz) is absent")
+@pytest.mark.skipif(
+    not FASHION.is_file(), reason="the Fashion-MNIST sample (../shared/data/fashion_mnist_3615.npz) is absent"
+)
 def test_the_books_fashion_network_trained_here_exports_to_int8_tflite_without_a_crash(tmp_path):
     from deploykit.data import load_dataset
 
@@ -164,11 +175,15 @@ def test_the_books_fashion_network_trained_here_exports_to_int8_tflite_without_a
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION.is_file() and BOOK_MODEL.is_file()),
-                    reason="the shared book model or Fashion sample (../shared/models, ../shared/data) is absent")
+@pytest.mark.skipif(
+    not (FASHION.is_file() and BOOK_MODEL.is_file()),
+    reason="the shared book model or Fashion sample (../shared/models, ../shared/data) is absent",
+)
 def test_the_shared_book_model_that_crashed_every_time_exports_to_int8_tflite(tmp_path):
     from deploykit.data import load_dataset
     from deploykit.io import load_model
 
-    report = _assert_int8_tflite_loads_within_budget(load_model(BOOK_MODEL), load_dataset(FASHION), tmp_path / "model_int8-full.tflite")
+    report = _assert_int8_tflite_loads_within_budget(
+        load_model(BOOK_MODEL), load_dataset(FASHION), tmp_path / "model_int8-full.tflite"
+    )
     assert report.passed

@@ -22,9 +22,16 @@ def _tabular_model(x, batchnorm: bool = False):
     set_seed(0)
     norm = keras.layers.Normalization()
     norm.adapt(x)
-    return keras.Sequential([keras.Input((12,)), norm, keras.layers.Dense(16, activation="relu"),
-                             *([keras.layers.BatchNormalization()] if batchnorm else []),
-                             keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            norm,
+            keras.layers.Dense(16, activation="relu"),
+            *([keras.layers.BatchNormalization()] if batchnorm else []),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
 
 
 def test_the_float_standardization_is_exact_and_sits_before_the_first_dense():
@@ -46,7 +53,10 @@ def test_no_fold_keeps_the_normalization_and_batchnorm_as_layers():
     model = _tabular_model(x, batchnorm=True)
     folded, _ = prepare_for_int8(model, x)
     unfolded, prep = prepare_for_int8(model, x, fold=False)
-    kinds = lambda m: [type(layer).__name__ for layer in m.layers]
+
+    def kinds(m):
+        return [type(layer).__name__ for layer in m.layers]
+
     assert "Normalization" not in kinds(folded) and "BatchNormalization" not in kinds(folded)
     assert {"Normalization", "BatchNormalization"} <= set(kinds(unfolded)) and prep.folded == []
 
@@ -71,8 +81,15 @@ def test_breast_cancer_ships_int8_onnx_and_tflite_within_one_point(tmp_path):
     keras.utils.set_random_seed(0)
     norm = keras.layers.Normalization()
     norm.adapt(data.x_train)
-    user = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(16, activation="relu"),
-                             keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+    user = keras.Sequential(
+        [
+            keras.Input((30,)),
+            norm,
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     user.compile("adam", "sparse_categorical_crossentropy")
     user.fit(data.x_train, data.y_train, epochs=40, batch_size=32, verbose=0)
     user.save(tmp_path / "bc.keras")
@@ -81,6 +98,8 @@ def test_breast_cancer_ships_int8_onnx_and_tflite_within_one_point(tmp_path):
     assert reference > 0.9
     for fmt, quantization, exclude in (("onnx", "int8-dynamic", ()), ("tflite", "int8-full", (STANDARDIZATION,))):
         path = tmp_path / f"m_{quantization}.{fmt}"
-        export_variant(folded, fmt, quantization, path, data, config=QuantConfig(standardize_input=True, exclude=exclude))
+        export_variant(
+            folded, fmt, quantization, path, data, config=QuantConfig(standardize_input=True, exclude=exclude)
+        )
         probs = predict_batches(open_runner(path).predict, data.x_test)
         assert float(np.mean(probs.argmax(1) == data.y_test)) >= reference - 0.01, (fmt, quantization)

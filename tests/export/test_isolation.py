@@ -64,7 +64,11 @@ def test_isolated_and_in_process_validation_measure_the_same_predictions(tiny_da
     isolated = validate(OK, tiny_data, repeats=2, check=False)
     local = validate(OK, tiny_data, repeats=2, check=False, isolated=False)
     assert isolated.accuracy == local.accuracy
-    assert (isolated.quantization, isolated.precision, isolated.format) == (local.quantization, local.precision, local.format)
+    assert (isolated.quantization, isolated.precision, isolated.format) == (
+        local.quantization,
+        local.precision,
+        local.format,
+    )
     assert [t.batch for t in isolated.timings] == [t.batch for t in local.timings] == [1, 256]
 
 

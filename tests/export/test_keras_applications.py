@@ -24,26 +24,47 @@ pytestmark = pytest.mark.slow
 #: slow suite (about 45 CPU seconds each on 2 cores); the heavy ones (more layers or parameters) run in
 #: benchmarks/bench_zoo.py, and here too with DEPLOYKIT_ZOO_ALL=1.
 LIGHT = [("MobileNetV3Small", 32), ("MobileNetV2", 32), ("EfficientNetB0", 32)]
-HEAVY = [("MobileNet", 32), ("EfficientNetV2B0", 32), ("ConvNeXtTiny", 32), ("ResNet50V2", 32), ("DenseNet121", 32),
-         ("NASNetMobile", 32), ("Xception", 71), ("InceptionV3", 75), ("VGG16", 32)]
+HEAVY = [
+    ("MobileNet", 32),
+    ("EfficientNetV2B0", 32),
+    ("ConvNeXtTiny", 32),
+    ("ResNet50V2", 32),
+    ("DenseNet121", 32),
+    ("NASNetMobile", 32),
+    ("Xception", 71),
+    ("InceptionV3", 75),
+    ("VGG16", 32),
+]
 _ALL = bool(os.environ.get("DEPLOYKIT_ZOO_ALL"))
-REPRESENTATIVES = LIGHT + [pytest.param(*case, marks=pytest.mark.skipif(not _ALL, reason="heavy: run by "
-                                        "benchmarks/bench_zoo.py (or here with DEPLOYKIT_ZOO_ALL=1)")) for case in HEAVY]
+REPRESENTATIVES = LIGHT + [
+    pytest.param(
+        *case,
+        marks=pytest.mark.skipif(
+            not _ALL, reason="heavy: run by benchmarks/bench_zoo.py (or here with DEPLOYKIT_ZOO_ALL=1)"
+        ),
+    )
+    for case in HEAVY
+]
 TOLERANCE = 1e-4  # float32 artifacts vs Keras 3 (the outputs are probabilities)
 
 
 @pytest.fixture(scope="module")
 def k3():
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     return keras
 
 
 def _randomize(model, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    draws = {"gamma": lambda s: rng.uniform(0.8, 1.2, s), "beta": lambda s: rng.normal(0, 0.1, s),
-             "moving_mean": lambda s: rng.normal(0, 0.1, s), "moving_variance": lambda s: rng.uniform(0.8, 1.2, s)}
+    draws = {
+        "gamma": lambda s: rng.uniform(0.8, 1.2, s),
+        "beta": lambda s: rng.normal(0, 0.1, s),
+        "moving_mean": lambda s: rng.normal(0, 0.1, s),
+        "moving_variance": lambda s: rng.uniform(0.8, 1.2, s),
+    }
     for layer in _layers(model):
         if type(layer).__name__ == "BatchNormalization":
             layer.set_weights([draws[w.path.split("/")[-1]](tuple(w.shape)).astype("float32") for w in layer.weights])
@@ -82,7 +103,8 @@ def test_keras_application_exports_like_keras(k3, tmp_path, name, side):
 
 
 def _check_mc(model, x) -> None:
-    """A model with drop-connect Dropout (EfficientNet: noise_shape (None, 1, 1, 1)) gets an MC graph that samples it."""
+    """A model with drop-connect Dropout (EfficientNet: noise_shape (None, 1, 1, 1)) gets an MC graph that samples
+    it."""
     import onnxruntime as ort
 
     from deploykit.graph import graph_from_model
@@ -91,7 +113,8 @@ def _check_mc(model, x) -> None:
     graph = graph_from_model(model)
     if not any(s.config.get("noise_shape") is not None for s in dropout_layers(graph)):
         return
-    sess = ort.InferenceSession(build_mc_graph(graph, MCConfig(samples=20)).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        build_mc_graph(graph, MCConfig(samples=20)).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     mean, std = sess.run(["mean", "std"], {"input": x[:2]})
     assert np.allclose(mean.sum(axis=1), 1.0, atol=1e-5) and std.max() > 0  # the samples differ

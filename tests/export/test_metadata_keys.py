@@ -13,7 +13,11 @@ def test_write_metadata_keeps_keys_it_does_not_own():
 
     proto = ModelProto()
     write_metadata(proto, ModelMetadata(steps=["fold_batchnorm"]))
-    for key, value in ((TEMPERATURE_KEY, '{"temperature": 1.5}'), (SELECTIVE_KEY, '{"threshold": 0.3}'), ("author", "me")):
+    for key, value in (
+        (TEMPERATURE_KEY, '{"temperature": 1.5}'),
+        (SELECTIVE_KEY, '{"threshold": 0.3}'),
+        ("author", "me"),
+    ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     write_metadata(proto, ModelMetadata(kind="mc_dropout", steps=["prune(0.80)"]))

@@ -48,8 +48,13 @@ def test_a_logits_classifier_exports_logits_and_probabilities_computed_in_the_gr
     keras_logits = np.asarray(model(data.x_test[:50], training=False))
     np.testing.assert_allclose(logits, keras_logits, atol=1e-4)
     np.testing.assert_allclose(probs, _softmax(keras_logits), atol=1e-5)
-    report = validate(record, data, reference=lambda x, training=False: _softmax(np.asarray(model(x, training=False))),
-                      repeats=2, isolated=False)
+    report = validate(
+        record,
+        data,
+        reference=lambda x, training=False: _softmax(np.asarray(model(x, training=False))),
+        repeats=2,
+        isolated=False,
+    )
     assert report.passed and report.max_abs_diff < 1e-5 and report.accuracy is not None
 
 
@@ -65,7 +70,9 @@ def test_a_regressor_exports_prediction_with_its_task_and_no_class_names(tmp_pat
     assert report.task is Task.REGRESSION and report.passed, report.summary()
     assert report.reference_errors.max_rel_error < 1e-5 and report.reference_errors.max_abs_error < 1e-3
     expected = float(np.sqrt(np.mean((np.asarray(model(regression.x_test)).ravel() - regression.y_test) ** 2)))
-    assert report.rmse == pytest.approx(expected, rel=1e-4) and report.reference_rmse == pytest.approx(expected, rel=1e-4)
+    assert report.rmse == pytest.approx(expected, rel=1e-4) and report.reference_rmse == pytest.approx(
+        expected, rel=1e-4
+    )
     assert report.tolerance == Tolerance(max_rel_diff=1e-4)
     assert "RMSE" in report.summary()
 
@@ -94,16 +101,23 @@ def test_tflite_and_int8_variants_keep_the_outputs_of_their_kind(tmp_path, regre
     assert sorted(runner.interpreter.get_signature_list()["serving_default"]["outputs"]) == [LOGITS_NAME, OUTPUT_NAME]
     np.testing.assert_allclose(runner.predict(digits.x_test[:20]).sum(axis=1), 1.0, atol=1e-5)
     full = export_tflite(logits, tmp_path / "l8.tflite", "int8-full", representative_data=digits)
-    assert validate(full, digits, reference=lambda x, training=False: _softmax(np.asarray(logits(x))), repeats=2,
-                    isolated=False).accuracy is not None
+    assert (
+        validate(
+            full, digits, reference=lambda x, training=False: _softmax(np.asarray(logits(x))), repeats=2, isolated=False
+        ).accuracy
+        is not None
+    )
     model = build_head(input_dim=8, outputs=1)
     for quant in ("int8-dynamic", "int8-static"):
-        record = export_onnx(model, tmp_path / f"r_{quant}.onnx", quantization=quant, calibration_data=regression,
-                             task=Task.REGRESSION)
+        record = export_onnx(
+            model, tmp_path / f"r_{quant}.onnx", quantization=quant, calibration_data=regression, task=Task.REGRESSION
+        )
         assert OnnxRunner(record.path).output_name == PREDICTION_NAME
         report = validate(record, regression, reference=model, repeats=2, isolated=False)
         assert report.task is Task.REGRESSION and report.tolerance.max_rmse_increase == 0.05
-    r_flat = export_tflite(model, tmp_path / "r8.tflite", "int8-full", representative_data=regression, task=Task.REGRESSION)
+    r_flat = export_tflite(
+        model, tmp_path / "r8.tflite", "int8-full", representative_data=regression, task=Task.REGRESSION
+    )
     assert TfliteRunner(r_flat.path).output_name == PREDICTION_NAME
     assert validate(r_flat, regression, reference=model, repeats=2, isolated=False).rmse is not None
 
@@ -114,7 +128,7 @@ def test_triton_labels_go_to_probabilities_and_a_regressor_has_none(tmp_path):
     export_onnx(build_head(outputs=3, input_dim=4), tmp_path / "l.onnx", task=Task.CLASSIFICATION)
     folder = write_triton_repository(tmp_path / "l.onnx", tmp_path / "repo", "logits")
     text = (folder / "config.pbtxt").read_text()
-    block = text[text.index(f'name: "{OUTPUT_NAME}"'):]
+    block = text[text.index(f'name: "{OUTPUT_NAME}"') :]
     assert 'label_filename: "labels.txt"' in block.split("}")[0] and text.count("label_filename") == 1
     export_onnx(build_head(outputs=2, input_dim=4), tmp_path / "r.onnx", task=Task.REGRESSION)
     folder = write_triton_repository(tmp_path / "r.onnx", tmp_path / "repo", "reg", class_names=["a", "b"])
@@ -140,15 +154,44 @@ def test_export_and_validate_commands_on_a_regressor(tmp_path, capsys):
 
     model = save_model(build_head(input_dim=10, outputs=1), tmp_path / "reg.keras")
     out = tmp_path / "out"
-    code = main(["export", str(model), "--data", "diabetes", "--formats", "onnx", "--quantize", "float32,int8-dynamic",
-                 "--triton", "--repeats", "2", "-q", "--out", str(out)])
+    code = main(
+        [
+            "export",
+            str(model),
+            "--data",
+            "diabetes",
+            "--formats",
+            "onnx",
+            "--quantize",
+            "float32,int8-dynamic",
+            "--triton",
+            "--repeats",
+            "2",
+            "-q",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     table = (out / "validation.md").read_text()
     assert "Reference (Keras) test RMSE" in table and "| RMSE | max abs error |" in table
     assert not (out / "triton" / "model" / "labels.txt").exists()
     assert read_metadata(out / "model.onnx").task == {"task": "regression", "output": "values"}
-    code = main(["validate", str(out / "model.onnx"), "--data", "diabetes", "--reference", str(model), "--repeats", "2",
-                 "-q", "--max-rel-diff", "1e-9"])
+    code = main(
+        [
+            "validate",
+            str(out / "model.onnx"),
+            "--data",
+            "diabetes",
+            "--reference",
+            str(model),
+            "--repeats",
+            "2",
+            "-q",
+            "--max-rel-diff",
+            "1e-9",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and "max_rel_diff" in captured.err  # the override is held, the miss named with its number

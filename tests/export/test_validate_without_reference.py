@@ -22,15 +22,26 @@ def _softmax_model(path, weights, bias, reference_accuracy):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [helper.make_node("MatMul", ["input", "W"], ["z"]), helper.make_node("Add", ["z", "b"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    nodes = [
+        helper.make_node("MatMul", ["input", "W"], ["z"]),
+        helper.make_node("Add", ["z", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
     graph = helper.make_graph(
-        nodes, "softmax_regression", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+        nodes,
+        "softmax_regression",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(weights.astype(np.float32), "W"), numpy_helper.from_array(bias.astype(np.float32), "b")])
+        [
+            numpy_helper.from_array(weights.astype(np.float32), "W"),
+            numpy_helper.from_array(bias.astype(np.float32), "b"),
+        ],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    write_metadata(proto, ModelMetadata(class_names=[str(i) for i in range(10)], input_shape=[64],
-                                        reference_accuracy=reference_accuracy))
+    write_metadata(
+        proto,
+        ModelMetadata(class_names=[str(i) for i in range(10)], input_shape=[64], reference_accuracy=reference_accuracy),
+    )
     onnx.save(proto, str(path))
     return path
 

@@ -69,8 +69,9 @@ def test_the_busy_worker_dies_with_its_parent(tmp_path, main_thread):
         f"threading.Thread(target=go).start() if {not main_thread} else go()\n"
         "threading.Event().wait(600)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}
+    )
     child = int(parent.stdout.readline())
     time.sleep(1.5)  # the worker is in the endless Loop now
     assert _alive(child)

@@ -36,43 +36,67 @@ def backward_with_bias():
 
 def backward_without_bias():
     L = _layers()
-    return _seq((12,), L.Dense(16, use_bias=False), L.BatchNormalization(), L.Activation("elu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,),
+        L.Dense(16, use_bias=False),
+        L.BatchNormalization(),
+        L.Activation("elu"),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def forward_through_dropout():
     L = _layers()
-    return _seq((12,), L.Dense(16, activation="elu"), L.BatchNormalization(), L.Dropout(0.3), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,), L.Dense(16, activation="elu"), L.BatchNormalization(), L.Dropout(0.3), L.Dense(5, activation="softmax")
+    )
 
 
 def first_after_input():
     L = _layers()
-    return _seq((12,), L.BatchNormalization(epsilon=0.05), L.Dense(16, activation="relu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,), L.BatchNormalization(epsilon=0.05), L.Dense(16, activation="relu"), L.Dense(5, activation="softmax")
+    )
 
 
 def first_before_flatten():
     L = _layers()  # 2-D input: the BN's statistics are per last axis, spread over the flattened features
-    return _seq((4, 6), L.BatchNormalization(), L.Flatten(), L.Dense(8, activation="elu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (4, 6), L.BatchNormalization(), L.Flatten(), L.Dense(8, activation="elu"), L.Dense(5, activation="softmax")
+    )
 
 
 def multi_axis_bn_before_flatten():
     L = _layers()  # per-element statistics over both axes of a 2-D input
-    return _seq((4, 6), L.BatchNormalization(axis=[1, 2]), L.Flatten(), L.Dense(8, activation="elu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (4, 6),
+        L.BatchNormalization(axis=[1, 2]),
+        L.Flatten(),
+        L.Dense(8, activation="elu"),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def first_after_flatten():
     L = _layers()
-    return _seq((4, 6), L.Flatten(), L.BatchNormalization(), L.Dense(8, activation="elu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (4, 6), L.Flatten(), L.BatchNormalization(), L.Dense(8, activation="elu"), L.Dense(5, activation="softmax")
+    )
 
 
 def dense_on_last_axis():
     L = _layers()  # Dense acting on the last axis of a (4, 6) input: per-last-axis stats fold
-    return _seq((4, 6), L.BatchNormalization(), L.Dense(8, activation="elu"), L.Flatten(), L.Dense(5, activation="softmax"))
+    return _seq(
+        (4, 6), L.BatchNormalization(), L.Dense(8, activation="elu"), L.Flatten(), L.Dense(5, activation="softmax")
+    )
 
 
 def normalization_from_config():
     L = _layers()
     mean, var = _stats(12, 1)
-    return _seq((12,), L.Normalization(mean=mean, variance=var), L.Dense(16, activation="elu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,), L.Normalization(mean=mean, variance=var), L.Dense(16, activation="elu"), L.Dense(5, activation="softmax")
+    )
 
 
 def normalization_adapted():
@@ -85,56 +109,115 @@ def normalization_adapted():
 def normalization_then_bn():
     L = _layers()
     mean, var = _stats(12, 3)
-    return _seq((12,), L.Normalization(mean=mean, variance=var), L.BatchNormalization(), L.Dense(16, activation="elu"),
-                L.BatchNormalization(), L.Dropout(0.2), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,),
+        L.Normalization(mean=mean, variance=var),
+        L.BatchNormalization(),
+        L.Dense(16, activation="elu"),
+        L.BatchNormalization(),
+        L.Dropout(0.2),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def normalization_of_2d_input():
     L = _layers()  # per-pixel standardization of a 2-D input, then Flatten
     mean, var = _stats(24, 4)
-    return _seq((4, 6), L.Normalization(axis=(1, 2), mean=mean.reshape(4, 6), variance=var.reshape(4, 6)), L.Flatten(),
-                L.Dense(8, activation="elu"), L.Dense(5, activation="softmax"))
+    return _seq(
+        (4, 6),
+        L.Normalization(axis=(1, 2), mean=mean.reshape(4, 6), variance=var.reshape(4, 6)),
+        L.Flatten(),
+        L.Dense(8, activation="elu"),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def alpha_dropout_and_reshape():
     L = _layers()
-    return _seq((12,), L.Dense(16, activation="selu"), L.BatchNormalization(), L.AlphaDropout(0.1), L.Reshape((4, 4)),
-                L.Flatten(), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,),
+        L.Dense(16, activation="selu"),
+        L.BatchNormalization(),
+        L.AlphaDropout(0.1),
+        L.Reshape((4, 4)),
+        L.Flatten(),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def center_scale_off():
     L = _layers()
-    return _seq((12,), L.Dense(16, activation="elu"), L.BatchNormalization(center=False, epsilon=1e-2),
-                L.Dense(16, activation="elu"), L.BatchNormalization(scale=False, epsilon=0.3), L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,),
+        L.Dense(16, activation="elu"),
+        L.BatchNormalization(center=False, epsilon=1e-2),
+        L.Dense(16, activation="elu"),
+        L.BatchNormalization(scale=False, epsilon=0.3),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def stacked_bns():
     L = _layers()
-    return _seq((12,), L.Dense(16), L.BatchNormalization(), L.BatchNormalization(epsilon=0.1), L.Activation("elu"),
-                L.Dense(5, activation="softmax"))
+    return _seq(
+        (12,),
+        L.Dense(16),
+        L.BatchNormalization(),
+        L.BatchNormalization(epsilon=0.1),
+        L.Activation("elu"),
+        L.Dense(5, activation="softmax"),
+    )
 
 
 def chapter_bn_after_activation():
     L = _layers()  # Hands-On ML ch. 11, first BatchNorm model
-    return _seq((28, 28), L.Flatten(), L.BatchNormalization(),
-                L.Dense(300, activation="elu", kernel_initializer="he_normal"), L.BatchNormalization(),
-                L.Dense(100, activation="elu", kernel_initializer="he_normal"), L.BatchNormalization(),
-                L.Dense(10, activation="softmax"))
+    return _seq(
+        (28, 28),
+        L.Flatten(),
+        L.BatchNormalization(),
+        L.Dense(300, activation="elu", kernel_initializer="he_normal"),
+        L.BatchNormalization(),
+        L.Dense(100, activation="elu", kernel_initializer="he_normal"),
+        L.BatchNormalization(),
+        L.Dense(10, activation="softmax"),
+    )
 
 
 def chapter_bn_before_activation():
     L = _layers()  # Hands-On ML ch. 11, BN before the activation, use_bias=False
-    return _seq((28, 28), L.Flatten(), L.BatchNormalization(),
-                L.Dense(300, kernel_initializer="he_normal", use_bias=False), L.BatchNormalization(), L.Activation("elu"),
-                L.Dense(100, kernel_initializer="he_normal", use_bias=False), L.BatchNormalization(), L.Activation("elu"),
-                L.Dense(10, activation="softmax"))
+    return _seq(
+        (28, 28),
+        L.Flatten(),
+        L.BatchNormalization(),
+        L.Dense(300, kernel_initializer="he_normal", use_bias=False),
+        L.BatchNormalization(),
+        L.Activation("elu"),
+        L.Dense(100, kernel_initializer="he_normal", use_bias=False),
+        L.BatchNormalization(),
+        L.Activation("elu"),
+        L.Dense(10, activation="softmax"),
+    )
 
 
-FOLDABLE = [backward_with_bias, backward_without_bias, forward_through_dropout, first_after_input, first_before_flatten,
-            multi_axis_bn_before_flatten,
-            first_after_flatten, dense_on_last_axis, normalization_from_config, normalization_adapted,
-            normalization_then_bn, normalization_of_2d_input, alpha_dropout_and_reshape, center_scale_off, stacked_bns,
-            chapter_bn_after_activation, chapter_bn_before_activation]
+FOLDABLE = [
+    backward_with_bias,
+    backward_without_bias,
+    forward_through_dropout,
+    first_after_input,
+    first_before_flatten,
+    multi_axis_bn_before_flatten,
+    first_after_flatten,
+    dense_on_last_axis,
+    normalization_from_config,
+    normalization_adapted,
+    normalization_then_bn,
+    normalization_of_2d_input,
+    alpha_dropout_and_reshape,
+    center_scale_off,
+    stacked_bns,
+    chapter_bn_after_activation,
+    chapter_bn_before_activation,
+]
 
 
 def _inputs(model, seed=7):
@@ -188,7 +271,11 @@ def test_placements_and_targets_are_reported():
     dense = [l.name for l in folded.layers if type(l).__name__ == "Dense"]
     assert rows == [(Placement.FORWARD, dense[0]), (Placement.BACKWARD, dense[0]), (Placement.BACKWARD, dense[1])]
     first = report.folded[1]
-    assert (first.params, first.target_params_before, first.target_params_after) == (4 * 300, 784 * 300, 784 * 300 + 300)
+    assert (first.params, first.target_params_before, first.target_params_after) == (
+        4 * 300,
+        784 * 300,
+        784 * 300 + 300,
+    )
     assert all(l.get_config()["use_bias"] for l in folded.layers if l.name in dense)  # use_bias=False Dense got a bias
     as_dict = report.to_dict()
     assert as_dict["changed"] is True and as_dict["folded"][1]["placement"] == "backward"
@@ -264,11 +351,19 @@ def test_unfoldable_layers_stay_and_say_why():
     from deploykit.fold import fold_batchnorm
 
     L = _layers()
-    model = _seq((4, 6),
-                 L.BatchNormalization(axis=1),  # per-row stats, but the Dense acts on the last axis
-                 L.Dense(8, activation="elu"), L.BatchNormalization(), L.Activation("relu"),  # non-linear before Dense
-                 L.Flatten(), L.Dense(16, activation="elu"), L.BatchNormalization(), L.Dropout(0.1),  # folds forward
-                 L.Dense(5, activation="softmax"), L.BatchNormalization())  # last layer
+    model = _seq(
+        (4, 6),
+        L.BatchNormalization(axis=1),  # per-row stats, but the Dense acts on the last axis
+        L.Dense(8, activation="elu"),
+        L.BatchNormalization(),
+        L.Activation("relu"),  # non-linear before Dense
+        L.Flatten(),
+        L.Dense(16, activation="elu"),
+        L.BatchNormalization(),
+        L.Dropout(0.1),  # folds forward
+        L.Dense(5, activation="softmax"),
+        L.BatchNormalization(),
+    )  # last layer
     randomize_batchnorm(model, 3)
     folded, report = fold_batchnorm(model)
     reasons = {u.name: u.reason for u in report.unfolded}
@@ -343,8 +438,9 @@ def test_folded_model_saves_loads_and_trains(folded_digits, digits, tmp_path):
 
 @pytest.mark.slow  # prunes with TF-MOT while fine-tuning
 def test_folded_model_goes_through_tfmot_pruning(folded_digits, digits):
-    from deploykit.backend import keras
     import tensorflow_model_optimization as tfmot
+
+    from deploykit.backend import keras
 
     _, shared = folded_digits
     folded = keras.models.clone_model(shared)  # the wrapper trains the layers it wraps: keep the fixture intact
@@ -358,8 +454,14 @@ def test_folded_model_goes_through_tfmot_pruning(folded_digits, digits):
 
     pruned = keras.models.clone_model(folded, clone_function=wrap)
     pruned.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    pruned.fit(digits.x_train[:128], digits.y_train[:128], epochs=1, batch_size=64, verbose=0,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    pruned.fit(
+        digits.x_train[:128],
+        digits.y_train[:128],
+        epochs=1,
+        batch_size=64,
+        verbose=0,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     kernel = [l for l in stripped.layers if type(l).__name__ == "Dense"][0].get_weights()[0]
     assert 0.45 <= float(np.mean(kernel == 0)) <= 0.55
@@ -405,8 +507,14 @@ def test_cli_bad_input_one_error_nothing_written(case, tmp_path, cli):
         src.write_text("this is not a model")
     else:
         src = tmp_path / "lambda.keras"
-        keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 2.0), keras.layers.Flatten(),
-                          keras.layers.Dense(3)]).save(src)
+        keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Lambda(lambda t: t * 2.0),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
+        ).save(src)
     out = tmp_path / "folded.keras"
     run = cli("fold", src, "--out", out)
     assert run.returncode == 1

@@ -11,8 +11,12 @@ from tests.helpers import randomize_batchnorm
 
 TOL = 1e-5
 PLACEMENTS = ("conv", "depthwise", "separable", "conv1d", "forward_valid", "forward_avgpool", "forward_maxpool")
-SETTINGS = settings(max_examples=14, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=14,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @st.composite
@@ -37,18 +41,30 @@ def _build(case):
     L = keras.layers
     c, f, k, s, pad = case["channels"], case["filters"], case["kernel"], case["stride"], case["padding"]
     bn = L.BatchNormalization(epsilon=case["epsilon"])
-    conv = {"conv": lambda: L.Conv2D(f, k, strides=s, padding=pad, use_bias=case["use_bias"]),
-            "depthwise": lambda: L.DepthwiseConv2D(k, strides=s, padding=pad, depth_multiplier=f, use_bias=case["use_bias"]),
-            "separable": lambda: L.SeparableConv2D(f, k, strides=s, padding=pad, use_bias=case["use_bias"])}
+    conv = {
+        "conv": lambda: L.Conv2D(f, k, strides=s, padding=pad, use_bias=case["use_bias"]),
+        "depthwise": lambda: L.DepthwiseConv2D(
+            k, strides=s, padding=pad, depth_multiplier=f, use_bias=case["use_bias"]
+        ),
+        "separable": lambda: L.SeparableConv2D(f, k, strides=s, padding=pad, use_bias=case["use_bias"]),
+    }
     p = case["placement"]
     if p in conv:
         layers = [keras.Input((7, 7, c)), conv[p](), bn, L.Activation("tanh"), L.Flatten()]
     elif p == "conv1d":
-        layers = [keras.Input((9, c)), L.Conv1D(f, k, strides=s, padding=pad, use_bias=case["use_bias"]), bn,
-                  L.Activation("elu"), L.Flatten()]
+        layers = [
+            keras.Input((9, c)),
+            L.Conv1D(f, k, strides=s, padding=pad, use_bias=case["use_bias"]),
+            bn,
+            L.Activation("elu"),
+            L.Flatten(),
+        ]
     else:
-        pool = {"forward_valid": [], "forward_avgpool": [L.AveragePooling2D(padding=pad)],
-                "forward_maxpool": [L.MaxPooling2D(padding=pad)]}[p]
+        pool = {
+            "forward_valid": [],
+            "forward_avgpool": [L.AveragePooling2D(padding=pad)],
+            "forward_maxpool": [L.MaxPooling2D(padding=pad)],
+        }[p]
         layers = [keras.Input((8, 8, c)), bn, *pool, L.Conv2D(f, k, strides=s, use_bias=case["use_bias"]), L.Flatten()]
     model = keras.Sequential([*layers, L.Dense(3)])
     randomize_batchnorm(model, case["seed"])

@@ -37,12 +37,15 @@ def _kinds(model):
     return [type(l).__name__ for l in model.layers]
 
 
-@pytest.mark.parametrize("make", [
-    lambda L: L.Conv2D(4, 3, padding="same", use_bias=False),
-    lambda L: L.Conv2D(4, 3, strides=2, dilation_rate=1),
-    lambda L: L.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
-    lambda L: L.SeparableConv2D(5, 3, depth_multiplier=2),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda L: L.Conv2D(4, 3, padding="same", use_bias=False),
+        lambda L: L.Conv2D(4, 3, strides=2, dilation_rate=1),
+        lambda L: L.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
+        lambda L: L.SeparableConv2D(5, 3, depth_multiplier=2),
+    ],
+)
 def test_batchnorm_folds_backward_into_2d_kernels_exactly(make):
     L = _layers()
     model = _seq((7, 7, 3), make(L), L.BatchNormalization(), L.ReLU(), L.Flatten(), L.Dense(2))
@@ -54,8 +57,14 @@ def test_batchnorm_folds_backward_into_2d_kernels_exactly(make):
 
 def test_batchnorm_folds_backward_into_conv1d():
     L = _layers()
-    model = _seq((9, 2), L.Conv1D(3, 3, padding="causal"), L.BatchNormalization(), L.Activation("gelu"),
-                 L.GlobalAveragePooling1D(), L.Dense(2))
+    model = _seq(
+        (9, 2),
+        L.Conv1D(3, 3, padding="causal"),
+        L.BatchNormalization(),
+        L.Activation("gelu"),
+        L.GlobalAveragePooling1D(),
+        L.Dense(2),
+    )
     folded, report = fold_batchnorm(model)
     assert report.folded[0].target == model.layers[0].name
     _exact(model, folded)
@@ -72,7 +81,9 @@ def test_batchnorm_through_average_pooling_into_a_valid_conv():
 
 def test_max_pooling_carries_only_positive_scales():
     L = _layers()
-    model = _seq((8, 8, 3), L.BatchNormalization(), L.MaxPooling2D(), L.Conv2D(4, 3), L.GlobalMaxPooling2D(), L.Dense(2))
+    model = _seq(
+        (8, 8, 3), L.BatchNormalization(), L.MaxPooling2D(), L.Conv2D(4, 3), L.GlobalMaxPooling2D(), L.Dense(2)
+    )
     folded, report = fold_batchnorm(model)  # randomize_batchnorm draws positive gammas
     assert report.folded and report.folded[0].placement is Placement.FORWARD
     _exact(model, folded)

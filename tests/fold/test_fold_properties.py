@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 TOL = 1e-5
 PLACEMENTS = ("backward", "backward_no_bias", "forward", "first", "normalization_then_bn", "before_flatten")
 
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @st.composite
@@ -43,8 +47,12 @@ def _build(case):
         "backward_no_bias": [L.Dense(h, use_bias=False), bn(), L.Activation("tanh"), head],
         "forward": [L.Dense(h, activation="relu"), bn(), L.Dropout(0.5), head],
         "first": [bn(), L.Dense(h, activation="elu"), head],
-        "normalization_then_bn": [L.Normalization(mean=rng.normal(0, 3, f), variance=rng.uniform(0.1, 9, f)), bn(),
-                                  L.Dense(h, activation="elu"), head],
+        "normalization_then_bn": [
+            L.Normalization(mean=rng.normal(0, 3, f), variance=rng.uniform(0.1, 9, f)),
+            bn(),
+            L.Dense(h, activation="elu"),
+            head,
+        ],
         "before_flatten": [bn(), L.Flatten(), L.Dense(h, activation="elu"), head],
     }[case["placement"]]
     shape = (3, f) if case["placement"] == "before_flatten" else (f,)
@@ -89,9 +97,15 @@ def test_normalization_fold_takes_raw_inputs(features, log_mean, log_std, seed):
 
     rng = np.random.default_rng(seed)
     std = 10.0 ** (log_std + rng.uniform(-0.5, 0.5, features))
-    mean = std * rng.uniform(-50, 50, features) if log_mean > 0 else rng.normal(0, 10.0 ** log_mean, features)
-    model = keras.Sequential([keras.Input(shape=(features,)), keras.layers.Normalization(mean=mean, variance=std**2),
-                              keras.layers.Dense(6, activation="elu"), keras.layers.Dense(3, activation="softmax")])
+    mean = std * rng.uniform(-50, 50, features) if log_mean > 0 else rng.normal(0, 10.0**log_mean, features)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(features,)),
+            keras.layers.Normalization(mean=mean, variance=std**2),
+            keras.layers.Dense(6, activation="elu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     folded, report = fold_batchnorm(model)
     assert report.changed and report.max_abs_diff <= TOL
     x = (mean + std * rng.standard_normal((300, features))).astype("float32")

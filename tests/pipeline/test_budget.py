@@ -21,8 +21,15 @@ from deploykit.sparsity.deadline import CHEAP_LEVELS, SearchLimits
 
 
 def _costs(epoch=1.0, export=2.0, evaluation=0.05, trace=0.5) -> Costs:
-    return Costs(epoch=epoch, trace=trace, evaluation=evaluation, export=export, export_measured=False,
-                 test_rows=270, val_rows=270)
+    return Costs(
+        epoch=epoch,
+        trace=trace,
+        evaluation=evaluation,
+        export=export,
+        export_measured=False,
+        test_rows=270,
+        val_rows=270,
+    )
 
 
 def test_time_budget_is_one_option_in_toml_api_and_cli():
@@ -60,7 +67,9 @@ def test_without_a_budget_the_defaults_stay_and_the_line_gives_minutes():
 
 
 def test_a_generous_budget_changes_nothing_but_the_export_order():
-    plan = make_plan(OptimizeConfig().with_options(time_budget=600), _costs(epoch=0.01, export=0.1), time.monotonic(), n_layers=2)
+    plan = make_plan(
+        OptimizeConfig().with_options(time_budget=600), _costs(epoch=0.01, export=0.1), time.monotonic(), n_layers=2
+    )
     assert plan.search and plan.targets == (0.95, 0.9, 0.8, 0.7, 0.5) and plan.epochs == 30 and not plan.dropped
     assert plan.variants[0] == (ExportFormat.ONNX, Quantization.FLOAT32)
     assert [q.value for _, q in plan.variants[1:3]] == ["int8-dynamic", "int8-full"]  # int8 next
@@ -83,7 +92,9 @@ def test_a_tight_budget_plans_fewer_cheaper_tries_and_keeps_the_wanted_artifacts
 
 
 def test_a_budget_too_small_for_one_try_skips_the_search_but_not_the_essential_exports():
-    plan = make_plan(OptimizeConfig().with_options(time_budget=1), _costs(epoch=60.0, export=5.0), time.monotonic(), n_layers=2)
+    plan = make_plan(
+        OptimizeConfig().with_options(time_budget=1), _costs(epoch=60.0, export=5.0), time.monotonic(), n_layers=2
+    )
     assert not plan.search
     assert essential_variants(plan.variants) == plan.variants[:2]
     assert any("sparsity" in d for d in plan.dropped)
@@ -96,8 +107,12 @@ def test_steps_past_the_deadline_are_skipped_with_the_reason():
     assert "time budget" in skipped_reason(plan, "export tflite float16", config)
     assert "deadline has passed" in skipped_reason(plan, "compact", config)  # only improves the model: skipped
     assert skipped_reason(plan, "save model", config) is None  # what there is is saved
-    assert skipped_reason(make_plan(OptimizeConfig(), _costs(), time.monotonic(), 2), "export onnx float32",
-                          OptimizeConfig()) is None  # no budget: nothing is skipped
+    assert (
+        skipped_reason(
+            make_plan(OptimizeConfig(), _costs(), time.monotonic(), 2), "export onnx float32", OptimizeConfig()
+        )
+        is None
+    )  # no budget: nothing is skipped
 
 
 def test_priority_puts_onnx_float32_then_int8_first():
@@ -125,8 +140,10 @@ def test_the_sensitivity_line_stays_short_for_a_convnet():
     from deploykit.evaluate import Budget, Metric
     from deploykit.sparsity.search import LayerSensitivity, sensitivity_line
 
-    layers = [LayerSensitivity(f"block{k}_expand_conv", 1000 + k, [0.5, 0.8, 0.95], [0.0, 0.01 * (k % 7), 0.02 * k])
-              for k in range(81)]
+    layers = [
+        LayerSensitivity(f"block{k}_expand_conv", 1000 + k, [0.5, 0.8, 0.95], [0.0, 0.01 * (k % 7), 0.02 * k])
+        for k in range(81)
+    ]
     line = sensitivity_line(layers, Budget(Metric.ACCURACY, 0.01))
     assert len(line) < 240 and "block80_expand_conv" in line and "81 layers" in line
 
@@ -136,8 +153,14 @@ def test_a_try_running_at_the_deadline_is_stopped_and_later_ones_not_started(tra
     from deploykit.sparsity import PruneConfig, SearchConfig, search_sparsity
 
     limits = SearchLimits(stop_at=time.monotonic() + 4.0, try_seconds=1.0)
-    _, report = search_sparsity(trained_model, digits, 0.5, config=SearchConfig(targets=(0.9, 0.5), sensitivity=False),
-                                    prune_config=PruneConfig(epochs=200, distill=False), limits=limits)
+    _, report = search_sparsity(
+        trained_model,
+        digits,
+        0.5,
+        config=SearchConfig(targets=(0.9, 0.5), sensitivity=False),
+        prune_config=PruneConfig(epochs=200, distill=False),
+        limits=limits,
+    )
     first, second = report.tries
     assert first.note.startswith("stopped at the time budget's deadline")  # kept or failed, it says so
     assert second.note.startswith("not tried") or first.kept
@@ -148,7 +171,9 @@ def test_optimize_under_a_time_budget_says_its_plan_and_reports_what_it_skipped(
     from deploykit.pipeline import optimize
 
     lines: list[str] = []
-    result = optimize(trained_model, digits, out_dir=tmp_path / "out", time_budget=1.5, samples=5, progress=lines.append)
+    result = optimize(
+        trained_model, digits, out_dir=tmp_path / "out", time_budget=1.5, samples=5, progress=lines.append
+    )
     plan_lines = [line for line in lines if line.startswith("plan for 1.5 min: ~")]
     first_step = next(i for i, line in enumerate(lines) if line.startswith("step 1/"))
     assert len(plan_lines) == 1 and lines.index(plan_lines[0]) < first_step  # said before the run starts
@@ -164,8 +189,16 @@ def test_optimize_under_a_time_budget_says_its_plan_and_reports_what_it_skipped(
 
 def test_when_the_wanted_exports_do_not_fit_fold_and_compact_make_room():
     config = OptimizeConfig().with_options(time_budget=5)
-    costs = Costs(epoch=100.0, trace=50.0, evaluation=5.0, export=60.0, export_measured=False, test_rows=500,
-                  val_rows=500, model_step=70.0)  # 3 model steps (210 s) + 2 exports (138 s) > 255 s left
+    costs = Costs(
+        epoch=100.0,
+        trace=50.0,
+        evaluation=5.0,
+        export=60.0,
+        export_measured=False,
+        test_rows=500,
+        val_rows=500,
+        model_step=70.0,
+    )  # 3 model steps (210 s) + 2 exports (138 s) > 255 s left
     plan = make_plan(config, costs, time.monotonic(), n_layers=80)
     assert {"fold", "compact"} <= set(plan.dropped) and not plan.search
     assert "left out" in skipped_reason(plan, "fold", config)

@@ -61,9 +61,16 @@ def _overconfident_keras3(path):
 
     keras.utils.set_random_seed(0)
     d = load_dataset("digits")
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Reshape((8, 8, 1)), keras.layers.Rescaling(1 / 16),
-                              keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.Flatten(),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Reshape((8, 8, 1)),
+            keras.layers.Rescaling(1 / 16),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(d.x_train, d.y_train, epochs=2, batch_size=32, verbose=0)
     last = model.layers[-1]
@@ -81,8 +88,22 @@ def test_one_runs_keras_onnx_and_tflite_agree_after_calibration(tmp_path, capsys
 
     data = _overconfident_keras3(tmp_path / "cnn.keras")
     out = tmp_path / "out"
-    code = main(["optimize", str(tmp_path / "cnn.keras"), "--data", "digits", "--out", str(out), "--no-sparsity",
-                 "--formats", "onnx,tflite", "--quantize", "float32", "--no-mc"])
+    code = main(
+        [
+            "optimize",
+            str(tmp_path / "cnn.keras"),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--no-sparsity",
+            "--formats",
+            "onnx,tflite",
+            "--quantize",
+            "float32",
+            "--no-mc",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     report = json.loads((out / "report.json").read_text())

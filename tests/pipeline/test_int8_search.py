@@ -29,9 +29,12 @@ def test_requested_setting_first_then_more_calibration_entropy_float_ends_then_t
     assert not any(v.knobs.standardize_input for v in onnx[:4] + onnx[5:])
     tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, set())
     assert [(v.quantization, v.note) for v in tflite] == [
-        (Quantization.INT8_FULL, ""), (Quantization.INT8_FULL, "4x calibration"),
-        (Quantization.INT8_FULL, "dense, dense_2 kept in float"), (Quantization.INT8_FULL, "inputs standardized in float"),
-        (Quantization.INT8_WEIGHTS, "fallback")]
+        (Quantization.INT8_FULL, ""),
+        (Quantization.INT8_FULL, "4x calibration"),
+        (Quantization.INT8_FULL, "dense, dense_2 kept in float"),
+        (Quantization.INT8_FULL, "inputs standardized in float"),
+        (Quantization.INT8_WEIGHTS, "fallback"),
+    ]
 
 
 def test_raw_tabular_scales_put_the_float_standardization_second_and_keep_it():
@@ -50,19 +53,42 @@ def test_a_variant_needing_no_calibration_has_no_calibration_tries_and_requested
     knobs = QuantConfig()
     dynamic = int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set(), raw_scales=True)
     assert [(v.quantization, v.knobs.standardize_input) for v in dynamic] == [
-        (Quantization.INT8_DYNAMIC, False), (Quantization.INT8_DYNAMIC, True)]  # static ones: never a silent fallback
+        (Quantization.INT8_DYNAMIC, False),
+        (Quantization.INT8_DYNAMIC, True),
+    ]  # static ones: never a silent fallback
     assert dynamic[1].knobs.exclude == ()  # quantize_dynamic leaves the standardization's Sub / Div in float anyway
-    assert len(int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set(), dense_first=False)) == 1
+    assert (
+        len(int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set(), dense_first=False)) == 1
+    )
     taken = {Quantization.INT8_WEIGHTS}
-    assert [v.quantization for v in int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, taken)][-1] \
-        is Quantization.INT8_FULL
+    assert [v.quantization for v in int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, taken)][
+        -1
+    ] is Quantization.INT8_FULL
     entropy = QuantConfig(calibration_method=CalibrationMethod.ENTROPY)
-    assert not any("entropy" in v.note for v in int8_variants(ExportFormat.ONNX, Quantization.INT8_STATIC, entropy, LAYERS, set()))
+    assert not any(
+        "entropy" in v.note for v in int8_variants(ExportFormat.ONNX, Quantization.INT8_STATIC, entropy, LAYERS, set())
+    )
 
 
 def _row(accuracy: float, verdict: Verdict) -> ArtifactRow:
-    return ArtifactRow("model_int8-static.onnx", "onnx", "onnxruntime", "int8", "int8-static", 0.0, 10, 5, 2.0, accuracy,
-                       None, None, None, None, None, verdict)
+    return ArtifactRow(
+        "model_int8-static.onnx",
+        "onnx",
+        "onnxruntime",
+        "int8",
+        "int8-static",
+        0.0,
+        10,
+        5,
+        2.0,
+        accuracy,
+        None,
+        None,
+        None,
+        None,
+        None,
+        verdict,
+    )
 
 
 def _variants(fmt=ExportFormat.ONNX, quant=Quantization.INT8_STATIC) -> list[Int8Variant]:
@@ -71,7 +97,11 @@ def _variants(fmt=ExportFormat.ONNX, quant=Quantization.INT8_STATIC) -> list[Int
 
 def test_search_stops_at_the_first_setting_that_passes_and_ships_it():
     variants = _variants()
-    rows = {variants[0]: _row(0.90, Verdict.REJECTED), variants[1]: _row(0.95, Verdict.PASS), variants[2]: _row(0.97, Verdict.PASS)}
+    rows = {
+        variants[0]: _row(0.90, Verdict.REJECTED),
+        variants[1]: _row(0.95, Verdict.PASS),
+        variants[2]: _row(0.97, Verdict.PASS),
+    }
     made: list[Int8Variant] = []
     attempts = search_int8(variants, lambda v: made.append(v) or v, lambda v: rows[v])
     assert made == variants[:2] and chosen(attempts).variant == variants[1]
@@ -85,8 +115,12 @@ def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_s
             raise DataError("cannot convert")
         return v
 
-    rows = {variants[0]: _row(0.93, Verdict.REJECTED), variants[1]: _row(0.94, Verdict.REJECTED),
-            variants[2]: _row(0.92, Verdict.REJECTED), variants[3]: _row(0.90, Verdict.REJECTED)}
+    rows = {
+        variants[0]: _row(0.93, Verdict.REJECTED),
+        variants[1]: _row(0.94, Verdict.REJECTED),
+        variants[2]: _row(0.92, Verdict.REJECTED),
+        variants[3]: _row(0.90, Verdict.REJECTED),
+    }
     attempts = search_int8(variants, make, lambda v: rows[v])
     assert [a.error for a in attempts] == ["", "", "", "", "cannot convert"]
     best = chosen(attempts)

@@ -65,8 +65,9 @@ def test_optimize_flags_set_the_mc_fields(tmp_path):
     from deploykit.cli.optimize import options_from_args
 
     base = OptimizeConfig(mc=MCStep(target_coverage=0.5))
-    args = build_parser().parse_args(["optimize", "--no-temperature", "--target-accuracy", "0.95",
-                                      "--ood-data", str(tmp_path / "ood.npy")])
+    args = build_parser().parse_args(
+        ["optimize", "--no-temperature", "--target-accuracy", "0.95", "--ood-data", str(tmp_path / "ood.npy")]
+    )
     config = base.with_options(**options_from_args(args))
     assert not config.mc.temperature and config.mc.target_accuracy == 0.95
     assert config.mc.target_coverage is None  # the flag's target replaces the config file's
@@ -84,9 +85,20 @@ def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, r
     ood = tmp_path / "ood.npz"
     np.savez(ood, x=np.random.default_rng(1).uniform(0, 16, (50, 64)).astype(np.float32))
     config = OptimizeConfig(validate=ValidateStep(latency_repeats=2)).with_input(ood_data=str(ood))
-    result = optimize(random_bn_model(1, data=digits), digits, config=config, out_dir=tmp_path / "out", sparsity="none",
-                      compact=False, formats="onnx", quantize="float32", samples=8, mc_seed=0, target_coverage=0.7,
-                      max_accuracy_drop=0.5)
+    result = optimize(
+        random_bn_model(1, data=digits),
+        digits,
+        config=config,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        compact=False,
+        formats="onnx",
+        quantize="float32",
+        samples=8,
+        mc_seed=0,
+        target_coverage=0.7,
+        max_accuracy_drop=0.5,
+    )
     mc = result.report["mc"]
     t = mc["temperature"]
     assert t["fit"]["placement"] in ("per_sample", "mean")
@@ -94,7 +106,9 @@ def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, r
         assert t["fit"]["nll_after"] < t["fit"]["nll_before"]
     else:
         assert t["fit"]["nll_after"] == t["fit"]["nll_before"]
-    assert mc["selective"]["chosen"]["target"]["target_coverage"] == 0.7 and 0 <= mc["selective"]["test"]["coverage"] <= 1
+    assert (
+        mc["selective"]["chosen"]["target"]["target_coverage"] == 0.7 and 0 <= mc["selective"]["test"]["coverage"] <= 1
+    )
     assert {r["measure"] for r in mc["ood"]} == {"max_prob", "entropy", "mutual_information"}
     assert json.loads((result.out_dir / "report.json").read_text())["mc"]["selective"] == mc["selective"]
     text = (result.out_dir / "report.md").read_text()
@@ -119,7 +133,8 @@ def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, r
     steps = read_metadata(onnx.load(str(result.out_dir / "model.onnx"))).steps
     assert any(s.startswith("temperature(") for s in steps) == decision.kept, (steps, decision)
     probs = ort.InferenceSession(str(result.out_dir / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input": digits.x_test})[0]
+        None, {"input": digits.x_test}
+    )[0]
     keras = np.asarray(result.model(digits.x_test, training=False))
     row = result.artifact("model.onnx")
     assert np.abs(probs - keras).max() == pytest.approx(row.max_abs_diff, abs=1e-6)
@@ -133,8 +148,19 @@ def test_no_temperature_leaves_the_graphs_raw(tmp_path, digits, random_bn_model)
     from deploykit.contract import TEMPERATURE_KEY
     from deploykit.pipeline import optimize
 
-    result = optimize(random_bn_model(1, data=digits), digits, out_dir=tmp_path / "out", sparsity="none", compact=False,
-                      formats="onnx", quantize="float32", samples=8, mc_seed=0, temperature=False, max_accuracy_drop=0.5)
+    result = optimize(
+        random_bn_model(1, data=digits),
+        digits,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        compact=False,
+        formats="onnx",
+        quantize="float32",
+        samples=8,
+        mc_seed=0,
+        temperature=False,
+        max_accuracy_drop=0.5,
+    )
     for name in ("model.onnx", "model_mc.onnx"):
         assert TEMPERATURE_KEY not in {p.key for p in onnx.load(str(result.out_dir / name)).metadata_props}
     assert result.report["mc"]["temperature"] is None and "temperature" not in result.artifact("model.onnx").checks

@@ -29,8 +29,14 @@ def _keras3_tutorial_model(x, y, path):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((30,)), keras.layers.Normalization(),
-                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras.layers.Normalization(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.layers[0].adapt(x)
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
@@ -60,8 +66,19 @@ def test_keras3_tutorial_sigmoid_model_ships_two_class_probabilities(tmp_path, c
     data, x, y = _breast_cancer(tmp_path)
     user = _keras3_tutorial_model(x, y, tmp_path / "bc.keras")
     out = tmp_path / "out"
-    done = cli("optimize", tmp_path / "bc.keras", "--data", data, "--out", out, "--quick", "--epochs", "3",
-               "--quantize", "float32,int8-dynamic")
+    done = cli(
+        "optimize",
+        tmp_path / "bc.keras",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--quick",
+        "--epochs",
+        "3",
+        "--quantize",
+        "float32,int8-dynamic",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     rows = {r["file"]: r for r in report["artifacts"]}
@@ -94,15 +111,31 @@ def test_tf_keras_sigmoid_model_with_dropout_gets_an_mc_model_of_two_classes(tmp
     set_seed(0)
     norm = keras.layers.Normalization()
     norm.adapt(x)
-    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.2), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            norm,
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer="adam", loss="binary_crossentropy")
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
     model.save(tmp_path / "tf.keras")
     fast = OptimizeConfig(validate=ValidateStep(latency_repeats=2))
-    result = optimize(str(tmp_path / "tf.keras"), str(data), config=fast,
-                      out_dir=tmp_path / "out", sparsity="none", formats="onnx,tflite", quantize="float32",
-                      samples=20, mc_seed=1, target_coverage=0.9)
+    result = optimize(
+        str(tmp_path / "tf.keras"),
+        str(data),
+        config=fast,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        formats="onnx,tflite",
+        quantize="float32",
+        samples=20,
+        mc_seed=1,
+        target_coverage=0.9,
+    )
     assert result.artifact("model.onnx").verdict is Verdict.PASS
     assert result.artifact("model.tflite").verdict is Verdict.PASS
     mc = result.artifact("model_mc.onnx")
@@ -129,13 +162,22 @@ def test_binary_logits_model_serves_its_logit_and_two_class_probabilities(tmp_pa
     set_seed(0)
     norm = keras.layers.Normalization()
     norm.adapt(x)
-    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((30,)), norm, keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
-    result = optimize(model, str(data), config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
-                      out_dir=tmp_path / "out", formats="onnx", quantize="float32", quick=True, epochs=2,
-                      temperature=False)
+    result = optimize(
+        model,
+        str(data),
+        config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
+        out_dir=tmp_path / "out",
+        formats="onnx",
+        quantize="float32",
+        quick=True,
+        epochs=2,
+        temperature=False,
+    )
     assert result.artifact("model.onnx").verdict is Verdict.PASS
     props = _props(result.out_dir / "model.onnx")
     assert json.loads(props[TASK_KEY]) == {"task": "classification", "output": "binary_logits"}
@@ -152,8 +194,21 @@ def test_one_hot_labels_of_the_digits_model(tmp_path, cli):
 
     x, y = load_digits(return_X_y=True)
     np.savez(tmp_path / "onehot.npz", x=x.astype(np.float32), y=np.eye(10, dtype=np.float32)[y])
-    done = cli("optimize", "--data", tmp_path / "onehot.npz", "--out", tmp_path / "out", "--quick", "--epochs", "1",
-               "--formats", "onnx", "--quantize", "float32", "--no-mc")
+    done = cli(
+        "optimize",
+        "--data",
+        tmp_path / "onehot.npz",
+        "--out",
+        tmp_path / "out",
+        "--quick",
+        "--epochs",
+        "1",
+        "--formats",
+        "onnx",
+        "--quantize",
+        "float32",
+        "--no-mc",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "10 classes" in report["data"] and report["model"]["task"] == "classification"
@@ -180,8 +235,14 @@ def test_a_multi_label_sigmoid_head_is_refused_naming_it(tmp_path, cli):
 def test_export_without_data_keeps_a_sigmoid_model_a_binary_classifier(tmp_path, cli):
     import keras
 
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1),
-                              keras.layers.Activation("sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, activation="relu"),
+            keras.layers.Dense(1),
+            keras.layers.Activation("sigmoid"),
+        ]
+    )
     model.save(tmp_path / "s.keras")
     done = cli("export", tmp_path / "s.keras", "--out", tmp_path / "out", "--formats", "onnx", "--quantize", "float32")
     assert done.returncode == 0, done.stderr

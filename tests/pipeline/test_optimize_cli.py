@@ -12,9 +12,27 @@ from deploykit.pipeline import OptimizeConfig
 def test_help(cli):
     done = cli("optimize", "--help")
     assert done.returncode == 0
-    for flag in ("--config", "--no-fold", "--sparsity", "--l1", "--no-sparsity", "--no-compact", "--formats",
-                 "--quantize", "--instance-kind", "--instances", "--no-mc", "--samples", "--force", "--unsafe", "--out",
-                 "--max-accuracy-drop", "--strict", "--quick", "--no-distill"):
+    for flag in (
+        "--config",
+        "--no-fold",
+        "--sparsity",
+        "--l1",
+        "--no-sparsity",
+        "--no-compact",
+        "--formats",
+        "--quantize",
+        "--instance-kind",
+        "--instances",
+        "--no-mc",
+        "--samples",
+        "--force",
+        "--unsafe",
+        "--out",
+        "--max-accuracy-drop",
+        "--strict",
+        "--quick",
+        "--no-distill",
+    ):
         assert flag in done.stdout, flag
 
 
@@ -28,29 +46,55 @@ def test_unset_int8_flags_keep_the_config_files_knobs():
     assert (knobs.num_calibration, knobs.per_channel, knobs.calibration_method.value) == (50, False, "percentile")
 
 
-@pytest.mark.parametrize("flags, check", [
-    (["--no-fold"], lambda c: not c.fold.enabled),
-    (["--no-sparsity"], lambda c: c.sparsity.method.value == "none"),
-    (["--sparsity", "0.6", "--epochs", "4"], lambda c: c.sparsity.prune.target_sparsity == 0.6 and c.sparsity.prune.epochs == 4),
-    (["--l1", "1e-4", "--threshold", "0.01"], lambda c: c.sparsity.method.value == "l1" and c.sparsity.l1.threshold == 0.01),
-    (["--no-compact"], lambda c: not c.compact.enabled),
-    (["--no-export"], lambda c: c.export.variants() == []),
-    (["--formats", "tflite", "--quantize", "int8-full"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-full")]),
-    (["--formats", "tflite", "--precisions", "int8-weights"], lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-weights")]),
-    (["--per-tensor", "--calibration", "entropy", "--exclude", "dense_3"],
-     lambda c: (c.export.quantization.per_channel, c.export.quantization.calibration_method.value,
-                c.export.quantization.exclude) == (False, "entropy", ("dense_3",))),
-    (["--triton", "--instance-kind", "gpu", "--instances", "3"], lambda c: (c.export.triton.instance_kind.value, c.export.triton.instances) == ("gpu", 3)),
-    (["--triton"], lambda c: c.export.triton),
-    (["--no-mc"], lambda c: not c.mc.enabled),
-    (["--samples", "12"], lambda c: c.mc.samples == 12),
-    (["--no-validate"], lambda c: not c.validate.enabled),
-    (["--max-accuracy-drop", "0.005"], lambda c: c.validate.max_accuracy_drop == 0.005),
-    (["--strict"], lambda c: c.validate.strict),
-    (["--quick"], lambda c: not c.sparsity.search.enabled and not c.sparsity.searching),
-    (["--no-distill"], lambda c: not c.sparsity.prune.distill and not c.sparsity.l1.distill),
-    (["--sparsity", "0.9"], lambda c: not c.sparsity.searching and c.sparsity.prune.target_sparsity == 0.9),
-])
+@pytest.mark.parametrize(
+    "flags, check",
+    [
+        (["--no-fold"], lambda c: not c.fold.enabled),
+        (["--no-sparsity"], lambda c: c.sparsity.method.value == "none"),
+        (
+            ["--sparsity", "0.6", "--epochs", "4"],
+            lambda c: c.sparsity.prune.target_sparsity == 0.6 and c.sparsity.prune.epochs == 4,
+        ),
+        (
+            ["--l1", "1e-4", "--threshold", "0.01"],
+            lambda c: c.sparsity.method.value == "l1" and c.sparsity.l1.threshold == 0.01,
+        ),
+        (["--no-compact"], lambda c: not c.compact.enabled),
+        (["--no-export"], lambda c: c.export.variants() == []),
+        (
+            ["--formats", "tflite", "--quantize", "int8-full"],
+            lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-full")],
+        ),
+        (
+            ["--formats", "tflite", "--precisions", "int8-weights"],
+            lambda c: [(f.value, q.value) for f, q in c.export.variants()] == [("tflite", "int8-weights")],
+        ),
+        (
+            ["--per-tensor", "--calibration", "entropy", "--exclude", "dense_3"],
+            lambda c: (
+                (
+                    c.export.quantization.per_channel,
+                    c.export.quantization.calibration_method.value,
+                    c.export.quantization.exclude,
+                )
+                == (False, "entropy", ("dense_3",))
+            ),
+        ),
+        (
+            ["--triton", "--instance-kind", "gpu", "--instances", "3"],
+            lambda c: (c.export.triton.instance_kind.value, c.export.triton.instances) == ("gpu", 3),
+        ),
+        (["--triton"], lambda c: c.export.triton),
+        (["--no-mc"], lambda c: not c.mc.enabled),
+        (["--samples", "12"], lambda c: c.mc.samples == 12),
+        (["--no-validate"], lambda c: not c.validate.enabled),
+        (["--max-accuracy-drop", "0.005"], lambda c: c.validate.max_accuracy_drop == 0.005),
+        (["--strict"], lambda c: c.validate.strict),
+        (["--quick"], lambda c: not c.sparsity.search.enabled and not c.sparsity.searching),
+        (["--no-distill"], lambda c: not c.sparsity.prune.distill and not c.sparsity.l1.distill),
+        (["--sparsity", "0.9"], lambda c: not c.sparsity.searching and c.sparsity.prune.target_sparsity == 0.9),
+    ],
+)
 def test_each_flag_sets_the_config(flags, check):
     from deploykit.cli.main import build_parser
     from deploykit.cli.optimize import options_from_args
@@ -84,8 +128,10 @@ def model_file(trained_model, tmp_path_factory):
 
 def test_small_run_from_toml_and_flags(model_file, tmp_path, cli):
     toml = tmp_path / "run.toml"
-    toml.write_text(f"[input]\nmodel = '{model_file.as_posix()}'\n[sparsity]\nmethod = 'none'\n"
-                    "[export]\nformats = ['onnx']\nprecisions = ['float32']\n[validate]\nlatency_repeats = 2\n")
+    toml.write_text(
+        f"[input]\nmodel = '{model_file.as_posix()}'\n[sparsity]\nmethod = 'none'\n"
+        "[export]\nformats = ['onnx']\nprecisions = ['float32']\n[validate]\nlatency_repeats = 2\n"
+    )
     out = tmp_path / "out"
     done = cli("optimize", "--config", toml, "--no-mc", "--no-compact", "--no-fold", "--out", out)
     assert done.returncode == 0, done.stderr
@@ -107,14 +153,18 @@ def test_exit_1_with_one_line_when_nothing_deployable_meets_the_budget(model_fil
     from deploykit.cli.main import main
 
     toml = tmp_path / "run.toml"
-    toml.write_text("[sparsity]\nmethod = 'none'\n[export]\nformats = ['onnx']\nquantize = ['float16']\n"
-                    "[validate]\nlatency_repeats = 2\n[validate.artifacts]\nmax_abs_diff = 1e-12\n")
+    toml.write_text(
+        "[sparsity]\nmethod = 'none'\n[export]\nformats = ['onnx']\nquantize = ['float16']\n"
+        "[validate]\nlatency_repeats = 2\n[validate.artifacts]\nmax_abs_diff = 1e-12\n"
+    )
     out = tmp_path / "out"
     code = main(["optimize", str(model_file), "--config", str(toml), "--no-mc", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 1
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith("deploykit optimize: nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx")
+    assert last.startswith(
+        "deploykit optimize: nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx"
+    )
     assert "1 artifacts shipped, 1 rejected" in captured.out  # model.keras ships; it is no deployable artifact
     assert (out / "report.md").is_file() and not (out / "model_float16.onnx").exists()
 
@@ -125,8 +175,9 @@ def test_a_users_model_without_data_is_refused_and_the_help_says_what_an_npz_hol
     from deploykit.backend import keras
     from deploykit.io import save_model
 
-    model = save_model(keras.Sequential([keras.Input((30,)), keras.layers.Dense(1, activation="sigmoid")]),
-                       tmp_path / "mine.keras")
+    model = save_model(
+        keras.Sequential([keras.Input((30,)), keras.layers.Dense(1, activation="sigmoid")]), tmp_path / "mine.keras"
+    )
     for command, out in (("optimize", "o"), ("mc", "m"), ("prune", "p.keras")):
         done = cli(command, model, "--out", tmp_path / out)
         assert done.returncode == 2, (command, done.stderr)

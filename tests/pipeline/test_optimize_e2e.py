@@ -8,11 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from deploykit.errors import ConfigError, StepError, UsageError, ValidationError
+from deploykit.errors import ConfigError, StepError, UsageError
 from deploykit.pipeline import OptimizeConfig, Status, Verdict, optimize
 from deploykit.pipeline.tables import ValidateStep
 
-EXPORTS = ["model.onnx", "model_float16.onnx", "model_int8-dynamic.onnx", "model.tflite", "model_float16.tflite", "model_int8-full.tflite"]
+EXPORTS = [
+    "model.onnx",
+    "model_float16.onnx",
+    "model_int8-dynamic.onnx",
+    "model.tflite",
+    "model_float16.tflite",
+    "model_int8-full.tflite",
+]
 FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3))
 
 
@@ -22,8 +29,17 @@ def run(trained_model, digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("optimize") / "out"
     # This fixture checks the artifacts, not the search: a budget of 3 points (every artifact is now held to it
     # against the original model; MC Dropout over this 5-epoch pruned model lands about 2.2 points below).
-    result = optimize(trained_model, digits, config=FAST, out_dir=out, sparsity=0.5, epochs=5, samples=10, mc_seed=0,
-                      max_accuracy_drop=0.03)
+    result = optimize(
+        trained_model,
+        digits,
+        config=FAST,
+        out_dir=out,
+        sparsity=0.5,
+        epochs=5,
+        samples=10,
+        mc_seed=0,
+        max_accuracy_drop=0.03,
+    )
     return result, before
 
 
@@ -110,7 +126,9 @@ def test_mc_artifact_and_metadata(run, digits):
     result, _ = run
     predictor = UncertaintyPredictor(result.out_dir / "model_mc.onnx")
     mc = predictor.predict(digits.x_test, batch_size=256)
-    assert result.artifact("model_mc.onnx").accuracy == pytest.approx(float(np.mean(mc.predicted_class == digits.y_test)))
+    assert result.artifact("model_mc.onnx").accuracy == pytest.approx(
+        float(np.mean(mc.predicted_class == digits.y_test))
+    )
     assert result.report["mc"]["samples"] == 10
     meta = read_metadata(result.out_dir / "model_int8-dynamic.onnx")
     assert meta.steps[:2] == ["prune(0.50)", "fold_batchnorm"] and meta.class_names == list(digits.class_names)
@@ -119,8 +137,10 @@ def test_mc_artifact_and_metadata(run, digits):
 def test_report_markdown_table_and_toml(run):
     result, _ = run
     text = (result.out_dir / "report.md").read_text()
-    assert ("| artifact | format | quantization | sparsity | size | gzip | compression | accuracy | Δ acc (95% CI) "
-            "| val Δ acc (95% CI) | agreement |") in text
+    assert (
+        "| artifact | format | quantization | sparsity | size | gzip | compression | accuracy | Δ acc (95% CI) "
+        "| val Δ acc (95% CI) | agreement |"
+    ) in text
     for row in result.artifacts:
         assert f"| {row.file} |" in text
     assert "## What each step bought and cost" in text and "![reliability.png](reliability.png)" in text
@@ -131,12 +151,26 @@ def test_report_markdown_table_and_toml(run):
 
 
 def test_steps_switched_off_by_options(trained_model, digits, tmp_path):
-    result = optimize(trained_model, digits, config=FAST, out_dir=tmp_path / "off", fold=False, sparsity="none",
-                      compact=False, export=False, mc=False)
+    result = optimize(
+        trained_model,
+        digits,
+        config=FAST,
+        out_dir=tmp_path / "off",
+        fold=False,
+        sparsity="none",
+        compact=False,
+        export=False,
+        mc=False,
+    )
     assert {s.step: s.status for s in result.steps} == {
-        "sparsity": Status.SKIPPED, "fold": Status.SKIPPED, "compact": Status.SKIPPED, "temperature": Status.DONE,
+        "sparsity": Status.SKIPPED,
+        "fold": Status.SKIPPED,
+        "compact": Status.SKIPPED,
+        "temperature": Status.DONE,
         "save model": Status.DONE,
-        "export": Status.SKIPPED, "mc dropout": Status.SKIPPED}
+        "export": Status.SKIPPED,
+        "mc dropout": Status.SKIPPED,
+    }
     assert all(s.reason == "switched off" for s in result.steps if s.status is Status.SKIPPED)
     assert [r.file for r in result.artifacts] == ["original.keras", "model.keras"]
     assert result.artifact("model.keras").max_abs_diff == 0.0
@@ -145,8 +179,10 @@ def test_steps_switched_off_by_options(trained_model, digits, tmp_path):
 
 def test_steps_switched_off_by_toml(trained_model, digits, tmp_path):
     toml = tmp_path / "deploykit.toml"
-    toml.write_text("[fold]\nenabled = false\n[sparsity]\nmethod = 'none'\n[compact]\nenabled = false\n"
-                    "[export]\nenabled = false\n[mc]\nenabled = false\n[validate]\nlatency_repeats = 2\n")
+    toml.write_text(
+        "[fold]\nenabled = false\n[sparsity]\nmethod = 'none'\n[compact]\nenabled = false\n"
+        "[export]\nenabled = false\n[mc]\nenabled = false\n[validate]\nlatency_repeats = 2\n"
+    )
     result = optimize(trained_model, digits, config=OptimizeConfig.from_toml(toml), out_dir=tmp_path / "out")
     assert [s.status for s in result.steps].count(Status.SKIPPED) == 5
     assert OptimizeConfig.from_toml(tmp_path / "out" / "deploykit.toml") == result.config
@@ -166,8 +202,16 @@ def test_an_artifact_that_fails_validation_is_rejected_and_not_shipped(trained_m
     out = tmp_path / "out"
     # float32 agrees with Keras to ~1e-7; float16 cannot reach 1e-5
     config = OptimizeConfig(validate=ValidateStep(artifacts={"max_abs_diff": 1e-5}, latency_repeats=2))
-    result = optimize(trained_model, digits, config=config, out_dir=out, sparsity="none", mc=False,
-                      formats="onnx", quantize="float32,float16")
+    result = optimize(
+        trained_model,
+        digits,
+        config=config,
+        out_dir=out,
+        sparsity="none",
+        mc=False,
+        formats="onnx",
+        quantize="float32,float16",
+    )
     rejected = result.artifact("model_float16.onnx")
     # it keeps its numbers: those of the validation split that rejected it (the test split is not looked at then)
     assert rejected.verdict is Verdict.REJECTED and rejected.validation is not None and rejected.max_abs_diff > 1e-5
@@ -181,15 +225,34 @@ def test_an_artifact_that_fails_validation_is_rejected_and_not_shipped(trained_m
     assert report["budget"]["rejected"] == ["model_float16.onnx"] and "model.onnx" in report["budget"]["shipped"]
     assert "rejected, not shipped**: `model_float16.onnx`" in (out / "report.md").read_text()
     assert result.failure is None  # the main artifact exists and passes
-    strict = optimize(trained_model, digits, config=config, out_dir=tmp_path / "strict", sparsity="none", mc=False,
-                      formats="onnx", quantize="float32,float16", strict=True)
-    assert strict.failure is not None and strict.failure.startswith("--strict: 1 artifact(s) rejected: model_float16.onnx")
+    strict = optimize(
+        trained_model,
+        digits,
+        config=config,
+        out_dir=tmp_path / "strict",
+        sparsity="none",
+        mc=False,
+        formats="onnx",
+        quantize="float32,float16",
+        strict=True,
+    )
+    assert strict.failure is not None and strict.failure.startswith(
+        "--strict: 1 artifact(s) rejected: model_float16.onnx"
+    )
 
 
 def test_nothing_deployable_is_a_failure_of_the_run(trained_model, digits, tmp_path):
     config = OptimizeConfig(validate=ValidateStep(artifacts={"max_abs_diff": 1e-12}, latency_repeats=2))
-    result = optimize(trained_model, digits, config=config, out_dir=tmp_path / "out", sparsity="none", mc=False,
-                      formats="onnx", quantize="float16")
+    result = optimize(
+        trained_model,
+        digits,
+        config=config,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        mc=False,
+        formats="onnx",
+        quantize="float16",
+    )
     assert result.failure.startswith("nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx")
     assert not (tmp_path / "out" / "model_float16.onnx").exists() and (tmp_path / "out" / "report.md").is_file()
 
@@ -205,8 +268,17 @@ def test_existing_folder_refused_and_bad_option_refused_before_any_work(trained_
 
 @pytest.mark.slow
 def test_a_sparsity_try_that_misses_the_budget_leaves_the_model_dense(trained_model, digits, tmp_path):
-    result = optimize(trained_model, digits, config=FAST, out_dir=tmp_path / "out", sparsity=0.95, epochs=2,
-                      max_accuracy_drop=0.001, export=False, mc=False)
+    result = optimize(
+        trained_model,
+        digits,
+        config=FAST,
+        out_dir=tmp_path / "out",
+        sparsity=0.95,
+        epochs=2,
+        max_accuracy_drop=0.001,
+        export=False,
+        mc=False,
+    )
     step = result.steps[0]
     assert step.status is Status.MISSED and "the model stays dense" in step.reason
     assert [(t.setting, t.kept) for t in result.tries] == [("prune 95%", False)]

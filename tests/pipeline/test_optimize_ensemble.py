@@ -32,10 +32,34 @@ def test_optimize_writes_the_ensemble_of_its_model_and_the_members_given(tmp_pat
 
     first, second = _member(tmp_path / "a.keras", digits, 1), _member(tmp_path / "b.keras", digits, 2)
     out = tmp_path / "out"
-    assert main(["optimize", str(first), "--data", "digits", "--out", str(out), "-q", "--sparsity", "0.5",
-                 "--epochs", "2",
-                 "--formats", "onnx", "--quantize", "float32", "--no-mc", "--target-coverage", "0.8", "--triton",
-                 "--ensemble-members", str(second)]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                str(first),
+                "--data",
+                "digits",
+                "--out",
+                str(out),
+                "-q",
+                "--sparsity",
+                "0.5",
+                "--epochs",
+                "2",
+                "--formats",
+                "onnx",
+                "--quantize",
+                "float32",
+                "--no-mc",
+                "--target-coverage",
+                "0.8",
+                "--triton",
+                "--ensemble-members",
+                str(second),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     step = next(s for s in report["steps"] if s["step"] == "ensemble")
     if step["status"] == "missed budget":  # a member's int8 model missed its budget on this machine: no ensemble
@@ -73,7 +97,9 @@ def test_a_member_that_cannot_be_used_fails_before_the_run(tmp_path, digits, ran
 
     regressor = keras.Sequential([keras.Input((64,)), keras.layers.Dense(1)])
     save_model(regressor, tmp_path / "r.keras")
-    with pytest.raises(DataError, match=r"ensemble member .*r\.keras: data 'digits' has 10 classes, but model .* outputs 1"):
+    with pytest.raises(
+        DataError, match=r"ensemble member .*r\.keras: data 'digits' has 10 classes, but model .* outputs 1"
+    ):
         optimize(random_bn_model(0), digits, out_dir=tmp_path / "b", ensemble_members=[str(tmp_path / "r.keras")])
     assert not (tmp_path / "b").exists()
 
@@ -86,8 +112,10 @@ def test_the_ensemble_table_round_trips_and_refuses_bad_values():
     assert config.ensemble.enabled and "ensemble of 3" in config.summary()
     assert OptimizeConfig.from_toml_text(config.to_toml()).ensemble == config.ensemble
     assert not OptimizeConfig().ensemble.enabled and "ensemble" not in OptimizeConfig().summary()
-    for bad, field in ((dict(ensemble_members="m2.keras"), "ensemble.members"),
-                       (dict(ensemble_members=["m2.keras"], ensemble_mc_samples=0), "ensemble.mc_samples")):
+    for bad, field in (
+        (dict(ensemble_members="m2.keras"), "ensemble.members"),
+        (dict(ensemble_members=["m2.keras"], ensemble_mc_samples=0), "ensemble.mc_samples"),
+    ):
         with pytest.raises(ConfigError, match=field):
             OptimizeConfig().with_options(**bad)
 
@@ -111,8 +139,9 @@ def test_a_member_that_misses_its_budget_leaves_no_ensemble_and_the_run_goes_on(
 
     def optimize(member, data, out_dir, **options):  # what optimize_members meets when member 1 misses its budget
         out_dir.mkdir(parents=True)
-        raise StepError("ensemble member 1: no int8 ONNX model within the accuracy budget (accuracy drop 2.1 pt)",
-                        step="ensemble")
+        raise StepError(
+            "ensemble member 1: no int8 ONNX model within the accuracy budget (accuracy drop 2.1 pt)", step="ensemble"
+        )
 
     out = ensemble_step(optimize, model, ctx)
     assert out.record.status is Status.MISSED and "ensemble member 1: no int8 ONNX model" in out.record.reason

@@ -11,18 +11,26 @@ from deploykit.pipeline import optimize
 
 @pytest.mark.slow  # trains nothing, but exports and imports through Keras 3
 def test_a_keras3_model_object_and_arrays_go_through_like_files(tmp_path):
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit does)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit does)
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype("int64")
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.BatchNormalization(), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=3, verbose=0)
-    result = optimize(model, (x, y), out_dir=tmp_path / "out", sparsity="none", mc=False, formats="onnx",
-                      quantize="float32")
+    result = optimize(
+        model, (x, y), out_dir=tmp_path / "out", sparsity="none", mc=False, formats="onnx", quantize="float32"
+    )
     assert result.artifact("model.onnx").verdict.shipped
     assert read_model_file(tmp_path / "out" / "model.keras").is_keras3  # given back in the framework it came from
     assert read_model_file(tmp_path / "out" / "original.keras").is_keras3

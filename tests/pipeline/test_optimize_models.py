@@ -30,8 +30,9 @@ def _steps(result):
 
 def test_no_batchnorm_and_no_standardization_nothing_to_fold(digits, tmp_path):
     model = _trained(digits, bn=False)
-    result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="onnx",
-                      quantize="float32")
+    result = optimize(
+        model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="onnx", quantize="float32"
+    )
     fold = _steps(result)["fold"]
     assert fold.status is Status.DONE and fold.reason.startswith("nothing to fold")
     assert fold.after.params == fold.before.params
@@ -41,8 +42,9 @@ def test_no_batchnorm_and_no_standardization_nothing_to_fold(digits, tmp_path):
 
 def test_no_dropout_skips_mc_with_the_reason(digits, tmp_path):
     model = _trained(digits, dropout=0.0, data=digits)
-    result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="tflite",
-                      quantize="float32")
+    result = optimize(
+        model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="tflite", quantize="float32"
+    )
     mc = _steps(result)["mc dropout"]
     assert mc.status is Status.SKIPPED and "no Dropout" in mc.reason
     assert "model_mc.onnx" not in {r.file for r in result.artifacts}
@@ -53,8 +55,17 @@ def test_no_dropout_skips_mc_with_the_reason(digits, tmp_path):
 
 def test_selu_with_alpha_dropout(digits, tmp_path):
     model = _trained(digits, selu=True, data=digits)
-    result = optimize(model, digits, config=FAST, out_dir=tmp_path / "out", sparsity="none", formats="onnx",
-                      quantize="float32,int8-dynamic", samples=20, mc_seed=1)
+    result = optimize(
+        model,
+        digits,
+        config=FAST,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        formats="onnx",
+        quantize="float32,int8-dynamic",
+        samples=20,
+        mc_seed=1,
+    )
     steps = _steps(result)
     assert [f.kind for f in steps["fold"].detail.folded] == ["Normalization"]
     assert steps["compact"].status is Status.DONE
@@ -69,11 +80,13 @@ def test_selu_with_alpha_dropout(digits, tmp_path):
 def test_batchnorm_before_a_dropout_stays_when_mc_is_built(digits, tmp_path):
     """Dense(elu) -> BN -> Dropout: folding forward past the Dropout would change MC sampling."""
     model = _trained(digits, data=digits)  # two such blocks
-    with_mc = optimize(model, digits, config=FAST, out_dir=tmp_path / "mc", sparsity="none", export=False,
-                       compact=False, samples=30)
+    with_mc = optimize(
+        model, digits, config=FAST, out_dir=tmp_path / "mc", sparsity="none", export=False, compact=False, samples=30
+    )
     fold = _steps(with_mc)["fold"]
     assert [u.kind for u in fold.detail.unfolded] == ["BatchNormalization", "BatchNormalization"]
     assert all("MC Dropout" in u.reason for u in fold.detail.unfolded)
-    without_mc = optimize(model, digits, config=FAST, out_dir=tmp_path / "plain", sparsity="none", export=False,
-                          compact=False, mc=False)
+    without_mc = optimize(
+        model, digits, config=FAST, out_dir=tmp_path / "plain", sparsity="none", export=False, compact=False, mc=False
+    )
     assert _steps(without_mc)["fold"].detail.unfolded == []

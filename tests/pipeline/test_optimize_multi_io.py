@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # each test trains a small model, then runs optim
 
 def _rel_diff(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(1.0, float(np.sqrt(np.mean(want ** 2)))))
+    return float(np.abs(got - want).max() / max(1.0, float(np.sqrt(np.mean(want**2)))))
 
 
 def _onnx_outputs(path, feed: dict) -> dict:
@@ -68,8 +68,19 @@ def test_the_books_wide_and_deep_keras3_ships_through_optimize_with_defaults(tmp
     model.save(tmp_path / "wide_deep.keras")
     wide_and_deep_npz(tmp_path / "wide_deep.npz", model)
     out = tmp_path / "out"
-    assert main(["optimize", str(tmp_path / "wide_deep.keras"), "--data", str(tmp_path / "wide_deep.npz"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                str(tmp_path / "wide_deep.keras"),
+                "--data",
+                str(tmp_path / "wide_deep.npz"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     artifacts = _shipped(out)
     shipped = {f for f, a in artifacts.items() if a["verdict"] in ("pass", "reference")}
     assert {"model.keras", "model.onnx", "model.tflite", "model_float16.onnx"} <= shipped
@@ -92,8 +103,14 @@ def test_the_books_wide_and_deep_in_tf_keras_with_its_aux_output_ships(tmp_path)
 
     model = wide_and_deep(aux=True, tf_keras=True, epochs=3)
     wide_and_deep_npz(tmp_path / "wide_deep.npz", model)
-    result = optimize(model, str(tmp_path / "wide_deep.npz"), config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
-                      out_dir=tmp_path / "out", formats="onnx", quantize="float32,int8-dynamic")
+    result = optimize(
+        model,
+        str(tmp_path / "wide_deep.npz"),
+        config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),
+        out_dir=tmp_path / "out",
+        formats="onnx",
+        quantize="float32,int8-dynamic",
+    )
     assert result.failure is None
     assert result.artifact("model.onnx").verdict is Verdict.PASS
     wide, deep, _ = diabetes_arrays()
@@ -114,7 +131,9 @@ def test_a_three_headed_regressor_ships_through_optimize_with_defaults(tmp_path)
     model.save(tmp_path / "heads.keras")
     three_heads_npz(tmp_path / "heads.npz", model)
     out = tmp_path / "out"
-    assert main(["optimize", str(tmp_path / "heads.keras"), "--data", str(tmp_path / "heads.npz"), "--out", str(out)]) == 0
+    assert (
+        main(["optimize", str(tmp_path / "heads.keras"), "--data", str(tmp_path / "heads.npz"), "--out", str(out)]) == 0
+    )
     artifacts = _shipped(out)
     assert artifacts["model.onnx"]["verdict"] == "pass" and artifacts["model.tflite"]["verdict"] == "pass"
     for row in artifacts.values():
@@ -137,8 +156,23 @@ def test_export_writes_every_variant_of_a_two_input_two_output_model(tmp_path):
     model.save(tmp_path / "wide_deep.keras")
     wide_and_deep_npz(tmp_path / "wide_deep.npz", model)
     out = tmp_path / "exported"
-    assert main(["export", str(tmp_path / "wide_deep.keras"), "--data", str(tmp_path / "wide_deep.npz"), "--out", str(out),
-                 "--quantize", "float32,float16,int8-static,int8-full", "--repeats", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "wide_deep.keras"),
+                "--data",
+                str(tmp_path / "wide_deep.npz"),
+                "--out",
+                str(out),
+                "--quantize",
+                "float32,float16,int8-static,int8-full",
+                "--repeats",
+                "2",
+            ]
+        )
+        == 0
+    )
     wide, deep, _ = diabetes_arrays()
     feed = {"input_wide": wide[:32], "input_deep": deep[:32]}
     want = [np.asarray(t) for t in model((wide[:32], deep[:32]))]
@@ -160,8 +194,15 @@ def test_mc_dropout_of_a_two_input_model_takes_its_named_inputs(tmp_path):
 
     model = wide_and_deep(aux=True, tf_keras=True, dropout=0.2, epochs=3)
     wide_and_deep_npz(tmp_path / "wide_deep.npz", model)
-    result = optimize(model, str(tmp_path / "wide_deep.npz"), out_dir=tmp_path / "out", formats="onnx",
-                      quantize="float32", sparsity="none", mc_seed=3)
+    result = optimize(
+        model,
+        str(tmp_path / "wide_deep.npz"),
+        out_dir=tmp_path / "out",
+        formats="onnx",
+        quantize="float32",
+        sparsity="none",
+        mc_seed=3,
+    )
     steps = {s.step: s for s in result.steps}
     assert steps["mc dropout"].status is Status.DONE
     import onnx

@@ -20,8 +20,18 @@ def _dense_widths(model) -> list[int]:
 def test_structured_halves_the_hidden_layers_and_the_search_spends_the_same_budget(trained_model, digits, tmp_path):
     import onnx
 
-    result = optimize(trained_model, digits, config=FAST, out_dir=tmp_path / "out", structured=0.5, sparsity=0.5,
-                      epochs=3, formats="onnx", quantize="float32", mc=False)
+    result = optimize(
+        trained_model,
+        digits,
+        config=FAST,
+        out_dir=tmp_path / "out",
+        structured=0.5,
+        sparsity=0.5,
+        epochs=3,
+        formats="onnx",
+        quantize="float32",
+        mc=False,
+    )
     steps = {s.step: s for s in result.steps}
     assert steps["structured"].status is Status.DONE and "fewer" in steps["structured"].reason
     assert _dense_widths(result.model) == [w // 2 for w in _dense_widths(trained_model)[:-1]] + [10]
@@ -41,8 +51,18 @@ def test_structured_halves_the_hidden_layers_and_the_search_spends_the_same_budg
 
 def test_a_structured_try_beyond_the_budget_leaves_the_model_whole(trained_model, digits, tmp_path):
     config = OptimizeConfig(validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.0001))
-    result = optimize(trained_model, digits, config=config, out_dir=tmp_path / "out", structured=0.9, sparsity="none",
-                      epochs=1, formats="onnx", quantize="float32", mc=False)
+    result = optimize(
+        trained_model,
+        digits,
+        config=config,
+        out_dir=tmp_path / "out",
+        structured=0.9,
+        sparsity="none",
+        epochs=1,
+        formats="onnx",
+        quantize="float32",
+        mc=False,
+    )
     steps = {s.step: s for s in result.steps}
     assert steps["structured"].status is Status.MISSED and "keeps its units" in steps["structured"].reason
     assert _dense_widths(result.model) == _dense_widths(trained_model)

@@ -22,8 +22,15 @@ def _keras3_logits(path):
 
     keras.utils.set_random_seed(0)
     d = load_dataset("digits")
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Normalization(mean=d.feature_mean, variance=d.feature_var + 1e-6),
-                              keras.layers.Dense(64, activation="relu"), keras.layers.Dropout(0.1), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Normalization(mean=d.feature_mean, variance=d.feature_var + 1e-6),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(10),
+        ]
+    )
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(d.x_train, d.y_train, epochs=20, batch_size=64, verbose=0)
     model.save(path)
@@ -38,9 +45,17 @@ def _keras3_regressor(path):
 
     keras.utils.set_random_seed(0)
     d = load_dataset("diabetes")
-    model = keras.Sequential([keras.Input((10,)), keras.layers.Normalization(mean=d.feature_mean, variance=d.feature_var),
-                              keras.layers.Dense(64, activation="relu"), keras.layers.Dropout(0.1),
-                              keras.layers.Dense(32, activation="relu"), keras.layers.Dropout(0.1), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Normalization(mean=d.feature_mean, variance=d.feature_var),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.Adam(0.01), "mse")
     model.fit(d.x_train, d.y_train, epochs=60, batch_size=32, verbose=0)
     model.save(path)
@@ -75,7 +90,8 @@ def _mc_row_held_to_budget(report, within):
 
 
 def _mc_file(out, row, tmp_path):
-    """The shipped MC model, or (rejected, so withdrawn) the same export of the optimized model.keras through the API."""
+    """The shipped MC model, or (rejected, so withdrawn) the same export of the optimized model.keras through the
+    API."""
     if row["verdict"] == "pass":
         return out / "model_mc.onnx"
     from deploykit import export_mc_onnx
@@ -117,7 +133,9 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
     np.testing.assert_allclose(onnx_probs, softmax(keras_out), atol=1e-4)
     sparsity = next(s for s in report["steps"] if s["step"].startswith("sparsity"))
     assert sparsity["status"] in ("done", "missed budget")
-    row = _mc_row_held_to_budget(report, lambda r: r["accuracy_change"] >= -report["budget"]["max_accuracy_drop"] - 1e-12)
+    row = _mc_row_held_to_budget(
+        report, lambda r: r["accuracy_change"] >= -report["budget"]["max_accuracy_drop"] - 1e-12
+    )
     assert row["accuracy"] is not None and row["agreement"] > 0.95  # the MC mean of softmax(logits), not of the logits
     outputs = [o.name for o in onnx.load(str(_mc_file(out, row, tmp_path))).graph.output]
     assert outputs[:5] == ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]
@@ -156,4 +174,4 @@ def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_pa
     text = (out / "report.md").read_text()
     assert "## RMSE budget" in text and "## MC Dropout regression" in text
     assert "coverage of the central 95% interval" in text and "reliability.png" not in text
-    assert 'max_rmse_increase = 0.05' in (out / "deploykit.toml").read_text()
+    assert "max_rmse_increase = 0.05" in (out / "deploykit.toml").read_text()

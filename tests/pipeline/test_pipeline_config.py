@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deploykit.errors import ConfigError
-from deploykit.pipeline import OptimizeConfig, SparsityMethod
 from deploykit.export.config import ExportFormat, Quantization
+from deploykit.pipeline import OptimizeConfig, SparsityMethod
 from deploykit.pipeline.tables import DEFAULT_TUNE_EPOCHS, ExportStep, MCStep, ValidateStep
 
 
@@ -18,13 +18,28 @@ def test_defaults_turn_every_step_on():
     assert len(c.export.variants()) == 6
 
 
-@pytest.mark.parametrize("config", [
-    OptimizeConfig(),
-    OptimizeConfig().with_options(l1=3e-4, threshold=0.05, epochs=3, formats="onnx", precisions=["int8"],
-                                  onnx_int8="static", triton=True, samples=7, mc_seed=3, fold=False, validate=False),
-    OptimizeConfig(validate=ValidateStep(artifacts={"max_abs_diff": 1e-3}, latency_repeats=4)).with_input(
-        model="some/model.keras", data="fashion.npz", seed=7),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        OptimizeConfig(),
+        OptimizeConfig().with_options(
+            l1=3e-4,
+            threshold=0.05,
+            epochs=3,
+            formats="onnx",
+            precisions=["int8"],
+            onnx_int8="static",
+            triton=True,
+            samples=7,
+            mc_seed=3,
+            fold=False,
+            validate=False,
+        ),
+        OptimizeConfig(validate=ValidateStep(artifacts={"max_abs_diff": 1e-3}, latency_repeats=4)).with_input(
+            model="some/model.keras", data="fashion.npz", seed=7
+        ),
+    ],
+)
 def test_toml_round_trip(config, tmp_path):
     path = tmp_path / "deploykit.toml"
     path.write_text(config.to_toml(), encoding="utf-8")
@@ -40,14 +55,17 @@ def test_partial_toml_keeps_the_defaults_elsewhere():
     assert c.mc == MCStep(samples=5) and c.export == ExportStep()
 
 
-@pytest.mark.parametrize("text, key", [
-    ("[fold]\nenable = false\n", "'enable'"),
-    ("[folds]\nenabled = false\n", "[folds]"),
-    ("[sparsity.prune]\ntarget = 0.5\n", "'target'"),
-    ("[sparsity]\nprunning = {}\n", "'prunning'"),
-    ("[export]\nformat = ['onnx']\n", "'format'"),
-    ("[validate.artifacts]\nmax_diff = 1.0\n", "'max_diff'"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[fold]\nenable = false\n", "'enable'"),
+        ("[folds]\nenabled = false\n", "[folds]"),
+        ("[sparsity.prune]\ntarget = 0.5\n", "'target'"),
+        ("[sparsity]\nprunning = {}\n", "'prunning'"),
+        ("[export]\nformat = ['onnx']\n", "'format'"),
+        ("[validate.artifacts]\nmax_diff = 1.0\n", "'max_diff'"),
+    ],
+)
 def test_unknown_key_is_one_clear_error(text, key):
     with pytest.raises(ConfigError) as info:
         OptimizeConfig.from_toml_text(text, source="deploykit.toml")
@@ -55,16 +73,19 @@ def test_unknown_key_is_one_clear_error(text, key):
     assert "\n" not in message and key in message and "allowed" in message and message.startswith("deploykit.toml")
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("[export]\nprecisions = ['int4']\n", "export.precisions"),
-    ("[export]\nformats = ['onnx', 'onnx']\n", "twice"),
-    ("[sparsity]\nmethod = 'random'\n", "sparsity.method"),
-    ("[sparsity.prune]\ntarget_sparsity = 1.5\n", "target_sparsity"),
-    ("[sparsity.prune]\ncompact = true\n", "[compact]"),
-    ("[mc]\nsamples = 0\n", "mc.samples"),
-    ("[fold]\nenabled = 'yes'\n", "fold.enabled"),
-    ("[fold\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[export]\nprecisions = ['int4']\n", "export.precisions"),
+        ("[export]\nformats = ['onnx', 'onnx']\n", "twice"),
+        ("[sparsity]\nmethod = 'random'\n", "sparsity.method"),
+        ("[sparsity.prune]\ntarget_sparsity = 1.5\n", "target_sparsity"),
+        ("[sparsity.prune]\ncompact = true\n", "[compact]"),
+        ("[mc]\nsamples = 0\n", "mc.samples"),
+        ("[fold]\nenabled = 'yes'\n", "fold.enabled"),
+        ("[fold\n", "not valid TOML"),
+    ],
+)
 def test_bad_values_name_the_field(text, fragment):
     with pytest.raises(ConfigError, match=None) as info:
         OptimizeConfig.from_toml_text(text)
@@ -77,9 +98,14 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def test_flat_options():
-    c = OptimizeConfig().with_options(sparsity=0.6, formats="tflite", precisions="float32,int8", mc=False, compact=False)
+    c = OptimizeConfig().with_options(
+        sparsity=0.6, formats="tflite", precisions="float32,int8", mc=False, compact=False
+    )
     assert c.sparsity.prune.target_sparsity == 0.6 and c.sparsity.method is SparsityMethod.PRUNE
-    assert c.export.variants() == [(ExportFormat.TFLITE, Quantization.FLOAT32), (ExportFormat.TFLITE, Quantization.INT8_FULL)]
+    assert c.export.variants() == [
+        (ExportFormat.TFLITE, Quantization.FLOAT32),
+        (ExportFormat.TFLITE, Quantization.INT8_FULL),
+    ]
     assert not c.mc.enabled and not c.compact.enabled
     assert OptimizeConfig().with_options(sparsity="none").sparsity.method is SparsityMethod.NONE
     assert OptimizeConfig().with_options(sparsity=False).sparsity.method is SparsityMethod.NONE
@@ -89,14 +115,17 @@ def test_flat_options():
     assert OptimizeConfig().with_options(fold=None) == OptimizeConfig()  # None: not given
 
 
-@pytest.mark.parametrize("options, fragment", [
-    ({"sparsty": 0.5}, "'sparsty'"),
-    ({"sparsity": 1.0}, "sparsity"),
-    ({"sparsity": "none", "l1": 1e-3}, "contradict"),
-    ({"fold": "no"}, "fold"),
-    ({"epochs": 0}, "epochs"),
-    ({"formats": "onnx,pb"}, "export.formats"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"sparsty": 0.5}, "'sparsty'"),
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": "none", "l1": 1e-3}, "contradict"),
+        ({"fold": "no"}, "fold"),
+        ({"epochs": 0}, "epochs"),
+        ({"formats": "onnx,pb"}, "export.formats"),
+    ],
+)
 def test_bad_options(options, fragment):
     with pytest.raises(ConfigError) as info:
         OptimizeConfig().with_options(**options)
@@ -104,7 +133,9 @@ def test_bad_options(options, fragment):
 
 
 def test_configs_are_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         OptimizeConfig().fold.enabled = False  # type: ignore[misc]
 
 

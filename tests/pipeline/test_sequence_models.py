@@ -16,8 +16,9 @@ STEPS, VOCAB = 20, 200
 
 @pytest.fixture(scope="module")
 def k3():
-    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
     import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     return keras
 
@@ -47,7 +48,9 @@ def _user_model(k3, kind: str, tokens, folder):
     """Built, trained (1 epoch) and saved the way the Keras docs do it."""
     _, x, y = tokens
     k3.utils.set_random_seed(0)
-    model = k3.Sequential([k3.Input((STEPS,), dtype="int32"), *_layers(k3, kind), k3.layers.Dense(3, activation="softmax")])
+    model = k3.Sequential(
+        [k3.Input((STEPS,), dtype="int32"), *_layers(k3, kind), k3.layers.Dense(3, activation="softmax")]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = folder / f"{kind}.keras"
@@ -60,13 +63,23 @@ def test_export_ships_every_format(cli, k3, tokens, tmp_path, kind):
     model = _user_model(k3, kind, tokens, tmp_path)
     out = tmp_path / "out"
     int8 = kind == "lstm"  # the int8 variants once (calibrating an unrolled LSTM is what could go wrong)
-    done = cli("export", model, "--data", tokens[0], "--out", out,
-               "--quantize", "float32,int8-dynamic,int8-full" if int8 else "float32")
+    done = cli(
+        "export",
+        model,
+        "--data",
+        tokens[0],
+        "--out",
+        out,
+        "--quantize",
+        "float32,int8-dynamic,int8-full" if int8 else "float32",
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "validation.json").read_text())
     assert summary["rejected"] == []
     shipped = {a["export"]["path"] for a in summary["artifacts"] if a["validation"]["passed"]}
-    assert shipped == {"model.onnx", "model.tflite"} | ({"model_int8-dynamic.onnx", "model_int8-full.tflite"} if int8 else set())
+    assert shipped == {"model.onnx", "model.tflite"} | (
+        {"model_int8-dynamic.onnx", "model_int8-full.tflite"} if int8 else set()
+    )
     assert all((out / f).exists() for f in shipped)
 
 
@@ -75,8 +88,16 @@ def _convlstm_model(tmp_path):
     from deploykit.backend import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((12,)), keras.layers.Reshape((3, 4, 1)), keras.layers.ConvLSTM1D(4, 3),
-                              keras.layers.Flatten(), keras.layers.Dropout(0.2), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Reshape((3, 4, 1)),
+            keras.layers.ConvLSTM1D(4, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     path = tmp_path / "convlstm.keras"
     model.save(path)
     return path
@@ -99,8 +120,18 @@ def test_optimize_rejects_the_format_its_converter_refuses(cli, tmp_path):
     x = rng.standard_normal((300, 12)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0))
     out = tmp_path / "out"
-    done = cli("optimize", _convlstm_model(tmp_path), "--data", tmp_path / "d.npz", "--out", out, "--no-sparsity",
-               "--no-mc", "--quantize", "float32")
+    done = cli(
+        "optimize",
+        _convlstm_model(tmp_path),
+        "--data",
+        tmp_path / "d.npz",
+        "--out",
+        out,
+        "--no-sparsity",
+        "--no-mc",
+        "--quantize",
+        "float32",
+    )
     assert done.returncode == 0, done.stderr
     rows = {a["file"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
     assert rows["model.tflite"]["verdict"] == "rejected"
@@ -112,8 +143,24 @@ def test_optimize_rejects_the_format_its_converter_refuses(cli, tmp_path):
 def test_optimize_lstm_prunes_exports_and_samples(cli, k3, tokens, tmp_path):
     model = _user_model(k3, "lstm", tokens, tmp_path)
     out = tmp_path / "out"
-    done = cli("optimize", model, "--data", tokens[0], "--out", out, "--sparsity", "0.5", "--epochs", "2",
-               "--formats", "onnx", "--quantize", "float32", "--max-accuracy-drop", "0.05")  # TFLite: the export test
+    done = cli(
+        "optimize",
+        model,
+        "--data",
+        tokens[0],
+        "--out",
+        out,
+        "--sparsity",
+        "0.5",
+        "--epochs",
+        "2",
+        "--formats",
+        "onnx",
+        "--quantize",
+        "float32",
+        "--max-accuracy-drop",
+        "0.05",
+    )  # TFLite: the export test
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     rows = {a["file"]: a for a in report["artifacts"]}
@@ -145,8 +192,14 @@ def _mc_dropout_model(k3, tmp_path):
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
     np.savez(tmp_path / "tab.npz", x=x, y=y)
     k3.utils.set_random_seed(0)
-    model = k3.Sequential([k3.Input((8,)), k3.layers.Dense(32, activation="relu"), MCDropout(0.3),
-                           k3.layers.Dense(3, activation="softmax")])
+    model = k3.Sequential(
+        [
+            k3.Input((8,)),
+            k3.layers.Dense(32, activation="relu"),
+            MCDropout(0.3),
+            k3.layers.Dense(3, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, verbose=0)
     model.save(tmp_path / "mc.keras")
@@ -160,8 +213,9 @@ def test_mc_and_optimize_take_the_chapters_mc_dropout(cli, k3, tmp_path):
     assert "assumed 'mc_dropout' (SequenceTest>MCDropout) as Dropout" in done.stderr
     assert (tmp_path / "mc" / "model_mc.onnx").exists()
     out = tmp_path / "out"
-    done = cli("optimize", model, "--data", data, "--out", out, "--no-sparsity", "--formats", "onnx",
-               "--quantize", "float32")
+    done = cli(
+        "optimize", model, "--data", data, "--out", out, "--no-sparsity", "--formats", "onnx", "--quantize", "float32"
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert "MCDropout" in report["model"]["assumed"] and report["notes"][0] == report["model"]["assumed"]

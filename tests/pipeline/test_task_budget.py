@@ -1,4 +1,5 @@
-"""The budget of a regressor (max_rmse_increase) beside a classifier's (max_accuracy_drop): one name across CLI, API, config and report."""
+"""The budget of a regressor (max_rmse_increase) beside a classifier's (max_accuracy_drop): one name across CLI, API,
+config and report."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from deploykit.errors import ConfigError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, output_scale, rmse, softmax
 from deploykit.pipeline.config import OptimizeConfig
-from deploykit.pipeline.records import ArtifactRow, Try, Verdict, Stage
+from deploykit.pipeline.records import ArtifactRow, Stage, Try, Verdict
 from deploykit.pipeline.report import artifacts_text, try_cells
 from deploykit.task import Task
 
@@ -39,7 +40,7 @@ def test_regression_errors_against_a_reference():
     pred = ref + np.array([[1.0], [0.5], [-2.0]])
     e = RegressionErrors.between(pred, ref)
     assert e.max_abs_error == 2.0 and e.rmse == pytest.approx(np.sqrt((1 + 0.25 + 4) / 3))
-    scale = np.sqrt((100 ** 2 + 50 ** 2) / 3)  # values smaller than the RMS are relative to it
+    scale = np.sqrt((100**2 + 50**2) / 3)  # values smaller than the RMS are relative to it
     assert e.max_rel_error == pytest.approx(max(1 / 100, 0.5 / scale, 2 / scale))
     assert rmse(pred[:, 0], ref) == pytest.approx(e.rmse)
     np.testing.assert_allclose(softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]], atol=1e-7)
@@ -47,10 +48,27 @@ def test_regression_errors_against_a_reference():
 
 
 def _row(file, rmse_value, change, verdict=Verdict.PASS):
-    return ArtifactRow(file=file, format="onnx", runtime="onnxruntime", precision="float32", quantization="float32",
-                       sparsity=0.5, size_bytes=2048, gzip_bytes=1024, compression=2.0, accuracy=None, accuracy_change=None,
-                       agreement=None, max_abs_diff=1e-5, latency_b1_ms=0.01, throughput_b256=1e6, verdict=verdict,
-                       rmse=rmse_value, rmse_change=change, max_abs_error=140.9)
+    return ArtifactRow(
+        file=file,
+        format="onnx",
+        runtime="onnxruntime",
+        precision="float32",
+        quantization="float32",
+        sparsity=0.5,
+        size_bytes=2048,
+        gzip_bytes=1024,
+        compression=2.0,
+        accuracy=None,
+        accuracy_change=None,
+        agreement=None,
+        max_abs_diff=1e-5,
+        latency_b1_ms=0.01,
+        throughput_b256=1e6,
+        verdict=verdict,
+        rmse=rmse_value,
+        rmse_change=change,
+        max_abs_error=140.9,
+    )
 
 
 def test_the_report_table_shows_rmse_for_a_regressor():
@@ -86,8 +104,11 @@ def test_optimize_takes_max_rmse_increase_and_task_flags():
 def test_the_size_plot_draws_rmse_for_a_regressor(tmp_path):
     from deploykit.pipeline.plots import accuracy_vs_size
 
-    rows = [_row("original.keras", 54.42, 0.0, Verdict.REFERENCE), _row("model.onnx", 55.1, 0.0125),
-            _row("model_int8.onnx", 60.0, 0.1, Verdict.REJECTED)]
+    rows = [
+        _row("original.keras", 54.42, 0.0, Verdict.REFERENCE),
+        _row("model.onnx", 55.1, 0.0125),
+        _row("model_int8.onnx", 60.0, 0.1, Verdict.REJECTED),
+    ]
     tries = [Try(Stage.SPARSITY, "prune 80%", None, None, 900, True, rmse=55.8, rmse_change=0.025)]
     path = accuracy_vs_size(rows, tries, tmp_path / "a.png", budget=0.05, metric=Metric.RMSE)
     assert path.stat().st_size > 10_000

@@ -35,7 +35,9 @@ def saved_model_with_initializer(folder: Path, marker: Path) -> Path:
         def _initialize(self):
             return tf.io.write_file(self._path, MARKER_TEXT)
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"), keras.layers.Dense(2, name="out")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="hidden"), keras.layers.Dense(2, name="out")]
+    )
     model.hostile = Hostile(str(marker))
     path = folder / "initializer_sm"
     model.save(path, save_format="tf")
@@ -44,7 +46,8 @@ def saved_model_with_initializer(folder: Path, marker: Path) -> Path:
 
 
 def saved_model_with_fake_dense(folder: Path, marker: Path) -> Path:
-    """A SavedModel whose layer is a custom class *named* ``Dense`` (its config not a Dense config); its traced call writes ``marker``."""
+    """A SavedModel whose layer is a custom class *named* ``Dense`` (its config not a Dense config); its traced call
+    writes ``marker``."""
     from deploykit.backend import keras, tf
 
     class Dense(keras.layers.Layer):
@@ -81,16 +84,45 @@ def h5_zip_polyglot(folder: Path) -> Path:
 
     h5 = folder / "plain.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="out")]).save(h5)
-    printing = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
-                "config": {"name": "lam", "trainable": True, "dtype": "float32",
-                           "function": {"module": "logging", "class_name": "function", "config": "warning", "registered_name": "function"},
-                           "module": "logging", "function_type": "function",
-                           "output_shape": None, "output_shape_type": "raw", "output_shape_module": None,
-                           "arguments": {}}}
-    config = {"module": "keras", "class_name": "Sequential", "registered_name": None,
-              "config": {"name": "seq", "layers": [
-                  {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
-                   "config": {"batch_input_shape": [None, 4], "dtype": "float32", "name": "input"}}, printing]}}
+    printing = {
+        "module": "keras.layers",
+        "class_name": "Lambda",
+        "registered_name": None,
+        "config": {
+            "name": "lam",
+            "trainable": True,
+            "dtype": "float32",
+            "function": {
+                "module": "logging",
+                "class_name": "function",
+                "config": "warning",
+                "registered_name": "function",
+            },
+            "module": "logging",
+            "function_type": "function",
+            "output_shape": None,
+            "output_shape_type": "raw",
+            "output_shape_module": None,
+            "arguments": {},
+        },
+    }
+    config = {
+        "module": "keras",
+        "class_name": "Sequential",
+        "registered_name": None,
+        "config": {
+            "name": "seq",
+            "layers": [
+                {
+                    "module": "keras.layers",
+                    "class_name": "InputLayer",
+                    "registered_name": None,
+                    "config": {"batch_input_shape": [None, 4], "dtype": "float32", "name": "input"},
+                },
+                printing,
+            ],
+        },
+    }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("metadata.json", json.dumps({"keras_version": "2.21.0"}))
@@ -101,7 +133,8 @@ def h5_zip_polyglot(folder: Path) -> Path:
 
 
 def keras_zip_bomb(folder: Path, inflated: int) -> Path:
-    """A .keras archive whose config.json inflates to ``inflated`` bytes of JSON whitespace (about 1000x compression)."""
+    """A .keras archive whose config.json inflates to ``inflated`` bytes of JSON whitespace (about 1000x
+    compression)."""
     path = folder / "bomb.keras"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         zf.writestr("metadata.json", json.dumps({"keras_version": "2.21.0"}))
@@ -131,7 +164,8 @@ def npz_bomb(folder: Path, rows: int = 20_000_000, cols: int = 64) -> Path:
 
 
 def idx_bomb(folder: Path, images: int = 20_000_000) -> Path:
-    """An IDX images file (and its labels file) whose header declares ``images`` 28 x 28 images and holds a few bytes."""
+    """An IDX images file (and its labels file) whose header declares ``images`` 28 x 28 images and holds a few
+    bytes."""
     images_path = folder / "train-images-idx3-ubyte"
     images_path.write_bytes(struct.pack(">BBBBIII", 0, 0, 0x08, 3, images, 28, 28) + bytes(784))
     (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 0x08, 1, images) + bytes(1))
@@ -159,7 +193,7 @@ def keras_zip_underdeclared(folder: Path, inflated: int = 256 << 20, declared: i
     start = 0
     while (start := raw.find(b"PK\x01\x02", start)) >= 0:  # central directory entries
         name_length, local = struct.unpack_from("<H", raw, start + 28)[0], struct.unpack_from("<I", raw, start + 42)[0]
-        if raw[start + 46:start + 46 + name_length] == b"config.json":
+        if raw[start + 46 : start + 46 + name_length] == b"config.json":
             struct.pack_into("<I", raw, start + 24, declared)
             struct.pack_into("<I", raw, local + 22, declared)
         start += 4

@@ -19,21 +19,24 @@ def _matmul_graph(weights):
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["probabilities"])], "g", [x], [y],
-                              [weights])
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["probabilities"])], "g", [x], [y], [weights])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
-def external_data_model(folder: Path, location: str, name: str = "model.onnx", offset: int | None = None,
-                        length: int | None = 48) -> Path:
+def external_data_model(
+    folder: Path, location: str, name: str = "model.onnx", offset: int | None = None, length: int | None = 48
+) -> Path:
     """``folder/name`` whose ``W`` is read from ``location`` (as written in the file, unchecked)."""
     import onnx
     from onnx import TensorProto
 
     weights = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 3])
     weights.data_location = TensorProto.EXTERNAL
-    entries = {"location": location, **({"offset": str(offset)} if offset is not None else {}),
-               **({"length": str(length)} if length is not None else {})}
+    entries = {
+        "location": location,
+        **({"offset": str(offset)} if offset is not None else {}),
+        **({"length": str(length)} if length is not None else {}),
+    }
     for key, value in entries.items():
         weights.external_data.add(key=key, value=value)
     path = folder / name
@@ -48,8 +51,9 @@ def honest_external_model(folder: Path, name: str = "model.onnx", location: str 
 
     model = _matmul_graph(numpy_helper.from_array(WEIGHTS, "W"))
     path = folder / name
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-              size_threshold=0)
+    onnx.save(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return path
 
 
@@ -76,18 +80,25 @@ def constant_of_shape_model(folder: Path, op: str = "ConstantOfShape", elements:
     shape = helper.make_tensor("shape", TensorProto.INT64, [1], [elements])
     nodes = [helper.make_node("Constant", [], ["big_shape"], value=shape)]
     if op == "ConstantOfShape":
-        nodes.append(helper.make_node("ConstantOfShape", ["big_shape"], ["big"],
-                                      value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
+        nodes.append(
+            helper.make_node(
+                "ConstantOfShape", ["big_shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+            )
+        )
     else:
         one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-        nodes += [helper.make_node("Constant", [], ["one"], value=one), helper.make_node(op, ["one", "big_shape"], ["big"])]
-    nodes += [helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
-              helper.make_node("Add", ["input", "total"], ["probabilities"])]
+        nodes += [
+            helper.make_node("Constant", [], ["one"], value=one),
+            helper.make_node(op, ["one", "big_shape"], ["big"]),
+        ]
+    nodes += [
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+        helper.make_node("Add", ["input", "total"], ["probabilities"]),
+    ]
     graph = helper.make_graph(nodes, "g", [x], [y])
     path = folder / f"{op.lower()}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     return path
-
 
 
 def slow_loop_model(folder: Path, name: str = "slow.onnx", offset: float = 0.0) -> Path:
@@ -104,19 +115,33 @@ def slow_loop_model(folder: Path, name: str = "slow.onnx", offset: float = 0.0) 
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
         "body",
-        [helper.make_tensor_value_info("i", T.INT64, []), helper.make_tensor_value_info("cond_in", T.BOOL, []),
-         helper.make_tensor_value_info("v_in", T.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("cond_out", T.BOOL, []), helper.make_tensor_value_info("v_out", T.FLOAT, ["N", 4])],
-        [helper.make_tensor("one", T.FLOAT, [], [1.0])])
-    nodes = [helper.make_node("ReduceMax", ["input"], ["top"], keepdims=0),
-             helper.make_node("Add", ["top", "offset"], ["shifted"]),
-             helper.make_node("Mul", ["shifted", "scale"], ["scaled"]),
-             helper.make_node("Cast", ["scaled"], ["trips"], to=T.INT64),
-             helper.make_node("Constant", [], ["go"], value=helper.make_tensor("c", T.BOOL, [], [True])),
-             helper.make_node("Loop", ["trips", "go", "input"], ["probabilities"], body=body)]
+        [
+            helper.make_tensor_value_info("i", T.INT64, []),
+            helper.make_tensor_value_info("cond_in", T.BOOL, []),
+            helper.make_tensor_value_info("v_in", T.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", T.BOOL, []),
+            helper.make_tensor_value_info("v_out", T.FLOAT, ["N", 4]),
+        ],
+        [helper.make_tensor("one", T.FLOAT, [], [1.0])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["top"], keepdims=0),
+        helper.make_node("Add", ["top", "offset"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "scale"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["trips"], to=T.INT64),
+        helper.make_node("Constant", [], ["go"], value=helper.make_tensor("c", T.BOOL, [], [True])),
+        helper.make_node("Loop", ["trips", "go", "input"], ["probabilities"], body=body),
+    ]
     constants = [helper.make_tensor("scale", T.FLOAT, [], [1e12]), helper.make_tensor("offset", T.FLOAT, [], [offset])]
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", T.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("probabilities", T.FLOAT, ["N", 4])], constants)
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", T.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("probabilities", T.FLOAT, ["N", 4])],
+        constants,
+    )
     path = folder / name
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     return path

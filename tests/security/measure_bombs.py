@@ -1,6 +1,7 @@
 """Measure how cheaply each bomb of issue 13 item 6 is refused (not a test: a figure for the notes).
 
-    PYTHONPATH=. python -m tests.security.measure_bombs npz_real   # the attack's own 1.26 MB .npz (building it: ~10 s CPU)
+    PYTHONPATH=. python -m tests.security.measure_bombs npz_real   # the attack's own 1.26 MB .npz
+                                                                   # (building it: ~10 s CPU)
     PYTHONPATH=. python -m tests.security.measure_bombs keras      # a .keras whose config.json inflates to 1 GiB
 
 Prints the file size, the time to refuse it, the process's peak RSS and the error line.
@@ -55,8 +56,10 @@ def main(kind: str) -> None:
         load(path)
     except DeployKitError as exc:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{kind}: {path.stat().st_size / 1e6:.2f} MB file refused in {time.perf_counter() - start:.3f} s, "
-              f"peak RSS of the whole process {peak:.0f} MB: {exc}")
+        print(
+            f"{kind}: {path.stat().st_size / 1e6:.2f} MB file refused in {time.perf_counter() - start:.3f} s, "
+            f"peak RSS of the whole process {peak:.0f} MB: {exc}"
+        )
 
 
 if __name__ == "__main__":

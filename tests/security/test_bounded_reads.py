@@ -119,14 +119,23 @@ def test_loading_data_costs_a_few_times_its_size_not_seven(tmp_path):
     import sys
 
     rows = (128 << 20) // (64 * 4)
-    np.savez(tmp_path / "big.npz", x=np.random.default_rng(0).random((rows, 64), dtype=np.float32),
-             y=np.arange(rows) % 10)
-    script = ("import resource\nfrom deploykit.data import load_dataset\n"
-              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              f"load_dataset({str(tmp_path / 'big.npz')!r})\n"
-              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    np.savez(
+        tmp_path / "big.npz", x=np.random.default_rng(0).random((rows, 64), dtype=np.float32), y=np.arange(rows) % 10
+    )
+    script = (
+        "import resource\nfrom deploykit.data import load_dataset\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"load_dataset({str(tmp_path / 'big.npz')!r})\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 4.5 * 128, done.stdout
 

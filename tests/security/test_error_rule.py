@@ -1,4 +1,5 @@
-"""One rule for errors (issue 13 item 10): one line, a DataError (exit 1) naming the file for a data / model mismatch."""
+"""One rule for errors (issue 13 item 10): one line, a DataError (exit 1) naming the file for a data / model
+mismatch."""
 
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ def twenty_classes(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("command, out", [("export", "out"), ("mc", "out"), ("prune", "out.keras"), ("optimize", "out")])
+@pytest.mark.parametrize(
+    "command, out", [("export", "out"), ("mc", "out"), ("prune", "out.keras"), ("optimize", "out")]
+)
 def test_more_classes_than_outputs_is_the_same_error_everywhere(tmp_path, capsys, twenty_classes, command, out):
     code = main([command, str(DEFAULT_MODEL), "--data", str(twenty_classes), "--out", str(tmp_path / out)])
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[")]
     assert code == 1 and len(err) == 1, err
-    assert err[0].startswith(f"deploykit {command}: error: data 'twenty.npz' has 20 classes, but model ") and err[0].endswith(" outputs 10"), err
+    assert err[0].startswith(f"deploykit {command}: error: data 'twenty.npz' has 20 classes, but model ") and err[
+        0
+    ].endswith(" outputs 10"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["twenty.npz"]
 
 
@@ -37,11 +42,18 @@ def _run(exc: BaseException, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("exc, code, text", [
-    (MemoryError(), 1, "deploykit fold: error: out of memory (MemoryError); the model or data is too large"),
-    (ValueError("first line\n  second line"), 1, "deploykit fold: error: ValueError: first line second line (run with --verbose"),
-    (RuntimeError(), 1, "deploykit fold: error: RuntimeError (run with --verbose"),
-])
+@pytest.mark.parametrize(
+    "exc, code, text",
+    [
+        (MemoryError(), 1, "deploykit fold: error: out of memory (MemoryError); the model or data is too large"),
+        (
+            ValueError("first line\n  second line"),
+            1,
+            "deploykit fold: error: ValueError: first line second line (run with --verbose",
+        ),
+        (RuntimeError(), 1, "deploykit fold: error: RuntimeError (run with --verbose"),
+    ],
+)
 def test_unexpected_errors_are_one_non_empty_line(capsys, exc, code, text):
     got, err = _run(exc, capsys)
     assert got == code and err.startswith(text) and err.count("\n") == 1, err

@@ -16,7 +16,8 @@ def _error_lines(err: str) -> list[str]:
 
 
 def _cli_refuses(capfd, argv: list[str], *needles: str) -> str:
-    """Run the CLI in-process; assert exit 1 and exactly one error line holding every needle (native stderr included)."""
+    """Run the CLI in-process; assert exit 1 and exactly one error line holding every needle (native stderr
+    included)."""
     code = main(argv)
     err = _error_lines(capfd.readouterr().err)
     assert code == 1, err
@@ -87,9 +88,13 @@ def test_suffix_must_agree_with_the_content(tmp_path):
     (tmp_path / "h5_named.keras").write_bytes((tmp_path / "m.h5").read_bytes())
     (tmp_path / "zip_named.h5").write_bytes((tmp_path / "m.keras").read_bytes())
     (tmp_path / "h5_named.bin").write_bytes((tmp_path / "m.h5").read_bytes())
-    with pytest.raises(ModelLoadError, match=r"content is a h5 file but the suffix \.keras says keras; rename it with \.h5"):
+    with pytest.raises(
+        ModelLoadError, match=r"content is a h5 file but the suffix \.keras says keras; rename it with \.h5"
+    ):
         load_model(tmp_path / "h5_named.keras")
-    with pytest.raises(ModelLoadError, match=r"content is a keras file but the suffix \.h5 says h5; rename it with \.keras"):
+    with pytest.raises(
+        ModelLoadError, match=r"content is a keras file but the suffix \.h5 says h5; rename it with \.keras"
+    ):
         load_model(tmp_path / "zip_named.h5")
     with pytest.raises(ModelLoadError, match=r"suffix \.bin is not a model's"):
         load_model(tmp_path / "h5_named.bin")
@@ -97,8 +102,13 @@ def test_suffix_must_agree_with_the_content(tmp_path):
 
 def test_keras_zip_bomb_is_refused_before_inflating(tmp_path, capfd):
     path = hostile.keras_zip_bomb(tmp_path, inflated=64 << 20)  # over the 16 MiB config limit
-    line = _cli_refuses(capfd, ["fold", str(path), "--out", str(tmp_path / "f.keras")], str(path), "config.json declares 64.0 MiB",
-                        "DEPLOYKIT_MAX_CONFIG_BYTES")
+    line = _cli_refuses(
+        capfd,
+        ["fold", str(path), "--out", str(tmp_path / "f.keras")],
+        str(path),
+        "config.json declares 64.0 MiB",
+        "DEPLOYKIT_MAX_CONFIG_BYTES",
+    )
     assert "refused before reading it" in line
 
 
@@ -115,9 +125,16 @@ def test_declared_weights_are_limited(tmp_path):
     import json
     import zipfile
 
-    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
-        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 100_000], "name": "in"}},
-        {"class_name": "Dense", "config": {"name": "huge", "units": 100_000}}]}}
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "s",
+            "layers": [
+                {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 100_000], "name": "in"}},
+                {"class_name": "Dense", "config": {"name": "huge", "units": 100_000}},
+            ],
+        },
+    }
     path = tmp_path / "huge.keras"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("config.json", json.dumps(config))
@@ -134,13 +151,18 @@ def test_keras_weights_inflating_past_the_limit(tmp_path, monkeypatch):
     from deploykit.io import save_model
 
     save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "m.keras")
-    with zipfile.ZipFile(tmp_path / "m.keras") as src, zipfile.ZipFile(tmp_path / "big.keras", "w", zipfile.ZIP_DEFLATED) as dst:
+    with (
+        zipfile.ZipFile(tmp_path / "m.keras") as src,
+        zipfile.ZipFile(tmp_path / "big.keras", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
         for info in src.infolist():
             data = src.read(info)
             dst.writestr(info.filename, data + bytes(4 << 20) if info.filename == "model.weights.h5" else data)
     assert load_model(tmp_path / "m.keras") is not None
     monkeypatch.setenv("DEPLOYKIT_MAX_MODEL_BYTES", str(2 << 20))
-    with pytest.raises(ModelLoadError, match=r"the Keras archive \(uncompressed\) declares 4\.0 MiB, over the 2\.0 MiB limit"):
+    with pytest.raises(
+        ModelLoadError, match=r"the Keras archive \(uncompressed\) declares 4\.0 MiB, over the 2\.0 MiB limit"
+    ):
         load_model(tmp_path / "big.keras")
 
 

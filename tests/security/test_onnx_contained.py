@@ -97,8 +97,14 @@ def test_truncated_external_data_cannot_crash_a_running_session(tmp_path):
         "y = s.run(None, {'input': np.ones((1, 4), np.float32)})[0]\n"
         "print(float(y.sum()))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) == pytest.approx(float((np.ones((1, 4)) @ hostile_onnx.WEIGHTS).sum()), rel=1e-5)
 

@@ -84,8 +84,9 @@ def triton_client(url: str):
         yield client
 
 
-def request(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None,
-            timeout: float = 60.0) -> tuple[int, bytes]:
+def request(
+    url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None, timeout: float = 60.0
+) -> tuple[int, bytes]:
     """(status, body) of one HTTP call; HTTP errors are returned, not raised."""
     req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:

@@ -20,15 +20,18 @@ def test_the_contract_imports_nothing_heavy():
     assert json.loads(result.stdout) == []
 
 
-@pytest.mark.parametrize("module, names", [
-    ("deploykit.export.convert", ["INPUT_NAME", "OUTPUT_NAME"]),
-    ("deploykit.export.metadata", ["KIND_DETERMINISTIC", "KIND_MC_DROPOUT"]),
-    ("deploykit.uncertainty.mc_graph", ["OUTPUT_NAMES", "SAMPLES_NAME", "SAMPLES_OUTPUT"]),
-    ("deploykit.uncertainty.ensemble", ["KIND_ENSEMBLE", "MEMBERS_OUTPUT", "OUTPUT_NAMES"]),
-    ("deploykit.uncertainty.selective", ["ABSTAIN_OUTPUT", "OUTPUT_NAMES"]),
-    ("deploykit.uncertainty.measures", ["Measure"]),
-    ("deploykit.serve.models", ["OUTPUT_NAMES", "SAMPLES_NAME", "SAMPLES_OUTPUT", "GLOSSARY", "ABSTAIN_OUTPUT"]),
-])
+@pytest.mark.parametrize(
+    "module, names",
+    [
+        ("deploykit.export.convert", ["INPUT_NAME", "OUTPUT_NAME"]),
+        ("deploykit.export.metadata", ["KIND_DETERMINISTIC", "KIND_MC_DROPOUT"]),
+        ("deploykit.uncertainty.mc_graph", ["OUTPUT_NAMES", "SAMPLES_NAME", "SAMPLES_OUTPUT"]),
+        ("deploykit.uncertainty.ensemble", ["KIND_ENSEMBLE", "MEMBERS_OUTPUT", "OUTPUT_NAMES"]),
+        ("deploykit.uncertainty.selective", ["ABSTAIN_OUTPUT", "OUTPUT_NAMES"]),
+        ("deploykit.uncertainty.measures", ["Measure"]),
+        ("deploykit.serve.models", ["OUTPUT_NAMES", "SAMPLES_NAME", "SAMPLES_OUTPUT", "GLOSSARY", "ABSTAIN_OUTPUT"]),
+    ],
+)
 def test_every_module_uses_the_contract_objects(module, names):
     """Not copies that happen to be equal: the very objects of deploykit.contract."""
     import importlib
@@ -51,9 +54,9 @@ def test_metadata_keys_are_the_contract_ones():
 
 def test_model_kinds_are_written_as_their_values():
     """The kind is an enum in code and its plain value in the JSON metadata; a plain string read back compares equal."""
-    from deploykit.export.metadata import ModelMetadata, read_metadata, write_metadata
-
     import onnx
+
+    from deploykit.export.metadata import ModelMetadata, read_metadata, write_metadata
 
     for kind in contract.ModelKind:
         proto = onnx.ModelProto()
@@ -64,8 +67,14 @@ def test_model_kinds_are_written_as_their_values():
 
 
 def test_every_output_name_has_a_glossary_entry():
-    names = [contract.OUTPUT_NAME, contract.LOGITS_NAME, contract.PREDICTION_NAME, *contract.OUTPUT_NAMES,
-             *contract.SAMPLE_FIRST_OUTPUTS, contract.ABSTAIN_OUTPUT, *contract.CONFORMAL_OUTPUTS]
+    names = [
+        contract.OUTPUT_NAME,
+        contract.LOGITS_NAME,
+        contract.PREDICTION_NAME,
+        *contract.OUTPUT_NAMES,
+        *contract.SAMPLE_FIRST_OUTPUTS,
+        contract.ABSTAIN_OUTPUT,
+        *contract.CONFORMAL_OUTPUTS,
+    ]
     assert sorted(contract.GLOSSARY) == sorted(names)
     assert sorted(contract.REGRESSION_GLOSSARY) == sorted(contract.REGRESSION_OUTPUT_NAMES)
-

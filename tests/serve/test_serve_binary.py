@@ -47,8 +47,12 @@ def binary_repo(tmp_path_factory):
     meta = ModelMetadata(class_names=LABELS)
     export_onnx(_model(1, "sigmoid"), repo / "sigmoid.onnx", metadata=meta)
     export_onnx(_model(2, "linear"), repo / "logit.onnx", metadata=meta, task=Task.CLASSIFICATION)
-    export_mc_onnx(_model(3, "sigmoid", dropout=0.3), repo / "sigmoid_mc.onnx", class_names=LABELS,
-                   config=MCConfig(samples=20, seed=5, include_samples=True))
+    export_mc_onnx(
+        _model(3, "sigmoid", dropout=0.3),
+        repo / "sigmoid_mc.onnx",
+        class_names=LABELS,
+        config=MCConfig(samples=20, seed=5, include_samples=True),
+    )
     staging = tmp_path_factory.mktemp("members")
     members = []
     for seed in (4, 5):
@@ -106,9 +110,14 @@ def test_a_logit_model_serves_its_logit_beside_the_probabilities(triton, binary_
     assert result.as_numpy("logits").shape == (30, 1) and np.abs(result.as_numpy("logits") - z).max() < 1e-5
     assert np.abs(result.as_numpy("probabilities") - _two_class(1 / (1 + np.exp(-z)))).max() < 1e-6
     assert triton.get_model_metadata("logit")["parameters"]["output"] == "binary_logits"
-    refused = httpx.post(f"{binary_server.base}/v2/models/logit/infer", timeout=60, json={
-        "inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": x[0].tolist()}],
-        "outputs": [{"name": "logits", "parameters": {"classification": 1}}]})
+    refused = httpx.post(
+        f"{binary_server.base}/v2/models/logit/infer",
+        timeout=60,
+        json={
+            "inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": x[0].tolist()}],
+            "outputs": [{"name": "logits", "parameters": {"classification": 1}}],
+        },
+    )
     assert refused.status_code == 400  # one logit is not a score per class label
 
 
@@ -127,17 +136,25 @@ def test_the_mc_model_and_the_ensemble_of_binary_models_answer_two_classes(trito
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("model, says, never", [
-    ("sigmoid", ["predicted class", "binary classifier: P(class 1 (malignant))"], ["logits"]),
-    ("logit", ["binary classifier: P(class 1 (malignant))", "logits (before the softmax / sigmoid)"], []),
-    ("sigmoid_mc", ["mean probability", "0 samples)", "mutual information"], []),
-    ("pair", ["mean probability", "the ensemble's members"], ["None samples"]),
-    ("reg", ["predicted", "the targets' units"], ["probability", "entropy", "class"]),
-])
+@pytest.mark.parametrize(
+    "model, says, never",
+    [
+        ("sigmoid", ["predicted class", "binary classifier: P(class 1 (malignant))"], ["logits"]),
+        ("logit", ["binary classifier: P(class 1 (malignant))", "logits (before the softmax / sigmoid)"], []),
+        ("sigmoid_mc", ["mean probability", "0 samples)", "mutual information"], []),
+        ("pair", ["mean probability", "the ensemble's members"], ["None samples"]),
+        ("reg", ["predicted", "the targets' units"], ["probability", "entropy", "class"]),
+    ],
+)
 def test_the_example_client_prints_what_each_model_predicts(binary_server, model, says, never):
     """examples/client_tritonclient.py reads task / kind / output from /v2/models/NAME (never an entropy of logits)."""
-    done = subprocess.run([sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", binary_server.url,
-                           "--model", model], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", binary_server.url, "--model", model],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     for text in says:
         assert text in done.stdout, done.stdout

@@ -22,22 +22,47 @@ pytestmark = pytest.mark.slow  # trains a tiny model, runs the CLI and a server 
 @pytest.fixture(scope="module")
 def conformal_out(tmp_path_factory, digits):
     """A Keras 3 Dense -> Dropout -> softmax model trained 3 epochs on digits, through ``deploykit mc --conformal``."""
-    import deploykit.backend  # noqa: F401  (TF set up as deploykit does before Keras 3)
     import keras
 
+    import deploykit.backend  # noqa: F401  (TF set up as deploykit does before Keras 3)
+
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Rescaling(1 / 16),
-                              keras.layers.Dense(32, activation="relu"), keras.layers.Dropout(0.3),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(64,)),
+            keras.layers.Rescaling(1 / 16),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits.x_train, digits.y_train, epochs=3, batch_size=32, verbose=0)
     folder = tmp_path_factory.mktemp("conformal")
     model.save(folder / "model.keras")
     out = folder / "served"
-    command = ["mc", str(folder / "model.keras"), "--data", "digits", "--samples", "10", "--conformal", "0.9",
-               "--target-accuracy", "0.8", "--out", str(out)]  # below what 3 epochs reach: a bound exists
-    run = subprocess.run([sys.executable, "-m", "deploykit.cli.main", *command], capture_output=True, text=True,
-                         timeout=600, env={**os.environ}, check=False)
+    command = [
+        "mc",
+        str(folder / "model.keras"),
+        "--data",
+        "digits",
+        "--samples",
+        "10",
+        "--conformal",
+        "0.9",
+        "--target-accuracy",
+        "0.8",
+        "--out",
+        str(out),
+    ]  # below what 3 epochs reach: a bound exists
+    run = subprocess.run(
+        [sys.executable, "-m", "deploykit.cli.main", *command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "prediction sets at 90%: test coverage" in run.stdout
     return out
@@ -79,8 +104,14 @@ def test_tritonclient_reads_the_prediction_sets(server, conformal_out, digits, b
     sets, sizes = result.as_numpy(PREDICTION_SET_OUTPUT), result.as_numpy(SET_SIZE_OUTPUT)
     assert sets.dtype == np.bool_ and sets.shape == (50, 10) and np.array_equal(sizes, sets.sum(1))
     stored = meta["parameters"]["conformal"]
-    cal = Conformal(ConformalMethod(stored["method"]), stored["alpha"], stored["n"], stored["threshold"],
-                    lam=stored.get("lambda", 0.0), k_reg=stored.get("k_reg", 0))
+    cal = Conformal(
+        ConformalMethod(stored["method"]),
+        stored["alpha"],
+        stored["n"],
+        stored["threshold"],
+        lam=stored.get("lambda", 0.0),
+        k_reg=stored.get("k_reg", 0),
+    )
     assert np.array_equal(sets, prediction_sets(result.as_numpy("mean"), cal))  # the same call's mean, the stored rule
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs[PREDICTION_SET_OUTPUT]["datatype"] == "BOOL" and outputs[PREDICTION_SET_OUTPUT]["shape"] == [-1, 10]
@@ -94,8 +125,12 @@ def test_v2_metadata_and_v1_predictions(server):
     response = httpx.post(f"{server.base}/v1/models/model_mc:predict", json={"instances": x.tolist()}, timeout=60)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert all(len(p[PREDICTION_SET_OUTPUT]) == 10 and all(isinstance(v, bool) for v in p[PREDICTION_SET_OUTPUT])
-               and p[SET_SIZE_OUTPUT] == sum(p[PREDICTION_SET_OUTPUT]) for p in predictions)
+    assert all(
+        len(p[PREDICTION_SET_OUTPUT]) == 10
+        and all(isinstance(v, bool) for v in p[PREDICTION_SET_OUTPUT])
+        and p[SET_SIZE_OUTPUT] == sum(p[PREDICTION_SET_OUTPUT])
+        for p in predictions
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +143,14 @@ def regression_server(tmp_path_factory):
 
     data = load_dataset("diabetes")
     set_seed(3)
-    model = keras.Sequential([keras.Input(shape=data.input_shape), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=data.input_shape),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1),
+        ]
+    )
     kernel, _ = model.layers[-1].get_weights()
     model.layers[-1].set_weights([kernel, np.array([np.mean(data.y_train)], np.float32)])
     folder = tmp_path_factory.mktemp("regression")

@@ -47,8 +47,19 @@ def server(folder, tmp_path_factory):
 
 
 def _infer(server, model: str, rows) -> tuple[int, dict]:
-    return post_json(f"{server.base}/v2/models/{model}/infer", {"inputs": [
-        {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": np.asarray(rows).ravel().tolist()}]})
+    return post_json(
+        f"{server.base}/v2/models/{model}/infer",
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [len(rows), 4],
+                    "datatype": "FP32",
+                    "data": np.asarray(rows).ravel().tolist(),
+                }
+            ]
+        },
+    )
 
 
 def test_a_model_that_never_answers_gets_504_each_time_and_keeps_its_threads(server):
@@ -127,8 +138,10 @@ def test_slow_request_gets_504_while_health_and_other_models_answer(server):
 
 
 def test_lower_case_datatype_is_a_400(server):
-    status, body = post_json(f"{server.base}/v2/models/good/infer", {"inputs": [
-        {"name": "input", "shape": [1, 4], "datatype": "fp32", "data": [1, 1, 1, 1]}]})
+    status, body = post_json(
+        f"{server.base}/v2/models/good/infer",
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "fp32", "data": [1, 1, 1, 1]}]},
+    )
     assert status == 400 and "FP32" in body["error"], body
 
 

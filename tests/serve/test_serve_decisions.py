@@ -32,8 +32,9 @@ def _threshold(proto_path, x_val, y_val, measure: Measure, coverage: float):
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x_val})))
     probs = out.get("mean", out.get("probabilities"))
     u = uncertainties(probs, out.get("mutual_information"))[measure]
-    return choose_threshold(y_val, probs.argmax(1), u, measure,
-                            SelectiveTarget(target_accuracy=None, target_coverage=coverage))
+    return choose_threshold(
+        y_val, probs.argmax(1), u, measure, SelectiveTarget(target_accuracy=None, target_coverage=coverage)
+    )
 
 
 def _with_abstain(path, chosen) -> None:
@@ -64,8 +65,9 @@ def decision_repo(tmp_path_factory, serve_keras_model, random_bn_model, digits):
     export_onnx(serve_keras_model, repo / "det_abstain.onnx", metadata=meta)
     _with_abstain(repo / "det_abstain.onnx", _threshold(repo / "det_abstain.onnx", x_val, y_val, Measure.ENTROPY, 0.6))
 
-    export_mc_onnx(serve_keras_model, repo / "mc_abstain.onnx", samples=30, seed=MC_SEED,
-                   class_names=list(digits.class_names))
+    export_mc_onnx(
+        serve_keras_model, repo / "mc_abstain.onnx", samples=30, seed=MC_SEED, class_names=list(digits.class_names)
+    )
     chosen = _threshold(repo / "mc_abstain.onnx", x_val, y_val, Measure.MUTUAL_INFORMATION, 0.5)
     _with_abstain(repo / "mc_abstain.onnx", chosen)
 
@@ -166,8 +168,9 @@ def test_requested_outputs_keep_the_threshold(triton, decision_repo, x):
 
 @pytest.mark.parametrize("model", ["det_abstain", "mc_abstain"])
 def test_v1_predictions_carry_abstain_and_the_threshold(decision_server, decision_repo, x, model):
-    response = httpx.post(f"{decision_server.base}/v1/models/{model}:predict", json={"instances": x.tolist()},
-                          timeout=60)
+    response = httpx.post(
+        f"{decision_server.base}/v1/models/{model}:predict", json={"instances": x.tolist()}, timeout=60
+    )
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     threshold = stored(decision_repo, model)["threshold"]
@@ -222,13 +225,16 @@ def test_ensemble_is_served_like_an_mc_model(triton, decision_repo, x):
 
 
 def test_ensemble_ignores_samples_and_answers_v1_rows(decision_server, x):
-    body = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x[:2].ravel().tolist()}],
-            "parameters": {"samples": 10}}
+    body = {
+        "inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x[:2].ravel().tolist()}],
+        "parameters": {"samples": 10},
+    }
     answer = httpx.post(f"{decision_server.base}/v2/models/ensemble/infer", json=body, timeout=60).json()
     assert answer["parameters"]["ignored_parameters"] == ["samples"]
     assert "deep ensemble" in answer["parameters"]["note"]
-    response = httpx.post(f"{decision_server.base}/v1/models/ensemble:predict", json={"instances": x[:3].tolist()},
-                          timeout=60)
+    response = httpx.post(
+        f"{decision_server.base}/v1/models/ensemble:predict", json={"instances": x[:3].tolist()}, timeout=60
+    )
     rows = response.json()["predictions"]
     assert len(rows) == 3 and set(rows[0]) == {*OUTPUT_NAMES, MEMBERS_OUTPUT}
     assert np.array(rows[0][MEMBERS_OUTPUT]).shape == (2, 10)  # this row's probabilities of each member

@@ -118,8 +118,13 @@ def test_heavy_mc_request_is_refused_before_it_runs(server):
 def test_health_answers_during_a_heavy_request(server):
     """A large allowed request runs in a worker thread: health does not wait for it."""
     x = np.random.default_rng(0).uniform(0, 16, (1024, 64)).astype(np.float32).tolist()
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1024, 64], "datatype": "FP32", "data": sum(x, [])}],
-                       "parameters": {"samples": 250}, "outputs": [{"name": "mean"}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [{"name": "input", "shape": [1024, 64], "datatype": "FP32", "data": sum(x, [])}],
+            "parameters": {"samples": 250},
+            "outputs": [{"name": "mean"}],
+        }
+    ).encode()
     done = {}
 
     def heavy():
@@ -158,8 +163,17 @@ def test_names_echoed_in_errors_and_logs_are_bounded_and_escaped(server):
 @pytest.fixture(scope="module")
 def strict_server(model_repo, tmp_path_factory):
     """A server with 256 descriptors (as the attack's machine) and 1-second timeouts."""
-    process = ServerProcess(model_repo / "digits.onnx", tmp_path_factory.mktemp("strict") / "server.log",
-                            "--header-timeout", "1", "--body-timeout", "1", "--keep-alive-timeout", "1", nofile=256)
+    process = ServerProcess(
+        model_repo / "digits.onnx",
+        tmp_path_factory.mktemp("strict") / "server.log",
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--keep-alive-timeout",
+        "1",
+        nofile=256,
+    )
     yield process
     assert process.stop() == 0, process.log.read_text()
 
@@ -215,8 +229,10 @@ def test_header_limits_are_options(model_repo, tmp_path):
 def test_sigterm_with_a_stalled_upload_exits_quickly_in_one_line(model_repo, tmp_path):
     server = ServerProcess(model_repo / "digits.onnx", tmp_path / "server.log")
     upload = socket.create_connection((HOST, server.port), timeout=10)
-    upload.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: 100000\r\n\r\n{\"inputs\": [")
+    upload.sendall(
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100000\r\n\r\n{"inputs": ['
+    )
     head = socket.create_connection((HOST, server.port), timeout=10)
     head.sendall(b"GET /v2/heal")
     time.sleep(0.3)

@@ -85,11 +85,15 @@ def test_v1_instances_are_objects_keyed_by_input_name(server, repo, inputs):
 
 
 def test_a_missing_input_is_refused_naming_the_inputs(server, inputs):
-    payload = {"inputs": [{"name": "input_wide", "shape": [1, 5], "datatype": "FP32",
-                           "data": inputs["input_wide"][0].tolist()}]}
+    payload = {
+        "inputs": [
+            {"name": "input_wide", "shape": [1, 5], "datatype": "FP32", "data": inputs["input_wide"][0].tolist()}
+        ]
+    }
     status, body = post_json(server.base + "/v2/models/wide_deep/infer", payload)
     assert status == 400
     assert "input_deep" in body["error"] and "input_wide" in body["error"]
-    status, body = post_json(server.base + "/v1/models/wide_deep:predict",
-                             {"instances": [{"input_wide": inputs["input_wide"][0].tolist()}]})
+    status, body = post_json(
+        server.base + "/v1/models/wide_deep:predict", {"instances": [{"input_wide": inputs["input_wide"][0].tolist()}]}
+    )
     assert status == 400 and "input_deep" in body["error"]

@@ -36,22 +36,35 @@ print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
 
 
 def deploykit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploykit.cli.main", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "deploykit.cli.main", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_serving_imports_no_tensorflow(model_repo):
     """The CLI, the model loading and the server set-up of `deploykit serve` import neither TensorFlow nor the
     modules that need it."""
-    done = subprocess.run([sys.executable, "-c", "import json\n" + NO_HEAVY_IMPORTS, str(model_repo)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", "import json\n" + NO_HEAVY_IMPORTS, str(model_repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_sigterm_finishes_the_request_in_flight(model_repo, tmp_path):
-    server = ServerProcess(model_repo / "mc_triton", tmp_path / "server.log",  # limits raised for a long request
-                           "--max-network-rows", "600000", "--max-response-values", "6000000",
-                           "--request-timeout", "120")
+    server = ServerProcess(
+        model_repo / "mc_triton",
+        tmp_path / "server.log",  # limits raised for a long request
+        "--max-network-rows",
+        "600000",
+        "--max-response-values",
+        "6000000",
+        "--request-timeout",
+        "120",
+    )
     x = np.random.default_rng(0).uniform(0, 16, (1024, 64)).round(1)
     body = json.dumps({"instances": x.tolist(), "parameters": {"samples": 500}}).encode()
     answer = {}
@@ -86,8 +99,11 @@ def test_bad_command_lines_fail_in_one_line(model_repo, tmp_path):
         (["serve", str(tmp_path / "missing")], 2, "no such file or folder"),
         (["serve", str(model_repo), "--samples", "0"], 2, "samples must be an integer"),
         (["serve", str(model_repo), "--port", "70000"], 2, "port must be an integer"),
-        (["serve", str(model_repo), "--samples", "500", "--max-samples", "100"], 2,
-         "samples must be an integer in [1, 100], got 500"),
+        (
+            ["serve", str(model_repo), "--samples", "500", "--max-samples", "100"],
+            2,
+            "samples must be an integer in [1, 100], got 500",
+        ),
     ]
     (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
     cases.append((["serve", str(tmp_path / "broken.onnx")], 1, "onnxruntime cannot load it"))
@@ -107,10 +123,26 @@ def test_bad_command_lines_fail_in_one_line(model_repo, tmp_path):
 def test_help_names_the_endpoints():
     done = deploykit("serve", "--help")
     assert done.returncode == 0
-    for text in ("--host", "--port", "--samples", "--threads", "--max-rows", "--max-body-bytes", "/v2/models/NAME/infer",
-                 "--name", "--max-network-rows", "--max-response-values", "--max-header-count", "--max-header-bytes",
-                 "--header-timeout", "--body-timeout", "--keep-alive-timeout", "--max-connections",
-                 "/v2/models/NAME/config", "/v2/repository/index"):
+    for text in (
+        "--host",
+        "--port",
+        "--samples",
+        "--threads",
+        "--max-rows",
+        "--max-body-bytes",
+        "/v2/models/NAME/infer",
+        "--name",
+        "--max-network-rows",
+        "--max-response-values",
+        "--max-header-count",
+        "--max-header-bytes",
+        "--header-timeout",
+        "--body-timeout",
+        "--keep-alive-timeout",
+        "--max-connections",
+        "/v2/models/NAME/config",
+        "/v2/repository/index",
+    ):
         assert text in done.stdout
 
 
@@ -130,12 +162,15 @@ def onnx_with_initializer_inputs(path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64]),
-              helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 3])]
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64]),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 3]),
+    ]
     output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])
     weight = numpy_helper.from_array(np.full((64, 3), 0.5, np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "init", inputs, [output],
-                              initializer=[weight])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "init", inputs, [output], initializer=[weight]
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
@@ -148,9 +183,13 @@ def test_unservable_models_are_skipped_with_a_warning(model_repo, tmp_path):
     onnx_with_initializer_inputs(folder / "tf2onnx_style.onnx")
     server = ServerProcess(folder, tmp_path / "server.log")
     try:
-        status, body = request(f"{server.base}/v1/models/digits:predict", json.dumps({"instances": [[1.0] * 64]}).encode())
+        status, body = request(
+            f"{server.base}/v1/models/digits:predict", json.dumps({"instances": [[1.0] * 64]}).encode()
+        )
         assert status == 200, body
-        status, body = request(f"{server.base}/v1/models/tf2onnx_style:predict", json.dumps({"instances": [[1.0] * 64]}).encode())
+        status, body = request(
+            f"{server.base}/v1/models/tf2onnx_style:predict", json.dumps({"instances": [[1.0] * 64]}).encode()
+        )
         assert status == 200 and json.loads(body)["predictions"] == [[32.0] * 3], body  # the initializer's weights
         assert get(f"{server.base}/v2/models/two_inputs/ready")[0] == 404
     finally:
@@ -176,8 +215,14 @@ def test_name_option(model_repo, tmp_path):
 
 def test_only_deploykit_lines_unless_verbose(model_repo, tmp_path):
     """kserve's "OpenAI endpoints not registered", uvicorn's start-up lines: shown with --verbose only."""
-    foreign = ("OpenAI endpoints", "Time series endpoints", "Registering model", "Started server process",
-               "Uvicorn running", "Application startup")
+    foreign = (
+        "OpenAI endpoints",
+        "Time series endpoints",
+        "Registering model",
+        "Started server process",
+        "Uvicorn running",
+        "Application startup",
+    )
     for args, shown in (((), False), (("--verbose",), True)):
         server = ServerProcess(model_repo / "digits.onnx", tmp_path / f"server{len(args)}.log", *args)
         time.sleep(0.3)

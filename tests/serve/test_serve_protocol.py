@@ -61,15 +61,28 @@ def test_model_metadata(client, digits):
     assert det["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert tensors(det["outputs"]) == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
     assert det["platform"] == "onnxruntime_onnx" and det["versions"] == ["1"]
-    assert det["parameters"] == {"kind": "deterministic", "task": "classification",
-                                 "class_labels": [str(c) for c in digits.class_names]}
+    assert det["parameters"] == {
+        "kind": "deterministic",
+        "task": "classification",
+        "class_labels": [str(c) for c in digits.class_names],
+    }
     mc = client.get_model_metadata("digits_mc")
     assert mc["inputs"] == det["inputs"]  # `samples` is a request parameter, not a tensor
     shapes = {o["name"]: (o["datatype"], o["shape"]) for o in mc["outputs"]}
-    assert shapes == {"mean": ("FP32", [-1, 10]), "std": ("FP32", [-1, 10]), "predictive_entropy": ("FP32", [-1]),
-                      "mutual_information": ("FP32", [-1]), "predicted_class": ("INT64", [-1])}
-    assert mc["parameters"] == {"kind": "mc_dropout", "task": "classification", "class_labels": det["parameters"]["class_labels"],
-                                "default_samples": 30, "max_samples": 1000}
+    assert shapes == {
+        "mean": ("FP32", [-1, 10]),
+        "std": ("FP32", [-1, 10]),
+        "predictive_entropy": ("FP32", [-1]),
+        "mutual_information": ("FP32", [-1]),
+        "predicted_class": ("INT64", [-1]),
+    }
+    assert mc["parameters"] == {
+        "kind": "mc_dropout",
+        "task": "classification",
+        "class_labels": det["parameters"]["class_labels"],
+        "default_samples": 30,
+        "max_samples": 1000,
+    }
     triton = {o["name"] for o in client.get_model_metadata("mc_triton")["outputs"]}
     assert triton == {*MC_OUTPUTS, "sample_probabilities"}
 
@@ -91,13 +104,20 @@ def test_model_config_and_repository_index(client):
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
     assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
     mc = {o["name"]: o for o in client.get_model_config("digits_mc")["output"]}
-    assert mc["predictive_entropy"] == {"name": "predictive_entropy", "data_type": "TYPE_FP32", "dims": [1],
-                                        "reshape": {"shape": []}}  # a scalar per row, as Triton writes it
+    assert mc["predictive_entropy"] == {
+        "name": "predictive_entropy",
+        "data_type": "TYPE_FP32",
+        "dims": [1],
+        "reshape": {"shape": []},
+    }  # a scalar per row, as Triton writes it
     raw = client.get_model_config("mc_triton")  # sample_probabilities is [T, N, classes]: not batch-first
     assert raw["max_batch_size"] == 0 and {"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 64]} in raw["input"]
     index = client.get_model_repository_index()
     assert sorted((m["name"], m["version"], m["state"]) for m in index) == [
-        ("digits", "1", "READY"), ("digits_mc", "1", "READY"), ("mc_triton", "1", "READY")]
+        ("digits", "1", "READY"),
+        ("digits_mc", "1", "READY"),
+        ("mc_triton", "1", "READY"),
+    ]
     import tritonclient.utils
 
     with pytest.raises(tritonclient.utils.InferenceServerException, match="does not exist"):
@@ -141,8 +161,9 @@ def test_samples_on_a_deterministic_model_is_ignored_with_a_note(client, server,
     assert result.as_numpy("probabilities").shape == (len(x), 10)
     note = result.get_response()["parameters"]
     assert note["ignored_parameters"] == ["samples"] and "deterministic" in note["note"]
-    status, body = post_json(f"{server.base}/v1/models/digits:predict",
-                             {"instances": x[:1].tolist(), "parameters": {"samples": 5}})
+    status, body = post_json(
+        f"{server.base}/v1/models/digits:predict", {"instances": x[:1].tolist(), "parameters": {"samples": 5}}
+    )
     assert status == 200 and body["parameters"]["ignored_parameters"] == ["samples"]
     assert "parameters" not in client.infer("digits", [infer_input(x, True)]).get_response()
 
@@ -164,23 +185,33 @@ def test_mc_matches_uncertainty_predictor_with_the_same_seed(client, server, mod
 
     predictor = UncertaintyPredictor(model_repo / "digits_mc.onnx")
     calls = [  # (how, samples): the server's default T (30), then T per request
-        ("binary", None), ("json", 50), ("v1", 10),
+        ("binary", None),
+        ("json", 50),
+        ("v1", 10),
     ]
     for how, samples in calls:
         expected = predictor.predict(x, samples=samples)
         if how == "v1":
-            status, body = post_json(f"{server.base}/v1/models/digits_mc:predict",
-                                     {"instances": x.tolist(), "parameters": {"samples": samples}})
+            status, body = post_json(
+                f"{server.base}/v1/models/digits_mc:predict",
+                {"instances": x.tolist(), "parameters": {"samples": samples}},
+            )
             assert status == 200, body
             got = {n: np.array([p[n] for p in body["predictions"]]) for n in MC_OUTPUTS}
         else:
             binary = how == "binary"
-            result = client.infer("digits_mc", [infer_input(x, binary)], outputs=requested(MC_OUTPUTS, binary),
-                                  parameters={"samples": samples} if samples else None)
+            result = client.infer(
+                "digits_mc",
+                [infer_input(x, binary)],
+                outputs=requested(MC_OUTPUTS, binary),
+                parameters={"samples": samples} if samples else None,
+            )
             assert result.get_response()["parameters"] == {"samples": samples or 30}
             got = {n: result.as_numpy(n) for n in MC_OUTPUTS}
         for name in MC_OUTPUTS:
-            np.testing.assert_allclose(got[name], getattr(expected, name), rtol=1e-5, atol=1e-6, err_msg=f"{how}: {name}")
+            np.testing.assert_allclose(
+                got[name], getattr(expected, name), rtol=1e-5, atol=1e-6, err_msg=f"{how}: {name}"
+            )
 
 
 def test_mc_outputs_vary_with_samples_and_default_to_all(client, x):
@@ -198,8 +229,7 @@ def test_mc_outputs_vary_with_samples_and_default_to_all(client, x):
 
 
 def test_one_requested_output_only(client, x):
-    result = client.infer("mc_triton", [infer_input(x, False)],
-                          outputs=requested(["predictive_entropy"], False))
+    result = client.infer("mc_triton", [infer_input(x, False)], outputs=requested(["predictive_entropy"], False))
     outputs = result.get_response()["outputs"]
     assert [o["name"] for o in outputs] == ["predictive_entropy"]
     entropy = result.as_numpy("predictive_entropy")
@@ -213,8 +243,9 @@ def test_v1_predict(server, model_repo, x):
     assert status == 200, body
     expected = ort.InferenceSession(str(model_repo / "digits.onnx")).run(None, {"input": x[:3]})[0]
     np.testing.assert_allclose(np.array(body["predictions"]), expected, rtol=1e-6, atol=1e-7)
-    status, body = post_json(f"{server.base}/v1/models/mc_triton:predict",
-                             {"instances": x[:2].tolist(), "parameters": {"samples": 5}})
+    status, body = post_json(
+        f"{server.base}/v1/models/mc_triton:predict", {"instances": x[:2].tolist(), "parameters": {"samples": 5}}
+    )
     assert status == 200, body
     first = body["predictions"][0]
     assert set(first) == {*MC_OUTPUTS, "sample_probabilities"}
@@ -231,8 +262,12 @@ def test_example_clients(server, digits, tmp_path):
     npz = tmp_path / "digits.npz"
     np.savez(npz, x_test=digits.x_test, y_test=digits.y_test)
     client = [sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", server.url]
-    done = subprocess.run([*client, "--model", "mc_triton", "--samples", "20", "--index", "5", "--npz", str(npz)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*client, "--model", "mc_triton", "--samples", "20", "--index", "5", "--npz", str(npz)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert f"true class {digits.y_test[5]}" in done.stdout and "predictive entropy" in done.stdout
     assert "20 samples" in done.stdout
@@ -242,17 +277,23 @@ def test_example_clients(server, digits, tmp_path):
         pytest.skip("curl is not installed: examples/client_curl.sh not run")
     values = tmp_path / "row.txt"
     values.write_text(",".join(str(v) for v in digits.x_test[5].ravel()))
-    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "mc_triton", str(values)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", str(EXAMPLES / "client_curl.sh"), server.url, "mc_triton", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert answers[0] == {"ready": True} and answers[1]["name"] == "mc_triton"
     assert answers[2]["parameters"] == {"samples": 50}
     assert set(answers[3]["predictions"][0]) >= {"mean", "predictive_entropy", "predicted_class"}
-    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "digits"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", str(EXAMPLES / "client_curl.sh"), server.url, "digits"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[2])["parameters"]["ignored_parameters"] == ["samples"]
-    done = subprocess.run(["sh", str(EXAMPLES / "client_curl.sh"), server.url, "nope"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", str(EXAMPLES / "client_curl.sh"), server.url, "nope"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0 and "model 'nope' does not exist" in done.stdout + done.stderr

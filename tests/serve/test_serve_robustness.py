@@ -16,15 +16,33 @@ ROW = [1.0] * 64
 
 
 def v2(shape=(1, 64), data=None, datatype="FP32", name="input", **extra):
-    tensor = {"name": name, "shape": list(shape), "datatype": datatype,
-              "data": data if data is not None else [1.0] * int(np.prod(shape))}
+    tensor = {
+        "name": name,
+        "shape": list(shape),
+        "datatype": datatype,
+        "data": data if data is not None else [1.0] * int(np.prod(shape)),
+    }
     return {"inputs": [tensor], **extra}
 
 
 def binary_body(x: np.ndarray, shape=None, **extra) -> tuple[bytes, dict]:
-    header = json.dumps({"inputs": [{"name": "input", "shape": shape or list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}], **extra}).encode()
-    return header + x.tobytes(), {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": shape or list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            **extra,
+        }
+    ).encode()
+    return header + x.tobytes(), {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
 
 
 def truncated(request: tuple[bytes, dict]) -> tuple[bytes, dict]:
@@ -45,7 +63,9 @@ def assert_refused(status: int, body: bytes, code: int, *words: str) -> str:
 
 def infer(server, model: str, payload, headers=None) -> tuple[int, bytes]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return request(f"{server.base}/v2/models/{model}/infer", body, {"Content-Type": "application/json", **(headers or {})})
+    return request(
+        f"{server.base}/v2/models/{model}/infer", body, {"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 def predict(server, model: str, payload) -> tuple[int, bytes]:
@@ -56,16 +76,33 @@ def predict(server, model: str, payload) -> tuple[int, bytes]:
 CASES = {
     "malformed JSON": (lambda s: infer(s, "digits", b'{"inputs": [{"name": '), 400, ["malformed JSON"]),
     "malformed JSON, form content type": (
-        lambda s: request(f"{s.base}/v2/models/digits/infer", b'{"inputs": ['), 400, ["malformed JSON"]),
-    "malformed JSON v1": (lambda s: predict(s, "digits", b'{"instances": [[1, 2'), 400, ["unrecognized request format"]),
+        lambda s: request(f"{s.base}/v2/models/digits/infer", b'{"inputs": ['),
+        400,
+        ["malformed JSON"],
+    ),
+    "malformed JSON v1": (
+        lambda s: predict(s, "digits", b'{"instances": [[1, 2'),
+        400,
+        ["unrecognized request format"],
+    ),
     "wrong datatype": (lambda s: infer(s, "digits", v2(datatype="INT64", data=[1] * 64)), 400, ["FP32", "INT64"]),
     "wrong shape": (lambda s: infer(s, "digits", v2(shape=(1, 63))), 400, ["[N, 64]", "[1, 63]"]),
     "data does not fill the shape": (lambda s: infer(s, "digits", v2(shape=(2, 64), data=ROW)), 400, ["shape [2, 64]"]),
     "wrong input name": (lambda s: infer(s, "digits", v2(name="x")), 400, ["named 'input'"]),
-    "NaN (JSON)": (lambda s: infer(s, "digits", b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", '
-                                              b'"data": [NaN' + b", 1" * 63 + b"]}]}"), 400, ["malformed JSON", "NaN and Infinity"]),
-    "inf after FP32 conversion (v1)": (lambda s: predict(s, "digits", {"instances": [[1e39] + ROW[1:]]}), 400,
-                                       ["NaN or infinite"]),
+    "NaN (JSON)": (
+        lambda s: infer(
+            s,
+            "digits",
+            b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [NaN' + b", 1" * 63 + b"]}]}",
+        ),
+        400,
+        ["malformed JSON", "NaN and Infinity"],
+    ),
+    "inf after FP32 conversion (v1)": (
+        lambda s: predict(s, "digits", {"instances": [[1e39] + ROW[1:]]}),
+        400,
+        ["NaN or infinite"],
+    ),
     "NaN (binary)": (lambda s: infer(s, "digits", *binary_body(np.full((1, 64), np.nan, np.float32))), 400, ["64 NaN"]),
     "empty batch": (lambda s: infer(s, "digits", v2(shape=(0, 64), data=[])), 400, ["empty batch"]),
     "empty batch v1": (lambda s: predict(s, "digits", {"instances": []}), 400, ["empty batch"]),
@@ -73,35 +110,82 @@ CASES = {
     "unknown model v1": (lambda s: predict(s, "nope", {"instances": [ROW]}), 404, ["nope"]),
     "too many rows": (lambda s: infer(s, "digits", v2(shape=(1025, 64), data=[0.0])), 400, ["1025 rows", "1024"]),
     "too many rows v1": (lambda s: predict(s, "digits", {"instances": [ROW] * 1025}), 400, ["1025 rows", "1024"]),
-    "samples 0": (lambda s: infer(s, "mc_triton", v2(parameters={"samples": 0})), 400, ["samples", "between 1 and 1000"]),
-    "samples 1001": (lambda s: predict(s, "mc_triton", {"instances": [ROW], "parameters": {"samples": 1001}}), 400,
-                     ["samples", "1001"]),
+    "samples 0": (
+        lambda s: infer(s, "mc_triton", v2(parameters={"samples": 0})),
+        400,
+        ["samples", "between 1 and 1000"],
+    ),
+    "samples 1001": (
+        lambda s: predict(s, "mc_triton", {"instances": [ROW], "parameters": {"samples": 1001}}),
+        400,
+        ["samples", "1001"],
+    ),
     "samples not an integer": (lambda s: infer(s, "mc_triton", v2(parameters={"samples": "ten"})), 400, ["samples"]),
-    "JSON booleans as FP32 data": (lambda s: infer(s, "digits", v2(data=[True] + ROW[1:])), 400, ["numbers only", "booleans"]),
-    "JSON strings as FP32 data": (lambda s: infer(s, "digits", v2(data=["1.5"] + ROW[1:])), 400, ["numbers only", "strings"]),
+    "JSON booleans as FP32 data": (
+        lambda s: infer(s, "digits", v2(data=[True] + ROW[1:])),
+        400,
+        ["numbers only", "booleans"],
+    ),
+    "JSON strings as FP32 data": (
+        lambda s: infer(s, "digits", v2(data=["1.5"] + ROW[1:])),
+        400,
+        ["numbers only", "strings"],
+    ),
     "JSON booleans v1": (lambda s: predict(s, "digits", {"instances": [[False] + ROW[1:]]}), 400, ["booleans"]),
-    "string shape dims": (lambda s: infer(s, "digits", v2(shape=("1", 64), data=ROW)), 400, ["shape", "integers", '["1", 64]']),
-    "string shape dims (binary)": (lambda s: infer(s, "digits", *binary_body(np.ones((1, 64), np.float32), shape=["1", 64])),
-                                   400, ["shape", "integers"]),
+    "string shape dims": (
+        lambda s: infer(s, "digits", v2(shape=("1", 64), data=ROW)),
+        400,
+        ["shape", "integers", '["1", 64]'],
+    ),
+    "string shape dims (binary)": (
+        lambda s: infer(s, "digits", *binary_body(np.ones((1, 64), np.float32), shape=["1", 64])),
+        400,
+        ["shape", "integers"],
+    ),
     "classification on a per-row output": (
-        lambda s: infer(s, "mc_triton", v2(outputs=[{"name": "predictive_entropy", "parameters": {"classification": 2}}])),
-        400, ["no class axis"]),
+        lambda s: infer(
+            s, "mc_triton", v2(outputs=[{"name": "predictive_entropy", "parameters": {"classification": 2}}])
+        ),
+        400,
+        ["no class axis"],
+    ),
     "classification out of range": (
         lambda s: infer(s, "digits", v2(outputs=[{"name": "probabilities", "parameters": {"classification": 11}}])),
-        400, ["between 1 and 10", "11"]),
+        400,
+        ["between 1 and 10", "11"],
+    ),
     "classification not an integer": (
         lambda s: infer(s, "digits", v2(outputs=[{"name": "probabilities", "parameters": {"classification": "3"}}])),
-        400, ["classification", "integer"]),
+        400,
+        ["classification", "integer"],
+    ),
     "binary header length too large": (
-        lambda s: infer(s, "digits", binary_body(np.ones((1, 64), np.float32))[0],
-                        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "5000"}),
-        400, ["Inference-Header-Content-Length"]),
-    "binary sizes disagree": (lambda s: infer(s, "digits", *truncated(binary_body(np.ones((1, 64), np.float32)))), 400,
-                              ["declare 256 bytes, 248 follow"]),
-    "unknown output": (lambda s: infer(s, "digits", v2(outputs=[{"name": "logits"}])), 400, ["logits", "probabilities"]),
+        lambda s: infer(
+            s,
+            "digits",
+            binary_body(np.ones((1, 64), np.float32))[0],
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "5000"},
+        ),
+        400,
+        ["Inference-Header-Content-Length"],
+    ),
+    "binary sizes disagree": (
+        lambda s: infer(s, "digits", *truncated(binary_body(np.ones((1, 64), np.float32)))),
+        400,
+        ["declare 256 bytes, 248 follow"],
+    ),
+    "unknown output": (
+        lambda s: infer(s, "digits", v2(outputs=[{"name": "logits"}])),
+        400,
+        ["logits", "probabilities"],
+    ),
     "v1 body not an object": (lambda s: predict(s, "digits", [ROW]), 400, ["instances"]),
     "v1 ragged instances": (lambda s: predict(s, "digits", {"instances": [ROW, ROW[:3]]}), 400, ["instances"]),
-    "unload is refused": (lambda s: request(f"{s.base}/v2/repository/models/digits/unload", b""), 400, ["fixed at start"]),
+    "unload is refused": (
+        lambda s: request(f"{s.base}/v2/repository/models/digits/unload", b""),
+        400,
+        ["fixed at start"],
+    ),
 }
 
 
@@ -142,25 +226,43 @@ JSONS = st.recursive(
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=24,
 )
-TENSORS = st.fixed_dictionaries({}, optional={
-    "name": st.sampled_from(["input", "samples", "x"]) | JSONS,
-    "shape": st.lists(st.integers(-1, 70), max_size=3) | JSONS,
-    "datatype": st.sampled_from(["FP32", "FP16", "INT64", "BYTES", "fp32"]) | JSONS,
-    "data": st.lists(st.floats(width=32) | st.integers(-5, 5), max_size=70) | JSONS,
-    "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 300)}) | JSONS,
-})
-PARAMETERS = st.fixed_dictionaries({}, optional={"samples": st.integers(-3, 1200) | JSONS,
-                                                 "binary_data_output": st.booleans() | JSONS}) | JSONS
-V2_BODIES = st.fixed_dictionaries({}, optional={
-    "inputs": st.lists(TENSORS, max_size=2) | JSONS, "parameters": PARAMETERS, "id": JSONS,
-    "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["mean", "probabilities", "x"]) | JSONS}),
-                        max_size=2) | JSONS,
-})
-V1_BODIES = st.fixed_dictionaries({}, optional={
-    "instances": st.lists(st.lists(st.floats(width=32), min_size=64, max_size=64), max_size=3)
-    | st.lists(JSONS, max_size=3) | JSONS,
-    "parameters": PARAMETERS,
-})
+TENSORS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["input", "samples", "x"]) | JSONS,
+        "shape": st.lists(st.integers(-1, 70), max_size=3) | JSONS,
+        "datatype": st.sampled_from(["FP32", "FP16", "INT64", "BYTES", "fp32"]) | JSONS,
+        "data": st.lists(st.floats(width=32) | st.integers(-5, 5), max_size=70) | JSONS,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 300)}) | JSONS,
+    },
+)
+PARAMETERS = (
+    st.fixed_dictionaries(
+        {}, optional={"samples": st.integers(-3, 1200) | JSONS, "binary_data_output": st.booleans() | JSONS}
+    )
+    | JSONS
+)
+V2_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "inputs": st.lists(TENSORS, max_size=2) | JSONS,
+        "parameters": PARAMETERS,
+        "id": JSONS,
+        "outputs": st.lists(
+            st.fixed_dictionaries({"name": st.sampled_from(["mean", "probabilities", "x"]) | JSONS}), max_size=2
+        )
+        | JSONS,
+    },
+)
+V1_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "instances": st.lists(st.lists(st.floats(width=32), min_size=64, max_size=64), max_size=3)
+        | st.lists(JSONS, max_size=3)
+        | JSONS,
+        "parameters": PARAMETERS,
+    },
+)
 
 
 @st.composite

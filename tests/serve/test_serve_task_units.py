@@ -19,7 +19,9 @@ def test_task_from_metadata_else_from_outputs():
     assert _task({"deploykit.task": "classification"}, ["logits", "probabilities"]) is Task.CLASSIFICATION
     assert _task({}, ["prediction"]) is Task.REGRESSION
     assert _task({}, ["mean", "std", "abstain"]) is Task.REGRESSION
-    assert _task({}, ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]) is Task.CLASSIFICATION
+    assert (
+        _task({}, ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]) is Task.CLASSIFICATION
+    )
     assert _task({}, ["logits", "probabilities"]) is Task.CLASSIFICATION
 
 
@@ -30,7 +32,10 @@ def test_interval_width_abstain_computed_by_the_server():
     decision = abstain_of("m.onnx", {"deploykit.selective": record}, ["mean", "std"])
     assert decision.computed and decision.measure is Measure.INTERVAL_WIDTH
     std = np.array([[0.1, 0.2], [1.0, 0.8], [0.5, 0.6]], np.float32)
-    assert decision.compute({"mean": np.zeros_like(std), "std": std}).tolist() == \
-        (2 * INTERVAL_Z * std.mean(axis=1) > 2.0).tolist() == [False, True, True]
+    assert (
+        decision.compute({"mean": np.zeros_like(std), "std": std}).tolist()
+        == (2 * INTERVAL_Z * std.mean(axis=1) > 2.0).tolist()
+        == [False, True, True]
+    )
     with pytest.raises(ModelLoadError, match="none of \\['std'\\]"):
         abstain_of("m.onnx", {"deploykit.selective": record}, ["prediction"])

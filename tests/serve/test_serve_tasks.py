@@ -45,14 +45,16 @@ def task_repo(tmp_path_factory, x):
     export_as_task(regressor, repo / "reg.onnx", Task.REGRESSION)
     from deploykit.uncertainty.mc_graph import MCConfig
 
-    export_mc_onnx(regressor, repo / "reg_mc.onnx", config=MCConfig(samples=20, seed=3, include_samples=True,
-                                                                      task=Task.REGRESSION))
+    export_mc_onnx(
+        regressor, repo / "reg_mc.onnx", config=MCConfig(samples=20, seed=3, include_samples=True, task=Task.REGRESSION)
+    )
     proto = onnx.load(str(repo / "reg_mc.onnx"))
     apply_std_scale(proto, StdScaleFit(1.5, 2.0, 1.8, 100))
     first = run(session(proto), x)
     width = 2 * INTERVAL_Z * first["std"].astype(np.float64).mean(axis=1)
-    chosen = choose_regression_threshold(first["mean"], first["mean"], width,
-                                         SelectiveTarget(target_accuracy=None, target_coverage=0.5))
+    chosen = choose_regression_threshold(
+        first["mean"], first["mean"], width, SelectiveTarget(target_accuracy=None, target_coverage=0.5)
+    )
     add_abstain(proto, chosen)
     onnx.save(proto, str(repo / "reg_mc.onnx"))
     from deploykit.uncertainty.ensemble import export_ensemble_onnx
@@ -108,9 +110,14 @@ def test_regressor_answers_prediction(triton, task_server, task_repo, x):
     assert np.array_equal(result.as_numpy("prediction"), _local(task_repo, "reg", x)["prediction"])
     meta = triton.get_model_metadata("reg")
     assert meta["parameters"]["task"] == "regression" and meta["parameters"]["class_labels"] == []
-    refused = httpx.post(f"{task_server.base}/v2/models/reg/infer", timeout=60, json={
-        "inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": x[0].tolist()}],
-        "outputs": [{"name": "prediction", "parameters": {"classification": 1}}]})
+    refused = httpx.post(
+        f"{task_server.base}/v2/models/reg/infer",
+        timeout=60,
+        json={
+            "inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": x[0].tolist()}],
+            "outputs": [{"name": "prediction", "parameters": {"classification": 1}}],
+        },
+    )
     assert refused.status_code == 400  # a regressor's values are not class scores
 
 
@@ -120,11 +127,14 @@ def test_regression_mc_answers_mean_std_abstain_and_threshold(triton, task_repo,
     result = _infer(triton, "reg_mc", x)
     mean, std, abstain = (result.as_numpy(n) for n in ("mean", "std", ABSTAIN_OUTPUT))
     samples = result.as_numpy(SAMPLE_PREDICTIONS_OUTPUT)
-    assert mean.shape == std.shape == (30, 2) and samples.shape == (30, 30, 2) and std.min() > 0  # the server's default samples
+    assert (
+        mean.shape == std.shape == (30, 2) and samples.shape == (30, 30, 2) and std.min() > 0
+    )  # the server's default samples
     assert np.abs(mean - samples.mean(0)).max() <= 1e-5
     assert np.abs(std - 1.5 * samples.std(0)).max() <= 1e-4  # the stored std scale
-    record = json.loads(next(p.value for p in onnx.load(str(task_repo / "reg_mc.onnx")).metadata_props
-                             if p.key == SELECTIVE_KEY))
+    record = json.loads(
+        next(p.value for p in onnx.load(str(task_repo / "reg_mc.onnx")).metadata_props if p.key == SELECTIVE_KEY)
+    )
     parameters = result.get_response()["parameters"]
     assert parameters["abstain_threshold"] == record["threshold"] and parameters["abstain_measure"] == "interval_width"
     assert np.array_equal(abstain, 2 * INTERVAL_Z * std.mean(axis=1) > record["threshold"])
@@ -137,8 +147,11 @@ def test_regression_mc_answers_mean_std_abstain_and_threshold(triton, task_repo,
 def test_regression_mc_v1_rows(task_server, task_repo, x):
     import httpx
 
-    response = httpx.post(f"{task_server.base}/v1/models/reg_mc:predict",
-                          json={"instances": x[:5].tolist(), "parameters": {"samples": 7}}, timeout=60)
+    response = httpx.post(
+        f"{task_server.base}/v1/models/reg_mc:predict",
+        json={"instances": x[:5].tolist(), "parameters": {"samples": 7}},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
     assert len(rows) == 5 and all(len(r["mean"]) == 2 and len(r["std"]) == 2 for r in rows)

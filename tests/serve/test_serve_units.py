@@ -14,21 +14,42 @@ from deploykit.serve import ServeConfig, limits
 def test_config_defaults_and_round_trip():
     config = ServeConfig()
     assert (config.host, config.port, config.samples, config.max_rows, config.max_samples, config.max_body_bytes) == (
-        "127.0.0.1", 8080, 30, 1024, 1000, 16 * 1024 * 1024)
+        "127.0.0.1",
+        8080,
+        30,
+        1024,
+        1000,
+        16 * 1024 * 1024,
+    )
     changed = ServeConfig(host="::1", port=9000, samples=50, threads=2, max_rows=8)
     assert ServeConfig.from_dict(changed.to_dict()) == changed
 
 
-@pytest.mark.parametrize("values, field", [
-    ({"port": 0}, "port"), ({"port": 70000}, "port"), ({"port": "80"}, "port"), ({"host": ""}, "host"),
-    ({"host": "bad host!"}, "host"), ({"samples": 0}, "samples"), ({"samples": 2000}, "samples"),
-    ({"threads": 0}, "threads"), ({"max_rows": 0}, "max_rows"), ({"max_samples": True}, "max_samples"),
-    ({"max_body_bytes": 10}, "max_body_bytes"), ({"colour": 1}, "colour"),
-    ({"max_network_rows": 0}, "max_network_rows"), ({"max_response_values": -1}, "max_response_values"),
-    ({"max_header_count": 2}, "max_header_count"), ({"max_header_bytes": 100}, "max_header_bytes"),
-    ({"header_timeout": 0}, "header_timeout"), ({"body_timeout": "10"}, "body_timeout"),
-    ({"keep_alive_timeout": True}, "keep_alive_timeout"), ({"max_connections": 1}, "max_connections"),
-])
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"port": "80"}, "port"),
+        ({"host": ""}, "host"),
+        ({"host": "bad host!"}, "host"),
+        ({"samples": 0}, "samples"),
+        ({"samples": 2000}, "samples"),
+        ({"threads": 0}, "threads"),
+        ({"max_rows": 0}, "max_rows"),
+        ({"max_samples": True}, "max_samples"),
+        ({"max_body_bytes": 10}, "max_body_bytes"),
+        ({"colour": 1}, "colour"),
+        ({"max_network_rows": 0}, "max_network_rows"),
+        ({"max_response_values": -1}, "max_response_values"),
+        ({"max_header_count": 2}, "max_header_count"),
+        ({"max_header_bytes": 100}, "max_header_bytes"),
+        ({"header_timeout": 0}, "header_timeout"),
+        ({"body_timeout": "10"}, "body_timeout"),
+        ({"keep_alive_timeout": True}, "keep_alive_timeout"),
+        ({"max_connections": 1}, "max_connections"),
+    ],
+)
 def test_config_refuses_bad_values(values, field):
     with pytest.raises(ConfigError, match=field):
         ServeConfig.from_dict(values)
@@ -66,14 +87,15 @@ def test_v2_header_checks():
         limits.check_v2_header({"inputs": [], "outputs": {"name": "mean"}}, 0)
 
 
-
-
 def test_discover_models(model_repo, tmp_path):
     from deploykit.serve.discover import discover_models
 
     found = discover_models(model_repo)
-    assert found == {"digits": model_repo / "digits.onnx", "digits_mc": model_repo / "digits_mc.onnx",
-                     "mc_triton": model_repo / "mc_triton" / "1" / "model.onnx"}
+    assert found == {
+        "digits": model_repo / "digits.onnx",
+        "digits_mc": model_repo / "digits_mc.onnx",
+        "mc_triton": model_repo / "mc_triton" / "1" / "model.onnx",
+    }
     assert discover_models(model_repo / "digits.onnx") == {"digits": model_repo / "digits.onnx"}
     assert discover_models(model_repo / "mc_triton") == {"mc_triton": found["mc_triton"]}
     assert discover_models(found["mc_triton"]) == {"mc_triton": found["mc_triton"]}
@@ -88,12 +110,15 @@ def test_discover_models(model_repo, tmp_path):
         discover_models(tmp_path / "repo")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p, "no models in"),
-    (lambda p: p / "missing.onnx", "no such file or folder"),
-    (lambda p: (p / "model.txt").write_text("x") and p / "model.txt", "not an .onnx file"),
-    (lambda p: (p / "bad name.onnx").write_bytes(b"x") and p, "model name 'bad name'"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p, "no models in"),
+        (lambda p: p / "missing.onnx", "no such file or folder"),
+        (lambda p: (p / "model.txt").write_text("x") and p / "model.txt", "not an .onnx file"),
+        (lambda p: (p / "bad name.onnx").write_bytes(b"x") and p, "model name 'bad name'"),
+    ],
+)
 def test_discover_refuses(tmp_path, make, message):
     from deploykit.serve.discover import discover_models
 
@@ -149,16 +174,26 @@ def test_name_option_of_discovery(model_repo):
         discover_models(model_repo / "digits.onnx", name="bad name")
 
 
-@pytest.mark.parametrize("raw, outputs, match", [
-    ("{not json", ["probabilities", "abstain"], "is not a selective threshold"),
-    ('{"measure": "variance", "threshold": 0.1}', ["probabilities", "abstain"], "is not a selective threshold"),
-    ('{"measure": "entropy"}', ["probabilities", "abstain"], "is not a selective threshold"),
-    ('{"measure": "entropy", "threshold": "0.1"}', ["probabilities", "abstain"], "expected a finite number"),
-    ('{"measure": "entropy", "threshold": NaN}', ["probabilities", "abstain"], "expected a finite number"),
-    ('{"measure": "entropy", "threshold": 0.1, "rule": "abstain when measure < threshold"}', ["probabilities"],
-     "this server applies 'abstain when measure > threshold'"),
-    ('{"measure": "mutual_information", "threshold": 0.1}', ["probabilities"], "none of \\['mutual_information'\\]"),
-])
+@pytest.mark.parametrize(
+    "raw, outputs, match",
+    [
+        ("{not json", ["probabilities", "abstain"], "is not a selective threshold"),
+        ('{"measure": "variance", "threshold": 0.1}', ["probabilities", "abstain"], "is not a selective threshold"),
+        ('{"measure": "entropy"}', ["probabilities", "abstain"], "is not a selective threshold"),
+        ('{"measure": "entropy", "threshold": "0.1"}', ["probabilities", "abstain"], "expected a finite number"),
+        ('{"measure": "entropy", "threshold": NaN}', ["probabilities", "abstain"], "expected a finite number"),
+        (
+            '{"measure": "entropy", "threshold": 0.1, "rule": "abstain when measure < threshold"}',
+            ["probabilities"],
+            "this server applies 'abstain when measure > threshold'",
+        ),
+        (
+            '{"measure": "mutual_information", "threshold": 0.1}',
+            ["probabilities"],
+            "none of \\['mutual_information'\\]",
+        ),
+    ],
+)
 def test_a_selective_entry_the_server_cannot_apply_is_refused_at_load(raw, outputs, match):
     from deploykit.errors import ModelLoadError
     from deploykit.serve.decision import abstain_of
@@ -176,7 +211,9 @@ def test_abstain_of_reads_the_threshold_or_knows_it_has_none():
     assert abstain_of("m.onnx", {}, ["probabilities"]) is None
     unknown = abstain_of("m.onnx", {}, ["probabilities", "abstain"])
     assert unknown.threshold is None and unknown.parameters() == {} and not unknown.computed
-    computed = abstain_of("m.onnx", {"deploykit.selective": '{"measure": "entropy", "threshold": 0.5}'}, ["probabilities"])
+    computed = abstain_of(
+        "m.onnx", {"deploykit.selective": '{"measure": "entropy", "threshold": 0.5}'}, ["probabilities"]
+    )
     assert computed.computed and computed.measure is Measure.ENTROPY
     assert computed.parameters() == {"abstain_threshold": 0.5, "abstain_measure": "entropy"}
     probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]], np.float32)  # entropies 0, ln 2 = 0.69, 0.33

@@ -17,7 +17,10 @@ def _model(digits, act, *, bn=False, drop=None, seed=0):
     from deploykit.backend import keras
     from tests.helpers import randomize_batchnorm
 
-    layers = [keras.Input(shape=(64,)), keras.layers.Normalization(mean=digits.feature_mean, variance=np.maximum(digits.feature_var, 1e-6))]
+    layers = [
+        keras.Input(shape=(64,)),
+        keras.layers.Normalization(mean=digits.feature_mean, variance=np.maximum(digits.feature_var, 1e-6)),
+    ]
     for width in (W1, W2):
         layers.append(keras.layers.Dense(width, activation=act))
         if bn:

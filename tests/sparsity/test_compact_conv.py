@@ -19,14 +19,24 @@ def _cnn(second_padding="valid", head="flatten", *, one_d=False, dropout=False, 
 
     set_seed(seed)
     L = keras.layers
-    conv, pool, drop = (L.Conv1D, L.MaxPooling1D, L.SpatialDropout1D) if one_d else (L.Conv2D, L.MaxPooling2D, L.SpatialDropout2D)
+    conv, pool, drop = (
+        (L.Conv1D, L.MaxPooling1D, L.SpatialDropout1D) if one_d else (L.Conv2D, L.MaxPooling2D, L.SpatialDropout2D)
+    )
     flat = L.Flatten() if head == "flatten" else (L.GlobalAveragePooling1D() if one_d else L.GlobalAveragePooling2D())
-    model = keras.Sequential([
-        keras.Input((12, 2) if one_d else (8, 8, 2)), conv(6, 3, padding="same", activation="relu", name="c1"),
-        L.BatchNormalization(name="bn"), pool(name="pool"), *([drop(0.2)] if dropout else []),
-        conv(8, 3, padding=second_padding, activation="elu", name="c2"),
-        flat, *([L.Dropout(0.2)] if dropout else []), L.Dense(3, activation="softmax", name="out"),
-    ], name="cnn")
+    model = keras.Sequential(
+        [
+            keras.Input((12, 2) if one_d else (8, 8, 2)),
+            conv(6, 3, padding="same", activation="relu", name="c1"),
+            L.BatchNormalization(name="bn"),
+            pool(name="pool"),
+            *([drop(0.2)] if dropout else []),
+            conv(8, 3, padding=second_padding, activation="elu", name="c2"),
+            flat,
+            *([L.Dropout(0.2)] if dropout else []),
+            L.Dense(3, activation="softmax", name="out"),
+        ],
+        name="cnn",
+    )
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if layer.name in ("c1", "c2", "out"):
@@ -36,7 +46,8 @@ def _cnn(second_padding="valid", head="flatten", *, one_d=False, dropout=False, 
 
 
 def _kill(model):
-    """c1: ch0 constant relu(0) = 0, ch1 constant relu(0.5) (non-zero), ch2 no outgoing weights; c2: ch0 constant, ch3 unread."""
+    """c1: ch0 constant relu(0) = 0, ch1 constant relu(0.5) (non-zero), ch2 no outgoing weights; c2: ch0 constant, ch3
+    unread."""
     c1, c2, out = (model.get_layer(n) for n in ("c1", "c2", "out"))
     (k1, b1), (k2, b2), (k3, b3) = c1.get_weights(), c2.get_weights(), out.get_weights()
     k1[..., [0, 1]] = 0
@@ -58,7 +69,13 @@ def _widths(model):
 @pytest.mark.parametrize(
     "padding, head, one_d, widths, kept",
     [
-        ("valid", "flatten", False, (3, 6), (0, 0)),  # c1 ch1's 0.5 folds into a valid conv's bias; c2 ch0 into the Dense
+        (
+            "valid",
+            "flatten",
+            False,
+            (3, 6),
+            (0, 0),
+        ),  # c1 ch1's 0.5 folds into a valid conv's bias; c2 ch0 into the Dense
         ("valid", "global", False, (3, 6), (0, 0)),
         ("same", "flatten", False, (5, 6), (2, 0)),  # a padded conv: the (BN-shifted) non-zero constants stay
         ("valid", "flatten", True, (3, 6), (0, 0)),  # Conv1D
@@ -73,7 +90,10 @@ def test_dead_conv_channels_go_exactly(padding, head, one_d, widths, kept):
     assert report.max_abs_diff <= 1e-5
     assert report.skipped == {}
     assert [(l.name, l.neurons_after, l.constant_kept) for l in report.layers] == [
-        ("c1", widths[0], kept[0]), ("c2", widths[1], kept[1]), ("out", 3, 0)]
+        ("c1", widths[0], kept[0]),
+        ("c2", widths[1], kept[1]),
+        ("out", 3, 0),
+    ]
     positions = [int(np.prod(model.get_layer(n).output_shape[1:-1])) for n in ("c1", "c2")]
     k1, k2, k3 = (model.get_layer(n).get_weights()[0] for n in ("c1", "c2", "out"))
     assert report.macs_before == k1.size * positions[0] + k2.size * positions[1] + k3.size
@@ -106,8 +126,10 @@ def test_coupled_channels_are_skipped_with_a_reason():
     c1.set_weights([k, b])
     x = _x((8, 8, 2))
     small, report = compact(model, x)
-    assert report.skipped == {"c0": "channels coupled: 'a' feeds 2 places (a fork)",
-                              "c1": "channels coupled: reaches Add 'add'"}
+    assert report.skipped == {
+        "c0": "channels coupled: 'a' feeds 2 places (a fork)",
+        "c1": "channels coupled: reaches Add 'add'",
+    }
     assert all(l.neurons_after == l.neurons_before for l in report.layers)
     assert report.max_abs_diff <= 1e-5
     assert "c1 skipped: channels coupled: reaches Add 'add'" in report.summary()
@@ -131,7 +153,8 @@ def test_the_output_layer_is_no_skip_even_behind_a_softmax_layer():
     from deploykit.backend import keras
 
     L = keras.layers
-    model = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(3, 3, name="c"), L.Flatten(), L.Dense(4, name="d"),
-                              L.Softmax(name="soft")])
+    model = keras.Sequential(
+        [keras.Input((6, 6, 1)), L.Conv2D(3, 3, name="c"), L.Flatten(), L.Dense(4, name="d"), L.Softmax(name="soft")]
+    )
     _, report = compact(model, _x((6, 6, 1)))
     assert report.skipped == {}

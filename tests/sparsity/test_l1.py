@@ -13,7 +13,9 @@ def test_sparsify_l1_zeros_small_weights(trained_model, digits):
 
     before = [w.copy() for w in trained_model.get_weights()]
     lines: list[str] = []
-    model, report = sparsify_l1(trained_model, digits, l1=1e-3, threshold=0.05, epochs=2, compact=True, progress=lines.append)
+    model, report = sparsify_l1(
+        trained_model, digits, l1=1e-3, threshold=0.05, epochs=2, compact=True, progress=lines.append
+    )
     assert all(np.array_equal(a, b) for a, b in zip(before, trained_model.get_weights()))
     dense = [l for l in model.layers if type(l).__name__ == "Dense"]
     for layer in dense[:-1]:

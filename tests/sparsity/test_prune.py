@@ -79,7 +79,9 @@ def test_zeros_survive_onnx_export(pruned):
     model, _, _, _ = pruned
     proto = keras_to_onnx(model)
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    matmul_weights = [inits[n.input[1]] for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+    matmul_weights = [
+        inits[n.input[1]] for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits
+    ]
     for name, kernel in list(_kernels(model).items())[:-1]:
         found = [w for w in matmul_weights if w.shape == kernel.shape]
         assert found, f"no MatMul weight of shape {kernel.shape} for {name}"
@@ -188,7 +190,9 @@ def test_bad_input_is_one_clear_error(trained_model, digits):
     no_dense = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Normalization(mean=0.0, variance=1.0)])
     with pytest.raises(StepError, match="has no Dense layer"):
         prune(no_dense, digits)
-    small = keras.Sequential([keras.Input(shape=(20,)), keras.layers.Dense(8), keras.layers.Dense(10, activation="softmax")])
+    small = keras.Sequential(
+        [keras.Input(shape=(20,)), keras.layers.Dense(8), keras.layers.Dense(10, activation="softmax")]
+    )
     with pytest.raises(DataError, match=r"inputs of shape \(64,\).*expects \(20,\)"):
         prune(small, digits)
     with pytest.raises(DataError, match=r"inputs of shape \(64,\).*expects \(20,\)"):
@@ -198,6 +202,8 @@ def test_bad_input_is_one_clear_error(trained_model, digits):
     only_output = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(10, activation="softmax")])
     with pytest.raises(ConfigError, match="every prunable layer is skipped"):
         prune(only_output, digits)
-    five = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(8), keras.layers.Dense(5, activation="softmax")])
+    five = keras.Sequential(
+        [keras.Input(shape=(64,)), keras.layers.Dense(8), keras.layers.Dense(5, activation="softmax")]
+    )
     with pytest.raises(DataError, match="has 10 classes, but model .* outputs 5"):
         prune(five, digits)

@@ -22,8 +22,16 @@ def image_digits(digits):
     from deploykit.data import Dataset
 
     image = lambda x: x.reshape(len(x), 8, 8, 1)  # noqa: E731
-    return Dataset(f"{digits.name}_images", image(digits.x_train), digits.y_train, image(digits.x_val), digits.y_val,
-                   image(digits.x_test), digits.y_test, digits.class_names)
+    return Dataset(
+        f"{digits.name}_images",
+        image(digits.x_train),
+        digits.y_train,
+        image(digits.x_val),
+        digits.y_val,
+        image(digits.x_test),
+        digits.y_test,
+        digits.class_names,
+    )
 
 
 def conv_net(seed: int = 0):
@@ -32,12 +40,17 @@ def conv_net(seed: int = 0):
 
     set_seed(seed)
     L = keras.layers
-    return keras.Sequential([
-        keras.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same", activation="relu", name="conv"),
-        L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu", name="depthwise"),
-        L.SeparableConv2D(12, 3, padding="same", activation="relu", name="separable"),
-        L.GlobalAveragePooling2D(), L.Dense(10, activation="softmax", name="out"),
-    ], name="conv_net")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="conv"),
+            L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu", name="depthwise"),
+            L.SeparableConv2D(12, 3, padding="same", activation="relu", name="separable"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(10, activation="softmax", name="out"),
+        ],
+        name="conv_net",
+    )
 
 
 def _pruned(model, name):
@@ -60,7 +73,9 @@ def pruned(digits):
 def test_each_conv_kernel_reaches_its_target(pruned):
     model, result, report, _ = pruned
     assert [(l.name, l.changed, l.target) for l in report.layers] == [
-        *((name, True, TARGET) for name in CONVS), ("out", False, None)]
+        *((name, True, TARGET) for name in CONVS),
+        ("out", False, None),
+    ]
     for layer in report.layers:
         kernel = _pruned(result, layer.name)
         assert layer.weights == kernel.size and layer.zeros == int(np.count_nonzero(kernel == 0))
@@ -81,7 +96,12 @@ def test_zeros_survive_save_load_and_onnx_export(pruned, tmp_path):
 
     _, result, _, data = pruned
     assert {type(l).__name__ for l in result.layers} == {
-        "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "GlobalAveragePooling2D", "Dense"}
+        "Conv2D",
+        "DepthwiseConv2D",
+        "SeparableConv2D",
+        "GlobalAveragePooling2D",
+        "Dense",
+    }
     path = save_model(result, tmp_path / "pruned.keras")
     with zipfile.ZipFile(path) as z:
         config = z.read("config.json").decode()
@@ -89,8 +109,9 @@ def test_zeros_survive_save_load_and_onnx_export(pruned, tmp_path):
     loaded = load_model(path)
     for name in CONVS:
         np.testing.assert_array_equal(_pruned(loaded, name), _pruned(result, name))
-    np.testing.assert_allclose(loaded.predict(data.x_test[:32], verbose=0), result.predict(data.x_test[:32], verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(data.x_test[:32], verbose=0), result.predict(data.x_test[:32], verbose=0), atol=1e-6
+    )
 
     proto = keras_to_onnx(result)
     zeros = sorted(int(np.count_nonzero(numpy_helper.to_array(i) == 0)) for i in proto.graph.initializer)

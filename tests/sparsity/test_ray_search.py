@@ -56,8 +56,14 @@ def small_model(digits):
     from deploykit.backend import keras, set_seed
 
     set_seed(0)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(digits.x_train, digits.y_train, epochs=20, batch_size=32, verbose=0)
     return model
@@ -66,8 +72,10 @@ def small_model(digits):
 def test_tries_on_a_two_node_cluster_keep_what_the_serial_search_keeps(cluster, small_model, digits):
     from deploykit.sparsity import PruneConfig, SearchConfig, search_sparsity
 
-    config, prune = SearchConfig(targets=(0.95, 0.6), sensitivity=False, min_layer_weights=0), \
-        PruneConfig(epochs=3, distill=False)
+    config, prune = (
+        SearchConfig(targets=(0.95, 0.6), sensitivity=False, min_layer_weights=0),
+        PruneConfig(epochs=3, distill=False),
+    )
     _, serial = search_sparsity(small_model, digits, 0.03, config=config, prune_config=prune)
     model, remote = search_sparsity(small_model, digits, 0.03, config=config, prune_config=prune, ray=cluster)
     assert ray.is_initialized() and len([n for n in ray.nodes() if n["Alive"]]) == 2

@@ -80,10 +80,18 @@ def test_search_keeps_the_highest_target_within_the_budget(trained_model, digits
 
     lines: list[str] = []
     config = SearchConfig(targets=(0.95, 0.5), min_layer_weights=1100)
-    model, report = search_sparsity(trained_model, digits, 0.03, config=config,
-                                    prune_config=PruneConfig(epochs=4, distill=True), progress=lines.append)
+    model, report = search_sparsity(
+        trained_model,
+        digits,
+        0.03,
+        config=config,
+        prune_config=PruneConfig(epochs=4, distill=True),
+        progress=lines.append,
+    )
     original = accuracy(trained_model, digits.x_test, digits.y_test)
-    first, second, output = [l.name for l in trained_model.layers if type(l).__name__ == "Dense"]  # 2048, 1024, 320 weights
+    first, second, output = [
+        l.name for l in trained_model.layers if type(l).__name__ == "Dense"
+    ]  # 2048, 1024, 320 weights
     assert report.original == original and [t.target for t in report.tries][0] == 0.95
     assert report.protected == {output: "output layer", second: "1024 weights < 1100"}
     assert report.sensitivity == []  # one layer left to prune: nothing to allocate between

@@ -19,8 +19,22 @@ def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path, cli):
     from deploykit.io import load_model
 
     out, rep = tmp_path / "pruned.keras", tmp_path / "report.json"
-    proc = cli("prune", model_file, "--data", "digits", "--sparsity", "0.5", "--block", "1x4", "--epochs", "2",
-                "--out", str(out), "--report", str(rep))
+    proc = cli(
+        "prune",
+        model_file,
+        "--data",
+        "digits",
+        "--sparsity",
+        "0.5",
+        "--block",
+        "1x4",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--report",
+        str(rep),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/2" in proc.stderr and "epoch 2/2" in proc.stderr  # one line per epoch
     model = load_model(out)
@@ -55,7 +69,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(model_file, tmp_path, cli)
     out = tmp_path / "never.keras"
     proc = cli("prune", model_file, "--sparsity", "1.0", "--out", str(out))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "deploykit prune: error: target_sparsity must be a number in [0, 1), got 1.0"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "deploykit prune: error: target_sparsity must be a number in [0, 1), got 1.0"
+    )
 
     data = tmp_path / "wide.npz"
     rng = np.random.default_rng(0)
@@ -71,8 +88,9 @@ def test_prune_structured_cli_halves_the_hidden_layers_and_reports_macs(model_fi
     from deploykit.io import load_model
 
     out, rep = tmp_path / "narrow.keras", tmp_path / "report.json"
-    proc = cli("prune-structured", model_file, "--fraction", "0.5", "--epochs", "1", "--out", str(out),
-               "--report", str(rep))
+    proc = cli(
+        "prune-structured", model_file, "--fraction", "0.5", "--epochs", "1", "--out", str(out), "--report", str(rep)
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(rep.read_text())
     widths = [layer.get_weights()[0].shape[-1] for layer in load_model(out).layers if type(layer).__name__ == "Dense"]

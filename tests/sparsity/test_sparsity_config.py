@@ -22,7 +22,9 @@ from deploykit.sparsity.config import parse_block_size
     epochs=st.integers(1, 50),
 )
 def test_prune_config_round_trips(target, layers, block, skip, epochs):
-    config = PruneConfig(target_sparsity=target, layer_sparsity=layers, block_size=block, skip_layers=tuple(skip), epochs=epochs)
+    config = PruneConfig(
+        target_sparsity=target, layer_sparsity=layers, block_size=block, skip_layers=tuple(skip), epochs=epochs
+    )
     assert PruneConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert config.target_for("not-there") == target
 

@@ -44,8 +44,9 @@ def test_half_the_hidden_units_go_the_outputs_stay_and_accuracy_holds(trained_mo
 def test_conv_channels_before_a_flatten_go_and_an_add_keeps_its_channels(digits):
     """Channels feeding a Dense through Flatten are removed with every row they feed; channels that meet
     in an Add are coupled and left whole, with the reason."""
-    from deploykit.backend import keras, set_seed
     import dataclasses
+
+    from deploykit.backend import keras, set_seed
 
     set_seed(0)
     data = dataclasses.replace(

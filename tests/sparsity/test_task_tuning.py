@@ -1,4 +1,5 @@
-"""Fine-tuning by task: a regressor prunes under MSE (distilled towards its teacher's predictions), a logits classifier distils from softmax(logits)."""
+"""Fine-tuning by task: a regressor prunes under MSE (distilled towards its teacher's predictions), a logits classifier
+distils from softmax(logits)."""
 
 import numpy as np
 import pytest
@@ -41,7 +42,12 @@ def test_a_regressor_is_pruned_and_searched_on_its_rmse(diabetes):
     assert report.accuracy_after is None and report.rmse_before > 0 and report.rmse_after > 0
     assert report.after(Metric.RMSE) == report.rmse_after and "test RMSE" in report.summary()
     assert 0.45 < report.layers[1].sparsity < 0.55
-    _, searched = search_sparsity(model, diabetes, Budget(Metric.RMSE, 10.0), config=SearchConfig(targets=(0.5,)),
-                                  prune_config=PruneConfig(epochs=3, distill=False))
+    _, searched = search_sparsity(
+        model,
+        diabetes,
+        Budget(Metric.RMSE, 10.0),
+        config=SearchConfig(targets=(0.5,)),
+        prune_config=PruneConfig(epochs=3, distill=False),
+    )
     assert searched.budget.metric is Metric.RMSE and searched.kept is not None  # a 1000% budget keeps the try
     assert searched.kept.rmse is not None and searched.kept.accuracy is None

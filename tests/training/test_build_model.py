@@ -25,15 +25,25 @@ def test_default_preset_deep_net_uses_he_elu_and_batchnorm_before_the_activation
     model = build_model(TrainConfig(hidden=(32, 32, 32), dropout=0.2, dropout_layers=2), digits)
     assert _types(model) == [
         "Normalization",
-        "Dense", "BatchNormalization", "Activation",
-        "Dense", "BatchNormalization", "Activation", "Dropout",
-        "Dense", "BatchNormalization", "Activation", "Dropout",
+        "Dense",
+        "BatchNormalization",
+        "Activation",
+        "Dense",
+        "BatchNormalization",
+        "Activation",
+        "Dropout",
+        "Dense",
+        "BatchNormalization",
+        "Activation",
+        "Dropout",
         "Dense",
     ]
     for dense in _hidden_dense(model):
         assert _initializer(dense) == "HeNormal"
         assert not dense.use_bias  # BatchNormalization's beta is the bias
-    assert {layer.get_config()["activation"] for layer in model.layers if type(layer).__name__ == "Activation"} == {"elu"}
+    assert {layer.get_config()["activation"] for layer in model.layers if type(layer).__name__ == "Activation"} == {
+        "elu"
+    }
     assert model.layers[-1].get_config()["activation"] == "softmax"
     assert model.output_shape == (None, 10)
 
@@ -64,7 +74,9 @@ def test_l2_regularizes_every_dense_kernel(digits):
     dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"]
     assert all(layer.kernel_regularizer is not None for layer in dense)
     assert len(model.losses) == len(dense)
-    assert all(layer.kernel_regularizer is None for layer in _hidden_dense(build_model(TrainConfig(hidden=(16,)), digits)))
+    assert all(
+        layer.kernel_regularizer is None for layer in _hidden_dense(build_model(TrainConfig(hidden=(16,)), digits))
+    )
 
 
 def test_model_standardizes_raw_inputs_with_training_statistics():

@@ -34,7 +34,9 @@ def _best_constant_rate(config: TrainConfig, data: Dataset) -> float:
         set_seed(config.seed)
         model = build_model(config, data)
         model.compile(make_optimizer(config.optimizer, rate), "sparse_categorical_crossentropy")
-        loss = model.fit(data.x_train, data.y_train, epochs=4, batch_size=config.batch_size, verbose=0).history["loss"][-1]
+        loss = model.fit(data.x_train, data.y_train, epochs=4, batch_size=config.batch_size, verbose=0).history["loss"][
+            -1
+        ]
         losses[rate] = loss if np.isfinite(loss) else np.inf
     return min(losses, key=losses.get)
 
@@ -59,11 +61,14 @@ def test_picks_within_10x_of_the_known_good_rate(tmp_path):
     assert "rates" not in result.to_dict()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"min_rate": 1.0, "max_rate": 0.1}, "min_rate"),
-    ({"steps": 5}, "steps"),
-    ({"plot_path": "plot.jpg"}, ".png"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_rate": 1.0, "max_rate": 0.1}, "min_rate"),
+        ({"steps": 5}, "steps"),
+        ({"plot_path": "plot.jpg"}, ".png"),
+    ],
+)
 def test_bad_arguments_write_nothing(tmp_path, kwargs, match):
     if "plot_path" in kwargs:
         kwargs = {**kwargs, "plot_path": tmp_path / kwargs["plot_path"]}

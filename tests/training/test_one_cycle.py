@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploykit.errors import ConfigError
-from deploykit.training.schedules import HIGH_MOMENTUM, LOW_MOMENTUM, OneCycle, OneCycleCallback, make_optimizer
 from deploykit.training.presets import Optimizer
+from deploykit.training.schedules import HIGH_MOMENTUM, LOW_MOMENTUM, OneCycle, OneCycleCallback, make_optimizer
 
 
 def test_rate_at_start_middle_and_end():
@@ -44,8 +44,14 @@ def test_rate_stays_within_its_bounds(total, rate, step):
     assert LOW_MOMENTUM - 1e-9 <= s.momentum_at(step) <= HIGH_MOMENTUM + 1e-9
 
 
-@pytest.mark.parametrize("kwargs", [{"total_steps": 1, "max_rate": 0.1}, {"total_steps": 10, "max_rate": 0.0},
-                                    {"total_steps": 10, "max_rate": 0.1, "anneal_fraction": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"total_steps": 1, "max_rate": 0.1},
+        {"total_steps": 10, "max_rate": 0.0},
+        {"total_steps": 10, "max_rate": 0.1, "anneal_fraction": 1.0},
+    ],
+)
 def test_bad_schedules_are_config_errors(kwargs):
     with pytest.raises(ConfigError, match="1cycle"):
         OneCycle(**kwargs)
@@ -60,8 +66,11 @@ def test_callback_sets_rate_and_momentum_of_sgd_every_iteration():
     model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2, activation="softmax")])
     schedule = OneCycle(total_steps=16, max_rate=0.05)
     seen = []
-    probe = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(
-        (float(model.optimizer.learning_rate.numpy()), float(model.optimizer.momentum.numpy()))))
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(
+            (float(model.optimizer.learning_rate.numpy()), float(model.optimizer.momentum.numpy()))
+        )
+    )
     model.compile(make_optimizer(Optimizer.SGD, 0.05), "sparse_categorical_crossentropy")
     callback = OneCycleCallback(schedule, cycle_momentum=True)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback, probe])

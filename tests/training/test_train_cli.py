@@ -48,9 +48,13 @@ def test_lr_find_writes_the_plot_and_prints_the_rate(tmp_path, cli):
 
 
 def test_bad_options_exit_2_with_one_line(tmp_path, cli):
-    for args, word in [(("--preset", "relu"), "--preset"), (("--dropout", "1.5"), "dropout"),
-                       (("--hidden", "64,abc"), "hidden"), (("--lr", "fast"), "learning_rate"),
-                       (("--dropout-layers", "top0"), "dropout_layers")]:
+    for args, word in [
+        (("--preset", "relu"), "--preset"),
+        (("--dropout", "1.5"), "dropout"),
+        (("--hidden", "64,abc"), "hidden"),
+        (("--lr", "fast"), "learning_rate"),
+        (("--dropout-layers", "top0"), "dropout_layers"),
+    ]:
         proc = cli("train", *args, "--out", str(tmp_path / "run"))
         assert proc.returncode == 2, (args, proc.stderr)
         assert word in proc.stderr

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
 import tomli_w
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,9 +26,20 @@ from deploykit.training.presets import BN_MIN_DEPTH, BatchNorm, Optimizer, Prese
     l2=st.floats(0, 1),
     epochs=st.integers(1, 500),
 )
-def test_round_trips_through_json_and_toml(preset, hidden, dropout, dropout_layers, batchnorm, optimizer, rate, l2, epochs):
-    config = TrainConfig(preset=preset, hidden=tuple(hidden), dropout=dropout, dropout_layers=dropout_layers,
-                         batchnorm=batchnorm, optimizer=optimizer, learning_rate=rate, l2=l2, epochs=epochs)
+def test_round_trips_through_json_and_toml(
+    preset, hidden, dropout, dropout_layers, batchnorm, optimizer, rate, l2, epochs
+):
+    config = TrainConfig(
+        preset=preset,
+        hidden=tuple(hidden),
+        dropout=dropout,
+        dropout_layers=dropout_layers,
+        batchnorm=batchnorm,
+        optimizer=optimizer,
+        learning_rate=rate,
+        l2=l2,
+        epochs=epochs,
+    )
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert TrainConfig.from_dict(tomllib.loads(tomli_w.dumps(config.to_dict()))) == config
 

@@ -46,8 +46,14 @@ def _head_model(seed: int, outputs: int):
     from deploykit.backend import keras, set_seed
 
     set_seed(seed)
-    return keras.Sequential([keras.Input(shape=(8,)), keras.layers.Dense(16, activation="elu"),
-                             keras.layers.Dropout(0.3), keras.layers.Dense(outputs)])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(8,)),
+            keras.layers.Dense(16, activation="elu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(outputs),
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +70,8 @@ def regression_model():
 
 @pytest.fixture(scope="session")
 def diabetes():
-    """scikit-learn's diabetes data (442 rows, 10 features, one float target) as a regression Dataset, split 70/15/15."""
+    """scikit-learn's diabetes data (442 rows, 10 features, one float target) as a regression Dataset, split
+    70/15/15."""
     import numpy as np
     from sklearn.datasets import load_diabetes
 
@@ -88,8 +95,14 @@ def diabetes_model(diabetes):
     from deploykit.backend import keras, set_seed
 
     set_seed(6)
-    model = keras.Sequential([keras.Input(shape=(10,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(10,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1),
+        ]
+    )
     kernel, _ = model.layers[-1].get_weights()
     model.layers[-1].set_weights([kernel * 20, np.array([diabetes.y_train.mean()], np.float32)])
     return model

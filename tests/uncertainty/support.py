@@ -28,8 +28,10 @@ def run(sess, x, samples=None) -> dict[str, np.ndarray]:
 
 def zero_dropout(chain):
     """A copy of a chain with every dropout rate forced to 0 (the deterministic network)."""
-    layers = [dataclasses.replace(s, config={**s.config, "rate": 0.0}) if s.class_name in ("Dropout", "AlphaDropout") else s
-              for s in chain.layers]
+    layers = [
+        dataclasses.replace(s, config={**s.config, "rate": 0.0}) if s.class_name in ("Dropout", "AlphaDropout") else s
+        for s in chain.layers
+    ]
     return dataclasses.replace(chain, layers=layers)
 
 

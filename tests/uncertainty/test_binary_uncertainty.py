@@ -24,8 +24,9 @@ def _member(data, seed: int, path):
     from deploykit.export.metadata import ModelMetadata
 
     set_seed(seed)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     model.fit(data.x_train, data.y_train, epochs=15, batch_size=32, verbose=0)
     return export_onnx(model, path, metadata=ModelMetadata(class_names=list(data.class_names))).path
@@ -38,8 +39,9 @@ def test_an_ensemble_of_sigmoid_members_is_calibrated_thresholded_and_compared(t
 
     data = _binary_data()
     members = [_member(data, seed, tmp_path / f"m{seed}.onnx") for seed in (1, 2)]
-    bundle = ensemble_bundle(members, data, tmp_path / "ensemble.onnx",
-                             target=SelectiveTarget(target_accuracy=None, target_coverage=0.8))
+    bundle = ensemble_bundle(
+        members, data, tmp_path / "ensemble.onnx", target=SelectiveTarget(target_accuracy=None, target_coverage=0.8)
+    )
     comparison = bundle.comparison
     assert comparison.mc.accuracy > 0.75 and comparison.temperature is not None
     assert comparison.selective.test.coverage > 0.5

@@ -64,7 +64,10 @@ def test_temperature_is_in_the_graph_and_its_metadata_and_improves_validation_nl
     divs = lambda p: sum(n.op_type == "Div" for n in onnx.load(str(p)).graph.node)  # noqa: E731
     assert divs(on) > divs(off)
     # the metadata written by the export survives the temperature edit
-    assert json.loads(_props(on)["deploykit.kind"]) == "mc_dropout" and json.loads(_props(on)["deploykit.default_samples"]) == 8
+    assert (
+        json.loads(_props(on)["deploykit.kind"]) == "mc_dropout"
+        and json.loads(_props(on)["deploykit.default_samples"]) == 8
+    )
     mean_on = _session(on).run(["mean"], {"input": digits.x_val})[0]
     mean_off = _session(off).run(["mean"], {"input": digits.x_val})[0]
     assert not np.allclose(mean_on, mean_off, atol=1e-3)
@@ -80,7 +83,9 @@ def test_comparison_reports_calibration_before_and_after(runs):
     assert {"nll", "ece", "brier"} <= t["before"].keys() and {"nll", "ece", "brier"} <= t["after"].keys()
     assert t["after"]["nll"] == pytest.approx(on["mc"]["nll"])  # "after" is the shipped model's figure
     assert t["after"]["nll"] < t["before"]["nll"]
-    assert on["plots"] == ["reliability.png", "temperature.png", "risk_coverage.png"] and off["plots"] == ["reliability.png"]
+    assert on["plots"] == ["reliability.png", "temperature.png", "risk_coverage.png"] and off["plots"] == [
+        "reliability.png"
+    ]
     assert (runs / "on" / "temperature.png").read_bytes()[:8] == PNG
     text = (runs / "on" / "comparison.md").read_text()
     assert "## Temperature scaling" in text and "| NLL |" in text
@@ -98,7 +103,7 @@ def test_selective_threshold_adds_abstain_and_reports_test_coverage(runs, digits
     assert ABSTAIN_OUTPUT in [o.name for o in session.get_outputs()]
     abstain, entropy = [], []
     for i in range(0, len(digits.x_test), 256):  # the command's batches, so a fresh seeded session repeats its draws
-        a, e = session.run([ABSTAIN_OUTPUT, "predictive_entropy"], {"input": digits.x_test[i:i + 256]})
+        a, e = session.run([ABSTAIN_OUTPUT, "predictive_entropy"], {"input": digits.x_test[i : i + 256]})
         abstain.append(a)
         entropy.append(e)
     abstain, entropy = np.concatenate(abstain), np.concatenate(entropy)

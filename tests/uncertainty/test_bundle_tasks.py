@@ -22,8 +22,14 @@ def test_regression_bundle_scales_the_std_and_abstains(tmp_path, diabetes, diabe
 
     path = tmp_path / "model_mc.onnx"
     said = []
-    bundle = mc_bundle(diabetes_model, diabetes, path, MCConfig(samples=30, seed=0),
-                       target=SelectiveTarget(target_accuracy=None, target_coverage=0.8), say=said.append)
+    bundle = mc_bundle(
+        diabetes_model,
+        diabetes,
+        path,
+        MCConfig(samples=30, seed=0),
+        target=SelectiveTarget(target_accuracy=None, target_coverage=0.8),
+        say=said.append,
+    )
     report = bundle.comparison
     assert isinstance(report, RegressionComparison) and bundle.export.task is Task.REGRESSION
     assert bundle.predicted_class is None and bundle.prediction.shape == (len(diabetes.x_test), 1)
@@ -59,10 +65,21 @@ def test_logits_classifier_bundle(tmp_path, digits):
     from deploykit.uncertainty.predictor import UncertaintyPredictor
 
     set_seed(7)
-    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.2), keras.layers.Dense(10)])
-    bundle = mc_bundle(model, digits, tmp_path / "m.onnx", MCConfig(samples=10, seed=0),
-                       target=SelectiveTarget(target_accuracy=None, target_coverage=0.5))
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
+    bundle = mc_bundle(
+        model,
+        digits,
+        tmp_path / "m.onnx",
+        MCConfig(samples=10, seed=0),
+        target=SelectiveTarget(target_accuracy=None, target_coverage=0.5),
+    )
     report = bundle.comparison
     assert bundle.export.output_kind.value == "logits" and report.temperature is not None
     p = UncertaintyPredictor(tmp_path / "m.onnx").predict(digits.x_test[:5])
@@ -71,7 +88,9 @@ def test_logits_classifier_bundle(tmp_path, digits):
     assert report.deterministic.accuracy == pytest.approx(np.mean(det.argmax(1) == digits.y_test))
     assert abs(report.selective.test.coverage - 0.5) < 0.2
     given = mc_bundle(model, digits, tmp_path / "g.onnx", MCConfig(samples=5), temperature=False, deterministic=det)
-    assert given.comparison.deterministic.nll == pytest.approx(report.deterministic.nll)  # raw logits, as optimize passes
+    assert given.comparison.deterministic.nll == pytest.approx(
+        report.deterministic.nll
+    )  # raw logits, as optimize passes
 
 
 def test_regression_bundle_with_target_rmse_and_ood(tmp_path, diabetes, diabetes_model):
@@ -80,10 +99,16 @@ def test_regression_bundle_with_target_rmse_and_ood(tmp_path, diabetes, diabetes
     far = diabetes.x_test * 8  # inputs far outside the standardized training range
     val = np.asarray(diabetes_model(diabetes.x_val, training=False), np.float64)[:, 0]
     target = round(0.9 * float(np.sqrt(((val - diabetes.y_val) ** 2).mean())))  # below the RMSE of all rows
-    bundle = mc_bundle(diabetes_model, diabetes, tmp_path / "m.onnx", MCConfig(samples=30, seed=1),
-                       target=SelectiveTarget(target_accuracy=None, target_rmse=float(target), target_delta=None), ood=far)
+    bundle = mc_bundle(
+        diabetes_model,
+        diabetes,
+        tmp_path / "m.onnx",
+        MCConfig(samples=30, seed=1),
+        target=SelectiveTarget(target_accuracy=None, target_rmse=float(target), target_delta=None),
+        ood=far,
+    )
     report = bundle.comparison
-    chosen, test = report.selective.chosen, report.selective.test
+    chosen = report.selective.chosen
     assert 0 < chosen.coverage < 1 and chosen.rmse <= target  # some rows kept, the target met on them
     stored = read_selective(onnx.load(str(tmp_path / "m.onnx")))
     assert stored["target_rmse"] == target and stored["validation_rmse"] == chosen.rmse

@@ -63,14 +63,17 @@ def test_reliability_diagram_is_written_atomically(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["reliability.png"]
 
 
-@pytest.mark.parametrize("y, probs, error, match", [
-    ([0, 1], [[2.0, -1.0], [0.5, 0.5]], DataError, "finite and non-negative"),
-    ([0, 1], [[3.0, 1.0], [1.0, 2.0]], DataError, "sum to 1 per row"),
-    ([0, 2], [[0.5, 0.5], [0.5, 0.5]], DataError, r"class ids in \[0, 1\]"),
-    ([0], [[0.5, 0.5], [0.5, 0.5]], DataError, r"labels must have shape \[2\]"),
-    ([0.0, 1.0], [[0.5, 0.5], [0.5, 0.5]], DataError, "labels must be integers"),
-    ([0, 1], [0.5, 0.5], DataError, r"shape \[N, C\]"),
-])
+@pytest.mark.parametrize(
+    "y, probs, error, match",
+    [
+        ([0, 1], [[2.0, -1.0], [0.5, 0.5]], DataError, "finite and non-negative"),
+        ([0, 1], [[3.0, 1.0], [1.0, 2.0]], DataError, "sum to 1 per row"),
+        ([0, 2], [[0.5, 0.5], [0.5, 0.5]], DataError, r"class ids in \[0, 1\]"),
+        ([0], [[0.5, 0.5], [0.5, 0.5]], DataError, r"labels must have shape \[2\]"),
+        ([0.0, 1.0], [[0.5, 0.5], [0.5, 0.5]], DataError, "labels must be integers"),
+        ([0, 1], [0.5, 0.5], DataError, r"shape \[N, C\]"),
+    ],
+)
 def test_bad_inputs(tmp_path, y, probs, error, match):
     with pytest.raises(error, match=match):
         calibration(np.array(y), np.array(probs), plot_path=tmp_path / "x.png")
@@ -83,8 +86,14 @@ def test_bad_bins():
 
 
 def _result(mean: np.ndarray, entropy: np.ndarray, mutual: np.ndarray) -> UncertaintyResult:
-    return UncertaintyResult(mean=mean, std=np.zeros_like(mean), predictive_entropy=entropy,
-                             mutual_information=mutual, predicted_class=mean.argmax(axis=1), samples=7)
+    return UncertaintyResult(
+        mean=mean,
+        std=np.zeros_like(mean),
+        predictive_entropy=entropy,
+        mutual_information=mutual,
+        predicted_class=mean.argmax(axis=1),
+        samples=7,
+    )
 
 
 def test_compare(tmp_path):

@@ -31,16 +31,38 @@ def _member_files(folder, digits, dropout=0.2):
 def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys):
     files = _member_files(tmp_path, digits)
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--data", "digits", "--out", str(out), "--tune-epochs", "2",
-                 "--sparsity", "0.5",
-                 "--no-temperature"]) == 0
+    assert (
+        main(
+            [
+                "ensemble",
+                *map(str, files),
+                "--data",
+                "digits",
+                "--out",
+                str(out),
+                "--tune-epochs",
+                "2",
+                "--sparsity",
+                "0.5",
+                "--no-temperature",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "ensemble.json").read_text())
     assert summary["sizes"]["members"] == 2 and summary["comparison"]["mc"]["accuracy"] > 0.8
     assert summary["comparison"]["method"] == "deep ensemble" and summary["comparison"]["temperature"] is None
     outputs = {o.name for o in session(out / "ensemble.onnx").get_outputs()}
-    assert {"mean", "predictive_entropy", "mutual_information", "predicted_class"} <= outputs and "abstain" not in outputs
+    assert {
+        "mean",
+        "predictive_entropy",
+        "mutual_information",
+        "predicted_class",
+    } <= outputs and "abstain" not in outputs
     mean = session(out / "ensemble.onnx").run(["mean"], {"input": digits.x_test[:5]})[0]
-    members = np.mean([session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test[:5]})[0] for k in (0, 1)], 0)
+    members = np.mean(
+        [session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test[:5]})[0] for k in (0, 1)], 0
+    )
     np.testing.assert_allclose(mean, members, atol=1e-6)
     text = (out / "ensemble.md").read_text()
     printed = capsys.readouterr()
@@ -64,9 +86,27 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     ood = tmp_path / "ood.npy"
     np.save(ood, np.random.default_rng(0).uniform(0, 16, (100, 64)).astype("float32"))
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--data", "digits", "--out", str(out), "--tune-epochs", "2",
-                 "--sparsity", "0.5",
-                 "--target-coverage", "0.8", "--ood-data", str(ood)]) == 0
+    assert (
+        main(
+            [
+                "ensemble",
+                *map(str, files),
+                "--data",
+                "digits",
+                "--out",
+                str(out),
+                "--tune-epochs",
+                "2",
+                "--sparsity",
+                "0.5",
+                "--target-coverage",
+                "0.8",
+                "--ood-data",
+                str(ood),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "ensemble.json").read_text())
     c = summary["comparison"]
     fit = read_temperature(onnx.load(str(out / "ensemble.onnx")))
@@ -75,11 +115,15 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     assert c["selective"]["chosen"]["coverage"] >= 0.8 and 0 < c["selective"]["test"]["coverage"] <= 1
     result = UncertaintyPredictor(out / "ensemble.onnx").predict(digits.x_test)
     assert result.abstain is not None and result.abstain.mean() == pytest.approx(1 - c["selective"]["test"]["coverage"])
-    assert {r["measure"] for r in c["ood"]} >= {"entropy", "mutual_information"} and all(0 <= r["auroc"] <= 1 for r in c["ood"])
+    assert {r["measure"] for r in c["ood"]} >= {"entropy", "mutual_information"} and all(
+        0 <= r["auroc"] <= 1 for r in c["ood"]
+    )
     for k in (0, 1):
         member = load_model(out / "members" / f"member{k}.keras")
-        agree = np.mean(member.predict(digits.x_test, verbose=0).argmax(1) ==
-                        session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test})[0].argmax(1))
+        agree = np.mean(
+            member.predict(digits.x_test, verbose=0).argmax(1)
+            == session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test})[0].argmax(1)
+        )
         assert agree > 0.95, agree  # the Keras model the int8 member was exported from
     text = (out / "ensemble.md").read_text()
     assert "Temperature scaling" in text and "Selective prediction" in text and "Out-of-distribution" in text
@@ -91,12 +135,30 @@ def test_mc_dropout_inside_each_member(tmp_path, digits, capsys):
     reduces all K*T, and its mean is the average of every member's sample probabilities."""
     files = _member_files(tmp_path, digits, dropout=0.2)
     out = tmp_path / "out"
-    assert main(["ensemble", *map(str, files), "--data", "digits", "--out", str(out), "--tune-epochs", "2",
-                 "--sparsity", "0.5",
-                 "--mc-samples", "8"]) == 0
+    assert (
+        main(
+            [
+                "ensemble",
+                *map(str, files),
+                "--data",
+                "digits",
+                "--out",
+                str(out),
+                "--tune-epochs",
+                "2",
+                "--sparsity",
+                "0.5",
+                "--mc-samples",
+                "8",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "ensemble.json").read_text())
     assert summary["mc_samples"] == 8 and summary["comparison"]["mc"]["accuracy"] > 0.8
-    assert summary["comparison"]["deterministic"]["accuracy"] > 0.8  # the int8 MC member 0, prepared like every int8 export
+    assert (
+        summary["comparison"]["deterministic"]["accuracy"] > 0.8
+    )  # the int8 MC member 0, prepared like every int8 export
     assert summary["comparison"]["temperature"]["fit"]["placement"] in ("per_sample", "mean")  # stored in the graph
     member = session(out / "members" / "member0.onnx")
     samples = member.run(["sample_probabilities"], {"input": digits.x_test[:5]})[0]
@@ -117,9 +179,14 @@ def test_one_model_file_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("flags, code, message", [(["--mc-samples", "0"], 2, "--mc-samples must be >= 1, got 0"),
-                                                  (["--target-accuracy", "1.5"], 2, "target_accuracy"),
-                                                  (["--ood-data", "missing.npy"], 1, "OOD data missing.npy: no such file")])
+@pytest.mark.parametrize(
+    "flags, code, message",
+    [
+        (["--mc-samples", "0"], 2, "--mc-samples must be >= 1, got 0"),
+        (["--target-accuracy", "1.5"], 2, "target_accuracy"),
+        (["--ood-data", "missing.npy"], 1, "OOD data missing.npy: no such file"),
+    ],
+)
 def test_bad_options_fail_before_any_work(tmp_path, capsys, flags, code, message):
     assert main(["ensemble", "a.keras", "b.keras", "--out", str(tmp_path / "o"), *flags]) == code  # 2 usage, 1 data
     assert message in capsys.readouterr().err

@@ -15,7 +15,13 @@ def test_mc_command(tmp_path, mc_bn_model, cli):
     out = tmp_path / "mc"
     done = cli("mc", str(model), "--data", "digits", "--samples", "8", "--mc-seed", "3", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "model_mc.onnx", "reliability.png", "temperature.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparison.json",
+        "comparison.md",
+        "model_mc.onnx",
+        "reliability.png",
+        "temperature.png",
+    ]
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["export"]["path"] == str(out / "model_mc.onnx") and summary["export"]["config"]["seed"] == 3
     comparison = summary["comparison"]
@@ -52,8 +58,14 @@ def test_mc_command_on_a_logits_classifier_and_a_regression_target_refused(tmp_p
     from deploykit.io import save_model
 
     set_seed(8)
-    logits = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(16, activation="relu"),
-                               keras.layers.Dropout(0.2), keras.layers.Dense(10)])
+    logits = keras.Sequential(
+        [
+            keras.Input(shape=(64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
     model = save_model(logits, tmp_path / "logits.keras")
     out = tmp_path / "mc"
     done = cli("mc", str(model), "--data", "digits", "--samples", "8", "--mc-seed", "1", "--out", str(out))

@@ -137,11 +137,15 @@ def _softmax_model(classes: int = 6, opset: int = 13):
 
     w = np.random.default_rng(0).normal(size=(4, classes)).astype(np.float32) * 2
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_node("MatMul", ["input", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
-        [numpy_helper.from_array(w, "w")])
+        [numpy_helper.from_array(w, "w")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -180,9 +184,11 @@ def test_graph_intervals_equal_numpy():
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["mean"]), helper.make_node("Abs", ["input"], ["std"])], "g",
+        [helper.make_node("Identity", ["input"], ["mean"]), helper.make_node("Abs", ["input"], ["std"])],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2]) for n in ("mean", "std")])
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2]) for n in ("mean", "std")],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32)
     cal = calibrate_regressor(x[:200] * 2, x[:200], np.abs(x[:200]), coverage=0.9)

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.slow  # exports and runs MC models and ensembles
 
 def _stored(path) -> Conformal:
     meta = read_conformal(onnx.load(str(path)))
-    return Conformal(ConformalMethod(meta["method"]), meta["alpha"], meta["n"], meta["threshold"],
-                     meta["by_class"], meta.get("lambda", 0.0), meta.get("k_reg", 0))
+    return Conformal(
+        ConformalMethod(meta["method"]),
+        meta["alpha"],
+        meta["n"],
+        meta["threshold"],
+        meta["by_class"],
+        meta.get("lambda", 0.0),
+        meta.get("k_reg", 0),
+    )
 
 
 def test_regression_mc_bundle_adds_normalized_intervals(tmp_path, diabetes, diabetes_model):
@@ -26,7 +33,9 @@ def test_regression_mc_bundle_adds_normalized_intervals(tmp_path, diabetes, diab
     from deploykit.uncertainty.bundle import mc_bundle
 
     path = tmp_path / "m.onnx"
-    bundle = mc_bundle(diabetes_model, diabetes, path, MCConfig(samples=20, seed=2), conformal=0.9)  # the coverage alone
+    bundle = mc_bundle(
+        diabetes_model, diabetes, path, MCConfig(samples=20, seed=2), conformal=0.9
+    )  # the coverage alone
     report = bundle.comparison.conformal
     assert report.calibration.method is ConformalMethod.NORMALIZED and report.calibration.count == len(diabetes.y_val)
     assert 0.7 <= report.test.coverage <= 1.0 and report.test.mean_width > 0
@@ -39,8 +48,13 @@ def test_regression_mc_bundle_adds_normalized_intervals(tmp_path, diabetes, diab
     from deploykit.errors import UsageError
 
     with pytest.raises(UsageError, match="conformal_by_class applies to classifiers"):
-        mc_bundle(diabetes_model, diabetes, tmp_path / "x.onnx", MCConfig(samples=5),
-                  conformal=ConformalConfig(0.9, by_class=True))
+        mc_bundle(
+            diabetes_model,
+            diabetes,
+            tmp_path / "x.onnx",
+            MCConfig(samples=5),
+            conformal=ConformalConfig(0.9, by_class=True),
+        )
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -48,8 +62,10 @@ def test_ensemble_bundle_adds_prediction_sets_per_class(tmp_path, digits, random
     from deploykit.uncertainty import UncertaintyPredictor
     from deploykit.uncertainty.bundle import ensemble_bundle
 
-    members = [export_as_task(random_bn_model(30 + k, data=digits), tmp_path / f"m{k}.onnx", Task.CLASSIFICATION, 17)
-               for k in range(2)]
+    members = [
+        export_as_task(random_bn_model(30 + k, data=digits), tmp_path / f"m{k}.onnx", Task.CLASSIFICATION, 17)
+        for k in range(2)
+    ]
     config = ConformalConfig(0.8, ConformalMethod.LAC, by_class=True)
     bundle = ensemble_bundle(members, digits, tmp_path / "ensemble.onnx", conformal=config)
     report = bundle.comparison.conformal
@@ -59,7 +75,8 @@ def test_ensemble_bundle_adds_prediction_sets_per_class(tmp_path, digits, random
     assert np.array_equal(result.prediction_set, prediction_sets(result.mean, _stored(bundle.export.path)))
     assert np.array_equal(result.set_size, result.prediction_set.sum(1))
     assert result.prediction_set[np.arange(len(digits.y_test)), digits.y_test].mean() == pytest.approx(
-        report.test.coverage)
+        report.test.coverage
+    )
 
 
 def test_deterministic_model_gets_sets_after_its_temperature(tmp_path, digits, mc_plain_model):
@@ -73,5 +90,6 @@ def test_deterministic_model_gets_sets_after_its_temperature(tmp_path, digits, m
     out = run(session(path), digits.x_test)
     assert np.array_equal(out["prediction_set"], prediction_sets(out["probabilities"], _stored(path)))
     assert out["prediction_set"][np.arange(len(digits.y_test)), digits.y_test].mean() == pytest.approx(
-        report.test.coverage)
+        report.test.coverage
+    )
     assert [o.name for o in onnx.load(str(path)).graph.output] == ["probabilities", "prediction_set", "set_size"]

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
+from deploykit.contract import OUTPUT_NAMES
 from deploykit.errors import ModelLoadError, UsageError
-from deploykit.uncertainty.mc_graph import OUTPUT_NAMES
 from tests.uncertainty.support import run, session
 
 
@@ -41,13 +41,19 @@ def _expected(paths, x):
     def h(p):
         return -(p * np.log(np.maximum(p, np.finfo(np.float32).tiny))).sum(-1)
 
-    return probs, {"mean": mean, "std": probs.std(0), "predictive_entropy": h(mean),
-                   "mutual_information": np.maximum(h(mean) - h(probs).mean(0), 0), "predicted_class": mean.argmax(1)}
+    return probs, {
+        "mean": mean,
+        "std": probs.std(0),
+        "predictive_entropy": h(mean),
+        "mutual_information": np.maximum(h(mean) - h(probs).mean(0), 0),
+        "predicted_class": mean.argmax(1),
+    }
 
 
 @pytest.mark.parametrize("opset", [13, 18])
-@pytest.mark.parametrize("quantizations", [(None, None, None), ("int8-dynamic", "int8-static", None)],
-                         ids=["float32", "int8_mixed"])
+@pytest.mark.parametrize(
+    "quantizations", [(None, None, None), ("int8-dynamic", "int8-static", None)], ids=["float32", "int8_mixed"]
+)
 def test_one_graph_equals_the_members_averaged(tmp_path, member_models, digits, opset, quantizations):
     from deploykit.export.metadata import read_metadata
     from deploykit.uncertainty.ensemble import KIND_ENSEMBLE, MEMBERS_OUTPUT, export_ensemble_onnx
@@ -73,7 +79,9 @@ def test_members_at_other_opsets_are_converted(tmp_path, member_models, digits):
     from deploykit.uncertainty.ensemble import build_ensemble
 
     (tmp_path / "b").mkdir()
-    paths = _export(member_models[:1], tmp_path, [None], digits, 13) + _export(member_models[1:2], tmp_path / "b", [None], digits, 17)
+    paths = _export(member_models[:1], tmp_path, [None], digits, 13) + _export(
+        member_models[1:2], tmp_path / "b", [None], digits, 17
+    )
     proto = build_ensemble(paths)
     assert next(o.version for o in proto.opset_import if o.domain == "") == 17
     _, want = _expected(paths, digits.x_test[:8])
@@ -111,8 +119,13 @@ def test_temperature_and_abstain_compose_on_an_ensemble(tmp_path, member_models,
     val = run(session(proto), digits.x_val)
     np.testing.assert_allclose(val["mean"], scale_probs(want["mean"], fit.temperature), atol=1e-5)
     u = uncertainties(val["mean"], val["mutual_information"])[Measure.MUTUAL_INFORMATION]
-    chosen = choose_threshold(digits.y_val, val["predicted_class"], u, Measure.MUTUAL_INFORMATION,
-                              SelectiveTarget(target_accuracy=None, target_coverage=0.7))
+    chosen = choose_threshold(
+        digits.y_val,
+        val["predicted_class"],
+        u,
+        Measure.MUTUAL_INFORMATION,
+        SelectiveTarget(target_accuracy=None, target_coverage=0.7),
+    )
     add_abstain(proto, chosen)
     out = run(session(proto), digits.x_test)
     assert np.array_equal(out["abstain"], out["mutual_information"] > chosen.threshold)
@@ -121,8 +134,13 @@ def test_temperature_and_abstain_compose_on_an_ensemble(tmp_path, member_models,
 
 def test_per_member_temperature_scales_every_member_before_the_average(tmp_path, member_models, digits):
     from deploykit.uncertainty.ensemble import MEMBERS_OUTPUT, build_ensemble
-    from deploykit.uncertainty.temperature import (Placement, TemperatureFit, apply_mc_temperature, fit_mc_temperature,
-                                                   scale_probs)
+    from deploykit.uncertainty.temperature import (
+        Placement,
+        TemperatureFit,
+        apply_mc_temperature,
+        fit_mc_temperature,
+        scale_probs,
+    )
 
     paths = _export(member_models, tmp_path, [None, "int8-dynamic", None], digits)
     probs, _ = _expected(paths, digits.x_val)
@@ -204,18 +222,30 @@ def test_mc_dropout_inside_each_member_reduces_every_sample_of_every_member(tmp_
     # member k's samples are member k's: their mean approaches member k's deterministic output
     for k, model in enumerate(member_models):
         det = np.asarray(model(x, training=False))
-        assert np.abs(stacked[7 * k:7 * (k + 1)].mean(0) - det).mean() < np.abs(stacked[7 * k:7 * (k + 1)].mean(0) - np.asarray(member_models[(k + 1) % 3](x, training=False))).mean()
+        assert (
+            np.abs(stacked[7 * k : 7 * (k + 1)].mean(0) - det).mean()
+            < np.abs(
+                stacked[7 * k : 7 * (k + 1)].mean(0) - np.asarray(member_models[(k + 1) % 3](x, training=False))
+            ).mean()
+        )
     result = UncertaintyPredictor(record.path).predict(x)
     np.testing.assert_allclose(result.mean, out["mean"], atol=0.2)  # fresh draws, same model
     with pytest.raises(ModelLoadError, match="some are MC Dropout models"):
-        export_ensemble_onnx([paths[0], _export(member_models[:1], tmp_path, (None,), digits)[0]], tmp_path / "mixed.onnx")
+        export_ensemble_onnx(
+            [paths[0], _export(member_models[:1], tmp_path, (None,), digits)[0]], tmp_path / "mixed.onnx"
+        )
 
 
 def test_a_per_sample_temperature_divides_every_mc_members_logits(tmp_path, member_models, digits):
     """An ensemble of MC members takes the per-sample temperature: one Div before each member's per-sample
     softmax (behind its Reshape to [T, N, C]); at a huge T every sample, so the mean, is uniform."""
     from deploykit.uncertainty.ensemble import export_ensemble_onnx
-    from deploykit.uncertainty.temperature import Placement, TemperatureFit, per_sample_placement, write_with_temperature
+    from deploykit.uncertainty.temperature import (
+        Placement,
+        TemperatureFit,
+        per_sample_placement,
+        write_with_temperature,
+    )
 
     paths = _mc_members(member_models, tmp_path, samples=4)
     record = export_ensemble_onnx(paths, tmp_path / "ensemble.onnx")

@@ -22,8 +22,11 @@ def _models(outputs: int):
     models = []
     for seed in range(3):
         set_seed(20 + seed)
-        models.append(keras.Sequential([keras.Input(shape=(8,)), keras.layers.Dense(12, activation="relu"),
-                                        keras.layers.Dense(outputs)]))
+        models.append(
+            keras.Sequential(
+                [keras.Input(shape=(8,)), keras.layers.Dense(12, activation="relu"), keras.layers.Dense(outputs)]
+            )
+        )
     return models
 
 
@@ -101,7 +104,9 @@ def test_a_regression_ensemble_bundle_stores_its_std_scale_and_interval_threshol
     paths = []
     for k in range(3):
         set_seed(40 + k)
-        model = keras.Sequential([keras.Input(shape=(10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input(shape=(10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)]
+        )
         model.compile(keras.optimizers.Adam(0.05), "mse")
         model.fit(diabetes.x_train, diabetes.y_train, epochs=30, verbose=0)
         paths.append(_member(model, tmp_path / f"m{k}.onnx", Task.REGRESSION))
@@ -113,7 +118,9 @@ def test_a_regression_ensemble_bundle_stores_its_std_scale_and_interval_threshol
     result = UncertaintyPredictor(bundle.export.path).predict(diabetes.x_test)
     assert result.abstain is not None and result.abstain.mean() == pytest.approx(1 - c.selective.test.coverage)
     member = run(session(paths[0]), diabetes.x_test)["prediction"]
-    assert c.deterministic_rmse == pytest.approx(float(np.sqrt(np.mean((member[:, 0] - diabetes.y_test) ** 2))), rel=1e-5)
+    assert c.deterministic_rmse == pytest.approx(
+        float(np.sqrt(np.mean((member[:, 0] - diabetes.y_test) ** 2))), rel=1e-5
+    )
     assert "Deterministic vs deep ensemble regression" in c.to_markdown()
     from deploykit.errors import UsageError
 

@@ -55,6 +55,8 @@ def test_the_std_scale_is_checked_the_same_way():
     y = rng.normal(size=800)
     mean = y + rng.normal(scale=1.0, size=800)
     too_small = check_std_scale(y, mean, np.full(800, 0.25))  # stds four times too small
-    assert too_small.kept and too_small.value == pytest.approx(4.0, rel=0.15) and too_small.line().startswith("std x = ")
+    assert (
+        too_small.kept and too_small.value == pytest.approx(4.0, rel=0.15) and too_small.line().startswith("std x = ")
+    )
     right = check_std_scale(y, mean, np.ones(800))
     assert not right.kept and right.value == 1.0

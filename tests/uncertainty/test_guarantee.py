@@ -21,7 +21,7 @@ def _draw(n, rng):
     """u ~ U(0, 1), a row is wrong with probability u**2: the population accuracy of u <= t is 1 - t**2 / 3."""
     u = rng.uniform(0, 1, n)
     y = rng.integers(0, 5, n)
-    return y, np.where(rng.uniform(0, 1, n) < u ** 2, (y + 1) % 5, y), u
+    return y, np.where(rng.uniform(0, 1, n) < u**2, (y + 1) % 5, y), u
 
 
 def test_clopper_pearson_is_the_binomial_tail_inversion():
@@ -42,12 +42,13 @@ def test_target_holds_on_the_population_in_at_least_1_minus_delta_of_splits():
         y, pred, u = _draw(1000, rng)
         chosen = choose_threshold(y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=target))
         t = min(max(chosen.threshold, 0.0), 1.0)
-        misses += t > 0 and 1 - t ** 2 / 3 < target
+        misses += t > 0 and 1 - t**2 / 3 < target
         assert chosen.bound <= chosen.accuracy and chosen.bound >= target
-        point = choose_threshold(y, pred, u, Measure.ENTROPY,
-                                 SelectiveTarget(target_accuracy=target, target_delta=None))
+        point = choose_threshold(
+            y, pred, u, Measure.ENTROPY, SelectiveTarget(target_accuracy=target, target_delta=None)
+        )
         tp = min(max(point.threshold, 0.0), 1.0)
-        point_misses += 1 - tp ** 2 / 3 < target
+        point_misses += 1 - tp**2 / 3 < target
         kept.append(chosen.coverage)
     assert misses / 200 <= 0.1
     assert point_misses / 200 > 0.25
@@ -78,9 +79,11 @@ def test_the_report_puts_the_bound_beside_the_validation_accuracy():
 
     rng = np.random.default_rng(2)
     y, pred, u = _draw(2000, rng)
-    for target, expected in ((SelectiveTarget(target_accuracy=0.9), "lower bound 9"),
-                             (SelectiveTarget(target_accuracy=0.9, target_delta=None), "point estimate"),
-                             (SelectiveTarget(target_accuracy=1.0), "abstains on every row")):
+    for target, expected in (
+        (SelectiveTarget(target_accuracy=0.9), "lower bound 9"),
+        (SelectiveTarget(target_accuracy=0.9, target_delta=None), "point estimate"),
+        (SelectiveTarget(target_accuracy=1.0), "abstains on every row"),
+    ):
         chosen = choose_threshold(y, pred, u, Measure.ENTROPY, target)
         report = SelectiveReport(chosen, apply_threshold(y, pred, u, chosen.threshold))
         assert expected in "\n".join(extra_markdown({"selective": report.to_dict()}))

@@ -15,17 +15,22 @@ from deploykit.uncertainty.mc_layers import OnnxGraph
 from tests.uncertainty.support import assert_same_mean, run, session
 
 
-def _mask_model(width: int, rate: float, pool: int = DEFAULT_POOL, seed: int | None = 1, opset: int = 17,
-                as_bool: bool = False):
+def _mask_model(
+    width: int, rate: float, pool: int = DEFAULT_POOL, seed: int | None = 1, opset: int = 17, as_bool: bool = False
+):
     """``input`` [R, width] -> ``mask`` [R, width]: the pooled mask alone, as the MC graph emits it."""
     from onnx import TensorProto, helper
 
     g = OnnxGraph(seed, opset, MaskKind.POOL, pool)
     mask = pool_keep(g, "input", 2, width, rate, pool, g.table_rng(), as_bool=as_bool)
     g.nodes.append(helper.make_node("Identity", [mask], ["mask"]))
-    graph = helper.make_graph(g.nodes, "pool_mask", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["R", width])],
-                              [helper.make_tensor_value_info("mask", TensorProto.BOOL if as_bool else TensorProto.FLOAT,
-                                                             ["R", width])], initializer=g.inits)
+    graph = helper.make_graph(
+        g.nodes,
+        "pool_mask",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["R", width])],
+        [helper.make_tensor_value_info("mask", TensorProto.BOOL if as_bool else TensorProto.FLOAT, ["R", width])],
+        initializer=g.inits,
+    )
     opsets = [helper.make_opsetid("", opset)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
@@ -40,6 +45,7 @@ def _keep(proto, rows: int, calls: int = 1, sess=None) -> np.ndarray:
 
 def _max_abs_corr(a: np.ndarray, b: np.ndarray | None = None) -> float:
     """The largest |correlation| between a column of ``a`` and a column of ``b`` (of ``a``, diagonal excluded)."""
+
     def standard(v):
         return (v - v.mean(0)) / v.std(0)
 
@@ -129,8 +135,15 @@ def _input_dropout_model():
 
     set_seed(3)
     L = keras.layers
-    return keras.Sequential([keras.Input(shape=(64,)), L.Dropout(0.2), L.Dense(32, activation="elu"), L.Dropout(0.2),
-                             L.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(64,)),
+            L.Dropout(0.2),
+            L.Dense(32, activation="elu"),
+            L.Dropout(0.2),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def test_mc_outputs_match_the_dropout_masks(digits):
@@ -152,9 +165,17 @@ def _conv_dropout_model():
 
     set_seed(5)
     L = keras.layers
-    return keras.Sequential([keras.Input(shape=(8, 8, 1)), L.Conv2D(4, 3, activation="elu"), L.Dropout(0.3),
-                             L.Conv2D(4, 3, activation="elu"), L.SpatialDropout2D(0.3), L.GlobalAveragePooling2D(),
-                             L.Dense(3, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(8, 8, 1)),
+            L.Conv2D(4, 3, activation="elu"),
+            L.Dropout(0.3),
+            L.Conv2D(4, 3, activation="elu"),
+            L.SpatialDropout2D(0.3),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 def test_feature_map_dropout_masks_every_element_like_onnx_dropout(digits):
@@ -202,12 +223,21 @@ def test_auto_pools_the_masks_only_where_the_tables_are_small_beside_the_weights
     a 64-32 model (a few KB of weights) keeps ONNX Dropout rather than grow its file several times."""
     from deploykit.backend import keras
     from deploykit.graph import graph_from_model
-    from deploykit.uncertainty.mc_graph import mask_kind
     from deploykit.uncertainty.masks import table_bytes
+    from deploykit.uncertainty.mc_graph import mask_kind
 
     L = keras.layers
-    chapter = keras.Sequential([keras.Input((784,)), L.Dropout(0.2), L.Dense(300, activation="elu"), L.Dropout(0.2),
-                                L.Dense(100, activation="elu"), L.Dropout(0.2), L.Dense(10, activation="softmax")])
+    chapter = keras.Sequential(
+        [
+            keras.Input((784,)),
+            L.Dropout(0.2),
+            L.Dense(300, activation="elu"),
+            L.Dropout(0.2),
+            L.Dense(100, activation="elu"),
+            L.Dropout(0.2),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
     small = _input_dropout_model()
     assert mask_kind(graph_from_model(chapter), MCConfig()) is MaskKind.POOL
     assert mask_kind(graph_from_model(small), MCConfig()) is MaskKind.DROPOUT

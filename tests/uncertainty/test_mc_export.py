@@ -85,13 +85,16 @@ def test_no_dropout_is_refused(tmp_path, digits):
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"samples": 0}, "samples must be an integer >= 1"),
-    ({"samples": 2000}, "samples must be at most max_samples"),
-    ({"max_samples": 0}, "max_samples must be an integer >= 1"),
-    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\] or unset, got -1"),
-    ({"samples": 2.5}, "samples must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"samples": 0}, "samples must be an integer >= 1"),
+        ({"samples": 2000}, "samples must be at most max_samples"),
+        ({"max_samples": 0}, "max_samples must be an integer >= 1"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\] or unset, got -1"),
+        ({"samples": 2.5}, "samples must be an integer"),
+    ],
+)
 def test_bad_options_are_refused(tmp_path, mc_bn_model, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         export_mc_onnx(mc_bn_model, tmp_path / "m.onnx", **kwargs)
@@ -105,8 +108,9 @@ def test_other_refusals(tmp_path, mc_bn_model):
         export_mc_onnx(mc_bn_model, tmp_path / "m.onnx", quantization="float16")
     with pytest.raises(UsageError, match="3 class names given, but the model has 10 classes"):
         export_mc_onnx(mc_bn_model, tmp_path / "m.onnx", class_names=["a", "b", "c"])
-    grid = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dropout(0.2), keras.layers.Dense(4),
-                             keras.layers.Reshape((2, 2))])  # logits are served (issue 12), a grid of outputs is not
+    grid = keras.Sequential(
+        [keras.Input(shape=(4,)), keras.layers.Dropout(0.2), keras.layers.Dense(4), keras.layers.Reshape((2, 2))]
+    )  # logits are served (issue 12), a grid of outputs is not
     with pytest.raises(UnsupportedLayerError, match="one vector per row"):
         export_mc_onnx(grid, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []

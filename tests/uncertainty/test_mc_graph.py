@@ -141,15 +141,36 @@ def test_activation_layers_match_keras(digits):
 
     set_seed(4)
     L = keras.layers
-    model = keras.Sequential([
-        keras.Input(shape=(8, 8)), L.Flatten(), L.Dense(24, activation="tanh"), L.Dropout(0.1),
-        L.Dense(24, activation="gelu"), L.LeakyReLU(0.2), L.Dense(24, activation="swish"), L.PReLU(),
-        L.Dense(24), L.ReLU(max_value=2.0), L.Dense(24), L.ELU(0.7), L.Dense(24, activation="softplus"),
-        L.Activation("sigmoid"), L.Reshape((4, 6)), L.Flatten(), L.Dense(24, activation="mish"),
-        L.Dense(24, activation="hard_sigmoid"), L.Dense(24, activation="softsign"), L.Dense(24, activation="relu6"),
-        L.Dense(24, activation="leaky_relu"), L.Dense(24, activation="log_softmax"), L.Dense(24, activation="selu"),
-        L.Dense(24, activation="exponential"), L.Dense(5), L.Softmax(),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(8, 8)),
+            L.Flatten(),
+            L.Dense(24, activation="tanh"),
+            L.Dropout(0.1),
+            L.Dense(24, activation="gelu"),
+            L.LeakyReLU(0.2),
+            L.Dense(24, activation="swish"),
+            L.PReLU(),
+            L.Dense(24),
+            L.ReLU(max_value=2.0),
+            L.Dense(24),
+            L.ELU(0.7),
+            L.Dense(24, activation="softplus"),
+            L.Activation("sigmoid"),
+            L.Reshape((4, 6)),
+            L.Flatten(),
+            L.Dense(24, activation="mish"),
+            L.Dense(24, activation="hard_sigmoid"),
+            L.Dense(24, activation="softsign"),
+            L.Dense(24, activation="relu6"),
+            L.Dense(24, activation="leaky_relu"),
+            L.Dense(24, activation="log_softmax"),
+            L.Dense(24, activation="selu"),
+            L.Dense(24, activation="exponential"),
+            L.Dense(5),
+            L.Softmax(),
+        ]
+    )
     model.layers[6].set_weights([np.random.default_rng(0).uniform(-0.5, 0.5, (24,)).astype("float32")])
     x = digits.x_test[:32].reshape(-1, 8, 8) / 8.0
     out = run(session(build_mc_graph(zero_dropout(to_chain(model)))), x)
@@ -157,6 +178,7 @@ def test_activation_layers_match_keras(digits):
 
 
 # --- graphs: convolutions, residual skips, opsets, the optional `samples` input -------------------------
+
 
 def _zero_rates(graph):
     for node in graph.nodes:

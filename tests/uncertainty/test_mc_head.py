@@ -60,7 +60,9 @@ def test_regression_with_dropout_spreads_the_samples(regression_model):
     assert out["std"].min() > 0
     assert np.abs(out["mean"] - s.mean(axis=0)).max() <= 1e-5
     assert np.abs(out["std"] - s.std(axis=0)).max() <= 1e-5  # population std over the samples
-    assert run(session(build_mc_graph(to_chain(regression_model), config)), x, samples=7)[SAMPLE_PREDICTIONS_OUTPUT].shape == (7, 16, 2)
+    assert run(session(build_mc_graph(to_chain(regression_model), config)), x, samples=7)[
+        SAMPLE_PREDICTIONS_OUTPUT
+    ].shape == (7, 16, 2)
 
 
 def test_task_from_the_model_and_from_the_config(logits_model, regression_model, mc_bn_model):
@@ -109,5 +111,7 @@ def test_writing_a_temperature_into_a_regression_file_is_refused(regression_mode
 
     export_mc_onnx(regression_model, tmp_path / "r.onnx", config=MCConfig(task=Task.REGRESSION))
     with pytest.raises(UsageError, match="regression model.*fit_std_scale"):
-        write_with_temperature(tmp_path / "r.onnx", tmp_path / "t.onnx", TemperatureFit(2.0, Placement.MEAN, 1.0, 0.9, 10))
+        write_with_temperature(
+            tmp_path / "r.onnx", tmp_path / "t.onnx", TemperatureFit(2.0, Placement.MEAN, 1.0, 0.9, 10)
+        )
     assert not (tmp_path / "t.onnx").exists()

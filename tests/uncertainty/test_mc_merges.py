@@ -1,4 +1,5 @@
-"""The merge layers the Keras 3 import gives two-tensor operations (Subtract, Maximum, Minimum, Average) in the MC graph."""
+"""The merge layers the Keras 3 import gives two-tensor operations (Subtract, Maximum, Minimum, Average) in the MC
+graph."""
 
 from __future__ import annotations
 

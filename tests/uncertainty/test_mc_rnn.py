@@ -15,13 +15,22 @@ def _model(body, steps: int = 7, features: int = 5):
     from deploykit.backend import keras
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((steps * features,)), keras.layers.Reshape((steps, features)), *body,
-                              keras.layers.Dropout(0.3), keras.layers.Dense(4, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((steps * features,)),
+            keras.layers.Reshape((steps, features)),
+            *body,
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
     # non-zero biases, so a wrong bias layout shows
     for layer in model.layers:
         weights = layer.get_weights()
         if weights:
-            layer.set_weights([w + 0.1 * np.random.default_rng(1).standard_normal(w.shape).astype(np.float32) for w in weights])
+            layer.set_weights(
+                [w + 0.1 * np.random.default_rng(1).standard_normal(w.shape).astype(np.float32) for w in weights]
+            )
     return model
 
 
@@ -43,8 +52,10 @@ def _cases():
         "gru_reset_before": [L.GRU(6, reset_after=False)],
         "simple_rnn_backwards": [L.SimpleRNN(6, go_backwards=True, activation="relu")],
         "bidirectional_lstm": [L.Bidirectional(L.LSTM(4))],
-        "bidirectional_gru_sum_sequences": [L.Bidirectional(L.GRU(4, return_sequences=True), merge_mode="sum"),
-                                            L.GlobalAveragePooling1D()],
+        "bidirectional_gru_sum_sequences": [
+            L.Bidirectional(L.GRU(4, return_sequences=True), merge_mode="sum"),
+            L.GlobalAveragePooling1D(),
+        ],
         "lstm_no_bias": [L.LSTM(5, use_bias=False)],
     }
 
@@ -70,7 +81,14 @@ def test_what_onnx_cannot_say_is_refused_by_name():
     model = _model([keras.layers.LSTM(4, activation="softsign")])
     with pytest.raises(UnsupportedLayerError, match="activation 'softsign'"):
         build_mc_graph(graph_from_model(model))
-    masked = keras.Sequential([keras.Input((6,)), keras.layers.Embedding(10, 3, mask_zero=True), keras.layers.LSTM(4),
-                               keras.layers.Dropout(0.2), keras.layers.Dense(2, activation="softmax")])
+    masked = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Embedding(10, 3, mask_zero=True),
+            keras.layers.LSTM(4),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     with pytest.raises(UnsupportedLayerError, match="mask_zero"):
         build_mc_graph(graph_from_model(masked))

@@ -20,7 +20,9 @@ def _check_valid(result: UncertaintyResult, n: int, samples: int) -> None:
     assert result.mean.shape == result.std.shape == (n, 10)
     assert result.predictive_entropy.shape == result.mutual_information.shape == result.predicted_class.shape == (n,)
     assert np.allclose(result.mean.sum(axis=1), 1, atol=1e-5) and np.all(result.std >= 0)
-    assert np.all(result.mutual_information >= 0) and np.all(result.mutual_information <= result.predictive_entropy + 1e-6)
+    assert np.all(result.mutual_information >= 0) and np.all(
+        result.mutual_information <= result.predictive_entropy + 1e-6
+    )
     assert np.all(result.predictive_entropy <= np.log(10) + 1e-5)
     assert np.array_equal(result.predicted_class, result.mean.argmax(axis=1))
     assert result.samples == samples and result.sample_probabilities.shape == (samples, n, 10)
@@ -65,23 +67,32 @@ def test_concurrent_calls(predictor, digits):
     assert len({r.mean.tobytes() for r in results}) == len(results)  # every call drew its own masks
 
 
-@pytest.mark.parametrize("x, error, match", [
-    (np.zeros((3, 63), np.float32), DataError, r"shape \['N', 64\], got \[3, 63\]"),
-    (np.zeros(64, np.float32), DataError, r"single instance\? pass x\[None\]"),
-    (np.zeros((0, 64), np.float32), DataError, "no instances"),
-    (np.array([["a"] * 64]), DataError, "real numbers"),
-    (np.zeros((2, 64), np.complex64), DataError, "dtype complex64"),
-    (np.full((2, 64), np.nan, np.float32), DataError, "128 NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        (np.zeros((3, 63), np.float32), DataError, r"shape \['N', 64\], got \[3, 63\]"),
+        (np.zeros(64, np.float32), DataError, r"single instance\? pass x\[None\]"),
+        (np.zeros((0, 64), np.float32), DataError, "no instances"),
+        (np.array([["a"] * 64]), DataError, "real numbers"),
+        (np.zeros((2, 64), np.complex64), DataError, "dtype complex64"),
+        (np.full((2, 64), np.nan, np.float32), DataError, "128 NaN or inf"),
+    ],
+)
 def test_bad_inputs(predictor, x, error, match):
     with pytest.raises(error, match=match):
         predictor.predict(x)
 
 
-@pytest.mark.parametrize("samples, match", [
-    (0, "between 1 and 1000"), (1001, "between 1 and 1000"), (-3, "between 1 and 1000"),
-    (2.0, "must be an integer"), (True, "must be an integer"),
-])
+@pytest.mark.parametrize(
+    "samples, match",
+    [
+        (0, "between 1 and 1000"),
+        (1001, "between 1 and 1000"),
+        (-3, "between 1 and 1000"),
+        (2.0, "must be an integer"),
+        (True, "must be an integer"),
+    ],
+)
 def test_bad_samples(predictor, digits, samples, match):
     with pytest.raises(UsageError, match=match):
         predictor.predict(digits.x_test[:2], samples=samples)

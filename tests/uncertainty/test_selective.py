@@ -10,8 +10,15 @@ import pytest
 
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.uncertainty.measures import Measure, uncertainties
-from deploykit.uncertainty.selective import (ABSTAIN_ALL, SelectiveTarget, add_abstain, apply_threshold,
-                                             choose_threshold, read_selective, risk_coverage)
+from deploykit.uncertainty.selective import (
+    ABSTAIN_ALL,
+    SelectiveTarget,
+    add_abstain,
+    apply_threshold,
+    choose_threshold,
+    read_selective,
+    risk_coverage,
+)
 from tests.uncertainty.support import run, session
 
 
@@ -83,15 +90,22 @@ def test_abstain_output_of_a_deterministic_model(tmp_path, mc_plain_model, digit
     export_onnx(mc_plain_model, path)
     val = session(path).run(None, {"input": digits.x_val})[0]
     u = uncertainties(val)[measure]
-    chosen = choose_threshold(digits.y_val, val.argmax(1), u, measure, SelectiveTarget(target_accuracy=None, target_coverage=0.5))
+    chosen = choose_threshold(
+        digits.y_val, val.argmax(1), u, measure, SelectiveTarget(target_accuracy=None, target_coverage=0.5)
+    )
     proto = onnx.load(str(path))
     add_abstain(proto, chosen)
-    out = dict(zip(["probabilities", "abstain"], session(proto).run(["probabilities", "abstain"], {"input": digits.x_val})))
+    out = dict(
+        zip(["probabilities", "abstain"], session(proto).run(["probabilities", "abstain"], {"input": digits.x_val}))
+    )
     assert out["abstain"].dtype == np.bool_ and out["abstain"].shape == (len(digits.x_val),)
     assert np.array_equal(out["abstain"], u > chosen.threshold)
     stored = read_selective(proto)
     assert stored["measure"] == measure.value and stored["threshold"] == chosen.threshold
-    assert json.loads(next(p.value for p in proto.metadata_props if p.key == "deploykit.selective"))["target_coverage"] == 0.5
+    assert (
+        json.loads(next(p.value for p in proto.metadata_props if p.key == "deploykit.selective"))["target_coverage"]
+        == 0.5
+    )
 
 
 @pytest.mark.parametrize("measure", [m for m in Measure if m is not Measure.INTERVAL_WIDTH])  # a classifier's measures
@@ -100,8 +114,13 @@ def test_abstain_output_of_an_mc_model_after_temperature(tmp_path, mc_model_path
 
     proto = onnx.load(str(mc_model_path))
     apply_mc_temperature(proto, TemperatureFit(1.3, Placement.PER_SAMPLE, 0.5, 0.4, 10))
-    chosen = choose_threshold(np.zeros(3, np.int64), np.zeros(3, np.int64), np.array([0.1, 0.2, 0.3]), measure,
-                              SelectiveTarget(target_accuracy=None, target_coverage=0.6))
+    chosen = choose_threshold(
+        np.zeros(3, np.int64),
+        np.zeros(3, np.int64),
+        np.array([0.1, 0.2, 0.3]),
+        measure,
+        SelectiveTarget(target_accuracy=None, target_coverage=0.6),
+    )
     add_abstain(proto, chosen)
     out = run(session(proto), digits.x_test[:50])
     u = uncertainties(out["mean"], out["mutual_information"])[measure]
@@ -121,7 +140,9 @@ def test_mutual_information_needs_an_mc_model(tmp_path, mc_plain_model):
     from deploykit.export import export_onnx
 
     export_onnx(mc_plain_model, tmp_path / "m.onnx")
-    chosen = choose_threshold(np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([0.1, 0.2]), Measure.MUTUAL_INFORMATION)
+    chosen = choose_threshold(
+        np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([0.1, 0.2]), Measure.MUTUAL_INFORMATION
+    )
     with pytest.raises(UsageError, match="needs an MC"):
         add_abstain(onnx.load(str(tmp_path / "m.onnx")), chosen)
 

@@ -34,8 +34,9 @@ def _heteroscedastic(n=2000, seed=0):
 def test_target_rmse_keeps_the_most_rows_under_it():
     """The point rule (target_delta=None): the validation RMSE alone decides."""
     y, mean, width = _heteroscedastic()
-    chosen = choose_regression_threshold(y, mean, width, SelectiveTarget(target_accuracy=None, target_rmse=1.0,
-                                                                         target_delta=None))
+    chosen = choose_regression_threshold(
+        y, mean, width, SelectiveTarget(target_accuracy=None, target_rmse=1.0, target_delta=None)
+    )
     kept = width <= chosen.threshold
     assert chosen.measure is Measure.INTERVAL_WIDTH and 0.2 < chosen.coverage < 0.9
     assert np.sqrt(((y - mean[:, 0])[kept] ** 2).mean()) <= 1.0 and chosen.rmse <= 1.0
@@ -54,7 +55,9 @@ def test_target_coverage_for_a_regressor():
     chosen = choose_regression_threshold(y, mean, width, SelectiveTarget(target_accuracy=None, target_coverage=0.8))
     assert chosen.coverage == pytest.approx(0.8, abs=1e-3)
     stored = json.loads(chosen.metadata_value())
-    assert stored["measure"] == "interval_width" and stored["target_coverage"] == 0.8 and "target_accuracy" not in stored
+    assert (
+        stored["measure"] == "interval_width" and stored["target_coverage"] == 0.8 and "target_accuracy" not in stored
+    )
 
 
 def test_targets_belong_to_their_task():
@@ -62,8 +65,13 @@ def test_targets_belong_to_their_task():
     with pytest.raises(UsageError, match="target_accuracy is a classification target"):
         choose_regression_threshold(y, mean, width, SelectiveTarget())
     with pytest.raises(UsageError, match="target_rmse is a regression target"):
-        choose_threshold(np.zeros(3, np.int64), np.zeros(3, np.int64), np.ones(3), Measure.ENTROPY,
-                         SelectiveTarget(target_accuracy=None, target_rmse=1.0))
+        choose_threshold(
+            np.zeros(3, np.int64),
+            np.zeros(3, np.int64),
+            np.ones(3),
+            Measure.ENTROPY,
+            SelectiveTarget(target_accuracy=None, target_rmse=1.0),
+        )
     with pytest.raises(ConfigError, match="exactly one"):
         SelectiveTarget(target_rmse=1.0)  # target_accuracy keeps its default
     with pytest.raises(ConfigError, match="target_rmse must be a number > 0"):
@@ -81,8 +89,9 @@ def test_abstain_output_of_a_regression_mc_model(regression_model, opset, tmp_pa
     x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
     first = run(session(proto), x)
     width = 2 * 1.959964 * first["std"].astype(np.float64).mean(axis=1)
-    chosen = choose_regression_threshold(np.zeros((64, 2)), first["mean"], width,
-                                         SelectiveTarget(target_accuracy=None, target_coverage=0.5))
+    chosen = choose_regression_threshold(
+        np.zeros((64, 2)), first["mean"], width, SelectiveTarget(target_accuracy=None, target_coverage=0.5)
+    )
     add_abstain(proto, chosen)
     out = run(session(proto), x)  # seeded: a new session's first call repeats
     assert np.array_equal(out["std"], first["std"]) and out["abstain"].shape == (64,)
@@ -95,8 +104,13 @@ def test_a_classifier_measure_on_a_regressor_is_refused(regression_model):
     from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 
     proto = build_mc_graph(to_chain(regression_model), MCConfig(task=Task.REGRESSION))
-    chosen = choose_threshold(np.zeros(3, np.int64), np.zeros(3, np.int64), np.ones(3), Measure.ENTROPY,
-                              SelectiveTarget(target_accuracy=None, target_coverage=0.5))
+    chosen = choose_threshold(
+        np.zeros(3, np.int64),
+        np.zeros(3, np.int64),
+        np.ones(3),
+        Measure.ENTROPY,
+        SelectiveTarget(target_accuracy=None, target_coverage=0.5),
+    )
     with pytest.raises(UsageError, match="this model takes interval_width"):
         add_abstain(proto, chosen)
 

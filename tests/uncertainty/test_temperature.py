@@ -66,8 +66,13 @@ def test_deterministic_graph_gets_div_before_softmax(tmp_path, mc_plain_model, d
     import onnx
 
     from deploykit.export import export_onnx
-    from deploykit.uncertainty.temperature import (TemperatureFit, Placement, read_temperature, scale_probs,
-                                                   write_with_temperature)
+    from deploykit.uncertainty.temperature import (
+        Placement,
+        TemperatureFit,
+        read_temperature,
+        scale_probs,
+        write_with_temperature,
+    )
 
     src = tmp_path / "m.onnx"
     export_onnx(mc_plain_model, src, quantization=quantization, calibration_data=digits if quantization else None)
@@ -90,14 +95,17 @@ def test_deterministic_graph_gets_div_before_softmax(tmp_path, mc_plain_model, d
 
 
 def test_graph_without_softmax_is_wrapped_in_log_div_softmax():
-    import onnx
     from onnx import TensorProto, helper
 
     from deploykit.uncertainty.temperature import Placement, TemperatureFit, apply_temperature, scale_probs
 
     node = helper.make_node("Identity", ["input"], ["probabilities"])
-    graph = helper.make_graph([node], "p", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])])
+    graph = helper.make_graph(
+        [node],
+        "p",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     apply_temperature(proto, TemperatureFit(0.5, Placement.LOGITS, 1.0, 0.9, 10))
     p = np.array([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]], np.float32)
@@ -138,8 +146,9 @@ def test_report_shows_before_and_after_with_a_reliability_diagram(tmp_path):
 
     y, probs = _overconfident(n=1500, seed=3)
     fit = fit_temperature(y[:1000], probs[:1000])
-    report = temperature_report(y[1000:], probs[1000:], scale_probs(probs[1000:], fit.temperature), fit,
-                                plot_path=tmp_path / "reliability.png")
+    report = temperature_report(
+        y[1000:], probs[1000:], scale_probs(probs[1000:], fit.temperature), fit, plot_path=tmp_path / "reliability.png"
+    )
     assert report.after.nll < report.before.nll and report.after.ece < report.before.ece
     assert report.after.accuracy == report.before.accuracy
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
@@ -155,7 +164,9 @@ def test_per_sample_placement_needs_exactly_one_softmax_per_sample():
     def graph(softmaxes: int):
         nodes = [helper.make_node("Softmax", ["x"], [f"s{k}"], axis=-1) for k in range(softmaxes)]
         outputs = [helper.make_tensor_value_info(f"s{k}", TensorProto.FLOAT, [1, 3]) for k in range(softmaxes)]
-        return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-                                                   outputs), opset_imports=[helper.make_opsetid("", 17)])
+        return helper.make_model(
+            helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])], outputs),
+            opset_imports=[helper.make_opsetid("", 17)],
+        )
 
     assert per_sample_placement(graph(1)) and not per_sample_placement(graph(2)) and not per_sample_placement(graph(0))
