@@ -132,8 +132,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def keep_first(results: list[tuple[Any, Any, Any]], report, model, say):
-    """What the serial search returns from the same tries: the first (highest target) within the budget kept, the
-    tries after it reported as not needed; ``(model, report)``."""
+    """What the serial search returns from the same tries: the first (highest target) the same accept rule takes
+    is kept, the tries after it reported as not needed; ``(model, report)``."""
+    from deploykit.sparsity.search import accepted
+
     budget, original = report.budget, report.original
     for attempt, pruned, record in results:
         report.tries.append(attempt)
@@ -141,9 +143,12 @@ def keep_first(results: list[tuple[Any, Any, Any]], report, model, say):
             attempt.note = f"not needed: a higher target was kept ({attempt.note})"
             continue
         value = getattr(attempt, budget.metric.value)
-        if value is not None and budget.within(original, value):
+        if accepted(attempt, budget):
             attempt.kept, report.kept, report.report = True, attempt, record
-            say(f"kept {attempt.setting()}: test {budget.metric.value} {value:.4g} ({budget.change(original, value)})")
+            say(
+                f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
+                f"({budget.change(original, value)})"
+            )
             model = pruned
         else:
             attempt.note = (

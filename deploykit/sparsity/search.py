@@ -154,9 +154,7 @@ def search_sparsity(
         )
         report.tries.append(attempt)
         value = getattr(attempt, budget.metric.value)
-        if value is not None and within_budget(
-            shortfall_of(attempt.change, budget.metric is Metric.ACCURACY), budget.limit
-        ):
+        if accepted(attempt, budget):
             attempt.kept, report.kept, report.report = True, attempt, record
             say(
                 f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
@@ -169,6 +167,14 @@ def search_sparsity(
         )
         say(f"  {attempt.setting()} missed: {attempt.note}")
     return model, report
+
+
+def accepted(attempt: SearchTry, budget: Budget) -> bool:
+    """The one accept rule of a try, serial or on Ray: :func:`~deploykit.stats.within_budget` on its validation
+    change (a try that could not be measured is never accepted)."""
+    if getattr(attempt, budget.metric.value) is None or attempt.change is None:
+        return False
+    return within_budget(shortfall_of(attempt.change, budget.metric is Metric.ACCURACY), budget.limit)
 
 
 def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[str], dict[str, str]]:

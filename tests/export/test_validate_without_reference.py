@@ -87,11 +87,11 @@ def test_data_with_more_classes_than_outputs_is_refused(tmp_path, digits, fitted
 
 
 def test_integer_labels_of_two_columns_against_a_classifier_are_one_clear_error(tmp_path, digits, fitted):
-    """Labels [N, 2] of integers (not one-hot) are read as two regression targets: a 10-class artifact is refused."""
+    """Labels [N, 2] of integers (not one-hot) are one clear error when the data is read, naming what to give."""
     weights, bias, accuracy = fitted
     path = _softmax_model(tmp_path / "m.onnx", weights, bias, accuracy)
     x = np.concatenate([digits.x_train, digits.x_test]).reshape(-1, 64)
     y = np.random.default_rng(0).integers(0, 5, (len(x), 2))
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    with pytest.raises(DataError, match="predicts 10 values per row, the data has 2 targets"):
+    with pytest.raises(DataError, match=r"integer labels of shape \[\d+, 2\] are not one-hot"):
         validate(path, tmp_path / "d.npz", repeats=1, batch_sizes=(1,))

@@ -54,8 +54,9 @@ def test_every_artifact_exists_and_passed(run):
     assert result.artifact("original.keras").verdict is Verdict.REFERENCE
     for png in ("accuracy_vs_size.png", "sparsity.png", "latency.png", "reliability.png"):
         assert (result.out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    assert [s.step for s in result.steps][:3] == ["sparsity (prune)", "fold", "compact"]
-    assert all(s.status is Status.DONE for s in result.steps)
+    assert [s.step for s in result.steps][:4] == ["structured", "sparsity (prune)", "fold", "compact"]
+    assert result.steps[0].status is Status.SKIPPED and result.steps[0].reason == "switched off"  # off by default
+    assert all(s.status is Status.DONE for s in result.steps[1:])
     # every try is reported: the one sparsity setting, and the int8 variants up to the one shipped
     stages = [t.stage.value for t in result.tries]
     assert stages[0] == "sparsity" and result.tries[0].kept and result.tries[0].setting == "prune 50%"
@@ -163,6 +164,7 @@ def test_steps_switched_off_by_options(trained_model, digits, tmp_path):
         mc=False,
     )
     assert {s.step: s.status for s in result.steps} == {
+        "structured": Status.SKIPPED,
         "sparsity": Status.SKIPPED,
         "fold": Status.SKIPPED,
         "compact": Status.SKIPPED,
@@ -184,7 +186,7 @@ def test_steps_switched_off_by_toml(trained_model, digits, tmp_path):
         "[export]\nenabled = false\n[mc]\nenabled = false\n[validate]\nlatency_repeats = 2\n"
     )
     result = optimize(trained_model, digits, config=OptimizeConfig.from_toml(toml), out_dir=tmp_path / "out")
-    assert [s.status for s in result.steps].count(Status.SKIPPED) == 5
+    assert [s.status for s in result.steps].count(Status.SKIPPED) == 6  # the five and structured (off by default)
     assert OptimizeConfig.from_toml(tmp_path / "out" / "deploykit.toml") == result.config
 
 
@@ -279,7 +281,7 @@ def test_a_sparsity_try_that_misses_the_budget_leaves_the_model_dense(trained_mo
         export=False,
         mc=False,
     )
-    step = result.steps[0]
+    step = next(s for s in result.steps if s.step.startswith("sparsity"))
     assert step.status is Status.MISSED and "the model stays dense" in step.reason
     assert [(t.setting, t.kept) for t in result.tries] == [("prune 95%", False)]
     assert result.tries[0].accuracy_change < -0.001

@@ -146,14 +146,18 @@ def test_help_names_the_endpoints():
         assert text in done.stdout
 
 
-def onnx_with_two_inputs(path) -> None:
-    """An ONNX model deploykit cannot serve: two float inputs."""
+def onnx_with_mixed_inputs(path) -> None:
+    """An ONNX model deploykit cannot serve: a float input beside a string one (several float inputs are served,
+    one v2 tensor each)."""
     import onnx
     from onnx import TensorProto, helper
 
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 64]) for n in ("a", "b")]
+    inputs = [
+        helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 64]),
+        helper.make_tensor_value_info("b", TensorProto.STRING, ["N", 64]),
+    ]
     output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 64])
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["probabilities"])], "two", inputs, [output])
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["probabilities"])], "two", inputs, [output])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
@@ -179,7 +183,7 @@ def test_unservable_models_are_skipped_with_a_warning(model_repo, tmp_path):
     folder.mkdir()
     (folder / "digits.onnx").write_bytes((model_repo / "digits.onnx").read_bytes())
     (folder / "broken.onnx").write_bytes(b"not an onnx file")
-    onnx_with_two_inputs(folder / "two_inputs.onnx")
+    onnx_with_mixed_inputs(folder / "two_inputs.onnx")
     onnx_with_initializer_inputs(folder / "tf2onnx_style.onnx")
     server = ServerProcess(folder, tmp_path / "server.log")
     try:

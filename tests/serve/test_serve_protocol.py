@@ -64,6 +64,7 @@ def test_model_metadata(client, digits):
     assert det["parameters"] == {
         "kind": "deterministic",
         "task": "classification",
+        "output": "probabilities",  # what the model's own output holds (a binary head: sigmoid, binary_logits)
         "class_labels": [str(c) for c in digits.class_names],
     }
     mc = client.get_model_metadata("digits_mc")
@@ -79,6 +80,7 @@ def test_model_metadata(client, digits):
     assert mc["parameters"] == {
         "kind": "mc_dropout",
         "task": "classification",
+        "output": "probabilities",
         "class_labels": det["parameters"]["class_labels"],
         "default_samples": 30,
         "max_samples": 1000,

@@ -53,7 +53,20 @@ def test_sparsify_l1_and_compact_cli(model_file, tmp_path, cli):
     from deploykit.io import load_model
 
     sparse = tmp_path / "l1.keras"
-    proc = cli("sparsify-l1", model_file, "--l1", "1e-3", "--threshold", "0.05", "--epochs", "1", "--out", str(sparse))
+    proc = cli(
+        "sparsify-l1",
+        model_file,
+        "--data",
+        "digits",
+        "--l1",
+        "1e-3",
+        "--threshold",
+        "0.05",
+        "--epochs",
+        "1",
+        "--out",
+        str(sparse),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/1" in proc.stderr and "before zeroing" in proc.stdout
     kernel = [l for l in load_model(sparse).layers if type(l).__name__ == "Dense"][0].get_weights()[0]
@@ -89,12 +102,32 @@ def test_prune_structured_cli_halves_the_hidden_layers_and_reports_macs(model_fi
 
     out, rep = tmp_path / "narrow.keras", tmp_path / "report.json"
     proc = cli(
-        "prune-structured", model_file, "--fraction", "0.5", "--epochs", "1", "--out", str(out), "--report", str(rep)
+        "prune-structured",
+        model_file,
+        "--data",
+        "digits",
+        "--fraction",
+        "0.5",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--report",
+        str(rep),
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(rep.read_text())
     widths = [layer.get_weights()[0].shape[-1] for layer in load_model(out).layers if type(layer).__name__ == "Dense"]
     assert widths == [layer["units_after"] for layer in report["layers"]] + [10]
     assert report["macs_after"] < report["macs_before"] and "fewer" in proc.stdout
-    bad = cli("prune-structured", model_file, "--layer-fraction", "dense", "--out", str(tmp_path / "b.keras"))
+    bad = cli(
+        "prune-structured",
+        model_file,
+        "--data",
+        "digits",
+        "--layer-fraction",
+        "dense",
+        "--out",
+        str(tmp_path / "b.keras"),
+    )
     assert bad.returncode == 2 and "--layer-fraction 'dense'" in bad.stderr and not (tmp_path / "b.keras").exists()
