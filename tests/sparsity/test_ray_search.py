@@ -87,4 +87,4 @@ def test_tries_on_a_two_node_cluster_keep_what_the_serial_search_keeps(cluster, 
     if remote.kept is not None:  # the kept try's model came back from its task
         from deploykit.evaluate import accuracy
 
-        assert accuracy(model, digits.x_test, digits.y_test) == pytest.approx(remote.kept.accuracy)
+        assert accuracy(model, digits.x_val, digits.y_val) == pytest.approx(remote.kept.accuracy)  # validation
