@@ -174,3 +174,11 @@ def shortfall_of(change: Interval, accuracy: bool) -> Interval:
     if accuracy:
         return Interval(-change.estimate, -change.high, -change.low)
     return change
+
+
+def accepted(attempt, budget) -> bool:
+    """The one accept rule of a sparsity try, serial or on Ray: :func:`within_budget` on its validation change
+    (``attempt.change``, an :class:`Interval`). A try that could not be measured is never accepted."""
+    if getattr(attempt, budget.metric.value) is None or attempt.change is None:
+        return False
+    return within_budget(shortfall_of(attempt.change, budget.metric.value == "accuracy"), budget.limit)

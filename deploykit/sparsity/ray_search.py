@@ -134,7 +134,7 @@ def _first_line(exc: BaseException) -> str:
 def keep_first(results: list[tuple[Any, Any, Any]], report, model, say):
     """What the serial search returns from the same tries: the first (highest target) the same accept rule takes
     is kept, the tries after it reported as not needed; ``(model, report)``."""
-    from deploykit.sparsity.search import accepted
+    from deploykit.stats import accepted
 
     budget, original = report.budget, report.original
     for attempt, pruned, record in results:

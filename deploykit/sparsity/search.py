@@ -29,10 +29,9 @@ from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
 from deploykit.stats import (
     Interval,
+    accepted,
     accuracy_change_interval,
     rmse_change_interval,
-    shortfall_of,
-    within_budget,
 )
 
 #: One-shot pruning levels of the sensitivity scan; per-layer targets are interpolated between them.
@@ -167,14 +166,6 @@ def search_sparsity(
         )
         say(f"  {attempt.setting()} missed: {attempt.note}")
     return model, report
-
-
-def accepted(attempt: SearchTry, budget: Budget) -> bool:
-    """The one accept rule of a try, serial or on Ray: :func:`~deploykit.stats.within_budget` on its validation
-    change (a try that could not be measured is never accepted)."""
-    if getattr(attempt, budget.metric.value) is None or attempt.change is None:
-        return False
-    return within_budget(shortfall_of(attempt.change, budget.metric is Metric.ACCURACY), budget.limit)
 
 
 def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[str], dict[str, str]]:

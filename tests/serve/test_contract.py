@@ -24,8 +24,8 @@ def test_the_contract_imports_nothing_heavy():
     "module, names",
     [
         ("deploykit.export.convert", ["INPUT_NAME", "OUTPUT_NAME"]),
-        ("deploykit.export.metadata", ["KIND_DETERMINISTIC", "KIND_MC_DROPOUT"]),
-        ("deploykit.uncertainty.mc_graph", ["OUTPUT_NAMES", "SAMPLES_NAME", "SAMPLES_OUTPUT"]),
+        ("deploykit.export.metadata", ["KIND_DETERMINISTIC"]),
+        ("deploykit.uncertainty.mc_graph", ["SAMPLES_NAME", "SAMPLES_OUTPUT"]),
         ("deploykit.uncertainty.ensemble", ["KIND_ENSEMBLE", "MEMBERS_OUTPUT", "OUTPUT_NAMES"]),
         ("deploykit.uncertainty.selective", ["ABSTAIN_OUTPUT", "OUTPUT_NAMES"]),
         ("deploykit.uncertainty.measures", ["Measure"]),
