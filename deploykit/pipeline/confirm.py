@@ -69,8 +69,19 @@ def split_figure(split: str, new, reference, y, budget: Budget) -> SplitFigure:
     its point estimate (the promise the report makes)."""
     value, ci = change(new, reference, y, budget.metric)
     short = shortfall_of(ci, budget.metric is Metric.ACCURACY)
-    within = within_budget(short, budget.limit) if split == VALIDATION else short.estimate <= budget.limit + 1e-12
+    within = within_budget(short, budget.limit) if split == VALIDATION else confirmed(short, budget, len(y))
     return SplitFigure(split, value, ci.estimate, ci.as_list(), within)
+
+
+def confirmed(short: Interval, budget: Budget, rows: int) -> bool:
+    """Whether the test split confirms a row validation accepted: its point estimate is within the budget, or the
+    split is too small to resolve the budget (:func:`resolution_notes` said so before training) and its interval is
+    not entirely beyond it. A miss by fewer rows than such a split can tell apart is shown with its interval, not
+    acted on; a split that resolves the budget rejects on its point estimate."""
+    if short.estimate <= budget.limit + 1e-12:
+        return True
+    resolves = budget.metric is not Metric.ACCURACY or resolution(rows, 2 * budget.limit) <= budget.limit
+    return not resolves and short.low <= budget.limit + 1e-12
 
 
 def budget_mismatches(val: SplitFigure | None, test: SplitFigure | None, budget: Budget) -> list[Mismatch]:

@@ -25,18 +25,24 @@ def _figure(split: str, flipped: int, rows: int = 500):
 
 
 def test_accepted_on_validation_and_missed_on_test_is_a_test_miss():
-    val, test = _figure(VALIDATION, 2), _figure(TEST, 10)  # -0.4 pt, then -2 pt
+    val, test = _figure(VALIDATION, 2), _figure(TEST, 40, rows=2000)  # -0.4 pt, then -2 pt on a split resolving 1 pt
     assert val.within and not test.within and test.ci95[0] <= test.change <= test.ci95[1]
     missed = budget_mismatches(val, test, BUDGET)
     assert len(missed) == 1 and missed[0].check.startswith("test miss: accuracy drop")
     assert "test accuracy 0.9800, -2.00 pt (95% CI" in missed[0].detail
 
 
+def test_a_test_split_too_small_for_the_budget_rejects_only_a_miss_its_interval_shows():
+    """500 rows cannot resolve one point: -1.2 pt (6 rows) with an interval reaching the budget is shown, not acted
+    on; -3 pt (15 rows), whose interval lies beyond the budget, is a test miss."""
+    assert _figure(TEST, 6).within and not _figure(TEST, 15).within
+
+
 def test_missed_on_validation_is_decided_there_and_confirmed_rows_pass():
     missed = budget_mismatches(_figure(VALIDATION, 10), _figure(TEST, 0), BUDGET)
     assert missed[0].check.startswith("validation accuracy drop")
     assert budget_mismatches(_figure(VALIDATION, 2), _figure(TEST, 3), BUDGET) == []
-    assert budget_mismatches(None, _figure(TEST, 10), BUDGET)[0].check.startswith("test accuracy drop")  # no decision
+    assert budget_mismatches(None, _figure(TEST, 40, rows=2000), BUDGET)[0].check.startswith("test accuracy drop")
 
 
 def test_a_split_too_small_for_the_budget_is_said_before_training():
