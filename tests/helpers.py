@@ -67,3 +67,18 @@ def regression_arrays(n=300, features=8, targets=1, seed=0):
     w = rng.normal(size=(features, targets))
     y = 50 + 20 * (x @ w) + 5 * x[:, :1] ** 2 + rng.normal(scale=2.0, size=(n, targets))
     return x, (y[:, 0] if targets == 1 else y).astype(np.float32)
+
+
+def ships_by_budget(row: dict, report: dict) -> bool:
+    """Whether the budget rule (written independently of :mod:`deploykit.pipeline.confirm`) ships a report.json
+    artifact row: validation accepts it, and the test split confirms it by its point estimate, or, when the test
+    split is too small to resolve the budget, by its 95% interval not lying entirely beyond it."""
+    budget = report["budget"]
+    limit = budget["max_accuracy_drop"]
+    validation = row.get("validation")
+    if validation is not None and not validation["within"]:
+        return False
+    if -row["accuracy_change"] <= limit + 1e-12:
+        return True
+    resolves = budget.get("resolution", {}).get("test", {}).get("resolves_budget", True)
+    return not resolves and -row["ci95"][1] <= limit + 1e-12

@@ -255,7 +255,8 @@ def _decision_entry(resolution: dict | None) -> dict[str, Any]:
         "decided_on": "validation",
         "confirmed_on": "test",
         "rule": "validation: point estimate within the budget and its 95% interval not entirely beyond it; "
-        "test: point estimate within the budget (a miss after validation accepted is a test miss)",
+        "test: point estimate within the budget, or, on a test split too small to resolve the budget, its 95% "
+        "interval not entirely beyond it (a miss after validation accepted is a test miss)",
         "interval": "95% of the paired difference: exact (Clopper-Pearson on the discordant rows) for accuracy, "
         "paired bootstrap for RMSE",
         "resolution": resolution or {},
