@@ -17,13 +17,8 @@ inflated or allocated: a small compressed file can declare gigabytes.
 from __future__ import annotations
 
 import csv
-import gzip
 import logging
-import math
 import os
-import struct
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +28,16 @@ import numpy as np
 
 from deploykit.configs import SEED_MAX, Config, choice, integer, number
 from deploykit.configs import names as name_list
+from deploykit.data_files import (  # noqa: F401  (read_idx: public, imported from here)
+    _check_csv_header,
+    _count_lines,
+    _csv_rows,
+    _labels_beside,
+    _npz_declared_bytes,
+    _numeric_if_possible,
+    read_idx,
+)
+from deploykit.data_labels import _checked, _labels_for, _task_of
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.files import regular_file
 from deploykit.labels import from_one_hot, zero_one_matrix
@@ -43,12 +48,6 @@ DEFAULT_DATASET = "digits"
 #: The embedded datasets (scikit-learn's, no network): name -> (loader name, task).
 NAMED_DATASETS = {"digits": ("load_digits", Task.CLASSIFICATION), "diabetes": ("load_diabetes", Task.REGRESSION)}
 DEFAULT_SEED = 42
-#: Integer labels with more distinct values than this, and fewer than REGRESSION_ROWS_PER_VALUE rows per value
-#: on average (or a value of one row), are taken for a regression target (digits: 10 values over 1797 rows;
-#: CIFAR-100: 100 over 60000).
-REGRESSION_MIN_VALUES = 50
-REGRESSION_ROWS_PER_VALUE = 5
-
 log = logging.getLogger(__name__)
 
 
@@ -356,33 +355,6 @@ def _npz_class_names(path: Path, stored, given: tuple[str, ...] | None) -> tuple
     return names
 
 
-def _npz_declared_bytes(path: Path) -> int:
-    """What the .npz's members declare (array headers read, nothing inflated), counted as float32 values."""
-    total = 0
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                with zf.open(info) as fh:
-                    total += _npy_declared_bytes(fh, info.file_size)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
-        raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
-    return total
-
-
-def _npy_declared_bytes(fh, stored: int) -> int:
-    """Bytes one member becomes: its .npy header's shape (float32 or wider per value), else its stored size."""
-    if fh.read(6) != b"\x93NUMPY":
-        return stored  # np.load hands a non-.npy member over as raw bytes
-    version = tuple(fh.read(2))
-    fh.seek(0)
-    np.lib.format.read_magic(fh)
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in readers:
-        raise ValueError(f"unsupported .npy format version {version}")
-    shape, _, dtype = readers[version](fh)
-    return int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
-
-
 def _load_csv(
     path: Path, label_column: str, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None
 ) -> Dataset:
@@ -407,123 +379,6 @@ def _load_csv(
     if len(columns) > 1 and y.dtype.kind in "USO":
         raise DataError(f"data {path}: several label columns ({label_column}) must all be numbers (regression targets)")
     return _split_arrays(path.name, feats, y, split, names=given, source=path, task=task)
-
-
-def _count_lines(path: Path) -> tuple[int, int]:
-    """Lines in a file and fields in its first line, counted in binary chunks without holding it.
-
-    Upper bounds of the CSV's rows and columns (a quoted field may hold commas or newlines).
-    """
-    newlines = returns = 0
-    columns, last = 1, b"\n"
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            if newlines == returns == 0:
-                columns += chunk.replace(b"\r", b"\n").split(b"\n", 1)[0].count(b",")
-            newlines += chunk.count(b"\n")
-            returns += chunk.count(b"\r")  # CR-only line ends (classic Mac exports)
-            last = chunk[-1:]
-    return max(newlines, returns) + (last not in (b"\n", b"\r")), columns
-
-
-def _check_csv_header(path: Path, header: list[str], columns: list[str], lines: int) -> None:
-    if lines < 2 or not header:
-        raise DataError(f"data {path}: a CSV needs a header row and at least one data row")
-    for column in columns:
-        if column not in header:
-            raise DataError(
-                f"data {path}: no label column {column!r} "
-                f"(columns: {', '.join(header[:10])}{'...' if len(header) > 10 else ''})"
-            )
-    if len(header) <= len(columns):
-        raise DataError(f"data {path}: no feature columns besides the label column(s) {', '.join(columns)}")
-
-
-def _csv_rows(
-    path: Path, reader, header: list[str], li: list[int], max_rows: int
-) -> tuple[list[list[str]], np.ndarray]:
-    """The labels (one list per row: one value per label column) and the float32 features of the CSV's data rows."""
-    feats = np.empty((max_rows, len(header) - len(li)), dtype=np.float32)
-    labels = []
-    for lineno, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise DataError(f"data {path}: line {lineno} has {len(row)} fields, the header has {len(header)}")
-        label = [row[i].strip() for i in li]
-        empty = [header[i] for i, v in zip(li, label) if not v]
-        if empty:
-            raise DataError(f"data {path}: line {lineno} has an empty {empty[0]!r}")
-        try:
-            feats[len(labels)] = [float(v) for j, v in enumerate(row) if j not in li]
-        except ValueError as exc:
-            raise DataError(f"data {path}: line {lineno}: non-numeric feature ({exc})") from None
-        labels.append(label)
-    return labels, feats[: len(labels)]
-
-
-def _numeric_if_possible(labels: list[list[str]]) -> np.ndarray:
-    """CSV labels as numbers when they all are (so "10" sorts after "9"), else as strings; [N], or [N, K] for K
-    columns."""
-    try:
-        y = np.array([[float(v) for v in row] for row in labels])
-    except ValueError:
-        y = np.array(labels)
-    return y[:, 0] if y.shape[1] == 1 else y
-
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into an array; the size its header declares is checked first."""
-    path = Path(path)
-    regular_file(path, "data", DataError)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            dims, dtype = _idx_header(path, fh)
-            expected = math.prod(dims) * dtype.itemsize
-            DATA_BYTES.check(
-                path, math.prod(dims) * max(dtype.itemsize, 4), f"the IDX header ({'x'.join(map(str, dims))})"
-            )
-            body = fh.read(expected + 1)  # one byte more tells a file longer than its header says
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"data {path}: cannot read IDX file ({exc})") from None
-    if len(body) != expected:
-        raise DataError(
-            f"data {path}: IDX header promises {dims} ({expected} bytes) "
-            f"but the file holds {len(body)}{'+' if len(body) > expected else ''} bytes"
-        )
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
-
-
-def _idx_header(path: Path, fh) -> tuple[tuple[int, ...], np.dtype]:
-    """The dimensions and value type an IDX header declares."""
-    magic = fh.read(4)
-    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
-        raise DataError(f"data {path}: not an IDX file (bad magic number)")
-    ndim = magic[3]
-    raw = fh.read(4 * ndim)
-    if len(raw) < 4 * ndim:
-        raise DataError(f"data {path}: IDX header is cut short ({4 + len(raw)} bytes for {ndim} dimensions)")
-    return struct.unpack(f">{ndim}I", raw), np.dtype(_IDX_DTYPES[magic[2]])
-
-
-def _labels_beside(images: Path) -> Path:
-    """The labels file of an IDX images file, gzipped or not (``*-images-idx3-*`` -> ``*-labels-idx1-*``)."""
-    if "labels" in images.name:
-        raise DataError(
-            f"data {images}: a labels file; pass the images file (e.g. train-images-idx3-ubyte.gz) or the folder"
-        )
-    name = images.name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
-    if name == images.name:
-        raise DataError(f"data {images}: cannot find its labels file; name IDX files like train-images-idx3-ubyte[.gz]")
-    base = name.removesuffix(".gz")
-    for cand in (images.with_name(base), images.with_name(base + ".gz")):
-        if cand.exists():
-            return cand
-    raise DataError(f"data {images}: no labels file beside it (expected {name})")
 
 
 def _load_idx(path: Path, split: SplitConfig, given: tuple[str, ...] | None, task: Task | None = None) -> Dataset:
@@ -566,151 +421,6 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=Non
             path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction), split.seed, task
         )
     return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names), task)
-
-
-def _checked(source: Path, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs as float32 (finite), labels one per row: [N], or [N, K] for several regression targets."""
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim < 2:
-        raise DataError(f"data {source}: {what}: inputs must have a feature axis, got shape {x.shape}")
-    if y.ndim != 1:
-        y = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
-        if y.ndim > 2 or (y.shape[1] != 1 and y.dtype.kind not in "bfiu"):
-            raise DataError(
-                f"data {source}: {what}: labels must be one per row (or numeric targets [rows, K]), got shape {y.shape}"
-            )
-        y = y[:, 0] if y.shape[1] == 1 else y
-    if len(x) != len(y):
-        raise DataError(f"data {source}: {what}: x has {len(x)} rows but y has {len(y)}")
-    if len(x) == 0:
-        raise DataError(f"data {source}: {what}: no rows")
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or np.iscomplexobj(y):
-        kind = "real numbers, not complex" if np.iscomplexobj(x) or np.iscomplexobj(y) else "numeric"
-        raise DataError(f"data {source}: {what}: inputs and labels must be {kind}, got {x.dtype} and {y.dtype}")
-    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 becomes inf, refused below
-        x = x.astype(np.float32, copy=False)  # float32 data is not copied: the limit bounds memory, not only size
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise DataError(f"data {source}: {what}: inputs hold {bad} NaN or inf values (as float32)")
-    return x, y
-
-
-def _task_of(source, y: np.ndarray, names, task: Task | None) -> Task:
-    """The task given, else the labels': non-integer numbers, several columns, or integers that look like a
-    measurement."""
-    if task is not None:
-        return task
-    if names is not None or y.dtype.kind not in "fiu":
-        return Task.CLASSIFICATION
-    if y.ndim == 2:
-        return Task.REGRESSION
-    if y.dtype.kind == "f" and (not np.isfinite(y).all() or not np.all(y == np.round(y))):
-        return Task.REGRESSION  # non-finite values are refused by the regression checks, naming them
-    values = len(np.unique(y))
-    if _looks_like_regression(y, values):
-        log.info(
-            "data %s: integer labels taken for a regression target (%d distinct values over %d rows); "
-            "give --task classification if they are class ids",
-            source,
-            values,
-            len(y),
-        )
-        return Task.REGRESSION
-    return Task.CLASSIFICATION
-
-
-def _labels_for(source, y: np.ndarray, names, task: Task) -> tuple[np.ndarray, list[str]]:
-    """(labels, class names): class ids and their names, or float32 regression targets and no names."""
-    if task is Task.CLASSIFICATION:
-        if y.ndim == 2:
-            raise DataError(
-                f"data {source}: labels have {y.shape[1]} columns; a classifier takes one label per row "
-                "(several numeric columns are regression targets: --task regression)"
-            )
-        return _encode_labels(source, y, names)
-    if names is not None:
-        raise DataError(
-            f"data {source}: class names were given, but the task is regression (its targets have no classes)"
-        )
-    if y.dtype.kind not in "fiub":
-        raise DataError(f"data {source}: regression targets must be numbers, got {y.dtype} labels")
-    y = y.astype(np.float32)
-    if not np.isfinite(y).all():
-        raise DataError(f"data {source}: regression targets hold {int((~np.isfinite(y)).sum())} NaN or inf values")
-    return y, []
-
-
-def _encode_labels(
-    source: Path | str, y: np.ndarray, names: Sequence[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Labels as class ids 0..C-1, and the class names.
-
-    With ``names``, integer labels are ids into them and string labels are
-    mapped by them. Without, integer labels that already are 0..C-1 keep their
-    ids (class 3 stays 3); any other labels (strings, gaps, negative ids) are
-    numbered in sorted order and named by their value.
-    """
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.isfinite(y).all():
-            raise DataError(f"data {source}: labels hold NaN or inf values")
-        if not np.all(y == np.round(y)):
-            raise DataError(
-                f"data {source}: labels must be class ids or names, got non-integer numbers "
-                "(regression targets? --task regression)"
-            )
-        y = y.astype(np.int64)
-    if names is not None:
-        return _named_labels(source, y, list(names)), list(names)
-    values = np.unique(y)
-    if len(values) < 2:
-        raise DataError(f"data {source}: labels hold fewer than two classes ({len(values)})")
-    if np.issubdtype(y.dtype, np.integer):
-        if values[0] == 0 and values[-1] == len(values) - 1:
-            return y.astype(np.int64), [str(i) for i in range(len(values))]
-    elif y.dtype.kind in "USO":
-        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        log.warning(
-            "data %s: string labels numbered in sorted order (%s); if the model was trained with another "
-            "order, give it (--class-names a,b,c, class_names=, or a class_names array in the .npz)",
-            source,
-            shown,
-        )
-    index = np.searchsorted(values, y)
-    return index.astype(np.int64), [str(v) for v in values]
-
-
-def _named_labels(source, y: np.ndarray, names: list[str]) -> np.ndarray:
-    """Labels as ids into ``names``: integers must be ids already, strings must be names; else a DataError naming
-    one."""
-    if np.issubdtype(y.dtype, np.integer):
-        bad = y[(y < 0) | (y >= len(names))]
-        if len(bad):
-            raise DataError(
-                f"data {source}: label {bad[0]} is not a class id: "
-                f"class_names holds {len(names)} names (ids 0..{len(names) - 1})"
-            )
-        return y.astype(np.int64)
-    index = {n: i for i, n in enumerate(names)}
-    missing = sorted({str(v) for v in np.unique(y)} - index.keys())
-    if missing:
-        raise DataError(
-            f"data {source}: label {missing[0]!r} is not in class_names ({', '.join(names)})"
-            + (f"; {len(missing) - 1} more labels missing" if len(missing) > 1 else "")
-        )
-    return np.array([index[str(v)] for v in y], dtype=np.int64)
-
-
-def _looks_like_regression(y: np.ndarray, values: int) -> bool:
-    """Integer labels that look like a regression target rather than class ids.
-
-    Many values (more than REGRESSION_MIN_VALUES) and either few rows per value on
-    average, or a value held by one row only (which no stratified split can place):
-    a many-class dataset with rows enough for every class stays a classification.
-    """
-    if values <= REGRESSION_MIN_VALUES:
-        return False
-    return len(y) < REGRESSION_ROWS_PER_VALUE * values or bool(np.unique(y, return_counts=True)[1].min() < 2)
 
 
 def _split(source, x, y, fraction: float, seed: int, task: Task):
