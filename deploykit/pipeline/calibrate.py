@@ -28,7 +28,7 @@ FOLD_TOLERANCE = 1e-5
 def temperature_step(model, ctx) -> StepOutput:
     """Fit T on the validation outputs, keep it only when it generalises, fold it into the model."""
     from deploykit.evaluate import main_outputs, outputs
-    from deploykit.pipeline.steps import switched_off
+    from deploykit.pipeline.context import switched_off
     from deploykit.uncertainty.generalises import check_temperature
 
     if not ctx.config.export.temperature:

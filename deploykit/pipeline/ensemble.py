@@ -20,7 +20,7 @@ import numpy as np
 
 from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 from deploykit.errors import DataError, ModelLoadError, StepError, UsageError
-from deploykit.pipeline.steps import MODEL_FILE, ORIGINAL_FILE
+from deploykit.pipeline.context import MODEL_FILE, ORIGINAL_FILE
 from deploykit.records import Record
 
 #: ``deploykit.pipeline.optimize``: this module sits below the engine that runs its step, so it is given it.

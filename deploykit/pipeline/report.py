@@ -379,7 +379,7 @@ def markdown(
 
 def _ensemble_lines(detail: dict[str, Any]) -> list[str]:
     """The [ensemble] step's sizes and comparison (the text ``deploykit ensemble`` writes), one heading level down."""
-    from deploykit.pipeline.steps import ENSEMBLE_DIR
+    from deploykit.pipeline.context import ENSEMBLE_DIR
 
     s, comparison = detail["sizes"], detail["comparison"]
     title, *rest = comparison.to_markdown().splitlines()

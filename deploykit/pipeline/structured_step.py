@@ -11,8 +11,8 @@ import dataclasses
 import time
 
 from deploykit.evaluate import Metric
+from deploykit.pipeline.context import RunContext, sparsity_rows, switched_off
 from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
-from deploykit.pipeline.steps import RunContext, sparsity_rows, switched_off
 
 
 def structured_step(model, ctx: RunContext) -> StepOutput:

@@ -17,22 +17,21 @@ import numpy as np
 from deploykit.contract import ENSEMBLE_FILE
 from deploykit.errors import StepError, UsageError
 from deploykit.evaluate import RegressionErrors, main_outputs
-from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
-from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
-from deploykit.pipeline.steps import (
+from deploykit.pipeline.context import (
     ENSEMBLE_DIR,
     MC_FILE,
     RunContext,
     budget_miss,
     changes,
-    export_step,
     judge,
-    metadata,
     switched_off,
     timings,
     verdict_for,
     withdraw,
 )
+from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
+from deploykit.pipeline.export_steps import export_step, metadata
+from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.task import Task
 
 

@@ -1,0 +1,342 @@
+"""The pipeline's artifact steps: one export per format x quantization (an int8 one searching its settings within
+the budget), each measured in its runtime and held to the budget, and the Triton repository of what shipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from deploykit.contract import ENSEMBLE_FILE
+from deploykit.errors import ConversionError, ValidationError
+from deploykit.evaluate import Metric
+from deploykit.export.bundle import TRITON_DIR, artifact_name
+from deploykit.export.config import ExportFormat, Precision, Quantization
+from deploykit.layers import Role
+from deploykit.pipeline.context import (
+    ENSEMBLE_DIR,
+    RunContext,
+    changes,
+    judge,
+    try_row,
+    verdict_for,
+    withdraw,
+)
+from deploykit.pipeline.records import ArtifactRow, Stage, Status, StepOutput, StepRecord, Verdict
+from deploykit.task import Task
+
+
+def metadata(model, ctx: RunContext, accuracy: float | None):
+    from deploykit.export.metadata import ModelMetadata
+
+    return ModelMetadata(
+        class_names=list(ctx.data.class_names),
+        input_shape=[int(d) for d in model.input_shape[1:]],
+        steps=list(ctx.applied),
+        sparsity=round(ctx.figures.sparsity, 6),
+        reference_accuracy=accuracy,
+        task=ModelMetadata.task_entry(ctx.task, ctx.kind),
+    )
+
+
+def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
+    """One artifact through the exporter's own ``export_variant``, measured and held to the budget in its runtime."""
+    if quant.precision is Precision.INT8:
+        return _int8_export(fmt, quant, model, ctx)
+    from deploykit.export import export_variant
+
+    step = ctx.config.export
+    file = artifact_name(fmt, quant)
+    try:
+        record = export_variant(
+            model,
+            fmt,
+            quant,
+            ctx.folder / file,
+            ctx.data,
+            config=_knobs(ctx),
+            opset=step.opset,
+            metadata=metadata(model, ctx, ctx.figures.accuracy),
+            task=ctx.task,
+        )
+    except ConversionError as exc:  # this format's converter refused the model: its row is rejected, the run goes on
+        row = _unmade(file, fmt, str(exc), ctx, precision=quant.precision.value)
+        ctx.say(f"  rejected {file}: {exc}")
+        return StepOutput(
+            model,
+            StepRecord(f"export {fmt.value} {quant.value}", Status.DONE, f"{file} (rejected)", checks=row.checks),
+            artifacts=(row,),
+        )
+    row = withdraw(
+        _confirmed(record, file, model, ctx, _measure_artifact(record, file, model, ctx, validation=True)), ctx
+    )
+    return StepOutput(
+        model,
+        StepRecord(
+            f"export {fmt.value} {quant.value}",
+            Status.DONE,
+            f"{file} ({fmt.value} {quant.value}, {row.verdict.value})",
+            artifacts=[file] if row.verdict.shipped else [],
+            checks=row.checks,
+            detail=record,
+        ),
+        artifacts=(row,),
+    )
+
+
+def _knobs(ctx: RunContext):
+    """The run's int8 knobs; ``--no-fold`` reaches the int8 preparation too (it folds nothing then)."""
+    knobs = ctx.config.export.quantization
+    return dataclasses.replace(knobs, fold=knobs.fold and ctx.config.fold.enabled)
+
+
+def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
+    """One requested int8 variant: the first setting within the budget (see int8_search), each try reported."""
+    from deploykit.graph import graph_from_model
+    from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, raw_scales, search_int8
+
+    step = ctx.config.export
+    taken = {q for f, q in step.variants() if f is fmt}  # variants requested on their own are not fallbacks
+    prunable = [n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
+    variants = int8_variants(
+        fmt,
+        quant,
+        _knobs(ctx),
+        [n.name for n in prunable],
+        taken - {quant},
+        dense_first=bool(prunable) and prunable[0].spec.support.role is Role.DENSE,
+        raw_scales=raw_scales(ctx.data.feature_var),
+    )
+    start = time.perf_counter()
+
+    def make(variant):
+        ctx.say(f"  trying {variant.describe()}")
+        return export_int8(
+            variant, model, ctx.folder, ctx.data, opset=step.opset, metadata=metadata(model, ctx, ctx.figures.accuracy)
+        )
+
+    made = {}  # the last record of each file: the passing attempt is the last one made (the search stops there)
+
+    def measure(record):  # decided on the validation split
+        made[record.path.name] = record
+        return _measure_artifact(record, record.path.name, model, ctx, validation=True)
+
+    attempts = search_int8(variants, make, measure, allowed=_fits_plan(ctx))
+    kept = chosen(attempts)
+    for attempt in attempts:  # one file per variant: only the chosen one's stays (and only if it passed)
+        if attempt.variant.file != kept.variant.file:
+            (ctx.folder / attempt.variant.file).unlink(missing_ok=True)
+    tries = tuple(
+        try_row(
+            Stage.INT8,
+            a.variant.describe(),
+            a.row.validation.value if a.row and a.row.validation else None,
+            a.row.validation.change if a.row and a.row.validation else None,
+            a.row.validation.ci95 if a.row and a.row.validation else None,
+            a.row.gzip_bytes if a.row else 0,
+            ctx,
+            kept=a is kept and a.passed,
+            note=a.error or (a.row.checks if not a.passed else ""),
+        )
+        for a in attempts
+    )
+    file = kept.variant.file
+    row = (
+        _unmade(file, fmt, kept.error, ctx)
+        if kept.row is None
+        else withdraw(_confirmed(made[file], file, model, ctx, kept.row), ctx)
+    )
+    used = kept.variant.describe() + (f" after {len(attempts) - 1} other setting(s)" if len(attempts) > 1 else "")
+    reason = f"{file} ({used}, {row.verdict.value})"
+    return StepOutput(
+        model,
+        StepRecord(
+            f"export {fmt.value} {quant.value}",
+            Status.DONE,
+            reason,
+            seconds=round(time.perf_counter() - start, 2),
+            artifacts=[file] if row.verdict.shipped else [],
+            checks=row.checks,
+            detail=row.detail,
+        ),
+        artifacts=(row,),
+        tries=tries,
+    )
+
+
+def _fits_plan(ctx: RunContext):
+    """Whether one more int8 setting fits the time budget (always, without one)."""
+    if ctx.plan is None or ctx.plan.budget is None:
+        return lambda variant: True
+    return lambda variant: ctx.plan.fits(ctx.plan.export_seconds(variant.quantization))
+
+
+def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext, precision: str = "int8") -> ArtifactRow:
+    """The row of an artifact no variant of which could be exported (rejected, no numbers)."""
+    (ctx.folder / file).unlink(missing_ok=True)
+    return _rejected(file, fmt, precision, "—", 0, 0, f"export failed: {error}", ctx)
+
+
+def _rejected(
+    file: str,
+    fmt: ExportFormat,
+    precision: str,
+    quantization: str,
+    size: int,
+    gzip: int,
+    checks: str,
+    ctx: RunContext,
+    detail=None,
+) -> ArtifactRow:
+    """The row of an artifact rejected before it was measured: its size (if made) and why, no figures."""
+    return ArtifactRow(
+        file=file,
+        format=fmt.value,
+        runtime=fmt.runtime,
+        precision=precision,
+        quantization=quantization,
+        sparsity=ctx.figures.sparsity,
+        size_bytes=size,
+        gzip_bytes=gzip,
+        compression=ctx.original_figures.keras_gzip_bytes / gzip if gzip else 0.0,
+        accuracy=None,
+        accuracy_change=None,
+        agreement=None,
+        max_abs_diff=None,
+        latency_b1_ms=None,
+        throughput_b256=None,
+        verdict=Verdict.REJECTED,
+        checks=checks,
+        detail=detail,
+    )
+
+
+def _confirmed(record, file: str, model, ctx: RunContext, decided: ArtifactRow) -> ArtifactRow:
+    """The test row of an artifact accepted on validation (``decided``), or ``decided`` itself, its split's figures
+    moved out of the test columns, when validation rejected it (the test split is not looked at then)."""
+    if decided.verdict is Verdict.REJECTED or decided.validation is None:
+        return dataclasses.replace(decided, accuracy=None, accuracy_change=None, rmse=None, rmse_change=None, ci95=None)
+    return _measure_artifact(record, file, model, ctx, decided=decided.validation)
+
+
+def _measure_artifact(record, file: str, model, ctx: RunContext, validation: bool = False, decided=None) -> ArtifactRow:
+    """Measure the artifact in its runtime and hold it to its tolerance and the budget (rejected if it misses).
+
+    ``validation``: on the validation split (a decision: one timed run per batch size); else on the test split,
+    with ``decided`` the validation figure that accepted it (a miss on test is then a test miss). A
+    ValidationError from ``validate`` itself (the runtime could not load or run the file, e.g. a native crash
+    contained in a child process) rejects this artifact; the run goes on.
+    """
+    from deploykit.export import validate
+    from deploykit.pipeline.confirm import (
+        VALIDATION,
+        budget_mismatches,
+        reference_outputs,
+        split_figure,
+        validation_view,
+    )
+
+    try:
+        report = validate(
+            record,
+            validation_view(ctx.data) if validation else ctx.data,
+            reference=model,
+            repeats=1 if validation else ctx.repeats,
+            batch_sizes=(1,) if validation else (1, 256),
+            check=False,
+            tolerance=ctx.config.validate.tolerance_for(record.precision.value, ctx.task),
+        )
+    except ValidationError as exc:
+        return _crashed(record, file, exc, ctx)
+    if validation:
+        ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+        val = split_figure(VALIDATION, report.outputs, ref.val, ctx.data.y_val, ctx.budget)
+        test, budget = None, budget_mismatches(val, None, ctx.budget) if ctx.config.validate.enabled else []
+    else:
+        test, _, _ = judge(ctx, report.outputs)
+        val, budget = decided, budget_mismatches(decided, test, ctx.budget) if ctx.config.validate.enabled else []
+    value = (test or val).value
+    missed = [*report.mismatches, *budget]
+    verdict = verdict_for(missed, ctx)
+    if verdict is Verdict.REJECTED:
+        checks = "missed: " + "; ".join(map(str, missed))
+    elif ctx.config.validate.enabled:
+        where = "on validation" if test is None else "accepted on validation, confirmed on test"
+        checks = f"{report.tolerance.describe()}; {ctx.budget.describe()} ({where})"
+    else:
+        checks = "validation switched off" + ("" if not missed else " (missed: " + "; ".join(map(str, missed)) + ")")
+    figures = (
+        changes(value, ctx)
+        if test is not None
+        else {"rmse": val.value, "rmse_change": val.change}
+        if ctx.metric is Metric.RMSE
+        else {"accuracy": val.value, "accuracy_change": val.change}
+    )
+    return ArtifactRow(
+        file=file,
+        format=record.format.value,
+        runtime=record.format.runtime,
+        precision=record.precision.value,
+        quantization=record.quantization.value,
+        sparsity=ctx.figures.sparsity,
+        size_bytes=record.size_bytes,
+        gzip_bytes=record.gzip_bytes,
+        compression=ctx.original_figures.keras_gzip_bytes / record.gzip_bytes,
+        accuracy=figures.pop("accuracy", None),
+        accuracy_change=figures.pop("accuracy_change", None),
+        agreement=report.agreement,
+        max_abs_diff=report.max_abs_diff,
+        latency_b1_ms=report.latency_b1_ms,
+        throughput_b256=report.throughput_b256,
+        verdict=verdict,
+        checks=checks,
+        detail=report,
+        **figures,
+        max_abs_error=None if report.target_errors is None else report.target_errors.max_abs_error,
+        ci95=(test or val).ci95,
+        validation=val,
+    )
+
+
+def _crashed(record, file: str, exc: ValidationError, ctx: RunContext) -> ArtifactRow:
+    """The rejected row of an artifact its runtime could not load or run."""
+    checks = str(exc).replace(f"{ctx.folder}/", "")
+    return _rejected(
+        file,
+        record.format,
+        record.precision.value,
+        record.quantization.value,
+        record.size_bytes,
+        record.gzip_bytes,
+        checks,
+        ctx,
+        detail=exc.report,
+    )
+
+
+def triton_step(model, ctx: RunContext) -> StepOutput:
+    """A Triton repository of every shipped ONNX model (the MC model and the ensemble included) and a KServe
+    manifest beside it."""
+    from deploykit.export import write_triton_models
+
+    # what is shipped (rejected artifacts were removed), the [ensemble] step's model included
+    files = sorted(p for p in ctx.folder.glob("*.onnx")) + sorted((ctx.folder / ENSEMBLE_DIR).glob(ENSEMBLE_FILE))
+    if not files:
+        return StepOutput(
+            model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)")
+        )
+    names = write_triton_models(
+        files,
+        ctx.folder / TRITON_DIR,
+        ctx.config.export.triton,
+        class_names=list(ctx.data.class_names) if ctx.task is Task.CLASSIFICATION else None,
+    )
+    return StepOutput(
+        model,
+        StepRecord(
+            "triton",
+            Status.DONE,
+            f"Triton repository {TRITON_DIR}/ ({', '.join(names)}) and kserve.yaml",
+            artifacts=[f"{TRITON_DIR}/{n}" for n in names] + ["kserve.yaml"],
+        ),
+    )
