@@ -230,14 +230,14 @@ class Plan:
 
 
 def make_plan(config, costs: Costs, start: float, n_layers: int) -> Plan:
-    """Fit the run into ``config.search.time_budget`` minutes (None: plan the defaults and estimate them).
+    """Fit the run into ``config.plan.time_budget`` minutes (None: plan the defaults and estimate them).
 
     ``n_layers``: the prunable layers the search would scan. The planned fine-tuning is TF-MOT pruning (the
     search's tries, or the one try of a given target); l1 runs as configured.
     """
     from deploykit.pipeline.tables import SparsityMethod
 
-    budget = None if config.search.time_budget is None else 60.0 * config.search.time_budget
+    budget = None if config.plan.time_budget is None else 60.0 * config.plan.time_budget
     step = config.sparsity
     pruning = step.method is SparsityMethod.PRUNE
     variants = config.export.variants() if budget is None else priority(config.export.variants())

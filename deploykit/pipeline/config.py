@@ -31,7 +31,7 @@ A TOML file has one table per step (every key optional)::
     target_accuracy = 0.99   # optional: an `abstain` output (or target_coverage; not both)
     [ensemble]               # optional: a deep ensemble of this model and others (deploykit ensemble, in the run)
     members = ["m2.keras", "m3.keras"]
-    [search]                 # how the run plans its work (deploykit.pipeline.budget)
+    [plan]                   # how the run plans its work (deploykit.pipeline.budget; earlier name: [search])
     time_budget = 10         # optional: minutes the whole run may take (default: unbounded, estimate said first)
     ray = "local"            # optional: the sparsity search's tries as Ray tasks ("local" or a cluster's address)
     [validate]
@@ -47,17 +47,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
-from deploykit.configs import boolean, check_keys, choice, fraction, integer, positive
+from deploykit.configs import check_keys
 from deploykit.errors import ConfigError
-from deploykit.pipeline.tables import (
-    LEGACY_KEYS,
-    TARGETS,
+from deploykit.pipeline.registry import OPTIONS_BY_NAME, TABLES, TABLES_BY_NAME
+from deploykit.pipeline.tables import (  # noqa: F401  (re-exported: their earlier home)
     CompactStep,
     ConformalStep,
     EnsembleStep,
@@ -70,98 +70,53 @@ from deploykit.pipeline.tables import (
     SparsityStep,
     StructuredStep,
     ValidateStep,
-    in_formats,
-    legacy_export,
 )
 from deploykit.task import Task
 
-_STEPS = {
-    "input": InputConfig,
-    "fold": FoldStep,
-    "structured": StructuredStep,
-    "sparsity": SparsityStep,
-    "compact": CompactStep,
-    "export": ExportStep,
-    "mc": MCStep,
-    "ensemble": EnsembleStep,
-    "conformal": ConformalStep,
-    "validate": ValidateStep,
-    "search": SearchPlan,
-}
+#: The step tables by TOML name (derived from :data:`deploykit.pipeline.registry.TABLES`).
+_STEPS = {t.name: t.cls for t in TABLES}
 
-#: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options``.
-OPTIONS = (
-    "fold",
-    "sparsity",
-    "l1",
-    "threshold",
-    "epochs",
-    "distill",
-    "quick",
-    "compact",
-    "export",
-    "formats",
-    "quantize",
-    "quantization",
-    "precisions",
-    "onnx_int8",
-    "tflite_int8",
-    "triton",
-    "mc",
-    "samples",
-    "mc_seed",
-    "mask",
-    "temperature",
-    "target_accuracy",
-    "target_coverage",
-    "target_rmse",
-    "target_delta",
-    "conformal",
-    "conformal_method",
-    "conformal_by_class",
-    "ood_data",
-    "validate",
-    "max_accuracy_drop",
-    "max_rmse_increase",
-    "strict",
-    "ensemble_members",
-    "ensemble_mc_samples",
-    "structured",
-    "time_budget",
-    "ray",
-)
+#: The flat keyword options of ``optimize(**options)`` and ``OptimizeConfig.with_options`` (from the registry).
+OPTIONS = tuple(OPTIONS_BY_NAME)
+
+
+def _with_tables(cls):
+    """Give the config one field per registry table (a new table is a registry row, not an edit here)."""
+    annotations = cls.__dict__.get("__annotations__", {})
+    cls.__annotations__ = annotations
+    for spec in TABLES:
+        annotations[spec.name] = spec.cls.__name__
+        setattr(cls, spec.name, field(default_factory=spec.cls))
+    return cls
 
 
 @dataclass(frozen=True)
+@_with_tables
 class OptimizeConfig:
-    """The whole pipeline. Every step is on by default where the model allows it."""
-
-    input: InputConfig = field(default_factory=InputConfig)
-    fold: FoldStep = field(default_factory=FoldStep)
-    structured: StructuredStep = field(default_factory=StructuredStep)
-    sparsity: SparsityStep = field(default_factory=SparsityStep)
-    compact: CompactStep = field(default_factory=CompactStep)
-    export: ExportStep = field(default_factory=ExportStep)
-    mc: MCStep = field(default_factory=MCStep)
-    ensemble: EnsembleStep = field(default_factory=EnsembleStep)
-    conformal: ConformalStep = field(default_factory=ConformalStep)
-    validate: ValidateStep = field(default_factory=ValidateStep)
-    search: SearchPlan = field(default_factory=SearchPlan)
+    """The whole pipeline: one field per table of :data:`deploykit.pipeline.registry.TABLES` (``input``, ``fold``,
+    ``structured``, ``sparsity``, ``compact``, ``export``, ``mc``, ``ensemble``, ``conformal``, ``validate``,
+    ``plan``). Every step is on by default where the model allows it."""
 
     def __post_init__(self) -> None:
         for name, cls in _STEPS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"OptimizeConfig.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
 
+    @property
+    def search(self) -> SearchPlan:
+        """The ``[plan]`` table by its earlier name (``[search]``, which ``[sparsity.search]`` also used)."""
+        return self.plan
+
     # --- dicts and TOML -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: Any) -> OptimizeConfig:
         if isinstance(values, dict):  # the top level: its keys are the step tables
+            values = _renamed_tables(values)
             unknown = sorted(set(values) - set(_STEPS))
             if unknown:
                 raise ConfigError(f"unknown table [{unknown[0]}] (allowed: {', '.join(_STEPS)})")
         values = check_keys(cls, values, "[top level]")
-        return cls(**{name: _STEPS[name].from_dict(table, name) for name, table in values.items()})
+        return cls(**{name: _table(name, table) for name, table in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name).to_dict() for name in _STEPS}
@@ -221,57 +176,23 @@ class OptimizeConfig:
         ``ensemble_mc_samples``: MC Dropout inside each of them. ``structured``: the share of each hidden
         layer's units removed before the sparsity search (``[structured] fraction``; 0: off).
         ``time_budget``: minutes the whole run may take
-        (``[search] time_budget``, see :mod:`deploykit.pipeline.budget`); ``ray``: ``"local"`` or a Ray cluster's
-        address, the sparsity search's tries as Ray tasks (``[search] ray``).
+        (``[plan] time_budget``, see :mod:`deploykit.pipeline.budget`); ``ray``: ``"local"`` or a Ray cluster's
+        address, the sparsity search's tries as Ray tasks (``[plan] ray``). Each option is a row of
+        :data:`deploykit.pipeline.registry.TABLES`, which says the TOML keys it sets.
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r} (allowed: {', '.join(OPTIONS)})")
-        o = {k: v for k, v in options.items() if v is not None}
-        c = self
-        for name in ("fold", "compact", "export", "mc", "validate"):
-            if name in o:
-                boolean(name, o[name])
-                c = dataclasses.replace(c, **{name: dataclasses.replace(getattr(c, name), enabled=o[name])})
-        validate = {k: o[k] for k in ("max_accuracy_drop", "max_rmse_increase", "strict") if k in o}
-        if validate:
-            c = dataclasses.replace(c, validate=dataclasses.replace(c.validate, **validate))
-        c = dataclasses.replace(c, sparsity=_sparsity_options(c.sparsity, o))
-        if "structured" in o:
-            c = dataclasses.replace(c, structured=dataclasses.replace(c.structured, fraction=o["structured"]))
-        export = {k: o[k] for k in ("formats", "quantize", "triton", "temperature") if k in o}
-        if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
-            export["quantization"] = {**c.export.quantization.to_dict(), **o["quantization"]}
-        elif "quantization" in o:
-            export["quantization"] = o["quantization"]
-        if LEGACY_KEYS & set(o):  # precisions / onnx_int8 / tflite_int8: deprecated spellings of quantize
-            export = legacy_export(export | {k: o[k] for k in LEGACY_KEYS if k in o})
-        if isinstance(export.get("triton"), (bool, dict)) and export["triton"] is not False and c.export.triton:
-            given = {} if export["triton"] is True else export["triton"]  # merged over the config file's table
-            export["triton"] = {**c.export.triton.to_dict(), **given}
-        if "formats" in export and "quantize" not in export:  # the variants asked for, in the formats now asked for
-            export["quantize"] = in_formats(c.export.quantize, export["formats"])
-        if export:
-            c = dataclasses.replace(c, export=dataclasses.replace(c.export, **export))
-        mc = {k: o[k] for k in ("samples", "temperature", "mask", "target_delta", *TARGETS) if k in o}
-        mc |= {"seed": o["mc_seed"]} if "mc_seed" in o else {}
-        if any(k in mc for k in TARGETS):  # a target given replaces the config file's
-            mc = dict.fromkeys(TARGETS) | mc
-        if mc:
-            c = dataclasses.replace(c, mc=dataclasses.replace(c.mc, **mc))
-        if "ood_data" in o:
-            c = c.with_input(ood_data=o["ood_data"])
-        flat = {"coverage": "conformal", "method": "conformal_method", "by_class": "conformal_by_class"}
-        conformal = {key: o[name] for key, name in flat.items() if name in o}
-        if conformal:
-            c = dataclasses.replace(c, conformal=dataclasses.replace(c.conformal, **conformal))
-        search = {k: o[k] for k in ("time_budget", "ray") if k in o}
-        if search:
-            c = dataclasses.replace(c, search=dataclasses.replace(c.search, **search))
-        ensemble = {k: o[f"ensemble_{k}"] for k in ("members", "mc_samples") if f"ensemble_{k}" in o}
-        if ensemble:
-            c = dataclasses.replace(c, ensemble=dataclasses.replace(c.ensemble, **ensemble))
-        return c
+        given = {k: v for k, v in options.items() if v is not None}
+        for name, value in given.items():
+            if OPTIONS_BY_NAME[name].check is not None:
+                OPTIONS_BY_NAME[name].check(name, value)
+        changed = {}
+        for spec in TABLES:
+            fields = _fields(spec.name, given)
+            if any(o.name in given for o in spec.options) or fields:
+                changed[spec.name] = spec.merge(getattr(self, spec.name), fields, given)
+        return dataclasses.replace(self, **changed) if changed else self
 
     def with_input(self, **values: Any) -> OptimizeConfig:
         """A copy with ``[input]`` values replaced (None values are ignored)."""
@@ -314,32 +235,40 @@ class OptimizeConfig:
         return ", ".join(parts)
 
 
-def _sparsity_options(step: SparsityStep, o: dict[str, Any]) -> SparsityStep:
-    method, prune, l1, search = step.method, step.prune, step.l1, step.search
-    if "quick" in o:
-        boolean("quick", o["quick"])
-        search = dataclasses.replace(search, enabled=not o["quick"])
-    if "sparsity" in o:
-        value = o["sparsity"]
-        if value is False:
-            method = SparsityMethod.NONE
-        elif isinstance(value, str):
-            method = choice(SparsityMethod, "sparsity", value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            method, prune = SparsityMethod.PRUNE, prune.with_options(target_sparsity=fraction("sparsity", value))
-            search = dataclasses.replace(search, enabled=False)  # a target given is the target wanted
-        else:
-            raise ConfigError(f"sparsity must be a target in [0, 1), 'prune', 'l1', 'none' or false, got {value!r}")
-    if "l1" in o:
-        if method is SparsityMethod.NONE and "sparsity" in o:
-            raise ConfigError("options sparsity='none' and l1 contradict each other")
-        method, l1 = SparsityMethod.L1, l1.with_options(l1=positive("l1", o["l1"]))
-    if "threshold" in o:
-        l1 = l1.with_options(threshold=o["threshold"])
-    if "epochs" in o:
-        integer("epochs", o["epochs"], 1)
-        prune, l1 = prune.with_options(epochs=o["epochs"]), l1.with_options(epochs=o["epochs"])
-    if "distill" in o:
-        boolean("distill", o["distill"])
-        prune, l1 = prune.with_options(distill=o["distill"]), l1.with_options(distill=o["distill"])
-    return SparsityStep(method, prune, l1, search)
+def _fields(table: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The given flat options that set a top-level field of ``table`` (by one of their keys), by field."""
+    fields = {}
+    for name, value in given.items():
+        for key in OPTIONS_BY_NAME[name].keys:
+            where, _, rest = key.partition(".")
+            if where == table and "." not in rest:
+                fields[rest] = value
+    return fields
+
+
+def _renamed_tables(values: dict[str, Any]) -> dict[str, Any]:
+    """A table under its earlier name read as today's, with a FutureWarning (both given: a ConfigError)."""
+    values = dict(values)
+    for spec in TABLES:
+        if spec.legacy is not None and spec.legacy in values:
+            if spec.name in values:
+                raise ConfigError(f"[{spec.legacy}] is the earlier name of [{spec.name}]: give one")
+            warnings.warn(
+                f"the table [{spec.legacy}] is now [{spec.name}] (its keys are the same)", FutureWarning, stacklevel=4
+            )
+            values[spec.name] = _LegacyTable(values.pop(spec.legacy))
+    return values
+
+
+class _LegacyTable(dict):
+    """A table read under its earlier name: its errors name the table as the file does."""
+
+
+def _table(name: str, values: Any):
+    spec = TABLES_BY_NAME[name]
+    if not isinstance(values, _LegacyTable):
+        return spec.cls.from_dict(values, name)
+    try:
+        return spec.cls.from_dict(dict(values), spec.legacy)
+    except ConfigError as exc:  # the dataclass names its fields by today's table: name them as the file does
+        raise ConfigError(str(exc).replace(f"{name}.", f"{spec.legacy}.")) from None

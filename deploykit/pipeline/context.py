@@ -73,7 +73,7 @@ class RunContext:
     def repeats(self) -> int:
         """Timed runs per latency figure: fewer under a time budget (a large model's 50 runs take minutes)."""
         repeats = self.config.validate.latency_repeats
-        return repeats if self.config.search.time_budget is None else min(repeats, BUDGET_REPEATS)
+        return repeats if self.config.plan.time_budget is None else min(repeats, BUDGET_REPEATS)
 
     @property
     def budget(self) -> Budget:

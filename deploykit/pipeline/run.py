@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -16,9 +15,18 @@ from typing import Any
 
 from deploykit.atomic import atomic_dir, protect, write_text
 from deploykit.errors import StepError, UsageError, ValidationError
-from deploykit.pipeline.calibrate import temperature_step
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.confirm import reference_outputs, resolution_notes
+from deploykit.pipeline.context import (
+    ORIGINAL_FILE,
+    RunContext,
+    Step,
+    describe_figure,
+    keras_row,
+    model_figures,
+    sparsity_rows,
+    timed,
+)
 from deploykit.pipeline.ensemble import load_member
 from deploykit.pipeline.plots import (
     ACCURACY_PLOT,
@@ -31,24 +39,6 @@ from deploykit.pipeline.plots import (
 )
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
-from deploykit.pipeline.steps import (
-    ORIGINAL_FILE,
-    RunContext,
-    Step,
-    compact_step,
-    describe_figure,
-    fold_step,
-    keras_row,
-    model_figures,
-    save_step,
-    sparsity_rows,
-    sparsity_step,
-    switched_off,
-    timed,
-    triton_step,
-)
-from deploykit.pipeline.structured_step import structured_step
-from deploykit.pipeline.uncertainty_steps import conformal_export_step, ensemble_step, mc_step
 from deploykit.task import OutputKind, Task
 
 CONFIG_FILE = "deploykit.toml"
@@ -156,40 +146,12 @@ def _silent(_message: str) -> None:
 
 
 def build_pipeline(config: OptimizeConfig, plan=None) -> list[Step]:
-    """The steps a config runs, in order (switched-off steps stay in the list and record why they did nothing).
+    """The steps a config runs, in the order of :data:`deploykit.pipeline.registry.STEPS` (switched-off steps stay
+    in the list and record why they did nothing); the runner knows no step by name. Under a time budget (``plan``)
+    the exports run most wanted first (:func:`deploykit.pipeline.budget.priority`)."""
+    from deploykit.pipeline.registry import STEPS
 
-    Sparsity runs before the fold: folding the input standardization divides the first kernel's rows
-    by each feature's standard deviation, so near-constant features (the border pixels of digits)
-    would get the largest weights and magnitude pruning would keep exactly the useless ones. Zeros
-    survive the fold (it scales rows and columns), and compact follows it, where folded BatchNorm
-    lets more dead neurons reach a Dropout as exact zeros. Under a time budget (``plan``) the exports run most
-    wanted first (:func:`deploykit.pipeline.budget.priority`).
-    """
-    steps = [
-        Step("structured", structured_step),
-        Step("sparsity", sparsity_step),
-        Step("fold", fold_step),
-        Step("compact", compact_step),
-        Step("temperature", temperature_step),
-        Step("save model", save_step),
-    ]
-    variants = config.export.variants()
-    if plan is not None and plan.budget is not None:
-        from deploykit.pipeline.budget import priority
-
-        variants = priority(variants)
-    if variants:
-        steps += [
-            Step(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q)) for f, q in variants
-        ]
-    else:
-        steps.append(Step("export", lambda model, ctx: switched_off(model, "export")))
-    steps.append(Step("mc dropout", mc_step))
-    if config.ensemble.enabled:  # optimize runs for each member: the step is given this engine's optimize
-        steps.append(Step("ensemble", functools.partial(ensemble_step, optimize)))
-    if config.export.enabled and config.export.triton:
-        steps.append(Step("triton", triton_step))  # after the MC model, which it serves too
-    return steps
+    return [Step(name, run) for spec in STEPS for name, run in spec.steps(config, plan, engine=optimize)]
 
 
 def _prepare_and_run(
@@ -304,7 +266,7 @@ def _run(
         say(line)
     reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
     plan = None  # measured and said when someone listens or a time budget needs it
-    if config.search.time_budget is not None or say is not _silent:
+    if config.plan.time_budget is not None or say is not _silent:
         plan = _plan(original, data, config, started, time.perf_counter() - start)
         say(plan.line())
     ctx = dataclasses.replace(ctx, plan=plan)

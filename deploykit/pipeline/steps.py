@@ -211,7 +211,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
         progress=lambda m: ctx.say("  " + m),
         reference=ctx.original,
         limits=limits,
-        ray=ctx.config.search.ray,
+        ray=ctx.config.plan.ray,
     )
     tries = tuple(
         try_row(

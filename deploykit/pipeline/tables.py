@@ -433,15 +433,15 @@ class SearchPlan(_Table):
     on the cluster at that address (``pip install "deploykit[ray]"``).
     """
 
-    TABLE = "search"
+    TABLE = "plan"  # earlier [search]: still read, with a FutureWarning ([sparsity.search] is the sparsity search)
     time_budget: float | None = None  # minutes
     ray: str | None = None  # "local" or a Ray cluster's address: the sparsity search's tries as Ray tasks
 
     def __post_init__(self) -> None:
         if self.ray is not None:
-            text("search.ray", self.ray)
+            text("plan.ray", self.ray)
         object.__setattr__(
-            self, "time_budget", number("search.time_budget", self.time_budget, 0.0, optional=True, open_low=True)
+            self, "time_budget", number("plan.time_budget", self.time_budget, 0.0, optional=True, open_low=True)
         )
 
 

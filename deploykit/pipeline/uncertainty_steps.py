@@ -142,7 +142,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
     step, config = ctx.config.ensemble, ctx.config
     others = [load_member(file, ctx.data, ctx.unsafe) for file in step.members]
     members_config = dataclasses.replace(
-        config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None), search=SearchPlan()
+        config, ensemble=EnsembleStep(), input=dataclasses.replace(config.input, ood_data=None), plan=SearchPlan()
     )  # the members share what is left of the run's budget
     budget = {} if ctx.plan is None or ctx.plan.budget is None else {"time_budget": max(0.05, ctx.plan.left() / 60)}
     try:
@@ -205,6 +205,21 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
         ),
         artifacts=(row,),
     )
+
+
+def variant_steps(config, plan) -> list[tuple[str, Callable]]:
+    """The export step as one step per format x quantization (most wanted first under a time budget), or one
+    that records it is switched off."""
+    import functools
+
+    variants = config.export.variants()
+    if plan is not None and plan.budget is not None:
+        from deploykit.pipeline.budget import priority
+
+        variants = priority(variants)
+    if not variants:
+        return [("export", lambda model, ctx: switched_off(model, "export"))]
+    return [(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q)) for f, q in variants]
 
 
 def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
