@@ -411,6 +411,13 @@ def step_cost(plan: Plan, name: str, config) -> float | None:
     return None
 
 
+def observe_step(plan: Plan, name: str, config, seconds: float) -> None:
+    """What a step took, told to the plan: an export's time re-plans the later exports (the runner names no step)."""
+    quant = next((q for f, q in config.export.variants() if name == f"export {f.value} {q.value}"), None)
+    if quant is not None:
+        plan.observe_export(quant, seconds)
+
+
 def skipped_reason(plan: Plan, name: str, config) -> str | None:
     """Why the budget skips this step now (None: it runs): left out by the plan, or no time left for it."""
     if plan.budget is None:

@@ -145,3 +145,5 @@ class StepOutput:
     tries: tuple[Try, ...] = ()
     applied: tuple[str, ...] = ()  # what the step did to the model, for the artifacts' metadata ("prune(0.90)")
     mc: Any = None  # the MC Dropout comparison (deploykit.uncertainty's typed record)
+    sections: tuple[str, ...] = ()  # report.md lines the step adds (its own ## section), after the MC section
+    plots: tuple[str, ...] = ()  # plots it drew into the output folder, listed under report.md's ## Plots

@@ -295,9 +295,14 @@ def _slowdowns(row: ArtifactRow, ref: ArtifactRow) -> list[tuple[float, int]]:
 
 
 def markdown(
-    report: dict[str, Any], artifacts: Sequence[ArtifactRow], steps: Sequence[StepRecord], tries: Sequence[Try] = ()
+    report: dict[str, Any],
+    artifacts: Sequence[ArtifactRow],
+    steps: Sequence[StepRecord],
+    tries: Sequence[Try] = (),
+    sections: Sequence[str] = (),
 ) -> str:
-    """report.md: the artifact table first, then the tries, the steps, MC Dropout, plots and notes."""
+    """report.md: the artifact table first, then the tries, the steps, MC Dropout, the steps' own ``sections``
+    (:attr:`StepOutput.sections`), plots and notes."""
     original = report["original"]
     regression = is_regression(artifacts)
     figure = f"test RMSE {original['rmse']:.4g}" if regression else f"test accuracy {100 * original['accuracy']:.2f}%"
@@ -364,9 +369,7 @@ def markdown(
             )
         lines += [line.replace("## ", "### ", 1) for line in _mc_extras(mc)]
         lines.append("")
-    ensemble = next((s for s in steps if s.step == "ensemble" and s.status is Status.DONE), None)
-    if ensemble is not None:
-        lines += _ensemble_lines(ensemble.detail)
+    lines += sections  # what the steps add (the ensemble's comparison)
     if report["plots"]:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     if report["notes"]:
@@ -375,23 +378,6 @@ def markdown(
     if skipped:
         lines += ["## Skipped steps", ""] + [f"- {s.step}: {s.status.value} — {s.reason}" for s in skipped] + [""]
     return "\n".join(lines)
-
-
-def _ensemble_lines(detail: dict[str, Any]) -> list[str]:
-    """The [ensemble] step's sizes and comparison (the text ``deploykit ensemble`` writes), one heading level down."""
-    from deploykit.pipeline.context import ENSEMBLE_DIR
-
-    s, comparison = detail["sizes"], detail["comparison"]
-    title, *rest = comparison.to_markdown().splitlines()
-    lines = [
-        title.replace("# ", "## ", 1),
-        "",
-        f"`{ENSEMBLE_DIR}/`: {s.members} int8 members, {s.ensemble_gzip:,} B gzip in one ONNX model against "
-        f"{s.original_gzip:,} B for one float32 original ({s.ensemble_gzip / s.original_gzip:.2f}x). The "
-        "deterministic column is the first member alone.",
-    ]
-    lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest]
-    return lines + ["", *(f"![{p}]({ENSEMBLE_DIR}/{p})" for p in comparison.plots), ""]
 
 
 def _mc_extras(mc: dict[str, Any]) -> list[str]:

@@ -31,7 +31,6 @@ from deploykit.pipeline.ensemble import load_member
 from deploykit.pipeline.plots import (
     ACCURACY_PLOT,
     LATENCY_PLOT,
-    RELIABILITY_PLOT,
     SPARSITY_PLOT,
     accuracy_vs_size,
     latency,
@@ -309,17 +308,15 @@ def _plan(original, data, config: OptimizeConfig, started: float | None, model_s
 def _planned_step(step: Step, model, ctx: RunContext, plan) -> StepOutput:
     """Run a step unless the time budget skips it (said in its record); the first export's cost re-plans the rest."""
     from deploykit import progress as live
-    from deploykit.pipeline.budget import skipped_reason
+    from deploykit.pipeline.budget import observe_step, skipped_reason
 
     reason = skipped_reason(plan, step.name, ctx.config) if plan is not None else None
     if reason:
         return StepOutput(model, StepRecord(step.name, Status.SKIPPED, reason))
     live.step(step.name)
     out = timed(step, model, ctx)
-    if plan is not None and step.name.startswith("export "):
-        quant = next((q for f, q in ctx.config.export.variants() if step.name == f"export {f.value} {q.value}"), None)
-        if quant is not None:
-            plan.observe_export(quant, out.record.seconds)
+    if plan is not None:
+        observe_step(plan, step.name, ctx.config, out.record.seconds)
     return out
 
 
@@ -359,8 +356,7 @@ def _write(
         layer_sparsity(layer_rows, staging / SPARSITY_PLOT),
         latency(artifacts, staging / LATENCY_PLOT),
     ]
-    if mc is not None and ctx.task is Task.CLASSIFICATION:  # a regressor's MC model has no reliability diagram
-        drawn.append(staging / RELIABILITY_PLOT)
+    drawn += [staging / p for o in outputs for p in o.plots]  # the steps' own (the MC reliability diagram)
     model_summary = {
         "name": model.name,
         "input_shape": list(model.input_shape[1:]),
@@ -395,7 +391,8 @@ def _write(
         report["plan"] = ctx.plan.to_dict()
     report = _relative(report, staging)
     write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
-    write_text(staging / REPORT_MD, markdown(report, artifacts, records, tries))
+    sections = [line for o in outputs for line in o.sections]
+    write_text(staging / REPORT_MD, markdown(report, artifacts, records, tries, sections))
     write_text(staging / CONFIG_FILE, config.to_toml())
     say(f"done in {time.perf_counter() - start:.1f} s: {out}")
     return OptimizeResult(out, current, config, records, artifacts, tries, report)

@@ -31,6 +31,7 @@ from deploykit.pipeline.context import (
 )
 from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
 from deploykit.pipeline.export_steps import export_step, metadata
+from deploykit.pipeline.plots import RELIABILITY_PLOT
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.task import Task
 
@@ -127,6 +128,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
         ),
         artifacts=(row,),
         mc=comparison,
+        plots=(RELIABILITY_PLOT,) if ctx.task is Task.CLASSIFICATION else (),  # a regressor's has no diagram
     )
 
 
@@ -204,7 +206,22 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
             detail={"sizes": s, "comparison": comparison},
         ),
         artifacts=(row,),
+        sections=tuple(ensemble_lines(s, comparison)),
     )
+
+
+def ensemble_lines(s, comparison) -> list[str]:
+    """The [ensemble] step's sizes and comparison (the text ``deploykit ensemble`` writes), one heading level down."""
+    title, *rest = comparison.to_markdown().splitlines()
+    lines = [
+        title.replace("# ", "## ", 1),
+        "",
+        f"`{ENSEMBLE_DIR}/`: {s.members} int8 members, {s.ensemble_gzip:,} B gzip in one ONNX model against "
+        f"{s.original_gzip:,} B for one float32 original ({s.ensemble_gzip / s.original_gzip:.2f}x). The "
+        "deterministic column is the first member alone.",
+    ]
+    lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in rest]
+    return lines + ["", *(f"![{p}]({ENSEMBLE_DIR}/{p})" for p in comparison.plots), ""]
 
 
 def variant_steps(config, plan) -> list[tuple[str, Callable]]:
