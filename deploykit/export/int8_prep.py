@@ -266,6 +266,23 @@ def int8_source(
     return source, calibration, prep
 
 
+def variant_source(model, data, quant, knobs, input_shape: tuple[int, ...]):
+    """:func:`int8_source` for one variant (a :class:`Quantization`) with its :class:`QuantConfig` knobs: what
+    both exporters convert (one call, so ONNX and TFLite prepare an int8 model alike)."""
+    from deploykit.export.config import Precision
+
+    return int8_source(
+        model,
+        data,
+        quant.precision is Precision.INT8,
+        knobs.num_calibration,
+        input_shape,
+        knobs.seed,
+        fold=knobs.fold,
+        standardize=knobs.standardize_input,
+    )
+
+
 def simulate_int8(weights: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Symmetric per-column int8 quantize-dequantize of ``weights`` clipped to ``threshold``."""
     scale = np.where(threshold > 0, threshold, 1.0) / INT8_LEVELS

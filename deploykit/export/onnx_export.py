@@ -16,14 +16,13 @@ from deploykit.export.config import (
     MAX_OPSET,
     MIN_OPSET,
     ExportFormat,
-    Precision,
     QuantConfig,
     Quantization,
     Recipe,
     parse_enum,
 )
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, keras_to_onnx
-from deploykit.export.int8_prep import Int8Preparation, calibration_samples, int8_source
+from deploykit.export.int8_prep import Int8Preparation, calibration_samples, variant_source
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
 from deploykit.inputs import as_calibration, as_model
@@ -75,16 +74,7 @@ def export_onnx(
     start = time.perf_counter()
     given = task if task is not None else (metadata.task_and_output()[0] if metadata and metadata.task else None)
     task, kind = model_task(model, task=given)
-    source, calibration, prep = int8_source(
-        model,
-        as_calibration(calibration_data),
-        quant.precision is Precision.INT8,
-        knobs.num_calibration,
-        input_shape,
-        knobs.seed,
-        fold=knobs.fold,
-        standardize=knobs.standardize_input,
-    )
+    source, calibration, prep = variant_source(model, as_calibration(calibration_data), quant, knobs, input_shape)
     proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
     num_classes = _main_width(proto)
     proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))

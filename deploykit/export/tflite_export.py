@@ -12,14 +12,13 @@ from deploykit.export.artifact import ExportRecord, check_model_input, check_out
 from deploykit.export.config import (
     CalibrationMethod,
     ExportFormat,
-    Precision,
     QuantConfig,
     Quantization,
     Recipe,
     parse_enum,
 )
 from deploykit.export.convert import INPUT_NAME
-from deploykit.export.int8_prep import int8_source
+from deploykit.export.int8_prep import variant_source
 from deploykit.export.runtimes import TfliteRunner
 from deploykit.export.unroll import unrolled
 from deploykit.inputs import as_calibration, as_model
@@ -78,16 +77,7 @@ def export_tflite(
         )
     start = time.perf_counter()
     _, kind = model_task(model, task=task)
-    source, calibration, prep = int8_source(
-        model,
-        as_calibration(representative_data),
-        quant.precision is Precision.INT8,
-        knobs.num_calibration,
-        input_shape,
-        knobs.seed,
-        fold=knobs.fold,
-        standardize=knobs.standardize_input,
-    )
+    source, calibration, prep = variant_source(model, as_calibration(representative_data), quant, knobs, input_shape)
     flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
