@@ -330,6 +330,14 @@ TABLES: tuple[TableSpec, ...] = (
                 example=True,
             ),
             _switch("validate", "measure the artifacts but do not hold them to tolerances"),
+            Option(
+                "latency_repeats",
+                ("validate.latency_repeats",),
+                "timed runs per latency figure, the median reported (default: 50; at most 5 under --time-budget)",
+                type=int,
+                metavar="N",
+                example=3,
+            ),
         ),
     ),
     TableSpec(
