@@ -51,7 +51,7 @@ def add_options(p) -> None:
     groups: dict = {}
     for spec in TABLES:
         for option in spec.options:
-            option.add_to(p, groups)
+            option.add_to(p, groups, spec.default_of(option))
     add_variant_options(p, default_quantize="float32, float16, int8-dynamic, int8-full")
     add_quantization_options(p, defaults=False)
     add_triton_options(p, defaults=False)

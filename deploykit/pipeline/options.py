@@ -85,10 +85,12 @@ class Option:
             node[last] = self.example
         return tables
 
-    def add_to(self, parser, groups: dict[str, Any]) -> None:
-        """Add this option's flag (and ``--no-name`` of an ``off_value``) to an argparse parser."""
+    def add_to(self, parser, groups: dict[str, Any], default: Any = None) -> None:
+        """Add this option's flag (and ``--no-name`` of an ``off_value``) to an argparse parser; ``{default}`` in the
+        help is the table's default (:meth:`TableSpec.default_of`), so it is written once, in the dataclass."""
         if self.shared or self.cli is Cli.NONE:
             return
+        text = self.help.replace("{default}", shown(default))
         where = parser
         if self.group is not None:
             if self.group not in groups:
@@ -98,12 +100,12 @@ class Option:
             given = {"type": self.type, "metavar": self.metavar, "nargs": self.nargs, "const": self.const}
             given |= {"choices": list(self.choices)} if self.choices else {}
             where.add_argument(
-                self.flag, dest=self.name, default=None, help=self.help, **{k: v for k, v in given.items() if v}
+                self.flag, dest=self.name, default=None, help=text, **{k: v for k, v in given.items() if v}
             )
             if self.off_value is not None:
                 where.add_argument(f"--no-{self.name.replace('_', '-')}", action="store_true", help=self.off_help)
         else:
-            where.add_argument(self.flag, action="store_true", help=self.help)
+            where.add_argument(self.flag, action="store_true", help=text)
 
     def example_argv(self) -> list[str]:
         """The command-line flags that say what ``example`` says (empty: no CLI flag)."""
@@ -126,6 +128,13 @@ class Option:
         if self.path and value is not None:
             return [_absolute(v) for v in value] if isinstance(value, list) else _absolute(value)
         return value
+
+
+def shown(value: Any) -> str:
+    """A default as the help says it: ``0.01``, ``30``, ``prune``."""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _absolute(path: str) -> str:
@@ -156,6 +165,13 @@ class TableSpec:
     options: tuple[Option, ...] = ()
     merge: Merge = replace_fields
     legacy: str | None = None
+
+    def default_of(self, option: Option) -> Any:
+        """The value an option's first key has in this table's default (``sparsity.prune.epochs``: 30)."""
+        value = self.cls()
+        for part in option.keys[0].split(".")[1:]:
+            value = getattr(value, part, None)
+        return value
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ TABLES: tuple[TableSpec, ...] = (
                 "structured",
                 ("structured.fraction",),
                 "first remove this share of each hidden layer's units and conv channels (structured pruning: "
-                "fewer MACs, so faster in every runtime), kept when within the budget (default: 0, off)",
+                "fewer MACs, so faster in every runtime), kept when within the budget (default: {default}, off)",
                 type=float,
                 metavar="F",
                 example=0.25,
@@ -172,14 +172,14 @@ TABLES: tuple[TableSpec, ...] = (
             Option(
                 "threshold",
                 ("sparsity.l1.threshold",),
-                "l1: weights with |w| below it become 0 (default: 0.02)",
+                "l1: weights with |w| below it become 0 (default: {default})",
                 type=float,
                 example=0.05,
             ),
             Option(
                 "epochs",
                 ("sparsity.prune.epochs", "sparsity.l1.epochs"),
-                "fine-tuning epochs of each sparsity try (default: 30)",
+                "fine-tuning epochs of each sparsity try (default: {default})",
                 type=int,
                 example=5,
             ),
@@ -234,7 +234,7 @@ TABLES: tuple[TableSpec, ...] = (
         MCStep,
         (
             _switch("mc", "do not build the MC Dropout ONNX model"),
-            Option("samples", ("mc.samples",), "MC Dropout samples T (default: 30)", type=int, example=10),
+            Option("samples", ("mc.samples",), "MC Dropout samples T (default: {default})", type=int, example=10),
             Option(
                 "mc_seed",
                 ("mc.seed",),
@@ -308,7 +308,7 @@ TABLES: tuple[TableSpec, ...] = (
                 ("validate.max_accuracy_drop",),
                 "the accuracy budget: accuracy at most D below the original model's, for every kept model and "
                 "shipped artifact, decided on the validation split and confirmed on the test split (a fraction: "
-                "default 0.01 = one point); classifiers",
+                "default {default} = one point); classifiers",
                 type=float,
                 metavar="D",
                 example=0.02,
@@ -317,7 +317,7 @@ TABLES: tuple[TableSpec, ...] = (
                 "max_rmse_increase",
                 ("validate.max_rmse_increase",),
                 "a regressor's budget: test RMSE at most this fraction above the original model's, for every kept "
-                "model and shipped artifact (default 0.05 = 5%%)",
+                "model and shipped artifact (default {default} = 5%%)",
                 type=float,
                 metavar="F",
                 example=0.1,
@@ -333,7 +333,8 @@ TABLES: tuple[TableSpec, ...] = (
             Option(
                 "latency_repeats",
                 ("validate.latency_repeats",),
-                "timed runs per latency figure, the median reported (default: 50; at most 5 under --time-budget)",
+                "timed runs per latency figure, the median reported (default: {default}; at most 5 under "
+                "--time-budget)",
                 type=int,
                 metavar="N",
                 example=3,

@@ -9,7 +9,7 @@ import pytest
 
 from deploykit.errors import ConfigError
 from deploykit.pipeline import OptimizeConfig, build_pipeline
-from deploykit.pipeline.options import Cli
+from deploykit.pipeline.options import Cli, shown
 from deploykit.pipeline.registry import OPTIONS_BY_NAME, STEPS, TABLES
 
 
@@ -73,6 +73,16 @@ def test_options_and_flags_are_declared_once():
                     "onnx_int8",
                     "tflite_int8",
                 }, key
+
+
+def test_a_default_in_the_help_is_the_dataclass_default():
+    parser = _optimize_parser()
+    for table in TABLES:
+        for option in table.options:
+            if "{default}" in option.help:
+                text = parser._option_string_actions[option.flag].help
+                assert "{default}" not in text and shown(table.default_of(option)) in text, option.name
+    assert "(default: 30)" in parser._option_string_actions["--epochs"].help  # [sparsity.prune] epochs
 
 
 def test_an_unknown_option_names_the_allowed_ones():
