@@ -68,6 +68,12 @@ class RunContext:
         None  # deploykit.pipeline.budget.Plan: the time budget's clock (None: unplanned, e.g. a step called alone)
     )
     reference: Any = None  # the original's outputs on validation and test (pipeline.confirm.Reference)
+    made: tuple[StepOutput, ...] = ()  # what the steps before this one returned (the triton step reads them)
+
+    @property
+    def shipped(self) -> list[str]:
+        """The files the steps before this one shipped (their records' artifacts), relative to the folder."""
+        return [f for out in self.made for f in out.record.artifacts]
 
     @property
     def repeats(self) -> int:

@@ -319,8 +319,10 @@ def triton_step(model, ctx: RunContext) -> StepOutput:
     manifest beside it."""
     from deploykit.export import write_triton_models
 
-    # what is shipped (rejected artifacts were removed), the [ensemble] step's model included
-    files = sorted(p for p in ctx.folder.glob("*.onnx")) + sorted((ctx.folder / ENSEMBLE_DIR).glob(ENSEMBLE_FILE))
+    # what the earlier steps shipped (their records say so; rejected artifacts are not there), the ensemble included
+    onnx = [f for f in ctx.shipped if f.endswith(".onnx")]
+    files = [ctx.folder / f for f in sorted(f for f in onnx if "/" not in f)]
+    files += [ctx.folder / f for f in onnx if f == f"{ENSEMBLE_DIR}/{ENSEMBLE_FILE}"]
     if not files:
         return StepOutput(
             model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)")

@@ -281,7 +281,12 @@ def _run(
         say(f"  {out_k.record.status.value}: {out_k.record.reason} ({out_k.record.seconds:.1f} s)")
         outputs.append(out_k)
         current = out_k.model
-        ctx = dataclasses.replace(ctx, figures=out_k.record.after or ctx.figures, applied=ctx.applied + out_k.applied)
+        ctx = dataclasses.replace(
+            ctx,
+            figures=out_k.record.after or ctx.figures,
+            applied=ctx.applied + out_k.applied,
+            made=(*ctx.made, out_k),
+        )
     return _write(model, original, reference, outputs, ctx, current, start, out, __version__, resolution)
 
 
