@@ -57,22 +57,13 @@ def add_options(p) -> None:
     add_triton_options(p, defaults=False)
     add_mask_option(p)
     add_uncertainty_options(p, regression=True, point_estimate=False)
-    add_time_budget_option(p)
 
 
 def add_time_budget_option(p) -> None:
-    """``--time-budget MINUTES`` (``[plan] time_budget``, ``time_budget=``), on optimize and ensemble."""
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        default=None,
-        metavar="MINUTES",
-        help="finish within this many minutes (at most 10%% over): the run measures a fine-tuning epoch (and "
-        "each kind of export as it goes) on this model, plans fewer or shorter sparsity tries, a cheaper "
-        "sensitivity scan and the most wanted artifacts first, says its plan, stops a try at its deadline "
-        "and ships what is within the accuracy budget by then (default: no bound; the plan line gives the "
-        "estimated minutes)",
-    )
+    """``--time-budget MINUTES`` on another command (``deploykit ensemble``): the registry's row, so one help."""
+    from deploykit.pipeline.registry import OPTIONS_BY_NAME
+
+    OPTIONS_BY_NAME["time_budget"].add_to(p, {})
 
 
 def options_from_args(args) -> dict:

@@ -345,7 +345,18 @@ TABLES: tuple[TableSpec, ...] = (
         "plan",
         SearchPlan,
         (
-            Option("time_budget", ("plan.time_budget",), shared=True, example=10.0),
+            Option(
+                "time_budget",
+                ("plan.time_budget",),
+                "finish within this many minutes (at most 10%% over): the run measures a fine-tuning epoch (and "
+                "each kind of export as it goes) on this model, plans fewer or shorter sparsity tries, a cheaper "
+                "sensitivity scan and the most wanted artifacts first, says its plan, stops a try at its deadline "
+                "and ships what is within the accuracy budget by then (default: no bound; the plan line gives the "
+                "estimated minutes)",
+                type=float,
+                metavar="MINUTES",
+                example=10.0,
+            ),
             Option(
                 "ray",
                 ("plan.ray",),
