@@ -65,12 +65,8 @@ class Option:
 
     @property
     def table(self) -> str:
+        """The TOML table of its first key."""
         return self.keys[0].split(".")[0]
-
-    @property
-    def field(self) -> str:
-        """The table's field the default merge sets."""
-        return self.keys[0].split(".", 1)[1]
 
     def example_toml(self) -> dict[str, Any]:
         """The TOML tables that say what ``example`` says as a flat option."""
