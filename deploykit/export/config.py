@@ -93,6 +93,10 @@ class Quantization(enum.Enum):
     def needs_calibration(self) -> bool:
         return self.spec.calibrated
 
+    def for_graph(self, convolutions: bool) -> Quantization:
+        """The variant a graph gets for this one: :attr:`VariantSpec.with_convolutions` when it has convolutions."""
+        return (self.spec.with_convolutions or self) if convolutions else self
+
     @property
     def file_suffix(self) -> str:
         """``model{suffix}.onnx``: empty for float32."""
@@ -114,6 +118,8 @@ class VariantSpec:
     calibrated: bool = False  # needs calibration data
     fixed: dict[str, Any] = field(default_factory=dict)  # QuantConfig fields this variant sets
     takes_exclude: bool = False  # QuantConfig.exclude applies (others ignore it, said in one log line)
+    #: The variant shipped instead on a graph with convolutions (optimize tries it first, this one as its fallback).
+    with_convolutions: Quantization | None = None
 
 
 _ONNX, _TFLITE, _BOTH = (ExportFormat.ONNX,), (ExportFormat.TFLITE,), (ExportFormat.ONNX, ExportFormat.TFLITE)
@@ -131,6 +137,9 @@ VARIANTS = MappingProxyType(
             Recipe.ONNX_DYNAMIC,
             "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic); convolutions stay float32",
             takes_exclude=True,
+            # its convolutions stay float (ConvInteger is 3-5x slower than float32), so on a convnet it is barely
+            # smaller than float32: the calibrated QDQ variant quantizes them (QLinearConv after ort's QDQ fusion)
+            with_convolutions=Quantization.INT8_STATIC,
         ),
         Quantization.INT8_STATIC: VariantSpec(
             Precision.INT8,

@@ -30,6 +30,9 @@ class Int8Variant:
     quantization: Quantization
     knobs: QuantConfig
     note: str = ""  # what this try changes, for the report ("entropy calibration", "first and last layer in float")
+    #: Not one try but the per-layer fallback over these layers (deploykit.export.int8_fallback): ranked one at a
+    #: time in float, then returned to float most harmful first until within the budget.
+    per_layer: tuple[str, ...] = ()
 
     def describe(self) -> str:
         knobs = self.knobs.for_variant(self.quantization)
@@ -53,8 +56,14 @@ def int8_variants(
     taken: set[Quantization],
     dense_first: bool = True,
     raw_scales: bool = False,
+    convolutions: bool = False,
+    ranked: list[str] | None = None,
 ) -> list[Int8Variant]:
     """The settings tried for one requested int8 variant, in order: as configured first, then the fallbacks.
+
+    On a graph with ``convolutions`` a variant with a :attr:`~deploykit.export.config.VariantSpec.with_convolutions`
+    (``int8-dynamic``, whose convolutions stay float) is tried as that variant first (``int8-static``: QDQ
+    convolutions), with all of its tries, unless that one is requested on its own; the requested one follows.
 
     Static (ONNX QDQ, TFLite full integer): four times the calibration samples, then entropy (ONNX)
     calibration, then the first and last layers left in float. Then, when the first prunable layer is a
@@ -64,8 +73,14 @@ def int8_variants(
     it int8 is worthless there, and on images it costs size (a float layer, float input and output). Then
     the format's other int8 variants not requested on their own (``taken``): ONNX dynamic per channel, TFLite
     dynamic range (int8 weights, float activations: the most accurate). ``layers``: the model's prunable
-    layer names, first to last.
+    layer names, first to last; ``ranked``: the ones the per-layer fallback ranks (default: ``layers``, at most
+    :data:`~deploykit.export.int8_fallback.MAX_RANKED`), tried after the end layers in float.
     """
+    instead = requested.for_graph(convolutions)
+    if instead is not requested and instead not in taken and fmt in instead.formats:
+        first = int8_variants(fmt, instead, knobs, layers, taken | {requested}, dense_first, raw_scales, ranked=ranked)
+        first[0] = dataclasses.replace(first[0], note=f"convolutions: {instead.value} rather than {requested.value}")
+        return [*first, *int8_variants(fmt, requested, knobs, layers, taken | {instead}, dense_first, raw_scales)]
     tries = [Int8Variant(fmt, requested, knobs)]
     standardized = None
     if dense_first and not knobs.standardize_input:
@@ -83,7 +98,7 @@ def int8_variants(
     if standardized is not None and raw_scales:
         tries.append(standardized)
         knobs = standardized.knobs  # every later try keeps it
-    tries += _calibration_tries(fmt, requested, knobs, layers)
+    tries += _calibration_tries(fmt, requested, knobs, layers, ranked)
     if standardized is not None and not raw_scales:
         tries.append(standardized)
     others = [
@@ -100,8 +115,11 @@ def int8_variants(
     return tries
 
 
-def _calibration_tries(fmt: ExportFormat, requested: Quantization, knobs: QuantConfig, layers: list[str]):
-    """A static variant's further tries: more calibration samples, entropy (ONNX), the end layers in float."""
+def _calibration_tries(
+    fmt: ExportFormat, requested: Quantization, knobs: QuantConfig, layers: list[str], ranked: list[str] | None = None
+):
+    """A static variant's further tries: more calibration samples, entropy (ONNX), the end layers in float, then
+    the per-layer fallback (when it has more than the end layers to choose from)."""
     if not requested.needs_calibration:
         return []
     more = dataclasses.replace(knobs, num_calibration=MORE_CALIBRATION * knobs.num_calibration)
@@ -119,6 +137,11 @@ def _calibration_tries(fmt: ExportFormat, requested: Quantization, knobs: QuantC
     if ends and not set(ends) <= set(knobs.exclude):
         kept = dataclasses.replace(more, exclude=tuple(dict.fromkeys([*knobs.exclude, *ends])))
         tries.append(Int8Variant(fmt, requested, kept, f"{', '.join(ends)} kept in float"))
+    from deploykit.export.int8_fallback import MAX_RANKED
+
+    candidates = tuple(n for n in (layers[:MAX_RANKED] if ranked is None else ranked) if n not in knobs.exclude)
+    if requested.spec.takes_exclude and len(candidates) > 2:
+        tries.append(Int8Variant(fmt, requested, more, "per-layer fallback", per_layer=candidates))
     return tries
 
 
@@ -179,20 +202,53 @@ def search_int8(
     fallbacks before a setting: the first is always tried.
     """
     attempts: list[Int8Attempt] = []
-    for variant in variants:
-        if attempts and not allowed(variant):
-            break
+
+    def run(variant: Int8Variant) -> Int8Attempt:
         try:
             record = make(variant)
         except UsageError:
             raise
         except DeployKitError as exc:
-            attempts.append(Int8Attempt(variant, None, str(exc)))
-            continue
-        attempts.append(Int8Attempt(variant, measure(record)))
-        if attempts[-1].passed:
+            return Int8Attempt(variant, None, str(exc))
+        return Int8Attempt(variant, measure(record))
+
+    for variant in variants:
+        if attempts and not allowed(variant):
+            break
+        if variant.per_layer:
+            attempts += per_layer_attempts(variant, run, lambda v=variant: allowed(v))
+        else:
+            attempts.append(run(variant))
+        if attempts and attempts[-1].passed:
             break
     return attempts
+
+
+def per_layer_attempts(
+    variant: Int8Variant, run: Callable[[Int8Variant], Int8Attempt], allowed: Callable[[], bool]
+) -> list[Int8Attempt]:
+    """The per-layer fallback of ``variant`` (:func:`deploykit.export.int8_fallback.return_to_float`), each of its
+    tries one attempt whose note names the layers it left in float."""
+    from deploykit.export.int8_fallback import return_to_float
+
+    made: list[Int8Attempt] = []
+
+    def attempt(exclude: tuple[str, ...]) -> tuple[bool, float | None]:
+        knobs = dataclasses.replace(variant.knobs, exclude=tuple(dict.fromkeys([*variant.knobs.exclude, *exclude])))
+        note = f"per-layer fallback: {', '.join(exclude)} in float"
+        made.append(run(Int8Variant(variant.format, variant.quantization, knobs, note)))
+        return made[-1].passed, goodness(made[-1])
+
+    return_to_float(variant.per_layer, attempt, allowed=allowed)
+    return made
+
+
+def goodness(attempt: Int8Attempt) -> float | None:
+    """An attempt's validation figure, higher is better (a regressor's RMSE negated); None when unmeasured."""
+    row = attempt.row
+    if row is None or (row.accuracy is None and row.rmse is None):
+        return None
+    return row.accuracy if row.accuracy is not None else -row.rmse
 
 
 def chosen(attempts: list[Int8Attempt]) -> Int8Attempt:
@@ -200,6 +256,5 @@ def chosen(attempts: list[Int8Attempt]) -> Int8Attempt:
     passing = [a for a in attempts if a.passed]
     if passing:
         return passing[0]
-    measured = [a for a in attempts if a.row is not None and (a.row.accuracy is not None or a.row.rmse is not None)]
-    best = lambda a: a.row.accuracy if a.row.accuracy is not None else -a.row.rmse  # noqa: E731  (a regressor: the lowest RMSE)
-    return max(measured, key=best) if measured else attempts[-1]
+    measured = [a for a in attempts if goodness(a) is not None]
+    return max(measured, key=goodness) if measured else attempts[-1]

@@ -21,17 +21,20 @@ def test_requested_setting_first_then_more_calibration_entropy_float_ends_then_t
         "onnx int8-static, 400 minmax calibration samples, 4x calibration",
         "onnx int8-static, 400 entropy calibration samples, 4x calibration, entropy",
         "onnx int8-static, 400 minmax calibration samples, dense, dense_2 kept in float",
+        "onnx int8-static, 400 minmax calibration samples, per-layer fallback",
         "onnx int8-static, 100 minmax calibration samples, inputs standardized in float",
         "onnx int8-dynamic, fallback",
     ]
     assert onnx[3].knobs.exclude == ("dense", "dense_2")
-    assert onnx[4].knobs.standardize_input and onnx[4].knobs.exclude == (STANDARDIZATION,)  # kept in float
-    assert not any(v.knobs.standardize_input for v in onnx[:4] + onnx[5:])
+    assert onnx[4].per_layer == tuple(LAYERS) and not any(v.per_layer for v in onnx[:4] + onnx[5:])
+    assert onnx[5].knobs.standardize_input and onnx[5].knobs.exclude == (STANDARDIZATION,)  # kept in float
+    assert not any(v.knobs.standardize_input for v in onnx[:5] + onnx[6:])
     tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, set())
     assert [(v.quantization, v.note) for v in tflite] == [
         (Quantization.INT8_FULL, ""),
         (Quantization.INT8_FULL, "4x calibration"),
         (Quantization.INT8_FULL, "dense, dense_2 kept in float"),
+        (Quantization.INT8_FULL, "per-layer fallback"),
         (Quantization.INT8_FULL, "inputs standardized in float"),
         (Quantization.INT8_WEIGHTS, "fallback"),
     ]
@@ -115,14 +118,18 @@ def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_s
             raise DataError("cannot convert")
         return v
 
+    assert variants[3].per_layer == tuple(LAYERS)  # 3 ranking tries, then the 2 most harmful in float
     rows = {
         variants[0]: _row(0.93, Verdict.REJECTED),
         variants[1]: _row(0.94, Verdict.REJECTED),
         variants[2]: _row(0.92, Verdict.REJECTED),
-        variants[3]: _row(0.90, Verdict.REJECTED),
+        variants[4]: _row(0.90, Verdict.REJECTED),
     }
-    attempts = search_int8(variants, make, lambda v: rows[v])
-    assert [a.error for a in attempts] == ["", "", "", "", "cannot convert"]
+    attempts = search_int8(variants, make, lambda v: rows.get(v, _row(0.91, Verdict.REJECTED)))
+    assert [a.error for a in attempts] == [""] * 8 + ["cannot convert"]
+    assert [a.variant.note for a in attempts[3:7]] == [
+        f"per-layer fallback: {n} in float" for n in ("dense", "dense_1", "dense_2", "dense, dense_1")
+    ]
     best = chosen(attempts)
     assert best.variant == variants[1] and not best.passed
 
@@ -133,3 +140,27 @@ def test_a_bad_option_is_the_callers_mistake():
 
     with pytest.raises(UsageError):
         search_int8(_variants(), make, lambda v: v)
+
+
+def test_on_a_convnet_int8_dynamic_is_tried_as_int8_static_first_unless_that_is_requested_on_its_own():
+    conv = ["conv2d", "conv2d_1", "dense"]
+    assert Quantization.INT8_DYNAMIC.for_graph(True) is Quantization.INT8_STATIC
+    assert Quantization.INT8_DYNAMIC.for_graph(False) is Quantization.INT8_DYNAMIC
+    assert Quantization.INT8_FULL.for_graph(True) is Quantization.INT8_FULL
+    tries = int8_variants(
+        ExportFormat.ONNX, Quantization.INT8_DYNAMIC, QuantConfig(), conv, set(), dense_first=False, convolutions=True
+    )
+    assert tries[0].quantization is Quantization.INT8_STATIC and "rather than int8-dynamic" in tries[0].note
+    assert [v.quantization for v in tries][-1] is Quantization.INT8_DYNAMIC  # the requested one: the last resort
+    assert any(v.per_layer == tuple(conv) for v in tries)
+    assert sum(v.quantization is Quantization.INT8_DYNAMIC for v in tries) == 1
+    both = int8_variants(
+        ExportFormat.ONNX,
+        Quantization.INT8_DYNAMIC,
+        QuantConfig(),
+        conv,
+        {Quantization.INT8_STATIC},
+        dense_first=False,
+        convolutions=True,
+    )
+    assert [v.quantization for v in both] == [Quantization.INT8_DYNAMIC]

@@ -1,0 +1,64 @@
+"""The per-layer int8 fallback: rank layers by their effect in float, return the most harmful until within budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploykit.export.int8_fallback import rank_candidates, return_to_float, rounding_error
+
+#: What each layer costs when quantized (validation points); a try passes when the total cost is <= 1.
+COST = {"conv": 0.2, "conv_1": 2.0, "conv_2": 0.5, "dense": 0.9}
+
+
+def _attempt(log: list):
+    def attempt(exclude):
+        log.append(exclude)
+        cost = sum(c for n, c in COST.items() if n not in exclude)
+        return cost <= 1.0, 90.0 - cost
+
+    return attempt
+
+
+def test_ranks_by_effect_then_returns_the_most_harmful_to_float_until_within_the_budget():
+    log: list = []
+    report = return_to_float(list(COST), _attempt(log))
+    assert [e.layer for e in report.ranking] == ["conv_1", "dense", "conv_2", "conv"]  # most harmful first
+    assert log[:4] == [("conv",), ("conv_1",), ("conv_2",), ("dense",)]
+    assert log[4:] == [("conv_1", "dense")]  # conv_1 alone (cost 1.6) missed; with dense in float: 0.7
+    assert report.passed and report.kept_float == ["conv_1", "dense"] and report.tries == 5
+    assert "conv_1, dense returned to float" in report.describe()
+
+
+def test_a_single_layer_within_the_budget_stops_the_ranking():
+    log: list = []
+    cheap = {"a": 0.3, "b": 1.5, "c": 0.1}
+
+    def attempt(exclude):
+        log.append(exclude)
+        return sum(c for n, c in cheap.items() if n not in exclude) <= 1.0, 0.0
+
+    report = return_to_float(list(cheap), attempt)
+    assert log == [("a",), ("b",)] and report.kept_float == ["b"]
+
+
+def test_bounded_tries_never_all_layers_in_float_and_a_time_budget_stops_it():
+    log: list = []
+    hopeless = lambda exclude: (log.append(exclude) or False, float(len(exclude)))  # noqa: E731
+    report = return_to_float(["a", "b", "c"], hopeless)
+    assert not report.passed and report.kept_float == [] and ("a", "b", "c") not in [tuple(sorted(t)) for t in log]
+    assert report.tries == 4 and "no layer set within the budget in 4 tries" in report.describe()
+    log.clear()
+    assert return_to_float(list("abcdefgh"), hopeless, max_tries=5).tries == 5
+    assert return_to_float(list("abc"), hopeless, allowed=lambda: False).tries == 0
+
+
+def test_rank_candidates_keeps_graph_order_and_picks_the_kernels_int8_rounds_worst():
+    rng = np.random.default_rng(0)
+    smooth = rng.normal(size=(64, 8)).astype(np.float32)
+    spiky = smooth.copy()
+    spiky[0] *= 200  # one outlier row per channel: every other weight rounds to 0 or 1 step
+    assert rounding_error(spiky) > 10 * rounding_error(smooth)
+    assert rounding_error(np.zeros((3, 4))) == 0.0
+    kernels = {"a": smooth, "b": spiky, "c": smooth * 2, "d": spiky[..., :4]}
+    assert rank_candidates(kernels, limit=2) == ["b", "d"]
+    assert rank_candidates(kernels, limit=4) == ["a", "b", "c", "d"]
