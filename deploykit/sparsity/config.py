@@ -143,17 +143,21 @@ class SearchConfig(Config):
     levels and the per-layer targets of a try are set so that the least sensitive layers take the
     most sparsity at the same overall target. The output layer (``skip_output`` of the prune
     config) and layers with fewer than ``min_layer_weights`` kernel weights are left dense: they
-    hold few weights and most of the accuracy.
+    hold few weights and most of the accuracy. With ``prune_protected``, when those layers hold a good share of
+    the weights (a small convnet's output Dense: about half), the kept target is tried once more with them pruned
+    too, and that model is kept when it also meets the budget.
     """
 
     enabled: bool = True
     targets: tuple[float, ...] = DEFAULT_SEARCH_TARGETS
     sensitivity: bool = True
     min_layer_weights: int = 1024
+    prune_protected: bool = True
 
     def __post_init__(self) -> None:
         boolean("enabled", self.enabled)
         boolean("sensitivity", self.sensitivity)
+        boolean("prune_protected", self.prune_protected)
         if not isinstance(self.targets, (list, tuple)) or not self.targets:
             raise ConfigError(f"targets must be a non-empty list of sparsities in (0, 1), got {self.targets!r}")
         targets = {number("targets", t, 0.0, 1.0, open_low=True, open_high=True) for t in self.targets}

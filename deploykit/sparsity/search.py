@@ -116,7 +116,8 @@ def search_sparsity(
     ``limits`` (a time budget's share, :mod:`deploykit.sparsity.deadline`): a cheaper scan, no try that cannot
     finish in time (reported as not tried), and a try running at the deadline stopped (reported as such).
     ``ray`` (``"local"`` or a cluster's address): every try at once as a Ray task
-    (:mod:`deploykit.sparsity.ray_search`), the same kept try as serially.
+    (:mod:`deploykit.sparsity.ray_search`), the same kept try as serially (without the try with the protected
+    layers pruned too: ``config.prune_protected`` applies to serial searches).
     """
     config = config or SearchConfig()
     prune_config = prune_config or PruneConfig()
@@ -154,6 +155,16 @@ def search_sparsity(
         report.tries.append(attempt)
         value = getattr(attempt, budget.metric.value)
         if accepted(attempt, budget):
+            if config.prune_protected and _worth_pruning(model, protected, chosen):
+                wider = _with_protected(
+                    model, data, prune_config, attempt, protected, (teacher, reference), budget, limits, say
+                )
+                if wider is not None:
+                    report.tries.append(wider[0])
+                    if accepted(wider[0], budget):
+                        attempt, pruned, record = wider
+                        value = getattr(attempt, budget.metric.value)
+                        report.protected = {}  # none left dense
             attempt.kept, report.kept, report.report = True, attempt, record
             say(
                 f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
@@ -180,6 +191,35 @@ def _prunable(model, data, config: PruneConfig, min_weights: int) -> tuple[list[
         if size < min_weights:
             protected[name] = f"{size} weights < {min_weights}"
     return [n for n in chosen if n not in protected], protected
+
+
+#: The protected layers' share of the prunable weights from which the kept target is tried with them pruned too
+#: (a small convnet's output Dense and first conv: about half; an MLP's output layer: a few %, not worth a try).
+PROTECTED_SHARE = 0.25
+
+
+def _worth_pruning(model, protected: dict[str, str], chosen: list[str]) -> bool:
+    """Whether the layers the search left dense hold at least :data:`PROTECTED_SHARE` of the prunable weights."""
+    sizes = {n: int(pruned_kernel(model.get_layer(n)).size) for n in (*protected, *chosen)}
+    total = sum(sizes.values())
+    return bool(protected) and total > 0 and sum(sizes[n] for n in protected) >= PROTECTED_SHARE * total
+
+
+def _with_protected(model, data, prune_config: PruneConfig, kept: SearchTry, protected, against, budget, limits, say):
+    """(SearchTry, model, record) of the kept try's target with the protected layers pruned to it too, or None when
+    the time budget has no room for it. ``against``: (teacher, reference outputs). The try is reported beside the
+    others; the caller keeps it if accepted."""
+    if not limits.next_try_fits([kept.seconds] if kept.seconds else []):
+        return None
+    teacher, reference = against
+    config = prune_config.with_options(skip_layers=tuple(n for n in prune_config.skip_layers if n not in protected))
+    targets = {**kept.layer_targets, **{n: min(kept.target, MAX_LAYER_SPARSITY) for n in protected}}
+    say(f"  {kept.setting()} within the budget; trying it with {', '.join(protected)} pruned too")
+    attempt, pruned, record = _try(
+        model, data, config, kept.target, targets, teacher, reference, budget.metric, say, limits.stopper()
+    )
+    attempt.note = attempt.note or f"{', '.join(protected)} pruned too (left dense by the try before)"
+    return attempt, pruned, record
 
 
 def _scan(model, data, chosen: list[str], budget: Budget, limits: SearchLimits, say) -> list[LayerSensitivity]:

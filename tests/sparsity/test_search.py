@@ -79,7 +79,7 @@ def test_search_keeps_the_highest_target_within_the_budget(trained_model, digits
     from deploykit.sparsity import search_sparsity
 
     lines: list[str] = []
-    config = SearchConfig(targets=(0.95, 0.5), min_layer_weights=1100)
+    config = SearchConfig(targets=(0.95, 0.5), min_layer_weights=1100, prune_protected=False)
     model, report = search_sparsity(
         trained_model,
         digits,
@@ -108,3 +108,30 @@ def test_search_keeps_the_highest_target_within_the_budget(trained_model, digits
     for t in report.tries[:-1]:  # every try before the last missed the budget
         assert t.accuracy is None or original - t.accuracy > 0.03
     assert any(line.startswith("  try prune 95%") for line in lines)
+
+
+@pytest.mark.slow
+def test_layers_left_dense_are_pruned_too_when_they_hold_many_weights_and_the_budget_allows(trained_model, digits):
+    """The output layer and a small layer hold 40% of the kernels here: the kept target is tried with them pruned
+    too, and that model is kept exactly when it is also within the budget."""
+    from deploykit.sparsity import search_sparsity
+    from deploykit.stats import accepted
+
+    first, second, output = [l.name for l in trained_model.layers if type(l).__name__ == "Dense"]
+    config = SearchConfig(targets=(0.5,), min_layer_weights=1100)
+    model, report = search_sparsity(
+        trained_model, digits, 0.05, config=config, prune_config=PruneConfig(epochs=3, distill=True)
+    )
+    if report.kept is None:  # nothing within the budget: no wider try
+        assert len(report.tries) == 1 and model is trained_model
+        return
+    plain, wider = report.tries  # the accepted try, then the same target with the protected layers pruned too
+    assert set(plain.layer_targets) == {first} and set(wider.layer_targets) == {first, second, output}
+    assert "pruned too" in wider.note
+    if accepted(wider, report.budget):
+        assert report.kept is wider and report.protected == {}
+        for name in (second, output):
+            assert float(np.mean(model.get_layer(name).get_weights()[0] == 0)) > 0.4
+    else:
+        assert report.kept is plain and set(report.protected) == {second, output}
+        assert float(np.mean(model.get_layer(output).get_weights()[0] == 0)) < 0.05
