@@ -199,6 +199,10 @@ def export_bundle(
                 repeats=config.repeats,
                 check=False,
             )
+            if not report.passed and not generated:  # int8: return the most harmful layers to float, then again
+                record, report = _recovered(
+                    source, (fmt, quant, path), data, config, meta, kind, task, record, report, say
+                )
             say(report.summary())
             exports.append(record)
             reports.append(report)
@@ -350,6 +354,24 @@ def generated_dataset(
     y = probs.argmax(axis=1).astype(np.int64)
     classes = tuple(str(i) for i in range(probs.shape[1]))
     return Dataset(GENERATED, x, y, x[:0], y[:0], x, y, classes)
+
+
+def _recovered(source, variant, data, config: ExportConfig, meta, kind, task, record, report, say):
+    """(record, report) after the per-layer int8 fallback (:mod:`deploykit.export.int8_layers`) when it applies
+    and finds layers to leave in float, validated on the test split again; else the ones given."""
+    from deploykit.export.int8_layers import recover_int8
+
+    fmt, quant, path = variant
+    tolerance = config.tolerance_for(record.precision, task)
+    found = recover_int8(source, fmt, quant, path, data, config, meta, source.reference_outputs(kind), tolerance, say)
+    if found is None or found[0] is None or not found[1].passed:
+        return record, report
+    kept, fallback = found
+    kept = dataclasses.replace(kept, preparation=[*kept.preparation, f"per-layer fallback: {fallback.describe()}"])
+    again = validate(
+        kept, data, source.reference_outputs(kind), tolerance=tolerance, repeats=config.repeats, check=False
+    )
+    return kept, again
 
 
 def _raise_failures(reports: list[ValidationReport]) -> None:
