@@ -125,7 +125,7 @@ def main() -> None:
     from deploykit.data import load_dataset
 
     data = load_dataset(str(FASHION))
-    if data.x_train.ndim == 2:  # flat pixels: the convnets take 28x28x1 images
+    if data.x_train.ndim != 4:  # 28x28 pixels: the convnets take 28x28x1 images
         import dataclasses
 
         data = dataclasses.replace(
