@@ -232,6 +232,7 @@ class _Source:
     export: Callable  # export(fmt, quant, path, data, config, meta) -> ExportRecord
     keras: Any = None  # the Keras model exported from (None for an ONNX file)
     task_and_output: tuple = (Task.CLASSIFICATION, OutputKind.PROBABILITIES)  # an ONNX file's deploykit.task
+    path: Path | None = None  # the float32 ONNX file quantized (None for a Keras model)
 
     @classmethod
     def of(cls, model, config: ExportConfig) -> _Source:
@@ -286,6 +287,7 @@ class _Source:
             lambda b, training=False: runner.predict(b),
             export,
             task_and_output=read_metadata(runner.session).task_and_output(),
+            path=path,
         )
 
 

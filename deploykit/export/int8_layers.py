@@ -2,15 +2,20 @@
 layers returned to float (:mod:`deploykit.export.int8_fallback`), decided on the validation split.
 
 ``optimize`` runs the same fallback inside its int8 search (``deploykit.pipeline.int8_search``); this is the
-bundle's side of it, for an export from a Keras model with real data (the layers are named as Keras names them,
-which ``QuantConfig.exclude`` understands in both runtimes). The artifact kept is then validated on the test split
-by the bundle as any other; the layers left in float are said and written in ``validation.json``.
+bundle's side of it, for an export with real data: from a Keras model (the layers named as Keras names them, which
+``QuantConfig.exclude`` understands in both runtimes), or from a float32 ONNX file (its Conv / Gemm / MatMul nodes
+with a constant weight, named as the graph the quantizer resolves ``exclude`` on names them: the
+``quant_pre_process``-ed graph for ``int8-static``, the file's own for ``int8-dynamic``). The artifact kept is then
+validated on the test split by the bundle as any other; the layers left in float are said and written in
+``validation.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+
+import numpy as np
 
 from deploykit.errors import DeployKitError, UsageError
 from deploykit.export.config import ExportConfig, Precision, Tolerance
@@ -26,6 +31,34 @@ def layer_candidates(model) -> list[str]:
     return rank_candidates({n.name: model.get_layer(n.name).get_weights()[0] for n in nodes})
 
 
+def onnx_candidates(path, quant) -> list[str]:
+    """The weighted nodes of a float32 ONNX file the fallback ranks (at most MAX_RANKED, see :func:`rank_candidates`),
+    named as the quantizer of ``quant`` sees them."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnx import numpy_helper
+
+    from deploykit.export.config import Recipe
+    from deploykit.log import quiet_native
+
+    proto = onnx.load(str(path))
+    if quant.spec.recipe is Recipe.ONNX_STATIC:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with tempfile.TemporaryDirectory(prefix="deploykit-fallback-") as tmp, quiet_native():
+            quant_pre_process(str(path), str(Path(tmp) / "pre.onnx"))
+            proto = onnx.load(str(Path(tmp) / "pre.onnx"))
+    weights = {t.name: t for t in proto.graph.initializer}
+    kernels = {}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
+            w = numpy_helper.to_array(weights[node.input[1]])
+            kernels[node.name] = np.moveaxis(w, 0, -1) if node.op_type == "Conv" else w  # output channels last
+    return rank_candidates({k: v for k, v in kernels.items() if k})
+
+
 def recover_int8(
     source, fmt, quant, path, data, config: ExportConfig, meta, reference: Callable, tolerance: Tolerance, say
 ) -> tuple[object, FallbackReport] | None:
@@ -34,11 +67,14 @@ def recover_int8(
     file, no validation rows, fewer than 2 layers to choose from). Each try overwrites ``path``."""
     from deploykit.export.validate import validate
 
-    keras = getattr(source, "keras", None)
-    if keras is None or quant.precision is not Precision.INT8 or not quant.spec.takes_exclude or not len(data.x_val):
+    if quant.precision is not Precision.INT8 or not quant.spec.takes_exclude or not len(data.x_val):
+        return None
+    keras, onnx_file = getattr(source, "keras", None), getattr(source, "path", None)
+    if keras is None and onnx_file is None:
         return None
     knobs = config.quantization
-    layers = [n for n in layer_candidates(keras) if n not in knobs.exclude]
+    found = layer_candidates(keras) if keras is not None else onnx_candidates(onnx_file, quant)
+    layers = [n for n in found if n not in knobs.exclude]
     if len(layers) < 2:
         return None
     view = dataclasses.replace(data, x_test=data.x_val, y_test=data.y_val)

@@ -67,16 +67,13 @@ def test_rank_candidates_keeps_graph_order_and_picks_the_kernels_int8_rounds_wor
 
 @pytest.mark.slow
 def test_export_returns_the_most_harmful_layer_of_a_small_convnet_to_float_when_int8_static_misses(digits, tmp_path):
-    """A tutorial-style convnet on raw digits pixels (0-16): whole-model QDQ int8 may miss the 1 pt budget; the
-    bundle then ranks the layers on the validation split, leaves the most harmful in float, and validates that
-    artifact on the test split as any other (in onnxruntime)."""
+    """A tutorial-style convnet on raw digits pixels (0-16), and its float32 ONNX file: whole-model QDQ int8 may miss
+    the 1 pt budget; the bundle then ranks the layers on the validation split, leaves the most harmful in float, and
+    validates that artifact on the test split as any other (in onnxruntime)."""
     import dataclasses
 
-    import onnx
-
     from deploykit.backend import keras, set_seed
-    from deploykit.errors import ValidationError
-    from deploykit.export import ExportConfig, export_bundle
+    from deploykit.export import export_onnx
 
     set_seed(0)
     images = {k: getattr(digits, k).reshape(-1, 8, 8, 1) for k in ("x_train", "x_val", "x_test")}
@@ -92,10 +89,23 @@ def test_export_returns_the_most_harmful_layer_of_a_small_convnet_to_float_when_
     )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(data.x_train, data.y_train, epochs=6, verbose=0)
+    _check_fallback(model, data, tmp_path / "keras", lambda node: node.name.split("/")[1])
+    onnx_file = export_onnx(model, tmp_path / "model.onnx", quantization="float32", calibration_data=data).path
+    _check_fallback(onnx_file, data, tmp_path / "onnx", lambda node: node.name)
+
+
+def _check_fallback(source, data, out, layer_of) -> None:
+    """export_bundle(source, int8-static): it ships only within the tolerance; the layers it names stay float."""
+    import onnx
+
+    from deploykit.errors import ValidationError
+    from deploykit.export import ExportConfig, export_bundle
+
     lines: list[str] = []
-    config = ExportConfig(formats="onnx", quantize="int8-static")
     try:
-        bundle = export_bundle(model, data, tmp_path / "out", config, progress=lines.append)
+        bundle = export_bundle(
+            source, data, out, ExportConfig(formats="onnx", quantize="int8-static"), progress=lines.append
+        )
     except ValidationError:  # nothing within the budget even so: the fallback ran and said so
         assert any("per-layer fallback, no layer set within the budget" in line for line in lines)
         return
@@ -109,6 +119,7 @@ def test_export_returns_the_most_harmful_layer_of_a_small_convnet_to_float_when_
     kept = note.removeprefix("per-layer fallback: ").split(" returned to float")[0].split(", ")
     graph = onnx.load(str(record.path)).graph
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    weighted = {n.name.split("/")[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    weighted = {layer_of(n): n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    assert set(kept) <= set(weighted)
     for layer, node in weighted.items():  # the layers named stay float; every other one is int8
         assert (node.input[1] in dequantized) is (layer not in kept), (layer, kept)
