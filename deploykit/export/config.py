@@ -138,7 +138,9 @@ VARIANTS = MappingProxyType(
             "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic); convolutions stay float32",
             takes_exclude=True,
             # its convolutions stay float (ConvInteger is 3-5x slower than float32), so on a convnet it is barely
-            # smaller than float32: the calibrated QDQ variant quantizes them (QLinearConv after ort's QDQ fusion)
+            # smaller than float32: the calibrated QDQ variant quantizes them (QLinearConv after ort's QDQ fusion:
+            # 2.3x smaller than int8-dynamic on the small CNN; faster than float32 only with int8 dot-product
+            # instructions, AVX-512 VNNI / AVX-VNNI: about 0.9x on an AVX2-only CPU, benchmarks/results/faster.md)
             with_convolutions=Quantization.INT8_STATIC,
         ),
         Quantization.INT8_STATIC: VariantSpec(
