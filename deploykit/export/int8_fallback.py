@@ -114,6 +114,19 @@ def rank_candidates(kernels: Mapping[str, np.ndarray], limit: int = MAX_RANKED) 
     return [n for n in names if n in worst]
 
 
+def layer_kernels(model, names) -> dict[str, np.ndarray]:
+    """{name: its kernel} of a Keras model's layers, for :func:`rank_candidates`; a name the model cannot resolve at
+    its top level (a layer of a nested model) or a layer without weights gets a zero kernel (ranked last, kept)."""
+    kernels = {}
+    for name in names:
+        try:
+            weights = model.get_layer(name).get_weights()
+        except ValueError:
+            weights = []
+        kernels[name] = np.asarray(weights[0]) if weights else np.zeros((1, 1))
+    return kernels
+
+
 def rounding_error(kernel: np.ndarray) -> float:
     """RMS of W - int8(W) over the median magnitude of W's non-zero weights, one symmetric scale per output channel
     (the kernel's last axis): large when a few outliers set the scale and the typical weight rounds to a step or

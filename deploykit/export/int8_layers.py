@@ -19,7 +19,7 @@ import numpy as np
 
 from deploykit.errors import DeployKitError, UsageError
 from deploykit.export.config import ExportConfig, Precision, Tolerance
-from deploykit.export.int8_fallback import FallbackReport, rank_candidates, return_to_float
+from deploykit.export.int8_fallback import FallbackReport, layer_kernels, rank_candidates, return_to_float
 
 
 def layer_candidates(model) -> list[str]:
@@ -28,7 +28,7 @@ def layer_candidates(model) -> list[str]:
     from deploykit.graph import graph_from_model
 
     nodes = [n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
-    return rank_candidates({n.name: model.get_layer(n.name).get_weights()[0] for n in nodes})
+    return rank_candidates(layer_kernels(model, [n.name for n in nodes]))
 
 
 def onnx_candidates(path, quant) -> list[str]:

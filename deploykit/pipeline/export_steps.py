@@ -92,7 +92,7 @@ def _knobs(ctx: RunContext):
 
 def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
     """One requested int8 variant: the first setting within the budget (see int8_search), each try reported."""
-    from deploykit.export.int8_fallback import rank_candidates
+    from deploykit.export.int8_fallback import layer_kernels, rank_candidates
     from deploykit.graph import graph_from_model
     from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, raw_scales, search_int8
 
@@ -108,7 +108,7 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
         dense_first=bool(prunable) and prunable[0].spec.support.role is Role.DENSE,
         raw_scales=raw_scales(ctx.data.feature_var),
         convolutions=any(n.spec.support.role is Role.CONV for n in prunable),
-        ranked=rank_candidates({n.name: model.get_layer(n.name).get_weights()[0] for n in prunable}),
+        ranked=rank_candidates(layer_kernels(model, [n.name for n in prunable])),
     )
     start = time.perf_counter()
 

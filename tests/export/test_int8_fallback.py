@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.export.int8_fallback import rank_candidates, return_to_float, rounding_error
+from deploykit.export.int8_fallback import layer_kernels, rank_candidates, return_to_float, rounding_error
 
 #: What each layer costs when quantized (validation points); a try passes when the total cost is <= 1.
 COST = {"conv": 0.2, "conv_1": 2.0, "conv_2": 0.5, "dense": 0.9}
@@ -63,6 +63,16 @@ def test_rank_candidates_keeps_graph_order_and_picks_the_kernels_int8_rounds_wor
     kernels = {"a": smooth, "b": spiky, "c": smooth * 2, "d": spiky[..., :4]}
     assert rank_candidates(kernels, limit=2) == ["b", "d"]
     assert rank_candidates(kernels, limit=4) == ["a", "b", "c", "d"]
+
+
+def test_layer_kernels_of_a_keras_model_and_names_it_cannot_resolve():
+    from deploykit.backend import keras
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner")
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="head")])
+    kernels = layer_kernels(model, ["head", "inner_dense"])
+    assert kernels["head"].shape == (3, 2) and rounding_error(kernels["inner_dense"]) == 0.0
+    assert rank_candidates(kernels, limit=1) == ["head"]
 
 
 @pytest.mark.slow
