@@ -12,6 +12,7 @@ from deploykit.serve.config import (
     DEFAULT_PORT,
     DEFAULT_SAMPLES,
 )
+from deploykit.serve.preferred import DEFAULT_PREFERENCE, PREFERENCES
 
 
 def register(sub) -> None:
@@ -34,6 +35,13 @@ def register(sub) -> None:
         "model", metavar="DIR_OR_MODEL", help="an .onnx file, a folder of them, or a Triton-style repository"
     )
     p.add_argument("--name", default=None, help="serve the one model of DIR_OR_MODEL under this name")
+    p.add_argument(
+        "--prefer",
+        choices=PREFERENCES,
+        default=DEFAULT_PREFERENCE,
+        help="a folder `deploykit optimize` wrote: also serve, as `recommended`, the shipped ONNX model its "
+        f"report.json names the fastest (latency) or the smallest (size) (default: {DEFAULT_PREFERENCE})",
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST}, this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     p.add_argument(
@@ -116,7 +124,9 @@ def _run(args) -> int:
         max_connections=args.max_connections,
         request_timeout=args.request_timeout,
     )
-    models = discover_models(args.model, name=args.name)  # bad options and paths fail here, before kserve is imported
+    models = discover_models(
+        args.model, name=args.name, prefer=args.prefer
+    )  # bad options and paths fail here, before kserve is imported
 
     from deploykit.serve.server import serve_models
 

@@ -34,6 +34,8 @@ A TOML file has one table per step (every key optional)::
     [plan]                   # how the run plans its work (deploykit.pipeline.budget; earlier name: [search])
     time_budget = 10         # optional: minutes the whole run may take (default: unbounded, estimate said first)
     ray = "local"            # optional: the sparsity search's tries as Ray tasks ("local" or a cluster's address)
+    objective = "balanced"   # size | latency | balanced: the artifact within the budget the run recommends
+    batch_size = 256         # the artifacts are timed at batch 1 and at this batch size (deploykit.pipeline.objective)
     [validate]
     enabled = true
     max_accuracy_drop = 0.01 # a classifier's budget vs the original model: decided on validation, confirmed on test

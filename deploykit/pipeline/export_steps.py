@@ -330,11 +330,16 @@ def triton_step(model, ctx: RunContext) -> StepOutput:
         return StepOutput(
             model, StepRecord("triton", Status.SKIPPED, "no ONNX model to serve (export onnx or the MC model)")
         )
-    names = write_triton_models(
-        files,
-        ctx.folder / TRITON_DIR,
-        ctx.config.export.triton,
-        class_names=list(ctx.data.class_names) if ctx.task is Task.CLASSIFICATION else None,
+    from deploykit.export import write_triton_repository
+    from deploykit.pipeline.objective import triton_alias
+
+    labels = list(ctx.data.class_names) if ctx.task is Task.CLASSIFICATION else None
+    names = write_triton_models(files, ctx.folder / TRITON_DIR, ctx.config.export.triton, class_names=labels)
+    names += triton_alias(  # `recommended`: the fastest shipped ONNX model, under one name
+        ctx,
+        lambda path, name: write_triton_repository(
+            path, ctx.folder / TRITON_DIR, name, config=ctx.config.export.triton, class_names=labels
+        ),
     )
     return StepOutput(
         model,

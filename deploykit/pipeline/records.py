@@ -98,6 +98,8 @@ class ArtifactRow(Record):
     max_abs_error: float | None = None  # a regressor's largest |prediction - target| on the test split
     ci95: list[float] | None = None  # 95% interval of the paired test change (accuracy_change or rmse_change)
     validation: SplitFigure | None = None  # the same figure on the validation split, where the budget was decided
+    speedup_b1: float | None = None  # the original model's float32 file in this runtime / this file, at batch 1
+    speedup_batch: float | None = None  # ... at [plan] batch_size (deploykit.pipeline.objective: > 1 is faster)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from deploykit.pipeline.tables import (
     FoldStep,
     InputConfig,
     MCStep,
+    Objective,
     SearchPlan,
     SparsityMethod,
     SparsityStep,
@@ -368,6 +369,24 @@ TABLES: tuple[TableSpec, ...] = (
                 metavar="ADDRESS",
                 example="local",
             ),
+            Option(
+                "objective",
+                ("plan.objective",),
+                "time every artifact within the budget in its runtime (onnxruntime, LiteRT) at batch 1 and "
+                "--batch-size against the original model's float32 file, and recommend the smallest (size), the "
+                "fastest (latency: a quantized file slower than float32 never is) or the knee of the size-latency "
+                "Pareto front (balanced); report.md says all three (default: {default})",
+                choices=tuple(o.value for o in Objective),
+                example="latency",
+            ),
+            Option(
+                "batch_size",
+                ("plan.batch_size",),
+                "the batch size the objective times the artifacts at, besides 1 (default: {default})",
+                type=int,
+                metavar="N",
+                example=32,
+            ),
         ),
         legacy="search",
     ),
@@ -397,6 +416,12 @@ STEPS: tuple[StepSpec, ...] = (
         "deploykit.pipeline.uncertainty_steps:conformal_export_step",
         "export",
         expand="deploykit.pipeline.uncertainty_steps:variant_steps",
+    ),
+    StepSpec(
+        "objective",
+        "deploykit.pipeline.objective:objective_step",
+        "plan",
+        when=lambda config: config.export.enabled and bool(config.export.variants()),
     ),
     StepSpec("mc dropout", "deploykit.pipeline.uncertainty_steps:mc_step", "mc"),
     StepSpec(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from deploykit.contract import REPORT_FILE
 from deploykit.pipeline.records import ArtifactRow, Status, StepRecord, Try, Verdict
 
-REPORT_JSON = "report.json"
+REPORT_JSON = REPORT_FILE
 REPORT_MD = "report.md"
 
 COLUMNS = (
@@ -24,6 +25,7 @@ COLUMNS = (
     "agreement",
     "b1 latency",
     "b256 throughput",
+    "speed-up b1 / batch",
     "validation",
 )
 #: A regressor's table: RMSE and its change, and the largest error against the targets, instead of accuracy.
@@ -98,8 +100,16 @@ def artifact_cells(r: ArtifactRow, regression: bool = False) -> list[str]:
         *figures,
         _duration(r.latency_b1_ms),
         "—" if r.throughput_b256 is None else f"{r.throughput_b256:,.0f}/s",
+        _speedups(r),
         r.verdict.value,
     ]
+
+
+def _speedups(r: ArtifactRow) -> str:
+    """``1.38x / 2.45x``: the original model's float32 file in this runtime over this one (the objective step)."""
+    if r.speedup_b1 is None or r.speedup_batch is None:
+        return "—"
+    return f"{r.speedup_b1:.2f}x / {r.speedup_batch:.2f}x"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -322,11 +332,13 @@ def markdown(
         f"on {report['data']}; "
         f"pipeline: {report['model'].get('pipeline', '')}; {report['seconds']:.0f} s.",
         "",
-        markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 13)),
+        markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 14)),
         "",
         "Compression: gzip size of the original model saved as `.keras` divided by the artifact's gzip size. "
         f"{meaning} Latency: median of repeated single-example calls; "
-        "throughput: examples per second at batch 256 (one process, this machine).",
+        "throughput: examples per second at batch 256 (one process, this machine). Speed-up: the original model's "
+        "float32 file in the same runtime over this one, at batch 1 and at the objective's batch size (> 1: faster; "
+        "see Recommended).",
         "",
         *_budget_lines(report, artifacts, tries),
         "## What each step bought and cost",

@@ -28,6 +28,7 @@ from deploykit.pipeline.context import (
     timed,
 )
 from deploykit.pipeline.ensemble import load_member
+from deploykit.pipeline.objective import merged_notes, recommendation_of, with_speedups
 from deploykit.pipeline.plots import (
     ACCURACY_PLOT,
     LATENCY_PLOT,
@@ -38,6 +39,7 @@ from deploykit.pipeline.plots import (
 )
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
+from deploykit.records import to_jsonable
 from deploykit.task import OutputKind, Task
 
 CONFIG_FILE = "deploykit.toml"
@@ -85,6 +87,11 @@ class OptimizeResult:
         if self.config.validate.strict and self.rejected:
             return f"--strict: {len(self.rejected)} artifact(s) rejected: {rejected}"
         return None
+
+    @property
+    def recommended(self) -> str | None:
+        """The file the run's ``[plan] objective`` recommends (report.json ``objective``; None: nothing timed)."""
+        return (self.report.get("objective") or {}).get("chosen")
 
     def artifact(self, file: str) -> ArtifactRow:
         """The row of one artifact, by file name (e.g. ``"model.onnx"``)."""
@@ -342,7 +349,8 @@ def _write(
 
     staging, config, say = ctx.folder, ctx.config, ctx.say
     records = [o.record for o in outputs]
-    artifacts = [reference, *(a for o in outputs for a in o.artifacts)]
+    recommendation = recommendation_of(records)  # the objective step's times: the speed-up column
+    artifacts = with_speedups([reference, *(a for o in outputs for a in o.artifacts)], recommendation)
     layer_rows: list[LayerSparsityRow] = [
         *sparsity_rows(original, "original"),
         *(r for o in outputs for r in o.layer_sparsity),
@@ -392,6 +400,9 @@ def _write(
     )
     if assumed:
         report["notes"] = [assumed, *report["notes"]]
+    if recommendation is not None:  # what each objective recommends, and the times it was decided on
+        report["objective"] = to_jsonable(recommendation)
+        report["notes"] = merged_notes(report["notes"], recommendation)
     if ctx.plan is not None:  # what the run planned, and what it measured (the time budget's account)
         report["plan"] = ctx.plan.to_dict()
     report = _relative(report, staging)

@@ -61,6 +61,18 @@ class SparsityMethod(enum.Enum):
     NONE = "none"
 
 
+class Objective(enum.Enum):
+    """What the run recommends among the artifacts within the budget (:mod:`deploykit.pipeline.objective`)."""
+
+    SIZE = "size"  # the smallest file (gzip)
+    LATENCY = "latency"  # the fastest at the batch size (an int8 slower than float32 never is)
+    BALANCED = "balanced"  # the knee of the size-latency Pareto front
+
+
+#: The batch size the objective times each candidate at, beside batch 1 (a serving batch; an offline job's is larger).
+DEFAULT_BATCH_SIZE = 256
+
+
 class _Table:
     """from_dict / to_dict for the flat step tables (enums and tuples as TOML values)."""
 
@@ -430,14 +442,21 @@ class SearchPlan(_Table):
     budget (fewer tries and epochs, a cheaper sensitivity scan, the most wanted artifacts first), stops a try
     at its deadline and ships what is within the accuracy budget by then. None: the defaults, with the
     estimated minutes said first. ``ray``: run the search's tries as Ray tasks, on this machine (``"local"``) or
-    on the cluster at that address (``pip install "deploykit[ray]"``).
+    on the cluster at that address (``pip install "deploykit[ray]"``). ``objective`` (size | latency | balanced)
+    and ``batch_size``: every artifact within the budget is timed in its runtime at batch 1 and ``batch_size``
+    against the original model's float32 file, and the run recommends the smallest, the fastest or the balanced one
+    (:mod:`deploykit.pipeline.objective`).
     """
 
     TABLE = "plan"  # earlier [search]: still read, with a FutureWarning ([sparsity.search] is the sparsity search)
     time_budget: float | None = None  # minutes
     ray: str | None = None  # "local" or a Ray cluster's address: the sparsity search's tries as Ray tasks
+    objective: Objective = Objective.BALANCED  # which artifact within the budget the run recommends
+    batch_size: int = DEFAULT_BATCH_SIZE  # the candidates are timed at batch 1 and at this batch size
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "objective", choice(Objective, "plan.objective", self.objective))
+        integer("plan.batch_size", self.batch_size, 1, 65536)
         if self.ray is not None:
             text("plan.ray", self.ray)
         object.__setattr__(

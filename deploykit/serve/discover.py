@@ -15,7 +15,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def discover_models(
-    source: str | os.PathLike, name: str | None = None, warn: Callable[[str], None] | None = None
+    source: str | os.PathLike,
+    name: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    prefer: str | None = None,
 ) -> dict[str, Path]:
     """Model name -> ONNX file for a file, a folder of ``*.onnx`` files, or a Triton-style repository.
 
@@ -26,14 +29,31 @@ def discover_models(
     whose name cannot be a model name (``model (1).onnx``, a macOS
     ``._model.onnx``, ``modèle.onnx``) is skipped with one line to ``warn``
     (default: stderr), as a model that cannot be loaded is; only when nothing
-    is left is it an error.
+    is left is it an error. ``prefer`` (``latency`` or ``size``): a folder ``deploykit optimize`` wrote also
+    serves the file its report.json recommends by it as ``recommended`` (:mod:`deploykit.serve.preferred`;
+    not with ``name``).
     """
     models = _discover(Path(source), warn or _stderr)
+    if prefer is not None and name is None and Path(source).is_dir():  # --name serves one model: no alias
+        models = _with_recommended(models, Path(source), prefer, warn or _stderr)
     if name is None:
         return models
     if len(models) != 1:
         raise UsageError(f"--name names one model, but {source} holds {len(models)}: {', '.join(sorted(models))}")
     return _named({name: next(iter(models.values()))}, Path(source), "--name")
+
+
+def _with_recommended(models: dict[str, Path], folder: Path, prefer: str, warn) -> dict[str, Path]:
+    from deploykit.contract import RECOMMENDED_MODEL
+    from deploykit.serve.preferred import preferred_model
+
+    path = preferred_model(folder, prefer, warn)
+    if path is None:
+        return models
+    if RECOMMENDED_MODEL in models:
+        warn(f"warning: {folder} already holds a model named {RECOMMENDED_MODEL!r}: {path.name} is served as itself")
+        return models
+    return {RECOMMENDED_MODEL: path, **models}
 
 
 def _stderr(line: str) -> None:

@@ -103,6 +103,7 @@ def test_the_runner_builds_its_steps_from_the_registry_in_order():
         "temperature",
         "save model",
         "export onnx float32",
+        "objective",
         "mc dropout",
     ]
     assert [s.name for s in STEPS][:6] == names[:6]
