@@ -189,3 +189,20 @@ def test_the_step_is_skipped_without_candidates_or_without_time_for_it(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     skipped = objective_step("model", ctx)
     assert skipped.record.status is Status.SKIPPED and "time budget" in skipped.record.reason
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "rmse"])
+def test_the_latency_accuracy_front_is_drawn_for_a_classifier_and_a_regressor(tmp_path, metric):
+    import dataclasses
+
+    from deploykit.evaluate import Metric
+    from deploykit.pipeline.objective_plot import latency_vs_accuracy
+    from deploykit.pipeline.records import ModelFigures
+
+    rows = ROWS if metric == "accuracy" else [dataclasses.replace(r, accuracy=None, rmse=50.0) for r in ROWS]
+    original = ModelFigures(
+        1000, 900, 0.0, 0.9 if metric == "accuracy" else None, 1, 1, rmse=None if metric == "accuracy" else 49.0
+    )
+    rec = recommend(rows, TIMES, Objective.BALANCED, 256)
+    path = latency_vs_accuracy(rows, rec, tmp_path / "front.png", 0.01, Metric(metric), original)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
