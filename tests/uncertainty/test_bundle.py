@@ -14,6 +14,9 @@ import pytest
 from deploykit.contract import ABSTAIN_OUTPUT, SELECTIVE_KEY, TEMPERATURE_KEY
 
 PNG = b"\x89PNG\r\n\x1a\n"
+# every test reads two whole `deploykit mc` runs (export, temperature, OOD, figures): the fast loop keeps
+# tests/uncertainty/test_cli_mc.py's default run
+pytestmark = pytest.mark.slow
 SEED = ["--samples", "8", "--mc-seed", "3"]
 
 

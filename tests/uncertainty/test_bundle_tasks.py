@@ -60,6 +60,7 @@ def test_regression_bundle_without_std_scale(tmp_path, diabetes, diabetes_model)
     assert read_std_scale(onnx.load(str(tmp_path / "m.onnx"))) is None
 
 
+@pytest.mark.slow  # two whole bundles (export, temperature, figures); the fast loop has the logits one via `mc`
 def test_logits_classifier_bundle(tmp_path, digits):
     from deploykit.backend import keras, set_seed
     from deploykit.uncertainty.predictor import UncertaintyPredictor
