@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -18,9 +20,18 @@ def _inputs(model, seed=0):
     return rng.normal(size=(6, *model.input_shape[1:])).astype("float32")
 
 
-@pytest.mark.parametrize("build", [models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent])
+ROUND_TRIP = (models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent)
+
+
+@functools.cache
+def _built(build):
+    """One model per builder for the two tests below, which only read it (building the five is seconds of CPU)."""
+    return build()
+
+
+@pytest.mark.parametrize("build", ROUND_TRIP)
 def test_round_trip_graph_keras_graph_is_exact(build):
-    model = build()
+    model = _built(build)
     graph = graph_from_model(model)
     rebuilt = to_keras(graph)
     x = _inputs(model)
@@ -34,8 +45,8 @@ def test_round_trip_graph_keras_graph_is_exact(build):
 
 def test_every_table_layer_is_covered_by_a_round_trip_model():
     seen = set()
-    for build in (models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent):
-        seen |= {n.spec.class_name for n in graph_from_model(build()).nodes}
+    for build in ROUND_TRIP:
+        seen |= {n.spec.class_name for n in graph_from_model(_built(build)).nodes}
     listed = {name for name, entry in SUPPORT.items() if entry.role not in (Role.INPUT, Role.OPAQUE)}
     # the dense-era layers are covered by tests/test_chain.py
     dense_era = {
