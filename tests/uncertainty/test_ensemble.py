@@ -23,13 +23,26 @@ def member_models(digits):
     return models
 
 
+#: (id(model), quantization, opset) -> (model, the exported file's bytes); the model is kept so its id names it
+_EXPORTED: dict[tuple, tuple[object, bytes]] = {}
+
+
 def _export(models, folder, quantizations, digits, opset=17):
+    """``models`` exported to ``folder/member{k}.onnx``: each (model, quantization, opset) converted once in this
+    process and its bytes written again for the next test (the conversions were most of this file's time); every
+    test still gets files of its own."""
     from deploykit.export import export_onnx
 
     paths = []
     for k, (model, q) in enumerate(zip(models, quantizations)):
         path = folder / f"member{k}.onnx"
-        export_onnx(model, path, opset=opset, quantization=q, calibration_data=digits if q else None)
+        done = _EXPORTED.get((id(model), q, opset))
+        if done is not None and done[0] is model:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(done[1])
+        else:
+            export_onnx(model, path, opset=opset, quantization=q, calibration_data=digits if q else None)
+            _EXPORTED[(id(model), q, opset)] = (model, path.read_bytes())
         paths.append(path)
     return paths
 
