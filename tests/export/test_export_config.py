@@ -169,11 +169,11 @@ def test_earlier_pipeline_toml_keys_are_translated_with_a_warning():
 
 def test_the_pipeline_speaks_the_exporters_vocabulary():
     from deploykit.export import bundle
-    from deploykit.pipeline import config, steps
+    from deploykit.pipeline import config, export_steps, steps
 
     assert not any(hasattr(config, name) for name in ("Format", "Precision", "OnnxInt8", "TfliteInt8"))
-    assert not any(hasattr(steps, name) for name in ("_QUANTIZATION", "RUNTIMES"))
-    assert steps.artifact_name is bundle.artifact_name
+    assert not any(hasattr(module, name) for module in (steps, export_steps) for name in ("_QUANTIZATION", "RUNTIMES"))
+    assert export_steps.artifact_name is bundle.artifact_name
     export = config.ExportStep(formats="onnx", quantize="float32,int8-static-per-tensor")
     assert export.variants() == [
         (ExportFormat.ONNX, Quantization.FLOAT32),
