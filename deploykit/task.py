@@ -168,12 +168,3 @@ def model_task(model, task: Task | None = None, labels_are_classes: bool | None 
             )
         task = Task.REGRESSION
     return resolve_task(output_kind(graph), int(width or 0), task=task, labels_are_classes=labels_are_classes)
-
-
-def main_output(names) -> str:
-    """The output validation and serving read from a deterministic model: probabilities, else the prediction, else
-    the first."""
-    from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
-
-    names = list(names)
-    return next((n for n in (OUTPUT_NAME, PREDICTION_NAME) if n in names), names[0])

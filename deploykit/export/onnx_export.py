@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
+from deploykit.contract import main_output
 from deploykit.errors import UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, dense_sparsity, file_sizes
 from deploykit.export.config import (
@@ -27,7 +28,7 @@ from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_me
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
 from deploykit.inputs import as_calibration, as_model
 from deploykit.multi_io_model import name_onnx_tensors, packing_of
-from deploykit.task import Task, main_output, model_task
+from deploykit.task import Task, model_task
 
 
 def export_onnx(

@@ -1,7 +1,7 @@
 """Run an exported artifact in the runtime that serves it: onnxruntime for .onnx, LiteRT for .tflite.
 
 ``open_runner(path).predict(x)`` takes raw float inputs and returns the model's
-main output as float32 (:func:`deploykit.task.main_output`: class probabilities, or a
+main output as float32 (:func:`deploykit.contract.main_output`: class probabilities, or a
 regressor's prediction; a logits classifier's ``probabilities``) for either format (an int8-I/O TFLite model gets its
 inputs quantized and its outputs dequantized with the scale and zero point
 stored in the file). Validation, the benchmarks, the MC and serving parts
@@ -35,7 +35,7 @@ class OnnxRunner:
 
         self.path = Path(path)
         self.session = onnx_session(self.path, threads=threads or None)
-        from deploykit.task import main_output
+        from deploykit.contract import main_output
 
         outputs = {o.name: o for o in self.session.get_outputs()}
         inp, out = self.session.get_inputs()[0], outputs[main_output(outputs)]
@@ -244,13 +244,13 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
 
 
 def _main_output(interpreter) -> tuple[str, dict]:
-    """(name, details) of the output to run for: the signature's main output (deploykit.task.main_output), else
+    """(name, details) of the output to run for: the signature's main output (deploykit.contract.main_output), else
     the first.
 
     The signature maps output names to tensors; ``get_output_details`` alone does not say which is which
     (a logits classifier has two outputs, ``logits`` and ``probabilities``).
     """
-    from deploykit.task import main_output
+    from deploykit.contract import main_output
 
     details = interpreter.get_output_details()
     try:
