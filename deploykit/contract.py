@@ -297,6 +297,13 @@ def file_task(task_entry, outputs: Sequence[str]) -> str:
     return R if regression else C
 
 
+def declared_outputs(node_args) -> dict[str, tuple[str, list]]:
+    """{name: (dtype, shape)} of onnxruntime NodeArgs (``session.get_outputs()``), as :func:`check_outputs` reads
+    them."""
+    dtypes = {ort: dtype for dtype, ort in ORT_TYPES.items()}
+    return {o.name: (dtypes.get(o.type, o.type), list(o.shape)) for o in node_args}
+
+
 def check_outputs(
     where: str,
     found: Mapping[str, tuple[str, Sequence]],
@@ -318,7 +325,7 @@ def check_outputs(
         missing = [n for n in outputs_of(kind, task, output_kind, required=True) if n not in found]
         if missing:
             raise OutputContractError(
-                f"{where}: a {kind.value} {task.value} model needs the output {missing[0]!r}; it has {sorted(found)}"
+                f"{where}: a {ModelKind(kind).value} {task} model needs the output {missing[0]!r}; it has {sorted(found)}"
             )
     for name, (dtype, shape) in found.items():
         row = spec(name, task, kind)

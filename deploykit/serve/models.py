@@ -27,21 +27,20 @@ from deploykit.contract import (
     ABSTAIN_OUTPUT,
     CONFORMAL_KEY,
     ENSEMBLE_KEY,
-    GLOSSARY,
     INPUT_NAME,
     OUTPUT_COLUMNS_KEY,
-    OUTPUT_NAMES,
-    PREDICTION_NAME,
-    REGRESSION_GLOSSARY,
-    REGRESSION_OUTPUT_NAMES,
+    PER_SAMPLE_OUTPUTS,
     SAMPLE_FIRST_OUTPUTS,
-    SAMPLE_PREDICTIONS_OUTPUT,
     SAMPLES_NAME,
-    SAMPLES_OUTPUT,
     STD_SCALE_KEY,
     TASK_KEY,
     TEMPERATURE_KEY,
     ModelKind,
+    check_outputs,
+    declared_outputs,
+    description,
+    file_task,
+    spec,
 )
 from deploykit.errors import DeployKitError, ModelLoadError, UsageError
 from deploykit.export.metadata import read_metadata
@@ -59,9 +58,6 @@ CLASSIFICATION = "classification"
 INLINE_VALUES = 65536
 #: An MC request is split into onnxruntime calls of at most this many network rows (bounds the memory).
 MC_ROWS_PER_CALL = 65536
-
-#: Outputs with one entry per MC sample on their first axis: their size grows with the request's ``samples``.
-PER_SAMPLE_OUTPUTS = (SAMPLES_OUTPUT, SAMPLE_PREDICTIONS_OUTPUT)
 
 _DATATYPES = {
     "tensor(float)": "FP32",
@@ -123,16 +119,19 @@ def _json_props(props: dict[str, str], path: Path) -> dict:
 
 
 def _task(props: dict, outputs: list[str]) -> Task:
-    """What a served model predicts: its ``deploykit.task`` entry, else its outputs (a regressor's ``prediction``,
-    or ``mean`` and ``std`` without the classifier's entropy)."""
-    entry = props.get(TASK_KEY)
-    task = entry.get("task") if isinstance(entry, dict) else entry  # {task, output}, or the task alone
-    if task in {t.value for t in Task}:
-        return Task(task)
-    regression = PREDICTION_NAME in outputs or (
-        set(REGRESSION_OUTPUT_NAMES) <= set(outputs) and "predictive_entropy" not in outputs
-    )
-    return Task.REGRESSION if regression else Task.CLASSIFICATION
+    """What a served model predicts: its ``deploykit.task`` entry, else its outputs (:func:`contract.file_task`)."""
+    return Task(file_task(props.get(TASK_KEY), outputs))
+
+
+def _class_output(output, task: Task, kind: ModelKind, labels: list[str]) -> bool:
+    """Whether Triton's classification extension applies: an output of one float per class (the contract's
+    [N, classes] outputs; one the contract does not list: any [N, W] float output of a classifier)."""
+    if task is not Task.CLASSIFICATION or len(output.shape) != 2 or output.type != "tensor(float)":
+        return False
+    row = spec(output.name, task, kind)
+    if row is None:
+        return output.name not in SAMPLE_FIRST_OUTPUTS and _per_class(output, labels)
+    return row.shape[-1] in ("classes", "units") and _per_class(output, labels)
 
 
 def _per_class(output, labels: list[str]) -> bool:
@@ -174,17 +173,13 @@ class OnnxModel(Model):
         self.output_sizes = {o.name: _row_size(o) for o in self.outputs}
         self.props = _json_props(props, path)
         self.task = _task(self.props, self.graph_outputs)
+        self.kind = ModelKind(self.metadata.kind) if self.metadata.kind in set(ModelKind) else ModelKind.DETERMINISTIC
+        # the contract's outputs must have its dtypes and ranks (before any request); a required one missing is
+        # checked by the kinds that need them (MC, ensemble); outputs it does not list are served as they are
+        check_outputs(str(path), declared_outputs(session.get_outputs()), self.kind, self.task, required=False)
         self.class_labels = [str(c) for c in self.metadata.class_names]
         # [N, classes] float: classification applies (not to a regressor, nor to a binary model's one logit)
-        self.class_outputs = {
-            o.name
-            for o in self.outputs
-            if len(o.shape) == 2
-            and o.type == "tensor(float)"
-            and o.name not in SAMPLE_FIRST_OUTPUTS
-            and self.task is Task.CLASSIFICATION
-            and _per_class(o, self.class_labels)
-        }
+        self.class_outputs = {o.name for o in self.outputs if _class_output(o, self.task, self.kind, self.class_labels)}
         self.ready = True
         self._pool: InferencePool | None = None
 
@@ -207,13 +202,9 @@ class OnnxModel(Model):
         return [_tensor_meta(i) for i in self.several_inputs or [self.input]]
 
     def get_output_types(self) -> list[dict]:
-        glossary = GLOSSARY if self.task is Task.CLASSIFICATION else {**GLOSSARY, **REGRESSION_GLOSSARY}
-        return [
-            {**_tensor_meta(o), "parameters": {"description": glossary[o.name]}}
-            if o.name in glossary
-            else _tensor_meta(o)
-            for o in self.outputs
-        ]
+        """Each output's name, datatype and shape, and its contract description (outputs it lists)."""
+        described = [(o, description(o.name, self.task, self.kind)) for o in self.outputs]
+        return [{**_tensor_meta(o), "parameters": {"description": d}} if d else _tensor_meta(o) for o, d in described]
 
     def metadata_parameters(self) -> dict:
         """The model-level ``parameters`` of ``/v2/models/NAME``: kind, class labels, samples, abstain, temperature."""
@@ -384,7 +375,7 @@ class EnsembleModel(DeterministicModel):
 
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name, path, session, config)
-        _check_uncertainty_outputs(path, "a deep ensemble", self.graph_outputs, self.task)
+        _check_uncertainty_outputs(path, ModelKind.DEEP_ENSEMBLE, session.get_outputs(), self.task)
         self.members = len(self.props.get(ENSEMBLE_KEY, {}).get("members", [])) or None
 
     def _samples(self, parameters: dict) -> tuple[None, dict | None]:
@@ -400,12 +391,9 @@ class EnsembleModel(DeterministicModel):
         return f"deep ensemble of {self.members or '?'} members"
 
 
-def _check_uncertainty_outputs(path: Path, kind: str, outputs: list[str], task: Task) -> None:
-    contract = OUTPUT_NAMES if task is Task.CLASSIFICATION else REGRESSION_OUTPUT_NAMES
-    missing = [n for n in contract if n not in outputs]
-    if missing:
-        what = "" if task is Task.CLASSIFICATION else " regression"
-        raise ModelLoadError(f"{path}: {kind}{what} model needs the outputs {list(contract)}; missing {missing}")
+def _check_uncertainty_outputs(path: Path, kind: ModelKind, outputs, task: Task) -> None:
+    """The outputs every file of this kind and task has (contract.OUTPUTS' required rows); optional ones may lack."""
+    check_outputs(str(path), declared_outputs(outputs), kind, task)
 
 
 class MCDropoutModel(OnnxModel):
@@ -417,7 +405,7 @@ class MCDropoutModel(OnnxModel):
 
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name, path, session, config)
-        _check_uncertainty_outputs(path, "an MC Dropout", self.graph_outputs, self.task)
+        _check_uncertainty_outputs(path, ModelKind.MC_DROPOUT, session.get_outputs(), self.task)
         self.max_samples = min(config.max_samples, int(self.metadata.max_samples or config.max_samples))
         if config.samples > self.max_samples:
             raise UsageError(f"--samples {config.samples} is more than model '{name}' allows ({self.max_samples})")

@@ -12,30 +12,30 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from deploykit.configs import is_int
 from deploykit.contract import (
-    ABSTAIN_OUTPUT,
-    CONFORMAL_OUTPUTS,
     ENSEMBLE_KEY,
     KIND_ENSEMBLE,
     KIND_MC_DROPOUT,
     MEMBER_PREDICTIONS_OUTPUT,
     MEMBERS_OUTPUT,
-    OUTPUT_NAMES,
-    REGRESSION_OUTPUT_NAMES,
+    OUTPUTS,
     SAMPLE_FIRST_OUTPUTS,
-    SAMPLE_PREDICTIONS_OUTPUT,
+    check_outputs,
+    declared_outputs,
+    file_task,
+    outputs_of,
 )
 from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.metadata import read_metadata
 from deploykit.task import Task
-from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, SAMPLES_NAME
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,35 @@ class UncertaintyResult:
     set_size: np.ndarray | None = None  # [N] int64: how many classes it holds
     lower: np.ndarray | None = None  # regression: [N, K] the conformal interval's lower end
     upper: np.ndarray | None = None  # regression: [N, K] its upper end
+    #: every output the model served, by its contract name (deploykit.contract.OUTPUTS): a newer output without a
+    #: field of its own is read here, or as an attribute of its name
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getattr__(self, name: str):
+        """An output the model served that has no field of its own (one the contract added later)."""
+        outputs = self.__dict__.get("outputs") or {}
+        if name in outputs:
+            return outputs[name]
+        raise AttributeError(f"{type(self).__name__} has no field or output {name!r}")
 
     @property
     def entropy(self) -> np.ndarray:
         """Alias of ``predictive_entropy``."""
         return self.predictive_entropy
+
+
+#: Outputs read into a field named otherwise: an ensemble's members fill the samples' fields.
+_FIELD_OF = {MEMBERS_OUTPUT: "sample_probabilities", MEMBER_PREDICTIONS_OUTPUT: "sample_predictions"}
+
+
+def _result_fields(values: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+    """The :class:`UncertaintyResult` fields of the served outputs (the first output for a field wins)."""
+    names = {f.name for f in fields(UncertaintyResult)} - {"outputs", "samples", "task"}
+    found: dict[str, np.ndarray | None] = {}
+    for name, value in values.items():
+        if _FIELD_OF.get(name, name) in names:
+            found.setdefault(_FIELD_OF.get(name, name), value)
+    return {**dict.fromkeys(names), **found}  # the file lacks the rest: None
 
 
 class UncertaintyPredictor:
@@ -85,14 +109,14 @@ class UncertaintyPredictor:
         )
         self.path = path
         self.metadata = read_metadata(self.session)
-        outputs = {o.name for o in self.session.get_outputs()}
-        self.task = Task.CLASSIFICATION if "predictive_entropy" in outputs else Task.REGRESSION
-        contract = OUTPUT_NAMES if self.task is Task.CLASSIFICATION else REGRESSION_OUTPUT_NAMES
-        if self.metadata.kind not in (KIND_MC_DROPOUT, KIND_ENSEMBLE) or not set(contract) <= outputs:
+        declared = declared_outputs(self.session.get_outputs())
+        self.task = Task(file_task(self.metadata.task, list(declared)))
+        if self.metadata.kind not in (KIND_MC_DROPOUT, KIND_ENSEMBLE):
             raise ModelLoadError(
                 f"MC model {path}: not an MC Dropout model or deep ensemble (kind "
                 f"{self.metadata.kind!r}); export one with deploykit mc or deploykit ensemble"
             )
+        check_outputs(f"MC model {path}", declared, self.metadata.kind, self.task)  # before any value is read
         self.is_ensemble = self.metadata.kind == KIND_ENSEMBLE
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
         from deploykit.multi_io import artifact_layout
@@ -108,8 +132,11 @@ class UncertaintyPredictor:
             self.default_samples = int(self.metadata.default_samples or 0)
             self.max_samples = int(self.metadata.max_samples or DEFAULT_MAX_SAMPLES)
         self.class_names = tuple(self.metadata.class_names)
-        extras = (*SAMPLE_FIRST_OUTPUTS, ABSTAIN_OUTPUT, *CONFORMAL_OUTPUTS)
-        self._outputs = [*contract, *(n for n in extras if n in outputs)]
+        # the required outputs, then every optional one the file has (an older file: fewer), in the table's order;
+        # outputs the table does not list are not read
+        listed = dict.fromkeys(o.name for o in OUTPUTS if o.serves(self.metadata.kind, self.task))
+        required = outputs_of(self.metadata.kind, self.task, required=True)
+        self._outputs = [*required, *(n for n in listed if n in declared and n not in required)]
 
     def _members(self) -> int:
         """K, from the ensemble's ``deploykit.ensemble`` metadata (0 when it is missing)."""
@@ -147,17 +174,10 @@ class UncertaintyPredictor:
             }
         )
         return UncertaintyResult(
-            mean=values["mean"],
-            std=values["std"],
-            predictive_entropy=values.get("predictive_entropy"),
-            mutual_information=values.get("mutual_information"),
-            predicted_class=values.get("predicted_class"),
             samples=int(samples if samples is not None else self.default_samples),
-            sample_probabilities=values.get(SAMPLES_OUTPUT, values.get(MEMBERS_OUTPUT)),
-            sample_predictions=values.get(SAMPLE_PREDICTIONS_OUTPUT, values.get(MEMBER_PREDICTIONS_OUTPUT)),
             task=self.task,
-            abstain=values.get(ABSTAIN_OUTPUT),
-            **{n: values.get(n) for n in CONFORMAL_OUTPUTS},
+            outputs=values,
+            **_result_fields(values),
         )
 
     def _check_samples(self, samples) -> int:

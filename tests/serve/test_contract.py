@@ -29,7 +29,7 @@ def test_the_contract_imports_nothing_heavy():
         ("deploykit.uncertainty.ensemble", ["KIND_ENSEMBLE", "MEMBERS_OUTPUT", "OUTPUT_NAMES"]),
         ("deploykit.uncertainty.selective", ["ABSTAIN_OUTPUT", "OUTPUT_NAMES"]),
         ("deploykit.uncertainty.measures", ["Measure"]),
-        ("deploykit.serve.models", ["OUTPUT_NAMES", "SAMPLES_NAME", "SAMPLES_OUTPUT", "GLOSSARY", "ABSTAIN_OUTPUT"]),
+        ("deploykit.serve.models", ["SAMPLES_NAME", "PER_SAMPLE_OUTPUTS", "ABSTAIN_OUTPUT", "description", "check_outputs"]),
     ],
 )
 def test_every_module_uses_the_contract_objects(module, names):
