@@ -23,7 +23,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from deploykit.errors import ModelLoadError
+from deploykit.errors import OutputContractError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"  # the deterministic classifier's output
@@ -55,10 +55,6 @@ class ModelKind(str, enum.Enum):
 KIND_DETERMINISTIC = ModelKind.DETERMINISTIC
 KIND_MC_DROPOUT = ModelKind.MC_DROPOUT
 KIND_ENSEMBLE = ModelKind.DEEP_ENSEMBLE
-
-
-class OutputContractError(ModelLoadError):
-    """A model's output breaks the contract (missing, or of another dtype or shape): named before any value is read."""
 
 
 #: The symbolic axes of :attr:`OutputSpec.shape`: what each stands for (the README's words).
@@ -325,7 +321,8 @@ def check_outputs(
         missing = [n for n in outputs_of(kind, task, output_kind, required=True) if n not in found]
         if missing:
             raise OutputContractError(
-                f"{where}: a {ModelKind(kind).value} {task} model needs the output {missing[0]!r}; it has {sorted(found)}"
+                f"{where}: a {ModelKind(kind).value} {task} model needs the output {missing[0]!r}; "
+                f"it has {sorted(found)}"
             )
     for name, (dtype, shape) in found.items():
         row = spec(name, task, kind)

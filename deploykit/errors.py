@@ -37,6 +37,11 @@ class ModelLoadError(DeployKitError):
     """A path is not a model deploykit can load."""
 
 
+class OutputContractError(ModelLoadError):
+    """A model's output breaks deploykit.contract.OUTPUTS (missing, or of another dtype or shape), named before any
+    value is read."""
+
+
 class UnsupportedLayerError(ModelLoadError):
     """The model holds a layer deploykit does not handle (Conv2D, LSTM, ...)."""
 

@@ -10,8 +10,9 @@ classifier: the Softmax is added to the graph), or ``prediction`` (a regressor).
 
 from __future__ import annotations
 
-from deploykit.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
+from deploykit.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, KIND_DETERMINISTIC, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
 from deploykit.errors import ConversionError
+from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.log import quiet_native
 from deploykit.task import OutputKind
 from deploykit.taskspec import TaskSpec, spec_of
@@ -43,6 +44,9 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
         if kind is OutputKind.LOGITS:
             _add_softmax(proto.graph, names[0], names[1])
     onnx.checker.check_model(proto)
+    width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    sizes = width_sizes(width, spec.classes(width) if isinstance(width, int) else None)
+    check_model_outputs(proto, KIND_DETERMINISTIC, spec.task, sizes, output_kind=kind, where="ONNX export")
     return proto
 
 

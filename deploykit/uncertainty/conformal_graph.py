@@ -13,6 +13,7 @@ import numpy as np
 
 from deploykit.contract import CONFORMAL_KEY as METADATA_KEY
 from deploykit.contract import (
+    KIND_DETERMINISTIC,
     LOWER_OUTPUT,
     OUTPUT_NAME,
     PREDICTION_NAME,
@@ -21,6 +22,8 @@ from deploykit.contract import (
     UPPER_OUTPUT,
 )
 from deploykit.errors import UsageError
+from deploykit.export.contract_onnx import output_info
+from deploykit.task import Task
 from deploykit.uncertainty.conformal import STD_FLOOR, Conformal, ConformalMethod
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 
@@ -29,7 +32,7 @@ def add_conformal(proto, conformal: Conformal) -> None:
     """Add the conformal outputs and the ``deploykit.conformal`` metadata to a model, in place: a classifier's
     ``prediction_set`` (bool [N, C]) and ``set_size`` (int64 [N]), a regressor's ``lower`` / ``upper`` [N, K]."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
     ed = GraphEditor(proto, "conformal")
     outputs = {o.name for o in ed.graph.output}
@@ -46,9 +49,9 @@ def add_conformal(proto, conformal: Conformal) -> None:
             half = ed.op("Mul", [ed.op("Max", ["std", ed.const(STD_FLOOR)]), q])
         ed.op("Sub", [center, half], output=LOWER_OUTPUT)
         ed.op("Add", [center, half], output=UPPER_OUTPUT)
-        dims = _dims(ed, center)
+        n, width = _dims(ed, center)
         ed.graph.output.extend(
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in (LOWER_OUTPUT, UPPER_OUTPUT)]
+            [output_info(o, Task.REGRESSION, KIND_DETERMINISTIC, width, N=n) for o in (LOWER_OUTPUT, UPPER_OUTPUT)]
         )
     else:
         probs = _pick(outputs, ("mean", OUTPUT_NAME), "class probabilities (mean or probabilities)")
@@ -58,10 +61,11 @@ def add_conformal(proto, conformal: Conformal) -> None:
         )
         count = ed.reduce("ReduceSum", ed.op("Cast", [members], to=TensorProto.INT64), [1])
         ed.op("Identity", [count], output=SET_SIZE_OUTPUT)
+        n, width = _dims(ed, probs)
         ed.graph.output.extend(
             [
-                helper.make_tensor_value_info(PREDICTION_SET_OUTPUT, TensorProto.BOOL, _dims(ed, probs)),
-                helper.make_tensor_value_info(SET_SIZE_OUTPUT, TensorProto.INT64, ["N"]),
+                output_info(o, Task.CLASSIFICATION, KIND_DETERMINISTIC, width, N=n)
+                for o in (PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT)
             ]
         )
     toposort(ed.graph)

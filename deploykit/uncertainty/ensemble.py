@@ -37,14 +37,15 @@ from deploykit.contract import (
     MEMBER_PREDICTIONS_OUTPUT,
     MEMBERS_OUTPUT,
     OUTPUT_NAME,
-    OUTPUT_NAMES,
     PREDICTION_NAME,
     SAMPLE_PREDICTIONS_OUTPUT,
     SAMPLES_OUTPUT,
     TASK_KEY,
+    file_task,
 )
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.artifact import file_sizes
+from deploykit.export.contract_onnx import check_model_outputs, output_info, width_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
 from deploykit.records import Record
 from deploykit.task import OutputKind, Task
@@ -95,7 +96,7 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     values = reduce_samples(ed, stacked, task)
     if include_members:
         values[_members_output(task, sampled)] = stacked
-    _declare_outputs(ed, values, classes)
+    _declare_outputs(ed, values, classes, task, sampled)
     merged.graph.doc_string = (
         f"Deep ensemble of {len(protos)} members on one input; outputs as deploykit's MC Dropout "
         + (
@@ -125,7 +126,7 @@ def export_ensemble_onnx(
 
     proto = build_ensemble(members, opset, include_members)
     first = read_metadata(_load(members[0]))
-    task = Task.CLASSIFICATION if "predictive_entropy" in {o.name for o in proto.graph.output} else Task.REGRESSION
+    task = Task(file_task(None, [o.name for o in proto.graph.output]))
     names = list(class_names) if class_names is not None else first.class_names
     if task is Task.REGRESSION and names:
         raise UsageError(f"{len(names)} class names given, but the members are regressors")
@@ -141,6 +142,7 @@ def export_ensemble_onnx(
         max_samples=None,
     )
     write_metadata(proto, meta)
+    check_model_outputs(proto, KIND_ENSEMBLE, task, width_sizes(int(classes)), where="ensemble")
     kind = OutputKind.PROBABILITIES if task is Task.CLASSIFICATION else OutputKind.VALUES  # what `mean` averages
     set_props(
         proto,
@@ -295,21 +297,11 @@ def _add_member(graph, proto, prefix: str, output: str) -> str:
     return prefix + output
 
 
-def _declare_outputs(ed: GraphEditor, values: dict[str, str], classes: int) -> None:
-    from onnx import TensorProto, helper
-
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    contract = [(f32, ["N", classes]), (f32, ["N", classes]), (f32, ["N"]), (f32, ["N"]), (i64, ["N"])]
-    types = {
-        **dict(zip(OUTPUT_NAMES, contract)),
-        MEMBERS_OUTPUT: (f32, ["K", "N", classes]),
-        MEMBER_PREDICTIONS_OUTPUT: (f32, ["K", "N", classes]),
-        SAMPLES_OUTPUT: (f32, ["KT", "N", classes]),
-        SAMPLE_PREDICTIONS_OUTPUT: (f32, ["KT", "N", classes]),
-    }
+def _declare_outputs(ed: GraphEditor, values: dict[str, str], width: int, task: Task, sampled: bool) -> None:
+    """The ensemble's outputs as deploykit.contract.OUTPUTS declares them (MC members' samples: K*T of them)."""
     for name, tensor in values.items():
         ed.op("Identity", [tensor], output=name)
-        ed.graph.output.append(helper.make_tensor_value_info(name, *types[name]))
+        ed.graph.output.append(output_info(name, task, KIND_ENSEMBLE, width, T="KT"))
 
 
 # --- members through the pipeline ------------------------------------------------------------------

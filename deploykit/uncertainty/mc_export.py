@@ -11,6 +11,7 @@ from pathlib import Path
 from deploykit.atomic import atomic_path
 from deploykit.contract import KIND_MC_DROPOUT, TASK_KEY
 from deploykit.errors import UsageError
+from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.export.metadata import ModelMetadata, write_metadata
 from deploykit.export.onnx_quant import quantize_int8_dynamic
@@ -162,6 +163,7 @@ def export_mc_onnx(
     if quantization:
         proto = quantize_int8_dynamic(proto)  # MatMul weights to int8; the Dropout nodes stay
     proto = name_mc_inputs(proto, graph)  # several inputs (deploykit.multi_io): one named input each
+    check_model_outputs(proto, KIND_MC_DROPOUT, task, width_sizes(width), where="MC export")  # before writing
     with atomic_path(path) as tmp:
         write_metadata(proto, meta)
         set_props(proto, {TASK_KEY: task_metadata(task, kind), **output_columns(graph)})

@@ -50,8 +50,9 @@ import numpy as np
 
 from deploykit.chain import Chain, graph_of
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer
-from deploykit.contract import SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.contract import KIND_MC_DROPOUT, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
+from deploykit.export.contract_onnx import output_info
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.graph import Graph, LayerSpec
 from deploykit.layers import Role
@@ -219,18 +220,9 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     for name, value in outputs.items():
         g.nodes.append(helper.make_node("Identity", [value], [name], name=f"output_{name}"))
 
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(INPUT_NAME, f32, ["N", *input_shape]), _samples_input(g, config)]
-    out_types = {
-        "mean": (f32, ["N", width]),
-        "std": (f32, ["N", width]),
-        "predictive_entropy": (f32, ["N"]),
-        "mutual_information": (f32, ["N"]),
-        "predicted_class": (i64, ["N"]),
-        SAMPLES_OUTPUT: (f32, ["T", "N", width]),
-        SAMPLE_PREDICTIONS_OUTPUT: (f32, ["T", "N", width]),
-    }
-    outs = [helper.make_tensor_value_info(name, *out_types[name]) for name in outputs]
+    outs = [output_info(name, task, KIND_MC_DROPOUT, width) for name in outputs]  # as deploykit.contract declares
     doc = _DOC if task is Task.CLASSIFICATION else _REGRESSION_DOC
     graph_proto = helper.make_graph(
         g.nodes,

@@ -45,10 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.configs import Config, number
-from deploykit.contract import ABSTAIN_OUTPUT, OUTPUT_NAME, OUTPUT_NAMES
+from deploykit.contract import ABSTAIN_OUTPUT, KIND_DETERMINISTIC, OUTPUT_NAME, OUTPUT_NAMES, file_task
 from deploykit.contract import ABSTAIN_RULE as RULE
 from deploykit.contract import SELECTIVE_KEY as METADATA_KEY
 from deploykit.errors import ConfigError, DataError, UsageError
+from deploykit.export.contract_onnx import output_info
 from deploykit.records import Record
 from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.uncertainty.measures import Measure
@@ -322,7 +323,6 @@ def add_abstain(proto, chosen: SelectiveThreshold) -> None:
     ensemble model (the MC output contract), after any temperature edit.
     """
     import onnx
-    from onnx import TensorProto, helper
 
     ed = GraphEditor(proto, "selective")
     outputs = {o.name for o in ed.graph.output}
@@ -330,7 +330,7 @@ def add_abstain(proto, chosen: SelectiveThreshold) -> None:
         raise UsageError("this ONNX model already has an abstain output")
     measure_tensor = _measure_tensor(ed, chosen.measure, outputs, OUTPUT_NAMES)
     ed.op("Greater", [measure_tensor, ed.const(chosen.threshold)], output=ABSTAIN_OUTPUT)
-    ed.graph.output.append(helper.make_tensor_value_info(ABSTAIN_OUTPUT, TensorProto.BOOL, ["N"]))
+    ed.graph.output.append(output_info(ABSTAIN_OUTPUT, file_task(None, outputs), KIND_DETERMINISTIC))  # any kind
     toposort(ed.graph)
     set_props(proto, {METADATA_KEY: chosen.metadata_value()})
     onnx.checker.check_model(proto, full_check=True)
@@ -343,7 +343,7 @@ def read_selective(proto) -> dict | None:
 
 
 def _measure_tensor(ed: GraphEditor, measure: Measure, outputs: set[str], contract: tuple[str, ...]) -> str:
-    mean, _, entropy, mutual, _ = contract
+    mean, entropy, mutual = "mean", "predictive_entropy", "mutual_information"  # outputs of the contract, by name
     regression = "std" in outputs and entropy not in outputs
     if (measure is Measure.INTERVAL_WIDTH) != regression:
         raise UsageError(

@@ -191,7 +191,7 @@ def apply_temperature(proto, fit: TemperatureFit, output: str = OUTPUT_NAME) -> 
 
 def apply_mc_temperature(proto, fit: TemperatureFit) -> None:
     """Store ``fit`` in an MC Dropout or ensemble model (in place), as its placement says."""
-    mean, entropy = OUTPUT_NAMES[0], OUTPUT_NAMES[2]
+    mean, entropy = "mean", "predictive_entropy"  # outputs of the contract, by name
     _refuse_twice(proto)
     ed = GraphEditor(proto, "temperature")
     for name in OUTPUT_NAMES:

@@ -26,10 +26,13 @@ def test_the_contract_imports_nothing_heavy():
         ("deploykit.export.convert", ["INPUT_NAME", "OUTPUT_NAME"]),
         ("deploykit.export.metadata", ["KIND_DETERMINISTIC"]),
         ("deploykit.uncertainty.mc_graph", ["SAMPLES_NAME", "SAMPLES_OUTPUT"]),
-        ("deploykit.uncertainty.ensemble", ["KIND_ENSEMBLE", "MEMBERS_OUTPUT", "OUTPUT_NAMES"]),
+        ("deploykit.uncertainty.ensemble", ["KIND_ENSEMBLE", "MEMBERS_OUTPUT", "file_task"]),
         ("deploykit.uncertainty.selective", ["ABSTAIN_OUTPUT", "OUTPUT_NAMES"]),
         ("deploykit.uncertainty.measures", ["Measure"]),
-        ("deploykit.serve.models", ["SAMPLES_NAME", "PER_SAMPLE_OUTPUTS", "ABSTAIN_OUTPUT", "description", "check_outputs"]),
+        (
+            "deploykit.serve.models",
+            ["SAMPLES_NAME", "PER_SAMPLE_OUTPUTS", "ABSTAIN_OUTPUT", "description", "check_outputs"],
+        ),
     ],
 )
 def test_every_module_uses_the_contract_objects(module, names):
