@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -71,6 +71,8 @@ class OpenedArtifact:
     input_shape: tuple[int, ...]
     quantization: str | None  # asked for only when the caller does not know it
     reference_accuracy: float | None  # from an ONNX file's deploykit metadata
+    output_name: str = ""  # the output the runner reads (deploykit.contract.main_output)
+    outputs: dict = field(default_factory=dict)  # {name: (dtype, shape)} as the runtime declares them
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,13 @@ def _open(path: Path, threads: int | None, describe: bool):
         reference_accuracy = read_metadata(runner.session).reference_accuracy
     quantization = artifact_quantization(path) if describe else None
     return runner, OpenedArtifact(
-        runner.format.value, runner.runtime, tuple(runner.input_shape), quantization, reference_accuracy
+        runner.format.value,
+        runner.runtime,
+        tuple(runner.input_shape),
+        quantization,
+        reference_accuracy,
+        runner.output_name,
+        runner.declared_outputs(),
     )
 
 

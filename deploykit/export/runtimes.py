@@ -50,6 +50,12 @@ class OnnxRunner:
         )
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
+    def declared_outputs(self) -> dict[str, tuple[str, list]]:
+        """{name: (dtype, shape)} of every graph output, as deploykit.contract checks them."""
+        from deploykit.contract import declared_outputs
+
+        return declared_outputs(self.session.get_outputs())
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.layout is None:
@@ -91,6 +97,22 @@ class TfliteRunner:
             )
         )
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
+
+    def declared_outputs(self) -> dict[str, tuple[str, list]]:
+        """{name: (dtype, shape)} of the signature's outputs (a quantized one as the float32 it is read as)."""
+        try:
+            signature = next(iter(self.interpreter._get_full_signature_list().values()))["outputs"]
+        except (AttributeError, StopIteration, KeyError, TypeError):  # no signature: the tensor names
+            signature = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
+        by_index = {d["index"]: d for d in self.interpreter.get_output_details()}
+        return {
+            name: (
+                "float32" if _params(by_index[i]) else np.dtype(by_index[i]["dtype"]).name,
+                [int(d) if d > 0 else None for d in by_index[i]["shape_signature"]],
+            )
+            for name, i in signature.items()
+            if i in by_index
+        }
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

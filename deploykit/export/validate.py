@@ -29,7 +29,7 @@ from deploykit.export.artifact import ExportRecord, file_sizes
 from deploykit.export.config import ExportFormat, Precision, Quantization, Tolerance
 from deploykit.export.isolated import InProcess, shared_worker
 from deploykit.export.runtimes import predict_batches, runner_class
-from deploykit.export.sanity import check_output_contract, without_reference
+from deploykit.export.sanity import check_declared_outputs, check_output_contract, without_reference
 from deploykit.inputs import as_dataset, as_reference
 from deploykit.records import Record
 from deploykit.task import Task
@@ -156,9 +156,10 @@ def validate(
     quantization = quantization or opened.quantization
     precision = _precision(artifact, quantization)
     data.check_input_shape((None, *opened.input_shape), what=f"artifact {path.name}")
+    check_declared_outputs(path, opened, data.task)  # names, dtypes and ranks before any value is read
     x, y = data.x_test, data.y_test
     measured = runtime.measure(x, batch_sizes, repeats)
-    check_output_contract(path, measured.outputs, data)
+    check_output_contract(path, measured.outputs, data, opened.output_name)  # widths, before comparing values
     timings = [Timing(batch, 1e3 * seconds, batch / seconds) for batch, seconds in measured.seconds.items()]
     size, gz = file_sizes(path)
     tol = tolerance if tolerance is not None else Tolerance.for_precision(precision, data.task)
