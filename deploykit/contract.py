@@ -352,7 +352,7 @@ def _served_by(rows: list[OutputSpec]) -> str:
     row = rows[0]
     kinds = {DET: "deterministic", UNCERTAIN: "MC / ensemble", ENSEMBLE: "ensemble", ALL_KINDS: "any"}[row.kinds]
     task = "models" if len(rows) > 1 else {C: "classifiers", R: "regressors"}[row.task]
-    only = [k.value for k in row.output_kinds if row.output_kinds != _CLASSIFIER_KINDS]
+    only = [str(k) for k in row.output_kinds if row.output_kinds != _CLASSIFIER_KINDS]
     return f"{kinds} {task}" + (f" ({', '.join(only)})" if only else "") + (f"; with {row.when}" if row.when else "")
 
 

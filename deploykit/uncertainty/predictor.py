@@ -24,7 +24,6 @@ from deploykit.contract import (
     KIND_MC_DROPOUT,
     MEMBER_PREDICTIONS_OUTPUT,
     MEMBERS_OUTPUT,
-    OUTPUTS,
     SAMPLE_FIRST_OUTPUTS,
     check_outputs,
     declared_outputs,
@@ -134,7 +133,7 @@ class UncertaintyPredictor:
         self.class_names = tuple(self.metadata.class_names)
         # the required outputs, then every optional one the file has (an older file: fewer), in the table's order;
         # outputs the table does not list are not read
-        listed = dict.fromkeys(o.name for o in OUTPUTS if o.serves(self.metadata.kind, self.task))
+        listed = outputs_of(self.metadata.kind, self.task)
         required = outputs_of(self.metadata.kind, self.task, required=True)
         self._outputs = [*required, *(n for n in listed if n in declared and n not in required)]
 
