@@ -57,6 +57,38 @@ class Carry(enum.Enum):
     MAX_POSITIVE = "max_positive"  # max pooling commutes when every scale is positive
 
 
+class KernelLayout(enum.Enum):
+    """How a kernel's axes hold the layer's output units: what a fold scales, compact removes and int8 clips."""
+
+    DENSE = "dense"  # [inputs, units]
+    CONV = "conv"  # [taps..., input channels, filters]: one output channel per last-axis column
+    DEPTHWISE = "depthwise"  # [taps..., input channels, multiplier]: output channel c * multiplier + m (grouped)
+    RECURRENT = "recurrent"  # a cell's [inputs, gates x units]: pruned, never scaled or cut per unit
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The weight that makes a layer's output units, named as TF-MOT's ``prune_registry`` names it."""
+
+    name: str  # the layer attribute (kernel, depthwise_kernel, pointwise_kernel); on the cell for an RNN
+    index: int  # its index in ``get_weights()``; the bias (when used) follows it
+    layout: KernelLayout
+
+    @property
+    def reads_input(self) -> bool:
+        """Applied to the layer's input itself (SeparableConv2D's pointwise kernel reads its depthwise output)."""
+        return self.index == 0
+
+    @property
+    def units_key(self) -> str | None:
+        """The config key holding how many output units the kernel makes (compact rewrites it)."""
+        return {KernelLayout.DENSE: "units", KernelLayout.CONV: "filters"}.get(self.layout)
+
+    def units(self, shape: tuple[int, ...]) -> int:
+        """Output units of a kernel of this shape (a depthwise kernel's: channels x multiplier)."""
+        return int(shape[-2] * shape[-1]) if self.layout is KernelLayout.DEPTHWISE else int(shape[-1])
+
+
 @dataclass(frozen=True)
 class LayerSupport:
     """What deploykit may do with one layer type."""
@@ -67,19 +99,22 @@ class LayerSupport:
     identity_at_inference: bool = False  # a fold may pass through it unchanged
     keras3_import: bool = True  # rebuilt from a Keras 3 file by deploykit.keras3
     needs_unsafe: bool = False  # loading it may run arbitrary code
-    channel_axis: int | None = -1  # the axis holding channels (features); None: no channel meaning
-    absorbs: Absorb = Absorb.NONE
+    absorbs: Absorb = Absorb.NONE  # fold: BOTH also takes a map on its inputs (fold_forward)
     carries: Carry = Carry.STOP
-    mc: bool = False  # the MC Dropout graph can emit it (see deploykit.uncertainty.mc_graph)
-    sampled: bool = False  # random under MC Dropout
-    compactable: bool = False  # compact may remove its dead output units
-    #: The weight TF-MOT prunes: (attribute name, index in ``get_weights()``);
-    #: SeparableConv2D's is its pointwise kernel.
-    pruned_kernel: tuple[str, int] = ("kernel", 0)
+    mc: bool = False  # the MC Dropout graph can emit it (deploykit.uncertainty.mc_layers.emit asks)
+    sampled: bool = False  # random under MC Dropout: the MC graph samples it and everything downstream
+    compactable: bool = False  # compact (sparsity.dead_neurons) may remove its dead output units
+    #: The weight that makes its output units and that TF-MOT prunes (SeparableConv2D's: its pointwise kernel).
+    kernel: Kernel | None = None
 
     @property
     def merges(self) -> bool:
         return self.role is Role.MERGE
+
+    @property
+    def pruned_kernel(self) -> tuple[str, int]:
+        """(attribute name, index in ``get_weights()``) of the weight TF-MOT prunes."""
+        return (self.kernel.name, self.kernel.index) if self.kernel else ("kernel", 0)
 
 
 def _entry(role: Role, **kw) -> LayerSupport:
@@ -88,7 +123,10 @@ def _entry(role: Role, **kw) -> LayerSupport:
 
 _ACTIVATION = _entry(Role.ACTIVATION)
 _DROPOUT = _entry(Role.DROPOUT, identity_at_inference=True, carries=Carry.IDENTITY, sampled=True)
-_CONV = _entry(Role.CONV, prunable=True, absorbs=Absorb.BOTH)
+_CONV = _entry(
+    Role.CONV, prunable=True, absorbs=Absorb.BOTH, compactable=True, kernel=Kernel("kernel", 0, KernelLayout.CONV)
+)
+_RNN = _entry(Role.RECURRENT, prunable=True, kernel=Kernel("kernel", 0, KernelLayout.RECURRENT))
 _AVG = _entry(Role.POOLING, carries=Carry.AVERAGE)
 _MAX = _entry(Role.POOLING, carries=Carry.MAX_POSITIVE)
 
@@ -96,13 +134,19 @@ SUPPORT: dict[str, LayerSupport] = {
     "InputLayer": _entry(Role.INPUT, identity_at_inference=True, carries=Carry.IDENTITY),
     "Flatten": _entry(Role.RESHAPE, carries=Carry.RESHAPE),
     "Reshape": _entry(Role.RESHAPE, carries=Carry.RESHAPE),
-    "Dense": _entry(Role.DENSE, prunable=True, absorbs=Absorb.BOTH, compactable=True),
+    "Dense": _entry(
+        Role.DENSE, prunable=True, absorbs=Absorb.BOTH, compactable=True, kernel=Kernel("kernel", 0, KernelLayout.DENSE)
+    ),
     "Conv1D": _CONV,
     "Conv2D": _CONV,
     # TF-MOT's registry prunes SeparableConv2D's pointwise kernel; the depthwise kernel goes through PrunableLayer
     # (deploykit.sparsity.magnitude), as TF-MOT 0.8 registers DepthwiseConv2D with no prunable weight.
-    "DepthwiseConv2D": _entry(Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, pruned_kernel=("depthwise_kernel", 0)),
-    "SeparableConv2D": _entry(Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, pruned_kernel=("pointwise_kernel", 1)),
+    "DepthwiseConv2D": _entry(
+        Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, kernel=Kernel("depthwise_kernel", 0, KernelLayout.DEPTHWISE)
+    ),
+    "SeparableConv2D": _entry(
+        Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, kernel=Kernel("pointwise_kernel", 1, KernelLayout.CONV)
+    ),
     "BatchNormalization": _entry(Role.BATCHNORM, folds_away=True),
     "Normalization": _entry(Role.NORMALIZATION, folds_away=True),
     "Rescaling": _entry(Role.RESCALING, folds_away=True),
@@ -135,14 +179,14 @@ SUPPORT: dict[str, LayerSupport] = {
     "ZeroPadding2D": _entry(Role.PADDING),
     "Cropping1D": _entry(Role.RESHAPE),  # cuts a model input out of the packed one (deploykit.multi_io_model)
     "LayerNormalization": _entry(Role.LAYERNORM),
-    "Embedding": _entry(Role.EMBEDDING, channel_axis=None),
+    "Embedding": _entry(Role.EMBEDDING),
     # TF-MOT's registry prunes the cells' kernel and recurrent_kernel (not through Bidirectional); the MC graph
     # emits them as ONNX LSTM / GRU / RNN (deploykit.uncertainty.mc_rnn).
-    "LSTM": _entry(Role.RECURRENT, prunable=True, channel_axis=None),
-    "GRU": _entry(Role.RECURRENT, prunable=True, channel_axis=None),
-    "SimpleRNN": _entry(Role.RECURRENT, prunable=True, channel_axis=None),
-    "Bidirectional": _entry(Role.RECURRENT, channel_axis=None),
-    "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None),
+    "LSTM": _RNN,
+    "GRU": _RNN,
+    "SimpleRNN": _RNN,
+    "Bidirectional": _entry(Role.RECURRENT),
+    "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True),
 }
 
 #: Keras spells some classes twice (MaxPool2D is MaxPooling2D): alias -> table name.
@@ -162,9 +206,9 @@ ALIASES = {
 SUPPORT.update({alias: SUPPORT[name] for alias, name in ALIASES.items()})
 
 #: A built-in Keras layer outside the table: exported by the converters, skipped by the other steps.
-UNKNOWN = LayerSupport(Role.OTHER, channel_axis=None)
+UNKNOWN = LayerSupport(Role.OTHER)
 #: Code the table cannot vouch for (a custom class), allowed only with ``unsafe``.
-CUSTOM = LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True, channel_axis=None)
+CUSTOM = LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True)
 
 #: The Keras class names a tf_keras pruning wrapper may hold.
 PRUNABLE = frozenset(name for name, s in SUPPORT.items() if s.prunable)

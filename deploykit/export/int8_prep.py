@@ -59,8 +59,6 @@ INT8_LEVELS = 127
 #: The largest requantization multiplier deploykit lets a Dense layer keep. XNNPACK refuses >= 256
 #: (and crashes on it); the margin covers the difference between this estimate and the converter's.
 MAX_REQUANTIZATION = 32.0
-#: The convolutions whose kernel is clipped per output channel (a DepthwiseConv2D's: per input channel x multiplier).
-CONV_KERNELS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D"})
 #: Receptive fields a conv's clip search samples from the calibration data (bounds memory and time) ...
 MAX_PATCHES = 8192
 #: ... at most this many values in all (patches x taps x input channels), so a wide layer (EfficientNet's 5x5
@@ -228,7 +226,7 @@ def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> lis
         for k, (spec, h) in enumerate(zip(specs, outputs if isinstance(outputs, (list, tuple)) else [outputs])):
             h = np.asarray(h)
             low[k], high[k] = min(low[k], float(h.min())), max(high[k], float(h.max()))
-            if spec.class_name in CONV_KERNELS:
+            if _conv_kernel(spec):
                 rows[k].append(_patches(spec, h, -(-_patch_count(spec) * len(part) // len(calibration)), rng))
             else:
                 rows[k].append(h.reshape(len(h), -1).astype(np.float64))
@@ -295,7 +293,16 @@ def _clippable(spec) -> bool:
 
     if spec.support.role is Role.DENSE:
         return True
-    return spec.class_name in CONV_KERNELS and spec.config.get("data_format", "channels_last") == "channels_last"
+    return _conv_kernel(spec) and spec.config.get("data_format", "channels_last") == "channels_last"
+
+
+def _conv_kernel(spec) -> bool:
+    """A convolution whose kernel reads the layer's input, clipped per output channel (the layer table's kernel
+    layout: Conv1D / Conv2D, and DepthwiseConv2D per input channel x multiplier; not SeparableConv2D's pointwise)."""
+    from deploykit.layers import KernelLayout
+
+    kernel = spec.support.kernel
+    return kernel is not None and kernel.reads_input and kernel.layout in (KernelLayout.CONV, KernelLayout.DEPTHWISE)
 
 
 def _clip_rows(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
@@ -305,7 +312,9 @@ def _clip_rows(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
     runs on the sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads
     input channel ``c`` only: one group of columns per input channel, each with its own patch values.
     """
-    if spec.class_name != "DepthwiseConv2D":
+    from deploykit.layers import KernelLayout
+
+    if spec.support.kernel.layout is not KernelLayout.DEPTHWISE:
         return _clip_matrix(spec, rows, in_scale)
     kernel = spec.weights[0].astype(np.float64)
     taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]

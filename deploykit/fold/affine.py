@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.graph import LayerSpec
-from deploykit.layers import Role
+from deploykit.layers import Absorb, KernelLayout, Role
 
 #: A Normalization folds only when every feature's |mean| / std is at most this: folding costs
 #: about log10 of it in float32 digits (100: outputs stay within ~1e-5).
@@ -80,22 +80,32 @@ def _full_shape_stats(values, in_shape: tuple[int, ...], axes) -> np.ndarray:
     return np.broadcast_to(arr.reshape(bshape), in_shape)
 
 
-def batchnorm_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
-    """BatchNormalization at inference: ``gamma * (x - mean) / sqrt(var + eps) + beta``, its own eps."""
+def batchnorm_scale_offset(spec: LayerSpec) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization at inference as ``x * scale + offset`` per feature (float64), from its moving statistics:
+    ``scale = gamma / sqrt(var + eps)`` (its own eps, float32 as Keras adds it), ``offset = beta - mean * scale``.
+
+    The one place the formula lives: the fold and the MC Dropout graph (``uncertainty.mc_layers``) both use it.
+    """
     cfg = spec.config
-    if cfg.get("renorm") or cfg.get("virtual_batch_size"):
-        raise NotFoldable("batch renormalization / virtual batches are not folded")
-    axes = cfg.get("axis", -1)
-    axes = [axes] if isinstance(axes, int) else list(axes)
-    w = list(spec.weights)
+    w = [np.asarray(a, np.float64) for a in spec.weights]
     gamma = w.pop(0) if cfg.get("scale", True) else None
     beta = w.pop(0) if cfg.get("center", True) else None
     mean, var = w[0], w[1]
     gamma = np.ones_like(mean) if gamma is None else gamma
     beta = np.zeros_like(mean) if beta is None else beta
-    gamma, beta, mean, var = (_full_shape_stats(v, in_shape, axes) for v in (gamma, beta, mean, var))
     scale = gamma / np.sqrt(var + np.float64(np.float32(cfg.get("epsilon", 1e-3))))
-    return Affine.broadcast(scale, beta - mean * scale, in_shape)
+    return scale, beta - mean * scale
+
+
+def batchnorm_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
+    """BatchNormalization at inference (:func:`batchnorm_scale_offset`) on inputs of ``in_shape``."""
+    cfg = spec.config
+    if cfg.get("renorm") or cfg.get("virtual_batch_size"):
+        raise NotFoldable("batch renormalization / virtual batches are not folded")
+    axes = cfg.get("axis", -1)
+    axes = [axes] if isinstance(axes, int) else list(axes)
+    scale, offset = (_full_shape_stats(v, in_shape, axes) for v in batchnorm_scale_offset(spec))
+    return Affine.broadcast(scale, offset, in_shape)
 
 
 def normalization_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
@@ -150,10 +160,16 @@ def layer_affine(spec: LayerSpec, in_shape: tuple[int, ...]) -> Affine:
 
 
 def _kernel_parts(spec: LayerSpec) -> tuple[np.ndarray, np.ndarray, int]:
-    """(kernel, bias, index of the kernel in the weights) in float64; a zero bias when the layer has none."""
-    k = 1 if spec.class_name == "SeparableConv2D" else 0  # the pointwise kernel makes the output channels
+    """(kernel, bias, index of the kernel in the weights) in float64; a zero bias when the layer has none.
+
+    The kernel is the one the layer table names (``LayerSupport.kernel``: SeparableConv2D's pointwise kernel
+    makes its output channels)."""
+    layout = spec.support.kernel
+    if layout is None:
+        raise NotFoldable(f"{spec.class_name} {spec.name!r} has no kernel to fold into")
+    k = layout.index
     kernel = spec.weights[k].astype(np.float64)
-    units = kernel.shape[-2] * kernel.shape[-1] if spec.class_name == "DepthwiseConv2D" else kernel.shape[-1]
+    units = layout.units(kernel.shape)
     has_bias = spec.config.get("use_bias", True)
     bias = spec.weights[k + 1].astype(np.float64) if has_bias else np.zeros(units)
     return kernel, bias, k
@@ -177,7 +193,7 @@ def fold_backward(target: LayerSpec, affine: Affine) -> None:
     s, t = affine.last_axis(f"{target.class_name} {target.name!r}")
     _channels_last(target)
     kernel, bias, k = _kernel_parts(target)
-    if target.class_name == "DepthwiseConv2D":  # output channel c * multiplier + m
+    if target.support.kernel.layout is KernelLayout.DEPTHWISE:  # output channel c * multiplier + m
         scaled = (kernel.reshape(*kernel.shape[:2], -1) * s).reshape(kernel.shape)
     else:
         scaled = kernel * s
@@ -193,10 +209,11 @@ def fold_forward(affine: Affine, target: LayerSpec) -> None:
     """
     s, t = affine.last_axis(f"{target.class_name} {target.name!r}")
     _channels_last(target)
-    kernel, bias, k = _kernel_parts(target)
-    if target.class_name not in ("Dense", "Conv1D", "Conv2D"):
+    if target.support.absorbs is not Absorb.BOTH:  # the layer table: Dense, Conv1D, Conv2D
         raise NotFoldable(f"{target.class_name} {target.name!r} does not take a map on its inputs")
-    if target.class_name != "Dense" and target.config.get("padding", "valid") != "valid" and np.any(t != 0):
+    kernel, bias, k = _kernel_parts(target)
+    padded = target.support.kernel.layout is not KernelLayout.DENSE and target.config.get("padding", "valid") != "valid"
+    if padded and np.any(t != 0):
         raise NotFoldable(
             f"{target.class_name} {target.name!r} pads with zeros ({target.config.get('padding')!r} "
             "padding): a shifted input is not exact there"

@@ -45,15 +45,13 @@ import numpy as np
 from deploykit.errors import DataError, StepError, UsageError
 from deploykit.evaluate import output_scale, outputs
 from deploykit.keras3_api import keras3_boundary
-from deploykit.layers import Role
+from deploykit.layers import KernelLayout, Role
 from deploykit.sparsity.report import CompactReport, LayerCompact
 
 #: Activations that mix features: a neuron of such a layer is never removed.
 _MIXING = frozenset({"softmax", "log_softmax"})
 #: Dropout layers whose output is 0 wherever the input is 0 (in training mode too).
 _ZERO_PRESERVING = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D"})
-#: The layers whose output units compact removes: Dense units, conv output channels.
-_KERNELS = frozenset({"Dense", "Conv1D", "Conv2D"})
 
 
 @dataclass
@@ -82,7 +80,7 @@ def compact(model, data=None, *, tolerance: float = 1e-5):
         )
     x_check = _check_inputs(model, data)
     graph = graph_from_model(model)
-    sources = [node for node in graph.nodes if node.spec.class_name in _KERNELS]
+    sources = [node for node in graph.nodes if node.spec.support.compactable]  # the layer table: Dense, Conv1D/2D
     if not sources:
         raise StepError(f"compact: model {model.name!r} has no Dense layer or convolution")
     before = {node.name: _units_macs(node) for node in sources}
@@ -180,7 +178,7 @@ def _route(graph, node):
         spec = nxt.spec
         if spec.support.role is Role.MERGE:
             return f"channels coupled: reaches {spec.class_name} {spec.name!r}"
-        if spec.class_name in _KERNELS:
+        if spec.support.compactable:  # the next kernel: a Dense or conv whose rows take the channels
             if _activation(src.config) in _MIXING:
                 return f"its {_activation(src.config)} activation mixes its units"
             for layer in (src, spec):
@@ -197,7 +195,7 @@ def _route(graph, node):
 
 def _feeds_a_kernel(graph, name: str) -> bool:
     """True when a Dense or conv layer reads ``name``'s output, directly or further down."""
-    return any(node.spec.class_name in _KERNELS and name in graph.ancestors(node.name) for node in graph.nodes)
+    return any(node.spec.support.compactable and name in graph.ancestors(node.name) for node in graph.nodes)
 
 
 def _channels_last(spec) -> bool:
@@ -253,7 +251,7 @@ def _compact_pair(src, route: _Route) -> tuple[int, int]:
         dst_bias = (dst_bias.astype(np.float64) + shift).astype(dst_bias.dtype)
     dst.weights = [_keep_rows(dst, rows, keep)] + ([dst_bias] if dst.config.get("use_bias", True) else [])
     src.weights = [src.weights[0][..., keep]] + ([bias[keep]] if len(src.weights) > 1 else [])
-    src.config["units" if src.class_name == "Dense" else "filters"] = int(keep.sum())
+    src.config[src.support.kernel.units_key] = int(keep.sum())
     for spec in between:
         spec.weights = [w[..., keep] if w.ndim and w.shape[-1] == n else w for w in spec.weights]
     return int(remove.sum()), kept
@@ -262,14 +260,19 @@ def _compact_pair(src, route: _Route) -> tuple[int, int]:
 def _rows(dst, n: int, positions: int) -> np.ndarray:
     """The next kernel's weights per input channel, as (positions or taps, n, units)."""
     kernel = dst.weights[0]
-    if dst.class_name == "Dense":
+    if _dense(dst):
         return kernel.reshape(positions, n, kernel.shape[-1])
     return kernel.reshape(-1, n, kernel.shape[-1])
 
 
+def _dense(spec) -> bool:
+    """A Dense kernel [inputs, units] (else a conv's [taps..., input channels, filters]), as the layer table says."""
+    return spec.support.kernel.layout is KernelLayout.DENSE
+
+
 def _keep_rows(dst, rows: np.ndarray, keep: np.ndarray) -> np.ndarray:
     kept = rows[:, keep]
-    if dst.class_name == "Dense":
+    if _dense(dst):
         return kept.reshape(-1, rows.shape[2])
     return kept.reshape(*dst.weights[0].shape[:-2], int(keep.sum()), rows.shape[2])
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from deploykit.records import Record
 from deploykit.sparsity.config import StructuredConfig
-from deploykit.sparsity.dead_neurons import _KERNELS, _columns, _route, _rows, compact
+from deploykit.sparsity.dead_neurons import _columns, _route, _rows, compact
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
@@ -152,7 +152,7 @@ def _plans(graph, chosen: list[str], config: StructuredConfig) -> tuple[list[_Pl
     """Which units of each chosen layer go (the least important), and the chosen layers left whole, with why."""
     plans, skipped = [], {}
     for node in graph.nodes:
-        if node.name not in chosen or node.spec.class_name not in _KERNELS:
+        if node.name not in chosen or not node.spec.support.compactable:
             continue
         route = _route(graph, node)
         if isinstance(route, str):

@@ -123,7 +123,7 @@ def sampled_nodes(graph: Graph, start: frozenset = frozenset()) -> set[str]:
     """The nodes that differ between MC samples: every dropout and everything downstream of one (or of ``start``)."""
     sampled = set(start)
     for node in graph.nodes:  # topological: inputs are decided first
-        if node.spec.support.role is Role.DROPOUT or any(i in sampled for i in node.inputs):
+        if node.spec.support.sampled or any(i in sampled for i in node.inputs):
             sampled.add(node.name)
     return sampled
 

@@ -15,7 +15,9 @@ import numpy as np
 
 from deploykit.errors import UnsupportedLayerError
 from deploykit.export.convert import DEFAULT_OPSET
+from deploykit.fold.affine import batchnorm_scale_offset
 from deploykit.graph import LayerSpec, Node
+from deploykit.layers import ALIASES
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, pool_keep, represented_rate
 
 # Keras's SELU constants (AlphaDropout's correction is built from them).
@@ -93,11 +95,14 @@ EMITTERS: dict[str, object] = {}
 
 
 def emits(*class_names: str):
-    """Register the function as the MC graph form of these Keras classes."""
+    """Register the function as the MC graph form of these Keras classes (and of their aliases, layers.ALIASES)."""
 
     def register(fn):
         for name in class_names:
             EMITTERS[name] = fn
+        for alias, name in ALIASES.items():
+            if name in class_names:
+                EMITTERS[alias] = fn
         return fn
 
     return register
@@ -105,7 +110,7 @@ def emits(*class_names: str):
 
 def emit(g: OnnxGraph, node: Node, xs: list[str], shapes: list[tuple]):
     spec = node.spec
-    fn = EMITTERS.get(spec.class_name)
+    fn = EMITTERS.get(spec.class_name) if spec.support.mc else None  # the layer table says what the MC graph emits
     if fn is None:
         raise UnsupportedLayerError(spec.name, spec.class_name, "cannot be expressed in the MC Dropout graph")
     return fn(g, node, xs, shapes)
@@ -226,7 +231,7 @@ def _conv(g, spec: LayerSpec, x: str, rank: int, onnx_kernel: np.ndarray, bias, 
     return _to_channels_last(g, g.op("Conv", inputs, group=group, **attrs), rank)
 
 
-@emits("Conv1D", "Conv2D", "Convolution1D", "Convolution2D")
+@emits("Conv1D", "Conv2D")
 def _emit_conv(g, node, xs, shapes):
     spec = node.spec
     kernel = np.asarray(spec.weights[0])
@@ -252,7 +257,7 @@ def _emit_depthwise(g, node, xs, shapes):
     return _activation(g, spec, spec.config.get("activation", "linear"), y), _out_shape(node)
 
 
-@emits("SeparableConv2D", "SeparableConvolution2D")
+@emits("SeparableConv2D")
 def _emit_separable(g, node, xs, shapes):
     spec = node.spec
     depthwise, pointwise = np.asarray(spec.weights[0]), np.asarray(spec.weights[1])
@@ -268,10 +273,6 @@ def _emit_separable(g, node, xs, shapes):
     "MaxPooling2D",
     "AveragePooling1D",
     "AveragePooling2D",
-    "MaxPool1D",
-    "MaxPool2D",
-    "AvgPool1D",
-    "AvgPool2D",
 )
 def _emit_pool(g, node, xs, shapes):
     spec = node.spec
@@ -292,10 +293,6 @@ def _emit_pool(g, node, xs, shapes):
     "GlobalAveragePooling2D",
     "GlobalMaxPooling1D",
     "GlobalMaxPooling2D",
-    "GlobalAvgPool1D",
-    "GlobalAvgPool2D",
-    "GlobalMaxPool1D",
-    "GlobalMaxPool2D",
 )
 def _emit_global_pool(g, node, xs, shapes):
     spec = node.spec
@@ -382,12 +379,7 @@ def _batchnorm(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     """Inference BatchNormalization with its moving statistics: x * scale + offset."""
     cfg = spec.config
     _last_axis_only(spec, cfg.get("axis", -1), len(shape))
-    w = [np.asarray(a, np.float64) for a in spec.weights]
-    gamma = w.pop(0) if cfg.get("scale", True) else 1.0
-    beta = w.pop(0) if cfg.get("center", True) else 0.0
-    mean, var = w
-    scale = gamma / np.sqrt(var + float(cfg.get("epsilon", 1e-3)))
-    offset = beta - mean * scale
+    scale, offset = batchnorm_scale_offset(spec)  # the formula the fold uses too
     return g.op("Add", [g.op("Mul", [x, g.const(scale)]), g.const(offset)])
 
 

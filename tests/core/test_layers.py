@@ -101,3 +101,57 @@ def test_every_entry_the_table_says_mc_can_emit_has_an_emitter_and_no_other():
 
     claimed = {name for name, entry in SUPPORT.items() if entry.mc}
     assert claimed == set(EMITTERS)
+
+
+def test_each_kernel_is_named_with_its_layout_as_tf_mot_names_it():
+    """The weight that makes the output units: its attribute, index in get_weights() and layout."""
+    from deploykit.layers import KernelLayout
+
+    def kernel(name):
+        k = SUPPORT[name].kernel
+        return (k.name, k.index, k.layout)
+
+    assert kernel("Dense") == ("kernel", 0, KernelLayout.DENSE)
+    assert kernel("Conv2D") == kernel("Convolution2D") == ("kernel", 0, KernelLayout.CONV)
+    assert kernel("DepthwiseConv2D") == ("depthwise_kernel", 0, KernelLayout.DEPTHWISE)
+    assert kernel("SeparableConv2D") == ("pointwise_kernel", 1, KernelLayout.CONV)
+    assert kernel("LSTM") == ("kernel", 0, KernelLayout.RECURRENT)
+    assert SUPPORT["SeparableConv2D"].pruned_kernel == ("pointwise_kernel", 1)
+    assert not SUPPORT["SeparableConv2D"].kernel.reads_input and SUPPORT["Conv1D"].kernel.reads_input
+    assert (
+        SUPPORT["DepthwiseConv2D"].kernel.units((3, 3, 8, 2)) == 16
+        and SUPPORT["Conv2D"].kernel.units((3, 3, 8, 2)) == 2
+    )
+    assert (SUPPORT["Dense"].kernel.units_key, SUPPORT["Conv1D"].kernel.units_key) == ("units", "filters")
+    assert {n for n, s in SUPPORT.items() if s.prunable} == {n for n, s in SUPPORT.items() if s.kernel is not None}
+
+
+def test_compact_removes_units_of_dense_and_plain_convolutions_only():
+    """compactable is what sparsity.dead_neurons reads: Dense and Conv1D / Conv2D, not depthwise or separable."""
+    compactable = {n for n, s in SUPPORT.items() if s.compactable}
+    assert compactable == {"Dense", "Conv1D", "Conv2D", "Convolution1D", "Convolution2D"}
+
+
+def test_aliases_are_listed_once_and_the_mc_graph_emits_them():
+    from deploykit.layers import ALIASES
+    from deploykit.uncertainty.mc_layers import EMITTERS
+
+    for alias, name in ALIASES.items():
+        assert SUPPORT[alias] is SUPPORT[name]
+        assert (alias in EMITTERS) == (name in EMITTERS) and EMITTERS.get(alias) is EMITTERS.get(name), alias
+
+
+def test_the_batchnorm_formula_is_one_function_for_the_fold_and_the_mc_graph():
+    import numpy as np
+
+    from deploykit.fold.affine import batchnorm_affine, batchnorm_scale_offset
+    from deploykit.graph import LayerSpec
+
+    gamma, beta, mean, var = (np.array(v, np.float32) for v in ([2.0, 0.5], [0.1, -1.0], [3.0, -2.0], [4.0, 0.25]))
+    spec = LayerSpec("BatchNormalization", {"name": "bn", "epsilon": 1e-3}, [gamma, beta, mean, var])
+    scale, offset = batchnorm_scale_offset(spec)
+    x = np.array([[1.0, 2.0]])
+    keras_like = gamma * (x - mean) / np.sqrt(var + np.float32(1e-3)) + beta
+    np.testing.assert_allclose(x * scale + offset, keras_like, rtol=1e-6)
+    affine = batchnorm_affine(spec, (2,))
+    np.testing.assert_allclose(np.asarray(affine.scale).reshape(-1), scale)
