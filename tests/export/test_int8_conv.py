@@ -8,8 +8,6 @@ ordinary weights round to zero, unless ``prepare_for_int8`` clips them.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -35,9 +33,9 @@ def _conv_spec(kernel, **config):
         "activation": "linear",
         **config,
     }
-    return SimpleNamespace(
-        name="conv", class_name=name, config=config, weights=[kernel.astype(np.float32), np.zeros(units, np.float32)]
-    )
+    from deploykit.graph import LayerSpec
+
+    return LayerSpec(name, config, [kernel.astype(np.float32), np.zeros(units, np.float32)])
 
 
 def _conv(x, spec):
