@@ -99,20 +99,8 @@ class TfliteRunner:
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
     def declared_outputs(self) -> dict[str, tuple[str, list]]:
-        """{name: (dtype, shape)} of the signature's outputs (a quantized one as the float32 it is read as)."""
-        try:
-            signature = next(iter(self.interpreter._get_full_signature_list().values()))["outputs"]
-        except (AttributeError, StopIteration, KeyError, TypeError):  # no signature: the tensor names
-            signature = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
-        by_index = {d["index"]: d for d in self.interpreter.get_output_details()}
-        return {
-            name: (
-                "float32" if _params(by_index[i]) else np.dtype(by_index[i]["dtype"]).name,
-                [int(d) if d > 0 else None for d in by_index[i]["shape_signature"]],
-            )
-            for name, i in signature.items()
-            if i in by_index
-        }
+        """{name: (dtype, shape)} of the signature's outputs (:func:`tflite_outputs`)."""
+        return tflite_outputs(self.interpreter)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -147,6 +135,24 @@ class TfliteRunner:
         names = self.layout.output_names() or [self.output_name]
         values = {n: _dequantize(self.interpreter.get_tensor(outputs[n]["index"]), _params(outputs[n])) for n in names}
         return values[names[0]] if len(names) == 1 else self.layout.join_outputs(values)
+
+
+def tflite_outputs(interpreter) -> dict[str, tuple[str, list]]:
+    """{name: (dtype, shape)} of a LiteRT interpreter's signature outputs, as deploykit.contract checks them (a
+    quantized output as the float32 the runners read it as; no signature: the tensor names)."""
+    details = {d["index"]: d for d in interpreter.get_output_details()}
+    try:
+        signature = next(iter(interpreter._get_full_signature_list().values()))["outputs"]
+    except (AttributeError, StopIteration, KeyError, TypeError):
+        signature = {d["name"]: i for i, d in details.items()}
+    return {
+        name: (
+            "float32" if _params(details[i]) else np.dtype(details[i]["dtype"]).name,
+            [int(d) if d > 0 else None for d in details[i]["shape_signature"]],
+        )
+        for name, i in signature.items()
+        if i in details
+    }
 
 
 def packed_shapes(layout, input_shape: tuple, output_shape: tuple) -> tuple[tuple, tuple]:

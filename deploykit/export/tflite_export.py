@@ -19,7 +19,7 @@ from deploykit.export.config import (
 )
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import variant_source
-from deploykit.export.runtimes import TfliteRunner
+from deploykit.export.runtimes import TfliteRunner, tflite_outputs
 from deploykit.export.unroll import unrolled
 from deploykit.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
@@ -79,6 +79,7 @@ def export_tflite(
     _, kind = model_task(model, task=task)
     source, calibration, prep = variant_source(model, as_calibration(representative_data), quant, knobs, input_shape)
     flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
+    _check_outputs(flat, model, kind)  # before anything is written
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
     seconds = time.perf_counter() - start
@@ -173,6 +174,24 @@ def _convert(
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
         first = (str(exc).splitlines() or [""])[0]
         raise ConversionError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {first}") from exc
+
+
+def _check_outputs(flat: bytes, model, kind: OutputKind) -> None:
+    """The converted signature's outputs against deploykit.contract.OUTPUTS (names of the output kind, dtypes,
+    shapes); a model of several named outputs (deploykit.multi_io) names its own, only their types are checked."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from deploykit.contract import KIND_DETERMINISTIC, check_outputs
+    from deploykit.export.contract_onnx import width_sizes
+    from deploykit.multi_io_model import packing_of
+    from deploykit.taskspec import spec_of
+
+    spec = spec_of(kind)
+    width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    sizes = width_sizes(width, spec.classes(width) if isinstance(width, int) else None)
+    found = tflite_outputs(Interpreter(model_content=flat))
+    single = packing_of(model) is None
+    check_outputs("TFLite export", found, KIND_DETERMINISTIC, spec.task, sizes, output_kind=kind, required=single)
 
 
 def _selective(converter, model, calibration, exclude: tuple[str, ...], int8_io: bool) -> bytes:
