@@ -114,8 +114,8 @@ class OutputSpec:
 
 _MC_MEAN = "mean over the T dropout samples (MC) or the K members (ensemble)"
 
-#: The tasks and output kinds by their values (deploykit.task.Task and OutputKind are str enums and compare equal
-#: to them; the task module imports the contract, not the reverse).
+#: The tasks and output kinds by their values: deploykit.task.Task and OutputKind are str enums and compare equal
+#: to them (the contract imports no deploykit module but errors: deploykit.task reaches it through multi_io).
 C, R = "classification", "regression"
 DET, ENSEMBLE = (ModelKind.DETERMINISTIC,), (ModelKind.DEEP_ENSEMBLE,)
 _SET = "`--conformal` (`deploykit.conformal`)"
