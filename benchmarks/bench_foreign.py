@@ -1,0 +1,312 @@
+"""The newcomer's models (issue 20) as ONE table: Keras 3 files built as their authors publish them.
+
+Each model is built and trained in a plain Keras 3 process (no deploykit, no tf_keras), saved with
+``model.save("x.keras")``, then ``deploykit optimize MODEL --data DATA`` runs with defaults (the big
+keras.applications networks with ``--time-budget``) in its own process. Per model, side by side in one table:
+
+- the exit code and the wall / CPU seconds;
+- the shipped artifacts, and whether each one is within the accuracy budget by the rule the tests hold
+  (``tests.helpers.ships_by_budget``: validation accepts, the test split confirms);
+- every rejected artifact with the reason ``report.json`` gives (a rejected artifact, never a failed run);
+- in a fresh plain Keras 3 process: ``model.keras`` reopened with ``keras.saving.load_model`` and its outputs
+  against the user's own model on 256 rows (max |difference|, divided by the outputs' RMS above 1; target
+  <= 1e-5 where nothing was pruned), with a kept temperature applied to the user's outputs (``model.keras`` holds
+  it folded into its head) and the chapter's ``MCDropout`` read in inference mode.
+
+Models: ``mnist_convnet`` (keras.io "Simple MNIST convnet", line for line: one-hot labels,
+categorical_crossentropy), ``tabular`` (a tutorial tabular classifier: Normalization, Dense ReLU, Dense softmax on
+scikit-learn's 64-feature digits table), ``quickstart`` (TensorFlow 2 quickstart for beginners: Dense(10) logits,
+``from_logits=True``), ``gru`` (Embedding, GRU, Dropout, softmax on token sequences), ``mobilenet_v3_small``,
+``convnext_tiny``, ``efficientnet_b0`` (``keras.applications`` with ``weights=None``, 32x32x3 inputs with their
+own preprocessing, 10 classes, on the Fashion sample padded to 32x32 and repeated over 3 channels); and from
+``bench_models.py``: ``sigmoid``, ``onehot``, ``lstm``, ``three_heads``, ``wide_deep``, ``mc_dropout``.
+
+Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
+Run from the repository root:
+
+    python benchmarks/bench_foreign.py [--models mnist_convnet,gru] [--epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import bench_models as bm
+from common import FASHION, RESULTS, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
+
+#: Built here (the others by bench_models.py's own training script).
+OWN = ("mnist_convnet", "tabular", "quickstart", "gru", "mobilenet_v3_small", "convnext_tiny", "efficientnet_b0")
+FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
+MODELS = OWN + FROM_BENCH_MODELS
+APPLICATIONS = {
+    "mobilenet_v3_small": "MobileNetV3Small",
+    "convnext_tiny": "ConvNeXtTiny",
+    "efficientnet_b0": "EfficientNetB0",
+}
+#: What a user with a big network on a laptop passes: the run plans its tries to finish in this many minutes.
+EXTRA = {"convnext_tiny": ("--time-budget", "10"), "efficientnet_b0": ("--time-budget", "10")}
+#: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
+EPOCHS = {"convnext_tiny": 2, "efficientnet_b0": 3, "mobilenet_v3_small": 4}
+TARGET = 1e-5
+
+#: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path.
+TRAIN = textwrap.dedent("""
+    import sys, numpy as np, keras
+    kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    keras.utils.set_random_seed(0)
+    z = np.load(data)
+    x, y = z["x"], z["y"]
+    L = keras.layers
+    if kind == "mnist_convnet":  # keras.io/examples/vision/mnist_convnet, as published
+        model = keras.Sequential([keras.Input(shape=(28, 28, 1)),
+            L.Conv2D(32, kernel_size=(3, 3), activation="relu"), L.MaxPooling2D(pool_size=(2, 2)),
+            L.Conv2D(64, kernel_size=(3, 3), activation="relu"), L.MaxPooling2D(pool_size=(2, 2)),
+            L.Flatten(), L.Dropout(0.5), L.Dense(10, activation="softmax")])
+        model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+        model.fit(x, y, batch_size=128, epochs=epochs, validation_split=0.1, verbose=0)
+    elif kind == "tabular":  # Normalization adapted on the table, one hidden layer, softmax
+        norm = L.Normalization()
+        norm.adapt(x)
+        model = keras.Sequential([keras.Input(shape=x.shape[1:]), norm, L.Dense(64, activation="relu"),
+                                  L.Dropout(0.2), L.Dense(int(y.max()) + 1, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, validation_split=0.15, verbose=0)
+    elif kind == "quickstart":  # tensorflow.org/tutorials/quickstart/beginner, as published
+        model = keras.models.Sequential([keras.layers.Input((28, 28)), keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(0.2), keras.layers.Dense(10)])
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer="adam", loss=loss_fn, metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, verbose=0)
+    elif kind == "gru":
+        model = keras.Sequential([keras.Input(x.shape[1:], dtype="int32"), L.Embedding(int(x.max()) + 1, 16),
+                                  L.GRU(32), L.Dropout(0.2), L.Dense(int(y.max()) + 1, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x.astype("int32"), y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    else:  # keras.applications, weights=None (no download), its own preprocessing of 0-255 pixels
+        ctor = getattr(keras.applications, kind)
+        model = ctor(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.1, verbose=0)
+    model.save(out)
+""")
+
+#: In a fresh plain Keras 3 process: argv = user's model, out folder, probe (.npy / .npz). Prints JSON.
+CHECK = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import numpy as np, keras, onnx
+
+    @keras.saving.register_keras_serializable()
+    class MCDropout(keras.layers.Dropout):  # the chapter's class read in inference mode, as deploykit reads it
+        pass
+
+    user, out, probe_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    ref = keras.saving.load_model(user)
+    probe = np.load(probe_path)
+    if probe_path.endswith(".npz"):
+        probe = dict(probe)
+        probe = [probe[t.name] for t in ref.inputs] if len(ref.inputs) > 1 else probe[ref.inputs[0].name]
+    def joined(outputs, model):  # several outputs: side by side in the order of their names
+        if not isinstance(outputs, (list, tuple)):
+            return np.asarray(outputs, np.float64)
+        order = sorted(range(len(outputs)), key=lambda i: model.output_names[i])
+        return np.concatenate([np.asarray(outputs[i], np.float64).reshape(len(outputs[i]), -1) for i in order], 1)
+    report = {}
+    try:
+        kept = keras.saving.load_model(out / "model.keras")
+    except Exception as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:200]}))
+        raise SystemExit(0)
+    want, got = joined(ref.predict(probe, verbose=0), ref), joined(kept.predict(probe, verbose=0), kept)
+    temperature = None
+    if (out / "model.onnx").exists():
+        meta = {p.key: p.value for p in onnx.load(out / "model.onnx").metadata_props}
+        temperature = (json.loads(meta.get("deploykit.temperature", "null") or "null") or {}).get("temperature")
+    if temperature:  # folded into model.keras's head: the user's outputs at the same temperature
+        activation = getattr(ref.layers[-1], "activation", None)
+        kind = getattr(activation, "__name__", "")
+        if kind == "sigmoid":
+            p = np.clip(want, 1e-30, 1 - 1e-16)
+            want = 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+        elif kind == "softmax":
+            z = np.log(np.clip(want, 1e-30, None)) / temperature
+            want = np.exp(z - z.max(1, keepdims=True)); want /= want.sum(1, keepdims=True)
+        else:  # logits
+            want = want / temperature
+    report["temperature"] = temperature
+    report["model_keras_vs_user"] = float(np.abs(got - want).max()) / max(1.0, float(np.sqrt(np.mean(want ** 2))))
+    print(json.dumps(report))
+""")
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def data_for(kind: str, folder: Path) -> Path:
+    """The .npz the user hands deploykit, as they would have saved it for their own training."""
+    import numpy as np
+
+    path = folder / f"{kind}.npz"
+    if kind == "tabular":
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        np.savez(path, x=x.astype(np.float32), y=y)
+        return path
+    if kind == "gru":
+        return bm.tokens_npz(folder)
+    with np.load(FASHION) as z:
+        x, y = z["x"].astype(np.float32), z["y"]
+    if kind == "mnist_convnet":  # the example's own preparation: /255, a channel axis, to_categorical
+        np.savez(path, x=(x / 255)[..., None], y=np.eye(10, dtype=np.float32)[y])
+    elif kind == "quickstart":  # x_train / 255.0
+        np.savez(path, x=x / 255, y=y)
+    else:  # keras.applications: 32x32 RGB pixels 0-255 (their preprocessing is inside the model)
+        padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+        np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=y)
+    return path
+
+
+def probe(data: Path, folder: Path) -> Path:
+    """The first 256 rows of the data's inputs (an .npz named after the model's inputs for several)."""
+    import numpy as np
+
+    arrays = np.load(data)
+    if "x" not in arrays:
+        path = folder / "probe.npz"
+        np.savez(path, **{k: arrays[k][:256].astype(np.float32) for k in arrays.files})
+        return path
+    path = folder / "probe.npy"
+    np.save(path, arrays["x"][:256].astype(np.float32))
+    return path
+
+
+def train(kind: str, data: Path, epochs: int, model: Path) -> str:
+    """Train ``kind`` in plain Keras 3; the error line when it fails."""
+    if kind in OWN:
+        script, argv = TRAIN, (APPLICATIONS.get(kind, kind), str(data), str(epochs), str(model))
+    else:
+        script, argv = bm.TRAIN, (kind, str(data), str(epochs), str(model))
+    done = bm.plain_keras3(script, *argv)
+    return "" if done.returncode == 0 else (done.stderr.strip().splitlines() or [""])[-1]
+
+
+def one(kind: str, folder: Path, epochs: int) -> dict:
+    """Train, optimize with defaults, check ``model.keras`` in plain Keras 3: the model's row."""
+    if kind in OWN:
+        data = data_for(kind, folder)
+    else:
+        data = bm.multi_npz(kind, folder) if kind in bm.MULTI else bm.data_for(kind, folder)
+    model = folder / f"{kind}.keras"
+    epochs = min(epochs, EPOCHS.get(kind, epochs))
+    say(f"{kind}: training in Keras 3 ({epochs} epochs)")
+    start = time.perf_counter()
+    error = train(kind, data, epochs, model)
+    if error:
+        return {"model": kind, "exit": None, "error": f"training failed: {error}"}
+    trained = round(time.perf_counter() - start, 1)
+    extra = EXTRA.get(kind, ())
+    say(f"{kind}: deploykit optimize {' '.join(extra)}")
+    out = folder / f"out_{kind}"
+    row = {"model": kind, "options": " ".join(extra), "epochs": epochs, "train_seconds": trained}
+    row.update(bm.optimize(model, data, out, extra))
+    row.update(budget_check(out))
+    done = bm.plain_keras3(CHECK, str(model), str(out), str(probe(data, folder)))
+    row["keras3"] = (
+        json.loads(done.stdout.strip().splitlines()[-1])
+        if done.returncode == 0 and done.stdout.strip()
+        else {"error": (done.stderr.strip().splitlines() or [""])[-1][:200]}
+    )
+    say(f"{kind}: exit {row['exit']} in {row['wall_seconds']} s")
+    return row
+
+
+def budget_check(out: Path) -> dict:
+    """Each shipped artifact held to the budget rule; each rejected one with its reason (report.json)."""
+    from tests.helpers import ships_by_budget
+
+    path = out / "report.json"
+    if not path.exists():
+        return {}
+    report = json.loads(path.read_text())
+    arts = [r for r in report["artifacts"] if r["file"] != "original.keras"]
+    outside = [
+        r["file"]
+        for r in arts
+        if r["verdict"] != "rejected" and r.get("accuracy_change") is not None and not ships_by_budget(r, report)
+    ]
+    reasons = {r["file"]: " ".join(str(r.get("checks", "")).split())[:160] for r in arts if r["verdict"] == "rejected"}
+    return {"outside_budget": outside, "rejections": reasons}
+
+
+def markdown(rows: list[dict]) -> str:
+    ok = [r for r in rows if r.get("exit") == 0]
+    lines = [
+        "# The newcomer's models: Keras 3 files through `deploykit optimize`",
+        "",
+        "Each model built as its authors publish it and trained in plain Keras 3, saved with `model.save`, then "
+        "`deploykit optimize MODEL --data DATA` with defaults (options shown) in its own process. *Within budget*: "
+        "shipped artifacts / those the budget rule ships (validation accepts, test confirms; "
+        "`tests/helpers.ships_by_budget`). *model.keras vs user*: `model.keras` reopened in a fresh plain Keras 3 "
+        "process, its outputs against the user's model on 256 rows (with a kept temperature applied; target "
+        f"≤ {TARGET:g} where nothing was pruned). Wall times are on 2 CPU cores shared with other work (loaded).",
+        "",
+        f"**{len(ok)} of {len(rows)} exit 0.**",
+        "",
+        "| model | options | exit | train / optimize wall s (loaded) | optimize CPU s | kept sparsity | shipped | "
+        "within budget | model.keras vs user | rejected (reason) |",
+        "|---|---|---:|---:|---:|---|---:|---|---:|---|",
+    ]
+    for r in rows:
+        k3 = r.get("keras3", {})
+        diff = k3.get("model_keras_vs_user")
+        dense = r.get("kept_sparsity") == "dense"
+        cell = "—" if diff is None else f"{diff:.1e}" + ("" if dense else " (pruned)")
+        if "error" in k3:
+            cell = f"error: {k3['error'][:80]}"
+        shipped = r.get("shipped", [])
+        outside = r.get("outside_budget", [])
+        within = f"{len(shipped) - len(outside)} / {len(shipped)}" + (
+            f" (outside: {', '.join(outside)})" if outside else ""
+        )
+        rejected = "; ".join(f"`{f}`: {why}" for f, why in r.get("rejections", {}).items()) or "—"
+        error = f" error: {r['error'][:200]}" if r.get("error") else ""
+        lines.append(
+            f"| {r['model']} | {r.get('options') or 'defaults'} | {r.get('exit')} | {r.get('train_seconds', '—')} / "
+            f"{r.get('wall_seconds', '—')} | {r.get('cpu_seconds', '—')} | {r.get('kept_sparsity', '—')} | "
+            f"{len(shipped)} | {within} | {cell} | {(rejected + error).replace('|', '/')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--epochs", type=int, default=8, help="training epochs at most (fewer for the big networks)")
+    args = ap.parse_args()
+    kinds = tuple(k for k in args.models.split(",") if k)
+    unknown = sorted(set(kinds) - set(MODELS))
+    if unknown:
+        sys.exit(f"unknown model(s): {', '.join(unknown)}")
+    if not FASHION.exists():
+        sys.exit(f"the Fashion sample is absent ({FASHION.name} beside the project): nothing to measure")
+    last = RESULTS / "foreign.json"
+    rows = {r["model"]: r for r in json.loads(last.read_text())["rows"]} if last.exists() else {}
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows[kind] = one(kind, Path(tmp), args.epochs)
+        ordered = [rows[k] for k in MODELS if k in rows]
+        write_results("foreign", {"rows": ordered}, markdown(ordered), quiet=True)  # written after each model
+    print((RESULTS / "foreign.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
