@@ -10,7 +10,8 @@ logits or binary classifier, a regressor, an MC Dropout model or a deep ensemble
     python examples/client_tritonclient.py --model model_mc --samples 100 --npz data.npz --index 3
 
 ``--npz`` sends a real sample (arrays ``x_test``/``y_test`` or ``x``/``y``, as
-deploykit reads them); without it a synthetic input of the right shape is sent.
+deploykit reads them; a model with several inputs takes arrays named after them, e.g.
+``input_wide`` and ``input_deep``); without it a synthetic input of the right shape is sent.
 Needs ``pip install "tritonclient[http]"``.
 """
 
@@ -22,16 +23,36 @@ import numpy as np
 import tritonclient.http as httpclient
 
 
-def sample(npz: str | None, index: int, shape: list[int]) -> tuple[np.ndarray, object]:
-    """One row of the model's input shape (batch of 1) and its true label (None when synthetic)."""
+def sample(npz: str | None, index: int, shape: list[int], name: str | None = None) -> tuple[np.ndarray, object]:
+    """One row of the model's input shape (batch of 1) and its true label (None when synthetic or unnamed).
+
+    ``name``: the input's name, for a model with several inputs (the .npz holds one array per input)."""
     if npz is None:
         return np.random.default_rng(index).uniform(0, 1, [1, *shape]).astype(np.float32), None
     with np.load(npz, allow_pickle=False) as data:
-        xkey, ykey = ("x_test", "y_test") if "x_test" in data.files else ("x", "y")
+        if name is not None:
+            xkey, ykey = (f"{name}_test" if f"{name}_test" in data.files else name), None
+        else:
+            xkey, ykey = ("x_test", "y_test") if "x_test" in data.files else ("x", "y")
+        if xkey not in data.files:
+            raise SystemExit(f"{npz}: no array {xkey!r} for the model's input (it has {', '.join(data.files)})")
         x, y = data[xkey][index], data[ykey][index] if ykey in data.files else None
     if x.size != int(np.prod(shape)):
         raise SystemExit(f"{npz}: {xkey}[{index}] has {x.size} values, the model takes {shape}")
     return x.reshape([1, *shape]).astype(np.float32), y
+
+
+def request(specs: list[dict], npz: str | None, index: int) -> tuple[list, object]:
+    """One InferInput per model input (by name, binary tensor data) and the true label when the data has one."""
+    several = len(specs) > 1
+    tensors, label = [], None
+    for spec in specs:
+        x, y = sample(npz, index, spec["shape"][1:], spec["name"] if several else None)
+        tensor = httpclient.InferInput(spec["name"], list(x.shape), spec["datatype"])
+        tensor.set_data_from_numpy(x)  # binary tensor data (the default)
+        tensors.append(tensor)
+        label = y if y is not None else label
+    return tensors, label
 
 
 def main() -> None:
@@ -47,15 +68,11 @@ def main() -> None:
     if not client.is_model_ready(args.model):
         raise SystemExit(f"model {args.model!r} is not ready on {args.url}")
     meta = client.get_model_metadata(args.model)
-    (spec,) = meta["inputs"]  # deploykit models take one FP32 input of shape [-1, ...]
-    x, label = sample(args.npz, args.index, spec["shape"][1:])
+    tensors, label = request(meta["inputs"], args.npz, args.index)  # one FP32 tensor per input, by name
     labels = meta.get("parameters", {}).get("class_labels") or []
     outputs = [o["name"] for o in meta["outputs"]]
-
-    tensor = httpclient.InferInput(spec["name"], list(x.shape), spec["datatype"])
-    tensor.set_data_from_numpy(x)  # binary tensor data (the default)
     samples = {"samples": args.samples} if args.samples else None  # a deterministic model ignores it
-    result = client.infer(args.model, [tensor], parameters=samples)
+    result = client.infer(args.model, tensors, parameters=samples)
 
     def name(k: int) -> str:
         return f"{k} ({labels[k]})" if k < len(labels) else str(k)
@@ -112,8 +129,11 @@ def print_uncertain_class(result, kind: str, name) -> None:
 
 def print_regression(result, outputs: list[str], kind: str) -> None:
     """A regressor's predictions in the targets' units; an MC / ensemble regressor's mean, std and 95% interval."""
-    if "mean" not in outputs:
-        print("predicted " + ", ".join(f"{v:.4g}" for v in result.as_numpy("prediction")[0]) + " (the targets' units)")
+    if "mean" not in outputs:  # one `prediction`, or several heads each named after the model's output
+        named = ["prediction"] if "prediction" in outputs else outputs
+        for name in named:
+            values = ", ".join(f"{v:.4g}" for v in result.as_numpy(name)[0])
+            print(("predicted " if name == "prediction" else f"{name}: predicted ") + values + " (the targets' units)")
         return
     mean, std = result.as_numpy("mean")[0], result.as_numpy("std")[0]
     parts = [

@@ -137,6 +137,7 @@ def optimize(
     say = progress or _silent
     if model is None and config.input.model is None:
         raise UsageError("optimize: no model given (pass a tf_keras model or a file, or set [input] model)")
+    _check_data_given(model, data, config)
     if out_dir is not None:
         return _prepare_and_run(model, data, config, Path(out_dir), force, say, unsafe, started)
     out = Path(tempfile.mkdtemp(prefix="deploykit-optimize-"))
@@ -145,6 +146,24 @@ def optimize(
     except BaseException:
         out.rmdir()  # atomic_dir left it as it was: empty
         raise
+
+
+def _check_data_given(model, data, config: OptimizeConfig) -> None:
+    """Refuse a user's model without data: the default data (digits) fits the shipped model only, and a run on it
+    would fail later blaming digits, or worse, succeed on the wrong data (the CLI's ``--data`` rule, for the API)."""
+    from deploykit.data import DEFAULT_DATASET
+    from deploykit.shipped import SHIPPED_MODEL
+
+    if data is not None or config.input.data != DEFAULT_DATASET:
+        return
+    source = model if model is not None else config.input.model
+    if isinstance(source, (str, os.PathLike)) and Path(source).resolve() == SHIPPED_MODEL.resolve():
+        return
+    raise UsageError(
+        "optimize: data is needed: the model is not the shipped digits model, and deploykit has no data of its own "
+        "for it (pass data= an .npz with arrays x and y, a .csv, IDX files or (x, y) arrays; data='digits' to run "
+        "on the embedded digits anyway)"
+    )
 
 
 def _silent(_message: str) -> None:

@@ -97,3 +97,25 @@ def test_a_missing_input_is_refused_naming_the_inputs(server, inputs):
         server.base + "/v1/models/wide_deep:predict", {"instances": [{"input_wide": inputs["input_wide"][0].tolist()}]}
     )
     assert status == 400 and "input_deep" in body["error"]
+
+
+def test_the_example_client_sends_every_input_and_prints_every_head(server, repo, inputs, tmp_path):
+    """examples/client_tritonclient.py on Wide & Deep: one tensor per input from arrays named after them (--npz),
+    each named head printed with the value onnxruntime gives."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "client_tritonclient.py"
+    np.savez(tmp_path / "wd.npz", **inputs)
+    command = [sys.executable, str(example), "--url", server.url, "--model", "wide_deep"]
+    done = subprocess.run(
+        [*command, "--npz", str(tmp_path / "wd.npz"), "--index", "3"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    expected = _local(repo, {k: v[3:4] for k, v in inputs.items()})
+    for name, value in expected.items():
+        assert f"{name}: predicted {value[0, 0]:.4g} (the targets' units)" in done.stdout, done.stdout
+    assert "class" not in done.stdout and "probability" not in done.stdout
+    synthetic = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert synthetic.returncode == 0 and "synthetic input" in synthetic.stdout, synthetic.stderr

@@ -175,3 +175,33 @@ def test_regression_ensemble_answers_mean_std_and_members(triton, task_repo, x):
     assert result.as_numpy(MEMBER_PREDICTIONS_OUTPUT).shape == (2, 30, 2)
     assert result.get_response()["parameters"]["members"] == 2
     assert triton.get_model_metadata("reg_ensemble")["parameters"]["task"] == "regression"
+
+
+@pytest.mark.parametrize(
+    "model, says, never",
+    [
+        ("logits", ["predicted class", "logits (before the softmax / sigmoid)"], ["entropy -", "mean"]),
+        ("reg", ["predicted", "(the targets' units)"], ["probability", "entropy", "class"]),
+        ("reg_mc", ["mc_dropout: target 0:", "+-", "95% interval"], ["probability", "entropy", "class"]),
+        ("reg_ensemble", ["target 1:", "+-", "95% interval"], ["probability", "entropy", "class"]),
+    ],
+)
+def test_the_example_client_prints_what_each_task_predicts(task_server, model, says, never):
+    """examples/client_tritonclient.py on a logits classifier, a regressor, its MC model and an ensemble."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "client_tritonclient.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--url", task_server.url, "--model", model],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for text in says:
+        assert text in done.stdout, done.stdout
+    for text in never:
+        assert text not in done.stdout, done.stdout
