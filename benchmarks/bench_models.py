@@ -212,7 +212,8 @@ CHECK = textwrap.dedent("""
     loaded = {k: v for k, v in result.items() if not k.endswith("_error")}
     report = {k: v for k, v in result.items() if k.endswith("_error")}
     if "original.keras" in loaded:
-        a, b = (joined(m.predict(probe, verbose=0), m.output_names) for m in (loaded["original.keras"], ref))
+        a, b = (joined(m.predict(probe, verbose=0), getattr(m, "output_names", None))  # none on a Sequential
+                for m in (loaded["original.keras"], ref))
         report["original_vs_user"] = float(np.abs(a - b).max())
     onnx_path = out / "model.onnx"
     if onnx_path.exists():
@@ -229,7 +230,7 @@ CHECK = textwrap.dedent("""
             got = np.concatenate([v.reshape(len(v), -1) for v in session.run(outs, feed)], axis=1) if several \
                 else session.run([out0], feed)[0]
             kept = loaded["model.keras"]
-            want = joined(kept.predict(probe, verbose=0), kept.output_names)
+            want = joined(kept.predict(probe, verbose=0), getattr(kept, "output_names", None))
             if got.shape[1] == 2 and want.shape[1] == 1:  # a binary head: P(class 1) is served as [1 - p, p]
                 want = np.concatenate([1 - want, want], axis=1)
             meta = {p.key: p.value for p in proto.metadata_props}
