@@ -127,7 +127,9 @@ CHECK = textwrap.dedent("""
     temperature = None
     if (out / "model.onnx").exists():
         meta = {p.key: p.value for p in onnx.load(out / "model.onnx").metadata_props}
-        temperature = (json.loads(meta.get("deploykit.temperature", "null") or "null") or {}).get("temperature")
+        steps = json.loads(meta.get("deploykit.steps", "[]"))  # optimize records a folded T as "temperature(T)"
+        folded = [float(s[len("temperature("):-1]) for s in steps if s.startswith("temperature(")]
+        temperature = folded[-1] if folded else None
     if temperature:  # folded into model.keras's head: the user's outputs at the same temperature
         activation = getattr(ref.layers[-1], "activation", None)
         kind = getattr(activation, "__name__", "")
@@ -269,6 +271,8 @@ def markdown(rows: list[dict]) -> str:
         diff = k3.get("model_keras_vs_user")
         dense = r.get("kept_sparsity") == "dense"
         cell = "—" if diff is None else f"{diff:.1e}" + ("" if dense else " (pruned)")
+        if k3.get("temperature"):
+            cell += f" (T {k3['temperature']:.3g})"
         if "error" in k3:
             cell = f"error: {k3['error'][:80]}"
         shipped = r.get("shipped", [])
