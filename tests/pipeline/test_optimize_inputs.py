@@ -51,6 +51,7 @@ def test_a_users_model_without_data_is_refused_not_run_on_digits(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # measures the shipped model on digits
 def test_the_shipped_model_still_runs_on_digits_by_default(tmp_path):
     """The README's quick start: the shipped model with no data runs on the embedded digits (here: no steps)."""
     from deploykit.shipped import SHIPPED_MODEL
