@@ -294,7 +294,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--epochs", type=int, default=8, help="training epochs at most (fewer for the big networks)")
+    ap.add_argument("--merge", default="", help="comma-separated foreign.json files of runs side by side: one table")
+    ap.add_argument("--note", default="", help="a sentence about the run's machine, kept in foreign.json and .md")
     args = ap.parse_args()
+    if args.merge:  # two runs at once (one per core) write their own foreign.json: their rows in one table
+        rows = {r["model"]: r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())["rows"]}
+        ordered = [rows[k] for k in MODELS if k in rows]
+        note = args.note or ""
+        write_results("foreign", {"rows": ordered, "note": note}, markdown(ordered) + (f"\n{note}\n" if note else ""))
+        return
     kinds = tuple(k for k in args.models.split(",") if k)
     unknown = sorted(set(kinds) - set(MODELS))
     if unknown:
