@@ -40,10 +40,15 @@ CHILD = r"""
 import json, sys, time
 from deploykit.pipeline import optimize
 marks = []
+start = (time.perf_counter(), time.process_time())
+partial = open(sys.argv[4] + ".partial", "w")  # every mark as it comes: a run cut short keeps its finished steps
 def progress(message):
     marks.append((message, time.perf_counter(), time.process_time()))
     print(message[:200], file=sys.stderr, flush=True)
-start = (time.perf_counter(), time.process_time())
+    partial.write(json.dumps(marks[-1]) + "\n")
+    partial.flush()
+from deploykit.io import load_model
+partial.write(json.dumps({"start": start, "params": int(load_model(sys.argv[1]).count_params())}) + "\n")
 result = optimize(sys.argv[1], sys.argv[2], out_dir=sys.argv[3], sparsity=0.8, epochs=2, samples=10, mc_seed=0,
                   progress=progress)
 end = (time.perf_counter(), time.process_time())
@@ -135,7 +140,7 @@ def run(model: Path, data: Path, folder: Path, timeout: float) -> dict:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall": time.perf_counter() - start}
+        return _cut_short(marks.with_name(marks.name + ".partial"), timeout, time.perf_counter() - start)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200], "wall": time.perf_counter() - start}
     got = json.loads(marks.read_text())
@@ -148,12 +153,32 @@ def run(model: Path, data: Path, folder: Path, timeout: float) -> dict:
     }
 
 
+def _cut_short(partial: Path, timeout: float, wall: float) -> dict:
+    """A run stopped at ``timeout``: the steps it finished (from the marks it wrote as it went) and where it was."""
+    lines = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    head = next((x for x in lines if isinstance(x, dict)), None)
+    marks = [x for x in lines if isinstance(x, list)]
+    bounds = [m for m, _, _ in marks if m.startswith(("step ", "writing the report"))]
+    if head is None or not bounds:
+        return {"error": f"timed out after {timeout:.0f} s", "wall": wall}
+    return {
+        "steps": steps({"marks": marks, "start": head["start"], "end": None}),
+        "params": head["params"],
+        "shipped": [],
+        "wall": wall,
+        "cpu": marks[-1][2] - head["start"][1],
+        "error": f"timed out after {timeout:.0f} s in {bounds[-1].split(': ', 1)[-1]}",
+    }
+
+
 def steps(got: dict) -> dict[str, dict[str, float]]:
-    """Per step (and the preparation before the first: loading, measuring, planning): wall and CPU seconds."""
+    """Per step (and the preparation before the first: loading, measuring, planning): wall and CPU seconds; a run
+    cut short (``end`` None) has the steps it finished."""
     marks = got["marks"]
     bounds = [(m, w, c) for m, w, c in marks if m.startswith(("step ", "writing the report"))]
     out = {"prepare": {"wall": bounds[0][1] - got["start"][0], "cpu": bounds[0][2] - got["start"][1]}}
-    for (m, w, c), (_, w2, c2) in zip(bounds, [*bounds[1:], ("end", *got["end"])]):
+    ends = [*bounds[1:], ("end", *got["end"])] if got["end"] is not None else bounds[1:]
+    for (m, w, c), (_, w2, c2) in zip(bounds, ends):
         name = m.split(": ", 1)[1] if m.startswith("step ") else "report"
         out[name] = {"wall": w2 - w, "cpu": c2 - c}
     return out
@@ -176,10 +201,8 @@ def table(rows: list[dict], key: str, label: str) -> list[str]:
             lines.append(f"| {label} | " + " | ".join("" for _ in names) + f" | {r['wall']:.0f} | {r['error']} |")
             continue
         cells = [f"{r['steps'][n]['wall']:.1f} / {r['steps'][n]['cpu']:.1f}" if n in r["steps"] else "" for n in names]
-        lines.append(
-            f"| {r[key]:,} | " + " | ".join(cells) + f" | {r['wall']:.0f} / {r['cpu']:.0f} | "
-            f"{len(r['shipped'])} shipped |"
-        )
+        result = f"{r['model']}: {r['error']}" if r.get("error") else f"{len(r['shipped'])} shipped"
+        lines.append(f"| {r[key]:,} | " + " | ".join(cells) + f" | {r['wall']:.0f} / {r['cpu']:.0f} | {result} |")
     for clock in ("cpu", "wall"):
         slopes = [
             exponent(
@@ -188,7 +211,8 @@ def table(rows: list[dict], key: str, label: str) -> list[str]:
             )
             for n in names
         ]
-        total = exponent([r[key] for r in rows if "steps" in r], [r[clock] for r in rows if "steps" in r])
+        whole = [r for r in rows if "steps" in r and not r.get("error")]  # runs cut short have no total
+        total = exponent([r[key] for r in whole], [r[clock] for r in whole])
         lines.append(
             f"| exponent b ({clock.upper() if clock == 'cpu' else clock}) | "
             + " | ".join("" if b is None else f"{b:.2f}" for b in slopes)
@@ -237,6 +261,9 @@ def main() -> None:
     parser.add_argument("--replicas", default=",".join(map(str, REPLICAS)))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per optimize run")
     parser.add_argument("--render", action="store_true", help="only write scale.md again from scale.json")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep scale.json's rows of the models and data sizes not run this time"
+    )
     args = parser.parse_args()
     if args.render:
         import json
@@ -248,10 +275,9 @@ def main() -> None:
         return
     if not FASHION.exists() or not BOOK.exists():
         sys.exit(f"needs {FASHION} and {BOOK} (../shared beside the project)")
-    by_model: list[dict] = []
-    by_rows: list[dict] = []
     names = args.models.split(",")
-    replicas = [int(k) for k in args.replicas.split(",")]
+    replicas = [int(k) for k in args.replicas.split(",") if k]
+    by_model, by_rows = _kept(names, replicas) if args.keep else ([], [])
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:  # the small models first, then the data sizes, then the large models
             if name in ("mobilenet", "efficientnet", "resnet") and replicas:
@@ -269,6 +295,21 @@ def main() -> None:
             report(by_model, by_rows)
         _rows(replicas, by_model, by_rows, Path(tmp), args.timeout)
     report(by_model, by_rows)
+
+
+def _kept(names: list[str], replicas: list[int]) -> tuple[list[dict], list[dict]]:
+    """scale.json's rows of the models not in ``names`` and of the data sizes not in ``replicas`` (a run of a few
+    large models adds their rows to the table instead of replacing it)."""
+    from common import RESULTS
+
+    saved = RESULTS / "scale.json"
+    if not saved.exists():
+        return [], []
+    old = json.loads(saved.read_text())
+    return (
+        [r for r in old["by_model"] if r["model"] not in names],
+        [r for r in old["by_rows"] if r.get("replicas") not in replicas],
+    )
 
 
 def _rows(replicas: list[int], by_model: list[dict], by_rows: list[dict], tmp: Path, timeout: float) -> None:

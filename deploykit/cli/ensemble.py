@@ -6,7 +6,7 @@ import json
 
 from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
 from deploykit.cli.mc import add_uncertainty_options, conformal_config, selective_target
-from deploykit.cli.optimize import add_time_budget_option
+from deploykit.cli.optimize import add_ray_option, add_time_budget_option
 from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
 
 JSON_FILE = "ensemble.json"
@@ -57,6 +57,7 @@ def register(sub) -> None:
     )
     add_uncertainty_options(p, regression=True)
     add_time_budget_option(p)
+    add_ray_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
@@ -94,6 +95,7 @@ def _run(args) -> int:
             conformal=conformal,
             sparsity=args.sparsity,
             epochs=args.tune_epochs,
+            ray=args.ray,
             **({} if args.time_budget is None else {"time_budget": args.time_budget, "started": started}),
         )
         summary["data"] = data.summary()

@@ -66,6 +66,14 @@ def add_time_budget_option(p) -> None:
     OPTIONS_BY_NAME["time_budget"].add_to(p, {})
 
 
+def add_ray_option(p) -> None:
+    """``--ray [ADDRESS]`` on another command (``deploykit ensemble``: its members as Ray tasks): the registry's
+    row, so one help."""
+    from deploykit.pipeline.registry import OPTIONS_BY_NAME
+
+    OPTIONS_BY_NAME["ray"].add_to(p, {})
+
+
 def options_from_args(args) -> dict:
     """The flat pipeline options the flags set (None: not given), one per registry row with a flag."""
     from deploykit.pipeline.options import Cli

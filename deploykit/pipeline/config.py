@@ -33,7 +33,7 @@ A TOML file has one table per step (every key optional)::
     members = ["m2.keras", "m3.keras"]
     [plan]                   # how the run plans its work (deploykit.pipeline.budget; earlier name: [search])
     time_budget = 10         # optional: minutes the whole run may take (default: unbounded, estimate said first)
-    ray = "local"            # optional: the sparsity search's tries as Ray tasks ("local" or a cluster's address)
+    ray = "local"            # optional: the search's tries, int8 fallbacks, ensemble members as Ray tasks
     objective = "balanced"   # size | latency | balanced: the artifact within the budget the run recommends
     batch_size = 256         # the artifacts are timed at batch 1 and at this batch size (deploykit.pipeline.objective)
     [validate]
@@ -179,8 +179,9 @@ class OptimizeConfig:
         layer's units removed before the sparsity search (``[structured] fraction``; 0: off).
         ``time_budget``: minutes the whole run may take
         (``[plan] time_budget``, see :mod:`deploykit.pipeline.budget`); ``ray``: ``"local"`` or a Ray cluster's
-        address, the sparsity search's tries as Ray tasks (``[plan] ray``). Each option is a row of
-        :data:`deploykit.pipeline.registry.TABLES`, which says the TOML keys it sets.
+        address, the sparsity search's tries, the int8 fallbacks and an ensemble's members as Ray tasks
+        (``[plan] ray``). Each option is a row of :data:`deploykit.pipeline.registry.TABLES`, which says the TOML
+        keys it sets.
         """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:

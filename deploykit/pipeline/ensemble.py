@@ -54,50 +54,75 @@ def optimize_members(
     ``keep_keras``: also keep each member's optimized Keras model as ``member{k}.keras`` in ``folder``
     (the model to fine-tune further, or to build the member's MC model from with :func:`mc_member`); with
     ``keras3`` (the run's input was Keras 3) those files, and the original, are Keras 3 files.
-    """
-    from deploykit.io import save_model_like
 
+    ``ray`` (an option: ``"local"`` or a Ray cluster's address): every member at once as a Ray task
+    (:func:`deploykit.pipeline.ray_work.run_members`), each member's run the same as serially.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths, original = [], folder / ORIGINAL_FILE
     say = progress or (lambda _m: None)
     deadline = _deadline(options.pop("time_budget", None), options.pop("started", None))
-    for k, model in enumerate(models):
-        with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
-            say(f"member {k + 1}/{len(models)}")
-            member_say = _member_progress(say, tmp, f"member {k + 1}")
-            result = optimize(
-                model,
-                data,
-                out_dir=Path(tmp) / "out",
-                formats="onnx",
-                quantize="int8-dynamic",
-                mc=mc_samples is not None,
-                samples=mc_samples,
-                progress=member_say,
-                time_budget=_member_minutes(deadline, len(models) - k),
-                **options,
+    address = options.pop("ray", None)
+    kwargs = {"mc_samples": mc_samples, "keep_keras": keep_keras, "keras3": keras3, "options": options}
+    if address is not None:  # every member at once as a Ray task (deploykit.pipeline.ray_work)
+        from deploykit.pipeline.ray_work import run_members
+
+        run_members(_member, optimize, list(models), data, folder, say, address, deadline, **kwargs)
+    for k, model in enumerate(models if address is None else ()):
+        say(f"member {k + 1}/{len(models)}")
+        _member(optimize, model, data, k, folder, say, _member_minutes(deadline, len(models) - k), **kwargs)
+    return [folder / f"member{k}.onnx" for k in range(len(models))], folder / ORIGINAL_FILE
+
+
+def _member(
+    optimize: Optimize,
+    model,
+    data,
+    k: int,
+    folder: Path,
+    say: Callable[[str], None],
+    minutes: float | None,
+    *,
+    mc_samples: int | None,
+    keep_keras: bool,
+    keras3: bool,
+    options: dict,
+) -> None:
+    """Member ``k`` through ``optimize`` into ``folder``: ``member{k}.onnx`` (and ``.keras``), the first member's
+    original; the same whether it runs here or in a Ray task (which sends ``folder``'s files back)."""
+    from deploykit.io import save_model_like
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
+        result = optimize(
+            model,
+            data,
+            out_dir=Path(tmp) / "out",
+            formats="onnx",
+            quantize="int8-dynamic",
+            mc=mc_samples is not None,
+            samples=mc_samples,
+            progress=_member_progress(say, tmp, f"member {k + 1}"),
+            time_budget=minutes,
+            **options,
+        )
+        shipped = [
+            r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8" and r.verdict.shipped
+        ]
+        if not shipped:
+            raise StepError(
+                f"ensemble member {k}: no int8 ONNX model within the accuracy budget "
+                f"({'; '.join(r.checks for r in result.rejected)})",
+                step="ensemble",
             )
-            shipped = [
-                r.file for r in result.artifacts if r.format == "onnx" and r.precision == "int8" and r.verdict.shipped
-            ]
-            if not shipped:
-                raise StepError(
-                    f"ensemble member {k}: no int8 ONNX model within the accuracy budget "
-                    f"({'; '.join(r.checks for r in result.rejected)})",
-                    step="ensemble",
-                )
-            path = folder / f"member{k}.onnx"
-            if mc_samples is None:
-                shutil.copy(result.out_dir / shipped[0], path)
-            else:
-                mc_member(result.out_dir / MODEL_FILE, path, mc_samples, data)
-            if keep_keras:
-                _keep(result.model, result.out_dir / MODEL_FILE, path.with_suffix(".keras"), keras3, save_model_like)
-            paths.append(path)
-            if k == 0:
-                _keep(model, result.out_dir / ORIGINAL_FILE, original, keras3, save_model_like)
-    return paths, original
+        path = folder / f"member{k}.onnx"
+        if mc_samples is None:
+            shutil.copy(result.out_dir / shipped[0], path)
+        else:
+            mc_member(result.out_dir / MODEL_FILE, path, mc_samples, data)
+        if keep_keras:
+            _keep(result.model, result.out_dir / MODEL_FILE, path.with_suffix(".keras"), keras3, save_model_like)
+        if k == 0:
+            _keep(model, result.out_dir / ORIGINAL_FILE, folder / ORIGINAL_FILE, keras3, save_model_like)
 
 
 def _keep(model, saved: Path, path: Path, keras3: bool, save_model_like) -> None:

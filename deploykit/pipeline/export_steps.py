@@ -124,7 +124,25 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
         made[record.path.name] = record
         return _measure_artifact(record, record.path.name, model, ctx, validation=True)
 
-    attempts = search_int8(variants, make, measure, allowed=_fits_plan(ctx))
+    if ctx.config.plan.ray is None:
+        attempts = search_int8(variants, make, measure, allowed=_fits_plan(ctx))
+    else:  # the fallbacks as Ray tasks: the same attempts, decided here in the same order
+        from deploykit.pipeline.ray_work import search_int8_on_ray
+
+        options = {"opset": step.opset, "metadata": metadata(model, ctx, ctx.figures.accuracy)}
+        attempts = search_int8_on_ray(
+            variants,
+            make,
+            measure,
+            _fits_plan(ctx),
+            export_int8,
+            model,
+            ctx.folder,
+            ctx.data,
+            options,
+            ctx.config.plan.ray,
+            ctx.say,
+        )
     kept = chosen(attempts)
     for attempt in attempts:  # one file per variant: only the chosen one's stays (and only if it passed)
         if attempt.variant.file != kept.variant.file:
@@ -139,7 +157,7 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
             a.row.gzip_bytes if a.row else 0,
             ctx,
             kept=a is kept and a.passed,
-            note=a.error or (a.row.checks if not a.passed else ""),
+            note="; ".join(n for n in (a.error or (a.row.checks if not a.passed else ""), a.where) if n),
         )
         for a in attempts
     )

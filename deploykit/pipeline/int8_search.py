@@ -182,6 +182,7 @@ class Int8Attempt:
     variant: Int8Variant
     row: Any | None  # None when the export itself failed
     error: str = ""
+    where: str = ""  # where it was made, when not in this process ("ran on node ..., pid ...": a Ray task)
 
     @property
     def passed(self) -> bool:

@@ -361,9 +361,9 @@ TABLES: tuple[TableSpec, ...] = (
             Option(
                 "ray",
                 ("plan.ray",),
-                "run the sparsity search's tries as Ray tasks: on a local Ray without ADDRESS, else on the "
-                "cluster at ADDRESS (e.g. 10.0.0.5:6379); the same kept try as serially "
-                '(pip install "deploykit[ray]")',
+                "run the independent work as Ray tasks (the sparsity search's tries, the int8 fallbacks, an "
+                "ensemble's members): on a local Ray without ADDRESS, else on the cluster at ADDRESS (e.g. "
+                '10.0.0.5:6379); the same results as serially (pip install "deploykit[ray]")',
                 nargs="?",
                 const="local",
                 metavar="ADDRESS",

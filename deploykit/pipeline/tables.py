@@ -441,8 +441,9 @@ class SearchPlan(_Table):
     The run measures what a fine-tuning epoch and an export cost on this model, plans the search within the
     budget (fewer tries and epochs, a cheaper sensitivity scan, the most wanted artifacts first), stops a try
     at its deadline and ships what is within the accuracy budget by then. None: the defaults, with the
-    estimated minutes said first. ``ray``: run the search's tries as Ray tasks, on this machine (``"local"``) or
-    on the cluster at that address (``pip install "deploykit[ray]"``). ``objective`` (size | latency | balanced)
+    estimated minutes said first. ``ray``: run the search's tries, the int8 fallbacks and an ensemble's members
+    as Ray tasks, on this machine (``"local"``) or on the cluster at that address (``pip install
+    "deploykit[ray]"``). ``objective`` (size | latency | balanced)
     and ``batch_size``: every artifact within the budget is timed in its runtime at batch 1 and ``batch_size``
     against the original model's float32 file, and the run recommends the smallest, the fastest or the balanced one
     (:mod:`deploykit.pipeline.objective`).
@@ -450,7 +451,7 @@ class SearchPlan(_Table):
 
     TABLE = "plan"  # earlier [search]: still read, with a FutureWarning ([sparsity.search] is the sparsity search)
     time_budget: float | None = None  # minutes
-    ray: str | None = None  # "local" or a Ray cluster's address: the sparsity search's tries as Ray tasks
+    ray: str | None = None  # "local" or a Ray cluster's address: the run's independent work as Ray tasks
     objective: Objective = Objective.BALANCED  # which artifact within the budget the run recommends
     batch_size: int = DEFAULT_BATCH_SIZE  # the candidates are timed at batch 1 and at this batch size
 

@@ -162,6 +162,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
             config=members_config,
             triton=False,
             keras3=ctx.keras3,
+            ray=config.plan.ray,  # the members as Ray tasks when the run's work is on Ray
             **budget,
         )
     except StepError as exc:  # a member with no int8 model within the budget: no ensemble; the run's artifacts stand

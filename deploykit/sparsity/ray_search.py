@@ -1,9 +1,11 @@
-"""The sparsity search's tries as Ray tasks (Ray core): every target at once, on a local Ray or a cluster.
+"""The sparsity search's tries as Ray tasks (Ray core): as many targets at once as the cluster has CPUs.
 
 The tries of a search are independent of each other (each prunes a copy of the same model at its own target,
-with the same seed), so they run as one Ray task each; the search then keeps what the serial search keeps: the
-highest target within the budget. Tries below it are reported as not needed, a task that fails is that try's
-failure (its error in the try's note), and each try's note says where it ran (node address and process). The
+with the same seed), so they run as one Ray task each, highest target first, a new one starting when one is
+done, none once a try is within the budget (a small cluster does not pay for tries the serial search never
+starts; a cluster with a CPU per target runs them all at once); the search then keeps what the serial search
+keeps: the highest target within the budget. Tries below it that ran are reported as not needed, a task that
+fails is that try's failure (its error in the try's note), and each try's note says where it ran. The
 model travels as a ``.keras`` file's bytes, the data and the teacher's outputs through Ray's object store, and
 deploykit itself as a ``py_modules`` entry of the job's runtime environment, so a cluster's nodes need only the
 same Python packages (``pip install "deploykit[ray]"``). Ray is an optional dependency: importing this module
@@ -95,28 +97,45 @@ def run_tries(
     metric,
     say,
     address: str,
+    accept=lambda attempt: False,
 ) -> list[tuple[Any, Any, Any]]:
-    """Every ``(target, layer_targets)`` as a Ray task running ``run_try`` (the search's own try); ``(SearchTry, pruned
-    model or None, record or None)`` each, in order, the try's note saying where it ran. A task that fails (a worker
-    lost, an exception) is that try's failure: ``failed(target, layer_targets, note)``."""
+    """The ``(target, layer_targets)`` as Ray tasks running ``run_try`` (the search's own try), as many at once as
+    the cluster has CPUs, taken in order; ``(SearchTry, pruned model or None, record or None)`` each, the try's
+    note saying where it ran. Once a try is ``accept``-ed no further try starts (those already running are
+    reported: the serial search never started them, :func:`keep_first` says they were not needed). A task that
+    fails (a worker lost, an exception) is that try's failure: ``failed(target, layer_targets, note)``."""
     import ray
 
     connect(address)
     remote = ray.remote(num_cpus=1, max_retries=0)(_run_try)
     blob, data_ref, teacher_ref = ray.put(_to_bytes(model)), ray.put(data), ray.put(teacher)
-    say(f"  {len(plans)} tries as Ray tasks on {_cluster()}")
-    refs = [remote.remote(run_try, blob, data_ref, config, t, lt, teacher_ref, original, metric) for t, lt in plans]
-    out, names = [], _node_names()
-    for (target, layer_targets), ref in zip(plans, refs):
-        try:
-            attempt, pruned, record, node = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001  (Ray wraps the task's error: it is this try's failure)
-            out.append((failed(target, layer_targets, f"Ray task failed: {_first_line(exc)}"), None, None))
-            continue
-        ran = f"node {names.get(node[0], node[0][:8])} ({node[0][:8]}), pid {node[1]}"
-        attempt.note = f"{attempt.note}; ran on {ran}" if attempt.note else f"ran on {ran}"
-        out.append((attempt, None if pruned is None else _from_bytes(pruned), record))
+    width = max(1, min(len(plans), int(ray.cluster_resources().get("CPU", 1))))
+    say(f"  {len(plans)} tries as Ray tasks on {_cluster()}, {width} at once")
+
+    def start(i: int):
+        return remote.remote(run_try, blob, data_ref, config, *plans[i], teacher_ref, original, metric)
+
+    refs = [start(i) for i in range(width)]
+    out, names, kept = [], _node_names(), False
+    for i, (target, layer_targets) in enumerate(plans):
+        if i == len(refs):  # a try was kept: the serial search stops there, no further try starts
+            break
+        out.append(_result(ray, refs[i], target, layer_targets, failed, names))
+        kept = kept or accept(out[-1][0])
+        if not kept and len(refs) < len(plans):  # a CPU is free: the next target starts
+            refs.append(start(len(refs)))
     return out
+
+
+def _result(ray, ref, target, layer_targets, failed, names: dict[str, str]) -> tuple[Any, Any, Any]:
+    """One try's task, waited for: (SearchTry saying where it ran, pruned model or None, record or None)."""
+    try:
+        attempt, pruned, record, node = ray.get(ref)
+    except Exception as exc:  # noqa: BLE001  (Ray wraps the task's error: it is this try's failure)
+        return failed(target, layer_targets, f"Ray task failed: {_first_line(exc)}"), None, None
+    ran = f"node {names.get(node[0], node[0][:8])} ({node[0][:8]}), pid {node[1]}"
+    attempt.note = f"{attempt.note}; ran on {ran}" if attempt.note else f"ran on {ran}"
+    return attempt, None if pruned is None else _from_bytes(pruned), record
 
 
 def _cluster() -> str:

@@ -141,7 +141,20 @@ def search_sparsity(
         from deploykit.sparsity.ray_search import keep_first, run_tries
 
         plans = [(t, allocate(sensitivity, t) if sensitivity else {n: t for n in chosen}) for t in config.targets]
-        results = run_tries(_try, failed_try, model, data, base, plans, teacher, reference, budget.metric, say, ray)
+        results = run_tries(
+            _try,
+            failed_try,
+            model,
+            data,
+            base,
+            plans,
+            teacher,
+            reference,
+            budget.metric,
+            say,
+            ray,
+            accept=lambda attempt: accepted(attempt, budget),
+        )
         return keep_first(results, report, model, say)
     for target in config.targets if chosen else ():  # every layer protected: nothing to try
         layer_targets = allocate(sensitivity, target) if sensitivity else {n: target for n in chosen}
