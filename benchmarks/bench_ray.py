@@ -75,6 +75,10 @@ def _larger(serial) -> dict:
 def main() -> None:
     if not FASHION.exists() or not BOOK.exists():
         sys.exit(f"needs {FASHION} and {BOOK} (../shared beside the project)")
+    # one authentication mode for the head, the worker node and this driver (a token left in ~/.ray by a local
+    # ray.init() turns it on for `ray start --head` only, and the worker node is then refused); before Ray is
+    # imported, which reads it once
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     from deploykit.data import load_dataset
@@ -82,10 +86,11 @@ def main() -> None:
 
     data, model = load_dataset(str(FASHION)), load_model(str(BOOK))
     serial, serial_wall, serial_cpu = _search(model, data)
+    kept_serial = serial.kept and serial.kept.target
+    print(
+        f"serial: kept {kept_serial}, {len(serial.tries)} tries, {serial_wall:.0f} s wall", file=sys.stderr, flush=True
+    )
     cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    # one authentication mode for the head, the worker node and this driver (a token left in ~/.ray by a local
-    # ray.init() turns it on for `ray start --head` only, and the worker node is then refused)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     port = _port()
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:

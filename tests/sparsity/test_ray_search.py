@@ -3,6 +3,7 @@ each try's note saying where it ran. Slow (starts Ray and two workers importing 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -12,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# One authentication mode for the head, the worker node and this driver: once a local ray.init() has left a token
+# in ~/.ray, `ray start --head` turns token authentication on but `ray start --address` does not (Ray 2.60). Set
+# before Ray is imported, which reads it once.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "deploykit[ray]")')
 
 pytestmark = pytest.mark.slow
@@ -24,14 +29,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
+def cluster(tmp_path):
     """A head node and one worker node, one CPU each, on 127.0.0.1; stopped afterwards (``ray stop``)."""
     cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if cli is None:
         pytest.skip("the ray command is not installed")
-    # One authentication mode for the head, the worker node and this driver: once a local ray.init() has left a
-    # token in ~/.ray, `ray start --head` turns token authentication on but `ray start --address` does not (Ray 2.60)
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
