@@ -160,7 +160,8 @@ def _cut_short(partial: Path, timeout: float, wall: float) -> dict:
     marks = [x for x in lines if isinstance(x, list)]
     bounds = [m for m, _, _ in marks if m.startswith(("step ", "writing the report"))]
     if head is None or not bounds:
-        return {"error": f"timed out after {timeout:.0f} s", "wall": wall}
+        last = f" before the first step (last line: {marks[-1][0].strip()[:80]})" if marks else ""
+        return {"error": f"timed out after {timeout:.0f} s{last}", "wall": wall}
     return {
         "steps": steps({"marks": marks, "start": head["start"], "end": None}),
         "params": head["params"],
