@@ -4,9 +4,14 @@ import TensorFlow); skipped without Ray."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
+# Ray reads its authentication mode once, when imported: the same mode as tests/sparsity/test_ray_search.py's
+# cluster (set there too), whichever module is collected first
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "deploykit[ray]")')
 
 pytestmark = pytest.mark.slow
