@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import FASHION, ROOT  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION, RESULTS, ROOT  # noqa: E402  (puts the repository on sys.path)
 from common import write_results as _write_results  # noqa: E402
 
 DIGITS_MODEL = ROOT / "models" / "digits_default.keras"
@@ -366,7 +366,13 @@ def distillation_vs_plain(model, data, epochs: int) -> list[dict]:
 
 
 def run(
-    seeds: int, kinds: tuple[str, ...], distill_epochs: int, tfmot_seeds: int, digits: bool = True, tabular: bool = True
+    seeds: int,
+    kinds: tuple[str, ...],
+    distill_epochs: int,
+    tfmot_seeds: int,
+    digits: bool = True,
+    tabular: bool = True,
+    first_seed: int = 0,
 ) -> dict:
     from deploykit.data import load_dataset
     from deploykit.io import save_model
@@ -394,7 +400,7 @@ def run(
             return results
         data = load_dataset(str(FASHION))
         for kind in kinds:
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 say(f"fashion {kind} seed {seed}: training")
                 model = train(kind, data, seed)
                 path = save_model(model, tmp / f"{kind}_{seed}.keras")
@@ -476,6 +482,17 @@ def write_results(name: str, results: dict, text: str, quiet: bool) -> None:
         _write_results(name, results, text)
 
 
+def merge(parts: list[dict]) -> dict:
+    """One results dict of runs made in several processes: the Fashion runs in seed order, the first digits,
+    tabular and distillation entries found."""
+    merged = dict(parts[0])
+    merged["fashion"] = sorted((e for p in parts for e in p["fashion"]), key=lambda e: (e["kind"], e["seed"]))
+    for key in ("digits", "tabular"):
+        merged[key] = next((p[key] for p in parts if p.get(key)), None)
+    merged["distillation"] = {k: v for p in parts for k, v in p.get("distillation", {}).items()}
+    return merged
+
+
 def _save(results: dict) -> None:
     """Write what is measured so far (a long run stopped part-way still leaves its figures)."""
     write_results(RESULTS_NAME[0], results, markdown(results), quiet=True)
@@ -555,6 +572,8 @@ def markdown(r: dict) -> str:
                 f"{x['test_change_points']:+.2f} "
                 f"| {x['val']:.4f} | {x['train']:.4f} | {100 * (x['train'] - x['test']):.1f} |"
             )
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -632,6 +651,7 @@ def trust_markdown(r: dict) -> list[str]:
             f"run); mean compression of the smallest shipped artifact "
             f"{_x(float(np.mean(ratios)) if ratios else None)} (before: 28.8x, 29.0x, 29.1x on three seeds).",
         ]
+    lines += nll_markdown(runs)
     tab = r.get("tabular")
     if tab:
         lines += [
@@ -643,6 +663,34 @@ def trust_markdown(r: dict) -> list[str]:
                 f"{s_} {_f(c and 100 * c, '+.2f')} {'kept' if k else ''}" for s_, c, k in tab.get("int8_tries", [])
             ),
         ]
+    return lines
+
+
+def nll_markdown(runs: list) -> list[str]:
+    """Every shipped file's test NLL vs the original model's, measured here in its runtime (target: <= +2%)."""
+    measured = [
+        (name, seed, e["artifact_checks"])
+        for name, seed, e in runs
+        if "original.keras" in (e.get("artifact_checks") or {})
+    ]
+    if not measured:
+        return []
+    files = sorted({f for _, _, c in measured for f in c if f != "original.keras"})
+    lines = [
+        "",
+        "### Test NLL of each shipped file vs the original model's (target: at most +2%)",
+        "",
+        "Measured by this script in each file's runtime (onnxruntime, LiteRT) on the test split, probabilities floored "
+        "at 1e-12; rejected files are not in the folder (—). The original's test NLL in the second column.",
+        "",
+        "| model | seed | original NLL | " + " | ".join(files) + " |",
+        "|---|---:|---:|" + "---:|" * len(files),
+    ]
+    for name, seed, checks in measured:
+        cells = [
+            f"{100 * checks[f]['nll_vs_original']:+.1f}%" if isinstance(checks.get(f), dict) else "—" for f in files
+        ]
+        lines.append(f"| {name} | {seed} | {checks['original.keras']['nll']:.4f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -664,6 +712,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tfmot-one", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--check-one", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--first-seed", type=int, default=0, help="seed of the first training (runs split across processes)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="NAME",
+        help="write --results from these results files (runs of one code version split across processes) and exit",
+    )
+    p.add_argument("--note", action="append", default=[], help="with --merge: a line for the results' notes")
     p.add_argument("--results", default="budget", help="results file name in benchmarks/results (default budget)")
     p.add_argument("--no-digits", action="store_true", help="skip the shipped digits model's run")
     p.add_argument(
@@ -674,6 +730,11 @@ def main(argv: list[str] | None = None) -> int:
         _check_one(*args.check_one)
         return 0
     RESULTS_NAME[0] = args.results
+    if args.merge:
+        merged = merge([json.loads((RESULTS / f"{name}.json").read_text()) for name in args.merge])
+        merged["notes"] = [*merged.get("notes", []), *args.note]
+        write_results(RESULTS_NAME[0], merged, markdown(merged), quiet=False)
+        return 0
     if args.tfmot_one:
         model, data, sparsity, epochs, out = args.tfmot_one
         _tfmot_one(model, data, float(sparsity), int(epochs), out)
@@ -685,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         args.tfmot_seeds,
         digits=not args.no_digits,
         tabular=args.tabular,
+        first_seed=args.first_seed,
     )
     write_results(RESULTS_NAME[0], results, markdown(results), quiet=False)
     return 0

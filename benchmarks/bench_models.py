@@ -358,6 +358,11 @@ def summary(report: dict) -> dict:
         "shipped": [r["file"] for r in arts if r["verdict"] != "rejected"],
         "rejected": [r["file"] for r in arts if r["verdict"] == "rejected"],
         "changes_points": {k: (None if v is None else round(100 * v, 2)) for k, v in change.items()},
+        # issue 22: each row's test NLL change vs the original (a fraction) and, for an exported file, vs model.keras
+        "nll_changes": {r["file"]: r.get("nll_change") for r in arts if r.get("nll_change") is not None},
+        "nll_export_changes": {
+            r["file"]: r.get("nll_export_change") for r in arts if r.get("nll_export_change") is not None
+        },
         "original": {k: v for k, v in report["original"].items() if isinstance(v, (int, float, str))},
     }
 
@@ -407,7 +412,7 @@ def probe_inputs(data: Path, folder: Path) -> Path:
     return path
 
 
-def one(kind: str, folder: Path, epochs: int) -> list[dict]:
+def one(kind: str, folder: Path, epochs: int, given: tuple[str, ...] = ()) -> list[dict]:
     """The model trained once, then optimize with defaults (and each of its VARIANTS), each checked in Keras 3."""
     data = multi_npz(kind, folder) if kind in MULTI else data_for(kind, folder)
     model = folder / f"{kind}.keras"
@@ -419,9 +424,9 @@ def one(kind: str, folder: Path, epochs: int) -> list[dict]:
         ]
     rows = []
     for k, extra in enumerate(((), *VARIANTS.get(kind, ()))):
-        name, out = " ".join((kind, *extra)), folder / f"out_{kind}_{k}"
+        name, out = " ".join((kind, *extra, *given)), folder / f"out_{kind}_{k}"
         say(f"{name}: deploykit optimize")
-        row = {"model": name, **optimize(model, data, out, extra)}
+        row = {"model": name, **optimize(model, data, out, (*extra, *given))}
         done = plain_keras3(CHECK, str(model), str(out), str(probe_inputs(data, folder)))
         row["keras3_check"] = (
             json.loads(done.stdout.strip().splitlines()[-1])
@@ -465,6 +470,7 @@ def markdown(rows: list[dict], epochs: int) -> str:
         )
         if r.get("error"):
             lines.append(f"|  | error: {r['error'][:150]} |" + " |" * 11)
+    lines += nll_markdown(rows)
     lines += [
         "",
         "ONNX vs model.keras: the largest |difference| of `model.onnx`'s first output (`probabilities`, `logits` or "
@@ -475,18 +481,51 @@ def markdown(rows: list[dict], epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def nll_markdown(rows: list[dict]) -> list[str]:
+    """Issue 22's NLL table: every shipped artifact's test NLL vs the user's model (target: at most +2%)."""
+    measured = [r for r in rows if r.get("nll_changes")]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## Test NLL of every shipped artifact vs the user's model (issue 22: at most +2%)",
+        "",
+        "From report.json: `nll_change` (vs the original, test split) of each shipped file; in brackets the exported "
+        "file's change vs `model.keras` (`nll_export_change`, what `max_nll_increase` holds). Rejected files are "
+        "not listed.",
+        "",
+        "| model | worst shipped | files (NLL vs original [vs model.keras]) |",
+        "|---|---:|---|",
+    ]
+    for r in measured:
+        shipped = {k: v for k, v in r["nll_changes"].items() if k in r.get("shipped", []) and k != "model_mc.onnx"}
+        worst = max(shipped.values(), default=None)
+        cells = ", ".join(
+            f"{k} {100 * v:+.1f}%"
+            + (f" [{100 * r['nll_export_changes'][k]:+.1f}%]" if k in r.get("nll_export_changes", {}) else "")
+            for k, v in shipped.items()
+        )
+        lines.append(f"| {r['model']} | {'—' if worst is None else f'{100 * worst:+.1f}%'} | {cells} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="cnn,residual", help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--all", action="store_true", help="every model")
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument(
+        "--optimize-args",
+        default="",
+        help="extra options of every optimize (e.g. '--no-sparsity --no-mc': the exports and their NLL, quickly)",
+    )
     ap.add_argument("--results", default="models", help="results file name in benchmarks/results (default: models)")
     args = ap.parse_args()
     kinds = MODELS if args.all else tuple(k for k in args.models.split(",") if k)
     if not FASHION.exists() and any(k in ON_FASHION for k in kinds):
         sys.exit(f"the Fashion sample is absent ({FASHION.name} beside the project): nothing to measure")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for kind in kinds for row in one(kind, Path(tmp), args.epochs)]
+        rows = [row for kind in kinds for row in one(kind, Path(tmp), args.epochs, tuple(args.optimize_args.split()))]
     rows = kept_rows(args.results, kinds, args.epochs) + rows
     write_results(args.results, {"epochs": args.epochs, "rows": rows}, markdown(rows, args.epochs))
 

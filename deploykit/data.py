@@ -82,6 +82,8 @@ class Dataset:
     class_names: tuple[str, ...]
     task: Task = Task.CLASSIFICATION  # REGRESSION: y_* are float32 targets [N] or [N, K], class_names is empty
     layout: Any = None  # a deploykit.multi_io.Layout: x / y pack a model's several inputs / outputs side by side
+    own_split: tuple[str, ...] = ()  # splits deploykit made of a data file's rows ("validation", "test"): they may
+    # hold rows the model was trained on (deploykit.pipeline.split_check says so)
     feature_mean: np.ndarray = field(init=False, repr=False)
     feature_var: np.ndarray = field(init=False, repr=False)
 
@@ -420,7 +422,8 @@ def _given_test(path: Path, train, test, split: SplitConfig, val=None, names=Non
         x_tr, x_va, y_tr, y_va = _split(
             path, x_tr, encoded["train"], split.val_fraction / (1 - split.test_fraction), split.seed, task
         )
-    return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names), task)
+    made = () if val is not None else ("validation",)
+    return Dataset(path.name, x_tr, y_tr, x_va, y_va, x_te, encoded["test"], tuple(names), task, own_split=made)
 
 
 def _split(source, x, y, fraction: float, seed: int, task: Task):
@@ -447,4 +450,5 @@ def _split_arrays(
     x_tr, x_va, y_tr, y_va = _split(
         source or name, x_rest, y_rest, split.val_fraction / (1 - split.test_fraction), split.seed, task
     )
-    return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(found), task)
+    made = ("validation", "test") if source is not None else ()  # an embedded dataset: deploykit's split is its own
+    return Dataset(name, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(found), task, own_split=made)

@@ -78,7 +78,23 @@ def ships_by_budget(row: dict, report: dict) -> bool:
     validation = row.get("validation")
     if validation is not None and not validation["within"]:
         return False
+    if not nll_within(row, budget):
+        return False
     if -row["accuracy_change"] <= limit + 1e-12:
         return True
     resolves = budget.get("resolution", {}).get("test", {}).get("resolves_budget", True)
     return not resolves and -row["ci95"][1] <= limit + 1e-12
+
+
+def nll_within(row: dict, budget: dict) -> bool:
+    """The NLL limit of a classifier's exported file (written independently of :mod:`deploykit.pipeline.nll`): its
+    validation NLL at most ``max_nll_increase`` above its source model's, and on test not an increase whose 95%
+    interval lies entirely beyond it."""
+    limit = budget.get("max_nll_increase")
+    if limit is None:
+        return True
+    validation = row.get("validation") or {}
+    if (validation.get("nll_export_change") or 0.0) > limit + 1e-12:
+        return False
+    ci = row.get("nll_export_ci95")
+    return ci is None or ci[0] <= limit + 1e-12 or (row.get("nll_export_change") or 0.0) <= limit + 1e-12

@@ -20,6 +20,7 @@ from deploykit.data import Dataset
 from deploykit.errors import Mismatch, UnsupportedLayerError
 from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs
 from deploykit.pipeline.config import OptimizeConfig
+from deploykit.pipeline.nll import keras_nll
 from deploykit.pipeline.records import (
     ArtifactRow,
     LayerSparsityRow,
@@ -224,7 +225,11 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
     errors = RegressionErrors.between(probs, ctx.data.y_test) if regression else None
     value = errors.rmse if regression else float(np.mean(probs.argmax(1) == ctx.data.y_test))
     own = model is ctx.original
-    test, val, missed = judge(ctx, probs, None if own else main_outputs(outputs(model, ctx.data.x_val), ctx.kind))
+    val_probs = None if own else main_outputs(outputs(model, ctx.data.x_val), ctx.kind)
+    test, val, missed = judge(ctx, probs, val_probs)
+    nll_figures = keras_nll(probs, val_probs, ctx)
+    if val is not None and nll_figures.get("validation"):
+        val = dataclasses.replace(val, **nll_figures["validation"])
     if verdict is None:
         verdict = verdict_for(missed, ctx)
         checks = "; ".join(map(str, missed)) if missed else checks
@@ -248,6 +253,7 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
         checks=checks,
         max_abs_error=errors.max_abs_error if regression else None,
         ci95=test.ci95,
+        **nll_figures.get("test", {}),
         validation=val,
     )
 

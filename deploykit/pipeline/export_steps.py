@@ -22,6 +22,7 @@ from deploykit.pipeline.context import (
     verdict_for,
     withdraw,
 )
+from deploykit.pipeline.nll import artifact_nll
 from deploykit.pipeline.records import ArtifactRow, Stage, Status, StepOutput, StepRecord, Verdict
 from deploykit.task import Task
 
@@ -277,7 +278,10 @@ def _measure_artifact(record, file: str, model, ctx: RunContext, validation: boo
         test, _, _ = judge(ctx, report.outputs)
         val, budget = decided, budget_mismatches(decided, test, ctx.budget) if ctx.config.validate.enabled else []
     value = (test or val).value
-    missed = [*report.mismatches, *budget]
+    nll_figures, nll_missed = artifact_nll(report.outputs, model, ctx, test is None)
+    if test is None and nll_figures:
+        val = dataclasses.replace(val, **nll_figures)
+    missed = [*report.mismatches, *budget, *nll_missed]
     verdict = verdict_for(missed, ctx)
     if verdict is Verdict.REJECTED:
         checks = "missed: " + "; ".join(map(str, missed))
@@ -316,6 +320,7 @@ def _measure_artifact(record, file: str, model, ctx: RunContext, validation: boo
         max_abs_error=None if report.target_errors is None else report.target_errors.max_abs_error,
         ci95=(test or val).ci95,
         validation=val,
+        **({} if test is None else nll_figures),
     )
 
 

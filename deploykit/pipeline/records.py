@@ -56,6 +56,9 @@ class SplitFigure(Record):
     change: float  # accuracy change (0.01 = one point), or the RMSE change as a fraction of the original's
     ci95: list[float]  # [low, high] of the change (deploykit.stats)
     within: bool  # within the budget by the accept rule (validation) or the point estimate (test)
+    nll: float | None = None  # a classifier's mean negative log-likelihood on the split (deploykit.pipeline.nll)
+    nll_change: float | None = None  # vs the original model's on the same rows, as a fraction of it (0.02 = 2%)
+    nll_export_change: float | None = None  # an exported file's vs the model it came from's (max_nll_increase)
 
 
 @dataclass
@@ -100,6 +103,10 @@ class ArtifactRow(Record):
     validation: SplitFigure | None = None  # the same figure on the validation split, where the budget was decided
     speedup_b1: float | None = None  # the original model's float32 file in this runtime / this file, at batch 1
     speedup_batch: float | None = None  # ... at [plan] batch_size (deploykit.pipeline.objective: > 1 is faster)
+    nll: float | None = None  # a classifier's test NLL (exported files: held to validate.max_nll_increase)
+    nll_change: float | None = None  # vs the original model's test NLL, as a fraction of it (0.02 = 2% higher)
+    nll_export_change: float | None = None  # an exported file's test NLL vs the model it came from's
+    nll_export_ci95: list[float] | None = None  # its paired bootstrap 95% interval (a test miss lies beyond the limit)
 
 
 @dataclass

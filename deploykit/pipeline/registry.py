@@ -324,6 +324,16 @@ TABLES: tuple[TableSpec, ...] = (
                 example=0.1,
             ),
             Option(
+                "max_nll_increase",
+                ("validate.max_nll_increase",),
+                "a classifier's exported files (ONNX, TFLite): validation and test NLL at most this fraction above "
+                "the model they were exported from (default {default} = 2%%); every report row gives its NLL change "
+                "vs the original",
+                type=float,
+                metavar="F",
+                example=0.05,
+            ),
+            Option(
                 "strict",
                 ("validate.strict",),
                 "exit non-zero when any artifact was rejected (default: only when nothing deployable meets the budget)",

@@ -255,6 +255,7 @@ def _budget_entry(config, task, original) -> dict[str, Any]:
     return {
         "metric": "accuracy",
         "max_accuracy_drop": config.validate.max_accuracy_drop,
+        "max_nll_increase": config.validate.max_nll_increase,
         "original_accuracy": original.accuracy,
     }
 

@@ -39,6 +39,7 @@ from deploykit.pipeline.plots import (
 )
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, StepOutput, StepRecord, Try, Verdict
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
+from deploykit.pipeline.split_check import split_check
 from deploykit.records import to_jsonable
 from deploykit.task import OutputKind, Task
 
@@ -287,7 +288,8 @@ def _run(
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)"
     )
     resolution, warnings = resolution_notes(data, ctx.budget) if config.validate.enabled else ({}, [])
-    for line in warnings:  # before any training: the user can stop here and give more rows
+    split_figures, split_lines = split_check(data, ctx.reference, ctx.budget)
+    for line in [*warnings, *split_lines]:  # before any training: the user can stop here and give more rows
         say(line)
     reference = keras_row(original, ORIGINAL_FILE, ctx, Verdict.REFERENCE, "the original model")
     plan = None  # measured and said when someone listens or a time budget needs it
@@ -313,7 +315,19 @@ def _run(
             applied=ctx.applied + out_k.applied,
             made=(*ctx.made, out_k),
         )
-    return _write(model, original, reference, outputs, ctx, current, start, out, __version__, resolution)
+    return _write(
+        model,
+        original,
+        reference,
+        outputs,
+        ctx,
+        current,
+        start,
+        out,
+        __version__,
+        resolution,
+        (split_figures, split_lines),
+    )
 
 
 def _plan(original, data, config: OptimizeConfig, started: float | None, model_step: float):
@@ -362,8 +376,10 @@ def _write(
     out: Path,
     version: str,
     resolution: dict | None = None,
+    splits: tuple[dict, list[str]] = ({}, []),
 ) -> OptimizeResult:
-    """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml."""
+    """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml; ``splits``: what
+    :func:`~deploykit.pipeline.split_check.split_check` found (report.json `split_check`, its lines in the notes)."""
     from deploykit.custom_dropout import assumption
 
     staging, config, say = ctx.folder, ctx.config, ctx.say
@@ -422,6 +438,8 @@ def _write(
     if recommendation is not None:  # what each objective recommends, and the times it was decided on
         report["objective"] = to_jsonable(recommendation)
         report["notes"] = merged_notes(report["notes"], recommendation)
+    report["split_check"] = splits[0]
+    report["notes"] = [*splits[1], *report["notes"]]
     if ctx.plan is not None:  # what the run planned, and what it measured (the time budget's account)
         report["plan"] = ctx.plan.to_dict()
     report = _relative(report, staging)

@@ -53,6 +53,7 @@ DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: since an RMSE has the targets' units; 5% is about what a point of accuracy is to a classifier near 90-98%
 #: (a tenth to a fifth of its error rate), and what int8 costs a small MLP.
 DEFAULT_MAX_RMSE_INCREASE = 0.05
+DEFAULT_MAX_NLL_INCREASE = 0.02  # an exported file's NLL at most 2% above its source model's (pipeline.nll)
 
 
 class SparsityMethod(enum.Enum):
@@ -480,7 +481,9 @@ class ValidateStep(_Table):
     with its numbers and not shipped. ``artifacts`` overrides the per-precision bounds (a
     ``deploykit.export`` Tolerance, TOML table ``[validate.artifacts]``). With ``strict``, any
     rejected artifact fails the run (the CLI exits non-zero); otherwise only having nothing to ship
-    does. A fold that changes the outputs beyond ``fold_tolerance`` is a bug and stops the run.
+    does. A classifier's exported file whose NLL is more than ``max_nll_increase`` (a fraction) above the
+    model it was exported from's is rejected too (:mod:`deploykit.pipeline.nll`). A fold that changes the
+    outputs beyond ``fold_tolerance`` is a bug and stops the run.
     """
 
     TABLE = "validate"
@@ -488,6 +491,7 @@ class ValidateStep(_Table):
     fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause (x the outputs' RMS when > 1)
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     max_rmse_increase: float = DEFAULT_MAX_RMSE_INCREASE
+    max_nll_increase: float = DEFAULT_MAX_NLL_INCREASE  # a classifier's exported files (deploykit.pipeline.nll)
     latency_repeats: int = 50  # timed runs per latency figure (the median is reported)
     artifacts: Tolerance | None = None  # overrides the per-precision bounds it sets
     strict: bool = False
@@ -500,6 +504,7 @@ class ValidateStep(_Table):
         object.__setattr__(self, "fold_tolerance", positive("validate.fold_tolerance", self.fold_tolerance))
         object.__setattr__(self, "max_accuracy_drop", fraction("validate.max_accuracy_drop", self.max_accuracy_drop))
         object.__setattr__(self, "max_rmse_increase", number("validate.max_rmse_increase", self.max_rmse_increase, 0.0))
+        object.__setattr__(self, "max_nll_increase", number("validate.max_nll_increase", self.max_nll_increase, 0.0))
         integer("validate.latency_repeats", self.latency_repeats, 1)
         if isinstance(self.artifacts, dict):
             table = check_keys(Tolerance, self.artifacts, "[validate.artifacts]")
