@@ -134,7 +134,8 @@ def _calibration_tries(
             )
         )
     ends = tuple(dict.fromkeys([layers[0], layers[-1]])) if layers else ()
-    if ends and not set(ends) <= set(knobs.exclude):
+    # never every layer in float: a file of that variant's name with nothing quantized would not be int8
+    if ends and not set(ends) <= set(knobs.exclude) and not set(layers) <= {*knobs.exclude, *ends}:
         kept = dataclasses.replace(more, exclude=tuple(dict.fromkeys([*knobs.exclude, *ends])))
         tries.append(Int8Variant(fmt, requested, kept, f"{', '.join(ends)} kept in float"))
     from deploykit.export.int8_fallback import MAX_RANKED

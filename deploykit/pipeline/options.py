@@ -163,11 +163,26 @@ class TableSpec:
     legacy: str | None = None
 
     def default_of(self, option: Option) -> Any:
-        """The value an option's first key has in this table's default (``sparsity.prune.epochs``: 30)."""
-        value = self.cls()
-        for part in option.keys[0].split(".")[1:]:
+        """The value an option's first key has in this table's default (``sparsity.prune.epochs``: 30).
+
+        Read off the dataclass's field defaults, not an instance: building the table would run its checks, and
+        they may import what ``deploykit --help`` and ``deploykit serve`` must not (the conformal table's
+        method names live in :mod:`deploykit.uncertainty`)."""
+        first, *rest = option.keys[0].split(".")[1:]
+        value = _field_default(self.cls, first)
+        for part in rest:
             value = getattr(value, part, None)
         return value
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """A dataclass field's default (its factory's value), or None when the class has no such field."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return None
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,11 @@ def test_optimize_triton_serves_every_shipped_model_including_mc(tmp_path, train
     assert code == 0, capsys.readouterr().err
     shipped = sorted(p.stem for p in out.glob("*.onnx"))
     assert shipped == ["model", "model_int8-dynamic", "model_mc"]
-    assert sorted(p.name for p in (out / "triton").iterdir()) == shipped
-    folders = [out / "triton" / n for n in shipped]
+    # every shipped model, and the objective's recommended one (a copy of the fastest shipped ONNX) under one name
+    assert sorted(p.name for p in (out / "triton").iterdir()) == [*shipped, "recommended"]
+    recommended = (out / "triton" / "recommended" / "1" / "model.onnx").read_bytes()
+    assert any(recommended == (out / f"{n}.onnx").read_bytes() for n in shipped if n != "model_mc")
+    folders = [out / "triton" / n for n in (*shipped, "recommended")]
     configs = parse_configs([f / "config.pbtxt" for f in folders])
     triton = TritonConfig(max_batch_size=32, instances=2)
     for folder in folders:

@@ -227,3 +227,38 @@ def test_int8_dynamic_leaves_convolutions_in_float_and_quantizes_dense(tmp_path)
     session = ort.InferenceSession(str(record.path), providers=["CPUExecutionProvider"])
     probs = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert np.mean(probs.argmax(1) == model.predict(x, verbose=0).argmax(1)) >= 0.95
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_int8_static_keeps_the_probability_head_in_float(tmp_path, head):
+    """A QDQ-quantized Softmax / Sigmoid at the end of the graph rounds probabilities to the int8 step (1/256): the
+    probabilities of an int8-static file are the float head's, never zero where the float model's are not."""
+    import onnx
+    import onnxruntime as ort
+
+    from deploykit.backend import keras
+    from deploykit.export import export_onnx
+
+    rng = np.random.default_rng(0)
+    units = 4 if head == "softmax" else 1
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(units, activation=head),
+        ]
+    )
+    x = rng.uniform(0, 1, (64, 12, 12, 1)).astype(np.float32)
+    record = export_onnx(model, tmp_path / "s.onnx", quantization="int8-static", calibration_data=x)
+    graph = onnx.load(str(record.path)).graph
+    assert {"QuantizeLinear", "Conv"} <= {n.op_type for n in graph.node}  # the body is int8 QDQ
+    heads = [n for n in graph.node if n.op_type in ("Softmax", "Sigmoid")]  # a binary head serves softmax([0, z])
+    assert heads
+    for prob in heads:
+        consumers = [n.op_type for n in graph.node if set(n.input) & set(prob.output)]
+        assert "QuantizeLinear" not in consumers  # its output is float
+    session = ort.InferenceSession(str(record.path), providers=["CPUExecutionProvider"])
+    probs = session.run(None, {session.get_inputs()[0].name: x})[-1]
+    steps = np.abs(probs * 256 - np.round(probs * 256))
+    assert steps.max() > 1e-3  # not on the 1/256 grid an int8 output would put them on

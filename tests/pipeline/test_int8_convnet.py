@@ -48,4 +48,6 @@ def test_a_convnets_onnx_int8_is_static_qdq_first_and_ships_by_the_budget_rule(d
     assert rows[file]["verdict"] == ("pass" if ships_by_budget(rows[file], report) else "rejected")
     if rows[file]["verdict"] == "pass" and file == "model_int8-static.onnx":
         ops = {n.op_type for n in onnx.load(str(result.out_dir / file)).graph.node}
-        assert "QuantizeLinear" in ops and "Conv" in ops and "ConvInteger" not in ops  # QDQ: fused to QLinearConv
+        assert "QuantizeLinear" in ops and "Conv" in ops and "ConvInteger" not in ops, json.dumps(
+            tries
+        )  # QDQ: fused to QLinearConv
