@@ -1,12 +1,12 @@
-"""The sparsity search's tries as Ray tasks (Ray core): as many targets at once as the cluster has CPUs.
+"""The sparsity search's tries as Ray tasks (Ray core): the first alone, then as many as the cluster has CPUs.
 
 The tries of a search are independent of each other (each prunes a copy of the same model at its own target,
 with the same seed), so they run as one Ray task each: the highest target alone first (the serial search most
-often keeps it), then as many as the cluster has CPUs, a new one starting when one is done, none once a try
-is within the budget (a small cluster does not pay for tries the serial search never
-starts; a cluster with a CPU per target runs all the others at once); the search then keeps what the serial search
-keeps: the highest target within the budget. Tries below it that ran are reported as not needed, a task that
-fails is that try's failure (its error in the try's note), and each try's note says where it ran. The
+often keeps it), then as many as the cluster has CPUs, a new one starting when one is done, none once a try is
+within the budget (a small cluster does not pay for tries the serial search never starts; a cluster with a CPU
+per target runs all the others at once); the search then keeps what the serial search keeps: the highest
+target within the budget. Tries below it that ran are reported as not needed, a task that fails is that try's
+failure (its error in the try's note), and each try's note says where it ran. The
 model travels as a ``.keras`` file's bytes, the data and the teacher's outputs through Ray's object store, and
 deploykit itself as a ``py_modules`` entry of the job's runtime environment, so a cluster's nodes need only the
 same Python packages (``pip install "deploykit[ray]"``). Ray is an optional dependency: importing this module
