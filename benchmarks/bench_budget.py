@@ -97,7 +97,7 @@ def train(kind: str, data, seed: int, epochs: int = 15):
 
 def weights_gzip(path: Path) -> int:
     """gzip -9 size of a model's float32 weights (every array, concatenated): the baseline of the 12x target."""
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     model = load_model(str(path))
     raw = b"".join(np.asarray(w, np.float32).tobytes() for w in model.get_weights())
@@ -229,10 +229,10 @@ def artifact_checks(out: Path, data: str) -> dict:
 
 
 def _check_one(out: str, data_source: str) -> None:
-    from deploykit.data import load_dataset
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
+    from deploykit.data.dataset import load_dataset
     from deploykit.export.runtimes import open_runner, predict_batches
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     out_dir = Path(out)
     data = load_dataset(data_source)
@@ -282,8 +282,8 @@ def _tfmot_one(model_path: str, data_source: str, sparsity: float, epochs: int, 
     import tensorflow_model_optimization as tfmot
 
     from deploykit.backend import keras, set_seed, tf
-    from deploykit.data import load_dataset
-    from deploykit.io import load_model
+    from deploykit.data.dataset import load_dataset
+    from deploykit.io.models import load_model
 
     data = load_dataset(data_source)
     model = load_model(model_path)
@@ -339,7 +339,7 @@ def _tfmot_one(model_path: str, data_source: str, sparsity: float, epochs: int, 
 
 def distillation_vs_plain(model, data, epochs: int) -> list[dict]:
     """Prune to 80% and 90% with and without distillation, same epochs: test, validation and training accuracy."""
-    from deploykit.evaluate import accuracy
+    from deploykit.core.evaluate import accuracy
     from deploykit.sparsity import PruneConfig, prune
 
     rows = []
@@ -374,8 +374,8 @@ def run(
     tabular: bool = True,
     first_seed: int = 0,
 ) -> dict:
-    from deploykit.data import load_dataset
-    from deploykit.io import save_model
+    from deploykit.data.dataset import load_dataset
+    from deploykit.io.models import save_model
 
     results: dict = {
         "budget_points": 100 * BUDGET,
@@ -436,8 +436,8 @@ def tabular_case(tmp: Path) -> dict:
     from sklearn.datasets import load_breast_cancer
 
     from deploykit.backend import keras, set_seed
-    from deploykit.data import load_dataset
-    from deploykit.io import save_model
+    from deploykit.data.dataset import load_dataset
+    from deploykit.io.models import save_model
 
     bunch = load_breast_cancer()
     source = tmp / "breast_cancer.npz"

@@ -127,7 +127,7 @@ def main() -> None:
     if not FASHION.exists():
         print(f"{FASHION} is absent: nothing to measure")
         return
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     data = load_dataset(str(FASHION))
     if data.x_train.ndim != 4:  # 28x28 pixels: the convnets take 28x28x1 images

@@ -239,7 +239,7 @@ def pool_outputs(path, x) -> dict:
 
 
 def mc_model(data, folder: Path):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.uncertainty import export_mc_onnx
 
     if BOOK_MODEL.exists():
@@ -485,7 +485,7 @@ def main() -> int:
         print("skipped: MAPIE is not installed (pip install 'deploykit[bench]')", file=sys.stderr)
         return 0
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     data = load_dataset(str(FASHION))
     x = np.concatenate([data.x_val, data.x_test]).astype(np.float32)

@@ -154,7 +154,7 @@ def latency_case(model, data, tmp: Path) -> dict:
 
 
 def main() -> int:
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     results = {"size": {}, "notes": []}
     datasets = {"digits": load_dataset("digits")}

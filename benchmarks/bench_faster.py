@@ -127,10 +127,10 @@ BOOK = FASHION.parents[1] / "models" / "book_fashion_bn_dropout.keras"
 
 def book_rows(fractions=(0.5, 0.7)) -> list[dict]:
     """The book's MLP: float32 and int8-dynamic ONNX of the original and of structured-pruned copies."""
-    from deploykit.data import load_dataset
-    from deploykit.evaluate import score
+    from deploykit.core.evaluate import score
+    from deploykit.data.dataset import load_dataset
     from deploykit.export import export_onnx
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.sparsity import prune_structured
 
     if not (BOOK.exists() and FASHION.exists()):
@@ -218,7 +218,7 @@ def objective_rows(name: str, model, data, **options) -> list[dict]:
 
 def main() -> None:
     from deploykit.backend import keras
-    from deploykit.inputs import as_dataset
+    from deploykit.io.inputs import as_dataset
 
     x, y, source = images()
     rows, chosen = book_rows(), book_objective_rows()
@@ -257,7 +257,7 @@ def main() -> None:
 
 def book_objective_rows() -> list[dict]:
     """The book's MLP through optimize with half its hidden units removed (kept only within the budget)."""
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     if not (BOOK.exists() and FASHION.exists()):
         return []

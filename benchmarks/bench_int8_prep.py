@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import FASHION, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
-from deploykit.data import load_dataset  # noqa: E402
+from deploykit.data.dataset import load_dataset  # noqa: E402
 from deploykit.errors import RuntimeCrashError  # noqa: E402
 from deploykit.export import export_onnx, export_tflite, validate  # noqa: E402
 
@@ -38,7 +38,7 @@ def max_multiplier(path) -> float:
 
 
 def _rows(name: str, model_path, data_path, folder: Path) -> list[dict]:
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     model, data = load_model(model_path), load_dataset(data_path)
     exports = {

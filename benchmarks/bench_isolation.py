@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
 
-from deploykit.data import load_dataset  # noqa: E402
+from deploykit.data.dataset import load_dataset  # noqa: E402
 from deploykit.errors import RuntimeCrashError  # noqa: E402
 from deploykit.export import export_onnx, export_tflite, validate  # noqa: E402
 from deploykit.export.isolated import shared_worker  # noqa: E402
-from deploykit.io import load_model  # noqa: E402
+from deploykit.io.models import load_model  # noqa: E402
 
 CRASH = ROOT / "tests" / "export" / "data" / "xnnpack_requant_crash.tflite"
 OK = ROOT / "tests" / "export" / "data" / "tiny_elu_ok.tflite"

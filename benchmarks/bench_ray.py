@@ -81,8 +81,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
-    from deploykit.data import load_dataset
-    from deploykit.io import load_model
+    from deploykit.data.dataset import load_dataset
+    from deploykit.io.models import load_model
 
     data, model = load_dataset(str(FASHION)), load_model(str(BOOK))
     serial, serial_wall, serial_cpu = _search(model, data)

@@ -47,7 +47,7 @@ def progress(message):
     print(message[:200], file=sys.stderr, flush=True)
     partial.write(json.dumps(marks[-1]) + "\n")
     partial.flush()
-from deploykit.io import load_model
+from deploykit.io.models import load_model
 partial.write(json.dumps({"start": start, "params": int(load_model(sys.argv[1]).count_params())}) + "\n")
 result = optimize(sys.argv[1], sys.argv[2], out_dir=sys.argv[3], sparsity=0.8, epochs=2, samples=10, mc_seed=0,
                   progress=progress)

@@ -71,7 +71,7 @@ def export_models(folder: Path) -> dict[str, str]:
 
     from deploykit.export.convert import keras_to_onnx
     from deploykit.export.metadata import ModelMetadata, write_metadata
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.uncertainty import export_mc_onnx
 
     model = load_model(MODEL)
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import psutil
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
     xs = load_dataset("digits").x_test[:256]

@@ -57,7 +57,7 @@ def train(data, epochs: int, seed: int = 42):
 
 def dense_control(dense, data, args) -> float:
     """The dense model fine-tuned with the pruning run's budget (same epochs, rate, early stopping): a fair control."""
-    from deploykit.evaluate import accuracy
+    from deploykit.core.evaluate import accuracy
     from deploykit.sparsity import PruneConfig
     from deploykit.sparsity.tuning import fine_tune, rebuild
 
@@ -107,7 +107,7 @@ def compact_row(name: str, sparse, data, repeats: int) -> dict:
 
 
 def bench(data, args) -> dict:
-    from deploykit.evaluate import accuracy
+    from deploykit.core.evaluate import accuracy
     from deploykit.sparsity import prune, sparsify_l1
 
     t0 = time.perf_counter()
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency at batch 256 (x10 at batch 1)")
     args = parser.parse_args(argv)
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     rows, skipped = [], []
     rows.append(bench(load_dataset("digits"), args))

@@ -2,7 +2,7 @@
 
 On the Fashion-MNIST sample at ``../shared/data/fashion_mnist_3615.npz`` (from
 the repository root; skipped with a message when absent), split by
-``deploykit.data`` (stratified, seed 42). Each deploykit run uses ``--lr auto``
+``deploykit.data.dataset`` (stratified, seed 42). Each deploykit run uses ``--lr auto``
 (the finder), 1cycle and early stopping; the baseline is what a Keras user
 gets without the chapter's advice: Glorot init, ReLU, Adam at its default
 1e-3 with no schedule, same epochs and early stopping. Writes
@@ -22,7 +22,7 @@ import numpy as np
 from common import FASHION as DATA  # noqa: E402  (puts the repository on sys.path)
 from common import write_results
 
-from deploykit.data import load_dataset  # noqa: E402
+from deploykit.data.dataset import load_dataset  # noqa: E402
 from deploykit.training import TrainConfig, train  # noqa: E402
 
 HIDDEN = (300, 100)

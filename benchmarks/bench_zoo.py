@@ -209,7 +209,7 @@ def _int8(export_variant, model, x, reference, folder: Path, onnx_runner, tflite
 
 def _mc(model, x) -> dict:
     """Build and run the MC Dropout graph of a model with dropout (samples 4, 2 inputs)."""
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph, dropout_layers
 
     graph = graph_from_model(model)

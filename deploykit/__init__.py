@@ -12,13 +12,13 @@ from deploykit._version import __version__
 # public name -> module that defines it
 _API = {
     # data and models
-    "Dataset": "deploykit.data",
-    "SplitConfig": "deploykit.data",
-    "load_dataset": "deploykit.data",
-    "load_model": "deploykit.io",
-    "as_model": "deploykit.inputs",
-    "as_dataset": "deploykit.inputs",
-    "save_model": "deploykit.io",
+    "Dataset": "deploykit.data.dataset",
+    "SplitConfig": "deploykit.data.dataset",
+    "load_dataset": "deploykit.data.dataset",
+    "load_model": "deploykit.io.models",
+    "as_model": "deploykit.io.inputs",
+    "as_dataset": "deploykit.io.inputs",
+    "save_model": "deploykit.io.models",
     "SHIPPED_MODEL": "deploykit.shipped",
     # training
     "TrainConfig": "deploykit.training",

@@ -2,7 +2,7 @@
 
 TensorFlow Model Optimization only accepts Keras 2 models, and tf2onnx only
 converts them, so deploykit works in ``tf_keras`` (Keras 2) throughout. Keras 3
-files written by users of TensorFlow >= 2.16 are imported by ``deploykit.io``,
+files written by users of TensorFlow >= 2.16 are imported by ``deploykit.io.models``,
 which rebuilds them in ``tf_keras``.
 
 Every other module gets TensorFlow and Keras from here::

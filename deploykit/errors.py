@@ -38,7 +38,7 @@ class ModelLoadError(DeployKitError):
 
 
 class OutputContractError(ModelLoadError):
-    """A model's output breaks deploykit.contract.OUTPUTS (missing, or of another dtype or shape), named before any
+    """A model's output breaks deploykit.core.contract.OUTPUTS (missing, or of another dtype or shape), named before any
     value is read."""
 
 

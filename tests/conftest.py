@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def digits():
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     return load_dataset("digits")
 

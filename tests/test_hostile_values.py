@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from deploykit.data import load_dataset
+from deploykit.data.dataset import load_dataset
 from deploykit.errors import ConfigError, DataError
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.serve import limits

@@ -7,10 +7,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from deploykit.core.task import Task
 from deploykit.errors import DeployKitError
 from deploykit.log import progress  # noqa: F401  (the commands' progress callback, imported from here)
 from deploykit.shipped import SHIPPED_MODEL as DEFAULT_MODEL
-from deploykit.task import Task
 
 
 def add_command(sub, name: str, handler, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -67,7 +67,7 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def add_task_arg(p: argparse.ArgumentParser) -> None:
-    """``--task``: what the labels are, parsed into :class:`~deploykit.task.Task` here, at the CLI's edge."""
+    """``--task``: what the labels are, parsed into :class:`~deploykit.core.task.Task` here, at the CLI's edge."""
     p.add_argument(
         "--task",
         type=Task,
@@ -125,7 +125,7 @@ def add_class_names_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load_model_arg(args):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     path = getattr(args, "model", None) or DEFAULT_MODEL
     progress(f"loading model {Path(path).name}")
@@ -139,7 +139,7 @@ def writes_keras3(args, out) -> bool:
     A Keras 3 user gets back a file Keras 3 opens, as ``optimize`` does; tf_keras in gives tf_keras out.
     """
     from deploykit.errors import UsageError
-    from deploykit.io import read_model_file
+    from deploykit.io.models import read_model_file
 
     keras3 = read_model_file(getattr(args, "model", None) or DEFAULT_MODEL).is_keras3
     if keras3 and Path(out).suffix != ".keras":
@@ -150,7 +150,7 @@ def writes_keras3(args, out) -> bool:
 def data_source(args) -> str:
     """``--data``, else digits when the command runs on the shipped model (or trains its own); a model of the
     user's without ``--data`` is a UsageError, never a silent run on digits."""
-    from deploykit.data import DEFAULT_DATASET
+    from deploykit.data.dataset import DEFAULT_DATASET
     from deploykit.errors import UsageError
 
     if args.data is not None:
@@ -168,11 +168,11 @@ def data_source(args) -> str:
 def load_data_arg(args, model=None):
     """``--data`` as a Dataset; ``model`` (loaded) lets an .npz name its arrays after the model's several inputs /
     outputs."""
-    from deploykit.data import SplitConfig, load_dataset
+    from deploykit.data.dataset import SplitConfig, load_dataset
 
     layout = None
     if model is not None:
-        from deploykit.multi_io_model import layout_of
+        from deploykit.core.multi_io_model import layout_of
 
         layout = layout_of(model)
     data = load_dataset(

@@ -7,7 +7,7 @@ import json
 from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
 from deploykit.cli.mc import add_uncertainty_options, conformal_config, selective_target
 from deploykit.cli.optimize import add_ray_option, add_time_budget_option
-from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
+from deploykit.core.contract import ENSEMBLE_FILE, MEMBERS_DIR
 
 JSON_FILE = "ensemble.json"
 MARKDOWN_FILE = "ensemble.md"
@@ -112,7 +112,7 @@ def _run(args) -> int:
 
 
 def _members(args, data) -> list:
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     if args.models:
         progress(f"loading {len(args.models)} member models")

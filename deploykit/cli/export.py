@@ -42,7 +42,7 @@ def register(sub) -> None:
     )
     add_model_arg(p)
     add_data_options(p)
-    from deploykit.multi_io import NPZ_RULE
+    from deploykit.core.multi_io import NPZ_RULE
 
     p.epilog = NPZ_RULE + "."
     add_variant_options(p)

@@ -28,7 +28,7 @@ def handle(args) -> int:
     model = load_model_arg(args)
     keras3 = writes_keras3(args, out)
     from deploykit.fold import fold_batchnorm
-    from deploykit.io import save_model_like
+    from deploykit.io.models import save_model_like
 
     progress("folding")
     folded, report = fold_batchnorm(model, unsafe=args.unsafe)

@@ -29,7 +29,7 @@ def register(sub) -> None:
     )
     add_model_arg(p, optional=True)
     add_data_arg(p)
-    from deploykit.multi_io import NPZ_RULE
+    from deploykit.core.multi_io import NPZ_RULE
 
     p.epilog = NPZ_RULE + " (see the README, 'Data deploykit reads')."
     p.set_defaults(

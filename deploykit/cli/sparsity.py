@@ -204,7 +204,7 @@ def _finish(args, model, report, keras3: bool) -> int:
     import json
 
     from deploykit.atomic import write_text
-    from deploykit.io import save_model_like
+    from deploykit.io.models import save_model_like
 
     print(report.summary())
     save_model_like(model, args.out, keras3)

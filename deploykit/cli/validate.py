@@ -42,7 +42,7 @@ def _run(args) -> int:
 
     from deploykit.export.runtimes import open_runner
     from deploykit.export.validate import validate, validation_markdown
-    from deploykit.inputs import as_dataset
+    from deploykit.io.inputs import as_dataset
 
     overrides = tolerance_overrides(args)
     layout = open_runner(args.file).layout  # several named inputs / outputs: the .npz may be named after them
@@ -82,7 +82,7 @@ def _reference(args):
 
         runner = OnnxRunner(args.reference)
         return lambda x, training=False: runner.predict(x)
-    from deploykit.inputs import as_model
+    from deploykit.io.inputs import as_model
 
     progress(f"loading reference {Path(args.reference).name}")
     return as_model(args.reference, unsafe=args.unsafe)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.atomic import atomic_dir, write_text
+from deploykit.core.task import OutputKind, Task
 from deploykit.errors import ConversionError, Mismatch, UsageError, ValidationError
 from deploykit.export.artifact import ExportRecord, check_model_input
 from deploykit.export.config import ExportConfig, ExportFormat, Precision, QuantConfig, Quantization, parse_enum
@@ -31,9 +32,8 @@ from deploykit.export.runtimes import predict_batches
 from deploykit.export.tflite_export import export_tflite
 from deploykit.export.triton import write_triton_models
 from deploykit.export.validate import ValidationReport, validate, validation_markdown
-from deploykit.inputs import as_dataset, as_model
+from deploykit.io.inputs import as_dataset, as_model
 from deploykit.records import Record
-from deploykit.task import OutputKind, Task
 
 JSON_FILE = "validation.json"
 MARKDOWN_FILE = "validation.md"
@@ -158,7 +158,7 @@ def export_bundle(
     config = config or ExportConfig()
     say = progress or (lambda message: None)
     source = _Source.of(model, config)
-    from deploykit.multi_io_model import layout_of
+    from deploykit.core.multi_io_model import layout_of
 
     layout = layout_of(source.keras) if source.keras is not None else None  # an .npz named after several tensors
     data = as_dataset(data, task=task, layout=layout) if data is not None else _generated(source, config, task)
@@ -231,7 +231,7 @@ class _Source:
     reference: Callable  # reference(x, training=False) -> probabilities
     export: Callable  # export(fmt, quant, path, data, config, meta) -> ExportRecord
     keras: Any = None  # the Keras model exported from (None for an ONNX file)
-    task_and_output: tuple = (Task.CLASSIFICATION, OutputKind.PROBABILITIES)  # an ONNX file's deploykit.task
+    task_and_output: tuple = (Task.CLASSIFICATION, OutputKind.PROBABILITIES)  # an ONNX file's deploykit.core.task
     path: Path | None = None  # the float32 ONNX file quantized (None for a Keras model)
 
     @classmethod
@@ -259,7 +259,7 @@ class _Source:
 
     def reference_outputs(self, kind: OutputKind) -> Callable:
         """``reference(x)`` as the artifacts' main output holds it: a logits classifier's softmaxed."""
-        from deploykit.evaluate import main_outputs
+        from deploykit.core.evaluate import main_outputs
 
         if self.keras is None:  # an ONNX file's runner gives its main output already
             return self.reference
@@ -298,7 +298,7 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
         raise UsageError(f"{', '.join(int8)} needs data to calibrate (give data / --data)")
     vocabulary = None
     if source.keras is not None:
-        from deploykit.task import model_task
+        from deploykit.core.task import model_task
 
         task, kind = model_task(source.keras, task=task)
         vocabulary = _token_vocabulary(source.keras)
@@ -316,8 +316,8 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
 
 def _token_vocabulary(model) -> int | None:
     """The vocabulary of an Embedding reading the model input (its inputs are token ids), else None."""
+    from deploykit.core.graph import graph_from_model, token_vocabulary
     from deploykit.errors import UnsupportedLayerError
-    from deploykit.graph import graph_from_model, token_vocabulary
 
     try:
         return token_vocabulary(graph_from_model(model, unsafe=True))
@@ -341,7 +341,7 @@ def generated_dataset(
     held to the source's own classes within their accuracy-drop bound; a regressor's
     targets are its own predictions (RMSE against them is the error against the source).
     """
-    from deploykit.data import Dataset
+    from deploykit.data.dataset import Dataset
 
     rng = np.random.default_rng(seed)
     if vocabulary is not None:  # token ids for an Embedding (uniform over its vocabulary)

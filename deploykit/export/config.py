@@ -23,8 +23,8 @@ from types import MappingProxyType
 from typing import Any
 
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer, names, number, text
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError, UsageError
-from deploykit.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class Tolerance(Config):
 
     @classmethod
     def for_precision(cls, precision: Precision, task: Task | None = None) -> Tolerance:
-        """The default per variant and task (``deploykit.task.Task``; None: a classifier).
+        """The default per variant and task (``deploykit.core.task.Task``; None: a classifier).
 
         Classifiers: float32 max diff <= 1e-4; float16 agreement >= 99.5%; int8 within 1 point.
         Regressors, whose outputs have the targets' units (so an absolute bound means nothing): float32

@@ -1,4 +1,4 @@
-"""The ONNX side of the served-output table (:data:`deploykit.contract.OUTPUTS`).
+"""The ONNX side of the served-output table (:data:`deploykit.core.contract.OUTPUTS`).
 
 The graph builders declare each output from its row (:func:`output_info`: its dtype, and its shape with the
 batch, sample and member axes named and the class or target axis sized), so no builder keeps a table of
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from deploykit.contract import ModelKind, check_outputs, spec
+from deploykit.core.contract import ModelKind, check_outputs, spec
 
 #: The table's dtypes as ONNX element types (TensorProto values: FLOAT, INT64, BOOL).
 _ELEMENT_TYPES = {"float32": 1, "int64": 7, "bool": 9}
@@ -28,13 +28,13 @@ def output_info(name: str, task: str, kind: ModelKind, width: int | None = None,
 
     row = spec(name, task, kind)
     if row is None:
-        raise KeyError(f"output {name!r} of a {task} {kind} model is not in deploykit.contract.OUTPUTS")
+        raise KeyError(f"output {name!r} of a {task} {kind} model is not in deploykit.core.contract.OUTPUTS")
     dims = {**_DIM_NAMES, "classes": width, "targets": width, "units": width, **axes}
     return helper.make_tensor_value_info(name, _ELEMENT_TYPES[row.dtype], [dims[a] for a in row.shape])
 
 
 def declared(graph_outputs) -> dict[str, tuple[str, list]]:
-    """{name: (dtype, shape)} of a graph's outputs, as :func:`deploykit.contract.check_outputs` reads them."""
+    """{name: (dtype, shape)} of a graph's outputs, as :func:`deploykit.core.contract.check_outputs` reads them."""
     from onnx import helper
 
     found = {}

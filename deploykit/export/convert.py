@@ -1,21 +1,21 @@
 """tf_keras -> ONNX conversion with tf2onnx: the one place deploykit calls it.
 
 The graph has one input named ``input`` (float32, dynamic batch) and the outputs
-:data:`~deploykit.contract.DETERMINISTIC_OUTPUTS` names for the model's output kind:
+:data:`~deploykit.core.contract.DETERMINISTIC_OUTPUTS` names for the model's output kind:
 ``probabilities`` (a softmax classifier), ``logits`` and ``probabilities`` (a logits
 classifier: the Softmax is added to the graph), or ``prediction`` (a regressor). A binary head
 (one sigmoid or linear unit) serves ``probabilities`` [N, 2] computed in the graph
-(:mod:`deploykit.taskspec`).
+(:mod:`deploykit.core.taskspec`).
 """
 
 from __future__ import annotations
 
-from deploykit.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, KIND_DETERMINISTIC, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
+from deploykit.core.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, KIND_DETERMINISTIC, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
+from deploykit.core.task import OutputKind
+from deploykit.core.taskspec import TaskSpec, spec_of
 from deploykit.errors import ConversionError
 from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.log import quiet_native
-from deploykit.task import OutputKind
-from deploykit.taskspec import TaskSpec, spec_of
 
 DEFAULT_OPSET = 17
 
@@ -73,7 +73,7 @@ def _add_softmax(graph, logits: str, probabilities: str) -> None:
 
 
 class _Builder:
-    """The ``op`` / ``const`` a :class:`~deploykit.taskspec.TaskSpec` appends its head with, on a tf2onnx graph."""
+    """The ``op`` / ``const`` a :class:`~deploykit.core.taskspec.TaskSpec` appends its head with, on a tf2onnx graph."""
 
     def __init__(self, graph):
         self.graph, self._count = graph, 0

@@ -25,7 +25,7 @@ from deploykit.export.int8_fallback import FallbackReport, layer_kernels, rank_c
 def layer_candidates(model) -> list[str]:
     """The layers ranked by the fallback: the model's Dense layers and convolutions (those int8 quantizes), at most
     :data:`~deploykit.export.int8_fallback.MAX_RANKED` of them (see :func:`rank_candidates`)."""
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
 
     nodes = [n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
     return rank_candidates(layer_kernels(model, [n.name for n in nodes]))

@@ -134,8 +134,8 @@ def prepare_for_int8(
     is folded (BatchNorm and Normalization stay layers). ``standardize``: a float standardization of the first
     Dense layer's input goes in front of it (see the module's docstring); it folds the model's own first.
     """
+    from deploykit.core.graph import copy_model, graph_from_model, to_keras
     from deploykit.fold import fold_batchnorm
-    from deploykit.graph import copy_model, graph_from_model, to_keras
 
     if fold or standardize:
         folded, report = fold_batchnorm(model, through_dropout=through_dropout)
@@ -162,9 +162,9 @@ def _standardized(graph, model, calibration: np.ndarray):
     """``graph`` with a float Normalization (calibration mean and std) in front of its first Dense layer, whose
     kernel rows and bias absorb it exactly. A first kernel layer that is not a Dense one is a StepError (that int8
     try fails, not the run)."""
+    from deploykit.core.graph import LayerSpec, Node
+    from deploykit.core.layers import Role
     from deploykit.errors import StepError
-    from deploykit.graph import LayerSpec, Node
-    from deploykit.layers import Role
 
     first = next((n for n in graph.nodes if n.spec.support.prunable), None)
     if first is None or first.spec.support.role is not Role.DENSE or len(first.inputs) != 1:
@@ -289,7 +289,7 @@ def simulate_int8(weights: np.ndarray, threshold: np.ndarray) -> np.ndarray:
 
 def _clippable(spec) -> bool:
     """Dense, and the convolutions whose kernel int8 stores per output channel (channels last)."""
-    from deploykit.layers import Role
+    from deploykit.core.layers import Role
 
     if spec.support.role is Role.DENSE:
         return True
@@ -299,7 +299,7 @@ def _clippable(spec) -> bool:
 def _conv_kernel(spec) -> bool:
     """A convolution whose kernel reads the layer's input, clipped per output channel (the layer table's kernel
     layout: Conv1D / Conv2D, and DepthwiseConv2D per input channel x multiplier; not SeparableConv2D's pointwise)."""
-    from deploykit.layers import KernelLayout
+    from deploykit.core.layers import KernelLayout
 
     kernel = spec.support.kernel
     return kernel is not None and kernel.reads_input and kernel.layout in (KernelLayout.CONV, KernelLayout.DEPTHWISE)
@@ -312,7 +312,7 @@ def _clip_rows(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
     runs on the sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads
     input channel ``c`` only: one group of columns per input channel, each with its own patch values.
     """
-    from deploykit.layers import KernelLayout
+    from deploykit.core.layers import KernelLayout
 
     if spec.support.kernel.layout is not KernelLayout.DEPTHWISE:
         return _clip_matrix(spec, rows, in_scale)

@@ -71,7 +71,7 @@ class OpenedArtifact:
     input_shape: tuple[int, ...]
     quantization: str | None  # asked for only when the caller does not know it
     reference_accuracy: float | None  # from an ONNX file's deploykit metadata
-    output_name: str = ""  # the output the runner reads (deploykit.contract.main_output)
+    output_name: str = ""  # the output the runner reads (deploykit.core.contract.main_output)
     outputs: dict = field(default_factory=dict)  # {name: (dtype, shape)} as the runtime declares them
 
 

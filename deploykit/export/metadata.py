@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 
 from deploykit._version import __version__
-from deploykit.contract import KIND_DETERMINISTIC
-from deploykit.contract import METADATA_PREFIX as PREFIX
+from deploykit.core.contract import KIND_DETERMINISTIC
+from deploykit.core.contract import METADATA_PREFIX as PREFIX
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ModelMetadata:
     max_samples: int | None = None  # MC models only: the largest `samples` a client may ask for
     version: str = __version__
     task: dict | None = (
-        None  # deploykit.task: {task: Task value, output: OutputKind value} (None: written before it existed)
+        None  # deploykit.core.task: {task: Task value, output: OutputKind value} (None: written before it existed)
     )
 
     @staticmethod
@@ -37,7 +37,7 @@ class ModelMetadata:
 
     def task_and_output(self):
         """(Task, OutputKind) from ``deploykit.task``; a file without it is a softmax classifier (what came before)."""
-        from deploykit.task import OutputKind, Task
+        from deploykit.core.task import OutputKind, Task
 
         if not self.task:
             return Task.CLASSIFICATION, OutputKind.PROBABILITIES

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.contract import main_output
+from deploykit.core.contract import main_output
+from deploykit.core.multi_io_model import name_onnx_tensors, packing_of
+from deploykit.core.task import Task, model_task
 from deploykit.errors import UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, dense_sparsity, file_sizes
 from deploykit.export.config import (
@@ -26,9 +28,7 @@ from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, keras_to_onnx
 from deploykit.export.int8_prep import Int8Preparation, calibration_samples, variant_source
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
-from deploykit.inputs import as_calibration, as_model
-from deploykit.multi_io_model import name_onnx_tensors, packing_of
-from deploykit.task import Task, model_task
+from deploykit.io.inputs import as_calibration, as_model
 
 
 def export_onnx(
@@ -50,7 +50,7 @@ def export_onnx(
     has input ``input`` (float32, dynamic batch) and, in every variant, the outputs of
     the model's output kind: ``probabilities``; ``logits`` and ``probabilities``
     (softmax in the graph); or a regressor's ``prediction``. ``task`` (else
-    ``metadata.task``, else read off the model: see :func:`deploykit.task.resolve_task`)
+    ``metadata.task``, else read off the model: see :func:`deploykit.core.task.resolve_task`)
     decides between logits and regression for a linear output, and is stored as
     ``deploykit.task``. ``quantization``: an ONNX variant of
     :class:`~deploykit.export.config.Quantization` ("float32", "float16",
@@ -126,7 +126,7 @@ def quantize_onnx_file(
         raise UsageError(f"{source}: not an .onnx file")
     if source.resolve() == path.resolve():
         raise UsageError(f"{path}: the quantized model must not overwrite its source")
-    from deploykit.onnxfile import load_onnx
+    from deploykit.onnx.file import load_onnx
 
     proto = load_onnx(source)  # external data contained in the source's folder, declared sizes bounded
     name = graph_input(proto)

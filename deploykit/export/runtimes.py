@@ -1,7 +1,7 @@
 """Run an exported artifact in the runtime that serves it: onnxruntime for .onnx, LiteRT for .tflite.
 
 ``open_runner(path).predict(x)`` takes raw float inputs and returns the model's
-main output as float32 (:func:`deploykit.contract.main_output`: class probabilities, or a
+main output as float32 (:func:`deploykit.core.contract.main_output`: class probabilities, or a
 regressor's prediction; a logits classifier's ``probabilities``) for either format (an int8-I/O TFLite model gets its
 inputs quantized and its outputs dequantized with the scale and zero point
 stored in the file). Validation, the benchmarks, the MC and serving parts
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.core.multi_io import artifact_layout
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.config import ExportFormat
 from deploykit.log import quiet_native
-from deploykit.multi_io import artifact_layout
 
 
 class OnnxRunner:
@@ -31,11 +31,11 @@ class OnnxRunner:
     runtime = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        from deploykit.sessions import onnx_session
+        from deploykit.onnx.sessions import onnx_session
 
         self.path = Path(path)
         self.session = onnx_session(self.path, threads=threads or None)
-        from deploykit.contract import main_output
+        from deploykit.core.contract import main_output
 
         outputs = {o.name: o for o in self.session.get_outputs()}
         inp, out = self.session.get_inputs()[0], outputs[main_output(outputs)]
@@ -51,8 +51,8 @@ class OnnxRunner:
         self.input_shape, self.output_shape = packed_shapes(self.layout, self.input_shape, self.output_shape)
 
     def declared_outputs(self) -> dict[str, tuple[str, list]]:
-        """{name: (dtype, shape)} of every graph output, as deploykit.contract checks them."""
-        from deploykit.contract import declared_outputs
+        """{name: (dtype, shape)} of every graph output, as deploykit.core.contract checks them."""
+        from deploykit.core.contract import declared_outputs
 
         return declared_outputs(self.session.get_outputs())
 
@@ -138,7 +138,7 @@ class TfliteRunner:
 
 
 def tflite_outputs(interpreter) -> dict[str, tuple[str, list]]:
-    """{name: (dtype, shape)} of a LiteRT interpreter's signature outputs, as deploykit.contract checks them (a
+    """{name: (dtype, shape)} of a LiteRT interpreter's signature outputs, as deploykit.core.contract checks them (a
     quantized output as the float32 the runners read it as; no signature: the tensor names)."""
     details = {d["index"]: d for d in interpreter.get_output_details()}
     try:
@@ -272,13 +272,13 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
 
 
 def _main_output(interpreter) -> tuple[str, dict]:
-    """(name, details) of the output to run for: the signature's main output (deploykit.contract.main_output), else
+    """(name, details) of the output to run for: the signature's main output (deploykit.core.contract.main_output), else
     the first.
 
     The signature maps output names to tensors; ``get_output_details`` alone does not say which is which
     (a logits classifier has two outputs, ``logits`` and ``probabilities``).
     """
-    from deploykit.contract import main_output
+    from deploykit.core.contract import main_output
 
     details = interpreter.get_output_details()
     try:

@@ -5,7 +5,7 @@ difference, class agreement) have nothing to compare against, and a model with
 zeroed weights would pass with nothing checked. These checks need only the
 artifact, the data and what the file records about itself:
 
-- the output contract (:data:`deploykit.contract.OUTPUTS`), before any value is read: the outputs it lists
+- the output contract (:data:`deploykit.core.contract.OUTPUTS`), before any value is read: the outputs it lists
   have its dtypes and ranks, and the output scored is one of the data's task (a regressor's ``prediction``
   is not scored against class labels);
 - the shape contract: a classifier has as many outputs as the data has
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.core.task import Task
 from deploykit.errors import DataError, Mismatch
-from deploykit.task import Task
 
 #: Largest accuracy drop against the file's recorded reference accuracy when no reference model is given.
 NO_REFERENCE_MAX_DROP = 0.05
@@ -32,7 +32,7 @@ NO_REFERENCE_MAX_DROP = 0.05
 def check_declared_outputs(path, opened, task: Task) -> None:
     """Before running anything: an :class:`~deploykit.errors.OutputContractError` naming an output of another
     dtype or rank than the contract's, or a DataError when the output scored belongs to the other task."""
-    from deploykit.contract import KIND_DETERMINISTIC, check_outputs, spec
+    from deploykit.core.contract import KIND_DETERMINISTIC, check_outputs, spec
 
     other = Task.REGRESSION if task is Task.CLASSIFICATION else Task.CLASSIFICATION
     main = opened.output_name

@@ -7,6 +7,7 @@ import os
 import time
 
 from deploykit.atomic import atomic_path
+from deploykit.core.task import OutputKind, Task, model_task
 from deploykit.errors import ConversionError, UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, file_sizes
 from deploykit.export.config import (
@@ -21,9 +22,8 @@ from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import variant_source
 from deploykit.export.runtimes import TfliteRunner, tflite_outputs
 from deploykit.export.unroll import unrolled
-from deploykit.inputs import as_calibration, as_model
+from deploykit.io.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
-from deploykit.task import OutputKind, Task, model_task
 
 
 def export_tflite(
@@ -55,7 +55,7 @@ def export_tflite(
     ``input`` and its outputs those of the ONNX export, with a dynamic batch axis:
     ``probabilities``; ``logits`` and ``probabilities`` (the softmax in the graph: the
     converter takes the second output in every variant); or ``prediction``. ``task``
-    decides between logits and regression for a linear output (see :func:`deploykit.task.resolve_task`).
+    decides between logits and regression for a linear output (see :func:`deploykit.core.task.resolve_task`).
     """
     quant = parse_enum(Quantization, quantization, "TFLite quantization")
     if ExportFormat.TFLITE not in quant.formats:
@@ -119,7 +119,7 @@ def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantC
 def _signature(model, kind: OutputKind):
     """The converted function's outputs, by name: the model's output, and the probabilities computed from it for a
     logits classifier; a binary head's two-class probabilities (``TaskSpec.tf_probabilities``)."""
-    from deploykit.taskspec import spec_of
+    from deploykit.core.taskspec import spec_of
 
     spec = spec_of(kind)
     names = spec.served_outputs
@@ -142,7 +142,7 @@ def _convert(
     kind: OutputKind = OutputKind.PROBABILITIES,
 ) -> bytes:
     from deploykit.backend import tf
-    from deploykit.multi_io_model import packing_of, representative_rows, tflite_function
+    from deploykit.core.multi_io_model import packing_of, representative_rows, tflite_function
 
     recipe = quant.spec.recipe
     packing = packing_of(model)  # several inputs / outputs: one named signature tensor each
@@ -177,14 +177,14 @@ def _convert(
 
 
 def _check_outputs(flat: bytes, model, kind: OutputKind) -> None:
-    """The converted signature's outputs against deploykit.contract.OUTPUTS (names of the output kind, dtypes,
-    shapes); a model of several named outputs (deploykit.multi_io) names its own, only their types are checked."""
+    """The converted signature's outputs against deploykit.core.contract.OUTPUTS (names of the output kind, dtypes,
+    shapes); a model of several named outputs (deploykit.core.multi_io) names its own, only their types are checked."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from deploykit.contract import KIND_DETERMINISTIC, check_outputs
+    from deploykit.core.contract import KIND_DETERMINISTIC, check_outputs
+    from deploykit.core.multi_io_model import packing_of
+    from deploykit.core.taskspec import spec_of
     from deploykit.export.contract_onnx import width_sizes
-    from deploykit.multi_io_model import packing_of
-    from deploykit.taskspec import spec_of
 
     spec = spec_of(kind)
     width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None

@@ -22,10 +22,10 @@ import shutil
 from pathlib import Path
 
 from deploykit.atomic import atomic_dir, write_text
-from deploykit.contract import OUTPUT_NAME
+from deploykit.core.contract import OUTPUT_NAME
+from deploykit.core.task import Task
 from deploykit.errors import UsageError
 from deploykit.export.config import InstanceKind, TritonConfig
-from deploykit.task import Task
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
@@ -132,7 +132,7 @@ def _without_optional_inputs(proto) -> list[str]:
 
     Returns the names replaced (none: ``proto`` is unchanged and the file can be copied byte for byte).
     """
-    from deploykit.uncertainty.graph_ops import empty_optionals
+    from deploykit.onnx.graph_ops import empty_optionals
 
     nodes = empty_optionals(proto.graph)
     for node in reversed(nodes):

@@ -13,12 +13,12 @@ timesteps, which every model deploykit exports has (its input shape is fixed).
 from __future__ import annotations
 
 from deploykit.errors import UnsupportedLayerError
-from deploykit.keras3_rnn import RECURRENT, WRAPPERS
+from deploykit.keras3.rnn import RECURRENT, WRAPPERS
 
 
 def unrolled(model):
     """``model`` with its recurrent layers unrolled (same weights), or ``model`` itself when it has none."""
-    from deploykit.graph import graph_from_model, to_keras
+    from deploykit.core.graph import graph_from_model, to_keras
 
     if not any(_recurrent(layer.__class__.__name__, layer.get_config()) for layer in model.layers):
         return model

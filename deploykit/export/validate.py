@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.core.evaluate import RegressionErrors
+from deploykit.core.task import Task
 from deploykit.errors import Mismatch, UsageError, ValidationError
-from deploykit.evaluate import RegressionErrors
 from deploykit.export.artifact import ExportRecord, file_sizes
 from deploykit.export.config import ExportFormat, Precision, Quantization, Tolerance
 from deploykit.export.isolated import InProcess, shared_worker
 from deploykit.export.runtimes import predict_batches, runner_class
 from deploykit.export.sanity import check_declared_outputs, check_output_contract, without_reference
-from deploykit.inputs import as_dataset, as_reference
+from deploykit.io.inputs import as_dataset, as_reference
 from deploykit.records import Record
-from deploykit.task import Task
 
 DEFAULT_BATCH_SIZES = (1, 256)
 DEFAULT_REPEATS = 50
@@ -71,7 +71,7 @@ class ValidationReport(Record):
     target_errors: RegressionErrors | None = None  # ... and against the test targets (its RMSE is the score)
     reference_rmse: float | None = None  # the Keras reference's test RMSE against the targets
     per_output: dict | None = (
-        None  # several outputs (deploykit.multi_io): each one's figures, each held to the tolerance
+        None  # several outputs (deploykit.core.multi_io): each one's figures, each held to the tolerance
     )
     outputs: np.ndarray | None = field(default=None, repr=False)  # the artifact's outputs on the split (not in JSON)
     latency_b1_ms: float | None = field(init=False)
@@ -182,8 +182,8 @@ def validate(
 
 def _reference_outputs(reference, data, x: np.ndarray) -> np.ndarray:
     """The reference's outputs as the artifact's main output holds them: a Keras logits classifier's softmaxed."""
-    from deploykit.evaluate import main_outputs
-    from deploykit.task import model_task
+    from deploykit.core.evaluate import main_outputs
+    from deploykit.core.task import model_task
 
     out = predict_batches(lambda b: reference(b, training=False), x).astype(np.float32)
     if not hasattr(reference, "layers"):  # a callable (an ONNX runner): its outputs are the main output already

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.core.graph import Graph, graph_from_model, random_inputs, to_keras, token_vocabulary
+from deploykit.core.layers import Role
 from deploykit.errors import UsageError
 from deploykit.fold.affine import NotFoldable, layer_affine
 from deploykit.fold.report import FoldedLayer, FoldReport, Placement, UnfoldedLayer
 from deploykit.fold.rules import fold_backward_pass, fold_forward_pass
-from deploykit.graph import Graph, graph_from_model, random_inputs, to_keras, token_vocabulary
-from deploykit.keras3_api import keras3_boundary
-from deploykit.layers import Role
+from deploykit.io.keras3_api import keras3_boundary
 
 __all__ = ["fold_batchnorm", "FoldReport", "FoldedLayer", "UnfoldedLayer", "Placement", "PROBE_SAMPLES"]
 

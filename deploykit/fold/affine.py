@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.graph import LayerSpec
-from deploykit.layers import Absorb, KernelLayout, Role
+from deploykit.core.graph import LayerSpec
+from deploykit.core.layers import Absorb, KernelLayout, Role
 
 #: A Normalization folds only when every feature's |mean| / std is at most this: folding costs
 #: about log10 of it in float32 digits (100: outputs stay within ~1e-5).

@@ -1,6 +1,6 @@
-"""Which placement folds where, asked of the layer table (``deploykit.layers``), as local graph rewrites.
+"""Which placement folds where, asked of the layer table (``deploykit.core.layers``), as local graph rewrites.
 
-Two passes over the graph (:mod:`deploykit.graph`):
+Two passes over the graph (:mod:`deploykit.core.graph`):
 
 1. backward: a foldable layer (BatchNorm, Normalization, Rescaling) whose
    producer is a linear Dense / Conv / DepthwiseConv / SeparableConv read by
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.core.graph import Graph, LayerSpec, Node
+from deploykit.core.layers import Absorb, Carry, Role
 from deploykit.fold.affine import Affine, NotFoldable, fold_backward, fold_forward, layer_affine
 from deploykit.fold.report import FoldedLayer, Placement, UnfoldedLayer
-from deploykit.graph import Graph, LayerSpec, Node
-from deploykit.layers import Absorb, Carry, Role
 
 
 def n_params(spec: LayerSpec) -> int:

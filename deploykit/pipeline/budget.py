@@ -77,7 +77,7 @@ def measure(model, data, prune_config, worth_training=lambda costs: True, model_
     import numpy as np
 
     from deploykit.backend import keras
-    from deploykit.evaluate import score
+    from deploykit.core.evaluate import score
 
     score(model, data.x_val, data.y_val, data.task)  # traced once
     evaluation = _seconds(lambda: score(model, data.x_val, data.y_val, data.task))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.core.task import Task, is_softmax_spec
 from deploykit.errors import DataError, StepError, UnsupportedLayerError
 from deploykit.pipeline.records import Status, StepOutput, StepRecord
-from deploykit.task import Task, is_softmax_spec
 
 #: Head activations a temperature divides the input of: softmax, a binary sigmoid, or none (logits).
 _TEMPERABLE = ("softmax", "sigmoid", "linear")
@@ -27,7 +27,7 @@ FOLD_TOLERANCE = 1e-5
 
 def temperature_step(model, ctx) -> StepOutput:
     """Fit T on the validation outputs, keep it only when it generalises, fold it into the model."""
-    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.core.evaluate import main_outputs, outputs
     from deploykit.pipeline.context import switched_off
     from deploykit.uncertainty.generalises import check_temperature
 
@@ -74,8 +74,8 @@ def fold_temperature(model, temperature: float):
 
     Raises UnsupportedLayerError when the head has no affine layer to divide (the step is then skipped).
     """
-    from deploykit.evaluate import outputs
-    from deploykit.graph import copy_model
+    from deploykit.core.evaluate import outputs
+    from deploykit.core.graph import copy_model
     from deploykit.uncertainty.temperature import scale_probs
 
     copy = copy_model(model, unsafe=True)
@@ -153,7 +153,7 @@ def _scaled_batchnorm(layer, weights, temperature: float):
 
 
 def _nll(model, ctx) -> float:
-    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.core.evaluate import main_outputs, outputs
     from deploykit.uncertainty.temperature import _nll
 
     probs = main_outputs(outputs(model, ctx.data.x_test), ctx.kind).astype(np.float64)

@@ -58,6 +58,7 @@ from typing import Any
 import tomllib
 
 from deploykit.configs import check_keys
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError
 from deploykit.pipeline.registry import OPTIONS_BY_NAME, TABLES, TABLES_BY_NAME
 from deploykit.pipeline.tables import (  # noqa: F401  (re-exported: their earlier home)
@@ -74,7 +75,6 @@ from deploykit.pipeline.tables import (  # noqa: F401  (re-exported: their earli
     StructuredStep,
     ValidateStep,
 )
-from deploykit.task import Task
 
 #: The step tables by TOML name (derived from :data:`deploykit.pipeline.registry.TABLES`).
 _STEPS = {t.name: t.cls for t in TABLES}

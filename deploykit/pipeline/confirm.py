@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deploykit.core.evaluate import Budget, Metric
 from deploykit.errors import Mismatch
-from deploykit.evaluate import Budget, Metric
 from deploykit.pipeline.records import SplitFigure
 from deploykit.stats import (
     Interval,
@@ -39,7 +39,7 @@ class Reference:
 
 
 def reference_outputs(original, data, kind) -> Reference:
-    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.core.evaluate import main_outputs, outputs
 
     return Reference(
         main_outputs(outputs(original, data.x_val), kind), main_outputs(outputs(original, data.x_test), kind)
@@ -53,7 +53,7 @@ def validation_view(data):
 
 def change(new, reference, y, metric: Metric) -> tuple[float, Interval]:
     """(the new outputs' figure, their change vs the reference's on the same rows with its 95% interval)."""
-    from deploykit.evaluate import rmse
+    from deploykit.core.evaluate import rmse
 
     if metric is Metric.RMSE:
         return rmse(new, y), rmse_change_interval(reference, new, y)

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.data import Dataset
+from deploykit.core.evaluate import Budget, Metric, RegressionErrors, main_outputs
+from deploykit.core.task import OutputKind, Task
+from deploykit.data.dataset import Dataset
 from deploykit.errors import Mismatch, UnsupportedLayerError
-from deploykit.evaluate import Budget, Metric, RegressionErrors, main_outputs
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.nll import keras_nll
 from deploykit.pipeline.records import (
@@ -32,7 +33,6 @@ from deploykit.pipeline.records import (
     Try,
     Verdict,
 )
-from deploykit.task import OutputKind, Task
 
 ORIGINAL_FILE = "original.keras"
 
@@ -173,7 +173,7 @@ def withdraw(row: ArtifactRow, ctx: RunContext) -> ArtifactRow:
 def model_figures(model, data: Dataset) -> ModelFigures:
     """Parameters, prunable kernel weights, sparsity, test accuracy (or a regressor's RMSE) and saved size of a
     tf_keras model."""
-    from deploykit.evaluate import score
+    from deploykit.core.evaluate import score
     from deploykit.sparsity.report import kernel_sparsity, model_sparsity, saved_sizes
 
     layers = kernel_sparsity(model, {})
@@ -215,7 +215,7 @@ def timings(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int) -
 def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks: str) -> ArtifactRow:
     """The row of a saved .keras model, measured in tf_keras (``model(x)`` calls); ``verdict`` None: the budget
     decides."""
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
     from deploykit.export.artifact import file_sizes
 
     size, gz = file_sizes(ctx.folder / file)
@@ -284,7 +284,7 @@ def timed(step: Step, model, ctx: RunContext) -> StepOutput:
         out = StepOutput(model, StepRecord(step.name, Status.SKIPPED, str(exc)))
     record = dataclasses.replace(out.record, seconds=round(time.perf_counter() - start, 2))
     if record.status is Status.DONE and out.model is not model:
-        from deploykit.evaluate import outputs
+        from deploykit.core.evaluate import outputs
         from deploykit.pipeline.confirm import change
 
         _, ci = change(

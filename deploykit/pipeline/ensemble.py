@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.contract import ENSEMBLE_FILE, MEMBERS_DIR
+from deploykit.core.contract import ENSEMBLE_FILE, MEMBERS_DIR
 from deploykit.errors import DataError, ModelLoadError, StepError, UsageError
 from deploykit.pipeline.context import MODEL_FILE, ORIGINAL_FILE
 from deploykit.records import Record
@@ -90,7 +90,7 @@ def _member(
 ) -> None:
     """Member ``k`` through ``optimize`` into ``folder``: ``member{k}.onnx`` (and ``.keras``), the first member's
     original; the same whether it runs here or in a Ray task (which sends ``folder``'s files back)."""
-    from deploykit.io import save_model_like
+    from deploykit.io.models import save_model_like
 
     with tempfile.TemporaryDirectory(prefix="deploykit-member-") as tmp:
         result = optimize(
@@ -171,7 +171,7 @@ def mc_member(keras_file: Path, path: Path, samples: int, data) -> None:
     """The MC Dropout model of an optimized member, with every sample as an output, int8-dynamic after the int8
     preparation (as the deterministic members are)."""
     from deploykit.export.metadata import ModelMetadata
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.sparsity.report import kernel_sparsity, model_sparsity
     from deploykit.uncertainty import MCConfig, export_mc_onnx
 
@@ -255,7 +255,7 @@ def load_member(file: str, data, unsafe: bool = False):
     """An ``[ensemble] members`` file, loaded and checked against the run's data (its inputs, and its outputs against
     the labels: softmax and logits members mix, the ensemble averages probabilities); a bad one is one error of its
     kind (ModelLoadError, DataError, UsageError) naming the file."""
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     try:
         model = load_model(file, unsafe=unsafe)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from deploykit.contract import ENSEMBLE_FILE
+from deploykit.core.contract import ENSEMBLE_FILE
+from deploykit.core.evaluate import Metric
+from deploykit.core.layers import Role
+from deploykit.core.task import Task
 from deploykit.errors import ConversionError, ValidationError
-from deploykit.evaluate import Metric
 from deploykit.export.bundle import TRITON_DIR, artifact_name
 from deploykit.export.config import ExportFormat, Precision, Quantization
-from deploykit.layers import Role
 from deploykit.pipeline.context import (
     ENSEMBLE_DIR,
     RunContext,
@@ -24,7 +25,6 @@ from deploykit.pipeline.context import (
 )
 from deploykit.pipeline.nll import artifact_nll
 from deploykit.pipeline.records import ArtifactRow, Stage, Status, StepOutput, StepRecord, Verdict
-from deploykit.task import Task
 
 
 def metadata(model, ctx: RunContext, accuracy: float | None):
@@ -93,8 +93,8 @@ def _knobs(ctx: RunContext):
 
 def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
     """One requested int8 variant: the first setting within the budget (see int8_search), each try reported."""
+    from deploykit.core.graph import graph_from_model
     from deploykit.export.int8_fallback import layer_kernels, rank_candidates
-    from deploykit.graph import graph_from_model
     from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, raw_scales, search_int8
 
     step = ctx.config.export

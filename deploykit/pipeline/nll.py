@@ -102,7 +102,7 @@ def artifact_nll(probabilities, model, ctx, validation: bool):
     """(``nll`` and ``nll_change`` vs the user's model, the export's NLL mismatches) of a classifier artifact on the
     split measured, held to ``validate.max_nll_increase`` against ``model``, the model it was exported from.
     Nothing for a regressor or several outputs."""
-    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.core.evaluate import main_outputs, outputs
     from deploykit.pipeline.confirm import TEST, VALIDATION, reference_outputs
 
     layout = getattr(ctx.data, "layout", None)

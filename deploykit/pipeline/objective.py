@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.contract import RECOMMENDED_MODEL
+from deploykit.core.contract import RECOMMENDED_MODEL
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.pipeline.tables import Objective
 from deploykit.records import Record, to_jsonable

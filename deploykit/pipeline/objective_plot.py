@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploykit.evaluate import Metric
+from deploykit.core.evaluate import Metric
 from deploykit.pipeline.plots import _COLORS, _MARKERS, _figure, _human, _save, pareto_front
 from deploykit.pipeline.records import ArtifactRow, Verdict
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.evaluate import Metric
+from deploykit.core.evaluate import Metric
 from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Stage, Try, Verdict
 
 ACCURACY_PLOT = "accuracy_vs_size.png"

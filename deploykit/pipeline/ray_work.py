@@ -32,7 +32,7 @@ from deploykit.sparsity.ray_search import _cluster, _first_line, _from_bytes, _n
 def model_bytes(model) -> bytes:
     """A model as ``.keras`` bytes, in its own framework (a Keras 3 model as a Keras 3 file)."""
     from deploykit.backend import is_tf_keras_model
-    from deploykit.io import save_model_like
+    from deploykit.io.models import save_model_like
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"

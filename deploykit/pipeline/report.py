@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from deploykit.contract import REPORT_FILE
+from deploykit.core.contract import REPORT_FILE
 from deploykit.pipeline.records import ArtifactRow, Status, StepRecord, Try, Verdict
 
 REPORT_JSON = REPORT_FILE
@@ -244,7 +244,7 @@ def build_report(
 def _budget_entry(config, task, original) -> dict[str, Any]:
     """The budget under its one name (max_accuracy_drop, or a regressor's max_rmse_increase) and the original's
     figure."""
-    from deploykit.task import Task
+    from deploykit.core.task import Task
 
     if task is Task.REGRESSION:
         return {

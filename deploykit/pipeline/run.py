@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.atomic import atomic_dir, protect, write_text
+from deploykit.core.task import OutputKind, Task
 from deploykit.errors import StepError, UsageError, ValidationError
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.confirm import reference_outputs, resolution_notes
@@ -41,7 +42,6 @@ from deploykit.pipeline.records import ArtifactRow, LayerSparsityRow, Status, St
 from deploykit.pipeline.report import REPORT_JSON, REPORT_MD, artifacts_text, build_report, markdown
 from deploykit.pipeline.split_check import split_check
 from deploykit.records import to_jsonable
-from deploykit.task import OutputKind, Task
 
 CONFIG_FILE = "deploykit.toml"
 
@@ -152,7 +152,7 @@ def optimize(
 def _check_data_given(model, data, config: OptimizeConfig) -> None:
     """Refuse a user's model without data: the default data (digits) fits the shipped model only, and a run on it
     would fail later blaming digits, or worse, succeed on the wrong data (the CLI's ``--data`` rule, for the API)."""
-    from deploykit.data import DEFAULT_DATASET
+    from deploykit.data.dataset import DEFAULT_DATASET
     from deploykit.shipped import SHIPPED_MODEL
 
     if data is not None or config.input.data != DEFAULT_DATASET:
@@ -185,9 +185,9 @@ def _prepare_and_run(
 ) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
-    from deploykit.data import NAMED_DATASETS
-    from deploykit.inputs import as_dataset, as_model, is_keras3_model
-    from deploykit.io import load_model, read_model_file
+    from deploykit.data.dataset import NAMED_DATASETS
+    from deploykit.io.inputs import as_dataset, as_model, is_keras3_model
+    from deploykit.io.models import load_model, read_model_file
 
     keras3 = False
     protect(model, data, config.input.model, config.input.data)  # an --out holding them is refused, even with force
@@ -201,8 +201,8 @@ def _prepare_and_run(
         elif not is_tf_keras_model(model):  # a Keras 3 model object is imported as its file would be
             keras3 = is_keras3_model(model)
             model = as_model(model, unsafe=unsafe, what="optimize: model")
-        from deploykit.io import check_single_io
-        from deploykit.multi_io_model import layout_of
+        from deploykit.core.multi_io_model import layout_of
+        from deploykit.io.models import check_single_io
 
         model = check_single_io(model)  # a tf_keras object with several inputs / outputs: packed as a file is
         layout = layout_of(model)  # several inputs / outputs: the data may be named after them
@@ -238,7 +238,7 @@ def _prepare_and_run(
         say(f"pipeline: {config.summary(task)}")
         result = _run(model, data, config, staging, out, say, keras3, task, kind, unsafe, started)
     if keras3:  # a Keras 3 input (file or object) gets its optimized model back as a Keras 3 object
-        from deploykit.keras3_api import as_keras3
+        from deploykit.io.keras3_api import as_keras3
 
         result = as_keras3(result)
     return result
@@ -259,8 +259,8 @@ def _run(
 ) -> OptimizeResult:
     """Run the steps; each returns its model, record and artifacts, aggregated here (no step writes shared state)."""
     from deploykit._version import __version__
-    from deploykit.graph import copy_model
-    from deploykit.io import save_model_like
+    from deploykit.core.graph import copy_model
+    from deploykit.io.models import save_model_like
 
     start = time.perf_counter()
     say("measuring the original model")
@@ -334,7 +334,7 @@ def _plan(original, data, config: OptimizeConfig, started: float | None, model_s
     """Measure this model's costs and plan the run (within ``[search] time_budget`` when given); ``model_step``:
     the seconds measuring the original model took (fold, compact and save each cost about as much)."""
     from deploykit import progress as live
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from deploykit.pipeline.budget import make_plan, measure
 
     live.step("measuring a fine-tuning epoch on this model")
@@ -380,7 +380,7 @@ def _write(
 ) -> OptimizeResult:
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml; ``splits``: what
     :func:`~deploykit.pipeline.split_check.split_check` found (report.json `split_check`, its lines in the notes)."""
-    from deploykit.custom_dropout import assumption
+    from deploykit.core.custom_dropout import assumption
 
     staging, config, say = ctx.folder, ctx.config, ctx.say
     records = [o.record for o in outputs]

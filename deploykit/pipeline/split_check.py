@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from deploykit.evaluate import Budget, Metric
+from deploykit.core.evaluate import Budget, Metric
 
 #: z of a two-sided 95% interval (the gap between two splits' accuracies, normal approximation).
 Z95 = 1.959964

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import time
 
+from deploykit.core.evaluate import main_outputs
 from deploykit.errors import StepError
-from deploykit.evaluate import main_outputs
 from deploykit.pipeline.context import (  # noqa: F401  (re-exported: the names' earlier home)
     BUDGET_REPEATS,
     ENSEMBLE_DIR,
@@ -49,7 +49,7 @@ def fold_step(model, ctx: RunContext) -> StepOutput:
         return switched_off(model, "fold")
     # With an MC Dropout model to build, a BatchNorm stays where folding it would pass a Dropout: exact at
     # inference either way, but the folded shift would no longer be dropped with its unit when sampling.
-    from deploykit.evaluate import output_scale, outputs
+    from deploykit.core.evaluate import output_scale, outputs
     from deploykit.fold import fold_batchnorm
 
     folded, report = fold_batchnorm(model, through_dropout=not ctx.config.mc.enabled)
@@ -112,7 +112,7 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
         result, report = sparsify_l1(model, ctx.data, config=step.l1)
         setting, applied = f"l1 {step.l1.l1:g}", f"l1({step.l1.l1:g})"
         reason = f"l1 fine-tuning then zeroing: model sparsity {report.sparsity:.1%} ({report.epochs_run} epochs)"
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
     from deploykit.pipeline.confirm import (
         VALIDATION,
         budget_mismatches,
@@ -162,7 +162,7 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
 def _prunable_left(model, tune) -> str:
     """Why nothing is left to prune ('' when something is): only the output layer (skipped) or no layer TF-MOT
     prunes."""
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
 
     prunable = [n.spec.name for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
     output = prunable[-1] if prunable and tune.skip_output else None
@@ -282,7 +282,7 @@ def compact_step(model, ctx: RunContext) -> StepOutput:
 
 def save_step(model, ctx: RunContext) -> StepOutput:
     """Save the optimized model (the source of every artifact; Keras 3 when the input was) and measure it."""
-    from deploykit.io import save_model_like
+    from deploykit.io.models import save_model_like
 
     save_model_like(model, ctx.folder / MODEL_FILE, ctx.keras3)
     row = withdraw(keras_row(model, MODEL_FILE, ctx, None, "the exported model itself; within the budget"), ctx)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from deploykit.evaluate import Metric
+from deploykit.core.evaluate import Metric
 from deploykit.pipeline.context import RunContext, sparsity_rows, switched_off
 from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
 
@@ -21,7 +21,7 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     step = ctx.config.structured
     if not step.enabled:
         return switched_off(model, "structured")
-    from deploykit.evaluate import score
+    from deploykit.core.evaluate import score
     from deploykit.sparsity import StructuredConfig, prune_structured
 
     tuning = {
@@ -33,7 +33,7 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     start = time.perf_counter()
     ctx.say(f"  removing {step.fraction:.0%} of each hidden layer's units (structured), then fine-tuning")
     result, report = prune_structured(model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m))
-    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.core.evaluate import main_outputs, outputs
     from deploykit.pipeline.confirm import VALIDATION, reference_outputs, split_figure
 
     original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)

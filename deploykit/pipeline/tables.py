@@ -22,7 +22,8 @@ from deploykit.configs import (
     positive,
     text,
 )
-from deploykit.contract import MaskKind
+from deploykit.core.contract import MaskKind
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError
 from deploykit.export.config import (
     ExportFormat,
@@ -37,7 +38,6 @@ from deploykit.export.config import (
 )
 from deploykit.records import to_jsonable
 from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig, StructuredConfig
-from deploykit.task import Task
 
 if TYPE_CHECKING:
     from deploykit.export.config import Tolerance
@@ -102,7 +102,7 @@ class InputConfig(_Table):
         if self.task is not None:
             object.__setattr__(self, "task", choice(Task, "input.task", self.task))
         if self.class_names is not None:
-            from deploykit.data import check_class_names
+            from deploykit.data.dataset import check_class_names
 
             object.__setattr__(self, "class_names", check_class_names("input.class_names", self.class_names))
         for name in ("model", "ood_data"):
@@ -519,8 +519,8 @@ class ValidateStep(_Table):
         return values
 
     def budget(self, task: Task | None = None):
-        """The :class:`~deploykit.evaluate.Budget` of a model of ``task``: accuracy drop, or RMSE increase."""
-        from deploykit.evaluate import Budget, Metric
+        """The :class:`~deploykit.core.evaluate.Budget` of a model of ``task``: accuracy drop, or RMSE increase."""
+        from deploykit.core.evaluate import Budget, Metric
 
         if task is Task.REGRESSION:
             return Budget(Metric.RMSE, self.max_rmse_increase)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.contract import ENSEMBLE_FILE
+from deploykit.core.contract import ENSEMBLE_FILE
+from deploykit.core.evaluate import RegressionErrors, main_outputs
+from deploykit.core.task import Task
 from deploykit.errors import StepError, UsageError
-from deploykit.evaluate import RegressionErrors, main_outputs
 from deploykit.pipeline.context import (
     ENSEMBLE_DIR,
     MC_FILE,
@@ -33,7 +34,6 @@ from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
 from deploykit.pipeline.export_steps import export_step, metadata
 from deploykit.pipeline.plots import RELIABILITY_PLOT
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
-from deploykit.task import Task
 
 
 def mc_step(model, ctx: RunContext) -> StepOutput:
@@ -42,9 +42,9 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     step = ctx.config.mc
     if not step.enabled:
         return switched_off(model, "mc dropout")
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
+    from deploykit.core.graph import graph_from_model
     from deploykit.export.runtimes import OnnxRunner, predict_batches
-    from deploykit.graph import graph_from_model
     from deploykit.uncertainty import MCConfig, UncertaintyPredictor
     from deploykit.uncertainty.bundle import mc_bundle
     from deploykit.uncertainty.mc_graph import check_has_dropout
@@ -377,6 +377,6 @@ def _members_sparsity(members: Sequence[Path]) -> float:
 
 def _predicted(model, ctx: RunContext) -> np.ndarray:
     """The optimized model's predicted classes on the test split (logits, probabilities or a binary head alike)."""
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
 
     return main_outputs(outputs(model, ctx.data.x_test), ctx.kind).argmax(1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.contract import ABSTAIN_OUTPUT, ABSTAIN_RULE, INTERVAL_Z, OUTPUT_NAME, SELECTIVE_KEY, Measure
+from deploykit.core.contract import ABSTAIN_OUTPUT, ABSTAIN_RULE, INTERVAL_Z, OUTPUT_NAME, SELECTIVE_KEY, Measure
 from deploykit.errors import ModelLoadError
 
 THRESHOLD_PARAMETER = "abstain_threshold"

@@ -44,7 +44,7 @@ def discover_models(
 
 
 def _with_recommended(models: dict[str, Path], folder: Path, prefer: str, warn) -> dict[str, Path]:
-    from deploykit.contract import RECOMMENDED_MODEL
+    from deploykit.core.contract import RECOMMENDED_MODEL
     from deploykit.serve.preferred import preferred_model
 
     path = preferred_model(folder, prefer, warn)

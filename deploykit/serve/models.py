@@ -2,7 +2,7 @@
 
 :func:`open_model` reads the kind from the file's deploykit metadata
 (``deploykit.export.metadata``) and returns the matching model; the tensor
-names are :mod:`deploykit.contract`'s. A model with a selective threshold
+names are :mod:`deploykit.core.contract`'s. A model with a selective threshold
 answers ``abstain`` per row and the threshold (:mod:`deploykit.serve.decision`). One
 onnxruntime session per model; ``InferenceSession.run`` is thread-safe.
 Every call runs in the model's own threads under the server's request timeout
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.contract import (
+from deploykit.core.contract import (
     ABSTAIN_OUTPUT,
     CONFORMAL_KEY,
     ENSEMBLE_KEY,
@@ -42,6 +42,7 @@ from deploykit.contract import (
     file_task,
     spec,
 )
+from deploykit.core.task import Task
 from deploykit.errors import DeployKitError, ModelLoadError, UsageError
 from deploykit.export.metadata import read_metadata
 from deploykit.serve import limits, named_inputs
@@ -49,7 +50,6 @@ from deploykit.serve._kserve import InferOutput, InferRequest, InferResponse, In
 from deploykit.serve.config import ServeConfig
 from deploykit.serve.deadline import DeadlineSession, InferencePool, RequestTimeout
 from deploykit.serve.decision import abstain_of
-from deploykit.task import Task
 
 #: Triton's classification extension: the requested output's parameter naming how many top classes to return.
 CLASSIFICATION = "classification"
@@ -86,7 +86,7 @@ def open_model(name: str, path: str | os.PathLike, config: ServeConfig) -> OnnxM
 
 
 def _session(path: Path, threads: int | None):
-    from deploykit.sessions import onnx_session
+    from deploykit.onnx.sessions import onnx_session
 
     return onnx_session(path, threads=threads, allow_spinning=False)  # idle threads must not burn shared CPUs
 
@@ -148,7 +148,9 @@ def _tensor_meta(arg) -> dict:
 class OnnxModel(Model):
     """A deploykit ONNX model served over KServe v1 and v2 (Open Inference Protocol)."""
 
-    several_inputs: list | None = None  # a model with several inputs (deploykit.multi_io): one tensor each, by name
+    several_inputs: list | None = (
+        None  # a model with several inputs (deploykit.core.multi_io): one tensor each, by name
+    )
 
     def __init__(self, name: str, path: Path, session, config: ServeConfig):
         super().__init__(name)
@@ -414,7 +416,7 @@ class MCDropoutModel(OnnxModel):
         names = {i.name: i for i in [*inputs, *self.session.get_overridable_initializers()]}  # `samples` has a default
         model_inputs = [i for i in inputs if i.name != SAMPLES_NAME]
         if len(model_inputs) > 1 and SAMPLES_NAME in names and all(i.type == "tensor(float)" for i in model_inputs):
-            self.several_inputs = model_inputs  # one per model input, by name (deploykit.multi_io)
+            self.several_inputs = model_inputs  # one per model input, by name (deploykit.core.multi_io)
             return model_inputs[0]
         if set(names) != {INPUT_NAME, SAMPLES_NAME} or names[INPUT_NAME].type != "tensor(float)":
             raise ModelLoadError(

@@ -1,4 +1,4 @@
-"""Requests to a model with several inputs (deploykit.multi_io): one v2 tensor per input, by name; v1 instances
+"""Requests to a model with several inputs (deploykit.core.multi_io): one v2 tensor per input, by name; v1 instances
 as objects.
 
 A deterministic artifact of a model with several inputs has one float input per model input, named after it.

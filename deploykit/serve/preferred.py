@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from deploykit.contract import RECOMMENDED_MODEL, REPORT_FILE
+from deploykit.core.contract import RECOMMENDED_MODEL, REPORT_FILE
 
 #: What ``serve --prefer`` chooses by (the report's objectives a single served model can be chosen by).
 PREFERENCES = ("latency", "size")

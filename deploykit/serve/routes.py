@@ -21,7 +21,7 @@ import asyncio
 import orjson
 from starlette.requests import Request
 
-from deploykit.contract import SAMPLE_FIRST_OUTPUTS
+from deploykit.core.contract import SAMPLE_FIRST_OUTPUTS
 from deploykit.serve.models import INLINE_VALUES, OnnxModel
 
 PLATFORM = "onnxruntime_onnx"

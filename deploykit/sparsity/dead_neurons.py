@@ -42,10 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deploykit.core.evaluate import output_scale, outputs
+from deploykit.core.layers import KernelLayout, Role
 from deploykit.errors import DataError, StepError, UsageError
-from deploykit.evaluate import output_scale, outputs
-from deploykit.keras3_api import keras3_boundary
-from deploykit.layers import KernelLayout, Role
+from deploykit.io.keras3_api import keras3_boundary
 from deploykit.sparsity.report import CompactReport, LayerCompact
 
 #: Activations that mix features: a neuron of such a layer is never removed.
@@ -72,7 +72,7 @@ def compact(model, data=None, *, tolerance: float = 1e-5):
     above ``tolerance`` raises StepError.
     """
     from deploykit.backend import is_tf_keras_model
-    from deploykit.graph import graph_from_model, to_keras
+    from deploykit.core.graph import graph_from_model, to_keras
 
     if not is_tf_keras_model(model):
         raise UsageError(

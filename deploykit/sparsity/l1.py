@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deploykit.evaluate import score
-from deploykit.keras3_api import keras3_boundary
-from deploykit.layers import support_for
+from deploykit.core.evaluate import score
+from deploykit.core.layers import support_for
+from deploykit.core.task import Task
+from deploykit.io.keras3_api import keras3_boundary
 from deploykit.sparsity.config import L1Config
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.report import kernel_sparsity, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
-from deploykit.task import Task
 
 
 @keras3_boundary

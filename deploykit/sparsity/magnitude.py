@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deploykit.errors import ConfigError, StepError
-from deploykit.keras3_api import keras3_boundary
+from deploykit.io.keras3_api import keras3_boundary
 from deploykit.sparsity.config import PruneConfig
 from deploykit.sparsity.dead_neurons import apply_compact
 from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, pruned_kernel, sparsity_report

@@ -47,7 +47,7 @@ def connect(address: str) -> None:
 
 
 def _to_bytes(model) -> bytes:
-    from deploykit.io import save_model_like
+    from deploykit.io.models import save_model_like
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
@@ -56,7 +56,7 @@ def _to_bytes(model) -> bytes:
 
 
 def _from_bytes(blob: bytes):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"

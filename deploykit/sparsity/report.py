@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.evaluate import Metric, score
+from deploykit.core.evaluate import Metric, score
+from deploykit.core.task import Task
 from deploykit.records import Record
 from deploykit.sparsity.tuning import TuneResult, rebuild
-from deploykit.task import Task
 
 
 @dataclass
@@ -130,7 +130,7 @@ class SparsityReport(Record):
     rmse_after: float | None = None
 
     def after(self, metric) -> float:
-        """The test figure after the step for an :class:`~deploykit.evaluate.Metric` (accuracy or RMSE)."""
+        """The test figure after the step for an :class:`~deploykit.core.evaluate.Metric` (accuracy or RMSE)."""
         return getattr(self, f"{metric.value}_after")
 
     @property
@@ -163,14 +163,14 @@ class SparsityReport(Record):
 
 def dense_layers(model) -> list:
     """The model's prunable layers (Dense and convolutions, the layer table's), in order."""
-    from deploykit.layers import support_for
+    from deploykit.core.layers import support_for
 
     return [l for l in model.layers if type(l).__name__ != "InputLayer" and support_for(l, unsafe=True).prunable]
 
 
 def pruned_kernel(layer) -> np.ndarray:
     """The weights TF-MOT prunes in ``layer`` (a layer object, or a wrapper's inner layer): the table says which."""
-    from deploykit.layers import support_for
+    from deploykit.core.layers import support_for
 
     return np.asarray(layer.get_weights()[support_for(layer, unsafe=True).pruned_kernel[1]])
 
@@ -194,8 +194,8 @@ def model_sparsity(layers: list[LayerSparsity]) -> float:
 
 
 def saved_sizes(model) -> tuple[int, int]:
-    """(bytes, gzip bytes) of the model saved with deploykit.io.save_model, weights only."""
-    from deploykit.io import save_model
+    """(bytes, gzip bytes) of the model saved with deploykit.io.models.save_model, weights only."""
+    from deploykit.io.models import save_model
 
     with tempfile.TemporaryDirectory(prefix="deploykit-size-") as tmp:
         path = save_model(rebuild(model), Path(tmp) / "model.keras")  # a fresh copy: no optimizer state

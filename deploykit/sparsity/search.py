@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deploykit.core.evaluate import Budget, Metric, score
+from deploykit.core.layers import support_for
 from deploykit.errors import StepError
-from deploykit.evaluate import Budget, Metric, score
-from deploykit.layers import support_for
 from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.deadline import SearchLimits
@@ -106,7 +106,7 @@ def search_sparsity(
     ``reference``: the model the budget is measured against, when not ``model`` itself (a pipeline that
     changed the model before the search holds every try to the budget against the model it started from).
 
-    ``budget``: a :class:`~deploykit.evaluate.Budget`, or a number in the data's own terms (a classifier's
+    ``budget``: a :class:`~deploykit.core.evaluate.Budget`, or a number in the data's own terms (a classifier's
     accuracy drop, 0.01 = one point; a regressor's RMSE increase as a fraction of the original's).
 
     Each try is :func:`~deploykit.sparsity.prune` with ``prune_config`` (its epochs, distillation,
@@ -124,7 +124,7 @@ def search_sparsity(
     say = progress or (lambda _m: None)
     if not isinstance(budget, Budget):
         budget = Budget(Metric.of(data.task), float(budget))
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
 
     against = model if reference is None else reference
     reference = outputs(against, data.x_val)  # the original's validation outputs every try is paired with
@@ -359,7 +359,7 @@ def _ci(attempt: SearchTry, budget: Budget) -> str:
 
 def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, Interval]:
     """The pruned model's validation figure and its paired change vs the original's outputs on the same rows."""
-    from deploykit.evaluate import outputs, rmse
+    from deploykit.core.evaluate import outputs, rmse
 
     new = outputs(pruned, data.x_val)
     if metric is Metric.RMSE:

@@ -103,8 +103,8 @@ def prune_structured(
     format), fine-tuned on ``data`` with the removed units held at zero. ``model`` is never changed. The keyword
     options override ``config``; ``teacher``: the input model's outputs, when several runs share them.
     """
-    from deploykit.evaluate import score
-    from deploykit.graph import graph_from_model
+    from deploykit.core.evaluate import score
+    from deploykit.core.graph import graph_from_model
 
     start = time.perf_counter()
     config = (config or StructuredConfig()).with_options(

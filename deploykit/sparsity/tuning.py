@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError, StepError, UsageError
-from deploykit.task import Task
 
 
 def check_inputs(model, data, step: str) -> list[str]:
     """Refuse what the step cannot use; return the names of the model's prunable layers (the layer table's)."""
     from deploykit.backend import is_tf_keras_model
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
 
     if not is_tf_keras_model(model):
         raise UsageError(
@@ -96,8 +96,8 @@ def loss_for(model, task: Task = Task.CLASSIFICATION):
 
 def _spec(model, task: Task = Task.CLASSIFICATION):
     """The TaskSpec of a classifier being tuned, read off its last layer (through a pruning wrapper)."""
-    from deploykit.task import layer_kind, resolve_task
-    from deploykit.taskspec import spec_of
+    from deploykit.core.task import layer_kind, resolve_task
+    from deploykit.core.taskspec import spec_of
 
     return spec_of(resolve_task(layer_kind(model), int(model.output_shape[-1]), task=task)[1])
 
@@ -134,7 +134,7 @@ class Teacher:
 def teacher_of(model, data) -> Teacher:
     """The outputs of ``model`` on ``data``'s training and validation inputs: probabilities (softmax of logits),
     or predictions."""
-    from deploykit.evaluate import outputs
+    from deploykit.core.evaluate import outputs
 
     spec = None if data.task is Task.REGRESSION else _spec(model)
 
@@ -158,7 +158,7 @@ def distillation_loss(from_logits, temperature: float, alpha: float):
     ``y_true`` packs the label in column 0 and the teacher's softened probabilities after it
     (Keras hands a loss one target tensor). T^2 keeps the soft term's gradients on the scale of the
     hard term's whatever the temperature (Hinton et al. 2015). ``from_logits``: a bool (softmax or logits
-    output), or the student's :class:`~deploykit.taskspec.TaskSpec` (a binary head distils its two-class
+    output), or the student's :class:`~deploykit.core.taskspec.TaskSpec` (a binary head distils its two-class
     probabilities).
     """
     from deploykit.backend import keras, tf

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import Dataset
+from deploykit.data.dataset import Dataset
 from deploykit.errors import ConfigError, StepError
 from deploykit.records import Record
 from deploykit.training.presets import TrainConfig

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from deploykit.data import Dataset
+from deploykit.data.dataset import Dataset
 from deploykit.training.presets import TrainConfig
 
 #: A feature whose training variance is at most this is constant: it is centred but not scaled
@@ -33,8 +33,8 @@ def standardization(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
 def build_model(config: TrainConfig, data: Dataset):
     """A fresh, uncompiled tf_keras Sequential for ``data``'s inputs and classes."""
     from deploykit.backend import keras
+    from deploykit.core.task import Task
     from deploykit.errors import UsageError
-    from deploykit.task import Task
 
     if data.task is Task.REGRESSION:  # the presets build softmax classifiers: a regressor is trained in Keras
         raise UsageError(

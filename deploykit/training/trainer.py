@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.atomic import atomic_dir, write_text
-from deploykit.data import Dataset
+from deploykit.data.dataset import Dataset
 from deploykit.records import Record
 from deploykit.training.lr_finder import LRFinderResult, find_lr
 from deploykit.training.presets import Optimizer, TrainConfig
@@ -84,7 +84,7 @@ def train(
 
 def _train(config: TrainConfig, data: Dataset, staging: Path | None, say: Callable[[str], None]) -> TrainResult:
     from deploykit.backend import keras, set_seed
-    from deploykit.chain import from_chain, to_chain
+    from deploykit.core.chain import from_chain, to_chain
     from deploykit.training.model import build_model
     from deploykit.training.schedules import OneCycle, OneCycleCallback, make_optimizer
 
@@ -155,7 +155,7 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 def _write_outputs(result: TrainResult, folder: Path, final: Path) -> None:
     """Write every output into the staging ``folder``; paths in the record name the ``final`` folder."""
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from deploykit.training.plots import learning_curve_png
 
     result.record.files = [MODEL_FILE, HISTORY_FILE, CURVE_FILE, RECORD_FILE]

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
+from deploykit.core.contract import OUTPUT_NAME, PREDICTION_NAME
+from deploykit.core.task import Task
 from deploykit.errors import DataError, UsageError
 from deploykit.records import Record
-from deploykit.task import Task
 from deploykit.uncertainty.compare import (
     DEEP_ENSEMBLE,
     MC_DROPOUT,
@@ -98,13 +98,13 @@ def mc_bundle(
 ) -> MCBundle:
     """Export the MC model of ``model`` to ``path`` and calibrate / threshold / evaluate it on ``data``.
 
-    ``data`` is a :class:`deploykit.data.Dataset` (validation split: the fits; test split: the
+    ``data`` is a :class:`deploykit.data.dataset.Dataset` (validation split: the fits; test split: the
     report). ``deterministic``: the model's test outputs when the caller has them (as
-    :func:`deploykit.evaluate.outputs` gives them: probabilities, logits, or a regressor's predictions).
+    :func:`deploykit.core.evaluate.outputs` gives them: probabilities, logits, or a regressor's predictions).
     ``conformal``: add the conformal outputs (prediction sets; a regressor's intervals), calibrated on the
     validation split (a ConformalConfig, or the coverage alone: ``conformal=0.9``). Plots go beside ``path``.
     """
-    from deploykit.evaluate import main_outputs, outputs
+    from deploykit.core.evaluate import main_outputs, outputs
 
     path = Path(path)
     if ood is not None:
@@ -207,7 +207,7 @@ def ensemble_bundle(
 
 def _first_member(member, x: np.ndarray, batch_size: int) -> np.ndarray:
     """A member's own test outputs: its probabilities (an MC member: its mean), or a regressor's prediction."""
-    from deploykit.sessions import onnx_session
+    from deploykit.onnx.sessions import onnx_session
 
     session = onnx_session(member)
     names = [o.name for o in session.get_outputs()]
@@ -227,7 +227,7 @@ def _first_member(member, x: np.ndarray, batch_size: int) -> np.ndarray:
 class Figures:
     """What the post-export steps of a bundle work from: the data, the baseline's test outputs and the options."""
 
-    data: object  # a deploykit.data.Dataset
+    data: object  # a deploykit.data.dataset.Dataset
     deterministic: np.ndarray  # the baseline's test outputs: probabilities, or a regressor's predictions
     temperature: bool
     target: SelectiveTarget | None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.contract import CONFORMAL_KEY as METADATA_KEY
-from deploykit.contract import (
+from deploykit.core.contract import CONFORMAL_KEY as METADATA_KEY
+from deploykit.core.contract import (
     KIND_DETERMINISTIC,
     LOWER_OUTPUT,
     OUTPUT_NAME,
@@ -21,11 +21,11 @@ from deploykit.contract import (
     SET_SIZE_OUTPUT,
     UPPER_OUTPUT,
 )
+from deploykit.core.task import Task
 from deploykit.errors import UsageError
 from deploykit.export.contract_onnx import output_info
-from deploykit.task import Task
+from deploykit.onnx.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.uncertainty.conformal import STD_FLOOR, Conformal, ConformalMethod
-from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 
 
 def add_conformal(proto, conformal: Conformal) -> None:

@@ -82,8 +82,8 @@ def deterministic_conformal(
 ) -> ConformalReport:
     """The conformal outputs of a deterministic ONNX model (``probabilities``; a regressor's ``prediction``:
     intervals of absolute residuals), calibrated on ``data``'s validation split, measured on its test split."""
-    from deploykit.contract import OUTPUT_NAME, PREDICTION_NAME
-    from deploykit.sessions import onnx_session
+    from deploykit.core.contract import OUTPUT_NAME, PREDICTION_NAME
+    from deploykit.onnx.sessions import onnx_session
 
     session = onnx_session(path)
     names = [o.name for o in session.get_outputs()]

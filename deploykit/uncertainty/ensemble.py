@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.contract import ENSEMBLE_KEY as METADATA_KEY
-from deploykit.contract import (
+from deploykit.core.contract import ENSEMBLE_KEY as METADATA_KEY
+from deploykit.core.contract import (
     INPUT_NAME,
     KIND_ENSEMBLE,
     MEMBER_PREDICTIONS_OUTPUT,
@@ -43,13 +43,13 @@ from deploykit.contract import (
     TASK_KEY,
     file_task,
 )
+from deploykit.core.task import OutputKind, Task
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.artifact import file_sizes
 from deploykit.export.contract_onnx import check_model_outputs, output_info, width_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
+from deploykit.onnx.graph_ops import GraphEditor, default_opset, empty_optionals, set_props
 from deploykit.records import Record
-from deploykit.task import OutputKind, Task
-from deploykit.uncertainty.graph_ops import GraphEditor, default_opset, empty_optionals, set_props
 from deploykit.uncertainty.mc_graph import reduce_samples
 
 MEMBER_PREFIX = "member{k}/"  # every name of member k inside the ensemble graph
@@ -172,7 +172,7 @@ def _load(member):
     path = Path(member)
     if not path.is_file():
         raise ModelLoadError(f"ensemble member {path}: no such file")
-    from deploykit.onnxfile import load_onnx
+    from deploykit.onnx.file import load_onnx
 
     try:
         return load_onnx(path)  # external data contained in the member's folder, declared sizes bounded
@@ -298,7 +298,7 @@ def _add_member(graph, proto, prefix: str, output: str) -> str:
 
 
 def _declare_outputs(ed: GraphEditor, values: dict[str, str], width: int, task: Task, sampled: bool) -> None:
-    """The ensemble's outputs as deploykit.contract.OUTPUTS declares them (MC members' samples: K*T of them)."""
+    """The ensemble's outputs as deploykit.core.contract.OUTPUTS declares them (MC members' samples: K*T of them)."""
     for name, tensor in values.items():
         ed.op("Identity", [tensor], output=name)
         ed.graph.output.append(output_info(name, task, KIND_ENSEMBLE, width, T="KT"))

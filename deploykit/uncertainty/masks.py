@@ -60,7 +60,7 @@ import math
 
 import numpy as np
 
-from deploykit.contract import MaskKind  # noqa: F401  (defined with the contract: configs name it without numpy)
+from deploykit.core.contract import MaskKind  # noqa: F401  (defined with the contract: configs name it without numpy)
 
 BLOCK = 32  # target block length b: fewer, longer copies in Gather; the table grows as K * b
 DEFAULT_POOL = 4096  # K: distinct masks per dropout layer

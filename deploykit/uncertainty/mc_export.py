@@ -9,17 +9,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploykit.atomic import atomic_path
-from deploykit.contract import KIND_MC_DROPOUT, TASK_KEY
+from deploykit.core.contract import KIND_MC_DROPOUT, TASK_KEY
+from deploykit.core.graph import graph_from_model
+from deploykit.core.task import OutputKind, Task
 from deploykit.errors import UsageError
 from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.export.metadata import ModelMetadata, write_metadata
 from deploykit.export.onnx_quant import quantize_int8_dynamic
-from deploykit.graph import graph_from_model
-from deploykit.keras3_api import keras3_boundary
+from deploykit.io.keras3_api import keras3_boundary
+from deploykit.onnx.graph_ops import set_props
 from deploykit.records import Record
-from deploykit.task import OutputKind, Task
-from deploykit.uncertainty.graph_ops import set_props
 from deploykit.uncertainty.mc_graph import (
     DEFAULT_MAX_SAMPLES,
     DEFAULT_SAMPLES,
@@ -62,9 +62,9 @@ def name_mc_inputs(proto, graph):
     """An MC graph of a packed model with one input per model input, named after it; its outputs stay packed."""
     from dataclasses import replace as _replace
 
+    from deploykit.core.multi_io import Layout
+    from deploykit.core.multi_io_model import graph_packing, name_onnx_tensors
     from deploykit.export.convert import INPUT_NAME
-    from deploykit.multi_io import Layout
-    from deploykit.multi_io_model import graph_packing, name_onnx_tensors
 
     packing = graph_packing(graph)
     if packing is None or not packing.packs_inputs:
@@ -77,8 +77,8 @@ def output_columns(graph) -> dict[str, str]:
     """The ``deploykit.output_columns`` entry of an MC model of several outputs (none otherwise)."""
     import json
 
-    from deploykit.contract import OUTPUT_COLUMNS_KEY
-    from deploykit.multi_io_model import graph_packing
+    from deploykit.core.contract import OUTPUT_COLUMNS_KEY
+    from deploykit.core.multi_io_model import graph_packing
 
     packing = graph_packing(graph)
     if packing is None or not packing.packs_outputs:
@@ -162,7 +162,7 @@ def export_mc_onnx(
     path = Path(path)
     if quantization:
         proto = quantize_int8_dynamic(proto)  # MatMul weights to int8; the Dropout nodes stay
-    proto = name_mc_inputs(proto, graph)  # several inputs (deploykit.multi_io): one named input each
+    proto = name_mc_inputs(proto, graph)  # several inputs (deploykit.core.multi_io): one named input each
     check_model_outputs(proto, KIND_MC_DROPOUT, task, width_sizes(width), where="MC export")  # before writing
     with atomic_path(path) as tmp:
         write_metadata(proto, meta)

@@ -7,11 +7,11 @@ skips included) is tiled T times ([T*N, ...], one batched pass, no loop); the
 outputs are reshaped to [T, N, C] and reduced.
 
 The head (what follows the model's last layer) depends on what the model
-predicts (:mod:`deploykit.task`): a softmax's probabilities are reduced as they
+predicts (:mod:`deploykit.core.task`): a softmax's probabilities are reduced as they
 are; a logits classifier gets a ``Softmax`` per sample first (so a temperature
 divides the logits of each sample, and every output describes probabilities),
 and a binary head (one sigmoid or linear unit) the ``Softmax(Concat(0, z))`` of its
-logit per sample (:mod:`deploykit.taskspec`): two-class probabilities;
+logit per sample (:mod:`deploykit.core.taskspec`): two-class probabilities;
 a regressor's predictions [T, N, K] give ``mean`` and ``std`` per target
 (population std over the samples) and, with ``include_samples``,
 ``sample_predictions``.
@@ -48,17 +48,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.chain import Chain, graph_of
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer
-from deploykit.contract import KIND_MC_DROPOUT, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.core.chain import Chain, graph_of
+from deploykit.core.contract import KIND_MC_DROPOUT, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
+from deploykit.core.graph import Graph, LayerSpec
+from deploykit.core.layers import Role
+from deploykit.core.multi_io import PACKED_OUTPUT
+from deploykit.core.task import OutputKind, Task, output_kind, resolve_task
+from deploykit.core.taskspec import spec_of
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.contract_onnx import output_info
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
-from deploykit.graph import Graph, LayerSpec
-from deploykit.layers import Role
-from deploykit.multi_io import PACKED_OUTPUT
-from deploykit.task import OutputKind, Task, output_kind, resolve_task
-from deploykit.taskspec import spec_of
 from deploykit.uncertainty import mc_rnn  # noqa: F401  (registers the recurrent layers' emitters)
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
 from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit, mask_shape
@@ -138,7 +138,7 @@ def first_dropout_index(model_graph) -> int:
 def mc_task(model_graph, task: Task | None = None, shape: tuple | None = None) -> tuple[Task, OutputKind]:
     """What the MC graph's head reduces: the task and output kind of the model's one [N, C or K] output.
 
-    Read off the graph (:func:`deploykit.task.output_kind`), with ``task`` (the user's) deciding between
+    Read off the graph (:func:`deploykit.core.task.output_kind`), with ``task`` (the user's) deciding between
     logits and regression values; a model whose output is not one vector per row is refused. ``shape``:
     the output's per-sample shape when the graph does not record it (a chain view).
     """
@@ -151,7 +151,7 @@ def mc_task(model_graph, task: Task | None = None, shape: tuple | None = None) -
             node.spec.class_name if node else "model",
             "MC Dropout needs a model whose output is one vector per row ([N, C] or [N, K])",
         )
-    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.multi_io)
+    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.core.multi_io)
         task = Task.REGRESSION
     return resolve_task(output_kind(graph), int(shape[0]), task=task)
 
@@ -222,7 +222,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(INPUT_NAME, f32, ["N", *input_shape]), _samples_input(g, config)]
-    outs = [output_info(name, task, KIND_MC_DROPOUT, width) for name in outputs]  # as deploykit.contract declares
+    outs = [output_info(name, task, KIND_MC_DROPOUT, width) for name in outputs]  # as deploykit.core.contract declares
     doc = _DOC if task is Task.CLASSIFICATION else _REGRESSION_DOC
     graph_proto = helper.make_graph(
         g.nodes,

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.core.graph import LayerSpec, Node
+from deploykit.core.layers import ALIASES
 from deploykit.errors import UnsupportedLayerError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.fold.affine import batchnorm_scale_offset
-from deploykit.graph import LayerSpec, Node
-from deploykit.layers import ALIASES
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, pool_keep, represented_rate
 
 # Keras's SELU constants (AlphaDropout's correction is built from them).

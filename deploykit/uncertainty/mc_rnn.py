@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.core.graph import LayerSpec
 from deploykit.errors import UnsupportedLayerError
-from deploykit.graph import LayerSpec
 from deploykit.uncertainty.mc_layers import emits
 
 #: Keras activation name -> ONNX recurrence activation.

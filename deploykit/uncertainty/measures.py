@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.contract import Measure
+from deploykit.core.contract import Measure
 from deploykit.errors import DataError
 
 

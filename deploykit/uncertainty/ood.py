@@ -115,7 +115,7 @@ def load_ood(path: str | os.PathLike) -> np.ndarray:
 
 def _check_declared(path: Path) -> None:
     """A regular file whose arrays declare at most DEPLOYKIT_MAX_DATA_BYTES (a 1 KB .npy can declare terabytes)."""
-    from deploykit.data_files import _npy_declared_bytes, _npz_declared_bytes
+    from deploykit.data.readers import _npy_declared_bytes, _npz_declared_bytes
     from deploykit.files import regular_file
     from deploykit.limits import DATA_BYTES
 

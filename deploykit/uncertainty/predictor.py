@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.configs import is_int
-from deploykit.contract import (
+from deploykit.core.contract import (
     ENSEMBLE_KEY,
     KIND_ENSEMBLE,
     KIND_MC_DROPOUT,
@@ -30,10 +30,10 @@ from deploykit.contract import (
     file_task,
     outputs_of,
 )
+from deploykit.core.task import Task
 from deploykit.errors import DataError, ModelLoadError, UsageError
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.metadata import read_metadata
-from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import DEFAULT_MAX_SAMPLES, SAMPLES_NAME
 
 
@@ -55,7 +55,7 @@ class UncertaintyResult:
     set_size: np.ndarray | None = None  # [N] int64: how many classes it holds
     lower: np.ndarray | None = None  # regression: [N, K] the conformal interval's lower end
     upper: np.ndarray | None = None  # regression: [N, K] its upper end
-    #: every output the model served, by its contract name (deploykit.contract.OUTPUTS): a newer output without a
+    #: every output the model served, by its contract name (deploykit.core.contract.OUTPUTS): a newer output without a
     #: field of its own is read here, or as an attribute of its name
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -98,7 +98,7 @@ class UncertaintyPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, *, session_options=None, providers=None):
-        from deploykit.sessions import onnx_session
+        from deploykit.onnx.sessions import onnx_session
 
         path = Path(path)
         if threads is not None and (not is_int(threads) or threads < 1):
@@ -118,7 +118,7 @@ class UncertaintyPredictor:
         check_outputs(f"MC model {path}", declared, self.metadata.kind, self.task)  # before any value is read
         self.is_ensemble = self.metadata.kind == KIND_ENSEMBLE
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
-        from deploykit.multi_io import artifact_layout
+        from deploykit.core.multi_io import artifact_layout
 
         self._layout = artifact_layout(
             {i.name: tuple(i.shape[1:]) for i in self.session.get_inputs() if i.type == "tensor(float)"}, {}
@@ -187,7 +187,7 @@ class UncertaintyPredictor:
         return int(samples)
 
     def _inputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The feed of a batch: ``input``, or one array per model input (deploykit.multi_io) split from the packed
+        """The feed of a batch: ``input``, or one array per model input (deploykit.core.multi_io) split from the packed
         rows."""
         return {INPUT_NAME: x} if self._layout is None else self._layout.split_inputs(x)
 

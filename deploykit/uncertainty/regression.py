@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.contract import INTERVAL_Z
-from deploykit.contract import STD_SCALE_KEY as METADATA_KEY
+from deploykit.core.contract import INTERVAL_Z
+from deploykit.core.contract import STD_SCALE_KEY as METADATA_KEY
 from deploykit.errors import DataError, UsageError
+from deploykit.onnx.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 from deploykit.records import Record
-from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 
 STD_FLOOR = 1e-6  # in the targets' units: the smallest std the NLL and the std scale fit divide by
 Z_90 = 1.6448536269514722  # the standard normal's 95th percentile: mean +- Z_90 std holds 90%

@@ -45,13 +45,13 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.configs import Config, number
-from deploykit.contract import ABSTAIN_OUTPUT, KIND_DETERMINISTIC, OUTPUT_NAME, OUTPUT_NAMES, file_task
-from deploykit.contract import ABSTAIN_RULE as RULE
-from deploykit.contract import SELECTIVE_KEY as METADATA_KEY
+from deploykit.core.contract import ABSTAIN_OUTPUT, KIND_DETERMINISTIC, OUTPUT_NAME, OUTPUT_NAMES, file_task
+from deploykit.core.contract import ABSTAIN_RULE as RULE
+from deploykit.core.contract import SELECTIVE_KEY as METADATA_KEY
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.export.contract_onnx import output_info
+from deploykit.onnx.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.records import Record
-from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, set_props, toposort
 from deploykit.uncertainty.measures import Measure
 from deploykit.uncertainty.regression import Z_95, check_targets
 

@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.contract import OUTPUT_NAME, OUTPUT_NAMES, PREDICTION_NAME
-from deploykit.contract import TEMPERATURE_KEY as METADATA_KEY
+from deploykit.core.contract import OUTPUT_NAME, OUTPUT_NAMES, PREDICTION_NAME
+from deploykit.core.contract import TEMPERATURE_KEY as METADATA_KEY
 from deploykit.errors import DataError, UsageError
+from deploykit.onnx.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 from deploykit.records import Record
 from deploykit.uncertainty.calibration import (
     CalibrationReport,
@@ -49,7 +50,6 @@ from deploykit.uncertainty.calibration import (
     reliability_diagram,
 )
 from deploykit.uncertainty.ensemble import member_outputs
-from deploykit.uncertainty.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
 
 T_MIN, T_MAX = 0.05, 20.0  # search range: beyond it the model is broken rather than miscalibrated
 _TOL = 1e-6  # golden-section stop on log T

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from deploykit.io import load_model, read_model_file, save_model
+from deploykit.io.models import load_model, read_model_file, save_model
 
 TOL = 1e-5
 pytestmark = pytest.mark.slow  # Keras 3 imports, model saves and a separate Keras 3 process: seconds each

@@ -1,11 +1,11 @@
-"""deploykit.chain: reading a dense network as layer specs and rebuilding it exactly."""
+"""deploykit.core.chain: reading a dense network as layer specs and rebuilding it exactly."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deploykit.chain import from_chain, to_chain
+from deploykit.core.chain import from_chain, to_chain
 from deploykit.errors import UnsafeModelError, UnsupportedLayerError
 from tests.helpers import randomize_batchnorm
 

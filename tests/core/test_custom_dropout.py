@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.custom_dropout import assumption, dropout_base
+from deploykit.core.custom_dropout import assumption, dropout_base
 from deploykit.errors import UnsafeModelError, UnsupportedLayerError
-from deploykit.io import load_model
+from deploykit.io.models import load_model
 
 K3_DTYPE = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
 

@@ -1,4 +1,4 @@
-"""deploykit.graph: reading models as graphs, rewriting them, and building them back exactly."""
+"""deploykit.core.graph: reading models as graphs, rewriting them, and building them back exactly."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import functools
 import numpy as np
 import pytest
 
+from deploykit.core.graph import graph_from_config, graph_from_model, to_keras
+from deploykit.core.layers import ALIASES, SUPPORT, Role
 from deploykit.errors import UnsupportedLayerError
-from deploykit.graph import graph_from_config, graph_from_model, to_keras
-from deploykit.layers import ALIASES, SUPPORT, Role
 from tests.core import models
 
 
@@ -178,7 +178,7 @@ def test_subclassed_and_unbuilt_models_are_refused_by_name():
 
 def test_copy_model_falls_back_to_keras_for_what_the_reader_refuses():
     from deploykit.backend import keras
-    from deploykit.graph import copy_model
+    from deploykit.core.graph import copy_model
 
     inputs = keras.Input(shape=(5,))
     shared = keras.layers.Dense(5, name="shared")

@@ -1,11 +1,11 @@
-"""deploykit.layers: the support table answers for layer objects and serialized configs."""
+"""deploykit.core.layers: the support table answers for layer objects and serialized configs."""
 
 from __future__ import annotations
 
 import pytest
 
+from deploykit.core.layers import PRUNABLE, SUPPORT, UNKNOWN, Absorb, Carry, Role, check_layers, layer_type, support_for
 from deploykit.errors import UnsafeModelError
-from deploykit.layers import PRUNABLE, SUPPORT, UNKNOWN, Absorb, Carry, Role, check_layers, layer_type, support_for
 
 
 def test_every_table_entry_is_a_tf_keras_layer():
@@ -105,7 +105,7 @@ def test_every_entry_the_table_says_mc_can_emit_has_an_emitter_and_no_other():
 
 def test_each_kernel_is_named_with_its_layout_as_tf_mot_names_it():
     """The weight that makes the output units: its attribute, index in get_weights() and layout."""
-    from deploykit.layers import KernelLayout
+    from deploykit.core.layers import KernelLayout
 
     def kernel(name):
         k = SUPPORT[name].kernel
@@ -133,7 +133,7 @@ def test_compact_removes_units_of_dense_and_plain_convolutions_only():
 
 
 def test_aliases_are_listed_once_and_the_mc_graph_emits_them():
-    from deploykit.layers import ALIASES
+    from deploykit.core.layers import ALIASES
     from deploykit.uncertainty.mc_layers import EMITTERS
 
     for alias, name in ALIASES.items():
@@ -144,8 +144,8 @@ def test_aliases_are_listed_once_and_the_mc_graph_emits_them():
 def test_the_batchnorm_formula_is_one_function_for_the_fold_and_the_mc_graph():
     import numpy as np
 
+    from deploykit.core.graph import LayerSpec
     from deploykit.fold.affine import batchnorm_affine, batchnorm_scale_offset
-    from deploykit.graph import LayerSpec
 
     gamma, beta, mean, var = (np.array(v, np.float32) for v in ([2.0, 0.5], [0.1, -1.0], [3.0, -2.0], [4.0, 0.25]))
     spec = LayerSpec("BatchNormalization", {"name": "bn", "epsilon": 1e-3}, [gamma, beta, mean, var])

@@ -19,7 +19,7 @@ def _steps(out) -> dict[str, tuple[str, str]]:
 @pytest.mark.slow
 def test_a_layer_outside_the_table_is_exported_and_the_other_steps_skip(digits, tmp_path, capsys):
     from deploykit.backend import keras, set_seed
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     set_seed(0)
     L = keras.layers
@@ -101,7 +101,7 @@ def _keras3_cnn_file(digits, path):
 def test_keras3_cnn_in_keras3_files_out(digits, tmp_path, capsys):
     import onnx
 
-    from deploykit.io import read_model_file
+    from deploykit.io.models import read_model_file
     from tests.core.test_keras3 import _load_in_keras3_subprocess
 
     source = _keras3_cnn_file(digits, tmp_path / "cnn.keras")

@@ -2,9 +2,9 @@
 
 import pytest
 
+from deploykit.core.graph import graph_from_model
+from deploykit.core.task import OutputKind, Task, output_kind, resolve_task
 from deploykit.errors import UsageError
-from deploykit.graph import graph_from_model
-from deploykit.task import OutputKind, Task, output_kind, resolve_task
 
 
 def _model(head):
@@ -87,7 +87,7 @@ def test_the_data_check_resolves_binary_heads_and_refuses_what_does_not_fit(head
 
     from deploykit.backend import keras
     from deploykit.errors import DataError
-    from deploykit.inputs import as_dataset
+    from deploykit.io.inputs import as_dataset
 
     rng = np.random.default_rng(0)
     labels = np.resize(np.asarray(y), 60)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.contract import LOGITS_NAME, OUTPUT_NAME
-from deploykit.task import OutputKind, Task
-from deploykit.taskspec import SPECS, spec_of
+from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME
+from deploykit.core.task import OutputKind, Task
+from deploykit.core.taskspec import SPECS, spec_of
 
 CLASSIFIERS = [k for k, s in SPECS.items() if s.task is Task.CLASSIFICATION]
 

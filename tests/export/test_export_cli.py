@@ -21,7 +21,7 @@ def _run(capsys, *args):
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, trained_model):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     return save_model(trained_model, tmp_path_factory.mktemp("cli") / "digits.keras")
 

@@ -11,14 +11,14 @@ import pytest
 from deploykit.errors import UsageError
 from deploykit.export import ExportConfig, Quantization, export_bundle, export_onnx, quantize_onnx_file, validate
 from deploykit.export.runtimes import OnnxRunner
-from deploykit.inputs import as_dataset, as_model
+from deploykit.io.inputs import as_dataset, as_model
 
 pytestmark = pytest.mark.slow  # exports and validates real models
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, trained_model):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     return save_model(trained_model, tmp_path_factory.mktemp("inputs") / "digits.keras")
 

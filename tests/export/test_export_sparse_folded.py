@@ -13,7 +13,7 @@ SPARSITY = 0.8
 
 def _magnitude_pruned(model, fraction: float):
     """A copy with the smallest |w| of every Dense kernel set to exactly 0 (what pruning leaves)."""
-    from deploykit.chain import from_chain, to_chain
+    from deploykit.core.chain import from_chain, to_chain
 
     chain = to_chain(model)
     for spec in chain.layers:

@@ -163,7 +163,7 @@ def test_kserve_manifest_defaults_to_a_storage_uri_parameter(tmp_path):
 
 def test_optimize_triton_serves_every_shipped_model_including_mc(tmp_path, trained_model, capsys):
     from deploykit.cli.main import main
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     model = save_model(trained_model, tmp_path / "m.keras")
     out = tmp_path / "run"

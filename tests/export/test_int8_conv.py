@@ -33,7 +33,7 @@ def _conv_spec(kernel, **config):
         "activation": "linear",
         **config,
     }
-    from deploykit.graph import LayerSpec
+    from deploykit.core.graph import LayerSpec
 
     return LayerSpec(name, config, [kernel.astype(np.float32), np.zeros(units, np.float32)])
 
@@ -90,7 +90,7 @@ def test_a_channel_scaled_by_one_over_epsilon_is_clipped_and_multipliers_bounded
 def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
     """Every patch times the kernel is the conv's output at that position (strides, dilation, padding)."""
     from deploykit.backend import keras
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
 
     layer = getattr(keras.layers, kind)(
         **({"filters": 5} if kind != "DepthwiseConv2D" else {}), **options, use_bias=False
@@ -115,7 +115,7 @@ def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
 
 def image_data(digits):
     """The digits as 8x8 images with a second channel that is 0 everywhere (std 0 in training)."""
-    from deploykit.data import Dataset
+    from deploykit.data.dataset import Dataset
 
     def image(x):
         x = x.reshape(len(x), 8, 8, 1)
@@ -177,7 +177,7 @@ def conv_multipliers(path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_int8_cnn_with_a_zero_std_channel_stays_near_float(digits, tmp_path):
-    from deploykit.evaluate import accuracy
+    from deploykit.core.evaluate import accuracy
     from deploykit.export import export_onnx, export_tflite, prepare_for_int8, validate
 
     data = image_data(digits)

@@ -95,7 +95,7 @@ def _tiny_elu(first_row: float):
 
 
 def _tiny_data(tmp_path):
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (200, 4)).astype(np.float32)
@@ -165,7 +165,7 @@ def _assert_int8_tflite_loads_within_budget(model, data, path):
     not FASHION.is_file(), reason="the Fashion-MNIST sample (../shared/data/fashion_mnist_3615.npz) is absent"
 )
 def test_the_books_fashion_network_trained_here_exports_to_int8_tflite_without_a_crash(tmp_path):
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     data = load_dataset(FASHION)
     flat = data.x_train.reshape(len(data.x_train), -1)
@@ -180,8 +180,8 @@ def test_the_books_fashion_network_trained_here_exports_to_int8_tflite_without_a
     reason="the shared book model or Fashion sample (../shared/models, ../shared/data) is absent",
 )
 def test_the_shared_book_model_that_crashed_every_time_exports_to_int8_tflite(tmp_path):
-    from deploykit.data import load_dataset
-    from deploykit.io import load_model
+    from deploykit.data.dataset import load_dataset
+    from deploykit.io.models import load_model
 
     report = _assert_int8_tflite_loads_within_budget(
         load_model(BOOK_MODEL), load_dataset(FASHION), tmp_path / "model_int8-full.tflite"

@@ -68,12 +68,12 @@ def test_breast_cancer_ships_int8_onnx_and_tflite_within_one_point(tmp_path):
     import keras
     from sklearn.datasets import load_breast_cancer
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
     from deploykit.export import export_variant
     from deploykit.export.config import QuantConfig
     from deploykit.export.runtimes import open_runner, predict_batches
     from deploykit.fold import fold_batchnorm
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     bunch = load_breast_cancer()
     np.savez(tmp_path / "bc.npz", x=bunch.data.astype(np.float32), y=bunch.target.astype(np.int64))

@@ -24,7 +24,7 @@ OK = DATA / "tiny_elu_ok.tflite"
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """Four features in [0, 1), two classes: what the fixture networks take."""
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (200, 4)).astype(np.float32)

@@ -107,7 +107,7 @@ def _check_mc(model, x) -> None:
     it."""
     import onnxruntime as ort
 
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph, dropout_layers
 
     graph = graph_from_model(model)

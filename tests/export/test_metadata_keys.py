@@ -8,7 +8,7 @@ import json
 def test_write_metadata_keeps_keys_it_does_not_own():
     from onnx import ModelProto
 
-    from deploykit.contract import SELECTIVE_KEY, TEMPERATURE_KEY
+    from deploykit.core.contract import SELECTIVE_KEY, TEMPERATURE_KEY
     from deploykit.export.metadata import ModelMetadata, read_metadata, write_metadata
 
     proto = ModelProto()

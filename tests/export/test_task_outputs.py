@@ -7,14 +7,14 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME
+from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME
+from deploykit.core.task import OutputKind, Task
 from deploykit.errors import DataError
 from deploykit.export import export_onnx, export_tflite, validate
 from deploykit.export.config import Tolerance
 from deploykit.export.metadata import read_metadata
 from deploykit.export.runtimes import OnnxRunner, TfliteRunner
-from deploykit.inputs import as_dataset
-from deploykit.task import OutputKind, Task
+from deploykit.io.inputs import as_dataset
 from tests.helpers import build_head, regression_arrays
 
 
@@ -30,7 +30,7 @@ def regression():
 
 
 def test_a_logits_classifier_exports_logits_and_probabilities_computed_in_the_graph(tmp_path):
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     model = build_head(outputs=10)
     data = load_dataset("digits")
@@ -91,7 +91,7 @@ def test_regression_mismatches_are_all_collected_with_their_numbers(tmp_path, re
 
 @pytest.mark.slow
 def test_tflite_and_int8_variants_keep_the_outputs_of_their_kind(tmp_path, regression):
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     digits = load_dataset("digits")
     logits = build_head(outputs=10)
@@ -150,7 +150,7 @@ def test_a_softmax_model_meeting_regression_data_is_one_data_error(tmp_path, reg
 @pytest.mark.slow
 def test_export_and_validate_commands_on_a_regressor(tmp_path, capsys):
     from deploykit.cli.main import main
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     model = save_model(build_head(input_dim=10, outputs=1), tmp_path / "reg.keras")
     out = tmp_path / "out"

@@ -422,7 +422,7 @@ def folded_digits(digits):
 
 def test_folded_model_saves_loads_and_trains(folded_digits, digits, tmp_path):
     from deploykit.backend import keras
-    from deploykit.io import load_model, save_model
+    from deploykit.io.models import load_model, save_model
 
     model, folded = folded_digits
     path = save_model(folded, tmp_path / "folded.keras")
@@ -485,7 +485,7 @@ def test_python_api_bad_input_raises_deploykit_errors():
 
 
 def test_cli_folds_and_prints_the_table(tmp_path, cli):
-    from deploykit.io import load_model, save_model
+    from deploykit.io.models import load_model, save_model
 
     model = chapter_bn_before_activation()
     randomize_batchnorm(model, 8)

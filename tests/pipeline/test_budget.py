@@ -137,7 +137,7 @@ def test_a_try_is_started_only_if_it_can_finish():
 
 
 def test_the_sensitivity_line_stays_short_for_a_convnet():
-    from deploykit.evaluate import Budget, Metric
+    from deploykit.core.evaluate import Budget, Metric
     from deploykit.sparsity.search import LayerSensitivity, sensitivity_line
 
     layers = [

@@ -27,7 +27,7 @@ def _tf_keras_head(activation_layer: bool, logits: bool = False):
 
 @pytest.mark.parametrize(("activation_layer", "logits"), [(False, False), (True, False), (False, True)])
 def test_fold_temperature_scales_the_probabilities_exactly(activation_layer, logits):
-    from deploykit.evaluate import outputs, softmax
+    from deploykit.core.evaluate import outputs, softmax
     from deploykit.pipeline.calibrate import fold_temperature
 
     model = _tf_keras_head(activation_layer, logits)
@@ -57,7 +57,7 @@ def _overconfident_keras3(path):
     temperature helps on held-out rows (what the pipeline's cross-validated check must find)."""
     import keras
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     keras.utils.set_random_seed(0)
     d = load_dataset("digits")

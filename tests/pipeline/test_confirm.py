@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.evaluate import Budget, Metric
+from deploykit.core.evaluate import Budget, Metric
 from deploykit.pipeline.confirm import TEST, VALIDATION, budget_mismatches, resolution_notes, split_figure
 
 BUDGET = Budget(Metric.ACCURACY, 0.01)

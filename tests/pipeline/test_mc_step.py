@@ -48,7 +48,7 @@ def test_a_regressors_target_rmse_validates_round_trips_and_comes_from_the_flag(
 def test_the_mask_kind_is_one_typed_field_from_config_flag_to_mc_config():
     from deploykit.cli.main import build_parser
     from deploykit.cli.optimize import options_from_args
-    from deploykit.contract import MaskKind
+    from deploykit.core.contract import MaskKind
 
     config = OptimizeConfig(mc=MCStep(mask="dropout"))
     assert config.mc.mask is MaskKind.DROPOUT and 'mask = "dropout"' in config.to_toml()
@@ -78,7 +78,7 @@ def test_optimize_flags_set_the_mc_fields(tmp_path):
 
 @pytest.mark.slow
 def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, random_bn_model):
-    from deploykit.contract import ABSTAIN_OUTPUT, SELECTIVE_KEY, TEMPERATURE_KEY
+    from deploykit.core.contract import ABSTAIN_OUTPUT, SELECTIVE_KEY, TEMPERATURE_KEY
     from deploykit.pipeline import optimize
     from deploykit.pipeline.tables import ValidateStep
 
@@ -145,7 +145,7 @@ def test_optimize_report_holds_temperature_selective_and_ood(tmp_path, digits, r
 def test_no_temperature_leaves_the_graphs_raw(tmp_path, digits, random_bn_model):
     import onnx
 
-    from deploykit.contract import TEMPERATURE_KEY
+    from deploykit.core.contract import TEMPERATURE_KEY
     from deploykit.pipeline import optimize
 
     result = optimize(

@@ -195,7 +195,7 @@ def test_the_step_is_skipped_without_candidates_or_without_time_for_it(tmp_path)
 def test_the_latency_accuracy_front_is_drawn_for_a_classifier_and_a_regressor(tmp_path, metric):
     import dataclasses
 
-    from deploykit.evaluate import Metric
+    from deploykit.core.evaluate import Metric
     from deploykit.pipeline.objective_plot import latency_vs_accuracy
     from deploykit.pipeline.records import ModelFigures
 

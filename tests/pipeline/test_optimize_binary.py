@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, TASK_KEY, TEMPERATURE_KEY
+from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, TASK_KEY, TEMPERATURE_KEY
 from tests.helpers import ships_by_budget
 
 
@@ -182,7 +182,7 @@ def test_binary_logits_model_serves_its_logit_and_two_class_probabilities(tmp_pa
     assert result.artifact("model.onnx").verdict is Verdict.PASS
     props = _props(result.out_dir / "model.onnx")
     assert json.loads(props[TASK_KEY]) == {"task": "classification", "output": "binary_logits"}
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     z = np.asarray(load_model(result.out_dir / "model.keras")(x)).astype(np.float64)
     assert np.abs(_probs(result.out_dir / "model.onnx", x, LOGITS_NAME) - z).max() < 1e-4

@@ -121,7 +121,7 @@ def test_bad_config_key_is_one_line_and_exit_2(tmp_path, cli):
 
 @pytest.fixture(scope="module")
 def model_file(trained_model, tmp_path_factory):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     return save_model(trained_model, tmp_path_factory.mktemp("model") / "small.keras")
 
@@ -173,7 +173,7 @@ def test_a_users_model_without_data_is_refused_and_the_help_says_what_an_npz_hol
     """No silent digits: `deploykit optimize MODEL` without --data names the missing option (exit 2, nothing written);
     the shipped model alone still runs on the embedded digits (the README's `deploykit optimize`)."""
     from deploykit.backend import keras
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     model = save_model(
         keras.Sequential([keras.Input((30,)), keras.layers.Dense(1, activation="sigmoid")]), tmp_path / "mine.keras"

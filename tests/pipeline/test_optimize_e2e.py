@@ -81,7 +81,7 @@ def test_report_agrees_with_remeasuring_the_onnx_artifact(run, digits):
     import onnx
     import onnxruntime as ort
 
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     result, _ = run
     report = json.loads((result.out_dir / "report.json").read_text())

@@ -14,7 +14,7 @@ from tests.helpers import ships_by_budget
 
 def _member(path, digits, seed: int, classes: int = 10):
     from deploykit.backend import set_seed
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from tests.helpers import build_dense
 
     set_seed(seed)
@@ -88,7 +88,7 @@ def test_optimize_writes_the_ensemble_of_its_model_and_the_members_given(tmp_pat
 
 
 def test_a_member_that_cannot_be_used_fails_before_the_run(tmp_path, digits, random_bn_model):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from deploykit.pipeline import optimize
 
     with pytest.raises(ModelLoadError, match="nope.keras"):
@@ -125,7 +125,7 @@ def test_a_member_that_misses_its_budget_leaves_no_ensemble_and_the_run_goes_on(
     """optimize_members raises StepError when a member has no int8 model within the budget; the step records
     `missed budget` with that reason, removes what it began, and returns the model unchanged."""
     from deploykit.errors import StepError
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from deploykit.pipeline import OptimizeConfig
     from deploykit.pipeline.records import Status
     from deploykit.pipeline.steps import RunContext, model_figures

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.io import read_model_file
+from deploykit.io.models import read_model_file
 from deploykit.pipeline import optimize
 
 

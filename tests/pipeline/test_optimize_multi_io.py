@@ -188,7 +188,7 @@ def test_export_writes_every_variant_of_a_two_input_two_output_model(tmp_path):
 
 
 def test_mc_dropout_of_a_two_input_model_takes_its_named_inputs(tmp_path):
-    from deploykit.contract import OUTPUT_COLUMNS_KEY
+    from deploykit.core.contract import OUTPUT_COLUMNS_KEY
     from deploykit.pipeline import Status, optimize
     from deploykit.uncertainty.predictor import UncertaintyPredictor
 

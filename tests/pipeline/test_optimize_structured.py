@@ -41,7 +41,7 @@ def test_structured_halves_the_hidden_layers_and_the_search_spends_the_same_budg
     assert (64, _dense_widths(trained_model)[0] // 2) in shapes
     # one try per setting, the structured one first; each held against the original model's figure
     assert [t.setting for t in result.tries][:1] == ["structured 50%"]
-    from deploykit.evaluate import accuracy
+    from deploykit.core.evaluate import accuracy
 
     original = accuracy(trained_model, digits.x_val, digits.y_val)  # tries are decided and shown on validation
     for t in result.tries:

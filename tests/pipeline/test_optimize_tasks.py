@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME
+from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME
 from deploykit.export.metadata import read_metadata
 from tests.helpers import ships_by_budget
 
@@ -19,7 +19,7 @@ def _keras3_logits(path):
     """A Keras 3 logits classifier on digits: Dense(10) linear, trained with from_logits=True."""
     import keras
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     keras.utils.set_random_seed(0)
     d = load_dataset("digits")
@@ -42,7 +42,7 @@ def _keras3_regressor(path):
     """A Keras 3 regression MLP with Dropout on diabetes (one hidden layer big enough for the search to prune)."""
     import keras
 
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     keras.utils.set_random_seed(0)
     d = load_dataset("diabetes")
@@ -96,7 +96,7 @@ def _mc_file(out, row, tmp_path):
     if row["verdict"] == "pass":
         return out / "model_mc.onnx"
     from deploykit import export_mc_onnx
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     assert not (out / "model_mc.onnx").exists()  # a rejected artifact leaves nothing behind
     return export_mc_onnx(load_model(out / "model.keras"), tmp_path / "mc.onnx").path
@@ -114,8 +114,8 @@ def _keras3_round_trip(out, data):
 
 
 def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys):
-    from deploykit.data import load_dataset
-    from deploykit.evaluate import softmax
+    from deploykit.core.evaluate import softmax
+    from deploykit.data.dataset import load_dataset
 
     model = _keras3_logits(tmp_path / "logits.keras")
     out = tmp_path / "out"
@@ -141,7 +141,7 @@ def test_a_keras3_logits_classifier_runs_optimize_with_defaults(tmp_path, capsys
 
 
 def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_path, capsys):
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     model = _keras3_regressor(tmp_path / "reg.keras")
     out = tmp_path / "out"

@@ -36,7 +36,7 @@ def _outputs(path, x):
 
 
 def test_ensemble_members_on_ray_are_the_serial_members(tmp_path, digits, local_ray):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.pipeline import optimize
     from deploykit.pipeline.ensemble import optimize_members
     from tests.pipeline.test_optimize_ensemble import _member

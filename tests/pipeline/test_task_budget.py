@@ -4,12 +4,12 @@ config and report."""
 import numpy as np
 import pytest
 
+from deploykit.core.evaluate import Budget, Metric, RegressionErrors, output_scale, rmse, softmax
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError
-from deploykit.evaluate import Budget, Metric, RegressionErrors, output_scale, rmse, softmax
 from deploykit.pipeline.config import OptimizeConfig
 from deploykit.pipeline.records import ArtifactRow, Stage, Try, Verdict
 from deploykit.pipeline.report import artifacts_text, try_cells
-from deploykit.task import Task
 
 
 def test_the_budget_follows_the_task():
@@ -95,7 +95,7 @@ def test_optimize_takes_max_rmse_increase_and_task_flags():
 
     args = build_parser().parse_args(["optimize", "--task", "regression", "--max-rmse-increase", "0.1"])
     assert options_from_args(args)["max_rmse_increase"] == 0.1 and args.task is Task.REGRESSION
-    from deploykit.task import OutputKind, resolve_task
+    from deploykit.core.task import OutputKind, resolve_task
 
     # one linear unit said to classify is a binary classifier's logit (issue 20; it was an error before)
     assert resolve_task(OutputKind.VALUES, 1, task=Task.CLASSIFICATION)[1] is OutputKind.BINARY_LOGITS

@@ -44,11 +44,11 @@ def real_npz_bomb(folder: Path, rows: int = 20_000_000, cols: int = 64) -> Path:
 def main(kind: str) -> None:
     folder = Path(tempfile.mkdtemp())
     if kind == "npz_real":
-        from deploykit.data import load_dataset as load
+        from deploykit.data.dataset import load_dataset as load
 
         path = real_npz_bomb(folder)
     else:
-        from deploykit.io import load_model as load
+        from deploykit.io.models import load_model as load
 
         path = hostile.keras_zip_bomb(folder, 1 << 30)
     start = time.perf_counter()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deploykit.cli.main import main
-from deploykit.data import load_dataset
+from deploykit.data.dataset import load_dataset
 from deploykit.errors import ConfigError, DataError
 from tests.security import hostile
 

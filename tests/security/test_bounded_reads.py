@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from deploykit.data import load_dataset
+from deploykit.core.modelfile import read_model_file
+from deploykit.data.dataset import load_dataset
 from deploykit.errors import ConfigError, DataError, ModelLoadError
-from deploykit.modelfile import read_model_file
 from deploykit.pipeline.config import OptimizeConfig
 from tests.security import hostile
 
@@ -123,7 +123,7 @@ def test_loading_data_costs_a_few_times_its_size_not_seven(tmp_path):
         tmp_path / "big.npz", x=np.random.default_rng(0).random((rows, 64), dtype=np.float32), y=np.arange(rows) % 10
     )
     script = (
-        "import resource\nfrom deploykit.data import load_dataset\n"
+        "import resource\nfrom deploykit.data.dataset import load_dataset\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"load_dataset({str(tmp_path / 'big.npz')!r})\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"

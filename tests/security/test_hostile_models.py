@@ -6,7 +6,7 @@ import pytest
 
 from deploykit.cli.main import main
 from deploykit.errors import ModelLoadError, UnsafeModelError
-from deploykit.io import load_model
+from deploykit.io.models import load_model
 from tests.security import hostile
 
 
@@ -48,7 +48,7 @@ def test_saved_model_with_a_class_named_dense(tmp_path, marker, capfd):
     assert not marker.exists() and not out.exists()
     # Trusted (--unsafe), the revived look-alike is still known for what it is: custom code, not Keras' Dense,
     # so no step treats it as a Dense layer (fold, pruning and compact skip it; only the converters run it).
-    from deploykit.layers import Role, layer_type, support_for
+    from deploykit.core.layers import Role, layer_type, support_for
 
     fake = load_model(path, unsafe=True).get_layer("dense")
     assert layer_type(fake) != "Dense" and layer_type(fake).endswith(".Dense")
@@ -59,7 +59,7 @@ def test_saved_model_with_a_class_named_dense(tmp_path, marker, capfd):
 
 def test_a_layer_is_identified_by_its_real_class_not_its_name():
     from deploykit.backend import keras
-    from deploykit.layers import check_layers, layer_type
+    from deploykit.core.layers import check_layers, layer_type
 
     class Dense(keras.layers.Layer):
         pass
@@ -80,7 +80,7 @@ def test_hdf5_zip_polyglot_is_refused_before_either_is_read(tmp_path, capfd, cap
 
 def test_suffix_must_agree_with_the_content(tmp_path):
     from deploykit.backend import keras
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     save_model(model, tmp_path / "m.h5")
@@ -148,7 +148,7 @@ def test_keras_weights_inflating_past_the_limit(tmp_path, monkeypatch):
     import zipfile
 
     from deploykit.backend import keras
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "m.keras")
     with (
@@ -171,7 +171,7 @@ def test_an_hdf5_tail_that_only_looks_like_a_zip_end_still_loads(tmp_path):
     import zipfile
 
     from deploykit.backend import keras
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "m.h5")
     (tmp_path / "tail.h5").write_bytes((tmp_path / "m.h5").read_bytes() + b"PK\x05\x06" + bytes(18))

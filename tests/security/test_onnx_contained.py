@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deploykit.errors import ModelLoadError
-from deploykit.sessions import onnx_session
+from deploykit.onnx.sessions import onnx_session
 from tests.security import hostile_onnx
 
 
@@ -91,7 +91,7 @@ def test_truncated_external_data_cannot_crash_a_running_session(tmp_path):
     path = hostile_onnx.honest_external_model(tmp_path)
     script = (
         "import numpy as np, sys\n"
-        "from deploykit.sessions import onnx_session\n"
+        "from deploykit.onnx.sessions import onnx_session\n"
         f"s = onnx_session({str(path)!r})\n"
         f"open({str(tmp_path / 'model.bin')!r}, 'wb').close()\n"  # truncated in place
         "y = s.run(None, {'input': np.ones((1, 4), np.float32)})[0]\n"

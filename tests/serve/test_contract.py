@@ -1,4 +1,4 @@
-"""deploykit.contract: the one home of the tensor and metadata names, light enough for the server to import."""
+"""deploykit.core.contract: the one home of the tensor and metadata names, light enough for the server to import."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import sys
 
 import pytest
 
-from deploykit import contract
+from deploykit.core import contract
 
 HEAVY = ("numpy", "onnx", "onnxruntime", "tensorflow", "tf_keras", "keras", "tf2onnx", "kserve")
 
 
 def test_the_contract_imports_nothing_heavy():
     """Importing it loads no numerical, ONNX, TensorFlow or serving package (a fresh interpreter)."""
-    code = f"import sys, json, deploykit.contract; print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    loaded = f"sorted(m for m in {HEAVY!r} if m in sys.modules)"
+    code = f"import sys, json, deploykit.core.contract; print(json.dumps({loaded}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(result.stdout) == []
 
@@ -36,7 +37,7 @@ def test_the_contract_imports_nothing_heavy():
     ],
 )
 def test_every_module_uses_the_contract_objects(module, names):
-    """Not copies that happen to be equal: the very objects of deploykit.contract."""
+    """Not copies that happen to be equal: the very objects of deploykit.core.contract."""
     import importlib
 
     loaded = importlib.import_module(module)

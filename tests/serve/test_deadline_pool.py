@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from deploykit.onnx.sessions import onnx_session
 from deploykit.serve.deadline import (
     DEMOTED_NICE,
     THREADS_PER_MODEL,
@@ -19,7 +20,6 @@ from deploykit.serve.deadline import (
     RequestTimeout,
     stop_all,
 )
-from deploykit.sessions import onnx_session
 from tests.security import hostile_onnx
 
 

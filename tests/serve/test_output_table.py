@@ -1,4 +1,4 @@
-"""deploykit.contract.OUTPUTS: the one table of served outputs, what the README shows and what readers check.
+"""deploykit.core.contract.OUTPUTS: the one table of served outputs, what the README shows and what readers check.
 
 Light: no TensorFlow (the ONNX round trip uses onnx's helpers only).
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deploykit import contract
-from deploykit.contract import ModelKind, check_outputs
+from deploykit.core import contract
+from deploykit.core.contract import ModelKind, check_outputs
 from deploykit.errors import OutputContractError
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -37,9 +37,9 @@ def binary_repo(tmp_path_factory):
     """``sigmoid``, ``logit`` (deterministic), ``sigmoid_mc`` (seeded MC), ``pair`` (an ensemble of two
     sigmoid models) and ``reg`` (a two-target regressor, for the example client), written by the real exporters."""
     from deploykit import export_mc_onnx
+    from deploykit.core.task import Task
     from deploykit.export import export_onnx
     from deploykit.export.metadata import ModelMetadata
-    from deploykit.task import Task
     from deploykit.uncertainty.ensemble import export_ensemble_onnx
     from deploykit.uncertainty.mc_graph import MCConfig
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import CONFORMAL_KEY, PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT
+from deploykit.core.contract import CONFORMAL_KEY, PREDICTION_SET_OUTPUT, SET_SIZE_OUTPUT
 from tests.serve.support import serving, triton_client
 
 pytestmark = pytest.mark.slow  # trains a tiny model, runs the CLI and a server process
@@ -137,7 +137,7 @@ def test_v2_metadata_and_v1_predictions(server):
 def regression_server(tmp_path_factory):
     """A regression MC model (Dense -> Dropout -> Dense(1), bias at the mean target) with conformal intervals."""
     from deploykit.backend import keras, set_seed
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
     from deploykit.uncertainty import MCConfig
     from deploykit.uncertainty.bundle import mc_bundle
 
@@ -160,7 +160,7 @@ def regression_server(tmp_path_factory):
 
 
 def test_served_regressor_answers_lower_and_upper(regression_server):
-    from deploykit.contract import LOWER_OUTPUT, UPPER_OUTPUT
+    from deploykit.core.contract import LOWER_OUTPUT, UPPER_OUTPUT
     from deploykit.uncertainty.conformal import Conformal, ConformalMethod, intervals
 
     server, data = regression_server

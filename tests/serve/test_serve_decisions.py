@@ -14,7 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import ABSTAIN_OUTPUT, MEMBERS_OUTPUT, OUTPUT_NAMES, SELECTIVE_KEY, TEMPERATURE_KEY, Measure
+from deploykit.core.contract import (
+    ABSTAIN_OUTPUT,
+    MEMBERS_OUTPUT,
+    OUTPUT_NAMES,
+    SELECTIVE_KEY,
+    TEMPERATURE_KEY,
+    Measure,
+)
 from tests.serve.conftest import MC_SEED
 from tests.serve.support import serving, triton_client
 
@@ -53,8 +60,8 @@ def decision_repo(tmp_path_factory, serve_keras_model, random_bn_model, digits):
     from deploykit import export_mc_onnx
     from deploykit.export import export_onnx
     from deploykit.export.metadata import ModelMetadata
+    from deploykit.onnx.graph_ops import set_props
     from deploykit.uncertainty.ensemble import export_ensemble_onnx
-    from deploykit.uncertainty.graph_ops import set_props
     from deploykit.uncertainty.temperature import Placement, TemperatureFit, apply_mc_temperature
 
     repo, staging = tmp_path_factory.mktemp("decisions"), tmp_path_factory.mktemp("members")

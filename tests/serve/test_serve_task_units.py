@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from deploykit.contract import INTERVAL_Z, Measure
+from deploykit.core.contract import INTERVAL_Z, Measure
+from deploykit.core.task import Task
 from deploykit.errors import ModelLoadError
-from deploykit.task import Task
 
 
 def test_task_from_metadata_else_from_outputs():

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import ABSTAIN_OUTPUT, INTERVAL_Z, SAMPLE_PREDICTIONS_OUTPUT, SELECTIVE_KEY
-from deploykit.task import Task
+from deploykit.core.contract import ABSTAIN_OUTPUT, INTERVAL_Z, SAMPLE_PREDICTIONS_OUTPUT, SELECTIVE_KEY
+from deploykit.core.task import Task
 from tests.serve.support import serving, triton_client
 from tests.uncertainty.support import export_as_task
 
@@ -166,7 +166,7 @@ def test_regression_outputs_are_described_in_the_targets_units(triton):
 
 
 def test_regression_ensemble_answers_mean_std_and_members(triton, task_repo, x):
-    from deploykit.contract import MEMBER_PREDICTIONS_OUTPUT
+    from deploykit.core.contract import MEMBER_PREDICTIONS_OUTPUT
 
     result = _infer(triton, "reg_ensemble", x)
     want = _local(task_repo, "reg_ensemble", x)

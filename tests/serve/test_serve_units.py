@@ -205,7 +205,7 @@ def test_a_selective_entry_the_server_cannot_apply_is_refused_at_load(raw, outpu
 def test_abstain_of_reads_the_threshold_or_knows_it_has_none():
     import numpy as np
 
-    from deploykit.contract import Measure
+    from deploykit.core.contract import Measure
     from deploykit.serve.decision import abstain_of
 
     assert abstain_of("m.onnx", {}, ["probabilities"]) is None

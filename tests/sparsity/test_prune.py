@@ -59,7 +59,7 @@ def test_report_schedule_progress_and_input_untouched(pruned, trained_model):
 
 
 def test_no_pruning_wrapper_reaches_a_saved_file(pruned, tmp_path):
-    from deploykit.io import load_model, save_model
+    from deploykit.io.models import load_model, save_model
 
     model, _, _, _ = pruned
     assert {type(l).__name__ for l in model.layers} <= {"Normalization", "Dense", "BatchNormalization", "Dropout"}
@@ -125,7 +125,7 @@ def test_zeros_survive_batchnorm_folding_and_compact(pruned, digits):
 def test_block_sparsity_and_compact_on_a_pruned_model(digits):
     """16x1 blocks leave whole columns empty: compact removes those neurons exactly."""
     from deploykit.backend import keras
-    from deploykit.chain import LayerSpec, from_chain, to_chain
+    from deploykit.core.chain import LayerSpec, from_chain, to_chain
     from deploykit.sparsity import compact, prune
     from tests.helpers import build_dense
 

@@ -19,7 +19,7 @@ CONVS = ("conv", "depthwise", "separable")
 
 def image_digits(digits):
     """The digits data as 8x8x1 images."""
-    from deploykit.data import Dataset
+    from deploykit.data.dataset import Dataset
 
     image = lambda x: x.reshape(len(x), 8, 8, 1)  # noqa: E731
     return Dataset(
@@ -92,7 +92,7 @@ def test_zeros_survive_save_load_and_onnx_export(pruned, tmp_path):
     from onnx import numpy_helper
 
     from deploykit.export.convert import keras_to_onnx
-    from deploykit.io import load_model, save_model
+    from deploykit.io.models import load_model, save_model
 
     _, result, _, data = pruned
     assert {type(l).__name__ for l in result.layers} == {
@@ -129,7 +129,7 @@ def test_block_sparsity_on_a_conv_kernel_is_one_clear_error(digits):
 
 @pytest.mark.slow
 def test_sensitivity_scan_and_l1_use_the_pruned_kernel(digits):
-    from deploykit.evaluate import Budget, Metric
+    from deploykit.core.evaluate import Budget, Metric
     from deploykit.sparsity import sparsify_l1
     from deploykit.sparsity.search import _sensitivity
 

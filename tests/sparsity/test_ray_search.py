@@ -92,6 +92,6 @@ def test_tries_on_a_two_node_cluster_keep_what_the_serial_search_keeps(cluster, 
     ran = [re.search(r"ran on node \S+ \((\w{8})\), pid \d+", t.note) for t in remote.tries]
     assert all(ran) and {m.group(1) for m in ran} <= nodes, [t.note for t in remote.tries]  # the report says where
     if remote.kept is not None:  # the kept try's model came back from its task
-        from deploykit.evaluate import accuracy
+        from deploykit.core.evaluate import accuracy
 
         assert accuracy(model, digits.x_val, digits.y_val) == pytest.approx(remote.kept.accuracy)  # validation

@@ -75,7 +75,7 @@ def test_tuning_no_longer_imports_the_report_module():
 
 @pytest.mark.slow
 def test_search_keeps_the_highest_target_within_the_budget(trained_model, digits):
-    from deploykit.evaluate import accuracy
+    from deploykit.core.evaluate import accuracy
     from deploykit.sparsity import search_sparsity
 
     lines: list[str] = []

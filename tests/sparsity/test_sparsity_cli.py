@@ -10,13 +10,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def model_file(trained_model, tmp_path_factory):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     return str(save_model(trained_model, tmp_path_factory.mktemp("cli") / "model.keras"))
 
 
 def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path, cli):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     out, rep = tmp_path / "pruned.keras", tmp_path / "report.json"
     proc = cli(
@@ -50,7 +50,7 @@ def test_prune_cli_with_blocks_progress_and_report(model_file, tmp_path, cli):
 
 
 def test_sparsify_l1_and_compact_cli(model_file, tmp_path, cli):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     sparse = tmp_path / "l1.keras"
     proc = cli(
@@ -98,7 +98,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(model_file, tmp_path, cli)
 
 
 def test_prune_structured_cli_halves_the_hidden_layers_and_reports_macs(model_file, tmp_path, cli):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     out, rep = tmp_path / "narrow.keras", tmp_path / "report.json"
     proc = cli(

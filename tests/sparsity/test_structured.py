@@ -21,7 +21,7 @@ def _units(model) -> dict[str, int]:
 def test_half_the_hidden_units_go_the_outputs_stay_and_accuracy_holds(trained_model, digits, tmp_path):
     import onnxruntime as ort
 
-    from deploykit.evaluate import score
+    from deploykit.core.evaluate import score
     from deploykit.export import export_onnx
 
     result, report = prune_structured(trained_model, digits, 0.5, epochs=3)

@@ -4,7 +4,7 @@ distils from softmax(logits)."""
 import numpy as np
 import pytest
 
-from deploykit.evaluate import Budget, Metric, softmax
+from deploykit.core.evaluate import Budget, Metric, softmax
 from deploykit.sparsity import prune, search_sparsity
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.tuning import _targets, teacher_of
@@ -13,7 +13,7 @@ from tests.helpers import build_head
 
 @pytest.fixture(scope="module")
 def diabetes():
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     return load_dataset("diabetes")
 

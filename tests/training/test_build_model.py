@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.data import Dataset
+from deploykit.data.dataset import Dataset
 from deploykit.training import TrainConfig, build_model
 
 

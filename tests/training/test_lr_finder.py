@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.data import Dataset
+from deploykit.data.dataset import Dataset
 from deploykit.errors import ConfigError
 from deploykit.training import TrainConfig, find_lr
 

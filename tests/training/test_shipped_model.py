@@ -1,4 +1,4 @@
-"""The shipped default model: loads with deploykit.io, takes raw inputs, >= 0.95 on the digits test split."""
+"""The shipped default model: loads with deploykit.io.models, takes raw inputs, >= 0.95 on the digits test split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from deploykit.cli.common import DEFAULT_MODEL
 
 
 def test_shipped_model_loads_and_reaches_095(digits):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     assert DEFAULT_MODEL.name == "digits_default.keras" and DEFAULT_MODEL.parent.name == "models"
     model = load_model(DEFAULT_MODEL)

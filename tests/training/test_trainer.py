@@ -62,7 +62,7 @@ def test_outputs_are_written(run):
 
 @pytest.mark.slow
 def test_saved_model_takes_raw_inputs(run, digits):
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
 
     result, out, _ = run
     loaded = load_model(out / MODEL_FILE)

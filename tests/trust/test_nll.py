@@ -119,7 +119,7 @@ def test_every_classifier_row_carries_its_nll_and_exported_files_are_held_to_the
     assert report["budget"]["max_nll_increase"] == 0.02
     rows = {r["file"]: r for r in report["artifacts"]}
     assert rows["original.keras"]["nll_change"] == 0.0
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
 
     data = load_dataset(str(tmp_path / "d.npz"))
     probs = predict_batches(open_runner(out / "model.tflite").predict, data.x_test)

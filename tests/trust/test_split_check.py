@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from deploykit.data import load_dataset
-from deploykit.evaluate import Budget, Metric
+from deploykit.core.evaluate import Budget, Metric
+from deploykit.data.dataset import load_dataset
 from deploykit.pipeline.confirm import Reference
 from deploykit.pipeline.split_check import split_check, suspects
 

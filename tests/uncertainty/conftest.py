@@ -75,8 +75,8 @@ def diabetes():
     import numpy as np
     from sklearn.datasets import load_diabetes
 
-    from deploykit.data import Dataset
-    from deploykit.task import Task
+    from deploykit.core.task import Task
+    from deploykit.data.dataset import Dataset
 
     x, y = load_diabetes(return_X_y=True)
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)

@@ -65,11 +65,11 @@ def export_as_task(model, path, task, opset: int = 17, class_names=()):
     import onnx
     from onnx import helper
 
-    from deploykit.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME, TASK_KEY
+    from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME, TASK_KEY
+    from deploykit.core.task import Task
     from deploykit.export.convert import keras_to_onnx
     from deploykit.export.metadata import ModelMetadata, write_metadata
-    from deploykit.task import Task
-    from deploykit.uncertainty.graph_ops import retarget, set_props
+    from deploykit.onnx.graph_ops import retarget, set_props
 
     proto = keras_to_onnx(model, opset=opset)
     graph = proto.graph

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow  # trains two small models
 
 
 def _binary_data():
-    from deploykit.inputs import as_dataset
+    from deploykit.io.inputs import as_dataset
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 6)).astype(np.float32)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from deploykit.contract import ABSTAIN_OUTPUT, SELECTIVE_KEY, TEMPERATURE_KEY
+from deploykit.core.contract import ABSTAIN_OUTPUT, SELECTIVE_KEY, TEMPERATURE_KEY
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # every test reads two whole `deploykit mc` runs (export, temperature, OOD, figures): the fast loop keeps
@@ -22,7 +22,7 @@ SEED = ["--samples", "8", "--mc-seed", "3"]
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, mc_bn_model):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     return save_model(mc_bn_model, tmp_path_factory.mktemp("bundle") / "model.keras")
 

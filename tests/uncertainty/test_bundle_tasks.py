@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.task import Task
+from deploykit.core.task import Task
 from deploykit.uncertainty.bundle import mc_bundle
 from deploykit.uncertainty.compare import RegressionComparison
 from deploykit.uncertainty.mc_graph import MCConfig

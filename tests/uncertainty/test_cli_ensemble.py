@@ -13,7 +13,7 @@ from tests.uncertainty.support import session
 
 def _member_files(folder, digits, dropout=0.2):
     from deploykit.backend import set_seed
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from tests.helpers import build_dense
 
     files = []
@@ -78,7 +78,7 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     served `abstain` decision; --ood-data reports AUROC; members/member{k}.keras are the optimized Keras models."""
     import onnx
 
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.uncertainty import UncertaintyPredictor
     from deploykit.uncertainty.temperature import read_temperature
 

@@ -8,7 +8,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_mc_command(tmp_path, mc_bn_model, cli):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from deploykit.uncertainty import UncertaintyPredictor
 
     model = save_model(mc_bn_model, tmp_path / "model.keras")
@@ -38,7 +38,7 @@ def test_mc_command(tmp_path, mc_bn_model, cli):
 
 
 def test_mc_command_refusals(tmp_path, digits, cli):
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
     from tests.helpers import build_dense
 
     out = tmp_path / "mc"
@@ -55,7 +55,7 @@ def test_mc_command_on_a_logits_classifier_and_a_regression_target_refused(tmp_p
     """A logits model through `deploykit mc` (digits has 64 features: a model of that width), and --target-rmse,
     a regression target, refused on classification data before anything is written."""
     from deploykit.backend import keras, set_seed
-    from deploykit.io import save_model
+    from deploykit.io.models import save_model
 
     set_seed(8)
     logits = keras.Sequential(

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.task import Task
+from deploykit.core.task import Task
 from deploykit.uncertainty.conformal import Conformal, ConformalConfig, ConformalMethod, intervals, prediction_sets
 from deploykit.uncertainty.conformal_graph import read_conformal
 from tests.uncertainty.support import export_as_task

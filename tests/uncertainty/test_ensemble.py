@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import OUTPUT_NAMES
+from deploykit.core.contract import OUTPUT_NAMES
 from deploykit.errors import ModelLoadError, UsageError
 from tests.uncertainty.support import run, session
 

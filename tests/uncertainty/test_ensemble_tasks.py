@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.contract import MEMBER_PREDICTIONS_OUTPUT, OUTPUT_NAMES
+from deploykit.core.contract import MEMBER_PREDICTIONS_OUTPUT, OUTPUT_NAMES
+from deploykit.core.task import Task
 from deploykit.errors import ModelLoadError
-from deploykit.task import Task
 from tests.uncertainty.support import export_as_task, run, session
 
 
@@ -33,8 +33,8 @@ def _models(outputs: int):
 @pytest.mark.parametrize("opset", [13, 18])
 def test_regression_members_give_mean_and_std_per_target(tmp_path, opset):
     from deploykit.export.metadata import read_metadata
+    from deploykit.onnx.graph_ops import get_prop
     from deploykit.uncertainty.ensemble import export_ensemble_onnx
-    from deploykit.uncertainty.graph_ops import get_prop
 
     models = _models(2)
     paths = [_member(m, tmp_path / f"m{k}.onnx", Task.REGRESSION, opset) for k, m in enumerate(models)]
@@ -132,8 +132,8 @@ def test_a_regression_ensemble_bundle_stores_its_std_scale_and_interval_threshol
 def test_a_logits_ensemble_bundle_compares_against_the_first_members_probabilities(tmp_path):
     """Logits members give the ensemble probabilities; the baseline is member 0's `probabilities` output (not its
     logits), so the comparison's NLL is that of softmax(logits)."""
-    from deploykit.data import Dataset
-    from deploykit.evaluate import softmax
+    from deploykit.core.evaluate import softmax
+    from deploykit.data.dataset import Dataset
     from deploykit.uncertainty.bundle import ensemble_bundle
 
     rng = np.random.default_rng(3)

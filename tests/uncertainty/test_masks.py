@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.chain import to_chain
+from deploykit.core.chain import to_chain
+from deploykit.core.graph import graph_from_model
 from deploykit.errors import ConfigError
-from deploykit.graph import graph_from_model
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, block_length, pool_keep, pool_table, represented_rate
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from deploykit.uncertainty.mc_layers import OnnxGraph
@@ -222,7 +222,7 @@ def test_auto_pools_the_masks_only_where_the_tables_are_small_beside_the_weights
     """AUTO: the chapter's 784-300-100 model (1.07 MB of weights, three tables of ~0.13 MB) gets pooled masks;
     a 64-32 model (a few KB of weights) keeps ONNX Dropout rather than grow its file several times."""
     from deploykit.backend import keras
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from deploykit.uncertainty.masks import table_bytes
     from deploykit.uncertainty.mc_graph import mask_kind
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.chain import from_chain, to_chain
+from deploykit.core.chain import from_chain, to_chain
 from deploykit.errors import ConfigError, UnsupportedLayerError, UsageError
 from deploykit.export.metadata import read_metadata
 from deploykit.uncertainty import MCConfig, export_mc_onnx

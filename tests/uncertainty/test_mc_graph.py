@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.chain import to_chain
+from deploykit.core.chain import to_chain
 from deploykit.uncertainty.masks import MaskKind, represented_rate
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from tests.uncertainty.support import assert_same_mean, keras_mc_samples, run, session, zero_dropout
@@ -199,7 +199,7 @@ def _graph_inputs(model, n=6):
 def test_graph_mc_with_rates_zero_equals_the_deterministic_model(build, opset):
     import onnx
 
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from tests.core import models
 
     model = getattr(models, build)()
@@ -212,7 +212,7 @@ def test_graph_mc_with_rates_zero_equals_the_deterministic_model(build, opset):
 
 
 def test_residual_mc_tiles_the_skip_edge_and_samples_spatial_dropout():
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from deploykit.uncertainty.mc_graph import first_dropout_index, sampled_nodes
     from tests.core import models
 
@@ -231,7 +231,7 @@ def test_residual_mc_tiles_the_skip_edge_and_samples_spatial_dropout():
 
 @pytest.mark.parametrize("opset", [13, 17, 18])
 def test_reduce_mean_matches_the_opset(opset):
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from tests.core import models
 
     proto = build_mc_graph(graph_from_model(models.cnn()), MCConfig(), opset=opset)
@@ -243,7 +243,7 @@ def test_reduce_mean_matches_the_opset(opset):
 def test_samples_default_warns_no_one_and_omitting_or_feeding_it_works(capfd):
     import onnxruntime as ort
 
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from tests.core import models
 
     proto = build_mc_graph(graph_from_model(models.cnn()), MCConfig(samples=5, include_samples=True))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.chain import to_chain
-from deploykit.contract import OUTPUT_NAMES, REGRESSION_OUTPUT_NAMES, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_OUTPUT
+from deploykit.core.chain import to_chain
+from deploykit.core.contract import OUTPUT_NAMES, REGRESSION_OUTPUT_NAMES, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_OUTPUT
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError, UsageError
-from deploykit.task import Task
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph, mc_task
 from tests.uncertainty.support import run, session, zero_dropout
 
@@ -66,8 +66,8 @@ def test_regression_with_dropout_spreads_the_samples(regression_model):
 
 
 def test_task_from_the_model_and_from_the_config(logits_model, regression_model, mc_bn_model):
-    from deploykit.graph import graph_from_model
-    from deploykit.task import OutputKind
+    from deploykit.core.graph import graph_from_model
+    from deploykit.core.task import OutputKind
 
     bn, logits, regression = (graph_from_model(m) for m in (mc_bn_model, logits_model, regression_model))
     assert mc_task(bn) == (Task.CLASSIFICATION, OutputKind.PROBABILITIES)

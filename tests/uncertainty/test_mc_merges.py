@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.graph import graph_from_model
+from deploykit.core.graph import graph_from_model
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from tests.uncertainty.support import run, session
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deploykit.core.graph import graph_from_model
 from deploykit.errors import UnsupportedLayerError
-from deploykit.graph import graph_from_model
 from deploykit.uncertainty.masks import MaskKind
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 from tests.uncertainty.support import run, session

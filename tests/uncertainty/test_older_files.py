@@ -1,5 +1,5 @@
-"""Older files and newer outputs: a row added to deploykit.contract.OUTPUTS makes no reader refuse a file without it,
-and a file that has it is read without a change to the predictor or the server."""
+"""Older files and newer outputs: a row added to deploykit.core.contract.OUTPUTS makes no reader refuse a file
+without it, and a file that has it is read without a change to the predictor or the server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from deploykit import contract
-from deploykit.contract import KIND_MC_DROPOUT, OUTPUT_NAMES, TASK_KEY, OutputSpec
+from deploykit.core import contract
+from deploykit.core.contract import KIND_MC_DROPOUT, OUTPUT_NAMES, TASK_KEY, OutputSpec
 from deploykit.serve import ServeConfig
 from deploykit.uncertainty import UncertaintyPredictor
 
@@ -78,7 +78,7 @@ def test_an_older_file_is_predicted_and_served_under_a_newer_table(older_file, d
     assert list(types) == list(OUTPUT_NAMES)
     assert types["predicted_class"]["datatype"] == "INT64"
     assert types["mean"]["parameters"]["description"] == contract.description("mean", "classification")
-    assert model.metadata_parameters()["task"] == "classification"  # read off the outputs: no deploykit.task
+    assert model.metadata_parameters()["task"] == "classification"  # read off the outputs: no deploykit.core.task
     values = model._outputs(digits.x_test[:3].astype(np.float32), 5)
     assert set(values) == set(OUTPUT_NAMES) and values["mean"].shape == (3, 10)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.task import Task
+from deploykit.core.task import Task
 from deploykit.uncertainty.mc_graph import MCConfig
 
 

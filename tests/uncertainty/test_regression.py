@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
+from deploykit.core.task import Task
 from deploykit.errors import DataError, UsageError
-from deploykit.task import Task
 from deploykit.uncertainty.regression import (
     STD_FLOOR,
     apply_std_scale,
@@ -68,7 +68,7 @@ def test_interval_width_averages_the_targets():
 
 
 def test_std_scale_in_the_graph(regression_model):
-    from deploykit.chain import to_chain
+    from deploykit.core.chain import to_chain
     from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
     from deploykit.uncertainty.regression import StdScaleFit
 

@@ -42,8 +42,8 @@ def keras3_regressor(tmp_path_factory):
 
 def _dataset(npz):
     """The npz as a regression Dataset: the 300 rows the model was trained on, then 71 validation and 71 test rows."""
-    from deploykit.data import Dataset
-    from deploykit.task import Task
+    from deploykit.core.task import Task
+    from deploykit.data.dataset import Dataset
 
     with np.load(npz) as arrays:
         x, y = arrays["x"], arrays["y"]
@@ -74,7 +74,7 @@ def _serve_and_read(folder, x):
 
 
 def test_keras3_regressor_through_mc_bundle_and_served(keras3_regressor, tmp_path):
-    from deploykit.inputs import as_model
+    from deploykit.io.inputs import as_model
     from deploykit.uncertainty.bundle import mc_bundle
     from deploykit.uncertainty.mc_graph import MCConfig
 
@@ -98,7 +98,7 @@ def test_keras3_regressor_through_mc_bundle_and_served(keras3_regressor, tmp_pat
 
 
 def test_deploykit_mc_on_a_keras3_regressor(keras3_regressor, tmp_path, cli):
-    from deploykit.data import load_dataset
+    from deploykit.data.dataset import load_dataset
     from deploykit.errors import DataError
 
     model_file, npz = keras3_regressor

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from deploykit.contract import Measure
+from deploykit.core.contract import Measure
+from deploykit.core.task import Task
 from deploykit.errors import ConfigError, DataError, UsageError
-from deploykit.task import Task
 from deploykit.uncertainty.selective import (
     SelectiveTarget,
     add_abstain,
@@ -82,7 +82,7 @@ def test_targets_belong_to_their_task():
 
 @pytest.mark.parametrize("opset", [13, 18])
 def test_abstain_output_of_a_regression_mc_model(regression_model, opset, tmp_path):
-    from deploykit.chain import to_chain
+    from deploykit.core.chain import to_chain
     from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 
     proto = build_mc_graph(to_chain(regression_model), MCConfig(samples=30, seed=1, task=Task.REGRESSION), opset=opset)
@@ -100,7 +100,7 @@ def test_abstain_output_of_a_regression_mc_model(regression_model, opset, tmp_pa
 
 
 def test_a_classifier_measure_on_a_regressor_is_refused(regression_model):
-    from deploykit.chain import to_chain
+    from deploykit.core.chain import to_chain
     from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
 
     proto = build_mc_graph(to_chain(regression_model), MCConfig(task=Task.REGRESSION))

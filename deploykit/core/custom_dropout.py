@@ -1,0 +1,144 @@
+"""The MC Dropout layers users write (``class MCDropout(keras.layers.Dropout)``), recognized from the file alone.
+
+Chapter 11's MC Dropout recipe subclasses Dropout (or AlphaDropout) and only
+overrides ``call`` to force ``training=True``. The saved file then holds a
+custom class whose config is exactly its base class's (same keys, nothing
+added) under a name saying what it subclasses (``MCDropout``,
+``Custom>MCAlphaDropout``). Such a layer is read as its base class, without
+running the file's code and without ``unsafe``: the MC Dropout graph samples it,
+deterministic exports run it in inference mode (identity), and the load logs
+one warning line naming what was assumed (:func:`assumption` gives it back
+for the reports). Anything else custom is still refused by
+:func:`deploykit.core.modelfile.check_model_config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import weakref
+
+from deploykit.core.modelfile import ModelFile, _is_custom
+
+log = logging.getLogger(__name__)
+
+#: The config keys each base class saves (either Keras: tf_keras' AlphaDropout lacks ``noise_shape``).
+_BASE_KEYS = {
+    "Dropout": ({"name", "trainable", "dtype", "rate", "seed", "noise_shape"},),
+    "AlphaDropout": (
+        {"name", "trainable", "dtype", "rate", "seed", "noise_shape"},
+        {"name", "trainable", "dtype", "rate", "seed"},
+    ),
+}
+_KERAS_DROPOUTS = frozenset({"Dropout", "AlphaDropout", "GaussianDropout"})
+#: Keys tf_keras' base Layer may add to any layer's config (the first layer of a Sequential built without Input).
+_LAYER_KEYS = {"batch_input_shape"}
+
+_ASSUMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(frozen=True)
+class Recognized:
+    """One custom layer read as a Keras dropout."""
+
+    layer: str  # the layer's name
+    custom: str  # the class name the file gives (registered name included)
+    base: str  # "Dropout" or "AlphaDropout"
+
+
+def dropout_base(layer: dict) -> str | None:
+    """``"Dropout"`` / ``"AlphaDropout"`` when ``layer`` (a serialized layer) is a custom subclass of it, else None."""
+    kind = str(layer.get("class_name") or "")
+    if kind in _KERAS_DROPOUTS and not _is_custom(layer):  # Keras' own (an .h5 config names no module)
+        return None
+    names = {kind, str(layer.get("registered_name") or "")}
+    short = {n.rsplit(">", 1)[-1] for n in names if n}
+    config = layer.get("config")
+    if not isinstance(config, dict):
+        return None
+    for base in ("AlphaDropout", "Dropout"):  # AlphaDropout first: its name ends with Dropout too
+        if not any(n.endswith(base) for n in short) or any(n.endswith("GaussianDropout") for n in short):
+            continue
+        keys = set(config) - _LAYER_KEYS
+        return base if any(keys == expected for expected in _BASE_KEYS[base]) else None
+    return None
+
+
+def read_as_builtin(model_file: ModelFile) -> tuple[ModelFile, list[Recognized]]:
+    """``model_file`` with each recognized custom dropout rewritten as its base class, and what was recognized."""
+    inner = model_file.config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list):
+        return model_file, []
+    found, rewritten = [], []
+    for layer in layers:
+        base = dropout_base(layer) if isinstance(layer, dict) else None
+        if base is None:
+            rewritten.append(layer)
+            continue
+        custom = str(layer.get("registered_name") or layer.get("class_name"))
+        found.append(Recognized(str(layer["config"].get("name", custom)), custom, base))
+        builtin = {**copy.deepcopy(layer), "class_name": base}
+        if "module" in layer or model_file.is_keras3:
+            builtin |= {"module": "keras.layers", "registered_name": None}
+        else:
+            builtin.pop("registered_name", None)
+        rewritten.append(builtin)
+    if not found:
+        return model_file, []
+    config = {**model_file.config, "config": {**inner, "layers": rewritten}}
+    return dataclasses.replace(model_file, config=config), found
+
+
+def custom_objects(found: list[Recognized]) -> dict[str, str]:
+    """The names a loader may meet for each recognized class (as saved, and without a package), to their base."""
+    out = {}
+    for r in found:
+        out[r.custom] = r.base
+        out[r.custom.rsplit(">", 1)[-1]] = r.base
+    return out
+
+
+@contextlib.contextmanager
+def read_in_place(keras_module, objects: dict):
+    """Load with ``objects`` (name -> Keras class) in place of the custom classes, whatever this process registered.
+
+    Both Keras let a class registered in the process (the user's own ``MCDropout``, with
+    ``register_keras_serializable``) win over custom objects and scopes; it would draw random masks in
+    the model deploykit reads. Those names are taken out of the registry while the file loads.
+    """
+    registry = keras_module.saving.get_custom_objects()  # the live global registry
+    hidden = {name: registry.pop(name) for name in list(objects) if name in registry}
+    try:
+        with keras_module.saving.custom_object_scope(objects):
+            yield
+    finally:
+        registry.update(hidden)
+
+
+def describe(found: list[Recognized]) -> str:
+    """The one line saying what was assumed."""
+    layers = ", ".join(f"{r.layer!r} ({r.custom}) as {r.base}" for r in found)
+    return (
+        f"assumed {layers}: a custom class whose saved config is exactly its base class's (the MC Dropout layer "
+        "of the book's chapter 11); MC Dropout samples it, deterministic exports run it in inference mode "
+        "(identity); no code from the file was run"
+    )
+
+
+def remember(model, found: list[Recognized]) -> None:
+    """Log what was assumed for ``model`` (one warning line) and keep it for :func:`assumption`."""
+    if found:
+        line = describe(found)
+        log.warning(line)
+        _ASSUMED[model] = line
+
+
+def assumption(model) -> str | None:
+    """What loading ``model`` assumed about its custom layers (None when nothing)."""
+    try:
+        return _ASSUMED.get(model)
+    except TypeError:  # not weak-referenceable: nothing was recorded for it
+        return None

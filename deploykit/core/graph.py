@@ -1,0 +1,395 @@
+"""Keras models as a small graph of layer specs, and back.
+
+deploykit's steps (fold, compact, the Keras 3 import, the MC Dropout builder)
+read a model as a :class:`Graph`: input nodes with their shapes, then one
+:class:`Node` per layer (class name, config, weights, the names of its input
+nodes, its per-sample output shape) in topological order. Steps rewrite the
+graph (:meth:`Graph.replace`, :meth:`Graph.bypass`) and :func:`to_keras`
+builds a fresh tf_keras model from it: a ``Sequential`` when the graph is a
+single path, a functional model otherwise. The input model is never mutated.
+
+One reader serves live tf_keras models and serialized configs of tf_keras and
+Keras 3 alike (:func:`graph_from_config`): both record, per layer, the layers
+whose outputs it is called on (``inbound_nodes``), in two spellings.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploykit.core.layers import LayerSupport, support_for
+from deploykit.errors import UnsupportedLayerError
+
+
+@dataclass
+class LayerSpec:
+    """One layer: its Keras class name, its config and its weights (copies)."""
+
+    class_name: str
+    config: dict
+    weights: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", self.class_name))
+
+    @property
+    def support(self) -> LayerSupport:
+        return support_for({"class_name": self.class_name, "config": self.config}, unsafe=True)
+
+
+@dataclass
+class Node:
+    """A layer called on the outputs of the nodes named in ``inputs``; ``shape`` is its per-sample output shape."""
+
+    spec: LayerSpec
+    inputs: list[str]
+    shape: tuple | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Graph:
+    """Inputs (name -> per-sample shape), nodes in topological order, output node names."""
+
+    inputs: dict[str, tuple]
+    nodes: list[Node]
+    outputs: list[str]
+    name: str = "deploykit_model"
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def shape(self, name: str) -> tuple | None:
+        """Per-sample output shape of a node or input."""
+        return self.inputs[name] if name in self.inputs else self.node(name).shape
+
+    def in_shape(self, node: Node) -> tuple | None:
+        """The per-sample shape of a one-input node's input."""
+        return self.shape(node.inputs[0])
+
+    def consumers(self, name: str) -> list[Node]:
+        """The nodes that take ``name``'s output (a graph output counts as no node)."""
+        return [n for n in self.nodes if name in n.inputs]
+
+    def fan_out(self, name: str) -> int:
+        """How many places read ``name``'s output: consumers plus graph outputs."""
+        return len(self.consumers(name)) + self.outputs.count(name)
+
+    def replace(self, name: str, spec: LayerSpec) -> None:
+        """Swap a node's layer, keeping its edges."""
+        self.node(name).spec = spec
+
+    def bypass(self, name: str) -> None:
+        """Remove a one-input node; its consumers (and graph outputs) read its input instead."""
+        node = self.node(name)
+        if len(node.inputs) != 1:
+            raise ValueError(f"cannot bypass {name!r}: it has {len(node.inputs)} inputs")
+        source = node.inputs[0]
+        for other in self.consumers(name):
+            other.inputs = [source if i == name else i for i in other.inputs]
+        self.outputs = [source if o == name else o for o in self.outputs]
+        self.nodes.remove(node)
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every node and input upstream of ``name`` (not ``name`` itself)."""
+        seen, todo = set(), list(self.node(name).inputs) if name not in self.inputs else []
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current not in self.inputs:
+                todo += self.node(current).inputs
+        return seen
+
+    def path(self) -> list[Node] | None:
+        """The nodes when the graph is one path from its single input to its single output, else None."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            return None
+        previous = next(iter(self.inputs))
+        for node in self.nodes:
+            if node.inputs != [previous]:
+                return None
+            previous = node.name
+        return self.nodes if previous == self.outputs[0] else None
+
+    @property
+    def input_shape(self) -> tuple:
+        """The shape of the single input (chain view)."""
+        if len(self.inputs) != 1:
+            raise UnsupportedLayerError(self.name, "model", f"has {len(self.inputs)} inputs; this step needs one")
+        return next(iter(self.inputs.values()))
+
+    def copy(self) -> Graph:
+        return copy.deepcopy(self)
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def graph_from_model(model, *, unsafe: bool = False) -> Graph:
+    """Read a live tf_keras model (Sequential or functional) with its weights and output shapes."""
+    kind = type(model).__name__
+    try:
+        inner = model.get_config()
+    except NotImplementedError:
+        inner = None
+    if not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
+        raise UnsupportedLayerError(
+            model.name, kind, "a subclassed model; deploykit reads Sequential and functional models"
+        )
+    if not getattr(model, "inputs", None):
+        raise UnsupportedLayerError(model.name, kind, "the model is not built (give it an Input or call it once)")
+    config = {"class_name": "Sequential" if kind == "Sequential" else "Functional", "config": inner}
+    layers = {l.name: l for l in model.layers}
+    graph = graph_from_config(config, unsafe=unsafe, model_name=model.name, input_shapes=_model_input_shapes(model))
+    for node in graph.nodes:
+        layer = layers[node.name]
+        node.spec.config = copy.deepcopy(layer.get_config())
+        node.spec.weights = [np.array(w) for w in layer.get_weights()]
+        node.shape = _per_sample(layer.output_shape, node.name, node.spec.class_name)
+    return graph
+
+
+def _model_input_shapes(model) -> dict[str, tuple]:
+    names = list(getattr(model, "input_names", None) or [])
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if len(names) != len(shapes):
+        names = [t.name.split(":")[0] for t in model.inputs]
+    return {n: _per_sample(s, n, "InputLayer") for n, s in zip(names, shapes)}
+
+
+def _per_sample(shape, name: str, kind: str) -> tuple:
+    if isinstance(shape, list):
+        raise UnsupportedLayerError(name, kind, "has several outputs; deploykit reads single-output layers")
+    dims = tuple(shape)[1:]
+    if any(d is None for d in dims):
+        raise UnsupportedLayerError(
+            name, kind, f"output shape {tuple(shape)} has undefined dimensions besides the batch"
+        )
+    return tuple(int(d) for d in dims)
+
+
+def graph_from_config(
+    config: dict, *, unsafe: bool = False, model_name: str | None = None, input_shapes: dict[str, tuple] | None = None
+) -> Graph:
+    """Read a serialized Sequential / functional model config (tf_keras or Keras 3), without weights or shapes.
+
+    Every layer is checked against the support table (custom code refused
+    unless ``unsafe``); nested models and layers called more than once are refused.
+    """
+    kind = str(config.get("class_name", ""))
+    inner = config.get("config") or {}
+    name = str(model_name or inner.get("name") or "deploykit_model")
+    layers = inner.get("layers") or []
+    for layer in layers:
+        support_for(layer, unsafe=unsafe)
+        if layer.get("class_name") in ("Sequential", "Functional", "Model"):
+            raise UnsupportedLayerError(
+                str(layer.get("config", {}).get("name")),
+                str(layer.get("class_name")),
+                "a nested model; deploykit reads flat Sequential and functional models",
+            )
+    if kind == "Sequential":
+        return _sequential(name, layers, inner, input_shapes)
+    return _functional(name, layers, inner, input_shapes)
+
+
+def _layer_name(layer: dict) -> str:
+    return str(layer.get("config", {}).get("name") or layer.get("name"))
+
+
+def _spec(layer: dict) -> LayerSpec:
+    return LayerSpec(str(layer["class_name"]), copy.deepcopy(layer.get("config", {})))
+
+
+def _sequential(name, layers, inner, input_shapes) -> Graph:
+    shape = None
+    body = []
+    for layer in layers:
+        if layer.get("class_name") == "InputLayer":
+            c = layer.get("config", {})
+            shape = c.get("batch_shape") or c.get("batch_input_shape")
+        else:
+            body.append(layer)
+    if input_shapes:
+        inputs = dict(input_shapes)
+    else:
+        cfg = body[0].get("config", {}) if body else {}
+        shape = shape or cfg.get("batch_input_shape") or cfg.get("batch_shape") or inner.get("build_input_shape")
+        inputs = {"input": tuple(shape[1:]) if shape else None}
+    previous = next(iter(inputs))
+    nodes = []
+    for layer in body:
+        nodes.append(Node(_spec(layer), [previous]))
+        previous = nodes[-1].name
+    return Graph(inputs, nodes, [previous], name)
+
+
+def _functional(name, layers, inner, input_shapes) -> Graph:
+    inputs, nodes = {}, []
+    for layer in layers:
+        lname = _layer_name(layer)
+        if layer.get("class_name") == "InputLayer":
+            c = layer.get("config", {})
+            shape = c.get("batch_shape") or c.get("batch_input_shape")
+            inputs[lname] = tuple(shape[1:]) if shape else None
+            continue
+        nodes.append(Node(_spec(layer), _parents(lname, layer)))
+    if input_shapes:
+        inputs = {n: input_shapes.get(n, s) for n, s in inputs.items()}
+    ins = _endpoint_names(inner.get("input_layers"))
+    if ins and set(ins) == set(inputs):
+        inputs = {n: inputs[n] for n in ins}
+    outputs = _endpoint_names(inner.get("output_layers"))
+    return Graph(inputs, _topological(nodes, set(inputs)), outputs, name)
+
+
+def _endpoint_names(value) -> list[str]:
+    """Layer names of a functional config's ``input_layers`` / ``output_layers`` (one or several)."""
+    if not value:
+        return []
+    if isinstance(value[0], str):  # one endpoint: ["name", 0, 0]
+        return [value[0]]
+    return [str(v[0]) for v in value]
+
+
+def _parents(name: str, layer: dict) -> list[str]:
+    """The layers whose outputs ``layer`` is called on, from tf_keras or Keras 3 ``inbound_nodes``."""
+    kind = str(layer.get("class_name"))
+    calls = layer.get("inbound_nodes") or []
+    if len(calls) != 1:
+        raise UnsupportedLayerError(name, kind, f"called {len(calls)} times; deploykit reads layers called once")
+    call = calls[0]
+    if isinstance(call, dict):  # Keras 3: {"args": [tensor or [tensors]], "kwargs": {...}}
+        args = call.get("args") or []
+        kwargs = {
+            k: v
+            for k, v in (call.get("kwargs") or {}).items()
+            if v is not None and not (k == "training" and v is False)
+        }
+        if kwargs or len(args) != 1:
+            raise UnsupportedLayerError(name, kind, f"called with {kwargs or args[1:]}; deploykit reads plain calls")
+        tensors = args[0] if isinstance(args[0], list) else [args[0]]
+        if not all(isinstance(t, dict) and t.get("class_name") == "__keras_tensor__" for t in tensors):
+            raise UnsupportedLayerError(name, kind, "takes non-tensor arguments; deploykit reads plain calls")
+        return [str(t["config"]["keras_history"][0]) for t in tensors]
+    parents = []
+    for entry in call:  # tf_keras: [[layer_name, node_index, tensor_index, kwargs], ...]
+        if len(entry) > 3 and entry[3]:
+            raise UnsupportedLayerError(
+                name, kind, f"called with extra arguments {entry[3]}; deploykit reads plain calls"
+            )
+        if entry[2] != 0:
+            raise UnsupportedLayerError(
+                name, kind, "reads a layer's second output; deploykit reads single-output layers"
+            )
+        parents.append(str(entry[0]))
+    return parents
+
+
+def _topological(nodes: list[Node], ready: set[str]) -> list[Node]:
+    """The nodes in an order where every node comes after its inputs (the config's order when it already is)."""
+    done, order, pending = set(ready), [], list(nodes)
+    while pending:
+        progressed = False
+        for node in list(pending):
+            if all(i in done for i in node.inputs):
+                order.append(node)
+                done.add(node.name)
+                pending.remove(node)
+                progressed = True
+        if not progressed:
+            missing = sorted({i for n in pending for i in n.inputs} - done - {n.name for n in pending})
+            raise UnsupportedLayerError(
+                pending[0].name,
+                pending[0].spec.class_name,
+                f"its inputs {missing or [n.name for n in pending]} are not reachable from the model inputs",
+            )
+    return order
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def to_keras(graph: Graph):
+    """Build a fresh tf_keras model from a graph, with its weights set: Sequential when it is a path."""
+    from deploykit.backend import keras
+
+    if graph.path() is not None:
+        model = keras.Sequential(name=graph.name)
+        model.add(keras.Input(shape=graph.input_shape, name=next(iter(graph.inputs))))
+        for node in graph.nodes:
+            layer = _layer(keras, node.spec)
+            model.add(layer)
+            _set_weights(layer, node.spec)
+        return model
+    tensors = {name: keras.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
+    for node in graph.nodes:
+        layer = _layer(keras, node.spec)
+        args = [tensors[i] for i in node.inputs]
+        tensors[node.name] = layer(args if len(args) > 1 else args[0])
+        _set_weights(layer, node.spec)
+    outputs = [tensors[o] for o in graph.outputs]
+    return keras.Model([tensors[n] for n in graph.inputs], outputs if len(outputs) > 1 else outputs[0], name=graph.name)
+
+
+def _layer(keras, spec: LayerSpec):
+    cls = getattr(keras.layers, spec.class_name, None)
+    if cls is None:
+        raise UnsupportedLayerError(spec.name, spec.class_name, "no tf_keras layer of that name")
+    config = dict(spec.config)
+    config.pop("batch_input_shape", None)
+    config.pop("input_shape", None)
+    return cls.from_config(config)
+
+
+def _set_weights(layer, spec: LayerSpec) -> None:
+    if spec.weights:
+        layer.set_weights(spec.weights)
+
+
+def copy_model(model, *, unsafe: bool = False):
+    """A fresh tf_keras copy of a model with the same weights (no optimizer state).
+
+    A model the graph reader cannot take (a layer called twice, a TensorFlow op
+    called with constants...) is copied by Keras itself, so the steps that do
+    not need the graph (export) still run on it.
+    """
+    try:
+        return to_keras(graph_from_model(model, unsafe=unsafe))
+    except UnsupportedLayerError:
+        from deploykit.backend import keras
+
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
+
+
+def token_vocabulary(graph: Graph) -> int | None:
+    """The smallest vocabulary of an Embedding reading the model input directly (its inputs are ids), else None."""
+    sizes = [
+        int(n.spec.config["input_dim"])
+        for n in graph.consumers(next(iter(graph.inputs)))
+        if n.spec.class_name == "Embedding"
+    ]
+    return min(sizes) if sizes else None
+
+
+def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 inputs to check a rebuild on: standard normal, or token ids when an Embedding reads them."""
+    rng = np.random.default_rng(seed)
+    vocabulary = token_vocabulary(graph)
+    if vocabulary is not None:
+        return rng.integers(0, vocabulary, (n, *graph.input_shape)).astype(np.float32)
+    return rng.standard_normal((n, *graph.input_shape)).astype(np.float32)

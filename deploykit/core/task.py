@@ -1,0 +1,170 @@
+"""What a model predicts: a class (softmax probabilities or logits) or values (regression).
+
+Every step that reads a model's output (validation, export naming, the MC
+graph's head, distillation, temperature scaling, serving) asks this module,
+so a model is one :class:`Task` with one :class:`OutputKind` everywhere.
+Pure Python (no numpy or TensorFlow): the server and the CLI's argument
+parsing import it.
+
+The output kind is read off the model's last layer (:func:`output_kind`):
+a softmax (an activation, an ``Activation`` or a ``Softmax`` layer) gives
+probabilities; one sigmoid unit a binary classifier's P(class 1); anything
+else gives raw values, which are a classifier's logits (one unit: a binary
+classifier's logit) or a regressor's predictions. :func:`resolve_task`
+decides which, from the task the user set, else from the labels, else from
+the shape. What each kind means to every step is its
+:class:`deploykit.core.taskspec.TaskSpec`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from deploykit.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+class Task(str, enum.Enum):
+    """What the model is for (``--task``, ``deploykit.task`` in the ONNX metadata)."""
+
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+    __str__ = str.__str__
+
+
+class OutputKind(str, enum.Enum):
+    """What the model's output tensor holds."""
+
+    PROBABILITIES = "probabilities"  # a softmax: rows sum to 1
+    LOGITS = "logits"  # a classifier's pre-softmax scores: probabilities = softmax(logits)
+    VALUES = "values"  # a regressor's predictions, one column per target
+    SIGMOID = "sigmoid"  # one sigmoid unit: P(class 1) of a binary classifier (probabilities = [1 - p, p])
+    BINARY_LOGITS = "binary_logits"  # one linear unit trained on 0/1 labels: P(class 1) = sigmoid(logit)
+
+    __str__ = str.__str__
+
+
+#: Activations whose output is a probability distribution over the last axis.
+_SOFTMAX = frozenset({"softmax"})
+#: Layer classes that are a softmax by themselves.
+_SOFTMAX_LAYERS = frozenset({"Softmax"})
+MULTI_LABEL = (
+    "a multi-label sigmoid head ({units} independent sigmoid units): deploykit handles single-label "
+    "classifiers (a softmax, logits, or one sigmoid unit) and regressors; give --task regression if the "
+    "units are bounded regression targets"
+)
+
+
+def _activation_name(config: dict) -> str:
+    activation = config.get("activation")
+    if isinstance(activation, dict):  # Keras 3 may serialize an activation as an object
+        activation = (activation.get("config") or {}).get("name") or activation.get("class_name")
+    return str(activation or "").lower()
+
+
+def is_softmax_spec(class_name: str, config: dict) -> bool:
+    """True when a layer (class name and config) ends in a softmax over its last axis."""
+    return class_name in _SOFTMAX_LAYERS or _activation_name(config) in _SOFTMAX
+
+
+def is_sigmoid_spec(class_name: str, config: dict) -> bool:
+    """True when a layer ends in a sigmoid (a Dense's activation, or an ``Activation("sigmoid")``)."""
+    return _activation_name(config) == "sigmoid"
+
+
+def kind_of_layer(class_name: str, config: dict) -> OutputKind:
+    """What a model's last layer outputs: PROBABILITIES (softmax), SIGMOID, else VALUES (see resolve_task)."""
+    if is_softmax_spec(class_name, config):
+        return OutputKind.PROBABILITIES
+    return OutputKind.SIGMOID if is_sigmoid_spec(class_name, config) else OutputKind.VALUES
+
+
+def output_kind(graph) -> OutputKind:
+    """PROBABILITIES for a softmax output node, SIGMOID for a sigmoid one, else VALUES (logits or predictions).
+
+    ``graph`` is a :class:`deploykit.core.graph.Graph` (or anything with ``outputs`` and ``node(name).spec``);
+    :func:`resolve_task` decides what a sigmoid or raw output is from its width and the labels.
+    """
+    spec = graph.node(graph.outputs[0]).spec
+    return kind_of_layer(spec.class_name, spec.config)
+
+
+def layer_kind(model) -> OutputKind:
+    """:func:`kind_of_layer` of a tf_keras model's last layer (through a wrapper such as TF-MOT's), no graph read."""
+    last = model.layers[-1]
+    last = getattr(last, "layer", last)  # a Wrapper's wrapped layer
+    return kind_of_layer(type(last).__name__, last.get_config())
+
+
+def resolve_task(
+    kind: OutputKind, outputs: int, *, task: Task | None = None, labels_are_classes: bool | None = None
+) -> tuple[Task, OutputKind]:
+    """The model's task and output kind, from what the user set, else the labels, else the output width.
+
+    ``outputs`` is the output's last-axis width; ``labels_are_classes`` says whether the data's labels are
+    class ids (None: no data). A softmax output is a classifier; a regression task on it is a UsageError.
+    Raw values with class labels (or ``task=CLASSIFICATION``) are logits; with continuous labels (or
+    ``task=REGRESSION``) predictions; one linear unit with class labels is a binary classifier's logit
+    (BINARY_LOGITS). Without either, a width of 2 or more is taken for logits and a width of 1 for one
+    regression target, said in one log line. One sigmoid unit is a binary classifier (SIGMOID) unless
+    regression is set or read off the labels; several sigmoid units (a multi-label head) are a UsageError
+    unless they are regression targets.
+    """
+    if kind is OutputKind.PROBABILITIES:
+        if task is Task.REGRESSION:
+            raise UsageError("--task regression: the model ends in a softmax, which makes it a classifier")
+        return Task.CLASSIFICATION, kind
+    if kind is OutputKind.SIGMOID:
+        return _sigmoid_task(outputs, task, labels_are_classes)
+    if task is None and labels_are_classes is not None:
+        task = Task.CLASSIFICATION if labels_are_classes else Task.REGRESSION
+    if task is None:
+        task = Task.CLASSIFICATION if outputs >= 2 else Task.REGRESSION
+        log.info(
+            "the model's output has no softmax; taken for %s (%d output%s): set --task to change it",
+            "logits" if task is Task.CLASSIFICATION else "a regression",
+            outputs,
+            "s" * (outputs != 1),
+        )
+    if task is Task.CLASSIFICATION and outputs < 2:
+        return task, OutputKind.BINARY_LOGITS  # one linear unit with class labels: a binary classifier's logit
+    return task, OutputKind.LOGITS if task is Task.CLASSIFICATION else OutputKind.VALUES
+
+
+def _sigmoid_task(outputs: int, task: Task | None, labels_are_classes: bool | None) -> tuple[Task, OutputKind]:
+    """One sigmoid unit is a binary classifier unless the user or the labels say regression; several are refused
+    as a multi-label head unless they are regression targets."""
+    if task is None and labels_are_classes is not None:
+        task = Task.CLASSIFICATION if labels_are_classes else Task.REGRESSION
+    if task is Task.REGRESSION:
+        return task, OutputKind.VALUES
+    if outputs != 1:
+        raise UsageError(MULTI_LABEL.format(units=outputs))
+    if task is None:
+        log.info(
+            "the model ends in one sigmoid unit: taken for a binary classifier (P(class 1)); "
+            "set --task regression to change it"
+        )
+    return Task.CLASSIFICATION, OutputKind.SIGMOID
+
+
+def model_task(model, task: Task | None = None, labels_are_classes: bool | None = None) -> tuple[Task, OutputKind]:
+    """:func:`resolve_task` of a tf_keras model: its last layer read through the graph, its output width.
+
+    Imports the graph reader (and so TensorFlow) only when called.
+    """
+    from deploykit.core.graph import graph_from_model
+    from deploykit.core.multi_io import PACKED_OUTPUT
+
+    width = model.output_shape[-1]
+    graph = graph_from_model(model, unsafe=True)
+    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.core.multi_io)
+        if task is Task.CLASSIFICATION:
+            raise UsageError(
+                "the model has several outputs, shipped as regression heads: --task classification does not apply"
+            )
+        task = Task.REGRESSION
+    return resolve_task(output_kind(graph), int(width or 0), task=task, labels_are_classes=labels_are_classes)

@@ -1,0 +1,115 @@
+"""What the public functions accept, coerced in one place: ``as_model`` and ``as_dataset``.
+
+The Python API takes what the CLI takes. A model is a tf_keras model, a
+Keras 3 model object (saved to a temporary .keras file and imported exactly as
+a Keras 3 file is), or a path. Data is a :class:`~deploykit.data.dataset.Dataset`,
+``"digits"``, a data file or folder, or ``(x, y)`` arrays (split as a file is).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from deploykit.errors import DataError, UsageError
+
+
+def as_model(obj, *, unsafe: bool = False, what: str = "model"):
+    """A tf_keras model from a tf_keras model, a Keras 3 model object, or a model file / folder."""
+    if isinstance(obj, (str, os.PathLike)):
+        from deploykit.io.models import load_model
+
+        return load_model(obj, unsafe=unsafe)
+    if is_keras3_model(obj):
+        return _import_keras3_object(obj, unsafe)
+    from deploykit.backend import is_tf_keras_model
+
+    if is_tf_keras_model(obj):
+        from deploykit.io.models import check_single_io
+
+        return check_single_io(obj)  # packed when it has several inputs or outputs
+    raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
+
+
+def as_dataset(
+    obj, *, label_column: str = "label", seed: int = 42, what: str = "data", class_names=None, task=None, layout=None
+):
+    """A Dataset from a Dataset, ``"digits"`` / ``"diabetes"``, a data path, or an ``(x, y)`` pair of arrays.
+
+    ``task`` (a Task or its name; None: read off the labels) says whether the labels are classes or regression targets.
+    ``layout`` (:class:`deploykit.core.multi_io.Layout`, a model's several inputs / outputs): the data may also be
+    an .npz or a dict of arrays named after them.
+    """
+    from deploykit.configs import choice
+    from deploykit.core.task import Task
+    from deploykit.data.dataset import Dataset, SplitConfig, _split_arrays, check_class_names, load_dataset
+
+    names = None if class_names is None else check_class_names("class_names", class_names)
+    task = None if task is None else choice(Task, "task", task)
+    if layout is not None and isinstance(obj, dict):  # arrays named after the model's tensors, as an .npz holds them
+        from pathlib import Path as _Path
+
+        from deploykit.data.dataset import load_named_npz
+
+        return load_named_npz(_Path("arrays"), obj, layout, SplitConfig(seed=seed), names, task)
+    if isinstance(obj, Dataset):
+        if layout is not None and obj.layout is None:
+            import dataclasses
+
+            obj = dataclasses.replace(obj, layout=layout)
+        if names is not None and names != obj.class_names:  # a Dataset is not renamed behind its back
+            raise DataError(
+                f"data {obj.name!r} names its classes {list(obj.class_names)}, but class_names {list(names)} were given"
+            )
+        if task is not None and task is not obj.task:
+            raise DataError(f"data {obj.name!r} is a {obj.task.value} dataset, but task {task.value} was given")
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return load_dataset(
+            obj, label_column=label_column, split=SplitConfig(seed=seed), class_names=names, task=task, layout=layout
+        )
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return _split_arrays("arrays", obj[0], obj[1], SplitConfig(seed=seed), names=names, task=task)
+    raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")
+
+
+def as_reference(obj, *, unsafe: bool = False):
+    """A reference to compare artifacts with: None, a model (object or file), or any ``f(x, training=False)``
+    callable."""
+    if obj is None:
+        return None
+    if isinstance(obj, (str, os.PathLike)) or is_keras3_model(obj):
+        return as_model(obj, unsafe=unsafe, what="reference")
+    return obj
+
+
+def as_calibration(obj):
+    """Calibration data as the exporters sample it: None, an array of inputs, or anything :func:`as_dataset` takes."""
+    import numpy as np
+
+    if obj is None or isinstance(obj, np.ndarray) or hasattr(obj, "sample_train"):
+        return obj
+    return as_dataset(obj, what="calibration data")
+
+
+def is_keras3_model(obj) -> bool:
+    """A Keras 3 model object (not tf_keras's): imported through a file, given back as Keras 3 files."""
+    module = type(obj).__module__
+    return (
+        module.startswith("keras")
+        and not module.startswith("keras.src.legacy")
+        and hasattr(obj, "save")
+        and not module.startswith("tf_keras")
+        and hasattr(obj, "layers")
+    )
+
+
+def _import_keras3_object(model, unsafe: bool):
+    """Save a Keras 3 model to a temporary .keras file and import it as deploykit imports such files."""
+    from deploykit.io.models import load_model
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-keras3-") as tmp:
+        path = Path(tmp) / f"{model.name or 'model'}.keras"
+        model.save(path)
+        return load_model(path, unsafe=unsafe)

@@ -1,0 +1,392 @@
+"""Keras 3 operation layers and nested Sequential blocks, rewritten as plain built-in layers before import.
+
+Keras 3 saves a functional model's ``ops.*`` calls and Python arithmetic on
+tensors (``x + 3.0``, ``x * (1 / 6)``, ``ops.relu6(x)``: MobileNetV3's hard-swish)
+as *operation layers* (``module: keras.src.ops.numpy`` / ``keras.src.ops.nn``)
+whose call arguments may hold constants; keras.applications' ConvNeXt nests
+``Sequential`` blocks and uses its own ``LayerScale``. None of them exist in
+tf_keras. :func:`lower_config` rewrites the model config, without running
+anything from the file, into layers every deploykit step knows:
+
+- ``x + c``, ``x - c``, ``c - x``, ``x * c``, ``x / c``, ``-x`` (a scalar ``c``, or
+  a constant varying along the last axis only): ``Rescaling(scale, offset)``;
+- ``maximum(x, c)``, ``minimum(x, c)``, ``clip(x, lo, hi)``, ``relu6``: ``ReLU``
+  with ``max_value`` between two ``Rescaling`` shifts (none when the bound is 0);
+- ``ops.nn`` activations (``relu``, ``sigmoid``, ``hard_sigmoid``, ``hard_silu``...):
+  ``Activation`` (Keras 3 names, expanded by :mod:`deploykit.keras3.activations`);
+- the same arithmetic on two tensors: the merge layer of that name (``Add``...);
+- a nested ``Sequential``: its layers, inlined (their weights copied from inside it);
+- ConvNeXt's ``LayerScale`` (``x * gamma``): a per-channel ``Rescaling`` whose
+  scale is read from the file's weights (:func:`fill_from_source`); InceptionResNetV2's
+  ``CustomScaleLayer`` (``x + y * scale``): ``Rescaling`` then ``Add``.
+
+Anything else is left as it is, and refused further on with its name. The
+import then checks the rebuilt model against the Keras 3 one as for any file.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploykit.errors import UnsupportedLayerError
+
+_OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math")
+_TENSOR = "__keras_tensor__"
+#: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
+_ACTIVATIONS = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "Silu": "silu",
+    "Swish": "silu",
+    "HardSigmoid": "hard_sigmoid",
+    "HardSilu": "hard_silu",
+    "HardSwish": "hard_silu",
+    "Selu": "selu",
+    "LogSigmoid": "log_sigmoid",
+    "Exp": "exponential",
+    "Mish": "mish",
+    "HardTanh": "hard_tanh",
+    "TanhShrink": "tanh_shrink",
+}
+#: ``ops.nn`` operations with options: (built-in layer, {option: the operation's default}).
+_CONFIGURED = {
+    "Softmax": ("Softmax", {"axis": -1}),
+    "LeakyRelu": ("LeakyReLU", {"negative_slope": 0.2}),
+    "Elu": ("ELU", {"alpha": 1.0}),
+    "Gelu": ("Activation", {"approximate": True}),
+}
+#: Two-tensor operations with a built-in merge layer of the same meaning.
+_MERGES = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply", "Maximum": "Maximum", "Minimum": "Minimum"}
+#: Where keras.applications defines ConvNeXt's LayerScale (``x * gamma``, gamma of shape [channels]).
+_LAYER_SCALE = ("keras.src.applications.convnext", "LayerScale")
+#: InceptionResNetV2's residual join: ``inputs[0] + inputs[1] * scale`` (a float in its config).
+_CUSTOM_SCALE = ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer")
+
+
+@dataclass
+class Lowering:
+    """A model config rewritten into built-in layers, and where each rewritten layer's weights come from."""
+
+    config: dict
+    synthetic: set[str] = field(default_factory=set)  # layers with no Keras 3 layer behind them (no weights)
+    nested: dict[str, str] = field(default_factory=dict)  # inlined layer -> the Sequential it sits in
+    layer_scales: set[str] = field(default_factory=set)  # Rescaling layers standing for a LayerScale
+
+    def source_layer(self, source, name: str):
+        """The Keras 3 layer (of the loaded ``source`` model) a rebuilt layer copies its weights from."""
+        outer = self.nested.get(name)
+        return source.get_layer(outer).get_layer(name) if outer else source.get_layer(name)
+
+
+def lower_config(config: dict) -> Lowering:
+    """The model config with nested Sequential blocks inlined and operation layers rewritten (a copy)."""
+    config = copy.deepcopy(config)
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    lowering = Lowering(config)
+    if config.get("class_name") != "Functional" or not isinstance(layers, list):
+        return lowering
+    names = {_name(layer) for layer in layers}
+    out: list[dict] = []
+    for layer in layers:
+        if layer.get("class_name") == "Sequential" and layer.get("module") == "keras":
+            out += _inline(layer, names, lowering, [*layers, *out])
+        elif str(layer.get("module") or "") in _OPS:
+            new = _lower_op(layer, names)
+            lowering.synthetic |= {_name(n) for n in new}
+            out += new
+        elif (layer.get("module"), layer.get("class_name")) == _CUSTOM_SCALE:
+            new = _custom_scale(layer, names)
+            lowering.synthetic |= {_name(n) for n in new}
+            out += new
+        elif (layer.get("module"), layer.get("class_name")) == _LAYER_SCALE:
+            out.append(_layer_scale(layer))
+            lowering.layer_scales.add(_name(layer))
+        else:
+            out.append(layer)
+    inner["layers"] = out
+    return lowering
+
+
+def fill_from_source(graph, lowering: Lowering, source) -> None:
+    """Put each LayerScale's gamma (from the loaded Keras 3 model) into the Rescaling standing for it."""
+    for name in lowering.layer_scales:
+        node = graph.node(name)
+        weights = lowering.source_layer(source, name).get_weights()
+        if len(weights) != 1 or np.ndim(weights[0]) != 1:
+            raise UnsupportedLayerError(
+                name, "LayerScale", f"expected one gamma vector, got shapes {[w.shape for w in weights]}"
+            )
+        node.spec.config["scale"] = [float(v) for v in np.asarray(weights[0], np.float32)]
+
+
+# --- config pieces --------------------------------------------------------------------------
+
+
+def _name(layer: dict) -> str:
+    return str((layer.get("config") or {}).get("name") or layer.get("name"))
+
+
+def _tensor_ref(name: str) -> dict:
+    return {"class_name": _TENSOR, "config": {"keras_history": [name, 0, 0]}}
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == _TENSOR
+
+
+def _builtin(kind: str, name: str, source: dict | None, **config) -> dict:
+    """A Keras 3 layer config of a built-in layer called on ``source`` (a tensor reference)."""
+    layer = {
+        "module": "keras.layers",
+        "class_name": kind,
+        "registered_name": None,
+        "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+    }
+    if source is not None:
+        layer["inbound_nodes"] = [{"args": [source], "kwargs": {}}]
+    return layer
+
+
+def _call(layer: dict) -> tuple[list, dict]:
+    name, kind = _name(layer), str(layer.get("class_name"))
+    calls = layer.get("inbound_nodes") or []
+    if len(calls) != 1 or not isinstance(calls[0], dict):
+        raise UnsupportedLayerError(name, kind, f"called {len(calls)} times; deploykit reads operations called once")
+    kwargs = {k: v for k, v in (calls[0].get("kwargs") or {}).items() if v is not None}
+    return list(calls[0].get("args") or []), kwargs
+
+
+def _constant(value, name: str, kind: str) -> np.ndarray | None:
+    """A numeric constant argument as float64 (scalars and ``__numpy__`` / ``__tensor__`` arrays), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return np.asarray(float(value))
+    if isinstance(value, dict) and value.get("class_name") in ("__numpy__", "__tensor__"):
+        try:
+            return np.asarray((value.get("config") or {}).get("value"), np.float64)
+        except (TypeError, ValueError):
+            raise UnsupportedLayerError(name, kind, "a constant argument that is not numeric") from None
+    return None
+
+
+def _per_channel(c: np.ndarray, name: str, kind: str) -> float | list[float]:
+    """A constant as Rescaling takes it: a scalar, or one value per channel (it may vary along the last axis only)."""
+    if c.size == 1:
+        return float(c.reshape(()))
+    if any(d != 1 for d in c.shape[:-1]):
+        raise UnsupportedLayerError(
+            name,
+            kind,
+            f"a constant of shape {c.shape} varies along an axis other than "
+            "the last; deploykit rewrites per-channel constants only",
+        )
+    return [float(v) for v in c.reshape(-1)]
+
+
+def _neg(c):
+    return [-v for v in c] if isinstance(c, list) else -c
+
+
+def _inv(c, name: str, kind: str):
+    values = c if isinstance(c, list) else [c]
+    if any(v == 0 for v in values):
+        raise UnsupportedLayerError(name, kind, "divides by a constant holding 0")
+    return [1.0 / v for v in c] if isinstance(c, list) else 1.0 / c
+
+
+# --- nested Sequential ----------------------------------------------------------------------
+
+
+def _inline(layer: dict, names: set[str], lowering: Lowering, others: list[dict]) -> list[dict]:
+    """The layers of a nested Sequential, chained from its input; readers of the block read its last layer."""
+    outer = _name(layer)
+    args, kwargs = _call(layer)
+    if len(args) != 1 or not _is_tensor(args[0]) or kwargs:
+        raise UnsupportedLayerError(outer, "Sequential", "a nested Sequential called with extra arguments")
+    body = [
+        copy.deepcopy(inner)
+        for inner in (layer.get("config") or {}).get("layers") or []
+        if inner.get("class_name") != "InputLayer"
+    ]
+    if not body:
+        raise UnsupportedLayerError(outer, "Sequential", "a nested Sequential without layers")
+    previous = args[0]
+    for inner in body:
+        name = _name(inner)
+        if name in names:
+            raise UnsupportedLayerError(
+                name,
+                str(inner.get("class_name")),
+                f"inside the nested model {outer!r}, its name is also used outside it",
+            )
+        if inner.get("class_name") in ("Sequential", "Functional", "Model"):
+            raise UnsupportedLayerError(name, str(inner.get("class_name")), "a model nested two levels deep")
+        inner["inbound_nodes"] = [{"args": [previous], "kwargs": {}}]
+        previous = _tensor_ref(name)
+        names.add(name)
+        lowering.nested[name] = outer
+    _rename_reads(lowering.config, outer, _name(body[-1]), skip=body)
+    return body
+
+
+def _rename_reads(config: dict, old: str, new: str, skip: list[dict]) -> None:
+    """Every reference to layer ``old``'s output (inbound nodes, model outputs) now names ``new``."""
+
+    def visit(value):
+        if _is_tensor(value):
+            history = value["config"]["keras_history"]
+            if history[0] == old:
+                history[0] = new
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+
+    inner = config["config"]
+    for layer in inner["layers"]:
+        if not any(layer is s for s in skip):
+            visit(layer.get("inbound_nodes"))
+    for key in ("output_layers", "input_layers"):
+        ends = inner.get(key)
+        if isinstance(ends, list) and ends and isinstance(ends[0], str):
+            ends = [ends]
+        for end in ends or []:
+            if isinstance(end, list) and end and end[0] == old:
+                end[0] = new
+
+
+# --- operation layers -----------------------------------------------------------------------
+
+
+def _lower_op(layer: dict, names: set[str]) -> list[dict]:
+    """The built-in layers computing one operation layer; the last keeps its name (its readers are unchanged)."""
+    name, kind = _name(layer), str(layer.get("class_name"))
+    args, kwargs = _call(layer)
+    options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
+    tensors = [a for a in args if _is_tensor(a)]
+    if kwargs or not tensors:
+        raise UnsupportedLayerError(
+            name,
+            kind,
+            f"an operation called with {kwargs or args}; deploykit reads operations on one tensor and constants",
+        )
+    if len(tensors) == len(args) == 2 and kind in _MERGES and not options:
+        return [{**_builtin(_MERGES[kind], name, None), "inbound_nodes": [{"args": [tensors], "kwargs": {}}]}]
+    if len(tensors) != 1:
+        raise UnsupportedLayerError(name, kind, "an operation on several tensors with no built-in layer equivalent")
+    x, first = tensors[0], _is_tensor(args[0])
+    constants = [_constant(a, name, kind) for a in args if not _is_tensor(a)]
+    if any(c is None for c in constants):
+        raise UnsupportedLayerError(
+            name, kind, f"called with {args[1:] if first else args[:1]}; deploykit reads numeric constants only"
+        )
+    steps = _steps(name, kind, options, [_per_channel(c, name, kind) for c in constants], first)
+    out, source = [], x
+    for i, (layer_kind, config) in enumerate(steps):
+        step_name = name if i == len(steps) - 1 else _fresh(f"{name}_{layer_kind.lower()}", names)
+        out.append(_builtin(layer_kind, step_name, source, **config))
+        source = _tensor_ref(step_name)
+    return out
+
+
+def _fresh(base: str, names: set[str]) -> str:
+    name, k = base, 1
+    while name in names:
+        k += 1
+        name = f"{base}_{k}"
+    names.add(name)
+    return name
+
+
+def _rescale(scale=1.0, offset=0.0) -> tuple[str, dict]:
+    return "Rescaling", {"scale": scale, "offset": offset}
+
+
+def _relu(max_value=None) -> tuple[str, dict]:
+    return "ReLU", {"max_value": max_value, "negative_slope": 0.0, "threshold": 0.0}
+
+
+def _between(lo: float, hi: float | None) -> list[tuple[str, dict]]:
+    """clip(x, lo, hi) (hi None: max(x, lo)) = ReLU(max hi - lo) of x - lo, plus lo."""
+    if lo == 0:
+        return [_relu(hi)]
+    return [_rescale(1.0, -lo), _relu(None if hi is None else hi - lo), _rescale(1.0, lo)]
+
+
+def _steps(name: str, kind: str, options: dict, constants: list, first: bool) -> list[tuple[str, dict]]:
+    """(layer class, config) of the layers computing ``kind`` on a tensor x and ``constants``."""
+    if kind in _ACTIVATIONS and not constants and not options:
+        return [("Activation", {"activation": _ACTIVATIONS[kind]})]
+    if kind == "Relu6" and not constants and not options:
+        return [_relu(6.0)]
+    if kind in _CONFIGURED and not constants and set(options) <= set(_CONFIGURED[kind][1]):
+        return [_configured(name, kind, options)]
+    if kind == "Negative" and not constants and not options:
+        return [_rescale(-1.0)]
+    if kind == "Clip" and not constants and set(options) == {"x_min", "x_max"}:
+        lo, hi = float(options["x_min"]), float(options["x_max"])
+        if lo > hi:
+            raise UnsupportedLayerError(name, kind, f"clips to an empty range [{lo}, {hi}]")
+        return _between(lo, hi)
+    if len(constants) != 1 or options:
+        raise UnsupportedLayerError(name, kind, "an operation layer deploykit has no built-in equivalent for")
+    c = constants[0]
+    if kind == "Add":
+        return [_rescale(1.0, c)]
+    if kind == "Subtract":
+        return [_rescale(1.0, _neg(c))] if first else [_rescale(-1.0, c)]
+    if kind == "Multiply":
+        return [_rescale(c, 0.0)]
+    if kind in ("Divide", "TrueDivide") and first:
+        return [_rescale(_inv(c, name, kind), 0.0)]
+    if kind == "Maximum":  # max(x, c) = max(x - c, 0) + c
+        return [_relu()] if not isinstance(c, list) and c == 0 else [_rescale(1.0, _neg(c)), _relu(), _rescale(1.0, c)]
+    if kind == "Minimum":  # min(x, c) = c - max(c - x, 0)
+        return [_rescale(-1.0, c), _relu(), _rescale(-1.0, c)]
+    raise UnsupportedLayerError(name, kind, "an operation with a constant deploykit has no built-in equivalent for")
+
+
+def _layer_scale(layer: dict) -> dict:
+    """ConvNeXt's LayerScale (x * gamma) as a Rescaling; its per-channel scale is filled from the weights."""
+    config = layer.get("config") or {}
+    rescaling = _builtin("Rescaling", _name(layer), None, scale=1.0, offset=0.0)
+    rescaling["config"]["trainable"] = bool(config.get("trainable", True))
+    rescaling["inbound_nodes"] = layer.get("inbound_nodes")
+    return rescaling
+
+
+def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
+    """InceptionResNetV2's CustomScaleLayer, ``x + y * scale``: Rescaling(scale) of y, then Add (same rounding)."""
+    name, kind = _name(layer), str(layer.get("class_name"))
+    args, kwargs = _call(layer)
+    tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+    scale = _constant((layer.get("config") or {}).get("scale"), name, kind)
+    if kwargs or len(tensors) != 2 or not all(_is_tensor(t) for t in tensors) or scale is None or scale.size != 1:
+        raise UnsupportedLayerError(name, kind, "expected a call on two tensors and a scalar scale")
+    scaled = _fresh(f"{name}_scaled", names)
+    return [
+        _builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
+        {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], _tensor_ref(scaled)]], "kwargs": {}}]},
+    ]
+
+
+def _configured(name: str, kind: str, options: dict) -> tuple[str, dict]:
+    """An ``ops.nn`` operation with options as its layer, the operation's defaults filled in (they may differ
+    from the layer's: ``ops.leaky_relu`` slopes 0.2, ``LeakyReLU`` 0.3)."""
+    layer, defaults = _CONFIGURED[kind]
+    config = {**defaults, **options}
+    if kind == "Gelu":  # the "gelu" activation is the exact (erf) form
+        if config["approximate"]:
+            raise UnsupportedLayerError(name, kind, "the tanh approximation of GELU has no built-in layer equivalent")
+        return layer, {"activation": "gelu"}
+    return layer, config

@@ -1,0 +1,136 @@
+"""Keras 3 operation layers, nested Sequential blocks and keras.applications' own layers, imported as built-ins.
+
+Keras 3 saves ``x + 3.0``, ``ops.clip(x, 0, 6)``... as operation layers whose calls hold constants, and
+keras.applications nests Sequential blocks (ConvNeXt) and uses LayerScale / CustomScaleLayer. The
+import rewrites them from the config alone (deploykit.keras3.ops) into layers of the support table,
+and the result computes what Keras 3 computes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploykit.errors import UnsupportedLayerError
+from deploykit.io.models import load_model
+
+
+@pytest.fixture(scope="module")
+def k3():
+    import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
+
+    return keras
+
+
+def _roundtrip(k3, model, tmp_path, x):
+    """Save with Keras 3, import with deploykit; the largest output difference and the tf_keras model."""
+    model.save(tmp_path / "m.keras")
+    imported = load_model(tmp_path / "m.keras")
+    diff = np.abs(imported(x, training=False).numpy() - np.asarray(model(x, training=False))).max()
+    return diff, imported
+
+
+def test_operation_layers_on_constants_import_as_what_they_compute(k3, tmp_path):
+    ops = k3.ops
+    inputs = k3.Input((4, 4, 3))
+    x = k3.layers.Conv2D(3, 1, name="conv")(inputs)
+    x = ops.clip(x, -1.0, 6.0)
+    x = ops.maximum(x, 0.5)
+    x = ops.minimum(2.0, x)
+    x = ops.divide(x, 2.0)
+    x = 1.0 - x
+    x = x * np.array([1.0, 2.0, 3.0], "float32")
+    x = x + ops.convert_to_tensor(np.array([1.0, -2.0, 3.0], "float32"))
+    x = ops.relu6(x * 4.0)
+    x = x + 3.0
+    x = ops.hard_sigmoid(x) + ops.hard_silu(x) + ops.sigmoid(x)  # tensor + tensor: Add layers
+    x = ops.negative(x) / 3
+    x = ops.subtract(x, 1) * 2
+    x = ops.maximum(x, np.array([0.1, -0.2, -0.3], "float32"))
+    x = ops.minimum(x, np.array([0.1, 0.2, -0.3], "float32"))
+    x = ops.softmax(ops.elu(ops.leaky_relu(x * 5.0)) + ops.gelu(x, approximate=False))
+    outputs = k3.layers.Dense(2, activation="softmax")(k3.layers.Flatten()(x))
+    model = k3.Model(inputs, outputs)
+    xs = np.random.default_rng(0).normal(0, 3, (64, 4, 4, 3)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    kinds = {type(layer).__name__ for layer in imported.layers}
+    assert {"Rescaling", "ReLU", "Add"} <= kinds
+
+
+def test_mobilenet_v3_hard_swish_block_folds_and_exports(k3, tmp_path):
+    """MobileNetV3's squeeze-excite gate: conv -> x + 3 -> relu6 -> x * (1/6) -> Multiply; the fold takes the +3."""
+    from deploykit import fold_batchnorm
+
+    inputs = k3.Input((8, 8, 4))
+    h = k3.layers.BatchNormalization(name="bn")(k3.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs))
+    gate = k3.layers.Conv2D(4, 1, name="se")(k3.layers.GlobalAveragePooling2D(keepdims=True)(h))
+    gate = k3.layers.ReLU(6.0)(gate + 3.0) * (1.0 / 6.0)
+    x = k3.layers.Multiply()([h, gate])
+    model = k3.Model(inputs, k3.layers.Dense(3, activation="softmax")(k3.layers.GlobalAveragePooling2D()(x)))
+    xs = np.random.default_rng(1).normal(size=(32, 8, 8, 4)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    folded, report = fold_batchnorm(imported)
+    assert {f.kind for f in report.folded} >= {"BatchNormalization", "Rescaling"}
+    assert np.abs(folded(xs).numpy() - imported(xs).numpy()).max() <= 1e-5
+
+
+def test_nested_sequential_layer_scale_and_custom_scale_are_inlined(k3, tmp_path):
+    from keras.src.applications.convnext import LayerScale
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    inputs = k3.Input((6, 6, 3))
+    stem = k3.Sequential(
+        [
+            k3.layers.Conv2D(8, 2, strides=2, name="stem_conv"),
+            k3.layers.LayerNormalization(epsilon=1e-6, name="stem_ln"),
+        ],
+        name="stem",
+    )
+    h = stem(inputs)
+    branch = k3.layers.Dense(8, name="pointwise")(h)
+    scaled = LayerScale(1e-6, 8, name="layer_scale")(branch)
+    h = k3.layers.Add(name="residual")([h, scaled])
+    h = CustomScaleLayer(0.17, name="custom_scale")([h, k3.layers.Conv2D(8, 1, name="side")(h)])
+    model = k3.Model(inputs, k3.layers.Dense(2)(k3.layers.GlobalAveragePooling2D()(h)))
+    model.get_layer("layer_scale").set_weights([np.linspace(0.5, 2.0, 8).astype("float32")])
+    xs = np.random.default_rng(2).normal(size=(32, 6, 6, 3)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    names = {layer.name: type(layer).__name__ for layer in imported.layers}
+    assert names["stem_conv"] == "Conv2D" and names["stem_ln"] == "LayerNormalization" and "stem" not in names
+    assert names["layer_scale"] == "Rescaling" and names["custom_scale"] == "Add"
+    np.testing.assert_array_equal(
+        np.asarray(imported.get_layer("layer_scale").scale, np.float32), np.linspace(0.5, 2.0, 8).astype("float32")
+    )
+
+
+@pytest.mark.parametrize("op", ["constant_over_tensor", "sin", "gelu"])
+def test_an_operation_without_a_built_in_equivalent_is_refused_by_name(k3, tmp_path, op):
+    inputs = k3.Input((4,))
+    x = k3.layers.Dense(4)(inputs)
+    x = {"constant_over_tensor": lambda: 2.0 / x, "sin": lambda: k3.ops.sin(x), "gelu": lambda: k3.ops.gelu(x)}[op]()
+    k3.Model(inputs, k3.layers.Dense(2)(x)).save(tmp_path / "m.keras")
+    with pytest.raises(UnsupportedLayerError, match="true_divide|sin|gelu"):
+        load_model(tmp_path / "m.keras")
+
+
+def test_built_in_layers_no_step_understands_still_import_and_export(k3, tmp_path):
+    """NASNet's Cropping2D (and a Permute) are outside the layer table: imported, exported, computing the same."""
+    from deploykit import export_variant
+    from deploykit.core.layers import Role, support_for
+    from deploykit.export.runtimes import OnnxRunner
+
+    inputs = k3.Input((8, 8, 3))
+    x = k3.layers.Cropping2D(((1, 0), (1, 0)), name="crop")(k3.layers.Conv2D(4, 3, padding="same")(inputs))
+    x = k3.layers.Permute((2, 1, 3), name="permute")(x)
+    model = k3.Model(inputs, k3.layers.Dense(3, activation="softmax")(k3.layers.Flatten()(x)))
+    xs = np.random.default_rng(3).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    assert support_for(imported.get_layer("crop")).role is Role.OTHER
+    export_variant(imported, "onnx", "float32", tmp_path / "m.onnx")
+    assert np.abs(OnnxRunner(tmp_path / "m.onnx").predict(xs) - np.asarray(model(xs))).max() <= 1e-5
