@@ -178,7 +178,11 @@ def shortfall_of(change: Interval, accuracy: bool) -> Interval:
 
 def accepted(attempt, budget) -> bool:
     """The one accept rule of a sparsity try, serial or on Ray: :func:`within_budget` on its validation change
-    (``attempt.change``, an :class:`Interval`). A try that could not be measured is never accepted."""
+    (``attempt.change``, an :class:`Interval`), and its validation NLL within ``max_nll_increase`` when it was
+    judged on it (``attempt.nll_within``, :mod:`deploykit.sparsity.nll_rule`). A try that could not be measured is
+    never accepted."""
     if getattr(attempt, budget.metric.value) is None or attempt.change is None:
+        return False
+    if getattr(attempt, "nll_within", None) is False:
         return False
     return within_budget(shortfall_of(attempt.change, budget.metric.value == "accuracy"), budget.limit)

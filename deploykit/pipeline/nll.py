@@ -9,9 +9,11 @@ rejected. Decided on validation by the point estimate, like the accuracy budget;
 when the paired 95 % interval of the increase lies entirely beyond the limit: a mean NLL over a few hundred
 rows is ruled by a handful of confident rows (one digits test row holds 20 nats), so a test point estimate
 alone would reject on noise. The limit compares with the source model (``model.keras``), not the user's,
-so an export is judged on what the export itself did: the sparsity search and the temperature, which
-change ``model.keras``, are decided on accuracy and cross-validated NLL, and their change vs the user's
-model is shown in the same row.
+so an export is judged on what the export itself did. What changes ``model.keras`` is held to the same limit
+against the user's model where it is decided: the sparsity search keeps a try only when its validation NLL, under
+the temperature the run would fold, is within ``max_nll_increase`` of the original's
+(:mod:`deploykit.sparsity.nll_rule`), and the temperature is kept only when its cross-validated NLL falls; the
+change vs the user's model is shown in the same row.
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ def artifact_nll(probabilities, model, ctx, validation: bool):
 
 
 def keras_nll(test_probs, val_probs, ctx) -> dict:
-    """A .keras row's NLL figures vs the user's model on test (and validation): reported, not held to a limit (the
-    temperature and the sparsity search that change model.keras decide on their own figures)."""
+    """A .keras row's NLL figures vs the user's model on test (and validation): reported, not held to a limit here
+    (the sparsity search held its kept try to it on validation; the temperature decides on its own figures)."""
     from deploykit.pipeline.confirm import reference_outputs
 
     if ctx.metric.value != "accuracy" or nll(test_probs, ctx.data.y_test) is None:

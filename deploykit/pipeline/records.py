@@ -141,6 +141,7 @@ class Try(Record):
     rmse_change: float | None = None  # vs the original model's, as a fraction of it
     ci95: list[float] | None = None  # 95% interval of the paired validation change
     split: str = "validation"
+    nll_change: float | None = None  # a sparsity try's validation NLL vs the original's (held to max_nll_increase)
 
 
 @dataclass(frozen=True)

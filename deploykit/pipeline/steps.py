@@ -186,6 +186,7 @@ def _planned_prune(step, ctx: RunContext):
 
 def _searched(model, ctx: RunContext) -> StepOutput:
     """The highest target of the search within the budget; every try reported."""
+    from deploykit.pipeline.search_rule import search_rule
     from deploykit.sparsity import search_sparsity
 
     step, name = ctx.config.sparsity, "sparsity (prune)"
@@ -212,6 +213,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
         reference=ctx.original,
         limits=limits,
         ray=ctx.config.plan.ray,
+        nll=search_rule(model, ctx),
     )
     tries = tuple(
         try_row(
@@ -225,6 +227,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
             kept=t.kept,
             note=t.note,
             seconds=t.seconds,
+            nll_change=getattr(t, "nll_change", None),
         )
         for t in report.tries
     )

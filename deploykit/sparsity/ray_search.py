@@ -153,9 +153,10 @@ def _first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
-def keep_first(results: list[tuple[Any, Any, Any]], report, model, say):
+def keep_first(results: list[tuple[Any, Any, Any]], report, model, say, explain=None):
     """What the serial search returns from the same tries: the first (highest target) the same accept rule takes
-    is kept, the tries after it reported as not needed; ``(model, report)``."""
+    is kept, the tries after it reported as not needed; ``(model, report)``. ``explain(attempt)``: the serial
+    search's note of a measured try it did not keep (what it missed: accuracy or NLL)."""
     from deploykit.stats import accepted
 
     budget, original = report.budget, report.original
@@ -173,9 +174,6 @@ def keep_first(results: list[tuple[Any, Any, Any]], report, model, say):
             )
             model = pruned
         else:
-            attempt.note = (
-                f"{budget.change(original, value)} vs the original; {attempt.note}"
-                if value is not None
-                else attempt.note
-            )
+            why = explain(attempt) if explain is not None else f"{budget.change(original, value)} vs the original"
+            attempt.note = f"{why}; {attempt.note}" if value is not None else attempt.note
     return model, report

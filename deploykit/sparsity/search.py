@@ -2,7 +2,9 @@
 
 Every try is decided on the validation split (the test split is the pipeline's, measured once at the end):
 its change against the original model on the same rows, with the paired 95% interval, is accepted by
-:func:`deploykit.stats.within_budget`.
+:func:`deploykit.stats.within_budget`, and, when a classifier's run holds files to ``max_nll_increase``, its
+validation NLL (after the temperature the run would fold) must also be within that limit of the original's
+(:mod:`deploykit.sparsity.nll_rule`): a try's note says which of the two it missed.
 
 Targets are tried from the highest down (pruning more rarely helps accuracy, so the first model
 within the budget is the sparsest one the search will find). Every try reuses what does not depend
@@ -12,9 +14,10 @@ pruning each layer alone, one shot, at a grid of levels.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.deadline import SearchLimits
 from deploykit.sparsity.magnitude import prune
+from deploykit.sparsity.nll_rule import NllRule, judge
 from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
 from deploykit.stats import (
@@ -66,6 +70,10 @@ class SearchTry(Record):
     rmse: float | None = None  # a regressor's validation RMSE (None for a classifier, or when the try failed)
     ci95: list[float] | None = None  # 95% interval of the paired validation change (accuracy, or RMSE as a fraction)
     change: Interval | None = field(default=None, repr=False)  # the change with its interval (not in JSON: ci95 is)
+    nll: float | None = None  # validation NLL as the run would ship it (None: not held to the NLL limit)
+    nll_change: float | None = None  # vs the original's on the same rows (0.02 = 2 % higher)
+    nll_within: bool | None = None  # within max_nll_increase (None: not judged; accuracy alone decides)
+    temperature: float | None = None  # the temperature the run would fold into this try (1.0: none)
 
     def setting(self) -> str:
         """``prune 90% (dense_1 93%, dense_2 84%)``: the target and, when they differ, the layers' own."""
@@ -100,6 +108,7 @@ def search_sparsity(
     reference=None,
     limits: SearchLimits | None = None,
     ray: str | None = None,
+    nll: NllRule | None = None,
 ):
     """Prune a copy of ``model`` to the highest of ``config.targets`` within ``budget`` of its validation figure.
 
@@ -118,6 +127,8 @@ def search_sparsity(
     ``ray`` (``"local"`` or a cluster's address): every try at once as a Ray task
     (:mod:`deploykit.sparsity.ray_search`), the same kept try as serially (without the try with the protected
     layers pruned too: ``config.prune_protected`` applies to serial searches).
+    ``nll``: also hold every try's validation NLL to ``nll.limit`` above the original's (a classifier's run;
+    :mod:`deploykit.sparsity.nll_rule`); a try missing either is not kept, and its note says which.
     """
     config = config or SearchConfig()
     prune_config = prune_config or PruneConfig()
@@ -137,12 +148,13 @@ def search_sparsity(
         say(sensitivity_line(sensitivity, budget))
     teacher = teacher_of(model, data) if prune_config.distill else None
     report = SearchReport(budget, original, protected, sensitivity)
+    run_try = functools.partial(_try, nll=nll)
     if ray is not None and chosen:
         from deploykit.sparsity.ray_search import keep_first, run_tries
 
         plans = [(t, allocate(sensitivity, t) if sensitivity else {n: t for n in chosen}) for t in config.targets]
         results = run_tries(
-            _try,
+            run_try,
             failed_try,
             model,
             data,
@@ -155,14 +167,14 @@ def search_sparsity(
             ray,
             accept=lambda attempt: accepted(attempt, budget),
         )
-        return keep_first(results, report, model, say)
+        return keep_first(results, report, model, say, explain=lambda a: miss_note(a, budget, original, nll))
     for target in config.targets if chosen else ():  # every layer protected: nothing to try
         layer_targets = allocate(sensitivity, target) if sensitivity else {n: target for n in chosen}
         if not limits.next_try_fits([t.seconds for t in report.tries if t.seconds]):
             report.tries.append(not_tried(target, layer_targets))
             say(f"  prune {target:.0%} not tried: it cannot finish within the time budget")
             continue
-        attempt, pruned, record = _try(
+        attempt, pruned, record = run_try(
             model, data, base, target, layer_targets, teacher, reference, budget.metric, say, limits.stopper()
         )
         report.tries.append(attempt)
@@ -170,7 +182,7 @@ def search_sparsity(
         if accepted(attempt, budget):
             if config.prune_protected and _worth_pruning(model, protected, chosen):
                 wider = _with_protected(
-                    model, data, prune_config, attempt, protected, (teacher, reference), budget, limits, say
+                    model, data, prune_config, attempt, protected, (teacher, reference), budget, limits, say, run_try
                 )
                 if wider is not None:
                     report.tries.append(wider[0])
@@ -181,13 +193,10 @@ def search_sparsity(
             attempt.kept, report.kept, report.report = True, attempt, record
             say(
                 f"kept {attempt.setting()}: validation {budget.metric.value} {value:.4g} "
-                f"({budget.change(original, value)}, 95% CI {_ci(attempt, budget)})"
+                f"({budget.change(original, value)}, 95% CI {_ci(attempt, budget)}){_nll_part(attempt)}"
             )
             return pruned, report
-        attempt.note = attempt.note or (
-            f"{budget.change(original, value)} (95% CI {_ci(attempt, budget)}) vs the original "
-            f"on validation, budget: {budget.describe()}"
-        )
+        attempt.note = attempt.note or miss_note(attempt, budget, original, nll)
         say(f"  {attempt.setting()} missed: {attempt.note}")
     return model, report
 
@@ -218,17 +227,19 @@ def _worth_pruning(model, protected: dict[str, str], chosen: list[str]) -> bool:
     return bool(protected) and total > 0 and sum(sizes[n] for n in protected) >= PROTECTED_SHARE * total
 
 
-def _with_protected(model, data, prune_config: PruneConfig, kept: SearchTry, protected, against, budget, limits, say):
+def _with_protected(
+    model, data, prune_config: PruneConfig, kept: SearchTry, protected, against, budget, limits, say, run_try=None
+):
     """(SearchTry, model, record) of the kept try's target with the protected layers pruned to it too, or None when
-    the time budget has no room for it. ``against``: (teacher, reference outputs). The try is reported beside the
-    others; the caller keeps it if accepted."""
+    the time budget has no room for it. ``against``: (teacher, reference outputs); ``run_try``: the search's try
+    (its NLL rule bound). The try is reported beside the others; the caller keeps it if accepted."""
     if not limits.next_try_fits([kept.seconds] if kept.seconds else []):
         return None
     teacher, reference = against
     config = prune_config.with_options(skip_layers=tuple(n for n in prune_config.skip_layers if n not in protected))
     targets = {**kept.layer_targets, **{n: min(kept.target, MAX_LAYER_SPARSITY) for n in protected}}
     say(f"  {kept.setting()} within the budget; trying it with {', '.join(protected)} pruned too")
-    attempt, pruned, record = _try(
+    attempt, pruned, record = (run_try or _try)(
         model, data, config, kept.target, targets, teacher, reference, budget.metric, say, limits.stopper()
     )
     attempt.note = attempt.note or f"{', '.join(protected)} pruned too (left dense by the try before)"
@@ -357,22 +368,69 @@ def _ci(attempt: SearchTry, budget: Budget) -> str:
     )
 
 
-def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, Interval]:
-    """The pruned model's validation figure and its paired change vs the original's outputs on the same rows."""
+def miss_note(attempt: SearchTry, budget: Budget, original: float, nll: NllRule | None = None) -> str:
+    """Why a measured try was not kept, led by what it missed: ``accuracy: ...`` (the budget; its NLL figure
+    follows when judged), or ``NLL: ...`` (within the budget, beyond ``max_nll_increase``)."""
+    value = getattr(attempt, budget.metric.value)
+    if value is None:
+        return "not measured"
+    figures = (
+        f"{budget.change(original, value)} (95% CI {_ci(attempt, budget)}) vs the original "
+        f"on validation, budget: {budget.describe()}"
+    )
+    nll_text = ""
+    if nll is not None and attempt.nll is not None:
+        calibrated = "" if attempt.temperature in (None, 1.0) else f", T = {attempt.temperature:.3g} cross-validated"
+        nll_text = (
+            f"validation NLL {attempt.nll:.4f} ({100 * attempt.nll_change:+.1f}% vs the original{calibrated}), "
+            f"limit +{100 * nll.limit:g}% (max_nll_increase)"
+        )
+    if accepted_on_accuracy(attempt, budget) and attempt.nll_within is False:
+        return f"NLL: {nll_text}; {figures}"
+    return f"{budget.metric.value}: {figures}" + (f"; {nll_text}" if nll_text else "")
+
+
+def accepted_on_accuracy(attempt: SearchTry, budget: Budget) -> bool:
+    """The budget's half of :func:`deploykit.stats.accepted` (the try's NLL set aside)."""
+    return accepted(replace(attempt, nll_within=None), budget)
+
+
+def _nll_part(attempt: SearchTry) -> str:
+    """``, validation NLL +0.8% vs the original`` when the try was held to the NLL limit."""
+    if attempt.nll_change is None:
+        return ""
+    calibrated = f" at T = {attempt.temperature:.3g}" if attempt.temperature not in (None, 1.0) else ""
+    return f", validation NLL {100 * attempt.nll_change:+.1f}% vs the original{calibrated}"
+
+
+def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, Interval, object]:
+    """The pruned model's validation figure, its paired change vs the original's outputs on the same rows, and its
+    validation outputs."""
     from deploykit.core.evaluate import outputs, rmse
 
     new = outputs(pruned, data.x_val)
     if metric is Metric.RMSE:
-        return rmse(new, data.y_val), rmse_change_interval(reference, new, data.y_val)
+        return rmse(new, data.y_val), rmse_change_interval(reference, new, data.y_val), new
     correct = new.argmax(-1) == data.y_val
-    return float(correct.mean()), accuracy_change_interval(reference.argmax(-1) == data.y_val, correct)
+    return float(correct.mean()), accuracy_change_interval(reference.argmax(-1) == data.y_val, correct), new
 
 
 def _try(
-    model, data, config: PruneConfig, target, layer_targets, teacher, reference, metric: Metric, say, stopper=None
+    model,
+    data,
+    config: PruneConfig,
+    target,
+    layer_targets,
+    teacher,
+    reference,
+    metric: Metric,
+    say,
+    stopper=None,
+    nll: NllRule | None = None,
 ):
     """(SearchTry, pruned model or None, prune's report or None) of one target, measured on the validation split
-    against the original's outputs there (``reference``); ``stopper`` ends it at a deadline."""
+    against the original's outputs there (``reference``); ``stopper`` ends it at a deadline; ``nll``: its NLL is
+    judged too (a classifier's)."""
     start = time.perf_counter()
     own = {n: t for n, t in layer_targets.items() if abs(t - target) >= 5e-3}
     say(
@@ -404,8 +462,9 @@ def _try(
             None,
             None,
         )
-    value, change = _validation_change(pruned, data, reference, metric)
+    value, change, new = _validation_change(pruned, data, reference, metric)
     regression = metric is Metric.RMSE
+    judged = None if regression or nll is None else judge(new, reference, data.y_val, nll)
     attempt = SearchTry(
         target,
         layer_targets,
@@ -418,6 +477,9 @@ def _try(
         ci95=change.as_list(),
         change=change,
     )
+    if judged is not None:
+        attempt.nll, attempt.nll_change, attempt.nll_within = judged.nll, judged.change, judged.within
+        attempt.temperature = judged.temperature
     if getattr(stopper, "stopped", None):
         attempt.note = f"stopped at the time budget's deadline in epoch {stopper.stopped} of {config.epochs}"
     return attempt, pruned, record

@@ -159,6 +159,21 @@ def check_temperature(y_val, probs_val, **options) -> CalibrationDecision:
     )
 
 
+def kept_temperature_nll(y_val, probs_val) -> tuple[float, float] | None:
+    """(cross-validated NLL, T) when :func:`check_temperature` keeps a temperature on these validation outputs, else
+    None (T = 1, or outputs a temperature does not apply to): what the sparsity search credits a try with when the
+    run calibrates (:mod:`deploykit.sparsity.nll_rule`), the held-out figure rather than the fitted one."""
+    from deploykit.errors import DataError
+
+    try:
+        decision = check_temperature(y_val, probs_val)
+    except DataError:
+        return None
+    if not decision.kept or decision.cv_nll_fitted is None:
+        return None
+    return float(decision.cv_nll_fitted), float(decision.value)
+
+
 def check_mc_temperature(y_val, samples_val, placement, **options) -> CalibrationDecision:
     """:func:`checked_fit` of an MC or ensemble temperature at its ``placement`` (samples [T, N, C])."""
     from deploykit.uncertainty.temperature import (

@@ -13,29 +13,31 @@ from deploykit.pipeline.records import ArtifactRow, Verdict
 LAYERS = ["dense", "dense_1", "dense_2"]
 
 
-def test_requested_setting_first_then_more_calibration_entropy_float_ends_then_the_other_variants():
+def test_requested_setting_first_then_calibration_the_float_standardization_layers_in_float_other_variants():
+    """The input standardization in float (the input's width in float numbers) is tried before any try that leaves
+    a whole layer in float (its whole kernel): the cheaper fix in size first."""
     knobs = QuantConfig(num_calibration=100)
     onnx = int8_variants(ExportFormat.ONNX, Quantization.INT8_STATIC, knobs, LAYERS, set())
     assert [v.describe() for v in onnx] == [
         "onnx int8-static, 100 minmax calibration samples",
         "onnx int8-static, 400 minmax calibration samples, 4x calibration",
         "onnx int8-static, 400 entropy calibration samples, 4x calibration, entropy",
+        "onnx int8-static, 100 minmax calibration samples, inputs standardized in float",
         "onnx int8-static, 400 minmax calibration samples, dense, dense_2 kept in float",
         "onnx int8-static, 400 minmax calibration samples, per-layer fallback",
-        "onnx int8-static, 100 minmax calibration samples, inputs standardized in float",
         "onnx int8-dynamic, fallback",
     ]
-    assert onnx[3].knobs.exclude == ("dense", "dense_2")
-    assert onnx[4].per_layer == tuple(LAYERS) and not any(v.per_layer for v in onnx[:4] + onnx[5:])
-    assert onnx[5].knobs.standardize_input and onnx[5].knobs.exclude == (STANDARDIZATION,)  # kept in float
-    assert not any(v.knobs.standardize_input for v in onnx[:5] + onnx[6:])
+    assert onnx[4].knobs.exclude == ("dense", "dense_2")
+    assert onnx[5].per_layer == tuple(LAYERS) and not any(v.per_layer for v in onnx[:5] + onnx[6:])
+    assert onnx[3].knobs.standardize_input and onnx[3].knobs.exclude == (STANDARDIZATION,)  # kept in float
+    assert not any(v.knobs.standardize_input for v in onnx[:3] + onnx[4:])
     tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, set())
     assert [(v.quantization, v.note) for v in tflite] == [
         (Quantization.INT8_FULL, ""),
         (Quantization.INT8_FULL, "4x calibration"),
+        (Quantization.INT8_FULL, "inputs standardized in float"),
         (Quantization.INT8_FULL, "dense, dense_2 kept in float"),
         (Quantization.INT8_FULL, "per-layer fallback"),
-        (Quantization.INT8_FULL, "inputs standardized in float"),
         (Quantization.INT8_WEIGHTS, "fallback"),
     ]
 
@@ -118,16 +120,16 @@ def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_s
             raise DataError("cannot convert")
         return v
 
-    assert variants[3].per_layer == tuple(LAYERS)  # 3 ranking tries, then the 2 most harmful in float
+    assert variants[4].per_layer == tuple(LAYERS)  # 3 ranking tries, then the 2 most harmful in float
     rows = {
         variants[0]: _row(0.93, Verdict.REJECTED),
         variants[1]: _row(0.94, Verdict.REJECTED),
-        variants[2]: _row(0.92, Verdict.REJECTED),
-        variants[4]: _row(0.90, Verdict.REJECTED),
+        variants[2]: _row(0.90, Verdict.REJECTED),  # the inputs standardized in float
+        variants[3]: _row(0.92, Verdict.REJECTED),
     }
     attempts = search_int8(variants, make, lambda v: rows.get(v, _row(0.91, Verdict.REJECTED)))
     assert [a.error for a in attempts] == [""] * 8 + ["cannot convert"]
-    assert [a.variant.note for a in attempts[3:7]] == [
+    assert [a.variant.note for a in attempts[4:8]] == [
         f"per-layer fallback: {n} in float" for n in ("dense", "dense_1", "dense_2", "dense, dense_1")
     ]
     best = chosen(attempts)
