@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from deploykit.core.evaluate import Budget, Metric
+from deploykit.core.task import OutputKind
 from deploykit.sparsity.nll_rule import NllRule, judge
 from deploykit.sparsity.search import SearchTry, miss_note
 from deploykit.stats import Interval, accepted
 from deploykit.uncertainty.generalises import kept_temperature_nll
-from deploykit.core.task import OutputKind
 
 PROBS = OutputKind.PROBABILITIES
 
