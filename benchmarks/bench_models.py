@@ -364,6 +364,12 @@ def summary(report: dict) -> dict:
             r["file"]: r.get("nll_export_change") for r in arts if r.get("nll_export_change") is not None
         },
         "original": {k: v for k, v in report["original"].items() if isinstance(v, (int, float, str))},
+        # the sparsity search's tries: what each missed (accuracy or, issue 22, NLL) is in its note
+        "sparsity_tries": [
+            {k: t.get(k) for k in ("setting", "accuracy_change", "nll_change", "kept", "note")}
+            for t in report["tries"]
+            if t["stage"] == "sparsity"
+        ],
     }
 
 
