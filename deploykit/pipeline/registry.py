@@ -136,9 +136,9 @@ TABLES: tuple[TableSpec, ...] = (
                 "structured",
                 ("structured.fraction",),
                 "first remove this share of each hidden layer's units and conv channels (structured pruning: "
-                "fewer MACs, so faster in every runtime), kept when within the budget (default: {default}, off)",
-                type=float,
-                metavar="F",
+                "fewer MACs, so faster in every runtime), kept when within the budget; 'auto': the highest share "
+                "within the budget (searched); 0: off (default: auto with --objective latency, else off)",
+                metavar="F|auto",
                 example=0.25,
             ),
         ),

@@ -2,73 +2,220 @@
 
 Its own module (the step functions of ``steps.py`` are the model-changing steps every run has): it builds
 the step's :class:`~deploykit.sparsity.StructuredConfig` from the pipeline's fine-tuning settings, decides on
-the validation split and records one try beside the sparsity search's.
+the validation split and records its tries beside the sparsity search's.
+
+``fraction = "auto"`` (the default under ``--objective latency``) searches the share: removing more units is
+fewer multiply-adds, so a faster file in every dense runtime, and less accuracy. The shares of ``levels`` are
+tried by bisection (about three fine-tuned tries for seven levels), each pruned from the input model, distilled
+from it and decided on validation by the runs' one accept rule (:func:`deploykit.pipeline.confirm.split_figure`,
+the paired interval the magnitude search uses); the highest share within the budget is kept. A share is never
+tried above one that missed (more removed rarely scores better). Under a time budget the search takes at most
+:data:`SEARCH_SHARE` of the time left to the sparsity search, and a try that cannot finish is not started.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 
 from deploykit.core.evaluate import Metric
 from deploykit.pipeline.context import RunContext, sparsity_rows, switched_off
 from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
+from deploykit.records import Record
+
+#: An ``auto`` search's share of the time left before the sparsity search's deadline (the magnitude search has
+#: the rest: what the structured try removed, it no longer prunes).
+SEARCH_SHARE = 0.5
+
+
+@dataclass
+class StructuredSearch(Record):
+    """What an ``auto`` structured search tried and kept (``kept`` None: no share within the budget)."""
+
+    levels: list[float]
+    tried: list[float] = field(default_factory=list)  # in the order tried
+    kept: float | None = None
+    report: object = None  # the kept try's StructuredReport
 
 
 def structured_step(model, ctx: RunContext) -> StepOutput:
-    """Remove ``[structured] fraction`` of each hidden layer's units; keep the result when its validation figure
-    is within the budget of the original model's, else go on with the model unchanged."""
-    step = ctx.config.structured
-    if not step.enabled:
+    """Remove ``[structured] fraction`` of each hidden layer's units (``auto``: the highest share of ``levels``
+    within the budget); keep the result when its validation figure is within the budget of the original model's,
+    else go on with the model unchanged."""
+    step, objective = ctx.config.structured, ctx.config.plan.objective
+    if not step.enabled(objective):
         return switched_off(model, "structured")
-    from deploykit.core.evaluate import score
-    from deploykit.sparsity import StructuredConfig, prune_structured
-
-    tuning = {
-        f.name: getattr(ctx.config.sparsity.prune, f.name)
-        for f in dataclasses.fields(StructuredConfig)
-        if f.name not in ("fraction", "layer_fraction", "compact") and hasattr(ctx.config.sparsity.prune, f.name)
-    }
-    config = StructuredConfig(fraction=step.fraction, layer_fraction=step.layer_fraction, **tuning)
-    start = time.perf_counter()
-    ctx.say(f"  removing {step.fraction:.0%} of each hidden layer's units (structured), then fine-tuning")
-    result, report = prune_structured(model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m))
-    from deploykit.core.evaluate import main_outputs, outputs
-    from deploykit.pipeline.confirm import VALIDATION, reference_outputs, split_figure
-
-    original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)
-    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
-    val = split_figure(
-        VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val, ctx.budget
-    )  # decided on validation by the runs' one accept rule, with its paired interval
-    kept = val.within
-    setting = f"structured {step.fraction:.0%}"
-    note = f"validation {ctx.budget.change(original, val.value)}, budget: {ctx.budget.describe()}"
-    attempt = Try(
-        Stage.SPARSITY,
-        setting,
-        **_figures(val, ctx),
-        gzip_bytes=_gzip(result),
-        kept=kept,
-        note="" if kept else note,
-        seconds=round(time.perf_counter() - start, 2),
-        ci95=val.ci95,
-    )
-    what = f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer); {note}"
-    if not kept:
-        ctx.say(f"  {setting} missed: {note}")
+    if step.searching(objective):
+        return _searched(model, ctx)
+    config = _config(ctx, step.fixed, step.layer_fraction)
+    ctx.say(f"  removing {step.fixed:.0%} of each hidden layer's units (structured), then fine-tuning")
+    attempt, result, report = _try(model, ctx, config)
+    what = _what(report, attempt)
+    if not attempt.kept:
+        ctx.say(f"  {attempt.setting} missed: {attempt.note}")
         return StepOutput(
             model,
             StepRecord("structured", Status.MISSED, f"{what}; the model keeps its units", detail=report),
             tries=(attempt,),
         )
-    ctx.say(f"  kept {setting}: {what}")
+    ctx.say(f"  kept {attempt.setting}: {what}")
+    return _kept(result, ctx, StepRecord("structured", Status.DONE, what, detail=report), (attempt,), step.fixed)
+
+
+def _searched(model, ctx: RunContext) -> StepOutput:
+    """The highest share of ``levels`` within the budget, by bisection; every try reported."""
+    from deploykit.sparsity.tuning import teacher_of
+
+    levels = list(ctx.config.structured.levels)
+    epochs, stop_at = _planned(ctx)
+    if epochs == 0:
+        return StepOutput(
+            model, StepRecord("structured", Status.SKIPPED, "no fine-tuning fits the time budget; units kept")
+        )
+    ctx.say(
+        "  searching the highest share of units to remove within the budget (structured): "
+        + "/".join(f"{v:.0%}" for v in levels)
+    )
+    base = _config(ctx, levels[0], {}, epochs)
+    teacher = teacher_of(model, ctx.data) if base.distill else None
+    tries, made = [], {}
+
+    def attempt(share: float) -> bool | None:
+        if not _fits(stop_at, [t.seconds for t in tries]):
+            ctx.say(f"  structured {share:.0%} not tried: it cannot finish within the time budget")
+            return None
+        one, result, report = _try(model, ctx, dataclasses.replace(base, fraction=share), teacher, _stopper(stop_at))
+        tries.append(one)
+        made[share] = (one, result, report, share)
+        if not one.kept:
+            ctx.say(f"  {one.setting} missed: {one.note}")
+        return one.kept
+
+    tried, kept = bisect(levels, attempt)
+    return _search_output(model, ctx, StructuredSearch(levels, tried, kept), tries, made.get(kept))
+
+
+def bisect(levels: list[float], attempt) -> tuple[list[float], float | None]:
+    """(shares tried in order, the highest within the budget or None) of ``levels`` (highest first), by bisection.
+
+    ``attempt(share)``: True within the budget, False missed, None not tried (the time budget: the search stops).
+    No share above one that missed is tried, none below one within: about log2(len(levels)) + 1 tries.
+    """
+    tried, kept = [], None
+    low, high = 0, len(levels) - 1  # indices into levels
+    while low <= high:
+        mid = (low + high) // 2
+        within = attempt(levels[mid])
+        if within is None:
+            break
+        tried.append(levels[mid])
+        if within:
+            kept, high = levels[mid], mid - 1
+        else:
+            low = mid + 1
+    return tried, kept
+
+
+def _search_output(model, ctx: RunContext, search: StructuredSearch, tries: list[Try], best) -> StepOutput:
+    """The step's record: the kept share (only its try marked kept), or the model unchanged."""
+    if best is None:
+        why = f"no share within the budget ({len(tries)} tried); the model keeps its units"
+        return StepOutput(model, StepRecord("structured", Status.MISSED, why, detail=search), tries=tuple(tries))
+    attempt, result, report, share = best
+    search.report = report
+    tries = [dataclasses.replace(t, kept=t is attempt) for t in tries]
+    what = f"kept {share:.0%} of {len(tries)} tried: {_what(report, attempt)}"
+    ctx.say(f"  structured: {what}")
+    return _kept(result, ctx, StepRecord("structured", Status.DONE, what, detail=search), tuple(tries), share)
+
+
+def _kept(result, ctx: RunContext, record: StepRecord, tries: tuple[Try, ...], share: float) -> StepOutput:
     return StepOutput(
         result,
-        StepRecord("structured", Status.DONE, what, detail=report),
-        tries=(attempt,),
+        record,
+        tries=tries,
         layer_sparsity=sparsity_rows(result, "after structured"),
-        applied=(f"prune_structured({step.fraction:.2f})",),
+        applied=(f"prune_structured({share:.2f})",),
+    )
+
+
+def _config(ctx: RunContext, share: float, layer_fraction: dict, epochs: int | None = None):
+    """The step's StructuredConfig: the pipeline's fine-tuning settings (``[sparsity.prune]``), this share."""
+    from deploykit.sparsity import StructuredConfig
+
+    prune = ctx.config.sparsity.prune
+    tuning = {
+        f.name: getattr(prune, f.name)
+        for f in dataclasses.fields(StructuredConfig)
+        if f.name not in ("fraction", "layer_fraction", "compact") and hasattr(prune, f.name)
+    }
+    if epochs is not None:
+        tuning["epochs"] = epochs
+    return StructuredConfig(fraction=share, layer_fraction=layer_fraction, **tuning)
+
+
+def _planned(ctx: RunContext) -> tuple[int | None, float | None]:
+    """(epochs per try, None: the config's; 0: none fits) and the search's deadline (None: no time budget)."""
+    plan = ctx.plan
+    if plan is None or plan.budget is None:
+        return None, None
+    if not plan.search:
+        return 0, None
+    now = time.monotonic()
+    stop = plan.limits.stop_at if plan.limits.stop_at is not None else plan.deadline
+    return plan.epochs, now + SEARCH_SHARE * max(0.0, stop - now)
+
+
+def _fits(stop_at: float | None, seconds: list[float]) -> bool:
+    """Whether one more try is expected to end before ``stop_at``: the slowest try so far (the first always runs)."""
+    return stop_at is None or not seconds or time.monotonic() + max(seconds) <= stop_at
+
+
+def _stopper(stop_at: float | None) -> tuple:
+    from deploykit.sparsity.deadline import deadline_callback
+
+    return () if stop_at is None else (deadline_callback(stop_at),)
+
+
+def _try(model, ctx: RunContext, config, teacher=None, callbacks: tuple = ()):
+    """(Try, model, StructuredReport) of one share, decided on validation against the original model's outputs."""
+    from deploykit.core.evaluate import main_outputs, outputs, score
+    from deploykit.pipeline.confirm import VALIDATION, reference_outputs, split_figure
+    from deploykit.sparsity import prune_structured
+
+    start = time.perf_counter()
+    result, report = prune_structured(
+        model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m), teacher=teacher, callbacks=callbacks
+    )
+    original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)
+    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+    val = split_figure(
+        VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val, ctx.budget
+    )  # decided on validation by the runs' one accept rule, with its paired interval
+    note = f"validation {ctx.budget.change(original, val.value)}, budget: {ctx.budget.describe()}"
+    stopped = [c.stopped for c in callbacks if getattr(c, "stopped", None)]
+    if stopped:
+        note += f"; stopped at the time budget's deadline in epoch {stopped[0]} of {config.epochs}"
+    attempt = Try(
+        Stage.SPARSITY,
+        f"structured {config.fraction:.0%}",
+        **_figures(val, ctx),
+        gzip_bytes=_gzip(result),
+        kept=val.within,
+        note="" if val.within else note,
+        seconds=round(time.perf_counter() - start, 2),
+        ci95=val.ci95,
+    )
+    return attempt, result, report
+
+
+def _what(report, attempt: Try) -> str:
+    return (
+        f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer); validation "
+        f"{100 * (attempt.accuracy_change or 0):+.2f} pt"
+        if attempt.accuracy_change is not None
+        else f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer)"
     )
 
 

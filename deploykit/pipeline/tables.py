@@ -183,29 +183,66 @@ class SparsityStep:
         }
 
 
+#: ``[structured] fraction = "auto"``: search the share of units removed instead of fixing it.
+STRUCTURED_AUTO = "auto"
+#: The shares an ``auto`` structured search chooses among (bisection: about 3 fine-tuned tries), highest first.
+STRUCTURED_LEVELS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
 @dataclass(frozen=True)
 class StructuredStep(_Table):
     """Remove whole hidden Dense units and conv channels before the sparsity search: fewer MACs, so faster.
 
-    ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; fine-tuned
-    with the sparsity tries' settings (``[sparsity.prune]`` epochs, distillation...). Kept only when its
-    validation figure is within the budget; the sparsity search is then held to the budget against the
-    original model, so the two never spend more than the one budget together.
+    ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; ``"auto"``: the
+    highest of ``levels`` within the budget, found by bisection (:mod:`deploykit.pipeline.structured_step`);
+    unset: ``auto`` when the run's objective is ``latency`` (the user asked for the fastest model, and only
+    removing units makes a dense model faster), else off. Fine-tuned with the sparsity tries' settings
+    (``[sparsity.prune]`` epochs, distillation...). Kept only when its validation figure is within the budget;
+    the sparsity search is then held to the budget against the original model, so the two never spend more
+    than the one budget together.
     """
 
     TABLE = "structured"
-    fraction: float = 0.0
+    fraction: float | str | None = None
     layer_fraction: dict[str, float] = field(default_factory=dict)
+    levels: tuple[float, ...] = STRUCTURED_LEVELS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "fraction", structured_fraction(self.fraction))
+        if not isinstance(self.levels, (list, tuple)) or not self.levels:
+            raise ConfigError(f"structured.levels must be a non-empty list of shares in (0, 1), got {self.levels!r}")
+        levels = {number("structured.levels", v, 0.0, 1.0, open_low=True, open_high=True) for v in self.levels}
+        object.__setattr__(self, "levels", tuple(sorted(levels, reverse=True)))
         try:
-            StructuredConfig(fraction=self.fraction, layer_fraction=self.layer_fraction)
+            StructuredConfig(fraction=self.fixed, layer_fraction=self.layer_fraction)
         except ConfigError as exc:
             raise ConfigError(f"structured.{exc}") from None
 
     @property
-    def enabled(self) -> bool:
-        return self.fraction > 0 or any(v > 0 for v in self.layer_fraction.values())
+    def fixed(self) -> float:
+        """The fixed share (0 when searched or unset)."""
+        return self.fraction if isinstance(self.fraction, float) else 0.0
+
+    def searching(self, objective: Objective) -> bool:
+        """Whether the run searches the share: ``auto``, or unset under ``--objective latency``."""
+        if self.fraction == STRUCTURED_AUTO:
+            return True
+        return self.fraction is None and not self.layer_fraction and objective is Objective.LATENCY
+
+    def enabled(self, objective: Objective) -> bool:
+        return self.searching(objective) or self.fixed > 0 or any(v > 0 for v in self.layer_fraction.values())
+
+
+def structured_fraction(value: Any) -> float | str | None:
+    """``--structured`` / ``[structured] fraction``: a share in [0, 1), ``"auto"`` (searched) or None (unset)."""
+    if value is None or value == STRUCTURED_AUTO:
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"structured must be a share in [0, 1) or {STRUCTURED_AUTO!r}, got {value!r}") from None
+    return fraction("structured.fraction", value)
 
 
 @dataclass(frozen=True)

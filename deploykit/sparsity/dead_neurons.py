@@ -14,8 +14,10 @@ The next kernel is a Dense layer (directly, or after Flatten or global pooling:
 a channel is then every ``Flatten`` row ``p * channels + c``) or a Conv1D /
 Conv2D (its input channel). Between the two may sit BatchNormalization (channel
 axis), Dropout, SpatialDropout, AlphaDropout, element-wise activation layers,
-pooling, ZeroPadding and Flatten; anything else (Softmax, Reshape,
-DepthwiseConv2D, LayerNormalization...) is a barrier and the layer is left
+pooling, ZeroPadding, Flatten and a DepthwiseConv2D of depth multiplier 1 (each
+channel filtered alone: MobileNetV2's expansion conv -> depthwise -> projection
+conv; a removed channel takes its depthwise filter with it); anything else
+(Softmax, Reshape, LayerNormalization...) is a barrier and the layer is left
 alone. A non-zero constant crosses a ZeroPadding, or reaches a conv that pads
 (``same``, ``causal``), only where it is exactly 0: the padded borders would
 not see it. Where channels are coupled (the output reaches an Add,
@@ -215,9 +217,25 @@ def _passable(spec, in_shape: tuple, positions: int) -> bool:
         return axis in (-1, len(in_shape))
     if role is Role.ACTIVATION:
         return _elementwise(spec)
+    if _depthwise(spec):
+        return _channels_last(spec) and spec.config.get("depth_multiplier", 1) == 1
     if role is Role.POOLING or spec.class_name == "Flatten":
         return _channels_last(spec)
     return False
+
+
+def _depthwise(spec) -> bool:
+    """A depthwise conv (the layer table's DEPTHWISE kernel: [taps..., channels, multiplier]), read per channel."""
+    kernel = spec.support.kernel
+    return kernel is not None and kernel.layout is KernelLayout.DEPTHWISE and kernel.reads_input
+
+
+def _keep_channels(spec, weight: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
+    """A between layer's weight without the removed channels: a depthwise kernel's channel axis is its second to
+    last; a per-channel vector (BatchNorm, bias, PReLU alpha) its last."""
+    if _depthwise(spec) and weight.ndim > 2:
+        return weight[..., keep, :]
+    return weight[..., keep] if weight.ndim and weight.shape[-1] == n else weight
 
 
 def _elementwise(spec) -> bool:
@@ -253,7 +271,7 @@ def _compact_pair(src, route: _Route) -> tuple[int, int]:
     src.weights = [src.weights[0][..., keep]] + ([bias[keep]] if len(src.weights) > 1 else [])
     src.config[src.support.kernel.units_key] = int(keep.sum())
     for spec in between:
-        spec.weights = [w[..., keep] if w.ndim and w.shape[-1] == n else w for w in spec.weights]
+        spec.weights = [_keep_channels(spec, w, keep, n) for w in spec.weights]
     return int(remove.sum()), kept
 
 
@@ -296,6 +314,9 @@ def _constant_at_next(src, between, bias):
             exact &= h.numpy()[0] == 0
             continue
         if role is Role.POOLING or spec.class_name == "Flatten":
+            continue
+        if _depthwise(spec):  # a constant channel filtered at the borders is not constant: never folded through
+            exact &= False
             continue
         if any(w.ndim > 1 and np.prod(w.shape[:-1]) > 1 for w in spec.weights):  # e.g. PReLU alpha per position
             exact &= False

@@ -5,10 +5,11 @@ convolutions, so the model gets smaller (gzip) but not faster. Removing a unit (
 channel) shrinks two kernels at once: the unit's column in its own layer and its rows in the next one.
 
 How, for each chosen layer whose channels are free (:func:`deploykit.sparsity.dead_neurons` decides that: no
-fork, no Add / Concatenate / Multiply, a next Dense or conv to take the rows from):
+fork, no Add / Concatenate / Multiply, a next Dense or conv to take the rows from, through BatchNorm, activations,
+pooling and depthwise convs, as MobileNetV2's expansion channels reach its projection conv):
 
-1. rank its units by importance, ``|incoming column| * |outgoing rows| * |BatchNorm scale between|`` (the size
-   of what the unit can contribute to the next layer's input);
+1. rank its units by importance, ``|incoming column| * |outgoing rows| * |BatchNorm scale and depthwise filter
+   between|`` (the size of what the unit can contribute to the next layer's input);
 2. zero the outgoing rows of the least important ``fraction`` of them, and keep them zero while the model is
    fine-tuned (optionally distilled from the original, as magnitude pruning is), so the rest of the network
    learns to do without them;
@@ -29,7 +30,7 @@ import numpy as np
 
 from deploykit.records import Record
 from deploykit.sparsity.config import StructuredConfig
-from deploykit.sparsity.dead_neurons import _columns, _route, _rows, compact
+from deploykit.sparsity.dead_neurons import _columns, _depthwise, _route, _rows, compact
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
@@ -96,12 +97,14 @@ def prune_structured(
     distill: bool | None = None,
     progress: Callable[[str], None] | None = None,
     teacher: Teacher | None = None,
+    callbacks: tuple = (),
 ):
     """Remove the least important ``fraction`` of each hidden Dense / conv layer's units from a copy of ``model``.
 
     Returns ``(model, StructuredReport)``; the model is smaller (fewer units, so fewer MACs in every exported
     format), fine-tuned on ``data`` with the removed units held at zero. ``model`` is never changed. The keyword
-    options override ``config``; ``teacher``: the input model's outputs, when several runs share them.
+    options override ``config``; ``teacher``: the input model's outputs, when several runs share them;
+    ``callbacks``: more Keras callbacks for the fine-tuning (a time budget's deadline).
     """
     from deploykit.core.evaluate import score
     from deploykit.core.graph import graph_from_model
@@ -122,7 +125,7 @@ def prune_structured(
         working,
         data,
         config,
-        callbacks=(_holding(masks),),
+        callbacks=(_holding(masks), *callbacks),
         progress=progress,
         teacher=(teacher or teacher_of(model, data)) if config.distill else None,
     )
@@ -176,6 +179,9 @@ def _importance(spec, route) -> np.ndarray:
     for between in route.between:
         if between.class_name == "BatchNormalization":
             scale *= np.abs(_bn_scale(between))
+        elif _depthwise(between):  # its filter of each channel: [taps..., channels, 1]
+            kernel = between.weights[0].astype(np.float64)
+            scale *= np.linalg.norm(kernel.reshape(-1, kernel.shape[-2]), axis=0)
     return incoming * outgoing * scale
 
 
