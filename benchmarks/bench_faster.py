@@ -1,31 +1,42 @@
-"""int8 that pays on CNNs: float32 against each ONNX int8 recipe, batch 1 and batch 256, in one run.
+"""Faster, not only smaller (issue 23): what ``deploykit optimize --objective latency`` ships and recommends.
 
-Two convnets users train on 28x28 images (issue 23's small CNN, Rescaling -> Conv32 -> BN -> ReLU -> pool
--> Conv64 -> BN -> ReLU -> pool -> Dense 10, and the keras.io "Simple MNIST convnet"), trained briefly on the
-Fashion-MNIST sample when ``../shared`` is present (else on random images: speed does not depend on the
-weights), exported by deploykit as float32, ``int8-dynamic`` (which leaves convolutions in float) and
-``int8-static`` (QDQ), beside onnxruntime's plain ``quantize_dynamic`` of every op (what ``int8-dynamic``
-did before: convolutions as ``ConvInteger``). Every file is timed in the same process, interleaved, with
-1 intra-op thread and with onnxruntime's default; ratios are against float32 of the same model and
-thread count. Then each model goes through ``deploykit optimize`` (ONNX, the int8 recipes; the book MLP with
-``--structured 0.5``) and the table at the end shows what its objective recommends. Writes
-``benchmarks/results/faster.json`` and ``.md``::
+Four models on the Fashion-MNIST sample (``../shared``; else random images, where only the speed figures mean
+something): the book's MLP (``../shared/models``), issue 23's small CNN (Rescaling -> Conv32 -> BN -> ReLU -> pool
+-> Conv64 -> BN -> ReLU -> pool -> Dense 10), the keras.io "Simple MNIST convnet", and MobileNetV2 (alpha 0.35,
+96x96, ``weights=None``, the images upscaled, trained briefly), all built in Keras 3 and saved with ``model.save``.
 
-    python benchmarks/bench_faster.py
+Each goes through one ``optimize`` run with ``objective="latency"`` (so the structured share is searched:
+``[structured] fraction = "auto"``), the magnitude search, ONNX float32 / int8-dynamic / int8-static and TFLite
+int8-full, under a time budget. The run's report.json recommends a file per objective; every shipped ONNX file and
+the original model's float32 ONNX are then timed again here, **1 intra-op thread**, interleaved, at batch 1 and 256
+(the issue's targets; TFLite rows keep the run's own LiteRT figures). Gzip ratio: the original's float32 weights,
+gzip -9, over the file's gzip (bench_cnn's baseline). The runs' Pareto plots are copied beside the results.
+Writes ``benchmarks/results/faster.json`` and ``.md`` (and ``faster_<model>_*.png``)::
+
+    python benchmarks/bench_faster.py [--models book,small,kerasio,mobilenet] [--out FOLDER]
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import json
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import FASHION, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION, RESULTS, write_results  # noqa: E402  (puts the repository on sys.path)
 
-REPEATS_B1, REPEATS_B256 = 200, 15
+BOOK = FASHION.parents[1] / "models" / "book_fashion_bn_dropout.keras"
+REPEATS_B1, REPEATS_B256 = 100, 9
+QUANTIZE = "float32,int8-dynamic,int8-static,int8-full"
+#: Minutes of each model's optimize run (the plan fits the searches and exports in it).
+TIME_BUDGET = {"book": 6.0, "small": 5.0, "kerasio": 5.0, "mobilenet": 9.0}
+TITLES = {"book": "book MLP", "small": "small CNN", "kerasio": "keras.io convnet", "mobilenet": "MobileNetV2 0.35"}
+MOBILENET_ROWS, MOBILENET_SIDE = 1500, 96
 
 
 def small_cnn(keras):
@@ -65,6 +76,12 @@ def keras_io_convnet(keras):
     )
 
 
+def mobilenet(keras):
+    return keras.applications.MobileNetV2(
+        input_shape=(MOBILENET_SIDE, MOBILENET_SIDE, 3), alpha=0.35, weights=None, classes=10
+    )
+
+
 def images() -> tuple[np.ndarray, np.ndarray, str]:
     if FASHION.exists():
         data = np.load(FASHION)
@@ -73,33 +90,56 @@ def images() -> tuple[np.ndarray, np.ndarray, str]:
     return rng.uniform(0, 255, (1000, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 1000), "random images"
 
 
-def exports(model, folder: Path, x: np.ndarray) -> dict[str, Path]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from deploykit.export import export_onnx
-
-    files = {}
-    for name in ("float32", "int8-dynamic", "int8-static"):
-        files[name] = export_onnx(model, folder / f"{name}.onnx", quantization=name, calibration_data=x).path
-    every_op = folder / "every-op-dynamic.onnx"
-    quantize_dynamic(str(files["float32"]), str(every_op), weight_type=QuantType.QInt8, per_channel=True)
-    files["ort quantize_dynamic, every op"] = every_op
-    return files
+def upscaled(x: np.ndarray) -> np.ndarray:
+    """28x28 grey images as MobileNetV2 inputs: 3x nearest upscaling, zero border to 96x96, 3 channels, [-1, 1]."""
+    big = x.repeat(3, axis=1).repeat(3, axis=2)
+    pad = (MOBILENET_SIDE - big.shape[1]) // 2
+    big = np.pad(big, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return (np.repeat(big, 3, axis=-1) / 127.5 - 1.0).astype(np.float32)
 
 
-def timed(files: dict[str, Path], x: np.ndarray, threads: int | None) -> dict[str, tuple[float, float]]:
-    """(batch-1 ms, batch-256 ms) per file, the files' calls interleaved so load changes hit all alike."""
+def weights_gzip(model) -> int:
+    """gzip -9 of the model's float32 weights, concatenated: the baseline of the 12x target (bench_cnn's)."""
+    raw = b"".join(np.asarray(w, np.float32).tobytes() for w in model.get_weights())
+    return len(gzip.compress(raw, compresslevel=9, mtime=0))
+
+
+def prepared(key: str, folder: Path):
+    """(model path, Dataset, float32 weights gzip, epochs trained) of one benchmark model, saved as users save."""
+    import keras
+
+    from deploykit.data.dataset import load_dataset
+    from deploykit.io.inputs import as_dataset
+    from deploykit.io.models import load_model
+
+    if key == "book":
+        return str(BOOK), load_dataset(str(FASHION)), weights_gzip(load_model(BOOK)), 0
+    x, y, _ = images()
+    if key == "mobilenet":
+        x, y = upscaled(x[:MOBILENET_ROWS]), y[:MOBILENET_ROWS]
+    data = as_dataset((x, y))
+    keras.utils.set_random_seed(0)
+    model = {"small": small_cnn, "kerasio": keras_io_convnet, "mobilenet": mobilenet}[key](keras)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    epochs = 4 if key == "mobilenet" else 3
+    model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=64, verbose=0)
+    path = folder / f"{key}.keras"
+    model.save(path)
+    return str(path), data, weights_gzip(model), epochs
+
+
+def timed(files: dict[str, Path], x: np.ndarray) -> dict[str, tuple[float, float]]:
+    """(batch-1 ms, batch-256 ms) per ONNX file, 1 intra-op thread, the calls interleaved so load hits all alike."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = 1
     sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in files.items()}
-    out = {}
+    out: dict[str, list[float]] = {}
     for batch, repeats, slot in ((1, REPEATS_B1, 0), (256, REPEATS_B256, 1)):
         xb = np.resize(x, (batch, *x.shape[1:]))
-        samples = {k: [] for k in sessions}
-        for _ in range(3):
+        samples: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(2):
             for s in sessions.values():
                 s.run(None, {s.get_inputs()[0].name: xb})
         for _ in range(repeats):
@@ -109,228 +149,178 @@ def timed(files: dict[str, Path], x: np.ndarray, threads: int | None) -> dict[st
                 samples[k].append(time.perf_counter() - t0)
         for k, v in samples.items():
             out.setdefault(k, [0.0, 0.0])[slot] = 1000 * float(np.median(v))
-    return {k: tuple(v) for k, v in out.items()}
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def agreement(files: dict[str, Path], x: np.ndarray, reference: str = "float32") -> dict[str, float]:
-    import onnxruntime as ort
-
-    preds = {}
-    for k, p in files.items():
-        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        preds[k] = s.run(None, {s.get_inputs()[0].name: x})[0].argmax(1)
-    return {k: float(np.mean(v == preds[reference])) for k, v in preds.items()}
-
-
-BOOK = FASHION.parents[1] / "models" / "book_fashion_bn_dropout.keras"
-
-
-def book_rows(fractions=(0.5, 0.7)) -> list[dict]:
-    """The book's MLP: float32 and int8-dynamic ONNX of the original and of structured-pruned copies."""
-    from deploykit.core.evaluate import score
-    from deploykit.data.dataset import load_dataset
+def run_model(key: str, out: Path) -> dict:
+    """One model's optimize run, its recommendations and every shipped file timed at 1 thread."""
     from deploykit.export import export_onnx
     from deploykit.io.models import load_model
-    from deploykit.sparsity import prune_structured
-
-    if not (BOOK.exists() and FASHION.exists()):
-        print("the book's model or the Fashion sample is absent: its rows are skipped")
-        return []
-    model, data = load_model(BOOK), load_dataset(str(FASHION))
-    models = {"original": (model, None)}
-    for f in fractions:
-        pruned, report = prune_structured(model, data, f)
-        models[f"structured {f:.0%}"] = (pruned, report)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        files, tests = {}, {}
-        for name, (m, _) in models.items():
-            for q in ("float32", "int8-dynamic"):
-                path = Path(tmp) / f"{name.replace(' ', '_').replace('%', '')}_{q}.onnx"
-                files[f"{name}, {q}"] = export_onnx(m, path, quantization=q, calibration_data=data).path
-            tests[name] = score(m, data.x_test, data.y_test)
-        agree = agreement(files, data.x_test, "original, float32")
-        for threads in (1, None):
-            times = timed(files, data.x_test, threads)
-            f1, f256 = times["original, float32"]
-            for variant, (b1, b256) in times.items():
-                name = variant.split(",")[0]
-                report = models[name][1]
-                rows.append(
-                    {
-                        "model": "book MLP",
-                        "variant": variant,
-                        "threads": threads or "default",
-                        "b1_ms": b1,
-                        "b256_ms": b256,
-                        "b1_speedup": f1 / b1,
-                        "b256_speedup": f256 / b256,
-                        "gzip": len(gzip.compress(files[variant].read_bytes())),
-                        "agreement": agree[variant],
-                        "conv_op": _ops(files[variant]),
-                        "test_accuracy": tests[name],
-                        "test_change": tests[name] - tests["original"],
-                        "mac_ratio": report.mac_ratio if report else 1.0,
-                    }
-                )
-    return rows
-
-
-OBJECTIVE_QUANTIZE = "float32,int8-dynamic,int8-static"
-
-
-def objective_rows(name: str, model, data, **options) -> list[dict]:
-    """What ``optimize`` recommends per objective (one run: report.json holds all three), ONNX only, timed by the
-    run itself at batch 1 and 256 against the original's float32 ONNX, default threads."""
     from deploykit.pipeline import optimize
 
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path, data, baseline, epochs = prepared(key, folder)
+        start, cpu = time.perf_counter(), time.process_time()
         result = optimize(
-            model, data, out_dir=Path(tmp) / "out", mc=False, formats="onnx", quantize=OBJECTIVE_QUANTIZE, **options
+            path,
+            data,
+            out_dir=folder / "out",
+            mc=False,
+            formats="onnx,tflite",
+            quantize=QUANTIZE,
+            objective="latency",
+            time_budget=TIME_BUDGET[key],
         )
-        entry, rows = result.report.get("objective"), {r.file: r for r in result.artifacts}
-        structured = next((s for s in result.steps if s.step == "structured"), None)
-    if not entry:
-        return []
-    kept_structured = structured is not None and structured.status.value == "done" and "fewer" in structured.reason
-    cands = {c["file"]: c for c in entry["candidates"]}
-    out = []
-    for objective, file in entry["recommended"].items():
-        r, c = rows[file], cands[file]
-        out.append(
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        report = json.loads((result.out_dir / "report.json").read_text())
+        for plot, slug in (("latency_vs_accuracy.png", "latency"), ("accuracy_vs_size.png", "size")):
+            if (result.out_dir / plot).exists():
+                shutil.copy(result.out_dir / plot, out / f"faster_{key}_{slug}.png")
+        original = export_onnx(load_model(path), folder / "original.onnx", quantization="float32").path
+        shipped = [r for r in result.shipped if r.format == "onnx" and "/" not in r.file]
+        onnx_files = {r.file: result.out_dir / r.file for r in shipped}
+        times = timed({"original": original, **onnx_files}, data.x_test)
+    return {
+        "key": key,
+        "model": TITLES[key],
+        "epochs_trained": epochs,
+        "weights_gzip": baseline,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "time_budget_min": TIME_BUDGET[key],
+        "structured": _structured(result),
+        "steps": [f"{s.step}: {s.reason}" for s in result.steps if s.step in ("structured", "sparsity (prune)")],
+        "files": _files(result, report, times, baseline),
+        "recommended": (report.get("objective") or {}).get("recommended", {}),
+    }
+
+
+def _structured(result) -> dict:
+    """The structured step: the share kept (0: none) and the shares tried."""
+    step = next((s for s in result.steps if s.step == "structured"), None)
+    detail = getattr(step, "detail", None)
+    kept = getattr(detail, "kept", None) if step is not None and step.status.value == "done" else None
+    tried = list(getattr(detail, "tried", []) or [])
+    return {"kept": kept or 0.0, "tried": tried, "reason": step.reason if step else ""}
+
+
+def _files(result, report: dict, times: dict, baseline: int) -> list[dict]:
+    """Every shipped ONNX / TFLite file: kept settings, test change, speed-ups (ONNX: 1 thread here) and gzip ratio."""
+    cands = {c["file"]: c for c in (report.get("objective") or {}).get("candidates", [])}
+    f1, f256 = times["original"]
+    rows = []
+    for r in result.shipped:
+        if r.format not in ("onnx", "tflite") or "/" in r.file:
+            continue
+        own = times.get(r.file)
+        cand = cands.get(r.file, {})
+        rows.append(
             {
-                "model": name,
-                "objective": objective + (" (default)" if objective == "balanced" else ""),
-                "file": file,
-                "structured": options.get("structured", 0.0) if kept_structured else 0.0,
+                "file": r.file,
+                "format": r.format,
                 "sparsity": r.sparsity,
                 "quantization": r.quantization,
                 "test_change": r.accuracy_change,
                 "ci95": r.ci95,
-                "b1_speedup": c["speedup_b1"],
-                "b256_speedup": c["speedup_batch"],
-                "compression": r.compression,
-                "slower_note": c["slower"],
+                "gzip": r.gzip_bytes,
+                "gzip_ratio": baseline / r.gzip_bytes if r.gzip_bytes else None,
+                "b1_speedup": f1 / own[0] if own else cand.get("speedup_b1"),
+                "b256_speedup": f256 / own[1] if own else cand.get("speedup_batch"),
+                "b1_ms": own[0] if own else cand.get("b1_ms"),
+                "b256_ms": own[1] if own else cand.get("batch_ms"),
+                "timed": "1 thread" if own else "run (LiteRT, default threads)",
+                "slower": cand.get("slower", ""),
             }
         )
-    return out
+    return rows
+
+
+def render(runs: list[dict], source: str) -> str:
+    lines = [
+        "# Faster: what `optimize --objective latency` ships and recommends (issue 23)",
+        "",
+        f"Data: {source}. One `optimize` run per model (objective latency, so `--structured auto`: the share of units "
+        "removed searched by bisection and decided on validation; then the magnitude search; ONNX float32 / "
+        "int8-dynamic / int8-static and TFLite int8-full) under a time budget. Δ: test accuracy vs the original, "
+        "paired 95% interval. Speed-up: the original model's float32 ONNX over the file, onnxruntime, **1 intra-op "
+        "thread**, medians of interleaved calls in this process (TFLite: the run's LiteRT figures, default threads). "
+        "Gzip ratio: the original's float32 weights (gzip -9) over the file's gzip. Wall times are loaded (a 2-core "
+        "machine shared by several jobs); the ratios come from interleaved calls.",
+        "",
+        "| model | objective | file | kept (structured %, magnitude %, precision) | Δ test [95% CI] | b1 / b256 "
+        "speed-up | gzip ratio |",
+        "|---|---|---|---|---|---:|---:|",
+    ]
+    for run in runs:
+        files = {f["file"]: f for f in run["files"]}
+        for objective in ("size", "latency", "balanced"):
+            name = run["recommended"].get(objective)
+            f = files.get(name)
+            if f is None:
+                lines.append(f"| {run['model']} | {objective} | — | | | | |")
+                continue
+            lines.append(
+                f"| {run['model']} | {objective} | `{name}` | {100 * run['structured']['kept']:.0f}%, "
+                f"{100 * f['sparsity']:.0f}%, {f['quantization']} | {_change(f)} | {_speed(f)} | "
+                f"{f['gzip_ratio']:.1f}x |"
+            )
+    for run in runs:
+        lines += [
+            "",
+            f"## {run['model']} (float32 weights {run['weights_gzip'] / 1024:.1f} KiB gzip; trained "
+            f"{run['epochs_trained']} epochs here; optimize {run['wall_s']} s wall (loaded), {run['cpu_s']} s CPU, "
+            f"budget {run['time_budget_min']:g} min)",
+            "",
+            f"Fronts: `faster_{run['key']}_latency.png`, `faster_{run['key']}_size.png`. Structured shares tried: "
+            + (", ".join(f"{100 * s:.0f}%" for s in run["structured"]["tried"]) or "none"),
+            "",
+            "| file | Δ test [95% CI] | b1 / b256 speed-up | b1 ms | b256 ms | timed | gzip | gzip ratio | note |",
+            "|---|---|---:|---:|---:|---|---:|---:|---|",
+        ]
+        for f in run["files"]:
+            lines.append(
+                f"| `{f['file']}` | {_change(f)} | {_speed(f)} | {_ms(f['b1_ms'], 3)} | {_ms(f['b256_ms'], 2)} | "
+                f"{f['timed']} | {f['gzip'] / 1024:.1f} KiB | {f['gzip_ratio']:.1f}x | {f['slower'] or ''} |"
+            )
+        lines += ["", *[f"- {s}" for s in run["steps"]]]
+    return "\n".join(lines)
+
+
+def _change(f: dict) -> str:
+    if f["test_change"] is None:
+        return "—"
+    ci = f" [{100 * f['ci95'][0]:+.2f}, {100 * f['ci95'][1]:+.2f}]" if f["ci95"] else ""
+    return f"{100 * f['test_change']:+.2f} pt{ci}"
+
+
+def _speed(f: dict) -> str:
+    if f["b1_speedup"] is None:
+        return "—"
+    return f"{f['b1_speedup']:.2f}x / {f['b256_speedup']:.2f}x"
+
+
+def _ms(value, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> None:
-    from deploykit.backend import keras
-    from deploykit.io.inputs import as_dataset
-
-    x, y, source = images()
-    rows, chosen = book_rows(), book_objective_rows()
-    data = as_dataset((x, y))  # the run's own splits: trained on train, timed and compared on test
-    for name, build in (("small CNN", small_cnn), ("keras.io convnet", keras_io_convnet)):
-        model = build(keras)
-        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(data.x_train, data.y_train, epochs=2, batch_size=64, verbose=0)
-        chosen += objective_rows(name, model, data, sparsity="none")
-        with tempfile.TemporaryDirectory() as tmp:
-            files = exports(model, Path(tmp), data.x_train[:700])
-            agree = agreement(files, data.x_test)
-            for threads in (1, None):
-                times = timed(files, data.x_test, threads)
-                f1, f256 = times["float32"]
-                for variant, (b1, b256) in times.items():
-                    ops = _ops(files[variant])
-                    rows.append(
-                        {
-                            "model": name,
-                            "variant": variant,
-                            "threads": threads or "default",
-                            "b1_ms": b1,
-                            "b256_ms": b256,
-                            "b1_speedup": f1 / b1,
-                            "b256_speedup": f256 / b256,
-                            "gzip": len(gzip.compress(files[variant].read_bytes())),
-                            "agreement": agree[variant],
-                            "conv_op": ops,
-                        }
-                    )
-    md = render(rows, source) + render_objective(chosen)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(TITLES), help="comma-separated: " + ", ".join(TITLES))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    if "book" in keys and not (BOOK.exists() and FASHION.exists()):
+        print("the book's model or the Fashion sample is absent: its rows are skipped")
+        keys.remove("book")
+    runs = []
+    for key in keys:
+        print(f"--- {TITLES[key]}", flush=True)
+        runs.append(run_model(key, args.out))
+    source = images()[2]
     machine = platform.processor() or platform.machine()
-    write_results("faster", {"machine": machine, "data": source, "rows": rows, "objective": chosen}, md)
-
-
-def book_objective_rows() -> list[dict]:
-    """The book's MLP through optimize with half its hidden units removed (kept only within the budget)."""
-    from deploykit.data.dataset import load_dataset
-
-    if not (BOOK.exists() and FASHION.exists()):
-        return []
-    return objective_rows("book MLP", str(BOOK), load_dataset(str(FASHION)), structured=0.5, sparsity="none", epochs=5)
-
-
-def render_objective(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    lines = [
-        "",
-        "",
-        "## The objective's choice (`deploykit optimize`, ONNX, one run per model)",
-        "",
-        "Each run's report.json recommends a file per objective among its shipped ONNX files (accepted on validation, "
-        "confirmed on test); speed-ups are the run's own, interleaved against the original model's float32 ONNX "
-        "(default threads); compression: the original's .keras gzip over the file's gzip. The CNN runs keep every "
-        "weight (`--no-sparsity`: the int8 recipes only); the book MLP's tries `--structured 0.5` (5 epochs).",
-        "",
-        "| model | objective | file | kept (structured, magnitude, precision) | Δ test acc [95% CI] | b1 / b256 "
-        "speed-up | compression | slower than float32 |",
-        "|---|---|---|---|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        ci = "" if r["ci95"] is None else f" [{100 * r['ci95'][0]:+.2f}, {100 * r['ci95'][1]:+.2f}]"
-        change = "—" if r["test_change"] is None else f"{100 * r['test_change']:+.2f} pt{ci}"
-        lines.append(
-            f"| {r['model']} | {r['objective']} | `{r['file']}` | {100 * r['structured']:.0f}%, "
-            f"{100 * r['sparsity']:.0f}%, {r['quantization']} | {change} | {r['b1_speedup']:.2f}x / "
-            f"{r['b256_speedup']:.2f}x | {r['compression']:.1f}x | {r['slower_note'] or '—'} |"
-        )
-    return "\n".join(lines)
-
-
-def _ops(path: Path) -> str:
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    return ", ".join(sorted(ops & {"Conv", "ConvInteger", "QLinearConv", "MatMulInteger", "DynamicQuantizeMatMul"})) + (
-        " (QDQ)" if "QuantizeLinear" in ops else ""
-    )
-
-
-def render(rows: list[dict], source: str) -> str:
-    lines = [
-        "# Faster: structured pruning and int8 against float32 (onnxruntime, CPU)",
-        "",
-        f"Trained 2 epochs on the {source}; speed-up = float32 time / variant time, same model and threads "
-        "(> 1: faster). Agreement: predicted class equal to float32's on the held-out rows. Book MLP rows: "
-        "the chapter's network on the Fashion sample, structured-pruned with `prune_structured` (its test "
-        "accuracy change and MAC ratio in the notes below the table).",
-        "",
-        "| model | variant | threads | b1 ms | b1 speed-up | b256 ms | b256 speed-up | gzip | agreement | conv ops |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['variant']} | {r['threads']} | {r['b1_ms']:.3f} | {r['b1_speedup']:.2f}x | "
-            f"{r['b256_ms']:.2f} | {r['b256_speedup']:.2f}x | {r['gzip'] / 1024:.1f} KiB | "
-            f"{100 * r['agreement']:.1f}% | {r['conv_op']} |"
-        )
-    book = {r["variant"].split(",")[0]: r for r in rows if r["model"] == "book MLP"}
-    if book:
-        lines += [
-            "",
-            "Book MLP, test split (543 rows; one row = 0.18 pt): "
-            + "; ".join(
-                f"{name}: accuracy {100 * r['test_accuracy']:.2f}% ({100 * r['test_change']:+.2f} pt), "
-                f"{r['mac_ratio']:.2f}x fewer MACs"
-                for name, r in book.items()
-            ),
-        ]
-    return "\n".join(lines)
+    write_results("faster", {"machine": machine, "data": source, "runs": runs}, render(runs, source), args.out)
 
 
 if __name__ == "__main__":

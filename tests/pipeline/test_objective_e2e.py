@@ -38,6 +38,7 @@ def run(tmp_path_factory, digits):
         config=OptimizeConfig(validate=ValidateStep(latency_repeats=5, max_accuracy_drop=0.05)),
         out_dir=folder / "out",
         sparsity="none",
+        structured=0,  # the objective's rule on fixed weights (the latency default's search: test_structured_search)
         mc=False,
         formats="onnx,tflite",
         quantize="float32,int8-dynamic,int8-static,int8-full",
