@@ -7,10 +7,11 @@ something): the book's MLP (``../shared/models``), issue 23's small CNN (Rescali
 
 Each goes through one ``optimize`` run with ``objective="latency"`` (so the structured share is searched:
 ``[structured] fraction = "auto"``), the magnitude search, ONNX float32 / int8-dynamic / int8-static and TFLite
-int8-full, under a time budget. The run's report.json recommends a file per objective; every shipped ONNX file and
-the original model's float32 ONNX are then timed again here, **1 intra-op thread**, interleaved, at batch 1 and 256
-(the issue's targets; TFLite rows keep the run's own LiteRT figures). Gzip ratio: the original's float32 weights,
-gzip -9, over the file's gzip (bench_cnn's baseline). The runs' Pareto plots are copied beside the results.
+int8-full (:data:`OPTIONS`: a time budget or fewer epochs per try). The run's report.json recommends a file per
+objective; every shipped ONNX file and the original model's float32 ONNX are then timed again here, **1 intra-op
+thread**, interleaved, at batch 1 and 256 (the issue's targets; TFLite rows keep the run's own LiteRT figures). Gzip
+ratio: the original's float32 weights, gzip -9, over the file's gzip (bench_cnn's baseline). The runs' Pareto plots
+are copied beside the results.
 Writes ``benchmarks/results/faster.json`` and ``.md`` (and ``faster_<model>_*.png``)::
 
     python benchmarks/bench_faster.py [--models book,small,kerasio,mobilenet] [--out FOLDER]
@@ -33,8 +34,16 @@ from common import FASHION, RESULTS, write_results  # noqa: E402  (puts the repo
 BOOK = FASHION.parents[1] / "models" / "book_fashion_bn_dropout.keras"
 REPEATS_B1, REPEATS_B256 = 100, 9
 QUANTIZE = "float32,int8-dynamic,int8-static,int8-full"
-#: Minutes of each model's optimize run (the plan fits the searches and exports in it).
-TIME_BUDGET = {"book": 6.0, "small": 5.0, "kerasio": 5.0, "mobilenet": 9.0}
+#: Each model's optimize options beside the common ones. The book MLP runs under a time budget (minutes: the plan
+#: fits the searches and exports in it); the convnets' epochs cost too much on a loaded 2-core machine for a budget
+#: to leave room for fine-tuning (a 9-min budget kept MobileNetV2 whole), so they get few epochs per try instead,
+#: and MobileNetV2 no magnitude search (its target is speed; the search would only make it smaller).
+OPTIONS = {
+    "book": {"time_budget": 6.0},
+    "small": {"epochs": 4},
+    "kerasio": {"epochs": 4},
+    "mobilenet": {"epochs": 2, "sparsity": "none"},
+}
 TITLES = {"book": "book MLP", "small": "small CNN", "kerasio": "keras.io convnet", "mobilenet": "MobileNetV2 0.35"}
 MOBILENET_ROWS, MOBILENET_SIDE = 1500, 96
 
@@ -170,7 +179,7 @@ def run_model(key: str, out: Path) -> dict:
             formats="onnx,tflite",
             quantize=QUANTIZE,
             objective="latency",
-            time_budget=TIME_BUDGET[key],
+            **OPTIONS[key],
         )
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         report = json.loads((result.out_dir / "report.json").read_text())
@@ -188,7 +197,7 @@ def run_model(key: str, out: Path) -> dict:
         "weights_gzip": baseline,
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
-        "time_budget_min": TIME_BUDGET[key],
+        "options": OPTIONS[key],
         "structured": _structured(result),
         "steps": [f"{s.step}: {s.reason}" for s in result.steps if s.step in ("structured", "sparsity (prune)")],
         "files": _files(result, report, times, baseline),
@@ -240,13 +249,14 @@ def render(runs: list[dict], source: str) -> str:
     lines = [
         "# Faster: what `optimize --objective latency` ships and recommends (issue 23)",
         "",
-        f"Data: {source}. One `optimize` run per model (objective latency, so `--structured auto`: the share of units "
-        "removed searched by bisection and decided on validation; then the magnitude search; ONNX float32 / "
-        "int8-dynamic / int8-static and TFLite int8-full) under a time budget. Δ: test accuracy vs the original, "
-        "paired 95% interval. Speed-up: the original model's float32 ONNX over the file, onnxruntime, **1 intra-op "
-        "thread**, medians of interleaved calls in this process (TFLite: the run's LiteRT figures, default threads). "
-        "Gzip ratio: the original's float32 weights (gzip -9) over the file's gzip. Wall times are loaded (a 2-core "
-        "machine shared by several jobs); the ratios come from interleaved calls.",
+        f"Data: {source}. One `optimize` run per model (objective latency, so `--structured auto`: the share "
+        "of units removed searched by bisection and decided on validation; then the magnitude search; ONNX "
+        "float32 / int8-dynamic / int8-static and TFLite int8-full; each model's own options beside its "
+        "heading). Δ: test accuracy vs the original, paired 95% interval. Speed-up: the original model's "
+        "float32 ONNX over the file, onnxruntime, **1 intra-op thread**, medians of interleaved calls in this"
+        " process (TFLite: the run's LiteRT figures, default threads). Gzip ratio: the original's float32 "
+        "weights (gzip -9) over the file's gzip. Wall times are loaded (a 2-core machine shared by several "
+        "jobs); the ratios come from interleaved calls.",
         "",
         "| model | objective | file | kept (structured %, magnitude %, precision) | Δ test [95% CI] | b1 / b256 "
         "speed-up | gzip ratio |",
@@ -269,8 +279,9 @@ def render(runs: list[dict], source: str) -> str:
         lines += [
             "",
             f"## {run['model']} (float32 weights {run['weights_gzip'] / 1024:.1f} KiB gzip; trained "
-            f"{run['epochs_trained']} epochs here; optimize {run['wall_s']} s wall (loaded), {run['cpu_s']} s CPU, "
-            f"budget {run['time_budget_min']:g} min)",
+            f"{run['epochs_trained']} epochs here; optimize {run['wall_s']} s wall (loaded), {run['cpu_s']} s CPU; "
+            + ", ".join(f"{k}={v}" for k, v in run["options"].items())
+            + ")",
             "",
             f"Fronts: `faster_{run['key']}_latency.png`, `faster_{run['key']}_size.png`. Structured shares tried: "
             + (", ".join(f"{100 * s:.0f}%" for s in run["structured"]["tried"]) or "none"),

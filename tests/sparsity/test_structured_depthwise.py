@@ -50,7 +50,7 @@ def test_expansion_channels_go_through_the_depthwise_and_the_add_keeps_its_own(d
     import onnxruntime as ort
 
     from deploykit.export import export_onnx
-    from deploykit.io import load_model
+    from deploykit.io.models import load_model
     from deploykit.sparsity import prune_structured
 
     data = dataclasses.replace(
@@ -81,7 +81,7 @@ def test_expansion_channels_go_through_the_depthwise_and_the_add_keeps_its_own(d
 def test_a_depthwise_that_multiplies_its_channels_is_a_barrier(digits, tmp_path):
     """depth_multiplier 2: output channel c * 2 + m reads input channel c; the routing does not follow it."""
     from deploykit.backend import keras
-    from deploykit.graph import graph_from_model
+    from deploykit.core.graph import graph_from_model
     from deploykit.sparsity.dead_neurons import _route
 
     inputs = keras.Input((8, 8, 1))
