@@ -177,7 +177,8 @@ class OptimizeConfig:
         (0.05 = test RMSE at most 5% above the original's); ``strict``: a rejected artifact fails the run.
         ``ensemble_members``: other model files, with the run's model the members of a deep ensemble (``[ensemble]``);
         ``ensemble_mc_samples``: MC Dropout inside each of them. ``structured``: the share of each hidden
-        layer's units removed before the sparsity search (``[structured] fraction``; 0: off).
+        layer's units removed before the sparsity search (``[structured] fraction``; 0: off; ``"auto"``: the
+        highest share within the budget, searched; unset: auto under ``objective="latency"``, else off).
         ``time_budget``: minutes the whole run may take
         (``[plan] time_budget``, see :mod:`deploykit.pipeline.budget`); ``ray``: ``"local"`` or a Ray cluster's
         address, the sparsity search's tries, the int8 fallbacks and an ensemble's members as Ray tasks
