@@ -10,14 +10,17 @@ a timeout, so one hang or crash costs its row, not the table. Per architecture:
    ``model.keras``. Architectures are run smallest first (:func:`ordered`), each result written as it comes, so
    a run stopped at its time limit has measured the most it could; ``--size-cap`` lists bigger ones as skipped.
 2. ``deploykit.load_model`` imports the file (the Keras 3 import, checked against Keras 3 on random inputs),
-   and ``export_bundle`` writes and validates float32 ONNX + TFLite (what ``deploykit export model.keras
-   --out DIR`` runs): exit ``ok``, or ``refused`` with the one-line reason.
+   and deploykit writes float32 ONNX + TFLite: up to :data:`EXTRAS_CAP` parameters ``export_bundle`` also
+   validates them on generated inputs (what ``deploykit export model.keras --out DIR`` runs), above it
+   ``export_variant`` writes them (the exporters' own output checks): exit ``ok``, or ``refused`` with the
+   one-line reason.
 3. The float32 ONNX (onnxruntime) and TFLite (LiteRT) outputs are compared with **Keras 3's own** outputs
    on the same generated inputs (standard normal): max |difference| (the outputs are probabilities).
-4. ``fold_batchnorm``: BatchNorm layers folded; int8 (architectures up to :data:`INT8_CAP` parameters):
+4. ``fold_batchnorm``: BatchNorm layers folded; int8 (architectures up to :data:`EXTRAS_CAP` parameters):
    ``int8-dynamic`` ONNX and ``int8-full`` TFLite (calibrated on generated inputs), Δ = share of generated
    inputs whose argmax differs from Keras 3's.
-5. Models with dropout: the MC Dropout ONNX graph is built and run (drop-connect ``noise_shape`` included).
+5. Models with dropout (up to :data:`EXTRAS_CAP` parameters): the MC Dropout ONNX graph is built and run
+   (drop-connect ``noise_shape`` included).
 
 Writes ``benchmarks/results/zoo.json`` and ``zoo.md``. Run from the repository root:
 
@@ -40,9 +43,11 @@ from common import RESULTS, ROOT, write_results  # noqa: E402  (puts the reposit
 #: Architectures above this many parameters (as built here: classes=3, smallest input) are not run (0: no cap;
 #: the run goes smallest first, so the biggest are the ones a time limit leaves out).
 SIZE_CAP = 0
-#: int8 (two more conversions, one calibrated) only up to this many parameters: on 2 shared cores it doubles a
-#: big architecture's time, and the int8 path is the same code for every architecture.
-INT8_CAP = 4_000_000
+#: The extras (the float export validated on 1,000 generated inputs as ``deploykit export`` does, int8: two more
+#: conversions, one calibrated, and the MC graph) only up to this many parameters: on 2 shared cores they double a
+#: big architecture's time, and their code path is the same for every architecture. Every architecture gets the
+#: float tier (float32 ONNX + TFLite written by deploykit, diff against Keras 3, the fold).
+EXTRAS_CAP = 4_000_000
 TIMEOUT = 2400.0
 #: Input sides tried in order: keras.applications refuses inputs below an architecture's minimum.
 SIDES = (32, 71, 75, 96, 128, 224)
@@ -83,7 +88,7 @@ def build(name: str, folder: Path, size_cap: float = SIZE_CAP) -> dict:
         return info
     randomize(model)
     x = np.random.default_rng(0).standard_normal((SAMPLES, side, side, 3)).astype(np.float32)
-    info["reference"] = np.asarray(model.predict(x, batch_size=8, verbose=0), np.float64)
+    info["reference"] = np.asarray(model(x, training=False), np.float64)  # eager: no predict function traced
     info["x"] = x
     model.save(folder / "model.keras")
     return info
@@ -122,8 +127,8 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:240]}"
 
 
-def run_one(name: str, folder: Path, size_cap: float) -> dict:
-    """The row of one architecture (runs in a child process)."""
+def run_one(name: str, folder: Path, size_cap: float, extras_cap: float = EXTRAS_CAP) -> dict:
+    """The row of one architecture (runs in a child process): the float tier always, the extras under the cap."""
     import numpy as np
 
     import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit does)
@@ -139,34 +144,47 @@ def run_one(name: str, folder: Path, size_cap: float) -> dict:
         )
         return row
     x, reference = info["x"], info["reference"]
-    from deploykit import export_bundle, export_variant, fold_batchnorm, load_model
-    from deploykit.export import ExportConfig
+    from deploykit import export_variant, fold_batchnorm, load_model
     from deploykit.export.runtimes import OnnxRunner, TfliteRunner
 
+    extras = info["params"] <= extras_cap
     start = time.perf_counter()
     try:
         model = load_model(folder / "model.keras")
         row["import_seconds"] = round(time.perf_counter() - start, 1)
-        export_bundle(
-            model, None, folder / "out", ExportConfig(formats=("onnx", "tflite"), quantize=("float32",), repeats=1)
-        )
+        _export_float(model, folder / "out", validated=extras)
     except Exception as exc:  # noqa: BLE001  (the row records any refusal)
         row.update(exit="refused", reason=one_line(exc), seconds=round(time.perf_counter() - start, 1))
         return row
-    row.update(exit="ok", seconds=round(time.perf_counter() - start, 1))
+    row.update(exit="ok", seconds=round(time.perf_counter() - start, 1), validated=extras)
     onnx = OnnxRunner(folder / "out" / "model.onnx").predict(x)
     tflite = TfliteRunner(folder / "out" / "model.tflite").predict(x)
     row["onnx_diff"] = float(np.abs(onnx - reference).max())
     row["tflite_diff"] = float(np.abs(tflite - reference).max())
     row["tf_keras_diff"] = float(np.abs(model(x, training=False).numpy() - reference).max())
     row.update(_fold(fold_batchnorm, model, x, reference))
-    if info["params"] <= INT8_CAP:
+    if extras:
         row.update(_int8(export_variant, model, x, reference, folder, OnnxRunner, TfliteRunner))
+        row.update(_mc(model, x))
     else:
-        row["int8"] = f"not run: over {INT8_CAP / 1e6:.0f} M parameters"
-
-    row.update(_mc(model, x))
+        cap = f"{extras_cap / 1e6:.0f} M"
+        row["int8"] = f"over {cap} parameters: export not validated on generated inputs, no int8, no MC (the cap)"
     return row
+
+
+def _export_float(model, out: Path, validated: bool) -> None:
+    """float32 ONNX + TFLite: validated as ``deploykit export`` does (``export_bundle``: 1,000 generated inputs in
+    each runtime, latency), or only written by deploykit's exporters (their own output checks) when not
+    ``validated``: the table's diff against Keras 3 is measured on the same files either way."""
+    from deploykit import export_bundle, export_variant
+    from deploykit.export import ExportConfig
+
+    if validated:
+        export_bundle(model, None, out, ExportConfig(formats=("onnx", "tflite"), quantize=("float32",), repeats=1))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    export_variant(model, "onnx", "float32", out / "model.onnx")
+    export_variant(model, "tflite", "float32", out / "model.tflite")
 
 
 def _fold(fold_batchnorm, model, x, reference) -> dict:
@@ -234,7 +252,7 @@ def _mc(model, x) -> dict:
 def run_child(name: str, timeout: float, size_cap: float) -> dict:
     """One architecture in a fresh process; a timeout or a crash is its row's result."""
     env = {**os.environ, **THREADS, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     with tempfile.TemporaryDirectory(prefix=f"zoo-{name}-") as tmp:
         try:
             done = subprocess.run(
@@ -253,6 +271,7 @@ def run_child(name: str, timeout: float, size_cap: float) -> dict:
                 "reason": f"no result within {timeout:.0f} s",
                 "wall_seconds": round(time.perf_counter() - start, 1),
             }
+    cpu = round(_children_cpu() - cpu, 1)  # the child and its runtime worker: what the row cost, whatever the load
     lines = [l for l in done.stdout.splitlines() if l.startswith(RESULT)]
     if not lines:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -261,8 +280,18 @@ def run_child(name: str, timeout: float, size_cap: float) -> dict:
             "exit": "crashed",
             "reason": f"exit {done.returncode}: {tail[:240]}",
             "wall_seconds": round(time.perf_counter() - start, 1),
+            "cpu_seconds": cpu,
         }
-    return {**json.loads(lines[-1][len(RESULT) :]), "wall_seconds": round(time.perf_counter() - start, 1)}
+    row = json.loads(lines[-1][len(RESULT) :])
+    return {**row, "wall_seconds": round(time.perf_counter() - start, 1), "cpu_seconds": cpu}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def _num(value, fmt=".1e") -> str:
@@ -288,8 +317,8 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
             "listed "
             "programmatically), built in Keras 3 with `weights=None`, `classes=3` at the smallest input it accepts, "
             "BatchNorm statistics randomized, saved as `.keras`, imported by deploykit and exported (float32 ONNX + "
-            "TFLite, "
-            "validated as `deploykit export` does). Differences are against **Keras 3's own outputs** (probabilities) "
+            f"TFLite; up to {EXTRAS_CAP / 1e6:.0f} M parameters validated as `deploykit export` does, then int8 and "
+            "MC). Differences are against **Keras 3's own outputs** (probabilities) "
             f"on {SAMPLES} standard-normal inputs. One process per architecture, each with a timeout; 2 shared CPU "
             "cores."
         ),
@@ -302,8 +331,8 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
             + (f" Architectures over {size_cap / 1e6:.0f} M parameters are listed as skipped." if size_cap else "")
         ),
         "",
-        "| architecture | input | params | exit | time (s) | BN folded | ONNX diff | TFLite diff | int8 Δ ONNX / "
-        "TFLite | MC Dropout | skipped / reason |",
+        "| architecture | input | params | exit | wall s (loaded) / CPU s | BN folded | ONNX diff | TFLite diff | "
+        "int8 Δ ONNX / TFLite | MC Dropout | skipped / reason |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
@@ -320,14 +349,17 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
         ]
         reason = "; ".join(filter(None, [r.get("reason", ""), *errors, r.get("int8", "")])).replace("|", "\\|")
         lines.append(
-            f"| {r['name']} | {side} | {params} | {r.get('exit')} | {_num(r.get('wall_seconds'), '.0f')} | {folded} "
+            f"| {r['name']} | {side} | {params} | {r.get('exit')} | {_num(r.get('wall_seconds'), '.0f')} / "
+            f"{_num(r.get('cpu_seconds'), '.0f')} | {folded} "
             f"| {_num(r.get('onnx_diff'))} | {_num(r.get('tflite_diff'))} | {int8} | {r.get('mc', '—')} | {reason} |"
         )
     lines += [
         "",
         (
-            "Columns: *time*: the architecture's whole process (Keras 3 build and save, import, export and validation, "
-            "fold, int8, MC). *BN folded*: BatchNormalization layers `fold_batchnorm` folded / present after import. "
+            "Columns: *wall s / CPU s*: the architecture's whole process (Keras 3 build and save, import, export and "
+            "validation, fold, int8, MC) and its runtime worker; wall time on a machine shared by other work (loaded), "
+            "CPU seconds (user + system) whatever the load. *BN folded*: BatchNormalization layers `fold_batchnorm` "
+            "folded / present after import. "
             "*int8 Δ*: share of the generated inputs whose argmax differs from Keras 3's, for `int8-dynamic` ONNX and "
             "`int8-full` TFLite (calibrated on the same generated inputs); randomly initialized networks with 3 "
             "classes "
