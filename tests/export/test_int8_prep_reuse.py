@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # Keras 3 builds and conversions: seconds each
+
 
 @pytest.fixture(scope="module")
 def model_and_x(tmp_path_factory):

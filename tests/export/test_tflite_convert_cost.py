@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # Keras 3 builds and conversions: seconds each
+
 
 @pytest.fixture(scope="module")
 def saved_keras3(tmp_path_factory):
