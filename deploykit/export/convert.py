@@ -56,6 +56,9 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
 
 _CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
 _env_lock = threading.Lock()
+#: (model name, layer count) of the models whose in-place conversion failed in this process: their next
+#: conversions (the pipeline's other variants and tries of the same network) go straight to the copying mode.
+_COPYING_ONLY: set[tuple[str, int]] = set()
 
 
 def _from_keras(tf2onnx, model, spec, opset: int):
@@ -64,15 +67,20 @@ def _from_keras(tf2onnx, model, spec, opset: int):
     By default tf2onnx deep-copies the whole graph, weights included, before each of its optimizer passes (a dozen,
     repeated until nothing changes), so that a pass that raises is skipped: a third of MobileNetV3Small's ONNX
     conversion, and a copy of every weight per pass for a big network. Run in place first (tf2onnx's own
-    ``TF2ONNX_CATCH_ERRORS`` switch), the graph is the same when no pass fails; when one fails, the conversion runs
-    again in tf2onnx's default mode, which skips that pass, so no model converts less often than before.
+    ``TF2ONNX_CATCH_ERRORS`` switch), the graph is the same when no pass fails. When one fails (tf2onnx's
+    transpose pass raises on a scalar constant added after a transpose: MobileNetV3's hard-swish), the conversion
+    runs again in tf2onnx's default mode, which skips that pass, so no model converts less often than before; that
+    network's next conversions in this process start in that mode.
     """
-    try:
-        with _env(_CATCH_ERRORS, "FALSE"):
-            return tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)[0]
-    except Exception:  # noqa: BLE001  (a pass or the conversion failed: the default, copying mode decides)
-        with _env(_CATCH_ERRORS, None):  # tf2onnx reads any value as "in place": unset is its default
-            return tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)[0]
+    key = (str(getattr(model, "name", "")), len(getattr(model, "layers", ())))
+    if key not in _COPYING_ONLY:
+        try:
+            with _env(_CATCH_ERRORS, "FALSE"):
+                return tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)[0]
+        except Exception:  # noqa: BLE001  (a pass or the conversion failed: the default, copying mode decides)
+            _COPYING_ONLY.add(key)
+    with _env(_CATCH_ERRORS, None):  # tf2onnx reads any value as "in place": unset is its default
+        return tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)[0]
 
 
 @contextlib.contextmanager

@@ -74,16 +74,31 @@ def test_conversion_copies_no_graph_and_matches_the_copying_mode(model, deepcopi
 
 
 def test_a_failing_optimizer_pass_is_skipped_as_before(model, monkeypatch, tmp_path):
+    """A pass that raises: the conversion runs again in tf2onnx's copying mode (which skips the pass), and the
+    same network's next conversion starts in that mode (one wasted in-place attempt per network, not per export)."""
+    import tf2onnx
     from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
 
-    from deploykit.export import export_onnx
+    from deploykit.export import convert, export_onnx
     from deploykit.export.runtimes import OnnxRunner
 
     def broken(self, graph, iteration):
         raise RuntimeError("a pass that fails")
 
+    conversions = []
+    original = tf2onnx.convert.from_keras
+
+    def counting(*args, **kwargs):
+        conversions.append(kwargs.get("opset"))
+        return original(*args, **kwargs)
+
     monkeypatch.setattr(TransposeOptimizer, "_optimize", broken)
+    monkeypatch.setattr(tf2onnx.convert, "from_keras", counting)
+    monkeypatch.setattr(convert, "_COPYING_ONLY", set())
     export_onnx(model, tmp_path / "model.onnx")
+    assert len(conversions) == 2  # in place (failed), then copying
     x = np.random.default_rng(0).standard_normal((5, 9, 9, 3)).astype(np.float32)
     got = OnnxRunner(tmp_path / "model.onnx").predict(x)
     np.testing.assert_allclose(got, model(x, training=False).numpy(), atol=1e-5)
+    export_onnx(model, tmp_path / "again.onnx")
+    assert len(conversions) == 3  # straight to the copying mode
