@@ -265,11 +265,13 @@ def run_child(name: str, timeout: float, size_cap: float) -> dict:
                 cwd=ROOT,
             )
         except subprocess.TimeoutExpired:
+            used = round(_children_cpu() - cpu, 1)  # the killed child, waited for by subprocess.run
             return {
                 "name": name,
                 "exit": "timeout",
-                "reason": f"no result within {timeout:.0f} s",
+                "reason": f"no result within {timeout:.0f} s wall ({used:.0f} CPU s used: the machine's load decides)",
                 "wall_seconds": round(time.perf_counter() - start, 1),
+                "cpu_seconds": used,
             }
     cpu = round(_children_cpu() - cpu, 1)  # the child and its runtime worker: what the row cost, whatever the load
     lines = [l for l in done.stdout.splitlines() if l.startswith(RESULT)]
