@@ -349,7 +349,9 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
             for k in ("int8_onnx", "int8_tflite")
             if isinstance(r.get(k), dict) and "error" in r[k]
         ]
-        reason = "; ".join(filter(None, [r.get("reason", ""), *errors, r.get("int8", "")])).replace("|", "\\|")
+        earlier = "measured in an earlier session's run" if r.get("session") == "previous" else ""
+        parts = [r.get("reason", ""), *errors, r.get("int8", ""), earlier]
+        reason = "; ".join(filter(None, parts)).replace("|", "\\|")
         lines.append(
             f"| {r['name']} | {side} | {params} | {r.get('exit')} | {_num(r.get('wall_seconds'), '.0f')} / "
             f"{_num(r.get('cpu_seconds'), '.0f')} | {folded} "
@@ -390,12 +392,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-cap", type=float, default=SIZE_CAP, help="parameters above which an architecture is skipped")
     p.add_argument("--render", action="store_true", help="rewrite zoo.md from zoo.json (no run), with --note")
     p.add_argument("--note", default="", help="a sentence about this run's machine, kept in zoo.json and zoo.md")
+    p.add_argument("--merge", default="", help="comma-separated zoo.json files of runs side by side: one table")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         row = run_one(args.child, Path(args.folder), args.size_cap)
         print(RESULT + json.dumps(row), flush=True)
+        return 0
+    if args.merge:
+        data = merged([json.loads(Path(f).read_text()) for f in args.merge.split(",") if f])
+        data["note"] = args.note or data.get("note", "")
+        write_results("zoo", data, markdown(data["rows"], data["seconds"], data["size_cap"], data["note"]), quiet=True)
         return 0
     if args.render:
         data = json.loads((RESULTS / "zoo.json").read_text())
@@ -422,6 +430,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         save(rows, time.perf_counter() - start, args.size_cap, keras.__version__, args.note)  # survives a stop
     return 0
+
+
+def merged(runs: list[dict]) -> dict:
+    """Runs side by side (shards of the architecture list, one process each) as one table: per architecture, the
+    last run's ``ok`` row, else its last measured row (a timeout, a refusal), else "not run yet"."""
+    names = [r["name"] for r in runs[0]["rows"]]
+    rows = []
+    for name in names:
+        found = [r for run in runs for r in run["rows"] if r["name"] == name and r.get("exit") != "not run yet"]
+        ok = [r for r in found if r.get("exit") == "ok"]
+        rows.append((ok or found or [{"name": name, "exit": "not run yet"}])[-1])
+    within = [r for r in rows if r.get("exit") == "ok" and (r.get("onnx_diff") or 0) <= TARGET]
+    return {
+        **runs[-1],
+        "architectures": len(rows),
+        "onnx_within_target": len(within),
+        "seconds": max(run["seconds"] for run in runs),
+        "rows": rows,
+    }
 
 
 def ordered(names: list[str]) -> list[str]:
