@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import DeployKitError, StepError, UsageError
-from deploykit.sparsity.ray_search import _cluster, _first_line, _from_bytes, _node_names, connect, where
+from deploykit.sparsity.ray_search import _cluster, _first_line, _from_bytes, _node_names, _ran_on, connect, where
 
 
 def model_bytes(model) -> bytes:
@@ -38,10 +38,6 @@ def model_bytes(model) -> bytes:
         path = Path(tmp) / "model.keras"
         save_model_like(model, path, not is_tf_keras_model(model))
         return path.read_bytes()
-
-
-def _ran_on(node: tuple[str, int], names: dict[str, str]) -> str:
-    return f"ran on node {names.get(node[0], node[0][:8])} ({node[0][:8]}), pid {node[1]}"
 
 
 def _cause(exc: BaseException) -> BaseException | None:

@@ -1,22 +1,25 @@
-"""The sparsity search's tries as Ray tasks (Ray core): the first alone, then as many as the cluster has CPUs.
+"""The sparsity search's tries on Ray (Ray core): the first in the driver, the others as tasks only if it missed.
 
 The tries of a search are independent of each other (each prunes a copy of the same model at its own target,
-with the same seed), so they run as one Ray task each: the highest target alone first (the serial search most
-often keeps it), then as many as the cluster has CPUs, a new one starting when one is done, none once a try is
-within the budget (a small cluster does not pay for tries the serial search never starts; a cluster with a CPU
-per target runs all the others at once); the search then keeps what the serial search keeps: the highest
-target within the budget. Tries below it that ran are reported as not needed, a task that fails is that try's
-failure (its error in the try's note), and each try's note says where it ran. The
-model travels as a ``.keras`` file's bytes, the data and the teacher's outputs through Ray's object store, and
-deploykit itself as a ``py_modules`` entry of the job's runtime environment, so a cluster's nodes need only the
-same Python packages (``pip install "deploykit[ray]"``). Ray is an optional dependency: importing this module
-does not import it.
+with the same seed). The highest target runs first in the driver itself (the serial search most often keeps it),
+while a thread connects to Ray and readies a worker per CPU (TensorFlow imported at the lowest priority, the model
+loaded): a search whose first try is kept pays no Ray start-up. Only if it missed do the next targets run as one
+Ray task each, as many at once as the cluster has CPUs, a new one starting when one is done, none once a try is
+within the budget; the search then keeps what the serial search keeps: the highest target within the budget.
+Tries below it that ran are reported as not needed, a task that fails is that try's failure (its error in the
+try's note), and each try's note says where it ran (in the driver, or as a Ray task). The model travels as a
+``.keras`` file's bytes, the data and the teacher's outputs through Ray's object store, and deploykit itself as a
+``py_modules`` entry of the job's runtime environment, so a cluster's nodes need only the same Python packages
+(``pip install "deploykit[ray]"``). Ray is an optional dependency: importing this module does not import it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +84,76 @@ def _node_names() -> dict[str, str]:
 def _run_try(run_try, blob: bytes, data, config, target, layer_targets, teacher, original, metric):
     """One try inside a Ray task: (SearchTry, the pruned model's bytes or None, prune's report, where it ran)."""
     attempt, pruned, record = run_try(
-        _from_bytes(blob), data, config, target, layer_targets, teacher, original, metric, lambda _m: None
+        _cached(blob), data, config, target, layer_targets, teacher, original, metric, lambda _m: None
     )
     return attempt, None if pruned is None else _to_bytes(pruned), record, where()
+
+
+#: The search's model in a warm worker, by its bytes' digest: the tries that worker runs next skip loading it.
+_MODELS: dict[str, Any] = {}
+
+
+def _cached(blob: bytes):
+    """The model of ``blob``, loaded once per worker process (a try prunes a copy: the model itself stays as is)."""
+    key = hashlib.sha256(blob).hexdigest()
+    if key not in _MODELS:
+        _MODELS.clear()  # one search's model at a time
+        _MODELS[key] = _from_bytes(blob)
+    return _MODELS[key]
+
+
+def _warm_up(blob: bytes) -> tuple[str, int]:
+    """A Ray task readying its worker for the tries while the first runs in the driver: TensorFlow and deploykit
+    imported at the lowest priority (on a node shared with the driver the import takes only idle CPU), then the
+    model loaded. Returns where it ran."""
+
+    def imports():
+        if sys.platform == "linux":  # the nice value is a thread's own on Linux: this thread only, not the worker
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+        import tensorflow_model_optimization  # noqa: F401  (TF-MOT, which prunes)
+
+        from deploykit.backend import keras  # noqa: F401  (TensorFlow and the Keras the tries use)
+        from deploykit.sparsity import magnitude, search, tuning  # noqa: F401  (the try's own modules)
+
+    thread = threading.Thread(target=imports, daemon=True)
+    thread.start()
+    thread.join()
+    _cached(blob)
+    return where()
+
+
+class _Background:
+    """Ray connected, the inputs put in its object store and ``warm`` workers readied, in a thread: the driver's
+    own first try runs meanwhile, so a search whose first try is kept pays no Ray start-up."""
+
+    def __init__(self, address: str, blob: bytes, data, teacher, warm: int):
+        """``blob``: the model's bytes (saved by the caller: Keras saves in the thread that runs it); ``warm``: the
+        tries that may follow the first (no more workers are warmed than the cluster has CPUs)."""
+        self.refs: tuple | None = None
+        self.error: BaseException | None = None
+        self._args = (address, blob, data, teacher, warm)
+        self._thread = threading.Thread(target=self._run, name="deploykit-ray-warm-up", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import ray
+
+        address, blob, data, teacher, warm = self._args
+        try:
+            connect(address)
+            blob = ray.put(blob)
+            warm_up = ray.remote(num_cpus=1, max_retries=0)(_warm_up)
+            warm = min(warm, int(ray.cluster_resources().get("CPU", 1)))
+            self.refs = (blob, ray.put(data), ray.put(teacher), [warm_up.remote(blob) for _ in range(warm)])
+        except BaseException as exc:  # noqa: BLE001  (said when the driver needs Ray: see ready())
+            self.error = exc
+
+    def ready(self) -> tuple:
+        """(model ref, data ref, teacher ref, warm-up refs) once connected; Ray's own error if it could not."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.refs
 
 
 def run_tries(
@@ -99,35 +169,48 @@ def run_tries(
     say,
     address: str,
     accept=lambda attempt: False,
+    stopper=None,
 ) -> list[tuple[Any, Any, Any]]:
-    """The ``(target, layer_targets)`` as Ray tasks running ``run_try`` (the search's own try), as many at once as
-    the cluster has CPUs, taken in order; ``(SearchTry, pruned model or None, record or None)`` each, the try's
-    note saying where it ran. Once a try is ``accept``-ed no further try starts (those already running are
+    """The ``(target, layer_targets)`` tried with ``run_try`` (the search's own try): the first (highest) in this
+    process while Ray connects and warms a worker per CPU, the others only if it missed, as Ray tasks, as many at
+    once as the cluster has CPUs, taken in order; ``(SearchTry, pruned model or None, record or None)`` each, the
+    try's note saying where it ran. Once a try is ``accept``-ed no further try starts (those already running are
     reported: the serial search never started them, :func:`keep_first` says they were not needed). A task that
-    fails (a worker lost, an exception) is that try's failure: ``failed(target, layer_targets, note)``."""
+    fails (a worker lost, an exception) is that try's failure: ``failed(target, layer_targets, note)``.
+    ``stopper``: the first try's deadline callback (a time budget's)."""
     import ray
 
-    connect(address)
-    remote = ray.remote(num_cpus=1, max_retries=0)(_run_try)
-    blob, data_ref, teacher_ref = ray.put(_to_bytes(model)), ray.put(data), ray.put(teacher)
+    background = _Background(address, _to_bytes(model), data, teacher, len(plans) - 1)
+    if len(plans) > 1:
+        say(f"  the first of {len(plans)} tries runs here while Ray readies its workers for the others")
+    attempt, pruned, record = run_try(model, data, config, *plans[0], teacher, original, metric, say, stopper)
+    blob, data_ref, teacher_ref, _warm = background.ready()
+    here = f"{_ran_on((ray.get_runtime_context().get_node_id(), os.getpid()), _node_names())}, in the driver"
+    attempt.note = f"{attempt.note}; {here}" if attempt.note else here
+    out = [(attempt, pruned, record)]
+    if accept(attempt) or len(plans) == 1:
+        return out
+    plans = plans[1:]
     width = max(1, min(len(plans), int(ray.cluster_resources().get("CPU", 1))))
-    say(f"  {len(plans)} tries as Ray tasks on {_cluster()}: the first alone, then {width} at once")
+    say(f"  {len(plans)} more tries as Ray tasks on {_cluster()}, {width} at once")
+    remote = ray.remote(num_cpus=1, max_retries=0)(_run_try)
 
     def start(i: int):
         return remote.remote(run_try, blob, data_ref, config, *plans[i], teacher_ref, original, metric)
 
-    # The highest target runs alone: the serial search keeps it more often than not, and a try started beside it
-    # would only share its CPUs (on 2 cores, Ray was 2.67x slower than serial with two tries from the start).
-    refs = [start(0)]
-    out, names, kept = [], _node_names(), False
+    refs, names, kept = [start(i) for i in range(width)], _node_names(), False
     for i, (target, layer_targets) in enumerate(plans):
         if i == len(refs):  # a try was kept: the serial search stops there, no further try starts
             break
         out.append(_result(ray, refs[i], target, layer_targets, failed, names))
         kept = kept or accept(out[-1][0])
-        while not kept and len(refs) < min(len(plans), i + 1 + width):  # CPUs free: the next targets start
+        if not kept and len(refs) < len(plans):  # a CPU is free: the next target starts
             refs.append(start(len(refs)))
     return out
+
+
+def _ran_on(node: tuple[str, int], names: dict[str, str]) -> str:
+    return f"ran on node {names.get(node[0], node[0][:8])} ({node[0][:8]}), pid {node[1]}"
 
 
 def _result(ray, ref, target, layer_targets, failed, names: dict[str, str]) -> tuple[Any, Any, Any]:
@@ -136,8 +219,8 @@ def _result(ray, ref, target, layer_targets, failed, names: dict[str, str]) -> t
         attempt, pruned, record, node = ray.get(ref)
     except Exception as exc:  # noqa: BLE001  (Ray wraps the task's error: it is this try's failure)
         return failed(target, layer_targets, f"Ray task failed: {_first_line(exc)}"), None, None
-    ran = f"node {names.get(node[0], node[0][:8])} ({node[0][:8]}), pid {node[1]}"
-    attempt.note = f"{attempt.note}; ran on {ran}" if attempt.note else f"ran on {ran}"
+    ran = f"{_ran_on(node, names)}, as a Ray task"
+    attempt.note = f"{attempt.note}; {ran}" if attempt.note else ran
     return attempt, None if pruned is None else _from_bytes(pruned), record
 
 

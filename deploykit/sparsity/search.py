@@ -124,9 +124,9 @@ def search_sparsity(
     itself when no target met the budget (or no layer is left to prune: ``tries`` is then empty).
     ``limits`` (a time budget's share, :mod:`deploykit.sparsity.deadline`): a cheaper scan, no try that cannot
     finish in time (reported as not tried), and a try running at the deadline stopped (reported as such).
-    ``ray`` (``"local"`` or a cluster's address): every try at once as a Ray task
-    (:mod:`deploykit.sparsity.ray_search`), the same kept try as serially (without the try with the protected
-    layers pruned too: ``config.prune_protected`` applies to serial searches).
+    ``ray`` (``"local"`` or a cluster's address): the first try here while Ray readies its workers, the others,
+    if it missed, as Ray tasks (:mod:`deploykit.sparsity.ray_search`); the same kept try as serially (without the
+    try with the protected layers pruned too: ``config.prune_protected`` applies to serial searches).
     ``nll``: also hold every try's validation NLL to ``nll.limit`` above the original's (a classifier's run;
     :mod:`deploykit.sparsity.nll_rule`); a try missing either is not kept, and its note says which.
     """
@@ -166,6 +166,7 @@ def search_sparsity(
             say,
             ray,
             accept=lambda attempt: accepted(attempt, budget),
+            stopper=limits.stopper(),
         )
         return keep_first(results, report, model, say, explain=lambda a: miss_note(a, budget, original, nll))
     for target in config.targets if chosen else ():  # every layer protected: nothing to try
