@@ -16,6 +16,7 @@ try's note), and each try's note says where it ran (in the driver, or as a Ray t
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -29,12 +30,18 @@ from deploykit.errors import UsageError
 LOCAL = "local"
 
 
-def connect(address: str) -> None:
-    """``ray.init`` once per process: a local Ray for :data:`LOCAL`, else the cluster at ``address``."""
+def _ray():
+    """The ``ray`` module, or the UsageError saying how to install it."""
     try:
         import ray
     except ImportError:
         raise UsageError('--ray needs Ray: pip install "deploykit[ray]"') from None
+    return ray
+
+
+def connect(address: str) -> None:
+    """``ray.init`` once per process: a local Ray for :data:`LOCAL`, else the cluster at ``address``."""
+    ray = _ray()
     if ray.is_initialized():
         return
     import deploykit
@@ -139,6 +146,8 @@ class _Background:
         import ray
 
         address, blob, data, teacher, warm = self._args
+        # ray.init outside the main thread leaves the process's SIGTERM handling as it is (deploykit's), and warns
+        logging.getLogger("ray._private.worker").addFilter(lambda r: "SIGTERM handler is not set" not in r.getMessage())
         try:
             connect(address)
             blob = ray.put(blob)
@@ -178,8 +187,7 @@ def run_tries(
     reported: the serial search never started them, :func:`keep_first` says they were not needed). A task that
     fails (a worker lost, an exception) is that try's failure: ``failed(target, layer_targets, note)``.
     ``stopper``: the first try's deadline callback (a time budget's)."""
-    import ray
-
+    ray = _ray()  # not installed: said before the first try
     background = _Background(address, _to_bytes(model), data, teacher, len(plans) - 1)
     if len(plans) > 1:
         say(f"  the first of {len(plans)} tries runs here while Ray readies its workers for the others")
