@@ -129,6 +129,10 @@ def _warm_up(blob: bytes) -> tuple[str, int]:
     return where()
 
 
+def _no_sigterm_warning(record: logging.LogRecord) -> bool:
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
 class _Background:
     """Ray connected, the inputs put in its object store and ``warm`` workers readied, in a thread: the driver's
     own first try runs meanwhile, so a search whose first try is kept pays no Ray start-up."""
@@ -147,7 +151,7 @@ class _Background:
 
         address, blob, data, teacher, warm = self._args
         # ray.init outside the main thread leaves the process's SIGTERM handling as it is (deploykit's), and warns
-        logging.getLogger("ray._private.worker").addFilter(lambda r: "SIGTERM handler is not set" not in r.getMessage())
+        logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)  # once: the same filter
         try:
             connect(address)
             blob = ray.put(blob)
