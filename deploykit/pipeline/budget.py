@@ -38,7 +38,9 @@ SCAN_SHARE = 0.2
 #: Rows of the validation split a cheaper scan uses.
 SCAN_ROWS = 512
 #: An export's cost against one float32 ONNX export (conversion plus validation in its runtime), by variant kind.
-EXPORT_WEIGHT = {"float": 1.0, "int8-dynamic": 1.3, "int8-static": 2.0}
+#: int8-static calibrates, quantizes and validates: EfficientNetB0 (32x32) measured 3.3x and 4.8x its float32 export
+#: (benchmarks/bench_time_budget.py, two runs on 2 loaded cores).
+EXPORT_WEIGHT = {"float": 1.0, "int8-dynamic": 1.3, "int8-static": 3.5}
 #: Steps that only improve the model: skipped once the deadline has passed (the model is saved and exported as it is).
 OPTIONAL_STEPS = ("structured", "fold", "compact")
 #: Without a measured export: seconds per layer of the model (tf2onnx / the TFLite converter), plus a constant.
@@ -162,6 +164,7 @@ class Plan:
     dropped: list[str] = field(default_factory=list)  # what the budget left out, said in the plan line
     estimates: dict[str, float] = field(default_factory=dict)  # seconds by part
     scan: str = ""  # how the sensitivity scan runs
+    convolutions: bool = False  # the graph has convolutions: an int8-dynamic variant is exported as int8-static
     export_observed: bool = False
     measured: dict[str, float] = field(default_factory=dict)  # seconds of the first export of each kind
 
@@ -176,6 +179,7 @@ class Plan:
         """An export measured in the run: the first one re-plans every export (scaled by kind), and each kind's
         own first measure (float, int8 dynamic, int8 calibrated: the int8 preparation is what a convnet pays) plans
         that kind's later exports and fallbacks."""
+        quant = quant.for_graph(self.convolutions)
         if not self.export_observed:
             self.export_observed = True
             unit = export_cost(dataclasses.replace(self.costs, export=1.0), quant)
@@ -184,6 +188,7 @@ class Plan:
 
     def export_seconds(self, quant: Quantization) -> float:
         """What one export of ``quant`` is expected to take: its kind's measure, else scaled from the first export."""
+        quant = quant.for_graph(self.convolutions)  # what int8_variants tries first on this graph
         return self.measured.get(_kind(quant), export_cost(self.costs, quant))
 
     def fits(self, seconds: float, grace: float = 0.0) -> bool:
@@ -229,11 +234,12 @@ class Plan:
         }
 
 
-def make_plan(config, costs: Costs, start: float, n_layers: int) -> Plan:
+def make_plan(config, costs: Costs, start: float, n_layers: int, convolutions: bool = False) -> Plan:
     """Fit the run into ``config.plan.time_budget`` minutes (None: plan the defaults and estimate them).
 
-    ``n_layers``: the prunable layers the search would scan. The planned fine-tuning is TF-MOT pruning (the
-    search's tries, or the one try of a given target); l1 runs as configured.
+    ``n_layers``: the prunable layers the search would scan; ``convolutions``: the graph has some (an int8-dynamic
+    export then runs as int8-static, see :func:`deploykit.pipeline.int8_search.int8_variants`). The planned
+    fine-tuning is TF-MOT pruning (the search's tries, or the one try of a given target); l1 runs as configured.
     """
     from deploykit.pipeline.tables import SparsityMethod
 
@@ -249,6 +255,7 @@ def make_plan(config, costs: Costs, start: float, n_layers: int) -> Plan:
         variants=list(variants),
         targets=step.search.targets if step.searching else (step.prune.target_sparsity,),
         epochs=step.prune.epochs,
+        convolutions=convolutions,
     )
     scanning = step.searching and step.search.sensitivity and n_layers > 1
     mc = _mc_seconds(config, costs)
@@ -257,7 +264,7 @@ def make_plan(config, costs: Costs, start: float, n_layers: int) -> Plan:
         scan = _scan_seconds(costs, n_layers, 6, costs.val_rows) if scanning else 0.0
         plan.scan = describe_scan(SearchLimits(), n_layers, costs.val_rows) if scanning else ""
         plan.estimates = {
-            "exports": sum(export_cost(costs, q) for _, q in variants),
+            "exports": sum(plan.export_seconds(q) for _, q in variants),
             "mc": mc,
             "post": post,
             "search": scan + len(plan.targets) * (costs.trace + plan.epochs * costs.epoch) if pruning else 0.0,
@@ -295,7 +302,7 @@ def _fit_exports(plan: Plan, config, costs: Costs, avail: float, mc: float) -> f
     keep = set(essential_variants(plan.variants))
 
     def needs() -> float:
-        return sum(export_cost(costs, q) for _, q in plan.variants) + mc
+        return sum(plan.export_seconds(q) for _, q in plan.variants) + mc
 
     for v in [v for v in reversed(plan.variants) if v not in keep]:
         if needs() <= 0.6 * avail:

@@ -335,19 +335,21 @@ def _plan(original, data, config: OptimizeConfig, started: float | None, model_s
     the seconds measuring the original model took (fold, compact and save each cost about as much)."""
     from deploykit import progress as live
     from deploykit.core.graph import graph_from_model
+    from deploykit.core.layers import Role
     from deploykit.pipeline.budget import make_plan, measure
 
     live.step("measuring a fine-tuning epoch on this model")
     layers = [n for n in graph_from_model(original, unsafe=True).nodes if n.spec.support.prunable]
     start, n = time.monotonic() if started is None else started, max(0, len(layers) - 1)
+    convolutions = any(node.spec.support.role is Role.CONV for node in layers)
     costs = measure(
         original,
         data,
         config.sparsity.prune,
         model_step=model_step,
-        worth_training=lambda optimistic: make_plan(config, optimistic, start, n).search,
+        worth_training=lambda optimistic: make_plan(config, optimistic, start, n, convolutions).search,
     )
-    return make_plan(config, costs, start, n)
+    return make_plan(config, costs, start, n, convolutions)
 
 
 def _planned_step(step: Step, model, ctx: RunContext, plan) -> StepOutput:

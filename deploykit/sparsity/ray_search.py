@@ -120,7 +120,7 @@ def _warm_up(blob: bytes) -> tuple[str, int]:
         import tensorflow_model_optimization  # noqa: F401  (TF-MOT, which prunes)
 
         from deploykit.backend import keras  # noqa: F401  (TensorFlow and the Keras the tries use)
-        from deploykit.sparsity import magnitude, search, tuning  # noqa: F401  (the try's own modules)
+        from deploykit.sparsity import magnitude, tuning  # noqa: F401  (the try's own modules)
 
     thread = threading.Thread(target=imports, daemon=True)
     thread.start()

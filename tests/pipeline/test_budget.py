@@ -204,3 +204,20 @@ def test_when_the_wanted_exports_do_not_fit_fold_and_compact_make_room():
     assert "left out" in skipped_reason(plan, "fold", config)
     assert skipped_reason(plan, "save model", config) is None
     assert [f"{f.value} {q.value}" for f, q in plan.variants] == ["onnx float32", "onnx int8-dynamic"]
+
+
+def test_a_convnet_s_int8_dynamic_is_planned_at_the_int8_static_cost_it_is_exported_at():
+    """On a graph with convolutions the int8-dynamic variant is exported as int8-static first (QDQ convolutions):
+    the plan counts that cost (EfficientNetB0's overran a 10-minute budget planned at the dynamic one's)."""
+    from deploykit.pipeline.budget import EXPORT_WEIGHT
+
+    config = OptimizeConfig().with_options(time_budget=60)
+    dense, conv = (make_plan(config, _costs(), time.monotonic(), 2, convolutions=c) for c in (False, True))
+    dynamic = Quantization.INT8_DYNAMIC
+    assert dense.export_seconds(dynamic) == pytest.approx(2.0 * EXPORT_WEIGHT["int8-dynamic"])
+    assert conv.export_seconds(dynamic) == pytest.approx(2.0 * EXPORT_WEIGHT["int8-static"])
+    assert conv.export_seconds(dynamic) > dense.export_seconds(dynamic)
+    conv.observe_export(Quantization.FLOAT32, 10.0)
+    conv.observe_export(dynamic, 50.0)  # measured: the next int8-dynamic export of this graph is planned at it
+    assert conv.export_seconds(dynamic) == 50.0
+    assert conv.export_seconds(Quantization.INT8_FULL) == 50.0  # the same kind: calibrated int8
