@@ -199,8 +199,8 @@ def steps(got: dict) -> dict[str, dict[str, float]]:
 def skipped(row: dict) -> set[str]:
     """The steps a run skipped (switched off, or left out by its time budget's plan): no work, no growth. Rows
     written before the statuses were kept: a budgeted run's steps under 2 s (a skipped search still plans)."""
-    if "skipped" in row:
-        return set(row["skipped"])
+    if "skipped" in row:  # the run's step names ("sparsity (prune)"), the progress lines' first words ("sparsity")
+        return {n for n in row.get("steps", {}) if any(k == n or k.startswith(n + " (") for k in row["skipped"])}
     if not row.get("time_budget"):
         return set()
     return {n for n, t in row.get("steps", {}).items() if n != "prepare" and t["wall"] < 2.0}
