@@ -5,33 +5,27 @@ functions do.
 """
 
 from deploykit.export.artifact import ExportRecord
-from deploykit.export.bundle import BundleReport, artifact_name, export_bundle, export_variant
+from deploykit.export.bundle import export_bundle, export_variant
 from deploykit.export.config import (
-    CalibrationMethod,
     ExportConfig,
     ExportFormat,
-    InstanceKind,
     Precision,
     QuantConfig,
     Quantization,
     Tolerance,
     TritonConfig,
 )
-from deploykit.export.int8_prep import Int8Preparation, prepare_for_int8
+from deploykit.export.int8_prep import prepare_for_int8
 from deploykit.export.onnx_export import export_onnx, quantize_onnx_file
 from deploykit.export.runtimes import OnnxRunner, TfliteRunner, open_runner
 from deploykit.export.tflite_export import export_tflite
 from deploykit.export.triton import write_kserve_manifest, write_triton_models, write_triton_repository
-from deploykit.export.validate import ValidationReport, validate, validation_markdown
+from deploykit.export.validate import ValidationReport, validate
 
 __all__ = [
-    "BundleReport",
-    "CalibrationMethod",
     "ExportConfig",
     "ExportFormat",
     "ExportRecord",
-    "InstanceKind",
-    "Int8Preparation",
     "OnnxRunner",
     "Precision",
     "QuantConfig",
@@ -40,7 +34,6 @@ __all__ = [
     "Tolerance",
     "TritonConfig",
     "ValidationReport",
-    "artifact_name",
     "export_bundle",
     "export_onnx",
     "export_tflite",
@@ -49,7 +42,6 @@ __all__ = [
     "prepare_for_int8",
     "quantize_onnx_file",
     "validate",
-    "validation_markdown",
     "write_kserve_manifest",
     "write_triton_models",
     "write_triton_repository",

@@ -15,11 +15,11 @@ from deploykit.core.graph import Graph, graph_from_model, random_inputs, to_kera
 from deploykit.core.layers import Role
 from deploykit.errors import UsageError
 from deploykit.fold.affine import NotFoldable, layer_affine
-from deploykit.fold.report import FoldedLayer, FoldReport, Placement, UnfoldedLayer
+from deploykit.fold.report import FoldReport, Placement
 from deploykit.fold.rules import fold_backward_pass, fold_forward_pass
 from deploykit.io.keras3_api import keras3_boundary
 
-__all__ = ["fold_batchnorm", "FoldReport", "FoldedLayer", "UnfoldedLayer", "Placement", "PROBE_SAMPLES"]
+__all__ = ["fold_batchnorm", "FoldReport", "Placement"]
 
 #: How many random inputs the fold is checked on.
 PROBE_SAMPLES = 1000

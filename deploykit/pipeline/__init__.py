@@ -9,44 +9,16 @@ Importing this package does not import TensorFlow.
 """
 
 from deploykit.pipeline.config import OptimizeConfig
-from deploykit.pipeline.records import ArtifactRow, ModelFigures, Stage, Status, StepOutput, StepRecord, Try, Verdict
+from deploykit.pipeline.records import Status, Verdict
 from deploykit.pipeline.run import OptimizeResult, build_pipeline, optimize
-from deploykit.pipeline.steps import Step
-from deploykit.pipeline.tables import (
-    CompactStep,
-    EnsembleStep,
-    ExportStep,
-    FoldStep,
-    InputConfig,
-    MCStep,
-    SparsityMethod,
-    SparsityStep,
-    StructuredStep,
-    ValidateStep,
-)
+from deploykit.pipeline.tables import SparsityMethod
 
 __all__ = [
     "optimize",
     "OptimizeConfig",
     "OptimizeResult",
-    "InputConfig",
-    "FoldStep",
-    "SparsityStep",
-    "StructuredStep",
     "SparsityMethod",
-    "CompactStep",
-    "ExportStep",
-    "MCStep",
-    "EnsembleStep",
-    "ValidateStep",
-    "Step",
     "build_pipeline",
-    "StepRecord",
-    "StepOutput",
-    "Try",
-    "Stage",
-    "ArtifactRow",
-    "ModelFigures",
     "Status",
     "Verdict",
 ]

@@ -1,17 +1,16 @@
 """Serve exported ONNX models (deterministic, MC Dropout, deep ensembles) over KServe v2 and v1 REST with onnxruntime.
 
-``ServeConfig`` and ``discover_models`` are light; ``serve`` and ``serve_models``
-(kserve, onnxruntime; never TensorFlow) are imported when first used.
+``ServeConfig`` is light; ``serve`` (kserve, onnxruntime; never TensorFlow) is imported when first used.
+``serve_models`` and ``discover_models`` are imported from their modules (``serve.server``, ``serve.discover``).
 """
 
 from __future__ import annotations
 
 from deploykit._lazy import lazy_exports
 from deploykit.serve.config import ServeConfig
-from deploykit.serve.discover import discover_models
 
-_LAZY = {"serve": "deploykit.serve.server", "serve_models": "deploykit.serve.server"}
+_LAZY = {"serve": "deploykit.serve.server"}
 
-__all__ = ["ServeConfig", "discover_models", *_LAZY]
+__all__ = ["ServeConfig", *_LAZY]
 
 __getattr__, __dir__ = lazy_exports("deploykit.serve", _LAZY, globals())

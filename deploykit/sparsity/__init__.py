@@ -8,26 +8,20 @@ from deploykit.sparsity.config import L1Config, PruneConfig, SearchConfig, Struc
 from deploykit.sparsity.dead_neurons import compact
 from deploykit.sparsity.l1 import sparsify_l1
 from deploykit.sparsity.magnitude import prune
-from deploykit.sparsity.report import CompactReport, LayerCompact, LayerSparsity, PruneSchedule, SparsityReport
-from deploykit.sparsity.search import SearchReport, SearchTry, search_sparsity
-from deploykit.sparsity.structured import StructuredReport, prune_structured
+from deploykit.sparsity.report import CompactReport, SparsityReport
+from deploykit.sparsity.search import search_sparsity
+from deploykit.sparsity.structured import prune_structured
 
 __all__ = [
     "prune",
     "prune_structured",
     "StructuredConfig",
-    "StructuredReport",
     "sparsify_l1",
     "compact",
     "search_sparsity",
     "SearchConfig",
-    "SearchReport",
-    "SearchTry",
     "PruneConfig",
     "L1Config",
     "SparsityReport",
     "CompactReport",
-    "LayerSparsity",
-    "LayerCompact",
-    "PruneSchedule",
 ]

@@ -14,16 +14,9 @@ from deploykit._lazy import lazy_exports
 
 _API = {
     "TrainConfig": "deploykit.training.presets",
-    "Preset": "deploykit.training.presets",
-    "Optimizer": "deploykit.training.presets",
-    "BatchNorm": "deploykit.training.presets",
     "build_model": "deploykit.training.model",
-    "OneCycle": "deploykit.training.schedules",
     "find_lr": "deploykit.training.lr_finder",
-    "LRFinderResult": "deploykit.training.lr_finder",
     "train": "deploykit.training.trainer",
-    "TrainResult": "deploykit.training.trainer",
-    "TrainRecord": "deploykit.training.trainer",
 }
 
 __all__ = list(_API)
