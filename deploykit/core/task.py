@@ -47,6 +47,8 @@ class OutputKind(str, enum.Enum):
     __str__ = str.__str__
 
 
+#: Output kinds whose activation makes the model a classifier, whatever the labels say (a softmax).
+CLASSIFIER_HEADS = frozenset({OutputKind.PROBABILITIES})
 #: Activations whose output is a probability distribution over the last axis.
 _SOFTMAX = frozenset({"softmax"})
 #: Layer classes that are a softmax by themselves.
@@ -113,7 +115,7 @@ def resolve_task(
     regression is set or read off the labels; several sigmoid units (a multi-label head) are a UsageError
     unless they are regression targets.
     """
-    if kind is OutputKind.PROBABILITIES:
+    if kind in CLASSIFIER_HEADS:
         if task is Task.REGRESSION:
             raise UsageError("--task regression: the model ends in a softmax, which makes it a classifier")
         return Task.CLASSIFICATION, kind

@@ -38,6 +38,7 @@ class TaskSpec:
     from_logits: bool  # the output is pre-activation scores (softmax or sigmoid still to apply)
     binary: bool  # one unit for two classes: the output is P(class 1) or its logit, [N, 1]
     description: str
+    activation_op: str = ""  # the ONNX op of the head's activation, which the MC graph must end in ("": none)
 
     @property
     def classification(self) -> bool:
@@ -76,10 +77,8 @@ class TaskSpec:
         """Per-class log-probabilities [N, C] of a batch of outputs, in TensorFlow (what a fine-tuning loss reads)."""
         from deploykit.backend import tf
 
-        if self.kind is OutputKind.LOGITS:
-            return tf.nn.log_softmax(y_pred, axis=-1)
-        if self.kind is OutputKind.BINARY_LOGITS:
-            return tf.nn.log_softmax(_tf_binary_logits(y_pred), axis=-1)
+        if self.from_logits:
+            return tf.nn.log_softmax(_tf_binary_logits(y_pred) if self.binary else y_pred, axis=-1)
         p = tf.concat([1.0 - y_pred, y_pred], axis=-1) if self.binary else y_pred
         return tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))
 
@@ -87,11 +86,11 @@ class TaskSpec:
         """Class probabilities [N, C] of a batch of outputs, in TensorFlow (what the TFLite signature serves)."""
         from deploykit.backend import tf
 
-        if self.kind is OutputKind.LOGITS:
-            return tf.nn.softmax(out, axis=-1)
-        if self.kind is OutputKind.BINARY_LOGITS:
-            return tf.nn.softmax(_tf_binary_logits(out), axis=-1)
-        return tf.concat([1.0 - out, out], axis=-1) if self.binary else out
+        if self.from_logits:
+            return tf.nn.softmax(_tf_binary_logits(out) if self.binary else out, axis=-1)
+        if not self.classification or not self.binary:
+            return out
+        return tf.concat([1.0 - out, out], axis=-1)
 
     def onnx_probabilities(self, g, x: str, output: str | None = None) -> str:
         """The probabilities [N, C] of tensor ``x`` appended to an ONNX builder ``g`` (with ``op`` and ``const``).
@@ -120,7 +119,9 @@ def _tf_binary_logits(z):
 SPECS = {
     spec.kind: spec
     for spec in (
-        TaskSpec(OutputKind.PROBABILITIES, Task.CLASSIFICATION, False, False, "class probabilities (softmax)"),
+        TaskSpec(
+            OutputKind.PROBABILITIES, Task.CLASSIFICATION, False, False, "class probabilities (softmax)", "Softmax"
+        ),
         TaskSpec(OutputKind.LOGITS, Task.CLASSIFICATION, True, False, "class logits (probabilities = softmax)"),
         TaskSpec(
             OutputKind.SIGMOID,
@@ -128,6 +129,7 @@ SPECS = {
             False,
             True,
             "one sigmoid unit: P(class 1) of a binary classifier (probabilities = [1 - p, p])",
+            "Sigmoid",
         ),
         TaskSpec(
             OutputKind.BINARY_LOGITS,

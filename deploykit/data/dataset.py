@@ -28,7 +28,7 @@ import numpy as np
 
 from deploykit.configs import SEED_MAX, Config, choice, integer, number
 from deploykit.configs import names as name_list
-from deploykit.core.task import MULTI_LABEL, OutputKind, Task
+from deploykit.core.task import CLASSIFIER_HEADS, MULTI_LABEL, OutputKind, Task
 from deploykit.data.labels import _checked, _labels_for, _task_of
 from deploykit.data.onehot import from_one_hot, zero_one_matrix
 from deploykit.data.readers import (  # noqa: F401  (read_idx: public, imported from here)
@@ -143,7 +143,7 @@ class Dataset:
         self.check_input_shape(model.input_shape, what=what)
         outputs = model.output_shape[-1]
         kind = output_kind(graph_from_model(model, unsafe=True))
-        if kind is OutputKind.PROBABILITIES and self.task is Task.REGRESSION:
+        if kind in CLASSIFIER_HEADS and self.task is Task.REGRESSION:
             raise DataError(
                 f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
                 "give class labels, or a model with linear outputs"
@@ -155,10 +155,7 @@ class Dataset:
         ):  # K units, 0/1 labels
             raise DataError(f"data {self.name!r} and {what}: " + MULTI_LABEL.format(units=outputs))
         binary = (
-            outputs == 1
-            and kind is not OutputKind.PROBABILITIES
-            and self.task is Task.CLASSIFICATION
-            and self.num_classes == 2
+            outputs == 1 and kind not in CLASSIFIER_HEADS and self.task is Task.CLASSIFICATION and self.num_classes == 2
         )  # one sigmoid or linear unit for two classes
         if isinstance(outputs, int) and outputs != self.num_outputs and not binary:
             have = (

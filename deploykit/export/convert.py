@@ -45,7 +45,7 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
         _add_binary_head(proto.graph, spec)
     else:
         _rename_output(proto.graph, names[0])
-        if kind is OutputKind.LOGITS:
+        if spec.from_logits:
             _add_softmax(proto.graph, names[0], names[1])
     onnx.checker.check_model(proto)
     width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None

@@ -193,14 +193,14 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     x, shape = values[out]
     task, kind = mc_task(graph, config.task, shape)
     spec = spec_of(kind)
-    last = {OutputKind.PROBABILITIES: "Softmax", OutputKind.SIGMOID: "Sigmoid"}.get(kind)
-    if last is not None and g.nodes[-1].op_type != last:
+    last = spec.activation_op
+    if last and g.nodes[-1].op_type != last:
         raise UnsupportedLayerError(
             graph.nodes[-1].spec.name,
             graph.nodes[-1].spec.class_name,
             f"MC Dropout needs the {last.lower()} as the model's last operation",
         )
-    if kind is OutputKind.SIGMOID:  # a binary head's samples are the softmax of [0, z] on its logit z, below
+    if spec.binary and not spec.from_logits:  # a sigmoid head's samples are the softmax of [0, z] on its logit z, below
         x = g.nodes.pop().input[0]
     if out not in sampled:
         x = (
