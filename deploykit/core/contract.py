@@ -72,8 +72,7 @@ FREE_AXES = frozenset({"N", "T", "K"})
 ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)"}
 UNCERTAIN = (ModelKind.MC_DROPOUT, ModelKind.DEEP_ENSEMBLE)
 ALL_KINDS = tuple(ModelKind)
-#: deploykit.core.task.OutputKind values
-_CLASSIFIER_KINDS = ("probabilities", "logits", "sigmoid", "binary_logits", "log_probabilities")
+_CLASSIFIER_KINDS = ("probabilities", "logits", "sigmoid", "binary_logits")  # deploykit.core.task.OutputKind values
 _OUTPUT_KINDS = (*_CLASSIFIER_KINDS, "values")
 
 
@@ -137,7 +136,7 @@ OUTPUTS: tuple[OutputSpec, ...] = (
     _row(LOGITS_NAME, "float32 [N, units]", DET, C,
          "the classifier's raw scores before the softmax (probabilities = softmax(logits)); a binary "
          "classifier's one logit [N, 1] (P(class 1) = sigmoid(logit))",
-         output_kinds=("logits", "binary_logits", "log_probabilities")),
+         output_kinds=("logits", "binary_logits")),
     _row(PREDICTION_NAME, "float32 [N, targets]", DET, R,
          "the regressor's predictions, one column per target, in the targets' units"),
     _row("mean", "float32 [N, classes]", UNCERTAIN, C, f"{_MC_MEAN} of the class probabilities: the prediction"),

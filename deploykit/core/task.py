@@ -43,13 +43,12 @@ class OutputKind(str, enum.Enum):
     VALUES = "values"  # a regressor's predictions, one column per target
     SIGMOID = "sigmoid"  # one sigmoid unit: P(class 1) of a binary classifier (probabilities = [1 - p, p])
     BINARY_LOGITS = "binary_logits"  # one linear unit trained on 0/1 labels: P(class 1) = sigmoid(logit)
-    LOG_PROBABILITIES = "log_probabilities"  # a log-softmax: probabilities = exp = softmax(log-probabilities)
 
     __str__ = str.__str__
 
 
 #: Output kinds whose activation makes the model a classifier, whatever the labels say (a softmax).
-CLASSIFIER_HEADS = frozenset({OutputKind.PROBABILITIES, OutputKind.LOG_PROBABILITIES})
+CLASSIFIER_HEADS = frozenset({OutputKind.PROBABILITIES})
 #: Activations whose output is a probability distribution over the last axis.
 _SOFTMAX = frozenset({"softmax"})
 #: Layer classes that are a softmax by themselves.
@@ -82,8 +81,6 @@ def kind_of_layer(class_name: str, config: dict) -> OutputKind:
     """What a model's last layer outputs: PROBABILITIES (softmax), SIGMOID, else VALUES (see resolve_task)."""
     if is_softmax_spec(class_name, config):
         return OutputKind.PROBABILITIES
-    if _activation_name(config) == "log_softmax":
-        return OutputKind.LOG_PROBABILITIES
     return OutputKind.SIGMOID if is_sigmoid_spec(class_name, config) else OutputKind.VALUES
 
 

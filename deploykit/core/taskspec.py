@@ -138,14 +138,6 @@ SPECS = {
             True,
             "one linear unit: the logit of a binary classifier (P(class 1) = sigmoid)",
         ),
-        TaskSpec(
-            OutputKind.LOG_PROBABILITIES,
-            Task.CLASSIFICATION,
-            True,
-            False,
-            "class log-probabilities (log-softmax; probabilities = softmax)",
-            "LogSoftmax",
-        ),
         TaskSpec(OutputKind.VALUES, Task.REGRESSION, False, False, "regression predictions, one column per target"),
     )
 }
