@@ -13,6 +13,7 @@ names its API lazily).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deploykit"
@@ -56,9 +57,15 @@ def _imported(module: str, source: str, is_package: bool, modules) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """module -> the deploykit modules it imports; a fresh copy of one parse per process (three tests read it)."""
+    return {name: set(targets) for name, targets in _parsed_graph().items()}
+
+
+@functools.cache
+def _parsed_graph() -> dict[str, frozenset[str]]:
     modules = _modules()
     return {
-        name: _imported(name, path.read_text(encoding="utf-8"), path.name == "__init__.py", modules)
+        name: frozenset(_imported(name, path.read_text(encoding="utf-8"), path.name == "__init__.py", modules))
         for name, path in modules.items()
     }
 
