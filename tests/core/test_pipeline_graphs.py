@@ -102,7 +102,7 @@ def test_keras3_cnn_in_keras3_files_out(digits, tmp_path, capsys):
     import onnx
 
     from deploykit.io.models import read_model_file
-    from tests.core.test_keras3 import _load_in_keras3_subprocess
+    from tests.keras3.test_keras3 import _load_in_keras3_subprocess
 
     source = _keras3_cnn_file(digits, tmp_path / "cnn.keras")
     out = tmp_path / "out"
