@@ -30,7 +30,7 @@ models = load_models(discover_models(sys.argv[1]), config)
 DeployKitModelServer(config)
 assert [m.name for m in models], "no models"
 heavy = ("tensorflow", "tf_keras", "keras", "tf2onnx", "tensorflow_model_optimization", "onnx",
-         "deploykit.backend", "deploykit.io", "deploykit.core.chain", "deploykit.uncertainty")
+         "deploykit.backend", "deploykit.io.models", "deploykit.core.chain", "deploykit.uncertainty")
 print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
 """
 
