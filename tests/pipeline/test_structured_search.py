@@ -69,7 +69,8 @@ def test_auto_keeps_the_highest_share_within_the_budget_in_the_exported_graph(di
     import keras
     import onnx
 
-    from deploykit.pipeline import Stage, Status, optimize
+    from deploykit.pipeline import Status, optimize
+    from deploykit.pipeline.records import Stage
     from deploykit.pipeline.tables import ValidateStep
 
     keras.utils.set_random_seed(0)
