@@ -103,3 +103,21 @@ def get(url: str) -> tuple[int, bytes]:
 def post_json(url: str, payload) -> tuple[int, dict]:
     status, body = request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     return status, json.loads(body)
+
+
+def check_example_client(url: str, model: str, says: list[str], never: list[str]) -> None:
+    """Run examples/client_tritonclient.py against a served model: it exits 0, prints every ``says`` text and no
+    ``never`` text (the example is what users copy, so its output is part of what the tests hold)."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "client_tritonclient.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--url", url, "--model", model],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for text in says:
+        assert text in done.stdout, done.stdout
+    for text in never:
+        assert text not in done.stdout, done.stdout

@@ -3,14 +3,10 @@ logit beside them, an MC model and a deep ensemble of them, through tritonclient
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from tests.serve.support import serving, triton_client
+from tests.serve.support import check_example_client, serving, triton_client
 
 pytestmark = pytest.mark.slow  # starts a server process
 
@@ -133,9 +129,6 @@ def test_the_mc_model_and_the_ensemble_of_binary_models_answer_two_classes(trito
     assert triton.get_model_metadata("pair")["parameters"]["task"] == "classification"
 
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
 @pytest.mark.parametrize(
     "model, says, never",
     [
@@ -148,15 +141,4 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 )
 def test_the_example_client_prints_what_each_model_predicts(binary_server, model, says, never):
     """examples/client_tritonclient.py reads task / kind / output from /v2/models/NAME (never an entropy of logits)."""
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "client_tritonclient.py"), "--url", binary_server.url, "--model", model],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    for text in says:
-        assert text in done.stdout, done.stdout
-    for text in never:
-        assert text not in done.stdout, done.stdout
+    check_example_client(binary_server.url, model, says, never)

@@ -188,20 +188,6 @@ def test_regression_ensemble_answers_mean_std_and_members(triton, task_repo, x):
 )
 def test_the_example_client_prints_what_each_task_predicts(task_server, model, says, never):
     """examples/client_tritonclient.py on a logits classifier, a regressor, its MC model and an ensemble."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.serve.support import check_example_client
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "client_tritonclient.py"
-    done = subprocess.run(
-        [sys.executable, str(example), "--url", task_server.url, "--model", model],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    for text in says:
-        assert text in done.stdout, done.stdout
-    for text in never:
-        assert text not in done.stdout, done.stdout
+    check_example_client(task_server.url, model, says, never)
