@@ -43,7 +43,7 @@ def regular_file(path: str | os.PathLike, what: str, error: type[DeployKitError]
         link = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
         raise error(f"{what} {path}{link}: {kind}, not a regular file; deploykit reads regular files only")
     if limit is not None:
-        limit.check(path, info.st_size, "its size on disk")
+        limit.check(path, info.st_size, "its size on disk", on_disk=info.st_size)
     return info.st_size
 
 

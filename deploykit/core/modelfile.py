@@ -168,8 +168,25 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
                     "and pass --unsafe (unsafe=True)"
                 )
         checked.append((layer, entry))
-    MODEL_BYTES.check(model_file.path, declared_weight_bytes(model_file), "the layer config")
+    MODEL_BYTES.check(
+        model_file.path, declared_weight_bytes(model_file), "the layer config", on_disk=bytes_on_disk(model_file.path)
+    )
     return checked
+
+
+def bytes_on_disk(path: Path) -> int:
+    """The bytes a model file holds, or a SavedModel folder's regular files (its weights), links not followed:
+    what a limit on declared sizes may grow with."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.stat().st_size if path.is_file() else 0
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            file = Path(root) / name
+            if file.is_file() and not file.is_symlink():
+                total += file.stat().st_size
+    return total
 
 
 def declared_weight_bytes(model_file: ModelFile) -> int:
@@ -241,7 +258,10 @@ def _read_keras_zip(path: Path) -> ModelFile:
                 if name in members:
                     MODEL_CONFIG_BYTES.check(path, members[name].file_size, name)
             MODEL_BYTES.check(
-                path, sum(info.file_size for info in members.values()), "the Keras archive (uncompressed)"
+                path,
+                sum(info.file_size for info in members.values()),
+                "the Keras archive (uncompressed)",
+                on_disk=path.stat().st_size,
             )
             config = _json(path, _member(zf, members["config.json"]).decode("utf-8"), "config.json")
             meta = (
