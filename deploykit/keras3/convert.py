@@ -31,7 +31,7 @@ from deploykit.core.graph import Graph, graph_from_config, graph_from_model, ran
 from deploykit.core.modelfile import ModelFile, check_model_config
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.keras3.activations import expand_activations
-from deploykit.keras3.ops import fill_from_source, lower_config
+from deploykit.keras3.ops import depthwise_kernel, fill_from_source, lower_config
 from deploykit.keras3.rnn import ordered_weights, rnn_options, wrapped_layers
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild (times the outputs'
@@ -79,7 +79,9 @@ def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0,
         model = to_keras(graph)
         for node in graph.nodes:
             # the layers computing an activation tf_keras lacks, or an operation layer, hold no weights
-            if node.name not in added | lowering.synthetic | lowering.layer_scales:
+            if node.name in lowering.depthwise:
+                _copy_depthwise(lowering.source_layer(source, node.name), model.get_layer(node.name))
+            elif node.name not in added | lowering.synthetic | lowering.layer_scales:
                 _copy_weights(path, lowering.source_layer(source, node.name), model.get_layer(node.name))
         diff = _max_abs_diff(path, keras3, source, model, graph, seed)
         del source
@@ -233,6 +235,12 @@ def _copy_weights(path, source, target) -> None:
         )
     if values:
         target.set_weights(values)
+
+
+def _copy_depthwise(source, target) -> None:
+    """A grouped Conv2D's kernel (and bias) into the DepthwiseConv2D standing for it (deploykit.keras3.ops)."""
+    kernel, *rest = source.get_weights()
+    target.set_weights([depthwise_kernel(kernel, target.depth_multiplier), *rest])
 
 
 def _copy_in_order(path, source, target) -> None:

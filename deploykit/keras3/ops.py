@@ -18,7 +18,11 @@ anything from the file, into layers every deploykit step knows:
 - a nested ``Sequential``: its layers, inlined (their weights copied from inside it);
 - ConvNeXt's ``LayerScale`` (``x * gamma``): a per-channel ``Rescaling`` whose
   scale is read from the file's weights (:func:`fill_from_source`); InceptionResNetV2's
-  ``CustomScaleLayer`` (``x + y * scale``): ``Rescaling`` then ``Add``.
+  ``CustomScaleLayer`` (``x + y * scale``): ``Rescaling`` then ``Add``;
+- a ``Conv2D`` with one group per input channel (ConvNeXt's 7x7 ``groups=channels``):
+  the ``DepthwiseConv2D`` it is, its kernel reshaped (:func:`depthwise_kernel`). tf_keras
+  runs a grouped convolution as an XLA-compiled function that tf2onnx leaves as a
+  ``PartitionedCall`` no runtime knows; a depthwise layer every step knows.
 
 Anything else is left as it is, and refused further on with its name. The
 import then checks the rebuilt model against the Keras 3 one as for any file.
@@ -77,6 +81,7 @@ class Lowering:
     synthetic: set[str] = field(default_factory=set)  # layers with no Keras 3 layer behind them (no weights)
     nested: dict[str, str] = field(default_factory=dict)  # inlined layer -> the Sequential it sits in
     layer_scales: set[str] = field(default_factory=set)  # Rescaling layers standing for a LayerScale
+    depthwise: set[str] = field(default_factory=set)  # DepthwiseConv2D layers standing for a grouped Conv2D
 
     def source_layer(self, source, name: str):
         """The Keras 3 layer (of the loaded ``source`` model) a rebuilt layer copies its weights from."""
@@ -90,7 +95,10 @@ def lower_config(config: dict) -> Lowering:
     inner = config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
     lowering = Lowering(config)
-    if config.get("class_name") != "Functional" or not isinstance(layers, list):
+    if not isinstance(layers, list):
+        return lowering
+    if config.get("class_name") != "Functional":
+        inner["layers"] = [_grouped_as_depthwise(layer, lowering) for layer in layers]
         return lowering
     names = {_name(layer) for layer in layers}
     out: list[dict] = []
@@ -110,7 +118,7 @@ def lower_config(config: dict) -> Lowering:
             lowering.layer_scales.add(_name(layer))
         else:
             out.append(layer)
-    inner["layers"] = out
+    inner["layers"] = [_grouped_as_depthwise(layer, lowering) for layer in out]
     return lowering
 
 
@@ -124,6 +132,31 @@ def fill_from_source(graph, lowering: Lowering, source) -> None:
                 name, "LayerScale", f"expected one gamma vector, got shapes {[w.shape for w in weights]}"
             )
         node.spec.config["scale"] = [float(v) for v in np.asarray(weights[0], np.float32)]
+
+
+def _grouped_as_depthwise(layer: dict, lowering: Lowering) -> dict:
+    """A ``Conv2D`` whose groups are its input channels as the ``DepthwiseConv2D`` it is (``filters / groups`` is
+    the depth multiplier); any other layer unchanged. The input channels come from the layer's ``build_config``."""
+    config = layer.get("config") or {}
+    groups = config.get("groups") or 1
+    shape = (layer.get("build_config") or {}).get("input_shape") or []
+    if layer.get("class_name") != "Conv2D" or groups == 1 or config.get("data_format") == "channels_first":
+        return layer
+    if not shape or shape[-1] != groups or config.get("filters", 0) % groups:
+        return layer  # a general grouped convolution: refused with its name when exported
+    renamed = {"kernel_initializer": "depthwise_initializer", "kernel_regularizer": "depthwise_regularizer"}
+    renamed["kernel_constraint"] = "depthwise_constraint"
+    new = {renamed.get(k, k): v for k, v in config.items() if k not in ("filters", "groups")}
+    new["depth_multiplier"] = config["filters"] // groups
+    lowering.depthwise.add(_name(layer))
+    return {**layer, "class_name": "DepthwiseConv2D", "config": new}
+
+
+def depthwise_kernel(kernel: np.ndarray, multiplier: int) -> np.ndarray:
+    """A grouped Conv2D kernel (kh, kw, 1, channels * multiplier), one group per input channel, as the depthwise
+    kernel (kh, kw, channels, multiplier): output channel ``c * multiplier + m`` reads input channel ``c`` in both."""
+    kh, kw, _one, out = kernel.shape
+    return np.asarray(kernel).reshape(kh, kw, out // multiplier, multiplier)
 
 
 # --- config pieces --------------------------------------------------------------------------

@@ -134,3 +134,32 @@ def test_built_in_layers_no_step_understands_still_import_and_export(k3, tmp_pat
     assert support_for(imported.get_layer("crop")).role is Role.OTHER
     export_variant(imported, "onnx", "float32", tmp_path / "m.onnx")
     assert np.abs(OnnxRunner(tmp_path / "m.onnx").predict(xs) - np.asarray(model(xs))).max() <= 1e-5
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_a_conv_with_one_group_per_channel_imports_as_depthwise_and_exports(k3, tmp_path, multiplier):
+    """ConvNeXt's 7x7 ``Conv2D(groups=channels)``: tf_keras would run it as an XLA function that tf2onnx leaves
+    as a PartitionedCall no runtime knows; imported as the DepthwiseConv2D it is, onnxruntime runs it as Keras 3
+    does."""
+    import onnxruntime as ort
+
+    from deploykit import export_onnx
+
+    inputs = k3.Input((8, 8, 6))
+    x = k3.layers.Conv2D(6 * multiplier, 3, padding="same", groups=6, name="grouped")(inputs)
+    x = k3.layers.Conv2D(4, 3, groups=2, name="two_groups")(k3.layers.Conv2D(4, 1)(x))  # left as a Conv2D
+    model = k3.Model(inputs, k3.layers.Dense(3, activation="softmax")(k3.layers.GlobalAveragePooling2D()(x)))
+    xs = np.random.default_rng(2).normal(size=(16, 8, 8, 6)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    assert type(imported.get_layer("grouped")).__name__ == "DepthwiseConv2D"
+    assert imported.get_layer("grouped").depth_multiplier == multiplier
+    assert type(imported.get_layer("two_groups")).__name__ == "Conv2D"
+
+    single = k3.Sequential([k3.Input((8, 8, 6)), k3.layers.Conv2D(6, 3, groups=6, name="g"), k3.layers.Flatten()])
+    diff, imported = _roundtrip(k3, single, tmp_path, xs)
+    assert diff <= 1e-5 and type(imported.get_layer("g")).__name__ == "DepthwiseConv2D"
+    export_onnx(imported, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: xs})[0]
+    assert np.abs(got - np.asarray(single(xs))).max() <= 1e-5
