@@ -34,11 +34,10 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
 
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)]
     try:
-        with quiet_native():  # grappler's I0000 lines from C++
+        with quiet_native(), grouped_convs_traced_plainly(model):  # grappler's I0000 lines from C++
             proto = _from_keras(tf2onnx, model, spec, opset)
     except Exception as exc:  # tf2onnx raises many types; all mean "this model did not convert"
-        text = (str(exc).strip().splitlines() or [""])[0]
-        raise ConversionError(f"ONNX conversion failed: {type(exc).__name__}: {text[:300]}") from exc
+        raise ConversionError(f"ONNX conversion failed: {_first_line(exc)}") from exc
     spec = spec_of(kind)
     names = spec.served_outputs
     if spec.binary:
@@ -47,11 +46,42 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
         _rename_output(proto.graph, names[0])
         if spec.from_logits:
             _add_softmax(proto.graph, names[0], names[1])
-    onnx.checker.check_model(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:  # an op tf2onnx left unconverted: no runtime would load the file
+        raise ConversionError(f"ONNX conversion gave an invalid graph: {_first_line(exc)}") from None
     width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     sizes = width_sizes(width, spec.classes(width) if isinstance(width, int) else None)
     check_model_outputs(proto, KIND_DETERMINISTIC, spec.task, sizes, output_kind=kind, where="ONNX export")
     return proto
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+@contextlib.contextmanager
+def grouped_convs_traced_plainly(model):
+    """Trace grouped convolutions (``groups > 1``) as the plain convolution op for the duration.
+
+    tf_keras runs a grouped convolution through an XLA-compiled function (a workaround from when TensorFlow's CPU
+    kernel lacked groups), which a converter sees as a ``PartitionedCall`` it leaves in the graph: an ONNX file no
+    runtime loads. TensorFlow's own Conv2D op takes groups on CPU today, and tf2onnx converts it to an ONNX
+    ``Conv`` with its ``group``; the model's outputs are the same.
+    """
+    patched = [
+        layer
+        for layer in getattr(model, "layers", ())
+        if getattr(layer, "groups", 1) > 1 and hasattr(layer, "_jit_compiled_convolution_op")
+    ]
+    for layer in patched:
+        layer._jit_compiled_convolution_op = layer.convolution_op
+    try:
+        yield
+    finally:
+        for layer in patched:
+            layer.__dict__.pop("_jit_compiled_convolution_op", None)
 
 
 _CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"

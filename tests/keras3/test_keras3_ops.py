@@ -140,7 +140,7 @@ def test_built_in_layers_no_step_understands_still_import_and_export(k3, tmp_pat
 def test_a_conv_with_one_group_per_channel_imports_as_depthwise_and_exports(k3, tmp_path, multiplier):
     """ConvNeXt's 7x7 ``Conv2D(groups=channels)``: tf_keras would run it as an XLA function that tf2onnx leaves
     as a PartitionedCall no runtime knows; imported as the DepthwiseConv2D it is, onnxruntime runs it as Keras 3
-    does."""
+    does. Any other grouped conv stays a Conv2D, traced as TensorFlow's plain grouped op for the export."""
     import onnxruntime as ort
 
     from deploykit import export_onnx
@@ -155,6 +155,10 @@ def test_a_conv_with_one_group_per_channel_imports_as_depthwise_and_exports(k3, 
     assert type(imported.get_layer("grouped")).__name__ == "DepthwiseConv2D"
     assert imported.get_layer("grouped").depth_multiplier == multiplier
     assert type(imported.get_layer("two_groups")).__name__ == "Conv2D"
+    export_onnx(imported, tmp_path / "grouped.onnx")  # a general grouped conv: an ONNX Conv with its group
+    session = ort.InferenceSession(str(tmp_path / "grouped.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: xs})[0]
+    assert np.abs(got - np.asarray(model(xs))).max() <= 1e-5
 
     single = k3.Sequential([k3.Input((8, 8, 6)), k3.layers.Conv2D(6, 3, groups=6, name="g"), k3.layers.Flatten()])
     diff, imported = _roundtrip(k3, single, tmp_path, xs)
