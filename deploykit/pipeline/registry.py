@@ -141,6 +141,15 @@ TABLES: tuple[TableSpec, ...] = (
                 metavar="F|auto",
                 example=0.25,
             ),
+            Option(
+                "structured_budget_share",
+                ("structured.budget_share",),
+                "the share of the accuracy budget the structured step may spend on validation; the magnitude "
+                "search and int8, decided after it on the same rows, keep the rest (default: {default})",
+                type=float,
+                metavar="SHARE",
+                example=0.4,
+            ),
         ),
     ),
     TableSpec(

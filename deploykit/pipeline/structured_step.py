@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from deploykit.core.evaluate import Metric
 from deploykit.pipeline.context import RunContext, sparsity_rows, switched_off
 from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
+from deploykit.pipeline.search_rule import step_budget
 from deploykit.records import Record
 
 #: An ``auto`` search's share of the time left before the sparsity search's deadline (the magnitude search has
@@ -190,10 +191,11 @@ def _try(model, ctx: RunContext, config, teacher=None, callbacks: tuple = ()):
     )
     original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)
     ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
+    budget = step_budget(ctx.budget, ctx.config.structured.budget_share)  # the later steps keep the rest
     val = split_figure(
-        VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val, ctx.budget
+        VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val, budget
     )  # decided on validation by the runs' one accept rule, with its paired interval
-    note = f"validation {ctx.budget.change(original, val.value)}, budget: {ctx.budget.describe()}"
+    note = f"validation {ctx.budget.change(original, val.value)}, {_share(ctx)}"
     stopped = [c.stopped for c in callbacks if getattr(c, "stopped", None)]
     if stopped:
         note += f"; stopped at the time budget's deadline in epoch {stopped[0]} of {config.epochs}"
@@ -208,6 +210,11 @@ def _try(model, ctx: RunContext, config, teacher=None, callbacks: tuple = ()):
         ci95=val.ci95,
     )
     return attempt, result, report
+
+
+def _share(ctx: RunContext) -> str:
+    """``structured budget: 50% of accuracy drop <= 1 pt``: what a structured try is held to."""
+    return f"structured budget: {ctx.config.structured.budget_share:.0%} of {ctx.budget.describe()}"
 
 
 def _what(report, attempt: Try) -> str:

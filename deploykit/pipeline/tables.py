@@ -187,6 +187,9 @@ class SparsityStep:
 STRUCTURED_AUTO = "auto"
 #: The shares an ``auto`` structured search chooses among (bisection: about 3 fine-tuned tries), highest first.
 STRUCTURED_LEVELS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+#: The share of the accuracy budget the structured step may spend on validation (the rest is left to the magnitude
+#: search and int8, decided after it on the same rows: :func:`deploykit.pipeline.search_rule.step_budget`).
+STRUCTURED_BUDGET_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -197,18 +200,22 @@ class StructuredStep(_Table):
     highest of ``levels`` within the budget, found by bisection (:mod:`deploykit.pipeline.structured_step`);
     unset: ``auto`` when the run's objective is ``latency`` (the user asked for the fastest model, and only
     removing units makes a dense model faster), else off. Fine-tuned with the sparsity tries' settings
-    (``[sparsity.prune]`` epochs, distillation...). Kept only when its validation figure is within the budget;
-    the sparsity search is then held to the budget against the original model, so the two never spend more
-    than the one budget together.
+    (``[sparsity.prune]`` epochs, distillation...). Kept only when its validation figure is within
+    ``budget_share`` of the budget (:func:`deploykit.pipeline.search_rule.step_budget`); the sparsity search and
+    int8 are then held to the whole budget against the original model, so together they never spend more than
+    the one budget, and the later decisions keep room.
     """
 
     TABLE = "structured"
     fraction: float | str | None = None
     layer_fraction: dict[str, float] = field(default_factory=dict)
     levels: tuple[float, ...] = STRUCTURED_LEVELS
+    budget_share: float = STRUCTURED_BUDGET_SHARE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fraction", structured_fraction(self.fraction))
+        share = number("structured.budget_share", self.budget_share, 0.0, 1.0, open_low=True)
+        object.__setattr__(self, "budget_share", share)
         if not isinstance(self.levels, (list, tuple)) or not self.levels:
             raise ConfigError(f"structured.levels must be a non-empty list of shares in (0, 1), got {self.levels!r}")
         levels = {number("structured.levels", v, 0.0, 1.0, open_low=True, open_high=True) for v in self.levels}
