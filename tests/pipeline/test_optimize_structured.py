@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from deploykit.pipeline import OptimizeConfig, Status, optimize
-from deploykit.pipeline.tables import ValidateStep
+from deploykit.pipeline.tables import StructuredStep, ValidateStep
 
 # The mechanics, not the search: a budget wide enough for the fixture's 64-32-32-10 net halved and tuned for 3
 # epochs (it lands about 4 validation points below the original); the narrow-budget case is the second test.
-FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.08))
+# The structured step may spend all of it here (budget_share 1): the share rule is tested in test_budget_share.py.
+FAST = OptimizeConfig(
+    validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.08), structured=StructuredStep(budget_share=1.0)
+)
 pytestmark = pytest.mark.slow
 
 
@@ -65,4 +68,6 @@ def test_a_structured_try_beyond_the_budget_leaves_the_model_whole(trained_model
     )
     steps = {s.step: s for s in result.steps}
     assert steps["structured"].status is Status.MISSED and "keeps its units" in steps["structured"].reason
+    # the try was held to the structured step's share of the budget (the later steps keep the rest)
+    assert "structured budget: 50% of accuracy drop <= 0.01 pt" in result.tries[0].note
     assert _dense_widths(result.model) == _dense_widths(trained_model)
