@@ -220,9 +220,15 @@ def run_model(key: str, out: Path, seed: int | None = None) -> dict:
         "options": OPTIONS[key],
         "structured": _structured(result),
         "steps": [f"{s.step}: {s.reason}" for s in result.steps if s.step in ("structured", "sparsity (prune)")],
+        "tries": [_try(t) for t in result.tries],
         "files": _files(result, report, times, baseline),
         "recommended": (report.get("objective") or {}).get("recommended", {}),
     }
+
+
+def _try(t) -> dict:
+    """One try of the run's searches: its setting, validation change with its interval, kept."""
+    return {"setting": t.setting, "val_change": t.accuracy_change, "ci95": t.ci95, "kept": t.kept}
 
 
 def _structured(result) -> dict:
@@ -371,7 +377,15 @@ def render_seeds(runs: list[dict], source: str) -> str:
             for f in run["files"]
         ]
         lines += ["", *[f"- {s}" for s in run["steps"]]]
+        lines += ["", "Tries (validation Δ vs the original, paired 95% CI): " + "; ".join(map(_tried, run["tries"]))]
     return "\n".join(lines)
+
+
+def _tried(t: dict) -> str:
+    if t["val_change"] is None:
+        return f"{t['setting']} —"
+    ci = f" [{100 * t['ci95'][0]:+.2f}, {100 * t['ci95'][1]:+.2f}]" if t["ci95"] else ""
+    return f"{t['setting']} {100 * t['val_change']:+.2f} pt{ci}{' (kept)' if t['kept'] else ''}"
 
 
 def _seed_summary(best: list[dict | None]) -> str:
