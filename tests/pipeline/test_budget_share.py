@@ -50,20 +50,21 @@ def test_the_step_budget_is_the_share_of_the_run_budget_in_its_metric():
         (4, True, True),  # -0.4 pt: within half the budget
         (5, True, True),  # -0.5 pt: exactly half
         (7, True, False),  # -0.7 pt: the whole budget would take it; the structured step does not
-        (9, True, False),  # -0.9 pt: book MLP's structured 80% (-0.92 pt) is refused by the share
+        (9, True, False),  # -0.9 pt: book MLP's structured 80% (-0.92 pt) is refused by half the budget
         (12, False, False),  # -1.2 pt: beyond the budget
     ],
 )
 def test_a_structured_try_is_judged_against_its_share_and_the_later_steps_against_the_whole(lost, whole, half):
     assert _within(lost, ONE_POINT) is whole  # the magnitude search and int8: the whole budget vs the original
-    assert _within(lost, step_budget(ONE_POINT, STRUCTURED_BUDGET_SHARE)) is half
+    assert _within(lost, step_budget(ONE_POINT, 0.5)) is half  # --structured-budget-share 0.5
+    assert _within(lost, step_budget(ONE_POINT, STRUCTURED_BUDGET_SHARE)) is whole  # the default: the whole
 
 
 def test_the_share_is_one_option_in_config_toml_and_cli():
     from deploykit.cli.main import build_parser
     from deploykit.pipeline.registry import OPTIONS_BY_NAME
 
-    assert StructuredStep().budget_share == STRUCTURED_BUDGET_SHARE == 0.5
+    assert StructuredStep().budget_share == STRUCTURED_BUDGET_SHARE == 1.0
     config = OptimizeConfig().with_options(structured_budget_share=0.4, structured="auto")
     assert config.structured.budget_share == 0.4
     assert OptimizeConfig.from_toml_text(config.to_toml()) == config

@@ -5,14 +5,11 @@ from __future__ import annotations
 import pytest
 
 from deploykit.pipeline import OptimizeConfig, Status, optimize
-from deploykit.pipeline.tables import StructuredStep, ValidateStep
+from deploykit.pipeline.tables import ValidateStep
 
 # The mechanics, not the search: a budget wide enough for the fixture's 64-32-32-10 net halved and tuned for 3
 # epochs (it lands about 4 validation points below the original); the narrow-budget case is the second test.
-# The structured step may spend all of it here (budget_share 1): the share rule is tested in test_budget_share.py.
-FAST = OptimizeConfig(
-    validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.08), structured=StructuredStep(budget_share=1.0)
-)
+FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.08))
 pytestmark = pytest.mark.slow
 
 
@@ -60,6 +57,7 @@ def test_a_structured_try_beyond_the_budget_leaves_the_model_whole(trained_model
         config=config,
         out_dir=tmp_path / "out",
         structured=0.9,
+        structured_budget_share=0.5,
         sparsity="none",
         epochs=1,
         formats="onnx",
