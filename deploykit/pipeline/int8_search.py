@@ -71,7 +71,7 @@ def int8_variants(
     first and last layers, then the per-layer fallback. The standardization comes before them because it costs
     the input's width in float numbers, a layer in float its whole kernel: on the book's Fashion network pruned to
     95 % the per-layer fallback's "dense in float" passed at 107 KB gzip, larger than the float16 file (84 KB),
-    where the standardization passes at 43 KB. With ``raw_scales`` (input features on scales far apart: raw
+    where the standardization passes at 38 KB. With ``raw_scales`` (input features on scales far apart: raw
     tabular data, see :func:`raw_scales`) that standardization comes second instead and every later try keeps
     it: without it int8 is worthless there, and on images it costs some size (a float layer, float input and
     output). Then the format's other int8 variants not requested on their own (``taken``): ONNX dynamic per

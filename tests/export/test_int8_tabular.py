@@ -3,10 +3,12 @@ Dense layer (an int8-search fallback), and ``fold=False`` (optimize --no-fold) r
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 
-from deploykit.export.int8_prep import STANDARDIZATION, prepare_for_int8
+from deploykit.export.int8_prep import STANDARDIZATION, on_grid, prepare_for_int8
 
 
 def _raw_features(rows: int = 300, seed: int = 0):
@@ -34,7 +36,16 @@ def _tabular_model(x, batchnorm: bool = False):
     )
 
 
-def test_the_float_standardization_is_exact_and_sits_before_the_first_dense():
+def _no_clipping(monkeypatch) -> None:
+    """The weight clip search off (only the largest weight as threshold): what is left of the preparation is exact."""
+    from deploykit.export import int8_prep
+
+    monkeypatch.setattr(int8_prep, "CLIP_FRACTIONS", int8_prep.CLIP_FRACTIONS[:1])
+    monkeypatch.setattr(int8_prep, "REFINE_FACTORS", np.ones(1))
+
+
+def test_the_float_standardization_is_exact_and_sits_before_the_first_dense(monkeypatch):
+    _no_clipping(monkeypatch)  # with the grid's scales the clip search may trim a column or two (2 of 16 here)
     x = _raw_features()
     model = _tabular_model(x)
     prepared, prep = prepare_for_int8(model, x, standardize=True)
@@ -46,6 +57,67 @@ def test_the_float_standardization_is_exact_and_sits_before_the_first_dense():
     first = prepared.layers[1].get_weights()[0]
     row_scale = np.abs(first).max(axis=1)
     assert row_scale.max() / row_scale.min() < 100  # the kernel rows are on one scale again (folded: ~10^6 apart)
+
+
+def _powers_of_two(values, rtol: float = 0.0) -> bool:
+    """Whether every value is a power of two (within ``rtol``: the converter folds 1 / sqrt(variance) in float32)."""
+    values = np.abs(np.asarray(values, np.float64))
+    nearest = 2.0 ** np.round(np.log2(values))
+    return bool(np.all(np.abs(values - nearest) <= rtol * nearest))
+
+
+def test_the_float_standardization_constants_sit_on_a_coarse_grid_and_stay_exact(monkeypatch):
+    """Measured means and stds are incompressible floats (6 KiB for 784 pixels in a gzipped file); on the grid
+    (scales powers of two, means multiples of half the scale) they repeat, and the first Dense absorbs them exactly."""
+    _no_clipping(monkeypatch)
+    x = _raw_features()
+    prepared, prep = prepare_for_int8(_tabular_model(x), x, standardize=True)
+    norm = prepared.get_layer(STANDARDIZATION)
+    mean, variance = (np.asarray(norm.get_config()[k], np.float64).ravel() for k in ("mean", "variance"))
+    scale = np.sqrt(variance)
+    assert _powers_of_two(scale)
+    assert np.allclose(2 * mean / scale, np.round(2 * mean / scale))
+    true_std = x.astype(np.float64).std(axis=0)
+    true_std = np.maximum(true_std, 0.01 * np.median(true_std))  # the floor: 1% of the typical std
+    assert np.all(scale / true_std <= np.sqrt(2) + 1e-9) and np.all(true_std / scale <= np.sqrt(2) + 1e-9)
+    assert np.all(np.abs(mean - x.mean(axis=0)) <= scale / 4 + 1e-9)
+    assert prep.max_abs_diff < 1e-4  # the kernel absorbed the values used, not the measured ones
+
+    pixels = np.random.default_rng(1).integers(0, 256, size=(300, 784)).astype(np.float64)
+    pixels *= np.random.default_rng(2).random(784) ** 4  # features of 784 different spreads
+    mean, scale = on_grid(pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-3))
+    raw = np.concatenate([mean, 1 / scale]).astype(np.float32).tobytes()
+    measured = np.concatenate([pixels.mean(axis=0), 1 / pixels.std(axis=0)]).astype(np.float32).tobytes()
+    assert len(gzip.compress(raw, 9)) < 0.5 * len(gzip.compress(measured, 9))
+
+
+def test_the_standardized_int8_tflite_keeps_the_grid_constants_and_follows_the_model(tmp_path):
+    """In LiteRT: the file's float multipliers are the grid's powers of two, and its probabilities follow the
+    prepared model's (int8 rounding aside)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from deploykit.export import export_variant
+    from deploykit.export.config import QuantConfig
+    from deploykit.export.runtimes import open_runner, predict_batches
+
+    x = _raw_features()
+    model = _tabular_model(x)
+    path = tmp_path / "m.tflite"
+    config = QuantConfig(standardize_input=True, exclude=(STANDARDIZATION,))
+    export_variant(model, "tflite", "int8-full", path, x, config=config)
+    interpreter = Interpreter(model_path=str(path))
+    floats = []
+    for tensor in interpreter.get_tensor_details():
+        if tensor["dtype"] == np.float32 and int(np.prod(tensor["shape"])) == 12:
+            try:
+                floats.append(np.asarray(interpreter.get_tensor(tensor["index"])).ravel())
+            except ValueError:  # not a constant
+                continue
+    assert any(_powers_of_two(values, rtol=1e-6) for values in floats if np.all(values != 0))
+    reference = np.asarray(model(x))
+    probs = predict_batches(open_runner(path).predict, x)
+    assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.95
+    assert np.abs(probs - reference).mean() < 0.05
 
 
 def test_no_fold_keeps_the_normalization_and_batchnorm_as_layers():
