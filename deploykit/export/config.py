@@ -235,12 +235,14 @@ class QuantConfig(Config):
     seed: int = 42  # draws the calibration samples
     fold: bool = True  # fold BatchNorm and the input standardization into the kernels first (optimize --no-fold: false)
     standardize_input: bool = False  # a float standardization in front of the first Dense layer (raw tabular features)
+    standardize_exact: bool = False  # its constants as measured, not on the coarse grid (the fallback when that misses)
 
     def __post_init__(self) -> None:
         boolean("per_channel", self.per_channel)
         boolean("int8_io", self.int8_io)
         boolean("fold", self.fold)
         boolean("standardize_input", self.standardize_input)
+        boolean("standardize_exact", self.standardize_exact)
         object.__setattr__(
             self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method)
         )

@@ -126,14 +126,21 @@ def calibration_samples(source, n: int, input_shape: tuple[int, ...], seed: int 
 
 
 def prepare_for_int8(
-    model, calibration: np.ndarray, *, through_dropout: bool = True, fold: bool = True, standardize: bool = False
+    model,
+    calibration: np.ndarray,
+    *,
+    through_dropout: bool = True,
+    fold: bool = True,
+    standardize: bool = False,
+    exact: bool = False,
 ) -> tuple[object, Int8Preparation]:
     """Return ``(prepared_model, Int8Preparation)``; ``model`` is not changed.
 
     ``through_dropout=False`` (an MC Dropout model's preparation): no BatchNorm is folded across a
     dropout, whose samples would then no longer drop the folded shift with its unit. ``fold=False``: nothing
     is folded (BatchNorm and Normalization stay layers). ``standardize``: a float standardization of the first
-    Dense layer's input goes in front of it (see the module's docstring); it folds the model's own first.
+    Dense layer's input goes in front of it (see the module's docstring); it folds the model's own first. ``exact``:
+    its constants as measured, not on the grid (:func:`on_grid`).
     """
     from deploykit.core.graph import copy_model, graph_from_model, to_keras
     from deploykit.fold import fold_batchnorm
@@ -143,7 +150,7 @@ def prepare_for_int8(
     else:
         folded, report = copy_model(model, unsafe=True), None
     if standardize:
-        folded = to_keras(_standardized(graph_from_model(folded, unsafe=True), folded, calibration))
+        folded = to_keras(_standardized(graph_from_model(folded, unsafe=True), folded, calibration, grid=not exact))
     graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
     specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
     clipped = [
@@ -159,7 +166,7 @@ def prepare_for_int8(
     return prepared, prep
 
 
-def _standardized(graph, model, calibration: np.ndarray):
+def _standardized(graph, model, calibration: np.ndarray, grid: bool = True):
     """``graph`` with a float Normalization (calibration mean and std) in front of its first Dense layer, whose
     kernel rows and bias absorb it exactly. A first kernel layer that is not a Dense one is a StepError (that int8
     try fails, not the run)."""
@@ -183,7 +190,9 @@ def _standardized(graph, model, calibration: np.ndarray):
     mean, std = h.mean(axis=0), h.std(axis=0)
     # a constant feature is only centred; a near-constant one (a border pixel) is not blown up past 1% of the typical
     floor = 0.01 * float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
-    mean, std = on_grid(mean, np.where(std > 0, np.maximum(std, floor), 1.0))
+    std = np.where(std > 0, np.maximum(std, floor), 1.0)
+    if grid:
+        mean, std = on_grid(mean, std)
     kernel, *rest = first.spec.weights
     bias = rest[0].astype(np.float64) if first.spec.config.get("use_bias", True) else np.zeros(kernel.shape[-1])
     first.spec.weights = [
@@ -266,20 +275,22 @@ def int8_source(
     *,
     fold: bool = True,
     standardize: bool = False,
+    exact: bool = False,
 ):
     """What an exporter converts: ``(model, calibration samples or None, Int8Preparation or None)``.
 
     With calibration data and an int8 target, ``n`` samples are drawn and the
-    model goes through :func:`prepare_for_int8` (``fold``, ``standardize``: its options); otherwise the
+    model goes through :func:`prepare_for_int8` (``fold``, ``standardize``, ``exact``: its options); otherwise the
     model is used as it is.
     """
     if data is None or not int8:
         return model, None, None
     calibration = calibration_samples(data, n, input_shape, seed)
-    source, prep = _LAST_PREPARED.get(model, calibration, fold, standardize)
+    options = (fold, standardize, exact)
+    source, prep = _LAST_PREPARED.get(model, calibration, options)
     if source is None:
-        source, prep = prepare_for_int8(model, calibration, fold=fold, standardize=standardize)
-        _LAST_PREPARED.keep(model, calibration, fold, standardize, source, prep)
+        source, prep = prepare_for_int8(model, calibration, fold=fold, standardize=standardize, exact=exact)
+        _LAST_PREPARED.keep(model, calibration, options, source, prep)
     return source, calibration, prep
 
 
@@ -302,25 +313,25 @@ class _LastPrepared:
         self._value: tuple = (None, None)
 
     @staticmethod
-    def _key_of(model, calibration: np.ndarray, fold: bool, standardize: bool) -> tuple:
+    def _key_of(model, calibration: np.ndarray, options: tuple[bool, ...]) -> tuple:
         import hashlib
 
         digest = hashlib.blake2b(np.ascontiguousarray(calibration).tobytes(), digest_size=16)
         for w in model.weights:
             digest.update(np.ascontiguousarray(np.asarray(w)).tobytes())
-        return digest.hexdigest(), calibration.shape, bool(fold), bool(standardize)
+        return digest.hexdigest(), calibration.shape, tuple(bool(o) for o in options)
 
-    def get(self, model, calibration: np.ndarray, fold: bool, standardize: bool) -> tuple:
+    def get(self, model, calibration: np.ndarray, options: tuple[bool, ...]) -> tuple:
         """``(prepared, a copy of its Int8Preparation)`` when the last preparation matches, else ``(None, None)``."""
         import copy
 
         with self._lock:
             ref, key, (prepared, prep) = self._model, self._key, self._value
-        if ref is None or ref() is not model or key != self._key_of(model, calibration, fold, standardize):
+        if ref is None or ref() is not model or key != self._key_of(model, calibration, options):
             return None, None
         return prepared, copy.deepcopy(prep)
 
-    def keep(self, model, calibration: np.ndarray, fold: bool, standardize: bool, prepared, prep) -> None:
+    def keep(self, model, calibration: np.ndarray, options: tuple[bool, ...], prepared, prep) -> None:
         import copy
         import weakref
 
@@ -328,7 +339,7 @@ class _LastPrepared:
             ref = weakref.ref(model)
         except TypeError:  # not weakly referable: nothing is kept
             return
-        key = self._key_of(model, calibration, fold, standardize)
+        key = self._key_of(model, calibration, options)
         with self._lock:
             self._model, self._key, self._value = ref, key, (prepared, copy.deepcopy(prep))
 
@@ -350,6 +361,7 @@ def variant_source(model, data, quant, knobs, input_shape: tuple[int, ...]):
         knobs.seed,
         fold=knobs.fold,
         standardize=knobs.standardize_input,
+        exact=knobs.standardize_exact,
     )
 
 

@@ -98,13 +98,14 @@ def int8_variants(
             dataclasses.replace(knobs, standardize_input=True, exclude=kept_float),
             "inputs standardized in float",
         )
+    standardizations = [] if standardized is None else [standardized, _exact(standardized)]
     if standardized is not None and raw_scales:
-        tries.append(standardized)
+        tries += standardizations
         knobs = standardized.knobs  # every later try keeps it
     calibration, in_float = _calibration_tries(fmt, requested, knobs, layers, ranked)
     tries += calibration
     if standardized is not None and not raw_scales:
-        tries.append(standardized)
+        tries += standardizations
     tries += in_float
     others = [
         q
@@ -118,6 +119,13 @@ def int8_variants(
     plain = dataclasses.replace(knobs, exclude=tuple(n for n in knobs.exclude if n != STANDARDIZATION))
     tries += [Int8Variant(fmt, q, plain, "fallback") for q in others]
     return tries
+
+
+def _exact(standardized: Int8Variant) -> Int8Variant:
+    """The standardization try with its constants as measured: the next try when the grid's rounding (a smaller
+    file, :func:`deploykit.export.int8_prep.on_grid`) costs a validation row or two; which one passes is noise."""
+    knobs = dataclasses.replace(standardized.knobs, standardize_exact=True)
+    return dataclasses.replace(standardized, knobs=knobs, note=f"{standardized.note}, constants as measured")
 
 
 def _calibration_tries(

@@ -82,6 +82,10 @@ def test_the_float_standardization_constants_sit_on_a_coarse_grid_and_stay_exact
     assert np.all(scale / true_std <= np.sqrt(2) + 1e-9) and np.all(true_std / scale <= np.sqrt(2) + 1e-9)
     assert np.all(np.abs(mean - x.mean(axis=0)) <= scale / 4 + 1e-9)
     assert prep.max_abs_diff < 1e-4  # the kernel absorbed the values used, not the measured ones
+    measured, _prep = prepare_for_int8(_tabular_model(x), x, standardize=True, exact=True)  # the next try
+    norm = measured.get_layer(STANDARDIZATION)
+    assert np.allclose(np.asarray(norm.get_config()["mean"], np.float64).ravel(), x.mean(axis=0), rtol=1e-5)
+    assert not _powers_of_two(np.sqrt(np.asarray(norm.get_config()["variance"], np.float64).ravel()))
 
     pixels = np.random.default_rng(1).integers(0, 256, size=(300, 784)).astype(np.float64)
     pixels *= np.random.default_rng(2).random(784) ** 4  # features of 784 different spreads

@@ -23,19 +23,23 @@ def test_requested_setting_first_then_calibration_the_float_standardization_laye
         "onnx int8-static, 400 minmax calibration samples, 4x calibration",
         "onnx int8-static, 400 entropy calibration samples, 4x calibration, entropy",
         "onnx int8-static, 100 minmax calibration samples, inputs standardized in float",
+        "onnx int8-static, 100 minmax calibration samples, inputs standardized in float, constants as measured",
         "onnx int8-static, 400 minmax calibration samples, dense, dense_2 kept in float",
         "onnx int8-static, 400 minmax calibration samples, per-layer fallback",
         "onnx int8-dynamic, fallback",
     ]
-    assert onnx[4].knobs.exclude == ("dense", "dense_2")
-    assert onnx[5].per_layer == tuple(LAYERS) and not any(v.per_layer for v in onnx[:5] + onnx[6:])
-    assert onnx[3].knobs.standardize_input and onnx[3].knobs.exclude == (STANDARDIZATION,)  # kept in float
-    assert not any(v.knobs.standardize_input for v in onnx[:3] + onnx[4:])
+    assert onnx[5].knobs.exclude == ("dense", "dense_2")
+    assert onnx[6].per_layer == tuple(LAYERS) and not any(v.per_layer for v in onnx[:6] + onnx[7:])
+    for standardized in onnx[3:5]:  # on the coarse grid first (smaller), then its constants as measured
+        assert standardized.knobs.standardize_input and standardized.knobs.exclude == (STANDARDIZATION,)
+    assert not onnx[3].knobs.standardize_exact and onnx[4].knobs.standardize_exact
+    assert not any(v.knobs.standardize_input for v in onnx[:3] + onnx[5:])
     tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, knobs, LAYERS, set())
     assert [(v.quantization, v.note) for v in tflite] == [
         (Quantization.INT8_FULL, ""),
         (Quantization.INT8_FULL, "4x calibration"),
         (Quantization.INT8_FULL, "inputs standardized in float"),
+        (Quantization.INT8_FULL, "inputs standardized in float, constants as measured"),
         (Quantization.INT8_FULL, "dense, dense_2 kept in float"),
         (Quantization.INT8_FULL, "per-layer fallback"),
         (Quantization.INT8_WEIGHTS, "fallback"),
@@ -49,17 +53,24 @@ def test_raw_tabular_scales_put_the_float_standardization_second_and_keep_it():
 
     assert raw_scales(np.geomspace(1e-3, 4e3, 30) ** 2) and not raw_scales(np.full(64, 16.0))
     tflite = int8_variants(ExportFormat.TFLITE, Quantization.INT8_FULL, QuantConfig(), LAYERS, set(), raw_scales=True)
-    assert [v.note for v in tflite][:3] == ["", "inputs standardized in float", "4x calibration"]
-    assert all(v.knobs.standardize_input for v in tflite[1:]) and tflite[2].knobs.exclude == (STANDARDIZATION,)
+    assert [v.note for v in tflite][:4] == [
+        "",
+        "inputs standardized in float",
+        "inputs standardized in float, constants as measured",
+        "4x calibration",
+    ]
+    assert all(v.knobs.standardize_input for v in tflite[1:]) and tflite[3].knobs.exclude == (STANDARDIZATION,)
+    assert [v.knobs.standardize_exact for v in tflite[1:4]] == [False, True, False]  # later tries: the grid
     assert tflite[-1].quantization is Quantization.INT8_WEIGHTS and tflite[-1].knobs.exclude == ()
 
 
 def test_a_variant_needing_no_calibration_has_no_calibration_tries_and_requested_variants_are_no_fallbacks():
     knobs = QuantConfig()
     dynamic = int8_variants(ExportFormat.ONNX, Quantization.INT8_DYNAMIC, knobs, LAYERS, set(), raw_scales=True)
-    assert [(v.quantization, v.knobs.standardize_input) for v in dynamic] == [
-        (Quantization.INT8_DYNAMIC, False),
-        (Quantization.INT8_DYNAMIC, True),
+    assert [(v.quantization, v.knobs.standardize_input, v.knobs.standardize_exact) for v in dynamic] == [
+        (Quantization.INT8_DYNAMIC, False, False),
+        (Quantization.INT8_DYNAMIC, True, False),
+        (Quantization.INT8_DYNAMIC, True, True),
     ]  # static ones: never a silent fallback
     assert dynamic[1].knobs.exclude == ()  # quantize_dynamic leaves the standardization's Sub / Div in float anyway
     assert (
@@ -120,16 +131,17 @@ def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_s
             raise DataError("cannot convert")
         return v
 
-    assert variants[4].per_layer == tuple(LAYERS)  # 3 ranking tries, then the 2 most harmful in float
+    assert variants[5].per_layer == tuple(LAYERS)  # 3 ranking tries, then the 2 most harmful in float
     rows = {
         variants[0]: _row(0.93, Verdict.REJECTED),
         variants[1]: _row(0.94, Verdict.REJECTED),
-        variants[2]: _row(0.90, Verdict.REJECTED),  # the inputs standardized in float
-        variants[3]: _row(0.92, Verdict.REJECTED),
+        variants[2]: _row(0.90, Verdict.REJECTED),  # the inputs standardized in float, on the grid
+        variants[3]: _row(0.90, Verdict.REJECTED),  # and as measured
+        variants[4]: _row(0.92, Verdict.REJECTED),
     }
     attempts = search_int8(variants, make, lambda v: rows.get(v, _row(0.91, Verdict.REJECTED)))
-    assert [a.error for a in attempts] == [""] * 8 + ["cannot convert"]
-    assert [a.variant.note for a in attempts[4:8]] == [
+    assert [a.error for a in attempts] == [""] * 9 + ["cannot convert"]
+    assert [a.variant.note for a in attempts[5:9]] == [
         f"per-layer fallback: {n} in float" for n in ("dense", "dense_1", "dense_2", "dense, dense_1")
     ]
     best = chosen(attempts)
