@@ -53,6 +53,8 @@ def test_a_layer_outside_the_table_is_exported_and_the_other_steps_skip(digits, 
             "float32,int8-dynamic,int8-full",
             "--samples",
             "5",
+            "--latency-repeats",  # no latency is read here
+            "2",
         ]
     )
     assert code == 0, capsys.readouterr().err
@@ -122,6 +124,8 @@ def test_keras3_cnn_in_keras3_files_out(digits, tmp_path, capsys):
             "--samples",
             "10",
             "--no-temperature",  # model.keras is then the user's function exactly (a kept T is folded into it)
+            "--latency-repeats",  # no latency is read here
+            "2",
         ]
     )
     assert code == 0, capsys.readouterr().err

@@ -102,6 +102,8 @@ def test_one_runs_keras_onnx_and_tflite_agree_after_calibration(tmp_path, capsys
             "--quantize",
             "float32",
             "--no-mc",
+            "--latency-repeats",  # no latency is read here
+            "2",
         ]
     )
     captured = capsys.readouterr()

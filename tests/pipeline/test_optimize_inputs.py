@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from deploykit.io.models import read_model_file
-from deploykit.pipeline import optimize
+from deploykit.pipeline import OptimizeConfig, optimize
+from deploykit.pipeline.tables import ValidateStep
 
 
 @pytest.mark.slow  # trains nothing, but exports and imports through Keras 3
@@ -29,7 +30,14 @@ def test_a_keras3_model_object_and_arrays_go_through_like_files(tmp_path):
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=3, verbose=0)
     result = optimize(
-        model, (x, y), out_dir=tmp_path / "out", sparsity="none", mc=False, formats="onnx", quantize="float32"
+        model,
+        (x, y),
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        mc=False,
+        formats="onnx",
+        quantize="float32",
+        config=OptimizeConfig(validate=ValidateStep(latency_repeats=2)),  # no latency is read here
     )
     assert result.artifact("model.onnx").verdict.shipped
     assert read_model_file(tmp_path / "out" / "model.keras").is_keras3  # given back in the framework it came from

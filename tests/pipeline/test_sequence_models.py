@@ -14,6 +14,10 @@ from tests.helpers import ships_by_budget
 pytestmark = pytest.mark.slow  # trains tiny Keras 3 models (1 epoch) and runs the CLI end to end
 
 STEPS, VOCAB = 20, 200
+#: Timed runs per latency figure: no test here reads a latency, and a recurrent Keras model's eager call takes
+#: tens of milliseconds, so the default 50 (+ warm-up and batch-256 runs) was a third of each run's CPU time.
+REPEATS = ("--repeats", "2")
+LATENCY_REPEATS = ("--latency-repeats", "2")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,20 @@ def _layers(k3, kind: str):
     }[kind]
 
 
+@pytest.fixture(scope="module")
+def user_model(k3, tokens, tmp_path_factory):
+    """``user_model(kind)``: the saved file of :func:`_user_model`, trained once per module (the export and the
+    optimize tests both take the LSTM; neither changes the file)."""
+    made = {}
+
+    def get(kind: str):
+        if kind not in made:
+            made[kind] = _user_model(k3, kind, tokens, tmp_path_factory.mktemp(kind))
+        return made[kind]
+
+    return get
+
+
 def _user_model(k3, kind: str, tokens, folder):
     """Built, trained (1 epoch) and saved the way the Keras docs do it."""
     _, x, y = tokens
@@ -61,8 +79,8 @@ def _user_model(k3, kind: str, tokens, folder):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "bidirectional", "conv1d"])
-def test_export_ships_every_format(cli, k3, tokens, tmp_path, kind):
-    model = _user_model(k3, kind, tokens, tmp_path)
+def test_export_ships_every_format(cli, user_model, tokens, tmp_path, kind):
+    model = user_model(kind)
     out = tmp_path / "out"
     int8 = kind == "lstm"  # the int8 variants once (calibrating an unrolled LSTM is what could go wrong)
     done = cli(
@@ -74,6 +92,7 @@ def test_export_ships_every_format(cli, k3, tokens, tmp_path, kind):
         out,
         "--quantize",
         "float32,int8-dynamic,int8-full" if int8 else "float32",
+        *REPEATS,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "validation.json").read_text())
@@ -107,7 +126,7 @@ def _convlstm_model(tmp_path):
 
 def test_export_rejects_the_format_its_converter_refuses(cli, tmp_path):
     out = tmp_path / "out"
-    done = cli("export", _convlstm_model(tmp_path), "--out", out)
+    done = cli("export", _convlstm_model(tmp_path), "--out", out, *REPEATS)
     assert done.returncode == 0, done.stderr
     assert (out / "model.onnx").exists() and not (out / "model.tflite").exists()
     summary = json.loads((out / "validation.json").read_text())
@@ -133,6 +152,7 @@ def test_optimize_rejects_the_format_its_converter_refuses(cli, tmp_path):
         "--no-mc",
         "--quantize",
         "float32",
+        *LATENCY_REPEATS,
     )
     assert done.returncode == 0, done.stderr
     rows = {a["file"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
@@ -142,8 +162,8 @@ def test_optimize_rejects_the_format_its_converter_refuses(cli, tmp_path):
     assert not (out / "model.tflite").exists()
 
 
-def test_optimize_lstm_prunes_exports_and_samples(cli, k3, tokens, tmp_path):
-    model = _user_model(k3, "lstm", tokens, tmp_path)
+def test_optimize_lstm_prunes_exports_and_samples(cli, user_model, tokens, tmp_path):
+    model = user_model("lstm")
     out = tmp_path / "out"
     done = cli(
         "optimize",
@@ -162,6 +182,7 @@ def test_optimize_lstm_prunes_exports_and_samples(cli, k3, tokens, tmp_path):
         "float32",
         "--max-accuracy-drop",
         "0.05",
+        *LATENCY_REPEATS,
     )  # TFLite: the export test
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
@@ -216,7 +237,18 @@ def test_mc_and_optimize_take_the_chapters_mc_dropout(cli, k3, tmp_path):
     assert (tmp_path / "mc" / "model_mc.onnx").exists()
     out = tmp_path / "out"
     done = cli(
-        "optimize", model, "--data", data, "--out", out, "--no-sparsity", "--formats", "onnx", "--quantize", "float32"
+        "optimize",
+        model,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-sparsity",
+        "--formats",
+        "onnx",
+        "--quantize",
+        "float32",
+        *LATENCY_REPEATS,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())

@@ -112,7 +112,7 @@ def test_every_classifier_row_carries_its_nll_and_exported_files_are_held_to_the
     out = tmp_path / "out"
     done = cli(
         "optimize", tmp_path / "m.keras", "--data", tmp_path / "d.npz", "--out", out, "--no-sparsity", "--no-mc",
-        "--formats", "onnx,tflite", "--quantize", "float32,int8-dynamic,int8-full",
+        "--formats", "onnx,tflite", "--quantize", "float32,int8-dynamic,int8-full", "--latency-repeats", "2",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
