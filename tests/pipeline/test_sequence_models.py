@@ -14,9 +14,8 @@ from tests.helpers import ships_by_budget
 pytestmark = pytest.mark.slow  # trains tiny Keras 3 models (1 epoch) and runs the CLI end to end
 
 STEPS, VOCAB = 20, 200
-#: Timed runs per latency figure: no test here reads a latency, and a recurrent Keras model's eager call takes
-#: tens of milliseconds, so the default 50 (+ warm-up and batch-256 runs) was a third of each run's CPU time.
-REPEATS = ("--repeats", "2")
+#: optimize's timed runs per latency figure: no test here reads a latency, and a recurrent Keras model's eager call
+#: takes tens of milliseconds, so the default 50 (+ warm-up and batch-256 runs) was a third to a half of a run's CPU.
 LATENCY_REPEATS = ("--latency-repeats", "2")
 
 
@@ -92,7 +91,6 @@ def test_export_ships_every_format(cli, user_model, tokens, tmp_path, kind):
         out,
         "--quantize",
         "float32,int8-dynamic,int8-full" if int8 else "float32",
-        *REPEATS,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "validation.json").read_text())
@@ -126,7 +124,7 @@ def _convlstm_model(tmp_path):
 
 def test_export_rejects_the_format_its_converter_refuses(cli, tmp_path):
     out = tmp_path / "out"
-    done = cli("export", _convlstm_model(tmp_path), "--out", out, *REPEATS)
+    done = cli("export", _convlstm_model(tmp_path), "--out", out)
     assert done.returncode == 0, done.stderr
     assert (out / "model.onnx").exists() and not (out / "model.tflite").exists()
     summary = json.loads((out / "validation.json").read_text())
