@@ -191,6 +191,8 @@ def test_optimize_triton_serves_every_shipped_model_including_mc(tmp_path, train
             "0.05",
             "--mc-seed",
             "0",
+            "--latency-repeats",  # no latency is read here
+            "2",
         ]
     )  # the subject is Triton
     assert code == 0, capsys.readouterr().err
