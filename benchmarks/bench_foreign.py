@@ -50,7 +50,7 @@ APPLICATIONS = {
     "efficientnet_b0": "EfficientNetB0",
 }
 #: What a user with a big network on a laptop passes: the run plans its tries to finish in this many minutes.
-EXTRA = {"convnext_tiny": ("--time-budget", "10"), "efficientnet_b0": ("--time-budget", "10")}
+EXTRA = {name: ("--time-budget", "10") for name in APPLICATIONS}
 #: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
 EPOCHS = {"convnext_tiny": 2, "efficientnet_b0": 5, "mobilenet_v3_small": 3}
 #: keras.applications networks: (training rows at most, batch size). Their last HELD_OUT rows are never trained on;
