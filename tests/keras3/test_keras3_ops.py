@@ -167,3 +167,19 @@ def test_a_conv_with_one_group_per_channel_imports_as_depthwise_and_exports(k3, 
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: xs})[0]
     assert np.abs(got - np.asarray(single(xs))).max() <= 1e-5
+
+
+def test_a_failed_rebuild_check_says_when_the_keras3_model_is_chaotic_on_its_own(k3):
+    """A deep network with large random weights moves by whole outputs when its inputs change by 1e-6 of
+    themselves: float rounding decides its outputs, and the refusal says so rather than blaming the rebuild."""
+    from deploykit.keras3.convert import TOLERANCE, _chaotic, _own_change
+
+    def net(stddev: float):
+        init = k3.initializers.RandomNormal(stddev=stddev, seed=0)
+        layers = [k3.layers.Dense(32, activation="tanh", kernel_initializer=init) for _ in range(24)]
+        return k3.Sequential([k3.Input((32,)), *layers, k3.layers.Dense(3, kernel_initializer=init)])
+
+    x = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
+    chaotic, tame = _own_change(k3, net(4 / np.sqrt(32)), x), _own_change(k3, net(0.5 / np.sqrt(32)), x)
+    assert chaotic > 100 * TOLERANCE and tame < TOLERANCE
+    assert "itself moves by" in _chaotic(chaotic) and _chaotic(tame) == ""
