@@ -39,34 +39,6 @@ BUILD = textwrap.dedent("""
 """)
 
 
-def eager_scan(model, data, layers, budget, levels) -> tuple[dict, int]:
-    """The scan as written before the traced path (each try one eager ``score``): drops by layer, evaluations."""
-    import numpy as np
-
-    from deploykit.core.evaluate import score
-    from deploykit.core.layers import support_for
-    from deploykit.sparsity.tuning import rebuild
-
-    copy = rebuild(model)
-    base, calls, out = score(copy, data.x_val, data.y_val, data.task), 1, {}
-    for name in layers:
-        layer = copy.get_layer(name)
-        weights = layer.get_weights()
-        k = support_for(layer, unsafe=True).pruned_kernel[1]
-        kernel = weights[k]
-        magnitudes = np.sort(np.abs(kernel).ravel())
-        drops = []
-        for level in levels:
-            cut = magnitudes[min(len(magnitudes) - 1, int(level * len(magnitudes)))]
-            zeroed = np.where(np.abs(kernel) < cut, 0, kernel).astype(kernel.dtype)
-            layer.set_weights([*weights[:k], zeroed, *weights[k + 1 :]])
-            drops.append(max(0.0, budget.shortfall(base, score(copy, data.x_val, data.y_val, data.task))))
-            calls += 1
-        layer.set_weights(weights)
-        out[name] = [float(d) for d in np.maximum.accumulate(drops)]
-    return out, calls
-
-
 def measured(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
@@ -102,15 +74,21 @@ def main() -> None:
     budget = Budget(Metric.ACCURACY, 0.01)
     made = []
 
-    class Counted(compiled.CompiledOutputs):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
+    def counted(base):
+        def make(*a, **k):
+            made.append(base(*a, **k))
+            return made[-1]
 
-    compiled.CompiledOutputs = Counted
-    (eager, eager_calls), eager_wall, eager_cpu = measured(lambda: eager_scan(model, data, layers, budget, LEVELS))
-    traced, traced_wall, traced_cpu = measured(lambda: _sensitivity(model, data, layers, budget))
-    same = {s.name: [float(d) for d in s.drops] for s in traced} == eager
+        return make
+
+    eager, eager_wall, eager_cpu = measured(
+        lambda: _sensitivity(model, data, layers, budget, evaluator=counted(compiled.EagerOutputs))
+    )
+    eager_calls = made[-1].calls
+    traced, traced_wall, traced_cpu = measured(
+        lambda: _sensitivity(model, data, layers, budget, evaluator=counted(compiled.CompiledOutputs))
+    )
+    same = {s.name: s.drops for s in traced} == {s.name: s.drops for s in eager}
     rows = [
         {
             "scan": "eager (before)",
@@ -134,7 +112,7 @@ def main() -> None:
         "rows": n,
         "rows_detail": rows,
         "same_sensitivities": same,
-        "layers_with_a_drop": sum(any(d > 0 for d in drops) for drops in eager.values()),
+        "layers_with_a_drop": sum(any(d > 0 for d in s.drops) for s in eager),
         "cpu_ratio": round(eager_cpu / max(traced_cpu, 1e-9), 2),
     }
     lines = [

@@ -282,16 +282,19 @@ def _sensitivity(
     rows: int | None = None,
     limits: SearchLimits | None = None,
     done=lambda: None,
+    evaluator=None,
 ) -> list[LayerSensitivity]:
     """Prune each layer alone, one shot (smallest magnitudes to zero), and measure the validation score lost.
 
     On the first ``rows`` validation rows; a layer is not started past ``limits``' deadline (the rest go unscanned).
+    ``evaluator`` (default :class:`~deploykit.core.compiled.CompiledOutputs`: one graph for every try, where an eager
+    call costs ~0.5 s on a keras.applications network) scores the model; the eager one is the reference in tests.
     """
     from deploykit.core.compiled import CompiledOutputs
 
     copy = rebuild(model)
     x_val, y_val = data.x_val[:rows], data.y_val[:rows]
-    evaluate = CompiledOutputs(copy)  # one graph for every try: an eager call costs ~0.5 s on a keras.applications net
+    evaluate = (evaluator or CompiledOutputs)(copy)
     base = evaluate.score(x_val, y_val, data.task)
     out = []
     for name in layers:

@@ -13,32 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from deploykit.core.evaluate import Budget, Metric, score
+from deploykit.core.evaluate import Budget, Metric
 from tests.sparsity.test_prune_conv import CONVS, conv_net, image_digits
-
-
-def _eager_scan(model, data, layers, budget, levels):
-    """The scan as it was written before the traced path: each try scored by eager calls (``score``)."""
-    from deploykit.core.layers import support_for
-
-    x, y = data.x_val, data.y_val
-    base = score(model, x, y, data.task)
-    out = {}
-    for name in layers:
-        layer = model.get_layer(name)
-        weights = layer.get_weights()
-        k = support_for(layer, unsafe=True).pruned_kernel[1]
-        kernel = weights[k]
-        magnitudes = np.sort(np.abs(kernel).ravel())
-        drops = []
-        for level in levels:
-            cut = magnitudes[min(len(magnitudes) - 1, int(level * len(magnitudes)))]
-            zeroed = np.where(np.abs(kernel) < cut, 0, kernel).astype(kernel.dtype)
-            layer.set_weights([*weights[:k], zeroed, *weights[k + 1 :]])
-            drops.append(max(0.0, budget.shortfall(base, score(model, x, y, data.task))))
-        layer.set_weights(weights)
-        out[name] = list(np.maximum.accumulate(drops))
-    return out
 
 
 @pytest.fixture
@@ -60,6 +36,7 @@ def counted(monkeypatch):
 @pytest.mark.slow
 def test_traced_scan_gives_the_eager_scans_sensitivities(digits, counted):
     from deploykit.backend import keras
+    from deploykit.core.compiled import EagerOutputs
     from deploykit.sparsity.search import LEVELS, _sensitivity
 
     data, model = image_digits(digits), conv_net()
@@ -67,7 +44,7 @@ def test_traced_scan_gives_the_eager_scans_sensitivities(digits, counted):
     model.fit(data.x_train[:400], data.y_train[:400], epochs=2, batch_size=32, verbose=0)
     budget = Budget(Metric.ACCURACY, 0.01)
     scan = _sensitivity(model, data, list(CONVS), budget)
-    eager = _eager_scan(model, data, list(CONVS), budget, LEVELS)
+    eager = {s.name: s.drops for s in _sensitivity(model, data, list(CONVS), budget, evaluator=EagerOutputs)}
     assert {s.name: s.drops for s in scan} == eager
     assert any(d > 0 for drops in eager.values() for d in drops)  # the comparison has something to compare
     assert counted[0].calls == len(CONVS) * len(LEVELS) + 1 and counted[0].traces == 1
