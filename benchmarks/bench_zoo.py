@@ -75,6 +75,7 @@ def build(name: str, folder: Path, size_cap: float = SIZE_CAP) -> dict:
     import numpy as np
 
     ctor = getattr(keras.applications, name)
+    keras.utils.set_random_seed(0)  # the same weights in every run: a row can be re-run and compared
     for side in SIDES:
         try:
             model = ctor(weights=None, input_shape=(side, side, 3), classes=3)
@@ -143,7 +144,7 @@ def _all_layers(model):
 
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}"
+    return f"{type(exc).__name__}: {text[:480]}"
 
 
 def run_one(name: str, folder: Path, size_cap: float, extras_cap: float = EXTRAS_CAP) -> dict:
