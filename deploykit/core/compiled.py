@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.core.evaluate import score_outputs
-from deploykit.core.task import OutputKind, Task
+from deploykit.core.evaluate import score_model_outputs
+from deploykit.core.task import Task
 
 
 class CompiledOutputs:
@@ -42,13 +42,7 @@ class CompiledOutputs:
 
     def score(self, x: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION) -> float:
         """What :func:`deploykit.core.evaluate.score` gives, through the traced function."""
-        from deploykit.core.task import layer_kind
-
-        out = self(x)
-        kind = None
-        if task is Task.CLASSIFICATION and out.shape[-1] == 1:
-            kind = OutputKind.SIGMOID if layer_kind(self.model) is OutputKind.SIGMOID else OutputKind.BINARY_LOGITS
-        return score_outputs(out, y, task, kind)
+        return score_model_outputs(self.model, self(x), y, task)
 
 
 class EagerOutputs:
@@ -58,7 +52,6 @@ class EagerOutputs:
     def __init__(self, model):
         self.model = model
         self.calls = 0
-        self.traces = 0
 
     def score(self, x: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION) -> float:
         from deploykit.core.evaluate import score

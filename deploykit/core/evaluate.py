@@ -91,9 +91,14 @@ def score_outputs(out: np.ndarray, y: np.ndarray, task: Task, kind: OutputKind |
 
 def score(model, x: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION) -> float:
     """The model's :class:`Metric` for ``task`` on ``(x, y)`` (a one-unit classifier's kind read off its last layer)."""
+    return score_model_outputs(model, outputs(model, x), y, task)
+
+
+def score_model_outputs(model, out: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION) -> float:
+    """:func:`score_outputs` of ``model``'s outputs ``out``, however they were computed (eager or traced), a one-unit
+    classifier's kind read off the model's last layer."""
     from deploykit.core.task import layer_kind
 
-    out = outputs(model, x)
     kind = None
     if task is Task.CLASSIFICATION and out.shape[-1] == 1:
         kind = OutputKind.SIGMOID if layer_kind(model) is OutputKind.SIGMOID else OutputKind.BINARY_LOGITS
