@@ -20,6 +20,7 @@ from deploykit.core.taskspec import TaskSpec, spec_of
 from deploykit.errors import ConversionError
 from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.log import quiet_native
+from deploykit.onnx.builder import GraphBuilder
 
 DEFAULT_OPSET = 17
 
@@ -41,7 +42,7 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
     spec = spec_of(kind)
     names = spec.served_outputs
     if spec.binary:
-        _add_binary_head(proto.graph, spec)
+        _add_binary_head(proto, spec, opset)
     else:
         _rename_output(proto.graph, names[0])
         if spec.from_logits:
@@ -153,38 +154,12 @@ def _add_softmax(graph, logits: str, probabilities: str) -> None:
     out.name = probabilities
 
 
-class _Builder:
-    """The ``op`` / ``const`` a :class:`~deploykit.core.taskspec.TaskSpec` appends its head with, on a tf2onnx graph."""
-
-    def __init__(self, graph):
-        self.graph, self._count = graph, 0
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"deploykit_head/{hint}_{self._count}"
-
-    def const(self, value) -> str:
-        import numpy as np
-        from onnx import numpy_helper
-
-        name = self._name("const")
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        import onnx
-
-        out = output or self._name(op_type.lower())
-        self.graph.node.append(onnx.helper.make_node(op_type, inputs, [out], name=self._name(op_type), **attrs))
-        return out
-
-
-def _add_binary_head(graph, spec: TaskSpec) -> None:
+def _add_binary_head(proto, spec: TaskSpec, opset: int) -> None:
     """A binary head's outputs: ``probabilities`` [N, 2] = Softmax(Concat(0, z)) on its logit z (a sigmoid head's:
     the input of its Sigmoid; without one, Concat(1 - p, p)), and a logits head's ``logits`` [N, 1] beside them."""
     import onnx
 
-    names, g = spec.served_outputs, _Builder(graph)
+    graph, names, g = proto.graph, spec.served_outputs, GraphBuilder(opset, "deploykit_head", proto)
     old = graph.output[0]
     shape = [d.dim_param or d.dim_value or "N" for d in old.type.tensor_type.shape.dim[:1]] or ["N"]
     if spec.from_logits:

@@ -24,7 +24,8 @@ from deploykit.core.contract import (
 from deploykit.core.task import Task
 from deploykit.errors import UsageError
 from deploykit.export.contract_onnx import output_info
-from deploykit.onnx.graph_ops import GraphEditor, get_prop, set_props, toposort
+from deploykit.onnx.builder import GraphBuilder
+from deploykit.onnx.graph_ops import get_prop, set_props, toposort
 from deploykit.uncertainty.conformal import STD_FLOOR, Conformal, ConformalMethod
 
 
@@ -34,7 +35,7 @@ def add_conformal(proto, conformal: Conformal) -> None:
     import onnx
     from onnx import TensorProto
 
-    ed = GraphEditor(proto, "conformal")
+    ed = GraphBuilder.editing(proto, "conformal")
     outputs = {o.name for o in ed.graph.output}
     if outputs & {PREDICTION_SET_OUTPUT, LOWER_OUTPUT}:
         raise UsageError("this ONNX model already has conformal outputs; calibrate the model without them")
@@ -73,7 +74,7 @@ def add_conformal(proto, conformal: Conformal) -> None:
     onnx.checker.check_model(proto, full_check=True)
 
 
-def _scores(ed: GraphEditor, probs: str, conformal: Conformal) -> str:
+def _scores(ed: GraphBuilder, probs: str, conformal: Conformal) -> str:
     """[N, C] scores of every class (see deploykit.uncertainty.conformal.class_scores)."""
     from onnx import TensorProto
 
@@ -97,7 +98,7 @@ def _pick(outputs: set[str], names: tuple[str, ...], what: str) -> str:
     return found
 
 
-def _dims(ed: GraphEditor, name: str) -> list:
+def _dims(ed: GraphBuilder, name: str) -> list:
     """The output's dims as value_info wants them (the batch axis symbolic)."""
     shape = ed.output_info(name).type.tensor_type.shape.dim
     return [d.dim_param or "N" if i == 0 else (d.dim_value or d.dim_param or None) for i, d in enumerate(shape)]

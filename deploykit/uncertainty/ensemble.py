@@ -48,7 +48,8 @@ from deploykit.errors import ModelLoadError, UsageError
 from deploykit.export.artifact import file_sizes
 from deploykit.export.contract_onnx import check_model_outputs, output_info, width_sizes
 from deploykit.export.metadata import read_metadata, write_metadata
-from deploykit.onnx.graph_ops import GraphEditor, default_opset, empty_optionals, set_props
+from deploykit.onnx.builder import GraphBuilder, default_opset
+from deploykit.onnx.graph_ops import empty_optionals, set_props
 from deploykit.records import Record
 from deploykit.uncertainty.mc_graph import reduce_samples
 
@@ -89,7 +90,7 @@ def build_ensemble(members: Sequence, opset: int | None = None, include_members:
     outputs = []
     for k, proto in enumerate(protos):
         outputs.append(_add_member(merged.graph, proto, MEMBER_PREFIX.format(k=k), _member_output(proto)))
-    ed = GraphEditor(merged, "ensemble")
+    ed = GraphBuilder.editing(merged, "ensemble")
     if not sampled:  # one [N, C] per member
         outputs = [ed.op("Unsqueeze", [o, ed.const([0], np.int64)]) for o in outputs]
     stacked = ed.op("Concat", outputs, axis=0)  # [K, N, C]; MC members: [K*T, N, C], member by member
@@ -297,7 +298,7 @@ def _add_member(graph, proto, prefix: str, output: str) -> str:
     return prefix + output
 
 
-def _declare_outputs(ed: GraphEditor, values: dict[str, str], width: int, task: Task, sampled: bool) -> None:
+def _declare_outputs(ed: GraphBuilder, values: dict[str, str], width: int, task: Task, sampled: bool) -> None:
     """The ensemble's outputs as deploykit.core.contract.OUTPUTS declares them (MC members' samples: K*T of them)."""
     for name, tensor in values.items():
         ed.op("Identity", [tensor], output=name)

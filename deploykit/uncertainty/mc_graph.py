@@ -61,14 +61,12 @@ from deploykit.export.contract_onnx import output_info
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.uncertainty import mc_rnn  # noqa: F401  (registers the recurrent layers' emitters)
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, resolve_mask
-from deploykit.uncertainty.mc_layers import EMITTERS, OnnxGraph, emit, mask_shape
+from deploykit.uncertainty.mc_layers import EMITTERS, MCGraph, emit, mask_shape
 
 __all__ = ["MCConfig", "build_mc_graph", "mc_task", "check_has_dropout", "dropout_layers", "sampled_nodes", "EMITTERS"]
 
 DEFAULT_SAMPLES = 30
 DEFAULT_MAX_SAMPLES = 1000
-
-_TINY = float(np.finfo(np.float32).tiny)  # floor inside log(p): 0 * log(0) counts as 0
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedLayerError(graph.name, "model", "MC Dropout needs a single-input, single-output model")
     input_name, input_shape = next(iter(graph.inputs.items()))
-    g = OnnxGraph(config.seed, opset, mask_kind(graph, config), config.pool, len(dropout_layers(graph)))
+    g = MCGraph(config.seed, opset, mask_kind(graph, config), config.pool, len(dropout_layers(graph)))
     samples = _samples_value(g, config)  # [T]
     sampled = sampled_nodes(graph, frozenset() if prefix_once else frozenset({input_name}))
     values = {input_name: (INPUT_NAME, tuple(input_shape))}
@@ -218,23 +216,14 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
             "Identity", [stacked]
         )
     for name, value in outputs.items():
-        g.nodes.append(helper.make_node("Identity", [value], [name], name=f"output_{name}"))
+        g.op("Identity", [value], output=name)
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(INPUT_NAME, f32, ["N", *input_shape]), _samples_input(g, config)]
     outs = [output_info(name, task, KIND_MC_DROPOUT, width) for name in outputs]  # as deploykit.core.contract declares
     doc = _DOC if task is Task.CLASSIFICATION else _REGRESSION_DOC
-    graph_proto = helper.make_graph(
-        g.nodes,
-        f"{graph.name}_mc_dropout",
-        inputs,
-        outs,
-        initializer=g.inits,
-        doc_string=doc.format(default=config.samples, limit=config.max_samples),
-    )
-    opsets = [helper.make_opsetid("", opset)]
-    return helper.make_model(
-        graph_proto, opset_imports=opsets, producer_name="deploykit", ir_version=helper.find_min_ir_version_for(opsets)
+    return g.model(
+        f"{graph.name}_mc_dropout", inputs, outs, doc.format(default=config.samples, limit=config.max_samples)
     )
 
 
@@ -244,7 +233,7 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
 OPTIONAL_INPUT_OPSET = 15
 
 
-def _samples_input(g: OnnxGraph, config: MCConfig):
+def _samples_input(g: MCGraph, config: MCConfig):
     from onnx import TensorProto, helper
 
     if g.opset >= OPTIONAL_INPUT_OPSET:
@@ -253,9 +242,8 @@ def _samples_input(g: OnnxGraph, config: MCConfig):
     return helper.make_tensor_value_info(SAMPLES_NAME, TensorProto.INT64, [])
 
 
-def _samples_value(g: OnnxGraph, config: MCConfig) -> str:
+def _samples_value(g: MCGraph, config: MCConfig) -> str:
     """The clamped sample count as a [1] int64 tensor: the fed `samples`, or the default when it is omitted."""
-    import onnx
     from onnx import TensorProto, helper
 
     if g.opset >= OPTIONAL_INPUT_OPSET:
@@ -281,8 +269,7 @@ def _samples_value(g: OnnxGraph, config: MCConfig) -> str:
         )
         value = g.op("If", [g.op("OptionalHasElement", [SAMPLES_NAME])], then_branch=fed, else_branch=default)
     else:
-        g.inits.append(onnx.numpy_helper.from_array(np.array(config.samples, np.int64), SAMPLES_NAME))
-        value = SAMPLES_NAME
+        value = g.const(config.samples, np.int64, name=SAMPLES_NAME)
     clamped = g.op("Max", [g.op("Min", [value, g.const(config.max_samples, np.int64)]), g.const(1, np.int64)])
     return g.op("Reshape", [clamped, g.const([1], np.int64)])
 
@@ -305,25 +292,16 @@ def reduce_samples(g, stacked: str, task: Task = Task.CLASSIFICATION) -> dict[st
     """The MC output contract from stacked samples (or members) [T, N, C or K].
 
     Classification (probabilities): mean, std, predictive entropy, mutual information, predicted class.
-    Regression (predictions): mean and std per target. ``g`` is any graph builder with ``op``, ``const``
-    and an opset-aware ``reduce(op_type, x, axes)``: the MC graph's own (samples) and the ensemble
-    editor's (members) share these formulas.
+    Regression (predictions): mean and std per target. ``g``: the :class:`~deploykit.onnx.builder.GraphBuilder`
+    of the MC graph (samples) or of the ensemble edit (members), which share these formulas.
     """
     mean = g.reduce("ReduceMean", stacked, [0])
     diff = g.op("Sub", [stacked, mean])
     std = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [diff, diff]), [0])])
     if task is Task.REGRESSION:
         return {"mean": mean, "std": std}
-    probs = stacked
-    tiny = g.const(_TINY)
-    minus_one = g.const(-1.0)
-
-    def entropy(p: str, class_axis: int) -> str:
-        plogp = g.op("Mul", [p, g.op("Log", [g.op("Max", [p, tiny])])])
-        return g.op("Mul", [g.reduce("ReduceSum", plogp, [class_axis]), minus_one])
-
-    predictive = entropy(mean, 1)
-    expected = g.reduce("ReduceMean", entropy(probs, 2), [0])
+    predictive = g.entropy(mean, 1)
+    expected = g.reduce("ReduceMean", g.entropy(stacked, 2), [0])
     # H(mean) >= mean H (Jensen); clip the float rounding below zero.
     mutual = g.op("Max", [g.op("Sub", [predictive, expected]), g.const(0.0)])
     predicted = g.op("ArgMax", [mean], axis=1, keepdims=0)

@@ -6,7 +6,7 @@ support table marks ``mc`` has an emitter here: ``(g, node, xs, in_shapes) ->
 convolutions and pooling transpose to ONNX's NCHW and back (onnxruntime
 removes the transpose pairs between consecutive convolutions). Everything is
 standard ONNX from opset 13; the reductions follow the opset
-(:meth:`OnnxGraph.reduce`).
+(:meth:`~deploykit.onnx.builder.GraphBuilder.reduce`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from deploykit.core.layers import ALIASES
 from deploykit.errors import UnsupportedLayerError
 from deploykit.export.convert import DEFAULT_OPSET
 from deploykit.fold.affine import batchnorm_scale_offset
+from deploykit.onnx.builder import GraphBuilder
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, pool_keep, represented_rate
 
 # Keras's SELU constants (AlphaDropout's correction is built from them).
@@ -26,8 +27,8 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _KERAS_EPSILON = 1e-7  # Normalization's floor on the standard deviation
 
 
-class OnnxGraph:
-    """Nodes and initializers under construction, with unique names, per-node seeds and the dropout mask kind."""
+class MCGraph(GraphBuilder):
+    """The MC Dropout graph under construction: the one ONNX builder plus per-node seeds and the dropout mask kind."""
 
     def __init__(
         self,
@@ -37,44 +38,12 @@ class OnnxGraph:
         pool: int = DEFAULT_POOL,
         pool_layers: int = 1,
     ):
-        self.opset = opset
+        super().__init__(opset)
         self.mask, self.pool = mask, pool
         # MaskKind.POOL: how many layers will draw a pooled mask (the first draws every layer's random offsets)
         self.pool_layers, self.offsets_drawn, self.pending_offsets = pool_layers, 0, []
-        self.nodes, self.inits = [], []
-        self._count = 0
         self._seed = seed
-        self._true = None
         self._tables = 0
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, value, dtype=np.float32) -> str:
-        import onnx
-
-        name = self.name("const")
-        self.inits.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def true(self) -> str:
-        if self._true is None:
-            self._true = self.const(True, np.bool_)
-        return self._true
-
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs):
-        from onnx import helper
-
-        outputs = [self.name(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{outputs[0]}_node", **attrs))
-        return outputs[0] if n_out == 1 else tuple(outputs)
-
-    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 0) -> str:
-        """ReduceMean / ReduceMax with ``axes`` as an attribute before opset 18 and as an input from 18 on."""
-        if op_type == "ReduceSum" or self.opset >= 18:
-            return self.op(op_type, [x, self.const(list(axes), np.int64)], keepdims=keepdims)
-        return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
 
     def dropout_seed(self) -> dict:
         """The seed attribute of the next Dropout node: distinct, well-spread seeds per node."""
@@ -108,7 +77,7 @@ def emits(*class_names: str):
     return register
 
 
-def emit(g: OnnxGraph, node: Node, xs: list[str], shapes: list[tuple]):
+def emit(g: MCGraph, node: Node, xs: list[str], shapes: list[tuple]):
     spec = node.spec
     fn = EMITTERS.get(spec.class_name) if spec.support.mc else None  # the layer table says what the MC graph emits
     if fn is None:
@@ -355,7 +324,7 @@ def _emit_embedding(g, node, xs, shapes):
     return g.op("Gather", [g.const(node.spec.weights[0]), ids], axis=0), _out_shape(node)
 
 
-def _reshape(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple):
+def _reshape(g: MCGraph, spec: LayerSpec, x: str, shape: tuple):
     if spec.class_name == "Flatten":
         new = (int(np.prod(shape)),)
     else:
@@ -375,7 +344,7 @@ def _last_axis_only(spec: LayerSpec, axes, rank: int) -> None:
         )
 
 
-def _batchnorm(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
+def _batchnorm(g: MCGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     """Inference BatchNormalization with its moving statistics: x * scale + offset."""
     cfg = spec.config
     _last_axis_only(spec, cfg.get("axis", -1), len(shape))
@@ -383,7 +352,7 @@ def _batchnorm(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     return g.op("Add", [g.op("Mul", [x, g.const(scale)]), g.const(offset)])
 
 
-def _normalization(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
+def _normalization(g: MCGraph, spec: LayerSpec, x: str, shape: tuple) -> str:
     """Keras Normalization: (x - mean) / max(sqrt(var), 1e-7), or its inverse."""
     cfg = spec.config
     if spec.weights:
@@ -440,7 +409,7 @@ def mask_shape(spec: LayerSpec, shape: tuple) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _dropout(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
+def _dropout(g: MCGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
     """Dropout kept active: a pooled mask (:mod:`deploykit.uncertainty.masks`) or ONNX Dropout in training mode.
 
     AlphaDropout uses the keep flags with Keras's affine correction. A mask drawn on fewer values
@@ -463,7 +432,7 @@ def _dropout(g: OnnxGraph, spec: LayerSpec, x: str, shape: tuple = ()) -> str:
     return _onnx_dropout(g, x, rate, shape, on, alpha)
 
 
-def _onnx_dropout(g: OnnxGraph, x: str, rate: float, shape: tuple, on: tuple, alpha: bool) -> str:
+def _onnx_dropout(g: MCGraph, x: str, rate: float, shape: tuple, on: tuple, alpha: bool) -> str:
     """:attr:`MaskKind.DROPOUT`: the keep mask of an ONNX Dropout node (one draw per element of ``on``)."""
     from onnx import TensorProto
 
@@ -484,7 +453,7 @@ def _onnx_dropout(g: OnnxGraph, x: str, rate: float, shape: tuple, on: tuple, al
     return g.op("Mul", [dropped, g.op("Cast", [keep], to=TensorProto.FLOAT)])
 
 
-def _alpha_dropout(g: OnnxGraph, x: str, keep: str, rate: float) -> str:
+def _alpha_dropout(g: MCGraph, x: str, keep: str, rate: float) -> str:
     """tf_keras AlphaDropout: dropped units are set to alpha_p, then a * x + b restores mean and variance."""
     alpha_p = -_SELU_ALPHA * _SELU_SCALE
     a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
@@ -493,7 +462,7 @@ def _alpha_dropout(g: OnnxGraph, x: str, keep: str, rate: float) -> str:
     return g.op("Add", [g.op("Mul", [kept, g.const(a)]), g.const(b)])
 
 
-def _activation_layer(g: OnnxGraph, spec: LayerSpec, x: str) -> str:
+def _activation_layer(g: MCGraph, spec: LayerSpec, x: str) -> str:
     cfg = spec.config
     kind = spec.class_name
     if kind == "Activation":
@@ -517,7 +486,7 @@ def _activation_layer(g: OnnxGraph, spec: LayerSpec, x: str) -> str:
     raise UnsupportedLayerError(spec.name, kind, "no ONNX form for this activation layer")
 
 
-def _activation(g: OnnxGraph, spec: LayerSpec, name, x: str) -> str:
+def _activation(g: MCGraph, spec: LayerSpec, name, x: str) -> str:
     """A Keras activation given by name, as ONNX ops."""
     if name in (None, "linear"):
         return x

@@ -33,7 +33,8 @@ import numpy as np
 from deploykit.core.contract import INTERVAL_Z
 from deploykit.core.contract import STD_SCALE_KEY as METADATA_KEY
 from deploykit.errors import DataError, UsageError
-from deploykit.onnx.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
+from deploykit.onnx.builder import GraphBuilder
+from deploykit.onnx.graph_ops import get_prop, retarget, set_props, toposort
 from deploykit.records import Record
 
 STD_FLOOR = 1e-6  # in the targets' units: the smallest std the NLL and the std scale fit divide by
@@ -158,7 +159,7 @@ def apply_std_scale(proto, fit: StdScaleFit) -> None:
 
     if read_std_scale(proto) is not None:
         raise UsageError("this ONNX model already holds a std scale; scale the uncalibrated export instead")
-    ed = GraphEditor(proto, "std_scale")
+    ed = GraphBuilder.editing(proto, "std_scale")
     ed.output_info("std")
     raw = ed.name("raw_std")
     retarget(ed.graph, "std", raw)

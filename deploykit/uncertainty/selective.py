@@ -50,7 +50,8 @@ from deploykit.core.contract import ABSTAIN_RULE as RULE
 from deploykit.core.contract import SELECTIVE_KEY as METADATA_KEY
 from deploykit.errors import ConfigError, DataError, UsageError
 from deploykit.export.contract_onnx import output_info
-from deploykit.onnx.graph_ops import GraphEditor, get_prop, set_props, toposort
+from deploykit.onnx.builder import GraphBuilder
+from deploykit.onnx.graph_ops import get_prop, set_props, toposort
 from deploykit.records import Record
 from deploykit.uncertainty.measures import Measure
 from deploykit.uncertainty.regression import Z_95, check_targets
@@ -324,7 +325,7 @@ def add_abstain(proto, chosen: SelectiveThreshold) -> None:
     """
     import onnx
 
-    ed = GraphEditor(proto, "selective")
+    ed = GraphBuilder.editing(proto, "selective")
     outputs = {o.name for o in ed.graph.output}
     if ABSTAIN_OUTPUT in outputs:
         raise UsageError("this ONNX model already has an abstain output")
@@ -342,7 +343,7 @@ def read_selective(proto) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def _measure_tensor(ed: GraphEditor, measure: Measure, outputs: set[str], contract: tuple[str, ...]) -> str:
+def _measure_tensor(ed: GraphBuilder, measure: Measure, outputs: set[str], contract: tuple[str, ...]) -> str:
     mean, entropy, mutual = "mean", "predictive_entropy", "mutual_information"  # outputs of the contract, by name
     regression = "std" in outputs and entropy not in outputs
     if (measure is Measure.INTERVAL_WIDTH) != regression:

@@ -41,7 +41,8 @@ import numpy as np
 from deploykit.core.contract import OUTPUT_NAME, OUTPUT_NAMES, PREDICTION_NAME
 from deploykit.core.contract import TEMPERATURE_KEY as METADATA_KEY
 from deploykit.errors import DataError, UsageError
-from deploykit.onnx.graph_ops import GraphEditor, get_prop, retarget, set_props, toposort
+from deploykit.onnx.builder import GraphBuilder
+from deploykit.onnx.graph_ops import get_prop, retarget, set_props, toposort
 from deploykit.records import Record
 from deploykit.uncertainty.calibration import (
     CalibrationReport,
@@ -177,7 +178,7 @@ def apply_temperature(proto, fit: TemperatureFit, output: str = OUTPUT_NAME) -> 
     if fit.placement is not Placement.LOGITS:
         raise UsageError(f"a deterministic model takes a LOGITS temperature, got {fit.placement.value}")
     _refuse_twice(proto)
-    ed = GraphEditor(proto, "temperature")
+    ed = GraphBuilder.editing(proto, "temperature")
     ed.output_info(output)
     softmax = _softmax_behind(ed, output)
     if softmax is not None:
@@ -193,7 +194,7 @@ def apply_mc_temperature(proto, fit: TemperatureFit) -> None:
     """Store ``fit`` in an MC Dropout or ensemble model (in place), as its placement says."""
     mean, entropy = "mean", "predictive_entropy"  # outputs of the contract, by name
     _refuse_twice(proto)
-    ed = GraphEditor(proto, "temperature")
+    ed = GraphBuilder.editing(proto, "temperature")
     for name in OUTPUT_NAMES:
         ed.output_info(name)
     if fit.placement is Placement.PER_SAMPLE:
@@ -214,13 +215,13 @@ def per_sample_placement(proto) -> bool:
     """Whether a per-sample temperature can be stored in this MC or ensemble model: one Softmax behind every
     member's probabilities (an ensemble), or exactly one Softmax (an MC model, applied to every sample)."""
     try:
-        _per_sample_softmaxes(GraphEditor(proto, "temperature"))
+        _per_sample_softmaxes(GraphBuilder.editing(proto, "temperature"))
     except UsageError:
         return False
     return True
 
 
-def _per_sample_softmaxes(ed: GraphEditor) -> list:
+def _per_sample_softmaxes(ed: GraphBuilder) -> list:
     """The Softmax nodes a per-sample temperature divides the input of, or a UsageError saying why there are none."""
     members = member_outputs(ed.proto)  # an ensemble: the same T before each member's softmax
     softmaxes = [_softmax_behind(ed, m) for m in members] or [n for n in ed.graph.node if n.op_type == "Softmax"]
@@ -261,14 +262,14 @@ def write_with_temperature(src: str | os.PathLike, dst: str | os.PathLike, fit: 
     return Path(dst)
 
 
-def _softmax_behind(ed: GraphEditor, tensor: str):
+def _softmax_behind(ed: GraphBuilder, tensor: str):
     node = ed.producer(tensor)
     while node is not None and node.op_type in _PASS_THROUGH:
         node = ed.producer(node.input[0])
     return node if node is not None and node.op_type == "Softmax" else None
 
 
-def _softmax_of_log(ed: GraphEditor, p: str, temperature: float, output: str) -> str:
+def _softmax_of_log(ed: GraphBuilder, p: str, temperature: float, output: str) -> str:
     scaled = ed.op("Div", [ed.log_probs(p), ed.const(temperature)])
     return ed.op("Softmax", [scaled], output=output, axis=-1)
 

@@ -68,21 +68,17 @@ def test_the_onnx_head_computes_the_same_probabilities_in_onnxruntime(kind):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from deploykit.uncertainty.mc_layers import OnnxGraph
+    from deploykit.onnx.builder import GraphBuilder
 
     spec, raw = spec_of(kind), _raw(kind, np.random.default_rng(2))
-    g = OnnxGraph(seed=None)
-    g.nodes.append(helper.make_node("Identity", [spec.onnx_probabilities(g, "z")], ["p"]))
+    g = GraphBuilder(17)
+    spec.onnx_probabilities(g, "z", output="p")
     width = raw.shape[1]
-    graph = helper.make_graph(
-        g.nodes,
+    model = g.model(
         "head",
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", spec.classes(width)])],
-        initializer=g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     onnx.checker.check_model(model)
     out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["p"], {"z": raw})[0]
     np.testing.assert_allclose(out, spec.probabilities(raw), atol=1e-6)

@@ -11,7 +11,7 @@ from deploykit.core.graph import graph_from_model
 from deploykit.errors import ConfigError
 from deploykit.uncertainty.masks import DEFAULT_POOL, MaskKind, block_length, pool_keep, pool_table, represented_rate
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
-from deploykit.uncertainty.mc_layers import OnnxGraph
+from deploykit.uncertainty.mc_layers import MCGraph
 from tests.uncertainty.support import assert_same_mean, run, session
 
 
@@ -21,18 +21,14 @@ def _mask_model(
     """``input`` [R, width] -> ``mask`` [R, width]: the pooled mask alone, as the MC graph emits it."""
     from onnx import TensorProto, helper
 
-    g = OnnxGraph(seed, opset, MaskKind.POOL, pool)
+    g = MCGraph(seed, opset, MaskKind.POOL, pool)
     mask = pool_keep(g, "input", 2, width, rate, pool, g.table_rng(), as_bool=as_bool)
-    g.nodes.append(helper.make_node("Identity", [mask], ["mask"]))
-    graph = helper.make_graph(
-        g.nodes,
+    g.op("Identity", [mask], output="mask")
+    return g.model(
         "pool_mask",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["R", width])],
         [helper.make_tensor_value_info("mask", TensorProto.BOOL if as_bool else TensorProto.FLOAT, ["R", width])],
-        initializer=g.inits,
     )
-    opsets = [helper.make_opsetid("", opset)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def _keep(proto, rows: int, calls: int = 1, sess=None) -> np.ndarray:
