@@ -25,11 +25,10 @@ from typing import Any
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer, names, number, text
 from deploykit.core.task import Task
 from deploykit.errors import ConfigError, UsageError
+from deploykit.onnx.builder import MAX_OPSET, MIN_OPSET
 
 log = logging.getLogger(__name__)
 
-#: Opsets tf2onnx 1.17 converts to and onnxruntime runs.
-MIN_OPSET, MAX_OPSET = 13, 18
 DEFAULT_NUM_CALIBRATION = 300
 
 

@@ -21,6 +21,7 @@ from deploykit.errors import ConversionError
 from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.log import quiet_native
 from deploykit.onnx.builder import GraphBuilder
+from deploykit.onnx.graph_ops import retarget
 
 DEFAULT_OPSET = 17
 
@@ -46,7 +47,7 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
     else:
         _rename_output(proto.graph, names[0])
         if spec.from_logits:
-            _add_softmax(proto.graph, names[0], names[1])
+            _add_softmax(proto, spec, opset)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:  # an op tf2onnx left unconverted: no runtime would load the file
@@ -136,19 +137,15 @@ def _rename_output(graph, name: str) -> None:
     old = graph.output[0].name
     if old == name:
         return
-    for node in graph.node:
-        for i, out in enumerate(node.output):
-            if out == old:
-                node.output[i] = name
+    retarget(graph, old, name)
     graph.output[0].name = name
 
 
-def _add_softmax(graph, logits: str, probabilities: str) -> None:
-    """``probabilities = Softmax(logits)`` over the last axis, as a second graph output of the logits' type and
-    shape."""
-    import onnx
-
-    graph.node.append(onnx.helper.make_node("Softmax", [logits], [probabilities], axis=-1, name="deploykit_softmax"))
+def _add_softmax(proto, spec: TaskSpec, opset: int) -> None:
+    """``probabilities = Softmax(logits)`` over the last axis (the spec's head), as a second graph output of the
+    logits' type and shape."""
+    graph, (logits, probabilities) = proto.graph, spec.served_outputs
+    spec.onnx_probabilities(GraphBuilder(opset, "deploykit_head", proto), logits, output=probabilities)
     out = graph.output.add()
     out.CopyFrom(graph.output[0])
     out.name = probabilities

@@ -16,8 +16,6 @@ from deploykit.core.task import Task, model_task
 from deploykit.errors import UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, dense_sparsity, file_sizes
 from deploykit.export.config import (
-    MAX_OPSET,
-    MIN_OPSET,
     ExportFormat,
     QuantConfig,
     Quantization,
@@ -29,6 +27,7 @@ from deploykit.export.int8_prep import Int8Preparation, calibration_samples, var
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
 from deploykit.io.inputs import as_calibration, as_model
+from deploykit.onnx.builder import MAX_OPSET, MIN_OPSET
 
 
 def export_onnx(

@@ -16,8 +16,8 @@ import numpy as np
 
 from deploykit.errors import UsageError
 
-MIN_OPSET = 13
-MAX_OPSET = 18
+#: The default-domain opsets deploykit writes and edits: what tf2onnx 1.17 converts to and onnxruntime runs.
+MIN_OPSET, MAX_OPSET = 13, 18
 TINY = float(np.finfo(np.float32).tiny)  # floor inside log(p): 0 * log(0) counts as 0
 
 

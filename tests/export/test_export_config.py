@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 
 from deploykit.errors import ConfigError, UsageError
 from deploykit.export.config import (
-    MAX_OPSET,
-    MIN_OPSET,
     VARIANTS,
     ExportConfig,
     ExportFormat,
@@ -22,6 +20,7 @@ from deploykit.export.config import (
     TritonConfig,
     parse_enum,
 )
+from deploykit.onnx.builder import MAX_OPSET, MIN_OPSET
 
 
 def test_each_variant_is_written_in_the_formats_it_exists_in():
