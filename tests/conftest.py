@@ -17,6 +17,7 @@ import pytest
 from hypothesis import settings
 
 from tests.helpers import build_dense, randomize_batchnorm
+from tests.schedule import costliest_first
 
 # Property tests draw the same examples on every run, so a failure repeats; HYPOTHESIS_PROFILE=explore
 # draws fresh random examples (and keeps failures in .hypothesis/) to search for new bugs. No per-example
@@ -32,10 +33,23 @@ SLOW_FIXTURES = {
 }
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, files are handed out in the order :func:`pytest_collection_modifyitems` leaves them
+    (the costliest first, :mod:`tests.schedule`) instead of by their number of tests."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items):
+    """Mark the tests of :data:`SLOW_FIXTURES` slow before ``-m`` selects; once ``-m`` / ``-k`` have deselected,
+    put the costliest files first (every selected test still runs, in its file's own order)."""
     for item in items:
         if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    result = yield
+    costliest_first(items)
+    return result
 
 
 @pytest.fixture(scope="session")

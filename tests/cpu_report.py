@@ -7,6 +7,8 @@ load. Each worker measures its own tests and sends the figures to the controller
 (``user_properties``), so this works with and without pytest-xdist; the summary lists the costliest files (with
 ``--dist loadfile`` the longest file is the run's floor) and tests, and ``--cpu-report-json PATH`` writes
 every test's figures. A session fixture's cost lands on the first test that asks for it, as it does in a run.
+``--cpu-report-costs tests/file_costs.json`` rewrites the table :mod:`tests.schedule` orders the files by (from a
+run of the whole suite).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("cpu_report")
     group.addoption("--cpu-report-top", type=int, default=15, help="files and tests listed (default 15)")
     group.addoption("--cpu-report-json", default=None, help="write every test's CPU seconds to this JSON file")
+    group.addoption(
+        "--cpu-report-costs", default=None, help="write the per-file cost table of tests.schedule to this JSON file"
+    )
 
 
 def _cpu_seconds() -> float:
@@ -62,11 +67,13 @@ class _Totals:
 
     def __init__(self):
         self.tests: dict[str, float] = {}
+        self.kinds: dict[str, str] = {}  # nodeid -> "slow" / "fast"
 
     def pytest_runtest_logreport(self, report):
         seconds = [value for key, value in report.user_properties if key == _KEY]
         if seconds:
             self.tests[report.nodeid] = sum(seconds)
+            self.kinds[report.nodeid] = "slow" if "slow" in report.keywords else "fast"
 
 
 @pytest.hookimpl(trylast=True)
@@ -75,7 +82,8 @@ def pytest_configure(config):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    tests = config.pluginmanager.get_plugin("cpu_report_totals").tests
+    totals = config.pluginmanager.get_plugin("cpu_report_totals")
+    tests = totals.tests
     if not tests:
         return
     files: dict[str, float] = defaultdict(float)
@@ -93,3 +101,10 @@ def pytest_terminal_summary(terminalreporter, config):
     if path:
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"tests": tests, "files": files}, f, indent=1, sort_keys=True)
+    costs = config.getoption("cpu_report_costs")
+    if costs:
+        from pathlib import Path
+
+        from tests.schedule import write_costs
+
+        write_costs(tests, totals.kinds, Path(costs))
