@@ -31,7 +31,7 @@ def test_files_go_costliest_first_and_keep_their_tests_order():
         "tests/b.py::two",
         "tests/a.py::one",
         "tests/a.py::two",
-        "tests/c.py::one",  # not in the table: one quick test guessed at 0.3 s
+        "tests/c.py::one",  # not in the table: one quick test guessed at 0.1 s
     ]
 
 
