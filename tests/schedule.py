@@ -55,13 +55,14 @@ def costliest_first(items, costs: dict[str, dict[str, float]] | None = None) -> 
 
 def write_costs(tests: dict[str, float], kinds: dict[str, str], path: Path) -> None:
     """The table from one run's CPU seconds per test (``kinds``: nodeid -> "fast" / "slow")."""
-    table: dict[str, dict[str, float]] = defaultdict(lambda: {"fast": 0.0, "slow": 0.0})
+    table: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for nodeid, seconds in tests.items():
         table[nodeid.split("::")[0]][kinds.get(nodeid, "fast")] += seconds
+    # a half no test of this run measured (say under -m "not slow") is left out: it stays guessed, not zero
     dump({f: {k: round(v, 1) for k, v in halves.items()} for f, halves in table.items()}, path)
 
 
 def dump(table: dict[str, dict[str, float]], path: Path) -> None:
     """One line per file, sorted: a rewrite's diff shows which files' costs moved."""
-    lines = [f"{json.dumps(f)}: {json.dumps(halves)}" for f, halves in sorted(table.items())]
+    lines = [f"{json.dumps(f)}: {json.dumps(halves, sort_keys=True)}" for f, halves in sorted(table.items())]
     path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")

@@ -47,5 +47,5 @@ def test_only_the_selected_kinds_count():
 def test_the_table_round_trips(tmp_path):
     path = tmp_path / "costs.json"
     write_costs({"tests/a.py::x": 1.04, "tests/a.py::y": 2.0, "tests/b.py::z": 3.0}, {"tests/a.py::y": "slow"}, path)
-    assert load_costs(path) == {"tests/a.py": {"fast": 1.0, "slow": 2.0}, "tests/b.py": {"fast": 3.0, "slow": 0.0}}
+    assert load_costs(path) == {"tests/a.py": {"fast": 1.0, "slow": 2.0}, "tests/b.py": {"fast": 3.0}}
     assert load_costs(tmp_path / "missing.json") == {}
