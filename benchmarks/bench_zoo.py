@@ -69,8 +69,9 @@ def constructors() -> list[str]:
 # --- one architecture, in its own process -----------------------------------------------------
 
 
-def build(name: str, folder: Path, size_cap: float = SIZE_CAP) -> dict:
-    """Build ``name`` in Keras 3 at its smallest input, give its statistics non-trivial values, save it."""
+def build(name: str, folder: Path, size_cap: float = SIZE_CAP, gamma: float | None = None) -> dict:
+    """Build ``name`` in Keras 3 at its smallest input, give its statistics non-trivial values, save it; with
+    ``gamma``, the residual branches are scaled down as :func:`scale_residual_branches` says."""
     import keras
     import numpy as np
 
@@ -91,6 +92,10 @@ def build(name: str, folder: Path, size_cap: float = SIZE_CAP) -> dict:
     randomize(model)
     x = np.random.default_rng(0).standard_normal((SAMPLES, side, side, 3)).astype(np.float32)
     info["chaos"] = chaos(model, x)
+    if gamma is not None:
+        info["chaos_as_built"] = info["chaos"]
+        info["residual_branches"] = scale_residual_branches(model, gamma)
+        info["chaos"] = chaos(model, x)
     info["reference"] = np.asarray(model(x, training=False), np.float64)  # eager: no predict function traced
     info["x"] = x
     model.save(folder / "model.keras")
@@ -137,6 +142,28 @@ def randomize(model, seed: int = 0) -> None:
             layer.set_weights([rng.uniform(0.5, 1.0, tuple(w.shape)).astype("float32") for w in layer.weights])
 
 
+def scale_residual_branches(model, factor: float) -> int:
+    """Multiply by ``factor`` the gamma of every BatchNormalization whose output a residual ``Add`` reads (through
+    a Dropout): how trained residual networks look (their residual branches end small, and zero-initialising that
+    gamma is the standard recipe, Goyal et al. 2017), where random draws at gamma ~1 let the branches grow block
+    after block until float rounding decides the outputs (:func:`chaos`). Only for rows named with
+    ``--residual-gamma``; returns how many layers were scaled."""
+    scaled = 0
+    for layer in _all_layers(model):
+        if type(layer).__name__ != "Add":
+            continue
+        for tensor in layer.input if isinstance(layer.input, list) else [layer.input]:
+            source = tensor._keras_history.operation
+            while type(source).__name__ == "Dropout":
+                source = source.input._keras_history.operation
+            if type(source).__name__ == "BatchNormalization" and source.scale:
+                weights = source.get_weights()
+                weights[0] = weights[0] * factor
+                source.set_weights(weights)
+                scaled += 1
+    return scaled
+
+
 def _all_layers(model):
     for layer in model.layers:
         yield from _all_layers(layer) if hasattr(layer, "layers") else (layer,)
@@ -147,7 +174,9 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:480]}"
 
 
-def run_one(name: str, folder: Path, size_cap: float, extras_cap: float = EXTRAS_CAP) -> dict:
+def run_one(
+    name: str, folder: Path, size_cap: float, extras_cap: float = EXTRAS_CAP, gamma: float | None = None
+) -> dict:
     """The row of one architecture (runs in a child process): the float tier always, the extras under the cap."""
     import numpy as np
 
@@ -155,9 +184,13 @@ def run_one(name: str, folder: Path, size_cap: float, extras_cap: float = EXTRAS
 
     row: dict = {"name": name}
     start = time.perf_counter()
-    info = build(name, folder, size_cap)
+    info = build(name, folder, size_cap, gamma)
     row.update(side=info["side"], params=info["params"], build_seconds=round(time.perf_counter() - start, 1))
     row["chaos"] = info.get("chaos")
+    if gamma is not None:
+        row.update(
+            residual_gamma=gamma, chaos_as_built=info["chaos_as_built"], residual_branches=info["residual_branches"]
+        )
     if "x" not in info:
         row.update(
             exit="skipped",
@@ -270,14 +303,15 @@ def _mc(model, x) -> dict:
 # --- the table -------------------------------------------------------------------------------
 
 
-def run_child(name: str, timeout: float, size_cap: float) -> dict:
+def run_child(name: str, timeout: float, size_cap: float, gamma: float | None = None) -> dict:
     """One architecture in a fresh process; a timeout or a crash is its row's result."""
     env = {**os.environ, **THREADS, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     start, cpu = time.perf_counter(), _children_cpu()
     with tempfile.TemporaryDirectory(prefix=f"zoo-{name}-") as tmp:
         try:
             done = subprocess.run(
-                [sys.executable, __file__, "--child", name, "--folder", tmp, "--size-cap", str(size_cap)],
+                [sys.executable, __file__, "--child", name, "--folder", tmp, "--size-cap", str(size_cap)]
+                + (["--residual-gamma", str(gamma)] if gamma is not None else []),
                 check=False,
                 capture_output=True,
                 text=True,
@@ -338,12 +372,23 @@ def _chaotic(row: dict) -> str:
     )
 
 
+def _scaled(row: dict) -> str:
+    """What a row run with ``--residual-gamma`` changed, and what the network was as built."""
+    if row.get("residual_gamma") is None:
+        return ""
+    return (
+        f"residual branches' last BatchNorm gamma x {row['residual_gamma']:g} ({row['residual_branches']} layers; "
+        f"`bench_zoo.scale_residual_branches`): chaos {row['chaos']:.1g}, as built {row['chaos_as_built']:.1g}"
+    )
+
+
 def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") -> str:
     ran = [r for r in rows if r.get("exit") == "ok"]
     within = [r for r in ran if r.get("onnx_diff") is not None and r["onnx_diff"] <= TARGET]
     listed = len(rows)
     missing = [r for r in rows if r.get("exit") == "not run yet"]
     chaotic = [r for r in rows if _chaotic(r)]
+    scaled = [r["name"] for r in rows if _scaled(r)]
     lines = [
         "# The Keras Applications zoo through deploykit export",
         "",
@@ -362,7 +407,14 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
             f"**{len(within)} of {listed}** architectures export float32 ONNX within {TARGET:g} of Keras "
             f"({len(ran)} exported, {len(missing)} not reached in this run, {len(chaotic)} chaotic as built: not "
             "measurable at float precision; the target is every architecture). "
-            "Architectures run smallest first (ImageNet parameter count), so the ones a run's time limit leaves out "
+            + (
+                f"{', '.join(scaled)}: run with their residual branches scaled down as trained networks have them "
+                "(`--residual-gamma`), because as built their own float rounding decides their outputs (the row "
+                "gives both). "
+                if scaled
+                else ""
+            )
+            + "Architectures run smallest first (ImageNet parameter count), so the ones a run's time limit leaves out "
             "are the biggest, whose families' smaller members are in the table."
             + (f" Architectures over {size_cap / 1e6:.0f} M parameters are listed as skipped." if size_cap else "")
         ),
@@ -384,7 +436,7 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
             if isinstance(r.get(k), dict) and "error" in r[k]
         ]
         earlier = "measured in an earlier session's run" if r.get("session") == "previous" else ""
-        parts = [_chaotic(r), r.get("reason", ""), *errors, r.get("int8", ""), earlier]
+        parts = [_chaotic(r), _scaled(r), r.get("reason", ""), *errors, r.get("int8", ""), earlier]
         reason = "; ".join(filter(None, parts)).replace("|", "\\|")
         lines.append(
             f"| {r['name']} | {side} | {params} | {r.get('exit')} | {_num(r.get('wall_seconds'), '.0f')} / "
@@ -427,11 +479,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", action="store_true", help="rewrite zoo.md from zoo.json (no run), with --note")
     p.add_argument("--note", default="", help="a sentence about this run's machine, kept in zoo.json and zoo.md")
     p.add_argument("--merge", default="", help="comma-separated zoo.json files of runs side by side: one table")
+    p.add_argument(
+        "--residual-gamma",
+        type=float,
+        help="scale the residual branches' last BatchNorm gamma by this (trained-like; rows chaotic as built)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        row = run_one(args.child, Path(args.folder), args.size_cap)
+        row = run_one(args.child, Path(args.folder), args.size_cap, gamma=args.residual_gamma)
         print(RESULT + json.dumps(row), flush=True)
         return 0
     if args.merge:
@@ -455,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [kept.get(n, {"name": n, "exit": "not run yet"}) for n in every]
     for name in names:
         k = every.index(name)
-        rows[k] = {**run_child(name, args.timeout, args.size_cap), "keras": keras.__version__}
+        rows[k] = {**run_child(name, args.timeout, args.size_cap, args.residual_gamma), "keras": keras.__version__}
         print(
             f"[{time.perf_counter() - start:6.0f}s] {name}: {rows[k].get('exit')} {rows[k].get('onnx_diff', '')} "
             f"{rows[k].get('reason', '')}",

@@ -11,6 +11,11 @@ changes. With upb-backed protobuf a message's arena keeps what is deleted from i
 so every pass left one more copy of the weights behind: ConvNeXtTiny's conversion grew by its 112 MB per pass, to
 7 GB, and ConvNeXtLarge's was killed at 22 GB on a 24 GiB machine. :func:`_fresh_node_protos` makes each update
 write a fresh NodeProto, so the previous one and its arena are freed.
+
+Large models: tf2onnx's large-model path (which the exporter takes for big weights, see
+``deploykit.export.convert._convert``) calls ``np.product``, which NumPy 2 removed; :func:`_numpy_for_tf2onnx_graph`
+gives ``tf2onnx.graph`` a view of NumPy that has it. The path leaves the weights in an external tensor storage;
+:func:`inline_external` puts them back into the model.
 """
 
 from __future__ import annotations
@@ -52,4 +57,52 @@ def _fresh_node_protos() -> None:
     Node.update_proto = update_proto
 
 
+def _numpy_for_tf2onnx_graph() -> None:
+    """``tf2onnx.graph`` reads ``np.product`` (an alias of ``np.prod`` NumPy 2 removed) on its large-model path:
+    that module alone sees NumPy with the alias; NumPy itself is not changed."""
+    import types
+
+    import tf2onnx.graph
+
+    if hasattr(tf2onnx.graph.np, "product"):
+        return
+    view = types.ModuleType("numpy", "NumPy as tf2onnx.graph reads it (np.product = np.prod)")
+    view.__dict__.update(np.__dict__)
+    view.product = np.prod
+    tf2onnx.graph.np = view
+
+
+def inline_external(proto, storage) -> int:
+    """Move the weights tf2onnx's large-model path kept in ``storage`` (an ``ExternalTensorStorage``) into
+    ``proto``'s tensors, in initializers and node attributes at any depth (If/Loop bodies); each is dropped
+    from the storage as it moves, so the weights exist once. Returns how many tensors moved."""
+    from onnx import TensorProto
+
+    moved = 0
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = {entry.key: entry.value for entry in tensor.external_data}["location"]
+        tensor.raw_data = storage.name_to_tensor_data.pop(location)
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+        moved += 1
+    return moved
+
+
+def _tensors(graph):
+    """Every TensorProto of ``graph``: its initializers and its nodes' tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
 _fresh_node_protos()
+_numpy_for_tf2onnx_graph()
