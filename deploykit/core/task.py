@@ -98,7 +98,11 @@ def layer_kind(model) -> OutputKind:
     """:func:`kind_of_layer` of a tf_keras model's last layer (through a wrapper such as TF-MOT's), no graph read."""
     last = model.layers[-1]
     last = getattr(last, "layer", last)  # a Wrapper's wrapped layer
-    return kind_of_layer(type(last).__name__, last.get_config())
+    config = last.get_config()
+    wrapped = getattr(getattr(last, "activation", None), "activation", None)  # TF-MOT QAT's QuantizeAwareActivation
+    if hasattr(wrapped, "__name__"):  # its layer's config names the wrapper, not the softmax inside it
+        config = {**config, "activation": wrapped.__name__}
+    return kind_of_layer(type(last).__name__, config)
 
 
 def resolve_task(

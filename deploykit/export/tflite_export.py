@@ -37,6 +37,7 @@ def export_tflite(
     int8_io: bool | None = None,
     seed: int | None = None,
     task: Task | None = None,
+    tune=None,
 ) -> ExportRecord:
     """Write ``model`` as a .tflite file to ``path`` (atomically) and return its :class:`ExportRecord`.
 
@@ -56,6 +57,9 @@ def export_tflite(
     ``probabilities``; ``logits`` and ``probabilities`` (the softmax in the graph: the
     converter takes the second output in every variant); or ``prediction``. ``task``
     decides between logits and regression for a linear output (see :func:`deploykit.core.task.resolve_task`).
+    ``tune`` (an int8 variant): ``tune(prepared) -> (model, step)`` replaces the int8 preparation's model before
+    conversion, its step named among the record's preparation (the quantization-aware fine-tune,
+    :mod:`deploykit.export.qat`).
     """
     quant = parse_enum(Quantization, quantization, "TFLite quantization")
     if ExportFormat.TFLITE not in quant.formats:
@@ -78,6 +82,9 @@ def export_tflite(
     start = time.perf_counter()
     _, kind = model_task(model, task=task)
     source, calibration, prep = variant_source(model, as_calibration(representative_data), quant, knobs, input_shape)
+    if tune is not None and prep is not None:
+        source, step = tune(source)
+        prep.steps.append(step)
     flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
     _check_outputs(flat, model, kind)  # before anything is written
     with atomic_path(path) as tmp:

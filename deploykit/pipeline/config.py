@@ -24,6 +24,7 @@ A TOML file has one table per step (every key optional)::
     [export]
     formats = ["onnx", "tflite"]
     quantize = ["float32", "float16", "int8-dynamic", "int8-full"]
+    quantization_aware = true # int8-full missing after post-training int8: a QAT fine-tune, sparsity kept
     [mc]
     enabled = true
     samples = 30
@@ -167,7 +168,9 @@ class OptimizeConfig:
         model (bool); ``quick``: skip the sparsity search (prune once to the configured target).
         ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
-        deprecated, translated with a warning). ``samples``, ``mc_seed``: the MC model's defaults;
+        deprecated, translated with a warning); ``quantization_aware`` (bool): an int8-full TFLite file that misses the
+        budget after post-training int8 is fine-tuned quantization-aware, its sparsity kept. ``samples``,
+        ``mc_seed``: the MC model's defaults;
         ``temperature`` (bool: the deterministic ONNX models' and the MC model's),
         ``target_accuracy`` / ``target_coverage``: its calibration and abstain
         threshold, ``target_delta`` the risk that it misses on unseen data; ``conformal`` (a coverage),

@@ -110,6 +110,7 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
         raw_scales=raw_scales(ctx.data.feature_var),
         convolutions=any(n.spec.support.role is Role.CONV for n in prunable),
         ranked=rank_candidates(layer_kernels(model, [n.name for n in prunable])),
+        quantization_aware=_qat_tuning(ctx),
     )
     start = time.perf_counter()
 
@@ -186,11 +187,27 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
     )
 
 
+def _qat_tuning(ctx: RunContext):
+    """The quantization-aware rung's fine-tune (the sparsity fine-tune's, bounded), or None when switched off."""
+    if not ctx.config.export.quantization_aware:
+        return None
+    from deploykit.export.qat import bounded
+
+    return bounded(ctx.config.sparsity.prune)
+
+
 def _fits_plan(ctx: RunContext):
-    """Whether one more int8 setting fits the time budget (always, without one)."""
+    """Whether one more int8 setting fits the time budget (always, without one); a quantization-aware one
+    counts its fine-tune too."""
     if ctx.plan is None or ctx.plan.budget is None:
         return lambda variant: True
-    return lambda variant: ctx.plan.fits(ctx.plan.export_seconds(variant.quantization))
+    from deploykit.export.qat import QAT_STEP_COST
+
+    def seconds(variant) -> float:
+        tune = 0.0 if variant.tuning is None else QAT_STEP_COST * variant.tuning.config.epochs * ctx.plan.costs.epoch
+        return ctx.plan.export_seconds(variant.quantization) + tune
+
+    return lambda variant: ctx.plan.fits(seconds(variant))
 
 
 def _unmade(file: str, fmt: ExportFormat, error: str, ctx: RunContext, precision: str = "int8") -> ArtifactRow:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import DeployKitError, UsageError
-from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization
+from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization, Recipe
 from deploykit.export.int8_prep import STANDARDIZATION
 
 #: More calibration samples than configured, for the second static try (capped by the training split).
@@ -33,6 +33,9 @@ class Int8Variant:
     #: Not one try but the per-layer fallback over these layers (deploykit.export.int8_fallback): ranked one at a
     #: time in float, then returned to float most harmful first until within the budget.
     per_layer: tuple[str, ...] = ()
+    #: A quantization-aware fine-tune before the conversion (deploykit.export.qat.QatTuning): the rung after
+    #: post-training int8 of a TFLite int8-full variant.
+    tuning: Any = None
 
     def describe(self) -> str:
         knobs = self.knobs.for_variant(self.quantization)
@@ -58,6 +61,7 @@ def int8_variants(
     raw_scales: bool = False,
     convolutions: bool = False,
     ranked: list[str] | None = None,
+    quantization_aware=None,
 ) -> list[Int8Variant]:
     """The settings tried for one requested int8 variant, in order: as configured first, then the fallbacks.
 
@@ -78,6 +82,11 @@ def int8_variants(
     channel, TFLite dynamic range (int8 weights, float activations: the most accurate). ``layers``: the model's prunable
     layer names, first to last; ``ranked``: the ones the per-layer fallback ranks (default: ``layers``, at most
     :data:`~deploykit.export.int8_fallback.MAX_RANKED`), tried after the end layers in float.
+
+    ``quantization_aware`` (a :class:`~deploykit.export.qat.QatTuning`, or None: off): a TFLite full-integer variant
+    is next fine-tuned quantization-aware with its sparsity kept, right after post-training int8 (its calibration
+    tries) missed and before anything that costs size (the standardization, layers in float). Not with
+    ``raw_scales``: there the float standardization is what int8 lacks, and every try after the first has it.
     """
     instead = requested.for_graph(convolutions)
     if instead is not requested and instead not in taken and fmt in instead.formats:
@@ -104,6 +113,10 @@ def int8_variants(
         knobs = standardized.knobs  # every later try keeps it
     calibration, in_float = _calibration_tries(fmt, requested, knobs, layers, ranked)
     tries += calibration
+    if quantization_aware is not None and requested.spec.recipe is Recipe.TFLITE_FULL and not raw_scales:
+        from deploykit.export.qat import NOTE
+
+        tries.append(Int8Variant(fmt, requested, knobs, NOTE, tuning=quantization_aware))
     if standardized is not None and not raw_scales:
         tries += standardizations
     tries += in_float
@@ -176,8 +189,16 @@ def raw_scales(feature_var) -> bool:
 
 
 def export_int8(variant: Int8Variant, model, folder: Path, data, *, opset: int, metadata=None):
-    """Export one int8 try through the exporter; returns its ExportRecord."""
+    """Export one int8 try through the exporter (a quantization-aware one through deploykit.export.qat); returns
+    its ExportRecord."""
     from deploykit.export import export_variant
+
+    if variant.tuning is not None:
+        from deploykit.export.qat import export_quantization_aware
+
+        return export_quantization_aware(
+            model, folder / variant.file, data, tuning=variant.tuning, config=variant.knobs
+        )
 
     return export_variant(
         model,

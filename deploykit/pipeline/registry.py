@@ -85,7 +85,8 @@ def _sparsity(step: SparsityStep, fields: dict[str, Any], o: dict[str, Any]) -> 
 
 def _export(step: ExportStep, fields: dict[str, Any], o: dict[str, Any]) -> ExportStep:
     """The variants, the int8 knobs and the Triton table merged over the config file's; deprecated spellings."""
-    export = {k: v for k, v in fields.items() if k in ("enabled", "formats", "quantize", "triton", "temperature")}
+    kept = ("enabled", "formats", "quantize", "triton", "temperature", "quantization_aware")
+    export = {k: v for k, v in fields.items() if k in kept}
     if isinstance(o.get("quantization"), dict):  # int8 knobs merged over the config file's [export.quantization]
         export["quantization"] = {**step.quantization.to_dict(), **o["quantization"]}
     elif "quantization" in o:
@@ -233,6 +234,15 @@ TABLES: tuple[TableSpec, ...] = (
                 argv=("--num-calibration", "100"),
             ),
             Option("triton", ("export.triton",), cli=Cli.ON, shared=True, example=True),
+            Option(
+                "quantization_aware",
+                ("export.quantization_aware",),
+                "when post-training int8 misses the budget for an int8-full TFLite file, do not fine-tune it "
+                "quantization-aware (TF-MOT, sparsity kept) before the larger fallbacks",
+                Cli.OFF,
+                example=False,
+                check=boolean,
+            ),
             Option("precisions", ("export.precisions",), cli=Cli.NONE, example=["float32", "int8"]),
             Option("onnx_int8", ("export.onnx_int8",), cli=Cli.NONE, example="static"),
             Option("tflite_int8", ("export.tflite_int8",), cli=Cli.NONE, example="dynamic"),

@@ -288,10 +288,13 @@ class ExportStep(_Table):
     opset: int = 17
     triton: TritonConfig | None = None  # also write a Triton repository of every ONNX model and a KServe manifest
     temperature: bool = True  # fit T on the validation split and store it in each shipped ONNX model
+    # an int8-full TFLite that misses after post-training int8: fine-tune it quantization-aware, sparsity kept
+    quantization_aware: bool = True
 
     def __post_init__(self) -> None:
         boolean("export.enabled", self.enabled)
         boolean("export.temperature", self.temperature)
+        boolean("export.quantization_aware", self.quantization_aware)
         for name, kind in (("formats", ExportFormat), ("quantize", Quantization)):
             values = parse_list(kind, getattr(self, name), f"export.{name}", ConfigError)
             if isinstance(getattr(self, name), (list, tuple)) and len(values) != len(getattr(self, name)):
