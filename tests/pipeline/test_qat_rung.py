@@ -93,3 +93,19 @@ def test_the_option_from_the_api_and_toml(value):
     assert OptimizeConfig().export.quantization_aware is True
     assert OptimizeConfig().with_options(quantization_aware=value).export.quantization_aware is value
     assert OptimizeConfig.from_dict({"export": {"quantization_aware": value}}).export.quantization_aware is value
+
+
+def test_a_time_budget_counts_the_fine_tune_and_can_leave_the_rung_out():
+    """40 s left: a post-training try (10 s export) fits, the rung (10 s + 2 epochs x 2 x 15 s) does not."""
+    import time
+    from types import SimpleNamespace
+
+    from deploykit.pipeline.budget import Costs, Plan
+    from deploykit.pipeline.export_steps import _fits_plan
+
+    costs = Costs(epoch=15.0, trace=1.0, evaluation=1.0, export=10.0, export_measured=True)
+    plan = Plan(budget=100.0, start=time.monotonic() - 60.0, costs=costs, search=False)
+    plan.measured["int8-static"] = 10.0
+    fits = _fits_plan(SimpleNamespace(plan=plan))
+    tries = _tflite(quantization_aware=bounded(PruneConfig(epochs=5)))
+    assert fits(tries[1]) and not fits(tries[2])
