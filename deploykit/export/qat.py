@@ -48,6 +48,9 @@ class QatTuning:
     already bounded by :func:`bounded`."""
 
     config: Any  # deploykit.sparsity.config._TuneConfig
+    #: The soft targets when distilling (deploykit.sparsity.tuning.Teacher): the original model's outputs, as the
+    #: magnitude search distils; None: the outputs of the model being quantized.
+    teacher: Any = None
 
     def describe(self) -> str:
         how = "distilled" if self.config.distill else "on the labels"
@@ -162,11 +165,14 @@ def quantization_aware(model):
 
 def qat_source(model, data, tuning: QatTuning, teacher_model=None):
     """``model`` (the int8 preparation's, not changed) fine-tuned quantization-aware on ``data`` (a Dataset), its
-    zeros kept; with distillation its soft targets are ``teacher_model``'s (default: ``model``'s own) outputs."""
+    zeros kept; with distillation its soft targets are ``tuning.teacher``, else ``teacher_model``'s (default:
+    ``model``'s own) outputs."""
     from deploykit.sparsity.tuning import fine_tune, teacher_of
 
     qat = quantization_aware(model)
-    teacher = teacher_of(teacher_model or model, data) if tuning.config.distill else None
+    teacher = None
+    if tuning.config.distill:
+        teacher = tuning.teacher or teacher_of(model if teacher_model is None else teacher_model, data)
     fine_tune(qat, data, tuning.config, teacher=teacher)
     check_sparsity_kept(model, qat)
     return qat

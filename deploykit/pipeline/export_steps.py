@@ -117,7 +117,12 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
     def make(variant):
         ctx.say(f"  trying {variant.describe()}")
         return export_int8(
-            variant, model, ctx.folder, ctx.data, opset=step.opset, metadata=metadata(model, ctx, ctx.figures.accuracy)
+            _taught(variant, ctx),
+            model,
+            ctx.folder,
+            ctx.data,
+            opset=step.opset,
+            metadata=metadata(model, ctx, ctx.figures.accuracy),
         )
 
     made = {}  # the last record of each file: the passing attempt is the last one made (the search stops there)
@@ -133,7 +138,7 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
 
         options = {"opset": step.opset, "metadata": metadata(model, ctx, ctx.figures.accuracy)}
         attempts = search_int8_on_ray(
-            variants,
+            [_taught(v, ctx) if i else v for i, v in enumerate(variants)],  # a task cannot reach the original
             make,
             measure,
             _fits_plan(ctx),
@@ -194,6 +199,17 @@ def _qat_tuning(ctx: RunContext):
     from deploykit.export.qat import bounded
 
     return bounded(ctx.config.sparsity.prune)
+
+
+def _taught(variant, ctx: RunContext):
+    """A quantization-aware try with its soft targets, the original model's outputs (as the magnitude search
+    distils), computed when the try is reached; any other try as it is."""
+    tuning = variant.tuning
+    if tuning is None or not tuning.config.distill or tuning.teacher is not None:
+        return variant
+    from deploykit.sparsity.tuning import teacher_of
+
+    return dataclasses.replace(variant, tuning=dataclasses.replace(tuning, teacher=teacher_of(ctx.original, ctx.data)))
 
 
 def _fits_plan(ctx: RunContext):

@@ -109,3 +109,23 @@ def test_a_time_budget_counts_the_fine_tune_and_can_leave_the_rung_out():
     fits = _fits_plan(SimpleNamespace(plan=plan))
     tries = _tflite(quantization_aware=bounded(PruneConfig(epochs=5)))
     assert fits(tries[1]) and not fits(tries[2])
+
+
+def test_the_rung_distils_from_the_original_model_as_the_magnitude_search_does(digits):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from deploykit.core.evaluate import outputs
+    from deploykit.pipeline.export_steps import _taught
+    from tests.helpers import build_dense
+
+    original = build_dense(bn=False, dropout=0.0)
+    tries = _tflite(quantization_aware=TUNING)
+    ctx = SimpleNamespace(original=original, data=digits)
+    assert _taught(tries[0], ctx) is tries[0]  # post-training tries: nothing computed
+    taught = _taught(tries[2], ctx)
+    assert taught.tuning.config == TUNING.config and tries[2].tuning.teacher is None
+    np.testing.assert_allclose(taught.tuning.teacher.val, outputs(original, digits.x_val), atol=1e-6)
+    labels_only = _tflite(quantization_aware=bounded(PruneConfig(distill=False)))[2]
+    assert _taught(labels_only, ctx) is labels_only
