@@ -90,7 +90,10 @@ def test_the_fine_tune_is_bounded():
 
     tuning = bounded(PruneConfig(epochs=10, learning_rate=5e-4, distill=True))
     assert tuning.config.epochs == 2 and tuning.config.learning_rate == pytest.approx(5e-4 * QAT_RATE_SHARE)
+    assert tuning.config.temperature == 1.0 and tuning.config.alpha == 1.0  # the teacher's own probabilities
     assert "distilled" in tuning.describe() and "sparsity kept" in tuning.describe()
+    labels = bounded(PruneConfig(distill=False)).config
+    assert not labels.distill and labels.alpha == PruneConfig().alpha
     assert bounded(PruneConfig(epochs=1)).config.epochs == 1
 
 
