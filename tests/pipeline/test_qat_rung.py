@@ -36,7 +36,9 @@ def test_the_rung_follows_post_training_int8_and_comes_before_the_tries_that_cos
     ]
     rung = tflite[2]
     assert rung.tuning is TUNING and rung.quantization is Quantization.INT8_FULL and not rung.knobs.exclude
-    assert rung.describe().endswith("int8-full, 300 minmax calibration samples, quantization-aware (sparsity kept)")
+    assert rung.describe().endswith(
+        "int8-full, ranges trained (300 calibration samples for the rest), quantization-aware (sparsity kept)"
+    )
     assert [v.tuning for v in tflite].count(None) == len(tflite) - 1
 
 
