@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -226,17 +227,25 @@ def one(kind: str, folder: Path, epochs: int) -> dict:
         data = bm.multi_npz(kind, folder) if kind in bm.MULTI else bm.data_for(kind, folder)
     model = folder / f"{kind}.keras"
     epochs = min(epochs, EPOCHS.get(kind, epochs))
-    say(f"{kind}: training in Keras 3 ({epochs} epochs)")
-    start = time.perf_counter()
-    error, training = train(kind, data, epochs, model)
-    if error:
-        return {"model": kind, "exit": None, "error": f"training failed: {error}"}
-    trained = round(time.perf_counter() - start, 1)
+    trained_before = folder / f"{kind}.training.json"
+    if model.exists() and trained_before.exists():  # --work: a model trained by an earlier run, reused as it is
+        say(f"{kind}: reusing the model trained earlier in {folder}")
+        training = json.loads(trained_before.read_text())
+        trained = training.pop("train_seconds")
+    else:
+        say(f"{kind}: training in Keras 3 ({epochs} epochs)")
+        start = time.perf_counter()
+        error, training = train(kind, data, epochs, model)
+        if error:
+            return {"model": kind, "exit": None, "error": f"training failed: {error}"}
+        trained = round(time.perf_counter() - start, 1)
+        trained_before.write_text(json.dumps({**training, "train_seconds": trained}))
     if training:
         say(f"{kind}: held-out accuracy {training['held_out_accuracy']:.3f} on {training['held_out_rows']} rows")
     extra = EXTRA.get(kind, ())
     say(f"{kind}: deploykit optimize {' '.join(extra)}")
     out = folder / f"out_{kind}"
+    shutil.rmtree(out, ignore_errors=True)  # --work: a fresh run's artifacts only
     row = {"model": kind, "options": " ".join(extra), "epochs": epochs, "train_seconds": trained, **training}
     row.update(bm.optimize(model, data, out, extra))
     row.update(budget_check(out))
@@ -336,6 +345,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8, help="training epochs at most (fewer for the big networks)")
     ap.add_argument("--merge", default="", help="comma-separated foreign.json files of runs side by side: one table")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder of foreign.json / .md (a run beside another)")
+    ap.add_argument("--work", type=Path, help="keep each model's folder here; a model trained there is reused")
     ap.add_argument("--note", default="", help="a sentence about the run's machine, kept in foreign.json and .md")
     args = ap.parse_args()
     if args.merge:  # two runs at once (one per core) write their own foreign.json: their rows in one table
@@ -353,8 +363,12 @@ def main() -> None:
     last = args.results / "foreign.json"
     rows = {r["model"]: r for r in json.loads(last.read_text())["rows"]} if last.exists() else {}
     for kind in kinds:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows[kind] = one(kind, Path(tmp), args.epochs)
+        if args.work:  # the trained model and optimize's artifacts kept (re-run optimize alone on the same model)
+            (args.work / kind).mkdir(parents=True, exist_ok=True)
+            rows[kind] = one(kind, args.work / kind, args.epochs)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows[kind] = one(kind, Path(tmp), args.epochs)
         ordered = [rows[k] for k in MODELS if k in rows]
         write_results("foreign", {"rows": ordered}, markdown(ordered), args.results, quiet=True)  # after each model
     print((args.results / "foreign.md").read_text())

@@ -65,7 +65,7 @@ def temperature_step(model, ctx) -> StepOutput:
     return StepOutput(
         folded,
         StepRecord("temperature", Status.DONE, reason, detail=decision),
-        applied=(f"temperature({decision.value:.4g})",),
+        applied=(f"temperature({float(decision.value)!r})",),  # every digit: the outputs are reproduced from it
     )
 
 

@@ -42,6 +42,42 @@ def test_fold_temperature_scales_the_probabilities_exactly(activation_layer, log
     np.testing.assert_array_equal(outputs(model, x), raw if not logits else outputs(model, x))  # the input untouched
 
 
+def test_the_folded_temperature_is_recorded_exactly_in_the_steps():
+    """``temperature(T)`` in the artifacts' steps is the T folded, to the last digit: a reader who tempers the user's
+    outputs by it gets ``model.keras``'s outputs (issue 20's check). T rounded to 4 digits (0.4541 for 0.45412...)
+    moved an underconfident EfficientNetB0's tempered probabilities by 3e-5."""
+    from types import SimpleNamespace
+
+    from deploykit.backend import keras, set_seed
+    from deploykit.core.evaluate import outputs
+    from deploykit.core.task import OutputKind, Task
+    from deploykit.pipeline.calibrate import temperature_step
+
+    set_seed(0)
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, activation="softmax")])
+    kernel, bias = model.get_weights()
+    x = rng.normal(size=(1200, 12)).astype(np.float32)
+    y = (x @ kernel + bias + rng.gumbel(size=(len(x), 4)) * 0.3).argmax(1)  # the model's logits decide, mostly
+    model.set_weights([kernel * np.float32(0.3), bias * np.float32(0.3)])  # underconfident: a kept T well below 1
+    data = SimpleNamespace(x_val=x[:600], y_val=y[:600], x_test=x[600:], y_test=y[600:])
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(export=SimpleNamespace(temperature=True)),
+        task=Task.CLASSIFICATION,
+        data=data,
+        kind=OutputKind.PROBABILITIES,
+        say=lambda line: None,
+    )
+    out = temperature_step(model, ctx)
+    decision = out.record.detail
+    assert decision.kept and decision.value < 0.9, decision
+    (applied,) = out.applied
+    recorded = float(applied[len("temperature(") : -1])
+    assert recorded == decision.value, (applied, decision.value)
+    tempered = scale_probs(outputs(model, data.x_test), recorded)  # what a reader of the steps computes
+    assert np.abs(outputs(out.model, data.x_test) - tempered).max() <= 1e-6
+
+
 def test_a_head_without_an_affine_layer_is_refused():
     from deploykit.backend import keras
     from deploykit.errors import UnsupportedLayerError
