@@ -136,26 +136,52 @@ CHECK = textwrap.dedent("""
     except Exception as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:200]}))
         raise SystemExit(0)
+    def float64_twin(path):  # the same file with every float32 read as float64: its weights' arithmetic, unrounded
+        import tempfile, zipfile
+        twin = Path(tempfile.mkdtemp()) / "float64.keras"
+        with zipfile.ZipFile(path) as zin, zipfile.ZipFile(twin, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                wider = item.filename == "config.json"
+                zout.writestr(item, data.replace(b'"float32"', b'"float64"') if wider else data)
+        return keras.saving.load_model(twin)
+    def wide(x):
+        if isinstance(x, list):
+            return [wide(a) for a in x]
+        return x.astype(np.float64) if x.dtype == np.float32 else x
     want, got = joined(ref.predict(probe, verbose=0), ref), joined(kept.predict(probe, verbose=0), kept)
+    try:
+        truth = joined(float64_twin(user).predict(wide(probe), verbose=0), ref)
+    except Exception as exc:  # a layer without float64 kernels: no floor for this row
+        truth, report["float64_error"] = None, f"{type(exc).__name__}: {exc}"[:200]
     temperature = None
     if (out / "model.onnx").exists():
         meta = {p.key: p.value for p in onnx.load(out / "model.onnx").metadata_props}
         steps = json.loads(meta.get("deploykit.steps", "[]"))  # optimize records a folded T as "temperature(T)"
         folded = [float(s[len("temperature("):-1]) for s in steps if s.startswith("temperature(")]
         temperature = folded[-1] if folded else None
-    if temperature:  # folded into model.keras's head: the user's outputs at the same temperature
+    def tempered(want):  # folded into model.keras's head: the user's outputs at the same temperature
+        if not temperature:
+            return want
         activation = getattr(ref.layers[-1], "activation", None)
         kind = getattr(activation, "__name__", "")
         if kind == "sigmoid":
             p = np.clip(want, 1e-30, 1 - 1e-16)
-            want = 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
-        elif kind == "softmax":
+            return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+        if kind == "softmax":
             z = np.log(np.clip(want, 1e-30, None)) / temperature
-            want = np.exp(z - z.max(1, keepdims=True)); want /= want.sum(1, keepdims=True)
-        else:  # logits
-            want = want / temperature
+            want = np.exp(z - z.max(1, keepdims=True))
+            return want / want.sum(1, keepdims=True)
+        return want / temperature  # logits
+    def diff(a, b):
+        return float(np.abs(a - b).max()) / max(1.0, float(np.sqrt(np.mean(b ** 2))))
+    want = tempered(want)
     report["temperature"] = temperature
-    report["model_keras_vs_user"] = float(np.abs(got - want).max()) / max(1.0, float(np.sqrt(np.mean(want ** 2))))
+    report["model_keras_vs_user"] = diff(got, want)
+    if truth is not None:  # the user's own float32 model against its float64 arithmetic: the rounding floor
+        truth = tempered(truth)
+        report["user_vs_float64"] = diff(want, truth)
+        report["model_keras_vs_float64"] = diff(got, truth)
     print(json.dumps(report))
 """)
 
@@ -287,7 +313,11 @@ def markdown(rows: list[dict]) -> str:
         "shipped artifacts / those the budget rule ships (validation accepts, test confirms; "
         "`tests/helpers.ships_by_budget`). *model.keras vs user*: `model.keras` reopened in a fresh plain Keras 3 "
         "process, its outputs against the user's model on 256 rows (with a kept temperature applied; target "
-        f"≤ {TARGET:g} where nothing was pruned). Wall times are on 2 CPU cores shared with other work (loaded).",
+        f"≤ {TARGET:g} where nothing was pruned). *user float32 vs float64*: the user's own model against the same "
+        "file computed in float64 (its config's float32 read as float64), with the same temperature: how far float32 "
+        "rounding alone moves the user's outputs on those rows, the floor a rewritten float32 model is judged against; "
+        "*model.keras vs float64*: deploykit's file against that float64 computation. "
+        "Wall times are on 2 CPU cores shared with other work (loaded).",
         "",
         "The keras.applications networks (`weights=None`, 32x32x3: the Fashion sample padded and repeated over 3 "
         "channels, 10 classes) are trained from scratch on at most the rows and epochs shown, so that each row runs "
@@ -300,8 +330,9 @@ def markdown(rows: list[dict]) -> str:
         f"**{len(ok)} of {len(rows)} exit 0.**",
         "",
         "| model | training | options | exit | train / optimize wall s (loaded) | optimize CPU s | kept sparsity | "
-        "shipped | within budget | model.keras vs user | rejected (reason) |",
-        "|---|---|---|---:|---:|---:|---|---:|---|---:|---|",
+        "shipped | within budget | model.keras vs user | user float32 vs float64 | model.keras vs float64 | "
+        "rejected (reason) |",
+        "|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|",
     ]
     for r in rows:
         k3 = r.get("keras3", {})
@@ -323,9 +354,16 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['model']} | {training_cell(r)} | {r.get('options') or 'defaults'} | {r.get('exit')} | "
             f"{r.get('train_seconds', '—')} / "
             f"{r.get('wall_seconds', '—')} | {r.get('cpu_seconds', '—')} | {r.get('kept_sparsity', '—')} | "
-            f"{len(shipped)} | {within} | {cell} | {(rejected + error).replace('|', '/')} |"
+            f"{len(shipped)} | {within} | {cell} | {_figure(k3, 'user_vs_float64')} | "
+            f"{_figure(k3, 'model_keras_vs_float64')} | {(rejected + error).replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _figure(check: dict, key: str) -> str:
+    """A difference of the Keras 3 check, or a dash when the row was measured before it existed (or has none)."""
+    value = check.get(key)
+    return "—" if value is None else f"{value:.1e}"
 
 
 def training_cell(row: dict) -> str:

@@ -221,3 +221,21 @@ def test_a_convnet_s_int8_dynamic_is_planned_at_the_int8_static_cost_it_is_expor
     conv.observe_export(dynamic, 50.0)  # measured: the next int8-dynamic export of this graph is planned at it
     assert conv.export_seconds(dynamic) == 50.0
     assert conv.export_seconds(Quantization.INT8_FULL) == 50.0  # the same kind: calibrated int8
+
+
+def test_the_scan_is_priced_at_the_traced_evaluation_it_runs_with():
+    """The scan scores through one traced function (core.compiled.CompiledOutputs); measured, its cost prices the scan
+    (layers x levels + 1 scores, one tracing), and a scan the eager price left out of a budget is planned whole."""
+    from deploykit.pipeline.budget import SCAN_SHARE, _scan_seconds
+
+    eager = _costs(epoch=10.0, export=1.0, evaluation=2.0, trace=5.0)
+    traced = Costs(**{**eager.__dict__, "scan_evaluation": 0.5, "scan_trace": 3.0})
+    assert _scan_seconds(eager, 10, 6, 270) == pytest.approx(2.0 * 61 + 5.0)  # unmeasured: the eager price, as before
+    assert _scan_seconds(traced, 10, 6, 270) == pytest.approx(0.5 * 61 + 3.0)
+    assert _scan_seconds(traced, 10, 3, 135) == pytest.approx(0.5 * 0.5 * 31 + 3.0)  # a sample of the rows
+    config = OptimizeConfig().with_options(time_budget=8)  # a full scan of 11 layers: 2 s x 67 eager, 0.5 s x 67 traced
+    plans = [make_plan(config, c, time.monotonic(), n_layers=11) for c in (eager, traced)]
+    assert all(p.search for p in plans)
+    assert plans[0].limits.levels is not None or plans[0].limits.scan_share < 1  # eager: a cheaper scan
+    assert plans[1].limits.levels is None and plans[1].limits.scan_share == 1.0  # traced: the full scan fits
+    assert _scan_seconds(traced, 11, 6, 270) <= SCAN_SHARE * 8 * 60 < _scan_seconds(eager, 11, 6, 270)
