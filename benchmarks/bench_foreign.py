@@ -275,6 +275,7 @@ def one(kind: str, folder: Path, epochs: int) -> dict:
     row = {"model": kind, "options": " ".join(extra), "epochs": epochs, "train_seconds": trained, **training}
     row.update(bm.optimize(model, data, out, extra))
     row.update(budget_check(out))
+    row.update(nll_check(out))
     done = bm.plain_keras3(CHECK, str(model), str(out), str(probe(data, folder)))
     row["keras3"] = (
         json.loads(done.stdout.strip().splitlines()[-1])
@@ -303,6 +304,73 @@ def budget_check(out: Path) -> dict:
     return {"outside_budget": outside, "rejections": reasons}
 
 
+#: Issue 22's target: no shipped artifact's test NLL more than this fraction above the user's model's.
+NLL_TARGET = 0.02
+#: ... and one run's float32 artifacts agree with the model they were exported from to this (report's max_abs_diff).
+AGREE_TARGET = 1e-4
+
+
+def nll_check(out: Path) -> dict:
+    """The worst shipped test NLL change vs the user's model (``nll_change`` of report.json's rows) and its file,
+    and the largest ``max_abs_diff`` of the shipped float32 files, as the report records them (nothing invented:
+    a regressor, or a classifier whose report carries no NLL, gets the reason instead)."""
+    path = out / "report.json"
+    if not path.exists():
+        return {}
+    report = json.loads(path.read_text())
+    shipped = [r for r in report["artifacts"] if r["file"] != "original.keras" and r["verdict"] != "rejected"]
+    found: dict = {}
+    measured = [r for r in shipped if r.get("nll_change") is not None]
+    if measured:
+        worst = max(measured, key=lambda r: r["nll_change"])
+        found["nll_worst"] = {"file": worst["file"], "change": worst["nll_change"], "measured": len(measured)}
+    elif report["original"].get("accuracy") is None:
+        found["nll_worst"] = {"na": "regression"}
+    else:
+        found["nll_worst"] = {"na": "no NLL in report.json"}
+    floats = [r for r in shipped if r.get("precision") == "float32" and r.get("max_abs_diff") is not None]
+    if floats:
+        worst = max(floats, key=lambda r: r["max_abs_diff"])
+        found["float32_agreement"] = {
+            "file": worst["file"],
+            "max_abs_diff": worst["max_abs_diff"],
+            "files": len(floats),
+        }
+    return found
+
+
+def nll_cell(row: dict) -> str:
+    """The worst shipped test NLL change and its file, the reason it is absent, or a dash (row not re-run)."""
+    worst = row.get("nll_worst")
+    if worst is None:
+        return "—"
+    if "na" in worst:
+        return f"n/a ({worst['na']})"
+    flag = "" if worst["change"] <= NLL_TARGET else " **over 2 %**"
+    return f"{100 * worst['change']:+.2f}% (`{worst['file']}`, {worst['measured']} files){flag}"
+
+
+def nll_summary(rows: list[dict]) -> str:
+    """How many rows with a measured NLL keep every shipped file within the target."""
+    measured = [r for r in rows if "change" in r.get("nll_worst", {})]
+    if not measured:
+        return ""
+    within = [r for r in measured if r["nll_worst"]["change"] <= NLL_TARGET]
+    return (
+        f"**{len(within)} of {len(measured)} rows with a test NLL keep every shipped file within "
+        f"+{100 * NLL_TARGET:g} % of the user's model's.**"
+    )
+
+
+def agreement_cell(row: dict) -> str:
+    """The largest max |diff| of a shipped float32 file vs the model it was exported from, or a dash."""
+    found = row.get("float32_agreement")
+    if found is None:
+        return "—"
+    flag = "" if found["max_abs_diff"] <= AGREE_TARGET else " **over 1e-4**"
+    return f"{found['max_abs_diff']:.1e} (`{found['file']}`, {found['files']} files){flag}"
+
+
 def markdown(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("exit") == 0]
     lines = [
@@ -317,7 +385,13 @@ def markdown(rows: list[dict]) -> str:
         "file computed in float64 (its config's float32 read as float64), with the same temperature: how far float32 "
         "rounding alone moves the user's outputs on those rows, the floor a rewritten float32 model is judged against; "
         "*model.keras vs float64*: deploykit's file against that float64 computation. "
-        "Wall times are on 2 CPU cores shared with other work (loaded).",
+        "*worst shipped test NLL vs user*: the largest `nll_change` (test NLL vs the user's model's on the same "
+        f"rows, report.json) over the shipped files (issue 22's target: at most +{100 * NLL_TARGET:g} %), with its "
+        "file and how many shipped files carry an NLL (a classifier's single output only: a regressor, a sigmoid "
+        "head or several outputs have none in report.json); *float32 files vs source*: the largest `max_abs_diff` "
+        "of the shipped float32 files against the Keras model each was exported from (their tolerance: "
+        f'{AGREE_TARGET:g}). Both read from the run\'s report.json; "—": the row was not re-run since they were '
+        "recorded. Wall times are on 2 CPU cores shared with other work (loaded).",
         "",
         "The keras.applications networks (`weights=None`, 32x32x3: the Fashion sample padded and repeated over 3 "
         "channels, 10 classes) are trained from scratch on at most the rows and epochs shown, so that each row runs "
@@ -327,12 +401,12 @@ def markdown(rows: list[dict]) -> str:
         "a training setting, unused at inference): at the default, a few hundred steps leave the moving statistics "
         "near their initial values and the held-out accuracy at chance (MobileNetV3Small: 0.103 after 3 epochs).",
         "",
-        f"**{len(ok)} of {len(rows)} exit 0.**",
+        f"**{len(ok)} of {len(rows)} exit 0.** {nll_summary(rows)}".rstrip(),
         "",
         "| model | training | options | exit | train / optimize wall s (loaded) | optimize CPU s | kept sparsity | "
         "shipped | within budget | model.keras vs user | user float32 vs float64 | model.keras vs float64 | "
-        "rejected (reason) |",
-        "|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|",
+        "worst shipped test NLL vs user | float32 files vs source | rejected (reason) |",
+        "|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         k3 = r.get("keras3", {})
@@ -355,7 +429,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r.get('train_seconds', '—')} / "
             f"{r.get('wall_seconds', '—')} | {r.get('cpu_seconds', '—')} | {r.get('kept_sparsity', '—')} | "
             f"{len(shipped)} | {within} | {cell} | {_figure(k3, 'user_vs_float64')} | "
-            f"{_figure(k3, 'model_keras_vs_float64')} | {(rejected + error).replace('|', '/')} |"
+            f"{_figure(k3, 'model_keras_vs_float64')} | {nll_cell(r)} | {agreement_cell(r)} | "
+            f"{(rejected + error).replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
 
