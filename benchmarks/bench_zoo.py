@@ -405,7 +405,7 @@ def markdown(rows: list[dict], total: float, size_cap: float, note: str = "") ->
         "",
         (
             f"**{len(within)} of {listed}** architectures export float32 ONNX within {TARGET:g} of Keras "
-            f"({len(ran)} exported, {len(missing)} not reached in this run, {len(chaotic)} chaotic as built: not "
+            f"({len(ran)} exported, {len(missing)} not reached in this run, {len(chaotic)} chaotic as run: not "
             "measurable at float precision; the target is every architecture). "
             + (
                 f"{', '.join(scaled)}: run with their residual branches scaled down as trained networks have them "
