@@ -87,13 +87,16 @@ def ships_by_budget(row: dict, report: dict) -> bool:
 
 
 def nll_within(row: dict, budget: dict) -> bool:
-    """The NLL limit of a classifier's exported file (written independently of :mod:`deploykit.pipeline.nll`): its
-    validation NLL at most ``max_nll_increase`` above its source model's, and on test not an increase whose 95%
-    interval lies entirely beyond it."""
+    """The NLL budget of a classifier's file (written independently of :mod:`deploykit.pipeline.nll`): its NLL at
+    most ``max_nll_increase`` above the user's model's by the point estimate, on validation and on test; and an
+    exported file's validation NLL at most that above its source model's, and on test not an increase over its
+    source whose 95% interval lies entirely beyond it."""
     limit = budget.get("max_nll_increase")
     if limit is None:
         return True
     validation = row.get("validation") or {}
+    if (validation.get("nll_change") or 0.0) > limit + 1e-12 or (row.get("nll_change") or 0.0) > limit + 1e-12:
+        return False
     if (validation.get("nll_export_change") or 0.0) > limit + 1e-12:
         return False
     ci = row.get("nll_export_ci95")

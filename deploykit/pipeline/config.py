@@ -41,7 +41,7 @@ A TOML file has one table per step (every key optional)::
     enabled = true
     max_accuracy_drop = 0.01 # a classifier's budget vs the original model: decided on validation, confirmed on test
     max_rmse_increase = 0.05 # a regressor's budget: test RMSE at most 5% above the original model's
-    max_nll_increase = 0.02  # a classifier's exported files: NLL at most 2% above the model they came from
+    max_nll_increase = 0.02  # a classifier's shipped files: NLL at most 2% above the user's model's (and a source's)
 
 Unknown keys are a ConfigError naming the key and the keys allowed there.
 This module does not import TensorFlow.

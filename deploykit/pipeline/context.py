@@ -227,9 +227,10 @@ def keras_row(model, file: str, ctx: RunContext, verdict: Verdict | None, checks
     own = model is ctx.original
     val_probs = None if own else main_outputs(outputs(model, ctx.data.x_val), ctx.kind)
     test, val, missed = judge(ctx, probs, val_probs)
-    nll_figures = keras_nll(probs, val_probs, ctx)
+    nll_figures, nll_missed = keras_nll(probs, val_probs, ctx)
     if val is not None and nll_figures.get("validation"):
         val = dataclasses.replace(val, **nll_figures["validation"])
+    missed = [*missed, *nll_missed]
     if verdict is None:
         verdict = verdict_for(missed, ctx)
         checks = "; ".join(map(str, missed)) if missed else checks

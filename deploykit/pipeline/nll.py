@@ -1,19 +1,27 @@
-"""A classifier artifact's negative log-likelihood: measured on every row, held to a limit on exported files.
+"""A classifier artifact's negative log-likelihood: measured on every row, held to one budget against the user's model.
 
 Accuracy alone misses what int8 does to probabilities: an int8 softmax output rounds every probability
 to a 1/256 step, so a confident mistake gets an exact 0 and a few rows cost the mean NLL dearly (+47 % on
 a Fashion network at the same accuracy). Each classifier row therefore carries its NLL and its change vs
-the user's model on the same rows (``nll``, ``nll_change``), and an exported file (ONNX, TFLite) whose NLL
-is more than ``validate.max_nll_increase`` (default 2 %) above the model it was exported from's is
-rejected. Decided on validation by the point estimate, like the accuracy budget; confirmed on test only
-when the paired 95 % interval of the increase lies entirely beyond the limit: a mean NLL over a few hundred
-rows is ruled by a handful of confident rows (one digits test row holds 20 nats), so a test point estimate
-alone would reject on noise. The limit compares with the source model (``model.keras``), not the user's,
-so an export is judged on what the export itself did. What changes ``model.keras`` is held to the same limit
-against the user's model where it is decided: the sparsity search keeps a try only when its validation NLL, under
-the temperature the run would fold, is within ``max_nll_increase`` of the original's
-(:mod:`deploykit.sparsity.nll_rule`), and the temperature is kept only when its cross-validated NLL falls; the
-change vs the user's model is shown in the same row.
+the user's model on the same rows (``nll``, ``nll_change``, on test with its paired 95 % interval ``nll_ci95``).
+
+**The run's NLL budget** (:func:`total_check`): every shipped classifier file (``model.keras``, every ONNX and
+TFLite export) is at most ``validate.max_nll_increase`` (default 2 %) above the **user's model's** NLL on the same
+rows, as the accuracy budget is held against the original for every artifact. Steps each within 2 % add up
+(95 % pruning +1.7 % and an int8-static export +1.6 % made +3.3 % on a convnet), so the promise is held on the
+total. Decided on validation by the point estimate (an int8 try that misses falls to the next rung, as an accuracy
+miss does); confirmed on test by the **point estimate** too: the promise is about the test figure a user reads
+("no shipped file more than 2 % above your model's"), as a regressor's RMSE budget and a classifier's accuracy budget
+on a split that resolves it are confirmed. The paired interval is reported (``nll_ci95``), not acted on: unlike the
+accuracy budget there is no "too few rows to resolve" escape, so the figure a report shows is the figure held.
+
+**Per export** (:func:`export_check`): an exported file is also held to ``max_nll_increase`` against the model it was
+exported from (``model.keras``), which says what the export itself did. Decided on validation by the point
+estimate; confirmed on test only when the paired 95 % interval of the increase lies entirely beyond the limit: a
+mean NLL over a few hundred rows is ruled by a handful of confident rows (one digits test row holds 20 nats), so
+this diagnostic rejects on test only what the export clearly did. The sparsity search holds each try to the budget
+on validation already, under the temperature the run would fold (:mod:`deploykit.sparsity.nll_rule`); the
+temperature is kept only when its cross-validated NLL falls.
 """
 
 from __future__ import annotations
@@ -97,43 +105,84 @@ def export_check(split: str, probabilities, source, y, limit: float, confirming:
     return found, [Mismatch(check, change, f"<= {limit:g} (max_nll_increase)", detail + ")")]
 
 
+def total_check(split: str, probabilities, original, y, limit: float, confirming: bool = False):
+    """(figures, mismatches) of the run's NLL budget on ``split``: a shipped file's NLL at most ``limit`` above the
+    user's model's outputs ``original`` on the same rows, by the point estimate on either split (see the module
+    docstring for why on test too). On test (``confirming``) the figures carry ``nll_ci95``, the paired interval."""
+    new, reference = losses(probabilities, y), losses(original, y)
+    if new is None or reference is None:
+        return {}, []
+    change = relative(float(new.mean()), float(reference.mean()))
+    found: dict = {}
+    detail = f"{split} NLL {new.mean():.4f} vs {reference.mean():.4f} ({100 * change:+.2f}%"
+    if confirming:
+        ci = change_interval(new, reference)
+        found["nll_ci95"] = ci.as_list()
+        detail += f", 95% CI {100 * ci.low:+.2f}% to {100 * ci.high:+.2f}%"
+    if change <= limit + 1e-12:
+        return found, []
+    label = "test miss: " if confirming else f"{split} "
+    check = f"{label}NLL increase vs the user's model"
+    return found, [Mismatch(check, change, f"<= {limit:g} (max_nll_increase)", detail + ")")]
+
+
 # --- the pipeline's rows (ctx: pipeline.steps.RunContext) ---
 
 
 def artifact_nll(probabilities, model, ctx, validation: bool):
-    """(``nll`` and ``nll_change`` vs the user's model, the export's NLL mismatches) of a classifier artifact on the
-    split measured, held to ``validate.max_nll_increase`` against ``model``, the model it was exported from.
+    """(``nll`` and ``nll_change`` vs the user's model, the NLL mismatches) of a classifier artifact on the split
+    measured: held to the run's budget against the user's model (:func:`total_check`) and, for an exported file,
+    to ``validate.max_nll_increase`` against ``model``, the model it was exported from (:func:`export_check`).
     Nothing for a regressor or several outputs."""
     from deploykit.core.evaluate import main_outputs, outputs
-    from deploykit.pipeline.confirm import TEST, VALIDATION, reference_outputs
+    from deploykit.pipeline.confirm import TEST, VALIDATION
 
-    layout = getattr(ctx.data, "layout", None)
-    if ctx.metric.value != "accuracy" or probabilities is None or (layout is not None and layout.several_outputs):
+    if not _classifier(probabilities, ctx):
         return {}, []
     data = ctx.data
     x, y = (data.x_val, data.y_val) if validation else (data.x_test, data.y_test)
     if nll(probabilities, y) is None:
         return {}, []
-    ref = ctx.reference or reference_outputs(ctx.original, data, ctx.kind)
-    found = figures(probabilities, ref.val if validation else ref.test, y)
-    if not hasattr(model, "layers"):
-        return found, []
-    source = main_outputs(outputs(model, x), ctx.kind)
+    ref = _reference(ctx)
+    original = ref.val if validation else ref.test
     split = VALIDATION if validation else TEST
     limit = ctx.config.validate.max_nll_increase
-    export, missed = export_check(split, probabilities, source, y, limit, confirming=not validation)
-    return found | export, missed if ctx.config.validate.enabled else []
+    total, missed = total_check(split, probabilities, original, y, limit, confirming=not validation)
+    found = figures(probabilities, original, y) | total
+    if hasattr(model, "layers"):
+        source = main_outputs(outputs(model, x), ctx.kind)
+        export, export_missed = export_check(split, probabilities, source, y, limit, confirming=not validation)
+        found, missed = found | export, [*export_missed, *missed]
+    return found, missed if ctx.config.validate.enabled else []
 
 
-def keras_nll(test_probs, val_probs, ctx) -> dict:
-    """A .keras row's NLL figures vs the user's model on test (and validation): reported, not held to a limit here
-    (the sparsity search held its kept try to it on validation; the temperature decides on its own figures)."""
+def keras_nll(test_probs, val_probs, ctx) -> tuple[dict, list]:
+    """({"test": ..., "validation": ...} figures vs the user's model, mismatches) of a .keras row. ``val_probs``
+    None (the user's model itself): figures only. Otherwise held to the run's budget like every shipped file:
+    missed on validation, else a test miss (:func:`total_check`), as the accuracy budget treats ``model.keras``."""
+    from deploykit.pipeline.confirm import TEST, VALIDATION
+
+    if not _classifier(test_probs, ctx) or nll(test_probs, ctx.data.y_test) is None:
+        return {}, []
+    ref, limit = _reference(ctx), ctx.config.validate.max_nll_increase
+    test, test_missed = total_check(TEST, test_probs, ref.test, ctx.data.y_test, limit, confirming=True)
+    found = {"test": figures(test_probs, ref.test, ctx.data.y_test) | test}
+    if val_probs is None:
+        return found, []
+    val, missed = total_check(VALIDATION, val_probs, ref.val, ctx.data.y_val, limit)
+    found["validation"] = figures(val_probs, ref.val, ctx.data.y_val) | val
+    return found, (missed or test_missed) if ctx.config.validate.enabled else []
+
+
+def _classifier(probabilities, ctx) -> bool:
+    """Whether the run's rows carry an NLL: a classifier with one output, its probabilities measured."""
+    layout = getattr(ctx.data, "layout", None)
+    several = layout is not None and layout.several_outputs
+    return ctx.metric.value == "accuracy" and probabilities is not None and not several
+
+
+def _reference(ctx):
+    """The user's model's main outputs on validation and test (computed once per run when the context holds them)."""
     from deploykit.pipeline.confirm import reference_outputs
 
-    if ctx.metric.value != "accuracy" or nll(test_probs, ctx.data.y_test) is None:
-        return {}
-    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
-    found = {"test": figures(test_probs, ref.test, ctx.data.y_test)}
-    if val_probs is not None:
-        found["validation"] = figures(val_probs, ref.val, ctx.data.y_val)
-    return found
+    return ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)

@@ -53,7 +53,7 @@ DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: since an RMSE has the targets' units; 5% is about what a point of accuracy is to a classifier near 90-98%
 #: (a tenth to a fifth of its error rate), and what int8 costs a small MLP.
 DEFAULT_MAX_RMSE_INCREASE = 0.05
-DEFAULT_MAX_NLL_INCREASE = 0.02  # an exported file's NLL at most 2% above its source model's (pipeline.nll)
+DEFAULT_MAX_NLL_INCREASE = 0.02  # a shipped file's NLL at most 2% above the user's model's (pipeline.nll)
 
 
 class SparsityMethod(enum.Enum):
@@ -530,8 +530,9 @@ class ValidateStep(_Table):
     with its numbers and not shipped. ``artifacts`` overrides the per-precision bounds (a
     ``deploykit.export`` Tolerance, TOML table ``[validate.artifacts]``). With ``strict``, any
     rejected artifact fails the run (the CLI exits non-zero); otherwise only having nothing to ship
-    does. A classifier's exported file whose NLL is more than ``max_nll_increase`` (a fraction) above the
-    model it was exported from's is rejected too (:mod:`deploykit.pipeline.nll`). A fold that changes the
+    does. A classifier's shipped file (``model.keras`` and every export) whose NLL is more than
+    ``max_nll_increase`` (a fraction) above the user's model's, or an exported file's above the model it was
+    exported from's, is rejected too (:mod:`deploykit.pipeline.nll`). A fold that changes the
     outputs beyond ``fold_tolerance`` is a bug and stops the run.
     """
 
@@ -540,7 +541,7 @@ class ValidateStep(_Table):
     fold_tolerance: float = 1e-4  # largest |output difference| the fold may cause (x the outputs' RMS when > 1)
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     max_rmse_increase: float = DEFAULT_MAX_RMSE_INCREASE
-    max_nll_increase: float = DEFAULT_MAX_NLL_INCREASE  # a classifier's exported files (deploykit.pipeline.nll)
+    max_nll_increase: float = DEFAULT_MAX_NLL_INCREASE  # a classifier's shipped files (deploykit.pipeline.nll)
     latency_repeats: int = 50  # timed runs per latency figure (the median is reported)
     artifacts: Tolerance | None = None  # overrides the per-precision bounds it sets
     strict: bool = False

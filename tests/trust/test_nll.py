@@ -133,7 +133,13 @@ def test_every_classifier_row_carries_its_nll_and_exported_files_are_held_to_the
         assert row["verdict"] == ("pass" if ships_by_budget(row, report) else "rejected"), row
         if row["verdict"] == "pass":
             assert row["nll_export_ci95"][0] <= row["nll_export_change"] <= row["nll_export_ci95"][1]
+            assert row["nll_ci95"][0] <= row["nll_change"] <= row["nll_ci95"][1] and row["nll_change"] <= 0.02
             assert nll_within(row, report["budget"])
         elif not nll_within(row, report["budget"]):
-            assert "NLL increase vs the model it was exported from" in row["checks"]
+            over_user = max(row.get("nll_change") or 0.0, row["validation"].get("nll_change") or 0.0) > 0.02
+            reason = "vs the user's model" if over_user else "vs the model it was exported from"
+            assert f"NLL increase {reason}" in row["checks"]
     assert abs(rows["model.tflite"]["nll_export_change"]) < 1e-4  # float32: the same probabilities
+    keras = rows["model.keras"]  # held to the run's NLL budget like every shipped file
+    assert keras["verdict"] == ("pass" if ships_by_budget(keras, report) else "rejected"), keras
+    assert keras["nll_ci95"][0] <= keras["nll_change"] <= keras["nll_ci95"][1]
