@@ -32,6 +32,7 @@ from deploykit.pipeline.context import (
 )
 from deploykit.pipeline.ensemble import Optimize, load_member, optimize_ensemble
 from deploykit.pipeline.export_steps import export_step, metadata
+from deploykit.pipeline.nll import held_nll
 from deploykit.pipeline.plots import RELIABILITY_PLOT
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 
@@ -112,6 +113,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
             record,
             "MC accuracy",
             test_outputs=_one_hot(bundle.predicted_class, ctx),
+            probabilities=bundle.prediction,
         )
         what = f"T = {step.samples} samples over {', '.join(record.dropout_layers)}"
     row = withdraw(row, ctx)
@@ -185,6 +187,7 @@ def ensemble_step(optimize: Optimize, model, ctx: RunContext) -> StepOutput:
         "ensemble",
         sparsity=_members_sparsity(run.members),
         test_outputs=None if regression else _one_hot(run.bundle.predicted_class, ctx),
+        probabilities=None if regression else run.bundle.prediction,
     )
     if row.verdict is Verdict.REJECTED:
         shutil.rmtree(ctx.folder / ENSEMBLE_DIR)  # a rejected ensemble is not shipped: nothing of it is left
@@ -294,10 +297,12 @@ def _held_row(
     what: str,
     sparsity: float | None = None,
     test_outputs: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
     **extra,
 ) -> ArtifactRow:
     """An uncertainty model's row: its test figure (accuracy, or a regressor's RMSE) held to the budget, its size
-    and its speed through ``predict``; ``test_outputs`` (its predictions, or one-hot classes) give the paired interval.
+    and its speed through ``predict``; ``test_outputs`` (its predictions, or one-hot classes) give the paired interval;
+    a classifier's test mean ``probabilities`` hold it to the run's NLL budget too (``nll.held_nll``).
 
     Its choices (temperature placement, threshold) were made on validation; its test figure confirms it once.
     """
@@ -306,6 +311,8 @@ def _held_row(
     test, missed = None, budget_miss(value, ctx)
     if test_outputs is not None:
         test, _, missed = judge(ctx, test_outputs)
+    nll_figures, nll_missed = held_nll(probabilities, ctx)
+    missed = [*missed, *nll_missed]
     verdict = verdict_for(missed, ctx)
     checks = (
         "missed: " + "; ".join(map(str, missed))
@@ -336,6 +343,7 @@ def _held_row(
         detail=detail,
         **{"accuracy": None, "accuracy_change": None, **changes(value, ctx)},
         ci95=None if test is None else test.ci95,
+        **nll_figures,
         **extra,
     )
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deploykit.pipeline.confirm import Reference
-from deploykit.pipeline.nll import artifact_nll, export_check, keras_nll, total_check
+from deploykit.pipeline.nll import artifact_nll, export_check, held_nll, keras_nll, total_check
 from tests.helpers import ships_by_budget
 
 LIMIT = 0.02
@@ -107,11 +107,23 @@ def test_model_keras_is_held_like_every_shipped_file():
     assert missed == [] and found["test"]["nll_change"] == 0.0 and "validation" not in found
 
 
+def test_an_mc_or_ensemble_file_is_held_on_test():
+    """The MC / ensemble file's test mean: held by the point estimate on test, where its accuracy is held (no
+    validation decision came first: not a "test miss"); outputs that are not [N, C] class scores carry nothing."""
+    ctx = _ctx(_scaled(1.0), _scaled(1.0))
+    found, missed = held_nll(_scaled(0.97), ctx)
+    assert missed == [] and found["nll_change"] == pytest.approx(-0.03) and "nll_ci95" in found
+    found, missed = held_nll(_scaled(1.025), ctx)
+    assert [m.check for m in missed] == ["test NLL increase vs the user's model"]
+    assert held_nll(None, ctx) == ({}, []) and held_nll(np.full((ROWS, 1), 0.5), ctx) == ({}, [])
+
+
 def test_a_regressor_has_no_nll_budget():
     ctx = _ctx(_scaled(1.0), _scaled(1.0))
     ctx.metric = SimpleNamespace(value="rmse")
     assert artifact_nll(np.zeros((ROWS, 1)), object(), ctx, validation=False) == ({}, [])
     assert keras_nll(np.zeros((ROWS, 1)), None, ctx) == ({}, [])
+    assert held_nll(_scaled(1.5), ctx) == ({}, [])
 
 
 def test_ships_by_budget_holds_the_total_nll():
