@@ -115,7 +115,7 @@ def test_an_mc_or_ensemble_file_is_held_on_test():
     assert missed == [] and found["nll_change"] == pytest.approx(-0.03) and "nll_ci95" in found
     found, missed = held_nll(_scaled(1.025), ctx)
     assert [m.check for m in missed] == ["test NLL increase vs the user's model"]
-    assert held_nll(None, ctx) == ({}, []) and held_nll(np.full((ROWS, 1), 0.5), ctx) == ({}, [])
+    assert held_nll(None, ctx) == ({}, []) and held_nll(np.full((ROWS, 3, 2), 0.5), ctx) == ({}, [])
 
 
 def test_a_regressor_has_no_nll_budget():
