@@ -345,9 +345,9 @@ TABLES: tuple[TableSpec, ...] = (
             Option(
                 "max_nll_increase",
                 ("validate.max_nll_increase",),
-                "a classifier's exported files (ONNX, TFLite): validation and test NLL at most this fraction above "
-                "the model they were exported from (default {default} = 2%%); every report row gives its NLL change "
-                "vs the original",
+                "a classifier's shipped files: validation and test NLL at most this fraction above the original "
+                "model's, and an export's above the model it was exported from (default {default} = 2%%); every "
+                "report row gives its NLL change vs the original",
                 type=float,
                 metavar="F",
                 example=0.05,
