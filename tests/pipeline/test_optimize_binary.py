@@ -124,7 +124,9 @@ def test_tf_keras_sigmoid_model_with_dropout_gets_an_mc_model_of_two_classes(tmp
     model.compile(optimizer="adam", loss="binary_crossentropy")
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
     model.save(tmp_path / "tf.keras")
-    fast = OptimizeConfig(validate=ValidateStep(latency_repeats=2))
+    # the MC model's two-class outputs, not the NLL budget: its MC mean measures +25 % test NLL vs the user's model
+    # here (95 % CI +15 % to +42 %), which the run's NLL budget rejects (tests/pipeline/test_nll_budget.py)
+    fast = OptimizeConfig(validate=ValidateStep(latency_repeats=2, max_nll_increase=1.0))
     result = optimize(
         str(tmp_path / "tf.keras"),
         str(data),
