@@ -189,6 +189,8 @@ def test_optimize_triton_serves_every_shipped_model_including_mc(tmp_path, train
             "32",
             "--max-accuracy-drop",
             "0.05",
+            "--max-nll-increase",  # its 5-sample MC mean is above the user's model's NLL by more than 2 %
+            "1.0",
             "--mc-seed",
             "0",
             "--latency-repeats",  # no latency is read here
