@@ -14,7 +14,13 @@ ratio: the original's float32 weights, gzip -9, over the file's gzip (bench_cnn'
 are copied beside the results.
 Writes ``benchmarks/results/faster.json`` and ``.md`` (and ``faster_<model>_*.png``)::
 
-    python benchmarks/bench_faster.py [--models book,small,kerasio,mobilenet] [--out FOLDER]
+    python benchmarks/bench_faster.py [--models book,small,kerasio,mobilenet] [--out FOLDER] [--merge]
+
+The convnets are trained here to a real accuracy (:data:`TRAINING`: early stopping on a holdout of the training
+split, so optimize's validation and test rows stay unseen); the table gives the original's test accuracy.
+``--merge`` keeps the rows of the models an earlier run in ``--out`` measured and this one does not re-run, and
+writes the results after every model. The speed-ups are also measured at onnxruntime's default threads, and a
+section compares each model with the issue's targets (:data:`TARGETS`; int8 vs float32 at b256).
 
 ``--seeds 0,1,2,3,4`` (the issue's "5 trainings"): the book network trained once per seed the way
 ``bench_budget.py`` trains it (its ``train``: the chapter's BN + ELU + Dropout MLP, Nadam, early stopping, on the
