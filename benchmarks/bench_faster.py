@@ -75,6 +75,7 @@ MOBILENET_BN_MOMENTUM = 0.9
 HOLDOUT = 0.15
 #: The issue's targets per model: (b256 speed-up of the fastest ONNX within the budget, smallest file's gzip ratio)
 TARGETS = {"book": (4.0, None), "small": (1.5, 12.0), "kerasio": (1.5, 12.0), "mobilenet": (1.3, None)}
+NOTES = "## Notes (written after the run, not by the script)"
 BUDGET = 0.01  # optimize's default max_accuracy_drop: "within the budget" of the seeds' summary
 BOOK_KIND = "bn_elu_dropout"  # bench_budget's kind of the book's network
 
@@ -600,6 +601,7 @@ def main() -> None:
         shares = [float(v) for v in args.budget_shares.split(",") if v.strip()] or [None]
         return run_seeds([int(v) for v in args.seeds.split(",") if v.strip()], keys, args.out, shares)
     kept = merged_runs(args.out / "faster.json", keys) if args.merge else []
+    notes = kept_notes(args.out / "faster.md") if args.merge else ""
     runs: list[dict] = []
     source, machine = images()[2], platform.processor() or platform.machine()
     for key in keys:
@@ -610,7 +612,7 @@ def main() -> None:
             write_results(
                 "faster",
                 {"machine": machine, "data": source, "runs": every},
-                render(every, source),
+                render(every, source) + notes,
                 args.out,
                 quiet=key != keys[-1],
             )
@@ -621,6 +623,13 @@ def merged_runs(path: Path, keys: list[str]) -> list[dict]:
     if not path.exists():
         return []
     return [r for r in json.loads(path.read_text()).get("runs", []) if r["key"] not in keys]
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written notes section at the end of an earlier faster.md (from ``NOTES`` on), to keep under --merge:
+    they may name rows this run does not touch (check the ones it re-measures)."""
+    text = path.read_text() if path.exists() else ""
+    return "" if NOTES not in text else "\n\n" + text[text.index(NOTES) :].rstrip("\n")
 
 
 def in_order(runs: list[dict]) -> list[dict]:
