@@ -425,8 +425,9 @@ def targets(runs: list[dict]) -> list[str]:
         fast, small = fastest_within(run), smallest_within(run)
         speed = "none" if fast is None else f"`{fast['file']}` {fast['b256_speedup']:.2f}x"
         size = "none" if small is None else f"`{small['file']}` {small['gzip_ratio']:.1f}x"
+        unknown = " (original accuracy not recorded: see the notes)" if run.get("original_accuracy") is None else ""
         lines.append(
-            f"| {run['model']} | {speed} ({_target(fast and fast['b256_speedup'], speed_target)}) | {size} "
+            f"| {run['model']}{unknown} | {speed} ({_target(fast and fast['b256_speedup'], speed_target)}) | {size} "
             f"({_target(small and small['gzip_ratio'], size_target)}) | {int8_vs_float(run) or '—'} |"
         )
     return lines
@@ -565,6 +566,8 @@ def _pct(value) -> str:
 
 
 def _epochs(value) -> str:
+    if value == 0:
+        return "none (the stored model)"
     return f"{value} epochs" if isinstance(value, int) else str(value)
 
 
