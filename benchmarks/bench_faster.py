@@ -152,9 +152,11 @@ def prepared(key: str, folder: Path, seed: int | None = None):
     if key == "book" and seed is not None:
         from bench_budget import train
 
-        data = load_dataset(str(FASHION))
+        data, path = load_dataset(str(FASHION)), folder / f"book_{seed}.keras"
+        if path.exists():  # --work: trained by an earlier run with this seed
+            return str(path), data, weights_gzip(load_model(str(path))), "15 (early stopping), reused"
         model = train(BOOK_KIND, data, seed)
-        path = save_model(model, folder / f"book_{seed}.keras")
+        path = save_model(model, path)
         return str(path), data, weights_gzip(model), "15 (early stopping)"
     if key == "book":
         return str(BOOK), load_dataset(str(FASHION)), weights_gzip(load_model(BOOK)), 0
@@ -238,11 +240,14 @@ def run_model(key: str, out: Path) -> dict:
         return measured(key, Path(tmp), out, prepared(key, Path(tmp)))
 
 
-def run_seed(seed: int, out: Path, shares: list[float | None]) -> list[dict]:
+def run_seed(seed: int, out: Path, shares: list[float | None], work: Path | None = None) -> list[dict]:
     """The book network trained with ``seed``, then one optimize run per structured budget share (None: the
-    default), each on the same trained model (its plots are not copied)."""
+    default), each on the same trained model (its plots are not copied). ``work``: the trained models are kept
+    there and reused by a later run (the optimize runs always start afresh)."""
     with tempfile.TemporaryDirectory() as tmp:
-        model = prepared("book", Path(tmp), seed)
+        if work:
+            work.mkdir(parents=True, exist_ok=True)
+        model = prepared("book", work or Path(tmp), seed)
         return [measured("book", Path(tmp) / f"share_{share}", out, model, seed, share) for share in shares]
 
 
@@ -364,6 +369,9 @@ def main() -> None:
         help="with --seeds: comma-separated [structured] budget_share values, one optimize run each on the same "
         "trained model (side by side; default: the default share only)",
     )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="with --seeds: keep the trained models here and reuse them when rerun"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
@@ -372,7 +380,7 @@ def main() -> None:
         keys.remove("book")
     if args.seeds:
         shares = [float(v) for v in args.budget_shares.split(",") if v.strip()] or [None]
-        return run_seeds([int(v) for v in args.seeds.split(",") if v.strip()], keys, args.out, shares)
+        return run_seeds([int(v) for v in args.seeds.split(",") if v.strip()], keys, args.out, shares, args.work)
     kept = merged_runs(args.out / "faster.json", keys) if args.merge else []
     notes = kept_notes(args.out / "faster.md") if args.merge else ""
     runs: list[dict] = []
@@ -411,7 +419,7 @@ def in_order(runs: list[dict]) -> list[dict]:
     return sorted(runs, key=lambda r: order.index(r["key"]) if r["key"] in order else len(order))
 
 
-def run_seeds(seeds: list[int], keys: list[str], out: Path, shares: list[float | None]) -> None:
+def run_seeds(seeds: list[int], keys: list[str], out: Path, shares: list[float | None], work: Path | None) -> None:
     """The book network once per seed, one optimize run per structured budget share; the results written after
     every seed (a long run keeps what finished)."""
     if keys != ["book"]:
@@ -419,7 +427,7 @@ def run_seeds(seeds: list[int], keys: list[str], out: Path, shares: list[float |
     source, runs = images()[2], []
     for seed in seeds:
         print(f"--- book MLP, seed {seed}", flush=True)
-        runs += run_seed(seed, out, shares)
+        runs += run_seed(seed, out, shares, work)
         data = {"machine": platform.processor() or platform.machine(), "data": source, "runs": runs}
         write_results("faster_seeds", data, render_seeds(runs, source), out, quiet=seed != seeds[-1])
 

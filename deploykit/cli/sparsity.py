@@ -51,6 +51,13 @@ def register(sub) -> None:
     p.add_argument(
         "--layer-fraction", action="append", default=[], metavar="NAME=F", help="per-layer share (repeatable)"
     )
+    p.add_argument(
+        "--allocate",
+        choices=("uniform", "cost"),
+        default=None,
+        help="uniform: the share of each layer's units (default); cost: the multiply-adds that leaves, removing "
+        "the least important units per multiply-add saved across the layers",
+    )
     _add_tuning_args(p, compact=False)
 
     p = add_command(
@@ -158,18 +165,26 @@ def _prune_structured(args) -> int:
 
     options = {k: v for k, v in _tuning_options(args).items() if k != "compact"}
     config = StructuredConfig().with_options(
-        fraction=args.fraction, layer_fraction=_layer_targets(args.layer_fraction, "--layer-fraction"), **options
+        fraction=args.fraction,
+        layer_fraction=_layer_targets(args.layer_fraction, "--layer-fraction"),
+        allocate=args.allocate,
+        **options,
     )
     _check_out(args)
     model, data = load_model_arg(args), load_data_arg(args)
     keras3 = writes_keras3(args, args.out)
-    progress(
-        f"removing {config.fraction:.0%} of each hidden layer's units, then fine-tuning over {config.epochs} epochs"
-    )
+    progress(f"removing {_structured_what(config)}, then fine-tuning over {config.epochs} epochs")
     from deploykit.sparsity import prune_structured
 
     result, report = prune_structured(model, data, config=config, progress=progress)
     return _finish(args, result, report, keras3)
+
+
+def _structured_what(config) -> str:
+    """What a structured config removes, in words (a cost allocation spreads the share unevenly)."""
+    if config.allocate == "cost":
+        return f"the multiply-adds of {config.fraction:.0%} of each hidden layer's units, by cost"
+    return f"{config.fraction:.0%} of each hidden layer's units"
 
 
 def _sparsify_l1(args) -> int:

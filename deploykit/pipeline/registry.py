@@ -41,6 +41,7 @@ from deploykit.pipeline.tables import (
     in_formats,
     legacy_export,
 )
+from deploykit.sparsity.allocate import ALLOCATIONS
 
 
 def _switch(name: str, help: str) -> Option:
@@ -150,6 +151,15 @@ TABLES: tuple[TableSpec, ...] = (
                 type=float,
                 metavar="SHARE",
                 example=0.4,
+            ),
+            Option(
+                "structured_allocate",
+                ("structured.allocate",),
+                "how a structured share is spread over the layers: 'cost' removes the multiply-adds that share of "
+                "every layer's units would, taking the least important units per multiply-add saved first (the "
+                "costly layers lose more); 'uniform' the same share of each layer (default: {default})",
+                choices=ALLOCATIONS,
+                example="uniform",
             ),
         ),
     ),

@@ -50,7 +50,8 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     if step.searching(objective):
         return _searched(model, ctx)
     config = _config(ctx, step.fixed, step.layer_fraction)
-    ctx.say(f"  removing {step.fixed:.0%} of each hidden layer's units (structured), then fine-tuning")
+    by_cost = " (their multiply-adds, by cost)" if step.allocate == "cost" else ""
+    ctx.say(f"  removing {step.fixed:.0%} of each hidden layer's units{by_cost} (structured), then fine-tuning")
     attempt, result, report = _try(model, ctx, config)
     what = _what(report, attempt)
     if not attempt.kept:
@@ -149,11 +150,12 @@ def _config(ctx: RunContext, share: float, layer_fraction: dict, epochs: int | N
     tuning = {
         f.name: getattr(prune, f.name)
         for f in dataclasses.fields(StructuredConfig)
-        if f.name not in ("fraction", "layer_fraction", "compact") and hasattr(prune, f.name)
+        if f.name not in ("fraction", "layer_fraction", "compact", "allocate") and hasattr(prune, f.name)
     }
     if epochs is not None:
         tuning["epochs"] = epochs
-    return StructuredConfig(fraction=share, layer_fraction=layer_fraction, **tuning)
+    allocate = ctx.config.structured.allocate
+    return StructuredConfig(fraction=share, layer_fraction=layer_fraction, allocate=allocate, **tuning)
 
 
 def _planned(ctx: RunContext) -> tuple[int | None, float | None]:

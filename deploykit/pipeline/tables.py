@@ -192,13 +192,19 @@ STRUCTURED_LEVELS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 #: whole budget by default: on five trainings of the book's network half of it kept fewer units (b256 2.40x against
 #: 4.22x on average) and no better test figures (benchmarks/results/faster_seeds.md).
 STRUCTURED_BUDGET_SHARE = 1.0
+#: How a share is spread over the layers (:mod:`deploykit.sparsity.allocate`): ``cost`` reaches the multiply-adds
+#: that share of every layer's units would leave, removing the least important units per multiply-add saved.
+STRUCTURED_ALLOCATE = "cost"
 
 
 @dataclass(frozen=True)
 class StructuredStep(_Table):
     """Remove whole hidden Dense units and conv channels before the sparsity search: fewer MACs, so faster.
 
-    ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; ``"auto"``: the
+    ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; with
+    ``allocate = "cost"`` (the default) a share is the multiply-adds it would leave, reached by removing the least
+    important units per multiply-add saved across the layers (the costly layers lose more, the cheap ones less);
+    ``"uniform"``: that share of each layer's units. ``"auto"``: the
     highest of ``levels`` within the budget, found by bisection (:mod:`deploykit.pipeline.structured_step`);
     unset: ``auto`` when the run's objective is ``latency`` (the user asked for the fastest model, and only
     removing units makes a dense model faster), else off. Fine-tuned with the sparsity tries' settings
@@ -213,6 +219,7 @@ class StructuredStep(_Table):
     layer_fraction: dict[str, float] = field(default_factory=dict)
     levels: tuple[float, ...] = STRUCTURED_LEVELS
     budget_share: float = STRUCTURED_BUDGET_SHARE
+    allocate: str = STRUCTURED_ALLOCATE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fraction", structured_fraction(self.fraction))
@@ -223,7 +230,7 @@ class StructuredStep(_Table):
         levels = {number("structured.levels", v, 0.0, 1.0, open_low=True, open_high=True) for v in self.levels}
         object.__setattr__(self, "levels", tuple(sorted(levels, reverse=True)))
         try:
-            StructuredConfig(fraction=self.fixed, layer_fraction=self.layer_fraction)
+            StructuredConfig(fraction=self.fixed, layer_fraction=self.layer_fraction, allocate=self.allocate)
         except ConfigError as exc:
             raise ConfigError(f"structured.{exc}") from None
 

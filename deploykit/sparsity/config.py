@@ -8,6 +8,7 @@ from typing import Any
 
 from deploykit.configs import SEED_MAX, Config, boolean, fraction, integer, names, number, positive
 from deploykit.errors import ConfigError
+from deploykit.sparsity.allocate import ALLOCATIONS
 
 
 def parse_block_size(value: Any) -> tuple[int, int]:
@@ -114,6 +115,9 @@ class StructuredConfig(_TuneConfig):
     fraction: float = 0.5  # share of each chosen layer's units removed
     layer_fraction: dict[str, float] = field(default_factory=dict)  # per-layer shares, by name
     distill: bool = True
+    # "uniform": ``fraction`` of each layer's units; "cost": the multiply-adds that leaves, reached by removing the
+    # least important units per multiply-add saved across the layers (deploykit.sparsity.allocate)
+    allocate: str = "uniform"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,6 +129,8 @@ class StructuredConfig(_TuneConfig):
             "layer_fraction",
             {str(k): fraction(f"layer_fraction[{k!r}]", v) for k, v in self.layer_fraction.items()},
         )
+        if self.allocate not in ALLOCATIONS:
+            raise ConfigError(f"allocate must be one of {', '.join(ALLOCATIONS)}, got {self.allocate!r}")
 
     def fraction_for(self, name: str) -> float:
         return self.layer_fraction.get(name, self.fraction)

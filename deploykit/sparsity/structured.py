@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from deploykit.records import Record
+from deploykit.sparsity.allocate import Candidate, allocate, macs_after, uniform_drops
 from deploykit.sparsity.config import StructuredConfig
-from deploykit.sparsity.dead_neurons import _columns, _depthwise, _route, _rows, compact
+from deploykit.sparsity.dead_neurons import _columns, _depthwise, _route, _rows, _units_macs, compact
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
 
@@ -117,7 +118,7 @@ def prune_structured(
         check_inputs(model, data, "prune_structured"), config, "prune_structured", tuple(config.layer_fraction)
     )
     graph = graph_from_model(model)
-    plans, skipped = _plans(graph, chosen, config)
+    plans, skipped, whole = _plans(graph, chosen, config)
     working = rebuild(model)
     masks = _masks(working, plans)
     _apply(working, masks)
@@ -133,6 +134,7 @@ def prune_structured(
     result, compacted = compact(working, data)
     after = {layer.name: layer.neurons_after for layer in compacted.layers}
     layers = [StructuredLayer(p.layer, p.units, after.get(p.layer, p.units)) for p in plans]
+    layers += [StructuredLayer(name, _units(graph, name), _units(graph, name)) for name in whole]
     layers += [StructuredLayer(name, _units(graph, name), _units(graph, name), why) for name, why in skipped.items()]
     report = StructuredReport(
         config.fraction,
@@ -151,9 +153,14 @@ def _units(graph, name: str) -> int:
     return int(graph.node(name).spec.weights[0].shape[-1])
 
 
-def _plans(graph, chosen: list[str], config: StructuredConfig) -> tuple[list[_Plan], dict[str, str]]:
-    """Which units of each chosen layer go (the least important), and the chosen layers left whole, with why."""
-    plans, skipped = [], {}
+def _plans(graph, chosen: list[str], config: StructuredConfig) -> tuple[list[_Plan], dict[str, str], list[str]]:
+    """Which units of each chosen layer go (the least important), the chosen layers left whole with why, and the
+    free layers that lose no unit (a share too small for them, or a cost allocation sparing them).
+
+    ``allocate = "cost"``: the layers without their own ``layer_fraction`` lose units by importance per
+    multiply-add saved (:func:`deploykit.sparsity.allocate.allocate`) until the MACs a uniform share would
+    leave are reached; ``"uniform"``: the same share of each layer's units."""
+    free, skipped = [], {}
     for node in graph.nodes:
         if node.name not in chosen or not node.spec.support.compactable:
             continue
@@ -161,13 +168,36 @@ def _plans(graph, chosen: list[str], config: StructuredConfig) -> tuple[list[_Pl
         if isinstance(route, str):
             skipped[node.name] = route or "its units are the model's outputs"
             continue
-        units = _units(graph, node.name)
-        drop = min(int(round(config.fraction_for(node.name) * units)), units - 1)
-        if drop <= 0:
-            continue
-        order = np.argsort(_importance(node.spec, route), kind="stable")
-        plans.append(_Plan(node.name, route.dst.name, route.positions, units, np.sort(order[:drop])))
-    return plans, skipped
+        free.append((node, route, Candidate(node.name, _importance(node.spec, route), route.dst.name)))
+    candidates = [c for _, _, c in free]
+    drops = uniform_drops(candidates, {c.name: config.fraction_for(c.name) for c in candidates})
+    if config.allocate == "cost":
+        drops = _cost_drops(graph, candidates, drops, config)
+    plans = []
+    for node, route, candidate in free:
+        if drops[node.name] > 0:
+            order = np.argsort(candidate.importance, kind="stable")
+            units = len(candidate.importance)
+            plans.append(_Plan(node.name, route.dst.name, route.positions, units, np.sort(order[: drops[node.name]])))
+    return plans, skipped, [c.name for c in candidates if drops[c.name] == 0]
+
+
+def _cost_drops(graph, candidates: list[Candidate], uniform: dict[str, int], config: StructuredConfig) -> dict:
+    """The uniform drops' MACs reached by cost: layers with their own ``layer_fraction`` keep their share."""
+    macs = {node.name: _units_macs(node)[1] for node in graph.nodes if node.spec.support.compactable}
+    target = macs_after(macs, candidates, uniform)
+    fixed = {name: n for name, n in uniform.items() if name in config.layer_fraction}
+    free = [c for c in candidates if c.name not in fixed]
+    # the fixed layers' cut applied first: what the free layers must still remove
+    scaled = _scaled(macs, candidates, fixed)
+    return {**fixed, **allocate(scaled, free, target)}
+
+
+def _scaled(macs: dict[str, int], candidates: list[Candidate], fixed: dict[str, int]) -> dict[str, float]:
+    """Every kernel's MACs with the ``fixed`` layers' units already removed."""
+    kept = {c.name: 1 - fixed[c.name] / len(c.importance) for c in candidates if c.name in fixed}
+    feeds = {c.dst: c.name for c in candidates}
+    return {name: m * kept.get(name, 1.0) * kept.get(feeds.get(name, ""), 1.0) for name, m in macs.items()}
 
 
 def _importance(spec, route) -> np.ndarray:
@@ -223,10 +253,16 @@ def _holding(masks: dict[str, np.ndarray]) -> Any:
 
     class HoldRemoved(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self._pairs = [(self.model.get_layer(name).kernel, tf.constant(mask)) for name, mask in masks.items()]
+            pairs = [(self.model.get_layer(name).kernel, tf.constant(mask)) for name, mask in masks.items()]
+
+            @tf.function
+            def hold():  # one traced call per batch: the eager assigns took 3x the training step itself
+                for kernel, mask in pairs:
+                    kernel.assign(kernel * mask)
+
+            self._hold = hold
 
         def on_train_batch_end(self, batch, logs=None):
-            for kernel, mask in self._pairs:
-                kernel.assign(kernel * mask)
+            self._hold()
 
     return HoldRemoved()
