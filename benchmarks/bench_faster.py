@@ -73,6 +73,7 @@ TRAINING = {"small": (40, 5, 32, 8), "kerasio": (40, 4, 64, 0), "mobilenet": (20
 MOBILENET_BN_MOMENTUM = 0.9
 HOLDOUT = 0.15
 NOTES = "## Notes (written after the run, not by the script)"
+EXTRA: dict = {}  # optimize options every run gets (--structured-allocate)
 
 
 def small_cnn(keras):
@@ -259,7 +260,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
 
     folder.mkdir(parents=True, exist_ok=True)
     path, data, baseline, epochs = model
-    extra = {} if share is None else {"structured_budget_share": share}
+    extra = {**EXTRA, **({} if share is None else {"structured_budget_share": share})}
     start, cpu = time.perf_counter(), time.process_time()
     result = optimize(
         path,
@@ -370,9 +371,14 @@ def main() -> None:
         "trained model (side by side; default: the default share only)",
     )
     parser.add_argument(
+        "--structured-allocate", choices=("uniform", "cost"), default=None, help="optimize's structured_allocate"
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="with --seeds: keep the trained models here and reuse them when rerun"
     )
     args = parser.parse_args()
+    if args.structured_allocate:
+        EXTRA["structured_allocate"] = args.structured_allocate
     args.out.mkdir(parents=True, exist_ok=True)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     if "book" in keys and not (BOOK.exists() and FASHION.exists()):

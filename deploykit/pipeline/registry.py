@@ -159,7 +159,7 @@ TABLES: tuple[TableSpec, ...] = (
                 "every layer's units would, taking the least important units per multiply-add saved first (the "
                 "costly layers lose more); 'uniform' the same share of each layer (default: {default})",
                 choices=ALLOCATIONS,
-                example="uniform",
+                example="cost",
             ),
         ),
     ),

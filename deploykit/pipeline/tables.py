@@ -192,9 +192,12 @@ STRUCTURED_LEVELS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 #: whole budget by default: on five trainings of the book's network half of it kept fewer units (b256 2.40x against
 #: 4.22x on average) and no better test figures (benchmarks/results/faster_seeds.md).
 STRUCTURED_BUDGET_SHARE = 1.0
-#: How a share is spread over the layers (:mod:`deploykit.sparsity.allocate`): ``cost`` reaches the multiply-adds
-#: that share of every layer's units would leave, removing the least important units per multiply-add saved.
-STRUCTURED_ALLOCATE = "cost"
+#: How a share is spread over the layers (:mod:`deploykit.sparsity.allocate`): ``uniform``, that share of every
+#: layer's units; ``cost`` reaches the multiply-adds that leaves by removing the least important units per
+#: multiply-add saved. Uniform by default: on five trainings of the book's network the cost-spread search kept less
+#: (b256 mean 1.86x against 4.22x, benchmarks/results/faster_seeds_v2.md), its 40-50 % tries missing where uniform
+#: passed (results/structured_allocate.md).
+STRUCTURED_ALLOCATE = "uniform"
 
 
 @dataclass(frozen=True)
@@ -202,9 +205,9 @@ class StructuredStep(_Table):
     """Remove whole hidden Dense units and conv channels before the sparsity search: fewer MACs, so faster.
 
     ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; with
-    ``allocate = "cost"`` (the default) a share is the multiply-adds it would leave, reached by removing the least
-    important units per multiply-add saved across the layers (the costly layers lose more, the cheap ones less);
-    ``"uniform"``: that share of each layer's units. ``"auto"``: the
+    ``allocate = "cost"`` a share is the multiply-adds it would leave, reached by removing the least important
+    units per multiply-add saved across the layers (the costly layers lose more, the cheap ones less);
+    ``"uniform"`` (the default): that share of each layer's units. ``"auto"``: the
     highest of ``levels`` within the budget, found by bisection (:mod:`deploykit.pipeline.structured_step`);
     unset: ``auto`` when the run's objective is ``latency`` (the user asked for the fastest model, and only
     removing units makes a dense model faster), else off. Fine-tuned with the sparsity tries' settings

@@ -26,7 +26,6 @@ def test_structured_halves_the_hidden_layers_and_the_search_spends_the_same_budg
         config=FAST,
         out_dir=tmp_path / "out",
         structured=0.5,
-        structured_allocate="uniform",  # half of each layer (the default, cost, spreads the same MACs unevenly)
         sparsity=0.5,
         epochs=3,
         formats="onnx",

@@ -87,7 +87,7 @@ def test_auto_keeps_the_highest_share_within_the_budget_in_the_exported_graph(di
     model.save(tmp_path / "mlp.keras")
     config = OptimizeConfig(
         validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.03),
-        structured=StructuredStep(fraction="auto", levels=(0.75, 0.5, 0.25)),
+        structured=StructuredStep(fraction="auto", levels=(0.75, 0.5, 0.25), allocate="cost"),
     )
     result = optimize(
         str(tmp_path / "mlp.keras"),
@@ -114,7 +114,7 @@ def test_auto_keeps_the_highest_share_within_the_budget_in_the_exported_graph(di
         assert step.status is Status.MISSED and widths == [48, 24, 10]
         return
     assert step.status is Status.DONE and f"kept {expected:.0%}" in step.reason
-    # the default cost allocation: the multiply-adds of the kept share of every layer's units, at most
+    # the cost allocation: the multiply-adds of the kept share of every layer's units, at most
     uniform = [48 - round(48 * expected), 24 - round(24 * expected)]
     assert _macs(widths) <= _macs([*uniform, 10]) < _macs([48, 24, 10]) and widths[-1] == 10
     shapes = {tuple(t.dims) for t in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.initializer}

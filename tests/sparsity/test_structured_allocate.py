@@ -85,3 +85,21 @@ def test_the_allocation_in_a_model_graph_spares_the_output_and_coupled_channels(
 def test_allocate_is_checked():
     with pytest.raises(ConfigError, match="allocate must be one of cost, uniform"):
         StructuredConfig(allocate="greedy")
+
+
+def test_the_removed_rows_stay_zero_through_training():
+    """The hold is one traced call per batch: it must really put the rows back to zero while Keras trains."""
+    from deploykit.backend import keras, set_seed
+    from deploykit.sparsity.structured import _holding
+
+    set_seed(0)
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2, name="out")(keras.layers.Dense(3, name="h")(inputs))
+    model = keras.Model(inputs, outputs)
+    mask = np.ones((3, 2), np.float32)
+    mask[1] = 0
+    model.compile(keras.optimizers.Adam(0.1), "mse")
+    x = np.random.default_rng(0).random((64, 4), np.float32)
+    model.fit(x, x[:, :2] + 1, epochs=2, batch_size=16, callbacks=[_holding({"out": mask})], verbose=0)
+    kernel = model.get_layer("out").kernel.numpy()
+    assert np.all(kernel[1] == 0) and np.all(kernel[[0, 2]] != 0)
