@@ -57,6 +57,7 @@ class StructuredReport(Record):
     val_after: float
     epochs_run: int
     seconds: float
+    allocate: str = "uniform"  # how the share was spread over the layers (StructuredConfig.allocate)
 
     @property
     def mac_ratio(self) -> float:
@@ -68,8 +69,9 @@ class StructuredReport(Record):
         for layer in self.layers:
             kept = f"  kept: {layer.skipped}" if layer.skipped else ""
             rows.append(f"{layer.name:<24}{f'{layer.units_before} -> {layer.units_after}':>16}{kept}")
+        by_cost = ", spread by cost" if self.allocate == "cost" else ""
         rows.append(
-            f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.mac_ratio:.2f}x fewer); validation "
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.mac_ratio:.2f}x fewer{by_cost}); validation "
             f"{self.val_before:.4g} -> {self.val_after:.4g}; {self.epochs_run} epochs, {self.seconds:.0f} s"
         )
         return "\n".join(rows)
@@ -145,6 +147,7 @@ def prune_structured(
         score(result, data.x_val, data.y_val, data.task),
         tuned.epochs_run,
         round(time.perf_counter() - start, 2),
+        config.allocate,
     )
     return result, report
 
@@ -256,7 +259,7 @@ def _holding(masks: dict[str, np.ndarray]) -> Any:
             pairs = [(self.model.get_layer(name).kernel, tf.constant(mask)) for name, mask in masks.items()]
 
             @tf.function
-            def hold():  # one traced call per batch: the eager assigns took 3x the training step itself
+            def hold():  # one traced call per batch (book-sized kernels: 0.6 ms CPU, eager assigns 0.87 ms)
                 for kernel, mask in pairs:
                     kernel.assign(kernel * mask)
 

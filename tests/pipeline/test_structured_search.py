@@ -114,6 +114,7 @@ def test_auto_keeps_the_highest_share_within_the_budget_in_the_exported_graph(di
         assert step.status is Status.MISSED and widths == [48, 24, 10]
         return
     assert step.status is Status.DONE and f"kept {expected:.0%}" in step.reason
+    assert search.report.allocate == "cost" and "spread by cost" in search.report.summary()
     # the cost allocation: the multiply-adds of the kept share of every layer's units, at most
     uniform = [48 - round(48 * expected), 24 - round(24 * expected)]
     assert _macs(widths) <= _macs([*uniform, 10]) < _macs([48, 24, 10]) and widths[-1] == 10
