@@ -73,7 +73,7 @@ TRAINING = {"small": (40, 5, 32, 8), "kerasio": (40, 4, 64, 0), "mobilenet": (20
 MOBILENET_BN_MOMENTUM = 0.9
 HOLDOUT = 0.15
 NOTES = "## Notes (written after the run, not by the script)"
-EXTRA: dict = {}  # optimize options every run gets (--structured-allocate)
+EXTRA: dict = {}  # optimize options every run gets (--structured-allocate, --structured-search)
 
 
 def small_cnn(keras):
@@ -374,11 +374,16 @@ def main() -> None:
         "--structured-allocate", choices=("uniform", "cost"), default=None, help="optimize's structured_allocate"
     )
     parser.add_argument(
+        "--structured-search", choices=("bisect", "top-down"), default=None, help="optimize's structured_search"
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="with --seeds: keep the trained models here and reuse them when rerun"
     )
     args = parser.parse_args()
     if args.structured_allocate:
         EXTRA["structured_allocate"] = args.structured_allocate
+    if args.structured_search:
+        EXTRA["structured_search"] = args.structured_search
     args.out.mkdir(parents=True, exist_ok=True)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     if "book" in keys and not (BOOK.exists() and FASHION.exists()):

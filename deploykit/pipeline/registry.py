@@ -24,6 +24,7 @@ from deploykit.errors import ConfigError
 from deploykit.pipeline.options import Cli, Option, StepSpec, TableSpec
 from deploykit.pipeline.tables import (
     LEGACY_KEYS,
+    STRUCTURED_SEARCHES,
     TARGETS,
     CompactStep,
     ConformalStep,
@@ -160,6 +161,14 @@ TABLES: tuple[TableSpec, ...] = (
                 "costly layers lose more); 'uniform' the same share of each layer (default: {default})",
                 choices=ALLOCATIONS,
                 example="cost",
+            ),
+            Option(
+                "structured_search",
+                ("structured.search",),
+                "how an 'auto' structured search walks its levels: 'bisect' from the middle (about 3 tries), "
+                "'top-down' from 85%% down, the first within the budget kept (default: {default})",
+                choices=STRUCTURED_SEARCHES,
+                example="top-down",
             ),
         ),
     ),

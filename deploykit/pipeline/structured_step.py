@@ -6,7 +6,9 @@ the validation split and records its tries beside the sparsity search's.
 
 ``fraction = "auto"`` (the default under ``--objective latency``) searches the share: removing more units is
 fewer multiply-adds, so a faster file in every dense runtime, and less accuracy. The shares of ``levels`` are
-tried by bisection (about three fine-tuned tries for seven levels), each pruned from the input model, distilled
+tried by bisection (about three fine-tuned tries for seven levels) or, with ``search = "top-down"``, highest first
+until one is within the budget (at most :data:`TOP_DOWN_MISSES` misses; the speed is in the top shares, and a
+try at :data:`LONG_RECOVERY` or more recovers with twice the patience), each pruned from the input model, distilled
 from it and decided on validation by the runs' one accept rule (:func:`deploykit.pipeline.confirm.split_figure`,
 the paired interval the magnitude search uses); the highest share within the budget is kept. A share is never
 tried above one that missed (more removed rarely scores better). Under a time budget the search takes at most
@@ -28,6 +30,10 @@ from deploykit.records import Record
 #: An ``auto`` search's share of the time left before the sparsity search's deadline (the magnitude search has
 #: the rest: what the structured try removed, it no longer prunes).
 SEARCH_SHARE = 0.5
+#: A top-down search stops after this many shares missed (each a fine-tuning); the lower ones are not tried.
+TOP_DOWN_MISSES = 4
+#: A top-down try at this share or more fine-tunes with twice ``patience``: the most removed recovers slowest.
+LONG_RECOVERY = 0.75
 
 
 @dataclass
@@ -38,6 +44,8 @@ class StructuredSearch(Record):
     tried: list[float] = field(default_factory=list)  # in the order tried
     kept: float | None = None
     report: object = None  # the kept try's StructuredReport
+    search: str = "bisect"  # how levels were walked ([structured] search)
+    note: str = ""  # why the search stopped before trying every level it could have
 
 
 def structured_step(model, ctx: RunContext) -> StepOutput:
@@ -66,10 +74,10 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
 
 
 def _searched(model, ctx: RunContext) -> StepOutput:
-    """The highest share of ``levels`` within the budget, by bisection; every try reported."""
+    """The highest share of ``levels`` within the budget, by bisection or top-down; every try reported."""
     from deploykit.sparsity.tuning import teacher_of
 
-    levels = list(ctx.config.structured.levels)
+    levels, how = list(ctx.config.structured.shares), ctx.config.structured.search
     epochs, stop_at = _planned(ctx)
     if epochs == 0:
         return StepOutput(
@@ -78,6 +86,7 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     ctx.say(
         "  searching the highest share of units to remove within the budget (structured): "
         + "/".join(f"{v:.0%}" for v in levels)
+        + f" ({how})"
     )
     base = _config(ctx, levels[0], {}, epochs)
     teacher = teacher_of(model, ctx.data) if base.distill else None
@@ -87,15 +96,48 @@ def _searched(model, ctx: RunContext) -> StepOutput:
         if not _fits(stop_at, [t.seconds for t in tries]):
             ctx.say(f"  structured {share:.0%} not tried: it cannot finish within the time budget")
             return None
-        one, result, report = _try(model, ctx, dataclasses.replace(base, fraction=share), teacher, _stopper(stop_at))
+        config = dataclasses.replace(base, fraction=share, patience=_patience(base.patience, share, how))
+        one, result, report = _try(model, ctx, config, teacher, _stopper(stop_at))
         tries.append(one)
         made[share] = (one, result, report, share)
         if not one.kept:
             ctx.say(f"  {one.setting} missed: {one.note}")
         return one.kept
 
-    tried, kept = bisect(levels, attempt)
-    return _search_output(model, ctx, StructuredSearch(levels, tried, kept), tries, made.get(kept))
+    tried, kept = top_down(levels, attempt) if how == "top-down" else bisect(levels, attempt)
+    search = StructuredSearch(levels, tried, kept, search=how, note=stopped_note(levels, tried, kept, how))
+    if search.note:
+        ctx.say(f"  structured: {search.note}")
+    return _search_output(model, ctx, search, tries, made.get(kept))
+
+
+def _patience(patience: int, share: float, how: str) -> int:
+    """A top-down try's early-stopping patience: doubled at :data:`LONG_RECOVERY` or more (bisect: unchanged)."""
+    return 2 * patience if how == "top-down" and share >= LONG_RECOVERY - 1e-9 else patience
+
+
+def top_down(levels: list[float], attempt, misses: int = TOP_DOWN_MISSES) -> tuple[list[float], float | None]:
+    """(shares tried in order, the first within the budget or None) of ``levels`` (highest first), highest first.
+
+    ``attempt(share)`` as for :func:`bisect`. At most ``misses`` tries miss: then the search stops (a bound on the
+    fine-tunings; the lower shares are what bisection would have tried, slower models the user did not ask for).
+    """
+    tried: list[float] = []
+    for share in levels[:misses]:
+        within = attempt(share)
+        if within is None:
+            break
+        tried.append(share)
+        if within:
+            return tried, share
+    return tried, None
+
+
+def stopped_note(levels: list[float], tried: list[float], kept: float | None, how: str) -> str:
+    """Why a top-down search ended with lower levels untried ("" when it did not)."""
+    if how != "top-down" or kept is not None or len(tried) < TOP_DOWN_MISSES or len(tried) >= len(levels):
+        return ""
+    return f"stopped after {len(tried)} shares missed; {levels[len(tried)]:.0%} and lower not tried"
 
 
 def bisect(levels: list[float], attempt) -> tuple[list[float], float | None]:
@@ -123,6 +165,7 @@ def _search_output(model, ctx: RunContext, search: StructuredSearch, tries: list
     """The step's record: the kept share (only its try marked kept), or the model unchanged."""
     if best is None:
         why = f"no share within the budget ({len(tries)} tried); the model keeps its units"
+        why += f" ({search.note})" if search.note else ""
         return StepOutput(model, StepRecord("structured", Status.MISSED, why, detail=search), tries=tuple(tries))
     attempt, result, report, share = best
     search.report = report

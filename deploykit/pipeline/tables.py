@@ -198,6 +198,11 @@ STRUCTURED_BUDGET_SHARE = 1.0
 #: (b256 mean 1.86x against 4.22x, benchmarks/results/faster_seeds_v2.md), its 40-50 % tries missing where uniform
 #: passed; at 80 % it was more accurate but 7 % slower at the same MACs (results/structured_allocate.md).
 STRUCTURED_ALLOCATE = "uniform"
+#: How an ``auto`` search walks ``levels``: ``bisect`` (about log2 tries, from the middle) or ``top-down`` (highest
+#: first, the first within the budget kept; finer levels at the top, where the speed is: its default levels).
+STRUCTURED_SEARCHES = ("bisect", "top-down")
+STRUCTURED_SEARCH = "bisect"
+STRUCTURED_TOP_DOWN_LEVELS = (0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3)
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ class StructuredStep(_Table):
     ``allocate = "cost"`` a share is the multiply-adds it would leave, reached by removing the least important
     units per multiply-add saved across the layers (the costly layers lose more, the cheap ones less);
     ``"uniform"`` (the default): that share of each layer's units. ``"auto"``: the
-    highest of ``levels`` within the budget, found by bisection (:mod:`deploykit.pipeline.structured_step`);
+    highest of ``levels`` within the budget, found by ``search`` (:mod:`deploykit.pipeline.structured_step`);
     unset: ``auto`` when the run's objective is ``latency`` (the user asked for the fastest model, and only
     removing units makes a dense model faster), else off. Fine-tuned with the sparsity tries' settings
     (``[sparsity.prune]`` epochs, distillation...). Kept only when its validation figure is within
@@ -220,22 +225,31 @@ class StructuredStep(_Table):
     TABLE = "structured"
     fraction: float | str | None = None
     layer_fraction: dict[str, float] = field(default_factory=dict)
-    levels: tuple[float, ...] = STRUCTURED_LEVELS
+    levels: tuple[float, ...] | None = None  # None: the search's own (STRUCTURED_LEVELS / _TOP_DOWN_LEVELS)
     budget_share: float = STRUCTURED_BUDGET_SHARE
     allocate: str = STRUCTURED_ALLOCATE
+    search: str = STRUCTURED_SEARCH
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fraction", structured_fraction(self.fraction))
         share = number("structured.budget_share", self.budget_share, 0.0, 1.0, open_low=True)
         object.__setattr__(self, "budget_share", share)
-        if not isinstance(self.levels, (list, tuple)) or not self.levels:
+        if self.search not in STRUCTURED_SEARCHES:
+            raise ConfigError(f"structured.search must be one of {', '.join(STRUCTURED_SEARCHES)}, got {self.search!r}")
+        if self.levels is not None and (not isinstance(self.levels, (list, tuple)) or not self.levels):
             raise ConfigError(f"structured.levels must be a non-empty list of shares in (0, 1), got {self.levels!r}")
-        levels = {number("structured.levels", v, 0.0, 1.0, open_low=True, open_high=True) for v in self.levels}
-        object.__setattr__(self, "levels", tuple(sorted(levels, reverse=True)))
+        if self.levels is not None:
+            levels = {number("structured.levels", v, 0.0, 1.0, open_low=True, open_high=True) for v in self.levels}
+            object.__setattr__(self, "levels", tuple(sorted(levels, reverse=True)))
         try:
             StructuredConfig(fraction=self.fixed, layer_fraction=self.layer_fraction, allocate=self.allocate)
         except ConfigError as exc:
             raise ConfigError(f"structured.{exc}") from None
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """The shares an ``auto`` search chooses among, highest first: ``levels``, else its search's own."""
+        return self.levels or (STRUCTURED_TOP_DOWN_LEVELS if self.search == "top-down" else STRUCTURED_LEVELS)
 
     @property
     def fixed(self) -> float:

@@ -1,0 +1,148 @@
+"""[structured] search = "top-down": the levels tried highest first, the first within the budget kept, bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploykit.errors import ConfigError
+from deploykit.pipeline import OptimizeConfig
+from deploykit.pipeline.structured_step import (
+    LONG_RECOVERY,
+    TOP_DOWN_MISSES,
+    StructuredSearch,
+    _patience,
+    stopped_note,
+    top_down,
+)
+from deploykit.pipeline.tables import STRUCTURED_LEVELS, STRUCTURED_TOP_DOWN_LEVELS, StructuredStep
+
+LEVELS = list(STRUCTURED_TOP_DOWN_LEVELS)  # 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3
+
+
+def _tolerates(limit: float | None):
+    """A (monotone) model that keeps its accuracy up to ``limit`` of its units removed (None: never)."""
+    return lambda share: limit is not None and share <= limit + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("limit", "tried", "kept"),
+    [
+        (0.9, [0.85], 0.85),  # the top share within: one fine-tuning
+        (0.85, [0.85], 0.85),
+        (0.8, [0.85, 0.8], 0.8),
+        (0.78, [0.85, 0.8, 0.75], 0.75),  # between levels: the next one down
+        (0.7, [0.85, 0.8, 0.75, 0.7], 0.7),  # the fourth try may still be kept
+        (0.6, [0.85, 0.8, 0.75, 0.7], None),  # four misses: 60% and lower are not tried
+        (None, [0.85, 0.8, 0.75, 0.7], None),
+    ],
+)
+def test_top_down_tries_highest_first_keeps_the_first_within_and_stops_after_the_misses(limit, tried, kept):
+    calls = []
+
+    def attempt(share):
+        calls.append(share)
+        return _tolerates(limit)(share)
+
+    assert TOP_DOWN_MISSES == 4
+    assert top_down(LEVELS, attempt) == (tried, kept)
+    assert calls == tried  # nothing tried but what is reported, in that order
+
+
+def test_the_stop_rule_is_the_misses_bound_and_says_what_was_not_tried():
+    tried, kept = top_down(LEVELS, _tolerates(None))
+    assert stopped_note(LEVELS, tried, kept, "top-down") == "stopped after 4 shares missed; 60% and lower not tried"
+    assert stopped_note(LEVELS, [0.85, 0.8], 0.8, "top-down") == ""  # kept one: nothing to explain
+    few = [0.8, 0.6, 0.4]
+    tried, kept = top_down(few, _tolerates(None))
+    assert tried == few and kept is None and stopped_note(few, tried, kept, "top-down") == ""  # every level tried
+    assert top_down(LEVELS, _tolerates(0.5), misses=6) == (LEVELS[:6], 0.5)  # the bound is a parameter
+    assert stopped_note(LEVELS, tried, None, "bisect") == ""
+
+
+def test_a_try_the_time_budget_cannot_fit_stops_the_top_down_search():
+    answers = iter([False, None, True])  # the second try does not fit: the third is never asked
+    calls = []
+
+    def attempt(share):
+        calls.append(share)
+        return next(answers)
+
+    assert top_down(LEVELS, attempt) == ([0.85], None) and calls == [0.85, 0.8]
+
+
+def test_the_top_shares_recover_with_twice_the_patience_only_top_down():
+    assert LONG_RECOVERY == 0.75
+    assert [_patience(3, s, "top-down") for s in (0.85, 0.8, 0.75, 0.7, 0.5)] == [6, 6, 6, 3, 3]
+    assert _patience(3, 0.85, "bisect") == 3  # the bisection's tries unchanged
+
+
+def test_search_option_its_default_levels_and_the_round_trip():
+    assert StructuredStep().search == "bisect" and StructuredStep().shares == STRUCTURED_LEVELS
+    step = StructuredStep(search="top-down")
+    assert step.levels is None and step.shares == STRUCTURED_TOP_DOWN_LEVELS
+    assert StructuredStep(search="top-down", levels=[0.5, 0.9]).shares == (0.9, 0.5)  # given levels win, sorted
+    config = OptimizeConfig().with_options(structured_search="top-down", structured_allocate="cost")
+    assert config.structured.search == "top-down" and config.structured.shares[0] == 0.85
+    assert OptimizeConfig.from_toml_text(config.to_toml()) == config
+    with pytest.raises(ConfigError, match="structured.search must be one of bisect, top-down, got 'sideways'"):
+        StructuredStep(search="sideways")
+    with pytest.raises(ConfigError):
+        OptimizeConfig().with_options(structured_search="sideways")
+    assert StructuredSearch([0.8], [0.8], 0.8, search="top-down").to_dict()["search"] == "top-down"
+
+
+def test_the_cli_flag():
+    from deploykit.cli.main import build_parser
+    from deploykit.pipeline.registry import OPTIONS_BY_NAME
+
+    args = build_parser().parse_args(["optimize", "--structured-search", "top-down"])
+    assert OPTIONS_BY_NAME["structured_search"].read(args) == "top-down"
+
+
+@pytest.mark.slow
+def test_optimize_top_down_tries_from_the_top_and_records_its_search(digits, tmp_path):
+    """A Keras 3 MLP saved as users save it, two levels, one fine-tuning epoch each: the run's record."""
+    import keras
+
+    from deploykit.pipeline import Status, optimize
+    from deploykit.pipeline.records import Stage
+    from deploykit.pipeline.tables import ValidateStep
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train / 16, digits.y_train, epochs=3, verbose=0)
+    model.save(tmp_path / "mlp.keras")
+    config = OptimizeConfig(
+        validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.03),
+        structured=StructuredStep(fraction="auto", levels=(0.5, 0.75), search="top-down", allocate="cost"),
+    )
+    result = optimize(
+        str(tmp_path / "mlp.keras"),
+        digits,
+        config=config,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        epochs=1,
+        formats="onnx",
+        quantize="float32",
+        mc=False,
+    )
+    step = next(s for s in result.steps if s.step == "structured")
+    tries = [t for t in result.tries if t.stage is Stage.SPARSITY and t.setting.startswith("structured")]
+    settings = [t.setting for t in tries]
+    assert settings[0] == "structured 75%"  # the highest level first
+    search = step.detail
+    assert search.search == "top-down" and search.tried == [0.75, 0.5][: len(tries)]
+    assert all(t.note for t in tries[:-1])  # every try before the last missed (else the search had stopped)
+    if tries[-1].note:
+        assert search.kept is None and step.status is Status.MISSED and len(tries) == 2
+    else:
+        assert search.kept == search.tried[-1] and step.status is Status.DONE and tries[-1].kept
