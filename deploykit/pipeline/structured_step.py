@@ -6,7 +6,8 @@ the validation split and records its tries beside the sparsity search's.
 
 ``fraction = "auto"`` (the default under ``--objective latency``) searches the share: removing more units is
 fewer multiply-adds, so a faster file in every dense runtime, and less accuracy. The shares of ``levels`` are
-tried by bisection (about three fine-tuned tries for seven levels) or, with ``search = "top-down"``, highest first
+tried by bisection (about three fine-tuned tries for seven levels) or, with ``search = "top-down"`` (the default
+under ``--objective latency``), highest first
 until one is within the budget (at most :data:`TOP_DOWN_MISSES` misses; the speed is in the top shares, and a
 try at :data:`LONG_RECOVERY` or more recovers with twice the patience), each pruned from the input model, distilled
 from it and decided on validation by the runs' one accept rule (:func:`deploykit.pipeline.confirm.split_figure`,
@@ -58,7 +59,7 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     if step.searching(objective):
         return _searched(model, ctx)
     config = _config(ctx, step.fixed, step.layer_fraction)
-    by_cost = " (their multiply-adds, by cost)" if step.allocate == "cost" else ""
+    by_cost = " (their multiply-adds, by cost)" if step.how(objective)[1] == "cost" else ""
     ctx.say(f"  removing {step.fixed:.0%} of each hidden layer's units{by_cost} (structured), then fine-tuning")
     attempt, result, report = _try(model, ctx, config)
     what = _what(report, attempt)
@@ -77,7 +78,8 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     """The highest share of ``levels`` within the budget, by bisection or top-down; every try reported."""
     from deploykit.sparsity.tuning import teacher_of
 
-    levels, how = list(ctx.config.structured.shares), ctx.config.structured.search
+    step, objective = ctx.config.structured, ctx.config.plan.objective
+    levels, how = list(step.shares(objective)), step.how(objective)[0]
     epochs, stop_at = _planned(ctx)
     if epochs == 0:
         return StepOutput(
@@ -197,7 +199,7 @@ def _config(ctx: RunContext, share: float, layer_fraction: dict, epochs: int | N
     }
     if epochs is not None:
         tuning["epochs"] = epochs
-    allocate = ctx.config.structured.allocate
+    allocate = ctx.config.structured.how(ctx.config.plan.objective)[1]
     return StructuredConfig(fraction=share, layer_fraction=layer_fraction, allocate=allocate, **tuning)
 
 

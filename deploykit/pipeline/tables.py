@@ -194,15 +194,14 @@ STRUCTURED_LEVELS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 STRUCTURED_BUDGET_SHARE = 1.0
 #: How a share is spread over the layers (:mod:`deploykit.sparsity.allocate`): ``uniform``, that share of every
 #: layer's units; ``cost`` reaches the multiply-adds that leaves by removing the least important units per
-#: multiply-add saved. Uniform by default: on five trainings of the book's network the cost-spread search kept less
-#: (b256 mean 1.86x against 4.22x, benchmarks/results/faster_seeds_v2.md), its 40-50 % tries missing where uniform
-#: passed; at 80 % it was more accurate but 7 % slower at the same MACs (results/structured_allocate.md).
-STRUCTURED_ALLOCATE = "uniform"
-#: How an ``auto`` search walks ``levels``: ``bisect`` (about log2 tries, from the middle) or ``top-down`` (highest
-#: first, the first within the budget kept; finer levels at the top, where the speed is: its default levels).
+#: multiply-add saved. How an ``auto`` search walks ``levels``: ``bisect`` (from the middle, about log2 tries) or
+#: ``top-down`` (highest first, the first within the budget kept; finer levels at the top, where the speed is).
 STRUCTURED_SEARCHES = ("bisect", "top-down")
-STRUCTURED_SEARCH = "bisect"
 STRUCTURED_TOP_DOWN_LEVELS = (0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3)
+#: (search, allocate) when unset: under ``--objective latency`` top-down and by cost (on five trainings of the book's
+#: network b256 mean 5.62x, min 4.60x, every seed within 1 pt on test, against 4.22x / 3.40x for bisect + uniform and
+#: 1.86x for bisect + cost: benchmarks/results/faster_seeds_v3.md); else bisect and uniform, as measured before.
+STRUCTURED_DEFAULTS = {"latency": ("top-down", "cost"), None: ("bisect", "uniform")}
 
 
 @dataclass(frozen=True)
@@ -212,7 +211,7 @@ class StructuredStep(_Table):
     ``fraction`` of each hidden layer's units go (0: off), ``layer_fraction`` per layer by name; with
     ``allocate = "cost"`` a share is the multiply-adds it would leave, reached by removing the least important
     units per multiply-add saved across the layers (the costly layers lose more, the cheap ones less);
-    ``"uniform"`` (the default): that share of each layer's units. ``"auto"``: the
+    ``"uniform"``: that share of each layer's units (unset: cost under ``--objective latency``). ``"auto"``: the
     highest of ``levels`` within the budget, found by ``search`` (:mod:`deploykit.pipeline.structured_step`);
     unset: ``auto`` when the run's objective is ``latency`` (the user asked for the fastest model, and only
     removing units makes a dense model faster), else off. Fine-tuned with the sparsity tries' settings
@@ -227,14 +226,14 @@ class StructuredStep(_Table):
     layer_fraction: dict[str, float] = field(default_factory=dict)
     levels: tuple[float, ...] | None = None  # None: the search's own (STRUCTURED_LEVELS / _TOP_DOWN_LEVELS)
     budget_share: float = STRUCTURED_BUDGET_SHARE
-    allocate: str = STRUCTURED_ALLOCATE
-    search: str = STRUCTURED_SEARCH
+    allocate: str | None = None  # None: by the objective (STRUCTURED_DEFAULTS)
+    search: str | None = None  # None: by the objective (STRUCTURED_DEFAULTS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fraction", structured_fraction(self.fraction))
         share = number("structured.budget_share", self.budget_share, 0.0, 1.0, open_low=True)
         object.__setattr__(self, "budget_share", share)
-        if self.search not in STRUCTURED_SEARCHES:
+        if self.search is not None and self.search not in STRUCTURED_SEARCHES:
             raise ConfigError(f"structured.search must be one of {', '.join(STRUCTURED_SEARCHES)}, got {self.search!r}")
         if self.levels is not None and (not isinstance(self.levels, (list, tuple)) or not self.levels):
             raise ConfigError(f"structured.levels must be a non-empty list of shares in (0, 1), got {self.levels!r}")
@@ -242,14 +241,21 @@ class StructuredStep(_Table):
             levels = {number("structured.levels", v, 0.0, 1.0, open_low=True, open_high=True) for v in self.levels}
             object.__setattr__(self, "levels", tuple(sorted(levels, reverse=True)))
         try:
-            StructuredConfig(fraction=self.fixed, layer_fraction=self.layer_fraction, allocate=self.allocate)
+            StructuredConfig(
+                fraction=self.fixed, layer_fraction=self.layer_fraction, allocate=self.allocate or "uniform"
+            )
         except ConfigError as exc:
             raise ConfigError(f"structured.{exc}") from None
 
-    @property
-    def shares(self) -> tuple[float, ...]:
+    def how(self, objective: Objective) -> tuple[str, str]:
+        """(search, allocate) of a run with ``objective``: the ones set, else its defaults (STRUCTURED_DEFAULTS)."""
+        search, allocate = STRUCTURED_DEFAULTS.get(objective.value, STRUCTURED_DEFAULTS[None])
+        return self.search or search, self.allocate or allocate
+
+    def shares(self, objective: Objective) -> tuple[float, ...]:
         """The shares an ``auto`` search chooses among, highest first: ``levels``, else its search's own."""
-        return self.levels or (STRUCTURED_TOP_DOWN_LEVELS if self.search == "top-down" else STRUCTURED_LEVELS)
+        top_down = self.how(objective)[0] == "top-down"
+        return self.levels or (STRUCTURED_TOP_DOWN_LEVELS if top_down else STRUCTURED_LEVELS)
 
     @property
     def fixed(self) -> float:

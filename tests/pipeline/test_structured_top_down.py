@@ -14,7 +14,7 @@ from deploykit.pipeline.structured_step import (
     stopped_note,
     top_down,
 )
-from deploykit.pipeline.tables import STRUCTURED_LEVELS, STRUCTURED_TOP_DOWN_LEVELS, StructuredStep
+from deploykit.pipeline.tables import STRUCTURED_LEVELS, STRUCTURED_TOP_DOWN_LEVELS, Objective, StructuredStep
 
 LEVELS = list(STRUCTURED_TOP_DOWN_LEVELS)  # 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3
 
@@ -76,16 +76,29 @@ def test_the_top_shares_recover_with_twice_the_patience_only_top_down():
     assert _patience(3, 0.85, "bisect") == 3  # the bisection's tries unchanged
 
 
-def test_search_option_its_default_levels_and_the_round_trip():
-    assert StructuredStep().search == "bisect" and StructuredStep().shares == STRUCTURED_LEVELS
-    step = StructuredStep(search="top-down")
-    assert step.levels is None and step.shares == STRUCTURED_TOP_DOWN_LEVELS
-    assert StructuredStep(search="top-down", levels=[0.5, 0.9]).shares == (0.9, 0.5)  # given levels win, sorted
+def test_latency_defaults_to_top_down_by_cost_the_other_objectives_keep_bisect_uniform():
+    step = StructuredStep()
+    assert step.search is None and step.allocate is None and step.levels is None  # unset: by the objective
+    assert step.how(Objective.LATENCY) == ("top-down", "cost")
+    assert step.shares(Objective.LATENCY) == STRUCTURED_TOP_DOWN_LEVELS
+    for objective in (Objective.BALANCED, Objective.SIZE):
+        assert step.how(objective) == ("bisect", "uniform") and step.shares(objective) == STRUCTURED_LEVELS
+    # what is set wins under every objective
+    assert StructuredStep(search="bisect", allocate="uniform").how(Objective.LATENCY) == ("bisect", "uniform")
+    assert StructuredStep(search="bisect").shares(Objective.LATENCY) == STRUCTURED_LEVELS
+    assert StructuredStep(search="top-down").how(Objective.BALANCED) == ("top-down", "uniform")
+    assert StructuredStep(levels=[0.5, 0.9]).shares(Objective.LATENCY) == (0.9, 0.5)  # given levels win, sorted
+
+
+def test_the_options_validate_and_round_trip():
     config = OptimizeConfig().with_options(structured_search="top-down", structured_allocate="cost")
-    assert config.structured.search == "top-down" and config.structured.shares[0] == 0.85
+    assert config.structured.how(Objective.BALANCED) == ("top-down", "cost")
     assert OptimizeConfig.from_toml_text(config.to_toml()) == config
+    assert OptimizeConfig.from_toml_text(OptimizeConfig().to_toml()).structured == StructuredStep()  # unset stays
     with pytest.raises(ConfigError, match="structured.search must be one of bisect, top-down, got 'sideways'"):
         StructuredStep(search="sideways")
+    with pytest.raises(ConfigError, match="structured.allocate must be one of"):
+        StructuredStep(allocate="evenly")
     with pytest.raises(ConfigError):
         OptimizeConfig().with_options(structured_search="sideways")
     assert StructuredSearch([0.8], [0.8], 0.8, search="top-down").to_dict()["search"] == "top-down"
