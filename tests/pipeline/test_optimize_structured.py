@@ -8,8 +8,10 @@ from deploykit.pipeline import OptimizeConfig, Status, optimize
 from deploykit.pipeline.tables import ValidateStep
 
 # The mechanics, not the search: a budget wide enough for the fixture's 64-32-32-10 net halved and tuned for 3
-# epochs (it lands about 4 validation points below the original); the narrow-budget case is the second test.
-FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.08))
+# epochs (it lands about 4 validation points below the original); the narrow-budget case is the second test. The
+# run's NLL budget (#22) gets the same room: halved, the net's validation NLL is about +118 % of the original's, and
+# without it every file is rejected (tests/pipeline/test_nll_budget.py is where that budget is tested).
+FAST = OptimizeConfig(validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.08, max_nll_increase=2.0))
 pytestmark = pytest.mark.slow
 
 
