@@ -6,7 +6,7 @@ from __future__ import annotations
 import common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 
-from deploykit.pipeline.tables import STRUCTURED_BUDGET_SHARE  # noqa: E402  (pure Python: no TensorFlow)
+from deploykit.pipeline.structured_table import STRUCTURED_BUDGET_SHARE  # noqa: E402  (pure Python: no TensorFlow)
 
 #: The issue's targets per model: (b256 speed-up of the fastest ONNX within the budget, smallest file's gzip ratio)
 TARGETS = {"book": (4.0, None), "small": (1.5, 12.0), "kerasio": (1.5, 12.0), "mobilenet": (1.3, None)}

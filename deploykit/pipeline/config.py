@@ -62,6 +62,7 @@ from deploykit.configs import check_keys
 from deploykit.core.task import Task
 from deploykit.errors import ConfigError
 from deploykit.pipeline.registry import OPTIONS_BY_NAME, TABLES, TABLES_BY_NAME
+from deploykit.pipeline.structured_table import StructuredStep  # noqa: F401  (re-exported: its earlier home)
 from deploykit.pipeline.tables import (  # noqa: F401  (re-exported: their earlier home)
     CompactStep,
     ConformalStep,
@@ -73,7 +74,6 @@ from deploykit.pipeline.tables import (  # noqa: F401  (re-exported: their earli
     SearchPlan,
     SparsityMethod,
     SparsityStep,
-    StructuredStep,
     ValidateStep,
 )
 

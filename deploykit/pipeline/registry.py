@@ -22,9 +22,9 @@ from typing import Any
 from deploykit.configs import boolean, choice, fraction, integer, positive
 from deploykit.errors import ConfigError
 from deploykit.pipeline.options import Cli, Option, StepSpec, TableSpec
+from deploykit.pipeline.structured_table import STRUCTURED_SEARCHES, StructuredStep
 from deploykit.pipeline.tables import (
     LEGACY_KEYS,
-    STRUCTURED_SEARCHES,
     TARGETS,
     CompactStep,
     ConformalStep,
@@ -37,7 +37,6 @@ from deploykit.pipeline.tables import (
     SearchPlan,
     SparsityMethod,
     SparsityStep,
-    StructuredStep,
     ValidateStep,
     in_formats,
     legacy_export,

@@ -14,7 +14,7 @@ from deploykit.errors import ConfigError
 from deploykit.pipeline import OptimizeConfig
 from deploykit.pipeline.confirm import VALIDATION, split_figure
 from deploykit.pipeline.search_rule import step_budget
-from deploykit.pipeline.tables import STRUCTURED_BUDGET_SHARE, StructuredStep
+from deploykit.pipeline.structured_table import STRUCTURED_BUDGET_SHARE, StructuredStep
 
 ROWS, RIGHT = 1000, 900
 ONE_POINT = Budget(Metric.ACCURACY, 0.01)

@@ -7,7 +7,8 @@ import pytest
 from deploykit.errors import ConfigError
 from deploykit.pipeline import OptimizeConfig
 from deploykit.pipeline.structured_step import bisect
-from deploykit.pipeline.tables import STRUCTURED_LEVELS, Objective, StructuredStep
+from deploykit.pipeline.structured_table import STRUCTURED_LEVELS, StructuredStep
+from deploykit.pipeline.tables import Objective
 
 
 @pytest.mark.parametrize("limit", [None, *STRUCTURED_LEVELS, 0.1])

@@ -14,7 +14,8 @@ from deploykit.pipeline.structured_step import (
     stopped_note,
     top_down,
 )
-from deploykit.pipeline.tables import STRUCTURED_LEVELS, STRUCTURED_TOP_DOWN_LEVELS, Objective, StructuredStep
+from deploykit.pipeline.structured_table import STRUCTURED_LEVELS, STRUCTURED_TOP_DOWN_LEVELS, StructuredStep
+from deploykit.pipeline.tables import Objective
 
 LEVELS = list(STRUCTURED_TOP_DOWN_LEVELS)  # 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3
 
