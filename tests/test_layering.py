@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.test_import_graph import import_graph
+from tests.test_import_graph import import_graph, import_statements, parsed
 
 #: The folders whose imports of deploykit are checked.
 ROOTS = ("deploykit", "tests", "benchmarks", "examples")
@@ -98,15 +98,15 @@ def _public_root_names() -> set[str]:
     return {key.value for key in api.keys} | {"__version__"}
 
 
-def unresolved_imports(sources: dict[str, str], modules: set[str], root_names: set[str]) -> list[str]:
+def unresolved_imports(sources: dict[str, ast.Module], modules: set[str], root_names: set[str]) -> list[str]:
     """Imports of a deploykit module that does not exist (``file: name``).
 
     Checked from the source because an editable install of another checkout would still import an old path
     (its finder serves the modules this tree no longer has), so a missed rename passes every test there.
     """
     missing = []
-    for where, source in sources.items():
-        for node in ast.walk(ast.parse(source)):
+    for where, tree in sources.items():
+        for node in import_statements(tree):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.split(".")[0] == "deploykit"]
                 missing += [f"{where}: {n}" for n in names if n not in modules]
@@ -126,9 +126,7 @@ def unresolved_imports(sources: dict[str, str], modules: set[str], root_names: s
 
 def test_every_import_of_deploykit_names_a_module_that_exists():
     sources = {
-        str(path.relative_to(PROJECT)): path.read_text(encoding="utf-8")
-        for folder in ROOTS
-        for path in (PROJECT / folder).rglob("*.py")
+        str(path.relative_to(PROJECT)): parsed(path) for folder in ROOTS for path in (PROJECT / folder).rglob("*.py")
     }
     assert unresolved_imports(sources, _package_modules(), _public_root_names()) == []
 
@@ -136,7 +134,7 @@ def test_every_import_of_deploykit_names_a_module_that_exists():
 def test_an_import_of_a_moved_module_is_caught():
     modules = {"deploykit", "deploykit.keras3", "deploykit.keras3.activations"}
     source = "from deploykit import keras3_activations, optimize\nimport deploykit.graph\nfrom deploykit.io import x\n"
-    assert unresolved_imports({"t.py": source}, modules, {"optimize"}) == [
+    assert unresolved_imports({"t.py": ast.parse(source)}, modules, {"optimize"}) == [
         "t.py: deploykit.graph",
         "t.py: deploykit.io",
         "t.py: deploykit.keras3_activations",
