@@ -99,17 +99,29 @@ def _max_diff(k3, path, model, x):
     return float(np.max(np.abs(expected - model(x, training=False).numpy())))
 
 
-def test_keras3_file_is_detected(k3, tmp_path):
-    path = _save(_chapter_model(k3), tmp_path / "k3.keras")
+@pytest.fixture(scope="module")
+def chapter_file(k3, tmp_path_factory):
+    """The chapter model saved by Keras 3 once for the tests that only read the file (building and saving it
+    is a third of a second of CPU each time)."""
+    return _save(_chapter_model(k3), tmp_path_factory.mktemp("chapter") / "chapter.keras")
+
+
+@pytest.fixture(scope="module")
+def chapter_imported(chapter_file):
+    """The chapter file imported into tf_keras, for the tests that only read or save the imported model."""
+    return load_model(chapter_file)
+
+
+def test_keras3_file_is_detected(chapter_file):
+    path = chapter_file
     info = read_model_file(path)
     assert info.is_keras3 and info.keras_version.startswith("3.")
 
 
-def test_sequential_round_trip_matches_keras3(k3, tmp_path):
+def test_sequential_round_trip_matches_keras3(k3, chapter_file, chapter_imported):
     from deploykit.backend import is_tf_keras_model
 
-    path = _save(_chapter_model(k3), tmp_path / "chapter.keras")
-    model = load_model(path)
+    path, model = chapter_file, chapter_imported
     assert is_tf_keras_model(model)
     assert [type(l).__name__ for l in model.layers] == [
         "Normalization",
@@ -149,20 +161,19 @@ def test_functional_chain_and_h5_round_trip(k3, tmp_path):
         assert model.get_layer("standardize").get_config()["variance"][-1] == pytest.approx(3.0)
 
 
-def test_imported_model_saves_and_reloads_as_tf_keras(k3, tmp_path):
-    path = _save(_chapter_model(k3), tmp_path / "chapter.keras")
-    model = load_model(path)
+def test_imported_model_saves_and_reloads_as_tf_keras(chapter_imported, tmp_path):
+    model = chapter_imported
     save_model(model, tmp_path / "tf_keras.keras")
     assert not read_model_file(tmp_path / "tf_keras.keras").is_keras3
     again = load_model(tmp_path / "tf_keras.keras")
     assert np.array_equal(again(X12, training=False).numpy(), model(X12, training=False).numpy())
 
 
-def test_import_leaves_environment_random_state_and_tf_keras_alone(k3, tmp_path):
+def test_import_leaves_environment_random_state_and_tf_keras_alone(chapter_file):
     from deploykit.backend import keras, tf
     from deploykit.keras3.convert import _keras3
 
-    path = _save(_chapter_model(k3), tmp_path / "chapter.keras")
+    path = chapter_file
     env = dict(os.environ)
     load_model(path)
     assert dict(os.environ) == env
