@@ -7,8 +7,9 @@ load. Each worker measures its own tests and sends the figures to the controller
 (``user_properties``), so this works with and without pytest-xdist; the summary lists the costliest files (with
 ``--dist loadfile`` the longest file is the run's floor) and tests, and ``--cpu-report-json PATH`` writes
 every test's figures. A session fixture's cost lands on the first test that asks for it, as it does in a run.
-``--cpu-report-costs tests/file_costs.json`` rewrites the table :mod:`tests.schedule` orders the files by (from a
-run of the whole suite).
+``--cpu-report-costs tests/file_costs.json`` updates the table :mod:`tests.schedule` orders the files by: the halves
+(a file's quick tests, its slow ones) this run measured replace the table's, so ``-m slow`` on a few files fills
+their slow halves without a run of the whole suite.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def pytest_addoption(parser):
     group.addoption("--cpu-report-top", type=int, default=15, help="files and tests listed (default 15)")
     group.addoption("--cpu-report-json", default=None, help="write every test's CPU seconds to this JSON file")
     group.addoption(
-        "--cpu-report-costs", default=None, help="write the per-file cost table of tests.schedule to this JSON file"
+        "--cpu-report-costs",
+        default=None,
+        help="update the per-file cost table of tests.schedule in this JSON file with the halves this run measured",
     )
 
 

@@ -5,7 +5,7 @@ hands the units out in a fixed order, by default the files with the most tests f
 then goes before one optimize run of 90 s, and a long file handed out last leaves the other worker idle while it
 runs. Handing out the costliest first (longest-processing-time first) keeps the two workers within about one
 file of each other. The costs are CPU seconds per file measured by :mod:`tests.cpu_report`
-(``--cpu-report-costs tests/file_costs.json`` rewrites them), split into the file's quick tests and its slow ones
+(``--cpu-report-costs tests/file_costs.json`` updates them), split into the file's quick tests and its slow ones
 so the order also fits ``-m "not slow"``. A file missing from the table (a new one) is guessed from its tests
 until the table is rewritten. Only the order changes: every selected test runs, in its file's own order.
 """
@@ -54,12 +54,19 @@ def costliest_first(items, costs: dict[str, dict[str, float]] | None = None) -> 
 
 
 def write_costs(tests: dict[str, float], kinds: dict[str, str], path: Path) -> None:
-    """The table from one run's CPU seconds per test (``kinds``: nodeid -> "fast" / "slow")."""
-    table: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    """The table updated with one run's CPU seconds per test (``kinds``: nodeid -> "fast" / "slow").
+
+    Each half this run measured (a file's quick tests, or its slow ones) replaces the table's; every other entry
+    stays. So the slow halves can be measured a few files at a time (``-m slow`` on the costliest files) without
+    a run of the whole suite; run every test of a half, or that half is recorded short."""
+    measured: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for nodeid, seconds in tests.items():
-        table[nodeid.split("::")[0]][kinds.get(nodeid, "fast")] += seconds
-    # a half no test of this run measured (say under -m "not slow") is left out: it stays guessed, not zero
-    dump({f: {k: round(v, 1) for k, v in halves.items()} for f, halves in table.items()}, path)
+        measured[nodeid.split("::")[0]][kinds.get(nodeid, "fast")] += seconds
+    # a half no test of this run measured (say under -m "not slow") keeps the table's figure, or stays guessed
+    table = load_costs(path)
+    for file, halves in measured.items():
+        table.setdefault(file, {}).update({k: round(v, 1) for k, v in halves.items()})
+    dump(table, path)
 
 
 def dump(table: dict[str, dict[str, float]], path: Path) -> None:

@@ -49,3 +49,12 @@ def test_the_table_round_trips(tmp_path):
     write_costs({"tests/a.py::x": 1.04, "tests/a.py::y": 2.0, "tests/b.py::z": 3.0}, {"tests/a.py::y": "slow"}, path)
     assert load_costs(path) == {"tests/a.py": {"fast": 1.0, "slow": 2.0}, "tests/b.py": {"fast": 3.0}}
     assert load_costs(tmp_path / "missing.json") == {}
+
+
+def test_a_run_of_some_halves_updates_only_those(tmp_path):
+    path = tmp_path / "costs.json"
+    write_costs({"tests/a.py::x": 1.0, "tests/b.py::z": 3.0}, {}, path)  # the quick loop
+    write_costs({"tests/a.py::y": 7.0}, {"tests/a.py::y": "slow"}, path)  # then a.py's slow tests alone
+    assert load_costs(path) == {"tests/a.py": {"fast": 1.0, "slow": 7.0}, "tests/b.py": {"fast": 3.0}}
+    write_costs({"tests/a.py::x": 0.5}, {}, path)  # a new measure of a half replaces it
+    assert load_costs(path) == {"tests/a.py": {"fast": 0.5, "slow": 7.0}, "tests/b.py": {"fast": 3.0}}
