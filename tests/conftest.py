@@ -18,6 +18,7 @@ from hypothesis import settings
 
 from tests.helpers import build_dense, randomize_batchnorm
 from tests.schedule import costliest_first
+from tests.worker_cache import once_per_run
 
 # Property tests draw the same examples on every run, so a failure repeats; HYPOTHESIS_PROFILE=explore
 # draws fresh random examples (and keeps failures in .hypothesis/) to search for new bugs. No per-example
@@ -60,22 +61,35 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def trained_model(digits):
-    """A BN + dropout dense net trained briefly on digits (about 0.95 test accuracy)."""
+def trained_model(digits, tmp_path_factory):
+    """A BN + dropout dense net trained briefly on digits (about 0.95 test accuracy); trained once per run, the
+    other pytest-xdist workers load the saved file (the tests only read it)."""
     from deploykit.backend import keras, set_seed
 
-    set_seed(0)
-    model = build_dense(data=digits)
-    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(
-        digits.x_train,
-        digits.y_train,
-        epochs=30,
-        batch_size=32,
-        verbose=0,
-        validation_data=(digits.x_val, digits.y_val),
+    def train():
+        model = build_dense(data=digits)
+        model.compile(
+            optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+        model.fit(
+            digits.x_train,
+            digits.y_train,
+            epochs=30,
+            batch_size=32,
+            verbose=0,
+            validation_data=(digits.x_val, digits.y_val),
+        )
+        return model
+
+    set_seed(0)  # in every worker, whether it trains or loads
+    return once_per_run(
+        tmp_path_factory,
+        "trained_model-digits-dense-nadam1e-3-30epochs-seed0",
+        train,
+        save=lambda model, path: model.save(path),
+        load=keras.models.load_model,
+        suffix=".keras",
     )
-    return model
 
 
 @pytest.fixture(scope="session")
