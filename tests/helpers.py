@@ -101,3 +101,35 @@ def nll_within(row: dict, budget: dict) -> bool:
         return False
     ci = row.get("nll_export_ci95")
     return ci is None or ci[0] <= limit + 1e-12 or (row.get("nll_export_change") or 0.0) <= limit + 1e-12
+
+
+def structured_search_run(digits, tmp_path, hidden: tuple[int, ...], fit_epochs: int, structured, epochs: int):
+    """``optimize`` with only the structured step searching, on a Keras 3 MLP built and saved as users do
+    (``model.save``), a 3-point budget: (result, the structured step's record, its tries in order)."""
+    import keras
+
+    from deploykit.pipeline import OptimizeConfig, optimize
+    from deploykit.pipeline.records import Stage
+    from deploykit.pipeline.tables import ValidateStep
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(units, activation="relu") for units in hidden]
+    model = keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train / 16, digits.y_train, epochs=fit_epochs, verbose=0)
+    model.save(tmp_path / "mlp.keras")
+    config = OptimizeConfig(validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.03), structured=structured)
+    result = optimize(
+        str(tmp_path / "mlp.keras"),
+        digits,
+        config=config,
+        out_dir=tmp_path / "out",
+        sparsity="none",
+        epochs=epochs,
+        formats="onnx",
+        quantize="float32",
+        mc=False,
+    )
+    step = next(s for s in result.steps if s.step == "structured")
+    tries = [t for t in result.tries if t.stage is Stage.SPARSITY and t.setting.startswith("structured")]
+    return result, step, tries

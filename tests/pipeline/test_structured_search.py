@@ -9,6 +9,7 @@ from deploykit.pipeline import OptimizeConfig
 from deploykit.pipeline.structured_step import bisect
 from deploykit.pipeline.structured_table import STRUCTURED_LEVELS, StructuredStep
 from deploykit.pipeline.tables import Objective
+from tests.helpers import structured_search_run
 
 
 @pytest.mark.parametrize("limit", [None, *STRUCTURED_LEVELS, 0.1])
@@ -67,42 +68,12 @@ def test_the_cli_flag_takes_auto():
 @pytest.mark.slow
 def test_auto_keeps_the_highest_share_within_the_budget_in_the_exported_graph(digits, tmp_path):
     """A Keras 3 MLP saved as users save it; three levels, two fine-tuning epochs each."""
-    import keras
     import onnx
 
-    from deploykit.pipeline import Status, optimize
-    from deploykit.pipeline.records import Stage
-    from deploykit.pipeline.tables import ValidateStep
+    from deploykit.pipeline import Status
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(48, activation="relu"),
-            keras.layers.Dense(24, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(digits.x_train / 16, digits.y_train, epochs=4, verbose=0)
-    model.save(tmp_path / "mlp.keras")
-    config = OptimizeConfig(
-        validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.03),
-        structured=StructuredStep(fraction="auto", levels=(0.75, 0.5, 0.25), allocate="cost"),
-    )
-    result = optimize(
-        str(tmp_path / "mlp.keras"),
-        digits,
-        config=config,
-        out_dir=tmp_path / "out",
-        sparsity="none",
-        epochs=2,
-        formats="onnx",
-        quantize="float32",
-        mc=False,
-    )
-    step = next(s for s in result.steps if s.step == "structured")
-    tries = [t for t in result.tries if t.stage is Stage.SPARSITY and t.setting.startswith("structured")]
+    structured = StructuredStep(fraction="auto", levels=(0.75, 0.5, 0.25), allocate="cost")
+    result, step, tries = structured_search_run(digits, tmp_path, (48, 24), 4, structured, epochs=2)
     assert [t.setting for t in tries][:1] == ["structured 50%"]  # the middle level first
     within = {float(t.setting.split()[1].rstrip("%")) / 100: not t.note for t in tries}
     search = step.detail

@@ -16,6 +16,7 @@ from deploykit.pipeline.structured_step import (
 )
 from deploykit.pipeline.structured_table import STRUCTURED_LEVELS, STRUCTURED_TOP_DOWN_LEVELS, StructuredStep
 from deploykit.pipeline.tables import Objective
+from tests.helpers import structured_search_run
 
 LEVELS = list(STRUCTURED_TOP_DOWN_LEVELS)  # 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3
 
@@ -116,41 +117,10 @@ def test_the_cli_flag():
 @pytest.mark.slow
 def test_optimize_top_down_tries_from_the_top_and_records_its_search(digits, tmp_path):
     """A Keras 3 MLP saved as users save it, two levels, one fine-tuning epoch each: the run's record."""
-    import keras
+    from deploykit.pipeline import Status
 
-    from deploykit.pipeline import Status, optimize
-    from deploykit.pipeline.records import Stage
-    from deploykit.pipeline.tables import ValidateStep
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(digits.x_train / 16, digits.y_train, epochs=3, verbose=0)
-    model.save(tmp_path / "mlp.keras")
-    config = OptimizeConfig(
-        validate=ValidateStep(latency_repeats=3, max_accuracy_drop=0.03),
-        structured=StructuredStep(fraction="auto", levels=(0.5, 0.75), search="top-down", allocate="cost"),
-    )
-    result = optimize(
-        str(tmp_path / "mlp.keras"),
-        digits,
-        config=config,
-        out_dir=tmp_path / "out",
-        sparsity="none",
-        epochs=1,
-        formats="onnx",
-        quantize="float32",
-        mc=False,
-    )
-    step = next(s for s in result.steps if s.step == "structured")
-    tries = [t for t in result.tries if t.stage is Stage.SPARSITY and t.setting.startswith("structured")]
+    structured = StructuredStep(fraction="auto", levels=(0.5, 0.75), search="top-down", allocate="cost")
+    result, step, tries = structured_search_run(digits, tmp_path, (32, 16), 3, structured, epochs=1)
     settings = [t.setting for t in tries]
     assert settings[0] == "structured 75%"  # the highest level first
     search = step.detail
