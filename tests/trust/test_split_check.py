@@ -77,15 +77,11 @@ def test_a_validation_split_of_training_rows_is_warned_about(cli, digits, tmp_pa
         x_val=x_train.astype(np.float32), y_val=y_train,
         x_test=(digits.x_test / 16).astype(np.float32), y_test=digits.y_test,
     )  # fmt: skip
-    args = ("optimize", tmp_path / "m.keras", "--data", tmp_path / "d.npz", "--no-sparsity", "--no-mc", "--no-export")
-    # Calibrated on the memorised rows, the temperature sharpens (T about 0.13) and the test NLL rises far above the
-    # user's model's: the run's NLL budget refuses model.keras on test, after the warning.
-    refused = cli(*args, "--out", tmp_path / "calibrated")
-    assert refused.returncode == 1
-    assert "the validation split likely holds rows the model was trained on" in refused.stderr
-    assert "rejected model.keras (test miss: NLL increase vs the user's model" in refused.stderr
     out = tmp_path / "out"
-    done = cli(*args, "--out", out, "--no-temperature")  # the user's probabilities as they are: within the budget
+    done = cli(
+        "optimize", tmp_path / "m.keras", "--data", tmp_path / "d.npz", "--out", out, "--no-sparsity", "--no-mc",
+        "--no-export",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     check = report["split_check"]
