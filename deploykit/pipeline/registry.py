@@ -157,8 +157,7 @@ TABLES: tuple[TableSpec, ...] = (
                 ("structured.allocate",),
                 "how a structured share is spread over the layers: 'cost' removes the multiply-adds that share of "
                 "every layer's units would, taking the least important units per multiply-add saved first (the "
-                "costly layers lose more); 'uniform' the same share of each layer (default: cost with "
-                "--objective latency, else uniform)",
+                "costly layers lose more); 'uniform' the same share of each layer (default)",
                 choices=ALLOCATIONS,
                 example="cost",
             ),
@@ -166,8 +165,7 @@ TABLES: tuple[TableSpec, ...] = (
                 "structured_search",
                 ("structured.search",),
                 "how an 'auto' structured search walks its levels: 'bisect' from the middle (about 3 tries), "
-                "'top-down' from 85%% down, the first within the budget kept (default: top-down with --objective "
-                "latency, else bisect)",
+                "'top-down' from 85%% down, the first within the budget kept (default: bisect)",
                 choices=STRUCTURED_SEARCHES,
                 example="top-down",
             ),

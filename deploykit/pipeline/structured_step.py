@@ -6,8 +6,8 @@ the validation split and records its tries beside the sparsity search's.
 
 ``fraction = "auto"`` (the default under ``--objective latency``) searches the share: removing more units is
 fewer multiply-adds, so a faster file in every dense runtime, and less accuracy. The shares of ``levels`` are
-tried by bisection (about three fine-tuned tries for seven levels) or, with ``search = "top-down"`` (the default
-under ``--objective latency``), highest first
+tried by bisection (about three fine-tuned tries for seven levels; the default) or, with ``search = "top-down"``,
+highest first
 until one is within the budget (at most :data:`TOP_DOWN_MISSES` misses; the speed is in the top shares, and a
 try at :data:`LONG_RECOVERY` or more recovers with twice the patience), each pruned from the input model, distilled
 from it and decided on validation by the runs' one accept rule (:func:`deploykit.pipeline.confirm.split_figure`,

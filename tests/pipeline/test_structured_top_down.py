@@ -78,12 +78,11 @@ def test_the_top_shares_recover_with_twice_the_patience_only_top_down():
     assert _patience(3, 0.85, "bisect") == 3  # the bisection's tries unchanged
 
 
-def test_latency_defaults_to_top_down_by_cost_the_other_objectives_keep_bisect_uniform():
+def test_every_objective_defaults_to_bisect_uniform_and_what_is_set_wins():
     step = StructuredStep()
     assert step.search is None and step.allocate is None and step.levels is None  # unset: by the objective
-    assert step.how(Objective.LATENCY) == ("top-down", "cost")
-    assert step.shares(Objective.LATENCY) == STRUCTURED_TOP_DOWN_LEVELS
-    for objective in (Objective.BALANCED, Objective.SIZE):
+    assert StructuredStep(search="top-down").shares(Objective.LATENCY) == STRUCTURED_TOP_DOWN_LEVELS
+    for objective in (Objective.LATENCY, Objective.BALANCED, Objective.SIZE):
         assert step.how(objective) == ("bisect", "uniform") and step.shares(objective) == STRUCTURED_LEVELS
     # what is set wins under every objective
     assert StructuredStep(search="bisect", allocate="uniform").how(Objective.LATENCY) == ("bisect", "uniform")
