@@ -268,15 +268,22 @@ def per_layer_attempts(
     variant: Int8Variant, run: Callable[[Int8Variant], Int8Attempt], allowed: Callable[[], bool]
 ) -> list[Int8Attempt]:
     """The per-layer fallback of ``variant`` (:func:`deploykit.export.int8_fallback.return_to_float`), each of its
-    tries one attempt whose note names the layers it left in float."""
+    tries one attempt whose note names the layers it left in float. The layers are deploykit's own choice, not the
+    user's ``--exclude``: one the exported graph has no node for (seen on MobileNetV2's depthwise convs) fails that
+    try, with its reason, instead of the run."""
     from deploykit.export.int8_fallback import return_to_float
 
     made: list[Int8Attempt] = []
 
     def attempt(exclude: tuple[str, ...]) -> tuple[bool, float | None]:
         knobs = dataclasses.replace(variant.knobs, exclude=tuple(dict.fromkeys([*variant.knobs.exclude, *exclude])))
-        note = f"per-layer fallback: {', '.join(exclude)} in float"
-        made.append(run(Int8Variant(variant.format, variant.quantization, knobs, note)))
+        tried = Int8Variant(
+            variant.format, variant.quantization, knobs, f"per-layer fallback: {', '.join(exclude)} in float"
+        )
+        try:
+            made.append(run(tried))
+        except UsageError as exc:  # a layer the ranking named that the exported graph lacks: this try's failure
+            made.append(Int8Attempt(tried, None, str(exc)))
         return made[-1].passed, goodness(made[-1])
 
     return_to_float(variant.per_layer, attempt, allowed=allowed)

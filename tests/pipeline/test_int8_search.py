@@ -148,6 +148,23 @@ def test_nothing_passing_reports_the_most_accurate_and_an_export_error_is_that_s
     assert best.variant == variants[1] and not best.passed
 
 
+def test_a_layer_the_per_layer_fallback_names_and_the_graph_lacks_fails_that_try_not_the_run():
+    """The fallback's layers are deploykit's choice, not the user's ``--exclude``: the exporter's refusal of one (as
+    MobileNetV2's depthwise convs were refused in an ONNX graph) is that try's failure, and the search goes on."""
+    variants = _variants(ExportFormat.TFLITE, Quantization.INT8_FULL)
+
+    def make(v):
+        if "dense_1" in v.knobs.exclude:
+            raise UsageError("exclude: no ONNX node or Keras layer named 'dense_1' in the graph")
+        return v
+
+    attempts = search_int8(variants, make, lambda v: _row(0.91, Verdict.REJECTED))
+    refused = [a for a in attempts if "dense_1" in a.variant.knobs.exclude]
+    assert refused and all(a.row is None and "named 'dense_1'" in a.error for a in refused)
+    assert any(a.variant.per_layer == () and a.variant.note == "per-layer fallback: dense_2 in float" for a in attempts)
+    assert attempts[-1].variant.quantization is Quantization.INT8_WEIGHTS  # the ladder went on past the fallback
+
+
 def test_a_bad_option_is_the_callers_mistake():
     def make(_v):
         raise UsageError("bad opset")
