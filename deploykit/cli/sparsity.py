@@ -12,6 +12,7 @@ from deploykit.cli.common import (
     writes_keras3,
 )
 from deploykit.errors import UsageError
+from deploykit.sparsity.allocate import ALLOCATIONS
 
 MODEL_SUFFIXES = (".keras", ".h5")
 
@@ -53,7 +54,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--allocate",
-        choices=("uniform", "cost"),
+        choices=ALLOCATIONS,
         default=None,
         help="uniform: the share of each layer's units (default); cost: the multiply-adds that leaves, removing "
         "the least important units per multiply-add saved across the layers",
