@@ -303,8 +303,16 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
 
 
 def _try(t) -> dict:
-    """One try of the run's searches: its setting, validation change with its interval, kept."""
-    return {"setting": t.setting, "val_change": t.accuracy_change, "ci95": t.ci95, "kept": t.kept}
+    """One try of the run's searches: its setting, validation change with its interval, its validation NLL change
+    (held to max_nll_increase), kept, and why not (the note leads with what it missed: accuracy or NLL)."""
+    return {
+        "setting": t.setting,
+        "val_change": t.accuracy_change,
+        "ci95": t.ci95,
+        "nll_change": t.nll_change,
+        "kept": t.kept,
+        "note": t.note,
+    }
 
 
 def _structured(result) -> dict:
@@ -313,7 +321,15 @@ def _structured(result) -> dict:
     detail = getattr(step, "detail", None)
     kept = getattr(detail, "kept", None) if step is not None and step.status.value == "done" else None
     tried = list(getattr(detail, "tried", []) or [])
-    return {"kept": kept or 0.0, "tried": tried, "reason": step.reason if step else ""}
+    return {"kept": kept or 0.0, "tried": tried, "reason": step.reason if step else "", **_step_test(step)}
+
+
+def _step_test(step) -> dict:
+    """The kept structured model's test change vs the model the step took (the original) with its interval: what
+    the validation decision is confirmed against."""
+    if step is None or step.before is None or step.after is None or step.after.accuracy is None:
+        return {}
+    return {"test_change": step.after.accuracy - step.before.accuracy, "test_ci95": step.ci95}
 
 
 def _files(result, report: dict, times: dict, baseline: int, default: dict | None = None) -> list[dict]:

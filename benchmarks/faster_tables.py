@@ -69,7 +69,36 @@ def render(runs: list[dict], source: str) -> str:
                 f"{f['slower'] or ''} |"
             )
         lines += ["", *[f"- {s}" for s in run["steps"]]]
+        lines += _tries(run)
     return "\n".join(lines)
+
+
+def _tries(run: dict) -> list[str]:
+    """The structured tries with their validation figures and why each missed, then the kept one's test change."""
+    rows = [t for t in run["tries"] if t["setting"].startswith("structured") and "note" in t]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| structured try | validation Δ [95% CI] | validation NLL | kept | why not |",
+        "|---|---|---:|---|---|",
+    ]
+    for t in rows:
+        nll = "—" if t.get("nll_change") is None else f"{100 * t['nll_change']:+.1f}%"
+        why = (t["note"] or "").split(";")[0].replace("|", "/")
+        lines.append(
+            f"| {t['setting']} | {_tried(t).removeprefix(t['setting']).strip()} | {nll} | "
+            f"{'yes' if t['kept'] else 'no'} | {why} |"
+        )
+    test = run["structured"].get("test_change")
+    if test is not None:
+        ci = run["structured"].get("test_ci95") or [float("nan")] * 2
+        lines += [
+            "",
+            f"Kept structured model on test: {100 * test:+.2f} pt [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+            " vs the original.",
+        ]
+    return lines
 
 
 def targets(runs: list[dict]) -> list[str]:

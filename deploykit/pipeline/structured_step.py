@@ -11,7 +11,10 @@ highest first
 until one is within the budget (at most :data:`TOP_DOWN_MISSES` misses; the speed is in the top shares, and a
 try at :data:`LONG_RECOVERY` or more recovers with twice the patience), each pruned from the input model, distilled
 from it and decided on validation by the runs' one accept rule (:func:`deploykit.pipeline.confirm.split_figure`,
-the paired interval the magnitude search uses); the highest share within the budget is kept. A share is never
+the paired interval the magnitude search uses) and, for a classifier whose files are held to ``max_nll_increase``,
+by the magnitude search's NLL rule (:mod:`deploykit.sparsity.nll_rule`: its validation NLL, under the temperature the
+run would fold, within the limit of the original's; a try's note says which of the two it missed); the highest share
+within both is kept. A share is never
 tried above one that missed (more removed rarely scores better). Under a time budget the search takes at most
 :data:`SEARCH_SHARE` of the time left to the sparsity search, and a try that cannot finish is not started.
 """
@@ -21,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from deploykit.core.evaluate import Metric
+from deploykit.core.evaluate import Budget, Metric
 from deploykit.pipeline.context import RunContext, sparsity_rows, switched_off
 from deploykit.pipeline.records import Stage, Status, StepOutput, StepRecord, Try
 from deploykit.pipeline.search_rule import step_budget
@@ -49,6 +53,36 @@ class StructuredSearch(Record):
     note: str = ""  # why the search stopped before trying every level it could have
 
 
+@dataclass(frozen=True)
+class Held:
+    """What every try of the step is held to, measured once per step: the step's share of the accuracy budget
+    against the original's validation figure and outputs, and the run's NLL rule (None: a regressor, validation
+    off, several outputs) with the original's raw validation outputs it judges against."""
+
+    budget: Budget
+    original: float  # the original model's validation figure
+    reference: Any  # its main outputs on validation (the accept rule's pairing)
+    nll: Any = None  # deploykit.sparsity.nll_rule.NllRule of this run, as the magnitude search gets it
+    raw: Any = None  # the original's raw validation outputs (the NLL rule's reference), when ``nll``
+
+
+def held(model, ctx: RunContext) -> Held:
+    """The step's :class:`Held`: the magnitude search's NLL rule (:func:`deploykit.pipeline.search_rule.search_rule`,
+    one rule for both searches), the step's share of the budget (:func:`step_budget`)."""
+    from deploykit.core.evaluate import outputs, score
+    from deploykit.pipeline.confirm import reference_outputs
+    from deploykit.pipeline.search_rule import search_rule
+
+    data, rule = ctx.data, search_rule(model, ctx)
+    return Held(
+        step_budget(ctx.budget, ctx.config.structured.budget_share),  # the later steps keep the rest
+        score(ctx.original, data.x_val, data.y_val, data.task),
+        (ctx.reference or reference_outputs(ctx.original, data, ctx.kind)).val,
+        rule,
+        None if rule is None else outputs(ctx.original, data.x_val),
+    )
+
+
 def structured_step(model, ctx: RunContext) -> StepOutput:
     """Remove ``[structured] fraction`` of each hidden layer's units (``auto``: the highest share of ``levels``
     within the budget); keep the result when its validation figure is within the budget of the original model's,
@@ -61,7 +95,7 @@ def structured_step(model, ctx: RunContext) -> StepOutput:
     config = _config(ctx, step.fixed, step.layer_fraction)
     by_cost = " (their multiply-adds, by cost)" if step.how(objective)[1] == "cost" else ""
     ctx.say(f"  removing {step.fixed:.0%} of each hidden layer's units{by_cost} (structured), then fine-tuning")
-    attempt, result, report = _try(model, ctx, config)
+    attempt, result, report = _try(model, ctx, config, held(model, ctx))
     what = _what(report, attempt)
     if not attempt.kept:
         ctx.say(f"  {attempt.setting} missed: {attempt.note}")
@@ -92,14 +126,14 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     )
     base = _config(ctx, levels[0], {}, epochs)
     teacher = teacher_of(model, ctx.data) if base.distill else None
-    tries, made = [], {}
+    tries, made, rule = [], {}, held(model, ctx)
 
     def attempt(share: float) -> bool | None:
         if not _fits(stop_at, [t.seconds for t in tries]):
             ctx.say(f"  structured {share:.0%} not tried: it cannot finish within the time budget")
             return None
         config = dataclasses.replace(base, fraction=share, patience=_patience(base.patience, share, how))
-        one, result, report = _try(model, ctx, config, teacher, _stopper(stop_at))
+        one, result, report = _try(model, ctx, config, rule, teacher, _stopper(stop_at))
         tries.append(one)
         made[share] = (one, result, report, share)
         if not one.kept:
@@ -226,37 +260,57 @@ def _stopper(stop_at: float | None) -> tuple:
     return () if stop_at is None else (deadline_callback(stop_at),)
 
 
-def _try(model, ctx: RunContext, config, teacher=None, callbacks: tuple = ()):
-    """(Try, model, StructuredReport) of one share, decided on validation against the original model's outputs."""
-    from deploykit.core.evaluate import main_outputs, outputs, score
-    from deploykit.pipeline.confirm import VALIDATION, reference_outputs, split_figure
+def _try(model, ctx: RunContext, config, rule: Held, teacher=None, callbacks: tuple = ()):
+    """(Try, model, StructuredReport) of one share, decided on validation against the original model's outputs:
+    within the step's share of the budget and, when the run holds files to it, within the NLL limit."""
+    from deploykit.core.evaluate import main_outputs, outputs
+    from deploykit.pipeline.confirm import VALIDATION, split_figure
     from deploykit.sparsity import prune_structured
 
     start = time.perf_counter()
     result, report = prune_structured(
         model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m), teacher=teacher, callbacks=callbacks
     )
-    original = score(ctx.original, ctx.data.x_val, ctx.data.y_val, ctx.data.task)
-    ref = ctx.reference or reference_outputs(ctx.original, ctx.data, ctx.kind)
-    budget = step_budget(ctx.budget, ctx.config.structured.budget_share)  # the later steps keep the rest
-    val = split_figure(
-        VALIDATION, main_outputs(outputs(result, ctx.data.x_val), ctx.kind), ref.val, ctx.data.y_val, budget
-    )  # decided on validation by the runs' one accept rule, with its paired interval
-    note = f"validation {ctx.budget.change(original, val.value)}, {_share(ctx)}"
+    new = outputs(result, ctx.data.x_val)
+    val = split_figure(VALIDATION, main_outputs(new, ctx.kind), rule.reference, ctx.data.y_val, rule.budget)
+    nll = _nll(new, rule, ctx)
+    kept = val.within and (nll is None or nll.within)
+    note = "" if kept else miss_note(val, nll, rule, ctx)
     stopped = [c.stopped for c in callbacks if getattr(c, "stopped", None)]
-    if stopped:
+    if stopped and not kept:
         note += f"; stopped at the time budget's deadline in epoch {stopped[0]} of {config.epochs}"
     attempt = Try(
         Stage.SPARSITY,
         f"structured {config.fraction:.0%}",
         **_figures(val, ctx),
         gzip_bytes=_gzip(result),
-        kept=val.within,
-        note="" if val.within else note,
+        kept=kept,
+        note=note,
         seconds=round(time.perf_counter() - start, 2),
         ci95=val.ci95,
+        nll_change=None if nll is None else nll.change,
     )
     return attempt, result, report
+
+
+def _nll(new, rule: Held, ctx: RunContext):
+    """The try's NllFigure by the run's NLL rule (None: not held to it, or no NLL defined for these outputs)."""
+    from deploykit.sparsity.nll_rule import judge
+
+    return None if rule.nll is None else judge(new, rule.raw, ctx.data.y_val, rule.nll)
+
+
+def miss_note(val, nll, rule: Held, ctx: RunContext) -> str:
+    """Why a try was not kept, led by what it missed, as the magnitude search's notes are: ``accuracy: ...`` (the
+    step's share of the budget; its NLL figure follows when judged), or ``NLL: ...`` (within that share, beyond
+    ``max_nll_increase``)."""
+    from deploykit.sparsity.nll_rule import describe
+
+    figure = f"validation {ctx.budget.change(rule.original, val.value)}, {_share(ctx)}"
+    nll_text = "" if nll is None else describe(nll.nll, nll.change, nll.temperature, rule.nll.limit)
+    if val.within:
+        return f"NLL: {nll_text}; {figure}"
+    return f"{ctx.metric.value}: {figure}" + (f"; {nll_text}" if nll_text else "")
 
 
 def _share(ctx: RunContext) -> str:
@@ -265,12 +319,11 @@ def _share(ctx: RunContext) -> str:
 
 
 def _what(report, attempt: Try) -> str:
-    return (
-        f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer); validation "
-        f"{100 * (attempt.accuracy_change or 0):+.2f} pt"
-        if attempt.accuracy_change is not None
-        else f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer)"
-    )
+    macs = f"{report.macs_before:,} -> {report.macs_after:,} MACs ({report.mac_ratio:.2f}x fewer)"
+    if attempt.accuracy_change is None:
+        return macs
+    nll = "" if attempt.nll_change is None else f", NLL {100 * attempt.nll_change:+.1f}%"
+    return f"{macs}; validation {100 * attempt.accuracy_change:+.2f} pt{nll}"
 
 
 def _figures(val, ctx: RunContext) -> dict:

@@ -28,7 +28,7 @@ from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.deadline import SearchLimits
 from deploykit.sparsity.magnitude import prune
-from deploykit.sparsity.nll_rule import NllRule, judge
+from deploykit.sparsity.nll_rule import NllRule, describe, judge
 from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
 from deploykit.stats import (
@@ -387,11 +387,7 @@ def miss_note(attempt: SearchTry, budget: Budget, original: float, nll: NllRule 
     )
     nll_text = ""
     if nll is not None and attempt.nll is not None:
-        calibrated = "" if attempt.temperature in (None, 1.0) else f", T = {attempt.temperature:.3g} cross-validated"
-        nll_text = (
-            f"validation NLL {attempt.nll:.4f} ({100 * attempt.nll_change:+.1f}% vs the original{calibrated}), "
-            f"limit +{100 * nll.limit:g}% (max_nll_increase)"
-        )
+        nll_text = describe(attempt.nll, attempt.nll_change, attempt.temperature, nll.limit)
     if accepted_on_accuracy(attempt, budget) and attempt.nll_within is False:
         return f"NLL: {nll_text}; {figures}"
     return f"{budget.metric.value}: {figures}" + (f"; {nll_text}" if nll_text else "")
