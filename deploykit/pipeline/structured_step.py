@@ -263,19 +263,14 @@ def _stopper(stop_at: float | None) -> tuple:
 def _try(model, ctx: RunContext, config, rule: Held, teacher=None, callbacks: tuple = ()):
     """(Try, model, StructuredReport) of one share, decided on validation against the original model's outputs:
     within the step's share of the budget and, when the run holds files to it, within the NLL limit."""
-    from deploykit.core.evaluate import main_outputs, outputs
-    from deploykit.pipeline.confirm import VALIDATION, split_figure
+    from deploykit.core.evaluate import outputs
     from deploykit.sparsity import prune_structured
 
     start = time.perf_counter()
     result, report = prune_structured(
         model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m), teacher=teacher, callbacks=callbacks
     )
-    new = outputs(result, ctx.data.x_val)
-    val = split_figure(VALIDATION, main_outputs(new, ctx.kind), rule.reference, ctx.data.y_val, rule.budget)
-    nll = _nll(new, rule, ctx)
-    kept = val.within and (nll is None or nll.within)
-    note = "" if kept else miss_note(val, nll, rule, ctx)
+    val, nll, kept, note = decide(outputs(result, ctx.data.x_val), rule, ctx)
     stopped = [c.stopped for c in callbacks if getattr(c, "stopped", None)]
     if stopped and not kept:
         note += f"; stopped at the time budget's deadline in epoch {stopped[0]} of {config.epochs}"
@@ -293,11 +288,20 @@ def _try(model, ctx: RunContext, config, rule: Held, teacher=None, callbacks: tu
     return attempt, result, report
 
 
-def _nll(new, rule: Held, ctx: RunContext):
-    """The try's NllFigure by the run's NLL rule (None: not held to it, or no NLL defined for these outputs)."""
+def decide(new, rule: Held, ctx: RunContext) -> tuple:
+    """(validation SplitFigure, NllFigure or None, kept, note) of a try's raw validation outputs ``new``: kept when
+    within the step's share of the budget by the runs' accept rule (:func:`deploykit.pipeline.confirm.split_figure`)
+    and, when held to it, within the NLL limit (:func:`deploykit.sparsity.nll_rule.judge`, the magnitude search's
+    rule: a structured share within the budget but beyond ``max_nll_increase`` would have every file it ships
+    rejected later by the same limit on test)."""
+    from deploykit.core.evaluate import main_outputs
+    from deploykit.pipeline.confirm import VALIDATION, split_figure
     from deploykit.sparsity.nll_rule import judge
 
-    return None if rule.nll is None else judge(new, rule.raw, ctx.data.y_val, rule.nll)
+    val = split_figure(VALIDATION, main_outputs(new, ctx.kind), rule.reference, ctx.data.y_val, rule.budget)
+    nll = None if rule.nll is None else judge(new, rule.raw, ctx.data.y_val, rule.nll)
+    kept = val.within and (nll is None or nll.within)
+    return val, nll, kept, "" if kept else miss_note(val, nll, rule, ctx)
 
 
 def miss_note(val, nll, rule: Held, ctx: RunContext) -> str:

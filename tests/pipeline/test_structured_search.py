@@ -81,6 +81,11 @@ def test_auto_keeps_the_highest_share_within_the_budget_in_the_exported_graph(di
     expected = max((s for s, ok in within.items() if ok), default=None)
     assert search.kept == expected and sum(t.kept for t in tries) == (expected is not None)
     _each_next_try_goes_the_right_way(list(within), within)
+    limit = OptimizeConfig().validate.max_nll_increase  # each try is held to the run's NLL rule too (issue 23)
+    assert all(t.nll_change is not None for t in tries)
+    assert all(t.note.startswith(("accuracy:", "NLL:")) for t in tries if t.note)
+    assert all(t.note and not t.kept for t in tries if t.nll_change > limit + 1e-12)  # beyond the limit: a miss
+    assert all(t.nll_change <= limit + 1e-12 for t in tries if not t.note)
     widths = [layer.get_weights()[0].shape[-1] for layer in result.model.layers if type(layer).__name__ == "Dense"]
     if expected is None:
         assert step.status is Status.MISSED and widths == [48, 24, 10]
