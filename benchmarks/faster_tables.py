@@ -75,7 +75,7 @@ def render(runs: list[dict], source: str) -> str:
 
 def _tries(run: dict) -> list[str]:
     """The structured tries with their validation figures and why each missed, then the kept one's test change."""
-    rows = [t for t in run["tries"] if t["setting"].startswith("structured") and "note" in t]
+    rows = [t for t in run.get("tries", []) if t["setting"].startswith("structured") and "note" in t]
     if not rows:
         return []
     lines = [
@@ -85,9 +85,9 @@ def _tries(run: dict) -> list[str]:
     ]
     for t in rows:
         nll = "—" if t.get("nll_change") is None else f"{100 * t['nll_change']:+.1f}%"
-        why = (t["note"] or "").split(";")[0].replace("|", "/")
+        why = (t["note"] or ("" if t["kept"] else "within, a higher share was kept")).split(";")[0].replace("|", "/")
         lines.append(
-            f"| {t['setting']} | {_tried(t).removeprefix(t['setting']).strip()} | {nll} | "
+            f"| {t['setting']} | {_tried(t).removeprefix(t['setting']).replace(' (kept)', '').strip()} | {nll} | "
             f"{'yes' if t['kept'] else 'no'} | {why} |"
         )
     test = run["structured"].get("test_change")
