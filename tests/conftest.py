@@ -18,6 +18,7 @@ from hypothesis import settings
 
 from tests.helpers import build_dense, randomize_batchnorm
 from tests.schedule import costliest_first
+from tests.slow_files import marked_slow, skips_slow
 from tests.worker_cache import once_per_run
 
 # Property tests draw the same examples on every run, so a failure repeats; HYPOTHESIS_PROFILE=explore
@@ -39,6 +40,13 @@ def pytest_configure(config):
     (the costliest first, :mod:`tests.schedule`) instead of by their number of tests."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under ``-m "not slow"``, a file marked slow as a whole is not imported (:mod:`tests.slow_files`)."""
+    if collection_path.suffix == ".py" and skips_slow(config.option.markexpr) and marked_slow(collection_path):
+        return True
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
