@@ -75,7 +75,7 @@ def test_expansion_channels_go_through_the_depthwise_and_the_add_keeps_its_own(d
     path = export_onnx(result, tmp_path / "pruned.onnx").path
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs = session.run(None, {session.get_inputs()[0].name: data.x_test.astype(np.float32)})[0]
-    np.testing.assert_allclose(probs, result.predict(data.x_test, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(probs, np.asarray(result(data.x_test, training=False)), atol=1e-5)
 
 
 def test_a_depthwise_that_multiplies_its_channels_is_a_barrier(digits, tmp_path):

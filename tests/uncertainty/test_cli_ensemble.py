@@ -121,7 +121,7 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     for k in (0, 1):
         member = load_model(out / "members" / f"member{k}.keras")
         agree = np.mean(
-            member.predict(digits.x_test, verbose=0).argmax(1)
+            np.asarray(member(digits.x_test, training=False)).argmax(1)
             == session(out / "members" / f"member{k}.onnx").run(None, {"input": digits.x_test})[0].argmax(1)
         )
         assert agree > 0.95, agree  # the Keras model the int8 member was exported from
