@@ -10,6 +10,8 @@ import pytest
 from deploykit.cli.main import main
 from tests.helpers import ships_by_budget
 
+pytestmark = pytest.mark.slow  # each test trains a model and runs optimize
+
 
 def _steps(out) -> dict[str, tuple[str, str]]:
     report = json.loads((out / "report.json").read_text())

@@ -8,6 +8,8 @@ import pytest
 from deploykit.export import TfliteRunner, export_onnx, export_tflite, validate
 from deploykit.export.metadata import read_metadata
 
+pytestmark = pytest.mark.slow  # every test reads the trained_model fixture (trains a model)
+
 SPARSITY = 0.8
 
 

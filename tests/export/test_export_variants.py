@@ -19,6 +19,8 @@ from deploykit.export import (
 )
 from deploykit.export.metadata import ModelMetadata, read_metadata
 
+pytestmark = pytest.mark.slow  # every test reads the trained_model fixture (trains a model)
+
 ONNX_VARIANTS = ["float32", "float16", "int8-dynamic", "int8-static"]
 TFLITE_VARIANTS = ["float32", "float16", "int8-weights", "int8-full", "int8-io"]
 META = ModelMetadata(steps=["train(test)"], reference_accuracy=0.5)

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import randomize_batchnorm
 
+pytestmark = pytest.mark.slow  # property tests over many built models
+
 TOL = 1e-5
 PLACEMENTS = ("conv", "depthwise", "separable", "conv1d", "forward_valid", "forward_avgpool", "forward_maxpool")
 SETTINGS = settings(

@@ -7,6 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+pytestmark = pytest.mark.slow  # property tests over many built models
+
 TOL = 1e-5
 PLACEMENTS = ("backward", "backward_no_bias", "forward", "first", "normalization_then_bn", "before_flatten")
 

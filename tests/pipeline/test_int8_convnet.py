@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import ships_by_budget
 
+pytestmark = pytest.mark.slow  # trains a convnet and runs optimize
+
 
 @pytest.mark.slow
 def test_a_convnets_onnx_int8_is_static_qdq_first_and_ships_by_the_budget_rule(digits, tmp_path):

@@ -12,6 +12,8 @@ from deploykit.errors import ConfigError, StepError, UsageError
 from deploykit.pipeline import OptimizeConfig, Status, Verdict, optimize
 from deploykit.pipeline.tables import ValidateStep
 
+pytestmark = pytest.mark.slow  # every test reads the trained_model fixture or its optimize run
+
 EXPORTS = [
     "model.onnx",
     "model_float16.onnx",

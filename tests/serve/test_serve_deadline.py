@@ -18,6 +18,8 @@ import pytest
 from tests.security import hostile_onnx
 from tests.serve.support import ServerProcess, get, post_json, serving
 
+pytestmark = pytest.mark.slow  # every test drives a server process
+
 TIMEOUT = 2.0
 BAD_NAMES = ["model (1).onnx", "._model.onnx", "mod\u00e8le.onnx", "m" * 130 + ".onnx", "-x.onnx"]
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.serve.support import get, post_json
 
+pytestmark = pytest.mark.slow  # every test drives the server fixture (a server process)
+
 MC_OUTPUTS = ["mean", "std", "predictive_entropy", "mutual_information", "predicted_class"]
 
 

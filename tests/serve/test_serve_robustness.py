@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from tests.serve.support import get, request
 
+pytestmark = pytest.mark.slow  # every test drives the server fixture (a server process)
+
 ROW = [1.0] * 64
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from deploykit.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # every test reads the trained_model fixture (trains a model)
+
 
 def test_sparsify_l1_zeros_small_weights(trained_model, digits):
     from deploykit.sparsity import sparsify_l1

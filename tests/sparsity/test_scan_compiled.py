@@ -16,6 +16,8 @@ import pytest
 from deploykit.core.evaluate import Budget, Metric
 from tests.sparsity.test_prune_conv import CONVS, conv_net, image_digits
 
+pytestmark = pytest.mark.slow  # each test scans real models
+
 
 @pytest.fixture
 def counted(monkeypatch):

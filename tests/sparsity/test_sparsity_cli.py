@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every test reads the trained_model fixture (trains a model)
+
 
 @pytest.fixture(scope="module")
 def model_file(trained_model, tmp_path_factory):
