@@ -11,6 +11,12 @@ from deploykit.cli.main import main
 from tests.uncertainty.support import session
 
 
+@pytest.fixture(scope="module")
+def member_files(digits, tmp_path_factory):
+    """The two member files, trained once for the module: every test takes the same two (the CLI only reads them)."""
+    return _member_files(tmp_path_factory.mktemp("members"), digits)
+
+
 def _member_files(folder, digits, dropout=0.2):
     from deploykit.backend import set_seed
     from deploykit.io.models import save_model
@@ -28,8 +34,8 @@ def _member_files(folder, digits, dropout=0.2):
 
 
 @pytest.mark.slow
-def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys):
-    files = _member_files(tmp_path, digits)
+def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys, member_files):
+    files = member_files
     out = tmp_path / "out"
     assert (
         main(
@@ -73,7 +79,9 @@ def test_two_member_files_become_one_int8_ensemble(tmp_path, digits, capsys):
 
 
 @pytest.mark.slow
-def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_models(tmp_path, digits, capsys):
+def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_models(
+    tmp_path, digits, capsys, member_files
+):
     """By default the ensemble carries a temperature fitted on the validation split; --target-coverage adds the
     served `abstain` decision; --ood-data reports AUROC; members/member{k}.keras are the optimized Keras models."""
     import onnx
@@ -82,7 +90,7 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
     from deploykit.uncertainty import UncertaintyPredictor
     from deploykit.uncertainty.temperature import read_temperature
 
-    files = _member_files(tmp_path, digits)
+    files = member_files
     ood = tmp_path / "ood.npy"
     np.save(ood, np.random.default_rng(0).uniform(0, 16, (100, 64)).astype("float32"))
     out = tmp_path / "out"
@@ -130,10 +138,10 @@ def test_the_ensemble_ships_calibrated_with_a_threshold_and_its_members_keras_mo
 
 
 @pytest.mark.slow
-def test_mc_dropout_inside_each_member(tmp_path, digits, capsys):
+def test_mc_dropout_inside_each_member(tmp_path, digits, capsys, member_files):
     """--mc-samples T: each member file is an int8 MC Dropout model outputting its T samples; the ensemble
     reduces all K*T, and its mean is the average of every member's sample probabilities."""
-    files = _member_files(tmp_path, digits, dropout=0.2)
+    files = member_files  # dropout 0.2 in each member
     out = tmp_path / "out"
     assert (
         main(
