@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import UsageError
 from deploykit.export.config import CalibrationMethod
 from deploykit.export.convert import INPUT_NAME
+from deploykit.export.onnx_layers import excluded_nodes
 from deploykit.log import quiet_native
 
 
@@ -160,22 +160,6 @@ def float_heads(proto) -> list[str]:
         elif node.op_type in _PASS_THROUGH:
             stack.extend(node.input)
     return heads
-
-
-def excluded_nodes(proto, names: tuple[str, ...]) -> list[str]:
-    """The graph's node names that ``names`` select: a node's own name, or a Keras layer name as a path segment.
-
-    tf2onnx names nodes after the Keras layers they come from
-    (``sequential/dense_1/MatMul``), so a layer name selects all of its nodes.
-    A name that selects nothing is a UsageError (a typo must not go unnoticed).
-    """
-    selected: list[str] = []
-    for name in names:
-        hits = [n.name for n in proto.graph.node if n.name == name or name in n.name.split("/")]
-        if not hits:
-            raise UsageError(f"exclude: no ONNX node or Keras layer named {name!r} in the graph")
-        selected += [h for h in hits if h not in selected]
-    return selected
 
 
 class _Reader:
