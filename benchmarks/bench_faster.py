@@ -74,6 +74,7 @@ MOBILENET_BN_MOMENTUM = 0.9
 HOLDOUT = 0.15
 NOTES = "## Notes (written after the run, not by the script)"
 EXTRA: dict = {}  # optimize options every run gets (--structured-allocate, --structured-search)
+TABLES: dict = {}  # config tables every run gets (--structured-levels: {"structured": {"levels": [...]}})
 
 
 def small_cnn(keras):
@@ -257,6 +258,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
     from deploykit.export import export_onnx
     from deploykit.io.models import load_model
     from deploykit.pipeline import optimize
+    from deploykit.pipeline.config import OptimizeConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     path, data, baseline, epochs = model
@@ -270,6 +272,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
         formats="onnx,tflite",
         quantize=QUANTIZE,
         objective="latency",
+        config=OptimizeConfig.from_dict(TABLES) if TABLES else None,
         **OPTIONS[key],
         **extra,
     )
@@ -294,6 +297,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "options": OPTIONS[key],
+        "structured_levels": (TABLES.get("structured") or {}).get("levels"),
         "structured": _structured(result),
         "steps": [f"{s.step}: {s.reason}" for s in result.steps if s.step in ("structured", "sparsity (prune)")],
         "tries": [_try(t) for t in result.tries],
@@ -393,6 +397,12 @@ def main() -> None:
         "--structured-search", choices=("bisect", "top-down"), default=None, help="optimize's structured_search"
     )
     parser.add_argument(
+        "--structured-levels",
+        default="",
+        help="comma-separated shares an 'auto' structured search chooses among ([structured] levels; default: the "
+        "search's own)",
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="with --seeds: keep the trained models here and reuse them when rerun"
     )
     args = parser.parse_args()
@@ -400,6 +410,8 @@ def main() -> None:
         EXTRA["structured_allocate"] = args.structured_allocate
     if args.structured_search:
         EXTRA["structured_search"] = args.structured_search
+    if args.structured_levels:
+        TABLES["structured"] = {"levels": [float(v) for v in args.structured_levels.split(",") if v.strip()]}
     args.out.mkdir(parents=True, exist_ok=True)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     if "book" in keys and not (BOOK.exists() and FASHION.exists()):

@@ -213,8 +213,11 @@ def render_seeds(runs: list[dict], source: str) -> str:
 
 
 def _share_of(run: dict) -> str:
+    """The run's structured budget share, and its ``[structured] levels`` when not the default (--structured-levels)."""
     share = run.get("budget_share")
-    return f"{STRUCTURED_BUDGET_SHARE:g} (default)" if share is None else f"{share:g}"
+    text = f"{STRUCTURED_BUDGET_SHARE:g} (default)" if share is None else f"{share:g}"
+    levels = run.get("structured_levels")
+    return text if not levels else f"{text}, levels {'/'.join(f'{100 * v:g}' for v in levels)}"
 
 
 def _tried(t: dict) -> str:
