@@ -104,6 +104,18 @@ def variants(src: Path, x) -> dict[str, Path]:
     return files
 
 
+def cpu() -> str:
+    """The CPU's model name and its int8-relevant vector extensions (VNNI is what makes int8 GEMMs fast)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{name} ({', '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)})"
+
+
 def session(path: Path, optimized: Path | None = None, profile: str | None = None):
     import onnxruntime as ort
 
@@ -188,7 +200,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder of the results (default: benchmarks/results)")
     args = parser.parse_args()
     x, y, source = images()
-    machine = platform.processor() or platform.machine()
+    machine = cpu()
     runs, profiles = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, widths in WIDTHS.items():
