@@ -278,6 +278,8 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
     )
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     report = json.loads((result.out_dir / "report.json").read_text())
+    if seed is not None:  # why a seed shipped what it did (which budget rejected a file on test) stays readable
+        shutil.copy(result.out_dir / "report.json", out / f"report_seed{seed}_share{share}.json")
     for plot, slug in (("latency_vs_accuracy.png", "latency"), ("accuracy_vs_size.png", "size")):
         if seed is None and (result.out_dir / plot).exists():
             shutil.copy(result.out_dir / plot, out / f"faster_{key}_{slug}.png")
