@@ -300,6 +300,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
         "cpu_s": round(cpu, 1),
         "options": OPTIONS[key],
         "structured_levels": (TABLES.get("structured") or {}).get("levels"),
+        "plan": report.get("plan"),  # a time budget's epochs per try, set by the epoch time measured under load
         "structured": _structured(result),
         "steps": [f"{s.step}: {s.reason}" for s in result.steps if s.step in ("structured", "sparsity (prune)")],
         "tries": [_try(t) for t in result.tries],

@@ -197,7 +197,7 @@ def render_seeds(runs: list[dict], source: str) -> str:
         lines += [
             "",
             f"## seed {run['seed']}, structured budget share {_share_of(run)} (optimize {run['wall_s']} s wall "
-            f"(loaded), {run['cpu_s']} s CPU)",
+            f"(loaded), {run['cpu_s']} s CPU{_planned(run)})",
             "",
             "| file | Δ test [95% CI] | b1 / b256 speed-up | b1 ms | b256 ms | gzip ratio | note |",
             "|---|---|---:|---:|---:|---:|---|",
@@ -210,6 +210,15 @@ def render_seeds(runs: list[dict], source: str) -> str:
         lines += ["", *[f"- {s}" for s in run["steps"]]]
         lines += ["", "Tries (validation Δ vs the original, paired 95% CI): " + "; ".join(map(_tried, run["tries"]))]
     return "\n".join(lines)
+
+
+def _planned(run: dict) -> str:
+    """``; time budget's plan: 6 epochs per try (epoch 13.9 s measured)``: what each fine-tuned try was given."""
+    plan = run.get("plan") or {}
+    if not plan.get("time_budget_s"):
+        return ""
+    epoch = (plan.get("measured") or {}).get("epoch_s")
+    return f"; time budget's plan: {plan.get('epochs')} epochs per try (epoch {epoch:.1f} s measured)"
 
 
 def _share_of(run: dict) -> str:
