@@ -21,7 +21,7 @@ STRUCTURED_AUTO = "auto"
 #: fresh trainings as good as without it on four and better on one (2.69x where 80 % missed the NLL budget; b256 mean
 #: 1.55x against 1.01x), the small CNN unchanged (benchmarks/results/faster_seeds_levels80.md). Not 85 %: it passed
 #: validation accuracy, then missed the NLL budget (+18 %, +10 % on test) and two trainings shipped nothing (b256 mean
-#: 2.31x against 3.10x, benchmarks/results/faster_seeds_levels.md). The step decides on accuracy alone.
+#: 2.31x against 3.10x, benchmarks/results/faster_seeds_levels.md). Both measured before tries held the NLL budget.
 STRUCTURED_LEVELS = (0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 #: The share of the accuracy budget the structured step may spend on validation (the rest is left to the magnitude
 #: search and int8, decided after it on the same rows: :func:`deploykit.pipeline.search_rule.step_budget`). The
