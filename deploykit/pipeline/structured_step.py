@@ -6,7 +6,7 @@ the validation split and records its tries beside the sparsity search's.
 
 ``fraction = "auto"`` (the default under ``--objective latency``) searches the share: removing more units is
 fewer multiply-adds, so a faster file in every dense runtime, and less accuracy. The shares of ``levels`` are
-tried by bisection (3 fine-tuned tries for the 8 default levels; the default) or, with ``search = "top-down"``,
+tried by bisection (about three fine-tuned tries for seven levels; the default) or, with ``search = "top-down"``,
 highest first
 until one is within the budget (at most :data:`TOP_DOWN_MISSES` misses; the speed is in the top shares, and a
 try at :data:`LONG_RECOVERY` or more recovers with twice the patience), each pruned from the input model, distilled
