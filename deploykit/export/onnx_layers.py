@@ -20,11 +20,11 @@ from deploykit.errors import UsageError
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def layer_nodes(proto, name: str) -> list[str]:
+def layer_nodes(proto, name: str, weights: dict[str, list[str]] | None = None) -> list[str]:
     """The names of the nodes of ``proto`` that ``name`` selects, in graph order: a node's own name, a Keras layer
     name as a path segment of a node's name, or of a weight a weighted node reads as its own
-    (:func:`own_weights`)."""
-    weights = own_weights(proto)
+    (:func:`own_weights`; pass them when selecting several names in one graph)."""
+    weights = own_weights(proto) if weights is None else weights
     return [
         n.name
         for n in proto.graph.node
@@ -53,8 +53,9 @@ def excluded_nodes(proto, names: tuple[str, ...]) -> list[str]:
     A name that selects nothing is a UsageError (a typo must not go unnoticed).
     """
     selected: list[str] = []
+    weights = own_weights(proto)
     for name in names:
-        hits = layer_nodes(proto, name)
+        hits = layer_nodes(proto, name, weights)
         if not hits:
             raise UsageError(f"exclude: no ONNX node or Keras layer named {name!r} in the graph")
         selected += [h for h in hits if h not in selected]

@@ -126,14 +126,14 @@ def _searched(model, ctx: RunContext) -> StepOutput:
     )
     base = _config(ctx, levels[0], {}, epochs)
     teacher = teacher_of(model, ctx.data) if base.distill else None
-    tries, made, rule = [], {}, held(model, ctx)
+    tries, made, held_to = [], {}, held(model, ctx)
 
     def attempt(share: float) -> bool | None:
         if not _fits(stop_at, [t.seconds for t in tries]):
             ctx.say(f"  structured {share:.0%} not tried: it cannot finish within the time budget")
             return None
         config = dataclasses.replace(base, fraction=share, patience=_patience(base.patience, share, how))
-        one, result, report = _try(model, ctx, config, rule, teacher, _stopper(stop_at))
+        one, result, report = _try(model, ctx, config, held_to, teacher, _stopper(stop_at))
         tries.append(one)
         made[share] = (one, result, report, share)
         if not one.kept:
@@ -260,7 +260,7 @@ def _stopper(stop_at: float | None) -> tuple:
     return () if stop_at is None else (deadline_callback(stop_at),)
 
 
-def _try(model, ctx: RunContext, config, rule: Held, teacher=None, callbacks: tuple = ()):
+def _try(model, ctx: RunContext, config, held_to: Held, teacher=None, callbacks: tuple = ()):
     """(Try, model, StructuredReport) of one share, decided on validation against the original model's outputs:
     within the step's share of the budget and, when the run holds files to it, within the NLL limit."""
     from deploykit.core.evaluate import outputs
@@ -270,7 +270,7 @@ def _try(model, ctx: RunContext, config, rule: Held, teacher=None, callbacks: tu
     result, report = prune_structured(
         model, ctx.data, config=config, progress=lambda m: ctx.say("  " + m), teacher=teacher, callbacks=callbacks
     )
-    val, nll, kept, note = decide(outputs(result, ctx.data.x_val), rule, ctx)
+    val, nll, kept, note = decide(outputs(result, ctx.data.x_val), held_to, ctx)
     stopped = [c.stopped for c in callbacks if getattr(c, "stopped", None)]
     if stopped and not kept:
         note += f"; stopped at the time budget's deadline in epoch {stopped[0]} of {config.epochs}"
@@ -288,7 +288,7 @@ def _try(model, ctx: RunContext, config, rule: Held, teacher=None, callbacks: tu
     return attempt, result, report
 
 
-def decide(new, rule: Held, ctx: RunContext) -> tuple:
+def decide(new, held_to: Held, ctx: RunContext) -> tuple:
     """(validation SplitFigure, NllFigure or None, kept, note) of a try's raw validation outputs ``new``: kept when
     within the step's share of the budget by the runs' accept rule (:func:`deploykit.pipeline.confirm.split_figure`)
     and, when held to it, within the NLL limit (:func:`deploykit.sparsity.nll_rule.judge`, the magnitude search's
@@ -298,23 +298,21 @@ def decide(new, rule: Held, ctx: RunContext) -> tuple:
     from deploykit.pipeline.confirm import VALIDATION, split_figure
     from deploykit.sparsity.nll_rule import judge
 
-    val = split_figure(VALIDATION, main_outputs(new, ctx.kind), rule.reference, ctx.data.y_val, rule.budget)
-    nll = None if rule.nll is None else judge(new, rule.raw, ctx.data.y_val, rule.nll)
+    val = split_figure(VALIDATION, main_outputs(new, ctx.kind), held_to.reference, ctx.data.y_val, held_to.budget)
+    nll = None if held_to.nll is None else judge(new, held_to.raw, ctx.data.y_val, held_to.nll)
     kept = val.within and (nll is None or nll.within)
-    return val, nll, kept, "" if kept else miss_note(val, nll, rule, ctx)
+    return val, nll, kept, "" if kept else miss_note(val, nll, held_to, ctx)
 
 
-def miss_note(val, nll, rule: Held, ctx: RunContext) -> str:
+def miss_note(val, nll, held_to: Held, ctx: RunContext) -> str:
     """Why a try was not kept, led by what it missed, as the magnitude search's notes are: ``accuracy: ...`` (the
     step's share of the budget; its NLL figure follows when judged), or ``NLL: ...`` (within that share, beyond
     ``max_nll_increase``)."""
-    from deploykit.sparsity.nll_rule import describe
+    from deploykit.sparsity.nll_rule import describe, miss_text
 
-    figure = f"validation {ctx.budget.change(rule.original, val.value)}, {_share(ctx)}"
-    nll_text = "" if nll is None else describe(nll.nll, nll.change, nll.temperature, rule.nll.limit)
-    if val.within:
-        return f"NLL: {nll_text}; {figure}"
-    return f"{ctx.metric.value}: {figure}" + (f"; {nll_text}" if nll_text else "")
+    figure = f"validation {ctx.budget.change(held_to.original, val.value)}, {_share(ctx)}"
+    nll_text = "" if nll is None else describe(nll.nll, nll.change, nll.temperature, held_to.nll.limit)
+    return miss_text(ctx.metric.value, figure, nll_text, nll_only=val.within)
 
 
 def _share(ctx: RunContext) -> str:

@@ -92,6 +92,14 @@ def describe(nll: float, change: float, temperature: float | None, limit: float)
     )
 
 
+def miss_text(metric: str, figures: str, nll_text: str, nll_only: bool) -> str:
+    """A missed try's note, led by what it missed, as every search writes it: ``NLL: ...; figures`` when only the
+    NLL limit was missed (``nll_only``), else ``accuracy: figures`` with the NLL figure after it when judged."""
+    if nll_only:
+        return f"NLL: {nll_text}; {figures}"
+    return f"{metric}: {figures}" + (f"; {nll_text}" if nll_text else "")
+
+
 def _labels(y) -> np.ndarray:
     """Class indices (one-hot labels as their argmax)."""
     y = np.asarray(y)

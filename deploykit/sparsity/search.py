@@ -28,7 +28,7 @@ from deploykit.records import Record
 from deploykit.sparsity.config import PruneConfig, SearchConfig
 from deploykit.sparsity.deadline import SearchLimits
 from deploykit.sparsity.magnitude import prune
-from deploykit.sparsity.nll_rule import NllRule, describe, judge
+from deploykit.sparsity.nll_rule import NllRule, describe, judge, miss_text
 from deploykit.sparsity.report import SparsityReport, pruned_kernel
 from deploykit.sparsity.tuning import check_inputs, choose_layers, rebuild, teacher_of
 from deploykit.stats import (
@@ -388,9 +388,8 @@ def miss_note(attempt: SearchTry, budget: Budget, original: float, nll: NllRule 
     nll_text = ""
     if nll is not None and attempt.nll is not None:
         nll_text = describe(attempt.nll, attempt.nll_change, attempt.temperature, nll.limit)
-    if accepted_on_accuracy(attempt, budget) and attempt.nll_within is False:
-        return f"NLL: {nll_text}; {figures}"
-    return f"{budget.metric.value}: {figures}" + (f"; {nll_text}" if nll_text else "")
+    nll_only = accepted_on_accuracy(attempt, budget) and attempt.nll_within is False
+    return miss_text(budget.metric.value, figures, nll_text, nll_only)
 
 
 def accepted_on_accuracy(attempt: SearchTry, budget: Budget) -> bool:
