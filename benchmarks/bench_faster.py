@@ -212,27 +212,17 @@ def timed(files: dict[str, Path], x: np.ndarray, threads: int = 1) -> dict[str, 
     (a call of about 1.5 ms is repeated until each file has had ``SECONDS_PER_FILE`` of calls)."""
     import onnxruntime as ort
 
+    from deploykit.export.runtimes import interleaved_fastest
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in files.items()}
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[float]] = {k: [0.0, 0.0] for k in sessions}
     for batch, repeats, slot in ((1, REPEATS_B1, 0), (256, REPEATS_B256, 1)):
         xb = np.resize(x, (batch, *x.shape[1:]))
-        samples: dict[str, list[float]] = {k: [] for k in sessions}
-        warm = []
-        for _ in range(2):
-            for s in sessions.values():
-                t0 = time.perf_counter()
-                s.run(None, {s.get_inputs()[0].name: xb})
-                warm.append(time.perf_counter() - t0)
-        repeats = int(min(MAX_REPEATS, max(repeats, SECONDS_PER_FILE / max(min(warm), 1e-6))))
-        for _ in range(repeats):
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, {s.get_inputs()[0].name: xb})
-                samples[k].append(time.perf_counter() - t0)
-        for k, v in samples.items():
-            out.setdefault(k, [0.0, 0.0])[slot] = 1000 * float(np.min(v))
+        calls = {k: (lambda s=s, xb=xb: s.run(None, {s.get_inputs()[0].name: xb})) for k, s in sessions.items()}
+        for k, seconds in interleaved_fastest(calls, repeats, SECONDS_PER_FILE, MAX_REPEATS).items():
+            out[k][slot] = 1000 * seconds
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
