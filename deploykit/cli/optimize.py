@@ -119,6 +119,8 @@ def _run(args) -> int:
         f"\n{len(result.shipped)} artifacts shipped, {len(result.rejected)} rejected; report.md, report.json, plots "
         f"and deploykit.toml in {result.out_dir}"
     )
+    if result.fallback:
+        print(f"fallback: {result.fallback['line']}")
     if result.failure:
         print(f"deploykit optimize: {result.failure}", file=sys.stderr)
         return 1

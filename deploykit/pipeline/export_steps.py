@@ -40,14 +40,15 @@ def metadata(model, ctx: RunContext, accuracy: float | None):
     )
 
 
-def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext) -> StepOutput:
-    """One artifact through the exporter's own ``export_variant``, measured and held to the budget in its runtime."""
+def export_step(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext, file: str | None = None) -> StepOutput:
+    """One artifact through the exporter's own ``export_variant``, measured and held to the budget in its runtime;
+    ``file``: another name than :func:`artifact_name`'s (the fallback's ``original.onnx``; float variants only)."""
     if quant.precision is Precision.INT8:
         return _int8_export(fmt, quant, model, ctx)
     from deploykit.export import export_variant
 
     step = ctx.config.export
-    file = artifact_name(fmt, quant)
+    file = file or artifact_name(fmt, quant)
     try:
         record = export_variant(
             model,

@@ -209,6 +209,11 @@ class StepSpec:
         """The run function (imported now)."""
         return _resolve(self.run)
 
+    def add_report(self, report: dict[str, Any], records) -> dict[str, Any]:
+        """report.json with this step's own section (``report``: a function of the report and the run's step
+        records); unchanged when the step has none."""
+        return report if self.report is None else _resolve(self.report)(report, records)
+
     def steps(self, config, plan, engine: Callable | None = None) -> list[tuple[str, Callable]]:
         """The (name, run) pairs this step runs as in a run of ``config`` (none when ``when`` leaves it out)."""
         if self.when is not None and not self.when(config):

@@ -450,6 +450,7 @@ _STEPS_MODULE = "deploykit.pipeline.steps"
 #: feature's standard deviation, so near-constant features (the border pixels of digits) would get the largest
 #: weights and magnitude pruning would keep exactly the useless ones. Zeros survive the fold (it scales rows and
 #: columns), and compact follows it, where folded BatchNorm lets more dead neurons reach a Dropout as exact zeros.
+#: The fallback follows the exports (it reads what they shipped) and precedes the objective, which times its files.
 #: The Triton repository comes after the MC model and the ensemble, which it serves too.
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("structured", "deploykit.pipeline.structured_step:structured_step", "structured"),
@@ -463,6 +464,13 @@ STEPS: tuple[StepSpec, ...] = (
         "deploykit.pipeline.uncertainty_steps:conformal_export_step",
         "export",
         expand="deploykit.pipeline.uncertainty_steps:variant_steps",
+    ),
+    StepSpec(  # the user's folded model, in each format where nothing of the chain shipped (after every export)
+        "fallback",
+        "deploykit.pipeline.fallback:fallback_step",
+        "export",
+        when=lambda config: config.export.enabled and bool(config.export.variants()),
+        report="deploykit.pipeline.fallback:report_section",
     ),
     StepSpec(
         "objective",

@@ -90,6 +90,12 @@ class OptimizeResult:
         return None
 
     @property
+    def fallback(self) -> dict[str, Any] | None:
+        """report.json ``fallback``: your folded model shipped where nothing of the compressed model did (None: the
+        compressed model shipped; :mod:`deploykit.pipeline.fallback`)."""
+        return self.report.get("fallback")
+
+    @property
     def recommended(self) -> str | None:
         """The file the run's ``[plan] objective`` recommends (report.json ``objective``; None: nothing timed)."""
         return (self.report.get("objective") or {}).get("chosen")
@@ -383,6 +389,7 @@ def _write(
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml; ``splits``: what
     :func:`~deploykit.pipeline.split_check.split_check` found (report.json `split_check`, its lines in the notes)."""
     from deploykit.core.custom_dropout import assumption
+    from deploykit.pipeline.registry import STEPS
 
     staging, config, say = ctx.folder, ctx.config, ctx.say
     records = [o.record for o in outputs]
@@ -444,6 +451,8 @@ def _write(
     report["notes"] = [*splits[1], *report["notes"]]
     if ctx.plan is not None:  # what the run planned, and what it measured (the time budget's account)
         report["plan"] = ctx.plan.to_dict()
+    for spec in STEPS:  # the steps' own sections of report.json (the fallback's)
+        report = spec.add_report(report, records)
     report = _relative(report, staging)
     write_text(staging / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
     sections = [line for o in outputs for line in o.sections]

@@ -243,11 +243,11 @@ def variant_steps(config, plan) -> list[tuple[str, Callable]]:
     return [(f"export {f.value} {q.value}", functools.partial(conformal_export_step, f, q)) for f, q in variants]
 
 
-def conformal_export_step(fmt, quant, model, ctx: RunContext) -> StepOutput:
+def conformal_export_step(fmt, quant, model, ctx: RunContext, file: str | None = None) -> StepOutput:
     """:func:`~deploykit.pipeline.steps.export_step`, then (``[conformal] coverage``) the conformal outputs
     in the shipped ONNX file, calibrated on the validation split after its temperature; the row's size is re-measured
     and its checks say the test split's coverage. Predictions are untouched, so the validated figures stand."""
-    out = export_step(fmt, quant, model, ctx)  # the temperature is in the model already (pipeline.calibrate)
+    out = export_step(fmt, quant, model, ctx, file)  # the temperature is in the model already (pipeline.calibrate)
     config = ctx.config.conformal.config()
     row = out.artifacts[0] if out.artifacts else None
     if config is None or row is None or not row.verdict.shipped or not row.file.endswith(".onnx"):

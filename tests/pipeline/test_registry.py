@@ -103,6 +103,7 @@ def test_the_runner_builds_its_steps_from_the_registry_in_order():
         "temperature",
         "save model",
         "export onnx float32",
+        "fallback",
         "objective",
         "mc dropout",
     ]
