@@ -190,9 +190,3 @@ def report_section(report: dict[str, Any], records: Sequence[StepRecord]) -> dic
     if entry is not None:
         report["notes"] = [f"{FALLBACK}: {entry.line}", *report.get("notes", [])]
     return report
-
-
-def top_line(report: dict[str, Any]) -> list[str]:
-    """The line report.md puts under its artifact table when the run fell back ([] otherwise)."""
-    entry = report.get(FALLBACK)
-    return [f"**Fallback**: {entry['line']}. See the section below.", ""] if entry else []

@@ -335,7 +335,7 @@ def markdown(
         "",
         markdown_table(columns_for(artifacts), [artifact_cells(r, regression) for r in artifacts], right=range(3, 14)),
         "",
-        *_fallback_line(report),
+        *fallback_line(report),
         "Compression: gzip size of the original model saved as `.keras` divided by the artifact's gzip size. "
         f"{meaning} Latency: median of repeated single-example calls; "
         "throughput: examples per second at batch 256 (one process, this machine). Speed-up: the original model's "
@@ -394,11 +394,11 @@ def markdown(
     return "\n".join(lines)
 
 
-def _fallback_line(report: dict[str, Any]) -> list[str]:
-    """Under the table: the run shipped your folded model where nothing of the compressed one shipped."""
-    from deploykit.pipeline.fallback import top_line
-
-    return top_line(report)
+def fallback_line(report: dict[str, Any]) -> list[str]:
+    """Under the table: the run shipped your folded model where nothing of the compressed one shipped (report.json
+    ``fallback``, written by :mod:`deploykit.pipeline.fallback`); [] otherwise."""
+    entry = report.get("fallback")
+    return [f"**Fallback**: {entry['line']}. See the section below.", ""] if entry else []
 
 
 def _mc_extras(mc: dict[str, Any]) -> list[str]:

@@ -8,9 +8,9 @@ from deploykit.pipeline.fallback import (
     fallback_file,
     formats_to_fall_back,
     report_section,
-    top_line,
 )
 from deploykit.pipeline.records import ArtifactRow, SplitFigure, Status, StepRecord, Verdict
+from deploykit.pipeline.report import fallback_line
 
 TEST_MISS = "missed: test miss: accuracy drop vs the original = 0.02, required <= 0.01 (the budget) (...)"
 
@@ -87,6 +87,6 @@ def test_report_json_carries_one_fallback_entry_or_null():
     done = StepRecord(FALLBACK, Status.DONE, entry.line, detail=entry)
     report = report_section({"notes": ["other"]}, [done])
     assert report[FALLBACK]["shipped"] == ["original.onnx"] and report["notes"] == [f"fallback: {entry.line}", "other"]
-    assert top_line(report)[0].startswith("**Fallback**: the compressed model missed the budget on test")
+    assert fallback_line(report)[0].startswith("**Fallback**: the compressed model missed the budget on test")
     quiet = report_section({"notes": []}, [StepRecord(FALLBACK, Status.DONE, "not needed")])
-    assert quiet[FALLBACK] is None and quiet["notes"] == [] and top_line(quiet) == []
+    assert quiet[FALLBACK] is None and quiet["notes"] == [] and fallback_line(quiet) == []
