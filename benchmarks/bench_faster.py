@@ -296,6 +296,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
         "tries": [_try(t) for t in result.tries],
         "files": _files(result, report, times, baseline, default),
         "recommended": (report.get("objective") or {}).get("recommended", {}),
+        "fallback": report.get("fallback"),  # the user's folded model shipped where nothing compressed did
     }
 
 

@@ -69,6 +69,7 @@ def render(runs: list[dict], source: str) -> str:
                 f"{f['slower'] or ''} |"
             )
         lines += ["", *[f"- {s}" for s in run["steps"]]]
+        lines += [f"- fallback: {run['fallback']['line']}"] if run.get("fallback") else []
         lines += _tries(run)
     return "\n".join(lines)
 
@@ -185,10 +186,12 @@ def render_seeds(runs: list[dict], source: str) -> str:
         best.setdefault(_share_of(run), []).append(f)
         tries = {t["setting"]: t for t in run["tries"]}
         tried = ", ".join(_tried(tries.get(f"structured {100 * v:.0f}%", {})) for v in run["structured"]["tried"])
-        kept = "—" if f is None else f"{100 * run['structured']['kept']:.0f}%, {100 * f['sparsity']:.0f}%, "
+        share = 0.0 if f is not None and f["file"].startswith("original.") else run["structured"]["kept"]  # fallback
+        kept = "—" if f is None else f"{100 * share:.0f}%, {100 * f['sparsity']:.0f}%, "
         kept += "" if f is None else f["quantization"]
         lines.append(
-            f"| {run['seed']} | {_share_of(run)} | {'none' if f is None else '`' + f['file'] + '`'} | {kept} | "
+            f"| {run['seed']} | {_share_of(run)} | {'none' if f is None else '`' + f['file'] + '`'}"
+            f"{' (fallback: your model, folded)' if run.get('fallback') else ''} | {kept} | "
             f"{'—' if f is None else _change(f)} | {'—' if f is None else _speed(f)} | {len(run['files'])} | "
             f"{tried or 'none'} |"
         )
