@@ -246,7 +246,8 @@ def variant_steps(config, plan) -> list[tuple[str, Callable]]:
 def conformal_export_step(fmt, quant, model, ctx: RunContext, file: str | None = None) -> StepOutput:
     """:func:`~deploykit.pipeline.steps.export_step`, then (``[conformal] coverage``) the conformal outputs
     in the shipped ONNX file, calibrated on the validation split after its temperature; the row's size is re-measured
-    and its checks say the test split's coverage. Predictions are untouched, so the validated figures stand."""
+    and its checks say the test split's coverage. Predictions are untouched, so the validated figures stand.
+    ``file``: the artifact's name when not the variant's own (the fallback's ``original.onnx``)."""
     out = export_step(fmt, quant, model, ctx, file)  # the temperature is in the model already (pipeline.calibrate)
     config = ctx.config.conformal.config()
     row = out.artifacts[0] if out.artifacts else None
