@@ -151,12 +151,16 @@ def describe(chain: Sequence[ArtifactRow], formats: Sequence[str], rows: Sequenc
     test_miss = bool(missed) and all(m.startswith("test miss") for m in missed.values())
     shipped = [r.file for r in rows if r.verdict.shipped]
     rejected = [r.file for r in rows if not r.verdict.shipped]
-    where = "on test" if test_miss else "in " + ", ".join(formats)
     by_check: dict[str, list[str]] = {}
     for file, check in missed.items():
         by_check.setdefault(check, []).append(file)
     why = "; ".join(f"{', '.join(files)}: {check}" for check, files in by_check.items())
-    line = f"the compressed model missed the budget {where} ({why}); " + (
+    what_missed = (
+        "the compressed model missed the budget on test"
+        if test_miss
+        else f"every file of the compressed model was rejected in {', '.join(formats)}"
+    )
+    line = f"{what_missed} ({why}); " + (
         f"shipped {what}: {', '.join(shipped)}" if shipped else f"{what} missed it too: nothing shipped"
     )
     if shipped and rejected:

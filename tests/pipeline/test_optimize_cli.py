@@ -165,8 +165,13 @@ def test_exit_1_with_one_line_when_nothing_deployable_meets_the_budget(model_fil
     assert last.startswith(
         "deploykit optimize: nothing deployable meets the accuracy budget (1 pt): rejected model_float16.onnx"
     )
-    assert "1 artifacts shipped, 1 rejected" in captured.out  # model.keras ships; it is no deployable artifact
+    # model.keras ships (it is no deployable artifact); the fallback, your model as float32 original.onnx, is tried
+    # and misses the same 1e-12 tolerance: rejected too, and the run says so
+    assert "1 artifacts shipped, 2 rejected" in captured.out
+    assert "fallback: every file of the compressed model was rejected in onnx" in captured.out
+    assert "rejected model_float16.onnx" in last and "original.onnx (missed: max_abs_diff" in last
     assert (out / "report.md").is_file() and not (out / "model_float16.onnx").exists()
+    assert not (out / "original.onnx").exists()
 
 
 def test_a_users_model_without_data_is_refused_and_the_help_says_what_an_npz_holds(tmp_path, cli):
