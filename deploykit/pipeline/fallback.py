@@ -47,8 +47,8 @@ FORMATS = ("onnx", "tflite")
 NOT_NEEDED = "not needed: in every format a file of the compressed model shipped (or none could be made)"
 UNBIASED = (
     "decided after the test split was measured, which does not bias the shipped figure: the fallback is your own "
-    "model with BatchNorm folded (an exact rewrite, checked), so nothing was selected among candidates on the test "
-    "rows and its test figure is your model's"
+    "model, at most rewritten exactly (the BatchNorm fold, checked against your model's outputs), so nothing was "
+    "selected among candidates on the test rows and its test figure is your model's"
 )
 UNCERTAINTY = (
     "the MC Dropout model is built from the compressed model and held to the budget on its own; ensemble members "
