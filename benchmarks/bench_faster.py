@@ -232,19 +232,35 @@ def run_model(key: str, out: Path) -> dict:
         return measured(key, Path(tmp), out, prepared(key, Path(tmp)))
 
 
-def run_seed(seed: int, out: Path, shares: list[float | None], work: Path | None = None) -> list[dict]:
+def run_seed(
+    seed: int, out: Path, shares: list[float | None], work: Path | None = None, holdouts: tuple = (None,)
+) -> list[dict]:
     """The book network trained with ``seed``, then one optimize run per structured budget share (None: the
-    default), each on the same trained model (its plots are not copied). ``work``: the trained models are kept
-    there and reused by a later run (the optimize runs always start afresh)."""
+    default) and fine-tuning holdout (``tune_holdout``; None: the default), each on the same trained model (its
+    plots are not copied). ``work``: the trained models are kept there and reused by a later run (the optimize runs
+    always start afresh)."""
     with tempfile.TemporaryDirectory() as tmp:
         if work:
             work.mkdir(parents=True, exist_ok=True)
         model = prepared("book", work or Path(tmp), seed)
-        return [measured("book", Path(tmp) / f"share_{share}", out, model, seed, share) for share in shares]
+        return [
+            measured("book", Path(tmp) / f"share_{share}_holdout_{held}", out, model, seed, share, held)
+            for share in shares
+            for held in holdouts
+        ]
 
 
-def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, share: float | None = None) -> dict:
-    """optimize on a prepared model (``share``: ``structured_budget_share``), its files timed at 1 thread."""
+def measured(
+    key: str,
+    folder: Path,
+    out: Path,
+    model,
+    seed: int | None = None,
+    share: float | None = None,
+    holdout: float | None = None,
+) -> dict:
+    """optimize on a prepared model (``share``: ``structured_budget_share``; ``holdout``: ``tune_holdout``), its
+    files timed at 1 thread."""
     from deploykit.export import export_onnx
     from deploykit.io.models import load_model
     from deploykit.pipeline import optimize
@@ -253,6 +269,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
     folder.mkdir(parents=True, exist_ok=True)
     path, data, baseline, epochs = model
     extra = {**EXTRA, **({} if share is None else {"structured_budget_share": share})}
+    extra |= {} if holdout is None else {"tune_holdout": holdout}
     start, cpu = time.perf_counter(), time.process_time()
     result = optimize(
         path,
@@ -269,7 +286,8 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     report = json.loads((result.out_dir / "report.json").read_text())
     if seed is not None:  # why a seed shipped what it did (which budget rejected a file on test) stays readable
-        shutil.copy(result.out_dir / "report.json", out / f"report_seed{seed}_share{share}.json")
+        held = "" if holdout is None else f"_holdout{holdout}"
+        shutil.copy(result.out_dir / "report.json", out / f"report_seed{seed}_share{share}{held}.json")
     for plot, slug in (("latency_vs_accuracy.png", "latency"), ("accuracy_vs_size.png", "size")):
         if seed is None and (result.out_dir / plot).exists():
             shutil.copy(result.out_dir / plot, out / f"faster_{key}_{slug}.png")
@@ -282,6 +300,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
         "key": key,
         "seed": seed,
         "budget_share": share,
+        "tune_holdout": holdout,
         "model": TITLES[key],
         "epochs_trained": epochs,
         "original_accuracy": (report.get("original") or {}).get("accuracy"),
@@ -293,6 +312,7 @@ def measured(key: str, folder: Path, out: Path, model, seed: int | None = None, 
         "plan": report.get("plan"),  # a time budget's epochs per try, set by the epoch time measured under load
         "structured": _structured(result),
         "steps": [f"{s.step}: {s.reason}" for s in result.steps if s.step in ("structured", "sparsity (prune)")],
+        "magnitude": _step_test(next((s for s in result.steps if s.step == "sparsity (prune)"), None)),
         "tries": [_try(t) for t in result.tries],
         "files": _files(result, report, times, baseline, default),
         "recommended": (report.get("objective") or {}).get("recommended", {}),
@@ -397,6 +417,12 @@ def main() -> None:
         "search's own)",
     )
     parser.add_argument(
+        "--tune-holdouts",
+        default="",
+        help="with --seeds: comma-separated tune_holdout values (0: fine-tunes stop early on the validation rows), "
+        "one optimize run each on the same trained model, side by side (results/holdout.md)",
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="with --seeds: keep the trained models here and reuse them when rerun"
     )
     args = parser.parse_args()
@@ -413,7 +439,9 @@ def main() -> None:
         keys.remove("book")
     if args.seeds:
         shares = [float(v) for v in args.budget_shares.split(",") if v.strip()] or [None]
-        return run_seeds([int(v) for v in args.seeds.split(",") if v.strip()], keys, args.out, shares, args.work)
+        holdouts = tuple(float(v) for v in args.tune_holdouts.split(",") if v.strip()) or (None,)
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        return run_seeds(seeds, keys, args.out, shares, args.work, holdouts)
     kept = merged_runs(args.out / "faster.json", keys) if args.merge else []
     notes = kept_notes(args.out / "faster.md") if args.merge else ""
     runs: list[dict] = []
@@ -452,7 +480,9 @@ def in_order(runs: list[dict]) -> list[dict]:
     return sorted(runs, key=lambda r: order.index(r["key"]) if r["key"] in order else len(order))
 
 
-def run_seeds(seeds: list[int], keys: list[str], out: Path, shares: list[float | None], work: Path | None) -> None:
+def run_seeds(
+    seeds: list[int], keys: list[str], out: Path, shares: list[float | None], work: Path | None, holdouts: tuple
+) -> None:
     """The book network once per seed, one optimize run per structured budget share; the results written after
     every seed (a long run keeps what finished)."""
     if keys != ["book"]:
@@ -460,7 +490,7 @@ def run_seeds(seeds: list[int], keys: list[str], out: Path, shares: list[float |
     source, runs = images()[2], []
     for seed in seeds:
         print(f"--- book MLP, seed {seed}", flush=True)
-        runs += run_seed(seed, out, shares, work)
+        runs += run_seed(seed, out, shares, work, holdouts)
         data = {"machine": platform.processor() or platform.machine(), "data": source, "runs": runs}
         write_results("faster_seeds", data, render_seeds(runs, source), out, quiet=seed != seeds[-1])
 

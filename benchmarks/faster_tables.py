@@ -225,11 +225,14 @@ def _planned(run: dict) -> str:
 
 
 def _share_of(run: dict) -> str:
-    """The run's structured budget share, and its ``[structured] levels`` when not the default (--structured-levels)."""
+    """The run's structured budget share, its ``[structured] levels`` when not the default (--structured-levels),
+    and its ``tune_holdout`` when given (--tune-holdouts)."""
     share = run.get("budget_share")
     text = f"{STRUCTURED_BUDGET_SHARE:g} (default)" if share is None else f"{share:g}"
     levels = run.get("structured_levels")
-    return text if not levels else f"{text}, levels {'/'.join(f'{100 * v:g}' for v in levels)}"
+    text = text if not levels else f"{text}, levels {'/'.join(f'{100 * v:g}' for v in levels)}"
+    held = run.get("tune_holdout")  # --tune-holdouts: the fine-tunes' early-stopping rows
+    return text if held is None else f"{text}, tune_holdout {held:g}"
 
 
 def _tried(t: dict) -> str:

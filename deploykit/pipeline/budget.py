@@ -25,6 +25,7 @@ from typing import Any
 from deploykit.export.config import ExportFormat, Precision, Quantization
 from deploykit.progress import clock
 from deploykit.sparsity.deadline import CHEAP_LEVELS, SearchLimits
+from deploykit.sparsity.holdout import fit_rows
 
 #: The plan aims this far under the budget: what it cannot foresee (a try's tracing, loaded cores) stays within the
 #: 10 % a run may overrun.
@@ -51,7 +52,7 @@ EXPORT_PER_LAYER, EXPORT_BASE = 0.25, 3.0
 class Costs:
     """What this model costs here, in seconds."""
 
-    epoch: float  # one pruning epoch over the training split, validation pass included (estimated from batches)
+    epoch: float  # one pruning epoch over the training split, early stopping's pass included (estimated from batches)
     trace: float  # what each try pays once: building and tracing its model
     evaluation: float  # one score of the validation split
     export: float  # one float32 ONNX export, conversion and validation
@@ -86,10 +87,14 @@ def measure(model, data, prune_config, worth_training=lambda costs: True, model_
 
     score(model, data.x_val, data.y_val, data.task)  # traced once
     evaluation = _seconds(lambda: score(model, data.x_val, data.y_val, data.task))
-    steps = max(1, math.ceil(len(data.x_train) / prune_config.batch_size))
+    trained = fit_rows(len(data.x_train), prune_config.tune_holdout)  # a fine-tune's holdout is not trained on...
+    stop_pass = (
+        evaluation * ((len(data.x_train) - trained) or len(data.x_val)) / max(1, len(data.x_val))
+    )  # ...but scored
+    steps = max(1, math.ceil(trained / prune_config.batch_size))
     export = EXPORT_BASE + EXPORT_PER_LAYER * len(model.layers)
     optimistic = Costs(
-        TRAIN_OVER_EVAL * evaluation * len(data.x_train) / max(1, len(data.x_val)) + evaluation,
+        TRAIN_OVER_EVAL * evaluation * trained / max(1, len(data.x_val)) + stop_pass,
         0.0,
         evaluation,
         export,
@@ -109,7 +114,7 @@ def measure(model, data, prune_config, worth_training=lambda costs: True, model_
     x, y = data.x_train[: k * batch], np.asarray(data.y_train[: k * batch])
     first = _seconds(lambda: copy.fit(x, y, batch_size=batch, epochs=1, verbose=0))
     steady = _seconds(lambda: copy.fit(x, y, batch_size=batch, epochs=1, verbose=0))
-    epoch = PRUNE_FACTOR * steady / k * steps + evaluation
+    epoch = PRUNE_FACTOR * steady / k * steps + stop_pass
     scan_evaluation, scan_trace = _traced_evaluation(model, data)
     return Costs(
         epoch,

@@ -19,7 +19,7 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any
 
-from deploykit.configs import boolean, choice, fraction, integer, positive
+from deploykit.configs import boolean, choice, fraction, integer, number, positive
 from deploykit.errors import ConfigError
 from deploykit.pipeline.options import Cli, Option, StepSpec, TableSpec
 from deploykit.pipeline.structured_table import STRUCTURED_SEARCHES, StructuredStep
@@ -81,6 +81,9 @@ def _sparsity(step: SparsityStep, fields: dict[str, Any], o: dict[str, Any]) -> 
     if "distill" in o:
         boolean("distill", o["distill"])
         prune, l1 = prune.with_options(distill=o["distill"]), l1.with_options(distill=o["distill"])
+    if "tune_holdout" in o:
+        share = number("tune_holdout", o["tune_holdout"], 0.0, 0.5)
+        prune, l1 = prune.with_options(tune_holdout=share), l1.with_options(tune_holdout=share)
     return SparsityStep(method, prune, l1, search)
 
 
@@ -226,6 +229,15 @@ TABLES: tuple[TableSpec, ...] = (
                 "fine-tune on the labels only (default: distil from the original model)",
                 Cli.OFF,
                 example=False,
+            ),
+            Option(
+                "tune_holdout",
+                ("sparsity.prune.tune_holdout", "sparsity.l1.tune_holdout"),
+                "share of the training rows every fine-tune holds out to stop early on, so the validation rows "
+                "are only decided on (0: stop on the validation rows; default: {default})",
+                type=float,
+                metavar="SHARE",
+                example=0.1,
             ),
         ),
         merge=_sparsity,

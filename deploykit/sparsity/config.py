@@ -9,6 +9,7 @@ from typing import Any
 from deploykit.configs import SEED_MAX, Config, boolean, fraction, integer, names, number, positive
 from deploykit.errors import ConfigError
 from deploykit.sparsity.allocate import ALLOCATIONS
+from deploykit.sparsity.holdout import DEFAULT_TUNE_HOLDOUT
 
 
 def parse_block_size(value: Any) -> tuple[int, int]:
@@ -33,6 +34,9 @@ class _TuneConfig(Config):
     batch_size: int = 32
     learning_rate: float = 5e-4  # Nadam; small: this fine-tunes a trained model
     patience: int = 3  # early stopping on val_loss (restores the best epoch)
+    # early stopping's rows: this share of the training rows, held out (deploykit.sparsity.holdout); 0: the
+    # validation rows, which the run's decisions are then taken on too
+    tune_holdout: float = DEFAULT_TUNE_HOLDOUT
     seed: int = 42
     compact: bool = False  # run compact() on the result (removes dead neurons)
     # Knowledge distillation from the model being sparsified (Hinton et al. 2015): the loss mixes the
@@ -50,6 +54,7 @@ class _TuneConfig(Config):
         for name in ("learning_rate", "temperature"):
             object.__setattr__(self, name, positive(name, getattr(self, name)))
         object.__setattr__(self, "alpha", number("alpha", self.alpha, 0.0, 1.0))
+        object.__setattr__(self, "tune_holdout", number("tune_holdout", self.tune_holdout, 0.0, 0.5))
         for name in ("skip_output", "compact", "distill"):
             boolean(name, getattr(self, name))
         integer("seed", self.seed, 0, SEED_MAX)

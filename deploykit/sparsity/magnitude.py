@@ -16,6 +16,7 @@ from deploykit.errors import ConfigError, StepError
 from deploykit.io.keras3_api import keras3_boundary
 from deploykit.sparsity.config import PruneConfig
 from deploykit.sparsity.dead_neurons import apply_compact
+from deploykit.sparsity.holdout import fit_rows
 from deploykit.sparsity.report import PruneSchedule, kernel_sparsity, pruned_kernel, sparsity_report
 from deploykit.sparsity.tuning import Teacher, check_inputs, choose_layers, fine_tune, rebuild, teacher_of
 
@@ -73,7 +74,8 @@ def prune(
     from deploykit.backend import tf  # noqa: F401  (first: makes TF-MOT use tf_keras)
 
     sparsity = tfmot.sparsity.keras
-    schedule = PruneSchedule.derive(len(data.x_train), config.batch_size, config.epochs, config.end_fraction)
+    trained_on = fit_rows(len(data.x_train), config.tune_holdout)  # the rows fine_tune trains on (its holdout out)
+    schedule = PruneSchedule.derive(trained_on, config.batch_size, config.epochs, config.end_fraction)
 
     def wrap(layer):
         if layer.name not in targets:

@@ -117,6 +117,7 @@ def _binary_loss(spec):
 class TuneResult:
     epochs_run: int
     best_epoch: int | None  # 1-based; None if no epoch was eligible
+    held_rows: int = 0  # training rows early stopping was on (deploykit.sparsity.holdout); 0: the validation rows
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ def fine_tune(
 ) -> TuneResult:
     """Fine-tune ``model`` in place with Nadam; keep the best eligible epoch (lowest val_loss).
 
+    val_loss is on ``config.tune_holdout`` of the training rows, held out of the training (the validation rows are
+    left for the run's decisions; too small a training split: on them, as :mod:`deploykit.sparsity.holdout` says).
     Early stopping and the choice of the best epoch only consider epochs for
     which ``eligible()`` is true (for pruning: once the schedule has ended, so
     restoring never brings back weights below the target sparsity). With
@@ -243,20 +246,34 @@ def fine_tune(
     set_seed(config.seed)
     spec = None if data.task is Task.REGRESSION else _spec(model, data.task)
     kind, metric, y_train, y_val = _targets(data, config, teacher, spec)
+    x_fit, y_fit, stop_on, held = _stopping_rows(data, config, y_train, y_val)
     loss = loss_for(model, data.task) if kind is None else distillation_loss(spec, config.temperature, config.alpha)
     model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss, metrics=[metric])
     best, lines = _callbacks(config, eligible, status, progress)
-    bar = _bar("fine-tuning", config.epochs, -(-len(data.x_train) // config.batch_size))
+    bar = _bar("fine-tuning", config.epochs, -(-len(x_fit) // config.batch_size))
     history = model.fit(
-        data.x_train,
-        y_train,
-        validation_data=(data.x_val, y_val),
+        x_fit,
+        y_fit,
+        validation_data=stop_on,
         epochs=config.epochs,
         batch_size=config.batch_size,
         verbose=0,
         callbacks=[*callbacks, best, lines, *([bar] if bar else [])],
     )
-    return TuneResult(len(history.epoch), best.best_epoch)
+    return TuneResult(len(history.epoch), best.best_epoch, held)
+
+
+def _stopping_rows(data, config, y_train, y_val):
+    """(x, y trained on, (x, y) early stopping is on, held-out rows): a holdout of the training rows, so the
+    validation rows stay unseen by the choice of epoch (deploykit.sparsity.holdout); the validation rows when the
+    training split is too small for one (held-out rows 0). ``y_*``: the fit targets (packed with a teacher's)."""
+    from deploykit.sparsity.holdout import split_holdout
+
+    rows = split_holdout(data.y_train, config.tune_holdout, config.seed, stratify=data.task is not Task.REGRESSION)
+    if rows is None:
+        return data.x_train, y_train, (data.x_val, y_val), 0
+    fit, held = rows.fit, rows.held
+    return data.x_train[fit], y_train[fit], (data.x_train[held], y_train[held]), len(held)
 
 
 def _callbacks(config, eligible, status, progress):
