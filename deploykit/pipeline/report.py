@@ -227,7 +227,7 @@ def build_report(
             "artifacts": list(artifacts),
             "budget": {
                 **_budget_entry(config, task, original),
-                **_decision_entry(resolution),
+                **_decision_entry(resolution, config.sparsity.prune.tune_holdout),
                 "shipped": [a.file for a in artifacts if a.verdict.shipped and a.verdict is not Verdict.REFERENCE],
                 "rejected": [a.file for a in artifacts if a.verdict is Verdict.REJECTED],
             },
@@ -260,10 +260,14 @@ def _budget_entry(config, task, original) -> dict[str, Any]:
     }
 
 
-def _decision_entry(resolution: dict | None) -> dict[str, Any]:
-    """Where the budget is decided and confirmed, by which rule, and whether each split can resolve it."""
+def _decision_entry(resolution: dict | None, tune_holdout: float = 0.0) -> dict[str, Any]:
+    """Where the budget is decided and confirmed, by which rule, whether each split can resolve it, and which rows
+    the fine-tunes stop early on (``tune_holdout``: not the validation rows, unless it is 0)."""
+    from deploykit.sparsity.holdout import stopping_text
+
     return {
         "decided_on": "validation",
+        "early_stopping": stopping_text(tune_holdout),
         "confirmed_on": "test",
         "rule": "validation: point estimate within the budget and its 95% interval not entirely beyond it; "
         "test: point estimate within the budget, or, on a test split too small to resolve the budget, its 95% "
@@ -426,11 +430,12 @@ def _budget_lines(report: dict[str, Any], artifacts: Sequence[ArtifactRow], trie
             "",
         ]
     lines += [
-        "Every decision (sparsity target, int8 fallback, temperature, thresholds, fine-tuning length) is taken on "
+        "Every decision (sparsity target, int8 fallback, temperature, thresholds) is taken on "
         "the validation split: a try is kept when its point estimate is within the budget and its 95% interval "
         "is not entirely beyond it. The test split is measured once per shipped candidate to confirm: "
         "an artifact accepted on validation that misses on test is rejected as a **test miss**. "
-        "Intervals: 95% of the paired difference against the original on the same rows.",
+        "Intervals: 95% of the paired difference against the original on the same rows."
+        + (f" Fine-tunes stop early on {budget['early_stopping']}." if budget.get("early_stopping") else ""),
         "",
     ]
     for split, r in (budget.get("resolution") or {}).items():

@@ -65,3 +65,19 @@ def split_holdout(y: np.ndarray, share: float, seed: int, stratify: bool) -> Hol
     picked = np.zeros(n, dtype=bool)
     picked[order[(np.arange(k) * n) // k]] = True
     return Holdout(np.flatnonzero(~picked), np.flatnonzero(picked))
+
+
+def stopping_text(share: float) -> str:
+    """Which rows fine-tunes stop early on, for the run's report."""
+    if share <= 0:
+        return "the validation rows (tune_holdout 0), the rows the run then decides on"
+    return (
+        f"a holdout of {share:.0%} of the training rows (at most {HOLDOUT_MAX_ROWS:,}), never the validation rows "
+        f"(with fewer than {fewest_rows(share)} training rows: the validation rows)"
+    )
+
+
+def fewest_rows(share: float) -> int:
+    """The smallest training split that gets a holdout at ``share`` (> 0)."""
+    low = int((HOLDOUT_MIN_ROWS - 1) / share)  # round(share * n) >= HOLDOUT_MIN_ROWS needs at least this many
+    return next(n for n in range(max(1, low), 4 * HOLDOUT_MIN_ROWS + low + 2) if holdout_rows(n, share))

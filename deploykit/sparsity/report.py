@@ -128,6 +128,7 @@ class SparsityReport(Record):
     config: dict = field(default_factory=dict)
     rmse_before: float | None = None  # regressors: test RMSE against the targets
     rmse_after: float | None = None
+    held_rows: int = 0  # training rows the best epoch was chosen on (tune_holdout); 0: the validation rows
 
     def after(self, metric) -> float:
         """The test figure after the step for an :class:`~deploykit.core.evaluate.Metric` (accuracy or RMSE)."""
@@ -225,6 +226,7 @@ def sparsity_report(method: str, model, result, layers, data, tuned: TuneResult,
         gzip_bytes_after=after[1],
         epochs_run=tuned.epochs_run,
         best_epoch=tuned.best_epoch,
+        held_rows=tuned.held_rows,
         compact=compacted,
         config=config.to_dict(),
         **extra,

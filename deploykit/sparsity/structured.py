@@ -58,6 +58,7 @@ class StructuredReport(Record):
     epochs_run: int
     seconds: float
     allocate: str = "uniform"  # how the share was spread over the layers (StructuredConfig.allocate)
+    held_rows: int = 0  # training rows early stopping was on (tune_holdout); 0: the validation rows
 
     @property
     def mac_ratio(self) -> float:
@@ -72,7 +73,8 @@ class StructuredReport(Record):
         by_cost = ", spread by cost" if self.allocate == "cost" else ""
         rows.append(
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.mac_ratio:.2f}x fewer{by_cost}); validation "
-            f"{self.val_before:.4g} -> {self.val_after:.4g}; {self.epochs_run} epochs, {self.seconds:.0f} s"
+            f"{self.val_before:.4g} -> {self.val_after:.4g}; {self.epochs_run} epochs, {self.seconds:.0f} s "
+            f"(early stopping on {f'{self.held_rows} held-out training rows' if self.held_rows else 'validation'})"
         )
         return "\n".join(rows)
 
@@ -148,6 +150,7 @@ def prune_structured(
         tuned.epochs_run,
         round(time.perf_counter() - start, 2),
         config.allocate,
+        tuned.held_rows,
     )
     return result, report
 

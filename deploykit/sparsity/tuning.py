@@ -246,7 +246,7 @@ def fine_tune(
     set_seed(config.seed)
     spec = None if data.task is Task.REGRESSION else _spec(model, data.task)
     kind, metric, y_train, y_val = _targets(data, config, teacher, spec)
-    x_fit, y_fit, stop_on, held = _stopping_rows(data, config, y_train, y_val)
+    x_fit, y_fit, stop_on, held = _stopping_rows(data, config, y_train, y_val, progress)
     loss = loss_for(model, data.task) if kind is None else distillation_loss(spec, config.temperature, config.alpha)
     model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss=loss, metrics=[metric])
     best, lines = _callbacks(config, eligible, status, progress)
@@ -263,7 +263,7 @@ def fine_tune(
     return TuneResult(len(history.epoch), best.best_epoch, held)
 
 
-def _stopping_rows(data, config, y_train, y_val):
+def _stopping_rows(data, config, y_train, y_val, progress=None):
     """(x, y trained on, (x, y) early stopping is on, held-out rows): a holdout of the training rows, so the
     validation rows stay unseen by the choice of epoch (deploykit.sparsity.holdout); the validation rows when the
     training split is too small for one (held-out rows 0). ``y_*``: the fit targets (packed with a teacher's)."""
@@ -271,6 +271,10 @@ def _stopping_rows(data, config, y_train, y_val):
 
     rows = split_holdout(data.y_train, config.tune_holdout, config.seed, stratify=data.task is not Task.REGRESSION)
     if rows is None:
+        if config.tune_holdout > 0 and progress is not None:
+            progress(
+                f"early stopping on the validation rows: {len(data.x_train)} training rows are too few to hold out"
+            )
         return data.x_train, y_train, (data.x_val, y_val), 0
     fit, held = rows.fit, rows.held
     return data.x_train[fit], y_train[fit], (data.x_train[held], y_train[held]), len(held)
