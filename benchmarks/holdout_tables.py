@@ -1,0 +1,222 @@
+"""Fine-tunes stopped early on the validation rows vs on a holdout of the training rows, side by side (issue 23, "decide
+on validation without leaking"): ``results/holdout.md`` and ``.json`` from one ``bench_faster.py --seeds ...
+--tune-holdouts 0,0.15 --out DIR`` run (its ``faster_seeds.json`` and the runs' ``report_seed*.json``)::
+
+    python benchmarks/holdout_tables.py DIR [--out benchmarks/results] [--name holdout]
+
+Per seed and arm: the structured share and magnitude sparsity kept, the final model's validation and test change
+against the original (``model.keras``: what the run decided on, and what it confirms on) and their gap, the same for
+the kept structured try, the NLL change on both splits, how many files shipped, and the fastest shipped ONNX within
+the budget with its b1 / b256 speed-up (1 intra-op thread; bench_faster's timing). Then per arm the mean gap with its
+standard deviation over the seeds, the paired difference of the gaps (holdout minus validation) and the speed-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from common import RESULTS, write_results  # noqa: E402  (puts the repository on sys.path)
+from faster_tables import BUDGET, fastest_within  # noqa: E402
+
+TARGET_B256 = 4.0  # issue 23: the book network's fastest ONNX within the budget, at batch 256, on every training
+
+
+def final_row(report: dict) -> dict:
+    """The final model (``model.keras``): its validation and test change and NLL change against the original."""
+    row = next((a for a in report.get("artifacts", []) if a["file"] == "model.keras"), None)
+    if row is None or not row.get("validation"):
+        return {}
+    val = row["validation"]
+    return {
+        "val_change": val["change"],
+        "test_change": row["accuracy_change"],
+        "gap": val["change"] - row["accuracy_change"] if row["accuracy_change"] is not None else None,
+        "val_nll_change": val.get("nll_change"),
+        "test_nll_change": row.get("nll_change"),
+        "verdict": row["verdict"],
+    }
+
+
+def structured_row(run: dict) -> dict:
+    """The kept structured try: its validation change (the try) and the step's test change, both vs the original."""
+    kept = run["structured"]["kept"]
+    if not kept:
+        return {"kept": 0.0}
+    try_ = next((t for t in run["tries"] if t["setting"] == f"structured {100 * kept:.0f}%"), None)
+    test = run["structured"].get("test_change")
+    val = try_["val_change"] if try_ else None
+    return {"kept": kept, "val_change": val, "test_change": test, "gap": None if None in (val, test) else val - test}
+
+
+def arm_row(run: dict, folder: Path) -> dict:
+    """One optimize run's figures (see the module's docstring)."""
+    held = run.get("tune_holdout")
+    name = f"report_seed{run['seed']}_share{run['budget_share']}" + ("" if held is None else f"_holdout{held}")
+    path = folder / f"{name}.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    fastest = fastest_within(run)
+    magnitude = max((f["sparsity"] or 0.0 for f in run["files"]), default=0.0)
+    return {
+        "seed": run["seed"],
+        "tune_holdout": held,
+        "structured": structured_row(run),
+        "magnitude_sparsity": magnitude,
+        "final": final_row(report),
+        "shipped": len(run["files"]),
+        "fastest": None if fastest is None else fastest["file"],
+        "b1_speedup": None if fastest is None else fastest["b1_speedup"],
+        "b256_speedup": None if fastest is None else fastest["b256_speedup"],
+        "wall_s": run["wall_s"],
+        "cpu_s": run["cpu_s"],
+        "plan_epochs": (run.get("plan") or {}).get("epochs"),
+    }
+
+
+def _spread(values: list[float]) -> str:
+    """``mean ± sd (n)`` in points."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):+.2f} ± {100 * sd:.2f} pt (n={len(values)})"
+
+
+def _pt(value) -> str:
+    return "—" if value is None else f"{100 * value:+.2f}"
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per arm: mean gaps, trainings shipping within the budget, speed-ups; the paired difference of the gaps."""
+    arms: dict = {}
+    for row in rows:
+        arms.setdefault(str(row["tune_holdout"]), []).append(row)
+    out = {}
+    for arm, group in arms.items():
+        speed = [r["b256_speedup"] or 0.0 for r in group]
+        out[arm] = {
+            "final_gap_mean": _mean(r["final"].get("gap") for r in group if _changed(r)),
+            "final_gap_sd": _sd(r["final"].get("gap") for r in group if _changed(r)),
+            "structured_gap_mean": _mean(r["structured"].get("gap") for r in group),
+            "structured_gap_sd": _sd(r["structured"].get("gap") for r in group),
+            "within_budget": sum(r["fastest"] is not None for r in group),
+            "at_target": sum(s >= TARGET_B256 for s in speed),
+            "b256_mean": statistics.mean(speed),  # a training that ships nothing within the budget counts as 0
+            "b256_min": min(speed),
+            "trainings": len(group),
+        }
+    return out
+
+
+def _changed(row: dict) -> bool:
+    """Whether the run changed the model (a kept structured share or magnitude sparsity): else its gap is 0 by
+    construction and says nothing of the selection."""
+    return bool(row["structured"]["kept"] or row["magnitude_sparsity"])
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def _sd(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def paired(rows: list[dict], old: str, new: str, key: str) -> list[float]:
+    """Per seed, the ``key`` gap of arm ``new`` minus arm ``old`` (seeds where both have one)."""
+    by = {(str(r["tune_holdout"]), r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    pick = (
+        (lambda r: r["final"].get("gap") if _changed(r) else None)
+        if key == "final"
+        else (lambda r: r["structured"].get("gap"))
+    )
+    diffs = []
+    for seed in seeds:
+        a, b = by.get((old, seed)), by.get((new, seed))
+        if a and b and pick(a) is not None and pick(b) is not None:
+            diffs.append(pick(b) - pick(a))
+    return diffs
+
+
+def render(rows: list[dict], stats: dict, source: str) -> str:
+    arms = list(stats)
+    old, new = (arms + arms)[:2] if len(arms) < 2 else (arms[0], arms[1])
+    lines = [
+        "# Fine-tunes stopped early on validation vs on a holdout of the training rows (issue 23)",
+        "",
+        f"Data: {source}. The book network trained once per seed (bench_faster's `--seeds`, the same trained "
+        "models for both arms), then one `optimize --objective latency` run per arm (`tune_holdout`: 0 = every "
+        "fine-tune stops early and keeps its best epoch on the validation rows, the rows the run then decides on; "
+        "0.15 = on a stratified 15% of the training rows, which it then does not train on). Gap: validation "
+        "change minus test change, both against the original, of the final model (`model.keras`: sparsity and "
+        "structured pruning, before export) and of the kept structured try; positive = validation flattered the "
+        f"model. Fastest: the shipped ONNX with the highest b256 speed-up whose test change is within "
+        f"{100 * BUDGET:g} pt (1 intra-op thread, loaded machine).",
+        "",
+        "| seed | tune_holdout | structured kept | magnitude % | final Δ val / test (gap), pt | final NLL Δ val / "
+        "test | structured try Δ val / test (gap), pt | shipped | fastest ONNX within budget | b1 / b256 |",
+        "|---:|---:|---:|---:|---|---|---|---:|---|---:|",
+    ]
+    for r in rows:
+        f, s = r["final"], r["structured"]
+        nll = (
+            "—"
+            if f.get("val_nll_change") is None
+            else f"{100 * f['val_nll_change']:+.1f}% / {100 * (f.get('test_nll_change') or 0):+.1f}%"
+        )
+        speed = "—" if r["fastest"] is None else f"{r['b1_speedup']:.2f}x / {r['b256_speedup']:.2f}x"
+        lines.append(
+            f"| {r['seed']} | {r['tune_holdout']:g} | {100 * s['kept']:.0f}% | {100 * r['magnitude_sparsity']:.0f}% | "
+            f"{_pt(f.get('val_change'))} / {_pt(f.get('test_change'))} ({_pt(f.get('gap'))}) | {nll} | "
+            f"{_pt(s.get('val_change'))} / {_pt(s.get('test_change'))} ({_pt(s.get('gap'))}) | {r['shipped']} | "
+            f"{'none' if r['fastest'] is None else '`' + r['fastest'] + '`'} | {speed} |"
+        )
+    lines += [
+        "",
+        "| tune_holdout | final gap (mean ± sd) | structured try gap | within budget | b256 ≥ 4x | b256 mean "
+        "(none = 0) / min |",
+        "|---:|---|---|---:|---:|---|",
+    ]
+    for arm, st in stats.items():
+        group = [r for r in rows if str(r["tune_holdout"]) == arm]
+        lines.append(
+            f"| {arm} | {_spread([r['final'].get('gap') for r in group if _changed(r)])} | "
+            f"{_spread([r['structured'].get('gap') for r in group])} | {st['within_budget']} of {st['trainings']} | "
+            f"{st['at_target']} of {st['trainings']} | {st['b256_mean']:.2f}x / {st['b256_min']:.2f}x |"
+        )
+    if old != new:
+        for key, what in (("final", "final model"), ("structured", "kept structured try")):
+            lines.append(
+                f"\nPaired, {what}: gap with tune_holdout {new} minus gap with {old}, per seed: "
+                f"{_spread(paired(rows, old, new, key))}."
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, help="bench_faster's --out folder of the --tune-holdouts run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="holdout")
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the results")
+    args = parser.parse_args()
+    seeds = json.loads((args.runs / "faster_seeds.json").read_text())
+    rows = [arm_row(run, args.runs) for run in seeds["runs"]]
+    stats = summary(rows)
+    text = render(rows, stats, seeds["data"])
+    if args.notes:
+        text += "\n\n" + args.notes.read_text()
+    data = {"machine": seeds["machine"], "data": seeds["data"], "rows": rows, "summary": stats}
+    data["paired_gap_difference"] = {
+        key: paired(rows, *list(stats)[:2], key) for key in ("final", "structured") if len(stats) > 1
+    }
+    write_results(args.name, data, text, args.out)
+
+
+if __name__ == "__main__":
+    main()
