@@ -17,6 +17,7 @@ A TOML file has one table per step (every key optional)::
     [sparsity.prune]         # deploykit.sparsity.PruneConfig (target_sparsity: without the search)
     target_sparsity = 0.8
     distill = true
+    tune_holdout = 0.15      # early stopping on this share of the training rows, never on the validation rows
     [sparsity.l1]            # deploykit.sparsity.L1Config
     l1 = 0.001
     [compact]
@@ -165,7 +166,8 @@ class OptimizeConfig:
         ``sparsity``: a target in [0, 1) (prune to it, no search), ``"prune"``, ``"l1"``, ``"none"`` or False.
         ``l1``: l1 factor (selects the l1 method); ``threshold``: its zeroing threshold.
         ``epochs``: fine-tuning epochs of each sparsity try; ``distill``: distil from the original
-        model (bool); ``quick``: skip the sparsity search (prune once to the configured target).
+        model (bool); ``quick``: skip the sparsity search (prune once to the configured target); ``tune_holdout``: the
+        share of the training rows every fine-tune stops early on (0: the validation rows).
         ``formats``, ``quantize``: lists or comma-separated text (``quantize``: the exporter's variant names;
         ``quantization``: a QuantConfig or a dict of its fields; ``precisions``, ``onnx_int8``, ``tflite_int8``:
         deprecated, translated with a warning); ``quantization_aware`` (bool): an int8-full TFLite file that misses the
