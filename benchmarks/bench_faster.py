@@ -226,10 +226,12 @@ def timed(files: dict[str, Path], x: np.ndarray, threads: int = 1) -> dict[str, 
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def run_model(key: str, out: Path) -> dict:
-    """One model's optimize run, its recommendations and every shipped file timed at 1 thread."""
+def run_model(key: str, out: Path, holdouts: tuple = (None,)) -> list[dict]:
+    """One model's optimize run per fine-tuning holdout (``tune_holdout``; None: the default) on the same trained
+    model, its recommendations and every shipped file timed at 1 thread."""
     with tempfile.TemporaryDirectory() as tmp:
-        return measured(key, Path(tmp), out, prepared(key, Path(tmp)))
+        model = prepared(key, Path(tmp))
+        return [measured(key, Path(tmp) / f"holdout_{held}", out, model, holdout=held) for held in holdouts]
 
 
 def run_seed(
@@ -285,11 +287,11 @@ def measured(
     )
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     report = json.loads((result.out_dir / "report.json").read_text())
-    if seed is not None:  # why a seed shipped what it did (which budget rejected a file on test) stays readable
+    if seed is not None or holdout is not None:  # why a run shipped what it did (which budget rejected a file on test)
         held = "" if holdout is None else f"_holdout{holdout}"
         shutil.copy(result.out_dir / "report.json", out / f"report_seed{seed}_share{share}{held}.json")
     for plot, slug in (("latency_vs_accuracy.png", "latency"), ("accuracy_vs_size.png", "size")):
-        if seed is None and (result.out_dir / plot).exists():
+        if seed is None and holdout is None and (result.out_dir / plot).exists():
             shutil.copy(result.out_dir / plot, out / f"faster_{key}_{slug}.png")
     original = export_onnx(load_model(path), folder / "original.onnx", quantization="float32").path
     shipped = [r for r in result.shipped if r.format == "onnx" and "/" not in r.file]
@@ -419,8 +421,8 @@ def main() -> None:
     parser.add_argument(
         "--tune-holdouts",
         default="",
-        help="with --seeds: comma-separated tune_holdout values (0: fine-tunes stop early on the validation rows), "
-        "one optimize run each on the same trained model, side by side (results/holdout.md)",
+        help="comma-separated tune_holdout values (0: fine-tunes stop early on the validation rows), one optimize "
+        "run each on the same trained model, side by side (holdout_tables.py writes results/holdout.md)",
     )
     parser.add_argument(
         "--work", type=Path, default=None, help="with --seeds: keep the trained models here and reuse them when rerun"
@@ -437,9 +439,9 @@ def main() -> None:
     if "book" in keys and not (BOOK.exists() and FASHION.exists()):
         print("the book's model or the Fashion sample is absent: its rows are skipped")
         keys.remove("book")
+    holdouts = tuple(float(v) for v in args.tune_holdouts.split(",") if v.strip()) or (None,)
     if args.seeds:
         shares = [float(v) for v in args.budget_shares.split(",") if v.strip()] or [None]
-        holdouts = tuple(float(v) for v in args.tune_holdouts.split(",") if v.strip()) or (None,)
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
         return run_seeds(seeds, keys, args.out, shares, args.work, holdouts)
     kept = merged_runs(args.out / "faster.json", keys) if args.merge else []
@@ -448,7 +450,7 @@ def main() -> None:
     source, machine = images()[2], platform.processor() or platform.machine()
     for key in keys:
         print(f"--- {TITLES[key]}", flush=True)
-        runs.append(run_model(key, args.out))
+        runs += run_model(key, args.out, holdouts)
         if args.merge or key == keys[-1]:
             every = in_order(kept + runs)
             write_results(

@@ -60,6 +60,7 @@ def arm_row(run: dict, folder: Path) -> dict:
     fastest = fastest_within(run)
     magnitude = max((f["sparsity"] or 0.0 for f in run["files"]), default=0.0)
     return {
+        "model": run["model"],
         "seed": run["seed"],
         "tune_holdout": held,
         "structured": structured_row(run),
@@ -128,8 +129,8 @@ def _sd(values) -> float | None:
 
 def paired(rows: list[dict], old: str, new: str, key: str) -> list[float]:
     """Per seed, the ``key`` gap of arm ``new`` minus arm ``old`` (seeds where both have one)."""
-    by = {(str(r["tune_holdout"]), r["seed"]): r for r in rows}
-    seeds = sorted({r["seed"] for r in rows})
+    by = {(str(r["tune_holdout"]), r["model"], r["seed"]): r for r in rows}
+    seeds = list(dict.fromkeys((r["model"], r["seed"]) for r in rows))
     pick = (
         (lambda r: r["final"].get("gap") if _changed(r) else None)
         if key == "final"
@@ -137,7 +138,7 @@ def paired(rows: list[dict], old: str, new: str, key: str) -> list[float]:
     )
     diffs = []
     for seed in seeds:
-        a, b = by.get((old, seed)), by.get((new, seed))
+        a, b = by.get((old, *seed)), by.get((new, *seed))
         if a and b and pick(a) is not None and pick(b) is not None:
             diffs.append(pick(b) - pick(a))
     return diffs
@@ -149,8 +150,9 @@ def render(rows: list[dict], stats: dict, source: str) -> str:
     lines = [
         "# Fine-tunes stopped early on validation vs on a holdout of the training rows (issue 23)",
         "",
-        f"Data: {source}. The book network trained once per seed (bench_faster's `--seeds`, the same trained "
-        "models for both arms), then one `optimize --objective latency` run per arm (`tune_holdout`: 0 = every "
+        f"Data: {source}. The book network trained once per seed (bench_faster's `--seeds`; a convnet: bench_faster's "
+        "training, seed —), the same trained model for both arms, then one `optimize --objective latency` run per "
+        "arm (`tune_holdout`: 0 = every "
         "fine-tune stops early and keeps its best epoch on the validation rows, the rows the run then decides on; "
         "0.15 = on a stratified 15% of the training rows, which it then does not train on). Gap: validation "
         "change minus test change, both against the original, of the final model (`model.keras`: sparsity and "
@@ -158,9 +160,9 @@ def render(rows: list[dict], stats: dict, source: str) -> str:
         f"model. Fastest: the shipped ONNX with the highest b256 speed-up whose test change is within "
         f"{100 * BUDGET:g} pt (1 intra-op thread, loaded machine).",
         "",
-        "| seed | tune_holdout | structured kept | magnitude % | final Δ val / test (gap), pt | final NLL Δ val / "
-        "test | structured try Δ val / test (gap), pt | shipped | fastest ONNX within budget | b1 / b256 |",
-        "|---:|---:|---:|---:|---|---|---|---:|---|---:|",
+        "| model, seed | tune_holdout | structured kept | magnitude % | final Δ val / test (gap), pt | final NLL Δ "
+        "val / test | structured try Δ val / test (gap), pt | shipped | fastest ONNX within budget | b1 / b256 |",
+        "|---|---:|---:|---:|---|---|---|---:|---|---:|",
     ]
     for r in rows:
         f, s = r["final"], r["structured"]
@@ -171,7 +173,8 @@ def render(rows: list[dict], stats: dict, source: str) -> str:
         )
         speed = "—" if r["fastest"] is None else f"{r['b1_speedup']:.2f}x / {r['b256_speedup']:.2f}x"
         lines.append(
-            f"| {r['seed']} | {r['tune_holdout']:g} | {100 * s['kept']:.0f}% | {100 * r['magnitude_sparsity']:.0f}% | "
+            f"| {r['model']}, {'—' if r['seed'] is None else r['seed']} | {r['tune_holdout']:g} | "
+            f"{100 * s['kept']:.0f}% | {100 * r['magnitude_sparsity']:.0f}% | "
             f"{_pt(f.get('val_change'))} / {_pt(f.get('test_change'))} ({_pt(f.get('gap'))}) | {nll} | "
             f"{_pt(s.get('val_change'))} / {_pt(s.get('test_change'))} ({_pt(s.get('gap'))}) | {r['shipped']} | "
             f"{'none' if r['fastest'] is None else '`' + r['fastest'] + '`'} | {speed} |"
@@ -205,7 +208,8 @@ def main() -> None:
     parser.add_argument("--name", default="holdout")
     parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the results")
     args = parser.parse_args()
-    seeds = json.loads((args.runs / "faster_seeds.json").read_text())
+    runs = args.runs / "faster_seeds.json"  # --seeds: the book network per seed; else one row per model
+    seeds = json.loads((runs if runs.exists() else args.runs / "faster.json").read_text())
     rows = [arm_row(run, args.runs) for run in seeds["runs"]]
     stats = summary(rows)
     text = render(rows, stats, seeds["data"])
