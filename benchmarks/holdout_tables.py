@@ -85,15 +85,31 @@ def _spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):+.2f} ± {100 * sd:.2f} pt (n={len(values)})"
 
 
+#: Student's t at 97.5 % by degrees of freedom (1..10): the paired differences' 95 % interval over a few trainings.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def _interval(values: list[float]) -> str:
+    """``mean ± sd (n), 95% CI [low, high]`` in points (t interval over the trainings; none for one)."""
+    values = [v for v in values if v is not None]
+    text = _spread(values)
+    if len(values) < 2 or len(values) > len(T975) + 1:
+        return text
+    half = T975[len(values) - 2] * statistics.stdev(values) / len(values) ** 0.5
+    mean = statistics.mean(values)
+    return f"{text}, 95% CI [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] pt"
+
+
 def _pt(value) -> str:
     return "—" if value is None else f"{100 * value:+.2f}"
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per arm: mean gaps, trainings shipping within the budget, speed-ups; the paired difference of the gaps."""
+    """Per model and arm (``"book MLP, tune_holdout 0.15"``): mean gaps, trainings shipping within the budget,
+    speed-ups."""
     arms: dict = {}
     for row in rows:
-        arms.setdefault(str(row["tune_holdout"]), []).append(row)
+        arms.setdefault(_arm(row), []).append(row)
     out = {}
     for arm, group in arms.items():
         speed = [r["b256_speedup"] or 0.0 for r in group]
@@ -109,6 +125,10 @@ def summary(rows: list[dict]) -> dict:
             "trainings": len(group),
         }
     return out
+
+
+def _arm(row: dict) -> str:
+    return f"{row['model']}, tune_holdout {row['tune_holdout']:g}"
 
 
 def _changed(row: dict) -> bool:
@@ -127,9 +147,9 @@ def _sd(values) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
-def paired(rows: list[dict], old: str, new: str, key: str) -> list[float]:
-    """Per seed, the ``key`` gap of arm ``new`` minus arm ``old`` (seeds where both have one)."""
-    by = {(str(r["tune_holdout"]), r["model"], r["seed"]): r for r in rows}
+def paired(rows: list[dict], old: float, new: float, key: str) -> list[float]:
+    """Per model and seed, the ``key`` gap with ``tune_holdout`` ``new`` minus with ``old`` (where both have one)."""
+    by = {(r["tune_holdout"], r["model"], r["seed"]): r for r in rows}
     seeds = list(dict.fromkeys((r["model"], r["seed"]) for r in rows))
     pick = (
         (lambda r: r["final"].get("gap") if _changed(r) else None)
@@ -145,8 +165,7 @@ def paired(rows: list[dict], old: str, new: str, key: str) -> list[float]:
 
 
 def render(rows: list[dict], stats: dict, source: str) -> str:
-    arms = list(stats)
-    old, new = (arms + arms)[:2] if len(arms) < 2 else (arms[0], arms[1])
+    holdouts = list(dict.fromkeys(r["tune_holdout"] for r in rows))
     lines = [
         "# Fine-tunes stopped early on validation vs on a holdout of the training rows (issue 23)",
         "",
@@ -157,12 +176,15 @@ def render(rows: list[dict], stats: dict, source: str) -> str:
         "0.15 = on a stratified 15% of the training rows, which it then does not train on). Gap: validation "
         "change minus test change, both against the original, of the final model (`model.keras`: sparsity and "
         "structured pruning, before export) and of the kept structured try; positive = validation flattered the "
-        f"model. Fastest: the shipped ONNX with the highest b256 speed-up whose test change is within "
+        "model. Epochs per try: the time budget's plan, set by the epoch time measured under load (it differs "
+        "between the arms of a seed: a confounder). Fastest: the shipped ONNX with the highest b256 speed-up whose "
+        "test change is within "
         f"{100 * BUDGET:g} pt (1 intra-op thread, loaded machine).",
         "",
         "| model, seed | tune_holdout | structured kept | magnitude % | final Δ val / test (gap), pt | final NLL Δ "
-        "val / test | structured try Δ val / test (gap), pt | shipped | fastest ONNX within budget | b1 / b256 |",
-        "|---|---:|---:|---:|---|---|---|---:|---|---:|",
+        "val / test | structured try Δ val / test (gap), pt | shipped | fastest ONNX within budget | b1 / b256 | "
+        "epochs per try |",
+        "|---|---:|---:|---:|---|---|---|---:|---|---:|---:|",
     ]
     for r in rows:
         f, s = r["final"], r["structured"]
@@ -177,27 +199,29 @@ def render(rows: list[dict], stats: dict, source: str) -> str:
             f"{100 * s['kept']:.0f}% | {100 * r['magnitude_sparsity']:.0f}% | "
             f"{_pt(f.get('val_change'))} / {_pt(f.get('test_change'))} ({_pt(f.get('gap'))}) | {nll} | "
             f"{_pt(s.get('val_change'))} / {_pt(s.get('test_change'))} ({_pt(s.get('gap'))}) | {r['shipped']} | "
-            f"{'none' if r['fastest'] is None else '`' + r['fastest'] + '`'} | {speed} |"
+            f"{'none' if r['fastest'] is None else '`' + r['fastest'] + '`'} | {speed} | {r['plan_epochs'] or '—'} |"
         )
     lines += [
         "",
-        "| tune_holdout | final gap (mean ± sd) | structured try gap | within budget | b256 ≥ 4x | b256 mean "
+        "| model, tune_holdout | final gap (mean ± sd) | structured try gap | within budget | b256 ≥ 4x | b256 mean "
         "(none = 0) / min |",
         "|---:|---|---|---:|---:|---|",
     ]
     for arm, st in stats.items():
-        group = [r for r in rows if str(r["tune_holdout"]) == arm]
+        group = [r for r in rows if _arm(r) == arm]
         lines.append(
             f"| {arm} | {_spread([r['final'].get('gap') for r in group if _changed(r)])} | "
             f"{_spread([r['structured'].get('gap') for r in group])} | {st['within_budget']} of {st['trainings']} | "
             f"{st['at_target']} of {st['trainings']} | {st['b256_mean']:.2f}x / {st['b256_min']:.2f}x |"
         )
-    if old != new:
-        for key, what in (("final", "final model"), ("structured", "kept structured try")):
-            lines.append(
-                f"\nPaired, {what}: gap with tune_holdout {new} minus gap with {old}, per seed: "
-                f"{_spread(paired(rows, old, new, key))}."
-            )
+    if len(holdouts) == 2:
+        old, new = holdouts
+        for model in dict.fromkeys(r["model"] for r in rows):
+            for key, what in (("final", "final model"), ("structured", "kept structured try")):
+                lines.append(
+                    f"\nPaired, {model}, {what}: gap with tune_holdout {new:g} minus gap with {old:g}, per training: "
+                    f"{_interval(paired([r for r in rows if r['model'] == model], old, new, key))}."
+                )
     return "\n".join(lines)
 
 
@@ -216,9 +240,13 @@ def main() -> None:
     if args.notes:
         text += "\n\n" + args.notes.read_text()
     data = {"machine": seeds["machine"], "data": seeds["data"], "rows": rows, "summary": stats}
-    data["paired_gap_difference"] = {
-        key: paired(rows, *list(stats)[:2], key) for key in ("final", "structured") if len(stats) > 1
-    }
+    holdouts = list(dict.fromkeys(r["tune_holdout"] for r in rows))
+    if len(holdouts) == 2:
+        data["paired_gap_difference"] = {
+            f"{model}, {key}": paired([r for r in rows if r["model"] == model], *holdouts, key)
+            for model in dict.fromkeys(r["model"] for r in rows)
+            for key in ("final", "structured")
+        }
     write_results(args.name, data, text, args.out)
 
 

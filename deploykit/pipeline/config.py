@@ -17,7 +17,7 @@ A TOML file has one table per step (every key optional)::
     [sparsity.prune]         # deploykit.sparsity.PruneConfig (target_sparsity: without the search)
     target_sparsity = 0.8
     distill = true
-    tune_holdout = 0.15      # early stopping on this share of the training rows, never on the validation rows
+    tune_holdout = 0.15      # early stopping on this share of the training rows (default 0: the validation rows)
     [sparsity.l1]            # deploykit.sparsity.L1Config
     l1 = 0.001
     [compact]

@@ -34,8 +34,8 @@ class _TuneConfig(Config):
     batch_size: int = 32
     learning_rate: float = 5e-4  # Nadam; small: this fine-tunes a trained model
     patience: int = 3  # early stopping on val_loss (restores the best epoch)
-    # early stopping's rows: this share of the training rows, held out (deploykit.sparsity.holdout); 0: the
-    # validation rows, which the run's decisions are then taken on too
+    # early stopping's rows: this share of the training rows, held out (deploykit.sparsity.holdout); 0 (the
+    # default): the validation rows, which the run's decisions are then taken on too
     tune_holdout: float = DEFAULT_TUNE_HOLDOUT
     seed: int = 42
     compact: bool = False  # run compact() on the result (removes dead neurons)

@@ -1,6 +1,6 @@
-"""Fine-tunes stop early on a holdout of the training rows (deploykit.sparsity.holdout), never on the validation rows
-the run decides on: poisoned validation rows change nothing a fine-tune chooses; the holdout is seeded and
-stratified; a training split too small for one falls back to the validation rows and says so."""
+"""With ``tune_holdout``, fine-tunes stop early on a holdout of the training rows (deploykit.sparsity.holdout), never
+on the validation rows the run decides on: poisoned validation rows change nothing a fine-tune chooses; the holdout is
+seeded and stratified; a training split too small for one falls back to the validation rows and says so."""
 
 import dataclasses
 import math
@@ -10,6 +10,7 @@ import pytest
 
 from deploykit.errors import ConfigError
 from deploykit.sparsity.holdout import (
+    DEFAULT_TUNE_HOLDOUT,
     HOLDOUT_MAX_ROWS,
     HOLDOUT_MIN_ROWS,
     fewest_rows,
@@ -47,9 +48,9 @@ def test_tune_holdout_is_one_option_of_every_fine_tune():
 
     config = OptimizeConfig().with_options(tune_holdout=0.1)
     assert config.sparsity.prune.tune_holdout == config.sparsity.l1.tune_holdout == 0.1
-    text = OptimizeConfig.from_toml_text("[sparsity.prune]\ntune_holdout = 0\n")
-    assert text.sparsity.prune.tune_holdout == 0.0
-    assert StructuredConfig().tune_holdout == PruneConfig().tune_holdout > 0
+    text = OptimizeConfig.from_toml_text("[sparsity.prune]\ntune_holdout = 0.2\n")
+    assert text.sparsity.prune.tune_holdout == 0.2
+    assert StructuredConfig().tune_holdout == PruneConfig().tune_holdout == DEFAULT_TUNE_HOLDOUT
     for bad in (0.6, -0.1, "some", True):
         with pytest.raises(ConfigError, match="tune_holdout"):
             PruneConfig(tune_holdout=bad)
@@ -84,7 +85,7 @@ def test_poisoned_validation_rows_change_nothing_a_fine_tune_chooses(digits):
     from tests.helpers import build_head
 
     data, model = _rows(digits, 400), build_head()
-    config = PruneConfig(epochs=3, patience=1, distill=True, learning_rate=1e-2)
+    config = PruneConfig(epochs=3, patience=1, distill=True, learning_rate=1e-2, tune_holdout=0.15)
     teacher = teacher_of(model, data)
     clean = _tuned(model, data, config, teacher)
     poison = _poisoned(data)
@@ -94,7 +95,7 @@ def test_poisoned_validation_rows_change_nothing_a_fine_tune_chooses(digits):
     assert clean[0].best_epoch == dirty[0].best_epoch and clean[2] == pytest.approx(dirty[2], rel=1e-5)
     for a, b in zip(clean[1], dirty[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # the old behaviour (tune_holdout 0) stops on the validation rows: the same poison shows in its losses
+    # the default (tune_holdout 0) stops on the validation rows: the same poison shows in its losses
     old = dataclasses.replace(config, tune_holdout=0.0)
     assert _tuned(model, data, old, teacher)[2] != pytest.approx(_tuned(model, poison, old, bad_teacher)[2], rel=1e-3)
 
@@ -106,7 +107,7 @@ def test_a_training_split_too_small_for_a_holdout_stops_on_the_validation_rows(d
 
     rows = fewest_rows(0.15) - 1
     data, model, said = _rows(digits, rows), build_head(), []
-    config = PruneConfig(epochs=2, patience=1)
+    config = PruneConfig(epochs=2, patience=1, tune_holdout=0.15)
     small = _tuned(model, data, config, said=said.append)
     assert small[0].held_rows == 0 and f"{rows} training rows are too few" in said[0]
     assert small[2] != pytest.approx(_tuned(model, _poisoned(data), config)[2], rel=1e-3)  # it saw validation
@@ -118,12 +119,14 @@ def test_a_pruning_schedule_counts_the_rows_trained_on(digits, tmp_path):
 
     from deploykit.io.models import load_model
     from deploykit.sparsity import prune
+    from deploykit.sparsity.config import PruneConfig
 
     keras.utils.set_random_seed(0)
     users = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     users.save(tmp_path / "m.keras")
     data = _rows(digits, 600)
-    _, report = prune(load_model(str(tmp_path / "m.keras")), data, 0.5, epochs=2, batch_size=32)
+    config = PruneConfig(tune_holdout=0.15)
+    _, report = prune(load_model(str(tmp_path / "m.keras")), data, 0.5, config=config, epochs=2, batch_size=32)
     trained = fit_rows(600, 0.15)
     assert report.held_rows == 600 - trained == 90
     assert report.schedule.steps_per_epoch == math.ceil(trained / 32)  # the target is reached within the run
