@@ -29,6 +29,9 @@ Fashion sample's training split), each through the same ``optimize`` run; writes
 ONNX whose test change is within the budget by its point estimate)::
 
     python benchmarks/bench_faster.py --models book --seeds 0,1,2,3,4
+
+``--tune-holdouts 0,0.15``: one optimize run per fine-tuning holdout (``tune_holdout``) on the same trained model, side
+by side (with or without ``--seeds``); ``holdout_tables.py`` turns the runs into ``results/holdout.md``.
 """
 
 from __future__ import annotations
