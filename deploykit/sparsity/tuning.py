@@ -234,8 +234,9 @@ def fine_tune(
 ) -> TuneResult:
     """Fine-tune ``model`` in place with Nadam; keep the best eligible epoch (lowest val_loss).
 
-    val_loss is on ``config.tune_holdout`` of the training rows, held out of the training (the validation rows are
-    left for the run's decisions; too small a training split: on them, as :mod:`deploykit.sparsity.holdout` says).
+    With ``config.tune_holdout`` > 0, val_loss is on that share of the training rows, held out of the training (the
+    validation rows are left for the run's decisions; too small a training split: on them, as
+    :mod:`deploykit.sparsity.holdout` says); with 0 (the default), on the validation rows.
     Early stopping and the choice of the best epoch only consider epochs for
     which ``eligible()`` is true (for pruning: once the schedule has ended, so
     restoring never brings back weights below the target sparsity). With
@@ -265,8 +266,9 @@ def fine_tune(
 
 def _stopping_rows(data, config, y_train, y_val, progress=None):
     """(x, y trained on, (x, y) early stopping is on, held-out rows): a holdout of the training rows, so the
-    validation rows stay unseen by the choice of epoch (deploykit.sparsity.holdout); the validation rows when the
-    training split is too small for one (held-out rows 0). ``y_*``: the fit targets (packed with a teacher's)."""
+    validation rows stay unseen by the choice of epoch (deploykit.sparsity.holdout); the validation rows with
+    ``tune_holdout`` 0 or a training split too small for one (held-out rows 0). ``y_*``: the fit targets (packed
+    with a teacher's)."""
     from deploykit.sparsity.holdout import split_holdout
 
     rows = split_holdout(data.y_train, config.tune_holdout, config.seed, stratify=data.task is not Task.REGRESSION)
