@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 from tests.helpers import randomize_batchnorm
+
+
+@functools.cache
+def shared(name: str):
+    """The model ``name(...)`` builds with its default arguments, built once per process for the tests that only
+    read it (its graph, outputs, ONNX or MC export): a build is 0.05-1.5 CPU s (the recurrent one the most), and the
+    graph, MC graph, fold and Keras 3 tests read the same few. A test that changes a model builds its own."""
+    return globals()[name]()
 
 
 def cnn(seed: int = 0, *, dropout: float = 0.3):

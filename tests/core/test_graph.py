@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
@@ -23,10 +21,9 @@ def _inputs(model, seed=0):
 ROUND_TRIP = (models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent)
 
 
-@functools.cache
 def _built(build):
-    """One model per builder for the two tests below, which only read it (building the five is seconds of CPU)."""
-    return build()
+    """One model per builder, shared by the tests that only read it (:func:`tests.core.models.shared`)."""
+    return models.shared(build.__name__)
 
 
 @pytest.mark.parametrize("build", ROUND_TRIP)
@@ -64,7 +61,7 @@ def test_every_table_layer_is_covered_by_a_round_trip_model():
 
 
 def test_consumers_fan_out_bypass_replace_and_path():
-    graph = graph_from_model(models.residual())
+    graph = graph_from_model(models.shared("residual"))  # the edits below change the graph, not the model
     assert [n.name for n in graph.consumers("a")] == ["c1", "add"] and graph.fan_out("a") == 2
     assert graph.path() is None
     assert graph.ancestors("add") >= {"pixels", "c0", "bn0", "a", "c1", "bn1"}
@@ -77,8 +74,8 @@ def test_consumers_fan_out_bypass_replace_and_path():
     assert "bn1" not in [l.name for l in model.layers] and model.get_layer("r").get_config()["activation"] == "tanh"
     with pytest.raises(ValueError, match="2 inputs"):
         graph.bypass("add")
-    assert [n.name for n in graph_from_model(models.cnn()).path()][0] == "conv2d" or graph_from_model(
-        models.cnn()
+    assert [n.name for n in graph_from_model(models.shared("cnn")).path()][0] == "conv2d" or graph_from_model(
+        models.shared("cnn")
     ).path()
 
 

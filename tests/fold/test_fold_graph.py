@@ -121,7 +121,7 @@ def test_a_fork_stops_the_fold_and_says_why():
 
 
 def test_residual_model_folds_exactly_and_stays_functional():
-    model = models.residual()
+    model = models.shared("residual")  # the fold leaves its input alone (tests/fold/test_fold.py checks it)
     folded, report = fold_batchnorm(model)
     assert {f.name for f in report.folded} == {"bn0", "bn1"} and not report.unfolded
     assert type(folded).__name__ == "Functional" and "BatchNormalization" not in _kinds(folded)

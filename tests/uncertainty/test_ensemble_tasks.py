@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -11,12 +13,25 @@ from deploykit.core.task import Task
 from deploykit.errors import ModelLoadError
 from tests.uncertainty.support import export_as_task, run, session
 
+#: (id(model), task, opset) -> (model, the exported file's bytes); the model is kept so its id names it
+_EXPORTED: dict[tuple, tuple[object, bytes]] = {}
+
 
 def _member(model, path, task: Task, opset: int = 17):
-    return export_as_task(model, path, task, opset)
+    """``model`` exported as ``task`` to ``path``: each (model, task, opset) converted once in this process and its
+    bytes written again for the next test that asks (the tests only read the members); every test gets its own file."""
+    done = _EXPORTED.get((id(model), task, opset))
+    if done is not None and done[0] is model:
+        path.write_bytes(done[1])
+        return path
+    export_as_task(model, path, task, opset)
+    _EXPORTED[(id(model), task, opset)] = (model, path.read_bytes())
+    return path
 
 
+@functools.cache
 def _models(outputs: int):
+    """Three small members (seeds 20-22), built once per process: the tests only call and export them."""
     from deploykit.backend import keras, set_seed
 
     models = []
@@ -27,7 +42,7 @@ def _models(outputs: int):
                 [keras.Input(shape=(8,)), keras.layers.Dense(12, activation="relu"), keras.layers.Dense(outputs)]
             )
         )
-    return models
+    return tuple(models)
 
 
 @pytest.mark.parametrize("opset", [13, 18])
@@ -70,8 +85,9 @@ def test_logits_members_are_averaged_as_probabilities(tmp_path):
 def test_a_classifier_and_a_regressor_do_not_mix(tmp_path):
     from deploykit.uncertainty.ensemble import build_ensemble
 
-    a = _member(_models(2)[0], tmp_path / "a.onnx", Task.REGRESSION)
-    b = _member(_models(2)[1], tmp_path / "b.onnx", Task.CLASSIFICATION)
+    regressors = _models(2)
+    a = _member(regressors[0], tmp_path / "a.onnx", Task.REGRESSION)
+    b = _member(regressors[1], tmp_path / "b.onnx", Task.CLASSIFICATION)
     with pytest.raises(ModelLoadError, match="some are classifiers, some regressors"):
         build_ensemble([a, b])
 

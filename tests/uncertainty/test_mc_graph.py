@@ -202,7 +202,7 @@ def test_graph_mc_with_rates_zero_equals_the_deterministic_model(build, opset):
     from deploykit.core.graph import graph_from_model
     from tests.core import models
 
-    model = getattr(models, build)()
+    model = models.shared(build)  # read only: built once per process
     proto = build_mc_graph(_zero_rates(graph_from_model(model)), MCConfig(samples=4), opset=opset)
     onnx.checker.check_model(proto, full_check=True)
     x = _graph_inputs(model)
@@ -234,7 +234,7 @@ def test_reduce_mean_matches_the_opset(opset):
     from deploykit.core.graph import graph_from_model
     from tests.core import models
 
-    proto = build_mc_graph(graph_from_model(models.cnn()), MCConfig(), opset=opset)
+    proto = build_mc_graph(graph_from_model(models.shared("cnn")), MCConfig(), opset=opset)
     means = [n for n in proto.graph.node if n.op_type == "ReduceMean"]
     assert means and all(bool([a for a in n.attribute if a.name == "axes"]) == (opset < 18) for n in means)
     assert all(len(n.input) == (2 if opset >= 18 else 1) for n in means)
@@ -246,10 +246,10 @@ def test_samples_default_warns_no_one_and_omitting_or_feeding_it_works(capfd):
     from deploykit.core.graph import graph_from_model
     from tests.core import models
 
-    proto = build_mc_graph(graph_from_model(models.cnn()), MCConfig(samples=5, include_samples=True))
+    proto = build_mc_graph(graph_from_model(models.shared("cnn")), MCConfig(samples=5, include_samples=True))
     capfd.readouterr()
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])  # default log level
-    x = _graph_inputs(models.cnn(), 2)
+    x = _graph_inputs(models.shared("cnn"), 2)
     assert sess.run(["sample_probabilities"], {"input": x})[0].shape == (5, 2, 3)
     assert sess.run(["sample_probabilities"], {"input": x, "samples": np.array(7, np.int64)})[0].shape == (7, 2, 3)
     captured = capfd.readouterr()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -60,15 +62,22 @@ def _cases():
     }
 
 
+@functools.cache
+def _case_model(case: str):
+    """The model of one case, built once per process (a recurrent layer's build traces TensorFlow functions: a
+    few tenths of a CPU second each); the tests only read it."""
+    return _model(_cases()[case])
+
+
 @pytest.mark.parametrize("case", sorted(_cases()))
 def test_rate_zero_equals_keras(case):
-    model = _model(_cases()[case])
+    model = _case_model(case)
     x = np.random.default_rng(0).standard_normal((16, 35)).astype(np.float32)
     assert np.abs(_rate_zero_mean(model, x) - model(x, training=False).numpy()).max() <= 1e-5
 
 
 def test_dropout_after_lstm_samples():
-    model = _model(_cases()["lstm"])
+    model = _case_model("lstm")
     x = np.random.default_rng(0).standard_normal((8, 35)).astype(np.float32)
     out = run(session(build_mc_graph(graph_from_model(model), MCConfig(samples=20))), x)
     assert out["std"].max() > 1e-3
