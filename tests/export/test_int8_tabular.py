@@ -3,6 +3,7 @@ Dense layer (an int8-search fallback), and ``fold=False`` (optimize --no-fold) r
 
 from __future__ import annotations
 
+import functools
 import gzip
 
 import numpy as np
@@ -18,12 +19,16 @@ def _raw_features(rows: int = 300, seed: int = 0):
     return (rng.normal(size=(rows, 12)) * scales + 2 * scales).astype(np.float32)
 
 
-def _tabular_model(x, batchnorm: bool = False):
+@functools.cache
+def _tabular_model(batchnorm: bool = False):
+    """Normalization adapted on :func:`_raw_features` + Dense 16-8-2, built once per process: the preparation and
+    the export copy it (checked: its weights, config and layers are the same after both), and ``adapt`` traces a
+    TensorFlow function each time (a quarter of a CPU second)."""
     from deploykit.backend import keras, set_seed
 
     set_seed(0)
     norm = keras.layers.Normalization()
-    norm.adapt(x)
+    norm.adapt(_raw_features())
     return keras.Sequential(
         [
             keras.Input((12,)),
@@ -47,7 +52,7 @@ def _no_clipping(monkeypatch) -> None:
 def test_the_float_standardization_is_exact_and_sits_before_the_first_dense(monkeypatch):
     _no_clipping(monkeypatch)  # with the grid's scales the clip search may trim a column or two (2 of 16 here)
     x = _raw_features()
-    model = _tabular_model(x)
+    model = _tabular_model()
     prepared, prep = prepare_for_int8(model, x, standardize=True)
     names = [type(layer).__name__ for layer in prepared.layers]
     assert prepared.layers[0].name == STANDARDIZATION and names[:2] == ["Normalization", "Dense"]
@@ -71,7 +76,7 @@ def test_the_float_standardization_constants_sit_on_a_coarse_grid_and_stay_exact
     (scales powers of two, means multiples of half the scale) they repeat, and the first Dense absorbs them exactly."""
     _no_clipping(monkeypatch)
     x = _raw_features()
-    prepared, prep = prepare_for_int8(_tabular_model(x), x, standardize=True)
+    prepared, prep = prepare_for_int8(_tabular_model(), x, standardize=True)
     norm = prepared.get_layer(STANDARDIZATION)
     mean, variance = (np.asarray(norm.get_config()[k], np.float64).ravel() for k in ("mean", "variance"))
     scale = np.sqrt(variance)
@@ -82,7 +87,7 @@ def test_the_float_standardization_constants_sit_on_a_coarse_grid_and_stay_exact
     assert np.all(scale / true_std <= np.sqrt(2) + 1e-9) and np.all(true_std / scale <= np.sqrt(2) + 1e-9)
     assert np.all(np.abs(mean - x.mean(axis=0)) <= scale / 4 + 1e-9)
     assert prep.max_abs_diff < 1e-4  # the kernel absorbed the values used, not the measured ones
-    measured, _prep = prepare_for_int8(_tabular_model(x), x, standardize=True, exact=True)  # the next try
+    measured, _prep = prepare_for_int8(_tabular_model(), x, standardize=True, exact=True)  # the next try
     norm = measured.get_layer(STANDARDIZATION)
     assert np.allclose(np.asarray(norm.get_config()["mean"], np.float64).ravel(), x.mean(axis=0), rtol=1e-5)
     assert not _powers_of_two(np.sqrt(np.asarray(norm.get_config()["variance"], np.float64).ravel()))
@@ -105,7 +110,7 @@ def test_the_standardized_int8_tflite_keeps_the_grid_constants_and_follows_the_m
     from deploykit.export.runtimes import open_runner, predict_batches
 
     x = _raw_features()
-    model = _tabular_model(x)
+    model = _tabular_model()
     path = tmp_path / "m.tflite"
     config = QuantConfig(standardize_input=True, exclude=(STANDARDIZATION,))
     export_variant(model, "tflite", "int8-full", path, x, config=config)
@@ -126,7 +131,7 @@ def test_the_standardized_int8_tflite_keeps_the_grid_constants_and_follows_the_m
 
 def test_no_fold_keeps_the_normalization_and_batchnorm_as_layers():
     x = _raw_features()
-    model = _tabular_model(x, batchnorm=True)
+    model = _tabular_model(batchnorm=True)
     folded, _ = prepare_for_int8(model, x)
     unfolded, prep = prepare_for_int8(model, x, fold=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -44,6 +45,14 @@ def test_unset_int8_flags_keep_the_config_files_knobs():
     args = build_parser().parse_args(["optimize", "--calibration", "percentile"])
     knobs = base.with_options(**options_from_args(args)).export.quantization
     assert (knobs.num_calibration, knobs.per_channel, knobs.calibration_method.value) == (50, False, "percentile")
+
+
+@functools.cache
+def _parser():
+    """deploykit's CLI parser, built once per process for the cases below, which only parse with it."""
+    from deploykit.cli.main import build_parser
+
+    return build_parser()
 
 
 @pytest.mark.parametrize(
@@ -96,10 +105,9 @@ def test_unset_int8_flags_keep_the_config_files_knobs():
     ],
 )
 def test_each_flag_sets_the_config(flags, check):
-    from deploykit.cli.main import build_parser
     from deploykit.cli.optimize import options_from_args
 
-    args = build_parser().parse_args(["optimize", *flags])
+    args = _parser().parse_args(["optimize", *flags])
     config = OptimizeConfig().with_options(**options_from_args(args))
     assert check(config) and config != OptimizeConfig()
 

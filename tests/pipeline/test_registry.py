@@ -4,6 +4,7 @@ TOML file and the CLI; the runner builds its steps from the registry; the earlie
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 
@@ -30,7 +31,10 @@ def _given(option) -> tuple[dict, dict, list[str]]:
     return flat, _merged(toml, option.example_toml()), argv + option.example_argv()
 
 
+@functools.cache
 def _optimize_parser():
+    """The ``optimize`` subparser, built once per process (the tests only read it and parse with it: building the
+    whole CLI is ~20 ms of CPU, and this file asked for it once per option)."""
     from deploykit.cli.main import build_parser
 
     return build_parser()._subparsers._group_actions[0].choices["optimize"]
