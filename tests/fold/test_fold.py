@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -239,7 +241,9 @@ def _foldable_kinds(model):
     return [type(l).__name__ for l in model.layers if type(l).__name__ in ("BatchNormalization", "Normalization")]
 
 
+@functools.cache
 def _folded(builder, seed=0):
+    """(model, folded, report) of one builder, once per process: the tests that ask for the same one only read them."""
     model = builder()
     randomize_batchnorm(model, seed)
     from deploykit.fold import fold_batchnorm
