@@ -275,7 +275,7 @@ def interleaved_fastest(
     fns: dict[str, Callable[[], object]], repeats: int, seconds: float = 0.0, cap: int = 400, warmup: int = 2
 ) -> dict[str, float]:
     """The fastest call of each function in seconds, timed round-robin: ``repeats`` calls each at least, more (up to
-    ``cap``) until each function has had about ``seconds`` of calls.
+    ``cap``) until the slowest has had about ``seconds`` of calls; every function is called as often.
 
     For comparing files (speed-ups, "slower than float32"), not for describing a typical call: other processes on
     the machine only ever add time to a call, so the fastest of interleaved calls is the steadiest estimate of what

@@ -44,9 +44,12 @@ RECOMMENDED = RECOMMENDED_MODEL  # the served name of the fastest ONNX model (``
 SLOWER_BELOW = 0.95
 #: Formats timed by the objective (the MC / ensemble models answer another question: they are not candidates).
 FORMATS = ("onnx", "tflite")
-#: Seconds of calls each file gets at each batch size at least (more calls than ``latency_repeats`` when they are
+#: Seconds of calls the slowest file gets at each batch size (more calls than ``latency_repeats`` when they are
 #: short): a fast file's fastest call is then taken over dozens of calls, not three.
 SECONDS_PER_FILE = 0.25
+#: Calls per file and batch size at most: the fastest of 100 interleaved calls is steady, and a tiny model's calls
+#: (tens of microseconds) would otherwise be repeated thousands of times to fill their quarter second.
+MAX_CALLS = 100
 
 
 @dataclass
@@ -161,15 +164,17 @@ def original_files(ctx, formats: list[str], folder: Path) -> tuple[dict[str, Pat
 
 def measure(files: dict[str, Path], x: np.ndarray, batch_size: int, repeats: int) -> dict[str, tuple[float, float]]:
     """(batch-1 ms, batch-``batch_size`` ms) per file: the fastest of each runtime's calls timed round-robin, in this
-    process, until each file has had :data:`SECONDS_PER_FILE` of calls at each batch size
+    process, as many calls per file as the slowest file fills :data:`SECONDS_PER_FILE` with (:data:`MAX_CALLS` at most)
     (:func:`deploykit.export.runtimes.interleaved_fastest`: under a time budget, 3 calls at the batch size gave
     "26x slower than float32" for a file 1.2x slower)."""
     from deploykit.export.runtimes import interleaved_fastest, open_runner
 
     runners = {name: open_runner(path) for name, path in files.items()}
     one, batch = x[:1], np.resize(x, (batch_size, *x.shape[1:]))
-    b1 = interleaved_fastest({n: _call(r, one) for n, r in runners.items()}, repeats, SECONDS_PER_FILE)
-    bn = interleaved_fastest({n: _call(r, batch) for n, r in runners.items()}, max(3, repeats // 5), SECONDS_PER_FILE)
+    calls = {n: _call(r, one) for n, r in runners.items()}
+    b1 = interleaved_fastest(calls, min(repeats, MAX_CALLS), SECONDS_PER_FILE, MAX_CALLS)
+    calls = {n: _call(r, batch) for n, r in runners.items()}
+    bn = interleaved_fastest(calls, max(3, min(repeats // 5, MAX_CALLS)), SECONDS_PER_FILE, MAX_CALLS)
     return {n: (1000 * b1[n], 1000 * bn[n]) for n in runners}
 
 
