@@ -22,7 +22,8 @@ from deploykit.export.config import (
     Recipe,
     parse_enum,
 )
-from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, keras_to_onnx
+from deploykit.export.conversions import onnx_conversion
+from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
 from deploykit.export.int8_prep import Int8Preparation, calibration_samples, variant_source
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
@@ -75,7 +76,8 @@ def export_onnx(
     given = task if task is not None else (metadata.task_and_output()[0] if metadata and metadata.task else None)
     task, kind = model_task(model, task=given)
     source, calibration, prep = variant_source(model, as_calibration(calibration_data), quant, knobs, input_shape)
-    proto = quantize_proto(keras_to_onnx(source, opset=opset, kind=kind), quant, calibration, knobs)
+    converted = onnx_conversion(source, opset, kind, cache=source is model)  # once per model, a copy per variant
+    proto = quantize_proto(converted, quant, calibration, knobs)
     num_classes = _main_width(proto)
     proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))
     meta = _complete_metadata(metadata, model, input_shape, num_classes, quant, prep, opset)

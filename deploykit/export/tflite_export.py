@@ -18,10 +18,11 @@ from deploykit.export.config import (
     Recipe,
     parse_enum,
 )
+from deploykit.export.conversions import Signature, tflite_signature
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import variant_source
 from deploykit.export.runtimes import TfliteRunner, tflite_outputs
-from deploykit.export.unroll import unrolled
+from deploykit.export.tflite_saved import lowered
 from deploykit.io.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
 
@@ -85,7 +86,8 @@ def export_tflite(
     if tune is not None and prep is not None:
         source, step = tune(source)
         prep.steps.append(step)
-    flat = _convert(unrolled(source), input_shape, quant, calibration, knobs, kind)  # LSTM/GRU: builtin ops
+    with tflite_signature(source, input_shape, kind, cache=source is model) as signature:  # once per model
+        flat = _convert(signature, quant, calibration, knobs)
     _check_outputs(flat, model, kind)  # before anything is written
     with atomic_path(path) as tmp:
         tmp.write_bytes(flat)
@@ -140,18 +142,11 @@ def _signature(model, kind: OutputKind):
     return outputs
 
 
-def _convert(
-    model,
-    input_shape,
-    quant: Quantization,
-    calibration,
-    knobs: QuantConfig,
-    kind: OutputKind = OutputKind.PROBABILITIES,
-) -> bytes:
+def concrete_function(model, input_shape, kind: OutputKind):
+    """The converted function of ``model`` traced for a dynamic batch: its outputs named for ``kind``."""
     from deploykit.backend import tf
-    from deploykit.core.multi_io_model import packing_of, representative_rows, tflite_function
+    from deploykit.core.multi_io_model import packing_of, tflite_function
 
-    recipe = quant.spec.recipe
     packing = packing_of(model)  # several inputs / outputs: one named signature tensor each
     if packing is None:
         fn = tf.function(
@@ -159,7 +154,20 @@ def _convert(
         )
     else:
         fn = tf.function(*tflite_function(model, packing, _signature(model, kind), INPUT_NAME))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], variables_only(model))
+    return fn.get_concrete_function()
+
+
+def _convert(signature: Signature, quant: Quantization, calibration, knobs: QuantConfig) -> bytes:
+    """One TFLite variant converted from ``signature`` (:func:`~deploykit.export.conversions.tflite_signature`)."""
+    from deploykit.backend import tf
+    from deploykit.core.multi_io_model import packing_of, representative_rows
+
+    model = signature.model
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([signature.function], signature.module)
+    if signature.folder is not None:
+        lowered(converter, signature.folder)
+    recipe = quant.spec.recipe
+    packing = packing_of(model)
     if recipe is not Recipe.FLOAT:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if recipe is Recipe.FLOAT16:
