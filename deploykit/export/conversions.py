@@ -6,8 +6,10 @@
   TFLite converter lowers it through (:mod:`.tflite_saved`: saved without custom gradients). Every TFLite variant
   converts from it with its own converter settings.
 
-Only the user's model itself is cached: an int8 variant's prepared copy (:func:`~.int8_prep.variant_source`) is a
-new model per export and is converted as before, its SavedModel removed right after.
+The int8 variants of one model share one prepared copy (:func:`~.int8_prep.int8_source` reuses it when the weights,
+samples and options match), so they share its conversion too, and so do the per-layer fallback's tries (``exclude``
+is applied when quantizing, after the conversion). A model with more than :data:`~.convert.LEAN_ABOVE` of weights is
+converted afresh each time, as before: a kept copy of ConvNeXtXLarge's proto would be 1.4 GB.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def onnx_conversion(model, opset: int, kind: OutputKind, *, cache: bool = True):
     converted afresh, not stored: a model only this export will see)."""
     from deploykit.export.convert import keras_to_onnx
 
-    if not cache:
+    if not _cacheable(model, cache):
         return keras_to_onnx(model, opset=opset, kind=kind)
     return ONNX.get(model, ("onnx", opset, kind), lambda: keras_to_onnx(model, opset=opset, kind=kind))
 
@@ -70,8 +72,8 @@ TFLITE = ModelCache(drop=_drop)
 @contextlib.contextmanager
 def tflite_signature(model, input_shape: tuple[int, ...], kind: OutputKind, *, cache: bool = True):
     """The :class:`Signature` of ``model`` for ``kind``: from the cache while ``model`` is unchanged, else traced
-    and saved (``cache=False``: its folder removed when the block ends)."""
-    if cache:
+    and saved (``cache=False``, or a large model: its folder removed when the block ends)."""
+    if _cacheable(model, cache):
         yield TFLITE.get(model, ("tflite", tuple(input_shape), kind), lambda: _signature(model, input_shape, kind))
         return
     made = _signature(model, input_shape, kind)
@@ -79,6 +81,12 @@ def tflite_signature(model, input_shape: tuple[int, ...], kind: OutputKind, *, c
         yield made
     finally:
         _drop(made)
+
+
+def _cacheable(model, cache: bool) -> bool:
+    from deploykit.export.convert import LEAN_ABOVE, weight_bytes
+
+    return cache and weight_bytes(model) <= LEAN_ABOVE
 
 
 def _signature(model, input_shape: tuple[int, ...], kind: OutputKind) -> Signature:

@@ -28,8 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-#: Entries kept per cache (the last used): the variants of one model, plus the previous model's.
-ENTRIES = 2
+#: Entries kept per cache (the last used): a run's original, folded and int8-prepared models.
+ENTRIES = 3
 
 
 def fingerprint(model) -> str:

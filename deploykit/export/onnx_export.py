@@ -76,7 +76,7 @@ def export_onnx(
     given = task if task is not None else (metadata.task_and_output()[0] if metadata and metadata.task else None)
     task, kind = model_task(model, task=given)
     source, calibration, prep = variant_source(model, as_calibration(calibration_data), quant, knobs, input_shape)
-    converted = onnx_conversion(source, opset, kind, cache=source is model)  # once per model, a copy per variant
+    converted = onnx_conversion(source, opset, kind)  # once per model: each variant edits its own copy
     proto = quantize_proto(converted, quant, calibration, knobs)
     num_classes = _main_width(proto)
     proto = name_onnx_tensors(proto, packing_of(model), INPUT_NAME, main_output([o.name for o in proto.graph.output]))

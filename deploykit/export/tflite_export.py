@@ -86,7 +86,7 @@ def export_tflite(
     if tune is not None and prep is not None:
         source, step = tune(source)
         prep.steps.append(step)
-    with tflite_signature(source, input_shape, kind, cache=source is model) as signature:  # once per model
+    with tflite_signature(source, input_shape, kind) as signature:  # once per model
         flat = _convert(signature, quant, calibration, knobs)
     _check_outputs(flat, model, kind)  # before anything is written
     with atomic_path(path) as tmp:

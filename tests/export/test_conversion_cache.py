@@ -197,6 +197,33 @@ def test_weights_set_after_an_export_are_converted_again(saved_keras3, tmp_path,
     np.testing.assert_array_equal(second, fresh)
 
 
+@pytest.mark.slow  # four int8 ONNX exports (calibrated) and their fresh twins: ~15 s
+def test_int8_variants_and_fallback_tries_share_the_prepared_models_conversion(saved_keras3, tmp_path):
+    """int8-dynamic and int8-static on the same calibration share one int8 preparation (int8_prep's reuse), hence one
+    conversion; an ``exclude`` try (the per-layer fallback's) too. Each file computes what a fresh export's does."""
+    from deploykit import load_model
+    from deploykit.export import OnnxRunner, QuantConfig, export_onnx
+
+    model = load_model(saved_keras3)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((64, 10, 10, 3)).astype(np.float32)
+    x = rng.standard_normal((16, 10, 10, 3)).astype(np.float32)
+    tries = {
+        "dynamic": dict(quantization="int8-dynamic"),
+        "static": dict(quantization="int8-static"),
+        "static_excluding": dict(quantization="int8-static", config=QuantConfig(exclude=("dense",))),
+    }
+    conversions.clear()
+    before = conversions.ONNX.misses
+    made = {
+        name: export_onnx(model, tmp_path / f"c_{name}.onnx", calibration_data=data, **kw) for name, kw in tries.items()
+    }
+    assert conversions.ONNX.misses - before == 1, "one conversion of the prepared model for three int8 exports"
+    for name, kw in tries.items():
+        fresh = _fresh_export(export_onnx, model, tmp_path / f"f_{name}.onnx", calibration_data=data, **kw)
+        np.testing.assert_array_equal(OnnxRunner(made[name].path).predict(x), OnnxRunner(fresh.path).predict(x))
+
+
 def _keras3_model(kind: str):
     """Models as users build them: a swish CNN (custom-gradient ops), a tutorial MLP, an LSTM classifier."""
     import keras
