@@ -31,10 +31,12 @@ def save_signature(fn, module, folder: Path) -> bool:
     """Save ``module`` with the concrete function ``fn`` as its serving signature into ``folder``, without custom
     gradients; False when TensorFlow refuses (the converter's own path then runs, as it falls back itself)."""
     from deploykit.backend import tf
+    from deploykit.log import quiet_native
 
     options = tf.saved_model.SaveOptions(save_debug_info=True, experimental_custom_gradients=False)
     try:
-        tf.saved_model.save(module, str(folder), signatures={_SIGNATURE_KEY: fn}, options=options)
+        with quiet_native():  # TensorFlow's C++ log lines, as around the conversion
+            tf.saved_model.save(module, str(folder), signatures={_SIGNATURE_KEY: fn}, options=options)
     except Exception:  # noqa: BLE001  (as the converter: a save that fails means its frozen-graph path)
         return False
     return True
