@@ -168,6 +168,7 @@ def main() -> None:
         if "efficientnetb0" in args.models:
             say("building EfficientNetB0 (weights=None) and its random data")
             cases["efficientnetb0"] = efficientnet_case(tmp)
+        kwargs = {"folder": args.out} if args.out else {}
         data = {"baseline": base, "this": this, "command": SHORT + ["--quantize", VARIANTS], "models": {}}
         for name in [m for m in args.models.split(",") if m in cases]:
             runs = {"baseline": [], "this": []}
@@ -178,14 +179,12 @@ def main() -> None:
                     say(f"  {runs[side][-1]['cpu_s']} CPU s, {runs[side][-1]['wall_s']} s wall")
             outputs = same_outputs(tmp / f"{name}_baseline", tmp / f"{name}_this")
             same = runs["baseline"][-1]["shipped"] == runs["this"][-1]["shipped"]
-            data["models"][name] = {**runs, "outputs": outputs, "same_shipped": same}
-        for case in data["models"].values():
+            case = {**runs, "outputs": outputs, "same_shipped": same}
             for key in ("cpu_s", "wall_s", "export_steps_s"):
-                old = sum(r[key] for r in case["baseline"])
-                new = sum(r[key] for r in case["this"])
+                old, new = (sum(r[key] for r in case[side]) for side in ("baseline", "this"))
                 case[f"{key}_ratio"] = round(old / new, 3) if new else None
-    kwargs = {"folder": args.out} if args.out else {}
-    write_results("export_speed", data, markdown(data), **kwargs)
+            data["models"][name] = case
+            write_results("export_speed", data, markdown(data), **kwargs)  # after each model: a timeout keeps some
 
 
 if __name__ == "__main__":
