@@ -17,7 +17,10 @@ Figures per run: CPU seconds of the ``optimize`` process (user + system, its chi
 the seconds ``report.json`` gives the export steps. Ratios are baseline / this (above 1: this is faster).
 
 Run: ``nice -n 5 timeout 3600 python benchmarks/bench_export_speed.py`` (about 10-20 minutes on 2 cores).
-Writes ``benchmarks/results/export_speed.json`` and ``export_speed.md``.
+Writes ``benchmarks/results/export_speed.json`` and ``export_speed.md``. ``--calls`` times the export calls alone
+instead (``export_variant`` for each of the six variants in one process per side: no validation, no latency timing,
+no other step), into ``export_speed_calls.*``: the CPU seconds the change is about, without the run's
+time-bounded latency measurements beside them.
 """
 
 from __future__ import annotations
@@ -86,6 +89,67 @@ def run(code: Path, args: list[str], out: Path) -> dict:
         "steps": steps,
         "shipped": shipped,
     }
+
+
+#: ``--calls``: the exports alone, in a child importing the package under test (no validation, no other steps).
+CALLS_CHILD = """
+import json, sys, time
+from deploykit import load_model
+from deploykit.export import export_variant
+model = load_model(sys.argv[1])
+x = __import__("numpy").random.default_rng(0).standard_normal((64, *model.input_shape[1:])).astype("float32")
+seconds = []
+for fmt, quant in [("onnx", "float32"), ("onnx", "float16"), ("onnx", "int8-dynamic"),
+                   ("tflite", "float32"), ("tflite", "float16"), ("tflite", "int8-weights")]:
+    start, wall = time.process_time(), time.perf_counter()
+    data = x if quant.startswith("int8") else None
+    export_variant(model, fmt, quant, f"{sys.argv[2]}/{fmt}_{quant}.{fmt}", data)
+    seconds.append([fmt + " " + quant, round(time.process_time() - start, 2), round(time.perf_counter() - wall, 2)])
+print(json.dumps(seconds))
+"""
+
+
+def calls(code: Path, model: Path, out: Path) -> list:
+    """CPU and wall seconds of each export call of the six variants, one model, in a fresh process."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", CALLS_CHILD, str(model), str(out)], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"export calls failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def calls_markdown(data: dict) -> str:
+    lines = [
+        "# Export calls alone: one conversion per model (this checkout) against the baseline",
+        "",
+        f"Baseline `{data['baseline']}`, this checkout `{data['this']}`. One process per model and side (they "
+        "alternate), `export_variant` for each variant in turn, the int8 ones calibrated on 64 random rows; "
+        "CPU s of each call (wall s, loaded). Ratio: baseline / this CPU.",
+        "",
+        "| model | call | baseline CPU s (wall) | this CPU s (wall) | CPU ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for name, case in data["models"].items():
+        for (call, old, old_wall), (_, new, new_wall) in zip(case["baseline"], case["this"]):
+            lines.append(f"| {name} | {call} | {old} ({old_wall}) | {new} ({new_wall}) | {old / new:.2f}x |")
+        old, new = (sum(c[1] for c in case[side]) for side in ("baseline", "this"))
+        lines.append(f"| {name} | **all six** | **{old:.1f}** | **{new:.1f}** | **{old / new:.2f}x** |")
+    return "\n".join(lines)
+
+
+def main_calls(args, tmp: Path, base: str, this: str, models: dict) -> None:
+    data = {"baseline": base, "this": this, "models": {}}
+    for name, path in models.items():
+        case = {}
+        for side, code in (("baseline", tmp / "baseline"), ("this", ROOT)):
+            say(f"{name}: export calls, {side}")
+            case[side] = calls(code, path, tmp / f"calls_{name}_{side}")
+            say(f"  {sum(c[1] for c in case[side]):.1f} CPU s")
+        data["models"][name] = case
+        write_results("export_speed_calls", data, calls_markdown(data), **({"folder": args.out} if args.out else {}))
 
 
 def same_outputs(a: Path, b: Path) -> dict:
@@ -157,6 +221,9 @@ def main() -> None:
     parser.add_argument("--baseline", default="main", help="git revision to compare against (default: main)")
     parser.add_argument("--pairs", type=int, default=1, help="baseline/this pairs per model (default: 1)")
     parser.add_argument("--models", default="default,efficientnetb0")
+    parser.add_argument(
+        "--calls", action="store_true", help="time the six export calls alone (results: export_speed_calls.*)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-export-speed-") as tmp:
@@ -164,6 +231,15 @@ def main() -> None:
         (tmp / "baseline").mkdir()
         base = baseline_tree(args.baseline, tmp / "baseline")
         this = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        if args.calls:
+            if "efficientnetb0" in args.models:
+                efficientnet_case(tmp)
+            models = {
+                "default": ROOT / "models" / "digits_default.keras",
+                "efficientnetb0": tmp / "efficientnetb0.keras",
+            }
+            main_calls(args, tmp, base, this, {m: models[m] for m in args.models.split(",") if m in models})
+            return
         cases = {"default": []}
         if "efficientnetb0" in args.models:
             say("building EfficientNetB0 (weights=None) and its random data")

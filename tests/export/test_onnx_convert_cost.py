@@ -79,6 +79,7 @@ def test_a_failing_optimizer_pass_is_skipped_as_before(model, monkeypatch, tmp_p
     import tf2onnx
     from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
 
+    from deploykit.export import conversions as conversions_cache
     from deploykit.export import convert, export_onnx
     from deploykit.export.runtimes import OnnxRunner
 
@@ -95,10 +96,12 @@ def test_a_failing_optimizer_pass_is_skipped_as_before(model, monkeypatch, tmp_p
     monkeypatch.setattr(TransposeOptimizer, "_optimize", broken)
     monkeypatch.setattr(tf2onnx.convert, "from_keras", counting)
     monkeypatch.setattr(convert, "_COPYING_ONLY", set())
+    conversions_cache.clear()  # an export of this model in an earlier test would be served without converting
     export_onnx(model, tmp_path / "model.onnx")
     assert len(conversions) == 2  # in place (failed), then copying
     x = np.random.default_rng(0).standard_normal((5, 9, 9, 3)).astype(np.float32)
     got = OnnxRunner(tmp_path / "model.onnx").predict(x)
     np.testing.assert_allclose(got, model(x, training=False).numpy(), atol=1e-5)
+    conversions_cache.clear()  # the same unchanged model is served from the cache: make the next export convert
     export_onnx(model, tmp_path / "again.onnx")
     assert len(conversions) == 3  # straight to the copying mode
