@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -81,7 +82,7 @@ class ModelCache:
         """``make()`` for ``model`` and ``key``, or a copy of what it returned for them before the model last
         changed. ``make`` runs without the lock held only when nothing valid is stored (misses are not shared)."""
         print_ = fingerprint(model)
-        slot = (id(model), key)
+        slot = (os.getpid(), id(model), key)  # a forked child never reads its parent's entries
         with self._lock:
             entry = self._entries.get(slot)
             if entry is not None and entry.model() is model and entry.fingerprint == print_:

@@ -18,6 +18,7 @@ still the concrete-function converter, so the flatbuffer, conversion metadata in
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -72,23 +73,25 @@ class SavedSignatures:
 
     def __init__(self) -> None:
         self._root: Path | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._count = 0
 
     def new_folder(self) -> Path:
         """A fresh, not yet existing folder for one SavedModel."""
         with self._lock:
-            if self._root is None or not self._root.exists():
-                self._root = Path(tempfile.mkdtemp(prefix="deploykit-tflite-"))
+            if self._root is None or not self._root.exists() or self._pid != os.getpid():
+                self._root, self._pid = Path(tempfile.mkdtemp(prefix="deploykit-tflite-")), os.getpid()
             self._count += 1
             return self._root / f"saved{self._count}"
 
-    @staticmethod
-    def remove(folder: Path) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
+    def remove(self, folder: Path) -> None:
+        """Remove ``folder``: only in the process that made it (a forked child leaves its parent's alone)."""
+        if self._pid == os.getpid() and folder.parent == self._root:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         with self._lock:
-            if self._root is not None:
+            if self._root is not None and self._pid == os.getpid():
                 shutil.rmtree(self._root, ignore_errors=True)
             self._root = None

@@ -264,3 +264,24 @@ def test_lean_savedmodel_gives_the_converters_own_bytes(kind, tmp_path):
             knobs = QuantConfig().for_variant(quant)
             assert _convert(lean, quant, calibration, knobs) == _convert(own, quant, calibration, knobs), quant
     assert not lean.folder.exists(), "an uncached SavedModel is removed after its export"
+
+
+def test_a_forked_child_leaves_the_parents_savedmodels_alone():
+    """The TFLite SavedModel folders are removed by the process that made them only (atexit in a forked child runs
+    too), and a child's cache never reads its parent's entries."""
+    import os
+
+    from deploykit.export.tflite_saved import SavedSignatures
+
+    folders = SavedSignatures()
+    folder = folders.new_folder()
+    folder.mkdir()
+    pid = os.fork()
+    if pid == 0:  # the child: what its eviction and its exit would do
+        folders.remove(folder)
+        folders.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert folder.is_dir()
+    folders.close()
+    assert not folder.exists()
