@@ -69,7 +69,7 @@ def run(code: Path, args: list[str], out: Path) -> dict:
     """One ``deploykit optimize`` in a fresh process importing the package from ``code``; its CPU and wall seconds."""
     env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "deploykit.cli.main", "optimize", *args, *SHORT]
-    command += ["--quantize", VARIANTS, "--out", str(out), "--force", "-q"]
+    command += ["--quantize", VARIANTS, "--out", str(out), "--force", "-q"]  # cwd below: no checkout on sys.path
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=out.parent, capture_output=True, text=True)
@@ -114,8 +114,8 @@ def calls(code: Path, model: Path, out: Path) -> list:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(
-        [sys.executable, "-c", CALLS_CHILD, str(model), str(out)], env=env, capture_output=True, text=True
-    )
+        [sys.executable, "-c", CALLS_CHILD, str(model), str(out)], env=env, cwd=out, capture_output=True, text=True
+    )  # cwd: ``-c`` puts the working folder first on sys.path, ahead of PYTHONPATH
     if done.returncode:
         raise RuntimeError(f"export calls failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
