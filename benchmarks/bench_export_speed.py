@@ -16,7 +16,7 @@ for the untrained EfficientNet (its first int8 try is kept: the export path's co
 Figures per run: CPU seconds of the ``optimize`` process (user + system, its children included), wall seconds, and
 the seconds ``report.json`` gives the export steps. Ratios are baseline / this (above 1: this is faster).
 
-Run: ``nice -n 5 timeout 3600 python benchmarks/bench_export_speed.py`` (about 10-20 minutes on 2 cores).
+Run: ``nice -n 5 timeout 3600 python benchmarks/bench_export_speed.py`` (about 40 minutes on 2 cores, loaded).
 Writes ``benchmarks/results/export_speed.json`` and ``export_speed.md``. ``--calls`` times the export calls alone
 instead (``export_variant`` for each of the six variants in one process per side: no validation, no latency timing,
 no other step), into ``export_speed_calls.*``: the CPU seconds the change is about, without the run's

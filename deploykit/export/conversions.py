@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deploykit.core.task import OutputKind
 from deploykit.export.model_cache import ModelCache
-from deploykit.export.tflite_saved import SavedSignatures, save_signature
+from deploykit.export.tflite_saved import SavedSignatures, concrete_function, save_signature, variables_only
 
 
 def _copy_proto(proto):
@@ -90,7 +90,6 @@ def _cacheable(model, cache: bool) -> bool:
 
 
 def _signature(model, input_shape: tuple[int, ...], kind: OutputKind) -> Signature:
-    from deploykit.export.tflite_export import concrete_function, variables_only
     from deploykit.export.unroll import unrolled
 
     converted = unrolled(model)  # LSTM / GRU: builtin ops

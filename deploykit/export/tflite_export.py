@@ -22,7 +22,7 @@ from deploykit.export.conversions import Signature, tflite_signature
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.int8_prep import variant_source
 from deploykit.export.runtimes import TfliteRunner, tflite_outputs
-from deploykit.export.tflite_saved import lowered
+from deploykit.export.tflite_saved import lowered, variables_only  # noqa: F401  (re-exported)
 from deploykit.io.inputs import as_calibration, as_model
 from deploykit.log import quiet_native
 
@@ -125,38 +125,6 @@ def _knobs(config: QuantConfig | None, num_calibration, int8_io, seed) -> QuantC
         raise UsageError(str(exc)) from None
 
 
-def _signature(model, kind: OutputKind):
-    """The converted function's outputs, by name: the model's output, and the probabilities computed from it for a
-    logits classifier; a binary head's two-class probabilities (``TaskSpec.tf_probabilities``)."""
-    from deploykit.core.taskspec import spec_of
-
-    spec = spec_of(kind)
-    names = spec.served_outputs
-
-    def outputs(x):
-        out = model(x, training=False)
-        if len(names) == 2:
-            return {names[0]: out, names[1]: spec.tf_probabilities(out)}
-        return {names[0]: spec.tf_probabilities(out) if spec.binary else out}
-
-    return outputs
-
-
-def concrete_function(model, input_shape, kind: OutputKind):
-    """The converted function of ``model`` traced for a dynamic batch: its outputs named for ``kind``."""
-    from deploykit.backend import tf
-    from deploykit.core.multi_io_model import packing_of, tflite_function
-
-    packing = packing_of(model)  # several inputs / outputs: one named signature tensor each
-    if packing is None:
-        fn = tf.function(
-            _signature(model, kind), input_signature=[tf.TensorSpec((None, *input_shape), tf.float32, name=INPUT_NAME)]
-        )
-    else:
-        fn = tf.function(*tflite_function(model, packing, _signature(model, kind), INPUT_NAME))
-    return fn.get_concrete_function()
-
-
 def _convert(signature: Signature, quant: Quantization, calibration, knobs: QuantConfig) -> bytes:
     """One TFLite variant converted from ``signature`` (:func:`~deploykit.export.conversions.tflite_signature`)."""
     from deploykit.backend import tf
@@ -189,22 +157,6 @@ def _convert(signature: Signature, quant: Quantization, calibration, knobs: Quan
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
         first = (str(exc).splitlines() or [""])[0]
         raise ConversionError(f"TFLite {quant.value} conversion failed: {type(exc).__name__}: {first}") from exc
-
-
-def variables_only(model):
-    """A bare ``tf.Module`` tracking ``model``'s variables: the object the converter saves the function with.
-
-    The converter lowers a concrete function through a SavedModel of the object it is given (saved, then loaded
-    back). Given the tf_keras model itself, that save runs tf_keras's legacy SavedModel serialization, which
-    traces every layer's call functions: 75 s of MobileNetV3Small's 84-s float32 conversion on this machine, and
-    it grows with the layer count. The converted function only reads the variables, so a module holding them
-    gives the same flatbuffer, byte for byte, from a save that traces nothing (6 CPU seconds instead of 33).
-    """
-    from deploykit.backend import tf
-
-    module = tf.Module(name="deploykit_variables")
-    module.kept = list(model.variables)
-    return module
 
 
 def _check_outputs(flat: bytes, model, kind: OutputKind) -> None:
