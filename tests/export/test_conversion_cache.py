@@ -117,8 +117,8 @@ def saved_keras3(tmp_path_factory):
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.Activation("swish")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(4, activation="softmax")(x)
-    path = tmp_path_factory.mktemp("k3") / "model.keras"
+    outputs = keras.layers.Dense(4, activation="softmax", name="dense")(x)  # named: Keras numbers unnamed layers
+    path = tmp_path_factory.mktemp("k3") / "model.keras"  # per process (dense_7 after other tests' models)
     keras.Model(inputs, outputs).save(path)
     return path
 
