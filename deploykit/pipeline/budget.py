@@ -5,8 +5,9 @@ evaluation of the validation split and, with a time budget, one real export of t
 then fits the work into the budget, cheapest cuts first: the most wanted artifacts first (ONNX float32, then
 the int8 variants) with the rest dropped when their exports would not fit, a cheaper sensitivity scan (fewer
 levels, a sample of the validation split, only the layers holding most of the weights), fewer epochs per try
-(early stopping as always, on the fine-tunes' holdout of the training rows) and fewer tries. The plan is said in
-one line before the run starts; without a budget the line gives the estimated minutes of the defaults.
+(early stopping as always: on the validation rows, or on ``tune_holdout`` of the training rows) and fewer
+tries. The plan is said in one line before the run starts; without a budget the line gives the estimated minutes of
+the defaults.
 
 While the run goes, :class:`Plan` is its clock: the search stops at its share (a try running then is stopped,
 see :mod:`deploykit.sparsity.deadline`), the measured cost of the first export replaces the estimate, and a

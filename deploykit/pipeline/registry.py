@@ -19,7 +19,7 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any
 
-from deploykit.configs import boolean, choice, fraction, integer, number, positive
+from deploykit.configs import boolean, choice, fraction, integer, positive
 from deploykit.errors import ConfigError
 from deploykit.pipeline.options import Cli, Option, StepSpec, TableSpec
 from deploykit.pipeline.structured_table import STRUCTURED_SEARCHES, StructuredStep
@@ -81,9 +81,8 @@ def _sparsity(step: SparsityStep, fields: dict[str, Any], o: dict[str, Any]) -> 
     if "distill" in o:
         boolean("distill", o["distill"])
         prune, l1 = prune.with_options(distill=o["distill"]), l1.with_options(distill=o["distill"])
-    if "tune_holdout" in o:
-        share = number("tune_holdout", o["tune_holdout"], 0.0, 0.5)
-        prune, l1 = prune.with_options(tune_holdout=share), l1.with_options(tune_holdout=share)
+    if "tune_holdout" in o:  # its range is the fine-tune config's (sparsity.config._TuneConfig)
+        prune, l1 = prune.with_options(tune_holdout=o["tune_holdout"]), l1.with_options(tune_holdout=o["tune_holdout"])
     return SparsityStep(method, prune, l1, search)
 
 

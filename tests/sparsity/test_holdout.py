@@ -54,6 +54,8 @@ def test_tune_holdout_is_one_option_of_every_fine_tune():
     for bad in (0.6, -0.1, "some", True):
         with pytest.raises(ConfigError, match="tune_holdout"):
             PruneConfig(tune_holdout=bad)
+        with pytest.raises(ConfigError, match="tune_holdout"):  # the option's path: the config's one range
+            OptimizeConfig().with_options(tune_holdout=bad)
 
 
 def _rows(digits, n: int):
