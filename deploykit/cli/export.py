@@ -114,6 +114,14 @@ def add_quantization_options(p: argparse.ArgumentParser, defaults: bool = True) 
         help="static int8 calibration method (onnxruntime; TFLite uses minmax) (default: minmax)",
     )
     g.add_argument(
+        "--activation-type",
+        default=d("auto"),
+        choices=["auto", "int8", "uint8"],
+        help="int8-static ONNX activations (onnxruntime's activation_type): auto is uint8 on a CPU with int8 "
+        "dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX), where onnxruntime runs it fastest, int8 elsewhere "
+        "(default: auto)",
+    )
+    g.add_argument(
         "--num-calibration", type=int, default=d(300), help="training samples that calibrate int8 (default: 300)"
     )
     g.add_argument(
@@ -133,6 +141,7 @@ def quantization_options(args) -> dict:
     given = {
         "per_channel": None if args.per_tensor is None else not args.per_tensor,
         "calibration_method": args.calibration,
+        "activation_type": args.activation_type,
         "num_calibration": args.num_calibration,
         "exclude": args.exclude,
         "int8_io": args.int8_io,

@@ -146,7 +146,8 @@ VARIANTS = MappingProxyType(
             Precision.INT8,
             _ONNX,
             Recipe.ONNX_STATIC,
-            "QDQ int8 weights and activations, calibrated (onnxruntime quantize_static)",
+            "QDQ int8 weights and activations (uint8 activations where activation_type resolves so), calibrated "
+            "(onnxruntime quantize_static)",
             calibrated=True,
             takes_exclude=True,
         ),
@@ -191,6 +192,30 @@ class CalibrationMethod(enum.Enum):
     PERCENTILE = "percentile"
 
 
+class ActivationType(enum.Enum):
+    """The integer type of static int8 activations (onnxruntime's ``activation_type``; weights are always int8).
+
+    ``auto`` resolves when a file is written: ``uint8`` on a CPU with int8 dot-product instructions (AVX-512 VNNI,
+    AVX-VNNI, AMX: :mod:`deploykit.export.cpu`), where onnxruntime runs its u8 x s8 kernels and fuses the bias Add
+    into ``QLinearAdd``, and s8 activations take a slower path (MobileNetV2 0.35, batch 256, 1 thread: 1.76x faster
+    than float32 with uint8 activations, 1.14x with int8; ``benchmarks/results/int8_activations.md``);
+    ``int8`` elsewhere, onnxruntime's S8S8 QDQ default, since AVX2's u8 x s8 instruction sums pairs into 16 bits and
+    can saturate. Applies to ``int8-static`` ONNX; TFLite int8 is int8 throughout.
+    """
+
+    AUTO = "auto"
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+    def resolved(self) -> ActivationType:
+        """``int8`` or ``uint8``: ``auto`` decided on this CPU."""
+        if self is not ActivationType.AUTO:
+            return self
+        from deploykit.export.cpu import int8_dot_product
+
+        return ActivationType.UINT8 if int8_dot_product() else ActivationType.INT8
+
+
 def parse_enum(kind: type[enum.Enum], value: Any, what: str, error: type[Exception] = UsageError):
     """``value`` as a member of ``kind`` (the kit's :func:`choice`), raised as ``error``; an old name gets its
     new one."""
@@ -228,6 +253,7 @@ class QuantConfig(Config):
 
     per_channel: bool = True  # weights: one scale per output channel (False: one per tensor)
     calibration_method: CalibrationMethod = CalibrationMethod.MINMAX  # static int8 activation ranges
+    activation_type: ActivationType = ActivationType.AUTO  # static int8 activations (ONNX): see ActivationType
     num_calibration: int = DEFAULT_NUM_CALIBRATION  # training samples drawn to calibrate
     exclude: tuple[str, ...] = ()  # nodes or layers left in float
     int8_io: bool = False  # int8-full TFLite: int8 input and output tensors
@@ -245,6 +271,7 @@ class QuantConfig(Config):
         object.__setattr__(
             self, "calibration_method", choice(CalibrationMethod, "calibration_method", self.calibration_method)
         )
+        object.__setattr__(self, "activation_type", choice(ActivationType, "activation_type", self.activation_type))
         integer("num_calibration", self.num_calibration, 1)
         integer("seed", self.seed, 0, SEED_MAX)
         object.__setattr__(self, "exclude", names("exclude", self.exclude, split=True))

@@ -173,7 +173,12 @@ def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, k
         return quantize_int8_dynamic(proto, per_channel=knobs.per_channel, exclude=knobs.exclude)
     if recipe is Recipe.ONNX_STATIC:
         return quantize_int8_static(
-            proto, calibration, per_channel=knobs.per_channel, method=knobs.calibration_method, exclude=knobs.exclude
+            proto,
+            calibration,
+            per_channel=knobs.per_channel,
+            method=knobs.calibration_method,
+            exclude=knobs.exclude,
+            activation_type=knobs.activation_type.resolved(),
         )
     raise UsageError(f"ONNX export has no recipe {recipe.value!r}")  # a VARIANTS row naming a TFLite recipe
 

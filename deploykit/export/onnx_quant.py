@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.export.config import CalibrationMethod
+from deploykit.export.config import ActivationType, CalibrationMethod
 from deploykit.export.convert import INPUT_NAME
 from deploykit.export.onnx_layers import excluded_nodes
 from deploykit.log import quiet_native
@@ -77,8 +77,10 @@ def quantize_int8_static(
     per_channel: bool = True,
     method: CalibrationMethod = CalibrationMethod.MINMAX,
     exclude: tuple[str, ...] = (),
+    activation_type: ActivationType = ActivationType.INT8,
 ):
-    """QDQ int8 weights and activations, activation ranges calibrated on ``calibration`` with ``method``.
+    """QDQ int8 weights and activations, activation ranges calibrated on ``calibration`` with ``method``;
+    activations as ``activation_type`` (int8 or uint8; ``auto`` is resolved on this CPU).
 
     Runs ``quant_pre_process`` (shape inference and graph optimisation) first,
     as onnxruntime recommends; ``exclude`` is resolved on the pre-processed graph.
@@ -87,6 +89,7 @@ def quantize_int8_static(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    unsigned = activation_type.resolved() is ActivationType.UINT8
     with (
         _scratch(proto) as (src, dst),
         quiet_native(),
@@ -105,7 +108,7 @@ def quantize_int8_static(
                 _Reader(calibration, graph_input(proto)),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=_ORT_METHOD[method](),
                 nodes_to_exclude=excluded,

@@ -44,6 +44,8 @@ class Int8Variant:
             if self.quantization.needs_calibration
             else ""
         )
+        if self.format is ExportFormat.ONNX and self.quantization.spec.recipe is Recipe.ONNX_STATIC:
+            calibration += f", {knobs.activation_type.resolved().value} activations"
         if self.tuning is not None:  # the fake-quant ranges are trained; the samples calibrate only what has none
             calibration = f", ranges trained ({knobs.num_calibration} calibration samples for the rest)"
         return f"{self.format.value} {self.quantization.value}{calibration}" + (f", {self.note}" if self.note else "")

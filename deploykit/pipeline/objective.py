@@ -10,7 +10,7 @@ all alike, and the run recommends, per objective:
 - ``size``: the smallest file (gzip), the faster one on a tie;
 - ``latency``: the fastest at the batch size (times within 5% are a tie: the smaller file); a quantized variant
   slower than float32 of the same format (at batch 1 or at the batch size) is never the fastest, and the
-  report says by how much it is slower;
+  report says by how much it is slower, and why (:func:`deploykit.export.cpu.why_slower`);
 - ``balanced`` (the default): on the Pareto front of (gzip size, time at the batch size), the point closest to
   the ideal corner (the smallest size and the shortest time) in log ratios: twice the smallest file weighs as
   much as twice the shortest time.
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.core.contract import RECOMMENDED_MODEL
+from deploykit.export.cpu import why_slower
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.pipeline.tables import Objective
 from deploykit.records import Record, to_jsonable
@@ -242,7 +243,11 @@ def _mark_slower(cands: list[Candidate], batch_size: int) -> list[str]:
         slower = [f"{r:.2f}x slower at batch {b}" for r, b in ratios if 1 / r < SLOWER_BELOW]
         if slower:
             c.slower = f"{' and '.join(slower)} than {base.file} (float32) in {c.runtime}"
-            notes.append(f"{c.file}: {c.precision} is {c.slower}: never recommended as the fastest")
+            why = why_slower(c.precision)
+            notes.append(
+                f"{c.file}: {c.precision} is {c.slower}: never recommended as the fastest"
+                + (f" ({why})" if why else "")
+            )
     return notes
 
 

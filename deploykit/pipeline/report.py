@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from deploykit.core.contract import REPORT_FILE
+from deploykit.export.cpu import why_slower
 from deploykit.pipeline.records import ArtifactRow, Status, StepRecord, Try, Verdict
 
 REPORT_JSON = REPORT_FILE
@@ -292,9 +293,10 @@ def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
             continue
         slower = [f"{ratio:.2f}x slower at batch {batch}" for ratio, batch in _slowdowns(r, ref) if ratio > 1.05]
         if slower:
+            why = why_slower(r.precision)
             out.append(
                 f"{r.file}: {r.precision} is {' and '.join(slower)} than float32 in {r.runtime} on this CPU "
-                f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)"
+                f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)" + (f"; why: {why}" if why else "")
             )
     return out
 

@@ -16,16 +16,17 @@ LAYERS = ["dense", "dense_1", "dense_2"]
 def test_requested_setting_first_then_calibration_the_float_standardization_layers_in_float_other_variants():
     """The input standardization in float (the input's width in float numbers) is tried before any try that leaves
     a whole layer in float (its whole kernel): the cheaper fix in size first."""
-    knobs = QuantConfig(num_calibration=100)
+    knobs = QuantConfig(num_calibration=100, activation_type="int8")  # "auto" would follow this CPU
     onnx = int8_variants(ExportFormat.ONNX, Quantization.INT8_STATIC, knobs, LAYERS, set())
     assert [v.describe() for v in onnx] == [
-        "onnx int8-static, 100 minmax calibration samples",
-        "onnx int8-static, 400 minmax calibration samples, 4x calibration",
-        "onnx int8-static, 400 entropy calibration samples, 4x calibration, entropy",
-        "onnx int8-static, 100 minmax calibration samples, inputs standardized in float",
-        "onnx int8-static, 100 minmax calibration samples, inputs standardized in float, constants as measured",
-        "onnx int8-static, 400 minmax calibration samples, dense, dense_2 kept in float",
-        "onnx int8-static, 400 minmax calibration samples, per-layer fallback",
+        "onnx int8-static, 100 minmax calibration samples, int8 activations",
+        "onnx int8-static, 400 minmax calibration samples, int8 activations, 4x calibration",
+        "onnx int8-static, 400 entropy calibration samples, int8 activations, 4x calibration, entropy",
+        "onnx int8-static, 100 minmax calibration samples, int8 activations, inputs standardized in float",
+        "onnx int8-static, 100 minmax calibration samples, int8 activations, inputs standardized in float, "
+        "constants as measured",
+        "onnx int8-static, 400 minmax calibration samples, int8 activations, dense, dense_2 kept in float",
+        "onnx int8-static, 400 minmax calibration samples, int8 activations, per-layer fallback",
         "onnx int8-dynamic, fallback",
     ]
     assert onnx[5].knobs.exclude == ("dense", "dense_2")

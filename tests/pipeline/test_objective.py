@@ -160,6 +160,29 @@ def test_serve_reads_the_recommended_model_off_report_json(tmp_path):
     assert len(warnings) == 1 and "not an ONNX file of" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        ({"avx2", "fma"}, "this CPU has no int8 dot-product instructions"),
+        ({"avx2", "avx512f", "avx512_vnni"}, "save less than quantizing and dequantizing the activations"),
+    ],
+)
+def test_a_slower_int8_file_is_told_why_on_this_cpu(monkeypatch, flags, why):
+    """Issue 23: an int8 file slower than float32 is reported with by how much and why; the why depends on the CPU's
+    int8 dot-product instructions (without them int8 kernels gain little; with them, the model's layers are small)."""
+    from deploykit.export import cpu
+    from deploykit.pipeline.report import notes as validation_notes
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    rec = recommend(ROWS, TIMES, Objective.BALANCED, 256)
+    note = next(n for n in rec.notes if n.startswith("model_int8-dynamic.onnx"))
+    assert "3.00x slower at batch 256" in note and why in note
+    slow = [ROWS[0], ArtifactRow(**{**vars(ROWS[1]), "latency_b1_ms": 0.3, "throughput_b256": 400.0})]
+    (line,) = validation_notes(slow)
+    assert "3.00x slower at batch 1" in line and "; why: " in line and why in line
+    assert all("why" not in n for n in validation_notes([ROWS[0], ROWS[2]]))  # not slower: nothing to explain
+
+
 def test_the_objective_s_times_replace_validation_s_slower_notes_for_the_files_it_timed():
     from deploykit.pipeline.objective import merged_notes
 
