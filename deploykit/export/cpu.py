@@ -18,10 +18,15 @@ DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (empty where ``/proc/cpuinfo`` cannot be read)."""
     try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
+        return flags_of(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
         return frozenset()
-    line = next((line for line in info.splitlines() if line.startswith("flags")), "")
+
+
+def flags_of(cpuinfo: str) -> frozenset[str]:
+    """The x86 ``flags`` of a ``/proc/cpuinfo`` text (the first CPU's; empty without that line, as on ARM, whose
+    ``Features`` name other instructions: nothing is assumed there)."""
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
     return frozenset(line.partition(":")[2].split())
 
 

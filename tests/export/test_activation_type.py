@@ -30,6 +30,14 @@ def test_auto_follows_the_cpus_int8_dot_product_instructions(monkeypatch, flags,
     assert QuantConfig().activation_type is ActivationType.AUTO  # the default is decided per CPU, when writing
 
 
+def test_the_flags_are_read_from_cpuinfo_as_linux_writes_it():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n\nprocessor\t: 1\n"
+    assert cpu.flags_of(x86) >= {"avx2", "avx512_vnni"}
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n"
+    assert cpu.flags_of(arm) == frozenset()  # nothing known: auto keeps the portable int8
+    assert isinstance(cpu.cpu_flags(), frozenset)  # this machine's, whatever it is
+
+
 def test_an_explicit_type_is_kept_whatever_the_cpu(monkeypatch):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     assert QuantConfig(activation_type="int8").activation_type.resolved() is ActivationType.INT8
