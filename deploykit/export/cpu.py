@@ -37,17 +37,17 @@ def int8_dot_product() -> str | None:
 
 
 def why_slower(precision: str) -> str:
-    """Why a file of ``precision`` can run slower than float32 on this CPU, for the report's note (empty: nothing
-    known to say). Issue 23 asks the report to say by how much and why, where an int8 file does not pay."""
+    """Why a file of ``precision`` can run slower than float32 on this CPU, to follow "because" in the report's note
+    (empty: nothing known to say). Issue 23 asks the report to say by how much and why, where int8 does not pay."""
     if precision == "int8" and cpu_flags() and int8_dot_product() is None:
         return (
-            "this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX), so int8 kernels gain little "
-            "over float32 ones while quantizing the activations costs extra"
+            "this CPU has no int8 dot-product instructions, AVX-512 VNNI, AVX-VNNI or AMX, so int8 kernels gain "
+            "little over float32 ones while quantizing the activations costs extra"
         )
     if precision == "int8":
         return (
             "the smaller int8 products save less than quantizing and dequantizing the activations and the float ops "
-            "left between them cost (small layers, or activations int8 does not fuse, such as ELU)"
+            "left between them cost, as on small layers or after an activation int8 does not fuse, such as ELU"
         )
     if precision == "float16":
         return "CPU kernels run most float16 ops through casts to and from float32"

@@ -244,10 +244,8 @@ def _mark_slower(cands: list[Candidate], batch_size: int) -> list[str]:
         if slower:
             c.slower = f"{' and '.join(slower)} than {base.file} (float32) in {c.runtime}"
             why = why_slower(c.precision)
-            notes.append(
-                f"{c.file}: {c.precision} is {c.slower}: never recommended as the fastest"
-                + (f" ({why})" if why else "")
-            )
+            because = f", because {why}" if why else ""
+            notes.append(f"{c.file}: {c.precision} is {c.slower}{because}: never recommended as the fastest")
     return notes
 
 

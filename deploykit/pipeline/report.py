@@ -294,9 +294,10 @@ def notes(artifacts: Sequence[ArtifactRow]) -> list[str]:
         slower = [f"{ratio:.2f}x slower at batch {batch}" for ratio, batch in _slowdowns(r, ref) if ratio > 1.05]
         if slower:
             why = why_slower(r.precision)
+            because = f", because {why}" if why else ""
             out.append(
-                f"{r.file}: {r.precision} is {' and '.join(slower)} than float32 in {r.runtime} on this CPU "
-                f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)" + (f"; why: {why}" if why else "")
+                f"{r.file}: {r.precision} is {' and '.join(slower)} than float32 in {r.runtime} on this CPU{because} "
+                f"(it buys size: {ref.gzip_bytes / r.gzip_bytes:.1f}x smaller gzip)"
             )
     return out
 

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from deploykit.export.cpu import why_slower
 from tests.helpers import ships_by_budget
 
 pytestmark = pytest.mark.slow  # one small optimize run (no sparsity search, no MC) and one server process
@@ -67,7 +68,10 @@ def test_the_run_recommends_by_the_rule_on_its_measured_times(run):
         if slower:
             assert "x slower at batch" in c["slower"]
             said = [n for n in report["notes"] if n.startswith(c["file"] + ": ")]
-            assert said == [f"{c['file']}: {c['precision']} is {c['slower']}: never recommended as the fastest"]
+            because = f", because {why_slower(c['precision'])}" if why_slower(c["precision"]) else ""  # and why
+            assert said == [
+                f"{c['file']}: {c['precision']} is {c['slower']}{because}: never recommended as the fastest"
+            ]
     fastest = cands[entry["chosen"]]
     assert entry["chosen"] == entry["recommended"]["latency"] == result.recommended and not fastest["slower"]
     best = min(c["batch_ms"] for c in cands.values() if not c["slower"])
