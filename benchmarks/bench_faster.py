@@ -30,6 +30,10 @@ ONNX whose test change is within the budget by its point estimate)::
 
     python benchmarks/bench_faster.py --models book --seeds 0,1,2,3,4
 
+The two small convnets take ``--seeds`` too (``--models small,kerasio``: each trained once per seed on the same
+splits, as above; ``results/faster_seeds_small_kerasio.*``, with the smallest file's gzip ratio against their 12x
+target); MobileNetV2 does not (a training costs too much).
+
 ``--tune-holdouts 0,0.15``: one optimize run per fine-tuning holdout (``tune_holdout``) on the same trained model, side
 by side (with or without ``--seeds``); ``holdout_tables.py`` turns the runs into ``results/holdout.md``.
 """
@@ -171,7 +175,7 @@ def prepared(key: str, folder: Path, seed: int | None = None):
     if key == "mobilenet":
         x, y = upscaled(x[:MOBILENET_ROWS]), y[:MOBILENET_ROWS]
     data = as_dataset((x, y))
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0 if seed is None else seed)  # --seeds: one training per seed, the same splits
     model = {"small": small_cnn, "kerasio": keras_io_convnet, "mobilenet": mobilenet}[key](keras)
     if key == "mobilenet":
         for layer in model.layers:
@@ -179,7 +183,7 @@ def prepared(key: str, folder: Path, seed: int | None = None):
                 layer.momentum = MOBILENET_BN_MOMENTUM
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     training = fit(keras, model, data, *TRAINING[key])
-    path = folder / f"{key}.keras"
+    path = folder / (f"{key}.keras" if seed is None else f"{key}_{seed}.keras")
     model.save(path)
     return str(path), data, weights_gzip(model), training
 
@@ -240,18 +244,23 @@ def run_model(key: str, out: Path, holdouts: tuple = (None,)) -> list[dict]:
 
 
 def run_seed(
-    seed: int, out: Path, shares: list[float | None], work: Path | None = None, holdouts: tuple = (None,)
+    seed: int,
+    out: Path,
+    shares: list[float | None],
+    work: Path | None = None,
+    holdouts: tuple = (None,),
+    key: str = "book",
 ) -> list[dict]:
-    """The book network trained with ``seed``, then one optimize run per structured budget share (None: the
-    default) and fine-tuning holdout (``tune_holdout``; None: the default), each on the same trained model (its
-    plots are not copied). ``work``: the trained models are kept there and reused by a later run (the optimize runs
-    always start afresh)."""
+    """Model ``key`` trained with ``seed`` (the book network by bench_budget's recipe, a convnet by :data:`TRAINING`),
+    then one optimize run per structured budget share (None: the default) and fine-tuning holdout (``tune_holdout``;
+    None: the default), each on the same trained model (its plots are not copied). ``work``: the trained book models
+    are kept there and reused by a later run (the optimize runs always start afresh)."""
     with tempfile.TemporaryDirectory() as tmp:
         if work:
             work.mkdir(parents=True, exist_ok=True)
-        model = prepared("book", work or Path(tmp), seed)
+        model = prepared(key, work or Path(tmp), seed)
         return [
-            measured("book", Path(tmp) / f"share_{share}_holdout_{held}", out, model, seed, share, held)
+            measured(key, Path(tmp) / f"share_{share}_holdout_{held}", out, model, seed, share, held)
             for share in shares
             for held in holdouts
         ]
@@ -510,16 +519,20 @@ def in_order(runs: list[dict]) -> list[dict]:
 def run_seeds(
     seeds: list[int], keys: list[str], out: Path, shares: list[float | None], work: Path | None, holdouts: tuple
 ) -> None:
-    """The book network once per seed, one optimize run per structured budget share; the results written after
-    every seed (a long run keeps what finished)."""
-    if keys != ["book"]:
-        raise SystemExit("--seeds trains the book network: give --models book (and the Fashion sample)")
+    """Each model once per seed, one optimize run per structured budget share; the results written after every
+    seed (a long run keeps what finished): ``faster_seeds`` for the book network alone, else
+    ``faster_seeds_<models>``."""
+    if "mobilenet" in keys:
+        raise SystemExit("--seeds: MobileNetV2 costs too much per training; give book, small or kerasio")
+    name = "faster_seeds" if keys == ["book"] else "faster_seeds_" + "_".join(keys)
     source, runs = images()[2], []
-    for seed in seeds:
-        print(f"--- book MLP, seed {seed}", flush=True)
-        runs += run_seed(seed, out, shares, work, holdouts)
-        data = {"machine": platform.processor() or platform.machine(), "data": source, "runs": runs}
-        write_results("faster_seeds", data, render_seeds(runs, source), out, quiet=seed != seeds[-1])
+    for key in keys:
+        for seed in seeds:
+            print(f"--- {TITLES[key]}, seed {seed}", flush=True)
+            runs += run_seed(seed, out, shares, work, holdouts, key)
+            data = {"machine": platform.processor() or platform.machine(), "data": source, "runs": runs}
+            last = key == keys[-1] and seed == seeds[-1]
+            write_results(name, data, render_seeds(runs, source), out, quiet=not last)
 
 
 if __name__ == "__main__":
