@@ -89,43 +89,17 @@ def checked_fit(
     everything = np.arange(rows)
     fewest = min(min_rows, min_rows_soften)
     if rows < fewest:
-        return CalibrationDecision(
-            what,
-            1.0,
-            None,
-            False,
-            rows,
-            0,
-            None,
-            None,
-            f"{rows} validation rows < {fewest}: too few to fit one reliably",
-        )
+        return _identity(what, rows, None, f"{rows} validation rows < {fewest}: too few to fit one reliably")
     full = float(fit(everything))
     if full < 1 and rows < min_rows:
-        return CalibrationDecision(
-            what,
-            1.0,
-            full,
-            False,
-            rows,
-            0,
-            None,
-            None,
-            f"{rows} validation rows < {min_rows}: too few to sharpen the probabilities reliably",
-        )
+        reason = f"{rows} validation rows < {min_rows}: too few to sharpen the probabilities reliably"
+        return _identity(what, rows, full, reason)
     if full < 1 and mistakes is not None and mistakes < MIN_MISTAKES:
-        return CalibrationDecision(
-            what,
-            1.0,
-            full,
-            False,
-            rows,
-            0,
-            None,
-            None,
+        reason = (
             f"{mistakes} misclassified validation rows < {MIN_MISTAKES}: too few to tell what sharper "
-            "probabilities cost on a mistake",
+            "probabilities cost on a mistake"
         )
+        return _identity(what, rows, full, reason)
     k = max(2, min(folds, rows // 20))
     order = np.random.default_rng(seed).permutation(rows)
     parts = np.array_split(order, k)
@@ -157,6 +131,11 @@ def checked_fit(
         f"the per-row gain's 95% lower bound > 0, here {lower:+.4f}"
         f"{'' if every_fold else ', a fold got worse'})",
     )
+
+
+def _identity(what: str, rows: int, fitted: float | None, reason: str) -> CalibrationDecision:
+    """The identity kept before any cross-validation (too few rows or mistakes to try), and why."""
+    return CalibrationDecision(what, 1.0, fitted, False, rows, 0, None, None, reason)
 
 
 def _row_nll(y: np.ndarray, p: np.ndarray) -> np.ndarray:
