@@ -27,8 +27,11 @@ measured, but it selects nothing among candidates on those rows: the fallback is
 exactly (the fold changes outputs by float rounding, checked), so its test figure is the user's model's, not the
 best of several tries.
 
-The MC Dropout model and the ensemble are not affected: the MC model is built from the chain's model (as before),
-and held to the budget on its own; each ensemble member is its own ``optimize`` run, keeping only int8 ONNX files.
+**The MC Dropout model** follows the ONNX fallback (:func:`mc_source`): where ``original.onnx`` shipped because the
+chain's model missed on test, the MC model is built from the same folded model of yours, so ``model_mc.onnx`` and
+the deterministic file a server loads are the same network, and an MC model of a rejected one is not offered; it is
+held to the budget on its own as always. Where the ONNX chain shipped, it is built from the chain's model, as before.
+The ensemble is not affected: each member is its own ``optimize`` run, keeping only int8 ONNX files.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ UNBIASED = (
     "selected among candidates on the test rows and its test figure is your model's"
 )
 UNCERTAINTY = (
-    "the MC Dropout model is built from the compressed model and held to the budget on its own; ensemble members "
-    "keep int8 ONNX files only"
+    "the MC Dropout model is built from the model the ONNX fallback shipped (your folded model) and held to the "
+    "budget on its own; ensemble members keep int8 ONNX files only"
 )
 
 
@@ -110,7 +113,7 @@ def fallback_step(model, ctx) -> StepOutput:
     )
     entry = describe(chain, formats, rows, what)  # its line is the step's reason: the runner says it
     return StepOutput(
-        model,  # the chain's model goes on: the MC model is still built from it
+        model,  # the chain's model goes on (result.model, model.keras); the MC step reads this entry (mc_source)
         StepRecord(
             FALLBACK,
             Status.DONE,
@@ -122,6 +125,17 @@ def fallback_step(model, ctx) -> StepOutput:
         artifacts=rows,
         sections=tuple(section_lines(entry)),
     )
+
+
+def mc_source(model, ctx) -> tuple[Any, Any]:
+    """(the model the MC Dropout step builds from, the context its row is measured in): your folded model, with the
+    original's figures, where this run's ONNX fallback shipped ``original.onnx``; else ``model`` and ``ctx``."""
+    entry = next((o.record.detail for o in ctx.made if o.record.step == FALLBACK), None)
+    if not isinstance(entry, Fallback) or fallback_file("onnx") not in entry.shipped:
+        return model, ctx
+    source, applied, what = _folded(ctx)
+    ctx.say(f"  building it from {what}: the ONNX fallback shipped it")
+    return source, dataclasses.replace(ctx, figures=ctx.original_figures, applied=applied)
 
 
 def _requested(config) -> list[str]:

@@ -46,15 +46,18 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.core.evaluate import outputs
     from deploykit.core.graph import graph_from_model
     from deploykit.export.runtimes import OnnxRunner, predict_batches
+    from deploykit.pipeline.fallback import mc_source
     from deploykit.uncertainty import MCConfig, UncertaintyPredictor
     from deploykit.uncertainty.bundle import mc_bundle
     from deploykit.uncertainty.mc_graph import check_has_dropout
     from deploykit.uncertainty.ood import load_ood
 
+    chain = model  # the run's model goes on to the next steps and to result.model
+    model, ctx = mc_source(chain, ctx)  # your folded model instead where the ONNX fallback shipped it
     try:
         check_has_dropout(graph_from_model(model))
     except UsageError as exc:
-        return StepOutput(model, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
+        return StepOutput(chain, StepRecord("mc dropout", Status.SKIPPED, str(exc)))
     path = ctx.folder / MC_FILE
     raw = outputs(model, ctx.data.x_test)  # mc_bundle takes the model's own outputs (logits, a binary head's p)
     deterministic = main_outputs(raw, ctx.kind)  # the MC step compares probabilities
@@ -119,7 +122,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     row = withdraw(row, ctx)
     files = [MC_FILE, *comparison.plots] if row.verdict.shipped else list(comparison.plots)
     return StepOutput(
-        model,
+        chain,
         StepRecord(
             "mc dropout",
             Status.DONE,

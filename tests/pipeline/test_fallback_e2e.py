@@ -41,10 +41,10 @@ def _data():
     return Dataset("lit", xt, yt, xv, yv, xs, ys, tuple(f"c{i}" for i in range(CLASSES)))
 
 
-def _model(path):
-    """Dense(6) -> BatchNorm -> ReLU -> Dense(3, softmax), weights set by hand: units 0-2 read the seen features
-    (weights 1.0 / 0.5), units 3-5 the test features (weights 0.001 / 0.0005); BatchNorm makes each unit fire for
-    its own class only; both halves vote for the same class."""
+def _model(path, dropout: float = 0.0):
+    """Dense(6) -> BatchNorm -> ReLU (-> Dropout) -> Dense(3, softmax), weights set by hand: units 0-2 read the seen
+    features (weights 1.0 / 0.5), units 3-5 the test features (weights 0.001 / 0.0005); BatchNorm makes each unit
+    fire for its own class only; both halves vote for the same class."""
     import keras
 
     half = np.full((CLASSES, CLASSES), 0.5, np.float32) + 0.5 * np.eye(CLASSES, dtype=np.float32)
@@ -58,6 +58,7 @@ def _model(path):
             keras.layers.Dense(2 * CLASSES, name="hidden"),
             keras.layers.BatchNormalization(name="bn"),
             keras.layers.ReLU(),
+            *([keras.layers.Dropout(dropout)] if dropout else []),
             keras.layers.Dense(CLASSES, activation="softmax", name="head"),
         ]
     )
@@ -71,15 +72,16 @@ def _model(path):
     return model
 
 
-def _optimize(folder, name, **options):
+def _optimize(folder, name, dropout: float = 0.0, **options):
     from deploykit.pipeline import optimize
 
     data = _data()
-    model = _model(folder / f"{name}.keras")
+    model = _model(folder / f"{name}.keras", dropout)
     x = np.concatenate([data.x_val, data.x_test])
     expected = np.asarray(model(x, training=False))
     assert (expected.argmax(1) == np.concatenate([data.y_val, data.y_test])).all()  # the user's model: 100 %
-    result = optimize(str(folder / f"{name}.keras"), data, out_dir=folder / name, mc=False, structured=0, **options)
+    options = {"mc": False, **options}
+    result = optimize(str(folder / f"{name}.keras"), data, out_dir=folder / name, structured=0, **options)
     return result, json.loads((result.out_dir / "report.json").read_text()), x, expected
 
 
@@ -172,3 +174,19 @@ def test_a_run_whose_compressed_model_ships_does_not_fall_back(tmp_path):
     assert not any(a["file"].startswith("original.") and a["format"] == "onnx" for a in report["artifacts"])
     step = next(s for s in report["steps"] if s["step"] == "fallback")
     assert step["status"] == "done" and step["reason"].startswith("not needed") and not step["artifacts"]
+
+
+def test_the_mc_model_is_built_from_the_model_the_onnx_fallback_shipped(tmp_path):
+    """The same construction with a Dropout before the head and MC on: the chain's model cannot read the test rows
+    (pruning removed exactly those weights), your folded model reads all of them. The MC model is built from the
+    one ``original.onnx`` is, so its test accuracy is your model's (100 %), not the rejected chain's."""
+    result, report, _, _ = _optimize(
+        tmp_path, "mc", dropout=0.2, mc=True, sparsity=0.75, epochs=2, formats="onnx", quantize="float32"
+    )
+    assert report["fallback"]["shipped"] == ["original.onnx"]
+    assert "built from the model the ONNX fallback shipped" in report["fallback"]["uncertainty"]
+    rows = {a["file"]: a for a in report["artifacts"]}
+    assert rows["model.onnx"]["verdict"] == "rejected" and rows["model.onnx"]["accuracy"] < 0.7  # the chain's
+    mc = rows["model_mc.onnx"]
+    assert mc["accuracy"] == 1.0 and mc["accuracy_change"] == 0.0  # your model's test rows, all right
+    assert mc["sparsity"] == report["original"]["sparsity"]  # measured as your model, not the pruned one
