@@ -27,10 +27,11 @@ measured, but it selects nothing among candidates on those rows: the fallback is
 exactly (the fold changes outputs by float rounding, checked), so its test figure is the user's model's, not the
 best of several tries.
 
-**The MC Dropout model** follows the ONNX fallback (:func:`mc_source`): where ``original.onnx`` shipped because the
-chain's model missed on test, the MC model is built from the same folded model of yours, so ``model_mc.onnx`` and
-the deterministic file a server loads are the same network, and an MC model of a rejected one is not offered; it is
-held to the budget on its own as always. Where the ONNX chain shipped, it is built from the chain's model, as before.
+**The MC Dropout model** follows the ONNX fallback (:func:`~deploykit.pipeline.fallback_source.mc_source`): where
+``original.onnx`` shipped because the chain's model missed on test, the MC model is built from the same folded model
+of yours, so ``model_mc.onnx`` and the deterministic file a server loads are the same network, and an MC model of a
+rejected one is not offered; it is held to the budget on its own as always. Where the ONNX chain shipped, it is
+built from the chain's model, as before.
 The ensemble is not affected: each member is its own ``optimize`` run, keeping only int8 ONNX files.
 """
 
@@ -41,11 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deploykit.pipeline.fallback_source import FALLBACK, STEM, fallback_file, folded_original
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.records import Record, to_jsonable
 
-FALLBACK = "fallback"  # the step's name and report.json's key
-STEM = "original"  # the fallback files are named after original.keras: original.onnx, original.tflite
 FORMATS = ("onnx", "tflite")
 NOT_NEEDED = "not needed: in every format a file of the compressed model shipped (or none could be made)"
 UNBIASED = (
@@ -75,11 +75,6 @@ class Fallback(Record):
     test_miss: bool = True  # every rejected chain file of those formats missed on test
 
 
-def fallback_file(fmt: str) -> str:
-    """``original.onnx`` / ``original.tflite``."""
-    return f"{STEM}.{fmt}"
-
-
 def formats_to_fall_back(rows: Sequence[ArtifactRow], formats: Sequence[str]) -> list[str]:
     """The requested ``formats`` in which no file derived from the chain shipped, though one was made and measured
     (a row with a validation figure); formats whose files all failed to convert or crashed their runtime are left
@@ -101,7 +96,7 @@ def fallback_step(model, ctx) -> StepOutput:
     from deploykit.export.config import ExportFormat, Quantization
     from deploykit.pipeline.uncertainty_steps import conformal_export_step
 
-    source, applied, what = _folded(ctx)
+    source, applied, what = folded_original(ctx)
     own = dataclasses.replace(ctx, figures=ctx.original_figures, applied=applied)  # its rows: the original's sparsity
     ctx.say(f"  nothing derived from the compressed model shipped in {', '.join(formats)}: exporting {what}")
     rows = tuple(
@@ -127,36 +122,9 @@ def fallback_step(model, ctx) -> StepOutput:
     )
 
 
-def mc_source(model, ctx) -> tuple[Any, Any]:
-    """(the model the MC Dropout step builds from, the context its row is measured in): your folded model, with the
-    original's figures, where this run's ONNX fallback shipped ``original.onnx``; else ``model`` and ``ctx``."""
-    entry = next((o.record.detail for o in ctx.made if o.record.step == FALLBACK), None)
-    if not isinstance(entry, Fallback) or fallback_file("onnx") not in entry.shipped:
-        return model, ctx
-    source, applied, what = _folded(ctx)
-    ctx.say(f"  building it from {what}: the ONNX fallback shipped it")
-    return source, dataclasses.replace(ctx, figures=ctx.original_figures, applied=applied)
-
-
 def _requested(config) -> list[str]:
     """The formats the run's export variants write, in their order."""
     return list(dict.fromkeys(f.value for f, _ in config.export.variants()))
-
-
-def _folded(ctx) -> tuple[Any, tuple[str, ...], str]:
-    """(the user's model after the fold step's exact BatchNorm fold, what was applied, how to say it); the model as
-    given when the fold is switched off, finds nothing to fold, or fails its own output check."""
-    from deploykit.errors import StepError
-    from deploykit.pipeline.steps import fold_step
-
-    try:
-        out = fold_step(ctx.original, ctx)
-    except StepError as exc:
-        ctx.say(f"  the fold of your model failed its check ({exc}): exporting it unfolded")
-        return ctx.original, (), "your model as given, float32 (no fold)"
-    if out.applied:
-        return out.model, out.applied, "your model folded (BatchNorm), uncompressed, float32"
-    return out.model, out.applied, "your model as given (nothing folded), uncompressed, float32"
 
 
 def describe(chain: Sequence[ArtifactRow], formats: Sequence[str], rows: Sequence[ArtifactRow], what: str) -> Fallback:

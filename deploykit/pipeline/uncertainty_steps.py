@@ -46,7 +46,7 @@ def mc_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.core.evaluate import outputs
     from deploykit.core.graph import graph_from_model
     from deploykit.export.runtimes import OnnxRunner, predict_batches
-    from deploykit.pipeline.fallback import mc_source
+    from deploykit.pipeline.fallback_source import mc_source
     from deploykit.uncertainty import MCConfig, UncertaintyPredictor
     from deploykit.uncertainty.bundle import mc_bundle
     from deploykit.uncertainty.mc_graph import check_has_dropout
