@@ -89,7 +89,7 @@ def variants(src: Path, x) -> dict[str, Path]:
     from deploykit.export.config import ActivationType
 
     # what activation_type="auto" (the default) writes here: uint8 activations on a CPU with VNNI, int8 elsewhere
-    DEPLOYKIT_STATIC = "u8s8" if ActivationType.AUTO.resolved() is ActivationType.UINT8 else "s8s8"  # noqa: N806
+    deploykit_static = "u8s8" if ActivationType.AUTO.resolved() is ActivationType.UINT8 else "s8s8"
     for fmt, fmt_name in ((QuantFormat.QDQ, "QDQ"), (QuantFormat.QOperator, "QOperator")):
         for act, act_name in ((QuantType.QInt8, "s8s8"), (QuantType.QUInt8, "u8s8")):
             for per_channel in (True, False):
@@ -103,7 +103,7 @@ def variants(src: Path, x) -> dict[str, Path]:
                     activation_type=act,
                     weight_type=QuantType.QInt8,
                 )
-                ours = fmt_name == "QDQ" and act_name == DEPLOYKIT_STATIC and per_channel
+                ours = fmt_name == "QDQ" and act_name == deploykit_static and per_channel
                 mark = " (deploykit int8-static on this CPU)" if ours else ""
                 files[f"static {fmt_name} {act_name} {'per channel' if per_channel else 'per tensor'}{mark}"] = path
     return files

@@ -178,7 +178,7 @@ def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, k
             per_channel=knobs.per_channel,
             method=knobs.calibration_method,
             exclude=knobs.exclude,
-            activation_type=knobs.activation_type.resolved(),
+            activation_type=knobs.activation_type,
         )
     raise UsageError(f"ONNX export has no recipe {recipe.value!r}")  # a VARIANTS row naming a TFLite recipe
 

@@ -77,10 +77,10 @@ def quantize_int8_static(
     per_channel: bool = True,
     method: CalibrationMethod = CalibrationMethod.MINMAX,
     exclude: tuple[str, ...] = (),
-    activation_type: ActivationType = ActivationType.INT8,
+    activation_type: ActivationType = ActivationType.AUTO,
 ):
     """QDQ int8 weights and activations, activation ranges calibrated on ``calibration`` with ``method``;
-    activations as ``activation_type`` (int8 or uint8; ``auto`` is resolved on this CPU).
+    activations as ``activation_type`` (defaults as ``QuantConfig``'s; ``auto`` is resolved here, on this CPU).
 
     Runs ``quant_pre_process`` (shape inference and graph optimisation) first,
     as onnxruntime recommends; ``exclude`` is resolved on the pre-processed graph.
