@@ -1,6 +1,6 @@
 """``deploykit export MODEL --formats onnx,tflite --quantize float32,float16,int8-dynamic,int8-full --out DIR``.
 
-MODEL is a Keras model file, or a float32 .onnx file to quantize as it is.
+MODEL is a Keras model file, or a float32 .onnx file to quantize (prepared for int8 as a Keras model is).
 Every artifact is validated in its runtime before the folder is moved into place.
 """
 
@@ -37,7 +37,9 @@ def register(sub) -> None:
         "(onnxruntime, LiteRT), compare it with MODEL, and write the artifacts (model.onnx, model_float16.onnx, "
         "model_int8-dynamic.onnx, model_int8-full.tflite...) plus validation.md and validation.json into --out. "
         "Float variants need no data: without --data they are compared with MODEL on generated inputs. "
-        "MODEL may be a float32 .onnx file, quantized with onnxruntime's tools. "
+        "MODEL may be a float32 .onnx file, prepared for int8 as a Keras model is and quantized with onnxruntime's "
+        "tools. An int8 artifact that misses its tolerance is recovered on the validation split: its inputs "
+        "standardized in float (a first Dense layer), then its most harmful layers returned to float. "
         "Nothing is written unless every artifact meets its tolerance.",
     )
     add_model_arg(p)

@@ -369,7 +369,7 @@ def _recovered(source, variant, data, config: ExportConfig, meta, kind, task, re
     if found is None or found[0] is None or not found[1].passed:
         return record, report
     kept, fallback = found
-    kept = dataclasses.replace(kept, preparation=[*kept.preparation, f"per-layer fallback: {fallback.describe()}"])
+    kept = dataclasses.replace(kept, preparation=[*kept.preparation, f"int8 recovery: {fallback.describe()}"])
     again = validate(
         kept, data, source.reference_outputs(kind), tolerance=tolerance, repeats=config.repeats, check=False
     )

@@ -53,12 +53,15 @@ class FallbackReport(Record):
     kept_float: list[str] = field(default_factory=list)
     tries: int = 0
     passed: bool = False
+    standardized: bool = False  # the inputs standardized in float first (deploykit.export.int8_layers)
 
     def describe(self) -> str:
+        first = "inputs standardized in float, " if self.standardized else ""
         if self.passed:
-            return f"{', '.join(self.kept_float)} returned to float ({self.tries} tries)"
+            kept = f"{', '.join(self.kept_float)} returned to float" if self.kept_float else "no layer in float"
+            return f"{first}{kept} ({self.tries} tries)"
         order = ", ".join(e.layer for e in self.ranking)
-        return f"no layer set within the budget in {self.tries} tries (most harmful first: {order})"
+        return f"{first}no layer set within the budget in {self.tries} tries (most harmful first: {order})"
 
 
 def return_to_float(

@@ -22,7 +22,7 @@ fixture: 96% -> 11% accuracy. :func:`prepare_for_int8` therefore
 3. bounds what is left so that every column's requantization multiplier
    ``input scale x weight scale / output scale`` (estimated from the
    calibration ranges, as the converters do) stays below
-   :data:`MAX_REQUANTIZATION`. XNNPACK, LiteRT's default CPU delegate,
+   :data:`~deploykit.export.int8_clip.MAX_REQUANTIZATION`. XNNPACK, LiteRT's default CPU delegate,
    rejects a multiplier >= 256; with a float ELU between the int8 layers its
    error path then double-frees (``free(): double free detected in tcache
    2``, SIGABRT in ``allocate_tensors``). Measured on the book's Fashion
@@ -49,38 +49,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploykit.errors import DataError
+from deploykit.export.int8_clip import (
+    LayerClip,
+    clip_kernel,
+    clippable,
+    layer_rows,
+)
 from deploykit.records import Record
 
-#: Candidate clip thresholds, as fractions of each column's largest |weight|: two per decade down to
-#: 1e-10, far enough to reach the ordinary weights of a column that also holds a row scaled by 1/1e-7 ...
-CLIP_FRACTIONS = np.geomspace(1.0, 1e-10, 21)
-#: ... then ten per decade around each column's best coarse threshold.
-REFINE_FACTORS = np.geomspace(10**0.5, 10**-0.5, 11)
-INT8_LEVELS = 127
-#: The largest requantization multiplier deploykit lets a Dense layer keep. XNNPACK refuses >= 256
-#: (and crashes on it); the margin covers the difference between this estimate and the converter's.
-MAX_REQUANTIZATION = 32.0
-#: Receptive fields a conv's clip search samples from the calibration data (bounds memory and time) ...
-MAX_PATCHES = 8192
-#: ... at most this many values in all (patches x taps x input channels), so a wide layer (EfficientNet's 5x5
-#: depthwise convs over 1152 channels: 8192 x 28,800 float64 = 1.9 GB, minutes of clip search per layer) samples
-#: fewer patches: the search's cost then grows with the layer's weights, not with their square ...
-MAX_PATCH_VALUES = 1 << 22
-#: ... and never fewer than this many (each column's clip is fitted on at least this many rows).
-MIN_PATCHES = 512
 #: The float standardization ``standardize=True`` puts in front of the first Dense layer (kept float by the exporters).
 STANDARDIZATION = "int8_input_standardization"
-
-
-@dataclass
-class LayerClip(Record):
-    """One Dense or conv kernel after clipping (columns: output channels)."""
-
-    name: str
-    columns: int
-    columns_clipped: int
-    columns_bounded: int  # columns clipped further to keep the requantization multiplier < MAX_REQUANTIZATION
-    error_ratio: float  # simulated int8 weight error after / before clipping, on the calibration data
+#: The preparation step that says it was put in (``Int8Preparation.steps``).
+STANDARDIZED = "float_input_standardization"
+#: What a try with it says in a report.
+STANDARDIZED_NOTE = "inputs standardized in float"
 
 
 @dataclass
@@ -152,9 +134,9 @@ def prepare_for_int8(
     if standardize:
         folded = to_keras(_standardized(graph_from_model(folded, unsafe=True), folded, calibration, grid=not exact))
     graph = graph_from_model(folded, unsafe=True)  # any graph: only its Dense and conv kernels are clipped
-    specs = [node.spec for node in graph.nodes if _clippable(node.spec)]
+    specs = [node.spec for node in graph.nodes if clippable(node.spec)]
     clipped = [
-        _clip_rows(spec, rows, in_scale)
+        clip_kernel(spec, rows, in_scale)
         for spec, (rows, in_scale) in zip(specs, _layer_inputs(folded, specs, calibration))
     ]
     prepared = to_keras(graph)
@@ -162,7 +144,7 @@ def prepare_for_int8(
     folded_names = [f"{f.name} ({f.kind}) -> {f.target}" for f in report.folded] if report else []
     prep = Int8Preparation(folded_names, clipped, len(calibration), float(diff.max()))
     if standardize:
-        prep.steps.insert(0, "float_input_standardization")
+        prep.steps.insert(0, STANDARDIZED)
     return prepared, prep
 
 
@@ -186,11 +168,7 @@ def _standardized(graph, model, calibration: np.ndarray, grid: bool = True):
     h = np.concatenate(
         [np.asarray(probe(calibration[i : i + 256], training=False)) for i in range(0, len(calibration), 256)]
     )
-    h = h.reshape(-1, h.shape[-1]).astype(np.float64)
-    mean, std = h.mean(axis=0), h.std(axis=0)
-    # a constant feature is only centred; a near-constant one (a border pixel) is not blown up past 1% of the typical
-    floor = 0.01 * float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
-    std = np.where(std > 0, np.maximum(std, floor), 1.0)
+    mean, std = standardization_scales(h.reshape(-1, h.shape[-1]).astype(np.float64))
     if grid:
         mean, std = on_grid(mean, std)
     kernel, *rest = first.spec.weights
@@ -218,6 +196,33 @@ def _standardized(graph, model, calibration: np.ndarray, grid: bool = True):
     return graph
 
 
+def standardized_knobs(knobs, quant):
+    """``knobs`` (a QuantConfig) with the float standardization on, and named among the layers left in float where
+    the variant ``quant`` is calibrated and takes ``exclude`` (its quantizer would quantize it otherwise). What the
+    int8 search and ``export``'s recovery both try."""
+    import dataclasses
+
+    kept = (*knobs.exclude, STANDARDIZATION) if quant.spec.takes_exclude and quant.needs_calibration else knobs.exclude
+    return dataclasses.replace(knobs, standardize_input=True, exclude=kept)
+
+
+def dense_first(model) -> bool:
+    """Whether a Keras model's first kernel layer is a Dense one: where the float standardization goes."""
+    from deploykit.core.graph import graph_from_model
+    from deploykit.core.layers import Role
+
+    first = next((n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable), None)
+    return first is not None and first.spec.support.role is Role.DENSE and len(first.inputs) == 1
+
+
+def standardization_scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature of ``h`` (rows x features): the float standardization's mean and scale. A constant feature is
+    only centred (scale 1); a near-constant one (a border pixel) is not blown up past 1 % of the typical std."""
+    mean, std = h.mean(axis=0), h.std(axis=0)
+    floor = 0.01 * float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
+    return mean, np.where(std > 0, np.maximum(std, floor), 1.0)
+
+
 def on_grid(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The float standardization's constants on a coarse grid: each scale the power of two nearest its std, each
     mean a multiple of half its scale.
@@ -234,35 +239,17 @@ def on_grid(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _layer_inputs(model, specs, calibration: np.ndarray, batch: int = 32) -> list[tuple[np.ndarray, float]]:
-    """Per layer: (its input rows on the calibration data, the int8 scale of its input tensor).
-
-    A Dense layer's rows are its inputs; a conv's are up to :data:`MAX_PATCHES` receptive fields,
-    sampled batch by batch so a large feature map is never held whole.
-    """
+    """Per layer: (its input rows on the calibration data, the int8 scale of its input tensor); see
+    :func:`~deploykit.export.int8_clip.layer_rows`."""
     from deploykit.backend import keras
 
     probe = keras.Model(model.inputs, [model.get_layer(spec.name).input for spec in specs])
-    rng = np.random.default_rng(0)
-    rows: list[list[np.ndarray]] = [[] for _ in specs]
-    low, high = np.zeros(len(specs)), np.zeros(len(specs))  # the calibration range always holds 0
-    for start in range(0, len(calibration), batch):
-        part = calibration[start : start + batch]
+
+    def inputs(part: np.ndarray) -> list[np.ndarray]:
         outputs = probe(part, training=False)
-        for k, (spec, h) in enumerate(zip(specs, outputs if isinstance(outputs, (list, tuple)) else [outputs])):
-            h = np.asarray(h)
-            low[k], high[k] = min(low[k], float(h.min())), max(high[k], float(h.max()))
-            if _conv_kernel(spec):
-                rows[k].append(_patches(spec, h, -(-_patch_count(spec) * len(part) // len(calibration)), rng))
-            else:
-                rows[k].append(h.reshape(len(h), -1).astype(np.float64))
-    return [(np.concatenate(r), (hi - lo) / 255.0) for r, lo, hi in zip(rows, low, high)]
+        return [np.asarray(h) for h in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
-
-def _patch_count(spec) -> int:
-    """The receptive fields a conv's clip search samples: MAX_PATCHES, fewer for a wide layer (MAX_PATCH_VALUES)."""
-    kernel = spec.weights[0]
-    fan_in = int(np.prod(kernel.shape[:-1]))  # taps x input channels (a depthwise conv's: x its channels, grouped)
-    return int(min(MAX_PATCHES, max(MIN_PATCHES, MAX_PATCH_VALUES // max(1, fan_in))))
+    return layer_rows(specs, inputs, calibration, batch)
 
 
 def int8_source(
@@ -363,191 +350,3 @@ def variant_source(model, data, quant, knobs, input_shape: tuple[int, ...]):
         standardize=knobs.standardize_input,
         exact=knobs.standardize_exact,
     )
-
-
-def simulate_int8(weights: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """Symmetric per-column int8 quantize-dequantize of ``weights`` clipped to ``threshold``."""
-    scale = np.where(threshold > 0, threshold, 1.0) / INT8_LEVELS
-    return np.clip(np.round(np.clip(weights, -threshold, threshold) / scale), -INT8_LEVELS, INT8_LEVELS) * scale
-
-
-def _clippable(spec) -> bool:
-    """Dense, and the convolutions whose kernel int8 stores per output channel (channels last)."""
-    from deploykit.core.layers import Role
-
-    if spec.support.role is Role.DENSE:
-        return True
-    return _conv_kernel(spec) and spec.config.get("data_format", "channels_last") == "channels_last"
-
-
-def _conv_kernel(spec) -> bool:
-    """A convolution whose kernel reads the layer's input, clipped per output channel (the layer table's kernel
-    layout: Conv1D / Conv2D, and DepthwiseConv2D per input channel x multiplier; not SeparableConv2D's pointwise)."""
-    from deploykit.core.layers import KernelLayout
-
-    kernel = spec.support.kernel
-    return kernel is not None and kernel.reads_input and kernel.layout in (KernelLayout.CONV, KernelLayout.DEPTHWISE)
-
-
-def _clip_rows(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
-    """Clip one Dense or conv kernel (in place in ``spec``) per output channel; ``rows``: its inputs or patches.
-
-    A convolution is a Dense layer applied to every receptive field (patch), so the Dense search
-    runs on the sampled patches. A DepthwiseConv2D output channel ``c * multiplier + j`` reads
-    input channel ``c`` only: one group of columns per input channel, each with its own patch values.
-    """
-    from deploykit.core.layers import KernelLayout
-
-    if spec.support.kernel.layout is not KernelLayout.DEPTHWISE:
-        return _clip_matrix(spec, rows, in_scale)
-    kernel = spec.weights[0].astype(np.float64)
-    taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
-    grouped = np.ascontiguousarray(rows.reshape(len(rows), taps, cin).transpose(2, 0, 1))
-    clipped, clip = _clip_columns(spec, grouped, kernel.reshape(taps, cin, -1).transpose(1, 0, 2), in_scale)
-    spec.weights[0] = clipped.transpose(1, 0, 2).reshape(kernel.shape)
-    return clip
-
-
-def _clip_matrix(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
-    """A Dense or Conv kernel: one column per output channel over (taps x) input channels."""
-    kernel = spec.weights[0].astype(np.float64)
-    clipped, clip = _clip_columns(spec, rows[None], kernel.reshape(1, -1, kernel.shape[-1]), in_scale)
-    spec.weights[0] = clipped.reshape(kernel.shape)
-    return clip
-
-
-def _clip_dense(spec, h: np.ndarray) -> LayerClip:
-    """Clip one Dense kernel (in place in ``spec``) per column on its inputs ``h``; the bias absorbs the mean change."""
-    return _clip_matrix(spec, h.reshape(len(h), -1).astype(np.float64), _range_scale(h))
-
-
-def _patches(spec, x: np.ndarray, take: int, rng) -> np.ndarray:
-    """``take`` receptive fields of a conv over ``x`` drawn at random, as rows in the kernel's (taps, channels) order.
-
-    The windows are the convolution's: its strides, dilation and padding (``same`` as TensorFlow
-    pads, ``causal`` zeros before a sequence).
-    """
-    config = spec.config
-    one_d = spec.class_name == "Conv1D"
-    size, strides, rates = (
-        tuple(config.get(k) or (1,) * (1 if one_d else 2)) for k in ("kernel_size", "strides", "dilation_rate")
-    )
-    padding = str(config.get("padding", "valid")).lower()
-    if one_d:
-        x, size, strides, rates = x[:, None], (1, *size), (1, *strides), (1, *rates)
-    if padding == "causal":
-        x, padding = np.pad(x, ((0, 0), (0, 0), ((size[1] - 1) * rates[1], 0), (0, 0))), "valid"
-    pads, outs = [], []
-    for n_in, k, stride, rate in zip(x.shape[1:3], size, strides, rates):
-        span = (k - 1) * rate + 1
-        out = -(-n_in // stride) if padding == "same" else (n_in - span) // stride + 1
-        total = max((out - 1) * stride + span - n_in, 0) if padding == "same" else 0
-        pads.append((total // 2, total - total // 2))
-        outs.append(out)
-    x = np.pad(x, ((0, 0), *pads, (0, 0)))
-    positions = len(x) * outs[0] * outs[1]
-    n, i, j = np.unravel_index(
-        np.sort(rng.choice(positions, size=min(take, positions), replace=False)), (len(x), *outs)
-    )
-    rows = (i * strides[0])[:, None, None] + (np.arange(size[0]) * rates[0])[None, :, None]
-    cols = (j * strides[1])[:, None, None] + (np.arange(size[1]) * rates[1])[None, None, :]
-    return x[n[:, None, None], rows, cols].reshape(len(n), -1).astype(np.float64)
-
-
-def _clip_columns(spec, x: np.ndarray, kernel: np.ndarray, in_scale: float) -> tuple[np.ndarray, LayerClip]:
-    """The clipped ``kernel`` and its record; the mean change moves into ``spec``'s bias.
-
-    Grouped columns: ``out[g, n] = x[g, n] @ kernel[g]`` (one group for Dense and Conv, one per input
-    channel for a depthwise conv). Column ``(g, m)`` is output channel ``g * M + m``.
-    """
-    mean = x.mean(axis=1)
-    centred = np.where(x.std(axis=1, keepdims=True) > 0, x - mean[:, None], 0.0)  # constant features add no error
-    error = _error_of(centred)
-    largest = np.abs(kernel).max(axis=1)
-    best_t = largest.copy()
-    best_err = first_err = _int8_error(error, kernel, largest)
-    for anchor, factors in ((largest, CLIP_FRACTIONS[1:]), (None, REFINE_FACTORS)):
-        anchor = best_t.copy() if anchor is None else anchor  # the refinement centres on the coarse best
-        for factor in factors:
-            t = np.minimum(anchor * factor, largest)
-            err = _int8_error(error, kernel, t)
-            better = err < best_err
-            best_err, best_t = np.where(better, err, best_err), np.where(better, t, best_t)
-    bounded = _bound_requantization(spec, x, kernel, best_t, mean, in_scale)
-    clipped = np.clip(kernel, -bounded[:, None], bounded[:, None])
-    _set_bias(spec, _shift(mean, kernel - clipped).ravel())
-    total = float(first_err.sum())
-    return clipped.astype(np.float32), LayerClip(
-        spec.name,
-        int(largest.size),
-        int(np.count_nonzero(bounded < largest)),
-        int(np.count_nonzero(bounded < best_t)),
-        float(best_err.sum() / total) if total > 0 else 1.0,
-    )
-
-
-def _error_of(centred: np.ndarray):
-    """``change -> per-column squared output error`` on the centred inputs (g, n, r).
-
-    Through the Gram matrix ``centred^T centred`` when there are more rows than inputs (a conv's
-    patches): the same sum, at r^2 instead of n * r operations per column and candidate.
-    """
-    if centred.shape[1] > centred.shape[2]:
-        gram = centred.transpose(0, 2, 1) @ centred
-        return lambda change: ((gram @ change) * change).sum(axis=1)
-    return lambda change: ((centred @ change) ** 2).sum(axis=1)
-
-
-def _int8_error(error, kernel: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """Per column: squared error that int8 weights clipped to ``threshold`` add on the centred calibration inputs."""
-    return error(kernel - simulate_int8(kernel, threshold[:, None]))
-
-
-def _shift(mean: np.ndarray, change: np.ndarray) -> np.ndarray:
-    """Per column (g, m): the mean output change, ``mean[g] @ change[g]``."""
-    return (mean[:, None] @ change)[:, 0]
-
-
-def _bound_requantization(
-    spec, x: np.ndarray, kernel: np.ndarray, threshold: np.ndarray, mean: np.ndarray, in_scale: float
-) -> np.ndarray:
-    """Lower ``threshold`` where a column's requantization multiplier would reach :data:`MAX_REQUANTIZATION`.
-
-    Scales are estimated as the int8 converters set them: activations from the
-    calibration range (which always holds 0) over 255 levels, weights
-    symmetric per column over 127. Clipping narrows the output range, which
-    raises every multiplier a little, so this repeats until all are bounded.
-    A column whose output range comes from one barely moving feature
-    converges only once the other features (or the bias) set that range.
-    ``in_scale`` is the layer input's (a conv's sampled patches may miss its extremes).
-    """
-    threshold = threshold.copy()
-    for _ in range(64):
-        clipped = np.clip(kernel, -threshold[:, None], threshold[:, None])
-        bias = _bias(spec, threshold.size).reshape(threshold.shape) + _shift(mean, kernel - clipped)
-        out = x @ clipped + bias[:, None]
-        if spec.config.get("activation") in ("relu", "relu6"):  # fused into the layer by the converters
-            out = np.maximum(out, 0.0)
-        limit = MAX_REQUANTIZATION * INT8_LEVELS * _range_scale(out) / in_scale if in_scale > 0 else np.inf
-        if np.all(np.abs(clipped).max(axis=1) <= limit):
-            return threshold
-        threshold = np.minimum(threshold, 0.9 * limit)
-    return threshold
-
-
-def _range_scale(values: np.ndarray) -> float:
-    """The per-tensor scale of an int8 activation calibrated on ``values``: range including 0, over 255 levels."""
-    return float(max(values.max(), 0.0) - min(values.min(), 0.0)) / 255.0
-
-
-def _bias(spec, units: int) -> np.ndarray:
-    return spec.weights[1].astype(np.float64) if spec.config.get("use_bias", True) else np.zeros(units)
-
-
-def _set_bias(spec, shift: np.ndarray) -> None:
-    """Add ``shift`` (the mean effect of the clipping) to ``spec``'s bias, adding a bias if it has none."""
-    if spec.config.get("use_bias", True):
-        spec.weights[-1] = (spec.weights[-1].astype(np.float64) + shift).astype(np.float32)
-    elif np.any(shift != 0):
-        spec.config["use_bias"] = True
-        spec.weights.append(shift.astype(np.float32))

@@ -17,6 +17,7 @@ from deploykit.errors import UsageError
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, dense_sparsity, file_sizes
 from deploykit.export.config import (
     ExportFormat,
+    Precision,
     QuantConfig,
     Quantization,
     Recipe,
@@ -24,7 +25,13 @@ from deploykit.export.config import (
 )
 from deploykit.export.conversions import onnx_conversion
 from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
-from deploykit.export.int8_prep import Int8Preparation, calibration_samples, variant_source
+from deploykit.export.int8_prep import (
+    STANDARDIZATION,
+    STANDARDIZED,
+    Int8Preparation,
+    calibration_samples,
+    variant_source,
+)
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
 from deploykit.io.inputs import as_calibration, as_model
@@ -114,9 +121,11 @@ def quantize_onnx_file(
 ) -> ExportRecord:
     """Quantize an existing float32 ONNX file into ``path`` ("float16", "int8-dynamic", "int8-static"...).
 
-    What ``deploykit export model.onnx --quantize ...`` runs: onnxruntime's
-    quantizers on the file as it is (no Keras model, so no int8 preparation).
-    The deploykit metadata the file carries is kept and completed.
+    What ``deploykit export model.onnx --quantize ...`` runs: onnxruntime's quantizers, on the file as
+    :func:`~deploykit.export.onnx_int8_prep.prepare_onnx_for_int8` prepares it for an int8 variant given
+    ``calibration_data`` (weight clip search and bias correction; with ``config.standardize_input``, a float
+    standardization of the first Gemm / MatMul's input). The deploykit metadata the file carries is kept and
+    completed.
     """
     import onnx
 
@@ -140,16 +149,23 @@ def quantize_onnx_file(
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration data (--data)")
     start = time.perf_counter()
-    calibration = None
-    if quant.needs_calibration:
+    calibration, prep = None, None
+    if quant.precision is Precision.INT8 and calibration_data is not None:
         calibration = calibration_samples(
             as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed
         )
     base = read_metadata(proto)
-    proto = quantize_proto(proto, quant, calibration, knobs)
-    meta = dataclasses.replace(
-        base, quantization=quant.value, steps=[*base.steps, quant.value], input_shape=list(input_shape)
-    )
+    if calibration is not None:
+        from deploykit.export.onnx_int8_prep import prepare_onnx_for_int8
+
+        proto, prep, in_float = prepare_onnx_for_int8(
+            proto, calibration, standardize=knobs.standardize_input, exact=knobs.standardize_exact
+        )
+        if not prep.steps or prep.steps[0] != STANDARDIZED:  # none put in: the name would select nothing
+            knobs = dataclasses.replace(knobs, exclude=tuple(n for n in knobs.exclude if n != STANDARDIZATION))
+    proto = quantize_proto(proto, quant, calibration, knobs, keep_float=in_float)
+    steps = [*base.steps, *(prep.steps if prep else []), quant.value]
+    meta = dataclasses.replace(base, quantization=quant.value, steps=steps, input_shape=list(input_shape))
     write_metadata(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
@@ -157,20 +173,24 @@ def quantize_onnx_file(
     outputs = [o.name for o in proto.graph.output]
     num_classes = _main_width(proto)
     record = _record(
-        path, quant, input_shape, num_classes, time.perf_counter() - start, None, calibration, None, meta, outputs
+        path, quant, input_shape, num_classes, time.perf_counter() - start, prep, calibration, None, meta, outputs
     )
     return dataclasses.replace(record, input_name=name)
 
 
-def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, knobs: QuantConfig):
-    """``proto`` in variant ``quant``: the one dispatch from a variant's recipe to onnxruntime's tools."""
+def quantize_proto(
+    proto, quant: Quantization, calibration: np.ndarray | None, knobs: QuantConfig, keep_float: tuple[str, ...] = ()
+):
+    """``proto`` in variant ``quant``: the one dispatch from a variant's recipe to onnxruntime's tools.
+    ``keep_float``: node names an int8 variant leaves in float where the graph still has them (the ONNX
+    preparation's float standardization and the ops before it)."""
     recipe = quant.spec.recipe
     if recipe is Recipe.FLOAT:
         return proto
     if recipe is Recipe.FLOAT16:
         return quantize_float16(proto)
     if recipe is Recipe.ONNX_DYNAMIC:
-        return quantize_int8_dynamic(proto, per_channel=knobs.per_channel, exclude=knobs.exclude)
+        return quantize_int8_dynamic(proto, per_channel=knobs.per_channel, exclude=knobs.exclude, keep_float=keep_float)
     if recipe is Recipe.ONNX_STATIC:
         return quantize_int8_static(
             proto,
@@ -179,6 +199,7 @@ def quantize_proto(proto, quant: Quantization, calibration: np.ndarray | None, k
             method=knobs.calibration_method,
             exclude=knobs.exclude,
             activation_type=knobs.activation_type,
+            keep_float=keep_float,
         )
     raise UsageError(f"ONNX export has no recipe {recipe.value!r}")  # a VARIANTS row naming a TFLite recipe
 

@@ -46,7 +46,9 @@ def dynamic_op_types() -> list[str]:
     return sorted(set(IntegerOpsRegistry) - DYNAMIC_FLOAT_OPS)
 
 
-def quantize_int8_dynamic(proto, *, per_channel: bool = True, exclude: tuple[str, ...] = ()):
+def quantize_int8_dynamic(
+    proto, *, per_channel: bool = True, exclude: tuple[str, ...] = (), keep_float: tuple[str, ...] = ()
+):
     """int8 weights (symmetric; per output channel unless ``per_channel=False``); activations quantized at run time.
 
     Dense layers (MatMul), embeddings (Gather), attention and LSTM; convolutions stay float32
@@ -64,7 +66,7 @@ def quantize_int8_dynamic(proto, *, per_channel: bool = True, exclude: tuple[str
             str(dst),
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
-            nodes_to_exclude=excluded_nodes(proto, exclude),
+            nodes_to_exclude=_excluded(proto, exclude, keep_float),
             op_types_to_quantize=dynamic_op_types(),
         )
         return _load(dst)
@@ -78,12 +80,14 @@ def quantize_int8_static(
     method: CalibrationMethod = CalibrationMethod.MINMAX,
     exclude: tuple[str, ...] = (),
     activation_type: ActivationType = ActivationType.AUTO,
+    keep_float: tuple[str, ...] = (),
 ):
     """QDQ int8 weights and activations, activation ranges calibrated on ``calibration`` with ``method``;
     activations as ``activation_type`` (defaults as ``QuantConfig``'s; ``auto`` is resolved here, on this CPU).
 
     Runs ``quant_pre_process`` (shape inference and graph optimisation) first,
-    as onnxruntime recommends; ``exclude`` is resolved on the pre-processed graph.
+    as onnxruntime recommends; ``exclude`` is resolved on the pre-processed graph (``keep_float``: see
+    :func:`_excluded`).
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -100,7 +104,7 @@ def quantize_int8_static(
         heads = float_heads(prepared)
         if heads:
             onnx.save(prepared, str(pre))  # the heads named (float_heads names an unnamed one)
-        excluded = [*excluded_nodes(prepared, exclude), *(h for h in heads if h not in exclude)]
+        excluded = [*_excluded(prepared, exclude, keep_float), *(h for h in heads if h not in exclude)]
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
             quantize_static(
                 str(pre),
@@ -114,6 +118,15 @@ def quantize_int8_static(
                 nodes_to_exclude=excluded,
             )
         return _load(dst)
+
+
+def _excluded(proto, exclude: tuple[str, ...], keep_float: tuple[str, ...]) -> list[str]:
+    """The nodes left in float: those ``exclude`` selects (a name selecting none is a UsageError) and the nodes of
+    ``keep_float`` the graph still has (node names deploykit's preparation gave; graph optimisation may have
+    removed one, which is no error of the user's)."""
+    names = {n.name for n in proto.graph.node}
+    selected = excluded_nodes(proto, exclude)
+    return [*selected, *(n for n in keep_float if n in names and n not in selected)]
 
 
 def _ort_method(name: str):

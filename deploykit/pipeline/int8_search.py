@@ -16,7 +16,7 @@ from typing import Any
 
 from deploykit.errors import DeployKitError, UsageError
 from deploykit.export.config import CalibrationMethod, ExportFormat, QuantConfig, Quantization, Recipe
-from deploykit.export.int8_prep import STANDARDIZATION
+from deploykit.export.int8_prep import STANDARDIZATION, STANDARDIZED_NOTE, standardized_knobs
 
 #: More calibration samples than configured, for the second static try (capped by the training split).
 MORE_CALIBRATION = 4
@@ -100,17 +100,7 @@ def int8_variants(
     tries = [Int8Variant(fmt, requested, knobs)]
     standardized = None
     if dense_first and not knobs.standardize_input:
-        kept_float = (
-            (*knobs.exclude, STANDARDIZATION)
-            if requested.spec.takes_exclude and requested.needs_calibration
-            else knobs.exclude
-        )
-        standardized = Int8Variant(
-            fmt,
-            requested,
-            dataclasses.replace(knobs, standardize_input=True, exclude=kept_float),
-            "inputs standardized in float",
-        )
+        standardized = Int8Variant(fmt, requested, standardized_knobs(knobs, requested), STANDARDIZED_NOTE)
     standardizations = [] if standardized is None else [standardized, _exact(standardized)]
     if standardized is not None and raw_scales:
         tries += standardizations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.export.int8_prep import INT8_LEVELS, MAX_REQUANTIZATION, _clip_rows, _patches
+from deploykit.export.int8_clip import INT8_LEVELS, MAX_REQUANTIZATION, clip_kernel, receptive_fields
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -60,7 +60,7 @@ def test_a_channel_scaled_by_one_over_epsilon_is_clipped_and_multipliers_bounded
     kernel[0, 0, 1, 0] = 0.0  # zeros stay zeros
     spec = _conv_spec(kernel, depthwise=depthwise)
     reference = _conv(x, _conv_spec(kernel, depthwise=depthwise))
-    clip = _clip_rows(spec, _patches(spec, x, 10_000, np.random.default_rng(0)), _range_scale(x))
+    clip = clip_kernel(spec, receptive_fields(spec, x, 10_000, np.random.default_rng(0)), _range_scale(x))
     clipped = spec.weights[0]
     out = _conv(x, spec)
     assert clip.columns == (6 if depthwise else 4)
@@ -97,7 +97,7 @@ def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
     )
     model = keras.Sequential([keras.Input(shape), layer])
     x = np.random.default_rng(0).normal(size=(4, *shape))
-    rows = _patches(graph_from_model(model).nodes[0].spec, x, 10**6, np.random.default_rng(0))
+    rows = receptive_fields(graph_from_model(model).nodes[0].spec, x, 10**6, np.random.default_rng(0))
     kernel = layer.get_weights()[0].astype(np.float64)
     if kind == "DepthwiseConv2D":
         taps, cin = int(np.prod(kernel.shape[:-2])), kernel.shape[-2]
@@ -109,7 +109,7 @@ def test_patches_are_the_convolutions_receptive_fields(kind, options, shape):
     expected = model(x).numpy().reshape(-1, model.output_shape[-1])
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    fewer = _patches(graph_from_model(model).nodes[0].spec, x, 7, np.random.default_rng(1))
+    fewer = receptive_fields(graph_from_model(model).nodes[0].spec, x, 7, np.random.default_rng(1))
     assert len(fewer) == 7 and all((rows == r).all(axis=1).any() for r in fewer)  # a sample of the same windows
 
 

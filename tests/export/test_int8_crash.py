@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from deploykit.errors import RuntimeCrashError
-from deploykit.export.int8_prep import INT8_LEVELS, MAX_REQUANTIZATION, _clip_dense
+from deploykit.export.int8_clip import INT8_LEVELS, MAX_REQUANTIZATION, clip_dense
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
@@ -56,7 +56,7 @@ def test_clipping_reaches_the_ordinary_weights_past_a_row_scaled_by_one_over_eps
     kernel = rng.normal(0, 0.01, (6, 4))
     kernel[0] = 0.05 / 1e-7
     spec = _spec(kernel)
-    clip = _clip_dense(spec, h)
+    clip = clip_dense(spec, h)
     clipped = spec.weights[0]
     assert clip.columns_clipped == 4
     assert np.abs(clipped).max() <= 2 * np.abs(kernel[1:]).max()  # scales follow the ordinary weights
@@ -71,7 +71,7 @@ def test_a_live_near_constant_feature_keeps_its_weight_up_to_the_requantization_
     kernel = rng.normal(0, 0.1, (5, 3))
     kernel[0] = 1e6
     spec = _spec(kernel)
-    clip = _clip_dense(spec, h)
+    clip = clip_dense(spec, h)
     out = h @ spec.weights[0] + spec.weights[1]
     out_scale = (max(out.max(), 0) - min(out.min(), 0)) / 255
     in_scale = (h.max() - min(h.min(), 0)) / 255

@@ -121,12 +121,12 @@ def _check_fallback(source, data, out, layer_of) -> None:
         return
     (record,), (report,) = bundle.exports, bundle.validations
     assert report.passed  # the test split, checked like every artifact
-    notes = [p for p in record.preparation if p.startswith("per-layer fallback: ")]
+    notes = [p for p in record.preparation if p.startswith("int8 recovery: ")]
     if not any("missed its tolerance" in line for line in lines):
         assert not notes  # whole-model int8 was within the budget: nothing returned to float
         return
     (note,) = notes
-    kept = note.removeprefix("per-layer fallback: ").split(" returned to float")[0].split(", ")
+    kept = note.removeprefix("int8 recovery: ").split(" returned to float")[0].split(", ")
     graph = onnx.load(str(record.path)).graph
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     weighted = {layer_of(n): n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}

@@ -43,10 +43,10 @@ def _tabular_model(batchnorm: bool = False):
 
 def _no_clipping(monkeypatch) -> None:
     """The weight clip search off (only the largest weight as threshold): what is left of the preparation is exact."""
-    from deploykit.export import int8_prep
+    from deploykit.export import int8_clip
 
-    monkeypatch.setattr(int8_prep, "CLIP_FRACTIONS", int8_prep.CLIP_FRACTIONS[:1])
-    monkeypatch.setattr(int8_prep, "REFINE_FACTORS", np.ones(1))
+    monkeypatch.setattr(int8_clip, "CLIP_FRACTIONS", int8_clip.CLIP_FRACTIONS[:1])
+    monkeypatch.setattr(int8_clip, "REFINE_FACTORS", np.ones(1))
 
 
 def test_the_float_standardization_is_exact_and_sits_before_the_first_dense(monkeypatch):
