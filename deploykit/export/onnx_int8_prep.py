@@ -21,7 +21,7 @@ The prepared graph is only the quantizer's input; validation compares the int8 f
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,15 @@ class _Kernel:
     spec: object  # deploykit.core.graph.LayerSpec, channels last
     bias_node: object | None  # the Add after a MatMul that holds its bias (None: Gemm's C, Conv's B, or none)
     pads: tuple[int, ...] = ()  # a conv's explicit pads, begin then end per spatial axis (the spec pads nothing)
+    original: list = field(default_factory=list)  # the spec's weights as read: nothing is written where they stay
+
+    def __post_init__(self) -> None:
+        self.original = [w.copy() for w in self.spec.weights]
+
+    @property
+    def changed(self) -> bool:
+        now = self.spec.weights
+        return len(now) != len(self.original) or any(not np.array_equal(a, b) for a, b in zip(now, self.original))
 
     @property
     def input(self) -> str:
@@ -83,7 +92,8 @@ def prepare_onnx_for_int8(
         inputs = _kernel_rows(prepared, kernels, calibration)
         for kernel, (rows, in_scale) in zip(kernels, inputs):
             clipped.append(clip_kernel(kernel.spec, rows, in_scale))
-            _write_back(prepared, kernel)
+            if kernel.changed:  # a node left as it was keeps its (possibly shared) initializers
+                _write_back(prepared, kernel)
     diff = max(
         float(np.abs(a - b).max())
         for a, b in zip(_run(prepared, [], calibration, outputs=True), _run(proto, [], calibration, outputs=True))

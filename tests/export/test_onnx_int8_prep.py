@@ -80,63 +80,82 @@ def test_a_conv_node_is_read_as_its_keras_layer_on_its_own_receptive_fields(case
     np.testing.assert_allclose(out + b, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "case", ["gemm", "gemm transB", "matmul + add", "matmul without bias", "conv", "depthwise", "conv1d"]
-)
-def test_without_clipping_the_prepared_graph_is_the_same_function(case, monkeypatch):
-    """The kernel and bias written back in the node's own layout: with the clip search reduced to the largest
-    weight, the prepared file computes what the file given does (a bias-less MatMul gains a zero-effect bias)."""
+def _one_node_model(case: str, rng):
+    """(model, input shape) of one kernel op: Gemm (transB or not), MatMul with or without an Add, convolutions."""
     from onnx import helper
 
-    from deploykit.export import int8_clip
-
-    monkeypatch.setattr(int8_clip, "CLIP_FRACTIONS", int8_clip.CLIP_FRACTIONS[:1])
-    monkeypatch.setattr(int8_clip, "REFINE_FACTORS", np.ones(1))
-    rng = np.random.default_rng(1)
     if case.startswith("gemm"):
         transposed = case.endswith("transB")
         w = rng.normal(size=(3, 6) if transposed else (6, 3))
         node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="gemm", transB=int(transposed))
-        model, shape = _graph([node], [None, 6], [None, 3], {"w": w, "b": rng.normal(size=3)}), [None, 6]
-    elif case.startswith("matmul"):
+        return _graph([node], [None, 6], [None, 3], {"w": w, "b": rng.normal(size=3)}), [None, 6]
+    if case.startswith("matmul"):
         nodes = [helper.make_node("MatMul", ["x", "w"], ["h" if case.endswith("add") else "y"], name="mm")]
         inits = {"w": rng.normal(size=(6, 3))}
         if case.endswith("add"):
             nodes.append(helper.make_node("Add", ["h", "b"], ["y"], name="add"))
             inits["b"] = rng.normal(size=3)
-        model, shape = _graph(nodes, [None, 6], [None, 3], inits), [None, 6]
-    else:
-        named = {"conv": "conv2d, asymmetric pads, stride 2", "depthwise": "depthwise, multiplier 2"}
-        model, shape = _conv_model(rng, **CONVS[named.get(case, "conv1d, stride 2")])
-    x = (rng.normal(size=(64, *shape[1:])) * 3).astype(np.float32)
-    prepared, prep, in_float = prepare_onnx_for_int8(model, x)
-    assert in_float == () and len(prep.clipped) == 1
-    np.testing.assert_allclose(_run(prepared, ["y"], x)[0], _run(model, ["y"], x)[0], rtol=1e-5, atol=1e-5)
+        return _graph(nodes, [None, 6], [None, 3], inits), [None, 6]
+    named = {"conv": "conv2d, asymmetric pads, stride 2", "depthwise": "depthwise, multiplier 2"}
+    return _conv_model(rng, **CONVS[named.get(case, "conv1d, stride 2")])
 
 
-def test_an_outlier_weight_is_clipped_and_the_bias_absorbs_its_mean_effect():
-    """A column whose scale one outlier sets: its int8 error falls after the clip search, and only that column."""
-    from onnx import helper
+@pytest.mark.parametrize(
+    "case", ["gemm", "gemm transB", "matmul + add", "matmul without bias", "conv", "depthwise", "conv1d"]
+)
+def test_the_kernel_written_back_in_the_nodes_layout_is_the_same_function(case):
+    """Each kernel read as its Keras layer and written back (kernel in the node's own layout; a bias-less MatMul
+    given a zero bias through an Add) computes what the file given does."""
+    import onnx
 
-    rng = np.random.default_rng(2)
-    w = rng.normal(0, 0.1, (32, 4))
-    w[0, 2] = 40.0  # reads a feature that barely moves on the calibration data
-    x = rng.normal(size=(300, 32)).astype(np.float32)
-    x[:, 0] = 1.0 + 1e-3 * x[:, 0]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"])]
-    model = _graph(nodes, [None, 32], [None, 4], {"w": w, "b": np.zeros(4)})
-    prepared, prep, _ = prepare_onnx_for_int8(model, x)
-    (clip,) = prep.clipped
-    assert clip.columns_clipped >= 1
+    from deploykit.export.onnx_int8_prep import _write_back
+
+    rng = np.random.default_rng(1)
+    model, shape = _one_node_model(case, rng)
+    x = (rng.normal(size=(16, *shape[1:])) * 3).astype(np.float32)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    (kernel,) = _kernels(copy)
+    if len(kernel.spec.weights) == 1:
+        kernel.spec.weights.append(np.zeros(kernel.spec.weights[0].shape[-1], np.float32))
+    _write_back(copy, kernel)
+    assert len(copy.graph.node) == len(model.graph.node) + (case == "matmul without bias")
+    np.testing.assert_allclose(_run(copy, ["y"], x)[0], _run(model, ["y"], x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["conv", "gemm transB", "matmul + add"])
+def test_an_outlier_is_clipped_where_the_node_keeps_it(case):
+    """One large weight in one output channel, at a known index of the node's own kernel layout, reading an input
+    that barely moves: only that channel's column is clipped and only its bias takes the mean effect; every other
+    weight stays as it was."""
     from onnx import numpy_helper
 
+    rng = np.random.default_rng(3)
+    # a conv without pads: the padding's zeros would make the input move
+    model, shape = _conv_model(rng) if case == "conv" else _one_node_model(case, rng)
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w")).copy()
+    w *= 0.05
+    index = {"conv": (1, 0, 0, 0), "gemm transB": (1, 0), "matmul + add": (0, 1)}[case]  # output channel 1
+    w[index] = 30.0
+    for t in model.graph.initializer:
+        if t.name == "w":
+            t.CopyFrom(numpy_helper.from_array(w.astype(np.float32), "w"))
+    x = rng.normal(size=(300, *shape[1:])).astype(np.float32)
+    x[:, 0] = 1.0 + 1e-3 * x[:, 0]  # the input channel (feature) the outlier reads barely moves: worth clipping
+    prepared, prep, _ = prepare_onnx_for_int8(model, x)
     after = {t.name: numpy_helper.to_array(t) for t in prepared.graph.initializer}
-    assert np.abs(after["w"][:, 2]).max() < 40.0 and np.allclose(after["w"][:, [0, 1, 3]], w[:, [0, 1, 3]])
-    assert after["b"][2] != 0.0 and np.allclose(after["b"][[0, 1, 3]], 0.0)
-    assert clip.error_ratio < 0.5  # the column's simulated int8 error on the calibration rows at least halved
+    assert prep.clipped[0].columns_clipped == 1
+    assert abs(after["w"][index]) < 30.0
+    others = np.ones(w.shape, bool)
+    others[(slice(None), 1) if case == "matmul + add" else 1] = False  # output channel 1: its axis in that layout
+    np.testing.assert_array_equal(after["w"][others], w[others])
+    before_bias = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "b"))
+    changed = np.flatnonzero(after["b"] != before_bias)
+    assert changed.tolist() == [1]
+    assert prep.clipped[0].error_ratio < 0.5  # the column's simulated int8 error on the calibration rows halved
     change = _run(prepared, ["y"], x)[0] - _run(model, ["y"], x)[0]
-    assert 40.0 - np.abs(after["w"][:, 2]).max() > 1.0  # clipped by more than 1 ...
-    assert abs(change[:, 2].mean()) < 1e-3  # ... and the bias took the mean effect of it
+    channel = change[:, 1] if change.ndim == 2 else change[:, 1].ravel()
+    assert abs(channel.mean()) < 1e-3 < abs(w[index]) - abs(after["w"][index])  # clipped; the bias took its mean
 
 
 def _tabular(tmp_path):
