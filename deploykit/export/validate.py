@@ -358,7 +358,7 @@ def validation_markdown(reports: list[ValidationReport], title: str = "Validatio
     lines = [f"## {title}", ""]
     if ref is not None:
         lines += [
-            f"Reference (Keras) test {'RMSE' if regression else 'accuracy'}: {ref:.4f} on {reports[0].samples} "
+            f"Reference (source model) test {'RMSE' if regression else 'accuracy'}: {ref:.4f} on {reports[0].samples} "
             "test inputs.",
             "",
         ]

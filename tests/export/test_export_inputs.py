@@ -106,7 +106,7 @@ def test_float_export_needs_no_data_and_validates_on_generated_inputs(tmp_path, 
     assert sorted(checks) == ["model.onnx", "model.tflite", "model_float16.onnx", "model_float16.tflite"]
     assert all(v["passed"] and v["agreement"] is not None for v in checks.values())
     assert checks["model.onnx"]["max_abs_diff"] <= 1e-4 and checks["model.tflite"]["max_abs_diff"] <= 1e-4
-    assert "generated inputs" in captured.out and "Reference (Keras) test accuracy" not in captured.out
+    assert "generated inputs" in captured.out and "Reference (source model) test accuracy" not in captured.out
 
 
 def test_calibrated_int8_without_data_is_refused_before_any_work(tmp_path, model_file, capsys):

@@ -248,3 +248,32 @@ def test_a_tutorial_tabular_keras_file_ships_int8_through_bare_export(tmp_path, 
     checks = [a["validation"] for a in report["artifacts"]]
     assert len(checks) == 2 and all(v["passed"] and v["accuracy"] >= v["reference_accuracy"] - 0.01 for v in checks)
     assert "inputs standardized in float" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_tf2onnx_users_file_with_its_normalization_ships_int8_static(tmp_path, cli, digits):
+    """A file nobody here wrote: a tf_keras model with an adapted Normalization (digits' constant border pixels
+    divide by ~epsilon), converted by the user with ``tf2onnx.convert.from_keras`` (its own input and output names,
+    no deploykit metadata). Bare onnxruntime quantized the Normalization's ``Mul`` and the file collapsed to chance;
+    the recovery keeps it in float."""
+    import tensorflow as tf
+    import tf2onnx
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(digits.x_train)
+    model = keras.Sequential(
+        [keras.Input((64,)), norm, keras.layers.Dense(64, activation="elu"), keras.layers.Dense(10, "softmax")]
+    )
+    model.compile("nadam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train, digits.y_train, epochs=20, verbose=0)
+    spec = [tf.TensorSpec((None, 64), tf.float32, name="pixels")]
+    tf2onnx.convert.from_keras(model, input_signature=spec, output_path=str(tmp_path / "user.onnx"))
+    out = tmp_path / "int8"
+    args = ("--quantize", "int8-static", "--data", "digits", "--out", str(out), "--repeats", "2")
+    result = cli("export", str(tmp_path / "user.onnx"), *args)
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads((out / "validation.json").read_text())["artifacts"]
+    check = entry["validation"]
+    assert check["passed"] and check["accuracy"] >= check["reference_accuracy"] - 0.01 > 0.85

@@ -175,7 +175,7 @@ def test_export_and_validate_commands_on_a_regressor(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     table = (out / "validation.md").read_text()
-    assert "Reference (Keras) test RMSE" in table and "| RMSE | max abs error |" in table
+    assert "Reference (source model) test RMSE" in table and "| RMSE | max abs error |" in table
     assert not (out / "triton" / "model" / "labels.txt").exists()
     assert read_metadata(out / "model.onnx").task == {"task": "regression", "output": "values"}
     code = main(
