@@ -149,13 +149,15 @@ def quantize_onnx_file(
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration data (--data)")
     start = time.perf_counter()
-    calibration, prep = None, None
-    if quant.precision is Precision.INT8 and calibration_data is not None:
+    calibration, prep, in_float = None, None, ()
+    single = len({v.name for v in proto.graph.input} - {t.name for t in proto.graph.initializer}) == 1
+    # a calibrated variant samples its data; an int8 one given data is prepared too, where it has one input
+    if quant.needs_calibration or (quant.precision is Precision.INT8 and calibration_data is not None and single):
         calibration = calibration_samples(
             as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed
         )
     base = read_metadata(proto)
-    if calibration is not None:
+    if calibration is not None and single:
         from deploykit.export.onnx_int8_prep import prepare_onnx_for_int8
 
         proto, prep, in_float = prepare_onnx_for_int8(

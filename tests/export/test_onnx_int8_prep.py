@@ -277,3 +277,31 @@ def test_a_tf2onnx_users_file_with_its_normalization_ships_int8_static(tmp_path,
     (entry,) = json.loads((out / "validation.json").read_text())["artifacts"]
     check = entry["validation"]
     assert check["passed"] and check["accuracy"] >= check["reference_accuracy"] - 0.01 > 0.85
+
+
+def test_variants_that_need_no_preparation_are_written_as_before(tmp_path):
+    """float16 and int8-dynamic without data are not prepared (nothing to measure on), and a file with two inputs
+    is quantized without the preparation even given data (it runs on one input's samples)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.export.onnx_export import quantize_onnx_file
+
+    rng = np.random.default_rng(4)
+    model, _ = _one_node_model("matmul + add", rng)
+    onnx.save(model, str(tmp_path / "one.onnx"))
+    for variant in ("float16", "int8-dynamic"):
+        record = quantize_onnx_file(tmp_path / "one.onnx", tmp_path / f"{variant}.onnx", variant)
+        assert record.preparation == [] and record.path.exists()
+    w = numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 6]) for n in ("a", "b")]
+    graph = helper.make_graph(
+        nodes, "two", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])], [w]
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    record = quantize_onnx_file(tmp_path / "two.onnx", tmp_path / "two_int8.onnx", "int8-dynamic", x)
+    assert record.preparation == [] and record.path.exists()
+    record = quantize_onnx_file(tmp_path / "one.onnx", tmp_path / "one_int8.onnx", "int8-dynamic", x)
+    assert record.preparation and record.preparation[0].startswith("int8_weight_clip")  # one input, data: prepared
