@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,26 +65,18 @@ class BundleReport(Record):
     unconverted: list[Unconverted] = dataclasses.field(default_factory=list)
 
     def table(self) -> str:
-        table = validation_markdown(self.validations) + _unconverted_markdown(self.unconverted)
+        note = None
         if self.generated:  # the reference's "accuracy" on generated inputs is 1 by construction (its RMSE 0)
             samples = self.validations[0].samples if self.validations else 0
-            table = re.sub(
-                r"Reference \(Keras\) test accuracy: .*\n",
-                f"No data given: each artifact is compared with the "
-                f"source model on {samples} generated inputs; 'accuracy' is agreement with the source "
-                "model's classes.\n",
-                table,
-                count=1,
+            regression = bool(self.validations) and self.validations[0].task is Task.REGRESSION
+            figure = (
+                "'RMSE' is the error against the source model's predictions"
+                if regression
+                else "'accuracy' is agreement with the source model's classes"
             )
-            table = re.sub(
-                r"Reference \(Keras\) test RMSE: .*\n",
-                f"No data given: each artifact is compared with the "
-                f"source model on {samples} generated inputs; 'RMSE' is the error against the source "
-                "model's predictions.\n",
-                table,
-                count=1,
-            )
-        return table
+            note = f"No data given: each artifact is compared with the source model on {samples} generated inputs; "
+            note += f"{figure}."
+        return validation_markdown(self.validations, reference=note) + _unconverted_markdown(self.unconverted)
 
 
 def artifact_name(fmt: ExportFormat, quantization: Quantization) -> str:

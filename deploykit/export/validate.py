@@ -343,8 +343,11 @@ def _precision(artifact, quantization: str) -> Precision:
     return Quantization(quantization).precision
 
 
-def validation_markdown(reports: list[ValidationReport], title: str = "Validation") -> str:
-    """A markdown table of ``reports``; quantized variants are compared with their format's float32 artifact."""
+def validation_markdown(
+    reports: list[ValidationReport], title: str = "Validation", reference: str | None = None
+) -> str:
+    """A markdown table of ``reports``; quantized variants are compared with their format's float32 artifact.
+    ``reference``: the line said of the reference instead of its test figure (e.g. that inputs were generated)."""
     base = {r.format: r for r in reports if r.precision is Precision.FLOAT32}
     regression = bool(reports) and reports[0].task is Task.REGRESSION
     ref = next(
@@ -356,7 +359,9 @@ def validation_markdown(reports: list[ValidationReport], title: str = "Validatio
         None,
     )
     lines = [f"## {title}", ""]
-    if ref is not None:
+    if reference is not None:
+        lines += [reference, ""]
+    elif ref is not None:
         lines += [
             f"Reference (source model) test {'RMSE' if regression else 'accuracy'}: {ref:.4f} on {reports[0].samples} "
             "test inputs.",
