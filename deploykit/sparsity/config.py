@@ -156,7 +156,8 @@ class SearchConfig(Config):
     config) and layers with fewer than ``min_layer_weights`` kernel weights are left dense: they
     hold few weights and most of the accuracy. With ``prune_protected``, when those layers hold a good share of
     the weights (a small convnet's output Dense: about half), the kept target is tried once more with them pruned
-    too, and that model is kept when it also meets the budget.
+    too, then with them at the lower :data:`~deploykit.sparsity.search.PROTECTED_LEVELS`, and the first model that
+    also meets the budget is kept.
     """
 
     enabled: bool = True

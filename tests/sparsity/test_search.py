@@ -10,7 +10,7 @@ import pytest
 
 from deploykit.errors import ConfigError
 from deploykit.sparsity import PruneConfig, SearchConfig
-from deploykit.sparsity.search import LayerSensitivity, allocate
+from deploykit.sparsity.search import LayerSensitivity, allocate, protected_levels
 
 
 def _sens(name, weights, drops):
@@ -125,9 +125,13 @@ def test_layers_left_dense_are_pruned_too_when_they_hold_many_weights_and_the_bu
     if report.kept is None:  # nothing within the budget: no wider try
         assert len(report.tries) == 1 and model is trained_model
         return
-    plain, wider = report.tries  # the accepted try, then the same target with the protected layers pruned too
+    # the accepted try, then the same target with the protected layers pruned too: at 50 %, the one level tried
+    # (PROTECTED_LEVELS lists none below it), until one is within the budget
+    plain, *wider = report.tries
+    assert len(wider) == 1 and protected_levels(0.5) == [0.5]
+    (wider,) = wider
     assert set(plain.layer_targets) == {first} and set(wider.layer_targets) == {first, second, output}
-    assert "pruned too" in wider.note
+    assert wider.layer_targets[output] == 0.5 and "pruned to 50% too" in wider.note
     if accepted(wider, report.budget):
         assert report.kept is wider and report.protected == {}
         for name in (second, output):
@@ -135,3 +139,11 @@ def test_layers_left_dense_are_pruned_too_when_they_hold_many_weights_and_the_bu
     else:
         assert report.kept is plain and set(report.protected) == {second, output}
         assert float(np.mean(model.get_layer(output).get_weights()[0] == 0)) < 0.05
+
+
+def test_the_protected_layers_are_tried_at_the_kept_target_then_lower_levels():
+    """An output layer that loses points at 95 % may take 80 % or 50 %: the levels tried, highest first."""
+    assert protected_levels(0.95) == [0.95, 0.8, 0.5]
+    assert protected_levels(0.8) == [0.8, 0.5]
+    assert protected_levels(0.7) == [0.7, 0.5]
+    assert protected_levels(0.3) == [0.3]
