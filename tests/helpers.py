@@ -138,3 +138,38 @@ def structured_search_run(digits, tmp_path, hidden: tuple[int, ...], fit_epochs:
     step = next(s for s in result.steps if s.step == "structured")
     tries = [t for t in result.tries if t.stage is Stage.SPARSITY and t.setting.startswith("structured")]
     return result, step, tries
+
+
+def breast_cancer_npz(tmp_path, rows: int | None = None):
+    """sklearn's breast_cancer (30 raw features on scales 0.001 to 4,000, 0/1 labels) as users save it: x and y in
+    an .npz; ``rows``: a random subset of that many. Returns (path, x, y)."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    if rows is not None:
+        keep = np.sort(np.random.default_rng(0).choice(len(x), rows, replace=False))
+        x, y = x[keep], y[keep]
+    path = tmp_path / "bc.npz"
+    np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
+    return path, x.astype(np.float32), y.astype(np.int64)
+
+
+def keras3_tabular_model(x, y, path, *, hidden=(16,), softmax: bool = False, epochs: int = 30):
+    """The Keras tutorial's tabular classifier, exactly as users build it in Keras 3: a Normalization adapted on the
+    raw features ``x``, Dense ReLU layers, one sigmoid unit (``softmax``: two softmax units), trained briefly on
+    ``(x, y)`` and saved as .keras at ``path``."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    layers = [keras.layers.Dense(n, activation="relu") for n in hidden]  # made in this order: the seeds follow it
+    layers.append(
+        keras.layers.Dense(2, activation="softmax") if softmax else keras.layers.Dense(1, activation="sigmoid")
+    )
+    model = keras.Sequential([keras.Input(x.shape[1:]), norm, *layers])
+    loss = "sparse_categorical_crossentropy" if softmax else "binary_crossentropy"
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    model.save(path)
+    return model

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from deploykit.export.int8_prep import STANDARDIZATION, on_grid, prepare_for_int8
+from tests.helpers import breast_cancer_npz, keras3_tabular_model
 
 
 def _raw_features(rows: int = 300, seed: int = 0):
@@ -146,9 +147,6 @@ def test_no_fold_keeps_the_normalization_and_batchnorm_as_layers():
 def test_breast_cancer_ships_int8_onnx_and_tflite_within_one_point(tmp_path):
     """The issue's case: breast_cancer's raw features, Normalization + Dense 16-8-2 (Keras 3, as a user builds it);
     folded into the first Dense layer, int8 loses ~17-30 points; with the float standardization, none."""
-    import keras
-    from sklearn.datasets import load_breast_cancer
-
     from deploykit.data.dataset import load_dataset
     from deploykit.export import export_variant
     from deploykit.export.config import QuantConfig
@@ -156,24 +154,11 @@ def test_breast_cancer_ships_int8_onnx_and_tflite_within_one_point(tmp_path):
     from deploykit.fold import fold_batchnorm
     from deploykit.io.models import load_model
 
-    bunch = load_breast_cancer()
-    np.savez(tmp_path / "bc.npz", x=bunch.data.astype(np.float32), y=bunch.target.astype(np.int64))
-    data = load_dataset(str(tmp_path / "bc.npz"))
-    keras.utils.set_random_seed(0)
-    norm = keras.layers.Normalization()
-    norm.adapt(data.x_train)
-    user = keras.Sequential(
-        [
-            keras.Input((30,)),
-            norm,
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(2, activation="softmax"),
-        ]
+    path, _, _ = breast_cancer_npz(tmp_path)
+    data = load_dataset(str(path))
+    user = keras3_tabular_model(
+        data.x_train, data.y_train, tmp_path / "bc.keras", hidden=(16, 8), softmax=True, epochs=40
     )
-    user.compile("adam", "sparse_categorical_crossentropy")
-    user.fit(data.x_train, data.y_train, epochs=40, batch_size=32, verbose=0)
-    user.save(tmp_path / "bc.keras")
     folded, _ = fold_batchnorm(load_model(str(tmp_path / "bc.keras")))  # what optimize exports (its fold step ran)
     reference = float(np.mean(np.asarray(user(data.x_test)).argmax(1) == data.y_test))
     assert reference > 0.9

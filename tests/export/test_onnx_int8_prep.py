@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from deploykit.export.onnx_int8_prep import _kernel_rows, _kernels, _run, prepare_onnx_for_int8
+from tests.helpers import breast_cancer_npz, keras3_tabular_model
 
 
 def _graph(node_specs, x_shape, y_shape, initializers, opset: int = 17):
@@ -158,32 +159,32 @@ def test_an_outlier_is_clipped_where_the_node_keeps_it(case):
     assert abs(channel.mean()) < 1e-3 < abs(w[index]) - abs(after["w"][index])  # clipped; the bias took its mean
 
 
+def _resolved(rows: int) -> float:
+    """The accuracy drop a split of ``rows`` test rows resolves (:func:`deploykit.pipeline.confirm.smallest_budget`).
+
+    On breast_cancer's 86 test rows one row is 1.16 pt, so export's default 1-pt tolerance would hang on one row
+    flipping in a retrained model; these tests are about int8 no longer losing a third of them (bare onnxruntime:
+    -35 pt), and also hold the int8 files' agreement with the source model."""
+    from deploykit.pipeline.confirm import smallest_budget
+
+    return smallest_budget(rows)
+
+
+def _int8_kept_its_model(check: dict, rows: int) -> bool:
+    """Shipped, within the split's resolved drop, and agreeing with the source model on 95 % of the test rows."""
+    drop = check["reference_accuracy"] - check["accuracy"]
+    return check["passed"] and drop <= _resolved(rows) and check["agreement"] >= 0.95
+
+
 def _tabular(tmp_path):
     """The Keras tutorial's recipe on breast_cancer's raw features (Keras 3, saved as users save): Normalization
     adapted on the training split, Dense 16 ReLU, a sigmoid head. Returns (model file, data file, Dataset)."""
-    import keras
-    from sklearn.datasets import load_breast_cancer
-
     from deploykit.data.dataset import load_dataset
 
-    bunch = load_breast_cancer()
-    np.savez(tmp_path / "bc.npz", x=bunch.data.astype(np.float32), y=bunch.target.astype(np.int64))
-    data = load_dataset(str(tmp_path / "bc.npz"))
-    keras.utils.set_random_seed(0)
-    norm = keras.layers.Normalization()
-    norm.adapt(data.x_train)
-    model = keras.Sequential(
-        [
-            keras.Input((30,)),
-            norm,
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile("adam", "binary_crossentropy")
-    model.fit(data.x_train, data.y_train, epochs=30, batch_size=32, verbose=0)
-    model.save(tmp_path / "tab.keras")
-    return tmp_path / "tab.keras", tmp_path / "bc.npz", data
+    path, _, _ = breast_cancer_npz(tmp_path)
+    data = load_dataset(str(path))
+    keras3_tabular_model(data.x_train, data.y_train, tmp_path / "tab.keras")
+    return tmp_path / "tab.keras", path, data
 
 
 @pytest.mark.slow
@@ -203,15 +204,16 @@ def test_a_tutorial_tabular_onnx_file_ships_int8_from_the_file(tmp_path, cli, fo
     args = ("--formats", "onnx", "--quantize", "float32", "--out", str(float_dir), "--repeats", "2")
     assert cli("export", str(source), *args).returncode == 0
     out = tmp_path / "int8"
+    rows = len(data.x_test)
     result = cli(
         "export", str(float_dir / "model.onnx"), "--quantize", "int8-static,int8-dynamic", "--data", str(data_file),
-        "--out", str(out), "--repeats", "2",
+        "--out", str(out), "--repeats", "2", "--max-accuracy-drop", str(_resolved(rows)),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "validation.json").read_text())
     assert len(report["artifacts"]) == 2
     for entry in (a["validation"] for a in report["artifacts"]):
-        assert entry["passed"] and entry["accuracy"] >= entry["reference_accuracy"] - 0.01, entry
+        assert _int8_kept_its_model(entry, rows), entry
     static = onnx.load(str(out / "model_int8-static.onnx")).graph
     standardization = [
         n for n in static.node if n.name in ("int8_input_standardization/sub", "int8_input_standardization/div")
@@ -237,16 +239,17 @@ def test_a_tutorial_tabular_onnx_file_ships_int8_from_the_file(tmp_path, cli, fo
 def test_a_tutorial_tabular_keras_file_ships_int8_through_bare_export(tmp_path, cli):
     """The Keras file itself through ``deploykit export`` (no optimize): its int8 ONNX files ship, the
     standardization tried by the recovery (before: both missed by 33 to 35 points and nothing was written)."""
-    model_file, data_file, _ = _tabular(tmp_path)
+    model_file, data_file, data = _tabular(tmp_path)
     out = tmp_path / "int8"
     result = cli(
         "export", str(model_file), "--formats", "onnx", "--quantize", "int8-static,int8-dynamic",
         "--data", str(data_file), "--out", str(out), "--repeats", "2",
+        "--max-accuracy-drop", str(_resolved(len(data.x_test))),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "validation.json").read_text())
     checks = [a["validation"] for a in report["artifacts"]]
-    assert len(checks) == 2 and all(v["passed"] and v["accuracy"] >= v["reference_accuracy"] - 0.01 for v in checks)
+    assert len(checks) == 2 and all(_int8_kept_its_model(v, len(data.x_test)) for v in checks)
     assert "inputs standardized in float" in result.stderr
 
 
@@ -271,12 +274,14 @@ def test_a_tf2onnx_users_file_with_its_normalization_ships_int8_static(tmp_path,
     spec = [tf.TensorSpec((None, 64), tf.float32, name="pixels")]
     tf2onnx.convert.from_keras(model, input_signature=spec, output_path=str(tmp_path / "user.onnx"))
     out = tmp_path / "int8"
+    rows = len(digits.x_test)
     args = ("--quantize", "int8-static", "--data", "digits", "--out", str(out), "--repeats", "2")
+    args += ("--max-accuracy-drop", str(_resolved(rows)))
     result = cli("export", str(tmp_path / "user.onnx"), *args)
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads((out / "validation.json").read_text())["artifacts"]
     check = entry["validation"]
-    assert check["passed"] and check["accuracy"] >= check["reference_accuracy"] - 0.01 > 0.85
+    assert _int8_kept_its_model(check, rows) and check["reference_accuracy"] > 0.85
 
 
 def test_variants_that_need_no_preparation_are_written_as_before(tmp_path):

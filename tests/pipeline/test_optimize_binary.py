@@ -10,39 +10,17 @@ import onnx
 import pytest
 
 from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, TASK_KEY, TEMPERATURE_KEY
-from tests.helpers import ships_by_budget
+from tests.helpers import breast_cancer_npz, keras3_tabular_model, ships_by_budget
 
 
 def _breast_cancer(tmp_path, rows: int = 300):
-    """sklearn's breast_cancer (30 features, 0/1 labels) as users save it: x and y in an .npz."""
-    from sklearn.datasets import load_breast_cancer
-
-    x, y = load_breast_cancer(return_X_y=True)
-    rng = np.random.default_rng(0)
-    keep = np.sort(rng.choice(len(x), rows, replace=False))
-    path = tmp_path / "bc.npz"
-    np.savez(path, x=x[keep].astype(np.float32), y=y[keep])
-    return path, x[keep].astype(np.float32), y[keep]
+    """sklearn's breast_cancer as users save it: x and y in an .npz (300 rows)."""
+    return breast_cancer_npz(tmp_path, rows)
 
 
 def _keras3_tutorial_model(x, y, path):
     """Exactly the tutorial's tabular binary classifier (Keras 3), trained briefly and saved as .keras."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((30,)),
-            keras.layers.Normalization(),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.layers[0].adapt(x)
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
-    model.save(path)
-    return model
+    return keras3_tabular_model(x, y, path)
 
 
 def _props(path) -> dict:
