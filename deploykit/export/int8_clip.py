@@ -71,8 +71,10 @@ def layer_rows(
     """Per layer: (its input rows on the calibration data, the int8 scale of its input tensor).
 
     ``inputs(part)``: the layers' inputs on a batch of calibration samples, channels last. A Dense layer's rows are
-    its inputs; a conv's are up to :data:`MAX_PATCHES` receptive fields, sampled batch by batch so a large feature
-    map is never held whole.
+    its inputs, one per sample; a conv's are up to :data:`MAX_PATCHES` receptive fields, sampled batch by batch so a
+    large feature map is never held whole, and so are the positions of a Dense layer applied to every position of a
+    sequence or feature map (ConvNeXt's pointwise layers, a Dense after ``return_sequences``): its rows are its
+    input's last axis.
     """
     rng = np.random.default_rng(0)
     rows: list[list[np.ndarray]] = [[] for _ in specs]
@@ -81,15 +83,21 @@ def layer_rows(
         part = calibration[start : start + batch]
         for k, (spec, h) in enumerate(zip(specs, inputs(part))):
             low[k], high[k] = min(low[k], float(h.min())), max(high[k], float(h.max()))
+            take = -(-patch_count(spec) * len(part) // len(calibration))
             if conv_kernel(spec):
-                rows[k].append(receptive_fields(spec, h, -(-patch_count(spec) * len(part) // len(calibration)), rng))
+                rows[k].append(receptive_fields(spec, h, take, rng))
+            elif h.ndim > 2:
+                flat = h.reshape(-1, h.shape[-1])
+                picked = np.sort(rng.choice(len(flat), size=min(take, len(flat)), replace=False))
+                rows[k].append(flat[picked].astype(np.float64))
             else:
                 rows[k].append(h.reshape(len(h), -1).astype(np.float64))
     return [(np.concatenate(r), (hi - lo) / 255.0) for r, lo, hi in zip(rows, low, high)]
 
 
 def patch_count(spec) -> int:
-    """The receptive fields a conv's clip search samples: MAX_PATCHES, fewer for a wide layer (MAX_PATCH_VALUES)."""
+    """The rows a conv's (or a per-position Dense layer's) clip search samples: MAX_PATCHES, fewer for a wide layer
+    (MAX_PATCH_VALUES)."""
     kernel = spec.weights[0]
     fan_in = int(np.prod(kernel.shape[:-1]))  # taps x input channels (a depthwise conv's: x its channels, grouped)
     return int(min(MAX_PATCHES, max(MIN_PATCHES, MAX_PATCH_VALUES // max(1, fan_in))))

@@ -401,10 +401,10 @@ def _kernel_rows(proto, kernels: list[_Kernel], calibration: np.ndarray) -> list
 
 
 def _channels_last(kernel: _Kernel, h: np.ndarray) -> np.ndarray:
-    """A kernel's input as its Keras layer reads it: a Dense's rows on the last axis, a conv's channels last with
+    """A kernel's input as its Keras layer reads it: a Dense's as it is (its last axis), a conv's channels last with
     its explicit pads applied."""
     if kernel.dense:
-        return h.reshape(-1, h.shape[-1])
+        return h
     h = np.moveaxis(h, 1, -1)
     rank = h.ndim - 2
     if any(kernel.pads):
