@@ -74,7 +74,8 @@ def layer_rows(
     its inputs, one per sample; a conv's are up to :data:`MAX_PATCHES` receptive fields, sampled batch by batch so a
     large feature map is never held whole, and so are the positions of a Dense layer applied to every position of a
     sequence or feature map (ConvNeXt's pointwise layers, a Dense after ``return_sequences``): its rows are its
-    input's last axis.
+    input's last axis. Rows stay in the activations' own dtype (:func:`clip_kernel` makes one layer's float64 at a
+    time): every layer's rows are held at once, half the memory.
     """
     rng = np.random.default_rng(0)
     rows: list[list[np.ndarray]] = [[] for _ in specs]
@@ -89,9 +90,9 @@ def layer_rows(
             elif h.ndim > 2:
                 flat = h.reshape(-1, h.shape[-1])
                 picked = np.sort(rng.choice(len(flat), size=min(take, len(flat)), replace=False))
-                rows[k].append(flat[picked].astype(np.float64))
+                rows[k].append(flat[picked])
             else:
-                rows[k].append(h.reshape(len(h), -1).astype(np.float64))
+                rows[k].append(h.reshape(len(h), -1))
     return [(np.concatenate(r), (hi - lo) / 255.0) for r, lo, hi in zip(rows, low, high)]
 
 
@@ -118,6 +119,7 @@ def clip_kernel(spec, rows: np.ndarray, in_scale: float) -> LayerClip:
     """
     from deploykit.core.layers import KernelLayout
 
+    rows = np.asarray(rows, np.float64)  # kept in the activations' own dtype until here: half the memory of all layers
     if spec.support.kernel.layout is not KernelLayout.DEPTHWISE:
         return _clip_matrix(spec, rows, in_scale)
     kernel = spec.weights[0].astype(np.float64)
@@ -171,7 +173,7 @@ def receptive_fields(spec, x: np.ndarray, take: int, rng) -> np.ndarray:
     )
     rows = (i * strides[0])[:, None, None] + (np.arange(size[0]) * rates[0])[None, :, None]
     cols = (j * strides[1])[:, None, None] + (np.arange(size[1]) * rates[1])[None, None, :]
-    return x[n[:, None, None], rows, cols].reshape(len(n), -1).astype(np.float64)
+    return x[n[:, None, None], rows, cols].reshape(len(n), -1)
 
 
 def _clip_columns(spec, x: np.ndarray, kernel: np.ndarray, in_scale: float) -> tuple[np.ndarray, LayerClip]:
