@@ -325,19 +325,18 @@ def _standardize(proto, first: _Kernel, mean: np.ndarray, std: np.ndarray) -> li
 
 def _ancestors(proto, tensor: str) -> list[str]:
     """The names of the nodes ``tensor`` is computed from (unnamed ones are named here), in graph order."""
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    seen, stack = set(), [tensor]
+    nodes = list(proto.graph.node)
+    producers = {out: k for k, node in enumerate(nodes) for out in node.output}
+    seen: set[int] = set()
+    stack = [tensor]
     while stack:
-        node = producers.get(stack.pop())
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            stack.extend(node.input)
-    names = []
-    for k, node in enumerate(proto.graph.node):
-        if id(node) in seen:
-            node.name = node.name or f"deploykit_float_input_{k}"
-            names.append(node.name)
-    return names
+        k = producers.get(stack.pop())
+        if k is not None and k not in seen:
+            seen.add(k)
+            stack.extend(nodes[k].input)
+    for k in sorted(seen):
+        nodes[k].name = nodes[k].name or f"deploykit_float_input_{k}"
+    return [nodes[k].name for k in sorted(seen)]
 
 
 def _run(proto, tensors: list[str], x: np.ndarray, outputs: bool = False) -> list[np.ndarray]:

@@ -310,3 +310,33 @@ def test_variants_that_need_no_preparation_are_written_as_before(tmp_path):
     assert record.preparation == [] and record.path.exists()
     record = quantize_onnx_file(tmp_path / "one.onnx", tmp_path / "one_int8.onnx", "int8-dynamic", x)
     assert record.preparation and record.preparation[0].startswith("int8_weight_clip")  # one input, data: prepared
+
+
+def test_the_ops_before_the_standardization_are_named_and_kept_float(monkeypatch):
+    """A file's own unnamed Sub / Mul in front of its first MatMul (as a converter may write a Normalization): the
+    preparation names them, in the prepared graph, among the nodes to keep in float, with its own Sub / Div, and
+    (the clip search off) the prepared graph computes the same function: the standardization is exact."""
+    from onnx import helper
+
+    from deploykit.export import int8_clip
+
+    monkeypatch.setattr(int8_clip, "CLIP_FRACTIONS", int8_clip.CLIP_FRACTIONS[:1])
+    monkeypatch.setattr(int8_clip, "REFINE_FACTORS", np.ones(1))
+
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Sub", ["x", "m"], ["c"]),
+        helper.make_node("Mul", ["c", "s"], ["n"]),
+        helper.make_node("MatMul", ["n", "w"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "b"], ["y"], name="add"),
+    ]
+    inits = {"m": rng.normal(size=6), "s": rng.uniform(0.5, 2, 6), "w": rng.normal(size=(6, 3)), "b": np.zeros(3)}
+    model = _graph(nodes, [None, 6], [None, 3], inits)
+    x = (rng.normal(size=(200, 6)) * np.geomspace(1e-3, 1e3, 6)).astype(np.float32)
+    prepared, prep, in_float = prepare_onnx_for_int8(model, x, standardize=True, exact=True)
+    names = [n.name for n in prepared.graph.node]
+    assert in_float[:2] == tuple(names[:2]) and all(n.startswith("deploykit_float_input_") for n in names[:2])
+    assert in_float[2:] == ("int8_input_standardization/sub", "int8_input_standardization/div")
+    assert prep.steps[0] == "float_input_standardization"
+    before, after = _run(model, ["y"], x)[0], _run(prepared, ["y"], x)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
