@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_faster import MOBILENET_BN_MOMENTUM, MOBILENET_ROWS, images, keras_io_convnet, mobilenet, upscaled
-from common import RESULTS, write_results
+from common import RESULTS, accuracy_change, write_results
 
 TITLES = {
     "mlp": "book MLP (300/100, ELU)",
@@ -106,7 +106,6 @@ def measured(key: str) -> dict:
     import onnxruntime as ort
 
     from deploykit.export.runtimes import interleaved_fastest
-    from deploykit.stats import accuracy_change_interval
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, x_test, y_test, source, training = files(key, Path(tmp))
@@ -124,12 +123,9 @@ def measured(key: str) -> dict:
             times[batch] = interleaved_fastest(calls, repeats, SECONDS)
     rows = []
     for label in paths:
-        change = accuracy_change_interval(correct["float32"], correct[label])
         rows.append(
             {
-                "file": label,
-                "accuracy": float(correct[label].mean()),
-                "delta": [change.estimate, change.low, change.high],
+                **accuracy_change(correct, label),
                 "b1_ms": times[1][label] * 1e3,
                 "b256_ms": times[256][label] * 1e3,
                 "b1_speedup": times[1]["float32"] / times[1][label],

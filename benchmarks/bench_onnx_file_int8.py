@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_faster import BOOK, MOBILENET_BN_MOMENTUM, images, keras_io_convnet, mobilenet, upscaled
-from common import FASHION, write_results
+from common import FASHION, accuracy_change, write_results
 
 MODELS = ("tabular", "tabular-folded", "book", "kerasio", "mobilenet")
 CALIBRATION, TEST_SHARE, SECONDS = 300, 0.2, 2.0
@@ -131,7 +131,6 @@ def measured(key: str) -> dict:
     import onnxruntime as ort
 
     from deploykit.export.runtimes import interleaved_fastest
-    from deploykit.stats import accuracy_change_interval
 
     x, y, x_test, y_test = data_of(key)
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,12 +150,9 @@ def measured(key: str) -> dict:
         times = interleaved_fastest({k: (lambda s=s: s.run(None, {name: xb})) for k, s in sessions.items()}, 5, SECONDS)
     rows = []
     for label in files:
-        change = accuracy_change_interval(correct["float32"], correct[label])
         rows.append(
             {
-                "file": label,
-                "accuracy": float(correct[label].mean()),
-                "delta": [change.estimate, change.low, change.high],
+                **accuracy_change(correct, label),
                 "b256_speedup": times["float32"] / times[label],
                 "seconds": files[label][1],
             }

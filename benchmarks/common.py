@@ -28,3 +28,17 @@ def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS, 
     write_text(folder / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
     if not quiet:
         print(markdown)
+
+
+def accuracy_change(correct: dict, label: str, reference: str = "float32") -> dict:
+    """One file's test figures against the reference file's on the same rows: ``file``, ``accuracy`` and ``delta``
+    (the change with its 95% paired interval, deploykit.stats.accuracy_change_interval). ``correct``: {file label:
+    booleans per row}."""
+    from deploykit.stats import accuracy_change_interval
+
+    change = accuracy_change_interval(correct[reference], correct[label])
+    return {
+        "file": label,
+        "accuracy": float(correct[label].mean()),
+        "delta": [change.estimate, change.low, change.high],
+    }
