@@ -153,11 +153,11 @@ def _standardized(graph, model, calibration: np.ndarray, grid: bool = True):
     kernel rows and bias absorb it exactly. A first kernel layer that is not a Dense one is a StepError (that int8
     try fails, not the run)."""
     from deploykit.core.graph import LayerSpec, Node
-    from deploykit.core.layers import Role
     from deploykit.errors import StepError
 
-    first = next((n for n in graph.nodes if n.spec.support.prunable), None)
-    if first is None or first.spec.support.role is not Role.DENSE or len(first.inputs) != 1:
+    first = standardization_target(graph)
+    if first is None:
+        first = next((n for n in graph.nodes if n.spec.support.prunable), None)
         raise StepError(
             "a float input standardization goes in front of a first Dense layer; this model's first "
             f"kernel layer is {first.spec.class_name if first else 'missing'}"
@@ -206,13 +206,20 @@ def standardized_knobs(knobs, quant):
     return dataclasses.replace(knobs, standardize_input=True, exclude=kept)
 
 
-def dense_first(model) -> bool:
-    """Whether a Keras model's first kernel layer is a Dense one: where the float standardization goes."""
-    from deploykit.core.graph import graph_from_model
+def standardization_target(graph):
+    """The node the float standardization goes in front of: the graph's first kernel layer when it is a Dense one
+    with one input, else None (the int8 search, export's recovery and the standardization itself ask this)."""
     from deploykit.core.layers import Role
 
-    first = next((n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable), None)
-    return first is not None and first.spec.support.role is Role.DENSE and len(first.inputs) == 1
+    first = next((n for n in graph.nodes if n.spec.support.prunable), None)
+    return first if first is not None and first.spec.support.role is Role.DENSE and len(first.inputs) == 1 else None
+
+
+def dense_first(model) -> bool:
+    """Whether a Keras model has a :func:`standardization_target`."""
+    from deploykit.core.graph import graph_from_model
+
+    return standardization_target(graph_from_model(model, unsafe=True)) is not None
 
 
 def standardization_scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

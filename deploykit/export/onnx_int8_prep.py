@@ -10,10 +10,11 @@ onnxruntime's quantizers take a file as it is. Two things spoil int8 there that 
    DepthwiseConv2D, channels last), on its inputs measured in onnxruntime on the calibration samples;
 2. inputs on scales far apart (raw tabular features): one int8 scale per tensor rounds the small features to zero,
    whether the first quantized op is the first MatMul of a folded file or the ``Mul`` of a Normalization the file
-   still holds. With ``standardize_input`` (``QuantConfig``) a float standardization (``Sub``, ``Mul``; its
+   still holds. With ``standardize_input`` (``QuantConfig``) a float standardization (``Sub``, ``Div``; its
    constants on the same grid as the Keras side's, :func:`~deploykit.export.int8_prep.on_grid`) goes in front of
    the first Gemm / MatMul, whose kernel rows and bias absorb it exactly, and it and every op before it stay in
-   float (named for ``QuantConfig.exclude``), so the first int8 tensor holds features of one scale.
+   float (their names returned for the quantizer's ``keep_float``), so the first int8 tensor holds features of one
+   scale.
 
 The prepared graph is only the quantizer's input; validation compares the int8 file with the file given.
 """
@@ -349,9 +350,9 @@ def _run(proto, tensors: list[str], x: np.ndarray, outputs: bool = False) -> lis
 def _batches(proto, tensors: list[str], x: np.ndarray, outputs: bool = False):
     """Per batch of ``x``: the values of ``tensors`` (after the graph's outputs with ``outputs``)."""
     import onnx
-    import onnxruntime as ort
 
     from deploykit.export.onnx_quant import graph_input
+    from deploykit.onnx.sessions import proto_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
@@ -361,15 +362,7 @@ def _batches(proto, tensors: list[str], x: np.ndarray, outputs: bool = False):
         [onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in declared and t != source]
     )
     names = ([o.name for o in proto.graph.output] if outputs else []) + [t for t in tensors if t != source]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ConversionError(
-            f"int8 preparation: onnxruntime cannot load the file ({type(exc).__name__}: {exc})"
-        ) from None
+    session = proto_session(probe, what="int8 preparation", optimized=False)
     for start in range(0, len(x), BATCH):
         part = np.ascontiguousarray(x[start : start + BATCH], np.float32)
         try:

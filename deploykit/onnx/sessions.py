@@ -48,7 +48,27 @@ def onnx_session(
         options.intra_op_num_threads = int(threads)
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return _opened(model, options, providers, f"{what}{path}")
+
+
+def proto_session(proto, *, what: str, optimized: bool = True):
+    """An ``onnxruntime.InferenceSession`` of an in-memory graph deploykit made from a file already checked
+    (:func:`deploykit.onnx.file.load_onnx`), e.g. with intermediate tensors added as outputs; ``what`` names it in
+    the error. ``optimized=False``: onnxruntime's graph optimizations off, so every tensor the graph names exists."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return _opened(proto.SerializeToString(), options, None, what)
+
+
+def _opened(model: bytes, options, providers: list[str] | None, label: str):
+    """The session of ``model``'s bytes, or one ModelLoadError naming ``label``."""
+    import onnxruntime as ort
+
     try:
         return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelLoadError(f"{what}{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(f"{label}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None

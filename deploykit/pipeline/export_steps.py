@@ -96,18 +96,20 @@ def _int8_export(fmt: ExportFormat, quant: Quantization, model, ctx: RunContext)
     """One requested int8 variant: the first setting within the budget (see int8_search), each try reported."""
     from deploykit.core.graph import graph_from_model
     from deploykit.export.int8_fallback import layer_kernels, rank_candidates
+    from deploykit.export.int8_prep import standardization_target
     from deploykit.pipeline.int8_search import chosen, export_int8, int8_variants, raw_scales, search_int8
 
     step = ctx.config.export
     taken = {q for f, q in step.variants() if f is fmt}  # variants requested on their own are not fallbacks
-    prunable = [n for n in graph_from_model(model, unsafe=True).nodes if n.spec.support.prunable]
+    graph = graph_from_model(model, unsafe=True)
+    prunable = [n for n in graph.nodes if n.spec.support.prunable]
     variants = int8_variants(
         fmt,
         quant,
         _knobs(ctx),
         [n.name for n in prunable],
         taken - {quant},
-        dense_first=bool(prunable) and prunable[0].spec.support.role is Role.DENSE,
+        dense_first=standardization_target(graph) is not None,
         raw_scales=raw_scales(ctx.data.feature_var),
         convolutions=any(n.spec.support.role is Role.CONV for n in prunable),
         ranked=rank_candidates(layer_kernels(model, [n.name for n in prunable])),
