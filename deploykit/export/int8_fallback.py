@@ -56,7 +56,9 @@ class FallbackReport(Record):
     standardized: bool = False  # the inputs standardized in float first (deploykit.export.int8_layers)
 
     def describe(self) -> str:
-        first = "inputs standardized in float, " if self.standardized else ""
+        from deploykit.export.int8_prep import STANDARDIZED_NOTE
+
+        first = f"{STANDARDIZED_NOTE}, " if self.standardized else ""
         if self.passed:
             kept = f"{', '.join(self.kept_float)} returned to float" if self.kept_float else "no layer in float"
             return f"{first}{kept} ({self.tries} tries)"
