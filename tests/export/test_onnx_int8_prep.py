@@ -54,7 +54,7 @@ CONVS = {
 
 
 @pytest.mark.parametrize("case", list(CONVS))
-def test_a_conv_node_is_read_as_its_keras_layer_on_its_own_receptive_fields(case):
+def test_a_conv_node_is_read_as_its_keras_layer_on_its_own_receptive_fields(case, monkeypatch):
     """rows @ kernel + bias (every receptive field the clip search may sample, channels last) is the node's output
     in onnxruntime: the kernel layout, pads, strides, dilations and depthwise groups are the node's."""
     rng = np.random.default_rng(0)
@@ -63,12 +63,9 @@ def test_a_conv_node_is_read_as_its_keras_layer_on_its_own_receptive_fields(case
     (kernel,) = _kernels(model)
     from deploykit.export import int8_clip
 
-    original = int8_clip.MAX_PATCHES, int8_clip.MIN_PATCHES
-    int8_clip.MAX_PATCHES = int8_clip.MIN_PATCHES = 10**6  # every position: rows in (sample, i, j) order
-    try:
-        ((rows, _),) = _kernel_rows(model, [kernel], x)
-    finally:
-        int8_clip.MAX_PATCHES, int8_clip.MIN_PATCHES = original
+    monkeypatch.setattr(int8_clip, "MAX_PATCHES", 10**6)  # every position: rows in (sample, i, j) order
+    monkeypatch.setattr(int8_clip, "MIN_PATCHES", 10**6)
+    ((rows, _),) = _kernel_rows(model, [kernel], x)
     w, b = kernel.spec.weights
     if kernel.spec.class_name == "DepthwiseConv2D":
         taps, groups, mult = int(np.prod(w.shape[:2])), w.shape[2], w.shape[3]
