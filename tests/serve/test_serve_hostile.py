@@ -116,7 +116,12 @@ def test_heavy_mc_request_is_refused_before_it_runs(server):
 
 
 def test_health_answers_during_a_heavy_request(server):
-    """A large allowed request runs in a worker thread: health does not wait for it."""
+    """A large allowed request runs in a worker thread: health does not wait for it.
+
+    Heavy requests are sent back to back for the whole probing window, so every
+    health probe overlaps one (a single request raced a fixed sleep and, on a
+    fast machine, finished before the first probe).
+    """
     x = np.random.default_rng(0).uniform(0, 16, (1024, 64)).astype(np.float32).tolist()
     body = json.dumps(
         {
@@ -125,23 +130,26 @@ def test_health_answers_during_a_heavy_request(server):
             "outputs": [{"name": "mean"}],
         }
     ).encode()
-    done = {}
+    stop, answers, sent = threading.Event(), [], threading.Event()
 
     def heavy():
-        started = time.perf_counter()
-        done["status"], done["body"] = request(f"{server.base}/v2/models/mc_triton/infer", body, JSON)
-        done["seconds"] = time.perf_counter() - started
+        while not stop.is_set():
+            sent.set()
+            started = time.perf_counter()
+            status, answer = request(f"{server.base}/v2/models/mc_triton/infer", body, JSON)
+            answers.append((status, answer, time.perf_counter() - started))
 
     thread = threading.Thread(target=heavy)
     thread.start()
-    time.sleep(0.2)
-    health = []
-    while thread.is_alive() and len(health) < 50:  # bounded
-        health.append(timed_health(server))
+    assert sent.wait(10)
+    time.sleep(0.05)  # the first request is on the wire
+    health = [timed_health(server) for _ in range(30)]
+    stop.set()
     thread.join(120)
-    assert done["status"] == 200, done["body"][:300]
-    assert json.loads(done["body"])["outputs"][0]["shape"] == [1024, 10]
-    assert health and max(health) < 1.0, (done["seconds"], [round(h, 3) for h in health])
+    assert answers and all(status == 200 for status, _, _ in answers), answers[0][1][:300]
+    assert json.loads(answers[0][1])["outputs"][0]["shape"] == [1024, 10]
+    seconds = [round(s, 3) for _, _, s in answers]
+    assert max(health) < 1.0, (seconds, [round(h, 3) for h in health])
 
 
 def test_names_echoed_in_errors_and_logs_are_bounded_and_escaped(server):
