@@ -186,9 +186,9 @@ def render_seeds(runs: list[dict], source: str) -> str:
     sizes: dict[tuple[str, str], list] = {}
     for run in runs:
         f = fastest_within(run)
-        best.setdefault(
-            (run.get("key", "book"), f"{run.get('model', 'book MLP')}, structured budget share {_share_of(run)}"), []
-        ).append(f)
+        arm = (run.get("key", "book"), f"{run.get('model', 'book MLP')}, structured budget share {_share_of(run)}")
+        best.setdefault(arm, []).append(f)
+        sizes.setdefault(arm, []).append(smallest_within(run))  # this run's arm (runs of several arms interleave)
         tries = {t["setting"]: t for t in run["tries"]}
         tried = ", ".join(_tried(tries.get(f"structured {100 * v:.0f}%", {})) for v in run["structured"]["tried"])
         share = 0.0 if f is not None and f["file"].startswith("original.") else run["structured"]["kept"]  # fallback
@@ -201,7 +201,6 @@ def render_seeds(runs: list[dict], source: str) -> str:
             f"{'—' if f is None else _change(f)} | {'—' if f is None else _speed(f)} | {len(run['files'])} | "
             f"{tried or 'none'} |"
         )
-        sizes.setdefault(next(reversed(best)), []).append(smallest_within(run))
     lines += [""] + [f"- {what}: {_seed_summary(b, key, sizes[key, what])}" for (key, what), b in best.items()]
     for run in runs:
         lines += [
