@@ -143,13 +143,18 @@ def test_health_answers_during_a_heavy_request(server):
     thread.start()
     assert sent.wait(10)
     time.sleep(0.05)  # the first request is on the wire
-    health = [timed_health(server) for _ in range(30)]
+    health, deadline = [], time.monotonic() + 60
+    while (len(answers) < 2 or len(health) < 30) and time.monotonic() < deadline:  # whole requests covered
+        health.append(timed_health(server))
+        time.sleep(0.005)
     stop.set()
     thread.join(120)
     assert answers and all(status == 200 for status, _, _ in answers), answers[0][1][:300]
     assert json.loads(answers[0][1])["outputs"][0]["shape"] == [1024, 10]
-    seconds = [round(s, 3) for _, _, s in answers]
-    assert max(health) < 1.0, (seconds, [round(h, 3) for h in health])
+    seconds = [s for _, _, s in answers]
+    shown = ([round(s, 3) for s in seconds], sorted(round(h, 4) for h in health))
+    # waiting behind a heavy request would cost a probe part of one (0.2 s and more): health answers in far less
+    assert max(health) < 1.0 and statistics.median(health) < 0.1 * min(seconds), shown
 
 
 def test_names_echoed_in_errors_and_logs_are_bounded_and_escaped(server):
