@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -166,12 +167,16 @@ def data_source(args) -> str:
 
 
 def load_data_arg(args, model=None):
-    """``--data`` as a Dataset; ``model`` (loaded) lets an .npz name its arrays after the model's several inputs /
-    outputs."""
+    """``--data`` as a Dataset; ``model`` (a loaded Keras model, or an artifact's path) lets an .npz name its arrays
+    after the model's several inputs / outputs."""
     from deploykit.data.dataset import SplitConfig, load_dataset
 
     layout = None
-    if model is not None:
+    if isinstance(model, (str, os.PathLike)):
+        from deploykit.export.runtimes import open_runner
+
+        layout = open_runner(model).layout
+    elif model is not None:
         from deploykit.core.multi_io_model import layout_of
 
         layout = layout_of(model)

@@ -224,7 +224,7 @@ def _run(args) -> int:
     conformal = _conformal_config(args)
     out = check_dir_target(Path(args.out), force=args.force)
     model = args.model if onnx_source else _load_model(args)
-    data = _load_data(args, None if onnx_source else model)
+    data = _load_data(args, model)  # an .onnx file's several inputs name an .npz's arrays as a model's do
     if conformal is not None:
         from deploykit.uncertainty.conformal_step import check_calibration_rows
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.atomic import atomic_dir, write_text
+from deploykit.core.multi_io import Layout
 from deploykit.core.task import OutputKind, Task
 from deploykit.errors import ConversionError, Mismatch, UsageError, ValidationError
 from deploykit.export.artifact import ExportRecord, check_model_input
@@ -149,15 +150,12 @@ def export_bundle(
     config = config or ExportConfig()
     say = progress or (lambda message: None)
     source = _Source.of(model, config)
-    from deploykit.core.multi_io_model import layout_of
-
-    layout = layout_of(source.keras) if source.keras is not None else None  # an .npz named after several tensors
-    data = as_dataset(data, task=task, layout=layout) if data is not None else _generated(source, config, task)
+    data = as_dataset(data, task=task, layout=source.layout) if data is not None else _generated(source, config, task)
     generated = data.name == GENERATED
     if source.keras is not None:  # input shape, outputs and task: the one data / model check
         task, kind = data.check_model(source.keras)
     else:
-        task, kind = source.task_and_output
+        task, kind = source.onnx_task(task or (None if generated else data.task))
     data.check_input_shape((None, *source.input_shape), what=f"model {source.name!r}")
     out = Path(out)
     reference = predict_batches(source.reference_outputs(kind), data.x_test)  # probabilities (a binary head's [N, 2])
@@ -222,8 +220,9 @@ class _Source:
     reference: Callable  # reference(x, training=False) -> probabilities
     export: Callable  # export(fmt, quant, path, data, config, meta) -> ExportRecord
     keras: Any = None  # the Keras model exported from (None for an ONNX file)
-    task_and_output: tuple = (Task.CLASSIFICATION, OutputKind.PROBABILITIES)  # an ONNX file's deploykit.core.task
+    task_and_output: tuple | None = None  # an ONNX file's deploykit.core.task, from its metadata (None: not written)
     path: Path | None = None  # the float32 ONNX file quantized (None for a Keras model)
+    layout: Layout | None = None  # several inputs / outputs: how data rows pack them (an .npz may name them)
 
     @classmethod
     def of(cls, model, config: ExportConfig) -> _Source:
@@ -244,9 +243,26 @@ class _Source:
                 task=meta.task_and_output()[0],
             )
 
+        from deploykit.core.multi_io_model import layout_of
+
         return cls(
-            model.name, check_model_input(model), lambda b, training=False: model(b, training=False), export, model
+            model.name,
+            check_model_input(model),
+            lambda b, training=False: model(b, training=False),
+            export,
+            model,
+            layout=layout_of(model),
         )
+
+    def onnx_task(self, task: Task | None) -> tuple[Task, OutputKind]:
+        """An ONNX file's (task, output kind): what its deploykit metadata says; a file without it (a converter's) is
+        a regressor when ``task`` (the user's, else the data's) is one, else a softmax classifier (as files written
+        before the metadata existed are read)."""
+        if self.task_and_output is not None:
+            return self.task_and_output
+        if task is Task.REGRESSION:
+            return Task.REGRESSION, OutputKind.VALUES
+        return Task.CLASSIFICATION, OutputKind.PROBABILITIES
 
     def reference_outputs(self, kind: OutputKind) -> Callable:
         """``reference(x)`` as the artifacts' main output holds it: a logits classifier's softmaxed."""
@@ -268,17 +284,19 @@ class _Source:
         runner = OnnxRunner(path)
 
         def export(fmt, quant, out, data, config, meta):
-            return quantize_onnx_file(path, out, quant, data, config=config.quantization)
+            return quantize_onnx_file(path, out, quant, data, config=config.quantization, metadata=meta)
 
         from deploykit.export.metadata import read_metadata
 
+        meta = read_metadata(runner.session)
         return cls(
             path.stem,
             tuple(runner.input_shape),
             lambda b, training=False: runner.predict(b),
             export,
-            task_and_output=read_metadata(runner.session).task_and_output(),
+            task_and_output=meta.task_and_output() if meta.task else None,
             path=path,
+            layout=runner.layout,
         )
 
 
@@ -294,7 +312,7 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
         task, kind = model_task(source.keras, task=task)
         vocabulary = _token_vocabulary(source.keras)
     else:
-        task, kind = task or source.task_and_output[0], source.task_and_output[1]
+        task, kind = source.onnx_task(task)
     return generated_dataset(
         source.reference_outputs(kind),
         source.input_shape,

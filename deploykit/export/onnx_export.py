@@ -33,7 +33,13 @@ from deploykit.export.int8_prep import (
     variant_source,
 )
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
-from deploykit.export.onnx_quant import graph_input, quantize_float16, quantize_int8_dynamic, quantize_int8_static
+from deploykit.export.onnx_quant import (
+    graph_inputs,
+    input_layout,
+    quantize_float16,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
 from deploykit.io.inputs import as_calibration, as_model
 from deploykit.onnx.builder import MAX_OPSET, MIN_OPSET
 
@@ -118,6 +124,7 @@ def quantize_onnx_file(
     calibration_data=None,
     *,
     config: QuantConfig | None = None,
+    metadata: ModelMetadata | None = None,
 ) -> ExportRecord:
     """Quantize an existing float32 ONNX file into ``path`` ("float16", "int8-dynamic", "int8-static"...).
 
@@ -125,7 +132,8 @@ def quantize_onnx_file(
     :func:`~deploykit.export.onnx_int8_prep.prepare_onnx_for_int8` prepares it for an int8 variant given
     ``calibration_data`` (weight clip search and bias correction; with ``config.standardize_input``, a float
     standardization of the first Gemm / MatMul's input). The deploykit metadata the file carries is kept and
-    completed.
+    completed: ``metadata`` (what the caller resolved: the task, the class names) fills in what the file's own
+    does not say (a converter's file has none), so the quantized file is served as what it is.
     """
     import onnx
 
@@ -139,24 +147,17 @@ def quantize_onnx_file(
     from deploykit.onnx.file import load_onnx
 
     proto = load_onnx(source)  # external data contained in the source's folder, declared sizes bounded
-    name = graph_input(proto)
-    dims = next(v for v in proto.graph.input if v.name == name).type.tensor_type.shape.dim[1:]
-    if any(not d.HasField("dim_value") for d in dims):
-        raise UsageError(
-            f"{source}: input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape"
-        )
-    input_shape = tuple(int(d.dim_value) for d in dims)
+    name, input_shape, single = _input_of(source, proto)
     if quant.needs_calibration and calibration_data is None:
         raise UsageError(f"ONNX {quant.value} quantization needs calibration data (--data)")
     start = time.perf_counter()
     calibration, prep, in_float = None, None, ()
-    single = len({v.name for v in proto.graph.input} - {t.name for t in proto.graph.initializer}) == 1
     # a calibrated variant samples its data; an int8 one given data is prepared too, where it has one input
     if quant.needs_calibration or (quant.precision is Precision.INT8 and calibration_data is not None and single):
         calibration = calibration_samples(
             as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed
         )
-    base = read_metadata(proto)
+    base = _completed(read_metadata(proto), metadata)
     if calibration is not None and single:
         from deploykit.export.onnx_int8_prep import prepare_onnx_for_int8
 
@@ -178,6 +179,49 @@ def quantize_onnx_file(
         path, quant, input_shape, num_classes, time.perf_counter() - start, prep, calibration, None, meta, outputs
     )
     return dataclasses.replace(record, input_name=name)
+
+
+def _completed(own: ModelMetadata, given: ModelMetadata | None) -> ModelMetadata:
+    """The file's own metadata, its empty task / class names / reference accuracy taken from ``given``."""
+    if given is None:
+        return own
+    return dataclasses.replace(
+        own,
+        task=own.task or given.task,
+        class_names=own.class_names or list(given.class_names),
+        reference_accuracy=own.reference_accuracy if own.reference_accuracy is not None else given.reference_accuracy,
+    )
+
+
+def _input_of(source: Path, proto) -> tuple[str, tuple[int, ...], bool]:
+    """(first input's name, the per-sample shape data rows have, one input?): several inputs are read as one packed
+    row ([D], every input flattened side by side in name order: :func:`~deploykit.export.onnx_quant.input_layout`)."""
+    inputs = graph_inputs(proto)
+    try:
+        layout = input_layout(proto)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    if layout is not None:
+        _one_batch_axis(proto, list(inputs))
+        return next(iter(inputs)), (layout.input_size,), False
+    name, dims = next(iter(inputs.items()))
+    if None in dims:
+        raise UsageError(
+            f"{source}: input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape"
+        )
+    return name, tuple(dims), True
+
+
+def _one_batch_axis(proto, names: list[str]) -> None:
+    """Name the batch axis of every input alike (the first one's name, else ``N``): rows of the several inputs are
+    one batch, and a converter that named them apart (tf2onnx: ``unk__6``, ``unk__7``) leaves onnxruntime's
+    symbolic shape inference unable to join them where the inputs meet (``Incomplete symbolic shape inference``
+    from the int8-static pre-processing)."""
+    dims = [next(v for v in proto.graph.input if v.name == n).type.tensor_type.shape.dim[0] for n in names]
+    batch = next((d.dim_param for d in dims if d.dim_param), "N")
+    for d in dims:
+        if not d.HasField("dim_value"):
+            d.dim_param = batch
 
 
 def quantize_proto(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.core.multi_io import Layout
+from deploykit.errors import UsageError
 from deploykit.export.config import ActivationType, CalibrationMethod
-from deploykit.export.convert import INPUT_NAME
 from deploykit.export.onnx_layers import excluded_nodes
 from deploykit.log import quiet_native
 
@@ -109,7 +110,7 @@ def quantize_int8_static(
             quantize_static(
                 str(pre),
                 str(dst),
-                _Reader(calibration, graph_input(proto)),
+                _Reader(calibration, proto),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
@@ -147,8 +148,31 @@ _ORT_METHOD = {
 
 def graph_input(proto) -> str:
     """The name of the graph's first real input (initializers listed as inputs are not inputs)."""
+    return next(iter(graph_inputs(proto)))
+
+
+def graph_inputs(proto) -> dict[str, tuple[int | None, ...]]:
+    """The graph's real inputs (initializers listed as inputs are not inputs): name -> per-sample shape, an axis
+    without a fixed size as None."""
     initializers = {t.name for t in proto.graph.initializer}
-    return next(v.name for v in proto.graph.input if v.name not in initializers)
+    return {
+        v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim[1:])
+        for v in proto.graph.input
+        if v.name not in initializers
+    }
+
+
+def input_layout(proto) -> Layout | None:
+    """How a graph with several inputs reads one packed row (every input flattened, side by side in name order, as
+    :class:`~deploykit.export.runtimes.OnnxRunner` and the data of such a model hold them); None with one input.
+    Each input needs a fixed per-sample shape (:class:`~deploykit.errors.UsageError` names the one that has not)."""
+    inputs = graph_inputs(proto)
+    if len(inputs) < 2:
+        return None
+    for name, dims in inputs.items():
+        if None in dims:
+            raise UsageError(f"input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape")
+    return Layout.of(inputs, {})
 
 
 #: Ops that turn scores into probabilities. Quantized at the end of the graph they round every probability to the
@@ -179,15 +203,19 @@ def float_heads(proto) -> list[str]:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an array, one sample per call."""
+    """onnxruntime's CalibrationDataReader protocol over an array, one sample per call: a graph with several inputs
+    gets each row cut into them as the runners cut a packed row (:func:`input_layout`)."""
 
-    def __init__(self, x: np.ndarray, input_name: str = INPUT_NAME):
+    def __init__(self, x: np.ndarray, proto):
         self._rows = iter(np.asarray(x, dtype=np.float32))
-        self._name = input_name
+        self._layout = input_layout(proto)
+        self._name = graph_input(proto)
 
     def get_next(self):
         row = next(self._rows, None)
-        return None if row is None else {self._name: row[None]}
+        if row is None:
+            return None
+        return {self._name: row[None]} if self._layout is None else self._layout.split_inputs(row[None])
 
 
 @contextlib.contextmanager

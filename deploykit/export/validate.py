@@ -112,7 +112,7 @@ class ValidationReport(Record):
         parts = [f"{self.artifact.name}: RMSE {t.rmse:.4g}, max abs error {t.max_abs_error:.4g} (targets)"]
         if self.reference_errors is not None:
             r = self.reference_errors
-            parts.append(f"vs Keras: max abs {r.max_abs_error:.2g}, max rel {r.max_rel_error:.2g}")
+            parts.append(f"vs the source model: max abs {r.max_abs_error:.2g}, max rel {r.max_rel_error:.2g}")
         parts.append(f"{self.gzip_bytes / 1024:.1f} KiB gzip")
         parts.append("ok" if self.passed else "FAILED: " + "; ".join(map(str, self.mismatches)))
         return ", ".join(parts)
