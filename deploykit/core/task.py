@@ -157,6 +157,28 @@ def _sigmoid_task(outputs: int, task: Task | None, labels_are_classes: bool | No
     return Task.CLASSIFICATION, OutputKind.SIGMOID
 
 
+#: Rows of probabilities sum to 1 within this (float32 softmax outputs, a float16 file's included).
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def kind_of_outputs(out, classes: int) -> OutputKind:
+    """What a classifier's raw outputs hold, read off their values on some rows (a converter's ONNX file does not
+    say): one column in [0, 1] is a sigmoid's P(class 1), any other one column a binary logit; ``classes`` columns
+    of non-negative rows summing to 1 are probabilities, else logits. Other widths: PROBABILITIES (the output
+    contract check then names the mismatch)."""
+    import numpy as np
+
+    out = np.asarray(out, np.float64)
+    out = out.reshape(len(out), -1)
+    if out.shape[1] == 1 and classes == 2:
+        return OutputKind.SIGMOID if ((out >= 0) & (out <= 1)).all() else OutputKind.BINARY_LOGITS
+    if out.shape[1] == classes > 1 and not (
+        (out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE)
+    ):
+        return OutputKind.LOGITS
+    return OutputKind.PROBABILITIES
+
+
 def model_task(model, task: Task | None = None, labels_are_classes: bool | None = None) -> tuple[Task, OutputKind]:
     """:func:`resolve_task` of a tf_keras model: its last layer read through the graph, its output width.
 

@@ -155,7 +155,7 @@ def export_bundle(
     if source.keras is not None:  # input shape, outputs and task: the one data / model check
         task, kind = data.check_model(source.keras)
     else:
-        task, kind = source.onnx_task(task or (None if generated else data.task))
+        task, kind = source.onnx_task(task or (None if generated else data.task), None if generated else data)
     data.check_input_shape((None, *source.input_shape), what=f"model {source.name!r}")
     out = Path(out)
     reference = predict_batches(source.reference_outputs(kind), data.x_test)  # probabilities (a binary head's [N, 2])
@@ -211,6 +211,10 @@ def export_bundle(
     return _moved(bundle, out)
 
 
+#: Rows a converter's classifier file is run on to read what its output holds.
+KIND_ROWS = 256
+
+
 @dataclass
 class _Source:
     """What a bundle exports from: a Keras model, or a float32 ONNX file quantized as it is."""
@@ -254,21 +258,28 @@ class _Source:
             layout=layout_of(model),
         )
 
-    def onnx_task(self, task: Task | None) -> tuple[Task, OutputKind]:
+    def onnx_task(self, task: Task | None, data=None) -> tuple[Task, OutputKind]:
         """An ONNX file's (task, output kind): what its deploykit metadata says; a file without it (a converter's) is
-        a regressor when ``task`` (the user's, else the data's) is one, else a softmax classifier (as files written
-        before the metadata existed are read)."""
+        a regressor when ``task`` (the user's, else the data's) is one, else a classifier whose output holds what
+        its values on ``data``'s validation rows say (probabilities, logits, a sigmoid or a logit unit:
+        :func:`~deploykit.core.task.kind_of_outputs`); without data, probabilities (as files written before the
+        metadata existed are read)."""
+        from deploykit.core.task import kind_of_outputs
+
         if self.task_and_output is not None:
             return self.task_and_output
         if task is Task.REGRESSION:
             return Task.REGRESSION, OutputKind.VALUES
-        return Task.CLASSIFICATION, OutputKind.PROBABILITIES
+        if data is None:
+            return Task.CLASSIFICATION, OutputKind.PROBABILITIES
+        rows = data.x_val if len(data.x_val) else data.x_train
+        return Task.CLASSIFICATION, kind_of_outputs(self.reference(rows[:KIND_ROWS]), data.num_classes)
 
     def reference_outputs(self, kind: OutputKind) -> Callable:
         """``reference(x)`` as the artifacts' main output holds it: a logits classifier's softmaxed."""
         from deploykit.core.evaluate import main_outputs
 
-        if self.keras is None:  # an ONNX file's runner gives its main output already
+        if self.keras is None and self.task_and_output is not None:  # a deploykit file's main output is served
             return self.reference
         return lambda b, training=False: main_outputs(np.asarray(self.reference(b, training=False)), kind)
 

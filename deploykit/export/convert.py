@@ -180,6 +180,29 @@ def _add_softmax(proto, spec: TaskSpec, opset: int) -> None:
     out.name = probabilities
 
 
+def add_probabilities(proto, kind: OutputKind) -> bool:
+    """A converter's classifier file (its main output logits or one sigmoid / logit unit): the ``probabilities``
+    output the contract serves, appended beside the file's own outputs, which keep their names for the user's
+    clients. Nothing for a file that gives probabilities already (False)."""
+    import onnx
+
+    spec = spec_of(kind)
+    if kind is OutputKind.PROBABILITIES or not spec.classification:
+        return False
+    graph, name = proto.graph, spec.served_outputs[-1]
+    if any(o.name == name for o in graph.output):
+        return False
+    g, old = GraphBuilder.editing(proto, "deploykit_head"), graph.output[0]
+    if kind is OutputKind.SIGMOID:
+        spec.onnx_binary_of_probability(g, old.name, output=name)
+    else:
+        spec.onnx_probabilities(g, old.name, output=name)
+    batch = [d.dim_param or d.dim_value or "N" for d in old.type.tensor_type.shape.dim[:1]] or ["N"]
+    width = 2 if spec.binary else old.type.tensor_type.shape.dim[-1].dim_value or "K"
+    graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [batch[0], width]))
+    return True
+
+
 def _add_binary_head(proto, spec: TaskSpec, opset: int) -> None:
     """A binary head's outputs: ``probabilities`` [N, 2] = Softmax(Concat(0, z)) on its logit z (a sigmoid head's:
     the input of its Sigmoid; without one, Concat(1 - p, p)), and a logits head's ``logits`` [N, 1] beside them."""

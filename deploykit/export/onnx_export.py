@@ -24,7 +24,7 @@ from deploykit.export.config import (
     parse_enum,
 )
 from deploykit.export.conversions import onnx_conversion
-from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME
+from deploykit.export.convert import DEFAULT_OPSET, INPUT_NAME, add_probabilities
 from deploykit.export.int8_prep import (
     STANDARDIZATION,
     STANDARDIZED,
@@ -157,7 +157,10 @@ def quantize_onnx_file(
         calibration = calibration_samples(
             as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed
         )
-    base = _completed(read_metadata(proto), metadata)
+    own = read_metadata(proto)
+    base = _completed(own, metadata)
+    if own.task is None and base.task is not None:  # a converter's classifier: the probabilities it is served by
+        add_probabilities(proto, base.task_and_output()[1])
     if calibration is not None and single:
         from deploykit.export.onnx_int8_prep import prepare_onnx_for_int8
 

@@ -186,20 +186,30 @@ _PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Tran
 
 def float_heads(proto) -> list[str]:
     """The names of the probability ops (:data:`PROBABILITY_OPS`) whose outputs reach a graph output through
-    pass-through ops only; an unnamed one is given a name in ``proto`` so the quantizer can exclude it."""
+    pass-through ops only, and of those pass-through ops (a sigmoid's ``[1 - p, p]``: quantized, its ``Sub`` and
+    ``Concat`` would put the sigmoid's output back on the int8 grid); an unnamed one is given a name in ``proto``
+    so the quantizer can exclude it."""
     producers = {out: node for node in proto.graph.node for out in node.output}
-    heads, seen, stack = [], set(), [o.name for o in proto.graph.output]
+    heads, seen, stack = [], set(), [(o.name, ()) for o in proto.graph.output]
     while stack:
-        node = producers.get(stack.pop())
-        if node is None or id(node) in seen:
+        tensor, path = stack.pop()
+        node = producers.get(tensor)
+        key = (id(node), *map(id, path))
+        if node is None or key in seen:
             continue
-        seen.add(id(node))
+        seen.add(key)
         if node.op_type in PROBABILITY_OPS:
-            node.name = node.name or f"deploykit_float_head_{len(heads)}"
-            heads.append(node.name)
-        elif node.op_type in _PASS_THROUGH:
-            stack.extend(node.input)
+            for kept in (node, *path):
+                kept.name = kept.name or f"deploykit_float_head_{len(heads)}"
+                if kept.name not in heads:
+                    heads.append(kept.name)
+        elif node.op_type in _PASS_THROUGH and len(path) < MAX_PASS_THROUGH:
+            stack.extend((name, (*path, node)) for name in node.input)
     return heads
+
+
+#: Pass-through ops followed back from a graph output to its probability op (a served head has two or three).
+MAX_PASS_THROUGH = 8
 
 
 class _Reader:

@@ -98,3 +98,21 @@ def test_the_data_check_resolves_binary_heads_and_refuses_what_does_not_fit(head
             data.check_model(model)
     else:
         assert data.check_model(model) == expected
+
+
+def test_a_classifiers_raw_outputs_say_what_they_hold():
+    """A converter's ONNX file says nothing of its head: its outputs on some rows do (kind_of_outputs)."""
+    import numpy as np
+
+    from deploykit.core.task import kind_of_outputs
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (64, 10))
+    softmax = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    logit = rng.normal(0, 3, (64, 1))
+    assert kind_of_outputs(softmax.astype(np.float32), 10) is OutputKind.PROBABILITIES
+    assert kind_of_outputs(z, 10) is OutputKind.LOGITS
+    assert kind_of_outputs(np.abs(z) / np.abs(z).sum(), 10) is OutputKind.LOGITS  # non-negative, rows not summing to 1
+    assert kind_of_outputs(1 / (1 + np.exp(-logit)), 2) is OutputKind.SIGMOID
+    assert kind_of_outputs(logit, 2) is OutputKind.BINARY_LOGITS
+    assert kind_of_outputs(logit, 3) is OutputKind.PROBABILITIES  # no reading: the output contract names the mismatch
