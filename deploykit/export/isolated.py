@@ -73,6 +73,7 @@ class OpenedArtifact:
     reference_accuracy: float | None  # from an ONNX file's deploykit metadata
     output_name: str = ""  # the output the runner reads (deploykit.core.contract.main_output)
     outputs: dict = field(default_factory=dict)  # {name: (dtype, shape)} as the runtime declares them
+    output_kind: str | None = None  # an ONNX file's deploykit.core.task output kind (None: its metadata says none)
 
 
 @dataclass(frozen=True)
@@ -278,11 +279,12 @@ def _open(path: Path, threads: int | None, describe: bool):
     """Load ``path`` and run one input through it, so allocation happens under the "loading" stage."""
     runner = open_runner(path, threads)
     runner.predict(np.zeros((1, *runner.input_shape), dtype=np.float32))
-    reference_accuracy = None
+    reference_accuracy = kind = None
     if runner.runtime == "onnxruntime":
         from deploykit.export.metadata import read_metadata
 
-        reference_accuracy = read_metadata(runner.session).reference_accuracy
+        meta = read_metadata(runner.session)
+        reference_accuracy, kind = meta.reference_accuracy, (meta.task or {}).get("output")
     quantization = artifact_quantization(path) if describe else None
     return runner, OpenedArtifact(
         runner.format.value,
@@ -292,6 +294,7 @@ def _open(path: Path, threads: int | None, describe: bool):
         reference_accuracy,
         runner.output_name,
         runner.declared_outputs(),
+        kind,
     )
 
 

@@ -17,6 +17,7 @@ ValidationError) for that artifact instead of killing the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,7 @@ def validate(
     x, y = data.x_test, data.y_test
     measured = runtime.measure(x, batch_sizes, repeats)
     check_output_contract(path, measured.outputs, data, opened.output_name)  # widths, before comparing values
+    measured = dataclasses.replace(measured, outputs=_served(opened, measured.outputs, data))
     timings = [Timing(batch, 1e3 * seconds, batch / seconds) for batch, seconds in measured.seconds.items()]
     size, gz = file_sizes(path)
     tol = tolerance if tolerance is not None else Tolerance.for_precision(precision, data.task)
@@ -178,6 +180,21 @@ def validate(
     if check and report.mismatches:
         raise ValidationError(str(path), report.mismatches, report)
     return report
+
+
+def _served(opened, outputs: np.ndarray, data) -> np.ndarray:
+    """A classifier artifact's main output as probabilities: a converter's file (no deploykit task, no served output)
+    may end in logits or one sigmoid / logit unit, read off its values (:func:`~deploykit.core.task.kind_of_outputs`);
+    deploykit's own files serve probabilities already."""
+    from deploykit.core.contract import OUTPUT_NAME, OUTPUT_NAMES
+    from deploykit.core.evaluate import main_outputs
+    from deploykit.core.task import kind_of_outputs
+
+    if data.task is not Task.CLASSIFICATION or opened.output_kind is not None:
+        return outputs
+    if opened.output_name == OUTPUT_NAME or opened.output_name in OUTPUT_NAMES:
+        return outputs
+    return main_outputs(outputs, kind_of_outputs(outputs, data.num_classes))
 
 
 def _reference_outputs(reference, data, x: np.ndarray) -> np.ndarray:

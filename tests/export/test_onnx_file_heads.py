@@ -2,9 +2,10 @@
 
 Its output says nothing of itself: deploykit read every such file as softmax probabilities. A sigmoid head's
 one column then scored every row as class 0 (the Keras tutorial's breast_cancer model: "accuracy 0.3721",
-its int8 file "ok" at 100 % agreement with a probability 0.64 away), a logits file was served as probabilities.
-Now the head is read off its outputs (``deploykit.core.task.kind_of_outputs``), every variant gets the served
-``probabilities`` output beside the file's own (which keeps its name), in float, and says what it is.
+its int8 file "ok" at 100 % agreement with a probability 0.64 away), a logits file was served as probabilities;
+``deploykit validate`` read the file so too. Now the head is read off its outputs
+(``deploykit.core.task.kind_of_outputs``), every variant gets the served ``probabilities`` output beside the file's
+own (which keeps its name), in float, and says what it is.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def test_a_converters_classifier_file_is_validated_and_served_as_its_head(tmp_pa
 
     from deploykit.data.dataset import load_dataset
     from deploykit.export.metadata import read_metadata
+    from deploykit.export.validate import validate
 
     path, x, y = breast_cancer_npz(tmp_path)
     source = _users_file(tmp_path, x, y, head)
@@ -78,7 +80,9 @@ def test_a_converters_classifier_file_is_validated_and_served_as_its_head(tmp_pa
     user = ort.InferenceSession(str(source))
     truth = _probabilities(user.run(None, {"features": data.x_test})[0], head)
     report = json.loads((out / "validation.json").read_text())
-    assert report["reference_accuracy"] == pytest.approx(float(np.mean(truth.argmax(axis=1) == data.y_test)))
+    accuracy = float(np.mean(truth.argmax(axis=1) == data.y_test))
+    assert report["reference_accuracy"] == pytest.approx(accuracy)
+    assert validate(source, data, repeats=1).accuracy == pytest.approx(accuracy)  # the file itself, validated alone
     assert report["reference_accuracy"] > 0.9  # the model's own, not every row scored as class 0
     for entry in report["artifacts"]:
         file = out / entry["validation"]["artifact"]
