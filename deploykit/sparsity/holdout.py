@@ -12,6 +12,9 @@ convnet it cut the final model's validation-test gap from +1.47 to +0.18 pt and 
 budget where the old way shipped none, but on five trainings of the book's network there was no upward gap to remove
 (-0.33 pt on average without it, -0.55 pt with it; paired -0.22 pt, 95% CI -1.22 to +0.78) and it kept smaller
 structured shares on three of them (b256 speed-up of the fastest ONNX within the budget 3.18x on average against 3.99x).
+On five trainings of each convnet (``benchmarks/results/faster_seeds_kerasio_small_holdout.md``) it changed nothing
+that matters: 3 of 5 met 1 pt on test either way, the served file's test change -0.92 / -0.96 pt on average without
+it, -0.99 / -0.66 pt with it.
 
 Too few training rows for a holdout of :data:`HOLDOUT_MIN_ROWS` (fewer than ~200 at 0.15): the fine-tune falls back to
 stopping on the validation rows and says so.
