@@ -152,8 +152,8 @@ def quantize_onnx_file(
         raise UsageError(f"ONNX {quant.value} quantization needs calibration data (--data)")
     start = time.perf_counter()
     calibration, prep, in_float = None, None, ()
-    # a calibrated variant samples its data; an int8 one given data is prepared too, where it has one input
-    if quant.needs_calibration or (quant.precision is Precision.INT8 and calibration_data is not None and single):
+    # a calibrated variant samples its data; an int8 one given data is prepared too
+    if quant.needs_calibration or (quant.precision is Precision.INT8 and calibration_data is not None):
         calibration = calibration_samples(
             as_calibration(calibration_data), knobs.num_calibration, input_shape, knobs.seed
         )
@@ -161,11 +161,11 @@ def quantize_onnx_file(
     base = _completed(own, metadata)
     if own.task is None and base.task is not None:  # a converter's classifier: the probabilities it is served by
         add_probabilities(proto, base.task_and_output()[1])
-    if calibration is not None and single:
+    if calibration is not None:
         from deploykit.export.onnx_int8_prep import prepare_onnx_for_int8
 
-        proto, prep, in_float = prepare_onnx_for_int8(
-            proto, calibration, standardize=knobs.standardize_input, exact=knobs.standardize_exact
+        proto, prep, in_float = prepare_onnx_for_int8(  # the standardization is of the one input a model has
+            proto, calibration, standardize=knobs.standardize_input and single, exact=knobs.standardize_exact
         )
         if not prep.steps or prep.steps[0] != STANDARDIZED:  # none put in: the name would select nothing
             knobs = dataclasses.replace(knobs, exclude=tuple(n for n in knobs.exclude if n != STANDARDIZATION))

@@ -351,29 +351,30 @@ def _batches(proto, tensors: list[str], x: np.ndarray, outputs: bool = False):
     """Per batch of ``x``: the values of ``tensors`` (after the graph's outputs with ``outputs``)."""
     import onnx
 
-    from deploykit.export.onnx_quant import graph_input
+    from deploykit.export.onnx_quant import graph_input, graph_inputs, input_layout
     from deploykit.onnx.sessions import proto_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
-    source = graph_input(proto)
+    sources, layout, first = set(graph_inputs(proto)), input_layout(proto), graph_input(proto)
     declared = {o.name for o in probe.graph.output}
     probe.graph.output.extend(
-        [onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in declared and t != source]
+        [onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in declared and t not in sources]
     )
-    names = ([o.name for o in proto.graph.output] if outputs else []) + [t for t in tensors if t != source]
+    names = ([o.name for o in proto.graph.output] if outputs else []) + [t for t in tensors if t not in sources]
     session = proto_session(probe, what="int8 preparation", optimized=False)
     for start in range(0, len(x), BATCH):
         part = np.ascontiguousarray(x[start : start + BATCH], np.float32)
+        feed = {first: part} if layout is None else layout.split_inputs(part)  # several inputs: a packed row, cut
         try:
-            values = iter(session.run(names, {source: part}))
+            values = iter(session.run(names, feed))
         except Exception as exc:
             raise ConversionError(
                 "int8 preparation: onnxruntime cannot run the file on the calibration samples "
                 f"({type(exc).__name__}: {exc})"
             ) from None
         head = [next(values) for _ in proto.graph.output] if outputs else []
-        yield [*head, *(part if t == source else next(values) for t in tensors)]
+        yield [*head, *(feed[t] if t in sources else next(values) for t in tensors)]
 
 
 def _inputs_of(proto, kernels: list[_Kernel], calibration: np.ndarray) -> list[np.ndarray]:

@@ -52,6 +52,40 @@ def test_a_packed_calibration_row_is_cut_into_the_inputs_by_name():
     np.testing.assert_array_equal(feed["input_wide"], row[None, 6:])
 
 
+def test_the_int8_preparation_measures_each_kernel_on_its_own_input():
+    """Two Dense layers, each reading one graph input: the clip search's rows are that input's columns of the
+    packed calibration rows (input_deep first, by name), as onnxruntime is fed them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.export.onnx_int8_prep import _inputs_of, _kernels
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["input_deep", "w"], ["d"], name="deep"),
+        helper.make_node("MatMul", ["input_wide", "v"], ["e"], name="wide"),
+        helper.make_node("Add", ["d", "e"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", k])
+            for n, k in (("input_wide", 5), ("input_deep", 6))
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [
+            numpy_helper.from_array(rng.normal(size=(6, 2)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(size=(5, 2)).astype(np.float32), "v"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    packed = rng.normal(size=(40, 11)).astype(np.float32)
+    kernels = _kernels(proto)
+    rows = dict(zip((k.node.name for k in kernels), _inputs_of(proto, kernels, packed)))
+    np.testing.assert_array_equal(rows["deep"], packed[:, :6])
+    np.testing.assert_array_equal(rows["wide"], packed[:, 6:])
+
+
 def test_an_input_without_a_fixed_shape_is_named():
     with pytest.raises(UsageError, match="'input_deep' has unknown axes"):
         input_layout(_two_input_graph(deep_width="features"))
@@ -104,6 +138,9 @@ def test_a_users_wide_and_deep_onnx_file_ships_every_onnx_variant(users_wide_and
         assert check["passed"] and check["task"] == "regression" and not check["skipped"], check
         assert check["tolerance"]["max_accuracy_drop"] is None and check["tolerance"]["min_agreement"] is None, check
     static = out / "model_int8-static.onnx"
+    for entry in report["artifacts"]:  # the int8 preparation measured each kernel's input with both inputs fed
+        int8 = entry["export"]["quantization"].startswith("int8")
+        assert not int8 or entry["export"]["preparation"][0].startswith("int8_weight_clip("), entry["export"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(static)).graph.node}
     assert read_metadata(static).task == {"task": "regression", "output": "values"}
     arrays = dict(np.load(npz))

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 
+from deploykit.errors import DataError
 from deploykit.export.onnx_int8_prep import _kernel_rows, _kernels, _run, prepare_onnx_for_int8
 from tests.helpers import breast_cancer_npz, keras3_tabular_model
 
@@ -282,8 +283,8 @@ def test_a_tf2onnx_users_file_with_its_normalization_ships_int8_static(tmp_path,
 
 
 def test_variants_that_need_no_preparation_are_written_as_before(tmp_path):
-    """float16 and int8-dynamic without data are not prepared (nothing to measure on), and a file with two inputs
-    is quantized without the preparation even given data (it runs on one input's samples)."""
+    """float16 and int8-dynamic without data are not prepared (nothing to measure on); a file with two inputs is
+    prepared on rows holding both (as its data packs them), and one input's samples are refused by their shape."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -303,8 +304,12 @@ def test_variants_that_need_no_preparation_are_written_as_before(tmp_path):
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
     x = rng.normal(size=(50, 6)).astype(np.float32)
-    record = quantize_onnx_file(tmp_path / "two.onnx", tmp_path / "two_int8.onnx", "int8-dynamic", x)
-    assert record.preparation == [] and record.path.exists()
+    with pytest.raises(DataError, match=r"inputs of shape \(6,\), but the model expects \(12,\)"):
+        quantize_onnx_file(tmp_path / "two.onnx", tmp_path / "two_int8.onnx", "int8-dynamic", x)
+    assert not (tmp_path / "two_int8.onnx").exists()
+    packed = rng.normal(size=(50, 12)).astype(np.float32)  # a row holds both inputs, a then b (name order)
+    record = quantize_onnx_file(tmp_path / "two.onnx", tmp_path / "two_int8.onnx", "int8-dynamic", packed)
+    assert record.preparation and record.preparation[0].startswith("int8_weight_clip")
     record = quantize_onnx_file(tmp_path / "one.onnx", tmp_path / "one_int8.onnx", "int8-dynamic", x)
     assert record.preparation and record.preparation[0].startswith("int8_weight_clip")  # one input, data: prepared
 
