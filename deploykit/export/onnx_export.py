@@ -34,7 +34,7 @@ from deploykit.export.int8_prep import (
 )
 from deploykit.export.metadata import KIND_DETERMINISTIC, ModelMetadata, read_metadata, write_metadata
 from deploykit.export.onnx_quant import (
-    graph_inputs,
+    fixed_inputs,
     input_layout,
     quantize_float16,
     quantize_int8_dynamic,
@@ -199,20 +199,15 @@ def _completed(own: ModelMetadata, given: ModelMetadata | None) -> ModelMetadata
 def _input_of(source: Path, proto) -> tuple[str, tuple[int, ...], bool]:
     """(first input's name, the per-sample shape data rows have, one input?): several inputs are read as one packed
     row ([D], every input flattened side by side in name order: :func:`~deploykit.export.onnx_quant.input_layout`)."""
-    inputs = graph_inputs(proto)
     try:
-        layout = input_layout(proto)
+        inputs = fixed_inputs(proto)
     except UsageError as exc:
         raise UsageError(f"{source}: {exc}") from None
-    if layout is not None:
-        _one_batch_axis(proto, list(inputs))
-        return next(iter(inputs)), (layout.input_size,), False
-    name, dims = next(iter(inputs.items()))
-    if None in dims:
-        raise UsageError(
-            f"{source}: input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape"
-        )
-    return name, tuple(dims), True
+    name = next(iter(inputs))
+    if len(inputs) == 1:
+        return name, inputs[name], True
+    _one_batch_axis(proto, list(inputs))
+    return name, (input_layout(proto).input_size,), False
 
 
 def _one_batch_axis(proto, names: list[str]) -> None:

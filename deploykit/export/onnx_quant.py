@@ -162,17 +162,21 @@ def graph_inputs(proto) -> dict[str, tuple[int | None, ...]]:
     }
 
 
-def input_layout(proto) -> Layout | None:
-    """How a graph with several inputs reads one packed row (every input flattened, side by side in name order, as
-    :class:`~deploykit.export.runtimes.OnnxRunner` and the data of such a model hold them); None with one input.
-    Each input needs a fixed per-sample shape (:class:`~deploykit.errors.UsageError` names the one that has not)."""
+def fixed_inputs(proto) -> dict[str, tuple[int, ...]]:
+    """:func:`graph_inputs`, each with a fixed per-sample shape (calibration rows are read as one; a
+    :class:`~deploykit.errors.UsageError` names the input that has not)."""
     inputs = graph_inputs(proto)
-    if len(inputs) < 2:
-        return None
     for name, dims in inputs.items():
         if None in dims:
             raise UsageError(f"input {name!r} has unknown axes after the batch axis; quantization needs a fixed shape")
-    return Layout.of(inputs, {})
+    return inputs
+
+
+def input_layout(proto) -> Layout | None:
+    """How a graph with several inputs reads one packed row (every input flattened, side by side in name order, as
+    :class:`~deploykit.export.runtimes.OnnxRunner` and the data of such a model hold them); None with one input."""
+    inputs = graph_inputs(proto)
+    return Layout.of(fixed_inputs(proto), {}) if len(inputs) > 1 else None
 
 
 #: Ops that turn scores into probabilities. Quantized at the end of the graph they round every probability to the
