@@ -173,3 +173,17 @@ def keras3_tabular_model(x, y, path, *, hidden=(16,), softmax: bool = False, epo
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     model.save(path)
     return model
+
+
+def export_every_onnx_variant(cli, source, data, out) -> dict:
+    """``deploykit export SOURCE.onnx`` to float16, int8-dynamic and int8-static with ``data`` into ``out``: asserts
+    it shipped and returns its validation.json."""
+    import json
+    from pathlib import Path
+
+    result = cli(
+        "export", source, "--quantize", "float16,int8-dynamic,int8-static", "--data", data, "--out", out,
+        "--repeats", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads((Path(out) / "validation.json").read_text())

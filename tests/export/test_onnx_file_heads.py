@@ -10,12 +10,10 @@ own (which keeps its name), in float, and says what it is.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from tests.helpers import breast_cancer_npz
+from tests.helpers import breast_cancer_npz, export_every_onnx_variant
 
 pytestmark = pytest.mark.slow  # a tf2onnx conversion and an export each
 
@@ -71,15 +69,10 @@ def test_a_converters_classifier_file_is_validated_and_served_as_its_head(tmp_pa
     path, x, y = breast_cancer_npz(tmp_path)
     source = _users_file(tmp_path, x, y, head)
     out = tmp_path / "q"
-    result = cli(
-        "export", source, "--quantize", "float16,int8-dynamic,int8-static", "--data", path, "--out", out,
-        "--repeats", "2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    report = export_every_onnx_variant(cli, source, path, out)
     data = load_dataset(str(path))
     user = ort.InferenceSession(str(source))
     truth = _probabilities(user.run(None, {"features": data.x_test})[0], head)
-    report = json.loads((out / "validation.json").read_text())
     accuracy = float(np.mean(truth.argmax(axis=1) == data.y_test))
     assert report["reference_accuracy"] == pytest.approx(accuracy)
     assert validate(source, data, repeats=1).accuracy == pytest.approx(accuracy)  # the file itself, validated alone

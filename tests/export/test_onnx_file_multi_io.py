@@ -17,6 +17,7 @@ import pytest
 
 from deploykit.errors import UsageError
 from deploykit.export.onnx_quant import _Reader, graph_inputs, input_layout
+from tests.helpers import export_every_onnx_variant
 from tests.multi_models import three_heads, three_heads_npz, wide_and_deep, wide_and_deep_npz
 
 
@@ -126,12 +127,7 @@ def test_a_users_wide_and_deep_onnx_file_ships_every_onnx_variant(users_wide_and
 
     source, npz = users_wide_and_deep
     out = tmp_path / "q"
-    result = cli(
-        "export", source, "--quantize", "float16,int8-dynamic,int8-static", "--data", npz, "--out", out,
-        "--repeats", "2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads((out / "validation.json").read_text())
+    report = export_every_onnx_variant(cli, source, npz, out)
     checks = {a["validation"]["quantization"]: a["validation"] for a in report["artifacts"]}
     assert set(checks) == {"float16", "int8-dynamic", "int8-static"}
     for check in checks.values():
