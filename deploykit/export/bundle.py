@@ -152,6 +152,8 @@ def export_bundle(
     source = _Source.of(model, config)
     data = as_dataset(data, task=task, layout=source.layout) if data is not None else _generated(source, config, task)
     generated = data.name == GENERATED
+    # a converter's file, neither data nor the user saying what it is: its files claim nothing
+    unknown = generated and task is None and source.keras is None and source.task_and_output is None
     if source.keras is not None:  # input shape, outputs and task: the one data / model check
         task, kind = data.check_model(source.keras)
     else:
@@ -165,7 +167,10 @@ def export_bundle(
     base = metadata or ModelMetadata()
     class_names = list(base.class_names) if generated else list(data.class_names)
     meta = dataclasses.replace(
-        base, class_names=class_names, reference_accuracy=reference_accuracy, task=ModelMetadata.task_entry(task, kind)
+        base,
+        class_names=class_names,
+        reference_accuracy=reference_accuracy,
+        task=None if unknown else ModelMetadata.task_entry(task, kind),
     )
 
     with atomic_dir(out, force=force) as staging:

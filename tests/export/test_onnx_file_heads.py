@@ -87,3 +87,18 @@ def test_a_converters_classifier_file_is_validated_and_served_as_its_head(tmp_pa
         np.testing.assert_allclose(probabilities, _probabilities(own, head), atol=1e-3 if half else 1e-6)
         assert read_metadata(file).task == {"task": "classification", "output": head}
         assert entry["validation"]["agreement"] >= 0.95, entry["validation"]
+
+
+def test_without_data_a_converters_file_claims_nothing_it_was_not_told(tmp_path, cli):
+    """float16 needs no data: nothing then says what a converter's file holds, so its variant's metadata claims
+    no task (a guess would write this logit file up as probabilities); ``--task`` says it."""
+    from deploykit.export.metadata import read_metadata
+
+    _, x, y = breast_cancer_npz(tmp_path)
+    source = _users_file(tmp_path, x, y, "binary_logits")
+    for task, expected in ((None, None), ("regression", {"task": "regression", "output": "values"})):
+        out = tmp_path / f"float16_{task}"
+        told = ("--task", task) if task else ()
+        result = cli("export", source, "--quantize", "float16", "--out", out, "--repeats", "2", *told)
+        assert result.returncode == 0, result.stderr
+        assert read_metadata(out / "model_float16.onnx").task == expected
