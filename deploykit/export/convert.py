@@ -180,6 +180,12 @@ def _add_softmax(proto, spec: TaskSpec, opset: int) -> None:
     out.name = probabilities
 
 
+def _batch_axis(output):
+    """A graph output's batch axis as a new output declares it: its name or size, else ``N``."""
+    dims = output.type.tensor_type.shape.dim[:1]
+    return next((d.dim_param or d.dim_value for d in dims if d.dim_param or d.dim_value), "N")
+
+
 def add_probabilities(proto, kind: OutputKind) -> bool:
     """A converter's classifier file (its main output logits or one sigmoid / logit unit): the ``probabilities``
     output the contract serves, appended beside the file's own outputs, which keep their names for the user's
@@ -197,9 +203,8 @@ def add_probabilities(proto, kind: OutputKind) -> bool:
         spec.onnx_binary_of_probability(g, old.name, output=name)
     else:
         spec.onnx_probabilities(g, old.name, output=name)
-    batch = [d.dim_param or d.dim_value or "N" for d in old.type.tensor_type.shape.dim[:1]] or ["N"]
     width = 2 if spec.binary else old.type.tensor_type.shape.dim[-1].dim_value or "K"
-    graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [batch[0], width]))
+    graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [_batch_axis(old), width]))
     return True
 
 
@@ -210,7 +215,7 @@ def _add_binary_head(proto, spec: TaskSpec, opset: int) -> None:
 
     graph, names, g = proto.graph, spec.served_outputs, GraphBuilder(opset, "deploykit_head", proto)
     old = graph.output[0]
-    shape = [d.dim_param or d.dim_value or "N" for d in old.type.tensor_type.shape.dim[:1]] or ["N"]
+    batch = _batch_axis(old)  # read before the output is renamed or removed
     if spec.from_logits:
         _rename_output(graph, names[0])  # logits [N, 1] stay an output
         spec.onnx_probabilities(g, names[0], output=names[-1])
@@ -224,4 +229,4 @@ def _add_binary_head(proto, spec: TaskSpec, opset: int) -> None:
         else:
             spec.onnx_binary_of_probability(g, p, output=names[-1])
         graph.output.remove(old)
-    graph.output.append(onnx.helper.make_tensor_value_info(names[-1], onnx.TensorProto.FLOAT, [shape[0], 2]))
+    graph.output.append(onnx.helper.make_tensor_value_info(names[-1], onnx.TensorProto.FLOAT, [batch, 2]))
