@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DataError
+from deploykit.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,13 @@ def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layo
     several_outputs = len(outputs) > 1 and not (contract & set(outputs))
     if len(inputs) <= 1 and not several_outputs:
         return None
+    packed = {**inputs, **(outputs if several_outputs else {})}
+    for name, shape in packed.items():  # a runtime reports an axis it cannot size as a name or None
+        if not all(isinstance(d, (int, np.integer)) for d in shape):
+            raise UsageError(
+                f"tensor {name!r} has axes of unknown size after the batch axis {list(shape)}: several inputs or "
+                "outputs are packed side by side in one row, which needs fixed shapes"
+            )
     return Layout.of(inputs, outputs if several_outputs else {})
 
 

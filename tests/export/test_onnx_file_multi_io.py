@@ -92,6 +92,24 @@ def test_an_input_without_a_fixed_shape_is_named():
         input_layout(_two_input_graph(deep_width="features"))
 
 
+def test_a_file_whose_inputs_cannot_be_packed_is_refused_in_one_line(tmp_path, cli):
+    """Several inputs are read as one packed row: an input axis without a size is named, nothing is written (before:
+    ``ValueError: invalid literal for int() with base 10: 'features'``)."""
+    import onnx
+
+    onnx.save(_two_input_graph(deep_width="features"), str(tmp_path / "two.onnx"))
+    rng = np.random.default_rng(0)
+    arrays = {"input_wide": rng.normal(size=(50, 5)), "input_deep": rng.normal(size=(50, 6)), "y": rng.normal(size=50)}
+    np.savez(tmp_path / "two.npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+    for command in ("export", "validate"):
+        out = ("--quantize", "int8-static", "--out", tmp_path / "q") if command == "export" else ()
+        result = cli(command, tmp_path / "two.onnx", "--data", tmp_path / "two.npz", *out)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "'input_deep' has axes of unknown size" in lines[0]
+    assert not (tmp_path / "q").exists()
+
+
 @pytest.fixture(scope="module")
 def users_wide_and_deep(tmp_path_factory):
     """The book's Wide & Deep (tf_keras), converted by its user with ``tf2onnx.convert.from_keras`` (its own
