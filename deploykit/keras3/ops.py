@@ -1,4 +1,4 @@
-"""Keras 3 operation layers and nested Sequential blocks, rewritten as plain built-in layers before import.
+"""Keras 3 operation layers (and nested models), rewritten as plain built-in layers before import.
 
 Keras 3 saves a functional model's ``ops.*`` calls and Python arithmetic on
 tensors (``x + 3.0``, ``x * (1 / 6)``, ``ops.relu6(x)``: MobileNetV3's hard-swish)
@@ -15,7 +15,8 @@ anything from the file, into layers every deploykit step knows:
 - ``ops.nn`` activations (``relu``, ``sigmoid``, ``hard_sigmoid``, ``hard_silu``...):
   ``Activation`` (Keras 3 names, expanded by :mod:`deploykit.keras3.activations`);
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
-- a nested ``Sequential``: its layers, inlined (their weights copied from inside it);
+- nested models (ConvNeXt's ``Sequential`` blocks, a transfer-learning base) and data augmentation:
+  flattened first (:mod:`deploykit.keras3.nested`);
 - ConvNeXt's ``LayerScale`` (``x * gamma``): a per-channel ``Rescaling`` whose
   scale is read from the file's weights (:func:`fill_from_source`); InceptionResNetV2's
   ``CustomScaleLayer`` (``x + y * scale``): ``Rescaling`` then ``Add``;
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploykit.errors import UnsupportedLayerError
+from deploykit.keras3.nested import Nesting, flatten, is_tensor, layer_name, tensor_ref
 
 _OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math")
-_TENSOR = "__keras_tensor__"
 #: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
 _ACTIVATIONS = {
     "Relu": "relu",
@@ -79,43 +80,41 @@ class Lowering:
 
     config: dict
     synthetic: set[str] = field(default_factory=set)  # layers with no Keras 3 layer behind them (no weights)
-    nested: dict[str, str] = field(default_factory=dict)  # inlined layer -> the Sequential it sits in
+    nesting: Nesting = field(default_factory=Nesting)  # where inlined layers sit; augmentation removed
     layer_scales: set[str] = field(default_factory=set)  # Rescaling layers standing for a LayerScale
     depthwise: set[str] = field(default_factory=set)  # DepthwiseConv2D layers standing for a grouped Conv2D
 
     def source_layer(self, source, name: str):
         """The Keras 3 layer (of the loaded ``source`` model) a rebuilt layer copies its weights from."""
-        outer = self.nested.get(name)
-        return source.get_layer(outer).get_layer(name) if outer else source.get_layer(name)
+        return self.nesting.source_layer(source, name)
 
 
 def lower_config(config: dict) -> Lowering:
-    """The model config with nested Sequential blocks inlined and operation layers rewritten (a copy)."""
-    config = copy.deepcopy(config)
+    """The model config with nested models inlined, augmentation removed (:mod:`deploykit.keras3.nested`) and
+    operation layers rewritten (a copy)."""
+    lowering = Lowering(copy.deepcopy(config))
+    config = lowering.config = flatten(lowering.config, lowering.nesting)
     inner = config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
-    lowering = Lowering(config)
     if not isinstance(layers, list):
         return lowering
     if config.get("class_name") != "Functional":
         inner["layers"] = [_grouped_as_depthwise(layer, lowering) for layer in layers]
         return lowering
-    names = {_name(layer) for layer in layers}
+    names = {layer_name(layer) for layer in layers}
     out: list[dict] = []
     for layer in layers:
-        if layer.get("class_name") == "Sequential" and layer.get("module") == "keras":
-            out += _inline(layer, names, lowering, [*layers, *out])
-        elif str(layer.get("module") or "") in _OPS:
+        if str(layer.get("module") or "") in _OPS:
             new = _lower_op(layer, names)
-            lowering.synthetic |= {_name(n) for n in new}
+            lowering.synthetic |= {layer_name(n) for n in new}
             out += new
         elif (layer.get("module"), layer.get("class_name")) == _CUSTOM_SCALE:
             new = _custom_scale(layer, names)
-            lowering.synthetic |= {_name(n) for n in new}
+            lowering.synthetic |= {layer_name(n) for n in new}
             out += new
         elif (layer.get("module"), layer.get("class_name")) == _LAYER_SCALE:
             out.append(_layer_scale(layer))
-            lowering.layer_scales.add(_name(layer))
+            lowering.layer_scales.add(layer_name(layer))
         else:
             out.append(layer)
     inner["layers"] = [_grouped_as_depthwise(layer, lowering) for layer in out]
@@ -148,7 +147,7 @@ def _grouped_as_depthwise(layer: dict, lowering: Lowering) -> dict:
     renamed["kernel_constraint"] = "depthwise_constraint"
     new = {renamed.get(k, k): v for k, v in config.items() if k not in ("filters", "groups")}
     new["depth_multiplier"] = config["filters"] // groups
-    lowering.depthwise.add(_name(layer))
+    lowering.depthwise.add(layer_name(layer))
     return {**layer, "class_name": "DepthwiseConv2D", "config": new}
 
 
@@ -160,18 +159,6 @@ def depthwise_kernel(kernel: np.ndarray, multiplier: int) -> np.ndarray:
 
 
 # --- config pieces --------------------------------------------------------------------------
-
-
-def _name(layer: dict) -> str:
-    return str((layer.get("config") or {}).get("name") or layer.get("name"))
-
-
-def _tensor_ref(name: str) -> dict:
-    return {"class_name": _TENSOR, "config": {"keras_history": [name, 0, 0]}}
-
-
-def _is_tensor(value) -> bool:
-    return isinstance(value, dict) and value.get("class_name") == _TENSOR
 
 
 def _builtin(kind: str, name: str, source: dict | None, **config) -> dict:
@@ -188,7 +175,7 @@ def _builtin(kind: str, name: str, source: dict | None, **config) -> dict:
 
 
 def _call(layer: dict) -> tuple[list, dict]:
-    name, kind = _name(layer), str(layer.get("class_name"))
+    name, kind = layer_name(layer), str(layer.get("class_name"))
     calls = layer.get("inbound_nodes") or []
     if len(calls) != 1 or not isinstance(calls[0], dict):
         raise UnsupportedLayerError(name, kind, f"called {len(calls)} times; deploykit reads operations called once")
@@ -235,78 +222,15 @@ def _inv(c, name: str, kind: str):
     return [1.0 / v for v in c] if isinstance(c, list) else 1.0 / c
 
 
-# --- nested Sequential ----------------------------------------------------------------------
-
-
-def _inline(layer: dict, names: set[str], lowering: Lowering, others: list[dict]) -> list[dict]:
-    """The layers of a nested Sequential, chained from its input; readers of the block read its last layer."""
-    outer = _name(layer)
-    args, kwargs = _call(layer)
-    if len(args) != 1 or not _is_tensor(args[0]) or kwargs:
-        raise UnsupportedLayerError(outer, "Sequential", "a nested Sequential called with extra arguments")
-    body = [
-        copy.deepcopy(inner)
-        for inner in (layer.get("config") or {}).get("layers") or []
-        if inner.get("class_name") != "InputLayer"
-    ]
-    if not body:
-        raise UnsupportedLayerError(outer, "Sequential", "a nested Sequential without layers")
-    previous = args[0]
-    for inner in body:
-        name = _name(inner)
-        if name in names:
-            raise UnsupportedLayerError(
-                name,
-                str(inner.get("class_name")),
-                f"inside the nested model {outer!r}, its name is also used outside it",
-            )
-        if inner.get("class_name") in ("Sequential", "Functional", "Model"):
-            raise UnsupportedLayerError(name, str(inner.get("class_name")), "a model nested two levels deep")
-        inner["inbound_nodes"] = [{"args": [previous], "kwargs": {}}]
-        previous = _tensor_ref(name)
-        names.add(name)
-        lowering.nested[name] = outer
-    _rename_reads(lowering.config, outer, _name(body[-1]), skip=body)
-    return body
-
-
-def _rename_reads(config: dict, old: str, new: str, skip: list[dict]) -> None:
-    """Every reference to layer ``old``'s output (inbound nodes, model outputs) now names ``new``."""
-
-    def visit(value):
-        if _is_tensor(value):
-            history = value["config"]["keras_history"]
-            if history[0] == old:
-                history[0] = new
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, list):
-            for v in value:
-                visit(v)
-
-    inner = config["config"]
-    for layer in inner["layers"]:
-        if not any(layer is s for s in skip):
-            visit(layer.get("inbound_nodes"))
-    for key in ("output_layers", "input_layers"):
-        ends = inner.get(key)
-        if isinstance(ends, list) and ends and isinstance(ends[0], str):
-            ends = [ends]
-        for end in ends or []:
-            if isinstance(end, list) and end and end[0] == old:
-                end[0] = new
-
-
 # --- operation layers -----------------------------------------------------------------------
 
 
 def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     """The built-in layers computing one operation layer; the last keeps its name (its readers are unchanged)."""
-    name, kind = _name(layer), str(layer.get("class_name"))
+    name, kind = layer_name(layer), str(layer.get("class_name"))
     args, kwargs = _call(layer)
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
-    tensors = [a for a in args if _is_tensor(a)]
+    tensors = [a for a in args if is_tensor(a)]
     if kwargs or not tensors:
         raise UnsupportedLayerError(
             name,
@@ -317,8 +241,8 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
         return [{**_builtin(_MERGES[kind], name, None), "inbound_nodes": [{"args": [tensors], "kwargs": {}}]}]
     if len(tensors) != 1:
         raise UnsupportedLayerError(name, kind, "an operation on several tensors with no built-in layer equivalent")
-    x, first = tensors[0], _is_tensor(args[0])
-    constants = [_constant(a, name, kind) for a in args if not _is_tensor(a)]
+    x, first = tensors[0], is_tensor(args[0])
+    constants = [_constant(a, name, kind) for a in args if not is_tensor(a)]
     if any(c is None for c in constants):
         raise UnsupportedLayerError(
             name, kind, f"called with {args[1:] if first else args[:1]}; deploykit reads numeric constants only"
@@ -328,7 +252,7 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     for i, (layer_kind, config) in enumerate(steps):
         step_name = name if i == len(steps) - 1 else _fresh(f"{name}_{layer_kind.lower()}", names)
         out.append(_builtin(layer_kind, step_name, source, **config))
-        source = _tensor_ref(step_name)
+        source = tensor_ref(step_name)
     return out
 
 
@@ -392,7 +316,7 @@ def _steps(name: str, kind: str, options: dict, constants: list, first: bool) ->
 def _layer_scale(layer: dict) -> dict:
     """ConvNeXt's LayerScale (x * gamma) as a Rescaling; its per-channel scale is filled from the weights."""
     config = layer.get("config") or {}
-    rescaling = _builtin("Rescaling", _name(layer), None, scale=1.0, offset=0.0)
+    rescaling = _builtin("Rescaling", layer_name(layer), None, scale=1.0, offset=0.0)
     rescaling["config"]["trainable"] = bool(config.get("trainable", True))
     rescaling["inbound_nodes"] = layer.get("inbound_nodes")
     return rescaling
@@ -400,16 +324,16 @@ def _layer_scale(layer: dict) -> dict:
 
 def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
     """InceptionResNetV2's CustomScaleLayer, ``x + y * scale``: Rescaling(scale) of y, then Add (same rounding)."""
-    name, kind = _name(layer), str(layer.get("class_name"))
+    name, kind = layer_name(layer), str(layer.get("class_name"))
     args, kwargs = _call(layer)
     tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
     scale = _constant((layer.get("config") or {}).get("scale"), name, kind)
-    if kwargs or len(tensors) != 2 or not all(_is_tensor(t) for t in tensors) or scale is None or scale.size != 1:
+    if kwargs or len(tensors) != 2 or not all(is_tensor(t) for t in tensors) or scale is None or scale.size != 1:
         raise UnsupportedLayerError(name, kind, "expected a call on two tensors and a scalar scale")
     scaled = _fresh(f"{name}_scaled", names)
     return [
         _builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
-        {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], _tensor_ref(scaled)]], "kwargs": {}}]},
+        {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], tensor_ref(scaled)]], "kwargs": {}}]},
     ]
 
 

@@ -209,6 +209,7 @@ def _unsupported_cases(k3):
     inputs = k3.Input((8,))
     forced = k3.layers.Dropout(0.5, name="always_on")(k3.layers.Dense(4)(inputs), training=True)
     inner = k3.Sequential([k3.Input((8,)), k3.layers.Dense(3)], name="block")
+    shared = k3.layers.Add()([inner(inputs), inner(k3.layers.Dense(8)(inputs))])  # one sub-model, two calls
 
     @k3.saving.register_keras_serializable(package="tests")
     class Scale(k3.layers.Layer):
@@ -217,7 +218,7 @@ def _unsupported_cases(k3):
 
     return {
         "training": (k3.Model(inputs, forced), "'always_on' of type Dropout: called with {'training': True}"),
-        "nested": (k3.Sequential([k3.Input((8,)), inner]), "'block' of type Sequential: a nested model"),
+        "shared": (k3.Model(inputs, shared), "'block' of type Sequential: a nested model called 2 times"),
         "custom_layer": (
             k3.Sequential([k3.Input((8,)), Scale(name="scale")]),
             "'scale' of type tests>Scale: a custom layer",

@@ -1,0 +1,280 @@
+"""Nested models and data augmentation in a Keras 3 file, flattened into one functional config before import.
+
+The models users bring nest others: the TensorFlow image tutorial puts its
+``data_augmentation`` Sequential inside the model, keras.io's transfer learning
+calls a keras.applications base model on the input (``base_model(x,
+training=False)``), ConvNeXt nests Sequential blocks. tf_keras and every
+deploykit step read one flat graph, so :func:`flatten` rewrites the config,
+without running anything from the file:
+
+- a nested model (Sequential or functional, at any depth, called once) is
+  replaced by its layers: its inputs read the tensors it was called on, and
+  its readers read its output layers (:attr:`Nesting.path` records where each
+  inlined layer sits, for its weights to be copied from inside the loaded
+  model);
+- a Sequential holding a nested model is first written as the functional
+  model it is (one chain);
+- data augmentation layers (:data:`INFERENCE_IDENTITY`: ``RandomFlip``,
+  ``RandomRotation``, ``GaussianNoise``... which return their input at
+  inference) are removed, their readers reading their input: a deployed model
+  never augments, and the converters and runtimes have no such ops.
+
+Inlined layers are made trainable (a frozen base is a training choice: the
+fine-tuning of pruning trains the whole network). The import then checks the
+flat rebuild against the Keras 3 model on random inputs, as for any file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from deploykit.errors import UnsupportedLayerError
+
+log = logging.getLogger(__name__)
+
+_TENSOR = "__keras_tensor__"
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+#: Keras 3 layers that return their input unchanged at inference (``training=False``): data augmentation,
+#: noise and regularization layers. Checked against Keras 3 itself in tests/keras3/test_nested.py.
+INFERENCE_IDENTITY = frozenset(
+    {
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomContrast",
+        "RandomBrightness",
+        "RandomShear",
+        "RandomPerspective",
+        "RandomErasing",
+        "RandomGaussianBlur",
+        "RandomGrayscale",
+        "RandomHue",
+        "RandomSaturation",
+        "RandomSharpness",
+        "RandomPosterization",
+        "RandomInvert",
+        "RandomColorJitter",
+        "RandomColorDegeneration",
+        "RandomElasticTransform",
+        "AugMix",
+        "CutMix",
+        "MixUp",
+        "RandAugment",
+        "GaussianNoise",
+        "GaussianDropout",
+        "ActivityRegularization",
+    }
+)
+#: Call options a nested model may be called with: inference is what deploykit runs.
+_CALL_OPTIONS = {"training": (False, True), "mask": (None,)}
+
+
+@dataclass
+class Nesting:
+    """What :func:`flatten` did: where each inlined layer sits, and the layers it removed."""
+
+    path: dict[str, tuple[str, ...]] = field(default_factory=dict)  # inlined layer -> the models it sits in
+    removed: list[str] = field(default_factory=list)  # "name (Class)" of each augmentation layer removed
+
+    def source_layer(self, source, name: str):
+        """The Keras 3 layer named ``name`` in the loaded ``source`` model, inside the models it sits in."""
+        for outer in self.path.get(name, ()):
+            source = source.get_layer(outer)
+        return source.get_layer(name)
+
+
+def flatten(config: dict, nesting: Nesting) -> dict:
+    """``config`` (a model config, rewritten in place) with nested models inlined and augmentation removed."""
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list) or not any(_flattens(layer) for layer in layers):
+        return config
+    if config.get("class_name") == "Sequential":
+        config = as_functional(config, need_shape=True)
+    names = {layer_name(layer) for layer in config["config"]["layers"]}
+    config["config"]["layers"] = _flat_layers(config, names, nesting, ())
+    models = sorted({outer for path in nesting.path.values() for outer in path})
+    if models:
+        log.info("nested models read as one graph: %s", ", ".join(models))
+    if nesting.removed:
+        log.info("removed, as Keras does at inference: %s", ", ".join(nesting.removed))
+    return config
+
+
+def _flattens(layer: dict) -> bool:
+    return layer.get("class_name") in MODEL_CLASSES or layer.get("class_name") in INFERENCE_IDENTITY
+
+
+def _flat_layers(config: dict, names: set[str], nesting: Nesting, where: tuple[str, ...]) -> list[dict]:
+    """The functional ``config``'s layers with nested models replaced by their (flattened) layers."""
+    out: list[dict] = []
+    for layer in list(config["config"]["layers"]):
+        kind = layer.get("class_name")
+        if kind in INFERENCE_IDENTITY:
+            _bypass(config, layer)
+            nesting.removed.append(f"{layer_name(layer)} ({kind})")
+        elif kind in MODEL_CLASSES:
+            out += _inline(config, layer, names, nesting, where)
+        else:
+            out.append(layer)
+    return out
+
+
+def _inline(config: dict, model: dict, names: set[str], nesting: Nesting, where: tuple[str, ...]) -> list[dict]:
+    """A nested model's layers, its inputs reading what it was called on, its readers reading its outputs."""
+    outer = layer_name(model)
+    args = _call_args(model)
+    body = as_functional(model) if model.get("class_name") == "Sequential" else model
+    inner = body.get("config") or {}
+    inputs, outputs = _ends(inner.get("input_layers")), _ends(inner.get("output_layers"))
+    if len(inputs) != len(args):
+        raise UnsupportedLayerError(
+            outer,
+            str(model.get("class_name")),
+            f"a nested model of {len(inputs)} input(s) called on {len(args)} tensor(s)",
+        )
+    layers = [layer for layer in inner.get("layers") or [] if layer.get("class_name") != "InputLayer"]
+    _claim_names(outer, layers, names)
+    inner_config = {"config": {"layers": layers, "output_layers": outputs}}
+    for end, arg in zip(inputs, args):
+        _replace_reads(inner_config, end[0], lambda index, arg=arg: arg["config"]["keras_history"])
+    for layer in layers:
+        layer.setdefault("config", {})["trainable"] = True
+        nesting.path[layer_name(layer)] = (*where, outer)
+    flat = _flat_layers(inner_config, names, nesting, (*where, outer))
+    ends = inner_config["config"]["output_layers"]  # augmentation at its end removed: its input
+    _replace_reads(config, outer, lambda index: ends[index] if index < len(ends) else None)
+    return flat
+
+
+def _call_args(model: dict) -> list[dict]:
+    """The tensors a nested model is called on (once, with no option other than inference's)."""
+    name, kind = layer_name(model), str(model.get("class_name"))
+    calls = model.get("inbound_nodes") or []
+    if len(calls) != 1 or not isinstance(calls[0], dict):
+        raise UnsupportedLayerError(name, kind, f"a nested model called {len(calls)} times; deploykit reads one call")
+    args, kwargs = list(calls[0].get("args") or []), calls[0].get("kwargs") or {}
+    tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+    extra = {k: v for k, v in kwargs.items() if v not in _CALL_OPTIONS.get(k, (None,))}
+    if extra or not tensors or not all(is_tensor(t) for t in tensors):
+        raise UnsupportedLayerError(
+            name, kind, f"a nested model called with {extra or args}; deploykit reads a call on tensors"
+        )
+    return tensors
+
+
+def _claim_names(outer: str, layers: list[dict], names: set[str]) -> None:
+    """Inlined layers keep their names (their weights are found by them): one also used outside is refused."""
+    for layer in layers:
+        name = layer_name(layer)
+        if name in names:
+            kind = str(layer.get("class_name"))
+            raise UnsupportedLayerError(
+                name, kind, f"inside the nested model {outer!r}, its name is also used outside it"
+            )
+        names.add(name)
+
+
+def _bypass(config: dict, layer: dict) -> None:
+    """Readers of ``layer`` read what it was called on (it returns its input at inference)."""
+    name, kind = layer_name(layer), str(layer.get("class_name"))
+    calls = layer.get("inbound_nodes") or []
+    args = (calls[0].get("args") or []) if len(calls) == 1 and isinstance(calls[0], dict) else []
+    if len(args) != 1 or not is_tensor(args[0]):
+        raise UnsupportedLayerError(name, kind, "an augmentation layer not called once on one tensor")
+    _replace_reads(config, name, lambda index: args[0]["config"]["keras_history"] if index == 0 else None)
+
+
+def as_functional(config: dict, *, need_shape: bool = False) -> dict:
+    """A Sequential model config as the functional config of the same chain (a copy of its layers, re-linked).
+
+    Without an InputLayer its input is the build shape's: a nested one's input is replaced by what it is
+    called on, so only a top-level Sequential (``need_shape``) needs one."""
+    inner = dict(config.get("config") or {})
+    layers = [dict(layer) for layer in inner.get("layers") or []]
+    if layers and layers[0].get("class_name") == "InputLayer":
+        first, layers = layers[0], layers[1:]
+    else:
+        first = _input_layer(f"{inner.get('name', 'sequential')}_input", _build_shape(config, need_shape))
+    previous, chained = layer_name(first), [first]
+    for layer in layers:
+        chained.append({**layer, "inbound_nodes": [{"args": [tensor_ref(previous)], "kwargs": {}}]})
+        previous = layer_name(layer)
+    inner.update(layers=chained, input_layers=[[layer_name(first), 0, 0]], output_layers=[[previous, 0, 0]])
+    inner.pop("build_input_shape", None)
+    return {**config, "class_name": "Functional", "config": inner}
+
+
+def _build_shape(config: dict, need_shape: bool) -> list | None:
+    shape = (config.get("config") or {}).get("build_input_shape") or (config.get("build_config") or {}).get(
+        "input_shape"
+    )
+    if not shape and need_shape:
+        raise UnsupportedLayerError(layer_name(config), "Sequential", "a Sequential model without an input shape")
+    return list(shape) if shape else None
+
+
+def _input_layer(name: str, batch_shape: list) -> dict:
+    return {
+        "module": "keras.layers",
+        "class_name": "InputLayer",
+        "registered_name": None,
+        "config": {"batch_shape": batch_shape, "dtype": "float32", "sparse": False, "name": name},
+    }
+
+
+def _replace_reads(config: dict, old: str, history_of) -> None:
+    """Every read of layer ``old``'s output ``index`` (in inbound nodes and the model's ends) now reads the
+    tensor ``history_of(index)`` names ([layer, node, tensor]); one it cannot name is refused."""
+
+    def new(history):
+        got = history_of(int(history[2]) if len(history) > 2 else 0)
+        if got is None:
+            raise UnsupportedLayerError(old, "Model", f"a read of its output {history} it does not have")
+        return list(got)
+
+    def visit(value):
+        if is_tensor(value):
+            history = value["config"]["keras_history"]
+            if history[0] == old:
+                value["config"]["keras_history"] = new(history)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+
+    inner = config["config"]
+    for layer in inner["layers"]:
+        visit(layer.get("inbound_nodes"))
+    for key in ("output_layers", "input_layers"):
+        ends = inner.get(key)
+        if isinstance(ends, list) and ends and isinstance(ends[0], str):
+            ends = inner[key] = [ends]
+        for i, end in enumerate(ends or []):
+            if isinstance(end, list) and end and end[0] == old:
+                ends[i] = new(end)
+
+
+def _ends(value) -> list[list]:
+    """A model's input_layers / output_layers as a list of [layer, node, tensor] (one end may be written bare)."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return [value]
+    return [list(v) for v in value or []]
+
+
+def layer_name(layer: dict) -> str:
+    """A serialized layer's name (Keras 3 keeps it in its config)."""
+    return str((layer.get("config") or {}).get("name") or layer.get("name"))
+
+
+def tensor_ref(name: str) -> dict:
+    """A Keras 3 config's reference to layer ``name``'s (first) output."""
+    return {"class_name": _TENSOR, "config": {"keras_history": [name, 0, 0]}}
+
+
+def is_tensor(value) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == _TENSOR
