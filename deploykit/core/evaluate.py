@@ -97,12 +97,26 @@ def score(model, x: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION)
 def score_model_outputs(model, out: np.ndarray, y: np.ndarray, task: Task = Task.CLASSIFICATION) -> float:
     """:func:`score_outputs` of ``model``'s outputs ``out``, however they were computed (eager or traced), a one-unit
     classifier's kind read off the model's last layer."""
+    kind = one_unit_kind(model) if task is Task.CLASSIFICATION and out.shape[-1] == 1 else None
+    return score_outputs(out, y, task, kind)
+
+
+def one_unit_kind(model) -> OutputKind:
+    """How a one-unit classifier's output gives its class: a sigmoid's p > 0.5, else a logit's z > 0."""
     from deploykit.core.task import layer_kind
 
-    kind = None
-    if task is Task.CLASSIFICATION and out.shape[-1] == 1:
-        kind = OutputKind.SIGMOID if layer_kind(model) is OutputKind.SIGMOID else OutputKind.BINARY_LOGITS
-    return score_outputs(out, y, task, kind)
+    return OutputKind.SIGMOID if layer_kind(model) is OutputKind.SIGMOID else OutputKind.BINARY_LOGITS
+
+
+def predicted_classes(model, out: np.ndarray) -> np.ndarray:
+    """The class each row of ``model``'s outputs ``out`` predicts: the argmax, or a one-unit head's by its kind
+    (an argmax of one column is class 0 on every row)."""
+    out = np.asarray(out)
+    if out.shape[-1] != 1:
+        return out.argmax(axis=-1)
+    from deploykit.core.taskspec import spec_of
+
+    return spec_of(one_unit_kind(model)).predicted_class(out)
 
 
 @dataclass(frozen=True)

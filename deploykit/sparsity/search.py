@@ -432,13 +432,14 @@ def _nll_part(attempt: SearchTry) -> str:
 def _validation_change(pruned, data, reference, metric: Metric) -> tuple[float, Interval, object]:
     """The pruned model's validation figure, its paired change vs the original's outputs on the same rows, and its
     validation outputs."""
-    from deploykit.core.evaluate import outputs, rmse
+    from deploykit.core.evaluate import outputs, predicted_classes, rmse
 
     new = outputs(pruned, data.x_val)
     if metric is Metric.RMSE:
         return rmse(new, data.y_val), rmse_change_interval(reference, new, data.y_val), new
-    correct = new.argmax(-1) == data.y_val
-    return float(correct.mean()), accuracy_change_interval(reference.argmax(-1) == data.y_val, correct), new
+    correct = predicted_classes(pruned, new) == data.y_val  # a sigmoid head's one column: p > 0.5
+    was = predicted_classes(pruned, reference) == data.y_val  # the original has the same head
+    return float(correct.mean()), accuracy_change_interval(was, correct), new
 
 
 def _try(

@@ -51,3 +51,43 @@ def test_a_regressor_is_pruned_and_searched_on_its_rmse(diabetes):
     )
     assert searched.budget.metric is Metric.RMSE and searched.kept is not None  # a 1000% budget keeps the try
     assert searched.kept.rmse is not None and searched.kept.accuracy is None
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_a_one_unit_binary_head_is_searched_on_its_own_accuracy(digits, activation):
+    """A sigmoid (or logit) head's one column: the search's accuracy is p > 0.5 (z > 0), not an argmax of one
+    column (class 0 on every row: -47.78 pt with a 95% interval of +0.00 to +0.00 printed on keras.io's text
+    classifier), and the figure it prints agrees with its interval."""
+    import dataclasses
+
+    from deploykit.backend import keras
+    from deploykit.core.evaluate import score
+    from deploykit.core.task import Task
+
+    binary = dataclasses.replace(
+        digits,
+        y_train=(digits.y_train >= 5).astype(np.int64),
+        y_val=(digits.y_val >= 5).astype(np.int64),
+        y_test=(digits.y_test >= 5).astype(np.int64),
+        class_names=("low", "high"),
+    )
+    model = build_head(hidden=(32,), outputs=1)
+    if activation:
+        model = keras.Sequential([*model.layers[:-1], keras.layers.Dense(1, activation=activation)])
+        model.build((None, 64))
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.BinaryCrossentropy(from_logits=activation is None))
+    model.fit(binary.x_train, binary.y_train, epochs=20, batch_size=64, verbose=0)
+    original = score(model, binary.x_val, binary.y_val, Task.CLASSIFICATION)
+    assert original > 0.85
+    _, searched = search_sparsity(
+        model,
+        binary,
+        Budget(Metric.ACCURACY, 0.5),
+        config=SearchConfig(targets=(0.5,)),
+        prune_config=PruneConfig(epochs=2, distill=False),
+    )
+    (attempt,) = searched.tries
+    assert searched.original == pytest.approx(original)
+    assert attempt.accuracy > 0.8  # an argmax of the one column scores the share of class 0 (about 0.5)
+    assert attempt.accuracy - original == pytest.approx(attempt.accuracy_change, abs=1e-9)
+    assert attempt.ci95[0] <= attempt.accuracy_change <= attempt.ci95[1]
