@@ -42,6 +42,23 @@ class OutputContractError(ModelLoadError):
     value is read."""
 
 
+class UnsizedInputError(ModelLoadError):
+    """A model input has axes of no fixed size besides the batch (text and sequence models), and no data gave them.
+
+    ``inputs`` maps each input's name to its declared per-sample shape (None for an unsized axis), so a caller
+    holding data can size them (:mod:`deploykit.io.lengths`) and load again.
+    """
+
+    def __init__(self, path, inputs: dict[str, tuple]):
+        self.inputs = dict(inputs)
+        unsized = {n: s for n, s in self.inputs.items() if s is None or None in s}
+        named = ", ".join(f"{n!r} {'(unknown shape)' if s is None else tuple(s)}" for n, s in unsized.items())
+        super().__init__(
+            f"model {path}: input {named} has no fixed length; give --data (data= in the API), whose arrays fix "
+            "it, or save the model with a fixed input shape (keras.Input(shape=...) with every axis sized)"
+        )
+
+
 class UnsupportedLayerError(ModelLoadError):
     """The model holds a layer deploykit does not handle (Conv2D, LSTM, ...)."""
 

@@ -109,3 +109,52 @@ def three_heads(*, tf_keras: bool = False, epochs: int = 3, seed: int = 0, dropo
 def three_heads_npz(path, model) -> None:
     x, heads = three_heads_arrays()
     np.savez(path, **{model.inputs[0]._keras_history[0].name: x}, **heads)
+
+
+def noisy_digits(n: int = 400, seed: int = 0):
+    """(noisy [n, 8, 8, 1], clean [n, 8, 8, 1]) float32 in [0, 1]: scikit-learn's 8x8 digits with the keras.io
+    denoising tutorial's noise (factor 0.4, clipped), the 28x28 MNIST it downloads being out of reach."""
+    from sklearn.datasets import load_digits
+
+    clean = (load_digits().images[:n] / 16.0).astype(np.float32)[..., None]
+    rng = np.random.default_rng(seed)
+    noisy = np.clip(clean + 0.4 * rng.normal(size=clean.shape), 0.0, 1.0).astype(np.float32)
+    return noisy, clean
+
+
+def denoising_autoencoder(*, epochs: int = 2, seed: int = 0, batchnorm: bool = False, dropout: float = 0.0):
+    """keras.io's convolutional autoencoder for image denoising, line for line on 8x8 inputs (Keras 3): an image
+    output [N, 8, 8, 1]. ``batchnorm``: a BatchNormalization after each Conv2DTranspose (a common variant);
+    ``dropout``: a Dropout between the encoder and the decoder (for MC Dropout)."""
+    import keras
+    from keras import layers
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as deploykit itself does)
+
+    keras.utils.set_random_seed(seed)
+    noisy, clean = noisy_digits()
+    input = layers.Input(shape=(8, 8, 1))
+    # Encoder
+    x = layers.Conv2D(32, (3, 3), activation="relu", padding="same")(input)
+    x = layers.MaxPooling2D((2, 2), padding="same")(x)
+    x = layers.Conv2D(32, (3, 3), activation="relu", padding="same")(x)
+    x = layers.MaxPooling2D((2, 2), padding="same")(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    # Decoder
+    for _ in range(2):
+        x = layers.Conv2DTranspose(32, (3, 3), strides=2, activation=None if batchnorm else "relu", padding="same")(x)
+        if batchnorm:
+            x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    x = layers.Conv2D(1, (3, 3), activation="sigmoid", padding="same")(x)
+    # Autoencoder
+    autoencoder = keras.Model(input, x)
+    autoencoder.compile(optimizer="adam", loss="binary_crossentropy")
+    autoencoder.fit(noisy, clean, epochs=epochs, batch_size=128, shuffle=True, verbose=0)
+    return autoencoder
+
+
+def denoising_npz(path) -> None:
+    """The noisy digits as ``x`` and the clean ones as ``y``, both [N, 8, 8, 1], as the tutorial trains on them."""
+    noisy, clean = noisy_digits()
+    np.savez(path, x=noisy, y=clean)

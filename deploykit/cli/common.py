@@ -126,11 +126,14 @@ def add_class_names_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load_model_arg(args):
-    from deploykit.io.models import load_model
+    """The model argument, loaded; inputs it leaves unsized (a text model's length) take ``--data``'s sizes."""
+    from deploykit.io.lengths import load_model_for
 
     path = getattr(args, "model", None) or DEFAULT_MODEL
     progress(f"loading model {Path(path).name}")
-    return load_model(path, unsafe=getattr(args, "unsafe", False))
+    data = getattr(args, "data", None)
+    label_column = getattr(args, "label_column", "label")
+    return load_model_for(path, data, unsafe=getattr(args, "unsafe", False), label_column=label_column)
 
 
 def writes_keras3(args, out) -> bool:
@@ -189,6 +192,10 @@ def load_data_arg(args, model=None):
         layout=layout,
     )
     progress(f"data {data.summary()}")
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        from deploykit.data.tokens import check_token_ids
+
+        check_token_ids(data, model)  # a text model's ids past its vocabulary: one line, not a native error
     return data
 
 

@@ -112,11 +112,11 @@ def _run(args) -> int:
 
 
 def _members(args, data) -> list:
-    from deploykit.io.models import load_model
+    from deploykit.io.lengths import load_model_for
 
     if args.models:
         progress(f"loading {len(args.models)} member models")
-        models = [load_model(p, unsafe=args.unsafe) for p in args.models]
+        models = [load_model_for(p, data, unsafe=args.unsafe) for p in args.models]  # a text model's length: data's
         for m in models:
             data.check_input_shape(m.input_shape)
         return models

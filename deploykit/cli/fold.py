@@ -19,6 +19,13 @@ def register(sub) -> None:
         help="where to write the folded model (.keras or .h5; a Keras 3 input "
         "is written back as a Keras 3 .keras file)",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="data the model takes (as other commands' --data), read only to size the input axes the model leaves "
+        "unsized (a text model's Input(shape=(None,))): the folded model is written at those sizes",
+    )
+    p.add_argument("--label-column", default="label", help="label column of a CSV --data (default: label)")
 
 
 def handle(args) -> int:

@@ -82,10 +82,10 @@ def _reference(args):
 
         runner = OnnxRunner(args.reference)
         return lambda x, training=False: runner.predict(x)
-    from deploykit.io.inputs import as_model
+    from deploykit.io.lengths import load_model_for
 
-    progress(f"loading reference {Path(args.reference).name}")
-    return as_model(args.reference, unsafe=args.unsafe)
+    progress(f"loading reference {Path(args.reference).name}")  # a text model's length: --data's
+    return load_model_for(args.reference, args.data, unsafe=args.unsafe, label_column=args.label_column)
 
 
 def _tolerance(file, overrides, task):

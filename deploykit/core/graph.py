@@ -271,19 +271,26 @@ def _parents(name: str, layer: dict) -> list[str]:
     if len(calls) != 1:
         raise UnsupportedLayerError(name, kind, f"called {len(calls)} times; deploykit reads layers called once")
     call = calls[0]
+    separate = support_for(layer, unsafe=True).tensor_args  # attention(query, value, key)
     if isinstance(call, dict):  # Keras 3: {"args": [tensor or [tensors]], "kwargs": {...}}
         args = call.get("args") or []
-        kwargs = {
-            k: v
-            for k, v in (call.get("kwargs") or {}).items()
-            if v is not None and not (k == "training" and v is False)
-        }
+        kwargs = {k: v for k, v in (call.get("kwargs") or {}).items() if v is not None and v is not False}
+        if separate:
+            tensors, kwargs = _tensor_arguments(args[0] if len(args) == 1 and isinstance(args[0], list) else args,
+                                                kwargs, lambda t: t)  # fmt: skip
+            args = [tensors]
         if kwargs or len(args) != 1:
             raise UnsupportedLayerError(name, kind, f"called with {kwargs or args[1:]}; deploykit reads plain calls")
         tensors = args[0] if isinstance(args[0], list) else [args[0]]
         if not all(isinstance(t, dict) and t.get("class_name") == "__keras_tensor__" for t in tensors):
             raise UnsupportedLayerError(name, kind, "takes non-tensor arguments; deploykit reads plain calls")
         return [str(t["config"]["keras_history"][0]) for t in tensors]
+    if separate and len(call) == 1 and len(call[0]) > 3:  # tf_keras: the query, the others among its kwargs
+        call, kwargs = _tensor_arguments([[*call[0][:3], {}]], call[0][3] or {}, lambda t: [*t[:3], {}])
+        if kwargs:
+            raise UnsupportedLayerError(
+                name, kind, f"called with extra arguments {kwargs}; deploykit reads plain calls"
+            )
     parents = []
     for entry in call:  # tf_keras: [[layer_name, node_index, tensor_index, kwargs], ...]
         if len(entry) > 3 and entry[3]:
@@ -296,6 +303,20 @@ def _parents(name: str, layer: dict) -> list[str]:
             )
         parents.append(str(entry[0]))
     return parents
+
+
+#: The tensors an attention layer is called on, in the order its ``call`` takes them.
+_ATTENTION_TENSORS = ("query", "value", "key")
+
+
+def _tensor_arguments(tensors: list, kwargs: dict, read) -> tuple[list, dict]:
+    """An attention call's tensors in order (query, value[, key]: one named as a keyword is moved into place,
+    ``read`` writing it as the format writes a read), and the options left (inference's are dropped)."""
+    tensors, kwargs = list(tensors), dict(kwargs)
+    for position, key in enumerate(_ATTENTION_TENSORS):
+        if key in kwargs and len(tensors) == position:
+            tensors.append(read(kwargs.pop(key)))
+    return tensors, {k: v for k, v in kwargs.items() if v is not None and v is not False}
 
 
 def _topological(nodes: list[Node], ready: set[str]) -> list[Node]:
@@ -338,7 +359,10 @@ def to_keras(graph: Graph):
     for node in graph.nodes:
         layer = _layer(keras, node.spec)
         args = [tensors[i] for i in node.inputs]
-        tensors[node.name] = layer(args if len(args) > 1 else args[0])
+        if node.spec.support.tensor_args:  # attention(query, value, key)
+            tensors[node.name] = layer(*args)
+        else:
+            tensors[node.name] = layer(args if len(args) > 1 else args[0])
         _set_weights(layer, node.spec)
     outputs = [tensors[o] for o in graph.outputs]
     return keras.Model([tensors[n] for n in graph.inputs], outputs if len(outputs) > 1 else outputs[0], name=graph.name)

@@ -64,6 +64,7 @@ class KernelLayout(enum.Enum):
     CONV = "conv"  # [taps..., input channels, filters]: one output channel per last-axis column
     DEPTHWISE = "depthwise"  # [taps..., input channels, multiplier]: output channel c * multiplier + m (grouped)
     RECURRENT = "recurrent"  # a cell's [inputs, gates x units]: pruned, never scaled or cut per unit
+    TRANSPOSED = "transposed"  # [taps..., filters, input channels] (Conv2DTranspose): one output channel per row
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ class Kernel:
 
     def units(self, shape: tuple[int, ...]) -> int:
         """Output units of a kernel of this shape (a depthwise kernel's: channels x multiplier)."""
-        return int(shape[-2] * shape[-1]) if self.layout is KernelLayout.DEPTHWISE else int(shape[-1])
+        if self.layout is KernelLayout.DEPTHWISE:
+            return int(shape[-2] * shape[-1])
+        return int(shape[-2]) if self.layout is KernelLayout.TRANSPOSED else int(shape[-1])
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class LayerSupport:
     compactable: bool = False  # compact (sparsity.dead_neurons) may remove its dead output units
     #: The weight that makes its output units and that TF-MOT prunes (SeparableConv2D's: its pointwise kernel).
     kernel: Kernel | None = None
+    #: Called on several tensors as separate arguments (attention's query, value and key), not on one list.
+    tensor_args: bool = False
 
     @property
     def merges(self) -> bool:
@@ -147,6 +152,11 @@ SUPPORT: dict[str, LayerSupport] = {
     "SeparableConv2D": _entry(
         Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, kernel=Kernel("pointwise_kernel", 1, KernelLayout.CONV)
     ),
+    # An autoencoder's or U-Net's upsampling: TF-MOT's registry prunes its kernel, a BatchNorm after it folds per
+    # output channel (its kernel's second to last axis); nothing folds forward into it or cuts its channels.
+    "Conv2DTranspose": _entry(
+        Role.CONV, prunable=True, absorbs=Absorb.OUTPUTS, kernel=Kernel("kernel", 0, KernelLayout.TRANSPOSED)
+    ),
     "BatchNormalization": _entry(Role.BATCHNORM, folds_away=True),
     "Normalization": _entry(Role.NORMALIZATION, folds_away=True),
     "Rescaling": _entry(Role.RESCALING, folds_away=True),
@@ -186,6 +196,8 @@ SUPPORT: dict[str, LayerSupport] = {
     "GRU": _RNN,
     "SimpleRNN": _RNN,
     "Bidirectional": _entry(Role.RECURRENT),
+    # Transformer blocks (keras.io's): exported by the converters (Einsum, Softmax), never pruned or folded through.
+    "MultiHeadAttention": LayerSupport(Role.OTHER, tensor_args=True),
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True),
 }
 
@@ -201,6 +213,7 @@ ALIASES = {
     "GlobalAvgPool2D": "GlobalAveragePooling2D",
     "Convolution1D": "Conv1D",
     "Convolution2D": "Conv2D",
+    "Convolution2DTranspose": "Conv2DTranspose",
     "SeparableConvolution2D": "SeparableConv2D",
 }
 SUPPORT.update({alias: SUPPORT[name] for alias, name in ALIASES.items()})

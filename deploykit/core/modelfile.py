@@ -7,12 +7,14 @@ reader would see a different model), or whose suffix disagrees with its
 content, is refused. Sizes are checked on what the file declares (zip members,
 JSON configs, the weights the layers declare) before anything is inflated
 (deploykit.limits). The config is then checked against the layer support
-table: unsupported layers, nested models, Lambda layers and custom code are
-reported by name.
+table, nested models layer by layer (deploykit.core.nested): unsupported layers,
+Lambda layers and custom code are reported by name.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import enum
 import json
 import math
@@ -22,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.core.layers import LayerSupport, support_for
+from deploykit.core.nested import MODEL_CLASSES, Nesting, flatten
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError
 from deploykit.files import read_bytes, regular_file
 from deploykit.limits import MODEL_BYTES, MODEL_CONFIG_BYTES
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 _KERAS_JSON = ("config.json", "metadata.json")
 
 
@@ -137,18 +139,21 @@ def _check_suffix(path: Path, found: ModelFormat) -> None:
 def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[tuple[dict, LayerSupport]]:
     """Check every serialized layer against the support table, before deserializing anything.
 
-    Raises :class:`UnsupportedLayerError` for a nested model, a custom layer
+    Nested models are checked layer by layer, as :mod:`deploykit.core.nested` flattens them. Raises
+    :class:`UnsupportedLayerError` for a nested model it cannot flatten, a custom layer
     class or a layer type deploykit does not handle, and
     :class:`UnsafeModelError` for a Lambda layer or custom code (a Python
     function, a custom registered object) unless ``unsafe``.
     Returns each layer config with its table entry.
     """
+    model_file.layer_configs()  # refuses a subclassed model by name
+    model_file = dataclasses.replace(
+        model_file, config=flatten(copy.deepcopy(model_file.config), Nesting(), keras3=model_file.is_keras3)
+    )
     checked = []
-    for layer in model_file.layer_configs():
+    for layer in model_file.layer_configs():  # nested models' layers included, as the loader flattens them
         kind = str(layer.get("class_name", ""))
         name = str(layer.get("config", {}).get("name", kind))
-        if kind in MODEL_CLASSES:
-            raise UnsupportedLayerError(name, kind, "a nested model; rebuild it as one flat model without sub-models")
         if _is_custom(layer):
             raise UnsupportedLayerError(
                 name,

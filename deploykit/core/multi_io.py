@@ -4,10 +4,13 @@ Every step of deploykit (fold, pruning, int8 preparation, validation, the MC gra
 input and one output. A model with several (the book's Wide & Deep network, a three-headed regressor) is
 therefore loaded as its *packed* twin (:mod:`deploykit.core.multi_io_model`): one input holding every model input
 flattened side by side, split back inside the graph by exact slicing layers, and one output holding every
-model output flattened side by side. Nothing is computed differently: slicing and concatenation move values.
+model output flattened side by side. So is a model whose one output is not one vector per row (an autoencoder's
+image [8, 8, 1], a per-timestep sequence): one ``Reshape`` flattens it into its K values, a K-target regression to
+every step. Nothing is computed differently: slicing and concatenation move values.
 
 Outside, users see their own tensors: the saved ``model.keras`` is the model with its own inputs and outputs,
-the ONNX and TFLite artifacts have one input and one output per model tensor, named after it, and the server
+the ONNX and TFLite artifacts have one input and one output per model tensor, named after it (an image out: one
+output named after the model's, of the image's shape), and the server
 answers one v2 tensor per input and output. The one convention that ties both sides together is the
 :class:`Layout`: inputs and outputs **in the order of their names**. A runner (onnxruntime, LiteRT) of an
 artifact with several named inputs packs and unpacks by that order without reading any metadata.
@@ -80,6 +83,17 @@ class Layout:
     @property
     def several_outputs(self) -> bool:
         return len(self.outputs) > 1
+
+    @property
+    def packs_outputs(self) -> bool:
+        """The outputs are packed into columns: several, or one whose rows are not one vector (an image out, [8, 8, 1]),
+        so every step sees one [N, K] regressor."""
+        return len(self.outputs) > 1 or any(len(t.shape) > 1 for t in self.outputs)
+
+    @property
+    def packed_input_shape(self) -> tuple[int, ...]:
+        """A packed row's input shape: one input keeps its own (an image stays [8, 8, 1]), several sit side by side."""
+        return self.inputs[0].shape if len(self.inputs) == 1 else (self.input_size,)
 
     @property
     def input_size(self) -> int:
@@ -171,7 +185,7 @@ def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layo
         | set(OUTPUT_NAMES)
         | set(REGRESSION_OUTPUT_NAMES)
     )  # a logits classifier's or an MC model's outputs are not model heads
-    several_outputs = len(outputs) > 1 and not (contract & set(outputs))
+    several_outputs = (len(outputs) > 1 and not (contract & set(outputs))) or _shaped_output(outputs, contract)
     if len(inputs) <= 1 and not several_outputs:
         return None
     packed = {**inputs, **(outputs if several_outputs else {})}
@@ -182,6 +196,17 @@ def artifact_layout(inputs: dict[str, tuple], outputs: dict[str, tuple]) -> Layo
                 "outputs are packed side by side in one row, which needs fixed shapes"
             )
     return Layout.of(inputs, outputs if several_outputs else {})
+
+
+def _shaped_output(outputs: dict[str, tuple], contract: set[str]) -> bool:
+    """One model output whose rows are not one vector ([8, 8, 1], its axes all sized), named after the model's output:
+    deploykit's artifact of an image-out model, read as its packed [N, K] columns. An axis without a size (a
+    foreign file's variable-length sequence) leaves the output as it is."""
+    if len(outputs) != 1:
+        return False
+    ((name, shape),) = outputs.items()
+    sized = all(isinstance(d, (int, np.integer)) and d > 0 for d in shape)
+    return name not in contract and len(shape) > 1 and sized
 
 
 # --- data: an .npz named after the model's tensors ---------------------------------------------------
@@ -208,13 +233,21 @@ def npz_parts(path: Path, arrays: dict[str, np.ndarray], layout: Layout) -> dict
             raise DataError(
                 f"data {path}: the arrays of one split must have as many rows each ({counts}, targets: {len(y)})"
             )
-        out[part] = (np.concatenate([a.reshape(len(a), -1).astype(np.float32, copy=False) for a in x], axis=1), y)
+        out[part] = (_packed_inputs(x), y)
     return out
 
 
+def _packed_inputs(x: list[np.ndarray]) -> np.ndarray:
+    """The inputs of a packed row (:attr:`Layout.packed_input_shape`): one input as the model takes it (an image
+    stays [N, 8, 8, 1]), several flattened side by side."""
+    if len(x) == 1:
+        return x[0].astype(np.float32, copy=False)
+    return np.concatenate([a.reshape(len(a), -1).astype(np.float32, copy=False) for a in x], axis=1)
+
+
 def is_named_npz(arrays: dict[str, np.ndarray], layout: Layout | None) -> bool:
-    """True when an .npz is to be read by the model's tensor names (several outputs, or no ``x`` / ``x_train``)."""
-    return layout is not None and (layout.several_outputs or ("x" not in arrays and "x_train" not in arrays))
+    """True when an .npz is to be read by the model's tensor names (packed outputs, or no ``x`` / ``x_train``)."""
+    return layout is not None and (layout.packs_outputs or ("x" not in arrays and "x_train" not in arrays))
 
 
 def _aliased(arrays: dict, layout: Layout) -> Layout:
@@ -268,7 +301,7 @@ def _input_array(path: Path, arrays: dict, tensor: Tensor, part: str) -> np.ndar
 def _targets(path: Path, arrays: dict, layout: Layout, part: str) -> np.ndarray:
     """The targets of one part: one output's array or ``y`` as it is, several outputs' side by side."""
     sfx = _suffix(part)
-    if not layout.several_outputs:
+    if not layout.packs_outputs:
         name = (
             layout.outputs[0].name + sfx if layout.outputs and layout.outputs[0].name + sfx in arrays else TARGETS + sfx
         )
@@ -296,7 +329,7 @@ def _targets(path: Path, arrays: dict, layout: Layout, part: str) -> np.ndarray:
                 f"data {path}: array {name!r} has {a.shape[1]} target column(s) per row, but the model "
                 f"output {t.name!r} has {t.size}"
             )
-        if name.startswith(TARGETS) and name == TARGETS + sfx:
+        if layout.several_outputs and name == TARGETS + sfx:
             log.info("data %s: output %s is compared with the shared targets %r", path, t.name, name)
         columns.append(a.astype(np.float32))
     return np.concatenate(columns, axis=1)

@@ -4,8 +4,9 @@
 :func:`pack_model` rewrites the model's graph: one input ``deploykit_packed_input`` [D] (every input flattened,
 side by side in name order), cut back into each model input by a ``Reshape`` [D, 1], a ``Cropping1D`` and a
 ``Reshape`` to the input's shape named after the input (so the model's own layers read it unchanged); several
-outputs are each reshaped flat and concatenated into ``deploykit_packed_output`` [K]. Slicing and concatenation
-move values and compute nothing, so the packed model's outputs are the model's, exactly. The original order of
+outputs are each reshaped flat and concatenated into ``deploykit_packed_output`` [K] (one output that is not a
+vector, an image [8, 8, 1], is flattened by one ``Reshape`` of that name). Slicing and concatenation move values
+and compute nothing, so the packed model's outputs are the model's, exactly. The original order of
 the inputs and outputs is kept in the slicing layers' names (``deploykit_split_3``, ``deploykit_flat_1``), so
 :func:`unpack_model` gives back the model as the user built it (``model([wide, deep])`` still works).
 
@@ -46,7 +47,7 @@ class Packing:
 
     @property
     def packs_outputs(self) -> bool:
-        return self.layout.several_outputs
+        return self.layout.packs_outputs
 
 
 def has_several_io(model) -> bool:
@@ -54,15 +55,34 @@ def has_several_io(model) -> bool:
     return len(getattr(model, "inputs", None) or []) > 1 or len(getattr(model, "outputs", None) or []) > 1
 
 
+def has_shaped_output(model) -> bool:
+    """A tf_keras model whose one output is not one vector per row (an autoencoder's image, a per-timestep
+    sequence): every step reads [N, K], so it is packed into its K columns as several outputs are."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or len(outputs[0].shape) < 3:
+        return False
+    return all(isinstance(d, int) and d > 0 for d in outputs[0].shape[1:])  # K columns need every axis sized
+
+
+def needs_packing(model) -> bool:
+    """A tf_keras model :func:`pack_model` rewrites: several inputs or outputs, or one output that is not a vector."""
+    return has_several_io(model) or has_shaped_output(model)
+
+
 def pack_model(model):
-    """The packed twin of a tf_keras model with several inputs or outputs (the model itself otherwise).
+    """The packed twin of a tf_keras model with several inputs or outputs, or one non-vector output (the model
+    itself otherwise).
 
     Several outputs are shipped as regression heads (their columns side by side); an output that ends in a
-    softmax among several is refused by name, as deploykit scores one classifier head per model.
+    softmax among several is refused by name, as deploykit scores one classifier head per model. One image or
+    sequence output is a regression of its K values (an autoencoder's pixels); one ending in a softmax (a
+    per-pixel classifier) is left as it is.
     """
-    if not has_several_io(model):
+    if not needs_packing(model):
         return model
     graph = graph_from_model(model, unsafe=True)
+    if not has_several_io(model) and _per_position_classifier(graph):
+        return model
     for name in graph.outputs if len(graph.outputs) > 1 else []:
         spec = graph.node(name).spec
         if is_softmax_spec(spec.class_name, spec.config):
@@ -79,8 +99,16 @@ def pack_model(model):
     return to_keras(pack_graph(graph))
 
 
+def _per_position_classifier(graph: Graph) -> bool:
+    """One non-vector output ending in a softmax (one per pixel or timestep): its labels are no regression targets,
+    so it is not packed; converters still export it as it is, and data refuses it (Dataset.check_model)."""
+    spec = graph.node(graph.outputs[0]).spec
+    return len(graph.outputs) == 1 and is_softmax_spec(spec.class_name, spec.config)
+
+
 def pack_graph(graph: Graph) -> Graph:
-    """The graph with its inputs packed into one (when several) and its outputs into one (when several)."""
+    """The graph with its inputs packed into one (when several) and its outputs into one (when several, or when the
+    one output is not a vector)."""
     packed = graph.copy()
     order_in, order_out = list(graph.inputs), list(graph.outputs)
     layout = Layout.of(dict(graph.inputs), {o: graph.shape(o) for o in graph.outputs})
@@ -104,7 +132,11 @@ def pack_graph(graph: Graph) -> Graph:
             start += t.size
         packed.inputs = {PACKED_INPUT: (size,)}
     back: list[Node] = []
-    if layout.several_outputs:
+    if layout.packs_outputs and not layout.several_outputs:  # one image out: flattened, nothing to join
+        t = layout.outputs[0]
+        back.append(Node(LayerSpec("Reshape", {"name": PACKED_OUTPUT, "target_shape": (t.size,)}), [t.name], (t.size,)))
+        packed.outputs = [PACKED_OUTPUT]
+    elif layout.several_outputs:
         for t in layout.outputs:
             flat = f"{FLAT_PREFIX}{order_out.index(t.name)}"
             back.append(Node(LayerSpec("Reshape", {"name": flat, "target_shape": (t.size,)}), [t.name], (t.size,)))
@@ -143,11 +175,14 @@ def graph_packing(graph: Graph) -> Packing | None:
         inputs = {shaped[c.name].name: shaped[c.name].shape for c in crops}
         order_in = [shaped[c.name].name for c in sorted(crops, key=lambda c: int(c.name[len(SPLIT_PREFIX) :]))]
     outputs, order_out = {o: graph.shape(o) for o in graph.outputs}, list(graph.outputs)
-    if graph.outputs == [PACKED_OUTPUT]:
+    if graph.outputs == [PACKED_OUTPUT] and graph.node(PACKED_OUTPUT).spec.class_name == "Reshape":  # one image out
+        order_out = list(graph.node(PACKED_OUTPUT).inputs)
+        outputs = {order_out[0]: graph.shape(order_out[0])}
+    elif graph.outputs == [PACKED_OUTPUT]:
         flats = [graph.node(n) for n in graph.node(PACKED_OUTPUT).inputs]
         outputs = {f.inputs[0]: graph.shape(f.inputs[0]) for f in flats}
         order_out = [f.inputs[0] for f in sorted(flats, key=lambda f: int(f.name[len(FLAT_PREFIX) :]))]
-    if len(inputs) == 1 and len(outputs) == 1:
+    if PACKED_INPUT not in graph.inputs and graph.outputs != [PACKED_OUTPUT]:
         return None
     return Packing(Layout.of(inputs, outputs), tuple(order_in), tuple(order_out))
 
@@ -172,7 +207,8 @@ def unpack_graph(graph: Graph) -> Graph:
         dropped |= {n.name for n in graph.nodes if n.name.startswith(SPLIT_PREFIX)}
         out.inputs = {name: shapes[name] for name in packing.input_order}
     if graph.outputs == [PACKED_OUTPUT]:
-        dropped |= {PACKED_OUTPUT, *graph.node(PACKED_OUTPUT).inputs}
+        flats = [n for n in graph.node(PACKED_OUTPUT).inputs if n.startswith(FLAT_PREFIX)]  # one image out: none
+        dropped |= {PACKED_OUTPUT, *flats}
         out.outputs = list(packing.output_order)
     out.nodes = [n for n in out.nodes if n.name not in dropped]
     return out

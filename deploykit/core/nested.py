@@ -34,7 +34,8 @@ from deploykit.errors import UnsupportedLayerError
 log = logging.getLogger(__name__)
 
 _TENSOR = "__keras_tensor__"
-MODEL_CLASSES = ("Sequential", "Functional", "Model")
+#: The class names of a (nested) model in a config.
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 #: Keras 3 layers that return their input unchanged at inference (``training=False``): data augmentation,
 #: noise and regularization layers. Checked against Keras 3 itself in tests/keras3/test_nested.py.
 INFERENCE_IDENTITY = frozenset(
@@ -78,6 +79,17 @@ class Nesting:
     path: dict[str, tuple[str, ...]] = field(default_factory=dict)  # inlined layer -> the models it sits in
     removed: list[str] = field(default_factory=list)  # "name (Class)" of each augmentation layer removed
 
+    def __bool__(self) -> bool:
+        return bool(self.path or self.removed)
+
+    def say(self) -> None:
+        """One progress line for each thing the flattening did (the loader calls it once per model)."""
+        models = sorted({outer for path in self.path.values() for outer in path})
+        if models:
+            log.info("nested models read as one graph: %s", ", ".join(models))
+        if self.removed:
+            log.info("removed, as Keras does at inference: %s", ", ".join(self.removed))
+
     def source_layer(self, source, name: str):
         """The Keras 3 layer named ``name`` in the loaded ``source`` model, inside the models it sits in."""
         for outer in self.path.get(name, ()):
@@ -85,21 +97,18 @@ class Nesting:
         return source.get_layer(name)
 
 
-def flatten(config: dict, nesting: Nesting) -> dict:
-    """``config`` (a model config, rewritten in place) with nested models inlined and augmentation removed."""
+def flatten(config: dict, nesting: Nesting, *, keras3: bool) -> dict:
+    """``config`` (a Keras 3 or tf_keras model config, rewritten in place) with nested models inlined and
+    augmentation removed; ``config`` itself when it holds neither. ``keras3``: the config's format (the two
+    link layers differently)."""
     inner = config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
     if not isinstance(layers, list) or not any(_flattens(layer) for layer in layers):
         return config
     if config.get("class_name") == "Sequential":
-        config = as_functional(config, need_shape=True)
+        config = as_functional(config, keras3, need_shape=True)
     names = {layer_name(layer) for layer in config["config"]["layers"]}
-    config["config"]["layers"] = _flat_layers(config, names, nesting, ())
-    models = sorted({outer for path in nesting.path.values() for outer in path})
-    if models:
-        log.info("nested models read as one graph: %s", ", ".join(models))
-    if nesting.removed:
-        log.info("removed, as Keras does at inference: %s", ", ".join(nesting.removed))
+    config["config"]["layers"] = _flat_layers(config, names, nesting, (), keras3)
     return config
 
 
@@ -107,7 +116,7 @@ def _flattens(layer: dict) -> bool:
     return layer.get("class_name") in MODEL_CLASSES or layer.get("class_name") in INFERENCE_IDENTITY
 
 
-def _flat_layers(config: dict, names: set[str], nesting: Nesting, where: tuple[str, ...]) -> list[dict]:
+def _flat_layers(config: dict, names: set[str], nesting: Nesting, where: tuple[str, ...], keras3: bool) -> list:
     """The functional ``config``'s layers with nested models replaced by their (flattened) layers."""
     out: list[dict] = []
     for layer in list(config["config"]["layers"]):
@@ -116,53 +125,64 @@ def _flat_layers(config: dict, names: set[str], nesting: Nesting, where: tuple[s
             _bypass(config, layer)
             nesting.removed.append(f"{layer_name(layer)} ({kind})")
         elif kind in MODEL_CLASSES:
-            out += _inline(config, layer, names, nesting, where)
+            out += _inline(config, layer, names, nesting, (where, keras3))
         else:
             out.append(layer)
     return out
 
 
-def _inline(config: dict, model: dict, names: set[str], nesting: Nesting, where: tuple[str, ...]) -> list[dict]:
+def _inline(config: dict, model: dict, names: set[str], nesting: Nesting, at: tuple) -> list[dict]:
     """A nested model's layers, its inputs reading what it was called on, its readers reading its outputs."""
-    outer = layer_name(model)
+    (where, keras3), outer, kind = at, layer_name(model), str(model.get("class_name"))
     args = _call_args(model)
-    body = as_functional(model) if model.get("class_name") == "Sequential" else model
+    body = as_functional(model, keras3) if kind == "Sequential" else model
     inner = body.get("config") or {}
     inputs, outputs = _ends(inner.get("input_layers")), _ends(inner.get("output_layers"))
     if len(inputs) != len(args):
-        raise UnsupportedLayerError(
-            outer,
-            str(model.get("class_name")),
-            f"a nested model of {len(inputs)} input(s) called on {len(args)} tensor(s)",
-        )
+        raise UnsupportedLayerError(outer, kind, f"a nested model of {len(inputs)} input(s) called on {len(args)}")
     layers = [layer for layer in inner.get("layers") or [] if layer.get("class_name") != "InputLayer"]
     _claim_names(outer, layers, names)
     inner_config = {"config": {"layers": layers, "output_layers": outputs}}
     for end, arg in zip(inputs, args):
-        _replace_reads(inner_config, end[0], lambda index, arg=arg: arg["config"]["keras_history"])
+        _replace_reads(inner_config, end[0], lambda index, arg=arg: arg)
     for layer in layers:
         layer.setdefault("config", {})["trainable"] = True
         nesting.path[layer_name(layer)] = (*where, outer)
-    flat = _flat_layers(inner_config, names, nesting, (*where, outer))
+    flat = _flat_layers(inner_config, names, nesting, (*where, outer), keras3)
     ends = inner_config["config"]["output_layers"]  # augmentation at its end removed: its input
     _replace_reads(config, outer, lambda index: ends[index] if index < len(ends) else None)
     return flat
 
 
-def _call_args(model: dict) -> list[dict]:
-    """The tensors a nested model is called on (once, with no option other than inference's)."""
-    name, kind = layer_name(model), str(model.get("class_name"))
-    calls = model.get("inbound_nodes") or []
-    if len(calls) != 1 or not isinstance(calls[0], dict):
-        raise UnsupportedLayerError(name, kind, f"a nested model called {len(calls)} times; deploykit reads one call")
-    args, kwargs = list(calls[0].get("args") or []), calls[0].get("kwargs") or {}
-    tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+def _call(layer: dict) -> tuple[list[list], dict]:
+    """The reads ([layer, node, tensor, ...] lists, changed in place to re-link) of a layer's one call, and its
+    options, from a Keras 3 (``{"args", "kwargs"}``) or tf_keras (``[[name, node, tensor, kwargs], ...]``) node."""
+    name, kind = layer_name(layer), str(layer.get("class_name"))
+    calls = layer.get("inbound_nodes") or []
+    if len(calls) != 1:
+        what = "a nested model called" if kind in MODEL_CLASSES else "called"
+        raise UnsupportedLayerError(name, kind, f"{what} {len(calls)} times; deploykit reads one call")
+    call = calls[0]
+    if isinstance(call, dict):
+        args, kwargs = list(call.get("args") or []), dict(call.get("kwargs") or {})
+        tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+        if not tensors or not all(is_tensor(t) for t in tensors):
+            raise UnsupportedLayerError(name, kind, f"called with {args}; deploykit reads a call on tensors")
+        return [t["config"]["keras_history"] for t in tensors], kwargs
+    kwargs = {}
+    for entry in call:
+        kwargs.update(entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {})
+    return list(call), kwargs
+
+
+def _call_args(model: dict) -> list[list]:
+    """The reads of a nested model's one call (with no option other than inference's)."""
+    reads, kwargs = _call(model)
     extra = {k: v for k, v in kwargs.items() if v not in _CALL_OPTIONS.get(k, (None,))}
-    if extra or not tensors or not all(is_tensor(t) for t in tensors):
-        raise UnsupportedLayerError(
-            name, kind, f"a nested model called with {extra or args}; deploykit reads a call on tensors"
-        )
-    return tensors
+    if extra:
+        name, kind = layer_name(model), str(model.get("class_name"))
+        raise UnsupportedLayerError(name, kind, f"a nested model called with {extra}; deploykit reads inference calls")
+    return reads
 
 
 def _claim_names(outer: str, layers: list[dict], names: set[str]) -> None:
@@ -179,15 +199,14 @@ def _claim_names(outer: str, layers: list[dict], names: set[str]) -> None:
 
 def _bypass(config: dict, layer: dict) -> None:
     """Readers of ``layer`` read what it was called on (it returns its input at inference)."""
-    name, kind = layer_name(layer), str(layer.get("class_name"))
-    calls = layer.get("inbound_nodes") or []
-    args = (calls[0].get("args") or []) if len(calls) == 1 and isinstance(calls[0], dict) else []
-    if len(args) != 1 or not is_tensor(args[0]):
-        raise UnsupportedLayerError(name, kind, "an augmentation layer not called once on one tensor")
-    _replace_reads(config, name, lambda index: args[0]["config"]["keras_history"] if index == 0 else None)
+    reads, _kwargs = _call(layer)
+    if len(reads) != 1:
+        name, kind = layer_name(layer), str(layer.get("class_name"))
+        raise UnsupportedLayerError(name, kind, "an augmentation layer not called on one tensor")
+    _replace_reads(config, layer_name(layer), lambda index: reads[0] if index == 0 else None)
 
 
-def as_functional(config: dict, *, need_shape: bool = False) -> dict:
+def as_functional(config: dict, keras3: bool, *, need_shape: bool = False) -> dict:
     """A Sequential model config as the functional config of the same chain (a copy of its layers, re-linked).
 
     Without an InputLayer its input is the build shape's: a nested one's input is replaced by what it is
@@ -197,14 +216,18 @@ def as_functional(config: dict, *, need_shape: bool = False) -> dict:
     if layers and layers[0].get("class_name") == "InputLayer":
         first, layers = layers[0], layers[1:]
     else:
-        first = _input_layer(f"{inner.get('name', 'sequential')}_input", _build_shape(config, need_shape))
+        first = _input_layer(f"{inner.get('name', 'sequential')}_input", _build_shape(config, need_shape), keras3)
+    first = first if keras3 else {**first, "name": layer_name(first), "inbound_nodes": []}
     previous, chained = layer_name(first), [first]
     for layer in layers:
-        chained.append({**layer, "inbound_nodes": [{"args": [tensor_ref(previous)], "kwargs": {}}]})
+        if keras3:
+            chained.append({**layer, "inbound_nodes": [{"args": [tensor_ref(previous)], "kwargs": {}}]})
+        else:  # tf_keras names each layer of a functional config beside its config
+            chained.append({**layer, "name": layer_name(layer), "inbound_nodes": [[[previous, 0, 0, {}]]]})
         previous = layer_name(layer)
     inner.update(layers=chained, input_layers=[[layer_name(first), 0, 0]], output_layers=[[previous, 0, 0]])
     inner.pop("build_input_shape", None)
-    return {**config, "class_name": "Functional", "config": inner}
+    return {**config, "class_name": "Functional" if keras3 else "Model", "config": inner}
 
 
 def _build_shape(config: dict, need_shape: bool) -> list | None:
@@ -216,7 +239,10 @@ def _build_shape(config: dict, need_shape: bool) -> list | None:
     return list(shape) if shape else None
 
 
-def _input_layer(name: str, batch_shape: list) -> dict:
+def _input_layer(name: str, batch_shape: list | None, keras3: bool) -> dict:
+    if not keras3:
+        config = {"batch_input_shape": batch_shape, "dtype": "float32", "sparse": False, "name": name}
+        return {"class_name": "InputLayer", "config": config, "name": name, "inbound_nodes": []}
     return {
         "module": "keras.layers",
         "class_name": "InputLayer",
@@ -228,35 +254,32 @@ def _input_layer(name: str, batch_shape: list) -> dict:
 def _replace_reads(config: dict, old: str, history_of) -> None:
     """Every read of layer ``old``'s output ``index`` (in inbound nodes and the model's ends) now reads the
     tensor ``history_of(index)`` names ([layer, node, tensor]); one it cannot name is refused."""
-
-    def new(history):
-        got = history_of(int(history[2]) if len(history) > 2 else 0)
-        if got is None:
-            raise UnsupportedLayerError(old, "Model", f"a read of its output {history} it does not have")
-        return list(got)
-
-    def visit(value):
-        if is_tensor(value):
-            history = value["config"]["keras_history"]
-            if history[0] == old:
-                value["config"]["keras_history"] = new(history)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, list):
-            for v in value:
-                visit(v)
-
     inner = config["config"]
-    for layer in inner["layers"]:
-        visit(layer.get("inbound_nodes"))
     for key in ("output_layers", "input_layers"):
-        ends = inner.get(key)
-        if isinstance(ends, list) and ends and isinstance(ends[0], str):
-            ends = inner[key] = [ends]
-        for i, end in enumerate(ends or []):
-            if isinstance(end, list) and end and end[0] == old:
-                ends[i] = new(end)
+        if isinstance(inner.get(key), list) and inner[key] and isinstance(inner[key][0], str):
+            inner[key] = [inner[key]]  # one end written bare
+    reads = [r for layer in inner["layers"] for r in _reads(layer.get("inbound_nodes"))]
+    for history in [*reads, *inner.get("output_layers", []), *inner.get("input_layers", [])]:
+        if history and history[0] == old:
+            got = history_of(int(history[2]) if len(history) > 2 else 0)
+            if got is None:
+                raise UnsupportedLayerError(old, "Model", f"a read of its output {history[:3]} it does not have")
+            history[:3] = list(got[:3])
+
+
+def _reads(value):
+    """The [layer, node, tensor, ...] lists an inbound_nodes value reads from, in either Keras's format."""
+    if is_tensor(value):
+        yield value["config"]["keras_history"]
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _reads(v)
+    elif isinstance(value, list):
+        if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
+            yield value  # tf_keras: [name, node_index, tensor_index, kwargs]
+        else:
+            for v in value:
+                yield from _reads(v)
 
 
 def _ends(value) -> list[list]:

@@ -189,10 +189,11 @@ def model_task(model, task: Task | None = None, labels_are_classes: bool | None 
 
     width = model.output_shape[-1]
     graph = graph_from_model(model, unsafe=True)
-    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side: regression heads (deploykit.core.multi_io)
+    if graph.outputs == [PACKED_OUTPUT]:  # several outputs side by side, or an image out: regression values
         if task is Task.CLASSIFICATION:
             raise UsageError(
-                "the model has several outputs, shipped as regression heads: --task classification does not apply"
+                "the model has several outputs or one that is not a vector per row, shipped as regression values: "
+                "--task classification does not apply"
             )
         task = Task.REGRESSION
     return resolve_task(output_kind(graph), int(width or 0), task=task, labels_are_classes=labels_are_classes)

@@ -143,6 +143,7 @@ class Dataset:
         self.check_input_shape(model.input_shape, what=what)
         outputs = model.output_shape[-1]
         kind = output_kind(graph_from_model(model, unsafe=True))
+        self._check_vector_output(model, kind, what)
         if kind in CLASSIFIER_HEADS and self.task is Task.REGRESSION:
             raise DataError(
                 f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
@@ -168,6 +169,23 @@ class Dataset:
             return resolve_task(kind, int(outputs), task=self.task)
         except UsageError as exc:
             raise DataError(f"data {self.name!r} and {what}: {exc}") from None
+
+    def _check_vector_output(self, model, kind: OutputKind, what: str) -> None:
+        """Refuse an output that is still not one vector per row (an image out is packed into its columns at load,
+        deploykit.core.multi_io_model.pack_model): a per-pixel softmax, or an axis without a size."""
+        shape = list(model.output_shape[1:])
+        if len(shape) < 2:
+            return
+        if kind in CLASSIFIER_HEADS:
+            raise DataError(
+                f"data {self.name!r} and {what}: the output of shape {shape} ends in a softmax per position; a "
+                "per-position classifier (segmentation, per-timestep classes) is not supported"
+            )
+        if None in shape:
+            raise DataError(
+                f"data {self.name!r} and {what}: the output of shape {shape} has an axis without a size; an output "
+                "that is not one vector per row is read as its values side by side, which needs every axis sized"
+            )
 
     def summary(self) -> str:
         what = (
@@ -320,12 +338,14 @@ def load_named_npz(
 
     from deploykit.core.multi_io import npz_parts
 
-    if layout.several_outputs:  # several heads are regression heads (deploykit.core.multi_io_model.pack_model)
+    if layout.packs_outputs:  # several heads, or an image out: regression values (multi_io_model.pack_model)
         if task is Task.CLASSIFICATION:
-            raise DataError(
-                f"data {path}: the model has {len(layout.outputs)} outputs, shipped as regression heads; "
-                "--task classification does not apply"
+            what = (
+                f"has {len(layout.outputs)} outputs, shipped as regression heads"
+                if layout.several_outputs
+                else f"output {layout.outputs[0].describe()} is shipped as a regression of its values"
             )
+            raise DataError(f"data {path}: the model {what}; --task classification does not apply")
         task = Task.REGRESSION
     parts = npz_parts(path, arrays, layout)
     if "all" in parts:

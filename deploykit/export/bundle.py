@@ -149,7 +149,7 @@ def export_bundle(
     """
     config = config or ExportConfig()
     say = progress or (lambda message: None)
-    source = _Source.of(model, config)
+    source = _Source.of(model, config, data)
     data = as_dataset(data, task=task, layout=source.layout) if data is not None else _generated(source, config, task)
     generated = data.name == GENERATED
     # a converter's file, neither data nor the user saying what it is: its files claim nothing
@@ -234,10 +234,11 @@ class _Source:
     layout: Layout | None = None  # several inputs / outputs: how data rows pack them (an .npz may name them)
 
     @classmethod
-    def of(cls, model, config: ExportConfig) -> _Source:
+    def of(cls, model, config: ExportConfig, data=None) -> _Source:
+        """``data`` (as given) sizes the input axes a model file leaves unsized (deploykit.io.lengths)."""
         if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
             return cls._onnx(Path(model), config)
-        model = as_model(model)
+        model = as_model(model, data=data)
 
         def export(fmt, quant, path, data, config, meta):
             return export_variant(

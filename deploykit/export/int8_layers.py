@@ -53,10 +53,10 @@ def onnx_candidates(path, quant) -> list[str]:
 
     proto = onnx.load(str(path))
     if quant.spec.recipe is Recipe.ONNX_STATIC:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from deploykit.export.onnx_quant import pre_process
 
         with tempfile.TemporaryDirectory(prefix="deploykit-fallback-") as tmp, quiet_native():
-            quant_pre_process(str(path), str(Path(tmp) / "pre.onnx"))
+            pre_process(path, Path(tmp) / "pre.onnx")
             proto = onnx.load(str(Path(tmp) / "pre.onnx"))
     weights = {t.name: t for t in proto.graph.initializer}
     kernels = {}

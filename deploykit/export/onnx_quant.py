@@ -92,7 +92,6 @@ def quantize_int8_static(
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     unsigned = activation_type.resolved() is ActivationType.UINT8
     with (
@@ -100,7 +99,7 @@ def quantize_int8_static(
         quiet_native(),
     ):  # the quantizer warns on the root logger ("consider pre-processing")
         pre = src.with_name("pre.onnx")
-        quant_pre_process(str(src), str(pre))
+        pre_process(src, pre)
         prepared = onnx.load(str(pre))
         heads = float_heads(prepared)
         if heads:
@@ -119,6 +118,20 @@ def quantize_int8_static(
                 nodes_to_exclude=excluded,
             )
         return _load(dst)
+
+
+def pre_process(src, dst) -> None:
+    """onnxruntime's ``quant_pre_process`` of ``src`` into ``dst``; on a graph its symbolic shape inference cannot
+    complete (an attention block's Einsum and dynamic reshapes: "Incomplete symbolic shape inference"), again with
+    ONNX's own shape inference, which the quantizer needs no more than."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception as exc:
+        if "symbolic shape inference" not in str(exc):
+            raise
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def _excluded(proto, exclude: tuple[str, ...], keep_float: tuple[str, ...]) -> list[str]:

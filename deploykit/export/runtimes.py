@@ -156,10 +156,11 @@ def tflite_outputs(interpreter) -> dict[str, tuple[str, list]]:
 
 
 def packed_shapes(layout, input_shape: tuple, output_shape: tuple) -> tuple[tuple, tuple]:
-    """(input shape, output shape) a runner takes and gives: packed widths for an artifact with several tensors."""
+    """(input shape, output shape) a runner takes and gives: packed widths for an artifact with several tensors (or
+    an image out, [N, 8, 8, 1] given as its [N, 64] columns)."""
     if layout is None:
         return input_shape, output_shape
-    return (layout.input_size,), (layout.output_size,) if layout.outputs else output_shape
+    return layout.packed_input_shape, (layout.output_size,) if layout.outputs else output_shape
 
 
 def _signature_tensors(interpreter) -> tuple[dict, dict] | None:
@@ -168,9 +169,10 @@ def _signature_tensors(interpreter) -> tuple[dict, dict] | None:
         signature = next(iter(interpreter._get_full_signature_list().values()))
     except (AttributeError, StopIteration, KeyError, TypeError):
         return None
-    if len(signature["inputs"]) <= 1 and len(signature["outputs"]) <= 1:
-        return None
     by_index = {d["index"]: d for d in [*interpreter.get_input_details(), *interpreter.get_output_details()]}
+    shaped = any(len(by_index[i]["shape_signature"]) > 2 for i in signature["outputs"].values() if i in by_index)
+    if len(signature["inputs"]) <= 1 and len(signature["outputs"]) <= 1 and not shaped:
+        return None
     return (
         {n: by_index[i] for n, i in signature["inputs"].items()},
         {n: by_index[i] for n, i in signature["outputs"].items()},

@@ -195,6 +195,8 @@ def fold_backward(target: LayerSpec, affine: Affine) -> None:
     kernel, bias, k = _kernel_parts(target)
     if target.support.kernel.layout is KernelLayout.DEPTHWISE:  # output channel c * multiplier + m
         scaled = (kernel.reshape(*kernel.shape[:2], -1) * s).reshape(kernel.shape)
+    elif target.support.kernel.layout is KernelLayout.TRANSPOSED:  # Conv2DTranspose: [kh, kw, filters, inputs]
+        scaled = kernel * s[:, None]
     else:
         scaled = kernel * s
     _set_kernel(target, scaled, bias * s + t, k)

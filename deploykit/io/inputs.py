@@ -15,20 +15,25 @@ from pathlib import Path
 from deploykit.errors import DataError, UsageError
 
 
-def as_model(obj, *, unsafe: bool = False, what: str = "model"):
-    """A tf_keras model from a tf_keras model, a Keras 3 model object, or a model file / folder."""
-    if isinstance(obj, (str, os.PathLike)):
-        from deploykit.io.models import load_model
+def as_model(obj, *, unsafe: bool = False, what: str = "model", data=None, say=None):
+    """A tf_keras model from a tf_keras model, a Keras 3 model object, or a model file / folder.
 
-        return load_model(obj, unsafe=unsafe)
+    ``data`` (what ``data=`` was given) sizes the input axes a file or Keras 3 object leaves unsized
+    (:mod:`deploykit.io.lengths`); ``say`` reports it.
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        from deploykit.io.lengths import load_model_for
+
+        return load_model_for(obj, data, unsafe=unsafe, say=say)
     if is_keras3_model(obj):
-        return _import_keras3_object(obj, unsafe)
+        return _import_keras3_object(obj, unsafe, data, say)
     from deploykit.backend import is_tf_keras_model
 
     if is_tf_keras_model(obj):
+        from deploykit.io.flat import flat_model
         from deploykit.io.models import check_single_io
 
-        return check_single_io(obj)  # packed when it has several inputs or outputs
+        return check_single_io(flat_model(obj))  # one graph; packed when it has several inputs or outputs
     raise UsageError(f"{what}: expected a Keras model or a model file, got {type(obj).__module__}.{type(obj).__name__}")
 
 
@@ -105,11 +110,11 @@ def is_keras3_model(obj) -> bool:
     )
 
 
-def _import_keras3_object(model, unsafe: bool):
+def _import_keras3_object(model, unsafe: bool, data=None, say=None):
     """Save a Keras 3 model to a temporary .keras file and import it as deploykit imports such files."""
-    from deploykit.io.models import load_model
+    from deploykit.io.lengths import load_model_for
 
     with tempfile.TemporaryDirectory(prefix="deploykit-keras3-") as tmp:
         path = Path(tmp) / f"{model.name or 'model'}.keras"
         model.save(path)
-        return load_model(path, unsafe=unsafe)
+        return load_model_for(path, data, unsafe=unsafe, say=say)

@@ -24,6 +24,7 @@ from deploykit.atomic import atomic_path
 from deploykit.core.layers import check_layers
 from deploykit.core.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError
+from deploykit.io.flat import flat_model
 from deploykit.log import quiet_native
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-def load_model(path: str | os.PathLike, *, unsafe: bool = False):
+def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: dict[str, tuple] | None = None):
     """Load a model as a tf_keras model, checking its layers against the support table.
 
     A model with several inputs or outputs comes back packed into one input and one output
@@ -47,6 +48,10 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
     outputs checked against Keras 3's own within 1e-5. ``unsafe=True`` allows
     Lambda layers, custom objects and SavedModel folders (loading them can run
     code from the file).
+
+    An input with unsized axes besides the batch (a text model's ``Input(shape=(None,))``) is refused with
+    :class:`~deploykit.errors.UnsizedInputError` unless ``input_shapes`` (input name -> per-sample shape, read off
+    the data by :mod:`deploykit.io.lengths`) sizes it: the model comes back fixed at those sizes.
     """
     from deploykit.core.custom_dropout import custom_objects, read_as_builtin, remember
 
@@ -54,10 +59,13 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
     if model_file.is_keras3:
         from deploykit.keras3.convert import import_keras3
 
-        model = check_single_io(import_keras3(model_file, unsafe=unsafe, custom_objects=custom_objects(recognized)))
+        objects = custom_objects(recognized)
+        model = check_single_io(
+            import_keras3(model_file, unsafe=unsafe, custom_objects=objects, input_shapes=input_shapes)
+        )
     else:
         check_model_config(model_file, unsafe=unsafe)
-        model = _load_tf_keras(model_file, unsafe, custom_objects(recognized))
+        model = _load_tf_keras(model_file, unsafe, custom_objects(recognized), input_shapes)
     remember(model, recognized)
     return model
 
@@ -92,8 +100,11 @@ def save_model_like(model, path: str | os.PathLike, keras3: bool) -> Path:
     return save_model(model, path)
 
 
-def _load_tf_keras(model_file: ModelFile, unsafe: bool, builtins: dict[str, str] | None = None):
-    """Load with tf_keras; ``builtins`` maps recognized custom class names to the Keras layer read in their place."""
+def _load_tf_keras(
+    model_file: ModelFile, unsafe: bool, builtins: dict[str, str] | None = None, input_shapes: dict | None = None
+):
+    """Load with tf_keras; ``builtins`` maps recognized custom class names to the Keras layer read in their place,
+    ``input_shapes`` sizes unsized input axes (:func:`_sized`)."""
     from deploykit.backend import is_tf_keras_model, keras
 
     path = model_file.path
@@ -113,8 +124,31 @@ def _load_tf_keras(model_file: ModelFile, unsafe: bool, builtins: dict[str, str]
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):
         raise ModelLoadError(f"model {path}: tf_keras gave a {type(model).__name__}, not a Keras model")
+    model = flat_model(model, model_file.config, f"model {path}")  # nested models, augmentation: one graph
     check_layers(model.layers, unsafe=unsafe)
-    return check_single_io(model)
+    return check_single_io(_sized(model, path, input_shapes))
+
+
+def _sized(model, path, input_shapes: dict[str, tuple] | None):
+    """The model with every input axis sized: itself when it is, else a copy whose inputs take ``input_shapes``.
+
+    Every step (the graph reader, the exporters, packing) needs sized inputs; refusing here says what to do in one
+    line, where a step would fail later with less to say. The copy shares the weights' values (float32 inputs, as
+    the Keras 3 import builds them: an Embedding casts its ids).
+    """
+    from deploykit.backend import keras
+    from deploykit.core.lengths import is_sized, sized_shapes
+
+    names = [t.name.split(":")[0] for t in model.inputs]
+    names = list(getattr(model, "input_names", None) or names)
+    declared = {n: tuple(t.shape[1:]) for n, t in zip(names, model.inputs)}
+    shapes = sized_shapes(path, declared, input_shapes)
+    if all(is_sized(s) for s in declared.values()):
+        return model
+    tensors = [keras.Input(shape=shapes[n], name=n) for n in names]
+    copy = keras.models.clone_model(model, input_tensors=tensors if len(tensors) > 1 else tensors[0])
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def check_single_io(model):
@@ -124,9 +158,9 @@ def check_single_io(model):
     (:func:`deploykit.core.multi_io_model.pack_model`, exact); one the graph reader cannot pack is refused
     at load with one line naming its tensors, not failed deep inside a step.
     """
-    from deploykit.core.multi_io_model import has_several_io, pack_model
+    from deploykit.core.multi_io_model import needs_packing, pack_model
 
-    if not has_several_io(model):
+    if not needs_packing(model):
         return model
     try:
         return pack_model(model)

@@ -28,10 +28,11 @@ import numpy as np
 
 from deploykit.atomic import atomic_path
 from deploykit.core.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
+from deploykit.core.lengths import sized_shapes
 from deploykit.core.modelfile import ModelFile, check_model_config
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
 from deploykit.keras3.activations import expand_activations
-from deploykit.keras3.ops import depthwise_kernel, fill_from_source, lower_config
+from deploykit.keras3.ops import BUILD_SHAPES, depthwise_kernel, fill_from_source, lower_config
 from deploykit.keras3.rnn import ordered_weights, rnn_options, wrapped_layers
 
 #: Largest output difference accepted between the Keras 3 model and its tf_keras rebuild (times the outputs'
@@ -55,15 +56,24 @@ _NEUTRAL = {
 _NOT_WEIGHTS = ("seed_generator",)
 
 
-def import_keras3(model_file: ModelFile, *, unsafe: bool = False, seed: int = 0, custom_objects: dict | None = None):
+def import_keras3(
+    model_file: ModelFile,
+    *,
+    unsafe: bool = False,
+    seed: int = 0,
+    custom_objects: dict | None = None,
+    input_shapes: dict[str, tuple] | None = None,
+):
     """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights.
 
     ``custom_objects`` maps custom class names the file holds to the Keras layer names read in their place
-    (:mod:`deploykit.core.custom_dropout`), for Keras 3 to load the file's weights with.
+    (:mod:`deploykit.core.custom_dropout`), for Keras 3 to load the file's weights with. ``input_shapes`` (input
+    name -> per-sample shape, :mod:`deploykit.io.lengths`) sizes the axes the file leaves unsized (a text model's
+    length): the rebuild is checked, and exported, at those sizes.
     """
     path = model_file.path
     lowering = lower_config(model_file.config)
-    graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe)
+    graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe, input_shapes)
     with _keras3() as keras3:
         from deploykit.core.custom_dropout import read_in_place
 
@@ -107,7 +117,9 @@ def _chaotic(own: float) -> str:
     )
 
 
-def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> tuple[Graph, set[str]]:
+def _tf_keras_graph(
+    model_file: ModelFile, unsafe: bool, input_shapes: dict[str, tuple] | None = None
+) -> tuple[Graph, set[str]]:
     """The model's graph with tf_keras layer configs (no weights yet), and the nodes added for activations."""
     model_file.layer_configs()  # refuses subclassed models by name
     check_model_config(model_file, unsafe=unsafe)
@@ -115,8 +127,8 @@ def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> tuple[Graph, set[str
     graph = graph_from_config(model_file.config, unsafe=unsafe, model_name=name)
     if len(graph.inputs) == 1:
         graph.inputs = {next(iter(graph.inputs)): _input_shape(model_file)}
-    else:  # several inputs (deploykit.core.multi_io): each InputLayer's own shape
-        _check_input_shapes(model_file, graph)
+    # unsized axes (several inputs: each InputLayer's own shape) take the data's sizes, or are refused
+    graph.inputs = sized_shapes(model_file.path, graph.inputs, input_shapes)
     added = expand_activations(graph)
     for node in graph.nodes:
         kind = node.spec.class_name
@@ -126,7 +138,8 @@ def _tf_keras_graph(model_file: ModelFile, unsafe: bool) -> tuple[Graph, set[str
     return graph, added
 
 
-def _input_shape(model_file: ModelFile) -> tuple[int, ...]:
+def _input_shape(model_file: ModelFile) -> tuple | None:
+    """The single input's declared per-sample shape (None for an unsized axis), wherever the file records it."""
     config = model_file.config.get("config", {})
     shape = None
     for layer in model_file.layer_configs():
@@ -135,16 +148,7 @@ def _input_shape(model_file: ModelFile) -> tuple[int, ...]:
             shape = c.get("batch_shape") or c.get("batch_input_shape")
             break
     shape = shape or config.get("build_input_shape") or (model_file.config.get("build_config") or {}).get("input_shape")
-    if not shape or any(d is None for d in shape[1:]):
-        raise ModelLoadError(f"model {model_file.path}: the Keras 3 model has no fully defined input shape ({shape})")
-    return tuple(int(d) for d in shape[1:])
-
-
-def _check_input_shapes(model_file: ModelFile, graph: Graph) -> None:
-    bad = {n: s for n, s in graph.inputs.items() if not s or any(d is None for d in s)}
-    if bad:
-        raise ModelLoadError(f"model {model_file.path}: the Keras 3 model's inputs have no fully defined shape ({bad})")
-    graph.inputs = {n: tuple(int(d) for d in s) for n, s in graph.inputs.items()}
+    return tuple(shape[1:]) if shape else None
 
 
 def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
@@ -169,8 +173,9 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
             value = _plain(name, kind, value)
         out[renamed.get(key, key)] = value
     cls = getattr(keras.layers, kind, None)
+    shapes = {key: out.pop(key, None) for key, _default in BUILD_SHAPES.get(kind, ())}  # not constructor options
     if cls is not None:
-        out = _accepted_options(cls, name, kind, out, _TF_KERAS_LAYER_KEYS)
+        out = {**_accepted_options(cls, name, kind, out, _TF_KERAS_LAYER_KEYS), **shapes}
     try:
         cls.from_config(copy.deepcopy(out))
     except Exception as exc:
@@ -273,11 +278,16 @@ def _copy_in_order(path, source, target) -> None:
 
 
 def _check_inputs(graph: Graph, seed: int):
-    """The random inputs the rebuild is checked on: one array, or one per input in the model's order."""
+    """The random inputs the rebuild is checked on: one array, or one per input in the model's order; an input an
+    Embedding reads gets valid token ids (a normal draw holds negative ids, which the gather refuses)."""
     if len(graph.inputs) == 1:
         return random_inputs(graph, CHECK_SAMPLES, seed)
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((CHECK_SAMPLES, *s)).astype(np.float32) for s in graph.inputs.values()]
+    return [random_inputs(_one_input(graph, name), CHECK_SAMPLES, seed + i) for i, name in enumerate(graph.inputs)]
+
+
+def _one_input(graph: Graph, name: str) -> Graph:
+    """``graph`` seen from its input ``name`` alone: what :func:`random_inputs` reads (its shape, its consumers)."""
+    return Graph({name: graph.inputs[name]}, graph.nodes, graph.outputs, graph.name)
 
 
 def _own_change(keras3, source, x) -> float:
@@ -393,7 +403,10 @@ def _keras3_model(keras3, graph: Graph):
         tensors = {name: keras3.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
         for node in graph.nodes:
             args = [tensors[i] for i in node.inputs]
-            tensors[node.name] = layers[node.name](args if len(args) > 1 else args[0])
+            if node.spec.support.tensor_args:  # attention(query, value, key)
+                tensors[node.name] = layers[node.name](*args)
+            else:
+                tensors[node.name] = layers[node.name](args if len(args) > 1 else args[0])
         outputs = [tensors[o] for o in graph.outputs]
         model = keras3.Model(
             [tensors[n] for n in graph.inputs] if len(graph.inputs) > 1 else tensors[next(iter(graph.inputs))],
@@ -442,7 +455,8 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
         name, kind, rnn_options(name, kind, config, to_keras3=True), _keras3_inner_config, to_keras3=True
     )
     renamed = _TO_KERAS3_RENAMED.get(kind, {})
-    out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in _TF_KERAS_ONLY}
+    tf_keras_only = (*_TF_KERAS_ONLY, *(key for key, _default in BUILD_SHAPES.get(kind, ())))
+    out = {renamed.get(k, k): copy.deepcopy(v) for k, v in config.items() if k not in tf_keras_only}
     out = _accepted_options(cls, str(out.get("name", kind)), kind, out, _LAYER_KEYS, getattr(keras.layers, kind, None))
     axis = out.get("axis")
     if kind == "BatchNormalization" and isinstance(axis, list) and len(axis) == 1:

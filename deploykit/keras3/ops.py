@@ -16,7 +16,7 @@ anything from the file, into layers every deploykit step knows:
   ``Activation`` (Keras 3 names, expanded by :mod:`deploykit.keras3.activations`);
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
 - nested models (ConvNeXt's ``Sequential`` blocks, a transfer-learning base) and data augmentation:
-  flattened first (:mod:`deploykit.keras3.nested`);
+  flattened first (:mod:`deploykit.core.nested`);
 - ConvNeXt's ``LayerScale`` (``x * gamma``): a per-channel ``Rescaling`` whose
   scale is read from the file's weights (:func:`fill_from_source`); InceptionResNetV2's
   ``CustomScaleLayer`` (``x + y * scale``): ``Rescaling`` then ``Add``;
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deploykit.core.nested import Nesting, flatten, is_tensor, layer_name, tensor_ref
 from deploykit.errors import UnsupportedLayerError
-from deploykit.keras3.nested import Nesting, flatten, is_tensor, layer_name, tensor_ref
 
 _OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math")
 #: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
@@ -90,16 +90,17 @@ class Lowering:
 
 
 def lower_config(config: dict) -> Lowering:
-    """The model config with nested models inlined, augmentation removed (:mod:`deploykit.keras3.nested`) and
+    """The model config with nested models inlined, augmentation removed (:mod:`deploykit.core.nested`) and
     operation layers rewritten (a copy)."""
     lowering = Lowering(copy.deepcopy(config))
-    config = lowering.config = flatten(lowering.config, lowering.nesting)
+    config = lowering.config = flatten(lowering.config, lowering.nesting, keras3=True)
+    lowering.nesting.say()
     inner = config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
     if not isinstance(layers, list):
         return lowering
     if config.get("class_name") != "Functional":
-        inner["layers"] = [_grouped_as_depthwise(layer, lowering) for layer in layers]
+        inner["layers"] = [_with_build_shapes(_grouped_as_depthwise(layer, lowering)) for layer in layers]
         return lowering
     names = {layer_name(layer) for layer in layers}
     out: list[dict] = []
@@ -117,7 +118,7 @@ def lower_config(config: dict) -> Lowering:
             lowering.layer_scales.add(layer_name(layer))
         else:
             out.append(layer)
-    inner["layers"] = [_grouped_as_depthwise(layer, lowering) for layer in out]
+    inner["layers"] = [_with_build_shapes(_grouped_as_depthwise(layer, lowering)) for layer in out]
     return lowering
 
 
@@ -149,6 +150,23 @@ def _grouped_as_depthwise(layer: dict, lowering: Lowering) -> dict:
     new["depth_multiplier"] = config["filters"] // groups
     lowering.depthwise.add(layer_name(layer))
     return {**layer, "class_name": "DepthwiseConv2D", "config": new}
+
+
+#: Layers whose tf_keras ``from_config`` builds their weights from input shapes its config names (Keras 3 keeps
+#: them in the layer's build_config): layer -> (config key, the key it defaults to when absent).
+BUILD_SHAPES = {"MultiHeadAttention": (("query_shape", None), ("value_shape", None), ("key_shape", "value_shape"))}
+
+
+def _with_build_shapes(layer: dict) -> dict:
+    """``layer`` with the input shapes tf_keras builds it from in its config, read off Keras 3's build_config."""
+    keys = BUILD_SHAPES.get(str(layer.get("class_name")))
+    if not keys:
+        return layer
+    shapes = ((layer.get("build_config") or {}).get("shapes_dict")) or {}
+    config = dict(layer.get("config") or {})
+    for key, default in keys:
+        config[key] = shapes.get(key) or (config.get(default) if default else None)
+    return {**layer, "config": config}
 
 
 def depthwise_kernel(kernel: np.ndarray, multiplier: int) -> np.ndarray:

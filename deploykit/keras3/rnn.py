@@ -76,5 +76,6 @@ def wrapped_layers(
 
 
 def ordered_weights(kind: str) -> bool:
-    """True when a layer's weights are matched in order: a wrapper's two layers name theirs alike."""
-    return kind in WRAPPERS
+    """True when a layer's weights are matched in order: a wrapper's two layers name theirs alike, as do
+    attention's four projections (query, key, value, output: each a kernel and a bias)."""
+    return kind in WRAPPERS or kind == "MultiHeadAttention"

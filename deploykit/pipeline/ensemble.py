@@ -255,10 +255,10 @@ def load_member(file: str, data, unsafe: bool = False):
     """An ``[ensemble] members`` file, loaded and checked against the run's data (its inputs, and its outputs against
     the labels: softmax and logits members mix, the ensemble averages probabilities); a bad one is one error of its
     kind (ModelLoadError, DataError, UsageError) naming the file."""
-    from deploykit.io.models import load_model
+    from deploykit.io.lengths import load_model_for
 
     try:
-        model = load_model(file, unsafe=unsafe)
+        model = load_model_for(file, data, unsafe=unsafe)  # a text model's length: the data's
         data.check_model(model)
     except (ModelLoadError, DataError, UsageError) as exc:
         kind = next(k for k in (ModelLoadError, DataError, UsageError) if isinstance(exc, k))

@@ -192,8 +192,10 @@ def _prepare_and_run(
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
     from deploykit.backend import is_tf_keras_model
     from deploykit.data.dataset import NAMED_DATASETS
+    from deploykit.data.tokens import check_token_ids
     from deploykit.io.inputs import as_dataset, as_model, is_keras3_model
-    from deploykit.io.models import load_model, read_model_file
+    from deploykit.io.lengths import load_model_for
+    from deploykit.io.models import read_model_file
 
     keras3 = False
     protect(model, data, config.input.model, config.input.data)  # an --out holding them is refused, even with force
@@ -201,12 +203,14 @@ def _prepare_and_run(
         if model is None or isinstance(model, (str, os.PathLike)):
             path = str(model if model is not None else config.input.model)
             say(f"loading model {path}")
-            model = load_model(path, unsafe=unsafe)
+            sizes = data if data is not None else config.input.data  # a text model's length: the data's
+            model = load_model_for(path, sizes, unsafe=unsafe, say=say, label_column=config.input.label_column)
             keras3 = read_model_file(path).is_keras3  # give back what the user's framework opens
             config = config.with_input(model=str(Path(path).resolve()))
         elif not is_tf_keras_model(model):  # a Keras 3 model object is imported as its file would be
             keras3 = is_keras3_model(model)
-            model = as_model(model, unsafe=unsafe, what="optimize: model")
+            sizes = data if data is not None else config.input.data
+            model = as_model(model, unsafe=unsafe, what="optimize: model", data=sizes, say=say)
         from deploykit.core.multi_io_model import layout_of
         from deploykit.io.models import check_single_io
 
@@ -234,6 +238,7 @@ def _prepare_and_run(
             )
             config = config.with_input(data=data.name)
         task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
+        check_token_ids(data, model)  # a text model's ids past its vocabulary: one line now, not a native error
         for file in config.ensemble.members:  # a bad member fails now, not after the run's sparsity search
             load_member(file, data, unsafe)
         if config.conformal.config() is not None:  # so does a validation split too small for the conformal sets
@@ -389,6 +394,7 @@ def _write(
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml; ``splits``: what
     :func:`~deploykit.pipeline.split_check.split_check` found (report.json `split_check`, its lines in the notes)."""
     from deploykit.core.custom_dropout import assumption
+    from deploykit.io.lengths import sizing
     from deploykit.pipeline.registry import STEPS
 
     staging, config, say = ctx.folder, ctx.config, ctx.say
@@ -425,6 +431,9 @@ def _write(
     assumed = assumption(model)  # a custom MCDropout read as Dropout, said in the report as on the command line
     if assumed:
         model_summary["assumed"] = assumed
+    sized = sizing(model)  # a text model's length taken from the data, said in the report as on the command line
+    if sized:
+        model_summary["sized_from_data"] = sized
     report = build_report(
         config=config,
         task=ctx.task,
@@ -444,6 +453,7 @@ def _write(
     )
     if assumed:
         report["notes"] = [assumed, *report["notes"]]
+    report["notes"] = [*sized, *report["notes"]]
     if recommendation is not None:  # what each objective recommends, and the times it was decided on
         report["objective"] = to_jsonable(recommendation)
         report["notes"] = merged_notes(report["notes"], recommendation)

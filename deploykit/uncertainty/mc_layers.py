@@ -237,6 +237,45 @@ def _emit_separable(g, node, xs, shapes):
     return _activation(g, spec, spec.config.get("activation", "linear"), y), _out_shape(node)
 
 
+@emits("Conv2DTranspose")
+def _emit_conv_transpose(g, node, xs, shapes):
+    """ONNX ConvTranspose with the pads Keras crops (its 'same' output is input x stride, odd crop at the end)."""
+    spec = node.spec
+    kernel = np.asarray(spec.weights[0])  # (kh, kw, filters, inputs) -> ONNX (inputs, filters, kh, kw)
+    bias = spec.weights[1] if spec.config.get("use_bias", True) else None
+    attrs = _conv_transpose_attrs(spec, kernel.shape[:2], shapes[0][:2], _out_shape(node)[:2])
+    inputs = [_to_channels_first(g, xs[0], 4), g.const(np.transpose(kernel, (3, 2, 0, 1)))]
+    if bias is not None:
+        inputs.append(g.const(bias))
+    y = _to_channels_last(g, g.op("ConvTranspose", inputs, **attrs), 4)
+    return _activation(g, spec, spec.config.get("activation", "linear"), y), _out_shape(node)
+
+
+def _conv_transpose_attrs(spec: LayerSpec, kernel: tuple, size_in: tuple, size_out: tuple) -> dict:
+    """Strides, dilations and explicit pads: the full transposed output cropped to the layer's own size, the
+    smaller half first (as TF crops), so no auto_pad convention of a runtime decides it."""
+    if spec.config.get("data_format", "channels_last") not in (None, "channels_last"):
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, "channels_first is not supported in the MC Dropout graph"
+        )
+    if spec.config.get("output_padding") is not None:
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, "output_padding is not supported in the MC Dropout graph"
+        )
+    strides, dilations = _spatial(spec, "strides", 2, 1), _spatial(spec, "dilation_rate", 2, 1)
+    full = [s * (i - 1) + d * (k - 1) + 1 for s, i, d, k in zip(strides, size_in, dilations, kernel)]
+    crop = [f - int(o) for f, o in zip(full, size_out)]
+    extra = [max(-c, 0) for c in crop]  # a stride past the kernel: rows beyond the full size, added at the end
+    crop = [max(c, 0) for c in crop]
+    return {
+        "strides": strides,
+        "dilations": dilations,
+        "kernel_shape": [int(k) for k in kernel],
+        "pads": [c // 2 for c in crop] + [c - c // 2 for c in crop],
+        **({"output_padding": extra} if any(extra) else {}),
+    }
+
+
 @emits(
     "MaxPooling1D",
     "MaxPooling2D",

@@ -94,6 +94,28 @@ def every_layer(seed: int = 0):
     return model
 
 
+def upsampling(seed: int = 0):
+    """An image-out decoder: Conv2D, MaxPooling2D, Conv2DTranspose + BN + ReLU, a sigmoid Conv2D ([N, 8, 8, 1])."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(4, 3, padding="same", activation="relu"),
+            L.MaxPooling2D(padding="same"),
+            L.Conv2DTranspose(6, 3, strides=2, padding="same"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Conv2D(1, 3, padding="same", activation="sigmoid"),
+        ],
+        name="upsampling",
+    )
+    randomize_batchnorm(model, seed)
+    return model
+
+
 def embedding(seed: int = 0):
     """Token ids -> Embedding -> GlobalAveragePooling1D -> Dropout -> Dense softmax."""
     from deploykit.backend import keras, set_seed
@@ -131,3 +153,21 @@ def recurrent(seed: int = 0):
         ],
         name="recurrent",
     )
+
+
+def attention(seed: int = 0):
+    """keras.io's timeseries transformer block, tiny: self-attention (called on the input twice, as
+    ``MultiHeadAttention(...)(x, x)``), Dropout, LayerNormalization, a residual Add, a Conv1D feed-forward,
+    GlobalAveragePooling1D and a Dense softmax."""
+    from deploykit.backend import keras, set_seed
+
+    set_seed(seed)
+    L = keras.layers
+    inputs = keras.Input((6, 3))
+    x = L.MultiHeadAttention(key_dim=4, num_heads=2, dropout=0.1)(inputs, inputs)
+    x = L.LayerNormalization(epsilon=1e-6)(L.Dropout(0.1)(x))
+    res = L.Add()([x, inputs])
+    x = L.Conv1D(3, 1)(L.Conv1D(4, 1, activation="relu")(res))
+    x = L.Add()([L.LayerNormalization(epsilon=1e-6)(x), res])
+    outputs = L.Dense(3, activation="softmax")(L.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, outputs, name="attention")

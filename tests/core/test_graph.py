@@ -18,7 +18,15 @@ def _inputs(model, seed=0):
     return rng.normal(size=(6, *model.input_shape[1:])).astype("float32")
 
 
-ROUND_TRIP = (models.cnn, models.residual, models.every_layer, models.embedding, models.recurrent)
+ROUND_TRIP = (
+    models.cnn,
+    models.residual,
+    models.every_layer,
+    models.upsampling,
+    models.embedding,
+    models.recurrent,
+    models.attention,
+)
 
 
 def _built(build):

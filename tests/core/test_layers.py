@@ -38,6 +38,8 @@ def test_lookups_for_configs():
         "Conv2D",
         "Convolution1D",
         "Convolution2D",
+        "Conv2DTranspose",
+        "Convolution2DTranspose",
         "DepthwiseConv2D",
         "SeparableConv2D",
         "SeparableConvolution2D",

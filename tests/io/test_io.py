@@ -113,13 +113,17 @@ def test_a_keras_layer_outside_the_table_loads_and_computes_the_same(tmp_path, s
     assert np.abs(loaded(x).numpy() - m(x).numpy()).max() == 0.0
 
 
-def test_nested_model_is_refused_clearly(tmp_path):
+def test_nested_model_is_read_flat(tmp_path):
+    """A nested model was refused; it is read as one graph (tests/io/test_flat.py), its layers named as inside."""
     from deploykit.backend import keras
 
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="block")
-    save_model(keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)]), tmp_path / "nested.keras")
-    with pytest.raises(UnsupportedLayerError, match="'block' of type Sequential: a nested model"):
-        load_model(tmp_path / "nested.keras")
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inside")], name="block")
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)])
+    save_model(model, tmp_path / "nested.keras")
+    loaded = load_model(tmp_path / "nested.keras")
+    assert [layer.name for layer in loaded.layers if layer.weights][0] == "inside"
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    assert np.abs(loaded(x).numpy() - model(x).numpy()).max() <= 1e-6
 
 
 @pytest.fixture(scope="module")

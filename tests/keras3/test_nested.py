@@ -1,4 +1,4 @@
-"""Nested models and data augmentation in Keras 3 files, as the tutorials publish them (deploykit.keras3.nested).
+"""Nested models and data augmentation in Keras 3 files, as the tutorials publish them (deploykit.core.nested).
 
 The TensorFlow image classification tutorial nests a ``data_augmentation`` Sequential in its Sequential
 model; keras.io's transfer learning calls a frozen keras.applications base (``training=False``) after
@@ -14,9 +14,9 @@ import re
 import numpy as np
 import pytest
 
+from deploykit.core.nested import INFERENCE_IDENTITY
 from deploykit.errors import UnsupportedLayerError
 from deploykit.io.models import load_model
-from deploykit.keras3.nested import INFERENCE_IDENTITY
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def _imported(k3, model, path, x):
 def test_the_image_tutorials_model_is_read_flat_without_augmentation(k3, tmp_path, caplog):
     model = _tutorial_model(k3)
     x = np.random.default_rng(1).uniform(0, 255, (32, 8, 8, 1)).astype(np.float32)
-    with caplog.at_level("INFO", logger="deploykit.keras3.nested"):
+    with caplog.at_level("INFO", logger="deploykit.core.nested"):
         imported, diff = _imported(k3, model, tmp_path / "tutorial.keras", x)
     assert diff <= 1e-5
     kinds = [type(layer).__name__ for layer in imported.layers]

@@ -1,0 +1,39 @@
+"""Token ids a text model reads: whole numbers below its Embedding's vocabulary, checked before a step feeds them.
+
+An Embedding looks its inputs up as rows of its table: an id at or past ``input_dim`` (or negative) stops
+TensorFlow's gather with a native error deep inside a step, and a fractional one is silently truncated. Data that
+holds either was made for another vocabulary (or is not token ids at all), so it is one DataError naming it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploykit.errors import DataError, UnsupportedLayerError
+
+
+def check_token_ids(data, model, what: str = "") -> None:
+    """Raise a DataError when ``model`` reads token ids through an Embedding and ``data`` holds any that is not a
+    whole number from 0 to the vocabulary's size - 1 (models without such an Embedding: nothing to check)."""
+    vocabulary = _vocabulary(model)
+    if vocabulary is None:
+        return
+    for part, x in (("train", data.x_train), ("validation", data.x_val), ("test", data.x_test)):
+        bad = x[(x != np.floor(x)) | (x < 0) | (x >= vocabulary)]
+        if bad.size:
+            raise DataError(
+                f"data {data.name!r}: {what or f'model {model.name!r}'} reads its inputs as the token ids of an "
+                f"Embedding of {vocabulary} tokens (whole numbers from 0 to {vocabulary - 1}), but the {part} inputs "
+                f"hold {bad.size} values that are not (e.g. {bad.flat[0]:g})"
+            )
+
+
+def _vocabulary(model) -> int | None:
+    """The vocabulary of an Embedding reading the model's input directly, else None (a model the graph reader
+    cannot take has its inputs read as features)."""
+    from deploykit.core.graph import graph_from_model, token_vocabulary
+
+    try:
+        return token_vocabulary(graph_from_model(model, unsafe=True))
+    except UnsupportedLayerError:
+        return None

@@ -1,0 +1,80 @@
+"""A tf_keras model holding nested models or augmentation layers, rebuilt as one flat model with its weights.
+
+Users of Keras 2 saved the same tutorials' models (a ``data_augmentation``
+Sequential, a keras.applications base) as ``.h5`` or tf_keras ``.keras`` files.
+tf_keras loads them as nested objects; every deploykit step reads one flat
+graph. :func:`flat_model` flattens the file's config
+(:mod:`deploykit.core.nested`, the rewrite the Keras 3 import does), builds it
+in tf_keras from the config alone (its layers passed the support table), copies
+each layer's weights from where it sits in the loaded model, and checks the
+two compute the same on random inputs before the flat one is used.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from deploykit.core.nested import Nesting, flatten
+from deploykit.errors import ModelLoadError
+
+#: Largest output difference accepted between the nested model and its flat rebuild (relative to the
+#: outputs' RMS when above 1), as for a Keras 3 import (deploykit.keras3.convert.TOLERANCE).
+TOLERANCE = 1e-5
+CHECK_SAMPLES = 32
+
+
+def flat_model(model, config: dict | None = None, what: str | None = None):
+    """``model`` itself when it holds no nested model or augmentation layer, else its flat rebuild.
+
+    ``config``: the model's config as its file holds it (``{"class_name", "config"}``; default: the object's own),
+    ``what`` names it in errors (the file's path; default: the model's name).
+    """
+    from deploykit.backend import keras
+
+    what = what or f"model {model.name!r}"
+    nesting = Nesting()
+    config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
+    if not nesting:
+        return model
+    nesting.say()
+    try:
+        flat = keras.Model.from_config(config["config"])
+    except Exception as exc:
+        raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({_line(exc)})") from None
+    for layer in flat.layers:
+        if layer.weights:
+            layer.set_weights(nesting.source_layer(model, layer.name).get_weights())
+    diff = _max_diff(model, flat)
+    if not diff <= TOLERANCE:
+        raise ModelLoadError(
+            f"{what}: its flat rebuild differs from the nested model by {diff:.3g} on "
+            f"{CHECK_SAMPLES} random inputs (tolerance {TOLERANCE:g})"
+        )
+    return flat
+
+
+def _config_of(model) -> dict:
+    """A tf_keras model object's config as a file holds it."""
+    return {"class_name": type(model).__name__, "config": model.get_config()}
+
+
+def _max_diff(model, flat) -> float:
+    """The largest output difference on random inputs, relative to the outputs' RMS when that is above 1."""
+    from deploykit.core.evaluate import output_scale
+
+    rng = np.random.default_rng(0)
+    x = [rng.standard_normal((CHECK_SAMPLES, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+    x = x if len(x) > 1 else x[0]
+    want = _joined(model(x, training=False))
+    return float(np.max(np.abs(want - _joined(flat(x, training=False))))) / output_scale(want)
+
+
+def _joined(out) -> np.ndarray:
+    parts = list(out) if isinstance(out, (list, tuple)) else [out]
+    return np.concatenate([np.asarray(p, np.float64).reshape(len(p), -1) for p in parts], axis=1)
+
+
+def _line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
