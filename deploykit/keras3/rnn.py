@@ -65,10 +65,12 @@ def wrapped_layers(
             raise UnsupportedLayerError(
                 name, kind, f"wraps a {inner_kind}; deploykit reads wrapped LSTM, GRU and SimpleRNN"
             )
-        inner_config = inner.get("config") or {}
+        inner_config = dict(inner.get("config") or {})
+        if inner_config.get("zero_output_for_mask") == inner_config.get("return_sequences", False):
+            del inner_config["zero_output_for_mask"]  # both Keras's Bidirectional set it so on the layers it wraps
         out[key] = {
             "class_name": inner_kind,
-            "config": translate(str(inner_config.get("name", inner_kind)), inner_kind, dict(inner_config)),
+            "config": translate(str(inner_config.get("name", inner_kind)), inner_kind, inner_config),
         }
         if to_keras3:
             out[key] |= {"module": "keras.layers", "registered_name": None}

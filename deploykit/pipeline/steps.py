@@ -80,12 +80,12 @@ def sparsity_step(model, ctx: RunContext) -> StepOutput:
     step = ctx.config.sparsity
     if not step.enabled:
         return switched_off(model, "sparsity")
-    if step.searching:
-        return _searched(model, ctx)
     name = f"sparsity ({step.method.value})"
     left = _prunable_left(model, step.prune if step.method is SparsityMethod.PRUNE else step.l1)
-    if left:
+    if left:  # before the search too: an RNN text classifier's one prunable layer is its output layer
         return StepOutput(model, StepRecord(name, Status.SKIPPED, left))
+    if step.searching:
+        return _searched(model, ctx)
     from deploykit.sparsity import prune, sparsify_l1
 
     start = time.perf_counter()

@@ -258,3 +258,35 @@ def test_mc_and_optimize_take_the_chapters_mc_dropout(cli, k3, tmp_path):
     # MC mean lands near the one-point edge, so training noise decides which side)
     mc = rows["model_mc.onnx"]
     assert mc["verdict"] == ("pass" if ships_by_budget(mc, report) else "rejected")
+
+
+def test_optimize_takes_the_keras_io_bidirectional_lstm_as_published(cli, k3, tokens, tmp_path):
+    """keras.io's bidirectional_lstm_imdb: any length of int ids, two stacked Bidirectional LSTMs (Keras sets
+    ``zero_output_for_mask`` on the ones returning sequences: refused before), a sigmoid head. Its one prunable
+    layer is the output layer: the sparsity step is skipped with its reason (the search aborted the run), and the
+    file shipped computes what Keras 3 computes."""
+    import onnxruntime as ort
+
+    _, x, y = tokens
+    k3.utils.set_random_seed(0)
+    inputs = k3.Input(shape=(None,), dtype="int32")
+    h = k3.layers.Embedding(VOCAB, 8)(inputs)
+    h = k3.layers.Bidirectional(k3.layers.LSTM(6, return_sequences=True))(h)
+    h = k3.layers.Bidirectional(k3.layers.LSTM(6))(h)
+    model = k3.Model(inputs, k3.layers.Dense(1, activation="sigmoid")(h))
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    binary = (y > 0).astype(np.int64)
+    model.fit(x, binary, epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "bilstm.keras")
+    np.savez(tmp_path / "binary.npz", x=x.astype(np.float32), y=binary)
+    out = tmp_path / "out"
+    done = cli("optimize", tmp_path / "bilstm.keras", "--data", tmp_path / "binary.npz", "--out", out,
+               "--formats", "onnx", "--quantize", "float32", "--no-mc", *LATENCY_REPEATS)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    steps = {s["step"]: s for s in json.loads((out / "report.json").read_text())["steps"]}
+    assert steps["sparsity (prune)"]["status"] == "skipped"
+    assert "nothing to prune" in steps["sparsity (prune)"]["reason"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    want = np.asarray(model(x.astype(np.int32), training=False))  # P(class 1): the served [1 - p, p]'s second
+    assert got.shape == (len(x), 2) and np.abs(got[:, 1:] - want).max() <= 1e-4
