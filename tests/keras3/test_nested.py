@@ -191,3 +191,17 @@ def test_exported_tutorial_and_transfer_models_compute_what_keras_3_computes(k3,
         got = session.run(None, {session.get_inputs()[0].name: x})[0]
         want = np.asarray(model(x, training=False))
         assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4, name
+
+
+def test_the_text_tutorials_export_model_is_refused_for_its_string_layer(k3, tmp_path):
+    """tensorflow.org's basic text classification wraps its model in an ``export_model`` that takes strings: one
+    line saying to give the model that reads token ids (before: 'option vocabulary_size=8 has no equivalent')."""
+    texts = np.array(["good movie", "bad movie", "great film", "awful film"] * 4)
+    vectorize = k3.layers.TextVectorization(max_tokens=20, output_mode="int", output_sequence_length=4)
+    vectorize.adapt(texts)
+    model = k3.Sequential([k3.layers.Embedding(20, 4), k3.layers.GlobalAveragePooling1D(), k3.layers.Dense(1)])
+    export_model = k3.Sequential([vectorize, model, k3.layers.Activation("sigmoid")])
+    export_model(np.array(["good"]))
+    export_model.save(tmp_path / "export_model.keras")
+    with pytest.raises(UnsupportedLayerError, match="TextVectorization: turns strings into token ids; .*not the"):
+        load_model(tmp_path / "export_model.keras")
