@@ -19,7 +19,14 @@ scikit-learn's 64-feature digits table), ``quickstart`` (TensorFlow 2 quickstart
 ``from_logits=True``), ``gru`` (Embedding, GRU, Dropout, softmax on token sequences), ``mobilenet_v3_small``,
 ``convnext_tiny``, ``efficientnet_b0`` (``keras.applications`` with ``weights=None``, 32x32x3 inputs with their
 own preprocessing, 10 classes, on the Fashion sample padded to 32x32 and repeated over 3 channels); and from
-``bench_models.py``: ``sigmoid``, ``onehot``, ``lstm``, ``three_heads``, ``wide_deep``, ``mc_dropout``.
+``bench_models.py``: ``sigmoid``, ``onehot``, ``lstm``, ``three_heads``, ``wide_deep``, ``mc_dropout``. The second
+round (:data:`TUTORIALS`), each as its tutorial builds it: ``image_tutorial`` (tensorflow.org image classification,
+its ``data_augmentation`` Sequential inside the model), ``transfer`` (keras.io transfer learning: augmentation and a
+MobileNetV2 base called with ``training=False``), ``text_cnn`` (keras.io text classification from scratch: any
+length of token ids, sigmoid head), ``bilstm`` (keras.io bidirectional LSTM), ``ts_transformer`` (keras.io
+timeseries transformer: MultiHeadAttention, the Fashion images as 28 steps of 28 features), ``autoencoder``
+(keras.io convolutional autoencoder: Conv2DTranspose, an image out), ``xception_small`` (keras.io image
+classification from scratch: augmentation, SeparableConv2D residual blocks, one logit for footwear or not).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -43,6 +50,10 @@ from common import FASHION, RESULTS, ROOT, write_results  # noqa: E402  (puts th
 
 #: Built here (the others by bench_models.py's own training script).
 OWN = ("mnist_convnet", "tabular", "quickstart", "gru", "mobilenet_v3_small", "convnext_tiny", "efficientnet_b0")
+#: The second round of models users bring (nested augmentation, a transfer-learning base, any-length text, an
+#: image out, attention, a binary logit head), each as its tutorial publishes it.
+TUTORIALS = ("image_tutorial", "transfer", "text_cnn", "bilstm", "ts_transformer", "autoencoder", "xception_small")
+OWN = OWN + TUTORIALS
 FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
 MODELS = OWN + FROM_BENCH_MODELS
 APPLICATIONS = {
@@ -51,9 +62,16 @@ APPLICATIONS = {
     "efficientnet_b0": "EfficientNetB0",
 }
 #: What a user with a big network on a laptop passes: the run plans its tries to finish in this many minutes.
-EXTRA = {name: ("--time-budget", "10") for name in APPLICATIONS}
+EXTRA = {name: ("--time-budget", "10") for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small")}
 #: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
-EPOCHS = {"convnext_tiny": 2, "efficientnet_b0": 5, "mobilenet_v3_small": 3}
+EPOCHS = {
+    "convnext_tiny": 2,
+    "efficientnet_b0": 5,
+    "mobilenet_v3_small": 3,
+    "transfer": 3,
+    "ts_transformer": 3,
+    "xception_small": 3,
+}
 #: keras.applications networks: (training rows at most, batch size). Their last HELD_OUT rows are never trained on;
 #: the training process reports the model's accuracy on them (it must be above chance: 10 classes, 0.1).
 APPLICATION_TRAINING = {"mobilenet_v3_small": (3000, 32), "efficientnet_b0": (3000, 32), "convnext_tiny": (1500, 32)}
@@ -94,6 +112,97 @@ TRAIN = textwrap.dedent("""
                                   L.GRU(32), L.Dropout(0.2), L.Dense(int(y.max()) + 1, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x.astype("int32"), y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    elif kind == "image_tutorial":  # tensorflow.org/tutorials/images/classification, augmentation in the model
+        data_augmentation = keras.Sequential([L.RandomFlip("horizontal", input_shape=x.shape[1:]),
+                                              L.RandomRotation(0.1), L.RandomZoom(0.1)])
+        model = keras.Sequential([data_augmentation, L.Rescaling(1. / 255),
+            L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Conv2D(64, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+            L.Dropout(0.2), L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10, name="outputs")])
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        model.fit(x, y, validation_split=0.15, epochs=epochs, verbose=0)
+    elif kind == "transfer":  # keras.io/guides/transfer_learning: augmentation, a keras.applications base called
+        # with training=False (weights=None: no download, so the base is fine-tuned, the guide's second stage)
+        augmentation = keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.1)])
+        base_model = keras.applications.MobileNetV2(weights=None, input_shape=x.shape[1:], include_top=False,
+                                                    alpha=0.35)
+        inputs = keras.Input(shape=x.shape[1:])
+        h = L.Rescaling(scale=1 / 127.5, offset=-1)(augmentation(inputs))
+        h = base_model(h, training=False)
+        h = L.Dropout(0.2)(L.GlobalAveragePooling2D()(h))
+        model = keras.Model(inputs, L.Dense(10)(h))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    elif kind == "text_cnn":  # keras.io/examples/nlp/text_classification_from_scratch (vectorized outside)
+        inputs = keras.Input(shape=(None,), dtype="int64")
+        h = L.Dropout(0.5)(L.Embedding(int(x.max()) + 1, 64)(inputs))
+        h = L.Conv1D(64, 7, padding="valid", activation="relu", strides=3)(h)
+        h = L.Conv1D(64, 7, padding="valid", activation="relu", strides=3)(h)
+        h = L.Dropout(0.5)(L.Dense(64, activation="relu")(L.GlobalMaxPooling1D()(h)))
+        model = keras.Model(inputs, L.Dense(1, activation="sigmoid", name="predictions")(h))
+        model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+        model.fit(x.astype("int64"), y, validation_split=0.15, epochs=epochs, verbose=0)
+    elif kind == "bilstm":  # keras.io/examples/nlp/bidirectional_lstm_imdb
+        inputs = keras.Input(shape=(None,), dtype="int32")
+        h = L.Embedding(int(x.max()) + 1, 32)(inputs)
+        h = L.Bidirectional(L.LSTM(32, return_sequences=True))(h)
+        h = L.Bidirectional(L.LSTM(32))(h)
+        model = keras.Model(inputs, L.Dense(1, activation="sigmoid")(h))
+        model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+        model.fit(x.astype("int32"), y, batch_size=32, epochs=epochs, validation_split=0.15, verbose=0)
+    elif kind == "ts_transformer":  # keras.io/examples/timeseries/timeseries_classification_transformer
+        def transformer_encoder(inputs, head_size, num_heads, ff_dim, dropout=0):
+            h = L.MultiHeadAttention(key_dim=head_size, num_heads=num_heads, dropout=dropout)(inputs, inputs)
+            h = L.LayerNormalization(epsilon=1e-6)(L.Dropout(dropout)(h))
+            res = h + inputs
+            h = L.Conv1D(filters=ff_dim, kernel_size=1, activation="relu")(res)
+            h = L.Conv1D(filters=inputs.shape[-1], kernel_size=1)(L.Dropout(dropout)(h))
+            return L.LayerNormalization(epsilon=1e-6)(h) + res
+        inputs = keras.Input(shape=x.shape[1:])
+        h = inputs
+        for _ in range(4):
+            h = transformer_encoder(h, 256, 4, 4, 0.25)
+        h = L.GlobalAveragePooling1D(data_format="channels_last")(h)
+        h = L.Dropout(0.4)(L.Dense(128, activation="relu")(h))
+        model = keras.Model(inputs, L.Dense(10, activation="softmax")(h))
+        model.compile(loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.Adam(learning_rate=1e-4),
+                      metrics=["sparse_categorical_accuracy"])
+        model.fit(x, y, validation_split=0.2, epochs=epochs, batch_size=64, verbose=0)
+    elif kind == "autoencoder":  # keras.io/examples/vision/autoencoder (the denoising one's model, clean images)
+        inputs = keras.Input(shape=x.shape[1:])
+        h = L.Conv2D(32, (3, 3), activation="relu", padding="same")(inputs)
+        h = L.MaxPooling2D((2, 2), padding="same")(h)
+        h = L.Conv2D(32, (3, 3), activation="relu", padding="same")(h)
+        h = L.MaxPooling2D((2, 2), padding="same")(h)
+        h = L.Conv2DTranspose(32, (3, 3), strides=2, activation="relu", padding="same")(h)
+        h = L.Conv2DTranspose(32, (3, 3), strides=2, activation="relu", padding="same")(h)
+        model = keras.Model(inputs, L.Conv2D(1, (3, 3), activation="sigmoid", padding="same")(h))
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        model.fit(x, y, epochs=epochs, batch_size=128, shuffle=True, verbose=0)
+    elif kind == "xception_small":  # keras.io/examples/vision/image_classification_from_scratch (make_model)
+        augmentation_layers = [L.RandomFlip("horizontal"), L.RandomRotation(0.1)]
+        inputs = keras.Input(shape=x.shape[1:])
+        h = inputs
+        for layer in augmentation_layers:
+            h = layer(h)
+        h = L.Activation("relu")(L.BatchNormalization()(L.Conv2D(128, 3, strides=2, padding="same")(
+            L.Rescaling(1.0 / 255)(h))))
+        previous = h
+        for size in [256, 512, 728]:
+            h = L.SeparableConv2D(size, 3, padding="same")(L.Activation("relu")(h))
+            h = L.SeparableConv2D(size, 3, padding="same")(L.Activation("relu")(L.BatchNormalization()(h)))
+            h = L.MaxPooling2D(3, strides=2, padding="same")(L.BatchNormalization()(h))
+            h = L.add([h, L.Conv2D(size, 1, strides=2, padding="same")(previous)])
+            previous = h
+        h = L.Activation("relu")(L.BatchNormalization()(L.SeparableConv2D(1024, 3, padding="same")(h)))
+        h = L.Dropout(0.25)(L.GlobalAveragePooling2D()(h))
+        model = keras.Model(inputs, L.Dense(1, activation=None)(h))
+        model.compile(optimizer=keras.optimizers.Adam(3e-4), metrics=[keras.metrics.BinaryAccuracy(name="acc")],
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.15, verbose=0)
     else:  # keras.applications, weights=None (no download), its own preprocessing of 0-255 pixels
         ctor = getattr(keras.applications, kind)
         model = ctor(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
@@ -203,12 +312,26 @@ def data_for(kind: str, folder: Path) -> Path:
         return path
     if kind == "gru":
         return bm.tokens_npz(folder)
+    if kind in ("text_cnn", "bilstm"):  # the token sequences, two classes (a sigmoid head, as the examples')
+        with np.load(bm.tokens_npz(folder)) as z:
+            np.savez(path, x=z["x"], y=(z["y"] > 0).astype(np.int64))
+        return path
     with np.load(FASHION) as z:
         x, y = z["x"].astype(np.float32), z["y"]
     if kind == "mnist_convnet":  # the example's own preparation: /255, a channel axis, to_categorical
         np.savez(path, x=(x / 255)[..., None], y=np.eye(10, dtype=np.float32)[y])
     elif kind == "quickstart":  # x_train / 255.0
         np.savez(path, x=x / 255, y=y)
+    elif kind == "image_tutorial":  # pixels 0-255 with a channel axis (the model rescales)
+        np.savez(path, x=x[..., None], y=y)
+    elif kind == "ts_transformer":  # each image a series: 28 steps of 28 features, scaled to [0, 1]
+        np.savez(path, x=x / 255, y=y)
+    elif kind == "autoencoder":  # the images in [0, 1], reconstructed
+        images = (x / 255)[..., None]
+        np.savez(path, x=images, y=images)
+    elif kind == "xception_small":  # footwear (sandal, sneaker, ankle boot) or not, 32x32 RGB 0-255
+        padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+        np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=np.isin(y, (5, 7, 9)).astype(np.int64))
     else:  # keras.applications: 32x32 RGB pixels 0-255 (their preprocessing is inside the model)
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=y)

@@ -123,15 +123,20 @@ def quantize_int8_static(
 def pre_process(src, dst) -> None:
     """onnxruntime's ``quant_pre_process`` of ``src`` into ``dst``; on a graph its symbolic shape inference cannot
     complete (an attention block's Einsum and dynamic reshapes: "Incomplete symbolic shape inference"), again with
-    ONNX's own shape inference, which the quantizer needs no more than."""
+    ONNX's own shape inference, which the quantizer needs no more than.
+
+    Run from ``dst``'s folder: on that failure onnxruntime first saves ``sym_shape_infer_temp.onnx`` in the
+    current directory (the user's), which must not be left there."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst))
-    except Exception as exc:
-        if "symbolic shape inference" not in str(exc):
-            raise
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with contextlib.chdir(dst.parent):
+        try:
+            quant_pre_process(str(src), str(dst))
+        except Exception as exc:
+            if "symbolic shape inference" not in str(exc):
+                raise
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def _excluded(proto, exclude: tuple[str, ...], keep_float: tuple[str, ...]) -> list[str]:

@@ -82,7 +82,7 @@ def test_attention_called_with_a_different_key_or_options_is_read_or_refused_by_
 
 
 @pytest.mark.slow
-def test_an_exported_transformer_computes_what_keras_3_computes(k3, tmp_path, cli):
+def test_an_exported_transformer_computes_what_keras_3_computes(k3, tmp_path, cli, monkeypatch):
     import onnxruntime as ort
 
     from deploykit.export.runtimes import open_runner
@@ -96,6 +96,8 @@ def test_an_exported_transformer_computes_what_keras_3_computes(k3, tmp_path, cl
     model.save(tmp_path / "transformer.keras")
     np.savez(tmp_path / "data.npz", x=x, y=y)
     out = tmp_path / "out"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # onnxruntime saves a temporary file where it runs when its inference fails
     done = cli("export", tmp_path / "transformer.keras", "--data", tmp_path / "data.npz",
                "--quantize", "float32,int8-static", "--out", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -105,3 +107,4 @@ def test_an_exported_transformer_computes_what_keras_3_computes(k3, tmp_path, cl
     assert np.abs(got - want).max() <= 1e-4
     assert np.abs(open_runner(out / "model.tflite").predict(x) - want).max() <= 1e-4
     assert (out / "model_int8-static.onnx").is_file()
+    assert list((tmp_path / "cwd").iterdir()) == []  # nothing left where the command ran
