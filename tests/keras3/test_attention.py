@@ -98,8 +98,11 @@ def test_an_exported_transformer_computes_what_keras_3_computes(k3, tmp_path, cl
     out = tmp_path / "out"
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # onnxruntime saves a temporary file where it runs when its inference fails
+    # held here: float32 computes what Keras 3 does, and int8-static's path through an attention graph completes.
+    # Not held: int8's accuracy on this 3-epoch model's 36 validation rows (0.25 vs 0.22 on one machine: one row),
+    # which tests/export holds on models trained for it; a loose drop keeps that row out of this test.
     done = cli("export", tmp_path / "transformer.keras", "--data", tmp_path / "data.npz",
-               "--quantize", "float32,int8-static", "--out", out)  # fmt: skip
+               "--quantize", "float32,int8-static", "--max-accuracy-drop", "0.5", "--out", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
     want = np.asarray(model(x, training=False))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
