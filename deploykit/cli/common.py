@@ -57,14 +57,19 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
         required=required,
         help=DATA_HELP + ("" if required else "; default: digits for the shipped model, required for your own model"),
     )
+    add_label_column_arg(p)
+    p.add_argument("--seed", type=int, default=42, help="seed of the data split and of training (default: 42)")
+    add_class_names_arg(p)
+    add_task_arg(p)
+
+
+def add_label_column_arg(p: argparse.ArgumentParser) -> None:
+    """``--label-column``, declared once for every command that reads a CSV ``--data``."""
     p.add_argument(
         "--label-column",
         default="label",
         help="label column of a CSV file (default: label; several comma-separated columns are regression targets)",
     )
-    p.add_argument("--seed", type=int, default=42, help="seed of the data split and of training (default: 42)")
-    add_class_names_arg(p)
-    add_task_arg(p)
 
 
 def add_task_arg(p: argparse.ArgumentParser) -> None:

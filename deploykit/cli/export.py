@@ -11,6 +11,7 @@ import argparse
 from deploykit.cli.common import (
     add_class_names_arg,
     add_command,
+    add_label_column_arg,
     add_model_arg,
     add_task_arg,
     add_tolerance_options,
@@ -75,7 +76,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         help="'digits', or an .npz, .csv or IDX file / folder: calibrates int8 and measures accuracy "
         "(default: none; float variants are then checked on generated inputs)",
     )
-    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    add_label_column_arg(p)
     p.add_argument(
         "--seed", type=int, default=42, help="seed of the data split and of the calibration samples (default: 42)"
     )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploykit.cli.common import add_command, add_model_arg, load_model_arg, progress, writes_keras3
+from deploykit.cli.common import (
+    add_command,
+    add_label_column_arg,
+    add_model_arg,
+    load_model_arg,
+    progress,
+    writes_keras3,
+)
 from deploykit.errors import UsageError
 
 
@@ -25,7 +32,7 @@ def register(sub) -> None:
         help="data the model takes (as other commands' --data), read only to size the input axes the model leaves "
         "unsized (a text model's Input(shape=(None,))): the folded model is written at those sizes",
     )
-    p.add_argument("--label-column", default="label", help="label column of a CSV --data (default: label)")
+    add_label_column_arg(p)
 
 
 def handle(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from deploykit.cli.common import (
     add_command,
     add_data_arg,
+    add_label_column_arg,
     add_model_arg,
     load_data_arg,
     load_model_arg,
@@ -85,7 +86,7 @@ def register(sub) -> None:
     )
     add_model_arg(p)
     p.add_argument("--data", default=None, help="check the outputs are unchanged on this data ('digits' or a file)")
-    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    add_label_column_arg(p)
     p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
     p.add_argument(
         "--out", required=True, help="output model (.keras or .h5; Keras 3 .keras when the input is Keras 3)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from deploykit.cli.common import (
     add_class_names_arg,
     add_command,
+    add_label_column_arg,
     add_task_arg,
     add_tolerance_options,
     progress,
@@ -27,7 +28,7 @@ def register(sub) -> None:
     )
     p.add_argument("file", help=".onnx or .tflite file")
     p.add_argument("--data", required=True, help="'digits', or an .npz, .csv or IDX file / folder")
-    p.add_argument("--label-column", default="label", help="label column of a CSV file (default: label)")
+    add_label_column_arg(p)
     p.add_argument("--seed", type=int, default=42, help="seed of the data split (default: 42)")
     add_class_names_arg(p)
     add_task_arg(p)
