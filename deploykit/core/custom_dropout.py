@@ -21,6 +21,7 @@ import logging
 import weakref
 
 from deploykit.core.modelfile import ModelFile, _is_custom
+from deploykit.core.nested import MODEL_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,26 @@ def dropout_base(layer: dict) -> str | None:
 
 
 def read_as_builtin(model_file: ModelFile) -> tuple[ModelFile, list[Recognized]]:
-    """``model_file`` with each recognized custom dropout rewritten as its base class, and what was recognized."""
-    inner = model_file.config.get("config")
+    """``model_file`` with each recognized custom dropout rewritten as its base class, and what was recognized
+    (inside nested models too: deploykit.core.nested flattens them after this)."""
+    found: list[Recognized] = []
+    config = _rewritten(model_file.config, model_file.is_keras3, found)
+    if not found:
+        return model_file, []
+    return dataclasses.replace(model_file, config=config), found
+
+
+def _rewritten(model_config: dict, keras3: bool, found: list[Recognized]) -> dict:
+    """A (nested) model config with its recognized custom dropouts as their base class, each added to ``found``."""
+    inner = model_config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
     if not isinstance(layers, list):
-        return model_file, []
-    found, rewritten = [], []
+        return model_config
+    rewritten = []
     for layer in layers:
+        if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES:
+            rewritten.append(_rewritten(layer, keras3, found))
+            continue
         base = dropout_base(layer) if isinstance(layer, dict) else None
         if base is None:
             rewritten.append(layer)
@@ -81,15 +95,12 @@ def read_as_builtin(model_file: ModelFile) -> tuple[ModelFile, list[Recognized]]
         custom = str(layer.get("registered_name") or layer.get("class_name"))
         found.append(Recognized(str(layer["config"].get("name", custom)), custom, base))
         builtin = {**copy.deepcopy(layer), "class_name": base}
-        if "module" in layer or model_file.is_keras3:
+        if "module" in layer or keras3:
             builtin |= {"module": "keras.layers", "registered_name": None}
         else:
             builtin.pop("registered_name", None)
         rewritten.append(builtin)
-    if not found:
-        return model_file, []
-    config = {**model_file.config, "config": {**inner, "layers": rewritten}}
-    return dataclasses.replace(model_file, config=config), found
+    return {**model_config, "config": {**inner, "layers": rewritten}}
 
 
 def custom_objects(found: list[Recognized]) -> dict[str, str]:

@@ -159,3 +159,25 @@ def test_an_unrecognized_custom_layer_is_still_refused(tmp_path):
         zf.writestr("metadata.json", json.dumps({"keras_version": "3.10.0"}))
     with pytest.raises((UnsupportedLayerError, UnsafeModelError), match="MCDropout"):
         load_model(path)
+
+
+def test_the_chapters_mc_dropout_inside_a_nested_block_is_recognized(tmp_path):
+    """A block (Sequential) holding the chapter's MCDropout, nested in the model: recognized there too, before
+    the nested models are flattened (it was refused as a custom class inside a nested model)."""
+    import keras as k3
+
+    import deploykit.backend  # noqa: F401
+
+    @k3.saving.register_keras_serializable(package="Chapter11Nested")
+    class MCDropout(k3.layers.Dropout):
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=True)
+
+    block = k3.Sequential([k3.Input((6,)), k3.layers.Dense(8, activation="elu"), MCDropout(0.2)], name="block")
+    inputs = k3.Input((6,))
+    model = k3.Model(inputs, k3.layers.Dense(3, activation="softmax")(block(inputs)))
+    model.save(tmp_path / "nested_mc.keras")
+    loaded = load_model(tmp_path / "nested_mc.keras")
+    assert [type(layer).__name__ for layer in loaded.layers][-3:] == ["Dense", "Dropout", "Dense"]
+    line = assumption(loaded)
+    assert line and "MCDropout" in line and "as Dropout" in line
