@@ -26,7 +26,9 @@ flat rebuild against the Keras 3 model on random inputs, as for any file.
 
 from __future__ import annotations
 
+import copy
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 from deploykit.errors import UnsupportedLayerError
@@ -82,19 +84,51 @@ class Nesting:
     def __bool__(self) -> bool:
         return bool(self.path or self.removed)
 
-    def say(self) -> None:
-        """One progress line for each thing the flattening did (the loader calls it once per model)."""
+    def lines(self) -> list[str]:
+        """One line for each thing the flattening did, as the progress and the optimize report say it."""
         models = sorted({outer for path in self.path.values() for outer in path})
-        if models:
-            log.info("nested models read as one graph: %s", ", ".join(models))
-        if self.removed:
-            log.info("removed, as Keras does at inference: %s", ", ".join(self.removed))
+        out = [f"nested models read as one graph: {', '.join(models)}"] if models else []
+        return out + ([f"removed, as Keras does at inference: {', '.join(self.removed)}"] if self.removed else [])
+
+    def say(self) -> None:
+        say(self.lines())
 
     def source_layer(self, source, name: str):
         """The Keras 3 layer named ``name`` in the loaded ``source`` model, inside the models it sits in."""
         for outer in self.path.get(name, ()):
             source = source.get_layer(outer)
         return source.get_layer(name)
+
+
+#: What flattening did to each loaded model (deploykit.io.models records it; the optimize report reads it).
+_SAID: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def flattening(config: dict, *, keras3: bool) -> list[str]:
+    """The lines :func:`flatten` would say of a model config (its nested models, the augmentation it removes)."""
+    nesting = Nesting()
+    flatten(copy.deepcopy(config), nesting, keras3=keras3)
+    return nesting.lines()
+
+
+def say(lines: list[str]) -> None:
+    """The progress lines of a flattening (INFO: what a user sees while a model loads)."""
+    for line in lines:
+        log.info(line)
+
+
+def remember(model, lines: list[str]) -> None:
+    """Keep what flattening did for ``model`` (the loaded model object), for :func:`flattened`."""
+    if lines:
+        _SAID[model] = list(lines)
+
+
+def flattened(model) -> list[str]:
+    """What flattening did when ``model`` was loaded (none when nothing, or for a model not loaded from a file)."""
+    try:
+        return list(_SAID.get(model, ()))
+    except TypeError:  # not weak-referenceable: nothing was recorded for it
+        return []
 
 
 def flatten(config: dict, nesting: Nesting, *, keras3: bool) -> dict:

@@ -38,7 +38,8 @@ def flat_model(model, config: dict | None = None, what: str | None = None):
     config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
     if not nesting:
         return model
-    nesting.say()
+    if config is None:  # an object given to the API; a file's loader says it (deploykit.io.models)
+        nesting.say()
     try:
         flat = keras.Model.from_config(config["config"])
     except Exception as exc:

@@ -53,9 +53,12 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
     :class:`~deploykit.errors.UnsizedInputError` unless ``input_shapes`` (input name -> per-sample shape, read off
     the data by :mod:`deploykit.io.lengths`) sizes it: the model comes back fixed at those sizes.
     """
+    from deploykit.core import nested
     from deploykit.core.custom_dropout import custom_objects, read_as_builtin, remember
 
     model_file, recognized = read_as_builtin(read_model_file(path))  # the chapter's MCDropout is a Dropout
+    flattening = nested.flattening(model_file.config, keras3=model_file.is_keras3)  # nested models, augmentation
+    nested.say(flattening)
     if model_file.is_keras3:
         from deploykit.keras3.convert import import_keras3
 
@@ -67,6 +70,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
         check_model_config(model_file, unsafe=unsafe)
         model = _load_tf_keras(model_file, unsafe, custom_objects(recognized), input_shapes)
     remember(model, recognized)
+    nested.remember(model, flattening)
     return model
 
 

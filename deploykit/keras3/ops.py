@@ -93,8 +93,7 @@ def lower_config(config: dict) -> Lowering:
     """The model config with nested models inlined, augmentation removed (:mod:`deploykit.core.nested`) and
     operation layers rewritten (a copy)."""
     lowering = Lowering(copy.deepcopy(config))
-    config = lowering.config = flatten(lowering.config, lowering.nesting, keras3=True)
-    lowering.nesting.say()
+    config = lowering.config = flatten(lowering.config, lowering.nesting, keras3=True)  # said by the loader
     inner = config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
     if not isinstance(layers, list):

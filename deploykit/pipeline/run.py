@@ -394,6 +394,7 @@ def _write(
     """Aggregate what the steps returned into report.json, report.md, the plots and deploykit.toml; ``splits``: what
     :func:`~deploykit.pipeline.split_check.split_check` found (report.json `split_check`, its lines in the notes)."""
     from deploykit.core.custom_dropout import assumption
+    from deploykit.core.nested import flattened
     from deploykit.io.lengths import sizing
     from deploykit.pipeline.registry import STEPS
 
@@ -434,6 +435,9 @@ def _write(
     sized = sizing(model)  # a text model's length taken from the data, said in the report as on the command line
     if sized:
         model_summary["sized_from_data"] = sized
+    flat = flattened(model)  # nested models read as one graph, augmentation removed: said as on the command line
+    if flat:
+        model_summary["flattened"] = flat
     report = build_report(
         config=config,
         task=ctx.task,
@@ -453,7 +457,7 @@ def _write(
     )
     if assumed:
         report["notes"] = [assumed, *report["notes"]]
-    report["notes"] = [*sized, *report["notes"]]
+    report["notes"] = [*flat, *sized, *report["notes"]]
     if recommendation is not None:  # what each objective recommends, and the times it was decided on
         report["objective"] = to_jsonable(recommendation)
         report["notes"] = merged_notes(report["notes"], recommendation)
