@@ -1,4 +1,4 @@
-"""Nested models and data augmentation in a Keras 3 file, flattened into one functional config before import.
+"""Nested models and data augmentation in a model config (Keras 3 or tf_keras), flattened into one functional config.
 
 The models users bring nest others: the TensorFlow image tutorial puts its
 ``data_augmentation`` Sequential inside the model, keras.io's transfer learning
@@ -20,8 +20,10 @@ without running anything from the file:
   never augments, and the converters and runtimes have no such ops.
 
 Inlined layers are made trainable (a frozen base is a training choice: the
-fine-tuning of pruning trains the whole network). The import then checks the
-flat rebuild against the Keras 3 model on random inputs, as for any file.
+fine-tuning of pruning trains the whole network). The two formats differ only
+in how a layer's call is written (:func:`_call`, :func:`_reads`). The loaders
+then check the flat model against the nested one on random inputs: the Keras 3
+import (deploykit.keras3), tf_keras files and objects (deploykit.io.flat).
 """
 
 from __future__ import annotations

@@ -35,13 +35,13 @@ def flat_model(model, config: dict | None = None, what: str | None = None):
 
     what = what or f"model {model.name!r}"
     nesting = Nesting()
-    config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
+    flat_config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
     if not nesting:
         return model
     if config is None:  # an object given to the API; a file's loader says it (deploykit.io.models)
         nesting.say()
     try:
-        flat = keras.Model.from_config(config["config"])
+        flat = keras.Model.from_config(flat_config["config"])
     except Exception as exc:
         raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({_line(exc)})") from None
     for layer in flat.layers:
@@ -65,11 +65,24 @@ def _max_diff(model, flat) -> float:
     """The largest output difference on random inputs, relative to the outputs' RMS when that is above 1."""
     from deploykit.core.evaluate import output_scale
 
-    rng = np.random.default_rng(0)
-    x = [rng.standard_normal((CHECK_SAMPLES, *t.shape[1:])).astype(np.float32) for t in model.inputs]
-    x = x if len(x) > 1 else x[0]
+    x = _check_inputs(model, flat)
     want = _joined(model(x, training=False))
     return float(np.max(np.abs(want - _joined(flat(x, training=False))))) / output_scale(want)
+
+
+def _check_inputs(model, flat):
+    """Random inputs of the model's shapes (an unsized length: 8 steps), token ids where an Embedding reads them."""
+    from deploykit.backend import keras
+
+    rng = np.random.default_rng(0)
+    vocabulary = [layer.input_dim for layer in flat.layers if isinstance(layer, keras.layers.Embedding)]
+    x = []
+    for t in model.inputs:
+        shape = (CHECK_SAMPLES, *(8 if d is None else int(d) for d in t.shape[1:]))
+        ids = vocabulary and len(model.inputs) == 1
+        x.append(rng.integers(0, min(vocabulary), shape) if ids else rng.standard_normal(shape))
+    x = [a.astype(np.float32) for a in x]
+    return x if len(x) > 1 else x[0]
 
 
 def _joined(out) -> np.ndarray:

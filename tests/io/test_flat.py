@@ -124,3 +124,20 @@ def test_a_flattened_tf_keras_model_exports_as_it_computes(tmp_path, cli):
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert np.abs(got - model(x, training=False).numpy()).max() <= 1e-4
+
+
+def test_a_nested_text_model_object_is_checked_on_token_ids_and_says_what_was_done(caplog):
+    """Any length of token ids into a nested Embedding block: the flat model is checked on ids below the
+    vocabulary (random floats would be no ids), and an object given to the API says what flattening did."""
+    from deploykit.backend import keras
+    from deploykit.io.inputs import as_model
+
+    block = keras.Sequential([keras.layers.Embedding(50, 4), keras.layers.GlobalAveragePooling1D()], name="text")
+    inputs = keras.Input((None,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(block(inputs)))
+    with caplog.at_level("INFO", logger="deploykit.core.nested"):
+        flat = as_model(model)
+    assert [type(layer).__name__ for layer in flat.layers][1:] == ["Embedding", "GlobalAveragePooling1D", "Dense"]
+    assert "nested models read as one graph: text" in caplog.text
+    ids = np.random.default_rng(4).integers(0, 50, (6, 9)).astype(np.float32)
+    assert np.abs(flat(ids).numpy() - model(ids).numpy()).max() <= 1e-6
