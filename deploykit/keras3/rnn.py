@@ -8,7 +8,7 @@ over if it cannot change what the layer computes at inference, and refused
 with its name otherwise. ``Bidirectional`` holds its forward (and backward)
 layer's config: those are translated with the same rules, by the caller's
 per-layer translation (``deploykit.keras3.convert``), so a nested layer is checked
-as strictly as a top-level one.
+as strictly as a top-level one; so does ``TimeDistributed`` (any layer, applied to each step).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from deploykit.errors import UnsupportedLayerError
 
 RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN"})
 #: Layers whose config holds the configs of the layers they wrap.
-WRAPPERS = {"Bidirectional": ("layer", "backward_layer")}
+WRAPPERS = {"Bidirectional": ("layer", "backward_layer"), "TimeDistributed": ("layer",)}
+#: Wrappers that may hold any layer (keras.io's CNN-RNN video classifier: ``TimeDistributed(Conv2D)``); the
+#: others wrap a recurrent layer.
+WRAPS_ANY = frozenset({"TimeDistributed"})
 
 _ANY = object()  # any value computes the same at inference
 #: tf_keras-only options: the value that keeps Keras 3's behaviour.
@@ -61,7 +64,7 @@ def wrapped_layers(
         if not isinstance(inner, dict) or "class_name" not in inner:
             raise UnsupportedLayerError(name, kind, f"its {key} is not a layer config")
         inner_kind = str(inner["class_name"])
-        if inner_kind not in RECURRENT:
+        if inner_kind not in RECURRENT and kind not in WRAPS_ANY:
             raise UnsupportedLayerError(
                 name, kind, f"wraps a {inner_kind}; deploykit reads wrapped LSTM, GRU and SimpleRNN"
             )

@@ -81,3 +81,25 @@ def test_keras3_recurrent_files_round_trip(tmp_path):
         save_keras3(imported, tmp_path / f"{name}_back.keras")  # tf_keras's implementation=2 is no obstacle
         back = k3.saving.load_model(tmp_path / f"{name}_back.keras")
         assert np.abs(k3.ops.convert_to_numpy(back(x)) - expected).max() <= 1e-5, name
+
+
+def test_time_distributed_of_any_layer_imports_and_saves_back(tmp_path):
+    """keras.io's CNN-RNN video classifier applies a CNN to each frame with ``TimeDistributed``: its wrapped Conv2D
+    config is translated as a top-level one (it was "'str' object has no attribute 'name'"), weights in order."""
+    import keras as k3
+
+    from deploykit.io.models import load_model
+    from deploykit.keras3.convert import save_keras3
+
+    inputs = k3.Input((4, 8, 8, 1))
+    h = k3.layers.TimeDistributed(k3.layers.Conv2D(6, 3, activation="relu"))(inputs)
+    h = k3.layers.TimeDistributed(k3.layers.GlobalAveragePooling2D())(h)
+    model = k3.Model(inputs, k3.layers.Dense(3, activation="softmax")(k3.layers.GRU(5)(h)))
+    model.save(tmp_path / "cnn_rnn.keras")
+    imported = load_model(tmp_path / "cnn_rnn.keras")
+    x = np.random.default_rng(0).normal(size=(8, 4, 8, 8, 1)).astype(np.float32)
+    want = np.asarray(model(x, training=False))
+    assert np.abs(imported(x, training=False).numpy() - want).max() <= 1e-5
+    save_keras3(imported, tmp_path / "back.keras")
+    back = k3.saving.load_model(tmp_path / "back.keras")
+    assert np.abs(np.asarray(back(x, training=False)) - want).max() <= 1e-5
