@@ -175,7 +175,7 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
     cls = getattr(keras.layers, kind, None)
     shapes = {key: out.pop(key, None) for key, _default in BUILD_SHAPES.get(kind, ())}  # not constructor options
     if cls is not None:
-        out = {**_accepted_options(cls, name, kind, out, _TF_KERAS_LAYER_KEYS), **shapes}
+        out = {**_accepted_options(cls, name, kind, out, _TF_KERAS_LAYER_KEYS, _keras3_class(kind)), **shapes}
     try:
         cls.from_config(copy.deepcopy(out))
     except Exception as exc:
@@ -183,6 +183,13 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
             name, kind, f"tf_keras cannot build it from the Keras 3 config ({type(exc).__name__}: {exc})"
         ) from None
     return out
+
+
+def _keras3_class(kind: str):
+    """Keras 3's layer class of that name (None when it has none): an option tf_keras lacks, at its default in it,
+    is neutral (Keras 3's Resizing adds ``fill_mode="constant"``, used only with ``pad_to_aspect_ratio``)."""
+    with _keras3() as keras3:
+        return getattr(keras3.layers, kind, None)
 
 
 def _plain(name: str, kind: str, value):

@@ -209,3 +209,20 @@ def test_the_text_tutorials_export_model_is_refused_for_its_string_layer(k3, tmp
     export_model.save(tmp_path / "export_model.keras")
     with pytest.raises(UnsupportedLayerError, match="TextVectorization: turns strings into token ids; .*not the"):
         load_model(tmp_path / "export_model.keras")
+
+
+def test_the_data_augmentation_tutorials_resize_and_rescale_block_is_read(k3, tmp_path):
+    """tensorflow.org's data augmentation tutorial: ``resize_and_rescale`` (Resizing, Rescaling) and
+    ``data_augmentation`` Sequentials first in the model. Keras 3's Resizing carries ``fill_mode="constant"``,
+    its default (used only with ``pad_to_aspect_ratio``), which tf_keras lacks: neutral, not refused."""
+    layers = k3.layers
+    resize_and_rescale = k3.Sequential([layers.Resizing(16, 16), layers.Rescaling(1.0 / 255)])
+    data_augmentation = k3.Sequential([layers.RandomFlip("horizontal_and_vertical"), layers.RandomRotation(0.2)])
+    model = k3.Sequential(
+        [k3.Input((8, 8, 1)), resize_and_rescale, data_augmentation, layers.Conv2D(4, 3), layers.Flatten(),
+         layers.Dense(3)]
+    )  # fmt: skip
+    x = np.random.default_rng(5).uniform(0, 255, (16, 8, 8, 1)).astype(np.float32)
+    imported, diff = _imported(k3, model, tmp_path / "resize.keras", x)
+    assert diff <= 1e-5
+    assert [type(layer).__name__ for layer in imported.layers][:3] == ["Resizing", "Rescaling", "Conv2D"]
