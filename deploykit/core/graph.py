@@ -358,14 +358,19 @@ def to_keras(graph: Graph):
     tensors = {name: keras.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
     for node in graph.nodes:
         layer = _layer(keras, node.spec)
-        args = [tensors[i] for i in node.inputs]
-        if node.spec.support.tensor_args:  # attention(query, value, key)
-            tensors[node.name] = layer(*args)
-        else:
-            tensors[node.name] = layer(args if len(args) > 1 else args[0])
+        tensors[node.name] = call_layer(layer, node, tensors)
         _set_weights(layer, node.spec)
     outputs = [tensors[o] for o in graph.outputs]
     return keras.Model([tensors[n] for n in graph.inputs], outputs if len(outputs) > 1 else outputs[0], name=graph.name)
+
+
+def call_layer(layer, node: Node, tensors: dict):
+    """``layer`` called on the tensors of ``node``'s inputs as Keras calls it: one tensor, a list (a merge), or
+    separate arguments (attention's query, value, key). Both Keras's builders use it."""
+    args = [tensors[i] for i in node.inputs]
+    if node.spec.support.tensor_args:
+        return layer(*args)
+    return layer(args if len(args) > 1 else args[0])
 
 
 def _layer(keras, spec: LayerSpec):

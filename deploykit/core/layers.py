@@ -16,7 +16,7 @@ import enum
 import sys
 from dataclasses import dataclass
 
-from deploykit.errors import UnsafeModelError
+from deploykit.errors import UnsafeModelError, UnsupportedLayerError
 
 
 class Role(enum.Enum):
@@ -111,6 +111,8 @@ class LayerSupport:
     kernel: Kernel | None = None
     #: Called on several tensors as separate arguments (attention's query, value and key), not on one list.
     tensor_args: bool = False
+    #: Why no step can take it (refused by name wherever it is read); "" when it can.
+    refused: str = ""
 
     @property
     def merges(self) -> bool:
@@ -126,6 +128,11 @@ def _entry(role: Role, **kw) -> LayerSupport:
     return LayerSupport(role, mc=kw.pop("mc", True), **kw)
 
 
+#: Why a layer reading strings is refused, and what to give instead.
+_STRINGS = (
+    "deploykit's artifacts (ONNX, TFLite) take numbers: apply it to the data before the model and give deploykit "
+    "the model that reads its output (the tutorials' `model`, not the `export_model` wrapping it)"
+)
 _ACTIVATION = _entry(Role.ACTIVATION)
 _DROPOUT = _entry(Role.DROPOUT, identity_at_inference=True, carries=Carry.IDENTITY, sampled=True)
 _CONV = _entry(
@@ -199,6 +206,10 @@ SUPPORT: dict[str, LayerSupport] = {
     # Transformer blocks (keras.io's): exported by the converters (Einsum, Softmax), never pruned or folded through.
     "MultiHeadAttention": LayerSupport(Role.OTHER, tensor_args=True),
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True),
+    # Preprocessing that reads strings (the text tutorials' export_model): artifacts take numbers.
+    "TextVectorization": LayerSupport(Role.OPAQUE, refused=f"turns strings into token ids; {_STRINGS}"),
+    "StringLookup": LayerSupport(Role.OPAQUE, refused=f"looks strings up in a vocabulary; {_STRINGS}"),
+    "Hashing": LayerSupport(Role.OPAQUE, refused=f"hashes strings or ids into bins; {_STRINGS}"),
 }
 
 #: Keras spells some classes twice (MaxPool2D is MaxPooling2D): alias -> table name.
@@ -276,13 +287,16 @@ def support_for(layer: object, *, unsafe: bool = False) -> LayerSupport:
     """The table entry for ``layer`` (a layer object or a serialized config).
 
     A built-in Keras layer outside the table gets :data:`UNKNOWN`; code from
-    outside Keras raises :class:`UnsafeModelError` unless ``unsafe`` is true.
+    outside Keras raises :class:`UnsafeModelError` unless ``unsafe`` is true; a layer
+    the table refuses (``refused``: one that reads strings) raises :class:`UnsupportedLayerError`.
     """
     kind = layer_type(layer)
     name = layer.get("config", {}).get("name", kind) if isinstance(layer, dict) else getattr(layer, "name", kind)
     entry = SUPPORT.get(kind)
     if entry is None:
         entry = UNKNOWN if _is_builtin(layer, kind) else CUSTOM
+    if entry.refused:
+        raise UnsupportedLayerError(str(name), kind, entry.refused)
     if entry.needs_unsafe and not unsafe:
         what = "runs arbitrary code" if kind == "Lambda" else "is custom code, not a Keras layer"
         raise UnsafeModelError(

@@ -136,18 +136,6 @@ def _check_suffix(path: Path, found: ModelFormat) -> None:
         raise ModelLoadError(f"model {path}: the content is a {found.value} file but {said}; rename it with {want}")
 
 
-_STRINGS = (
-    "deploykit's artifacts (ONNX, TFLite) take numbers: apply it to the data before the model and give deploykit "
-    "the model that reads its output (the tutorials' `model`, not the `export_model` wrapping it)"
-)
-#: Preprocessing layers that read strings (a vocabulary lookup, hashing): one clear reason, before anything loads.
-STRING_LAYERS = {
-    "TextVectorization": f"turns strings into token ids; {_STRINGS}",
-    "StringLookup": f"looks strings up in a vocabulary; {_STRINGS}",
-    "Hashing": f"hashes strings or ids into bins; {_STRINGS}",
-}
-
-
 def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[tuple[dict, LayerSupport]]:
     """Check every serialized layer against the support table, before deserializing anything.
 
@@ -166,8 +154,6 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
     for layer in model_file.layer_configs():  # nested models' layers included, as the loader flattens them
         kind = str(layer.get("class_name", ""))
         name = str(layer.get("config", {}).get("name", kind))
-        if kind in STRING_LAYERS:
-            raise UnsupportedLayerError(name, kind, STRING_LAYERS[kind])
         if _is_custom(layer):
             raise UnsupportedLayerError(
                 name,

@@ -25,20 +25,37 @@ from deploykit.limits import DATA_BYTES
 def _npz_declared_bytes(path: Path) -> int:
     """What the .npz's members declare (array headers read, nothing inflated), counted as float32 values."""
     total = 0
+    for stored, header in npz_headers(path).values():
+        total += stored if header is None else int(np.prod(header[0], dtype=object)) * max(header[1].itemsize, 4)
+    return total
+
+
+def npz_headers(path: Path) -> dict[str, tuple[int, tuple[tuple, np.dtype] | None]]:
+    """Each .npz member (by array name) -> (its stored size, its .npy header's (shape, dtype) or None for a member
+    that is not a .npy array), read from the headers alone: nothing inflated."""
+    out = {}
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 with zf.open(info) as fh:
-                    total += _npy_declared_bytes(fh, info.file_size)
+                    name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    out[name] = (info.file_size, _npy_header(fh))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
         raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
-    return total
+    return out
 
 
 def _npy_declared_bytes(fh, stored: int) -> int:
     """Bytes one member becomes: its .npy header's shape (float32 or wider per value), else its stored size."""
+    header = _npy_header(fh)
+    return stored if header is None else int(np.prod(header[0], dtype=object)) * max(header[1].itemsize, 4)
+
+
+def _npy_header(fh) -> tuple[tuple, np.dtype] | None:
+    """The (shape, dtype) a .npy member's header declares; None when it is no .npy array (np.load hands such a
+    member over as raw bytes)."""
     if fh.read(6) != b"\x93NUMPY":
-        return stored  # np.load hands a non-.npy member over as raw bytes
+        return None
     version = tuple(fh.read(2))
     fh.seek(0)
     np.lib.format.read_magic(fh)
@@ -46,7 +63,7 @@ def _npy_declared_bytes(fh, stored: int) -> int:
     if version not in readers:
         raise ValueError(f"unsupported .npy format version {version}")
     shape, _, dtype = readers[version](fh)
-    return int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
+    return tuple(shape), dtype
 
 
 def _count_lines(path: Path) -> tuple[int, int]:

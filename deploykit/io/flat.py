@@ -18,11 +18,7 @@ import numpy as np
 
 from deploykit.core.nested import Nesting, flatten
 from deploykit.errors import ModelLoadError
-
-#: Largest output difference accepted between the nested model and its flat rebuild (relative to the
-#: outputs' RMS when above 1), as for a Keras 3 import (deploykit.keras3.convert.TOLERANCE).
-TOLERANCE = 1e-5
-CHECK_SAMPLES = 32
+from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, joined_outputs  # held as a Keras 3 import is
 
 
 def flat_model(model, config: dict | None = None, what: str | None = None):
@@ -66,8 +62,8 @@ def _max_diff(model, flat) -> float:
     from deploykit.core.evaluate import output_scale
 
     x = _check_inputs(model, flat)
-    want = _joined(model(x, training=False))
-    return float(np.max(np.abs(want - _joined(flat(x, training=False))))) / output_scale(want)
+    want = joined_outputs(model(x, training=False)).astype(np.float64)
+    return float(np.max(np.abs(want - joined_outputs(flat(x, training=False))))) / output_scale(want)
 
 
 def _check_inputs(model, flat):
@@ -83,11 +79,6 @@ def _check_inputs(model, flat):
         x.append(rng.integers(0, min(vocabulary), shape) if ids else rng.standard_normal(shape))
     x = [a.astype(np.float32) for a in x]
     return x if len(x) > 1 else x[0]
-
-
-def _joined(out) -> np.ndarray:
-    parts = list(out) if isinstance(out, (list, tuple)) else [out]
-    return np.concatenate([np.asarray(p, np.float64).reshape(len(p), -1) for p in parts], axis=1)
 
 
 def _line(exc: Exception) -> str:

@@ -11,8 +11,6 @@ to give data or to save the model with a fixed input shape.
 from __future__ import annotations
 
 import weakref
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -91,28 +89,12 @@ def _named(arrays: dict[str, tuple], declared: dict, where: str) -> dict[str, tu
 
 def _npz_shapes(path: Path) -> dict[str, tuple]:
     """The shapes an .npz's arrays declare in their headers (nothing inflated), by array name."""
+    from deploykit.data.readers import npz_headers
+
     if not path.exists():
         raise DataError(f"data {path}: no such file")
     regular_file(path, "data", DataError)
-    shapes = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.filename.endswith(".npy"):
-                    with zf.open(info) as fh:
-                        shapes[info.filename[:-4]] = _npy_shape(fh)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
-        raise DataError(f"data {path}: not a readable .npz file ({exc})") from None
-    return shapes
-
-
-def _npy_shape(fh) -> tuple:
-    """The shape one .npy member's header declares."""
-    version = np.lib.format.read_magic(fh)
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in readers:
-        raise ValueError(f"unsupported .npy format version {version}")
-    return tuple(readers[version](fh)[0])
+    return {name: header[0] for name, (_stored, header) in npz_headers(path).items() if header is not None}
 
 
 def _progress(line: str) -> None:

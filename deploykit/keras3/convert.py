@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import os
 import random
 
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.core.graph import Graph, graph_from_config, graph_from_model, random_inputs, to_keras
+from deploykit.core.graph import Graph, call_layer, graph_from_config, graph_from_model, random_inputs, to_keras
 from deploykit.core.lengths import sized_shapes
 from deploykit.core.modelfile import ModelFile, check_model_config
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
@@ -185,9 +186,11 @@ def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
     return out
 
 
+@functools.cache
 def _keras3_class(kind: str):
     """Keras 3's layer class of that name (None when it has none): an option tf_keras lacks, at its default in it,
-    is neutral (Keras 3's Resizing adds ``fill_mode="constant"``, used only with ``pad_to_aspect_ratio``)."""
+    is neutral (Keras 3's Resizing adds ``fill_mode="constant"``, used only with ``pad_to_aspect_ratio``). Looked
+    up once per class name (a class does not change in a process), not once per layer."""
     with _keras3() as keras3:
         return getattr(keras3.layers, kind, None)
 
@@ -303,8 +306,8 @@ def _own_change(keras3, source, x) -> float:
     from deploykit.core.evaluate import output_scale
 
     moved = [a * np.float32(1 + 1e-6) for a in x] if isinstance(x, list) else x * np.float32(1 + 1e-6)
-    base = _joined(keras3.ops.convert_to_numpy, source(x, training=False)).astype(np.float64)
-    other = _joined(keras3.ops.convert_to_numpy, source(moved, training=False))
+    base = joined_outputs(source(x, training=False), keras3.ops.convert_to_numpy).astype(np.float64)
+    other = joined_outputs(source(moved, training=False), keras3.ops.convert_to_numpy)
     return float(np.max(np.abs(base - other))) / output_scale(base)
 
 
@@ -312,8 +315,8 @@ def _max_abs_diff(path, keras3, source, model, x) -> float:
     """The largest output difference on random inputs, divided by the outputs' RMS when that is above 1."""
     from deploykit.core.evaluate import output_scale
 
-    expected = _joined(keras3.ops.convert_to_numpy, source(x, training=False))
-    got = _joined(np.asarray, model(x, training=False))
+    expected = joined_outputs(source(x, training=False), keras3.ops.convert_to_numpy)
+    got = joined_outputs(model(x, training=False))
     if expected.shape != got.shape:
         raise ModelLoadError(
             f"model {path}: the tf_keras model gives outputs of shape {got.shape}, the Keras 3 model {expected.shape}"
@@ -321,8 +324,9 @@ def _max_abs_diff(path, keras3, source, model, x) -> float:
     return float(np.max(np.abs(expected.astype(np.float64) - got))) / output_scale(expected)
 
 
-def _joined(to_numpy, out) -> np.ndarray:
-    """A model's outputs as one array [N, ...]: several outputs flattened side by side (deploykit.core.multi_io)."""
+def joined_outputs(out, to_numpy=np.asarray) -> np.ndarray:
+    """A model's outputs as one array [N, ...]: several outputs flattened side by side (deploykit.core.multi_io);
+    ``to_numpy`` converts one (Keras 3's tensors need its ``ops.convert_to_numpy``)."""
     if not isinstance(out, (list, tuple, dict)):
         return np.asarray(to_numpy(out))
     parts = list(out.values()) if isinstance(out, dict) else list(out)
@@ -409,11 +413,7 @@ def _keras3_model(keras3, graph: Graph):
     else:
         tensors = {name: keras3.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
         for node in graph.nodes:
-            args = [tensors[i] for i in node.inputs]
-            if node.spec.support.tensor_args:  # attention(query, value, key)
-                tensors[node.name] = layers[node.name](*args)
-            else:
-                tensors[node.name] = layers[node.name](args if len(args) > 1 else args[0])
+            tensors[node.name] = call_layer(layers[node.name], node, tensors)
         outputs = [tensors[o] for o in graph.outputs]
         model = keras3.Model(
             [tensors[n] for n in graph.inputs] if len(graph.inputs) > 1 else tensors[next(iter(graph.inputs))],

@@ -141,3 +141,16 @@ def test_a_nested_text_model_object_is_checked_on_token_ids_and_says_what_was_do
     assert "nested models read as one graph: text" in caplog.text
     ids = np.random.default_rng(4).integers(0, 50, (6, 9)).astype(np.float32)
     assert np.abs(flat(ids).numpy() - model(ids).numpy()).max() <= 1e-6
+
+
+def test_a_tf_keras_object_reading_strings_is_refused_by_the_table():
+    """The layer table refuses layers that read strings wherever they are read: a file (tests/keras3/test_nested.py)
+    or a tf_keras object given to the API (accepted before, to fail inside a later step)."""
+    from deploykit.backend import keras
+    from deploykit.io.inputs import as_model
+
+    lookup = keras.layers.StringLookup(vocabulary=["a", "b"], name="lookup")
+    inputs = keras.Input((1,), dtype="string")
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.CategoryEncoding(3)(lookup(inputs))))
+    with pytest.raises(UnsupportedLayerError, match="'lookup' of type StringLookup: looks strings up"):
+        as_model(model)
