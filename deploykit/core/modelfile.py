@@ -345,6 +345,8 @@ def _json(path: Path, text: str, what: str) -> dict:
         value = json.loads(text)
     except ValueError as exc:
         raise ModelLoadError(f"model {path}: {what} is not valid JSON ({exc})") from None
+    except RecursionError:  # thousands of nested brackets: no model nests so deep
+        raise ModelLoadError(f"model {path}: {what} nests deeper than Python's JSON reader goes") from None
     if not isinstance(value, dict):
         raise ModelLoadError(f"model {path}: {what} is not a Keras model config")
     return value

@@ -106,11 +106,37 @@ class Nesting:
 _SAID: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+#: The deepest nesting read (keras.applications in a transfer-learning model is 1; a block in it, 2). A file nesting
+#: hundreds of levels is refused by name before any recursive copy or rewrite of its config meets Python's limit.
+MAX_DEPTH = 16
+
+
 def flattening(config: dict, *, keras3: bool) -> list[str]:
-    """The lines :func:`flatten` would say of a model config (its nested models, the augmentation it removes)."""
+    """The lines :func:`flatten` would say of a model config (its nested models, the augmentation it removes);
+    the loader's first look at a config, so a nesting deeper than :data:`MAX_DEPTH` is refused here."""
+    depth = nesting_depth(config)
+    if depth > MAX_DEPTH:
+        raise UnsupportedLayerError(
+            layer_name(config),
+            str(config.get("class_name")),
+            f"models nested {depth} levels deep; deploykit reads up to {MAX_DEPTH}",
+        )
     nesting = Nesting()
     flatten(copy.deepcopy(config), nesting, keras3=keras3)
     return nesting.lines()
+
+
+def nesting_depth(config: dict) -> int:
+    """How many models deep a config nests (0: a flat model), walked without recursion."""
+    deepest, todo = 0, [(config, 0)]
+    while todo:
+        model, depth = todo.pop()
+        deepest = max(deepest, depth)
+        inner = model.get("config") if isinstance(model, dict) else None
+        for layer in (inner.get("layers") if isinstance(inner, dict) else None) or []:
+            if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES:
+                todo.append((layer, depth + 1))
+    return deepest
 
 
 def say(lines: list[str]) -> None:

@@ -177,3 +177,39 @@ def test_an_hdf5_tail_that_only_looks_like_a_zip_end_still_loads(tmp_path):
     (tmp_path / "tail.h5").write_bytes((tmp_path / "m.h5").read_bytes() + b"PK\x05\x06" + bytes(18))
     assert zipfile.is_zipfile(tmp_path / "tail.h5")
     assert load_model(tmp_path / "tail.h5").output_shape == (None, 2)
+
+
+def _nested_keras3_file(path, depth: int) -> None:
+    """A Keras 3 .keras file whose config nests ``depth`` Sequential models (written as text: json.dumps itself
+    cannot write thousands of levels)."""
+    import json
+    import zipfile
+
+    level = (
+        '{"module":"keras","class_name":"Sequential","config":{"name":"s%d","build_input_shape":[null,4],'
+        '"layers":[{"module":"keras.layers","class_name":"InputLayer","config":{"batch_shape":[null,4],'
+        '"name":"s%d_in"}},'
+    )
+    dense = '{"module":"keras.layers","class_name":"Dense","config":{"name":"d","units":2}}'
+    config = "".join(level % (i, i) for i in range(depth)) + dense + "]}}" * depth
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.json", json.dumps({"keras_version": "3.10.0"}))
+        zf.writestr("config.json", config)
+        zf.writestr("model.weights.h5", b"")
+
+
+@pytest.mark.parametrize("depth", [240, 5000])
+def test_models_nested_absurdly_deep_are_one_error_before_any_recursion(tmp_path, depth):
+    """Nested models are flattened recursively (deploykit.core.nested): 240 levels ended in a RecursionError from
+    a copy of the config, 5000 in one from the JSON reader; each is now one line naming it, nothing loaded."""
+    from deploykit.errors import ModelLoadError, UnsupportedLayerError
+    from deploykit.io.models import load_model
+
+    _nested_keras3_file(tmp_path / "deep.keras", depth)
+    expected = (
+        (UnsupportedLayerError, "nested 239 levels deep; deploykit reads up to 16")
+        if depth == 240
+        else (ModelLoadError, "config.json nests deeper than Python's JSON reader goes")
+    )
+    with pytest.raises(expected[0], match=expected[1]):
+        load_model(tmp_path / "deep.keras")
