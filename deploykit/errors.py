@@ -6,6 +6,8 @@ the traceback only with ``--verbose``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -89,6 +91,26 @@ class ConversionError(StepError):
     """
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: the first line of its message`` (at most 300 characters): a foreign tool's exception in one line."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+@contextlib.contextmanager
+def converting(what: str) -> Iterator[None]:
+    """Any exception a foreign converter or quantizer raises inside as one :class:`ConversionError` saying ``what``
+    failed: they raise many types (an ``AssertionError`` from onnxruntime's symbolic shape inference on a
+    ``ConvTranspose``'s output size), and each means that variant could not be made, not that the run must stop.
+    deploykit's own errors pass through."""
+    try:
+        yield
+    except DeployKitError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"{what} failed: {first_line(exc)}") from exc
+
+
 @dataclass
 class Mismatch:
     """One check that missed: what was measured against what was required."""
@@ -112,6 +134,19 @@ class ValidationError(DeployKitError):
         self.report = report
         joined = "; ".join(str(m) for m in self.mismatches)
         super().__init__(f"{artifact} failed validation: {joined}")
+
+
+class RuntimeFailureError(ValidationError, ModelLoadError):
+    """A runtime raised (a Python exception, not a signal) while loading or running an artifact: LiteRT's
+    ``RuntimeError`` from a kernel that cannot prepare (``BROADCAST_TO`` of a GroupNormalization).
+
+    Like a crash it fails that artifact only: a ValidationError, so ``optimize`` and ``export`` reject the file and
+    ship the others. It is also a ModelLoadError: a file the user gave that the runtime cannot load is bad input.
+    """
+
+    def __init__(self, message: str):
+        self.artifact, self.mismatches, self.report = "", [], None
+        DeployKitError.__init__(self, message)
 
 
 class RuntimeCrashError(ValidationError):

@@ -4,11 +4,16 @@ A budget claim ("within one point of the original") compares two models on the *
 figure that matters is the paired difference, whose noise comes only from the rows where the two
 disagree. Two intervals, one per metric:
 
-- accuracy (:func:`accuracy_change_interval`): exact, McNemar-style. Of the ``m`` rows where exactly one
-  model is right, the new model is right on ``c``; given ``m``, ``c`` is binomial(m, π) and the change is
-  ``m / n · (2π - 1)``. The Clopper-Pearson interval of π gives the change's interval (no normal
-  approximation: it stays honest for the handful of rows a small split disagrees on). Identical
-  predictions give ``[0, 0]``: the two models cannot differ on these rows.
+- accuracy (:func:`accuracy_change_interval`): Tango's score interval for paired proportions. The
+  change is ``(gained - lost) / n``, the rows where only the new model is right minus those where only
+  the reference is. Its noise is in both counts, the number of rows that disagree included, so the
+  interval inverts the score test of the difference with the nuisance disagreement rate at its
+  restricted maximum-likelihood value (Tango 1998, Stat. Med. 17:891). It holds its 95% coverage where a
+  compressed model loses more rows than it gains, which is where budgets are decided: an interval
+  conditioned on the number of disagreeing rows (Clopper-Pearson on them, used before) ends at the point
+  estimate when every disagreeing row is a loss, and covered a true 1-pt drop on 543 rows about half the
+  time (``tests/test_stats.py``). Identical predictions on ``n`` rows still leave about ``±3.84 / n``:
+  that many rows cannot show that two models never disagree.
 - RMSE (:func:`rmse_change_interval`): a paired bootstrap over rows (the same resampled rows for both
   models) of the relative RMSE change, percentile interval, seeded (a report is reproducible).
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -46,54 +52,9 @@ class Interval:
         return (self.high - self.low) / 2
 
 
-def _log_choose(m: int) -> np.ndarray:
-    """log C(m, k) for k = 0..m (cumulative sums of logs: exact enough, and O(m))."""
-    logs = np.log(np.arange(1, m + 1, dtype=np.float64))
-    fact = np.concatenate([[0.0], np.cumsum(logs)])
-    return fact[m] - fact - fact[::-1]
-
-
-def _binom_cdf(c: int, m: int, p: float, upper: bool, logc: np.ndarray) -> float:
-    """P(X <= c) (or P(X >= c) with ``upper``) for X ~ binomial(m, p), from log terms (exact for any m)."""
-    if p <= 0.0:
-        return 1.0 if not upper or c == 0 else 0.0
-    if p >= 1.0:
-        return 1.0 if upper or c == m else 0.0
-    k = np.arange(m + 1)
-    terms = logc + k * math.log(p) + (m - k) * math.log1p(-p)
-    picked = terms[k >= c] if upper else terms[k <= c]
-    top = picked.max()
-    return float(min(1.0, math.exp(top) * np.exp(picked - top).sum()))
-
-
-@functools.lru_cache(maxsize=4096)
-def clopper_pearson(c: int, m: int, level: float = LEVEL) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) interval of a binomial proportion, ``c`` successes in ``m`` trials.
-
-    Cached: a pure function of three numbers, and 120 bisection steps of a pure-Python tail sum each. The
-    resolution figures of every run (:func:`deploykit.pipeline.confirm.smallest_budget`) ask for hundreds of
-    them, mostly the same for the same split sizes; uncached they cost about 2 CPU seconds per run on a
-    60-row split.
-    """
-    if m <= 0:
-        return 0.0, 1.0
-    alpha = (1 - level) / 2
-    logc = _log_choose(m)
-
-    def solve(f, target: float) -> float:  # f increasing in p
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
-        return (lo + hi) / 2
-
-    low = 0.0 if c == 0 else solve(lambda p: _binom_cdf(c, m, p, True, logc), alpha)
-    high = 1.0 if c == m else solve(lambda p: -_binom_cdf(c, m, p, False, logc), -alpha)
-    return low, high
-
-
 def accuracy_change_interval(reference_correct, new_correct, level: float = LEVEL) -> Interval:
-    """The new model's accuracy minus the reference's on the same rows, with its exact paired interval.
+    """The new model's accuracy minus the reference's on the same rows, with its paired 95% interval (Tango's score
+    interval, see the module docstring).
 
     ``reference_correct`` / ``new_correct``: booleans per row (prediction == label).
     """
@@ -101,16 +62,43 @@ def accuracy_change_interval(reference_correct, new_correct, level: float = LEVE
     b = np.asarray(new_correct, bool).ravel()
     if a.shape != b.shape:
         raise ValueError(f"paired rows differ in number: {a.size} vs {b.size}")
-    n = a.size
-    if n == 0:
+    if a.size == 0:
         return Interval(0.0, -1.0, 1.0)
     gained, lost = int(np.count_nonzero(b & ~a)), int(np.count_nonzero(a & ~b))
-    m = gained + lost
+    low, high = paired_score_interval(gained, lost, a.size, level)
+    return Interval((gained - lost) / a.size, low, high)
+
+
+@functools.lru_cache(maxsize=4096)
+def paired_score_interval(gained: int, lost: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Tango's score interval of ``(gained - lost) / n`` for ``n`` paired rows.
+
+    For a candidate difference ``d`` the disagreement rate has a restricted maximum-likelihood value
+    (a quadratic's root), which gives the score statistic ``z(d)``; ``z`` falls as ``d`` rises, so each end is a
+    bisection. Cached: a pure function of four numbers, asked for again and again by the resolution figures
+    (:func:`deploykit.pipeline.confirm.smallest_budget`) for the same split sizes.
+    """
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     estimate = (gained - lost) / n
-    if m == 0:
-        return Interval(0.0, 0.0, 0.0)
-    p_low, p_high = clopper_pearson(gained, m, level)
-    return Interval(estimate, m / n * (2 * p_low - 1), m / n * (2 * p_high - 1))
+
+    def score(d: float) -> float:
+        w = -(gained + lost) + (2 * n - gained + lost) * d
+        q = (math.sqrt(max(w * w + 8 * n * lost * d * (1 - d), 0.0)) - w) / (4 * n)  # restricted P(lost)
+        var = n * (2 * q + d * (1 - d))
+        diff = gained - lost - n * d
+        if var <= 0:
+            return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+        return diff / math.sqrt(var)
+
+    def solve(lo: float, hi: float, target: float) -> float:  # score(lo) > target >= score(hi)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if score(mid) > target else (lo, mid)
+        return (lo + hi) / 2
+
+    low = -1.0 if score(-1.0) <= z else solve(-1.0, estimate, z)
+    high = 1.0 if score(1.0) >= -z else solve(estimate, 1.0, -z)
+    return low, high
 
 
 def rmse_change_interval(

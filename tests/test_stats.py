@@ -10,21 +10,12 @@ from hypothesis import strategies as st
 from deploykit.stats import (
     Interval,
     accuracy_change_interval,
-    clopper_pearson,
+    paired_score_interval,
     resolution,
     rmse_change_interval,
     shortfall_of,
     within_budget,
 )
-
-
-def test_clopper_pearson_matches_the_beta_quantiles():
-    from scipy.stats import beta
-
-    for c, m in ((3, 6), (0, 10), (10, 10), (17, 40), (400, 1000)):
-        low, high = clopper_pearson(c, m)
-        assert low == pytest.approx(0.0 if c == 0 else beta.ppf(0.025, c, m - c + 1), abs=1e-9)
-        assert high == pytest.approx(1.0 if c == m else beta.ppf(0.975, c + 1, m - c), abs=1e-9)
 
 
 def test_accuracy_interval_is_paired_only_disagreeing_rows_count():
@@ -36,7 +27,46 @@ def test_accuracy_interval_is_paired_only_disagreeing_rows_count():
     assert ci.estimate == pytest.approx((np.sum(new) - np.sum(ref)) / 500)
     assert ci.low <= ci.estimate <= ci.high
     assert ci.high - ci.low < 0.05  # an unpaired interval of two 85% accuracies on 500 rows is ~9 points wide
-    assert accuracy_change_interval(ref, ref) == Interval(0.0, 0.0, 0.0)  # identical predictions: no difference
+    same = accuracy_change_interval(ref, ref)  # identical on 500 rows: no change seen, but 500 rows cannot rule one out
+    assert same.estimate == 0.0 and -0.01 < same.low < -0.005 and same.high == pytest.approx(-same.low)
+
+
+@pytest.mark.parametrize(("gained", "lost", "n"), [(1, 7, 44), (0, 3, 225), (12, 30, 543), (40, 20, 160)])
+def test_accuracy_interval_ends_are_where_the_score_test_rejects(gained, lost, n):
+    # Tango (1998): each end d is where (gained - lost - n d) / sqrt(n (2 q + d (1 - d))) = -+1.96, q the
+    # disagreement-rate-of-losses maximising the likelihood under d. q is found here by a numeric search over the
+    # likelihood, not the closed form the module uses.
+    from scipy.optimize import minimize_scalar
+
+    def score(d):
+        upper = (1 - d) / 2 if d >= 0 else (1 + d) / 2  # keep every cell probability in [0, 1]
+        lo = max(0.0, -d)
+
+        def nll(q):
+            g, rest = q + d, 1 - 2 * q - d
+            return -(
+                gained * np.log(max(g, 1e-300))
+                + lost * np.log(max(q, 1e-300))
+                + (n - gained - lost) * np.log(max(rest, 1e-300))
+            )
+
+        q = minimize_scalar(nll, bounds=(lo, lo + upper), method="bounded", options={"xatol": 1e-12}).x
+        return (gained - lost - n * d) / np.sqrt(n * (2 * q + d * (1 - d)))
+
+    low, high = paired_score_interval(gained, lost, n)
+    assert low < (gained - lost) / n < high
+    assert score(low) == pytest.approx(1.96, abs=2e-3) and score(high) == pytest.approx(-1.96, abs=2e-3)
+
+
+def test_accuracy_interval_covers_a_loss_that_gains_nothing():
+    # A compressed model that loses 1% of rows and gains none: the interval must cover the true -1 pt about 95% of
+    # the time. Conditioned on the number of disagreeing rows (Clopper-Pearson on them) it ended at the estimate
+    # whenever every disagreeing row was a loss, and covered it in 46% of draws.
+    rng = np.random.default_rng(0)
+    n, draws = 543, 2000
+    lost = rng.binomial(n, 0.01, size=draws)
+    covered = [paired_score_interval(0, int(k), n)[0] <= -0.01 <= paired_score_interval(0, int(k), n)[1] for k in lost]
+    assert 0.93 <= np.mean(covered) <= 0.99
 
 
 @given(st.integers(0, 30), st.integers(0, 30), st.integers(0, 200))

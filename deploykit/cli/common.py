@@ -188,16 +188,27 @@ def load_data_arg(args, model=None):
         from deploykit.core.multi_io_model import layout_of
 
         layout = layout_of(model)
-    data = load_dataset(
-        data_source(args),
-        label_column=args.label_column,
-        split=SplitConfig(seed=args.seed),
-        class_names=getattr(args, "class_names", None),
-        task=getattr(args, "task", None),
-        layout=layout,
-    )
+
+    def read(task):
+        return load_dataset(
+            data_source(args),
+            label_column=args.label_column,
+            split=SplitConfig(seed=args.seed),
+            class_names=getattr(args, "class_names", None),
+            task=task,
+            layout=layout,
+        )
+
+    keras_model = model is not None and not isinstance(model, (str, os.PathLike))
+    task = getattr(args, "task", None)
+    if keras_model:
+        from deploykit.io.inputs import read_for_model
+
+        data = read_for_model(read, model, task, progress)
+    else:
+        data = read(task)
     progress(f"data {data.summary()}")
-    if model is not None and not isinstance(model, (str, os.PathLike)):
+    if keras_model:
         from deploykit.data.tokens import check_token_ids
 
         check_token_ids(data, model)  # a text model's ids past its vocabulary: one line, not a native error

@@ -415,10 +415,40 @@ def token_vocabulary(graph: Graph) -> int | None:
     return min(sizes) if sizes else None
 
 
-def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` float32 inputs to check a rebuild on: standard normal, or token ids when an Embedding reads them."""
-    rng = np.random.default_rng(seed)
+def id_columns(graph: Graph) -> list[tuple[slice, int]]:
+    """Where the model's input holds token ids, each with the vocabulary they index: all of it when an Embedding
+    reads it directly, else the columns of each packed input an Embedding reads (a ``Reshape`` / ``Cropping1D`` /
+    ``Reshape`` cut of the one packed input, :mod:`deploykit.core.multi_io_model`: a categorical column embedded
+    beside numeric ones)."""
     vocabulary = token_vocabulary(graph)
     if vocabulary is not None:
-        return rng.integers(0, vocabulary, (n, *graph.input_shape)).astype(np.float32)
-    return rng.standard_normal((n, *graph.input_shape)).astype(np.float32)
+        return [(slice(None), vocabulary)]
+    width = graph.input_shape[0] if len(graph.input_shape) == 1 else None
+    found = []
+    for column in graph.consumers(next(iter(graph.inputs))):
+        crops = [c for c in graph.consumers(column.name) if c.spec.class_name == "Cropping1D"]
+        for crop in crops if column.spec.class_name == "Reshape" and width is not None else ():
+            start, end = (int(v) for v in crop.spec.config["cropping"])
+            sizes = [
+                int(reader.spec.config["input_dim"])
+                for shaped in graph.consumers(crop.name)
+                for reader in graph.consumers(shaped.name)
+                if reader.spec.class_name == "Embedding"
+            ]
+            if sizes:
+                found.append((slice(start, width - end), min(sizes)))
+    return found
+
+
+def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 inputs to check a rebuild on: standard normal, with token ids where an Embedding reads them
+    (:func:`id_columns`: an id outside the vocabulary is an error in TensorFlow, not a value)."""
+    return draw_inputs(np.random.default_rng(seed), n, graph.input_shape, id_columns(graph))
+
+
+def draw_inputs(rng, n: int, shape: tuple, ids: list[tuple[slice, int]]) -> np.ndarray:
+    """``n`` float32 inputs of ``shape``: standard normal, and uniform token ids in each of ``ids``' columns."""
+    x = rng.standard_normal((n, *shape))
+    for columns, vocabulary in ids:
+        x[:, columns] = rng.integers(0, vocabulary, x[:, columns].shape)
+    return x.astype(np.float32)

@@ -14,26 +14,26 @@ from deploykit.errors import DataError, UnsupportedLayerError
 
 def check_token_ids(data, model, what: str = "") -> None:
     """Raise a DataError when ``model`` reads token ids through an Embedding and ``data`` holds any that is not a
-    whole number from 0 to the vocabulary's size - 1 (models without such an Embedding: nothing to check)."""
-    vocabulary = _vocabulary(model)
-    if vocabulary is None:
-        return
-    for part, x in (("train", data.x_train), ("validation", data.x_val), ("test", data.x_test)):
-        bad = x[(x != np.floor(x)) | (x < 0) | (x >= vocabulary)]
-        if bad.size:
-            raise DataError(
-                f"data {data.name!r}: {what or f'model {model.name!r}'} reads its inputs as the token ids of an "
-                f"Embedding of {vocabulary} tokens (whole numbers from 0 to {vocabulary - 1}), but the {part} inputs "
-                f"hold {bad.size} values that are not (e.g. {bad.flat[0]:g})"
-            )
+    whole number from 0 to the vocabulary's size - 1 (models without such an Embedding: nothing to check). A packed
+    model's categorical input embedded beside numeric ones is checked in its own columns only."""
+    for columns, vocabulary in id_columns_of(model):
+        for part, x in (("train", data.x_train), ("validation", data.x_val), ("test", data.x_test)):
+            ids = x[:, columns]
+            bad = ids[(ids != np.floor(ids)) | (ids < 0) | (ids >= vocabulary)]
+            if bad.size:
+                raise DataError(
+                    f"data {data.name!r}: {what or f'model {model.name!r}'} reads its inputs as the token ids of an "
+                    f"Embedding of {vocabulary} tokens (whole numbers from 0 to {vocabulary - 1}), but the {part} "
+                    f"inputs hold {bad.size} values that are not (e.g. {bad.flat[0]:g})"
+                )
 
 
-def _vocabulary(model) -> int | None:
-    """The vocabulary of an Embedding reading the model's input directly, else None (a model the graph reader
-    cannot take has its inputs read as features)."""
-    from deploykit.core.graph import graph_from_model, token_vocabulary
+def id_columns_of(model) -> list[tuple[slice, int]]:
+    """Where ``model``'s input holds token ids, with their vocabularies (:func:`deploykit.core.graph.id_columns`);
+    none for a model the graph reader cannot take (its inputs are read as features)."""
+    from deploykit.core.graph import graph_from_model, id_columns
 
     try:
-        return token_vocabulary(graph_from_model(model, unsafe=True))
+        return id_columns(graph_from_model(model, unsafe=True))
     except UnsupportedLayerError:
-        return None
+        return []

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.atomic import atomic_dir, write_text
+from deploykit.core.graph import draw_inputs
 from deploykit.core.multi_io import Layout
 from deploykit.core.task import OutputKind, Task
 from deploykit.errors import ConversionError, Mismatch, UsageError, ValidationError
@@ -322,12 +323,13 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
     int8 = [q.value for q in config.quantize if q.precision is Precision.INT8 and q.needs_calibration]
     if int8:
         raise UsageError(f"{', '.join(int8)} needs data to calibrate (give data / --data)")
-    vocabulary = None
+    ids = []
     if source.keras is not None:
         from deploykit.core.task import model_task
+        from deploykit.data.tokens import id_columns_of
 
         task, kind = model_task(source.keras, task=task)
-        vocabulary = _token_vocabulary(source.keras)
+        ids = id_columns_of(source.keras)
     else:
         task, kind = source.onnx_task(task)
     return generated_dataset(
@@ -336,19 +338,8 @@ def _generated(source: _Source, config: ExportConfig, task: Task | None = None):
         GENERATED_SAMPLES,
         config.quantization.seed,
         task,
-        vocabulary=vocabulary,
+        ids=ids,
     )
-
-
-def _token_vocabulary(model) -> int | None:
-    """The vocabulary of an Embedding reading the model input (its inputs are token ids), else None."""
-    from deploykit.core.graph import graph_from_model, token_vocabulary
-    from deploykit.errors import UnsupportedLayerError
-
-    try:
-        return token_vocabulary(graph_from_model(model, unsafe=True))
-    except UnsupportedLayerError:  # a model the graph reader cannot take: its inputs are read as features
-        return None
 
 
 def generated_dataset(
@@ -358,11 +349,12 @@ def generated_dataset(
     seed: int,
     task: Task = Task.CLASSIFICATION,
     *,
-    vocabulary: int | None = None,
+    ids: list[tuple[slice, int]] = (),
 ):
     """``n`` standard-normal inputs labelled with the model's own classes (or predictions): validation without data.
 
-    A model reading token ids (``vocabulary``: its Embedding's ``input_dim``) gets ids, not floats.
+    Where the model reads token ids (``ids``: columns and their Embedding's ``input_dim``,
+    :func:`deploykit.data.tokens.id_columns_of`) it gets ids, uniform over the vocabulary, not floats.
     Accuracy on them is agreement with the source model, so int8 variants are
     held to the source's own classes within their accuracy-drop bound; a regressor's
     targets are its own predictions (RMSE against them is the error against the source).
@@ -370,10 +362,7 @@ def generated_dataset(
     from deploykit.data.dataset import Dataset
 
     rng = np.random.default_rng(seed)
-    if vocabulary is not None:  # token ids for an Embedding (uniform over its vocabulary)
-        x = rng.integers(0, vocabulary, (n, *input_shape)).astype(np.float32)
-    else:
-        x = rng.standard_normal((n, *input_shape)).astype(np.float32)
+    x = draw_inputs(rng, n, input_shape, ids)
     probs = predict_batches(lambda b: predict(b, training=False), x)
     if task is Task.REGRESSION:
         y = probs.astype(np.float32)

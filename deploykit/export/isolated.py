@@ -6,7 +6,10 @@ multiplier >= 256) instead of raising. :func:`validate` therefore loads and
 runs each artifact in a :class:`RuntimeWorker`, a long-lived child reused
 across artifacts. A child that dies becomes a
 :class:`~deploykit.errors.RuntimeCrashError` naming the artifact, the
-runtime, the stage and the signal; the next call starts a fresh child.
+runtime, the stage and the signal; the next call starts a fresh child. A
+runtime's own exception (LiteRT's ``RuntimeError`` from a kernel that cannot
+prepare) is a :class:`~deploykit.errors.RuntimeFailureError`: it too fails
+that artifact only.
 
 The child is started as a fresh ``python`` running :func:`main` (like
 multiprocessing's "spawn": a fresh interpreter, never a fork of a process
@@ -41,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError
+from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError, RuntimeFailureError
 from deploykit.export.runtimes import artifact_quantization, median_seconds, open_runner, predict_batches, runner_class
 
 LOADING, RUNNING = "loading it", "running it"
@@ -100,7 +103,7 @@ class InProcess:
         except DeployKitError:
             raise
         except Exception as exc:
-            raise ModelLoadError(f"{self._where} {LOADING}: {_one_line(exc)}") from exc
+            raise RuntimeFailureError(f"{self._where} {LOADING}: {_one_line(exc)}") from exc
         return info
 
     def measure(self, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
@@ -109,7 +112,7 @@ class InProcess:
         except DeployKitError:
             raise
         except Exception as exc:
-            raise ModelLoadError(f"{self._where} {RUNNING}: {_one_line(exc)}") from exc
+            raise RuntimeFailureError(f"{self._where} {RUNNING}: {_one_line(exc)}") from exc
 
     def close(self) -> None:
         self._runner = None
@@ -244,13 +247,14 @@ class RuntimeWorker:
 
 
 def _rebuild(cls: type | None, message: str, where: str) -> Exception:
-    """The child's error: the same deploykit type when it takes a message, else a ModelLoadError saying ``where``."""
+    """The child's error: the same deploykit type when it takes a message, else the runtime's own exception as a
+    RuntimeFailureError saying ``where`` (it fails that artifact, as a crash does)."""
     if cls is not None:
         try:
             return cls(message)
         except TypeError:
             pass
-    return ModelLoadError(f"{where}: {message}")
+    return RuntimeFailureError(f"{where}: {message}")
 
 
 _shared: RuntimeWorker | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.core.multi_io import Layout
-from deploykit.errors import UsageError
+from deploykit.errors import UsageError, converting
 from deploykit.export.config import ActivationType, CalibrationMethod
 from deploykit.export.onnx_layers import excluded_nodes
 from deploykit.log import quiet_native
@@ -27,7 +27,8 @@ def quantize_float16(proto):
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
+    with converting("onnxruntime's float16 converter"):
+        half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
     wrapped = OnnxModel(half)
     wrapped.topological_sort()  # the converter appends the input Casts last; onnx.checker wants them first
     return wrapped.model
@@ -61,6 +62,7 @@ def quantize_int8_dynamic(
     with (
         _scratch(proto) as (src, dst),
         quiet_native(),
+        converting("onnxruntime's dynamic quantizer"),
     ):  # the quantizer warns on the root logger ("consider pre-processing")
         quantize_dynamic(
             str(src),
@@ -105,7 +107,10 @@ def quantize_int8_static(
         if heads:
             onnx.save(prepared, str(pre))  # the heads named (float_heads names an unnamed one)
         excluded = [*_excluded(prepared, exclude, keep_float), *(h for h in heads if h not in exclude)]
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+        with (
+            contextlib.redirect_stdout(io.StringIO()),  # the histogram calibrators print their progress
+            converting("onnxruntime's static quantizer"),
+        ):
             quantize_static(
                 str(pre),
                 str(dst),
@@ -121,9 +126,10 @@ def quantize_int8_static(
 
 
 def pre_process(src, dst) -> None:
-    """onnxruntime's ``quant_pre_process`` of ``src`` into ``dst``; on a graph its symbolic shape inference cannot
-    complete (an attention block's Einsum and dynamic reshapes: "Incomplete symbolic shape inference"), again with
-    ONNX's own shape inference, which the quantizer needs no more than.
+    """onnxruntime's ``quant_pre_process`` of ``src`` into ``dst``; where it fails, again without its symbolic shape
+    inference (ONNX's own shape inference is all the quantizer needs). That step fails on graphs it does not model:
+    an attention block's Einsum and dynamic reshapes ("Incomplete symbolic shape inference"), a ConvTranspose's
+    output size (an ``AssertionError`` from sympy). A failure of the retry is the quantizer's (a ConversionError).
 
     Run from ``dst``'s folder: on that failure onnxruntime first saves ``sym_shape_infer_temp.onnx`` in the
     current directory (the user's), which must not be left there."""
@@ -133,10 +139,9 @@ def pre_process(src, dst) -> None:
     with contextlib.chdir(dst.parent):
         try:
             quant_pre_process(str(src), str(dst))
-        except Exception as exc:
-            if "symbolic shape inference" not in str(exc):
-                raise
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001  (symbolic shape inference raises many types; the retry skips it)
+            with converting("onnxruntime's quantization pre-processing"):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def _excluded(proto, exclude: tuple[str, ...], keep_float: tuple[str, ...]) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.errors import ConversionError, DeployKitError
+from deploykit.errors import ConversionError, converting, first_line
 
 #: Fine-tuning epochs at most: a short recovery of the rounding, not a new training (each costs about two
 #: plain epochs: the fake-quant ops run forward and backward).
@@ -164,8 +164,7 @@ def quantization_aware(model):
                 annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
             )
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:  # TF-MOT refused a layer or a graph
-        first = (str(exc).splitlines() or [""])[0]
-        raise ConversionError(f"quantization-aware fine-tune skipped: TF-MOT: {type(exc).__name__}: {first}") from exc
+        raise ConversionError(f"quantization-aware fine-tune skipped: TF-MOT: {first_line(exc)}") from exc
 
 
 def qat_source(model, data, tuning: QatTuning, teacher_model=None):
@@ -178,13 +177,8 @@ def qat_source(model, data, tuning: QatTuning, teacher_model=None):
     teacher = None
     if tuning.config.distill:
         teacher = tuning.teacher or teacher_of(model if teacher_model is None else teacher_model, data)
-    try:
+    with converting("quantization-aware fine-tune"):  # TF-MOT's wrappers fail in training in many ways
         fine_tune(qat, data, tuning.config, teacher=teacher)
-    except DeployKitError:
-        raise
-    except Exception as exc:  # TF-MOT's wrappers fail in training in many ways: this try's failure, not the run's
-        first = (str(exc).splitlines() or [""])[0]
-        raise ConversionError(f"quantization-aware fine-tune failed: {type(exc).__name__}: {first}") from exc
     check_sparsity_kept(model, qat)
     return qat
 

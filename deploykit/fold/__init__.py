@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.core.graph import Graph, graph_from_model, random_inputs, to_keras, token_vocabulary
+from deploykit.core.graph import Graph, graph_from_model, id_columns, random_inputs, to_keras
 from deploykit.core.layers import Role
 from deploykit.errors import UsageError
 from deploykit.fold.affine import NotFoldable, layer_affine
@@ -73,8 +73,8 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
 
 def _probe_inputs(graph: Graph) -> tuple[np.ndarray, str]:
     """Standard-normal inputs, on the raw scale when the model starts with an input standardization."""
-    if token_vocabulary(graph) is not None:
-        return random_inputs(graph, PROBE_SAMPLES), "random token ids"
+    if id_columns(graph):
+        return random_inputs(graph, PROBE_SAMPLES), "standard-normal inputs, random token ids where an Embedding reads"
     node = graph.consumers(next(iter(graph.inputs)))
     z = np.random.default_rng(0).standard_normal((PROBE_SAMPLES, *graph.input_shape))
     text = "standard-normal inputs"

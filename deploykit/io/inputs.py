@@ -8,11 +8,14 @@ a Keras 3 file is), or a path. Data is a :class:`~deploykit.data.dataset.Dataset
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from deploykit.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 def as_model(obj, *, unsafe: bool = False, what: str = "model", data=None, say=None):
@@ -82,6 +85,36 @@ def as_dataset(
     raise UsageError(f"{what}: expected a Dataset, 'digits', a data file or (x, y) arrays, got {type(obj).__name__}")
 
 
+def read_for_model(read, model, task, say=None):
+    """``read(task)`` (the data, read with the task the user set, or None), read again as regression targets when
+    they are a one-unit model's (:func:`one_unit_regression`), which is said in one line."""
+    from deploykit.core.task import Task
+
+    data = read(task)
+    if one_unit_regression(model, data, task):
+        (say or log.info)(
+            f"data {data.name}: its {data.num_classes} whole-number label values are read as the regression target "
+            "of the model's one linear output (give --task classification if they are classes)"
+        )
+        data = read(Task.REGRESSION)
+    return data
+
+
+def one_unit_regression(model, data, task_given) -> bool:
+    """Whether ``data``'s labels, read as more than two classes, are the regression targets of ``model``'s one linear
+    output unit: a unit with no sigmoid or softmax cannot tell three classes apart, and the labels were only read as
+    classes because they are whole numbers (keras.io's weather forecaster, LSTM -> Dense(1), on whole degrees). Not
+    when the user set the task; a one-unit logit on two classes stays a binary classifier."""
+    from deploykit.core.graph import graph_from_model
+    from deploykit.core.task import OutputKind, Task, output_kind
+
+    if task_given is not None or data.task is not Task.CLASSIFICATION or data.num_classes <= 2:
+        return False
+    if model.output_shape[-1] != 1:
+        return False
+    return output_kind(graph_from_model(model, unsafe=True)) is OutputKind.VALUES
+
+
 def as_reference(obj, *, unsafe: bool = False):
     """A reference to compare artifacts with: None, a model (object or file), or any ``f(x, training=False)``
     callable."""
@@ -115,9 +148,19 @@ def is_keras3_model(obj) -> bool:
 
 def _import_keras3_object(model, unsafe: bool, data=None, say=None):
     """Save a Keras 3 model to a temporary .keras file and import it as deploykit imports such files."""
+    from deploykit.errors import DeployKitError
     from deploykit.io.lengths import load_model_for
 
     with tempfile.TemporaryDirectory(prefix="deploykit-keras3-") as tmp:
         path = Path(tmp) / f"{model.name or 'model'}.keras"
         model.save(path)
-        return load_model_for(path, data, unsafe=unsafe, say=say)
+        try:
+            return load_model_for(path, data, unsafe=unsafe, say=say)
+        except DeployKitError as exc:  # named after the object the caller holds, not a scratch file gone on return
+            exc.args = tuple(
+                a.replace(f"model {path}", f"Keras 3 model {model.name!r}").replace(str(path), repr(model.name))
+                if isinstance(a, str)
+                else a
+                for a in exc.args
+            )
+            raise

@@ -28,10 +28,23 @@ def keras3_boundary(fn: F) -> F:
 
         if not is_keras3_model(model):
             return fn(model, *args, **kwargs)
-        imported = as_model(model, unsafe=bool(kwargs.get("unsafe", False)), what=fn.__name__)
+        data = _data_argument(fn, model, args, kwargs)
+        imported = as_model(model, unsafe=bool(kwargs.get("unsafe", False)), what=fn.__name__, data=data)
         return as_keras3(fn(imported, *args, **kwargs))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _data_argument(fn, model, args, kwargs):
+    """What the call gave ``fn``'s ``data`` parameter (None when it has none): the sizes of the input axes a Keras 3
+    model leaves unsized (a text model's ``Input(shape=(None,))``) come from it, as ``optimize`` sizes them."""
+    import inspect
+
+    try:
+        bound = inspect.signature(fn).bind_partial(model, *args, **kwargs)
+    except TypeError:
+        return None  # the call itself is wrong: fn raises its own error for it
+    return bound.arguments.get("data")
 
 
 def as_keras3(value):

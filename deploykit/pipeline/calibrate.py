@@ -75,7 +75,7 @@ def fold_temperature(model, temperature: float):
     Raises UnsupportedLayerError when the head has no affine layer to divide (the step is then skipped).
     """
     from deploykit.core.evaluate import outputs
-    from deploykit.core.graph import copy_model
+    from deploykit.core.graph import copy_model, graph_from_model, random_inputs
     from deploykit.uncertainty.temperature import scale_probs
 
     copy = copy_model(model, unsafe=True)
@@ -86,10 +86,8 @@ def fold_temperature(model, temperature: float):
     else:
         scaled = [w / np.float32(temperature) for w in weights]
     layer.set_weights(scaled)
-    shape = tuple(model.input_shape[1:])
-    probe = np.concatenate([np.zeros((1, *shape)), np.random.default_rng(0).standard_normal((7, *shape))]).astype(
-        np.float32
-    )
+    graph = graph_from_model(model, unsafe=True)  # token ids where an Embedding reads them, not floats
+    probe = np.concatenate([np.zeros((1, *graph.input_shape), np.float32), random_inputs(graph, 7)])
     raw, new = outputs(model, probe), outputs(copy, probe)
     last = copy.layers[-1]
     activation = str(last.get_config().get("activation", "linear"))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.core.contract import RECOMMENDED_MODEL
+from deploykit.errors import first_line
 from deploykit.export.cpu import why_slower
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.pipeline.tables import Objective
@@ -99,9 +100,10 @@ def objective_step(model, ctx) -> StepOutput:
     with tempfile.TemporaryDirectory(prefix="deploykit-objective-") as tmp:
         originals, failed = original_files(ctx, sorted({r.format for r in rows}), Path(tmp))
         files = {r.file: ctx.folder / r.file for r in rows} | {_original_key(f): p for f, p in originals.items()}
-        times = measure(files, ctx.data.x_test, plan.batch_size, ctx.repeats)
+        times, untimed = measure(files, ctx.data.x_test, plan.batch_size, ctx.repeats)
     rec = recommend(rows, times, plan.objective, plan.batch_size)
     rec.notes += [f"original float32 {fmt}: could not be exported to time it ({why})" for fmt, why in failed.items()]
+    rec.notes += [f"{name}: could not be timed, so it is not recommended ({why})" for name, why in untimed.items()]
     for line in rec.notes:
         ctx.say(f"  {line}")
     plots = _plot(rec, ctx)
@@ -163,24 +165,55 @@ def original_files(ctx, formats: list[str], folder: Path) -> tuple[dict[str, Pat
     return made, failed
 
 
-def measure(files: dict[str, Path], x: np.ndarray, batch_size: int, repeats: int) -> dict[str, tuple[float, float]]:
+def measure(
+    files: dict[str, Path], x: np.ndarray, batch_size: int, repeats: int
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
     """(batch-1 ms, batch-``batch_size`` ms) per file: the fastest of each runtime's calls timed round-robin, in this
     process, as many calls per file as the slowest file fills :data:`SECONDS_PER_FILE` with (:data:`MAX_CALLS` at most)
     (:func:`deploykit.export.runtimes.interleaved_fastest`: under a time budget, 3 calls at the batch size gave
-    "26x slower than float32" for a file 1.2x slower)."""
+    "26x slower than float32" for a file 1.2x slower).
+
+    Also the files that could not be timed, with why: a runtime that raises on a file here (LiteRT once failed a
+    float16 file's ``GATHER`` at batch 256 only after another interpreter had run in the process, where the file
+    alone ran) leaves that file without a time, and the others are timed without it."""
     from deploykit.export.runtimes import interleaved_fastest, open_runner
 
-    runners = {name: open_runner(path) for name, path in files.items()}
+    runners, untimed = {}, {}
+    for name, path in files.items():
+        try:
+            runners[name] = open_runner(path)
+        except Exception as exc:  # noqa: BLE001  (a runtime's own error loading a validated file: not timed)
+            untimed[name] = first_line(exc)
     one, batch = x[:1], np.resize(x, (batch_size, *x.shape[1:]))
-    calls = {n: _call(r, one) for n, r in runners.items()}
-    b1 = interleaved_fastest(calls, min(repeats, MAX_CALLS), SECONDS_PER_FILE, MAX_CALLS)
-    calls = {n: _call(r, batch) for n, r in runners.items()}
-    bn = interleaved_fastest(calls, max(3, min(repeats // 5, MAX_CALLS)), SECONDS_PER_FILE, MAX_CALLS)
-    return {n: (1000 * b1[n], 1000 * bn[n]) for n in runners}
+    while True:
+        try:
+            b1 = interleaved_fastest(_calls(runners, one), min(repeats, MAX_CALLS), SECONDS_PER_FILE, MAX_CALLS)
+            calls = _calls(runners, batch)
+            bn = interleaved_fastest(calls, max(3, min(repeats // 5, MAX_CALLS)), SECONDS_PER_FILE, MAX_CALLS)
+        except _Untimed as exc:
+            untimed[exc.name] = exc.why
+            del runners[exc.name]
+            continue
+        return {n: (1000 * b1[n], 1000 * bn[n]) for n in runners}, untimed
 
 
-def _call(runner, x: np.ndarray):
-    return lambda: runner.predict(x)
+class _Untimed(Exception):
+    def __init__(self, name: str, why: str):
+        super().__init__(name)
+        self.name, self.why = name, why
+
+
+def _calls(runners: dict, x: np.ndarray) -> dict:
+    def call(name, runner):
+        def run():
+            try:
+                return runner.predict(x)
+            except Exception as exc:  # noqa: BLE001  (the runtime's own error, any type)
+                raise _Untimed(name, first_line(exc)) from exc
+
+        return run
+
+    return {n: call(n, r) for n, r in runners.items()}
 
 
 def _original_key(fmt: str) -> str:

@@ -273,8 +273,7 @@ def _decision_entry(resolution: dict | None, tune_holdout: float = 0.0) -> dict[
         "rule": "validation: point estimate within the budget and its 95% interval not entirely beyond it; "
         "test: point estimate within the budget, or, on a test split too small to resolve the budget, its 95% "
         "interval not entirely beyond it (a miss after validation accepted is a test miss)",
-        "interval": "95% of the paired difference: exact (Clopper-Pearson on the discordant rows) for accuracy, "
-        "paired bootstrap for RMSE",
+        "interval": "95% of the paired difference: Tango's score interval for accuracy, paired bootstrap for RMSE",
         "resolution": resolution or {},
     }
 

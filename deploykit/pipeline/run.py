@@ -193,7 +193,7 @@ def _prepare_and_run(
     from deploykit.backend import is_tf_keras_model
     from deploykit.data.dataset import NAMED_DATASETS
     from deploykit.data.tokens import check_token_ids
-    from deploykit.io.inputs import as_dataset, as_model, is_keras3_model
+    from deploykit.io.inputs import as_dataset, as_model, is_keras3_model, read_for_model
     from deploykit.io.lengths import load_model_for
     from deploykit.io.models import read_model_file
 
@@ -216,26 +216,24 @@ def _prepare_and_run(
 
         model = check_single_io(model)  # a tf_keras object with several inputs / outputs: packed as a file is
         layout = layout_of(model)  # several inputs / outputs: the data may be named after them
-        if data is None or isinstance(data, (str, os.PathLike)):
-            source = str(data if data is not None else config.input.data)
-            data = as_dataset(
+        source = data if data is not None else config.input.data
+        if isinstance(source, (str, os.PathLike)):
+            source = str(source)
+            config = config.with_input(data=source if source in NAMED_DATASETS else str(Path(source).resolve()))
+        data = read_for_model(
+            lambda task: as_dataset(
                 source,
                 label_column=config.input.label_column,
                 seed=config.input.seed,
                 class_names=config.input.class_names,
-                task=config.input.task,
+                task=task,
                 layout=layout,
-            )
-            config = config.with_input(data=source if source in NAMED_DATASETS else str(Path(source).resolve()))
-        else:
-            data = as_dataset(
-                data,
-                label_column=config.input.label_column,
-                seed=config.input.seed,
-                class_names=config.input.class_names,
-                task=config.input.task,
-                layout=layout,
-            )
+            ),
+            model,
+            config.input.task,
+            say,
+        )
+        if not isinstance(source, str):
             config = config.with_input(data=data.name)
         task, kind = data.check_model(model)  # resolved once: every step reads it from the run's context
         check_token_ids(data, model)  # a text model's ids past its vocabulary: one line now, not a native error

@@ -266,8 +266,13 @@ def _searched(model, ctx: RunContext) -> StepOutput:
 def compact_step(model, ctx: RunContext) -> StepOutput:
     if not ctx.config.compact.enabled:
         return switched_off(model, "compact")
+    from deploykit.core.graph import graph_from_model
     from deploykit.sparsity import compact
 
+    if not any(node.spec.support.compactable for node in graph_from_model(model, unsafe=True).nodes):
+        # an LSTM autoencoder (LSTM, RepeatVector, TimeDistributed(Dense)): nothing whose units compact removes
+        why = "nothing to compact: no Dense layer or convolution at the top level"
+        return StepOutput(model, StepRecord("compact", Status.SKIPPED, why))
     result, report = compact(model, ctx.data, tolerance=ctx.config.compact.tolerance)
     applied: tuple[str, ...] = ()
     if report.neurons_removed:

@@ -262,3 +262,44 @@ def test_int8_static_keeps_the_probability_head_in_float(tmp_path, head):
     probs = session.run(None, {session.get_inputs()[0].name: x})[-1]
     steps = np.abs(probs * 256 - np.round(probs * 256))
     assert steps.max() > 1e-3  # not on the 1/256 grid an int8 output would put them on
+
+
+def test_int8_static_of_a_transposed_conv1d_autoencoder_quantizes(tmp_path):
+    """keras.io's timeseries anomaly detector (Conv1D / Conv1DTranspose, stride 2, 'same'): onnxruntime's symbolic
+    shape inference raises an AssertionError on the ConvTranspose's output length, which aborted the whole optimize
+    run. The pre-processing runs again without it, and the static int8 file is written and agrees in onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    from deploykit.backend import keras
+    from deploykit.export import export_onnx
+
+    rng = np.random.default_rng(0)
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((16, 1)),
+            layers.Conv1D(8, 7, padding="same", strides=2, activation="relu"),
+            layers.Conv1DTranspose(8, 7, padding="same", strides=2, activation="relu"),
+            layers.Conv1DTranspose(1, 7, padding="same"),
+        ]
+    )
+    x = rng.uniform(0, 1, (128, 16, 1)).astype(np.float32)
+    record = export_onnx(model, tmp_path / "s.onnx", quantization="int8-static", calibration_data=x)
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(record.path)).graph.node}
+    session = ort.InferenceSession(str(record.path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    expected = np.asarray(model(x, training=False))
+    assert out.shape == expected.shape and np.abs(out - expected).max() < 0.1 * np.abs(expected).max()
+    assert not list(tmp_path.glob("sym_shape_infer_temp*")) and sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
+
+
+def test_a_foreign_tool_s_failure_is_one_conversion_error_and_deploykit_s_own_pass_through():
+    from deploykit.errors import ConversionError, DataError, converting
+
+    with pytest.raises(ConversionError, match=r"^onnxruntime's static quantizer failed: AssertionError: sum of two$"):
+        with converting("onnxruntime's static quantizer"):
+            raise AssertionError("sum of two\nmore lines")
+    with pytest.raises(DataError, match="^ours$"):
+        with converting("a quantizer"):
+            raise DataError("ours")

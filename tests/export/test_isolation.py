@@ -79,3 +79,25 @@ def test_a_runtime_that_refuses_an_artifact_names_it_in_one_line(tmp_path, tiny_
         with pytest.raises(ModelLoadError, match=r"garbage\.onnx: onnxruntime cannot load it") as info:
             validate(bad, tiny_data, repeats=1, isolated=isolated)
         assert "\n" not in str(info.value)
+
+
+def test_a_runtime_s_own_exception_fails_that_artifact_as_a_crash_does(tmp_path, tiny_data):
+    # tf_keras's GroupNormalization converts to a TFLite graph whose BROADCAST_TO LiteRT cannot prepare once the
+    # batch is resized: a Python RuntimeError from the runtime, not a signal. It fails that artifact (a
+    # ValidationError, which optimize and export reject and go on from) and still reads as a load error of a file.
+    from deploykit.backend import keras, tf
+    from deploykit.errors import RuntimeFailureError
+
+    inputs = keras.Input((4,))
+    x = keras.layers.Reshape((2, 2, 1))(inputs)
+    x = keras.layers.Conv2D(4, 1)(x)
+    x = keras.layers.GroupNormalization(groups=2)(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))
+    flat = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs)).convert()
+    path = tmp_path / "group_norm.tflite"
+    path.write_bytes(flat)
+    for isolated in (True, False):
+        with pytest.raises(RuntimeFailureError, match=r"^group_norm\.tflite: LiteRT failed while") as info:
+            validate(path, tiny_data, repeats=1, isolated=isolated)
+        assert isinstance(info.value, ValidationError) and isinstance(info.value, ModelLoadError)
+    validate(OK, tiny_data, repeats=1)  # the worker goes on with the next artifact

@@ -261,3 +261,21 @@ def test_other_variable_length_models_export_at_the_data_shape(cli, k3, tmp_path
         "model.onnx",
         "model.tflite",
     }
+
+
+def test_the_api_sizes_a_keras3_object_from_its_data_argument(trained_text, tokens):
+    # prune(model, data) with the Keras 3 object itself, as a notebook user calls it: the unsized length comes
+    # from data, as optimize's does (before, only files and optimize were sized; this raised UnsizedInputError)
+    from deploykit import compact, load_dataset, prune
+
+    _, model = trained_text
+    path, x, _ = tokens
+    data = load_dataset(path)
+    pruned, _ = prune(model, data, 0.5, epochs=1)
+    assert type(pruned).__module__.startswith("keras") and tuple(pruned.inputs[0].shape) == (None, 64)
+    assert pruned.predict(x[:8], verbose=0).shape == (8, 1)  # a working Keras 3 model at that length
+    compacted, _ = compact(model, data)
+    assert tuple(compacted.inputs[0].shape) == (None, 64)
+    with pytest.raises(UnsizedInputError, match=f"^Keras 3 model {model.name!r}: input") as refused:
+        compact(model)  # no data: the one-line refusal, naming the object, not the scratch file it was saved to
+    assert "deploykit-keras3-" not in str(refused.value)

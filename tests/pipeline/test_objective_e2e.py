@@ -122,3 +122,23 @@ def test_serve_prefer_answers_a_real_client_with_the_recommended_file(run, digit
                 inp.set_data_from_numpy(x)
                 got = client.infer("recommended", [inp]).as_numpy("probabilities")
         np.testing.assert_allclose(got, open_runner(result.out_dir / file).predict(x), rtol=1e-6, atol=1e-7)
+
+
+def test_a_file_its_runtime_fails_on_while_timing_is_left_untimed_and_the_others_are_timed(tmp_path):
+    # a real runtime error, not a mock: LiteRT stops a GATHER on an id past the Embedding's table (once seen on a
+    # validated float16 file after another interpreter had run in the process). The step went down with it.
+    from deploykit.backend import keras
+    from deploykit.export import export_onnx, export_tflite
+    from deploykit.pipeline.objective import measure
+
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    embedded = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Embedding(5, 2), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    files = {
+        "dense.onnx": export_onnx(dense, tmp_path / "dense.onnx").path,
+        "ids.tflite": export_tflite(embedded, tmp_path / "ids.tflite").path,
+    }
+    times, untimed = measure(files, np.full((8, 4), 50.0, np.float32), batch_size=16, repeats=2)
+    assert list(times) == ["dense.onnx"] and all(t > 0 for t in times["dense.onnx"])
+    assert list(untimed) == ["ids.tflite"] and "RuntimeError" in untimed["ids.tflite"]

@@ -291,3 +291,36 @@ def test_optimize_takes_the_keras_io_bidirectional_lstm_as_published(cli, k3, to
     got = session.run(["probabilities"], {session.get_inputs()[0].name: x.astype(np.float32)})[0]
     want = np.asarray(model(x.astype(np.int32), training=False))  # P(class 1): the served [1 - p, p]'s second
     assert got.shape == (len(x), 2) and np.abs(got[:, 1:] - want).max() <= 1e-4
+
+
+def test_optimize_takes_an_lstm_autoencoder_and_a_one_unit_forecaster_on_whole_number_targets(cli, k3, tmp_path):
+    """Two sequence regressors as tutorials build them. An LSTM autoencoder (LSTM, RepeatVector,
+    TimeDistributed(Dense)) has no Dense layer or convolution at the top level: the compact step stopped the run
+    ("has no Dense layer or convolution"); it is skipped with its reason. keras.io's weather forecaster (LSTM ->
+    Dense(1)) on whole-number targets was refused ("data has 10 classes, but model outputs 1"): its labels are read
+    as its regression target, and the run says so."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (300, 6, 4)).astype(np.float32)
+    L = k3.layers
+    k3.utils.set_random_seed(0)
+    repeated = [L.RepeatVector(6), L.LSTM(8, return_sequences=True), L.TimeDistributed(L.Dense(4))]
+    autoencoder = k3.Sequential([k3.Input((6, 4)), L.LSTM(8), *repeated])
+    forecaster = k3.Sequential([k3.Input((6, 4)), L.LSTM(8), L.Dense(1)])
+    whole = np.round(x[:, -1, 0] * 9).astype(np.float32)  # 0..9, as whole degrees
+    for name, model, y in (("ae", autoencoder, x), ("forecast", forecaster, whole)):
+        model.compile("adam", "mse")
+        model.fit(x, y, epochs=1, verbose=0)
+        model.save(tmp_path / f"{name}.keras")
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        out = tmp_path / f"out_{name}"
+        done = cli("optimize", tmp_path / f"{name}.keras", "--data", tmp_path / f"{name}.npz", "--out", out,
+                   "--no-sparsity", "--formats", "onnx", "--quantize", "float32", "--no-mc",
+                   *LATENCY_REPEATS)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        report = json.loads((out / "report.json").read_text())
+        steps = {s["step"]: s for s in report["steps"]}
+        assert report["model"]["task"] == "regression"
+        if name == "ae":
+            assert steps["compact"]["status"] == "skipped" and "nothing to compact" in steps["compact"]["reason"]
+        else:
+            assert "read as the regression target of the model's one linear output" in done.stderr
