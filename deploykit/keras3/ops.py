@@ -15,6 +15,9 @@ anything from the file, into layers every deploykit step knows:
 - ``ops.nn`` activations (``relu``, ``sigmoid``, ``hard_sigmoid``, ``hard_silu``...):
   ``Activation`` (Keras 3 names, expanded by :mod:`deploykit.keras3.activations`);
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
+- ``concatenate``, ``expand_dims``, ``squeeze``, ``reshape``, ``transpose``, and ``mean`` / ``max`` / ``sum``
+  over a sequence's steps or an image's positions: ``Concatenate``, ``Reshape``, ``Permute``, global pooling
+  (:mod:`deploykit.keras3.shape_ops`, from the shapes Keras 3 writes beside each tensor);
 - nested models (ConvNeXt's ``Sequential`` blocks, a transfer-learning base) and data augmentation:
   flattened first (:mod:`deploykit.core.nested`);
 - ConvNeXt's ``LayerScale`` (``x * gamma``): a per-channel ``Rescaling`` whose
@@ -38,6 +41,7 @@ import numpy as np
 
 from deploykit.core.nested import Nesting, flatten, is_tensor, layer_name, tensor_ref
 from deploykit.errors import UnsupportedLayerError
+from deploykit.keras3.shape_ops import SHAPE_OPS, lower_shape_op
 
 _OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math")
 #: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
@@ -247,6 +251,8 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     name, kind = layer_name(layer), str(layer.get("class_name"))
     args, kwargs = _call(layer)
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
+    if kind in SHAPE_OPS and not kwargs:  # concatenate, reshape, pool a sequence...: from the input shapes
+        return lower_shape_op(name, kind, args, options, _builtin, lambda base: _fresh(base, names))
     tensors = [a for a in args if is_tensor(a)]
     if kwargs or not tensors:
         raise UnsupportedLayerError(

@@ -183,3 +183,59 @@ def test_a_failed_rebuild_check_says_when_the_keras3_model_is_chaotic_on_its_own
     chaotic, tame = _own_change(k3, net(4 / np.sqrt(32)), x), _own_change(k3, net(0.5 / np.sqrt(32)), x)
     assert chaotic > 100 * TOLERANCE and tame < TOLERANCE
     assert "itself moves by" in _chaotic(chaotic) and _chaotic(tame) == ""
+
+
+def test_operations_that_move_or_pool_values_import_as_the_layers_they_are(k3, tmp_path):
+    """keras.io-style functional code: ops.concatenate, expand_dims, squeeze, reshape, transpose, and mean / max /
+    sum over a sequence's steps or an image's positions, rewritten from the shapes Keras 3 saves beside each tensor
+    (every one was refused: "an operation layer deploykit has no built-in equivalent for"). The imported model
+    computes what Keras 3 computes, and exports."""
+    import onnxruntime as ort
+
+    from deploykit.export import export_onnx
+
+    ops, layers = k3.ops, k3.layers
+    inputs = k3.Input((4, 6))
+    seq = layers.Dense(6, activation="relu")(inputs)
+    both = ops.concatenate([seq, inputs], axis=1)  # [8, 6]
+    image = ops.expand_dims(both, -1)  # [8, 6, 1]
+    image = layers.Conv2D(3, 3, padding="same")(image)  # [8, 6, 3]
+    pooled = ops.concatenate([ops.mean(image, axis=(1, 2)), ops.max(image, axis=[1, 2])], axis=-1)  # [6]
+    steps = ops.squeeze(ops.expand_dims(ops.transpose(seq, (0, 2, 1)), 1), axis=1)  # [6, 4]
+    summed = ops.sum(steps, axis=1, keepdims=True)  # [1, 4]
+    flat = ops.reshape(summed, (-1, 4))
+    outputs = layers.Dense(3, activation="softmax")(ops.concatenate([pooled, flat, ops.max(seq, axis=-2)], axis=1))
+    model = k3.Model(inputs, outputs)
+    xs = np.random.default_rng(0).normal(size=(32, 4, 6)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    kinds = {type(layer).__name__ for layer in imported.layers}
+    assert {"Concatenate", "Reshape", "Permute", "GlobalAveragePooling2D", "GlobalMaxPooling1D"} <= kinds
+    path = export_onnx(imported, tmp_path / "m.onnx").path
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: xs})[0]
+    assert np.abs(got - np.asarray(model(xs))).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("op", "says"),
+    [
+        ("mean_over_channels", "built-in layers pool the axes between the batch and the channels"),
+        ("transpose_batch", "move the batch axis"),
+        ("sum_of_everything", "includes the batch axis"),
+        ("concatenate_batch", "includes the batch axis"),
+    ],
+)
+def test_a_move_or_pooling_with_no_built_in_layer_is_refused_by_name(k3, tmp_path, op, says):
+    ops = k3.ops
+    inputs = k3.Input((4, 6))
+    x = k3.layers.Dense(6)(inputs)
+    x = {
+        "mean_over_channels": lambda: ops.mean(x, axis=-1),
+        "transpose_batch": lambda: ops.transpose(x, (1, 0, 2)),
+        "sum_of_everything": lambda: ops.sum(x),
+        "concatenate_batch": lambda: ops.concatenate([x, x], axis=0),
+    }[op]()
+    k3.Model(inputs, x).save(tmp_path / "m.keras")
+    with pytest.raises(UnsupportedLayerError, match=says):
+        load_model(tmp_path / "m.keras")

@@ -1,0 +1,120 @@
+"""Keras 3 operation layers that move or reduce values, rewritten as built-in layers from their input shapes.
+
+keras.io's functional models call ``keras.ops`` between layers: ``ops.concatenate([a, b], axis=1)``,
+``ops.mean(x, axis=1)`` to pool a sequence, ``ops.expand_dims`` / ``ops.squeeze`` / ``ops.reshape`` /
+``ops.transpose`` to line tensors up. tf_keras has a layer for each, given the per-sample shape, which Keras 3
+writes beside every tensor reference of the saved config (``"shape": [null, 4, 6]``). :func:`lower_shape_op`
+rewrites one such operation layer, without running anything from the file:
+
+- ``concatenate(tensors, axis)``: ``Concatenate(axis)``;
+- ``expand_dims(x, axis)``, ``squeeze(x, axis)``, ``reshape(x, (-1, ...))``: ``Reshape`` to the shape it gives;
+- ``transpose(x, (0, ...))`` (the batch axis stays first): ``Permute``;
+- ``mean`` / ``max`` / ``sum`` over every axis between the batch and the channels (a sequence's steps, an image's
+  rows and columns): ``GlobalAveragePooling`` / ``GlobalMaxPooling`` 1D to 3D (``sum``: the average times the
+  number of positions, a ``Rescaling``).
+
+Anything else (a reduction over the channels, an unknown axis length, an option these layers lack) is refused by
+name. The import's rebuild check then holds the rewritten model to the Keras 3 one as for any file.
+"""
+
+from __future__ import annotations
+
+import math
+
+from deploykit.core.nested import is_tensor, tensor_ref
+from deploykit.errors import UnsupportedLayerError
+
+#: The operation layers this module rewrites (Keras 3 class names).
+SHAPE_OPS = frozenset({"Concatenate", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Mean", "Max", "Sum"})
+
+_POOLING = {"Mean": "GlobalAveragePooling", "Sum": "GlobalAveragePooling", "Max": "GlobalMaxPooling"}
+
+
+def lower_shape_op(name: str, kind: str, args: list, options: dict, builtin, fresh) -> list[dict]:
+    """The built-in layers computing operation ``kind`` (the last keeps ``name``). ``builtin(kind, name, source,
+    **config)`` makes a layer config, ``fresh(base)`` a new layer name (:mod:`deploykit.keras3.ops`)."""
+    if kind == "Concatenate":
+        tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else []
+        if len(tensors) < 2 or not all(is_tensor(t) for t in tensors) or set(options) - {"axis"}:
+            raise UnsupportedLayerError(name, kind, "expected a list of tensors and an axis")
+        _axes(name, kind, options.get("axis", 0), len(_shape(name, kind, tensors[0])))  # not the batch axis
+        return [{**builtin("Concatenate", name, None, axis=int(options.get("axis", 0))), "inbound_nodes": [
+            {"args": [tensors], "kwargs": {}}
+        ]}]  # fmt: skip
+    if len(args) != 1 or not is_tensor(args[0]):
+        raise UnsupportedLayerError(name, kind, "expected one tensor argument")
+    x, shape = args[0], _shape(name, kind, args[0])
+    if kind in _POOLING:
+        return _pooled(name, kind, x, shape, options, builtin, fresh)
+    if kind == "Transpose":
+        axes = options.get("axes")
+        if axes is None or len(axes) != len(shape) + 1 or int(axes[0]) != 0:
+            raise UnsupportedLayerError(name, kind, f"axes {axes} move the batch axis; Permute keeps it first")
+        return [builtin("Permute", name, x, dims=[int(a) for a in axes[1:]])]
+    return [builtin("Reshape", name, x, target_shape=_reshaped(name, kind, shape, options))]
+
+
+def _shape(name: str, kind: str, ref: dict) -> list[int]:
+    """The per-sample shape Keras 3 wrote beside a tensor reference; every axis must be sized."""
+    shape = (ref.get("config") or {}).get("shape")
+    if not isinstance(shape, list) or len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise UnsupportedLayerError(name, kind, f"its input's shape {shape} is not fully known")
+    return [int(d) for d in shape[1:]]
+
+
+def _axes(name: str, kind: str, axis, rank: int) -> list[int]:
+    """``axis`` (an int, a list, or None: every axis) as sorted positive axes of a batch-first tensor of ``rank``
+    per-sample axes; the batch axis (0) is refused."""
+    raw = list(range(rank + 1)) if axis is None else [axis] if isinstance(axis, int) else list(axis)
+    out = sorted(int(a) % (rank + 1) for a in raw)
+    if 0 in out:
+        raise UnsupportedLayerError(name, kind, f"axis {axis} includes the batch axis")
+    return out
+
+
+def _reshaped(name: str, kind: str, shape: list[int], options: dict) -> list[int]:
+    """The per-sample shape ``expand_dims`` / ``squeeze`` / ``reshape`` give ``shape``."""
+    if kind == "ExpandDims" and set(options) <= {"axis"}:
+        axis = int(options.get("axis", 0))
+        at = axis % (len(shape) + 2)
+        if at == 0:
+            raise UnsupportedLayerError(name, kind, "a new axis before the batch axis")
+        return [*shape[: at - 1], 1, *shape[at - 1 :]]
+    if kind == "Squeeze" and set(options) <= {"axis"}:
+        axis = options.get("axis")
+        drop = [i + 1 for i, d in enumerate(shape) if d == 1] if axis is None else _axes(name, kind, axis, len(shape))
+        if any(shape[a - 1] != 1 for a in drop):
+            raise UnsupportedLayerError(name, kind, f"squeezes axis {axis} of shape {shape}, which is not 1")
+        return [d for i, d in enumerate(shape) if i + 1 not in drop]
+    if kind == "Reshape" and set(options) <= {"newshape"}:
+        new = list(options.get("newshape") or [])
+        if not new or new[0] not in (-1, None):
+            raise UnsupportedLayerError(name, kind, f"reshapes to {new}, which does not keep the batch axis first")
+        target = [int(d) for d in new[1:]]
+        if target.count(-1) > 1 or (-1 not in target and math.prod(target) != math.prod(shape)):
+            raise UnsupportedLayerError(name, kind, f"cannot reshape {shape} to {target}")
+        return target
+    raise UnsupportedLayerError(name, kind, f"options {sorted(options)} have no built-in layer equivalent")
+
+
+def _pooled(name: str, kind: str, x: dict, shape: list[int], options: dict, builtin, fresh) -> list[dict]:
+    """A mean / max / sum over the axes between the batch and the channels as global pooling (1D to 3D)."""
+    if set(options) - {"axis", "keepdims", "initial"} or options.get("initial") is not None:
+        raise UnsupportedLayerError(name, kind, f"options {sorted(options)} have no built-in layer equivalent")
+    rank = len(shape)
+    axes = _axes(name, kind, options.get("axis"), rank)
+    if axes != list(range(1, rank)) or not 1 <= rank - 1 <= 3:
+        raise UnsupportedLayerError(
+            name, kind, f"reduces axes {axes} of a {rank}-axis sample; built-in layers pool the axes between the "
+            "batch and the channels only"
+        )  # fmt: skip
+    layer = f"{_POOLING[kind]}{rank - 1}D"
+    keepdims = bool(options.get("keepdims", False))
+    if kind != "Sum":
+        return [builtin(layer, name, x, keepdims=keepdims, data_format="channels_last")]
+    mean = fresh(f"{name}_mean")
+    positions = math.prod(shape[:-1])
+    return [
+        builtin(layer, mean, x, keepdims=keepdims, data_format="channels_last"),
+        builtin("Rescaling", name, tensor_ref(mean), scale=float(positions), offset=0.0),
+    ]
