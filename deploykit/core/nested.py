@@ -14,6 +14,8 @@ without running anything from the file:
   model);
 - a Sequential holding a nested model is first written as the functional
   model it is (one chain);
+- a layer called several times (shared weights: a siamese branch) is written
+  as one layer per call, each with the shared weights (:attr:`Nesting.copies`);
 - data augmentation layers (:data:`INFERENCE_IDENTITY`: ``RandomFlip``,
   ``RandomRotation``, ``GaussianNoise``... which return their input at
   inference) are removed, their readers reading their input: a deployed model
@@ -82,21 +84,32 @@ class Nesting:
 
     path: dict[str, tuple[str, ...]] = field(default_factory=dict)  # inlined layer -> the models it sits in
     removed: list[str] = field(default_factory=list)  # "name (Class)" of each augmentation layer removed
+    copies: dict[str, str] = field(default_factory=dict)  # a shared layer's second, third... call -> that layer
 
     def __bool__(self) -> bool:
-        return bool(self.path or self.removed)
+        return bool(self.path or self.removed or self.copies)
 
     def lines(self) -> list[str]:
         """One line for each thing the flattening did, as the progress and the optimize report say it."""
         models = sorted({outer for path in self.path.values() for outer in path})
         out = [f"nested models read as one graph: {', '.join(models)}"] if models else []
-        return out + ([f"removed, as Keras does at inference: {', '.join(self.removed)}"] if self.removed else [])
+        out += [f"removed, as Keras does at inference: {', '.join(self.removed)}"] if self.removed else []
+        shared = sorted(set(self.copies.values()))
+        calls = {name: 1 + sum(1 for v in self.copies.values() if v == name) for name in shared}
+        if shared:
+            out.append(
+                "shared layers read as one layer per call, each with the shared weights (compression then tunes "
+                f"them apart): {', '.join(f'{name} ({calls[name]} calls)' for name in shared)}"
+            )
+        return out
 
     def say(self) -> None:
         say(self.lines())
 
     def source_layer(self, source, name: str):
-        """The Keras 3 layer named ``name`` in the loaded ``source`` model, inside the models it sits in."""
+        """The Keras 3 layer named ``name`` in the loaded ``source`` model, inside the models it sits in (for a
+        shared layer's later call: the shared layer)."""
+        name = self.copies.get(name, name)
         for outer in self.path.get(name, ()):
             source = source.get_layer(outer)
         return source.get_layer(name)
@@ -165,7 +178,7 @@ def flatten(config: dict, nesting: Nesting, *, keras3: bool) -> dict:
     link layers differently)."""
     inner = config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
-    if not isinstance(layers, list) or not any(_flattens(layer) for layer in layers):
+    if not isinstance(layers, list) or not any(_flattens(layer) or _shared(layer) for layer in layers):
         return config
     if config.get("class_name") == "Sequential":
         config = as_functional(config, keras3, need_shape=True)
@@ -178,8 +191,57 @@ def _flattens(layer: dict) -> bool:
     return layer.get("class_name") in MODEL_CLASSES or layer.get("class_name") in INFERENCE_IDENTITY
 
 
+def _shared(layer: dict) -> bool:
+    """A layer called more than once (its weights shared between the calls); a nested model so called is refused
+    by :func:`_call`."""
+    return len(layer.get("inbound_nodes") or []) > 1 and layer.get("class_name") not in MODEL_CLASSES
+
+
+def _unshare(config: dict, names: set[str], nesting: Nesting) -> None:
+    """Each layer called k > 1 times (a siamese branch; the Keras docs' embedding of both the query and the value)
+    as k layers, one per call: the first keeps its name, the others are named after it and get its weights
+    (:attr:`Nesting.copies`). What read call j of it reads the j-th layer. Every deploykit step reads one call per
+    layer; the artifacts hold the weights once per call, and compression tunes each copy on its own."""
+    inner = config["config"]
+    layers, renames = [], {}
+    for layer in inner["layers"]:
+        if not _shared(layer):
+            layers.append(layer)
+            continue
+        name = layer_name(layer)
+        for j, call in enumerate(layer["inbound_nodes"]):
+            new = name if j == 0 else fresh_name(f"{name}_call{j + 1}", names)
+            one = {**layer, "config": {**layer.get("config", {}), "name": new}, "inbound_nodes": [call]}
+            if "name" in layer:  # tf_keras names a functional config's layer beside its config too
+                one["name"] = new
+            layers.append(one)
+            renames[(name, j)] = new
+            nesting.copies.update({new: name} if j else {})
+    if not renames:
+        return
+    inner["layers"] = layers
+    _bare_ends(inner)
+    reads = [r for layer in layers for r in _reads(layer.get("inbound_nodes"))]
+    for history in [*reads, *inner.get("output_layers", [])]:
+        key = (history[0], int(history[1])) if len(history) > 1 else None
+        if key in renames:
+            history[0], history[1] = renames[key], 0
+
+
+def fresh_name(base: str, names: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... the first not in ``names`` (which it joins)."""
+    name, k = base, 1
+    while name in names:
+        k += 1
+        name = f"{base}_{k}"
+    names.add(name)
+    return name
+
+
 def _flat_layers(config: dict, names: set[str], nesting: Nesting, where: tuple[str, ...], keras3: bool) -> list:
-    """The functional ``config``'s layers with nested models replaced by their (flattened) layers."""
+    """The functional ``config``'s layers with shared layers split per call and nested models replaced by their
+    (flattened) layers."""
+    _unshare(config, names, nesting)
     out: list[dict] = []
     for layer in list(config["config"]["layers"]):
         kind = layer.get("class_name")
@@ -317,9 +379,7 @@ def _replace_reads(config: dict, old: str, history_of) -> None:
     """Every read of layer ``old``'s output ``index`` (in inbound nodes and the model's ends) now reads the
     tensor ``history_of(index)`` names ([layer, node, tensor]); one it cannot name is refused."""
     inner = config["config"]
-    for key in ("output_layers", "input_layers"):
-        if isinstance(inner.get(key), list) and inner[key] and isinstance(inner[key][0], str):
-            inner[key] = [inner[key]]  # one end written bare
+    _bare_ends(inner)
     reads = [r for layer in inner["layers"] for r in _reads(layer.get("inbound_nodes"))]
     for history in [*reads, *inner.get("output_layers", []), *inner.get("input_layers", [])]:
         if history and history[0] == old:
@@ -327,6 +387,13 @@ def _replace_reads(config: dict, old: str, history_of) -> None:
             if got is None:
                 raise UnsupportedLayerError(old, "Model", f"a read of its output {history[:3]} it does not have")
             history[:3] = list(got[:3])
+
+
+def _bare_ends(inner: dict) -> None:
+    """A model's input_layers / output_layers as lists of ends, in place (one end may be written bare)."""
+    for key in ("output_layers", "input_layers"):
+        if isinstance(inner.get(key), list) and inner[key] and isinstance(inner[key][0], str):
+            inner[key] = [inner[key]]
 
 
 def _reads(value):

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deploykit.core.nested import Nesting, flatten, is_tensor, layer_name, tensor_ref
+from deploykit.core.nested import Nesting, flatten, fresh_name, is_tensor, layer_name, tensor_ref
 from deploykit.errors import UnsupportedLayerError
 from deploykit.keras3.shape_ops import SHAPE_OPS, lower_shape_op
 
@@ -252,7 +252,7 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     args, kwargs = _call(layer)
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
     if kind in SHAPE_OPS and not kwargs:  # concatenate, reshape, pool a sequence...: from the input shapes
-        return lower_shape_op(name, kind, args, options, _builtin, lambda base: _fresh(base, names))
+        return lower_shape_op(name, kind, args, options, _builtin, lambda base: fresh_name(base, names))
     tensors = [a for a in args if is_tensor(a)]
     if kwargs or not tensors:
         raise UnsupportedLayerError(
@@ -273,19 +273,10 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
     steps = _steps(name, kind, options, [_per_channel(c, name, kind) for c in constants], first)
     out, source = [], x
     for i, (layer_kind, config) in enumerate(steps):
-        step_name = name if i == len(steps) - 1 else _fresh(f"{name}_{layer_kind.lower()}", names)
+        step_name = name if i == len(steps) - 1 else fresh_name(f"{name}_{layer_kind.lower()}", names)
         out.append(_builtin(layer_kind, step_name, source, **config))
         source = tensor_ref(step_name)
     return out
-
-
-def _fresh(base: str, names: set[str]) -> str:
-    name, k = base, 1
-    while name in names:
-        k += 1
-        name = f"{base}_{k}"
-    names.add(name)
-    return name
 
 
 def _rescale(scale=1.0, offset=0.0) -> tuple[str, dict]:
@@ -353,7 +344,7 @@ def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
     scale = _constant((layer.get("config") or {}).get("scale"), name, kind)
     if kwargs or len(tensors) != 2 or not all(is_tensor(t) for t in tensors) or scale is None or scale.size != 1:
         raise UnsupportedLayerError(name, kind, "expected a call on two tensors and a scalar scale")
-    scaled = _fresh(f"{name}_scaled", names)
+    scaled = fresh_name(f"{name}_scaled", names)
     return [
         _builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
         {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], tensor_ref(scaled)]], "kwargs": {}}]},

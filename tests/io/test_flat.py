@@ -154,3 +154,27 @@ def test_a_tf_keras_object_reading_strings_is_refused_by_the_table():
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.CategoryEncoding(3)(lookup(inputs))))
     with pytest.raises(UnsupportedLayerError, match="'lookup' of type StringLookup: looks strings up"):
         as_model(model)
+
+
+@pytest.mark.parametrize("given", [".h5", ".keras", "object"])
+def test_a_tf_keras_siamese_model_is_read_with_one_layer_per_call(tmp_path, given):
+    """tf_keras files and objects with a layer called twice (its weights shared) load as one layer per call with
+    the same weights, and compute what the model computes (refused before: "called 2 times")."""
+    from deploykit.backend import keras
+    from deploykit.core.multi_io_model import packing_of
+    from deploykit.io.inputs import as_model
+
+    left, right = keras.Input((4,), name="left"), keras.Input((4,), name="right")
+    tower = keras.layers.Dense(3, activation="tanh", name="tower")
+    model = keras.Model([left, right], keras.layers.Dense(2)(keras.layers.Subtract()([tower(left), tower(right)])))
+    if given == "object":
+        flat = as_model(model)
+    else:
+        save_model(model, tmp_path / f"siamese{given}")
+        flat = load_model(tmp_path / f"siamese{given}")
+    rng = np.random.default_rng(4)
+    xs = {n: rng.normal(size=(8, 4)).astype(np.float32) for n in ("left", "right")}
+    got = flat(packing_of(flat).layout.join_inputs(xs)).numpy()
+    assert np.abs(got - model([xs["left"], xs["right"]]).numpy()).max() <= 1e-5
+    weights = [flat.get_layer(n).get_weights() for n in ("tower", "tower_call2")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))

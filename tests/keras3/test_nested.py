@@ -226,3 +226,38 @@ def test_the_data_augmentation_tutorials_resize_and_rescale_block_is_read(k3, tm
     imported, diff = _imported(k3, model, tmp_path / "resize.keras", x)
     assert diff <= 1e-5
     assert [type(layer).__name__ for layer in imported.layers][:3] == ["Resizing", "Rescaling", "Conv2D"]
+
+
+def test_shared_layers_are_read_as_one_layer_per_call_with_the_shared_weights(k3, tmp_path, caplog):
+    """A siamese branch (a Dense and a BatchNormalization applied to two inputs) and the Keras docs' Attention
+    example (one Embedding and one Conv1D for the query and the value) were refused: "called 2 times; deploykit
+    reads layers called once". Each call is now a layer of its own holding the shared weights, said in one line."""
+    L = k3.layers
+    left, right = k3.Input((6,), name="left"), k3.Input((6,), name="right")
+    tower, norm = L.Dense(5, activation="relu", name="tower"), L.BatchNormalization(name="norm")
+    joined = L.Concatenate()([norm(tower(left)), norm(tower(L.Dense(6)(right)))])
+    siamese = k3.Model([left, right], L.Dense(3, activation="softmax")(joined))
+    _randomize_batchnorm(k3, siamese, 0)
+    query, value = k3.Input((7,), dtype="int64", name="query"), k3.Input((7,), dtype="int64", name="value")
+    embed, conv = L.Embedding(20, 4, name="embedding"), L.Conv1D(6, 3, padding="same", name="conv1d")
+    q, v = conv(embed(query)), conv(embed(value))
+    pooled = L.Concatenate()([L.GlobalAveragePooling1D()(q), L.GlobalAveragePooling1D()(L.Attention()([q, v]))])
+    attention = k3.Model([query, value], L.Dense(3, activation="softmax")(pooled))
+    from deploykit.core.multi_io_model import packing_of
+
+    rng = np.random.default_rng(3)
+    cases = [
+        (siamese, {n: rng.normal(size=(16, 6)).astype(np.float32) for n in ("left", "right")}, {"tower", "norm"}),
+        (attention, {n: rng.integers(0, 20, (16, 7)) for n in ("query", "value")}, {"embedding", "conv1d"}),
+    ]
+    for k, (model, xs, shared) in enumerate(cases):
+        model.save(tmp_path / f"shared{k}.keras")
+        with caplog.at_level("INFO", logger="deploykit.core.nested"):
+            imported = load_model(tmp_path / f"shared{k}.keras")  # two inputs: packed side by side, in name order
+        packed = packing_of(imported).layout.join_inputs({n: v.astype(np.float32) for n, v in xs.items()})
+        assert np.abs(imported(packed).numpy() - np.asarray(model(xs))).max() <= 1e-5
+        for name in shared:
+            first, second = imported.get_layer(name), imported.get_layer(f"{name}_call2")
+            assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
+        said = " ".join(r.getMessage() for r in caplog.records)
+        assert all(f"{name} (2 calls)" in said for name in shared), said
