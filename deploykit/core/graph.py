@@ -405,21 +405,34 @@ def copy_model(model, *, unsafe: bool = False):
         return clone
 
 
-def token_vocabulary(graph: Graph) -> int | None:
-    """The smallest vocabulary of an Embedding reading the model input directly (its inputs are ids), else None."""
-    sizes = [
-        int(n.spec.config["input_dim"])
-        for n in graph.consumers(next(iter(graph.inputs)))
-        if n.spec.class_name == "Embedding"
-    ]
+#: Layers that read their input as ids below a vocabulary (layer class -> the config key of its size): an id out
+#: of it is an error in TensorFlow (a gather, an assertion), not a value.
+ID_READERS = {"Embedding": "input_dim", "CategoryEncoding": "num_tokens"}
+
+
+def _vocabulary(readers) -> int | None:
+    """The smallest vocabulary among ``readers`` (nodes) that read ids, else None."""
+    sizes = [int(n.spec.config[ID_READERS[n.spec.class_name]]) for n in readers if n.spec.class_name in ID_READERS]
     return min(sizes) if sizes else None
+
+
+def one_input(graph: Graph, name: str) -> Graph:
+    """``graph`` seen from its input ``name`` alone: what :func:`random_inputs` and :func:`token_vocabulary` read
+    (its shape, its consumers)."""
+    return Graph({name: graph.inputs[name]}, graph.nodes, graph.outputs, graph.name)
+
+
+def token_vocabulary(graph: Graph) -> int | None:
+    """The smallest vocabulary of an Embedding (or a CategoryEncoding) reading the model input directly (its
+    inputs are ids), else None."""
+    return _vocabulary(graph.consumers(next(iter(graph.inputs))))
 
 
 def id_columns(graph: Graph) -> list[tuple[slice, int]]:
     """Where the model's input holds token ids, each with the vocabulary they index: all of it when an Embedding
-    reads it directly, else the columns of each packed input an Embedding reads (a ``Reshape`` / ``Cropping1D`` /
-    ``Reshape`` cut of the one packed input, :mod:`deploykit.core.multi_io_model`: a categorical column embedded
-    beside numeric ones)."""
+    (:data:`ID_READERS`) reads it directly, else the columns of each packed input one reads (a ``Reshape`` /
+    ``Cropping1D`` / ``Reshape`` cut of the one packed input, :mod:`deploykit.core.multi_io_model`: a categorical
+    column embedded beside numeric ones)."""
     vocabulary = token_vocabulary(graph)
     if vocabulary is not None:
         return [(slice(None), vocabulary)]
@@ -429,14 +442,9 @@ def id_columns(graph: Graph) -> list[tuple[slice, int]]:
         crops = [c for c in graph.consumers(column.name) if c.spec.class_name == "Cropping1D"]
         for crop in crops if column.spec.class_name == "Reshape" and width is not None else ():
             start, end = (int(v) for v in crop.spec.config["cropping"])
-            sizes = [
-                int(reader.spec.config["input_dim"])
-                for shaped in graph.consumers(crop.name)
-                for reader in graph.consumers(shaped.name)
-                if reader.spec.class_name == "Embedding"
-            ]
-            if sizes:
-                found.append((slice(start, width - end), min(sizes)))
+            vocabulary = _vocabulary([r for shaped in graph.consumers(crop.name) for r in graph.consumers(shaped.name)])
+            if vocabulary is not None:
+                found.append((slice(start, width - end), vocabulary))
     return found
 
 

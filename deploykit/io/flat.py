@@ -67,16 +67,18 @@ def _max_diff(model, flat) -> float:
 
 
 def _check_inputs(model, flat):
-    """Random inputs of the model's shapes (an unsized length: 8 steps), token ids where an Embedding reads them."""
-    from deploykit.backend import keras
+    """Random inputs of the model's shapes (an unsized length: 8 steps), in its input order; token ids in an input
+    an Embedding or a CategoryEncoding reads (:func:`deploykit.core.graph.token_vocabulary`)."""
+    from deploykit.core.graph import graph_from_config, one_input, token_vocabulary
 
     rng = np.random.default_rng(0)
-    vocabulary = [layer.input_dim for layer in flat.layers if isinstance(layer, keras.layers.Embedding)]
+    config = {"class_name": type(flat).__name__, "config": flat.get_config()}
+    graph = graph_from_config(config, unsafe=True, input_shapes={n: (1,) for n in flat.input_names})  # its links
     x = []
-    for t in model.inputs:
+    for name, t in zip(flat.input_names, flat.inputs):
         shape = (CHECK_SAMPLES, *(8 if d is None else int(d) for d in t.shape[1:]))
-        ids = vocabulary and len(model.inputs) == 1
-        x.append(rng.integers(0, min(vocabulary), shape) if ids else rng.standard_normal(shape))
+        vocabulary = token_vocabulary(one_input(graph, name)) if name in graph.inputs else None
+        x.append(rng.integers(0, vocabulary, shape) if vocabulary else rng.standard_normal(shape))
     x = [a.astype(np.float32) for a in x]
     return x if len(x) > 1 else x[0]
 

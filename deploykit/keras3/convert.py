@@ -28,7 +28,15 @@ import random
 import numpy as np
 
 from deploykit.atomic import atomic_path
-from deploykit.core.graph import Graph, call_layer, graph_from_config, graph_from_model, random_inputs, to_keras
+from deploykit.core.graph import (
+    Graph,
+    call_layer,
+    graph_from_config,
+    graph_from_model,
+    one_input,
+    random_inputs,
+    to_keras,
+)
 from deploykit.core.lengths import sized_shapes
 from deploykit.core.modelfile import ModelFile, check_model_config
 from deploykit.errors import ModelLoadError, UnsupportedLayerError
@@ -289,15 +297,10 @@ def _copy_in_order(path, source, target) -> None:
 
 def _check_inputs(graph: Graph, seed: int):
     """The random inputs the rebuild is checked on: one array, or one per input in the model's order; an input an
-    Embedding reads gets valid token ids (a normal draw holds negative ids, which the gather refuses)."""
+    Embedding (or CategoryEncoding) reads gets valid ids (a normal draw holds negative ids, which they refuse)."""
     if len(graph.inputs) == 1:
         return random_inputs(graph, CHECK_SAMPLES, seed)
-    return [random_inputs(_one_input(graph, name), CHECK_SAMPLES, seed + i) for i, name in enumerate(graph.inputs)]
-
-
-def _one_input(graph: Graph, name: str) -> Graph:
-    """``graph`` seen from its input ``name`` alone: what :func:`random_inputs` reads (its shape, its consumers)."""
-    return Graph({name: graph.inputs[name]}, graph.nodes, graph.outputs, graph.name)
+    return [random_inputs(one_input(graph, name), CHECK_SAMPLES, seed + i) for i, name in enumerate(graph.inputs)]
 
 
 def _own_change(keras3, source, x) -> float:

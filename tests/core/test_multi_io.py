@@ -172,20 +172,24 @@ def test_one_input_may_keep_its_own_name_or_x_beside_named_outputs(tmp_path):
         assert data.input_shape == (4,) and data.y_train.shape[1] == 3
 
 
-def _embedded_category():
+def _embedded_category(reader: str = "Embedding"):
     """Structured data as tutorials model it without strings: numeric columns beside an integer category code
-    that an Embedding reads (tf_keras, untrained), softmax head."""
+    that an Embedding (or a one-hot CategoryEncoding) reads (tf_keras, untrained), softmax head."""
     from deploykit.backend import keras, set_seed
 
     set_seed(0)
     numeric, category = keras.Input((5,), name="numeric"), keras.Input((1,), name="category")
-    embedded = keras.layers.Flatten()(keras.layers.Embedding(7, 3)(category))
+    if reader == "Embedding":
+        embedded = keras.layers.Flatten()(keras.layers.Embedding(7, 3)(category))
+    else:
+        embedded = keras.layers.CategoryEncoding(num_tokens=7, output_mode="one_hot")(category)
     hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([numeric, embedded]))
     hidden = keras.layers.BatchNormalization()(hidden)
     return keras.Model([numeric, category], keras.layers.Dense(3, activation="softmax")(hidden))
 
 
-def test_generated_inputs_hold_token_ids_where_a_packed_input_is_embedded():
+@pytest.mark.parametrize("reader", ["Embedding", "CategoryEncoding"])
+def test_generated_inputs_hold_token_ids_where_a_packed_input_is_embedded(reader):
     # the fold check, the temperature fold's check and export without data drew standard-normal values for the
     # whole packed input, and the Embedding's gather stopped on a negative id (InvalidArgumentError)
     from deploykit.core.graph import graph_from_model, id_columns, random_inputs
@@ -194,7 +198,7 @@ def test_generated_inputs_hold_token_ids_where_a_packed_input_is_embedded():
     from deploykit.io.models import check_single_io
     from deploykit.pipeline.calibrate import fold_temperature
 
-    packed = check_single_io(_embedded_category())
+    packed = check_single_io(_embedded_category(reader))
     graph = graph_from_model(packed)
     columns = packing_of(packed).layout.split_inputs(np.arange(6, dtype=np.float32)[None])
     assert columns["category"].ravel().tolist() == [0.0]  # name order: the category code is column 0

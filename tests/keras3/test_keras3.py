@@ -429,3 +429,23 @@ def test_keras3_models_with_several_inputs_or_outputs_import_and_save_back(k3, t
     assert [t.name for t in back.inputs] == [t.name for t in model.inputs]
     for got, want in zip(*(k3.tree.flatten(m(probe)) for m in (back, model))):
         np.testing.assert_allclose(k3.ops.convert_to_numpy(got), k3.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-6)
+
+
+def test_a_keras3_model_reading_a_category_code_one_hot_imports(tmp_path):
+    """keras.io's structured-data pattern without strings: an integer code one-hot encoded by CategoryEncoding
+    beside numeric columns. The import's rebuild check drew standard-normal codes, which CategoryEncoding refuses
+    ("Input values must be in the range 0 <= values < num_tokens"); it now draws codes below num_tokens."""
+    import keras
+
+    from deploykit.core.multi_io_model import packing_of
+    from deploykit.io.models import load_model
+
+    numeric, code = keras.Input((4,), name="numeric"), keras.Input((1,), dtype="int64", name="code")
+    joined = keras.layers.Concatenate()([numeric, keras.layers.CategoryEncoding(9, output_mode="one_hot")(code)])
+    model = keras.Model([numeric, code], keras.layers.Dense(3, activation="softmax")(joined))
+    model.save(tmp_path / "m.keras")
+    imported = load_model(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    xs = {"numeric": rng.normal(size=(8, 4)).astype(np.float32), "code": rng.integers(0, 9, (8, 1))}
+    packed = packing_of(imported).layout.join_inputs({k: v.astype(np.float32) for k, v in xs.items()})
+    assert np.abs(imported(packed).numpy() - np.asarray(model(xs))).max() <= 1e-5
