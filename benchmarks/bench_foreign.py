@@ -26,7 +26,13 @@ MobileNetV2 base called with ``training=False``), ``text_cnn`` (keras.io text cl
 length of token ids, sigmoid head), ``bilstm`` (keras.io bidirectional LSTM), ``ts_transformer`` (keras.io
 timeseries transformer: MultiHeadAttention, the Fashion images as 28 steps of 28 features), ``autoencoder``
 (keras.io convolutional autoencoder: Conv2DTranspose, an image out), ``xception_small`` (keras.io image
-classification from scratch: augmentation, SeparableConv2D residual blocks, one logit for footwear or not).
+classification from scratch: augmentation, SeparableConv2D residual blocks, one logit for footwear or not). The
+third round (:data:`THIRD`): ``anomaly_ae`` (keras.io timeseries anomaly detection: Conv1D / Conv1DTranspose, each
+image one series of 784 values), ``lstm_ae`` (an LSTM autoencoder: RepeatVector, TimeDistributed(Dense)),
+``forecast`` (keras.io weather forecasting's LSTM -> Dense(1), on a whole-number target), ``docs_attention`` (the
+Keras docs' Attention example: a shared Embedding and Conv1D over query and value token ids of any length),
+``ops_pooling`` (``keras.ops.mean`` / ``max`` / ``concatenate`` between layers) and ``structured`` (numeric
+columns normalized beside an integer category code embedded: two inputs).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -53,7 +59,11 @@ OWN = ("mnist_convnet", "tabular", "quickstart", "gru", "mobilenet_v3_small", "c
 #: The second round of models users bring (nested augmentation, a transfer-learning base, any-length text, an
 #: image out, attention, a binary logit head), each as its tutorial publishes it.
 TUTORIALS = ("image_tutorial", "transfer", "text_cnn", "bilstm", "ts_transformer", "autoencoder", "xception_small")
-OWN = OWN + TUTORIALS
+#: The third round: a Conv1DTranspose anomaly detector, an LSTM autoencoder, a one-unit forecaster on whole-number
+#: targets, the Keras docs' Attention example (shared layers, two inputs), keras.ops between layers, and an integer
+#: category embedded beside numeric columns.
+THIRD = ("anomaly_ae", "lstm_ae", "forecast", "docs_attention", "ops_pooling", "structured")
+OWN = OWN + TUTORIALS + THIRD
 FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
 MODELS = OWN + FROM_BENCH_MODELS
 APPLICATIONS = {
@@ -85,7 +95,7 @@ TRAIN = textwrap.dedent("""
     kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     keras.utils.set_random_seed(0)
     z = np.load(data)
-    x, y = z["x"], z["y"]
+    x, y = (z["x"] if "x" in z else None), z["y"]
     L = keras.layers
     if kind == "mnist_convnet":  # keras.io/examples/vision/mnist_convnet, as published
         model = keras.Sequential([keras.Input(shape=(28, 28, 1)),
@@ -203,6 +213,61 @@ TRAIN = textwrap.dedent("""
         model.compile(optimizer=keras.optimizers.Adam(3e-4), metrics=[keras.metrics.BinaryAccuracy(name="acc")],
                       loss=keras.losses.BinaryCrossentropy(from_logits=True))
         model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.15, verbose=0)
+    elif kind == "anomaly_ae":  # keras.io/examples/timeseries/timeseries_anomaly_detection, as published
+        model = keras.Sequential([L.Input(shape=(x.shape[1], x.shape[2])),
+            L.Conv1D(filters=32, kernel_size=7, padding="same", strides=2, activation="relu"), L.Dropout(rate=0.2),
+            L.Conv1D(filters=16, kernel_size=7, padding="same", strides=2, activation="relu"),
+            L.Conv1DTranspose(filters=16, kernel_size=7, padding="same", strides=2, activation="relu"),
+            L.Dropout(rate=0.2),
+            L.Conv1DTranspose(filters=32, kernel_size=7, padding="same", strides=2, activation="relu"),
+            L.Conv1DTranspose(filters=1, kernel_size=7, padding="same")])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.001), loss="mse")
+        model.fit(x, y, epochs=epochs, batch_size=128, validation_split=0.1, verbose=0)
+    elif kind == "lstm_ae":  # an LSTM autoencoder (RepeatVector, TimeDistributed(Dense)), the usual recipe
+        model = keras.Sequential([keras.Input(shape=x.shape[1:]), L.LSTM(64), L.RepeatVector(x.shape[1]),
+            L.LSTM(64, return_sequences=True), L.TimeDistributed(L.Dense(x.shape[2]))])
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.1, verbose=0)
+    elif kind == "forecast":  # keras.io/examples/timeseries/timeseries_weather_forecasting's model, as published
+        inputs = keras.layers.Input(shape=(x.shape[1], x.shape[2]))
+        lstm_out = keras.layers.LSTM(32)(inputs)
+        model = keras.Model(inputs=inputs, outputs=keras.layers.Dense(1)(lstm_out))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.001), loss="mse")
+        model.fit(x, y, batch_size=256, epochs=epochs, validation_split=0.1, verbose=0)
+    elif kind == "docs_attention":  # keras.io/api/layers/attention_layers/attention, its example, as published
+        query_input = keras.Input(shape=(None,), dtype="int32", name="query")
+        value_input = keras.Input(shape=(None,), dtype="int32", name="value")
+        token_embedding = L.Embedding(input_dim=16, output_dim=64)
+        query_embeddings = token_embedding(query_input)
+        value_embeddings = token_embedding(value_input)
+        cnn_layer = L.Conv1D(filters=100, kernel_size=4, padding="same")
+        query_seq_encoding = cnn_layer(query_embeddings)
+        value_seq_encoding = cnn_layer(value_embeddings)
+        query_value_attention_seq = L.Attention()([query_seq_encoding, value_seq_encoding])
+        query_encoding = L.GlobalAveragePooling1D()(query_seq_encoding)
+        query_value_attention = L.GlobalAveragePooling1D()(query_value_attention_seq)
+        input_layer = L.Concatenate()([query_encoding, query_value_attention])
+        model = keras.Model([query_input, value_input], L.Dense(10, activation="softmax")(input_layer))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit({"query": z["query"], "value": z["value"]}, y, epochs=epochs, batch_size=64, verbose=0)
+    elif kind == "ops_pooling":  # keras.ops between layers, as Keras 3 examples write them: mean and max over steps
+        inputs = keras.Input(shape=x.shape[1:])
+        h = L.Dense(64, activation="relu")(inputs)
+        pooled = keras.ops.concatenate([keras.ops.mean(h, axis=1), keras.ops.max(h, axis=1)], axis=-1)
+        h = L.Dropout(0.3)(L.Dense(64, activation="relu")(pooled))
+        model = keras.Model(inputs, L.Dense(10, activation="softmax")(h))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.15, verbose=0)
+    elif kind == "structured":  # numeric columns normalized beside an integer category code embedded (no strings)
+        numeric = keras.Input(shape=z["numeric"].shape[1:], name="numeric")
+        category = keras.Input(shape=(1,), dtype="int64", name="category")
+        norm = L.Normalization()
+        norm.adapt(z["numeric"])
+        code = L.Flatten()(L.Embedding(28, 4)(category))
+        h = L.Dense(64, activation="relu")(L.Concatenate()([norm(numeric), code]))
+        model = keras.Model([numeric, category], L.Dense(10, activation="softmax")(L.Dropout(0.3)(h)))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit({"numeric": z["numeric"], "category": z["category"]}, y, epochs=epochs, verbose=0)
     else:  # keras.applications, weights=None (no download), its own preprocessing of 0-255 pixels
         ctor = getattr(keras.applications, kind)
         model = ctor(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
@@ -329,6 +394,22 @@ def data_for(kind: str, folder: Path) -> Path:
     elif kind == "autoencoder":  # the images in [0, 1], reconstructed
         images = (x / 255)[..., None]
         np.savez(path, x=images, y=images)
+    elif kind == "anomaly_ae":  # each image one series of 784 values in [0, 1], reconstructed
+        series = (x / 255).reshape(len(x), -1, 1)
+        np.savez(path, x=series, y=series)
+    elif kind == "lstm_ae":  # each image 28 steps of 28 features in [0, 1], reconstructed
+        np.savez(path, x=x / 255, y=x / 255)
+    elif kind == "forecast":  # 28 steps of 28 features; the target: the mean brightness in twentieths, a whole number
+        np.savez(path, x=x / 255, y=np.round(20 * x.mean(axis=(1, 2)) / 255).astype(np.float32))
+    elif kind == "docs_attention":  # each image 14x14 (2x2 means) at 16 grey levels as 196 tokens; value: transposed
+        small = x.reshape(len(x), 14, 2, 14, 2).mean(axis=(2, 4))
+        tokens = np.minimum(small // 16, 15).astype(np.int64)
+        np.savez(path, query=tokens.reshape(len(x), -1), value=tokens.transpose(0, 2, 1).reshape(len(x), -1), y=y)
+    elif kind == "ops_pooling":  # 28 steps of 28 features in [0, 1]
+        np.savez(path, x=x / 255, y=y)
+    elif kind == "structured":  # 7x7 means of the pixels (49 numbers) and the row holding the most ink (0-27)
+        numeric = x.reshape(len(x), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(x), -1)
+        np.savez(path, numeric=numeric, category=x.sum(axis=2).argmax(axis=1)[:, None].astype(np.int64), y=y)
     elif kind == "xception_small":  # footwear (sandal, sneaker, ankle boot) or not, 32x32 RGB 0-255
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=np.isin(y, (5, 7, 9)).astype(np.int64))
