@@ -45,7 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError, RuntimeFailureError
-from deploykit.export.runtimes import artifact_quantization, median_seconds, open_runner, predict_batches, runner_class
+from deploykit.export.runtimes import (
+    artifact_quantization,
+    median_seconds,
+    open_runner,
+    predict_batches,
+    runner_class,
+    time_files,
+)
 
 LOADING, RUNNING = "loading it", "running it"
 #: Seconds one call to the worker may take (loading, or measuring 50 repeats at each batch size).
@@ -168,6 +175,14 @@ class RuntimeWorker:
             return self._call(
                 ("measure", np.ascontiguousarray(x, dtype=np.float32), tuple(batch_sizes), repeats), RUNNING
             )
+
+    def time_files(self, files: dict, x: np.ndarray, batch_size: int, calls: tuple[int, int], seconds: float, cap: int):
+        """:func:`deploykit.export.runtimes.time_files` of ``files`` in the child: their calls interleaved there; a
+        crash names them all (the caller times them one by one to find which)."""
+        with self._lock:
+            self._artifact = (", ".join(map(str, files)), "the runtimes")
+            request = ("time", {n: str(p) for n, p in files.items()}, np.ascontiguousarray(x, dtype=np.float32))
+            return self._call((*request, batch_size, tuple(calls), seconds, cap), "timing")
 
     def ping(self) -> dict:
         """The child's pid and whether it imported TensorFlow (it must not)."""
@@ -328,6 +343,8 @@ def _serve(conn: Connection) -> None:
                 runner, reply = _open(Path(args[0]), args[1], args[2])
             elif kind == "measure":
                 reply = _measure(runner, *args)
+            elif kind == "time":
+                reply = time_files(*args)
             elif kind == "ping":
                 reply = {"pid": os.getpid(), "tensorflow": "tensorflow" in sys.modules}
             else:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.core.multi_io import artifact_layout
-from deploykit.errors import ModelLoadError, UsageError
+from deploykit.errors import ModelLoadError, UsageError, first_line
 from deploykit.export.config import ExportFormat
 from deploykit.log import quiet_native
 
@@ -271,6 +271,51 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_files(
+    files: dict, x: np.ndarray, batch_size: int, calls: tuple[int, int], seconds: float, cap: int
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """(batch-1 s, batch-``batch_size`` s) per file, each the fastest of its runtime's calls timed round-robin with
+    the others (:func:`interleaved_fastest`, ``calls`` at least at each size), and the files that could not be
+    timed with why. A runtime that raises on a file (LiteRT once failed a validated float16 file's ``GATHER`` at
+    batch 256, only after another interpreter had run in the process) leaves that file untimed; the others are
+    timed without it. Run in a runtime worker (:meth:`deploykit.export.isolated.RuntimeWorker.time_files`)."""
+    runners, untimed = {}, {}
+    for name, path in files.items():
+        try:
+            runners[name] = open_runner(path)
+        except Exception as exc:  # noqa: BLE001  (a runtime's own error loading a validated file: not timed)
+            untimed[name] = first_line(exc)
+    one, batch = x[:1], np.resize(x, (batch_size, *x.shape[1:]))
+    while True:
+        try:
+            b1 = interleaved_fastest(_timed_calls(runners, one), calls[0], seconds, cap)
+            bn = interleaved_fastest(_timed_calls(runners, batch), calls[1], seconds, cap)
+        except _Untimed as exc:
+            untimed[exc.name] = exc.why
+            del runners[exc.name]
+            continue
+        return {n: (b1[n], bn[n]) for n in runners}, untimed
+
+
+class _Untimed(Exception):
+    def __init__(self, name: str, why: str):
+        super().__init__(name)
+        self.name, self.why = name, why
+
+
+def _timed_calls(runners: dict, x: np.ndarray) -> dict[str, Callable[[], object]]:
+    def call(name, runner):
+        def run():
+            try:
+                return runner.predict(x)
+            except Exception as exc:  # noqa: BLE001  (the runtime's own error, any type)
+                raise _Untimed(name, first_line(exc)) from exc
+
+        return run
+
+    return {n: call(n, r) for n, r in runners.items()}
 
 
 def interleaved_fastest(

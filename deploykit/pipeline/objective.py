@@ -17,8 +17,9 @@ all alike, and the run recommends, per objective:
 
 The run's ``objective`` names the one it recommends (``report.json`` ``objective.chosen``); all three are in the
 report, overall and per format, so ``deploykit serve`` (ONNX only) and the Triton repository can point at the
-fastest ONNX model (``serve --prefer latency|size``). Timing here is in-process: every file was already loaded and
-run in the isolated child process by validation.
+fastest ONNX model (``serve --prefer latency|size``). The files are timed together in a runtime worker (a child
+process, as validation runs them): a runtime that dies or raises while timing leaves that file untimed (not
+recommended, said in the notes), never the run (:func:`measure`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from deploykit.core.contract import RECOMMENDED_MODEL
-from deploykit.errors import first_line
 from deploykit.export.cpu import why_slower
 from deploykit.pipeline.records import ArtifactRow, Status, StepOutput, StepRecord, Verdict
 from deploykit.pipeline.tables import Objective
@@ -168,52 +168,36 @@ def original_files(ctx, formats: list[str], folder: Path) -> tuple[dict[str, Pat
 def measure(
     files: dict[str, Path], x: np.ndarray, batch_size: int, repeats: int
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
-    """(batch-1 ms, batch-``batch_size`` ms) per file: the fastest of each runtime's calls timed round-robin, in this
-    process, as many calls per file as the slowest file fills :data:`SECONDS_PER_FILE` with (:data:`MAX_CALLS` at most)
+    """(batch-1 ms, batch-``batch_size`` ms) per file: the fastest of each runtime's calls timed round-robin, as many
+    calls per file as the slowest file fills :data:`SECONDS_PER_FILE` with (:data:`MAX_CALLS` at most)
     (:func:`deploykit.export.runtimes.interleaved_fastest`: under a time budget, 3 calls at the batch size gave
-    "26x slower than float32" for a file 1.2x slower).
+    "26x slower than float32" for a file 1.2x slower). Also the files that could not be timed, with why.
 
-    Also the files that could not be timed, with why: a runtime that raises on a file here (LiteRT once failed a
-    float16 file's ``GATHER`` at batch 256 only after another interpreter had run in the process, where the file
-    alone ran) leaves that file without a time, and the others are timed without it."""
-    from deploykit.export.runtimes import interleaved_fastest, open_runner
+    The calls run in a runtime worker (a child process, :mod:`deploykit.export.isolated`), as validation's do: a
+    runtime that dies natively while timing (a state it reaches only after other interpreters ran beside it) must
+    not take the run down after its work is done. When the worker dies, each file is timed alone in a fresh one
+    (not interleaved: their ratios are noisier), and the file that takes it down is left untimed with the crash."""
+    from deploykit.errors import RuntimeCrashError
+    from deploykit.export.isolated import RuntimeWorker
 
-    runners, untimed = {}, {}
-    for name, path in files.items():
+    calls = (min(repeats, MAX_CALLS), max(3, min(repeats // 5, MAX_CALLS)))
+    plan = (x, batch_size, calls, SECONDS_PER_FILE, MAX_CALLS)
+    worker = RuntimeWorker()
+    try:
         try:
-            runners[name] = open_runner(path)
-        except Exception as exc:  # noqa: BLE001  (a runtime's own error loading a validated file: not timed)
-            untimed[name] = first_line(exc)
-    one, batch = x[:1], np.resize(x, (batch_size, *x.shape[1:]))
-    while True:
-        try:
-            b1 = interleaved_fastest(_calls(runners, one), min(repeats, MAX_CALLS), SECONDS_PER_FILE, MAX_CALLS)
-            calls = _calls(runners, batch)
-            bn = interleaved_fastest(calls, max(3, min(repeats // 5, MAX_CALLS)), SECONDS_PER_FILE, MAX_CALLS)
-        except _Untimed as exc:
-            untimed[exc.name] = exc.why
-            del runners[exc.name]
-            continue
-        return {n: (1000 * b1[n], 1000 * bn[n]) for n in runners}, untimed
-
-
-class _Untimed(Exception):
-    def __init__(self, name: str, why: str):
-        super().__init__(name)
-        self.name, self.why = name, why
-
-
-def _calls(runners: dict, x: np.ndarray) -> dict:
-    def call(name, runner):
-        def run():
-            try:
-                return runner.predict(x)
-            except Exception as exc:  # noqa: BLE001  (the runtime's own error, any type)
-                raise _Untimed(name, first_line(exc)) from exc
-
-        return run
-
-    return {n: call(n, r) for n, r in runners.items()}
+            seconds, untimed = worker.time_files(files, *plan)
+        except RuntimeCrashError:
+            seconds, untimed = {}, {}
+            for name, path in files.items():
+                try:
+                    one, why = worker.time_files({name: path}, *plan)
+                except RuntimeCrashError as exc:
+                    one, why = {}, {name: str(exc)}
+                seconds.update(one)
+                untimed.update(why)
+    finally:
+        worker.close()
+    return {n: (1000 * b1, 1000 * bn) for n, (b1, bn) in seconds.items()}, untimed
 
 
 def _original_key(fmt: str) -> str:

@@ -142,3 +142,18 @@ def test_a_file_its_runtime_fails_on_while_timing_is_left_untimed_and_the_others
     times, untimed = measure(files, np.full((8, 4), 50.0, np.float32), batch_size=16, repeats=2)
     assert list(times) == ["dense.onnx"] and all(t > 0 for t in times["dense.onnx"])
     assert list(untimed) == ["ids.tflite"] and "RuntimeError" in untimed["ids.tflite"]
+
+
+def test_a_runtime_that_dies_while_timing_leaves_that_file_untimed_and_the_run_alive():
+    # a real native crash, no mock: LiteRT's XNNPACK aborts the process allocating this file (tests/export/data).
+    # Timing ran in optimize's own process, so such a crash took the whole run down after every step was done.
+    from pathlib import Path
+
+    from deploykit.pipeline.objective import measure
+
+    data = Path(__file__).parents[1] / "export" / "data"
+    files = {"crash.tflite": data / "xnnpack_requant_crash.tflite", "ok.tflite": data / "tiny_elu_ok.tflite"}
+    x = np.random.default_rng(0).uniform(0, 1, (16, 4)).astype(np.float32)
+    times, untimed = measure(files, x, batch_size=8, repeats=2)
+    assert list(times) == ["ok.tflite"] and all(t > 0 for t in times["ok.tflite"])
+    assert list(untimed) == ["crash.tflite"] and "crashed while timing" in untimed["crash.tflite"]
