@@ -1,4 +1,5 @@
-"""The MC Dropout layers users write (``class MCDropout(keras.layers.Dropout)``), recognized from the file alone.
+"""The MC Dropout layers users write (``class MCDropout(keras.layers.Dropout)``, or
+``Dropout(0.5)(x, training=True)``), recognized from the file alone.
 
 Chapter 11's MC Dropout recipe subclasses Dropout (or AlphaDropout) and only
 overrides ``call`` to force ``training=True``. The saved file then holds a
@@ -8,7 +9,9 @@ added) under a name saying what it subclasses (``MCDropout``,
 running the file's code and without ``unsafe``: the MC Dropout graph samples it,
 deterministic exports run it in inference mode (identity), and the load logs
 one warning line naming what was assumed (:func:`assumption` gives it back
-for the reports). Anything else custom is still refused by
+for the reports). Keras' own Dropout called with ``training=True`` (the
+functional way to keep it active at inference) is read the same way, its call
+option dropped. Anything else custom is still refused by
 :func:`deploykit.core.modelfile.check_model_config`.
 """
 
@@ -47,6 +50,7 @@ class Recognized:
     layer: str  # the layer's name
     custom: str  # the class name the file gives (registered name included)
     base: str  # "Dropout" or "AlphaDropout"
+    forced: bool = False  # Keras' own dropout called with training=True (the functional MC Dropout idiom)
 
 
 def dropout_base(layer: dict) -> str | None:
@@ -88,6 +92,12 @@ def _rewritten(model_config: dict, keras3: bool, found: list[Recognized]) -> dic
         if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES:
             rewritten.append(_rewritten(layer, keras3, found))
             continue
+        if isinstance(layer, dict) and _forced(layer):
+            found.append(
+                Recognized(str(layer["config"].get("name")), str(layer["class_name"]), str(layer["class_name"]), True)
+            )
+            rewritten.append(_unforced(layer))
+            continue
         base = dropout_base(layer) if isinstance(layer, dict) else None
         if base is None:
             rewritten.append(layer)
@@ -103,10 +113,38 @@ def _rewritten(model_config: dict, keras3: bool, found: list[Recognized]) -> dic
     return {**model_config, "config": {**inner, "layers": rewritten}}
 
 
+def _calls(layer: dict) -> list[dict]:
+    """The option dicts of a layer's calls, in either Keras's format (Keras 3 ``kwargs``; tf_keras: each inbound
+    tensor's fourth item)."""
+    out = []
+    for call in layer.get("inbound_nodes") or []:
+        if isinstance(call, dict):
+            out.append(call.setdefault("kwargs", {}))
+        else:
+            out += [entry[3] for entry in call if len(entry) > 3 and isinstance(entry[3], dict)]
+    return out
+
+
+def _forced(layer: dict) -> bool:
+    """Keras' own Dropout / AlphaDropout called with ``training=True``: ``Dropout(0.5)(x, training=True)``, the
+    functional way to keep dropout active at inference for MC Dropout."""
+    if layer.get("class_name") not in ("Dropout", "AlphaDropout") or _is_custom(layer):
+        return False
+    return any(options.get("training") is True for options in _calls(layer))
+
+
+def _unforced(layer: dict) -> dict:
+    """``layer`` (a copy) called without its ``training`` option."""
+    layer = copy.deepcopy(layer)
+    for options in _calls(layer):
+        options.pop("training", None)
+    return layer
+
+
 def custom_objects(found: list[Recognized]) -> dict[str, str]:
     """The names a loader may meet for each recognized class (as saved, and without a package), to their base."""
     out = {}
-    for r in found:
+    for r in (r for r in found if not r.forced):
         out[r.custom] = r.base
         out[r.custom.rsplit(">", 1)[-1]] = r.base
     return out
@@ -131,11 +169,21 @@ def read_in_place(keras_module, objects: dict):
 
 def describe(found: list[Recognized]) -> str:
     """The one line saying what was assumed."""
-    layers = ", ".join(f"{r.layer!r} ({r.custom}) as {r.base}" for r in found)
+    custom = [r for r in found if not r.forced]
+    forced = [r for r in found if r.forced]
+    parts = []
+    if custom:
+        layers = ", ".join(f"{r.layer!r} ({r.custom}) as {r.base}" for r in custom)
+        parts.append(
+            f"assumed {layers}: a custom class whose saved config is exactly its base class's (the MC Dropout "
+            "layer of the book's chapter 11)"
+        )
+    if forced:
+        layers = ", ".join(f"{r.layer!r} ({r.base})" for r in forced)
+        parts.append(f"read {layers} called with training=True (dropout kept active: MC Dropout) as {forced[0].base}")
     return (
-        f"assumed {layers}: a custom class whose saved config is exactly its base class's (the MC Dropout layer "
-        "of the book's chapter 11); MC Dropout samples it, deterministic exports run it in inference mode "
-        "(identity); no code from the file was run"
+        "; ".join(parts) + "; MC Dropout samples it, deterministic exports run it in inference mode (identity); "
+        "no code from the file was run"
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deploykit.core.layers import LayerSupport, support_for
+from deploykit.core.layers import TRAINING_NEUTRAL, LayerSupport, support_for
 from deploykit.errors import UnsupportedLayerError
 
 
@@ -275,6 +275,8 @@ def _parents(name: str, layer: dict) -> list[str]:
     if isinstance(call, dict):  # Keras 3: {"args": [tensor or [tensors]], "kwargs": {...}}
         args = call.get("args") or []
         kwargs = {k: v for k, v in (call.get("kwargs") or {}).items() if v is not None and v is not False}
+        if kind in TRAINING_NEUTRAL:  # Keras 3 records training=True for them; they compute the same either way
+            kwargs.pop("training", None)
         if separate:
             tensors, kwargs = _tensor_arguments(args[0] if len(args) == 1 and isinstance(args[0], list) else args,
                                                 kwargs, lambda t: t)  # fmt: skip

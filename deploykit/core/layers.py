@@ -92,6 +92,11 @@ class Kernel:
         return int(shape[-2]) if self.layout is KernelLayout.TRANSPOSED else int(shape[-1])
 
 
+#: Keras 3 preprocessing layers whose saved call records ``training=True`` (Keras 3's data layers do, whatever the
+#: model's code said) although they compute the same in training and at inference: the flag is read as absent.
+TRAINING_NEUTRAL = frozenset({"Resizing", "CenterCrop"})
+
+
 @dataclass(frozen=True)
 class LayerSupport:
     """What deploykit may do with one layer type."""

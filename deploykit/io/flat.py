@@ -21,19 +21,23 @@ from deploykit.errors import ModelLoadError
 from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, joined_outputs  # held as a Keras 3 import is
 
 
-def flat_model(model, config: dict | None = None, what: str | None = None):
+def flat_model(model, config: dict | None = None, what: str | None = None, forced: tuple[str, ...] = ()):
     """``model`` itself when it holds no nested model or augmentation layer, else its flat rebuild.
 
     ``config``: the model's config as its file holds it (``{"class_name", "config"}``; default: the object's own),
-    ``what`` names it in errors (the file's path; default: the model's name).
+    ``what`` names it in errors (the file's path; default: the model's name). ``forced``: Dropout layers the file
+    calls with ``training=True`` (:mod:`deploykit.core.custom_dropout`, absent from ``config``): the model is rebuilt
+    from ``config`` so that they run in inference mode, and checked against ``model`` with their rate at 0.
     """
     from deploykit.backend import keras
 
     what = what or f"model {model.name!r}"
     nesting = Nesting()
     flat_config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
-    if not nesting:
+    if not nesting and not forced:
         return model
+    for name in forced:  # the loaded model's own calls keep training=True: identity for the check
+        model.get_layer(name).rate = 0.0
     if config is None:  # an object given to the API; a file's loader says it (deploykit.io.models)
         nesting.say()
     try:

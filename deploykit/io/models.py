@@ -68,7 +68,8 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
         )
     else:
         check_model_config(model_file, unsafe=unsafe)
-        model = _load_tf_keras(model_file, unsafe, custom_objects(recognized), input_shapes)
+        forced = tuple(r.layer for r in recognized if r.forced)  # Dropout(...)(x, training=True): rebuilt without it
+        model = _load_tf_keras(model_file, unsafe, custom_objects(recognized), input_shapes, forced)
     remember(model, recognized)
     nested.remember(model, flattening)
     return model
@@ -105,10 +106,15 @@ def save_model_like(model, path: str | os.PathLike, keras3: bool) -> Path:
 
 
 def _load_tf_keras(
-    model_file: ModelFile, unsafe: bool, builtins: dict[str, str] | None = None, input_shapes: dict | None = None
+    model_file: ModelFile,
+    unsafe: bool,
+    builtins: dict[str, str] | None = None,
+    input_shapes: dict | None = None,
+    forced: tuple[str, ...] = (),
 ):
     """Load with tf_keras; ``builtins`` maps recognized custom class names to the Keras layer read in their place,
-    ``input_shapes`` sizes unsized input axes (:func:`_sized`)."""
+    ``input_shapes`` sizes unsized input axes (:func:`_sized`), ``forced`` names the Dropout layers called with
+    ``training=True`` (rebuilt from the file's rewritten config, :func:`deploykit.io.flat.flat_model`)."""
     from deploykit.backend import is_tf_keras_model, keras
 
     path = model_file.path
@@ -128,7 +134,7 @@ def _load_tf_keras(
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):
         raise ModelLoadError(f"model {path}: tf_keras gave a {type(model).__name__}, not a Keras model")
-    model = flat_model(model, model_file.config, f"model {path}")  # nested models, augmentation: one graph
+    model = flat_model(model, model_file.config, f"model {path}", forced)  # nested models, augmentation: one graph
     check_layers(model.layers, unsafe=unsafe)
     return check_single_io(_sized(model, path, input_shapes))
 

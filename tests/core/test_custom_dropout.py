@@ -181,3 +181,32 @@ def test_the_chapters_mc_dropout_inside_a_nested_block_is_recognized(tmp_path):
     assert [type(layer).__name__ for layer in loaded.layers][-3:] == ["Dense", "Dropout", "Dense"]
     line = assumption(loaded)
     assert line and "MCDropout" in line and "as Dropout" in line
+
+
+@pytest.mark.parametrize("given", ["k3.keras", "tf.h5", "tf.keras"])
+def test_keras_dropout_called_with_training_true_is_read_as_mc_dropout(tmp_path, given):
+    """The functional MC Dropout idiom, ``Dropout(0.3)(x, training=True)``, was refused ("called with {'training':
+    True}"). It is read as a Dropout, said in one warning line as the chapter's MCDropout is: the model loaded is
+    deterministic (the dropout runs in inference mode) and computes what the user's model computes at inference."""
+    import keras as k3
+
+    from deploykit.backend import keras as tfk
+    from deploykit.io.models import save_model
+
+    keras = k3 if given.startswith("k3") else tfk
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dropout(0.3)(keras.layers.Dense(8, activation="relu")(inputs), training=True)
+    user = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    path = tmp_path / f"m.{given.split('.')[1]}"
+    if given.startswith("k3"):
+        user.save(path)
+    else:
+        save_model(user, path)
+    model = load_model(path)
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    first, second = model(x).numpy(), model(x).numpy()
+    assert np.array_equal(first, second)  # no mask drawn: the dropout is identity when deploykit predicts
+    layers = [layer for layer in user.layers if type(layer).__name__ == "Dense"]
+    expected = np.asarray(layers[1](layers[0](x)))
+    assert np.abs(first - expected).max() <= 1e-5
+    assert "called with training=True" in (assumption(model) or "")

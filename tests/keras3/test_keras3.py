@@ -207,7 +207,6 @@ def test_mismatching_outputs_are_refused_with_the_measured_difference(k3, tmp_pa
 
 def _unsupported_cases(k3):
     inputs = k3.Input((8,))
-    forced = k3.layers.Dropout(0.5, name="always_on")(k3.layers.Dense(4)(inputs), training=True)
     inner = k3.Sequential([k3.Input((8,)), k3.layers.Dense(3)], name="block")
     shared = k3.layers.Add()([inner(inputs), inner(k3.layers.Dense(8)(inputs))])  # one sub-model, two calls
 
@@ -217,7 +216,6 @@ def _unsupported_cases(k3):
             return t * 2.0
 
     return {
-        "training": (k3.Model(inputs, forced), "'always_on' of type Dropout: called with {'training': True}"),
         "shared": (k3.Model(inputs, shared), "'block' of type Sequential: a nested model called 2 times"),
         "custom_layer": (
             k3.Sequential([k3.Input((8,)), Scale(name="scale")]),
@@ -449,3 +447,20 @@ def test_a_keras3_model_reading_a_category_code_one_hot_imports(tmp_path):
     xs = {"numeric": rng.normal(size=(8, 4)).astype(np.float32), "code": rng.integers(0, 9, (8, 1))}
     packed = packing_of(imported).layout.join_inputs({k: v.astype(np.float32) for k, v in xs.items()})
     assert np.abs(imported(packed).numpy() - np.asarray(model(xs))).max() <= 1e-5
+
+
+def test_a_functional_model_resizing_and_cropping_its_input_imports(tmp_path):
+    """Keras 3 saves every call of its data layers (Resizing, CenterCrop) with ``training=True``, whatever the model's
+    code said: a functional model resizing its input was refused ("called with {'training': True}")."""
+    import keras
+
+    from deploykit.io.models import load_model
+
+    inputs = keras.Input((12, 12, 1))
+    x = keras.layers.CenterCrop(10, 10)(keras.layers.Resizing(14, 14)(inputs))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(tmp_path / "m.keras")
+    imported = load_model(tmp_path / "m.keras")
+    xs = np.random.default_rng(0).uniform(0, 1, (8, 12, 12, 1)).astype(np.float32)
+    assert np.abs(imported(xs).numpy() - np.asarray(model(xs))).max() <= 1e-5
