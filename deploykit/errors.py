@@ -91,10 +91,12 @@ class ConversionError(StepError):
     """
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: the first line of its message`` (at most 300 characters): a foreign tool's exception in one line."""
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:300]}"
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of at most ~300 characters, its type first (for messages that wrap it)."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -108,7 +110,7 @@ def converting(what: str) -> Iterator[None]:
     except DeployKitError:
         raise
     except Exception as exc:
-        raise ConversionError(f"{what} failed: {first_line(exc)}") from exc
+        raise ConversionError(f"{what} failed: {one_line(exc)}") from exc
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from deploykit.core.layers import LayerSupport, support_for
 from deploykit.core.nested import MODEL_CLASSES, Nesting, flatten
-from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError
+from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, one_line
 from deploykit.files import read_bytes, regular_file
 from deploykit.limits import MODEL_BYTES, MODEL_CONFIG_BYTES
 
@@ -354,11 +354,3 @@ def _json(path: Path, text: str, what: str) -> dict:
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line of at most ~300 characters, its type first (for messages that wrap it)."""
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

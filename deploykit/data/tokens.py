@@ -13,18 +13,18 @@ from deploykit.errors import DataError, UnsupportedLayerError
 
 
 def check_token_ids(data, model, what: str = "") -> None:
-    """Raise a DataError when ``model`` reads token ids through an Embedding and ``data`` holds any that is not a
-    whole number from 0 to the vocabulary's size - 1 (models without such an Embedding: nothing to check). A packed
-    model's categorical input embedded beside numeric ones is checked in its own columns only."""
+    """Raise a DataError when ``model`` reads ids through a layer of ``core.graph.ID_READERS`` (an Embedding, a
+    CategoryEncoding) and ``data`` holds any that is not a whole number from 0 to the vocabulary's size - 1 (models
+    without one: nothing to check). A packed model's categorical input is checked in its own columns only."""
     for columns, vocabulary in id_columns_of(model):
         for part, x in (("train", data.x_train), ("validation", data.x_val), ("test", data.x_test)):
             ids = x[:, columns]
             bad = ids[(ids != np.floor(ids)) | (ids < 0) | (ids >= vocabulary)]
             if bad.size:
                 raise DataError(
-                    f"data {data.name!r}: {what or f'model {model.name!r}'} reads its inputs as the token ids of an "
-                    f"Embedding of {vocabulary} tokens (whole numbers from 0 to {vocabulary - 1}), but the {part} "
-                    f"inputs hold {bad.size} values that are not (e.g. {bad.flat[0]:g})"
+                    f"data {data.name!r}: {what or f'model {model.name!r}'} reads its inputs as the ids of an "
+                    f"Embedding or CategoryEncoding of {vocabulary} tokens (whole numbers from 0 to {vocabulary - 1}), "
+                    f"but the {part} inputs hold {bad.size} values that are not (e.g. {bad.flat[0]:g})"
                 )
 
 

@@ -17,7 +17,7 @@ import threading
 from deploykit.core.contract import DETERMINISTIC_OUTPUTS, INPUT_NAME, KIND_DETERMINISTIC, OUTPUT_NAME  # noqa: F401  (re-exported: the exporters' names)
 from deploykit.core.task import OutputKind
 from deploykit.core.taskspec import TaskSpec, spec_of
-from deploykit.errors import ConversionError, first_line
+from deploykit.errors import ConversionError, one_line
 from deploykit.export.contract_onnx import check_model_outputs, width_sizes
 from deploykit.log import quiet_native
 from deploykit.onnx.builder import GraphBuilder
@@ -39,7 +39,7 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
         with quiet_native(), grouped_convs_traced_plainly(model):  # grappler's I0000 lines from C++
             proto = _from_keras(tf2onnx, model, spec, opset)
     except Exception as exc:  # tf2onnx raises many types; all mean "this model did not convert"
-        raise ConversionError(f"ONNX conversion failed: {first_line(exc)}") from exc
+        raise ConversionError(f"ONNX conversion failed: {one_line(exc)}") from exc
     spec = spec_of(kind)
     names = spec.served_outputs
     if spec.binary:
@@ -51,7 +51,7 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, kind: OutputKind = OutputKi
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:  # an op tf2onnx left unconverted: no runtime would load the file
-        raise ConversionError(f"ONNX conversion gave an invalid graph: {first_line(exc)}") from None
+        raise ConversionError(f"ONNX conversion gave an invalid graph: {one_line(exc)}") from None
     width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     sizes = width_sizes(width, spec.classes(width) if isinstance(width, int) else None)
     check_model_outputs(proto, KIND_DETERMINISTIC, spec.task, sizes, output_kind=kind, where="ONNX export")

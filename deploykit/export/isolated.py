@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError, RuntimeFailureError
+from deploykit.errors import DeployKitError, ModelLoadError, RuntimeCrashError, RuntimeFailureError, one_line
 from deploykit.export.runtimes import (
     artifact_quantization,
     median_seconds,
@@ -110,7 +110,7 @@ class InProcess:
         except DeployKitError:
             raise
         except Exception as exc:
-            raise RuntimeFailureError(f"{self._where} {LOADING}: {_one_line(exc)}") from exc
+            raise RuntimeFailureError(f"{self._where} {LOADING}: {one_line(exc)}") from exc
         return info
 
     def measure(self, x: np.ndarray, batch_sizes: tuple[int, ...], repeats: int) -> Measured:
@@ -119,7 +119,7 @@ class InProcess:
         except DeployKitError:
             raise
         except Exception as exc:
-            raise RuntimeFailureError(f"{self._where} {RUNNING}: {_one_line(exc)}") from exc
+            raise RuntimeFailureError(f"{self._where} {RUNNING}: {one_line(exc)}") from exc
 
     def close(self) -> None:
         self._runner = None
@@ -286,11 +286,6 @@ def shared_worker() -> RuntimeWorker:
         return _shared
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 # -- the child side ----------------------------------------------------------------------------------------------
 
 
@@ -354,7 +349,7 @@ def _serve(conn: Connection) -> None:
             if isinstance(exc, DeployKitError):
                 conn.send(("error", type(exc), str(exc)))
             else:  # a runtime's own exception (e.g. LiteRT's RuntimeError from allocate_tensors)
-                conn.send(("error", None, _one_line(exc)))
+                conn.send(("error", None, one_line(exc)))
 
 
 def _die_with(parent: int, main_thread: bool) -> None:

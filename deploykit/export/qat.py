@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.errors import ConversionError, converting, first_line
+from deploykit.errors import ConversionError, converting, one_line
 
 #: Fine-tuning epochs at most: a short recovery of the rounding, not a new training (each costs about two
 #: plain epochs: the fake-quant ops run forward and backward).
@@ -164,7 +164,7 @@ def quantization_aware(model):
                 annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
             )
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:  # TF-MOT refused a layer or a graph
-        raise ConversionError(f"quantization-aware fine-tune skipped: TF-MOT: {first_line(exc)}") from exc
+        raise ConversionError(f"quantization-aware fine-tune skipped: TF-MOT: {one_line(exc)}") from exc
 
 
 def qat_source(model, data, tuning: QatTuning, teacher_model=None):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.core.multi_io import artifact_layout
-from deploykit.errors import ModelLoadError, UsageError, first_line
+from deploykit.errors import ModelLoadError, UsageError, one_line
 from deploykit.export.config import ExportFormat
 from deploykit.log import quiet_native
 
@@ -286,7 +286,7 @@ def time_files(
         try:
             runners[name] = open_runner(path)
         except Exception as exc:  # noqa: BLE001  (a runtime's own error loading a validated file: not timed)
-            untimed[name] = first_line(exc)
+            untimed[name] = one_line(exc)
     one, batch = x[:1], np.resize(x, (batch_size, *x.shape[1:]))
     while True:
         try:
@@ -311,7 +311,7 @@ def _timed_calls(runners: dict, x: np.ndarray) -> dict[str, Callable[[], object]
             try:
                 return runner.predict(x)
             except Exception as exc:  # noqa: BLE001  (the runtime's own error, any type)
-                raise _Untimed(name, first_line(exc)) from exc
+                raise _Untimed(name, one_line(exc)) from exc
 
         return run
 

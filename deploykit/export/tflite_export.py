@@ -8,7 +8,7 @@ import time
 
 from deploykit.atomic import atomic_path
 from deploykit.core.task import OutputKind, Task, model_task
-from deploykit.errors import ConversionError, UsageError, first_line
+from deploykit.errors import ConversionError, UsageError, one_line
 from deploykit.export.artifact import ExportRecord, check_model_input, check_output_file, file_sizes
 from deploykit.export.config import (
     CalibrationMethod,
@@ -155,7 +155,7 @@ def _convert(signature: Signature, quant: Quantization, calibration, knobs: Quan
     except UsageError:
         raise
     except Exception as exc:  # the converter raises many types; all mean "this model did not convert"
-        raise ConversionError(f"TFLite {quant.value} conversion failed: {first_line(exc)}") from exc
+        raise ConversionError(f"TFLite {quant.value} conversion failed: {one_line(exc)}") from exc
 
 
 def _check_outputs(flat: bytes, model, kind: OutputKind) -> None:

@@ -17,7 +17,7 @@ import copy
 import numpy as np
 
 from deploykit.core.nested import Nesting, flatten
-from deploykit.errors import ModelLoadError
+from deploykit.errors import ModelLoadError, one_line
 from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, joined_outputs  # held as a Keras 3 import is
 
 
@@ -43,7 +43,7 @@ def flat_model(model, config: dict | None = None, what: str | None = None, force
     try:
         flat = keras.Model.from_config(flat_config["config"])
     except Exception as exc:
-        raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({_line(exc)})") from None
+        raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({one_line(exc)})") from None
     for layer in flat.layers:
         if layer.weights:
             layer.set_weights(nesting.source_layer(model, layer.name).get_weights())
@@ -85,7 +85,3 @@ def _check_inputs(model, flat):
         x.append(rng.integers(0, vocabulary, shape) if vocabulary else rng.standard_normal(shape))
     x = [a.astype(np.float32) for a in x]
     return x if len(x) > 1 else x[0]
-
-
-def _line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from deploykit.atomic import atomic_path
 from deploykit.core.layers import check_layers
-from deploykit.core.modelfile import ModelFile, ModelFormat, check_model_config, one_line, read_model_file
-from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError
+from deploykit.core.modelfile import ModelFile, ModelFormat, check_model_config, read_model_file
+from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError, one_line
 from deploykit.io.flat import flat_model
 from deploykit.log import quiet_native
 

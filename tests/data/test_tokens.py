@@ -28,7 +28,8 @@ def test_ids_past_the_vocabulary_negative_or_fractional_are_refused(bad, shown):
     with pytest.raises(DataError) as caught:
         check_token_ids(_data(x), embedding())
     message = str(caught.value)
-    assert "Embedding of 20 tokens (whole numbers from 0 to 19)" in message and f"(e.g. {shown})" in message
+    assert "Embedding or CategoryEncoding of 20 tokens (whole numbers from 0 to 19)" in message
+    assert f"(e.g. {shown})" in message
 
 
 def test_a_model_without_an_embedding_reads_features():
