@@ -53,10 +53,15 @@ CLASSIFIER_HEADS = frozenset({OutputKind.PROBABILITIES})
 _SOFTMAX = frozenset({"softmax"})
 #: Layer classes that are a softmax by themselves.
 _SOFTMAX_LAYERS = frozenset({"Softmax"})
+#: Several sigmoid units read as a multi-label head: said in one line when the model meets 0/1 label columns.
 MULTI_LABEL = (
-    "a multi-label sigmoid head ({units} independent sigmoid units): deploykit handles single-label "
-    "classifiers (a softmax, logits, or one sigmoid unit) and regressors; give --task regression if the "
-    "units are bounded regression targets"
+    "the model ends in {units} sigmoid units: a multi-label head, read as {units} per-label probabilities and held "
+    "to their RMSE against the 0/1 labels (the root of the Brier score)"
+)
+#: Several sigmoid units given class ids: what a multi-label head needs instead.
+MULTI_LABEL_CLASSES = (
+    "the model ends in {units} independent sigmoid units (a multi-label head), but the labels are class ids: give a "
+    "0/1 label matrix [N, {units}] (one column per label), or --task regression to read one-hot rows as that matrix"
 )
 
 
@@ -116,8 +121,8 @@ def resolve_task(
     ``task=REGRESSION``) predictions; one linear unit with class labels is a binary classifier's logit
     (BINARY_LOGITS). Without either, a width of 2 or more is taken for logits and a width of 1 for one
     regression target, said in one log line. One sigmoid unit is a binary classifier (SIGMOID) unless
-    regression is set or read off the labels; several sigmoid units (a multi-label head) are a UsageError
-    unless they are regression targets.
+    regression is set or read off the labels; several sigmoid units are a multi-label head, read as regression
+    values (a UsageError with class labels).
     """
     if kind in CLASSIFIER_HEADS:
         if task is Task.REGRESSION:
@@ -141,21 +146,24 @@ def resolve_task(
 
 
 def _sigmoid_task(outputs: int, task: Task | None, labels_are_classes: bool | None) -> tuple[Task, OutputKind]:
-    """One sigmoid unit is a binary classifier unless the user or the labels say regression; several are refused
-    as a multi-label head unless they are regression targets."""
+    """One sigmoid unit is a binary classifier unless the user or the labels say regression. Several are a
+    multi-label head: K independent probabilities, read as K regression values (their labels a 0/1 matrix), and a
+    UsageError with class ids, which K independent units do not predict."""
     if task is None and labels_are_classes is not None:
         task = Task.CLASSIFICATION if labels_are_classes else Task.REGRESSION
     if task is Task.REGRESSION:
         return task, OutputKind.VALUES
     if outputs != 1:
-        raise UsageError(MULTI_LABEL.format(units=outputs))
+        if task is Task.CLASSIFICATION:
+            raise UsageError(MULTI_LABEL_CLASSES.format(units=outputs))
+        log.info(MULTI_LABEL.format(units=outputs))
+        return Task.REGRESSION, OutputKind.VALUES
     if task is None:
         log.info(
             "the model ends in one sigmoid unit: taken for a binary classifier (P(class 1)); "
             "set --task regression to change it"
         )
     return Task.CLASSIFICATION, OutputKind.SIGMOID
-
 
 #: Rows of probabilities sum to 1 within this (float32 softmax outputs, a float16 file's included).
 PROBABILITY_SUM_TOLERANCE = 1e-3

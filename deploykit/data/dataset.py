@@ -28,9 +28,9 @@ import numpy as np
 
 from deploykit.configs import SEED_MAX, Config, choice, integer, number
 from deploykit.configs import names as name_list
-from deploykit.core.task import CLASSIFIER_HEADS, MULTI_LABEL, OutputKind, Task
+from deploykit.core.task import CLASSIFIER_HEADS, MULTI_LABEL_CLASSES, OutputKind, Task
 from deploykit.data.labels import _checked, _labels_for, _task_of
-from deploykit.data.onehot import from_one_hot, zero_one_matrix
+from deploykit.data.onehot import from_one_hot
 from deploykit.data.readers import (  # noqa: F401  (read_idx: public, imported from here)
     _check_csv_header,
     _count_lines,
@@ -134,7 +134,7 @@ class Dataset:
         (a softmax model with regression targets; a logits model is a classifier of
         class data, a model with linear outputs a regressor of regression data; one
         sigmoid or linear unit with two classes a binary classifier; several sigmoid
-        units with 0/1 labels a multi-label head, refused).
+        units a multi-label head, its labels a 0/1 matrix read as regression targets, refused with class ids).
         """
         from deploykit.core.graph import graph_from_model
         from deploykit.core.task import output_kind, resolve_task
@@ -149,12 +149,8 @@ class Dataset:
                 f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
                 "give class labels, or a model with linear outputs"
             )
-        if (
-            kind is OutputKind.SIGMOID
-            and outputs != 1
-            and (self.task is Task.CLASSIFICATION or zero_one_matrix(self.y_train))
-        ):  # K units, 0/1 labels
-            raise DataError(f"data {self.name!r} and {what}: " + MULTI_LABEL.format(units=outputs))
+        if kind is OutputKind.SIGMOID and outputs != 1 and self.task is Task.CLASSIFICATION:  # K units, class ids
+            raise DataError(f"data {self.name!r} and {what}: " + MULTI_LABEL_CLASSES.format(units=outputs))
         binary = (
             outputs == 1 and kind not in CLASSIFIER_HEADS and self.task is Task.CLASSIFICATION and self.num_classes == 2
         )  # one sigmoid or linear unit for two classes

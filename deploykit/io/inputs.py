@@ -87,17 +87,38 @@ def as_dataset(
 
 def read_for_model(read, model, task, say=None):
     """``read(task)`` (the data, read with the task the user set, or None), read again as regression targets when
-    they are a one-unit model's (:func:`one_unit_regression`), which is said in one line."""
-    from deploykit.core.task import Task
+    they are a one-unit model's (:func:`one_unit_regression`) or the label matrix of a multi-label head
+    (:func:`multi_label_units`), which is said in one line."""
+    from deploykit.core.task import MULTI_LABEL, Task
 
+    say = say or log.info
     data = read(task)
     if one_unit_regression(model, data, task):
-        (say or log.info)(
+        say(
             f"data {data.name}: its {data.num_classes} whole-number label values are read as the regression target "
             "of the model's one linear output (give --task classification if they are classes)"
         )
         data = read(Task.REGRESSION)
+    units = multi_label_units(model)
+    if units and task is None and data.task is Task.CLASSIFICATION:  # one-hot rows, read as class ids
+        matrix = read(Task.REGRESSION)
+        if matrix.num_outputs == units:
+            say(f"data {data.name}: its one-hot label rows are read as the 0/1 label matrix of a multi-label head")
+            data = matrix
+    if units and data.task is Task.REGRESSION:
+        say(MULTI_LABEL.format(units=units))
     return data
+
+
+def multi_label_units(model) -> int:
+    """How many sigmoid units a multi-label head has (several sigmoid units side by side), else 0."""
+    from deploykit.core.graph import graph_from_model
+    from deploykit.core.task import OutputKind, output_kind
+
+    width = model.output_shape[-1]
+    if not isinstance(width, int) or width < 2 or len(model.output_shape) != 2:
+        return 0
+    return width if output_kind(graph_from_model(model, unsafe=True)) is OutputKind.SIGMOID else 0
 
 
 def one_unit_regression(model, data, task_given) -> bool:

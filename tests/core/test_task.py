@@ -49,10 +49,20 @@ def test_the_task_given_wins_over_the_labels_and_the_width():
 def test_impossible_combinations_are_usage_errors():
     with pytest.raises(UsageError, match="softmax"):
         resolve_task(OutputKind.PROBABILITIES, 3, task=Task.REGRESSION)
-    with pytest.raises(UsageError, match="multi-label sigmoid head .3 independent sigmoid units"):
-        resolve_task(OutputKind.SIGMOID, 3)
-    with pytest.raises(UsageError, match="multi-label"):
+    with pytest.raises(UsageError, match=r"3 independent sigmoid units \(a multi-label head\), but the labels are"):
         resolve_task(OutputKind.SIGMOID, 3, task=Task.CLASSIFICATION)
+    with pytest.raises(UsageError, match="multi-label head"):
+        resolve_task(OutputKind.SIGMOID, 3, labels_are_classes=True)
+
+
+def test_several_sigmoid_units_are_a_multi_label_head_read_as_per_label_values(caplog):
+    """The keras.io multi-label head (Dense(K, sigmoid), binary_crossentropy): K independent probabilities."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="deploykit"):
+        assert resolve_task(OutputKind.SIGMOID, 3) == (Task.REGRESSION, OutputKind.VALUES)
+    assert "3 sigmoid units: a multi-label head" in caplog.text
+    assert resolve_task(OutputKind.SIGMOID, 3, labels_are_classes=False) == (Task.REGRESSION, OutputKind.VALUES)
 
 
 def test_one_unit_is_a_binary_classifier_unless_regression_is_said():
@@ -79,7 +89,12 @@ def test_one_unit_is_a_binary_classifier_unless_regression_is_said():
         ),
         (lambda k: [k.layers.Dense(1, activation="sigmoid")], [0, 1, 2], "has 3 classes, but model"),
         (lambda k: [k.layers.Dense(1, activation="softmax")], [0, 1], "has 2 classes, but model"),
-        (lambda k: [k.layers.Dense(3, activation="sigmoid")], [0, 1, 2], "multi-label sigmoid head"),
+        (lambda k: [k.layers.Dense(3, activation="sigmoid")], [0, 1, 2], "a multi-label head.*class ids"),
+        (
+            lambda k: [k.layers.Dense(3, activation="sigmoid")],
+            [[1, 0, 1], [0, 1, 1], [0, 0, 0]],
+            (Task.REGRESSION, OutputKind.VALUES),
+        ),
     ],
 )
 def test_the_data_check_resolves_binary_heads_and_refuses_what_does_not_fit(head, y, expected):
@@ -90,7 +105,7 @@ def test_the_data_check_resolves_binary_heads_and_refuses_what_does_not_fit(head
     from deploykit.io.inputs import as_dataset
 
     rng = np.random.default_rng(0)
-    labels = np.resize(np.asarray(y), 60)
+    labels = np.resize(np.asarray(y, np.float32), (60, *np.shape(y)[1:]))
     data = as_dataset((rng.normal(size=(60, 4)).astype(np.float32), labels))
     model = _model(head(keras))
     if isinstance(expected, str):

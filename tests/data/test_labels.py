@@ -74,7 +74,7 @@ def test_integer_labels_of_two_columns_that_are_not_one_hot_are_one_clear_error(
 
 
 def test_a_zero_one_matrix_whose_rows_are_not_one_hot_stays_what_it_was():
-    """Several 1s per row (multi-label) are not read as classes: regression targets, refused later by a model check."""
+    """Several 1s per row (multi-label) are not read as classes: regression targets (a multi-label head's matrix)."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (60, 3)).astype(np.float32)
     y[0] = 1

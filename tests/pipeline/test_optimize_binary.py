@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, TASK_KEY, TEMPERATURE_KEY
+from deploykit.core.contract import LOGITS_NAME, OUTPUT_NAME, PREDICTION_NAME, TASK_KEY, TEMPERATURE_KEY
 from tests.helpers import breast_cancer_npz, keras3_tabular_model, ships_by_budget
 
 
@@ -196,19 +196,73 @@ def test_one_hot_labels_of_the_digits_model(tmp_path, cli):
     assert {r["file"]: r["verdict"] for r in report["artifacts"]}["model.onnx"] == "pass"
 
 
-def test_a_multi_label_sigmoid_head_is_refused_naming_it(tmp_path, cli):
-    """Three sigmoid units and a 0/1 label matrix: one line naming a multi-label head, exit 1, nothing written."""
+def _digits_multi_label(tmp_path):
+    """load_digits with three labels per image, several true at once (>= 5, even, < 3), as a 0/1 matrix in an .npz."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    t = digits.target
+    y = np.stack([t >= 5, t % 2 == 0, t < 3], axis=1).astype(np.float32)
+    np.savez(tmp_path / "ml.npz", x=x, y=y)
+    return tmp_path / "ml.npz", x, y
+
+
+@pytest.mark.slow  # trains a Keras 3 model, then prunes and exports it with its MC model
+def test_a_multi_label_head_ships_per_label_probabilities_and_their_mc_spread(tmp_path, cli):
+    """keras.io's multi-label classifier (Dense ReLU, Dropout, Dense(K, sigmoid), binary_crossentropy) on a 0/1
+    label matrix: read as K per-label probabilities, said in one line, and shipped (it was refused)."""
+    import keras
+
+    from deploykit.uncertainty import UncertaintyPredictor
+
+    data, x, y = _digits_multi_label(tmp_path)
+    keras.utils.set_random_seed(0)
+    user = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(3, activation="sigmoid"),
+        ]
+    )
+    user.compile(optimizer="adam", loss="binary_crossentropy", metrics=["binary_accuracy"])
+    user.fit(x, y, epochs=20, batch_size=32, verbose=0)
+    user.save(tmp_path / "ml.keras")
+    out = tmp_path / "out"
+    done = cli(
+        "optimize", tmp_path / "ml.keras", "--data", data, "--out", out, "--quick", "--epochs", "3",
+        "--quantize", "float32,int8-dynamic", "--mc-seed", "1",
+    )  # fmt: skip  # seeded draws: the MC mean sits ~4% above the user's RMSE here, near the 5% budget
+    assert done.returncode == 0, done.stderr
+    assert "3 sigmoid units: a multi-label head" in done.stdout + done.stderr
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["file"]: r for r in report["artifacts"]}
+    assert {"model.keras", "model.onnx", "model_mc.onnx"} <= {f for f, r in rows.items() if r["verdict"] == "pass"}, {
+        f: r["checks"] for f, r in rows.items()
+    }
+    shipped = keras.saving.load_model(out / "model.keras")
+    probs = _probs(out / "model.onnx", x, name=PREDICTION_NAME)
+    assert probs.shape == (len(x), 3) and probs.min() >= 0.0 and probs.max() <= 1.0
+    assert np.abs(probs - np.asarray(shipped(x))).max() < 1e-5
+    mine, theirs = probs > 0.5, np.asarray(user(x)) > 0.5
+    assert np.mean(mine == theirs) >= 0.95  # Keras' binary accuracy of one against the other: near the user's
+    predicted = UncertaintyPredictor(out / "model_mc.onnx").predict(x[:50])
+    assert predicted.mean.shape == (50, 3) and ((predicted.mean >= 0) & (predicted.mean <= 1)).all()
+    assert (predicted.std > 0).any()
+
+
+def test_a_multi_label_head_given_class_ids_is_refused_naming_it(tmp_path, cli):
+    """Three sigmoid units and class ids [N]: one line saying the head wants a 0/1 matrix, exit 1, nothing written."""
     import keras
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="sigmoid")])
     model.save(tmp_path / "ml.keras")
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, (60, 3))
-    labels[:, 0] = 1  # several labels per row: not one-hot
-    np.savez(tmp_path / "ml.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=labels.astype(np.float32))
+    np.savez(tmp_path / "ml.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=rng.integers(0, 3, 60))
     done = cli("optimize", tmp_path / "ml.keras", "--data", tmp_path / "ml.npz", "--out", tmp_path / "out", "-q")
     assert done.returncode == 1
-    assert "multi-label sigmoid head (3 independent sigmoid units)" in done.stderr
+    assert "3 independent sigmoid units (a multi-label head), but the labels are class ids" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
