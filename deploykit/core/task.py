@@ -165,6 +165,7 @@ def _sigmoid_task(outputs: int, task: Task | None, labels_are_classes: bool | No
         )
     return Task.CLASSIFICATION, OutputKind.SIGMOID
 
+
 #: Rows of probabilities sum to 1 within this (float32 softmax outputs, a float16 file's included).
 PROBABILITY_SUM_TOLERANCE = 1e-3
 

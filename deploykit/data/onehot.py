@@ -42,4 +42,3 @@ def from_one_hot(source, y: np.ndarray, names, task: Task | None) -> tuple[np.nd
             "to 1): give class ids [N], one-hot rows, or --task regression for two integer targets"
         )
     return y, names
-
