@@ -5,7 +5,9 @@ input of 6, each standardized by a Normalization adapted on the training data, t
 30 ReLU, concatenated with the wide path, one Dense(1) output; with ``aux=True`` the auxiliary output
 ``Dense(1)(hidden2)`` of the same section). The book trains on California housing, which needs a download: the
 data here is scikit-learn's embedded diabetes set (10 features; wide = features 0-4, deep = features 2-7, as the
-book splits its 8). ``three_heads``: a regressor with three named outputs. Keras 3 (``import keras``) or tf_keras.
+book splits its 8). ``three_heads``: a regressor with three named outputs. ``ticket_model``: the Keras Functional
+API guide's ticket classifier (title and body word ids, 12 tags in, priority and department out, given as a dict).
+Keras 3 (``import keras``) or tf_keras.
 """
 
 from __future__ import annotations
@@ -109,6 +111,52 @@ def three_heads(*, tf_keras: bool = False, epochs: int = 3, seed: int = 0, dropo
 def three_heads_npz(path, model) -> None:
     x, heads = three_heads_arrays()
     np.savez(path, **{model.inputs[0]._keras_history[0].name: x}, **heads)
+
+
+TICKET_WORDS, TICKET_TAGS, TICKET_DEPARTMENTS = 10000, 12, 4
+
+
+def ticket_model(rows: int = 256, seed: int = 0):
+    """The Functional API guide's "models with multiple inputs and outputs", line for line (Keras 3): title and body
+    word ids of any length (Embedding of 10,000 words, LSTM 128 and 32), 12 binary tags, concatenated; outputs
+    ``priority`` (Dense 1) and ``department`` (Dense 4) given as a dict. Trained one epoch on the guide's random
+    dummy data (``rows`` tickets, 10 title and 100 body words); returns (model, arrays named after its tensors)."""
+    keras = _keras(False)
+    layers = keras.layers
+    keras.utils.set_random_seed(seed)
+    title_input = keras.Input(shape=(None,), name="title")
+    body_input = keras.Input(shape=(None,), name="body")
+    tags_input = keras.Input(shape=(TICKET_TAGS,), name="tags")
+    title_features = layers.Embedding(TICKET_WORDS, 64)(title_input)
+    body_features = layers.Embedding(TICKET_WORDS, 64)(body_input)
+    title_features = layers.LSTM(128)(title_features)
+    body_features = layers.LSTM(32)(body_features)
+    x = layers.concatenate([title_features, body_features, tags_input])
+    priority_pred = layers.Dense(1, name="priority")(x)
+    department_pred = layers.Dense(TICKET_DEPARTMENTS, name="department")(x)
+    model = keras.Model(
+        inputs=[title_input, body_input, tags_input],
+        outputs={"priority": priority_pred, "department": department_pred},
+    )
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(1e-3),
+        loss={
+            "priority": keras.losses.BinaryCrossentropy(from_logits=True),
+            "department": keras.losses.CategoricalCrossentropy(from_logits=True),
+        },
+        loss_weights={"priority": 1.0, "department": 0.2},
+    )
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "title": rng.integers(TICKET_WORDS, size=(rows, 10)),
+        "body": rng.integers(TICKET_WORDS, size=(rows, 100)),
+        "tags": rng.integers(2, size=(rows, TICKET_TAGS)).astype("float32"),
+        "priority": rng.random(size=(rows, 1)).astype("float32"),
+        "department": rng.integers(2, size=(rows, TICKET_DEPARTMENTS)).astype("float32"),
+    }
+    inputs = {k: arrays[k] for k in ("title", "body", "tags")}
+    model.fit(inputs, {k: arrays[k] for k in ("priority", "department")}, epochs=1, batch_size=32, verbose=0)
+    return model, arrays
 
 
 def noisy_digits(n: int = 400, seed: int = 0):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploykit.core.layers import TRAINING_NEUTRAL, LayerSupport, support_for
+from deploykit.core.nested import model_ends
 from deploykit.errors import UnsupportedLayerError
 
 
@@ -256,12 +257,8 @@ def _functional(name, layers, inner, input_shapes) -> Graph:
 
 
 def _endpoint_names(value) -> list[str]:
-    """Layer names of a functional config's ``input_layers`` / ``output_layers`` (one or several)."""
-    if not value:
-        return []
-    if isinstance(value[0], str):  # one endpoint: ["name", 0, 0]
-        return [value[0]]
-    return [str(v[0]) for v in value]
+    """Layer names of a functional config's ``input_layers`` / ``output_layers`` (one, several, or a dict)."""
+    return [str(end[0]) for end in model_ends(value)]
 
 
 def _parents(name: str, layer: dict) -> list[str]:

@@ -261,7 +261,7 @@ def _inline(config: dict, model: dict, names: set[str], nesting: Nesting, at: tu
     args = _call_args(model)
     body = as_functional(model, keras3) if kind == "Sequential" else model
     inner = body.get("config") or {}
-    inputs, outputs = _ends(inner.get("input_layers")), _ends(inner.get("output_layers"))
+    inputs, outputs = model_ends(inner.get("input_layers")), model_ends(inner.get("output_layers"))
     if len(inputs) != len(args):
         raise UnsupportedLayerError(outer, kind, f"a nested model of {len(inputs)} input(s) called on {len(args)}")
     layers = [layer for layer in inner.get("layers") or [] if layer.get("class_name") != "InputLayer"]
@@ -390,10 +390,10 @@ def _replace_reads(config: dict, old: str, history_of) -> None:
 
 
 def _bare_ends(inner: dict) -> None:
-    """A model's input_layers / output_layers as lists of ends, in place (one end may be written bare)."""
+    """A model's input_layers / output_layers as lists of ends, in place (see :func:`model_ends`)."""
     for key in ("output_layers", "input_layers"):
-        if isinstance(inner.get(key), list) and inner[key] and isinstance(inner[key][0], str):
-            inner[key] = [inner[key]]
+        if inner.get(key):
+            inner[key] = model_ends(inner[key])
 
 
 def _reads(value):
@@ -411,8 +411,12 @@ def _reads(value):
                 yield from _reads(v)
 
 
-def _ends(value) -> list[list]:
-    """A model's input_layers / output_layers as a list of [layer, node, tensor] (one end may be written bare)."""
+def model_ends(value) -> list[list]:
+    """A model's input_layers / output_layers as a list of [layer, node, tensor]. One end may be written bare; a
+    Keras 3 model built with a dict of outputs (or inputs) saves a dict of ends, listed here in its order, the order
+    of the dict the model returns."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, list) and value and isinstance(value[0], str):
         return [value]
     return [list(v) for v in value or []]

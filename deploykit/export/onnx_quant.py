@@ -23,15 +23,83 @@ from deploykit.log import quiet_native
 
 
 def quantize_float16(proto):
-    """float16 weights and arithmetic; the float32 input and output get Cast nodes (keep_io_types)."""
+    """float16 weights and arithmetic; the float32 input and output get Cast nodes (keep_io_types). The nodes that
+    carry an input to an embedding's ids stay float32 (:func:`id_paths`)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     with converting("onnxruntime's float16 converter"):
-        half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
+        half = convert_float_to_float16(
+            proto, keep_io_types=True, disable_shape_infer=False, node_block_list=id_paths(proto) or None
+        )
+    _drop_round_trips(half)
     wrapped = OnnxModel(half)
     wrapped.topological_sort()  # the converter appends the input Casts last; onnx.checker wants them first
     return wrapped.model
+
+
+def _drop_round_trips(proto) -> None:
+    """Remove the float32 -> float16 -> float32 Cast pairs the converter leaves before the nodes it keeps in float32
+    (the input Cast it adds for keep_io_types included), in place: the round trip only rounds, an id included. The
+    Cast back to float32 becomes an Identity of the float32 tensor; a float16 Cast nothing else reads is dropped."""
+    from onnx import TensorProto, shape_inference
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    graph = proto.graph
+    inferred = shape_inference.infer_shapes(proto).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        if cast_to(node) != TensorProto.FLOAT16 or node.output[0] in outputs:
+            continue
+        if types.get(node.input[0]) != TensorProto.FLOAT:  # an Identity of it would not be float32
+            continue
+        users = readers.get(node.output[0], [])
+        back = [u for u in users if cast_to(u) == TensorProto.FLOAT]
+        for user in back:
+            user.op_type = "Identity"
+            del user.attribute[:]
+            user.input[0] = node.input[0]
+        if len(back) == len(users):
+            graph.node.remove(node)
+
+
+#: Ops whose outputs are shapes or sizes, whatever their input: a walk back from an id stops there.
+_SHAPE_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape"})
+
+
+def id_paths(proto) -> list[str]:
+    """The nodes that carry a graph input to the ids of a Gather from a weight table (an Embedding's lookup).
+
+    Ids reach a Gather through float nodes (deploykit's inputs are float32, a packed input is sliced, then Cast
+    to int): in float16 an id above 2048 is rounded (9999 becomes 10000), and an id rounded past the table's end
+    fails the lookup. These nodes are left in float32, which holds every id below 2**24 exactly."""
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    tables = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    blocked: set[str] = set()
+    for gather in graph.node:
+        if gather.op_type != "Gather" or len(gather.input) < 2 or gather.input[0] not in tables:
+            continue
+        path, todo, reaches_input = set(), [gather.input[1]], False
+        while todo:
+            tensor = todo.pop()
+            reaches_input |= tensor in inputs
+            node = producer.get(tensor)
+            if node is None or node.name in path or node.op_type in _SHAPE_OPS:
+                continue
+            path.add(node.name)
+            todo.extend(node.input)
+        if reaches_input:
+            blocked |= path
+    return sorted(blocked)
 
 
 #: Ops onnxruntime's dynamic quantizer may turn to integer kernels that deploykit leaves in float: a dynamically

@@ -266,3 +266,34 @@ def test_records_serialize(artifacts):
         data = json.loads(json.dumps(record.to_dict()))
         assert data["format"] in {f.value for f in ExportFormat}
         assert data["input_name"] == "input" and data["output_name"] == "probabilities"
+
+
+def test_float16_onnx_looks_up_every_id_of_a_large_vocabulary_exactly(tmp_path):
+    """keras.io's text classifiers embed 20,000 words: float16 holds no odd integer above 2,048, so ids reaching the
+    lookup through float16 nodes are rounded (19,999 to 20,000, past the table). The nodes between the input and
+    the lookup stay float32; the table itself is float16."""
+    import onnx
+    import onnxruntime as ort
+
+    from deploykit.backend import keras
+    from deploykit.export.onnx_quant import id_paths
+
+    words = 20000
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Embedding(words, 4),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    record = export_onnx(model, tmp_path / "text.onnx", quantization="float16")
+    proto = onnx.load(str(record.path))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 and t.dims[0] == words for t in proto.graph.initializer)
+    assert id_paths(onnx.load(str(export_onnx(model, tmp_path / "text32.onnx").path)))  # the Cast to the ids
+    ids = np.array([[words - 1, words - 3, 2049, 4097, 0, 1, 2, 3]] * 4, np.float32)
+    ids[1:, 0] = [words - 2, 12345, 2051]
+    got = ort.InferenceSession(str(record.path), providers=["CPUExecutionProvider"]).run(None, {"input": ids})[0]
+    want = np.asarray(model(ids.astype(np.int64)))
+    assert np.abs(got - want).max() < 1e-3

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from tests.multi_models import (
+    TICKET_WORDS,
     diabetes_arrays,
     three_heads,
     three_heads_arrays,
     three_heads_npz,
+    ticket_model,
     wide_and_deep,
     wide_and_deep_npz,
 )
@@ -185,6 +187,35 @@ def test_export_writes_every_variant_of_a_two_input_two_output_model(tmp_path):
     assert _rel_diff(_onnx_outputs(out / "model.onnx", feed)[aux], want[1]) <= 1e-4
     summary = json.loads((out / "validation.json").read_text())
     assert summary and (out / "validation.md").exists()
+
+
+def test_the_functional_api_guides_ticket_model_with_a_dict_of_outputs_exports_in_float32_and_float16(tmp_path):
+    """Three inputs (two of word ids of any length), two outputs given as a dict, which Keras 3 saves as a dict of
+    output layers (it was a KeyError at load). Its float16 ONNX looks up ids near the end of a 10,000-word table:
+    float16 rounds 9,999 to 10,000, past the table (it was rejected by onnxruntime's Gather)."""
+    from deploykit.cli.main import main
+
+    model, arrays = ticket_model()
+    model.save(tmp_path / "ticket.keras")
+    np.savez(tmp_path / "ticket.npz", **arrays)
+    out = tmp_path / "exported"
+    command = ["export", str(tmp_path / "ticket.keras"), "--data", str(tmp_path / "ticket.npz"), "--out", str(out)]
+    assert main([*command, "--formats", "onnx", "--quantize", "float32,float16", "--repeats", "2"]) == 0
+    rows = 32
+    feed = {k: arrays[k][:rows].astype(np.float32) for k in ("title", "body", "tags")}
+    feed["title"][:, 0] = TICKET_WORDS - 1  # the table's last rows: 9,999 and 9,997 are not float16 numbers
+    feed["body"][:, :3] = [TICKET_WORDS - 1, TICKET_WORDS - 3, 2049]
+    want = {k: np.asarray(v) for k, v in model({k: v.astype(np.int64) for k, v in feed.items()}).items()}
+    for file, tolerance in (("model.onnx", 1e-4), ("model_float16.onnx", 1e-2)):
+        got = _onnx_outputs(out / file, feed)
+        assert sorted(got) == ["department", "priority"], file
+        for name, value in want.items():
+            assert got[name].shape == value.shape and _rel_diff(got[name], value) <= tolerance, (file, name)
+    checked = {
+        a["validation"]["artifact"]: a["validation"]["passed"]
+        for a in json.loads((out / "validation.json").read_text())["artifacts"]
+    }
+    assert checked == {"model.onnx": True, "model_float16.onnx": True}
 
 
 def test_mc_dropout_of_a_two_input_model_takes_its_named_inputs(tmp_path):
