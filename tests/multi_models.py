@@ -206,3 +206,59 @@ def denoising_npz(path) -> None:
     """The noisy digits as ``x`` and the clean ones as ``y``, both [N, 8, 8, 1], as the tutorial trains on them."""
     noisy, clean = noisy_digits()
     np.savez(path, x=noisy, y=clean)
+
+
+def segmentation_unet(size: int = 16, classes: int = 3, *, epochs: int = 1, seed: int = 0):
+    """keras.io's "Image segmentation with a U-Net-like architecture" (``get_model``, line for line, Keras 3): a
+    softmax over ``classes`` per pixel, trained with sparse_categorical_crossentropy on masks of class ids. The
+    data: scikit-learn's digits scaled to ``size`` x ``size`` x 3 with a trimap-like mask (stroke, its border,
+    background). Returns (model, x [N, size, size, 3], mask [N, size, size] of ids)."""
+    keras = _keras(False)
+    layers = keras.layers
+    x, mask = digit_masks(size)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(size, size, 3))
+    h = layers.Conv2D(32, 3, strides=2, padding="same")(inputs)
+    h = layers.BatchNormalization()(h)
+    h = layers.Activation("relu")(h)
+    previous_block_activation = h
+    for filters in [64, 128, 256]:
+        h = layers.Activation("relu")(h)
+        h = layers.SeparableConv2D(filters, 3, padding="same")(h)
+        h = layers.BatchNormalization()(h)
+        h = layers.Activation("relu")(h)
+        h = layers.SeparableConv2D(filters, 3, padding="same")(h)
+        h = layers.BatchNormalization()(h)
+        h = layers.MaxPooling2D(3, strides=2, padding="same")(h)
+        residual = layers.Conv2D(filters, 1, strides=2, padding="same")(previous_block_activation)
+        h = layers.add([h, residual])
+        previous_block_activation = h
+    for filters in [256, 128, 64, 32]:
+        h = layers.Activation("relu")(h)
+        h = layers.Conv2DTranspose(filters, 3, padding="same")(h)
+        h = layers.BatchNormalization()(h)
+        h = layers.Activation("relu")(h)
+        h = layers.Conv2DTranspose(filters, 3, padding="same")(h)
+        h = layers.BatchNormalization()(h)
+        h = layers.UpSampling2D(2)(h)
+        residual = layers.UpSampling2D(2)(previous_block_activation)
+        residual = layers.Conv2D(filters, 1, padding="same")(residual)
+        h = layers.add([h, residual])
+        previous_block_activation = h
+    outputs = layers.Conv2D(classes, 3, activation="softmax", padding="same")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, mask, epochs=epochs, batch_size=32, verbose=0)
+    return model, x, mask
+
+
+def digit_masks(size: int = 16):
+    """(x [1797, size, size, 3] float32 in [0, 1], mask [1797, size, size] uint8): digits upscaled, a 3-class mask."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images / 16.0
+    factor = size // 8
+    big = np.kron(images, np.ones((factor, factor)))
+    x = np.repeat(big[..., None], 3, axis=-1).astype(np.float32)
+    mask = np.where(big > 0.6, 1, np.where(big > 0.1, 2, 0)).astype(np.uint8)
+    return x, mask

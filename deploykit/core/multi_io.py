@@ -323,6 +323,7 @@ def _targets(path: Path, arrays: dict, layout: Layout, part: str) -> np.ndarray:
         a = np.asarray(arrays[name])
         if a.dtype.kind not in "fiub":
             raise DataError(f"data {path}: array {name!r} must hold numbers (regression targets), got {a.dtype}")
+        a = _one_hot_ids(path, name, a, t)
         a = a.reshape(len(a), -1)
         if a.shape[1] != t.size:
             raise DataError(
@@ -333,6 +334,30 @@ def _targets(path: Path, arrays: dict, layout: Layout, part: str) -> np.ndarray:
             log.info("data %s: output %s is compared with the shared targets %r", path, t.name, name)
         columns.append(a.astype(np.float32))
     return np.concatenate(columns, axis=1)
+
+
+def _one_hot_ids(path: Path, name: str, a: np.ndarray, tensor: Tensor) -> np.ndarray:
+    """Targets ``a`` for output ``tensor`` [..., C], one-hot when they are its class ids: one axis fewer than the
+    output (a segmentation's [N, H, W] mask for [H, W, C]; [N] or [N, 1] for a [C] head) and whole numbers in
+    [0, C), which is said in one line. Targets of the output's own size are returned as they are."""
+    classes = tensor.shape[-1] if tensor.shape else 0
+    ids_shape = tuple(tensor.shape[:-1])
+    if (
+        classes < 2
+        or a.reshape(len(a), -1).shape[1] == tensor.size
+        or tuple(a.shape[1:]) not in (ids_shape, (*ids_shape, 1))
+    ):
+        return a
+    if a.size and not (np.all(a == np.round(a)) and a.min() >= 0 and a.max() < classes):
+        return a  # not class ids: the size check that follows names the mismatch
+    log.info(
+        "data %s: array %r holds class ids of output %r, read as one-hot rows of its %d classes",
+        path,
+        name,
+        tensor.name,
+        classes,
+    )
+    return np.eye(classes, dtype=np.float32)[a.reshape(len(a), *ids_shape).astype(np.int64)]
 
 
 #: What an .npz for a model with several inputs or outputs holds (error messages, --help and the README say it).

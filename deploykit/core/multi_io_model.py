@@ -17,6 +17,7 @@ converter takes (one named argument per input, one named result per output).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from deploykit.core.graph import Graph, LayerSpec, Node, graph_from_model, to_keras
@@ -29,6 +30,8 @@ from deploykit.core.multi_io import (
 )
 from deploykit.core.task import is_softmax_spec
 from deploykit.errors import UnsupportedLayerError
+
+log = logging.getLogger(__name__)
 
 _COLUMN = SPLIT_PREFIX + "column"
 
@@ -73,37 +76,36 @@ def pack_model(model):
     """The packed twin of a tf_keras model with several inputs or outputs, or one non-vector output (the model
     itself otherwise).
 
-    Several outputs are shipped as regression heads (their columns side by side); an output that ends in a
-    softmax among several is refused by name, as deploykit scores one classifier head per model. One image or
-    sequence output is a regression of its K values (an autoencoder's pixels); one ending in a softmax (a
-    per-pixel classifier) is left as it is.
+    Several outputs are shipped as regression heads (their columns side by side); one image or sequence output is
+    a regression of its K values (an autoencoder's pixels). An output ending in a softmax that is not the model's
+    one classifier head (one among several, or one per pixel or timestep: a segmentation) is packed the same way:
+    its class probabilities are values, held to their RMSE against one-hot labels (the root of the Brier score),
+    said in one line (:func:`softmax_values`).
     """
     if not needs_packing(model):
         return model
     graph = graph_from_model(model, unsafe=True)
-    if not has_several_io(model) and _per_position_classifier(graph):
-        return model
-    for name in graph.outputs if len(graph.outputs) > 1 else []:
-        spec = graph.node(name).spec
-        if is_softmax_spec(spec.class_name, spec.config):
-            raise UnsupportedLayerError(
-                model.name,
-                type(model).__name__,
-                f"has {len(graph.outputs)} outputs and {name!r} ends in a softmax; deploykit "
-                "ships several outputs as regression heads (one classifier head per model)",
-            )
     if len(set(graph.outputs)) != len(graph.outputs) or set(graph.outputs) & set(graph.inputs):
         raise UnsupportedLayerError(
             model.name, type(model).__name__, "returns one tensor twice or an input as an output"
         )
+    for line in softmax_values(graph):
+        log.info(line)
     return to_keras(pack_graph(graph))
 
 
-def _per_position_classifier(graph: Graph) -> bool:
-    """One non-vector output ending in a softmax (one per pixel or timestep): its labels are no regression targets,
-    so it is not packed; converters still export it as it is, and data refuses it (Dataset.check_model)."""
-    spec = graph.node(graph.outputs[0]).spec
-    return len(graph.outputs) == 1 and is_softmax_spec(spec.class_name, spec.config)
+def softmax_values(graph: Graph) -> list[str]:
+    """What :func:`pack_model` says of the outputs of ``graph`` that end in a softmax: each is shipped as values."""
+    lines = []
+    for name in graph.outputs:
+        spec = graph.node(name).spec
+        if is_softmax_spec(spec.class_name, spec.config):
+            where = "per position" if len(graph.outputs) == 1 else f"among {len(graph.outputs)} outputs"
+            lines.append(
+                f"output {name!r} ends in a softmax {where}: shipped as its class probabilities, values held to "
+                "their RMSE against one-hot labels (the root of the Brier score); class ids are read as one-hot"
+            )
+    return lines
 
 
 def pack_graph(graph: Graph) -> Graph:

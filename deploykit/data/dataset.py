@@ -143,7 +143,7 @@ class Dataset:
         self.check_input_shape(model.input_shape, what=what)
         outputs = model.output_shape[-1]
         kind = output_kind(graph_from_model(model, unsafe=True))
-        self._check_vector_output(model, kind, what)
+        self._check_vector_output(model, what)
         if kind in CLASSIFIER_HEADS and self.task is Task.REGRESSION:
             raise DataError(
                 f"data {self.name!r} holds regression targets, but {what} ends in a softmax (a classifier); "
@@ -166,18 +166,11 @@ class Dataset:
         except UsageError as exc:
             raise DataError(f"data {self.name!r} and {what}: {exc}") from None
 
-    def _check_vector_output(self, model, kind: OutputKind, what: str) -> None:
-        """Refuse an output that is still not one vector per row (an image out is packed into its columns at load,
-        deploykit.core.multi_io_model.pack_model): a per-pixel softmax, or an axis without a size."""
+    def _check_vector_output(self, model, what: str) -> None:
+        """Refuse an output that is still not one vector per row (one with every axis sized is packed into its
+        columns at load, deploykit.core.multi_io_model.pack_model): an axis without a size."""
         shape = list(model.output_shape[1:])
-        if len(shape) < 2:
-            return
-        if kind in CLASSIFIER_HEADS:
-            raise DataError(
-                f"data {self.name!r} and {what}: the output of shape {shape} ends in a softmax per position; a "
-                "per-position classifier (segmentation, per-timestep classes) is not supported"
-            )
-        if None in shape:
+        if len(shape) >= 2 and None in shape:
             raise DataError(
                 f"data {self.name!r} and {what}: the output of shape {shape} has an axis without a size; an output "
                 "that is not one vector per row is read as its values side by side, which needs every axis sized"

@@ -12,7 +12,7 @@ import pytest
 from deploykit.core.multi_io import Layout, artifact_layout
 from deploykit.core.task import Task
 from deploykit.data.dataset import load_dataset
-from deploykit.errors import DataError, UnsupportedLayerError
+from deploykit.errors import DataError
 
 LAYOUT = Layout.of({"wide": (5,), "deep": (2, 3)}, {"main": (1,), "aux": (2,)})
 RNG = np.random.default_rng(0)
@@ -149,16 +149,50 @@ def test_a_packed_model_computes_exactly_the_model_and_unpacks_to_it():
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_several_outputs_with_a_softmax_head_are_refused_by_name():
+def test_a_softmax_head_among_several_outputs_is_packed_as_its_probabilities_and_its_ids_read_as_one_hot(
+    tmp_path, caplog
+):
+    """A value head and a 3-class softmax head (an age-and-gender model): the softmax head's probabilities are
+    values beside the other head's (it was refused), said in one line; its class ids [N] are read as one-hot."""
+    import logging
+
     from deploykit.backend import keras
+    from deploykit.core.multi_io_model import packing_of
     from deploykit.io.models import check_single_io
 
     x = keras.Input((4,), name="x")
     model = keras.Model(
         x, [keras.layers.Dense(1, name="value")(x), keras.layers.Dense(3, activation="softmax", name="kind")(x)]
     )
-    with pytest.raises(UnsupportedLayerError, match="'kind' ends in a softmax"):
-        check_single_io(model)
+    with caplog.at_level(logging.INFO, logger="deploykit"):
+        packed = check_single_io(model)
+    assert "output 'kind' ends in a softmax among 2 outputs: shipped as its class probabilities" in caplog.text
+    features = RNG.normal(size=(40, 4)).astype("float32")
+    value, kind = (np.asarray(t) for t in model(features))
+    np.testing.assert_array_equal(np.asarray(packed(features)), np.concatenate([kind, value], axis=1))  # name order
+    ids = np.arange(40) % 3
+    path = _npz(tmp_path, x=features, value=RNG.normal(size=(40, 1)), kind=ids)
+    data = load_dataset(path, layout=packing_of(packed).layout)
+    assert data.check_model(packed)[0].value == "regression"
+    rows = np.concatenate([data.y_train, data.y_val, data.y_test])
+    assert rows.shape == (40, 4) and set(np.unique(rows[:, :3])) == {0.0, 1.0} and (rows[:, :3].sum(1) == 1).all()
+
+
+def test_class_ids_are_read_as_one_hot_only_where_they_fit_the_output():
+    """A per-pixel softmax [4, 4, 3] takes a mask of ids [N, 4, 4]; targets of the output's own size, ids out of
+    range, or fractions are left as they are (the size check names what does not fit)."""
+    from deploykit.core.multi_io import Tensor, _one_hot_ids
+
+    out = Tensor("mask", (4, 4, 3))
+    ids = RNG.integers(0, 3, (5, 4, 4))
+    hot = _one_hot_ids("d", "y", ids, out)
+    assert hot.shape == (5, 4, 4, 3) and (hot.argmax(-1) == ids).all() and (hot.sum(-1) == 1).all()
+    assert _one_hot_ids("d", "y", ids[..., None], out).shape == (5, 4, 4, 3)
+    same = RNG.random((5, 4, 4, 3))
+    assert _one_hot_ids("d", "y", same, out) is same
+    for bad in (ids + 3, ids + 0.5):
+        assert _one_hot_ids("d", "y", bad, out) is bad
+    assert _one_hot_ids("d", "y", RNG.random((5, 4, 4)), Tensor("image", (4, 4, 1))).shape == (5, 4, 4)  # C = 1
 
 
 def test_one_input_may_keep_its_own_name_or_x_beside_named_outputs(tmp_path):

@@ -136,17 +136,26 @@ def _segmenter():
     return keras.Model(x, keras.layers.Conv2D(3, 1, activation="softmax")(h))
 
 
-def test_a_per_pixel_softmax_is_left_as_it_is_and_refused_against_data_in_one_line():
-    from deploykit.data.dataset import Dataset
+def test_a_per_pixel_softmax_is_packed_as_its_probabilities_and_a_mask_of_ids_read_as_one_hot(tmp_path):
+    """A segmentation head (a softmax over 3 classes per pixel) is packed into its 8 x 8 x 3 probabilities (it was
+    refused against data), exactly; a mask of class ids [N, 8, 8], as sparse_categorical_crossentropy takes it, is
+    read as their one-hot targets."""
+    from deploykit.core.multi_io_model import packing_of
+    from deploykit.data.dataset import load_dataset
     from deploykit.io.models import check_single_io
 
     model = _segmenter()
-    assert check_single_io(model) is model  # converters still export it as it is
+    packed = check_single_io(model)
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(30, 8, 8, 1)).astype("float32"), np.arange(30) % 3
-    data = Dataset("seg", x, y, x, y, x, y, ("a", "b", "c"))
-    with pytest.raises(DataError, match="a per-position classifier .* is not supported"):
-        data.check_model(model)
+    x, mask = rng.normal(size=(30, 8, 8, 1)).astype("float32"), rng.integers(0, 3, (30, 8, 8))
+    np.testing.assert_array_equal(np.asarray(packed(x)), np.asarray(model(x)).reshape(30, -1))
+    np.savez(tmp_path / "seg.npz", x=x, y=mask)
+    data = load_dataset(tmp_path / "seg.npz", layout=packing_of(packed).layout)
+    assert data.check_model(packed)[0].value == "regression" and data.num_outputs == 8 * 8 * 3
+    rows = np.concatenate([data.y_train, data.y_val, data.y_test]).reshape(30, 8, 8, 3)
+    assert (rows.sum(-1) == 1).all() and sorted(map(tuple, rows.argmax(-1).reshape(30, -1))) == sorted(
+        map(tuple, mask.reshape(30, -1))
+    )
 
 
 def test_a_batchnorm_after_conv2d_transpose_folds_into_it_exactly():

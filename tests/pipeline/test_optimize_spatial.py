@@ -115,3 +115,32 @@ def test_mc_dropout_of_the_autoencoder_gives_its_pixels_as_columns(tmp_path):
     assert np.corrcoef(got["mean"].ravel(), want.ravel())[0, 1] > 0.9
     metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(metadata[OUTPUT_COLUMNS_KEY]) == {_output_name(model): [0, 64]}
+
+
+def test_optimize_ships_the_keras_io_segmentation_unet_as_per_pixel_probabilities(tmp_path, cli):
+    """keras.io's U-Net (a softmax per pixel), trained on masks of class ids as the tutorial does: it was refused
+    ("a per-position classifier is not supported"); now its files give [N, 16, 16, 3] probabilities, equal to
+    the saved model's, each pixel's summing to 1, and the mask read as one-hot targets is said."""
+    from tests.multi_models import segmentation_unet
+
+    model, x, mask = segmentation_unet()
+    model.save(tmp_path / "unet.keras")
+    np.savez(tmp_path / "unet.npz", x=x, y=mask)
+    out = tmp_path / "out"
+    done = cli(
+        "optimize", tmp_path / "unet.keras", "--data", tmp_path / "unet.npz", "--out", out,
+        "--no-sparsity", "--formats", "onnx", "--quantize", "float32", "--no-mc",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert "ends in a softmax per position: shipped as its class probabilities" in said
+    assert "holds class ids of output" in said and "read as one-hot rows of its 3 classes" in said
+    report = json.loads((out / "report.json").read_text())
+    assert {a["file"]: a["verdict"] for a in report["artifacts"]}["model.onnx"] == "pass"
+    import keras
+
+    want = np.asarray(keras.saving.load_model(out / "model.keras")(x[:16]))
+    (got,) = _onnx_outputs(out / "model.onnx", x[:16]).values()
+    assert got.shape == (16, 16, 16, 3) and np.abs(got - want).max() < 1e-4
+    assert np.allclose(got.sum(-1), 1.0, atol=1e-4)
+    assert np.mean(got.argmax(-1) == np.asarray(model(x[:16])).argmax(-1)) >= 0.999  # no step left: the user's
