@@ -32,7 +32,11 @@ image one series of 784 values), ``lstm_ae`` (an LSTM autoencoder: RepeatVector,
 ``forecast`` (keras.io weather forecasting's LSTM -> Dense(1), on a whole-number target), ``docs_attention`` (the
 Keras docs' Attention example: a shared Embedding and Conv1D over query and value token ids of any length),
 ``ops_pooling`` (``keras.ops.mean`` / ``max`` / ``concatenate`` between layers) and ``structured`` (numeric
-columns normalized beside an integer category code embedded: two inputs).
+columns normalized beside an integer category code embedded: two inputs). The fourth round (:data:`FOURTH`):
+``multi_label`` (keras.io multi-label classification's MLP: three sigmoid units on a 0/1 label matrix),
+``ticket`` (the Keras Functional API guide's ticket model: three inputs, a dict of two outputs, its own dummy
+data), ``unet`` (keras.io's U-Net segmentation: a softmax per pixel, masks of class ids), ``tagger`` (a BiLSTM
+tagger: a softmax per step) and ``text_20k`` (keras.io text classification from scratch at its 20,000 words).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -63,7 +67,10 @@ TUTORIALS = ("image_tutorial", "transfer", "text_cnn", "bilstm", "ts_transformer
 #: targets, the Keras docs' Attention example (shared layers, two inputs), keras.ops between layers, and an integer
 #: category embedded beside numeric columns.
 THIRD = ("anomaly_ae", "lstm_ae", "forecast", "docs_attention", "ops_pooling", "structured")
-OWN = OWN + TUTORIALS + THIRD
+#: The fourth round: heads that are not one classifier (a multi-label sigmoid head, a softmax per pixel and per
+#: step), a dict of outputs, and an embedding of 10,000 and 20,000 words in float16.
+FOURTH = ("multi_label", "ticket", "unet", "tagger", "text_20k")
+OWN = OWN + TUTORIALS + THIRD + FOURTH
 FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
 MODELS = OWN + FROM_BENCH_MODELS
 APPLICATIONS = {
@@ -75,6 +82,9 @@ APPLICATIONS = {
 EXTRA = {name: ("--time-budget", "10") for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small")}
 #: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
 EPOCHS = {
+    "ticket": 2,
+    "unet": 3,
+    "text_20k": 3,
     "convnext_tiny": 2,
     "efficientnet_b0": 5,
     "mobilenet_v3_small": 3,
@@ -95,7 +105,7 @@ TRAIN = textwrap.dedent("""
     kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     keras.utils.set_random_seed(0)
     z = np.load(data)
-    x, y = (z["x"] if "x" in z else None), z["y"]
+    x, y = (z["x"] if "x" in z else None), (z["y"] if "y" in z else None)
     L = keras.layers
     if kind == "mnist_convnet":  # keras.io/examples/vision/mnist_convnet, as published
         model = keras.Sequential([keras.Input(shape=(28, 28, 1)),
@@ -268,6 +278,67 @@ TRAIN = textwrap.dedent("""
         model = keras.Model([numeric, category], L.Dense(10, activation="softmax")(L.Dropout(0.3)(h)))
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit({"numeric": z["numeric"], "category": z["category"]}, y, epochs=epochs, verbose=0)
+    elif kind == "multi_label":  # keras.io/examples/nlp/multi_label_classification's make_model, as published
+        model = keras.Sequential([L.Dense(512, activation="relu"), L.Dense(256, activation="relu"),
+                                  L.Dense(y.shape[1], activation="sigmoid")])
+        model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["binary_accuracy"])
+        model.fit(x, y, validation_split=0.15, epochs=epochs, verbose=0)
+    elif kind == "ticket":  # keras.io/guides/functional_api, "models with multiple inputs and outputs", as published
+        num_tags, num_words, num_departments = 12, 10000, 4
+        title_input = keras.Input(shape=(None,), name="title")
+        body_input = keras.Input(shape=(None,), name="body")
+        tags_input = keras.Input(shape=(num_tags,), name="tags")
+        title_features = L.LSTM(128)(L.Embedding(num_words, 64)(title_input))
+        body_features = L.LSTM(32)(L.Embedding(num_words, 64)(body_input))
+        h = L.concatenate([title_features, body_features, tags_input])
+        priority_pred = L.Dense(1, name="priority")(h)
+        department_pred = L.Dense(num_departments, name="department")(h)
+        model = keras.Model(inputs=[title_input, body_input, tags_input],
+                            outputs={"priority": priority_pred, "department": department_pred})
+        model.compile(optimizer=keras.optimizers.RMSprop(1e-3),
+                      loss={"priority": keras.losses.BinaryCrossentropy(from_logits=True),
+                            "department": keras.losses.CategoricalCrossentropy(from_logits=True)},
+                      loss_weights={"priority": 1.0, "department": 0.2})
+        model.fit({k: z[k] for k in ("title", "body", "tags")}, {k: z[k] for k in ("priority", "department")},
+                  epochs=epochs, batch_size=32, verbose=0)
+    elif kind == "unet":  # keras.io/examples/vision/oxford_pets_image_segmentation's get_model, as published
+        inputs = keras.Input(shape=x.shape[1:])
+        h = L.Activation("relu")(L.BatchNormalization()(L.Conv2D(32, 3, strides=2, padding="same")(inputs)))
+        previous_block_activation = h
+        for filters in [64, 128, 256]:
+            h = L.Activation("relu")(h)
+            h = L.BatchNormalization()(L.SeparableConv2D(filters, 3, padding="same")(h))
+            h = L.Activation("relu")(h)
+            h = L.BatchNormalization()(L.SeparableConv2D(filters, 3, padding="same")(h))
+            h = L.MaxPooling2D(3, strides=2, padding="same")(h)
+            residual = L.Conv2D(filters, 1, strides=2, padding="same")(previous_block_activation)
+            h = previous_block_activation = L.add([h, residual])
+        for filters in [256, 128, 64, 32]:
+            h = L.Activation("relu")(h)
+            h = L.BatchNormalization()(L.Conv2DTranspose(filters, 3, padding="same")(h))
+            h = L.Activation("relu")(h)
+            h = L.BatchNormalization()(L.Conv2DTranspose(filters, 3, padding="same")(h))
+            h = L.UpSampling2D(2)(h)
+            residual = L.Conv2D(filters, 1, padding="same")(L.UpSampling2D(2)(previous_block_activation))
+            h = previous_block_activation = L.add([h, residual])
+        model = keras.Model(inputs, L.Conv2D(3, 3, activation="softmax", padding="same")(h))
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+        model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    elif kind == "tagger":  # a BiLSTM sequence tagger: one softmax per step (each image row tagged by its ink)
+        model = keras.Sequential([keras.Input(shape=x.shape[1:]),
+                                  L.Bidirectional(L.LSTM(32, return_sequences=True)), L.Dropout(0.2),
+                                  L.Dense(int(y.max()) + 1, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    elif kind == "text_20k":  # keras.io/examples/nlp/text_classification_from_scratch at its own 20,000 words
+        inputs = keras.Input(shape=(None,), dtype="int64")
+        h = L.Dropout(0.5)(L.Embedding(20000, 128)(inputs))
+        h = L.Conv1D(128, 7, padding="valid", activation="relu", strides=3)(h)
+        h = L.Conv1D(128, 7, padding="valid", activation="relu", strides=3)(h)
+        h = L.Dropout(0.5)(L.Dense(128, activation="relu")(L.GlobalMaxPooling1D()(h)))
+        model = keras.Model(inputs, L.Dense(1, activation="sigmoid", name="predictions")(h))
+        model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+        model.fit(x, y, validation_split=0.15, epochs=epochs, verbose=0)
     else:  # keras.applications, weights=None (no download), its own preprocessing of 0-255 pixels
         ctor = getattr(keras.applications, kind)
         model = ctor(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
@@ -300,6 +371,9 @@ CHECK = textwrap.dedent("""
         probe = dict(probe)
         probe = [probe[t.name] for t in ref.inputs] if len(ref.inputs) > 1 else probe[ref.inputs[0].name]
     def joined(outputs, model):  # several outputs: side by side in the order of their names
+        if isinstance(outputs, dict):  # a model built with a dict of outputs
+            return np.concatenate([np.asarray(outputs[k], np.float64).reshape(len(outputs[k]), -1)
+                                   for k in sorted(outputs)], 1)
         if not isinstance(outputs, (list, tuple)):
             return np.asarray(outputs, np.float64)
         order = sorted(range(len(outputs)), key=lambda i: model.output_names[i])
@@ -413,6 +487,30 @@ def data_for(kind: str, folder: Path) -> Path:
     elif kind == "xception_small":  # footwear (sandal, sneaker, ankle boot) or not, 32x32 RGB 0-255
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=np.isin(y, (5, 7, 9)).astype(np.int64))
+    elif kind == "multi_label":  # 784 pixels in [0, 1]; three attributes at once: footwear, upper body, warm
+        labels = np.stack([np.isin(y, (5, 7, 9)), np.isin(y, (0, 2, 4, 6)), np.isin(y, (2, 4, 9))], axis=1)
+        np.savez(path, x=(x / 255).reshape(len(x), -1), y=labels.astype(np.float32))
+    elif kind == "ticket":  # the guide's own dummy data, as it generates it (1280 tickets)
+        rng = np.random.default_rng(0)
+        np.savez(
+            path,
+            title=rng.integers(10000, size=(1280, 10)),
+            body=rng.integers(10000, size=(1280, 100)),
+            tags=rng.integers(2, size=(1280, 12)).astype(np.float32),
+            priority=rng.random(size=(1280, 1)),
+            department=rng.integers(2, size=(1280, 4)),
+        )
+    elif kind == "unet":  # 32x32 RGB in [0, 1]; the mask as the pets' trimap: 0 object, 1 background, 2 border
+        padded = np.pad(x, ((0, 0), (2, 2), (2, 2))) / 255
+        mask = np.where(padded > 0.35, 0, np.where(padded > 0.05, 2, 1)).astype(np.uint8)
+        np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1).astype(np.float32), y=mask)
+    elif kind == "tagger":  # 28 steps (rows) of 28 features in [0, 1]; each row tagged: empty, light or heavy ink
+        ink = (x / 255).mean(axis=2)
+        np.savez(path, x=x / 255, y=np.digitize(ink, (0.05, 0.35)).astype(np.int64))
+    elif kind == "text_20k":  # each image 49 words: its 4x4 patches' 16 pixels on or off, a word of 20,000
+        bits = x.reshape(len(x), 7, 4, 7, 4).transpose(0, 1, 3, 2, 4).reshape(len(x), 49, 16) > 96
+        words = (bits * (1 << np.arange(16))).sum(axis=2) % 19999 + 1
+        np.savez(path, x=words.astype(np.int64), y=np.isin(y, (5, 7, 9)).astype(np.int64))
     else:  # keras.applications: 32x32 RGB pixels 0-255 (their preprocessing is inside the model)
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=y)

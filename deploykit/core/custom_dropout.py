@@ -81,8 +81,17 @@ def read_as_builtin(model_file: ModelFile) -> tuple[ModelFile, list[Recognized]]
     return dataclasses.replace(model_file, config=config), found
 
 
-def _rewritten(model_config: dict, keras3: bool, found: list[Recognized]) -> dict:
-    """A (nested) model config with its recognized custom dropouts as their base class, each added to ``found``."""
+def unforced(model_config: dict) -> tuple[dict, list[Recognized]]:
+    """A live tf_keras model's config (``{"class_name", "config"}``) with Keras' own dropout called with
+    ``training=True`` as plain calls, and those layers; its custom classes are its own code, left as they are."""
+    found: list[Recognized] = []
+    config = _rewritten(model_config, False, found, forced_only=True)
+    return (config, found) if found else (model_config, [])
+
+
+def _rewritten(model_config: dict, keras3: bool, found: list[Recognized], forced_only: bool = False) -> dict:
+    """A (nested) model config with its recognized custom dropouts as their base class, each added to ``found``
+    (``forced_only``: only the calls with ``training=True`` rewritten)."""
     inner = model_config.get("config")
     layers = inner.get("layers") if isinstance(inner, dict) else None
     if not isinstance(layers, list):
@@ -90,7 +99,7 @@ def _rewritten(model_config: dict, keras3: bool, found: list[Recognized]) -> dic
     rewritten = []
     for layer in layers:
         if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES:
-            rewritten.append(_rewritten(layer, keras3, found))
+            rewritten.append(_rewritten(layer, keras3, found, forced_only))
             continue
         if isinstance(layer, dict) and _forced(layer):
             found.append(
@@ -98,7 +107,7 @@ def _rewritten(model_config: dict, keras3: bool, found: list[Recognized]) -> dic
             )
             rewritten.append(_unforced(layer))
             continue
-        base = dropout_base(layer) if isinstance(layer, dict) else None
+        base = dropout_base(layer) if isinstance(layer, dict) and not forced_only else None
         if base is None:
             rewritten.append(layer)
             continue
@@ -167,8 +176,8 @@ def read_in_place(keras_module, objects: dict):
         registry.update(hidden)
 
 
-def describe(found: list[Recognized]) -> str:
-    """The one line saying what was assumed."""
+def describe(found: list[Recognized], live: bool = False) -> str:
+    """The one line saying what was assumed (``live``: of a model object, whose code is its own)."""
     custom = [r for r in found if not r.forced]
     forced = [r for r in found if r.forced]
     parts = []
@@ -182,15 +191,16 @@ def describe(found: list[Recognized]) -> str:
         layers = ", ".join(f"{r.layer!r} ({r.base})" for r in forced)
         parts.append(f"read {layers} called with training=True (dropout kept active: MC Dropout) as {forced[0].base}")
     return (
-        "; ".join(parts) + "; MC Dropout samples it, deterministic exports run it in inference mode (identity); "
-        "no code from the file was run"
+        "; ".join(parts)
+        + "; MC Dropout samples it, deterministic exports run it in inference mode (identity)"
+        + ("" if live else "; no code from the file was run")
     )
 
 
-def remember(model, found: list[Recognized]) -> None:
+def remember(model, found: list[Recognized], live: bool = False) -> None:
     """Log what was assumed for ``model`` (one warning line) and keep it for :func:`assumption`."""
     if found:
-        line = describe(found)
+        line = describe(found, live)
         log.warning(line)
         _ASSUMED[model] = line
 

@@ -21,13 +21,16 @@ from deploykit.errors import ModelLoadError, one_line
 from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, joined_outputs  # held as a Keras 3 import is
 
 
-def flat_model(model, config: dict | None = None, what: str | None = None, forced: tuple[str, ...] = ()):
+def flat_model(
+    model, config: dict | None = None, what: str | None = None, forced: tuple[str, ...] = (), *, live: bool = False
+):
     """``model`` itself when it holds no nested model or augmentation layer, else its flat rebuild.
 
     ``config``: the model's config as its file holds it (``{"class_name", "config"}``; default: the object's own),
     ``what`` names it in errors (the file's path; default: the model's name). ``forced``: Dropout layers the file
     calls with ``training=True`` (:mod:`deploykit.core.custom_dropout`, absent from ``config``): the model is rebuilt
-    from ``config`` so that they run in inference mode, and checked against ``model`` with their rate at 0.
+    from ``config`` so that they run in inference mode, and checked against ``model`` with their rate at 0 (then
+    restored). ``live``: ``model`` is an object given to the API, so what flattening did is said here.
     """
     from deploykit.backend import keras
 
@@ -36,9 +39,7 @@ def flat_model(model, config: dict | None = None, what: str | None = None, force
     flat_config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
     if not nesting and not forced:
         return model
-    for name in forced:  # the loaded model's own calls keep training=True: identity for the check
-        model.get_layer(name).rate = 0.0
-    if config is None:  # an object given to the API; a file's loader says it (deploykit.io.models)
+    if config is None or live:  # an object given to the API; a file's loader says it (deploykit.io.models)
         nesting.say()
     try:
         flat = keras.Model.from_config(flat_config["config"])
@@ -47,7 +48,14 @@ def flat_model(model, config: dict | None = None, what: str | None = None, force
     for layer in flat.layers:
         if layer.weights:
             layer.set_weights(nesting.source_layer(model, layer.name).get_weights())
-    diff = _max_diff(model, flat)
+    rates = {name: model.get_layer(name).rate for name in forced}
+    try:
+        for name in rates:  # the model's own calls keep training=True: identity for the check
+            model.get_layer(name).rate = 0.0
+        diff = _max_diff(model, flat)
+    finally:  # the user's object is theirs: its rates as they were
+        for name, rate in rates.items():
+            model.get_layer(name).rate = rate
     if not diff <= TOLERANCE:
         raise ModelLoadError(
             f"{what}: its flat rebuild differs from the nested model by {diff:.3g} on "

@@ -190,7 +190,6 @@ def _prepare_and_run(
     model, data, config: OptimizeConfig, out: Path, force: bool, say, unsafe: bool, started: float | None = None
 ) -> OptimizeResult:
     """Load what was given as paths, check model and data fit, and run inside the staging folder."""
-    from deploykit.backend import is_tf_keras_model
     from deploykit.data.dataset import NAMED_DATASETS
     from deploykit.data.tokens import check_token_ids
     from deploykit.io.inputs import as_dataset, as_model, is_keras3_model, read_for_model
@@ -207,7 +206,7 @@ def _prepare_and_run(
             model = load_model_for(path, sizes, unsafe=unsafe, say=say, label_column=config.input.label_column)
             keras3 = read_model_file(path).is_keras3  # give back what the user's framework opens
             config = config.with_input(model=str(Path(path).resolve()))
-        elif not is_tf_keras_model(model):  # a Keras 3 model object is imported as its file would be
+        else:  # a Keras 3 model object is imported as its file would be; a tf_keras one read as its file is
             keras3 = is_keras3_model(model)
             sizes = data if data is not None else config.input.data
             model = as_model(model, unsafe=unsafe, what="optimize: model", data=sizes, say=say)

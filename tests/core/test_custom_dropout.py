@@ -210,3 +210,21 @@ def test_keras_dropout_called_with_training_true_is_read_as_mc_dropout(tmp_path,
     expected = np.asarray(layers[1](layers[0](x)))
     assert np.abs(first - expected).max() <= 1e-5
     assert "called with training=True" in (assumption(model) or "")
+
+
+def test_a_tf_keras_model_object_calling_dropout_with_training_true_is_read_and_left_as_it_was():
+    """The same idiom in a live tf_keras model given to the API (it was refused: files were read, objects not). The
+    model read is deterministic; the user's own object keeps its rate and still draws masks."""
+    from deploykit.backend import keras
+    from deploykit.io.inputs import as_model
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dropout(0.3)(keras.layers.Dense(8, activation="relu")(inputs), training=True)
+    user = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    model = as_model(user)
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    assert np.array_equal(model(x).numpy(), model(x).numpy())
+    dense = [layer for layer in user.layers if type(layer).__name__ == "Dense"]
+    assert np.abs(model(x).numpy() - np.asarray(dense[1](dense[0](x)))).max() <= 1e-5
+    assert "called with training=True" in (assumption(model) or "")
+    assert user.layers[2].rate == 0.3 and not np.array_equal(user(x).numpy(), user(x).numpy())
