@@ -108,9 +108,15 @@ def read_for_model(read, model, task, say=None):
         if matrix.num_outputs == units:
             say(f"data {data.name}: its one-hot label rows are read as the 0/1 label matrix of a multi-label head")
             data = matrix
-    if units and data.task is Task.REGRESSION:
+    if units and data.task is Task.REGRESSION and _zero_one(data.y_train):  # else bounded regression targets
         say(MULTI_LABEL.format(units=units))
     return data
+
+
+def _zero_one(y) -> bool:
+    import numpy as np
+
+    return bool(np.isin(np.asarray(y), (0, 1)).all())
 
 
 def multi_label_units(model) -> int:

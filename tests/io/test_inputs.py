@@ -40,6 +40,7 @@ def test_labels_read_as_classes_a_one_unit_linear_model_cannot_tell_apart_are_it
         ("one_hot", None, "regression", ["one-hot label rows", "multi-label head"]),  # read back as that matrix
         ("one_hot", "regression", "regression", ["multi-label head"]),
         ("ids", None, "classification", []),  # class ids: refused by name when the model meets them
+        ("fractions", None, "regression", []),  # bounded regression targets: no multi-label line
     ],
 )
 def test_the_labels_of_a_multi_label_head_are_read_as_its_0_1_matrix(tmp_path, labels, task, read_as, said):
@@ -55,6 +56,7 @@ def test_the_labels_of_a_multi_label_head_are_read_as_its_0_1_matrix(tmp_path, l
         "matrix": rng.integers(0, 2, (300, 3)),
         "one_hot": np.eye(3)[ids],
         "ids": ids,
+        "fractions": rng.random((300, 3)),
     }[labels].astype(np.float32)
     path = tmp_path / "d.npz"
     np.savez(path, x=rng.normal(size=(300, 4)).astype(np.float32), y=y)
@@ -64,4 +66,4 @@ def test_the_labels_of_a_multi_label_head_are_read_as_its_0_1_matrix(tmp_path, l
     assert data.task.value == read_as
     assert len(lines) == len(said) and all(part in line for part, line in zip(said, lines))
     if read_as == "regression":
-        assert data.num_outputs == 3 and set(np.unique(data.y_train)) == {0.0, 1.0}
+        assert data.num_outputs == 3 and (set(np.unique(data.y_train)) == {0.0, 1.0}) == (labels != "fractions")
