@@ -156,7 +156,12 @@ def _sigmoid_task(outputs: int, task: Task | None, labels_are_classes: bool | No
     if outputs != 1:
         if task is Task.CLASSIFICATION:
             raise UsageError(MULTI_LABEL_CLASSES.format(units=outputs))
-        log.info(MULTI_LABEL.format(units=outputs))
+        log.info(
+            "the model ends in %d sigmoid units: a multi-label head, read as %d per-label probabilities "
+            "(regression values); set --task to change it",
+            outputs,
+            outputs,
+        )  # no labels here: what they are held to is said when data meets the model (deploykit.io.inputs)
         return Task.REGRESSION, OutputKind.VALUES
     if task is None:
         log.info(

@@ -61,7 +61,8 @@ def test_several_sigmoid_units_are_a_multi_label_head_read_as_per_label_values(c
 
     with caplog.at_level(logging.INFO, logger="deploykit"):
         assert resolve_task(OutputKind.SIGMOID, 3) == (Task.REGRESSION, OutputKind.VALUES)
-    assert "3 sigmoid units: a multi-label head" in caplog.text
+    assert "3 sigmoid units: a multi-label head, read as 3 per-label probabilities" in caplog.text
+    assert "0/1 labels" not in caplog.text  # no labels were given
     assert resolve_task(OutputKind.SIGMOID, 3, labels_are_classes=False) == (Task.REGRESSION, OutputKind.VALUES)
 
 
