@@ -61,7 +61,8 @@ MULTI_LABEL = (
 #: Several sigmoid units given class ids: what a multi-label head needs instead.
 MULTI_LABEL_CLASSES = (
     "the model ends in {units} independent sigmoid units (a multi-label head), but the labels are class ids: give a "
-    "0/1 label matrix [N, {units}] (one column per label), or --task regression to read one-hot rows as that matrix"
+    "0/1 label matrix [N, {units}], one column per label (one-hot rows are read as that matrix unless --task "
+    "classification is given)"
 )
 
 
