@@ -79,7 +79,7 @@ def one(kind: str, folder: Path) -> dict:
 
     x, y, shape = test_split(kind, folder)
     how = HEADS[kind]
-    truth = decisions(y, shape, how) if how == "labels" else np.asarray(y).reshape(len(y), *shape).argmax(axis=-1)
+    truth = decisions(y, shape, how)  # the labels' own decisions: 0/1 per label, or the one-hot's class
     user_out = keras.saving.load_model(folder / f"{kind}.keras").predict(x, verbose=0)
     user = decisions(user_out, shape, how)
     user_rows = row_accuracy(user, truth)

@@ -1,4 +1,4 @@
-"""Labels as users store them: one-hot rows read as class ids; a multi-label 0/1 matrix left as it is.
+"""Labels as users store them: one-hot rows read as class ids, and 0/1 label matrices (multi-label) told apart.
 
 Keras tutorials train with one-hot ``y`` ([N, C], ``categorical_crossentropy``) as often as with class ids;
 every loader (.npz, CSV, arrays given to the API) passes its labels through :func:`from_one_hot` before the
@@ -42,3 +42,9 @@ def from_one_hot(source, y: np.ndarray, names, task: Task | None) -> tuple[np.nd
             "to 1): give class ids [N], one-hot rows, or --task regression for two integer targets"
         )
     return y, names
+
+
+def zero_one_matrix(y: np.ndarray) -> bool:
+    """Targets that are all 0 or 1 in several columns: a multi-label matrix rather than regression targets."""
+    y = np.asarray(y)
+    return y.ndim == 2 and y.shape[1] > 1 and bool(np.isin(y, (0, 1)).all())

@@ -93,6 +93,7 @@ def read_for_model(read, model, task, say=None):
     they are a one-unit model's (:func:`one_unit_regression`) or the label matrix of a multi-label head
     (:func:`multi_label_units`), which is said in one line."""
     from deploykit.core.task import MULTI_LABEL, Task
+    from deploykit.data.onehot import zero_one_matrix
 
     say = say or log.info
     data = read(task)
@@ -108,15 +109,9 @@ def read_for_model(read, model, task, say=None):
         if matrix.num_outputs == units:
             say(f"data {data.name}: its one-hot label rows are read as the 0/1 label matrix of a multi-label head")
             data = matrix
-    if units and data.task is Task.REGRESSION and _zero_one(data.y_train):  # else bounded regression targets
+    if units and data.task is Task.REGRESSION and zero_one_matrix(data.y_train):  # else bounded regression targets
         say(MULTI_LABEL.format(units=units))
     return data
-
-
-def _zero_one(y) -> bool:
-    import numpy as np
-
-    return bool(np.isin(np.asarray(y), (0, 1)).all())
 
 
 def multi_label_units(model) -> int:
