@@ -7,6 +7,8 @@ input of 6, each standardized by a Normalization adapted on the training data, t
 data here is scikit-learn's embedded diabetes set (10 features; wide = features 0-4, deep = features 2-7, as the
 book splits its 8). ``three_heads``: a regressor with three named outputs. ``ticket_model``: the Keras Functional
 API guide's ticket classifier (title and body word ids, 12 tags in, priority and department out, given as a dict).
+``lstm_seq2seq``: keras.io's character-level sequence-to-sequence example (an encoder LSTM returning its states, a
+decoder LSTM starting from them) and the example's two inference models.
 Keras 3 (``import keras``) or tf_keras.
 """
 
@@ -262,3 +264,57 @@ def digit_masks(size: int = 16):
     x = np.repeat(big[..., None], 3, axis=-1).astype(np.float32)
     mask = np.where(big > 0.6, 1, np.where(big > 0.1, 2, 0)).astype(np.uint8)
     return x, mask
+
+
+#: keras.io's lstm_seq2seq at a test's size: characters of the source and target vocabularies, the LSTMs' units.
+SEQ2SEQ_TOKENS, SEQ2SEQ_TARGET_TOKENS, SEQ2SEQ_UNITS, SEQ2SEQ_STEPS = 6, 8, 16, 5
+
+
+def lstm_seq2seq(*, tf_keras: bool = False, rows: int = 240, epochs: int = 2, seed: int = 0):
+    """keras.io/examples/nlp/lstm_seq2seq, line for line: the training model (one-hot source and target-so-far
+    characters in, a softmax per target step out; the decoder LSTM's ``initial_state`` is the encoder's
+    ``return_state`` outputs), then the example's inference models, built from the same layers: the encoder
+    (source in, its states h and c out) and the decoder (a step's characters and the states in; the softmax and
+    the new states out). Trained on spelling the source reversed. Returns (training, encoder, decoder, arrays:
+    ``source``, ``target_in`` one-hot inputs and ``target_out`` one-hot targets [rows, steps + 1, tokens])."""
+    keras = _keras(tf_keras)
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    source_ids = rng.integers(0, SEQ2SEQ_TOKENS, (rows, SEQ2SEQ_STEPS))
+    target_ids = source_ids[:, ::-1] + 2  # 0: start, 1: end
+    ones = np.ones((rows, 1), int)
+    arrays = {
+        "source": np.eye(SEQ2SEQ_TOKENS, dtype="float32")[source_ids],
+        "target_in": np.eye(SEQ2SEQ_TARGET_TOKENS, dtype="float32")[np.concatenate([0 * ones, target_ids], 1)],
+        "target_out": np.eye(SEQ2SEQ_TARGET_TOKENS, dtype="float32")[np.concatenate([target_ids, ones], 1)],
+    }
+    latent_dim = SEQ2SEQ_UNITS
+    encoder_inputs = keras.Input(shape=(None, SEQ2SEQ_TOKENS))
+    encoder = keras.layers.LSTM(latent_dim, return_state=True)
+    encoder_outputs, state_h, state_c = encoder(encoder_inputs)
+    encoder_states = [state_h, state_c]
+    decoder_inputs = keras.Input(shape=(None, SEQ2SEQ_TARGET_TOKENS))
+    decoder_lstm = keras.layers.LSTM(latent_dim, return_sequences=True, return_state=True)
+    decoder_outputs, _, _ = decoder_lstm(decoder_inputs, initial_state=encoder_states)
+    decoder_dense = keras.layers.Dense(SEQ2SEQ_TARGET_TOKENS, activation="softmax")
+    decoder_outputs = decoder_dense(decoder_outputs)
+    model = keras.Model([encoder_inputs, decoder_inputs], decoder_outputs)
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit([arrays["source"], arrays["target_in"]], arrays["target_out"], batch_size=64, epochs=epochs, verbose=0)
+    encoder_model = keras.Model(encoder_inputs, encoder_states)
+    decoder_state_input_h = keras.Input(shape=(latent_dim,))
+    decoder_state_input_c = keras.Input(shape=(latent_dim,))
+    decoder_states_inputs = [decoder_state_input_h, decoder_state_input_c]
+    decoder_outputs, state_h, state_c = decoder_lstm(decoder_inputs, initial_state=decoder_states_inputs)
+    decoder_states = [state_h, state_c]
+    decoder_outputs = decoder_dense(decoder_outputs)
+    decoder_model = keras.Model([decoder_inputs] + decoder_states_inputs, [decoder_outputs] + decoder_states)
+    return model, encoder_model, decoder_model, arrays
+
+
+def tensor_names(tensors) -> list[str]:
+    """deploykit's names of a Keras model's tensors: the layer's name, ``:i`` after it for its output i > 0."""
+    from deploykit.core.graph import tensor_name
+
+    histories = [t._keras_history for t in tensors]
+    return [tensor_name(h[0].name, h[2]) for h in histories]

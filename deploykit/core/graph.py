@@ -42,17 +42,41 @@ class LayerSpec:
         return support_for({"class_name": self.class_name, "config": self.config}, unsafe=True)
 
 
+#: Between a layer's name and the index of one of its outputs in a tensor's name: ``lstm:1`` is the second output
+#: of ``lstm`` (an LSTM with ``return_state=True``: its state h); ``lstm`` alone is its first. Keras names never
+#: hold it (TensorFlow's own tensor names use it the same way).
+OUTPUT_MARK = ":"
+
+
+def tensor_name(layer: str, index: int = 0) -> str:
+    """The name of output ``index`` of ``layer`` (its name alone for the first)."""
+    return layer if index == 0 else f"{layer}{OUTPUT_MARK}{index}"
+
+
+def source_of(tensor: str) -> tuple[str, int]:
+    """(layer name, output index) of a tensor name: the inverse of :func:`tensor_name`."""
+    layer, mark, index = tensor.rpartition(OUTPUT_MARK)
+    return (layer, int(index)) if mark and index.isdigit() else (tensor, 0)
+
+
 @dataclass
 class Node:
-    """A layer called on the outputs of the nodes named in ``inputs``; ``shape`` is its per-sample output shape."""
+    """A layer called on the tensors named in ``inputs`` (:func:`tensor_name`); ``shape`` is its per-sample output
+    shape, ``shapes`` every output's when it has several (a recurrent layer returning its states)."""
 
     spec: LayerSpec
     inputs: list[str]
     shape: tuple | None = None
+    shapes: list[tuple] | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def sources(self) -> list[str]:
+        """The layers (and model inputs) whose outputs this node reads, by name."""
+        return [source_of(i)[0] for i in self.inputs]
 
 
 @dataclass
@@ -65,26 +89,35 @@ class Graph:
     name: str = "deploykit_model"
 
     def node(self, name: str) -> Node:
+        """The node of a layer, or of one of its outputs (:func:`tensor_name`)."""
         for node in self.nodes:
             if node.name == name:
                 return node
+        layer, index = source_of(name)
+        if index:
+            return self.node(layer)
         raise KeyError(name)
 
     def shape(self, name: str) -> tuple | None:
-        """Per-sample output shape of a node or input."""
-        return self.inputs[name] if name in self.inputs else self.node(name).shape
+        """Per-sample shape of an input, or of a node's output (:func:`tensor_name`)."""
+        if name in self.inputs:
+            return self.inputs[name]
+        node = self.node(name)
+        return node.shapes[source_of(name)[1]] if node.shapes and node.name != name else node.shape
 
     def in_shape(self, node: Node) -> tuple | None:
         """The per-sample shape of a one-input node's input."""
         return self.shape(node.inputs[0])
 
     def consumers(self, name: str) -> list[Node]:
-        """The nodes that take ``name``'s output (a graph output counts as no node)."""
-        return [n for n in self.nodes if name in n.inputs]
+        """The nodes that take ``name``'s output (any of them, for a layer with several; a graph output counts as
+        no node)."""
+        return [n for n in self.nodes if name in n.inputs or name in n.sources]
 
     def fan_out(self, name: str) -> int:
-        """How many places read ``name``'s output: consumers plus graph outputs."""
-        return len(self.consumers(name)) + self.outputs.count(name)
+        """How many places read ``name``'s output (any of them): consumers plus graph outputs."""
+        ends = [o for o in self.outputs if o == name or source_of(o)[0] == name]
+        return len(self.consumers(name)) + len(ends)
 
     def replace(self, name: str, spec: LayerSpec) -> None:
         """Swap a node's layer, keeping its edges."""
@@ -158,8 +191,16 @@ def graph_from_model(model, *, unsafe: bool = False) -> Graph:
         layer = layers[node.name]
         node.spec.config = copy.deepcopy(layer.get_config())
         node.spec.weights = [np.array(w) for w in layer.get_weights()]
-        node.shape = _per_sample(layer.output_shape, node.name, node.spec.class_name)
+        node.shape, node.shapes = _output_shapes(layer.output_shape, node.name, node.spec.class_name)
     return graph
+
+
+def _output_shapes(shape, name: str, kind: str) -> tuple[tuple, list[tuple] | None]:
+    """(the first output's per-sample shape, every output's when the layer has several)."""
+    if not isinstance(shape, list):
+        return _per_sample(shape, name, kind), None
+    shapes = [_per_sample(s, name, kind) for s in shape]
+    return shapes[0], shapes
 
 
 def _model_input_shapes(model) -> dict[str, tuple]:
@@ -171,8 +212,6 @@ def _model_input_shapes(model) -> dict[str, tuple]:
 
 
 def _per_sample(shape, name: str, kind: str) -> tuple:
-    if isinstance(shape, list):
-        raise UnsupportedLayerError(name, kind, "has several outputs; deploykit reads single-output layers")
     dims = tuple(shape)[1:]
     if any(d is None for d in dims):
         raise UnsupportedLayerError(
@@ -258,7 +297,7 @@ def _functional(name, layers, inner, input_shapes) -> Graph:
 
 def _endpoint_names(value) -> list[str]:
     """Layer names of a functional config's ``input_layers`` / ``output_layers`` (one, several, or a dict)."""
-    return [str(end[0]) for end in model_ends(value)]
+    return [tensor_name(str(end[0]), int(end[2]) if len(end) > 2 else 0) for end in model_ends(value)]
 
 
 def _parents(name: str, layer: dict) -> list[str]:
@@ -278,12 +317,14 @@ def _parents(name: str, layer: dict) -> list[str]:
             tensors, kwargs = _tensor_arguments(args[0] if len(args) == 1 and isinstance(args[0], list) else args,
                                                 kwargs, lambda t: t)  # fmt: skip
             args = [tensors]
+        states = kwargs.pop("initial_state", None) if kind in STATEFUL_CALLS else None
         if kwargs or len(args) != 1:
             raise UnsupportedLayerError(name, kind, f"called with {kwargs or args[1:]}; deploykit reads plain calls")
         tensors = args[0] if isinstance(args[0], list) else [args[0]]
+        tensors = [*tensors, *(states if isinstance(states, list) else [states] if states else [])]
         if not all(isinstance(t, dict) and t.get("class_name") == "__keras_tensor__" for t in tensors):
             raise UnsupportedLayerError(name, kind, "takes non-tensor arguments; deploykit reads plain calls")
-        return [str(t["config"]["keras_history"][0]) for t in tensors]
+        return [_read(t["config"]["keras_history"]) for t in tensors]
     if separate and len(call) == 1 and len(call[0]) > 3:  # tf_keras: the query, the others among its kwargs
         call, kwargs = _tensor_arguments([[*call[0][:3], {}]], call[0][3] or {}, lambda t: [*t[:3], {}])
         if kwargs:
@@ -296,12 +337,13 @@ def _parents(name: str, layer: dict) -> list[str]:
             raise UnsupportedLayerError(
                 name, kind, f"called with extra arguments {entry[3]}; deploykit reads plain calls"
             )
-        if entry[2] != 0:
-            raise UnsupportedLayerError(
-                name, kind, "reads a layer's second output; deploykit reads single-output layers"
-            )
-        parents.append(str(entry[0]))
+        parents.append(_read(entry))
     return parents
+
+
+def _read(history) -> str:
+    """The tensor a ``[layer, node index, tensor index, ...]`` read names (:func:`tensor_name`)."""
+    return tensor_name(str(history[0]), int(history[2]))
 
 
 #: The tensors an attention layer is called on, in the order its ``call`` takes them.
@@ -324,13 +366,13 @@ def _topological(nodes: list[Node], ready: set[str]) -> list[Node]:
     while pending:
         progressed = False
         for node in list(pending):
-            if all(i in done for i in node.inputs):
+            if all(i in done for i in node.sources):
                 order.append(node)
                 done.add(node.name)
                 pending.remove(node)
                 progressed = True
         if not progressed:
-            missing = sorted({i for n in pending for i in n.inputs} - done - {n.name for n in pending})
+            missing = sorted({i for n in pending for i in n.sources} - done - {n.name for n in pending})
             raise UnsupportedLayerError(
                 pending[0].name,
                 pending[0].spec.class_name,
@@ -357,19 +399,31 @@ def to_keras(graph: Graph):
     tensors = {name: keras.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
     for node in graph.nodes:
         layer = _layer(keras, node.spec)
-        tensors[node.name] = call_layer(layer, node, tensors)
+        call_layer(layer, node, tensors)
         _set_weights(layer, node.spec)
     outputs = [tensors[o] for o in graph.outputs]
     return keras.Model([tensors[n] for n in graph.inputs], outputs if len(outputs) > 1 else outputs[0], name=graph.name)
 
 
-def call_layer(layer, node: Node, tensors: dict):
-    """``layer`` called on the tensors of ``node``'s inputs as Keras calls it: one tensor, a list (a merge), or
-    separate arguments (attention's query, value, key). Both Keras's builders use it."""
+#: Recurrent layers whose call may take ``initial_state`` (keras.io's lstm_seq2seq: the decoder starts from the
+#: encoder's states): read as further inputs, after the sequence.
+STATEFUL_CALLS = frozenset({"LSTM", "GRU", "SimpleRNN"})
+
+
+def call_layer(layer, node: Node, tensors: dict) -> None:
+    """``layer`` called on the tensors of ``node``'s inputs as Keras calls it (one tensor, a list (a merge),
+    separate arguments (attention's query, value, key), a sequence and its initial states), its outputs stored in
+    ``tensors`` by name (:func:`tensor_name`). Both Keras's builders use it."""
     args = [tensors[i] for i in node.inputs]
     if node.spec.support.tensor_args:
-        return layer(*args)
-    return layer(args if len(args) > 1 else args[0])
+        out = layer(*args)
+    elif node.spec.class_name in STATEFUL_CALLS and len(args) > 1:
+        out = layer(args[0], initial_state=args[1:])
+    else:
+        out = layer(args if len(args) > 1 else args[0])
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    for index, tensor in enumerate(outs):
+        tensors[tensor_name(node.name, index)] = tensor
 
 
 def _layer(keras, spec: LayerSpec):

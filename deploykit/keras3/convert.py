@@ -416,7 +416,7 @@ def _keras3_model(keras3, graph: Graph):
     else:
         tensors = {name: keras3.Input(shape=shape, name=name) for name, shape in graph.inputs.items()}
         for node in graph.nodes:
-            tensors[node.name] = call_layer(layers[node.name], node, tensors)
+            call_layer(layers[node.name], node, tensors)
         outputs = [tensors[o] for o in graph.outputs]
         model = keras3.Model(
             [tensors[n] for n in graph.inputs] if len(graph.inputs) > 1 else tensors[next(iter(graph.inputs))],

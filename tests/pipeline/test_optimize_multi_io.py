@@ -16,6 +16,8 @@ import pytest
 from tests.multi_models import (
     TICKET_WORDS,
     diabetes_arrays,
+    lstm_seq2seq,
+    tensor_names,
     three_heads,
     three_heads_arrays,
     three_heads_npz,
@@ -252,3 +254,49 @@ def test_mc_dropout_of_a_two_input_model_takes_its_named_inputs(tmp_path):
     main, aux = (np.asarray(t) for t in model([wide[:40], deep[:40]]))
     start = columns[model.outputs[0]._keras_history[0].name][0]
     assert np.corrcoef(mean[:, start], main[:, 0])[0, 1] > 0.9  # the MC mean follows the deterministic main head
+
+
+def test_keras_io_lstm_seq2seq_ships_through_optimize_and_its_decoder_exports_with_its_states(tmp_path):
+    """keras.io's lstm_seq2seq (Keras 3 files as the example saves them): the training model, whose decoder LSTM
+    starts from the encoder's returned states, ships (it was refused: "called with {'initial_state': ...}"); every
+    shipped file computes what the shipped model.keras computes. The example's inference decoder exports with its
+    three outputs named after its tensors: the softmax per step, and the states h and c (``lstm_1:1``, ``lstm_1:2``:
+    outputs 1 and 2 of the LSTM layer)."""
+    from deploykit.cli.main import main
+
+    training, encoder, decoder, arrays = lstm_seq2seq(rows=240, epochs=2)
+    names = tensor_names(training.inputs)
+    training.save(tmp_path / "s2s.keras")
+    np.savez(
+        tmp_path / "s2s.npz",
+        **{names[0]: arrays["source"], names[1]: arrays["target_in"]},
+        **{tensor_names(training.outputs)[0]: arrays["target_out"]},
+    )
+    out = tmp_path / "out"
+    command = ["optimize", str(tmp_path / "s2s.keras"), "--data", str(tmp_path / "s2s.npz"), "--out", str(out)]
+    assert main([*command, "--epochs", "2"]) == 0
+    shipped = {f for f, a in _shipped(out).items() if a["verdict"] == "pass"}
+    assert {"model.keras", "model.onnx", "model.tflite"} <= shipped
+    feed = {names[0]: arrays["source"][:16], names[1]: arrays["target_in"][:16]}
+    want = np.asarray(_keras3_reloaded(out / "model.keras")([feed[n] for n in names]))
+    output = tensor_names(training.outputs)[0]
+    for file in ("model.onnx", "model.tflite"):
+        got = (_onnx_outputs if file.endswith(".onnx") else _tflite_outputs)(out / file, feed)
+        assert got[output].shape == want.shape and _rel_diff(got[output], want) <= 1e-4, file
+
+    states = [np.asarray(s) for s in encoder.predict(arrays["source"], verbose=0)]
+    inputs, outputs = tensor_names(decoder.inputs), tensor_names(decoder.outputs)
+    assert outputs[1:] == [f"{decoder.outputs[1]._keras_history[0].name}:{i}" for i in (1, 2)]
+    decoder.save(tmp_path / "decoder.keras")
+    given = dict(zip(inputs, [arrays["target_in"], *states], strict=True))
+    targets = dict(zip(outputs, decoder.predict(list(given.values()), verbose=0), strict=True))
+    np.savez(tmp_path / "decoder.npz", **given, **targets)
+    exported = tmp_path / "decoder"
+    command = ["export", str(tmp_path / "decoder.keras"), "--data", str(tmp_path / "decoder.npz")]
+    assert main([*command, "--out", str(exported), "--formats", "onnx,tflite", "--quantize", "float32"]) == 0
+    feed = {k: v[:16] for k, v in given.items()}
+    for file in ("model.onnx", "model.tflite"):
+        got = (_onnx_outputs if file.endswith(".onnx") else _tflite_outputs)(exported / file, feed)
+        assert sorted(got) == sorted(outputs), file
+        for name in outputs:
+            assert _rel_diff(got[name], targets[name][:16]) <= 1e-4, (file, name)
