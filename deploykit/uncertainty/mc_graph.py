@@ -51,7 +51,7 @@ import numpy as np
 from deploykit.configs import SEED_MAX, Config, boolean, choice, integer
 from deploykit.core.chain import Chain, graph_of
 from deploykit.core.contract import KIND_MC_DROPOUT, SAMPLE_PREDICTIONS_OUTPUT, SAMPLES_NAME, SAMPLES_OUTPUT
-from deploykit.core.graph import Graph, LayerSpec
+from deploykit.core.graph import Graph, LayerSpec, source_of, tensor_name
 from deploykit.core.layers import Role
 from deploykit.core.multi_io import PACKED_OUTPUT
 from deploykit.core.task import OutputKind, Task, output_kind, resolve_task
@@ -121,7 +121,7 @@ def sampled_nodes(graph: Graph, start: frozenset = frozenset()) -> set[str]:
     """The nodes that differ between MC samples: every dropout and everything downstream of one (or of ``start``)."""
     sampled = set(start)
     for node in graph.nodes:  # topological: inputs are decided first
-        if node.spec.support.sampled or any(i in sampled for i in node.inputs):
+        if node.spec.support.sampled or any(i in sampled for i in node.sources):
             sampled.add(node.name)
     return sampled
 
@@ -185,8 +185,10 @@ def build_mc_graph(model_graph, config: MCConfig = MCConfig(), *, prefix_once: b
     if not prefix_once:
         values[input_name] = (tile(input_name), values[input_name][1])
     for node in graph.nodes:
-        xs = [tile(i) if node.name in sampled and i not in sampled else values[i][0] for i in node.inputs]
-        values[node.name] = emit(g, node, xs, [values[i][1] for i in node.inputs])
+        xs = [tile(i) if node.name in sampled and source_of(i)[0] not in sampled else values[i][0] for i in node.inputs]
+        made = emit(g, node, xs, [values[i][1] for i in node.inputs])
+        for index, value in enumerate(made if isinstance(made, list) else [made]):  # a list: a layer's outputs
+            values[tensor_name(node.name, index)] = value
     out = graph.outputs[0]
     x, shape = values[out]
     task, kind = mc_task(graph, config.task, shape)

@@ -4,9 +4,11 @@ ONNX has the three recurrences as ops (``LSTM``, ``GRU``, ``RNN``) with a
 sequence-first layout; Keras keeps its gates in another order (LSTM: i f c o,
 ONNX: i o f c; GRU: z r h in both) and its weights transposed. A layer before
 the first dropout runs once per call like any other; one after a dropout runs
-on the T * N tiled rows. What ONNX's ops cannot say (a mask from
-``Embedding(mask_zero=True)``, a reversed output sequence, an activation
-outside sigmoid / tanh / relu, a stateful layer) is refused by name,
+on the T * N tiled rows. A layer's returned states are the op's final states
+(``Y_h``, an LSTM's ``Y_c``), and the states it is started from
+(``initial_state=``) its ``initial_h`` / ``initial_c``. What ONNX's ops cannot
+say (a mask from ``Embedding(mask_zero=True)``, a reversed output sequence, an
+activation outside sigmoid / tanh / relu, a stateful layer) is refused by name,
 so the MC step skips with that reason rather than sampling another function.
 Registered with :func:`deploykit.uncertainty.mc_layers.emits` when
 :mod:`deploykit.uncertainty.mc_graph` is imported.
@@ -35,9 +37,11 @@ _MERGES = ("concat", "sum", "ave", "mul")
 
 @emits("LSTM", "GRU", "SimpleRNN")
 def _emit_recurrent(g, node, xs, shapes):
+    """The layer's output, or with ``return_state`` a list of it and its final states (Keras' order: h, then an
+    LSTM's c); the inputs after the sequence are its initial states (``initial_state=``)."""
     spec = node.spec
-    _check(spec)
-    return _recurrence(g, spec, [spec], spec.weights, xs[0], shapes[0], "concat")
+    _check(spec, states=True)
+    return _recurrence(g, spec, [spec], spec.weights, xs[0], shapes[0], "concat", xs[1:])
 
 
 @emits("Bidirectional")
@@ -88,12 +92,13 @@ def _signature(spec: LayerSpec) -> tuple:
     )
 
 
-def _check(spec: LayerSpec) -> None:
-    """Refuse what the ONNX recurrences cannot express, by name."""
+def _check(spec: LayerSpec, states: bool = False) -> None:
+    """Refuse what the ONNX recurrences cannot express, by name (``states``: a layer's own return_state is
+    expressed; a Bidirectional's is not)."""
     c = spec.config
     if spec.class_name not in _OPS:
         raise UnsupportedLayerError(spec.name, spec.class_name, "no ONNX recurrence for this layer")
-    for key in ("stateful", "return_state", "time_major"):
+    for key in ("stateful", "time_major", *(() if states else ("return_state",))):
         if c.get(key):
             raise UnsupportedLayerError(spec.name, spec.class_name, f"{key}=True has no form in the MC Dropout graph")
     if c.get("go_backwards") and c.get("return_sequences"):
@@ -107,8 +112,11 @@ def _check(spec: LayerSpec) -> None:
             raise UnsupportedLayerError(spec.name, spec.class_name, f"{key} {c[key]!r} has no ONNX recurrence form")
 
 
-def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: str, shape: tuple, merge: str):
-    """One ONNX recurrence over ``x`` [N, steps, features]: one direction per cell spec, merged as Keras does."""
+def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: str, shape: tuple, merge: str, states=()):
+    """One ONNX recurrence over ``x`` [N, steps, features]: one direction per cell spec, merged as Keras does.
+
+    ``states``: one direction's initial states [N, units] (h, then an LSTM's c). With the cell's ``return_state``
+    the result is a list: the output, then each final state [N, units]."""
     if len(shape) != 2:
         raise UnsupportedLayerError(spec.name, spec.class_name, f"expects [steps, features] per sample, got {shape}")
     steps, _ = shape
@@ -129,7 +137,12 @@ def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: st
     if cell.class_name == "GRU":
         attrs["linear_before_reset"] = int(bool(cell.config.get("reset_after", True)))
     seq_first = g.op("Transpose", [x], perm=[1, 0, 2])
-    y, y_h = g.op(op, [seq_first, g.const(np.stack(w)), g.const(np.stack(r)), g.const(np.stack(b))], n_out=2, **attrs)
+    per_direction = g.const([1, -1, units], np.int64)  # [N, units] -> [directions = 1, N, units]
+    initial = ["", *(g.op("Reshape", [s, per_direction]) for s in states)] if states else []
+    ends = 3 if op == "LSTM" else 2
+    y, y_h, *y_c = g.op(
+        op, [seq_first, g.const(np.stack(w)), g.const(np.stack(r)), g.const(np.stack(b)), *initial], n_out=ends, **attrs
+    )
     sequences = bool(cell.config.get("return_sequences", False))
     if sequences:  # Y [steps, directions, N, units] -> [N, steps, directions, units]
         out = g.op("Transpose", [y], perm=[2, 0, 1, 3])
@@ -144,7 +157,11 @@ def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: st
         axis = len(lead)  # the directions axis
         reduced = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}[merge]
         out = g.reduce(reduced, out, [axis])
-    return out, ((steps, width) if sequences else (width,))
+    made = (out, ((steps, width) if sequences else (width,)))
+    if not cell.config.get("return_state"):
+        return made
+    flat = g.const([-1, units], np.int64)
+    return [made, *((g.op("Reshape", [state, flat]), (units,)) for state in [y_h, *y_c])]
 
 
 def _onnx_weights(cell: LayerSpec, weights: list, gates: int, order: tuple, units: int):

@@ -101,3 +101,35 @@ def test_what_onnx_cannot_say_is_refused_by_name():
     )
     with pytest.raises(UnsupportedLayerError, match="mask_zero"):
         build_mc_graph(graph_from_model(masked))
+
+
+def _states_model(kind: str):
+    """An encoder returning its states, a dropout on its sequence, a decoder started from the states (the
+    decoder runs on the T * N tiled rows, so the states are tiled into it), and a head on the decoder's output and
+    its own final state: keras.io's lstm_seq2seq wiring on one input."""
+    from deploykit.backend import keras
+
+    layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[kind]
+    keras.utils.set_random_seed(5)
+    x = keras.Input((35,))
+    steps = keras.layers.Reshape((7, 5))(x)
+    sequence, *states = layer(6, return_sequences=True, return_state=True)(steps)
+    sampled = keras.layers.Dropout(0.3)(sequence)
+    decoded, *final = layer(6, return_state=True, go_backwards=kind == "simple_rnn")(sampled, initial_state=states)
+    joined = keras.layers.Concatenate()([decoded, final[-1], states[0]])
+    model = keras.Model(x, keras.layers.Dense(4, activation="softmax")(joined))
+    for layer in model.layers:  # non-zero biases and initial states that matter
+        weights = layer.get_weights()
+        if weights:
+            layer.set_weights([w + 0.1 * np.random.default_rng(2).standard_normal(w.shape) for w in weights])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_returned_states_and_initial_states_equal_keras_at_rate_zero(kind):
+    """A recurrent layer's return_state outputs and initial_state inputs are the ONNX recurrence's Y_h / Y_c and
+    initial_h / initial_c (the MC step skipped such models before: "return_state=True has no form")."""
+    model = _states_model(kind)
+    x = np.random.default_rng(0).standard_normal((16, 35)).astype(np.float32)
+    assert np.abs(_rate_zero_mean(model, x) - model(x, training=False).numpy()).max() <= 1e-5
+    assert run(session(build_mc_graph(graph_from_model(model), MCConfig(samples=20))), x)["std"].max() > 1e-3
