@@ -1,11 +1,12 @@
 """The decisions users read off probability heads that deploykit holds to their RMSE (root Brier): side by side.
 
-A multi-label sigmoid head, a softmax per pixel (keras.io's U-Net) and a softmax per step (a tagger) are shipped
-as their probabilities, and every decision of ``deploykit optimize`` reads their RMSE against the one-hot or 0/1
-labels. Their users read decisions: Keras' ``binary_accuracy`` (p > 0.5 per label) and the pixel or token
-accuracy (argmax per position). This script measures those on the test split ``optimize`` confirmed on (rows no
-decision saw), for the user's model and every shipped ONNX and TFLite file, with the change's 95% interval (a
-paired bootstrap over rows, whose labels are not independent within a row).
+A multi-label sigmoid head, a softmax per pixel (keras.io's U-Net) and a softmax per step (a tagger; keras.io's
+lstm_seq2seq, a character per step) are shipped as their probabilities, and every decision of ``deploykit
+optimize`` reads their RMSE against the one-hot or 0/1 labels. Their users read decisions: Keras'
+``binary_accuracy`` (p > 0.5 per label) and the pixel or token accuracy (argmax per position). This script
+measures those on the test split ``optimize`` confirmed on (rows no decision saw), for the user's model and every
+shipped ONNX and TFLite file, with the change's 95% interval (a paired bootstrap over rows, whose labels are not
+independent within a row).
 
 Reads the folders ``bench_foreign.py --work DIR`` kept (the user's model, its data, ``out_<model>``). Writes
 ``benchmarks/results/decisions.json`` and ``decisions.md``. Run from the repository root:
@@ -21,25 +22,27 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import write_results  # noqa: E402  (puts the repository on sys.path)
+from common import RESULTS, write_results  # noqa: E402  (puts the repository on sys.path)
 
 #: The probability heads of bench_foreign's fourth round: how a decision is read off each.
-HEADS = {"multi_label": "labels", "unet": "positions", "tagger": "positions"}
+HEADS = {"multi_label": "labels", "unet": "positions", "tagger": "positions", "lstm_seq2seq": "positions"}
 DRAWS = 2000
 
 
 def test_split(kind: str, folder: Path):
-    """(x, targets as the report read them, output shape) of the test split ``optimize`` used (its seed)."""
+    """(inputs, targets as the report read them, output shape) of the test split ``optimize`` used (its seed); the
+    inputs one array, or one per input by name for a model with several (lstm_seq2seq's source and target so far)."""
     from deploykit.core.multi_io_model import layout_of
     from deploykit.io.inputs import as_dataset
-    from deploykit.io.models import load_model
+    from deploykit.io.lengths import load_model_for
 
     report = json.loads((folder / f"out_{kind}" / "report.json").read_text())
     seed = int(report["config"]["input"].get("seed", 42))
-    layout = layout_of(load_model(folder / f"{kind}.keras"))
+    layout = layout_of(load_model_for(folder / f"{kind}.keras", str(folder / f"{kind}.npz")))  # any length: the data's
     data = as_dataset(str(folder / f"{kind}.npz"), seed=seed, layout=layout)
     shape = layout.outputs[0].shape if layout is not None else (data.num_outputs,)
-    return data.x_test, data.y_test, shape
+    x = layout.split_inputs(data.x_test) if layout is not None and layout.several_inputs else data.x_test
+    return x, data.y_test, shape
 
 
 def decisions(out: np.ndarray, shape, how: str) -> np.ndarray:
@@ -59,18 +62,20 @@ def change(new: np.ndarray, user: np.ndarray) -> list[float]:
     return [float(new.mean() - user.mean()), *(float(q) for q in np.quantile(draws, (0.025, 0.975)))]
 
 
-def run_file(path: Path, x: np.ndarray) -> np.ndarray:
-    """A shipped file's outputs on ``x`` in its own runtime (its one input, its one output)."""
+def run_file(path: Path, x) -> np.ndarray:
+    """A shipped file's outputs on ``x`` in its own runtime (its one input, or its inputs by name; its one output)."""
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: x})[0]
+        return session.run(None, x if isinstance(x, dict) else {session.get_inputs()[0].name: x})[0]
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path)).get_signature_runner()
-    (name,) = runner.get_input_details()
-    (result,) = runner(**{name: x}).values()
+    if not isinstance(x, dict):
+        (name,) = runner.get_input_details()
+        x = {name: x}
+    (result,) = runner(**x).values()
     return result
 
 
@@ -83,6 +88,7 @@ def one(kind: str, folder: Path) -> dict:
     user_out = keras.saving.load_model(folder / f"{kind}.keras").predict(x, verbose=0)
     user = decisions(user_out, shape, how)
     user_rows = row_accuracy(user, truth)
+    rows = len(truth)
     report = json.loads((folder / f"out_{kind}" / "report.json").read_text())
     files = []
     for row in report["artifacts"]:
@@ -100,7 +106,7 @@ def one(kind: str, folder: Path) -> dict:
             }
         )
     user_accuracy = float(user_rows.mean())
-    return {"model": kind, "decision": how, "test_rows": len(x), "user_accuracy": user_accuracy, "files": files}
+    return {"model": kind, "decision": how, "test_rows": rows, "user_accuracy": user_accuracy, "files": files}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -131,8 +137,16 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="the folder bench_foreign.py --work kept")
     ap.add_argument("--models", default=",".join(HEADS), help=f"comma-separated, of {', '.join(HEADS)}")
     args = ap.parse_args()
-    rows = [one(kind, args.work / kind) for kind in args.models.split(",")]
-    write_results("decisions", {"rows": rows}, markdown(rows))
+    rows = {row["model"]: row for row in kept_rows()}  # a run of some models keeps the others' rows
+    rows.update((kind, one(kind, args.work / kind)) for kind in args.models.split(","))
+    ordered = [rows[kind] for kind in HEADS if kind in rows]
+    write_results("decisions", {"rows": ordered}, markdown(ordered))
+
+
+def kept_rows() -> list[dict]:
+    """The rows results/decisions.json holds (none before the first run)."""
+    path = RESULTS / "decisions.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
 if __name__ == "__main__":

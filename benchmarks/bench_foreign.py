@@ -36,7 +36,10 @@ columns normalized beside an integer category code embedded: two inputs). The fo
 ``multi_label`` (keras.io multi-label classification's MLP: three sigmoid units on a 0/1 label matrix),
 ``ticket`` (the Keras Functional API guide's ticket model: three inputs, a dict of two outputs, its own dummy
 data), ``unet`` (keras.io's U-Net segmentation: a softmax per pixel, masks of class ids), ``tagger`` (a BiLSTM
-tagger: a softmax per step) and ``text_20k`` (keras.io text classification from scratch at its 20,000 words).
+tagger: a softmax per step) and ``text_20k`` (keras.io text classification from scratch at its 20,000 words). The
+fifth (:data:`FIFTH`): ``lstm_seq2seq`` (keras.io's character-level sequence to sequence, line for line: the
+encoder LSTM returns its states and the decoder LSTM starts from them; here it reads an image's 28 rows and spells
+its class name, teacher-forced as the example trains it).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -70,7 +73,11 @@ THIRD = ("anomaly_ae", "lstm_ae", "forecast", "docs_attention", "ops_pooling", "
 #: The fourth round: heads that are not one classifier (a multi-label sigmoid head, a softmax per pixel and per
 #: step), a dict of outputs, and an embedding of 10,000 and 20,000 words in float16.
 FOURTH = ("multi_label", "ticket", "unet", "tagger", "text_20k")
-OWN = OWN + TUTORIALS + THIRD + FOURTH
+#: The fifth round: an encoder-decoder whose decoder starts from the encoder's returned states.
+FIFTH = ("lstm_seq2seq",)
+OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH
+#: lstm_seq2seq spells the Fashion class names (keras.io's example: characters one-hot, "\t" starts, "\n" ends).
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
 MODELS = OWN + FROM_BENCH_MODELS
 APPLICATIONS = {
@@ -82,6 +89,7 @@ APPLICATIONS = {
 EXTRA = {name: ("--time-budget", "10") for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small")}
 #: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
 EPOCHS = {
+    "lstm_seq2seq": 30,
     "ticket": 2,
     "unet": 3,
     "text_20k": 3,
@@ -339,6 +347,22 @@ TRAIN = textwrap.dedent("""
         model = keras.Model(inputs, L.Dense(1, activation="sigmoid", name="predictions")(h))
         model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
         model.fit(x, y, validation_split=0.15, epochs=epochs, verbose=0)
+    elif kind == "lstm_seq2seq":  # keras.io/examples/nlp/lstm_seq2seq, as published (its latent_dim, its fit)
+        latent_dim = 256
+        num_encoder_tokens, num_decoder_tokens = z["input_layer"].shape[-1], z["input_layer_1"].shape[-1]
+        encoder_inputs = keras.Input(shape=(None, num_encoder_tokens))
+        encoder = keras.layers.LSTM(latent_dim, return_state=True)
+        encoder_outputs, state_h, state_c = encoder(encoder_inputs)
+        encoder_states = [state_h, state_c]
+        decoder_inputs = keras.Input(shape=(None, num_decoder_tokens))
+        decoder_lstm = keras.layers.LSTM(latent_dim, return_sequences=True, return_state=True)
+        decoder_outputs, _, _ = decoder_lstm(decoder_inputs, initial_state=encoder_states)
+        decoder_dense = keras.layers.Dense(num_decoder_tokens, activation="softmax")
+        decoder_outputs = decoder_dense(decoder_outputs)
+        model = keras.Model([encoder_inputs, decoder_inputs], decoder_outputs)
+        model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+        model.fit([z["input_layer"], z["input_layer_1"]], z["dense"], batch_size=64, epochs=epochs,
+                  validation_split=0.2, verbose=0)
     else:  # keras.applications, weights=None (no download), its own preprocessing of 0-255 pixels
         ctor = getattr(keras.applications, kind)
         model = ctor(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
@@ -511,6 +535,14 @@ def data_for(kind: str, folder: Path) -> Path:
         bits = x.reshape(len(x), 7, 4, 7, 4).transpose(0, 1, 3, 2, 4).reshape(len(x), 49, 16) > 96
         words = (bits * (1 << np.arange(16))).sum(axis=2) % 19999 + 1
         np.savez(path, x=words.astype(np.int64), y=np.isin(y, (5, 7, 9)).astype(np.int64))
+    elif kind == "lstm_seq2seq":  # source: 28 rows of 28 pixels in [0, 1]; target: the class name, one-hot chars
+        chars = sorted({c for name in CLASS_NAMES for c in name} | {"\t", "\n"})
+        steps = max(len(name) for name in CLASS_NAMES) + 2  # with "\t" before and "\n" after
+        text = ["\t" + CLASS_NAMES[label] + "\n" for label in y]
+        ids = np.array([[chars.index(c) for c in t.ljust(steps, " " if " " in chars else "\n")] for t in text])
+        one_hot = np.eye(len(chars), dtype=np.float32)[ids]
+        # named as a fresh Keras 3 process names the example's unnamed layers
+        np.savez(path, input_layer=x / 255, input_layer_1=one_hot[:, :-1], dense=one_hot[:, 1:])
     else:  # keras.applications: 32x32 RGB pixels 0-255 (their preprocessing is inside the model)
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=y)

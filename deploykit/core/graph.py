@@ -43,8 +43,8 @@ class LayerSpec:
 
 
 #: Between a layer's name and the index of one of its outputs in a tensor's name: ``lstm:1`` is the second output
-#: of ``lstm`` (an LSTM with ``return_state=True``: its state h); ``lstm`` alone is its first. Keras names never
-#: hold it (TensorFlow's own tensor names use it the same way).
+#: of ``lstm`` (an LSTM with ``return_state=True``: its state h); ``lstm`` alone is its first. No layer name
+#: deploykit reads holds it: tf_keras, which every model is rebuilt in, refuses it (TensorFlow's tensors use it so).
 OUTPUT_MARK = ":"
 
 
@@ -296,12 +296,14 @@ def _functional(name, layers, inner, input_shapes) -> Graph:
 
 
 def _endpoint_names(value) -> list[str]:
-    """Layer names of a functional config's ``input_layers`` / ``output_layers`` (one, several, or a dict)."""
+    """Tensor names (:func:`tensor_name`) of a functional config's ``input_layers`` / ``output_layers`` (one,
+    several, or a dict): an encoder model ending in its LSTM's states ends in ``lstm:1`` and ``lstm:2``."""
     return [tensor_name(str(end[0]), int(end[2]) if len(end) > 2 else 0) for end in model_ends(value)]
 
 
 def _parents(name: str, layer: dict) -> list[str]:
-    """The layers whose outputs ``layer`` is called on, from tf_keras or Keras 3 ``inbound_nodes``."""
+    """The tensors (:func:`tensor_name`) ``layer`` is called on, from tf_keras or Keras 3 ``inbound_nodes``: a
+    recurrent layer's ``initial_state`` after its sequence (tf_keras records them so already)."""
     kind = str(layer.get("class_name"))
     calls = layer.get("inbound_nodes") or []
     if len(calls) != 1:
