@@ -78,3 +78,28 @@ def test_keras_io_lstm_seq2seq_and_its_inference_models_load_and_compute_the_sam
             assert got[key].shape == value.shape, (name, key)
             np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=f"{name} {key}")
     assert states[0].shape == (rows, 16) and arrays["target_in"].shape[1] == SEQ2SEQ_STEPS + 1
+
+
+@pytest.mark.slow  # two Keras 3 models trained briefly, saved and imported
+def test_a_gru_started_from_one_state_and_a_bidirectional_returning_four_load_and_compute_the_same(tmp_path):
+    """A GRU's ``initial_state`` given as one tensor (not a list), and a Bidirectional LSTM's four returned states
+    (forward h, c, backward h, c) read by index. The Bidirectional model was wired to the wrong tensors before
+    (Keras 3's reads lost their index: a Concatenate of two lists, a ValueError)."""
+    import keras
+
+    from deploykit.io.models import load_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    steps = keras.Input((6, 4), name="steps")
+    sequence, h = keras.layers.GRU(8, return_sequences=True, return_state=True)(steps)
+    decoded = keras.layers.GRU(8)(sequence, initial_state=h)
+    gru = keras.Model(steps, keras.layers.Dense(2, activation="softmax")(keras.layers.Concatenate()([decoded, h])))
+    _, forward_h, _, backward_h, backward_c = keras.layers.Bidirectional(keras.layers.LSTM(8, return_state=True))(steps)
+    heads = keras.layers.Concatenate()([forward_h, backward_h, backward_c])
+    bidirectional = keras.Model(steps, keras.layers.Dense(2, activation="softmax")(heads))
+    for name, model in (("gru", gru), ("bidirectional", bidirectional)):
+        model.save(tmp_path / f"{name}.keras")
+        loaded = load_model(tmp_path / f"{name}.keras")
+        np.testing.assert_allclose(loaded(x).numpy(), model.predict(x, verbose=0), atol=1e-5, err_msg=name)

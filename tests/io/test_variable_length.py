@@ -279,3 +279,51 @@ def test_the_api_sizes_a_keras3_object_from_its_data_argument(trained_text, toke
     with pytest.raises(UnsizedInputError, match=f"^Keras 3 model {model.name!r}: input") as refused:
         compact(model)  # no data: the one-line refusal, naming the object, not the scratch file it was saved to
     assert "deploykit-keras3-" not in str(refused.value)
+
+
+@pytest.mark.slow  # trains the tutorial's model briefly, then export runs both converters
+def test_the_rnn_text_tutorials_masked_padding_is_skipped_in_every_export(cli, k3, tmp_path):
+    """tensorflow.org's "Text classification with an RNN", the model after its encoder: ``Embedding(mask_zero=True)``
+    -> ``Bidirectional(LSTM(64))`` -> Dense -> one logit, on zero-padded ids of different lengths. The padding is
+    masked: the LSTMs skip it. Both artifacts compute what the Keras 3 model computes, so they skip it too (the
+    same model without the mask differs)."""
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(0)
+    rows, steps, vocab = 400, 24, 200
+    lengths = rng.integers(3, steps + 1, rows)
+    ids = rng.integers(1, vocab, (rows, steps))
+    ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+    y = ((ids > 0) & (ids < 60)).sum(axis=1) > 0.3 * lengths
+    L = k3.layers
+    k3.utils.set_random_seed(0)
+    model = k3.Sequential(
+        [
+            k3.Input((None,), dtype="int64"),
+            L.Embedding(input_dim=vocab, output_dim=16, mask_zero=True),
+            L.Bidirectional(L.LSTM(16)),
+            L.Dense(16, activation="relu"),
+            L.Dense(1),
+        ]
+    )
+    model.compile(loss=k3.losses.BinaryCrossentropy(from_logits=True), optimizer="adam")
+    model.fit(ids, y.astype(np.int64), epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "rnn.keras")
+    np.savez(tmp_path / "rnn.npz", x=ids, y=y.astype(np.int64))
+    out = tmp_path / "out"
+    done = cli("export", tmp_path / "rnn.keras", "--data", tmp_path / "rnn.npz", "--out", out, "--quantize", "float32")
+    assert done.returncode == 0, done.stderr
+    x = ids[:32]
+    want = np.asarray(model(x, training=False))[:, 0]
+    unmasked = k3.Sequential([k3.Input((None,), dtype="int64"), L.Embedding(vocab, 16), *model.layers[1:]])
+    unmasked.layers[0].set_weights(model.layers[0].get_weights())
+    assert np.abs(np.asarray(unmasked(x))[:, 0] - want).max() > 1e-3  # the mask changes what the model computes
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    [given] = session.get_inputs()
+    logits = {"onnx": session.run(None, {given.name: x.astype(np.float32)})[0]}
+    runner = Interpreter(model_path=str(out / "model.tflite")).get_signature_runner()
+    [name] = runner.get_input_details()
+    logits["tflite"] = next(iter(runner(**{name: x.astype(np.float32)}).values()))
+    for runtime, value in logits.items():
+        assert np.abs(value.reshape(-1) - want).max() <= 1e-4, runtime
