@@ -323,6 +323,13 @@ def serve(source: str | os.PathLike, config: ServeConfig | None = None, verbose:
     serve_models(discover_models(source), config, verbose)
 
 
+def _inputs_text(model) -> str:
+    """``input [64]``, or ``inputs source [28, 28], target_in [29, 43]`` for a model with one tensor per input."""
+    if not model.several_inputs:
+        return f"input {list(model.input_shape)}"
+    return "inputs " + ", ".join(f"{t.name} {list(t.shape[1:])}" for t in model.several_inputs)
+
+
 def serve_models(models: dict[str, Path], config: ServeConfig | None = None, verbose: bool = False) -> None:
     """Load the models (name -> ONNX file) and serve them until SIGTERM / SIGINT (``config``: defaults)."""
     config = config or ServeConfig()
@@ -331,7 +338,7 @@ def serve_models(models: dict[str, Path], config: ServeConfig | None = None, ver
     base = f"http://{config.host}:{config.port}"
     for model in loaded:
         print(
-            f"model {model.name!r}: {model.summary()}, input {list(model.input_shape)}, from {model.path}",
+            f"model {model.name!r}: {model.summary()}, {_inputs_text(model)}, from {model.path}",
             file=sys.stderr,
         )
         print(f"  {base}/v2/models/{model.name}/infer  {base}/v1/models/{model.name}:predict", file=sys.stderr)

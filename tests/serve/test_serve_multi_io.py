@@ -49,6 +49,12 @@ def _local(repo, inputs) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(names, inputs)))
 
 
+def test_the_start_line_names_every_input_with_its_shape(server):
+    """It said ``input [5]`` (the first input alone) for a model of two."""
+    start = next(line for line in server.log.read_text().splitlines() if line.startswith("model 'wide_deep'"))
+    assert "inputs input_deep [6], input_wide [5]," in start, start
+
+
 def test_metadata_lists_every_input_and_output_by_name(server):
     status, body = get(server.base + "/v2/models/wide_deep")
     assert status == 200
