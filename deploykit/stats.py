@@ -101,6 +101,17 @@ def paired_score_interval(gained: int, lost: int, n: int, level: float = LEVEL) 
     return low, high
 
 
+def rmse_increase(original, value):
+    """How much a RMSE ``value`` is above the ``original`` RMSE, as a fraction of it (0.05: 5% more error): the
+    budget's terms. Where the original's is 0 (its outputs are the targets, as a model distilled onto its own
+    outputs is given), a fraction of it has no size, and the increase is the new RMSE itself, in the targets' units.
+    The one rule of every RMSE change (the budget, the intervals, the report, ``validate``); numbers or arrays."""
+    original, value = np.asarray(original, np.float64), np.asarray(value, np.float64)
+    relative = (value - original) / np.where(original > 0, original, 1.0)
+    out = np.where(original > 0, relative, value - original)
+    return float(out) if out.ndim == 0 else out
+
+
 def rmse_change_interval(
     reference_pred,
     new_pred,
@@ -118,8 +129,7 @@ def rmse_change_interval(
         return Interval(0.0, -1.0, 1.0)
 
     def change(r: np.ndarray, s: np.ndarray) -> np.ndarray:
-        root = np.sqrt(r)
-        return np.where(root > 0, (np.sqrt(s) - root) / np.where(root > 0, root, 1.0), np.sqrt(s))
+        return np.asarray(rmse_increase(np.sqrt(r), np.sqrt(s)))
 
     estimate = float(change(np.array([ref.mean()]), np.array([new.mean()]))[0])
     rng = np.random.default_rng(seed)

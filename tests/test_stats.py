@@ -13,6 +13,7 @@ from deploykit.stats import (
     paired_score_interval,
     resolution,
     rmse_change_interval,
+    rmse_increase,
     shortfall_of,
     within_budget,
 )
@@ -99,3 +100,27 @@ def test_the_accept_rule_takes_the_estimate_and_refuses_an_interval_entirely_bey
     assert within_budget(shortfall_of(Interval(-0.0055, -0.02, 0.01), accuracy=True), 0.01)
     assert not within_budget(shortfall_of(Interval(-0.011, -0.03, 0.005), accuracy=True), 0.01)
     assert not within_budget(Interval(0.02, 0.015, 0.03), 0.01)  # RMSE +2%, interval entirely beyond a 1% budget
+
+
+def test_an_rmse_increase_over_a_reference_of_zero_error_is_the_new_rmse_in_every_place():
+    """Targets equal to the reference's own outputs (an encoder distilled onto itself) give it RMSE 0: a fraction
+    of 0 has no size, so the increase is the new RMSE. The budget, the interval and the report's change agree (the
+    report said +0.0% beside an interval of [+0.5%, +0.5%]; ``validate`` called it an infinite increase)."""
+    from deploykit.core.evaluate import Budget, Metric
+    from deploykit.pipeline.context import changes
+
+    assert rmse_increase(2.0, 2.1) == pytest.approx(0.05) and rmse_increase(0.0, 0.01) == pytest.approx(0.01)
+    assert list(rmse_increase(np.array([0.0, 1.0]), np.array([0.5, 1.5]))) == [0.5, 0.5]
+    t = np.zeros((50, 3))
+    ci = rmse_change_interval(t, t + 0.01, t)
+    assert ci.estimate == ci.low == ci.high == pytest.approx(0.01)
+    budget = Budget(Metric.RMSE, 0.05)
+    assert budget.shortfall(0.0, 0.01) == pytest.approx(0.01) and budget.within(0.0, 0.01)
+
+    class Figures:
+        rmse = 0.0
+
+    class Context:
+        metric, original_figures = Metric.RMSE, Figures()
+
+    assert changes(0.01, Context())["rmse_change"] == pytest.approx(ci.estimate)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.core.task import OutputKind, Task
+from deploykit.stats import rmse_increase
 
 
 class Metric(str, enum.Enum):
@@ -161,7 +162,7 @@ class Budget:
         """How much worse ``value`` is than ``original``, in the limit's terms (<= 0: as good or better)."""
         if self.metric is Metric.ACCURACY:
             return original - value
-        return (value - original) / original if original > 0 else value - original
+        return rmse_increase(original, value)
 
     def within(self, original: float, value: float) -> bool:
         return self.shortfall(original, value) <= self.limit + 1e-12

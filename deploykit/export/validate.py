@@ -34,6 +34,7 @@ from deploykit.export.runtimes import predict_batches, runner_class
 from deploykit.export.sanity import check_declared_outputs, check_output_contract, without_reference
 from deploykit.io.inputs import as_dataset, as_reference
 from deploykit.records import Record
+from deploykit.stats import rmse_increase
 
 DEFAULT_BATCH_SIZES = (1, 256)
 DEFAULT_REPEATS = 50
@@ -287,8 +288,7 @@ def _check_regression(
     if tol.max_rmse_increase is not None:
         if reference_rmse is None:
             skipped.append("RMSE increase (no reference model)")
-        elif targets.rmse > reference_rmse * (1 + tol.max_rmse_increase) + 1e-12:
-            increase = targets.rmse / reference_rmse - 1 if reference_rmse > 0 else float("inf")
+        elif (increase := rmse_increase(reference_rmse, targets.rmse)) > tol.max_rmse_increase + 1e-12:
             mismatches.append(
                 Mismatch(
                     "rmse_increase",

@@ -33,6 +33,7 @@ from deploykit.pipeline.records import (
     Try,
     Verdict,
 )
+from deploykit.stats import rmse_increase
 
 ORIGINAL_FILE = "original.keras"
 
@@ -151,7 +152,7 @@ def changes(value: float | None, ctx: RunContext) -> dict[str, float | None]:
         original = ctx.original_figures.rmse
         return {
             "rmse": value,
-            "rmse_change": None if value is None else (value - original) / original if original else 0.0,
+            "rmse_change": None if value is None else rmse_increase(original, value),
         }
     return {"accuracy": value, "accuracy_change": None if value is None else value - ctx.original_figures.accuracy}
 

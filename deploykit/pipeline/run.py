@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.atomic import atomic_dir, protect, write_text
+from deploykit.core.evaluate import Metric
 from deploykit.core.task import OutputKind, Task
 from deploykit.errors import StepError, UsageError, ValidationError
 from deploykit.pipeline.config import OptimizeConfig
@@ -295,6 +296,11 @@ def _run(
         f"original model: {figures.params:,} parameters, {describe_figure(figures)}, "
         f".keras {figures.keras_bytes / 1024:.1f} KiB ({figures.keras_gzip_bytes / 1024:.1f} KiB gzip)"
     )
+    if ctx.metric is Metric.RMSE and figures.rmse == 0:
+        say(
+            "the original model's test RMSE is 0 (the targets are its own outputs): a share of it has no size, so "
+            f"the budget holds each file's RMSE itself to at most {ctx.budget.limit:g}, in the targets' units"
+        )
     resolution, warnings = resolution_notes(data, ctx.budget) if config.validate.enabled else ({}, [])
     split_figures, split_lines = split_check(data, ctx.reference, ctx.budget)
     for line in [*warnings, *split_lines]:  # before any training: the user can stop here and give more rows

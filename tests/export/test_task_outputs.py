@@ -89,6 +89,23 @@ def test_regression_mismatches_are_all_collected_with_their_numbers(tmp_path, re
     assert "min_agreement (a regressor has no classes)" in report.skipped
 
 
+def test_a_reference_with_no_error_holds_the_file_to_its_rmse_in_the_targets_units(tmp_path, regression):
+    """Targets that are the reference's own outputs: the RMSE increase is the file's RMSE (the budget's rule), not an
+    infinite increase that refused every file, the float32 export included."""
+    import dataclasses
+
+    model = build_head(input_dim=8, outputs=1)
+    own = dataclasses.replace(regression, y_test=np.asarray(model(regression.x_test)).reshape(-1))
+    record = export_onnx(model, tmp_path / "r.onnx", task=Task.REGRESSION)
+    report = validate(record, own, reference=model, repeats=2, isolated=False, check=False)
+    assert report.passed, report.mismatches
+    assert report.rmse < 1e-5
+    report = validate(record, own, reference=model, tolerance=Tolerance(max_rmse_increase=0.0), repeats=2,
+                      isolated=False, check=False)  # fmt: skip
+    misses = [m.measured for m in report.mismatches if m.check == "rmse_increase"]
+    assert misses == ([report.rmse] if report.rmse > 1e-12 else [])  # the file's RMSE itself, not inf
+
+
 @pytest.mark.slow
 def test_tflite_and_int8_variants_keep_the_outputs_of_their_kind(tmp_path, regression):
     from deploykit.data.dataset import load_dataset

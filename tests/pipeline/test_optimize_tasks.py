@@ -174,3 +174,27 @@ def test_a_keras3_regression_mlp_with_dropout_runs_optimize_with_defaults(tmp_pa
     assert "## RMSE budget" in text and "## MC Dropout regression" in text
     assert "coverage of the central 95% interval" in text and "reliability.png" not in text
     assert "max_rmse_increase = 0.05" in (out / "deploykit.toml").read_text()
+
+
+def test_a_model_given_its_own_outputs_as_targets_holds_each_file_to_its_rmse(tmp_path, capsys):
+    """An encoder distilled onto itself: its only targets are its own outputs, so its RMSE is 0. The run says how the
+    budget reads then, and every row's change is the file's RMSE itself (the report gave +0.0% there, beside an
+    interval of the RMSE)."""
+    import keras
+
+    from deploykit.data.dataset import load_dataset
+
+    d = load_dataset("diabetes")
+    model = keras.saving.load_model(_keras3_regressor(tmp_path / "reg.keras"))
+    x = np.concatenate([d.x_train, d.x_val, d.x_test])
+    np.savez(tmp_path / "own.npz", x=x, y=np.asarray(model.predict(x, verbose=0)))
+    out = tmp_path / "out"
+    said = _run(
+        ["optimize", str(tmp_path / "reg.keras"), "--data", str(tmp_path / "own.npz"), "--out", str(out)], capsys
+    )
+    assert "the original model's test RMSE is 0" in said.err and "at most 0.05, in the targets' units" in said.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["original"]["rmse"] == 0
+    rows = [a for a in report["artifacts"] if a["rmse"] is not None and a["verdict"] != "reference"]
+    assert rows and all(a["rmse_change"] == pytest.approx(a["rmse"]) for a in rows)
+    assert "model.onnx" in {a["file"] for a in _shipped(report)}
