@@ -137,8 +137,7 @@ def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: st
     if cell.class_name == "GRU":
         attrs["linear_before_reset"] = int(bool(cell.config.get("reset_after", True)))
     seq_first = g.op("Transpose", [x], perm=[1, 0, 2])
-    per_direction = g.const([1, -1, units], np.int64)  # [N, units] -> [directions = 1, N, units]
-    initial = ["", *(g.op("Reshape", [s, per_direction]) for s in states)] if states else []
+    initial = ["", *_initial_states(g, states, units)] if states else []  # "": no sequence_lens
     ends = 3 if op == "LSTM" else 2
     y, y_h, *y_c = g.op(
         op, [seq_first, g.const(np.stack(w)), g.const(np.stack(r)), g.const(np.stack(b)), *initial], n_out=ends, **attrs
@@ -162,6 +161,12 @@ def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: st
         return made
     flat = g.const([-1, units], np.int64)
     return [made, *((g.op("Reshape", [state, flat]), (units,)) for state in [y_h, *y_c])]
+
+
+def _initial_states(g, states, units: int) -> list[str]:
+    """Initial states [N, units] as the recurrence takes them: [directions = 1, N, units]."""
+    per_direction = g.const([1, -1, units], np.int64)
+    return [g.op("Reshape", [state, per_direction]) for state in states]
 
 
 def _onnx_weights(cell: LayerSpec, weights: list, gates: int, order: tuple, units: int):
