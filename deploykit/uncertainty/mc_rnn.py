@@ -40,7 +40,7 @@ def _emit_recurrent(g, node, xs, shapes):
     """The layer's output, or with ``return_state`` a list of it and its final states (Keras' order: h, then an
     LSTM's c); the inputs after the sequence are its initial states (``initial_state=``)."""
     spec = node.spec
-    _check(spec, states=True)
+    _check(spec)
     return _recurrence(g, spec, [spec], spec.weights, xs[0], shapes[0], "concat", xs[1:])
 
 
@@ -92,13 +92,12 @@ def _signature(spec: LayerSpec) -> tuple:
     )
 
 
-def _check(spec: LayerSpec, states: bool = False) -> None:
-    """Refuse what the ONNX recurrences cannot express, by name (``states``: a layer's own return_state is
-    expressed; a Bidirectional's is not)."""
+def _check(spec: LayerSpec) -> None:
+    """Refuse what the ONNX recurrences cannot express, by name."""
     c = spec.config
     if spec.class_name not in _OPS:
         raise UnsupportedLayerError(spec.name, spec.class_name, "no ONNX recurrence for this layer")
-    for key in ("stateful", "time_major", *(() if states else ("return_state",))):
+    for key in ("stateful", "time_major"):
         if c.get(key):
             raise UnsupportedLayerError(spec.name, spec.class_name, f"{key}=True has no form in the MC Dropout graph")
     if c.get("go_backwards") and c.get("return_sequences"):
@@ -159,8 +158,13 @@ def _recurrence(g, spec: LayerSpec, cells: list[LayerSpec], weights: list, x: st
     made = (out, ((steps, width) if sequences else (width,)))
     if not cell.config.get("return_state"):
         return made
-    flat = g.const([-1, units], np.int64)
-    return [made, *((g.op("Reshape", [state, flat]), (units,)) for state in [y_h, *y_c])]
+    return [made, *((state, (units,)) for state in _final_states(g, [y_h, *y_c], directions))]
+
+
+def _final_states(g, finals: list[str], directions: int) -> list[str]:
+    """The recurrence's final states ([directions, N, units] each: h, then an LSTM's c) in the order Keras returns
+    them: h (and c) of the forward direction, then of the backward one (a Bidirectional's), each [N, units]."""
+    return [g.op("Gather", [state, g.const(d, np.int64)], axis=0) for d in range(directions) for state in finals]
 
 
 def _initial_states(g, states, units: int) -> list[str]:

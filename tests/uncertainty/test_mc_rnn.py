@@ -125,11 +125,28 @@ def _states_model(kind: str):
     return model
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def _bidirectional_states_model():
+    """The usual NMT encoder: a Bidirectional LSTM returning its four states (forward h, c, backward h, c), the two
+    directions' h and c concatenated to start a decoder LSTM of twice the units, after a dropout."""
+    from deploykit.backend import keras
+
+    keras.utils.set_random_seed(6)
+    x = keras.Input((35,))
+    steps = keras.layers.Reshape((7, 5))(x)
+    sequence, fh, fc, bh, bc = keras.layers.Bidirectional(
+        keras.layers.LSTM(4, return_sequences=True, return_state=True)
+    )(steps)
+    h, c = keras.layers.Concatenate()([fh, bh]), keras.layers.Concatenate()([fc, bc])
+    decoded = keras.layers.LSTM(8)(keras.layers.Dropout(0.3)(sequence), initial_state=[h, c])
+    return keras.Model(x, keras.layers.Dense(4, activation="softmax")(keras.layers.Concatenate()([decoded, bc])))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn", "bidirectional"])
 def test_returned_states_and_initial_states_equal_keras_at_rate_zero(kind):
-    """A recurrent layer's return_state outputs and initial_state inputs are the ONNX recurrence's Y_h / Y_c and
-    initial_h / initial_c (the MC step skipped such models before: "return_state=True has no form")."""
-    model = _states_model(kind)
+    """A recurrent layer's return_state outputs and initial_state inputs are the ONNX recurrence's Y_h / Y_c (per
+    direction, in Keras' order) and initial_h / initial_c (the MC step skipped such models before: "return_state=True
+    has no form")."""
+    model = _bidirectional_states_model() if kind == "bidirectional" else _states_model(kind)
     x = np.random.default_rng(0).standard_normal((16, 35)).astype(np.float32)
     assert np.abs(_rate_zero_mean(model, x) - model(x, training=False).numpy()).max() <= 1e-5
     assert run(session(build_mc_graph(graph_from_model(model), MCConfig(samples=20))), x)["std"].max() > 1e-3
