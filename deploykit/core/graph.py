@@ -103,7 +103,9 @@ class Graph:
         if name in self.inputs:
             return self.inputs[name]
         node = self.node(name)
-        return node.shapes[source_of(name)[1]] if node.shapes and node.name != name else node.shape
+        if node.name == name:
+            return node.shape
+        return node.shapes[source_of(name)[1]] if node.shapes else None  # not read yet: unknown, as node.shape is
 
     def in_shape(self, node: Node) -> tuple | None:
         """The per-sample shape of a one-input node's input."""
