@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import last_rows, write_results  # noqa: E402  (puts the repository on sys.path)
 
 #: The probability heads of bench_foreign's fourth round: how a decision is read off each.
 HEADS = {"multi_label": "labels", "unet": "positions", "tagger": "positions", "lstm_seq2seq": "positions"}
@@ -137,16 +137,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="the folder bench_foreign.py --work kept")
     ap.add_argument("--models", default=",".join(HEADS), help=f"comma-separated, of {', '.join(HEADS)}")
     args = ap.parse_args()
-    rows = {row["model"]: row for row in kept_rows()}  # a run of some models keeps the others' rows
+    rows = last_rows("decisions")
     rows.update((kind, one(kind, args.work / kind)) for kind in args.models.split(","))
     ordered = [rows[kind] for kind in HEADS if kind in rows]
     write_results("decisions", {"rows": ordered}, markdown(ordered))
-
-
-def kept_rows() -> list[dict]:
-    """The rows results/decisions.json holds (none before the first run)."""
-    path = RESULTS / "decisions.json"
-    return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
 if __name__ == "__main__":

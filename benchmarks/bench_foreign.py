@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 
 import bench_models as bm
-from common import FASHION, RESULTS, ROOT, write_results  # noqa: E402  (puts the repository on sys.path)
+from common import FASHION, RESULTS, ROOT, last_rows, write_results  # noqa: E402  (puts the repository on sys.path)
 
 #: Built here (the others by bench_models.py's own training script).
 OWN = ("mnist_convnet", "tabular", "quickstart", "gru", "mobilenet_v3_small", "convnext_tiny", "efficientnet_b0")
@@ -841,8 +841,7 @@ def main() -> None:
         sys.exit(f"unknown model(s): {', '.join(unknown)}")
     if not FASHION.exists():
         sys.exit(f"the Fashion sample is absent ({FASHION.name} beside the project): nothing to measure")
-    last = args.results / "foreign.json"
-    rows = {r["model"]: r for r in json.loads(last.read_text())["rows"]} if last.exists() else {}
+    rows = last_rows("foreign", args.results)
     for kind in kinds:
         if args.work:  # the trained model and optimize's artifacts kept (re-run optimize alone on the same model)
             (args.work / kind).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,13 @@ FASHION = ROOT.parent / "shared" / "data" / "fashion_mnist_3615.npz"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def last_rows(name: str, folder: Path = RESULTS) -> dict[str, dict]:
+    """The rows of an earlier ``<name>.json`` by model (none before the first run): a run of some models keeps the
+    others' rows."""
+    path = folder / f"{name}.json"
+    return {r["model"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+
+
 def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS, quiet: bool = False) -> None:
     """Write ``<name>.json`` and ``<name>.md`` atomically into ``folder`` and print the markdown (unless ``quiet``)."""
     from deploykit.atomic import write_text

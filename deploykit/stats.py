@@ -102,7 +102,7 @@ def paired_score_interval(gained: int, lost: int, n: int, level: float = LEVEL) 
 
 
 def rmse_increase(original, value):
-    """How much a RMSE ``value`` is above the ``original`` RMSE, as a fraction of it (0.05: 5% more error): the
+    """How much an RMSE ``value`` is above the ``original`` RMSE, as a fraction of it (0.05: 5% more error): the
     budget's terms. Where the original's is 0 (its outputs are the targets, as a model distilled onto its own
     outputs is given), a fraction of it has no size, and the increase is the new RMSE itself, in the targets' units.
     The one rule of every RMSE change (the budget, the intervals, the report, ``validate``); numbers or arrays."""

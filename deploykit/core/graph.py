@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deploykit.core.layers import TRAINING_NEUTRAL, LayerSupport, support_for
+from deploykit.core.layers import RECURRENT_LAYERS, TRAINING_NEUTRAL, LayerSupport, support_for
 from deploykit.core.nested import model_ends
 from deploykit.errors import UnsupportedLayerError
 
@@ -321,7 +321,7 @@ def _parents(name: str, layer: dict) -> list[str]:
             tensors, kwargs = _tensor_arguments(args[0] if len(args) == 1 and isinstance(args[0], list) else args,
                                                 kwargs, lambda t: t)  # fmt: skip
             args = [tensors]
-        states = kwargs.pop("initial_state", None) if kind in STATEFUL_CALLS else None
+        states = kwargs.pop("initial_state", None) if kind in RECURRENT_LAYERS else None
         if kwargs or len(args) != 1:
             raise UnsupportedLayerError(name, kind, f"called with {kwargs or args[1:]}; deploykit reads plain calls")
         tensors = args[0] if isinstance(args[0], list) else [args[0]]
@@ -409,11 +409,6 @@ def to_keras(graph: Graph):
     return keras.Model([tensors[n] for n in graph.inputs], outputs if len(outputs) > 1 else outputs[0], name=graph.name)
 
 
-#: Recurrent layers whose call may take ``initial_state`` (keras.io's lstm_seq2seq: the decoder starts from the
-#: encoder's states): read as further inputs, after the sequence.
-STATEFUL_CALLS = frozenset({"LSTM", "GRU", "SimpleRNN"})
-
-
 def call_layer(layer, node: Node, tensors: dict) -> None:
     """``layer`` called on the tensors of ``node``'s inputs as Keras calls it (one tensor, a list (a merge),
     separate arguments (attention's query, value, key), a sequence and its initial states), its outputs stored in
@@ -421,7 +416,7 @@ def call_layer(layer, node: Node, tensors: dict) -> None:
     args = [tensors[i] for i in node.inputs]
     if node.spec.support.tensor_args:
         out = layer(*args)
-    elif node.spec.class_name in STATEFUL_CALLS and len(args) > 1:
+    elif node.spec.class_name in RECURRENT_LAYERS and len(args) > 1:
         out = layer(args[0], initial_state=args[1:])
     else:
         out = layer(args if len(args) > 1 else args[0])

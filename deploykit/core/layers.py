@@ -144,6 +144,9 @@ _CONV = _entry(
     Role.CONV, prunable=True, absorbs=Absorb.BOTH, compactable=True, kernel=Kernel("kernel", 0, KernelLayout.CONV)
 )
 _RNN = _entry(Role.RECURRENT, prunable=True, kernel=Kernel("kernel", 0, KernelLayout.RECURRENT))
+#: Keras' recurrent layers (Bidirectional and TimeDistributed wrap them): options the two Keras differ in
+#: (deploykit.keras3.rnn), unrolling (deploykit.export.unroll), a call's ``initial_state`` (deploykit.core.graph).
+RECURRENT_LAYERS = frozenset({"LSTM", "GRU", "SimpleRNN"})
 _AVG = _entry(Role.POOLING, carries=Carry.AVERAGE)
 _MAX = _entry(Role.POOLING, carries=Carry.MAX_POSITIVE)
 

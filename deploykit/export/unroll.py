@@ -12,8 +12,9 @@ timesteps, which every model deploykit exports has (its input shape is fixed).
 
 from __future__ import annotations
 
+from deploykit.core.layers import RECURRENT_LAYERS
 from deploykit.errors import UnsupportedLayerError
-from deploykit.keras3.rnn import RECURRENT, WRAPPERS
+from deploykit.keras3.rnn import WRAPPERS
 
 
 def unrolled(model):
@@ -32,18 +33,18 @@ def unrolled(model):
 
 
 def _recurrent(kind: str, config: dict) -> bool:
-    return kind in RECURRENT or any(
-        isinstance(config.get(key), dict) and config[key].get("class_name") in RECURRENT
+    return kind in RECURRENT_LAYERS or any(
+        isinstance(config.get(key), dict) and config[key].get("class_name") in RECURRENT_LAYERS
         for key in WRAPPERS.get(kind, ())
     )
 
 
 def _unrolled_config(kind: str, config: dict) -> dict:
-    if kind in RECURRENT:
+    if kind in RECURRENT_LAYERS:
         return {**config, "unroll": True}
     out = dict(config)
     for key in WRAPPERS.get(kind, ()):
         inner = out.get(key)
-        if isinstance(inner, dict) and inner.get("class_name") in RECURRENT:
+        if isinstance(inner, dict) and inner.get("class_name") in RECURRENT_LAYERS:
             out[key] = {**inner, "config": {**inner.get("config", {}), "unroll": True}}
     return out

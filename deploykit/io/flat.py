@@ -36,7 +36,7 @@ def flat_model(
 
     what = what or f"model {model.name!r}"
     nesting = Nesting()
-    flat_config = flatten(copy.deepcopy(config or _config_of(model)), nesting, keras3=False)
+    flat_config = flatten(copy.deepcopy(config or config_of(model)), nesting, keras3=False)
     if not nesting and not forced:
         return model
     if config is None or live:  # an object given to the API; a file's loader says it (deploykit.io.models)
@@ -64,7 +64,7 @@ def flat_model(
     return flat
 
 
-def _config_of(model) -> dict:
+def config_of(model) -> dict:
     """A tf_keras model object's config as a file holds it."""
     return {"class_name": type(model).__name__, "config": model.get_config()}
 

@@ -35,10 +35,10 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model", data=None, say=N
     if is_tf_keras_model(obj):
         from deploykit.core.custom_dropout import remember, unforced
         from deploykit.core.layers import check_layers
-        from deploykit.io.flat import _config_of, flat_model
+        from deploykit.io.flat import config_of, flat_model
         from deploykit.io.models import check_single_io
 
-        config, found = unforced(_config_of(obj))  # Dropout(...)(x, training=True): rebuilt without it
+        config, found = unforced(config_of(obj))  # Dropout(...)(x, training=True): rebuilt without it
         flat = flat_model(obj, config if found else None, forced=tuple(r.layer for r in found), live=True)
         remember(flat, found, live=True)
         check_layers(flat.layers, unsafe=True)  # a live object's code already ran; a layer no step takes is refused

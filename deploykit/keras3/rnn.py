@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from deploykit.core.layers import RECURRENT_LAYERS
 from deploykit.errors import UnsupportedLayerError
 
-RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN"})
 #: Layers whose config holds the configs of the layers they wrap.
 WRAPPERS = {"Bidirectional": ("layer", "backward_layer"), "TimeDistributed": ("layer",)}
 #: Wrappers that may hold any layer (keras.io's CNN-RNN video classifier: ``TimeDistributed(Conv2D)``); the
@@ -33,7 +33,7 @@ _KERAS3_ONLY = {"seed": _ANY, "zero_output_for_mask": False}
 
 def rnn_options(name: str, kind: str, config: dict, *, to_keras3: bool) -> dict:
     """``config`` without the options the other Keras lacks (dropped when they change nothing, else refused)."""
-    if kind not in RECURRENT:
+    if kind not in RECURRENT_LAYERS:
         return config
     lacking = _TF_KERAS_ONLY if to_keras3 else _KERAS3_ONLY
     out = dict(config)
@@ -64,7 +64,7 @@ def wrapped_layers(
         if not isinstance(inner, dict) or "class_name" not in inner:
             raise UnsupportedLayerError(name, kind, f"its {key} is not a layer config")
         inner_kind = str(inner["class_name"])
-        if inner_kind not in RECURRENT and kind not in WRAPS_ANY:
+        if inner_kind not in RECURRENT_LAYERS and kind not in WRAPS_ANY:
             raise UnsupportedLayerError(
                 name, kind, f"wraps a {inner_kind}; deploykit reads wrapped LSTM, GRU and SimpleRNN"
             )

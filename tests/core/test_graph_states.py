@@ -44,11 +44,11 @@ def test_a_live_tf_keras_graph_names_each_output_it_reads_and_builds_back_exactl
 def _feed(model, arrays: dict, states: dict | None = None) -> dict:
     """The model's inputs by name (deploykit's names), from the example's arrays and, for the decoder, the states."""
     names = tensor_names(model.inputs)
-    values = [arrays["source"] if i == 0 and len(names) == 1 else None for i in range(len(names))]
-    if len(names) == 2:  # training: source, then the target so far
-        values = [arrays["source"], arrays["target_in"]]
-    elif len(names) == 3:  # decoder: the target so far, then h and c
-        values = [arrays["target_in"], *states]
+    values = {  # encoder: the source; training: the source, then the target so far; decoder: that, then h and c
+        1: [arrays["source"]],
+        2: [arrays["source"], arrays["target_in"]],
+        3: [arrays["target_in"], *(states or [])],
+    }[len(names)]
     return dict(zip(names, values, strict=True))
 
 
