@@ -38,6 +38,19 @@ def add_model_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
         action="store_true",
         help="allow Lambda layers, custom code and SavedModel folders (loading them can run arbitrary code)",
     )
+    add_custom_objects_arg(p)
+
+
+def add_custom_objects_arg(p: argparse.ArgumentParser) -> None:
+    """``--custom-objects``, declared once for every command that reads a model file."""
+    p.add_argument(
+        "--custom-objects",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file defining the model's custom Keras 3 layer classes (imported: its code runs); their layers "
+        "are read as what their call computes, so the artifacts hold no custom code (repeatable)",
+    )
 
 
 #: What ``--data`` takes, said once for every command's ``--help``.
@@ -224,6 +237,7 @@ def run_handler(args) -> int:
     """
     try:
         _protect_inputs(args)
+        _import_custom_objects(args)
         result = args.handler(args)
         return int(result or 0)
     except KeyboardInterrupt:
@@ -238,6 +252,15 @@ def run_handler(args) -> int:
 
 #: The arguments that name files a command reads: an --out folder holding one is refused (deploykit.atomic.protect).
 _INPUT_ARGS = ("model", "models", "file", "data", "reference", "config", "ood_data")
+
+
+def _import_custom_objects(args) -> None:
+    """Import the ``--custom-objects`` files, registering their classes for every model this command loads."""
+    paths = getattr(args, "custom_objects", None)
+    if paths:
+        from deploykit.keras3.inline import import_custom_objects
+
+        import_custom_objects(paths)
 
 
 def _protect_inputs(args) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from deploykit.cli.common import add_command, add_data_arg, load_data_arg, progress
+from deploykit.cli.common import add_command, add_custom_objects_arg, add_data_arg, load_data_arg, progress
 from deploykit.cli.mc import add_uncertainty_options, conformal_config, selective_target
 from deploykit.cli.optimize import add_ray_option, add_time_budget_option
 from deploykit.core.contract import ENSEMBLE_FILE, MEMBERS_DIR
@@ -35,6 +35,7 @@ def register(sub) -> None:
         action="store_true",
         help="allow Lambda layers and custom code (loading them can run arbitrary code)",
     )
+    add_custom_objects_arg(p)
     add_data_arg(p)
     p.add_argument(
         "--members",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from deploykit.cli.common import (
     add_class_names_arg,
     add_command,
+    add_custom_objects_arg,
     add_label_column_arg,
     add_task_arg,
     add_tolerance_options,
@@ -34,6 +35,7 @@ def register(sub) -> None:
     add_task_arg(p)
     p.add_argument("--reference", default=None, help="the model FILE came from (.keras, .h5, SavedModel or .onnx)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers and custom code in --reference")
+    add_custom_objects_arg(p)
     p.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: 50)")
     add_tolerance_options(p)
 

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import weakref
 
-from deploykit.core.modelfile import ModelFile, _is_custom
+from deploykit.core.modelfile import ModelFile, is_custom
 from deploykit.core.nested import MODEL_CLASSES
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Recognized:
 def dropout_base(layer: dict) -> str | None:
     """``"Dropout"`` / ``"AlphaDropout"`` when ``layer`` (a serialized layer) is a custom subclass of it, else None."""
     kind = str(layer.get("class_name") or "")
-    if kind in _KERAS_DROPOUTS and not _is_custom(layer):  # Keras' own (an .h5 config names no module)
+    if kind in _KERAS_DROPOUTS and not is_custom(layer):  # Keras' own (an .h5 config names no module)
         return None
     names = {kind, str(layer.get("registered_name") or "")}
     short = {n.rsplit(">", 1)[-1] for n in names if n}
@@ -137,7 +137,7 @@ def _calls(layer: dict) -> list[dict]:
 def _forced(layer: dict) -> bool:
     """Keras' own Dropout / AlphaDropout called with ``training=True``: ``Dropout(0.5)(x, training=True)``, the
     functional way to keep dropout active at inference for MC Dropout."""
-    if layer.get("class_name") not in ("Dropout", "AlphaDropout") or _is_custom(layer):
+    if layer.get("class_name") not in ("Dropout", "AlphaDropout") or is_custom(layer):
         return False
     return any(options.get("training") is True for options in _calls(layer))
 

@@ -154,7 +154,7 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
     for layer in model_file.layer_configs():  # nested models' layers included, as the loader flattens them
         kind = str(layer.get("class_name", ""))
         name = str(layer.get("config", {}).get("name", kind))
-        if _is_custom(layer):
+        if is_custom(layer):
             raise UnsupportedLayerError(
                 name,
                 str(layer.get("registered_name") or kind),
@@ -297,7 +297,7 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     return b"".join(parts)
 
 
-def _is_custom(obj: dict) -> bool:
+def is_custom(obj: dict) -> bool:
     """True for a serialized object that is not Keras' own (a user class, function or lambda)."""
     kind = obj.get("class_name")
     module = obj.get("module")
@@ -316,7 +316,7 @@ def _custom_code(value, key: str = "") -> str:
     if key == "activation" and isinstance(value, dict) and "class_name" not in value:
         return "activation given as Python code"
     if isinstance(value, dict):
-        if "class_name" in value and _is_custom(value):
+        if "class_name" in value and is_custom(value):
             return f"{key or 'object'}: {_describe(value)}"
         for k, v in value.items():
             found = _custom_code(v, str(k))

@@ -49,6 +49,9 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
     Lambda layers, custom objects and SavedModel folders (loading them can run
     code from the file).
 
+    A Keras 3 file's custom layers are read as what their ``call`` computes (:mod:`deploykit.keras3.inline`)
+    when their code is given the Keras way (registered, or ``--custom-objects FILE.py``).
+
     An input with unsized axes besides the batch (a text model's ``Input(shape=(None,))``) is refused with
     :class:`~deploykit.errors.UnsizedInputError` unless ``input_shapes`` (input name -> per-sample shape, read off
     the data by :mod:`deploykit.io.lengths`) sizes it: the model comes back fixed at those sizes.
@@ -57,6 +60,12 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
     from deploykit.core.custom_dropout import custom_objects, read_as_builtin, remember
 
     model_file, recognized = read_as_builtin(read_model_file(path))  # the chapter's MCDropout is a Dropout
+    inlined = None
+    if model_file.is_keras3:  # custom layers whose code was given: read as what their call computes
+        from deploykit.keras3.inline import inlined as inline_custom_layers
+
+        inlined = inline_custom_layers(model_file, unsafe=unsafe, builtins=custom_objects(recognized))
+        model_file = inlined.model_file if inlined is not None else model_file
     flattening = nested.flattening(model_file.config, keras3=model_file.is_keras3)  # nested models, augmentation
     nested.say(flattening)
     if model_file.is_keras3:
@@ -64,7 +73,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
 
         objects = custom_objects(recognized)
         model = check_single_io(
-            import_keras3(model_file, unsafe=unsafe, custom_objects=objects, input_shapes=input_shapes)
+            import_keras3(model_file, unsafe=unsafe, custom_objects=objects, input_shapes=input_shapes, inlined=inlined)
         )
     else:
         check_model_config(model_file, unsafe=unsafe)

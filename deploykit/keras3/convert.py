@@ -72,28 +72,37 @@ def import_keras3(
     seed: int = 0,
     custom_objects: dict | None = None,
     input_shapes: dict[str, tuple] | None = None,
+    inlined=None,
 ):
     """Rebuild a Keras 3 model file as a tf_keras model (Sequential when a single path) with identical weights.
 
     ``custom_objects`` maps custom class names the file holds to the Keras layer names read in their place
     (:mod:`deploykit.core.custom_dropout`), for Keras 3 to load the file's weights with. ``input_shapes`` (input
     name -> per-sample shape, :mod:`deploykit.io.lengths`) sizes the axes the file leaves unsized (a text model's
-    length): the rebuild is checked, and exported, at those sizes.
+    length): the rebuild is checked, and exported, at those sizes. ``inlined``
+    (:class:`deploykit.keras3.inline.Inlined`, for a file with custom layers) is the model already loaded with its
+    custom layers inlined: its config is ``model_file``'s, its weights are read from it, and the rebuild is checked
+    against the user's own model.
     """
     path = model_file.path
     lowering = lower_config(model_file.config)
     graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe, input_shapes)
-    with _keras3() as keras3:
+    with keras3_context() as keras3:
         from deploykit.core.custom_dropout import read_in_place
 
         objects = {name: getattr(keras3.layers, base) for name, base in (custom_objects or {}).items()}
         try:
             with read_in_place(keras3, objects):
-                source = keras3.saving.load_model(str(path), compile=False, safe_mode=True)
+                source = (
+                    inlined.source
+                    if inlined is not None
+                    else keras3.saving.load_model(str(path), compile=False, safe_mode=True)
+                )
         except Exception as exc:
             raise ModelLoadError(
                 f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
             ) from None
+        reference = inlined.reference if inlined is not None else source
         fill_from_source(graph, lowering, source)
         model = to_keras(graph)
         for node in graph.nodes:
@@ -103,9 +112,9 @@ def import_keras3(
             elif node.name not in added | lowering.synthetic | lowering.layer_scales:
                 _copy_weights(path, lowering.source_layer(source, node.name), model.get_layer(node.name))
         x = _check_inputs(graph, seed)
-        diff = _max_abs_diff(path, keras3, source, model, x)
-        own = _own_change(keras3, source, x) if not diff <= TOLERANCE else 0.0
-        del source
+        diff = _max_abs_diff(path, keras3, reference, model, x)
+        own = _own_change(keras3, reference, x) if not diff <= TOLERANCE else 0.0
+        del source, reference
     if not diff <= TOLERANCE:
         raise ModelLoadError(
             f"model {path}: the tf_keras rebuild of this Keras 3 model differs from it by {diff:.3g} "
@@ -199,7 +208,7 @@ def _keras3_class(kind: str):
     """Keras 3's layer class of that name (None when it has none): an option tf_keras lacks, at its default in it,
     is neutral (Keras 3's Resizing adds ``fill_mode="constant"``, used only with ``pad_to_aspect_ratio``). Looked
     up once per class name (a class does not change in a process), not once per layer."""
-    with _keras3() as keras3:
+    with keras3_context() as keras3:
         return getattr(keras3.layers, kind, None)
 
 
@@ -338,7 +347,7 @@ def joined_outputs(out, to_numpy=np.asarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _keras3():
+def keras3_context():
     """Import Keras 3 and use it, then restore the environment and the global random states.
 
     Importing Keras 3 sets environment variables, and loading a model draws
@@ -379,7 +388,7 @@ def save_keras3(model, path: str | os.PathLike, *, seed: int = 0):
     if path.suffix != ".keras":
         raise ModelLoadError(f"model path {path}: Keras 3 files use the .keras suffix")
     graph = graph_from_model(model, unsafe=True)
-    with _keras3() as keras3:
+    with keras3_context() as keras3:
         rebuilt = _keras3_model(keras3, graph)
         diff = _max_abs_diff(path, keras3, rebuilt, model, _check_inputs(graph, seed))
         if not diff <= TOLERANCE:
@@ -475,7 +484,7 @@ def _keras3_config(cls, kind: str, config: dict) -> dict:
 
 
 def _keras3_inner_config(name: str, kind: str, config: dict) -> dict:
-    """A wrapped layer's tf_keras config for Keras 3 (Keras 3 is imported: this runs inside ``_keras3()``)."""
+    """A wrapped layer's tf_keras config for Keras 3 (Keras 3 is imported: this runs inside ``keras3_context()``)."""
     import keras as keras3
 
     return _keras3_config(getattr(keras3.layers, kind), kind, config)
@@ -537,7 +546,7 @@ def to_keras3(model, *, seed: int = 0):
     an object ``keras.saving.save_model`` saves and Keras 3 code can call.
     """
     graph = graph_from_model(model, unsafe=True)
-    with _keras3() as keras3:
+    with keras3_context() as keras3:
         rebuilt = _keras3_model(keras3, graph)
         diff = _max_abs_diff(model.name, keras3, rebuilt, model, _check_inputs(graph, seed))
     if not diff <= TOLERANCE:

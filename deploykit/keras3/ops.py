@@ -8,8 +8,9 @@ whose call arguments may hold constants; keras.applications' ConvNeXt nests
 tf_keras. :func:`lower_config` rewrites the model config, without running
 anything from the file, into layers every deploykit step knows:
 
-- ``x + c``, ``x - c``, ``c - x``, ``x * c``, ``x / c``, ``-x`` (a scalar ``c``, or
-  a constant varying along the last axis only): ``Rescaling(scale, offset)``;
+- ``x + c``, ``x - c``, ``c - x``, ``x * c``, ``x / c``, ``-x`` (a scalar ``c``, a
+  constant per channel, or one of any shape that broadcasts into a sample, such as
+  a learned position embedding frozen by :mod:`deploykit.keras3.inline`): ``Rescaling(scale, offset)``;
 - ``maximum(x, c)``, ``minimum(x, c)``, ``clip(x, lo, hi)``, ``relu6``: ``ReLU``
   with ``max_value`` between two ``Rescaling`` shifts (none when the bound is 0);
 - ``ops.nn`` activations (``relu``, ``sigmoid``, ``hard_sigmoid``, ``hard_silu``...):
@@ -218,29 +219,37 @@ def _constant(value, name: str, kind: str) -> np.ndarray | None:
     return None
 
 
-def _per_channel(c: np.ndarray, name: str, kind: str) -> float | list[float]:
-    """A constant as Rescaling takes it: a scalar, or one value per channel (it may vary along the last axis only)."""
+def _rescaling_constant(c: np.ndarray, sample: tuple | None, name: str, kind: str) -> float | list:
+    """A constant as Rescaling takes it: a scalar, one value per channel, or (nested lists) any shape that
+    broadcasts into one sample of the tensor (``sample``: its shape without the batch axis, None when unknown).
+
+    A constant with a batch axis of 1 loses it; one that would widen the tensor (or give it a batch axis of its
+    own) is refused: Rescaling keeps its input's shape.
+    """
     if c.size == 1:
         return float(c.reshape(()))
-    if any(d != 1 for d in c.shape[:-1]):
+    while c.ndim > 1 and c.shape[0] == 1 and (sample is None or c.ndim > len(sample)):
+        c = c[0]
+    if all(d == 1 for d in c.shape[:-1]):  # per channel (the common case, and what every step folds)
+        return [float(v) for v in c.reshape(-1)]
+    fits = sample is not None and c.ndim <= len(sample)
+    fits = fits and all(d in (1, s) for d, s in zip(c.shape[::-1], sample[::-1]))
+    if not fits:
         raise UnsupportedLayerError(
-            name,
-            kind,
-            f"a constant of shape {c.shape} varies along an axis other than "
-            "the last; deploykit rewrites per-channel constants only",
+            name, kind, f"a constant of shape {c.shape} does not broadcast into a sample of shape {sample}"
         )
-    return [float(v) for v in c.reshape(-1)]
+    return c.tolist()
 
 
 def _neg(c):
-    return [-v for v in c] if isinstance(c, list) else -c
+    return (-np.asarray(c)).tolist() if isinstance(c, list) else -c
 
 
 def _inv(c, name: str, kind: str):
-    values = c if isinstance(c, list) else [c]
-    if any(v == 0 for v in values):
+    values = np.asarray(c, np.float64)
+    if np.any(values == 0):
         raise UnsupportedLayerError(name, kind, "divides by a constant holding 0")
-    return [1.0 / v for v in c] if isinstance(c, list) else 1.0 / c
+    return (1.0 / values).tolist() if isinstance(c, list) else 1.0 / c
 
 
 # --- operation layers -----------------------------------------------------------------------
@@ -270,13 +279,22 @@ def _lower_op(layer: dict, names: set[str]) -> list[dict]:
         raise UnsupportedLayerError(
             name, kind, f"called with {args[1:] if first else args[:1]}; deploykit reads numeric constants only"
         )
-    steps = _steps(name, kind, options, [_per_channel(c, name, kind) for c in constants], first)
+    sample = _sample_shape(x)
+    steps = _steps(name, kind, options, [_rescaling_constant(c, sample, name, kind) for c in constants], first)
     out, source = [], x
     for i, (layer_kind, config) in enumerate(steps):
         step_name = name if i == len(steps) - 1 else fresh_name(f"{name}_{layer_kind.lower()}", names)
         out.append(_builtin(layer_kind, step_name, source, **config))
         source = tensor_ref(step_name)
     return out
+
+
+def _sample_shape(tensor: dict) -> tuple | None:
+    """The per-sample shape Keras 3 wrote beside a tensor reference (None when it wrote none, or unsized axes)."""
+    shape = (tensor.get("config") or {}).get("shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) < 1 or any(d is None for d in shape[1:]):
+        return None
+    return tuple(int(d) for d in shape[1:])
 
 
 def _rescale(scale=1.0, offset=0.0) -> tuple[str, dict]:

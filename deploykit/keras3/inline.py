@@ -1,0 +1,211 @@
+"""Custom Keras 3 layers, read as what they compute.
+
+keras.io's Transformer blocks, token-and-position embeddings and patch encoders are
+custom classes: a ``Layer`` subclass whose ``call`` uses built-in layers and ``ops``.
+tf_keras (so TF-MOT, and tf2onnx's Keras path) cannot run Keras 3 code, and a file
+alone does not hold the code. When the user gives it, as Keras itself takes it
+(the class registered with ``keras.saving.register_keras_serializable``, in a
+``custom_object_scope``, or in a Python file passed with ``--custom-objects``),
+:func:`inlined` loads the model with Keras 3 and calls each custom layer's ``call``
+on symbolic tensors (``keras.models.clone_model``'s ``call_function``): what the
+layer computes is recorded as the built-in layers and operations it is made of,
+its own variables used in ``ops`` become constants, and the model is read from
+that config like any other file. The import then checks the tf_keras rebuild
+against the user's own model, custom code included.
+
+So every step works on built-in layers (the Dense layers inside a Transformer
+block prune and quantize), and no artifact holds the user's code. A layer whose
+``call`` cannot be traced symbolically (Python branching on values, a random
+draw) is refused with its name and Keras' reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from deploykit.core.modelfile import ModelFile, is_custom
+from deploykit.errors import ModelLoadError, UnsupportedLayerError, UsageError, one_line
+
+#: Rounds of inlining: a custom layer's call may call another custom layer, which the next round inlines.
+MAX_DEPTH = 8
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inlined:
+    """A model whose custom layers are inlined: its config as a file's (``model_file``), the Keras 3 model that
+    config describes (``source``: the user's layer objects, so their weights), and the user's own model
+    (``reference``), which the rebuild is checked against."""
+
+    model_file: ModelFile
+    source: object
+    reference: object
+    layers: tuple[str, ...]  # "name (Class)" of each custom layer inlined, for the one line the loader says
+
+
+def custom_layers(model_file: ModelFile) -> list[dict]:
+    """The serialized layers of the file that are custom classes (Keras 3 files; nested models' layers too)."""
+    return [layer for layer in _all_layers(model_file.config) if is_custom(layer) and "class_name" in layer]
+
+
+def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None) -> Inlined | None:
+    """The model with its custom layers inlined, or None when it has none (nothing is loaded then).
+
+    ``builtins`` maps custom class names read as built-in layers (the chapter's MCDropout:
+    :mod:`deploykit.core.custom_dropout`) to those layers. Any other custom class must be one Keras 3 resolves in
+    this process; one it does not is refused by name, saying how to give its code.
+    """
+    customs = [layer for layer in custom_layers(model_file) if _class_name(layer) not in (builtins or {})]
+    if not customs:
+        return None
+    from deploykit.core.custom_dropout import read_in_place
+    from deploykit.keras3.convert import keras3_context
+
+    with keras3_context() as keras3:
+        _check_resolvable(keras3, model_file, customs)
+        objects = {name: getattr(keras3.layers, base) for name, base in (builtins or {}).items()}
+        try:
+            with read_in_place(keras3, objects), warnings.catch_warnings():
+                # Keras' note that a custom class has no build(): the import checks the outputs instead
+                warnings.filterwarnings("ignore", message=r".*`build\(\)` was called on layer", category=UserWarning)
+                reference = keras3.saving.load_model(str(model_file.path), compile=False, safe_mode=not unsafe)
+        except Exception as exc:
+            raise ModelLoadError(f"model {model_file.path}: Keras 3 cannot load it ({one_line(exc)[:300]})") from None
+        source, names = _inline(keras3, reference, model_file)
+        config = json.loads(json.dumps(keras3.saving.serialize_keras_object(source)))  # as a file holds it
+    log.info(f"custom layers read as what their call computes (built-in layers and operations): {', '.join(names)}")
+    return Inlined(dataclasses.replace(model_file, config=config), source, reference, tuple(names))
+
+
+def import_custom_objects(paths) -> list[str]:
+    """Import each Python file (its code runs) and register its Keras 3 layer classes; the names registered.
+
+    A class the file registers itself (``register_keras_serializable``) keeps its registered name; any other
+    ``keras.layers.Layer`` subclass it defines is registered under its class name, as ``custom_objects=`` does.
+    """
+    from deploykit.keras3.convert import keras3_context
+
+    found: list[str] = []
+    with keras3_context() as keras3:
+        for path in paths:
+            module = _import_file(Path(path))
+            registry = keras3.saving.get_custom_objects()
+            for value in vars(module).values():
+                if not (isinstance(value, type) and issubclass(value, keras3.layers.Layer)):
+                    continue
+                if value.__module__ != module.__name__:  # imported into the file, not defined there
+                    continue
+                name = keras3.saving.get_registered_name(value)
+                if keras3.saving.get_registered_object(name) is None:
+                    registry[value.__name__] = value
+                found.append(name)
+    return found
+
+
+def _import_file(path: Path):
+    """Import one Python file as a module of its own name; one line when it is missing or fails."""
+    if path.suffix != ".py" or not path.is_file():
+        raise UsageError(f"--custom-objects {path}: not a Python file (give the .py file defining the classes)")
+    name = f"deploykit_custom_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up by module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UsageError(f"--custom-objects {path}: importing it failed ({one_line(exc)})") from None
+    return module
+
+
+def _check_resolvable(keras3, model_file: ModelFile, customs: list[dict]) -> None:
+    """Refuse, by name, a custom class Keras 3 cannot find in this process (its code was not given)."""
+    for layer in customs:
+        registered = str(layer.get("registered_name") or layer.get("class_name"))
+        if keras3.saving.get_registered_object(registered) is None:
+            name = str((layer.get("config") or {}).get("name", registered))
+            raise UnsupportedLayerError(
+                name,
+                registered,
+                "a custom layer class, and its code was not given: pass the Python file defining it with "
+                "--custom-objects FILE.py (API: register the class with keras.saving.register_keras_serializable "
+                "before calling deploykit)",
+            )
+
+
+def _inline(keras3, model, model_file: ModelFile):
+    """A functional Keras 3 model computing what ``model`` does with no custom layer, and the layers inlined."""
+    names: list[str] = []
+
+    def call(layer, *args, **kwargs):
+        if not _is_custom_object(layer):
+            return layer(*args, **kwargs)
+        names.append(f"{layer.name} ({type(layer).__name__})")
+        try:
+            return layer.call(*args, **kwargs)
+        except Exception as exc:
+            raise UnsupportedLayerError(
+                layer.name,
+                type(layer).__name__,
+                f"a custom layer whose call cannot be traced on symbolic tensors ({one_line(exc)[:200]})",
+            ) from None
+
+    current = _functional(keras3, model, model_file, call)
+    for _ in range(MAX_DEPTH):
+        if not any(_is_custom_object(layer) for layer in _layers_of(current)):
+            return current, names
+        current = keras3.models.clone_model(
+            current, clone_function=lambda layer: layer, call_function=call, recursive=True
+        )
+    raise ModelLoadError(f"model {model_file.path}: custom layers nested more than {MAX_DEPTH} deep; refused")
+
+
+def _functional(keras3, model, model_file: ModelFile, call):
+    """``model`` as a functional model: a Sequential one is called layer by layer (``call``) on the input its
+    config declares (it may not be built: Keras builds it by calling its layers, custom ones included)."""
+    if not isinstance(model, keras3.Sequential):
+        return model
+    first = (model_file.layer_configs() or [{}])[0]
+    if first.get("class_name") != "InputLayer":
+        raise ModelLoadError(f"model {model_file.path}: a Sequential model with no declared input; refused")
+    spec = first.get("config") or {}
+    x = keras3.Input(batch_shape=tuple(spec["batch_shape"]), dtype=spec.get("dtype"), name=spec.get("name"))
+    y = x
+    for layer in model.layers:
+        y = call(layer, y)
+    return keras3.Model(x, y, name=model.name)
+
+
+def _layers_of(model):
+    """Every layer of a model, inside its nested models too."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
+            yield from _layers_of(layer)
+
+
+def _is_custom_object(layer) -> bool:
+    module = type(layer).__module__
+    return not (module == "keras" or module.startswith("keras."))
+
+
+def _class_name(layer: dict) -> str:
+    return str(layer.get("class_name"))
+
+
+def _all_layers(config: dict):
+    """Every serialized layer of a config, nested models' layers included."""
+    inner = config.get("config") if isinstance(config, dict) else None
+    for layer in (inner or {}).get("layers") or []:
+        if not isinstance(layer, dict):
+            continue
+        yield layer
+        if isinstance((layer.get("config") or {}).get("layers"), list):
+            yield from _all_layers(layer)

@@ -1,0 +1,228 @@
+"""Custom Keras 3 layers read as what their call computes, when their code is given (deploykit.keras3.inline).
+
+The models are keras.io's "Text classification with Transformer" blocks (``TokenAndPositionEmbedding``,
+``TransformerBlock``) with the ``get_config`` and registration the Keras saving guide adds so the file can be
+saved, and the saving guide's own layer with a weight of its own. Each rebuild is compared with the user's model,
+custom code included, and the artifacts run in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from deploykit.errors import UnsupportedLayerError, UsageError
+from deploykit.io.models import load_model
+
+#: keras.io's two classes, as a user's module holding them reads (the saving guide's get_config and registration).
+LAYERS_PY = textwrap.dedent(
+    """
+    import keras
+    from keras import layers, ops
+
+
+    @keras.saving.register_keras_serializable(package="{package}")
+    class TransformerBlock(layers.Layer):
+        def __init__(self, embed_dim, num_heads, ff_dim, rate=0.1, **kwargs):
+            super().__init__(**kwargs)
+            self.embed_dim, self.num_heads, self.ff_dim, self.rate = embed_dim, num_heads, ff_dim, rate
+            self.att = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
+            self.ffn = keras.Sequential([layers.Dense(ff_dim, activation="relu"), layers.Dense(embed_dim)])
+            self.layernorm1 = layers.LayerNormalization(epsilon=1e-6)
+            self.layernorm2 = layers.LayerNormalization(epsilon=1e-6)
+            self.dropout1 = layers.Dropout(rate)
+            self.dropout2 = layers.Dropout(rate)
+
+        def call(self, inputs):
+            attn_output = self.att(inputs, inputs)
+            attn_output = self.dropout1(attn_output)
+            out1 = self.layernorm1(inputs + attn_output)
+            ffn_output = self.ffn(out1)
+            ffn_output = self.dropout2(ffn_output)
+            return self.layernorm2(out1 + ffn_output)
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(embed_dim=self.embed_dim, num_heads=self.num_heads, ff_dim=self.ff_dim, rate=self.rate)
+            return config
+
+
+    @keras.saving.register_keras_serializable(package="{package}")
+    class TokenAndPositionEmbedding(layers.Layer):
+        def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.maxlen, self.vocab_size, self.embed_dim = maxlen, vocab_size, embed_dim
+            self.token_emb = layers.Embedding(input_dim=vocab_size, output_dim=embed_dim)
+            self.pos_emb = layers.Embedding(input_dim=maxlen, output_dim=embed_dim)
+
+        def call(self, x):
+            maxlen = ops.shape(x)[-1]
+            positions = ops.arange(start=0, stop=maxlen, step=1)
+            positions = self.pos_emb(positions)
+            x = self.token_emb(x)
+            return x + positions
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(maxlen=self.maxlen, vocab_size=self.vocab_size, embed_dim=self.embed_dim)
+            return config
+    """
+)
+VOCAB, MAXLEN = 50, 12
+
+
+@pytest.fixture(scope="module")
+def k3():
+    import keras
+
+    import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
+
+    return keras
+
+
+def _user_module(tmp_path, package: str):
+    """The user's layers file, written and imported as their training script imports it."""
+    path = tmp_path / f"layers_{package.lower()}.py"
+    path.write_text(LAYERS_PY.format(package=package))
+    spec = importlib.util.spec_from_file_location(f"user_layers_{package}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return path, module
+
+
+def _token_data(n: int = 600):
+    """Ids 1..VOCAB-1; the label: whether id 7 occurs (a Transformer learns it in a few epochs)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, VOCAB, (n, MAXLEN))
+    y = (x == 7).any(axis=1).astype(np.int64)
+    return x.astype(np.float32), y
+
+
+def _transformer(k3, module, x, y, tmp_path):
+    """keras.io's classifier (smaller dims), trained briefly and saved as a Keras 3 file."""
+    k3.utils.set_random_seed(0)
+    inputs = k3.layers.Input(shape=(MAXLEN,))
+    h = module.TokenAndPositionEmbedding(MAXLEN, VOCAB, 16)(inputs)
+    h = module.TransformerBlock(16, 2, 16)(h)
+    h = k3.layers.GlobalAveragePooling1D()(h)
+    h = k3.layers.Dropout(0.1)(h)
+    h = k3.layers.Dense(20, activation="relu")(h)
+    h = k3.layers.Dropout(0.1)(h)
+    outputs = k3.layers.Dense(2, activation="softmax")(h)
+    model = k3.Model(inputs=inputs, outputs=outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    model.save(tmp_path / "transformer.keras")
+    return model, tmp_path / "transformer.keras"
+
+
+def test_keras_io_transformer_blocks_are_read_as_built_in_layers_equal_to_the_users_model(k3, tmp_path):
+    _path, module = _user_module(tmp_path, "InlineApi")  # registered in this process, as an API user's are
+    x, y = _token_data()
+    user, path = _transformer(k3, module, x, y, tmp_path)
+    model = load_model(path)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert "TransformerBlock" not in kinds and "TokenAndPositionEmbedding" not in kinds
+    assert {"Embedding", "MultiHeadAttention", "LayerNormalization", "Dense", "Rescaling", "Add"} <= kinds
+    # the block's feed-forward Dense layers are the model's own now (prunable), besides the head's two
+    assert sum(type(layer).__name__ == "Dense" for layer in model.layers) == 4
+    expected = np.asarray(user(x[:200], training=False))
+    assert np.abs(model(x[:200], training=False).numpy() - expected).max() <= 1e-5
+
+
+def test_the_cli_reads_custom_layers_from_the_file_given_and_refuses_them_without_it(k3, tmp_path):
+    layers_file, module = _user_module(tmp_path, "InlineCli")
+    x, y = _token_data()
+    user, path = _transformer(k3, module, x, y, tmp_path)
+    np.savez(tmp_path / "tokens.npz", x=x, y=y)
+    base = [sys.executable, "-m", "deploykit.cli.main", "export", str(path), "--data", str(tmp_path / "tokens.npz")]
+    base += ["--formats", "onnx", "--quantize", "float32"]
+
+    refused = subprocess.run([*base, "--out", str(tmp_path / "no")], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert "of type InlineCli>TokenAndPositionEmbedding: a custom layer class, and its code was not given" in (
+        refused.stderr
+    )
+    assert "--custom-objects FILE.py" in refused.stderr and not (tmp_path / "no").exists()
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*base, "--out", str(out), "--custom-objects", str(layers_file)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "custom layers read as what their call computes" in done.stderr
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x[:200]})[0]
+    assert np.abs(got - np.asarray(user(x[:200], training=False))).max() <= 1e-4
+
+
+def test_a_layers_own_weight_used_in_ops_is_read_as_a_constant(k3, tmp_path):
+    # the Keras saving guide's pattern: a weight made in build() and used in call(); and a custom layer calling
+    # another one (inlined in a second round), in a Sequential model
+    @k3.saving.register_keras_serializable(package="InlineWeight")
+    class LearnedPosition(k3.layers.Layer):
+        def build(self, shape):
+            self.pos = self.add_weight(shape=(shape[1], shape[2]), initializer="random_normal", name="pos")
+
+        def call(self, x):
+            return x + self.pos
+
+    @k3.saving.register_keras_serializable(package="InlineWeight")
+    class Block(k3.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.position = LearnedPosition()
+            self.dense = k3.layers.Dense(3, activation="relu")
+
+        def call(self, x):
+            return self.dense(self.position(x)) * 0.5
+
+    model = k3.Sequential([k3.Input((4, 3)), k3.layers.Dense(3), Block(), k3.layers.Flatten(), k3.layers.Dense(2)])
+    xs = np.random.default_rng(1).normal(size=(32, 4, 3)).astype(np.float32)
+    model(xs)
+    model.save(tmp_path / "weight.keras")
+    imported = load_model(tmp_path / "weight.keras")
+    assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs))).max() <= 1e-5
+    offsets = [np.asarray(layer.offset) for layer in imported.layers if type(layer).__name__ == "Rescaling"]
+    assert any(o.shape == (4, 3) for o in offsets)  # the learned position table, one value per position and channel
+
+
+def test_a_call_that_cannot_be_traced_is_refused_by_name(k3, tmp_path):
+    @k3.saving.register_keras_serializable(package="InlineBranch")
+    class Branchy(k3.layers.Layer):
+        def call(self, x):
+            if k3.ops.convert_to_numpy(k3.ops.mean(x)) > 0:  # Python control flow on a value
+                return x
+            return -x
+
+    model = k3.Sequential([k3.Input((4,)), Branchy(name="branchy"), k3.layers.Dense(2)])
+    model.save(tmp_path / "branchy.keras")
+    with pytest.raises(UnsupportedLayerError, match=r"'branchy' of type Branchy: a custom layer whose call cannot be"):
+        load_model(tmp_path / "branchy.keras")
+
+
+def test_a_constant_that_would_widen_a_sample_is_refused(k3, tmp_path):
+    inputs = k3.Input((4, 1))
+    wider = k3.Model(inputs, k3.layers.Dense(2)(inputs + np.ones((4, 3), np.float32)))  # [N, 4, 1] -> [N, 4, 3]
+    wider.save(tmp_path / "wider.keras")
+    widens = r"shape \(4, 3\) does not broadcast into a sample of shape \(4, 1\)"
+    with pytest.raises(UnsupportedLayerError, match=widens):
+        load_model(tmp_path / "wider.keras")
+
+
+def test_custom_objects_files_that_cannot_be_imported_are_one_line(tmp_path):
+    from deploykit.keras3.inline import import_custom_objects
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("import keras\nraise RuntimeError('the user file fails')\n")
+    with pytest.raises(UsageError, match=r"--custom-objects .*broken.py: importing it failed \(RuntimeError: the"):
+        import_custom_objects([broken])
+    with pytest.raises(UsageError, match="not a Python file"):
+        import_custom_objects([tmp_path / "missing.py"])
