@@ -109,6 +109,8 @@ def import_keras3(
             # the layers computing an activation tf_keras lacks, or an operation layer, hold no weights
             if node.name in lowering.depthwise:
                 _copy_depthwise(lowering.source_layer(source, node.name), model.get_layer(node.name))
+            elif node.name in lowering.constants:  # x @ W with W a constant: a Dense layer whose kernel is W
+                model.get_layer(node.name).set_weights(lowering.constants[node.name])
             elif node.name not in added | lowering.synthetic | lowering.layer_scales:
                 _copy_weights(path, lowering.source_layer(source, node.name), model.get_layer(node.name))
         x = _check_inputs(graph, seed)

@@ -63,6 +63,8 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
     this process; one it does not is refused by name, saying how to give its code.
     """
     customs = [layer for layer in custom_layers(model_file) if _class_name(layer) not in (builtins or {})]
+    if is_custom(model_file.config):  # a subclassed model: its call is traced as a custom layer's is
+        customs.insert(0, model_file.config)
     if not customs:
         return None
     from deploykit.core.custom_dropout import read_in_place
@@ -131,10 +133,11 @@ def _check_resolvable(keras3, model_file: ModelFile, customs: list[dict]) -> Non
         registered = str(layer.get("registered_name") or layer.get("class_name"))
         if keras3.saving.get_registered_object(registered) is None:
             name = str((layer.get("config") or {}).get("name", registered))
+            what = "a subclassed model" if layer is model_file.config else "a custom layer class"
             raise UnsupportedLayerError(
                 name,
                 registered,
-                "a custom layer class, and its code was not given: pass the Python file defining it with "
+                f"{what}, and its code was not given: pass the Python file defining it with "
                 "--custom-objects FILE.py (API: register the class with keras.saving.register_keras_serializable "
                 "before calling deploykit)",
             )
@@ -157,7 +160,8 @@ def _inline(keras3, model, model_file: ModelFile):
                 f"a custom layer whose call cannot be traced on symbolic tensors ({one_line(exc)[:200]})",
             ) from None
 
-    current = _functional(keras3, model, model_file, call)
+    current = _subclassed(keras3, model, model_file, call) if is_custom(model_file.config) else None
+    current = current or _functional(keras3, model, model_file, call)
     for _ in range(MAX_DEPTH):
         if not any(_is_custom_object(layer) for layer in _layers_of(current)):
             return current, names
@@ -181,6 +185,25 @@ def _functional(keras3, model, model_file: ModelFile, call):
     for layer in model.layers:
         y = call(layer, y)
     return keras3.Model(x, y, name=model.name)
+
+
+def _subclassed(keras3, model, model_file: ModelFile, call):
+    """A subclassed model (a ``keras.Model`` subclass, the Keras guide's ``MLPBlock``) as a functional model: its
+    ``call`` traced on inputs of the shapes it was built with (the file's ``build_config``)."""
+    shapes = (model_file.config.get("build_config") or {}).get("input_shape")
+    if not isinstance(shapes, (list, tuple)) or not shapes:
+        raise UnsupportedLayerError(
+            model.name,
+            type(model).__name__,
+            "a subclassed model saved before it was built: its file holds no input shape (call it on data, or "
+            "build it, before saving)",
+        )
+    several = all(isinstance(s, (list, tuple)) for s in shapes)
+    if several:
+        inputs = [keras3.Input(batch_shape=tuple(s)) for s in shapes]
+    else:
+        inputs = keras3.Input(batch_shape=tuple(shapes))
+    return keras3.Model(inputs, call(model, inputs), name=model.name)
 
 
 def _layers_of(model):

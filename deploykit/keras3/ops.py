@@ -16,6 +16,7 @@ anything from the file, into layers every deploykit step knows:
 - ``ops.nn`` activations (``relu``, ``sigmoid``, ``hard_sigmoid``, ``hard_silu``...):
   ``Activation`` (Keras 3 names, expanded by :mod:`deploykit.keras3.activations`);
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
+- ``x @ W`` with W a constant matrix (a custom layer's own weight, frozen when inlined): ``Dense``;
 - ``concatenate``, ``expand_dims``, ``squeeze``, ``reshape``, ``transpose``, and ``mean`` / ``max`` / ``sum``
   over a sequence's steps or an image's positions: ``Concatenate``, ``Reshape``, ``Permute``, global pooling
   (:mod:`deploykit.keras3.shape_ops`, from the shapes Keras 3 writes beside each tensor);
@@ -44,7 +45,8 @@ from deploykit.core.nested import Nesting, flatten, fresh_name, is_tensor, layer
 from deploykit.errors import UnsupportedLayerError
 from deploykit.keras3.shape_ops import SHAPE_OPS, lower_shape_op
 
-_OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math")
+#: Where Keras 3 defines operations (``keras.activations.relu(x)`` on a tensor is an operation of the last).
+_OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math", "keras.src.activations.activations")
 #: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
 _ACTIVATIONS = {
     "Relu": "relu",
@@ -70,7 +72,10 @@ _CONFIGURED = {
     "LeakyRelu": ("LeakyReLU", {"negative_slope": 0.2}),
     "Elu": ("ELU", {"alpha": 1.0}),
     "Gelu": ("Activation", {"approximate": True}),
+    "ReLU": ("ReLU", {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}),  # keras.activations.relu
 }
+#: Products of a tensor and a constant matrix, read as a Dense layer with that kernel (:func:`_product`).
+_PRODUCTS = ("Matmul", "Dot")
 #: Two-tensor operations with a built-in merge layer of the same meaning.
 _MERGES = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply", "Maximum": "Maximum", "Minimum": "Minimum"}
 #: Where keras.applications defines ConvNeXt's LayerScale (``x * gamma``, gamma of shape [channels]).
@@ -88,6 +93,7 @@ class Lowering:
     nesting: Nesting = field(default_factory=Nesting)  # where inlined layers sit; augmentation removed
     layer_scales: set[str] = field(default_factory=set)  # Rescaling layers standing for a LayerScale
     depthwise: set[str] = field(default_factory=set)  # DepthwiseConv2D layers standing for a grouped Conv2D
+    constants: dict[str, list] = field(default_factory=dict)  # weights of layers standing for x @ W (W a constant)
 
     def source_layer(self, source, name: str):
         """The Keras 3 layer (of the loaded ``source`` model) a rebuilt layer copies its weights from."""
@@ -110,7 +116,7 @@ def lower_config(config: dict) -> Lowering:
     out: list[dict] = []
     for layer in layers:
         if str(layer.get("module") or "") in _OPS:
-            new = _lower_op(layer, names)
+            new = _lower_op(layer, names, lowering)
             lowering.synthetic |= {layer_name(n) for n in new}
             out += new
         elif (layer.get("module"), layer.get("class_name")) == _CUSTOM_SCALE:
@@ -255,11 +261,13 @@ def _inv(c, name: str, kind: str):
 # --- operation layers -----------------------------------------------------------------------
 
 
-def _lower_op(layer: dict, names: set[str]) -> list[dict]:
+def _lower_op(layer: dict, names: set[str], lowering: Lowering) -> list[dict]:
     """The built-in layers computing one operation layer; the last keeps its name (its readers are unchanged)."""
     name, kind = layer_name(layer), str(layer.get("class_name"))
     args, kwargs = _call(layer)
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
+    if kind in _PRODUCTS and not kwargs and not options and len(args) == 2 and is_tensor(args[0]):
+        return [_product(name, kind, args, lowering)]
     if kind in SHAPE_OPS and not kwargs:  # concatenate, reshape, pool a sequence...: from the input shapes
         return lower_shape_op(name, kind, args, options, _builtin, lambda base: fresh_name(base, names))
     tensors = [a for a in args if is_tensor(a)]
@@ -295,6 +303,20 @@ def _sample_shape(tensor: dict) -> tuple | None:
     if not isinstance(shape, (list, tuple)) or len(shape) < 1 or any(d is None for d in shape[1:]):
         return None
     return tuple(int(d) for d in shape[1:])
+
+
+def _product(name: str, kind: str, args: list, lowering: Lowering) -> dict:
+    """``x @ W`` (``ops.matmul`` / ``ops.dot``, W a constant [in, out]: the Keras guide's ``Linear`` layer, its
+    weight frozen by :mod:`deploykit.keras3.inline`): a Dense layer with no bias whose kernel is W, so every step
+    (pruning, int8) treats it as the Dense layer it is."""
+    kernel = None if is_tensor(args[1]) else _constant(args[1], name, kind)
+    sample = _sample_shape(args[0])
+    if kernel is None or kernel.ndim != 2 or not sample or sample[-1] != kernel.shape[0]:
+        raise UnsupportedLayerError(
+            name, kind, "a product deploykit reads only as a tensor [..., in] times a constant matrix [in, out]"
+        )
+    lowering.constants[name] = [kernel.astype(np.float32)]
+    return _builtin("Dense", name, args[0], units=int(kernel.shape[1]), use_bias=False, activation="linear")
 
 
 def _rescale(scale=1.0, offset=0.0) -> tuple[str, dict]:

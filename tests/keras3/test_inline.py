@@ -226,3 +226,66 @@ def test_custom_objects_files_that_cannot_be_imported_are_one_line(tmp_path):
         import_custom_objects([broken])
     with pytest.raises(UsageError, match="not a Python file"):
         import_custom_objects([tmp_path / "missing.py"])
+
+
+def _guide_classes(k3, package: str):
+    """The Keras guide "Making new layers and models via subclassing": its ``Linear`` layer (weights made in
+    build, used through ``ops.matmul``) and its ``MLPBlock`` model, with the saving guide's registration."""
+
+    @k3.saving.register_keras_serializable(package=package)
+    class Linear(k3.layers.Layer):
+        def __init__(self, units=32, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal")
+            self.b = self.add_weight(shape=(self.units,), initializer="random_normal")
+
+        def call(self, inputs):
+            return k3.ops.matmul(inputs, self.w) + self.b
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+    @k3.saving.register_keras_serializable(package=package)
+    class MLPBlock(k3.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.linear_1 = Linear(32)
+            self.linear_2 = Linear(32)
+            self.linear_3 = Linear(10)
+
+        def call(self, inputs):
+            x = self.linear_1(inputs)
+            x = k3.activations.relu(x)
+            x = self.linear_2(x)
+            x = k3.activations.relu(x)
+            return self.linear_3(x)
+
+    return Linear, MLPBlock
+
+
+def test_the_keras_guides_subclassed_model_and_linear_layer_are_read_as_dense_layers(k3, tmp_path):
+    _linear, mlp_block = _guide_classes(k3, "InlineGuide")
+    x = np.random.default_rng(2).normal(size=(64, 64)).astype(np.float32)
+    model = mlp_block()
+    model.compile("adam", k3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.arange(64) % 10, epochs=1, verbose=0)
+    model.save(tmp_path / "mlp.keras")
+    imported = load_model(tmp_path / "mlp.keras")
+    assert np.abs(imported(x, training=False).numpy() - np.asarray(model(x))).max() <= 1e-5
+    dense = [layer for layer in imported.layers if type(layer).__name__ == "Dense"]
+    assert [layer.units for layer in dense] == [32, 32, 10]  # x @ W: a Dense layer whose kernel is W
+    assert {type(layer).__name__ for layer in imported.layers} >= {"ReLU", "Rescaling"}  # relu(x), + b
+
+
+def test_a_subclassed_model_without_its_code_or_never_built_is_refused_by_name(k3, tmp_path):
+    _linear, mlp_block = _guide_classes(k3, "InlineGuideUnbuilt")
+    unbuilt = mlp_block(name="unbuilt")
+    unbuilt.save(tmp_path / "unbuilt.keras")
+    with pytest.raises(UnsupportedLayerError, match="'unbuilt' of type MLPBlock: a subclassed model saved before it"):
+        load_model(tmp_path / "unbuilt.keras")
+    k3.saving.get_custom_objects().pop("InlineGuideUnbuilt>MLPBlock")
+    with pytest.raises(UnsupportedLayerError, match="a subclassed model, and its code was not given"):
+        load_model(tmp_path / "unbuilt.keras")
