@@ -39,7 +39,11 @@ data), ``unet`` (keras.io's U-Net segmentation: a softmax per pixel, masks of cl
 tagger: a softmax per step) and ``text_20k`` (keras.io text classification from scratch at its 20,000 words). The
 fifth (:data:`FIFTH`): ``lstm_seq2seq`` (keras.io's character-level sequence to sequence, line for line: the
 encoder LSTM returns its states and the decoder LSTM starts from them; here it reads an image's 28 rows and spells
-its class name, teacher-forced as the example trains it).
+its class name, teacher-forced as the example trains it). The sixth (:data:`SIXTH`), custom classes given to
+``optimize`` with ``--custom-objects`` (:data:`CUSTOM_LAYERS`, the user's module): ``transformer_text`` (keras.io
+text classification with Transformer: its ``TokenAndPositionEmbedding`` and ``TransformerBlock``, with the saving
+guide's ``get_config``) and ``subclassed_mlp`` (the Keras subclassing guide's ``Linear`` layer and ``MLPBlock`` model,
+logits out).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -75,7 +79,9 @@ THIRD = ("anomaly_ae", "lstm_ae", "forecast", "docs_attention", "ops_pooling", "
 FOURTH = ("multi_label", "ticket", "unet", "tagger", "text_20k")
 #: The fifth round: an encoder-decoder whose decoder starts from the encoder's returned states.
 FIFTH = ("lstm_seq2seq",)
-OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH
+#: The sixth round: custom layer classes and a subclassed model, their code given as the user's module.
+SIXTH = ("transformer_text", "subclassed_mlp")
+OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH + SIXTH
 #: lstm_seq2seq spells the Fashion class names (keras.io's example: characters one-hot, "\t" starts, "\n" ends).
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
@@ -105,6 +111,81 @@ EPOCHS = {
 APPLICATION_TRAINING = {"mobilenet_v3_small": (3000, 32), "efficientnet_b0": (3000, 32), "convnext_tiny": (1500, 32)}
 HELD_OUT = 600
 TARGET = 1e-5
+
+#: The user's module of custom classes (keras.io's Transformer text classifier; the Keras subclassing guide), as
+#: their training script imports it: the training and checking processes run it, optimize gets it as a file.
+CUSTOM_LAYERS = textwrap.dedent("""
+    import keras
+    from keras import layers, ops
+
+    @keras.saving.register_keras_serializable()
+    class TransformerBlock(layers.Layer):
+        def __init__(self, embed_dim, num_heads, ff_dim, rate=0.1, **kwargs):
+            super().__init__(**kwargs)
+            self.embed_dim, self.num_heads, self.ff_dim, self.rate = embed_dim, num_heads, ff_dim, rate
+            self.att = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
+            self.ffn = keras.Sequential([layers.Dense(ff_dim, activation="relu"), layers.Dense(embed_dim)])
+            self.layernorm1 = layers.LayerNormalization(epsilon=1e-6)
+            self.layernorm2 = layers.LayerNormalization(epsilon=1e-6)
+            self.dropout1 = layers.Dropout(rate)
+            self.dropout2 = layers.Dropout(rate)
+        def call(self, inputs):
+            attn_output = self.att(inputs, inputs)
+            attn_output = self.dropout1(attn_output)
+            out1 = self.layernorm1(inputs + attn_output)
+            ffn_output = self.ffn(out1)
+            ffn_output = self.dropout2(ffn_output)
+            return self.layernorm2(out1 + ffn_output)
+        def get_config(self):
+            config = super().get_config()
+            config.update(embed_dim=self.embed_dim, num_heads=self.num_heads, ff_dim=self.ff_dim, rate=self.rate)
+            return config
+
+    @keras.saving.register_keras_serializable()
+    class TokenAndPositionEmbedding(layers.Layer):
+        def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.maxlen, self.vocab_size, self.embed_dim = maxlen, vocab_size, embed_dim
+            self.token_emb = layers.Embedding(input_dim=vocab_size, output_dim=embed_dim)
+            self.pos_emb = layers.Embedding(input_dim=maxlen, output_dim=embed_dim)
+        def call(self, x):
+            maxlen = ops.shape(x)[-1]
+            positions = ops.arange(start=0, stop=maxlen, step=1)
+            positions = self.pos_emb(positions)
+            x = self.token_emb(x)
+            return x + positions
+        def get_config(self):
+            config = super().get_config()
+            config.update(maxlen=self.maxlen, vocab_size=self.vocab_size, embed_dim=self.embed_dim)
+            return config
+
+    @keras.saving.register_keras_serializable()
+    class Linear(layers.Layer):
+        def __init__(self, units=32, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal", trainable=True)
+            self.b = self.add_weight(shape=(self.units,), initializer="random_normal", trainable=True)
+        def call(self, inputs):
+            return ops.matmul(inputs, self.w) + self.b
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+    @keras.saving.register_keras_serializable()
+    class MLPBlock(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.linear_1 = Linear(32)
+            self.linear_2 = Linear(32)
+            self.linear_3 = Linear(10)
+        def call(self, inputs):
+            x = self.linear_1(inputs)
+            x = keras.activations.relu(x)
+            x = self.linear_2(x)
+            x = keras.activations.relu(x)
+            return self.linear_3(x)
+""")
 
 #: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path (keras.applications:
 #: then training rows, batch size, held-out rows; it prints their accuracy as JSON).
@@ -347,6 +428,23 @@ TRAIN = textwrap.dedent("""
         model = keras.Model(inputs, L.Dense(1, activation="sigmoid", name="predictions")(h))
         model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
         model.fit(x, y, validation_split=0.15, epochs=epochs, verbose=0)
+    elif kind == "transformer_text":  # keras.io/examples/nlp/text_classification_with_transformer, its model
+        maxlen, vocab_size, embed_dim, num_heads, ff_dim = x.shape[1], 16, 32, 2, 32
+        inputs = L.Input(shape=(maxlen,))
+        h = TokenAndPositionEmbedding(maxlen, vocab_size, embed_dim)(inputs)
+        h = TransformerBlock(embed_dim, num_heads, ff_dim)(h)
+        h = L.GlobalAveragePooling1D()(h)
+        h = L.Dropout(0.1)(h)
+        h = L.Dense(20, activation="relu")(h)
+        h = L.Dropout(0.1)(h)
+        outputs = L.Dense(10, activation="softmax")(h)
+        model = keras.Model(inputs=inputs, outputs=outputs)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    elif kind == "subclassed_mlp":  # keras.io/guides/making_new_layers_and_models_via_subclassing: MLPBlock
+        model = MLPBlock()
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     elif kind == "lstm_seq2seq":  # keras.io/examples/nlp/lstm_seq2seq, as published (its latent_dim, its fit)
         latent_dim = 256
         num_encoder_tokens, num_decoder_tokens = z["input_layer"].shape[-1], z["input_layer_1"].shape[-1]
@@ -456,6 +554,8 @@ CHECK = textwrap.dedent("""
         report["model_keras_vs_float64"] = diff(got, truth)
     print(json.dumps(report))
 """)
+#: Both processes know the user's custom classes, as the user's own scripts import them.
+TRAIN, CHECK = CUSTOM_LAYERS + TRAIN, CUSTOM_LAYERS + CHECK
 
 
 def say(message: str) -> None:
@@ -535,6 +635,11 @@ def data_for(kind: str, folder: Path) -> Path:
         bits = x.reshape(len(x), 7, 4, 7, 4).transpose(0, 1, 3, 2, 4).reshape(len(x), 49, 16) > 96
         words = (bits * (1 << np.arange(16))).sum(axis=2) % 19999 + 1
         np.savez(path, x=words.astype(np.int64), y=np.isin(y, (5, 7, 9)).astype(np.int64))
+    elif kind == "transformer_text":  # docs_attention's tokens: 14x14 (2x2 means) at 16 grey levels, 196 ids
+        small = x.reshape(len(x), 14, 2, 14, 2).mean(axis=(2, 4))
+        np.savez(path, x=np.minimum(small // 16, 15).reshape(len(x), -1).astype(np.float32), y=y)
+    elif kind == "subclassed_mlp":  # 784 pixels in [0, 1]
+        np.savez(path, x=(x / 255).reshape(len(x), -1), y=y)
     elif kind == "lstm_seq2seq":  # source: 28 rows of 28 pixels in [0, 1]; target: the class name, one-hot chars
         chars = sorted({c for name in CLASS_NAMES for c in name} | {"\t", "\n"})
         steps = max(len(name) for name in CLASS_NAMES) + 2  # with "\t" before and "\n" after
@@ -602,11 +707,14 @@ def one(kind: str, folder: Path, epochs: int) -> dict:
         trained_before.write_text(json.dumps({**training, "train_seconds": trained}))
     if training:
         say(f"{kind}: held-out accuracy {training['held_out_accuracy']:.3f} on {training['held_out_rows']} rows")
-    extra = EXTRA.get(kind, ())
-    say(f"{kind}: deploykit optimize {' '.join(extra)}")
+    extra = shown = EXTRA.get(kind, ())
+    if kind in SIXTH:  # the user's module of custom classes, given as a file
+        (folder / "custom_layers.py").write_text(CUSTOM_LAYERS)
+        extra, shown = (*extra, "--custom-objects", str(folder / "custom_layers.py")), ("--custom-objects FILE.py",)
+    say(f"{kind}: deploykit optimize {' '.join(shown)}")
     out = folder / f"out_{kind}"
     shutil.rmtree(out, ignore_errors=True)  # --work: a fresh run's artifacts only
-    row = {"model": kind, "options": " ".join(extra), "epochs": epochs, "train_seconds": trained, **training}
+    row = {"model": kind, "options": " ".join(shown), "epochs": epochs, "train_seconds": trained, **training}
     row.update(bm.optimize(model, data, out, extra))
     row.update(budget_check(out))
     row.update(nll_check(out))

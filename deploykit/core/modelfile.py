@@ -158,7 +158,8 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
             raise UnsupportedLayerError(
                 name,
                 str(layer.get("registered_name") or kind),
-                f"a custom layer class from {layer.get('module') or 'user code'}",
+                f"a custom layer class from {layer.get('module') or 'user code'} (deploykit reads custom classes "
+                "from Keras 3 files, given their code with --custom-objects FILE.py)",
             )
         try:
             entry = support_for(layer, unsafe=unsafe)

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from deploykit.core.modelfile import ModelFile, is_custom
-from deploykit.errors import ModelLoadError, UnsupportedLayerError, UsageError, one_line
+from deploykit.errors import DeployKitError, ModelLoadError, UnsupportedLayerError, UsageError, one_line
 
 #: Rounds of inlining: a custom layer's call may call another custom layer, which the next round inlines.
 MAX_DEPTH = 8
@@ -146,28 +146,38 @@ def _check_resolvable(keras3, model_file: ModelFile, customs: list[dict]) -> Non
 def _inline(keras3, model, model_file: ModelFile):
     """A functional Keras 3 model computing what ``model`` does with no custom layer, and the layers inlined."""
     names: list[str] = []
+    unique = _UniqueNames(keras3, model)
 
     def call(layer, *args, **kwargs):
         if not _is_custom_object(layer):
             return layer(*args, **kwargs)
         names.append(f"{layer.name} ({type(layer).__name__})")
         try:
-            return layer.call(*args, **kwargs)
+            outputs = layer.call(*args, **kwargs)
         except Exception as exc:
             raise UnsupportedLayerError(
                 layer.name,
                 type(layer).__name__,
                 f"a custom layer whose call cannot be traced on symbolic tensors ({one_line(exc)[:200]})",
             ) from None
+        unique.claim(outputs, (args, kwargs))
+        return outputs
 
     current = _subclassed(keras3, model, model_file, call) if is_custom(model_file.config) else None
     current = current or _functional(keras3, model, model_file, call)
     for _ in range(MAX_DEPTH):
         if not any(_is_custom_object(layer) for layer in _layers_of(current)):
             return current, names
-        current = keras3.models.clone_model(
-            current, clone_function=lambda layer: layer, call_function=call, recursive=True
-        )
+        try:
+            current = keras3.models.clone_model(
+                current, clone_function=lambda layer: layer, call_function=call, recursive=True
+            )
+        except DeployKitError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {model_file.path}: Keras 3 cannot rebuild it with its custom layers inlined ({one_line(exc)})"
+            ) from None
     raise ModelLoadError(f"model {model_file.path}: custom layers nested more than {MAX_DEPTH} deep; refused")
 
 
@@ -204,6 +214,54 @@ def _subclassed(keras3, model, model_file: ModelFile, call):
     else:
         inputs = keras3.Input(batch_shape=tuple(shapes))
     return keras3.Model(inputs, call(model, inputs), name=model.name)
+
+
+class _UniqueNames:
+    """One name per layer and operation of the traced model.
+
+    What a custom layer's ``call`` adds (its sub-layers, made when the file loaded; its operations, made while it
+    is traced) is named by Keras' counters in this process, which know nothing of the names the file gave the
+    model's own layers (an ``Add`` layer the user named ``add`` beside the ``x + y`` of a custom layer), and two
+    calls of one block may hold sub-layers the block names alike. Such a newcomer takes the next free name.
+    """
+
+    def __init__(self, keras3, model):
+        self.keras3 = keras3
+        self.taken = {op.name for op in _operations_of(model) if not _is_custom_object(op)}
+        self.seen: set[int] = set()
+
+    def claim(self, outputs, inputs) -> None:
+        """Name uniquely every operation between a call's ``inputs`` and its ``outputs`` not met before."""
+        tree = self.keras3.tree
+        stop = {id(t) for t in tree.flatten(inputs)}
+        stack = [t for t in tree.flatten(outputs) if id(t) not in stop]
+        while stack:
+            history = getattr(stack.pop(), "_keras_history", None)
+            if history is None or id(history.operation) in self.seen:
+                continue
+            self._name(history.operation)
+            node = history.operation._inbound_nodes[history.node_index]
+            stack += [t for t in node.input_tensors if id(t) not in stop]
+
+    def _name(self, op) -> None:
+        self.seen.add(id(op))
+        if op.name in self.taken:
+            base, k = op.name, 1
+            while f"{base}_{k}" in self.taken:
+                k += 1
+            op.name = f"{base}_{k}"
+        self.taken.add(op.name)
+        for inner in _operations_of(op) if hasattr(op, "layers") else ():  # a nested model's own layers
+            if id(inner) not in self.seen:
+                self._name(inner)
+
+
+def _operations_of(model):
+    """Every layer and operation of a model, inside its nested models too (not the model itself)."""
+    for op in getattr(model, "operations", None) or getattr(model, "layers", None) or []:
+        yield op
+        if hasattr(op, "layers"):
+            yield from _operations_of(op)
 
 
 def _layers_of(model):

@@ -46,7 +46,13 @@ from deploykit.errors import UnsupportedLayerError
 from deploykit.keras3.shape_ops import SHAPE_OPS, lower_shape_op
 
 #: Where Keras 3 defines operations (``keras.activations.relu(x)`` on a tensor is an operation of the last).
-_OPS = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math", "keras.src.activations.activations")
+_OPS = (
+    "keras.src.ops.numpy",
+    "keras.src.ops.nn",
+    "keras.src.ops.math",
+    "keras.src.ops.image",
+    "keras.src.activations.activations",
+)
 #: Keras 3 ``ops.nn`` operations that are an activation of the same meaning (Keras 3 names).
 _ACTIVATIONS = {
     "Relu": "relu",

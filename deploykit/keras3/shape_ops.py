@@ -9,6 +9,8 @@ rewrites one such operation layer, without running anything from the file:
 - ``concatenate(tensors, axis)``: ``Concatenate(axis)``;
 - ``expand_dims(x, axis)``, ``squeeze(x, axis)``, ``reshape(x, (-1, ...))``: ``Reshape`` to the shape it gives;
 - ``transpose(x, (0, ...))`` (the batch axis stays first): ``Permute``;
+- ``ops.image.extract_patches(x, size)`` with the patches side by side (keras.io's ViT, MLP-Mixer, gMLP ``Patches``
+  layer): ``Reshape`` to the patches' rows and columns, ``Permute``, ``Reshape`` (values moved, none computed);
 - ``mean`` / ``max`` / ``sum`` over every axis between the batch and the channels (a sequence's steps, an image's
   rows and columns): ``GlobalAveragePooling`` / ``GlobalMaxPooling`` 1D to 3D (``sum``: the average times the
   number of positions, a ``Rescaling``).
@@ -25,7 +27,9 @@ from deploykit.core.nested import is_tensor, tensor_ref
 from deploykit.errors import UnsupportedLayerError
 
 #: The operation layers this module rewrites (Keras 3 class names).
-SHAPE_OPS = frozenset({"Concatenate", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Mean", "Max", "Sum"})
+SHAPE_OPS = frozenset(
+    {"Concatenate", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Mean", "Max", "Sum", "ExtractPatches"}
+)
 
 _POOLING = {"Mean": "GlobalAveragePooling", "Sum": "GlobalAveragePooling", "Max": "GlobalMaxPooling"}
 
@@ -46,6 +50,8 @@ def lower_shape_op(name: str, kind: str, args: list, options: dict, builtin, fre
     x, shape = args[0], _shape(name, kind, args[0])
     if kind in _POOLING:
         return _pooled(name, kind, x, shape, options, builtin, fresh)
+    if kind == "ExtractPatches":
+        return _patches(name, kind, x, shape, options, builtin, fresh)
     if kind == "Transpose":
         axes = options.get("axes")
         if axes is None or len(axes) != len(shape) + 1 or int(axes[0]) != 0:
@@ -117,4 +123,27 @@ def _pooled(name: str, kind: str, x: dict, shape: list[int], options: dict, buil
     return [
         builtin(layer, mean, x, keepdims=keepdims, data_format="channels_last"),
         builtin("Rescaling", name, tensor_ref(mean), scale=float(positions), offset=0.0),
+    ]
+
+
+def _patches(name: str, kind: str, x: dict, shape: list[int], options: dict, builtin, fresh) -> list[dict]:
+    """``extract_patches`` of p x q patches side by side (strides = size, valid, channels last) on an image of
+    H x W x C that they tile: [H/p, W/q, p*q*C], each patch's values row by row, as TensorFlow orders them."""
+    size = options.get("size")
+    p, q = (size, size) if isinstance(size, int) else tuple(size or (0, 0))
+    strides = options.get("strides")
+    strides = (p, q) if strides is None else (strides, strides) if isinstance(strides, int) else tuple(strides)
+    rate = options.get("dilation_rate", 1)
+    plain = tuple(strides) == (p, q) and rate in (1, [1, 1], (1, 1)) and options.get("padding", "valid") == "valid"
+    plain = plain and options.get("data_format") in (None, "channels_last") and len(shape) == 3 and p > 0 and q > 0
+    if not plain or shape[0] % p or shape[1] % q:
+        raise UnsupportedLayerError(
+            name, kind, f"patches of {options} on a {shape} image; deploykit reads patches side by side that tile "
+            "the image (strides equal to the size, valid padding, channels last)"
+        )  # fmt: skip
+    (h, w, c), split, moved = shape, fresh(f"{name}_rows"), fresh(f"{name}_moved")
+    return [
+        builtin("Reshape", split, x, target_shape=[h // p, p, w // q, q, c]),
+        builtin("Permute", moved, tensor_ref(split), dims=[1, 3, 2, 4, 5]),
+        builtin("Reshape", name, tensor_ref(moved), target_shape=[h // p, w // q, p * q * c]),
     ]

@@ -289,3 +289,88 @@ def test_a_subclassed_model_without_its_code_or_never_built_is_refused_by_name(k
     k3.saving.get_custom_objects().pop("InlineGuideUnbuilt>MLPBlock")
     with pytest.raises(UnsupportedLayerError, match="a subclassed model, and its code was not given"):
         load_model(tmp_path / "unbuilt.keras")
+
+
+def _vit_classes(k3, package: str):
+    """keras.io's "Image classification with Vision Transformer": its Patches and PatchEncoder, as published."""
+    layers, ops = k3.layers, k3.ops
+
+    @k3.saving.register_keras_serializable(package=package)
+    class Patches(layers.Layer):
+        def __init__(self, patch_size, **kwargs):
+            super().__init__(**kwargs)
+            self.patch_size = patch_size
+
+        def call(self, images):
+            input_shape = ops.shape(images)
+            batch_size = input_shape[0]
+            height = input_shape[1]
+            width = input_shape[2]
+            channels = input_shape[3]
+            num_patches_h = height // self.patch_size
+            num_patches_w = width // self.patch_size
+            patches = k3.ops.image.extract_patches(images, size=self.patch_size)
+            patches = ops.reshape(
+                patches,
+                (batch_size, num_patches_h * num_patches_w, self.patch_size * self.patch_size * channels),
+            )
+            return patches
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"patch_size": self.patch_size})
+            return config
+
+    @k3.saving.register_keras_serializable(package=package)
+    class PatchEncoder(layers.Layer):
+        def __init__(self, num_patches, projection_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.num_patches = num_patches
+            self.projection_dim = projection_dim
+            self.projection = layers.Dense(units=projection_dim)
+            self.position_embedding = layers.Embedding(input_dim=num_patches, output_dim=projection_dim)
+
+        def call(self, patch):
+            positions = ops.expand_dims(ops.arange(start=0, stop=self.num_patches, step=1), axis=0)
+            projected_patches = self.projection(patch)
+            encoded = projected_patches + self.position_embedding(positions)
+            return encoded
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"num_patches": self.num_patches, "projection_dim": self.projection_dim})
+            return config
+
+    return Patches, PatchEncoder
+
+
+def test_keras_io_vision_transformer_patches_are_read_and_export_equal_to_the_users_model(k3, tmp_path):
+    # create_vit_classifier's blocks (smaller): its layers.Add() layers are named add, add_1... by the file, as the
+    # x + positions inside PatchEncoder is by Keras when traced: the inlined operations take other names
+    from deploykit.export.onnx_export import export_onnx
+
+    patches, patch_encoder = _vit_classes(k3, "InlineVit")
+    layers = k3.layers
+    inputs = k3.Input(shape=(12, 12, 2))
+    encoded = patch_encoder(9, 8)(patches(4)(inputs))
+    for block in range(2):  # named as a fresh Keras process names them
+        x1 = layers.LayerNormalization(epsilon=1e-6)(encoded)
+        attention = layers.MultiHeadAttention(num_heads=2, key_dim=8, dropout=0.1)(x1, x1)
+        x2 = layers.Add(name="add" if block == 0 else "add_2")([attention, encoded])
+        x3 = layers.Dense(8, activation=k3.activations.gelu)(layers.LayerNormalization(epsilon=1e-6)(x2))
+        encoded = layers.Add(name=f"add_{2 * block + 1}")([x3, x2])
+    logits = layers.Dense(3)(layers.Flatten()(layers.LayerNormalization(epsilon=1e-6)(encoded)))
+    model = k3.Model(inputs=inputs, outputs=logits)
+    xs = np.random.default_rng(3).uniform(size=(32, 12, 12, 2)).astype(np.float32)
+    model.save(tmp_path / "vit.keras")
+    k3.utils.clear_session()  # Keras' name counters as in the user's fresh process: the traced x + p is "add"
+    imported = load_model(tmp_path / "vit.keras")
+    expected = np.asarray(model(xs, training=False))
+    assert np.abs(imported(xs, training=False).numpy() - expected).max() <= 1e-5
+    assert len({layer.name for layer in imported.layers}) == len(imported.layers)
+    export_onnx(imported, tmp_path / "vit.onnx")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: xs})[0]
+    assert np.abs(got - expected).max() <= 1e-4
