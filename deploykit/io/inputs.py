@@ -172,15 +172,18 @@ def is_keras3_model(obj) -> bool:
 
 
 def _import_keras3_object(model, unsafe: bool, data=None, say=None):
-    """Save a Keras 3 model to a temporary .keras file and import it as deploykit imports such files."""
+    """Save a Keras 3 model to a temporary .keras file and import it as deploykit imports such files (its custom
+    classes, if any, are the object's own: :func:`deploykit.keras3.inline.classes_of`)."""
     from deploykit.errors import DeployKitError
     from deploykit.io.lengths import load_model_for
+    from deploykit.keras3.inline import classes_of
 
     with tempfile.TemporaryDirectory(prefix="deploykit-keras3-") as tmp:
         path = Path(tmp) / f"{model.name or 'model'}.keras"
         model.save(path)
-        try:
-            return load_model_for(path, data, unsafe=unsafe, say=say)
+        try:  # the object's own custom classes are its code, given: read as what their call computes
+            with classes_of(model):
+                return load_model_for(path, data, unsafe=unsafe, say=say)
         except DeployKitError as exc:  # named after the object the caller holds, not a scratch file gone on return
             exc.args = tuple(
                 a.replace(f"model {path}", f"Keras 3 model {model.name!r}").replace(str(path), repr(model.name))

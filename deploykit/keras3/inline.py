@@ -21,6 +21,7 @@ draw) is refused with its name and Keras' reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -30,6 +31,7 @@ import warnings
 from pathlib import Path
 
 from deploykit.core.modelfile import ModelFile, is_custom
+from deploykit.core.nested import model_ends
 from deploykit.errors import DeployKitError, ModelLoadError, UnsupportedLayerError, UsageError, one_line
 
 #: Rounds of inlining: a custom layer's call may call another custom layer, which the next round inlines.
@@ -52,7 +54,7 @@ class Inlined:
 
 def custom_layers(model_file: ModelFile) -> list[dict]:
     """The serialized layers of the file that are custom classes (Keras 3 files; nested models' layers too)."""
-    return [layer for layer in _all_layers(model_file.config) if is_custom(layer) and "class_name" in layer]
+    return [layer for layer in _all_layers(model_file.config) if _is_custom_config(layer)]
 
 
 def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None) -> Inlined | None:
@@ -63,7 +65,7 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
     this process; one it does not is refused by name, saying how to give its code.
     """
     customs = [layer for layer in custom_layers(model_file) if _class_name(layer) not in (builtins or {})]
-    if is_custom(model_file.config):  # a subclassed model: its call is traced as a custom layer's is
+    if _is_custom_config(model_file.config):  # a subclassed model: its call is traced as a custom layer's is
         customs.insert(0, model_file.config)
     if not customs:
         return None
@@ -82,8 +84,21 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
             raise ModelLoadError(f"model {model_file.path}: Keras 3 cannot load it ({one_line(exc)[:300]})") from None
         source, names = _inline(keras3, reference, model_file)
         config = json.loads(json.dumps(keras3.saving.serialize_keras_object(source)))  # as a file holds it
+        if isinstance(source.input, dict):  # a subclassed model built on a dict: checked on the same arrays
+            reference = _ByName(reference, [end[0] for end in model_ends(config["config"].get("input_layers"))])
     log.info(f"custom layers read as what their call computes (built-in layers and operations): {', '.join(names)}")
     return Inlined(dataclasses.replace(model_file, config=config), source, reference, tuple(names))
+
+
+class _ByName:
+    """A model taking a dict of inputs, called with a list of arrays in the order its traced twin's config lists the
+    inputs (the order the import's check feeds them in)."""
+
+    def __init__(self, model, names: list[str]):
+        self.model, self.names = model, names
+
+    def __call__(self, x, training=False):
+        return self.model(dict(zip(self.names, x)), training=training)
 
 
 def import_custom_objects(paths) -> list[str]:
@@ -109,6 +124,29 @@ def import_custom_objects(paths) -> list[str]:
                     registry[value.__name__] = value
                 found.append(name)
     return found
+
+
+@contextlib.contextmanager
+def classes_of(model):
+    """Let Keras 3 find the custom classes a live model is made of (itself, its layers, theirs), while a copy of it
+    saved to a file loads: the code a caller holding the object has given, as ``custom_objects=`` gives it."""
+    from deploykit.keras3.convert import keras3_context
+
+    with keras3_context() as keras3:
+        found = {
+            keras3.saving.get_registered_name(type(layer)): type(layer)
+            for layer in model._flatten_layers(include_self=True, recursive=True)
+            if _is_custom_object(layer)
+        }
+        # the global registry, not a custom_object_scope: a scope entered inside (the loader's) replaces this one
+        registry = keras3.saving.get_custom_objects()
+        added = {name: cls for name, cls in found.items() if name not in registry}
+        registry.update(added)
+        try:
+            yield
+        finally:
+            for name in added:
+                registry.pop(name, None)
 
 
 def _import_file(path: Path):
@@ -163,7 +201,7 @@ def _inline(keras3, model, model_file: ModelFile):
         unique.claim(outputs, (args, kwargs))
         return outputs
 
-    current = _subclassed(keras3, model, model_file, call) if is_custom(model_file.config) else None
+    current = _subclassed(keras3, model, model_file, call) if _is_custom_config(model_file.config) else None
     current = current or _functional(keras3, model, model_file, call)
     for _ in range(MAX_DEPTH):
         if not any(_is_custom_object(layer) for layer in _layers_of(current)):
@@ -201,6 +239,9 @@ def _subclassed(keras3, model, model_file: ModelFile, call):
     """A subclassed model (a ``keras.Model`` subclass, the Keras guide's ``MLPBlock``) as a functional model: its
     ``call`` traced on inputs of the shapes it was built with (the file's ``build_config``)."""
     shapes = (model_file.config.get("build_config") or {}).get("input_shape")
+    if isinstance(shapes, dict) and shapes:  # built on a dict of inputs: traced on one, named as its keys
+        inputs = {key: keras3.Input(batch_shape=tuple(shape), name=key) for key, shape in shapes.items()}
+        return keras3.Model(inputs, call(model, inputs), name=model.name)
     if not isinstance(shapes, (list, tuple)) or not shapes:
         raise UnsupportedLayerError(
             model.name,
@@ -275,6 +316,13 @@ def _layers_of(model):
 def _is_custom_object(layer) -> bool:
     module = type(layer).__module__
     return not (module == "keras" or module.startswith("keras."))
+
+
+def _is_custom_config(layer: dict) -> bool:
+    """A serialized layer of a class that is not Keras' own: a registered one, or one saved unregistered from a
+    script or notebook (Keras 3 writes no module for it)."""
+    module = str(layer.get("module") or "")
+    return "class_name" in layer and (is_custom(layer) or not (module == "keras" or module.startswith("keras.")))
 
 
 def _class_name(layer: dict) -> str:

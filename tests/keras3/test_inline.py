@@ -374,3 +374,55 @@ def test_keras_io_vision_transformer_patches_are_read_and_export_equal_to_the_us
     session = ort.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: xs})[0]
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_a_live_keras3_model_gives_its_own_custom_classes_to_the_api(k3, tmp_path):
+    # a notebook's model object: its Linear class is not registered anywhere; the object is its code
+    import deploykit
+
+    class Linear(k3.layers.Layer):
+        def __init__(self, units=8, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal")
+
+        def call(self, inputs):
+            return k3.ops.matmul(inputs, self.w)
+
+    model = k3.Sequential([k3.Input((6,)), Linear(8), k3.layers.BatchNormalization(), k3.layers.Dense(3)])
+    xs = np.random.default_rng(4).normal(size=(64, 6)).astype(np.float32)
+    model.compile("adam", "mse")
+    model.fit(xs, xs[:, :3], epochs=2, verbose=0)  # BatchNorm statistics away from their start
+    folded, _report = deploykit.fold_batchnorm(model)
+    assert type(folded).__module__.startswith("keras.")  # a Keras 3 object back
+    assert "BatchNormalization" not in {type(layer).__name__ for layer in folded.layers}
+    assert np.abs(np.asarray(folded(xs)) - np.asarray(model(xs, training=False))).max() <= 1e-5
+
+
+def test_a_subclassed_model_built_on_a_dict_of_inputs_is_traced_on_one(k3, tmp_path):
+    @k3.saving.register_keras_serializable(package="InlineDict")
+    class TwoTower(k3.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.wide = k3.layers.Dense(8, activation="relu")
+            self.deep = k3.layers.Dense(8, activation="relu")
+            self.head = k3.layers.Dense(3, activation="softmax")
+
+        def call(self, inputs):
+            return self.head(k3.layers.concatenate([self.wide(inputs["wide"]), self.deep(inputs["deep"])]))
+
+    rng = np.random.default_rng(5)
+    x = {"wide": rng.normal(size=(64, 5)).astype(np.float32), "deep": rng.normal(size=(64, 6)).astype(np.float32)}
+    model = TwoTower()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, np.arange(64) % 3, epochs=1, verbose=0)
+    model.save(tmp_path / "towers.keras")
+    imported = load_model(tmp_path / "towers.keras")  # packed: one input holding both, in the config's order
+    from deploykit.core.multi_io_model import unpack_model
+
+    plain = unpack_model(imported)
+    feed = [x[t.name.split(":")[0]] for t in plain.inputs]
+    assert sorted(t.name.split(":")[0] for t in plain.inputs) == ["deep", "wide"]
+    assert np.abs(plain(feed, training=False).numpy() - np.asarray(model(x))).max() <= 1e-5
