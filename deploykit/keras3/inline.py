@@ -321,8 +321,10 @@ def _is_custom_object(layer) -> bool:
 def _is_custom_config(layer: dict) -> bool:
     """A serialized layer of a class that is not Keras' own: a registered one, or one saved unregistered from a
     script or notebook (Keras 3 writes no module for it)."""
-    module = str(layer.get("module") or "")
-    return "class_name" in layer and (is_custom(layer) or not (module == "keras" or module.startswith("keras.")))
+    if "class_name" not in layer or is_custom(layer):
+        return "class_name" in layer
+    module = layer.get("module", "keras")  # a config naming no module (an older writer's) is read as Keras' own
+    return not (module == "keras" or str(module).startswith("keras."))
 
 
 def _class_name(layer: dict) -> str:

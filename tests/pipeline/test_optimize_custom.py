@@ -1,0 +1,125 @@
+"""``deploykit optimize`` on a model made of custom classes, their code given with ``--custom-objects``.
+
+The Keras subclassing guide's ``MLPBlock`` (a ``keras.Model`` subclass) of its ``Linear`` layers, trained on
+scikit-learn's digits and saved as a Keras 3 file, as a user following the guide and the saving guide does. The
+run must prune the Linear layers (read as Dense layers), ship, and give back files that open without the code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # trains a model and runs optimize in a fresh process
+
+GUIDE_PY = textwrap.dedent(
+    """
+    import keras
+    from keras import layers, ops
+
+
+    @keras.saving.register_keras_serializable(package="Guide")
+    class Linear(layers.Layer):
+        def __init__(self, units=32, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal")
+            self.b = self.add_weight(shape=(self.units,), initializer="random_normal")
+
+        def call(self, inputs):
+            return ops.matmul(inputs, self.w) + self.b
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+
+    @keras.saving.register_keras_serializable(package="Guide")
+    class MLPBlock(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.linear_1 = Linear(32)
+            self.linear_2 = Linear(32)
+            self.linear_3 = Linear(10)
+
+        def call(self, inputs):
+            x = self.linear_1(inputs)
+            x = keras.activations.relu(x)
+            x = self.linear_2(x)
+            x = keras.activations.relu(x)
+            return self.linear_3(x)
+    """
+)
+
+#: The user's training script, in a plain Keras 3 process (deploykit not imported).
+TRAIN_PY = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, keras
+    sys.path.insert(0, sys.argv[1])
+    from guide_layers import MLPBlock
+    keras.utils.set_random_seed(0)
+    z = np.load(sys.argv[2])
+    model = MLPBlock()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(z["x"], z["y"], epochs=15, verbose=0)
+    model.save(sys.argv[3])
+    """
+)
+
+#: Checks in a plain Keras 3 process without the user's module: model.keras opens, and equals model.onnx.
+CHECK_PY = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, keras, onnxruntime as ort
+    out, data = sys.argv[1], np.load(sys.argv[2])
+    kept = keras.saving.load_model(out + "/model.keras")
+    x = data["x"][:200]
+    session = ort.InferenceSession(out + "/model.onnx", providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    print(json.dumps({"diff": float(np.abs(got - np.asarray(kept(x))).max()), "classes": sorted(
+        {type(layer).__module__.split(".")[0] for layer in kept.layers})}))
+    """
+)
+
+
+def _plain_keras3(*argv):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    return subprocess.run([sys.executable, "-c", *argv], capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_optimize_ships_the_subclassing_guides_model_with_its_code_given(tmp_path):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "digits.npz", x=(x / 16).astype(np.float32), y=y)
+    (tmp_path / "guide_layers.py").write_text(GUIDE_PY)
+    trained = _plain_keras3(TRAIN_PY, str(tmp_path), str(tmp_path / "digits.npz"), str(tmp_path / "mlp.keras"))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+    out = tmp_path / "out"
+    argv = ["optimize", tmp_path / "mlp.keras", "--data", tmp_path / "digits.npz", "--out", out]
+    argv += ["--custom-objects", tmp_path / "guide_layers.py", "--no-mc"]
+    done = subprocess.run(
+        [sys.executable, "-m", "deploykit.cli.main", *map(str, argv)], capture_output=True, text=True, timeout=1800
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "custom layers read as what their call computes" in done.stderr
+    report = json.loads((out / "report.json").read_text())
+    verdicts = {a["file"]: a["verdict"] for a in report["artifacts"]}
+    assert verdicts.get("model.onnx") == "pass", verdicts
+    pruned = [row for row in report["layer_sparsity"] if row["stage"] == "after sparsity" and row["zeros"]]
+    assert pruned, report["layer_sparsity"]  # the Linear layers, read as Dense layers, were pruned
+
+    checked = _plain_keras3(CHECK_PY, str(out), str(tmp_path / "digits.npz"))
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    result = json.loads(checked.stdout.strip().splitlines()[-1])
+    assert result["classes"] == ["keras"] and result["diff"] <= 1e-4
