@@ -67,6 +67,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
         inlined = inline_custom_layers(model_file, unsafe=unsafe, builtins=custom_objects(recognized))
         model_file = inlined.model_file if inlined is not None else model_file
     flattening = nested.flattening(model_file.config, keras3=model_file.is_keras3)  # nested models, augmentation
+    flattening = ([inlined.line] if inlined is not None else []) + flattening  # said, and kept for the report
     nested.say(flattening)
     if model_file.is_keras3:
         from deploykit.keras3.convert import import_keras3

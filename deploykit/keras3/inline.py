@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -37,8 +36,6 @@ from deploykit.errors import DeployKitError, ModelLoadError, UnsupportedLayerErr
 #: Rounds of inlining: a custom layer's call may call another custom layer, which the next round inlines.
 MAX_DEPTH = 8
 
-log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class Inlined:
@@ -49,7 +46,14 @@ class Inlined:
     model_file: ModelFile
     source: object
     reference: object
-    layers: tuple[str, ...]  # "name (Class)" of each custom layer inlined, for the one line the loader says
+    layers: tuple[str, ...]  # "name (Class)" of each custom layer inlined
+
+    @property
+    def line(self) -> str:
+        """What the loader says (and the optimize report's notes keep)."""
+        return (
+            f"custom layers read as what their call computes (built-in layers and operations): {', '.join(self.layers)}"
+        )
 
 
 def custom_layers(model_file: ModelFile) -> list[dict]:
@@ -86,7 +90,6 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
         config = json.loads(json.dumps(keras3.saving.serialize_keras_object(source)))  # as a file holds it
         if isinstance(source.input, dict):  # a subclassed model built on a dict: checked on the same arrays
             reference = _ByName(reference, [end[0] for end in model_ends(config["config"].get("input_layers"))])
-    log.info(f"custom layers read as what their call computes (built-in layers and operations): {', '.join(names)}")
     return Inlined(dataclasses.replace(model_file, config=config), source, reference, tuple(names))
 
 

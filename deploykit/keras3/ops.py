@@ -16,7 +16,8 @@ anything from the file, into layers every deploykit step knows:
 - ``ops.nn`` activations (``relu``, ``sigmoid``, ``hard_sigmoid``, ``hard_silu``...):
   ``Activation`` (Keras 3 names, expanded by :mod:`deploykit.keras3.activations`);
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
-- ``x @ W`` with W a constant matrix (a custom layer's own weight, frozen when inlined): ``Dense``;
+- ``x @ W`` with W a constant matrix (a custom layer's own weight, frozen when inlined): ``Dense``; ``a @ b`` of two
+  tensors, a matrix each per sample: ``Dot``;
 - ``concatenate``, ``expand_dims``, ``squeeze``, ``reshape``, ``transpose``, and ``mean`` / ``max`` / ``sum``
   over a sequence's steps or an image's positions: ``Concatenate``, ``Reshape``, ``Permute``, global pooling
   (:mod:`deploykit.keras3.shape_ops`, from the shapes Keras 3 writes beside each tensor);
@@ -315,7 +316,9 @@ def _product(name: str, kind: str, args: list, lowering: Lowering) -> dict:
     """``x @ W`` (``ops.matmul`` / ``ops.dot``, W a constant [in, out]: the Keras guide's ``Linear`` layer, its
     weight frozen by :mod:`deploykit.keras3.inline`): a Dense layer with no bias whose kernel is W, so every step
     (pruning, int8) treats it as the Dense layer it is."""
-    kernel = None if is_tensor(args[1]) else _constant(args[1], name, kind)
+    if is_tensor(args[1]):
+        return _batch_product(name, kind, args)
+    kernel = _constant(args[1], name, kind)
     sample = _sample_shape(args[0])
     if kernel is None or kernel.ndim != 2 or not sample or sample[-1] != kernel.shape[0]:
         raise UnsupportedLayerError(
@@ -323,6 +326,19 @@ def _product(name: str, kind: str, args: list, lowering: Lowering) -> dict:
         )
     lowering.constants[name] = [kernel.astype(np.float32)]
     return _builtin("Dense", name, args[0], units=int(kernel.shape[1]), use_bias=False, activation="linear")
+
+
+def _batch_product(name: str, kind: str, args: list) -> dict:
+    """``a @ b`` of two tensors [N, m, k] and [N, k, n] (keras.io's CCT pools a sequence with its attention weights
+    this way): the ``Dot`` layer over a's last axis and b's first per-sample axis."""
+    a, b = _sample_shape(args[0]), _sample_shape(args[1])
+    if kind != "Matmul" or not a or not b or len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+        raise UnsupportedLayerError(
+            name, kind, f"a product of tensors of shapes {a} and {b}; deploykit reads [m, k] @ [k, n] per sample"
+        )
+    return {**_builtin("Dot", name, None, axes=[2, 1], normalize=False), "inbound_nodes": [
+        {"args": [[args[0], args[1]]], "kwargs": {}}
+    ]}  # fmt: skip
 
 
 def _rescale(scale=1.0, offset=0.0) -> tuple[str, dict]:

@@ -426,3 +426,52 @@ def test_a_subclassed_model_built_on_a_dict_of_inputs_is_traced_on_one(k3, tmp_p
     feed = [x[t.name.split(":")[0]] for t in plain.inputs]
     assert sorted(t.name.split(":")[0] for t in plain.inputs) == ["deep", "wide"]
     assert np.abs(plain(feed, training=False).numpy() - np.asarray(model(x))).max() <= 1e-5
+
+
+def test_keras_io_cct_stochastic_depth_and_sequence_pooling_are_read(k3, tmp_path):
+    # keras.io's "Compact Convolutional Transformers", its classes as published: StochasticDepth branches on
+    # `training` (None when traced: the identity a predicting model is), SequencePooling multiplies two tensors
+    layers, ops = k3.layers, k3.ops
+
+    @k3.saving.register_keras_serializable(package="InlineCct")
+    class StochasticDepth(layers.Layer):
+        def __init__(self, drop_prop, **kwargs):
+            super().__init__(**kwargs)
+            self.drop_prob = drop_prop
+            self.seed_generator = k3.random.SeedGenerator(1337)
+
+        def call(self, x, training=None):
+            if training:
+                keep_prob = 1 - self.drop_prob
+                shape = (ops.shape(x)[0],) + (1,) * (len(ops.shape(x)) - 1)
+                random_tensor = keep_prob + k3.random.uniform(shape, 0, 1, seed=self.seed_generator)
+                random_tensor = ops.floor(random_tensor)
+                return (x / keep_prob) * random_tensor
+            return x
+
+        def get_config(self):
+            return {**super().get_config(), "drop_prop": self.drop_prob}
+
+    @k3.saving.register_keras_serializable(package="InlineCct")
+    class SequencePooling(layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.attention = layers.Dense(1)
+
+        def call(self, x):
+            attention_weights = ops.softmax(self.attention(x), axis=1)
+            attention_weights = ops.transpose(attention_weights, axes=(0, 2, 1))
+            weighted_representation = ops.matmul(attention_weights, x)
+            return ops.squeeze(weighted_representation, -2)
+
+    inputs = layers.Input((10, 6))
+    x1 = layers.LayerNormalization(epsilon=1e-5)(inputs)
+    attention = StochasticDepth(0.1)(layers.MultiHeadAttention(num_heads=2, key_dim=6)(x1, x1))
+    encoded = layers.Add()([attention, inputs])
+    logits = layers.Dense(3)(SequencePooling()(layers.LayerNormalization(epsilon=1e-5)(encoded)))
+    model = k3.Model(inputs, logits)
+    model.save(tmp_path / "cct.keras")
+    xs = np.random.default_rng(6).normal(size=(32, 10, 6)).astype(np.float32)
+    imported = load_model(tmp_path / "cct.keras")
+    assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs, training=False))).max() <= 1e-5
+    assert "Dot" in {type(layer).__name__ for layer in imported.layers}
