@@ -65,6 +65,8 @@ from pathlib import Path
 import bench_models as bm
 from common import FASHION, RESULTS, ROOT, last_rows, write_results  # noqa: E402  (puts the repository on sys.path)
 
+from tests.custom_models import GUIDE_PY, TRANSFORMER_PY  # noqa: E402  (the user's module, as published)
+
 #: Built here (the others by bench_models.py's own training script).
 OWN = ("mnist_convnet", "tabular", "quickstart", "gru", "mobilenet_v3_small", "convnext_tiny", "efficientnet_b0")
 #: The second round of models users bring (nested augmentation, a transfer-learning base, any-length text, an
@@ -114,78 +116,7 @@ TARGET = 1e-5
 
 #: The user's module of custom classes (keras.io's Transformer text classifier; the Keras subclassing guide), as
 #: their training script imports it: the training and checking processes run it, optimize gets it as a file.
-CUSTOM_LAYERS = textwrap.dedent("""
-    import keras
-    from keras import layers, ops
-
-    @keras.saving.register_keras_serializable()
-    class TransformerBlock(layers.Layer):
-        def __init__(self, embed_dim, num_heads, ff_dim, rate=0.1, **kwargs):
-            super().__init__(**kwargs)
-            self.embed_dim, self.num_heads, self.ff_dim, self.rate = embed_dim, num_heads, ff_dim, rate
-            self.att = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
-            self.ffn = keras.Sequential([layers.Dense(ff_dim, activation="relu"), layers.Dense(embed_dim)])
-            self.layernorm1 = layers.LayerNormalization(epsilon=1e-6)
-            self.layernorm2 = layers.LayerNormalization(epsilon=1e-6)
-            self.dropout1 = layers.Dropout(rate)
-            self.dropout2 = layers.Dropout(rate)
-        def call(self, inputs):
-            attn_output = self.att(inputs, inputs)
-            attn_output = self.dropout1(attn_output)
-            out1 = self.layernorm1(inputs + attn_output)
-            ffn_output = self.ffn(out1)
-            ffn_output = self.dropout2(ffn_output)
-            return self.layernorm2(out1 + ffn_output)
-        def get_config(self):
-            config = super().get_config()
-            config.update(embed_dim=self.embed_dim, num_heads=self.num_heads, ff_dim=self.ff_dim, rate=self.rate)
-            return config
-
-    @keras.saving.register_keras_serializable()
-    class TokenAndPositionEmbedding(layers.Layer):
-        def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
-            super().__init__(**kwargs)
-            self.maxlen, self.vocab_size, self.embed_dim = maxlen, vocab_size, embed_dim
-            self.token_emb = layers.Embedding(input_dim=vocab_size, output_dim=embed_dim)
-            self.pos_emb = layers.Embedding(input_dim=maxlen, output_dim=embed_dim)
-        def call(self, x):
-            maxlen = ops.shape(x)[-1]
-            positions = ops.arange(start=0, stop=maxlen, step=1)
-            positions = self.pos_emb(positions)
-            x = self.token_emb(x)
-            return x + positions
-        def get_config(self):
-            config = super().get_config()
-            config.update(maxlen=self.maxlen, vocab_size=self.vocab_size, embed_dim=self.embed_dim)
-            return config
-
-    @keras.saving.register_keras_serializable()
-    class Linear(layers.Layer):
-        def __init__(self, units=32, **kwargs):
-            super().__init__(**kwargs)
-            self.units = units
-        def build(self, input_shape):
-            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal", trainable=True)
-            self.b = self.add_weight(shape=(self.units,), initializer="random_normal", trainable=True)
-        def call(self, inputs):
-            return ops.matmul(inputs, self.w) + self.b
-        def get_config(self):
-            return {**super().get_config(), "units": self.units}
-
-    @keras.saving.register_keras_serializable()
-    class MLPBlock(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.linear_1 = Linear(32)
-            self.linear_2 = Linear(32)
-            self.linear_3 = Linear(10)
-        def call(self, inputs):
-            x = self.linear_1(inputs)
-            x = keras.activations.relu(x)
-            x = self.linear_2(x)
-            x = keras.activations.relu(x)
-            return self.linear_3(x)
-""")
+CUSTOM_LAYERS = TRANSFORMER_PY.replace("{package}", "Custom") + GUIDE_PY.replace("{package}", "Custom")
 
 #: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path (keras.applications:
 #: then training rows, batch size, held-out rows; it prints their accuracy as JSON).

@@ -1,78 +1,24 @@
 """Custom Keras 3 layers read as what their call computes, when their code is given (deploykit.keras3.inline).
 
-The models are keras.io's "Text classification with Transformer" blocks (``TokenAndPositionEmbedding``,
-``TransformerBlock``) with the ``get_config`` and registration the Keras saving guide adds so the file can be
-saved, and the saving guide's own layer with a weight of its own. Each rebuild is compared with the user's model,
-custom code included, and the artifacts run in onnxruntime.
+The classes are published ones (:mod:`tests.custom_models`; keras.io's ViT and CCT classes here): keras.io's
+"Text classification with Transformer" blocks, the Keras subclassing guide's ``Linear`` layer and ``MLPBlock``
+model, keras.io's ViT ``Patches`` / ``PatchEncoder`` and CCT ``StochasticDepth`` / ``SequencePooling``, with the
+``get_config`` and registration the Keras saving guide adds so a model holding them saves. Each rebuild is
+compared with the user's model, custom code included, and the artifacts run in onnxruntime.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 from deploykit.errors import UnsupportedLayerError, UsageError
 from deploykit.io.models import load_model
+from tests.custom_models import GUIDE_PY, TRANSFORMER_PY, user_module
 
-#: keras.io's two classes, as a user's module holding them reads (the saving guide's get_config and registration).
-LAYERS_PY = textwrap.dedent(
-    """
-    import keras
-    from keras import layers, ops
-
-
-    @keras.saving.register_keras_serializable(package="{package}")
-    class TransformerBlock(layers.Layer):
-        def __init__(self, embed_dim, num_heads, ff_dim, rate=0.1, **kwargs):
-            super().__init__(**kwargs)
-            self.embed_dim, self.num_heads, self.ff_dim, self.rate = embed_dim, num_heads, ff_dim, rate
-            self.att = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
-            self.ffn = keras.Sequential([layers.Dense(ff_dim, activation="relu"), layers.Dense(embed_dim)])
-            self.layernorm1 = layers.LayerNormalization(epsilon=1e-6)
-            self.layernorm2 = layers.LayerNormalization(epsilon=1e-6)
-            self.dropout1 = layers.Dropout(rate)
-            self.dropout2 = layers.Dropout(rate)
-
-        def call(self, inputs):
-            attn_output = self.att(inputs, inputs)
-            attn_output = self.dropout1(attn_output)
-            out1 = self.layernorm1(inputs + attn_output)
-            ffn_output = self.ffn(out1)
-            ffn_output = self.dropout2(ffn_output)
-            return self.layernorm2(out1 + ffn_output)
-
-        def get_config(self):
-            config = super().get_config()
-            config.update(embed_dim=self.embed_dim, num_heads=self.num_heads, ff_dim=self.ff_dim, rate=self.rate)
-            return config
-
-
-    @keras.saving.register_keras_serializable(package="{package}")
-    class TokenAndPositionEmbedding(layers.Layer):
-        def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
-            super().__init__(**kwargs)
-            self.maxlen, self.vocab_size, self.embed_dim = maxlen, vocab_size, embed_dim
-            self.token_emb = layers.Embedding(input_dim=vocab_size, output_dim=embed_dim)
-            self.pos_emb = layers.Embedding(input_dim=maxlen, output_dim=embed_dim)
-
-        def call(self, x):
-            maxlen = ops.shape(x)[-1]
-            positions = ops.arange(start=0, stop=maxlen, step=1)
-            positions = self.pos_emb(positions)
-            x = self.token_emb(x)
-            return x + positions
-
-        def get_config(self):
-            config = super().get_config()
-            config.update(maxlen=self.maxlen, vocab_size=self.vocab_size, embed_dim=self.embed_dim)
-            return config
-    """
-)
 VOCAB, MAXLEN = 50, 12
 
 
@@ -83,16 +29,6 @@ def k3():
     import deploykit.backend  # noqa: F401  (TF set up for tf_keras first, as in deploykit itself)
 
     return keras
-
-
-def _user_module(tmp_path, package: str):
-    """The user's layers file, written and imported as their training script imports it."""
-    path = tmp_path / f"layers_{package.lower()}.py"
-    path.write_text(LAYERS_PY.format(package=package))
-    spec = importlib.util.spec_from_file_location(f"user_layers_{package}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return path, module
 
 
 def _token_data(n: int = 600):
@@ -122,7 +58,9 @@ def _transformer(k3, module, x, y, tmp_path):
 
 
 def test_keras_io_transformer_blocks_are_read_as_built_in_layers_equal_to_the_users_model(k3, tmp_path):
-    _path, module = _user_module(tmp_path, "InlineApi")  # registered in this process, as an API user's are
+    _path, module = user_module(
+        TRANSFORMER_PY, tmp_path, "InlineApi"
+    )  # registered in this process, as an API user's are
     x, y = _token_data()
     user, path = _transformer(k3, module, x, y, tmp_path)
     model = load_model(path)
@@ -136,7 +74,7 @@ def test_keras_io_transformer_blocks_are_read_as_built_in_layers_equal_to_the_us
 
 
 def test_the_cli_reads_custom_layers_from_the_file_given_and_refuses_them_without_it(k3, tmp_path):
-    layers_file, module = _user_module(tmp_path, "InlineCli")
+    layers_file, module = user_module(TRANSFORMER_PY, tmp_path, "InlineCli")
     x, y = _token_data()
     user, path = _transformer(k3, module, x, y, tmp_path)
     np.savez(tmp_path / "tokens.npz", x=x, y=y)
@@ -228,46 +166,8 @@ def test_custom_objects_files_that_cannot_be_imported_are_one_line(tmp_path):
         import_custom_objects([tmp_path / "missing.py"])
 
 
-def _guide_classes(k3, package: str):
-    """The Keras guide "Making new layers and models via subclassing": its ``Linear`` layer (weights made in
-    build, used through ``ops.matmul``) and its ``MLPBlock`` model, with the saving guide's registration."""
-
-    @k3.saving.register_keras_serializable(package=package)
-    class Linear(k3.layers.Layer):
-        def __init__(self, units=32, **kwargs):
-            super().__init__(**kwargs)
-            self.units = units
-
-        def build(self, input_shape):
-            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal")
-            self.b = self.add_weight(shape=(self.units,), initializer="random_normal")
-
-        def call(self, inputs):
-            return k3.ops.matmul(inputs, self.w) + self.b
-
-        def get_config(self):
-            return {**super().get_config(), "units": self.units}
-
-    @k3.saving.register_keras_serializable(package=package)
-    class MLPBlock(k3.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.linear_1 = Linear(32)
-            self.linear_2 = Linear(32)
-            self.linear_3 = Linear(10)
-
-        def call(self, inputs):
-            x = self.linear_1(inputs)
-            x = k3.activations.relu(x)
-            x = self.linear_2(x)
-            x = k3.activations.relu(x)
-            return self.linear_3(x)
-
-    return Linear, MLPBlock
-
-
 def test_the_keras_guides_subclassed_model_and_linear_layer_are_read_as_dense_layers(k3, tmp_path):
-    _linear, mlp_block = _guide_classes(k3, "InlineGuide")
+    mlp_block = user_module(GUIDE_PY, tmp_path, "InlineGuide")[1].MLPBlock
     x = np.random.default_rng(2).normal(size=(64, 64)).astype(np.float32)
     model = mlp_block()
     model.compile("adam", k3.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -281,7 +181,7 @@ def test_the_keras_guides_subclassed_model_and_linear_layer_are_read_as_dense_la
 
 
 def test_a_subclassed_model_without_its_code_or_never_built_is_refused_by_name(k3, tmp_path):
-    _linear, mlp_block = _guide_classes(k3, "InlineGuideUnbuilt")
+    mlp_block = user_module(GUIDE_PY, tmp_path, "InlineGuideUnbuilt")[1].MLPBlock
     unbuilt = mlp_block(name="unbuilt")
     unbuilt.save(tmp_path / "unbuilt.keras")
     with pytest.raises(UnsupportedLayerError, match="'unbuilt' of type MLPBlock: a subclassed model saved before it"):

@@ -15,47 +15,9 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.custom_models import GUIDE_PY
+
 pytestmark = pytest.mark.slow  # trains a model and runs optimize in a fresh process
-
-GUIDE_PY = textwrap.dedent(
-    """
-    import keras
-    from keras import layers, ops
-
-
-    @keras.saving.register_keras_serializable(package="Guide")
-    class Linear(layers.Layer):
-        def __init__(self, units=32, **kwargs):
-            super().__init__(**kwargs)
-            self.units = units
-
-        def build(self, input_shape):
-            self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal")
-            self.b = self.add_weight(shape=(self.units,), initializer="random_normal")
-
-        def call(self, inputs):
-            return ops.matmul(inputs, self.w) + self.b
-
-        def get_config(self):
-            return {**super().get_config(), "units": self.units}
-
-
-    @keras.saving.register_keras_serializable(package="Guide")
-    class MLPBlock(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.linear_1 = Linear(32)
-            self.linear_2 = Linear(32)
-            self.linear_3 = Linear(10)
-
-        def call(self, inputs):
-            x = self.linear_1(inputs)
-            x = keras.activations.relu(x)
-            x = self.linear_2(x)
-            x = keras.activations.relu(x)
-            return self.linear_3(x)
-    """
-)
 
 #: The user's training script, in a plain Keras 3 process (deploykit not imported).
 TRAIN_PY = textwrap.dedent(
@@ -101,7 +63,7 @@ def test_optimize_ships_the_subclassing_guides_model_with_its_code_given(tmp_pat
 
     x, y = load_digits(return_X_y=True)
     np.savez(tmp_path / "digits.npz", x=(x / 16).astype(np.float32), y=y)
-    (tmp_path / "guide_layers.py").write_text(GUIDE_PY)
+    (tmp_path / "guide_layers.py").write_text(GUIDE_PY.replace("{package}", "Guide"))
     trained = _plain_keras3(TRAIN_PY, str(tmp_path), str(tmp_path / "digits.npz"), str(tmp_path / "mlp.keras"))
     assert trained.returncode == 0, trained.stderr[-2000:]
 
