@@ -212,7 +212,7 @@ SUPPORT: dict[str, LayerSupport] = {
     "SimpleRNN": _RNN,
     "Bidirectional": _entry(Role.RECURRENT),
     # Transformer blocks (keras.io's): exported by the converters (Einsum, Softmax), never pruned or folded through.
-    "MultiHeadAttention": LayerSupport(Role.OTHER, tensor_args=True),
+    "MultiHeadAttention": LayerSupport(Role.OTHER, tensor_args=True, mc=True),
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True),
     # Preprocessing that reads strings (the text tutorials' export_model): artifacts take numbers.
     "TextVectorization": LayerSupport(Role.OPAQUE, refused=f"turns strings into token ids; {_STRINGS}"),

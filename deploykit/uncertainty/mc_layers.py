@@ -351,6 +351,49 @@ def _emit_layer_norm(g, node, xs, shapes):
     return y, shapes[0]
 
 
+@emits("MultiHeadAttention")
+def _emit_attention(g, node, xs, shapes):
+    """Keras' MultiHeadAttention on sequences ([N, T, D]), as its einsums compute it.
+
+    ``mha(query, value[, key])``: per-head projections, scaled dot products, a softmax over the key positions, the
+    weighted values, the output projection. Its own attention dropout is not sampled (it acts inside the layer;
+    the MC model samples the model's Dropout layers).
+    """
+    spec, cfg = node.spec, node.spec.config
+    if len(xs) not in (2, 3) or any(len(s) != 2 for s in shapes):
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, "the MC Dropout graph emits attention over sequences [N, T, D] only"
+        )
+    axes = cfg.get("attention_axes")
+    if axes is not None and [int(a) % 3 for a in ([axes] if isinstance(axes, int) else axes)] != [1]:
+        raise UnsupportedLayerError(spec.name, spec.class_name, f"attention_axes={axes} has no MC Dropout form")
+    query, value = xs[0], xs[1]
+    key = xs[2] if len(xs) == 3 else value
+    w = [np.asarray(v, np.float32) for v in spec.weights]
+    bias = bool(cfg.get("use_bias", True))
+    step = 2 if bias else 1
+    wq, wk, wv, wo = (w[i * step] for i in range(4))
+    if wo.ndim != 3:
+        shape = cfg.get("output_shape")
+        raise UnsupportedLayerError(spec.name, spec.class_name, f"output_shape={shape} has no MC Dropout form")
+
+    def project(x, kernel, index, equation):
+        y = g.op("Einsum", [x, g.const(kernel)], equation=equation)
+        return g.op("Add", [y, g.const(w[index * step + 1])]) if bias else y
+
+    q = project(query, wq, 0, "btd,dhk->bthk")
+    k = project(key, wk, 1, "bsd,dhk->bshk")
+    v = project(value, wv, 2, "bsd,dhv->bshv")
+    q = g.op("Mul", [q, g.const(1.0 / np.sqrt(float(wq.shape[-1])))])
+    scores = g.op("Einsum", [k, q], equation="bshk,bthk->bhts")
+    probs = g.op("Softmax", [scores], axis=-1)
+    context = g.op("Einsum", [probs, v], equation="bhts,bshv->bthv")
+    out = g.op("Einsum", [context, g.const(wo)], equation="bthv,hvo->bto")
+    if bias:
+        out = g.op("Add", [out, g.const(w[7].reshape(-1))])
+    return out, _out_shape(node)
+
+
 @emits("Embedding")
 def _emit_embedding(g, node, xs, shapes):
     from onnx import TensorProto
