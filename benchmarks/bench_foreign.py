@@ -42,8 +42,9 @@ encoder LSTM returns its states and the decoder LSTM starts from them; here it r
 its class name, teacher-forced as the example trains it). The sixth (:data:`SIXTH`), custom classes given to
 ``optimize`` with ``--custom-objects`` (:data:`CUSTOM_LAYERS`, the user's module): ``transformer_text`` (keras.io
 text classification with Transformer: its ``TokenAndPositionEmbedding`` and ``TransformerBlock``, with the saving
-guide's ``get_config``) and ``subclassed_mlp`` (the Keras subclassing guide's ``Linear`` layer and ``MLPBlock`` model,
-logits out).
+guide's ``get_config``), ``subclassed_mlp`` (the Keras subclassing guide's ``Linear`` layer and ``MLPBlock`` model,
+logits out) and ``vit`` (keras.io's Vision Transformer, its ``Patches`` and ``PatchEncoder``, 7x7 patches, two
+blocks, logits out).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -65,7 +66,7 @@ from pathlib import Path
 import bench_models as bm
 from common import FASHION, RESULTS, ROOT, last_rows, write_results  # noqa: E402  (puts the repository on sys.path)
 
-from tests.custom_models import GUIDE_PY, TRANSFORMER_PY  # noqa: E402  (the user's module, as published)
+from tests.custom_models import GUIDE_PY, TRANSFORMER_PY, VIT_PY  # noqa: E402  (the user's module, as published)
 
 #: Built here (the others by bench_models.py's own training script).
 OWN = ("mnist_convnet", "tabular", "quickstart", "gru", "mobilenet_v3_small", "convnext_tiny", "efficientnet_b0")
@@ -82,7 +83,7 @@ FOURTH = ("multi_label", "ticket", "unet", "tagger", "text_20k")
 #: The fifth round: an encoder-decoder whose decoder starts from the encoder's returned states.
 FIFTH = ("lstm_seq2seq",)
 #: The sixth round: custom layer classes and a subclassed model, their code given as the user's module.
-SIXTH = ("transformer_text", "subclassed_mlp")
+SIXTH = ("transformer_text", "subclassed_mlp", "vit")
 OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH + SIXTH
 #: lstm_seq2seq spells the Fashion class names (keras.io's example: characters one-hot, "\t" starts, "\n" ends).
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -116,7 +117,7 @@ TARGET = 1e-5
 
 #: The user's module of custom classes (keras.io's Transformer text classifier; the Keras subclassing guide), as
 #: their training script imports it: the training and checking processes run it, optimize gets it as a file.
-CUSTOM_LAYERS = TRANSFORMER_PY.replace("{package}", "Custom") + GUIDE_PY.replace("{package}", "Custom")
+CUSTOM_LAYERS = "".join(text.replace("{package}", "Custom") for text in (TRANSFORMER_PY, GUIDE_PY, VIT_PY))
 
 #: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path (keras.applications:
 #: then training rows, batch size, held-out rows; it prints their accuracy as JSON).
@@ -372,6 +373,30 @@ TRAIN = textwrap.dedent("""
         model = keras.Model(inputs=inputs, outputs=outputs)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    elif kind == "vit":  # keras.io/examples/vision/image_classification_with_vision_transformer, smaller
+        image_size, patch_size, projection_dim, num_heads = 28, 7, 32, 2
+        num_patches = (image_size // patch_size) ** 2
+        def mlp(h, hidden_units, dropout_rate):
+            for units in hidden_units:
+                h = L.Dense(units, activation=keras.activations.gelu)(h)
+                h = L.Dropout(dropout_rate)(h)
+            return h
+        inputs = keras.Input(shape=(28, 28, 1))
+        encoded_patches = PatchEncoder(num_patches, projection_dim)(Patches(patch_size)(inputs))
+        for _ in range(2):
+            x1 = L.LayerNormalization(epsilon=1e-6)(encoded_patches)
+            attention_output = L.MultiHeadAttention(num_heads=num_heads, key_dim=projection_dim, dropout=0.1)(x1, x1)
+            x2 = L.Add()([attention_output, encoded_patches])
+            x3 = L.LayerNormalization(epsilon=1e-6)(x2)
+            x3 = mlp(x3, hidden_units=[projection_dim * 2, projection_dim], dropout_rate=0.1)
+            encoded_patches = L.Add()([x3, x2])
+        representation = L.LayerNormalization(epsilon=1e-6)(encoded_patches)
+        representation = L.Dropout(0.5)(L.Flatten()(representation))
+        features = mlp(representation, hidden_units=[64], dropout_rate=0.5)
+        model = keras.Model(inputs=inputs, outputs=L.Dense(10)(features))
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=0.001, weight_decay=0.0001),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.fit(x, y, batch_size=64, epochs=epochs, validation_split=0.1, verbose=0)
     elif kind == "subclassed_mlp":  # keras.io/guides/making_new_layers_and_models_via_subclassing: MLPBlock
         model = MLPBlock()
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -569,6 +594,8 @@ def data_for(kind: str, folder: Path) -> Path:
     elif kind == "transformer_text":  # docs_attention's tokens: 14x14 (2x2 means) at 16 grey levels, 196 ids
         small = x.reshape(len(x), 14, 2, 14, 2).mean(axis=(2, 4))
         np.savez(path, x=np.minimum(small // 16, 15).reshape(len(x), -1).astype(np.float32), y=y)
+    elif kind == "vit":  # 28x28 images with a channel axis, in [0, 1]
+        np.savez(path, x=(x / 255)[..., None], y=y)
     elif kind == "subclassed_mlp":  # 784 pixels in [0, 1]
         np.savez(path, x=(x / 255).reshape(len(x), -1), y=y)
     elif kind == "lstm_seq2seq":  # source: 28 rows of 28 pixels in [0, 1]; target: the class name, one-hot chars

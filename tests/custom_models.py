@@ -3,10 +3,11 @@
 ``TRANSFORMER_PY``: keras.io's "Text classification with Transformer" (``TransformerBlock``,
 ``TokenAndPositionEmbedding``). ``GUIDE_PY``: the Keras guide "Making new layers and models via subclassing"
 (``Linear``, its weights made in ``build`` and used through ``ops.matmul``; ``MLPBlock``, a ``keras.Model``
-subclass). Each with the ``get_config`` and registration the Keras saving guide adds so that a model holding them
-saves; ``{package}`` is the registration's package (each test its own, so registrations made in one process do not
-meet). The texts are what a user's ``layers.py`` holds: given to ``--custom-objects``, imported by their training
-script (here with :func:`user_module`, or in a plain Keras 3 process), and run by ``benchmarks/bench_foreign.py``.
+subclass). ``VIT_PY``: keras.io's "Image classification with Vision Transformer" (``Patches``, ``PatchEncoder``).
+Each with the ``get_config`` and registration the Keras saving guide adds so that a model holding them saves;
+``{package}`` is the registration's package (each test its own, so registrations made in one process do not meet).
+The texts are what a user's ``layers.py`` holds: given to ``--custom-objects``, imported by their training script
+(here with :func:`user_module`, or in a plain Keras 3 process), and run by ``benchmarks/bench_foreign.py``.
 """
 
 from __future__ import annotations
@@ -106,6 +107,66 @@ GUIDE_PY = textwrap.dedent(
             x = self.linear_2(x)
             x = keras.activations.relu(x)
             return self.linear_3(x)
+    """
+)
+
+
+VIT_PY = textwrap.dedent(
+    """
+    import keras
+    from keras import layers, ops
+
+
+    @keras.saving.register_keras_serializable(package="{package}")
+    class Patches(layers.Layer):
+        def __init__(self, patch_size, **kwargs):
+            super().__init__(**kwargs)
+            self.patch_size = patch_size
+
+        def call(self, images):
+            input_shape = ops.shape(images)
+            batch_size = input_shape[0]
+            height = input_shape[1]
+            width = input_shape[2]
+            channels = input_shape[3]
+            num_patches_h = height // self.patch_size
+            num_patches_w = width // self.patch_size
+            patches = keras.ops.image.extract_patches(images, size=self.patch_size)
+            patches = ops.reshape(
+                patches,
+                (
+                    batch_size,
+                    num_patches_h * num_patches_w,
+                    self.patch_size * self.patch_size * channels,
+                ),
+            )
+            return patches
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"patch_size": self.patch_size})
+            return config
+
+
+    @keras.saving.register_keras_serializable(package="{package}")
+    class PatchEncoder(layers.Layer):
+        def __init__(self, num_patches, projection_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.num_patches = num_patches
+            self.projection_dim = projection_dim
+            self.projection = layers.Dense(units=projection_dim)
+            self.position_embedding = layers.Embedding(input_dim=num_patches, output_dim=projection_dim)
+
+        def call(self, patch):
+            positions = ops.expand_dims(ops.arange(start=0, stop=self.num_patches, step=1), axis=0)
+            projected_patches = self.projection(patch)
+            encoded = projected_patches + self.position_embedding(positions)
+            return encoded
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"num_patches": self.num_patches, "projection_dim": self.projection_dim})
+            return config
     """
 )
 

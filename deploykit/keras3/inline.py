@@ -190,6 +190,11 @@ def _inline(keras3, model, model_file: ModelFile):
     unique = _UniqueNames(keras3, model)
 
     def call(layer, *args, **kwargs):
+        if isinstance(layer, keras3.Model) and not _is_custom_object(layer):
+            if any(_is_custom_object(inner) for inner in _layers_of(layer)):  # a nested model holding custom layers
+                outputs = _nested(keras3, layer, call)(*args, **kwargs)
+                unique.claim(outputs, (args, kwargs))
+                return outputs
         if not _is_custom_object(layer):
             return layer(*args, **kwargs)
         names.append(f"{layer.name} ({type(layer).__name__})")
@@ -210,9 +215,7 @@ def _inline(keras3, model, model_file: ModelFile):
         if not any(_is_custom_object(layer) for layer in _layers_of(current)):
             return current, names
         try:
-            current = keras3.models.clone_model(
-                current, clone_function=lambda layer: layer, call_function=call, recursive=True
-            )
+            current = keras3.models.clone_model(current, clone_function=lambda layer: layer, call_function=call)
         except DeployKitError:
             raise
         except Exception as exc:
@@ -220,6 +223,20 @@ def _inline(keras3, model, model_file: ModelFile):
                 f"model {model_file.path}: Keras 3 cannot rebuild it with its custom layers inlined ({one_line(exc)})"
             ) from None
     raise ModelLoadError(f"model {model_file.path}: custom layers nested more than {MAX_DEPTH} deep; refused")
+
+
+def _nested(keras3, model, call):
+    """A nested built-in model holding custom layers, as a callable computing it with them inlined: a Sequential
+    one is its layers called in turn (the outer graph holds them), a functional one its clone."""
+    if isinstance(model, keras3.Sequential):
+
+        def in_turn(x, **kwargs):
+            for layer in model.layers:
+                x = call(layer, x)
+            return x
+
+        return in_turn
+    return keras3.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
 
 
 def _functional(keras3, model, model_file: ModelFile, call):
@@ -279,11 +296,14 @@ class _UniqueNames:
         tree = self.keras3.tree
         stop = {id(t) for t in tree.flatten(inputs)}
         stack = [t for t in tree.flatten(outputs) if id(t) not in stop]
+        walked: set[tuple[int, int]] = set()  # (operation, call) pairs this walk passed
         while stack:
             history = getattr(stack.pop(), "_keras_history", None)
-            if history is None or id(history.operation) in self.seen:
+            if history is None or (id(history.operation), history.node_index) in walked:
                 continue
-            self._name(history.operation)
+            walked.add((id(history.operation), history.node_index))
+            if id(history.operation) not in self.seen:
+                self._name(history.operation)
             node = history.operation._inbound_nodes[history.node_index]
             stack += [t for t in node.input_tensors if id(t) not in stop]
 

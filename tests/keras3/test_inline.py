@@ -17,7 +17,7 @@ import pytest
 
 from deploykit.errors import UnsupportedLayerError, UsageError
 from deploykit.io.models import load_model
-from tests.custom_models import GUIDE_PY, TRANSFORMER_PY, user_module
+from tests.custom_models import GUIDE_PY, TRANSFORMER_PY, VIT_PY, user_module
 
 VOCAB, MAXLEN = 50, 12
 
@@ -191,65 +191,13 @@ def test_a_subclassed_model_without_its_code_or_never_built_is_refused_by_name(k
         load_model(tmp_path / "unbuilt.keras")
 
 
-def _vit_classes(k3, package: str):
-    """keras.io's "Image classification with Vision Transformer": its Patches and PatchEncoder, as published."""
-    layers, ops = k3.layers, k3.ops
-
-    @k3.saving.register_keras_serializable(package=package)
-    class Patches(layers.Layer):
-        def __init__(self, patch_size, **kwargs):
-            super().__init__(**kwargs)
-            self.patch_size = patch_size
-
-        def call(self, images):
-            input_shape = ops.shape(images)
-            batch_size = input_shape[0]
-            height = input_shape[1]
-            width = input_shape[2]
-            channels = input_shape[3]
-            num_patches_h = height // self.patch_size
-            num_patches_w = width // self.patch_size
-            patches = k3.ops.image.extract_patches(images, size=self.patch_size)
-            patches = ops.reshape(
-                patches,
-                (batch_size, num_patches_h * num_patches_w, self.patch_size * self.patch_size * channels),
-            )
-            return patches
-
-        def get_config(self):
-            config = super().get_config()
-            config.update({"patch_size": self.patch_size})
-            return config
-
-    @k3.saving.register_keras_serializable(package=package)
-    class PatchEncoder(layers.Layer):
-        def __init__(self, num_patches, projection_dim, **kwargs):
-            super().__init__(**kwargs)
-            self.num_patches = num_patches
-            self.projection_dim = projection_dim
-            self.projection = layers.Dense(units=projection_dim)
-            self.position_embedding = layers.Embedding(input_dim=num_patches, output_dim=projection_dim)
-
-        def call(self, patch):
-            positions = ops.expand_dims(ops.arange(start=0, stop=self.num_patches, step=1), axis=0)
-            projected_patches = self.projection(patch)
-            encoded = projected_patches + self.position_embedding(positions)
-            return encoded
-
-        def get_config(self):
-            config = super().get_config()
-            config.update({"num_patches": self.num_patches, "projection_dim": self.projection_dim})
-            return config
-
-    return Patches, PatchEncoder
-
-
 def test_keras_io_vision_transformer_patches_are_read_and_export_equal_to_the_users_model(k3, tmp_path):
     # create_vit_classifier's blocks (smaller): its layers.Add() layers are named add, add_1... by the file, as the
     # x + positions inside PatchEncoder is by Keras when traced: the inlined operations take other names
     from deploykit.export.onnx_export import export_onnx
 
-    patches, patch_encoder = _vit_classes(k3, "InlineVit")
+    vit = user_module(VIT_PY, tmp_path, "InlineVit")[1]
+    patches, patch_encoder = vit.Patches, vit.PatchEncoder
     layers = k3.layers
     inputs = k3.Input(shape=(12, 12, 2))
     encoded = patch_encoder(9, 8)(patches(4)(inputs))
@@ -375,3 +323,25 @@ def test_keras_io_cct_stochastic_depth_and_sequence_pooling_are_read(k3, tmp_pat
     imported = load_model(tmp_path / "cct.keras")
     assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs, training=False))).max() <= 1e-5
     assert "Dot" in {type(layer).__name__ for layer in imported.layers}
+
+
+def test_custom_layers_inside_nested_models_are_inlined_and_named_apart(k3, tmp_path):
+    # a Sequential block holding a custom layer, beside an augmentation Sequential and a layer named as the block's
+    @k3.saving.register_keras_serializable(package="InlineNested")
+    class Doubled(k3.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    augmentation = k3.Sequential([k3.layers.RandomFlip("horizontal"), k3.layers.Rescaling(1 / 255.0)])
+    block = k3.Sequential([k3.Input((8, 8, 1)), k3.layers.Conv2D(4, 3, name="conv"), Doubled()], name="block")
+    inputs = k3.Input((8, 8, 1))
+    h = block(Doubled()(augmentation(inputs)))
+    h = k3.layers.Conv2D(4, 1, name="conv_1")(k3.layers.Conv2D(4, 1, name="conv")(h))  # the block's names
+    model = k3.Model(inputs, k3.layers.Dense(2, activation="softmax")(k3.layers.Flatten()(h)))
+    model.save(tmp_path / "nested.keras")
+    xs = np.random.default_rng(7).uniform(0, 255, (16, 8, 8, 1)).astype(np.float32)
+    k3.utils.clear_session()
+    imported = load_model(tmp_path / "nested.keras")
+    assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs, training=False))).max() <= 1e-5
+    names = [layer.name for layer in imported.layers]
+    assert len(set(names)) == len(names) and sum(n.startswith("conv") for n in names) == 3
