@@ -5,7 +5,7 @@ custom classes: a ``Layer`` subclass whose ``call`` uses built-in layers and ``o
 tf_keras (so TF-MOT, and tf2onnx's Keras path) cannot run Keras 3 code, and a file
 alone does not hold the code. When the user gives it, as Keras itself takes it
 (the class registered with ``keras.saving.register_keras_serializable``, in a
-``custom_object_scope``, or in a Python file passed with ``--custom-objects``),
+``custom_object_scope``, or in a Python file passed with ``--custom-objects``; a live model object's own classes),
 :func:`inlined` loads the model with Keras 3 and calls each custom layer's ``call``
 on symbolic tensors (``keras.models.clone_model``'s ``call_function``): what the
 layer computes is recorded as the built-in layers and operations it is made of,
@@ -77,8 +77,8 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
     from deploykit.keras3.convert import keras3_context
 
     with keras3_context() as keras3:
-        _check_resolvable(keras3, model_file, customs)
-        objects = {name: getattr(keras3.layers, base) for name, base in (builtins or {}).items()}
+        resolved = _resolved(keras3, model_file, customs)  # a custom_object_scope's too: the loader's own replaces it
+        objects = {**resolved, **{name: getattr(keras3.layers, base) for name, base in (builtins or {}).items()}}
         try:
             with read_in_place(keras3, objects), warnings.catch_warnings():
                 # Keras' note that a custom class has no build(): the import checks the outputs instead
@@ -168,20 +168,24 @@ def _import_file(path: Path):
     return module
 
 
-def _check_resolvable(keras3, model_file: ModelFile, customs: list[dict]) -> None:
-    """Refuse, by name, a custom class Keras 3 cannot find in this process (its code was not given)."""
+def _resolved(keras3, model_file: ModelFile, customs: list[dict]) -> dict:
+    """The class of each custom layer, by the name the file gives it; one Keras 3 cannot find in this process (its
+    code was not given) is refused by name."""
+    found = {}
     for layer in customs:
         registered = str(layer.get("registered_name") or layer.get("class_name"))
-        if keras3.saving.get_registered_object(registered) is None:
+        found[registered] = keras3.saving.get_registered_object(registered)
+        if found[registered] is None:
             name = str((layer.get("config") or {}).get("name", registered))
             what = "a subclassed model" if layer is model_file.config else "a custom layer class"
             raise UnsupportedLayerError(
                 name,
                 registered,
                 f"{what}, and its code was not given: pass the Python file defining it with "
-                "--custom-objects FILE.py (API: register the class with keras.saving.register_keras_serializable "
-                "before calling deploykit)",
+                "--custom-objects FILE.py (API: register the class with keras.saving.register_keras_serializable, "
+                "or call deploykit inside keras.saving.custom_object_scope)",
             )
+    return found
 
 
 def _inline(keras3, model, model_file: ModelFile):

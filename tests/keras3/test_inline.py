@@ -345,3 +345,18 @@ def test_custom_layers_inside_nested_models_are_inlined_and_named_apart(k3, tmp_
     assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs, training=False))).max() <= 1e-5
     names = [layer.name for layer in imported.layers]
     assert len(set(names)) == len(names) and sum(n.startswith("conv") for n in names) == 3
+
+
+def test_a_custom_object_scope_gives_the_code_as_keras_load_model_takes_it(k3, tmp_path):
+    class Shifted(k3.layers.Layer):  # not registered: the scope is how the caller gives it, as to Keras
+        def call(self, x):
+            return x + 1.5
+
+    model = k3.Sequential([k3.Input((3,)), Shifted(name="shifted"), k3.layers.Dense(2)])
+    model.save(tmp_path / "shifted.keras")
+    with pytest.raises(UnsupportedLayerError, match="custom_object_scope"):
+        load_model(tmp_path / "shifted.keras")
+    xs = np.random.default_rng(8).normal(size=(8, 3)).astype(np.float32)
+    with k3.saving.custom_object_scope({"Shifted": Shifted}):
+        imported = load_model(tmp_path / "shifted.keras")
+    assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs))).max() <= 1e-5
