@@ -30,9 +30,14 @@ import warnings
 from pathlib import Path
 
 from deploykit.core.modelfile import ModelFile, is_custom
-from deploykit.core.nested import model_ends
+from deploykit.core.nested import layer_name, model_ends
 from deploykit.errors import DeployKitError, ModelLoadError, UnsupportedLayerError, UsageError, one_line
 
+#: How to give a class's (or a function's) code, said when it was not given.
+_HOW = (
+    "pass the Python file defining it with --custom-objects FILE.py (API: register it with "
+    "keras.saving.register_keras_serializable, or call deploykit inside keras.saving.custom_object_scope)"
+)
 #: Rounds of inlining: a custom layer's call may call another custom layer, which the next round inlines.
 MAX_DEPTH = 8
 
@@ -71,13 +76,19 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
     customs = [layer for layer in custom_layers(model_file) if _class_name(layer) not in (builtins or {})]
     if _is_custom_config(model_file.config):  # a subclassed model: its call is traced as a custom layer's is
         customs.insert(0, model_file.config)
-    if not customs:
+    # a built-in layer computing with a custom function (Dense(activation=my_activation)) is traced as well
+    with_functions = {
+        layer_name(layer): (_class_name(layer), _functions_in(layer.get("config")))
+        for layer in _all_layers(model_file.config)
+        if not _is_custom_config(layer) and _functions_in(layer.get("config"))
+    }
+    if not customs and not with_functions:
         return None
     from deploykit.core.custom_dropout import read_in_place
     from deploykit.keras3.convert import keras3_context
 
     with keras3_context() as keras3:
-        resolved = _resolved(keras3, model_file, customs)  # a custom_object_scope's too: the loader's own replaces it
+        resolved = _resolved(keras3, model_file, customs, with_functions)  # a scope's too: the loader's replaces it
         objects = {**resolved, **{name: getattr(keras3.layers, base) for name, base in (builtins or {}).items()}}
         try:
             with read_in_place(keras3, objects), warnings.catch_warnings():
@@ -86,7 +97,7 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
                 reference = keras3.saving.load_model(str(model_file.path), compile=False, safe_mode=not unsafe)
         except Exception as exc:
             raise ModelLoadError(f"model {model_file.path}: Keras 3 cannot load it ({one_line(exc)[:300]})") from None
-        source, names = _inline(keras3, reference, model_file)
+        source, names = _inline(keras3, reference, model_file, set(with_functions))
         config = json.loads(json.dumps(keras3.saving.serialize_keras_object(source)))  # as a file holds it
         if isinstance(source.input, dict):  # a subclassed model built on a dict: checked on the same arrays
             reference = _ByName(reference, [end[0] for end in model_ends(config["config"].get("input_layers"))])
@@ -168,10 +179,19 @@ def _import_file(path: Path):
     return module
 
 
-def _resolved(keras3, model_file: ModelFile, customs: list[dict]) -> dict:
-    """The class of each custom layer, by the name the file gives it; one Keras 3 cannot find in this process (its
-    code was not given) is refused by name."""
+def _resolved(keras3, model_file: ModelFile, customs: list[dict], with_functions: dict) -> dict:
+    """The class of each custom layer and each custom function, by the name the file gives it; one Keras 3 cannot
+    find in this process (its code was not given) is refused by name."""
     found = {}
+    for layer, (kind, functions) in with_functions.items():
+        for function in functions:
+            found[function] = keras3.saving.get_registered_object(function)
+            if found[function] is None:
+                raise UnsupportedLayerError(
+                    layer,
+                    kind,
+                    f"it computes with the custom function {function!r}, and its code was not given: {_HOW}",
+                )
     for layer in customs:
         registered = str(layer.get("registered_name") or layer.get("class_name"))
         found[registered] = keras3.saving.get_registered_object(registered)
@@ -181,27 +201,30 @@ def _resolved(keras3, model_file: ModelFile, customs: list[dict]) -> dict:
             raise UnsupportedLayerError(
                 name,
                 registered,
-                f"{what}, and its code was not given: pass the Python file defining it with "
-                "--custom-objects FILE.py (API: register the class with keras.saving.register_keras_serializable, "
-                "or call deploykit inside keras.saving.custom_object_scope)",
+                f"{what}, and its code was not given: {_HOW}",
             )
     return found
 
 
-def _inline(keras3, model, model_file: ModelFile):
-    """A functional Keras 3 model computing what ``model`` does with no custom layer, and the layers inlined."""
+def _inline(keras3, model, model_file: ModelFile, with_functions: set[str]):
+    """A functional Keras 3 model computing what ``model`` does with no custom layer, and the layers inlined
+    (``with_functions``: the built-in layers computing with a custom function, inlined too)."""
     names: list[str] = []
     unique = _UniqueNames(keras3, model)
 
+    def traced(layer) -> bool:
+        return _is_custom_object(layer) or (layer.name in with_functions and not isinstance(layer, keras3.Model))
+
     def call(layer, *args, **kwargs):
         if isinstance(layer, keras3.Model) and not _is_custom_object(layer):
-            if any(_is_custom_object(inner) for inner in _layers_of(layer)):  # a nested model holding custom layers
+            if any(traced(inner) for inner in _layers_of(layer)):  # a nested model holding custom layers
                 outputs = _nested(keras3, layer, call)(*args, **kwargs)
                 unique.claim(outputs, (args, kwargs))
                 return outputs
-        if not _is_custom_object(layer):
+        if not traced(layer):
             return layer(*args, **kwargs)
-        names.append(f"{layer.name} ({type(layer).__name__})")
+        own = "" if _is_custom_object(layer) else " with a custom function"
+        names.append(f"{layer.name} ({type(layer).__name__}{own})")
         try:
             outputs = layer.call(*args, **kwargs)
         except Exception as exc:
@@ -216,7 +239,7 @@ def _inline(keras3, model, model_file: ModelFile):
     current = _subclassed(keras3, model, model_file, call) if _is_custom_config(model_file.config) else None
     current = current or _functional(keras3, model, model_file, call)
     for _ in range(MAX_DEPTH):
-        if not any(_is_custom_object(layer) for layer in _layers_of(current)):
+        if not any(traced(layer) for layer in _layers_of(current)):
             return current, names
         try:
             current = keras3.models.clone_model(current, clone_function=lambda layer: layer, call_function=call)
@@ -352,6 +375,17 @@ def _is_custom_config(layer: dict) -> bool:
         return "class_name" in layer
     module = layer.get("module", "keras")  # a config naming no module (an older writer's) is read as Keras' own
     return not (module == "keras" or str(module).startswith("keras."))
+
+
+def _functions_in(value) -> list[str]:
+    """The registered names of the functions a layer config holds (``activation=my_activation``)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "function" and isinstance(value.get("config"), str):
+            return [value["config"]]
+        return [name for v in value.values() for name in _functions_in(v)]
+    if isinstance(value, list):
+        return [name for v in value for name in _functions_in(v)]
+    return []
 
 
 def _class_name(layer: dict) -> str:

@@ -360,3 +360,20 @@ def test_a_custom_object_scope_gives_the_code_as_keras_load_model_takes_it(k3, t
     with k3.saving.custom_object_scope({"Shifted": Shifted}):
         imported = load_model(tmp_path / "shifted.keras")
     assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs))).max() <= 1e-5
+
+
+def test_a_built_in_layer_with_a_registered_custom_activation_is_traced(k3, tmp_path):
+    @k3.saving.register_keras_serializable(package="InlineAct")
+    def leaky_swish(x):
+        return x * k3.ops.sigmoid(x) + 0.1 * k3.ops.relu(-x)
+
+    model = k3.Sequential(
+        [k3.Input((6,)), k3.layers.Dense(5, activation=leaky_swish, name="hidden"), k3.layers.Dense(2)]
+    )
+    model.save(tmp_path / "act.keras")
+    xs = np.random.default_rng(9).normal(size=(32, 6)).astype(np.float32)
+    imported = load_model(tmp_path / "act.keras")
+    assert np.abs(imported(xs, training=False).numpy() - np.asarray(model(xs))).max() <= 1e-5
+    k3.saving.get_custom_objects().pop("InlineAct>leaky_swish")
+    with pytest.raises(UnsupportedLayerError, match="'hidden' of type Dense: it computes with the custom function"):
+        load_model(tmp_path / "act.keras")
