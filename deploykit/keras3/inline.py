@@ -3,15 +3,17 @@
 keras.io's Transformer blocks, token-and-position embeddings and patch encoders are
 custom classes: a ``Layer`` subclass whose ``call`` uses built-in layers and ``ops``.
 tf_keras (so TF-MOT, and tf2onnx's Keras path) cannot run Keras 3 code, and a file
-alone does not hold the code. When the user gives it, as Keras itself takes it
-(the class registered with ``keras.saving.register_keras_serializable``, in a
-``custom_object_scope``, or in a Python file passed with ``--custom-objects``; a live model object's own classes),
-:func:`inlined` loads the model with Keras 3 and calls each custom layer's ``call``
-on symbolic tensors (``keras.models.clone_model``'s ``call_function``): what the
-layer computes is recorded as the built-in layers and operations it is made of,
-its own variables used in ``ops`` become constants, and the model is read from
-that config like any other file. The import then checks the tf_keras rebuild
-against the user's own model, custom code included.
+alone does not hold the code. When the user gives it as Keras itself takes it (the
+class registered with ``keras.saving.register_keras_serializable`` or in a
+``custom_object_scope``; a Python file passed with ``--custom-objects``; a live
+model object's own classes), :func:`inlined` loads the model with Keras 3 and calls
+each custom layer's ``call`` on symbolic tensors (``keras.models.clone_model``'s
+``call_function``): what the layer computes is recorded as the built-in layers and
+operations it is made of, its own variables used in ``ops`` become constants, and
+the model is read from that config like any other file. A subclassed model is
+traced the same way, and so is a built-in layer computing with a registered
+function of the user's (``Dense(activation=my_activation)``). The import then
+checks the tf_keras rebuild against the user's own model, custom code included.
 
 So every step works on built-in layers (the Dense layers inside a Transformer
 block prune and quantize), and no artifact holds the user's code. A layer whose
@@ -118,9 +120,12 @@ class _ByName:
 def import_custom_objects(paths) -> list[str]:
     """Import each Python file (its code runs) and register its Keras 3 layer classes; the names registered.
 
-    A class the file registers itself (``register_keras_serializable``) keeps its registered name; any other
-    ``keras.layers.Layer`` subclass it defines is registered under its class name, as ``custom_objects=`` does.
+    A class or function the file registers itself (``register_keras_serializable``) keeps its registered name; any
+    other ``keras.layers.Layer`` subclass or function it defines is registered under its own name, as
+    ``custom_objects=`` gives it to Keras (an activation saved unregistered is looked up by its name).
     """
+    import inspect
+
     from deploykit.keras3.convert import keras3_context
 
     found: list[str] = []
@@ -129,7 +134,8 @@ def import_custom_objects(paths) -> list[str]:
             module = _import_file(Path(path))
             registry = keras3.saving.get_custom_objects()
             for value in vars(module).values():
-                if not (isinstance(value, type) and issubclass(value, keras3.layers.Layer)):
+                layer = isinstance(value, type) and issubclass(value, keras3.layers.Layer)
+                if not (layer or inspect.isfunction(value)):
                     continue
                 if value.__module__ != module.__name__:  # imported into the file, not defined there
                     continue
