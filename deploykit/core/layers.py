@@ -213,6 +213,10 @@ SUPPORT: dict[str, LayerSupport] = {
     "Bidirectional": _entry(Role.RECURRENT),
     # Transformer blocks (keras.io's): exported by the converters (Einsum, Softmax), never pruned or folded through.
     "MultiHeadAttention": LayerSupport(Role.OTHER, tensor_args=True, mc=True),
+    # Values moved, or a product of two tensors (what custom layers' ops.transpose / ops.matmul are read as): exported
+    # by the converters and emitted by the MC graph, never folded through or pruned.
+    "Permute": LayerSupport(Role.OTHER, mc=True),
+    "Dot": LayerSupport(Role.OTHER, mc=True),
     "Lambda": LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True),
     # Preprocessing that reads strings (the text tutorials' export_model): artifacts take numbers.
     "TextVectorization": LayerSupport(Role.OPAQUE, refused=f"turns strings into token ids; {_STRINGS}"),

@@ -162,6 +162,25 @@ def _emit_concat(g, node, xs, shapes):
     return g.op("Concat", xs, axis=axis), _out_shape(node)
 
 
+@emits("Permute")
+def _emit_permute(g, node, xs, shapes):
+    dims = [int(d) for d in node.spec.config["dims"]]  # per-sample axes, 1-based: the batch axis stays first
+    return g.op("Transpose", [xs[0]], perm=[0, *dims]), tuple(shapes[0][d - 1] for d in dims)
+
+
+@emits("Dot")
+def _emit_dot(g, node, xs, shapes):
+    """``Dot(axes=[2, 1])`` of two per-sample matrices ([m, k] @ [k, n]: keras.io's CCT pools with it)."""
+    spec = node.spec
+    axes = spec.config.get("axes")
+    axes = [axes, axes] if isinstance(axes, int) else [int(a) for a in axes]
+    if len(xs) != 2 or any(len(s) != 2 for s in shapes) or axes != [2, 1] or spec.config.get("normalize"):
+        raise UnsupportedLayerError(
+            spec.name, spec.class_name, "the MC Dropout graph emits Dot(axes=[2, 1]) of two matrices per sample only"
+        )
+    return g.op("MatMul", xs), (shapes[0][0], shapes[1][1])
+
+
 def _to_channels_first(g, x: str, rank: int) -> str:
     return g.op("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)])
 

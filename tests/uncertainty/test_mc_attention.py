@@ -1,4 +1,5 @@
-"""MultiHeadAttention in the MC Dropout graph: keras.io's Transformer blocks get an MC Dropout model.
+"""MultiHeadAttention, Permute and Dot in the MC Dropout graph: keras.io's Transformer blocks, ViT and CCT get an MC
+Dropout model.
 
 The block is keras.io's "Text classification with Transformer" (self-attention, Dropout, residual LayerNorm, a
 feed-forward pair), then its head (pooling, Dropout, Dense). With every Dropout at rate 0 the MC graph's mean equals
@@ -56,3 +57,26 @@ def test_attention_over_image_axes_is_refused_by_name():
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(h))
     with pytest.raises(UnsupportedLayerError, match="'spatial' of type MultiHeadAttention: the MC Dropout graph emits"):
         build_mc_graph(graph_from_model(model), MCConfig(samples=4))
+
+
+def test_a_vision_transformers_patches_and_a_cct_pooling_equal_keras_at_rate_zero():
+    # what keras.io's ViT Patches and CCT SequencePooling are read as (deploykit.keras3): Reshape / Permute / Reshape,
+    # and a Dot of the attention weights and the sequence
+    from deploykit.backend import keras
+
+    L = keras.layers
+    inputs = keras.Input((8, 8, 2))
+    rows = L.Reshape((2, 4, 2, 4, 2))(inputs)
+    patches = L.Reshape((4, 32))(L.Permute((1, 3, 2, 4, 5))(rows))
+    encoded = L.Dropout(0.2)(L.Dense(6)(patches))
+    weights = L.Permute((2, 1))(L.Softmax(axis=1)(L.Dense(1)(encoded)))
+    pooled = L.Reshape((6,))(L.Dot(axes=[2, 1])([weights, encoded]))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(pooled))
+    x = np.random.default_rng(1).standard_normal((16, 8, 8, 2)).astype(np.float32)
+    graph = graph_from_model(model)
+    assert run(session(build_mc_graph(graph, MCConfig(samples=20))), x)["std"].max() > 1e-3
+    for node in graph.nodes:
+        if node.spec.class_name == "Dropout":
+            node.spec.config["rate"] = 0.0
+    mean = run(session(build_mc_graph(graph, MCConfig(samples=2))), x)["mean"]
+    assert np.abs(mean - model(x, training=False).numpy()).max() <= 1e-5
