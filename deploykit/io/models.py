@@ -46,8 +46,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
 
     Keras 3 files are rebuilt in tf_keras with identical weights, and their
     outputs checked against Keras 3's own within 1e-5. ``unsafe=True`` allows
-    Lambda layers, custom objects and SavedModel folders (loading them can run
-    code from the file).
+    Lambda layers and SavedModel folders (loading them can run code from the file).
 
     A Keras 3 file's custom layers are read as what their ``call`` computes (:mod:`deploykit.keras3.inline`)
     when their code is given the Keras way (registered, or ``--custom-objects FILE.py``).

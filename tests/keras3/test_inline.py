@@ -1,6 +1,6 @@
 """Custom Keras 3 layers read as what their call computes, when their code is given (deploykit.keras3.inline).
 
-The classes are published ones (:mod:`tests.custom_models`; keras.io's ViT and CCT classes here): keras.io's
+The classes are published ones (:mod:`tests.custom_models`; keras.io's CCT classes here): keras.io's
 "Text classification with Transformer" blocks, the Keras subclassing guide's ``Linear`` layer and ``MLPBlock``
 model, keras.io's ViT ``Patches`` / ``PatchEncoder`` and CCT ``StochasticDepth`` / ``SequencePooling``, with the
 ``get_config`` and registration the Keras saving guide adds so a model holding them saves. Each rebuild is
@@ -58,9 +58,7 @@ def _transformer(k3, module, x, y, tmp_path):
 
 
 def test_keras_io_transformer_blocks_are_read_as_built_in_layers_equal_to_the_users_model(k3, tmp_path):
-    _path, module = user_module(
-        TRANSFORMER_PY, tmp_path, "InlineApi"
-    )  # registered in this process, as an API user's are
+    _path, module = user_module(TRANSFORMER_PY, tmp_path, "InlineApi")  # registered here, as an API user's are
     x, y = _token_data()
     user, path = _transformer(k3, module, x, y, tmp_path)
     model = load_model(path)
