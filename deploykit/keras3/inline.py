@@ -173,6 +173,8 @@ def classes_of(model):
 
 def _import_file(path: Path):
     """Import one Python file as a module of its own name; one line when it is missing or fails."""
+    if not path.exists():
+        raise UsageError(f"--custom-objects {path}: no such file")
     if path.suffix != ".py" or not path.is_file():
         raise UsageError(f"--custom-objects {path}: not a Python file (give the .py file defining the classes)")
     name = f"deploykit_custom_{path.stem}"
@@ -181,7 +183,7 @@ def _import_file(path: Path):
     sys.modules[name] = module  # dataclasses and pickling look classes up by module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a script's sys.exit() too: one line, not a silent exit
         del sys.modules[name]
         raise UsageError(f"--custom-objects {path}: importing it failed ({one_line(exc)})") from None
     return module

@@ -160,8 +160,15 @@ def test_custom_objects_files_that_cannot_be_imported_are_one_line(tmp_path):
     broken.write_text("import keras\nraise RuntimeError('the user file fails')\n")
     with pytest.raises(UsageError, match=r"--custom-objects .*broken.py: importing it failed \(RuntimeError: the"):
         import_custom_objects([broken])
-    with pytest.raises(UsageError, match="not a Python file"):
+    quits = tmp_path / "quits.py"
+    quits.write_text("import sys\nsys.exit(3)\n")  # a script run as a module: one line, not a silent exit
+    with pytest.raises(UsageError, match=r"quits.py: importing it failed \(SystemExit: 3\)"):
+        import_custom_objects([quits])
+    with pytest.raises(UsageError, match="missing.py: no such file"):
         import_custom_objects([tmp_path / "missing.py"])
+    (tmp_path / "notes.txt").write_text("class A: pass\n")
+    with pytest.raises(UsageError, match="notes.txt: not a Python file"):
+        import_custom_objects([tmp_path / "notes.txt"])
 
 
 def test_the_keras_guides_subclassed_model_and_linear_layer_are_read_as_dense_layers(k3, tmp_path):
