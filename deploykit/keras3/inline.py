@@ -387,15 +387,20 @@ def _is_custom_config(layer: dict) -> bool:
     return not (module == "keras" or str(module).startswith("keras."))
 
 
-def _functions_in(value) -> list[str]:
-    """The registered names of the functions a layer config holds (``activation=my_activation``)."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "function" and isinstance(value.get("config"), str):
-            return [value["config"]]
-        return [name for v in value.values() for name in _functions_in(v)]
-    if isinstance(value, list):
-        return [name for v in value for name in _functions_in(v)]
-    return []
+def _functions_in(config) -> list[str]:
+    """The registered names of the functions a layer's own config holds (``activation=my_activation``); a nested
+    model's layers are not its own (:func:`_all_layers` visits them). Walked without recursion."""
+    found, stack = [], [config]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if value.get("class_name") == "function" and isinstance(value.get("config"), str):
+                found.append(value["config"])
+            else:
+                stack += [v for k, v in value.items() if k != "layers"]
+        elif isinstance(value, list):
+            stack += value
+    return found
 
 
 def _class_name(layer: dict) -> str:
@@ -403,11 +408,17 @@ def _class_name(layer: dict) -> str:
 
 
 def _all_layers(config: dict):
-    """Every serialized layer of a config, nested models' layers included."""
-    inner = config.get("config") if isinstance(config, dict) else None
-    for layer in (inner or {}).get("layers") or []:
-        if not isinstance(layer, dict):
-            continue
-        yield layer
-        if isinstance((layer.get("config") or {}).get("layers"), list):
-            yield from _all_layers(layer)
+    """Every serialized layer of a config, nested models' layers included, walked without recursion and no deeper
+    than the loader reads nested models (:data:`deploykit.core.nested.MAX_DEPTH`: it refuses a deeper nesting)."""
+    from deploykit.core.nested import MAX_DEPTH as NESTING
+
+    stack = [(config, 0)]
+    while stack:
+        outer, depth = stack.pop()
+        inner = outer.get("config") if isinstance(outer, dict) else None
+        for layer in (inner or {}).get("layers") or [] if isinstance(inner, dict) else []:
+            if not isinstance(layer, dict):
+                continue
+            yield layer
+            if depth < NESTING and isinstance((layer.get("config") or {}).get("layers"), list):
+                stack.append((layer, depth + 1))

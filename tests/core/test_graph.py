@@ -26,6 +26,7 @@ ROUND_TRIP = (
     models.embedding,
     models.recurrent,
     models.attention,
+    models.attention_pooling,
 )
 
 
