@@ -35,6 +35,15 @@ def zero_dropout(chain):
     return dataclasses.replace(chain, layers=layers)
 
 
+def zero_graph_dropout(graph):
+    """``graph`` (a :class:`deploykit.core.graph.Graph`) with every Dropout rate 0, in place: the MC graph built from
+    it computes the deterministic network."""
+    for node in graph.nodes:
+        if node.spec.class_name == "Dropout":
+            node.spec.config["rate"] = 0.0
+    return graph
+
+
 def keras_mc_samples(model, x, calls: int) -> np.ndarray:
     """The chapter's loop, ``calls`` outputs of ``model(x, training=True)`` stacked [calls, N, C], drawn in one
     call on ``x`` repeated ``calls`` times: each row gets its own dropout mask, so for a model without

@@ -15,7 +15,7 @@ import pytest
 from deploykit.core.graph import graph_from_model
 from deploykit.errors import UnsupportedLayerError
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
-from tests.uncertainty.support import run, session
+from tests.uncertainty.support import run, session, zero_graph_dropout
 
 
 def _transformer(cross: bool = False, use_bias: bool = True):
@@ -35,17 +35,18 @@ def _transformer(cross: bool = False, use_bias: bool = True):
     return keras.Model(inputs, L.Dense(3, activation="softmax")(h))
 
 
+def _samples_and_equals_keras_at_rate_zero(model, x) -> None:
+    graph = graph_from_model(model)
+    assert run(session(build_mc_graph(graph, MCConfig(samples=20))), x)["std"].max() > 1e-3
+    mean = run(session(build_mc_graph(zero_graph_dropout(graph), MCConfig(samples=2))), x)["mean"]
+    assert np.abs(mean - model(x, training=False).numpy()).max() <= 1e-5
+
+
 @pytest.mark.parametrize("case", ["self", "cross", "no_bias"])
 def test_attention_equals_keras_at_rate_zero_and_samples_at_the_models_rates(case):
     model = _transformer(cross=case == "cross", use_bias=case != "no_bias")
     x = np.random.default_rng(0).standard_normal((16, 7, 8)).astype(np.float32)
-    graph = graph_from_model(model)
-    assert run(session(build_mc_graph(graph, MCConfig(samples=20))), x)["std"].max() > 1e-3
-    for node in graph.nodes:
-        if node.spec.class_name == "Dropout":
-            node.spec.config["rate"] = 0.0
-    mean = run(session(build_mc_graph(graph, MCConfig(samples=2))), x)["mean"]
-    assert np.abs(mean - model(x, training=False).numpy()).max() <= 1e-5
+    _samples_and_equals_keras_at_rate_zero(model, x)
 
 
 def test_attention_over_image_axes_is_refused_by_name():
@@ -73,10 +74,4 @@ def test_a_vision_transformers_patches_and_a_cct_pooling_equal_keras_at_rate_zer
     pooled = L.Reshape((6,))(L.Dot(axes=[2, 1])([weights, encoded]))
     model = keras.Model(inputs, L.Dense(3, activation="softmax")(pooled))
     x = np.random.default_rng(1).standard_normal((16, 8, 8, 2)).astype(np.float32)
-    graph = graph_from_model(model)
-    assert run(session(build_mc_graph(graph, MCConfig(samples=20))), x)["std"].max() > 1e-3
-    for node in graph.nodes:
-        if node.spec.class_name == "Dropout":
-            node.spec.config["rate"] = 0.0
-    mean = run(session(build_mc_graph(graph, MCConfig(samples=2))), x)["mean"]
-    assert np.abs(mean - model(x, training=False).numpy()).max() <= 1e-5
+    _samples_and_equals_keras_at_rate_zero(model, x)

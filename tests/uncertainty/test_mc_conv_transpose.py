@@ -12,7 +12,7 @@ import pytest
 from deploykit.core.graph import graph_from_model
 from deploykit.errors import UnsupportedLayerError
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
-from tests.uncertainty.support import run, session
+from tests.uncertainty.support import run, session, zero_graph_dropout
 
 
 def _decoder(padding: str, kernel: int, strides: int, **kw):
@@ -35,11 +35,7 @@ def _without_dropout(model):
     """The packed model's graph with every dropout rate 0 (the deterministic network)."""
     from deploykit.io.models import check_single_io
 
-    graph = graph_from_model(check_single_io(model))
-    for node in graph.nodes:
-        if node.spec.class_name == "Dropout":
-            node.spec.config["rate"] = 0.0
-    return graph
+    return zero_graph_dropout(graph_from_model(check_single_io(model)))
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from deploykit.core.graph import graph_from_model
 from deploykit.errors import UnsupportedLayerError
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
-from tests.uncertainty.support import run, session
+from tests.uncertainty.support import run, session, zero_graph_dropout
 
 
 def _model(body, steps: int = 7, features: int = 5):
@@ -37,10 +37,7 @@ def _model(body, steps: int = 7, features: int = 5):
 
 
 def _rate_zero_mean(model, x):
-    graph = graph_from_model(model)
-    for node in graph.nodes:
-        if node.spec.class_name == "Dropout":
-            node.spec.config["rate"] = 0.0
+    graph = zero_graph_dropout(graph_from_model(model))
     return run(session(build_mc_graph(graph, MCConfig(samples=2))), x)["mean"]
 
 
