@@ -119,7 +119,8 @@ def test_an_operation_without_a_built_in_equivalent_is_refused_by_name(k3, tmp_p
 
 
 def test_built_in_layers_no_step_understands_still_import_and_export(k3, tmp_path):
-    """NASNet's Cropping2D (and a Permute) are outside the layer table: imported, exported, computing the same."""
+    """NASNet's Cropping2D is outside the layer table (a Permute is in it for the MC graph only): imported,
+    exported, computing the same."""
     from deploykit import export_variant
     from deploykit.core.layers import Role, support_for
     from deploykit.export.runtimes import OnnxRunner

@@ -1,9 +1,9 @@
 """A Keras 3 model with layers no deploykit step understands is still exported and served (issue 20's third target).
 
-Cropping2D, Permute and UpSampling2D are outside the layer table (no fold, prune or MC rule knows them): the
-Keras 3 file goes through ``deploykit export`` and ``deploykit serve`` as a user runs them, and a real HTTP client
-gets the user's own outputs. (A custom Python layer class cannot be rebuilt from a Keras 3 file without running
-its code: it is refused by name, see tests/keras3/test_keras3.py.)
+Cropping2D and UpSampling2D are outside the layer table, and Permute is in it only for the MC graph (no fold or
+prune rule knows them): the Keras 3 file goes through ``deploykit export`` and ``deploykit serve`` as a user runs
+them, and a real HTTP client gets the user's own outputs. (A custom Python layer class is read only when its code
+is given, and refused by name otherwise: see tests/keras3/test_inline.py.)
 """
 
 from __future__ import annotations
