@@ -88,20 +88,7 @@ def import_keras3(
     lowering = lower_config(model_file.config)
     graph, added = _tf_keras_graph(dataclasses.replace(model_file, config=lowering.config), unsafe, input_shapes)
     with keras3_context() as keras3:
-        from deploykit.core.custom_dropout import read_in_place
-
-        objects = {name: getattr(keras3.layers, base) for name, base in (custom_objects or {}).items()}
-        try:
-            with read_in_place(keras3, objects):
-                source = (
-                    inlined.source
-                    if inlined is not None
-                    else keras3.saving.load_model(str(path), compile=False, safe_mode=True)
-                )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
-            ) from None
+        source = inlined.source if inlined is not None else _load_keras3(keras3, path, custom_objects)
         reference = inlined.reference if inlined is not None else source
         fill_from_source(graph, lowering, source)
         model = to_keras(graph)
@@ -124,6 +111,21 @@ def import_keras3(
             f"tolerance {TOLERANCE:g})" + _chaotic(own)
         )
     return model
+
+
+def _load_keras3(keras3, path, custom_objects: dict | None):
+    """The file loaded by Keras 3 in safe mode, recognized custom classes read as their Keras base (one line when
+    Keras 3 cannot load it)."""
+    from deploykit.core.custom_dropout import read_in_place
+
+    objects = {name: getattr(keras3.layers, base) for name, base in (custom_objects or {}).items()}
+    try:
+        with read_in_place(keras3, objects):
+            return keras3.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {path}: Keras 3 cannot load it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+        ) from None
 
 
 def _chaotic(own: float) -> str:

@@ -65,7 +65,7 @@ class Inlined:
         return f"custom layers read as what their call computes (built-in layers and operations): {shown}"
 
 
-def custom_layers(model_file: ModelFile) -> list[dict]:
+def _custom_layers(model_file: ModelFile) -> list[dict]:
     """The serialized layers of the file that are custom classes (Keras 3 files; nested models' layers too)."""
     return [layer for layer in _all_layers(model_file.config) if _is_custom_config(layer)]
 
@@ -77,7 +77,7 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
     :mod:`deploykit.core.custom_dropout`) to those layers. Any other custom class must be one Keras 3 resolves in
     this process; one it does not is refused by name, saying how to give its code.
     """
-    customs = [layer for layer in custom_layers(model_file) if _class_name(layer) not in (builtins or {})]
+    customs = [layer for layer in _custom_layers(model_file) if _class_name(layer) not in (builtins or {})]
     if _is_custom_config(model_file.config):  # a subclassed model: its call is traced as a custom layer's is
         customs.insert(0, model_file.config)
     # a built-in layer computing with a custom function (Dense(activation=my_activation)) is traced as well
@@ -119,8 +119,8 @@ class _ByName:
         return self.model(dict(zip(self.names, x)), training=training)
 
 
-def import_custom_objects(paths) -> list[str]:
-    """Import each Python file (its code runs) and register its Keras 3 layer classes; the names registered.
+def import_custom_objects(paths) -> None:
+    """Import each Python file (its code runs) and register its Keras 3 layer classes and functions.
 
     A class or function the file registers itself (``register_keras_serializable``) keeps its registered name; any
     other ``keras.layers.Layer`` subclass or function it defines is registered under its own name, as
@@ -130,7 +130,6 @@ def import_custom_objects(paths) -> list[str]:
 
     from deploykit.keras3.convert import keras3_context
 
-    found: list[str] = []
     with keras3_context() as keras3:
         for path in paths:
             module = _import_file(Path(path))
@@ -141,11 +140,8 @@ def import_custom_objects(paths) -> list[str]:
                     continue
                 if value.__module__ != module.__name__:  # imported into the file, not defined there
                     continue
-                name = keras3.saving.get_registered_name(value)
-                if keras3.saving.get_registered_object(name) is None:
+                if keras3.saving.get_registered_object(keras3.saving.get_registered_name(value)) is None:
                     registry[value.__name__] = value
-                found.append(name)
-    return found
 
 
 @contextlib.contextmanager

@@ -36,11 +36,11 @@ def zero_dropout(chain):
 
 
 def zero_graph_dropout(graph):
-    """``graph`` (a :class:`deploykit.core.graph.Graph`) with every Dropout rate 0, in place: the MC graph built from
-    it computes the deterministic network."""
+    """``graph`` (a :class:`deploykit.core.graph.Graph`) with every dropout rate 0 (each node's config replaced, not
+    edited): the MC graph built from it computes the deterministic network."""
     for node in graph.nodes:
-        if node.spec.class_name == "Dropout":
-            node.spec.config["rate"] = 0.0
+        if "rate" in node.spec.config:
+            node.spec.config = {**node.spec.config, "rate": 0.0}
     return graph
 
 

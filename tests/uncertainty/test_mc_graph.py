@@ -8,7 +8,14 @@ import pytest
 from deploykit.core.chain import to_chain
 from deploykit.uncertainty.masks import MaskKind, represented_rate
 from deploykit.uncertainty.mc_graph import MCConfig, build_mc_graph
-from tests.uncertainty.support import assert_same_mean, keras_mc_samples, run, session, zero_dropout
+from tests.uncertainty.support import (
+    assert_same_mean,
+    keras_mc_samples,
+    run,
+    session,
+    zero_dropout,
+    zero_graph_dropout,
+)
 
 
 def _deterministic_onnx(model, x):
@@ -180,13 +187,6 @@ def test_activation_layers_match_keras(digits):
 # --- graphs: convolutions, residual skips, opsets, the optional `samples` input -------------------------
 
 
-def _zero_rates(graph):
-    for node in graph.nodes:
-        if "rate" in node.spec.config:
-            node.spec.config = {**node.spec.config, "rate": 0.0}
-    return graph
-
-
 def _graph_inputs(model, n=6):
     rng = np.random.default_rng(1)
     if type(model.layers[0]).__name__ == "Embedding":
@@ -203,7 +203,7 @@ def test_graph_mc_with_rates_zero_equals_the_deterministic_model(build, opset):
     from tests.core import models
 
     model = models.shared(build)  # read only: built once per process
-    proto = build_mc_graph(_zero_rates(graph_from_model(model)), MCConfig(samples=4), opset=opset)
+    proto = build_mc_graph(zero_graph_dropout(graph_from_model(model)), MCConfig(samples=4), opset=opset)
     onnx.checker.check_model(proto, full_check=True)
     x = _graph_inputs(model)
     out = run(session(proto), x)
