@@ -16,6 +16,7 @@ import enum
 import sys
 from dataclasses import dataclass
 
+from deploykit.core.tf_ops import TF_OP_LAYERS, tf_op_refusal
 from deploykit.errors import UnsafeModelError, UnsupportedLayerError
 
 
@@ -246,6 +247,10 @@ UNKNOWN = LayerSupport(Role.OTHER)
 #: Code the table cannot vouch for (a custom class), allowed only with ``unsafe``.
 CUSTOM = LayerSupport(Role.OPAQUE, keras3_import=False, needs_unsafe=True)
 
+#: A TensorFlow call in a tf_keras file (:mod:`deploykit.core.tf_ops`): it names a function TensorFlow looks up, no
+#: code from the file; :mod:`deploykit.io.tf_ops` rewrites it into built-in layers once the model is loaded.
+TF_OP = LayerSupport(Role.OPAQUE, keras3_import=False)
+
 #: The Keras class names a tf_keras pruning wrapper may hold.
 PRUNABLE = frozenset(name for name, s in SUPPORT.items() if s.prunable)
 
@@ -305,7 +310,10 @@ def support_for(layer: object, *, unsafe: bool = False) -> LayerSupport:
     kind = layer_type(layer)
     name = layer.get("config", {}).get("name", kind) if isinstance(layer, dict) else getattr(layer, "name", kind)
     entry = SUPPORT.get(kind)
-    if entry is None:
+    if kind in TF_OP_LAYERS:
+        refusal = tf_op_refusal(layer if isinstance(layer, dict) else {"config": layer.get_config()})
+        entry = TF_OP if not refusal else LayerSupport(Role.OPAQUE, refused=refusal)
+    elif entry is None:
         entry = UNKNOWN if _is_builtin(layer, kind) else CUSTOM
     if entry.refused:
         raise UnsupportedLayerError(str(name), kind, entry.refused)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from deploykit.core.layers import LayerSupport, support_for
 from deploykit.core.nested import MODEL_CLASSES, Nesting, flatten
+from deploykit.core.tf_ops import TF_OP_LAYERS
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, one_line
 from deploykit.files import read_bytes, regular_file
 from deploykit.limits import MODEL_BYTES, MODEL_CONFIG_BYTES
@@ -305,6 +306,8 @@ def is_custom(obj: dict) -> bool:
     registered = obj.get("registered_name")
     if kind in ("function", "__lambda__"):
         return True
+    if kind in TF_OP_LAYERS and str(module or "tf_keras.").startswith("tf_keras."):  # a TensorFlow call, by name
+        return False
     if registered not in (None, kind):
         return True
     return module is not None and module != "keras" and not str(module).startswith("keras.")

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
-
 from deploykit.core.nested import Nesting, flatten
 from deploykit.errors import ModelLoadError, one_line
-from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, joined_outputs  # held as a Keras 3 import is
+from deploykit.io.rebuild import config_of, max_diff
+from deploykit.io.tf_ops import without_tf_ops
+from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE  # held as a Keras 3 import is
 
 
 def flat_model(
     model, config: dict | None = None, what: str | None = None, forced: tuple[str, ...] = (), *, live: bool = False
 ):
-    """``model`` itself when it holds no nested model or augmentation layer, else its flat rebuild.
+    """``model`` itself when it holds no nested model, augmentation layer or TensorFlow operation, else its flat
+    rebuild (TensorFlow operations rewritten as the built-in layers computing them, :mod:`deploykit.io.tf_ops`).
 
     ``config``: the model's config as its file holds it (``{"class_name", "config"}``; default: the object's own),
     ``what`` names it in errors (the file's path; default: the model's name). ``forced``: Dropout layers the file
@@ -38,7 +39,7 @@ def flat_model(
     nesting = Nesting()
     flat_config = flatten(copy.deepcopy(config or config_of(model)), nesting, keras3=False)
     if not nesting and not forced:
-        return model
+        return without_tf_ops(model, what)
     if config is None or live:  # an object given to the API; a file's loader says it (deploykit.io.models)
         nesting.say()
     try:
@@ -48,11 +49,12 @@ def flat_model(
     for layer in flat.layers:
         if layer.weights:
             layer.set_weights(nesting.source_layer(model, layer.name).get_weights())
+    flat = without_tf_ops(flat, what)  # TensorFlow calls (nested models' too): the built-in layers computing them
     rates = {name: model.get_layer(name).rate for name in forced}
     try:
         for name in rates:  # the model's own calls keep training=True: identity for the check
             model.get_layer(name).rate = 0.0
-        diff = _max_diff(model, flat)
+        diff = max_diff(model, flat)
     finally:  # the user's object is theirs: its rates as they were
         for name, rate in rates.items():
             model.get_layer(name).rate = rate
@@ -62,34 +64,3 @@ def flat_model(
             f"{CHECK_SAMPLES} random inputs (tolerance {TOLERANCE:g})"
         )
     return flat
-
-
-def config_of(model) -> dict:
-    """A tf_keras model object's config as a file holds it."""
-    return {"class_name": type(model).__name__, "config": model.get_config()}
-
-
-def _max_diff(model, flat) -> float:
-    """The largest output difference on random inputs, relative to the outputs' RMS when that is above 1."""
-    from deploykit.core.evaluate import output_scale
-
-    x = _check_inputs(model, flat)
-    want = joined_outputs(model(x, training=False)).astype(np.float64)
-    return float(np.max(np.abs(want - joined_outputs(flat(x, training=False))))) / output_scale(want)
-
-
-def _check_inputs(model, flat):
-    """Random inputs of the model's shapes (an unsized length: 8 steps), in its input order; token ids in an input
-    an Embedding or a CategoryEncoding reads (:func:`deploykit.core.graph.token_vocabulary`)."""
-    from deploykit.core.graph import graph_from_config, one_input, token_vocabulary
-
-    rng = np.random.default_rng(0)
-    config = {"class_name": type(flat).__name__, "config": flat.get_config()}
-    graph = graph_from_config(config, unsafe=True, input_shapes={n: (1,) for n in flat.input_names})  # its links
-    x = []
-    for name, t in zip(flat.input_names, flat.inputs):
-        shape = (CHECK_SAMPLES, *(8 if d is None else int(d) for d in t.shape[1:]))
-        vocabulary = token_vocabulary(one_input(graph, name)) if name in graph.inputs else None
-        x.append(rng.integers(0, vocabulary, shape) if vocabulary else rng.standard_normal(shape))
-    x = [a.astype(np.float32) for a in x]
-    return x if len(x) > 1 else x[0]

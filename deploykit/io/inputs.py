@@ -35,11 +35,18 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model", data=None, say=N
     if is_tf_keras_model(obj):
         from deploykit.core.custom_dropout import remember, unforced
         from deploykit.core.layers import check_layers
-        from deploykit.io.flat import config_of, flat_model
+        from deploykit.core.nested import remember as remember_lines
+        from deploykit.core.nested import say
+        from deploykit.core.tf_ops import tf_op_lines
+        from deploykit.io.flat import flat_model
         from deploykit.io.models import check_single_io
+        from deploykit.io.rebuild import config_of
 
         config, found = unforced(config_of(obj))  # Dropout(...)(x, training=True): rebuilt without it
+        lines = tf_op_lines(config)  # TensorFlow calls: read as the built-in layers computing them
+        say(lines)
         flat = flat_model(obj, config if found else None, forced=tuple(r.layer for r in found), live=True)
+        remember_lines(flat, lines)
         remember(flat, found, live=True)
         check_layers(flat.layers, unsafe=True)  # a live object's code already ran; a layer no step takes is refused
         return check_single_io(flat)  # packed when it has several inputs or outputs

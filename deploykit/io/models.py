@@ -23,6 +23,7 @@ from pathlib import Path
 from deploykit.atomic import atomic_path
 from deploykit.core.layers import check_layers
 from deploykit.core.modelfile import ModelFile, ModelFormat, check_model_config, read_model_file
+from deploykit.core.tf_ops import tf_op_lines
 from deploykit.errors import ModelLoadError, UnsafeModelError, UnsupportedLayerError, UsageError, one_line
 from deploykit.io.flat import flat_model
 from deploykit.log import quiet_native
@@ -67,6 +68,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
         model_file = inlined.model_file if inlined is not None else model_file
     flattening = nested.flattening(model_file.config, keras3=model_file.is_keras3)  # nested models, augmentation
     flattening = ([inlined.line] if inlined is not None else []) + flattening  # said, and kept for the report
+    flattening += tf_op_lines(model_file.config)  # a tf.keras file's TensorFlow calls
     nested.say(flattening)
     if model_file.is_keras3:
         from deploykit.keras3.convert import import_keras3
@@ -143,7 +145,9 @@ def _load_tf_keras(
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):
         raise ModelLoadError(f"model {path}: tf_keras gave a {type(model).__name__}, not a Keras model")
-    model = flat_model(model, model_file.config, f"model {path}", forced)  # nested models, augmentation: one graph
+    model = flat_model(
+        model, model_file.config, f"model {path}", forced
+    )  # nested models, augmentation, TF calls: one graph
     check_layers(model.layers, unsafe=unsafe)
     return check_single_io(_sized(model, path, input_shapes))
 

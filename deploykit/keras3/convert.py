@@ -156,7 +156,7 @@ def _tf_keras_graph(
         kind = node.spec.class_name
         if not node.spec.support.keras3_import:
             raise UnsupportedLayerError(node.name, kind, "deploykit cannot rebuild it from a Keras 3 file")
-        node.spec.config = _tf_keras_config(node.name, kind, node.spec.config)
+        node.spec.config = tf_keras_config(node.name, kind, node.spec.config)
     return graph, added
 
 
@@ -173,12 +173,12 @@ def _input_shape(model_file: ModelFile) -> tuple | None:
     return tuple(shape[1:]) if shape else None
 
 
-def _tf_keras_config(name: str, kind: str, config: dict) -> dict:
+def tf_keras_config(name: str, kind: str, config: dict) -> dict:
     """Translate one Keras 3 layer config to tf_keras, refusing what tf_keras cannot express."""
     from deploykit.backend import keras
 
     config = wrapped_layers(
-        name, kind, rnn_options(name, kind, config, to_keras3=False), _tf_keras_config, to_keras3=False
+        name, kind, rnn_options(name, kind, config, to_keras3=False), tf_keras_config, to_keras3=False
     )
     renamed = _RENAMED.get(kind, {})
     out = {}

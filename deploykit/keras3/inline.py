@@ -12,7 +12,8 @@ each custom layer's ``call`` on symbolic tensors (``keras.models.clone_model``'s
 operations it is made of, its own variables used in ``ops`` become constants, and
 the model is read from that config like any other file. A subclassed model is
 traced the same way, and so is a built-in layer computing with a registered
-function of the user's (``Dense(activation=my_activation)``). The import then
+function of the user's (``Dense(activation=my_activation)``), and, with ``unsafe`` (Keras 3 then
+deserializes its code), a ``Lambda`` layer's function. The import then
 checks the tf_keras rebuild against the user's own model, custom code included.
 
 So every step works on built-in layers (the Dense layers inside a Transformer
@@ -86,6 +87,9 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
         for layer in _all_layers(model_file.config)
         if not _is_custom_config(layer) and _functions_in(layer.get("config"))
     }
+    # a Lambda layer's function (loaded only with unsafe: Keras 3 deserializes its bytecode) is traced as well
+    lambdas = {layer_name(layer) for layer in _all_layers(model_file.config) if _class_name(layer) == "Lambda"}
+    with_functions.update({name: ("Lambda", []) for name in lambdas} if unsafe else {})
     if not customs and not with_functions:
         return None
     from deploykit.core.custom_dropout import read_in_place
@@ -229,7 +233,7 @@ def _inline(keras3, model, model_file: ModelFile, with_functions: set[str]):
                 return outputs
         if not traced(layer):
             return layer(*args, **kwargs)
-        own = "" if _is_custom_object(layer) else " with a custom function"
+        own = "" if _is_custom_object(layer) or type(layer).__name__ == "Lambda" else " with a custom function"
         names.append(f"{layer.name} ({type(layer).__name__}{own})")
         try:
             outputs = layer.call(*args, **kwargs)

@@ -18,6 +18,7 @@ anything from the file, into layers every deploykit step knows:
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
 - ``x @ W`` with W a constant matrix (a custom layer's own weight, frozen when inlined): ``Dense``; ``a @ b`` of two
   tensors, a matrix each per sample: ``Dot``;
+- ``cast(x, "float32")``: the identity (``Activation("linear")``) on the float32 arrays deploykit feeds;
 - ``concatenate``, ``expand_dims``, ``squeeze``, ``reshape``, ``transpose``, and ``mean`` / ``max`` / ``sum``
   over a sequence's steps or an image's positions: ``Concatenate``, ``Reshape``, ``Permute``, global pooling
   (:mod:`deploykit.keras3.shape_ops`, from the shapes Keras 3 writes beside each tensor);
@@ -51,6 +52,7 @@ _OPS = (
     "keras.src.ops.numpy",
     "keras.src.ops.nn",
     "keras.src.ops.math",
+    "keras.src.ops.core",
     "keras.src.ops.image",
     "keras.src.activations.activations",
 )
@@ -123,7 +125,7 @@ def lower_config(config: dict) -> Lowering:
     out: list[dict] = []
     for layer in layers:
         if str(layer.get("module") or "") in _OPS:
-            new = _lower_op(layer, names, lowering)
+            new = lower_operation(layer, names, lowering)
             lowering.synthetic |= {layer_name(n) for n in new}
             out += new
         elif (layer.get("module"), layer.get("class_name")) == _CUSTOM_SCALE:
@@ -268,10 +270,12 @@ def _inv(c, name: str, kind: str):
 # --- operation layers -----------------------------------------------------------------------
 
 
-def _lower_op(layer: dict, names: set[str], lowering: Lowering) -> list[dict]:
+def lower_operation(layer: dict, names: set[str], lowering: Lowering) -> list[dict]:
     """The built-in layers computing one operation layer; the last keeps its name (its readers are unchanged)."""
     name, kind = layer_name(layer), str(layer.get("class_name"))
     args, kwargs = _call(layer)
+    if kind == "Cast" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
+        return [_cast(name, kind, args[0], (layer.get("config") or {}).get("dtype"))]
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
     if kind in _PRODUCTS and not kwargs and not options and len(args) == 2 and is_tensor(args[0]):
         return [_product(name, kind, args, lowering)]
@@ -302,6 +306,14 @@ def _lower_op(layer: dict, names: set[str], lowering: Lowering) -> list[dict]:
         out.append(_builtin(layer_kind, step_name, source, **config))
         source = tensor_ref(step_name)
     return out
+
+
+def _cast(name: str, kind: str, x: dict, dtype) -> dict:
+    """``cast(x, "float32")``: the identity (an ``Activation("linear")``) on what deploykit feeds, float32 arrays; a
+    cast to any other type (an integer one truncates) is refused by name."""
+    if dtype != "float32":
+        raise UnsupportedLayerError(name, kind, f"casts to {dtype}; deploykit's artifacts compute in float32")
+    return _builtin("Activation", name, x, activation="linear")
 
 
 def _sample_shape(tensor: dict) -> tuple | None:

@@ -11,6 +11,9 @@ rewrites one such operation layer, without running anything from the file:
 - ``transpose(x, (0, ...))`` (the batch axis stays first): ``Permute``;
 - ``ops.image.extract_patches(x, size)`` with the patches side by side (keras.io's ViT, MLP-Mixer, gMLP ``Patches``
   layer): ``Reshape`` to the patches' rows and columns, ``Permute``, ``Reshape`` (values moved, none computed);
+- ``x[key]`` (``GetItem``: slices of step 1 and integer indices, on any axis but the batch's): each cut axis a
+  ``Cropping1D`` (moved first and the others flattened around it by ``Permute`` / ``Reshape`` when it is not the
+  first), then a ``Reshape`` dropping the indexed axes;
 - ``mean`` / ``max`` / ``sum`` over every axis between the batch and the channels (a sequence's steps, an image's
   rows and columns): ``GlobalAveragePooling`` / ``GlobalMaxPooling`` 1D to 3D (``sum``: the average times the
   number of positions, a ``Rescaling``).
@@ -23,12 +26,12 @@ from __future__ import annotations
 
 import math
 
-from deploykit.core.nested import is_tensor, tensor_ref
+from deploykit.core.nested import is_tensor, layer_name, tensor_ref
 from deploykit.errors import UnsupportedLayerError
 
 #: The operation layers this module rewrites (Keras 3 class names).
 SHAPE_OPS = frozenset(
-    {"Concatenate", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Mean", "Max", "Sum", "ExtractPatches"}
+    {"Concatenate", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Mean", "Max", "Sum", "ExtractPatches", "GetItem"}
 )
 
 _POOLING = {"Mean": "GlobalAveragePooling", "Sum": "GlobalAveragePooling", "Max": "GlobalMaxPooling"}
@@ -45,6 +48,8 @@ def lower_shape_op(name: str, kind: str, args: list, options: dict, builtin, fre
         return [{**builtin("Concatenate", name, None, axis=int(options.get("axis", 0))), "inbound_nodes": [
             {"args": [tensors], "kwargs": {}}
         ]}]  # fmt: skip
+    if kind == "GetItem" and len(args) == 2 and is_tensor(args[0]) and not options:
+        return _item(name, kind, args[0], _shape(name, kind, args[0]), args[1], builtin, fresh)
     if len(args) != 1 or not is_tensor(args[0]):
         raise UnsupportedLayerError(name, kind, "expected one tensor argument")
     x, shape = args[0], _shape(name, kind, args[0])
@@ -147,3 +152,87 @@ def _patches(name: str, kind: str, x: dict, shape: list[int], options: dict, bui
         builtin("Permute", moved, tensor_ref(split), dims=[1, 3, 2, 4, 5]),
         builtin("Reshape", name, tensor_ref(moved), target_shape=[h // p, w // q, p * q * c]),
     ]
+
+
+def _item(name: str, kind: str, x: dict, shape: list[int], key, builtin, fresh) -> list[dict]:
+    """``x[key]``: each cut axis cropped (:func:`_crop`), then the indexed axes dropped by a ``Reshape``."""
+    kept, dropped = _kept_ranges(name, kind, shape, key)
+    layers, source, now = [], x, list(shape)
+    for axis, (begin, end) in enumerate(kept, start=1):
+        if (begin, end) != (0, shape[axis - 1]):
+            layers += _crop(name, now, axis, (begin, end), source, builtin, fresh)
+            source, now[axis - 1] = tensor_ref(layer_name(layers[-1])), end - begin
+    final = [d for i, d in enumerate(now) if i + 1 not in dropped]
+    if dropped or not layers:  # an index drops its axis (x[:] is the tensor itself: a Reshape to its shape)
+        return [*layers, builtin("Reshape", name, source, target_shape=final)]
+    layers[-1]["config"]["name"] = name  # the last crop gives the result: it keeps the operation's name
+    return layers
+
+
+def _kept_ranges(name: str, kind: str, shape: list[int], key) -> tuple[list[tuple[int, int]], set[int]]:
+    """[begin, end) kept on each per-sample axis, and the axes an integer index drops (1-based), from ``key``."""
+    items = key if isinstance(key, (list, tuple)) else [key]
+    ellipses = [i for i, k in enumerate(items) if isinstance(k, dict) and k.get("class_name") == "__ellipsis__"]
+    rank = len(shape) + 1
+    if len(ellipses) > 1 or len(items) - len(ellipses) > rank:
+        raise UnsupportedLayerError(name, kind, f"a key {key} of more axes than the tensor's {rank}")
+    if ellipses:
+        at = ellipses[0]
+        items = [*items[:at], *[_ALL] * (rank - len(items) + 1), *items[at + 1 :]]
+    items = [*items, *[_ALL] * (rank - len(items))]
+    if _bounds(name, kind, items[0], None) != (None, None):
+        raise UnsupportedLayerError(name, kind, f"the key {key} cuts the batch axis")
+    kept, dropped = [], set()
+    for axis, (item, n) in enumerate(zip(items[1:], shape), start=1):
+        bounds = _bounds(name, kind, item, n)
+        if isinstance(bounds, int):
+            kept.append((bounds, bounds + 1))
+            dropped.add(axis)
+        else:
+            begin, end, _step = slice(*bounds).indices(n)
+            if end <= begin:
+                raise UnsupportedLayerError(name, kind, f"the key {key} keeps nothing of axis {axis}")
+            kept.append((begin, end))
+    return kept, dropped
+
+
+_ALL = {"class_name": "__slice__", "config": {"start": None, "stop": None, "step": None}}
+
+
+def _bounds(name: str, kind: str, item, n: int | None):
+    """An integer index (made positive against the axis length ``n``) or a slice's (start, stop) of step 1."""
+    if isinstance(item, int) and not isinstance(item, bool) and n is not None and -n <= item < n:
+        return item % n
+    if isinstance(item, dict) and item.get("class_name") == "__slice__":
+        config = item.get("config") or {}
+        bounds = (config.get("start"), config.get("stop"))
+        if config.get("step") in (None, 1) and all(b is None or isinstance(b, int) for b in bounds):
+            return bounds
+    raise UnsupportedLayerError(
+        name, kind, f"a key item {item}; deploykit reads integer indices and slices of step 1 into the axis"
+    )
+
+
+def _crop(name: str, shape: list[int], axis: int, kept: tuple[int, int], x: dict, builtin, fresh) -> list[dict]:
+    """Keep [begin, end) of per-sample ``axis`` (1-based) of a tensor of per-sample ``shape``: ``Cropping1D`` on
+    that axis, the axis moved first (``Permute``) and the others flattened around it (``Reshape``) when needed,
+    then put back."""
+    (begin, end), n, rank = kept, shape[axis - 1], len(shape)
+    order = [axis, *(a for a in range(1, rank + 1) if a != axis)]
+    others = [shape[a - 1] for a in order[1:]]
+    layers: list[dict] = []
+
+    def add(kind_: str, **config) -> None:
+        source = tensor_ref(layer_name(layers[-1])) if layers else x
+        layers.append(builtin(kind_, fresh(f"{name}_{kind_.lower()}"), source, **config))
+
+    if axis != 1:
+        add("Permute", dims=order)
+    if rank != 2:
+        add("Reshape", target_shape=[n, math.prod(others)])
+    add("Cropping1D", cropping=[begin, n - end])
+    if rank != 2:
+        add("Reshape", target_shape=[end - begin, *others])
+    if axis != 1:
+        add("Permute", dims=[order.index(a) + 1 for a in range(1, rank + 1)])
+    return layers

@@ -266,11 +266,11 @@ def test_keras3_lambda_and_custom_code_need_unsafe(k3, tmp_path):
     )
     with pytest.raises(UnsafeModelError, match="'anon'.*activation given as Python code"):
         load_model(anon)
-    # trusted, but deploykit still cannot rebuild Python code in tf_keras: a clear refusal
-    with pytest.raises(
-        UnsupportedLayerError, match="'shift' of type Lambda: deploykit cannot rebuild it from a Keras 3 file"
-    ):
-        load_model(lam, unsafe=True)
+    # trusted: its function is traced into what it computes (deploykit.keras3.inline), no Lambda left
+    read = load_model(lam, unsafe=True)
+    assert [type(layer).__name__ for layer in read.layers] == ["Rescaling"]
+    x = np.linspace(-2, 2, 16, dtype=np.float32).reshape(2, 8)
+    np.testing.assert_allclose(read(x).numpy(), x + 1.0, atol=1e-6)
     with pytest.raises(UnsupportedLayerError, match="'act' of type Dense: it computes with the custom function"):
         load_model(fn, unsafe=True)  # trusting the file does not give the function's code
 

@@ -240,3 +240,60 @@ def test_a_move_or_pooling_with_no_built_in_layer_is_refused_by_name(k3, tmp_pat
     k3.Model(inputs, x).save(tmp_path / "m.keras")
     with pytest.raises(UnsupportedLayerError, match=says):
         load_model(tmp_path / "m.keras")
+
+
+def test_slicing_imports_as_crops_and_reshapes(k3, tmp_path):
+    """``x[:, -1]`` (a sequence's last step), ``x[:, 2:5]``, ``x[..., 1:3]`` (channels) and a tabular ``x[:, :3]``
+    are Keras 3 ``GetItem`` operation layers; each was refused ("an operation layer deploykit has no built-in
+    equivalent for"). They import as Cropping1D with Permute / Reshape around it, compute what Keras 3 computes,
+    and export."""
+    import onnxruntime as ort
+
+    from deploykit.export import export_onnx
+
+    layers = k3.layers
+    inputs = k3.Input((8, 6))
+    seq = layers.Dense(6)(inputs)
+    last, steps, channels = seq[:, -1, :], seq[:, 2:5], seq[..., 1:3]
+    table = layers.Dense(5)(last)[:, :3]
+    image = layers.Reshape((4, 2, 6))(seq)[:, 1:, -1]  # two axes cut, the second dropped
+    joined = [last, layers.Flatten()(steps), layers.Flatten()(channels), table, layers.Flatten()(image)]
+    model = k3.Model(inputs, layers.Dense(3)(layers.Concatenate()(joined)))
+    xs = np.random.default_rng(0).normal(size=(16, 8, 6)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-5
+    assert "Cropping1D" in {type(layer).__name__ for layer in imported.layers}
+    path = export_onnx(imported, tmp_path / "m.onnx").path
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: xs})[0]
+    assert np.abs(got - np.asarray(model(xs))).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ((slice(None), slice(None, None, 2)), "slices of step 1"),
+        ((slice(0, 4),), "cuts the batch axis"),
+        ((slice(None), slice(5, 2)), "keeps nothing of axis 1"),
+    ],
+)
+def test_a_slice_no_crop_can_take_is_refused_by_name(k3, tmp_path, key, says):
+    inputs = k3.Input((8, 6))
+    k3.Model(inputs, k3.layers.Dense(6)(inputs)[key]).save(tmp_path / "m.keras")
+    with pytest.raises(UnsupportedLayerError, match=says):
+        load_model(tmp_path / "m.keras")
+
+
+def test_a_cast_to_float32_is_the_identity_and_any_other_cast_is_refused(k3, tmp_path):
+    """``ops.cast(x, "float32")`` (a ``keras.src.ops.core`` operation) was refused as an unknown layer; it is the
+    identity on the float32 arrays deploykit feeds. A cast to an integer type truncates: refused by name."""
+    inputs = k3.Input((4,))
+    model = k3.Model(inputs, k3.ops.cast(k3.layers.Dense(3)(k3.ops.cast(inputs, "float32")), "float32"))
+    xs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    diff, imported = _roundtrip(k3, model, tmp_path, xs)
+    assert diff <= 1e-6
+    kinds = [type(layer).__name__ for layer in imported.layers]
+    assert [k for k in kinds if k != "InputLayer"] == ["Activation", "Dense", "Activation"]
+    k3.Model(inputs, k3.ops.cast(inputs, "int32")).save(tmp_path / "int.keras")
+    with pytest.raises(UnsupportedLayerError, match="casts to int32"):
+        load_model(tmp_path / "int.keras")
