@@ -44,7 +44,13 @@ its class name, teacher-forced as the example trains it). The sixth (:data:`SIXT
 text classification with Transformer: its ``TokenAndPositionEmbedding`` and ``TransformerBlock``, with the saving
 guide's ``get_config``), ``subclassed_mlp`` (the Keras subclassing guide's ``Linear`` layer and ``MLPBlock`` model,
 logits out) and ``vit`` (keras.io's Vision Transformer, its ``Patches`` and ``PatchEncoder``, 7x7 patches, two
-blocks, logits out).
+blocks, logits out). The seventh (:data:`SEVENTH`), tf.keras (Keras 2) files trained in a process where
+``tf.keras`` is tf_keras (``TF_USE_LEGACY_KERAS=1``, as TensorFlow <= 2.15 runs) and checked in one: ``tf_transfer``
+(tensorflow.org's transfer-learning tutorial, line for line: ``mobilenet_v2.preprocess_input``, two TensorFlow
+calls in the file, and a MobileNetV2 base called with ``training=False``; one logit for footwear or not),
+``tf_mobilenet_v3`` (tf.keras's ``MobileNetV3Small``, whose hard-swish is TensorFlow arithmetic) and ``tf_ops_seq``
+(an LSTM's last step beside its mean over steps, ``tf.concat`` / ``x[:, -1]`` / ``tf.reduce_mean`` / ``tf.nn.relu``
+between layers).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -84,7 +90,10 @@ FOURTH = ("multi_label", "ticket", "unet", "tagger", "text_20k")
 FIFTH = ("lstm_seq2seq",)
 #: The sixth round: custom layer classes and a subclassed model, their code given as the user's module.
 SIXTH = ("transformer_text", "subclassed_mlp", "vit")
-OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH + SIXTH
+#: The seventh round: tf.keras (Keras 2) files, trained where ``tf.keras`` is tf_keras (TensorFlow <= 2.15), with
+#: TensorFlow calls between their layers (``TFOpLambda`` layers in the file).
+SEVENTH = ("tf_transfer", "tf_mobilenet_v3", "tf_ops_seq")
+OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH + SIXTH + SEVENTH
 #: lstm_seq2seq spells the Fashion class names (keras.io's example: characters one-hot, "\t" starts, "\n" ends).
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FROM_BENCH_MODELS = ("sigmoid", "onehot", "lstm", "three_heads", "wide_deep", "mc_dropout")
@@ -95,7 +104,10 @@ APPLICATIONS = {
     "efficientnet_b0": "EfficientNetB0",
 }
 #: What a user with a big network on a laptop passes: the run plans its tries to finish in this many minutes.
-EXTRA = {name: ("--time-budget", "10") for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small")}
+EXTRA = {
+    name: ("--time-budget", "10")
+    for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small", "tf_transfer", "tf_mobilenet_v3")
+}
 #: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
 EPOCHS = {
     "lstm_seq2seq": 30,  # results/: run with --epochs 30 (keras.io trains 100; at 5 its character accuracy was 0.81)
@@ -108,10 +120,17 @@ EPOCHS = {
     "transfer": 3,
     "ts_transformer": 3,
     "xception_small": 3,
+    "tf_transfer": 3,
+    "tf_mobilenet_v3": 3,
 }
 #: keras.applications networks: (training rows at most, batch size). Their last HELD_OUT rows are never trained on;
 #: the training process reports the model's accuracy on them (it must be above chance: 10 classes, 0.1).
-APPLICATION_TRAINING = {"mobilenet_v3_small": (3000, 32), "efficientnet_b0": (3000, 32), "convnext_tiny": (1500, 32)}
+APPLICATION_TRAINING = {
+    "mobilenet_v3_small": (3000, 32),
+    "efficientnet_b0": (3000, 32),
+    "convnext_tiny": (1500, 32),
+    "tf_mobilenet_v3": (3000, 32),
+}
 HELD_OUT = 600
 TARGET = 1e-5
 
@@ -432,11 +451,62 @@ TRAIN = textwrap.dedent("""
     model.save(out)
 """)
 
-#: In a fresh plain Keras 3 process: argv = user's model, out folder, probe (.npy / .npz). Prints JSON.
+#: The seventh round's models, built as their tf.keras (Keras 2) authors wrote them and trained in a tf.keras process
+#: (:func:`bench_models.legacy_keras`): argv as :data:`TRAIN`'s.
+TRAIN_TF = textwrap.dedent("""
+    import json, sys, numpy as np, tensorflow as tf
+    keras = tf.keras  # tf_keras here: the process runs with TF_USE_LEGACY_KERAS=1, as TensorFlow <= 2.15 runs
+    kind, data, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    keras.utils.set_random_seed(0)
+    z = np.load(data)
+    x, y = z["x"], z["y"]
+    L = keras.layers
+    if kind == "tf_transfer":  # tensorflow.org/tutorials/images/transfer_learning, its model line for line
+        # (weights=None: no download, so the base is fine-tuned, the tutorial's second stage)
+        data_augmentation = keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.2)])
+        preprocess_input = keras.applications.mobilenet_v2.preprocess_input  # x / 127.5 - 1: two TFOpLambda
+        base_model = keras.applications.MobileNetV2(input_shape=x.shape[1:], include_top=False, weights=None,
+                                                    alpha=0.35)
+        inputs = keras.Input(shape=x.shape[1:])
+        h = data_augmentation(inputs)
+        h = preprocess_input(h)
+        h = base_model(h, training=False)
+        h = L.GlobalAveragePooling2D()(h)
+        h = L.Dropout(0.2)(h)
+        model = keras.Model(inputs, L.Dense(1)(h))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.BinaryAccuracy(threshold=0, name="accuracy")])
+        model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    elif kind == "tf_ops_seq":  # TensorFlow calls between layers: a sequence's last step beside its mean
+        inputs = keras.Input(shape=x.shape[1:])
+        h = L.LSTM(32, return_sequences=True)(inputs)
+        h = tf.concat([h[:, -1, :], tf.reduce_mean(h, axis=1)], axis=-1)
+        h = L.Dropout(0.2)(tf.nn.relu(L.Dense(64)(h)))
+        model = keras.Model(inputs, L.Dense(10, activation="softmax")(h))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    else:  # tf.keras's MobileNetV3Small, weights=None: its hard-swish is x + 3 and x * (1 / 6) (TFOpLambda)
+        model = keras.applications.MobileNetV3Small(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
+        for layer in model.layers:  # as TRAIN's keras.applications: statistics that settle in 100s of steps
+            if isinstance(layer, L.BatchNormalization):
+                layer.momentum = min(layer.momentum, 0.9)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rows, batch, held = (int(a) for a in sys.argv[5:8])
+        model.fit(x[:-held][:rows], y[:-held][:rows], epochs=epochs, batch_size=batch, verbose=0)
+        accuracy = float(model.evaluate(x[-held:], y[-held:], batch_size=256, verbose=0)[1])
+        print(json.dumps({"held_out_accuracy": accuracy, "held_out_rows": held, "train_rows": len(x[:-held][:rows]),
+                          "batch_size": batch}))
+    model.save(out)
+""")
+
+#: In a fresh plain Keras 3 process (a tf.keras process for the seventh round's tf.keras files): argv = user's
+#: model, out folder, probe (.npy / .npz). Prints JSON.
 CHECK = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from pathlib import Path
-    import numpy as np, keras, onnx
+    import numpy as np, onnx
+    keras = __import__("tf_keras" if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else "keras")
 
     @keras.saving.register_keras_serializable()
     class MCDropout(keras.layers.Dropout):  # the chapter's class read in inference mode, as deploykit reads it
@@ -559,12 +629,12 @@ def data_for(kind: str, folder: Path) -> Path:
         small = x.reshape(len(x), 14, 2, 14, 2).mean(axis=(2, 4))
         tokens = np.minimum(small // 16, 15).astype(np.int64)
         np.savez(path, query=tokens.reshape(len(x), -1), value=tokens.transpose(0, 2, 1).reshape(len(x), -1), y=y)
-    elif kind == "ops_pooling":  # 28 steps of 28 features in [0, 1]
+    elif kind in ("ops_pooling", "tf_ops_seq"):  # 28 steps of 28 features in [0, 1]
         np.savez(path, x=x / 255, y=y)
     elif kind == "structured":  # 7x7 means of the pixels (49 numbers) and the row holding the most ink (0-27)
         numeric = x.reshape(len(x), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(x), -1)
         np.savez(path, numeric=numeric, category=x.sum(axis=2).argmax(axis=1)[:, None].astype(np.int64), y=y)
-    elif kind == "xception_small":  # footwear (sandal, sneaker, ankle boot) or not, 32x32 RGB 0-255
+    elif kind in ("xception_small", "tf_transfer"):  # footwear (sandal, sneaker, ankle boot) or not, 32x32 RGB
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1), y=np.isin(y, (5, 7, 9)).astype(np.int64))
     elif kind == "multi_label":  # 784 pixels in [0, 1]; three attributes at once: footwear, upper body, warm
@@ -627,15 +697,18 @@ def probe(data: Path, folder: Path) -> Path:
 
 
 def train(kind: str, data: Path, epochs: int, model: Path) -> tuple[str, dict]:
-    """Train ``kind`` in plain Keras 3: the error line when it fails, and what the training reported (held-out
+    """Train ``kind`` in plain Keras 3 (the seventh round in tf.keras): the error line when it fails, and what the
+    training reported (held-out
     accuracy of a keras.applications network, on rows it never trained on)."""
+    runner = bm.legacy_keras if kind in SEVENTH else bm.plain_keras3
     if kind in OWN:
-        script, argv = TRAIN, (APPLICATIONS.get(kind, kind), str(data), str(epochs), str(model))
+        script, argv = TRAIN_TF if kind in SEVENTH else TRAIN, (APPLICATIONS.get(kind, kind), str(data), str(epochs),
+                                                                str(model))  # fmt: skip
         if kind in APPLICATION_TRAINING:
             argv += (*(str(v) for v in APPLICATION_TRAINING[kind]), str(HELD_OUT))
     else:
         script, argv = bm.TRAIN, (kind, str(data), str(epochs), str(model))
-    done = bm.plain_keras3(script, *argv)
+    done = runner(script, *argv)
     if done.returncode != 0:
         return (done.stderr.strip().splitlines() or [""])[-1], {}
     last = (done.stdout.strip().splitlines() or [""])[-1]
@@ -656,7 +729,7 @@ def one(kind: str, folder: Path, epochs: int) -> dict:
         training = json.loads(trained_before.read_text())
         trained = training.pop("train_seconds")
     else:
-        say(f"{kind}: training in Keras 3 ({epochs} epochs)")
+        say(f"{kind}: training in {'tf.keras (Keras 2)' if kind in SEVENTH else 'Keras 3'} ({epochs} epochs)")
         start = time.perf_counter()
         error, training = train(kind, data, epochs, model)
         if error:
@@ -676,7 +749,8 @@ def one(kind: str, folder: Path, epochs: int) -> dict:
     row.update(bm.optimize(model, data, out, extra))
     row.update(budget_check(out))
     row.update(nll_check(out))
-    done = bm.plain_keras3(CHECK, str(model), str(out), str(probe(data, folder)))
+    runner = bm.legacy_keras if kind in SEVENTH else bm.plain_keras3  # the user's framework reopens model.keras
+    done = runner(CHECK, str(model), str(out), str(probe(data, folder)))
     row["keras3"] = (
         json.loads(done.stdout.strip().splitlines()[-1])
         if done.returncode == 0 and done.stdout.strip()
@@ -804,7 +878,7 @@ def agreement_cell(row: dict) -> str:
 def markdown(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("exit") == 0]
     lines = [
-        "# The newcomer's models: Keras 3 files through `deploykit optimize`",
+        "# The newcomer's models: Keras 3 and tf.keras files through `deploykit optimize`",
         "",
         "Each model built as its authors publish it and trained in plain Keras 3, saved with `model.save`, then "
         "`deploykit optimize MODEL --data DATA` with defaults (options shown) in its own process. *Within budget*: "

@@ -265,6 +265,15 @@ def plain_keras3(script: str, *argv: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "-c", script, *argv], env=env)
 
 
+def legacy_keras(script: str, *argv: str) -> subprocess.CompletedProcess:
+    """A tf.keras (Keras 2) process, as TensorFlow <= 2.15 runs its users' code: TF_USE_LEGACY_KERAS=1 makes
+    ``tf.keras`` tf_keras; deploykit not imported."""
+    import os
+
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return run([sys.executable, "-c", script, *argv], env=env)
+
+
 def breast_cancer_npz(folder: Path) -> Path:
     """scikit-learn's breast_cancer (569 rows, 30 features, 0/1 labels): a binary classification as users save it."""
     import numpy as np

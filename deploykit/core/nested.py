@@ -268,13 +268,13 @@ def _inline(config: dict, model: dict, names: set[str], nesting: Nesting, at: tu
     _claim_names(outer, layers, names)
     inner_config = {"config": {"layers": layers, "output_layers": outputs}}
     for end, arg in zip(inputs, args):
-        _replace_reads(inner_config, end[0], lambda index, arg=arg: arg)
+        replace_reads(inner_config, end[0], lambda index, arg=arg: arg)
     for layer in layers:
         layer.setdefault("config", {})["trainable"] = True
         nesting.path[layer_name(layer)] = (*where, outer)
     flat = _flat_layers(inner_config, names, nesting, (*where, outer), keras3)
     ends = inner_config["config"]["output_layers"]  # augmentation at its end removed: its input
-    _replace_reads(config, outer, lambda index: ends[index] if index < len(ends) else None)
+    replace_reads(config, outer, lambda index: ends[index] if index < len(ends) else None)
     return flat
 
 
@@ -327,7 +327,7 @@ def _bypass(config: dict, layer: dict) -> None:
     if len(reads) != 1:
         name, kind = layer_name(layer), str(layer.get("class_name"))
         raise UnsupportedLayerError(name, kind, "an augmentation layer not called on one tensor")
-    _replace_reads(config, layer_name(layer), lambda index: reads[0] if index == 0 else None)
+    replace_reads(config, layer_name(layer), lambda index: reads[0] if index == 0 else None)
 
 
 def as_functional(config: dict, keras3: bool, *, need_shape: bool = False) -> dict:
@@ -375,7 +375,7 @@ def _input_layer(name: str, batch_shape: list | None, keras3: bool) -> dict:
     }
 
 
-def _replace_reads(config: dict, old: str, history_of) -> None:
+def replace_reads(config: dict, old: str, history_of) -> None:
     """Every read of layer ``old``'s output ``index`` (in inbound nodes and the model's ends) now reads the
     tensor ``history_of(index)`` names ([layer, node, tensor]); one it cannot name is refused."""
     inner = config["config"]
@@ -406,6 +406,8 @@ def _reads(value):
     elif isinstance(value, list):
         if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
             yield value  # tf_keras: [name, node_index, tensor_index, kwargs]
+            for v in value[3:]:  # a TensorFlow call's other tensors are among its kwargs (x * y: {"y": [...]})
+                yield from _reads(v)
         else:
             for v in value:
                 yield from _reads(v)

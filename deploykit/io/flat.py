@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import copy
 
-from deploykit.core.nested import Nesting, flatten
+from deploykit.core.nested import Nesting, flatten, flattening
 from deploykit.errors import ModelLoadError, one_line
 from deploykit.io.rebuild import config_of, max_diff
-from deploykit.io.tf_ops import without_tf_ops
+from deploykit.io.tf_ops import lambdas_as_models, without_tf_ops
 from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE  # held as a Keras 3 import is
 
 
@@ -37,7 +37,9 @@ def flat_model(
 
     what = what or f"model {model.name!r}"
     nesting = Nesting()
-    flat_config = flatten(copy.deepcopy(config or config_of(model)), nesting, keras3=False)
+    original = config or config_of(model)
+    traced = lambdas_as_models(model, copy.deepcopy(original))  # traceable Lambdas: nested models of their calls
+    flat_config = flatten(traced, nesting, keras3=False)
     if not nesting and not forced:
         return without_tf_ops(model, what)
     if config is None or live:  # an object given to the API; a file's loader says it (deploykit.io.models)
@@ -45,6 +47,8 @@ def flat_model(
     try:
         flat = keras.Model.from_config(flat_config["config"])
     except Exception as exc:
+        if not forced and not flattening(original, keras3=False):  # only the traced Lambdas asked for a rebuild
+            return without_tf_ops(model, what)  # (a SavedModel's revived config): they stay Lambdas
         raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({one_line(exc)})") from None
     for layer in flat.layers:
         if layer.weights:

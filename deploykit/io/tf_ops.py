@@ -13,15 +13,18 @@ weights, and is checked against the loaded one on random inputs before it is use
 from __future__ import annotations
 
 import inspect
+import logging
 
 import numpy as np
 
-from deploykit.core.nested import layer_name
-from deploykit.core.tf_ops import TF_FUNCTIONS, TF_OP_LAYERS
+from deploykit.core.nested import MODEL_CLASSES, fresh_name, layer_name, replace_reads
+from deploykit.core.tf_ops import TF_FUNCTIONS, TF_OP_LAYERS, tf_function
 from deploykit.errors import ModelLoadError, UnsupportedLayerError, one_line
 from deploykit.io.rebuild import config_of, max_diff
 from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, tf_keras_config
 from deploykit.keras3.ops import Lowering, lower_operation
+
+log = logging.getLogger(__name__)
 
 
 def has_tf_ops(model) -> bool:
@@ -67,6 +70,61 @@ def without_tf_ops(model, what: str):
             f"on {CHECK_SAMPLES} random inputs (tolerance {TOLERANCE:g})"
         )
     return rebuilt
+
+
+def lambdas_as_models(model, config: dict) -> dict:
+    """``config`` (``model``'s, rewritten in place) with each ``Lambda`` layer whose function makes only TensorFlow
+    calls of the table (``Lambda(lambda x: x[:, -1:, :])``, ``Lambda(lambda x: x * 200.0)``) as the functional
+    model of those calls: flattened then as any nested model, its calls rewritten as built-in layers. A model
+    holds a Lambda only when its code was trusted (``unsafe``, or a live object: the function already loaded); it
+    is called here on symbolic tensors. Any other Lambda stays as it is (exported, skipped by the steps that
+    cannot read it)."""
+    lambdas = {l.name: l for l in model._flatten_layers(include_self=False) if type(l).__name__ == "Lambda"}
+    if not lambdas:
+        return config
+    taken, traced, stack = set(), [], [config]
+    while stack:  # every layer name in the config, nested models' too: the traced calls' names must be new
+        for entry in (stack.pop().get("config") or {}).get("layers") or []:
+            taken.add(layer_name(entry))
+            stack += [entry] if entry.get("class_name") in MODEL_CLASSES else []
+    stack = [config]
+    while stack:
+        for i, entry in enumerate(layers := (stack.pop().get("config") or {}).get("layers") or []):
+            if entry.get("class_name") in MODEL_CLASSES:
+                stack.append(entry)
+            elif entry.get("class_name") == "Lambda" and layer_name(entry) in lambdas:
+                calls = _traced_lambda(lambdas[layer_name(entry)], taken)
+                if calls is not None:
+                    layers[i] = {**calls, "name": layer_name(entry), "inbound_nodes": entry.get("inbound_nodes")}
+                    traced.append(layer_name(entry))
+    if traced:
+        log.info(f"Lambda layers read as the TensorFlow calls they make: {', '.join(traced)}")
+    return config
+
+
+def _traced_lambda(layer, taken: set[str]) -> dict | None:
+    """The functional model config of what a Lambda's function computes on symbolic inputs of its shapes, its layers
+    named anew; None when it cannot be traced or calls anything but the table's TensorFlow functions."""
+    from deploykit.backend import keras
+
+    shapes = layer.get_input_shape_at(0)
+    try:
+        if isinstance(shapes, list):
+            inputs = [keras.Input(shape=tuple(s[1:])) for s in shapes]
+        else:
+            inputs = keras.Input(shape=tuple(shapes[1:]))
+        config = keras.Model(inputs, layer.function(inputs, **(layer.arguments or {})), name=layer.name).get_config()
+    except Exception:  # Python on values, a layer of its own...: the Lambda stays
+        return None
+    body = [entry for entry in config["layers"] if entry.get("class_name") != "InputLayer"]
+    if not all(e.get("class_name") in TF_OP_LAYERS and tf_function(e) in TF_FUNCTIONS for e in body):
+        return None
+    wrapped = {"class_name": "Functional", "config": config}
+    for entry in body:
+        old, new = layer_name(entry), fresh_name(f"{layer.name}_{tf_function(entry)}", taken)
+        replace_reads(wrapped, old, lambda index, new=new: [new, 0, index])
+        entry["name"] = entry["config"]["name"] = new
+    return wrapped
 
 
 def as_keras3_operation(layer) -> dict:

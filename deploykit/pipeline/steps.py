@@ -52,7 +52,7 @@ def fold_step(model, ctx: RunContext) -> StepOutput:
     from deploykit.core.evaluate import output_scale, outputs
     from deploykit.fold import fold_batchnorm
 
-    folded, report = fold_batchnorm(model, through_dropout=not ctx.config.mc.enabled)
+    folded, report = fold_batchnorm(model, through_dropout=not ctx.config.mc.enabled, unsafe=ctx.unsafe)
     # a float32 rewrite rounds relative to the outputs' size: a regressor's tolerance scales with its predictions
     tolerance = ctx.config.validate.fold_tolerance * output_scale(outputs(model, ctx.data.x_test[:256]))
     checks = (

@@ -82,7 +82,7 @@ def compact(model, data=None, *, tolerance: float = 1e-5):
             f"compact: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}"
         )
     x_check = _check_inputs(model, data)
-    graph = graph_from_model(model)
+    graph = graph_from_model(model, unsafe=True)  # a live model: its code loaded already; reading it runs none
     sources = [node for node in graph.nodes if node.spec.support.compactable]  # the layer table: Dense, Conv1D/2D
     if not sources:
         raise StepError(f"compact: model {model.name!r} has no Dense layer or convolution")

@@ -20,7 +20,8 @@ def check_inputs(model, data, step: str) -> list[str]:
         raise UsageError(
             f"{step}: expects a tf_keras model (load files with deploykit.load_model), got {type(model).__name__}"
         )
-    specs = [node.spec for node in graph_from_model(model).nodes]
+    # a live model: its code (a trusted Lambda too) loaded already; reading its layers runs none
+    specs = [node.spec for node in graph_from_model(model, unsafe=True).nodes]
     dense = [spec.name for spec in specs if spec.support.prunable]  # the layer table says which kernels TF-MOT prunes
     if not dense:
         kinds = ", ".join(spec.class_name for spec in specs) or "none"

@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import tensorflow as tf  # module-level, as a user's script has it: the Lambda functions below read it as a global
 
 from deploykit.core.tf_ops import TF_OP_LAYERS
 from deploykit.errors import UnsupportedLayerError
@@ -83,8 +84,6 @@ def test_tf_keras_mobilenet_v3_loads_with_its_hard_swish_as_layers(tfk, tmp_path
 
 def _tf_calls(keras):
     """Most of the table (deploykit.core.tf_ops.TF_FUNCTIONS), each called as TensorFlow code calls it."""
-    import tensorflow as tf
-
     inputs = keras.Input((8, 6))
     a = keras.layers.Dense(6, name="a")(tf.cast(inputs, tf.float32))
     both = tf.concat([a * inputs, inputs], axis=-1)  # tensor * tensor, concat
@@ -118,6 +117,23 @@ def test_tensorflow_calls_between_layers_read_as_the_layers_they_are(tfk, tmp_pa
     assert np.abs(_onnx_outputs(loaded, tmp_path / "m.onnx", x) - want).max() <= 1e-5
     mc = run(session(build_mc_graph(zero_graph_dropout(graph_from_model(loaded)), MCConfig(samples=2))), x)
     assert np.abs(mc["mean"] - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_tensorflow_calls_on_two_tensors_inside_and_around_a_nested_model(tfk, tmp_path, suffix):
+    """``a * b`` keeps its second tensor among the call's keyword arguments (``{"y": ["ib", 0, 0]}``): flattening the
+    nested model re-links those reads too (they named the nested model, which no longer exists)."""
+    inner_in = tfk.Input((6,))
+    a, b = tfk.layers.Dense(6, name="ia")(inner_in), tfk.layers.Dense(6, name="ib")(inner_in)
+    inner = tfk.Model(inner_in, a * b + tf.concat([a, b], -1)[:, :6], name="inner")
+    inputs = tfk.Input((6,))
+    h = inner(tfk.layers.Dense(6, name="oa")(inputs))
+    model = tfk.Model(inputs, tfk.layers.Dense(3, activation="softmax")(tfk.layers.Dense(6, name="ob")(h) * h))
+    save_model(model, tmp_path / f"m{suffix}")
+    loaded = load_model(tmp_path / f"m{suffix}")
+    assert _no_tf_ops(loaded)
+    x = np.random.default_rng(3).normal(size=(8, 6)).astype(np.float32)
+    assert np.abs(loaded(x).numpy() - model(x).numpy()).max() <= 1e-6
 
 
 def test_a_live_tf_keras_object_with_tensorflow_calls_exports_through_the_api(tfk, tmp_path):
@@ -171,11 +187,35 @@ def test_a_tensorflow_function_outside_the_table_is_refused_by_name_before_loadi
 
 
 def test_a_call_with_an_option_no_layer_computes_is_refused_by_name(tfk, tmp_path):
-    import tensorflow as tf
-
     inputs = tfk.Input((3, 4))
     a = tfk.layers.Dense(4)(inputs)
     out = tf.linalg.matmul(a, inputs, transpose_b=True)
     save_model(tfk.Model(inputs, tfk.layers.Flatten()(out)), tmp_path / "m.keras")
     with pytest.raises(UnsupportedLayerError, match=r"transpose_b=True"):
         load_model(tmp_path / "m.keras")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_a_trusted_lambda_making_tensorflow_calls_is_read_as_the_layers_they_are(tfk, tmp_path, suffix):
+    """TensorFlow's time-series tutorial's ``Lambda(lambda x: x[:, -1:, :])``, the book's ``Lambda(lambda x: x *
+    200.0)`` and a Sequential ``Lambda(lambda x: tf.reduce_mean(x, axis=1))``: with ``unsafe`` (the file's code
+    trusted, as before) each function is traced into the built-in layers its calls are, so no Lambda is left for
+    the steps that cannot read one. Without ``unsafe`` the file is still refused."""
+    from deploykit.errors import UnsafeModelError
+
+    inputs = tfk.Input((8, 6))
+    h = tfk.layers.Dense(4)(tfk.layers.Lambda(lambda x: x[:, -1:, :])(inputs))
+    h = tfk.layers.Flatten()(tfk.layers.Lambda(lambda x: x * 200.0)(h))
+    functional = tfk.Model(inputs, tfk.layers.Dense(3, activation="softmax")(h))
+    sequential = tfk.Sequential(
+        [tfk.Input((8, 6)), tfk.layers.Lambda(lambda x: tf.reduce_mean(x, axis=1)), tfk.layers.Dense(2)]
+    )
+    x = np.random.default_rng(4).normal(size=(8, 8, 6)).astype(np.float32)
+    for model in (functional, sequential):
+        path = tmp_path / f"{model.name}{suffix}"
+        save_model(model, path)
+        with pytest.raises(UnsafeModelError, match="Lambda"):
+            load_model(path)
+        loaded = load_model(path, unsafe=True)
+        assert "Lambda" not in {type(layer).__name__ for layer in loaded.layers}
+        assert np.abs(loaded(x).numpy() - model(x).numpy()).max() <= 1e-6

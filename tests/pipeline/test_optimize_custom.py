@@ -85,3 +85,48 @@ def test_optimize_ships_the_subclassing_guides_model_with_its_code_given(tmp_pat
     assert checked.returncode == 0, checked.stderr[-2000:]
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert result["classes"] == ["keras"] and result["diff"] <= 1e-4
+
+
+#: A tf.keras user's training script (TF_USE_LEGACY_KERAS=1: tf.keras is tf_keras), run as its own program.
+LAMBDA_TRAIN_PY = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    keras = tf.keras
+    z = np.load(sys.argv[1])
+    inputs = keras.Input((64,))
+    h = keras.layers.Lambda(lambda t: tf.math.cumsum(t, axis=1) / 100.0, name="running_sum")(inputs)
+    h = keras.layers.Dropout(0.2)(keras.layers.Dense(32, activation="relu")(h))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(z["x"], z["y"], epochs=5, verbose=0)
+    model.save(sys.argv[2])
+    """
+)
+
+
+def test_optimize_runs_a_trusted_lambda_no_step_reads(tmp_path):
+    """A tf.keras Lambda whose function no layer computes (``tf.math.cumsum``) stays a Lambda. ``optimize --unsafe``
+    used to stop at the fold (and the sparsity search) with "pass --unsafe", which it had been given; now the run
+    ships, and the MC Dropout step is skipped naming the layer."""
+    import os
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 16, (600, 64)).astype(np.float32)
+    y = (x[:, :32].sum(axis=1) > x[:, 32:].sum(axis=1)).astype(np.int64)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    trained = subprocess.run(
+        [sys.executable, "-c", LAMBDA_TRAIN_PY, str(tmp_path / "data.npz"), str(tmp_path / "m.keras")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    command = [sys.executable, "-m", "deploykit.cli.main", "optimize", str(tmp_path / "m.keras"), "--unsafe"]
+    command += ["--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    shipped = [row["file"] for row in report["artifacts"] if row.get("verdict") == "pass"]
+    assert {"model.onnx", "model.tflite"} <= set(shipped), shipped
+    assert "'running_sum' of type Lambda: cannot be expressed in the MC Dropout graph" in done.stderr
