@@ -47,7 +47,8 @@ logits out) and ``vit`` (keras.io's Vision Transformer, its ``Patches`` and ``Pa
 blocks, logits out). The seventh (:data:`SEVENTH`), tf.keras (Keras 2) files trained in a process where
 ``tf.keras`` is tf_keras (``TF_USE_LEGACY_KERAS=1``, as TensorFlow <= 2.15 runs) and checked in one: ``tf_transfer``
 (tensorflow.org's transfer-learning tutorial, line for line: ``mobilenet_v2.preprocess_input``, two TensorFlow
-calls in the file, and a MobileNetV2 base called with ``training=False``; one logit for footwear or not),
+calls in the file, and a frozen MobileNetV2 base called with ``training=False``, trained on the task first in place
+of ImageNet's weights; one logit for footwear or not),
 ``tf_mobilenet_v3`` (tf.keras's ``MobileNetV3Small``, whose hard-swish is TensorFlow arithmetic) and ``tf_ops_seq``
 (an LSTM's last step beside its mean over steps, ``tf.concat`` / ``x[:, -1]`` / ``tf.reduce_mean`` / ``tf.nn.relu``
 between layers).
@@ -139,6 +140,22 @@ TARGET = 1e-5
 CUSTOM_LAYERS = "".join(text.replace("{package}", "Custom") for text in (TRANSFORMER_PY, GUIDE_PY, VIT_PY))
 
 #: Built and trained in a plain Keras 3 process: argv = kind, data (.npz), epochs, out path (keras.applications:
+
+#: How both training scripts fit a keras.applications network (the framework's ``keras`` and the arrays in scope):
+#: BatchNormalization momentum 0.9 (a training setting, inference ignores it: statistics that settle in 100s of
+#: steps), at most the rows and batch argv gives, and the accuracy on the held-out rows printed as JSON.
+FIT_APPLICATION = """\
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.momentum = min(layer.momentum, 0.9)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rows, batch, held = (int(a) for a in sys.argv[5:8])
+    model.fit(x[:-held][:rows], y[:-held][:rows], epochs=epochs, batch_size=batch, verbose=0)
+    accuracy = float(model.evaluate(x[-held:], y[-held:], batch_size=256, verbose=0)[1])
+    print(json.dumps({"held_out_accuracy": accuracy, "held_out_rows": held, "train_rows": len(x[:-held][:rows]),
+                      "batch_size": batch}))
+"""
+
 #: then training rows, batch size, held-out rows; it prints their accuracy as JSON).
 TRAIN = textwrap.dedent("""
     import json, sys, numpy as np, keras
@@ -439,15 +456,7 @@ TRAIN = textwrap.dedent("""
     else:  # keras.applications, weights=None (no download), its own preprocessing of 0-255 pixels
         ctor = getattr(keras.applications, kind)
         model = ctor(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
-        for layer in model.layers:  # a training setting (inference ignores it): statistics that settle in 100s of steps
-            if isinstance(layer, L.BatchNormalization):
-                layer.momentum = min(layer.momentum, 0.9)
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        rows, batch, held = (int(a) for a in sys.argv[5:8])
-        model.fit(x[:-held][:rows], y[:-held][:rows], epochs=epochs, batch_size=batch, verbose=0)
-        accuracy = float(model.evaluate(x[-held:], y[-held:], batch_size=256, verbose=0)[1])
-        print(json.dumps({"held_out_accuracy": accuracy, "held_out_rows": held, "train_rows": len(x[:-held][:rows]),
-                          "batch_size": batch}))
+        # FIT_APPLICATION
     model.save(out)
 """)
 
@@ -462,11 +471,20 @@ TRAIN_TF = textwrap.dedent("""
     x, y = z["x"], z["y"]
     L = keras.layers
     if kind == "tf_transfer":  # tensorflow.org/tutorials/images/transfer_learning, its model line for line
-        # (weights=None: no download, so the base is fine-tuned, the tutorial's second stage)
         data_augmentation = keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.2)])
         preprocess_input = keras.applications.mobilenet_v2.preprocess_input  # x / 127.5 - 1: two TFOpLambda
         base_model = keras.applications.MobileNetV2(input_shape=x.shape[1:], include_top=False, weights=None,
                                                     alpha=0.35)
+        # weights=None (no download): the base is first trained on the same task, in place of ImageNet's weights
+        # (frozen with its initial statistics and called with training=False, a random base learns nothing)
+        for layer in base_model.layers:
+            if isinstance(layer, L.BatchNormalization):
+                layer.momentum = 0.9
+        pretrained = keras.Sequential([keras.Input(x.shape[1:]), L.Rescaling(1 / 127.5, offset=-1), base_model,
+                                       L.GlobalAveragePooling2D(), L.Dense(1)])
+        pretrained.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        pretrained.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+        base_model.trainable = False
         inputs = keras.Input(shape=x.shape[1:])
         h = data_augmentation(inputs)
         h = preprocess_input(h)
@@ -488,17 +506,12 @@ TRAIN_TF = textwrap.dedent("""
         model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
     else:  # tf.keras's MobileNetV3Small, weights=None: its hard-swish is x + 3 and x * (1 / 6) (TFOpLambda)
         model = keras.applications.MobileNetV3Small(weights=None, input_shape=x.shape[1:], classes=int(y.max()) + 1)
-        for layer in model.layers:  # as TRAIN's keras.applications: statistics that settle in 100s of steps
-            if isinstance(layer, L.BatchNormalization):
-                layer.momentum = min(layer.momentum, 0.9)
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        rows, batch, held = (int(a) for a in sys.argv[5:8])
-        model.fit(x[:-held][:rows], y[:-held][:rows], epochs=epochs, batch_size=batch, verbose=0)
-        accuracy = float(model.evaluate(x[-held:], y[-held:], batch_size=256, verbose=0)[1])
-        print(json.dumps({"held_out_accuracy": accuracy, "held_out_rows": held, "train_rows": len(x[:-held][:rows]),
-                          "batch_size": batch}))
+        # FIT_APPLICATION
     model.save(out)
 """)
+
+#: Both scripts fit keras.applications networks alike (FIT_APPLICATION, in their last branch).
+TRAIN, TRAIN_TF = (script.replace("    # FIT_APPLICATION\n", FIT_APPLICATION) for script in (TRAIN, TRAIN_TF))
 
 #: In a fresh plain Keras 3 process (a tf.keras process for the seventh round's tf.keras files): argv = user's
 #: model, out folder, probe (.npy / .npz). Prints JSON.

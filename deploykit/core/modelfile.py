@@ -299,14 +299,40 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     return b"".join(parts)
 
 
+#: TensorFlow's own initializer classes (``tf.random_normal_initializer(0., 0.02)`` in TensorFlow's segmentation and
+#: pix2pix tutorials), which tf_keras saves under their TensorFlow module: TensorFlow's code, only run to fill
+#: weights the file then sets.
+TF_INITIALIZERS = (
+    "tensorflow.python.ops.init_ops_v2",
+    frozenset(
+        {
+            "Constant",
+            "GlorotNormal",
+            "GlorotUniform",
+            "Identity",
+            "Ones",
+            "Orthogonal",
+            "RandomNormal",
+            "RandomUniform",
+            "TruncatedNormal",
+            "VarianceScaling",
+            "Zeros",
+        }
+    ),
+)
+
+
 def is_custom(obj: dict) -> bool:
-    """True for a serialized object that is not Keras' own (a user class, function or lambda)."""
+    """True for a serialized object that is not Keras' own (a user class, function or lambda); TensorFlow's own
+    initializers and calls (:data:`TF_INITIALIZERS`, :mod:`deploykit.core.tf_ops`) are not."""
     kind = obj.get("class_name")
     module = obj.get("module")
     registered = obj.get("registered_name")
     if kind in ("function", "__lambda__"):
         return True
     if kind in TF_OP_LAYERS and str(module or "tf_keras.").startswith("tf_keras."):  # a TensorFlow call, by name
+        return False
+    if module == TF_INITIALIZERS[0] and kind in TF_INITIALIZERS[1] and registered in (None, kind):
         return False
     if registered not in (None, kind):
         return True

@@ -219,3 +219,45 @@ def test_a_trusted_lambda_making_tensorflow_calls_is_read_as_the_layers_they_are
         loaded = load_model(path, unsafe=True)
         assert "Lambda" not in {type(layer).__name__ for layer in loaded.layers}
         assert np.abs(loaded(x).numpy() - model(x).numpy()).max() <= 1e-6
+
+
+def _segmentation_tutorial(keras):
+    """tensorflow.org/tutorials/images/segmentation's U-Net, its code (pix2pix's ``upsample`` with TensorFlow's
+    ``tf.random_normal_initializer``), at 32x32 with a small base: a nested model of five outputs, Sequential blocks."""
+
+    def upsample(filters, size):
+        initializer = tf.random_normal_initializer(0.0, 0.02)
+        result = keras.Sequential()
+        result.add(keras.layers.Conv2DTranspose(filters, size, strides=2, padding="same",
+                                                kernel_initializer=initializer, use_bias=False))  # fmt: skip
+        result.add(keras.layers.BatchNormalization())
+        result.add(keras.layers.ReLU())
+        return result
+
+    base_model = keras.applications.MobileNetV2(input_shape=[32, 32, 3], include_top=False, weights=None, alpha=0.35)
+    names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"]
+    down_stack = keras.Model(base_model.input, [base_model.get_layer(n).output for n in [*names, "block_16_project"]])
+    down_stack.trainable = False
+    inputs = keras.layers.Input(shape=[32, 32, 3])
+    skips = down_stack(inputs)
+    x = skips[-1]
+    for up, skip in zip([upsample(32, 3), upsample(16, 3), upsample(16, 3), upsample(8, 3)], reversed(skips[:-1])):
+        x = keras.layers.Concatenate()([up(x), skip])
+    return keras.Model(inputs, keras.layers.Conv2DTranspose(3, 3, strides=2, padding="same")(x))
+
+
+def test_tensorflow_initializers_are_tensorflow_code_not_the_users(tfk, tmp_path):
+    """tf_keras saves ``tf.random_normal_initializer`` under its TensorFlow module; the segmentation tutorial's
+    model was refused as custom code without ``--unsafe``. TensorFlow's own initializers now load as Keras's do
+    (any other TensorFlow module is still custom code)."""
+    from deploykit.core.modelfile import is_custom
+
+    model = _segmentation_tutorial(tfk)
+    save_model(model, tmp_path / "unet.keras")
+    loaded = load_model(tmp_path / "unet.keras")
+    x = np.random.default_rng(5).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    want = model(x, training=False).numpy().reshape(4, -1)  # deploykit reads one output per row
+    assert np.abs(loaded(x).numpy().reshape(4, -1) - want).max() <= 1e-5
+    assert np.abs(_onnx_outputs(loaded, tmp_path / "unet.onnx", x).reshape(4, -1) - want).max() <= 1e-4
+    assert is_custom({"module": "tensorflow.python.ops.io_ops", "class_name": "RandomNormal"})
+    assert is_custom({"module": "tensorflow.python.ops.init_ops_v2", "class_name": "Initializer"})
