@@ -19,6 +19,7 @@ import enum
 import json
 import math
 import os
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,14 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
             entry = support_for(layer, unsafe=unsafe)
         except UnsafeModelError as exc:
             raise UnsafeModelError(f"model {model_file.path}: {exc}") from None
+        missing = _functions_not_given(layer.get("config", {})) if not model_file.is_keras3 else []
+        if missing and unsafe:  # tf_keras looks a function up by its name: trusting the file does not give it
+            raise UnsupportedLayerError(
+                name,
+                kind,
+                f"it computes with the custom function {missing[0]!r}, and its code was not given: pass the Python "
+                "file defining it with --custom-objects FILE.py (API: register it in tf_keras' custom objects)",
+            )
         if not entry.needs_unsafe and not unsafe:
             custom = _custom_code(layer.get("config", {}))
             if custom:
@@ -339,14 +348,39 @@ def is_custom(obj: dict) -> bool:
     return module is not None and module != "keras" and not str(module).startswith("keras.")
 
 
+def _given(obj: dict) -> bool:
+    """A function a tf.keras file names whose code the user gave (``--custom-objects``, or a custom_object_scope:
+    registered in tf_keras under that name): code the user trusts, as a Keras 3 file's given classes are."""
+    tf_keras = sys.modules.get("tf_keras")
+    name = obj.get("config")
+    if obj.get("class_name") != "function" or tf_keras is None or not isinstance(name, str):
+        return False
+    return tf_keras.saving.get_registered_object(name) is not None  # a custom_object_scope's too
+
+
+def _functions_not_given(value) -> list[str]:
+    """The names of the functions a tf.keras layer config refers to by name whose code was not given."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class_name") == "function" and isinstance(item.get("config"), str) and not _given(item):
+                found.append(item["config"])
+            stack += list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    return found
+
+
 def _custom_code(value, key: str = "") -> str:
-    """Describe the first piece of custom code inside a layer config ('' when there is none)."""
+    """Describe the first piece of custom code inside a layer config ('' when there is none; a function whose code
+    was given is none)."""
     if key == "activation" and isinstance(value, str) and ">" in value:
         return f"custom activation {value!r}"
     if key == "activation" and isinstance(value, dict) and "class_name" not in value:
         return "activation given as Python code"
     if isinstance(value, dict):
-        if "class_name" in value and is_custom(value):
+        if "class_name" in value and is_custom(value) and not _given(value):
             return f"{key or 'object'}: {_describe(value)}"
         for k, v in value.items():
             found = _custom_code(v, str(k))

@@ -124,7 +124,8 @@ class _ByName:
 
 
 def import_custom_objects(paths) -> None:
-    """Import each Python file (its code runs) and register its Keras 3 layer classes and functions.
+    """Import each Python file (its code runs) and register its Keras 3 layer classes and functions (its functions in
+    tf_keras too, for a tf.keras file naming them).
 
     A class or function the file registers itself (``register_keras_serializable``) keeps its registered name; any
     other ``keras.layers.Layer`` subclass or function it defines is registered under its own name, as
@@ -146,6 +147,15 @@ def import_custom_objects(paths) -> None:
                     continue
                 if keras3.saving.get_registered_object(keras3.saving.get_registered_name(value)) is None:
                     registry[value.__name__] = value
+                if inspect.isfunction(value):  # a tf.keras file names its functions too (the book's my_softplus)
+                    tf_keras_registry()[value.__name__] = value
+
+
+def tf_keras_registry() -> dict:
+    """tf_keras's global custom objects, where a tf.keras file's functions are looked up by name."""
+    from deploykit.backend import keras
+
+    return keras.saving.get_custom_objects()
 
 
 @contextlib.contextmanager

@@ -160,11 +160,53 @@ def test_custom_function_is_refused_unless_unsafe(tmp_path):
     save_model(m, tmp_path / "custom.keras")
     with pytest.raises(UnsafeModelError, match="'custom_act'.*my_activation"):
         load_model(tmp_path / "custom.keras")
-    with pytest.raises(ModelLoadError, match="custom.keras"):  # unsafe, but the function is not registered
+    # unsafe, but the function is not registered: tf_keras looks it up by name, so trusting the file is not enough
+    with pytest.raises(ModelLoadError, match="custom function 'my_activation', and its code was not given"):
         load_model(tmp_path / "custom.keras", unsafe=True)
     with keras.utils.custom_object_scope({"my_activation": my_activation}):
         loaded = load_model(tmp_path / "custom.keras", unsafe=True)
+        given = load_model(tmp_path / "custom.keras")  # its code given: trusted as a Keras 3 file's given classes
     np.testing.assert_allclose(loaded(X).numpy(), m(X).numpy(), atol=1e-6)
+    np.testing.assert_allclose(given(X).numpy(), m(X).numpy(), atol=1e-6)
+
+
+#: The book's chapter 12 custom activation, in the user's own module (TensorFlow code, as tf.keras users wrote it).
+MY_FUNCTIONS_PY = """
+import tensorflow as tf
+
+def my_softplus(z):
+    return tf.math.log(1.0 + tf.exp(z))
+"""
+
+
+def test_a_tf_keras_file_naming_the_users_function_loads_with_its_code_given(tmp_path):
+    """tf_keras saves ``activation=my_softplus`` by the function's name. ``--custom-objects FILE.py`` gave Keras 3
+    files their code but not tf.keras ones: refused, then "tf_keras cannot load it" with --unsafe. Now the file's
+    functions are registered in tf_keras too, and the model loads and exports without --unsafe."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from deploykit.backend import keras
+
+    (tmp_path / "my_functions.py").write_text(MY_FUNCTIONS_PY)
+    spec = importlib.util.spec_from_file_location("my_functions", tmp_path / "my_functions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    hidden = keras.layers.Dense(4, activation=module.my_softplus)
+    m = keras.Sequential([keras.Input((8,)), hidden, keras.layers.Dense(2)])
+    save_model(m, tmp_path / "m.keras")
+    command = [sys.executable, "-m", "deploykit.cli.main", "export", str(tmp_path / "m.keras")]
+    refused = subprocess.run([*command, "--out", str(tmp_path / "no")], capture_output=True, text=True)
+    assert refused.returncode == 1 and "Python function 'my_softplus'" in refused.stderr.splitlines()[-1]
+    given = [*command, "--out", str(tmp_path / "out"), "--custom-objects", str(tmp_path / "my_functions.py")]
+    done = subprocess.run(given, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: X})[0]
+    assert np.abs(got - m(X).numpy()).max() <= 1e-5
 
 
 def test_weights_only_and_subclassed_models_are_refused(model, tmp_path):
