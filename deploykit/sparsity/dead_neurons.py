@@ -173,8 +173,9 @@ def _columns(spec) -> np.ndarray:
 
 def _activation(config) -> str:
     act = config.get("activation")
-    if isinstance(act, dict):
-        act = act.get("config", {}).get("name") or act.get("class_name")
+    if isinstance(act, dict):  # a serialized activation object, or a function of the user's named in "config"
+        inner = act.get("config")
+        act = (inner.get("name") if isinstance(inner, dict) else inner) or act.get("class_name")
     return str(act or "linear").lower()
 
 

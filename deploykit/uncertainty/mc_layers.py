@@ -589,6 +589,8 @@ def _activation_layer(g: MCGraph, spec: LayerSpec, x: str) -> str:
 
 def _activation(g: MCGraph, spec: LayerSpec, name, x: str) -> str:
     """A Keras activation given by name, as ONNX ops."""
+    if isinstance(name, dict):  # a function of the user's a tf.keras file names (its code given): no ONNX form
+        name = str(name.get("config") if isinstance(name.get("config"), str) else name.get("class_name"))
     if name in (None, "linear"):
         return x
     simple = {

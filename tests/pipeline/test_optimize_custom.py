@@ -130,3 +130,53 @@ def test_optimize_runs_a_trusted_lambda_no_step_reads(tmp_path):
     shipped = [row["file"] for row in report["artifacts"] if row.get("verdict") == "pass"]
     assert {"model.onnx", "model.tflite"} <= set(shipped), shipped
     assert "'running_sum' of type Lambda: cannot be expressed in the MC Dropout graph" in done.stderr
+
+
+#: The book's chapter 12 activation in the user's module, and a tf.keras training script importing it.
+SOFTPLUS_PY = """
+import tensorflow as tf
+
+def my_softplus(z):
+    return tf.math.log(1.0 + tf.exp(z))
+"""
+SOFTPLUS_TRAIN_PY = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    keras = tf.keras
+    sys.path.insert(0, sys.argv[1])
+    from my_functions import my_softplus
+    z = np.load(sys.argv[2])
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation=my_softplus),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(z["x"], z["y"], epochs=5, verbose=0)
+    model.save(sys.argv[3])
+    """
+)
+
+
+def test_optimize_runs_a_tf_keras_model_computing_with_the_users_function(tmp_path):
+    """``Dense(activation=my_softplus)`` in a tf.keras file, its code given with ``--custom-objects``: compact read the
+    function's serialized form as a dict of a name and crashed, and so did the MC graph; now the run ships and the MC
+    step is skipped naming the activation."""
+    import os
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (600, 64)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=(x[:, :32].sum(axis=1) > x[:, 32:].sum(axis=1)).astype(np.int64))
+    (tmp_path / "my_functions.py").write_text(SOFTPLUS_PY)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    script = [sys.executable, "-c", SOFTPLUS_TRAIN_PY, str(tmp_path), str(tmp_path / "data.npz")]
+    trained = subprocess.run([*script, str(tmp_path / "m.keras")], capture_output=True, text=True, env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    command = [sys.executable, "-m", "deploykit.cli.main", "optimize", str(tmp_path / "m.keras"), "--data"]
+    command += [str(tmp_path / "data.npz"), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--custom-objects", str(tmp_path / "my_functions.py")], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    shipped = [row["file"] for row in report["artifacts"] if row.get("verdict") == "pass"]
+    assert {"model.onnx", "model.tflite"} <= set(shipped), shipped
+    assert "activation 'my_softplus' has no ONNX form in deploykit" in done.stderr
