@@ -12,6 +12,7 @@ weights, and is checked against the loaded one on random inputs before it is use
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 
@@ -43,7 +44,8 @@ def without_tf_ops(model, what: str):
     config = config_of(model)
     if config["class_name"] not in ("Functional", "Model"):
         raise ModelLoadError(f"{what}: TensorFlow operations outside a functional model")
-    fresh = keras.Model.from_config(config["config"])  # one call per layer: tensors' node indices are the config's
+    # one call per layer: tensors' node indices are the config's (a copy: from_config pops keys, MultiHeadAttention's)
+    fresh = keras.Model.from_config(copy.deepcopy(config["config"]))
     fresh.set_weights(model.get_weights())
     layers = config["config"]["layers"]
     names, lowering, out = {layer_name(layer) for layer in layers}, Lowering({}), []

@@ -136,6 +136,24 @@ def test_tensorflow_calls_on_two_tensors_inside_and_around_a_nested_model(tfk, t
     assert np.abs(loaded(x).numpy() - model(x).numpy()).max() <= 1e-6
 
 
+def test_the_timeseries_transformer_tutorials_residuals_are_add_layers(tfk, tmp_path):
+    """keras.io's "Timeseries classification with a Transformer" in tf.keras: ``res = x + inputs`` after a
+    MultiHeadAttention. tf_keras' ``from_config`` pops MultiHeadAttention's build shapes from the config it is given,
+    so the rebuild must not reuse one config twice (it failed with ``KeyError: 'query_shape'``)."""
+    layers = tfk.layers
+    inputs = tfk.Input((12, 5))
+    x = layers.MultiHeadAttention(key_dim=4, num_heads=2, dropout=0.25)(*[layers.LayerNormalization()(inputs)] * 2)
+    res = layers.Dropout(0.25)(x) + inputs
+    x = layers.Conv1D(5, 1)(layers.Conv1D(4, 1, activation="relu")(layers.LayerNormalization()(res))) + res
+    model = tfk.Model(inputs, layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling1D()(x)))
+    save_model(model, tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert _no_tf_ops(loaded)
+    assert sum(type(layer).__name__ == "Add" for layer in loaded.layers) == 2
+    x = np.random.default_rng(6).normal(size=(8, 12, 5)).astype(np.float32)
+    assert np.abs(loaded(x).numpy() - model(x).numpy()).max() <= 1e-5
+
+
 def test_a_live_tf_keras_object_with_tensorflow_calls_exports_through_the_api(tfk, tmp_path):
     model = _tf_calls(tfk)
     x = np.random.default_rng(2).normal(size=(8, 8, 6)).astype(np.float32)
