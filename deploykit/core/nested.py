@@ -193,8 +193,8 @@ def _flattens(layer: dict) -> bool:
 
 def _shared(layer: dict) -> bool:
     """A layer called more than once (its weights shared between the calls); a nested model so called is refused
-    by :func:`_call`."""
-    return len(layer.get("inbound_nodes") or []) > 1 and layer.get("class_name") not in MODEL_CLASSES
+    by :func:`_unshare` too)."""
+    return len(layer.get("inbound_nodes") or []) > 1
 
 
 def _unshare(config: dict, names: set[str], nesting: Nesting) -> None:
@@ -203,29 +203,62 @@ def _unshare(config: dict, names: set[str], nesting: Nesting) -> None:
     (:attr:`Nesting.copies`). What read call j of it reads the j-th layer. Every deploykit step reads one call per
     layer; the artifacts hold the weights once per call, and compression tunes each copy on its own."""
     inner = config["config"]
+    _bare_ends(inner)
+    read = [r for layer in inner["layers"] for r in _reads(layer.get("inbound_nodes"))]
     layers, renames = [], {}
     for layer in inner["layers"]:
         if not _shared(layer):
             layers.append(layer)
             continue
         name = layer_name(layer)
-        for j, call in enumerate(layer["inbound_nodes"]):
+        calls = layer["inbound_nodes"]
+        # a nested model's node 0 is its own construction: its calls are nodes 1, 2... (a layer's: 0, 1...)
+        nodes = sorted({int(h[1]) for h in [*read, *inner.get("output_layers", [])] if h[0] == name and len(h) > 1})
+        nodes = nodes if len(nodes) == len(calls) else list(range(len(calls)))
+        for j, call in enumerate(calls):
             new = name if j == 0 else fresh_name(f"{name}_call{j + 1}", names)
-            one = {**layer, "config": {**layer.get("config", {}), "name": new}, "inbound_nodes": [call]}
+            body = _renamed_copy(layer, f"_call{j + 1}", names, nesting) if j and _is_model(layer) else layer
+            one = {**body, "config": {**body.get("config", {}), "name": new}, "inbound_nodes": [call]}
             if "name" in layer:  # tf_keras names a functional config's layer beside its config too
                 one["name"] = new
             layers.append(one)
-            renames[(name, j)] = new
+            renames[(name, nodes[j])] = new
             nesting.copies.update({new: name} if j else {})
     if not renames:
         return
     inner["layers"] = layers
-    _bare_ends(inner)
     reads = [r for layer in layers for r in _reads(layer.get("inbound_nodes"))]
     for history in [*reads, *inner.get("output_layers", [])]:
         key = (history[0], int(history[1])) if len(history) > 1 else None
         if key in renames:
             history[0], history[1] = renames[key], 0
+
+
+def _is_model(layer: dict) -> bool:
+    return layer.get("class_name") in MODEL_CLASSES
+
+
+def _renamed_copy(model: dict, suffix: str, names: set[str], nesting: Nesting) -> dict:
+    """A copy of a nested model's config for another of its calls (a siamese network's shared encoder): every layer
+    inside it, at any depth, takes a new name (``dense`` -> ``dense_call2``), which :attr:`Nesting.copies` maps back
+    to the layer holding the weights. Reads are re-linked in the config of the model each layer sits in."""
+    copied, taken = copy.deepcopy(model), set(names)  # claimed when the copy is inlined (_claim_names)
+    stack = [copied]
+    while stack:
+        inner = stack.pop()
+        for layer in (inner.get("config") or {}).get("layers") or []:
+            if layer.get("class_name") == "InputLayer":
+                continue
+            old = layer_name(layer)
+            new = fresh_name(f"{old}{suffix}", taken)
+            if inner.get("class_name") != "Sequential":  # a Sequential chains its layers by order, not by name
+                replace_reads(inner, old, lambda index, new=new: [new, 0, index])
+            layer.setdefault("config", {})["name"] = new
+            if "name" in layer:
+                layer["name"] = new
+            nesting.copies[new] = nesting.copies.get(old, old)
+            stack += [layer] if _is_model(layer) else []
+    return copied
 
 
 def fresh_name(base: str, names: set[str]) -> str:

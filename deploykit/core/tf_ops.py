@@ -69,6 +69,8 @@ TF_FUNCTIONS: dict[str, TFFunction] = {
     "math.softsign": _same("Softsign", *_FEATURES),
     "nn.softsign": _same("Softsign", *_FEATURES),
     "math.exp": _same("Exp", *_ONE),
+    "math.abs": _same("Absolute", *_ONE),
+    "math.square": _same("Square", *_ONE),
     "nn.leaky_relu": _same("LeakyRelu", *_FEATURES, alpha="negative_slope"),
     "nn.softmax": _same("Softmax", "logits", axis="axis"),
     "nn.gelu": _same("Gelu", *_FEATURES, approximate="approximate"),

@@ -68,7 +68,6 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
         model_file = inlined.model_file if inlined is not None else model_file
     flattening = nested.flattening(model_file.config, keras3=model_file.is_keras3)  # nested models, augmentation
     flattening = ([inlined.line] if inlined is not None else []) + flattening  # said, and kept for the report
-    flattening += tf_op_lines(model_file.config)  # a tf.keras file's TensorFlow calls
     nested.say(flattening)
     if model_file.is_keras3:
         from deploykit.keras3.convert import import_keras3
@@ -81,6 +80,9 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, input_shapes: d
         check_model_config(model_file, unsafe=unsafe)
         forced = tuple(r.layer for r in recognized if r.forced)  # Dropout(...)(x, training=True): rebuilt without it
         model = _load_tf_keras(model_file, unsafe, custom_objects(recognized), input_shapes, forced)
+        calls = tf_op_lines(model_file.config)  # a tf.keras file's TensorFlow calls, said once they were read
+        nested.say(calls)
+        flattening += calls
     remember(model, recognized)
     nested.remember(model, flattening)
     return model

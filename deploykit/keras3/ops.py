@@ -18,6 +18,7 @@ anything from the file, into layers every deploykit step knows:
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
 - ``x @ W`` with W a constant matrix (a custom layer's own weight, frozen when inlined): ``Dense``; ``a @ b`` of two
   tensors, a matrix each per sample: ``Dot``;
+- ``abs(x)``: ``ReLU(x) + ReLU(-x)`` (``Rescaling(-1)``, ``Add``); ``square(x)``: ``Multiply`` of x with itself;
 - ``cast(x, "float32")``: the identity (``Activation("linear")``) on the float32 arrays deploykit feeds;
 - ``concatenate``, ``expand_dims``, ``squeeze``, ``reshape``, ``transpose``, and ``mean`` / ``max`` / ``sum``
   over a sequence's steps or an image's positions: ``Concatenate``, ``Reshape``, ``Permute``, global pooling
@@ -276,6 +277,8 @@ def lower_operation(layer: dict, names: set[str], lowering: Lowering) -> list[di
     args, kwargs = _call(layer)
     if kind == "Cast" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
         return [_cast(name, kind, args[0], (layer.get("config") or {}).get("dtype"))]
+    if kind in ("Absolute", "Square") and len(args) == 1 and is_tensor(args[0]) and not kwargs:
+        return _absolute(name, args[0], names) if kind == "Absolute" else [_merged("Multiply", name, args * 2)]
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
     if kind in _PRODUCTS and not kwargs and not options and len(args) == 2 and is_tensor(args[0]):
         return [_product(name, kind, args, lowering)]
@@ -314,6 +317,22 @@ def _cast(name: str, kind: str, x: dict, dtype) -> dict:
     if dtype != "float32":
         raise UnsupportedLayerError(name, kind, f"casts to {dtype}; deploykit's artifacts compute in float32")
     return _builtin("Activation", name, x, activation="linear")
+
+
+def _merged(kind: str, name: str, tensors: list) -> dict:
+    """A merge layer (``Add``, ``Multiply``...) called on the list ``tensors``."""
+    return {**_builtin(kind, name, None), "inbound_nodes": [{"args": [list(tensors)], "kwargs": {}}]}
+
+
+def _absolute(name: str, x: dict, names: set[str]) -> list[dict]:
+    """``abs(x)`` (a siamese network's L1 distance, ``tf.math.abs(a - b)``) = relu(x) + relu(-x): exact."""
+    positive, negated, negative = (fresh_name(f"{name}_{part}", names) for part in ("positive", "negated", "negative"))
+    return [
+        _builtin("ReLU", positive, x, **_relu()[1]),
+        _builtin("Rescaling", negated, x, scale=-1.0, offset=0.0),
+        _builtin("ReLU", negative, tensor_ref(negated), **_relu()[1]),
+        _merged("Add", name, [tensor_ref(positive), tensor_ref(negative)]),
+    ]
 
 
 def _sample_shape(tensor: dict) -> tuple | None:

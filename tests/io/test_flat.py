@@ -96,15 +96,34 @@ def test_code_inside_a_nested_model_is_refused_before_loading(tmp_path, suffix):
         load_model(tmp_path / f"lambda{suffix}")
 
 
-def test_a_sub_model_called_twice_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize("given", [".keras", ".h5", "object"])
+def test_a_sub_model_called_twice_is_one_copy_per_call(tmp_path, given):
+    """A siamese network's shared encoder (keras.io's image similarity examples: one sub-model called on each
+    image), here a functional encoder holding a Sequential block, called twice. It was refused ("a nested model
+    called 2 times"); each call is now a copy of the encoder whose layers, at every depth, are renamed and hold the
+    shared weights, and the model computes what tf_keras computes."""
     from deploykit.backend import keras
+    from deploykit.core.multi_io_model import packing_of
+    from deploykit.io.inputs import as_model
 
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="block")
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Add()([inner(inputs), inner(keras.layers.Dense(4)(inputs))]))
-    save_model(model, tmp_path / "shared.keras")
-    with pytest.raises(UnsupportedLayerError, match="'block' of type Sequential: a nested model called 2 times"):
-        load_model(tmp_path / "shared.keras")
+    block = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, activation="relu", name="mix")], name="block")
+    encoder_in = keras.Input((4,))
+    encoder = keras.Model(encoder_in, block(keras.layers.Dense(6, name="embed")(encoder_in)), name="encoder")
+    left, right = keras.Input((4,), name="left"), keras.Input((4,), name="right")
+    distance = keras.layers.Subtract()([encoder(left), encoder(right)])
+    model = keras.Model([left, right], keras.layers.Dense(1, activation="sigmoid")(distance))
+    if given == "object":
+        flat = as_model(model)
+    else:
+        save_model(model, tmp_path / f"shared{given}")
+        flat = load_model(tmp_path / f"shared{given}")
+    rng = np.random.default_rng(7)
+    xs = {n: rng.normal(size=(8, 4)).astype(np.float32) for n in ("left", "right")}
+    got = flat(packing_of(flat).layout.join_inputs(xs)).numpy()
+    assert np.abs(got - model([xs["left"], xs["right"]]).numpy()).max() <= 1e-6
+    for name in ("embed", "mix"):
+        first, second = (flat.get_layer(n).get_weights() for n in (name, f"{name}_call2"))
+        assert all(np.array_equal(a, b) for a, b in zip(first, second))
 
 
 @pytest.mark.slow

@@ -206,10 +206,6 @@ def test_mismatching_outputs_are_refused_with_the_measured_difference(k3, tmp_pa
 
 
 def _unsupported_cases(k3):
-    inputs = k3.Input((8,))
-    inner = k3.Sequential([k3.Input((8,)), k3.layers.Dense(3)], name="block")
-    shared = k3.layers.Add()([inner(inputs), inner(k3.layers.Dense(8)(inputs))])  # one sub-model, two calls
-
     @k3.saving.register_keras_serializable(package="tests")
     class Scale(k3.layers.Layer):
         def call(self, t):
@@ -217,7 +213,6 @@ def _unsupported_cases(k3):
 
     k3.saving.get_custom_objects().pop("tests>Scale")  # saved under its name, its code not given to the loader
     return {
-        "shared": (k3.Model(inputs, shared), "'block' of type Sequential: a nested model called 2 times"),
         "custom_layer": (
             k3.Sequential([k3.Input((8,)), Scale(name="scale")]),
             "'scale' of type tests>Scale: a custom layer",

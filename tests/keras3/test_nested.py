@@ -261,3 +261,27 @@ def test_shared_layers_are_read_as_one_layer_per_call_with_the_shared_weights(k3
             assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
         said = " ".join(r.getMessage() for r in caplog.records)
         assert all(f"{name} (2 calls)" in said for name in shared), said
+
+
+def test_a_shared_encoder_model_called_on_each_input_is_one_copy_per_call(k3, tmp_path):
+    """keras.io's siamese networks call one encoder model on each image; a functional encoder holding a Sequential
+    block, called on two inputs, was refused ("a nested model called 2 times"). Each call is now a copy whose layers,
+    at every depth, are renamed and hold the shared weights (BatchNorm statistics included)."""
+    from deploykit.core.multi_io_model import packing_of
+
+    L = k3.layers
+    block = k3.Sequential([k3.Input((6,)), L.BatchNormalization(name="norm"), L.Dense(6, name="mix")], name="block")
+    encoder_in = k3.Input((4,))
+    encoder = k3.Model(encoder_in, block(L.Dense(6, activation="relu", name="embed")(encoder_in)), name="encoder")
+    left, right = k3.Input((4,), name="left"), k3.Input((4,), name="right")
+    siamese = k3.Model([left, right], L.Dense(1, activation="sigmoid")(L.Subtract()([encoder(left), encoder(right)])))
+    _randomize_batchnorm(k3, siamese, 1)
+    siamese.save(tmp_path / "siamese.keras")
+    imported = load_model(tmp_path / "siamese.keras")
+    rng = np.random.default_rng(8)
+    xs = {n: rng.normal(size=(16, 4)).astype(np.float32) for n in ("left", "right")}
+    got = imported(packing_of(imported).layout.join_inputs(xs)).numpy()
+    assert np.abs(got - np.asarray(siamese([xs["left"], xs["right"]]))).max() <= 1e-5
+    for name in ("embed", "norm", "mix"):
+        first, second = (imported.get_layer(n).get_weights() for n in (name, f"{name}_call2"))
+        assert all(np.array_equal(a, b) for a, b in zip(first, second))
