@@ -51,7 +51,8 @@ calls in the file, and a frozen MobileNetV2 base called with ``training=False``,
 of ImageNet's weights; one logit for footwear or not),
 ``tf_mobilenet_v3`` (tf.keras's ``MobileNetV3Small``, whose hard-swish is TensorFlow arithmetic) and ``tf_ops_seq``
 (an LSTM's last step beside its mean over steps, ``tf.concat`` / ``x[:, -1]`` / ``tf.reduce_mean`` / ``tf.nn.relu``
-between layers).
+between layers) and ``tf_segmentation`` (tensorflow.org's segmentation tutorial: a MobileNetV2 sub-model of five
+outputs, pix2pix's ``upsample`` blocks with ``tf.random_normal_initializer``, one logit per class per pixel).
 
 Writes ``benchmarks/results/foreign.json`` and ``foreign.md`` (a run of some models keeps the others' rows).
 Run from the repository root:
@@ -93,7 +94,7 @@ FIFTH = ("lstm_seq2seq",)
 SIXTH = ("transformer_text", "subclassed_mlp", "vit")
 #: The seventh round: tf.keras (Keras 2) files, trained where ``tf.keras`` is tf_keras (TensorFlow <= 2.15), with
 #: TensorFlow calls between their layers (``TFOpLambda`` layers in the file).
-SEVENTH = ("tf_transfer", "tf_mobilenet_v3", "tf_ops_seq")
+SEVENTH = ("tf_transfer", "tf_mobilenet_v3", "tf_ops_seq", "tf_segmentation")
 OWN = OWN + TUTORIALS + THIRD + FOURTH + FIFTH + SIXTH + SEVENTH
 #: lstm_seq2seq spells the Fashion class names (keras.io's example: characters one-hot, "\t" starts, "\n" ends).
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -107,7 +108,8 @@ APPLICATIONS = {
 #: What a user with a big network on a laptop passes: the run plans its tries to finish in this many minutes.
 EXTRA = {
     name: ("--time-budget", "10")
-    for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small", "tf_transfer", "tf_mobilenet_v3")
+    for name in (*APPLICATIONS, "transfer", "ts_transformer", "xception_small")
+    + ("tf_transfer", "tf_mobilenet_v3", "tf_segmentation")
 }
 #: Training epochs at most (the big networks train slowly on 2 shared cores: they need to run, not to excel).
 EPOCHS = {
@@ -123,6 +125,7 @@ EPOCHS = {
     "xception_small": 3,
     "tf_transfer": 3,
     "tf_mobilenet_v3": 3,
+    "tf_segmentation": 3,
 }
 #: keras.applications networks: (training rows at most, batch size). Their last HELD_OUT rows are never trained on;
 #: the training process reports the model's accuracy on them (it must be above chance: 10 classes, 0.1).
@@ -496,6 +499,31 @@ TRAIN_TF = textwrap.dedent("""
                       loss=keras.losses.BinaryCrossentropy(from_logits=True),
                       metrics=[keras.metrics.BinaryAccuracy(threshold=0, name="accuracy")])
         model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
+    elif kind == "tf_segmentation":  # tensorflow.org/tutorials/images/segmentation, its model (pix2pix's upsample)
+        def upsample(filters, size):
+            initializer = tf.random_normal_initializer(0., 0.02)  # TensorFlow's own initializer, saved as such
+            result = keras.Sequential()
+            result.add(L.Conv2DTranspose(filters, size, strides=2, padding="same", kernel_initializer=initializer,
+                                         use_bias=False))
+            result.add(L.BatchNormalization())
+            result.add(L.ReLU())
+            return result
+        base_model = keras.applications.MobileNetV2(input_shape=x.shape[1:], include_top=False, weights=None,
+                                                    alpha=0.35)
+        layer_names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu",
+                       "block_16_project"]
+        # a sub-model of five outputs; weights=None (no download): it trains with the rest, not frozen
+        down_stack = keras.Model(inputs=base_model.input, outputs=[base_model.get_layer(n).output for n in layer_names])
+        inputs = L.Input(shape=x.shape[1:])
+        skips = down_stack(inputs)
+        h = skips[-1]
+        for up, skip in zip([upsample(128, 3), upsample(64, 3), upsample(32, 3), upsample(16, 3)],
+                            reversed(skips[:-1])):
+            h = L.Concatenate()([up(h), skip])
+        model = keras.Model(inputs, L.Conv2DTranspose(filters=3, kernel_size=3, strides=2, padding="same")(h))
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.15, verbose=0)
     elif kind == "tf_ops_seq":  # TensorFlow calls between layers: a sequence's last step beside its mean
         inputs = keras.Input(shape=x.shape[1:])
         h = L.LSTM(32, return_sequences=True)(inputs)
@@ -666,7 +694,8 @@ def data_for(kind: str, folder: Path) -> Path:
             priority=rng.random(size=(1280, 1)),
             department=rng.integers(2, size=(1280, 4)),
         )
-    elif kind == "unet":  # 32x32 RGB in [0, 1]; the mask as the pets' trimap: 0 object, 1 background, 2 border
+    elif kind in ("unet", "tf_segmentation"):  # 32x32 RGB in [0, 1]; the mask as the pets' trimap: 0 object, 1
+        # background, 2 border
         padded = np.pad(x, ((0, 0), (2, 2), (2, 2))) / 255
         mask = np.where(padded > 0.35, 0, np.where(padded > 0.05, 2, 1)).astype(np.uint8)
         np.savez(path, x=np.repeat(padded[..., None], 3, axis=-1).astype(np.float32), y=mask)

@@ -168,7 +168,7 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
         except UnsafeModelError as exc:
             raise UnsafeModelError(f"model {model_file.path}: {exc}") from None
         missing = _functions_not_given(layer.get("config", {})) if not model_file.is_keras3 else []
-        if missing and unsafe:  # tf_keras looks a function up by its name: trusting the file does not give it
+        if missing:  # tf_keras looks a function up by its name: trusting the file (--unsafe) does not give it
             raise UnsupportedLayerError(
                 name,
                 kind,

@@ -192,16 +192,16 @@ def _flattens(layer: dict) -> bool:
 
 
 def _shared(layer: dict) -> bool:
-    """A layer called more than once (its weights shared between the calls); a nested model so called is refused
-    by :func:`_unshare` too)."""
+    """A layer or a nested model called more than once (its weights shared between the calls)."""
     return len(layer.get("inbound_nodes") or []) > 1
 
 
 def _unshare(config: dict, names: set[str], nesting: Nesting) -> None:
     """Each layer called k > 1 times (a siamese branch; the Keras docs' embedding of both the query and the value)
     as k layers, one per call: the first keeps its name, the others are named after it and get its weights
-    (:attr:`Nesting.copies`). What read call j of it reads the j-th layer. Every deploykit step reads one call per
-    layer; the artifacts hold the weights once per call, and compression tunes each copy on its own."""
+    (:attr:`Nesting.copies`); a nested model's later calls are renamed copies of it (:func:`_renamed_copy`). What
+    read call j of it reads the j-th copy. Every deploykit step reads one call per layer; the artifacts hold the
+    weights once per call, and compression tunes each copy on its own."""
     inner = config["config"]
     _bare_ends(inner)
     read = [r for layer in inner["layers"] for r in _reads(layer.get("inbound_nodes"))]

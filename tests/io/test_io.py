@@ -150,7 +150,7 @@ def test_lambda_is_refused_unless_unsafe(lambda_files, kind):
     np.testing.assert_allclose(loaded(X).numpy(), m(X).numpy(), atol=1e-6)
 
 
-def test_custom_function_is_refused_unless_unsafe(tmp_path):
+def test_a_custom_function_is_read_once_its_code_is_given(tmp_path):
     from deploykit.backend import keras
 
     def my_activation(t):
@@ -158,11 +158,10 @@ def test_custom_function_is_refused_unless_unsafe(tmp_path):
 
     m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation=my_activation, name="custom_act")])
     save_model(m, tmp_path / "custom.keras")
-    with pytest.raises(UnsafeModelError, match="'custom_act'.*my_activation"):
-        load_model(tmp_path / "custom.keras")
-    # unsafe, but the function is not registered: tf_keras looks it up by name, so trusting the file is not enough
-    with pytest.raises(ModelLoadError, match="custom function 'my_activation', and its code was not given"):
-        load_model(tmp_path / "custom.keras", unsafe=True)
+    # tf_keras looks the function up by its name: without its code the file is refused, trusted (unsafe) or not
+    for unsafe in (False, True):
+        with pytest.raises(ModelLoadError, match="'custom_act'.*custom function 'my_activation', and its code was not"):
+            load_model(tmp_path / "custom.keras", unsafe=unsafe)
     with keras.utils.custom_object_scope({"my_activation": my_activation}):
         loaded = load_model(tmp_path / "custom.keras", unsafe=True)
         given = load_model(tmp_path / "custom.keras")  # its code given: trusted as a Keras 3 file's given classes
@@ -200,7 +199,7 @@ def test_a_tf_keras_file_naming_the_users_function_loads_with_its_code_given(tmp
     save_model(m, tmp_path / "m.keras")
     command = [sys.executable, "-m", "deploykit.cli.main", "export", str(tmp_path / "m.keras")]
     refused = subprocess.run([*command, "--out", str(tmp_path / "no")], capture_output=True, text=True)
-    assert refused.returncode == 1 and "Python function 'my_softplus'" in refused.stderr.splitlines()[-1]
+    assert refused.returncode == 1 and "custom function 'my_softplus'" in refused.stderr.splitlines()[-1]
     given = [*command, "--out", str(tmp_path / "out"), "--custom-objects", str(tmp_path / "my_functions.py")]
     done = subprocess.run(given, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-1500:]
