@@ -205,6 +205,7 @@ SUPPORT: dict[str, LayerSupport] = {
     "ZeroPadding2D": _entry(Role.PADDING),
     "Cropping1D": _entry(Role.RESHAPE),  # cuts a model input out of the packed one (deploykit.core.multi_io_model)
     "LayerNormalization": _entry(Role.LAYERNORM),
+    "UnitNormalization": _entry(Role.LAYERNORM),  # x / its L2 norm (tf.math.l2_normalize): an embedding's unit vector
     "Embedding": _entry(Role.EMBEDDING),
     # TF-MOT's registry prunes the cells' kernel and recurrent_kernel (not through Bidirectional); the MC graph
     # emits them as ONNX LSTM / GRU / RNN (deploykit.uncertainty.mc_rnn).

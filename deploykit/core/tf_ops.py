@@ -71,6 +71,7 @@ TF_FUNCTIONS: dict[str, TFFunction] = {
     "math.exp": _same("Exp", *_ONE),
     "math.abs": _same("Absolute", *_ONE),
     "math.square": _same("Square", *_ONE),
+    "math.l2_normalize": _same("Normalize", *_ONE, axis="axis", epsilon="epsilon"),
     "nn.leaky_relu": _same("LeakyRelu", *_FEATURES, alpha="negative_slope"),
     "nn.softmax": _same("Softmax", "logits", axis="axis"),
     "nn.gelu": _same("Gelu", *_FEATURES, approximate="approximate"),
@@ -103,8 +104,8 @@ def tf_op_refusal(layer: dict) -> str:
         return ""
     return (
         f"calls tf.{function}, a TensorFlow function deploykit does not read; it reads arithmetic, activations, "
-        "concat, reshape, transpose, reductions over positions, matmul, slicing and casts to float32 (a model "
-        "rebuilt with Keras layers in their place ships)"
+        "L2 normalization, concat, reshape, transpose, reductions over positions, matmul, slicing and casts to "
+        "float32 (a model rebuilt with Keras layers in their place ships)"
     )
 
 

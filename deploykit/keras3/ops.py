@@ -18,6 +18,7 @@ anything from the file, into layers every deploykit step knows:
 - the same arithmetic on two tensors: the merge layer of that name (``Add``...);
 - ``x @ W`` with W a constant matrix (a custom layer's own weight, frozen when inlined): ``Dense``; ``a @ b`` of two
   tensors, a matrix each per sample: ``Dot``;
+- ``normalize(x, axis)`` (L2): ``UnitNormalization(axis)``;
 - ``abs(x)``: ``ReLU(x) + ReLU(-x)`` (``Rescaling(-1)``, ``Add``); ``square(x)``: ``Multiply`` of x with itself;
 - ``cast(x, "float32")``: the identity (``Activation("linear")``) on the float32 arrays deploykit feeds;
 - ``concatenate``, ``expand_dims``, ``squeeze``, ``reshape``, ``transpose``, and ``mean`` / ``max`` / ``sum``
@@ -277,6 +278,9 @@ def lower_operation(layer: dict, names: set[str], lowering: Lowering) -> list[di
     args, kwargs = _call(layer)
     if kind == "Cast" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
         return [_cast(name, kind, args[0], (layer.get("config") or {}).get("dtype"))]
+    if kind == "Normalize" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
+        options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
+        return [_unit_norm(name, kind, args[0], options)]
     if kind in ("Absolute", "Square") and len(args) == 1 and is_tensor(args[0]) and not kwargs:
         return _absolute(name, args[0], names) if kind == "Absolute" else [_merged("Multiply", name, args * 2)]
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
@@ -322,6 +326,19 @@ def _cast(name: str, kind: str, x: dict, dtype) -> dict:
 def _merged(kind: str, name: str, tensors: list) -> dict:
     """A merge layer (``Add``, ``Multiply``...) called on the list ``tensors``."""
     return {**_builtin(kind, name, None), "inbound_nodes": [{"args": [list(tensors)], "kwargs": {}}]}
+
+
+def _unit_norm(name: str, kind: str, x: dict, options: dict) -> dict:
+    """``ops.normalize(x, axis)`` of order 2 (``tf.math.l2_normalize``: an embedding network's unit vectors):
+    ``UnitNormalization(axis)``, which divides by the L2 norm as TensorFlow does. The two differ only on vectors of
+    a norm below the epsilons (1e-7, 1e-6), refused above 1e-6."""
+    if (
+        options.get("order", 2) != 2
+        or float(options.get("epsilon") or 0.0) > 1e-6
+        or set(options) - {"axis", "order", "epsilon"}
+    ):
+        raise UnsupportedLayerError(name, kind, f"a normalization with {options}; deploykit reads the L2 one")
+    return _builtin("UnitNormalization", name, x, axis=options.get("axis", -1))
 
 
 def _absolute(name: str, x: dict, names: set[str]) -> list[dict]:

@@ -370,6 +370,16 @@ def _emit_layer_norm(g, node, xs, shapes):
     return y, shapes[0]
 
 
+@emits("UnitNormalization")
+def _emit_unit_norm(g, node, xs, shapes):
+    """``x / sqrt(max(sum(x ** 2), 1e-12))`` over the layer's axes, as ``tf.math.l2_normalize`` computes it."""
+    rank = len(shapes[0]) + 1
+    axes = node.spec.config.get("axis", -1)
+    axes = sorted(a % rank for a in ([axes] if isinstance(axes, int) else axes))
+    square_sum = g.reduce("ReduceSum", g.op("Mul", [xs[0], xs[0]]), axes, keepdims=1)
+    return g.op("Div", [xs[0], g.op("Sqrt", [g.op("Max", [square_sum, g.const(1e-12)])])]), shapes[0]
+
+
 @emits("MultiHeadAttention")
 def _emit_attention(g, node, xs, shapes):
     """Keras' MultiHeadAttention on sequences ([N, T, D]), as its einsums compute it.

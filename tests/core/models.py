@@ -157,7 +157,8 @@ def recurrent(seed: int = 0):
 
 def attention_pooling(seed: int = 0):
     """keras.io's CCT SequencePooling as deploykit reads it (deploykit.keras3.ops): one score per step, a softmax
-    over the steps, Permute, and a Dot of the weights with the sequence; then Dropout and a Dense softmax."""
+    over the steps, Permute, and a Dot of the weights with the sequence; then Dropout, an L2 UnitNormalization (an
+    embedding's unit vector) and a Dense softmax."""
     from deploykit.backend import keras, set_seed
 
     set_seed(seed)
@@ -166,7 +167,7 @@ def attention_pooling(seed: int = 0):
     x = L.Dense(5, activation="relu")(inputs)
     weights = L.Permute((2, 1))(L.Softmax(axis=1)(L.Dense(1)(x)))
     pooled = L.Reshape((5,))(L.Dot(axes=[2, 1])([weights, x]))
-    outputs = L.Dense(3, activation="softmax")(L.Dropout(0.2)(pooled))
+    outputs = L.Dense(3, activation="softmax")(L.UnitNormalization()(L.Dropout(0.2)(pooled)))
     return keras.Model(inputs, outputs, name="attention_pooling")
 
 

@@ -96,6 +96,7 @@ def _tf_calls(keras):
     s = tf.nn.softmax(tf.nn.bias_add(s, tf.constant([0.1, 0.2, 0.3, 0.4, 0.5])), axis=-1)
     attended = tf.squeeze(tf.linalg.matmul(tf.expand_dims(pooled[:, :6], 1), tf.expand_dims(a[:, 0, :], -1)), -1)
     distance = tf.math.abs(g - 0.5) + tf.math.square(s)  # a siamese network's L1 distance, a squared one
+    distance = tf.math.l2_normalize(distance, axis=-1)  # an embedding network's unit vectors
     x = tf.concat([pooled, s, tf.nn.relu6(g) - 1.0, tf.squeeze(summed, 1), attended, -tf.math.sigmoid(g), distance],
                   axis=1)  # fmt: skip
     x = keras.layers.Dropout(0.3)(tf.nn.silu(x))

@@ -299,14 +299,15 @@ def test_a_cast_to_float32_is_the_identity_and_any_other_cast_is_refused(k3, tmp
         load_model(tmp_path / "int.keras")
 
 
-def test_abs_and_square_import_as_relus_and_a_product(k3, tmp_path):
-    """``ops.abs(a - b)`` (a siamese network's L1 distance) and ``ops.square`` were refused ("an operation layer
-    deploykit has no built-in equivalent for"): abs is ReLU(x) + ReLU(-x), square a Multiply of x with itself."""
+def test_abs_square_and_normalize_import_as_relus_a_product_and_unit_normalization(k3, tmp_path):
+    """``ops.abs(a - b)`` (a siamese network's L1 distance), ``ops.square`` and ``ops.normalize`` (unit vectors)
+    were refused ("an operation layer deploykit has no built-in equivalent for"): abs is ReLU(x) + ReLU(-x), square
+    a Multiply of x with itself, normalize a UnitNormalization."""
     inputs = k3.Input((5,))
     a, b = k3.layers.Dense(4)(inputs), k3.layers.Dense(4)(inputs)
-    model = k3.Model(inputs, k3.layers.Dense(2)(k3.ops.abs(a - b) + k3.ops.square(a)))
+    model = k3.Model(inputs, k3.layers.Dense(2)(k3.ops.normalize(k3.ops.abs(a - b) + k3.ops.square(a), axis=-1)))
     xs = np.random.default_rng(9).normal(size=(16, 5)).astype(np.float32)
     diff, imported = _roundtrip(k3, model, tmp_path, xs)
     assert diff <= 1e-5
     kinds = [type(layer).__name__ for layer in imported.layers]
-    assert kinds.count("ReLU") == 2 and "Multiply" in kinds
+    assert kinds.count("ReLU") == 2 and "Multiply" in kinds and "UnitNormalization" in kinds
