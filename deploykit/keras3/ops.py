@@ -276,14 +276,16 @@ def lower_operation(layer: dict, names: set[str], lowering: Lowering) -> list[di
     """The built-in layers computing one operation layer; the last keeps its name (its readers are unchanged)."""
     name, kind = layer_name(layer), str(layer.get("class_name"))
     args, kwargs = _call(layer)
-    if kind == "Cast" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
-        return [_cast(name, kind, args[0], (layer.get("config") or {}).get("dtype"))]
-    if kind == "Normalize" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
-        options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
-        return [_unit_norm(name, kind, args[0], options)]
-    if kind in ("Absolute", "Square") and len(args) == 1 and is_tensor(args[0]) and not kwargs:
-        return _absolute(name, args[0], names) if kind == "Absolute" else [_merged("Multiply", name, args * 2)]
     options = {k: v for k, v in (layer.get("config") or {}).items() if k not in ("name", "trainable", "dtype")}
+    if len(args) == 1 and is_tensor(args[0]) and not kwargs:  # x alone: the operations that need more than one step
+        if kind == "Cast":
+            return [_cast(name, kind, args[0], (layer.get("config") or {}).get("dtype"))]
+        if kind == "Normalize":
+            return [_unit_norm(name, kind, args[0], options)]
+        if kind == "Absolute":
+            return _absolute(name, args[0], names)
+        if kind == "Square":
+            return [_merged("Multiply", name, args * 2)]
     if kind in _PRODUCTS and not kwargs and not options and len(args) == 2 and is_tensor(args[0]):
         return [_product(name, kind, args, lowering)]
     if kind in SHAPE_OPS and not kwargs:  # concatenate, reshape, pool a sequence...: from the input shapes
@@ -296,7 +298,7 @@ def lower_operation(layer: dict, names: set[str], lowering: Lowering) -> list[di
             f"an operation called with {kwargs or args}; deploykit reads operations on one tensor and constants",
         )
     if len(tensors) == len(args) == 2 and kind in _MERGES and not options:
-        return [{**_builtin(_MERGES[kind], name, None), "inbound_nodes": [{"args": [tensors], "kwargs": {}}]}]
+        return [_merged(_MERGES[kind], name, tensors)]
     if len(tensors) != 1:
         raise UnsupportedLayerError(name, kind, "an operation on several tensors with no built-in layer equivalent")
     x, first = tensors[0], is_tensor(args[0])
@@ -457,7 +459,7 @@ def _custom_scale(layer: dict, names: set[str]) -> list[dict]:
     scaled = fresh_name(f"{name}_scaled", names)
     return [
         _builtin("Rescaling", scaled, tensors[1], scale=float(scale.reshape(())), offset=0.0),
-        {**_builtin("Add", name, None), "inbound_nodes": [{"args": [[tensors[0], tensor_ref(scaled)]], "kwargs": {}}]},
+        _merged("Add", name, [tensors[0], tensor_ref(scaled)]),
     ]
 
 
