@@ -96,6 +96,24 @@ def test_code_inside_a_nested_model_is_refused_before_loading(tmp_path, suffix):
         load_model(tmp_path / f"lambda{suffix}")
 
 
+def _read_two_inputs(model, given: str, tmp_path):
+    """A model of inputs ``left`` and ``right`` as deploykit reads it (saved with that suffix, or the object itself),
+    checked against the model on random inputs."""
+    from deploykit.core.multi_io_model import packing_of
+    from deploykit.io.inputs import as_model
+
+    if given == "object":
+        flat = as_model(model)
+    else:
+        save_model(model, tmp_path / f"two_inputs{given}")
+        flat = load_model(tmp_path / f"two_inputs{given}")
+    rng = np.random.default_rng(4)
+    xs = {n: rng.normal(size=(8, 4)).astype(np.float32) for n in ("left", "right")}
+    got = flat(packing_of(flat).layout.join_inputs(xs)).numpy()
+    assert np.abs(got - model([xs["left"], xs["right"]]).numpy()).max() <= 1e-6
+    return flat
+
+
 @pytest.mark.parametrize("given", [".keras", ".h5", "object"])
 def test_a_sub_model_called_twice_is_one_copy_per_call(tmp_path, given):
     """A siamese network's shared encoder (keras.io's image similarity examples: one sub-model called on each
@@ -103,8 +121,6 @@ def test_a_sub_model_called_twice_is_one_copy_per_call(tmp_path, given):
     called 2 times"); each call is now a copy of the encoder whose layers, at every depth, are renamed and hold the
     shared weights, and the model computes what tf_keras computes."""
     from deploykit.backend import keras
-    from deploykit.core.multi_io_model import packing_of
-    from deploykit.io.inputs import as_model
 
     block = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, activation="relu", name="mix")], name="block")
     encoder_in = keras.Input((4,))
@@ -112,15 +128,7 @@ def test_a_sub_model_called_twice_is_one_copy_per_call(tmp_path, given):
     left, right = keras.Input((4,), name="left"), keras.Input((4,), name="right")
     distance = keras.layers.Subtract()([encoder(left), encoder(right)])
     model = keras.Model([left, right], keras.layers.Dense(1, activation="sigmoid")(distance))
-    if given == "object":
-        flat = as_model(model)
-    else:
-        save_model(model, tmp_path / f"shared{given}")
-        flat = load_model(tmp_path / f"shared{given}")
-    rng = np.random.default_rng(7)
-    xs = {n: rng.normal(size=(8, 4)).astype(np.float32) for n in ("left", "right")}
-    got = flat(packing_of(flat).layout.join_inputs(xs)).numpy()
-    assert np.abs(got - model([xs["left"], xs["right"]]).numpy()).max() <= 1e-6
+    flat = _read_two_inputs(model, given, tmp_path)
     for name in ("embed", "mix"):
         first, second = (flat.get_layer(n).get_weights() for n in (name, f"{name}_call2"))
         assert all(np.array_equal(a, b) for a, b in zip(first, second))
@@ -180,20 +188,10 @@ def test_a_tf_keras_siamese_model_is_read_with_one_layer_per_call(tmp_path, give
     """tf_keras files and objects with a layer called twice (its weights shared) load as one layer per call with
     the same weights, and compute what the model computes (refused before: "called 2 times")."""
     from deploykit.backend import keras
-    from deploykit.core.multi_io_model import packing_of
-    from deploykit.io.inputs import as_model
 
     left, right = keras.Input((4,), name="left"), keras.Input((4,), name="right")
     tower = keras.layers.Dense(3, activation="tanh", name="tower")
     model = keras.Model([left, right], keras.layers.Dense(2)(keras.layers.Subtract()([tower(left), tower(right)])))
-    if given == "object":
-        flat = as_model(model)
-    else:
-        save_model(model, tmp_path / f"siamese{given}")
-        flat = load_model(tmp_path / f"siamese{given}")
-    rng = np.random.default_rng(4)
-    xs = {n: rng.normal(size=(8, 4)).astype(np.float32) for n in ("left", "right")}
-    got = flat(packing_of(flat).layout.join_inputs(xs)).numpy()
-    assert np.abs(got - model([xs["left"], xs["right"]]).numpy()).max() <= 1e-5
+    flat = _read_two_inputs(model, given, tmp_path)
     weights = [flat.get_layer(n).get_weights() for n in ("tower", "tower_call2")]
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
