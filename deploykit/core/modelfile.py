@@ -167,7 +167,8 @@ def check_model_config(model_file: ModelFile, *, unsafe: bool = False) -> list[t
             entry = support_for(layer, unsafe=unsafe)
         except UnsafeModelError as exc:
             raise UnsafeModelError(f"model {model_file.path}: {exc}") from None
-        missing = _functions_not_given(layer.get("config", {})) if not model_file.is_keras3 else []
+        names = function_names(layer.get("config")) if not model_file.is_keras3 else []
+        missing = [n for n in names if not _given({"class_name": "function", "config": n})]
         if missing:  # tf_keras looks a function up by its name: trusting the file (--unsafe) does not give it
             raise UnsupportedLayerError(
                 name,
@@ -349,8 +350,9 @@ def is_custom(obj: dict) -> bool:
 
 
 def _given(obj: dict) -> bool:
-    """A function a tf.keras file names whose code the user gave (``--custom-objects``, or a custom_object_scope:
-    registered in tf_keras under that name): code the user trusts, as a Keras 3 file's given classes are."""
+    """A serialized function (``{"class_name": "function", "config": NAME}``) whose code the user gave
+    (``--custom-objects``, or a custom_object_scope: registered in tf_keras under that name): code the user trusts,
+    as a Keras 3 file's given classes are."""
     tf_keras = sys.modules.get("tf_keras")
     name = obj.get("config")
     if obj.get("class_name") != "function" or tf_keras is None or not isinstance(name, str):
@@ -358,17 +360,19 @@ def _given(obj: dict) -> bool:
     return tf_keras.saving.get_registered_object(name) is not None  # a custom_object_scope's too
 
 
-def _functions_not_given(value) -> list[str]:
-    """The names of the functions a tf.keras layer config refers to by name whose code was not given."""
-    found, stack = [], [value]
+def function_names(config) -> list[str]:
+    """The registered names of the functions a layer's own config holds (``activation=my_activation``); a nested
+    model's layers are not its own (each is read on its own). Walked without recursion."""
+    found, stack = [], [config]
     while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("class_name") == "function" and isinstance(item.get("config"), str) and not _given(item):
-                found.append(item["config"])
-            stack += list(item.values())
-        elif isinstance(item, list):
-            stack += item
+        value = stack.pop()
+        if isinstance(value, dict):
+            if value.get("class_name") == "function" and isinstance(value.get("config"), str):
+                found.append(value["config"])
+            else:
+                stack += [v for k, v in value.items() if k != "layers"]
+        elif isinstance(value, list):
+            stack += value
     return found
 
 

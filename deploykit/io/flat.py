@@ -33,27 +33,24 @@ def flat_model(
     from ``config`` so that they run in inference mode, and checked against ``model`` with their rate at 0 (then
     restored). ``live``: ``model`` is an object given to the API, so what flattening did is said here.
     """
-    from deploykit.backend import keras
-
     what = what or f"model {model.name!r}"
     nesting = Nesting()
     original = config or config_of(model)
     traced = lambdas_as_models(model, copy.deepcopy(original))  # traceable Lambdas: nested models of their calls
     flat_config = flatten(traced, nesting, keras3=False)
-    if not nesting and not forced:
-        return without_tf_ops(model, what)
+    flat = model
+    if nesting or forced:
+        try:
+            flat = _flat(model, flat_config, nesting)
+        except Exception as exc:
+            if forced or flattening(original, keras3=False):
+                raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({one_line(exc)})") from None
+            # only the traced Lambdas asked for a rebuild (a SavedModel's revived config): they stay Lambdas
+    flat = without_tf_ops(flat, what)  # TensorFlow calls (nested models' too): the built-in layers computing them
+    if flat is model:
+        return model
     if config is None or live:  # an object given to the API; a file's loader says it (deploykit.io.models)
         nesting.say()
-    try:
-        flat = keras.Model.from_config(flat_config["config"])
-    except Exception as exc:
-        if not forced and not flattening(original, keras3=False):  # only the traced Lambdas asked for a rebuild
-            return without_tf_ops(model, what)  # (a SavedModel's revived config): they stay Lambdas
-        raise ModelLoadError(f"{what}: its flat rebuild cannot be built ({one_line(exc)})") from None
-    for layer in flat.layers:
-        if layer.weights:
-            layer.set_weights(nesting.source_layer(model, layer.name).get_weights())
-    flat = without_tf_ops(flat, what)  # TensorFlow calls (nested models' too): the built-in layers computing them
     rates = {name: model.get_layer(name).rate for name in forced}
     try:
         for name in rates:  # the model's own calls keep training=True: identity for the check
@@ -64,7 +61,18 @@ def flat_model(
             model.get_layer(name).rate = rate
     if not diff <= TOLERANCE:
         raise ModelLoadError(
-            f"{what}: its flat rebuild differs from the nested model by {diff:.3g} on "
+            f"{what}: its flat rebuild differs from the model by {diff:.3g} on "
             f"{CHECK_SAMPLES} random inputs (tolerance {TOLERANCE:g})"
         )
+    return flat
+
+
+def _flat(model, flat_config: dict, nesting: Nesting):
+    """The flat config built, each layer with the weights of the layer it comes from (``nesting`` says where)."""
+    from deploykit.backend import keras
+
+    flat = keras.Model.from_config(flat_config["config"])
+    for layer in flat.layers:
+        if layer.weights:
+            layer.set_weights(nesting.source_layer(model, layer.name).get_weights())
     return flat

@@ -43,9 +43,9 @@ def as_model(obj, *, unsafe: bool = False, what: str = "model", data=None, say=N
         from deploykit.io.rebuild import config_of
 
         config, found = unforced(config_of(obj))  # Dropout(...)(x, training=True): rebuilt without it
-        lines = tf_op_lines(config)  # TensorFlow calls: read as the built-in layers computing them
-        say(lines)
         flat = flat_model(obj, config if found else None, forced=tuple(r.layer for r in found), live=True)
+        lines = tf_op_lines(config)  # TensorFlow calls read as the built-in layers computing them: said once read
+        say(lines)
         remember_lines(flat, lines)
         remember(flat, found, live=True)
         check_layers(flat.layers, unsafe=True)  # a live object's code already ran; a layer no step takes is refused

@@ -147,9 +147,8 @@ def _load_tf_keras(
         raise ModelLoadError(f"model {path}: tf_keras cannot load it ({one_line(exc)})") from None
     if not is_tf_keras_model(model):
         raise ModelLoadError(f"model {path}: tf_keras gave a {type(model).__name__}, not a Keras model")
-    model = flat_model(
-        model, model_file.config, f"model {path}", forced
-    )  # nested models, augmentation, TF calls: one graph
+    # nested models, augmentation, TensorFlow calls: one graph of built-in layers
+    model = flat_model(model, model_file.config, f"model {path}", forced)
     check_layers(model.layers, unsafe=unsafe)
     return check_single_io(_sized(model, path, input_shapes))
 

@@ -17,12 +17,12 @@ def max_diff(model, flat) -> float:
     """The largest output difference on random inputs, relative to the outputs' RMS when that is above 1."""
     from deploykit.core.evaluate import output_scale
 
-    x = check_inputs(model, flat)
+    x = _check_inputs(model, flat)
     want = joined_outputs(model(x, training=False)).astype(np.float64)
     return float(np.max(np.abs(want - joined_outputs(flat(x, training=False))))) / output_scale(want)
 
 
-def check_inputs(model, flat):
+def _check_inputs(model, flat):
     """Random inputs of the model's shapes (an unsized length: 8 steps), in its input order; token ids in an input
     an Embedding or a CategoryEncoding reads (:func:`deploykit.core.graph.token_vocabulary`)."""
     from deploykit.core.graph import graph_from_config, one_input, token_vocabulary

@@ -21,25 +21,25 @@ import numpy as np
 from deploykit.core.nested import MODEL_CLASSES, fresh_name, layer_name, replace_reads
 from deploykit.core.tf_ops import TF_FUNCTIONS, TF_OP_LAYERS, tf_function
 from deploykit.errors import ModelLoadError, UnsupportedLayerError, one_line
-from deploykit.io.rebuild import config_of, max_diff
-from deploykit.keras3.convert import CHECK_SAMPLES, TOLERANCE, tf_keras_config
+from deploykit.io.rebuild import config_of
+from deploykit.keras3.convert import tf_keras_config
 from deploykit.keras3.ops import Lowering, lower_operation
 
 log = logging.getLogger(__name__)
 
 
-def has_tf_ops(model) -> bool:
+def _has_tf_ops(model) -> bool:
     """True when a tf_keras model holds a TensorFlow operation layer."""
     return any(type(layer).__name__ in TF_OP_LAYERS for layer in model.layers)
 
 
 def without_tf_ops(model, what: str):
     """``model`` itself when it holds no TensorFlow operation layer, else its rebuild with built-in layers in their
-    place (the same weights), checked to compute the same within the import's tolerance. ``what`` names the model
-    in errors."""
+    place (the same weights; :func:`deploykit.io.flat.flat_model` checks it computes the same). ``what`` names the
+    model in errors."""
     from deploykit.backend import keras
 
-    if not has_tf_ops(model):
+    if not _has_tf_ops(model):
         return model
     config = config_of(model)
     if config["class_name"] not in ("Functional", "Model"):
@@ -53,7 +53,7 @@ def without_tf_ops(model, what: str):
         if entry.get("class_name") not in TF_OP_LAYERS:
             out.append(entry)
             continue
-        operation = as_keras3_operation(fresh.get_layer(layer_name(entry)))
+        operation = _as_keras3_operation(fresh.get_layer(layer_name(entry)))
         out += [_as_tf_keras(layer) for layer in lower_operation(operation, names, lowering)]
     config["config"]["layers"] = out
     try:
@@ -65,12 +65,6 @@ def without_tf_ops(model, what: str):
             layer.set_weights(lowering.constants[layer.name])
         elif layer.weights:
             layer.set_weights(fresh.get_layer(layer.name).get_weights())
-    diff = max_diff(fresh, rebuilt)
-    if not diff <= TOLERANCE:
-        raise ModelLoadError(
-            f"{what}: its rebuild with Keras layers in place of TensorFlow operations differs from it by {diff:.3g} "
-            f"on {CHECK_SAMPLES} random inputs (tolerance {TOLERANCE:g})"
-        )
     return rebuilt
 
 
@@ -129,7 +123,7 @@ def _traced_lambda(layer, taken: set[str]) -> dict | None:
     return wrapped
 
 
-def as_keras3_operation(layer) -> dict:
+def _as_keras3_operation(layer) -> dict:
     """A ``TFOpLambda`` layer (called once) as the config of the Keras 3 operation layer computing the same."""
     kind, name = type(layer).__name__, layer.name
     function = str(layer.get_config().get("function"))

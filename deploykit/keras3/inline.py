@@ -32,7 +32,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from deploykit.core.modelfile import ModelFile, is_custom
+from deploykit.core.modelfile import ModelFile, function_names, is_custom
 from deploykit.core.nested import layer_name, model_ends
 from deploykit.errors import DeployKitError, ModelLoadError, UnsupportedLayerError, UsageError, one_line
 
@@ -83,9 +83,9 @@ def inlined(model_file: ModelFile, *, unsafe: bool, builtins: dict | None = None
         customs.insert(0, model_file.config)
     # a built-in layer computing with a custom function (Dense(activation=my_activation)) is traced as well
     with_functions = {
-        layer_name(layer): (_class_name(layer), _functions_in(layer.get("config")))
+        layer_name(layer): (_class_name(layer), function_names(layer.get("config")))
         for layer in _all_layers(model_file.config)
-        if not _is_custom_config(layer) and _functions_in(layer.get("config"))
+        if not _is_custom_config(layer) and function_names(layer.get("config"))
     }
     # a Lambda layer's function (loaded only with unsafe: Keras 3 deserializes its bytecode) is traced as well
     lambdas = {layer_name(layer) for layer in _all_layers(model_file.config) if _class_name(layer) == "Lambda"}
@@ -133,6 +133,7 @@ def import_custom_objects(paths) -> None:
     """
     import inspect
 
+    from deploykit.backend import keras as tf_keras
     from deploykit.keras3.convert import keras3_context
 
     with keras3_context() as keras3:
@@ -148,14 +149,7 @@ def import_custom_objects(paths) -> None:
                 if keras3.saving.get_registered_object(keras3.saving.get_registered_name(value)) is None:
                     registry[value.__name__] = value
                 if inspect.isfunction(value):  # a tf.keras file names its functions too (the book's my_softplus)
-                    tf_keras_registry()[value.__name__] = value
-
-
-def tf_keras_registry() -> dict:
-    """tf_keras's global custom objects, where a tf.keras file's functions are looked up by name."""
-    from deploykit.backend import keras
-
-    return keras.saving.get_custom_objects()
+                    tf_keras.saving.get_custom_objects()[value.__name__] = value
 
 
 @contextlib.contextmanager
@@ -395,22 +389,6 @@ def _is_custom_config(layer: dict) -> bool:
         return "class_name" in layer
     module = layer.get("module", "keras")  # a config naming no module (an older writer's) is read as Keras' own
     return not (module == "keras" or str(module).startswith("keras."))
-
-
-def _functions_in(config) -> list[str]:
-    """The registered names of the functions a layer's own config holds (``activation=my_activation``); a nested
-    model's layers are not its own (:func:`_all_layers` visits them). Walked without recursion."""
-    found, stack = [], [config]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            if value.get("class_name") == "function" and isinstance(value.get("config"), str):
-                found.append(value["config"])
-            else:
-                stack += [v for k, v in value.items() if k != "layers"]
-        elif isinstance(value, list):
-            stack += value
-    return found
 
 
 def _class_name(layer: dict) -> str:
